@@ -1,0 +1,1 @@
+"""The ``parapet`` command: ``up`` runs the whole suite on one machine, ``serve`` runs one service."""

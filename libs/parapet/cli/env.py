@@ -1,0 +1,51 @@
+"""The environment each service process gets from ``parapet up``: its port, the shared servers, peers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from parapet.cli.identity import IdentityFiles
+from parapet.cli.layout import PortLayout
+from parapet.cli.registry import SERVICES, ServiceSpec
+
+# Only the auth service signs internal tokens, so only it is told where the private key is.
+SIGNING_KEY_ENV = "PARAPET_AUTH_SIGNING_KEY_FILE"
+SIGNING_SERVICE = "auth"
+
+
+@dataclass(frozen=True)
+class SuiteEndpoints:
+    """What every service of one suite shares: ports, database, NATS and identity files."""
+
+    ports: PortLayout
+    database_url: str
+    nats_url: str
+    identity: IdentityFiles
+
+
+def peer_addresses(ports: PortLayout, specs: Sequence[ServiceSpec] = SERVICES) -> dict[str, str]:
+    """``PARAPET_<SERVICE>_ADDRESS`` for every service, so each can reach the others."""
+    return {spec.address_env: ports.service_address(spec) for spec in specs}
+
+
+def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (normally os.environ) with the settings of ``spec`` inside ``suite`` laid over it."""
+    env = dict(base)
+    # An inherited key path must not leak to services that have no business signing.
+    env.pop(SIGNING_KEY_ENV, None)
+    env.update(peer_addresses(suite.ports))
+    env.update(
+        {
+            "PARAPET_HOST": suite.ports.host,
+            "PARAPET_PORT": str(suite.ports.service_port(spec)),
+            "PARAPET_DATABASE_URL": suite.database_url,
+            "PARAPET_NATS_URL": suite.nats_url,
+            "PARAPET_IDENTITY_JWKS_FILE": str(suite.identity.jwks_file),
+            # Log lines reach home/logs/<name>.log as they are written, not when a buffer fills.
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if spec.name == SIGNING_SERVICE:
+        env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
+    return env

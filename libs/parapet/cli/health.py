@@ -1,0 +1,47 @@
+"""Asking a service for its ``grpc.health.v1`` status, the same way Kubernetes' gRPC probe does."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = "SERVING"
+UNREACHABLE = "UNREACHABLE"
+
+
+class HealthProber:
+    """Probes many addresses, one channel each, reused across probes until ``close``."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def status(self, address: str, *, service: str = "", timeout: float = 1.0) -> str:
+        """The ServingStatus name of ``service`` at ``address`` ("" = the server as a whole).
+
+        Returns UNREACHABLE while nothing answers, so callers can poll a process that is starting.
+        """
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.insecure_channel(address)
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            return UNREACHABLE if code in (None, grpc.StatusCode.UNAVAILABLE) else f"ERROR {code.name}"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> HealthProber:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""The internal identity key material of a local suite, provisioned once under ``home/identity/``.
+
+The auth service signs internal tokens with the Ed25519 private key; every service verifies them with
+the public keys in ``jwks.json``. Keys are made once and kept, so tokens issued before a restart of
+``parapet up`` still verify after it.
+
+The kit's identity module did not exist when this was written; this is a small local generator of
+the same standard formats (PKCS#8 PEM private key, RFC 8037 OKP JWK, RFC 7638 thumbprint as ``kid``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SIGNING_KEY_NAME = "signing_key.pem"
+JWKS_NAME = "jwks.json"
+
+
+@dataclass(frozen=True)
+class IdentityFiles:
+    """Paths handed to the services: the private key (auth only) and the public JWKS (everyone)."""
+
+    signing_key_file: Path
+    jwks_file: Path
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
+    """The RFC 8037 JWK of ``public_key``, its ``kid`` the RFC 7638 thumbprint (stable per key)."""
+    x = _b64url(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    # RFC 7638: the required members only, lexicographic order, no whitespace.
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    kid = _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    # Created 0600 from the start: the key must never be readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def provision(identity_dir: Path) -> IdentityFiles:
+    """Create the signing key and JWKS under ``identity_dir`` unless present; return their paths."""
+    identity_dir.mkdir(parents=True, exist_ok=True)
+    files = IdentityFiles(identity_dir / SIGNING_KEY_NAME, identity_dir / JWKS_NAME)
+    if files.signing_key_file.exists():
+        loaded = serialization.load_pem_private_key(files.signing_key_file.read_bytes(), password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError(f"{files.signing_key_file} is not an Ed25519 private key")
+        key = loaded
+    else:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write_private(files.signing_key_file, pem)
+    # Always rewritten from the key, so the JWKS can never disagree with the key that signs.
+    jwks = {"keys": [public_jwk(key.public_key())]}
+    files.jwks_file.write_text(json.dumps(jwks, indent=2) + "\n")
+    return files

@@ -1,0 +1,67 @@
+"""Where ``parapet up`` puts things: ports from one base port, files under one home directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from parapet.cli.registry import NATS_PORT_OFFSET, POSTGRES_PORT_OFFSET, SERVICES, ServiceSpec
+
+_HIGHEST_OFFSET = max([NATS_PORT_OFFSET, POSTGRES_PORT_OFFSET, *(s.port_offset for s in SERVICES)])
+
+
+@dataclass(frozen=True)
+class PortLayout:
+    """Every port of the suite, as fixed offsets from ``base`` (docs/architecture.md)."""
+
+    base: int
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        # Below 1024 needs privileges we do not want to ask for; above, the range must fit in 16 bits.
+        if not 1024 <= self.base <= 65535 - _HIGHEST_OFFSET:
+            raise ValueError(f"base port must be between 1024 and {65535 - _HIGHEST_OFFSET}, got {self.base}")
+
+    def service_port(self, spec: ServiceSpec) -> int:
+        return self.base + spec.port_offset
+
+    def service_address(self, spec: ServiceSpec) -> str:
+        return f"{self.host}:{self.service_port(spec)}"
+
+    @property
+    def nats_port(self) -> int:
+        return self.base + NATS_PORT_OFFSET
+
+    @property
+    def postgres_port(self) -> int:
+        return self.base + POSTGRES_PORT_OFFSET
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """The files of one suite under its home directory (``$PARAPET_HOME``, default ``./.parapet``)."""
+
+    root: Path
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "identity"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "up.lock"
+
+    def log_file(self, spec: ServiceSpec) -> Path:
+        return self.logs_dir / f"{spec.name}.log"

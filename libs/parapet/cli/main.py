@@ -1,0 +1,25 @@
+"""Entry point of the ``parapet`` command; each subcommand lives in a module with ``register``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from parapet.cli import serve, up
+
+# Later issues add chat, ingest, tenants, keys, policy, usage and audit here, one module each.
+COMMANDS = (up, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parapet", description="Parapet: the governed AI gateway.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
