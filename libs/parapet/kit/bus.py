@@ -1,0 +1,147 @@
+"""NATS with JetStream: one connection per service that reconnects forever, stream declarations, publishing.
+
+The connection never gives up (``max_reconnect_attempts=-1``): a NATS restart turns health NOT_SERVING
+for its duration and then everything resumes; durable delivery (outbox relays, JetStream acks) is what
+makes sure nothing is lost meanwhile, not the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream a service declares at start (created, or updated to this configuration)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: Literal["limits", "interest", "workqueue"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    max_age_seconds: float | None = None  # None: keep until other limits apply
+    max_bytes: int | None = None
+    # Messages with a Nats-Msg-Id seen within this window are dropped as duplicates (exactly-once publish).
+    duplicate_window_seconds: float = 120.0
+    replicas: int = 1
+    description: str | None = None
+
+    def to_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            description=self.description,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy(self.retention),
+            storage=StorageType(self.storage),
+            max_age=self.max_age_seconds,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window_seconds,
+            num_replicas=self.replicas,
+        )
+
+
+class Bus:
+    """A connected NATS client and its JetStream context."""
+
+    def __init__(self, client: Client, *, publish_timeout: float = 5.0) -> None:
+        self.client = client
+        self.jetstream: JetStreamContext = client.jetstream(timeout=publish_timeout)
+        self._publish_timeout = publish_timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str | None = None,
+        connect_timeout: float = 2.0,
+        reconnect_wait: float = 1.0,
+        publish_timeout: float = 5.0,
+    ) -> Bus:
+        """Connect to ``url`` (raises when unreachable at start) and keep reconnecting forever after."""
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected", extra={"nats_url": url})
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected", extra={"nats_url": url})
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats error: %s", exc, extra={"nats_url": url})
+
+        client = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=connect_timeout,
+            reconnect_time_wait=reconnect_wait,
+            max_reconnect_attempts=-1,
+            # Initial connect: try once per server and report, rather than retry silently at start.
+            allow_reconnect=True,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            error_cb=on_error,
+        )
+        return cls(client, publish_timeout=publish_timeout)
+
+    async def ensure_stream(self, spec: StreamSpec) -> None:
+        """Create the stream, or update it to ``spec`` when it exists (idempotent)."""
+        config = spec.to_config()
+        try:
+            await self.jetstream.stream_info(spec.name)
+        except NotFoundError:
+            await self.jetstream.add_stream(config)
+            log.info("stream created", extra={"stream": spec.name})
+            return
+        await self.jetstream.update_stream(config)
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ack_timeout: float | None = None,
+    ) -> PubAck:
+        """Publish to JetStream and wait for the server's ack (the message is stored when this returns).
+
+        ``msg_id`` becomes ``Nats-Msg-Id``: the stream drops a republish of the same id within its
+        duplicate window, which makes at-least-once relays exactly-once.
+        """
+        all_headers: dict[str, Any] = dict(headers or {})
+        if msg_id is not None:
+            all_headers[MSG_ID_HEADER] = msg_id
+        ack: PubAck = await self.jetstream.publish(
+            subject, payload, timeout=ack_timeout or self._publish_timeout, headers=all_headers or None
+        )
+        return ack
+
+    async def is_healthy(self, flush_timeout: int = 1) -> bool:
+        """Connected, and the server answers a round trip (PING/PONG) within ``flush_timeout`` seconds."""
+        if not self.client.is_connected:
+            return False
+        await self.client.flush(timeout=flush_timeout)
+        return True
+
+    async def close(self) -> None:
+        """Drain: deliver what is buffered and let subscriptions finish, then close."""
+        if self.client.is_closed:
+            return
+        try:
+            await self.client.drain()
+        except Exception:
+            # Draining needs a live connection; when NATS is down at shutdown, closing is all we can do.
+            log.warning("nats drain failed; closing", exc_info=True)
+            await self.client.close()

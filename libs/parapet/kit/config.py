@@ -1,0 +1,137 @@
+"""Service settings from ``PARAPET_*`` environment variables: one frozen, typed object per service.
+
+Every service subclasses :class:`ServiceSettings` and adds its own fields; each field has a default and a
+description, which :func:`settings_markdown` renders for ``docs/configuration.md`` so the documentation is
+generated from the code and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import grpc
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PARAPET_"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclass to add a service's own fields (they get the same prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC server binds. Loopback by default; containers set `0.0.0.0`.",
+    )
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="gRPC port. 0 lets the OS pick a free one; the bound port is announced on stdout.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of PostgreSQL, `postgresql+psycopg://user:pass@host:port/db` "
+        "(needed by services that use the database).",
+    )
+    nats_url: str | None = Field(
+        None, description="NATS server URL, `nats://host:port` (needed by services that use the bus)."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight RPCs and streams may run before they are cancelled. "
+        "Shorter than Kubernetes' default 30 s termination grace period so the pod exits cleanly.",
+    )
+    health_interval_seconds: float = Field(
+        1.0, gt=0, description="How often dependencies (database, NATS) are probed for the health service."
+    )
+    health_probe_timeout_seconds: float = Field(
+        1.0, gt=0, description="A dependency probe slower than this counts as failed."
+    )
+    identity_jwks_file: Path | None = Field(
+        None,
+        description="JWKS JSON file with the auth service's public keys for the internal identity token. "
+        "Re-read when a token names an unknown `kid` (key rotation). Unset: every non-public RPC is "
+        "refused with UNAUTHENTICATED.",
+    )
+    identity_audience: str = Field("parapet", description="Required `aud` claim of internal identity tokens.")
+    identity_issuer: str = Field(
+        "parapet-auth", description="Required `iss` claim of internal identity tokens."
+    )
+    identity_leeway_seconds: float = Field(
+        5.0, ge=0, le=60, description="Clock skew tolerated on `exp` and `nbf` of identity tokens."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object per line (for collectors); `text`: for humans."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC endpoint for traces, e.g. `http://collector:4317`. Unset: no export."
+    )
+    service_name: str | None = Field(
+        None, description="Overrides the service name in traces and logs (default: the service's own name)."
+    )
+    nats_reconnect_wait_seconds: float = Field(
+        1.0, gt=0, description="Pause between NATS reconnect attempts (the kit reconnects forever)."
+    )
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Credentials for the listening port; None binds plaintext.
+
+        The seam for TLS/mTLS: a subclass (or a later version of this class, with certificate file
+        settings) returns ``grpc.ssl_server_credentials(...)`` here and the server factory binds a secure
+        port instead. Plaintext is the default because a mesh usually provides mTLS.
+        """
+        return None
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class SettingsError(ValueError):
+    """Invalid configuration, naming each bad environment variable and what is wrong with it."""
+
+
+def load_settings(settings_type: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read settings from the environment; raise :class:`SettingsError` with readable messages."""
+    try:
+        return settings_type(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            env = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "?"
+            problems.append(f"{env} ({name}): {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{value}`" for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "none"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def settings_markdown(settings_type: type[ServiceSettings], title: str | None = None) -> str:
+    """A Markdown table of every field: environment variable, type, default and description."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| variable | type | default | description |", "|---|---|---|---|"]
+    for name, info in settings_type.model_fields.items():
+        default = "unset" if info.default is None else f"`{info.default}`"
+        description = (info.description or "").replace("|", "\\|")
+        lines.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {_type_name(info.annotation)} | {default} | {description} |"
+        )
+    return "\n".join(lines) + "\n"

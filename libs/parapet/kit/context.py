@@ -1,0 +1,72 @@
+"""Per-RPC context carried in ``contextvars``: the caller's Principal, its token, the request id, the deadline.
+
+grpc.aio runs every RPC in a task of its own, and a task copies the context when it is created, so a value
+set here by a server interceptor is visible to the servicer and to every outgoing client call it makes, and
+never leaks into another RPC. Servicers read the tenant only from :func:`current_principal`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from parapet.kit.identity import Principal
+
+# The Principal verified by the identity interceptor (None on public methods and outside RPCs).
+principal_var: ContextVar[Principal | None] = ContextVar("parapet_principal", default=None)
+# The raw internal token the Principal came from, forwarded unchanged on outgoing calls.
+token_var: ContextVar[str | None] = ContextVar("parapet_token", default=None)
+# Correlates log lines of one request across services; travels as ``x-request-id`` metadata.
+request_id_var: ContextVar[str | None] = ContextVar("parapet_request_id", default=None)
+# Absolute deadline of the incoming RPC on the ``time.monotonic()`` clock (None: the caller set none).
+deadline_var: ContextVar[float | None] = ContextVar("parapet_deadline", default=None)
+
+
+@dataclass
+class RpcInfo:
+    """Mutable facts about the RPC being served, filled in by the interceptors as they learn them.
+
+    A mutable object rather than separate variables because inner interceptors (identity, errors) learn
+    the tenant and the final status code, and the outer logging interceptor must see them after the
+    inner ones have returned and reset their own variables.
+    """
+
+    method: str
+    request_id: str
+    peer: str = ""
+    tenant_id: str | None = None
+    subject: str | None = None
+    code: str | None = None  # gRPC status code name, once known
+    reason: str | None = None  # ErrorInfo reason of a failed call
+    started: float = field(default_factory=time.perf_counter)
+
+
+rpc_info_var: ContextVar[RpcInfo | None] = ContextVar("parapet_rpc_info", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The verified caller of the RPC being served, or None on a public method."""
+    return principal_var.get()
+
+
+def require_principal() -> Principal:
+    """The verified caller; raises UNAUTHENTICATED where a servicer needs one and there is none."""
+    principal = principal_var.get()
+    if principal is None:
+        from parapet.kit.errors import Unauthenticated
+
+        raise Unauthenticated("this method needs an authenticated caller", reason="TOKEN_MISSING")
+    return principal
+
+
+def current_request_id() -> str | None:
+    return request_id_var.get()
+
+
+def remaining_time() -> float | None:
+    """Seconds left before the incoming RPC's deadline (may be negative), or None when it has none."""
+    deadline = deadline_var.get()
+    return None if deadline is None else deadline - time.monotonic()

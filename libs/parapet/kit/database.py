@@ -1,0 +1,95 @@
+"""PostgreSQL for one service: an async SQLAlchemy 2 engine (psycopg 3) bound to the service's schema.
+
+Each service owns one schema (named after it) and nothing else. Connections put that schema first on the
+``search_path`` (then ``public``, where extensions such as pgvector live), so a service's SQL and models
+use unqualified table names and cannot wander into another service's tables by accident.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> str:
+    """Schema names end up in DDL, so only plain lower-case identifiers are accepted."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}: use lower-case letters, digits and underscores")
+    return schema
+
+
+def engine_options(schema: str, connect_timeout: float = 5.0) -> dict[str, Any]:
+    """Engine keyword arguments shared by the runtime engine and the migration engine."""
+    return {
+        # A dead pooled connection (database restarted) is replaced instead of failing one request.
+        "pool_pre_ping": True,
+        "connect_args": {
+            "options": f"-c search_path={check_schema_name(schema)},public",
+            # Fail fast when the server is unreachable, so health turns NOT_SERVING promptly.
+            "connect_timeout": max(1, int(connect_timeout)),
+        },
+    }
+
+
+class Database:
+    """The async engine of one service's schema, with session and transaction helpers."""
+
+    def __init__(self, url: str, schema: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+        self.schema = check_schema_name(schema)
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, **engine_options(schema)
+        )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session; the caller commits (or uses :meth:`transaction`)."""
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on any exception."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
+        """A transaction with ``parapet.tenant_id`` set for row-level security policies.
+
+        ``set_config(..., true)`` is ``SET LOCAL``: the setting ends with the transaction, so a pooled
+        connection never carries one tenant's id into another tenant's request. It is a bound parameter,
+        never interpolated SQL.
+        """
+        if not tenant_id:
+            raise ValueError("tenant_id must not be empty")
+        async with self.transaction() as session:
+            await session.execute(text("SELECT set_config('parapet.tenant_id', :t, true)"), {"t": tenant_id})
+            yield session
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction (for bulk SQL without the ORM)."""
+        async with self.engine.begin() as connection:
+            yield connection
+
+    async def ping(self) -> bool:
+        """True when the database answers ``SELECT 1`` (the health probe; bound by the caller's timeout)."""
+        async with self.engine.connect() as connection:
+            return (await connection.execute(text("SELECT 1"))).scalar() == 1
+
+    async def close(self) -> None:
+        await self.engine.dispose()

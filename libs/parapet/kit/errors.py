@@ -1,0 +1,242 @@
+"""Typed errors that become a ``google.rpc.Status`` with details, and their unpacking on the client side.
+
+Servicers raise a :class:`ParapetError` subclass; the errors interceptor turns it into a status whose
+details always hold an ``ErrorInfo`` (reason in UPPER_SNAKE, domain ``parapet.dev``) plus the typed details
+that fit the failure (``BadRequest``, ``QuotaFailure``, ``RetryInfo``). Clients in any language read the
+same details from the ``grpc-status-details-bin`` trailer; Python clients use :func:`error_details`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "parapet.dev"
+
+
+class ParapetError(Exception):
+    """An error with a gRPC code, a machine-readable reason and optional typed details.
+
+    ``message`` is sent to the caller as is: it must be written for them and never hold secrets or
+    internals. ``metadata`` goes into ``ErrorInfo.metadata`` (string to string, for machines).
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        details: Sequence[Message] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+        self.details = list(details)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
+
+
+class InvalidArgument(ParapetError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_violations: Iterable[tuple[str, str]] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """``field_violations`` are (field path, description) pairs, e.g. ``("messages[0].text", "empty")``."""
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=name, description=description)
+            for name, description in field_violations
+        ]
+        details: list[Message] = (
+            [error_details_pb2.BadRequest(field_violations=violations)] if violations else []
+        )
+        super().__init__(message, reason=reason, metadata=metadata, details=details)
+
+
+class NotFound(ParapetError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ParapetError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class PermissionDenied(ParapetError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ParapetError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class FailedPrecondition(ParapetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(ParapetError):
+    """A conflict (e.g. a concurrent update): the caller may retry the whole read-modify-write."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class DeadlineExceeded(ParapetError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Unimplemented(ParapetError):
+    """For RPCs whose service issue is not done yet: a clear answer, never a fake one."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "NOT_IMPLEMENTED"
+
+
+class Internal(ParapetError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL_ERROR"
+
+
+def _retry_info(retry_after: float) -> error_details_pb2.RetryInfo:
+    seconds = math.floor(retry_after)
+    nanos = round((retry_after - seconds) * 1e9)
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds, nanos=nanos))
+
+
+class QuotaExceeded(ParapetError):
+    """A budget or rate limit: ``QuotaFailure`` names what ran out, ``RetryInfo`` says when to retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "QUOTA_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: Iterable[tuple[str, str]] = (),
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """``violations`` are (subject, description) pairs, e.g. ``("tenant:acme", "monthly cost budget")``."""
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)
+                for subject, description in violations
+            ]
+        )
+        details: list[Message] = [quota]
+        if retry_after is not None:
+            details.append(_retry_info(retry_after))
+        super().__init__(message, reason=reason, metadata=metadata, details=details)
+
+
+class Unavailable(ParapetError):
+    """A dependency is down or overloaded: safe to retry after ``retry_after`` seconds."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        details: list[Message] = [] if retry_after is None else [_retry_info(retry_after)]
+        super().__init__(message, reason=reason, metadata=metadata, details=details)
+
+
+def to_status_proto(err: ParapetError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` for ``err``: ErrorInfo first, then its typed details."""
+    status = status_pb2.Status(code=err.code.value[0], message=err.message)
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    status.details.add().Pack(info)
+    for detail in err.details:
+        status.details.add().Pack(detail)
+    return status
+
+
+def to_status(err: ParapetError) -> grpc.Status:
+    """The ``grpc.Status`` for ``context.abort_with_status`` (details in ``grpc-status-details-bin``)."""
+    return rpc_status.to_status(to_status_proto(err))
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a client learns from a failed call: code, message and the unpacked details."""
+
+    code: grpc.StatusCode
+    message: str
+    error_info: error_details_pb2.ErrorInfo | None = None
+    bad_request: error_details_pb2.BadRequest | None = None
+    quota_failure: error_details_pb2.QuotaFailure | None = None
+    retry_info: error_details_pb2.RetryInfo | None = None
+    other: tuple[Any, ...] = field(default=())  # packed ``Any`` details of other types
+
+    @property
+    def reason(self) -> str | None:
+        return self.error_info.reason if self.error_info is not None else None
+
+    @property
+    def retry_after(self) -> float | None:
+        if self.retry_info is None:
+            return None
+        delay = self.retry_info.retry_delay
+        return float(delay.seconds + delay.nanos / 1e9)
+
+
+_KNOWN: dict[str, type[Message]] = {
+    "error_info": error_details_pb2.ErrorInfo,
+    "bad_request": error_details_pb2.BadRequest,
+    "quota_failure": error_details_pb2.QuotaFailure,
+    "retry_info": error_details_pb2.RetryInfo,
+}
+
+
+def error_details(rpc_error: grpc.RpcError) -> ErrorDetails:
+    """Unpack a failed call (``grpc.aio.AioRpcError`` or a sync ``grpc.Call`` error) into typed details."""
+    code: grpc.StatusCode = rpc_error.code()
+    message: str = rpc_error.details() or ""
+    status = rpc_status.from_call(rpc_error)
+    if status is None:
+        return ErrorDetails(code=code, message=message)
+    found: dict[str, Any] = {}
+    other: list[Any] = []
+    for packed in status.details:
+        for name, message_type in _KNOWN.items():
+            if name not in found and packed.Is(message_type.DESCRIPTOR):
+                unpacked = message_type()
+                packed.Unpack(unpacked)
+                found[name] = unpacked
+                break
+        else:
+            other.append(packed)
+    return ErrorDetails(code=code, message=status.message, other=tuple(other), **found)

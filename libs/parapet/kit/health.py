@@ -1,0 +1,151 @@
+"""Health driven by real dependency state: SERVING only while every dependency answers.
+
+A monitor task probes each dependency (database ``SELECT 1``, NATS round trip, plus any a service adds)
+every ``interval`` seconds, each probe bounded by ``timeout``, and sets the overall status (``""``) and
+every service name of the ``grpc.health.v1`` servicer: SERVING when all probes pass, NOT_SERVING as soon
+as one fails. So a load balancer or kubelet stops sending work within about ``interval + timeout`` of a
+dependency going away, and resumes as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[bool]]
+"""A dependency check: True when healthy; False, an exception or a timeout count as unhealthy."""
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health`` whose Watch streams end once the server drains.
+
+    Unlike grpc's own servicer, it starts NOT_SERVING (nothing is known before the first probe), and a
+    Watch stream sends the final NOT_SERVING and then ends: an open Watch (grpc-js clients keep one)
+    would otherwise hold a graceful shutdown for its whole grace period.
+    """
+
+    def __init__(self, service_names: Iterable[str]) -> None:
+        self._status = dict.fromkeys(("", *service_names), NOT_SERVING)
+        self._changed = asyncio.Condition()
+        self._draining = False
+
+    async def set_all(self, status: int) -> None:
+        async with self._changed:
+            if self._draining:
+                return
+            for name in self._status:
+                self._status[name] = status
+            self._changed.notify_all()
+
+    async def drain(self) -> None:
+        async with self._changed:
+            self._draining = True
+            for name in self._status:
+                self._status[name] = NOT_SERVING
+            self._changed.notify_all()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        last: int | None = None
+        while True:
+            status = self._status.get(request.service, SERVICE_UNKNOWN)
+            if status != last:
+                # Written outside the lock: a slow watcher must not hold up status changes.
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._draining:
+                return
+            async with self._changed:
+                if self._status.get(request.service, SERVICE_UNKNOWN) == last and not self._draining:
+                    await self._changed.wait()
+
+
+class HealthMonitor:
+    """Owns the grpc.health.v1 servicer and the task that keeps it true."""
+
+    def __init__(self, service_names: Iterable[str], *, interval: float = 1.0, timeout: float = 1.0) -> None:
+        self.servicer = HealthServicer(service_names)
+        self._probes: dict[str, Probe] = {}
+        self._interval = interval
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+        self._failing: frozenset[str] = frozenset()
+        self._draining = False
+
+    def add_probe(self, name: str, probe: Probe) -> None:
+        """Register a dependency; ``name`` appears in the logs when it fails."""
+        if name in self._probes:
+            raise ValueError(f"health probe {name!r} already registered")
+        self._probes[name] = probe
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._serving)
+
+    async def _run_probe(self, probe: Probe) -> bool:
+        try:
+            return await asyncio.wait_for(probe(), self._timeout)
+        except Exception:
+            return False  # a failing probe is the answer itself, not an error of the monitor
+
+    async def check_once(self) -> bool:
+        """Probe every dependency now and publish the result; returns whether all are healthy."""
+        names = list(self._probes)
+        results = await asyncio.gather(*(self._run_probe(self._probes[name]) for name in names))
+        failing = frozenset(name for name, ok in zip(names, results, strict=True) if not ok)
+        await self._publish(not failing, failing)
+        return not failing
+
+    async def _publish(self, serving: bool, failing: frozenset[str]) -> None:
+        if self._draining:
+            return  # once draining, NOT_SERVING is final
+        if serving == self._serving and failing == self._failing:
+            return
+        if serving:
+            log.info("health: SERVING", extra={"health": "SERVING"})
+        else:
+            log.warning("health: NOT_SERVING", extra={"health": "NOT_SERVING", "failing": sorted(failing)})
+        self._serving, self._failing = serving, failing
+        await self.servicer.set_all(SERVING if serving else NOT_SERVING)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_once()
+
+    async def start(self) -> None:
+        """Publish an accurate first status before the server takes calls, then keep it current."""
+        await self.check_once()
+        self._task = asyncio.create_task(self._loop(), name="parapet-health-monitor")
+
+    async def drain(self) -> None:
+        """NOT_SERVING for good (graceful shutdown): load balancers stop sending new calls."""
+        await self.stop()
+        self._draining = True
+        self._serving = False
+        await self.servicer.drain()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,306 @@
+"""The internal identity token: a short-lived EdDSA (Ed25519) JWT holding the caller's Principal.
+
+The auth service signs it (:class:`TokenSigner`); every service verifies it locally
+(:class:`TokenVerifier`) with public keys from a :class:`KeySource`, so no RPC to auth is needed per call.
+
+Claims: ``iss``, ``aud``, ``sub``, ``exp``, ``iat``, ``nbf``, ``jti`` and
+``tnt`` (tenant id), ``roles``, ``groups``, ``scp`` (scopes), ``key`` (API key id, when the caller used
+one) and ``tok`` (id of the external OIDC token, when the caller used one). The header names the key in
+``kid``. Only ``EdDSA`` is accepted: ``alg: none``, HMAC and RSA tokens are refused before any key is
+looked up, so a public key can never be used as an HMAC secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from parapet.kit.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "EdDSA"
+MAX_TTL_SECONDS = 300
+MAX_TOKEN_BYTES = 8 * 1024
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti", "tnt"]
+
+Jwks = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: verified, never taken from a request field."""
+
+    tenant_id: str
+    subject: str
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    key_id: str | None = None
+    token_id: str | None = None
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+class TokenRejected(Unauthenticated):
+    """An identity token that must not be trusted; ``reason`` says why (e.g. ``TOKEN_EXPIRED``)."""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_jwk(public_key: Ed25519PublicKey, kid: str) -> dict[str, str]:
+    """The RFC 8037 JWK of an Ed25519 public key."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+def generate_signing_key(kid: str | None = None) -> tuple[Ed25519PrivateKey, dict[str, str]]:
+    """A new Ed25519 key and its public JWK; ``kid`` defaults to a random id."""
+    private_key = Ed25519PrivateKey.generate()
+    return private_key, public_jwk(private_key.public_key(), kid or uuid.uuid4().hex[:16])
+
+
+class TokenSigner:
+    """Signs Principals into internal tokens (the auth service, and tests)."""
+
+    def __init__(
+        self,
+        private_key: Ed25519PrivateKey,
+        kid: str,
+        *,
+        issuer: str = "parapet-auth",
+        audience: str = "parapet",
+        ttl_seconds: float = MAX_TTL_SECONDS,
+    ) -> None:
+        if not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"ttl_seconds must be in (0, {MAX_TTL_SECONDS}]")
+        self._key = private_key
+        self.kid = kid
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_seconds = ttl_seconds
+
+    def sign(
+        self, principal: Principal, *, now: float | None = None, extra_claims: Mapping[str, Any] | None = None
+    ) -> str:
+        """A token for ``principal`` valid from ``now`` (default: the current time) for the signer's ttl."""
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": principal.subject,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + int(self.ttl_seconds),
+            "jti": uuid.uuid4().hex,
+            "tnt": principal.tenant_id,
+            "roles": list(principal.roles),
+            "groups": list(principal.groups),
+            "scp": list(principal.scopes),
+        }
+        if principal.key_id is not None:
+            claims["key"] = principal.key_id
+        if principal.token_id is not None:
+            claims["tok"] = principal.token_id
+        claims.update(extra_claims or {})
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
+
+
+class KeySource(Protocol):
+    """Where verification keys come from."""
+
+    async def get_key(self, kid: str) -> Ed25519PublicKey | None:
+        """The public key named ``kid``, or None when it is unknown."""
+        ...
+
+
+def keys_from_jwks(jwks: Jwks) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 signing keys of a JWKS document; keys of other types are ignored, not trusted."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for entry in jwks.get("keys", []):
+        if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519" or not entry.get("kid"):
+            continue
+        if entry.get("use", "sig") != "sig":
+            continue
+        raw = base64.urlsafe_b64decode(entry["x"] + "=" * (-len(entry["x"]) % 4))
+        keys[str(entry["kid"])] = Ed25519PublicKey.from_public_bytes(raw)
+    return keys
+
+
+def read_jwks_file(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+class StaticJwks:
+    """A fixed set of keys (a JWKS dict)."""
+
+    def __init__(self, jwks: Jwks) -> None:
+        self._keys = keys_from_jwks(jwks)
+
+    @classmethod
+    def from_file(cls, path: Path) -> StaticJwks:
+        return cls(read_jwks_file(path))
+
+    async def get_key(self, kid: str) -> Ed25519PublicKey | None:
+        return self._keys.get(kid)
+
+
+class CachedKeySource:
+    """Keys fetched by ``fetch`` (a JWKS file read, or the auth service's JWKS RPC) and cached.
+
+    An unknown ``kid`` triggers a refetch, because after a key rotation tokens with the new key arrive
+    before the cache knows it; refetches are rate-limited (``min_refetch_seconds``) so a flood of tokens
+    with made-up kids cannot turn into a flood of fetches. The cache is also refreshed after ``max_age``.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Jwks]],
+        *,
+        min_refetch_seconds: float = 10.0,
+        max_age_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._min_refetch = min_refetch_seconds
+        self._max_age = max_age_seconds
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+        self.fetch_count = 0
+
+    async def _refresh(self, *, force: bool) -> None:
+        async with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None:
+                age = now - self._fetched_at
+                # Another waiter may have refreshed while we queued for the lock.
+                if age < self._min_refetch or (not force and age < self._max_age):
+                    return
+            self.fetch_count += 1
+            self._fetched_at = now
+            try:
+                self._keys = keys_from_jwks(await self._fetch())
+            except Exception:
+                # Keep the keys we have: a failed refresh must not log everyone out.
+                log.warning(
+                    "fetching identity keys failed; keeping %d cached keys", len(self._keys), exc_info=True
+                )
+
+    async def get_key(self, kid: str) -> Ed25519PublicKey | None:
+        if self._fetched_at is None or self._clock() - self._fetched_at >= self._max_age:
+            await self._refresh(force=False)
+        key = self._keys.get(kid)
+        if key is None:
+            await self._refresh(force=True)
+            key = self._keys.get(kid)
+        return key
+
+
+def jwks_file_source(path: Path, **kwargs: Any) -> CachedKeySource:
+    """A JWKS file, re-read on an unknown kid so keys can rotate without a restart."""
+
+    async def fetch() -> Jwks:
+        return await asyncio.to_thread(read_jwks_file, path)
+
+    return CachedKeySource(fetch, **kwargs)
+
+
+class NoKeys:
+    """Used when no key source is configured: every token is refused."""
+
+    async def get_key(self, kid: str) -> Ed25519PublicKey | None:
+        return None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise TokenRejected("identity token claims are malformed", reason="TOKEN_INVALID")
+    return tuple(str(item) for item in value)
+
+
+@dataclass
+class TokenVerifier:
+    """Verifies internal tokens locally: size, algorithm, key, signature, exp/nbf, audience, issuer."""
+
+    key_source: KeySource
+    audience: str = "parapet"
+    issuer: str = "parapet-auth"
+    leeway_seconds: float = 5.0
+    max_token_bytes: int = MAX_TOKEN_BYTES
+
+    async def verify(self, token: str) -> Principal:
+        """The Principal in ``token``; raises :class:`TokenRejected` with the reason otherwise."""
+        if len(token) > self.max_token_bytes:
+            raise TokenRejected("identity token is too large", reason="TOKEN_TOO_LARGE")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenRejected("identity token is malformed", reason="TOKEN_INVALID") from None
+        if header.get("alg") != ALGORITHM:
+            raise TokenRejected("identity token algorithm is not allowed", reason="TOKEN_INVALID")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenRejected("identity token names no key", reason="TOKEN_INVALID")
+        key = await self.key_source.get_key(kid)
+        if key is None:
+            raise TokenRejected("identity token is signed by an unknown key", reason="TOKEN_INVALID")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("identity token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("identity token is not valid yet", reason="TOKEN_NOT_YET_VALID") from None
+        except jwt.InvalidAudienceError:
+            raise TokenRejected(
+                "identity token is for another audience", reason="TOKEN_AUDIENCE_MISMATCH"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected(
+                "identity token has an unexpected issuer", reason="TOKEN_ISSUER_MISMATCH"
+            ) from None
+        except jwt.PyJWTError:
+            raise TokenRejected("identity token is invalid", reason="TOKEN_INVALID") from None
+        return _principal(claims)
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    tenant, subject = claims.get("tnt"), claims.get("sub")
+    if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
+        raise TokenRejected("identity token names no tenant or subject", reason="TOKEN_INVALID")
+    key_id, token_id = claims.get("key"), claims.get("tok")
+    return Principal(
+        tenant_id=tenant,
+        subject=subject,
+        roles=_strings(claims.get("roles", [])),
+        groups=_strings(claims.get("groups", [])),
+        scopes=_strings(claims.get("scp", [])),
+        key_id=key_id if isinstance(key_id, str) else None,
+        token_id=token_id if isinstance(token_id, str) else None,
+    )

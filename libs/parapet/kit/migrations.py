@@ -1,0 +1,119 @@
+"""Alembic migrations per service schema, applied at start; safe when replicas start together.
+
+Each service has ``services/<name>/migrations/`` with ``versions/`` and a two-line ``env.py``::
+
+    from parapet.kit.migrations import run_env
+    run_env()  # or run_env(target_metadata=Base.metadata) for autogenerate
+
+:func:`migrate` creates the schema if needed and upgrades it to head with the version table inside the
+schema itself (so eight services keep eight independent histories in one database), all in one
+transaction under a PostgreSQL advisory lock: a second replica starting at the same moment waits, then
+finds nothing left to do. PostgreSQL's transactional DDL makes a failed migration leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from parapet.kit.database import check_schema_name, engine_options
+
+log = logging.getLogger(__name__)
+
+VERSION_TABLE = "alembic_version"
+
+
+def _config(migrations_dir: Path, schema: str, connection: Connection | None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    # Passed as attributes, not options: config options go through configparser interpolation, which
+    # would mangle a '%' in a password.
+    config.attributes["schema"] = schema
+    config.attributes["connection"] = connection
+    return config
+
+
+def _lock_and_prepare(connection: Connection, schema: str) -> None:
+    # One lock key per schema: different services migrate in parallel, replicas of one take turns.
+    connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"parapet.migrate.{schema}"}
+    )
+    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
+    """Create ``schema`` if missing and upgrade it to head (blocking; see :func:`migrate`)."""
+    check_schema_name(schema)
+    if not (migrations_dir / "env.py").exists():
+        raise FileNotFoundError(f"{migrations_dir} has no env.py: not an Alembic migrations directory")
+    # The same URL serves the sync engine: SQLAlchemy's psycopg dialect does both.
+    engine = create_engine(database_url, poolclass=NullPool, **engine_options(schema))
+    try:
+        with engine.begin() as connection:
+            _lock_and_prepare(connection, schema)
+            command.upgrade(_config(migrations_dir, schema, connection), "head")
+    finally:
+        engine.dispose()
+    log.info("migrations applied", extra={"schema": schema})
+
+
+async def migrate(database_url: str, schema: str, migrations_dir: Path) -> None:
+    """Create ``schema`` if missing and upgrade it to head, off the event loop (Alembic is synchronous)."""
+    await asyncio.to_thread(migrate_sync, database_url, schema, migrations_dir)
+
+
+def run_env(target_metadata: Any = None) -> None:
+    """The whole of a service's Alembic ``env.py``.
+
+    Run by :func:`migrate`, it reuses the locked connection it is given. Run by the ``alembic`` command
+    line (to write a new revision), it connects to ``sqlalchemy.url`` from ``alembic.ini`` or the
+    ``PARAPET_DATABASE_URL`` environment variable and takes the schema from ``parapet.schema`` in
+    ``alembic.ini`` or the migrations folder's parent folder name (the service name).
+    """
+    import os
+
+    from alembic import context
+
+    config = context.config
+    schema = check_schema_name(
+        config.attributes.get("schema")
+        or config.get_main_option("parapet.schema")
+        or Path(config.get_main_option("script_location") or ".").resolve().parent.name
+    )
+    options: dict[str, Any] = {
+        "target_metadata": target_metadata,
+        "version_table_schema": schema,
+        "include_schemas": False,
+    }
+    if context.is_offline_mode():
+        context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    connection: Connection | None = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("PARAPET_DATABASE_URL")
+    if not url:
+        raise RuntimeError("set sqlalchemy.url in alembic.ini or PARAPET_DATABASE_URL")
+    engine = create_engine(url, poolclass=NullPool, **engine_options(schema))
+    try:
+        with engine.begin() as own:
+            _lock_and_prepare(own, schema)
+            context.configure(connection=own, **options)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()

@@ -1,0 +1,198 @@
+"""The server factory every service and every test uses, and the ``serve`` entry point.
+
+``create_server`` opens the service's resources (database and migrations, NATS and streams), builds a
+grpc.aio server with the interceptors, health and reflection, lets the service register its servicers
+and binds; ``serve`` adds settings from the environment, logging, tracing and signal handling.
+Shutdown order matters: health NOT_SERVING first (load balancers stop sending), then
+``server.stop(grace)`` (new calls refused, in-flight calls and streams finish within the grace), then the
+service's cleanups, then the bus and the database, which in-flight calls may still have needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+from typing import Any, Generic
+
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from parapet.kit import telemetry
+from parapet.kit.app import Resources, ServiceApp
+from parapet.kit.bus import Bus
+from parapet.kit.config import SettingsT, load_settings
+from parapet.kit.database import Database
+from parapet.kit.health import HealthMonitor
+from parapet.kit.identity import KeySource, NoKeys, TokenVerifier, jwks_file_source
+from parapet.kit.interceptors import kit_interceptors
+from parapet.kit.logging import configure_logging
+from parapet.kit.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+
+class KitServer(Generic[SettingsT]):
+    """A built, bound server with its resources; ``start`` serves, ``stop`` drains and closes."""
+
+    def __init__(
+        self,
+        app: ServiceApp[SettingsT],
+        server: grpc.aio.Server,
+        resources: Resources[SettingsT],
+        owned: AsyncExitStack,
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.resources = resources
+        self._owned = owned  # the kit's own resources (bus, database), closed last
+        self._stopped = False
+
+    @property
+    def health(self) -> HealthMonitor:
+        return self.resources.health
+
+    async def start(self) -> None:
+        # Health first: the first calls accepted already see the probed status, never a default.
+        await self.health.start()
+        await self.server.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.resources.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.drain()
+        await self.server.stop(grace)
+        try:
+            await self.resources.cleanup.aclose()
+        finally:
+            await self._owned.aclose()
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def _key_source(app: ServiceApp[SettingsT], settings: SettingsT) -> KeySource:
+    if app.key_source is not None:
+        return app.key_source(settings)
+    if settings.identity_jwks_file is not None:
+        return jwks_file_source(settings.identity_jwks_file)
+    log.warning("no identity keys configured: every non-public RPC will be refused")
+    return NoKeys()
+
+
+async def _open_resources(
+    app: ServiceApp[SettingsT], settings: SettingsT, stack: AsyncExitStack
+) -> Resources[SettingsT]:
+    database: Database | None = None
+    bus: Bus | None = None
+    if app.uses_database:
+        if not settings.database_url:
+            raise ValueError(f"{app.name} needs PARAPET_DATABASE_URL")
+        if app.migrations is not None:
+            await migrate(settings.database_url, app.name, app.migrations)
+        database = Database(settings.database_url, app.name)
+        stack.push_async_callback(database.close)
+    if app.uses_nats:
+        if not settings.nats_url:
+            raise ValueError(f"{app.name} needs PARAPET_NATS_URL")
+        bus = await Bus.connect(
+            settings.nats_url, name=app.name, reconnect_wait=settings.nats_reconnect_wait_seconds
+        )
+        stack.push_async_callback(bus.close)
+        for spec in app.streams:
+            await bus.ensure_stream(spec)
+    health = HealthMonitor(
+        app.service_names,
+        interval=settings.health_interval_seconds,
+        timeout=settings.health_probe_timeout_seconds,
+    )
+    if database is not None:
+        health.add_probe("database", database.ping)
+    if bus is not None:
+        health.add_probe("nats", bus.is_healthy)
+    verifier = TokenVerifier(
+        _key_source(app, settings),
+        audience=settings.identity_audience,
+        issuer=settings.identity_issuer,
+        leeway_seconds=settings.identity_leeway_seconds,
+    )
+    return Resources(settings=settings, database=database, bus=bus, identity=verifier, health=health)
+
+
+async def create_server(
+    app: ServiceApp[SettingsT], settings: SettingsT, *, tracer_provider: Any = None
+) -> tuple[KitServer[SettingsT], int]:
+    """Build and bind the service; returns the server (not started) and the bound port."""
+    owned = AsyncExitStack()
+    try:
+        resources = await _open_resources(app, settings, owned)
+        server = grpc.aio.server(
+            interceptors=[
+                telemetry.server_interceptor(tracer_provider),
+                *kit_interceptors(resources.identity, app.public_methods),
+            ],
+            options=[("grpc.so_reuseport", 0)],  # a port collision must fail, not share the port
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(resources.health.servicer, server)
+        await app.register(server, resources)
+        reflection.enable_server_reflection(
+            (
+                *app.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        credentials = settings.server_credentials()
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except BaseException:
+        await owned.aclose()
+        raise
+    return KitServer(app, server, resources, owned), int(port)
+
+
+def announce(app: ServiceApp[Any], host: str, port: int) -> None:
+    """One JSON line on stdout so a supervisor (``parapet up``) learns a port-0 binding."""
+    sys.stdout.write(json.dumps({"event": "serving", "service": app.name, "host": host, "port": port}) + "\n")
+    sys.stdout.flush()
+
+
+async def serve(app: ServiceApp[Any]) -> None:
+    """Run ``app`` until SIGTERM or SIGINT, then shut down gracefully. What ``parapet serve`` calls."""
+    settings = load_settings(app.settings_type)
+    service_name = settings.service_name or app.name
+    configure_logging(settings.log_level, settings.log_format, service=service_name)
+    provider = telemetry.setup_tracing(service_name, settings.otlp_endpoint)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    server, port = await create_server(app, settings, tracer_provider=provider)
+    try:
+        await server.start()
+        log.info("serving", extra={"host": settings.host, "port": port, "services": list(app.service_names)})
+        announce(app, settings.host, port)
+        await stop_requested.wait()
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    finally:
+        await server.stop()
+        provider.shutdown()  # flush spans still buffered for export
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def main(app: ServiceApp[Any]) -> None:
+    """Synchronous entry point: ``python -m services.<name>`` can be ``main(APP)``."""
+    asyncio.run(serve(app))

@@ -1,0 +1,166 @@
+"""Error details round-trip from a servicer to a client over a real channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+
+from parapet.kit.errors import (
+    DOMAIN,
+    InvalidArgument,
+    NotFound,
+    ParapetError,
+    QuotaExceeded,
+    Unavailable,
+    error_details,
+    to_status_proto,
+)
+from parapet.kit.testing import (
+    StringValue,
+    TestKeys,
+    fast_settings,
+    generic_app,
+    running,
+    stream_caller,
+    string_service,
+    unary_caller,
+)
+
+SERVICE = "test.v1.Errors"
+SECRET = "password=hunter2 at /srv/secret.sql"
+
+
+async def raise_error(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    errors: dict[str, Exception] = {
+        "bad_request": InvalidArgument(
+            "the request is invalid",
+            field_violations=[("messages[0].text", "must not be empty"), ("model", "unknown model")],
+        ),
+        "quota": QuotaExceeded(
+            "monthly budget exhausted",
+            reason="BUDGET_EXCEEDED",
+            violations=[("tenant:tenant-a", "monthly cost budget of 100 USD")],
+            retry_after=42.5,
+            metadata={"budget": "monthly"},
+        ),
+        "unavailable": Unavailable("inference is overloaded", retry_after=1.0),
+        "not_found": NotFound("no such document", reason="DOCUMENT_NOT_FOUND", metadata={"document": "d1"}),
+        "unexpected": RuntimeError(SECRET),
+    }
+    raise errors[request.value]
+
+
+async def stream_then_fail(request: StringValue, context: grpc.aio.ServicerContext) -> AsyncIterator[StringValue]:
+    for index in range(3):
+        yield StringValue(value=f"chunk-{index}")
+        await asyncio.sleep(0)
+    if request.value == "unexpected":
+        raise KeyError(SECRET)
+    raise QuotaExceeded("token budget ran out mid-answer", reason="BUDGET_EXCEEDED", retry_after=3)
+
+
+@pytest.fixture
+async def channel(keys: TestKeys) -> AsyncIterator[grpc.aio.Channel]:
+    handler = string_service(SERVICE, unary={"Raise": raise_error}, server_streaming={"Stream": stream_then_fail})
+    app = generic_app(handler, keys=keys, service_names=(SERVICE,))
+    async with running(app, fast_settings()) as (_, port), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+
+
+async def call_unary(channel: grpc.aio.Channel, keys: TestKeys, kind: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unary_caller(channel, f"/{SERVICE}/Raise")(StringValue(value=kind), metadata=keys.metadata())
+    return caught.value
+
+
+async def test_bad_request_field_violations(channel: grpc.aio.Channel, keys: TestKeys) -> None:
+    details = error_details(await call_unary(channel, keys, "bad_request"))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.message == "the request is invalid"
+    assert details.error_info is not None
+    assert (details.reason, details.error_info.domain) == ("INVALID_ARGUMENT", DOMAIN)
+    assert details.bad_request is not None
+    assert [(v.field, v.description) for v in details.bad_request.field_violations] == [
+        ("messages[0].text", "must not be empty"),
+        ("model", "unknown model"),
+    ]
+
+
+async def test_quota_failure_and_retry_info(channel: grpc.aio.Channel, keys: TestKeys) -> None:
+    details = error_details(await call_unary(channel, keys, "quota"))
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.reason == "BUDGET_EXCEEDED"
+    assert details.error_info is not None and dict(details.error_info.metadata) == {"budget": "monthly"}
+    assert details.quota_failure is not None
+    assert details.quota_failure.violations[0].subject == "tenant:tenant-a"
+    assert details.retry_after == pytest.approx(42.5)
+
+
+async def test_unavailable_with_retry_info(channel: grpc.aio.Channel, keys: TestKeys) -> None:
+    details = error_details(await call_unary(channel, keys, "unavailable"))
+    assert (details.code, details.reason, details.retry_after) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", 1.0)
+
+
+async def test_error_info_metadata(channel: grpc.aio.Channel, keys: TestKeys) -> None:
+    details = error_details(await call_unary(channel, keys, "not_found"))
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "DOCUMENT_NOT_FOUND"
+    assert details.error_info is not None and details.error_info.metadata["document"] == "d1"
+    assert details.bad_request is None and details.quota_failure is None
+
+
+async def test_unexpected_exception_is_internal_without_leaking(
+    channel: grpc.aio.Channel, keys: TestKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="parapet.kit.errors"):
+        error = await call_unary(channel, keys, "unexpected")
+    details = error_details(error)
+    assert details.code == grpc.StatusCode.INTERNAL
+    assert details.reason == "INTERNAL_ERROR"
+    assert "hunter2" not in (error.details() or "") and "hunter2" not in details.message
+    assert "RuntimeError" not in details.message
+    # ...but the operator gets the traceback.
+    assert any(record.exc_info and "hunter2" in str(record.exc_info[1]) for record in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["quota", "unexpected"])
+async def test_error_mid_stream_arrives_with_details(channel: grpc.aio.Channel, keys: TestKeys, kind: str) -> None:
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in stream_caller(channel, f"/{SERVICE}/Stream")(
+            StringValue(value=kind), metadata=keys.metadata()
+        ):
+            received.append(message.value)
+    assert received == ["chunk-0", "chunk-1", "chunk-2"]
+    details = error_details(caught.value)
+    if kind == "quota":
+        assert (details.code, details.reason, details.retry_after) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BUDGET_EXCEEDED",
+            3.0,
+        )
+        assert details.message == "token budget ran out mid-answer"
+    else:
+        assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
+        assert "hunter2" not in details.message
+
+
+def test_status_proto_puts_error_info_first() -> None:
+    status = to_status_proto(QuotaExceeded("x", violations=[("s", "d")], retry_after=0.25))
+    assert [detail.type_url.rsplit(".", 1)[-1] for detail in status.details] == [
+        "ErrorInfo",
+        "QuotaFailure",
+        "RetryInfo",
+    ]
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+def test_every_error_has_upper_snake_reason() -> None:
+    for error_type in ParapetError.__subclasses__():
+        reason = error_type.default_reason
+        assert reason == reason.upper() and " " not in reason, error_type
