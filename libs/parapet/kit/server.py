@@ -138,7 +138,12 @@ async def create_server(
                 telemetry.server_interceptor(tracer_provider),
                 *kit_interceptors(resources.identity, app.public_methods),
             ],
-            options=[("grpc.so_reuseport", 0)],  # a port collision must fail, not share the port
+            options=[
+                ("grpc.so_reuseport", 0),  # a port collision must fail, not share the port
+                # Above the identity token limit (8 KiB), so an oversized token gets its own clear
+                # TOKEN_TOO_LARGE rather than the transport's anonymous RESOURCE_EXHAUSTED.
+                ("grpc.max_metadata_size", 16 * 1024),
+            ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(resources.health.servicer, server)
         await app.register(server, resources)

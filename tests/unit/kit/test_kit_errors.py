@@ -55,7 +55,9 @@ async def raise_error(request: StringValue, context: grpc.aio.ServicerContext) -
     raise errors[request.value]
 
 
-async def stream_then_fail(request: StringValue, context: grpc.aio.ServicerContext) -> AsyncIterator[StringValue]:
+async def stream_then_fail(
+    request: StringValue, context: grpc.aio.ServicerContext
+) -> AsyncIterator[StringValue]:
     for index in range(3):
         yield StringValue(value=f"chunk-{index}")
         await asyncio.sleep(0)
@@ -66,9 +68,14 @@ async def stream_then_fail(request: StringValue, context: grpc.aio.ServicerConte
 
 @pytest.fixture
 async def channel(keys: TestKeys) -> AsyncIterator[grpc.aio.Channel]:
-    handler = string_service(SERVICE, unary={"Raise": raise_error}, server_streaming={"Stream": stream_then_fail})
+    handler = string_service(
+        SERVICE, unary={"Raise": raise_error}, server_streaming={"Stream": stream_then_fail}
+    )
     app = generic_app(handler, keys=keys, service_names=(SERVICE,))
-    async with running(app, fast_settings()) as (_, port), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with (
+        running(app, fast_settings()) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
+    ):
         yield ch
 
 
@@ -103,7 +110,11 @@ async def test_quota_failure_and_retry_info(channel: grpc.aio.Channel, keys: Tes
 
 async def test_unavailable_with_retry_info(channel: grpc.aio.Channel, keys: TestKeys) -> None:
     details = error_details(await call_unary(channel, keys, "unavailable"))
-    assert (details.code, details.reason, details.retry_after) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", 1.0)
+    assert (details.code, details.reason, details.retry_after) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "UNAVAILABLE",
+        1.0,
+    )
 
 
 async def test_error_info_metadata(channel: grpc.aio.Channel, keys: TestKeys) -> None:
@@ -129,7 +140,9 @@ async def test_unexpected_exception_is_internal_without_leaking(
 
 
 @pytest.mark.parametrize("kind", ["quota", "unexpected"])
-async def test_error_mid_stream_arrives_with_details(channel: grpc.aio.Channel, keys: TestKeys, kind: str) -> None:
+async def test_error_mid_stream_arrives_with_details(
+    channel: grpc.aio.Channel, keys: TestKeys, kind: str
+) -> None:
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for message in stream_caller(channel, f"/{SERVICE}/Stream")(

@@ -1,0 +1,80 @@
+"""Structured logs: one JSON line per RPC carrying method, code, tenant, request id and trace id."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from parapet.kit.errors import NotFound
+from parapet.kit.logging import configure_logging
+from parapet.kit.testing import (
+    StringValue,
+    TestKeys,
+    fast_settings,
+    generic_app,
+    running,
+    string_service,
+    unary_caller,
+)
+
+SERVICE = "test.v1.Logged"
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging("INFO", "json", service="logged", stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+
+
+async def handle(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    logging.getLogger("test.handler").info("inside", extra={"step": "handler"})
+    if request.value == "missing":
+        raise NotFound("no such thing", reason="THING_NOT_FOUND")
+    return StringValue(value="ok")
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+async def test_rpc_lines_carry_context(log_stream: io.StringIO, keys: TestKeys) -> None:
+    app = generic_app(string_service(SERVICE, unary={"Do": handle}), keys=keys, service_names=(SERVICE,))
+    async with (
+        running(app, fast_settings(), tracer_provider=TracerProvider()) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        call = unary_caller(channel, f"/{SERVICE}/Do")
+        await call(StringValue(value="x"), metadata=(*keys.metadata(), ("x-request-id", "req-1")))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call(StringValue(value="missing"), metadata=keys.metadata())
+
+    records = lines(log_stream)
+    inside = next(r for r in records if r["event"] == "inside")
+    rpcs = [r for r in records if r["event"] == "rpc"]
+    assert len(rpcs) == 2
+    ok, failed = rpcs
+    assert ok["method"] == f"/{SERVICE}/Do" and ok["code"] == "OK" and ok["tenant"] == "tenant-a"
+    assert ok["request_id"] == "req-1" and ok["service"] == "logged" and ok["duration_ms"] >= 0
+    assert len(ok["trace_id"]) == 32 and ok["peer"]
+    # A line logged inside the handler shares the RPC's request id and trace id.
+    assert (inside["request_id"], inside["trace_id"], inside["step"]) == ("req-1", ok["trace_id"], "handler")
+    assert (failed["code"], failed["reason"]) == ("NOT_FOUND", "THING_NOT_FOUND")
+    assert failed["request_id"] != "req-1" and len(failed["request_id"]) == 32  # a fresh one

@@ -1,0 +1,147 @@
+"""Two hops through the kit client: deadline, identity, request id and trace context cross them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from parapet.kit import clients, telemetry
+from parapet.kit.context import current_principal, current_request_id, remaining_time
+from parapet.kit.testing import (
+    StringValue,
+    TestKeys,
+    fast_settings,
+    generic_app,
+    running,
+    string_service,
+    unary_caller,
+)
+
+B_SERVICE, A_SERVICE = "test.v1.B", "test.v1.A"
+
+
+async def b_observe(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    principal = current_principal()
+    return StringValue(
+        value=json.dumps(
+            {
+                "remaining": remaining_time(),
+                "tenant": principal.tenant_id if principal else None,
+                "request_id": current_request_id(),
+                "trace_id": telemetry.current_trace_id(),
+            }
+        )
+    )
+
+
+@dataclass
+class Hops:
+    a_port: int
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+
+
+@pytest.fixture
+async def hops(keys: TestKeys) -> AsyncIterator[Hops]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    b_app = generic_app(
+        string_service(B_SERVICE, unary={"Observe": b_observe}), keys=keys, service_names=(B_SERVICE,)
+    )
+    async with running(b_app, fast_settings(), tracer_provider=provider) as (_, b_port):
+        b_channel = clients.channel(f"127.0.0.1:{b_port}", tracer_provider=provider)
+
+        async def a_forward(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+            timeout = float(request.value) if request.value else None
+            a_remaining = remaining_time()
+            answer = await unary_caller(b_channel, f"/{B_SERVICE}/Observe")(StringValue(), timeout=timeout)
+            observed = json.loads(answer.value)
+            observed["a_remaining"] = a_remaining
+            observed["a_trace_id"] = telemetry.current_trace_id()
+            return StringValue(value=json.dumps(observed))
+
+        a_app = generic_app(
+            string_service(A_SERVICE, unary={"Forward": a_forward}),
+            keys=keys,
+            service_names=(A_SERVICE,),
+            name="a",
+        )
+        async with running(a_app, fast_settings(), tracer_provider=provider) as (_, a_port):
+            yield Hops(a_port, provider, exporter)
+        await b_channel.close()
+
+
+async def call_a(
+    hops: Hops, keys: TestKeys, *, a_timeout: float | None, b_timeout: str = ""
+) -> dict[str, object]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{hops.a_port}") as channel:
+        metadata = (*keys.metadata(), ("x-request-id", "req-42"))
+        answer = await unary_caller(channel, f"/{A_SERVICE}/Forward")(
+            StringValue(value=b_timeout), metadata=metadata, timeout=a_timeout
+        )
+    result: dict[str, object] = json.loads(answer.value)
+    return result
+
+
+async def test_b_sees_at_most_the_time_a_had_left(hops: Hops, keys: TestKeys) -> None:
+    observed = await call_a(hops, keys, a_timeout=2.0)
+    a_remaining, b_remaining = observed["a_remaining"], observed["remaining"]
+    assert isinstance(a_remaining, float) and isinstance(b_remaining, float)
+    # B gets A's remainder minus the kit's margin; the wire encoding of grpc-timeout may round it up
+    # by a fraction of a millisecond, hence the tolerance on the margin (not on the remainder).
+    assert 0 < b_remaining < a_remaining - clients.DEADLINE_MARGIN_SECONDS / 2
+    assert a_remaining <= 2.0
+
+
+async def test_explicit_shorter_timeout_wins(hops: Hops, keys: TestKeys) -> None:
+    observed = await call_a(hops, keys, a_timeout=2.0, b_timeout="0.5")
+    assert isinstance(observed["remaining"], float) and 0 < observed["remaining"] <= 0.5
+
+
+async def test_without_incoming_deadline_the_default_timeout_applies(hops: Hops, keys: TestKeys) -> None:
+    observed = await call_a(hops, keys, a_timeout=None)
+    assert observed["a_remaining"] is None
+    remaining = observed["remaining"]
+    # gRPC core rounds long timeouts up on the wire (to 100 ms steps at this size).
+    assert isinstance(remaining, float) and 25 < remaining <= clients.DEFAULT_TIMEOUT_SECONDS + 0.2
+
+
+async def test_identity_and_request_id_are_forwarded(hops: Hops, keys: TestKeys) -> None:
+    observed = await call_a(hops, keys, a_timeout=2.0)
+    assert observed["tenant"] == keys.principal.tenant_id
+    assert observed["request_id"] == "req-42"
+
+
+async def test_one_trace_id_across_two_hops(hops: Hops, keys: TestKeys) -> None:
+    tracer = hops.provider.get_tracer("test")
+    with tracer.start_as_current_span("caller") as root:
+        channel = clients.channel(f"127.0.0.1:{hops.a_port}", tracer_provider=hops.provider)
+        try:
+            answer = await unary_caller(channel, f"/{A_SERVICE}/Forward")(
+                StringValue(), metadata=keys.metadata()
+            )
+        finally:
+            await channel.close()
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    observed = json.loads(answer.value)
+    assert observed["a_trace_id"] == observed["trace_id"] == trace_id
+    spans = hops.exporter.get_finished_spans()
+    kinds = sorted((span.name.strip("/"), span.kind.name) for span in spans)
+    # caller -> client span -> A's server span -> A's client span -> B's server span
+    assert kinds == [
+        ("caller", "INTERNAL"),
+        (f"{A_SERVICE}/Forward", "CLIENT"),
+        (f"{A_SERVICE}/Forward", "SERVER"),
+        (f"{B_SERVICE}/Observe", "CLIENT"),
+        (f"{B_SERVICE}/Observe", "SERVER"),
+    ], kinds
+    assert {format(span.context.trace_id, "032x") for span in spans} == {trace_id}
