@@ -1,0 +1,45 @@
+"""JetStream helper: idempotent stream declaration, publish with headers and de-duplication by id."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from parapet.kit.bus import MSG_ID_HEADER, Bus, StreamSpec
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_url, name="kit-test")
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def test_ensure_stream_is_idempotent_and_updates(bus: Bus) -> None:
+    name = f"KIT_{uuid.uuid4().hex[:8].upper()}"
+    spec = StreamSpec(name=name, subjects=(f"{name.lower()}.>",), max_age_seconds=3600)
+    await bus.ensure_stream(spec)
+    await bus.ensure_stream(spec)
+    updated = StreamSpec(name=name, subjects=spec.subjects, max_age_seconds=7200, duplicate_window_seconds=60)
+    await bus.ensure_stream(updated)
+    info = await bus.jetstream.stream_info(name)
+    assert info.config.max_age == 7200 and info.config.duplicate_window == 60
+
+
+async def test_publish_with_headers_and_dedup(bus: Bus) -> None:
+    name = f"KIT_{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{name.lower()}.tenant-a"
+    await bus.ensure_stream(StreamSpec(name=name, subjects=(f"{name.lower()}.>",)))
+    first = await bus.publish(subject, b"event", msg_id="evt-1", headers={"ce-type": "parapet.usage.v1"})
+    again = await bus.publish(subject, b"event", msg_id="evt-1", headers={"ce-type": "parapet.usage.v1"})
+    assert not first.duplicate and again.duplicate
+    assert (await bus.jetstream.stream_info(name)).state.messages == 1
+    message = await bus.jetstream.get_msg(name, seq=first.seq)
+    assert message.data == b"event"
+    assert message.headers is not None
+    assert message.headers[MSG_ID_HEADER] == "evt-1" and message.headers["ce-type"] == "parapet.usage.v1"
+    assert await bus.is_healthy()

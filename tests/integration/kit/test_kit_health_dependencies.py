@@ -1,0 +1,60 @@
+"""Health follows real dependency state: NOT_SERVING while PostgreSQL or NATS is down, SERVING when back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc.aio
+from grpc_health.v1 import health_pb2
+
+from parapet.embedded import EmbeddedNats, EmbeddedPostgres
+from parapet.kit.bus import StreamSpec
+from parapet.kit.testing import fast_settings, generic_app, health_status, running
+
+SERVICE = "test.v1.Deps"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def wait_for_status(channel: grpc.aio.Channel, expected: int, within: float) -> float:
+    """Seconds until both the overall and the service's status are ``expected``; fails after ``within``."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if await health_status(channel) == expected and await health_status(channel, SERVICE) == expected:
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health did not become {expected} within {within}s")
+
+
+async def test_health_follows_the_database(fresh_postgres: EmbeddedPostgres) -> None:
+    app = generic_app(name="healthdb", service_names=(SERVICE,), uses_database=True)
+    async with (
+        running(app, fast_settings(database_url=fresh_postgres.url)) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        assert await health_status(channel) == SERVING  # probed before the first call was accepted
+        await asyncio.to_thread(fresh_postgres.stop)
+        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await asyncio.to_thread(fresh_postgres.start)
+        await wait_for_status(channel, SERVING, within=10)
+        # And the database really works again through the kit's pool (stale connections replaced).
+        assert await server.resources.require_database().ping()
+
+
+async def test_health_follows_nats(fresh_nats: EmbeddedNats) -> None:
+    stream = StreamSpec(name="HEALTH_TEST", subjects=("health.test.>",))
+    app = generic_app(name="healthnats", service_names=(SERVICE,), uses_nats=True, streams=(stream,))
+    async with (
+        running(app, fast_settings(nats_url=fresh_nats.url)) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        assert await health_status(channel) == SERVING
+        bus = server.resources.require_bus()
+        assert (await bus.jetstream.stream_info("HEALTH_TEST")).config.subjects == ["health.test.>"]
+        await asyncio.to_thread(fresh_nats.stop)
+        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await asyncio.to_thread(fresh_nats.start)
+        await wait_for_status(channel, SERVING, within=10)
+        ack = await bus.publish("health.test.after", b"back", msg_id="m-1")
+        assert ack.stream == "HEALTH_TEST"

@@ -1,0 +1,129 @@
+"""Alembic per service schema: applied once, idempotent, safe under concurrent starts, all-or-nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from parapet.kit.migrations import migrate
+
+ENV = "from parapet.kit.migrations import run_env\n\nrun_env()\n"
+
+FIRST = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))
+
+
+def downgrade() -> None:
+    op.drop_table("widgets")
+"""
+
+SECOND = """
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE widgets ADD COLUMN colour text")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE widgets DROP COLUMN colour")
+"""
+
+BROKEN = """
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE gadgets (id int)")
+    op.execute("SELECT no_such_function()")
+
+
+def downgrade() -> None:
+    pass
+"""
+
+
+def migrations_dir(tmp_path: Path, *revisions: str) -> Path:
+    root = tmp_path / "migrations"
+    (root / "versions").mkdir(parents=True, exist_ok=True)
+    (root / "env.py").write_text(ENV)
+    for index, body in enumerate(revisions, start=1):
+        (root / "versions" / f"{index:04d}_rev.py").write_text(body)
+    return root
+
+
+def conninfo(database_url: str) -> str:
+    return database_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def query(database_url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(conninfo(database_url)) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def version(database_url: str, schema: str) -> list[tuple[object, ...]]:
+    return query(database_url, f'SELECT version_num FROM "{schema}".alembic_version')
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"mig_{uuid.uuid4().hex[:10]}"
+
+
+async def test_applies_into_the_schema_and_second_run_is_a_noop(
+    database_url: str, schema: str, tmp_path: Path
+) -> None:
+    folder = migrations_dir(tmp_path, FIRST)
+    await migrate(database_url, schema, folder)
+    assert version(database_url, schema) == [("0001",)]
+    tables = query(
+        database_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema
+    )
+    assert sorted(tables) == [("alembic_version",), ("widgets",)]  # both inside the service's own schema
+    query(database_url, f"INSERT INTO \"{schema}\".widgets (name) VALUES ('kept') RETURNING id")
+
+    await migrate(database_url, schema, folder)  # no-op: nothing re-created, data kept
+    assert version(database_url, schema) == [("0001",)]
+    assert query(database_url, f'SELECT name FROM "{schema}".widgets') == [("kept",)]
+
+    migrations_dir(tmp_path, FIRST, SECOND)  # a new revision appears
+    await migrate(database_url, schema, folder)
+    assert version(database_url, schema) == [("0002",)]
+
+
+async def test_concurrent_runs_do_not_fail(database_url: str, schema: str, tmp_path: Path) -> None:
+    folder = migrations_dir(tmp_path, FIRST, SECOND)
+    await asyncio.gather(*(migrate(database_url, schema, folder) for _ in range(4)))
+    assert version(database_url, schema) == [("0002",)]
+
+
+async def test_failed_migration_leaves_nothing_behind(database_url: str, schema: str, tmp_path: Path) -> None:
+    await migrate(database_url, schema, migrations_dir(tmp_path, FIRST, SECOND))
+    folder = migrations_dir(tmp_path, FIRST, SECOND, BROKEN)
+    with pytest.raises(Exception, match="no_such_function"):
+        await migrate(database_url, schema, folder)
+    assert version(database_url, schema) == [("0002",)]
+    assert query(database_url, "SELECT 1 FROM information_schema.tables WHERE table_name = 'gadgets'") == []
+
+
+async def test_rejects_unsafe_schema_names(database_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="invalid schema name"):
+        await migrate(database_url, 'x"; DROP SCHEMA public; --', migrations_dir(tmp_path, FIRST))

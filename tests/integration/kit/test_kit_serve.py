@@ -1,0 +1,56 @@
+"""``serve``: a real process announces its port-0 binding on stdout and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc.aio
+
+from parapet.kit.testing import health_status
+
+PROGRAM = """
+from parapet.kit.server import main
+from parapet.kit.testing import generic_app
+
+main(generic_app(name="served", service_names=("test.v1.Served",)))
+"""
+
+
+async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None:
+    script = tmp_path / "served.py"
+    script.write_text(PROGRAM)
+    env = {
+        **os.environ,
+        "PARAPET_PORT": "0",
+        "PARAPET_SHUTDOWN_GRACE_SECONDS": "3",
+        "PARAPET_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert announcement["event"] == "serving" and announcement["service"] == "served"
+        port = int(announcement["port"])
+        assert port > 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await health_status(channel) == 1
+            assert await health_status(channel, "test.v1.Served") == 1
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert time.monotonic() - started < 3  # nothing in flight: no need to wait out the grace
+        stderr = (await proc.stderr.read()).decode()
+        events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+        assert "serving" in events and "shutting down" in events and "stopped" in events
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
