@@ -131,6 +131,7 @@ async def create_server(
 ) -> tuple[KitServer[SettingsT], int]:
     """Build and bind the service; returns the server (not started) and the bound port."""
     owned = AsyncExitStack()
+    resources: Resources[SettingsT] | None = None
     try:
         resources = await _open_resources(app, settings, owned)
         server = grpc.aio.server(
@@ -162,7 +163,11 @@ async def create_server(
         else:
             port = server.add_secure_port(address, credentials)
     except BaseException:
-        await owned.aclose()
+        try:
+            if resources is not None:
+                await resources.cleanup.aclose()  # whatever register() set up before failing
+        finally:
+            await owned.aclose()
         raise
     return KitServer(app, server, resources, owned), int(port)
 

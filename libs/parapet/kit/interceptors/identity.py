@@ -40,6 +40,7 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
 
 class IdentityInterceptor(HandlerInterceptor):
     def __init__(self, verifier: TokenVerifier, public_methods: Iterable[str] = ()) -> None:
+        super().__init__()
         self._verifier = verifier
         self._public = frozenset(public_methods)
 
