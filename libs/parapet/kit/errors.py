@@ -52,7 +52,7 @@ class ParapetError(Exception):
 
 class InvalidArgument(ParapetError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = "REQUEST_INVALID"
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class InvalidArgument(ParapetError):
 
 class NotFound(ParapetError):
     code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    default_reason = "RESOURCE_NOT_FOUND"
 
 
 class AlreadyExists(ParapetError):
@@ -85,7 +85,7 @@ class AlreadyExists(ParapetError):
 
 class PermissionDenied(ParapetError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_MISSING"
 
 
 class Unauthenticated(ParapetError):
@@ -160,7 +160,7 @@ class Unavailable(ParapetError):
     """A dependency is down or overloaded: safe to retry after ``retry_after`` seconds."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    default_reason = "DEPENDENCY_UNAVAILABLE"
 
     def __init__(
         self,

@@ -4,8 +4,8 @@ The auth service signs it (:class:`TokenSigner`); every service verifies it loca
 (:class:`TokenVerifier`) with public keys from a :class:`KeySource`, so no RPC to auth is needed per call.
 
 Claims: ``iss``, ``aud``, ``sub``, ``exp``, ``iat``, ``nbf``, ``jti`` and
-``tnt`` (tenant id), ``roles``, ``groups``, ``scp`` (scopes), ``key`` (API key id, when the caller used
-one) and ``tok`` (id of the external OIDC token, when the caller used one). The header names the key in
+``tnt`` (tenant id), ``roles``, ``groups``, ``scp`` (scopes), and when set ``cty`` (credential type),
+``key`` (API key id), ``tok`` (the external OIDC token's id) and ``idp`` (the external issuer). The header names the key in
 ``kid``. Only ``EdDSA`` is accepted: ``alg: none``, HMAC and RSA tokens are refused before any key is
 looked up, so a public key can never be used as an HMAC secret.
 """
@@ -40,18 +40,57 @@ Jwks = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: verified, never taken from a request field."""
+    """Who is calling: verified, never taken from a request field. Mirrors ``parapet.identity.v1.Principal``."""
 
     tenant_id: str
     subject: str
     roles: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
-    key_id: str | None = None
-    token_id: str | None = None
+    # "api_key", "oidc_token" or "service" (the proto's CredentialType without its prefix); "" = unspecified.
+    credential_type: str = ""
+    api_key_id: str = ""  # the API key used, for credential_type "api_key"
+    external_token_id: str = ""  # the external OIDC token's jti, for credential_type "oidc_token"
+    issuer: str = ""  # the external credential's issuer (OIDC iss), for audit
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+    def to_proto(self) -> Any:
+        """The ``parapet.identity.v1.Principal`` message."""
+        from parapet.identity.v1 import principal_pb2
+
+        credential = f"CREDENTIAL_TYPE_{self.credential_type.upper() or 'UNSPECIFIED'}"
+        return principal_pb2.Principal(
+            tenant_id=self.tenant_id,
+            subject=self.subject,
+            roles=self.roles,
+            groups=self.groups,
+            scopes=self.scopes,
+            credential_type=principal_pb2.CredentialType.Value(credential),
+            api_key_id=self.api_key_id,
+            external_token_id=self.external_token_id,
+            issuer=self.issuer,
+        )
+
+    @classmethod
+    def from_proto(cls, message: Any) -> Principal:
+        from parapet.identity.v1 import principal_pb2
+
+        credential = principal_pb2.CredentialType.Name(message.credential_type).removeprefix(
+            "CREDENTIAL_TYPE_"
+        )
+        return cls(
+            tenant_id=message.tenant_id,
+            subject=message.subject,
+            roles=tuple(message.roles),
+            groups=tuple(message.groups),
+            scopes=tuple(message.scopes),
+            credential_type="" if credential == "UNSPECIFIED" else credential.lower(),
+            api_key_id=message.api_key_id,
+            external_token_id=message.external_token_id,
+            issuer=message.issuer,
+        )
 
 
 class TokenRejected(Unauthenticated):
@@ -114,10 +153,13 @@ class TokenSigner:
             "groups": list(principal.groups),
             "scp": list(principal.scopes),
         }
-        if principal.key_id is not None:
-            claims["key"] = principal.key_id
-        if principal.token_id is not None:
-            claims["tok"] = principal.token_id
+        optional = {
+            "cty": principal.credential_type,
+            "key": principal.api_key_id,
+            "tok": principal.external_token_id,
+            "idp": principal.issuer,
+        }
+        claims.update({name: value for name, value in optional.items() if value})
         claims.update(extra_claims or {})
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
@@ -294,13 +336,19 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     tenant, subject = claims.get("tnt"), claims.get("sub")
     if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
         raise TokenRejected("identity token names no tenant or subject", reason="TOKEN_INVALID")
-    key_id, token_id = claims.get("key"), claims.get("tok")
+
+    def text(name: str) -> str:
+        value = claims.get(name, "")
+        return value if isinstance(value, str) else ""
+
     return Principal(
         tenant_id=tenant,
         subject=subject,
         roles=_strings(claims.get("roles", [])),
         groups=_strings(claims.get("groups", [])),
         scopes=_strings(claims.get("scp", [])),
-        key_id=key_id if isinstance(key_id, str) else None,
-        token_id=token_id if isinstance(token_id, str) else None,
+        credential_type=text("cty"),
+        api_key_id=text("key"),
+        external_token_id=text("tok"),
+        issuer=text("idp"),
     )

@@ -90,7 +90,7 @@ async def test_bad_request_field_violations(channel: grpc.aio.Channel, keys: Tes
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.message == "the request is invalid"
     assert details.error_info is not None
-    assert (details.reason, details.error_info.domain) == ("INVALID_ARGUMENT", DOMAIN)
+    assert (details.reason, details.error_info.domain) == ("REQUEST_INVALID", DOMAIN)
     assert details.bad_request is not None
     assert [(v.field, v.description) for v in details.bad_request.field_violations] == [
         ("messages[0].text", "must not be empty"),
@@ -112,7 +112,7 @@ async def test_unavailable_with_retry_info(channel: grpc.aio.Channel, keys: Test
     details = error_details(await call_unary(channel, keys, "unavailable"))
     assert (details.code, details.reason, details.retry_after) == (
         grpc.StatusCode.UNAVAILABLE,
-        "UNAVAILABLE",
+        "DEPENDENCY_UNAVAILABLE",
         1.0,
     )
 

@@ -49,7 +49,8 @@ PRINCIPAL = Principal(
     roles=("member", "admin"),
     groups=("finance",),
     scopes=("chat",),
-    key_id="key-123",
+    credential_type="api_key",
+    api_key_id="key-123",
 )
 
 
@@ -226,9 +227,20 @@ async def test_no_key_source_refuses_every_token(keys: TestKeys) -> None:
 
 
 async def test_verifier_round_trips_every_principal_field(keys: TestKeys) -> None:
-    principal = Principal("t", "s", roles=("r",), groups=("g1", "g2"), scopes=("chat",), token_id="oidc-1")
+    principal = Principal(
+        "t",
+        "s",
+        roles=("r",),
+        groups=("g1", "g2"),
+        scopes=("chat",),
+        credential_type="oidc_token",
+        external_token_id="oidc-1",
+        issuer="https://idp.example",
+    )
     verifier = TokenVerifier(keys.key_source())
     assert await verifier.verify(keys.signer.sign(principal)) == principal
+    assert Principal.from_proto(principal.to_proto()) == principal
+    assert principal.to_proto().credential_type == 2  # CREDENTIAL_TYPE_OIDC_TOKEN
 
 
 def test_signer_refuses_long_lived_tokens(keys: TestKeys) -> None:

@@ -24,7 +24,7 @@ def _enter(context: grpc.aio.ServicerContext) -> None:
         deadline_var.set(None)
         return
     if remaining <= 0:
-        raise DeadlineExceeded("the call's deadline passed before it was served", reason="DEADLINE_PASSED")
+        raise DeadlineExceeded("the call's deadline passed before it was served", reason="DEADLINE_EXCEEDED")
     # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
     deadline_var.set(time.monotonic() + remaining)
 
