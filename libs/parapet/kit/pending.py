@@ -9,7 +9,7 @@ the issue that brings it; the errors interceptor turns that into a status with `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -50,3 +50,31 @@ def pending_servicer(base: type[ServicerT], service: ServiceDescriptor, issue: s
     methods = {method.name: _behavior(method, issue) for method in service.methods}
     cls = type(f"Pending{service.name}", (base,), methods)
     return cls()  # type: ignore[no-any-return]
+
+
+class GeneratedService:
+    """A service of the generated code: its descriptor, servicer base class and registration function."""
+
+    def __init__(self, pb2: Any, pb2_grpc: Any, name: str) -> None:
+        self.descriptor: ServiceDescriptor = pb2.DESCRIPTOR.services_by_name[name]
+        self.servicer_base: type = getattr(pb2_grpc, f"{name}Servicer")
+        self._add: Callable[[Any, grpc.aio.Server], None] = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
+
+    @property
+    def full_name(self) -> str:
+        return str(self.descriptor.full_name)
+
+    def add(self, servicer: Any, server: grpc.aio.Server) -> None:
+        self._add(servicer, server)
+
+
+def register_pending(
+    services: tuple[GeneratedService, ...], issue: str
+) -> Callable[[grpc.aio.Server, Any], Awaitable[None]]:
+    """A ``ServiceApp.register`` that serves every RPC of ``services`` as pending until ``issue``."""
+
+    async def register(server: grpc.aio.Server, resources: Any) -> None:
+        for service in services:
+            service.add(pending_servicer(service.servicer_base, service.descriptor, issue), server)
+
+    return register

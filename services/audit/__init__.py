@@ -1,0 +1,1 @@
+"""The audit service: owns the hash-chained AI interaction log, retention."""

@@ -1,0 +1,5 @@
+"""Alembic environment of the `billing` schema: the kit's shared logic, nothing copied."""
+
+from parapet.kit.migrations import run_env
+
+run_env()

@@ -1,0 +1,1 @@
+"""The gateway service: owns the request flow of the governed chat, async jobs."""

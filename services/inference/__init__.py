@@ -1,0 +1,1 @@
+"""The inference service: owns providers, routes, circuit breakers, the semantic cache, prompt templates."""

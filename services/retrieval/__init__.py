@@ -1,0 +1,1 @@
+"""The retrieval service: owns documents, chunks, embeddings, access groups."""

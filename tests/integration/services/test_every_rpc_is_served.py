@@ -1,0 +1,128 @@
+"""Every RPC of the published contracts is served by some service, over a real channel.
+
+Guards against contract drift: an RPC added to a proto but to no servicer would reach callers as grpc's
+anonymous "Method not found" (or, through a generated base class, as INTERNAL). Each RPC must instead be
+answered by its service: implemented, or pending with a typed UNIMPLEMENTED naming the issue that brings it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+import parapet
+from parapet.cli.registry import service_names
+from parapet.kit.app import ServiceApp
+from parapet.kit.errors import error_details
+from parapet.kit.testing import TestKeys, make_test_keys, running
+
+
+def _apps() -> dict[str, ServiceApp[Any]]:
+    return {name: importlib.import_module(f"services.{name}.app").APP for name in service_names()}
+
+
+def _published_services() -> Iterator[ServiceDescriptor]:
+    """Every service declared in the generated code (all parapet.<area>.v1 packages)."""
+    for area in sorted(p.name for p in Path(parapet.__path__[0]).iterdir() if (p / "v1").is_dir()):
+        package = importlib.import_module(f"parapet.{area}.v1")
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name.endswith("_pb2"):
+                module = importlib.import_module(f"parapet.{area}.v1.{info.name}")
+                yield from module.DESCRIPTOR.services_by_name.values()
+
+
+def test_every_published_service_belongs_to_exactly_one_app() -> None:
+    owners: dict[str, list[str]] = {}
+    for name, app in _apps().items():
+        for service in app.service_names:
+            owners.setdefault(service, []).append(name)
+    published = {service.full_name for service in _published_services()}
+    assert published, "no generated services found"
+    assert {s: o for s, o in owners.items() if len(o) != 1} == {}
+    assert published - owners.keys() == set(), "services in protos/ that no app serves"
+    assert owners.keys() - published == set(), "apps naming services that protos/ do not declare"
+
+
+def _message(descriptor: Any) -> Any:
+    return message_factory.GetMessageClass(descriptor)
+
+
+async def _one(message: Any) -> AsyncIterator[Any]:
+    yield message
+
+
+async def _call(channel: grpc.aio.Channel, method: MethodDescriptor, metadata: Any) -> None:
+    """Call ``method`` once with an empty request, whatever its streaming shape; raise what it answers."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    request_type, response_type = _message(method.input_type), _message(method.output_type)
+    codec = {
+        "request_serializer": request_type.SerializeToString,
+        "response_deserializer": response_type.FromString,
+    }
+    request = request_type()
+    if method.client_streaming and method.server_streaming:
+        async for _ in channel.stream_stream(path, **codec)(_one(request), metadata=metadata, timeout=5):
+            pass
+    elif method.client_streaming:
+        await channel.stream_unary(path, **codec)(_one(request), metadata=metadata, timeout=5)
+    elif method.server_streaming:
+        async for _ in channel.unary_stream(path, **codec)(request, metadata=metadata, timeout=5):
+            pass
+    else:
+        await channel.unary_unary(path, **codec)(request, metadata=metadata, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def keys() -> TestKeys:
+    return make_test_keys()
+
+
+@pytest.mark.parametrize("name", service_names())
+async def test_every_rpc_answers_from_its_servicer(
+    name: str, keys: TestKeys, tmp_path: Path, database_url: str, nats_url: str
+) -> None:
+    app = _apps()[name]
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(keys.jwks()))
+    settings = app.settings_type(
+        port=0,
+        database_url=database_url,
+        nats_url=nats_url,
+        identity_jwks_file=jwks_file,
+        shutdown_grace_seconds=1.0,
+    )
+    async with (
+        running(app, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        for service_name in app.service_names:
+            service = next(s for s in _published_services() if s.full_name == service_name)
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await _call(channel, method, keys.metadata())
+                error = raised.value
+                # Pending RPCs say so with a typed reason and the issue that implements them.
+                assert error.code() == grpc.StatusCode.UNIMPLEMENTED, (path, error.details())
+                details = error_details(error)
+                assert details.error_info is not None, path
+                assert details.error_info.reason == "NOT_IMPLEMENTED", path
+                assert details.error_info.domain == "parapet.dev"
+                assert details.error_info.metadata["method"] == path
+                assert "issue #" in (error.details() or "")
+
+                if path not in app.public_methods:
+                    # Without an internal token the kit refuses before the servicer runs.
+                    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                        await _call(channel, method, ())
+                    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
