@@ -27,6 +27,9 @@ DEADLINE_MARGIN_SECONDS = 0.01
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 RETRY_SERVICE_CONFIG: dict[str, Any] = {
+    # Spread calls over every address the target resolves to (a headless Kubernetes Service behind a
+    # `dns:///` target lists every pod); the default pick_first would pin a client to one replica.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{}],  # every method of every service on the channel

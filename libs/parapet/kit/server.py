@@ -144,6 +144,10 @@ async def create_server(
                 # Above the identity token limit (8 KiB), so an oversized token gets its own clear
                 # TOKEN_TOO_LARGE rather than the transport's anonymous RESOURCE_EXHAUSTED.
                 ("grpc.max_metadata_size", 16 * 1024),
+                # Close each client connection after a few minutes (gracefully, in-flight calls finish) so
+                # clients re-resolve and spread onto replicas added since they connected.
+                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                ("grpc.max_connection_age_grace_ms", 30 * 1000),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(resources.health.servicer, server)

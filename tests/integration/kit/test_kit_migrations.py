@@ -76,7 +76,7 @@ def conninfo(database_url: str) -> str:
 
 def query(database_url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
     with psycopg.connect(conninfo(database_url)) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def version(database_url: str, schema: str) -> list[tuple[object, ...]]:

@@ -1,4 +1,4 @@
-"""The kit channel retries UNAVAILABLE (3 attempts) and nothing else."""
+"""The kit channel retries UNAVAILABLE (3 attempts) and nothing else, and balances over replicas."""
 
 from __future__ import annotations
 
@@ -49,3 +49,28 @@ async def test_unavailable_is_retried_other_errors_are_not(keys: TestKeys) -> No
             assert attempts["precondition"] == 1
         finally:
             await channel.close()
+
+
+async def test_calls_are_balanced_over_every_resolved_replica(keys: TestKeys) -> None:
+    """A target resolving to several replicas (as a headless Service does) gets calls spread over all."""
+    served_by: list[str] = []
+
+    def replica(name: str) -> grpc.GenericRpcHandler:
+        async def who(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+            served_by.append(name)
+            return StringValue(value=name)
+
+        return string_service(SERVICE, unary={"Call": who})
+
+    app_a = generic_app(replica("a"), keys=keys, service_names=(SERVICE,))
+    app_b = generic_app(replica("b"), keys=keys, service_names=(SERVICE,))
+    async with running(app_a, fast_settings()) as (_, port_a), running(app_b, fast_settings()) as (_, port_b):
+        channel = clients.channel(f"ipv4:127.0.0.1:{port_a},127.0.0.1:{port_b}")
+        call = unary_caller(channel, f"/{SERVICE}/Call")
+        try:
+            for _ in range(20):
+                await call(StringValue(value="x"), metadata=keys.metadata())
+        finally:
+            await channel.close()
+    # round_robin alternates once both subchannels are ready; pick_first would send all 20 to one.
+    assert served_by.count("a") >= 5 and served_by.count("b") >= 5, served_by
