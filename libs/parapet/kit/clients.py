@@ -43,7 +43,7 @@ RETRY_SERVICE_CONFIG: dict[str, Any] = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 
 
