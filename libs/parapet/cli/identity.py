@@ -4,8 +4,9 @@ The auth service signs internal tokens with the Ed25519 private key; every servi
 the public keys in ``jwks.json``. Keys are made once and kept, so tokens issued before a restart of
 ``parapet up`` still verify after it.
 
-The kit's identity module did not exist when this was written; this is a small local generator of
-the same standard formats (PKCS#8 PEM private key, RFC 8037 OKP JWK, RFC 7638 thumbprint as ``kid``).
+Formats: PKCS#8 PEM private key (what ``PARAPET_AUTH_SIGNING_KEY_FILE`` names), the kit's RFC 8037
+JWK of the public key, and as ``kid`` the key's RFC 7638 thumbprint, so the ``kid`` follows from the
+key alone and the auth service can recompute it (``thumbprint_kid``) instead of reading it from a file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from parapet.kit.identity import public_jwk as kit_public_jwk
 
 SIGNING_KEY_NAME = "signing_key.pem"
 JWKS_NAME = "jwks.json"
@@ -36,13 +39,17 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
-    """The RFC 8037 JWK of ``public_key``, its ``kid`` the RFC 7638 thumbprint (stable per key)."""
+def thumbprint_kid(public_key: Ed25519PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint of ``public_key``: a ``kid`` that is stable for the key."""
     x = _b64url(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     # RFC 7638: the required members only, lexicographic order, no whitespace.
     canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
-    kid = _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
-    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
+    """The kit's JWK of ``public_key`` with its thumbprint as ``kid``."""
+    return kit_public_jwk(public_key, thumbprint_kid(public_key))
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parapet.cli import registry
 
@@ -30,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def load_app(name: str, apps_package: str = DEFAULT_APPS_PACKAGE) -> ServiceApp:
+def load_app(name: str, apps_package: str = DEFAULT_APPS_PACKAGE) -> ServiceApp[Any]:
     """``APP`` of ``<apps_package>.<name>.app``; the name must be one of the suite's services."""
     registry.get(name)
     module = importlib.import_module(f"{apps_package}.{name}.app")
-    app: ServiceApp = module.APP
+    app: ServiceApp[Any] = module.APP
     return app
 
 
@@ -47,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `parapet --help` and `parapet up` do not pay for the kit's imports.
     from parapet.kit.server import serve
 
-    serve(app)
+    asyncio.run(serve(app))
     return 0

@@ -10,11 +10,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from parapet.cli.health import SERVING, HealthProber
 from parapet.cli.registry import ServiceSpec
@@ -22,6 +22,41 @@ from parapet.embedded.process import spawn
 
 Clock = Callable[[], float]
 Report = Callable[[str], None]
+
+
+class StopSignal(Protocol):
+    """Set when the launcher must stop; ``wait`` sleeps until set or ``timeout``, returns whether set."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class StopFlag:
+    """A StopSignal safe to set from a signal handler.
+
+    threading.Event is not: its set() takes a non-reentrant lock, and a handler that runs while the
+    interrupted main thread holds that lock inside Event.wait() deadlocks the launcher. A plain
+    attribute polled every 50 ms cannot.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.05))
+        return self._set
 
 
 class StartupError(RuntimeError):
@@ -122,7 +157,7 @@ class Supervisor:
         for managed in self.processes:
             managed.start(self._clock())
 
-    def wait_serving(self, timeout: float, stop: threading.Event, tick: float = 0.2) -> bool:
+    def wait_serving(self, timeout: float, stop: StopSignal, tick: float = 0.2) -> bool:
         """Block until every service is SERVING; False when ``stop`` was set first.
 
         Raises StartupError for the first service that exits or is still not SERVING at the deadline.
@@ -173,7 +208,7 @@ class Supervisor:
             )
         return None
 
-    def supervise(self, stop: threading.Event, tick: float = 0.2) -> GaveUp | None:
+    def supervise(self, stop: StopSignal, tick: float = 0.2) -> GaveUp | None:
         """Keep the services running until ``stop`` is set (None) or one crash-loops (GaveUp)."""
         while not stop.wait(tick):
             gave_up = self.step()

@@ -8,7 +8,6 @@ import fcntl
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -19,7 +18,7 @@ from parapet.cli.identity import provision
 from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.cli.output import endpoints_table
 from parapet.cli.serve import DEFAULT_APPS_PACKAGE
-from parapet.cli.supervisor import ManagedProcess, StartupError, Supervisor
+from parapet.cli.supervisor import ManagedProcess, StartupError, StopFlag, Supervisor
 from parapet.embedded.ports import port_is_open
 
 HOME_ENV = "PARAPET_HOME"
@@ -126,9 +125,9 @@ def _home_lock(home: HomeLayout) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
-    """An event set by SIGINT/SIGTERM/SIGHUP: every wait of the launcher wakes on it, nothing is raised."""
-    stop = threading.Event()
+def _stop_requested() -> Iterator[StopFlag]:
+    """A flag set by SIGINT/SIGTERM/SIGHUP: every wait of the launcher wakes on it, nothing is raised."""
+    stop = StopFlag()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in _STOP_SIGNALS}
     try:
         yield stop

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parapet.cli import registry
-from parapet.cli.supervisor import GaveUp, ManagedProcess, RestartPolicy, StartupError, Supervisor
+from parapet.cli.supervisor import GaveUp, ManagedProcess, RestartPolicy, StartupError, StopFlag, Supervisor
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:
@@ -124,3 +124,10 @@ def test_wait_serving_returns_false_when_stopped(tmp_path: Path) -> None:
         assert supervisor.wait_serving(30, stop, tick=0.05) is False
     finally:
         supervisor.stop_all(5)
+
+
+def test_stop_flag_waits_until_set_or_timeout() -> None:
+    flag = StopFlag()
+    assert flag.wait(0.05) is False
+    flag.set()
+    assert flag.is_set() and flag.wait(10) is True

@@ -1,0 +1,117 @@
+"""End to end: ``parapet up`` starts the whole suite, a Node.js client uses it, SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import google.rpc
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from parapet.cli import registry
+from tests.e2e.support import (
+    REPO,
+    LaunchUp,
+    command_line,
+    command_name,
+    descendants,
+    environment,
+    still_alive,
+)
+
+pytestmark = pytest.mark.e2e
+
+# The main service of each area, from the brief; each server may list more (e.g. auth's admin services).
+MAIN_SERVICE = {
+    "gateway": "parapet.gateway.v1.ChatService",
+    "auth": "parapet.auth.v1.AuthService",
+    "retrieval": "parapet.retrieval.v1.RetrievalService",
+    "inference": "parapet.inference.v1.InferenceService",
+    "moderation": "parapet.moderation.v1.ModerationService",
+    "metering": "parapet.metering.v1.MeteringService",
+    "audit": "parapet.audit.v1.AuditService",
+    "billing": "parapet.billing.v1.BillingService",
+}
+STARTUP_BOUND = 60.0
+# The launcher's own bound (20 s for services) plus NATS and PostgreSQL stops, with room for a slow CI.
+STOP_BOUND = 45.0
+
+
+def reflected_services(address: str) -> list[str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = stub.ServerReflectionInfo(iter([request]), timeout=10)
+        return [service.name for response in responses for service in response.list_services_response.service]
+
+
+def run_node_client(address: str) -> dict[str, object]:
+    node = shutil.which("node")
+    assert node is not None, "node is required (make install puts it there)"
+    # google/rpc/*.proto ship in googleapis-common-protos; protobufjs knows google/protobuf/* itself.
+    googleapis = Path(next(iter(google.rpc.__path__))).parent.parent
+    completed = subprocess.run(
+        [node, "tests/e2e/node/health_and_chat.js", address, "protos", str(googleapis)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.stdout.strip(), f"node printed nothing; stderr:\n{completed.stderr}"
+    result: dict[str, object] = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert completed.returncode == 0, result
+    return result
+
+
+def test_parapet_up_serves_everything_to_a_node_client_and_stops_clean(launch_up: LaunchUp) -> None:
+    up = launch_up()
+    up.wait_serving(registry.SERVICES, STARTUP_BOUND)
+    table = up.wait_table()
+    for spec in registry.SERVICES:
+        assert up.ports.service_address(spec) in table
+    tree = descendants(up.proc.pid)
+    assert {"postgres", "nats-server"} <= {command_name(pid) for pid in tree}
+
+    for spec in registry.SERVICES:
+        names = reflected_services(up.ports.service_address(spec))
+        assert MAIN_SERVICE[spec.name] in names, (spec.name, names)
+        assert "grpc.health.v1.Health" in names
+        assert all(n.endswith("Service") for n in names if n.startswith(f"parapet.{spec.name}.v1."))
+
+    gateway = up.ports.service_address(registry.get("gateway"))
+    result = run_node_client(gateway)
+    assert result["health"] == "SERVING", result
+    chat = result["chat"]
+    assert isinstance(chat, dict) and chat.get("status") in ("UNAUTHENTICATED", "UNIMPLEMENTED"), result
+
+    assert up.terminate(STOP_BOUND) == 0, up.logs()
+    assert still_alive(tree) == {}, up.logs()
+
+
+def test_parapet_up_uses_external_database_and_nats_when_given(
+    launch_up: LaunchUp, database_url: str, nats_url: str
+) -> None:
+    up = launch_up(
+        "--only", "gateway", env={"PARAPET_DATABASE_URL": database_url, "PARAPET_NATS_URL": nats_url}
+    )
+    gateway = registry.get("gateway")
+    up.wait_serving((gateway,), STARTUP_BOUND)
+    table = up.wait_table()
+    assert f"database  {database_url}  (external)" in table
+    assert f"nats      {nats_url}  (external)" in table
+
+    tree = descendants(up.proc.pid)
+    names = {command_name(pid) for pid in tree}
+    assert "postgres" not in names and "nats-server" not in names, names
+    assert not (up.home / "postgres").exists() and not (up.home / "nats").exists()
+    # The gateway reached them: it reports SERVING only while its database and NATS answer.
+    (service,) = [pid for pid in tree if command_line(pid)[-2:] == ["serve", "gateway"]]
+    env = environment(service)
+    assert env["PARAPET_DATABASE_URL"] == database_url and env["PARAPET_NATS_URL"] == nats_url
+
+    assert up.terminate(STOP_BOUND) == 0, up.logs()
+    assert still_alive(tree) == {}, up.logs()
