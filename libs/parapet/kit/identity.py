@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -289,8 +289,29 @@ class TokenVerifier:
     leeway_seconds: float = 5.0
     max_token_bytes: int = MAX_TOKEN_BYTES
 
+    # Verified tokens are remembered so the Ed25519 check runs once per token, not once per call: the same
+    # token rides on every hop of a request and on a principal's requests for its lifetime. The key is the
+    # whole token, so only the identical bytes hit; an entry lives at most ``cache_seconds`` (bounding how
+    # long a key removed from the JWKS keeps working) and never past the token's own expiry.
+    cache_seconds: float = 30.0
+    cache_size: int = 10_000
+    _cache: dict[str, tuple[Principal, float]] = field(default_factory=dict, init=False, repr=False)
+
     async def verify(self, token: str) -> Principal:
         """The Principal in ``token``; raises :class:`TokenRejected` with the reason otherwise."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if time.time() < cached[1]:
+                return cached[0]
+            del self._cache[token]
+        principal, expires = await self._verify_uncached(token)
+        if self.cache_size > 0:
+            if len(self._cache) >= self.cache_size:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[token] = (principal, min(expires, time.time() + self.cache_seconds))
+        return principal
+
+    async def _verify_uncached(self, token: str) -> tuple[Principal, float]:
         if len(token) > self.max_token_bytes:
             raise TokenRejected("identity token is too large", reason="TOKEN_TOO_LARGE")
         try:
@@ -329,7 +350,8 @@ class TokenVerifier:
             ) from None
         except jwt.PyJWTError:
             raise TokenRejected("identity token is invalid", reason="TOKEN_INVALID") from None
-        return _principal(claims)
+        # exp is required and was checked above; without the leeway here a cached token dies on time.
+        return _principal(claims), float(claims["exp"])
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:

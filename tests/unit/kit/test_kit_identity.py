@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from parapet.kit.errors import error_details
 from parapet.kit.identity import (
     CachedKeySource,
     Principal,
+    TokenRejected,
     TokenSigner,
     TokenVerifier,
     generate_signing_key,
@@ -297,3 +299,45 @@ async def test_failed_refresh_keeps_cached_keys() -> None:
     await verifier.verify(keys.token())
     await verifier.verify(keys.token())  # refresh fails, the cached key still verifies
     assert calls[0] >= 2
+
+
+class _CountingKeys:
+    """A key source that counts lookups: one lookup per signature verification."""
+
+    def __init__(self, keys: TestKeys) -> None:
+        self._inner = keys.key_source()
+        self.lookups = 0
+
+    async def get_key(self, kid: str) -> Any:
+        self.lookups += 1
+        return await self._inner.get_key(kid)
+
+
+async def test_verified_tokens_are_cached_but_still_expire_on_time(keys: TestKeys) -> None:
+    source = _CountingKeys(keys)
+    verifier = TokenVerifier(source, leeway_seconds=0)
+    token = keys.token()
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first
+    assert source.lookups == 1  # the second call skipped the signature check
+
+    # One byte changed in the signature: not the cached token, so it is verified (and rejected).
+    tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(TokenRejected) as rejected:
+        await verifier.verify(tampered)
+    assert rejected.value.reason == "TOKEN_INVALID"
+
+    # A token with one second left stops working when it expires, cached or not.
+    short = keys.signer.sign(keys.principal, now=time.time() - (keys.signer.ttl_seconds - 1))
+    await verifier.verify(short)
+    await asyncio.sleep(1.2)
+    with pytest.raises(TokenRejected) as expired:
+        await verifier.verify(short)
+    assert expired.value.reason == "TOKEN_EXPIRED"
+
+
+async def test_token_cache_is_bounded(keys: TestKeys) -> None:
+    verifier = TokenVerifier(keys.key_source(), cache_size=3)
+    for _ in range(10):
+        await verifier.verify(keys.token())
+    assert len(verifier._cache) == 3

@@ -1,0 +1,219 @@
+"""The floor for every later overhead: one loopback round trip through the service kit.
+
+The server is a kit server (all interceptors on: tracing, logging, errors, deadline, identity with a real
+Ed25519 token verified on every call) serving a tiny echo service, in its own process pinned to CPU 0.
+The load generator runs in this process pinned to CPU 1, over a real channel. Reported:
+- unary and server-streaming (10 messages) latency, one call at a time: p50/p95/p99;
+- throughput with 64 calls in flight, and the server's CPU time per call, which is what "calls/s on one
+  core" means: 1 / (server CPU seconds per call);
+for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, and the full kit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from bench.report import table, write_section
+from bench.stats import LatencySummary
+from parapet.kit.config import ServiceSettings
+from parapet.kit.testing import (
+    StringValue,
+    TestKeys,
+    generic_app,
+    make_test_keys,
+    running,
+    stream_caller,
+    string_service,
+    unary_caller,
+)
+
+SERVICE = "bench.v1.Echo"
+STREAM_MESSAGES = 10
+SEQUENTIAL_CALLS = 3000
+CONCURRENCY = 64
+THROUGHPUT_SECONDS = 5.0
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        os.sched_setaffinity(0, {cpu})
+
+
+VARIANTS = {
+    "bare": "grpc.aio alone (no kit): the interpreter's floor",
+    "public": "kit, method public (no identity check)",
+    "kit": "kit, identity token verified on every call",
+}
+
+
+async def _serve_bare(handler: grpc.GenericRpcHandler) -> None:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(json.dumps({"port": port}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(1)
+
+
+async def _serve(jwks_file: Path, variant: str) -> None:
+    """Server side (a child process): print the bound port, serve until stdin closes."""
+
+    async def echo(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        return request
+
+    async def stream(request: StringValue, context: grpc.aio.ServicerContext) -> AsyncIterator[StringValue]:
+        for _ in range(STREAM_MESSAGES):
+            yield request
+
+    handler = string_service(SERVICE, unary={"Echo": echo}, server_streaming={"Stream": stream})
+    if variant == "bare":
+        await _serve_bare(handler)
+        return
+    public = frozenset({f"/{SERVICE}/Echo", f"/{SERVICE}/Stream"}) if variant == "public" else frozenset()
+    app = generic_app(handler, name="bench", service_names=(SERVICE,), public_methods=public)
+    # Logging at WARNING: one JSON line per RPC would measure the terminal, not the kit.
+    settings = ServiceSettings(port=0, identity_jwks_file=jwks_file, log_level="WARNING")
+    async with running(app, settings) as (_, port):
+        print(json.dumps({"port": port}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+async def _sequential(call: object, metadata: tuple[tuple[str, str], ...], streaming: bool) -> LatencySummary:
+    samples: list[float] = []
+    request = StringValue(value="x" * 64)
+    for i in range(SEQUENTIAL_CALLS + 200):
+        started = time.perf_counter()
+        if streaming:
+            async for _ in call(request, metadata=metadata):  # type: ignore[operator]
+                pass
+        else:
+            await call(request, metadata=metadata)  # type: ignore[operator]
+        if i >= 200:  # warm-up excluded
+            samples.append(time.perf_counter() - started)
+    return LatencySummary.of(samples)
+
+
+async def _throughput(
+    call: object, metadata: tuple[tuple[str, str], ...], server_pid: int
+) -> tuple[float, float]:
+    """(calls per second, server CPU milliseconds per call) with CONCURRENCY calls in flight."""
+    request = StringValue(value="x" * 64)
+    done = 0
+    stop_at = 0.0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await call(request, metadata=metadata)  # type: ignore[operator]
+            done += 1
+
+    cpu_before = _cpu_seconds(server_pid)
+    started = time.perf_counter()
+    stop_at = started + THROUGHPUT_SECONDS
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    cpu = _cpu_seconds(server_pid) - cpu_before
+    return done / elapsed, cpu / done * 1000.0
+
+
+async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[str]]:
+    """One row per measurement of ``variant``: its server in a child process, load from this one."""
+    server = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.kit_roundtrip", "--serve", str(jwks_file), "--variant", variant],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        port = json.loads(await server.stdout.readline())["port"]
+        metadata = keys.metadata()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = unary_caller(channel, f"/{SERVICE}/Echo")
+            streaming = stream_caller(channel, f"/{SERVICE}/Stream")
+            unary_latency = await _sequential(unary, metadata, streaming=False)
+            stream_latency = await _sequential(streaming, metadata, streaming=True)
+            calls_per_second, cpu_ms_per_call = await _throughput(unary, metadata, server.pid)
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        await asyncio.wait_for(server.wait(), 30)
+    return [
+        [
+            VARIANTS[variant],
+            *unary_latency.cells()[:3],
+            *stream_latency.cells()[:3],
+            f"{calls_per_second:,.0f}",
+            f"{cpu_ms_per_call:.3f}",
+            f"{1000.0 / cpu_ms_per_call:,.0f}",
+        ],
+    ]
+
+
+async def main() -> None:
+    keys = make_test_keys()
+    _pin(1)
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        jwks_file = Path(tmp) / "jwks.json"
+        jwks_file.write_text(json.dumps(keys.jwks()))
+        for variant in VARIANTS:
+            rows += await _measure(variant, keys, jwks_file)
+    body = "\n\n".join(
+        [
+            "Server: pinned to CPU 0, in its own process; the kit variants run every interceptor "
+            "(OpenTelemetry with the default no-op provider, logging at WARNING, errors, deadline, "
+            "identity). Client: grpc.aio pinned to CPU 1, over loopback TCP, 64-byte payloads. "
+            f"Latency: {SEQUENTIAL_CALLS} calls one at a time after 200 warm-up calls; throughput: "
+            f"{CONCURRENCY} calls in flight for {THROUGHPUT_SECONDS:.0f} s. CPU per call is the server "
+            "process's user+system time over calls served; calls/s on one core is its inverse.",
+            table(
+                [
+                    "server",
+                    "unary p50 ms",
+                    "p95",
+                    "p99",
+                    f"stream ({STREAM_MESSAGES} msgs) p50 ms",
+                    "p95",
+                    "p99",
+                    "calls/s",
+                    "server CPU ms/call",
+                    "calls/s on one core",
+                ],
+                rows,
+            ),
+        ]
+    )
+    write_section(
+        "kit_roundtrip", "Kit round trip (the floor)", "make bench  # or: python -m bench kit_roundtrip", body
+    )
+    print(body)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", type=Path, help="run the server side with this JWKS file")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="kit")
+    args = parser.parse_args()
+    if args.serve:
+        _pin(0)
+        asyncio.run(_serve(args.serve, args.variant))
+    else:
+        asyncio.run(main())
