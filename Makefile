@@ -38,14 +38,17 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-## generate: regenerate the Python code from protos/ (committed; CI fails when it is stale)
+GENERATED := libs/parapet docs/configuration.md
+
+## generate: regenerate the Python code from protos/ and docs/configuration.md (committed; CI fails when stale)
 generate: install
 	$(BIN)/python scripts/generate_protos.py
+	$(BIN)/python scripts/generate_config_docs.py
 
 ## check-generated: fail when the committed generated code differs from what protos/ produce
 check-generated: generate
-	@git diff --exit-code --stat -- libs/parapet || { echo "Generated code is stale: run 'make generate' and commit."; exit 1; }
-	@test -z "$$(git status --porcelain -- libs/parapet | grep '^??')" || { echo "Generated files are not committed:"; git status --porcelain -- libs/parapet; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "Generated code is stale: run 'make generate' and commit."; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED) | grep '^??')" || { echo "Generated files are not committed:"; git status --porcelain -- $(GENERATED); exit 1; }
 
 ## lint: buf lint + buf format, ruff, mypy
 lint: install
