@@ -38,7 +38,7 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-GENERATED := libs/parapet docs/configuration.md
+GENERATED := 'libs/parapet/*/v1' docs/configuration.md
 
 ## generate: regenerate the Python code from protos/ and docs/configuration.md (committed; CI fails when stale)
 generate: install
