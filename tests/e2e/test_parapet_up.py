@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import google.rpc
@@ -114,4 +115,20 @@ def test_parapet_up_uses_external_database_and_nats_when_given(
     assert env["PARAPET_DATABASE_URL"] == database_url and env["PARAPET_NATS_URL"] == nats_url
 
     assert up.terminate(STOP_BOUND) == 0, up.logs()
+    assert still_alive(tree) == {}, up.logs()
+
+
+def test_a_killed_launcher_leaves_no_process_behind(launch_up: LaunchUp) -> None:
+    # SIGKILL gives the launcher no chance to clean up: its children must die on their own
+    # (PR_SET_PDEATHSIG), PostgreSQL included, though as root it runs as another user.
+    up = launch_up("--only", "gateway")
+    up.wait_serving((registry.get("gateway"),), STARTUP_BOUND)
+    up.wait_table()
+    tree = descendants(up.proc.pid)
+    assert {"postgres", "nats-server"} <= {command_name(pid) for pid in tree}
+    up.proc.kill()
+    up.proc.wait()
+    deadline = time.monotonic() + STOP_BOUND
+    while still_alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert still_alive(tree) == {}, up.logs()

@@ -74,7 +74,19 @@ def provision(identity_dir: Path) -> IdentityFiles:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         _write_private(files.signing_key_file, pem)
-    # Always rewritten from the key, so the JWKS can never disagree with the key that signs.
-    jwks = {"keys": [public_jwk(key.public_key())]}
-    files.jwks_file.write_text(json.dumps(jwks, indent=2) + "\n")
+    _ensure_in_jwks(files.jwks_file, public_jwk(key.public_key()))
     return files
+
+
+def _ensure_in_jwks(path: Path, jwk: dict[str, str]) -> None:
+    # Keys already listed stay (an operator may keep a retired key there while its tokens expire); the
+    # current key is added when missing, so the JWKS can never lack the key that signs.
+    keys: list[dict[str, str]] = []
+    if path.exists():
+        keys = list(json.loads(path.read_text()).get("keys", []))
+    if any(existing.get("kid") == jwk["kid"] for existing in keys):
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"keys": [*keys, jwk]}, indent=2) + "\n")
+    # Atomic replace: a service re-reading the JWKS (unknown kid) never sees a half-written file.
+    tmp.replace(path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
     from parapet.kit.app import ServiceApp
 
 DEFAULT_APPS_PACKAGE = "services"
+# After the server has stopped, how long tasks still running get to finish once cancelled.
+LEFTOVER_GRACE_SECONDS = 5.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +49,32 @@ def run(args: argparse.Namespace) -> int:
     except registry.UnknownServiceError as exc:
         print(f"parapet serve: {exc}", file=sys.stderr)
         return 2
+    if not asyncio.run(_serve_and_settle(app)):
+        # Some task ignored cancellation: asyncio.run would wait for it forever, and a process whose
+        # server has stopped must still exit (nobody SIGKILLs it when the launcher itself was killed).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+async def _serve_and_settle(app: ServiceApp[Any]) -> bool:
+    """Serve until told to stop, then cancel leftover tasks; False if some would not finish."""
     # Imported here so `parapet --help` and `parapet up` do not pay for the kit's imports.
     from parapet.kit.server import serve
 
-    asyncio.run(serve(app))
-    return 0
+    await serve(app)
+    leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return True
+    _, pending = await asyncio.wait(leftovers, timeout=LEFTOVER_GRACE_SECONDS)
+    if pending:
+        event = {
+            "event": "tasks ignored cancellation after stop; exiting anyway",
+            "service": app.name,
+            "tasks": [repr(task.get_coro()) for task in pending],
+        }
+        print(json.dumps(event), file=sys.stderr, flush=True)
+    return not pending

@@ -72,3 +72,15 @@ def test_kid_is_the_rfc7638_thumbprint() -> None:
     jwk = public_jwk(Ed25519PublicKey.from_public_bytes(raw))
     assert jwk["x"] == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
     assert jwk["kid"] == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+def test_keys_already_in_the_jwks_are_kept(tmp_path: Path) -> None:
+    identity = tmp_path / "identity"
+    identity.mkdir()
+    retired = {"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "kid": "retired", "alg": "EdDSA", "use": "sig"}
+    (identity / "jwks.json").write_text(json.dumps({"keys": [retired]}))
+    files = provision(identity)
+    kids = [k["kid"] for k in json.loads(files.jwks_file.read_text())["keys"]]
+    assert kids[0] == "retired" and len(kids) == 2
+    provision(identity)
+    assert len(json.loads(files.jwks_file.read_text())["keys"]) == 2
