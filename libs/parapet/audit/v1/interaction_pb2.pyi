@@ -174,6 +174,7 @@ class InteractionBody(_message.Message):
     PROMPT_SHA256_FIELD_NUMBER: _builtins.int
     RESPONSE_SHA256_FIELD_NUMBER: _builtins.int
     ERASE_TIME_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     retention: _tenant_policy_pb2.BodyRetention.ValueType
     """Form the bodies are kept in."""
     prompt: _builtins.str
@@ -184,6 +185,10 @@ class InteractionBody(_message.Message):
     """Lowercase hex SHA-256 of the prompt as stored (before erasure); empty for NONE."""
     response_sha256: _builtins.str
     """Lowercase hex SHA-256 of the response as stored (before erasure); empty for NONE."""
+    retention_days: _builtins.int
+    """Days after create_time the audit service keeps the bodies, from the tenant policy applied
+    (RetentionPolicy.body_retention_days); 0 = the audit service's configured default.
+    """
     @_builtins.property
     def erase_time(self) -> _timestamp_pb2.Timestamp:
         """When the bodies were dropped by erasure or retention; unset while they are kept. Output only."""
@@ -197,10 +202,11 @@ class InteractionBody(_message.Message):
         prompt_sha256: _builtins.str = ...,
         response_sha256: _builtins.str = ...,
         erase_time: _timestamp_pb2.Timestamp | None = ...,
+        retention_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time", "prompt", b"prompt", "prompt_sha256", b"prompt_sha256", "response", b"response", "response_sha256", b"response_sha256", "retention", b"retention"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time", "prompt", b"prompt", "prompt_sha256", b"prompt_sha256", "response", b"response", "response_sha256", b"response_sha256", "retention", b"retention", "retention_days", b"retention_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
