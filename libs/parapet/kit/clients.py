@@ -114,8 +114,9 @@ def channel(
     """A channel to another service (``host:port``) with the kit's client interceptors.
 
     ``default_timeout`` applies to calls with neither an explicit timeout nor an incoming deadline; pass
-    None for channels that carry long-lived watch streams. ``settings`` is where TLS client options
-    will come from; today channels are plaintext (a mesh may add mTLS).
+    None for channels that carry long-lived watch streams. With ``settings`` naming a TLS CA, the
+    channel verifies the peer against it and presents this service's certificate (mutual TLS);
+    otherwise it is plaintext (a mesh may add mTLS).
     """
     interceptors: list[Any] = [
         # OpenTelemetry first: its span covers the call, including gRPC's own retries.
@@ -127,6 +128,11 @@ def channel(
         ("grpc.enable_retries", 1),
         *options,
     ]
+    credentials = settings.tls().channel_credentials() if settings is not None else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=channel_options, interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(target, options=channel_options, interceptors=interceptors)
 
 

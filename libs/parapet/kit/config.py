@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parapet.kit.tls import TlsFiles
 
 ENV_PREFIX = "PARAPET_"
 
@@ -83,14 +85,38 @@ class ServiceSettings(BaseSettings):
         1.0, gt=0, description="Pause between NATS reconnect attempts (the kit reconnects forever)."
     )
 
-    def server_credentials(self) -> grpc.ServerCredentials | None:
-        """Credentials for the listening port; None binds plaintext.
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain of this service: served to callers, and presented to peers "
+        "for mutual TLS. Unset: plaintext (a service mesh may provide mTLS).",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of `PARAPET_TLS_CERT_FILE`.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle that peers' certificates must chain to. Set: calls to other services "
+        "use TLS and verify them; with `PARAPET_TLS_REQUIRE_CLIENT_CERT`, callers must present one.",
+    )
+    tls_require_client_cert: bool = Field(
+        False, description="Mutual TLS: refuse callers without a certificate from `PARAPET_TLS_CA_FILE`."
+    )
 
-        The seam for TLS/mTLS: a subclass (or a later version of this class, with certificate file
-        settings) returns ``grpc.ssl_server_credentials(...)`` here and the server factory binds a secure
-        port instead. Plaintext is the default because a mesh usually provides mTLS.
-        """
-        return None
+    @model_validator(mode="after")
+    def _tls_files_fit_together(self) -> ServiceSettings:
+        self.tls()  # refuse impossible combinations when settings load, not at the first connection
+        return self
+
+    def tls(self) -> TlsFiles:
+        """The certificate files as one checked object (raises TlsConfigError on impossible combinations)."""
+        return TlsFiles(
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            ca_file=self.tls_ca_file,
+            require_client_cert=self.tls_require_client_cert,
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Credentials for the listening port: TLS or mTLS from the certificate files; None binds plaintext."""
+        return self.tls().server_credentials()
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
