@@ -132,3 +132,5 @@ def test_a_killed_launcher_leaves_no_process_behind(launch_up: LaunchUp) -> None
     while still_alive(tree) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert still_alive(tree) == {}, up.logs()
+    # The services shut down by themselves, not by the serve command's last-resort exit.
+    assert "ignored cancellation" not in up.logs(), up.logs()

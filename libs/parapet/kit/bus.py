@@ -69,6 +69,7 @@ class Bus:
         connect_timeout: float = 2.0,
         reconnect_wait: float = 1.0,
         publish_timeout: float = 5.0,
+        drain_timeout: float = 2.0,
     ) -> Bus:
         """Connect to ``url`` (raises when unreachable at start) and keep reconnecting forever after."""
 
@@ -87,6 +88,9 @@ class Bus:
             connect_timeout=connect_timeout,
             reconnect_time_wait=reconnect_wait,
             max_reconnect_attempts=-1,
+            # Shutdown must stay within the server's grace period even when NATS goes away mid-drain
+            # (the library's default waits 30 s); unacknowledged messages are redelivered, not lost.
+            drain_timeout=drain_timeout,
             # Initial connect: try once per server and report, rather than retry silently at start.
             allow_reconnect=True,
             disconnected_cb=on_disconnect,
