@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def test_parapet_up_serves_everything_to_a_node_client_and_stops_clean(launch_up
         assert MAIN_SERVICE[spec.name] in names, (spec.name, names)
         assert "grpc.health.v1.Health" in names
         assert all(n.endswith("Service") for n in names if n.startswith(f"parapet.{spec.name}.v1."))
+
+    status = subprocess.run(
+        [sys.executable, "-m", "parapet.cli", "status", "--base-port", str(up.ports.base)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("SERVING") == len(registry.SERVICES), status.stdout
 
     gateway = up.ports.service_address(registry.get("gateway"))
     result = run_node_client(gateway)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from parapet.cli import serve, up
+from parapet.cli import serve, status, up
 
 # Later issues add chat, ingest, tenants, keys, policy, usage and audit here, one module each.
-COMMANDS = (up, serve)
+COMMANDS = (up, serve, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

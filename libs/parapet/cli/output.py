@@ -13,15 +13,19 @@ def _where(backing: Backing) -> str:
     return f"embedded, log {backing.log_path}" if backing.log_path is not None else "external"
 
 
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell (the last one is not padded, so lines carry no trailing blanks)."""
+    table = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]])
+        for row in table
+    )
+
+
 def endpoints_table(home: Path, processes: Sequence[ManagedProcess], database: Backing, nats: Backing) -> str:
-    rows = [("SERVICE", "ADDRESS", "PID", "LOG")]
-    rows += [(m.spec.name, m.address, str(m.pid), str(m.log_path)) for m in processes]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [f"parapet is up (home {home})", ""]
-    lines += [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-        for row in rows
-    ]
+    rows = [[m.spec.name, m.address, str(m.pid), str(m.log_path)] for m in processes]
+    lines = [f"parapet is up (home {home})", "", render_table(["SERVICE", "ADDRESS", "PID", "LOG"], rows)]
     lines += [
         "",
         f"database  {database.url}  ({_where(database)})",
