@@ -78,6 +78,13 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(
         None, description="OTLP/gRPC endpoint for traces, e.g. `http://collector:4317`. Unset: no export."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port of the Prometheus `/metrics` endpoint (on `PARAPET_HOST`). Unset: no endpoint; "
+        "0: a free port, logged. `parapet up` gives each service base + 30 + its offset.",
+    )
     service_name: str | None = Field(
         None, description="Overrides the service name in traces and logs (default: the service's own name)."
     )

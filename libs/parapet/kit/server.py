@@ -31,6 +31,7 @@ from parapet.kit.health import HealthMonitor
 from parapet.kit.identity import KeySource, NoKeys, TokenVerifier, jwks_file_source
 from parapet.kit.interceptors import kit_interceptors
 from parapet.kit.logging import configure_logging
+from parapet.kit.metrics import MetricsServer
 from parapet.kit.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,14 @@ class KitServer(Generic[SettingsT]):
         server: grpc.aio.Server,
         resources: Resources[SettingsT],
         owned: AsyncExitStack,
+        metrics_port: int | None = None,
     ) -> None:
         self.app = app
         self.server = server
         self.resources = resources
         self._owned = owned  # the kit's own resources (bus, database), closed last
         self._stopped = False
+        self.metrics_port = metrics_port  # bound port of the Prometheus endpoint; None when disabled
 
     @property
     def health(self) -> HealthMonitor:
@@ -166,6 +169,11 @@ async def create_server(
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
+        metrics_port = None
+        if settings.metrics_port is not None:
+            metrics_server = MetricsServer()
+            metrics_port = await metrics_server.start(settings.host, settings.metrics_port)
+            owned.push_async_callback(metrics_server.stop)  # scrapes answer until the very end
     except BaseException:
         try:
             if resources is not None:
@@ -173,7 +181,7 @@ async def create_server(
         finally:
             await owned.aclose()
         raise
-    return KitServer(app, server, resources, owned), int(port)
+    return KitServer(app, server, resources, owned, metrics_port), int(port)
 
 
 def announce(app: ServiceApp[Any], host: str, port: int) -> None:

@@ -1,5 +1,6 @@
 """The kit's server interceptors, applied in this order (outermost first) after OpenTelemetry's:
-logging (request id, one line per RPC) → errors (exceptions to status) → deadline → identity.
+logging (request id, one line per RPC) → metrics (latency and errors by method and code) → errors
+(exceptions to status) → deadline → identity.
 
 Errors sits outside deadline and identity so that their rejections become rich statuses too.
 """
@@ -15,6 +16,7 @@ from parapet.kit.interceptors.deadline import DeadlineInterceptor
 from parapet.kit.interceptors.errors import ErrorsInterceptor
 from parapet.kit.interceptors.identity import ALWAYS_PUBLIC_PREFIXES, IdentityInterceptor
 from parapet.kit.interceptors.logging import LoggingInterceptor
+from parapet.kit.interceptors.metrics import MetricsInterceptor
 
 
 def kit_interceptors(
@@ -23,6 +25,7 @@ def kit_interceptors(
     """The kit's interceptors in the order they must run."""
     return [
         LoggingInterceptor(),
+        MetricsInterceptor(),
         ErrorsInterceptor(),
         DeadlineInterceptor(),
         IdentityInterceptor(verifier, public_methods),
@@ -35,5 +38,6 @@ __all__ = [
     "ErrorsInterceptor",
     "IdentityInterceptor",
     "LoggingInterceptor",
+    "MetricsInterceptor",
     "kit_interceptors",
 ]
