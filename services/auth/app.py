@@ -1,46 +1,121 @@
-"""The auth service as the kit runs it (`parapet serve auth`).
+"""The auth service as the kit runs it (`parapet serve auth`): AuthService and TenantAdminService."""
 
-Its RPCs are pending until issue #4 (auth and policy): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
-"""
+from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from parapet.auth.v1 import (
-    auth_service_pb2,
-    auth_service_pb2_grpc,
-    tenant_admin_service_pb2,
-    tenant_admin_service_pb2_grpc,
-)
-from parapet.kit.app import ServiceApp
-from parapet.kit.pending import GeneratedService, register_pending
-from services.auth.settings import AuthSettings
+import grpc.aio
 
-AUTH_SERVICE = GeneratedService(auth_service_pb2, auth_service_pb2_grpc, "AuthService")
-TENANT_ADMIN_SERVICE = GeneratedService(
-    tenant_admin_service_pb2, tenant_admin_service_pb2_grpc, "TenantAdminService"
-)
+from parapet.auth.v1 import auth_service_pb2_grpc, tenant_admin_service_pb2_grpc
+from parapet.kit.app import Resources, ServiceApp
+from parapet.kit.identity import KeySource, TokenSigner, jwks_file_source
+from services.auth import oidc, permissions
+from services.auth.access import Access
+from services.auth.admin import TenantAdminServicer
+from services.auth.apikeys import KeyHasher
+from services.auth.audit import AUDIT_STREAM, OutboxRelay
+from services.auth.authenticator import Authenticator
+from services.auth.cache import IdentityEntry, TenantKeyedCache
+from services.auth.invalidation import InvalidationListener
+from services.auth.service import AuthServicer
+from services.auth.settings import AuthSettings
+from services.auth.signing import OwnAndFileKeys, load_pepper, load_signing_key, published_jwks
+from services.auth.store import AuthStore, TenantView
+from services.auth.throttle import FailureThrottle
+
+log = logging.getLogger(__name__)
+
+AUTH_SERVICE = "parapet.auth.v1.AuthService"
+TENANT_ADMIN_SERVICE = "parapet.auth.v1.TenantAdminService"
+
+
+def key_source(settings: AuthSettings) -> KeySource:
+    """Auth verifies tokens with its own signing key (added at register) and the deployment's JWKS file."""
+    fallback = jwks_file_source(settings.identity_jwks_file) if settings.identity_jwks_file else None
+    return OwnAndFileKeys(fallback)
+
+
+async def ensure_platform_tenant(store: AuthStore, tenant_id: str) -> None:
+    """The operators' tenant exists from the first start (replicas starting together both succeed)."""
+    from sqlalchemy import text
+
+    async with store.tenant(tenant_id) as session:
+        await session.execute(
+            text(
+                "INSERT INTO tenants (tenant_id, display_name) VALUES (:t, 'Platform') ON CONFLICT DO NOTHING"
+            ),
+            {"t": tenant_id},
+        )
+        await AuthStore.insert_policy(
+            session, tenant_id, 1, permissions.default_policy(platform=True), "parapet"
+        )
+
+
+async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) -> None:
+    settings = resources.settings
+    database = resources.require_database()
+    signing_key = load_signing_key(settings)
+    own_keys = resources.identity.key_source
+    if isinstance(own_keys, OwnAndFileKeys):
+        own_keys.trust(signing_key)
+    store = AuthStore(database)
+    await ensure_platform_tenant(store, settings.auth_platform_tenant_id)
+
+    identities: TenantKeyedCache[IdentityEntry] = TenantKeyedCache(
+        settings.auth_cache_size, settings.auth_cache_seconds
+    )
+    tenants: TenantKeyedCache[TenantView] = TenantKeyedCache(
+        settings.auth_cache_size, settings.auth_cache_seconds
+    )
+    relay = OutboxRelay(store, resources.require_bus(), interval=settings.auth_outbox_interval_seconds)
+    access = Access(store, tenants, settings.auth_platform_tenant_id, relay.wake)
+    hasher = KeyHasher(load_pepper(settings, signing_key))
+    signer = TokenSigner(
+        signing_key.private_key,
+        signing_key.kid,
+        issuer=settings.identity_issuer,
+        audience=settings.identity_audience,
+        ttl_seconds=settings.auth_token_ttl_seconds,
+    )
+    window = settings.auth_throttle_window_seconds
+    authenticator = Authenticator(
+        store,
+        signer,
+        hasher,
+        identities,
+        prefix_throttle=FailureThrottle(settings.auth_throttle_failures, window),
+        client_throttle=FailureThrottle(settings.auth_throttle_client_failures, window),
+        jwks=oidc.JwksCache(min_refetch_seconds=settings.auth_oidc_min_refetch_seconds),
+    )
+    assert settings.database_url is not None
+    listener = InvalidationListener(
+        settings.database_url,
+        on_tenant=(identities.invalidate_tenant, tenants.invalidate_tenant),
+        on_reset=(identities.clear, tenants.clear),
+    )
+    resources.spawn(listener.run(), name="auth-invalidation-listener")
+    resources.spawn(relay.run(), name="auth-audit-outbox-relay")
+
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(authenticator, access, published_jwks(settings, signing_key)), server
+    )
+    tenant_admin_service_pb2_grpc.add_TenantAdminServiceServicer_to_server(
+        TenantAdminServicer(access, hasher), server
+    )
+
 
 APP = ServiceApp(
     name="auth",
     settings_type=AuthSettings,
-    register=register_pending(
-        (
-            AUTH_SERVICE,
-            TENANT_ADMIN_SERVICE,
-        ),
-        "issue #4 (auth and policy)",
-    ),
-    service_names=(
-        AUTH_SERVICE.full_name,
-        TENANT_ADMIN_SERVICE.full_name,
-    ),
+    register=register,
+    service_names=(AUTH_SERVICE, TENANT_ADMIN_SERVICE),
     uses_database=True,
-    uses_nats=False,
+    uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    streams=(AUDIT_STREAM,),
+    key_source=key_source,
     # Authenticate exchanges an external credential for the internal token, and GetJwks publishes the
     # public keys every service verifies that token with: neither can require the token itself.
-    public_methods=frozenset(
-        {f"/{AUTH_SERVICE.full_name}/Authenticate", f"/{AUTH_SERVICE.full_name}/GetJwks"}
-    ),
+    public_methods=frozenset({f"/{AUTH_SERVICE}/Authenticate", f"/{AUTH_SERVICE}/GetJwks"}),
 )

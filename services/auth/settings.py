@@ -1,4 +1,4 @@
-"""Settings of the auth service: the key it signs internal identity tokens with."""
+"""Settings of the auth service: its signing key, the API key pepper, caches and throttling."""
 
 from pathlib import Path
 
@@ -13,5 +13,47 @@ class AuthSettings(ServiceSettings):
     auth_signing_key_file: Path | None = Field(
         None,
         description="PEM file of the Ed25519 private key that signs internal identity tokens "
-        "(`parapet up` provisions one under `.parapet/identity/`).",
+        "(`parapet up` provisions one under `.parapet/identity/`). Its `kid` is the key's RFC 7638 "
+        "thumbprint. Unset: an ephemeral key (tokens die with the process; for tests only).",
+    )
+    auth_api_key_pepper_file: Path | None = Field(
+        None,
+        description="File with at least 32 secret bytes keying the HMAC-SHA256 that API keys are stored "
+        "as. Unset: derived (HKDF) from the signing key, so rotating that key then invalidates API keys; "
+        "set it in production.",
+    )
+    auth_token_ttl_seconds: float = Field(
+        300.0, gt=0, le=300, description="Lifetime of issued internal tokens (at most 5 minutes)."
+    )
+    auth_platform_tenant_id: str = Field(
+        "parapet",
+        description="The operators' tenant, created at start; its `platform-admin` role holds "
+        "PERMISSION_PLATFORM_ADMIN (create, list, disable tenants).",
+    )
+    auth_cache_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        description="How long a resolved credential, tenant state or policy is cached. Changes are pushed "
+        "to every replica at once (PostgreSQL NOTIFY); this bounds staleness if a notification is lost.",
+    )
+    auth_cache_size: int = Field(10_000, gt=0, description="Most credentials kept in the identity cache.")
+    auth_throttle_failures: int = Field(
+        10,
+        gt=0,
+        description="Failed authentications per key prefix or OIDC issuer per window before throttling.",
+    )
+    auth_throttle_client_failures: int = Field(
+        50, gt=0, description="Failed authentications per client address per window before throttling."
+    )
+    auth_throttle_window_seconds: float = Field(
+        60.0, gt=0, description="Window over which failed authentications are counted."
+    )
+    auth_outbox_interval_seconds: float = Field(
+        1.0, gt=0, description="How often the audit outbox relay looks for unsent records."
+    )
+    auth_oidc_min_refetch_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="An OIDC token with an unknown `kid` refetches its provider's JWKS at most this often.",
     )

@@ -1,0 +1,166 @@
+"""Who may administer what, the cached view of tenants, and the audited change transaction.
+
+A tenant administrator (PERMISSION_ADMIN in its own tenant's policy) acts on its own tenant only; a
+platform operator (PERMISSION_PLATFORM_ADMIN, which only roles of the platform tenant can hold) on any.
+Refused attempts are recorded in the actor's own tenant's audit trail (never the named tenant's, which the
+actor may not write to), successful changes in the changed tenant's, in the changing transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.kit.context import require_principal
+from parapet.kit.errors import InvalidArgument, NotFound, ParapetError, PermissionDenied
+from parapet.kit.identity import Principal
+from services.auth import audit, permissions
+from services.auth.cache import TenantKeyedCache
+from services.auth.permissions import Permission, PermissionValue
+from services.auth.store import AuthStore, TenantView
+
+TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Actor:
+    principal: Principal
+    permissions: frozenset[PermissionValue]
+    is_platform: bool
+
+
+@dataclass
+class Change:
+    """An open admin change: its session, and facts for its audit record."""
+
+    session: AsyncSession
+    target: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def check_tenant_id(tenant_id: str, path: str = "tenant_id") -> str:
+    if not TENANT_ID.match(tenant_id):
+        raise InvalidArgument(
+            "tenant_id is invalid",
+            field_violations=[(path, "lower-case letters, digits and '-', 1-63, starting with a letter")],
+        )
+    return tenant_id
+
+
+class Access:
+    def __init__(
+        self,
+        store: AuthStore,
+        tenants: TenantKeyedCache[TenantView],
+        platform_tenant: str,
+        relay_wake: asyncio.Event,
+    ) -> None:
+        self.store = store
+        self.tenants = tenants
+        self.platform_tenant = platform_tenant
+        self._relay_wake = relay_wake
+
+    async def view(self, tenant_id: str) -> TenantView | None:
+        cached = self.tenants.get(tenant_id)
+        if cached is not None:
+            return cached
+        generation = self.tenants.generation(tenant_id)
+        view = await self.store.tenant_view(tenant_id)
+        if view is not None:
+            self.tenants.put(tenant_id, tenant_id, view, generation=generation)
+        return view
+
+    async def permissions_of(
+        self, principal: Principal
+    ) -> tuple[frozenset[PermissionValue], TenantView | None]:
+        """What ``principal`` may do: its roles under its tenant's policy, narrowed by its scopes."""
+        view = await self.view(principal.tenant_id)
+        if view is None or view.state != "active":
+            return frozenset(), view
+        held = permissions.granted(view.policy, principal.roles)
+        if principal.scopes:
+            held = frozenset(p for p in held if permissions.name(p) in principal.scopes)
+        return held, view
+
+    async def require(self, method: str, tenant_id: str, *, platform_only: bool = False) -> Actor:
+        """The caller, allowed to administer ``tenant_id``; a refusal is audited and raised."""
+        principal = require_principal()
+        held, _ = await self.permissions_of(principal)
+        is_platform = (
+            principal.tenant_id == self.platform_tenant and Permission.PERMISSION_PLATFORM_ADMIN in held
+        )
+        actor = Actor(principal, held, is_platform)
+        error: PermissionDenied | None = None
+        if platform_only and not is_platform:
+            error = PermissionDenied(
+                "this needs platform administration",
+                reason="PERMISSION_MISSING",
+                metadata={"permission": "platform.admin"},
+            )
+        elif tenant_id != principal.tenant_id and not is_platform:
+            error = PermissionDenied(
+                "you cannot administer another tenant",
+                reason="TENANT_MISMATCH",
+                metadata={"tenant_id": tenant_id},
+            )
+        elif not is_platform and Permission.PERMISSION_ADMIN not in held:
+            error = PermissionDenied(
+                "this needs the admin permission",
+                reason="PERMISSION_MISSING",
+                metadata={"permission": "admin"},
+            )
+        if error is not None:
+            await self.refused(actor, method, tenant_id, error)
+            raise error
+        return actor
+
+    async def refused(self, actor: Actor, method: str, target: str, error: ParapetError) -> None:
+        record = audit.admin_record(
+            actor.principal.tenant_id,
+            actor.principal,
+            method,
+            target,
+            status_code=error.code.value[0],
+            error_reason=error.reason,
+        )
+        async with self.store.tenant(actor.principal.tenant_id) as session:
+            await audit.write(session, record)
+        self._wake()
+
+    async def existing(self, tenant_id: str) -> TenantView:
+        view = await self.view(tenant_id)
+        if view is None:
+            raise NotFound("no such tenant", metadata={"resource": f"tenants/{tenant_id}"})
+        return view
+
+    @asynccontextmanager
+    async def change(self, actor: Actor, method: str, tenant_id: str, target: str) -> AsyncIterator[Change]:
+        """A tenant transaction whose commit also writes the audit record and notifies every replica.
+
+        A ParapetError raised inside (PRIVILEGE_ESCALATION, a version conflict...) rolls the change back
+        and is then recorded as a refused attempt.
+        """
+        try:
+            async with self.store.tenant(tenant_id) as session:
+                change = Change(session, target)
+                yield change
+                record = audit.admin_record(
+                    tenant_id, actor.principal, method, change.target, attributes=change.attributes
+                )
+                await audit.write(session, record)
+                await AuthStore.notify(session, tenant_id)
+        except ParapetError as error:
+            if error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED):
+                await self.refused(actor, method, target, error)
+            raise
+        self.tenants.invalidate_tenant(tenant_id)  # this replica at once; the others on the notification
+        self._wake()
+
+    def _wake(self) -> None:
+        self._relay_wake.set()

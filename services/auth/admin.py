@@ -1,0 +1,450 @@
+"""The TenantAdminService servicer: tenants, users, API keys and tenant policies, every change audited."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc.aio
+from sqlalchemy import text
+
+from parapet.auth.v1 import tenant_admin_service_pb2 as pb
+from parapet.auth.v1 import tenant_admin_service_pb2_grpc, user_pb2
+from parapet.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from services.auth import apikeys, permissions, policy, records
+from services.auth.access import Access, Actor, check_tenant_id
+from services.auth.apikeys import KeyHasher
+from services.auth.store import AuthStore
+
+SERVICE = "/parapet.auth.v1.TenantAdminService/"
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+USER_FIELDS = frozenset({"display_name", "email", "roles", "groups", "state"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_roles(actor: Actor, view_policy: Any, new_roles: set[str], old_roles: set[str], path: str) -> None:
+    defined = permissions.role_permissions(view_policy)
+    unknown = sorted(new_roles - defined.keys())
+    if unknown:
+        raise InvalidArgument(
+            "unknown role", field_violations=[(path, f"role {unknown[0]!r} is not in the tenant policy")]
+        )
+    for role in sorted(new_roles - old_roles):
+        missing = defined[role] - actor.permissions
+        if missing and not actor.is_platform:
+            raise policy.escalation(permissions.name(min(missing)), role)
+
+
+class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServicer):
+    def __init__(self, access: Access, hasher: KeyHasher) -> None:
+        self._access = access
+        self._store: AuthStore = access.store
+        self._hasher = hasher
+
+    # -- tenants ------------------------------------------------------------------------------------------
+
+    async def CreateTenant(self, request: pb.CreateTenantRequest, context: Ctx) -> pb.CreateTenantResponse:
+        tenant_id = check_tenant_id(request.tenant.tenant_id, "tenant.tenant_id")
+        if not request.tenant.display_name:
+            raise InvalidArgument(
+                "display_name is required", field_violations=[("tenant.display_name", "required")]
+            )
+        actor = await self._access.require(SERVICE + "CreateTenant", tenant_id, platform_only=True)
+        async with self._access.change(actor, SERVICE + "CreateTenant", tenant_id, tenant_id) as change:
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "INSERT INTO tenants (tenant_id, display_name) VALUES (:t, :n)"
+                            " ON CONFLICT DO NOTHING RETURNING *"
+                        ),
+                        {"t": tenant_id, "n": request.tenant.display_name},
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                raise AlreadyExists("the tenant exists already", reason="TENANT_ALREADY_EXISTS")
+            initial = permissions.default_policy(platform=tenant_id == self._access.platform_tenant)
+            await AuthStore.insert_policy(change.session, tenant_id, 1, initial, actor.principal.subject)
+            change.attributes["policy_version"] = "1"
+        return pb.CreateTenantResponse(tenant=records.tenant(dict(row)))
+
+    async def GetTenant(self, request: pb.GetTenantRequest, context: Ctx) -> pb.GetTenantResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        await self._access.require(SERVICE + "GetTenant", tenant_id)
+        view = await self._access.existing(tenant_id)
+        return pb.GetTenantResponse(tenant=records.tenant(view.row))
+
+    async def ListTenants(self, request: pb.ListTenantsRequest, context: Ctx) -> pb.ListTenantsResponse:
+        actor = await self._access.require(SERVICE + "ListTenants", "", platform_only=True)
+        del actor
+        size = records.page_size(request.page_size)
+        after = records.decode_token("tenants", request.page_token)
+        async with self._store.platform() as session:
+            rows = (
+                (
+                    await session.execute(
+                        text("SELECT * FROM tenants WHERE tenant_id > :a ORDER BY tenant_id LIMIT :n"),
+                        {"a": after[0] if after else "", "n": size + 1},
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        page = [records.tenant(dict(r)) for r in rows[:size]]
+        token = records.encode_token("tenants", [page[-1].tenant_id]) if len(rows) > size else ""
+        return pb.ListTenantsResponse(tenants=page, next_page_token=token)
+
+    async def _set_state(self, method: str, tenant_id: str, state: str) -> Any:
+        check_tenant_id(tenant_id)
+        actor = await self._access.require(SERVICE + method, tenant_id, platform_only=True)
+        if state == "disabled" and tenant_id == self._access.platform_tenant:
+            raise InvalidArgument(
+                "the platform tenant cannot be disabled", field_violations=[("tenant_id", "platform tenant")]
+            )
+        async with self._access.change(actor, SERVICE + method, tenant_id, tenant_id) as change:
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "UPDATE tenants SET state = :s, update_time = now(),"
+                            " disable_time = CASE WHEN :s = 'disabled' THEN coalesce(disable_time, now()) END"
+                            " WHERE tenant_id = :t RETURNING *"
+                        ),
+                        {"s": state, "t": tenant_id},
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                raise NotFound("no such tenant", metadata={"resource": f"tenants/{tenant_id}"})
+        return records.tenant(dict(row))
+
+    async def DisableTenant(self, request: pb.DisableTenantRequest, context: Ctx) -> pb.DisableTenantResponse:
+        return pb.DisableTenantResponse(
+            tenant=await self._set_state("DisableTenant", request.tenant_id, "disabled")
+        )
+
+    async def EnableTenant(self, request: pb.EnableTenantRequest, context: Ctx) -> pb.EnableTenantResponse:
+        return pb.EnableTenantResponse(
+            tenant=await self._set_state("EnableTenant", request.tenant_id, "active")
+        )
+
+    # -- API keys -----------------------------------------------------------------------------------------
+
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Ctx) -> pb.CreateApiKeyResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        spec = request.api_key
+        problems = [("api_key.user_id", "required")] if not spec.user_id else []
+        problems += [
+            (f"api_key.scopes[{i}]", "unknown permission name")
+            for i, scope in enumerate(spec.scopes)
+            if scope not in permissions.BY_NAME
+        ]
+        expire = spec.expire_time.ToDatetime(tzinfo=UTC) if spec.HasField("expire_time") else None
+        if expire is not None and expire <= _now():
+            problems.append(("api_key.expire_time", "must be in the future"))
+        if problems:
+            raise InvalidArgument("the API key request is invalid", field_violations=problems)
+        actor = await self._access.require(SERVICE + "CreateApiKey", tenant_id)
+        prefix, secret = apikeys.generate()
+        key_id = str(uuid.uuid4())
+        async with self._access.change(actor, SERVICE + "CreateApiKey", tenant_id, key_id) as change:
+            if await self._store.user(change.session, spec.user_id) is None:
+                raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "INSERT INTO api_keys (tenant_id, api_key_id, prefix, secret_hash, user_id, display_name,"
+                            " scopes, expire_time) VALUES (:t, :k, :p, :h, :u, :n, :s, :e) RETURNING *"
+                        ),
+                        {
+                            "t": tenant_id,
+                            "k": key_id,
+                            "p": prefix,
+                            "h": self._hasher.hash(secret),
+                            "u": spec.user_id,
+                            "n": spec.display_name,
+                            "s": list(spec.scopes),
+                            "e": expire,
+                        },
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            await change.session.execute(
+                text("INSERT INTO api_key_prefixes (prefix, tenant_id) VALUES (:p, :t)"),
+                {"p": prefix, "t": tenant_id},
+            )
+            change.attributes.update(
+                {"prefix": "pk_" + prefix, "user_id": spec.user_id, "scopes": ",".join(spec.scopes)}
+            )
+        return pb.CreateApiKeyResponse(api_key=records.api_key(dict(row), _now()), secret=secret)
+
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Ctx) -> pb.ListApiKeysResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        size = records.page_size(request.page_size)
+        after = records.decode_token("api_keys", request.page_token)
+        await self._access.require(SERVICE + "ListApiKeys", tenant_id)
+        query = "SELECT * FROM api_keys WHERE (:u = '' OR user_id = :u)"
+        if not request.show_inactive:
+            query += " AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())"
+        if after:
+            query += " AND (create_time, api_key_id) < (CAST(:c AS timestamptz), CAST(:k AS uuid))"
+        query += " ORDER BY create_time DESC, api_key_id DESC LIMIT :n"
+        params = {
+            "u": request.user_id,
+            "n": size + 1,
+            "c": after[0] if after else None,
+            "k": after[1] if after else None,
+        }
+        async with self._store.tenant(tenant_id) as session:
+            rows = [dict(r) for r in (await session.execute(text(query), params)).mappings().all()]
+        now = _now()
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = records.encode_token(
+                "api_keys", [last["create_time"].isoformat(), str(last["api_key_id"])]
+            )
+        return pb.ListApiKeysResponse(
+            api_keys=[records.api_key(r, now) for r in rows[:size]], next_page_token=token
+        )
+
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Ctx) -> pb.RevokeApiKeyResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        try:
+            key_id = str(uuid.UUID(request.api_key_id))
+        except ValueError:
+            raise InvalidArgument(
+                "api_key_id is invalid", field_violations=[("api_key_id", "not a key id")]
+            ) from None
+        actor = await self._access.require(SERVICE + "RevokeApiKey", tenant_id)
+        async with self._access.change(actor, SERVICE + "RevokeApiKey", tenant_id, key_id) as change:
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "UPDATE api_keys SET revoke_time = coalesce(revoke_time, now())"
+                            " WHERE api_key_id = :k RETURNING *"
+                        ),
+                        {"k": key_id},
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                raise NotFound("no such API key", metadata={"resource": f"api_keys/{key_id}"})
+            change.attributes.update({"prefix": "pk_" + row["prefix"], "reason": request.reason[:500]})
+        return pb.RevokeApiKeyResponse(api_key=records.api_key(dict(row), _now()))
+
+    # -- users ----------------------------------------------------------------------------------------------
+
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.CreateUserResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        spec = request.user
+        if not 1 <= len(spec.user_id) <= 255:
+            raise InvalidArgument(
+                "user_id is invalid", field_violations=[("user.user_id", "1-255 characters")]
+            )
+        actor = await self._access.require(SERVICE + "CreateUser", tenant_id)
+        view = await self._access.existing(tenant_id)
+        _check_roles(actor, view.policy, set(spec.roles), set(), "user.roles")
+        kind = "service_account" if spec.kind == user_pb2.USER_KIND_SERVICE_ACCOUNT else "person"
+        state = "disabled" if spec.state == user_pb2.USER_STATE_DISABLED else "active"
+        async with self._access.change(actor, SERVICE + "CreateUser", tenant_id, spec.user_id) as change:
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "INSERT INTO users (tenant_id, user_id, display_name, email, kind, roles, groups, state)"
+                            " VALUES (:t, :u, :n, :e, :k, :r, :g, :s) ON CONFLICT DO NOTHING RETURNING *"
+                        ),
+                        {
+                            "t": tenant_id,
+                            "u": spec.user_id,
+                            "n": spec.display_name,
+                            "e": spec.email,
+                            "k": kind,
+                            "r": sorted(set(spec.roles)),
+                            "g": sorted(set(spec.groups)),
+                            "s": state,
+                        },
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                raise AlreadyExists("the user exists already", reason="USER_ALREADY_EXISTS")
+            change.attributes.update({"roles": ",".join(row["roles"]), "groups": ",".join(row["groups"])})
+        return pb.CreateUserResponse(user=records.user(dict(row)))
+
+    async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.GetUserResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        await self._access.require(SERVICE + "GetUser", tenant_id)
+        row = await self._store.user_record(tenant_id, request.user_id)
+        if row is None:
+            raise NotFound("no such user", metadata={"resource": f"users/{request.user_id}"})
+        return pb.GetUserResponse(user=records.user(row))
+
+    async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        size = records.page_size(request.page_size)
+        after = records.decode_token("users", request.page_token)
+        await self._access.require(SERVICE + "ListUsers", tenant_id)
+        async with self._store.tenant(tenant_id) as session:
+            rows = (
+                (
+                    await session.execute(
+                        text(
+                            "SELECT * FROM users WHERE user_id > :a AND (:r = '' OR :r = ANY(roles))"
+                            " AND (:g = '' OR :g = ANY(groups)) ORDER BY user_id LIMIT :n"
+                        ),
+                        {
+                            "a": after[0] if after else "",
+                            "r": request.role,
+                            "g": request.group,
+                            "n": size + 1,
+                        },
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        page = [records.user(dict(r)) for r in rows[:size]]
+        token = records.encode_token("users", [page[-1].user_id]) if len(rows) > size else ""
+        return pb.ListUsersResponse(users=page, next_page_token=token)
+
+    async def UpdateUser(self, request: pb.UpdateUserRequest, context: Ctx) -> pb.UpdateUserResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        paths = set(request.update_mask.paths)
+        if not paths or not paths <= USER_FIELDS:
+            raise InvalidArgument(
+                "update_mask is invalid",
+                field_violations=[("update_mask", f"one or more of {sorted(USER_FIELDS)}")],
+            )
+        spec = request.user
+        actor = await self._access.require(SERVICE + "UpdateUser", tenant_id)
+        view = await self._access.existing(tenant_id)
+        async with self._access.change(actor, SERVICE + "UpdateUser", tenant_id, spec.user_id) as change:
+            old = await self._store.user(change.session, spec.user_id)
+            if old is None:
+                raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
+            new = dict(old)
+            if "roles" in paths:
+                _check_roles(actor, view.policy, set(spec.roles), set(old["roles"]), "user.roles")
+                new["roles"] = sorted(set(spec.roles))
+            if "groups" in paths:
+                new["groups"] = sorted(set(spec.groups))
+            if "display_name" in paths:
+                new["display_name"] = spec.display_name
+            if "email" in paths:
+                new["email"] = spec.email
+            if "state" in paths:
+                new["state"] = "disabled" if spec.state == user_pb2.USER_STATE_DISABLED else "active"
+            row = (
+                (
+                    await change.session.execute(
+                        text(
+                            "UPDATE users SET roles = :r, groups = :g, display_name = :n, email = :e, state = :s,"
+                            " update_time = now() WHERE user_id = :u RETURNING *"
+                        ),
+                        {
+                            "r": new["roles"],
+                            "g": new["groups"],
+                            "n": new["display_name"],
+                            "e": new["email"],
+                            "s": new["state"],
+                            "u": spec.user_id,
+                        },
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            change.attributes.update(
+                {
+                    "fields": ",".join(sorted(paths)),
+                    "roles": ",".join(row["roles"]),
+                    "groups": ",".join(row["groups"]),
+                }
+            )
+        return pb.UpdateUserResponse(user=records.user(dict(row)))
+
+    # -- policies -------------------------------------------------------------------------------------------
+
+    async def GetTenantPolicy(
+        self, request: pb.GetTenantPolicyRequest, context: Ctx
+    ) -> pb.GetTenantPolicyResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        if request.version < 0:
+            raise InvalidArgument(
+                "version is invalid", field_violations=[("version", "must not be negative")]
+            )
+        await self._access.require(SERVICE + "GetTenantPolicy", tenant_id)
+        async with self._store.tenant(tenant_id) as session:
+            found = await self._store.policy(session, request.version)
+        if found is None:
+            raise NotFound("no such policy version", metadata={"resource": f"tenants/{tenant_id}/policy"})
+        return pb.GetTenantPolicyResponse(policy=found)
+
+    async def UpdateTenantPolicy(
+        self, request: pb.UpdateTenantPolicyRequest, context: Ctx
+    ) -> pb.UpdateTenantPolicyResponse:
+        tenant_id = check_tenant_id(request.tenant_id)
+        if request.expected_version <= 0:
+            raise InvalidArgument(
+                "expected_version is required", field_violations=[("expected_version", "the current version")]
+            )
+        policy.validate(request.policy)
+        actor = await self._access.require(SERVICE + "UpdateTenantPolicy", tenant_id)
+        method = SERVICE + "UpdateTenantPolicy"
+        async with self._access.change(actor, method, tenant_id, f"tenants/{tenant_id}/policy") as change:
+            current = await self._store.policy(change.session, 0)
+            if current is None:
+                raise NotFound("no such tenant", metadata={"resource": f"tenants/{tenant_id}"})
+            mismatch = Aborted(
+                "the policy changed since expected_version",
+                reason="POLICY_VERSION_MISMATCH",
+                metadata={"current_version": str(current.version)},
+            )
+            if current.version != request.expected_version:
+                raise mismatch
+            policy.check_grants(
+                current,
+                request.policy,
+                actor.permissions,
+                platform_tenant=tenant_id == self._access.platform_tenant,
+                is_platform=actor.is_platform,
+            )
+            version = current.version + 1
+            if not await AuthStore.insert_policy(
+                change.session, tenant_id, version, request.policy, actor.principal.subject
+            ):
+                raise mismatch
+            taken = await AuthStore.replace_issuers(
+                change.session, tenant_id, [p.issuer for p in request.policy.identity_providers]
+            )
+            if taken is not None:
+                raise InvalidArgument(
+                    "an identity provider's issuer belongs to another tenant",
+                    reason="POLICY_INVALID",
+                    field_violations=[
+                        ("policy.identity_providers", f"issuer {taken!r} is used by another tenant")
+                    ],
+                )
+            change.attributes["policy_version"] = str(version)
+            stored = await self._store.policy(change.session, version)
+        assert stored is not None
+        return pb.UpdateTenantPolicyResponse(policy=stored)

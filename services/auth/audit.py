@@ -1,0 +1,120 @@
+"""Admin changes to the audit trail: an AuditRecord written in the changing transaction, relayed to NATS.
+
+The outbox row commits with the change (or not at all), so no change goes unrecorded; the relay publishes
+it to ``parapet.audit.v1.<tenant>`` (CloudEvents headers, ``Nats-Msg-Id`` = record id) and marks it sent
+only after JetStream's ack. A crash in between republishes the same record id, which the stream's duplicate
+window and the audit service's idempotent consumer absorb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
+from parapet.kit.bus import Bus, StreamSpec
+from parapet.kit.context import current_request_id
+from parapet.kit.identity import Principal
+from services.auth.store import AuthStore
+
+log = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "parapet.audit.v1."
+CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
+# Declared by every producer (and the audit service) with the same configuration, so any may start first.
+AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
+
+
+def admin_record(
+    tenant_id: str,
+    actor: Principal,
+    method: str,
+    target: str,
+    *,
+    status_code: int = 0,
+    error_reason: str = "",
+    attributes: Mapping[str, str] | None = None,
+) -> audit_record_pb2.AuditRecord:
+    record = audit_record_pb2.AuditRecord(
+        record_id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        admin_action=admin_action_pb2.AdminAction(
+            actor=actor.to_proto(),
+            method=method,
+            target=target,
+            status_code=status_code,
+            error_reason=error_reason,
+            attributes=dict(attributes or {}),
+            request_id=current_request_id() or "",
+        ),
+    )
+    record.create_time.GetCurrentTime()
+    return record
+
+
+async def write(session: AsyncSession, record: audit_record_pb2.AuditRecord) -> None:
+    await AuthStore.add_outbox(
+        session,
+        record.record_id,
+        record.tenant_id,
+        SUBJECT_PREFIX + record.tenant_id,
+        record.SerializeToString(deterministic=True),
+    )
+
+
+def headers(record: audit_record_pb2.AuditRecord) -> dict[str, str]:
+    return {
+        "content-type": "application/protobuf",
+        "ce-specversion": "1.0",
+        "ce-id": record.record_id,
+        "ce-source": "/parapet/auth",
+        "ce-type": CE_TYPE,
+        "ce-time": record.create_time.ToDatetime(tzinfo=UTC).isoformat(),
+        "ce-subject": record.tenant_id,
+    }
+
+
+class OutboxRelay:
+    def __init__(self, store: AuthStore, bus: Bus, *, interval: float, batch: int = 100) -> None:
+        self._store = store
+        self._bus = bus
+        self._interval = interval
+        self._batch = batch
+        self.wake = asyncio.Event()  # set after a commit that wrote a record, to relay it at once
+
+    async def relay_once(self) -> int:
+        """Publish pending records; returns how many were acknowledged and marked sent."""
+        pending = await self._store.pending_outbox(self._batch)
+        sent: list[str] = []
+        try:
+            for record_id, subject, payload in pending:
+                record = audit_record_pb2.AuditRecord.FromString(payload)
+                await self._bus.publish(subject, payload, msg_id=record_id, headers=headers(record))
+                sent.append(record_id)
+        finally:
+            if sent:
+                await self._store.mark_sent(sent)
+        return len(sent)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.relay_once() == self._batch:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("audit outbox relay failed; retrying", exc_info=True)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self._interval)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,230 @@
+"""Authenticate: an API key or OIDC JWT to a Principal and a signed internal token, cached when warm.
+
+Warm path (a credential seen within the cache TTL and not invalidated since): one HMAC-SHA256, one dict
+lookup, and the internal token issued for it earlier, re-signed only once half its lifetime has passed.
+Cold path: route the credential to its tenant, read key/user/tenant in one tenant-scoped query, check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from parapet.kit.errors import QuotaExceeded, Unauthenticated
+from parapet.kit.identity import Principal, TokenSigner
+from services.auth import apikeys, oidc
+from services.auth.cache import IdentityEntry, TenantKeyedCache
+from services.auth.store import AuthStore
+from services.auth.throttle import FailureThrottle
+
+log = logging.getLogger(__name__)
+
+LAST_USE_RESOLUTION_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    expires: float
+    principal: Principal
+    policy_version: int
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: AuthStore,
+        signer: TokenSigner,
+        hasher: apikeys.KeyHasher,
+        cache: TenantKeyedCache[IdentityEntry],
+        *,
+        prefix_throttle: FailureThrottle,
+        client_throttle: FailureThrottle,
+        jwks: oidc.JwksCache,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._hasher = hasher
+        self.cache = cache
+        self._prefix_throttle = prefix_throttle
+        self._client_throttle = client_throttle
+        self._jwks = jwks
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- the shared frame: throttling, caching, token issuing --------------------------------------------
+
+    def _check_throttle(self, keys: tuple[str, ...]) -> None:
+        for key, throttle in zip(keys, (self._client_throttle, self._prefix_throttle), strict=False):
+            wait = throttle.retry_after(key)
+            if wait is not None:
+                raise QuotaExceeded(
+                    "too many failed authentications; retry later",
+                    reason="AUTHENTICATION_THROTTLED",
+                    violations=[(key.split(":", 1)[0], "failed authentications")],
+                    retry_after=wait,
+                )
+
+    def _failed(self, keys: tuple[str, ...], error: Unauthenticated) -> Unauthenticated:
+        for key, throttle in zip(keys, (self._client_throttle, self._prefix_throttle), strict=False):
+            throttle.record_failure(key)
+        log.warning("authentication failed", extra={"reason": error.reason, "throttle_keys": list(keys)})
+        return error
+
+    def _issue(self, entry: IdentityEntry) -> Issued:
+        now = time.time()
+        # Reuse the token issued for this credential while at least half its lifetime remains: signing is
+        # most of Authenticate's CPU, and a token is a bearer credential either way.
+        if not entry.token or entry.token_expires - now < self._signer.ttl_seconds / 2:
+            entry.token = self._signer.sign(entry.principal, now=now)
+            entry.token_expires = int(now) + int(self._signer.ttl_seconds)
+        return Issued(entry.token, entry.token_expires, entry.principal, entry.policy_version)
+
+    async def authenticate(self, *, api_key: str = "", oidc_token: str = "", client: str) -> Issued:
+        if api_key:
+            return await self._api_key(api_key, client)
+        if oidc_token:
+            return await self._oidc(oidc_token, client)
+        raise Unauthenticated("no credential was given", reason="CREDENTIAL_MISSING")
+
+    # -- API keys ------------------------------------------------------------------------------------------
+
+    async def _api_key(self, key: str, client: str) -> Issued:
+        client_key = f"client:{client}"
+        if len(key) > apikeys.MAX_KEY_LENGTH:
+            self._check_throttle((client_key,))
+            raise self._failed(
+                (client_key,), Unauthenticated("the API key is too large", reason="CREDENTIAL_TOO_LARGE")
+            )
+        parsed = apikeys.parse(key)
+        if parsed is None:
+            self._check_throttle((client_key,))
+            raise self._failed(
+                (client_key,), Unauthenticated("the API key is malformed", reason="API_KEY_INVALID")
+            )
+        keys = (client_key, f"api_key:{parsed.prefix}")
+        self._check_throttle(keys)
+        digest = self._hasher.hash(parsed.full)
+        entry = self.cache.get(digest)
+        if entry is None:
+            try:
+                entry = await self._load_key(parsed, digest)
+            except Unauthenticated as error:
+                raise self._failed(keys, error) from None
+        self._maybe_touch(entry)
+        return self._issue(entry)
+
+    async def _load_key(self, parsed: apikeys.ParsedKey, digest: bytes) -> IdentityEntry:
+        invalid = Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
+        tenant_id = await self._store.tenant_for_prefix(parsed.prefix)
+        if tenant_id is None:
+            raise invalid
+        generation = self.cache.generation(tenant_id)
+        record = await self._store.key_record(tenant_id, parsed.prefix)
+        if record is None or not apikeys.KeyHasher.matches(record.secret_hash, digest):
+            raise invalid
+        now = time.time()
+        if record.revoke_time is not None:
+            raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
+        if record.expire_time is not None and record.expire_time.timestamp() <= now:
+            raise Unauthenticated("the API key has expired", reason="API_KEY_EXPIRED")
+        if record.tenant_state != "active":
+            raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
+        if record.user_state != "active":
+            raise Unauthenticated("the key's user is disabled", reason="USER_DISABLED")
+        principal = Principal(
+            tenant_id=tenant_id,
+            subject=record.user_id,
+            roles=record.roles,
+            groups=record.groups,
+            scopes=record.scopes,
+            credential_type="api_key",
+            api_key_id=record.api_key_id,
+        )
+        last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
+        entry = IdentityEntry(principal, record.policy_version, 0.0, last_use_written=last_use)
+        expires = record.expire_time.timestamp() if record.expire_time else None
+        self.cache.put(digest, tenant_id, entry, generation=generation, expires=expires)
+        return entry
+
+    def _maybe_touch(self, entry: IdentityEntry) -> None:
+        """Record the key's last use, to within a minute, off the request path."""
+        now = time.time()
+        if now - entry.last_use_written < LAST_USE_RESOLUTION_SECONDS:
+            return
+        entry.last_use_written = now
+        task = asyncio.create_task(self._touch(entry.principal))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _touch(self, principal: Principal) -> None:
+        try:
+            await self._store.touch_key(principal.tenant_id, principal.api_key_id)
+        except Exception:
+            log.warning("recording an API key's last use failed", exc_info=True)
+
+    # -- OIDC tokens ---------------------------------------------------------------------------------------
+
+    async def _oidc(self, token: str, client: str) -> Issued:
+        client_key = f"client:{client}"
+        self._check_throttle((client_key,))
+        if len(token) > oidc.MAX_TOKEN_BYTES:
+            raise self._failed(
+                (client_key,), Unauthenticated("the OIDC token is too large", reason="CREDENTIAL_TOO_LARGE")
+            )
+        digest = apikeys.token_digest(token)
+        entry = self.cache.get(digest)
+        if entry is not None:
+            return self._issue(entry)
+        try:
+            unverified = oidc.inspect(token)
+        except Unauthenticated as error:
+            raise self._failed((client_key,), error) from None
+        keys = (client_key, f"issuer:{unverified.issuer}")
+        self._check_throttle(keys)
+        try:
+            entry = await self._load_oidc(unverified, digest)
+        except Unauthenticated as error:
+            raise self._failed(keys, error) from None
+        return self._issue(entry)
+
+    async def _load_oidc(self, token: oidc.UnverifiedToken, digest: bytes) -> IdentityEntry:
+        tenant_id = await self._store.tenant_for_issuer(token.issuer)
+        if tenant_id is None:
+            raise Unauthenticated("the OIDC token's issuer is not trusted", reason="OIDC_ISSUER_UNKNOWN")
+        generation = self.cache.generation(tenant_id)
+        view = await self._store.tenant_view(tenant_id)
+        provider = (
+            next((p for p in view.policy.identity_providers if p.issuer == token.issuer), None)
+            if view
+            else None
+        )
+        if view is None or provider is None:
+            raise Unauthenticated("the OIDC token's issuer is not trusted", reason="OIDC_ISSUER_UNKNOWN")
+        claims = oidc.verify(token, provider, await self._jwks.key(provider, token))
+        subject_value = claims.get(provider.subject_claim or "sub")
+        if not isinstance(subject_value, str) or not subject_value or len(subject_value) > 255:
+            raise Unauthenticated("the OIDC token names no subject", reason="OIDC_TOKEN_INVALID")
+        if view.state != "active":
+            raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
+        user = await self._store.user_record(tenant_id, subject_value)
+        if user is not None and user["state"] != "active":
+            raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
+        roles = set(user["roles"]) if user else set()
+        groups = set(user["groups"]) if user else set()
+        roles.update(oidc.claim_strings(claims, provider.roles_claim))
+        groups.update(oidc.claim_strings(claims, provider.groups_claim))
+        jti = claims.get("jti")
+        principal = Principal(
+            tenant_id=tenant_id,
+            subject=subject_value,
+            roles=tuple(sorted(roles)),
+            groups=tuple(sorted(groups)),
+            credential_type="oidc_token",
+            external_token_id=jti if isinstance(jti, str) else "",
+            issuer=token.issuer,
+        )
+        entry = IdentityEntry(principal, view.policy.version, 0.0)
+        self.cache.put(digest, tenant_id, entry, generation=generation, expires=float(claims["exp"]))
+        return entry

@@ -1,0 +1,164 @@
+"""Validation of OIDC JWTs from a tenant's own identity providers (``OidcProvider`` in its policy).
+
+Order of checks, each before anything costlier: size, structure, ``alg`` in the allow-list (RS256, ES256,
+EdDSA; never ``none`` or HMAC, so a public key can never act as an HMAC secret), issuer routed to a tenant,
+key by ``kid`` (from the provider's JWKS: inline JSON, or a URL fetched, cached and refetched on an unknown
+``kid`` at most once per ``min_refetch_seconds``), signature with the key whose type must fit the ``alg``,
+then ``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock skew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK
+
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+MAX_TOKEN_BYTES = 16 * 1024
+MAX_SKEW_SECONDS = 300.0
+DEFAULT_SKEW_SECONDS = 60.0
+JWKS_MAX_AGE_SECONDS = 300.0
+
+
+def rejected(reason: str, message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason=reason)
+
+
+@dataclass(frozen=True)
+class UnverifiedToken:
+    token: str
+    alg: str
+    kid: str
+    issuer: str
+
+
+def inspect(token: str) -> UnverifiedToken:
+    """Header and issuer of ``token`` without trusting either; raises for anything malformed or disallowed."""
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise rejected("OIDC_TOKEN_INVALID", "the OIDC token is malformed") from None
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGORITHMS:
+        raise rejected("OIDC_ALGORITHM_REJECTED", "the OIDC token's algorithm is not allowed")
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise rejected("OIDC_ISSUER_UNKNOWN", "the OIDC token names no issuer")
+    kid = header.get("kid")
+    return UnverifiedToken(token, str(alg), kid if isinstance(kid, str) else "", issuer)
+
+
+def skew(provider: tenant_policy_pb2.OidcProvider) -> float:
+    if not provider.HasField("max_clock_skew"):
+        return DEFAULT_SKEW_SECONDS
+    return min(MAX_SKEW_SECONDS, provider.max_clock_skew.ToTimedelta().total_seconds())
+
+
+@dataclass
+class _Keys:
+    keys: list[dict[str, Any]]
+    fetched: float
+
+
+class JwksCache:
+    """Provider keys by (issuer, source); URL documents are refetched after max age or on an unknown kid."""
+
+    def __init__(self, *, min_refetch_seconds: float = 5.0, timeout_seconds: float = 3.0) -> None:
+        self._min_refetch = min_refetch_seconds
+        self._timeout = timeout_seconds
+        self._cache: dict[tuple[str, str], _Keys] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def _fetch(self, uri: str) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            response = await client.get(uri)
+            response.raise_for_status()
+            keys = response.json().get("keys", [])
+        return [k for k in keys if isinstance(k, dict)]
+
+    async def _document(self, provider: tenant_policy_pb2.OidcProvider, kid: str) -> list[dict[str, Any]]:
+        if provider.WhichOneof("keys") == "jwks_json":
+            keys = json.loads(provider.jwks_json).get("keys", [])
+            return [k for k in keys if isinstance(k, dict)]
+        cache_key = (provider.issuer, provider.jwks_uri)
+        lock = self._locks.setdefault(cache_key, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(cache_key)
+            now = time.monotonic()
+            known = cached is not None and any(k.get("kid") == kid for k in cached.keys)
+            stale = cached is None or now - cached.fetched >= JWKS_MAX_AGE_SECONDS
+            may_refetch = cached is None or now - cached.fetched >= self._min_refetch
+            if stale or (not known and may_refetch):
+                try:
+                    self._cache[cache_key] = cached = _Keys(await self._fetch(provider.jwks_uri), now)
+                except (httpx.HTTPError, ValueError):
+                    log.warning("fetching JWKS failed", extra={"issuer": provider.issuer}, exc_info=True)
+                    if cached is None:
+                        return []
+                    cached.fetched = now  # keep the old keys; rate-limit the retries too
+            return cached.keys if cached is not None else []
+
+    async def key(self, provider: tenant_policy_pb2.OidcProvider, token: UnverifiedToken) -> PyJWK:
+        keys = await self._document(provider, token.kid)
+        candidates = [k for k in keys if not token.kid or k.get("kid") == token.kid]
+        if len(candidates) != 1:
+            raise rejected("OIDC_SIGNATURE_INVALID", "no key of the identity provider matches the token")
+        try:
+            # The algorithm binds the key type: an RSA key for ES256 (or any key for HS256) fails here.
+            return PyJWK(candidates[0], algorithm=token.alg)
+        except jwt.PyJWTError:
+            raise rejected(
+                "OIDC_SIGNATURE_INVALID", "the identity provider's key does not fit the token"
+            ) from None
+
+
+def verify(token: UnverifiedToken, provider: tenant_policy_pb2.OidcProvider, key: PyJWK) -> dict[str, Any]:
+    allowed = set(provider.allowed_algorithms or ALLOWED_ALGORITHMS) & set(ALLOWED_ALGORITHMS)
+    if token.alg not in allowed:
+        raise rejected("OIDC_ALGORITHM_REJECTED", "the identity provider does not allow this algorithm")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token.token,
+            key,
+            algorithms=[token.alg],
+            audience=list(provider.audiences),
+            issuer=provider.issuer,
+            leeway=skew(provider),
+            options={"require": ["iss", "aud", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise rejected("OIDC_TOKEN_EXPIRED", "the OIDC token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise rejected("OIDC_TOKEN_NOT_YET_VALID", "the OIDC token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise rejected("OIDC_AUDIENCE_MISMATCH", "the OIDC token is for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise rejected("OIDC_ISSUER_UNKNOWN", "the OIDC token's issuer is not trusted") from None
+    except jwt.InvalidSignatureError:
+        raise rejected("OIDC_SIGNATURE_INVALID", "the OIDC token's signature is invalid") from None
+    except jwt.PyJWTError:
+        raise rejected("OIDC_TOKEN_INVALID", "the OIDC token is invalid") from None
+    return claims
+
+
+def claim_strings(claims: dict[str, Any], name: str) -> tuple[str, ...]:
+    """A list claim (or a space-separated string, as some providers send) as strings; absent = empty."""
+    value = claims.get(name) if name else None
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list):
+        return tuple(str(item) for item in value if isinstance(item, str | int))
+    return ()

@@ -1,0 +1,137 @@
+"""Validation of a tenant policy as a whole, and the escalation check on what an edit grants."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from urllib.parse import urlparse
+
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.errors import InvalidArgument, PermissionDenied
+from services.auth import oidc
+from services.auth.permissions import NAMES, Permission, PermissionValue, name, role_permissions
+
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,62}$")
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+P = tenant_policy_pb2
+
+
+def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple[str, str]]:
+    path = f"policy.identity_providers[{index}]"
+    if not provider.issuer:
+        yield f"{path}.issuer", "required"
+    if not provider.audiences:
+        yield f"{path}.audiences", "at least one audience is required"
+    source = provider.WhichOneof("keys")
+    if source is None:
+        yield f"{path}.keys", "set jwks_uri or jwks_json"
+    elif source == "jwks_uri":
+        url = urlparse(provider.jwks_uri)
+        # Plain HTTP only to the loopback interface (a local provider or a test), never across a network.
+        if (
+            not (url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK))
+            or not url.netloc
+        ):
+            yield f"{path}.jwks_uri", "must be an https URL"
+    else:
+        try:
+            keys = json.loads(provider.jwks_json).get("keys")
+            if not isinstance(keys, list) or not keys:
+                raise ValueError
+        except (ValueError, AttributeError):
+            yield f"{path}.jwks_json", "must be a JWKS document with keys"
+    for j, alg in enumerate(provider.allowed_algorithms):
+        if alg not in oidc.ALLOWED_ALGORITHMS:
+            yield f"{path}.allowed_algorithms[{j}]", f"must be one of {', '.join(oidc.ALLOWED_ALGORITHMS)}"
+    if provider.HasField("max_clock_skew"):
+        seconds = provider.max_clock_skew.ToTimedelta().total_seconds()
+        if not 0 <= seconds <= oidc.MAX_SKEW_SECONDS:
+            yield f"{path}.max_clock_skew", "must be between 0 and 5 minutes"
+
+
+def violations(policy: P.TenantPolicy) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    seen_roles: set[str] = set()
+    for i, role in enumerate(policy.roles):
+        if not ROLE_NAME.match(role.role):
+            found.append((f"policy.roles[{i}].role", "lower-case letters, digits, '.', '_', '-'; 1-63"))
+        elif role.role in seen_roles:
+            found.append((f"policy.roles[{i}].role", "duplicate role"))
+        seen_roles.add(role.role)
+        for j, permission in enumerate(role.permissions):
+            if permission not in NAMES:
+                found.append((f"policy.roles[{i}].permissions[{j}]", "unknown permission"))
+    if policy.models.max_tokens_per_request < 0:
+        found.append(("policy.models.max_tokens_per_request", "must not be negative"))
+    categories: set[int] = set()
+    for i, rule in enumerate(policy.moderation.rules):
+        if rule.category in categories:
+            found.append((f"policy.moderation.rules[{i}].category", "at most one rule per category"))
+        categories.add(rule.category)
+    if policy.retention.body_retention_days < 0:
+        found.append(("policy.retention.body_retention_days", "must not be negative"))
+    budget_ids: set[str] = set()
+    for i, budget in enumerate(policy.budgets):
+        path = f"policy.budgets[{i}]"
+        if not budget.budget_id or budget.budget_id in budget_ids:
+            found.append((f"{path}.budget_id", "required and unique"))
+        budget_ids.add(budget.budget_id)
+        if budget.scope == P.BUDGET_SCOPE_UNSPECIFIED:
+            found.append((f"{path}.scope", "required"))
+        if budget.window == P.BUDGET_WINDOW_UNSPECIFIED:
+            found.append((f"{path}.window", "required"))
+        limit = budget.WhichOneof("limit")
+        if limit is None or (limit == "token_limit" and budget.token_limit <= 0):
+            found.append((f"{path}.limit", "a positive token_limit or cost_limit is required"))
+        elif limit == "cost_limit" and (
+            budget.cost_limit.amount_micros <= 0 or not budget.cost_limit.currency_code
+        ):
+            found.append((f"{path}.cost_limit", "a positive amount with a currency code is required"))
+        if not 0 <= budget.soft_limit_percent <= 100:
+            found.append((f"{path}.soft_limit_percent", "must be 0-100"))
+    for i, limit_rule in enumerate(policy.rate_limits):
+        if limit_rule.scope == P.RATE_LIMIT_SCOPE_UNSPECIFIED:
+            found.append((f"policy.rate_limits[{i}].scope", "required"))
+        if limit_rule.requests_per_minute < 0 or limit_rule.tokens_per_minute < 0:
+            found.append((f"policy.rate_limits[{i}]", "limits must not be negative"))
+    issuers: set[str] = set()
+    for i, provider in enumerate(policy.identity_providers):
+        found.extend(_provider_violations(i, provider))
+        if provider.issuer in issuers:
+            found.append((f"policy.identity_providers[{i}].issuer", "duplicate issuer"))
+        issuers.add(provider.issuer)
+    return found
+
+
+def validate(policy: P.TenantPolicy) -> None:
+    found = violations(policy)
+    if found:
+        raise InvalidArgument("the tenant policy is invalid", reason="POLICY_INVALID", field_violations=found)
+
+
+def check_grants(
+    old: P.TenantPolicy,
+    new: P.TenantPolicy,
+    held: frozenset[PermissionValue],
+    *,
+    platform_tenant: bool,
+    is_platform: bool,
+) -> None:
+    """Refuse an edit that gives any role a permission its author does not hold (or platform rights to a tenant)."""
+    before = role_permissions(old)
+    for role, permissions in role_permissions(new).items():
+        if Permission.PERMISSION_PLATFORM_ADMIN in permissions and not platform_tenant:
+            raise escalation("platform.admin", role)
+        added = permissions - before.get(role, frozenset())
+        missing = added - held
+        if missing and not is_platform:
+            raise escalation(name(min(missing)), role)
+
+
+def escalation(permission: str, role: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"granting {permission!r} (role {role!r}) needs that permission yourself",
+        reason="PRIVILEGE_ESCALATION",
+        metadata={"permission": permission, "role": role},
+    )

@@ -1,0 +1,270 @@
+"""Every SQL statement of the auth service, and the three ways a transaction may see rows.
+
+Row-level security is only real if the queries run as a role that is neither a superuser nor the tables'
+owner: the kit's database URL may well be the superuser. So every transaction here starts with
+``SET LOCAL ROLE parapet_auth_app`` (a NOLOGIN role that owns nothing) and then sees:
+
+- :meth:`AuthStore.tenant`: one tenant's rows (``parapet.tenant_id`` set by the kit);
+- :meth:`AuthStore.lookup`: no tenant's rows, only the two routing tables (prefix -> tenant,
+  issuer -> tenant) that Authenticate needs before it knows the tenant;
+- :meth:`AuthStore.platform`: every tenant's row of ``tenants`` and ``audit_outbox`` (``parapet.scope`` =
+  'platform'), for ListTenants and the outbox relay only.
+
+Changes that caches depend on end with ``pg_notify('parapet_auth', tenant_id)``, which PostgreSQL delivers
+on commit only, to every replica's listener (see ``services/auth/invalidation.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.database import Database
+
+APP_ROLE = "parapet_auth_app"
+NOTIFY_CHANNEL = "parapet_auth"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What Authenticate needs about an API key, its user and its tenant, read in one query."""
+
+    api_key_id: str
+    secret_hash: bytes
+    user_id: str
+    scopes: tuple[str, ...]
+    expire_time: datetime | None
+    revoke_time: datetime | None
+    last_use_time: datetime | None
+    user_state: str
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+    tenant_state: str
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """A tenant's state and current policy, as Authorize and the admin checks need it."""
+
+    tenant_id: str
+    state: str
+    policy: tenant_policy_pb2.TenantPolicy
+    row: dict[str, Any]
+
+
+class AuthStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @asynccontextmanager
+    async def tenant(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
+        async with self.database.tenant_transaction(tenant_id) as session:
+            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+            yield session
+
+    @asynccontextmanager
+    async def lookup(self) -> AsyncIterator[AsyncSession]:
+        async with self.database.transaction() as session:
+            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+            yield session
+
+    @asynccontextmanager
+    async def platform(self) -> AsyncIterator[AsyncSession]:
+        async with self.database.transaction() as session:
+            await session.execute(text("SELECT set_config('parapet.scope', 'platform', true)"))
+            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+            yield session
+
+    # -- routing before the tenant is known ------------------------------------------------------------
+
+    async def tenant_for_prefix(self, prefix: str) -> str | None:
+        async with self.lookup() as session:
+            found = await session.execute(
+                text("SELECT tenant_id FROM api_key_prefixes WHERE prefix = :p"), {"p": prefix}
+            )
+            return found.scalar_one_or_none()
+
+    async def tenant_for_issuer(self, issuer: str) -> str | None:
+        async with self.lookup() as session:
+            found = await session.execute(
+                text("SELECT tenant_id FROM oidc_issuers WHERE issuer = :i"), {"i": issuer}
+            )
+            return found.scalar_one_or_none()
+
+    # -- reads -----------------------------------------------------------------------------------------
+
+    async def key_record(self, tenant_id: str, prefix: str) -> KeyRecord | None:
+        async with self.tenant(tenant_id) as session:
+            row = (
+                (
+                    await session.execute(
+                        text(
+                            """
+                        SELECT k.api_key_id::text AS api_key_id, k.secret_hash, k.user_id, k.scopes,
+                               k.expire_time, k.revoke_time, k.last_use_time, u.state AS user_state,
+                               u.roles, u.groups, t.state AS tenant_state,
+                               (SELECT max(version) FROM policies p) AS policy_version
+                        FROM api_keys k
+                        JOIN users u USING (tenant_id, user_id)
+                        JOIN tenants t USING (tenant_id)
+                        WHERE k.prefix = :p
+                        """
+                        ),
+                        {"p": prefix},
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            return None
+        return KeyRecord(
+            api_key_id=row["api_key_id"],
+            secret_hash=bytes(row["secret_hash"]),
+            user_id=row["user_id"],
+            scopes=tuple(row["scopes"]),
+            expire_time=row["expire_time"],
+            revoke_time=row["revoke_time"],
+            last_use_time=row["last_use_time"],
+            user_state=row["user_state"],
+            roles=tuple(row["roles"]),
+            groups=tuple(row["groups"]),
+            tenant_state=row["tenant_state"],
+            policy_version=int(row["policy_version"] or 0),
+        )
+
+    async def tenant_view(self, tenant_id: str, session: AsyncSession | None = None) -> TenantView | None:
+        """The tenant and its current policy; inside ``session`` when given (to lock nothing, read only)."""
+        if session is None:
+            async with self.tenant(tenant_id) as own:
+                return await self.tenant_view(tenant_id, own)
+        row = (
+            (await session.execute(text("SELECT * FROM tenants WHERE tenant_id = :t"), {"t": tenant_id}))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            return None
+        policy = await self.policy(session, 0)
+        return TenantView(tenant_id, row["state"], policy or tenant_policy_pb2.TenantPolicy(), dict(row))
+
+    async def policy(self, session: AsyncSession, version: int) -> tenant_policy_pb2.TenantPolicy | None:
+        """Version ``version`` (0 = current) of the session tenant's policy."""
+        query = "SELECT version, body, update_time, update_subject FROM policies"
+        query += " WHERE version = :v" if version else " ORDER BY version DESC LIMIT 1"
+        row = (await session.execute(text(query), {"v": version})).mappings().one_or_none()
+        if row is None:
+            return None
+        policy = tenant_policy_pb2.TenantPolicy.FromString(bytes(row["body"]))
+        policy.version = row["version"]
+        policy.update_time.FromDatetime(row["update_time"])
+        policy.update_subject = row["update_subject"]
+        return policy
+
+    async def user_record(self, tenant_id: str, user_id: str) -> dict[str, Any] | None:
+        async with self.tenant(tenant_id) as session:
+            return await self.user(session, user_id)
+
+    async def user(self, session: AsyncSession, user_id: str) -> dict[str, Any] | None:
+        row = (
+            (await session.execute(text("SELECT * FROM users WHERE user_id = :u"), {"u": user_id}))
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else dict(row)
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def notify(session: AsyncSession, tenant_id: str) -> None:
+        await session.execute(text("SELECT pg_notify(:c, :t)"), {"c": NOTIFY_CHANNEL, "t": tenant_id})
+
+    @staticmethod
+    async def insert_policy(
+        session: AsyncSession,
+        tenant_id: str,
+        version: int,
+        policy: tenant_policy_pb2.TenantPolicy,
+        subject: str,
+    ) -> bool:
+        """Insert ``version``; False when it exists already (a concurrent update won)."""
+        body = tenant_policy_pb2.TenantPolicy()
+        body.CopyFrom(policy)
+        for name in ("version", "update_time", "update_subject"):
+            body.ClearField(name)
+        try:
+            async with session.begin_nested():
+                await session.execute(
+                    text(
+                        "INSERT INTO policies (tenant_id, version, body, update_subject)"
+                        " VALUES (:t, :v, :b, :s)"
+                    ),
+                    {
+                        "t": tenant_id,
+                        "v": version,
+                        "b": body.SerializeToString(deterministic=True),
+                        "s": subject,
+                    },
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    @staticmethod
+    async def replace_issuers(session: AsyncSession, tenant_id: str, issuers: Sequence[str]) -> str | None:
+        """Route ``issuers`` to ``tenant_id``; returns an issuer another tenant holds already, else None."""
+        await session.execute(text("DELETE FROM oidc_issuers WHERE tenant_id = :t"), {"t": tenant_id})
+        for issuer in issuers:
+            try:
+                async with session.begin_nested():
+                    await session.execute(
+                        text("INSERT INTO oidc_issuers (issuer, tenant_id) VALUES (:i, :t)"),
+                        {"i": issuer, "t": tenant_id},
+                    )
+            except IntegrityError:
+                return issuer
+        return None
+
+    @staticmethod
+    async def add_outbox(
+        session: AsyncSession, record_id: str, tenant_id: str, subject: str, payload: bytes
+    ) -> None:
+        await session.execute(
+            text("INSERT INTO audit_outbox (record_id, tenant_id, subject, payload) VALUES (:r, :t, :s, :p)"),
+            {"r": record_id, "t": tenant_id, "s": subject, "p": payload},
+        )
+
+    async def touch_key(self, tenant_id: str, api_key_id: str) -> None:
+        async with self.tenant(tenant_id) as session:
+            await session.execute(
+                text("UPDATE api_keys SET last_use_time = now() WHERE api_key_id = :k"), {"k": api_key_id}
+            )
+
+    # -- the outbox relay (platform scope) ---------------------------------------------------------------
+
+    async def pending_outbox(self, limit: int) -> list[tuple[str, str, bytes]]:
+        async with self.platform() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT record_id::text, subject, payload FROM audit_outbox WHERE sent_time IS NULL"
+                    " ORDER BY create_time LIMIT :n"
+                ),
+                {"n": limit},
+            )
+            return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def mark_sent(self, record_ids: Sequence[str]) -> None:
+        async with self.platform() as session:
+            await session.execute(
+                text("UPDATE audit_outbox SET sent_time = now() WHERE record_id = ANY(CAST(:ids AS uuid[]))"),
+                {"ids": list(record_ids)},
+            )
