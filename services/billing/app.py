@@ -1,24 +1,50 @@
 """The billing service as the kit runs it (`parapet serve billing`).
 
-Its RPCs are pending until issue #8 (metering and billing): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
+The reference consumer of usage events: a durable JetStream consumer folds them into per-tenant rollups
+exactly once; ListRollups and GetInvoicePreview read them.
 """
+
+from __future__ import annotations
 
 from pathlib import Path
 
-from parapet.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
-from parapet.kit.app import ServiceApp
-from parapet.kit.config import ServiceSettings
-from parapet.kit.pending import GeneratedService, register_pending
+import grpc
 
-BILLING_SERVICE = GeneratedService(billing_service_pb2, billing_service_pb2_grpc, "BillingService")
+from parapet.billing.v1 import billing_service_pb2_grpc
+from parapet.kit.app import Resources, ServiceApp
+from services.billing.consumer import UsageConsumer
+from services.billing.servicer import BillingServicer
+from services.billing.settings import BillingSettings
+from services.metering.policy import policy_source
+from services.metering.stream import USAGE_STREAM
+
+
+async def register(server: grpc.aio.Server, resources: Resources[BillingSettings]) -> None:
+    settings = resources.settings
+    database = resources.require_database()
+    policies = policy_source(settings.policy_file, settings.auth_target, settings.policy_cache_seconds)
+    resources.cleanup.push_async_callback(policies.close)
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(database, policies), server)
+    consumer = UsageConsumer(
+        database,
+        resources.require_bus(),
+        durable=settings.consumer_name,
+        batch_size=settings.fetch_batch_size,
+        fetch_timeout=settings.fetch_timeout_seconds,
+        ack_wait=settings.ack_wait_seconds,
+        max_ack_pending=settings.max_ack_pending,
+    )
+    resources.spawn(consumer.run(), name="usage-consumer")
+
 
 APP = ServiceApp(
     name="billing",
-    settings_type=ServiceSettings,
-    register=register_pending((BILLING_SERVICE,), "issue #8 (metering and billing)"),
-    service_names=(BILLING_SERVICE.full_name,),
+    settings_type=BillingSettings,
+    register=register,
+    service_names=("parapet.billing.v1.BillingService",),
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    # Declared here too, so billing may start before metering; the same spec, so neither undoes the other.
+    streams=(USAGE_STREAM,),
 )

@@ -1,24 +1,71 @@
 """The metering service as the kit runs it (`parapet serve metering`).
 
-Its RPCs are pending until issue #8 (metering and billing): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
+Budgets, rate limits and reservations (Reserve/Settle/Release), the usage ledger with its transactional
+outbox, GetUsage; two background tasks per replica: the outbox relay and the reservation sweeper.
 """
 
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
 from pathlib import Path
 
-from parapet.kit.app import ServiceApp
-from parapet.kit.config import ServiceSettings
-from parapet.kit.pending import GeneratedService, register_pending
-from parapet.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
+import grpc
 
-METERING_SERVICE = GeneratedService(metering_service_pb2, metering_service_pb2_grpc, "MeteringService")
+from parapet.kit.app import Resources, ServiceApp
+from parapet.kit.database import Database
+from parapet.metering.v1 import metering_service_pb2_grpc
+from services.metering import reservations
+from services.metering.policy import policy_source
+from services.metering.relay import OutboxRelay
+from services.metering.servicer import MeteringServicer
+from services.metering.settings import MeteringSettings
+from services.metering.stream import USAGE_STREAM
+
+log = logging.getLogger(__name__)
+
+
+async def sweep(database: Database, settings: MeteringSettings) -> None:
+    """Expire overdue reservations (freeing their holds) and delete garbage rows, forever."""
+    retention = timedelta(seconds=settings.outbox_retention_seconds)
+    while True:
+        try:
+            while await reservations.expire_due(database) > 0:
+                pass
+            await reservations.delete_old_rows(database, retention)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reservation sweep failed; retrying")
+        await asyncio.sleep(settings.sweep_interval_seconds)
+
+
+async def register(server: grpc.aio.Server, resources: Resources[MeteringSettings]) -> None:
+    settings = resources.settings
+    database = resources.require_database()
+    policies = policy_source(settings.policy_file, settings.auth_target, settings.policy_cache_seconds)
+    resources.cleanup.push_async_callback(policies.close)
+    relay = OutboxRelay(
+        database,
+        resources.require_bus(),
+        batch_size=settings.relay_batch_size,
+        interval=settings.relay_interval_seconds,
+        ack_timeout=settings.relay_ack_timeout_seconds,
+    )
+    servicer = MeteringServicer(database, policies, relay, settings)
+    metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
+    resources.spawn(relay.run(), name="outbox-relay")
+    resources.spawn(sweep(database, settings), name="reservation-sweeper")
+
 
 APP = ServiceApp(
     name="metering",
-    settings_type=ServiceSettings,
-    register=register_pending((METERING_SERVICE,), "issue #8 (metering and billing)"),
-    service_names=(METERING_SERVICE.full_name,),
+    settings_type=MeteringSettings,
+    register=register,
+    service_names=("parapet.metering.v1.MeteringService",),
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    streams=(USAGE_STREAM,),
 )

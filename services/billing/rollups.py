@@ -1,0 +1,182 @@
+"""Rollups in the `billing` schema: applying a batch of UsageEvents exactly once, and reading them back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.usage.v1 import usage_event_pb2
+
+# One statement per batch: record the ids not seen before (set-wise, ON CONFLICT DO NOTHING), then add only
+# those events to their rollups. A redelivered or duplicated event finds its id recorded and adds nothing;
+# the id and the sums commit together or not at all.
+_APPLY = text(
+    """
+    WITH batch AS (
+        SELECT * FROM unnest(
+            CAST(:event_ids AS uuid[]), CAST(:tenants AS text[]), CAST(:days AS date[]), CAST(:models AS text[]),
+            CAST(:providers AS text[]), CAST(:features AS text[]), CAST(:currencies AS text[]),
+            CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]), CAST(:cached_tokens AS bigint[]),
+            CAST(:cost AS bigint[]), CAST(:estimated AS boolean[]), CAST(:cached AS boolean[]),
+            CAST(:occur AS timestamptz[]))
+        AS b(event_id, tenant_id, day, model, provider, feature, currency_code, prompt_tokens, completion_tokens,
+             cached_tokens, cost_micros, estimated, cached, occur_time)
+    ), fresh AS (
+        INSERT INTO processed_events (event_id, tenant_id)
+        SELECT event_id, tenant_id FROM batch
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+    ), applied AS (
+    INSERT INTO rollups AS r (tenant_id, day, model, provider, feature, currency_code, request_count,
+        prompt_tokens, completion_tokens, cached_tokens, cost_micros, estimated_request_count,
+        cached_request_count, last_occur_time, update_time)
+    SELECT tenant_id, day, model, provider, feature, currency_code, count(*), sum(prompt_tokens),
+        sum(completion_tokens), sum(cached_tokens), sum(cost_micros), count(*) FILTER (WHERE estimated),
+        count(*) FILTER (WHERE cached), max(occur_time), now()
+    FROM batch JOIN fresh USING (event_id)
+    GROUP BY tenant_id, day, model, provider, feature, currency_code
+    ORDER BY tenant_id, day, model, provider, feature, currency_code
+    ON CONFLICT (tenant_id, day, model, feature, provider, currency_code) DO UPDATE SET
+        request_count = r.request_count + excluded.request_count,
+        prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = r.completion_tokens + excluded.completion_tokens,
+        cached_tokens = r.cached_tokens + excluded.cached_tokens,
+        cost_micros = r.cost_micros + excluded.cost_micros,
+        estimated_request_count = r.estimated_request_count + excluded.estimated_request_count,
+        cached_request_count = r.cached_request_count + excluded.cached_request_count,
+        last_occur_time = greatest(r.last_occur_time, excluded.last_occur_time),
+        update_time = excluded.update_time
+    RETURNING 1
+    )
+    SELECT count(*) FROM fresh
+    """
+)
+
+
+async def apply(session: AsyncSession, events: Sequence[usage_event_pb2.UsageEvent]) -> int:
+    """Add the events not applied before to their rollups; returns how many were new."""
+    unique = list({event.event_id: event for event in events}.values())  # a batch may repeat an event
+    if not unique:
+        return 0
+    occur = [event.occur_time.ToDatetime(UTC) for event in unique]
+    fresh = await session.execute(
+        _APPLY,
+        {
+            "event_ids": [e.event_id for e in unique],
+            "tenants": [e.tenant_id for e in unique],
+            "days": [moment.date() for moment in occur],
+            "models": [e.model for e in unique],
+            "providers": [e.provider for e in unique],
+            "features": [e.feature for e in unique],
+            "currencies": [e.cost.currency_code for e in unique],
+            "prompt": [e.usage.prompt_tokens for e in unique],
+            "completion": [e.usage.completion_tokens for e in unique],
+            "cached_tokens": [e.usage.cached_tokens for e in unique],
+            "cost": [e.cost.amount_micros for e in unique],
+            "estimated": [e.usage.estimated for e in unique],
+            "cached": [e.cached for e in unique],
+            "occur": occur,
+        },
+    )
+    return int(fresh.scalar_one())
+
+
+@dataclass(frozen=True)
+class RollupRow:
+    day: date
+    model: str
+    provider: str
+    feature: str
+    currency_code: str
+    request_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_micros: int
+    estimated_request_count: int
+    last_occur_time: datetime
+    update_time: datetime
+
+
+_ROLLUP_COLUMNS = (
+    "day, model, provider, feature, currency_code, request_count, prompt_tokens, completion_tokens, "
+    "cached_tokens, cost_micros, estimated_request_count, last_occur_time, update_time"
+)
+
+
+def _where(
+    tenant: str, start: date | None, end: date | None, model: str, feature: str
+) -> tuple[str, dict[str, Any]]:
+    clauses = ["tenant_id = :tenant"]
+    params: dict[str, Any] = {"tenant": tenant}
+    for clause, name, value in (
+        ("day >= :start", "start", start),
+        ("day < :end", "end", end),
+        ("model = :model", "model", model or None),
+        ("feature = :feature", "feature", feature or None),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params[name] = value
+    return " AND ".join(clauses), params
+
+
+async def list_rollups(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    start: date | None,
+    end: date | None,
+    model: str,
+    feature: str,
+    offset: int,
+    limit: int,
+) -> tuple[list[RollupRow], bool]:
+    where, params = _where(tenant, start, end, model, feature)
+    rows = (
+        await session.execute(
+            text(
+                f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE {where} "
+                "ORDER BY day, model, feature, provider, currency_code OFFSET :offset LIMIT :limit"
+            ),
+            {**params, "offset": offset, "limit": limit + 1},
+        )
+    ).all()
+    return [RollupRow(*row) for row in rows[:limit]], len(rows) > limit
+
+
+@dataclass(frozen=True)
+class InvoiceLineRow:
+    model: str
+    feature: str
+    currency_code: str
+    request_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_micros: int
+    last_occur_time: datetime
+
+
+async def invoice_lines(session: AsyncSession, tenant: str, start: date, end: date) -> list[InvoiceLineRow]:
+    where, params = _where(tenant, start, end, "", "")
+    rows = (
+        await session.execute(
+            text(
+                "SELECT model, feature, currency_code, sum(request_count), sum(prompt_tokens), "
+                "sum(completion_tokens), sum(cached_tokens), sum(cost_micros), max(last_occur_time) "
+                f"FROM rollups WHERE {where} GROUP BY model, feature, currency_code "
+                "ORDER BY model, feature, currency_code"
+            ),
+            params,
+        )
+    ).all()
+    return [
+        InvoiceLineRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), r[8])
+        for r in rows
+    ]

@@ -1,0 +1,162 @@
+"""BillingService over gRPC: rollups and invoice previews of the caller's tenant (needs usage.read)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from parapet.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, rollup_pb2
+from parapet.kit.context import require_principal
+from parapet.kit.database import Database
+from parapet.kit.errors import InvalidArgument
+from parapet.usage.v1 import money_pb2
+from services.billing import rollups
+from services.metering import paging
+from services.metering.access import require_usage_read
+from services.metering.limits import month_start, next_month
+from services.metering.policy import PolicySource
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _day(stamp: timestamp_pb2.Timestamp, field: str, *, strict: bool) -> date:
+    """The UTC day a timestamp starts; with ``strict``, it must be exactly 00:00 UTC (PERIOD_INVALID)."""
+    moment = stamp.ToDatetime(UTC)
+    if strict and moment != _midnight(moment.date()):
+        raise InvalidArgument(
+            f"{field} must be 00:00 UTC of a day",
+            reason="PERIOD_INVALID",
+            field_violations=[(field, "not on a UTC day boundary")],
+        )
+    return moment.date()
+
+
+class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
+    def __init__(self, database: Database, policies: PolicySource) -> None:
+        self._database = database
+        self._policies = policies
+
+    async def _authorize(self) -> str:
+        principal = require_principal()
+        require_usage_read(principal, await self._policies.get(principal.tenant_id))
+        return principal.tenant_id
+
+    async def ListRollups(
+        self, request: billing_service_pb2.ListRollupsRequest, context: grpc.aio.ServicerContext
+    ) -> billing_service_pb2.ListRollupsResponse:
+        tenant = await self._authorize()
+        start = (
+            _day(request.start_time, "start_time", strict=False) if request.HasField("start_time") else None
+        )
+        end = None
+        if request.HasField("end_time"):
+            # "days starting before end_time": a day starting exactly at end_time is excluded.
+            end_moment = request.end_time.ToDatetime(UTC)
+            end = end_moment.date() + (
+                timedelta(days=0) if end_moment == _midnight(end_moment.date()) else timedelta(days=1)
+            )
+        if (
+            start is not None
+            and request.HasField("start_time")
+            and request.start_time.ToDatetime(UTC) != _midnight(start)
+        ):
+            start += timedelta(days=1)  # days starting at or after start_time
+        if start is not None and end is not None and end < start:
+            raise InvalidArgument(
+                "end_time is before start_time",
+                reason="PERIOD_INVALID",
+                field_violations=[("end_time", "before start_time")],
+            )
+        size = paging.page_size(request.page_size)
+        query = paging.fingerprint(request, tenant, "")
+        offset = paging.decode(request.page_token, query)
+        async with self._database.session() as session:
+            rows, more = await rollups.list_rollups(
+                session,
+                tenant,
+                start=start,
+                end=end,
+                model=request.model,
+                feature=request.feature,
+                offset=offset,
+                limit=size,
+            )
+        return billing_service_pb2.ListRollupsResponse(
+            rollups=[
+                rollup_pb2.Rollup(
+                    day_start_time=_timestamp(_midnight(r.day)),
+                    model=r.model,
+                    provider=r.provider,
+                    feature=r.feature,
+                    request_count=r.request_count,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    cached_tokens=r.cached_tokens,
+                    cost=money_pb2.Money(currency_code=r.currency_code, amount_micros=r.cost_micros),
+                    estimated_request_count=r.estimated_request_count,
+                    update_time=_timestamp(r.update_time),
+                )
+                for r in rows
+            ],
+            next_page_token=paging.encode(offset + size, query) if more else "",
+        )
+
+    async def GetInvoicePreview(
+        self, request: billing_service_pb2.GetInvoicePreviewRequest, context: grpc.aio.ServicerContext
+    ) -> billing_service_pb2.GetInvoicePreviewResponse:
+        tenant = await self._authorize()
+        this_month = month_start(datetime.now(UTC))
+        start = (
+            _day(request.start_time, "start_time", strict=True)
+            if request.HasField("start_time")
+            else this_month.date()
+        )
+        end = (
+            _day(request.end_time, "end_time", strict=True)
+            if request.HasField("end_time")
+            else next_month(this_month).date()
+        )
+        if end <= start:
+            raise InvalidArgument(
+                "end_time must be after start_time",
+                reason="PERIOD_INVALID",
+                field_violations=[("end_time", "not after start_time")],
+            )
+        async with self._database.session() as session:
+            lines = await rollups.invoice_lines(session, tenant, start, end)
+        currencies = {line.currency_code for line in lines}
+        preview = invoice_pb2.InvoicePreview(
+            start_time=_timestamp(_midnight(start)),
+            end_time=_timestamp(_midnight(end)),
+            lines=[
+                invoice_pb2.InvoiceLine(
+                    model=line.model,
+                    feature=line.feature,
+                    request_count=line.request_count,
+                    prompt_tokens=line.prompt_tokens,
+                    completion_tokens=line.completion_tokens,
+                    cached_tokens=line.cached_tokens,
+                    cost=money_pb2.Money(currency_code=line.currency_code, amount_micros=line.cost_micros),
+                )
+                for line in lines
+            ],
+            total=money_pb2.Money(
+                # A deployment prices in one currency (metering's setting), so lines share it.
+                currency_code=min(currencies) if currencies else "",
+                amount_micros=sum(line.cost_micros for line in lines),
+            ),
+            event_count=sum(line.request_count for line in lines),
+        )
+        if lines:
+            preview.as_of_time.CopyFrom(_timestamp(max(line.last_occur_time for line in lines)))
+        return billing_service_pb2.GetInvoicePreviewResponse(invoice_preview=preview)

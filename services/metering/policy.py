@@ -1,0 +1,111 @@
+"""Tenant policies (budgets, rate limits, role definitions) and where metering and billing read them from.
+
+The tenant policy is owned by the auth service. Metering reads it through a :class:`PolicySource`: the auth
+service's ``GetEffectivePolicy`` (cached briefly per tenant, so a Reserve costs no extra hop in the common
+case), or a JSON file for deployments that run metering without auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from google.protobuf import json_format
+
+from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
+from parapet.kit.clients import ServiceClient
+from parapet.kit.errors import Unavailable
+
+TenantPolicy = tenant_policy_pb2.TenantPolicy
+
+
+class PolicySource(Protocol):
+    """The current policy of a tenant; the caller's identity is the tenant's (the token is forwarded)."""
+
+    async def get(self, tenant_id: str) -> TenantPolicy: ...
+
+    async def close(self) -> None: ...
+
+
+class FilePolicySource:
+    """Policies from a JSON object ``{tenant_id: TenantPolicy as protobuf JSON}``; unknown tenants: none.
+
+    The file is re-read when its modification time changes, so an operator edits limits without a restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._policies: dict[str, TenantPolicy] = {}
+        self._load()
+
+    def _load(self) -> None:
+        info = self._path.stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp == self._stamp:
+            return
+        raw = json.loads(self._path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"{self._path}: expected a JSON object of tenant id to policy")
+        self._policies = {t: json_format.ParseDict(body, TenantPolicy()) for t, body in raw.items()}
+        self._stamp = stamp
+
+    async def get(self, tenant_id: str) -> TenantPolicy:
+        self._load()
+        return self._policies.get(tenant_id, TenantPolicy())
+
+    async def close(self) -> None:
+        return None
+
+
+class AuthPolicySource:
+    """``AuthService.GetEffectivePolicy`` with a per-tenant cache of ``ttl`` seconds.
+
+    The call runs inside the caller's RPC, so the kit's client forwards the caller's internal token and auth
+    answers for that token's tenant. A failed refresh keeps serving the cached policy while it is at most
+    ten ``ttl`` old: metering stays up through a short auth outage without forgetting budgets.
+    """
+
+    def __init__(self, client: ServiceClient[auth_service_pb2_grpc.AuthServiceStub], ttl: float) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, TenantPolicy]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, tenant_id: str) -> TenantPolicy:
+        cached = self._cache.get(tenant_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        async with self._locks.setdefault(tenant_id, asyncio.Lock()):
+            cached = self._cache.get(tenant_id)
+            if cached is not None and time.monotonic() - cached[0] < self._ttl:
+                return cached[1]
+            try:
+                response = await self._client.stub.GetEffectivePolicy(
+                    auth_service_pb2.GetEffectivePolicyRequest(), timeout=2.0
+                )
+            except grpc.aio.AioRpcError as error:
+                if cached is not None and time.monotonic() - cached[0] < 10 * self._ttl:
+                    return cached[1]
+                raise Unavailable(
+                    "tenant policy unavailable: the auth service did not answer",
+                    retry_after=1.0,
+                    metadata={"dependency": "auth", "code": error.code().name},
+                ) from error
+            policy: TenantPolicy = response.policy
+            self._cache[tenant_id] = (time.monotonic(), policy)
+            return policy
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def policy_source(policy_file: Path | None, auth_target: str, ttl: float) -> PolicySource:
+    if policy_file is not None:
+        return FilePolicySource(policy_file)
+    return AuthPolicySource(ServiceClient(auth_service_pb2_grpc.AuthServiceStub, auth_target), ttl)

@@ -1,0 +1,99 @@
+"""The outbox relay: publishes unsent UsageEvents to JetStream and marks them sent only on the server's ack.
+
+Runs in every replica; ``FOR UPDATE SKIP LOCKED`` gives each batch to one relay at a time. A publish that gets
+no ack (NATS down, timeout) leaves its row unsent for the next round, so an outage delays events and loses
+none. A crash between ack and mark republishes the same event id: JetStream's duplicate window drops it and
+consumers deduplicate by event id anyway (docs/usage-events.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import text
+
+from parapet.kit.bus import Bus
+from parapet.kit.database import Database
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self, database: Database, bus: Bus, *, batch_size: int, interval: float, ack_timeout: float
+    ) -> None:
+        self._database = database
+        self._bus = bus
+        self._batch_size = batch_size
+        self._interval = interval
+        self._ack_timeout = ack_timeout
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a settlement commits, so its event leaves without waiting for the next poll."""
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch; returns how many were acknowledged (and are now marked sent)."""
+        async with self._database.transaction() as session:
+            rows = (
+                await session.execute(
+                    text(
+                        """
+                        SELECT id, event_id, subject, payload, headers FROM outbox
+                        WHERE sent_time IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
+                        """
+                    ),
+                    {"batch": self._batch_size},
+                )
+            ).all()
+            if not rows:
+                return 0
+            results = await asyncio.gather(
+                *(
+                    self._bus.publish(
+                        subject,
+                        bytes(payload),
+                        msg_id=str(event_id),
+                        headers=headers,
+                        ack_timeout=self._ack_timeout,
+                    )
+                    for _, event_id, subject, payload, headers in rows
+                ),
+                return_exceptions=True,
+            )
+            acked = [
+                row[0]
+                for row, result in zip(rows, results, strict=True)
+                if not isinstance(result, BaseException)
+            ]
+            failed = len(rows) - len(acked)
+            if failed:
+                first = next(r for r in results if isinstance(r, BaseException))
+                log.warning(
+                    "outbox: %d of %d events not acknowledged, retrying later: %r", failed, len(rows), first
+                )
+            if acked:
+                await session.execute(
+                    text("UPDATE outbox SET sent_time = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                    {"ids": acked},
+                )
+            return len(acked)
+
+    async def run(self) -> None:
+        """Drain the outbox forever: back-to-back while batches are full, else on wake-up or every interval."""
+        while True:
+            try:
+                published = await self.publish_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay round failed; retrying")
+                published = 0
+            if published >= self._batch_size:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)

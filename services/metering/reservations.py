@@ -1,0 +1,275 @@
+"""Reserve, settle, release and expire: each one database transaction, safe on any number of replicas.
+
+Idempotency lives in unique keys, not in Python checks: a reservation is unique per (tenant, request_id), a
+ledger row too; state changes are conditional UPDATEs (``WHERE state = 'active'``), so a retried or racing call
+changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.kit.database import Database
+from parapet.kit.errors import QuotaExceeded
+from parapet.kit.identity import Principal
+from services.metering import counters
+from services.metering.counters import CounterState, Hold
+from services.metering.limits import AppliedBudget, AppliedRateLimit
+
+T = TypeVar("T")
+_RETRYABLE = {"40P01", "40001"}  # deadlock detected, serialization failure: PostgreSQL asks for a retry
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    reservation_id: str
+    request_id: str
+    state: str
+    reserved_tokens: int
+    reserved_micros: int
+    currency_code: str
+    create_time: datetime
+    expire_time: datetime
+    end_time: datetime | None
+    holds: tuple[Hold, ...]
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    reservation: ReservationRow
+    held: tuple[CounterState, ...]  # counters after the hold (empty for a repeated request_id)
+
+
+async def with_retry(
+    database: Database, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 5
+) -> T:
+    """Run ``work`` in a transaction, again when PostgreSQL reports a deadlock or serialization failure."""
+    for attempt in range(attempts):
+        try:
+            async with database.transaction() as session:
+                return await work(session)
+        except DBAPIError as error:
+            code = getattr(error.orig, "sqlstate", None)
+            if code not in _RETRYABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.001 * (2**attempt))
+    raise AssertionError("unreachable")
+
+
+_SELECT = """
+    SELECT reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code, create_time,
+           expire_time, end_time, holds
+    FROM reservations
+"""
+
+
+def _row(r: Sequence[Any]) -> ReservationRow:
+    holds = r[9] if isinstance(r[9], list) else json.loads(r[9])
+    return ReservationRow(
+        str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(Hold.from_json(h) for h in holds)
+    )
+
+
+async def reserve(
+    database: Database,
+    principal: Principal,
+    *,
+    request_id: str,
+    tokens: int,
+    micros: int,
+    currency_code: str,
+    ttl: timedelta,
+    budgets: Sequence[AppliedBudget],
+    rate_limits: Sequence[AppliedRateLimit],
+) -> ReserveResult:
+    """Hold the estimate on every budget and rate limit, or nothing (QuotaExceeded); repeats return the first."""
+    tenant = principal.tenant_id
+
+    async def work(session: AsyncSession) -> ReserveResult:
+        now = datetime.now(UTC)
+        holds = [
+            Hold(
+                b.budget_id, b.scope_key, b.unit, b.window_start, counters.amount_for(b.unit, tokens, micros)
+            )
+            for b in budgets
+        ]
+        inserted = (
+            await session.execute(
+                text(
+                    """
+                    INSERT INTO reservations (reservation_id, tenant_id, request_id, user_id, api_key_id, state,
+                        reserved_tokens, reserved_micros, currency_code, holds, create_time, expire_time)
+                    VALUES (:id, :tenant, :request, :user, :key, 'active', :tokens, :micros, :currency,
+                        CAST(:holds AS jsonb), :now, :expire)
+                    ON CONFLICT (tenant_id, request_id) DO NOTHING
+                    RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
+                        create_time, expire_time, end_time, holds
+                    """
+                ),
+                {
+                    "id": str(uuid.uuid4()),
+                    "tenant": tenant,
+                    "request": request_id,
+                    "user": principal.subject,
+                    "key": principal.api_key_id,
+                    "tokens": tokens,
+                    "micros": micros,
+                    "currency": currency_code,
+                    "holds": json.dumps([h.to_json() for h in holds]),
+                    "now": now,
+                    "expire": now + ttl,
+                },
+            )
+        ).first()
+        if inserted is None:  # a retry of a reservation already made: hold nothing again
+            existing = await _find_by_request(session, tenant, request_id)
+            assert existing is not None
+            return ReserveResult(existing, ())
+        refused_rates = await counters.hold_rates(session, tenant, rate_limits, tokens, now)
+        if refused_rates:
+            raise QuotaExceeded(
+                "rate limit reached; retry after the delay in RetryInfo",
+                reason="RATE_LIMITED",
+                violations=[(r.scope_key, _describe_rate(r)) for r in refused_rates],
+                retry_after=counters.rate_retry_after(now),
+                metadata={"scope": refused_rates[0].scope_key},
+            )
+        held, refused = await counters.hold_budgets(session, tenant, budgets, tokens, micros)
+        if refused:
+            retry = max(b.window_end for b in refused) - now
+            raise QuotaExceeded(
+                f"budget {refused[0].budget_id} has no room for this request until its window resets",
+                reason="BUDGET_EXCEEDED",
+                violations=[(b.scope_key, _describe_budget(b)) for b in refused],
+                retry_after=max(1.0, retry.total_seconds()),
+                metadata={"budget_id": refused[0].budget_id, "scope": refused[0].scope_key},
+            )
+        return ReserveResult(_row(inserted), tuple(held))
+
+    return await with_retry(database, work)
+
+
+def _describe_budget(budget: AppliedBudget) -> str:
+    unit = "tokens" if budget.unit == "tokens" else "micros"
+    return f"budget {budget.budget_id}: limit {budget.limit} {unit} until {budget.window_end.isoformat()}"
+
+
+def _describe_rate(limit: AppliedRateLimit) -> str:
+    return (
+        f"rate limit: {limit.requests_per_minute or 'unlimited'} requests/min, "
+        f"{limit.tokens_per_minute or 'unlimited'} tokens/min"
+    )
+
+
+async def _find_by_request(session: AsyncSession, tenant: str, request_id: str) -> ReservationRow | None:
+    row = (
+        await session.execute(
+            text(_SELECT + " WHERE tenant_id = :tenant AND request_id = :request"),
+            {"tenant": tenant, "request": request_id},
+        )
+    ).first()
+    return None if row is None else _row(row)
+
+
+async def find(
+    session: AsyncSession, tenant: str, reservation_id: str, *, lock: bool = False
+) -> ReservationRow | None:
+    lock_clause = " FOR UPDATE" if lock else ""
+    row = (
+        await session.execute(
+            text(_SELECT + " WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid)" + lock_clause),
+            {"tenant": tenant, "id": reservation_id},
+        )
+    ).first()
+    return None if row is None else _row(row)
+
+
+async def end(
+    session: AsyncSession, tenant: str, reservation_id: str, state: str, reason: str = ""
+) -> ReservationRow | None:
+    """Move an active reservation to ``state``; None when it was not active (already ended or absent)."""
+    row = (
+        await session.execute(
+            text(
+                """
+                UPDATE reservations SET state = :state, end_time = now(), release_reason = :reason
+                WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid) AND state = 'active'
+                RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
+                    create_time, expire_time, end_time, holds
+                """
+            ),
+            {"tenant": tenant, "id": reservation_id, "state": state, "reason": reason},
+        )
+    ).first()
+    return None if row is None else _row(row)
+
+
+async def mark_settled(session: AsyncSession, tenant: str, reservation_id: str) -> ReservationRow | None:
+    """A released or expired reservation whose request still produced usage is settled after all."""
+    row = (
+        await session.execute(
+            text(
+                """
+                UPDATE reservations SET state = 'settled', end_time = coalesce(end_time, now())
+                WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid)
+                  AND state IN ('released', 'expired')
+                RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
+                    create_time, expire_time, end_time, holds
+                """
+            ),
+            {"tenant": tenant, "id": reservation_id},
+        )
+    ).first()
+    return None if row is None else _row(row)
+
+
+async def expire_due(database: Database, batch: int = 500) -> int:
+    """Expire active reservations past their expire_time and free their holds; returns how many.
+
+    ``SKIP LOCKED`` lets every replica's sweeper run at once without two of them expiring the same row.
+    """
+
+    async def work(session: AsyncSession) -> int:
+        rows = (
+            await session.execute(
+                text(
+                    """
+                    UPDATE reservations r SET state = 'expired', end_time = now()
+                    FROM (SELECT reservation_id FROM reservations
+                          WHERE state = 'active' AND expire_time <= now()
+                          ORDER BY expire_time LIMIT :batch FOR UPDATE SKIP LOCKED) due
+                    WHERE r.reservation_id = due.reservation_id
+                    RETURNING r.tenant_id, r.holds
+                    """
+                ),
+                {"batch": batch},
+            )
+        ).all()
+        for tenant, raw in rows:
+            holds = [Hold.from_json(h) for h in (raw if isinstance(raw, list) else json.loads(raw))]
+            await counters.move_holds(session, tenant, holds, release=True, spent_tokens=0, spent_micros=0)
+        return len(rows)
+
+    return await with_retry(database, work)
+
+
+async def delete_old_rows(database: Database, outbox_retention: timedelta) -> None:
+    """Rate counters older than the sliding window and sent outbox rows past retention are garbage."""
+    async with database.transaction() as session:
+        await session.execute(
+            text("DELETE FROM rate_counters WHERE window_start < now() - interval '2 minutes'")
+        )
+        await session.execute(
+            text("DELETE FROM outbox WHERE sent_time IS NOT NULL AND sent_time < now() - :keep"),
+            {"keep": outbox_retention},
+        )

@@ -1,0 +1,316 @@
+"""MeteringService over gRPC: validation and proto conversion around the reservation and ledger logic."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from parapet.kit.context import require_principal
+from parapet.kit.database import Database
+from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parapet.metering.v1 import (
+    budget_status_pb2,
+    metering_service_pb2,
+    metering_service_pb2_grpc,
+    reservation_pb2,
+    usage_report_pb2,
+)
+from parapet.usage.v1 import money_pb2, token_usage_pb2
+from services.metering import counters, paging, reservations, settlement, usage
+from services.metering.access import can_read_usage
+from services.metering.counters import CounterState
+from services.metering.ledger import UsageRecord
+from services.metering.limits import AppliedBudget, applicable_budgets, applicable_rate_limits
+from services.metering.policy import PolicySource
+from services.metering.relay import OutboxRelay
+from services.metering.reservations import ReservationRow
+from services.metering.settings import MeteringSettings
+
+_STATES = {
+    "active": reservation_pb2.RESERVATION_STATE_ACTIVE,
+    "settled": reservation_pb2.RESERVATION_STATE_SETTLED,
+    "released": reservation_pb2.RESERVATION_STATE_RELEASED,
+    "expired": reservation_pb2.RESERVATION_STATE_EXPIRED,
+}
+_MAX_ID = 128
+_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _uuid(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} is not a reservation id", field_violations=[(field, "not a UUID")]
+        ) from None
+
+
+def _request_id(value: str, field: str = "request_id") -> str:
+    if not value or len(value) > _MAX_ID:
+        raise InvalidArgument(
+            f"{field} is required (1-{_MAX_ID} characters)",
+            field_violations=[(field, "required, at most 128")],
+        )
+    return value
+
+
+class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
+    def __init__(
+        self, database: Database, policies: PolicySource, relay: OutboxRelay, settings: MeteringSettings
+    ) -> None:
+        self._database = database
+        self._policies = policies
+        self._relay = relay
+        self._settings = settings
+        self._currency = settings.currency_code
+
+    def _money(self, micros: int) -> money_pb2.Money:
+        return money_pb2.Money(currency_code=self._currency, amount_micros=micros)
+
+    def _micros(self, money: money_pb2.Money, field: str) -> int:
+        """Micros of ``money`` in the deployment currency; an empty currency with 0 micros is zero."""
+        if money.currency_code and money.currency_code != self._currency:
+            raise FailedPrecondition(
+                f"{field} is in {money.currency_code}; prices and budgets are in {self._currency}",
+                reason="CURRENCY_MISMATCH",
+                metadata={"currency_code": self._currency},
+            )
+        if not money.currency_code and money.amount_micros:
+            raise InvalidArgument(
+                f"{field} needs a currency_code", field_violations=[(f"{field}.currency_code", "required")]
+            )
+        if money.amount_micros < 0:
+            raise InvalidArgument(
+                f"{field} must not be negative", field_violations=[(f"{field}.amount_micros", "negative")]
+            )
+        return money.amount_micros
+
+    def _reservation(self, row: ReservationRow) -> reservation_pb2.Reservation:
+        message = reservation_pb2.Reservation(
+            reservation_id=row.reservation_id,
+            request_id=row.request_id,
+            state=_STATES[row.state],
+            reserved_tokens=row.reserved_tokens,
+            reserved_cost=money_pb2.Money(currency_code=row.currency_code, amount_micros=row.reserved_micros),
+            create_time=_timestamp(row.create_time),
+            expire_time=_timestamp(row.expire_time),
+        )
+        if row.end_time is not None:
+            message.end_time.CopyFrom(_timestamp(row.end_time))
+        return message
+
+    def _status(self, budget: AppliedBudget, state: CounterState | None) -> budget_status_pb2.BudgetStatus:
+        spent = 0 if state is None else state.used + state.reserved
+        percent = spent * 100 // budget.limit if budget.limit > 0 else 100
+        status = budget_status_pb2.BudgetStatus(
+            budget_id=budget.budget_id,
+            scope_id=budget.scope_key,
+            used_percent=min(percent, 2**31 - 1),
+            soft_limit_reached=budget.soft_limit_percent > 0 and percent >= budget.soft_limit_percent,
+            window_end_time=_timestamp(budget.window_end),
+        )
+        if budget.unit == "tokens":
+            status.used_tokens, status.limit_tokens = spent, budget.limit
+        else:
+            status.used_cost.CopyFrom(self._money(spent))
+            status.limit_cost.CopyFrom(self._money(budget.limit))
+        return status
+
+    async def Reserve(
+        self, request: metering_service_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> metering_service_pb2.ReserveResponse:
+        principal = require_principal()
+        _request_id(request.request_id)
+        if request.estimated_tokens < 0:
+            raise InvalidArgument(
+                "estimated_tokens must not be negative", field_violations=[("estimated_tokens", "negative")]
+            )
+        micros = self._micros(request.estimated_cost, "estimated_cost")
+        ttl = timedelta(seconds=self._settings.reservation_ttl_seconds)
+        if request.HasField("ttl"):
+            ttl = request.ttl.ToTimedelta()
+            if ttl <= timedelta(0) or ttl.total_seconds() > self._settings.reservation_max_ttl_seconds:
+                raise InvalidArgument(
+                    "ttl must be positive and at most the maximum reservation lifetime",
+                    field_violations=[("ttl", f"0 < ttl <= {self._settings.reservation_max_ttl_seconds} s")],
+                )
+        policy = await self._policies.get(principal.tenant_id)
+        now = datetime.now(UTC)
+        budgets = applicable_budgets(policy, principal, now)
+        result = await reservations.reserve(
+            self._database,
+            principal,
+            request_id=request.request_id,
+            tokens=request.estimated_tokens,
+            micros=micros,
+            currency_code=self._currency,
+            ttl=ttl,
+            budgets=budgets,
+            rate_limits=applicable_rate_limits(policy, principal),
+        )
+        by_key = {(c.budget_id, c.scope_key, c.unit, c.window_start): c for c in result.held}
+        warnings = [
+            status
+            for budget in budgets
+            if budget.key in by_key
+            for status in [self._status(budget, by_key[budget.key])]
+            if status.soft_limit_reached
+        ]
+        return metering_service_pb2.ReserveResponse(
+            reservation=self._reservation(result.reservation), soft_limit_warnings=warnings
+        )
+
+    async def Settle(
+        self, request: metering_service_pb2.SettleRequest, context: grpc.aio.ServicerContext
+    ) -> metering_service_pb2.SettleResponse:
+        principal = require_principal()
+        _request_id(request.request_id)
+        reservation_id = _uuid(request.reservation_id, "reservation_id") if request.reservation_id else ""
+        tokens = request.usage
+        violations = [
+            (f"usage.{name}", "negative")
+            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
+            if getattr(tokens, name) < 0
+        ]
+        if tokens.cached_tokens > tokens.prompt_tokens:
+            violations.append(("usage.cached_tokens", "more than prompt_tokens"))
+        if request.latency.seconds < 0 or request.latency.nanos < 0:
+            violations.append(("latency", "negative"))
+        for name in ("feature", "model", "provider", "requested_model"):
+            if len(getattr(request, name)) > 256:
+                violations.append((name, "at most 256 characters"))
+        if violations:
+            raise InvalidArgument("usage figures are invalid", field_violations=violations)
+        micros = self._micros(request.cost, "cost")
+        now = datetime.now(UTC)
+        occur = request.complete_time.ToDatetime(UTC) if request.HasField("complete_time") else now
+        record = UsageRecord(
+            tenant_id=principal.tenant_id,
+            request_id=request.request_id,
+            user_id=principal.subject,
+            api_key_id=principal.api_key_id,
+            reservation_id=reservation_id,
+            feature=request.feature,
+            model=request.model,
+            requested_model=request.requested_model,
+            provider=request.provider,
+            prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            cached_tokens=tokens.cached_tokens,
+            estimated=tokens.estimated,
+            cost_micros=micros,
+            currency_code=self._currency,
+            cached=request.cached,
+            latency_micros=request.latency.seconds * 1_000_000 + request.latency.nanos // 1000,
+            occur_time=occur,
+            labels=dict(request.labels),
+        )
+        budgets: list[AppliedBudget] = []
+        if not reservation_id:
+            budgets = applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
+        result = await settlement.settle(self._database, record, budgets)
+        self._relay.wake()
+        response = metering_service_pb2.SettleResponse(usage_event_id=result.record.event_id)
+        if result.reservation is not None:
+            response.reservation.CopyFrom(self._reservation(result.reservation))
+        return response
+
+    async def Release(
+        self, request: metering_service_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> metering_service_pb2.ReleaseResponse:
+        principal = require_principal()
+        if not request.reservation_id:
+            raise InvalidArgument(
+                "reservation_id is required", field_violations=[("reservation_id", "required")]
+            )
+        reservation_id = _uuid(request.reservation_id, "reservation_id")
+        if request.reason and not _REASON.match(request.reason):
+            raise InvalidArgument(
+                "reason must be UPPER_SNAKE", field_violations=[("reason", "UPPER_SNAKE, at most 64")]
+            )
+        row = await settlement.release(self._database, principal.tenant_id, reservation_id, request.reason)
+        return metering_service_pb2.ReleaseResponse(reservation=self._reservation(row))
+
+    async def GetUsage(
+        self, request: metering_service_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_service_pb2.GetUsageResponse:
+        principal = require_principal()
+        if not request.HasField("start_time"):
+            raise InvalidArgument("start_time is required", field_violations=[("start_time", "required")])
+        start = request.start_time.ToDatetime(UTC)
+        now = datetime.now(UTC)
+        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        if end <= start:
+            raise InvalidArgument(
+                "end_time must be after start_time", field_violations=[("end_time", "not after start_time")]
+            )
+        dimensions: Sequence[int] = list(request.group_by)
+        bad = [i for i, d in enumerate(dimensions) if d not in usage.DIMENSIONS]
+        if bad or len(set(dimensions)) != len(dimensions):
+            raise InvalidArgument(
+                "group_by holds an unknown or repeated dimension",
+                field_violations=[(f"group_by[{i}]", "unknown or repeated") for i in bad or [0]],
+            )
+        size = paging.page_size(request.page_size)
+        query = paging.fingerprint(request, principal.tenant_id, principal.subject)
+        offset = paging.decode(request.page_token, query)
+        policy = await self._policies.get(principal.tenant_id)
+        user_id = request.user_id
+        if not can_read_usage(principal, policy):
+            # Without usage.read a caller sees exactly its own usage.
+            if user_id and user_id != principal.subject:
+                raise PermissionDenied(
+                    "reading another user's usage needs the usage.read permission",
+                    metadata={"permission": "usage.read"},
+                )
+            user_id = principal.subject
+        usage_filter = usage.UsageFilter(
+            principal.tenant_id, start, end, user_id, request.model, request.feature
+        )
+        page, total, more = await usage.query(self._database, usage_filter, dimensions, offset, size)
+        subject = replace(principal, subject=user_id, api_key_id="") if user_id else principal
+        budgets = applicable_budgets(policy, subject, now)
+        if user_id:
+            budgets = [b for b in budgets if not b.scope_key.startswith("api_key:")]
+        async with self._database.session() as session:
+            states = await counters.counter_states(session, principal.tenant_id, budgets)
+        response = metering_service_pb2.GetUsageResponse(
+            aggregates=[self._aggregate(row) for row in page],
+            total=self._aggregate(total),
+            budgets=[self._status(b, states.get(b.key)) for b in budgets],
+            next_page_token=paging.encode(offset + size, query) if more else "",
+        )
+        return response
+
+    def _aggregate(self, row: dict[str, object]) -> usage_report_pb2.UsageAggregate:
+        aggregate = usage_report_pb2.UsageAggregate(
+            model=str(row.get("model") or ""),
+            feature=str(row.get("feature") or ""),
+            user_id=str(row.get("user_id") or ""),
+            api_key_id=str(row.get("api_key_id") or ""),
+            request_count=int(row["request_count"]),  # type: ignore[call-overload]
+            usage=token_usage_pb2.TokenUsage(
+                prompt_tokens=int(row["prompt_tokens"]),  # type: ignore[call-overload]
+                completion_tokens=int(row["completion_tokens"]),  # type: ignore[call-overload]
+                cached_tokens=int(row["cached_tokens"]),  # type: ignore[call-overload]
+                estimated=bool(row["estimated"]),
+            ),
+            cost=self._money(int(row["cost_micros"])),  # type: ignore[call-overload]
+            cached_request_count=int(row["cached_request_count"]),  # type: ignore[call-overload]
+        )
+        bucket = row.get("day") or row.get("month")
+        if isinstance(bucket, datetime):
+            aggregate.bucket_start_time.CopyFrom(_timestamp(bucket.replace(tzinfo=UTC)))
+        return aggregate

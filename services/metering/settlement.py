@@ -1,0 +1,108 @@
+"""Settle and Release: replace a reservation's hold with the actual spend, in the ledger's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.kit.database import Database
+from parapet.kit.errors import FailedPrecondition, NotFound
+from services.metering import counters, ledger, reservations
+from services.metering.ledger import UsageRecord
+from services.metering.limits import AppliedBudget
+from services.metering.reservations import ReservationRow, with_retry
+
+
+@dataclass(frozen=True)
+class Settlement:
+    record: UsageRecord  # the ledger row (the first one, for a repeated request_id)
+    reservation: ReservationRow | None
+
+
+def _not_found(reservation_id: str) -> NotFound:
+    return NotFound(
+        "no such reservation in the caller's tenant",
+        reason="RESERVATION_NOT_FOUND",
+        metadata={"resource": "reservation", "reservation_id": reservation_id},
+    )
+
+
+def _conflict(message: str, request_id: str) -> FailedPrecondition:
+    return FailedPrecondition(message, reason="SETTLEMENT_CONFLICT", metadata={"request_id": request_id})
+
+
+async def settle(
+    database: Database, record: UsageRecord, budgets_without_reservation: Sequence[AppliedBudget]
+) -> Settlement:
+    """Write ledger + outbox rows and move the spend onto the budget counters, all in one transaction.
+
+    A repeated request_id with the same figures returns the first settlement and changes nothing; with other
+    figures it is a SETTLEMENT_CONFLICT. Without a reservation the spend is charged to the budgets in force
+    now, without a limit check (the model already ran).
+    """
+    tenant = record.tenant_id
+
+    async def work(session: AsyncSession) -> Settlement:
+        reservation = None
+        if record.reservation_id:
+            reservation = await reservations.find(session, tenant, record.reservation_id, lock=True)
+            if reservation is None:
+                raise _not_found(record.reservation_id)
+            if reservation.request_id != record.request_id:
+                raise _conflict("the reservation belongs to another request_id", record.request_id)
+        appended = await ledger.append(session, record)
+        if appended is None:
+            return await _repeat(session, record)
+        spent = {"spent_tokens": record.total_tokens, "spent_micros": record.cost_micros}
+        if reservation is None:
+            await counters.charge(
+                session, tenant, budgets_without_reservation, record.total_tokens, record.cost_micros
+            )
+            return Settlement(record, None)
+        if reservation.state == "active":
+            ended = await reservations.end(session, tenant, reservation.reservation_id, "settled")
+            assert ended is not None  # row locked above
+            await counters.move_holds(session, tenant, ended.holds, release=True, **spent)
+            return Settlement(record, ended)
+        if reservation.state == "settled":
+            raise _conflict("the reservation is already settled", record.request_id)
+        # Released or expired: its hold is gone, but the spend happened; charge the same counters.
+        settled = await reservations.mark_settled(session, tenant, reservation.reservation_id)
+        assert settled is not None
+        await counters.move_holds(session, tenant, settled.holds, release=False, **spent)
+        return Settlement(record, settled)
+
+    return await with_retry(database, work)
+
+
+async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
+    first = await ledger.find(session, record.tenant_id, record.request_id)
+    assert first is not None  # the conflict that skipped our insert is a committed row
+    if not first.same_figures(record) or first.reservation_id != record.reservation_id:
+        raise _conflict("request_id already settled with different figures", record.request_id)
+    reservation = (
+        await reservations.find(session, record.tenant_id, first.reservation_id)
+        if first.reservation_id
+        else None
+    )
+    return Settlement(first, reservation)
+
+
+async def release(database: Database, tenant: str, reservation_id: str, reason: str) -> ReservationRow:
+    """Free an active reservation's holds; a reservation already ended is returned unchanged."""
+
+    async def work(session: AsyncSession) -> ReservationRow:
+        ended = await reservations.end(session, tenant, reservation_id, "released", reason)
+        if ended is not None:
+            await counters.move_holds(
+                session, tenant, ended.holds, release=True, spent_tokens=0, spent_micros=0
+            )
+            return ended
+        current = await reservations.find(session, tenant, reservation_id)
+        if current is None:
+            raise _not_found(reservation_id)
+        return current
+
+    return await with_retry(database, work)

@@ -1,0 +1,144 @@
+"""Reserve, Settle, Release and GetUsage over a real channel against real PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from parapet.auth.v1 import tenant_policy_pb2 as tp
+from parapet.kit.errors import error_details
+from parapet.kit.testing import TestKeys
+from parapet.metering.v1 import metering_service_pb2 as pb
+from parapet.metering.v1 import reservation_pb2, usage_report_pb2
+from parapet.usage.v1 import money_pb2, token_usage_pb2
+from tests.integration.metering.conftest import Metering
+from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
+
+ACTIVE = reservation_pb2.RESERVATION_STATE_ACTIVE
+SETTLED = reservation_pb2.RESERVATION_STATE_SETTLED
+RELEASED = reservation_pb2.RESERVATION_STATE_RELEASED
+EXPIRED = reservation_pb2.RESERVATION_STATE_EXPIRED
+
+
+def token_budget(limit: int, *, soft: int = 0, scope: int = tp.BUDGET_SCOPE_TENANT, budget_id: str = "daily") -> tp.Budget:
+    return tp.Budget(
+        budget_id=budget_id, scope=scope, window=tp.BUDGET_WINDOW_DAY, token_limit=limit, soft_limit_percent=soft
+    )
+
+
+def settle_request(reservation_id: str, request_id: str, prompt: int, completion: int, micros: int) -> pb.SettleRequest:
+    return pb.SettleRequest(
+        reservation_id=reservation_id,
+        request_id=request_id,
+        feature="support",
+        model="gpt-4o-mini",
+        provider="openai",
+        requested_model="fast",
+        usage=token_usage_pb2.TokenUsage(prompt_tokens=prompt, completion_tokens=completion),
+        cost=usd(micros),
+        latency=duration_pb2.Duration(nanos=120_000_000),
+    )
+
+
+async def test_reserve_settle_release_lifecycle_and_idempotency(metering: Metering, keys: TestKeys) -> None:
+    tenant = new_tenant()
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=[token_budget(1000)])})
+    who = caller(keys, tenant)
+    first = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
+    assert first.reservation.state == ACTIVE and first.reservation.reserved_tokens == 600
+    again = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
+    assert again.reservation.reservation_id == first.reservation.reservation_id  # a retry holds nothing more
+
+    # 600 held of 1000: another 600 does not fit.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await metering.stub.Reserve(pb.ReserveRequest(request_id="r2", estimated_tokens=600), metadata=who)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = error_details(refused.value)
+    assert details.reason == "BUDGET_EXCEEDED"
+    assert details.error_info is not None and details.error_info.metadata["budget_id"] == "daily"
+    assert details.quota_failure is not None
+    assert details.quota_failure.violations[0].subject == f"tenant:{tenant}"
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert details.retry_after is not None
+    assert 0 < details.retry_after <= (tomorrow - datetime.now(UTC)).total_seconds() + 1
+
+    settled = await metering.stub.Settle(
+        settle_request(first.reservation.reservation_id, "r1", 100, 50, 1234), metadata=who
+    )
+    assert settled.reservation.state == SETTLED and settled.usage_event_id
+    repeat = await metering.stub.Settle(
+        settle_request(first.reservation.reservation_id, "r1", 100, 50, 1234), metadata=who
+    )
+    assert repeat.usage_event_id == settled.usage_event_id  # the ledger is keyed by request_id
+    with pytest.raises(grpc.aio.AioRpcError) as conflict:
+        await metering.stub.Settle(settle_request(first.reservation.reservation_id, "r1", 100, 51, 1234), metadata=who)
+    assert error_details(conflict.value).reason == "SETTLEMENT_CONFLICT"
+
+    # The hold became the actual 150 tokens: 850 remain, so 600 fits now; release frees it again.
+    second = await metering.stub.Reserve(pb.ReserveRequest(request_id="r2", estimated_tokens=600), metadata=who)
+    released = await metering.stub.Release(
+        pb.ReleaseRequest(reservation_id=second.reservation.reservation_id, reason="UPSTREAM_FAILED"), metadata=who
+    )
+    assert released.reservation.state == RELEASED
+    twice = await metering.stub.Release(pb.ReleaseRequest(reservation_id=second.reservation.reservation_id), metadata=who)
+    assert twice.reservation.state == RELEASED
+    third = await metering.stub.Reserve(pb.ReserveRequest(request_id="r3", estimated_tokens=850), metadata=who)
+    assert third.reservation.state == ACTIVE
+
+    usage = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
+    )
+    assert usage.total.request_count == 1
+    assert usage.total.usage.prompt_tokens == 100 and usage.total.usage.completion_tokens == 50
+    assert usage.total.cost.amount_micros == 1234
+    (status,) = usage.budgets
+    assert status.used_tokens == 150 + 850 and status.limit_tokens == 1000 and status.used_percent == 100
+
+
+async def test_soft_limit_warns_and_user_and_key_budgets_apply(metering: Metering, keys: TestKeys) -> None:
+    tenant = new_tenant()
+    budgets = [
+        token_budget(1000, soft=50),
+        tp.Budget(
+            budget_id="per-user",
+            scope=tp.BUDGET_SCOPE_USER,
+            window=tp.BUDGET_WINDOW_MONTH,
+            cost_limit=usd(5_000),
+        ),
+        token_budget(300, scope=tp.BUDGET_SCOPE_API_KEY, budget_id="key"),
+    ]
+    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=budgets)})
+    alice = caller(keys, tenant, "alice", api_key_id="k1")
+    warned = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="a", estimated_tokens=250, estimated_cost=usd(1_000)), metadata=alice
+    )
+    assert [w.budget_id for w in warned.soft_limit_warnings] == []
+    warned = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="b", estimated_tokens=40, estimated_cost=usd(1_000)), metadata=alice
+    )
+    assert warned.soft_limit_warnings == []  # 290 of 1000 tokens
+    with pytest.raises(grpc.aio.AioRpcError) as key_limit:  # 290 + 20 > 300 on the key's budget
+        await metering.stub.Reserve(pb.ReserveRequest(request_id="c", estimated_tokens=20), metadata=alice)
+    assert error_details(key_limit.value).quota_failure.violations[0].subject == "api_key:k1"  # type: ignore[union-attr]
+    bob = caller(keys, tenant, "bob")
+    soft = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="d", estimated_tokens=300, estimated_cost=usd(4_000)), metadata=bob
+    )
+    assert [w.budget_id for w in soft.soft_limit_warnings] == ["daily"]  # 590 of 1000 >= 50 %
+    assert soft.soft_limit_warnings[0].used_tokens == 590
+    with pytest.raises(grpc.aio.AioRpcError) as cost_limit:  # bob's own month: 4000 + 1001 > 5000 micros
+        await metering.stub.Reserve(
+            pb.ReserveRequest(request_id="e", estimated_tokens=1, estimated_cost=usd(1_001)), metadata=bob
+        )
+    details = error_details(cost_limit.value)
+    assert details.reason == "BUDGET_EXCEEDED"
+    assert details.quota_failure.violations[0].subject == "user:bob"  # type: ignore[union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as currency:
+        await metering.stub.Reserve(
+            pb.ReserveRequest(request_id="f", estimated_cost=money_pb2.Money(currency_code="EUR", amount_micros=1)), metadata=bob
+        )
+    assert error_details(currency.value).reason == "CURRENCY_MISMATCH"
