@@ -1,0 +1,136 @@
+"""The Pinecone store, through the official `pinecone` SDK's data-plane client.
+
+One namespace per tenant (the tenant id), so a query cannot reach another tenant's vectors whatever its
+filter. Access groups and caller metadata ride in each vector's metadata (`groups` list; caller keys
+prefixed `m.`) and are filtered server-side in the query. A document's vectors are found by id prefix
+(`<document key>#`, see `chunk_id_for`), Pinecone's recommended way to group records. The SDK is
+synchronous, so calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pinecone import Index
+from pinecone.errors import PineconeError
+
+from services.retrieval.stores.protocol import (
+    VectorFilter,
+    VectorHit,
+    VectorRecord,
+    VectorStoreUnavailable,
+    document_key,
+    reader_groups,
+    stored_groups,
+)
+
+T = TypeVar("T")
+#: Pinecone's limits: 1000 vectors (2 MB) per upsert, 1000 ids per delete.
+_UPSERT_BATCH = 200
+_DELETE_BATCH = 1000
+
+
+def _metadata(document_id: str, access_groups: Sequence[str], metadata: Mapping[str, str]) -> dict[str, Any]:
+    return {"document_id": document_id, "groups": list(stored_groups(access_groups))} | {
+        f"m.{key}": value for key, value in metadata.items()
+    }
+
+
+def pinecone_filter(where: VectorFilter) -> dict[str, Any]:
+    """The metadata filter of a query (Pinecone's filter language)."""
+    clauses: list[dict[str, Any]] = [{"groups": {"$in": list(reader_groups(where.groups))}}]
+    clauses += [{f"m.{key}": {"$eq": value}} for key, value in sorted(where.metadata.items())]
+    if where.document_ids:
+        clauses.append({"document_id": {"$in": list(where.document_ids)}})
+    return {"$and": clauses}
+
+
+class PineconeStore:
+    name = "pinecone"
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    async def _call(self, function: Callable[..., T], /, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(function, **kwargs)
+        except PineconeError as error:
+            raise VectorStoreUnavailable(f"pinecone: {type(error).__name__}: {error}") from error
+
+    async def upsert(self, tenant_id: str, records: Sequence[VectorRecord]) -> None:
+        for start in range(0, len(records), _UPSERT_BATCH):
+            batch = [
+                {
+                    "id": r.chunk_id,
+                    "values": [float(x) for x in r.vector],
+                    "metadata": _metadata(r.document_id, r.access_groups, r.metadata),
+                }
+                for r in records[start : start + _UPSERT_BATCH]
+            ]
+            await self._call(self._index.upsert, vectors=batch, namespace=tenant_id)
+
+    async def query(
+        self, tenant_id: str, vector: Sequence[float], top_k: int, where: VectorFilter
+    ) -> list[VectorHit]:
+        response = await self._call(
+            self._index.query,
+            vector=[float(x) for x in vector],
+            top_k=top_k,
+            namespace=tenant_id,
+            filter=pinecone_filter(where),
+            include_metadata=True,
+        )
+        return [
+            VectorHit(match.id, str((match.metadata or {}).get("document_id", "")), float(match.score))
+            for match in response.matches
+        ]
+
+    async def set_attributes(
+        self,
+        tenant_id: str,
+        chunk_ids: Sequence[str],
+        access_groups: Sequence[str],
+        metadata: Mapping[str, str],
+    ) -> None:
+        # setMetadata merges keys, so metadata keys the document no longer has would linger: re-fetch and
+        # null them out is not possible in Pinecone, hence the full vector is re-upserted with new metadata.
+        for start in range(0, len(chunk_ids), _DELETE_BATCH):
+            ids = list(chunk_ids[start : start + _DELETE_BATCH])
+            fetched = await self._call(self._index.fetch, ids=ids, namespace=tenant_id)
+            records = [
+                VectorRecord(
+                    chunk_id=vector_id,
+                    document_id=str((item.metadata or {}).get("document_id", "")),
+                    vector=list(item.values),
+                    access_groups=tuple(access_groups),
+                    metadata=metadata,
+                )
+                for vector_id, item in fetched.vectors.items()
+            ]
+            await self.upsert(tenant_id, records)
+
+    async def delete_chunks(self, tenant_id: str, chunk_ids: Sequence[str]) -> None:
+        for start in range(0, len(chunk_ids), _DELETE_BATCH):
+            await self._call(
+                self._index.delete, ids=list(chunk_ids[start : start + _DELETE_BATCH]), namespace=tenant_id
+            )
+
+    async def delete_documents(self, tenant_id: str, document_ids: Sequence[str]) -> None:
+        for document_id in document_ids:
+            ids = await self._ids_with_prefix(tenant_id, f"{document_key(document_id)}#")
+            await self.delete_chunks(tenant_id, ids)
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        await self._call(self._index.delete, delete_all=True, namespace=tenant_id)
+
+    async def _ids_with_prefix(self, tenant_id: str, prefix: str) -> list[str]:
+        def collect() -> list[str]:
+            return [
+                item.id
+                for page in self._index.list(prefix=prefix, namespace=tenant_id)
+                for item in page.vectors
+            ]
+
+        return await self._call(collect)

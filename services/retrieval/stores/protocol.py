@@ -1,0 +1,112 @@
+"""The vector-store contract. Both stores pass one conformance suite (tests/integration/retrieval).
+
+A store keeps, per tenant, one unit vector per chunk with the chunk's document id, access groups and
+metadata, and answers nearest-neighbour queries with the tenant, group, metadata and document filters
+applied *inside* the search (never by post-filtering a short list). The PostgreSQL chunk rows stay the
+source of truth for what a query may return; stores hold only vectors and filter attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+#: Stored in place of an empty group list: a document every user of the tenant may read. Callers always
+#: match it, so "no groups" needs no special case in a store's filter.
+PUBLIC_GROUP = "*"
+
+
+def stored_groups(access_groups: Sequence[str]) -> tuple[str, ...]:
+    """The groups a store records for a document: its own, or `PUBLIC_GROUP` when it has none."""
+    return tuple(sorted(set(access_groups))) or (PUBLIC_GROUP,)
+
+
+def reader_groups(caller_groups: Sequence[str]) -> tuple[str, ...]:
+    """The stored groups a caller may match: theirs plus `PUBLIC_GROUP`."""
+    return (*sorted(set(caller_groups) - {PUBLIC_GROUP}), PUBLIC_GROUP)
+
+
+def document_key(document_id: str) -> str:
+    """A fixed-length, id-safe key of a document (ids may be any 512 characters; Pinecone ids are ASCII)."""
+    return hashlib.sha256(document_id.encode()).hexdigest()[:32]
+
+
+def chunk_id_for(document_id: str, content_sha256: str, ordinal: int) -> str:
+    """The chunk id: `<document key>#<content and position>`, stable while the document is unchanged.
+
+    The document-key prefix lets stores that list ids by prefix (Pinecone) find a document's vectors.
+    """
+    part = hashlib.sha256(f"{content_sha256}:{ordinal}".encode()).hexdigest()[:16]
+    return f"{document_key(document_id)}#{part}"
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    """One chunk's vector and the attributes queries filter on."""
+
+    chunk_id: str
+    document_id: str
+    vector: Sequence[float]
+    access_groups: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorFilter:
+    """What a query may match. `groups` are the caller's groups (public documents always match)."""
+
+    groups: tuple[str, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    document_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    chunk_id: str
+    document_id: str
+    #: Cosine similarity in [-1, 1], higher is closer.
+    similarity: float
+
+
+class VectorStoreUnavailable(Exception):
+    """The store cannot answer now; the caller may retry."""
+
+
+class VectorStore(Protocol):
+    """Per-tenant vector storage with filtered nearest-neighbour search."""
+
+    name: str
+
+    async def upsert(self, tenant_id: str, records: Sequence[VectorRecord]) -> None:
+        """Stores (or replaces, by chunk id) `records` in the tenant's space."""
+        ...
+
+    async def query(
+        self, tenant_id: str, vector: Sequence[float], top_k: int, where: VectorFilter
+    ) -> list[VectorHit]:
+        """The `top_k` nearest matching chunks of the tenant, closest first."""
+        ...
+
+    async def set_attributes(
+        self,
+        tenant_id: str,
+        chunk_ids: Sequence[str],
+        access_groups: Sequence[str],
+        metadata: Mapping[str, str],
+    ) -> None:
+        """Replaces the groups and metadata of these chunks (a document's ACL or metadata changed)."""
+        ...
+
+    async def delete_chunks(self, tenant_id: str, chunk_ids: Sequence[str]) -> None:
+        """Removes these chunks' vectors; missing ids are ignored."""
+        ...
+
+    async def delete_documents(self, tenant_id: str, document_ids: Sequence[str]) -> None:
+        """Removes every vector of these documents."""
+        ...
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Removes every vector of the tenant."""
+        ...
