@@ -1,23 +1,78 @@
-"""The inference service as the kit runs it (`parapet serve inference`).
+"""The inference service as the kit runs it (`parapet serve inference`)."""
 
-Its RPCs are pending until issue #5 (inference routing): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
-"""
+from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from parapet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from parapet.kit.app import ServiceApp
-from parapet.kit.config import ServiceSettings
-from parapet.kit.pending import GeneratedService, register_pending
+import grpc.aio
 
-INFERENCE_SERVICE = GeneratedService(inference_service_pb2, inference_service_pb2_grpc, "InferenceService")
+from parapet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from parapet.kit.app import Resources, ServiceApp
+from services.inference.cache.deletions import consume_deletions
+from services.inference.cache.store import SemanticCache
+from services.inference.config import load_config
+from services.inference.engine import Engine
+from services.inference.policy import AuthPolicySource, OpenPolicySource, PolicySource
+from services.inference.prompts import PromptLibrary
+from services.inference.providers.registry import build_providers
+from services.inference.resilience.breaker import Breakers
+from services.inference.servicer import InferenceServicer
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+async def build_engine(settings: InferenceSettings, resources: Resources[InferenceSettings]) -> Engine:
+    config = load_config(settings.inference_config_file)
+    providers = build_providers(config)
+    for provider in providers.values():
+        resources.cleanup.push_async_callback(provider.close)
+    policy: PolicySource
+    if settings.auth_address:
+        policy = AuthPolicySource(settings.auth_address, settings.policy_cache_seconds)
+    else:
+        log.warning("no auth_address: the tenant policy's model rules are not enforced")
+        policy = OpenPolicySource()
+    resources.cleanup.push_async_callback(policy.close)
+    cache = None
+    if settings.cache_enabled:
+        # Imported here: loading the ONNX model is only worth it when the cache is on.
+        from parapet.embeddings import CachedEmbedder
+        from parapet.embeddings.minilm import MiniLmEmbedder
+
+        cache = SemanticCache(
+            resources.require_database(),
+            CachedEmbedder(MiniLmEmbedder(), max_entries=10_000),
+            threshold=settings.cache_similarity_threshold,
+            ttl_seconds=settings.cache_ttl_seconds,
+        )
+        resources.spawn(consume_deletions(resources.require_bus(), cache), name="cache-deletions")
+    engine = Engine(
+        config,
+        providers,
+        Breakers(config.breaker),
+        PromptLibrary(settings.prompts_dir),
+        policy,
+        cache,
+        settings.default_prompt_template,
+    )
+    resources.cleanup.push_async_callback(engine.drain)
+    return engine
+
+
+async def register(server: grpc.aio.Server, resources: Resources[InferenceSettings]) -> None:
+    engine = await build_engine(resources.settings, resources)
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
+
 
 APP = ServiceApp(
     name="inference",
-    settings_type=ServiceSettings,
-    register=register_pending((INFERENCE_SERVICE,), "issue #5 (inference routing)"),
-    service_names=(INFERENCE_SERVICE.full_name,),
+    settings_type=InferenceSettings,
+    register=register,
+    service_names=(SERVICE_NAME,),
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",

@@ -1,0 +1,1 @@
+"""The semantic cache (PostgreSQL + pgvector) and the consumer that drops answers grounded in deleted documents."""

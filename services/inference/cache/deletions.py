@@ -1,0 +1,72 @@
+"""Consumes ``DocumentsDeletedEvent`` (docs/contracts.md) and drops cached answers grounded in those documents.
+
+A durable JetStream pull consumer with explicit acks: an event is acked only after its deletion committed, so a
+database outage delays it and loses nothing; handling one twice is harmless (the rows are already gone). The
+retrieval service owns the stream; until it exists this consumer waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+from nats.js.errors import NotFoundError
+
+from parapet.kit.bus import Bus
+from parapet.retrieval.v1 import documents_deleted_event_pb2
+from services.inference.cache.store import SemanticCache
+
+log = logging.getLogger(__name__)
+
+SUBJECT = "parapet.retrieval.v1.documents.deleted.*"
+DURABLE = "inference-semantic-cache"
+
+
+async def handle(cache: SemanticCache, subject: str, payload: bytes) -> int:
+    """Apply one event; returns the entries dropped. Raises when the database fails (the event is redelivered)."""
+    event = documents_deleted_event_pb2.DocumentsDeletedEvent.FromString(payload)
+    tenant = subject.rsplit(".", 1)[-1]
+    if event.tenant_id != tenant:
+        log.error(
+            "documents-deleted event for another tenant than its subject; ignored",
+            extra={"event_id": event.event_id, "subject": subject},
+        )
+        return 0
+    if event.reason == documents_deleted_event_pb2.DELETION_REASON_TENANT_ERASURE:
+        return await cache.forget_tenant(tenant)
+    if not event.document_ids:
+        return 0
+    return await cache.forget_documents(tenant, list(event.document_ids))
+
+
+async def consume_deletions(bus: Bus, cache: SemanticCache, *, poll_seconds: float = 1.0) -> None:
+    """Run until cancelled."""
+    while True:
+        try:
+            subscription = await bus.jetstream.pull_subscribe(SUBJECT, durable=DURABLE)
+        except NotFoundError:
+            await asyncio.sleep(poll_seconds)  # retrieval has not declared its stream yet
+            continue
+        except (nats.errors.Error, OSError):
+            log.warning("cannot subscribe to documents-deleted events; retrying", exc_info=True)
+            await asyncio.sleep(poll_seconds)
+            continue
+        break
+    while True:
+        try:
+            messages = await subscription.fetch(batch=64, timeout=poll_seconds)
+        except nats.errors.TimeoutError:
+            continue
+        except (nats.errors.Error, OSError):
+            await asyncio.sleep(poll_seconds)
+            continue
+        for message in messages:
+            try:
+                dropped = await handle(cache, message.subject, message.data)
+            except Exception:
+                log.warning("documents-deleted event not applied; it will be redelivered", exc_info=True)
+                await message.nak(delay=poll_seconds)
+                continue
+            await message.ack()
+            log.info("cache entries dropped for deleted documents", extra={"dropped": dropped})

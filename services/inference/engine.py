@@ -1,0 +1,438 @@
+"""A completion from request to summary: prompt, cache, routing, attempts with retries, breakers and fallback.
+
+Deltas are yielded the moment a provider produces them (never coalesced). Until the first delta has gone out,
+any failure is invisible to the caller: the attempt is retried (retryable failures only, with backoff, within
+the deadline) and then the next model of the chain is tried. After it, a failure ends the stream with a summary
+(FINISH_REASON_ERROR, the usage so far) and a typed UNAVAILABLE ``STREAM_INTERRUPTED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from google.protobuf import duration_pb2
+
+from parapet import tokens
+from parapet.inference.v1 import (
+    cache_pb2,
+    completion_pb2,
+    generation_pb2,
+    inference_service_pb2,
+    message_pb2,
+    prompt_template_pb2,
+    routing_pb2,
+)
+from parapet.kit.context import deadline_var, require_principal
+from parapet.kit.errors import InvalidArgument, Unavailable
+from parapet.usage.v1 import money_pb2, token_usage_pb2
+from services.inference.attempt import timed_events
+from services.inference.cache.keys import CacheKey, partition_key, scope_key
+from services.inference.cache.store import CachedAnswer, SemanticCache
+from services.inference.config import InferenceConfig, ModelConfig
+from services.inference.policy import PolicySource
+from services.inference.pricing import cost_micros_exact, to_micros
+from services.inference.prompts import ContextDocument, PromptLibrary, RenderedPrompt
+from services.inference.providers.base import (
+    Delta,
+    Finish,
+    PromptMessage,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    Usage,
+)
+from services.inference.resilience.breaker import Breakers
+from services.inference.resilience.retry import next_delay
+from services.inference.routing import Plan, RequestTraits, Router
+from services.inference.validation import Request, validate
+
+log = logging.getLogger(__name__)
+
+Response = inference_service_pb2.StreamCompleteResponse
+_FINISH = {
+    "stop": generation_pb2.FINISH_REASON_STOP,
+    "length": generation_pb2.FINISH_REASON_LENGTH,
+    "content_filter": generation_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+@dataclass
+class _Tally:
+    """Usage and exact cost summed over every attempt that reached a provider."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    estimated: bool = False
+    cost: Decimal = Decimal(0)
+
+    def add(self, model: ModelConfig, usage: Usage, estimated: bool) -> None:
+        self.prompt += usage.prompt_tokens
+        self.completion += usage.completion_tokens
+        self.cached += usage.cached_tokens
+        self.estimated = self.estimated or estimated
+        self.cost += cost_micros_exact(model, usage)
+
+
+@dataclass
+class _Stream:
+    """State of one request while it streams."""
+
+    started: float
+    plan: Plan
+    rendered: RenderedPrompt
+    context: list[ContextDocument]
+    tally: _Tally = field(default_factory=_Tally)
+    attempts: list[routing_pb2.FallbackAttempt] = field(default_factory=list)
+    first_token: float | None = None
+    text: list[str] = field(default_factory=list)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    result = duration_pb2.Duration()
+    result.FromNanoseconds(int(seconds * 1e9))
+    return result
+
+
+def _split_for_stream(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: InferenceConfig,
+        providers: dict[str, Provider],
+        breakers: Breakers,
+        prompts: PromptLibrary,
+        policy: PolicySource,
+        cache: SemanticCache | None,
+        default_template: str,
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.breakers = breakers
+        self.prompts = prompts
+        self.policy = policy
+        self.cache = cache
+        self.router = Router(config)
+        self.default_template = default_template
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def stream(self, request: Request) -> AsyncIterator[Response]:
+        started = time.monotonic()
+        principal = require_principal()
+        validate(request)
+        access = await self.policy.model_access(principal.tenant_id)
+        template = self.prompts.get(
+            request.prompt_template.name or self.default_template, request.prompt_template.version
+        )
+        conversation = [
+            PromptMessage("user" if m.role == message_pb2.ROLE_USER else "assistant", m.content)
+            for m in request.messages
+        ]
+        context = [ContextDocument(c.document_id, c.title, c.source_uri, c.text) for c in request.context]
+        rendered = self.prompts.render(template, dict(request.template_variables), context, conversation)
+        question = conversation[-1].content
+        chat = ((("system", rendered.system),) if rendered.system else ()) + tuple(
+            (m.role, m.content) for m in rendered.messages
+        )
+        traits = RequestTraits(
+            prompt_tokens=tokens.count_chat(chat),
+            question=question,
+            messages=len(conversation),
+            context_chunks=len(context),
+            feature=request.feature,
+        )
+        plan = self.router.plan(request.model, access, traits, principal.tenant_id, principal.subject)
+        state = _Stream(started, plan, rendered, context)
+        generation = self._generation(request, access.max_tokens_per_request)
+
+        mode = request.cache_mode or cache_pb2.CACHE_MODE_READ_WRITE
+        key: CacheKey | None = None
+        if self.cache is not None and mode != cache_pb2.CACHE_MODE_DISABLED:
+            key = CacheKey(
+                principal.tenant_id,
+                scope_key(principal.groups),
+                partition_key(
+                    plan.entry,
+                    template.name,
+                    template.version,
+                    generation,
+                    [(m.role, m.content) for m in conversation[:-1]],
+                ),
+            )
+        if key is not None and self.cache is not None and mode == cache_pb2.CACHE_MODE_READ_WRITE:
+            hit = await self._lookup(key, question)
+            if hit is not None:
+                async for message in self._serve_hit(state, hit):
+                    yield message
+                return
+
+        finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+        answered: ModelConfig | None = None
+        async for item in self._run(state, generation):
+            if isinstance(item, Response):
+                yield item
+            else:
+                finish, answered = item
+        assert answered is not None
+        outcome = cache_pb2.CacheResult(
+            outcome=cache_pb2.CACHE_OUTCOME_MISS if key is not None else cache_pb2.CACHE_OUTCOME_BYPASSED
+        )
+        if key is not None and finish == generation_pb2.FINISH_REASON_STOP:
+            self._store_later(key, question, "".join(state.text), finish, answered, context)
+        yield Response(summary=self._summary(state, finish, answered, outcome))
+
+    def _generation(self, request: Request, policy_cap: int) -> dict[str, object]:
+        g = request.generation
+        max_tokens = g.max_tokens if g.HasField("max_tokens") else None
+        if policy_cap:
+            max_tokens = min(max_tokens or policy_cap, policy_cap)
+        return {
+            "max_tokens": max_tokens,
+            "temperature": round(g.temperature, 4) if g.HasField("temperature") else None,
+            "top_p": round(g.top_p, 4) if g.HasField("top_p") else None,
+            "stop": list(g.stop),
+            "seed": g.seed if g.HasField("seed") else None,
+        }
+
+    async def _lookup(self, key: CacheKey, question: str) -> CachedAnswer | None:
+        assert self.cache is not None
+        try:
+            return await self.cache.lookup(key, question)
+        except Exception:
+            # The cache is an optimisation: when it fails the model answers.
+            log.warning("semantic cache lookup failed; answering without it", exc_info=True)
+            return None
+
+    def _store_later(
+        self,
+        key: CacheKey,
+        question: str,
+        answer: str,
+        finish: int,
+        model: ModelConfig,
+        context: list[ContextDocument],
+    ) -> None:
+        """Write the entry after the summary went out: the caller never waits for the embedding or the insert."""
+        cache = self.cache
+        assert cache is not None
+        documents = sorted({c.document_id for c in context if c.document_id})
+
+        async def store() -> None:
+            try:
+                await cache.store(key, question, answer, finish, model.name, model.provider, documents)
+            except Exception:
+                log.warning("semantic cache store failed", exc_info=True)
+
+        task = asyncio.create_task(store())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending cache writes (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def _serve_hit(self, state: _Stream, hit: CachedAnswer) -> AsyncIterator[Response]:
+        for piece in _split_for_stream(hit.answer):
+            if state.first_token is None:
+                state.first_token = time.monotonic()
+            yield Response(text_delta=completion_pb2.TextDelta(text=piece))
+        summary = completion_pb2.CompletionSummary(
+            finish_reason=hit.finish_reason,  # type: ignore[arg-type]
+            usage=token_usage_pb2.TokenUsage(),
+            cost=money_pb2.Money(currency_code=self.config.currency, amount_micros=0),
+            routing=routing_pb2.RoutingDecision(
+                requested_model=state.plan.requested,
+                model=hit.model,
+                provider=hit.provider,
+                reason=routing_pb2.ROUTING_REASON_CACHE,
+                detail="exact match" if hit.exact else f"similar question (cosine {hit.similarity:.3f})",
+            ),
+            cache=cache_pb2.CacheResult(
+                outcome=cache_pb2.CACHE_OUTCOME_EXACT_HIT
+                if hit.exact
+                else cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT,
+                similarity=hit.similarity,
+                entry_id=hit.entry_id,
+            ),
+            prompt_template=prompt_template_pb2.PromptTemplateRef(
+                name=state.rendered.template.name, version=state.rendered.template.version
+            ),
+        )
+        self._times(summary, state)
+        yield Response(summary=summary)
+
+    def _times(self, summary: completion_pb2.CompletionSummary, state: _Stream) -> None:
+        now = time.monotonic()
+        summary.duration.CopyFrom(_duration(now - state.started))
+        if state.first_token is not None:
+            summary.time_to_first_token.CopyFrom(_duration(state.first_token - state.started))
+
+    def _summary(
+        self, state: _Stream, finish: int, model: ModelConfig, cache: cache_pb2.CacheResult
+    ) -> completion_pb2.CompletionSummary:
+        first = state.plan.chain[0]
+        reason = state.plan.reason if model.name == first.name else routing_pb2.ROUTING_REASON_FALLBACK
+        summary = completion_pb2.CompletionSummary(
+            finish_reason=finish,  # type: ignore[arg-type]
+            usage=token_usage_pb2.TokenUsage(
+                prompt_tokens=state.tally.prompt,
+                completion_tokens=state.tally.completion,
+                cached_tokens=state.tally.cached,
+                estimated=state.tally.estimated,
+            ),
+            cost=money_pb2.Money(
+                currency_code=self.config.currency, amount_micros=to_micros(state.tally.cost)
+            ),
+            routing=routing_pb2.RoutingDecision(
+                requested_model=state.plan.requested,
+                model=model.name,
+                provider=model.provider,
+                reason=reason,  # type: ignore[arg-type]
+                detail=state.plan.detail,
+                fallback_attempts=state.attempts,
+                canary=state.plan.canary,
+            ),
+            cache=cache,
+            prompt_template=prompt_template_pb2.PromptTemplateRef(
+                name=state.rendered.template.name, version=state.rendered.template.version
+            ),
+        )
+        self._times(summary, state)
+        return summary
+
+    def _provider_request(
+        self, model: ModelConfig, state: _Stream, generation: dict[str, object]
+    ) -> ProviderRequest:
+        max_tokens = generation["max_tokens"]
+        cap = model.max_output_tokens
+        stop = generation["stop"]
+        assert isinstance(stop, list)
+        return ProviderRequest(
+            model=model.wire_name,
+            system=state.rendered.system,
+            messages=state.rendered.messages,
+            max_tokens=min(max_tokens, cap) if isinstance(max_tokens, int) else None,
+            temperature=generation["temperature"],  # type: ignore[arg-type]
+            top_p=generation["top_p"],  # type: ignore[arg-type]
+            stop=tuple(stop),
+            seed=generation["seed"],  # type: ignore[arg-type]
+            context=tuple((doc.title, doc.text) for doc in state.context),
+        )
+
+    def _estimate(self, model: ModelConfig, request: ProviderRequest, text: str) -> Usage:
+        encoding = tokens.encoding_for_model(model.wire_name)
+        return Usage(tokens.count_chat(request.chat(), encoding), tokens.count(text, encoding))
+
+    async def _run(
+        self, state: _Stream, generation: dict[str, object]
+    ) -> AsyncIterator[Response | tuple[int, ModelConfig]]:
+        deadline = deadline_var.get()
+        last_error: ProviderError | None = None
+        for model in state.plan.chain:
+            provider = self.providers[model.provider]
+            breaker = self.breakers.get(model.provider, model.name)
+            timeouts = self.config.timeouts_for(model.provider)
+            request = self._provider_request(model, state, generation)
+            retry_number = 0
+            while True:
+                if not breaker.allow():
+                    state.attempts.append(
+                        routing_pb2.FallbackAttempt(
+                            model=model.name, provider=model.provider, reason="CIRCUIT_OPEN"
+                        )
+                    )
+                    break
+                received: list[str] = []
+                try:
+                    async for event in timed_events(provider.stream(request), timeouts, deadline):
+                        if isinstance(event, Delta):
+                            if state.first_token is None:
+                                state.first_token = time.monotonic()
+                            received.append(event.text)
+                            state.text.append(event.text)
+                            yield Response(text_delta=completion_pb2.TextDelta(text=event.text))
+                        elif isinstance(event, Finish):
+                            breaker.record(True)
+                            if event.usage is not None:
+                                state.tally.add(model, event.usage, estimated=False)
+                            else:
+                                state.tally.add(
+                                    model, self._estimate(model, request, "".join(received)), True
+                                )
+                            yield (_FINISH[event.reason], model)
+                            return
+                    raise ProviderError("interrupted", "the provider ended without a finish")
+                except ProviderError as error:
+                    breaker.record(error.kind == "rejected")
+                    last_error = error
+                    if error.kind == "interrupted" or received:
+                        # The provider took the prompt and produced something: that is consumed usage.
+                        state.tally.add(model, self._estimate(model, request, "".join(received)), True)
+                    if state.first_token is not None:
+                        yield Response(summary=self._interrupted(state, model))
+                        raise Unavailable(
+                            "the model's answer broke off; the summary has the usage so far",
+                            reason="STREAM_INTERRUPTED",
+                            metadata={"model": model.name, "provider": model.provider, "cause": error.reason},
+                        ) from None
+                    if error.kind == "rejected":
+                        raise InvalidArgument(
+                            f"the provider refused the request as invalid ({error.message})",
+                            reason="PROVIDER_REJECTED",
+                            metadata={"model": model.name, "provider": model.provider},
+                        ) from None
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    retry_number += 1
+                    delay = (
+                        next_delay(self.config.retry, retry_number, error.retry_after, remaining)
+                        if error.retryable
+                        else None
+                    )
+                    log.info(
+                        "provider attempt failed",
+                        extra={
+                            "model": model.name,
+                            "provider": model.provider,
+                            "reason": error.reason,
+                            "retry_in": delay,
+                        },
+                    )
+                    if delay is None:
+                        state.attempts.append(
+                            routing_pb2.FallbackAttempt(
+                                model=model.name, provider=model.provider, reason=error.reason
+                            )
+                        )
+                        break
+                    await asyncio.sleep(delay)
+                except BaseException:
+                    breaker.release()
+                    raise
+        retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0
+        raise Unavailable(
+            "no model of the route could answer",
+            reason="ALL_PROVIDERS_UNAVAILABLE",
+            retry_after=retry_after,
+            metadata={
+                "attempts": ",".join(f"{a.model}:{a.reason}" for a in state.attempts),
+                "route": state.plan.entry,
+            },
+        )
+
+    def _interrupted(self, state: _Stream, model: ModelConfig) -> completion_pb2.CompletionSummary:
+        return self._summary(
+            state,
+            generation_pb2.FINISH_REASON_ERROR,
+            model,
+            cache_pb2.CacheResult(outcome=cache_pb2.CACHE_OUTCOME_MISS),
+        )

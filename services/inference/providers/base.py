@@ -1,0 +1,145 @@
+"""The provider protocol: one streaming call in, text deltas and one finish out, or a typed ProviderError.
+
+Retries, timeouts between events, breakers and fallback live in the engine, not here, so every provider gets
+the same resilience and an adapter is only a translation between our types and one wire format.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishKind = Literal["stop", "length", "content_filter"]
+ErrorKind = Literal["rate_limited", "unavailable", "timeout", "rejected", "interrupted"]
+
+# Reasons reported in FallbackAttempt.reason and ErrorInfo (docs/contracts.md).
+REASONS: dict[ErrorKind, str] = {
+    "rate_limited": "PROVIDER_RATE_LIMITED",
+    "unavailable": "PROVIDER_UNAVAILABLE",
+    "timeout": "PROVIDER_TIMEOUT",
+    "rejected": "PROVIDER_REJECTED",
+    "interrupted": "STREAM_INTERRUPTED",
+}
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """A rendered prompt for one model: system text from the template, context in a message of its own."""
+
+    model: str  # the provider's name for the model
+    system: str
+    messages: tuple[PromptMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    context: tuple[tuple[str, str], ...] = ()  # (title, text) of the retrieved chunks, for the local provider
+
+    def chat(self) -> tuple[tuple[str, str], ...]:
+        """(role, content) pairs as OpenAI's format counts them, system first."""
+        head = (("system", self.system),) if self.system else ()
+        return head + tuple((m.role, m.content) for m in self.messages)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: FinishKind
+    usage: Usage | None  # None: the provider reported none; the engine counts it and marks it estimated
+
+
+ProviderEvent = Delta | Finish
+
+
+@dataclass
+class ProviderError(Exception):
+    """A failed call; ``message`` is safe to show (never the key, never the raw provider body)."""
+
+    kind: ErrorKind
+    message: str
+    retry_after: float | None = None
+    status: int | None = None
+    partial_usage: Usage | None = field(default=None)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another attempt (before any text was sent): 429, 5xx, connect errors, timeouts, cut streams."""
+        return self.kind != "rejected" and self.status not in (401, 403)
+
+    @property
+    def reason(self) -> str:
+        return REASONS[self.kind]
+
+
+class Provider(Protocol):
+    """One configured provider; ``stream`` yields Delta events then exactly one Finish, or raises ProviderError."""
+
+    name: str
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date); None when absent or bad."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+
+
+def error_for_status(status: int, headers: Mapping[str, str] | None, provider: str) -> ProviderError:
+    """The typed error of an HTTP error answer."""
+    retry_after = parse_retry_after(headers)
+    if status == 429:
+        return ProviderError("rate_limited", f"{provider} rate-limited the call", retry_after, status)
+    if status in (408, 504):
+        return ProviderError("timeout", f"{provider} timed out (HTTP {status})", retry_after, status)
+    if status >= 500 or status == 409:
+        return ProviderError("unavailable", f"{provider} failed (HTTP {status})", retry_after, status)
+    if status in (401, 403):
+        # A key problem is ours, not the caller's: another provider of the chain may still answer.
+        return ProviderError(
+            "unavailable", f"{provider} refused our credentials (HTTP {status})", None, status
+        )
+    return ProviderError("rejected", f"{provider} rejected the request (HTTP {status})", None, status)

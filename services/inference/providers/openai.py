@@ -1,0 +1,124 @@
+"""OpenAI chat completions through the official async SDK, streaming with ``stream_options.include_usage``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+
+from services.inference.config import ProviderConfig, Timeouts
+from services.inference.providers.base import (
+    Delta,
+    Finish,
+    FinishKind,
+    ProviderError,
+    ProviderEvent,
+    ProviderRequest,
+    Usage,
+    error_for_status,
+)
+
+_FINISH: dict[str, FinishKind] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "stop",
+    "function_call": "stop",
+}
+
+
+def http_timeout(timeouts: Timeouts) -> httpx2.Timeout:
+    # read = the idle timeout: the SDK's client notices a stalled connection even between our checks.
+    return httpx2.Timeout(
+        connect=timeouts.connect_seconds,
+        read=max(timeouts.idle_seconds, timeouts.first_token_seconds),
+        write=timeouts.connect_seconds,
+        pool=timeouts.connect_seconds,
+    )
+
+
+class OpenAIProvider:
+    """Also the base of ``openai_compatible``: same wire format, another base URL."""
+
+    label = "openai"
+
+    def __init__(self, name: str, config: ProviderConfig, timeouts: Timeouts) -> None:
+        self.name = name
+        key = config.api_key.get_secret_value() if config.api_key is not None else self._missing_key()
+        self._client = openai.AsyncOpenAI(
+            api_key=key,
+            base_url=config.base_url,
+            max_retries=0,  # the engine retries, within the caller's deadline, with full jitter
+            timeout=http_timeout(timeouts),
+        )
+
+    def _missing_key(self) -> str:
+        # The SDK refuses to start without a key; a call then fails with 401 and the breaker/fallback handle it.
+        return "unset"
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _params(self, request: ProviderRequest) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        params: dict[str, Any] = {"model": request.model, "messages": messages}
+        if request.max_tokens is not None:
+            params["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
+        if request.stop:
+            params["stop"] = list(request.stop)
+        if request.seed is not None:
+            params["seed"] = request.seed
+        return params
+
+    def _error(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, openai.APIStatusError):
+            return error_for_status(exc.status_code, exc.response.headers, self.label)
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return ProviderError("timeout", f"{self.label} did not answer in time")
+        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+            return ProviderError("unavailable", f"cannot reach {self.label}")
+        return ProviderError("interrupted", f"{self.label} sent a malformed answer")
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        try:
+            response = await self._client.chat.completions.create(
+                **self._params(request), stream=True, stream_options={"include_usage": True}
+            )
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise self._error(exc) from None
+        finish: FinishKind | None = None
+        usage: Usage | None = None
+        try:
+            async for chunk in response:
+                if chunk.usage is not None:
+                    details = chunk.usage.prompt_tokens_details
+                    usage = Usage(
+                        chunk.usage.prompt_tokens,
+                        chunk.usage.completion_tokens,
+                        (details.cached_tokens or 0) if details is not None else 0,
+                    )
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        yield Delta(choice.delta.content)
+                    if choice.finish_reason is not None:
+                        finish = _FINISH.get(choice.finish_reason, "stop")
+        except (openai.APIError, httpx2.HTTPError, json.JSONDecodeError, ValueError) as exc:
+            error = self._error(exc)
+            if error.kind == "unavailable":
+                error = ProviderError("interrupted", f"{self.label} stream broke off", status=error.status)
+            raise error from None
+        finally:
+            await response.close()
+        if finish is None:
+            raise ProviderError("interrupted", f"{self.label} stream ended without a finish reason")
+        yield Finish(finish, usage)

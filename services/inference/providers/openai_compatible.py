@@ -1,0 +1,13 @@
+"""Any OpenAI-compatible server (vLLM, llama.cpp, Ollama) by base URL; a key is optional."""
+
+from __future__ import annotations
+
+from services.inference.providers.openai import OpenAIProvider
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    label = "openai_compatible"
+
+    def _missing_key(self) -> str:
+        # Self-hosted servers usually take no key; the SDK still wants a non-empty string.
+        return "no-key"

@@ -1,0 +1,108 @@
+"""A circuit breaker per provider+model: closed, open, half-open, over a sliding window of outcomes.
+
+Closed: calls flow; the last ``window`` outcomes are kept and the breaker opens when at least ``min_calls`` are
+known and the failure share reaches ``failure_ratio``. Open: calls are refused without trying (the fallback chain
+answers) until ``open_seconds`` have passed. Half-open: ``half_open_calls`` trial calls are let through; all must
+succeed to close (with a clean window), one failure opens it again for another ``open_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from services.inference.config import BreakerConfig
+
+State = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    old: State
+    new: State
+
+
+class CircuitBreaker:
+    def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._outcomes: deque[bool] = deque(maxlen=config.window)
+        self._state: State = "closed"
+        self._opened_at = 0.0
+        self._trials_started = 0
+        self._trials_passed = 0
+        self.transitions: list[Transition] = []
+
+    @property
+    def state(self) -> State:
+        if self._state == "open" and self._clock() - self._opened_at >= self._config.open_seconds:
+            self._move("half_open")
+        return self._state
+
+    def _move(self, new: State) -> None:
+        if new == self._state:
+            return
+        self.transitions.append(Transition(self._clock(), self._state, new))
+        self._state = new
+        if new == "open":
+            self._opened_at = self._clock()
+        if new == "half_open":
+            self._trials_started = 0
+            self._trials_passed = 0
+        if new == "closed":
+            self._outcomes.clear()
+
+    def allow(self) -> bool:
+        """Whether a call may go to the provider now (a half-open trial counts as started)."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open":
+            return False
+        if self._trials_started < self._config.half_open_calls:
+            self._trials_started += 1
+            return True
+        return False
+
+    def record(self, success: bool) -> None:
+        state = self.state
+        if state == "half_open":
+            if not success:
+                self._move("open")
+                return
+            self._trials_passed += 1
+            if self._trials_passed >= self._config.half_open_calls:
+                self._move("closed")
+            return
+        if state == "open":
+            return  # an answer to a call started before the breaker opened changes nothing
+        self._outcomes.append(success)
+        known = len(self._outcomes)
+        failures = known - sum(self._outcomes)
+        if known >= self._config.min_calls and failures / known >= self._config.failure_ratio:
+            self._move("open")
+
+    def release(self) -> None:
+        """A half-open trial ended without an outcome (the caller cancelled): let another trial through."""
+        if self._state == "half_open" and self._trials_started > self._trials_passed:
+            self._trials_started -= 1
+
+
+class Breakers:
+    """One breaker per (provider, model), created on first use."""
+
+    def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+
+    def get(self, provider: str, model: str) -> CircuitBreaker:
+        key = (provider, model)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = CircuitBreaker(self._config, self._clock)
+        return breaker

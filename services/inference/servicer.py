@@ -1,0 +1,100 @@
+"""The gRPC face of the engine: StreamComplete, Complete, ListModels."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc.aio
+
+from parapet.inference.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    model_pb2,
+)
+from parapet.kit.context import require_principal
+from parapet.kit.errors import InvalidArgument
+from parapet.usage.v1 import money_pb2
+from services.inference.engine import Engine
+
+_STATES = {
+    "closed": model_pb2.CIRCUIT_STATE_CLOSED,
+    "open": model_pb2.CIRCUIT_STATE_OPEN,
+    "half_open": model_pb2.CIRCUIT_STATE_HALF_OPEN,
+}
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def StreamComplete(
+        self, request: inference_service_pb2.StreamCompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_service_pb2.StreamCompleteResponse]:
+        async for message in self.engine.stream(request):
+            yield message
+
+    async def Complete(
+        self, request: inference_service_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> inference_service_pb2.CompleteResponse:
+        response = inference_service_pb2.CompleteResponse()
+        parts: list[str] = []
+        async for message in self.engine.stream(request):
+            if message.HasField("text_delta"):
+                parts.append(message.text_delta.text)
+            else:
+                response.summary.CopyFrom(message.summary)
+        response.text = "".join(parts)
+        return response
+
+    async def ListModels(
+        self, request: inference_service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_service_pb2.ListModelsResponse:
+        principal = require_principal()
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", field_violations=[("page_size", ">= 0")])
+        size = min(request.page_size or 50, 1000)
+        after = ""
+        if request.page_token:
+            try:
+                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArgument(
+                    "page_token is not one this RPC returned", reason="PAGE_TOKEN_INVALID"
+                ) from None
+        access = await self.engine.policy.model_access(principal.tenant_id)
+        config = self.engine.config
+        permitted = self.engine.router.permitted(access)
+        names = sorted(m.name for m in config.models if permitted is None or m.name in permitted)
+        page = [n for n in names if n > after][:size]
+        response = inference_service_pb2.ListModelsResponse()
+        currency = config.currency
+        for name in page:
+            model = config.model(name)
+            assert model is not None
+            cached_price = (
+                model.cached_input_price_per_million
+                if model.cached_input_price_per_million is not None
+                else model.input_price_per_million
+            )
+            response.models.append(
+                model_pb2.Model(
+                    model=model.name,
+                    provider=model.provider,
+                    aliases=[r.name for r in config.routes if model.name in r.candidates()],
+                    context_window_tokens=model.context_window_tokens,
+                    max_output_tokens=model.max_output_tokens,
+                    input_price_per_million=_money(currency, model.input_price_per_million),
+                    output_price_per_million=_money(currency, model.output_price_per_million),
+                    cached_input_price_per_million=_money(currency, cached_price),
+                    circuit_state=_STATES[self.engine.breakers.get(model.provider, model.name).state],
+                )
+            )
+        if len(page) == size and page and page[-1] != names[-1]:
+            response.next_page_token = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        return response
+
+
+def _money(currency: str, units: Decimal) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency, amount_micros=int(units * 1_000_000))

@@ -1,0 +1,40 @@
+"""Request checks: every problem is reported at once as a field violation (INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+from parapet.inference.v1 import inference_service_pb2, message_pb2
+from parapet.kit.errors import InvalidArgument
+
+MAX_MESSAGES = 500
+MAX_MESSAGE_CHARS = 400_000
+MAX_CONTEXT_CHUNKS = 200
+
+Request = inference_service_pb2.StreamCompleteRequest | inference_service_pb2.CompleteRequest
+
+
+def validate(request: Request) -> None:
+    violations: list[tuple[str, str]] = []
+    if not request.messages:
+        violations.append(("messages", "at least one message is required"))
+    if len(request.messages) > MAX_MESSAGES:
+        violations.append(("messages", f"at most {MAX_MESSAGES} messages"))
+    for index, message in enumerate(request.messages):
+        if message.role not in (message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT):
+            violations.append((f"messages[{index}].role", "must be ROLE_USER or ROLE_ASSISTANT"))
+        if not message.content.strip():
+            violations.append((f"messages[{index}].content", "must not be empty"))
+        if len(message.content) > MAX_MESSAGE_CHARS:
+            violations.append((f"messages[{index}].content", f"at most {MAX_MESSAGE_CHARS} characters"))
+    if len(request.context) > MAX_CONTEXT_CHUNKS:
+        violations.append(("context", f"at most {MAX_CONTEXT_CHUNKS} chunks"))
+    generation = request.generation
+    if generation.HasField("max_tokens") and generation.max_tokens <= 0:
+        violations.append(("generation.max_tokens", "must be positive"))
+    if generation.HasField("temperature") and not 0 <= generation.temperature <= 2:
+        violations.append(("generation.temperature", "must be in [0, 2]"))
+    if generation.HasField("top_p") and not 0 < generation.top_p <= 1:
+        violations.append(("generation.top_p", "must be in (0, 1]"))
+    if len(generation.stop) > 4:
+        violations.append(("generation.stop", "at most 4 stop sequences"))
+    if violations:
+        raise InvalidArgument("the completion request is invalid", field_violations=violations)
