@@ -129,3 +129,140 @@ async def auth(database_url: str, nats_url: str, signing_key_file: Path) -> Asyn
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         yield Auth(channel, signer_for(signing_key_file))
+
+
+class JwksServer:
+    """A local HTTP server publishing a JWKS document that a test can change (key rotation)."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.document: dict[str, Any] = {"keys": []}
+        self.fetches = 0
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server_self.fetches += 1
+                body = json.dumps(server_self.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class IdpKey:
+    alg: str
+    kid: str
+    private: Any
+    jwk: dict[str, Any]
+
+
+def make_idp_key(alg: str, kid: str) -> IdpKey:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+    private: Any
+    if alg == "RS256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    elif alg == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+        jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": kid, "alg": alg, "use": "sig"})
+    return IdpKey(alg, kid, private, jwk)
+
+
+@dataclass
+class Idp:
+    """A tenant whose policy trusts a local identity provider, and a way to mint that provider's tokens."""
+
+    tenant_id: str
+    issuer: str
+    audience: str
+    server: JwksServer
+    keys: dict[str, IdpKey]
+
+    def token(self, alg: str = "RS256", *, kid: str | None = None, **claims: Any) -> str:
+        import time
+
+        import jwt
+
+        key = self.keys[alg]
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "alice",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+            "roles": ["analyst"],
+            "groups": ["finance"],
+        }
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(body, key.private, algorithm=alg, headers={"kid": kid or key.kid})
+
+
+@pytest.fixture
+async def idp(auth: Auth) -> AsyncIterator[Idp]:
+    from google.protobuf import duration_pb2
+
+    from parapet.auth.v1 import permission_pb2, tenant_policy_pb2
+
+    tenant_id = await auth.new_tenant("idp")
+    server = JwksServer()
+    keys = {alg: make_idp_key(alg, f"{alg.lower()}-1") for alg in ("RS256", "ES256", "EdDSA")}
+    server.document = {"keys": [k.jwk for k in keys.values()]}
+    issuer = f"https://login.{tenant_id}.example/"
+    current = await auth.admin.GetTenantPolicy(
+        tenant_admin_service_pb2.GetTenantPolicyRequest(tenant_id=tenant_id), metadata=auth.operator
+    )
+    policy = tenant_policy_pb2.TenantPolicy()
+    policy.CopyFrom(current.policy)
+    policy.roles.append(
+        tenant_policy_pb2.RoleDefinition(role="analyst", permissions=[permission_pb2.PERMISSION_CHAT])
+    )
+    policy.identity_providers.append(
+        tenant_policy_pb2.OidcProvider(
+            issuer=issuer,
+            audiences=["parapet-test"],
+            jwks_uri=server.url,
+            max_clock_skew=duration_pb2.Duration(seconds=30),
+            roles_claim="roles",
+            groups_claim="groups",
+        )
+    )
+    await auth.admin.UpdateTenantPolicy(
+        tenant_admin_service_pb2.UpdateTenantPolicyRequest(
+            tenant_id=tenant_id, policy=policy, expected_version=1
+        ),
+        metadata=auth.operator,
+    )
+    try:
+        yield Idp(tenant_id, issuer, "parapet-test", server, keys)
+    finally:
+        server.close()

@@ -1,0 +1,105 @@
+"""Admin changes and refused attempts reach the audit stream through the outbox, also across a NATS outage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import nats
+import psycopg
+import pytest
+
+from parapet.audit.v1 import audit_record_pb2
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.embedded import EmbeddedNats
+from parapet.kit.testing import running
+from services.auth.app import APP
+from services.auth.invalidation import libpq_url
+from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
+
+
+async def _records(
+    nats_url: str, tenant: str, count: int
+) -> list[tuple[audit_record_pb2.AuditRecord, dict[str, str]]]:
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        sub = await js.subscribe(f"parapet.audit.v1.{tenant}", ordered_consumer=True)
+        found = []
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=10)
+            found.append((audit_record_pb2.AuditRecord.FromString(msg.data), dict(msg.headers or {})))
+        return found
+    finally:
+        await client.close()
+
+
+async def test_changes_are_published_with_cloudevents_headers(auth: Auth, nats_url: str) -> None:
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    key_id, _ = await auth.new_key(tenant, "svc")
+    await auth.admin.RevokeApiKey(
+        tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id, reason="rotated"), metadata=auth.operator
+    )
+    records = await _records(nats_url, tenant, 4)
+    methods = [r.admin_action.method.rsplit("/", 1)[1] for r, _ in records]
+    assert methods == ["CreateTenant", "CreateUser", "CreateApiKey", "RevokeApiKey"]
+    revoke, headers = records[3]
+    assert revoke.tenant_id == tenant and revoke.admin_action.target == key_id
+    assert revoke.admin_action.actor.tenant_id == PLATFORM and revoke.admin_action.status_code == 0
+    assert revoke.admin_action.attributes["reason"] == "rotated"
+    assert headers["Nats-Msg-Id"] == revoke.record_id == headers["ce-id"]
+    assert headers["ce-type"] == "dev.parapet.audit.v1.AuditRecord" and headers["ce-subject"] == tenant
+    assert headers["ce-source"] == "/parapet/auth"
+    # The key's secret never appears in the trail, only its public prefix.
+    create_key = records[2][0].admin_action
+    assert create_key.attributes["prefix"].startswith("pk_") and len(create_key.attributes["prefix"]) == 15
+
+
+async def test_refused_attempts_go_to_the_actors_own_trail(auth: Auth, nats_url: str) -> None:
+    victim = await auth.new_tenant()
+    attacker = await auth.new_tenant()
+    await auth.new_user(victim, "svc")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await auth.admin.ListUsers(
+            tpb.ListUsersRequest(tenant_id=victim), metadata=auth.as_(attacker, "mallory", ("admin",))
+        )
+    records = await _records(nats_url, attacker, 2)  # CreateTenant, then the refused call
+    refused = records[1][0].admin_action
+    assert refused.method.endswith("/ListUsers") and refused.target == victim
+    assert refused.status_code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert refused.error_reason == "TENANT_MISMATCH" and refused.actor.subject == "mallory"
+
+
+async def test_nothing_is_lost_while_nats_is_down(
+    database_url: str, fresh_nats: EmbeddedNats, signing_key_file: Path
+) -> None:
+    settings = auth_settings(database_url, fresh_nats.url, signing_key_file, nats_reconnect_wait_seconds=0.2)
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        auth = Auth(channel, signer_for(signing_key_file))
+        fresh_nats.stop()
+        tenant = await auth.new_tenant()  # commits with its outbox row although NATS is down
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+            pending = await (
+                await conn.execute("SELECT sent_time FROM auth.audit_outbox WHERE tenant_id = %s", (tenant,))
+            ).fetchall()
+        assert pending == [(None,)]
+        fresh_nats.start()
+        records = await _records(fresh_nats.url, tenant, 1)
+        assert records[0][0].admin_action.method.endswith("/CreateTenant")
+        for _ in range(100):
+            async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+                sent = await (
+                    await conn.execute(
+                        "SELECT sent_time IS NOT NULL FROM auth.audit_outbox WHERE tenant_id = %s", (tenant,)
+                    )
+                ).fetchone()
+            if sent == (True,):
+                break
+            await asyncio.sleep(0.1)
+        assert sent == (True,)
