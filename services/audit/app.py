@@ -1,24 +1,90 @@
-"""The audit service as the kit runs it (`parapet serve audit`).
+"""The audit service as the kit runs it (`parapet serve audit`): the AuditService RPCs, the durable
+consumer of the audit stream, and two periodic jobs (signed checkpoints, body retention)."""
 
-Its RPCs are pending until issue #9 (audit and observability): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
-"""
+from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from parapet.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
-from parapet.kit.app import ServiceApp
-from parapet.kit.config import ServiceSettings
-from parapet.kit.pending import GeneratedService, register_pending
+import grpc.aio
 
-AUDIT_SERVICE = GeneratedService(audit_service_pb2, audit_service_pb2_grpc, "AuditService")
+from parapet.audit.v1 import audit_service_pb2_grpc
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.app import Resources, ServiceApp
+from services.audit.checkpoints import checkpoint_all
+from services.audit.consumer import AuditConsumer, BodyDefaults
+from services.audit.retention import drop_expired_bodies
+from services.audit.servicer import AuditServicer
+from services.audit.settings import AuditSettings
+from services.audit.signing import load_signer
+from services.audit.stream import AUDIT_STREAM
+
+log = logging.getLogger(__name__)
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged and retried next time."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s failed; retrying at the next interval", name, exc_info=True)
+
+
+def body_defaults(settings: AuditSettings) -> BodyDefaults:
+    mode = tenant_policy_pb2.BodyRetention.Value(
+        f"BODY_RETENTION_{settings.audit_default_body_retention.upper()}"
+    )
+    return BodyDefaults(mode=mode, retention_days=settings.audit_default_retention_days)
+
+
+async def register(server: grpc.aio.Server, resources: Resources[AuditSettings]) -> None:
+    settings = resources.settings
+    database = resources.require_database()
+    signer = load_signer(settings.audit_checkpoint_key_file)
+    defaults = body_defaults(settings)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(database, signer, defaults), server
+    )
+    consumer = AuditConsumer(
+        database,
+        resources.require_bus(),
+        defaults,
+        durable=settings.audit_consumer_durable,
+        batch_size=settings.audit_consumer_batch_size,
+    )
+    resources.spawn(consumer.run(), name="audit-consumer")
+    resources.spawn(
+        every(
+            settings.audit_checkpoint_interval_seconds,
+            lambda: checkpoint_all(database, signer),
+            "checkpoints",
+        ),
+        name="audit-checkpoints",
+    )
+    resources.spawn(
+        every(
+            settings.audit_retention_interval_seconds,
+            lambda: drop_expired_bodies(database, datetime.now(UTC)),
+            "retention",
+        ),
+        name="audit-retention",
+    )
+
 
 APP = ServiceApp(
     name="audit",
-    settings_type=ServiceSettings,
-    register=register_pending((AUDIT_SERVICE,), "issue #9 (audit and observability)"),
-    service_names=(AUDIT_SERVICE.full_name,),
+    settings_type=AuditSettings,
+    register=register,
+    service_names=("parapet.audit.v1.AuditService",),
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    streams=(AUDIT_STREAM,),
 )

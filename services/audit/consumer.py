@@ -1,0 +1,163 @@
+"""The durable consumer of the audit stream: batch, commit, then ack; nothing lost, nothing twice.
+
+Every replica pulls from the one durable consumer, so JetStream hands each message to one of them. A batch
+is grouped by tenant and each tenant's records are appended in one transaction; only after the commit are
+the messages acked. A crash before the ack redelivers them, and the append finds their record ids stored
+(idempotent by record id), so a redelivery never appends twice. Messages that can never be stored
+(undecodable, wrong tenant, invalid, or a record id reused with other content) are terminated and logged
+at ERROR: redelivering them forever would stall every record behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from parapet.audit.v1 import audit_record_pb2
+from parapet.kit import metrics
+from parapet.kit.bus import Bus
+from parapet.kit.database import Database
+from parapet.kit.errors import InvalidArgument
+from services.audit.canonical import PreparedRecord, prepare
+from services.audit.store import append
+from services.audit.stream import AUDIT_STREAM, SUBJECT_PREFIX, tenant_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BodyDefaults:
+    """What a record's policy leaves unset: the body form and the days bodies are kept."""
+
+    mode: int
+    retention_days: int
+
+
+class AuditConsumer:
+    def __init__(
+        self, database: Database, bus: Bus, defaults: BodyDefaults, *, durable: str, batch_size: int
+    ) -> None:
+        self._database = database
+        self._bus = bus
+        self._defaults = defaults
+        self._durable = durable
+        self._batch_size = batch_size
+
+    async def _subscribe(self) -> Any:
+        return await self._bus.jetstream.pull_subscribe(
+            SUBJECT_PREFIX + "*",
+            durable=self._durable,
+            stream=AUDIT_STREAM.name,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_deliver=-1,  # keep redelivering while the database is down: never drop
+                max_ack_pending=max(1000, self._batch_size * 4),
+            ),
+        )
+
+    def _reject(self, msg: Any, why: str, record_id: str = "") -> None:
+        log.error(
+            "audit record rejected: %s",
+            why,
+            extra={"subject": msg.subject, "record_id": record_id, "reason": why},
+        )
+
+    async def handle(self, messages: Sequence[Any]) -> None:
+        """Store ``messages`` (one transaction per tenant) and ack them; raise, unacked, when storing fails."""
+        groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
+        rejected = 0
+        for msg in messages:
+            tenant = tenant_of(msg.subject)
+            try:
+                record = audit_record_pb2.AuditRecord.FromString(msg.data)
+            except DecodeError:
+                self._reject(msg, "not an AuditRecord")
+                await msg.term()
+                rejected += 1
+                continue
+            if tenant is None or record.tenant_id != tenant:
+                self._reject(msg, "tenant_id does not match the subject", record.record_id)
+                await msg.term()
+                rejected += 1
+                continue
+            try:
+                prepared = prepare(
+                    record,
+                    tenant,
+                    default_mode=self._defaults.mode,
+                    default_retention_days=self._defaults.retention_days,
+                )
+            except InvalidArgument as error:
+                self._reject(msg, str(error), record.record_id)
+                await msg.term()
+                rejected += 1
+                continue
+            groups.setdefault(tenant, []).append((msg, prepared))
+        metrics.record_audit("stream", "rejected", rejected)
+        for tenant, items in groups.items():
+            results = await append(self._database, tenant, [prepared for _, prepared in items])
+            appended = duplicates = 0
+            for (msg, prepared), result in zip(items, results, strict=True):
+                if result.conflict:
+                    self._reject(msg, "record_id already stored with other content", prepared.record_id)
+                    await msg.term()
+                    metrics.record_audit("stream", "rejected")
+                    continue
+                await msg.ack()
+                if result.already_recorded:
+                    duplicates += 1
+                else:
+                    appended += 1
+            metrics.record_audit("stream", "appended", appended)
+            metrics.record_audit("stream", "duplicate", duplicates)
+        if groups:
+            metrics.mark_audit_persisted(time.time())
+
+    async def run(self) -> None:
+        """Consume until cancelled; survives NATS and database outages by retrying with a pause."""
+        subscription: Any = None
+        last_info = 0.0
+        while True:
+            try:
+                if subscription is None:
+                    subscription = await self._subscribe()
+                try:
+                    messages = await subscription.fetch(self._batch_size, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    messages = []
+                if messages:
+                    await self._handle_or_nak(messages)
+                if time.monotonic() - last_info > 5:
+                    last_info = time.monotonic()
+                    info = await subscription.consumer_info()
+                    metrics.set_audit_stream_pending(int(info.num_pending) + int(info.num_ack_pending))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("audit consumer failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _handle_or_nak(self, messages: Sequence[Any]) -> None:
+        try:
+            await self.handle(messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Unacked messages come back after ack_wait anyway; nak after a pause brings them back sooner
+            # without spinning while the database is down.
+            log.warning("storing audit records failed; they will be redelivered", exc_info=True)
+            await asyncio.sleep(1.0)
+            for msg in messages:
+                try:
+                    await msg.nak()
+                except Exception:
+                    log.debug("nak failed (message already acked or connection lost)", exc_info=True)

@@ -1,0 +1,117 @@
+"""The AuditService RPCs. The tenant is always the verified caller's; no request field can name another."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from parapet.audit.v1 import admin_action_pb2, audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc
+from parapet.kit import metrics
+from parapet.kit.context import current_request_id
+from parapet.kit.database import Database
+from parapet.kit.errors import AlreadyExists, InvalidArgument
+from services.audit.access import AUDIT_ERASE, AUDIT_READ, AUDIT_WRITE, require_audit_permission
+from services.audit.canonical import prepare
+from services.audit.consumer import BodyDefaults
+from services.audit.query import export_interactions, query_interactions
+from services.audit.retention import erase_user_bodies
+from services.audit.scope import tenant_scope
+from services.audit.signing import CheckpointSigner
+from services.audit.store import append, append_in
+from services.audit.verify import verify_chain
+
+ERASE_METHOD = "/parapet.audit.v1.AuditService/Erase"
+
+
+class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
+    def __init__(self, database: Database, signer: CheckpointSigner, defaults: BodyDefaults) -> None:
+        self._database = database
+        self._signer = signer
+        self._defaults = defaults
+
+    async def Record(
+        self, request: audit_service_pb2.RecordRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.RecordResponse:
+        principal = require_audit_permission(AUDIT_WRITE)
+        if not request.HasField("record"):
+            raise InvalidArgument(
+                "record is required", field_violations=[("record", "is required")], reason="RECORD_INVALID"
+            )
+        prepared = prepare(
+            request.record,
+            principal.tenant_id,
+            default_mode=self._defaults.mode,
+            default_retention_days=self._defaults.retention_days,
+        )
+        [result] = await append(self._database, principal.tenant_id, [prepared])
+        if result.conflict:
+            metrics.record_audit("rpc", "rejected")
+            raise AlreadyExists(
+                "record_id is already stored with other content",
+                reason="RECORD_CONFLICT",
+                metadata={"record_id": prepared.record_id},
+            )
+        metrics.record_audit("rpc", "duplicate" if result.already_recorded else "appended")
+        response = audit_service_pb2.RecordResponse(already_recorded=result.already_recorded)
+        response.chain.sequence = result.sequence
+        response.chain.previous_hash = result.previous_hash
+        response.chain.record_hash = result.record_hash
+        return response
+
+    async def QueryInteractions(
+        self, request: audit_service_pb2.QueryInteractionsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[audit_service_pb2.QueryInteractionsResponse]:
+        principal = require_audit_permission(AUDIT_READ)
+        async for response in query_interactions(self._database, principal.tenant_id, request):
+            yield response
+
+    async def ExportInteractions(
+        self, request: audit_service_pb2.ExportInteractionsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[audit_service_pb2.ExportInteractionsResponse]:
+        principal = require_audit_permission(AUDIT_READ)
+        async for response in export_interactions(self._database, principal.tenant_id, request):
+            yield response
+
+    async def VerifyChain(
+        self, request: audit_service_pb2.VerifyChainRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.VerifyChainResponse:
+        principal = require_audit_permission(AUDIT_READ)
+        result = await verify_chain(
+            self._database, principal.tenant_id, self._signer, request.start_sequence, request.end_sequence
+        )
+        response = audit_service_pb2.VerifyChainResponse(
+            intact=result.intact, records_verified=result.records_verified, head_sequence=result.head_sequence
+        )
+        if result.first_break is not None:
+            response.first_break.sequence = result.first_break.sequence
+            response.first_break.record_id = result.first_break.record_id
+            response.first_break.kind = result.first_break.kind  # type: ignore[assignment]
+        if result.latest_checkpoint is not None:
+            response.latest_checkpoint.CopyFrom(result.latest_checkpoint)
+        return response
+
+    async def Erase(
+        self, request: audit_service_pb2.EraseRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.EraseResponse:
+        principal = require_audit_permission(AUDIT_ERASE)
+        if not request.user_id:
+            raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
+        async with tenant_scope(self._database, principal.tenant_id) as session:
+            erased = await erase_user_bodies(session, request.user_id)
+            # The erasure joins the chain in the same transaction: who erased whose bodies, and why.
+            action = audit_record_pb2.AuditRecord(
+                record_id=str(uuid.uuid4()),
+                admin_action=admin_action_pb2.AdminAction(
+                    actor=principal.to_proto(),
+                    method=ERASE_METHOD,
+                    target=request.user_id,
+                    attributes={"reason": request.reason, "erased_count": str(erased)},
+                    request_id=current_request_id() or "",
+                ),
+            )
+            action.create_time.GetCurrentTime()
+            await append_in(session, principal.tenant_id, [prepare(action, principal.tenant_id)])
+        metrics.record_audit("rpc", "appended")
+        return audit_service_pb2.EraseResponse(erased_count=erased)

@@ -1,0 +1,53 @@
+"""The audit stream as docs/contracts.md defines it: subject, CloudEvents headers, stream declaration.
+
+Every producer (gateway, auth) and the audit service declare the stream with this same configuration, so
+whichever starts first creates it and the others' declarations are no-ops.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC
+
+from parapet.audit.v1 import audit_record_pb2
+from parapet.kit.bus import Bus, StreamSpec
+
+SUBJECT_PREFIX = "parapet.audit.v1."
+CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
+AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
+TENANT_ID = re.compile(r"^[a-z0-9-]{1,63}$")
+
+
+def subject(tenant_id: str) -> str:
+    return SUBJECT_PREFIX + tenant_id
+
+
+def tenant_of(subject_name: str) -> str | None:
+    """The tenant a subject names, or None when it is not an audit subject of a valid tenant id."""
+    if not subject_name.startswith(SUBJECT_PREFIX):
+        return None
+    tenant = subject_name[len(SUBJECT_PREFIX) :]
+    return tenant if TENANT_ID.match(tenant) else None
+
+
+def headers(record: audit_record_pb2.AuditRecord, source: str) -> dict[str, str]:
+    """CloudEvents binary-mode attributes of ``record`` published by ``source`` (e.g. ``/parapet/gateway``)."""
+    return {
+        "content-type": "application/protobuf",
+        "ce-specversion": "1.0",
+        "ce-id": record.record_id,
+        "ce-source": source,
+        "ce-type": CE_TYPE,
+        "ce-time": record.create_time.ToDatetime(tzinfo=UTC).isoformat(),
+        "ce-subject": record.tenant_id,
+    }
+
+
+async def publish(bus: Bus, record: audit_record_pb2.AuditRecord, *, source: str) -> None:
+    """Publish ``record`` to its tenant's subject (waits for JetStream's ack; de-duplicated by record id)."""
+    await bus.publish(
+        subject(record.tenant_id),
+        record.SerializeToString(deterministic=True),
+        msg_id=record.record_id,
+        headers=headers(record, source),
+    )

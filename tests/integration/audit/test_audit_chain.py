@@ -1,0 +1,293 @@
+"""The hash chain over real PostgreSQL: idempotent appends, every kind of tampering detected, erasure and
+retention keeping the chain valid, concurrent appends never forking it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import grpc.aio
+import pytest
+from sqlalchemy import text
+
+from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, chain_pb2
+from parapet.kit.errors import error_details
+from services.audit.canonical import prepare, record_hash
+from services.audit.retention import drop_expired_bodies
+from services.audit.store import insert_rows
+from tests.integration.audit.conftest import Audit, interaction, new_tenant
+
+Kind = chain_pb2.ChainBreakKind
+
+
+async def _chain(audit: Audit, count: int) -> tuple[str, list[audit_service_pb2.RecordResponse]]:
+    tenant = new_tenant()
+    responses = [await audit.record(tenant, interaction(f"user-{i % 2}")) for i in range(count)]
+    return tenant, responses
+
+
+async def _hash_at(audit: Audit, tenant: str, sequence: int) -> bytes:
+    async with audit.database.transaction() as session:
+        value = (
+            await session.execute(
+                text("SELECT record_hash FROM records WHERE tenant_id = :t AND sequence = :s"),
+                {"t": tenant, "s": sequence},
+            )
+        ).scalar_one()
+    return bytes(value)
+
+
+async def _shift(audit: Audit, tenant: str, from_sequence: int, by: int) -> None:
+    """Renumber every record from ``from_sequence`` on by ``by`` (two steps: the primary key is checked per row)."""
+    await audit.tamper(
+        "UPDATE records SET sequence = sequence + 1000000 WHERE tenant_id = :t AND sequence >= :s",
+        t=tenant,
+        s=from_sequence,
+    )
+    await audit.tamper(
+        "UPDATE records SET sequence = sequence - 1000000 + :by WHERE tenant_id = :t AND sequence > 1000000",
+        t=tenant,
+        by=by,
+    )
+
+
+def _assert_break(response: audit_service_pb2.VerifyChainResponse, sequence: int, kind: int) -> None:
+    assert not response.intact
+    assert (response.first_break.sequence, response.first_break.kind) == (sequence, kind), response
+
+
+async def test_records_chain_in_order_and_are_idempotent(audit: Audit) -> None:
+    tenant = new_tenant()
+    first = interaction()
+    one = await audit.record(tenant, first)
+    again = await audit.record(tenant, first)
+    two = await audit.record(tenant, interaction())
+    assert (one.chain.sequence, one.already_recorded) == (1, False)
+    assert one.chain.previous_hash == bytes(32)
+    assert (again.chain, again.already_recorded) == (one.chain, True)
+    assert two.chain.sequence == 2 and two.chain.previous_hash == one.chain.record_hash
+
+    changed = audit_record_pb2.AuditRecord()
+    changed.CopyFrom(first)
+    changed.interaction.model = "another-model"
+    with pytest.raises(grpc.aio.AioRpcError) as conflict:
+        await audit.record(tenant, changed)
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_details(conflict.value).error_info.reason == "RECORD_CONFLICT"  # type: ignore[union-attr]
+
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await audit.record(tenant, audit_record_pb2.AuditRecord(record_id="not-a-uuid"))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error_details(invalid.value)
+    assert details.error_info.reason == "RECORD_INVALID"  # type: ignore[union-attr]
+    assert [v.field for v in details.bad_request.field_violations] == ["record.record_id"]  # type: ignore[union-attr]
+
+    result = await audit.verify(tenant)
+    assert (result.intact, result.records_verified, result.head_sequence) == (True, 2, 2)
+
+
+async def test_concurrent_appends_never_fork_the_chain(audit: Audit) -> None:
+    tenant = new_tenant()
+    responses = await asyncio.gather(*(audit.record(tenant, interaction()) for _ in range(40)))
+    assert sorted(r.chain.sequence for r in responses) == list(range(1, 41))
+    result = await audit.verify(tenant)
+    assert (result.intact, result.records_verified) == (True, 40)
+
+
+async def test_modified_metadata_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.tamper(
+        "UPDATE records SET metadata = metadata || '\\x00'::bytea WHERE tenant_id = :t AND sequence = 3",
+        t=tenant,
+    )
+    _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_MODIFIED)
+
+
+async def test_modified_indexed_column_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.tamper("UPDATE records SET cost_micros = 1 WHERE tenant_id = :t AND sequence = 4", t=tenant)
+    _assert_break(await audit.verify(tenant), 4, Kind.CHAIN_BREAK_KIND_MODIFIED)
+
+
+async def test_modified_body_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.tamper(
+        "UPDATE records SET response = 'No refunds.' WHERE tenant_id = :t AND sequence = 2", t=tenant
+    )
+    _assert_break(await audit.verify(tenant), 2, Kind.CHAIN_BREAK_KIND_MODIFIED)
+
+
+async def test_deleted_record_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.tamper("DELETE FROM records WHERE tenant_id = :t AND sequence = 3", t=tenant)
+    _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_DELETED)
+
+
+async def test_deleted_record_with_renumbering_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 6)
+    await audit.tamper("DELETE FROM records WHERE tenant_id = :t AND sequence = 3", t=tenant)
+    await _shift(audit, tenant, 4, -1)
+    await audit.tamper("UPDATE chain_heads SET sequence = 5 WHERE tenant_id = :t", t=tenant)
+    _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_DELETED)
+
+
+async def test_inserted_record_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    # A well-formed forged record, linked to record 2 and hashed correctly, slipped in at 3.
+    await _shift(audit, tenant, 3, 1)
+    forged = prepare(interaction("intruder"), tenant)
+    previous = await _hash_at(audit, tenant, 2)
+    async with audit.database.transaction() as session:
+        await insert_rows(
+            session, tenant, [(forged, 3, previous, record_hash(3, previous, forged.metadata_sha256))]
+        )
+    _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_INSERTED)
+
+
+async def test_reordered_records_are_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.tamper(
+        "UPDATE records SET sequence = sequence + 1000000 WHERE tenant_id = :t AND sequence IN (3, 4)",
+        t=tenant,
+    )
+    await audit.tamper(
+        "UPDATE records SET sequence = CASE sequence WHEN 1000003 THEN 4 ELSE 3 END"
+        " WHERE tenant_id = :t AND sequence > 1000000",
+        t=tenant,
+    )
+    _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_REORDERED)
+
+
+async def test_truncation_after_a_checkpoint_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    assert await audit.checkpoint() >= 1
+    intact = await audit.verify(tenant)
+    assert intact.intact and intact.latest_checkpoint.sequence == 5
+    assert intact.latest_checkpoint.key_id == audit.signer.key_id
+    # Cut the tail and make the head agree: without the checkpoint this would look like a shorter chain.
+    head = await _hash_at(audit, tenant, 3)
+    await audit.tamper("DELETE FROM records WHERE tenant_id = :t AND sequence > 3", t=tenant)
+    await audit.tamper(
+        "UPDATE chain_heads SET sequence = 3, head_hash = :h WHERE tenant_id = :t", t=tenant, h=head
+    )
+    _assert_break(await audit.verify(tenant), 4, Kind.CHAIN_BREAK_KIND_TRUNCATED)
+
+
+async def test_rewritten_and_rehashed_chain_fails_its_checkpoint(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 5)
+    await audit.checkpoint()
+    # The attacker edits record 3 and recomputes every hash after it, and the head: only the signed
+    # checkpoint (which they cannot re-sign) still remembers the original head.
+    async with audit.database.transaction() as session:
+        rows = (
+            await session.execute(
+                text("SELECT sequence, metadata FROM records WHERE tenant_id = :t ORDER BY sequence"),
+                {"t": tenant},
+            )
+        ).all()
+        previous = bytes(32)
+        for row in rows:
+            metadata = bytes(row.metadata)
+            if row.sequence == 3:
+                metadata = metadata.replace(b"gpt-test", b"gpt-fake")
+            digest = record_hash(int(row.sequence), previous, hashlib.sha256(metadata).digest())
+            await session.execute(
+                text(
+                    "UPDATE records SET metadata = :m, model = :model, previous_hash = :p, record_hash = :h"
+                    " WHERE tenant_id = :t AND sequence = :s"
+                ),
+                {
+                    "m": metadata,
+                    "model": "gpt-fake" if row.sequence == 3 else "gpt-test",
+                    "p": previous,
+                    "h": digest,
+                    "t": tenant,
+                    "s": row.sequence,
+                },
+            )
+            previous = digest
+        await session.execute(
+            text("UPDATE chain_heads SET head_hash = :h WHERE tenant_id = :t"), {"h": previous, "t": tenant}
+        )
+    result = await audit.verify(tenant)
+    assert not result.intact
+    assert result.first_break.kind == Kind.CHAIN_BREAK_KIND_MODIFIED
+    assert 3 <= result.first_break.sequence <= 5
+
+
+async def test_forged_checkpoint_is_detected(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 3)
+    await audit.checkpoint()
+    await audit.tamper("UPDATE checkpoints SET sequence = 2 WHERE tenant_id = :t", t=tenant)
+    _assert_break(await audit.verify(tenant), 2, Kind.CHAIN_BREAK_KIND_CHECKPOINT_INVALID)
+
+
+async def test_verify_range_and_bad_range(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 6)
+    part = await audit.verify(tenant, 3, 5)
+    assert (part.intact, part.records_verified, part.head_sequence) == (True, 3, 6)
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await audit.verify(tenant, 5, 2)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(bad.value).error_info.reason == "CHAIN_RANGE_INVALID"  # type: ignore[union-attr]
+
+
+async def test_erasure_drops_a_users_bodies_and_the_chain_still_verifies(audit: Audit) -> None:
+    tenant, _ = await _chain(audit, 6)  # users user-0 and user-1, three records each
+    await audit.checkpoint()
+    erase = audit_service_pb2.EraseRequest(user_id="user-0", reason="GDPR ticket 42")
+    erased = await audit.stub.Erase(erase, metadata=audit.metadata(tenant), timeout=10)
+    assert erased.erased_count == 3
+    again = await audit.stub.Erase(erase, metadata=audit.metadata(tenant), timeout=10)
+    assert again.erased_count == 0
+
+    records = [
+        record
+        async for batch in audit.stub.QueryInteractions(
+            audit_service_pb2.QueryInteractionsRequest(), metadata=audit.metadata(tenant), timeout=10
+        )
+        for record in batch.records
+    ]
+    assert len(records) == 6
+    for record in records:
+        body = record.interaction.body
+        assert body.prompt_sha256 and body.response_sha256  # hashes stay
+        erased_user = record.interaction.user_id == "user-0"
+        assert (body.prompt == "", body.HasField("erase_time")) == (erased_user, erased_user)
+    result = await audit.verify(tenant)
+    # Six interactions and the two AdminActions recording the erasures.
+    assert (result.intact, result.records_verified) == (True, 8)
+
+
+async def test_retention_drops_expired_bodies_and_the_chain_still_verifies(audit: Audit) -> None:
+    tenant = new_tenant()
+    old = interaction(retention_days=1)
+    old.create_time.FromDatetime(datetime.now(UTC) - timedelta(days=2))
+    fresh = interaction(retention_days=30)
+    await audit.record(tenant, old)
+    await audit.record(tenant, fresh)
+    assert await drop_expired_bodies(audit.database, datetime.now(UTC)) >= 1
+    async with audit.database.transaction() as session:
+        rows = (
+            await session.execute(
+                text("SELECT record_id::text AS id, prompt, erase_time FROM records WHERE tenant_id = :t"),
+                {"t": tenant},
+            )
+        ).all()
+    state = {row.id: (row.prompt is None, row.erase_time is not None) for row in rows}
+    assert state == {old.record_id: (True, True), fresh.record_id: (False, False)}
+    assert (await audit.verify(tenant)).intact
+
+
+async def test_erase_needs_its_permission(audit: Audit) -> None:
+    tenant = new_tenant()
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await audit.stub.Erase(
+            audit_service_pb2.EraseRequest(user_id="user-0"),
+            metadata=audit.metadata(tenant, roles=("member",)),
+            timeout=10,
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_details(denied.value).error_info.metadata["permission"] == "audit.erase"  # type: ignore[union-attr]
