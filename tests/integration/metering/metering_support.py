@@ -92,7 +92,72 @@ def reader_policy(**fields: Any) -> tenant_policy_pb2.TenantPolicy:
 
     return tenant_policy_pb2.TenantPolicy(
         roles=[
-            tenant_policy_pb2.RoleDefinition(role="analyst", permissions=[permission_pb2.PERMISSION_USAGE_READ])
+            tenant_policy_pb2.RoleDefinition(
+                role="analyst", permissions=[permission_pb2.PERMISSION_USAGE_READ]
+            )
         ],
         **fields,
     )
+
+
+async def ledger_and_rollups(
+    database_url: str, tenant: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Per day x model x provider x feature sums from the metering ledger and from billing's rollups."""
+    from sqlalchemy import text
+
+    from parapet.kit.database import Database
+
+    database = Database(database_url, "metering")
+    try:
+        async with database.session() as session:
+            ledger = (
+                await session.execute(
+                    text(
+                        """
+                        SELECT (occur_time AT TIME ZONE 'UTC')::date, model, provider, feature, count(*),
+                               sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_micros)
+                        FROM metering.usage_ledger WHERE tenant_id = :t GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+                        """
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+            rollups = (
+                await session.execute(
+                    text(
+                        """
+                        SELECT day, model, provider, feature, request_count, prompt_tokens, completion_tokens,
+                               cached_tokens, cost_micros
+                        FROM billing.rollups WHERE tenant_id = :t ORDER BY 1, 2, 3, 4
+                        """
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+    finally:
+        await database.close()
+    return [tuple(r) for r in ledger], [tuple(r) for r in rollups]
+
+
+async def wait_until_rollups_match(
+    database_url: str, tenant: str, expected_events: int, timeout: float = 60.0
+) -> None:
+    """Poll until billing's rollups equal the ledger exactly (and hold ``expected_events`` requests)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger, rollups = await ledger_and_rollups(database_url, tenant)
+        counted = sum(int(r[4]) for r in rollups)
+        if rollups == ledger and counted == expected_events:
+            return
+        assert counted <= expected_events, (
+            f"rollups count {counted} > {expected_events} events: double counting"
+        )
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"rollups never matched the ledger: {counted}/{expected_events}\n{ledger}\n{rollups}"
+            )
+        await asyncio.sleep(0.2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,7 +12,7 @@ from parapet.auth.v1 import tenant_policy_pb2 as tp
 from parapet.kit.errors import error_details
 from parapet.kit.testing import TestKeys
 from parapet.metering.v1 import metering_service_pb2 as pb
-from parapet.metering.v1 import reservation_pb2, usage_report_pb2
+from parapet.metering.v1 import reservation_pb2
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from tests.integration.metering.conftest import Metering
 from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
@@ -24,13 +23,21 @@ RELEASED = reservation_pb2.RESERVATION_STATE_RELEASED
 EXPIRED = reservation_pb2.RESERVATION_STATE_EXPIRED
 
 
-def token_budget(limit: int, *, soft: int = 0, scope: int = tp.BUDGET_SCOPE_TENANT, budget_id: str = "daily") -> tp.Budget:
+def token_budget(
+    limit: int, *, soft: int = 0, scope: int = tp.BUDGET_SCOPE_TENANT, budget_id: str = "daily"
+) -> tp.Budget:
     return tp.Budget(
-        budget_id=budget_id, scope=scope, window=tp.BUDGET_WINDOW_DAY, token_limit=limit, soft_limit_percent=soft
+        budget_id=budget_id,
+        scope=scope,
+        window=tp.BUDGET_WINDOW_DAY,
+        token_limit=limit,
+        soft_limit_percent=soft,
     )
 
 
-def settle_request(reservation_id: str, request_id: str, prompt: int, completion: int, micros: int) -> pb.SettleRequest:
+def settle_request(
+    reservation_id: str, request_id: str, prompt: int, completion: int, micros: int
+) -> pb.SettleRequest:
     return pb.SettleRequest(
         reservation_id=reservation_id,
         request_id=request_id,
@@ -48,9 +55,13 @@ async def test_reserve_settle_release_lifecycle_and_idempotency(metering: Meteri
     tenant = new_tenant()
     write_policies(metering.policy_file, {tenant: reader_policy(budgets=[token_budget(1000)])})
     who = caller(keys, tenant)
-    first = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
+    first = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who
+    )
     assert first.reservation.state == ACTIVE and first.reservation.reserved_tokens == 600
-    again = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
+    again = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who
+    )
     assert again.reservation.reservation_id == first.reservation.reservation_id  # a retry holds nothing more
 
     # 600 held of 1000: another 600 does not fit.
@@ -75,18 +86,27 @@ async def test_reserve_settle_release_lifecycle_and_idempotency(metering: Meteri
     )
     assert repeat.usage_event_id == settled.usage_event_id  # the ledger is keyed by request_id
     with pytest.raises(grpc.aio.AioRpcError) as conflict:
-        await metering.stub.Settle(settle_request(first.reservation.reservation_id, "r1", 100, 51, 1234), metadata=who)
+        await metering.stub.Settle(
+            settle_request(first.reservation.reservation_id, "r1", 100, 51, 1234), metadata=who
+        )
     assert error_details(conflict.value).reason == "SETTLEMENT_CONFLICT"
 
     # The hold became the actual 150 tokens: 850 remain, so 600 fits now; release frees it again.
-    second = await metering.stub.Reserve(pb.ReserveRequest(request_id="r2", estimated_tokens=600), metadata=who)
+    second = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="r2", estimated_tokens=600), metadata=who
+    )
     released = await metering.stub.Release(
-        pb.ReleaseRequest(reservation_id=second.reservation.reservation_id, reason="UPSTREAM_FAILED"), metadata=who
+        pb.ReleaseRequest(reservation_id=second.reservation.reservation_id, reason="UPSTREAM_FAILED"),
+        metadata=who,
     )
     assert released.reservation.state == RELEASED
-    twice = await metering.stub.Release(pb.ReleaseRequest(reservation_id=second.reservation.reservation_id), metadata=who)
+    twice = await metering.stub.Release(
+        pb.ReleaseRequest(reservation_id=second.reservation.reservation_id), metadata=who
+    )
     assert twice.reservation.state == RELEASED
-    third = await metering.stub.Reserve(pb.ReserveRequest(request_id="r3", estimated_tokens=850), metadata=who)
+    third = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="r3", estimated_tokens=850), metadata=who
+    )
     assert third.reservation.state == ACTIVE
 
     usage = await metering.stub.GetUsage(
@@ -139,6 +159,9 @@ async def test_soft_limit_warns_and_user_and_key_budgets_apply(metering: Meterin
     assert details.quota_failure.violations[0].subject == "user:bob"  # type: ignore[union-attr]
     with pytest.raises(grpc.aio.AioRpcError) as currency:
         await metering.stub.Reserve(
-            pb.ReserveRequest(request_id="f", estimated_cost=money_pb2.Money(currency_code="EUR", amount_micros=1)), metadata=bob
+            pb.ReserveRequest(
+                request_id="f", estimated_cost=money_pb2.Money(currency_code="EUR", amount_micros=1)
+            ),
+            metadata=bob,
         )
     assert error_details(currency.value).reason == "CURRENCY_MISMATCH"
