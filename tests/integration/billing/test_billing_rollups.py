@@ -19,6 +19,7 @@ from parapet.kit.errors import error_details
 from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2 as mpb
 from parapet.metering.v1 import metering_service_pb2_grpc
+from parapet.metering.v1.usage_report_pb2 import USAGE_DIMENSION_FEATURE, USAGE_DIMENSION_MODEL
 from parapet.usage.v1 import token_usage_pb2
 from services.billing.app import APP as BILLING
 from services.metering.app import APP as METERING
@@ -108,7 +109,10 @@ async def test_rollups_and_invoice_equal_the_ledger(
         )
 
         usage = await metering.GetUsage(
-            mpb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0), group_by=[3, 4]),
+            mpb.GetUsageRequest(
+                start_time=timestamp_pb2.Timestamp(seconds=0),
+                group_by=[USAGE_DIMENSION_MODEL, USAGE_DIMENSION_FEATURE],
+            ),
             metadata=analyst,
         )
         assert {(a.model, a.feature, a.request_count) for a in usage.aggregates} == {

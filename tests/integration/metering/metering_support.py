@@ -141,13 +141,13 @@ async def ledger_and_rollups(
 
 
 async def wait_until_rollups_match(
-    database_url: str, tenant: str, expected_events: int, timeout: float = 60.0
+    database_url: str, tenant: str, expected_events: int, within: float = 60.0
 ) -> None:
     """Poll until billing's rollups equal the ledger exactly (and hold ``expected_events`` requests)."""
     import asyncio
     import time
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         ledger, rollups = await ledger_and_rollups(database_url, tenant)
         counted = sum(int(r[4]) for r in rollups)

@@ -24,7 +24,11 @@ EXPIRED = reservation_pb2.RESERVATION_STATE_EXPIRED
 
 
 def token_budget(
-    limit: int, *, soft: int = 0, scope: int = tp.BUDGET_SCOPE_TENANT, budget_id: str = "daily"
+    limit: int,
+    *,
+    soft: int = 0,
+    scope: tp.BudgetScope.ValueType = tp.BUDGET_SCOPE_TENANT,
+    budget_id: str = "daily",
 ) -> tp.Budget:
     return tp.Budget(
         budget_id=budget_id,
