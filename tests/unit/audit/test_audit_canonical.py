@@ -1,0 +1,157 @@
+"""The canonical form, body policy and hashes of audit records, and the checkpoint key (no servers needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from parapet.audit.v1 import audit_record_pb2, interaction_pb2
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.errors import InvalidArgument
+from services.audit.access import has_audit_permission
+from services.audit.canonical import (
+    CHECKPOINT_DOMAIN,
+    RECORD_DOMAIN,
+    checkpoint_message,
+    prepare,
+    record_hash,
+    sha256_hex,
+)
+from services.audit.signing import load_signer
+from services.audit.stream import tenant_of
+
+PROMPT, RESPONSE = "hello", "world"
+
+
+def _record(retention: int, **body: object) -> audit_record_pb2.AuditRecord:
+    record = audit_record_pb2.AuditRecord(
+        record_id=str(uuid.uuid4()),
+        tenant_id="forged-tenant",
+        interaction=interaction_pb2.Interaction(
+            user_id="u",
+            body=interaction_pb2.InteractionBody(
+                retention=retention,  # type: ignore[arg-type]
+                prompt=PROMPT,
+                response=RESPONSE,
+                **body,  # type: ignore[arg-type]
+            ),
+        ),
+    )
+    record.create_time.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    record.chain.sequence = 99  # output only: never part of the canonical form
+    return record
+
+
+@pytest.mark.parametrize(
+    ("mode", "keeps_bodies", "keeps_hashes"),
+    [
+        (tenant_policy_pb2.BODY_RETENTION_FULL, True, True),
+        (tenant_policy_pb2.BODY_RETENTION_MASKED, True, True),
+        (tenant_policy_pb2.BODY_RETENTION_HASH_ONLY, False, True),
+        (tenant_policy_pb2.BODY_RETENTION_NONE, False, False),
+    ],
+)
+def test_bodies_are_kept_as_the_policy_says(mode: int, keeps_bodies: bool, keeps_hashes: bool) -> None:
+    prepared = prepare(_record(mode), "tenant-a", default_retention_days=7)
+    assert (prepared.prompt, prepared.response) == ((PROMPT, RESPONSE) if keeps_bodies else (None, None))
+    assert (prepared.body_expire_time is not None) == keeps_bodies
+    metadata = audit_record_pb2.AuditRecord.FromString(prepared.metadata)
+    body = metadata.interaction.body
+    assert body.prompt == body.response == ""  # bodies are never in the chained metadata
+    assert body.prompt_sha256 == (sha256_hex(PROMPT) if keeps_hashes else "")
+    assert body.retention == mode and body.retention_days == 7
+    assert metadata.tenant_id == "tenant-a"  # the verified tenant, never the producer's claim
+    assert not metadata.HasField("chain")
+    assert prepared.metadata_sha256 == hashlib.sha256(prepared.metadata).digest()
+
+
+def test_unspecified_mode_takes_the_deployment_default() -> None:
+    prepared = prepare(
+        _record(tenant_policy_pb2.BODY_RETENTION_UNSPECIFIED),
+        "t",
+        default_mode=tenant_policy_pb2.BODY_RETENTION_HASH_ONLY,
+    )
+    assert prepared.prompt is None
+    assert audit_record_pb2.AuditRecord.FromString(prepared.metadata).interaction.body.retention == (
+        tenant_policy_pb2.BODY_RETENTION_HASH_ONLY
+    )
+
+
+def test_the_same_record_has_the_same_canonical_bytes() -> None:
+    record = _record(tenant_policy_pb2.BODY_RETENTION_FULL)
+    assert prepare(record, "t").metadata == prepare(record, "t").metadata
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: setattr(r, "record_id", "x"), "record.record_id"),
+        (lambda r: r.ClearField("interaction"), "record.payload"),
+        (lambda r: r.ClearField("create_time"), "record.create_time"),
+        (
+            lambda r: setattr(r.interaction.body, "prompt_sha256", "00" * 32),
+            "record.interaction.body.prompt_sha256",
+        ),
+    ],
+)
+def test_invalid_records_are_refused_with_the_field(change: object, field: str) -> None:
+    record = _record(tenant_policy_pb2.BODY_RETENTION_FULL)
+    change(record)  # type: ignore[operator]
+    with pytest.raises(InvalidArgument) as raised:
+        prepare(record, "t")
+    assert raised.value.reason == "RECORD_INVALID"
+    assert field in str(raised.value)
+
+
+def test_record_hash_and_checkpoint_message_layout() -> None:
+    previous, metadata_hash = bytes(range(32)), bytes(32)
+    assert (
+        record_hash(7, previous, metadata_hash)
+        == hashlib.sha256(RECORD_DOMAIN + (7).to_bytes(8, "big") + previous + metadata_hash).digest()
+    )
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    message = checkpoint_message("acme", 5, previous, when)
+    assert message == (
+        CHECKPOINT_DOMAIN
+        + b"\x00\x04acme"
+        + struct.pack(">Q", 5)
+        + previous
+        + struct.pack(">q", 1767225600000000)
+    )
+
+
+def test_checkpoint_key_is_created_once_and_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "checkpoint.pem"
+    signer = load_signer(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = load_signer(path)
+    assert again.key_id == signer.key_id
+    when = datetime.now(UTC)
+    signature = signer.sign("acme", 3, bytes(32), when)
+    assert again.verify("acme", 3, bytes(32), when, signature, signer.key_id)
+    assert not again.verify("acme", 4, bytes(32), when, signature, signer.key_id)
+    assert not again.verify("other", 3, bytes(32), when, signature, signer.key_id)
+    assert not load_signer(tmp_path / "other.pem").verify(
+        "acme", 3, bytes(32), when, signature, signer.key_id
+    )
+
+
+def test_subjects_name_valid_tenants_only() -> None:
+    assert tenant_of("parapet.audit.v1.acme-1") == "acme-1"
+    assert tenant_of("parapet.audit.v1.ACME") is None
+    assert tenant_of("parapet.usage.v1.acme") is None
+
+
+def test_audit_permissions_come_from_scopes_roles_or_admin() -> None:
+    from parapet.kit.identity import Principal
+
+    assert has_audit_permission(Principal("t", "s", scopes=("audit.read",)), "audit.read")
+    assert has_audit_permission(Principal("t", "s", roles=("admin",)), "audit.erase")
+    assert not has_audit_permission(Principal("t", "s", roles=("member",), scopes=("chat",)), "audit.read")
+    assert has_audit_permission(Principal("t", "s", credential_type="service"), "audit.write")
+    assert not has_audit_permission(Principal("t", "s", credential_type="service"), "audit.read")
