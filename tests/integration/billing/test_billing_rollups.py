@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,56 +12,19 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from parapet.billing.v1 import billing_service_pb2 as bpb
-from parapet.billing.v1 import billing_service_pb2_grpc
 from parapet.kit.errors import error_details
-from parapet.kit.testing import TestKeys, running
+from parapet.kit.testing import TestKeys
 from parapet.metering.v1 import metering_service_pb2 as mpb
-from parapet.metering.v1 import metering_service_pb2_grpc
 from parapet.metering.v1.usage_report_pb2 import USAGE_DIMENSION_FEATURE, USAGE_DIMENSION_MODEL
-from parapet.usage.v1 import token_usage_pb2
-from services.billing.app import APP as BILLING
-from services.metering.app import APP as METERING
 from tests.integration.metering.metering_support import (
-    billing_settings,
     caller,
-    metering_settings,
     new_tenant,
     reader_policy,
-    usd,
+    settle,
+    suite,
     wait_until_rollups_match,
     write_policies,
 )
-
-Stubs = tuple[metering_service_pb2_grpc.MeteringServiceStub, billing_service_pb2_grpc.BillingServiceStub]
-
-
-@asynccontextmanager
-async def suite(
-    tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str, policy_file: Path
-) -> AsyncIterator[Stubs]:
-    async with AsyncExitStack() as stack:
-        _m, metering_port = await stack.enter_async_context(
-            running(METERING, metering_settings(tmp_path, keys, database_url, nats_url, policy_file))
-        )
-        _b, billing_port = await stack.enter_async_context(
-            running(BILLING, billing_settings(tmp_path, keys, database_url, nats_url, policy_file))
-        )
-        m = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{metering_port}"))
-        b = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{billing_port}"))
-        yield metering_service_pb2_grpc.MeteringServiceStub(m), billing_service_pb2_grpc.BillingServiceStub(b)
-
-
-def settle(i: int, model: str, feature: str, micros: int) -> mpb.SettleRequest:
-    return mpb.SettleRequest(
-        request_id=f"s-{i}",
-        model=model,
-        provider="openai",
-        feature=feature,
-        usage=token_usage_pb2.TokenUsage(
-            prompt_tokens=10 + i, completion_tokens=i, cached_tokens=i % 3, estimated=i % 5 == 0
-        ),
-        cost=usd(micros),
-    )
 
 
 async def test_rollups_and_invoice_equal_the_ledger(

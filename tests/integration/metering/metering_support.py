@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 from google.protobuf import json_format
 
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.billing.v1 import billing_service_pb2_grpc
 from parapet.kit.identity import Principal
-from parapet.kit.testing import TestKeys
-from parapet.usage.v1 import money_pb2
+from parapet.kit.testing import TestKeys, running
+from parapet.metering.v1 import metering_service_pb2 as mpb
+from parapet.metering.v1 import metering_service_pb2_grpc
+from parapet.usage.v1 import money_pb2, token_usage_pb2
+from services.billing.app import APP as BILLING
 from services.billing.settings import BillingSettings
+from services.metering.app import APP as METERING
 from services.metering.settings import MeteringSettings
+
+Stubs = tuple[metering_service_pb2_grpc.MeteringServiceStub, billing_service_pb2_grpc.BillingServiceStub]
 
 FAST = {
     "port": 0,
@@ -161,3 +171,32 @@ async def wait_until_rollups_match(
                 f"rollups never matched the ledger: {counted}/{expected_events}\n{ledger}\n{rollups}"
             )
         await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def suite(
+    tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str, policy_file: Path
+) -> AsyncIterator[Stubs]:
+    async with AsyncExitStack() as stack:
+        _m, metering_port = await stack.enter_async_context(
+            running(METERING, metering_settings(tmp_path, keys, database_url, nats_url, policy_file))
+        )
+        _b, billing_port = await stack.enter_async_context(
+            running(BILLING, billing_settings(tmp_path, keys, database_url, nats_url, policy_file))
+        )
+        m = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{metering_port}"))
+        b = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{billing_port}"))
+        yield metering_service_pb2_grpc.MeteringServiceStub(m), billing_service_pb2_grpc.BillingServiceStub(b)
+
+
+def settle(i: int, model: str, feature: str, micros: int) -> mpb.SettleRequest:
+    return mpb.SettleRequest(
+        request_id=f"s-{i}",
+        model=model,
+        provider="openai",
+        feature=feature,
+        usage=token_usage_pb2.TokenUsage(
+            prompt_tokens=10 + i, completion_tokens=i, cached_tokens=i % 3, estimated=i % 5 == 0
+        ),
+        cost=usd(micros),
+    )

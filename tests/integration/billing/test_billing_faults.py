@@ -1,0 +1,254 @@
+"""Faults with real NATS and PostgreSQL: a NATS outage while usage flows, a billing process killed mid-flow,
+a batch committed but never acknowledged, and duplicates published on purpose. Rollups end exactly equal to
+the ledger (or to the unique events) every time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc.aio
+from sqlalchemy import text
+
+from parapet.embedded import EmbeddedNats
+from parapet.kit.bus import Bus
+from parapet.kit.database import Database
+from parapet.kit.migrations import migrate
+from parapet.kit.testing import TestKeys, running
+from parapet.metering.v1 import metering_service_pb2_grpc
+from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
+from services.billing.consumer import UsageConsumer
+from services.metering.app import APP as METERING
+from services.metering.ledger import EVENT_SOURCE, EVENT_TYPE
+from services.metering.stream import USAGE_STREAM
+from tests.integration.metering.metering_support import (
+    caller,
+    metering_settings,
+    new_tenant,
+    settle,
+    suite,
+    wait_until_rollups_match,
+    write_jwks,
+)
+
+
+async def test_nats_outage_while_usage_flows_delays_events_and_loses_none(
+    tmp_path: Path, keys: TestKeys, database_url: str, fresh_nats: EmbeddedNats, policy_file: Path
+) -> None:
+    tenant = new_tenant()
+    total = 240
+    async with suite(tmp_path, keys, database_url, fresh_nats.url, policy_file) as (metering, _billing):
+        who = caller(keys, tenant)
+        settled = 0
+
+        async def flow() -> None:
+            nonlocal settled
+            for i in range(total):
+                await metering.Settle(settle(i, "m", "f", 100 + i), metadata=who)
+                settled += 1
+                await asyncio.sleep(0.01)
+
+        flowing = asyncio.create_task(flow())
+        while settled < 60:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(fresh_nats.stop)  # usage keeps settling into the outbox meanwhile
+        stopped_at = settled
+        await asyncio.sleep(1.5)
+        assert settled > stopped_at, "settlements must not depend on NATS"
+        await asyncio.to_thread(fresh_nats.start)
+        await flowing
+        await wait_until_rollups_match(database_url, tenant, total)
+
+
+BILLING_PROGRAM = """
+from parapet.kit.server import main
+from services.billing.app import APP
+
+main(APP)
+"""
+
+
+@asynccontextmanager
+async def billing_process(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    script = tmp_path / "billing_main.py"
+    script.write_text(BILLING_PROGRAM)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **env},
+        cwd=str(Path(__file__).resolve().parents[3]),
+    )
+    try:
+        assert proc.stdout is not None
+        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        assert announcement["event"] == "serving"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _rollup_count(database: Database, tenant: str) -> int:
+    async with database.session() as session:
+        return int(
+            (
+                await session.execute(
+                    text("SELECT coalesce(sum(request_count), 0) FROM billing.rollups WHERE tenant_id = :t"),
+                    {"t": tenant},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_billing_killed_mid_flow_and_restarted_ends_exact(
+    tmp_path: Path, keys: TestKeys, database_url: str, fresh_nats: EmbeddedNats, policy_file: Path
+) -> None:
+    tenant = new_tenant()
+    total = 1500
+    env = {
+        "PARAPET_PORT": "0",
+        "PARAPET_DATABASE_URL": database_url,
+        "PARAPET_NATS_URL": fresh_nats.url,
+        "PARAPET_IDENTITY_JWKS_FILE": str(write_jwks(tmp_path / "jwks.json", keys)),
+        "PARAPET_POLICY_FILE": str(policy_file),
+        "PARAPET_FETCH_BATCH_SIZE": "20",
+        "PARAPET_ACK_WAIT_SECONDS": "2",
+        "PARAPET_LOG_LEVEL": "ERROR",
+    }
+    settings = metering_settings(tmp_path, keys, database_url, fresh_nats.url, policy_file)
+    database = Database(database_url, "metering")
+    try:
+        async with (
+            running(METERING, settings) as (_server, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            metering = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            who = caller(keys, tenant)
+            # A backlog first (the relay publishes it), so the killed consumer is mid-way through it.
+            for start in range(0, total, 100):
+                await asyncio.gather(
+                    *(
+                        metering.Settle(settle(i, f"m{i % 3}", "f", 10 + i), metadata=who)
+                        for i in range(start, start + 100)
+                    )
+                )
+            async with billing_process(tmp_path, env) as first:
+                counted = 0
+                while counted == 0:  # kill it while it is working through the backlog
+                    counted = await _rollup_count(database, tenant)
+                    await asyncio.sleep(0.02)
+                first.send_signal(signal.SIGKILL)
+                await first.wait()
+            partial = await _rollup_count(database, tenant)
+            assert 0 < partial < total
+            async with billing_process(tmp_path, env):
+                await wait_until_rollups_match(database_url, tenant, total)
+    finally:
+        await database.close()
+
+
+def _event(tenant: str, i: int) -> usage_event_pb2.UsageEvent:
+    event = usage_event_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        tenant_id=tenant,
+        user_id="u",
+        model="m",
+        provider="p",
+        feature="f",
+        usage=token_usage_pb2.TokenUsage(prompt_tokens=i, completion_tokens=2 * i),
+        cost=money_pb2.Money(currency_code="USD", amount_micros=1000 + i),
+        request_id=f"r-{i}",
+    )
+    event.occur_time.FromDatetime(datetime.now(UTC))
+    return event
+
+
+async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
+    database_url: str, fresh_nats: EmbeddedNats
+) -> None:
+    await migrate(
+        database_url, "billing", Path(__file__).resolve().parents[3] / "services/billing/migrations"
+    )
+    tenant = new_tenant()
+    bus = await Bus.connect(fresh_nats.url)
+    database = Database(database_url, "billing")
+    try:
+        await bus.ensure_stream(USAGE_STREAM)
+        events = [_event(tenant, i) for i in range(50)]
+        subject = f"parapet.usage.v1.{tenant}"
+        headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
+        for event in events:
+            await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
+        for event in events[:10]:  # a relay republish: same Nats-Msg-Id, dropped by the stream
+            await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
+        for event in events[10:20]:  # past the duplicate window: a new message id, same event id
+            await bus.publish(subject, event.SerializeToString(), msg_id=str(uuid.uuid4()), headers=headers)
+        info = await bus.jetstream.stream_info(USAGE_STREAM.name)
+        assert info.state.messages == 60
+
+        def consumer() -> UsageConsumer:
+            return UsageConsumer(
+                database,
+                bus,
+                durable="billing-test",
+                batch_size=25,
+                fetch_timeout=0.5,
+                ack_wait=1.0,
+                max_ack_pending=1000,
+            )
+
+        crashing = consumer()
+        subscription = await crashing.subscribe()
+        batch = await subscription.fetch(25, timeout=5)
+        assert await crashing.process(batch, ack=False) == 25  # committed, then "crashed" before acking
+        await subscription.unsubscribe()
+
+        restarted = consumer()
+        task = asyncio.create_task(restarted.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                async with database.session() as session:
+                    row = (
+                        await session.execute(
+                            text(
+                                "SELECT coalesce(sum(request_count), 0), coalesce(sum(prompt_tokens), 0), "
+                                "coalesce(sum(completion_tokens), 0), coalesce(sum(cost_micros), 0) "
+                                "FROM rollups WHERE tenant_id = :t"
+                            ),
+                            {"t": tenant},
+                        )
+                    ).one()
+                    pending = (
+                        await bus.jetstream.consumer_info(USAGE_STREAM.name, "billing-test")
+                    ).num_ack_pending
+                if row[0] == 50 and pending == 0:
+                    break
+                assert row[0] <= 50, "an event was counted twice"
+                assert asyncio.get_running_loop().time() < deadline, row
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert tuple(row) == (
+            50,
+            sum(e.usage.prompt_tokens for e in events),
+            sum(e.usage.completion_tokens for e in events),
+            sum(e.cost.amount_micros for e in events),
+        )
+        # The redelivered batch and the 10 duplicates reached the consumer but added nothing.
+        assert restarted.applied == 25
+    finally:
+        await database.close()
+        await bus.close()
