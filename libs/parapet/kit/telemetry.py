@@ -9,6 +9,8 @@ lines carry their trace ids.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -66,3 +68,84 @@ def current_trace_id() -> str | None:
     """The current trace id as 32 hex digits, or None outside a trace."""
     span_context = trace.get_current_span().get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+# --- OpenTelemetry GenAI semantic conventions (gen_ai.*), for spans of model calls ---
+# https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ : span name "{operation} {model}", kind
+# CLIENT. Both the older `gen_ai.system` and its successor `gen_ai.provider.name` are set, so backends of
+# either convention version group the calls by provider.
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+
+
+def gen_ai_request_attributes(
+    *,
+    operation: str,
+    provider: str,
+    request_model: str,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+) -> dict[str, str | int | float]:
+    """Attributes of a model request (``operation``: ``chat``, ``text_completion``, ``embeddings``)."""
+    attributes: dict[str, str | int | float] = {
+        GEN_AI_OPERATION_NAME: operation,
+        GEN_AI_SYSTEM: provider,
+        GEN_AI_PROVIDER_NAME: provider,
+        GEN_AI_REQUEST_MODEL: request_model,
+    }
+    for key, value in (
+        (GEN_AI_REQUEST_MAX_TOKENS, max_tokens),
+        (GEN_AI_REQUEST_TEMPERATURE, temperature),
+        (GEN_AI_REQUEST_TOP_P, top_p),
+    ):
+        if value is not None:
+            attributes[key] = value
+    return attributes
+
+
+def set_gen_ai_response(
+    span: trace.Span,
+    *,
+    response_model: str | None = None,
+    response_id: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    finish_reasons: Sequence[str] = (),
+) -> None:
+    """Record what the model answered on its span (only the facts that are known)."""
+    for key, value in (
+        (GEN_AI_RESPONSE_MODEL, response_model),
+        (GEN_AI_RESPONSE_ID, response_id),
+        (GEN_AI_USAGE_INPUT_TOKENS, input_tokens),
+        (GEN_AI_USAGE_OUTPUT_TOKENS, output_tokens),
+    ):
+        if value is not None:
+            span.set_attribute(key, value)
+    if finish_reasons:
+        span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, list(finish_reasons))
+
+
+@contextmanager
+def model_call_span(
+    operation: str, provider: str, request_model: str, *, tracer_provider: Any = None, **request: Any
+) -> Iterator[trace.Span]:
+    """A CLIENT span ``"{operation} {request_model}"`` with the GenAI request attributes, current inside."""
+    tracer = (tracer_provider or current_provider()).get_tracer("parapet.genai")
+    attributes = gen_ai_request_attributes(
+        operation=operation, provider=provider, request_model=request_model, **request
+    )
+    with tracer.start_as_current_span(
+        f"{operation} {request_model}", kind=trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        yield span
