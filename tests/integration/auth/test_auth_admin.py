@@ -1,0 +1,270 @@
+"""Admin RPCs: versioned policy with optimistic concurrency, Authorize decisions, paging, validation, throttling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import field_mask_pb2
+
+from parapet.auth.v1 import api_key_pb2, tenant_pb2, tenant_policy_pb2, user_pb2
+from parapet.auth.v1 import auth_service_pb2 as apb
+from parapet.auth.v1 import permission_pb2 as perm
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.kit.errors import error_details
+from tests.integration.auth.conftest import PLATFORM, Auth
+
+
+async def _policy(auth: Auth, tenant: str, version: int = 0) -> tenant_policy_pb2.TenantPolicy:
+    request = tpb.GetTenantPolicyRequest(tenant_id=tenant, version=version)
+    response: tpb.GetTenantPolicyResponse = await auth.admin.GetTenantPolicy(request, metadata=auth.operator)
+    return response.policy
+
+
+async def _error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value.code(), error_details(raised.value).reason
+
+
+async def test_concurrent_policy_edits_one_wins_the_other_aborts(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    v1 = await _policy(auth, tenant)
+    assert v1.version == 1 and [r.role for r in v1.roles] == ["admin"]
+
+    def edit(max_tokens: int) -> Awaitable[tpb.UpdateTenantPolicyResponse]:
+        policy = tenant_policy_pb2.TenantPolicy(roles=v1.roles)
+        policy.models.max_tokens_per_request = max_tokens
+        call: Awaitable[tpb.UpdateTenantPolicyResponse] = auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+            metadata=auth.operator,
+        )
+        return call
+
+    results = await asyncio.gather(edit(100), edit(200), return_exceptions=True)
+    wins = [r for r in results if isinstance(r, tpb.UpdateTenantPolicyResponse)]
+    losses = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(wins) == 1 and len(losses) == 1
+    assert losses[0].code() == grpc.StatusCode.ABORTED
+    details = error_details(losses[0])
+    assert details.reason == "POLICY_VERSION_MISMATCH"
+    assert wins[0].policy.version == 2 and wins[0].policy.update_subject == "operator"
+    # Versions are immutable: version 1 still reads as it was.
+    assert (await _policy(auth, tenant, 1)).models.max_tokens_per_request == 0
+    assert (await _policy(auth, tenant)).version == 2
+
+
+async def test_authorize_applies_rbac_scopes_models_and_limits(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    policy = await _policy(auth, tenant)
+    policy.roles.append(tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_CHAT]))
+    policy.models.allowed_models.extend(["fast", "gpt-4o-mini"])
+    policy.models.max_tokens_per_request = 1000
+    await auth.admin.UpdateTenantPolicy(
+        tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+        metadata=auth.operator,
+    )
+    member = auth.as_(tenant, "bob", ("member",), groups=("finance",))
+
+    async def decide(
+        metadata: Any, permission: perm.Permission.ValueType, model: str = "", max_tokens: int = 0
+    ) -> tuple[bool, str, int]:
+        answer = await auth.auth.Authorize(
+            apb.AuthorizeRequest(permission=permission, model=model, max_tokens=max_tokens),
+            metadata=metadata,
+        )
+        return answer.allowed, answer.reason, answer.policy_version
+
+    assert await decide(member, perm.PERMISSION_CHAT, "fast", 500) == (True, "ALLOWED", 2)
+    assert await decide(member, perm.PERMISSION_CHAT, "gpt-5") == (False, "MODEL_NOT_ALLOWED", 2)
+    assert await decide(member, perm.PERMISSION_CHAT, "fast", 1001) == (False, "MAX_TOKENS_EXCEEDED", 2)
+    assert await decide(member, perm.PERMISSION_DOCUMENTS_READ) == (False, "PERMISSION_MISSING", 2)
+    assert await decide(auth.as_(tenant, "x", ("nonexistent",)), perm.PERMISSION_CHAT) == (
+        False,
+        "PERMISSION_MISSING",
+        2,
+    )
+    effective = await auth.auth.GetEffectivePolicy(apb.GetEffectivePolicyRequest(), metadata=member)
+    assert effective.policy.version == 2 and list(effective.policy.models.allowed_models) == [
+        "fast",
+        "gpt-4o-mini",
+    ]
+    cached = await auth.auth.GetEffectivePolicy(
+        apb.GetEffectivePolicyRequest(known_version=2), metadata=member
+    )
+    assert cached.not_modified and not cached.HasField("policy")
+
+    await auth.admin.DisableTenant(tpb.DisableTenantRequest(tenant_id=tenant), metadata=auth.operator)
+    assert await decide(member, perm.PERMISSION_CHAT, "fast") == (False, "TENANT_DISABLED", 2)
+
+
+async def test_users_keys_and_tenants_page_and_filter(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    for i in range(5):
+        await auth.new_user(
+            tenant, f"user-{i}", roles=("admin",) if i % 2 else (), groups=("hr",) if i < 2 else ()
+        )
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await auth.admin.ListUsers(
+            tpb.ListUsersRequest(tenant_id=tenant, page_size=2, page_token=token), metadata=auth.operator
+        )
+        seen += [u.user_id for u in page.users]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"user-{i}" for i in range(5)]
+    admins = await auth.admin.ListUsers(
+        tpb.ListUsersRequest(tenant_id=tenant, role="admin"), metadata=auth.operator
+    )
+    assert [u.user_id for u in admins.users] == ["user-1", "user-3"]
+    hr = await auth.admin.ListUsers(
+        tpb.ListUsersRequest(tenant_id=tenant, group="hr"), metadata=auth.operator
+    )
+    assert [u.user_id for u in hr.users] == ["user-0", "user-1"]
+
+    ids = [(await auth.new_key(tenant, "user-0"))[0] for _ in range(3)]
+    await auth.admin.RevokeApiKey(
+        tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=ids[0]), metadata=auth.operator
+    )
+    active = await auth.admin.ListApiKeys(tpb.ListApiKeysRequest(tenant_id=tenant), metadata=auth.operator)
+    assert [k.api_key_id for k in active.api_keys] == ids[:0:-1]  # newest first, revoked hidden
+    first = await auth.admin.ListApiKeys(
+        tpb.ListApiKeysRequest(tenant_id=tenant, show_inactive=True, page_size=2), metadata=auth.operator
+    )
+    rest = await auth.admin.ListApiKeys(
+        tpb.ListApiKeysRequest(
+            tenant_id=tenant, show_inactive=True, page_size=2, page_token=first.next_page_token
+        ),
+        metadata=auth.operator,
+    )
+    listed = list(first.api_keys) + list(rest.api_keys)
+    assert [k.api_key_id for k in listed] == ids[::-1] and not rest.next_page_token
+    assert listed[-1].state == api_key_pb2.API_KEY_STATE_REVOKED and listed[-1].HasField("revoke_time")
+
+    tenants = await auth.admin.ListTenants(tpb.ListTenantsRequest(page_size=1000), metadata=auth.operator)
+    assert {PLATFORM, tenant} <= {t.tenant_id for t in tenants.tenants}
+    code, reason = await _error(
+        auth.admin.ListUsers(
+            tpb.ListUsersRequest(tenant_id=tenant, page_token="garbage"), metadata=auth.operator
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+
+
+async def test_a_tenant_admin_manages_its_own_tenant(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    admin = auth.as_(tenant, "root", ("admin",))
+    await auth.admin.CreateUser(
+        tpb.CreateUserRequest(tenant_id=tenant, user=user_pb2.User(user_id="carol", groups=["finance"])),
+        metadata=admin,
+    )
+    updated = await auth.admin.UpdateUser(
+        tpb.UpdateUserRequest(
+            tenant_id=tenant,
+            user=user_pb2.User(
+                user_id="carol", roles=["admin"], groups=["finance", "hr"], display_name="Carol"
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["roles", "groups"]),
+        ),
+        metadata=admin,
+    )
+    assert list(updated.user.roles) == ["admin"] and list(updated.user.groups) == ["finance", "hr"]
+    assert updated.user.display_name == ""  # not in the mask: unchanged
+    got = await auth.admin.GetTenant(tpb.GetTenantRequest(tenant_id=tenant), metadata=admin)
+    assert got.tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+    created = await auth.admin.CreateApiKey(
+        tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="carol")), metadata=admin
+    )
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=created.secret))
+    assert list(issued.principal.groups) == ["finance", "hr"]
+
+    assert await _error(
+        auth.admin.CreateUser(
+            tpb.CreateUserRequest(tenant_id=tenant, user=user_pb2.User(user_id="carol")), metadata=admin
+        )
+    ) == (grpc.StatusCode.ALREADY_EXISTS, "USER_ALREADY_EXISTS")
+    assert await _error(
+        auth.admin.CreateTenant(
+            tpb.CreateTenantRequest(tenant=tenant_pb2.Tenant(tenant_id=tenant, display_name="again")),
+            metadata=auth.operator,
+        )
+    ) == (grpc.StatusCode.ALREADY_EXISTS, "TENANT_ALREADY_EXISTS")
+    assert await _error(
+        auth.admin.CreateUser(
+            tpb.CreateUserRequest(tenant_id=tenant, user=user_pb2.User(user_id="dan", roles=["ghost"])),
+            metadata=admin,
+        )
+    ) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID")
+    assert await _error(
+        auth.admin.GetUser(tpb.GetUserRequest(tenant_id=tenant, user_id="nobody"), metadata=admin)
+    ) == (grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+
+async def test_invalid_policies_are_refused_with_field_violations(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    other = await auth.new_tenant()
+    policy = await _policy(auth, tenant)
+    bad = tenant_policy_pb2.TenantPolicy(roles=policy.roles)
+    bad.roles.add(role="Bad Name")
+    bad.budgets.add(budget_id="monthly")  # no scope, window or limit
+    bad.identity_providers.add(
+        issuer="https://idp.example/", audiences=["x"], jwks_uri="http://idp.example/jwks"
+    )
+    bad.identity_providers[0].allowed_algorithms.append("HS256")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=bad, expected_version=1),
+            metadata=auth.operator,
+        )
+    details = error_details(raised.value)
+    assert details.reason == "POLICY_INVALID" and details.bad_request is not None
+    fields = {v.field for v in details.bad_request.field_violations}
+    assert {
+        "policy.roles[1].role",
+        "policy.budgets[0].scope",
+        "policy.budgets[0].window",
+        "policy.budgets[0].limit",
+        "policy.identity_providers[0].jwks_uri",
+        "policy.identity_providers[0].allowed_algorithms[0]",
+    } <= fields
+
+    # An issuer routes to exactly one tenant.
+    provider = tenant_policy_pb2.OidcProvider(
+        issuer="https://shared.example/", audiences=["a"], jwks_json='{"keys":[{}]}'
+    )
+    first = tenant_policy_pb2.TenantPolicy(roles=policy.roles, identity_providers=[provider])
+    await auth.admin.UpdateTenantPolicy(
+        tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=first, expected_version=1),
+        metadata=auth.operator,
+    )
+    assert await _error(
+        auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=other, policy=first, expected_version=1),
+            metadata=auth.operator,
+        )
+    ) == (grpc.StatusCode.INVALID_ARGUMENT, "POLICY_INVALID")
+    assert (await _policy(auth, other)).version == 1
+
+
+async def test_repeated_failures_for_one_prefix_are_throttled(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    _, key = await auth.new_key(tenant, "svc")
+    prefix = key.split("_")[1]
+    wrong = f"pk_{prefix}_{'Z' * 43}"
+    reasons = []
+    for _ in range(11):
+        reasons.append(await _error(auth.auth.Authenticate(apb.AuthenticateRequest(api_key=wrong))))
+    assert reasons[:10] == [(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")] * 10
+    assert reasons[10] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))  # even the right secret, for now
+    details = error_details(raised.value)
+    assert details.reason == "AUTHENTICATION_THROTTLED" and details.retry_after is not None
+    assert 0 < details.retry_after <= 60
