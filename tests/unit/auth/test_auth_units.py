@@ -1,0 +1,136 @@
+"""Pure parts of the auth service: key material, hashing, throttling, caches, policy checks, token inspection."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from parapet.auth.v1 import permission_pb2 as perm
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.kit.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from parapet.kit.identity import Principal
+from services.auth import apikeys, oidc, permissions, policy
+from services.auth.cache import TenantKeyedCache
+from services.auth.throttle import FailureThrottle
+
+
+def test_keys_are_random_parseable_and_hashed_with_the_pepper() -> None:
+    prefix, key = apikeys.generate()
+    other_prefix, other = apikeys.generate()
+    assert prefix != other_prefix and key != other
+    parsed = apikeys.parse(key)
+    assert parsed is not None and parsed.prefix == prefix and parsed.full == key
+    for bad in ("", "pk_", "hello", key + "x", key.replace("pk_", "sk_"), "pk_" + "a" * 200):
+        assert apikeys.parse(bad) is None
+    one, two = apikeys.KeyHasher(b"p" * 32), apikeys.KeyHasher(b"q" * 32)
+    assert one.hash(key) != two.hash(key)  # the pepper matters
+    assert apikeys.KeyHasher.matches(one.hash(key), one.hash(key))
+    assert not apikeys.KeyHasher.matches(one.hash(key), one.hash(other))
+    with pytest.raises(ValueError):
+        apikeys.KeyHasher(b"short")
+
+
+def test_throttle_counts_failures_per_key_in_a_window() -> None:
+    throttle = FailureThrottle(3, window_seconds=0.2)
+    for _ in range(2):
+        throttle.record_failure("a")
+    assert throttle.retry_after("a") is None
+    throttle.record_failure("a")
+    wait = throttle.retry_after("a")
+    assert wait is not None and 0 < wait <= 0.2
+    assert throttle.retry_after("b") is None
+    time.sleep(0.25)
+    assert throttle.retry_after("a") is None
+
+
+def test_cache_drops_a_tenant_and_refuses_stale_writes() -> None:
+    cache: TenantKeyedCache[str] = TenantKeyedCache(size=2, ttl=60)
+    generation = cache.generation("t1")
+    cache.put(b"k1", "t1", "v1", generation=generation)
+    cache.put(b"k2", "t2", "v2", generation=cache.generation("t2"))
+    cache.invalidate_tenant("t1")
+    assert cache.get(b"k1") is None and cache.get(b"k2") == "v2"
+    cache.put(b"k1", "t1", "stale", generation=generation)  # read before the invalidation
+    assert cache.get(b"k1") is None
+    cache.put(b"k3", "t3", "v3", generation=0)
+    cache.put(b"k4", "t3", "v4", generation=0)
+    assert len(cache) == 2 and cache.get(b"k2") is None  # least recently used evicted
+    cache.put(b"k5", "t5", "expiring", generation=0, expires=time.time() - 1)
+    assert cache.get(b"k5") is None
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_roles_grant_what_the_policy_says_and_nothing_else() -> None:
+    tenant_policy = permissions.default_policy()
+    tenant_policy.roles.add(role="reader", permissions=[perm.PERMISSION_DOCUMENTS_READ])
+    assert permissions.granted(tenant_policy, ["reader", "ghost"]) == {perm.PERMISSION_DOCUMENTS_READ}
+    assert perm.PERMISSION_PLATFORM_ADMIN not in permissions.granted(tenant_policy, ["admin"])
+    platform = permissions.default_policy(platform=True)
+    assert perm.PERMISSION_PLATFORM_ADMIN in permissions.granted(platform, ["platform-admin"])
+    assert permissions.name(perm.PERMISSION_DOCUMENTS_READ) == "documents.read"
+
+
+def test_edits_cannot_grant_more_than_the_author_holds() -> None:
+    old = permissions.default_policy()
+    new = tenant_policy_pb2.TenantPolicy()
+    new.CopyFrom(old)
+    new.roles.add(role="auditor", permissions=[perm.PERMISSION_AUDIT_READ])
+    held = frozenset({perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT})
+    with pytest.raises(PermissionDenied) as raised:
+        policy.check_grants(old, new, held, platform_tenant=False, is_platform=False)
+    assert raised.value.reason == "PRIVILEGE_ESCALATION" and raised.value.metadata["role"] == "auditor"
+    policy.check_grants(old, new, held, platform_tenant=False, is_platform=True)  # operators may
+    new.roles.add(role="root", permissions=[perm.PERMISSION_PLATFORM_ADMIN])
+    with pytest.raises(PermissionDenied):
+        policy.check_grants(old, new, held, platform_tenant=False, is_platform=True)  # never in a tenant
+
+
+def test_policy_validation_names_each_bad_field() -> None:
+    bad = tenant_policy_pb2.TenantPolicy()
+    bad.roles.add(role="a")
+    bad.roles.add(role="a")
+    bad.models.max_tokens_per_request = -1
+    bad.rate_limits.add(requests_per_minute=-5)
+    provider = bad.identity_providers.add(issuer="", jwks_json="not json")
+    provider.max_clock_skew.seconds = 600
+    with pytest.raises(InvalidArgument) as raised:
+        policy.validate(bad)
+    fields = {field for field, _ in policy.violations(bad)}
+    assert raised.value.reason == "POLICY_INVALID"
+    assert {
+        "policy.roles[1].role",
+        "policy.models.max_tokens_per_request",
+        "policy.rate_limits[0].scope",
+        "policy.rate_limits[0]",
+        "policy.identity_providers[0].issuer",
+        "policy.identity_providers[0].audiences",
+        "policy.identity_providers[0].jwks_json",
+        "policy.identity_providers[0].max_clock_skew",
+    } <= fields
+    policy.validate(permissions.default_policy())
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("garbage", "OIDC_TOKEN_INVALID"),
+        (jwt.encode({"iss": "https://i/"}, "", algorithm="none"), "OIDC_ALGORITHM_REJECTED"),
+        (jwt.encode({"iss": "https://i/"}, "k" * 32, algorithm="HS256"), "OIDC_ALGORITHM_REJECTED"),
+        (jwt.encode({"iss": "https://i/"}, "k" * 64, algorithm="HS512"), "OIDC_ALGORITHM_REJECTED"),
+    ],
+)
+def test_inspection_refuses_before_any_lookup(token: str, reason: str) -> None:
+    with pytest.raises(Unauthenticated) as raised:
+        oidc.inspect(token)
+    assert raised.value.reason == reason
+
+
+def test_claim_mapping_accepts_lists_and_space_separated_strings() -> None:
+    claims = {"roles": ["a", "b"], "groups": "x y", "bad": {"k": 1}}
+    assert oidc.claim_strings(claims, "roles") == ("a", "b")
+    assert oidc.claim_strings(claims, "groups") == ("x", "y")
+    assert oidc.claim_strings(claims, "bad") == () and oidc.claim_strings(claims, "") == ()
+    assert Principal("t", "s").to_proto().tenant_id == "t"
