@@ -1,0 +1,255 @@
+"""Authenticate with a warm identity cache: over a real channel, and the logic alone.
+
+The auth service runs in its own process pinned to CPU 0 against an embedded PostgreSQL and NATS; the
+load generator runs here, pinned to CPU 1. One API key is authenticated once (cold: routed to its tenant,
+read, hashed, checked, signed) and then measured warm: one HMAC, a cache hit, and the token issued for the
+credential reused until half its lifetime has passed. Reported:
+- latency one call at a time (p50/p95/p99) and throughput with 64 calls in flight, with the server's CPU
+  time per call (calls/s on one core = its inverse);
+- the in-process cost of ``Authenticator.authenticate`` on a warm cache (no gRPC), and of signing a new
+  internal token (what a warm call costs once per credential per half token lifetime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.report import table, write_section
+from bench.stats import LatencySummary
+from parapet.auth.v1 import (
+    api_key_pb2,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    tenant_admin_service_pb2_grpc,
+    tenant_pb2,
+    user_pb2,
+)
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from parapet.kit.database import Database
+from parapet.kit.identity import Principal, TokenSigner
+from parapet.kit.testing import running
+from services.auth import oidc
+from services.auth.apikeys import KeyHasher
+from services.auth.app import APP
+from services.auth.authenticator import Authenticator
+from services.auth.cache import IdentityEntry, TenantKeyedCache
+from services.auth.settings import AuthSettings
+from services.auth.signing import load_pepper, load_signing_key
+from services.auth.store import AuthStore
+from services.auth.throttle import FailureThrottle
+
+SEQUENTIAL_CALLS = 3000
+WARMUP_CALLS = 200
+CONCURRENCY = 64
+THROUGHPUT_SECONDS = 5.0
+IN_PROCESS_CALLS = 20_000
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _settings(values: dict[str, Any]) -> AuthSettings:
+    return AuthSettings(port=0, log_level="WARNING", **values)
+
+
+async def _serve(values: dict[str, Any]) -> None:
+    async with running(APP, _settings(values)) as (_, port):
+        print(json.dumps({"port": port}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def _provision(channel: grpc.aio.Channel, signer: TokenSigner) -> str:
+    """A tenant, a service account and its API key, made as a platform operator; returns the key."""
+    admin = tenant_admin_service_pb2_grpc.TenantAdminServiceStub(channel)
+    token = signer.sign(Principal("parapet", "bench", ("platform-admin",)))
+    metadata = (("authorization", f"Bearer {token}"),)
+    tenant = f"bench-{os.getpid()}"
+    await admin.CreateTenant(
+        tpb.CreateTenantRequest(tenant=tenant_pb2.Tenant(tenant_id=tenant, display_name="bench")),
+        metadata=metadata,
+    )
+    await admin.CreateUser(
+        tpb.CreateUserRequest(tenant_id=tenant, user=user_pb2.User(user_id="svc", roles=["admin"])),
+        metadata=metadata,
+    )
+    created = await admin.CreateApiKey(
+        tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="svc")),
+        metadata=metadata,
+    )
+    secret: str = created.secret
+    return secret
+
+
+async def _over_grpc(port: int, key: str, server_pid: int) -> tuple[LatencySummary, float, float]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        request = auth_service_pb2.AuthenticateRequest(api_key=key)
+        samples: list[float] = []
+        for i in range(SEQUENTIAL_CALLS + WARMUP_CALLS):
+            started = time.perf_counter()
+            await stub.Authenticate(request)
+            if i >= WARMUP_CALLS:
+                samples.append(time.perf_counter() - started)
+        done = 0
+        stop_at = time.perf_counter() + THROUGHPUT_SECONDS
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await stub.Authenticate(request)
+                done += 1
+
+        cpu_before = _cpu_seconds(server_pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+        cpu_ms = (_cpu_seconds(server_pid) - cpu_before) / done * 1000.0
+    return LatencySummary.of(samples), done / elapsed, cpu_ms
+
+
+async def _in_process(values: dict[str, Any], key: str) -> tuple[float, float]:
+    """(µs per warm authenticate, µs per token signature), in this process."""
+    settings = _settings(values)
+    signing_key = load_signing_key(settings)
+    signer = TokenSigner(signing_key.private_key, signing_key.kid)
+    assert settings.database_url is not None
+    database = Database(settings.database_url, "auth")
+    try:
+        authenticator = Authenticator(
+            AuthStore(database),
+            signer,
+            KeyHasher(load_pepper(settings, signing_key)),
+            TenantKeyedCache[IdentityEntry](10_000, 300.0),
+            prefix_throttle=FailureThrottle(10, 60.0),
+            client_throttle=FailureThrottle(50, 60.0),
+            jwks=oidc.JwksCache(),
+        )
+        await authenticator.authenticate(api_key=key, client="bench")  # cold: fills the cache
+        started = time.perf_counter()
+        for _ in range(IN_PROCESS_CALLS):
+            await authenticator.authenticate(api_key=key, client="bench")
+        warm_us = (time.perf_counter() - started) / IN_PROCESS_CALLS * 1e6
+    finally:
+        await database.close()
+    principal = Principal("t", "s", ("admin",), ("finance",))
+    started = time.perf_counter()
+    for _ in range(2000):
+        signer.sign(principal)
+    sign_us = (time.perf_counter() - started) / 2000 * 1e6
+    return warm_us, sign_us
+
+
+async def main() -> None:
+    _pin(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        key_file = root / "signing_key.pem"
+        private = Ed25519PrivateKey.generate()
+        key_file.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        postgres = EmbeddedPostgres(root / "pg", free_port(), settings={"fsync": "off"})
+        nats = EmbeddedNats(root / "nats", free_port())
+        postgres.start()
+        nats.start()
+        try:
+            values = {
+                "database_url": postgres.url,
+                "nats_url": nats.url,
+                "auth_signing_key_file": str(key_file),
+            }
+            server = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "bench.auth_authenticate", "--serve", json.dumps(values)],
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert server.stdout is not None
+                port = json.loads(await server.stdout.readline())["port"]
+                signing_key = load_signing_key(_settings(values))
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    key = await _provision(channel, TokenSigner(signing_key.private_key, signing_key.kid))
+                latency, calls_per_second, cpu_ms = await _over_grpc(port, key, server.pid)
+            finally:
+                if server.stdin is not None:
+                    server.stdin.close()
+                await asyncio.wait_for(server.wait(), 30)
+            warm_us, sign_us = await _in_process(values, key)
+        finally:
+            nats.stop()
+            postgres.stop()
+    rows = [
+        [
+            "Authenticate (API key, warm cache) over gRPC",
+            *latency.cells()[:3],
+            f"{calls_per_second:,.0f}",
+            f"{cpu_ms:.3f}",
+            f"{1000.0 / cpu_ms:,.0f}",
+        ]
+    ]
+    body = "\n\n".join(
+        [
+            "Server: the auth service (every kit interceptor, logging at WARNING) in its own process pinned to "
+            "CPU 0, embedded PostgreSQL and NATS on the same machine (idle on the warm path). Client: grpc.aio "
+            f"pinned to CPU 1 over loopback TCP. Latency: {SEQUENTIAL_CALLS} calls one at a time after "
+            f"{WARMUP_CALLS} warm-up calls; throughput: {CONCURRENCY} calls in flight for "
+            f"{THROUGHPUT_SECONDS:.0f} s; CPU per call = the server process's user+system time over calls served.",
+            table(
+                [
+                    "what",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "calls/s",
+                    "server CPU ms/call",
+                    "calls/s on one core",
+                ],
+                rows,
+            ),
+            f"In process, without gRPC: a warm `Authenticator.authenticate` costs **{warm_us:.1f} µs** "
+            f"(≈ {1e6 / warm_us:,.0f} calls/s on one core); signing a fresh internal token costs "
+            f"{sign_us:.0f} µs, paid once per credential per half token lifetime (150 s). The targets "
+            "(p99 ≤ 1 ms, ≥ 5,000 calls/s on one core) compare with `kit_roundtrip`: Python gRPC alone serves "
+            "about 3,500 unary calls/s per core here, so the transport, not the auth logic, sets the ceiling.",
+        ]
+    )
+    write_section(
+        "auth_authenticate",
+        "Auth: Authenticate with a warm cache",
+        "python -m bench auth_authenticate",
+        body,
+    )
+    print(body)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", help="run the auth server with these settings (JSON)")
+    args = parser.parse_args()
+    if args.serve:
+        _pin(0)
+        asyncio.run(_serve(json.loads(args.serve)))
+    else:
+        asyncio.run(main())
