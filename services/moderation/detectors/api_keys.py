@@ -1,0 +1,62 @@
+"""API keys and access tokens of common providers, by their documented prefixes and lengths.
+
+Provider formats are distinctive enough to need no context; a generic ``api_key = "…"`` assignment
+catches keys of providers not listed, when the value looks random (letters and digits mixed).
+"""
+
+from __future__ import annotations
+
+import re
+
+from services.moderation.detectors.base import C, Detection
+
+_PROVIDERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(r"(?<![A-Za-z0-9_-])" + pattern + r"(?![A-Za-z0-9_-])"))
+    for name, pattern in (
+        ("anthropic", r"sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{80,120}"),
+        ("openai", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,200}"),
+        ("aws_access_key", r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}"),
+        ("github", r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{60,120})"),
+        ("gitlab", r"glpat-[A-Za-z0-9_-]{20,}"),
+        ("slack", r"xox[abposr]-[A-Za-z0-9-]{10,200}"),
+        ("stripe", r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,99}"),
+        ("google", r"AIza[0-9A-Za-z_-]{35}"),
+        ("sendgrid", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
+        ("huggingface", r"hf_[A-Za-z0-9]{34,40}"),
+        ("twilio", r"SK[0-9a-f]{32}"),
+        ("npm", r"npm_[A-Za-z0-9]{36}"),
+        ("azure_storage", r"AccountKey=[A-Za-z0-9+/]{86}=="),
+    )
+)
+_GENERIC = re.compile(
+    r"(?i)(?:api[_-]?key|apikey|access[_-]?token|secret[_-]?key|client[_-]?secret|auth[_-]?token|x-api-key)"
+    r"[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9_\-+/=.]{16,200})"
+)
+_AWS_SECRET = re.compile(r"(?i)aws.{0,20}secret.{0,20}?[:=]\s*[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])")
+
+
+def _looks_random(value: str) -> bool:
+    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and len(set(value)) >= 8
+
+
+class ApiKeyDetector:
+    name = "regex.api_key"
+    categories = (C.CATEGORY_SECRET_API_KEY,)
+    max_span = 256
+    max_tokens = 3
+    priority = 97
+
+    def detect(self, text: str) -> list[Detection]:
+        found: list[Detection] = []
+        for provider, pattern in _PROVIDERS:
+            for match in pattern.finditer(text):
+                if provider == "openai" and not _looks_random(match.group()[3:]):
+                    continue  # "sk-learn-is-a-library" is prose, not a key
+                found.append(Detection(C.CATEGORY_SECRET_API_KEY, match.start(), match.end(), 1.0, self.name))
+        for pattern in (_GENERIC, _AWS_SECRET):
+            for match in pattern.finditer(text):
+                if _looks_random(match.group(1)):
+                    found.append(
+                        Detection(C.CATEGORY_SECRET_API_KEY, match.start(1), match.end(1), 0.9, self.name)
+                    )
+        return found

@@ -1,0 +1,51 @@
+"""The one small protocol every detector implements, and the typed finding it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from parapet.moderation.v1 import category_pb2
+
+Category: TypeAlias = category_pb2.Category.ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One thing found in a text: what, where (code points, end exclusive), how sure, and by whom."""
+
+    category: Category
+    start: int
+    end: int
+    score: float
+    detector: str
+
+
+class Detector(Protocol):
+    """Finds one family of things in a text.
+
+    ``max_span`` bounds the length (code points) and ``max_tokens`` the number of whitespace-separated
+    pieces of anything the detector reports. Streamed screening holds back only the tail that could still
+    be the start of a match (the last ``max_tokens`` pieces, at most ``max_span - 1`` code points), so a
+    match split over chunks is still seen whole. ``priority``
+    settles overlaps: a checksum-validated card number beats the phone number that looks the same.
+    """
+
+    # Read-only members, so plain class attributes satisfy them.
+    @property
+    def name(self) -> str: ...
+    @property
+    def categories(self) -> tuple[Category, ...]: ...
+    @property
+    def max_span(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+
+    def detect(self, text: str) -> list[Detection]:
+        """Everything this detector finds in ``text``, in any order."""
+        ...
+
+
+C = category_pb2  # short alias for the category constants in detector modules

@@ -1,0 +1,102 @@
+# ruff: noqa: RUF002 - look-alike characters are what this module is about
+"""Prompt injection and jailbreak attempts, with evasion undone first.
+
+The text is folded (lower case, invisible characters dropped, homoglyphs and compatibility forms mapped
+to Latin) before the phrase rules in ``injection_rules`` run, so "ІGNORE previous instructions" with a
+Cyrillic І or zero-width spaces reads as plain English. Base64 and hex runs are decoded and screened
+too: a payload hidden in an encoding is a jailbreak even when the decoded words alone would only be an
+injection. Evidence from several rules adds up (1 - Π(1 - w)); the finding's span covers the matched
+phrases.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from services.moderation.detectors.base import C, Category, Detection
+from services.moderation.detectors.injection_rules import RULES
+from services.moderation.detectors.normalize import count_invisible, fold, mixed_script_words
+
+THRESHOLD = 0.5
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])")
+# Ten or more letters spelled out one by one ("s a y t h a t …"): a way past word-based filters.
+_SPELLED_OUT = re.compile(r"(?<!\w)(?:\w {1,2}){9,}\w(?!\w)")
+_SPELLED_WEIGHT = 0.55
+_SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion, not an attack by itself
+
+
+def _decode(raw: str, hex_form: bool) -> str | None:
+    try:
+        data = (
+            bytes.fromhex(re.sub(r"[ :]", "", raw))
+            if hex_form
+            else base64.b64decode(raw + "=" * (-len(raw) % 4))
+        )
+        decoded = data.decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    printable = sum(1 for c in decoded if c.isprintable() or c.isspace())
+    return decoded if decoded and printable / len(decoded) > 0.9 and " " in decoded else None
+
+
+def _score(text: str) -> tuple[float, Category, int, int]:
+    """Combined score over the folded ``text``, the leading category and the matched extent."""
+    miss = 1.0
+    weights: dict[Category, float] = {}
+    start, end = len(text), 0
+    for rule in RULES:
+        match = rule.pattern.search(text)
+        if match is None:
+            continue
+        miss *= 1.0 - rule.weight
+        weights[rule.category] = max(weights.get(rule.category, 0.0), rule.weight)
+        start, end = min(start, match.start()), max(end, match.end())
+    if not weights:
+        return 0.0, C.CATEGORY_PROMPT_INJECTION, 0, 0
+    category = max(weights, key=lambda c: (weights[c], c == C.CATEGORY_PROMPT_INJECTION))
+    return 1.0 - miss, category, start, end
+
+
+class InjectionDetector:
+    name = "injection.heuristic"
+    categories = (C.CATEGORY_PROMPT_INJECTION, C.CATEGORY_JAILBREAK)
+    max_span = 4096  # input-side only: whole prompts are screened at once, never streamed
+    max_tokens = 1000
+    priority = 10
+
+    def __init__(self, threshold: float = THRESHOLD) -> None:
+        self.threshold = threshold
+
+    def detect(self, text: str) -> list[Detection]:
+        folded, index = fold(text)
+        score, category, start, end = _score(folded)
+        found: list[Detection] = []
+        smuggling = count_invisible(text) >= 3 or mixed_script_words(text) >= 1
+        if smuggling and score > 0:
+            # Hiding the words of an attack is itself a jailbreak technique.
+            score = 1.0 - (1.0 - score) * (1.0 - _SMUGGLING_WEIGHT)
+            category = C.CATEGORY_JAILBREAK
+        spelled = _SPELLED_OUT.search(text)
+        if spelled is not None:
+            score = 1.0 - (1.0 - score) * (1.0 - _SPELLED_WEIGHT)
+            category = C.CATEGORY_JAILBREAK
+            start, end = 0, len(folded)  # the spelled-out run hides the words: the whole text is the finding
+        if score >= self.threshold:
+            found.append(Detection(category, index[start], index[end], round(score, 3), self.name))
+        for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
+            for match in pattern.finditer(text):
+                decoded = _decode(match.group(), hex_form)
+                if decoded is None:
+                    continue
+                inner, _, _, _ = _score(fold(decoded)[0])
+                if inner >= self.threshold or (inner > 0 and score > 0):
+                    boosted = 1.0 - (1.0 - inner) * 0.5
+                    found.append(
+                        Detection(
+                            C.CATEGORY_JAILBREAK, match.start(), match.end(), round(boosted, 3), self.name
+                        )
+                    )
+        return found

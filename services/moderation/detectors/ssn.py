@@ -1,0 +1,45 @@
+"""US social security numbers: AAA-GG-SSSS with the SSA's validity rules, context for unseparated ones."""
+
+from __future__ import annotations
+
+import re
+
+from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.context import WINDOW, context_pattern, near
+
+_CANDIDATE = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)")
+_CONTEXT = context_pattern(("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer", "tin"))
+# Numbers the SSA never issues or that were published as examples (Woolworth's wallet card, ads).
+_NEVER = {"078051120", "219099999", "123456789", "457555462"}
+
+
+def ssn_valid(area: str, group: str, serial: str) -> bool:
+    # Since 2011 numbers are random except area 000, 666 and 900-999, group 00 and serial 0000.
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return False
+    return area + group + serial not in _NEVER and len(set(area + group + serial)) > 1
+
+
+class SsnDetector:
+    name = "regex.us_ssn"
+    categories = (C.CATEGORY_PII_US_SSN,)
+    max_span = 11
+    max_tokens = 3
+    lookahead = WINDOW // 2  # context words after the value count too
+    priority = 80
+
+    def detect(self, text: str) -> list[Detection]:
+        found: list[Detection] = []
+        for match in _CANDIDATE.finditer(text):
+            area, separator, group, serial = match.groups()
+            if not ssn_valid(area, group, serial):
+                continue
+            context = near(text, match.start(), match.end(), _CONTEXT)
+            if separator == "-":
+                score = 1.0 if context else 0.85
+            elif context:
+                score = 0.8  # nine bare digits or space-separated ones are an SSN only when labelled
+            else:
+                continue
+            found.append(Detection(C.CATEGORY_PII_US_SSN, match.start(), match.end(), score, self.name))
+        return found

@@ -1,0 +1,91 @@
+# ruff: noqa: RUF001 - look-alike characters are what this module is about
+"""Street addresses, by structure: a street line (number and street-type word, in either order, in the
+forms of English and continental European addresses), unit, PO box and military forms, extended over
+the city, region, postcode and country lines that follow it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from services.moderation.detectors.base import C, Detection
+
+_WORD = r"[A-ZÀ-ÖØ-Þa-zß-öø-ÿ][\w'’.-]*"
+_CAP = r"[A-ZÀ-ÖØ-Þ0-9][\w'’.-]*"
+_SUFFIX_EN = (
+    r"Street|St|Road|Rd|Avenue|Ave|Av|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Square|Sq|Terrace|"
+    r"Trail|Trl|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Crescent|Close|Grove|Gardens|Row|Mews|Hill|Walk|Alley|"
+    r"Plaza|Quay|Wharf|Esplanade|Parade|Loop|Pike|Run|Path|Point|Ridge|Park|Green|View|Heights|Estate|Dam|Rise"
+)
+# Street-type words written as suffixes of the street name (Pfarrgasse, Koskikatu, Hammarvägen) or before it.
+_SUFFIX_GLUED = (
+    r"strasse|straße|str\.|gasse|weg|platz|allee|ring|damm|ufer|markt|steig|katu|kuja|tie|polku|gatan|vägen|"
+    r"gränd|gade|vej|stræde|straat|laan|gracht|plein|kade|veien|gata|utca|tér|ulica|cesta|iela|gatve|tee"
+)
+_PREFIX = (
+    r"rue|avenue|boulevard|chemin|place|via|viale|piazza|corso|calle|avenida|carrer|rua|travessa|ul\.|ulica|"
+    r"al\.|aleja|r\.|pl\.|bd|av\."
+)
+_STREET = re.compile(
+    # 12 Main Street / 338 17 St Omers Road / 615 Benedum Drive
+    rf"\b\d{{1,6}}[A-Za-z]?(?:[ -]\d{{1,5}})?\s+(?:{_CAP}\s+){{0,4}}(?i:{_SUFFIX_EN})\b\.?(?:\s+(?:{_CAP}))?"
+    # (6750) Koskikatu 25 / Pfarrgasse 91 / Hammarvägen 15
+    rf"|(?:\b\d{{1,6}}\s+)?\b{_WORD}(?i:{_SUFFIX_GLUED})\s+\d{{1,5}}[a-zA-Z]?\b"
+    # 35108 ul. Zamkowa 33 / rue de la Paix 4 / Via Roma 1
+    rf"|(?:\b\d{{1,6}}\s+)?(?<!\w)(?i:{_PREFIX})\s+(?:{_WORD}\s+){{1,4}}?\d{{1,5}}[a-zA-Z]?\b"
+    # 5 rue de la Paix / 12 Via Roma
+    rf"|\b\d{{1,5}}[a-zA-Z]?,?\s+(?i:{_PREFIX})\s+(?:{_WORD}\s*){{1,4}}"
+)
+_UNIT = re.compile(
+    r"\b(?:Apt|Apartment|Suite|Ste|Unit|Flat|Room|Floor|Fl)\.?\s*#?\s*\d{1,5}[A-Za-z]?\b", re.IGNORECASE
+)
+_PO_BOX = re.compile(r"\b(?:P\.?\s?O\.?\s?Box|Postfach|PSC\s+\d{3,5},?\s+Box)\s+\d{1,6}\b", re.IGNORECASE)
+_MILITARY = re.compile(
+    r"\b(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+\b|\b(?:FPO|APO|DPO)\s+(?:AE|AA|AP)\s+\d{5}\b"
+)
+# After a street line: more lines of the same address (unit, city, region code, postcode, country).
+_TAIL_PART = re.compile(
+    rf"(?:\s*[,\n]\s*|\s+)(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat)\.?\s*#?\d{{1,5}}\w?|\d{{4,6}}|[A-Z]{{1,2}}\d[A-Z\d]?\s?\d[A-Z]{{2}}"
+    rf"|[A-Z]{{2}}(?=\W)|{_CAP}(?:[ -]{_CAP}){{0,2}}(?:\s\(\w+\))?)"
+)
+_MAX_TAIL = 5
+
+
+def _extend(text: str, end: int) -> int:
+    """Extend an address over the parts that follow it, stopping at a sentence or a lower-case word."""
+    for _ in range(_MAX_TAIL):
+        match = _TAIL_PART.match(text, end)
+        if match is None or match.end() - end > 40:
+            break
+        separator = text[end : match.start() + (len(match.group()) - len(match.group().lstrip(" ,\n")))]
+        # Without a comma or line break only a unit or postcode continues the address.
+        if (
+            "," not in separator
+            and "\n" not in separator
+            and not match.group().strip()[:1].isdigit()
+            and not re.match(r"\s*(?:apt|apartment|suite|ste|unit|flat)\b", match.group(), re.IGNORECASE)
+        ):
+            break
+        end = match.end()
+    return end
+
+
+class StreetAddressDetector:
+    name = "regex.street_address"
+    categories = (C.CATEGORY_PII_STREET_ADDRESS,)
+    max_span = 200
+    max_tokens = 24
+    priority = 30
+
+    def detect(self, text: str) -> list[Detection]:
+        found: list[Detection] = []
+        for pattern, score, extend in (
+            (_STREET, 0.85, True),
+            (_PO_BOX, 0.9, True),
+            (_MILITARY, 0.85, True),
+            (_UNIT, 0.6, False),
+        ):
+            for match in pattern.finditer(text):
+                end = _extend(text, match.end()) if extend else match.end()
+                found.append(Detection(C.CATEGORY_PII_STREET_ADDRESS, match.start(), end, score, self.name))
+        return found

@@ -1,0 +1,157 @@
+"""The gRPC face of moderation: ScreenInput, ScreenOutput, ScreenStream and Unmask.
+
+The tenant is the verified caller's (``require_principal``); its policy comes from the policy source.
+Screening with the NER model runs on one worker thread (spaCy pipelines are not shared between threads,
+and the event loop stays free for streams); pattern-only screening runs inline, it takes microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc.aio
+
+from parapet.kit.context import require_principal
+from parapet.kit.errors import InvalidArgument
+from parapet.moderation.v1 import finding_pb2, moderation_service_pb2, moderation_service_pb2_grpc
+from services.moderation.engine import Screened, to_finding
+from services.moderation.masking import ContextSealer, MaskingVault
+from services.moderation.policy_source import PolicySource
+from services.moderation.screener import Screener
+from services.moderation.stream import StreamScreener
+
+T = TypeVar("T")
+pb = moderation_service_pb2
+
+
+class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
+    def __init__(
+        self, screener: Screener, sealer: ContextSealer, policies: PolicySource, *, max_text_chars: int
+    ) -> None:
+        self._screener = screener
+        self._sealer = sealer
+        self._policies = policies
+        self._max = max_text_chars
+        self._ner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation-ner")
+
+    def close(self) -> None:
+        self._ner_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._screener.names is None:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._ner_thread, fn)
+
+    def _check_length(self, field: str, length: int) -> None:
+        if length > self._max:
+            raise InvalidArgument(
+                f"{field} is longer than {self._max} characters",
+                field_violations=[(field, f"at most {self._max} characters")],
+                reason="TEXT_TOO_LONG",
+            )
+
+    async def ScreenInput(
+        self, request: pb.ScreenInputRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScreenInputResponse:
+        tenant = require_principal().tenant_id
+        if not request.texts:
+            raise InvalidArgument("texts must hold at least one text", field_violations=[("texts", "empty")])
+        self._check_length("texts", sum(len(t) for t in request.texts))
+        vault = self._sealer.open(request.masking_context, tenant)
+        policy = await self._policies.policy(tenant)
+        texts = list(request.texts)
+
+        def screen() -> list[Screened]:
+            return [self._screener.screen_input(text, policy, vault) for text in texts]
+
+        results = await self._run(screen)
+        findings = [f for index, r in enumerate(results) for f in r.findings(index)]
+        blocked = any(r.decision == finding_pb2.DECISION_BLOCK for r in results)
+        if blocked:
+            return pb.ScreenInputResponse(decision=finding_pb2.DECISION_BLOCK, findings=findings)
+        modified = any(r.decision == finding_pb2.DECISION_MODIFIED for r in results)
+        return pb.ScreenInputResponse(
+            decision=finding_pb2.DECISION_MODIFIED if modified else finding_pb2.DECISION_PASS,
+            sanitized_texts=[r.text for r in results],
+            findings=findings,
+            masking_context=self._sealer.seal(vault, tenant),
+        )
+
+    async def ScreenOutput(
+        self, request: pb.ScreenOutputRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScreenOutputResponse:
+        tenant = require_principal().tenant_id
+        self._check_length("text", len(request.text))
+        vault = self._sealer.open(request.masking_context, tenant)
+        policy = await self._policies.policy(tenant)
+        screened = self._screener.screen_output(request.text, policy, request.protected_texts)
+        text = "" if screened.decision == finding_pb2.DECISION_BLOCK else vault.restore(screened.text)[0]
+        return pb.ScreenOutputResponse(decision=screened.decision, text=text, findings=screened.findings())  # type: ignore[arg-type]
+
+    async def Unmask(self, request: pb.UnmaskRequest, context: grpc.aio.ServicerContext) -> pb.UnmaskResponse:
+        tenant = require_principal().tenant_id
+        if not request.masking_context:
+            raise InvalidArgument(
+                "masking_context is required", field_violations=[("masking_context", "empty")]
+            )
+        self._check_length("text", len(request.text))
+        vault = self._sealer.open(request.masking_context, tenant)
+        text, restored = vault.restore(request.text)
+        return pb.UnmaskResponse(text=text, restored_count=restored)
+
+    async def ScreenStream(
+        self, request_iterator: AsyncIterator[pb.ScreenStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ScreenStreamResponse]:
+        tenant = require_principal().tenant_id
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "config":
+            raise InvalidArgument(
+                "the first message of ScreenStream must carry the config",
+                field_violations=[("config", "must be the first message")],
+            )
+        config = first.config
+        vault: MaskingVault = self._sealer.open(config.masking_context, tenant, "config.masking_context")
+        policy = await self._policies.policy(tenant)
+        detectors = self._screener.output_detectors(policy, config.protected_texts)
+        screener = StreamScreener(detectors, policy, vault)
+        async for message in request_iterator:
+            kind = message.WhichOneof("kind")
+            if kind == "config":
+                raise InvalidArgument(
+                    "config may only be sent once, first", field_violations=[("config", "sent twice")]
+                )
+            if kind == "end":
+                break
+            if kind != "chunk":
+                raise InvalidArgument(
+                    "a message must carry a chunk or end", field_violations=[("kind", "unset")]
+                )
+            self._check_length("chunk", screener.received_chars + len(message.chunk))
+            step = screener.feed(message.chunk)
+            for finding in step.findings:
+                yield pb.ScreenStreamResponse(finding=finding)
+            if step.blocked:
+                yield self._summary(screener)
+                return
+            if step.released:
+                yield pb.ScreenStreamResponse(safe_chunk=step.released)
+        step = screener.finish()
+        for finding in step.findings:
+            yield pb.ScreenStreamResponse(finding=finding)
+        if step.released:
+            yield pb.ScreenStreamResponse(safe_chunk=step.released)
+        yield self._summary(screener)
+
+    @staticmethod
+    def _summary(screener: StreamScreener) -> pb.ScreenStreamResponse:
+        return pb.ScreenStreamResponse(
+            summary=pb.ScreenStreamSummary(
+                decision=screener.decision(),  # type: ignore[arg-type]
+                findings=[to_finding(a) for a in screener.applied],
+                received_chars=screener.received_chars,
+                released_chars=screener.released_chars,
+            )
+        )

@@ -1,0 +1,44 @@
+"""Settings of the moderation service (`PARAPET_*` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from parapet.kit.config import ServiceSettings
+
+
+class ModerationSettings(ServiceSettings):
+    """Where tenant policies come from, the masking key, and which detectors run."""
+
+    auth_address: str | None = Field(
+        None,
+        description="host:port of the auth service, whose GetEffectivePolicy gives each tenant's moderation "
+        "policy. Unset: every tenant gets the service defaults (docs/moderation.md).",
+    )
+    policy_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a tenant's policy is used before it is revalidated with auth (by version).",
+    )
+    masking_key: SecretStr | None = Field(
+        None,
+        description="Base64 of 32 random bytes: the AES-256-GCM key sealing masking contexts. Every replica must "
+        "share it. Unset: a random key per process (contexts then do not survive a restart or cross replicas).",
+    )
+    masking_context_ttl_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a masking context can be used (Unmask, ScreenOutput, ScreenStream).",
+    )
+    ner_enabled: bool = Field(
+        True, description="Detect person names on input with the spaCy English model (loaded once at start)."
+    )
+    injection_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Combined injection score at or above which a prompt counts as an attack.",
+    )
+    max_text_chars: int = Field(
+        200_000, gt=0, description="Longest text (and longest stream) screened; longer ones are refused."
+    )

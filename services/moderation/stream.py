@@ -1,0 +1,140 @@
+"""Incremental screening of a streamed model output, with the smallest hold-back and linear total work.
+
+Each chunk is appended to the unreleased tail and only that tail (plus ``LEFT_CONTEXT`` code points of
+released text, for look-behinds and context words) is scanned: the whole answer is never rescanned, so
+total work is O(received + chunks x window), counted in ``scanned_chars``. What is released is every
+code point before the earliest place a match could still be in progress:
+
+- per detector, the start of its last ``max_tokens`` whitespace-separated pieces (a match cannot span
+  more), bounded by ``max_span - 1`` code points, measured before the ``lookahead`` context it reads;
+- never inside a finding that reaches into the held tail (a private key whose END line has not come);
+- never inside a masking placeholder, so ``<EMAIL_1>`` split over chunks is restored whole.
+
+Findings are final once released text lies behind them; a finding whose action is BLOCK stops the
+stream: nothing after it is released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from parapet.moderation.v1 import finding_pb2
+from services.moderation.detectors.base import Detection, Detector
+from services.moderation.engine import Applied, apply_policy, detect_all, to_finding
+from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVault
+from services.moderation.policy import Policy
+
+LEFT_CONTEXT = 64  # ≥ the context-word window of any detector (detectors/context.py)
+
+
+def tail_start(text: str, end: int, max_span: int, max_tokens: int) -> int:
+    """Earliest index in ``text[:end]`` at which a match of at most ``max_span`` code points and
+    ``max_tokens`` whitespace-separated pieces, not yet complete at ``end``, could start."""
+    lower = max(0, end - (max_span - 1))
+    tokens = 1 if end == 0 or text[end - 1].isspace() else 0  # the piece still to come counts
+    position = end
+    for i in range(end - 1, lower - 1, -1):
+        if not text[i].isspace() and (i == 0 or text[i - 1].isspace()):
+            tokens += 1
+            position = i
+            if tokens >= max_tokens:
+                return position
+    return lower if tokens < max_tokens else position
+
+
+@dataclass
+class StreamStep:
+    """What one chunk (or the end) produced: text safe to send now and findings made final."""
+
+    released: str = ""
+    findings: list[finding_pb2.Finding] = field(default_factory=list)
+    blocked: bool = False
+
+
+class StreamScreener:
+    def __init__(self, detectors: Sequence[Detector], policy: Policy, vault: MaskingVault) -> None:
+        self._detectors = list(detectors)
+        self._policy = policy
+        self._vault = vault
+        self._buffer = ""  # received, not yet released (as the model wrote it)
+        self._context = ""  # the last LEFT_CONTEXT code points released, as the model wrote them
+        self._base = 0  # stream offset of _buffer[0]
+        self.received_chars = 0
+        self.released_chars = 0
+        self.scanned_chars = 0  # code points handed to detectors: the linear-work measure
+        self.blocked = False
+        self.applied: list[Applied] = []
+
+    @property
+    def held_chars(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, chunk: str) -> StreamStep:
+        if self.blocked:
+            return StreamStep(blocked=True)
+        self._buffer += chunk
+        self.received_chars += len(chunk)
+        return self._advance(final=False)
+
+    def finish(self) -> StreamStep:
+        if self.blocked:
+            return StreamStep(blocked=True)
+        return self._advance(final=True)
+
+    def decision(self) -> int:
+        if self.blocked:
+            return finding_pb2.DECISION_BLOCK
+        return finding_pb2.DECISION_MODIFIED if self.applied else finding_pb2.DECISION_PASS
+
+    def _hold(self) -> int:
+        buffer, n = self._buffer, len(self._buffer)
+        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)
+        for detector in self._detectors:
+            end = max(0, n - getattr(detector, "lookahead", 0))
+            limit = min(limit, tail_start(buffer, end, detector.max_span, detector.max_tokens))
+        return limit
+
+    def _advance(self, *, final: bool) -> StreamStep:
+        scan = self._context + self._buffer
+        self.scanned_chars += len(scan)
+        shift = len(self._context)
+        detections = [
+            dataclasses.replace(d, start=d.start - shift, end=d.end - shift)
+            for d in detect_all(self._detectors, scan)
+            if d.start >= shift
+        ]
+        limit = len(self._buffer) if final else self._hold()
+        limit = self._settle_limit(limit, detections)
+        ready = [d for d in detections if d.end <= limit]
+        screened = apply_policy(self._buffer[:limit], ready, self._policy, None)
+        step = StreamStep()
+        for applied in screened.applied:
+            self.applied.append(applied)
+            step.findings.append(to_finding(applied, 0, self._base))
+        if screened.decision == finding_pb2.DECISION_BLOCK:
+            self.blocked = step.blocked = True
+            self._buffer = ""
+            return step
+        released, _ = self._vault.restore(screened.text)
+        self.released_chars += len(released)
+        step.released = released
+        self._context = (self._context + self._buffer[:limit])[-LEFT_CONTEXT:]
+        self._buffer = self._buffer[limit:]
+        self._base += limit
+        return step
+
+    def _settle_limit(self, limit: int, detections: Sequence[Detection]) -> int:
+        """Move ``limit`` left until no finding and no placeholder straddles it."""
+        moved = True
+        while moved:
+            moved = False
+            for d in detections:
+                if d.start < limit < d.end:
+                    limit, moved = d.start, True
+            window_start = max(0, limit - MAX_PLACEHOLDER)
+            for match in PLACEHOLDER.finditer(self._buffer, window_start, limit + MAX_PLACEHOLDER):
+                if match.start() < limit < match.end():
+                    limit, moved = match.start(), True
+        return limit
