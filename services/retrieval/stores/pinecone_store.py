@@ -128,7 +128,7 @@ class PineconeStore:
     async def _ids_with_prefix(self, tenant_id: str, prefix: str) -> list[str]:
         def collect() -> list[str]:
             return [
-                item.id
+                str(item.id)
                 for page in self._index.list(prefix=prefix, namespace=tenant_id)
                 for item in page.vectors
             ]

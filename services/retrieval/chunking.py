@@ -1,0 +1,114 @@
+"""Structure-aware, token-bounded chunking with overlap.
+
+Blocks (headings, paragraphs, code) are split into sentences (lines for code); a sentence longer than the
+limit is cut at token boundaries. Chunks are contiguous spans of the extracted text packed greedily up
+to `max_tokens` word pieces of the embedding model's tokenizer; a chunk closes before a heading once it
+holds at least `min_tokens`, so sections start fresh. The next chunk repeats up to `overlap_tokens` of
+the previous chunk's last sentences, except across a section break.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from services.retrieval.extract import Block, Extracted
+
+
+@dataclass(frozen=True)
+class ChunkingOptions:
+    #: all-MiniLM-L6-v2 reads at most 256 word pieces including [CLS]/[SEP]; 200 leaves a margin.
+    max_tokens: int = 200
+    overlap_tokens: int = 40
+    min_tokens: int = 50
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ordinal: int
+    start: int
+    end: int
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class _Unit:
+    start: int
+    end: int
+    tokens: int
+    heading: bool
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
+
+
+def _sentences(text: str, block: Block) -> list[tuple[int, int]]:
+    pattern = re.compile(r"\n+") if block.kind == "code" else _SENTENCE_END
+    spans = []
+    position = block.start
+    for match in pattern.finditer(text, block.start, block.end):
+        if match.start() > position:
+            spans.append((position, match.start()))
+        position = match.end()
+    if block.end > position:
+        spans.append((position, block.end))
+    return spans
+
+
+def _units(extracted: Extracted, tokenizer: Tokenizer, max_tokens: int) -> list[_Unit]:
+    text = extracted.text
+    spans: list[tuple[int, int, bool]] = []
+    for block in extracted.blocks:
+        spans.extend(
+            (s, e, block.kind == "heading" and i == 0) for i, (s, e) in enumerate(_sentences(text, block))
+        )
+    encodings = tokenizer.encode_batch([text[s:e] for s, e, _ in spans], add_special_tokens=False)
+    units = []
+    for (start, end, heading), encoding in zip(spans, encodings, strict=True):
+        count = len(encoding.ids)
+        if count <= max_tokens:
+            units.append(_Unit(start, end, count, heading))
+            continue
+        # Too long for one chunk: cut at word-piece boundaries (offsets are relative to the sentence).
+        offsets = encoding.offsets
+        for first in range(0, count, max_tokens):
+            last = min(first + max_tokens, count) - 1
+            piece_start = start + offsets[first][0]
+            piece_end = start + offsets[last][1] if last + 1 >= count else start + offsets[last + 1][0]
+            units.append(_Unit(piece_start, piece_end, last - first + 1, heading and first == 0))
+    return units
+
+
+def chunk(extracted: Extracted, tokenizer: Tokenizer, options: ChunkingOptions | None = None) -> list[Chunk]:
+    """The chunks of `extracted`, in order; never empty for text with at least one block.
+
+    `tokenizer` must not truncate (`load_tokenizer(truncate=False)`), or long sentences are miscounted.
+    """
+    options = options or ChunkingOptions()
+    units = _units(extracted, tokenizer, options.max_tokens)
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(units):
+        j, tokens = i, 0
+        section_break = False
+        while j < len(units) and tokens + units[j].tokens <= options.max_tokens:
+            if j > i and units[j].heading and tokens >= options.min_tokens:
+                section_break = True
+                break
+            tokens += units[j].tokens
+            j += 1
+        start, end = units[i].start, units[j - 1].end
+        chunks.append(Chunk(len(chunks), start, end, extracted.text[start:end], tokens))
+        if j >= len(units):
+            break
+        next_start = j
+        if not section_break:
+            overlap = 0
+            while next_start - 1 > i and overlap + units[next_start - 1].tokens <= options.overlap_tokens:
+                next_start -= 1
+                overlap += units[next_start].tokens
+        i = next_start
+    return chunks

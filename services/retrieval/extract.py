@@ -1,0 +1,267 @@
+"""Turns a document's bytes into plain text with structural blocks (headings, paragraphs, code).
+
+Offsets (citations, chunk spans) index the extracted text in Unicode code points. Markdown keeps its
+source text (a reader recognises it, and the model reads it fine); HTML becomes its visible text, block
+elements on their own lines, script/style dropped, entities decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+MIME_TYPES = ("text/plain", "text/markdown", "text/html")
+
+
+class ExtractionError(Exception):
+    """The document cannot be used; `reason` is its ErrorInfo reason (docs/contracts.md)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Block:
+    """A structural unit of the text: [start, end) in code points."""
+
+    start: int
+    end: int
+    #: "heading", "code" or "text". A heading starts a new section: chunks prefer to break before it.
+    kind: str = "text"
+
+
+@dataclass(frozen=True)
+class Extracted:
+    text: str
+    blocks: list[Block]
+    #: The document's own title (HTML <title>, first Markdown heading), used when the caller gave none.
+    title: str = ""
+
+
+def decode(content: bytes) -> str:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ExtractionError(
+            "DOCUMENT_UNDECODABLE", f"content is not valid UTF-8 (byte {error.start}: {error.reason})"
+        ) from error
+    if "\x00" in text:
+        raise ExtractionError(
+            "DOCUMENT_UNDECODABLE", "content contains NUL characters: binary data, not text"
+        )
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def extract(content: bytes, mime_type: str) -> Extracted:
+    """The text and blocks of `content`; raises `ExtractionError` for unusable input."""
+    media = mime_type.split(";", 1)[0].strip().lower()
+    if media not in MIME_TYPES:
+        raise ExtractionError(
+            "MIME_TYPE_UNSUPPORTED", f"mime_type {mime_type!r} is not one of {', '.join(MIME_TYPES)}"
+        )
+    if not content:
+        raise ExtractionError("DOCUMENT_EMPTY", "content is empty")
+    text = decode(content)
+    if media == "text/html":
+        extracted = _html(text)
+    elif media == "text/markdown":
+        extracted = _markdown(text)
+    else:
+        extracted = Extracted(text, _paragraphs(text, 0, len(text)))
+    if not extracted.blocks:
+        raise ExtractionError("DOCUMENT_EMPTY", "content has no text after extraction")
+    return extracted
+
+
+def _trimmed(text: str, start: int, end: int, kind: str) -> Block | None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return Block(start, end, kind) if end > start else None
+
+
+def _paragraphs(text: str, start: int, end: int) -> list[Block]:
+    blocks = []
+    position = start
+    for match in re.finditer(r"\n[ \t]*\n", text[start:end]):
+        block = _trimmed(text, position, start + match.start(), "text")
+        if block:
+            blocks.append(block)
+        position = start + match.end()
+    block = _trimmed(text, position, end, "text")
+    if block:
+        blocks.append(block)
+    return blocks
+
+
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+_FENCE = re.compile(r"^[ \t]*(```|~~~)")
+_LIST_ITEM = re.compile(r"^[ \t]*([-*+]|\d+[.)])[ \t]+")
+
+
+def _markdown(text: str) -> Extracted:
+    blocks: list[Block] = []
+    title = ""
+    paragraph_start: int | None = None
+    fence_start: int | None = None
+    fence = ""
+    position = 0
+
+    def close_paragraph(end: int) -> None:
+        nonlocal paragraph_start
+        if paragraph_start is not None:
+            block = _trimmed(text, paragraph_start, end, "text")
+            if block:
+                blocks.append(block)
+            paragraph_start = None
+
+    for line in text.split("\n"):
+        line_start, line_end = position, position + len(line)
+        position = line_end + 1
+        if fence_start is not None:
+            if line.strip().startswith(fence):
+                block = _trimmed(text, fence_start, line_end, "code")
+                if block:
+                    blocks.append(block)
+                fence_start = None
+            continue
+        fence_match = _FENCE.match(line)
+        if fence_match:
+            close_paragraph(line_start)
+            fence_start, fence = line_start, fence_match.group(1)
+            continue
+        heading = _HEADING.match(line)
+        if heading:
+            close_paragraph(line_start)
+            block = _trimmed(text, line_start, line_end, "heading")
+            if block:
+                blocks.append(block)
+            title = title or heading.group(2).strip()
+            continue
+        if not line.strip():
+            close_paragraph(line_start)
+            continue
+        if _LIST_ITEM.match(line):
+            close_paragraph(line_start)
+        if paragraph_start is None:
+            paragraph_start = line_start
+    if fence_start is not None:  # an unclosed fence runs to the end
+        block = _trimmed(text, fence_start, len(text), "code")
+        if block:
+            blocks.append(block)
+    close_paragraph(len(text))
+    return Extracted(text, blocks, title)
+
+
+_BLOCK_TAGS = frozenset(
+    [
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "body",
+        "br",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "tr",
+        "ul",
+    ]
+)
+_HEADINGS = frozenset(["h1", "h2", "h3", "h4", "h5", "h6"])
+_SKIPPED = frozenset(["script", "style", "noscript", "template", "head", "svg"])
+
+
+@dataclass
+class _HtmlText(HTMLParser):
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    blocks: list[Block] = field(default_factory=list)
+    block_start: int = 0
+    kind: str = "text"
+    skipping: int = 0
+    in_title: bool = False
+    title: str = ""
+    pre: int = 0
+
+    def __post_init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+
+    def _emit(self, data: str) -> None:
+        self.parts.append(data)
+        self.length += len(data)
+
+    def _break(self, kind: str = "text") -> None:
+        text = "".join(self.parts)
+        block = _trimmed(text, self.block_start, self.length, self.kind)
+        if block:
+            self.blocks.append(block)
+            self._emit("\n")
+        self.block_start = self.length
+        self.kind = kind
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self.in_title = True
+        if tag in _SKIPPED:
+            self.skipping += 1
+        elif tag in _BLOCK_TAGS:
+            self._break("heading" if tag in _HEADINGS else "code" if tag == "pre" else "text")
+            self.pre += tag == "pre"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+        if tag in _SKIPPED:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in _BLOCK_TAGS:
+            self._break()
+            self.pre -= tag == "pre" and self.pre > 0
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.title += data
+        if self.skipping:
+            return
+        if not self.pre:
+            data = re.sub(r"\s+", " ", data)
+            if self.length == self.block_start or ("".join(self.parts[-1:]).endswith((" ", "\n"))):
+                data = data.lstrip()
+        self._emit(data)
+
+
+def _html(source: str) -> Extracted:
+    parser = _HtmlText()
+    parser.feed(source)
+    parser.close()
+    parser._break()
+    return Extracted("".join(parser.parts), parser.blocks, re.sub(r"\s+", " ", parser.title).strip())

@@ -1,0 +1,251 @@
+"""RetrievalService: request validation, permissions and the principal's tenant; the work is elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from parapet.kit.context import require_principal
+from parapet.kit.database import Database
+from parapet.kit.errors import InvalidArgument, PermissionDenied
+from parapet.kit.identity import Principal
+from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
+from parapet.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval import repository
+from services.retrieval.deletion import Deleter
+from services.retrieval.ingest import Ingestor, Progress
+from services.retrieval.permissions import (
+    ADMIN,
+    DOCUMENTS_DELETE,
+    DOCUMENTS_READ,
+    INGEST,
+    has_permission,
+    require_permission,
+)
+from services.retrieval.scope import tenant_scope
+from services.retrieval.search import Searcher, SearchRequest
+
+MAX_QUERY_CHARS = 8192
+DEFAULT_TOP_K = 8
+MAX_TOP_K = 100
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+def _page_token(after: str, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"a": after, "f": fingerprint}).encode()).decode()
+
+
+def _fingerprint(owner: str, metadata: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps([owner, sorted(metadata.items())]).encode()).hexdigest()[:16]
+
+
+def _document_proto(row: repository.DocumentRow) -> document_pb2.Document:
+    document = document_pb2.Document(
+        document_id=row.document_id,
+        title=row.title,
+        source_uri=row.source_uri,
+        mime_type=row.mime_type,
+        metadata=row.metadata,
+        access_groups=row.access_groups,
+        owner_user_id=row.owner_user_id,
+        content_sha256=row.content_sha256,
+        size_bytes=row.size_bytes,
+        chunk_count=row.chunk_count,
+    )
+    document.create_time.FromDatetime(row.create_time)
+    document.update_time.FromDatetime(row.update_time)
+    return document
+
+
+class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, database: Database, ingestor: Ingestor, searcher: Searcher, deleter: Deleter) -> None:
+        self._database = database
+        self._ingestor = ingestor
+        self._searcher = searcher
+        self._deleter = deleter
+
+    def _caller(self, permission: str) -> Principal:
+        principal = require_principal()
+        require_permission(principal, permission)
+        return principal
+
+    async def IngestDocuments(
+        self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: grpc.aio.ServicerContext
+    ) -> pb.IngestDocumentsResponse:
+        principal = self._caller(INGEST)
+        progress = Progress()
+        results = []
+        index = 0
+        async for request in request_iterator:
+            results.append(
+                await self._ingestor.ingest(
+                    principal.tenant_id, principal.subject, index, request.document, request.content, progress
+                )
+            )
+            index += 1
+        return pb.IngestDocumentsResponse(results=results, progress=progress.to_proto())
+
+    async def StreamIngestDocuments(
+        self,
+        request_iterator: AsyncIterator[pb.StreamIngestDocumentsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamIngestDocumentsResponse]:
+        principal = self._caller(INGEST)
+        progress = Progress()
+        outbox: asyncio.Queue[pb.StreamIngestDocumentsResponse | BaseException | None] = asyncio.Queue()
+
+        async def work() -> None:
+            try:
+                index = 0
+                async for request in request_iterator:
+                    result = await self._ingestor.ingest(
+                        principal.tenant_id,
+                        principal.subject,
+                        index,
+                        request.document,
+                        request.content,
+                        progress,
+                    )
+                    outbox.put_nowait(pb.StreamIngestDocumentsResponse(result=result))
+                    index += 1
+                outbox.put_nowait(None)
+            except BaseException as error:  # handed to the response stream, which raises it
+                outbox.put_nowait(error)
+
+        worker = asyncio.create_task(work())
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(outbox.get(), PROGRESS_INTERVAL_SECONDS)
+                except TimeoutError:
+                    yield pb.StreamIngestDocumentsResponse(progress=progress.to_proto())
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            yield pb.StreamIngestDocumentsResponse(progress=progress.to_proto())
+        finally:
+            worker.cancel()
+
+    async def Query(self, request: pb.QueryRequest, context: grpc.aio.ServicerContext) -> pb.QueryResponse:
+        principal = self._caller(DOCUMENTS_READ)
+        violations = []
+        if not request.query.strip():
+            violations.append(("query", "must not be empty"))
+        elif len(request.query) > MAX_QUERY_CHARS:
+            violations.append(("query", f"at most {MAX_QUERY_CHARS} characters"))
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            violations.append(("top_k", f"must be between 0 and {MAX_TOP_K}"))
+        if not 0.0 <= request.min_score <= 1.0:
+            violations.append(("min_score", "must be in [0, 1]"))
+        if request.mode not in pb.SearchMode.values():
+            violations.append(("mode", "unknown search mode"))
+        if violations:
+            raise InvalidArgument("invalid query", field_violations=violations)
+        chunks = await self._searcher.search(
+            SearchRequest(
+                tenant_id=principal.tenant_id,
+                groups=principal.groups,
+                query=request.query,
+                top_k=request.top_k or DEFAULT_TOP_K,
+                min_score=request.min_score,
+                mode=request.mode,
+                metadata=dict(request.metadata_filter),
+                document_ids=tuple(request.document_ids),
+            )
+        )
+        return pb.QueryResponse(chunks=chunks)
+
+    async def DeleteDocument(
+        self, request: pb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentResponse:
+        principal = self._caller(DOCUMENTS_DELETE)
+        if not request.document_id:
+            raise InvalidArgument(
+                "document_id is required", field_violations=[("document_id", "must not be empty")]
+            )
+        deleted = await self._deleter.delete_document(
+            principal.tenant_id,
+            principal.groups,
+            principal.subject,
+            request.document_id,
+            request.allow_missing,
+        )
+        return pb.DeleteDocumentResponse(deleted=deleted)
+
+    async def DeleteDocuments(
+        self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentsResponse:
+        principal = self._caller(DOCUMENTS_DELETE)
+        scope = request.WhichOneof("scope")
+        if scope == "user_id" and request.user_id:
+            if request.user_id != principal.subject and not has_permission(principal, ADMIN):
+                raise PermissionDenied(
+                    "erasing another user's documents needs the 'admin' permission",
+                    reason="PERMISSION_MISSING",
+                    metadata={"permission": ADMIN},
+                )
+            owner: str | None = request.user_id
+        elif scope == "all_documents" and request.all_documents:
+            if not has_permission(principal, ADMIN):
+                raise PermissionDenied(
+                    "erasing every document of the tenant needs the 'admin' permission",
+                    reason="PERMISSION_MISSING",
+                    metadata={"permission": ADMIN},
+                )
+            owner = None
+        else:
+            raise InvalidArgument(
+                "set exactly one scope: a non-empty user_id, or all_documents = true",
+                field_violations=[("scope", "user_id or all_documents required")],
+            )
+        count = await self._deleter.erase(principal.tenant_id, principal.subject, owner)
+        return pb.DeleteDocumentsResponse(deleted_count=count)
+
+    async def ListDocuments(
+        self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDocumentsResponse:
+        principal = self._caller(DOCUMENTS_READ)
+        if request.page_size < 0:
+            raise InvalidArgument(
+                "page_size must not be negative", field_violations=[("page_size", "negative")]
+            )
+        size = min(request.page_size or 50, 1000)
+        fingerprint = _fingerprint(request.owner_user_id, request.metadata_filter)
+        after = ""
+        if request.page_token:
+            try:
+                token = json.loads(base64.urlsafe_b64decode(request.page_token.encode()))
+                after, token_fingerprint = str(token["a"]), str(token["f"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise InvalidArgument(
+                    "page_token is not a token this RPC returned",
+                    field_violations=[("page_token", "malformed")],
+                ) from error
+            if token_fingerprint != fingerprint:
+                raise InvalidArgument(
+                    "page_token belongs to a listing with other filters",
+                    field_violations=[("page_token", "filters changed between pages")],
+                )
+        async with tenant_scope(self._database, principal.tenant_id) as session:
+            rows = await repository.list_documents(
+                session,
+                principal.tenant_id,
+                principal.groups,
+                after=after,
+                limit=size + 1,
+                owner_user_id=request.owner_user_id,
+                metadata=dict(request.metadata_filter),
+            )
+        page = rows[:size]
+        next_token = _page_token(page[-1].document_id, fingerprint) if len(rows) > size else ""
+        return pb.ListDocumentsResponse(
+            documents=[_document_proto(r) for r in page], next_page_token=next_token
+        )

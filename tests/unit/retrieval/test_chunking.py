@@ -1,0 +1,58 @@
+"""Chunking: token bounds, overlap, section breaks, spans that match the extracted text."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from tokenizers import Tokenizer
+
+from parapet.embeddings.minilm import load_tokenizer
+from services.retrieval.chunking import ChunkingOptions, chunk
+from services.retrieval.extract import extract
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return load_tokenizer(truncate=False)
+
+
+def _count(tokenizer: Tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def test_chunks_are_token_bounded_spans_with_overlap(tokenizer: Tokenizer) -> None:
+    text = " ".join(f"Sentence number {i} talks about topic {i % 7}." for i in range(300))
+    extracted = extract(text.encode(), "text/plain")
+    chunks = chunk(extracted, tokenizer, ChunkingOptions(max_tokens=120, overlap_tokens=30))
+    assert len(chunks) > 5
+    for c in chunks:
+        assert c.text == extracted.text[c.start : c.end]
+        assert _count(tokenizer, c.text) <= 120 + 2  # joins may merge a piece or two
+    for previous, following in itertools.pairwise(chunks):
+        assert following.start < previous.end, "consecutive chunks overlap"
+        assert following.start > previous.start
+    assert chunks[0].start == 0 and chunks[-1].end == len(extracted.text.rstrip())
+
+
+def test_sections_start_new_chunks_without_overlap(tokenizer: Tokenizer) -> None:
+    body = " ".join(f"Detail {i} of the first section." for i in range(15))
+    source = f"# First\n\n{body}\n\n# Second\n\nShort second section.".encode()
+    extracted = extract(source, "text/markdown")
+    chunks = chunk(extracted, tokenizer, ChunkingOptions(max_tokens=200, overlap_tokens=40, min_tokens=20))
+    assert [c.text.splitlines()[0] for c in chunks] == ["# First", "# Second"]
+    assert chunks[1].start >= chunks[0].end
+
+
+def test_a_sentence_longer_than_the_limit_is_cut(tokenizer: Tokenizer) -> None:
+    extracted = extract(("word " * 1000).encode(), "text/plain")
+    chunks = chunk(extracted, tokenizer, ChunkingOptions(max_tokens=100, overlap_tokens=0))
+    assert len(chunks) == 10
+    assert all(_count(tokenizer, c.text) <= 100 for c in chunks)
+    assert "".join(extracted.text[c.start : c.end] for c in chunks).split() == extracted.text.split()
+
+
+def test_small_document_is_one_chunk(tokenizer: Tokenizer) -> None:
+    extracted = extract(b"Just one line.", "text/plain")
+    (only,) = chunk(extracted, tokenizer)
+    assert (only.ordinal, only.start, only.end, only.text) == (0, 0, 14, "Just one line.")
