@@ -26,6 +26,8 @@ import grpc.aio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+# CPU pinning and per-process CPU time exactly as the kit's floor measures them, so the two compare.
+from bench.kit_roundtrip import _cpu_seconds, _pin
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.auth.v1 import (
@@ -56,16 +58,6 @@ WARMUP_CALLS = 200
 CONCURRENCY = 64
 THROUGHPUT_SECONDS = 5.0
 IN_PROCESS_CALLS = 20_000
-
-
-def _pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
-        os.sched_setaffinity(0, {cpu})
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _settings(values: dict[str, Any]) -> AuthSettings:

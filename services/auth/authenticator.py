@@ -143,7 +143,7 @@ class Authenticator:
             api_key_id=record.api_key_id,
         )
         last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
-        entry = IdentityEntry(principal, record.policy_version, 0.0, last_use_written=last_use)
+        entry = IdentityEntry(principal, record.policy_version, last_use_written=last_use)
         expires = record.expire_time.timestamp() if record.expire_time else None
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=expires)
         return entry
@@ -225,6 +225,6 @@ class Authenticator:
             external_token_id=jti if isinstance(jti, str) else "",
             issuer=token.issuer,
         )
-        entry = IdentityEntry(principal, view.policy.version, 0.0)
+        entry = IdentityEntry(principal, view.policy.version)
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=float(claims["exp"]))
         return entry

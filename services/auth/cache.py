@@ -22,7 +22,6 @@ V = TypeVar("V")
 class IdentityEntry:
     principal: Principal
     policy_version: int
-    expires: float  # wall clock: the cache TTL, or the credential's own expiry if sooner
     token: str = ""
     token_expires: float = 0.0
     last_use_written: float = field(default_factory=time.time)
