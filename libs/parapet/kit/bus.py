@@ -8,6 +8,7 @@ makes sure nothing is lost meanwhile, not the connection.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,6 +71,7 @@ class Bus:
         reconnect_wait: float = 1.0,
         publish_timeout: float = 5.0,
         drain_timeout: float = 2.0,
+        initial_attempts: int = 3,
     ) -> Bus:
         """Connect to ``url`` (raises when unreachable at start) and keep reconnecting forever after."""
 
@@ -79,24 +81,34 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats reconnected", extra={"nats_url": url})
 
+        last_warning = 0.0
+
         async def on_error(exc: Exception) -> None:
-            log.debug("nats error: %s", exc, extra={"nats_url": url})
+            # Visible (a wrong URL must not look like silence), but at most one line per 30 s while an
+            # outage makes every reconnect attempt fail.
+            nonlocal last_warning
+            if time.monotonic() - last_warning >= 30.0:
+                last_warning = time.monotonic()
+                log.warning("nats error: %s", exc, extra={"nats_url": url})
 
         client = await nats.connect(
             url,
             name=name,
             connect_timeout=connect_timeout,
             reconnect_time_wait=reconnect_wait,
-            max_reconnect_attempts=-1,
+            # Start-up gives up after a few attempts, so a wrong or unreachable URL fails the start with
+            # an error instead of hanging; once connected, reconnecting never stops (set below).
+            max_reconnect_attempts=initial_attempts,
             # Shutdown must stay within the server's grace period even when NATS goes away mid-drain
             # (the library's default waits 30 s); unacknowledged messages are redelivered, not lost.
             drain_timeout=drain_timeout,
-            # Initial connect: try once per server and report, rather than retry silently at start.
             allow_reconnect=True,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             error_cb=on_error,
         )
+        # nats-py reads this option on every reconnect: from now on, an outage only delays.
+        client.options["max_reconnect_attempts"] = -1
         return cls(client, publish_timeout=publish_timeout)
 
     async def ensure_stream(self, spec: StreamSpec) -> None:

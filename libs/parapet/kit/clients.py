@@ -5,13 +5,14 @@ Every outgoing call made while serving an RPC
   channel's default timeout when there is no incoming deadline, so no call waits forever;
 - carries the caller's internal identity token and request id unchanged;
 - continues the trace (OpenTelemetry client interceptor);
-- is retried by gRPC itself on UNAVAILABLE (up to 3 attempts with backoff, within the deadline).
+- is retried by gRPC itself on UNAVAILABLE (up to 3 attempts with backoff, within the deadline) when
+  the contract marks the method safe to repeat; other methods are never repeated behind the caller's back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -21,30 +22,42 @@ import grpc.aio
 from parapet.kit import telemetry
 from parapet.kit.config import ServiceSettings
 from parapet.kit.context import remaining_time, request_id_var, token_var
+from parapet.kit.descriptors import safe_to_repeat_paths
 
 # Time kept back from the remaining deadline for the response to travel back and be handled.
 DEADLINE_MARGIN_SECONDS = 0.01
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
-RETRY_SERVICE_CONFIG: dict[str, Any] = {
-    # Spread calls over every address the target resolves to (a headless Kubernetes Service behind a
-    # `dns:///` target lists every pod); the default pick_first would pin a client to one replica.
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": [{}],  # every method of every service on the channel
-            # Fail fast when the target is down rather than queue until the deadline; retries cover blips.
-            "waitForReady": False,
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ],
+_RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+
+def service_config(retryable: Iterable[str]) -> dict[str, Any]:
+    """The channel's gRPC service config: round-robin, fail fast, and retries for ``retryable`` only.
+
+    gRPC retries a call the server answered UNAVAILABLE even after the handler's side effects, so only
+    methods the contract marks safe to repeat (NO_SIDE_EFFECTS or IDEMPOTENT) get a retry policy; the
+    others (a model call, creating an API key) reach the caller's own error handling exactly once.
+    """
+    names = []
+    for path in sorted(retryable):
+        service, _, method = path.lstrip("/").partition("/")
+        names.append({"service": service, "method": method})
+    method_configs: list[dict[str, Any]] = [{"name": [{}], "waitForReady": False}]
+    if names:
+        # The exact method names take precedence over the catch-all default above.
+        method_configs.append({"name": names, "waitForReady": False, "retryPolicy": _RETRY_POLICY})
+    return {
+        # Spread calls over every address the target resolves to (a headless Kubernetes Service behind a
+        # `dns:///` target lists every pod); the default pick_first would pin a client to one replica.
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": method_configs,
+    }
 
 
 def outgoing_timeout(explicit: float | None, default: float | None) -> float | None:
@@ -110,6 +123,7 @@ def channel(
     default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     tracer_provider: Any = None,
     options: Sequence[tuple[str, Any]] = (),
+    retryable_methods: Iterable[str] | None = None,
 ) -> grpc.aio.Channel:
     """A channel to another service (``host:port``) with the kit's client interceptors.
 
@@ -123,8 +137,9 @@ def channel(
         *telemetry.client_interceptors(tracer_provider),
         _PropagatingInterceptor(default_timeout),
     ]
+    retryable = safe_to_repeat_paths() if retryable_methods is None else frozenset(retryable_methods)
     channel_options = [
-        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+        ("grpc.service_config", json.dumps(service_config(retryable))),
         ("grpc.enable_retries", 1),
         *options,
     ]

@@ -15,8 +15,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +36,7 @@ from parapet.kit.metrics import MetricsServer
 from parapet.kit.migrations import migrate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KitServer(Generic[SettingsT]):
@@ -200,7 +202,15 @@ async def serve(app: ServiceApp[Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    server, port = await create_server(app, settings, tracer_provider=provider)
+    built = await _unless_stopped(create_server(app, settings, tracer_provider=provider), stop_requested)
+    if built is None:
+        # Asked to stop while still starting (e.g. a dependency unreachable and a rollout gave up).
+        provider.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("stopped before serving")
+        return
+    server, port = built
     try:
         await server.start()
         log.info("serving", extra={"host": settings.host, "port": port, "services": list(app.service_names)})
@@ -213,6 +223,25 @@ async def serve(app: ServiceApp[Any]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _unless_stopped(starting: Awaitable[T], stop_requested: asyncio.Event) -> T | None:
+    """``starting``'s result, or None when a stop is requested first (``starting`` is then cancelled).
+
+    Start-up can wait on dependencies (connecting to NATS, migrating the database); a SIGTERM meanwhile
+    must end the process, not be remembered until start-up finishes.
+    """
+    task = asyncio.ensure_future(starting)
+    stop = asyncio.ensure_future(stop_requested.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 def main(app: ServiceApp[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -43,3 +44,15 @@ async def test_publish_with_headers_and_dedup(bus: Bus) -> None:
     assert message.headers is not None
     assert message.headers[MSG_ID_HEADER] == "evt-1" and message.headers["ce-type"] == "parapet.usage.v1"
     assert await bus.is_healthy()
+
+
+async def test_connect_fails_when_nats_is_unreachable_at_start() -> None:
+    """A wrong URL fails the start with an error instead of hanging in a silent reconnect loop."""
+    from nats.errors import NoServersError
+
+    from parapet.embedded import free_port
+
+    with pytest.raises(NoServersError):
+        await asyncio.wait_for(
+            Bus.connect(f"nats://127.0.0.1:{free_port()}", reconnect_wait=0.1, connect_timeout=0.5), 20
+        )

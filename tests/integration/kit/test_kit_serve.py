@@ -54,3 +54,39 @@ async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+NATS_PROGRAM = """
+from parapet.kit.server import main
+from parapet.kit.testing import generic_app
+
+main(generic_app(name="stuck", service_names=("test.v1.Stuck",), uses_nats=True))
+"""
+
+
+async def test_sigterm_during_startup_ends_the_process(tmp_path: Path) -> None:
+    """Start-up waiting on an unreachable dependency still honours SIGTERM at once."""
+    from parapet.embedded import free_port
+
+    script = tmp_path / "stuck.py"
+    script.write_text(NATS_PROGRAM)
+    env = {
+        **os.environ,
+        "PARAPET_PORT": "0",
+        "PARAPET_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "PARAPET_NATS_RECONNECT_WAIT_SECONDS": "5",  # start-up would take ~15 s to give up
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stderr is not None
+        # Wait until it is trying to connect (its first warning), then ask it to stop.
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert b"nats" in line, line
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -34,7 +34,7 @@ async def test_unavailable_is_retried_other_errors_are_not(keys: TestKeys) -> No
 
     app = generic_app(string_service(SERVICE, unary={"Call": flaky}), keys=keys, service_names=(SERVICE,))
     async with running(app, fast_settings()) as (_, port):
-        channel = clients.channel(f"127.0.0.1:{port}")
+        channel = clients.channel(f"127.0.0.1:{port}", retryable_methods={f"/{SERVICE}/Call"})
         call = unary_caller(channel, f"/{SERVICE}/Call")
         try:
             assert (
@@ -74,3 +74,33 @@ async def test_calls_are_balanced_over_every_resolved_replica(keys: TestKeys) ->
             await channel.close()
     # round_robin alternates once both subchannels are ready; pick_first would send all 20 to one.
     assert served_by.count("a") >= 5 and served_by.count("b") >= 5, served_by
+
+
+async def test_methods_not_safe_to_repeat_are_called_exactly_once(keys: TestKeys) -> None:
+    """gRPC would repeat a call answered UNAVAILABLE after its side effects: only safe methods retry."""
+    attempts = 0
+
+    async def unsafe(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        nonlocal attempts
+        attempts += 1
+        raise Unavailable("upstream down", retry_after=0.01)
+
+    app = generic_app(string_service(SERVICE, unary={"Charge": unsafe}), keys=keys, service_names=(SERVICE,))
+    async with running(app, fast_settings()) as (_, port):
+        # Default retryable set: the published contracts' safe methods, which test.v1 is not part of.
+        async with clients.channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary_caller(channel, f"/{SERVICE}/Charge")(
+                    StringValue(value="x"), metadata=keys.metadata()
+                )
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert attempts == 1
+
+
+def test_retryable_set_follows_the_contracts_idempotency() -> None:
+    from parapet.kit.descriptors import safe_to_repeat_paths
+
+    safe = safe_to_repeat_paths()
+    assert "/parapet.metering.v1.MeteringService/GetUsage" in safe  # read-only
+    assert "/parapet.inference.v1.InferenceService/Complete" not in safe  # every call costs a model call
+    assert "/parapet.auth.v1.TenantAdminService/CreateApiKey" not in safe  # would mint a second key
