@@ -12,6 +12,8 @@ from parapet.cli.registry import SERVICES, ServiceSpec
 # Only the auth service signs internal tokens, so only it is told where the private key is.
 SIGNING_KEY_ENV = "PARAPET_AUTH_SIGNING_KEY_FILE"
 SIGNING_SERVICE = "auth"
+AUDIT_KEY_ENV = "PARAPET_AUDIT_CHECKPOINT_KEY_FILE"
+AUDIT_SERVICE = "audit"
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,13 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     env = dict(base)
     # An inherited key path must not leak to services that have no business signing.
     env.pop(SIGNING_KEY_ENV, None)
+    env.pop(AUDIT_KEY_ENV, None)
     env.update(peer_addresses(suite.ports))
     env.update(
         {
             "PARAPET_HOST": suite.ports.host,
             "PARAPET_PORT": str(suite.ports.service_port(spec)),
+            "PARAPET_METRICS_PORT": str(suite.ports.metrics_port(spec)),
             "PARAPET_DATABASE_URL": suite.database_url,
             "PARAPET_NATS_URL": suite.nats_url,
             "PARAPET_IDENTITY_JWKS_FILE": str(suite.identity.jwks_file),
@@ -48,4 +52,7 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     )
     if spec.name == SIGNING_SERVICE:
         env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
+    if spec.name == AUDIT_SERVICE:
+        # Checkpoints must verify across restarts, so the audit key lives with the suite's other keys.
+        env[AUDIT_KEY_ENV] = str(suite.identity.signing_key_file.parent / "audit-checkpoint.pem")
     return env

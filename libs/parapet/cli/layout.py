@@ -5,9 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from parapet.cli.registry import NATS_PORT_OFFSET, POSTGRES_PORT_OFFSET, SERVICES, ServiceSpec
+from parapet.cli.registry import (
+    METRICS_PORT_OFFSET,
+    NATS_PORT_OFFSET,
+    POSTGRES_PORT_OFFSET,
+    SERVICES,
+    ServiceSpec,
+)
 
-_HIGHEST_OFFSET = max([NATS_PORT_OFFSET, POSTGRES_PORT_OFFSET, *(s.port_offset for s in SERVICES)])
+_HIGHEST_OFFSET = max(
+    [NATS_PORT_OFFSET, POSTGRES_PORT_OFFSET, *(METRICS_PORT_OFFSET + s.port_offset for s in SERVICES)]
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ class PortLayout:
 
     def service_address(self, spec: ServiceSpec) -> str:
         return f"{self.host}:{self.service_port(spec)}"
+
+    def metrics_port(self, spec: ServiceSpec) -> int:
+        """The service's Prometheus ``/metrics`` port (one per service: they share the host)."""
+        return self.base + METRICS_PORT_OFFSET + spec.port_offset
 
     @property
     def nats_port(self) -> int:

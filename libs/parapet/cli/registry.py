@@ -13,6 +13,7 @@ from dataclasses import dataclass
 DEFAULT_BASE_PORT = 47100
 NATS_PORT_OFFSET = 20
 POSTGRES_PORT_OFFSET = 21
+METRICS_PORT_OFFSET = 30  # each service's Prometheus endpoint: base + 30 + its own offset
 
 
 @dataclass(frozen=True)
