@@ -1,9 +1,9 @@
-"""Budget and rate-limit counters: every check-and-hold is one SQL statement, atomic across replicas.
+"""Budget counters after a reservation: freeing holds, charging actual spend, reading current state.
 
-No counter is ever read into Python and written back: each statement checks the limit against the row's
-latest committed version under its row lock (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), so any number
-of metering replicas sharing the database never hold more than the limit. Rows are touched in a stable key
-order (the callers sort), so concurrent transactions queue instead of deadlocking.
+No counter is ever read into Python and written back: every change is a relative UPDATE/upsert
+(``used = used + x``) under the row's lock, so replicas sharing the database never lose an update. Rows are
+touched in a stable key order (the callers sort), so concurrent transactions queue instead of deadlocking.
+The check-and-hold itself is in reserve_sql.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.metering.limits import AppliedBudget, AppliedRateLimit, Unit
+from services.metering.limits import AppliedBudget, Unit
 
 
 @dataclass(frozen=True)
@@ -63,115 +63,6 @@ class CounterState:
 
 def amount_for(unit: Unit, tokens: int, micros: int) -> int:
     return tokens if unit == "tokens" else micros
-
-
-_HOLD_BUDGETS = text(
-    """
-    INSERT INTO budget_counters AS c (tenant_id, budget_id, scope_key, unit, window_start, limit_value, reserved)
-    SELECT :tenant, w.budget_id, w.scope_key, w.unit, w.window_start, w.lim, w.amount
-    FROM unnest(CAST(:budget_ids AS text[]), CAST(:scope_keys AS text[]), CAST(:units AS text[]),
-                CAST(:windows AS timestamptz[]), CAST(:amounts AS bigint[]), CAST(:limits AS bigint[]))
-         WITH ORDINALITY AS w(budget_id, scope_key, unit, window_start, amount, lim, n)
-    WHERE w.amount <= w.lim
-    ORDER BY w.n
-    ON CONFLICT (tenant_id, budget_id, scope_key, unit, window_start) DO UPDATE
-        SET reserved = c.reserved + excluded.reserved, limit_value = excluded.limit_value
-        WHERE c.used + c.reserved + excluded.reserved <= excluded.limit_value
-    RETURNING c.budget_id, c.scope_key, c.unit, c.window_start, c.used, c.reserved, c.limit_value
-    """
-)
-
-
-async def hold_budgets(
-    session: AsyncSession, tenant_id: str, budgets: Sequence[AppliedBudget], tokens: int, micros: int
-) -> tuple[list[CounterState], list[AppliedBudget]]:
-    """Hold the estimate on every budget that has room; returns (held counters, budgets without room).
-
-    The caller rolls the transaction back when any budget lacks room, so a refused request holds nothing.
-    """
-    if not budgets:
-        return [], []
-    rows = (
-        await session.execute(
-            _HOLD_BUDGETS,
-            {
-                "tenant": tenant_id,
-                "budget_ids": [b.budget_id for b in budgets],
-                "scope_keys": [b.scope_key for b in budgets],
-                "units": [b.unit for b in budgets],
-                "windows": [b.window_start for b in budgets],
-                "amounts": [amount_for(b.unit, tokens, micros) for b in budgets],
-                "limits": [b.limit for b in budgets],
-            },
-        )
-    ).all()
-    held = [CounterState(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
-    keys = {(c.budget_id, c.scope_key, c.unit, c.window_start) for c in held}
-    return held, [b for b in budgets if b.key not in keys]
-
-
-_HOLD_RATES = text(
-    """
-    INSERT INTO rate_counters AS c
-        (tenant_id, scope_key, window_start, requests, tokens, rpm, tpm, carry_requests, carry_tokens)
-    SELECT :tenant, w.scope_key, :current, 1, :tokens, w.rpm, w.tpm,
-           floor(coalesce(p.requests, 0) * :weight), floor(coalesce(p.tokens, 0) * :weight)
-    FROM unnest(CAST(:scope_keys AS text[]), CAST(:rpms AS bigint[]), CAST(:tpms AS bigint[]))
-         WITH ORDINALITY AS w(scope_key, rpm, tpm, n)
-    LEFT JOIN rate_counters p
-        ON p.tenant_id = :tenant AND p.scope_key = w.scope_key AND p.window_start = :previous
-    ORDER BY w.n
-    ON CONFLICT (tenant_id, scope_key, window_start) DO UPDATE
-        SET requests = c.requests + 1, tokens = c.tokens + excluded.tokens, rpm = excluded.rpm,
-            tpm = excluded.tpm, carry_requests = excluded.carry_requests, carry_tokens = excluded.carry_tokens
-        WHERE (excluded.rpm = 0 OR c.requests + 1 + excluded.carry_requests <= excluded.rpm)
-          AND (excluded.tpm = 0 OR c.tokens + excluded.tokens + excluded.carry_tokens <= excluded.tpm)
-    RETURNING c.scope_key, c.requests, c.tokens, c.carry_requests, c.carry_tokens
-    """
-)
-
-
-async def hold_rates(
-    session: AsyncSession, tenant_id: str, limits: Sequence[AppliedRateLimit], tokens: int, now: datetime
-) -> list[AppliedRateLimit]:
-    """Count one request and ``tokens`` against each limit's sliding minute; returns the limits refused.
-
-    Sliding window = this minute's count + the previous minute's count weighted by the share of it still
-    inside the last 60 s (the usual approximation; exact for evenly spread traffic). A first request of a
-    minute is inserted unconditionally, then refused here if it alone breaks the limit.
-    """
-    if not limits:
-        return []
-    current = now.replace(second=0, microsecond=0)
-    weight = 1.0 - (now - current).total_seconds() / 60.0
-    rows = (
-        await session.execute(
-            _HOLD_RATES,
-            {
-                "tenant": tenant_id,
-                "current": current,
-                "previous": current - timedelta(minutes=1),
-                "tokens": tokens,
-                "weight": weight,
-                "scope_keys": [limit.scope_key for limit in limits],
-                "rpms": [limit.requests_per_minute for limit in limits],
-                "tpms": [limit.tokens_per_minute for limit in limits],
-            },
-        )
-    ).all()
-    by_key = {row[0]: row for row in rows}
-    refused: list[AppliedRateLimit] = []
-    for limit in limits:
-        row = by_key.get(limit.scope_key)
-        if row is None:
-            refused.append(limit)
-            continue
-        _, requests, counted_tokens, carry_requests, carry_tokens = row
-        if (limit.requests_per_minute and requests + carry_requests > limit.requests_per_minute) or (
-            limit.tokens_per_minute and counted_tokens + carry_tokens > limit.tokens_per_minute
-        ):
-            refused.append(limit)  # the minute's first request alone exceeds the limit
-    return refused
 
 
 def rate_retry_after(now: datetime) -> float:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import psycopg.errors
+from psycopg import AsyncConnection
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parapet.kit.database import Database
 from parapet.kit.errors import QuotaExceeded
 from parapet.kit.identity import Principal
-from services.metering import counters
+from services.metering import counters, reserve_sql
 from services.metering.counters import CounterState, Hold
 from services.metering.limits import AppliedBudget, AppliedRateLimit
 
@@ -80,6 +83,16 @@ def _row(r: Sequence[Any]) -> ReservationRow:
     )
 
 
+@asynccontextmanager
+async def raw_transaction(database: Database) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled psycopg connection inside one transaction (committed on success, rolled back on error)."""
+    async with database.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver: AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+        async with driver.transaction():
+            yield driver
+
+
 async def reserve(
     database: Database,
     principal: Principal,
@@ -94,69 +107,59 @@ async def reserve(
 ) -> ReserveResult:
     """Hold the estimate on every budget and rate limit, or nothing (QuotaExceeded); repeats return the first."""
     tenant = principal.tenant_id
+    for attempt in range(5):
+        try:
+            async with raw_transaction(database) as connection:
+                now = datetime.now(UTC)
+                outcome = await reserve_sql.execute(
+                    connection,
+                    reservation_id=str(uuid.uuid4()),
+                    tenant=tenant,
+                    request_id=request_id,
+                    user=principal.subject,
+                    api_key=principal.api_key_id,
+                    tokens=tokens,
+                    micros=micros,
+                    currency=currency_code,
+                    now=now,
+                    ttl=ttl,
+                    budgets=budgets,
+                    rate_limits=rate_limits,
+                )
+                if outcome.row is None:  # a retry of a reservation already made: hold nothing again
+                    break
+                _refuse(outcome, now)  # raising rolls the whole statement's effects back
+                return ReserveResult(_row(outcome.row), tuple(outcome.held))
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.001 * (2**attempt))
+    async with database.session() as session:
+        existing = await _find_by_request(session, tenant, request_id)
+    assert existing is not None
+    return ReserveResult(existing, ())
 
-    async def work(session: AsyncSession) -> ReserveResult:
-        now = datetime.now(UTC)
-        holds = [
-            Hold(
-                b.budget_id, b.scope_key, b.unit, b.window_start, counters.amount_for(b.unit, tokens, micros)
-            )
-            for b in budgets
-        ]
-        inserted = (
-            await session.execute(
-                text(
-                    """
-                    INSERT INTO reservations (reservation_id, tenant_id, request_id, user_id, api_key_id, state,
-                        reserved_tokens, reserved_micros, currency_code, holds, create_time, expire_time)
-                    VALUES (:id, :tenant, :request, :user, :key, 'active', :tokens, :micros, :currency,
-                        CAST(:holds AS jsonb), :now, :expire)
-                    ON CONFLICT (tenant_id, request_id) DO NOTHING
-                    RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
-                        create_time, expire_time, end_time, holds
-                    """
-                ),
-                {
-                    "id": str(uuid.uuid4()),
-                    "tenant": tenant,
-                    "request": request_id,
-                    "user": principal.subject,
-                    "key": principal.api_key_id,
-                    "tokens": tokens,
-                    "micros": micros,
-                    "currency": currency_code,
-                    "holds": json.dumps([h.to_json() for h in holds]),
-                    "now": now,
-                    "expire": now + ttl,
-                },
-            )
-        ).first()
-        if inserted is None:  # a retry of a reservation already made: hold nothing again
-            existing = await _find_by_request(session, tenant, request_id)
-            assert existing is not None
-            return ReserveResult(existing, ())
-        refused_rates = await counters.hold_rates(session, tenant, rate_limits, tokens, now)
-        if refused_rates:
-            raise QuotaExceeded(
-                "rate limit reached; retry after the delay in RetryInfo",
-                reason="RATE_LIMITED",
-                violations=[(r.scope_key, _describe_rate(r)) for r in refused_rates],
-                retry_after=counters.rate_retry_after(now),
-                metadata={"scope": refused_rates[0].scope_key},
-            )
-        held, refused = await counters.hold_budgets(session, tenant, budgets, tokens, micros)
-        if refused:
-            retry = max(b.window_end for b in refused) - now
-            raise QuotaExceeded(
-                f"budget {refused[0].budget_id} has no room for this request until its window resets",
-                reason="BUDGET_EXCEEDED",
-                violations=[(b.scope_key, _describe_budget(b)) for b in refused],
-                retry_after=max(1.0, retry.total_seconds()),
-                metadata={"budget_id": refused[0].budget_id, "scope": refused[0].scope_key},
-            )
-        return ReserveResult(_row(inserted), tuple(held))
 
-    return await with_retry(database, work)
+def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime) -> None:
+    if outcome.refused_rates:
+        refused_rates = outcome.refused_rates
+        raise QuotaExceeded(
+            "rate limit reached; retry after the delay in RetryInfo",
+            reason="RATE_LIMITED",
+            violations=[(r.scope_key, _describe_rate(r)) for r in refused_rates],
+            retry_after=counters.rate_retry_after(now),
+            metadata={"scope": refused_rates[0].scope_key},
+        )
+    if outcome.refused_budgets:
+        refused = outcome.refused_budgets
+        retry = max(b.window_end for b in refused) - now
+        raise QuotaExceeded(
+            f"budget {refused[0].budget_id} has no room for this request until its window resets",
+            reason="BUDGET_EXCEEDED",
+            violations=[(b.scope_key, _describe_budget(b)) for b in refused],
+            retry_after=max(1.0, retry.total_seconds()),
+            metadata={"budget_id": refused[0].budget_id, "scope": refused[0].scope_key},
+        )
 
 
 def _describe_budget(budget: AppliedBudget) -> str:
