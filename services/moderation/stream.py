@@ -34,6 +34,8 @@ def tail_start(text: str, end: int, max_span: int, max_tokens: int) -> int:
     ``max_tokens`` whitespace-separated pieces, not yet complete at ``end``, could start."""
     lower = max(0, end - (max_span - 1))
     tokens = 1 if end == 0 or text[end - 1].isspace() else 0  # the piece still to come counts
+    if tokens >= max_tokens:
+        return end
     position = end
     for i in range(end - 1, lower - 1, -1):
         if not text[i].isspace() and (i == 0 or text[i - 1].isspace()):

@@ -48,10 +48,12 @@ class ApiKeyDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        taken: set[int] = set()  # starts already reported: the most specific provider pattern wins
         for provider, pattern in _PROVIDERS:
             for match in pattern.finditer(text):
-                if provider == "openai" and not _looks_random(match.group()[3:]):
+                if match.start() in taken or (provider == "openai" and not _looks_random(match.group()[3:])):
                     continue  # "sk-learn-is-a-library" is prose, not a key
+                taken.add(match.start())
                 found.append(Detection(C.CATEGORY_SECRET_API_KEY, match.start(), match.end(), 1.0, self.name))
         for pattern in (_GENERIC, _AWS_SECRET):
             for match in pattern.finditer(text):

@@ -2,8 +2,8 @@
 
 Terms match case-insensitively on word boundaries, after folding homoglyphs and invisible characters
 (so "c\u200bompetitor" still matches "competitor"). A topic is given in plain words ("competitor
-pricing"); it matches where all of its content words occur, in any inflection sharing the first five
-letters ("pricing" ~ "prices"), within ``TOPIC_WINDOW_WORDS`` consecutive words.
+pricing"); it matches where all of its content words occur, in any inflection (a crude stem: suffix stripped,
+first five letters: "pricing" ~ "prices"), within ``TOPIC_WINDOW_WORDS`` consecutive words of one sentence.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from services.moderation.detectors.normalize import fold
 TOPIC_WINDOW_WORDS = 12
 _STEM = 5
 _WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.!?\n]")
 _STOPWORDS = frozenset(
     [
         "a",
@@ -66,8 +67,17 @@ _STOPWORDS = frozenset(
 )
 
 
+_SUFFIXES = ("ations", "ation", "ings", "ing", "ers", "ies", "ied", "es", "ed", "er", "s", "ung", "en", "e")
+
+
 def _stem(word: str) -> str:
-    return word.lower()[:_STEM]
+    """A crude stem: common English/German inflection stripped, then the first five letters."""
+    word = word.lower()
+    for suffix in _SUFFIXES:
+        if len(word) - len(suffix) >= 3 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    return word[:_STEM]
 
 
 class BlockedTermDetector:
@@ -119,6 +129,8 @@ class BlockedTopicDetector:
             last: dict[str, int] = {}
             wanted = set(topic)
             for i, stem in enumerate(stems):
+                if i and _SENTENCE_END.search(text, words[i - 1].end(), words[i].start()):
+                    last.clear()  # a topic is about one sentence, not two neighbouring ones
                 if stem not in wanted:
                     continue
                 last[stem] = i

