@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -193,11 +194,11 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or inconsistent; the message names what and where."""
 
 
-def parse_config(data: dict[str, object], environ: dict[str, str] | None = None) -> InferenceConfig:
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> InferenceConfig:
     """Validate ``data`` and fill provider keys from ``environ`` (default: ``os.environ``)."""
     env = os.environ if environ is None else environ
     try:
-        config = InferenceConfig.model_validate(data)
+        config = InferenceConfig.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(f"invalid inference configuration: {exc}") from None
     providers = {}
@@ -207,7 +208,7 @@ def parse_config(data: dict[str, object], environ: dict[str, str] | None = None)
     return config.model_copy(update={"providers": providers})
 
 
-def load_config(path: Path | None, environ: dict[str, str] | None = None) -> InferenceConfig:
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> InferenceConfig:
     if path is None:
         return parse_config(dict(BUILTIN), environ)
     try:

@@ -4,6 +4,7 @@ built from a configuration dict, called over a real channel with real identity t
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class Inference:
         question: str = "What is the capital of France?",
         *,
         who: Principal | None = None,
-        timeout: float | None = 20.0,
+        deadline: float | None = 20.0,
         **fields: Any,
     ) -> Outcome:
         request = inference_service_pb2.StreamCompleteRequest(
@@ -74,7 +75,9 @@ class Inference:
         deltas: list[str] = []
         summary = None
         try:
-            async for message in self.stub.StreamComplete(request, metadata=self.metadata(who), timeout=timeout):
+            async for message in self.stub.StreamComplete(
+                request, metadata=self.metadata(who), timeout=deadline
+            ):
                 if message.HasField("text_delta"):
                     assert summary is None, "a delta after the summary"
                     deltas.append(message.text_delta.text)
@@ -90,9 +93,7 @@ StartInference = Callable[..., AbstractAsyncContextManager[Inference]]
 
 
 @pytest.fixture
-def start_inference(
-    tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str
-) -> StartInference:
+def start_inference(tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str) -> StartInference:
     """``async with start_inference(config_dict, **settings) as inference:`` a service on port 0."""
 
     @asynccontextmanager
@@ -108,7 +109,7 @@ def start_inference(
             "cache_enabled": False,
         }
         if config is not None:
-            config_file = tmp_path / f"inference-{len(list(tmp_path.glob('inference-*')))}.json"
+            config_file = tmp_path / f"inference-{uuid.uuid4().hex[:8]}.json"
             config_file.write_text(json.dumps(config))
             values["inference_config_file"] = config_file
         values.update(overrides)
@@ -124,9 +125,9 @@ def start_inference(
 
 def upstream_config(
     upstream: UpstreamServer,
-    models: list[dict[str, Any]],
+    models: list[Any],
     *,
-    routes: list[dict[str, Any]] | None = None,
+    routes: list[Any] | None = None,
     default_model: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -134,8 +135,16 @@ def upstream_config(
     config: dict[str, Any] = {
         "default_model": default_model or models[0]["name"],
         "providers": {
-            "openai": {"kind": "openai", "base_url": upstream.base_url + "/v1", "api_key_env": "TEST_OPENAI_KEY"},
-            "anthropic": {"kind": "anthropic", "base_url": upstream.base_url, "api_key_env": "TEST_ANTHROPIC_KEY"},
+            "openai": {
+                "kind": "openai",
+                "base_url": upstream.base_url + "/v1",
+                "api_key_env": "TEST_OPENAI_KEY",
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": upstream.base_url,
+                "api_key_env": "TEST_ANTHROPIC_KEY",
+            },
             "local": {"kind": "local"},
         },
         "models": models,

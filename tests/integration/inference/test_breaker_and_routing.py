@@ -1,0 +1,138 @@
+"""Circuit breaker transitions seen through calls and ListModels; routing by alias, complexity and canary."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from parapet.inference.v1 import inference_service_pb2, model_pb2, routing_pb2
+from parapet.upstream import UpstreamServer
+from tests.integration.inference.conftest import Inference, StartInference, principal, upstream_config
+
+
+async def _state(inference: Inference, model: str) -> int:
+    response = await inference.stub.ListModels(
+        inference_service_pb2.ListModelsRequest(), metadata=inference.metadata()
+    )
+    return int(next(m.circuit_state for m in response.models if m.model == model))
+
+
+async def test_breaker_opens_on_failures_skips_the_model_then_half_opens_and_closes(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    models = [
+        {
+            "name": "flaky",
+            "provider": "openai",
+            "upstream_model": "fl;status=503;times=2",
+            "fallbacks": ["backup"],
+        },
+        {"name": "backup", "provider": "local"},
+    ]
+    config = upstream_config(
+        upstream,
+        models,
+        retry={"max_attempts": 1},
+        breaker={
+            "window": 4,
+            "min_calls": 2,
+            "failure_ratio": 0.5,
+            "open_seconds": 0.5,
+            "half_open_calls": 1,
+        },
+    )
+    async with start_inference(config) as inference:
+        assert await _state(inference, "flaky") == model_pb2.CIRCUIT_STATE_CLOSED
+        for _ in range(2):
+            outcome = await inference.stream("hello")
+            assert outcome.summary.routing.model == "backup"
+            assert [a.reason for a in outcome.summary.routing.fallback_attempts] == ["PROVIDER_UNAVAILABLE"]
+        assert await _state(inference, "flaky") == model_pb2.CIRCUIT_STATE_OPEN
+        # Open: the model is skipped without a call.
+        outcome = await inference.stream("hello")
+        assert [a.reason for a in outcome.summary.routing.fallback_attempts] == ["CIRCUIT_OPEN"]
+        assert len(upstream.requests_for("fl")) == 2
+        await asyncio.sleep(0.6)
+        assert await _state(inference, "flaky") == model_pb2.CIRCUIT_STATE_HALF_OPEN
+        # The trial call goes through (the upstream recovered) and closes the breaker.
+        outcome = await inference.stream("hello")
+        assert outcome.summary.routing.model == "flaky"
+        assert outcome.summary.routing.fallback_attempts == []
+        assert await _state(inference, "flaky") == model_pb2.CIRCUIT_STATE_CLOSED
+
+
+async def test_aliases_and_complexity_routing_return_the_decision_and_its_reason(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    models = [
+        {"name": "cheap", "provider": "openai", "upstream_model": "cheap"},
+        {"name": "strong", "provider": "anthropic", "upstream_model": "strong"},
+    ]
+    routes = [
+        {"name": "fast", "model": "cheap"},
+        {
+            "name": "auto",
+            "complexity": {
+                "cheap": "cheap",
+                "strong": "strong",
+                "rules": [
+                    {"name": "analysis", "keywords_any": ["analyze", "prove"]},
+                    {"name": "long", "prompt_tokens_over": 400},
+                ],
+            },
+        },
+    ]
+    async with start_inference(upstream_config(upstream, models, routes=routes)) as inference:
+        fast = await inference.stream("hi", model="fast")
+        assert (fast.summary.routing.model, fast.summary.routing.reason) == (
+            "cheap",
+            routing_pb2.ROUTING_REASON_ALIAS,
+        )
+        simple = await inference.stream("What time is it?", model="auto")
+        assert simple.summary.routing.model == "cheap"
+        assert simple.summary.routing.reason == routing_pb2.ROUTING_REASON_COMPLEXITY
+        assert "no complexity rule matched" in simple.summary.routing.detail
+        hard = await inference.stream("Please analyze this contract clause.", model="auto")
+        assert hard.summary.routing.model == "strong"
+        assert "rule 'analysis'" in hard.summary.routing.detail
+        long = await inference.stream("word " * 500, model="auto")
+        assert long.summary.routing.model == "strong" and "rule 'long'" in long.summary.routing.detail
+        default = await inference.stream("hi")
+        assert default.summary.routing.reason == routing_pb2.ROUTING_REASON_DEFAULT
+
+
+async def test_canary_split_is_sticky_per_user_and_within_statistical_tolerance(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    models = [
+        {"name": "stable", "provider": "local"},
+        {"name": "candidate", "provider": "local"},
+    ]
+    routes = [
+        {
+            "name": "chat",
+            "canary": {
+                "name": "candidate-rollout",
+                "sticky": "user",
+                "variants": [{"model": "stable", "weight": 80}, {"model": "candidate", "weight": 20}],
+            },
+        }
+    ]
+    users = 300
+    async with start_inference(upstream_config(upstream, models, routes=routes)) as inference:
+        chosen: dict[str, str] = {}
+        for n in range(users):
+            who = principal(subject=f"user-{n}")
+            outcome = await inference.stream("hi", model="chat", who=who)
+            assert outcome.summary.routing.reason == routing_pb2.ROUTING_REASON_CANARY
+            assert outcome.summary.routing.canary == "candidate-rollout"
+            chosen[who.subject] = outcome.summary.routing.model
+        # Sticky: the same users get the same model again.
+        for n in range(0, users, 30):
+            again = await inference.stream(
+                "another question", model="chat", who=principal(subject=f"user-{n}")
+            )
+            assert again.summary.routing.model == chosen[f"user-{n}"]
+    candidates = sum(1 for m in chosen.values() if m == "candidate")
+    sd = math.sqrt(users * 0.2 * 0.8)
+    assert abs(candidates - users * 0.2) <= 4 * sd, candidates

@@ -1,0 +1,186 @@
+"""The semantic cache on PostgreSQL + pgvector with the real MiniLM embedder: exact and paraphrase hits,
+isolation across tenants, access scopes and request partitions, TTL, and the documents-deleted event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, routing_pb2
+from parapet.kit.identity import Principal
+from parapet.retrieval.v1 import documents_deleted_event_pb2
+from parapet.upstream import UpstreamServer
+from tests.integration.inference.conftest import (
+    Inference,
+    Outcome,
+    StartInference,
+    principal,
+    upstream_config,
+)
+
+MODELS = [
+    {"name": "gpt", "provider": "openai", "upstream_model": "gpt-4o-mini", "input_price_per_million": "1"}
+]
+QUESTION = "How do I reset my password?"
+PARAPHRASE = "What is the way to reset my password?"
+CONTEXT = [completion_pb2.ContextChunk(document_id="doc-7", title="Account help", text="Use the reset link.")]
+
+
+async def _until_cached(inference: Inference, question: str, who: Principal, **fields: Any) -> Outcome:
+    """The answer is stored after the summary went out; poll briefly until the entry is visible.
+
+    A probe racing the store's commit may see the entry only on its second (semantic) query, at similarity 1;
+    the loop waits for the settled state, an exact hit."""
+    deadline = time.monotonic() + 5
+    while True:
+        outcome = await inference.stream(question, who=who, **fields)
+        if outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT or time.monotonic() > deadline:
+            return outcome
+        await asyncio.sleep(0.05)
+
+
+async def test_exact_and_paraphrase_hits_stream_back_at_zero_cost(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    who = principal(f"cache-{uuid.uuid4().hex[:8]}", groups=("support",))
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        first = await inference.stream(QUESTION, who=who, context=CONTEXT)
+        assert first.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        assert first.summary.cost.amount_micros > 0
+        exact = await _until_cached(inference, QUESTION, who, context=CONTEXT)
+        assert exact.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        assert exact.deltas == first.deltas  # streamed back piece by piece like a normal answer
+        assert exact.summary.cost.amount_micros == 0 and exact.summary.usage.prompt_tokens == 0
+        assert exact.summary.routing.reason == routing_pb2.ROUTING_REASON_CACHE
+        assert exact.summary.routing.model == "gpt"
+        assert exact.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
+        # Case and spacing do not make another question.
+        shouty = await inference.stream("  how do I RESET my   password? ", who=who, context=CONTEXT)
+        assert shouty.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        paraphrase = await inference.stream(PARAPHRASE, who=who, context=CONTEXT)
+        assert paraphrase.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT
+        assert paraphrase.summary.cache.similarity >= 0.95
+        assert paraphrase.text == first.text
+        assert len(upstream.requests) == 1, "hits never reach the provider"
+        # A related but different question is below the threshold.
+        other = await inference.stream("How can I change my password?", who=who, context=CONTEXT)
+        assert other.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+
+
+async def test_answers_never_cross_tenants_access_scopes_or_request_partitions(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    tenant = f"iso-{uuid.uuid4().hex[:8]}"
+    owner = principal(tenant, "alice", groups=("finance", "staff"))
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        await inference.stream(QUESTION, who=owner)
+        assert (await _until_cached(inference, QUESTION, owner)).summary.cache.outcome == (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        )
+        # Same groups in another order, another user: the same access scope, so a hit.
+        peer = principal(tenant, "bob", groups=("staff", "finance"))
+        assert (
+            await inference.stream(QUESTION, who=peer)
+        ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # Each miss stores an answer of its own, so every probe below uses a key nothing else has used.
+        for n, question in enumerate((QUESTION, PARAPHRASE)):
+            misses: list[tuple[str, Principal, dict[str, Any]]] = [
+                (
+                    "another tenant",
+                    principal(f"other-{uuid.uuid4().hex[:8]}", "alice", groups=("finance", "staff")),
+                    {},
+                ),
+                ("fewer groups", principal(tenant, "carol", groups=(("staff",), ("finance",))[n]), {}),
+                (
+                    "more groups",
+                    principal(tenant, "dave", groups=("finance", "staff", ("hr", "legal")[n])),
+                    {},
+                ),
+                (
+                    "other parameters",
+                    owner,
+                    {"generation": generation_pb2.GenerationConfig(temperature=0.2 + n)},
+                ),
+                ("write only", owner, {"cache_mode": cache_pb2.CACHE_MODE_WRITE_ONLY}),
+            ]
+            for label, who, fields in misses:
+                outcome = await inference.stream(question, who=who, **fields)
+                assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, (label, question)
+        disabled = await inference.stream(QUESTION, who=owner, cache_mode=cache_pb2.CACHE_MODE_DISABLED)
+        assert disabled.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_BYPASSED
+
+
+async def test_entries_expire_after_their_ttl(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    who = principal(f"ttl-{uuid.uuid4().hex[:8]}")
+    async with start_inference(
+        upstream_config(upstream, MODELS), cache_enabled=True, cache_ttl_seconds=1
+    ) as inference:
+        await inference.stream(QUESTION, who=who)
+        assert (await _until_cached(inference, QUESTION, who)).summary.cache.outcome == (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        )
+        await asyncio.sleep(1.2)
+        assert (
+            await inference.stream(QUESTION, who=who)
+        ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+
+
+async def _publish_deletion(nats_url: str, tenant: str, document_ids: list[str]) -> None:
+    """Publish as the retrieval service does (docs/contracts.md), declaring its stream if it is not there yet."""
+    subject = f"parapet.retrieval.v1.documents.deleted.{tenant}"
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        try:
+            await js.find_stream_name_by_subject(subject)
+        except NotFoundError:
+            await js.add_stream(name="RETRIEVAL_EVENTS", subjects=["parapet.retrieval.v1.>"])
+        event_id = str(uuid.uuid4())
+        event = documents_deleted_event_pb2.DocumentsDeletedEvent(
+            event_id=event_id,
+            tenant_id=tenant,
+            document_ids=document_ids,
+            reason=documents_deleted_event_pb2.DELETION_REASON_DOCUMENT_DELETED,
+        )
+        await js.publish(
+            subject,
+            event.SerializeToString(),
+            headers={"Nats-Msg-Id": event_id, "ce-type": "dev.parapet.retrieval.v1.DocumentsDeletedEvent"},
+        )
+    finally:
+        await client.close()
+
+
+async def test_a_documents_deleted_event_drops_answers_grounded_in_them(
+    start_inference: StartInference, upstream: UpstreamServer, nats_url: str
+) -> None:
+    tenant = f"del-{uuid.uuid4().hex[:8]}"
+    who = principal(tenant)
+    unrelated_question = "Which plans do you offer?"
+    unrelated_context = [completion_pb2.ContextChunk(document_id="doc-8", title="Plans", text="Two plans.")]
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        for question, context in ((QUESTION, CONTEXT), (unrelated_question, unrelated_context)):
+            await inference.stream(question, who=who, context=context)
+            hit = await _until_cached(inference, question, who, context=context)
+            assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # Another tenant's deletion of a document with the same id changes nothing here.
+        await _publish_deletion(nats_url, f"x-{tenant}", ["doc-7"])
+        await _publish_deletion(nats_url, tenant, ["doc-7"])
+        deadline = time.monotonic() + 10
+        while True:
+            outcome = await inference.stream(
+                QUESTION, who=who, context=CONTEXT, cache_mode=cache_pb2.CACHE_MODE_READ_WRITE
+            )
+            if outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS:
+                break
+            assert time.monotonic() < deadline, "the deleted document's answer is still served"
+            await asyncio.sleep(0.1)
+        kept = await inference.stream(unrelated_question, who=who, context=unrelated_context)
+        assert kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
