@@ -157,8 +157,18 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         prefix, secret = apikeys.generate()
         key_id = str(uuid.uuid4())
         async with self._access.change(actor, SERVICE + "CreateApiKey", tenant_id, key_id) as change:
-            if await self._store.user(change.session, spec.user_id) is None:
+            owner = await self._store.user(change.session, spec.user_id)
+            if owner is None:
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
+            # A key acts with its user's roles: minting one for a more privileged user is an escalation.
+            view = await self._access.existing(tenant_id)
+            _check_roles(
+                actor,
+                view.policy,
+                set(owner["roles"]) & set(permissions.role_permissions(view.policy)),
+                set(),
+                "api_key.user_id",
+            )
             row = (
                 (
                     await change.session.execute(

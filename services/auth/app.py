@@ -10,12 +10,13 @@ import grpc.aio
 from parapet.auth.v1 import auth_service_pb2_grpc, tenant_admin_service_pb2_grpc
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.identity import KeySource, TokenSigner, jwks_file_source
-from services.auth import oidc, permissions
+from services.auth import oidc
 from services.auth.access import Access
 from services.auth.admin import TenantAdminServicer
 from services.auth.apikeys import KeyHasher
 from services.auth.audit import AUDIT_STREAM, OutboxRelay
 from services.auth.authenticator import Authenticator
+from services.auth.bootstrap import ensure_platform_tenant
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.invalidation import InvalidationListener
 from services.auth.service import AuthServicer
@@ -36,22 +37,6 @@ def key_source(settings: AuthSettings) -> KeySource:
     return OwnAndFileKeys(fallback)
 
 
-async def ensure_platform_tenant(store: AuthStore, tenant_id: str) -> None:
-    """The operators' tenant exists from the first start (replicas starting together both succeed)."""
-    from sqlalchemy import text
-
-    async with store.tenant(tenant_id) as session:
-        await session.execute(
-            text(
-                "INSERT INTO tenants (tenant_id, display_name) VALUES (:t, 'Platform') ON CONFLICT DO NOTHING"
-            ),
-            {"t": tenant_id},
-        )
-        await AuthStore.insert_policy(
-            session, tenant_id, 1, permissions.default_policy(platform=True), "parapet"
-        )
-
-
 async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) -> None:
     settings = resources.settings
     database = resources.require_database()
@@ -60,7 +45,10 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
     if isinstance(own_keys, OwnAndFileKeys):
         own_keys.trust(signing_key)
     store = AuthStore(database)
-    await ensure_platform_tenant(store, settings.auth_platform_tenant_id)
+    hasher = KeyHasher(load_pepper(settings, signing_key))
+    await ensure_platform_tenant(
+        store, settings.auth_platform_tenant_id, hasher, settings.auth_bootstrap_key_file
+    )
 
     identities: TenantKeyedCache[IdentityEntry] = TenantKeyedCache(
         settings.auth_cache_size, settings.auth_cache_seconds
@@ -70,7 +58,6 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
     )
     relay = OutboxRelay(store, resources.require_bus(), interval=settings.auth_outbox_interval_seconds)
     access = Access(store, tenants, settings.auth_platform_tenant_id, relay.wake)
-    hasher = KeyHasher(load_pepper(settings, signing_key))
     signer = TokenSigner(
         signing_key.private_key,
         signing_key.kid,

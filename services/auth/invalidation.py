@@ -3,7 +3,7 @@
 Writers call ``pg_notify('parapet_auth', tenant_id)`` inside the changing transaction, so the notification
 goes out exactly when the change becomes visible, never before and never for a rolled-back change. Each
 replica keeps one LISTEN connection; when it drops, notifications may have been missed, so the caches are
-cleared before listening again (and their short TTL bounds staleness in between).
+cleared as soon as it listens again (and their short TTL bounds staleness in between).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class InvalidationListener:
     async def run(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._reset()  # whatever happened while not listening is unknown
                     self.listening.set()
@@ -58,6 +60,7 @@ class InvalidationListener:
                 raise
             except Exception:
                 log.warning("cache invalidation listener lost its connection; retrying", exc_info=True)
+            # The caches are cleared once listening again, not now: while the database is unreachable no
+            # change can commit, and warm entries keep authenticating through a database blip.
             self.listening.clear()
-            self._reset()
             await asyncio.sleep(self._retry)

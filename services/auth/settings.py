@@ -57,3 +57,9 @@ class AuthSettings(ServiceSettings):
         ge=0,
         description="An OIDC token with an unknown `kid` refetches its provider's JWKS at most this often.",
     )
+    auth_bootstrap_key_file: Path | None = Field(
+        None,
+        description="Where to write the first platform operator's API key (user `operator`, role "
+        "`platform-admin` of the platform tenant), created at the first start only, file mode 0600. "
+        "Unset: no bootstrap key (operators sign an internal token with the signing key instead).",
+    )

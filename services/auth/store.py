@@ -16,18 +16,19 @@ on commit only, to every replica's listener (see ``services/auth/invalidation.py
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.database import Database
+from parapet.kit.errors import Unavailable
 
 APP_ROLE = "parapet_auth_app"
 NOTIFY_CHANNEL = "parapet_auth"
@@ -61,28 +62,40 @@ class TenantView:
     row: dict[str, Any]
 
 
+@contextmanager
+def _unavailable_when_down() -> Iterator[None]:
+    """A lost or refused database connection is UNAVAILABLE (retry later), not an internal error."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, OSError) as error:
+        raise Unavailable("the auth database is unavailable", retry_after=1.0) from error
+
+
 class AuthStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
-        async with self.database.tenant_transaction(tenant_id) as session:
-            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-            yield session
+        with _unavailable_when_down():
+            async with self.database.tenant_transaction(tenant_id) as session:
+                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+                yield session
 
     @asynccontextmanager
     async def lookup(self) -> AsyncIterator[AsyncSession]:
-        async with self.database.transaction() as session:
-            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-            yield session
+        with _unavailable_when_down():
+            async with self.database.transaction() as session:
+                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+                yield session
 
     @asynccontextmanager
     async def platform(self) -> AsyncIterator[AsyncSession]:
-        async with self.database.transaction() as session:
-            await session.execute(text("SELECT set_config('parapet.scope', 'platform', true)"))
-            await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-            yield session
+        with _unavailable_when_down():
+            async with self.database.transaction() as session:
+                await session.execute(text("SELECT set_config('parapet.scope', 'platform', true)"))
+                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
+                yield session
 
     # -- routing before the tenant is known ------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +18,9 @@ from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
-from tests.integration.auth.conftest import PLATFORM, Auth
+from parapet.kit.testing import running
+from services.auth.app import APP
+from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
 
 
 async def _policy(auth: Auth, tenant: str, version: int = 0) -> tenant_policy_pb2.TenantPolicy:
@@ -268,3 +272,31 @@ async def test_repeated_failures_for_one_prefix_are_throttled(auth: Auth) -> Non
     details = error_details(raised.value)
     assert details.reason == "AUTHENTICATION_THROTTLED" and details.retry_after is not None
     assert 0 < details.retry_after <= 60
+
+
+async def test_the_first_start_writes_a_bootstrap_operator_key(
+    database_url: str, nats_url: str, signing_key_file: Path, tmp_path: Path
+) -> None:
+    platform = f"ops-{uuid.uuid4().hex[:8]}"
+    key_file = tmp_path / "operator.key"
+    settings = auth_settings(
+        database_url,
+        nats_url,
+        signing_key_file,
+        auth_platform_tenant_id=platform,
+        auth_bootstrap_key_file=key_file,
+    )
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        auth = Auth(channel, signer_for(signing_key_file))
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key_file.read_text().strip()))
+        assert (issued.principal.tenant_id, issued.principal.subject) == (platform, "operator")
+        metadata = (("authorization", f"Bearer {issued.token}"),)
+        listed = await auth.admin.ListTenants(tpb.ListTenantsRequest(page_size=1000), metadata=metadata)
+        assert platform in {t.tenant_id for t in listed.tenants}
+    key_file.unlink()
+    async with running(APP, settings):
+        assert not key_file.exists()  # later starts create nothing

@@ -90,7 +90,15 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
         metadata=auth.operator,
     )
     version = updated.policy.version
-    for user, roles in (("svc", ()), ("revoked", ()), ("expired", ()), ("gone", ()), ("eve", ("editor",))):
+    users = (
+        ("svc", ()),
+        ("revoked", ()),
+        ("expired", ()),
+        ("gone", ()),
+        ("eve", ("editor",)),
+        ("aud", ("auditor",)),
+    )
+    for user, roles in users:
         await auth.new_user(tenant, user, roles=roles)
     _, good_key = await auth.new_key(tenant, "svc")
     revoked_id, revoked_key = await auth.new_key(tenant, "revoked")
@@ -254,6 +262,15 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
         Case(
             "admin grants a role above its own",
             update_user(helpdesk, "svc", ("auditor",)),
+            P,
+            "PRIVILEGE_ESCALATION",
+        ),
+        Case(
+            "admin mints a key for a more privileged user",
+            lambda: auth.admin.CreateApiKey(
+                tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="aud")),
+                metadata=helpdesk,
+            ),
             P,
             "PRIVILEGE_ESCALATION",
         ),
