@@ -260,13 +260,14 @@ async def full_text_search(
     document_ids: Sequence[str],
 ) -> list[tuple[str, float]]:
     """(chunk id, rank) best first. Query words are OR-ed (a question rarely has every word in one chunk)
-    and ranked by ts_rank_cd with length normalisation; the filters are part of the same query."""
+    and ranked by ts_rank_cd with length normalisation; the filters are part of the same query. The OR-ed
+    query is re-parsed with the `simple` configuration because its lexemes are already stemmed."""
     conditions, params = _chunk_filter(groups, metadata, document_ids)
     rows = await session.execute(
         text(
             f"""
             WITH q AS (
-                SELECT to_tsquery('english', replace(plainto_tsquery('english', :q)::text, ' & ', ' | ')) AS query
+                SELECT to_tsquery('simple', replace(plainto_tsquery('english', :q)::text, ' & ', ' | ')) AS query
             )
             SELECT c.chunk_id, ts_rank_cd(c.tsv, q.query, 1) AS rank
             FROM chunks c, q
