@@ -76,9 +76,15 @@ class Authenticator:
         now = time.time()
         # Reuse the token issued for this credential while at least half its lifetime remains: signing is
         # most of Authenticate's CPU, and a token is a bearer credential either way.
-        if not entry.token or entry.token_expires - now < self._signer.ttl_seconds / 2:
-            entry.token = self._signer.sign(entry.principal, now=now)
-            entry.token_expires = int(now) + int(self._signer.ttl_seconds)
+        # A token never outlives its credential; one already ending with the credential is not re-signed.
+        full = int(now) + int(self._signer.ttl_seconds)
+        cap = full if entry.credential_expires is None else min(full, int(entry.credential_expires))
+        stale = entry.token_expires - now < self._signer.ttl_seconds / 2 and entry.token_expires < cap
+        if not entry.token or stale:
+            entry.token = self._signer.sign(
+                entry.principal, now=now, extra_claims={"exp": cap} if cap < full else None
+            )
+            entry.token_expires = cap
         return Issued(entry.token, entry.token_expires, entry.principal, entry.policy_version)
 
     async def authenticate(self, *, api_key: str = "", oidc_token: str = "", client: str) -> Issued:
@@ -143,8 +149,8 @@ class Authenticator:
             api_key_id=record.api_key_id,
         )
         last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
-        entry = IdentityEntry(principal, record.policy_version, last_use_written=last_use)
         expires = record.expire_time.timestamp() if record.expire_time else None
+        entry = IdentityEntry(principal, record.policy_version, expires, last_use_written=last_use)
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=expires)
         return entry
 
@@ -225,6 +231,6 @@ class Authenticator:
             external_token_id=jti if isinstance(jti, str) else "",
             issuer=token.issuer,
         )
-        entry = IdentityEntry(principal, view.policy.version)
-        self.cache.put(digest, tenant_id, entry, generation=generation, expires=float(claims["exp"]))
+        entry = IdentityEntry(principal, view.policy.version, float(claims["exp"]))
+        self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)
         return entry

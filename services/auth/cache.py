@@ -22,6 +22,8 @@ V = TypeVar("V")
 class IdentityEntry:
     principal: Principal
     policy_version: int
+    # When the credential itself stops being valid (API key expiry, OIDC token exp); no token outlives it.
+    credential_expires: float | None = None
     token: str = ""
     token_expires: float = 0.0
     last_use_written: float = field(default_factory=time.time)

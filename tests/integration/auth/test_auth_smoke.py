@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import grpc
-import pytest
+import time
 
+import grpc
+import jwt
+import pytest
+from google.protobuf import timestamp_pb2
+
+from parapet.auth.v1 import api_key_pb2
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
 from parapet.kit.identity import StaticJwks, TokenVerifier
 from tests.integration.auth.conftest import Auth
@@ -43,3 +49,19 @@ async def test_api_key_to_token_to_decision(auth: Auth) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key[:-2] + "xx"))
     assert error_details(raised.value).reason == "API_KEY_INVALID"
+
+
+async def test_a_token_never_outlives_its_api_key(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    expire = timestamp_pb2.Timestamp(seconds=int(time.time()) + 60)
+    created = await auth.admin.CreateApiKey(
+        tpb.CreateApiKeyRequest(
+            tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="svc", expire_time=expire)
+        ),
+        metadata=auth.operator,
+    )
+    for _ in range(2):  # cold, then from the cache
+        issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=created.secret))
+        assert issued.expire_time.seconds == expire.seconds
+        assert jwt.decode(issued.token, options={"verify_signature": False})["exp"] == expire.seconds
