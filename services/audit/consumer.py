@@ -1,8 +1,8 @@
 """The durable consumer of the audit stream: batch, commit, then ack; nothing lost, nothing twice.
 
 Every replica pulls from the one durable consumer, so JetStream hands each message to one of them. A batch
-is grouped by tenant and each tenant's records are appended in one transaction; only after the commit are
-the messages acked. A crash before the ack redelivers them, and the append finds their record ids stored
+is grouped by tenant and appended in one transaction (each tenant's statements under its own row-level
+security setting); only after the commit are the messages acked. A crash before the ack redelivers them, and the append finds their record ids stored
 (idempotent by record id), so a redelivery never appends twice. Messages that can never be stored
 (undecodable, wrong tenant, invalid, or a record id reused with other content) are terminated and logged
 at ERROR: redelivering them forever would stall every record behind them.
@@ -27,7 +27,7 @@ from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
 from services.audit.canonical import PreparedRecord, prepare
-from services.audit.store import append
+from services.audit.store import append_groups
 from services.audit.stream import AUDIT_STREAM, SUBJECT_PREFIX, tenant_of
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class AuditConsumer:
         )
 
     async def handle(self, messages: Sequence[Any]) -> None:
-        """Store ``messages`` (one transaction per tenant) and ack them; raise, unacked, when storing fails."""
+        """Store ``messages`` (one transaction) and ack them; raise, unacked, when storing fails."""
         groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
         rejected = 0
         for msg in messages:
@@ -103,8 +103,11 @@ class AuditConsumer:
                 continue
             groups.setdefault(tenant, []).append((msg, prepared))
         metrics.record_audit("stream", "rejected", rejected)
+        stored = await append_groups(
+            self._database, {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()}
+        )
         for tenant, items in groups.items():
-            results = await append(self._database, tenant, [prepared for _, prepared in items])
+            results = stored[tenant]
             appended = duplicates = 0
             for (msg, prepared), result in zip(items, results, strict=True):
                 if result.conflict:
