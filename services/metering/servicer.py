@@ -217,9 +217,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             occur_time=occur,
             labels=dict(request.labels),
         )
-        budgets: list[AppliedBudget] = []
-        if not reservation_id:
-            budgets = applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
+        # Charged only when the request has no (known) reservation; the policy is cached, so this is cheap.
+        budgets = applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
         result = await settlement.settle(self._database, record, budgets)
         self._relay.wake()
         response = metering_service_pb2.SettleResponse(usage_event_id=result.record.event_id)

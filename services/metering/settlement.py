@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from services.metering import counters, ledger, reservations
 from services.metering.ledger import UsageRecord
 from services.metering.limits import AppliedBudget
 from services.metering.reservations import ReservationRow, with_retry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,12 @@ def _conflict(message: str, request_id: str) -> FailedPrecondition:
     return FailedPrecondition(message, reason="SETTLEMENT_CONFLICT", metadata={"request_id": request_id})
 
 
-async def settle(
-    database: Database, record: UsageRecord, budgets_without_reservation: Sequence[AppliedBudget]
-) -> Settlement:
+async def settle(database: Database, record: UsageRecord, budgets_now: Sequence[AppliedBudget]) -> Settlement:
     """Write ledger + outbox rows and move the spend onto the budget counters, all in one transaction.
 
     A repeated request_id with the same figures returns the first settlement and changes nothing; with other
-    figures it is a SETTLEMENT_CONFLICT. Without a reservation the spend is charged to the budgets in force
-    now, without a limit check (the model already ran).
+    figures it is a SETTLEMENT_CONFLICT. Without a reservation (none given, or one the database no longer
+    knows) the spend is charged to ``budgets_now``, without a limit check (the model already ran).
     """
     tenant = record.tenant_id
 
@@ -49,17 +50,19 @@ async def settle(
         if record.reservation_id:
             reservation = await reservations.find(session, tenant, record.reservation_id, lock=True)
             if reservation is None:
-                raise _not_found(record.reservation_id)
-            if reservation.request_id != record.request_id:
+                # Reservations commit asynchronously (reserve_sql): one a database crash forgot still
+                # settles, charged like a request without a reservation, so its usage is never lost.
+                log.warning(
+                    "settling against an unknown reservation", extra={"reservation_id": record.reservation_id}
+                )
+            elif reservation.request_id != record.request_id:
                 raise _conflict("the reservation belongs to another request_id", record.request_id)
         appended = await ledger.append(session, record)
         if appended is None:
             return await _repeat(session, record)
         spent = {"spent_tokens": record.total_tokens, "spent_micros": record.cost_micros}
         if reservation is None:
-            await counters.charge(
-                session, tenant, budgets_without_reservation, record.total_tokens, record.cost_micros
-            )
+            await counters.charge(session, tenant, budgets_now, record.total_tokens, record.cost_micros)
             return Settlement(record, None)
         if reservation.state == "active":
             ended = await reservations.end(session, tenant, reservation.reservation_id, "settled")

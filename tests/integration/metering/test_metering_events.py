@@ -140,3 +140,27 @@ async def test_settlement_publishes_a_usage_event_with_cloudevents_headers(
     assert headers["ce-specversion"] == "1.0" and headers["ce-source"] == "/parapet/metering"
     assert headers["ce-type"] == "dev.parapet.usage.v1.UsageEvent" and headers["ce-subject"] == tenant
     assert headers["ce-time"] == "2026-09-21T14:13:20Z" and headers["content-type"] == "application/protobuf"
+
+
+async def test_settle_against_an_unknown_reservation_still_records_the_usage(
+    metering: Metering, keys: TestKeys
+) -> None:
+    tenant = new_tenant()
+    budget = tp.Budget(
+        budget_id="d", scope=tp.BUDGET_SCOPE_TENANT, window=tp.BUDGET_WINDOW_DAY, token_limit=1000
+    )
+    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[budget])})
+    who = caller(keys, tenant)
+    settled = await metering.stub.Settle(
+        pb.SettleRequest(
+            reservation_id="6f1c7d5e-8a3b-4c2d-9e1f-0a1b2c3d4e5f",  # e.g. a hold a database crash forgot
+            request_id="lost-1",
+            usage=token_usage_pb2.TokenUsage(prompt_tokens=30, completion_tokens=20),
+        ),
+        metadata=who,
+    )
+    assert settled.usage_event_id and not settled.HasField("reservation")
+    usage = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
+    )
+    assert usage.total.request_count == 1 and usage.budgets[0].used_tokens == 50
