@@ -266,6 +266,26 @@ def jwks_file_source(path: Path, **kwargs: Any) -> CachedKeySource:
     return CachedKeySource(fetch, **kwargs)
 
 
+def auth_jwks_source(target: str, settings: Any = None, **kwargs: Any) -> CachedKeySource:
+    """The auth service's ``GetJwks`` RPC at ``target`` (``host:port``), cached: for services without a JWKS file.
+
+    ``settings`` (the service's ``ServiceSettings``) gives the channel its TLS configuration. Each fetch
+    opens a short-lived kit channel: fetches are rare (max age, or an unknown kid, rate-limited).
+    """
+    from google.protobuf.json_format import MessageToDict
+
+    from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+    from parapet.kit.clients import channel
+
+    async def fetch() -> Jwks:
+        async with channel(target, settings) as auth_channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
+            response = await stub.GetJwks(auth_service_pb2.GetJwksRequest(), timeout=5.0)
+        return {"keys": [MessageToDict(key, preserving_proto_field_name=True) for key in response.keys]}
+
+    return CachedKeySource(fetch, **kwargs)
+
+
 class NoKeys:
     """Used when no key source is configured: every token is refused."""
 

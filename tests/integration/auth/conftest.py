@@ -62,6 +62,7 @@ class Auth:
 
     channel: grpc.aio.Channel
     signer: TokenSigner
+    target: str = ""  # host:port of the server the channel dials
 
     @property
     def auth(self) -> auth_service_pb2_grpc.AuthServiceStub:
@@ -128,7 +129,7 @@ async def auth(database_url: str, nats_url: str, signing_key_file: Path) -> Asyn
         running(APP, settings) as (_server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
-        yield Auth(channel, signer_for(signing_key_file))
+        yield Auth(channel, signer_for(signing_key_file), f"127.0.0.1:{port}")
 
 
 class JwksServer:
