@@ -12,6 +12,7 @@ import httpx2
 from services.inference.config import ProviderConfig, Timeouts
 from services.inference.providers.base import (
     Delta,
+    ErrorKind,
     Finish,
     FinishKind,
     ProviderError,
@@ -21,6 +22,7 @@ from services.inference.providers.base import (
     error_for_status,
 )
 from services.inference.providers.openai import http_timeout
+from services.inference.providers.sse import sse_data
 
 _FINISH: dict[str, FinishKind] = {
     "end_turn": "stop",
@@ -74,7 +76,10 @@ class AnthropicProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         try:
-            response = await self._client.messages.create(**self._params(request), stream=True)
+            opened = self._client.messages.with_streaming_response.create(
+                **self._params(request), stream=True
+            )
+            response = await opened.__aenter__()
         except (anthropic.APIError, httpx2.HTTPError) as exc:
             raise self._error(exc) from None
         prompt_tokens: int | None = None
@@ -83,32 +88,44 @@ class AnthropicProvider:
         finish: FinishKind | None = None
         stopped = False
         try:
-            async for event in response:
-                if event.type == "message_start":
-                    usage = event.message.usage
-                    prompt_tokens = getattr(usage, "input_tokens", None)
-                    cached = getattr(usage, "cache_read_input_tokens", None) or 0
-                elif event.type == "content_block_delta":
-                    text = getattr(event.delta, "text", None)
+            async for _, data in sse_data(response.http_response):
+                event = json.loads(data)
+                kind = event.get("type")
+                if kind == "content_block_delta":
+                    text = (event.get("delta") or {}).get("text")
                     if text:
                         yield Delta(text)
-                elif event.type == "message_delta":
-                    if event.delta.stop_reason is not None:
-                        finish = _FINISH.get(event.delta.stop_reason, "stop")
-                    completion_tokens = getattr(event.usage, "output_tokens", None) or completion_tokens
-                elif event.type == "message_stop":
-                    stopped = True
-        except (anthropic.APIError, httpx2.HTTPError, json.JSONDecodeError, ValueError) as exc:
-            error = self._error(exc)
-            if error.kind == "unavailable":
-                error = ProviderError("interrupted", "anthropic stream broke off", status=error.status)
-            raise error from None
+                elif kind == "message_start":
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    prompt_tokens = usage.get("input_tokens")
+                    cached = int(usage.get("cache_read_input_tokens") or 0)
+                elif kind == "message_delta":
+                    reason = (event.get("delta") or {}).get("stop_reason")
+                    if reason is not None:
+                        finish = _FINISH.get(reason, "stop")
+                    completion_tokens = (event.get("usage") or {}).get("output_tokens", completion_tokens)
+                elif kind == "message_stop":
+                    stopped = True  # read on to the end of the body so the connection is reused
+                elif kind == "error":
+                    error = event.get("error") or {}
+                    retry = "overloaded" in str(error.get("type", "")) or "api_error" in str(
+                        error.get("type", "")
+                    )
+                    kind_name: ErrorKind = "interrupted" if retry else "rejected"
+                    raise ProviderError(kind_name, "anthropic reported an error mid-stream")
+        except (anthropic.APIError, httpx2.HTTPError, ValueError, AttributeError, TypeError) as exc:
+            error_out = self._error(exc)
+            if error_out.kind == "unavailable":
+                error_out = ProviderError(
+                    "interrupted", "anthropic stream broke off", status=error_out.status
+                )
+            raise error_out from None
         finally:
-            await response.close()
+            await opened.__aexit__(None, None, None)
         if finish is None or not stopped:
             raise ProviderError("interrupted", "anthropic stream ended without message_stop")
         usage_out = None
         if prompt_tokens is not None and completion_tokens is not None:
             # Anthropic's input_tokens excludes cache reads; our prompt_tokens includes them.
-            usage_out = Usage(prompt_tokens + cached, completion_tokens, cached)
+            usage_out = Usage(int(prompt_tokens) + cached, int(completion_tokens), cached)
         yield Finish(finish, usage_out)

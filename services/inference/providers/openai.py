@@ -20,6 +20,7 @@ from services.inference.providers.base import (
     Usage,
     error_for_status,
 )
+from services.inference.providers.sse import sse_data
 
 _FINISH: dict[str, FinishKind] = {
     "stop": "stop",
@@ -90,35 +91,44 @@ class OpenAIProvider:
         return ProviderError("interrupted", f"{self.label} sent a malformed answer")
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        create = self._client.chat.completions.with_streaming_response.create
         try:
-            response = await self._client.chat.completions.create(
-                **self._params(request), stream=True, stream_options={"include_usage": True}
-            )
+            opened = create(**self._params(request), stream=True, stream_options={"include_usage": True})
+            response = await opened.__aenter__()
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._error(exc) from None
         finish: FinishKind | None = None
         usage: Usage | None = None
         try:
-            async for chunk in response:
-                if chunk.usage is not None:
-                    details = chunk.usage.prompt_tokens_details
+            async for _, data in sse_data(response.http_response):
+                if data == "[DONE]":
+                    # Read on to the end of the body (the chunked terminator follows at once) so the
+                    # connection goes back to the pool instead of being closed.
+                    continue
+                chunk = json.loads(data)
+                if not isinstance(chunk, dict) or "error" in chunk:
+                    raise ProviderError("interrupted", f"{self.label} reported an error mid-stream")
+                reported = chunk.get("usage")
+                if reported:
+                    details = reported.get("prompt_tokens_details") or {}
                     usage = Usage(
-                        chunk.usage.prompt_tokens,
-                        chunk.usage.completion_tokens,
-                        (details.cached_tokens or 0) if details is not None else 0,
+                        int(reported.get("prompt_tokens") or 0),
+                        int(reported.get("completion_tokens") or 0),
+                        int(details.get("cached_tokens") or 0),
                     )
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        yield Delta(choice.delta.content)
-                    if choice.finish_reason is not None:
-                        finish = _FINISH.get(choice.finish_reason, "stop")
-        except (openai.APIError, httpx2.HTTPError, json.JSONDecodeError, ValueError) as exc:
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield Delta(text)
+                    if choice.get("finish_reason"):
+                        finish = _FINISH.get(choice["finish_reason"], "stop")
+        except (openai.APIError, httpx2.HTTPError, ValueError, AttributeError, TypeError) as exc:
             error = self._error(exc)
             if error.kind == "unavailable":
                 error = ProviderError("interrupted", f"{self.label} stream broke off", status=error.status)
             raise error from None
         finally:
-            await response.close()
+            await opened.__aexit__(None, None, None)
         if finish is None:
             raise ProviderError("interrupted", f"{self.label} stream ended without a finish reason")
         yield Finish(finish, usage)
