@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -228,6 +229,12 @@ class Idp:
         return jwt.encode(body, key.private, algorithm=alg, headers={"kid": kid or key.kid})
 
 
+@functools.cache
+def _idp_keys() -> tuple[tuple[str, IdpKey], ...]:
+    """The provider's keys, made once per session: RSA key generation is slow on a busy machine."""
+    return tuple((alg, make_idp_key(alg, f"{alg.lower()}-1")) for alg in ("RS256", "ES256", "EdDSA"))
+
+
 @pytest.fixture
 async def idp(auth: Auth) -> AsyncIterator[Idp]:
     from google.protobuf import duration_pb2
@@ -236,7 +243,7 @@ async def idp(auth: Auth) -> AsyncIterator[Idp]:
 
     tenant_id = await auth.new_tenant("idp")
     server = JwksServer()
-    keys = {alg: make_idp_key(alg, f"{alg.lower()}-1") for alg in ("RS256", "ES256", "EdDSA")}
+    keys = dict(_idp_keys())  # a copy: tests may rotate a key
     server.document = {"keys": [k.jwk for k in keys.values()]}
     issuer = f"https://login.{tenant_id}.example/"
     current = await auth.admin.GetTenantPolicy(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+
+import jwt
 import pytest
 
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.auth.v1 import tenant_policy_pb2
 from parapet.identity.v1 import principal_pb2
 from tests.integration.auth.conftest import Auth, Idp, make_idp_key
 
@@ -44,3 +50,38 @@ async def test_a_rotated_key_is_fetched_on_its_unknown_kid(auth: Auth, idp: Idp)
     # A known kid is served from the cache: no fetch per token.
     await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token("RS256", sub="bob")))
     assert idp.server.fetches == fetched + 1
+
+
+async def test_an_inline_jwks_and_a_custom_subject_claim(auth: Auth, idp: Idp) -> None:
+    key = make_idp_key("EdDSA", "inline-1")
+    current = await auth.admin.GetTenantPolicy(
+        tpb.GetTenantPolicyRequest(tenant_id=idp.tenant_id), metadata=auth.operator
+    )
+    policy = tenant_policy_pb2.TenantPolicy()
+    policy.CopyFrom(current.policy)
+    issuer = f"https://corp.{idp.tenant_id}.example/"
+    policy.identity_providers.append(
+        tenant_policy_pb2.OidcProvider(
+            issuer=issuer,
+            audiences=["parapet-corp"],
+            jwks_json=json.dumps({"keys": [key.jwk]}),
+            allowed_algorithms=["EdDSA"],
+            subject_claim="email",
+        )
+    )
+    await auth.admin.UpdateTenantPolicy(
+        tpb.UpdateTenantPolicyRequest(
+            tenant_id=idp.tenant_id, policy=policy, expected_version=current.policy.version
+        ),
+        metadata=auth.operator,
+    )
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": issuer, "aud": "parapet-corp", "sub": "0042", "email": "dana@corp.example", "exp": now + 60},
+        key.private,
+        algorithm="EdDSA",
+        headers={"kid": "inline-1"},
+    )
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token))
+    assert (issued.principal.tenant_id, issued.principal.subject) == (idp.tenant_id, "dana@corp.example")
+    assert issued.principal.issuer == issuer and list(issued.principal.roles) == []
