@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -60,11 +60,14 @@ class Access:
         tenants: TenantKeyedCache[TenantView],
         platform_tenant: str,
         relay_wake: asyncio.Event,
+        also_invalidate: Sequence[Callable[[str], None]] = (),
     ) -> None:
         self.store = store
         self.tenants = tenants
         self.platform_tenant = platform_tenant
         self._relay_wake = relay_wake
+        # This replica's other per-tenant caches (the identity cache), dropped right after a change commits.
+        self._also_invalidate = also_invalidate
 
     async def view(self, tenant_id: str) -> TenantView | None:
         cached = self.tenants.get(tenant_id)
@@ -159,7 +162,10 @@ class Access:
             if error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED):
                 await self.refused(actor, method, target, error)
             raise
-        self.tenants.invalidate_tenant(tenant_id)  # this replica at once; the others on the notification
+        # This replica at once, so its own next call cannot see the old state; the others on the notification.
+        self.tenants.invalidate_tenant(tenant_id)
+        for invalidate in self._also_invalidate:
+            invalidate(tenant_id)
         self._wake()
 
     def _wake(self) -> None:

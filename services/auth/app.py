@@ -57,7 +57,9 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
         settings.auth_cache_size, settings.auth_cache_seconds
     )
     relay = OutboxRelay(store, resources.require_bus(), interval=settings.auth_outbox_interval_seconds)
-    access = Access(store, tenants, settings.auth_platform_tenant_id, relay.wake)
+    access = Access(
+        store, tenants, settings.auth_platform_tenant_id, relay.wake, (identities.invalidate_tenant,)
+    )
     signer = TokenSigner(
         signing_key.private_key,
         signing_key.kid,

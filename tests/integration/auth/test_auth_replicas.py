@@ -100,3 +100,16 @@ async def test_tenant_disable_and_user_disable_reach_the_other_replica(replicas:
 
     await a.admin.EnableTenant(tpb.EnableTenantRequest(tenant_id=tenant), metadata=a.operator)
     await b.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+
+
+async def test_the_changing_replica_refuses_at_once(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    key_id, key = await auth.new_key(tenant, "svc")
+    await _warm(auth, key)
+    await auth.admin.RevokeApiKey(
+        tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id), metadata=auth.operator
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:  # no wait for the notification
+        await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+    assert error_details(raised.value).reason == "API_KEY_REVOKED"
