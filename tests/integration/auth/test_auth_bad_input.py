@@ -232,6 +232,25 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
             "TOKEN_INVALID",
         ),
         Case(
+            "admin RPC with a malformed internal token",
+            lambda: auth.admin.ListUsers(
+                tpb.ListUsersRequest(tenant_id=tenant), metadata=(("authorization", "Bearer not-a-token"),)
+            ),
+            U,
+            "TOKEN_INVALID",
+        ),
+        Case(
+            "admin RPC with an oversized internal token",
+            lambda: auth.admin.ListUsers(
+                tpb.ListUsersRequest(tenant_id=tenant),
+                metadata=(
+                    ("authorization", "Bearer " + auth.signer.sign(Principal(tenant, "root", ("x" * 9000,)))),
+                ),
+            ),
+            U,
+            "TOKEN_TOO_LARGE",
+        ),
+        Case(
             "another tenant's admin creates a key",
             lambda: auth.admin.CreateApiKey(
                 tpb.CreateApiKeyRequest(tenant_id=other, api_key=api_key_pb2.ApiKey(user_id="svc")),
