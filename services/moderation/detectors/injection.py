@@ -16,7 +16,7 @@ import binascii
 import re
 
 from services.moderation.detectors.base import C, Category, Detection
-from services.moderation.detectors.injection_rules import RULES
+from services.moderation.detectors.injection_rules import RULES, anchors_in, applicable
 from services.moderation.detectors.normalize import count_invisible, fold, mixed_script_words
 
 THRESHOLD = 0.5
@@ -26,6 +26,17 @@ _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])"
 _SPELLED_OUT = re.compile(r"(?<!\w)(?:\w {1,2}){9,}\w(?!\w)")
 _SPELLED_WEIGHT = 0.55
 _SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion, not an attack by itself
+
+
+def _encoded_patterns(text: str) -> list[tuple[re.Pattern[str], bool]]:
+    """The encodings worth scanning for: a 16+ character token, or a dozen two-digit hex tokens in a row."""
+    tokens = text.split()
+    patterns: list[tuple[re.Pattern[str], bool]] = []
+    if any(len(token) >= 16 for token in tokens):
+        patterns += [(_BASE64, False), (_HEX, True)]
+    elif sum(1 for token in tokens if len(token) == 2) >= 12:
+        patterns.append((_HEX, True))
+    return patterns
 
 
 def _decode(raw: str, hex_form: bool) -> str | None:
@@ -47,7 +58,10 @@ def _score(text: str) -> tuple[float, Category, int, int]:
     miss = 1.0
     weights: dict[Category, float] = {}
     start, end = len(text), 0
+    present = anchors_in(text)
     for rule in RULES:
+        if not applicable(rule, present, text):
+            continue
         match = rule.pattern.search(text)
         if match is None:
             continue
@@ -86,7 +100,7 @@ class InjectionDetector:
             start, end = 0, len(folded)  # the spelled-out run hides the words: the whole text is the finding
         if score >= self.threshold:
             found.append(Detection(category, index[start], index[end], round(score, 3), self.name))
-        for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
+        for pattern, hex_form in _encoded_patterns(text):
             for match in pattern.finditer(text):
                 decoded = _decode(match.group(), hex_form)
                 if decoded is None:

@@ -66,6 +66,8 @@ def fold(text: str) -> tuple[str, list[int]]:
     are joined. Returns the folded text and a list mapping each folded index to its original index (one
     extra entry at the end for the text's length, so an end offset maps too).
     """
+    if text.isascii() and not _SPELLED.search(text.lower()):
+        return text.lower(), list(range(len(text) + 1))  # the common case: nothing to fold but case
     out: list[str] = []
     index: list[int] = []
     latin = _latin_words(text) if not text.isascii() else []
@@ -109,11 +111,15 @@ def _join_spelled(folded: str, index: list[int]) -> tuple[str, list[int]]:
 
 
 def count_invisible(text: str) -> int:
+    if text.isascii():
+        return 0
     return sum(1 for char in text if not char.isascii() and is_invisible(char))
 
 
 def mixed_script_words(text: str) -> int:
     """Words mixing Latin letters with look-alike letters of another script: a homoglyph evasion sign."""
+    if text.isascii():
+        return 0
     count = 0
     for word in text.split():
         has_latin = any("a" <= c.lower() <= "z" for c in word)

@@ -78,14 +78,50 @@ class StreetAddressDetector:
     priority = 30
 
     def detect(self, text: str) -> list[Detection]:
-        found: list[Detection] = []
-        for pattern, score, extend in (
-            (_STREET, 0.85, True),
-            (_PO_BOX, 0.9, True),
-            (_MILITARY, 0.85, True),
-            (_UNIT, 0.6, False),
+        found: dict[tuple[int, int], Detection] = {}
+        for match in _MILITARY.finditer(text):
+            end = _extend(text, match.end())
+            found[(match.start(), end)] = Detection(self.categories[0], match.start(), end, 0.85, self.name)
+        # Every other form holds a street-type word: scan only around those, which keeps prose cheap.
+        for start, stop in _windows(text):
+            for pattern, score, extend in ((_STREET, 0.85, True), (_PO_BOX, 0.9, True), (_UNIT, 0.6, False)):
+                for match in pattern.finditer(text, start, stop):
+                    end = _extend(text, match.end()) if extend else match.end()
+                    found.setdefault(
+                        (match.start(), end),
+                        Detection(self.categories[0], match.start(), end, score, self.name),
+                    )
+        return list(found.values())
+
+
+_PIECE = re.compile(r"[^\s,;:()]+")
+_SUFFIX_WORDS = frozenset(_SUFFIX_EN.lower().split("|"))
+_PREFIX_WORDS = frozenset(p.rstrip(".").replace("\\", "") for p in _PREFIX.lower().split("|"))
+_GLUED_ENDINGS = tuple(e.rstrip(".").replace("\\", "") for e in _SUFFIX_GLUED.split("|"))
+_UNIT_WORDS = frozenset(
+    ("apt", "apartment", "suite", "ste", "unit", "flat", "room", "floor", "fl", "box", "postfach")
+)
+_BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few words; unit and number follow it
+
+
+def _windows(text: str) -> list[tuple[int, int]]:
+    """Stretches around street-type words (Road, -gasse, rue, Apt, Box): the only places an address can be.
+
+    A word-by-word set lookup is much cheaper than running the address patterns over all of a long text.
+    """
+    windows: list[tuple[int, int]] = []
+    for match in _PIECE.finditer(text):
+        word = match.group().lower().rstrip(".")
+        if not (
+            word in _SUFFIX_WORDS
+            or word in _PREFIX_WORDS
+            or word in _UNIT_WORDS
+            or (len(word) > 4 and word.endswith(_GLUED_ENDINGS))
         ):
-            for match in pattern.finditer(text):
-                end = _extend(text, match.end()) if extend else match.end()
-                found.append(Detection(C.CATEGORY_PII_STREET_ADDRESS, match.start(), end, score, self.name))
-        return found
+            continue
+        start, stop = max(0, match.start() - _BEFORE), min(len(text), match.end() + _AFTER)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], stop)
+        else:
+            windows.append((start, stop))
+    return windows

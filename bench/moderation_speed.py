@@ -1,0 +1,131 @@
+"""Speed of moderation screening, in process (the service's own cost, without gRPC).
+
+- ScreenInput's work on a 4 KB prompt (English prose with a handful of PII values and a secret):
+  pattern detectors and the injection detector only, and with the spaCy NER model as well;
+- streamed output screening: the added cost per chunk of a 4 KB answer arriving in 16-character chunks
+  (about four tokens each, as providers stream), and the code points scanned per received code point.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.report import table, write_section
+from bench.stats import LatencySummary
+from services.moderation.masking import MaskingVault
+from services.moderation.policy import DEFAULT_POLICY
+from services.moderation.screener import Screener
+from services.moderation.stream import StreamScreener
+
+_PARAGRAPH = (
+    "Our quarterly review covers revenue, churn and the roadmap for the platform team. Customers asked for "
+    "better exports, faster search and clearer invoices; support volume fell by a tenth after the new help "
+    "centre launched. Please follow up with the account owner about the renewal terms and the open tickets. "
+)
+_VALUES = (
+    "Contact Jane Miller at jane.miller@example.com or +1 (415) 555-0134. ",
+    "Refund to card 4111 1111 1111 1111 or IBAN DE89 3704 0044 0532 0130 00. ",
+    "The staging host is 10.20.30.40 and the key AKIAIOSFODNN7EXAMPLE must be rotated. ",
+)
+
+
+def prompt(size: int = 4096) -> str:
+    parts: list[str] = []
+    i = 0
+    while sum(map(len, parts)) < size:
+        parts.append(_PARAGRAPH)
+        parts.append(_VALUES[i % len(_VALUES)])
+        i += 1
+    return "".join(parts)[:size]
+
+
+Timings = tuple[LatencySummary, LatencySummary]  # wall clock, and CPU time of this thread
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __enter__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall.append(time.perf_counter() - self._wall)
+        self.cpu.append(time.thread_time() - self._cpu)
+
+    def summaries(self) -> Timings:
+        return LatencySummary.of(self.wall), LatencySummary.of(self.cpu)
+
+
+def time_input(screener: Screener, text: str, runs: int) -> Timings:
+    for _ in range(5):
+        screener.screen_input(text, DEFAULT_POLICY, MaskingVault())
+    clock = _Clock()
+    for _ in range(runs):
+        with clock:
+            screener.screen_input(text, DEFAULT_POLICY, MaskingVault())
+    return clock.summaries()
+
+
+def time_output(screener: Screener, text: str, runs: int) -> Timings:
+    clock = _Clock()
+    for _ in range(runs):
+        with clock:
+            screener.screen_output(text, DEFAULT_POLICY, ())
+    return clock.summaries()
+
+
+def time_stream(screener: Screener, text: str, chunk: int, runs: int) -> tuple[Timings, float]:
+    clock = _Clock()
+    scanned = received = 0
+    for _ in range(runs):
+        stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
+        for i in range(0, len(text), chunk):
+            with clock:
+                stream.feed(text[i : i + chunk])
+        stream.finish()
+        scanned += stream.scanned_chars
+        received += stream.received_chars
+    return clock.summaries(), scanned / received
+
+
+async def main() -> None:
+    text = prompt()
+    fast = Screener(ner=False)
+    with_ner = Screener(ner=True)
+    per_chunk, ratio = time_stream(fast, text, 16, 50)
+    measured = [
+        ("ScreenInput work, 4 KB prompt, patterns + injection", time_input(fast, text, 2000)),
+        ("ScreenInput work, 4 KB prompt, with spaCy NER", time_input(with_ner, text, 100)),
+        ("ScreenOutput work, 4 KB answer (no NER on output)", time_output(fast, text, 500)),
+        ("ScreenStream added per 16-char chunk", per_chunk),
+    ]
+    rows = [[name, *wall.cells(), *cpu.cells()[:3]] for name, (wall, cpu) in measured]
+    load = os.getloadavg()[0]
+    body = "\n\n".join(
+        [
+            "In process, one call at a time (the service's own work, without gRPC). Targets: 4 KB prompt "
+            "p99 ≤ 2 ms without the NER model; streamed screening ≤ 1 ms per chunk. Wall-clock times depend on "
+            f"what else runs on the two cores (1-minute load average at the end of this run: {load:.1f}; other "
+            "engineers' test suites were running); CPU time of the screening thread is the load-independent figure.",
+            table(
+                [
+                    "what",
+                    "wall p50 ms",
+                    "wall p95 ms",
+                    "wall p99 ms",
+                    "wall max ms",
+                    "CPU p50 ms",
+                    "CPU p95 ms",
+                    "CPU p99 ms",
+                ],
+                rows,
+            ),
+            f"Streamed screening scanned {ratio:.1f} code points per code point received (held-back window plus "
+            "64 code points of left context per chunk): linear total work, never a rescan of the whole answer.",
+        ]
+    )
+    write_section("moderation_speed", "Moderation: screening speed", "python -m bench moderation_speed", body)
+    print(body)
