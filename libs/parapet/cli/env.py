@@ -14,6 +14,9 @@ SIGNING_KEY_ENV = "PARAPET_AUTH_SIGNING_KEY_FILE"
 SIGNING_SERVICE = "auth"
 AUDIT_KEY_ENV = "PARAPET_AUDIT_CHECKPOINT_KEY_FILE"
 AUDIT_SERVICE = "audit"
+# Where the auth service writes the first platform operator's API key, once (the only way in at first).
+BOOTSTRAP_KEY_ENV = "PARAPET_AUTH_BOOTSTRAP_KEY_FILE"
+BOOTSTRAP_KEY_NAME = "operator.key"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     # An inherited key path must not leak to services that have no business signing.
     env.pop(SIGNING_KEY_ENV, None)
     env.pop(AUDIT_KEY_ENV, None)
+    env.pop(BOOTSTRAP_KEY_ENV, None)
     env.update(peer_addresses(suite.ports))
     env.update(
         {
@@ -52,6 +56,7 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     )
     if spec.name == SIGNING_SERVICE:
         env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
+        env[BOOTSTRAP_KEY_ENV] = str(suite.identity.signing_key_file.parent / BOOTSTRAP_KEY_NAME)
     if spec.name == AUDIT_SERVICE:
         # Checkpoints must verify across restarts, so the audit key lives with the suite's other keys.
         env[AUDIT_KEY_ENV] = str(suite.identity.signing_key_file.parent / "audit-checkpoint.pem")
