@@ -117,7 +117,24 @@ def _rejection(index: int, document_id: str, error: Rejected) -> pb.DocumentResu
     )
 
 
+@dataclass
+class Prepared:
+    """A validated, extracted and chunked document waiting for its embeddings."""
+
+    index: int
+    document_id: str
+    row: dict[str, object]
+    groups: list[str]
+    metadata: dict[str, str]
+    chunks: list[repository.NewChunk]
+
+
 class Ingestor:
+    """Ingestion in two steps, so a stream's small documents share embedding batches: `prepare` each
+    document (validate, hash, extract, chunk; rejections and unchanged documents finish here), then
+    `store` a group of prepared documents (one embedding call for all their chunks, then per document the
+    vector upsert and the atomic replacement)."""
+
     def __init__(
         self,
         database: Database,
@@ -144,32 +161,71 @@ class Ingestor:
         progress: Progress,
     ) -> pb.DocumentResult:
         """Ingests one document; a bad one gives a REJECTED result, an outage raises UNAVAILABLE."""
+        prepared = await self.prepare(tenant_id, owner, index, document, content, progress)
+        if isinstance(prepared, Prepared):
+            (result,) = await self.store(tenant_id, owner, [prepared], progress)
+            return result
+        return prepared
+
+    async def prepare(
+        self,
+        tenant_id: str,
+        owner: str,
+        index: int,
+        document: document_pb2.Document,
+        content: bytes,
+        progress: Progress,
+    ) -> Prepared | pb.DocumentResult:
+        """A `Prepared` document, or its final result (rejected, or unchanged)."""
         progress.received += 1
         try:
             validate(document, content, self._options.max_document_bytes)
-            result = await self._ingest(tenant_id, owner, index, document, content)
+            prepared = await self._prepare(tenant_id, owner, index, document, content)
         except Rejected as error:
             progress.rejected += 1
             return _rejection(index, document.document_id, error)
         except ExtractionError as error:
             progress.rejected += 1
             return _rejection(index, document.document_id, Rejected(error.reason, str(error), "content"))
-        except EmbeddingUnavailable as error:
-            raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
         except VectorStoreUnavailable as error:
             raise Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE") from error
-        progress.done += 1
-        if result.outcome != pb.DOCUMENT_OUTCOME_UNCHANGED:
-            progress.chunks_stored += result.chunk_count
-        return result
+        if isinstance(prepared, pb.DocumentResult):
+            progress.done += 1
+        return prepared
 
-    def _prepare(self, content: bytes, mime_type: str) -> tuple[Extracted, list[Chunk]]:
+    async def store(
+        self, tenant_id: str, owner: str, documents: list[Prepared], progress: Progress
+    ) -> list[pb.DocumentResult]:
+        """Embeds the chunks of `documents` in one call and stores each document; results in order."""
+        texts = [c.text for d in documents for c in d.chunks]
+        try:
+            vectors = await self._embedder.embed(texts)
+        except EmbeddingUnavailable as error:
+            raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
+        results = []
+        position = 0
+        for prepared in documents:
+            mine = vectors[position : position + len(prepared.chunks)]
+            position += len(prepared.chunks)
+            try:
+                result = await self._store_one(tenant_id, owner, prepared, mine)
+            except VectorStoreUnavailable as error:
+                raise Unavailable(
+                    f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE"
+                ) from error
+            progress.done += 1
+            if result.outcome != pb.DOCUMENT_OUTCOME_UNCHANGED:
+                progress.chunks_stored += result.chunk_count
+            results.append(result)
+        return results
+
+    def _extract_and_chunk(self, content: bytes, mime_type: str) -> tuple[Extracted, list[Chunk]]:
         extracted = extract(content, mime_type)
         return extracted, chunk(extracted, self._tokenizer, self._options.chunking)
 
-    async def _ingest(
+    async def _prepare(
         self, tenant_id: str, owner: str, index: int, document: document_pb2.Document, content: bytes
-    ) -> pb.DocumentResult:
+    ) -> Prepared | pb.DocumentResult:
         sha = hashlib.sha256(content).hexdigest()
         groups = sorted(set(document.access_groups))
         metadata = dict(document.metadata)
@@ -188,54 +244,54 @@ class Ingestor:
             existing = await repository.lock_document(session, tenant_id, document.document_id)
         if existing is not None and existing.content_sha256 == sha:
             return await self._unchanged(tenant_id, index, row, existing)
-
-        extracted, chunks = await asyncio.to_thread(self._prepare, content, document.mime_type)
+        extracted, chunks = await asyncio.to_thread(self._extract_and_chunk, content, document.mime_type)
         row["title"] = row["title"] or extracted.title
+        row["chunk_count"] = len(chunks)
         new_chunks = [
             repository.NewChunk(
                 chunk_id_for(document.document_id, sha, c.ordinal), c.ordinal, c.text, c.start, c.end
             )
             for c in chunks
         ]
-        vectors = await self._embedder.embed([c.text for c in new_chunks])
+        return Prepared(index, document.document_id, row, groups, metadata, new_chunks)
+
+    async def _store_one(
+        self, tenant_id: str, owner: str, prepared: Prepared, vectors: list[list[float]]
+    ) -> pb.DocumentResult:
+        document_id = prepared.document_id
         await self._store.upsert(
             tenant_id,
             [
-                VectorRecord(c.chunk_id, document.document_id, v, tuple(groups), metadata)
-                for c, v in zip(new_chunks, vectors, strict=True)
+                VectorRecord(c.chunk_id, document_id, v, tuple(prepared.groups), prepared.metadata)
+                for c, v in zip(prepared.chunks, vectors, strict=True)
             ],
         )
-        row["chunk_count"] = len(new_chunks)
         async with tenant_scope(self._database, tenant_id) as session:
-            current = await repository.lock_document(session, tenant_id, document.document_id)
-            if current is not None and current.content_sha256 == sha:
+            current = await repository.lock_document(session, tenant_id, document_id)
+            if current is not None and current.content_sha256 == prepared.row["content_sha256"]:
                 # A concurrent ingestion of the same content won; our vectors have the same ids.
                 return pb.DocumentResult(
-                    index=index,
-                    document_id=document.document_id,
+                    index=prepared.index,
+                    document_id=document_id,
                     outcome=pb.DOCUMENT_OUTCOME_UNCHANGED,
                     chunk_count=current.chunk_count,
                 )
-            old_ids = await repository.chunk_ids(session, tenant_id, [document.document_id])
-            await repository.write_document(session, tenant_id, row, new_chunks)
+            old_ids = await repository.chunk_ids(session, tenant_id, [document_id])
+            await repository.write_document(session, tenant_id, prepared.row, prepared.chunks)
             if current is not None:
                 await record_deletion(
-                    session,
-                    tenant_id,
-                    [document.document_id],
-                    events_pb2.DELETION_REASON_REPLACED,
-                    requested_by=owner,
+                    session, tenant_id, [document_id], events_pb2.DELETION_REASON_REPLACED, requested_by=owner
                 )
-        stale = sorted(set(old_ids) - {c.chunk_id for c in new_chunks})
+        stale = sorted(set(old_ids) - {c.chunk_id for c in prepared.chunks})
         if stale:
             await self._store.delete_chunks(tenant_id, stale)
         if current is not None and self._relay is not None:
             self._relay.wake()
         return pb.DocumentResult(
-            index=index,
-            document_id=document.document_id,
+            index=prepared.index,
+            document_id=document_id,
             outcome=pb.DOCUMENT_OUTCOME_UPDATED if current is not None else pb.DOCUMENT_OUTCOME_CREATED,
-            chunk_count=len(new_chunks),
+            chunk_count=len(prepared.chunks),
         )
 
     async def _unchanged(

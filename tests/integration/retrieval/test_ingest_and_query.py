@@ -210,3 +210,21 @@ async def test_permissions_are_required(client: Client) -> None:
     admin = client.as_(tenant, scopes=(), roles=("admin",))
     await client.ingest(admin, (doc("x"), b"Admins hold every permission."))
     assert len(await client.query(admin, "permission")) == 1
+
+
+async def test_many_documents_in_one_stream_share_batches_and_keep_order(client: Client) -> None:
+    caller = client.as_(new_tenant())
+    documents = [(doc(f"n{i:02d}"), f"Note {i}: the code word is {i * 7919}.".encode()) for i in range(40)]
+    documents.insert(17, (doc("bad"), b""))
+    documents.append((doc("n03"), b"Note 3 rewritten in the same stream."))  # same id again: last one wins
+    response = await client.ingest(caller, *documents)
+    assert [r.index for r in response.results] == list(range(42))
+    assert response.results[17].outcome == pb.DOCUMENT_OUTCOME_REJECTED
+    assert response.results[41].outcome == pb.DOCUMENT_OUTCOME_UPDATED
+    assert response.progress.documents_done == 41 and response.progress.documents_rejected == 1
+    (hit,) = await client.query(
+        caller, "code word 39 * 7919 = 308841", mode=pb.SEARCH_MODE_FULL_TEXT, top_k=1
+    )
+    assert hit.citation.document_id == "n39"
+    rewritten = await client.query(caller, "Note 3", document_ids=["n03"])
+    assert [c.text for c in rewritten] == ["Note 3 rewritten in the same stream."]
