@@ -22,6 +22,10 @@ _SUFFIX_GLUED = (
     r"strasse|straße|str\.|gasse|weg|platz|allee|ring|damm|ufer|markt|steig|katu|kuja|tie|polku|gatan|vägen|"
     r"gränd|gade|vej|stræde|straat|laan|gracht|plein|kade|veien|gata|utca|tér|ulica|cesta|iela|gatve|tee"
 )
+# Street-type words standing after the street name and before the number (Piroska u. 97, Erzsébet tér 19).
+_SUFFIX_BEFORE_NUMBER = (
+    r"u\.|utca|tér|út|kapu|str\.?|strasse|straße|gasse|weg|platz|allee|gade|vej|väg|gata|katu|tie"
+)
 _PREFIX = (
     r"rue|avenue|boulevard|chemin|place|via|viale|piazza|corso|calle|avenida|carrer|rua|travessa|ul\.|ulica|"
     r"al\.|aleja|r\.|pl\.|bd|av\."
@@ -35,6 +39,15 @@ _STREET = re.compile(
     rf"|(?:\b\d{{1,6}}\s+)?(?<!\w)(?i:{_PREFIX})\s+(?:{_WORD}\s+){{1,4}}?\d{{1,5}}[a-zA-Z]?\b"
     # 5 rue de la Paix / 12 Via Roma
     rf"|\b\d{{1,5}}[a-zA-Z]?,?\s+(?i:{_PREFIX})\s+(?:{_WORD}\s*){{1,4}}"
+    # (6076) Piroska u. 97 / Erzsébet tér 19 / Eleftheriou Venizelou str 159
+    rf"|(?:\b\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,2}}\s+(?i:{_SUFFIX_BEFORE_NUMBER})(?!\w)\s*\d{{1,5}}\b\.?"
+)
+# After a word that announces an address ("lives at", "address:", "ship to"), a capitalised street name and
+# a house number are enough (Allika 46, 971 Kesk 53, Joaquin Suarez 2906).
+_ANNOUNCED = re.compile(
+    r"(?i:address(?:\s+is)?|adresse|lives?\s+(?:at|on|in)|located\s+at|sent\s+to|send\s+(?:it\s+)?to|ship\s+(?:it\s+)?to|"
+    r"deliver\s+(?:it\s+)?to|moved\s+to|wohn(?:e|t)\s+in|side\s+of)\s*:?\s+(?:[A-Z][a-z]+\s+){0,3}?\n?\s*"
+    rf"((?:\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,3}}\s+\d{{1,5}}[a-zA-Z]?\b)"
 )
 _UNIT = re.compile(
     r"\b(?:Apt|Apartment|Suite|Ste|Unit|Flat|Room|Floor|Fl)\.?\s*#?\s*\d{1,5}[A-Za-z]?\b", re.IGNORECASE
@@ -82,6 +95,12 @@ class StreetAddressDetector:
         for match in _MILITARY.finditer(text):
             end = _extend(text, match.end())
             found[(match.start(), end)] = Detection(self.categories[0], match.start(), end, 0.85, self.name)
+        if any(word in text for word in _ANNOUNCING):
+            for match in _ANNOUNCED.finditer(text):
+                end = _extend(text, match.end(1))
+                found.setdefault(
+                    (match.start(1), end), Detection(self.categories[0], match.start(1), end, 0.7, self.name)
+                )
         # Every other form holds a street-type word: scan only around those, which keeps prose cheap.
         for start, stop in _windows(text):
             for pattern, score, extend in ((_STREET, 0.85, True), (_PO_BOX, 0.9, True), (_UNIT, 0.6, False)):
@@ -95,7 +114,22 @@ class StreetAddressDetector:
 
 
 _PIECE = re.compile(r"[^\s,;:()]+")
-_SUFFIX_WORDS = frozenset(_SUFFIX_EN.lower().split("|"))
+_SUFFIX_WORDS = frozenset(_SUFFIX_EN.lower().split("|")) | frozenset(
+    w.replace("\\", "").rstrip(".?") for w in _SUFFIX_BEFORE_NUMBER.split("|")
+)
+_ANNOUNCING = (
+    "ddress",
+    "dresse",
+    "live",
+    "located",
+    "sent to",
+    "send",
+    "ship",
+    "deliver",
+    "moved",
+    "wohn",
+    "side of",
+)
 _PREFIX_WORDS = frozenset(p.rstrip(".").replace("\\", "") for p in _PREFIX.lower().split("|"))
 _GLUED_ENDINGS = tuple(e.rstrip(".").replace("\\", "") for e in _SUFFIX_GLUED.split("|"))
 _UNIT_WORDS = frozenset(

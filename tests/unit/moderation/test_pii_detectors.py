@@ -126,6 +126,9 @@ def test_phone(text: str, expected: list[str]) -> None:
         ("Wohnt in der Pfarrgasse 91 seit Jahren", ["Pfarrgasse 91"]),
         ("Send to P.O. Box 242", ["P.O. Box 242"]),
         ("write to 5 rue de la Paix", ["5 rue de la Paix"]),
+        ("Our office: 6076 Piroska u. 97.", ["6076 Piroska u. 97."]),
+        ("She lives at Allika 46, Tallinn", ["Allika 46, Tallinn"]),
+        ("Windows 10 and Chapter 5 are not addresses", []),
         ("I walked 5 miles down the road", []),
     ],
 )
