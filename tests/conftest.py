@@ -7,7 +7,10 @@ Tests that stop and restart a server (health, fault tests) start their own with 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,19 +22,35 @@ from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 _TEST_PG_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
+@contextlib.contextmanager
+def _server_dir() -> Iterator[Path]:
+    """A directory for a test server's data, outside pytest's own temporary root.
+
+    As root, PostgreSQL runs as another account that must traverse the path to its data; pytest resets
+    its root (/tmp/pytest-of-<user>) to 0700 whenever a pytest run starts, which would cut a running
+    server off from its files.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="parapet-test-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """URL of a PostgreSQL with pgvector (SQLAlchemy form, psycopg 3 driver)."""
     external = os.environ.get("PARAPET_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), settings=_TEST_PG_SETTINGS)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with _server_dir() as directory:
+        server = EmbeddedPostgres(directory / "data", free_port(), settings=_TEST_PG_SETTINGS)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -50,14 +69,15 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def fresh_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def fresh_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, which the test may stop and start again."""
-    server = EmbeddedPostgres(tmp_path / "pg", free_port(), settings=_TEST_PG_SETTINGS)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with _server_dir() as directory:
+        server = EmbeddedPostgres(directory / "pg", free_port(), settings=_TEST_PG_SETTINGS)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -13,8 +13,10 @@ import google.rpc
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy.engine import make_url
 
 from parapet.cli import registry
+from parapet.kit.redact import redact_url
 from tests.e2e.support import (
     REPO,
     LaunchUp,
@@ -112,8 +114,11 @@ def test_parapet_up_uses_external_database_and_nats_when_given(
     gateway = registry.get("gateway")
     up.wait_serving((gateway,), STARTUP_BOUND)
     table = up.wait_table()
-    assert f"database  {database_url}  (external)" in table
-    assert f"nats      {nats_url}  (external)" in table
+    # Shown, but without their secrets.
+    assert f"database  {redact_url(database_url)}  (external)" in table
+    assert f"nats      {redact_url(nats_url)}  (external)" in table
+    password = make_url(database_url).password
+    assert "***" in table and (password is None or password not in table)
 
     tree = descendants(up.proc.pid)
     names = {command_name(pid) for pid in tree}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from parapet.cli.infra import Backing
 from parapet.cli.supervisor import ManagedProcess
+from parapet.kit.redact import redact_url
 
 
 def _where(backing: Backing) -> str:
@@ -28,8 +29,8 @@ def endpoints_table(home: Path, processes: Sequence[ManagedProcess], database: B
     lines = [f"parapet is up (home {home})", "", render_table(["SERVICE", "ADDRESS", "PID", "LOG"], rows)]
     lines += [
         "",
-        f"database  {database.url}  ({_where(database)})",
-        f"nats      {nats.url}  ({_where(nats)})",
+        f"database  {redact_url(database.url)}  ({_where(database)})",
+        f"nats      {redact_url(nats.url)}  ({_where(nats)})",
         "",
         "Ctrl-C stops everything.",
     ]

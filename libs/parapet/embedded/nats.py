@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,13 @@ def nats_server_binary() -> str:
     return found
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never briefly wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 @dataclass
 class EmbeddedNats:
     """One NATS server with JetStream, its store under ``store_dir``, on ``host:port``."""
@@ -35,8 +44,23 @@ class EmbeddedNats:
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
+    def token_file(self) -> Path:
+        """The client token (mode 0600, beside the store): without it nobody may publish or subscribe."""
+        return self.store_dir.parent / f"{self.store_dir.name}.token"
+
+    @property
+    def config_file(self) -> Path:
+        return self.store_dir.parent / f"{self.store_dir.name}.conf"
+
+    @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        """Client URL, token included (any local account could otherwise forge usage or audit events)."""
+        return f"nats://{self._token()}@{self.host}:{self.port}"
+
+    def _token(self) -> str:
+        if not self.token_file.exists():
+            _write_private(self.token_file, secrets.token_urlsafe(24))
+        return self.token_file.read_text().strip()
 
     @property
     def log_path(self) -> Path:
@@ -46,8 +70,12 @@ class EmbeddedNats:
         if self.is_running():
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # The token goes in a private config file, not on the command line where `ps` would show it.
+        _write_private(self.config_file, f'authorization {{ token: "{self._token()}" }}\n')
         argv = [
             nats_server_binary(),
+            "-c",
+            str(self.config_file),
             "-a",
             self.host,
             "-p",

@@ -9,19 +9,26 @@ deep data directories cannot hit the socket path length limit), and dies with it
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pwd
+import secrets
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import quote
 
 import psycopg
 
-from parapet.embedded.process import spawn, stop
+from parapet.embedded.process import as_user, spawn, stop
+
+log = logging.getLogger(__name__)
 
 # PostgreSQL refuses to run as root; when we are root it runs as this unprivileged system user.
 _POSTGRES_OS_USER = "pgserver"
@@ -44,15 +51,41 @@ def _running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _ensure_os_user() -> pwd.struct_passwd:
+    """The unprivileged system account PostgreSQL runs as when we are root: no home, no login shell."""
+    try:
+        return pwd.getpwnam(_POSTGRES_OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _POSTGRES_OS_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(_POSTGRES_OS_USER)
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through (``o+x``, not list: ``o+r``) each ancestor of ``path`` that forbids it.
+
+    ``path`` itself is left alone: PostgreSQL insists its data directory be private (0700).
+
+    PostgreSQL, running as its own account, must reach its data directory and binaries; nothing more of
+    the ancestors is opened, and every change is logged.
+    """
+    for ancestor in path.parents:
+        mode = ancestor.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            log.warning("granting o+x on %s so PostgreSQL can reach %s", ancestor, path)
+            ancestor.chmod(mode | stat.S_IXOTH)
+
+
 def _prepare_for_os_user(data_dir: Path) -> str:
     """Create the unprivileged user and let it reach and own ``data_dir`` and read the binaries."""
-    utils = _pgserver_utils()
-    utils.ensure_user_exists(_POSTGRES_OS_USER)
-    entry = pwd.getpwnam(_POSTGRES_OS_USER)
-    utils.ensure_prefix_permissions(data_dir)
+    entry = _ensure_os_user()
+    _allow_traversal(data_dir)
     bin_dir = _bin_dir()
-    utils.ensure_prefix_permissions(bin_dir)
-    utils.ensure_folder_permissions(bin_dir.parent, 0o555)
+    _allow_traversal(bin_dir)
+    _pgserver_utils().ensure_folder_permissions(bin_dir.parent, 0o555)
     for root, dirs, files in os.walk(data_dir):
         os.chown(root, entry.pw_uid, entry.pw_gid)
         for name in dirs + files:
@@ -73,16 +106,31 @@ class EmbeddedPostgres:
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
+    def password_file(self) -> Path:
+        """The superuser's password (mode 0600, beside the data directory, readable by us only)."""
+        return self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    def _password(self) -> str | None:
+        # None for a data directory initialised before passwords were used (trust authentication).
+        return self.password_file.read_text().strip() if self.password_file.exists() else None
+
+    @property
     def url(self) -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of the application database."""
-        return f"postgresql+psycopg://{_SUPERUSER}@{self.host}:{self.port}/{self.database}"
+        """SQLAlchemy URL (psycopg 3 driver) of the application database, password included."""
+        password = self._password()
+        credentials = _SUPERUSER + (f":{quote(password, safe='')}" if password else "")
+        return f"postgresql+psycopg://{credentials}@{self.host}:{self.port}/{self.database}"
 
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
     def _conninfo(self, database: str) -> str:
-        return f"host={self.host} port={self.port} user={_SUPERUSER} dbname={database} connect_timeout=2"
+        password = self._password()
+        secret = f" password={password}" if password else ""
+        return (
+            f"host={self.host} port={self.port} user={_SUPERUSER}{secret} dbname={database} connect_timeout=2"
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         """Initialise the data directory if new, start the server and create the database with pgvector."""
@@ -103,28 +151,48 @@ class EmbeddedPostgres:
             "-c",
             "unix_socket_directories=",
         ]
-        for name, value in self.settings.items():
+        # Eight services with a connection pool each, replicas and benchmarks: more than the default 100.
+        for name, value in {"max_connections": "300", **self.settings}.items():
             argv += ["-c", f"{name}={value}"]
         self._proc = spawn(argv, log_path=self.log_path, user=user)
         self._wait_ready(timeout)
         self._ensure_database()
 
     def _initdb(self, user: str | None) -> None:
-        subprocess.run(
-            [
-                str(_bin_dir() / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                _SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-instructions",
-            ],
-            check=True,
-            capture_output=True,
-            user=user,
-        )
+        # Password authentication even on loopback: any local account could otherwise connect as the
+        # superuser (and run programs through COPY ... TO PROGRAM as the account PostgreSQL runs as).
+        password = secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        # initdb (running as PostgreSQL's account when we are root) reads the password from a file of its
+        # own beside the data directory, removed right after.
+        with tempfile.NamedTemporaryFile("w", prefix=".pwfile-", dir=self.data_dir.parent) as pwfile:
+            pwfile.write(password + "\n")
+            pwfile.flush()
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
+            done = subprocess.run(
+                [
+                    str(_bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    _SUPERUSER,
+                    f"--pwfile={pwfile.name}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=False,
+                capture_output=True,
+                **as_user(user),
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')}"
+                )
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -3,11 +3,13 @@
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -18,6 +20,18 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``user`` with that user's group and no other.
+
+    Switching only the uid would keep root's group (gid 0) and its supplementary groups, giving the child
+    the root group's access to files and directories.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def spawn(
@@ -40,7 +54,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            user=user,
+            **as_user(user),
             cwd=cwd,
             preexec_fn=preexec,
             start_new_session=True,

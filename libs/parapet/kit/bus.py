@@ -19,6 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from parapet.kit.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -74,12 +76,13 @@ class Bus:
         initial_attempts: int = 3,
     ) -> Bus:
         """Connect to ``url`` (raises when unreachable at start) and keep reconnecting forever after."""
+        shown = redact_url(url)  # the URL may carry a token
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected", extra={"nats_url": url})
+            log.warning("nats disconnected", extra={"nats_url": shown})
 
         async def on_reconnect() -> None:
-            log.info("nats reconnected", extra={"nats_url": url})
+            log.info("nats reconnected", extra={"nats_url": shown})
 
         last_warning = 0.0
 
@@ -89,7 +92,7 @@ class Bus:
             nonlocal last_warning
             if time.monotonic() - last_warning >= 30.0:
                 last_warning = time.monotonic()
-                log.warning("nats error: %s", exc, extra={"nats_url": url})
+                log.warning("nats error: %s", exc, extra={"nats_url": shown})
 
         client = await nats.connect(
             url,

@@ -72,12 +72,15 @@ class KitServer(Generic[SettingsT]):
             return
         self._stopped = True
         grace = self.resources.settings.shutdown_grace_seconds if grace is None else grace
-        await self.health.drain()
-        await self.server.stop(grace)
         try:
-            await self.resources.cleanup.aclose()
+            await self.health.drain()
+            await self.server.stop(grace)
         finally:
-            await self._owned.aclose()
+            # Whatever happened while draining, the service's own resources and then the kit's are closed.
+            try:
+                await self.resources.cleanup.aclose()
+            finally:
+                await self._owned.aclose()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
@@ -149,10 +152,10 @@ async def create_server(
                 # Above the identity token limit (8 KiB), so an oversized token gets its own clear
                 # TOKEN_TOO_LARGE rather than the transport's anonymous RESOURCE_EXHAUSTED.
                 ("grpc.max_metadata_size", 16 * 1024),
-                # Close each client connection after a few minutes (gracefully, in-flight calls finish) so
-                # clients re-resolve and spread onto replicas added since they connected.
+                # Close each client connection after a few minutes so clients re-resolve and spread onto
+                # replicas added since they connected. No age grace: the GOAWAY only stops new calls on
+                # the connection, while streams in flight (a long answer, a job watch) run to their end.
                 ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                ("grpc.max_connection_age_grace_ms", 30 * 1000),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(resources.health.servicer, server)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nats
+import nats.errors
 import psycopg
+import pytest
 
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.embedded.ports import port_is_open
@@ -48,3 +50,21 @@ async def test_nats_jetstream_keeps_messages_across_restart(tmp_path: Path) -> N
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_embedded_servers_refuse_clients_without_their_secret(
+    fresh_postgres: EmbeddedPostgres, fresh_nats: EmbeddedNats
+) -> None:
+    """Loopback is shared by every account on the machine: the URL's secret is what admits a client."""
+    assert fresh_postgres.password_file.stat().st_mode & 0o077 == 0
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(
+            f"host=127.0.0.1 port={fresh_postgres.port} user=postgres dbname=parapet connect_timeout=2"
+        )
+    assert fresh_nats.token_file.stat().st_mode & 0o077 == 0
+    with pytest.raises(nats.errors.Error, match="Authorization"):
+        await nats.connect(
+            f"nats://127.0.0.1:{fresh_nats.port}", allow_reconnect=False, max_reconnect_attempts=0
+        )
+    nc = await nats.connect(fresh_nats.url)
+    await nc.close()
