@@ -37,6 +37,7 @@ class RpcInfo:
     method: str
     request_id: str
     peer: str = ""
+    client_request_id: str | None = None  # an edge caller's own id, kept for logs, never propagated
     tenant_id: str | None = None
     subject: str | None = None
     code: str | None = None  # gRPC status code name, once known

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -296,7 +297,14 @@ class NoKeys:
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, Sequence) or isinstance(value, str | bytes):
         raise TokenRejected("identity token claims are malformed", reason="TOKEN_INVALID")
-    return tuple(str(item) for item in value)
+    if not all(isinstance(item, str) for item in value):
+        raise TokenRejected("identity token claims are malformed", reason="TOKEN_INVALID")
+    return tuple(value)
+
+
+# The contract's tenant id form (parapet.identity.v1.Principal): it also names NATS subjects
+# (`parapet.usage.v1.<tenant>`), where a '.', '*' or '>' would change the subject hierarchy.
+TENANT_ID_PATTERN = re.compile(r"[a-z0-9-]{1,63}")
 
 
 @dataclass
@@ -378,6 +386,8 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     tenant, subject = claims.get("tnt"), claims.get("sub")
     if not isinstance(tenant, str) or not tenant or not isinstance(subject, str) or not subject:
         raise TokenRejected("identity token names no tenant or subject", reason="TOKEN_INVALID")
+    if not TENANT_ID_PATTERN.fullmatch(tenant):
+        raise TokenRejected("identity token names a malformed tenant", reason="TOKEN_INVALID")
 
     def text(name: str) -> str:
         value = claims.get(name, "")

@@ -175,6 +175,16 @@ CASES: list[tuple[str, Callable[[TestKeys], str | None], str | None]] = [
         ),
         "TOKEN_INVALID",
     ),
+    (
+        "tenant that would change NATS subjects",
+        lambda k: f"Bearer {k.signer.sign(Principal(tenant_id='acme.>', subject='user-1'))}",
+        "TOKEN_INVALID",
+    ),
+    (
+        "non-string role",
+        lambda k: f"Bearer {k.signer.sign(PRINCIPAL, extra_claims={'roles': [{'admin': True}]})}",
+        "TOKEN_INVALID",
+    ),
 ]
 
 

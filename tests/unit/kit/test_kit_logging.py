@@ -78,3 +78,25 @@ async def test_rpc_lines_carry_context(log_stream: io.StringIO, keys: TestKeys) 
     assert (inside["request_id"], inside["trace_id"], inside["step"]) == ("req-1", ok["trace_id"], "handler")
     assert (failed["code"], failed["reason"]) == ("NOT_FOUND", "THING_NOT_FOUND")
     assert failed["request_id"] != "req-1" and len(failed["request_id"]) == 32  # a fresh one
+
+
+async def test_edge_callers_cannot_choose_the_request_id(keys: TestKeys) -> None:
+    """Services key idempotency on the request id: only callers inside the suite may pass theirs on."""
+    from parapet.kit.context import current_request_id
+
+    async def echo_request_id(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        return StringValue(value=current_request_id() or "")
+
+    handler = string_service(SERVICE, unary={"Edge": echo_request_id, "Inner": echo_request_id})
+    app = generic_app(
+        handler, keys=keys, service_names=(SERVICE,), public_methods=frozenset({f"/{SERVICE}/Edge"})
+    )
+    chosen = (("x-request-id", "replayed-id-1"),)
+    async with running(app, fast_settings()) as (_, port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            edge = await unary_caller(channel, f"/{SERVICE}/Edge")(StringValue(), metadata=chosen)
+            inner = await unary_caller(channel, f"/{SERVICE}/Inner")(
+                StringValue(), metadata=chosen + keys.metadata()
+            )
+    assert edge.value and edge.value != "replayed-id-1"
+    assert inner.value == "replayed-id-1"

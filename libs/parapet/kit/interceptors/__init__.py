@@ -23,12 +23,13 @@ def kit_interceptors(
     verifier: TokenVerifier, public_methods: Iterable[str]
 ) -> list[grpc.aio.ServerInterceptor]:
     """The kit's interceptors in the order they must run."""
+    public = frozenset(public_methods)
     return [
-        LoggingInterceptor(),
+        LoggingInterceptor(edge_methods=public),
         MetricsInterceptor(),
         ErrorsInterceptor(),
         DeadlineInterceptor(),
-        IdentityInterceptor(verifier, public_methods),
+        IdentityInterceptor(verifier, public),
     ]
 
 

@@ -2,7 +2,8 @@
 
 This is the outermost kit interceptor (inside OpenTelemetry's, so the span and its trace id are current
 when the line is written). It also establishes the request id: the caller's ``x-request-id`` when it sent
-a sane one, else a new one, so a request keeps one id across every service it touches.
+a sane one, else a new one, so a request keeps one id across every service it touches; on the edge
+methods (called from outside the suite) always a new one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -29,16 +30,29 @@ _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _LOUD_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS"})
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def _incoming_request_id(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _SANE_REQUEST_ID.match(value):
             return value
-    return uuid.uuid4().hex
+    return None
 
 
 class LoggingInterceptor(HandlerInterceptor):
+    """``edge_methods`` are called by clients outside the suite (the public methods): their request id
+    is chosen here, since services use it as an idempotency key (e.g. a budget reservation), and a client
+    choosing it could replay another request's; the client's own id is only logged."""
+
+    def __init__(self, edge_methods: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._edge = frozenset(edge_methods)
+
     def _begin(self, context: grpc.aio.ServicerContext, method: str) -> RpcInfo:
-        info = RpcInfo(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        incoming = _incoming_request_id(context)
+        if method in self._edge:
+            info = RpcInfo(method=method, request_id=uuid.uuid4().hex, client_request_id=incoming)
+        else:
+            info = RpcInfo(method=method, request_id=incoming or uuid.uuid4().hex)
+        info.peer = context.peer() or ""
         # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
         rpc_info_var.set(info)
         request_id_var.set(info.request_id)
@@ -59,6 +73,7 @@ class LoggingInterceptor(HandlerInterceptor):
                 "reason": info.reason,
                 "duration_ms": round((time.perf_counter() - info.started) * 1000, 3),
                 "peer": info.peer,
+                "client_request_id": info.client_request_id,
                 "tenant": info.tenant_id,
                 "subject": info.subject,
             },
