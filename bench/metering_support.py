@@ -48,7 +48,9 @@ def infrastructure(directory: Path) -> Iterator[Infra]:
         postgres.stop()
 
 
-def write_files(directory: Path, keys: TestKeys, policies: dict[str, tenant_policy_pb2.TenantPolicy]) -> dict[str, str]:
+def write_files(
+    directory: Path, keys: TestKeys, policies: dict[str, tenant_policy_pb2.TenantPolicy]
+) -> dict[str, str]:
     jwks = directory / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks()))
     policy = directory / "policies.json"

@@ -111,7 +111,7 @@ def event_headers(record: UsageRecord) -> dict[str, str]:
     }
 
 
-_COLUMNS = [
+COLUMNS = [
     "event_id",
     "tenant_id",
     "request_id",
@@ -135,8 +135,8 @@ _COLUMNS = [
 
 _INSERT_LEDGER = text(
     f"""
-    INSERT INTO usage_ledger ({", ".join(_COLUMNS)}, labels)
-    VALUES ({", ".join(":" + c for c in _COLUMNS)}, CAST(:labels AS jsonb))
+    INSERT INTO usage_ledger ({", ".join(COLUMNS)}, labels)
+    VALUES ({", ".join(":" + c for c in COLUMNS)}, CAST(:labels AS jsonb))
     ON CONFLICT (tenant_id, request_id) DO NOTHING
     RETURNING event_id
     """
@@ -151,7 +151,7 @@ _INSERT_OUTBOX = text(
 
 
 def _params(record: UsageRecord) -> dict[str, Any]:
-    params: dict[str, Any] = {c: getattr(record, c) for c in _COLUMNS}
+    params: dict[str, Any] = {c: getattr(record, c) for c in COLUMNS}
     params["labels"] = json.dumps(record.labels, sort_keys=True)
     return params
 
@@ -178,7 +178,7 @@ async def find(session: AsyncSession, tenant_id: str, request_id: str) -> UsageR
         (
             await session.execute(
                 text(
-                    f"SELECT {', '.join(_COLUMNS)}, labels FROM usage_ledger "
+                    f"SELECT {', '.join(COLUMNS)}, labels FROM usage_ledger "
                     "WHERE tenant_id = :tenant AND request_id = :request"
                 ),
                 {"tenant": tenant_id, "request": request_id},

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
+from nats.js.api import PubAck
 from sqlalchemy import text
 
-from parapet.kit.bus import Bus
+from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
 
 log = logging.getLogger(__name__)
@@ -51,19 +54,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            results = await asyncio.gather(
-                *(
-                    self._bus.publish(
-                        subject,
-                        bytes(payload),
-                        msg_id=str(event_id),
-                        headers=headers,
-                        ack_timeout=self._ack_timeout,
-                    )
-                    for _, event_id, subject, payload, headers in rows
-                ),
-                return_exceptions=True,
-            )
+            results = await self._publish(rows)
             acked = [
                 row[0]
                 for row, result in zip(rows, results, strict=True)
@@ -81,6 +72,41 @@ class OutboxRelay:
                     {"ids": acked},
                 )
             return len(acked)
+
+    async def _publish(self, rows: Sequence[Sequence[Any]]) -> list[object]:
+        """Publish every row, then wait (up to the ack timeout) for all of JetStream's acks at once.
+
+        ``publish_async`` shares one reply subscription for all acks instead of a request per message:
+        several times the throughput of awaiting each publish. A row whose ack does not come in time gets
+        a TimeoutError and stays unsent.
+        """
+        jetstream = self._bus.jetstream
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for _, event_id, subject, payload, headers in rows:
+                futures.append(
+                    await jetstream.publish_async(
+                        subject,
+                        bytes(payload),
+                        wait_stall=self._ack_timeout,
+                        headers={**headers, MSG_ID_HEADER: str(event_id)},
+                    )
+                )
+        except Exception as error:  # NATS down or too many acks outstanding: the rest waits for next round
+            log.debug("outbox publish stopped early: %r", error)
+        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout) if futures else (set(), set())
+        for future in pending:
+            future.cancel()  # releases its slot in the client's pending-ack semaphore
+        results: list[object] = []
+        for index in range(len(rows)):
+            if index >= len(futures) or futures[index] in pending:
+                results.append(TimeoutError("no ack from JetStream in time"))
+            elif (exception := futures[index].exception()) is not None:
+                results.append(exception)
+            else:
+                results.append(futures[index].result())
+        assert len(done) + len(pending) == len(futures)
+        return results
 
     async def run(self) -> None:
         """Drain the outbox forever: back-to-back while batches are full, else on wake-up or every interval."""
