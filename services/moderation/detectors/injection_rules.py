@@ -101,7 +101,7 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
     ("extract.en", C.CATEGORY_PROMPT_INJECTION, 0.85,
      "prompt instruction system guideline rule configuration password",
      r"\b(?:show|print|reveal|display|output|repeat|tell|give|list|write|spell|leak|share|dump|return)\b(?:\s+me)?"
-     r"(?:[^\w\n]+\w+){0,4}?[^\w\n]+(?:your|the|initial|system|hidden|secret|original|previous|above|all\s+your)\s+"
+     r"(?:[^\w\n]+\w+){0,4}?[^\w\n]+(?:your|all\s+your|(?:the\s+)?(?:initial|system|hidden|secret|original|previous|above|full|complete|exact))\s+"
      r"(?:\w+\s+)?(?:prompts?|prompt\s+texts?|instructions|system\s+(?:message|prompt)|guidelines|rules|configuration|password)\b"),
     ("extract.question.en", C.CATEGORY_PROMPT_INJECTION, 0.8,
      "instruction system prompt rule guideline initial who",
@@ -113,26 +113,29 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
      r"[^\w\n]+(?:deine|ihre|alle|die|den)\s+(?:\w+\s+)?(?:prompts?|prompt-?texte?|anweisungen|instruktionen|systemnachricht|regeln|passwort)\b"),
     # Role play: a new identity for the model.
     ("roleplay.en", C.CATEGORY_JAILBREAK, 0.7,
-     "act behav respond answer function serv want pretend imagin suppos now henceforth you play assum adopt take role stay dj interpreter terminal character persona bot",
+     "act behav respond answer function serv want pretend imagin suppos now henceforth you play assum adopt take role stay remain break fall dj interpreter terminal character persona bot",
      r"\b(?:act|acting|behave|respond|answer|function|serve)\s+as\s+(?:if\s+you\s+were\s+)?(?:an?|the|my)\b"
      r"|\bi\s+want\s+you\s+to\s+(?:act|be|pretend|play|respond|behave)\b"
      r"|\b(?:pretend|imagine|suppose)\s+(?:that\s+)?(?:you|you'?re|to\s+be|u)\b"
      r"|\b(?:from\s+now\s+on|now|henceforth)\s*,?\s+you\s+(?:are|will\s+be|shall\s+be|act)\b"
      r"|\byou\s+are\s+(?:now\s+)?(?:no\s+longer|not\s+(?:an?\s+)?(?:ai|language\s+model|assistant|chatbot))\b"
-     r"|\b(?:play|assume|take\s+on|adopt)\s+the\s+role\s+of\b|\bstay\s+in\s+(?:your\s+)?(?:character|role)\b"
+     r"|\b(?:play|assume|take\s+on|adopt)\s+the\s+role\s+of\b"
+     r"|\b(?:stay|stays|staying|remain|remains)\s+(?:\w+\s+){0,2}in\s+(?:(?:your|their|his|her)\s+)?(?:characters?|roles?)\b"
+     r"|\b(?:break|breaking|fall|falling)\s+(?:out\s+of\s+)?(?:the\s+|their\s+|your\s+)?(?:character|role)\b"
      r"|\b(?:be|become)\s+an?\s+(?:\w+\s+){0,2}(?:dj|interpreter|terminal|character|persona|bot)\b"
      r"|\byou\s+are\s+(?:the|a|an)\s+\w+[^\n]{0,40}(?:\.|,)\s*(?:as\s+(?:the|a|an)\s+\w+|tell\s+me|you\s+(?:will|must|have\s+to|are\s+written))"),
-    ("roleplay.actors", C.CATEGORY_JAILBREAK, 0.6,
+    ("roleplay.actors", C.CATEGORY_JAILBREAK, 0.45,
      "two 2 zwei",
      r"\b(?:two|2)\s+(?:people|persons|actors|characters|ais?)\b[^\n]{0,60}\b(?:film|movie|play|story|role|acting)\b"
      r"|\b(?:zwei|2)\s+(?:personen|schauspieler|figuren)\b[^\n]{0,60}\b(?:film|theater|stück|rolle)\b"),
     ("roleplay.de", C.CATEGORY_JAILBREAK, 0.7,
-     "stell gib du sie jetzt nun als agiere fungiere handle verhalte rolle spiel",
+     "stell gib du sie jetzt nun als agiere fungiere handle verhalte rolle spiel bleib aus",
      r"\b(?:stell\s+dir\s+vor|stellen\s+sie\s+sich\s+vor|tu\s+so\s+als|tun\s+sie\s+so\s+als|gib\s+dich\s+als)\b"
      r"|\b(?:du\s+bist|sie\s+sind)\s+(?:jetzt|nun|ab\s+sofort|ab\s+jetzt|von\s+nun\s+an)\b"
      r"|\b(?:jetzt|nun|ab\s+sofort)\s+(?:bist\s+du|sind\s+sie)\b"
      r"|\bals\s+[^.!?\n]{1,60}?\s+(?:fungieren|fungierst|agieren|agierst|auftreten)\b"
-     r"|\b(?:agiere|fungiere|handle|verhalte\s+dich)\s+(?:als|wie)\b|\bin\s+die\s+rolle\b|\bspiel(?:e|en)?\s+die\s+rolle\b"),
+     r"|\b(?:agiere|fungiere|handle|verhalte\s+dich)\s+(?:als|wie)\b|\bin\s+die\s+rolle\b|\bspiel(?:e|en)?\s+die\s+rolle\b"
+     r"|\bbleib\w*\s+(?:\w+\s+){0,3}in\s+(?:ihren|seinen|deiner|ihrer)\s+rollen?\b|\baus\s+der\s+rolle\s+fall\w*"),
     ("roleplay.alt", C.CATEGORY_JAILBREAK, 0.6,
      "agis fais imagine actúa actua finge imagina",
      r"\b(?:agis|fais\s+comme|imagine\s+que\s+tu|actúa|actua|finge|imagina\s+que)\b"),
@@ -149,7 +152,7 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
      "stop halt attention important achtung stopp ende say print write output respond answer reply repeat just",
      r"(?:^|[.!?:\n-]\s*)(?:now\s+)?(?:stop|halt|attention|important|achtung|stopp|ende)\b\s*[-:!,.]"
      r"|\b(?:say|print|write|output|respond\s+with|answer\s+with|reply\s+with|repeat\s+after\s+me|just\s+say)\b\s*[:\"“'„]"
-     r"|\b(?:print|say|write|output)\s+(?:\"|“|'|yay|hello|the\s+following|exactly)"),
+     r"|\b(?:print|say|write|output)\s+(?:\"|“|'|the\s+following|exactly)"),
     ("command.de", C.CATEGORY_PROMPT_INJECTION, 0.55,
      "sag schreib gib antwort formulier generier erstell",
      r"\b(?:sag|sage|sagen\s+sie|schreib|schreibe|schreiben\s+sie|gib|antworte|antworten\s+sie)\b[^\n]{0,40}?[:\"“„]"

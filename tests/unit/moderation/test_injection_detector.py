@@ -93,6 +93,11 @@ def test_cyrillic_prose_is_not_folded_into_latin() -> None:
         "I forgot my password, how do I reset it?",
         "Ignore the noise in the data and tell me the trend.",
         "Please print the invoice for order 1234.",
+        "Tell me the rules of chess.",
+        "Write a story where two characters meet in a film studio.",
+        "Say hello to my team in Spanish.",
+        "From now on, please answer in French.",
+        "Ignore the previous email, the deadline is Friday.",
         "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo=",  # base64 of the alphabet: decoded, harmless
     ],
 )
