@@ -12,14 +12,24 @@ from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# Resolved once, in the parent: between fork and exec a child of a threaded process (gRPC runs threads)
+# may only do async-signal-safe work, and loading a library is not.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def _die_with_parent() -> None:
-    # Linux only: the kernel sends SIGTERM to the child when the parent dies, even by SIGKILL, so an
-    # embedded server never outlives the launcher that started it.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_of(parent_pid: int) -> Callable[[], None] | None:
+    """A pre-exec hook: the kernel sends SIGTERM to the child when ``parent_pid`` dies, even by SIGKILL."""
+    if _PRCTL is None:
+        return None
+    prctl = _PRCTL
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died between fork and prctl, before the death signal was armed.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return hook
 
 
 def as_user(user: str | None) -> dict[str, Any]:
@@ -46,7 +56,7 @@ def spawn(
     """Start ``argv`` in its own process group, output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns the handle for its lifetime
-    preexec: Callable[[], None] | None = _die_with_parent if die_with_parent else None
+    preexec = _die_with_parent_of(os.getpid()) if die_with_parent else None
     try:
         return subprocess.Popen(
             list(argv),
