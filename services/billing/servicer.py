@@ -29,16 +29,22 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
-def _day(stamp: timestamp_pb2.Timestamp, field: str, *, strict: bool) -> date:
-    """The UTC day a timestamp starts; with ``strict``, it must be exactly 00:00 UTC (PERIOD_INVALID)."""
+def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
+    """The UTC day that starts exactly at ``stamp``; PERIOD_INVALID when it is not 00:00 UTC."""
     moment = stamp.ToDatetime(UTC)
-    if strict and moment != _midnight(moment.date()):
+    if moment != _midnight(moment.date()):
         raise InvalidArgument(
             f"{field} must be 00:00 UTC of a day",
             reason="PERIOD_INVALID",
             field_violations=[(field, "not on a UTC day boundary")],
         )
     return moment.date()
+
+
+def _first_day_from(stamp: timestamp_pb2.Timestamp) -> date:
+    """The first UTC day that starts at or after ``stamp``."""
+    moment = stamp.ToDatetime(UTC)
+    return moment.date() if moment == _midnight(moment.date()) else moment.date() + timedelta(days=1)
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
@@ -55,22 +61,9 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         self, request: billing_service_pb2.ListRollupsRequest, context: grpc.aio.ServicerContext
     ) -> billing_service_pb2.ListRollupsResponse:
         tenant = await self._authorize()
-        start = (
-            _day(request.start_time, "start_time", strict=False) if request.HasField("start_time") else None
-        )
-        end = None
-        if request.HasField("end_time"):
-            # "days starting before end_time": a day starting exactly at end_time is excluded.
-            end_moment = request.end_time.ToDatetime(UTC)
-            end = end_moment.date() + (
-                timedelta(days=0) if end_moment == _midnight(end_moment.date()) else timedelta(days=1)
-            )
-        if (
-            start is not None
-            and request.HasField("start_time")
-            and request.start_time.ToDatetime(UTC) != _midnight(start)
-        ):
-            start += timedelta(days=1)  # days starting at or after start_time
+        # Days starting at or after start_time and before end_time: both bounds round up to a day start.
+        start = _first_day_from(request.start_time) if request.HasField("start_time") else None
+        end = _first_day_from(request.end_time) if request.HasField("end_time") else None
         if start is not None and end is not None and end < start:
             raise InvalidArgument(
                 "end_time is before start_time",
@@ -117,12 +110,10 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         tenant = await self._authorize()
         this_month = month_start(datetime.now(UTC))
         start = (
-            _day(request.start_time, "start_time", strict=True)
-            if request.HasField("start_time")
-            else this_month.date()
+            _day(request.start_time, "start_time") if request.HasField("start_time") else this_month.date()
         )
         end = (
-            _day(request.end_time, "end_time", strict=True)
+            _day(request.end_time, "end_time")
             if request.HasField("end_time")
             else next_month(this_month).date()
         )

@@ -1,0 +1,29 @@
+"""Billing periods: invoice bounds must be UTC day starts; rollup filters round up to whole days."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from parapet.kit.errors import InvalidArgument
+from services.billing.servicer import _day, _first_day_from
+
+
+def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def test_invoice_bounds_must_be_midnight_utc() -> None:
+    assert _day(_stamp(datetime(2026, 11, 1, tzinfo=UTC)), "start_time") == date(2026, 11, 1)
+    with pytest.raises(InvalidArgument) as raised:
+        _day(_stamp(datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)), "start_time")
+    assert raised.value.reason == "PERIOD_INVALID"
+
+
+def test_rollup_filters_take_days_starting_at_or_after_a_time() -> None:
+    assert _first_day_from(_stamp(datetime(2026, 11, 1, tzinfo=UTC))) == date(2026, 11, 1)
+    assert _first_day_from(_stamp(datetime(2026, 11, 1, 12, tzinfo=UTC))) == date(2026, 11, 2)
