@@ -300,3 +300,27 @@ async def test_the_first_start_writes_a_bootstrap_operator_key(
     key_file.unlink()
     async with running(APP, settings):
         assert not key_file.exists()  # later starts create nothing
+
+
+async def test_repeated_failures_from_one_client_are_throttled_whatever_the_key(auth: Auth) -> None:
+    metadata = (("x-parapet-client-ip", "203.0.113.7"),)
+    for i in range(50):
+        # Twelve prefixes, each under its own limit of 10: only the client's limit (50) can trip.
+        guess = f"pk_{'abcdefghijkl'[i % 12] * 12}_{str(i).rjust(43, 'Q')}"
+        code, reason = await _error(
+            auth.auth.Authenticate(apb.AuthenticateRequest(api_key=guess), metadata=metadata)
+        )
+        assert reason == "API_KEY_INVALID", i
+    code, reason = await _error(
+        auth.auth.Authenticate(
+            apb.AuthenticateRequest(api_key="pk_" + "m" * 12 + "_" + "Q" * 43), metadata=metadata
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED")
+    other_client = (("x-parapet-client-ip", "198.51.100.1"),)
+    code, reason = await _error(
+        auth.auth.Authenticate(
+            apb.AuthenticateRequest(api_key="pk_" + "m" * 12 + "_" + "Q" * 43), metadata=other_client
+        )
+    )
+    assert reason == "API_KEY_INVALID"  # another client is not affected
