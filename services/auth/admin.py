@@ -351,6 +351,10 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             old = await self._store.user(change.session, spec.user_id)
             if old is None:
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
+            # Changing a user who holds more than the caller (disabling them, say) is refused like granting.
+            above = permissions.granted(view.policy, old["roles"]) - actor.permissions
+            if above and not actor.is_platform:
+                raise policy.escalation(permissions.name(min(above)), ",".join(old["roles"]))
             new = dict(old)
             if "roles" in paths:
                 _check_roles(actor, view.policy, set(spec.roles), set(old["roles"]), "user.roles")

@@ -286,6 +286,19 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
             "PRIVILEGE_ESCALATION",
         ),
         Case(
+            "admin disables a more privileged user",
+            lambda: auth.admin.UpdateUser(
+                tpb.UpdateUserRequest(
+                    tenant_id=tenant,
+                    user=user_pb2.User(user_id="aud", state=user_pb2.USER_STATE_DISABLED),
+                    update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+                ),
+                metadata=helpdesk,
+            ),
+            P,
+            "PRIVILEGE_ESCALATION",
+        ),
+        Case(
             "admin mints a key for a more privileged user",
             lambda: auth.admin.CreateApiKey(
                 tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="aud")),
