@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 
 from bench.report import table, write_section
@@ -80,7 +81,8 @@ relevant document each (corpus fingerprint `{fingerprint}`). Questions are made 
 extended description holding at least two words no other document has, with the package name masked, the
 subject stripped and a quarter of the other words dropped: lexical cues remain, so full-text search is
 favoured; they are synthetic, not user questions. Ingestion ({chunks} chunks) took {seconds:.1f} s
-({chunks / seconds:.0f} chunks/s through the service, batches of 50 documents). Each Query asks for 20 chunks,
+({chunks / seconds:.0f} chunks/s through the service, batches of 50 documents; load average
+{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end of the run). Each Query asks for 20 chunks,
 reduced to distinct documents.
 
 {table(["mode", "recall@5", "MRR@10", "nDCG@10"], rows)}
