@@ -53,20 +53,7 @@ class UsageRecord:
 
     def same_figures(self, other: UsageRecord) -> bool:
         """True when ``other`` settles the same usage (a retry), whatever its event id and reservation."""
-        keys = [
-            "feature",
-            "model",
-            "requested_model",
-            "provider",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "estimated",
-            "cost_micros",
-            "currency_code",
-            "cached",
-        ]
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return all(getattr(self, k) == getattr(other, k) for k in FIGURES)
 
     def to_event(self) -> usage_event_pb2.UsageEvent:
         occur = timestamp_pb2.Timestamp()
@@ -132,6 +119,8 @@ COLUMNS = [
     "latency_micros",
     "occur_time",
 ]
+# The columns a retried Settle must repeat exactly; identity, reservation and timing may differ.
+FIGURES = COLUMNS[COLUMNS.index("feature") : COLUMNS.index("cached") + 1]
 
 _INSERT_LEDGER = text(
     f"""
