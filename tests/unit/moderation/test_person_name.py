@@ -23,7 +23,13 @@ def test_model_finds_people() -> None:
 def test_cues_find_names_the_model_misses() -> None:
     assert "Rubija" in names("My name is Rubija")
     assert "Okafor" in names("Please ask Dr. Okafor about it")
+    assert "Maureen Thibault" in names(
+        "Maureen Thibault\n\n41086 Kiannonkatu 98\n Suite 464"
+    )  # address block
+    assert "Sari J. Paavolainen" in names("Directed By:    Sari J. Paavolainen")
+    assert "Liviana Palerma" in names("Producer Liviana Palerma explained the song.")  # role word trimmed
 
 
 def test_no_names_in_plain_prose() -> None:
     assert names("The weather is nice and the report is due on Friday.") == []
+    assert names("Quarterly Report\n2024 numbers are in") == []
