@@ -78,6 +78,8 @@ class MiniLmEmbedder:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = self._options.threads
         session_options.inter_op_num_threads = 1
+        # Idle worker threads must sleep, not spin: the cores are shared with the other services.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(self._options.model_path or default_model_path()),
             sess_options=session_options,
