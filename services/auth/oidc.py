@@ -21,7 +21,7 @@ import jwt
 from jwt import PyJWK
 
 from parapet.auth.v1 import tenant_policy_pb2
-from parapet.kit.errors import Unauthenticated
+from parapet.kit.errors import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,10 @@ class JwksCache:
                 except (httpx.HTTPError, ValueError):
                     log.warning("fetching JWKS failed", extra={"issuer": provider.issuer}, exc_info=True)
                     if cached is None:
-                        return []
+                        # Not the caller's fault and not a verdict on the token: retry later.
+                        raise Unavailable(
+                            "the identity provider's keys cannot be fetched", retry_after=5.0
+                        ) from None
                     cached.fetched = now  # keep the old keys; rate-limit the retries too
             return cached.keys if cached is not None else []
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import grpc
+import grpc.aio
 import jwt
 import pytest
 
@@ -13,6 +15,7 @@ from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.identity.v1 import principal_pb2
+from parapet.kit.errors import error_details
 from tests.integration.auth.conftest import Auth, Idp, make_idp_key
 
 
@@ -85,3 +88,13 @@ async def test_an_inline_jwks_and_a_custom_subject_claim(auth: Auth, idp: Idp) -
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token))
     assert (issued.principal.tenant_id, issued.principal.subject) == (idp.tenant_id, "dana@corp.example")
     assert issued.principal.issuer == issuer and list(issued.principal.roles) == []
+
+
+async def test_an_unreachable_jwks_url_is_unavailable_not_a_verdict(auth: Auth, idp: Idp) -> None:
+    url = idp.server.url
+    idp.server.close()  # nothing listens there any more, and nothing was fetched yet
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token("RS256")))
+    details = error_details(raised.value)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and details.reason == "DEPENDENCY_UNAVAILABLE"
+    assert details.retry_after is not None and url.startswith("http://127.0.0.1")
