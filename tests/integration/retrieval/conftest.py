@@ -13,7 +13,6 @@ import grpc.aio
 import pytest
 from pinecone import Index
 
-from parapet.embeddings.minilm import MiniLmEmbedder
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
 from parapet.kit.migrations import migrate
@@ -28,11 +27,6 @@ from services.retrieval.stores.pinecone_store import PineconeStore
 from services.retrieval.stores.protocol import VectorStore
 
 MIGRATIONS = Path(__file__).parents[3] / "services" / "retrieval" / "migrations"
-
-
-@pytest.fixture(scope="session")
-def minilm() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
 
 
 @pytest.fixture
