@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A non-Python caller of the suite: loads Parapet's own .proto files with @grpc/proto-loader, checks the
-// gateway's standard gRPC health, and calls ChatService/Chat without a token. Prints one JSON object.
+// gateway's standard gRPC health, and calls ChatService/Chat, decoding the google.rpc.Status details of its
+// error (ErrorInfo reason and domain). Prints one JSON object.
 //
 // usage: node health_and_chat.js <gateway host:port> <protos dir> [extra include dir...]
 'use strict';
@@ -10,6 +11,7 @@ const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { protoPath: healthProtoPath } = require('grpc-health-check');
+const protobuf = require('protobufjs');
 
 const LOADER_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 const DEADLINE_MS = 10000;
@@ -41,6 +43,26 @@ function unary(client, method, request) {
   });
 }
 
+function rpcStatusTypes(includeDirs) {
+  // google.rpc.Status and ErrorInfo from googleapis' .proto files, to read the typed error details that
+  // every Parapet error carries in the grpc-status-details-bin trailer.
+  const root = new protobuf.Root();
+  root.resolvePath = (origin, target) => {
+    const found = includeDirs.map((dir) => path.join(dir, target)).find((file) => fs.existsSync(file));
+    return found ?? protobuf.util.path.resolve(origin, target);
+  };
+  root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], { keepCase: true });
+  return { Status: root.lookupType('google.rpc.Status'), ErrorInfo: root.lookupType('google.rpc.ErrorInfo') };
+}
+
+function errorInfo(error, types) {
+  const raw = error.metadata && error.metadata.get('grpc-status-details-bin')[0];
+  if (!raw) return null;
+  const status = types.Status.decode(raw);
+  const packed = status.details.find((any) => any.type_url.endsWith('/google.rpc.ErrorInfo'));
+  return packed ? types.ErrorInfo.toObject(types.ErrorInfo.decode(packed.value)) : null;
+}
+
 function statusName(code) {
   return Object.keys(grpc.status).find((name) => grpc.status[name] === code) ?? String(code);
 }
@@ -69,9 +91,18 @@ async function main() {
   } else {
     const chatClient = new ChatService(address, credentials);
     const chat = await unary(chatClient, 'Chat', {});
-    result.chat = chat.error
-      ? { code: chat.error.code, status: statusName(chat.error.code), details: chat.error.details }
-      : { code: 0, status: 'OK' };
+    if (chat.error) {
+      const info = errorInfo(chat.error, rpcStatusTypes(extraIncludes));
+      result.chat = {
+        code: chat.error.code,
+        status: statusName(chat.error.code),
+        details: chat.error.details,
+        reason: info ? info.reason : null,
+        domain: info ? info.domain : null,
+      };
+    } else {
+      result.chat = { code: 0, status: 'OK' };
+    }
     chatClient.close();
   }
   process.stdout.write(JSON.stringify(result) + '\n');
