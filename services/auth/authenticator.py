@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded, Unauthenticated
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth import apikeys, oidc
@@ -113,6 +114,7 @@ class Authenticator:
         self._check_throttle(keys)
         digest = self._hasher.hash(parsed.full)
         entry = self.cache.get(digest)
+        metrics.record_cache_lookup("auth_identity", entry is not None)
         if entry is None:
             try:
                 entry = await self._load_key(parsed, digest)
@@ -181,6 +183,7 @@ class Authenticator:
             )
         digest = apikeys.token_digest(token)
         entry = self.cache.get(digest)
+        metrics.record_cache_lookup("auth_identity", entry is not None)
         if entry is not None:
             return self._issue(entry)
         try:

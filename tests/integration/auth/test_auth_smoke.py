@@ -8,6 +8,7 @@ import grpc
 import jwt
 import pytest
 from google.protobuf import timestamp_pb2
+from prometheus_client import REGISTRY
 
 from parapet.auth.v1 import api_key_pb2
 from parapet.auth.v1 import auth_service_pb2 as apb
@@ -65,3 +66,20 @@ async def test_a_token_never_outlives_its_api_key(auth: Auth) -> None:
         issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=created.secret))
         assert issued.expire_time.seconds == expire.seconds
         assert jwt.decode(issued.token, options={"verify_signature": False})["exp"] == expire.seconds
+
+
+async def test_identity_cache_hits_are_counted(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    _, key = await auth.new_key(tenant, "svc")
+
+    def count(result: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "parapet_cache_lookups_total", {"cache": "auth_identity", "result": result}
+        )
+        return value or 0.0
+
+    hits, misses = count("hit"), count("miss")
+    for _ in range(3):
+        await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+    assert (count("miss") - misses, count("hit") - hits) == (1, 2)
