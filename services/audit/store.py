@@ -45,12 +45,12 @@ _SELECT_EXPR: dict[str, str] = {
     **{name: f"decode(r.{name}, 'hex')" for name in _BYTES},
 }
 _ALL = (*COLUMN_NAMES, "sequence", "record_id", *_BYTES, "prompt", "response", "body_expire_time")
-INSERT_SQL = text(
+INSERT_SQL = (
     "INSERT INTO records (tenant_id, "
     + ", ".join(_ALL)
-    + ") SELECT :tenant_id, "
+    + ") SELECT %(tenant_id)s, "
     + ", ".join(_SELECT_EXPR.get(name, f"r.{name}") for name in _ALL)
-    + " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r("
+    + " FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r("
     + ", ".join(f"{name} {_SQL_TYPES.get(name, 'text')}" for name in _ALL)
     + ")"
 )
@@ -68,38 +68,34 @@ class AppendResult:
     conflict: bool  # the id was stored with different content: nothing appended, nothing changed
 
 
-async def _lock_head(session: AsyncSession, tenant_id: str) -> tuple[int, bytes]:
-    # One round trip: create the head row on the tenant's first record, and lock it either way (an
-    # ON CONFLICT DO UPDATE locks the existing row like SELECT ... FOR UPDATE and returns it).
-    row = (
-        await session.execute(
-            text(
-                "INSERT INTO chain_heads (tenant_id) VALUES (:t)"
-                " ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id"
-                " RETURNING sequence, head_hash"
-            ),
-            {"t": tenant_id},
-        )
-    ).one()
-    return int(row.sequence), bytes(row.head_hash)
+_SET_TENANT = "SELECT set_config('parapet.tenant_id', %s, true)"
+# Creates the head row on the tenant's first record and locks it either way: ON CONFLICT DO UPDATE locks
+# the existing row like SELECT ... FOR UPDATE, and returns it.
+_LOCK_HEAD = (
+    "INSERT INTO chain_heads (tenant_id) VALUES (%s)"
+    " ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id RETURNING sequence, head_hash"
+)
+_EXISTING = (
+    "SELECT record_id::text, sequence, previous_hash, record_hash, metadata"
+    " FROM records WHERE record_id = ANY(CAST(%s AS uuid[]))"
+)
+_MOVE_HEAD = "UPDATE chain_heads SET sequence = %s, head_hash = %s, update_time = now() WHERE tenant_id = %s"
+
+Row = tuple[PreparedRecord, int, bytes, bytes]  # record, sequence, previous hash, record hash
 
 
-async def _existing(session: AsyncSession, ids: list[str]) -> dict[str, Any]:
-    rows = await session.execute(
-        text(
-            "SELECT record_id::text AS record_id, sequence, previous_hash, record_hash, metadata"
-            " FROM records WHERE record_id = ANY(CAST(:ids AS uuid[]))"
-        ),
-        {"ids": ids},
-    )
-    return {row.record_id: row for row in rows}
+async def _driver(session: AsyncSession) -> Any:
+    """The session's psycopg connection (same transaction), for pipelined statements."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
 
 
 def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _rows_json(rows: list[tuple[PreparedRecord, int, bytes, bytes]]) -> str:
+def _rows_json(rows: list[Row]) -> str:
     out = []
     for prepared, sequence, previous, digest in rows:
         row = {name: _json_value(value) for name, value in prepared.columns.items()}
@@ -117,43 +113,37 @@ def _rows_json(rows: list[tuple[PreparedRecord, int, bytes, bytes]]) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-async def insert_rows(
-    session: AsyncSession, tenant_id: str, rows: list[tuple[PreparedRecord, int, bytes, bytes]]
-) -> None:
-    """Insert already-chained rows (record, sequence, previous hash, record hash) in one statement.
-
-    Does not touch the chain head: :func:`append_in` does that; benchmarks use this to load chains.
-    """
-    await session.execute(INSERT_SQL, {"tenant_id": tenant_id, "rows": _rows_json(rows)})
+async def insert_rows(session: AsyncSession, tenant_id: str, rows: list[Row]) -> None:
+    """Insert already-chained rows in one statement, without moving the head (benchmarks load chains so)."""
+    driver = await _driver(session)
+    await driver.execute(INSERT_SQL, {"tenant_id": tenant_id, "rows": _rows_json(rows)})
 
 
-async def append_in(
-    session: AsyncSession, tenant_id: str, batch: Sequence[PreparedRecord]
-) -> list[AppendResult]:
-    """Append ``batch`` to ``tenant_id``'s chain inside ``session`` (a tenant-scoped transaction)."""
-    head_sequence, head_hash = await _lock_head(session, tenant_id)
-    existing = await _existing(session, sorted({p.record_id for p in batch}))
+def _chain(
+    batch: Sequence[PreparedRecord], head_sequence: int, head_hash: bytes, stored: Mapping[str, Any]
+) -> tuple[list[AppendResult], list[Row], int, bytes]:
+    """Chain ``batch`` after the head; ``stored`` maps already stored ids to (id, seq, prev, hash, metadata)."""
     results: list[AppendResult] = []
-    new_rows: list[tuple[PreparedRecord, int, bytes, bytes]] = []
+    new_rows: list[Row] = []
     appended: dict[str, tuple[PreparedRecord, AppendResult]] = {}
     for prepared in batch:
-        stored = existing.get(prepared.record_id)
-        if stored is not None:
+        found = stored.get(prepared.record_id)
+        if found is not None:
+            _, sequence, previous, digest, metadata = found
             results.append(
                 AppendResult(
                     prepared.record_id,
-                    int(stored.sequence),
-                    bytes(stored.previous_hash),
-                    bytes(stored.record_hash),
+                    int(sequence),
+                    bytes(previous),
+                    bytes(digest),
                     already_recorded=True,
-                    conflict=bytes(stored.metadata) != prepared.metadata,
+                    conflict=bytes(metadata) != prepared.metadata,
                 )
             )
             continue
         earlier = appended.get(prepared.record_id)
         if earlier is not None:
             first, result = earlier
-            conflict = first.metadata != prepared.metadata
             results.append(
                 AppendResult(
                     prepared.record_id,
@@ -161,7 +151,7 @@ async def append_in(
                     result.previous_hash,
                     result.record_hash,
                     already_recorded=True,
-                    conflict=conflict,
+                    conflict=first.metadata != prepared.metadata,
                 )
             )
             continue
@@ -172,15 +162,49 @@ async def append_in(
         appended[prepared.record_id] = (prepared, result)
         results.append(result)
         head_sequence, head_hash = sequence, digest
-    if new_rows:
-        await insert_rows(session, tenant_id, new_rows)
-        await session.execute(
-            text(
-                "UPDATE chain_heads SET sequence = :s, head_hash = :h, update_time = now() WHERE tenant_id = :t"
-            ),
-            {"s": head_sequence, "h": head_hash, "t": tenant_id},
-        )
+    return results, new_rows, head_sequence, head_hash
+
+
+async def _append_tenants(
+    session: AsyncSession, groups: Mapping[str, Sequence[PreparedRecord]], *, switch_tenant: bool
+) -> dict[str, list[AppendResult]]:
+    """Lock, read, chain and write every tenant of ``groups`` in two pipelined round trips.
+
+    First every head is locked (in tenant order, so replicas cannot deadlock) and the batch's ids looked
+    up; then, chained in memory, every tenant's rows are inserted and its head moved. With
+    ``switch_tenant`` each tenant's statements run under its own ``parapet.tenant_id`` (row-level security).
+    """
+    driver = await _driver(session)
+    tenants = sorted(groups)
+    results: dict[str, list[AppendResult]] = {}
+    async with driver.pipeline() as pipeline:
+        reads = []
+        for tenant_id in tenants:
+            if switch_tenant:
+                await driver.execute(_SET_TENANT, (tenant_id,))
+            head = await driver.execute(_LOCK_HEAD, (tenant_id,))
+            existing = await driver.execute(_EXISTING, (sorted({p.record_id for p in groups[tenant_id]}),))
+            reads.append((head, existing))
+        await pipeline.sync()
+        for tenant_id, (head, existing) in zip(tenants, reads, strict=True):
+            head_sequence, head_hash = await head.fetchone()
+            stored = {row[0]: row for row in await existing.fetchall()}
+            results[tenant_id], new_rows, head_sequence, head_hash = _chain(
+                groups[tenant_id], int(head_sequence), bytes(head_hash), stored
+            )
+            if new_rows:
+                if switch_tenant:
+                    await driver.execute(_SET_TENANT, (tenant_id,))
+                await driver.execute(INSERT_SQL, {"tenant_id": tenant_id, "rows": _rows_json(new_rows)})
+                await driver.execute(_MOVE_HEAD, (head_sequence, head_hash, tenant_id))
     return results
+
+
+async def append_in(
+    session: AsyncSession, tenant_id: str, batch: Sequence[PreparedRecord]
+) -> list[AppendResult]:
+    """Append ``batch`` to ``tenant_id``'s chain inside ``session`` (a tenant-scoped transaction)."""
+    return (await _append_tenants(session, {tenant_id: batch}, switch_tenant=False))[tenant_id]
 
 
 async def append_groups(
@@ -189,16 +213,11 @@ async def append_groups(
     """Append each tenant's records in one transaction for all of them (one commit, one fsync).
 
     Row-level security still confines every statement to one tenant: the tenant setting is switched
-    before each tenant's statements. Heads are locked in tenant order, so two replicas appending
-    overlapping sets of tenants cannot deadlock.
+    before each tenant's statements, under the non-owner tenant role.
     """
-    results: dict[str, list[AppendResult]] = {}
     async with database.transaction() as session:
         await session.execute(text(f"SET LOCAL ROLE {TENANT_ROLE}"))
-        for tenant_id in sorted(groups):
-            await session.execute(text("SELECT set_config('parapet.tenant_id', :t, true)"), {"t": tenant_id})
-            results[tenant_id] = await append_in(session, tenant_id, groups[tenant_id])
-    return results
+        return await _append_tenants(session, groups, switch_tenant=True)
 
 
 async def append(database: Database, tenant_id: str, batch: Sequence[PreparedRecord]) -> list[AppendResult]:
