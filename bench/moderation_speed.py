@@ -8,14 +8,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc.aio
 
 from bench.report import table, write_section
 from bench.stats import LatencySummary
+from parapet.kit.testing import make_test_keys, running
+from parapet.moderation.v1 import moderation_service_pb2 as pb
+from parapet.moderation.v1 import moderation_service_pb2_grpc
+from services.moderation.app import APP
 from services.moderation.masking import MaskingVault
 from services.moderation.policy import DEFAULT_POLICY
 from services.moderation.screener import Screener
+from services.moderation.settings import ModerationSettings
 from services.moderation.stream import StreamScreener
 
 _PARAGRAPH = (
@@ -91,6 +102,40 @@ def time_stream(screener: Screener, text: str, chunk: int, runs: int) -> tuple[T
     return clock.summaries(), scanned / received
 
 
+async def grpc_stream(text: str, chunk: int, runs: int) -> Timings:
+    """ScreenStream over a real channel to a kit server (identity on): time per chunk of whole streams,
+    pipelined as a gateway forwards provider chunks (no waiting for each answer)."""
+    keys = make_test_keys()
+    with tempfile.TemporaryDirectory() as folder:
+        jwks = Path(folder) / "jwks.json"
+        jwks.write_text(json.dumps(keys.jwks()))
+        settings = ModerationSettings(
+            port=0, identity_jwks_file=jwks, ner_enabled=False, shutdown_grace_seconds=0.5
+        )
+        async with (
+            running(APP, settings) as (_server, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
+        ):
+            stub = moderation_service_pb2_grpc.ModerationServiceStub(ch)
+            metadata = keys.metadata()
+            pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+
+            async def requests() -> AsyncIterator[pb.ScreenStreamRequest]:
+                yield pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(request_id="bench"))
+                for piece in pieces:
+                    yield pb.ScreenStreamRequest(chunk=piece)
+
+            wall: list[float] = []
+            for i in range(runs + 3):
+                started = time.perf_counter()
+                async for _ in stub.ScreenStream(requests(), metadata=metadata):
+                    pass
+                if i >= 3:  # warm-up
+                    wall.append((time.perf_counter() - started) / len(pieces))
+    summary = LatencySummary.of(wall)
+    return summary, summary
+
+
 async def main() -> None:
     text = prompt()
     fast = Screener(ner=False)
@@ -103,6 +148,16 @@ async def main() -> None:
         ("ScreenStream added per 16-char chunk", per_chunk),
     ]
     rows = [[name, *wall.cells(), *cpu.cells()[:3]] for name, (wall, cpu) in measured]
+    over_grpc, _ = await grpc_stream(text, 16, 30)
+    rows.append(
+        [
+            "ScreenStream over gRPC, per 16-char chunk (whole 4 KB streams, pipelined)",
+            *over_grpc.cells(),
+            "",
+            "",
+            "",
+        ]
+    )
     load = os.getloadavg()[0]
     body = "\n\n".join(
         [

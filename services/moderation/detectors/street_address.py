@@ -143,16 +143,23 @@ def _windows(text: str) -> list[tuple[int, int]]:
 
     A word-by-word set lookup is much cheaper than running the address patterns over all of a long text.
     """
+    lowered = text.lower()
+    hits = {
+        word
+        for word in set(_PIECE.findall(lowered))
+        if (bare := word.rstrip(".")) in _SUFFIX_WORDS
+        or bare in _PREFIX_WORDS
+        or bare in _UNIT_WORDS
+        or (len(bare) > 4 and bare.endswith(_GLUED_ENDINGS))
+    }
+    if not hits:
+        return []
+    # Unique words are checked once; only the few hits are located again.
+    located = re.compile(
+        r"(?<![^\s,;:()])(?:" + "|".join(map(re.escape, hits)) + r")(?![^\s,;:()])", re.IGNORECASE
+    )
     windows: list[tuple[int, int]] = []
-    for match in _PIECE.finditer(text):
-        word = match.group().lower().rstrip(".")
-        if not (
-            word in _SUFFIX_WORDS
-            or word in _PREFIX_WORDS
-            or word in _UNIT_WORDS
-            or (len(word) > 4 and word.endswith(_GLUED_ENDINGS))
-        ):
-            continue
+    for match in located.finditer(text):  # positions in the text itself (lower() may change lengths)
         start, stop = max(0, match.start() - _BEFORE), min(len(text), match.end() + _AFTER)
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], stop)
