@@ -28,15 +28,19 @@ _SPELLED_WEIGHT = 0.55
 _SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion, not an attack by itself
 
 
-def _encoded_patterns(text: str) -> list[tuple[re.Pattern[str], bool]]:
-    """The encodings worth scanning for: a 16+ character token, or a dozen two-digit hex tokens in a row."""
-    tokens = text.split()
-    patterns: list[tuple[re.Pattern[str], bool]] = []
-    if any(len(token) >= 16 for token in tokens):
-        patterns += [(_BASE64, False), (_HEX, True)]
-    elif sum(1 for token in tokens if len(token) == 2) >= 12:
-        patterns.append((_HEX, True))
-    return patterns
+_LONG_TOKEN = re.compile(r"\S{16,}")
+
+
+def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
+    """Base64 and hex runs: searched inside 16+ character tokens only, and for spaced hex ("49 67 6e …")
+    only when a dozen two-character tokens are present."""
+    runs: list[tuple[re.Match[str], bool]] = []
+    for token in _LONG_TOKEN.finditer(text):
+        for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
+            runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
+    if sum(1 for token in text.split() if len(token) == 2) >= 12:
+        runs += [(match, True) for match in _HEX.finditer(text) if " " in match.group()]
+    return runs
 
 
 def _decode(raw: str, hex_form: bool) -> str | None:
@@ -100,17 +104,14 @@ class InjectionDetector:
             start, end = 0, len(folded)  # the spelled-out run hides the words: the whole text is the finding
         if score >= self.threshold:
             found.append(Detection(category, index[start], index[end], round(score, 3), self.name))
-        for pattern, hex_form in _encoded_patterns(text):
-            for match in pattern.finditer(text):
-                decoded = _decode(match.group(), hex_form)
-                if decoded is None:
-                    continue
-                inner, _, _, _ = _score(fold(decoded)[0])
-                if inner >= self.threshold or (inner > 0 and score > 0):
-                    boosted = 1.0 - (1.0 - inner) * 0.5
-                    found.append(
-                        Detection(
-                            C.CATEGORY_JAILBREAK, match.start(), match.end(), round(boosted, 3), self.name
-                        )
-                    )
+        for match, hex_form in _encoded_runs(text):
+            decoded = _decode(match.group(), hex_form)
+            if decoded is None:
+                continue
+            inner, _, _, _ = _score(fold(decoded)[0])
+            if inner >= self.threshold or (inner > 0 and score > 0):
+                boosted = 1.0 - (1.0 - inner) * 0.5
+                found.append(
+                    Detection(C.CATEGORY_JAILBREAK, match.start(), match.end(), round(boosted, 3), self.name)
+                )
         return found
