@@ -11,11 +11,24 @@ SERVING = "SERVING"
 UNREACHABLE = "UNREACHABLE"
 
 
-class HealthProber:
-    """Probes many addresses, one channel each, reused across probes until ``close``."""
+def suite_credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials for talking to the suite's services, from the same ``PARAPET_TLS_*`` variables the
+    launcher passes on to them (None: plaintext). Services then need certificates valid for 127.0.0.1."""
+    from parapet.kit.config import ServiceSettings, load_settings
 
-    def __init__(self) -> None:
+    return load_settings(ServiceSettings).tls().channel_credentials()
+
+
+class HealthProber:
+    """Probes many addresses, one channel each, reused across probes until ``close``.
+
+    ``credentials`` default to the suite's (``suite_credentials``), so probing works whether the services
+    serve plaintext or (mutual) TLS.
+    """
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._channels: dict[str, grpc.Channel] = {}
+        self._credentials = credentials if credentials is not None else suite_credentials()
 
     def status(self, address: str, *, service: str = "", timeout: float = 1.0) -> str:
         """The ServingStatus name of ``service`` at ``address`` ("" = the server as a whole).
@@ -24,7 +37,11 @@ class HealthProber:
         """
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+            channel = self._channels[address] = (
+                grpc.secure_channel(address, self._credentials)
+                if self._credentials is not None
+                else grpc.insecure_channel(address)
+            )
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from parapet.kit.app import ServiceApp
 
 DEFAULT_APPS_PACKAGE = "services"
+# EX_SOFTWARE: the service stopped, but a task of its own refused to: a bug to look at, not a clean exit.
+EXIT_TASKS_IGNORED_CANCELLATION = 70
 # After the server has stopped, how long tasks still running get to finish once cancelled.
 LEFTOVER_GRACE_SECONDS = 5.0
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         # server has stopped must still exit (nobody SIGKILLs it when the launcher itself was killed).
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(EXIT_TASKS_IGNORED_CANCELLATION)
     return 0
 
 

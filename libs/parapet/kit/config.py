@@ -41,6 +41,16 @@ class ServiceSettings(BaseSettings):
         description="SQLAlchemy URL of PostgreSQL, `postgresql+psycopg://user:pass@host:port/db` "
         "(needed by services that use the database).",
     )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Connections each service process keeps open to PostgreSQL. Seven services and their "
+        "replicas share the server's `max_connections`: keep pool size times processes below it.",
+    )
+    database_max_overflow: int = Field(
+        5, ge=0, le=100, description="Extra connections a process may open briefly under a burst."
+    )
     nats_url: str | None = Field(
         None, description="NATS server URL, `nats://host:port` (needed by services that use the bus)."
     )

@@ -47,7 +47,7 @@ def engine_options(schema: str, connect_timeout: float = 5.0) -> dict[str, Any]:
 class Database:
     """The async engine of one service's schema, with session and transaction helpers."""
 
-    def __init__(self, url: str, schema: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(self, url: str, schema: str, *, pool_size: int = 5, max_overflow: int = 5) -> None:
         self.schema = check_schema_name(schema)
         self.engine: AsyncEngine = create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, **engine_options(schema)

@@ -105,7 +105,12 @@ async def _open_resources(
             raise ValueError(f"{app.name} needs PARAPET_DATABASE_URL")
         if app.migrations is not None:
             await migrate(settings.database_url, app.name, app.migrations)
-        database = Database(settings.database_url, app.name)
+        database = Database(
+            settings.database_url,
+            app.name,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         stack.push_async_callback(database.close)
     if app.uses_nats:
         if not settings.nats_url:
