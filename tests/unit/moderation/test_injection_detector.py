@@ -77,6 +77,8 @@ def test_base64_and_hex_payloads_are_decoded() -> None:
     assert any(
         d.category == C.CATEGORY_JAILBREAK and (d.start, d.end) == (4, 4 + len(hexed)) for d in found_hex
     )
+    spaced = " ".join(hexed[i : i + 2] for i in range(0, len(hexed), 2))
+    assert any(d.category == C.CATEGORY_JAILBREAK and d.start == 4 for d in DETECTOR.detect(f"run {spaced}"))
 
 
 def test_cyrillic_prose_is_not_folded_into_latin() -> None:
