@@ -55,7 +55,8 @@ async def register(server: grpc.aio.Server, resources: Resources[MeteringSetting
     )
     servicer = MeteringServicer(database, policies, relay, settings)
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
-    resources.spawn(relay.run(), name="outbox-relay")
+    for worker in range(settings.relay_workers):
+        resources.spawn(relay.run(), name=f"outbox-relay-{worker}")
     resources.spawn(sweep(database, settings), name="reservation-sweeper")
 
 

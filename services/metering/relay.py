@@ -83,16 +83,17 @@ class OutboxRelay:
         jetstream = self._bus.jetstream
         futures: list[asyncio.Future[PubAck]] = []
         try:
-            for _, event_id, subject, payload, headers in rows:
-                futures.append(
-                    await jetstream.publish_async(
-                        subject,
-                        bytes(payload),
-                        wait_stall=self._ack_timeout,
-                        headers={**headers, MSG_ID_HEADER: str(event_id)},
+            # No wait_stall: with one, every publish would yield to the event loop and the client would
+            # flush each message in its own write; without, the batch goes out in a few large writes. The
+            # timeout bounds a stall on the client's limit of outstanding acks instead.
+            async with asyncio.timeout(self._ack_timeout):
+                for _, event_id, subject, payload, headers in rows:
+                    futures.append(
+                        await jetstream.publish_async(
+                            subject, bytes(payload), headers={**headers, MSG_ID_HEADER: str(event_id)}
+                        )
                     )
-                )
-        except Exception as error:  # NATS down or too many acks outstanding: the rest waits for next round
+        except Exception as error:  # NATS down, or too many acks outstanding: the rest waits for next round
             log.debug("outbox publish stopped early: %r", error)
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout) if futures else (set(), set())
         for future in pending:

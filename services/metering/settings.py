@@ -45,6 +45,13 @@ class MeteringSettings(PolicySettings):
     relay_batch_size: int = Field(
         500, gt=0, le=10000, description="Outbox rows the relay publishes per transaction."
     )
+    relay_workers: int = Field(
+        2,
+        gt=0,
+        le=16,
+        description="Relay loops per replica; they take different rows (SKIP LOCKED), so one's database "
+        "round trips overlap another's wait for acks.",
+    )
     relay_ack_timeout_seconds: float = Field(
         2.0, gt=0, description="How long the relay waits for JetStream's ack before retrying a batch later."
     )
