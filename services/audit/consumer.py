@@ -125,29 +125,46 @@ class AuditConsumer:
         if groups:
             metrics.mark_audit_persisted(time.time())
 
+    async def _fetch(self, subscription: Any) -> list[Any]:
+        try:
+            messages: list[Any] = await subscription.fetch(self._batch_size, timeout=1.0)
+        except nats.errors.TimeoutError:
+            return []
+        return messages
+
     async def run(self) -> None:
-        """Consume until cancelled; survives NATS and database outages by retrying with a pause."""
+        """Consume until cancelled; survives NATS and database outages by retrying with a pause.
+
+        The next batch is fetched while the current one is being stored (batches are still stored one
+        after the other, in stream order).
+        """
         subscription: Any = None
+        upcoming: asyncio.Future[list[Any]] | None = None
         last_info = 0.0
-        while True:
-            try:
-                if subscription is None:
-                    subscription = await self._subscribe()
+        try:
+            while True:
                 try:
-                    messages = await subscription.fetch(self._batch_size, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    messages = []
-                if messages:
-                    await self._handle_or_nak(messages)
-                if time.monotonic() - last_info > 5:
-                    last_info = time.monotonic()
-                    info = await subscription.consumer_info()
-                    metrics.set_audit_stream_pending(int(info.num_pending) + int(info.num_ack_pending))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("audit consumer failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+                    if subscription is None:
+                        subscription = await self._subscribe()
+                    if upcoming is None:
+                        upcoming = asyncio.ensure_future(self._fetch(subscription))
+                    messages = await upcoming
+                    upcoming = asyncio.ensure_future(self._fetch(subscription))
+                    if messages:
+                        await self._handle_or_nak(messages)
+                    if time.monotonic() - last_info > 5:
+                        last_info = time.monotonic()
+                        info = await subscription.consumer_info()
+                        metrics.set_audit_stream_pending(int(info.num_pending) + int(info.num_ack_pending))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    upcoming = None  # a failed fetch: start afresh (unacked messages come back)
+                    log.warning("audit consumer failed; retrying", exc_info=True)
+                    await asyncio.sleep(1.0)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()  # its messages, if any, are redelivered after ack_wait
 
     async def _handle_or_nak(self, messages: Sequence[Any]) -> None:
         try:
