@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import pkgutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,11 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor
 
-import parapet
 from parapet.cli.registry import service_names
 from parapet.kit.app import ServiceApp
+from parapet.kit.descriptors import published_services
 from parapet.kit.errors import error_details
 from parapet.kit.testing import TestKeys, make_test_keys, running
 
@@ -31,22 +30,12 @@ def _apps() -> dict[str, ServiceApp[Any]]:
     return {name: importlib.import_module(f"services.{name}.app").APP for name in service_names()}
 
 
-def _published_services() -> Iterator[ServiceDescriptor]:
-    """Every service declared in the generated code (all parapet.<area>.v1 packages)."""
-    for area in sorted(p.name for p in Path(parapet.__path__[0]).iterdir() if (p / "v1").is_dir()):
-        package = importlib.import_module(f"parapet.{area}.v1")
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name.endswith("_pb2"):
-                module = importlib.import_module(f"parapet.{area}.v1.{info.name}")
-                yield from module.DESCRIPTOR.services_by_name.values()
-
-
 def test_every_published_service_belongs_to_exactly_one_app() -> None:
     owners: dict[str, list[str]] = {}
     for name, app in _apps().items():
         for service in app.service_names:
             owners.setdefault(service, []).append(name)
-    published = {service.full_name for service in _published_services()}
+    published = {service.full_name for service in published_services()}
     assert published, "no generated services found"
     assert {s: o for s, o in owners.items() if len(o) != 1} == {}
     assert published - owners.keys() == set(), "services in protos/ that no app serves"
@@ -106,7 +95,7 @@ async def test_every_rpc_answers_from_its_servicer(
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         for service_name in app.service_names:
-            service = next(s for s in _published_services() if s.full_name == service_name)
+            service = next(s for s in published_services() if s.full_name == service_name)
             for method in service.methods:
                 path = f"/{service.full_name}/{method.name}"
                 try:
