@@ -18,7 +18,7 @@ from services.inference.prompts import PromptLibrary
 from services.inference.providers.registry import build_providers
 from services.inference.resilience.breaker import Breakers
 from services.inference.servicer import InferenceServicer
-from services.inference.settings import InferenceSettings
+from services.inference.settings import DEFAULT_PROMPTS_DIR, InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
         config,
         providers,
         Breakers(config.breaker),
-        PromptLibrary(settings.prompts_dir),
+        PromptLibrary(settings.prompts_dir or DEFAULT_PROMPTS_DIR),
         policy,
         cache,
         settings.default_prompt_template,

@@ -16,8 +16,10 @@ class InferenceSettings(ServiceSettings):
         description="TOML file of providers, models, prices, routes, timeouts, retries and breakers "
         "(docs/inference.md). Unset: only the built-in deterministic `local` model.",
     )
-    prompts_dir: Path = Field(
-        DEFAULT_PROMPTS_DIR, description="Directory of versioned prompt templates (`<name>/<semver>/`)."
+    prompts_dir: Path | None = Field(
+        None,
+        description="Directory of versioned prompt templates (`<name>/<semver>/`). Unset: `prompts/` of the "
+        "source tree the service runs from.",
     )
     default_prompt_template: str = Field(
         "grounded-answer", description="Template rendered when a request names none."
