@@ -30,9 +30,6 @@ _SKIP = re.compile(
     r"^(lib|golang-|rust-|node-|r-cran-|php-|ruby-|haskell-|ocaml-|texlive|fonts-|python3?-)|(-dev|-doc|-data|-dbg|-common|-dbgsym|-l10n|-locale.*|-examples)$"
 )
 _WORD = re.compile(r"[a-z][a-z0-9+\-]{2,}")
-_STOP = frozenset(
-    ["the", "and", "for", "with", "that", "this", "are", "from", "you", "can", "which", "its", "into", "also", "use", "used", "using", "has", "have", "not", "all", "any", "package", "provides", "contains", "program", "programs", "support", "supports", "other", "such", "more", "most", "some", "only", "will", "may", "one", "two", "new", "like", "these", "their", "there", "they", "when", "where", "while", "than", "then", "each", "based", "well", "very", "many", "able"]
-)
 _TEMPLATES = (
     "Which package {s}?",
     "What software {s}?",
