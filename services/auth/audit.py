@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,11 +82,15 @@ def headers(record: audit_record_pb2.AuditRecord) -> dict[str, str]:
 
 
 class OutboxRelay:
-    def __init__(self, store: AuthStore, bus: Bus, *, interval: float, batch: int = 100) -> None:
+    def __init__(
+        self, store: AuthStore, bus: Bus, *, interval: float, retention: float = 86_400.0, batch: int = 100
+    ) -> None:
         self._store = store
         self._bus = bus
         self._interval = interval
+        self._retention = retention  # published rows are kept this long (for inspection), then pruned
         self._batch = batch
+        self._last_prune = 0.0
         self.wake = asyncio.Event()  # set after a commit that wrote a record, to relay it at once
 
     async def relay_once(self) -> int:
@@ -107,6 +112,9 @@ class OutboxRelay:
             try:
                 while await self.relay_once() == self._batch:
                     pass
+                if time.monotonic() - self._last_prune >= 60.0:
+                    self._last_prune = time.monotonic()
+                    await self._store.prune_sent(self._retention)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -114,7 +122,3 @@ class OutboxRelay:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self._interval)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -275,6 +275,15 @@ class AuthStore:
             )
             return [(r[0], r[1], bytes(r[2])) for r in rows]
 
+    async def prune_sent(self, older_than_seconds: float) -> int:
+        """Delete records published more than ``older_than_seconds`` ago; returns how many."""
+        async with self.platform() as session:
+            deleted = await session.execute(
+                text("DELETE FROM audit_outbox WHERE sent_time < now() - make_interval(secs => :s)"),
+                {"s": older_than_seconds},
+            )
+            return int(getattr(deleted, "rowcount", 0) or 0)
+
     async def mark_sent(self, record_ids: Sequence[str]) -> None:
         async with self.platform() as session:
             await session.execute(

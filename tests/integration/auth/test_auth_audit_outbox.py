@@ -10,13 +10,16 @@ import grpc.aio
 import nats
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.embedded import EmbeddedNats
+from parapet.kit.database import Database
 from parapet.kit.testing import running
 from services.auth.app import APP
 from services.auth.invalidation import libpq_url
+from services.auth.store import AuthStore
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
 
 
@@ -103,3 +106,28 @@ async def test_nothing_is_lost_while_nats_is_down(
                 break
             await asyncio.sleep(0.1)
         assert sent == (True,)
+
+
+async def test_published_records_are_pruned_after_their_retention(
+    auth: Auth, nats_url: str, database_url: str
+) -> None:
+    tenant = await auth.new_tenant()
+    await _records(nats_url, tenant, 1)  # published
+    database = Database(database_url, "auth")
+
+    async def rows() -> list[object]:
+        async with store.tenant(tenant) as session:
+            return [r[0] for r in (await session.execute(text("SELECT sent_time FROM audit_outbox"))).all()]
+
+    try:
+        store = AuthStore(database)
+        for _ in range(50):  # the relay marks the row sent just after JetStream's ack
+            if None not in await rows():
+                break
+            await asyncio.sleep(0.1)
+        await store.prune_sent(3600.0)
+        assert len(await rows()) == 1  # within its retention: kept
+        await store.prune_sent(0.0)
+        assert await rows() == []
+    finally:
+        await database.close()
