@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import nats.errors
 from google.protobuf.message import DecodeError
@@ -64,18 +65,24 @@ class UsageConsumer:
         good: list[Msg] = []
         for message in messages:
             try:
-                events.append(usage_event_pb2.UsageEvent.FromString(message.data))
-                good.append(message)
-            except DecodeError:
-                # Not a UsageEvent: redelivering it can never succeed, so take it out of the stream's way.
-                log.error("undecodable usage event terminated", extra={"subject": message.subject})
+                event = usage_event_pb2.UsageEvent.FromString(message.data)
+                event.event_id = str(uuid.UUID(event.event_id))  # canonical form: the idempotency key
+            except (DecodeError, ValueError):
+                # Not a UsageEvent with a UUID id: redelivering it can never succeed, so take it out of the
+                # stream's way instead of blocking every batch behind it.
+                log.error("invalid usage event terminated", extra={"subject": message.subject})
                 await message.term()
+                continue
+            events.append(event)
+            good.append(message)
         async with self._database.transaction() as session:
             fresh = await rollups.apply(session, events)
         self.applied += fresh
         if ack:
             # Acks only after the commit; a lost ack means a redelivery that the processed ids absorb.
-            await asyncio.gather(*(message.ack() for message in good))
+            # One after the other, not gathered: no task per message, and the client writes them together.
+            for message in good:
+                await message.ack()
         return fresh
 
     async def run(self) -> None:

@@ -12,35 +12,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.usage.v1 import usage_event_pb2
 
-# One statement per batch: record the ids not seen before (set-wise, ON CONFLICT DO NOTHING), then add only
-# those events to their rollups. A redelivered or duplicated event finds its id recorded and adds nothing;
-# the id and the sums commit together or not at all.
-_APPLY = text(
+# Per batch, in the caller's transaction: record the event ids (set-wise; ON CONFLICT DO NOTHING RETURNING
+# gives back only the ids never seen), then add only those events, summed in memory per rollup key, with one
+# upsert. A redelivered or duplicated event finds its id recorded and adds nothing; the ids and the sums
+# commit together or not at all.
+_RECORD_IDS = text(
     """
-    WITH batch AS (
-        SELECT * FROM unnest(
-            CAST(:event_ids AS uuid[]), CAST(:tenants AS text[]), CAST(:days AS date[]), CAST(:models AS text[]),
-            CAST(:providers AS text[]), CAST(:features AS text[]), CAST(:currencies AS text[]),
-            CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]), CAST(:cached_tokens AS bigint[]),
-            CAST(:cost AS bigint[]), CAST(:estimated AS boolean[]), CAST(:cached AS boolean[]),
-            CAST(:occur AS timestamptz[]))
-        AS b(event_id, tenant_id, day, model, provider, feature, currency_code, prompt_tokens, completion_tokens,
-             cached_tokens, cost_micros, estimated, cached, occur_time)
-    ), fresh AS (
-        INSERT INTO processed_events (event_id, tenant_id)
-        SELECT event_id, tenant_id FROM batch
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
-    ), applied AS (
+    INSERT INTO processed_events (event_id, tenant_id)
+    SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:tenants AS text[]))
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+    """
+)
+
+_ADD = text(
+    """
     INSERT INTO rollups AS r (tenant_id, day, model, provider, feature, currency_code, request_count,
         prompt_tokens, completion_tokens, cached_tokens, cost_micros, estimated_request_count,
         cached_request_count, last_occur_time, update_time)
-    SELECT tenant_id, day, model, provider, feature, currency_code, count(*), sum(prompt_tokens),
-        sum(completion_tokens), sum(cached_tokens), sum(cost_micros), count(*) FILTER (WHERE estimated),
-        count(*) FILTER (WHERE cached), max(occur_time), now()
-    FROM batch JOIN fresh USING (event_id)
-    GROUP BY tenant_id, day, model, provider, feature, currency_code
-    ORDER BY tenant_id, day, model, provider, feature, currency_code
+    SELECT *, now() FROM unnest(
+        CAST(:tenants AS text[]), CAST(:days AS date[]), CAST(:models AS text[]), CAST(:providers AS text[]),
+        CAST(:features AS text[]), CAST(:currencies AS text[]), CAST(:requests AS bigint[]),
+        CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]), CAST(:cached_tokens AS bigint[]),
+        CAST(:cost AS bigint[]), CAST(:estimated AS bigint[]), CAST(:cached AS bigint[]),
+        CAST(:last AS timestamptz[]))
     ON CONFLICT (tenant_id, day, model, feature, provider, currency_code) DO UPDATE SET
         request_count = r.request_count + excluded.request_count,
         prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
@@ -51,39 +46,57 @@ _APPLY = text(
         cached_request_count = r.cached_request_count + excluded.cached_request_count,
         last_occur_time = greatest(r.last_occur_time, excluded.last_occur_time),
         update_time = excluded.update_time
-    RETURNING 1
-    )
-    SELECT count(*) FROM fresh
     """
 )
+
+RollupKey = tuple[str, date, str, str, str, str]  # tenant, day, model, provider, feature, currency
+_SUMS = ("requests", "prompt", "completion", "cached_tokens", "cost", "estimated", "cached")
 
 
 async def apply(session: AsyncSession, events: Sequence[usage_event_pb2.UsageEvent]) -> int:
     """Add the events not applied before to their rollups; returns how many were new."""
-    unique = list({event.event_id: event for event in events}.values())  # a batch may repeat an event
+    unique = {event.event_id: event for event in events}  # a batch may repeat an event
     if not unique:
         return 0
-    occur = [event.occur_time.ToDatetime(UTC) for event in unique]
     fresh = await session.execute(
-        _APPLY,
-        {
-            "event_ids": [e.event_id for e in unique],
-            "tenants": [e.tenant_id for e in unique],
-            "days": [moment.date() for moment in occur],
-            "models": [e.model for e in unique],
-            "providers": [e.provider for e in unique],
-            "features": [e.feature for e in unique],
-            "currencies": [e.cost.currency_code for e in unique],
-            "prompt": [e.usage.prompt_tokens for e in unique],
-            "completion": [e.usage.completion_tokens for e in unique],
-            "cached_tokens": [e.usage.cached_tokens for e in unique],
-            "cost": [e.cost.amount_micros for e in unique],
-            "estimated": [e.usage.estimated for e in unique],
-            "cached": [e.cached for e in unique],
-            "occur": occur,
-        },
+        _RECORD_IDS, {"event_ids": list(unique), "tenants": [e.tenant_id for e in unique.values()]}
     )
-    return int(fresh.scalar_one())
+    new = [unique[str(row[0])] for row in fresh]
+    sums: dict[RollupKey, list[int]] = {}
+    last: dict[RollupKey, datetime] = {}
+    for event in new:
+        occur = event.occur_time.ToDatetime(UTC)
+        key = (
+            event.tenant_id,
+            occur.date(),
+            event.model,
+            event.provider,
+            event.feature,
+            event.cost.currency_code,
+        )
+        total = sums.setdefault(key, [0] * len(_SUMS))
+        usage = event.usage
+        for i, value in enumerate(
+            (
+                1,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                event.cost.amount_micros,
+                int(usage.estimated),
+                int(event.cached),
+            )
+        ):
+            total[i] += value
+        last[key] = max(last.get(key, occur), occur)
+    if sums:
+        keys = sorted(sums)  # a stable order: concurrent consumers lock rollup rows in the same order
+        columns = ("tenants", "days", "models", "providers", "features", "currencies")
+        params: dict[str, Any] = {name: [key[i] for key in keys] for i, name in enumerate(columns)}
+        params.update({name: [sums[key][i] for key in keys] for i, name in enumerate(_SUMS)})
+        params["last"] = [last[key] for key in keys]
+        await session.execute(_ADD, params)
+    return len(new)
 
 
 @dataclass(frozen=True)

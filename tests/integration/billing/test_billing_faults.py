@@ -1,6 +1,6 @@
 """Faults with real NATS and PostgreSQL: a NATS outage while usage flows, a billing process killed mid-flow,
-a batch committed but never acknowledged, and duplicates published on purpose. Rollups end exactly equal to
-the ledger (or to the unique events) every time."""
+a batch committed but never acknowledged, duplicates published on purpose, and poison messages. Rollups end
+exactly equal to the ledger (or to the unique events) every time."""
 
 from __future__ import annotations
 
@@ -200,8 +200,13 @@ async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
             await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
         for event in events[10:20]:  # past the duplicate window: a new message id, same event id
             await bus.publish(subject, event.SerializeToString(), msg_id=str(uuid.uuid4()), headers=headers)
+        # Poison: not a protobuf, and a UsageEvent whose id is no UUID; both are terminated, never block.
+        await bus.publish(subject, b"\xff\xff not protobuf", msg_id=str(uuid.uuid4()), headers=headers)
+        poison = _event(tenant, 999)
+        poison.event_id = "not-a-uuid"
+        await bus.publish(subject, poison.SerializeToString(), msg_id=str(uuid.uuid4()), headers=headers)
         info = await bus.jetstream.stream_info(USAGE_STREAM.name)
-        assert info.state.messages == 60
+        assert info.state.messages == 62
 
         def consumer() -> UsageConsumer:
             return UsageConsumer(
