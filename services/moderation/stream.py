@@ -113,8 +113,11 @@ class StreamScreener:
         screened = apply_policy(self._buffer[:limit], ready, self._policy, None)
         step = StreamStep()
         for applied in screened.applied:
+            # Kept with offsets from the start of the stream, as the summary reports them.
+            d = applied.detection
+            applied.detection = dataclasses.replace(d, start=d.start + self._base, end=d.end + self._base)
             self.applied.append(applied)
-            step.findings.append(to_finding(applied, 0, self._base))
+            step.findings.append(to_finding(applied))
         if screened.decision == finding_pb2.DECISION_BLOCK:
             self.blocked = step.blocked = True
             self._buffer = ""

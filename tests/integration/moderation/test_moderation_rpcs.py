@@ -154,6 +154,7 @@ async def test_stream_restores_masks_and_catches_a_value_split_over_three_chunks
         (C.CATEGORY_PII_CREDIT_CARD, start, start + len("5555 5555 5555 4444"))
     ]
     summary = responses[-1].summary
+    assert list(summary.findings) == findings  # the summary repeats them, with the same stream offsets
     assert summary.decision == finding_pb2.DECISION_MODIFIED
     assert summary.received_chars == len("".join(chunks)) and summary.released_chars == len(released)
 

@@ -65,6 +65,9 @@ def test_blocked_stream_releases_nothing_after_the_block(screener: Screener) -> 
     assert "CANA" not in text and "after" not in text
     assert stream.feed("more").released == ""
     assert [a.detection.category for a in stream.applied] == [C.CATEGORY_SYSTEM_PROMPT_LEAK]
+    whole = "All good so far. The code is CANARY-42 and more "
+    (leak,) = stream.applied
+    assert whole[leak.detection.start : leak.detection.end] == "CANARY-42"  # offsets from the stream start
 
 
 def test_private_key_split_over_many_chunks_is_redacted_whole(screener: Screener) -> None:
