@@ -1,6 +1,7 @@
 """Speed of moderation screening, in process (the service's own cost, without gRPC).
 
-- ScreenInput's work on a 4 KB prompt (English prose with a handful of PII values and a secret):
+- ScreenInput's work on a 4 KB prompt (English prose with a PII value or secret after every paragraph, and
+  the same prose without them):
   pattern detectors and the injection detector only, and with the spaCy NER model as well;
 - streamed output screening: the added cost per chunk of a 4 KB answer arriving in 16-character chunks
   (about four tokens each, as providers stream), and the code points scanned per received code point.
@@ -41,12 +42,14 @@ _VALUES = (
 )
 
 
-def prompt(size: int = 4096) -> str:
+def prompt(size: int = 4096, *, with_values: bool = True) -> str:
+    """Prose, with (by default) a PII value or secret after every paragraph: a pessimistic, value-dense prompt."""
     parts: list[str] = []
     i = 0
     while sum(map(len, parts)) < size:
         parts.append(_PARAGRAPH)
-        parts.append(_VALUES[i % len(_VALUES)])
+        if with_values:
+            parts.append(_VALUES[i % len(_VALUES)])
         i += 1
     return "".join(parts)[:size]
 
@@ -138,11 +141,13 @@ async def grpc_stream(text: str, chunk: int, runs: int) -> Timings:
 
 async def main() -> None:
     text = prompt()
+    prose = prompt(with_values=False)
     fast = Screener(ner=False)
     with_ner = Screener(ner=True)
     per_chunk, ratio = time_stream(fast, text, 16, 50)
     measured = [
         ("ScreenInput work, 4 KB prompt, patterns + injection", time_input(fast, text, 2000)),
+        ("ScreenInput work, 4 KB prose without values, patterns + injection", time_input(fast, prose, 2000)),
         ("ScreenInput work, 4 KB prompt, with spaCy NER", time_input(with_ner, text, 100)),
         ("ScreenOutput work, 4 KB answer (no NER on output)", time_output(fast, text, 500)),
         ("ScreenStream added per 16-char chunk", per_chunk),

@@ -35,12 +35,18 @@ def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
     """Base64 and hex runs: searched inside 16+ character tokens only, and for spaced hex ("49 67 6e …")
     only when a dozen two-character tokens are present."""
     runs: list[tuple[re.Match[str], bool]] = []
-    for token in _LONG_TOKEN.finditer(text):
-        for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
-            runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
-    if sum(1 for token in text.split() if len(token) == 2) >= 12:
+    tokens = text.split()
+    if any(len(token) >= 16 for token in tokens):
+        for token in _LONG_TOKEN.finditer(text):
+            for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
+                runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
+    if sum(1 for token in tokens if len(token) == 2) >= 12:
         runs += [(match, True) for match in _HEX.finditer(text) if " " in match.group()]
     return runs
+
+
+def _single_letters(text: str) -> int:
+    return sum(1 for token in text.split() if len(token) == 1)
 
 
 def _decode(raw: str, hex_form: bool) -> str | None:
@@ -97,7 +103,7 @@ class InjectionDetector:
             # Hiding the words of an attack is itself a jailbreak technique.
             score = 1.0 - (1.0 - score) * (1.0 - _SMUGGLING_WEIGHT)
             category = C.CATEGORY_JAILBREAK
-        spelled = _SPELLED_OUT.search(text)
+        spelled = _SPELLED_OUT.search(text) if _single_letters(text) >= 10 else None
         if spelled is not None:
             score = 1.0 - (1.0 - score) * (1.0 - _SPELLED_WEIGHT)
             category = C.CATEGORY_JAILBREAK

@@ -32,7 +32,7 @@ class Rule:
 
 _OVERRIDE_VERBS_EN = (
     r"ignore|ignoring|disregard|forget|forgetting|skip|override|bypass|abandon|neglect|overlook|omit|drop|"
-    r"dismiss|discard|erase|delete|clear|reset|leave\s+behind|set\s+aside|pay\s+no\s+attention\s+to|"
+    r"dismiss|discard|erase|delete|reset|leave\s+behind|set\s+aside|pay\s+no\s+attention\s+to|"
     r"don'?t\s+(?:follow|obey|listen\s+to)|stop\s+following|no\s+longer\s+follow"
 )
 _PRIOR_EN = r"previous|prior|above|earlier|preceding|initial|original|old|former|existing|all|any|every|your|those|the|these"
@@ -59,10 +59,10 @@ _THINGS_DE = (
 _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
     # Instruction override: an imperative to drop what came before.
     ("override.en", C.CATEGORY_PROMPT_INJECTION, 0.9,
-     "ignor disregard forget skip overrid bypass abandon neglect overlook omit drop dismiss discard erase delet clear reset leav aside attention don stop longer",
+     "ignor disregard forget skip overrid bypass abandon neglect overlook omit drop dismiss discard erase delet reset leav aside attention don stop longer",
      rf"\b(?:{_OVERRIDE_VERBS_EN})\b{_gap(4)}(?:(?:{_PRIOR_EN}){_gap(3)})?(?:{_THINGS_EN})\b"),
     ("override.everything.en", C.CATEGORY_PROMPT_INJECTION, 0.85,
-     "ignor disregard forget skip overrid bypass abandon neglect overlook omit drop dismiss discard erase delet clear reset leav aside attention don stop longer",
+     "ignor disregard forget skip overrid bypass abandon neglect overlook omit drop dismiss discard erase delet reset leav aside attention don stop longer",
      rf"\b(?:{_OVERRIDE_VERBS_EN})\s+(?:about\s+)?(?:everything|all\s+(?:that|of\s+(?:that|this|the\s+above))|it\s+all|that|"
      r"the\s+above|what\s+(?:i|you)\s+(?:said|told|wrote))\b"),
     ("override.de", C.CATEGORY_PROMPT_INJECTION, 0.9,

@@ -66,7 +66,8 @@ def fold(text: str) -> tuple[str, list[int]]:
     are joined. Returns the folded text and a list mapping each folded index to its original index (one
     extra entry at the end for the text's length, so an end offset maps too).
     """
-    if text.isascii() and not _SPELLED.search(text.lower()):
+    spelled_out = sum(1 for token in text.split() if len(token) == 1) >= 6  # cheap test before the regex
+    if text.isascii() and not (spelled_out and _SPELLED.search(text.lower())):
         return text.lower(), list(range(len(text) + 1))  # the common case: nothing to fold but case
     out: list[str] = []
     index: list[int] = []
@@ -87,7 +88,7 @@ def fold(text: str) -> tuple[str, list[int]]:
             out.append(piece)
             index.append(position)
     folded = "".join(out)
-    if _SPELLED.search(folded):
+    if spelled_out and _SPELLED.search(folded):
         folded, index = _join_spelled(folded, index)
     index.append(len(text))
     return folded, index

@@ -22,7 +22,14 @@ class PasswordDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
-        for pattern, score in ((_URL_PASSWORD, 1.0), (_ASSIGNMENT, 0.9)):
+        lowered = text.lower()
+        gated = (
+            (_URL_PASSWORD, 1.0, "://" in text),
+            (_ASSIGNMENT, 0.9, any(n in lowered for n in ("pass", "pwd", "kennwort"))),
+        )
+        for pattern, score, wanted in gated:
+            if not wanted:
+                continue
             for match in pattern.finditer(text):
                 value = match.group(1)
                 if value.lower() in _PLACEHOLDERS or set(value) <= {"*", "x", "X", "•"}:
