@@ -191,6 +191,14 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         for name in ("feature", "model", "provider", "requested_model"):
             if len(getattr(request, name)) > 256:
                 violations.append((name, "at most 256 characters"))
+        # Labels travel in every event and ledger row: bounded, so one caller cannot bloat either.
+        if len(request.labels) > 32:
+            violations.append(("labels", "at most 32 labels"))
+        violations += [
+            (f"labels[{key!r}]", "key at most 64, value at most 256 characters")
+            for key, value in request.labels.items()
+            if not key or len(key) > 64 or len(value) > 256
+        ]
         if violations:
             raise InvalidArgument("usage figures are invalid", field_violations=violations)
         micros = self._micros(request.cost, "cost")

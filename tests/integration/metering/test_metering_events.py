@@ -82,6 +82,7 @@ async def test_invalid_requests_get_field_violations(metering: Metering, keys: T
             ),
             "usage.cached_tokens",
         ),
+        (metering.stub.Settle, pb.SettleRequest(request_id="r", labels={"k": "v" * 300}), "labels['k']"),
         (metering.stub.Release, pb.ReleaseRequest(), "reservation_id"),
         (metering.stub.GetUsage, pb.GetUsageRequest(), "start_time"),
     ]

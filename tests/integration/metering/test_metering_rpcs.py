@@ -12,7 +12,7 @@ from parapet.auth.v1 import tenant_policy_pb2 as tp
 from parapet.kit.errors import error_details
 from parapet.kit.testing import TestKeys
 from parapet.metering.v1 import metering_service_pb2 as pb
-from parapet.metering.v1 import reservation_pb2
+from parapet.metering.v1 import reservation_pb2, usage_report_pb2
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from tests.integration.metering.conftest import Metering
 from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
@@ -119,6 +119,15 @@ async def test_reserve_settle_release_lifecycle_and_idempotency(metering: Meteri
     assert usage.total.request_count == 1
     assert usage.total.usage.prompt_tokens == 100 and usage.total.usage.completion_tokens == 50
     assert usage.total.cost.amount_micros == 1234
+    by_day = await metering.stub.GetUsage(
+        pb.GetUsageRequest(
+            start_time=timestamp_pb2.Timestamp(seconds=0), group_by=[usage_report_pb2.USAGE_DIMENSION_DAY]
+        ),
+        metadata=who,
+    )
+    (day,) = by_day.aggregates
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert day.bucket_start_time.ToDatetime(UTC) == today and day.request_count == 1
     (status,) = usage.budgets
     assert status.used_tokens == 150 + 850 and status.limit_tokens == 1000 and status.used_percent == 100
 
