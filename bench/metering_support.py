@@ -59,8 +59,11 @@ def write_files(
 
 
 @asynccontextmanager
-async def service_process(name: str, infra: Infra, env: dict[str, str], cpu: int) -> AsyncIterator[int]:
-    """Run ``services.<name>`` through the kit's ``main`` in a child process pinned to ``cpu``; yield its port."""
+async def service_process(
+    name: str, infra: Infra, env: dict[str, str], cpu: int
+) -> AsyncIterator[tuple[int, int]]:
+    """Run ``services.<name>`` through the kit's ``main`` in a child process pinned to ``cpu``; yield its
+    (port, pid)."""
     script = infra.directory / f"{name}_main.py"
     script.write_text(PROGRAM.format(name=name))
     proc = await asyncio.create_subprocess_exec(
@@ -82,8 +85,14 @@ async def service_process(name: str, infra: Infra, env: dict[str, str], cpu: int
     try:
         assert proc.stdout is not None
         announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
-        yield int(announcement["port"])
+        yield int(announcement["port"]), proc.pid
     finally:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
