@@ -58,7 +58,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         after = ""
         if request.page_token:
             try:
-                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+                after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
+                if not after:
+                    raise ValueError("empty page token")
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArgument(
                     "page_token is not one this RPC returned", reason="PAGE_TOKEN_INVALID"
