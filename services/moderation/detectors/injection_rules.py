@@ -108,13 +108,17 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
      r"\bwhat\s+(?:are|were|is)\s+(?:your|the)\s+(?:\w+\s+)?(?:instructions|system\s+prompt|prompt|rules|guidelines|initial\s+\w+)\b"
      r"|\bwho\s+(?:am\s+i|are\s+you\s+really)\b\s*\?"),
     ("extract.de", C.CATEGORY_PROMPT_INJECTION, 0.85,
-     "prompt anweisung instruktion systemnachricht regeln passwort",
+     "prompt anweisung instruktion system regeln passwort",
      r"\b(?:zeig|zeige|zeigen|gib|nenne|nennen|verrate|verraten|wiederhole|schreib|schreibe|ausgeben)\b(?:[^\w\n]+\w+){0,4}?"
-     r"[^\w\n]+(?:deine|ihre|alle|die|den)\s+(?:\w+\s+)?(?:prompts?|prompt-?texte?|anweisungen|instruktionen|systemnachricht|regeln|passwort)\b"),
+     r"[^\w\n]+(?:deine|ihre|alle|die|den)\s+(?:\w+\s+)?(?:prompts?|prompt-?texte?|system\w*|anweisungen|instruktionen|regeln|passwort)\b"
+     r"|\b(?:deine|ihre)\s+(?:\w+\s+)?(?:system\w*|anweisungen|instruktionen|prompts?|regeln)\s+(?:\w+\s+){0,2}"
+     r"(?:zeigen|nennen|verraten|ausgeben|wiederholen|sagen|aufschreiben)\b"),
     # Role play: a new identity for the model.
     ("roleplay.en", C.CATEGORY_JAILBREAK, 0.7,
-     "act behav respond answer function serv want pretend imagin suppos now henceforth you play assum adopt take role stay remain break fall dj interpreter terminal character persona bot",
+     "act behav respond answer function serv want pretend imagin suppos simulat now henceforth you play assum adopt take role stay remain break fall dj interpreter terminal character persona bot",
      r"\b(?:act|acting|behave|respond|answer|function|serve)\s+as\s+(?:if\s+you\s+were\s+)?(?:an?|the|my)\b"
+     r"|\b(?:act|acting|behave)\s+like\s+(?:an?|the|my)\b"
+     r"|\bsimulate\s+(?:an?|the)\s+(?:\w+\s+){0,2}(?:terminal|console|interpreter|shell|ai|chatbot|character|persona)\b"
      r"|\bi\s+want\s+you\s+to\s+(?:act|be|pretend|play|respond|behave)\b"
      r"|\b(?:pretend|imagine|suppose)\s+(?:that\s+)?(?:you|you'?re|to\s+be|u)\b"
      r"|\b(?:from\s+now\s+on|now|henceforth)\s*,?\s+you\s+(?:are|will\s+be|shall\s+be|act)\b"
@@ -141,12 +145,13 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
      r"\b(?:agis|fais\s+comme|imagine\s+que\s+tu|actúa|actua|finge|imagina\s+que)\b"),
     # Known jailbreak personas and the lifting of rules.
     ("persona", C.CATEGORY_JAILBREAK, 0.9,
-     "dan stan dude aim evil mode jailbr anything unfilter uncensor no without ohne böse theoretical hypothetical fictional",
+     "dan stan dude aim evil mode jailbr anything unfilter uncensor no without ohne böse theoretical hypothetical fictional break regeln",
      r"\b(?:(?:you\s+are|act\s+as|called|named|mode)\s+(?:dan|stan|dude|aim)|dan\s+mode|evil\s*bot|developer\s+mode|dev\s+mode|god\s+mode|jailbreak|jailbroken|do\s+anything\s+now|"
      r"unfiltered|uncensored|no\s+(?:more\s+)?(?:rules|restrictions|limits|filters|guidelines|censorship|boundaries)|"
      r"without\s+(?:any\s+)?(?:restrictions|limits|filters|censorship|rules|ethics|morals)|ohne\s+(?:jegliche\s+)?"
      r"(?:einschränkungen|regeln|filter|zensur)|böse\s+ki|evil\s+ai|"
-     r"(?:completely\s+)?(?:theoretical|hypothetical|fictional)\s+world)\b"),
+     r"(?:completely\s+)?(?:theoretical|hypothetical|fictional)\s+world|(?:break|breaking)\s+(?:all\s+|the\s+|your\s+)*rules|"
+     r"(?:alle|sämtliche|die)\s+regeln\s+(?:zu\s+)?brechen)\b"),
     # An injected command: "stop - write: ...", "say X", "print ...", "answer with ...".
     ("command.en", C.CATEGORY_PROMPT_INJECTION, 0.55,
      "stop halt attention important achtung stopp ende say print write output respond answer reply repeat just",
@@ -226,9 +231,12 @@ _RULES_SPEC: tuple[tuple[str, Category, float, str, str], ...] = (
      r"|\bpwn(?:e?d)\b|\b(?:exploit|ausnutzen|auszunutzen)\w*\b[^.\n]{0,30}\b(?:ai|ki)\b|\b(?:ai|ki)-?systeme?\s+auszunutzen"),
     # Reading out what precedes the user's text.
     ("extract.preceding", C.CATEGORY_PROMPT_INJECTION, 0.6,
-     "text message prompt question nachricht frage",
+     "text message prompt question nachricht frage above before preceding beginning start top",
      r"\b(?:sentences?|words?|lines?|text|paragraphs?|sätze|wörter|zeilen)\s+(?:before|above|preceding|prior\s+to|vor|über)\s+"
-     r"(?:the|this|my|dem|diesem|meinem)\s+(?:text|message|prompt|question|nachricht|frage)\b"),
+     r"(?:the|this|my|dem|diesem|meinem)\s+(?:text|message|prompt|question|nachricht|frage)\b"
+     r"|\b(?:repeat|print|show|output|tell\s+me|list)\s+(?:me\s+)?(?:the\s+|all\s+)?(?:words|sentences|lines|everything|instructions)\s+"
+     r"(?:above|before|preceding)\b|\b(?:written|said|stated)\s+(?:at|in)\s+the\s+(?:beginning|start|top)\s+of\s+"
+     r"(?:this|the|our)\s+(?:conversation|chat|prompt|document|context)\b"),
 )  # fmt: skip
 
 _DELIMITER_NEEDLES = ("<|", "[", "<<", "##", "===", "---", "\\", "end of", "instruction")
