@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from parapet.moderation.v1 import category_pb2 as C
 from services.moderation.detectors import Detector, pattern_detectors
 from services.moderation.detectors.blocked import BlockedTermDetector, BlockedTopicDetector
 from services.moderation.detectors.injection import InjectionDetector
@@ -37,7 +38,8 @@ class Screener:
 
     def input_detectors(self, policy: Policy) -> list[Detector]:
         detectors: list[Detector] = [self.injection, *self.patterns]
-        if self.names is not None:
+        # The NER model is by far the costliest detector: a tenant that allows names does not pay for it.
+        if self.names is not None and policy.action(C.CATEGORY_PII_PERSON_NAME) != C.ACTION_ALLOW:
             detectors.append(self.names)
         detectors += self._policy_detectors(policy.blocked_topics, policy.blocked_terms)
         return detectors

@@ -33,3 +33,17 @@ def test_cues_find_names_the_model_misses() -> None:
 def test_no_names_in_plain_prose() -> None:
     assert names("The weather is nice and the report is due on Friday.") == []
     assert names("Quarterly Report\n2024 numbers are in") == []
+
+
+def test_ner_is_skipped_when_the_tenant_allows_names() -> None:
+    from types import MappingProxyType
+
+    from parapet.moderation.v1 import category_pb2 as C
+    from services.moderation.policy import DEFAULT_ACTIONS, DEFAULT_POLICY, Policy
+    from services.moderation.screener import Screener
+
+    screener = Screener(ner=True)
+    allow = Policy(actions=MappingProxyType({**DEFAULT_ACTIONS, C.CATEGORY_PII_PERSON_NAME: C.ACTION_ALLOW}))
+    assert screener.names is not None
+    assert screener.names in screener.input_detectors(DEFAULT_POLICY)
+    assert screener.names not in screener.input_detectors(allow)
