@@ -1,9 +1,9 @@
 """Reserve latency: the atomic check-and-hold a request pays before its model runs (target p99 <= 2 ms).
 
 The metering service runs as a real process (kit, identity check on every call, its relay and sweeper)
-pinned to CPU 0, on a PostgreSQL with default durability (fsync, synchronous_commit on) and NATS. Each
-Reserve checks and holds three budgets (tenant month cost, user day tokens, API key day tokens) and two
-rate limits (tenant and key) in one transaction. The client, pinned to CPU 1, calls one at a time, then
+pinned to CPU 0, on a PostgreSQL with default durability (fsync on) and NATS; Reserve's own transaction
+commits asynchronously (docs/metering.md says why). Each Reserve checks and holds three budgets (tenant
+month cost, user day tokens, API key day tokens) and two rate limits (tenant and key) in one statement. The client, pinned to CPU 1, calls one at a time, then
 with 16 in flight.
 """
 
