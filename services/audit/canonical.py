@@ -114,10 +114,12 @@ def prepare(
     *,
     default_mode: int = MASKED,
     default_retention_days: int = 30,
+    owned: bool = False,
 ) -> PreparedRecord:
     """Validate ``record`` for ``tenant_id`` and split it into canonical metadata and bodies.
 
-    Raises InvalidArgument (reason RECORD_INVALID) with field violations on bad input.
+    ``owned``: the caller hands ``record`` over (e.g. just decoded from a message), so it is reshaped in
+    place instead of copied. Raises InvalidArgument (reason RECORD_INVALID) with field violations.
     """
     try:
         record_id = str(uuid.UUID(record.record_id))
@@ -128,17 +130,21 @@ def prepare(
         raise _invalid("record.payload", "must be an interaction or an admin_action")
     if not record.HasField("create_time"):
         raise _invalid("record.create_time", "is required")
-    canonical = audit_record_pb2.AuditRecord()
-    canonical.CopyFrom(record)
+    if owned:
+        canonical = record
+    else:
+        canonical = audit_record_pb2.AuditRecord()
+        canonical.CopyFrom(record)
     canonical.ClearField("chain")
     canonical.record_id = record_id
     canonical.tenant_id = tenant_id
     prompt = response = None
     expire: datetime | None = None
+    create_time = canonical.create_time.ToDatetime(tzinfo=UTC)
     if payload == "interaction":
         prompt, response, days = _apply_body_policy(canonical, default_mode, default_retention_days)
         if prompt is not None or response is not None:
-            expire = canonical.create_time.ToDatetime(tzinfo=UTC) + timedelta(days=days)
+            expire = create_time + timedelta(days=days)
     metadata = canonical.SerializeToString(deterministic=True)
     return PreparedRecord(
         record_id=record_id,
@@ -147,7 +153,7 @@ def prepare(
         prompt=prompt,
         response=response,
         body_expire_time=expire,
-        columns=index_columns(canonical),
+        columns=index_columns(canonical, create_time),
     )
 
 
@@ -164,9 +170,12 @@ def _micros(duration: Any) -> int:
     return int(duration.seconds) * 1_000_000 + int(duration.nanos) // 1000
 
 
-def index_columns(record: audit_record_pb2.AuditRecord) -> dict[str, Any]:
+def index_columns(
+    record: audit_record_pb2.AuditRecord, create_time: datetime | None = None
+) -> dict[str, Any]:
     """The queryable columns, derived only from the metadata (verification re-derives and compares them)."""
-    create_time = record.create_time.ToDatetime(tzinfo=UTC)
+    if create_time is None:
+        create_time = record.create_time.ToDatetime(tzinfo=UTC)
     if record.WhichOneof("payload") == "admin_action":
         action = record.admin_action
         return {

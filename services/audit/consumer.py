@@ -95,6 +95,7 @@ class AuditConsumer:
                     tenant,
                     default_mode=self._defaults.mode,
                     default_retention_days=self._defaults.retention_days,
+                    owned=True,
                 )
             except InvalidArgument as error:
                 self._reject(msg, str(error), record.record_id)
