@@ -43,7 +43,7 @@ DIMENSION = 384
 CENTROIDS = 200
 GROUPS = 10
 QUERIES_PER_TENANT = 100
-EF_SEARCH = (40, 100, 200)
+EF_SEARCH = (100, 200, 400)
 INGEST_DOCUMENTS = 400
 SEED = 7
 
@@ -167,7 +167,8 @@ async def main() -> None:
                 assert all(h.chunk_id.startswith("c") for h in hits)
                 recalls.append(len({h.chunk_id for h in hits} & set(exact)) / max(1, len(exact)))
             summary = LatencySummary.of(latencies)
-            rows.append([str(ef_search), f"{np.mean(recalls):.3f}", f"{min(recalls):.1f}", *summary.cells()])
+            missed = sum(r < 0.5 for r in recalls)
+            rows.append([str(ef_search), f"{np.mean(recalls):.3f}", f"{missed}", *summary.cells()])
             print(rows[-1], flush=True)
         exact_latencies = []
         for tenant, vector, group in queries[:100]:
@@ -205,7 +206,7 @@ access groups (10% of the tenant's chunks, 2% of the table) with iterative index
 (tenant transaction, RLS role, settings, query). Recall@10 is against the exact answer (same filter,
 index scans off: p50 {exact_summary.p50:.1f} ms, p99 {exact_summary.p99:.1f} ms).
 
-{table(["hnsw.ef_search", "recall@10 (mean)", "recall@10 (worst query)", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)}
+{table(["hnsw.ef_search", "recall@10 (mean)", "queries with recall < 0.5", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)}
 
 Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other engineers' tests
 and benchmarks share the machine; latencies are inflated when it is above 2).
