@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg.errors
+import psycopg.pq
 from psycopg import AsyncConnection
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -84,13 +85,21 @@ def _row(r: Sequence[Any]) -> ReservationRow:
 
 
 @asynccontextmanager
-async def raw_transaction(database: Database) -> AsyncIterator[AsyncConnection[Any]]:
-    """A pooled psycopg connection inside one transaction (committed on success, rolled back on error)."""
+async def autocommit_connection(database: Database) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled psycopg connection in autocommit mode (each statement its own transaction), restored after."""
     async with database.engine.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-        async with driver.transaction():
+        if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await driver.rollback()
+        await driver.set_autocommit(True)
+        try:
             yield driver
+        finally:
+            try:
+                await driver.set_autocommit(False)
+            except psycopg.Error:
+                raw.invalidate()  # a broken connection must not go back to the pool
 
 
 async def reserve(
@@ -109,7 +118,7 @@ async def reserve(
     tenant = principal.tenant_id
     for attempt in range(5):
         try:
-            async with raw_transaction(database) as connection:
+            async with autocommit_connection(database) as connection:
                 now = datetime.now(UTC)
                 outcome = await reserve_sql.execute(
                     connection,
@@ -126,10 +135,10 @@ async def reserve(
                     budgets=budgets,
                     rate_limits=rate_limits,
                 )
-                if outcome.row is None:  # a retry of a reservation already made: hold nothing again
-                    break
-                _refuse(outcome, now)  # raising rolls the whole statement's effects back
-                return ReserveResult(_row(outcome.row), tuple(outcome.held))
+            _refuse(outcome, now)  # the statement already rolled itself back
+            if outcome.row is None:  # a retry of a reservation already made: hold nothing again
+                break
+            return ReserveResult(_row(outcome.row), tuple(outcome.held))
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
             if attempt == 4:
                 raise

@@ -1,9 +1,9 @@
 """Reserve as ONE SQL statement: insert the reservation, count the rate limits, hold the budgets.
 
 Every check happens inside PostgreSQL under the counter rows' locks (``INSERT ... ON CONFLICT DO UPDATE ...
-WHERE`` re-evaluates the limit against the latest committed row), so replicas never overspend. The caller
-commits only when every limit admitted the request and rolls back otherwise, so a refusal holds nothing.
-One statement (three round trips with BEGIN and COMMIT) keeps Reserve's latency to the database's.
+WHERE`` re-evaluates the limit against the latest committed row), so replicas never overspend. When any
+limit refuses, the statement calls ``reserve_refused()``, which raises: the statement, its own transaction
+in autocommit mode, is rolled back whole and nothing is held. One statement, one round trip.
 The statement runs on the raw psycopg connection: the ORM session's per-statement overhead was most of
 Reserve's CPU time.
 
@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 
 from services.metering.counters import CounterState, Hold, amount_for
 from services.metering.limits import AppliedBudget, AppliedRateLimit
+
+REFUSED = "PM001"  # SQLSTATE of reserve_refused() (migration 0002): a limit refused, nothing was written
 
 RESERVE = """
 WITH res AS (
@@ -53,7 +56,8 @@ WITH res AS (
             tpm = excluded.tpm, carry_requests = excluded.carry_requests, carry_tokens = excluded.carry_tokens
         WHERE (excluded.rpm = 0 OR c.requests + 1 + excluded.carry_requests <= excluded.rpm)
           AND (excluded.tpm = 0 OR c.tokens + excluded.tokens + excluded.carry_tokens <= excluded.tpm)
-    RETURNING c.scope_key, c.requests + c.carry_requests AS requests, c.tokens + c.carry_tokens AS tokens
+    RETURNING c.scope_key, c.requests + c.carry_requests AS requests, c.tokens + c.carry_tokens AS tokens,
+        c.rpm, c.tpm
 ), held AS (
     INSERT INTO budget_counters AS c
         (tenant_id, budget_id, scope_key, unit, window_start, limit_value, reserved)
@@ -67,13 +71,22 @@ WITH res AS (
         SET reserved = c.reserved + excluded.reserved, limit_value = excluded.limit_value
         WHERE c.used + c.reserved + excluded.reserved <= excluded.limit_value
     RETURNING c.budget_id, c.scope_key, c.unit, c.used, c.reserved, c.limit_value
+), rate_json AS (SELECT coalesce(jsonb_agg(jsonb_build_array(scope_key, requests, tokens)), '[]') AS j FROM rates),
+held_json AS (
+    SELECT coalesce(jsonb_agg(jsonb_build_array(budget_id, scope_key, unit, used, reserved, limit_value)), '[]') AS j
+    FROM held
 )
 SELECT r.reservation_id, r.request_id, r.state, r.reserved_tokens, r.reserved_micros, r.currency_code,
        r.create_time, r.expire_time, r.end_time, r.holds,
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(scope_key, requests, tokens)), '[]') FROM rates),
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(budget_id, scope_key, unit, used, reserved, limit_value)),
-                        '[]') FROM held),
-       set_config('synchronous_commit', 'off', true)
+       (SELECT j FROM rate_json), (SELECT j FROM held_json),
+       set_config('synchronous_commit', 'off', true),
+       -- A limit refused: no row back from its conditional upsert, or a minute's first request over it alone.
+       CASE WHEN r.reservation_id IS NOT NULL AND (
+                (SELECT count(*) FROM rates
+                 WHERE NOT ((rpm > 0 AND requests > rpm) OR (tpm > 0 AND tokens > tpm)))
+                    < cardinality(CAST(%(rate_keys)s AS text[]))
+             OR (SELECT count(*) FROM held) < cardinality(CAST(%(budget_ids)s AS text[])))
+            THEN reserve_refused((SELECT j FROM rate_json), (SELECT j FROM held_json)) END
 FROM (SELECT 1) AS one LEFT JOIN res r ON true
 """
 
@@ -107,40 +120,57 @@ async def execute(
         for b in budgets
     ]
     minute = now.replace(second=0, microsecond=0)
-    cursor = await connection.execute(
-        RESERVE,
-        {
-            "id": reservation_id,
-            "tenant": tenant,
-            "request": request_id,
-            "user": user,
-            "key": api_key,
-            "tokens": tokens,
-            "micros": micros,
-            "currency": currency,
-            "holds": json.dumps([h.to_json() for h in holds]),
-            "now": now,
-            "expire": now + ttl,
-            "minute": minute,
-            "previous_minute": minute - timedelta(minutes=1),
-            # Sliding window: the previous minute counts with the share of it still inside the last 60 s.
-            "weight": 1.0 - (now - minute).total_seconds() / 60.0,
-            "rate_keys": [r.scope_key for r in rate_limits],
-            "rpms": [r.requests_per_minute for r in rate_limits],
-            "tpms": [r.tokens_per_minute for r in rate_limits],
-            "budget_ids": [b.budget_id for b in budgets],
-            "scope_keys": [b.scope_key for b in budgets],
-            "units": [b.unit for b in budgets],
-            "windows": [b.window_start for b in budgets],
-            "amounts": [h.amount for h in holds],
-            "limits": [b.limit for b in budgets],
-        },
-    )
-    result = await cursor.fetchone()
+    params = {
+        "id": reservation_id,
+        "tenant": tenant,
+        "request": request_id,
+        "user": user,
+        "key": api_key,
+        "tokens": tokens,
+        "micros": micros,
+        "currency": currency,
+        "holds": json.dumps([h.to_json() for h in holds]),
+        "now": now,
+        "expire": now + ttl,
+        "minute": minute,
+        "previous_minute": minute - timedelta(minutes=1),
+        # Sliding window: the previous minute counts with the share of it still inside the last 60 s.
+        "weight": 1.0 - (now - minute).total_seconds() / 60.0,
+        "rate_keys": [r.scope_key for r in rate_limits],
+        "rpms": [r.requests_per_minute for r in rate_limits],
+        "tpms": [r.tokens_per_minute for r in rate_limits],
+        "budget_ids": [b.budget_id for b in budgets],
+        "scope_keys": [b.scope_key for b in budgets],
+        "units": [b.unit for b in budgets],
+        "windows": [b.window_start for b in budgets],
+        "amounts": [h.amount for h in holds],
+        "limits": [b.limit for b in budgets],
+    }
+    try:
+        cursor = await connection.execute(RESERVE, params)
+        result = await cursor.fetchone()
+    except psycopg.Error as error:
+        if error.sqlstate != REFUSED or error.diag.message_detail is None:
+            raise
+        rates_json, held_json = json.loads(error.diag.message_detail)
+        return _interpret(None, rates_json, held_json, budgets, rate_limits, refused=True)
     assert result is not None
     if result[0] is None:
         return ReserveOutcome(None, [], [], [])
-    rates = {key: (requests, counted) for key, requests, counted in result[10]}
+    return _interpret(tuple(result[:10]), result[10], result[11], budgets, rate_limits, refused=False)
+
+
+def _interpret(
+    row: tuple[Any, ...] | None,
+    rates_json: list[list[Any]],
+    held_json: list[list[Any]],
+    budgets: Sequence[AppliedBudget],
+    rate_limits: Sequence[AppliedRateLimit],
+    *,
+    refused: bool,
+) -> ReserveOutcome:
+    """Which limits refused, from what the statement's upserts returned (the same rule the SQL applied)."""
+    rates = {key: (requests, counted) for key, requests, counted in rates_json}
     refused_rates = []
     for limit in rate_limits:
         seen = rates.get(limit.scope_key)
@@ -151,14 +181,15 @@ async def execute(
             or (limit.tokens_per_minute and seen[1] > limit.tokens_per_minute)
         ):
             refused_rates.append(limit)
-    by_budget = {(b, s, u): (used, reserved, lim) for b, s, u, used, reserved, lim in result[11]}
-    held, refused = [], []
+    by_budget = {(b, s, u): (used, reserved, lim) for b, s, u, used, reserved, lim in held_json}
+    held, refused_budgets = [], []
     for budget in budgets:
         state = by_budget.get((budget.budget_id, budget.scope_key, budget.unit))
         if state is None:
-            refused.append(budget)
+            refused_budgets.append(budget)
         else:
             held.append(
                 CounterState(budget.budget_id, budget.scope_key, budget.unit, budget.window_start, *state)
             )
-    return ReserveOutcome(tuple(result[:10]), held, refused, refused_rates)
+    assert refused == bool(refused_rates or refused_budgets), "SQL and Python disagree on a refusal"
+    return ReserveOutcome(row, held, refused_budgets, refused_rates)
