@@ -202,13 +202,24 @@ class Ingestor:
             vectors = await self._embedder.embed(texts)
         except EmbeddingUnavailable as error:
             raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
+        records = [
+            VectorRecord(c.chunk_id, d.document_id, v, tuple(d.groups), d.metadata)
+            for d, c, v in zip(
+                [d for d in documents for _ in d.chunks],
+                [c for d in documents for c in d.chunks],
+                vectors,
+                strict=True,
+            )
+        ]
         results = []
-        position = 0
+        try:
+            # One upsert for the whole group: the vectors stay invisible until their chunk rows commit.
+            await self._store.upsert(tenant_id, records)
+        except VectorStoreUnavailable as error:
+            raise Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE") from error
         for prepared in documents:
-            mine = vectors[position : position + len(prepared.chunks)]
-            position += len(prepared.chunks)
             try:
-                result = await self._store_one(tenant_id, owner, prepared, mine)
+                result = await self._store_one(tenant_id, owner, prepared)
             except VectorStoreUnavailable as error:
                 raise Unavailable(
                     f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE"
@@ -255,17 +266,9 @@ class Ingestor:
         ]
         return Prepared(index, document.document_id, row, groups, metadata, new_chunks)
 
-    async def _store_one(
-        self, tenant_id: str, owner: str, prepared: Prepared, vectors: list[list[float]]
-    ) -> pb.DocumentResult:
+    async def _store_one(self, tenant_id: str, owner: str, prepared: Prepared) -> pb.DocumentResult:
+        """Swaps the document's chunk rows in one transaction (its vectors are already stored)."""
         document_id = prepared.document_id
-        await self._store.upsert(
-            tenant_id,
-            [
-                VectorRecord(c.chunk_id, document_id, v, tuple(prepared.groups), prepared.metadata)
-                for c, v in zip(prepared.chunks, vectors, strict=True)
-            ],
-        )
         async with tenant_scope(self._database, tenant_id) as session:
             current = await repository.lock_document(session, tenant_id, document_id)
             if current is not None and current.content_sha256 == prepared.row["content_sha256"]:
