@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,6 +65,29 @@ def amount_for(unit: Unit, tokens: int, micros: int) -> int:
     return tokens if unit == "tokens" else micros
 
 
+class CounterKeyed(Protocol):
+    """Anything naming one budget counter (an AppliedBudget, a Hold)."""
+
+    @property
+    def budget_id(self) -> str: ...
+    @property
+    def scope_key(self) -> str: ...
+    @property
+    def unit(self) -> Unit: ...
+    @property
+    def window_start(self) -> datetime: ...
+
+
+def key_arrays(items: Sequence[CounterKeyed]) -> dict[str, list[Any]]:
+    """The counter keys of ``items`` as the parallel arrays the statements unnest."""
+    return {
+        "budget_ids": [i.budget_id for i in items],
+        "scope_keys": [i.scope_key for i in items],
+        "units": [i.unit for i in items],
+        "windows": [i.window_start for i in items],
+    }
+
+
 def rate_retry_after(now: datetime) -> float:
     """Seconds until the current minute ends: the earliest time the window's count can drop."""
     start = now.replace(second=0, microsecond=0)
@@ -101,10 +124,7 @@ async def move_holds(
         _MOVE,
         {
             "tenant": tenant_id,
-            "budget_ids": [h.budget_id for h in ordered],
-            "scope_keys": [h.scope_key for h in ordered],
-            "units": [h.unit for h in ordered],
-            "windows": [h.window_start for h in ordered],
+            **key_arrays(ordered),
             "held": [h.amount if release else 0 for h in ordered],
             "spent": [amount_for(h.unit, spent_tokens, spent_micros) for h in ordered],
         },
@@ -135,10 +155,7 @@ async def charge(
         _CHARGE,
         {
             "tenant": tenant_id,
-            "budget_ids": [b.budget_id for b in budgets],
-            "scope_keys": [b.scope_key for b in budgets],
-            "units": [b.unit for b in budgets],
-            "windows": [b.window_start for b in budgets],
+            **key_arrays(budgets),
             "amounts": [amount_for(b.unit, tokens, micros) for b in budgets],
             "limits": [b.limit for b in budgets],
         },
@@ -165,10 +182,7 @@ async def counter_states(
             ),
             {
                 "tenant": tenant_id,
-                "budget_ids": [b.budget_id for b in budgets],
-                "scope_keys": [b.scope_key for b in budgets],
-                "units": [b.unit for b in budgets],
-                "windows": [b.window_start for b in budgets],
+                **key_arrays(budgets),
             },
         )
     ).all()

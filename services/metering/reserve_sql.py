@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from services.metering.counters import CounterState, Hold, amount_for
+from services.metering.counters import CounterState, Hold, amount_for, key_arrays
 from services.metering.limits import AppliedBudget, AppliedRateLimit
 
 REFUSED = "PM001"  # SQLSTATE of reserve_refused() (migration 0002): a limit refused, nothing was written
@@ -139,10 +139,7 @@ async def execute(
         "rate_keys": [r.scope_key for r in rate_limits],
         "rpms": [r.requests_per_minute for r in rate_limits],
         "tpms": [r.tokens_per_minute for r in rate_limits],
-        "budget_ids": [b.budget_id for b in budgets],
-        "scope_keys": [b.scope_key for b in budgets],
-        "units": [b.unit for b in budgets],
-        "windows": [b.window_start for b in budgets],
+        **key_arrays(budgets),
         "amounts": [h.amount for h in holds],
         "limits": [b.limit for b in budgets],
     }
