@@ -53,7 +53,10 @@ async def register(server: grpc.aio.Server, resources: Resources[MeteringSetting
         interval=settings.relay_interval_seconds,
         ack_timeout=settings.relay_ack_timeout_seconds,
     )
-    servicer = MeteringServicer(database, policies, relay, settings)
+    assert settings.database_url is not None  # uses_database: the kit refuses to start without one
+    fast = reservations.reserve_engine(settings.database_url, database.schema)
+    resources.cleanup.push_async_callback(fast.dispose)
+    servicer = MeteringServicer(database, fast, policies, relay, settings)
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     for worker in range(settings.relay_workers):
         resources.spawn(relay.run(), name=f"outbox-relay-{worker}")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import timestamp_pb2
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
@@ -68,9 +69,15 @@ def _request_id(value: str, field: str = "request_id") -> str:
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     def __init__(
-        self, database: Database, policies: PolicySource, relay: OutboxRelay, settings: MeteringSettings
+        self,
+        database: Database,
+        reserve_engine: AsyncEngine,
+        policies: PolicySource,
+        relay: OutboxRelay,
+        settings: MeteringSettings,
     ) -> None:
         self._database = database
+        self._reserve_engine = reserve_engine
         self._policies = policies
         self._relay = relay
         self._settings = settings
@@ -151,6 +158,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         budgets = applicable_budgets(policy, principal, now)
         result = await reservations.reserve(
             self._database,
+            self._reserve_engine,
             principal,
             request_id=request.request_id,
             tokens=request.estimated_tokens,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import nats
@@ -11,13 +12,21 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from parapet.auth.v1 import tenant_policy_pb2 as tp
+from parapet.embedded import EmbeddedPostgres
 from parapet.kit.errors import error_details
-from parapet.kit.testing import TestKeys
+from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2 as pb
-from parapet.metering.v1 import reservation_pb2
+from parapet.metering.v1 import metering_service_pb2_grpc, reservation_pb2
 from parapet.usage.v1 import token_usage_pb2, usage_event_pb2
+from services.metering.app import APP
 from tests.integration.metering.conftest import Metering
-from tests.integration.metering.metering_support import caller, new_tenant, usd, write_policies
+from tests.integration.metering.metering_support import (
+    caller,
+    metering_settings,
+    new_tenant,
+    usd,
+    write_policies,
+)
 
 
 async def test_unsettled_reservation_expires_frees_budget_and_can_still_settle(
@@ -165,3 +174,23 @@ async def test_settle_against_an_unknown_reservation_still_records_the_usage(
         pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
     )
     assert usage.total.request_count == 1 and usage.budgets[0].used_tokens == 50
+
+
+async def test_reserve_survives_a_database_restart(
+    tmp_path: Path, keys: TestKeys, fresh_postgres: EmbeddedPostgres, nats_url: str
+) -> None:
+    """Reserve's pool has no pre-ping: a connection PostgreSQL dropped is replaced by the retry."""
+    tenant = new_tenant()
+    policy_file = write_policies(tmp_path / "policies.json", {tenant: tp.TenantPolicy()})
+    settings = metering_settings(tmp_path, keys, fresh_postgres.url, nats_url, policy_file)
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        who = caller(keys, tenant)
+        await stub.Reserve(pb.ReserveRequest(request_id="before", estimated_tokens=1), metadata=who)
+        await asyncio.to_thread(fresh_postgres.stop)
+        await asyncio.to_thread(fresh_postgres.start)
+        after = await stub.Reserve(pb.ReserveRequest(request_id="after", estimated_tokens=1), metadata=who)
+        assert after.reservation.state == reservation_pb2.RESERVATION_STATE_ACTIVE
