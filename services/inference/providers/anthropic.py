@@ -22,7 +22,7 @@ from services.inference.providers.base import (
     error_for_status,
 )
 from services.inference.providers.openai import http_timeout
-from services.inference.providers.sse import sse_data
+from services.inference.providers.sse import RAW_STREAM, sse_data
 
 _FINISH: dict[str, FinishKind] = {
     "end_turn": "stop",
@@ -76,10 +76,14 @@ class AnthropicProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         try:
-            opened = self._client.messages.with_streaming_response.create(
-                **self._params(request), stream=True
+            # The SDK's documented raw request, as in the openai provider.
+            response = await self._client.post(
+                "/v1/messages",
+                cast_to=httpx2.Response,
+                body={**self._params(request), "stream": True},
+                options=RAW_STREAM,
+                stream=True,
             )
-            response = await opened.__aenter__()
         except (anthropic.APIError, httpx2.HTTPError) as exc:
             raise self._error(exc) from None
         prompt_tokens: int | None = None
@@ -88,7 +92,7 @@ class AnthropicProvider:
         finish: FinishKind | None = None
         stopped = False
         try:
-            async for _, data in sse_data(response.http_response):
+            async for _, data in sse_data(response):
                 event = json.loads(data)
                 kind = event.get("type")
                 if kind == "content_block_delta":
@@ -121,7 +125,7 @@ class AnthropicProvider:
                 )
             raise error_out from None
         finally:
-            await opened.__aexit__(None, None, None)
+            await response.aclose()
         if finish is None or not stopped:
             raise ProviderError("interrupted", "anthropic stream ended without message_stop")
         usage_out = None

@@ -20,7 +20,7 @@ from services.inference.providers.base import (
     Usage,
     error_for_status,
 )
-from services.inference.providers.sse import sse_data
+from services.inference.providers.sse import RAW_STREAM, sse_data
 
 _FINISH: dict[str, FinishKind] = {
     "stop": "stop",
@@ -91,16 +91,19 @@ class OpenAIProvider:
         return ProviderError("interrupted", f"{self.label} sent a malformed answer")
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        create = self._client.chat.completions.with_streaming_response.create
+        body = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
         try:
-            opened = create(**self._params(request), stream=True, stream_options={"include_usage": True})
-            response = await opened.__aenter__()
+            # The SDK's documented raw request (`client.post`): its client, auth, base URL and error mapping,
+            # without re-validating our already wire-shaped parameters (~0.8 ms per call in `create`).
+            response = await self._client.post(
+                "/chat/completions", cast_to=httpx2.Response, body=body, options=RAW_STREAM, stream=True
+            )
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._error(exc) from None
         finish: FinishKind | None = None
         usage: Usage | None = None
         try:
-            async for _, data in sse_data(response.http_response):
+            async for _, data in sse_data(response):
                 if data == "[DONE]":
                     # Read on to the end of the body (the chunked terminator follows at once) so the
                     # connection goes back to the pool instead of being closed.
@@ -128,7 +131,7 @@ class OpenAIProvider:
                 error = ProviderError("interrupted", f"{self.label} stream broke off", status=error.status)
             raise error from None
         finally:
-            await opened.__aexit__(None, None, None)
+            await response.aclose()
         if finish is None:
             raise ProviderError("interrupted", f"{self.label} stream ended without a finish reason")
         yield Finish(finish, usage)

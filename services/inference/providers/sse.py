@@ -8,8 +8,12 @@ event lines are parsed here (into plain dicts).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
+
+# Request options asking the SDK for the unread HTTP response (what `with_streaming_response` sets).
+RAW_STREAM: Any = {"headers": {"X-Stainless-Raw-Response": "stream"}}
 
 
 async def sse_data(response: httpx2.Response) -> AsyncIterator[tuple[str, str]]:
