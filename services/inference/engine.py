@@ -99,9 +99,22 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return result
 
 
+# A cached answer streams back in pieces of about this many characters, cut at spaces: like a model's deltas,
+# but not one message per word, since every message crosses the whole interceptor chain.
+CACHED_PIECE_CHARS = 96
+
+
 def _split_for_stream(text: str) -> list[str]:
-    words = text.split(" ")
-    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + CACHED_PIECE_CHARS
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space if space > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces or [""]
 
 
 class Engine:

@@ -54,7 +54,7 @@ async def test_exact_and_paraphrase_hits_stream_back_at_zero_cost(
         assert first.summary.cost.amount_micros > 0
         exact = await _until_cached(inference, QUESTION, who, context=CONTEXT)
         assert exact.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
-        assert exact.deltas == first.deltas  # streamed back piece by piece like a normal answer
+        assert exact.text == first.text and exact.deltas  # streamed back as deltas, then the summary
         assert exact.summary.cost.amount_micros == 0 and exact.summary.usage.prompt_tokens == 0
         assert exact.summary.routing.reason == routing_pb2.ROUTING_REASON_CACHE
         assert exact.summary.routing.model == "gpt"
