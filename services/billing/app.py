@@ -22,7 +22,7 @@ from services.metering.stream import USAGE_STREAM
 async def register(server: grpc.aio.Server, resources: Resources[BillingSettings]) -> None:
     settings = resources.settings
     database = resources.require_database()
-    policies = policy_source(settings.policy_file, settings.auth_target, settings.policy_cache_seconds)
+    policies = policy_source(settings)
     resources.cleanup.push_async_callback(policies.close)
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(database, policies), server)
     consumer = UsageConsumer(

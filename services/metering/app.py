@@ -44,7 +44,7 @@ async def sweep(database: Database, settings: MeteringSettings) -> None:
 async def register(server: grpc.aio.Server, resources: Resources[MeteringSettings]) -> None:
     settings = resources.settings
     database = resources.require_database()
-    policies = policy_source(settings.policy_file, settings.auth_target, settings.policy_cache_seconds)
+    policies = policy_source(settings)
     resources.cleanup.push_async_callback(policies.close)
     relay = OutboxRelay(
         database,

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
 from parapet.kit.errors import Unavailable
+from services.metering.settings import PolicySettings
 
 TenantPolicy = tenant_policy_pb2.TenantPolicy
 
@@ -105,7 +106,11 @@ class AuthPolicySource:
         await self._client.close()
 
 
-def policy_source(policy_file: Path | None, auth_target: str, ttl: float) -> PolicySource:
-    if policy_file is not None:
-        return FilePolicySource(policy_file)
-    return AuthPolicySource(ServiceClient(auth_service_pb2_grpc.AuthServiceStub, auth_target), ttl)
+def policy_source(settings: PolicySettings) -> PolicySource:
+    """Policies from the configured file, else from the auth service; neither configured is an error."""
+    if settings.policy_file is not None:
+        return FilePolicySource(settings.policy_file)
+    if settings.auth_address is None:
+        raise ValueError("set PARAPET_AUTH_ADDRESS (tenant policies from auth) or PARAPET_POLICY_FILE")
+    client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
+    return AuthPolicySource(client, settings.policy_cache_seconds)

@@ -14,10 +14,7 @@ class PolicySettings(ServiceSettings):
         None,
         description="JSON file mapping tenant id to its `parapet.auth.v1.TenantPolicy` (protobuf JSON). "
         "Set: policies come from this file (deployments without the auth service, tests). "
-        "Unset: from the auth service's `GetEffectivePolicy`.",
-    )
-    auth_target: str = Field(
-        "dns:///auth:50051", description="gRPC target of the auth service (policies when no policy file)."
+        "Unset: from the auth service's `GetEffectivePolicy` at `PARAPET_AUTH_ADDRESS`.",
     )
     policy_cache_seconds: float = Field(
         10.0, gt=0, description="How long a tenant's policy fetched from auth is reused."

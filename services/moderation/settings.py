@@ -8,13 +8,12 @@ from parapet.kit.config import ServiceSettings
 
 
 class ModerationSettings(ServiceSettings):
-    """Where tenant policies come from, the masking key, and which detectors run."""
+    """Where tenant policies come from, the masking key, and which detectors run.
 
-    auth_address: str | None = Field(
-        None,
-        description="host:port of the auth service, whose GetEffectivePolicy gives each tenant's moderation "
-        "policy. Unset: every tenant gets the service defaults (docs/moderation.md).",
-    )
+    Tenant policies come from the auth service at `PARAPET_AUTH_ADDRESS` (every service's setting); unset,
+    every tenant gets the service defaults (docs/moderation.md).
+    """
+
     policy_cache_seconds: float = Field(
         5.0,
         ge=0,

@@ -72,6 +72,12 @@ class ServiceSettings(BaseSettings):
         "Re-read when a token names an unknown `kid` (key rotation). Unset: every non-public RPC is "
         "refused with UNAUTHENTICATED.",
     )
+    auth_address: str | None = Field(
+        None,
+        description="gRPC target of the auth service (`host:port` or `dns:///auth:8080`): where identity "
+        "keys come from when `PARAPET_IDENTITY_JWKS_FILE` is unset (its GetJwks RPC), and where services "
+        "read tenant policies.",
+    )
     identity_audience: str = Field("parapet", description="Required `aud` claim of internal identity tokens.")
     identity_issuer: str = Field(
         "parapet-auth", description="Required `iss` claim of internal identity tokens."

@@ -29,7 +29,7 @@ from parapet.kit.bus import Bus
 from parapet.kit.config import SettingsT, load_settings
 from parapet.kit.database import Database
 from parapet.kit.health import HealthMonitor
-from parapet.kit.identity import KeySource, NoKeys, TokenVerifier, jwks_file_source
+from parapet.kit.identity import KeySource, NoKeys, TokenVerifier, auth_jwks_source, jwks_file_source
 from parapet.kit.interceptors import kit_interceptors
 from parapet.kit.logging import configure_logging
 from parapet.kit.metrics import MetricsServer
@@ -91,6 +91,8 @@ def _key_source(app: ServiceApp[SettingsT], settings: SettingsT) -> KeySource:
         return app.key_source(settings)
     if settings.identity_jwks_file is not None:
         return jwks_file_source(settings.identity_jwks_file)
+    if settings.auth_address is not None:
+        return auth_jwks_source(settings.auth_address, settings)
     log.warning("no identity keys configured: every non-public RPC will be refused")
     return NoKeys()
 
