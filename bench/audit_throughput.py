@@ -36,6 +36,7 @@ from bench.stats import LatencySummary
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc, interaction_pb2
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from parapet.events.audit import AUDIT_STREAM, publish
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
@@ -43,7 +44,6 @@ from parapet.kit.migrations import migrate
 from parapet.kit.testing import make_test_keys
 from services.audit.canonical import ZERO_HASH, prepare, record_hash
 from services.audit.store import insert_rows
-from services.audit.stream import AUDIT_STREAM, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = int(os.environ.get("BENCH_AUDIT_RECORDS", "30000"))

@@ -13,6 +13,7 @@ import grpc.aio
 
 from parapet.audit.v1 import audit_service_pb2_grpc
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import AUDIT_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from services.audit.checkpoints import checkpoint_all
 from services.audit.consumer import AuditConsumer, BodyDefaults
@@ -20,7 +21,6 @@ from services.audit.retention import drop_expired_bodies
 from services.audit.servicer import AuditServicer
 from services.audit.settings import AuditSettings
 from services.audit.signing import load_signer
-from services.audit.stream import AUDIT_STREAM
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from parapet.audit.v1 import audit_record_pb2
+from parapet.events.audit import AUDIT_STREAM, SUBJECT_PREFIX, tenant_of
 from parapet.kit import metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
 from services.audit.canonical import PreparedRecord, prepare
 from services.audit.store import append_groups
-from services.audit.stream import AUDIT_STREAM, SUBJECT_PREFIX, tenant_of
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2_grpc, tenant_admin_service_pb2_grpc
+from parapet.events.audit import AUDIT_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.identity import KeySource, TokenSigner, jwks_file_source
 from services.auth import oidc
 from services.auth.access import Access
 from services.auth.admin import TenantAdminServicer
 from services.auth.apikeys import KeyHasher
-from services.auth.audit import AUDIT_STREAM, OutboxRelay
+from services.auth.audit import OutboxRelay
 from services.auth.authenticator import Authenticator
 from services.auth.bootstrap import ensure_platform_tenant
 from services.auth.cache import IdentityEntry, TenantKeyedCache

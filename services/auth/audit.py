@@ -14,22 +14,19 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
-from parapet.kit.bus import Bus, StreamSpec
+from parapet.events import audit as audit_events
+from parapet.kit.bus import Bus
 from parapet.kit.context import current_request_id
 from parapet.kit.identity import Principal
 from services.auth.store import AuthStore
 
 log = logging.getLogger(__name__)
 
-SUBJECT_PREFIX = "parapet.audit.v1."
-CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
-# Declared by every producer (and the audit service) with the same configuration, so any may start first.
-AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
+SOURCE = "/parapet/auth"
 
 
 def admin_record(
@@ -64,21 +61,9 @@ async def write(session: AsyncSession, record: audit_record_pb2.AuditRecord) -> 
         session,
         record.record_id,
         record.tenant_id,
-        SUBJECT_PREFIX + record.tenant_id,
+        audit_events.subject(record.tenant_id),
         record.SerializeToString(deterministic=True),
     )
-
-
-def headers(record: audit_record_pb2.AuditRecord) -> dict[str, str]:
-    return {
-        "content-type": "application/protobuf",
-        "ce-specversion": "1.0",
-        "ce-id": record.record_id,
-        "ce-source": "/parapet/auth",
-        "ce-type": CE_TYPE,
-        "ce-time": record.create_time.ToDatetime(tzinfo=UTC).isoformat(),
-        "ce-subject": record.tenant_id,
-    }
 
 
 class OutboxRelay:
@@ -100,7 +85,9 @@ class OutboxRelay:
         try:
             for record_id, subject, payload in pending:
                 record = audit_record_pb2.AuditRecord.FromString(payload)
-                await self._bus.publish(subject, payload, msg_id=record_id, headers=headers(record))
+                await self._bus.publish(
+                    subject, payload, msg_id=record_id, headers=audit_events.headers(record, SOURCE)
+                )
                 sent.append(record_id)
         finally:
             if sent:

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 
 from parapet.billing.v1 import billing_service_pb2_grpc
+from parapet.events.usage import USAGE_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from services.billing.consumer import UsageConsumer
 from services.billing.servicer import BillingServicer
 from services.billing.settings import BillingSettings
 from services.metering.policy import policy_source
-from services.metering.stream import USAGE_STREAM
 
 
 async def register(server: grpc.aio.Server, resources: Resources[BillingSettings]) -> None:

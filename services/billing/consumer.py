@@ -18,11 +18,11 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from parapet.events.usage import USAGE_STREAM
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.usage.v1 import usage_event_pb2
 from services.billing import rollups
-from services.metering.stream import USAGE_STREAM
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from parapet.events.usage import USAGE_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.database import Database
 from parapet.metering.v1 import metering_service_pb2_grpc
@@ -21,7 +22,6 @@ from services.metering.policy import policy_source
 from services.metering.relay import OutboxRelay
 from services.metering.servicer import MeteringServicer
 from services.metering.settings import MeteringSettings
-from services.metering.stream import USAGE_STREAM
 
 log = logging.getLogger(__name__)
 

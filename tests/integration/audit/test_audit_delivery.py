@@ -10,12 +10,12 @@ from pathlib import Path
 from sqlalchemy import text
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
+from parapet.events.audit import publish, subject
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.testing import TestKeys, running
 from services.audit.app import APP
 from services.audit.signing import load_signer
-from services.audit.stream import publish, subject
 from services.audit.verify import verify_chain
 from tests.integration.audit.conftest import audit_settings, interaction, new_tenant
 

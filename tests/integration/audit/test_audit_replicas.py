@@ -9,13 +9,13 @@ import grpc.aio
 from sqlalchemy import text
 
 from parapet.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from parapet.events.audit import publish
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, running
 from services.audit.app import APP
 from services.audit.signing import load_signer
-from services.audit.stream import publish
 from services.audit.verify import verify_chain
 from tests.integration.audit.conftest import audit_settings, interaction, new_tenant
 

@@ -19,6 +19,7 @@ import grpc.aio
 from sqlalchemy import text
 
 from parapet.embedded import EmbeddedNats
+from parapet.events.usage import USAGE_STREAM
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.migrations import migrate
@@ -28,7 +29,6 @@ from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
 from services.billing.consumer import UsageConsumer
 from services.metering.app import APP as METERING
 from services.metering.ledger import EVENT_SOURCE, EVENT_TYPE
-from services.metering.stream import USAGE_STREAM
 from tests.integration.metering.metering_support import (
     caller,
     metering_settings,

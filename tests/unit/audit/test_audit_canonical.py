@@ -12,6 +12,7 @@ import pytest
 
 from parapet.audit.v1 import audit_record_pb2, interaction_pb2
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import tenant_of
 from parapet.kit.errors import InvalidArgument
 from services.audit.access import has_audit_permission
 from services.audit.canonical import (
@@ -23,7 +24,6 @@ from services.audit.canonical import (
     sha256_hex,
 )
 from services.audit.signing import load_signer
-from services.audit.stream import tenant_of
 
 PROMPT, RESPONSE = "hello", "world"
 
