@@ -6,6 +6,7 @@ so an answer can only reach a caller who would have been given the same document
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,17 +73,21 @@ class SemanticCache:
 
     async def lookup(self, key: CacheKey, question: str) -> CachedAnswer | None:
         params = {"tenant": key.tenant_id, "scope": key.scope_key, "partition": key.partition_key}
-        async with self._database.tenant_transaction(key.tenant_id) as session:
-            row = (await session.execute(_EXACT, {**params, "hash": question_hash(question)})).first()
-        if row is not None:
-            return CachedAnswer(str(row[0]), row[1], row[2], row[3], row[4], 1.0, exact=True)
-        (vector,) = await self._embedder.embed([question])
-        async with self._database.tenant_transaction(key.tenant_id) as session:
-            row = (
-                await session.execute(
-                    _NEAREST, {**params, "vector": _vector_literal(vector), "model": self._embedder.model_id}
-                )
-            ).first()
+        # The embedding is computed while the exact query runs; both queries share one transaction.
+        embedding = asyncio.ensure_future(self._embedder.embed([question]))
+        try:
+            async with self._database.tenant_transaction(key.tenant_id) as session:
+                row = (await session.execute(_EXACT, {**params, "hash": question_hash(question)})).first()
+                if row is not None:
+                    return CachedAnswer(str(row[0]), row[1], row[2], row[3], row[4], 1.0, exact=True)
+                (vector,) = await embedding
+                nearest = {**params, "vector": _vector_literal(vector), "model": self._embedder.model_id}
+                row = (await session.execute(_NEAREST, nearest)).first()
+        finally:
+            if not embedding.done():
+                embedding.cancel()
+            # A cancelled or failed embedding nobody awaited must not be reported as never retrieved.
+            embedding.add_done_callback(lambda done: done.cancelled() or done.exception())
         if row is None or float(row[5]) < self.threshold:
             return None
         return CachedAnswer(str(row[0]), row[1], row[2], row[3], row[4], float(row[5]), exact=False)
