@@ -16,6 +16,9 @@ AUDIT_KEY_ENV = "PARAPET_AUDIT_CHECKPOINT_KEY_FILE"
 AUDIT_SERVICE = "audit"
 # Where the auth service writes the first platform operator's API key, once (the only way in at first).
 BOOTSTRAP_KEY_ENV = "PARAPET_AUTH_BOOTSTRAP_KEY_FILE"
+# Moderation seals masking contexts with it; one key for the suite's lifetime, not one per process start.
+MASKING_KEY_ENV = "PARAPET_MASKING_KEY"
+MASKING_SERVICE = "moderation"
 BOOTSTRAP_KEY_NAME = "operator.key"
 
 
@@ -41,6 +44,7 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     env.pop(SIGNING_KEY_ENV, None)
     env.pop(AUDIT_KEY_ENV, None)
     env.pop(BOOTSTRAP_KEY_ENV, None)
+    env.pop(MASKING_KEY_ENV, None)
     env.update(peer_addresses(suite.ports))
     env.update(
         {
@@ -57,6 +61,8 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     if spec.name == SIGNING_SERVICE:
         env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
         env[BOOTSTRAP_KEY_ENV] = str(suite.identity.signing_key_file.parent / BOOTSTRAP_KEY_NAME)
+    if spec.name == MASKING_SERVICE and suite.identity.masking_key_file is not None:
+        env[MASKING_KEY_ENV] = suite.identity.masking_key_file.read_text().strip()
     if spec.name == AUDIT_SERVICE:
         # Checkpoints must verify across restarts, so the audit key lives with the suite's other keys.
         env[AUDIT_KEY_ENV] = str(suite.identity.signing_key_file.parent / "audit-checkpoint.pem")

@@ -33,6 +33,7 @@ class IdentityFiles:
 
     signing_key_file: Path
     jwks_file: Path
+    masking_key_file: Path | None = None  # moderation's masking key (base64 of 32 bytes), when provisioned
 
 
 def _b64url(data: bytes) -> str:
@@ -59,10 +60,23 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+MASKING_KEY_NAME = "masking.key"
+
+
+def _ensure_masking_key(path: Path) -> None:
+    # Kept across runs, so a masking context sealed before a restart can still be restored after it.
+    if not path.exists():
+        _write_private(path, base64.b64encode(os.urandom(32)) + b"\n")
+
+
 def provision(identity_dir: Path) -> IdentityFiles:
     """Create the signing key and JWKS under ``identity_dir`` unless present; return their paths."""
     identity_dir.mkdir(parents=True, exist_ok=True)
-    files = IdentityFiles(identity_dir / SIGNING_KEY_NAME, identity_dir / JWKS_NAME)
+    files = IdentityFiles(
+        identity_dir / SIGNING_KEY_NAME, identity_dir / JWKS_NAME, identity_dir / MASKING_KEY_NAME
+    )
+    assert files.masking_key_file is not None
+    _ensure_masking_key(files.masking_key_file)
     if files.signing_key_file.exists():
         loaded = serialization.load_pem_private_key(files.signing_key_file.read_bytes(), password=None)
         if not isinstance(loaded, Ed25519PrivateKey):

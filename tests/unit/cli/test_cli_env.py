@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from pathlib import Path
@@ -84,3 +85,18 @@ def test_keys_already_in_the_jwks_are_kept(tmp_path: Path) -> None:
     assert kids[0] == "retired" and len(kids) == 2
     provision(identity)
     assert len(json.loads(files.jwks_file.read_text())["keys"]) == 2
+
+
+def test_only_moderation_gets_the_masking_key_and_it_survives_restarts(tmp_path: Path) -> None:
+    identity = provision(tmp_path / "identity")
+    suite = SuiteEndpoints(SUITE.ports, SUITE.database_url, SUITE.nats_url, identity)
+    key = service_env(registry.get("moderation"), suite, {"PARAPET_MASKING_KEY": "inherited"})[
+        "PARAPET_MASKING_KEY"
+    ]
+    assert len(base64.b64decode(key)) == 32
+    assert identity.masking_key_file is not None and identity.masking_key_file.stat().st_mode & 0o077 == 0
+    again = SuiteEndpoints(SUITE.ports, SUITE.database_url, SUITE.nats_url, provision(tmp_path / "identity"))
+    assert service_env(registry.get("moderation"), again, {})["PARAPET_MASKING_KEY"] == key
+    for spec in registry.SERVICES:
+        if spec.name != "moderation":
+            assert "PARAPET_MASKING_KEY" not in service_env(spec, suite, {"PARAPET_MASKING_KEY": "inherited"})
