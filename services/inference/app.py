@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
+def prompts_dir(settings: InferenceSettings) -> Path:
+    """The setting; else prompts/ of the source tree; else prompts/ of the working directory (the image's)."""
+    if settings.prompts_dir is not None:
+        return settings.prompts_dir
+    return DEFAULT_PROMPTS_DIR if DEFAULT_PROMPTS_DIR.is_dir() else Path.cwd() / "prompts"
+
+
 async def build_engine(settings: InferenceSettings, resources: Resources[InferenceSettings]) -> Engine:
     config = load_config(settings.inference_config_file)
     providers = build_providers(config)
@@ -50,11 +57,14 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
             ttl_seconds=settings.cache_ttl_seconds,
         )
         resources.spawn(consume_deletions(resources.require_bus(), cache), name="cache-deletions")
+    prompts = PromptLibrary(prompts_dir(settings))
+    # Fail at start, not on every request, when the templates are missing (wrong PARAPET_PROMPTS_DIR).
+    prompts.get(settings.default_prompt_template)
     engine = Engine(
         config,
         providers,
         Breakers(config.breaker),
-        PromptLibrary(settings.prompts_dir or DEFAULT_PROMPTS_DIR),
+        prompts,
         policy,
         cache,
         settings.default_prompt_template,
