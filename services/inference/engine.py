@@ -9,6 +9,7 @@ the deadline) and then the next model of the chain is tried. After it, a failure
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -164,6 +165,15 @@ class Engine:
             feature=request.feature,
         )
         plan = self.router.plan(request.model, access, traits, principal.tenant_id, principal.subject)
+        fitting = tuple(m for m in plan.chain if m.context_window_tokens > traits.prompt_tokens)
+        if not fitting:
+            raise InvalidArgument(
+                f"the prompt ({traits.prompt_tokens} tokens) exceeds the context window of every model it may use",
+                reason="CONTEXT_TOO_LONG",
+                metadata={"prompt_tokens": str(traits.prompt_tokens), "model": plan.chain[0].name},
+            )
+        if len(fitting) != len(plan.chain):
+            plan = dataclasses.replace(plan, chain=fitting)  # models too small for the prompt are skipped
         state = _Stream(started, plan, rendered, context)
         generation = self._generation(request, access.max_tokens_per_request)
 

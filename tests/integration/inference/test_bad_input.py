@@ -75,3 +75,18 @@ async def test_list_models_pages_in_model_order(
                 inference_service_pb2.ListModelsRequest(page_token="%%%"), metadata=inference.metadata()
             )
         assert error_details(bad.value).reason == "PAGE_TOKEN_INVALID"
+
+
+async def test_prompts_longer_than_every_context_window_are_refused(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    models = [
+        {"name": "small", "provider": "local", "context_window_tokens": 150, "fallbacks": ["big"]},
+        {"name": "big", "provider": "local", "context_window_tokens": 2000},
+    ]
+    async with start_inference(upstream_config(upstream, models)) as inference:
+        medium = await inference.stream("word " * 200, model="small")
+        assert medium.error is None and medium.summary.routing.model == "big"  # the small model is skipped
+        huge = await inference.stream("word " * 3000, model="small")
+    assert huge.error is not None and huge.error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert huge.error.reason == "CONTEXT_TOO_LONG"
