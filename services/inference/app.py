@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from parapet.events.documents import DOCUMENTS_STREAM
 from parapet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from parapet.kit.app import Resources, ServiceApp
 from services.inference.cache.deletions import consume_deletions
@@ -86,4 +87,6 @@ APP = ServiceApp(
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    # Declared here too (same definition as retrieval's), so the cache's consumer never waits for it.
+    streams=(DOCUMENTS_STREAM,),
 )

@@ -19,7 +19,8 @@ from parapet.kit.app import Resources, ServiceApp
 from parapet.retrieval.v1 import retrieval_service_pb2_grpc
 from services.retrieval.chunking import ChunkingOptions
 from services.retrieval.deletion import Deleter
-from services.retrieval.events import DOCUMENTS_STREAM, OutboxRelay
+from parapet.events.documents import DOCUMENTS_STREAM
+from services.retrieval.events import OutboxRelay
 from services.retrieval.ingest import IngestOptions, Ingestor
 from services.retrieval.search import Searcher
 from services.retrieval.servicer import RetrievalServicer

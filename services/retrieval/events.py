@@ -19,28 +19,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parapet.kit.bus import Bus, StreamSpec
+from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
+from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
 from services.retrieval import repository
 
 log = logging.getLogger(__name__)
 
-SUBJECT_PREFIX = "parapet.retrieval.v1.documents.deleted."
-CE_TYPE = "dev.parapet.retrieval.v1.DocumentsDeletedEvent"
 CE_SOURCE = "/parapet/retrieval"
 #: The contract's bound on document ids per event.
 MAX_IDS_PER_EVENT = 1000
-
-DOCUMENTS_STREAM = StreamSpec(
-    name="RETRIEVAL_DOCUMENTS",
-    subjects=(f"{SUBJECT_PREFIX}*",),
-    retention="limits",
-    storage="file",
-    max_age_seconds=7 * 24 * 3600.0,
-    duplicate_window_seconds=120.0,
-    description="parapet.retrieval.v1.DocumentsDeletedEvent (docs/contracts.md)",
-)
 
 
 async def record_deletion(

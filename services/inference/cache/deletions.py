@@ -13,13 +13,13 @@ import logging
 import nats.errors
 from nats.js.errors import NotFoundError
 
+from parapet.events import documents as documents_events
 from parapet.kit.bus import Bus
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from services.inference.cache.store import SemanticCache
 
 log = logging.getLogger(__name__)
 
-SUBJECT = "parapet.retrieval.v1.documents.deleted.*"
 DURABLE = "inference-semantic-cache"
 
 
@@ -44,7 +44,7 @@ async def consume_deletions(bus: Bus, cache: SemanticCache, *, poll_seconds: flo
     """Run until cancelled."""
     while True:
         try:
-            subscription = await bus.jetstream.pull_subscribe(SUBJECT, durable=DURABLE)
+            subscription = await bus.jetstream.pull_subscribe(documents_events.SUBJECTS, durable=DURABLE)
         except NotFoundError:
             await asyncio.sleep(poll_seconds)  # retrieval has not declared its stream yet
             continue

@@ -9,9 +9,10 @@ import uuid
 from typing import Any
 
 import nats
-from nats.js.errors import NotFoundError
 
+from parapet.events import documents as documents_events
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, routing_pb2
+from parapet.kit.bus import Bus
 from parapet.kit.identity import Principal
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from parapet.upstream import UpstreamServer
@@ -134,14 +135,15 @@ async def test_entries_expire_after_their_ttl(
 
 async def _publish_deletion(nats_url: str, tenant: str, document_ids: list[str]) -> None:
     """Publish as the retrieval service does (docs/contracts.md), declaring its stream if it is not there yet."""
-    subject = f"parapet.retrieval.v1.documents.deleted.{tenant}"
+    subject = documents_events.subject(tenant)
+    bus = await Bus.connect(nats_url, name="test-retrieval")
+    try:
+        await bus.ensure_stream(documents_events.DOCUMENTS_STREAM)
+    finally:
+        await bus.close()
     client = await nats.connect(nats_url)
     try:
         js = client.jetstream()
-        try:
-            await js.find_stream_name_by_subject(subject)
-        except NotFoundError:
-            await js.add_stream(name="RETRIEVAL_EVENTS", subjects=["parapet.retrieval.v1.>"])
         event_id = str(uuid.uuid4())
         event = documents_deleted_event_pb2.DocumentsDeletedEvent(
             event_id=event_id,
@@ -152,7 +154,7 @@ async def _publish_deletion(nats_url: str, tenant: str, document_ids: list[str])
         await js.publish(
             subject,
             event.SerializeToString(),
-            headers={"Nats-Msg-Id": event_id, "ce-type": "dev.parapet.retrieval.v1.DocumentsDeletedEvent"},
+            headers={"Nats-Msg-Id": event_id, "ce-type": documents_events.CE_TYPE},
         )
     finally:
         await client.close()

@@ -20,6 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from parapet.cli.registry import service_names
+from parapet.embedded import free_port
 from parapet.kit.app import ServiceApp
 from parapet.kit.descriptors import published_services
 from parapet.kit.errors import error_details
@@ -88,6 +89,8 @@ async def test_every_rpc_answers_from_its_servicer(
         database_url=database_url,
         nats_url=nats_url,
         identity_jwks_file=jwks_file,
+        # Where policies would come from; no auth runs here, so RPCs that need one answer UNAVAILABLE.
+        auth_address=f"127.0.0.1:{free_port()}",
         shutdown_grace_seconds=1.0,
     )
     async with (
