@@ -15,11 +15,11 @@ from pinecone import Index
 from parapet.embeddings import CachedEmbedder, Embedder
 from parapet.embeddings.minilm import MiniLmEmbedder, MiniLmOptions, load_tokenizer
 from parapet.embeddings.openai_embedder import OpenAIEmbedder
+from parapet.events.documents import DOCUMENTS_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from parapet.retrieval.v1 import retrieval_service_pb2_grpc
 from services.retrieval.chunking import ChunkingOptions
 from services.retrieval.deletion import Deleter
-from parapet.events.documents import DOCUMENTS_STREAM
 from services.retrieval.events import OutboxRelay
 from services.retrieval.ingest import IngestOptions, Ingestor
 from services.retrieval.search import Searcher
