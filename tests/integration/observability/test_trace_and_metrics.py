@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc, interaction_pb2
+from parapet.embedded import EmbeddedNats
 from parapet.kit import clients, telemetry
 from parapet.kit.identity import Principal
 from parapet.kit.testing import (
@@ -50,8 +51,11 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_one_trace_across_every_hop_and_metrics_over_http(
-    database_url: str, nats_url: str, tmp_path: Path
+    database_url: str, fresh_nats: EmbeddedNats, tmp_path: Path
 ) -> None:
+    # A NATS of its own: the session's AUDIT stream holds every other test's records, which a new durable
+    # consumer would have to work through before reaching this test's one.
+    nats_url = fresh_nats.url
     keys = make_test_keys()
     tenant = new_tenant()
     keys.principal = Principal(tenant_id=tenant, subject="alice", roles=("admin",))
