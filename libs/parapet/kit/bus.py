@@ -7,6 +7,7 @@ makes sure nothing is lost meanwhile, not the connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from parapet.kit.redact import redact_url
 log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+CLOSE_STEP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,20 @@ class Bus:
         return True
 
     async def close(self) -> None:
-        """Drain: deliver what is buffered and let subscriptions finish, then close."""
+        """Drain: deliver what is buffered and let subscriptions finish, then close; each step bounded by
+        ``CLOSE_STEP_SECONDS``, so a shutdown always completes."""
+        timeout = CLOSE_STEP_SECONDS
         if self.client.is_closed:
             return
         try:
-            await self.client.drain()
+            await asyncio.wait_for(self.client.drain(), timeout)
+            return
         except Exception:
-            # Draining needs a live connection; when NATS is down at shutdown, closing is all we can do.
+            # Draining needs a live connection; when NATS is down or stuck at shutdown, close is all we can do.
             log.warning("nats drain failed; closing", exc_info=True)
-            await self.client.close()
+        try:
+            # The client's own close can wait forever on a connection that died mid-drain (seen in tests and
+            # after a launcher was killed): bounded, and whatever it raises is only logged.
+            await asyncio.wait_for(self.client.close(), timeout)
+        except Exception:
+            log.warning("nats close failed", exc_info=True)

@@ -20,7 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from parapet.cli.registry import service_names
-from parapet.embedded import free_port
+from parapet.embedded import EmbeddedNats, free_port
 from parapet.kit.app import ServiceApp
 from parapet.kit.descriptors import published_services
 from parapet.kit.errors import error_details
@@ -79,7 +79,7 @@ def keys() -> TestKeys:
 
 @pytest.mark.parametrize("name", service_names())
 async def test_every_rpc_answers_from_its_servicer(
-    name: str, keys: TestKeys, tmp_path: Path, database_url: str, nats_url: str
+    name: str, keys: TestKeys, tmp_path: Path, database_url: str, fresh_nats: EmbeddedNats
 ) -> None:
     app = _apps()[name]
     jwks_file = tmp_path / "jwks.json"
@@ -87,7 +87,9 @@ async def test_every_rpc_answers_from_its_servicer(
     settings = app.settings_type(
         port=0,
         database_url=database_url,
-        nats_url=nats_url,
+        # A NATS of its own: services with durable consumers (audit, billing) would otherwise first work
+        # through every record other tests left on the session's streams.
+        nats_url=fresh_nats.url,
         identity_jwks_file=jwks_file,
         # Where policies would come from; no auth runs here, so RPCs that need one answer UNAVAILABLE.
         auth_address=f"127.0.0.1:{free_port()}",
