@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from parapet.cli.identity import thumbprint_kid
-from parapet.kit.identity import Jwks, KeySource, keys_from_jwks, public_jwk, read_jwks_file
+from parapet.kit.identity import Jwks, KeySource, keys_from_jwks, public_jwk, read_jwks_file, thumbprint_kid
 from services.auth.settings import AuthSettings
 
 log = logging.getLogger(__name__)

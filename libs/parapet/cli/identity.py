@@ -6,13 +6,12 @@ the public keys in ``jwks.json``. Keys are made once and kept, so tokens issued 
 
 Formats: PKCS#8 PEM private key (what ``PARAPET_AUTH_SIGNING_KEY_FILE`` names), the kit's RFC 8037
 JWK of the public key, and as ``kid`` the key's RFC 7638 thumbprint, so the ``kid`` follows from the
-key alone and the auth service can recompute it (``thumbprint_kid``) instead of reading it from a file.
+key alone and the auth service recomputes it (``parapet.kit.identity.thumbprint_kid``) instead of reading it.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from parapet.kit.identity import public_jwk as kit_public_jwk
+from parapet.kit.identity import thumbprint_kid
 
 SIGNING_KEY_NAME = "signing_key.pem"
 JWKS_NAME = "jwks.json"
@@ -34,18 +34,6 @@ class IdentityFiles:
     signing_key_file: Path
     jwks_file: Path
     masking_key_file: Path | None = None  # moderation's masking key (base64 of 32 bytes), when provisioned
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def thumbprint_kid(public_key: Ed25519PublicKey) -> str:
-    """The RFC 7638 JWK thumbprint of ``public_key``: a ``kid`` that is stable for the key."""
-    x = _b64url(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-    # RFC 7638: the required members only, lexicographic order, no whitespace.
-    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
-    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -108,6 +109,16 @@ def public_jwk(public_key: Ed25519PublicKey, kid: str) -> dict[str, str]:
 
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+def thumbprint_kid(public_key: Ed25519PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint of ``public_key``: a ``kid`` that follows from the key alone."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    x = _b64url(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+    # RFC 7638: the required members only, lexicographic order, no whitespace.
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 def generate_signing_key(kid: str | None = None) -> tuple[Ed25519PrivateKey, dict[str, str]]:

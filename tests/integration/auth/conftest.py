@@ -21,8 +21,7 @@ from parapet.auth.v1 import (
     tenant_pb2,
     user_pb2,
 )
-from parapet.cli.identity import thumbprint_kid
-from parapet.kit.identity import Principal, TokenSigner
+from parapet.kit.identity import Principal, TokenSigner, thumbprint_kid
 from parapet.kit.testing import running
 from services.auth.app import APP
 from services.auth.settings import AuthSettings
