@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from parapet.embedded.private_file import write_private
 from parapet.kit.identity import public_jwk as kit_public_jwk
 from parapet.kit.identity import thumbprint_kid
 
@@ -41,20 +42,13 @@ def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
     return kit_public_jwk(public_key, thumbprint_kid(public_key))
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the start: the key must never be readable by others, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 MASKING_KEY_NAME = "masking.key"
 
 
 def _ensure_masking_key(path: Path) -> None:
     # Kept across runs, so a masking context sealed before a restart can still be restored after it.
     if not path.exists():
-        _write_private(path, base64.b64encode(os.urandom(32)) + b"\n")
+        write_private(path, base64.b64encode(os.urandom(32)) + b"\n")
 
 
 def provision(identity_dir: Path) -> IdentityFiles:
@@ -75,7 +69,7 @@ def provision(identity_dir: Path) -> IdentityFiles:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(files.signing_key_file, pem)
+        write_private(files.signing_key_file, pem)
     _ensure_in_jwks(files.jwks_file, public_jwk(key.public_key()))
     return files
 

