@@ -19,6 +19,7 @@ from services.auth.audit import OutboxRelay
 from services.auth.authenticator import Authenticator
 from services.auth.bootstrap import ensure_platform_tenant
 from services.auth.cache import IdentityEntry, TenantKeyedCache
+from services.auth.delegation import Delegator
 from services.auth.invalidation import InvalidationListener
 from services.auth.service import AuthServicer
 from services.auth.settings import AuthSettings
@@ -48,7 +49,11 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
     store = AuthStore(database)
     hasher = KeyHasher(load_pepper(settings, signing_key))
     await ensure_platform_tenant(
-        store, settings.auth_platform_tenant_id, hasher, settings.auth_bootstrap_key_file
+        store,
+        settings.auth_platform_tenant_id,
+        hasher,
+        settings.auth_bootstrap_key_file,
+        settings.auth_gateway_key_file,
     )
 
     identities: TenantKeyedCache[IdentityEntry] = TenantKeyedCache(
@@ -88,7 +93,13 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
     resources.spawn(relay.run(), name="auth-audit-outbox-relay")
 
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(authenticator, access, published_jwks(settings, signing_key)), server
+        AuthServicer(
+            authenticator,
+            access,
+            published_jwks(settings, signing_key),
+            Delegator(store, access, signer, settings.auth_platform_tenant_id),
+        ),
+        server,
     )
     tenant_admin_service_pb2_grpc.add_TenantAdminServiceServicer_to_server(
         TenantAdminServicer(access, hasher), server

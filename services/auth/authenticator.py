@@ -17,12 +17,38 @@ from parapet.kit.errors import QuotaExceeded, Unauthenticated
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth import apikeys, oidc
 from services.auth.cache import IdentityEntry, TenantKeyedCache
-from services.auth.store import AuthStore
+from services.auth.store import AuthStore, KeyRecord
 from services.auth.throttle import FailureThrottle
 
 log = logging.getLogger(__name__)
 
 LAST_USE_RESOLUTION_SECONDS = 60.0
+
+
+def key_refusal(record: KeyRecord, now: float) -> tuple[str, str] | None:
+    """(reason, message) when the key may not act at ``now``: revoked, expired, its tenant or user disabled."""
+    if record.revoke_time is not None:
+        return "API_KEY_REVOKED", "the API key was revoked"
+    if record.expire_time is not None and record.expire_time.timestamp() <= now:
+        return "API_KEY_EXPIRED", "the API key has expired"
+    if record.tenant_state != "active":
+        return "TENANT_DISABLED", "the tenant is disabled"
+    if record.user_state != "active":
+        return "USER_DISABLED", "the key's user is disabled"
+    return None
+
+
+def key_principal(tenant_id: str, record: KeyRecord) -> Principal:
+    """Who a valid key acts as: its user's roles and groups, narrowed by the key's scopes."""
+    return Principal(
+        tenant_id=tenant_id,
+        subject=record.user_id,
+        roles=record.roles,
+        groups=record.groups,
+        scopes=record.scopes,
+        credential_type="api_key",
+        api_key_id=record.api_key_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -132,24 +158,10 @@ class Authenticator:
         record = await self._store.key_record(tenant_id, parsed.prefix)
         if record is None or not apikeys.KeyHasher.matches(record.secret_hash, digest):
             raise invalid
-        now = time.time()
-        if record.revoke_time is not None:
-            raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
-        if record.expire_time is not None and record.expire_time.timestamp() <= now:
-            raise Unauthenticated("the API key has expired", reason="API_KEY_EXPIRED")
-        if record.tenant_state != "active":
-            raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
-        if record.user_state != "active":
-            raise Unauthenticated("the key's user is disabled", reason="USER_DISABLED")
-        principal = Principal(
-            tenant_id=tenant_id,
-            subject=record.user_id,
-            roles=record.roles,
-            groups=record.groups,
-            scopes=record.scopes,
-            credential_type="api_key",
-            api_key_id=record.api_key_id,
-        )
+        refused = key_refusal(record, time.time())
+        if refused is not None:
+            raise Unauthenticated(refused[1], reason=refused[0])
+        principal = key_principal(tenant_id, record)
         last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
         expires = record.expire_time.timestamp() if record.expire_time else None
         entry = IdentityEntry(principal, record.policy_version, expires, last_use_written=last_use)

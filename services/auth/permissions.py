@@ -22,13 +22,20 @@ NAMES: dict[PermissionValue, str] = {
     Permission.PERMISSION_AUDIT_ERASE: "audit.erase",
     Permission.PERMISSION_ADMIN: "admin",
     Permission.PERMISSION_PLATFORM_ADMIN: "platform.admin",
+    Permission.PERMISSION_TOKEN_DELEGATE: "token.delegate",
 }
 BY_NAME: dict[str, PermissionValue] = {name: value for value, name in NAMES.items()}
 
-# Everything a tenant may grant its own roles: platform administration is never a tenant's to give.
-TENANT_PERMISSIONS = frozenset(NAMES) - {Permission.PERMISSION_PLATFORM_ADMIN}
+# Held only by roles of the platform tenant: administering every tenant, and acting for any tenant's
+# stored principals (the gateway's job workers).
+PLATFORM_PERMISSIONS = frozenset({Permission.PERMISSION_PLATFORM_ADMIN, Permission.PERMISSION_TOKEN_DELEGATE})
+# Everything a tenant may grant its own roles.
+TENANT_PERMISSIONS = frozenset(NAMES) - PLATFORM_PERMISSIONS
 ADMIN_ROLE = "admin"
 PLATFORM_ADMIN_ROLE = "platform-admin"
+# The platform role of service accounts that run work for other principals later (the gateway's job
+# workers): token delegation and nothing else, so its key cannot administer anything.
+DELEGATOR_ROLE = "token-delegator"
 
 
 def name(permission: PermissionValue) -> str:
@@ -53,7 +60,8 @@ def role_permissions(policy: tenant_policy_pb2.TenantPolicy) -> dict[str, frozen
 def default_policy(*, platform: bool = False) -> tenant_policy_pb2.TenantPolicy:
     """Version 1 of a new tenant's policy: an ``admin`` role with every tenant permission.
 
-    The platform tenant also gets ``platform-admin``, the only role that may hold PERMISSION_PLATFORM_ADMIN.
+    The platform tenant also gets ``platform-admin``, the only role that may hold PERMISSION_PLATFORM_ADMIN,
+    and ``token-delegator`` (:func:`delegator_role`).
     """
     roles = [tenant_policy_pb2.RoleDefinition(role=ADMIN_ROLE, permissions=sorted(TENANT_PERMISSIONS))]
     if platform:
@@ -63,4 +71,11 @@ def default_policy(*, platform: bool = False) -> tenant_policy_pb2.TenantPolicy:
                 permissions=sorted(TENANT_PERMISSIONS | {Permission.PERMISSION_PLATFORM_ADMIN}),
             )
         )
+        roles.append(delegator_role())
     return tenant_policy_pb2.TenantPolicy(roles=roles)
+
+
+def delegator_role() -> tenant_policy_pb2.RoleDefinition:
+    return tenant_policy_pb2.RoleDefinition(
+        role=DELEGATOR_ROLE, permissions=[Permission.PERMISSION_TOKEN_DELEGATE]
+    )

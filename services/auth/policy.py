@@ -10,7 +10,13 @@ from urllib.parse import urlparse
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import InvalidArgument, PermissionDenied
 from services.auth import oidc
-from services.auth.permissions import NAMES, Permission, PermissionValue, name, role_permissions
+from services.auth.permissions import (
+    NAMES,
+    PLATFORM_PERMISSIONS,
+    PermissionValue,
+    name,
+    role_permissions,
+)
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,62}$")
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -121,8 +127,9 @@ def check_grants(
     """Refuse an edit that gives any role a permission its author does not hold (or platform rights to a tenant)."""
     before = role_permissions(old)
     for role, permissions in role_permissions(new).items():
-        if Permission.PERMISSION_PLATFORM_ADMIN in permissions and not platform_tenant:
-            raise escalation("platform.admin", role)
+        platform_only = permissions & PLATFORM_PERMISSIONS
+        if platform_only and not platform_tenant:
+            raise escalation(name(min(platform_only)), role)
         added = permissions - before.get(role, frozenset())
         missing = added - held
         if missing and not is_platform:

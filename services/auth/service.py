@@ -1,4 +1,4 @@
-"""The AuthService servicer: Authenticate, Authorize, GetJwks, GetEffectivePolicy."""
+"""The AuthService servicer: Authenticate, Authorize, GetJwks, GetEffectivePolicy, IssueDelegatedToken."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from parapet.kit.errors import InvalidArgument, NotFound
 from services.auth import permissions
 from services.auth.access import Access
 from services.auth.authenticator import Authenticator
+from services.auth.delegation import Delegator
 
 JWKS_MAX_AGE_SECONDS = 300
 pb = auth_service_pb2
@@ -29,9 +30,16 @@ def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, authenticator: Authenticator, access: Access, jwks: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        access: Access,
+        jwks: list[dict[str, Any]],
+        delegator: Delegator,
+    ) -> None:
         self._authenticator = authenticator
         self._access = access
+        self._delegator = delegator
         self._jwks = pb.GetJwksResponse(
             keys=[
                 signing_key_pb2.JsonWebKey(**{k: v for k, v in key.items() if k in _JWK_FIELDS})
@@ -83,6 +91,19 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         if 0 < models.max_tokens_per_request < request.max_tokens:
             return decision("MAX_TOKENS_EXCEEDED")
         return decision("ALLOWED")
+
+    async def IssueDelegatedToken(
+        self, request: pb.IssueDelegatedTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.IssueDelegatedTokenResponse:
+        issued = await self._delegator.issue(
+            require_principal(), request.tenant_id, request.subject, request.api_key_id
+        )
+        return pb.IssueDelegatedTokenResponse(
+            token=issued.token,
+            expire_time=timestamp_pb2.Timestamp(seconds=int(issued.expires)),
+            principal=issued.principal.to_proto(),
+            policy_version=issued.policy_version,
+        )
 
     async def GetJwks(
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]

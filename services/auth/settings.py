@@ -63,3 +63,9 @@ class AuthSettings(ServiceSettings):
         "`platform-admin` of the platform tenant), created at the first start only, file mode 0600. "
         "Unset: no bootstrap key (operators sign an internal token with the signing key instead).",
     )
+    auth_gateway_key_file: Path | None = Field(
+        None,
+        description="Where to write the API key of the platform service account `gateway` (role "
+        "`token-delegator`: IssueDelegatedToken only), which the gateway's job workers authenticate with; "
+        "created at the first start only, file mode 0600. Unset: no such account is created.",
+    )

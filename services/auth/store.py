@@ -16,6 +16,7 @@ on commit only, to every replica's listener (see ``services/auth/invalidation.py
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -116,6 +117,18 @@ class AuthStore:
     # -- reads -----------------------------------------------------------------------------------------
 
     async def key_record(self, tenant_id: str, prefix: str) -> KeyRecord | None:
+        """The key with ``prefix`` (Authenticate)."""
+        return await self._key_record(tenant_id, "k.prefix = :p", {"p": prefix})
+
+    async def key_record_by_id(self, tenant_id: str, api_key_id: str) -> KeyRecord | None:
+        """The key ``api_key_id`` (IssueDelegatedToken); None for an id that is not a UUID."""
+        try:
+            key_uuid = str(uuid.UUID(api_key_id))
+        except ValueError:
+            return None
+        return await self._key_record(tenant_id, "k.api_key_id = CAST(:k AS uuid)", {"k": key_uuid})
+
+    async def _key_record(self, tenant_id: str, condition: str, params: dict[str, str]) -> KeyRecord | None:
         async with self.tenant(tenant_id) as session:
             row = (
                 (
@@ -129,10 +142,10 @@ class AuthStore:
                         FROM api_keys k
                         JOIN users u USING (tenant_id, user_id)
                         JOIN tenants t USING (tenant_id)
-                        WHERE k.prefix = :p
-                        """
+                        WHERE """
+                            + condition
                         ),
-                        {"p": prefix},
+                        params,
                     )
                 )
                 .mappings()

@@ -254,3 +254,71 @@ class GetEffectivePolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEffectivePolicyResponse: _TypeAlias = GetEffectivePolicyResponse  # noqa: Y015
+
+@_typing.final
+class IssueDelegatedTokenRequest(_message.Message):
+    """Request of AuthService.IssueDelegatedToken: the stored principal, by the ids auth issued it under."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Tenant of the principal."""
+    subject: _builtins.str
+    """Subject (user id) of the principal; must be the API key's user."""
+    api_key_id: _builtins.str
+    """The API key the principal authenticated with (Principal.api_key_id); re-checked now."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "subject", b"subject", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueDelegatedTokenRequest: _TypeAlias = IssueDelegatedTokenRequest  # noqa: Y015
+
+@_typing.final
+class IssueDelegatedTokenResponse(_message.Message):
+    """Response of AuthService.IssueDelegatedToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The internal token (compact JWT, EdDSA), as Authenticate returns it, plus an `act` claim naming the caller."""
+    policy_version: _builtins.int
+    """Version of the tenant policy in force when the token was issued."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires; ask again before then."""
+
+    @_builtins.property
+    def principal(self) -> _principal_pb2.Principal:
+        """The principal the token holds, as of now."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        principal: _principal_pb2.Principal | None = ...,
+        policy_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "principal", b"principal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "policy_version", b"policy_version", "principal", b"principal", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueDelegatedTokenResponse: _TypeAlias = IssueDelegatedTokenResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class AuthServiceStub:
                 request_serializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyRequest.SerializeToString,
                 response_deserializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyResponse.FromString,
                 _registered_method=True)
+        self.IssueDelegatedToken = channel.unary_unary(
+                '/parapet.auth.v1.AuthService/IssueDelegatedToken',
+                request_serializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenRequest.SerializeToString,
+                response_deserializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -101,6 +106,19 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueDelegatedToken(self, request, context):
+        """Issues a fresh internal token for a principal that authenticated earlier with an API key (a queued job's
+        submitter), without that key: the key is looked up by its id and re-checked now, so a key revoked or expired
+        since, a disabled user or a disabled tenant gives FAILED_PRECONDITION with the reason Authenticate would give
+        (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
+        are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
+        PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+        Idempotent: yes, because a repeat only issues another token for the same principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +141,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetEffectivePolicy,
                     request_deserializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyRequest.FromString,
                     response_serializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyResponse.SerializeToString,
+            ),
+            'IssueDelegatedToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueDelegatedToken,
+                    request_deserializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenRequest.FromString,
+                    response_serializer=parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +258,33 @@ class AuthService:
             '/parapet.auth.v1.AuthService/GetEffectivePolicy',
             parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyRequest.SerializeToString,
             parapet_dot_auth_dot_v1_dot_auth__service__pb2.GetEffectivePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueDelegatedToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.auth.v1.AuthService/IssueDelegatedToken',
+            parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenRequest.SerializeToString,
+            parapet_dot_auth_dot_v1_dot_auth__service__pb2.IssueDelegatedTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,15 @@ class AuthServiceStub:
     actions, allowed models, budgets, retention). Callers cache it by version.
     Idempotent: yes, because it changes no state.
     """
+    IssueDelegatedToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.IssueDelegatedTokenRequest, _auth_service_pb2.IssueDelegatedTokenResponse]
+    """Issues a fresh internal token for a principal that authenticated earlier with an API key (a queued job's
+    submitter), without that key: the key is looked up by its id and re-checked now, so a key revoked or expired
+    since, a disabled user or a disabled tenant gives FAILED_PRECONDITION with the reason Authenticate would give
+    (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
+    are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
+    PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+    Idempotent: yes, because a repeat only issues another token for the same principal.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -86,6 +95,15 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Returns the current tenant policy of the caller's tenant, for services that enforce part of it (moderation
     actions, allowed models, budgets, retention). Callers cache it by version.
     Idempotent: yes, because it changes no state.
+    """
+    IssueDelegatedToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.IssueDelegatedTokenRequest, _auth_service_pb2.IssueDelegatedTokenResponse]  # type: ignore[assignment]
+    """Issues a fresh internal token for a principal that authenticated earlier with an API key (a queued job's
+    submitter), without that key: the key is looked up by its id and re-checked now, so a key revoked or expired
+    since, a disabled user or a disabled tenant gives FAILED_PRECONDITION with the reason Authenticate would give
+    (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
+    are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
+    PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+    Idempotent: yes, because a repeat only issues another token for the same principal.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +155,21 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the current tenant policy of the caller's tenant, for services that enforce part of it (moderation
         actions, allowed models, budgets, retention). Callers cache it by version.
         Idempotent: yes, because it changes no state.
+        """
+
+    @_abc_1.abstractmethod
+    def IssueDelegatedToken(
+        self,
+        request: _auth_service_pb2.IssueDelegatedTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.IssueDelegatedTokenResponse, _abc.Awaitable[_auth_service_pb2.IssueDelegatedTokenResponse]]:
+        """Issues a fresh internal token for a principal that authenticated earlier with an API key (a queued job's
+        submitter), without that key: the key is looked up by its id and re-checked now, so a key revoked or expired
+        since, a disabled user or a disabled tenant gives FAILED_PRECONDITION with the reason Authenticate would give
+        (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
+        are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
+        PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+        Idempotent: yes, because a repeat only issues another token for the same principal.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/auth/v1/permission.proto\x12\x0fparapet.auth.v1*\x9b\x02\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERMISSION_CHAT\x10\x01\x12\x15\n\x11PERMISSION_INGEST\x10\x02\x12\x1d\n\x19PERMISSION_DOCUMENTS_READ\x10\x03\x12\x1f\n\x1bPERMISSION_DOCUMENTS_DELETE\x10\x04\x12\x19\n\x15PERMISSION_USAGE_READ\x10\x05\x12\x19\n\x15PERMISSION_AUDIT_READ\x10\x06\x12\x1a\n\x16PERMISSION_AUDIT_ERASE\x10\x07\x12\x14\n\x10PERMISSION_ADMIN\x10\x08\x12\x1d\n\x19PERMISSION_PLATFORM_ADMIN\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/auth/v1/permission.proto\x12\x0fparapet.auth.v1*\xba\x02\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERMISSION_CHAT\x10\x01\x12\x15\n\x11PERMISSION_INGEST\x10\x02\x12\x1d\n\x19PERMISSION_DOCUMENTS_READ\x10\x03\x12\x1f\n\x1bPERMISSION_DOCUMENTS_DELETE\x10\x04\x12\x19\n\x15PERMISSION_USAGE_READ\x10\x05\x12\x19\n\x15PERMISSION_AUDIT_READ\x10\x06\x12\x1a\n\x16PERMISSION_AUDIT_ERASE\x10\x07\x12\x14\n\x10PERMISSION_ADMIN\x10\x08\x12\x1d\n\x19PERMISSION_PLATFORM_ADMIN\x10\t\x12\x1d\n\x19PERMISSION_TOKEN_DELEGATE\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parapet.auth.v1.permission_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PERMISSION']._serialized_start=54
-  _globals['_PERMISSION']._serialized_end=337
+  _globals['_PERMISSION']._serialized_end=368
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,10 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     """Administer the tenant: users, roles, groups, API keys, policy."""
     PERMISSION_PLATFORM_ADMIN: _Permission.ValueType  # 9
     """Administer every tenant (create, list, disable tenants). Granted only to platform operators."""
+    PERMISSION_TOKEN_DELEGATE: _Permission.ValueType  # 10
+    """Obtain a fresh internal token for a principal stored earlier (AuthService.IssueDelegatedToken), as the
+    gateway's job workers do for a job's submitter. Granted only to platform service accounts.
+    """
 
 class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
     """An action a role may allow. Roles (named in the tenant policy) grant sets of permissions."""
@@ -66,4 +70,8 @@ PERMISSION_ADMIN: Permission.ValueType  # 8
 """Administer the tenant: users, roles, groups, API keys, policy."""
 PERMISSION_PLATFORM_ADMIN: Permission.ValueType  # 9
 """Administer every tenant (create, list, disable tenants). Granted only to platform operators."""
+PERMISSION_TOKEN_DELEGATE: Permission.ValueType  # 10
+"""Obtain a fresh internal token for a principal stored earlier (AuthService.IssueDelegatedToken), as the
+gateway's job workers do for a job's submitter. Granted only to platform service accounts.
+"""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015
