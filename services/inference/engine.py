@@ -28,10 +28,12 @@ from parapet.inference.v1 import (
     prompt_template_pb2,
     routing_pb2,
 )
+from parapet.kit import metrics
 from parapet.kit.context import deadline_var, require_principal
-from parapet.kit.errors import InvalidArgument, Unavailable
+from parapet.kit.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.inference.attempt import timed_events
+from services.inference.attempt_metrics import AttemptClock, error_type
 from services.inference.cache.keys import CacheKey, partition_key, scope_key
 from services.inference.cache.store import CachedAnswer, SemanticCache
 from services.inference.config import InferenceConfig, ModelConfig
@@ -229,11 +231,13 @@ class Engine:
     async def _lookup(self, key: CacheKey, question: str) -> CachedAnswer | None:
         assert self.cache is not None
         try:
-            return await self.cache.lookup(key, question)
+            hit = await self.cache.lookup(key, question)
         except Exception:
-            # The cache is an optimisation: when it fails the model answers.
+            # The cache is an optimisation: when it fails the model answers (counted as a miss: no hit).
             log.warning("semantic cache lookup failed; answering without it", exc_info=True)
-            return None
+            hit = None
+        metrics.record_cache_lookup("semantic", hit is not None)
+        return hit
 
     def _store_later(
         self,
@@ -376,15 +380,18 @@ class Engine:
                     )
                     break
                 received: list[str] = []
+                clock = AttemptClock(model)
                 try:
                     async for event in timed_events(provider.stream(request), timeouts, deadline):
                         if isinstance(event, Delta):
+                            clock.token()
                             if state.first_token is None:
                                 state.first_token = time.monotonic()
                             received.append(event.text)
                             state.text.append(event.text)
                             yield Response(text_delta=completion_pb2.TextDelta(text=event.text))
                         elif isinstance(event, Finish):
+                            clock.done()
                             breaker.record(True)
                             if event.usage is not None:
                                 state.tally.add(model, event.usage, estimated=False)
@@ -396,6 +403,7 @@ class Engine:
                             return
                     raise ProviderError("interrupted", "the provider ended without a finish")
                 except ProviderError as error:
+                    clock.done(error_type(error))
                     breaker.record(error.kind == "rejected")
                     last_error = error
                     if error.kind == "interrupted" or received:
@@ -438,7 +446,9 @@ class Engine:
                         )
                         break
                     await asyncio.sleep(delay)
-                except BaseException:
+                except BaseException as error:
+                    if isinstance(error, DeadlineExceeded):
+                        clock.done("timeout")  # the caller's deadline came before the model's answer
                     breaker.release()
                     raise
         retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0

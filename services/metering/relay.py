@@ -17,10 +17,14 @@ from typing import Any
 from nats.js.api import PubAck
 from sqlalchemy import text
 
+from parapet.kit import metrics
 from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
 
 log = logging.getLogger(__name__)
+
+# Unsent events, the usage_outbox_pending gauge (served by the partial index outbox_unsent).
+_PENDING = "SELECT count(*) FROM outbox WHERE sent_time IS NULL"
 
 
 class OutboxRelay:
@@ -40,12 +44,18 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish up to one batch; returns how many were acknowledged (and are now marked sent)."""
+        acked = await self._publish_batch()
+        if acked:
+            metrics.record_usage_published(acked)  # after the commit that marked them sent
+        return acked
+
+    async def _publish_batch(self) -> int:
         async with self._database.transaction() as session:
             rows = (
                 await session.execute(
                     text(
-                        """
-                        SELECT id, event_id, subject, payload, headers FROM outbox
+                        f"""
+                        SELECT id, event_id, subject, payload, headers, ({_PENDING}) FROM outbox
                         WHERE sent_time IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
                         """
                     ),
@@ -53,6 +63,9 @@ class OutboxRelay:
                 )
             ).all()
             if not rows:
+                # Nothing this relay may take; rows other relays hold are still waiting (a stalled NATS
+                # keeps them there), so the gauge keeps counting them rather than dropping to 0.
+                metrics.set_usage_outbox_pending(int((await session.execute(text(_PENDING))).scalar_one()))
                 return 0
             results = await self._publish(rows)
             acked = [
@@ -71,6 +84,8 @@ class OutboxRelay:
                     text("UPDATE outbox SET sent_time = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
                     {"ids": acked},
                 )
+            # Counted by the SELECT above, before this batch: every unsent row, held by any relay or not.
+            metrics.set_usage_outbox_pending(int(rows[0][5]) - len(acked))
             return len(acked)
 
     async def _publish(self, rows: Sequence[Sequence[Any]]) -> list[object]:
@@ -87,7 +102,7 @@ class OutboxRelay:
             # flush each message in its own write; without, the batch goes out in a few large writes. The
             # timeout bounds a stall on the client's limit of outstanding acks instead.
             async with asyncio.timeout(self._ack_timeout):
-                for _, event_id, subject, payload, headers in rows:
+                for _, event_id, subject, payload, headers, _pending in rows:
                     futures.append(
                         await jetstream.publish_async(
                             subject, bytes(payload), headers={**headers, MSG_ID_HEADER: str(event_id)}

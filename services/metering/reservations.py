@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from parapet.kit import metrics
 from parapet.kit.database import Database, engine_options
 from parapet.kit.errors import QuotaExceeded
 from parapet.kit.identity import Principal
@@ -152,7 +153,7 @@ async def reserve(
                     budgets=budgets,
                     rate_limits=rate_limits,
                 )
-            _refuse(outcome, now)  # the statement already rolled itself back
+            _refuse(outcome, now, tenant)  # the statement already rolled itself back
             if outcome.row is None:  # a retry of a reservation already made: hold nothing again
                 break
             return ReserveResult(_row(outcome.row), tuple(outcome.held))
@@ -172,9 +173,10 @@ async def reserve(
     return ReserveResult(existing, ())
 
 
-def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime) -> None:
+def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime, tenant: str) -> None:
     if outcome.refused_rates:
         refused_rates = outcome.refused_rates
+        metrics.record_budget_denial(tenant, "rate_limit")
         raise QuotaExceeded(
             "rate limit reached; retry after the delay in RetryInfo",
             reason="RATE_LIMITED",
@@ -184,6 +186,7 @@ def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime) -> None:
         )
     if outcome.refused_budgets:
         refused = outcome.refused_budgets
+        metrics.record_budget_denial(tenant, "budget")
         retry = max(b.window_end for b in refused) - now
         raise QuotaExceeded(
             f"budget {refused[0].budget_id} has no room for this request until its window resets",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parapet.kit import metrics
 from parapet.kit.database import Database
 from parapet.kit.errors import FailedPrecondition, NotFound
 from services.metering import counters, ledger, reservations
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 class Settlement:
     record: UsageRecord  # the ledger row (the first one, for a repeated request_id)
     reservation: ReservationRow | None
+    appended: bool = True  # False: a repeated request_id, answered with the first settlement
 
 
 def _not_found(reservation_id: str) -> NotFound:
@@ -77,7 +80,28 @@ async def settle(database: Database, record: UsageRecord, budgets_now: Sequence[
         await counters.move_holds(session, tenant, settled.holds, release=False, **spent)
         return Settlement(record, settled)
 
-    return await with_retry(database, work)
+    result = await with_retry(database, work)
+    if result.appended:
+        # Counted after the ledger row committed: once per settled request, never per retried transaction
+        # nor for a repeated request_id.
+        metrics.record_usage(
+            tenant,
+            model_label(record.model),
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            cached_tokens=record.cached_tokens,
+            cost_micros=record.cost_micros,
+            currency=record.currency_code,
+        )
+    return result
+
+
+_MODEL_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")
+
+
+def model_label(model: str) -> str:
+    """The model as a metric label: a model name as callers report it, else ``other`` (never free text)."""
+    return model if _MODEL_LABEL.match(model) else "other"
 
 
 async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
@@ -90,7 +114,7 @@ async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
         if first.reservation_id
         else None
     )
-    return Settlement(first, reservation)
+    return Settlement(first, reservation, appended=False)
 
 
 async def release(database: Database, tenant: str, reservation_id: str, reason: str) -> ReservationRow:

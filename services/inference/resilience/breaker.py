@@ -14,9 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from parapet.kit import metrics
 from services.inference.config import BreakerConfig
 
 State = Literal["closed", "open", "half_open"]
+_GAUGE = {
+    "closed": metrics.BreakerState.CLOSED,
+    "half_open": metrics.BreakerState.HALF_OPEN,
+    "open": metrics.BreakerState.OPEN,
+}
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,15 @@ class Transition:
 
 
 class CircuitBreaker:
-    def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: BreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[State], None] | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self._on_change = on_change
         self._outcomes: deque[bool] = deque(maxlen=config.window)
         self._state: State = "closed"
         self._opened_at = 0.0
@@ -55,6 +67,8 @@ class CircuitBreaker:
             self._trials_passed = 0
         if new == "closed":
             self._outcomes.clear()
+        if self._on_change is not None:
+            self._on_change(new)
 
     def allow(self) -> bool:
         """Whether a call may go to the provider now (a half-open trial counts as started)."""
@@ -104,5 +118,10 @@ class Breakers:
         key = (provider, model)
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[key] = CircuitBreaker(self._config, self._clock)
+
+            def export(state: State) -> None:
+                metrics.set_breaker_state(provider, model, _GAUGE[state])
+
+            breaker = self._breakers[key] = CircuitBreaker(self._config, self._clock, export)
+            export("closed")  # the series reads 0 from the first use on, not only after a first change
         return breaker

@@ -4,8 +4,6 @@ trace id, and the audit service's /metrics, scraped over HTTP, has the RPC and a
 
 from __future__ import annotations
 
-import asyncio
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,7 +13,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc, interaction_pb2
 from parapet.embedded import EmbeddedNats
@@ -32,22 +29,13 @@ from parapet.kit.testing import (
 )
 from services.audit.app import APP as AUDIT_APP
 from tests.integration.audit.conftest import audit_settings, new_tenant
+from tests.integration.observability.scrape import scrape
 
 GATEWAY = "test.gateway.v1.Chat"
 
 
 def _parent(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
-
-
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def test_one_trace_across_every_hop_and_metrics_over_http(
@@ -136,8 +124,7 @@ async def test_one_trace_across_every_hop_and_metrics_over_http(
         assert attributes["gen_ai.usage.output_tokens"] == 2
         assert tuple(attributes["gen_ai.response.finish_reasons"]) == ("stop",)  # type: ignore[arg-type]
 
-        assert audit_server.metrics_port is not None
-        samples = await asyncio.to_thread(_scrape, audit_server.metrics_port)
+        samples = await scrape(audit_server.metrics_port)
         record_ok = (
             "parapet_rpc_server_duration_seconds_count",
             (
@@ -148,4 +135,4 @@ async def test_one_trace_across_every_hop_and_metrics_over_http(
         )
         assert samples[record_ok] >= 1
         assert samples[("parapet_audit_records_total", (("outcome", "appended"), ("source", "rpc")))] >= 1
-        assert any(name == "parapet_rpc_server_duration_seconds_bucket" for name, _ in samples)
+        assert "parapet_rpc_server_duration_seconds_bucket" in samples.names()
