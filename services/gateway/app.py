@@ -1,29 +1,40 @@
-"""The gateway service as the kit runs it (`parapet serve gateway`).
+"""The gateway service as the kit runs it (`parapet serve gateway`): the governed chat (ChatService).
 
-Its RPCs are pending until issue #10 (the governed streaming chat): each answers UNIMPLEMENTED with a message naming that
-issue, never a made-up result.
+JobService stays pending (UNIMPLEMENTED naming issue #10) until the job worker is wired in.
 """
 
 from pathlib import Path
 
+import grpc.aio
+
+from parapet.events.audit import AUDIT_STREAM
 from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
-from parapet.kit.app import ServiceApp
+from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.pending import GeneratedService, register_pending
+from services.gateway.flow import ChatFlow
+from services.gateway.identity import Authenticator
+from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
 
 CHAT_SERVICE = GeneratedService(chat_service_pb2, chat_service_pb2_grpc, "ChatService")
 JOB_SERVICE = GeneratedService(job_service_pb2, job_service_pb2_grpc, "JobService")
 
+_register_jobs_pending = register_pending((JOB_SERVICE,), "issue #10 (async jobs)")
+
+
+async def register(server: grpc.aio.Server, resources: Resources[GatewaySettings]) -> None:
+    flow = await ChatFlow.open(resources)
+    authenticator = Authenticator(flow.peers, resources.settings)
+    flow.on_tenant_change.append(authenticator.invalidate_tenant)
+    flow.on_reset.append(authenticator.clear)
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(authenticator, flow), server)
+    await _register_jobs_pending(server, resources)
+
+
 APP = ServiceApp(
     name="gateway",
     settings_type=GatewaySettings,
-    register=register_pending(
-        (
-            CHAT_SERVICE,
-            JOB_SERVICE,
-        ),
-        "issue #10 (the governed streaming chat)",
-    ),
+    register=register,
     service_names=(
         CHAT_SERVICE.full_name,
         JOB_SERVICE.full_name,
@@ -31,6 +42,8 @@ APP = ServiceApp(
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
+    # Audit records go to the AUDIT stream; declared by every producer with the same configuration.
+    streams=(AUDIT_STREAM,),
     # Callers present their own API key or OIDC token, which the gateway exchanges at the auth service;
     # they hold no internal token, so the kit's identity check does not apply here.
     public_methods=frozenset(

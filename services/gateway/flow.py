@@ -1,39 +1,680 @@
 """The governed chat flow, everything after authentication: the seam the chat RPCs and the job worker share.
 
-``ChatFlow.stream`` runs authorize → screen input → (reserve budget ∥ retrieve) → infer → screen output while
-streaming → unmask → summary, then settles usage and audits off the caller's critical path. ``complete`` is
-the same flow collected into one ``ChatResponse``. Errors are the kit's typed errors (``parapet.kit.errors``),
-exactly what a ``Chat`` caller receives as its status.
+``ChatFlow.stream`` runs authorize → (screen input ∥ reserve budget ∥ retrieve) → infer → screen output while
+streaming (moderation's ScreenStream also restores the caller's masked values) → summary, then settles usage
+and audits in a tracked task after the summary went out (off the caller's critical path; the server's drain
+waits for it; undeliverable results go to the outbox). ``complete`` is the same flow collected. Errors are the
+kit's typed errors (``parapet.kit.errors``), exactly what a ``Chat`` caller receives as its status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from parapet.gateway.v1 import chat_service_pb2
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from parapet import tokens
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.gateway.v1 import chat_pb2, chat_service_pb2
+from parapet.inference.v1 import completion_pb2, generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit.app import Resources
-from parapet.kit.errors import Unimplemented
+from parapet.kit.context import remaining_time
+from parapet.kit.errors import ParapetError, Unavailable
+from parapet.metering.v1 import metering_service_pb2
+from parapet.moderation.v1 import finding_pb2, moderation_service_pb2
+from parapet.retrieval.v1 import retrieval_service_pb2
+from services.auth.invalidation import InvalidationListener
+from services.gateway import screening
 from services.gateway.caller import Caller
+from services.gateway.catalog import ModelCatalog
+from services.gateway.delivery import Deliveries
+from services.gateway.errors import is_down, relayed
+from services.gateway.idempotency import IdempotencyStore, request_hash
+from services.gateway.peers import Peers
+from services.gateway.policy import TenantPolicies
+from services.gateway.records import Outcome, audit_record, settle_request
 from services.gateway.settings import GatewaySettings
+from services.gateway.validation import validate
+
+log = logging.getLogger(__name__)
+
+Event = chat_service_pb2.StreamChatResponse
+_NO_DEADLINE_LEASE = 900.0  # an idempotency key whose run has no deadline is taken over after this
+_DEFAULT_TOP_K = 8
+_CHUNK_TOKENS = 320  # retrieval's chunk size (256 word pieces by default) with margin
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(max(0, int(seconds * 1e9)))
+    return value
+
+
+def _notice(kind: chat_pb2.NoticeType.ValueType, message: str) -> Event:
+    return Event(notice=chat_pb2.Notice(type=kind, message=message))
+
+
+def _prompt_tokens(messages: list[str], context: list[completion_pb2.ContextChunk]) -> int:
+    """A cheap upper-leaning estimate for the reservation (about 3 characters per token, plus framing);
+    settlement uses the provider's exact count."""
+    chars = sum(len(t) for t in messages) + sum(len(c.text) + len(c.title) for c in context)
+    return chars // 3 + 8 * (len(messages) + len(context)) + 64
+
+
+@dataclass
+class _Run:
+    caller: Caller
+    request: chat_service_pb2.StreamChatRequest
+    request_id: str
+    outcome: Outcome
+    started: float = field(default_factory=time.perf_counter)
+    provider_wait: float = 0.0
+    prompt_tokens: int = 0
+    model: str = ""
+    delivered: bool = False  # a text delta went out
+
+
+def _budgeted(policy: tenant_policy_pb2.TenantPolicy, caller: Caller) -> bool:
+    """Whether any budget of the policy applies to the caller (metering's own rule, docs/metering.md)."""
+    p = caller.principal
+    for budget in policy.budgets:
+        if budget.scope == tenant_policy_pb2.BUDGET_SCOPE_TENANT:
+            return True
+        if budget.scope == tenant_policy_pb2.BUDGET_SCOPE_USER and budget.scope_id in ("", p.subject):
+            return True
+        if (
+            budget.scope == tenant_policy_pb2.BUDGET_SCOPE_API_KEY
+            and p.api_key_id
+            and budget.scope_id in ("", p.api_key_id)
+        ):
+            return True
+    return False
 
 
 class ChatFlow:
     """One per process; safe for concurrent use (it holds channels and caches, no per-request state)."""
 
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        peers: Peers,
+        deliveries: Deliveries,
+        idempotency: IdempotencyStore,
+    ) -> None:
+        self._settings = settings
+        self._peers = peers
+        self._deliveries = deliveries
+        self._idempotency = idempotency
+        self._timeout = settings.gateway_downstream_timeout_seconds
+        self.policies = TenantPolicies(peers, settings)
+        self.catalog = ModelCatalog(peers, settings)
+        # Called with a tenant id when auth announces a change of that tenant, and with nothing when changes
+        # may have been missed; authentication adds its cache here too.
+        self.on_tenant_change: list[Any] = [self.policies.invalidate_tenant, self.catalog.invalidate_tenant]
+        self.on_reset: list[Any] = [self.policies.clear]
+        self._tasks: set[asyncio.Task[None]] = set()
+
     @classmethod
     async def open(cls, resources: Resources[GatewaySettings]) -> ChatFlow:
-        """The flow on the service's resources; its channels and background tasks close with them."""
-        return cls()
+        """The flow on the service's resources; its channels, relay and listener close with them, after the
+        finalisers of answered requests have run."""
+        settings = resources.settings
+        database = resources.require_database()
+        peers = Peers.open(settings)
+        idempotency = IdempotencyStore(database, ttl_seconds=settings.gateway_idempotency_seconds)
+        deliveries = Deliveries(
+            database,
+            resources.require_bus(),
+            peers,
+            idempotency,
+            interval=settings.gateway_outbox_interval_seconds,
+            timeout=settings.gateway_downstream_timeout_seconds,
+        )
+        flow = cls(settings, peers, deliveries, idempotency)
+        resources.cleanup.push_async_callback(peers.close)
+        resources.spawn(deliveries.run(), name="gateway-outbox-relay")
+        if settings.database_url:
+            listener = InvalidationListener(settings.database_url, flow.on_tenant_change, flow.on_reset)
+            resources.spawn(listener.run(), name="gateway-cache-invalidation")
+        # Registered last, so it runs first on shutdown: finalisers still need the channels and the relay.
+        resources.cleanup.push_async_callback(flow.drain)
+        return flow
+
+    @property
+    def deliveries(self) -> Deliveries:
+        return self._deliveries
+
+    @property
+    def peers(self) -> Peers:
+        return self._peers
+
+    async def drain(self) -> None:
+        """Wait for every pending finaliser (settlement, audit, idempotency record)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _track(self, coroutine: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the public seam ---------------------------------------------------------------------------------
 
     async def stream(
         self, caller: Caller, request: chat_service_pb2.StreamChatRequest, *, request_id: str
-    ) -> AsyncIterator[chat_service_pb2.StreamChatResponse]:
+    ) -> AsyncIterator[Event]:
         """The answer as events: citations, then screened text deltas and notices, then one summary."""
-        raise Unimplemented("the chat flow is being built (issue #10)")
-        yield chat_service_pb2.StreamChatResponse()  # pragma: no cover - makes this an async generator
+        validate(request)
+        key = request.idempotency_key
+        if key:
+            remaining = remaining_time()
+            replay = await self._idempotency.claim(
+                caller.tenant_id,
+                key,
+                request_hash(request),
+                request_id,
+                lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
+            )
+            if replay is not None:
+                for event in replay.events:
+                    yield event
+                return
+        request_time = timestamp_pb2.Timestamp()
+        request_time.GetCurrentTime()
+        run = _Run(
+            caller,
+            request,
+            request_id,
+            Outcome(
+                caller=caller,
+                request_id=request_id,
+                request_time=request_time,
+                feature=request.feature,
+                requested_model=request.model,
+                labels=dict(request.metadata),
+                retention=tenant_policy_pb2.RetentionPolicy(),
+                prompt_raw=list(request.messages),
+            ),
+        )
+        events: list[Event] = []
+        try:
+            async for event in self._run(run):
+                if key:
+                    events.append(event)
+                yield event
+        except ParapetError as error:
+            run.outcome.status_code = error.code.value[0]
+            run.outcome.error_reason = error.reason
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            run.outcome.status_code = grpc.StatusCode.CANCELLED.value[0]
+            run.outcome.error_reason = "CANCELLED"
+            if run.outcome.finish_reason in (generation_pb2.FINISH_REASON_UNSPECIFIED,):
+                run.outcome.finish_reason = generation_pb2.FINISH_REASON_CANCELLED
+            raise
+        except BaseException:
+            run.outcome.status_code = grpc.StatusCode.INTERNAL.value[0]
+            run.outcome.error_reason = "INTERNAL_ERROR"
+            raise
+        finally:
+            run.outcome.duration = time.perf_counter() - run.started
+            # A task of its own: it must finish even though this generator is being cancelled with the call.
+            self._track(self._finalise(run, events), name=f"finalise-{request_id}")
 
     async def complete(
         self, caller: Caller, request: chat_service_pb2.ChatRequest, *, request_id: str
     ) -> chat_service_pb2.ChatResponse:
         """The same flow as :meth:`stream`, collected."""
-        raise Unimplemented("the chat flow is being built (issue #10)")
+        streamed = chat_service_pb2.StreamChatRequest.FromString(request.SerializeToString())
+        response = chat_service_pb2.ChatResponse()
+        parts: list[str] = []
+        async for event in self.stream(caller, streamed, request_id=request_id):
+            kind = event.WhichOneof("event")
+            if kind == "text_delta":
+                parts.append(event.text_delta.text)
+            elif kind == "citation":
+                response.citations.append(event.citation)
+            elif kind == "notice":
+                response.notices.append(event.notice)
+            elif kind == "summary":
+                response.summary.CopyFrom(event.summary)
+        response.text = "".join(parts)
+        return response
+
+    # -- the steps ------------------------------------------------------------------------------------------
+
+    def metadata(self, run: _Run) -> tuple[tuple[str, str], ...]:
+        return (*run.caller.auth_metadata(), ("x-request-id", run.request_id))
+
+    def _max_tokens(
+        self, request: chat_service_pb2.StreamChatRequest, policy: tenant_policy_pb2.TenantPolicy
+    ) -> tuple[int, bool]:
+        """The output limit sent to the model (and reserved for), and whether the policy lowered the caller's."""
+        cap = policy.models.max_tokens_per_request
+        if request.generation.HasField("max_tokens"):
+            wanted = request.generation.max_tokens
+            return (cap, True) if cap and wanted > cap else (wanted, False)
+        default = self._settings.gateway_default_max_tokens
+        return (min(default, cap) if cap else default), False
+
+    async def _reserve(
+        self, run: _Run, policy: tenant_policy_pb2.TenantPolicy, max_tokens: int
+    ) -> list[Event]:
+        estimate = await self.catalog.estimate(run.caller, run.model, run.prompt_tokens, max_tokens)
+        try:
+            reply = await self._peers.metering.stub.Reserve(
+                metering_service_pb2.ReserveRequest(
+                    request_id=run.request_id,
+                    feature=run.request.feature,
+                    model=run.model,
+                    estimated_tokens=estimate.tokens,
+                    estimated_cost=estimate.cost,
+                ),
+                metadata=self.metadata(run),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            if not is_down(error):
+                raise relayed(error) from None
+            mode = policy.degradation.metering_unavailable
+            refuse = mode == tenant_policy_pb2.METERING_DEGRADATION_REFUSE or (
+                mode != tenant_policy_pb2.METERING_DEGRADATION_PROCEED and _budgeted(policy, run.caller)
+            )
+            if refuse:
+                raise Unavailable(
+                    "Budget checks are unavailable and this tenant has budgets; please retry shortly.",
+                    reason="METERING_UNAVAILABLE",
+                    retry_after=1.0,
+                ) from None
+            log.warning(
+                "metering unavailable; answering and settling later", extra={"request_id": run.request_id}
+            )
+            return []
+        run.outcome.reservation_id = reply.reservation.reservation_id
+        return [
+            Event(
+                notice=chat_pb2.Notice(
+                    type=chat_pb2.NOTICE_TYPE_BUDGET_SOFT_LIMIT,
+                    message=f"Budget '{w.budget_id}' is at {w.used_percent}% of its limit.",
+                    budget_id=w.budget_id,
+                    budget_used_percent=w.used_percent,
+                )
+            )
+            for w in reply.soft_limit_warnings
+        ]
+
+    async def _retrieve(
+        self, run: _Run, policy: tenant_policy_pb2.TenantPolicy
+    ) -> tuple[list[Any], list[Event]]:
+        options = run.request.retrieval
+        question = run.request.messages[-1].content
+        try:
+            reply = await self._peers.retrieval.stub.Query(
+                retrieval_service_pb2.QueryRequest(
+                    query=question,
+                    top_k=options.top_k or _DEFAULT_TOP_K,
+                    min_score=options.min_score,
+                    metadata_filter=dict(options.metadata_filter),
+                    document_ids=list(options.document_ids),
+                    request_id=run.request_id,
+                ),
+                metadata=self.metadata(run),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            if not is_down(error):
+                raise relayed(error) from None
+            refuse = (
+                options.mode == chat_pb2.RETRIEVAL_MODE_REQUIRED
+                or policy.degradation.retrieval_unavailable == tenant_policy_pb2.RETRIEVAL_DEGRADATION_REFUSE
+            )
+            if refuse:
+                raise Unavailable(
+                    "Document search is unavailable, and this request needs it; please retry shortly.",
+                    reason="RETRIEVAL_UNAVAILABLE",
+                    retry_after=1.0,
+                ) from None
+            return [], [
+                _notice(
+                    chat_pb2.NOTICE_TYPE_RETRIEVAL_DEGRADED,
+                    "Document search was unavailable; this answer is not grounded in your documents.",
+                )
+            ]
+        return list(reply.chunks), []
+
+    async def _prepare(
+        self, run: _Run
+    ) -> tuple[inference_service_pb2.StreamCompleteRequest, screening.ScreenedInput, list[Event]]:
+        """Everything before the model call; returns its request, the screened input, and the events to send
+        before the first delta (citations, then notices)."""
+        caller, request = run.caller, run.request
+        policy = await self.policies.policy(caller)
+        run.outcome.retention = policy.retention
+        run.model = request.model or policy.models.default_model
+        max_tokens, capped = self._max_tokens(request, policy)
+        await self.policies.authorize(caller, model=run.model, feature=request.feature, max_tokens=max_tokens)
+        retrieve = request.retrieval.mode != chat_pb2.RETRIEVAL_MODE_DISABLED
+        # The reservation runs beside retrieval, so the context it will add is held at its largest.
+        context_tokens = (request.retrieval.top_k or _DEFAULT_TOP_K) * _CHUNK_TOKENS if retrieve else 0
+        run.prompt_tokens = _prompt_tokens([m.content for m in request.messages], []) + context_tokens
+        # Independent steps run at once: screening, the budget hold and the search cost one round trip.
+        screen_task = asyncio.ensure_future(
+            screening.screen_input(
+                self._peers,
+                caller,
+                request.messages,
+                policy,
+                request_id=run.request_id,
+                timeout=self._timeout,
+            )
+        )
+        reserve_task = asyncio.ensure_future(self._reserve(run, policy, max_tokens))
+        retrieve_task = asyncio.ensure_future(self._retrieve(run, policy)) if retrieve else None
+        tasks: list[asyncio.Future[Any]] = [screen_task, reserve_task]
+        if retrieve_task is not None:
+            tasks.append(retrieve_task)
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        for result in results:
+            if isinstance(result, screening.InputBlocked):
+                run.outcome.findings.update(screening.count(result.findings))
+        for result in results:  # the first failure in step order is the caller's answer
+            if isinstance(result, BaseException):
+                raise result
+        screened: screening.ScreenedInput = screen_task.result()
+        notices: list[Event] = list(reserve_task.result())
+        chunks: list[Any] = []
+        if retrieve_task is not None:
+            chunks, degraded = retrieve_task.result()
+            notices.extend(degraded)
+        run.outcome.findings.update(screening.count(screened.findings))
+        if capped:
+            notices.append(
+                _notice(
+                    chat_pb2.NOTICE_TYPE_MAX_TOKENS_CAPPED,
+                    f"max_tokens was lowered to this tenant's limit of {max_tokens}.",
+                )
+            )
+        if not screened.screened:
+            notices.append(
+                _notice(
+                    chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED,
+                    "Content screening was unavailable; this answer was not screened.",
+                )
+            )
+        notices.extend(
+            Event(notice=n) for n in screening.moderation_notices(screening.count(screened.findings))
+        )
+        context = [
+            completion_pb2.ContextChunk(
+                document_id=c.citation.document_id,
+                title=c.citation.title,
+                source_uri=c.citation.source_uri,
+                text=c.text,
+            )
+            for c in chunks
+        ]
+        run.outcome.chunk_count = len(context)
+        run.outcome.document_ids = [c.document_id for c in context]
+        run.outcome.prompt_sent = list(screened.texts)
+        generation = generation_pb2.GenerationConfig()
+        generation.CopyFrom(request.generation)
+        generation.max_tokens = max_tokens
+        inference_request = inference_service_pb2.StreamCompleteRequest(
+            messages=[
+                message_pb2.Message(role=m.role, content=text)
+                for m, text in zip(request.messages, screened.texts, strict=True)
+            ],
+            model=request.model,
+            context=context,
+            generation=generation,
+            cache_mode=request.cache_mode,
+            request_id=run.request_id,
+            feature=request.feature,
+        )
+        if request.HasField("prompt_template"):
+            inference_request.prompt_template.CopyFrom(request.prompt_template)
+        citations = [Event(citation=c.citation) for c in chunks]
+        return inference_request, screened, citations + notices
+
+    async def _run(self, run: _Run) -> AsyncIterator[Event]:
+        inference_request, screened, first = await self._prepare(run)
+        for event in first:
+            yield event
+        run.outcome.inference_started = True
+        call = self._peers.inference.stub.StreamComplete(inference_request, metadata=self.metadata(run))
+        output = _Output(run)
+        try:
+            if screened.screened:
+                async for event in output.screened(self, call, screened.masking_context):
+                    yield event
+            else:
+                async for event in output.unscreened(call):
+                    yield event
+        finally:
+            call.cancel()  # a no-op once it finished; on cancellation this stops the provider call
+            if run.outcome.summary is None:
+                self._estimate(run)
+        async for event in output.finish():
+            yield event
+
+    def _estimate(self, run: _Run) -> None:
+        """Usage of a stream that ended without inference's summary: what was produced so far, counted here."""
+        completion = (
+            tokens.count("".join(run.outcome.response_received)) if run.outcome.response_received else 0
+        )
+        prompt = run.prompt_tokens if run.outcome.inference_started else 0
+        run.outcome.estimated_usage = completion_usage(prompt, completion)
+        run.outcome.estimated_cost = self.catalog.price_cached(run.caller, run.model, prompt, completion)
+
+    async def _finalise(self, run: _Run, events: list[Event]) -> None:
+        outcome = run.outcome
+        key = run.request.idempotency_key
+        try:
+            if key:
+                if outcome.status_code == 0 and outcome.finish_reason not in (
+                    generation_pb2.FINISH_REASON_ERROR,
+                    generation_pb2.FINISH_REASON_CANCELLED,
+                ):
+                    await self._idempotency.complete(outcome.caller.tenant_id, key, run.request_id, events)
+                else:
+                    await self._idempotency.abandon(outcome.caller.tenant_id, key, run.request_id)
+            produced = (
+                outcome.summary is not None
+                or bool(outcome.response_received)
+                or (
+                    outcome.finish_reason == generation_pb2.FINISH_REASON_CANCELLED
+                    and outcome.inference_started
+                )
+            )
+            if produced:
+                await self._deliveries.settle(outcome.caller, settle_request(outcome))
+            elif outcome.reservation_id:
+                reason = outcome.error_reason or "NOTHING_PRODUCED"
+                await self._deliveries.release(outcome.caller, outcome.reservation_id, reason)
+            await self._deliveries.audit(audit_record(outcome))
+        except Exception:
+            log.exception("finalising a chat failed", extra={"request_id": run.request_id})
+
+
+def completion_usage(prompt: int, completion: int) -> Any:
+    from parapet.usage.v1 import token_usage_pb2
+
+    return token_usage_pb2.TokenUsage(prompt_tokens=prompt, completion_tokens=completion, estimated=True)
+
+
+class _Output:
+    """The model's output on its way to the caller: screened while streaming, then the closing events."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._output_findings: Counter[tuple[int, int]] = Counter()
+        self._blocked = False
+        self._error: ParapetError | None = None
+
+    def _delta(self, text: str) -> Event:
+        run = self._run
+        if not run.delivered:
+            run.delivered = True
+            run.outcome.time_to_first_token = time.perf_counter() - run.started
+        run.outcome.response_sent.append(text)
+        return Event(text_delta=chat_pb2.TextDelta(text=text))
+
+    def _received(self, message: inference_service_pb2.StreamCompleteResponse) -> str | None:
+        if message.HasField("text_delta"):
+            self._run.outcome.response_received.append(message.text_delta.text)
+            return message.text_delta.text
+        self._run.outcome.summary = message.summary
+        return None
+
+    async def unscreened(self, call: Any) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        try:
+            async for message in call:
+                text = self._received(message)
+                if text is not None:
+                    yield self._delta(text)
+        except grpc.aio.AioRpcError as error:
+            self._fail(error)
+        finally:
+            self._run.provider_wait = time.perf_counter() - started
+
+    def _fail(self, error: grpc.aio.AioRpcError) -> None:
+        if error.code() == grpc.StatusCode.CANCELLED:
+            raise asyncio.CancelledError
+        relay = relayed(error)
+        if relay.reason == "ALL_PROVIDERS_UNAVAILABLE" and not self._run.delivered:
+            relay = Unavailable(
+                "No model provider is available right now, and no cached answer fits this question. "
+                "Please retry shortly.",
+                reason="ALL_PROVIDERS_UNAVAILABLE",
+                retry_after=_retry_after(relay),
+            )
+        if not self._run.delivered and not self._run.outcome.response_received:
+            raise relay
+        self._error = relay
+
+    async def screened(self, flow: ChatFlow, call: Any, masking_context: bytes) -> AsyncIterator[Event]:
+        run = self._run
+        screen = flow.peers.moderation.stub.ScreenStream(metadata=flow.metadata(run))
+        await screen.write(
+            moderation_service_pb2.ScreenStreamRequest(
+                config=moderation_service_pb2.ScreenStreamConfig(
+                    request_id=run.request_id, masking_context=masking_context
+                )
+            )
+        )
+        inference_error: list[grpc.aio.AioRpcError] = []
+
+        async def pump() -> None:
+            started = time.perf_counter()
+            try:
+                async for message in call:
+                    text = self._received(message)
+                    if text is not None:
+                        await screen.write(moderation_service_pb2.ScreenStreamRequest(chunk=text))
+            except grpc.aio.AioRpcError as error:
+                inference_error.append(error)
+            finally:
+                run.provider_wait = time.perf_counter() - started
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await screen.done_writing()
+
+        pumping = asyncio.ensure_future(pump())
+        try:
+            async for reply in screen:
+                kind = reply.WhichOneof("kind")
+                if kind == "safe_chunk":
+                    if reply.safe_chunk:
+                        yield self._delta(reply.safe_chunk)
+                elif kind == "finding":
+                    if reply.finding.action != 1:  # ACTION_ALLOW is never recorded
+                        self._output_findings[(reply.finding.category, reply.finding.action)] += 1
+                elif reply.summary.decision == finding_pb2.DECISION_BLOCK:
+                    self._blocked = True
+                    call.cancel()
+        except grpc.aio.AioRpcError as error:
+            pumping.cancel()
+            call.cancel()
+            if error.code() == grpc.StatusCode.CANCELLED:
+                raise asyncio.CancelledError from None
+            if not run.delivered:
+                raise Unavailable(
+                    "Content screening failed while the answer streamed; please retry.",
+                    reason="MODERATION_UNAVAILABLE",
+                    retry_after=1.0,
+                ) from None
+            self._error = Unavailable(
+                "Content screening failed while the answer streamed; the answer is incomplete.",
+                reason="MODERATION_UNAVAILABLE",
+                retry_after=1.0,
+            )
+        except BaseException:
+            pumping.cancel()
+            screen.cancel()
+            raise
+        await asyncio.gather(pumping, return_exceptions=True)
+        if inference_error and not self._blocked:
+            self._fail(inference_error[0])
+
+    async def finish(self) -> AsyncIterator[Event]:
+        run = self._run
+        outcome = run.outcome
+        outcome.findings.update(self._output_findings)
+        summary = outcome.summary
+        if self._blocked:
+            outcome.finish_reason = generation_pb2.FINISH_REASON_CONTENT_FILTER
+        elif self._error is not None:
+            outcome.finish_reason = generation_pb2.FINISH_REASON_ERROR
+        elif summary is not None:
+            outcome.finish_reason = summary.finish_reason
+        else:
+            outcome.finish_reason = generation_pb2.FINISH_REASON_ERROR
+        for notice in screening.moderation_notices(self._output_findings):
+            yield Event(notice=notice)
+        if summary is not None and summary.routing.fallback_attempts:
+            tried = ", ".join(a.model for a in summary.routing.fallback_attempts)
+            yield _notice(
+                chat_pb2.NOTICE_TYPE_FALLBACK_USED,
+                f"The preferred model was unavailable ({tried}); {summary.routing.model} answered instead.",
+            )
+        total = time.perf_counter() - run.started
+        chat_summary = chat_pb2.ChatSummary(
+            request_id=run.request_id,
+            finish_reason=outcome.finish_reason,
+            usage=outcome.usage(),
+            cost=outcome.cost(),
+            parapet_duration=_duration(total - run.provider_wait),
+            duration=_duration(total),
+            policy_version=run.caller.policy_version,
+        )
+        if summary is not None:
+            chat_summary.routing.CopyFrom(summary.routing)
+            chat_summary.cache.CopyFrom(summary.cache)
+            chat_summary.prompt_template.CopyFrom(summary.prompt_template)
+        if outcome.time_to_first_token is not None:
+            chat_summary.time_to_first_token.CopyFrom(_duration(outcome.time_to_first_token))
+        yield Event(summary=chat_summary)
+        if self._error is not None:
+            raise self._error
+
+
+def _retry_after(error: ParapetError) -> float:
+    for detail in error.details:
+        delay = getattr(detail, "retry_delay", None)
+        if delay is not None:
+            return max(float(delay.seconds + delay.nanos / 1e9), 0.1)
+    return 1.0

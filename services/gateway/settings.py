@@ -1,5 +1,5 @@
 """Settings of the gateway service: where the services of the request flow are (auth's address is in
-every service's settings)."""
+every service's settings), and the bounds of its caches, idempotency records and outbox."""
 
 from pydantic import Field
 
@@ -14,3 +14,38 @@ class GatewaySettings(ServiceSettings):
     retrieval_address: str | None = Field(None, description="host:port of the retrieval service.")
     inference_address: str | None = Field(None, description="host:port of the inference service.")
     audit_address: str | None = Field(None, description="host:port of the audit service.")
+    gateway_identity_cache_size: int = Field(
+        10_000, gt=0, description="Credentials whose authentication the gateway remembers (LRU)."
+    )
+    gateway_identity_cache_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a remembered authentication is reused (never past its internal token's expiry "
+        "minus gateway_token_margin_seconds); auth's change notifications drop it sooner.",
+    )
+    gateway_token_margin_seconds: float = Field(
+        30.0, ge=0, description="A cached internal token is not used when it expires sooner than this."
+    )
+    gateway_policy_cache_seconds: float = Field(
+        30.0, gt=0, description="Longest a tenant policy version is reused without asking auth again."
+    )
+    gateway_models_cache_seconds: float = Field(
+        60.0, gt=0, description="How long model prices (for budget reservations) are reused."
+    )
+    gateway_default_max_tokens: int = Field(
+        1024,
+        gt=0,
+        description="Output tokens reserved when neither the request, the tenant policy nor the model "
+        "names a maximum.",
+    )
+    gateway_idempotency_seconds: float = Field(
+        86_400.0, gt=0, description="How long an idempotency key replays its first answer."
+    )
+    gateway_outbox_interval_seconds: float = Field(
+        1.0, gt=0, description="How often undelivered audit records and settlements are retried."
+    )
+    gateway_downstream_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Timeout of each non-streaming call to another service (screening, budget, retrieval).",
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parapet.inference.v1 import inference_service_pb2, message_pb2
+from parapet.inference.v1 import generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit.errors import InvalidArgument
 
 MAX_MESSAGES = 500
@@ -10,6 +10,20 @@ MAX_MESSAGE_CHARS = 400_000
 MAX_CONTEXT_CHUNKS = 200
 
 Request = inference_service_pb2.StreamCompleteRequest | inference_service_pb2.CompleteRequest
+
+
+def generation_violations(generation: generation_pb2.GenerationConfig) -> list[tuple[str, str]]:
+    """Problems of sampling and length parameters (also checked by the gateway before it reserves budget)."""
+    violations: list[tuple[str, str]] = []
+    if generation.HasField("max_tokens") and generation.max_tokens <= 0:
+        violations.append(("generation.max_tokens", "must be positive"))
+    if generation.HasField("temperature") and not 0 <= generation.temperature <= 2:
+        violations.append(("generation.temperature", "must be in [0, 2]"))
+    if generation.HasField("top_p") and not 0 < generation.top_p <= 1:
+        violations.append(("generation.top_p", "must be in (0, 1]"))
+    if len(generation.stop) > 4:
+        violations.append(("generation.stop", "at most 4 stop sequences"))
+    return violations
 
 
 def validate(request: Request) -> None:
@@ -27,14 +41,6 @@ def validate(request: Request) -> None:
             violations.append((f"messages[{index}].content", f"at most {MAX_MESSAGE_CHARS} characters"))
     if len(request.context) > MAX_CONTEXT_CHUNKS:
         violations.append(("context", f"at most {MAX_CONTEXT_CHUNKS} chunks"))
-    generation = request.generation
-    if generation.HasField("max_tokens") and generation.max_tokens <= 0:
-        violations.append(("generation.max_tokens", "must be positive"))
-    if generation.HasField("temperature") and not 0 <= generation.temperature <= 2:
-        violations.append(("generation.temperature", "must be in [0, 2]"))
-    if generation.HasField("top_p") and not 0 < generation.top_p <= 1:
-        violations.append(("generation.top_p", "must be in (0, 1]"))
-    if len(generation.stop) > 4:
-        violations.append(("generation.stop", "at most 4 stop sequences"))
+    violations.extend(generation_violations(request.generation))
     if violations:
         raise InvalidArgument("the completion request is invalid", field_violations=violations)

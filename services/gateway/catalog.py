@@ -1,0 +1,109 @@
+"""Model prices and limits for budget reservations, from inference's ListModels, cached per tenant.
+
+A reservation must hold at least what the answer can cost before the model runs. When the request names a
+route whose model is chosen later (complexity, canary), or nothing, the most expensive model the tenant may
+use is priced, so the hold is an upper bound and a budget is never overspent by more than one request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc.aio
+
+from parapet.inference.v1 import inference_service_pb2, model_pb2
+from parapet.usage.v1 import money_pb2
+from services.auth.cache import TenantKeyedCache
+from services.gateway.caller import Caller
+from services.gateway.errors import relayed
+from services.gateway.peers import Peers
+from services.gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tokens: int
+    cost: money_pb2.Money
+    max_output_tokens: int  # the model's own output limit; 0 = unknown
+
+
+def _price(model: model_pb2.Model, prompt_tokens: int, output_tokens: int) -> int:
+    micros = (
+        prompt_tokens * model.input_price_per_million.amount_micros
+        + output_tokens * model.output_price_per_million.amount_micros
+    )
+    return math.ceil(micros / 1_000_000)
+
+
+class ModelCatalog:
+    def __init__(self, peers: Peers, settings: GatewaySettings) -> None:
+        self._peers = peers
+        self._timeout = settings.gateway_downstream_timeout_seconds
+        self._cache: TenantKeyedCache[tuple[model_pb2.Model, ...]] = TenantKeyedCache(
+            10_000, settings.gateway_models_cache_seconds
+        )
+
+    async def models(self, caller: Caller) -> tuple[model_pb2.Model, ...]:
+        found = self._cache.get(caller.tenant_id)
+        if found is not None:
+            return found
+        generation = self._cache.generation(caller.tenant_id)
+        models: list[model_pb2.Model] = []
+        token = ""
+        try:
+            while True:
+                reply = await self._peers.inference.stub.ListModels(
+                    inference_service_pb2.ListModelsRequest(page_size=1000, page_token=token),
+                    metadata=caller.auth_metadata(),
+                    timeout=self._timeout,
+                )
+                models.extend(reply.models)
+                token = reply.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as error:
+            raise relayed(error) from None
+        result = tuple(models)
+        self._cache.put(caller.tenant_id, caller.tenant_id, result, generation=generation)
+        return result
+
+    def candidates(self, models: tuple[model_pb2.Model, ...], name: str) -> list[model_pb2.Model]:
+        """The models ``name`` may run on: itself, or those with it as an alias; all when unknown."""
+        named = [m for m in models if name and (m.model == name or name in m.aliases)]
+        return named or list(models)
+
+    async def estimate(self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int) -> Estimate:
+        candidates = self.candidates(await self.models(caller), name)
+        if not candidates:
+            return Estimate(prompt_tokens + output_tokens, money_pb2.Money(), 0)
+        costliest = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
+        currency = (
+            costliest.output_price_per_million.currency_code
+            or costliest.input_price_per_million.currency_code
+        )
+        micros = _price(costliest, prompt_tokens, output_tokens)
+        cost = (
+            money_pb2.Money(currency_code=currency, amount_micros=micros) if currency else money_pb2.Money()
+        )
+        return Estimate(prompt_tokens + output_tokens, cost, max(m.max_output_tokens for m in candidates))
+
+    def price_cached(
+        self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int
+    ) -> money_pb2.Money:
+        """The cost of usage counted here (no provider figure), from cached prices only: it runs in finalisers
+        that must not wait on inference."""
+        models = self._cache.get(caller.tenant_id)
+        candidates = self.candidates(models or (), name)
+        if not candidates:
+            return money_pb2.Money()
+        model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
+        currency = model.output_price_per_million.currency_code or model.input_price_per_million.currency_code
+        if not currency:
+            return money_pb2.Money()
+        return money_pb2.Money(
+            currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens)
+        )
+
+    def invalidate_tenant(self, tenant_id: str) -> None:
+        self._cache.invalidate_tenant(tenant_id)

@@ -1,0 +1,172 @@
+"""What a finished chat leaves behind: the settlement of its usage and its audit record.
+
+Built from the run's facts only (the flow's :class:`Outcome`), so the figures in metering's ledger, in the
+usage event billing rolls up and in the audit log are the ones the caller's summary showed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from parapet.audit.v1 import audit_record_pb2, interaction_pb2
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, message_pb2, prompt_template_pb2
+from parapet.metering.v1 import metering_service_pb2
+from parapet.moderation.v1 import category_pb2, finding_pb2
+from parapet.usage.v1 import money_pb2, token_usage_pb2
+from services.gateway.caller import Caller
+
+
+@dataclass
+class Outcome:
+    """Everything the finaliser needs about one chat, filled in as the flow runs."""
+
+    caller: Caller
+    request_id: str
+    request_time: timestamp_pb2.Timestamp
+    feature: str
+    requested_model: str
+    labels: dict[str, str]
+    retention: tenant_policy_pb2.RetentionPolicy
+    trace_id: str = ""
+    reservation_id: str = ""
+    # Whether a model call was made (or attempted): without one a reservation is released, not settled.
+    inference_started: bool = False
+    summary: completion_pb2.CompletionSummary | None = None
+    # Estimated usage when inference's summary never came (cancelled, blocked, broken stream).
+    estimated_usage: token_usage_pb2.TokenUsage | None = None
+    estimated_cost: money_pb2.Money | None = None
+    finish_reason: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+    status_code: int = 0
+    error_reason: str = ""
+    findings: Counter[tuple[int, int]] = field(default_factory=Counter)
+    document_ids: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    prompt_raw: list[message_pb2.Message] = field(default_factory=list)
+    prompt_sent: list[str] = field(default_factory=list)
+    response_sent: list[str] = field(default_factory=list)  # as the caller received it
+    response_received: list[str] = field(default_factory=list)  # as the provider produced it
+    duration: float = 0.0
+    time_to_first_token: float | None = None
+
+    def usage(self) -> token_usage_pb2.TokenUsage:
+        if self.summary is not None:
+            return self.summary.usage
+        return self.estimated_usage or token_usage_pb2.TokenUsage()
+
+    def cost(self) -> money_pb2.Money:
+        if self.summary is not None:
+            return self.summary.cost
+        return self.estimated_cost or money_pb2.Money()
+
+    @property
+    def cached(self) -> bool:
+        outcome = self.summary.cache.outcome if self.summary is not None else 0
+        return outcome in (cache_pb2.CACHE_OUTCOME_EXACT_HIT, cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def settle_request(outcome: Outcome) -> metering_service_pb2.SettleRequest:
+    routing = outcome.summary.routing if outcome.summary is not None else None
+    complete = timestamp_pb2.Timestamp()
+    complete.GetCurrentTime()
+    return metering_service_pb2.SettleRequest(
+        reservation_id=outcome.reservation_id,
+        request_id=outcome.request_id,
+        feature=outcome.feature,
+        model=routing.model if routing is not None and routing.model else outcome.requested_model,
+        provider=routing.provider if routing is not None else "",
+        requested_model=outcome.requested_model,
+        usage=outcome.usage(),
+        cost=outcome.cost(),
+        cached=outcome.cached,
+        latency=_duration(outcome.duration),
+        complete_time=complete,
+        labels=outcome.labels,
+    )
+
+
+def _body(outcome: Outcome) -> interaction_pb2.InteractionBody:
+    mode = outcome.retention.body_retention or tenant_policy_pb2.BODY_RETENTION_MASKED
+    body = interaction_pb2.InteractionBody(
+        retention=mode, retention_days=outcome.retention.body_retention_days
+    )
+    if mode == tenant_policy_pb2.BODY_RETENTION_NONE:
+        return body
+    if mode == tenant_policy_pb2.BODY_RETENTION_FULL:
+        prompt = json.dumps(
+            [{"role": message_pb2.Role.Name(m.role), "content": m.content} for m in outcome.prompt_raw]
+        )
+        response = "".join(outcome.response_sent)
+    else:  # masked: as the provider saw it
+        prompt = json.dumps(
+            [
+                {"role": message_pb2.Role.Name(m.role), "content": text}
+                for m, text in zip(outcome.prompt_raw, outcome.prompt_sent, strict=False)
+            ]
+        )
+        response = "".join(outcome.response_received)
+    if mode == tenant_policy_pb2.BODY_RETENTION_HASH_ONLY:
+        body.prompt_sha256 = hashlib.sha256(prompt.encode()).hexdigest()
+        body.response_sha256 = hashlib.sha256(response.encode()).hexdigest()
+    else:
+        body.prompt, body.response = prompt, response
+    return body
+
+
+def audit_record(outcome: Outcome) -> audit_record_pb2.AuditRecord:
+    p = outcome.caller.principal
+    summary = outcome.summary
+    interaction = interaction_pb2.Interaction(
+        request_id=outcome.request_id,
+        trace_id=outcome.trace_id,
+        user_id=p.subject,
+        api_key_id=p.api_key_id,
+        feature=outcome.feature,
+        requested_model=outcome.requested_model,
+        usage=outcome.usage(),
+        cost=outcome.cost(),
+        cached=outcome.cached,
+        latency=_duration(outcome.duration),
+        finish_reason=generation_pb2.FinishReason.ValueType(outcome.finish_reason),
+        status_code=outcome.status_code,
+        error_reason=outcome.error_reason,
+        policy_version=outcome.caller.policy_version,
+        retrieved_chunk_count=outcome.chunk_count,
+        document_ids=sorted(set(outcome.document_ids)),
+        body=_body(outcome),
+        request_time=outcome.request_time,
+        moderation_findings=[
+            finding_pb2.FindingCount(
+                category=category_pb2.Category.ValueType(category),
+                action=category_pb2.Action.ValueType(action),
+                count=count,
+            )
+            for (category, action), count in sorted(outcome.findings.items())
+        ],
+    )
+    if outcome.time_to_first_token is not None:
+        interaction.time_to_first_token.CopyFrom(_duration(outcome.time_to_first_token))
+    if summary is not None:
+        interaction.model = summary.routing.model
+        interaction.provider = summary.routing.provider
+        interaction.fallback_models.extend(a.model for a in summary.routing.fallback_attempts)
+        interaction.prompt_template.CopyFrom(
+            summary.prompt_template or prompt_template_pb2.PromptTemplateRef()
+        )
+    record = audit_record_pb2.AuditRecord(
+        record_id=str(uuid.uuid4()), tenant_id=p.tenant_id, interaction=interaction
+    )
+    record.create_time.GetCurrentTime()
+    return record

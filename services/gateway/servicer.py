@@ -1,0 +1,59 @@
+"""ChatService: the caller's credential to a Caller, then the flow; the time Parapet added in the trailers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
+from parapet.kit.context import current_request_id
+from services.gateway.caller import Caller
+from services.gateway.flow import ChatFlow
+from services.gateway.identity import Authenticator, bearer
+
+OVERHEAD_KEY = "parapet-overhead-ms"
+
+
+def _client_ip(context: grpc.aio.ServicerContext) -> str:
+    # "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678": drop the scheme and the port.
+    peer = context.peer() or ""
+    address = peer.partition(":")[2]
+    return address.rpartition(":")[0].strip("[]") or address
+
+
+def _overhead(summary: chat_pb2.ChatSummary) -> tuple[tuple[str, str], ...]:
+    millis = summary.parapet_duration.ToNanoseconds() / 1e6
+    return ((OVERHEAD_KEY, f"{millis:.3f}"),)
+
+
+class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+    def __init__(self, authenticator: Authenticator, flow: ChatFlow) -> None:
+        self._authenticator = authenticator
+        self._flow = flow
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        credential = bearer(tuple(context.invocation_metadata() or ()))
+        return await self._authenticator.authenticate(credential, client_ip=_client_ip(context))
+
+    async def StreamChat(
+        self, request: chat_service_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[chat_service_pb2.StreamChatResponse]:
+        request_id = current_request_id() or str(uuid.uuid4())
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        caller = await self._caller(context)
+        async for event in self._flow.stream(caller, request, request_id=request_id):
+            if event.HasField("summary"):
+                context.set_trailing_metadata(_overhead(event.summary))
+            yield event
+
+    async def Chat(
+        self, request: chat_service_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> chat_service_pb2.ChatResponse:
+        request_id = current_request_id() or str(uuid.uuid4())
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        caller = await self._caller(context)
+        response = await self._flow.complete(caller, request, request_id=request_id)
+        context.set_trailing_metadata(_overhead(response.summary))
+        return response

@@ -1,0 +1,407 @@
+"""The whole flow in one process: real auth, moderation, metering, retrieval, inference, audit and gateway servers
+over real channels, on the session's PostgreSQL and a NATS of this module's own, with the fault-injecting
+upstream as the model provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from parapet.auth.v1 import (
+    api_key_pb2,
+    tenant_admin_service_pb2,
+    tenant_admin_service_pb2_grpc,
+    tenant_pb2,
+    tenant_policy_pb2,
+    user_pb2,
+)
+from parapet.cli.identity import provision
+from parapet.embedded import EmbeddedNats, free_port
+from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc
+from parapet.inference.v1 import message_pb2
+from parapet.kit.database import Database
+from parapet.kit.errors import ErrorDetails, error_details
+from parapet.kit.identity import Principal, TokenSigner, thumbprint_kid
+from parapet.kit.testing import running
+from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+from parapet.upstream import UpstreamServer
+from services.audit.app import APP as AUDIT
+from services.audit.settings import AuditSettings
+from services.auth.app import APP as AUTH
+from services.auth.settings import AuthSettings
+from services.gateway.app import APP as GATEWAY
+from services.gateway.settings import GatewaySettings
+from services.inference.app import APP as INFERENCE
+from services.inference.settings import InferenceSettings
+from services.metering.app import APP as METERING
+from services.metering.settings import MeteringSettings
+from services.moderation.app import APP as MODERATION
+from services.moderation.settings import ModerationSettings
+from services.retrieval.app import APP as RETRIEVAL
+from services.retrieval.settings import RetrievalSettings
+
+PLATFORM = "parapet"
+MODULE = pytest.mark.asyncio(loop_scope="module")
+
+
+def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
+    """`gpt` on the emulator (OpenAI wire) falling back to `claude` (Anthropic wire); `local` answers from the
+    retrieved context. Prices make costs non-zero and exact."""
+    prices = {"input_price_per_million": "1.00", "output_price_per_million": "2.00"}
+    return {
+        "currency": "USD",
+        "default_model": "gpt",
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": upstream.base_url + "/v1",
+                "api_key_env": "GATEWAY_TEST_KEY",
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": upstream.base_url,
+                "api_key_env": "GATEWAY_TEST_KEY",
+            },
+            "local": {"kind": "local"},
+        },
+        "models": [
+            {
+                "name": "gpt",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini",
+                "fallbacks": ["claude"],
+                "context_window_tokens": 128000,
+                "max_output_tokens": 4096,
+                **prices,
+            },
+            {
+                "name": "claude",
+                "provider": "anthropic",
+                "upstream_model": "claude-haiku-4-5",
+                "context_window_tokens": 200000,
+                "max_output_tokens": 4096,
+                **prices,
+            },
+            {
+                "name": "local",
+                "provider": "local",
+                "context_window_tokens": 32000,
+                "max_output_tokens": 2048,
+                **prices,
+            },
+        ],
+        "retry": {"max_attempts": 2, "base_delay_seconds": 0.01, "max_delay_seconds": 0.05},
+        "timeouts": {"connect_seconds": 1.0, "first_token_seconds": 5.0, "idle_seconds": 5.0},
+        "breaker": {
+            "window": 1000,
+            "min_calls": 1000,
+            "failure_ratio": 1.0,
+            "open_seconds": 1,
+            "half_open_calls": 1,
+        },
+    }
+
+
+@dataclass
+class Tenant:
+    tenant_id: str
+    user_id: str
+    api_key: str
+    api_key_id: str
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),)
+
+
+@dataclass
+class Answer:
+    """What a StreamChat call produced, in order, and how it ended."""
+
+    events: list[chat_service_pb2.StreamChatResponse] = field(default_factory=list)
+    error: ErrorDetails | None = None
+    trailers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text_delta.text for e in self.events if e.HasField("text_delta"))
+
+    @property
+    def summary(self) -> Any:
+        summaries = [e.summary for e in self.events if e.HasField("summary")]
+        assert len(summaries) <= 1
+        return summaries[0] if summaries else None
+
+    @property
+    def citations(self) -> list[Any]:
+        return [e.citation for e in self.events if e.HasField("citation")]
+
+    def notices(self, kind: int | None = None) -> list[Any]:
+        return [e.notice for e in self.events if e.HasField("notice") and kind in (None, e.notice.type)]
+
+
+def question(text: str, **fields: Any) -> chat_service_pb2.StreamChatRequest:
+    fields.setdefault("retrieval", {"mode": 2})  # RETRIEVAL_MODE_DISABLED unless a test grounds the answer
+    return chat_service_pb2.StreamChatRequest(
+        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=text)], **fields
+    )
+
+
+@dataclass
+class Suite:
+    channel: grpc.aio.Channel
+    admin: tenant_admin_service_pb2_grpc.TenantAdminServiceStub
+    retrieval: retrieval_service_pb2_grpc.RetrievalServiceStub
+    signer: TokenSigner
+    upstream: UpstreamServer
+    database: Database
+    gateway_settings: dict[str, Any]
+    addresses: dict[str, str]
+
+    @property
+    def chat(self) -> chat_service_pb2_grpc.ChatServiceStub:
+        return chat_service_pb2_grpc.ChatServiceStub(self.channel)
+
+    def token(self, tenant_id: str, subject: str, roles: tuple[str, ...] = (), **kw: Any) -> Any:
+        return (("authorization", f"Bearer {self.signer.sign(Principal(tenant_id, subject, roles, **kw))}"),)
+
+    @property
+    def operator(self) -> Any:
+        return self.token(PLATFORM, "operator", ("platform-admin",))
+
+    async def tenant(
+        self, policy: tenant_policy_pb2.TenantPolicy | None = None, groups: tuple[str, ...] = ("all",)
+    ) -> Tenant:
+        tenant_id = f"gw-{uuid.uuid4().hex[:10]}"
+        await self.admin.CreateTenant(
+            tenant_admin_service_pb2.CreateTenantRequest(
+                tenant=tenant_pb2.Tenant(tenant_id=tenant_id, display_name=tenant_id)
+            ),
+            metadata=self.operator,
+        )
+        await self.admin.CreateUser(
+            tenant_admin_service_pb2.CreateUserRequest(
+                tenant_id=tenant_id,
+                user=user_pb2.User(
+                    user_id="alice", roles=("admin",), groups=groups, kind=user_pb2.USER_KIND_SERVICE_ACCOUNT
+                ),
+            ),
+            metadata=self.operator,
+        )
+        created = await self.admin.CreateApiKey(
+            tenant_admin_service_pb2.CreateApiKeyRequest(
+                tenant_id=tenant_id, api_key=api_key_pb2.ApiKey(user_id="alice")
+            ),
+            metadata=self.operator,
+        )
+        if policy is not None:
+            await self.set_policy(tenant_id, policy)
+        return Tenant(tenant_id, "alice", created.secret, created.api_key.api_key_id)
+
+    async def set_policy(self, tenant_id: str, edit: tenant_policy_pb2.TenantPolicy) -> None:
+        current = await self.admin.GetTenantPolicy(
+            tenant_admin_service_pb2.GetTenantPolicyRequest(tenant_id=tenant_id), metadata=self.operator
+        )
+        policy = tenant_policy_pb2.TenantPolicy()
+        policy.CopyFrom(current.policy)
+        policy.MergeFrom(edit)
+        await self.admin.UpdateTenantPolicy(
+            tenant_admin_service_pb2.UpdateTenantPolicyRequest(
+                tenant_id=tenant_id, policy=policy, expected_version=current.policy.version
+            ),
+            metadata=self.operator,
+        )
+
+    async def ingest(
+        self, tenant_id: str, documents: dict[str, tuple[str, str]], groups: tuple[str, ...] = ("all",)
+    ) -> None:
+        """documents: id -> (title, text)."""
+
+        async def requests() -> AsyncIterator[Any]:
+            for document_id, (title, body) in documents.items():
+                yield retrieval_service_pb2.IngestDocumentsRequest(
+                    document=document_pb2.Document(
+                        document_id=document_id, title=title, mime_type="text/plain", access_groups=groups
+                    ),
+                    content=body.encode(),
+                )
+
+        reply = await self.retrieval.IngestDocuments(
+            requests(), metadata=self.token(tenant_id, "alice", ("admin",), groups=groups), timeout=60
+        )
+        assert all(r.outcome != retrieval_service_pb2.DOCUMENT_OUTCOME_REJECTED for r in reply.results), reply
+
+    async def stream(
+        self,
+        tenant: Tenant,
+        request: chat_service_pb2.StreamChatRequest,
+        *,
+        stub: Any = None,
+        seconds: float = 30,
+    ) -> Answer:
+        answer = Answer()
+        call = (stub or self.chat).StreamChat(request, metadata=tenant.metadata(), timeout=seconds)
+        try:
+            async for event in call:
+                answer.events.append(event)
+        except grpc.aio.AioRpcError as error:
+            answer.error = error_details(error)
+        answer.trailers = {k: v for k, v in (await call.trailing_metadata() or ()) if isinstance(v, str)}
+        return answer
+
+    async def wait_rows(self, sql: str, *, seconds: float = 10.0, count: int = 1, **params: Any) -> list[Any]:
+        """The rows of ``sql`` once there are at least ``count`` (the finaliser and consumers run after the answer)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            rows = await self.rows(sql, **params)
+            if len(rows) >= count or loop.time() > deadline:
+                return rows
+            await asyncio.sleep(0.1)
+
+    async def scalar(self, sql: str, **params: Any) -> Any:
+        from sqlalchemy import text
+
+        async with self.database.session() as session:
+            return (await session.execute(text(sql), params)).scalar()
+
+    async def rows(self, sql: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        async with self.database.session() as session:
+            return list((await session.execute(text(sql), params)).all())
+
+    @asynccontextmanager
+    async def gateway(self, **overrides: Any) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceStub]:
+        """Another gateway on the same suite, with some settings changed (a peer pointed at nothing...)."""
+        settings = GatewaySettings(**{**self.gateway_settings, **overrides})
+        async with (
+            running(GATEWAY, settings) as (_server, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            yield chat_service_pb2_grpc.ChatServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Our own NATS: the audit service's durable consumer would otherwise first read every record that other
+    # modules left on the session's AUDIT stream.
+    server = EmbeddedNats(tmp_path_factory.mktemp("gateway-nats") / "store", free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _signer(path: Path) -> TokenSigner:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    return TokenSigner(key, thumbprint_kid(key.public_key()))
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def suite(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, module_nats: str
+) -> AsyncIterator[Suite]:
+    import os
+
+    os.environ.setdefault("GATEWAY_TEST_KEY", "sk-test")
+    home = tmp_path_factory.mktemp("gateway-suite")
+    identity = provision(home / "identity")
+    assert identity.masking_key_file is not None
+    masking_key = identity.masking_key_file.read_text().strip()
+    base: dict[str, Any] = {
+        "port": 0,
+        "database_url": database_url,
+        "nats_url": module_nats,
+        "identity_jwks_file": identity.jwks_file,
+        "shutdown_grace_seconds": 2.0,
+        "health_interval_seconds": 0.5,
+    }
+    async with AsyncExitStack() as stack:
+        upstream = await stack.enter_async_context(UpstreamServer())
+        _auth, auth_port = await stack.enter_async_context(
+            running(
+                AUTH,
+                AuthSettings(
+                    **base, auth_signing_key_file=identity.signing_key_file, auth_outbox_interval_seconds=0.2
+                ),
+            )
+        )
+        auth_address = f"127.0.0.1:{auth_port}"
+        with_auth = {**base, "auth_address": auth_address}
+        config_file = home / "inference.json"
+        config_file.write_text(json.dumps(inference_config(upstream)))
+        starts: list[tuple[str, Any, Any]] = [
+            (
+                "moderation",
+                MODERATION,
+                ModerationSettings(
+                    **with_auth,
+                    ner_enabled=False,
+                    policy_cache_seconds=0.5,
+                    masking_key=masking_key,
+                ),
+            ),
+            (
+                "metering",
+                METERING,
+                MeteringSettings(**with_auth, policy_cache_seconds=0.5, relay_interval_seconds=0.1),
+            ),
+            ("retrieval", RETRIEVAL, RetrievalSettings(**with_auth)),
+            (
+                "inference",
+                INFERENCE,
+                InferenceSettings(
+                    **with_auth,
+                    inference_config_file=config_file,
+                    cache_enabled=False,
+                    policy_cache_seconds=0.5,
+                ),
+            ),
+            ("audit", AUDIT, AuditSettings(**with_auth, audit_checkpoint_interval_seconds=3600)),
+        ]
+        addresses = {"auth": auth_address}
+        for name, app, settings in starts:
+            _server, port = await stack.enter_async_context(running(app, settings))
+            addresses[name] = f"127.0.0.1:{port}"
+        gateway_settings = {
+            **with_auth,
+            **{f"{name}_address": address for name, address in addresses.items() if name != "auth"},
+            "gateway_outbox_interval_seconds": 0.2,
+            "gateway_policy_cache_seconds": 0.5,
+        }
+        _gw, gateway_port = await stack.enter_async_context(
+            running(GATEWAY, GatewaySettings(**gateway_settings))
+        )
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}"))
+        auth_channel = await stack.enter_async_context(grpc.aio.insecure_channel(auth_address))
+        retrieval_channel = await stack.enter_async_context(grpc.aio.insecure_channel(addresses["retrieval"]))
+        database = Database(database_url, "public")
+        stack.push_async_callback(database.close)
+        yield Suite(
+            channel=channel,
+            admin=tenant_admin_service_pb2_grpc.TenantAdminServiceStub(auth_channel),
+            retrieval=retrieval_service_pb2_grpc.RetrievalServiceStub(retrieval_channel),
+            signer=_signer(identity.signing_key_file),
+            upstream=upstream,
+            database=database,
+            gateway_settings=gateway_settings,
+            addresses=addresses,
+        )
+
+
+def dead_address() -> str:
+    return f"127.0.0.1:{free_port()}"
