@@ -53,12 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help=f"where data, keys and logs go (default: ${HOME_ENV}, else ./.parapet)",
     )
-    parser.add_argument(
-        "--base-port",
-        type=int,
-        default=None,
-        help=f"first port of the suite's range (default: ${BASE_PORT_ENV}, else {registry.DEFAULT_BASE_PORT})",
-    )
+    add_base_port_argument(parser)
     parser.add_argument(
         "--only",
         type=_csv,
@@ -77,7 +72,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_APPS_PACKAGE,
         help="package holding <service>/app.py modules (default: %(default)s; tests use stand-ins)",
     )
+    parser.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="do not set up the demo tenant (tenant, key in <home>/identity/demo.key, sample documents)",
+    )
     parser.set_defaults(func=run)
+
+
+def add_base_port_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help=f"first port of the suite's range (default: ${BASE_PORT_ENV}, else {registry.DEFAULT_BASE_PORT})",
+    )
 
 
 def resolve_home(arg: Path | None, env: Mapping[str, str]) -> Path:
@@ -191,6 +200,7 @@ def _run(
         if not supervisor.wait_serving(args.startup_timeout, stop):
             return 0
         _say(endpoints_table(home.root, processes, database, nats))
+        _offer_demo(args, specs, home, ports, env)
         gave_up = supervisor.supervise(stop)
         if gave_up is None:
             return 0
@@ -199,6 +209,23 @@ def _run(
             sys.stderr,
         )
         return 1
+
+
+def _offer_demo(
+    args: argparse.Namespace,
+    specs: Sequence[registry.ServiceSpec],
+    home: HomeLayout,
+    ports: PortLayout,
+    env: Mapping[str, str],
+) -> None:
+    from parapet.cli import demo  # the clients' imports are paid only when the demo is set up
+
+    names = {spec.name for spec in specs}
+    if args.no_demo or args.apps_package != DEFAULT_APPS_PACKAGE or not all(n in names for n in demo.NEEDED):
+        return
+    demo.provision_in_background(
+        home, ports, env, lambda message, error: _say(message, sys.stderr if error else None)
+    )
 
 
 def _stopping(supervisor: Supervisor) -> None:

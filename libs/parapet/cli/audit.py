@@ -1,0 +1,173 @@
+"""``parapet audit tail|verify``: the tenant's AI interactions as they are recorded, and its hash chain.
+
+``tail`` shows the newest interactions (QueryInteractions) and, with ``--follow``, polls for new ones;
+``verify`` runs VerifyChain and exits 4 when the chain is broken. Both need ``audit.read``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from parapet import clients
+from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, chain_pb2
+from parapet.cli import connect, failures, timespec
+from parapet.cli.printing import enum_label, money, print_json, timestamp, when
+from parapet.inference.v1 import generation_pb2
+
+if TYPE_CHECKING:
+    from parapet.audit.v1.audit_service_pb2_grpc import AuditServiceAsyncStub
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    actions = connect.command_with_actions(
+        subparsers,
+        "audit",
+        "follow the tenant's AI interactions, verify its audit hash chain",
+        "The audit log of the credential's tenant (AuditService); needs `audit.read`.",
+    )
+
+    tail = actions.add_parser("tail", help="the newest interactions; --follow for new ones as they come")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the newest to show first")
+    tail.add_argument(
+        "--since", default="24h", help="look back to (default 24h; a date/time or 90m / 7d ago)"
+    )
+    tail.add_argument("-f", "--follow", action="store_true", help="keep polling for new interactions")
+    tail.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow")
+    tail.add_argument("--user", default="", help="only this user's interactions")
+    tail.add_argument("--model", default="", help="only this model")
+    tail.add_argument("--feature", default="", help="only this feature")
+    tail.add_argument("--errors", action="store_true", help="only interactions that ended in an error")
+    connect.add_arguments(tail, "audit")
+    tail.set_defaults(func=failures.run, execute=tail_interactions)
+
+    verify = actions.add_parser(
+        "verify", help="verify the hash chain and signed checkpoints (exit 4: broken)"
+    )
+    verify.add_argument("--from", dest="start", type=int, default=0, help="first sequence (default: 1)")
+    verify.add_argument("--to", dest="end", type=int, default=0, help="last sequence (default: the head)")
+    connect.add_arguments(verify, "audit")
+    verify.set_defaults(func=failures.run, execute=verify_chain)
+
+
+def interaction_line(record: audit_record_pb2.AuditRecord) -> str:
+    """One interaction on one line: when, request, who, which model, tokens, cost, outcome."""
+    i = record.interaction
+    status = "ok" if i.status_code == 0 else f"{failures.code_name(i.status_code)} {i.error_reason}"
+    finish = enum_label(generation_pb2.FinishReason, i.finish_reason) if i.finish_reason else "-"
+    latency = i.latency.seconds * 1000 + i.latency.nanos / 1e6
+    return "  ".join(
+        [
+            when(record.create_time),
+            f"#{record.chain.sequence}",
+            i.request_id or "-",
+            i.user_id or "-",
+            i.model or i.requested_model or "-",
+            f"{i.usage.prompt_tokens}+{i.usage.completion_tokens} tok",
+            money(i.cost),
+            "cached" if i.cached else "live",
+            f"{latency:.0f} ms",
+            finish,
+            status.strip(),
+        ]
+    )
+
+
+def _show(args: argparse.Namespace, records: Iterable[audit_record_pb2.AuditRecord]) -> None:
+    for record in records:
+        if args.json:
+            print_json(record, lines=True)
+        else:
+            print(interaction_line(record), flush=True)
+
+
+async def _query(
+    stub: AuditServiceAsyncStub, metadata: connect.Metadata, flt: audit_service_pb2.InteractionFilter
+) -> list[audit_record_pb2.AuditRecord]:
+    """Every record matching ``flt``, oldest first, across pages."""
+    records: list[audit_record_pb2.AuditRecord] = []
+    token = ""
+    while True:
+        next_token = ""
+        request = audit_service_pb2.QueryInteractionsRequest(filter=flt, page_size=10000, page_token=token)
+        async for batch in stub.QueryInteractions(request, metadata=metadata):
+            records.extend(batch.records)
+            next_token = batch.next_page_token or next_token
+        if not next_token:
+            return records
+        token = next_token
+
+
+async def tail_interactions(args: argparse.Namespace) -> int:
+    try:
+        since = timespec.moment(args.since, datetime.now(UTC))
+    except ValueError as exc:
+        raise failures.CliError(str(exc)) from None
+    if args.lines < 0 or args.interval <= 0:
+        raise failures.CliError("--lines must be >= 0 and --interval > 0")
+    flt = audit_service_pb2.InteractionFilter(
+        start_time=timestamp(since),
+        user_id=args.user,
+        model=args.model,
+        feature=args.feature,
+        only_errors=args.errors,
+    )
+    async with connect.Session.from_args(args) as session:
+        stub = session.client(clients.audit, "audit").stub
+        metadata = await session.token_metadata()
+        records = await _query(stub, metadata, flt)
+        _show(args, deque(records, maxlen=args.lines) if args.lines else [])
+        seen = {r.record_id for r in records}
+        while args.follow:
+            await asyncio.sleep(args.interval)
+            if records:
+                # From the newest time seen (inclusive: records sharing it may still arrive), skipping known ids.
+                flt.start_time.CopyFrom(records[-1].create_time)
+            metadata = await session.token_metadata()  # renewed when the token nears its expiry
+            fresh = [r for r in await _query(stub, metadata, flt) if r.record_id not in seen]
+            _show(args, fresh)
+            seen.update(r.record_id for r in fresh)
+            if fresh:
+                records = fresh
+    return failures.EXIT_OK
+
+
+def _chain_break(kind: int) -> str:
+    return enum_label(chain_pb2.ChainBreakKind, kind)
+
+
+async def verify_chain(args: argparse.Namespace) -> int:
+    async with connect.Session.from_args(args) as session:
+        stub = session.client(clients.audit, "audit").stub
+        reply = await stub.VerifyChain(
+            audit_service_pb2.VerifyChainRequest(start_sequence=args.start, end_sequence=args.end),
+            metadata=await session.token_metadata(),
+        )
+        tenant = await session.tenant()
+    if args.json:
+        print_json(reply)
+    elif reply.intact:
+        checkpoint = reply.latest_checkpoint
+        signed = (
+            f"; latest signed checkpoint at #{checkpoint.sequence} ({when(checkpoint.create_time)})"
+            if checkpoint.sequence
+            else "; no signed checkpoint yet"
+        )
+        print(
+            f"audit chain of tenant {tenant} intact: {reply.records_verified} records verified, "
+            f"head #{reply.head_sequence}{signed}",
+            flush=True,
+        )
+    else:
+        broken = reply.first_break
+        print(
+            f"audit chain of tenant {tenant} BROKEN at #{broken.sequence} (record {broken.record_id or '-'}): "
+            f"{_chain_break(broken.kind)}; {reply.records_verified} records verified before it, "
+            f"head #{reply.head_sequence}",
+            flush=True,
+        )
+    return failures.EXIT_OK if reply.intact else failures.EXIT_PROBLEM_FOUND

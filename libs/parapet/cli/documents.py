@@ -1,0 +1,99 @@
+"""Files to ingest: found under folders by the extensions retrieval accepts, read and described.
+
+Retrieval accepts ``text/plain``, ``text/markdown`` and ``text/html`` (docs/retrieval.md), at most 3 MiB per
+document. A document's id is its path relative to the folder given (its name for a file given directly),
+with an optional prefix, so ingesting the same folder again replaces the same documents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MIME_TYPES = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".html": "text/html",
+    ".htm": "text/html",
+}
+# Retrieval's limit per request message (docs/retrieval.md); larger files are refused here, not sent.
+MAX_BYTES = 3 * 1024 * 1024
+_HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file to ingest, or why it cannot be (``problem``), before its content is read."""
+
+    path: Path
+    document_id: str
+    mime_type: str = ""
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    document_id: str
+    path: Path
+    mime_type: str
+    title: str
+    content: bytes
+
+
+def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
+    """Every file to ingest under ``paths``, in a stable order; unsupported explicit files are reported."""
+    for given in paths:
+        if given.is_dir():
+            for path in sorted(p for p in given.rglob("*") if p.is_file()):
+                relative = path.relative_to(given)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue  # hidden files and folders (.git, editors' swap files) are not documents
+                mime = MIME_TYPES.get(path.suffix.lower())
+                if mime is not None:
+                    yield Candidate(path, prefix + relative.as_posix(), mime)
+        elif given.is_file():
+            mime = MIME_TYPES.get(given.suffix.lower())
+            problem = "" if mime else f"unsupported file type (supported: {', '.join(sorted(MIME_TYPES))})"
+            yield Candidate(given, prefix + given.name, mime or "", problem)
+        else:
+            yield Candidate(given, prefix + given.name, problem="no such file or folder")
+
+
+def title_of(path: Path, mime_type: str, text: str) -> str:
+    """Markdown: the first ``# heading``; plain text: a short first line; else the file name without
+    extension. HTML: empty, so retrieval uses the page's ``<title>``."""
+    if mime_type == "text/html":
+        return ""
+    if mime_type == "text/markdown":
+        for line in text.splitlines():
+            match = _HEADING.match(line)
+            if match:
+                return match.group(1)
+    if mime_type == "text/plain":
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        if 0 < len(first) <= 120:
+            return first
+    return path.stem.replace("_", " ").replace("-", " ")
+
+
+def load(candidate: Candidate) -> LoadedDocument:
+    """Read a candidate; raises ValueError with a readable reason (too large, unreadable)."""
+    try:
+        size = candidate.path.stat().st_size
+        if size > MAX_BYTES:
+            raise ValueError(f"too large ({size:,} bytes; at most {MAX_BYTES:,})")
+        content = candidate.path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    text = content.decode("utf-8", errors="replace")
+    return LoadedDocument(
+        candidate.document_id,
+        candidate.path,
+        candidate.mime_type,
+        title_of(candidate.path, candidate.mime_type, text),
+        content,
+    )
