@@ -33,8 +33,11 @@ class InvalidationListener:
         on_reset: Sequence[Callable[[], None]],
         *,
         retry_seconds: float = 0.5,
+        channel: str = NOTIFY_CHANNEL,
     ) -> None:
+        """``channel`` other than auth's own lets other services reuse this listener for their signals."""
         self._conninfo = libpq_url(database_url)
+        self._channel = channel
         self._on_tenant = on_tenant
         self._on_reset = on_reset
         self._retry = retry_seconds
@@ -50,7 +53,7 @@ class InvalidationListener:
                 async with await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=5
                 ) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(f"LISTEN {self._channel}")
                     self._reset()  # whatever happened while not listening is unknown
                     self.listening.set()
                     async for notice in conn.notifies():

@@ -17,8 +17,8 @@ on commit only, to every replica's listener (see ``services/auth/invalidation.py
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,40 +63,44 @@ class TenantView:
     row: dict[str, Any]
 
 
-@contextmanager
-def _unavailable_when_down() -> Iterator[None]:
-    """A lost or refused database connection is UNAVAILABLE (retry later), not an internal error."""
+@asynccontextmanager
+async def role_transaction(
+    database: Database,
+    role: str,
+    *,
+    tenant_id: str | None = None,
+    scope: str | None = None,
+    what: str = "database",
+) -> AsyncIterator[AsyncSession]:
+    """A transaction under ``SET LOCAL ROLE role`` (so row-level security applies even to the tables' owner),
+    scoped to ``tenant_id`` (``parapet.tenant_id``) or to ``scope`` (``parapet.scope``) or to neither.
+
+    A lost or refused database connection is UNAVAILABLE (retry later), not an internal error. Shared by the
+    services whose tables force RLS (auth, the gateway's jobs).
+    """
     try:
-        yield
+        opened = database.tenant_transaction(tenant_id) if tenant_id is not None else database.transaction()
+        async with opened as session:
+            if scope is not None:
+                await session.execute(text("SELECT set_config('parapet.scope', :s, true)"), {"s": scope})
+            await session.execute(text(f"SET LOCAL ROLE {role}"))
+            yield session
     except (OperationalError, InterfaceError, OSError) as error:
-        raise Unavailable("the auth database is unavailable", retry_after=1.0) from error
+        raise Unavailable(f"the {what} is unavailable", retry_after=1.0) from error
 
 
 class AuthStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    @asynccontextmanager
-    async def tenant(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
-        with _unavailable_when_down():
-            async with self.database.tenant_transaction(tenant_id) as session:
-                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-                yield session
+    def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
+        return role_transaction(self.database, APP_ROLE, tenant_id=tenant_id, what="auth database")
 
-    @asynccontextmanager
-    async def lookup(self) -> AsyncIterator[AsyncSession]:
-        with _unavailable_when_down():
-            async with self.database.transaction() as session:
-                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-                yield session
+    def lookup(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return role_transaction(self.database, APP_ROLE, what="auth database")
 
-    @asynccontextmanager
-    async def platform(self) -> AsyncIterator[AsyncSession]:
-        with _unavailable_when_down():
-            async with self.database.transaction() as session:
-                await session.execute(text("SELECT set_config('parapet.scope', 'platform', true)"))
-                await session.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))
-                yield session
+    def platform(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return role_transaction(self.database, APP_ROLE, scope="platform", what="auth database")
 
     # -- routing before the tenant is known ------------------------------------------------------------
 

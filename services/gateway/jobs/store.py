@@ -1,0 +1,360 @@
+"""Every SQL statement of the async jobs, each in a tenant-scoped transaction under row-level security.
+
+Transactions run ``SET LOCAL ROLE parapet_gateway_jobs`` (a role that owns nothing, so RLS applies even when
+the service connects as the tables' owner or a superuser) with ``parapet.tenant_id`` set by the kit. Only the
+sweeper spans tenants, under ``parapet.scope = 'jobs-sweep'``, and reads nothing but job ids.
+
+Every change a watcher may care about ends with ``pg_notify('parapet_gateway_jobs', job_id)`` inside its
+transaction: PostgreSQL delivers it exactly at commit, so a watcher woken by it always reads the change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parapet.kit.database import Database
+from services.auth.store import role_transaction
+
+JOBS_ROLE = "parapet_gateway_jobs"
+NOTIFY_CHANNEL = "parapet_gateway_jobs"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored (without its spec unless asked for)."""
+
+    tenant_id: str
+    job_id: str
+    idempotency_key: str
+    spec_sha256: bytes
+    metadata: dict[str, str]
+    subject: str
+    api_key_id: str
+    state: str
+    total_items: int
+    succeeded_items: int
+    failed_items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    usage_estimated: bool
+    cost_micros: int
+    currency_code: str
+    error: bytes | None
+    attempts: int
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    spec: bytes | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """A finished item: its response or its error (serialized protos), and what it consumed."""
+
+    index: int
+    response: bytes | None = None
+    error: bytes | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False
+    cost_micros: int = 0
+    currency_code: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker learns when it tries to take a job."""
+
+    job: JobRow | None  # None: no such job (never happens for a message we published)
+    granted: bool  # the lease is ours
+    lease_left: float  # seconds until another worker's lease expires, when not granted
+
+
+_COLUMNS = """tenant_id, job_id::text AS job_id, idempotency_key, spec_sha256, metadata, subject, api_key_id,
+    state, total_items, succeeded_items, failed_items, prompt_tokens, completion_tokens, cached_tokens,
+    usage_estimated, cost_micros, currency_code, error, attempts, create_time, start_time, end_time"""
+
+
+def _row(mapping: Any) -> JobRow:
+    values = dict(mapping)
+    for name in ("spec_sha256", "error", "spec"):
+        if values.get(name) is not None:
+            values[name] = bytes(values[name])
+    return JobRow(**values)
+
+
+class JobStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
+        return role_transaction(self.database, JOBS_ROLE, tenant_id=tenant_id, what="jobs database")
+
+    @staticmethod
+    async def _notify(session: AsyncSession, job_id: str) -> None:
+        await session.execute(text("SELECT pg_notify(:c, :j)"), {"c": NOTIFY_CHANNEL, "j": job_id})
+
+    # -- submitting -----------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        tenant_id: str,
+        *,
+        idempotency_key: str,
+        spec_sha256: bytes,
+        spec: bytes,
+        metadata: Mapping[str, str],
+        subject: str,
+        api_key_id: str,
+        total_items: int,
+    ) -> tuple[JobRow, bool]:
+        """The new queued job and True, or the job already holding ``idempotency_key`` and False."""
+        import json
+
+        async with self.tenant(tenant_id) as session:
+            created = await session.execute(
+                text(
+                    "INSERT INTO jobs (tenant_id, job_id, idempotency_key, spec_sha256, spec, metadata, subject,"
+                    " api_key_id, state, total_items) VALUES (:t, :j, :k, :h, :s, CAST(:m AS jsonb), :u, :a,"
+                    f" 'queued', :n) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}"
+                ),
+                {
+                    "t": tenant_id,
+                    "j": str(uuid.uuid4()),
+                    "k": idempotency_key,
+                    "h": spec_sha256,
+                    "s": spec,
+                    "m": json.dumps(dict(metadata)),
+                    "u": subject,
+                    "a": api_key_id,
+                    "n": total_items,
+                },
+            )
+            row = created.mappings().one_or_none()
+            if row is not None:
+                return _row(row), True
+            existing = await session.execute(
+                text(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = :k"), {"k": idempotency_key}
+            )
+            return _row(existing.mappings().one()), False
+
+    async def mark_enqueued(self, tenant_id: str, job_id: str) -> None:
+        async with self.tenant(tenant_id) as session:
+            await session.execute(
+                text("UPDATE jobs SET enqueue_time = now() WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+            )
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    async def get(self, tenant_id: str, job_id: str, *, with_spec: bool = False) -> JobRow | None:
+        try:
+            key = str(uuid.UUID(job_id))
+        except ValueError:
+            return None
+        columns = _COLUMNS + (", spec" if with_spec else "")
+        async with self.tenant(tenant_id) as session:
+            found = await session.execute(
+                text(f"SELECT {columns} FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": key}
+            )
+            row = found.mappings().one_or_none()
+        return None if row is None else _row(row)
+
+    async def results(
+        self, tenant_id: str, job_id: str
+    ) -> list[tuple[int, bool, bytes | None, bytes | None]]:
+        """(index, succeeded, response, error) of every finished item, in item order."""
+        async with self.tenant(tenant_id) as session:
+            rows = await session.execute(
+                text(
+                    "SELECT item_index, succeeded, response, error FROM job_results"
+                    " WHERE job_id = CAST(:j AS uuid) ORDER BY item_index"
+                ),
+                {"j": job_id},
+            )
+            return [
+                (r[0], r[1], None if r[2] is None else bytes(r[2]), None if r[3] is None else bytes(r[3]))
+                for r in rows
+            ]
+
+    async def finished_indices(self, tenant_id: str, job_id: str) -> set[int]:
+        async with self.tenant(tenant_id) as session:
+            rows = await session.execute(
+                text("SELECT item_index FROM job_results WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+            )
+            return {r[0] for r in rows}
+
+    # -- state changes --------------------------------------------------------------------------------------
+
+    async def cancel(self, tenant_id: str, job_id: str) -> None:
+        """Queued or running → cancelled (no new item starts); finished jobs are left as they are."""
+        async with self.tenant(tenant_id) as session:
+            changed = await session.execute(
+                text(
+                    "UPDATE jobs SET state = 'cancelled', end_time = now(), worker = NULL,"
+                    " lease_expire_time = NULL WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
+                ),
+                {"j": job_id},
+            )
+            if getattr(changed, "rowcount", 0):
+                await self._notify(session, job_id)
+
+    async def claim(self, tenant_id: str, job_id: str, worker: str, lease_seconds: float) -> Claim:
+        """Take the job's lease if it is unfinished and nobody else holds a live one; count the attempt."""
+        async with self.tenant(tenant_id) as session:
+            taken = await session.execute(
+                text(
+                    "UPDATE jobs SET state = 'running', start_time = coalesce(start_time, now()), worker = :w,"
+                    " lease_expire_time = now() + make_interval(secs => :l), attempts = attempts + 1"
+                    " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
+                    " AND (worker IS NULL OR worker = :w OR lease_expire_time <= now())"
+                    f" RETURNING {_COLUMNS}, spec"
+                ),
+                {"j": job_id, "w": worker, "l": lease_seconds},
+            )
+            row = taken.mappings().one_or_none()
+            if row is not None:
+                await self._notify(session, job_id)
+                return Claim(_row(row), True, 0.0)
+            found = await session.execute(
+                text(
+                    f"SELECT {_COLUMNS}, greatest(0, extract(epoch FROM lease_expire_time - now()))::float8"
+                    " AS lease_left FROM jobs WHERE job_id = CAST(:j AS uuid)"
+                ),
+                {"j": job_id},
+            )
+            other = found.mappings().one_or_none()
+        if other is None:
+            return Claim(None, False, 0.0)
+        values = dict(other)
+        lease_left = float(values.pop("lease_left") or 0.0)
+        return Claim(_row(values), False, lease_left)
+
+    async def renew(self, tenant_id: str, job_id: str, worker: str, lease_seconds: float) -> str | None:
+        """Extend our lease; returns the job's state, or None when the lease is no longer ours."""
+        async with self.tenant(tenant_id) as session:
+            renewed = await session.execute(
+                text(
+                    "UPDATE jobs SET lease_expire_time = now() + make_interval(secs => :l)"
+                    " WHERE job_id = CAST(:j AS uuid) AND worker = :w RETURNING state"
+                ),
+                {"j": job_id, "w": worker, "l": lease_seconds},
+            )
+            state = renewed.scalar_one_or_none()
+            if state is not None:
+                return str(state)
+            current = await session.execute(
+                text("SELECT state FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+            )
+            found = current.scalar_one_or_none()
+            # Cancelled (which clears the lease) is reported as such; anything else means we lost the lease.
+            return "cancelled" if found == "cancelled" else None
+
+    async def release(self, tenant_id: str, job_id: str, worker: str) -> None:
+        """Give the lease up (a stopping worker), so the next delivery need not wait for it to expire."""
+        async with self.tenant(tenant_id) as session:
+            await session.execute(
+                text(
+                    "UPDATE jobs SET worker = NULL, lease_expire_time = NULL"
+                    " WHERE job_id = CAST(:j AS uuid) AND worker = :w"
+                ),
+                {"j": job_id, "w": worker},
+            )
+
+    async def record_item(self, tenant_id: str, job_id: str, outcome: ItemOutcome) -> str:
+        """Checkpoint one finished item (once: a repeat changes nothing) and add it to the job's counters, in
+        one transaction; returns the job's state (a worker stops starting items once it is cancelled)."""
+        async with self.tenant(tenant_id) as session:
+            inserted = await session.execute(
+                text(
+                    "INSERT INTO job_results (tenant_id, job_id, item_index, succeeded, response, error)"
+                    " VALUES (:t, CAST(:j AS uuid), :i, :ok, :r, :e) ON CONFLICT DO NOTHING RETURNING item_index"
+                ),
+                {
+                    "t": tenant_id,
+                    "j": job_id,
+                    "i": outcome.index,
+                    "ok": outcome.error is None,
+                    "r": outcome.response,
+                    "e": outcome.error,
+                },
+            )
+            if inserted.scalar_one_or_none() is None:
+                state = await session.execute(
+                    text("SELECT state FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+                )
+                return str(state.scalar_one())
+            updated = await session.execute(
+                text(
+                    "UPDATE jobs SET succeeded_items = succeeded_items + :s, failed_items = failed_items + :f,"
+                    " prompt_tokens = prompt_tokens + :pt, completion_tokens = completion_tokens + :ct,"
+                    " cached_tokens = cached_tokens + :kt, usage_estimated = usage_estimated OR :est,"
+                    " cost_micros = cost_micros + :c,"
+                    # One currency per deployment in practice; the first item that names one sets it.
+                    " currency_code = CASE WHEN currency_code = '' THEN :cur ELSE currency_code END"
+                    " WHERE job_id = CAST(:j AS uuid) RETURNING state"
+                ),
+                {
+                    "j": job_id,
+                    "s": int(outcome.error is None),
+                    "f": int(outcome.error is not None),
+                    "pt": outcome.prompt_tokens,
+                    "ct": outcome.completion_tokens,
+                    "kt": outcome.cached_tokens,
+                    "est": outcome.estimated,
+                    "c": outcome.cost_micros,
+                    "cur": outcome.currency_code,
+                },
+            )
+            await self._notify(session, job_id)
+            return str(updated.scalar_one())
+
+    async def finish(self, tenant_id: str, job_id: str, worker: str, *, error: bytes | None = None) -> None:
+        """Running → succeeded (or failed with ``error``) under our lease; a cancelled job stays cancelled."""
+        async with self.tenant(tenant_id) as session:
+            changed = await session.execute(
+                text(
+                    "UPDATE jobs SET state = :s, error = :e, end_time = now(), worker = NULL,"
+                    " lease_expire_time = NULL"
+                    " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
+                    " AND (worker = :w OR worker IS NULL)"
+                ),
+                {"j": job_id, "w": worker, "s": "failed" if error is not None else "succeeded", "e": error},
+            )
+            if getattr(changed, "rowcount", 0):
+                await self._notify(session, job_id)
+
+    # -- the sweeper (every tenant, ids only) ------------------------------------------------------------------
+
+    async def to_requeue(self, stale_after_seconds: float, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(tenant, job id, message id) of unfinished jobs the queue may not hold: never acknowledged by
+        JetStream, or running under a lease expired long ago (their message lost with a stream)."""
+        async with role_transaction(
+            self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database"
+        ) as session:
+            rows = await session.execute(
+                text(
+                    "SELECT tenant_id, job_id::text, attempts FROM jobs"
+                    " WHERE state IN ('queued', 'running') AND ("
+                    "   (enqueue_time IS NULL AND create_time < now() - interval '2 seconds')"
+                    "   OR lease_expire_time < now() - make_interval(secs => :s))"
+                    " ORDER BY create_time LIMIT :n"
+                ),
+                {"s": stale_after_seconds, "n": limit},
+            )
+            # The attempt count in the message id lets a re-queue through JetStream's duplicate window.
+            return [(r[0], r[1], f"{r[1]}:{r[2]}") for r in rows]

@@ -1,0 +1,298 @@
+"""The job worker: pulls job ids from the work queue, leases the job, runs its unfinished items through the
+chat flow with bounded concurrency, checkpoints each finished item, and acknowledges once the job is over.
+
+Durability, step by step:
+- the lease (``jobs.worker``/``lease_expire_time``) makes a job run on one worker at a time, even when the
+  sweeper queued it twice; it is renewed with JetStream's ``in_progress`` every third of ``ack_wait``;
+- each finished item is one transaction (result row, counters, notification): a resumed job reads the
+  finished indices and runs only the others, so no finished item is run (or charged) twice;
+- the message is acknowledged only after the terminal state is committed. A stopping worker releases the
+  lease and naks (immediate redelivery); a dead one simply stops renewing, and after ``ack_wait`` JetStream
+  redelivers the job to another worker, whose claim succeeds because the lease expired with it.
+An item in flight when its worker died is run again by the next one: its outcome was never recorded. Its
+request id is the same on every attempt (``job-<id>-<index>``), so its downstream records correlate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import nats.errors
+from nats.aio.msg import Msg
+
+from parapet.gateway.v1 import chat_service_pb2, job_pb2
+from parapet.kit.bus import Bus
+from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError
+from parapet.status.v1 import status_pb2
+from services.gateway.caller import Caller
+from services.gateway.jobs import queue, submission
+from services.gateway.jobs.delegation import DelegatedCallers, RenewingCaller
+from services.gateway.jobs.records import status_of
+from services.gateway.jobs.settings import JobSettings
+from services.gateway.jobs.store import ItemOutcome, JobRow, JobStore
+
+log = logging.getLogger(__name__)
+
+ItemRunner = Callable[[Caller, chat_service_pb2.ChatRequest, str], Awaitable[chat_service_pb2.ChatResponse]]
+
+# Auth refusing the submitter's principal is final for the job (revoked key, disabled tenant...); anything
+# else from auth (UNAVAILABLE, a deadline) is a reason to try the job again later.
+_FINAL_AUTH_CODES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+_STEP_TIMEOUT = 2.0  # bound on best-effort messages to NATS and the database while stopping
+
+
+@dataclass
+class _Run:
+    """What one run of a job has learned while its items run."""
+
+    cancelled: bool = False
+    lease_lost: bool = False
+    fatal: status_pb2.Status | None = None  # the submitter may no longer act (from auth)
+    retry: bool = False  # a dependency failed: give the job back for a later attempt
+
+    @property
+    def stop(self) -> bool:
+        return self.cancelled or self.lease_lost or self.fatal is not None or self.retry
+
+
+class JobWorker:
+    def __init__(
+        self,
+        store: JobStore,
+        bus: Bus,
+        callers: DelegatedCallers,
+        runner: ItemRunner,
+        settings: JobSettings,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._callers = callers
+        self._runner = runner
+        self._settings = settings
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self._lease = settings.gateway_job_ack_wait_seconds
+
+    async def run(self) -> None:
+        """Pull and run jobs until cancelled (the kit cancels it on shutdown: running jobs are given back)."""
+        subscription = await self._bus.jetstream.pull_subscribe(
+            queue.SUBJECT,
+            durable=queue.CONSUMER,
+            stream=queue.JOBS_STREAM.name,
+            config=queue.consumer_config(self._lease, max_ack_pending=10_000),
+        )
+        slots = asyncio.Semaphore(self._settings.gateway_job_parallel_jobs)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    messages = await subscription.fetch(1, timeout=5.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    slots.release()
+                    continue
+                except Exception:
+                    slots.release()
+                    log.warning("job queue fetch failed; retrying", exc_info=True)
+                    await asyncio.sleep(1.0)
+                    continue
+                for message in messages:
+                    task = asyncio.create_task(self.handle(message), name=f"job-{message.data[:80]!r}")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _done: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def handle(self, message: Msg) -> None:
+        parsed = queue.parse_body(message.data)
+        if parsed is None:
+            log.error("malformed job message dropped", extra={"body": message.data[:200]})
+            await message.term()
+            return
+        tenant_id, job_id = parsed
+        try:
+            claim = await self._store.claim(tenant_id, job_id, self.worker_id, self._lease)
+        except ParapetError:
+            log.warning("cannot claim job; retrying later", exc_info=True, extra={"job_id": job_id})
+            await message.nak(delay=1.0)
+            return
+        if claim.job is None or claim.job.terminal:
+            await message.ack()  # nothing left to do (finished, cancelled, or a duplicate message)
+            return
+        if not claim.granted:
+            await message.nak(delay=max(claim.lease_left, 0.5))  # another worker holds a live lease
+            return
+        job = claim.job
+        if job.attempts > self._settings.gateway_job_max_attempts:
+            error = Internal(
+                f"the job was attempted {job.attempts - 1} times without finishing",
+                reason="JOB_ATTEMPTS_EXHAUSTED",
+            )
+            await self._store.finish(
+                tenant_id, job_id, self.worker_id, error=status_of(error).SerializeToString()
+            )
+            await message.ack()
+            return
+        log.info("job started", extra={"job_id": job_id, "tenant_id": tenant_id, "attempt": job.attempts})
+        try:
+            await self._run_claimed(message, job)
+        except asyncio.CancelledError:
+            # Stopping: give the job back at once rather than after the lease; its finished items are kept.
+            await asyncio.shield(self._give_back(message, job, delay=None))
+            raise
+        except Exception:
+            log.warning("job attempt failed; it will be retried", exc_info=True, extra={"job_id": job_id})
+            await self._give_back(message, job, delay=2.0)
+
+    async def _give_back(self, message: Msg, job: JobRow, delay: float | None) -> None:
+        for step in (
+            self._store.release(job.tenant_id, job.job_id, self.worker_id),
+            message.nak(delay=delay),
+        ):
+            try:
+                await asyncio.wait_for(step, _STEP_TIMEOUT)
+            except Exception:
+                log.warning("giving a job back failed; its lease will expire", extra={"job_id": job.job_id})
+
+    async def _run_claimed(self, message: Msg, job: JobRow) -> None:
+        run = _Run()
+        caller = RenewingCaller(self._callers, job.tenant_id, job.subject, job.api_key_id)
+        heartbeat = asyncio.create_task(self._heartbeat(message, job, run))
+        try:
+            try:
+                await caller.get()  # the submitter may still act? (fails the job before any item runs)
+            except grpc.aio.AioRpcError as error:
+                self._auth_failed(error, run)
+            if not run.stop:
+                await self._run_items(job, caller, run)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        await self._conclude(message, job, run)
+
+    async def _conclude(self, message: Msg, job: JobRow, run: _Run) -> None:
+        if run.lease_lost:
+            # Another worker took the job over (we stalled past the lease): it acknowledges, not us.
+            log.warning("job lease lost", extra={"job_id": job.job_id})
+            return
+        if run.retry:
+            await self._give_back(message, job, delay=5.0)
+            return
+        if not run.cancelled:
+            fatal = None if run.fatal is None else run.fatal.SerializeToString()
+            await self._store.finish(job.tenant_id, job.job_id, self.worker_id, error=fatal)
+        await message.ack()
+        log.info(
+            "job ended",
+            extra={"job_id": job.job_id, "cancelled": run.cancelled, "failed": run.fatal is not None},
+        )
+
+    def _auth_failed(self, error: grpc.aio.AioRpcError, run: _Run) -> None:
+        if error.code() in _FINAL_AUTH_CODES:
+            run.fatal = status_of(error)
+        else:
+            run.retry = True
+
+    async def _heartbeat(self, message: Msg, job: JobRow, run: _Run) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await message.in_progress()
+                state = await self._store.renew(job.tenant_id, job.job_id, self.worker_id, self._lease)
+            except Exception:
+                log.warning("renewing a job's lease failed", exc_info=True, extra={"job_id": job.job_id})
+                continue
+            if state is None:
+                run.lease_lost = True
+            elif state == "cancelled":
+                run.cancelled = True
+
+    async def _run_items(self, job: JobRow, caller: RenewingCaller, run: _Run) -> None:
+        assert job.spec is not None
+        batch = job_pb2.ChatBatch.FromString(job.spec)
+        finished = await self._store.finished_indices(job.tenant_id, job.job_id)
+        slots = asyncio.Semaphore(self._settings.gateway_job_item_concurrency)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for index in range(job.total_items):
+                if index in finished:
+                    continue
+                await slots.acquire()
+                if run.stop:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._item(job, batch.requests[index], index, caller, run))
+                task.add_done_callback(lambda _done: slots.release())
+                tasks.append(task)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # a checkpoint could not be written: the attempt failed, retry the job
+
+    async def _item(
+        self, job: JobRow, item: chat_service_pb2.ChatRequest, index: int, caller: RenewingCaller, run: _Run
+    ) -> None:
+        try:
+            current = await caller.get()
+        except grpc.aio.AioRpcError as error:
+            self._auth_failed(error, run)  # not recorded: the item did not run
+            return
+        request = submission.item_request(item, job.metadata)
+        request_id = submission.item_request_id(job.job_id, index)
+        timeout = self._settings.gateway_job_item_timeout_seconds
+        try:
+            response = await asyncio.wait_for(self._runner(current, request, request_id), timeout)
+            outcome = _succeeded(index, response)
+        except ParapetError as error:
+            outcome = ItemOutcome(index, error=status_of(error).SerializeToString())
+        except TimeoutError:
+            late = DeadlineExceeded(
+                f"the item did not finish within {timeout:g} s", reason="JOB_ITEM_TIMEOUT"
+            )
+            outcome = ItemOutcome(index, error=status_of(late).SerializeToString())
+        except grpc.aio.AioRpcError as error:
+            outcome = ItemOutcome(index, error=status_of(error).SerializeToString())
+        except Exception:
+            log.exception("job item failed unexpectedly", extra={"job_id": job.job_id, "index": index})
+            crash = Internal("the item failed inside the gateway")
+            outcome = ItemOutcome(index, error=status_of(crash).SerializeToString())
+        state = await self._store.record_item(job.tenant_id, job.job_id, outcome)
+        if state == "cancelled":
+            run.cancelled = True
+
+
+def _succeeded(index: int, response: chat_service_pb2.ChatResponse) -> ItemOutcome:
+    usage = response.summary.usage
+    return ItemOutcome(
+        index,
+        response=response.SerializeToString(),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        estimated=usage.estimated,
+        cost_micros=response.summary.cost.amount_micros,
+        currency_code=response.summary.cost.currency_code,
+    )

@@ -1,0 +1,228 @@
+"""Async jobs end to end: real auth (delegation), PostgreSQL, NATS JetStream and gRPC channels."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import grpc.aio
+import jwt
+import pytest
+
+from parapet.auth.v1 import tenant_admin_service_pb2
+from parapet.gateway.v1 import job_pb2, job_service_pb2
+from parapet.kit.errors import error_details
+from tests.integration.gateway_jobs.conftest import (
+    TERMINAL,
+    Suite,
+    batch_request,
+    bearer,
+    ended,
+    succeeded_at_least,
+    watch_until,
+)
+
+
+def _key() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+async def _error(call: object) -> tuple[grpc.StatusCode, str | None, list[str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = error_details(raised.value)
+    fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
+    return details.code, details.reason, fields
+
+
+async def test_a_job_runs_every_item_for_its_submitter_and_watch_shows_progress(suite: Suite) -> None:
+    runner = suite.runner()
+    questions = [f"q{i}" for i in range(6)]
+    async with suite.gateway(runner) as jobs:
+        submitted = await jobs.SubmitJob(
+            batch_request(_key(), questions, batch="nightly"), metadata=bearer(suite.key)
+        )
+        job_id = submitted.job.job_id
+        assert submitted.job.state == job_pb2.JOB_STATE_QUEUED and submitted.job.progress.total_items == 6
+        seen = []
+        async for message in jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=job_id), metadata=bearer(suite.key)
+        ):
+            seen.append(message.job)
+        # The stream started with the state of the moment, showed progress, and ended after the terminal state.
+        assert seen[-1].state == job_pb2.JOB_STATE_SUCCEEDED and len(seen) >= 2
+        done = [j.progress.succeeded_items for j in seen]
+        assert done == sorted(done) and done[-1] == 6
+        assert all(j.state not in TERMINAL for j in seen[:-1])
+
+        full = await jobs.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+            metadata=bearer(suite.key),
+        )
+    job = full.job
+    assert [r.index for r in job.results] == list(range(6))
+    assert [r.response.text for r in job.results] == [f"answer to {q}" for q in questions]
+    assert job.usage.prompt_tokens == 18 and job.usage.completion_tokens == 30
+    assert (job.cost.currency_code, job.cost.amount_micros) == ("USD", 60)
+    assert job.metadata == {"batch": "nightly"} and job.HasField("start_time") and job.HasField("end_time")
+    assert runner.calls == {i: 1 for i in range(6)}
+    # Every item ran as the submitter, with a token auth issued to the gateway's account for them.
+    for caller in runner.callers:
+        assert (caller.tenant_id, caller.principal.subject, caller.principal.api_key_id) == (
+            suite.tenant,
+            "alice",
+            suite.key_id,
+        )
+        claims = jwt.decode(caller.token, options={"verify_signature": False})
+        assert claims["act"]["sub"].startswith("gw-")
+
+
+async def test_submission_is_idempotent_and_bad_jobs_are_refused(suite: Suite) -> None:
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        key = _key()
+        first = await jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(suite.key))
+        again = await jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(suite.key))
+        assert again.job.job_id == first.job.job_id
+        code, reason, _ = await _error(
+            jobs.SubmitJob(batch_request(key, ["a", "c"]), metadata=bearer(suite.key))
+        )
+        assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+        # Another user of the tenant picking the same key does not get alice's job.
+        _bob_id, bob = await suite.new_member("bob")
+        code, reason, _ = await _error(jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(bob)))
+        assert reason == "IDEMPOTENCY_KEY_REUSED"
+
+        too_many = batch_request(_key(), ["x"] * 10_001)
+        code, reason, fields = await _error(jobs.SubmitJob(too_many, metadata=bearer(suite.key)))
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["chat_batch.requests"])
+        labels = {f"k{i}": "v" for i in range(17)}
+        code, _, fields = await _error(
+            jobs.SubmitJob(batch_request(_key(), ["x"], **labels), metadata=bearer(suite.key))
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in fields
+        code, _, fields = await _error(
+            jobs.SubmitJob(job_service_pb2.SubmitJobRequest(idempotency_key=""), metadata=bearer(suite.key))
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and set(fields) == {"idempotency_key", "chat_batch"}
+        code, reason, _ = await _error(jobs.SubmitJob(batch_request(_key(), ["x"])))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        # A user whose roles do not grant chat cannot submit.
+        _id, reader = await suite.new_member("reader", roles=())
+        code, reason, _ = await _error(jobs.SubmitJob(batch_request(_key(), ["x"]), metadata=bearer(reader)))
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
+
+
+async def test_only_the_submitter_and_tenant_admins_see_a_job(suite: Suite) -> None:
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        job_id = (await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))).job.job_id
+        get = job_service_pb2.GetJobRequest(job_id=job_id)
+        _bob_id, bob = await suite.new_member("bob")
+        _admin_id, admin = await suite.new_member("root", roles=("admin",))
+        other_tenant = Suite(suite.auth, suite.database_url, suite.nats_url, suite.service_key_file)
+        other_tenant.tenant = await suite.auth.new_tenant("other")
+        await suite.auth.new_user(other_tenant.tenant, "eve", roles=("admin",))
+        _eve_id, eve = await suite.auth.new_key(other_tenant.tenant, "eve")
+
+        for stranger in (bob, eve):
+            for call in (
+                jobs.GetJob(get, metadata=bearer(stranger)),
+                jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(stranger)),
+            ):
+                code, _, _ = await _error(call)
+                assert code == grpc.StatusCode.NOT_FOUND
+            stream = jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), metadata=bearer(stranger))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in stream:
+                    pass
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (await jobs.GetJob(get, metadata=bearer(admin))).job.job_id == job_id
+        code, _, _ = await _error(
+            jobs.GetJob(job_service_pb2.GetJobRequest(job_id="nope"), metadata=bearer(suite.key))
+        )
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancel_stops_new_items_and_keeps_finished_ones(suite: Suite) -> None:
+    runner = suite.runner(free_items=2)
+    runner.gate.clear()
+    async with suite.gateway(runner, gateway_job_item_concurrency=1) as jobs:
+        job_id = (
+            await jobs.SubmitJob(
+                batch_request(_key(), [f"q{i}" for i in range(10)]), metadata=bearer(suite.key)
+            )
+        ).job.job_id
+
+        # Two items finish, the third is held inside the runner.
+        await watch_until(jobs, suite.key, job_id, succeeded_at_least(2))
+        cancelled = await jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key)
+        )
+        assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED and cancelled.job.HasField("end_time")
+        runner.gate.set()  # the running item finishes and is recorded; no other starts
+        await asyncio.sleep(2.5)  # more than a lease renewal: the worker has heard of the cancel
+        again = await jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key)
+        )
+        assert again.job.state == job_pb2.JOB_STATE_CANCELLED  # idempotent
+        full = (
+            await jobs.GetJob(
+                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+                metadata=bearer(suite.key),
+            )
+        ).job
+        watched = await watch_until(jobs, suite.key, job_id, ended)
+    assert watched.state == job_pb2.JOB_STATE_CANCELLED
+    assert full.progress.succeeded_items == len(full.results) == sum(runner.calls.values()) == 3
+    assert max(runner.calls) == 2
+
+
+async def test_a_stopped_worker_s_job_is_finished_by_another_without_rerunning_items(suite: Suite) -> None:
+    first = suite.runner(free_items=4)
+    first.gate.clear()  # the fifth item hangs in the first worker
+    questions = [f"q{i}" for i in range(12)]
+    async with suite.gateway(first, gateway_job_item_concurrency=1) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), questions), metadata=bearer(suite.key))
+        ).job.job_id
+
+        await watch_until(jobs, suite.key, job_id, succeeded_at_least(4))
+    # The first gateway stopped mid-item (its worker task cancelled). A second one takes the job over.
+    second = suite.runner()
+    async with suite.gateway(second) as jobs:
+        done = await watch_until(jobs, suite.key, job_id, ended)
+        full = (
+            await jobs.GetJob(
+                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+                metadata=bearer(suite.key),
+            )
+        ).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.progress.succeeded_items == 12
+    assert [r.index for r in full.results] == list(range(12))
+    assert set(first.calls) == {0, 1, 2, 3} and all(n == 1 for n in first.calls.values())
+    assert set(second.calls) == set(range(4, 12)) and all(n == 1 for n in second.calls.values())
+
+
+async def test_a_revoked_key_fails_its_queued_job_with_the_reason(suite: Suite) -> None:
+    runner = suite.runner()
+    async with suite.gateway(runner, gateway_job_workers_enabled=False) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), ["a", "b"]), metadata=bearer(suite.key))
+        ).job.job_id
+    await suite.auth.admin.RevokeApiKey(
+        tenant_admin_service_pb2.RevokeApiKeyRequest(
+            tenant_id=suite.tenant, api_key_id=suite.key_id, reason="leaked"
+        ),
+        metadata=suite.auth.operator,
+    )
+    _id, admin = await suite.new_member("root", roles=("admin",))
+    async with suite.gateway(runner) as jobs:
+        failed = await watch_until(jobs, admin, job_id, ended)
+    assert failed.state == job_pb2.JOB_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "revoked" in failed.error.message
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.ErrorInfo()
+    assert failed.error.details[0].Unpack(info) and info.reason == "API_KEY_REVOKED"
+    assert runner.calls.total() == 0  # no item ran
