@@ -1,0 +1,102 @@
+"""SubmitJob's limits, its idempotency fingerprint, the request each item runs as, and the Job message."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from parapet.gateway.v1 import chat_service_pb2, job_pb2, job_service_pb2
+from parapet.kit.errors import InvalidArgument, QuotaExceeded
+from parapet.status.v1 import status_pb2
+from services.gateway.jobs import queue, submission
+from services.gateway.jobs.records import job_message, status_of
+from services.gateway.jobs.store import JobRow
+
+
+def _request(count: int = 1, **metadata: str) -> job_service_pb2.SubmitJobRequest:
+    items = [chat_service_pb2.ChatRequest(model="fast", metadata={"item": str(i)}) for i in range(count)]
+    return job_service_pb2.SubmitJobRequest(
+        idempotency_key="k", chat_batch=job_pb2.ChatBatch(requests=items), metadata=metadata
+    )
+
+
+def _fields(request: job_service_pb2.SubmitJobRequest) -> list[str]:
+    with pytest.raises(InvalidArgument) as raised:
+        submission.validate(request)
+    (bad_request,) = raised.value.details
+    return [v.field for v in bad_request.field_violations]  # type: ignore[attr-defined]
+
+
+def test_limits_are_field_violations() -> None:
+    submission.validate(_request(10_000))
+    assert _fields(_request(10_001)) == ["chat_batch.requests"]
+    assert _fields(_request(0)) == ["chat_batch.requests"]
+    assert _fields(job_service_pb2.SubmitJobRequest(idempotency_key="k" * 129)) == [
+        "idempotency_key",
+        "chat_batch",
+    ]
+    assert _fields(_request(1, **{f"k{i}": "v" for i in range(17)}))[-1] == "metadata"
+    # The job's labels merged into an item's must stay within one chat's bound too.
+    assert _fields(_request(1, **{f"k{i}": "v" for i in range(16)})) == ["chat_batch.requests[0].metadata"]
+    assert _fields(_request(1, k="v" * 257)) == ["metadata['k']"]
+
+
+def test_the_fingerprint_covers_submitter_spec_and_labels() -> None:
+    base = _request(2, a="1")
+    digest = submission.fingerprint("alice", base.chat_batch, base.metadata)
+    assert digest == submission.fingerprint("alice", _request(2, a="1").chat_batch, {"a": "1"})
+    assert digest != submission.fingerprint("bob", base.chat_batch, base.metadata)
+    assert digest != submission.fingerprint("alice", _request(3, a="1").chat_batch, base.metadata)
+    assert digest != submission.fingerprint("alice", base.chat_batch, {"a": "2"})
+
+
+def test_an_item_runs_with_the_job_labels_and_without_its_own_key() -> None:
+    item = chat_service_pb2.ChatRequest(idempotency_key="mine", metadata={"x": "item"})
+    request = submission.item_request(item, {"x": "job", "batch": "b1"})
+    assert request.idempotency_key == "" and dict(request.metadata) == {"x": "item", "batch": "b1"}
+    assert item.idempotency_key == "mine"  # the stored spec is not changed
+    assert submission.item_request_id("j1", 7) == "job-j1-7"
+
+
+def test_queue_messages_round_trip_and_malformed_ones_are_recognised() -> None:
+    assert queue.parse_body(queue.message_body("acme", "j-1")) == ("acme", "j-1")
+    assert queue.parse_body(b"no-slash") is None and queue.parse_body(b"/j") is None
+
+
+def test_a_stored_job_becomes_its_message() -> None:
+    error = status_of(QuotaExceeded("budget", reason="BUDGET_EXCEEDED", retry_after=2.0))
+    now = datetime.datetime.now(datetime.UTC)
+    row = JobRow(
+        tenant_id="acme",
+        job_id="j1",
+        idempotency_key="k",
+        spec_sha256=b"",
+        metadata={"a": "1"},
+        subject="alice",
+        api_key_id="key",
+        state="failed",
+        total_items=3,
+        succeeded_items=1,
+        failed_items=1,
+        prompt_tokens=10,
+        completion_tokens=20,
+        cached_tokens=0,
+        usage_estimated=True,
+        cost_micros=99,
+        currency_code="USD",
+        error=error.SerializeToString(),
+        attempts=1,
+        create_time=now,
+        start_time=now,
+        end_time=None,
+    )
+    answer = chat_service_pb2.ChatResponse(text="hi").SerializeToString()
+    job = job_message(row, [(0, True, answer, None), (2, False, None, error.SerializeToString())])
+    assert job.state == job_pb2.JOB_STATE_FAILED and job.error.code == 8 and len(job.error.details) == 3
+    assert (job.progress.total_items, job.progress.succeeded_items, job.progress.failed_items) == (3, 1, 1)
+    assert job.usage.estimated and job.cost.amount_micros == 99 and not job.HasField("end_time")
+    assert job.results[0].response.text == "hi" and job.results[1].error == status_pb2.Status.FromString(
+        error.SerializeToString()
+    )
+    assert [r.index for r in job.results] == [0, 2]
