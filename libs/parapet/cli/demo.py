@@ -10,6 +10,7 @@ unchanged samples re-embeds nothing (retrieval compares content hashes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -135,21 +136,45 @@ async def ensure_demo(home: HomeLayout, ports: PortLayout, env: Mapping[str, str
 NEEDED = ("auth", "retrieval")
 
 
-def provision_in_background(
-    home: HomeLayout, ports: PortLayout, env: Mapping[str, str], say: Callable[[str, bool], None]
-) -> threading.Thread:
-    """Run :func:`ensure_demo` beside the supervisor (ingesting takes seconds; restarts must not wait)."""
+class BackgroundDemo:
+    """:func:`ensure_demo` in a thread beside the supervisor (ingesting takes seconds; restarts must not wait
+    for it), stopped before the services are: a suite stopping mid-setup cancels it instead of leaving
+    calls in flight while the interpreter exits."""
 
-    def work() -> None:
+    def __init__(
+        self, home: HomeLayout, ports: PortLayout, env: Mapping[str, str], say: Callable[[str, bool], None]
+    ) -> None:
+        self._args = (home, ports, env)
+        self._say = say
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[DemoReady] | None = None
+        self._thread = threading.Thread(target=self._work, name="parapet-demo", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _work(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
         try:
-            ready = asyncio.run(ensure_demo(home, ports, env))
+            ready = await ensure_demo(*self._args)
+        except asyncio.CancelledError:
+            return
         except CliError as exc:
-            say(f"parapet up: demo tenant not set up: {exc}", True)
+            self._say(f"parapet up: demo tenant not set up: {exc}", True)
         except grpc.aio.AioRpcError as exc:
-            say(f"parapet up: demo tenant not set up: {describe(exc)}", True)
+            self._say(f"parapet up: demo tenant not set up: {describe(exc)}", True)
         else:
-            say(ready.describe(), False)
+            self._say(ready.describe(), False)
 
-    thread = threading.Thread(target=work, name="parapet-demo", daemon=True)
-    thread.start()
-    return thread
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not task.done():
+            # The loop may close between the check and the call; then there is nothing left to cancel.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+        if self._thread.is_alive():
+            self._thread.join(timeout)

@@ -200,7 +200,7 @@ def _run(
         if not supervisor.wait_serving(args.startup_timeout, stop):
             return 0
         _say(endpoints_table(home.root, processes, database, nats))
-        _offer_demo(args, specs, home, ports, env)
+        _offer_demo(args, specs, home, ports, env, stack)
         gave_up = supervisor.supervise(stop)
         if gave_up is None:
             return 0
@@ -217,15 +217,18 @@ def _offer_demo(
     home: HomeLayout,
     ports: PortLayout,
     env: Mapping[str, str],
+    stack: contextlib.ExitStack,
 ) -> None:
-    from parapet.cli import demo  # the clients' imports are paid only when the demo is set up
+    from parapet.cli import demo
 
     names = {spec.name for spec in specs}
     if args.no_demo or args.apps_package != DEFAULT_APPS_PACKAGE or not all(n in names for n in demo.NEEDED):
         return
-    demo.provision_in_background(
+    background = demo.BackgroundDemo(
         home, ports, env, lambda message, error: _say(message, sys.stderr if error else None)
     )
+    stack.callback(background.stop)  # registered last, so it runs before the services are stopped
+    background.start()
 
 
 def _stopping(supervisor: Supervisor) -> None:
