@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export CMAKE_ARGS := -DGGML_NATIVE=OFF
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-slow lint format generate check-generated proto-baseline bench ci clean install
+.PHONY: run test test-slow lint format generate check-generated proto-baseline bench bench-gateway bench-soak ci clean install
 
 ## run: install what is missing and start the whole suite on its embedded defaults (Ctrl-C stops it all)
 run: install
@@ -81,8 +81,17 @@ proto-baseline: install
 bench: install
 	$(BIN)/python -m bench
 
+## bench-gateway: the headline benchmark (issue #10): Parapet's governed chat against the upstream called directly
+## and the LiteLLM proxy (installed once into its own .venv-litellm/); also part of `make bench`
+bench-gateway: install
+	$(BIN)/python -m bench gateway
+
+## bench-soak: 10 minutes of steady load on the governed chat, every service's memory sampled (not in `make bench`)
+bench-soak: install
+	$(BIN)/python -m bench.gateway_soak
+
 ## ci: what .ci/run does
 ci: lint check-generated test
 
 clean:
-	rm -rf $(VENV) node_modules .parapet .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-litellm node_modules .parapet .pytest_cache .mypy_cache .ruff_cache
