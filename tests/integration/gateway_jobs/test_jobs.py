@@ -226,3 +226,47 @@ async def test_a_revoked_key_fails_its_queued_job_with_the_reason(suite: Suite) 
     info = error_details_pb2.ErrorInfo()
     assert failed.error.details[0].Unpack(info) and info.reason == "API_KEY_REVOKED"
     assert runner.calls.total() == 0  # no item ran
+
+
+@pytest.mark.slow  # a second gateway process, started and SIGKILLed
+async def test_a_killed_worker_s_job_is_redelivered_after_its_lease_and_resumed(suite: Suite) -> None:
+    """SIGKILL, not a graceful stop: the dead worker gives nothing back; its lease expires, JetStream
+    redelivers after ack_wait, and another worker runs only the items the dead one had not finished."""
+    import sys
+    from pathlib import Path
+
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        job_id = (
+            await jobs.SubmitJob(
+                batch_request(_key(), [f"q{i}" for i in range(6)]), metadata=bearer(suite.key)
+            )
+        ).job.job_id
+        settings = suite.settings(gateway_job_item_concurrency=1).model_dump_json()
+        root = Path(__file__).parents[3]
+        dying = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.gateway_jobs.dying_gateway",
+            settings,
+            "3",
+            cwd=root,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await watch_until(jobs, suite.key, job_id, succeeded_at_least(3), within=60)
+        finally:
+            dying.kill()
+            await dying.wait()
+        second = suite.runner()
+        async with suite.gateway(second) as worker:
+            done = await watch_until(worker, suite.key, job_id, ended, within=60)
+        full = (
+            await jobs.GetJob(
+                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+                metadata=bearer(suite.key),
+            )
+        ).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [r.index for r in full.results] == list(range(6))
+    # The dead worker finished 0-2 and was killed inside item 3, which it never recorded: the second runs 3-5.
+    assert second.calls == {3: 1, 4: 1, 5: 1}
