@@ -60,6 +60,7 @@ def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
     """`gpt` on the emulator (OpenAI wire) falling back to `claude` (Anthropic wire); `local` answers from the
     retrieved context. Prices make costs non-zero and exact."""
     prices = {"input_price_per_million": "1.00", "output_price_per_million": "2.00"}
+    limits = {"context_window_tokens": 128000, "max_output_tokens": 4096}
     return {
         "currency": "USD",
         "default_model": "gpt",
@@ -92,6 +93,38 @@ def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
                 "upstream_model": "claude-haiku-4-5",
                 "context_window_tokens": 200000,
                 "max_output_tokens": 4096,
+                **prices,
+            },
+            # Faults through the emulator's model-name syntax: a model that always fails (falls back to claude),
+            # one that streams slowly (cancellation, in-progress idempotency), one whose whole chain is down.
+            {
+                "name": "broken",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini;status=503",
+                "fallbacks": ["claude"],
+                **limits,
+                **prices,
+            },
+            {
+                "name": "slow",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini;chunk_delay=0.05",
+                **limits,
+                **prices,
+            },
+            {
+                "name": "down",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini;status=503",
+                "fallbacks": ["down-too"],
+                **limits,
+                **prices,
+            },
+            {
+                "name": "down-too",
+                "provider": "anthropic",
+                "upstream_model": "claude-haiku-4-5;status=529",
+                **limits,
                 **prices,
             },
             {
