@@ -161,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
     answer cancels just that answer (asyncio.run turns SIGINT into cancelling the running turn)."""
     if args.question:
         return failures.run(args)
+    try:
+        return converse(args)
+    except KeyboardInterrupt:  # at the prompt, or between an answer and the next prompt
+        print()
+        return failures.EXIT_INTERRUPTED
+
+
+def converse(args: argparse.Namespace) -> int:
     history: list[message_pb2.Message] = []
     failures.say("parapet chat: ask away; Ctrl-C cancels an answer, Ctrl-D ends the conversation")
     while True:
@@ -169,9 +177,6 @@ def run(args: argparse.Namespace) -> int:
         except EOFError:
             print()
             return failures.EXIT_OK
-        except KeyboardInterrupt:
-            print()
-            return failures.EXIT_INTERRUPTED
         if not line:
             continue
         turn = [*history, message(message_pb2.ROLE_USER, line)]
