@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -137,7 +138,7 @@ async def test_chat_is_the_same_flow_collected(suite: Suite) -> None:
     request = chat_service_pb2.ChatRequest(
         messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content="unary please")],
         model="gpt",
-        retrieval={"mode": 2},
+        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
     )
     call = suite.chat.Chat(request, metadata=tenant.metadata(), timeout=30)
     response = await call
@@ -200,7 +201,7 @@ async def test_a_repeat_while_the_first_runs_is_aborted(suite: Suite) -> None:
     ],
 )
 async def test_bad_input_is_invalid_argument_with_the_field(
-    suite: Suite, fields: dict[str, object], violation: str
+    suite: Suite, fields: dict[str, Any], violation: str
 ) -> None:
     tenant = await suite.tenant()
     base = {"messages": [message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")], "model": "gpt"}
