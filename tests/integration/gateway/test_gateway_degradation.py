@@ -1,0 +1,130 @@
+"""Each dependency down, under each degradation policy; budgets under concurrent chats; records that match."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.gateway.v1 import chat_pb2
+from tests.integration.gateway.conftest import MODULE, Suite, dead_address, question
+
+pytestmark = MODULE
+
+P = tenant_policy_pb2
+
+
+def degradation(**fields: int) -> P.TenantPolicy:
+    return P.TenantPolicy(degradation=P.DegradationPolicy(**fields))  # type: ignore[arg-type]
+
+
+async def test_retrieval_down_answers_without_context_or_refuses(suite: Suite) -> None:
+    lenient = await suite.tenant()
+    strict = await suite.tenant(degradation(retrieval_unavailable=P.RETRIEVAL_DEGRADATION_REFUSE))
+    async with suite.gateway(retrieval_address=dead_address()) as chat:
+        answer = await suite.stream(
+            lenient, question("grounded?", model="gpt", retrieval={"mode": 1}), stub=chat
+        )
+        assert answer.error is None, answer.error
+        assert len(answer.notices(chat_pb2.NOTICE_TYPE_RETRIEVAL_DEGRADED)) == 1
+        assert answer.text == "You said: grounded?"
+        required = await suite.stream(
+            lenient, question("grounded?", model="gpt", retrieval={"mode": 3}), stub=chat
+        )
+        refused = await suite.stream(
+            strict, question("grounded?", model="gpt", retrieval={"mode": 1}), stub=chat
+        )
+    for failed in (required, refused):
+        assert failed.error is not None and failed.error.code == grpc.StatusCode.UNAVAILABLE
+        assert failed.error.reason == "RETRIEVAL_UNAVAILABLE" and failed.error.retry_after is not None
+
+
+async def test_moderation_down_fails_closed_unless_the_policy_allows(suite: Suite) -> None:
+    closed = await suite.tenant()
+    open_ = await suite.tenant(degradation(moderation_unavailable=P.MODERATION_DEGRADATION_ALLOW_UNSCREENED))
+    async with suite.gateway(moderation_address=dead_address()) as chat:
+        refused = await suite.stream(closed, question("screen me", model="gpt"), stub=chat)
+        allowed = await suite.stream(open_, question("screen me", model="gpt"), stub=chat)
+    assert refused.error is not None and refused.error.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.error.reason == "MODERATION_UNAVAILABLE"
+    assert allowed.error is None, allowed.error
+    assert allowed.text == "You said: screen me"
+    assert len(allowed.notices(chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED)) == 1
+
+
+async def test_metering_down_refuses_budgeted_tenants_and_settles_the_others_later(suite: Suite) -> None:
+    budget = P.Budget(
+        budget_id="daily",
+        scope=P.BUDGET_SCOPE_TENANT,
+        window=P.BUDGET_WINDOW_DAY,
+        token_limit=1_000_000,
+    )
+    budgeted = await suite.tenant(P.TenantPolicy(budgets=[budget]))
+    free = await suite.tenant()
+    async with suite.gateway(metering_address=dead_address()) as chat:
+        refused = await suite.stream(budgeted, question("count me", model="gpt"), stub=chat)
+        answered = await suite.stream(free, question("count me", model="gpt"), stub=chat)
+        assert refused.error is not None and refused.error.reason == "METERING_UNAVAILABLE"
+        assert answered.error is None, answered.error
+        queued = await suite.wait_rows(
+            "SELECT kind FROM gateway.outbox WHERE tenant_id = :t AND sent_time IS NULL", t=free.tenant_id
+        )
+        assert [q[0] for q in queued] == ["settlement"]
+    # The main gateway's relay (same outbox table, metering reachable) settles it without a reservation.
+    ledger = await suite.wait_rows(
+        "SELECT request_id, completion_tokens FROM metering.usage_ledger WHERE tenant_id = :t",
+        t=free.tenant_id,
+        seconds=15,
+    )
+    assert [tuple(r) for r in ledger] == [
+        (answered.summary.request_id, answered.summary.usage.completion_tokens)
+    ]
+
+
+async def test_concurrent_chats_never_overspend_by_more_than_one_reservation(suite: Suite) -> None:
+    limit = 30_000
+    tenant = await suite.tenant(
+        P.TenantPolicy(
+            budgets=[
+                P.Budget(
+                    budget_id="tight",
+                    scope=P.BUDGET_SCOPE_TENANT,
+                    window=P.BUDGET_WINDOW_DAY,
+                    token_limit=limit,
+                    soft_limit_percent=50,
+                )
+            ]
+        )
+    )
+    # Each request reserves about 1,100 tokens (its prompt estimate plus max_tokens 1,024) and uses ~20.
+    answers = await asyncio.gather(
+        *(suite.stream(tenant, question(f"spend {i}", model="gpt")) for i in range(40))
+    )
+    ok = [a for a in answers if a.error is None]
+    refused = [a for a in answers if a.error is not None]
+    assert ok and refused
+    assert {a.error.reason for a in refused if a.error} == {"BUDGET_EXCEEDED"}
+    assert all(a.error is not None and a.error.quota_failure is not None for a in refused)
+    assert any(a.notices(chat_pb2.NOTICE_TYPE_BUDGET_SOFT_LIMIT) for a in ok)
+    # Billing records exactly what was answered, and so does the audit log.
+    ledger = await suite.wait_rows(
+        "SELECT request_id, prompt_tokens + completion_tokens, cost_micros FROM metering.usage_ledger "
+        "WHERE tenant_id = :t",
+        t=tenant.tenant_id,
+        count=len(ok),
+    )
+    answered = {a.summary.request_id: a.summary for a in ok}
+    assert {r[0] for r in ledger} == set(answered)
+    for request_id, tokens, cost in ledger:
+        usage = answered[request_id].usage
+        assert tokens == usage.prompt_tokens + usage.completion_tokens
+        assert cost == answered[request_id].cost.amount_micros
+    assert sum(r[1] for r in ledger) <= limit
+    audit = await suite.wait_rows(
+        "SELECT request_id, status_code FROM audit.records WHERE tenant_id = :t AND kind = 'interaction'",
+        t=tenant.tenant_id,
+        count=len(answers),
+    )
+    assert {r[0] for r in audit if r[1] == 0} == set(answered)
+    assert sum(1 for r in audit if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]) == len(refused)
