@@ -1,0 +1,295 @@
+"""End to end: the people-facing ``parapet`` commands against a whole suite started by ``parapet up``.
+
+One suite for the module (starting it takes most of a minute): the demo tenant ``parapet up`` sets up, a
+first ``parapet chat`` answered from the sample documents with a citation of the right one, then every
+other command as a person runs it, each as its own process with the documented exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parapet.cli import registry
+from parapet.cli.layout import PortLayout
+from tests.e2e.support import REPO, Launcher, free_base_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+DEMO_QUESTION = "How many vacation days do employees get?"
+
+
+def _launch(root: Path) -> Launcher:
+    """``parapet up`` on a free port range; another range when someone took a port of it meanwhile."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")}
+    for _ in range(3):
+        base = free_base_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "parapet.cli",
+            "up",
+            "--home",
+            str(root / "home"),
+            "--base-port",
+            str(base),
+            # The machine may be busy (others' tests run beside): give the services time to come up.
+            "--startup-timeout",
+            "180",
+        ]
+        with (root / "up.out").open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        launcher = Launcher(proc, root / "home", PortLayout(base))
+        try:
+            proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return launcher  # past the port check
+        if "ports in use" not in launcher.output:
+            pytest.fail(f"parapet up exited with {proc.returncode}\n{launcher.logs()}")
+    pytest.fail("no free port range for parapet up")
+
+
+@pytest.fixture(scope="module")
+def suite() -> Iterator[Launcher]:
+    # Outside pytest's temporary root: as root, PostgreSQL runs as another account, and pytest resets its
+    # root to 0700 whenever another pytest run starts, which would cut the server off from its files.
+    root = Path(tempfile.mkdtemp(prefix="parapet-cli-e2e-"))
+    launcher = _launch(root)
+    proc = launcher.proc
+    try:
+        launcher.wait_serving(registry.SERVICES, 200.0)
+        launcher.wait_table(30.0)
+        deadline = time.monotonic() + 120.0
+        while "demo tenant" not in launcher.output:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"the demo tenant was not set up\n{launcher.logs()}")
+            time.sleep(0.2)
+        yield launcher
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(45)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cli_env(suite: Launcher, api_key: str | None = None) -> dict[str, str]:
+    """The environment of a person using ``suite``: its home and base port, nothing else of Parapet's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARAPET_")}
+    env.update({"PARAPET_HOME": str(suite.home), "PARAPET_BASE_PORT": str(suite.ports.base)})
+    if api_key is not None:
+        env["PARAPET_API_KEY"] = api_key
+    return env
+
+
+def parapet(
+    suite: Launcher, *args: str, api_key: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One CLI command as its own process, against ``suite``."""
+    return subprocess.run(
+        [sys.executable, "-m", "parapet.cli", *args],
+        env=cli_env(suite, api_key),
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_demo_tenant_key_and_samples_after_parapet_up(suite: Launcher) -> None:
+    key_file = suite.home / "identity" / "demo.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().startswith("pk_")
+    assert "5 documents stored (5 created" in suite.output, suite.output
+    assert f'parapet chat "{DEMO_QUESTION}"' in suite.output
+
+
+def test_first_chat_answers_from_the_sample_documents_with_a_citation(suite: Launcher) -> None:
+    done = parapet(suite, "chat", DEMO_QUESTION)
+    assert done.returncode == 0, done.stderr
+    answer, _, sources = done.stdout.partition("\nsources:\n")
+    assert "28 days" in answer
+    assert sources.splitlines()[0] == "[1] Leave and holidays at Larkspur Robotics (leave-policy.md)"
+    # The one-line summary on stderr: model, tokens, cost, cache, Parapet's own time.
+    summary = done.stderr.strip().splitlines()[-1]
+    assert summary.startswith("local/local · ") and "tokens" in summary and "parapet " in summary
+
+    events = parapet(suite, "chat", "--json", "--no-retrieval", "Say hello")
+    assert events.returncode == 0, events.stderr
+    kinds = [next(iter(json.loads(line))) for line in events.stdout.splitlines()]
+    assert "citation" not in kinds and kinds[-1] == "summary" and "text_delta" in kinds
+
+
+def test_conversation_keeps_its_history_and_ctrl_c_at_the_prompt_exits_130(suite: Launcher) -> None:
+    talk = parapet(suite, "chat", stdin="How long does the Kestrel K2 battery last?\nAnd the warranty?\n")
+    assert talk.returncode == 0, talk.stderr
+    assert talk.stdout.count("sources:") == 2 and "kestrel-k2-faq.md" in talk.stdout
+    assert len([line for line in talk.stderr.splitlines() if line.startswith("local/local · ")]) == 2
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parapet.cli", "chat"],
+        env=cli_env(suite),
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "ask away" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ingest_reports_each_file_and_fails_only_the_bad_ones(suite: Launcher, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "pricing.md").write_text("# Pricing\n\nThe Kestrel K2 costs 499 EUR including the dock.\n")
+    (folder / "nested" / "notes.txt").write_text("Quarterly planning happens in the first week of March.\n")
+    (folder / "image.png").write_bytes(b"\x89PNG")  # skipped: not a document type
+    (folder / "nested" / "empty.md").write_text("")
+    done = parapet(
+        suite, "ingest", str(folder), str(tmp_path / "missing.md"), "--prefix", "t/", "--group", "ops"
+    )
+    assert done.returncode == 4, done.stderr
+    assert "created    t/pricing.md" in done.stdout and "created    t/nested/notes.txt" in done.stdout
+    assert "rejected   t/nested/empty.md: INVALID_ARGUMENT" in done.stderr
+    assert "missing.md: no such file or folder" in done.stderr
+    assert "2 documents stored (2 created, 0 updated, 0 unchanged), 2 failed" in done.stdout
+
+    again = parapet(suite, "ingest", str(folder / "pricing.md"), "--prefix", "t/", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["results"][0]["outcome"] == "unchanged"
+
+
+def test_tenants_and_keys_lifecycle(suite: Launcher) -> None:
+    created = parapet(suite, "tenants", "create", "acme", "--name", "Acme Corp")
+    assert created.returncode == 0, created.stderr
+    again = parapet(suite, "tenants", "create", "acme")
+    assert again.returncode == 1
+    assert "ALREADY_EXISTS" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    # The default credential is the demo tenant's admin key: another tenant is not its to administer.
+    mismatch = parapet(suite, "keys", "create", "--tenant", "acme", "--user", "bot")
+    assert mismatch.returncode == 1 and "TENANT_MISMATCH" in mismatch.stderr
+    operator = (suite.home / "identity" / "operator.key").read_text().strip()
+    key = parapet(
+        suite,
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--user",
+        "bot",
+        "--role",
+        "admin",
+        "--json",
+        api_key=operator,
+    )
+    assert key.returncode == 0, key.stderr
+    secret = json.loads(key.stdout)["secret"]
+    listed = parapet(suite, "keys", "list", "--json", api_key=secret)
+    keys = json.loads(listed.stdout)["api_keys"]
+    assert [k["user_id"] for k in keys] == ["bot"] and "secret" not in listed.stdout
+
+    # A tenant's own key cannot manage tenants: one clear line, exit 1.
+    denied = parapet(suite, "tenants", "list", api_key=secret)
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+
+    disabled = parapet(suite, "tenants", "disable", "acme", "--reason", "test")
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout
+    refused = parapet(suite, "keys", "list", api_key=secret)
+    assert refused.returncode == 1 and "TENANT_DISABLED" in refused.stderr
+    assert parapet(suite, "tenants", "enable", "acme").returncode == 0
+    listing = parapet(suite, "tenants", "list", "--json")
+    assert {t["tenant_id"]: t["state"] for t in json.loads(listing.stdout)["tenants"]}["acme"] == (
+        "TENANT_STATE_ACTIVE"
+    )
+
+    revoked = parapet(suite, "keys", "revoke", keys[0]["api_key_id"], "--tenant", "acme", api_key=operator)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    gone = parapet(suite, "keys", "list", api_key=secret)
+    assert gone.returncode == 1 and "API_KEY_REVOKED" in gone.stderr
+
+
+def test_policy_show_and_set_by_flags_and_file(suite: Launcher, tmp_path: Path) -> None:
+    shown = parapet(suite, "policy", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    policy = json.loads(shown.stdout)
+    version = int(policy["version"])
+
+    changed = parapet(suite, "policy", "set", "--max-tokens", "800")
+    assert changed.returncode == 0, changed.stderr
+    assert f"policy version {version + 1} (was {version})" in changed.stdout
+
+    # An edit based on the version read before someone else's change is refused, not applied.
+    stale = tmp_path / "policy.json"
+    stale.write_text(json.dumps(policy))
+    refused = parapet(suite, "policy", "set", "--file", str(stale))
+    assert refused.returncode == 1 and "POLICY_VERSION_MISMATCH" in refused.stderr
+
+    policy["version"] = str(version + 1)
+    policy.setdefault("models", {})["allowed_models"] = ["local"]
+    stale.write_text(json.dumps(policy))
+    applied = parapet(suite, "policy", "set", "--file", str(stale))
+    assert applied.returncode == 0, applied.stderr
+    current = json.loads(parapet(suite, "policy", "show", "--json").stdout)
+    assert current["version"] == str(version + 2) and current["models"]["allowed_models"] == ["local"]
+
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"modles": {}}))
+    bad = parapet(suite, "policy", "set", "--file", str(typo))
+    assert bad.returncode == 2 and "modles" in bad.stderr
+
+
+def test_usage_and_audit_show_the_chats(suite: Launcher) -> None:
+    asked = parapet(suite, "chat", "--feature", "cli-test", "How long does the Kestrel K2 battery last?")
+    assert asked.returncode == 0, asked.stderr
+    request_id = asked.stderr.strip().splitlines()[-1].rsplit("request ", 1)[1]
+
+    deadline = time.monotonic() + 30
+    while True:  # metering settles and audit records arrive off the request path
+        usage = json.loads(parapet(suite, "usage", "--by", "feature", "--json").stdout)
+        tail = parapet(suite, "audit", "tail", "-n", "50")
+        features = {a.get("feature"): a for a in usage["aggregates"]}
+        if "cli-test" in features and request_id in tail.stdout:
+            break
+        assert time.monotonic() < deadline, (usage, tail.stdout)
+        time.sleep(0.5)
+    assert int(features["cli-test"]["request_count"]) == 1
+    line = next(line for line in tail.stdout.splitlines() if request_id in line)
+    assert " demo " in line and line.endswith(" ok")
+
+    table = parapet(suite, "usage", "--by", "model,feature", "--invoice")
+    assert table.returncode == 0, table.stderr
+    assert "cli-test" in table.stdout and "invoice preview (billing)" in table.stdout
+
+    verified = parapet(suite, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "audit chain of tenant demo intact" in verified.stdout
+
+
+def test_unreachable_suite_and_missing_credentials(suite: Launcher, tmp_path: Path) -> None:
+    env_home = parapet(suite, "keys", "list", "--home", str(tmp_path / "nowhere"))
+    assert env_home.returncode == 2 and "no API key" in env_home.stderr
+    unreachable = parapet(suite, "audit", "verify", "--base-port", "1100", "--api-key", "pk_x")
+    assert unreachable.returncode == 3 and "UNAVAILABLE" in unreachable.stderr
