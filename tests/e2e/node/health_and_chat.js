@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // A non-Python caller of the suite: loads Parapet's own .proto files with @grpc/proto-loader, checks the
-// gateway's standard gRPC health, and calls ChatService/Chat, decoding the google.rpc.Status details of its
-// error (ErrorInfo reason and domain). Prints one JSON object.
+// gateway's standard gRPC health, calls ChatService/Chat without a credential, decoding the google.rpc.Status
+// details of its error (ErrorInfo reason and domain), and, when PARAPET_API_KEY is set, runs a streaming chat
+// (StreamChat with PARAPET_QUESTION) and reports its text, citations and summary. Prints one JSON object.
 //
-// usage: node health_and_chat.js <gateway host:port> <protos dir> [extra include dir...]
+// usage: [PARAPET_API_KEY=pk_... PARAPET_QUESTION=...] node health_and_chat.js <gateway host:port> <protos dir>
+//        [extra include dir...]
 'use strict';
 
 const fs = require('fs');
@@ -67,6 +69,33 @@ function statusName(code) {
   return Object.keys(grpc.status).find((name) => grpc.status[name] === code) ?? String(code);
 }
 
+function streamChat(client, apiKey, question) {
+  // Events in arrival order, as a product's Node backend would consume them.
+  return new Promise((resolve) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${apiKey}`);
+    const request = { messages: [{ role: 'ROLE_USER', content: question }], retrieval: { mode: 'RETRIEVAL_MODE_ENABLED' } };
+    const call = client.StreamChat(request, metadata, { deadline: deadline() });
+    const out = { kinds: [], text: '', citations: [], notices: [], summary: null, trailers: {} };
+    call.on('data', (event) => {
+      out.kinds.push(event.event);
+      if (event.event === 'text_delta') out.text += event.text_delta.text;
+      if (event.event === 'citation') out.citations.push(event.citation.document_id);
+      if (event.event === 'notice') out.notices.push(event.notice.type);
+      if (event.event === 'summary') out.summary = event.summary;
+    });
+    call.on('status', (status) => {
+      out.status = statusName(status.code);
+      const overhead = status.metadata.get('parapet-overhead-ms');
+      if (overhead.length) out.trailers['parapet-overhead-ms'] = String(overhead[0]);
+    });
+    call.on('error', (error) => {
+      out.error = { status: statusName(error.code), details: error.details };
+    });
+    call.on('end', () => setTimeout(() => resolve(out), 50));
+  });
+}
+
 async function main() {
   const [address, protosDir, ...extraIncludes] = process.argv.slice(2);
   if (!address || !protosDir) {
@@ -102,6 +131,9 @@ async function main() {
       };
     } else {
       result.chat = { code: 0, status: 'OK' };
+    }
+    if (process.env.PARAPET_API_KEY) {
+      result.stream = await streamChat(chatClient, process.env.PARAPET_API_KEY, process.env.PARAPET_QUESTION ?? 'hello');
     }
     chatClient.close();
   }
