@@ -20,6 +20,12 @@ BOOTSTRAP_KEY_ENV = "PARAPET_AUTH_BOOTSTRAP_KEY_FILE"
 MASKING_KEY_ENV = "PARAPET_MASKING_KEY"
 MASKING_SERVICE = "moderation"
 BOOTSTRAP_KEY_NAME = "operator.key"
+# The gateway's platform service account (role token-delegator): auth writes its API key once; the gateway's
+# job workers read it to obtain each job submitter's token (IssueDelegatedToken).
+GATEWAY_KEY_WRITER_ENV = "PARAPET_AUTH_GATEWAY_KEY_FILE"
+GATEWAY_KEY_READER_ENV = "PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE"
+GATEWAY_SERVICE = "gateway"
+GATEWAY_KEY_NAME = "gateway.key"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     env.pop(AUDIT_KEY_ENV, None)
     env.pop(BOOTSTRAP_KEY_ENV, None)
     env.pop(MASKING_KEY_ENV, None)
+    env.pop(GATEWAY_KEY_WRITER_ENV, None)
+    env.pop(GATEWAY_KEY_READER_ENV, None)
     env.update(peer_addresses(suite.ports))
     env.update(
         {
@@ -61,6 +69,9 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
     if spec.name == SIGNING_SERVICE:
         env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
         env[BOOTSTRAP_KEY_ENV] = str(suite.identity.signing_key_file.parent / BOOTSTRAP_KEY_NAME)
+        env[GATEWAY_KEY_WRITER_ENV] = str(suite.identity.signing_key_file.parent / GATEWAY_KEY_NAME)
+    if spec.name == GATEWAY_SERVICE:
+        env[GATEWAY_KEY_READER_ENV] = str(suite.identity.signing_key_file.parent / GATEWAY_KEY_NAME)
     if spec.name == MASKING_SERVICE and suite.identity.masking_key_file is not None:
         env[MASKING_KEY_ENV] = suite.identity.masking_key_file.read_text().strip()
     if spec.name == AUDIT_SERVICE:

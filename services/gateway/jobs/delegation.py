@@ -25,10 +25,10 @@ TOKEN_MARGIN_SECONDS = 60.0
 
 class DelegatedCallers:
     def __init__(self, auth_address: str, key_file: Path, settings: ServiceSettings | None = None) -> None:
-        key = key_file.read_text().strip()
-        if not key:
-            raise ValueError(f"{key_file} is empty: it must hold the gateway service account's API key")
-        self._key = key
+        # Read at first use, not at start: auth writes the file on its own first start, which may come after
+        # the gateway's (`parapet up` starts the services together); a job meanwhile is retried.
+        self._key_file = key_file
+        self._key: str | None = None
         self._auth = clients.auth(auth_address, settings)
         self._own: Caller | None = None
         self._lock = asyncio.Lock()
@@ -41,10 +41,26 @@ class DelegatedCallers:
         async with self._lock:
             if self._own is None or self._own.expires_within(TOKEN_MARGIN_SECONDS):
                 reply = await self._auth.stub.Authenticate(
-                    auth_service_pb2.AuthenticateRequest(api_key=self._key), timeout=10.0
+                    auth_service_pb2.AuthenticateRequest(api_key=self._service_key()), timeout=10.0
                 )
                 self._own = _caller(reply)
             return self._own.token
+
+    def _service_key(self) -> str:
+        if self._key is None:
+            try:
+                key = self._key_file.read_text().strip()
+            except FileNotFoundError:
+                raise RuntimeError(
+                    f"{self._key_file} does not exist yet: auth writes the gateway service account's key there "
+                    "(PARAPET_AUTH_GATEWAY_KEY_FILE) on its first start"
+                ) from None
+            if not key:
+                raise RuntimeError(
+                    f"{self._key_file} is empty: it must hold the gateway service account's API key"
+                )
+            self._key = key
+        return self._key
 
     async def caller_for(self, tenant_id: str, subject: str, api_key_id: str) -> Caller:
         """A Caller for the stored principal; raises ``grpc.aio.AioRpcError`` as auth answers (e.g.

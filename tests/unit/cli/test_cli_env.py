@@ -45,6 +45,23 @@ def test_only_auth_is_told_where_the_signing_key_is() -> None:
             assert "PARAPET_AUTH_SIGNING_KEY_FILE" not in service_env(spec, SUITE, inherited)
 
 
+def test_auth_writes_and_only_the_gateway_reads_the_gateway_service_key() -> None:
+    inherited = {
+        "PARAPET_AUTH_GATEWAY_KEY_FILE": "/elsewhere.key",
+        "PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE": "/elsewhere.key",
+    }
+    written = service_env(registry.get("auth"), SUITE, inherited)
+    read = service_env(registry.get("gateway"), SUITE, inherited)
+    assert written["PARAPET_AUTH_GATEWAY_KEY_FILE"] == "/h/identity/gateway.key"
+    assert read["PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE"] == "/h/identity/gateway.key"
+    assert "PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE" not in written
+    assert "PARAPET_AUTH_GATEWAY_KEY_FILE" not in read
+    for spec in registry.SERVICES:
+        if spec.name not in ("auth", "gateway"):
+            env = service_env(spec, SUITE, inherited)
+            assert not env.keys() & inherited.keys()
+
+
 def test_service_env_does_not_modify_its_base() -> None:
     base = {"PATH": "/bin"}
     service_env(registry.get("gateway"), SUITE, base)
