@@ -8,6 +8,7 @@ makes sure nothing is lost meanwhile, not the connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -30,7 +31,8 @@ CLOSE_STEP_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A JetStream stream a service declares at start (created, or updated to this configuration)."""
+    """A JetStream stream a service declares at start: created with this configuration; an existing one
+    gets this spec's subjects, duplicate window and description, and keeps its limits (``ensure_stream``)."""
 
     name: str
     subjects: tuple[str, ...]
@@ -117,15 +119,38 @@ class Bus:
         return cls(client, publish_timeout=publish_timeout)
 
     async def ensure_stream(self, spec: StreamSpec) -> None:
-        """Create the stream, or update it to ``spec`` when it exists (idempotent)."""
-        config = spec.to_config()
+        """Create the stream from ``spec``; when it exists, update only what the code owns (idempotent).
+
+        The code owns what correctness depends on: the subjects it publishes to, the duplicate window
+        that makes publishing exactly-once, the description. Limits and placement (max age, max bytes,
+        replicas) are the spec's defaults for a new stream and the operator's afterwards: a restart must
+        not undo an operator's tuning (``nats stream edit``). Retention and storage cannot change on an
+        existing stream; a difference is logged.
+        """
         try:
-            await self.jetstream.stream_info(spec.name)
+            info = await self.jetstream.stream_info(spec.name)
         except NotFoundError:
-            await self.jetstream.add_stream(config)
+            await self.jetstream.add_stream(spec.to_config())
             log.info("stream created", extra={"stream": spec.name})
             return
-        await self.jetstream.update_stream(config)
+        current = info.config
+        wanted = dataclasses.replace(
+            current,
+            subjects=list(spec.subjects),
+            duplicate_window=spec.duplicate_window_seconds,
+            description=spec.description,
+        )
+        if current.retention != RetentionPolicy(spec.retention) or current.storage != StorageType(
+            spec.storage
+        ):
+            log.warning(
+                "stream %s exists with another retention or storage than declared; keeping it",
+                spec.name,
+                extra={"stream": spec.name},
+            )
+        if wanted != current:
+            await self.jetstream.update_stream(wanted)
+            log.info("stream updated", extra={"stream": spec.name})
 
     async def publish(
         self,

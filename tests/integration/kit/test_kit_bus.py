@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -20,15 +21,32 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
         await bus.close()
 
 
-async def test_ensure_stream_is_idempotent_and_updates(bus: Bus) -> None:
+async def test_ensure_stream_updates_what_the_code_owns_and_keeps_the_operators_limits(bus: Bus) -> None:
     name = f"KIT_{uuid.uuid4().hex[:8].upper()}"
-    spec = StreamSpec(name=name, subjects=(f"{name.lower()}.>",), max_age_seconds=3600)
+    spec = StreamSpec(
+        name=name, subjects=(f"{name.lower()}.a.>",), max_age_seconds=3600, max_bytes=10_000_000
+    )
     await bus.ensure_stream(spec)
-    await bus.ensure_stream(spec)
-    updated = StreamSpec(name=name, subjects=spec.subjects, max_age_seconds=7200, duplicate_window_seconds=60)
-    await bus.ensure_stream(updated)
-    info = await bus.jetstream.stream_info(name)
-    assert info.config.max_age == 7200 and info.config.duplicate_window == 60
+    created = (await bus.jetstream.stream_info(name)).config
+    assert (created.max_age, created.max_bytes, created.subjects) == (3600, 10_000_000, list(spec.subjects))
+    await bus.ensure_stream(spec)  # idempotent
+    # An operator tunes the limits (`nats stream edit`).
+    tuned = dataclasses.replace(created, max_age=86_400, max_bytes=50_000_000)
+    await bus.jetstream.update_stream(tuned)
+    # A new release declares other subjects, another duplicate window and other limits.
+    release = StreamSpec(
+        name=name,
+        subjects=(f"{name.lower()}.a.>", f"{name.lower()}.b.>"),
+        max_age_seconds=7200,
+        max_bytes=20_000_000,
+        duplicate_window_seconds=60,
+        description="v2",
+    )
+    await bus.ensure_stream(release)
+    config = (await bus.jetstream.stream_info(name)).config
+    assert config.subjects == list(release.subjects) and config.duplicate_window == 60
+    assert config.description == "v2"
+    assert (config.max_age, config.max_bytes) == (86_400, 50_000_000)  # the operator's, not the release's
 
 
 async def test_publish_with_headers_and_dedup(bus: Bus) -> None:
