@@ -48,6 +48,7 @@ NATS_USERS = {"retrieval", "metering", "audit", "billing", "inference", "gateway
 INTERNET_USERS = {"inference"}
 
 GRPC_PORT = 8080
+HEALTH_PORT = 8081
 DEFAULT_DRAIN_SECONDS = 10.0  # ServiceSettings.shutdown_grace_seconds default
 
 Obj = dict[str, Any]
@@ -249,14 +250,21 @@ def test_services_expose_a_named_grpc_port(overlay: str) -> None:
             assert selected == [service], f"{svc_name} selects {selected}"
 
 
-def test_grpc_probes(overlay: str) -> None:
-    deployments = of_kind(render(overlay), "Deployment")
+def test_grpc_probes_on_the_plaintext_health_port(overlay: str) -> None:
+    """Probes work under mutual TLS: they use the health-only port, which only the kubelet reaches."""
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    config = {k: v for cm in of_kind(objs, "ConfigMap").values() for k, v in cm.get("data", {}).items()}
+    assert config["PARAPET_HEALTH_PORT"] == str(HEALTH_PORT) and config["PARAPET_PORT"] == str(GRPC_PORT)
     for service in SERVICES:
         container = server_container(deployments[service])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"grpc": GRPC_PORT, "metrics": 9090}
+        assert ports == {"grpc": GRPC_PORT, "metrics": 9090, "health": HEALTH_PORT}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == ports["grpc"], f"{service} {probe}"
+            assert container[probe]["grpc"]["port"] == ports["health"], f"{service} {probe}"
+        # No NetworkPolicy admits any workload to it (the kubelet's probes come from the node).
+        assert allowed_ingress(objs, service, "health") == set(), service
+        assert allowed_ingress(objs, service, HEALTH_PORT) == set(), service
 
 
 def test_security_context(overlay: str) -> None:
@@ -353,7 +361,7 @@ def _peers(rule_peers: list[Obj], labels: dict[str, dict[str, str]]) -> set[str]
     return found
 
 
-def allowed_ingress(objs: tuple[Obj, ...], target: str, port: str) -> set[str] | None:
+def allowed_ingress(objs: tuple[Obj, ...], target: str, port: str | int) -> set[str] | None:
     """Workloads allowed to reach ``target`` on ``port`` by the union of policies; None = anywhere."""
     labels = pod_labels(objs)
     allowed: set[str] = set()

@@ -4,7 +4,7 @@ Every outgoing call made while serving an RPC
 - gets at most the incoming call's remaining time (minus a small margin for the way back), or the
   channel's default timeout when there is no incoming deadline, so no call waits forever;
 - carries the caller's internal identity token and request id unchanged;
-- continues the trace (OpenTelemetry client interceptor);
+- continues the trace (a client span with a recording tracer provider, else the trace context as is);
 - is retried by gRPC itself on UNAVAILABLE (up to 3 attempts with backoff, within the deadline) when
   the contract marks the method safe to repeat; other methods are never repeated behind the caller's back.
 """
@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
-from parapet.kit import telemetry
+from parapet.kit import rpc_tracing, telemetry
 from parapet.kit.config import ServiceSettings
 from parapet.kit.context import remaining_time, request_id_var, token_var
 from parapet.kit.descriptors import safe_to_repeat_paths
@@ -71,49 +71,89 @@ def outgoing_timeout(explicit: float | None, default: float | None) -> float | N
     return default
 
 
-def outgoing_metadata(metadata: Any) -> grpc.aio.Metadata:
-    """The call's metadata plus the current token and request id, unless the caller set its own."""
-    result = grpc.aio.Metadata(*(tuple(metadata) if metadata is not None else ()))
+def outgoing_metadata(metadata: Any, *, trace_headers: bool = True) -> list[tuple[str, Any]]:
+    """The call's metadata plus the current token, request id and trace context, unless the caller set
+    its own (``trace_headers`` False: OpenTelemetry's client interceptor injects them with its span)."""
+    result: list[tuple[str, Any]] = list(metadata) if metadata is not None else []
+    keys = {key for key, _ in result}
     token = token_var.get()
-    if token is not None and "authorization" not in result:
-        result.add("authorization", f"Bearer {token}")
+    if token is not None and "authorization" not in keys:
+        result.append(("authorization", f"Bearer {token}"))
     request_id = request_id_var.get()
-    if request_id is not None and "x-request-id" not in result:
-        result.add("x-request-id", request_id)
+    if request_id is not None and "x-request-id" not in keys:
+        result.append(("x-request-id", request_id))
+    if trace_headers and rpc_tracing.TRACEPARENT not in keys:
+        result += rpc_tracing.current_trace_headers()
     return result
 
 
-class _PropagatingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Deadline, identity and request id propagation for all four call shapes."""
+class _Outgoing:
+    """What every outgoing call of a kit channel gets: its timeout and its metadata."""
 
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default_timeout = default_timeout
+    def __init__(self, default_timeout: float | None, trace_headers: bool) -> None:
+        self.default_timeout = default_timeout
+        self.trace_headers = trace_headers
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        return grpc.aio.ClientCallDetails(
-            method=details.method,
-            timeout=outgoing_timeout(details.timeout, self._default_timeout),
-            metadata=outgoing_metadata(details.metadata),
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
+    def options(self, timeout: float | None, metadata: Any) -> tuple[float | None, list[tuple[str, Any]]]:
+        return (
+            outgoing_timeout(timeout, self.default_timeout),
+            outgoing_metadata(metadata, trace_headers=self.trace_headers),
         )
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+class _MultiCallable:
+    """One method of a kit channel, any of the four call shapes: it fills in timeout and metadata, then
+    calls grpc's own multicallable. So a kit channel costs a few contextvar reads per call instead of
+    grpc.aio's interceptor machinery (an intercepted call runs its interceptors in a task of its own)."""
 
-    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+    __slots__ = ("_inner", "_outgoing")
 
-    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+    def __init__(self, inner: Any, outgoing: _Outgoing) -> None:
+        self._inner, self._outgoing = inner, outgoing
+
+    def __call__(
+        self, request: Any = None, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+    ) -> Any:
+        timeout, metadata = self._outgoing.options(timeout, metadata)
+        return self._inner(request, timeout=timeout, metadata=metadata, **kwargs)
+
+
+class KitChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A grpc.aio channel whose calls carry the kit's deadline, identity, request id and trace context."""
+
+    def __init__(self, inner: grpc.aio.Channel, outgoing: _Outgoing) -> None:
+        self._inner = inner
+        self._outgoing = outgoing
+
+    async def __aenter__(self) -> KitChannel:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        await self._inner.close(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._inner.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._inner.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._inner.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._inner.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.unary_unary(method, *args, **kwargs), self._outgoing)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.unary_stream(method, *args, **kwargs), self._outgoing)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.stream_unary(method, *args, **kwargs), self._outgoing)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _MultiCallable(self._inner.stream_stream(method, *args, **kwargs), self._outgoing)
 
 
 def channel(
@@ -124,19 +164,19 @@ def channel(
     tracer_provider: Any = None,
     options: Sequence[tuple[str, Any]] = (),
     retryable_methods: Iterable[str] | None = None,
-) -> grpc.aio.Channel:
-    """A channel to another service (``host:port``) with the kit's client interceptors.
+) -> KitChannel:
+    """A channel to another service (``host:port``) with the kit's propagation.
 
     ``default_timeout`` applies to calls with neither an explicit timeout nor an incoming deadline; pass
     None for channels that carry long-lived watch streams. With ``settings`` naming a TLS CA, the
     channel verifies the peer against it and presents this service's certificate (mutual TLS);
-    otherwise it is plaintext (a mesh may add mTLS).
+    otherwise it is plaintext (a mesh may add mTLS). With a recording tracer provider each call gets a
+    CLIENT span (OpenTelemetry's client interceptor, which also covers gRPC's own retries); without one
+    the current trace context is passed on as is (``parapet.kit.rpc_tracing``).
     """
-    interceptors: list[Any] = [
-        # OpenTelemetry first: its span covers the call, including gRPC's own retries.
-        *telemetry.client_interceptors(tracer_provider),
-        _PropagatingInterceptor(default_timeout),
-    ]
+    provider = tracer_provider or telemetry.current_provider()
+    recording = rpc_tracing.is_recording(provider)
+    interceptors = telemetry.client_interceptors(provider) if recording else None
     retryable = safe_to_repeat_paths() if retryable_methods is None else frozenset(retryable_methods)
     channel_options = [
         ("grpc.service_config", json.dumps(service_config(retryable))),
@@ -145,10 +185,12 @@ def channel(
     ]
     credentials = settings.tls().channel_credentials() if settings is not None else None
     if credentials is not None:
-        return grpc.aio.secure_channel(
+        inner = grpc.aio.secure_channel(
             target, credentials, options=channel_options, interceptors=interceptors
         )
-    return grpc.aio.insecure_channel(target, options=channel_options, interceptors=interceptors)
+    else:
+        inner = grpc.aio.insecure_channel(target, options=channel_options, interceptors=interceptors)
+    return KitChannel(inner, _Outgoing(default_timeout, trace_headers=not recording))
 
 
 StubT = TypeVar("StubT")

@@ -101,6 +101,14 @@ class ServiceSettings(BaseSettings):
         description="HTTP port of the Prometheus `/metrics` endpoint (on `PARAPET_HOST`). Unset: no endpoint; "
         "0: a free port, logged. `parapet up` gives each service base + 30 + its offset.",
     )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A second, plaintext port (on `PARAPET_HOST`) serving only `grpc.health.v1.Health`, for "
+        "probes that cannot present a client certificate (the kubelet's gRPC probe) when the main port "
+        "requires mutual TLS. Unset: health is served on the main port only; 0: a free port, logged.",
+    )
     service_name: str | None = Field(
         None, description="Overrides the service name in traces and logs (default: the service's own name)."
     )

@@ -25,27 +25,19 @@ request_id_var: ContextVar[str | None] = ContextVar("parapet_request_id", defaul
 deadline_var: ContextVar[float | None] = ContextVar("parapet_deadline", default=None)
 
 
-@dataclass
+@dataclass(slots=True)
 class RpcInfo:
-    """Mutable facts about the RPC being served, filled in by the interceptors as they learn them.
-
-    A mutable object rather than separate variables because inner interceptors (identity, errors) learn
-    the tenant and the final status code, and the outer logging interceptor must see them after the
-    inner ones have returned and reset their own variables.
-    """
+    """Facts about the RPC being served, filled in as the kit's interceptor learns them (the tenant once
+    the token is verified, the final status code once the handler is done) and logged at its end."""
 
     method: str
     request_id: str
-    peer: str = ""
     client_request_id: str | None = None  # an edge caller's own id, kept for logs, never propagated
     tenant_id: str | None = None
     subject: str | None = None
     code: str | None = None  # gRPC status code name, once known
     reason: str | None = None  # ErrorInfo reason of a failed call
     started: float = field(default_factory=time.perf_counter)
-
-
-rpc_info_var: ContextVar[RpcInfo | None] = ContextVar("parapet_rpc_info", default=None)
 
 
 def current_principal() -> Principal | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import IntEnum
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
@@ -138,7 +139,7 @@ def series_names() -> frozenset[str]:
     return frozenset(names)
 
 
-# --- RPCs (recorded by parapet.kit.interceptors.metrics for every service) ---
+# --- RPCs (recorded by the kit's server interceptor for every service) ---
 
 _CLIENT_CODES = frozenset(
     {
@@ -176,12 +177,15 @@ def split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
-def observe_rpc(method: str, code: str, seconds: float) -> None:
+def rpc_children(method: str, code: str) -> tuple[Any, Any]:
+    """The duration histogram child and the error counter child (None for OK) of ``method`` and ``code``;
+    the kit's interceptor keeps them, so a call pays no label lookup."""
     service, name = split_method(method)
-    RPC_DURATION.labels(service, name, code).observe(seconds)
     kind = rpc_error_type(code)
-    if kind is not None:
-        RPC_ERRORS.labels(service, name, kind).inc()
+    return (
+        RPC_DURATION.labels(service, name, code),
+        RPC_ERRORS.labels(service, name, kind) if kind is not None else None,
+    )
 
 
 # --- model calls (inference) ---

@@ -49,6 +49,8 @@ class KitServer(Generic[SettingsT]):
         resources: Resources[SettingsT],
         owned: AsyncExitStack,
         metrics_port: int | None = None,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.app = app
         self.server = server
@@ -56,6 +58,8 @@ class KitServer(Generic[SettingsT]):
         self._owned = owned  # the kit's own resources (bus, database), closed last
         self._stopped = False
         self.metrics_port = metrics_port  # bound port of the Prometheus endpoint; None when disabled
+        self._health_server = health_server
+        self.health_port = health_port  # bound plaintext health-only port; None when disabled
 
     @property
     def health(self) -> HealthMonitor:
@@ -64,6 +68,8 @@ class KitServer(Generic[SettingsT]):
     async def start(self) -> None:
         # Health first: the first calls accepted already see the probed status, never a default.
         await self.health.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         await self.server.start()
 
     async def stop(self, grace: float | None = None) -> None:
@@ -76,6 +82,9 @@ class KitServer(Generic[SettingsT]):
             await self.health.drain()
             await self.server.stop(grace)
         finally:
+            if self._health_server is not None:
+                # Last of the servers: probes see NOT_SERVING for the whole drain.
+                await self._health_server.stop(0)
             # Whatever happened while draining, the service's own resources and then the kit's are closed.
             try:
                 await self.resources.cleanup.aclose()
@@ -150,10 +159,9 @@ async def create_server(
     try:
         resources = await _open_resources(app, settings, owned)
         server = grpc.aio.server(
-            interceptors=[
-                telemetry.server_interceptor(tracer_provider),
-                *kit_interceptors(resources.identity, app.public_methods),
-            ],
+            interceptors=kit_interceptors(
+                resources.identity, app.public_methods, tracer_provider or telemetry.current_provider()
+            ),
             options=[
                 ("grpc.so_reuseport", 0),  # a port collision must fail, not share the port
                 # Above the identity token limit (8 KiB), so an oversized token gets its own clear
@@ -181,6 +189,11 @@ async def create_server(
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
+        health_server, health_port = None, None
+        if settings.health_port is not None:
+            health_server, health_port = _health_only_server(
+                resources.health, settings.host, settings.health_port
+            )
         metrics_port = None
         if settings.metrics_port is not None:
             metrics_server = MetricsServer()
@@ -193,7 +206,20 @@ async def create_server(
         finally:
             await owned.aclose()
         raise
-    return KitServer(app, server, resources, owned, metrics_port), int(port)
+    return KitServer(app, server, resources, owned, metrics_port, health_server, health_port), int(port)
+
+
+def _health_only_server(health: HealthMonitor, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with ``grpc.health.v1.Health`` (the same monitor) and nothing else.
+
+    For kubelet probes when the main port requires mutual TLS: they present no certificate. It serves no
+    data and no other method (UNIMPLEMENTED), so plaintext exposes only the SERVING bit.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    log.info("health port listening", extra={"host": host, "port": bound})
+    return server, int(bound)
 
 
 def announce(app: ServiceApp[Any], host: str, port: int) -> None:
@@ -215,7 +241,8 @@ async def serve(app: ServiceApp[Any]) -> None:
     built = await _unless_stopped(create_server(app, settings, tracer_provider=provider), stop_requested)
     if built is None:
         # Asked to stop while still starting (e.g. a dependency unreachable and a rollout gave up).
-        provider.shutdown()
+        if provider is not None:
+            provider.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped before serving")
@@ -229,7 +256,8 @@ async def serve(app: ServiceApp[Any]) -> None:
         log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     finally:
         await server.stop()
-        provider.shutdown()  # flush spans still buffered for export
+        if provider is not None:
+            provider.shutdown()  # flush spans still buffered for export
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")

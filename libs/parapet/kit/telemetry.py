@@ -1,9 +1,9 @@
 """OpenTelemetry tracing: one TracerProvider per process, W3C trace context across every gRPC hop.
 
-Server and client interceptors come from ``opentelemetry-instrumentation-grpc``; they extract and inject
-``traceparent`` metadata, so a request keeps one trace id from the gateway through every service. Spans
-are exported over OTLP when an endpoint is configured; without one they are still created, because log
-lines carry their trace ids.
+Spans are recorded only when they are exported: ``setup_tracing`` installs the SDK's provider when an
+OTLP endpoint is configured and leaves OpenTelemetry's no-op default otherwise. Either way a request keeps
+one trace id from the gateway through every service (``parapet.kit.rpc_tracing`` continues the caller's
+``traceparent``, or starts a trace id at the first hop, for log lines and audit records).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,8 +38,11 @@ def create_tracer_provider(service_name: str, otlp_endpoint: str | None = None) 
     return provider
 
 
-def setup_tracing(service_name: str, otlp_endpoint: str | None = None) -> TracerProvider:
-    """Install the process-wide provider (once per process, as OpenTelemetry allows) and return it."""
+def setup_tracing(service_name: str, otlp_endpoint: str | None = None) -> TracerProvider | None:
+    """With an OTLP endpoint, install the process-wide recording provider (once per process, as
+    OpenTelemetry allows) and return it; without one, None: spans nobody exports are not created."""
+    if not otlp_endpoint:
+        return None
     provider = create_tracer_provider(service_name, otlp_endpoint)
     trace.set_tracer_provider(provider)
     return provider
@@ -49,15 +52,11 @@ def current_provider() -> Any:
     return trace.get_tracer_provider()
 
 
-def server_interceptor(tracer_provider: Any = None) -> Any:
-    """The grpc.aio server interceptor that continues the caller's trace (outermost of all)."""
-    return aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=tracer_provider or current_provider(), filter_=_NOT_TRACED
-    )
-
-
 def client_interceptors(tracer_provider: Any = None) -> list[Any]:
-    """The grpc.aio client interceptors that start a client span and inject ``traceparent``."""
+    """OpenTelemetry's grpc.aio client interceptors: a CLIENT span per call, ``traceparent`` injected.
+
+    Used by kit channels when spans are recorded (they cover gRPC's own retries and end with the call's
+    status); without a recording provider the channel passes the trace context on itself, cheaper."""
     interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
         tracer_provider=tracer_provider or current_provider(), filter_=_NOT_TRACED
     )

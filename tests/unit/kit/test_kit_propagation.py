@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from parapet.kit import clients, telemetry
+from parapet.kit import clients, rpc_tracing, telemetry
 from parapet.kit.context import current_principal, current_request_id, remaining_time
 from parapet.kit.testing import (
     StringValue,
@@ -146,3 +146,107 @@ async def test_one_trace_id_across_two_hops(hops: Hops, keys: TestKeys) -> None:
         (f"{B_SERVICE}/Observe", "SERVER"),
     ], kinds
     assert {format(span.context.trace_id, "032x") for span in spans} == {trace_id}
+
+
+async def test_without_a_recording_provider_the_trace_context_still_crosses_every_hop(keys: TestKeys) -> None:
+    """The default no-op provider: no spans are made, but the caller's traceparent reaches the last hop
+    unchanged, and a call that brings none gets a fresh trace id shared by its onward calls."""
+    b_app = generic_app(
+        string_service(B_SERVICE, unary={"Observe": b_observe}), keys=keys, service_names=(B_SERVICE,)
+    )
+    async with running(b_app, fast_settings()) as (_, b_port):
+        b_channel = clients.channel(f"127.0.0.1:{b_port}")
+
+        async def a_forward(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+            answer = await unary_caller(b_channel, f"/{B_SERVICE}/Observe")(StringValue())
+            observed = json.loads(answer.value)
+            observed["a_trace_id"] = telemetry.current_trace_id()
+            return StringValue(value=json.dumps(observed))
+
+        a_app = generic_app(
+            string_service(A_SERVICE, unary={"Forward": a_forward}), keys=keys, service_names=(A_SERVICE,)
+        )
+        async with (
+            running(a_app, fast_settings()) as (_, a_port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{a_port}") as channel,
+        ):
+            forward = unary_caller(channel, f"/{A_SERVICE}/Forward")
+            caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            traceparent = ("traceparent", f"00-{caller_trace}-00f067aa0ba902b7-01")
+            continued = json.loads(
+                (await forward(StringValue(), metadata=(*keys.metadata(), traceparent))).value
+            )
+            fresh = [
+                json.loads((await forward(StringValue(), metadata=keys.metadata())).value) for _ in range(2)
+            ]
+            garbled = ("traceparent", f"00-{caller_trace.upper()}-00f067aa0ba902b7-01")
+            invalid = json.loads((await forward(StringValue(), metadata=(*keys.metadata(), garbled))).value)
+        await b_channel.close()
+    assert continued["a_trace_id"] == continued["trace_id"] == caller_trace
+    for observed in (*fresh, invalid):
+        assert observed["a_trace_id"] == observed["trace_id"] and len(observed["trace_id"]) == 32
+        assert observed["trace_id"] != caller_trace
+    assert fresh[0]["trace_id"] != fresh[1]["trace_id"]
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "valid"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),
+        ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later-fields", True),  # a future version
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", False),  # version 00 has 4 fields
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", False),  # forbidden version
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", False),  # zero trace id
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", False),  # zero span id
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", False),  # upper case
+        ("00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01", False),  # short trace id
+        ("", False),
+    ],
+)
+def test_traceparent_parsing(traceparent: str, valid: bool) -> None:
+    parsed = rpc_tracing.parse_traceparent(traceparent, "vendor=value")
+    assert (parsed is not None) == valid
+    if parsed is not None:
+        assert parsed.is_remote and parsed.trace_state.get("vendor") == "value"
+        assert rpc_tracing.trace_headers(parsed) == [
+            ("traceparent", f"00-{traceparent[3:52]}-{traceparent[53:55]}"),
+            ("tracestate", "vendor=value"),
+        ]
+
+
+async def test_recorded_server_spans_carry_the_status_the_caller_got(keys: TestKeys) -> None:
+    from opentelemetry.trace import StatusCode
+
+    from parapet.kit.errors import NotFound
+
+    async def outcome(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        if request.value == "missing":
+            raise NotFound("no such thing", reason="THING_NOT_FOUND")
+        if request.value == "bug":
+            raise RuntimeError("secret detail")
+        return request
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = generic_app(string_service(B_SERVICE, unary={"Do": outcome}), keys=keys, service_names=(B_SERVICE,))
+    async with (
+        running(app, fast_settings(), tracer_provider=provider) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        call = unary_caller(channel, f"/{B_SERVICE}/Do")
+        await call(StringValue(value="ok"), metadata=keys.metadata())
+        for value in ("missing", "bug"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(StringValue(value=value), metadata=keys.metadata())
+    ok, missing, bug = exporter.get_finished_spans()
+    assert {span.name for span in (ok, missing, bug)} == {f"/{B_SERVICE}/Do"}
+    assert [dict(span.attributes or {})["rpc.grpc.status_code"] for span in (ok, missing, bug)] == [0, 5, 13]
+    assert dict(ok.attributes or {})["rpc.service"] == B_SERVICE and dict(ok.attributes or {})["net.peer.ip"]
+    # NOT_FOUND is the caller's error, not the server's; INTERNAL is, and its exception is an event.
+    assert [span.status.status_code for span in (ok, missing, bug)] == [
+        StatusCode.UNSET,
+        StatusCode.UNSET,
+        StatusCode.ERROR,
+    ]
+    assert [event.name for event in bug.events] == ["exception"]

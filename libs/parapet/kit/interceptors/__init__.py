@@ -1,44 +1,25 @@
-"""The kit's server interceptors, applied in this order (outermost first) after OpenTelemetry's:
-logging (request id, one line per RPC) → metrics (latency and errors by method and code) → errors
-(exceptions to status) → deadline → identity.
-
-Errors sits outside deadline and identity so that their rejections become rich statuses too.
-"""
+"""The kit's server interceptor (``server.KitServerInterceptor``) and the steps it runs, one module each:
+tracing (``parapet.kit.rpc_tracing``), request id and log line (``logging``), metrics (``metrics``),
+errors to rich statuses (``errors``), deadline (``deadline``) and identity (``identity``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc.aio
 
 from parapet.kit.identity import TokenVerifier
-from parapet.kit.interceptors.deadline import DeadlineInterceptor
-from parapet.kit.interceptors.errors import ErrorsInterceptor
-from parapet.kit.interceptors.identity import ALWAYS_PUBLIC_PREFIXES, IdentityInterceptor
-from parapet.kit.interceptors.logging import LoggingInterceptor
-from parapet.kit.interceptors.metrics import MetricsInterceptor
+from parapet.kit.interceptors.identity import ALWAYS_PUBLIC_PREFIXES
+from parapet.kit.interceptors.server import KitServerInterceptor
+from parapet.kit.rpc_tracing import ServerTracing
 
 
 def kit_interceptors(
-    verifier: TokenVerifier, public_methods: Iterable[str]
+    verifier: TokenVerifier, public_methods: Iterable[str], tracer_provider: Any
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The kit's interceptors in the order they must run."""
-    public = frozenset(public_methods)
-    return [
-        LoggingInterceptor(edge_methods=public),
-        MetricsInterceptor(),
-        ErrorsInterceptor(),
-        DeadlineInterceptor(),
-        IdentityInterceptor(verifier, public),
-    ]
+    """The kit's server interceptors (one, fused), tracing as ``tracer_provider`` warrants."""
+    return [KitServerInterceptor(verifier, public_methods, ServerTracing(tracer_provider))]
 
 
-__all__ = [
-    "ALWAYS_PUBLIC_PREFIXES",
-    "DeadlineInterceptor",
-    "ErrorsInterceptor",
-    "IdentityInterceptor",
-    "LoggingInterceptor",
-    "MetricsInterceptor",
-    "kit_interceptors",
-]
+__all__ = ["ALWAYS_PUBLIC_PREFIXES", "KitServerInterceptor", "kit_interceptors"]

@@ -8,17 +8,15 @@ wasted, and a chain of services must not outlive its first caller's deadline.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc.aio
 
 from parapet.kit.context import deadline_var
 from parapet.kit.errors import DeadlineExceeded
-from parapet.kit.interceptors._wrap import HandlerInterceptor, StreamBehavior, UnaryBehavior
 
 
-def _enter(context: grpc.aio.ServicerContext) -> None:
+def enter_deadline(context: grpc.aio.ServicerContext) -> None:
+    """Record the call's absolute deadline; reject a call whose deadline already passed."""
     remaining = context.time_remaining()
     if remaining is None:
         deadline_var.set(None)
@@ -27,20 +25,3 @@ def _enter(context: grpc.aio.ServicerContext) -> None:
         raise DeadlineExceeded("the call's deadline passed before it was served", reason="DEADLINE_EXCEEDED")
     # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
     deadline_var.set(time.monotonic() + remaining)
-
-
-class DeadlineInterceptor(HandlerInterceptor):
-    def around_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _enter(context)
-            return await behavior(request, context)
-
-        return call
-
-    def around_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            _enter(context)
-            async for response in behavior(request, context):
-                yield response
-
-        return stream

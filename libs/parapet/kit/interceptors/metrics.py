@@ -1,55 +1,26 @@
 """RPC metrics for every service: a latency histogram by method and status code, errors by type.
 
-Runs right inside the logging interceptor and outside the errors interceptor, so the status code it
-records is the one the caller receives (the errors interceptor writes it into ``RpcInfo``). Health and
-reflection calls are not recorded: a probe every second would only add noise.
+Recorded with the status code the caller receives. Health and reflection calls are not recorded: a probe
+every second would only add noise. The labelled children are looked up once per method and code, not per
+call (``labels()`` takes a lock and builds a key each time).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-import grpc.aio
-
 from parapet.kit import metrics
-from parapet.kit.context import rpc_info_var
-from parapet.kit.interceptors._wrap import HandlerInterceptor, StreamBehavior, UnaryBehavior
-
-_NOT_MEASURED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _code(context: grpc.aio.ServicerContext) -> str:
-    info = rpc_info_var.get()
-    if info is not None and info.code is not None:
-        return info.code
-    code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+class RpcMetrics:
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-
-class MetricsInterceptor(HandlerInterceptor):
-    def applies_to(self, method: str) -> bool:
-        return not method.startswith(_NOT_MEASURED)
-
-    def around_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                return await behavior(request, context)
-            finally:
-                metrics.observe_rpc(method, _code(context), time.perf_counter() - started)
-
-        return call
-
-    def around_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            finally:
-                metrics.observe_rpc(method, _code(context), time.perf_counter() - started)
-
-        return stream
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        children = self._children.get((method, code))
+        if children is None:
+            children = self._children[(method, code)] = metrics.rpc_children(method, code)
+        duration, errors = children
+        duration.observe(seconds)
+        if errors is not None:
+            errors.inc()
