@@ -1,12 +1,14 @@
 """The floor for every later overhead: one loopback round trip through the service kit.
 
-The server is a kit server (all interceptors on: tracing, logging, errors, deadline, identity with a real
-Ed25519 token verified on every call) serving a tiny echo service, in its own process pinned to CPU 0.
-The load generator runs in this process pinned to CPU 1, over a real channel. Reported:
+The server is a kit server (the kit's interceptor: tracing, request id and logging, metrics, errors,
+deadline, identity with a real Ed25519 token verified on every call) serving a tiny echo service, in its
+own process pinned to CPU 0. The load generator runs in this process pinned to CPU 1, over a real channel
+(a kit channel for the kit variants, as a service calling another would use). Reported:
 - unary and server-streaming (10 messages) latency, one call at a time: p50/p95/p99;
 - throughput with 64 calls in flight, and the server's CPU time per call, which is what "calls/s on one
-  core" means: 1 / (server CPU seconds per call);
-for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, and the full kit.
+  core" means: 1 / (server CPU seconds per call); and the calling process's CPU time per call;
+for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, the full kit, and the full
+kit with spans recorded (an SDK tracer provider, as with an OTLP endpoint set, exporting nowhere).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from bench.report import table, write_section
 from bench.stats import LatencySummary
+from parapet.kit import clients
 from parapet.kit.config import ServiceSettings
 from parapet.kit.testing import (
     StringValue,
@@ -54,6 +58,7 @@ VARIANTS = {
     "bare": "grpc.aio alone (no kit): the interpreter's floor",
     "public": "kit, method public (no identity check)",
     "kit": "kit, identity token verified on every call",
+    "traced": "kit, identity, spans recorded on both sides",
 }
 
 
@@ -85,7 +90,8 @@ async def _serve(jwks_file: Path, variant: str) -> None:
     app = generic_app(handler, name="bench", service_names=(SERVICE,), public_methods=public)
     # Logging at WARNING: one JSON line per RPC would measure the terminal, not the kit.
     settings = ServiceSettings(port=0, identity_jwks_file=jwks_file, log_level="WARNING")
-    async with running(app, settings) as (_, port):
+    provider = TracerProvider() if variant == "traced" else None
+    async with running(app, settings, tracer_provider=provider) as (_, port):
         print(json.dumps({"port": port}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
@@ -113,8 +119,8 @@ async def _sequential(call: object, metadata: tuple[tuple[str, str], ...], strea
 
 async def _throughput(
     call: object, metadata: tuple[tuple[str, str], ...], server_pid: int
-) -> tuple[float, float]:
-    """(calls per second, server CPU milliseconds per call) with CONCURRENCY calls in flight."""
+) -> tuple[float, float, float]:
+    """(calls per second, server and client CPU milliseconds per call) with CONCURRENCY calls in flight."""
     request = StringValue(value="x" * 64)
     done = 0
     stop_at = 0.0
@@ -125,13 +131,14 @@ async def _throughput(
             await call(request, metadata=metadata)  # type: ignore[operator]
             done += 1
 
-    cpu_before = _cpu_seconds(server_pid)
+    cpu_before, client_cpu_before = _cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
     stop_at = started + THROUGHPUT_SECONDS
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     elapsed = time.perf_counter() - started
     cpu = _cpu_seconds(server_pid) - cpu_before
-    return done / elapsed, cpu / done * 1000.0
+    client_cpu = time.process_time() - client_cpu_before
+    return done / elapsed, cpu / done * 1000.0, client_cpu / done * 1000.0
 
 
 async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[str]]:
@@ -145,12 +152,18 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
         assert server.stdout is not None
         port = json.loads(await server.stdout.readline())["port"]
         metadata = keys.metadata()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        target = f"127.0.0.1:{port}"
+        if variant == "bare":
+            client_channel = grpc.aio.insecure_channel(target)
+        else:
+            tracing = TracerProvider() if variant == "traced" else None
+            client_channel = clients.channel(target, tracer_provider=tracing, default_timeout=None)
+        async with client_channel as channel:
             unary = unary_caller(channel, f"/{SERVICE}/Echo")
             streaming = stream_caller(channel, f"/{SERVICE}/Stream")
             unary_latency = await _sequential(unary, metadata, streaming=False)
             stream_latency = await _sequential(streaming, metadata, streaming=True)
-            calls_per_second, cpu_ms_per_call = await _throughput(unary, metadata, server.pid)
+            calls_per_second, cpu_ms_per_call, client_ms = await _throughput(unary, metadata, server.pid)
     finally:
         if server.stdin is not None:
             server.stdin.close()
@@ -163,6 +176,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
             f"{calls_per_second:,.0f}",
             f"{cpu_ms_per_call:.3f}",
             f"{1000.0 / cpu_ms_per_call:,.0f}",
+            f"{client_ms:.3f}",
         ],
     ]
 
@@ -170,6 +184,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
 async def main() -> None:
     keys = make_test_keys()
     _pin(1)
+    load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         jwks_file = Path(tmp) / "jwks.json"
@@ -178,12 +193,17 @@ async def main() -> None:
             rows += await _measure(variant, keys, jwks_file)
     body = "\n\n".join(
         [
-            "Server: pinned to CPU 0, in its own process; the kit variants run every interceptor "
-            "(OpenTelemetry with the default no-op provider, logging at WARNING, errors, deadline, "
-            "identity). Client: grpc.aio pinned to CPU 1, over loopback TCP, 64-byte payloads. "
+            "Server: pinned to CPU 0, in its own process; the kit variants run the kit's interceptor "
+            "(trace context with the default no-op provider unless spans are recorded, logging at "
+            "WARNING, metrics, errors, deadline, identity). Client: pinned to CPU 1, over loopback TCP, "
+            "64-byte payloads; a plain grpc.aio channel for the floor, a kit channel (deadline, identity, "
+            "request id and trace propagation) for the kit variants. "
             f"Latency: {SEQUENTIAL_CALLS} calls one at a time after 200 warm-up calls; throughput: "
             f"{CONCURRENCY} calls in flight for {THROUGHPUT_SECONDS:.0f} s. CPU per call is the server "
-            "process's user+system time over calls served; calls/s on one core is its inverse.",
+            "process's user+system time over calls served; calls/s on one core is its inverse; client "
+            "CPU per call is the calling process's, over the same calls. Load average (1 min) at start "
+            f"{load_before:.1f}, at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores (other work "
+            "on the machine inflates every figure alike).",
             table(
                 [
                     "server",
@@ -196,6 +216,7 @@ async def main() -> None:
                     "calls/s",
                     "server CPU ms/call",
                     "calls/s on one core",
+                    "client CPU ms/call",
                 ],
                 rows,
             ),

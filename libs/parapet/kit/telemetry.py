@@ -15,17 +15,24 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from parapet.kit.rpc_tracing import NOT_TRACED_PREFIXES
+
 log = logging.getLogger(__name__)
 
-# Health probes every second from kubelets and monitors would bury the traces that matter.
-_NOT_TRACED = grpc_filters.negate(
-    grpc_filters.any_of(grpc_filters.health_check(), grpc_filters.service_prefix("grpc.reflection."))
-)
+
+def _traced(call_details: Any) -> bool:
+    """Health and reflection calls get no span (probes every second would bury the traces that matter).
+
+    A plain prefix test: the library's own filters check ``isinstance`` against a runtime Protocol,
+    which measured a third of a traced call's interceptor cost."""
+    method = call_details.method
+    if isinstance(method, bytes):
+        method = method.decode()
+    return not str(method).startswith(NOT_TRACED_PREFIXES)
 
 
 def create_tracer_provider(service_name: str, otlp_endpoint: str | None = None) -> TracerProvider:
@@ -58,7 +65,7 @@ def client_interceptors(tracer_provider: Any = None) -> list[Any]:
     Used by kit channels when spans are recorded (they cover gRPC's own retries and end with the call's
     status); without a recording provider the channel passes the trace context on itself, cheaper."""
     interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
-        tracer_provider=tracer_provider or current_provider(), filter_=_NOT_TRACED
+        tracer_provider=tracer_provider or current_provider(), filter_=_traced
     )
     return list(interceptors)
 

@@ -20,6 +20,7 @@ from parapet.kit.testing import (
     TestKeys,
     fast_settings,
     generic_app,
+    health_status,
     running,
     string_service,
     unary_caller,
@@ -232,14 +233,17 @@ async def test_recorded_server_spans_carry_the_status_the_caller_got(keys: TestK
     app = generic_app(string_service(B_SERVICE, unary={"Do": outcome}), keys=keys, service_names=(B_SERVICE,))
     async with (
         running(app, fast_settings(), tracer_provider=provider) as (_, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        clients.channel(f"127.0.0.1:{port}", tracer_provider=provider) as channel,
     ):
         call = unary_caller(channel, f"/{B_SERVICE}/Do")
         await call(StringValue(value="ok"), metadata=keys.metadata())
         for value in ("missing", "bug"):
             with pytest.raises(grpc.aio.AioRpcError):
                 await call(StringValue(value=value), metadata=keys.metadata())
-    ok, missing, bug = exporter.get_finished_spans()
+        await health_status(channel)  # probes are traced on neither side
+    spans = exporter.get_finished_spans()
+    assert sorted(span.kind.name for span in spans) == ["CLIENT"] * 3 + ["SERVER"] * 3
+    ok, missing, bug = (span for span in spans if span.kind.name == "SERVER")
     assert {span.name for span in (ok, missing, bug)} == {f"/{B_SERVICE}/Do"}
     assert [dict(span.attributes or {})["rpc.grpc.status_code"] for span in (ok, missing, bug)] == [0, 5, 13]
     assert dict(ok.attributes or {})["rpc.service"] == B_SERVICE and dict(ok.attributes or {})["net.peer.ip"]
