@@ -6,14 +6,15 @@ the upstream emulator (``parapet.upstream``), Parapet's whole suite from ``parap
 PostgreSQL, NATS), LiteLLM's proxy with one and with two workers (its own venv, ``bench/litellm/``), and a load
 generator process per run (``bench.gateway_load``). Targets:
 
-(a) the upstream called directly; (b) the gateway's StreamChat with retrieval off; (c) the same with retrieval
-on, over five ingested documents; (d1, d2) LiteLLM with 1 and 2 workers.
+(a) the upstream called directly; (b) the gateway's StreamChat with retrieval off; (b2) the same for a tenant whose
+policy allows person names, so moderation skips its NER model; (c) retrieval on, over five ingested documents;
+(d1, d2) LiteLLM with 1 and 2 workers.
 
 Regimes: unloaded (zero-latency upstream, one stream at a time, targets interleaved), then open-loop load at
 fixed rates against an upstream that waits 50 ms and then streams 20 chunks 10 ms apart. Knobs (environment):
-``BENCH_GATEWAY_CALLS`` (unloaded streams per target, default 1000), ``BENCH_GATEWAY_SECONDS`` (per rate,
-default 10), ``BENCH_GATEWAY_RATES`` (default 25,50,100,200,300,400), ``BENCH_GATEWAY_LITELLM_WORKERS``
-(default 1,2).
+``BENCH_GATEWAY_CALLS`` (unloaded streams per target, default 500), ``BENCH_GATEWAY_SECONDS`` (per rate,
+default 10), ``BENCH_GATEWAY_RATES`` (default 10,20,30,40,50,100,200,300,400), ``BENCH_GATEWAY_LITELLM_WORKERS``
+(default 1,2), ``BENCH_GATEWAY_TARGETS`` (default a,b,b2,c,d).
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from pathlib import Path
 
 from bench.gateway_clients import Target
 from bench.gateway_litellm import LiteLLM, ensure_venv, litellm_proxy
-from bench.gateway_procs import PYTHON, ProcessGroup, announced_child, tree, wait_idle
+from bench.gateway_procs import PYTHON, ProcessGroup, announced_child, tree, wait_settled
 from bench.gateway_report import Measured, body
 from bench.gateway_results import TargetLoad
 from bench.gateway_runs import Scenario, one_at_a_time, open_loop
 from bench.gateway_suite import (
     INSTANT_MODEL,
+    NAMES_TENANT,
     STREAMING_FAULT,
     STREAMING_MODEL,
+    TENANT,
     UPSTREAM_MODEL,
     Suite,
     parapet_suite,
@@ -41,14 +44,19 @@ from bench.gateway_suite import (
 from bench.report import write_section
 from parapet.embedded import free_port
 
-CALLS = int(os.environ.get("BENCH_GATEWAY_CALLS", "1000"))
+CALLS = int(os.environ.get("BENCH_GATEWAY_CALLS", "500"))
 WARMUP = 100
 BASELINE_CALLS = 40
 SECONDS = float(os.environ.get("BENCH_GATEWAY_SECONDS", "10"))
-RATES = [float(r) for r in os.environ.get("BENCH_GATEWAY_RATES", "25,50,100,200,300,400").split(",")]
+RATES = [float(r) for r in os.environ.get("BENCH_GATEWAY_RATES", "10,20,30,40,50,100,200,300,400").split(",")]
 LITELLM_WORKERS = [int(w) for w in os.environ.get("BENCH_GATEWAY_LITELLM_WORKERS", "1,2").split(",") if w]
-# Which of a, b, c, d to run (a always runs: it is every other target's reference).
-TARGETS = set(os.environ.get("BENCH_GATEWAY_TARGETS", "a,b,c,d").split(",")) | {"a"}
+PARAPET_SCENARIOS = (
+    ("b", "Parapet, retrieval off", False, TENANT),
+    ("b2", "Parapet, retrieval off, names allowed (no NER)", False, NAMES_TENANT),
+    ("c", "Parapet, retrieval on", True, TENANT),
+)
+# Which of a, b, b2, c, d to run (a always runs: it is every other target's reference).
+TARGETS = set(os.environ.get("BENCH_GATEWAY_TARGETS", "a,b,b2,c,d").split(",")) | {"a"}
 # 18 words: the emulator echoes "You said: <question>", 20 chunks.
 QUESTION = (
     "How many vacation days do new employees receive in their first year according to the employee handbook?"
@@ -68,7 +76,9 @@ workers; and a fresh load-generator process per run (`bench/gateway_load.py`, as
 - Parapet runs its full flow per request: API key authentication (cached), authorization, input screening,
   budget reservation (a tenant monthly cost budget and a per-key daily token budget, tenant and key rate limits),
   inference (semantic cache off by request: every request asks the same question), output screening while
-  streaming, settlement and audit. (c) also retrieves from five ingested documents.
+  streaming, settlement and audit. (b2) is a second tenant with the same policy except that person names are
+  allowed, so input screening skips moderation's NER model (its costliest detector). (c) also retrieves from
+  five ingested documents.
 - LiteLLM, as its production page recommends where it applies offline: master key on (`LITELLM_MASTER_KEY`),
   `LITELLM_LOCAL_MODEL_COST_MAP=True`, `LITELLM_LOG=ERROR`, JSON logs, `proxy_batch_write_at: 60`,
   `simple-shuffle` routing; no database and no Redis, so no virtual keys, spend logs, budgets or shared rate
@@ -82,12 +92,12 @@ def _http(name: str, base_url: str, api_key: str, model: str) -> Target:
     return Target(name=name, kind="http", address=base_url, api_key=api_key, model=model, question=QUESTION)
 
 
-def _gateway(name: str, suite: Suite, model: str, retrieval: bool) -> Target:
+def _gateway(name: str, suite: Suite, model: str, retrieval: bool, tenant: str = TENANT) -> Target:
     return Target(
         name=name,
         kind="gateway",
         address=suite.gateway_address,
-        api_key=suite.api_key,
+        api_key=suite.api_keys[tenant],
         model=model,
         question=QUESTION,
         retrieval=retrieval,
@@ -142,7 +152,7 @@ async def measure(workdir: Path) -> Measured:
         upstream_url = str(upstream.announcement["base_url"])
         suite = (
             await stack.enter_async_context(parapet_suite(upstream_url, workdir))
-            if TARGETS & {"b", "c"}
+            if TARGETS & {"b", "b2", "c"}
             else None
         )
         proxies = [
@@ -153,7 +163,7 @@ async def measure(workdir: Path) -> Measured:
         ]
         found = scenarios(upstream_url, ProcessGroup("upstream", lambda: tree(upstream.pid)), suite, proxies)
         for scenario in found:
-            await wait_idle(scenario.processes)
+            await wait_settled(scenario.processes)
         idle_rss = {s.key: s.processes.rss() for s in found}
         print("unloaded regime", flush=True)
         unloaded = await one_at_a_time(found, False, CALLS, WARMUP, log)

@@ -75,12 +75,21 @@ class ProcessGroup:
 
     name: str
     pids: Callable[[], Iterable[int]]  # asked afresh at each sample: workers may come and go
+    member: Callable[[int], str] = lambda pid: "all"  # which part of the group a process is, for breakdowns
 
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in self.pids())
 
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def cpu_by_member(self) -> dict[str, float]:
+        """CPU seconds so far, summed per member (a service, LiteLLM's workers...)."""
+        used: dict[str, float] = {}
+        for pid in self.pids():
+            name = self.member(pid)
+            used[name] = used.get(name, 0.0) + cpu_seconds(pid)
+        return used
 
 
 @dataclass
@@ -197,15 +206,17 @@ async def run_json(argv: list[str], payload: dict[str, Any], within: float, log:
 PYTHON = sys.executable
 
 
-async def wait_idle(
-    group: ProcessGroup, *, below: float = 0.05, window: float = 1.0, within: float = 90.0
-) -> None:
-    """Wait until ``group`` uses less than ``below`` of a core over ``window`` seconds: a server that answers its
-    health check may still be warming up (more workers importing, caches filling) and would steal the CPU of the
-    first measurements."""
+async def wait_settled(group: ProcessGroup, *, window: float = 1.0, within: float = 60.0) -> None:
+    """Wait until ``group``'s CPU use has settled: two consecutive ``window``s within 5 % of a core of each other
+    and under half a core. A server that answers its health check may still be warming up (more workers
+    importing, caches filling), and a run's tail may still be settling; either would steal the CPU of the next
+    measurement. Settled, not idle: Parapet's eight services use some CPU at rest (relays, sweepers)."""
     deadline = time.monotonic() + within
+    previous = None
     while time.monotonic() < deadline:
         before = group.cpu()
         await asyncio.sleep(window)
-        if group.cpu() - before < below * window:
+        rate = (group.cpu() - before) / window
+        if previous is not None and rate < 0.5 and abs(rate - previous) < 0.05:
             return
+        previous = rate

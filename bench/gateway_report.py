@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.gateway_results import Added, RunStats, TargetLoad, ratio
+from bench.gateway_results import Added, LoadRun, RunStats, TargetLoad, ratio
 from bench.gateway_runs import Scenario
 from bench.report import table
 
@@ -221,6 +221,32 @@ def summary_table(m: Measured) -> str:
     )
 
 
+def _reference_run(load: TargetLoad) -> LoadRun | None:
+    """The run a breakdown is taken from: the highest rate held, else the first (lowest) rate."""
+    return load.at(load.highest_held) if load.highest_held else (load.runs[0] if load.runs else None)
+
+
+def cpu_table(m: Measured) -> str:
+    """CPU ms per request of each process kind of every target, where the time goes."""
+    runs = {s.key: _reference_run(m.loads[s.key]) for s in m.scenarios}
+    members = sorted({name for run in runs.values() if run for name in run.cpu_by_member})
+    rows = []
+    for s in m.scenarios:
+        run = runs[s.key]
+        if run is None:
+            continue
+        per = run.member_ms_per_request()
+        rows.append(
+            [
+                f"({s.key}) {s.label}",
+                f"{run.rate:g}",
+                *(_ms(per.get(name)) for name in members),
+                _ms(run.cpu_ms_per_request),
+            ]
+        )
+    return table(["target", "at rate/s", *members, "total"], rows)
+
+
 def targets_text(m: Measured) -> str:
     """The issue's targets for (b), each with what was measured and whether it was met."""
     direct, full = m.unloaded["a"], m.unloaded.get("b")
@@ -275,5 +301,9 @@ def body(m: Measured, method: str) -> str:
         "CPU ms/request sums the target's processes over the run; generator CPU is the load generator's "
         "share of one core (near 100 % it, not the target, sets the pace).",
         load_table(m),
+        "**Where the CPU goes**: CPU ms per request of each process of a target (Parapet: per service; the "
+        "direct call: the upstream emulator itself; LiteLLM: all its processes), over the run at the highest "
+        "rate held (else the lowest rate), warm-up streams included in the count.",
+        cpu_table(m),
     ]
     return "\n\n".join(parts)

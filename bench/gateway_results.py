@@ -69,6 +69,7 @@ class LoadRun:
     cpu_seconds: float  # the target's processes, over the run and the generator's warm-up streams
     warmup: int  # those warm-up streams
     generator_cpu: float  # share of one core the load generator used
+    cpu_by_member: dict[str, float] = field(default_factory=dict)  # the same CPU seconds, per process kind
 
     @property
     def completed(self) -> int:
@@ -77,6 +78,11 @@ class LoadRun:
     @property
     def cpu_ms_per_request(self) -> float | None:
         return self.cpu_seconds * 1000.0 / (self.completed + self.warmup) if self.completed else None
+
+    def member_ms_per_request(self) -> dict[str, float]:
+        if not self.completed:
+            return {}
+        return {name: s * 1000.0 / (self.completed + self.warmup) for name, s in self.cpu_by_member.items()}
 
 
 def held(run: RunStats, baseline_p99_ms: float) -> bool:

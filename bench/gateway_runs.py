@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gateway_clients import Target
-from bench.gateway_procs import PYTHON, MemorySampler, ProcessGroup, run_json, wait_idle
+from bench.gateway_procs import PYTHON, MemorySampler, ProcessGroup, run_json, wait_settled
 from bench.gateway_results import LoadRun, RunStats
 
 GENERATOR = [PYTHON, "-m", "bench.gateway_load"]
@@ -46,18 +46,21 @@ async def open_loop(
     scenario: Scenario, rate: float, seconds: float, log: Path
 ) -> tuple[LoadRun, dict[str, Any]]:
     """One open-loop run against the streaming upstream, the scenario's RSS sampled and its CPU counted."""
-    await wait_idle(scenario.processes, below=0.1, within=30.0)  # the previous run's tail has drained
+    await wait_settled(scenario.processes, within=30.0)  # the previous run's tail has drained
     plan = {"mode": "open", "target": scenario.streaming.to_json(), "rate": rate, "duration": seconds}
-    cpu_before = scenario.processes.cpu()
+    before = scenario.processes.cpu_by_member()
     async with MemorySampler(scenario.processes) as memory:
         result = await run_json(GENERATOR, plan, within=seconds + 120, log=log)
+    after = scenario.processes.cpu_by_member()
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
     run = LoadRun(
         rate=rate,
         stats=RunStats.of(result["samples"][0]),
         elapsed=float(result["elapsed"]),
         peak_rss=memory.peak,
-        cpu_seconds=scenario.processes.cpu() - cpu_before,
+        cpu_seconds=sum(used.values()),
         generator_cpu=float(result["generator_cpu"]),
         warmup=int(result["warmup"]),
+        cpu_by_member=used,
     )
     return run, result

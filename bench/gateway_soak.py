@@ -24,15 +24,14 @@ from bench.gateway_procs import (
     PYTHON,
     ProcessGroup,
     announced_child,
-    command_line,
     rss_bytes,
     run_json,
-    wait_idle,
+    wait_settled,
 )
 from bench.gateway_results import RunStats
 from bench.gateway_runs import GENERATOR
 from bench.gateway_soak_summary import MemorySeries, summary_body
-from bench.gateway_suite import STREAMING_MODEL, parapet_suite
+from bench.gateway_suite import STREAMING_MODEL, TENANT, parapet_suite, service_name
 from bench.report import write_section
 
 SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
@@ -41,16 +40,11 @@ INTERVAL = float(os.environ.get("BENCH_SOAK_INTERVAL", "5"))
 COMMAND = "make bench-soak  # or: python -m bench.gateway_soak"
 
 
-def _service_name(pid: int) -> str:
-    """``gateway`` from ``... -m parapet.cli serve gateway``."""
-    return command_line(pid).split(" serve ", 1)[-1].split()[0]
-
-
 async def _sample(services: ProcessGroup, series: MemorySeries, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     while not stop.is_set():
-        series.add(loop.time() - started, {_service_name(pid): rss_bytes(pid) for pid in services.pids()})
+        series.add(loop.time() - started, {service_name(pid): rss_bytes(pid) for pid in services.pids()})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), INTERVAL)
 
@@ -59,12 +53,12 @@ async def soak(workdir: Path) -> str:
     log = workdir / "bench.log"
     async with announced_child(PYTHON, "-m", "parapet.upstream", log=log) as upstream:
         async with parapet_suite(str(upstream.announcement["base_url"]), workdir) as suite:
-            await wait_idle(suite.services)
+            await wait_settled(suite.services)
             target = Target(
                 name="b",
                 kind="gateway",
                 address=suite.gateway_address,
-                api_key=suite.api_key,
+                api_key=suite.api_keys[TENANT],
                 model=STREAMING_MODEL,
                 question=QUESTION,
             )

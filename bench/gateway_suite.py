@@ -13,6 +13,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from parapet.auth.v1.tenant_admin_service_pb2_grpc import TenantAdminServiceAsyncStub
 
 from bench.gateway_procs import PYTHON, ProcessGroup, command_line, spawn, stop, tree
 from parapet import clients
@@ -30,10 +34,14 @@ from parapet.cli.env import BOOTSTRAP_KEY_NAME
 from parapet.cli.health import SERVING, HealthProber
 from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.embedded import free_port
+from parapet.moderation.v1 import category_pb2
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2
 from parapet.usage.v1 import money_pb2
 
 TENANT = "bench"
+# The same policy, but person names allowed in prompts: moderation then skips its NER model, the costliest
+# detector (docs/moderation.md), so the pair shows what that model costs per request.
+NAMES_TENANT = "bench-names"
 USER = "loadgen"
 GROUP = "staff"
 # Inference's model names; the emulator reads the delays from the upstream model name.
@@ -75,7 +83,7 @@ DOCUMENTS = {
 @dataclass(frozen=True)
 class Suite:
     gateway_address: str
-    api_key: str
+    api_keys: dict[str, str]  # by tenant
     services: ProcessGroup  # the eight Parapet service processes
     infrastructure: ProcessGroup  # embedded PostgreSQL and NATS
     home: Path
@@ -94,12 +102,22 @@ def inference_config(upstream_base_url: str) -> dict[str, object]:
     }
 
 
-def tenant_policy() -> tenant_policy_pb2.TenantPolicy:
+def tenant_policy(*, allow_names: bool = False) -> tenant_policy_pb2.TenantPolicy:
     """A customer tenant as product teams would run it: a chat role, both models, a generous monthly cost
     budget per tenant and a daily token budget per key (so every request reserves and settles real budgets)
-    and rate limits far above the benchmark's rates."""
+    and rate limits far above the benchmark's rates; moderation at its defaults unless ``allow_names``."""
     p = permission_pb2
+    rules = (
+        [
+            tenant_policy_pb2.ModerationRule(
+                category=category_pb2.CATEGORY_PII_PERSON_NAME, action=category_pb2.ACTION_ALLOW
+            )
+        ]
+        if allow_names
+        else []
+    )
     return tenant_policy_pb2.TenantPolicy(
+        moderation=tenant_policy_pb2.ModerationPolicy(rules=rules),
         roles=[
             tenant_policy_pb2.RoleDefinition(
                 role="admin",
@@ -159,51 +177,50 @@ async def _authenticate(auth_address: str, api_key: str) -> str:
     return str(reply.token)
 
 
-async def provision(ports: PortLayout, home: HomeLayout) -> str:
-    """Tenant, policy, user and API key through TenantAdminService as the bootstrap operator; the documents
-    through RetrievalService as that user. Returns the user's API key."""
+async def provision(ports: PortLayout, home: HomeLayout) -> dict[str, str]:
+    """The benchmark's tenants through TenantAdminService as the bootstrap operator (``parapet up`` wrote its
+    key), then the documents through RetrievalService as the main tenant's user. Returns the API key of
+    each tenant's user, by tenant."""
     auth_address = ports.service_address(registry.get("auth"))
     operator_key = (home.identity_dir / BOOTSTRAP_KEY_NAME).read_text().strip()
     operator = _bearer(await _authenticate(auth_address, operator_key))
-    a = tenant_admin_service_pb2
+    keys = {}
     async with clients.tenant_admin(auth_address) as admin:
-        await admin.stub.CreateTenant(
-            a.CreateTenantRequest(tenant=tenant_pb2.Tenant(tenant_id=TENANT, display_name="Benchmark")),
-            metadata=operator,
+        keys[TENANT] = await _tenant(admin.stub, operator, TENANT, tenant_policy())
+        keys[NAMES_TENANT] = await _tenant(
+            admin.stub, operator, NAMES_TENANT, tenant_policy(allow_names=True)
         )
-        current = await admin.stub.GetTenantPolicy(
-            a.GetTenantPolicyRequest(tenant_id=TENANT), metadata=operator
-        )
-        await admin.stub.UpdateTenantPolicy(
-            a.UpdateTenantPolicyRequest(
-                tenant_id=TENANT, policy=tenant_policy(), expected_version=current.policy.version
-            ),
-            metadata=operator,
-        )
-        await admin.stub.CreateUser(
-            a.CreateUserRequest(
-                tenant_id=TENANT, user=user_pb2.User(user_id=USER, roles=["member"], groups=[GROUP])
-            ),
-            metadata=operator,
-        )
-        created = await admin.stub.CreateApiKey(
-            a.CreateApiKeyRequest(
-                tenant_id=TENANT,
-                api_key=ApiKey(
-                    user_id=USER,
-                    display_name="load generator",
-                    # Retrieval checks permission names among the token's scopes and roles (it has no
-                    # policy to map roles): the key names the three it uses.
-                    scopes=["chat", "ingest", "documents.read"],
-                ),
-            ),
-            metadata=operator,
-        )
-    api_key = str(created.secret)
-    await _ingest(
-        ports.service_address(registry.get("retrieval")), _bearer(await _authenticate(auth_address, api_key))
+    retrieval = ports.service_address(registry.get("retrieval"))
+    await _ingest(retrieval, _bearer(await _authenticate(auth_address, keys[TENANT])))
+    return keys
+
+
+async def _tenant(
+    admin: TenantAdminServiceAsyncStub,
+    operator: tuple[tuple[str, str]],
+    tenant_id: str,
+    policy: tenant_policy_pb2.TenantPolicy,
+) -> str:
+    """A tenant with ``policy``, its user USER and an API key for that user, whose secret is returned."""
+    a = tenant_admin_service_pb2
+    tenant = tenant_pb2.Tenant(tenant_id=tenant_id, display_name=f"Benchmark {tenant_id}")
+    await admin.CreateTenant(a.CreateTenantRequest(tenant=tenant), metadata=operator)
+    current = await admin.GetTenantPolicy(a.GetTenantPolicyRequest(tenant_id=tenant_id), metadata=operator)
+    await admin.UpdateTenantPolicy(
+        a.UpdateTenantPolicyRequest(
+            tenant_id=tenant_id, policy=policy, expected_version=current.policy.version
+        ),
+        metadata=operator,
     )
-    return api_key
+    user = user_pb2.User(user_id=USER, roles=["member"], groups=[GROUP])
+    await admin.CreateUser(a.CreateUserRequest(tenant_id=tenant_id, user=user), metadata=operator)
+    # Retrieval checks permission names among the token's scopes and roles (it has no policy to map
+    # roles): the key names the three it uses.
+    key = ApiKey(user_id=USER, display_name="load generator", scopes=["chat", "ingest", "documents.read"])
+    created = await admin.CreateApiKey(
+        a.CreateApiKeyRequest(tenant_id=tenant_id, api_key=key), metadata=operator
+    )
+    return str(created.secret)
 
 
 async def _ingest(address: str, caller: tuple[tuple[str, str]]) -> None:
@@ -224,6 +241,11 @@ async def _ingest(address: str, caller: tuple[tuple[str, str]]) -> None:
 
 def _is_service(pid: int) -> bool:
     return " parapet.cli serve " in command_line(pid)
+
+
+def service_name(pid: int) -> str:
+    """``gateway`` for the process ``... -m parapet.cli serve gateway``."""
+    return command_line(pid).split(" serve ", 1)[-1].split()[0]
 
 
 def _is_infrastructure(pid: int) -> bool:
@@ -292,11 +314,13 @@ async def parapet_suite(upstream_base_url: str, workdir: Path) -> AsyncIterator[
     process = await spawn(argv, log=log, env=env)
     try:
         await _wait_serving(ports, process, log)
-        api_key = await provision(ports, home)
+        api_keys = await provision(ports, home)
         yield Suite(
             gateway_address=ports.service_address(registry.get("gateway")),
-            api_key=api_key,
-            services=ProcessGroup("parapet", lambda: [p for p in tree(process.pid) if _is_service(p)]),
+            api_keys=api_keys,
+            services=ProcessGroup(
+                "parapet", lambda: [p for p in tree(process.pid) if _is_service(p)], service_name
+            ),
             infrastructure=ProcessGroup(
                 "postgres+nats", lambda: [p for p in tree(process.pid) if _is_infrastructure(p)]
             ),
