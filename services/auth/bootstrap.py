@@ -34,7 +34,9 @@ async def ensure_platform_tenant(
     ``platform-admin``) and an API key for it, written to that file only: the one way in before any
     credential exists. With ``gateway_key_file``, likewise the service account ``gateway`` (role
     ``token-delegator``) whose key the gateway's job workers authenticate with. Later starts find the
-    users and create nothing.
+    users and create nothing, except that the gateway's key is issued again when its file is missing (a new
+    home for the same database, a lost file): it is a machine credential only this deployment reads, and
+    without it queued jobs could never run. The operator's key is never re-issued this way.
     """
     async with store.tenant(tenant_id) as session:
         await session.execute(
@@ -47,13 +49,13 @@ async def ensure_platform_tenant(
         if not await AuthStore.insert_policy(session, tenant_id, 1, policy, "parapet"):
             await _ensure_delegator_role(store, session, tenant_id)
         accounts = (
-            (OPERATOR, permissions.PLATFORM_ADMIN_ROLE, "Platform operator", bootstrap_key_file),
-            (GATEWAY, permissions.DELEGATOR_ROLE, "Gateway job workers", gateway_key_file),
+            (OPERATOR, permissions.PLATFORM_ADMIN_ROLE, "Platform operator", bootstrap_key_file, False),
+            (GATEWAY, permissions.DELEGATOR_ROLE, "Gateway job workers", gateway_key_file, True),
         )
-        for user_id, role, display_name, key_file in accounts:
+        for user_id, role, display_name, key_file, reissue in accounts:
             if key_file is not None:
                 await _ensure_service_account(
-                    session, tenant_id, hasher, user_id, role, display_name, key_file
+                    session, tenant_id, hasher, user_id, role, display_name, key_file, reissue=reissue
                 )
 
 
@@ -79,6 +81,8 @@ async def _ensure_service_account(
     role: str,
     display_name: str,
     key_file: Path,
+    *,
+    reissue: bool,
 ) -> None:
     created = await session.execute(
         text(
@@ -88,7 +92,9 @@ async def _ensure_service_account(
         ),
         {"t": tenant_id, "u": user_id, "d": display_name, "r": [role]},
     )
-    if created.scalar_one_or_none() is None:
+    # A stat of a local file: not worth a thread hop at service start.
+    lost = reissue and not key_file.exists()  # noqa: ASYNC240
+    if created.scalar_one_or_none() is None and not lost:
         return
     prefix, key = apikeys.generate()
     await session.execute(

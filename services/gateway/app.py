@@ -1,7 +1,5 @@
-"""The gateway service as the kit runs it (`parapet serve gateway`): the governed chat (ChatService).
-
-JobService stays pending (UNIMPLEMENTED naming issue #10) until the job worker is wired in.
-"""
+"""The gateway service as the kit runs it (`parapet serve gateway`): the governed chat (ChatService) and
+async jobs (JobService, with job workers in the same process unless disabled), one flow for both."""
 
 from pathlib import Path
 
@@ -10,16 +8,15 @@ import grpc.aio
 from parapet.events.audit import AUDIT_STREAM
 from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from parapet.kit.app import Resources, ServiceApp
-from parapet.kit.pending import GeneratedService, register_pending
+from parapet.kit.pending import GeneratedService
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator
+from services.gateway.jobs.wiring import register_jobs
 from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
 
 CHAT_SERVICE = GeneratedService(chat_service_pb2, chat_service_pb2_grpc, "ChatService")
 JOB_SERVICE = GeneratedService(job_service_pb2, job_service_pb2_grpc, "JobService")
-
-_register_jobs_pending = register_pending((JOB_SERVICE,), "issue #10 (async jobs)")
 
 
 async def register(server: grpc.aio.Server, resources: Resources[GatewaySettings]) -> None:
@@ -27,8 +24,9 @@ async def register(server: grpc.aio.Server, resources: Resources[GatewaySettings
     authenticator = Authenticator(flow.peers, resources.settings)
     flow.on_tenant_change.append(authenticator.invalidate_tenant)
     flow.on_reset.append(authenticator.clear)
-    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(authenticator, flow), server)
-    await _register_jobs_pending(server, resources)
+    chat = ChatServicer(authenticator, flow)
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)
+    await register_jobs(server, resources, flow, chat.caller)
 
 
 APP = ServiceApp(

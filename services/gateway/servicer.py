@@ -33,7 +33,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self._authenticator = authenticator
         self._flow = flow
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+    async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The authenticated caller of ``context`` (also JobService's authentication)."""
         credential = bearer(tuple(context.invocation_metadata() or ()))
         return await self._authenticator.authenticate(credential, client_ip=_client_ip(context))
 
@@ -42,7 +43,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[chat_service_pb2.StreamChatResponse]:
         request_id = current_request_id() or str(uuid.uuid4())
         await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = await self._caller(context)
+        caller = await self.caller(context)
         async for event in self._flow.stream(caller, request, request_id=request_id):
             if event.HasField("summary"):
                 context.set_trailing_metadata(_overhead(event.summary))
@@ -53,7 +54,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> chat_service_pb2.ChatResponse:
         request_id = current_request_id() or str(uuid.uuid4())
         await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = await self._caller(context)
+        caller = await self.caller(context)
         response = await self._flow.complete(caller, request, request_id=request_id)
         context.set_trailing_metadata(_overhead(response.summary))
         return response

@@ -1,12 +1,13 @@
 """Settings of the gateway service: where the services of the request flow are (auth's address is in
-every service's settings), and the bounds of its caches, idempotency records and outbox."""
+every service's settings), the bounds of its caches, idempotency records and outbox, and (inherited) how
+it runs async jobs."""
 
 from pydantic import Field
 
-from parapet.kit.config import ServiceSettings
+from services.gateway.jobs.settings import JobSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(JobSettings):
     """The gateway calls every other service; `parapet up` sets these, Kubernetes uses service DNS names."""
 
     moderation_address: str | None = Field(None, description="host:port of the moderation service.")

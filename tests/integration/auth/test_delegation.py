@@ -151,7 +151,7 @@ async def test_only_holders_of_token_delegate_in_the_platform_tenant_may_delegat
     assert error_details(raised.value).reason == "PRIVILEGE_ESCALATION"
 
 
-async def test_the_first_start_writes_the_gateway_service_account_key(
+async def test_the_gateway_service_account_key_is_written_once_and_again_when_missing(
     database_url: str, nats_url: str, signing_key_file: Path, tmp_path: Path
 ) -> None:
     platform = f"ops-{uuid.uuid4().hex[:8]}"
@@ -177,9 +177,21 @@ async def test_the_first_start_writes_the_gateway_service_account_key(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await auth.admin.ListTenants(tpb.ListTenantsRequest(page_size=10), metadata=gateway)
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    key_file.unlink()
+    first_key = key_file.read_text().strip()
     async with running(APP, settings):
-        assert not key_file.exists()  # later starts create nothing
+        assert key_file.read_text().strip() == first_key  # later starts create nothing
+    # A missing file (a new home for the same database) gets a fresh key; the old one stays valid.
+    key_file.unlink()
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        second_key = key_file.read_text().strip()
+        assert second_key != first_key
+        stub = Auth(channel, signer_for(signing_key_file)).auth
+        for key in (first_key, second_key):
+            again = await stub.Authenticate(apb.AuthenticateRequest(api_key=key))
+            assert (again.principal.tenant_id, again.principal.subject) == (platform, "gateway")
 
 
 async def test_a_platform_policy_from_before_delegation_gains_the_role_once(

@@ -29,7 +29,7 @@ from parapet.auth.v1 import (
 )
 from parapet.cli.identity import provision
 from parapet.embedded import EmbeddedNats, free_port
-from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc
+from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_service_pb2_grpc
 from parapet.inference.v1 import message_pb2
 from parapet.kit.database import Database
 from parapet.kit.errors import ErrorDetails, error_details
@@ -206,6 +206,10 @@ class Suite:
     def chat(self) -> chat_service_pb2_grpc.ChatServiceStub:
         return chat_service_pb2_grpc.ChatServiceStub(self.channel)
 
+    @property
+    def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        return job_service_pb2_grpc.JobServiceStub(self.channel)
+
     def token(self, tenant_id: str, subject: str, roles: tuple[str, ...] = (), **kw: Any) -> Any:
         return (("authorization", f"Bearer {self.signer.sign(Principal(tenant_id, subject, roles, **kw))}"),)
 
@@ -369,7 +373,10 @@ async def suite(
             running(
                 AUTH,
                 AuthSettings(
-                    **base, auth_signing_key_file=identity.signing_key_file, auth_outbox_interval_seconds=0.2
+                    **base,
+                    auth_signing_key_file=identity.signing_key_file,
+                    auth_outbox_interval_seconds=0.2,
+                    auth_gateway_key_file=home / "identity" / "gateway.key",
                 ),
             )
         )
@@ -415,6 +422,9 @@ async def suite(
             **{f"{name}_address": address for name, address in addresses.items() if name != "auth"},
             "gateway_outbox_interval_seconds": 0.2,
             "gateway_policy_cache_seconds": 0.5,
+            # Job workers run their items through this same flow, as the submitter (auth's delegation).
+            "gateway_job_service_key_file": home / "identity" / "gateway.key",
+            "gateway_job_sweep_seconds": 1.0,
         }
         _gw, gateway_port = await stack.enter_async_context(
             running(GATEWAY, GatewaySettings(**gateway_settings))

@@ -56,6 +56,11 @@ class PolicyTable(auth_service_pb2_grpc.AuthServiceServicer):
     async def GetJwks(self, request: object, context: object) -> auth_service_pb2.GetJwksResponse:
         raise Unimplemented("not part of the stand-in")
 
+    async def IssueDelegatedToken(
+        self, request: object, context: object
+    ) -> auth_service_pb2.IssueDelegatedTokenResponse:
+        raise Unimplemented("not part of the stand-in")
+
 
 @dataclass
 class Suite:

@@ -31,6 +31,9 @@ ADMIN_RPCS_WITH_TENANT_ID = {
         "GetTenantPolicy",
         "UpdateTenantPolicy",
     )
+} | {
+    # Platform-only (PERMISSION_TOKEN_DELEGATE): a token for a stored principal of the named tenant.
+    ".parapet.auth.v1.AuthService.IssueDelegatedToken",
 }
 
 # Request messages that must stay field-for-field identical (the streaming and unary forms of one operation).
