@@ -97,9 +97,11 @@ async def test_concurrent_chats_never_overspend_by_more_than_one_reservation(sui
             ]
         )
     )
-    # Each request reserves about 1,100 tokens (its prompt estimate plus max_tokens 1,024) and uses ~20.
+    # Each request reserves its prompt estimate plus the model's max_tokens and uses ~20. The slow model
+    # (~1 s per answer) keeps every reservation open at once, as a burst against a real provider would:
+    # with the zero-latency one, early chats settled before later ones reserved and nothing was refused.
     answers = await asyncio.gather(
-        *(suite.stream(tenant, question(f"spend {i}", model="gpt")) for i in range(40))
+        *(suite.stream(tenant, question(f"spend {i}", model="slow")) for i in range(40))
     )
     ok = [a for a in answers if a.error is None]
     refused = [a for a in answers if a.error is not None]
