@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from parapet.auth.v1 import (
     tenant_admin_service_pb2,
     tenant_admin_service_pb2_grpc,
     tenant_pb2,
+    tenant_policy_pb2,
     user_pb2,
 )
-from parapet.kit.identity import Principal, TokenSigner, thumbprint_kid
-from parapet.kit.testing import running
+from parapet.cli.identity import public_jwk
+from parapet.kit.identity import Principal, TokenSigner
+from parapet.kit.testing import TestKeys, running
 from services.auth.app import APP
 from services.auth.settings import AuthSettings
 
@@ -56,6 +59,32 @@ def auth_settings(database_url: str, nats_url: str, signing_key_file: Path, **ov
     return AuthSettings(**values)
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def update_policy(
+    admin: tenant_admin_service_pb2_grpc.TenantAdminServiceStub,
+    operator: Metadata,
+    tenant_id: str,
+    edit: tenant_policy_pb2.TenantPolicy,
+) -> tenant_policy_pb2.TenantPolicy:
+    """``edit`` merged into the tenant's current policy (protobuf ``MergeFrom``: the fields it sets replace,
+    its lists are appended), stored as the next version through the admin API; returns the stored policy."""
+    current: tenant_admin_service_pb2.GetTenantPolicyResponse = await admin.GetTenantPolicy(
+        tenant_admin_service_pb2.GetTenantPolicyRequest(tenant_id=tenant_id), metadata=operator
+    )
+    policy = tenant_policy_pb2.TenantPolicy()
+    policy.CopyFrom(current.policy)
+    policy.MergeFrom(edit)
+    updated: tenant_admin_service_pb2.UpdateTenantPolicyResponse = await admin.UpdateTenantPolicy(
+        tenant_admin_service_pb2.UpdateTenantPolicyRequest(
+            tenant_id=tenant_id, policy=policy, expected_version=current.policy.version
+        ),
+        metadata=operator,
+    )
+    return updated.policy
+
+
 @dataclass
 class Auth:
     """A channel to a running auth service and a signer of internal tokens with its key."""
@@ -63,6 +92,7 @@ class Auth:
     channel: grpc.aio.Channel
     signer: TokenSigner
     target: str = ""  # host:port of the server the channel dials
+    metrics_port: int | None = None  # its Prometheus endpoint, when started with ``metrics_port=0``
 
     @property
     def auth(self) -> auth_service_pb2_grpc.AuthServiceStub:
@@ -72,12 +102,14 @@ class Auth:
     def admin(self) -> tenant_admin_service_pb2_grpc.TenantAdminServiceStub:
         return tenant_admin_service_pb2_grpc.TenantAdminServiceStub(self.channel)
 
-    def as_(self, tenant_id: str, subject: str = "someone", roles: tuple[str, ...] = (), **kw: Any) -> Any:
+    def as_(
+        self, tenant_id: str, subject: str = "someone", roles: tuple[str, ...] = (), **kw: Any
+    ) -> Metadata:
         token = self.signer.sign(Principal(tenant_id=tenant_id, subject=subject, roles=roles, **kw))
         return (("authorization", f"Bearer {token}"),)
 
     @property
-    def operator(self) -> Any:
+    def operator(self) -> Metadata:
         return self.as_(PLATFORM, "operator", ("platform-admin",))
 
     async def new_tenant(self, prefix: str = "t") -> str:
@@ -89,6 +121,12 @@ class Auth:
             metadata=self.operator,
         )
         return tenant_id
+
+    async def set_policy(
+        self, tenant_id: str, edit: tenant_policy_pb2.TenantPolicy
+    ) -> tenant_policy_pb2.TenantPolicy:
+        """The tenant's policy with ``edit`` merged in, as its next version (see :func:`update_policy`)."""
+        return await update_policy(self.admin, self.operator, tenant_id, edit)
 
     async def new_user(
         self, tenant_id: str, user_id: str, roles: tuple[str, ...] = (), groups: tuple[str, ...] = ()
@@ -116,20 +154,36 @@ class Auth:
         return created.api_key.api_key_id, created.secret
 
 
-def signer_for(signing_key_file: Path) -> TokenSigner:
+def keys_for(signing_key_file: Path) -> TestKeys:
+    """The auth service's signing key as the kit's ``TestKeys``: what it signs is what auth issues, and its JWKS
+    is the one ``parapet.cli.identity.provision`` publishes for every service (``kid`` = the key's thumbprint)."""
     key = serialization.load_pem_private_key(signing_key_file.read_bytes(), None)
     assert isinstance(key, Ed25519PrivateKey)
-    return TokenSigner(key, thumbprint_kid(key.public_key()))
+    jwk = public_jwk(key.public_key())
+    return TestKeys(key, jwk, TokenSigner(key, jwk["kid"]))
+
+
+def signer_for(signing_key_file: Path) -> TokenSigner:
+    return keys_for(signing_key_file).signer
+
+
+@asynccontextmanager
+async def running_auth(
+    database_url: str, nats_url: str, signing_key_file: Path, **overrides: Any
+) -> AsyncIterator[Auth]:
+    """The real auth service (``auth_settings`` with ``overrides``) on port 0, and a channel to it."""
+    settings = auth_settings(database_url, nats_url, signing_key_file, **overrides)
+    async with (
+        running(APP, settings) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield Auth(channel, signer_for(signing_key_file), f"127.0.0.1:{port}", server.metrics_port)
 
 
 @pytest.fixture
 async def auth(database_url: str, nats_url: str, signing_key_file: Path) -> AsyncIterator[Auth]:
-    settings = auth_settings(database_url, nats_url, signing_key_file)
-    async with (
-        running(APP, settings) as (_server, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        yield Auth(channel, signer_for(signing_key_file), f"127.0.0.1:{port}")
+    async with running_auth(database_url, nats_url, signing_key_file) as auth:
+        yield auth
 
 
 class JwksServer:

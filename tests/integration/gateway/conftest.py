@@ -10,14 +10,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc.aio
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from parapet.auth.v1 import (
     api_key_pb2,
@@ -33,7 +30,7 @@ from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_serv
 from parapet.inference.v1 import message_pb2
 from parapet.kit.database import Database
 from parapet.kit.errors import ErrorDetails, error_details
-from parapet.kit.identity import Principal, TokenSigner, thumbprint_kid
+from parapet.kit.identity import Principal, TokenSigner
 from parapet.kit.testing import running
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
 from parapet.upstream import UpstreamServer
@@ -51,6 +48,7 @@ from services.moderation.app import APP as MODERATION
 from services.moderation.settings import ModerationSettings
 from services.retrieval.app import APP as RETRIEVAL
 from services.retrieval.settings import RetrievalSettings
+from tests.integration.auth.conftest import signer_for, update_policy
 
 PLATFORM = "parapet"
 MODULE = pytest.mark.asyncio(loop_scope="module")
@@ -247,18 +245,7 @@ class Suite:
         return Tenant(tenant_id, "alice", created.secret, created.api_key.api_key_id)
 
     async def set_policy(self, tenant_id: str, edit: tenant_policy_pb2.TenantPolicy) -> None:
-        current = await self.admin.GetTenantPolicy(
-            tenant_admin_service_pb2.GetTenantPolicyRequest(tenant_id=tenant_id), metadata=self.operator
-        )
-        policy = tenant_policy_pb2.TenantPolicy()
-        policy.CopyFrom(current.policy)
-        policy.MergeFrom(edit)
-        await self.admin.UpdateTenantPolicy(
-            tenant_admin_service_pb2.UpdateTenantPolicyRequest(
-                tenant_id=tenant_id, policy=policy, expected_version=current.policy.version
-            ),
-            metadata=self.operator,
-        )
+        await update_policy(self.admin, self.operator, tenant_id, edit)
 
     async def ingest(
         self, tenant_id: str, documents: dict[str, tuple[str, str]], groups: tuple[str, ...] = ("all",)
@@ -340,12 +327,6 @@ def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
-
-
-def _signer(path: Path) -> TokenSigner:
-    key = serialization.load_pem_private_key(path.read_bytes(), None)
-    assert isinstance(key, Ed25519PrivateKey)
-    return TokenSigner(key, thumbprint_kid(key.public_key()))
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -438,7 +419,7 @@ async def suite(
             channel=channel,
             admin=tenant_admin_service_pb2_grpc.TenantAdminServiceStub(auth_channel),
             retrieval=retrieval_service_pb2_grpc.RetrievalServiceStub(retrieval_channel),
-            signer=_signer(identity.signing_key_file),
+            signer=signer_for(identity.signing_key_file),
             upstream=upstream,
             database=database,
             gateway_settings=gateway_settings,

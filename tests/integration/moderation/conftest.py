@@ -1,113 +1,79 @@
-"""A moderation server over a real channel, and a stand-in auth server answering GetEffectivePolicy.
+"""A moderation server over a real channel, reading tenant policies from the real auth service.
 
-The stand-in is a real gRPC server on the kit (identity verified, tenant from the token) serving the
-published AuthService contract from an in-memory table, so these tests exercise moderation's policy
-client over the wire without the auth service's database.
+Once per module: the identity files ``parapet up`` provisions (auth's signing key, the JWKS every service
+verifies with, moderation's masking key), the auth service on the session's PostgreSQL and NATS, and moderation
+pointed at it. Per test: fresh tenants made through auth's admin API, so a policy one test sets is no other's;
+callers present internal tokens signed with auth's key, as the ones auth issues.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import grpc
 import grpc.aio
 import pytest
+import pytest_asyncio
 
-from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
-from parapet.kit.app import Resources, ServiceApp
-from parapet.kit.config import ServiceSettings
-from parapet.kit.context import require_principal
-from parapet.kit.errors import NotFound, Unimplemented
-from parapet.kit.identity import Principal
-from parapet.kit.testing import TestKeys, make_test_keys, running
+from parapet.auth.v1 import tenant_policy_pb2
+from parapet.cli.identity import provision
+from parapet.kit.testing import running
 from parapet.moderation.v1 import moderation_service_pb2_grpc
 from services.moderation.app import APP
 from services.moderation.settings import ModerationSettings
+from tests.integration.auth.conftest import Auth, Metadata, running_auth
 
-
-class PolicyTable(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self) -> None:
-        self.policies: dict[str, tenant_policy_pb2.TenantPolicy] = {}
-        self.known_versions: list[int] = []
-
-    async def GetEffectivePolicy(
-        self, request: auth_service_pb2.GetEffectivePolicyRequest, context: grpc.aio.ServicerContext
-    ) -> auth_service_pb2.GetEffectivePolicyResponse:
-        self.known_versions.append(request.known_version)
-        policy = self.policies.get(require_principal().tenant_id)
-        if policy is None:
-            raise NotFound("no such tenant")
-        if request.known_version == policy.version:
-            return auth_service_pb2.GetEffectivePolicyResponse(not_modified=True)
-        return auth_service_pb2.GetEffectivePolicyResponse(policy=policy)
-
-    # Moderation calls nothing else; the rest of the contract is not part of the stand-in.
-    async def Authenticate(self, request: object, context: object) -> auth_service_pb2.AuthenticateResponse:
-        raise Unimplemented("not part of the stand-in")
-
-    async def Authorize(self, request: object, context: object) -> auth_service_pb2.AuthorizeResponse:
-        raise Unimplemented("not part of the stand-in")
-
-    async def GetJwks(self, request: object, context: object) -> auth_service_pb2.GetJwksResponse:
-        raise Unimplemented("not part of the stand-in")
-
-    async def IssueDelegatedToken(
-        self, request: object, context: object
-    ) -> auth_service_pb2.IssueDelegatedTokenResponse:
-        raise Unimplemented("not part of the stand-in")
+MODULE = pytest.mark.asyncio(loop_scope="module")
 
 
 @dataclass
 class Suite:
-    keys: TestKeys
+    auth: Auth
     stub: moderation_service_pb2_grpc.ModerationServiceStub
-    policies: PolicyTable
-    tenants: dict[str, Principal] = field(default_factory=dict)
+    tenants: dict[str, str] = field(default_factory=dict)  # a test's name for a tenant -> its tenant id
 
-    def metadata(self, tenant: str = "tenant-a") -> tuple[tuple[str, str], ...]:
-        principal = self.tenants.setdefault(tenant, Principal(tenant_id=tenant, subject="user-1"))
-        return self.keys.metadata(principal)
+    def tenant_id(self, tenant: str) -> str:
+        # A name the fixture did not create stands for a tenant that auth does not know.
+        return self.tenants.setdefault(tenant, f"{tenant}-{uuid.uuid4().hex[:8]}")
 
+    def metadata(self, tenant: str = "tenant-a") -> Metadata:
+        return self.auth.as_(self.tenant_id(tenant), "user-1")
 
-def _auth_app(table: PolicyTable, keys: TestKeys) -> ServiceApp[ServiceSettings]:
-    async def register(server: grpc.aio.Server, resources: Resources[ServiceSettings]) -> None:
-        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(table, server)
-
-    return ServiceApp(
-        name="auth_standin",
-        settings_type=ServiceSettings,
-        register=register,
-        service_names=("parapet.auth.v1.AuthService",),
-        key_source=lambda _settings: keys.key_source(),
-    )
+    async def set_policy(
+        self, tenant: str, edit: tenant_policy_pb2.TenantPolicy
+    ) -> tenant_policy_pb2.TenantPolicy:
+        return await self.auth.set_policy(self.tenant_id(tenant), edit)
 
 
-@pytest.fixture
-async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
-    keys = make_test_keys()
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps(keys.jwks()))
-    table = PolicyTable()
-    auth_settings = ServiceSettings(port=0, identity_jwks_file=jwks, shutdown_grace_seconds=0.5)
-    async with running(_auth_app(table, keys), auth_settings) as (_auth, auth_port):
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def services(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, nats_url: str
+) -> AsyncIterator[tuple[Auth, moderation_service_pb2_grpc.ModerationServiceStub]]:
+    identity = provision(tmp_path_factory.mktemp("moderation") / "identity")
+    assert identity.masking_key_file is not None
+    async with running_auth(
+        database_url, nats_url, identity.signing_key_file, identity_jwks_file=identity.jwks_file
+    ) as auth:
         settings = ModerationSettings(
             port=0,
-            identity_jwks_file=jwks,
+            identity_jwks_file=identity.jwks_file,
             shutdown_grace_seconds=0.5,
-            auth_address=f"127.0.0.1:{auth_port}",
+            auth_address=auth.target,
             policy_cache_seconds=0.0,  # every call revalidates, so policy changes show at once
-            masking_key=base64.b64encode(os.urandom(32)).decode(),
+            masking_key=identity.masking_key_file.read_text().strip(),
         )
         async with (
             running(APP, settings) as (_server, port),
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
-            suite = Suite(keys, moderation_service_pb2_grpc.ModerationServiceStub(channel), table)
-            for tenant in ("tenant-a", "tenant-b"):
-                table.policies[tenant] = tenant_policy_pb2.TenantPolicy(version=1)
-            yield suite
+            yield auth, moderation_service_pb2_grpc.ModerationServiceStub(channel)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def suite(services: tuple[Auth, moderation_service_pb2_grpc.ModerationServiceStub]) -> Suite:
+    auth, stub = services
+    suite = Suite(auth, stub)
+    for tenant in ("tenant-a", "tenant-b"):  # new tenants: version 1 of the default policy
+        suite.tenants[tenant] = await auth.new_tenant("mod")
+    return suite

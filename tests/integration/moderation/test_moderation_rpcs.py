@@ -8,12 +8,14 @@ import grpc
 import grpc.aio
 import pytest
 
-from parapet.auth.v1 import tenant_policy_pb2
+from parapet.auth.v1 import auth_service_pb2, tenant_policy_pb2
 from parapet.kit.errors import error_details
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
-from tests.integration.moderation.conftest import Suite
+from tests.integration.moderation.conftest import MODULE, Suite
+
+pytestmark = MODULE
 
 PROMPT = "Hi, I am Maria Garcia. Mail maria.garcia@example.com or call +1 (415) 555-0134 about card 4111 1111 1111 1111."
 
@@ -72,25 +74,49 @@ async def test_injection_is_blocked_with_findings_and_no_text(suite: Suite) -> N
 
 
 async def test_tenant_policy_from_auth_applies_per_tenant(suite: Suite) -> None:
-    suite.policies.policies["tenant-a"] = tenant_policy_pb2.TenantPolicy(
-        version=2,
+    policy = await suite.set_policy("tenant-a", tenant_policy_pb2.TenantPolicy(
         moderation=tenant_policy_pb2.ModerationPolicy(
             rules=[tenant_policy_pb2.ModerationRule(category=C.CATEGORY_PII_EMAIL, action=C.ACTION_ALLOW),
                    tenant_policy_pb2.ModerationRule(category=C.CATEGORY_PII_PHONE, action=C.ACTION_FLAG)],
             blocked_terms=["globex"],
         ),
-    )  # fmt: skip
+    ))  # fmt: skip
+    assert policy.version == 2
     text = "mail a@x.example, call +1 (415) 555-0134"
     a = await suite.stub.ScreenInput(pb.ScreenInputRequest(texts=[text]), metadata=suite.metadata("tenant-a"))
     b = await suite.stub.ScreenInput(pb.ScreenInputRequest(texts=[text]), metadata=suite.metadata("tenant-b"))
     assert list(a.sanitized_texts) == [text]  # e-mail allowed, phone flagged only
     assert [(f.category, f.action) for f in a.findings] == [(C.CATEGORY_PII_PHONE, C.ACTION_FLAG)]
     assert list(b.sanitized_texts) == ["mail <EMAIL_1>, call <PHONE_1>"]  # tenant-b: the defaults
+
+    # Revalidation by version. The stand-in this test once ran against recorded the known_version moderation
+    # sent; the real auth service keeps no such record, so the test shows what that exchange decides instead.
+    # Moderation holds version 2 now (cache window 0: every call revalidates), and auth answers that version
+    # "not modified" with no policy in it...
+    unchanged = await suite.auth.auth.GetEffectivePolicy(
+        auth_service_pb2.GetEffectivePolicyRequest(known_version=policy.version), metadata=suite.metadata()
+    )
+    assert unchanged.not_modified and not unchanged.HasField("policy")
+    # ...on which moderation goes on applying the version it holds: the term is still blocked.
     blocked = await suite.stub.ScreenInput(
         pb.ScreenInputRequest(texts=["Is GLOBEX cheaper?"]), metadata=suite.metadata()
     )
     assert blocked.decision == finding_pb2.DECISION_BLOCK
-    assert suite.policies.known_versions[-1] == 2  # revalidated by version, answered not_modified
+    # A new version, though, is what the next revalidation brings back, and the next call applies it.
+    edit = tenant_policy_pb2.TenantPolicy(
+        moderation=tenant_policy_pb2.ModerationPolicy(blocked_terms=["initech"])
+    )
+    assert (await suite.set_policy("tenant-a", edit)).version == 3
+    for question in ("Is GLOBEX cheaper?", "Is Initech cheaper?"):
+        screened = await suite.stub.ScreenInput(
+            pb.ScreenInputRequest(texts=[question]), metadata=suite.metadata()
+        )
+        assert screened.decision == finding_pb2.DECISION_BLOCK, question
+    # The other tenant never saw any of it.
+    other = await suite.stub.ScreenInput(
+        pb.ScreenInputRequest(texts=["Is Initech cheaper?"]), metadata=suite.metadata("tenant-b")
+    )
+    assert other.decision == finding_pb2.DECISION_PASS
 
 
 async def test_masking_context_of_another_tenant_is_refused(suite: Suite) -> None:
