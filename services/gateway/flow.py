@@ -25,7 +25,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from parapet import tokens
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
-from parapet.inference.v1 import completion_pb2, generation_pb2, inference_service_pb2, message_pb2
+from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit.app import Resources
 from parapet.kit.context import remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
@@ -645,7 +645,13 @@ class _Output:
             outcome.finish_reason = generation_pb2.FINISH_REASON_ERROR
         for notice in screening.moderation_notices(self._output_findings):
             yield Event(notice=notice)
-        if summary is not None and summary.routing.fallback_attempts:
+        if summary is not None and summary.cache.outcome == cache_pb2.CACHE_OUTCOME_FALLBACK_HIT:
+            yield _notice(
+                chat_pb2.NOTICE_TYPE_CACHED_ANSWER_SERVED,
+                "No model provider is available right now; this is a saved answer to a similar earlier "
+                f"question (similarity {summary.cache.similarity:.2f}), not a new one.",
+            )
+        elif summary is not None and summary.routing.fallback_attempts:
             tried = ", ".join(a.model for a in summary.routing.fallback_attempts)
             yield _notice(
                 chat_pb2.NOTICE_TYPE_FALLBACK_USED,

@@ -68,7 +68,11 @@ class Outcome:
     @property
     def cached(self) -> bool:
         outcome = self.summary.cache.outcome if self.summary is not None else 0
-        return outcome in (cache_pb2.CACHE_OUTCOME_EXACT_HIT, cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT)
+        return outcome in (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT,
+            cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT,
+            cache_pb2.CACHE_OUTCOME_FALLBACK_HIT,
+        )
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -55,6 +55,7 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
             resources.require_database(),
             CachedEmbedder(MiniLmEmbedder(), max_entries=10_000),
             threshold=settings.cache_similarity_threshold,
+            fallback_threshold=settings.cache_fallback_similarity_threshold,
             ttl_seconds=settings.cache_ttl_seconds,
         )
         resources.spawn(consume_deletions(resources.require_bus(), cache), name="cache-deletions")

@@ -81,6 +81,14 @@ class _Tally:
         self.estimated = self.estimated or estimated
         self.cost += cost_micros_exact(model, usage)
 
+    def usage(self) -> token_usage_pb2.TokenUsage:
+        return token_usage_pb2.TokenUsage(
+            prompt_tokens=self.prompt,
+            completion_tokens=self.completion,
+            cached_tokens=self.cached,
+            estimated=self.estimated,
+        )
+
 
 @dataclass
 class _Stream:
@@ -118,6 +126,17 @@ def _split_for_stream(text: str) -> list[str]:
         pieces.append(text[start:end])
         start = end
     return pieces or [""]
+
+
+def _hit_outcome(hit: CachedAnswer, fallback: bool) -> cache_pb2.CacheOutcome.ValueType:
+    if fallback:
+        return cache_pb2.CACHE_OUTCOME_FALLBACK_HIT
+    return cache_pb2.CACHE_OUTCOME_EXACT_HIT if hit.exact else cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT
+
+
+def _hit_detail(hit: CachedAnswer, fallback: bool) -> str:
+    match = "exact match" if hit.exact else f"similar question (cosine {hit.similarity:.3f})"
+    return f"every provider failed; cached answer, {match}" if fallback else match
 
 
 class Engine:
@@ -202,11 +221,27 @@ class Engine:
 
         finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
         answered: ModelConfig | None = None
-        async for item in self._run(state, generation):
-            if isinstance(item, Response):
-                yield item
-            else:
-                finish, answered = item
+        try:
+            async for item in self._run(state, generation):
+                if isinstance(item, Response):
+                    yield item
+                else:
+                    finish, answered = item
+        except Unavailable as error:
+            # Every provider failed before a token went out: a cached answer to a similar question (looser
+            # threshold) is better than none. Only where the request lets the cache serve at all.
+            fallback = (
+                error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+                and state.first_token is None
+                and key is not None
+                and mode == cache_pb2.CACHE_MODE_READ_WRITE
+            )
+            hit = await self._fallback_lookup(key, question) if fallback and key is not None else None
+            if hit is None:
+                raise
+            async for message in self._serve_hit(state, hit, fallback=True):
+                yield message
+            return
         assert answered is not None
         outcome = cache_pb2.CacheResult(
             outcome=cache_pb2.CACHE_OUTCOME_MISS if key is not None else cache_pb2.CACHE_OUTCOME_BYPASSED
@@ -239,6 +274,16 @@ class Engine:
         metrics.record_cache_lookup("semantic", hit is not None)
         return hit
 
+    async def _fallback_lookup(self, key: CacheKey, question: str) -> CachedAnswer | None:
+        assert self.cache is not None
+        try:
+            hit = await self.cache.lookup(key, question, threshold=self.cache.fallback_threshold)
+        except Exception:
+            log.warning("semantic cache fallback lookup failed", exc_info=True)
+            hit = None
+        metrics.record_cache_lookup("fallback", hit is not None)
+        return hit
+
     def _store_later(
         self,
         key: CacheKey,
@@ -268,26 +313,30 @@ class Engine:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
-    async def _serve_hit(self, state: _Stream, hit: CachedAnswer) -> AsyncIterator[Response]:
+    async def _serve_hit(
+        self, state: _Stream, hit: CachedAnswer, *, fallback: bool = False
+    ) -> AsyncIterator[Response]:
         for piece in _split_for_stream(hit.answer):
             if state.first_token is None:
                 state.first_token = time.monotonic()
             yield Response(text_delta=completion_pb2.TextDelta(text=piece))
         summary = completion_pb2.CompletionSummary(
             finish_reason=hit.finish_reason,  # type: ignore[arg-type]
-            usage=token_usage_pb2.TokenUsage(),
-            cost=money_pb2.Money(currency_code=self.config.currency, amount_micros=0),
+            # Zero for a plain hit; after failed attempts (a fallback hit), whatever they consumed.
+            usage=state.tally.usage(),
+            cost=money_pb2.Money(
+                currency_code=self.config.currency, amount_micros=to_micros(state.tally.cost)
+            ),
             routing=routing_pb2.RoutingDecision(
                 requested_model=state.plan.requested,
                 model=hit.model,
                 provider=hit.provider,
                 reason=routing_pb2.ROUTING_REASON_CACHE,
-                detail="exact match" if hit.exact else f"similar question (cosine {hit.similarity:.3f})",
+                detail=_hit_detail(hit, fallback),
+                fallback_attempts=state.attempts if fallback else (),
             ),
             cache=cache_pb2.CacheResult(
-                outcome=cache_pb2.CACHE_OUTCOME_EXACT_HIT
-                if hit.exact
-                else cache_pb2.CACHE_OUTCOME_SEMANTIC_HIT,
+                outcome=_hit_outcome(hit, fallback),
                 similarity=hit.similarity,
                 entry_id=hit.entry_id,
             ),
@@ -311,12 +360,7 @@ class Engine:
         reason = state.plan.reason if model.name == first.name else routing_pb2.ROUTING_REASON_FALLBACK
         summary = completion_pb2.CompletionSummary(
             finish_reason=finish,  # type: ignore[arg-type]
-            usage=token_usage_pb2.TokenUsage(
-                prompt_tokens=state.tally.prompt,
-                completion_tokens=state.tally.completion,
-                cached_tokens=state.tally.cached,
-                estimated=state.tally.estimated,
-            ),
+            usage=state.tally.usage(),
             cost=money_pb2.Money(
                 currency_code=self.config.currency, amount_micros=to_micros(state.tally.cost)
             ),

@@ -36,4 +36,11 @@ class InferenceSettings(ServiceSettings):
     cache_similarity_threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine similarity a cached question needs to answer a new one."
     )
+    cache_fallback_similarity_threshold: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Looser similarity at which a cached answer is served when every provider of the route "
+        "failed before answering (CACHE_OUTCOME_FALLBACK_HIT): a close answer beats none. 1 turns it off.",
+    )
     cache_ttl_seconds: float = Field(3600.0, gt=0, description="How long a cached answer may be served.")

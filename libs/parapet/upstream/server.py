@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from parapet.upstream.faults import FAULT_HEADER, Fault, parse_fault, split_model
@@ -58,6 +58,9 @@ class UpstreamServer:
     port: int = 0
     record: bool = True  # benchmarks turn recording off
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Upstream model names (without a fault spec) that answer 503 until removed: a provider outage that a
+    # test starts and ends while the clients keep the same model names (a spec in the name cannot change).
+    outages: set[str] = field(default_factory=set)
     _server: asyncio.base_events.Server | None = None
     _applied: Counter[str] = field(default_factory=Counter)
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -143,6 +146,8 @@ class UpstreamServer:
         active = (
             fault if faulted else Fault(omit_usage=fault.omit_usage, reply=fault.reply, finish=fault.finish)
         )
+        if model in self.outages:
+            active = replace(active, status=503, retry_after=None)
         if active.reset:
             writer.transport.abort()
             return False

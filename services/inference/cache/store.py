@@ -64,14 +64,25 @@ _INSERT = text(
 
 class SemanticCache:
     def __init__(
-        self, database: Database, embedder: Embedder, *, threshold: float, ttl_seconds: float
+        self,
+        database: Database,
+        embedder: Embedder,
+        *,
+        threshold: float,
+        ttl_seconds: float,
+        fallback_threshold: float | None = None,
     ) -> None:
         self._database = database
         self._embedder = embedder
         self.threshold = threshold
+        # Used only when no provider could answer; never stricter than the normal threshold.
+        self.fallback_threshold = min(threshold, fallback_threshold or threshold)
         self._ttl = timedelta(seconds=ttl_seconds)
 
-    async def lookup(self, key: CacheKey, question: str) -> CachedAnswer | None:
+    async def lookup(
+        self, key: CacheKey, question: str, *, threshold: float | None = None
+    ) -> CachedAnswer | None:
+        """The entry for ``question``: exact, else the nearest at ``threshold`` (default: the cache's own)."""
         params = {"tenant": key.tenant_id, "scope": key.scope_key, "partition": key.partition_key}
         # The embedding is computed while the exact query runs; both queries share one transaction.
         embedding = asyncio.ensure_future(self._embedder.embed([question]))
@@ -88,7 +99,7 @@ class SemanticCache:
                 embedding.cancel()
             # A cancelled or failed embedding nobody awaited must not be reported as never retrieved.
             embedding.add_done_callback(lambda done: done.cancelled() or done.exception())
-        if row is None or float(row[5]) < self.threshold:
+        if row is None or float(row[5]) < (self.threshold if threshold is None else threshold):
             return None
         return CachedAnswer(str(row[0]), row[1], row[2], row[3], row[4], float(row[5]), exact=False)
 

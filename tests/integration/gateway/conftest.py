@@ -199,6 +199,7 @@ class Suite:
     database: Database
     gateway_settings: dict[str, Any]
     addresses: dict[str, str]
+    inference_settings: InferenceSettings
 
     @property
     def chat(self) -> chat_service_pb2_grpc.ChatServiceStub:
@@ -307,6 +308,13 @@ class Suite:
             return list((await session.execute(text(sql), params)).all())
 
     @asynccontextmanager
+    async def inference(self, **overrides: Any) -> AsyncIterator[str]:
+        """Another inference service on the same suite with some settings changed; yields its address."""
+        settings = self.inference_settings.model_copy(update=overrides)
+        async with running(INFERENCE, settings) as (_server, port):
+            yield f"127.0.0.1:{port}"
+
+    @asynccontextmanager
     async def gateway(self, **overrides: Any) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceStub]:
         """Another gateway on the same suite, with some settings changed (a peer pointed at nothing...)."""
         settings = GatewaySettings(**{**self.gateway_settings, **overrides})
@@ -365,6 +373,11 @@ async def suite(
         with_auth = {**base, "auth_address": auth_address}
         config_file = home / "inference.json"
         config_file.write_text(json.dumps(inference_config(upstream)))
+        # The semantic cache is off here (a test that wants it starts its own inference): tests repeat
+        # questions and expect the model to answer them.
+        inference_settings = InferenceSettings(
+            **with_auth, inference_config_file=config_file, cache_enabled=False, policy_cache_seconds=0.5
+        )
         starts: list[tuple[str, Any, Any]] = [
             (
                 "moderation",
@@ -382,16 +395,7 @@ async def suite(
                 MeteringSettings(**with_auth, policy_cache_seconds=0.5, relay_interval_seconds=0.1),
             ),
             ("retrieval", RETRIEVAL, RetrievalSettings(**with_auth)),
-            (
-                "inference",
-                INFERENCE,
-                InferenceSettings(
-                    **with_auth,
-                    inference_config_file=config_file,
-                    cache_enabled=False,
-                    policy_cache_seconds=0.5,
-                ),
-            ),
+            ("inference", INFERENCE, inference_settings),
             ("audit", AUDIT, AuditSettings(**with_auth, audit_checkpoint_interval_seconds=3600)),
         ]
         addresses = {"auth": auth_address}
@@ -424,6 +428,7 @@ async def suite(
             database=database,
             gateway_settings=gateway_settings,
             addresses=addresses,
+            inference_settings=inference_settings,
         )
 
 

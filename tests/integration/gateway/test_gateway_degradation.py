@@ -8,6 +8,7 @@ import grpc
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2
+from parapet.inference.v1 import cache_pb2
 from tests.integration.gateway.conftest import MODULE, Suite, dead_address, question
 
 pytestmark = MODULE
@@ -130,3 +131,51 @@ async def test_concurrent_chats_never_overspend_by_more_than_one_reservation(sui
     )
     assert {r[0] for r in audit if r[1] == 0} == set(answered)
     assert sum(1 for r in audit if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]) == len(refused)
+
+
+async def test_every_provider_down_serves_a_cached_answer_to_a_similar_question(suite: Suite) -> None:
+    tenant = await suite.tenant()
+    # Inference with its semantic cache on (the suite's own has it off), and a gateway in front of it.
+    async with (
+        suite.inference(cache_enabled=True) as inference_address,
+        suite.gateway(inference_address=inference_address, gateway_job_workers_enabled=False) as chat,
+    ):
+        first = await suite.stream(tenant, question("How do I reset my password?", model="gpt"), stub=chat)
+        assert first.error is None, first.error
+        await suite.wait_rows(
+            "SELECT entry_id FROM inference.cache_entries WHERE tenant_id = :t", t=tenant.tenant_id
+        )
+        suite.upstream.outages.update({"gpt-4o-mini", "claude-haiku-4-5"})  # gpt and its fallback, claude
+        try:
+            # ~0.91 similar: not a normal cache hit (0.95), close enough when no provider can answer (0.85).
+            close = "Can you explain how to reset the password of my account?"
+            served = await suite.stream(tenant, question(close, model="gpt"), stub=chat)
+            unrelated = await suite.stream(
+                tenant, question("How do I reset my username?", model="gpt"), stub=chat
+            )
+        finally:
+            suite.upstream.outages.clear()
+    assert served.error is None, served.error
+    assert served.text == first.text
+    [notice] = served.notices(chat_pb2.NOTICE_TYPE_CACHED_ANSWER_SERVED)
+    assert "similar earlier question" in notice.message
+    assert not served.notices(chat_pb2.NOTICE_TYPE_FALLBACK_USED)
+    assert served.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_FALLBACK_HIT
+    assert served.summary.cost.amount_micros == 0
+    assert [a.model for a in served.summary.routing.fallback_attempts] == ["gpt", "claude"]
+    assert unrelated.error is not None and unrelated.error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+    assert unrelated.error.code == grpc.StatusCode.UNAVAILABLE and unrelated.error.retry_after
+    assert "no cached answer fits" in unrelated.error.message
+    # Settled at no cost and audited as a cached answer, like any other chat.
+    ledger = await suite.wait_rows(
+        "SELECT request_id, cost_micros, cached FROM metering.usage_ledger WHERE tenant_id = :t",
+        t=tenant.tenant_id,
+        count=2,
+    )
+    assert (served.summary.request_id, 0, True) in [tuple(r) for r in ledger]
+    audited = await suite.wait_rows(
+        "SELECT request_id, cached FROM audit.records WHERE tenant_id = :t AND kind = 'interaction'",
+        t=tenant.tenant_id,
+        count=3,
+    )
+    assert (served.summary.request_id, True) in [tuple(r) for r in audited]

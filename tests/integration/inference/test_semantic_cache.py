@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import grpc
 import nats
 
 from parapet.events import documents as documents_events
@@ -186,3 +187,66 @@ async def test_a_documents_deleted_event_drops_answers_grounded_in_them(
             await asyncio.sleep(0.1)
         kept = await inference.stream(unrelated_question, who=who, context=unrelated_context)
         assert kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+
+# Upstream model names of their own, so the outage below touches no other test's models.
+OUTAGE_MODELS = [
+    {
+        "name": "gpt",
+        "provider": "openai",
+        "upstream_model": "gpt-outage-test",
+        "fallbacks": ["claude"],
+        "input_price_per_million": "1",
+    },
+    {"name": "claude", "provider": "anthropic", "upstream_model": "claude-outage-test"},
+]
+# Cosine ~0.91 to QUESTION with MiniLM: below the normal threshold (0.95), above the fallback one (0.85).
+CLOSE_QUESTION = "Can you explain how to reset the password of my account?"
+
+
+async def test_when_every_provider_fails_a_similar_cached_answer_is_served_as_a_fallback_hit(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    who = principal(f"fallback-{uuid.uuid4().hex[:8]}")
+    config = upstream_config(
+        upstream,
+        OUTAGE_MODELS,
+        retry={"max_attempts": 1},
+        # A breaker that never opens here: the test ends the outage and expects the providers back at once.
+        breaker={
+            "window": 100,
+            "min_calls": 100,
+            "failure_ratio": 1.0,
+            "open_seconds": 1,
+            "half_open_calls": 1,
+        },
+    )
+    async with start_inference(config, cache_enabled=True) as inference:
+        first = await inference.stream(QUESTION, who=who)
+        assert first.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        await _until_cached(inference, QUESTION, who)
+        upstream.outages.update({"gpt-outage-test", "claude-outage-test"})
+        try:
+            served = await inference.stream(CLOSE_QUESTION, who=who)
+            assert served.error is None, served.error
+            assert served.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_FALLBACK_HIT
+            assert 0.85 <= served.summary.cache.similarity < 0.95
+            assert served.text == first.text and served.deltas
+            assert served.summary.routing.reason == routing_pb2.ROUTING_REASON_CACHE
+            assert [a.model for a in served.summary.routing.fallback_attempts] == ["gpt", "claude"]
+            assert "every provider failed" in served.summary.routing.detail
+            assert served.summary.cost.amount_micros == 0 and served.summary.usage.prompt_tokens == 0
+            # Nothing close enough: the caller gets UNAVAILABLE with a retry delay, not a wrong answer.
+            unrelated = await inference.stream("How do I reset my username?", who=who)
+            assert unrelated.error is not None and unrelated.error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+            assert unrelated.error.code == grpc.StatusCode.UNAVAILABLE
+            assert unrelated.error.retry_info is not None
+            # A request that forbids serving from the cache gets no fallback either; nor does another tenant.
+            for who_else, mode in ((who, cache_pb2.CACHE_MODE_WRITE_ONLY), (principal("fallback-other"), 0)):
+                refused = await inference.stream(CLOSE_QUESTION, who=who_else, cache_mode=mode)
+                assert refused.error is not None and refused.error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+        finally:
+            upstream.outages.clear()
+        # Providers back: the close question is answered by the model again (a miss, not a fallback).
+        again = await inference.stream(CLOSE_QUESTION, who=who)
+        assert again.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/inference/v1/cache.proto\x12\x14parapet.inference.v1\"h\n\x0b\x43\x61\x63heResult\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".parapet.inference.v1.CacheOutcome\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t*\x9e\x01\n\x0c\x43\x61\x63heOutcome\x12\x1d\n\x19\x43\x41\x43HE_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_OUTCOME_MISS\x10\x01\x12\x1b\n\x17\x43\x41\x43HE_OUTCOME_EXACT_HIT\x10\x02\x12\x1e\n\x1a\x43\x41\x43HE_OUTCOME_SEMANTIC_HIT\x10\x03\x12\x1a\n\x16\x43\x41\x43HE_OUTCOME_BYPASSED\x10\x04*v\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41\x43HE_MODE_READ_WRITE\x10\x01\x12\x19\n\x15\x43\x41\x43HE_MODE_WRITE_ONLY\x10\x02\x12\x17\n\x13\x43\x41\x43HE_MODE_DISABLED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/inference/v1/cache.proto\x12\x14parapet.inference.v1\"h\n\x0b\x43\x61\x63heResult\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".parapet.inference.v1.CacheOutcome\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t*\xbe\x01\n\x0c\x43\x61\x63heOutcome\x12\x1d\n\x19\x43\x41\x43HE_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_OUTCOME_MISS\x10\x01\x12\x1b\n\x17\x43\x41\x43HE_OUTCOME_EXACT_HIT\x10\x02\x12\x1e\n\x1a\x43\x41\x43HE_OUTCOME_SEMANTIC_HIT\x10\x03\x12\x1a\n\x16\x43\x41\x43HE_OUTCOME_BYPASSED\x10\x04\x12\x1e\n\x1a\x43\x41\x43HE_OUTCOME_FALLBACK_HIT\x10\x05*v\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41\x43HE_MODE_READ_WRITE\x10\x01\x12\x19\n\x15\x43\x41\x43HE_MODE_WRITE_ONLY\x10\x02\x12\x17\n\x13\x43\x41\x43HE_MODE_DISABLED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parapet.inference.v1.cache_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CACHEOUTCOME']._serialized_start=165
-  _globals['_CACHEOUTCOME']._serialized_end=323
-  _globals['_CACHEMODE']._serialized_start=325
-  _globals['_CACHEMODE']._serialized_end=443
+  _globals['_CACHEOUTCOME']._serialized_end=355
+  _globals['_CACHEMODE']._serialized_start=357
+  _globals['_CACHEMODE']._serialized_end=475
   _globals['_CACHERESULT']._serialized_start=58
   _globals['_CACHERESULT']._serialized_end=162
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,10 @@ class _CacheOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheOut
     """Served from an entry for a similar prompt (similarity at or above the threshold)."""
     CACHE_OUTCOME_BYPASSED: _CacheOutcome.ValueType  # 4
     """The cache was not consulted (disabled by the request or the route, or unavailable)."""
+    CACHE_OUTCOME_FALLBACK_HIT: _CacheOutcome.ValueType  # 5
+    """Every provider of the route failed before answering, so an entry for a similar prompt was served at the
+    looser fallback threshold (similarity is set); the routing decision lists the attempts that failed.
+    """
 
 class CacheOutcome(_CacheOutcome, metaclass=_CacheOutcomeEnumTypeWrapper):
     """What the semantic cache did for a request."""
@@ -47,6 +51,10 @@ CACHE_OUTCOME_SEMANTIC_HIT: CacheOutcome.ValueType  # 3
 """Served from an entry for a similar prompt (similarity at or above the threshold)."""
 CACHE_OUTCOME_BYPASSED: CacheOutcome.ValueType  # 4
 """The cache was not consulted (disabled by the request or the route, or unavailable)."""
+CACHE_OUTCOME_FALLBACK_HIT: CacheOutcome.ValueType  # 5
+"""Every provider of the route failed before answering, so an entry for a similar prompt was served at the
+looser fallback threshold (similarity is set); the routing decision lists the attempts that failed.
+"""
 Global___CacheOutcome: _TypeAlias = CacheOutcome  # noqa: Y015
 
 class _CacheMode:
@@ -89,7 +97,7 @@ class CacheResult(_message.Message):
     outcome: Global___CacheOutcome.ValueType
     """Whether the answer was served from the cache."""
     similarity: _builtins.float
-    """Cosine similarity of the cached question to this one, in [0, 1]; set for CACHE_OUTCOME_SEMANTIC_HIT."""
+    """Cosine similarity of the cached question to this one, in [0, 1]; set for semantic and fallback hits."""
     entry_id: _builtins.str
     """Identifier of the cache entry served or written; empty otherwise."""
     def __init__(
