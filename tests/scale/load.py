@@ -5,10 +5,11 @@ and when it ran (``time.monotonic()``: one clock for every process of the machin
 config (``Ledger.read`` loads it). A process of its own, not a task of the test: the test forks replicas
 while the load runs, and forking a process whose gRPC threads are busy breaks the child's gRPC.
 
-A worker repeats what the gateway will do per request: authenticate the API key, reserve budget, screen the
-input, retrieve context, complete (the local model), settle the usage (an event to billing) and write an
-audit record to the audit stream over NATS; now and then it also records over the audit RPC and reads
-billing's rollups. Calls go through the kit's typed clients, so they balance over the replicas and the kit
+A worker calls each service the way the gateway does per request: authenticate the API key, reserve budget,
+screen the input, retrieve context, complete (the local model), settle the usage (an event to billing) and
+write an audit record to the audit stream over NATS; every other round it also asks the gateway itself for a
+governed ``StreamChat`` (which makes the same calls, settles and audits on its own), now and then it records
+over the audit RPC and reads billing's rollups. Calls go through the kit's typed clients, so they balance over the replicas and the kit
 retries the methods the contract marks safe to repeat; nothing here retries anything.
 """
 
@@ -34,6 +35,7 @@ from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, interaction_pb
 from parapet.auth.v1 import auth_service_pb2
 from parapet.billing.v1 import billing_service_pb2
 from parapet.events import audit as audit_events
+from parapet.gateway.v1 import chat_service_pb2
 from parapet.inference.v1 import inference_service_pb2, message_pb2
 from parapet.kit.bus import Bus
 from parapet.metering.v1 import metering_service_pb2 as mpb
@@ -61,6 +63,7 @@ class Ledger:
     calls: list[Call] = field(default_factory=list)
     settled: set[str] = field(default_factory=set)
     audit_records: set[str] = field(default_factory=set)
+    chats: set[str] = field(default_factory=set)  # request ids of the gateway chats that ended with a summary
 
     def failures(self) -> list[Call]:
         return [c for c in self.calls if c.code != "OK"]
@@ -73,6 +76,7 @@ class Ledger:
             "calls": [asdict(c) for c in self.calls],
             "settled": sorted(self.settled),
             "audit_records": sorted(self.audit_records),
+            "chats": sorted(self.chats),
         }
         path.write_text(json.dumps(document))
 
@@ -80,7 +84,10 @@ class Ledger:
     def read(path: Path) -> Ledger:
         document = json.loads(path.read_text())
         return Ledger(
-            [Call(**c) for c in document["calls"]], set(document["settled"]), set(document["audit_records"])
+            [Call(**c) for c in document["calls"]],
+            set(document["settled"]),
+            set(document["audit_records"]),
+            set(document["chats"]),
         )
 
 
@@ -93,6 +100,7 @@ class Targets:
     inference: str
     audit: str
     billing: str
+    gateway: str
     nats_url: str
 
 
@@ -120,6 +128,7 @@ class Load:
         self.inference = (await enter(clients.inference(t.inference))).stub
         self.audit = (await enter(clients.audit(t.audit))).stub
         self.billing = (await enter(clients.billing(t.billing))).stub
+        self.chat = (await enter(clients.chat(t.gateway))).stub
         self.bus = await Bus.connect(t.nats_url)
         self._stack.push_async_callback(self.bus.close)
         self._tasks = [asyncio.create_task(self._worker(w)) for w in range(self.workers)]
@@ -238,6 +247,10 @@ class Load:
             )
             if recorded is not None:
                 self.ledger.audit_records.add(by_rpc.record_id)
+        if round_number % 2 == 0:
+            chat = await self._call("/parapet.gateway.v1.ChatService/StreamChat", self._chat)
+            if chat is not None:
+                self.ledger.chats.add(chat)
         if round_number % 5 == 0:
             await self._call(
                 "/parapet.billing.v1.BillingService/ListRollups",
@@ -245,6 +258,19 @@ class Load:
                     billing_service_pb2.ListRollupsRequest(), metadata=md, timeout=CALL_TIMEOUT
                 ),
             )
+
+    async def _chat(self) -> str:
+        """One governed chat through the gateway with the API key; the request id of its summary."""
+        request = chat_service_pb2.StreamChatRequest(
+            messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=QUESTION)], feature="scale-test"
+        )
+        summary_id = ""
+        md = (("authorization", f"Bearer {self.api_key}"),)
+        async for event in self.chat.StreamChat(request, metadata=md, timeout=CALL_TIMEOUT):
+            if event.HasField("summary"):
+                summary_id = event.summary.request_id
+        assert summary_id, "a chat stream that ended without its summary"
+        return summary_id
 
     async def _publish(self, record: audit_record_pb2.AuditRecord) -> bool:
         await audit_events.publish(self.bus, record, source="/parapet/scale-test")

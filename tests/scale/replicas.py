@@ -28,9 +28,7 @@ from parapet.cli.up import serve_argv
 from parapet.embedded.ports import port_is_open
 
 REPLICAS = 2
-# The gateway's flow (#10) is being built; until it lands there is nothing of it to put under load.
-SCALED = tuple(spec for spec in SERVICES if spec.name != "gateway")
-# Settings that keep fourteen processes within two cores: the semantic cache (a MiniLM model per inference
+# Settings that keep sixteen processes within two cores: the semantic cache (a MiniLM model per inference
 # replica) and the NER model of moderation are features of their own, not what scale-out is about.
 EXTRA_ENV = {
     "PARAPET_CACHE_ENABLED": "false",
@@ -98,7 +96,7 @@ class Replica:
 
 @dataclass
 class ReplicaSuite:
-    """The replicas of every service in :data:`SCALED`, ``replicas[name][i]``."""
+    """The replicas of every service, ``replicas[name][i]``."""
 
     layouts: list[PortLayout]
     identity: IdentityFiles
@@ -154,13 +152,13 @@ def replica_env(
 
 @contextlib.contextmanager
 def replica_suite(database_url: str, nats_url: str, home: Path) -> Iterator[ReplicaSuite]:
-    """Start :data:`REPLICAS` replicas of every scaled service; stop them all on exit."""
+    """Start :data:`REPLICAS` replicas of every service; stop them all on exit."""
     layouts = free_layouts(REPLICAS)
     identity = provision(home / "identity")
-    peers = {spec.address_env: target(layouts, spec) for spec in SCALED}
+    peers = {spec.address_env: target(layouts, spec) for spec in SERVICES}
     suite = ReplicaSuite(layouts, identity)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PARAPET_")}
-    for spec in SCALED:
+    for spec in SERVICES:
         suite.replicas[spec.name] = []
         for index, layout in enumerate(layouts):
             endpoints = SuiteEndpoints(layout, database_url, nats_url, identity)
