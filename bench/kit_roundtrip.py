@@ -7,8 +7,9 @@ own process pinned to CPU 0. The load generator runs in this process pinned to C
 - unary and server-streaming (10 messages) latency, one call at a time: p50/p95/p99;
 - throughput with 64 calls in flight, and the server's CPU time per call, which is what "calls/s on one
   core" means: 1 / (server CPU seconds per call); and the calling process's CPU time per call;
-for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, the full kit, and the full
-kit with spans recorded (an SDK tracer provider, as with an OTLP endpoint set, exporting nowhere).
+for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, the full kit, the full kit
+on asyncio's own loop (services run on uvloop, `parapet.kit.loop`), and the full kit with spans recorded (an
+SDK tracer provider, as with an OTLP endpoint set, exporting nowhere). Servers run on the services' loop.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.kit import clients
+from parapet.kit import loop as event_loop
 from parapet.kit.config import ServiceSettings
 from parapet.kit.testing import (
     StringValue,
@@ -58,6 +60,7 @@ VARIANTS = {
     "bare": "grpc.aio alone (no kit): the interpreter's floor",
     "public": "kit, method public (no identity check)",
     "kit": "kit, identity token verified on every call",
+    "kit-asyncio": "kit, identity, on asyncio's own loop instead of uvloop",
     "traced": "kit, identity, spans recorded on both sides",
 }
 
@@ -86,6 +89,7 @@ async def _serve(jwks_file: Path, variant: str) -> None:
     if variant == "bare":
         await _serve_bare(handler)
         return
+    variant = variant.removesuffix("-asyncio")  # the same server; only the event loop differs
     public = frozenset({f"/{SERVICE}/Echo", f"/{SERVICE}/Stream"}) if variant == "public" else frozenset()
     app = generic_app(handler, name="bench", service_names=(SERVICE,), public_methods=public)
     # Logging at WARNING: one JSON line per RPC would measure the terminal, not the kit.
@@ -235,6 +239,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.serve:
         _pin(0)
-        asyncio.run(_serve(args.serve, args.variant))
+        if args.variant.endswith("-asyncio"):
+            asyncio.run(_serve(args.serve, args.variant))
+        else:
+            event_loop.run(_serve(args.serve, args.variant))  # the loop every service process runs on
     else:
         asyncio.run(main())

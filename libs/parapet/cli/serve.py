@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     except registry.UnknownServiceError as exc:
         print(f"parapet serve: {exc}", file=sys.stderr)
         return 2
-    if not asyncio.run(_serve_and_settle(app)):
+    from parapet.kit.loop import run as run_on_service_loop  # uvloop when installed; imports only asyncio
+
+    if not run_on_service_loop(_serve_and_settle(app)):
         # Some task ignored cancellation: asyncio.run would wait for it forever, and a process whose
         # server has stopped must still exit (nobody SIGKILLs it when the launcher itself was killed).
         sys.stdout.flush()

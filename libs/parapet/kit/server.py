@@ -23,6 +23,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from parapet.kit import loop as event_loop
 from parapet.kit import telemetry
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.bus import Bus
@@ -283,5 +284,5 @@ async def _unless_stopped(starting: Awaitable[T], stop_requested: asyncio.Event)
 
 
 def main(app: ServiceApp[Any]) -> None:
-    """Synchronous entry point: ``python -m services.<name>`` can be ``main(APP)``."""
-    asyncio.run(serve(app))
+    """Synchronous entry point: ``python -m services.<name>`` can be ``main(APP)`` (on uvloop when installed)."""
+    event_loop.run(serve(app))
