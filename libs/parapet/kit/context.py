@@ -37,6 +37,9 @@ class RpcInfo:
     subject: str | None = None
     code: str | None = None  # gRPC status code name, once known
     reason: str | None = None  # ErrorInfo reason of a failed call
+    # Read when the call begins: the context must not be touched once a cancelled stream is torn down
+    # (grpc's call object may already be freed when the handler's generator is finalised: a segfault).
+    peer: str = ""
     started: float = field(default_factory=time.perf_counter)
 
 

@@ -124,13 +124,11 @@ class ServerTracing:
         return span
 
     @staticmethod
-    def finish(
-        span: trace.Span, code: str, unexpected: BaseException | None, context: grpc.aio.ServicerContext
-    ) -> None:
+    def finish(span: trace.Span, code: str, unexpected: BaseException | None, peer: str) -> None:
         """End a recorded span with the RPC's final status code (``unexpected``: an exception mapped to
         INTERNAL, recorded as an event)."""
         span.set_attribute("rpc.grpc.status_code", _CODE_NUMBERS.get(code, 2))
-        _set_peer(span, context.peer() or "")
+        _set_peer(span, peer)
         if unexpected is not None:
             span.record_exception(unexpected)
         if code in _SERVER_ERROR_CODES:

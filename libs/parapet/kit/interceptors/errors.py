@@ -41,8 +41,10 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
     if isinstance(exc, grpc.aio.AbortError):
         _record(info, context.code())  # the handler aborted by itself: its status stands
         raise exc
-    if isinstance(exc, asyncio.CancelledError):
-        _record(info, grpc.StatusCode.CANCELLED)  # the client went away or the deadline passed
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # The client went away or the deadline passed (a stream's generator is closed: GeneratorExit). The
+        # status is recorded here because the context must not be asked afterwards (see RpcInfo.peer).
+        _record(info, grpc.StatusCode.CANCELLED)
         raise exc
     if isinstance(exc, ParapetError):
         _record(info, exc.code, exc.reason)

@@ -13,8 +13,6 @@ import re
 import secrets
 from typing import Any
 
-import grpc.aio
-
 from parapet.kit.context import RpcInfo
 
 log = logging.getLogger("parapet.rpc")
@@ -33,7 +31,7 @@ def new_request_id() -> str:
     return secrets.token_hex(16)
 
 
-def log_rpc(info: RpcInfo, seconds: float, context: grpc.aio.ServicerContext, *, quiet: bool) -> None:
+def log_rpc(info: RpcInfo, seconds: float, *, quiet: bool) -> None:
     """The RPC's line. ``quiet`` methods (probes, tooling) log a success at DEBUG so a kubelet probing
     every few seconds does not drown the log. The fields are built only when the level is enabled."""
     code = info.code or "OK"
@@ -50,7 +48,7 @@ def log_rpc(info: RpcInfo, seconds: float, context: grpc.aio.ServicerContext, *,
             "code": code,
             "reason": info.reason,
             "duration_ms": round(seconds * 1000, 3),
-            "peer": context.peer() or "",
+            "peer": info.peer,
             "client_request_id": info.client_request_id,
             "tenant": info.tenant_id,
             "subject": info.subject,

@@ -97,10 +97,11 @@ class KitServerInterceptor(HandlerInterceptor):
                 traceparent = value
             elif key == TRACESTATE:
                 tracestate = value
+        peer = context.peer() or ""
         if plan.edge:
-            info = RpcInfo(plan.method, new_request_id(), client_request_id=incoming_id)
+            info = RpcInfo(plan.method, new_request_id(), client_request_id=incoming_id, peer=peer)
         else:
-            info = RpcInfo(plan.method, incoming_id or new_request_id())
+            info = RpcInfo(plan.method, incoming_id or new_request_id(), peer=peer)
         # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
         request_id_var.set(info.request_id)
         span = self._tracing.start(plan.method, metadata, traceparent, tracestate) if plan.traced else None
@@ -124,9 +125,9 @@ class KitServerInterceptor(HandlerInterceptor):
         seconds = time.perf_counter() - info.started
         if not plan.infrastructure:
             self._metrics.observe(plan.method, info.code, seconds)
-        log_rpc(info, seconds, context, quiet=plan.infrastructure)
+        log_rpc(info, seconds, quiet=plan.infrastructure)
         if call.span is not None:
-            self._tracing.finish(call.span, info.code, call.unexpected, context)
+            self._tracing.finish(call.span, info.code, call.unexpected, info.peer)
 
     def around_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         plan = self._plan(method)
