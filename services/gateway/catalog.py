@@ -90,18 +90,19 @@ class ModelCatalog:
 
     def price_cached(
         self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int
-    ) -> money_pb2.Money:
-        """The cost of usage counted here (no provider figure), from cached prices only: it runs in finalisers
-        that must not wait on inference."""
+    ) -> tuple[model_pb2.Model | None, money_pb2.Money]:
+        """The model usage counted here (no provider figure) is charged to and its cost, from cached prices
+        only: it runs in finalisers that must not wait on inference. The costliest model ``name`` may run on,
+        as the reservation assumed; None when nothing is known."""
         models = self._cache.get(caller.tenant_id)
         candidates = self.candidates(models or (), name)
         if not candidates:
-            return money_pb2.Money()
+            return None, money_pb2.Money()
         model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
         currency = model.output_price_per_million.currency_code or model.input_price_per_million.currency_code
         if not currency:
-            return money_pb2.Money()
-        return money_pb2.Money(
+            return model, money_pb2.Money()
+        return model, money_pb2.Money(
             currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens)
         )
 

@@ -478,7 +478,11 @@ class ChatFlow:
         )
         prompt = run.prompt_tokens if run.outcome.inference_started else 0
         run.outcome.estimated_usage = completion_usage(prompt, completion)
-        run.outcome.estimated_cost = self.catalog.price_cached(run.caller, run.model, prompt, completion)
+        model, run.outcome.estimated_cost = self.catalog.price_cached(
+            run.caller, run.model, prompt, completion
+        )
+        if model is not None:  # billed to the model priced, not to no model at all
+            run.outcome.estimated_model, run.outcome.estimated_provider = model.model, model.provider
 
     async def _finalise(self, run: _Run, events: list[Event]) -> None:
         outcome = run.outcome

@@ -42,6 +42,9 @@ class Outcome:
     # Estimated usage when inference's summary never came (cancelled, blocked, broken stream).
     estimated_usage: token_usage_pb2.TokenUsage | None = None
     estimated_cost: money_pb2.Money | None = None
+    # The model and provider that usage is charged to (the one priced), when no summary named them.
+    estimated_model: str = ""
+    estimated_provider: str = ""
     finish_reason: int = generation_pb2.FINISH_REASON_UNSPECIFIED
     status_code: int = 0
     error_reason: str = ""
@@ -65,6 +68,16 @@ class Outcome:
             return self.summary.cost
         return self.estimated_cost or money_pb2.Money()
 
+    def model(self) -> str:
+        if self.summary is not None and self.summary.routing.model:
+            return self.summary.routing.model
+        return self.estimated_model or self.requested_model
+
+    def provider(self) -> str:
+        if self.summary is not None and self.summary.routing.model:
+            return self.summary.routing.provider
+        return self.estimated_provider
+
     @property
     def cached(self) -> bool:
         outcome = self.summary.cache.outcome if self.summary is not None else 0
@@ -82,15 +95,14 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def settle_request(outcome: Outcome) -> metering_service_pb2.SettleRequest:
-    routing = outcome.summary.routing if outcome.summary is not None else None
     complete = timestamp_pb2.Timestamp()
     complete.GetCurrentTime()
     return metering_service_pb2.SettleRequest(
         reservation_id=outcome.reservation_id,
         request_id=outcome.request_id,
         feature=outcome.feature,
-        model=routing.model if routing is not None and routing.model else outcome.requested_model,
-        provider=routing.provider if routing is not None else "",
+        model=outcome.model(),
+        provider=outcome.provider(),
         requested_model=outcome.requested_model,
         usage=outcome.usage(),
         cost=outcome.cost(),
@@ -162,9 +174,9 @@ def audit_record(outcome: Outcome) -> audit_record_pb2.AuditRecord:
     )
     if outcome.time_to_first_token is not None:
         interaction.time_to_first_token.CopyFrom(_duration(outcome.time_to_first_token))
+    if outcome.inference_started:  # a refused request was answered by no model
+        interaction.model, interaction.provider = outcome.model(), outcome.provider()
     if summary is not None:
-        interaction.model = summary.routing.model
-        interaction.provider = summary.routing.provider
         interaction.fallback_models.extend(a.model for a in summary.routing.fallback_attempts)
         interaction.prompt_template.CopyFrom(
             summary.prompt_template or prompt_template_pb2.PromptTemplateRef()
