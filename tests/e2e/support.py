@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from parapet.cli import registry
 from parapet.cli.health import SERVING, HealthProber
 from parapet.cli.layout import PortLayout
 from parapet.cli.registry import ServiceSpec
@@ -152,3 +157,59 @@ def free_base_port() -> int:
         if all(_bindable(base + i) for i in range(_RANGE)):
             return base
     raise RuntimeError("no free range of ports found")
+
+
+def launch(root: Path, *args: str, env: Mapping[str, str] | None = None) -> Launcher:
+    """``parapet up --home <root>/home`` on a free port range (another one when someone took a port of it
+    meanwhile), with extra arguments and environment."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")}
+    full_env.update(env or {})
+    for _ in range(3):
+        base = free_base_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "parapet.cli",
+            "up",
+            "--home",
+            str(root / "home"),
+            "--base-port",
+            str(base),
+            # The machine may be busy (others' tests run beside): give the services time to come up.
+            "--startup-timeout",
+            "180",
+            *args,
+        ]
+        with (root / "up.out").open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+        launcher = Launcher(proc, root / "home", PortLayout(base))
+        try:
+            proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return launcher  # past the port check
+        if "ports in use" not in launcher.output:
+            pytest.fail(f"parapet up exited with {proc.returncode}\n{launcher.logs()}")
+    pytest.fail("no free port range for parapet up")
+
+
+@contextlib.contextmanager
+def running_suite(prefix: str, *args: str, env: Mapping[str, str] | None = None) -> Iterator[Launcher]:
+    """A whole suite, every service SERVING and the endpoints printed, for a module of tests; stopped after."""
+    # Outside pytest's temporary root: as root, PostgreSQL runs as another account, and pytest resets its
+    # root to 0700 whenever another pytest run starts, which would cut the server off from its files.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    launcher = launch(root, *args, env=env)
+    proc = launcher.proc
+    try:
+        launcher.wait_serving(registry.SERVICES, 200.0)
+        launcher.wait_table(30.0)
+        yield launcher
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(45)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)

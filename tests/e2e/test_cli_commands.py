@@ -9,81 +9,31 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from parapet.cli import registry
-from parapet.cli.layout import PortLayout
-from tests.e2e.support import REPO, Launcher, free_base_port
+from tests.e2e.support import REPO, Launcher, running_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 DEMO_QUESTION = "How many vacation days do employees get?"
 
 
-def _launch(root: Path) -> Launcher:
-    """``parapet up`` on a free port range; another range when someone took a port of it meanwhile."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")}
-    for _ in range(3):
-        base = free_base_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "parapet.cli",
-            "up",
-            "--home",
-            str(root / "home"),
-            "--base-port",
-            str(base),
-            # The machine may be busy (others' tests run beside): give the services time to come up.
-            "--startup-timeout",
-            "180",
-        ]
-        with (root / "up.out").open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        launcher = Launcher(proc, root / "home", PortLayout(base))
-        try:
-            proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            return launcher  # past the port check
-        if "ports in use" not in launcher.output:
-            pytest.fail(f"parapet up exited with {proc.returncode}\n{launcher.logs()}")
-    pytest.fail("no free port range for parapet up")
-
-
 @pytest.fixture(scope="module")
 def suite() -> Iterator[Launcher]:
-    # Outside pytest's temporary root: as root, PostgreSQL runs as another account, and pytest resets its
-    # root to 0700 whenever another pytest run starts, which would cut the server off from its files.
-    root = Path(tempfile.mkdtemp(prefix="parapet-cli-e2e-"))
-    launcher = _launch(root)
-    proc = launcher.proc
-    try:
-        launcher.wait_serving(registry.SERVICES, 200.0)
-        launcher.wait_table(30.0)
+    with running_suite("parapet-cli-e2e-") as launcher:
         deadline = time.monotonic() + 120.0
         while "demo tenant" not in launcher.output:
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or launcher.proc.poll() is not None:
                 pytest.fail(f"the demo tenant was not set up\n{launcher.logs()}")
             time.sleep(0.2)
         yield launcher
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def cli_env(suite: Launcher, api_key: str | None = None) -> dict[str, str]:
