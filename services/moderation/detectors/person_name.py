@@ -33,6 +33,26 @@ _ROLE_PREFIX = re.compile(
     r"Mr|Mrs|Ms|Dr|Prof)\.?\s+"
 )
 _NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
+_CAPITALISED = re.compile(r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]*")
+
+
+def _stop_words() -> frozenset[str]:
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS)
+
+
+_STOP_WORDS = _stop_words()
+
+
+def may_hold_names(text: str) -> bool:
+    """False when the writer capitalises and no capitalised word is more than a function word ("How many
+    vacation days...?"): the model finds no person there, and it is the costliest step of input screening
+    (milliseconds per short prompt). Text with no capital at all still goes to the model: whoever writes
+    all in lower case writes names that way too, and the model finds some of them. On the development PII
+    set this skips 98 of 750 sentences and loses none of the model's PERSON findings (docs/moderation.md)."""
+    capitalised = [m.group() for m in _CAPITALISED.finditer(text)]
+    return not capitalised or any(word.lower() not in _STOP_WORDS for word in capitalised)
 
 
 @functools.cache
@@ -56,7 +76,8 @@ class PersonNameDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
-        for entity in self._nlp(text).ents:
+        entities = self._nlp(text).ents if may_hold_names(text) else ()
+        for entity in entities:
             if entity.label_ == "PERSON" and any(c.isalpha() for c in entity.text):
                 start, end = entity.start_char, entity.end_char
                 role = _ROLE_PREFIX.match(entity.text)

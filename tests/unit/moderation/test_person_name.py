@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.moderation.detectors.person_name import PersonNameDetector, load_pipeline
+from services.moderation.detectors.person_name import PersonNameDetector, load_pipeline, may_hold_names
 
 
 def names(text: str) -> list[str]:
@@ -28,6 +28,17 @@ def test_cues_find_names_the_model_misses() -> None:
     )  # address block
     assert "Sari J. Paavolainen" in names("Directed By:    Sari J. Paavolainen")
     assert "Liviana Palerma" in names("Producer Liviana Palerma explained the song.")  # role word trimmed
+
+
+def test_the_model_runs_only_where_a_capitalised_word_may_be_a_name() -> None:
+    # Only function words capitalised: nothing for the model to find, and it is not asked.
+    assert not may_hold_names("How many vacation days do new employees get in their first year?")
+    assert not may_hold_names("What is the refund policy? Can I get one after thirty days?")
+    # A capitalised word that is more than a function word, or no capital at all (lower-case writers
+    # write names in lower case too): the model is asked.
+    assert may_hold_names("How many days did Maria take?")
+    assert may_hold_names("follow up with patricia desrosiers in a couple of months.")
+    assert names("olga krylova's killers sentenced to life in prison") == ["olga krylova"]
 
 
 def test_no_names_in_plain_prose() -> None:
