@@ -5,6 +5,9 @@ Settlement needs the caller's identity (metering takes the tenant, user and API 
 token stored with an outbox row expires within minutes; when it has, the relay uses the newest token seen
 for the same tenant, subject and API key (every request refreshes it), and otherwise keeps the row until
 one is seen. Audit records need no token: they go to the AUDIT JetStream stream, de-duplicated by record id.
+
+Each relay round reports the outbox's backlog by kind and what it delivered (``parapet_gateway_outbox_pending``,
+``parapet_gateway_outbox_delivered_total``), for the stalled-delivery alerts.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import grpc.aio
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.events import audit as audit_events
+from parapet.kit import metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.metering.v1 import metering_service_pb2
@@ -35,6 +43,14 @@ SOURCE = "/parapet/gateway"
 _BATCH = 100
 _MAX_BACKOFF = 60.0
 _TOKENS = 10_000  # newest token per (tenant, subject, api key), bounded
+KINDS = ("audit", "settlement")  # the outbox's kinds (its CHECK constraint)
+_DUE = (
+    "SELECT outbox_id, kind, tenant_id, payload, token, subject, api_key_id, attempts "
+    "FROM outbox WHERE sent_time IS NULL AND next_attempt_time <= now() "
+    "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+# Every undelivered row, due or backing off, held by any relay or not: the backlog gauge.
+_BACKLOG = "SELECT kind, count(*) FROM outbox WHERE sent_time IS NULL GROUP BY kind"
 
 
 class Deliveries:
@@ -153,43 +169,38 @@ class Deliveries:
     async def relay_once(self) -> int:
         """Deliver due rows; returns how many were delivered (or definitively refused)."""
         async with self._database.transaction() as session:
-            rows = (
-                await session.execute(
-                    text(
-                        "SELECT outbox_id, kind, tenant_id, payload, token, subject, api_key_id, attempts "
-                        "FROM outbox WHERE sent_time IS NULL AND next_attempt_time <= now() "
-                        "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"n": _BATCH},
-                )
-            ).all()
-            done: list[uuid.UUID] = []
-            for row in rows:
-                try:
-                    delivered = await self._deliver(row[1], row[2], bytes(row[3]), row[4], row[5], row[6])
-                except Exception:
-                    delivered = False
-                if delivered:
-                    done.append(row[0])
-                else:
-                    backoff = min(_MAX_BACKOFF, self._interval * 2 ** min(row[7], 10))
-                    await session.execute(
-                        text(
-                            "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = now() + :b "
-                            "WHERE outbox_id = :id"
-                        ),
-                        {"b": timedelta(seconds=backoff), "id": row[0]},
-                    )
+            rows = (await session.execute(text(_DUE), {"n": _BATCH})).all()
+            done = [row for row in rows if await self._attempt(session, row)]
             if done:
                 await session.execute(
-                    text("UPDATE outbox SET sent_time = now() WHERE outbox_id = ANY(:ids)"), {"ids": done}
+                    text("UPDATE outbox SET sent_time = now() WHERE outbox_id = ANY(:ids)"),
+                    {"ids": [row[0] for row in done]},
                 )
+            # Counted after this round's own updates, so the gauge already leaves out what it delivered.
+            backlog = {kind: count for kind, count in (await session.execute(text(_BACKLOG))).all()}
+        # After the commit that marked them sent. Every replica reports the whole outbox (aggregate with max).
+        delivered = Counter(row[1] for row in done)
+        for kind in KINDS:
+            metrics.record_gateway_outbox_delivered(kind, delivered[kind])
+            metrics.set_gateway_outbox_pending(kind, backlog.get(kind, 0))
         return len(done)
 
-    async def pending(self) -> int:
-        async with self._database.session() as session:
-            result = await session.execute(text("SELECT count(*) FROM outbox WHERE sent_time IS NULL"))
-            return int(result.scalar_one())
+    async def _attempt(self, session: AsyncSession, row: Sequence[Any]) -> bool:
+        """Deliver one row; when that fails, back it off (exponentially, capped) and return False."""
+        try:
+            if await self._deliver(row[1], row[2], bytes(row[3]), row[4], row[5], row[6]):
+                return True
+        except Exception:
+            pass  # NATS or metering unreachable: retried after the backoff
+        backoff = min(_MAX_BACKOFF, self._interval * 2 ** min(row[7], 10))
+        await session.execute(
+            text(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = now() + :b "
+                "WHERE outbox_id = :id"
+            ),
+            {"b": timedelta(seconds=backoff), "id": row[0]},
+        )
+        return False
 
     async def run(self) -> None:
         last_prune = 0.0

@@ -26,6 +26,7 @@ from parapet import tokens
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
+from parapet.kit import metrics
 from parapet.kit.app import Resources
 from parapet.kit.context import remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
@@ -78,9 +79,26 @@ class _Run:
     outcome: Outcome
     started: float = field(default_factory=time.perf_counter)
     provider_wait: float = 0.0
+    overhead: float | None = None  # the time Parapet added, as the summary reported it
     prompt_tokens: int = 0
     model: str = ""
     delivered: bool = False  # a text delta went out
+    degraded: set[str] = field(default_factory=set)  # dependencies the chat went on without
+
+
+def _result(status_code: int) -> str:
+    if status_code == 0:
+        return "ok"
+    return "cancelled" if status_code == grpc.StatusCode.CANCELLED.value[0] else "error"
+
+
+def _observe(run: _Run) -> None:
+    """The chat's metrics, once it ended: the time Parapet added (the summary's own figure when one went out,
+    so the histogram and what callers saw agree), how it ended, and what it went on without."""
+    overhead = run.overhead
+    if overhead is None:  # ended before a summary: refused, failed or cancelled
+        overhead = max(0.0, run.outcome.duration - run.provider_wait)
+    metrics.observe_chat(overhead, _result(run.outcome.status_code), run.degraded)
 
 
 def _budgeted(policy: tenant_policy_pb2.TenantPolicy, caller: Caller) -> bool:
@@ -227,6 +245,7 @@ class ChatFlow:
             raise
         finally:
             run.outcome.duration = time.perf_counter() - run.started
+            _observe(run)  # a replayed idempotent answer returned above: no chat ran, nothing is observed
             # A task of its own: it must finish even though this generator is being cancelled with the call.
             self._track(self._finalise(run, events), name=f"finalise-{request_id}")
 
@@ -298,6 +317,7 @@ class ChatFlow:
             log.warning(
                 "metering unavailable; answering and settling later", extra={"request_id": run.request_id}
             )
+            run.degraded.add("metering")
             return []
         run.outcome.reservation_id = reply.reservation.reservation_id
         return [
@@ -343,6 +363,7 @@ class ChatFlow:
                     reason="RETRIEVAL_UNAVAILABLE",
                     retry_after=1.0,
                 ) from None
+            run.degraded.add("retrieval")
             return [], [
                 _notice(
                     chat_pb2.NOTICE_TYPE_RETRIEVAL_DEGRADED,
@@ -409,6 +430,7 @@ class ChatFlow:
                 )
             )
         if not screened.screened:
+            run.degraded.add("moderation")
             notices.append(
                 _notice(
                     chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED,
@@ -583,17 +605,41 @@ class _Output:
         )
         inference_error: list[grpc.aio.AioRpcError] = []
 
+        pending: list[str] = []  # deltas read from inference, not yet written to moderation
+        arrived = asyncio.Event()
+        reading = [True]
+
+        async def forward() -> None:
+            # Whatever arrived while the previous write was in flight goes as one chunk: a lone delta is
+            # written at once (nothing waits to gather more), and a burst, or a backlog under load, costs
+            # moderation and both hops one message instead of one per delta.
+            while reading[0] or pending:
+                await arrived.wait()
+                arrived.clear()
+                if pending:
+                    text = "".join(pending)
+                    pending.clear()
+                    await screen.write(moderation_service_pb2.ScreenStreamRequest(chunk=text))
+
         async def pump() -> None:
             started = time.perf_counter()
+            writer = asyncio.ensure_future(forward())
             try:
                 async for message in call:
                     text = self._received(message)
                     if text is not None:
-                        await screen.write(moderation_service_pb2.ScreenStreamRequest(chunk=text))
+                        pending.append(text)
+                        arrived.set()
             except grpc.aio.AioRpcError as error:
                 inference_error.append(error)
+            except BaseException:
+                writer.cancel()
+                raise
             finally:
                 run.provider_wait = time.perf_counter() - started
+                reading[0] = False
+                arrived.set()
+                await asyncio.gather(writer, return_exceptions=True)
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     await screen.done_writing()
 
@@ -650,6 +696,7 @@ class _Output:
         for notice in screening.moderation_notices(self._output_findings):
             yield Event(notice=notice)
         if summary is not None and summary.cache.outcome == cache_pb2.CACHE_OUTCOME_FALLBACK_HIT:
+            run.degraded.add("providers")
             yield _notice(
                 chat_pb2.NOTICE_TYPE_CACHED_ANSWER_SERVED,
                 "No model provider is available right now; this is a saved answer to a similar earlier "
@@ -662,12 +709,13 @@ class _Output:
                 f"The preferred model was unavailable ({tried}); {summary.routing.model} answered instead.",
             )
         total = time.perf_counter() - run.started
+        run.overhead = max(0.0, total - run.provider_wait)
         chat_summary = chat_pb2.ChatSummary(
             request_id=run.request_id,
             finish_reason=outcome.finish_reason,
             usage=outcome.usage(),
             cost=outcome.cost(),
-            parapet_duration=_duration(total - run.provider_wait),
+            parapet_duration=_duration(run.overhead),
             duration=_duration(total),
             policy_version=run.caller.policy_version,
         )

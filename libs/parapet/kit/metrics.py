@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Model calls are slower: tens of milliseconds to minutes.
 MODEL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+# The time Parapet adds to a chat: milliseconds. Its targets (p50 <= 2 ms, p99 <= 5 ms) are bucket bounds with
+# narrow buckets around them, so the quantiles near a target are not interpolated across a wide bucket; the
+# tail passes the gateway's downstream timeout (5 s by default: a dependency timing out before the flow degrades).
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5, 2.5, 10)
 
 RPC_DURATION = Histogram(
     "parapet_rpc_server_duration_seconds",
@@ -104,6 +109,29 @@ AUDIT_STREAM_PENDING = Gauge(
 AUDIT_LAST_PERSIST = Gauge(
     "parapet_audit_last_persist_timestamp_seconds", "Unix time the audit service last committed records."
 )
+GATEWAY_OVERHEAD = Histogram(
+    "parapet_gateway_overhead_seconds",
+    "Time Parapet itself added to a chat (its duration minus the time the inference stream was open), once "
+    "per chat the gateway's flow ran (StreamChat, Chat, job items), by result (ok, error, cancelled).",
+    ["result"],
+    buckets=OVERHEAD_BUCKETS,
+)
+GATEWAY_DEGRADED = Counter(
+    "parapet_gateway_degraded_chats_total",
+    "Chats that went on without a dependency that was down, by dependency (retrieval, moderation, metering; "
+    "providers = a cached answer served because every provider failed).",
+    ["dependency"],
+)
+GATEWAY_OUTBOX_PENDING = Gauge(
+    "parapet_gateway_outbox_pending",
+    "Undelivered rows of the gateway outbox, by kind (audit, settlement).",
+    ["kind"],
+)
+GATEWAY_OUTBOX_DELIVERED = Counter(
+    "parapet_gateway_outbox_delivered_total",
+    "Gateway outbox rows the relay delivered (a settlement metering refused for good included), by kind.",
+    ["kind"],
+)
 
 ALL_METRICS = (
     RPC_DURATION,
@@ -122,6 +150,10 @@ ALL_METRICS = (
     AUDIT_RECORDS,
     AUDIT_STREAM_PENDING,
     AUDIT_LAST_PERSIST,
+    GATEWAY_OVERHEAD,
+    GATEWAY_DEGRADED,
+    GATEWAY_OUTBOX_PENDING,
+    GATEWAY_OUTBOX_DELIVERED,
 )
 
 
@@ -288,6 +320,28 @@ def mark_audit_persisted(unix_time: float) -> None:
 
 def set_audit_stream_pending(count: int) -> None:
     AUDIT_STREAM_PENDING.set(count)
+
+
+# --- gateway ---
+
+
+def observe_chat(parapet_seconds: float, result: str, degraded: Iterable[str] = ()) -> None:
+    """One chat the gateway's flow ran: the time Parapet added, how it ended (``ok``, ``error``,
+    ``cancelled``), and each dependency it went on without (``retrieval``, ``moderation``, ``metering``,
+    ``providers``)."""
+    GATEWAY_OVERHEAD.labels(result).observe(parapet_seconds)
+    for dependency in degraded:
+        GATEWAY_DEGRADED.labels(dependency).inc()
+
+
+def set_gateway_outbox_pending(kind: str, count: int) -> None:
+    GATEWAY_OUTBOX_PENDING.labels(kind).set(count)
+
+
+def record_gateway_outbox_delivered(kind: str, count: int) -> None:
+    # Called with 0 too: the series then exists from the relay's first round, and the stall alert's
+    # increase() sees a relay that never delivered anything (a missing series would hide it).
+    GATEWAY_OUTBOX_DELIVERED.labels(kind).inc(count)
 
 
 # --- the /metrics endpoint ---

@@ -200,6 +200,8 @@ class Suite:
     gateway_settings: dict[str, Any]
     addresses: dict[str, str]
     inference_settings: InferenceSettings
+    # The main gateway's /metrics: the registry is the process's, so it shows every in-process service's series.
+    metrics_port: int | None = None
 
     @property
     def chat(self) -> chat_service_pb2_grpc.ChatServiceStub:
@@ -326,15 +328,20 @@ class Suite:
 
 
 @pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def module_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     # Our own NATS: the audit service's durable consumer would otherwise first read every record that other
-    # modules left on the session's AUDIT stream.
+    # modules left on the session's AUDIT stream. A test may stop and start it (an audit outage).
     server = EmbeddedNats(tmp_path_factory.mktemp("gateway-nats") / "store", free_port())
     server.start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_nats(module_nats_server: EmbeddedNats) -> str:
+    return module_nats_server.url
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -411,8 +418,8 @@ async def suite(
             "gateway_job_service_key_file": home / "identity" / "gateway.key",
             "gateway_job_sweep_seconds": 1.0,
         }
-        _gw, gateway_port = await stack.enter_async_context(
-            running(GATEWAY, GatewaySettings(**gateway_settings))
+        gateway, gateway_port = await stack.enter_async_context(
+            running(GATEWAY, GatewaySettings(**gateway_settings, metrics_port=0))
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}"))
         auth_channel = await stack.enter_async_context(grpc.aio.insecure_channel(auth_address))
@@ -429,6 +436,7 @@ async def suite(
             gateway_settings=gateway_settings,
             addresses=addresses,
             inference_settings=inference_settings,
+            metrics_port=gateway.metrics_port,
         )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,3 +44,16 @@ async def scrape(port: int | None) -> Samples:
             for sample in family.samples
         }
     )
+
+
+async def until(
+    read: Callable[[], Awaitable[Samples]], check: Callable[[Samples], bool], within: float = 15.0
+) -> Samples:
+    """Scrape until ``check`` holds (background work such as an outbox relay runs on its own time)."""
+    deadline = time.monotonic() + within
+    while True:
+        samples = await read()
+        if check(samples):
+            return samples
+        assert time.monotonic() < deadline, "the metrics never reached the expected values"
+        await asyncio.sleep(0.05)

@@ -124,6 +124,7 @@ def test_rules_cover_cost_errors_latency_breakers_and_delivery() -> None:
         "ParapetBreakerOpen",
         "ParapetUsageDeliveryStalled",
         "ParapetAuditDeliveryStalled",
+        "ParapetGatewayDeliveryStalled",
         "ParapetServiceDown",
     } <= names
     spike = next(rule for rule in _rules() if rule.get("alert") == "ParapetCostSpike")
@@ -153,6 +154,10 @@ def test_every_metric_used_is_defined_by_the_kit() -> None:
         "parapet_breaker_state",
         "parapet_moderation_findings_total",
         "parapet_budget_denials_total",
+        "parapet_gateway_overhead_seconds_bucket",
+        "parapet_gateway_degraded_chats_total",
+        "parapet_gateway_outbox_pending",
+        "parapet_gateway_outbox_delivered_total",
     ):
         assert needed in used, needed
 

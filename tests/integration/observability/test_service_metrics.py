@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,24 +47,11 @@ from tests.integration.metering.metering_support import (
     write_jwks,
     write_policies,
 )
-from tests.integration.observability.scrape import Samples, scrape
+from tests.integration.observability.scrape import Samples, scrape, until
 
 TOKENS = "parapet_tokens_total"
 PUBLISHED = "parapet_usage_events_published_total"
 PENDING = "parapet_usage_outbox_pending"
-
-
-async def _until(
-    read: Callable[[], Awaitable[Samples]], check: Callable[[Samples], bool], within: float = 15.0
-) -> Samples:
-    """Scrape until ``check`` holds (background work such as the outbox relay runs on its own time)."""
-    deadline = time.monotonic() + within
-    while True:
-        samples = await read()
-        if check(samples):
-            return samples
-        assert time.monotonic() < deadline, "the metrics never reached the expected values"
-        await asyncio.sleep(0.05)
 
 
 async def _refused_reason(call: Awaitable[object]) -> str:
@@ -130,7 +117,7 @@ async def test_metering_counts_settled_usage_denials_and_the_outbox(
         second = stub.Reserve(mpb.ReserveRequest(request_id="b"), metadata=other)
         assert await _refused_reason(second) == "RATE_LIMITED"
 
-        after = await _until(read, lambda s: s.value(PUBLISHED) - before.value(PUBLISHED) == 1)
+        after = await until(read, lambda s: s.value(PUBLISHED) - before.value(PUBLISHED) == 1)
         assert after.value(PENDING) == 0
 
         def delta(name: str, **labels: str) -> float:
@@ -153,10 +140,10 @@ async def test_metering_counts_settled_usage_denials_and_the_outbox(
             request_id="s-late", model="gpt-4o-mini", usage=token_usage_pb2.TokenUsage(prompt_tokens=7)
         )
         await stub.Settle(late, metadata=who)
-        stalled = await _until(read, lambda s: s.value(PENDING) == 1)
+        stalled = await until(read, lambda s: s.value(PENDING) == 1)
         assert stalled.value(PUBLISHED) == after.value(PUBLISHED)
         await asyncio.to_thread(fresh_nats.start)
-        delivered = await _until(read, lambda s: s.value(PUBLISHED) - after.value(PUBLISHED) == 1)
+        delivered = await until(read, lambda s: s.value(PUBLISHED) - after.value(PUBLISHED) == 1)
         assert delivered.value(PENDING) == 0
         assert (
             delivered.value(TOKENS, tenant=budgeted, kind="prompt")

@@ -127,6 +127,9 @@ async def test_named_series_of_the_suite_are_exposed(served: tuple[int, int]) ->
     metrics.record_moderation_finding("CATEGORY_PII", "ACTION_MASK", "input", count=3)
     metrics.record_budget_denial("tenant-m", "budget")
     metrics.record_audit("stream", "appended", 7)
+    metrics.observe_chat(0.0015, "ok", ("retrieval",))
+    metrics.set_gateway_outbox_pending("audit", 2)
+    metrics.record_gateway_outbox_delivered("settlement", 0)
 
     _, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
     samples = {(name, tuple(sorted(labels.items()))): v for name, labels, v in _samples(text)}
@@ -142,8 +145,14 @@ async def test_named_series_of_the_suite_are_exposed(served: tuple[int, int]) ->
         "parapet_moderation_findings_total",
         "parapet_budget_denials_total",
         "parapet_audit_records_total",
+        "parapet_gateway_overhead_seconds_bucket",
+        "parapet_gateway_degraded_chats_total",
+        "parapet_gateway_outbox_pending",
     ):
         assert expected in names, expected
+    # A kind nothing was delivered of is exported (at 0 unless other tests delivered): the stall alert needs it.
+    assert ("parapet_gateway_outbox_delivered_total", (("kind", "settlement"),)) in samples
+    assert samples[("parapet_gateway_overhead_seconds_bucket", (("le", "0.002"), ("result", "ok")))] >= 1
     tokens = (
         "parapet_tokens_total",
         (("kind", "completion"), ("model", "gpt-probe"), ("tenant", "tenant-m")),
