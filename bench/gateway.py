@@ -117,13 +117,10 @@ def scenarios(
             upstream,
         )
     ]
-    for key, label, retrieval in (
-        ("b", "Parapet, retrieval off", False),
-        ("c", "Parapet, retrieval on", True),
-    ):
+    for key, label, retrieval, tenant in PARAPET_SCENARIOS:
         if suite is not None and key in TARGETS:
-            instant = _gateway(key, suite, INSTANT_MODEL, retrieval)
-            streaming = _gateway(key, suite, STREAMING_MODEL, retrieval)
+            instant = _gateway(key, suite, INSTANT_MODEL, retrieval, tenant)
+            streaming = _gateway(key, suite, STREAMING_MODEL, retrieval, tenant)
             found.append(Scenario(key, label, instant, streaming, suite.services))
     for index, proxy in enumerate(proxies, start=1):
         key = f"d{index}"
