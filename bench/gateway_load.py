@@ -90,13 +90,24 @@ async def open_loop(call: Call, rate: float, duration: float) -> list[Sample]:
     return list(await asyncio.gather(*tasks))
 
 
-async def one_at_a_time(calls: list[Call], count: int, warmup: int) -> list[list[Sample]]:
+# Unloaded means one stream on an otherwise idle machine: a target's work after its answer (Parapet settles,
+# audits and bills in the background) must not land on the next target's stream, which it did back to back
+# (each Parapet scenario then paid for the one before it).
+SETTLE_PAUSE = 0.05
+
+
+async def one_at_a_time(
+    calls: list[Call], count: int, warmup: int, pause: float = SETTLE_PAUSE
+) -> list[list[Sample]]:
     """``count`` rounds (after ``warmup`` unrecorded ones), each calling every one of ``calls`` in turn, one
-    stream at a time. Interleaving the targets spreads any drift of the machine over all of them alike."""
+    stream at a time, ``pause`` seconds apart. Interleaving the targets spreads any drift of the machine over
+    all of them alike."""
     results: list[list[Sample]] = [[] for _ in calls]
     origin = time.perf_counter()
     for round_index in range(warmup + count):
         for index, call in enumerate(calls):
+            if pause:
+                await asyncio.sleep(pause)
             sample = await _measure(call, time.perf_counter(), origin)
             if round_index >= warmup:
                 results[index].append(sample)
@@ -111,7 +122,7 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
     if plan["mode"] == "open":
         async with make_client(Target.from_json(plan["target"])) as client:
             # Connections up and warm before the clock starts.
-            await one_at_a_time([client.stream], WARMUP_STREAMS, 0)
+            await one_at_a_time([client.stream], WARMUP_STREAMS, 0, pause=0.0)
             wall, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             samples = [await open_loop(client.stream, float(plan["rate"]), float(plan["duration"]))]
     elif plan["mode"] == "sequential":

@@ -289,7 +289,9 @@ def body(m: Measured, method: str) -> str:
         "figure over the LiteLLM configuration that held the highest rate.",
         summary_table(m),
         f"**Unloaded**: zero-latency upstream (every chunk at once), {m.calls} streams per target one at a "
-        "time after warm-up, the targets interleaved request by request. The gateway's own account is the "
+        "time after warm-up, the targets interleaved request by request, 50 ms apart (so one target's work "
+        "after its answer, such as Parapet's settlement and audit, never lands on the next one's stream). "
+        "The gateway's own account is the "
         "`parapet-overhead-ms` trailing metadata (its time minus the time it waited on inference's stream).",
         unloaded_table(m),
         "**One at a time against the streaming upstream** (50 ms to the first token, then 20 chunks 10 ms "

@@ -35,7 +35,7 @@ async def one_at_a_time(
         "count": count,
         "warmup": warmup,
     }
-    per_call = 0.3 if streaming else 0.1
+    per_call = 0.35 if streaming else 0.15
     result = await run_json(
         GENERATOR, plan, within=60 + (count + warmup) * len(scenarios) * per_call, log=log
     )
