@@ -7,6 +7,8 @@ code point before the earliest place a match could still be in progress:
 
 - per detector, the start of its last ``max_tokens`` whitespace-separated pieces (a match cannot span
   more), bounded by ``max_span - 1`` code points, measured before the ``lookahead`` context it reads;
+  for a detector whose matches open with an anchor piece, only from a few pieces before the first anchor
+  in that reach (``anchored_start``), which is what lets prose through after a few words;
 - never inside a finding that reaches into the held tail (a private key whose END line has not come);
 - never inside a masking placeholder, so ``<EMAIL_1>`` split over chunks is restored whole.
 
@@ -17,6 +19,7 @@ stream: nothing after it is released.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +30,34 @@ from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVau
 from services.moderation.policy import Policy
 
 LEFT_CONTEXT = 64  # ≥ the context-word window of any detector (detectors/context.py)
+
+
+_PIECE = re.compile(r"\S+")
+
+
+def anchored_start(text: str, n: int, detector: Detector) -> int:
+    """Earliest index at which a match of ``detector`` not yet complete at ``n`` could start.
+
+    Without an anchor this is :func:`tail_start` over the detector's whole reach (its last ``max_tokens``
+    pieces before the ``lookahead`` it reads). A detector with ``is_anchor`` and ``lead`` promises that
+    each match has, among its first ``lead`` pieces, one its ``is_anchor`` accepts (a digit for a phone
+    number, a street-type word or a house number for an address). Then a match in progress starts at most
+    ``lead - 1`` pieces before the first complete anchor piece in reach, or, with none, among the last
+    ``lead`` pieces (the unfinished one included): an address detector that reads 24 pieces holds back
+    five in prose without numbers, not 24.
+    """
+    end = max(0, n - getattr(detector, "lookahead", 0))
+    reach = tail_start(text, end, detector.max_span, detector.max_tokens)
+    is_anchor = getattr(detector, "is_anchor", None)
+    if is_anchor is None:
+        return reach
+    lead: int = detector.lead  # type: ignore[attr-defined]
+    for piece in _PIECE.finditer(text, reach, n):
+        if piece.end() == n:
+            break  # unfinished: held anyway, and what it will become is unknown
+        if is_anchor(piece.group()):
+            return max(reach, tail_start(text, piece.start(), detector.max_span, lead))
+    return max(reach, tail_start(text, n, detector.max_span, lead))
 
 
 def tail_start(text: str, end: int, max_span: int, max_tokens: int) -> int:
@@ -94,8 +125,7 @@ class StreamScreener:
         buffer, n = self._buffer, len(self._buffer)
         limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)
         for detector in self._detectors:
-            end = max(0, n - getattr(detector, "lookahead", 0))
-            limit = min(limit, tail_start(buffer, end, detector.max_span, detector.max_tokens))
+            limit = min(limit, anchored_start(buffer, n, detector))
         return limit
 
     def _advance(self, *, final: bool) -> StreamStep:

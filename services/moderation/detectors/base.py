@@ -27,7 +27,9 @@ class Detector(Protocol):
     ``max_span`` bounds the length (code points) and ``max_tokens`` the number of whitespace-separated
     pieces of anything the detector reports. Streamed screening holds back only the tail that could still
     be the start of a match (the last ``max_tokens`` pieces, at most ``max_span - 1`` code points), so a
-    match split over chunks is still seen whole. ``priority``
+    match split over chunks is still seen whole. A detector may narrow that with ``lead`` and
+    ``is_anchor(piece)``: every match has, among its first ``lead`` pieces, one that ``is_anchor`` accepts
+    (so prose without a digit need not wait for a phone number's seven pieces). ``priority``
     settles overlaps: a checksum-validated card number beats the phone number that looks the same.
     """
 

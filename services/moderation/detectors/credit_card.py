@@ -41,6 +41,12 @@ class CreditCardDetector:
     max_span = 23  # 19 digits and four separators
     max_tokens = 5
     lookahead = WINDOW // 2  # context words after the value count too
+    lead = 1  # the first piece of a match holds a digit (a leading "+", "(" or "00" is glued to it)
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        return any(c.isdigit() for c in piece)
+
     priority = 90
 
     def detect(self, text: str) -> list[Detection]:

@@ -6,6 +6,7 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 
+_OPENING = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
 
 # Lengths per country (SWIFT IBAN registry); a country not listed is accepted at any valid length.
@@ -38,6 +39,12 @@ class IbanDetector:
     categories = (C.CATEGORY_PII_IBAN,)
     max_span = 42  # 34 characters and spaces every four
     max_tokens = 9
+    lead = 1  # an IBAN opens with its country code and check digits, in one piece
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        return _OPENING.search(piece) is not None
+
     priority = 95
 
     def detect(self, text: str) -> list[Detection]:

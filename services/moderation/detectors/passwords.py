@@ -18,6 +18,13 @@ class PasswordDetector:
     categories = (C.CATEGORY_SECRET_PASSWORD,)
     max_span = 200
     max_tokens = 4
+    lead = 1  # a URL with credentials is one piece; an assignment opens with its keyword
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        lowered = piece.lower()
+        return "://" in piece or "pass" in lowered or "pwd" in lowered or "kennwort" in lowered
+
     priority = 96
 
     def detect(self, text: str) -> list[Detection]:

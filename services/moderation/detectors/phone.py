@@ -59,6 +59,12 @@ class PhoneDetector:
     max_span = 32
     max_tokens = 7
     lookahead = WINDOW // 2  # context words after the value count too
+    lead = 1  # the first piece of a match holds a digit (a leading "+", "(" or "00" is glued to it)
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        return any(c.isdigit() for c in piece)
+
     priority = 40
     threshold = 0.5
 

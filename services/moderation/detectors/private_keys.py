@@ -21,6 +21,12 @@ class PrivateKeyDetector:
     categories = (C.CATEGORY_SECRET_PRIVATE_KEY,)
     max_span = 64  # the BEGIN line: once it is seen, the stream withholds the rest (see stream.py)
     max_tokens = 5
+    lead = 1  # the BEGIN line opens with "-----BEGIN"
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        return "-----BEGIN" in piece
+
     priority = 99
 
     def detect(self, text: str) -> list[Detection]:

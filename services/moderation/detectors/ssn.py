@@ -26,6 +26,12 @@ class SsnDetector:
     max_span = 11
     max_tokens = 3
     lookahead = WINDOW // 2  # context words after the value count too
+    lead = 1  # the first piece of a match holds a digit (a leading "+", "(" or "00" is glued to it)
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        return any(c.isdigit() for c in piece)
+
     priority = 80
 
     def detect(self, text: str) -> list[Detection]:

@@ -89,6 +89,22 @@ class StreetAddressDetector:
     max_span = 200
     max_tokens = 24
     priority = 30
+    # Every form has, among its first five pieces, a number, a street-type, prefix or unit word, or a
+    # military code (at most a house number and three capitalised words come before "tér" in
+    # "6076 Erzsébet Kovács tér 19", four capitalised words before the number after "lives at").
+    lead = 5
+
+    @staticmethod
+    def is_anchor(piece: str) -> bool:
+        bare = piece.strip(",;:()").lower().rstrip(".")
+        return (
+            any(c.isdigit() for c in bare)
+            or bare in _SUFFIX_WORDS
+            or bare in _PREFIX_WORDS
+            or bare in _UNIT_WORDS
+            or bare in _MILITARY_WORDS
+            or (len(bare) > 4 and bare.endswith(_GLUED_ENDINGS))
+        )
 
     def detect(self, text: str) -> list[Detection]:
         found: dict[tuple[int, int], Detection] = {}
@@ -135,6 +151,7 @@ _GLUED_ENDINGS = tuple(e.rstrip(".").replace("\\", "") for e in _SUFFIX_GLUED.sp
 _UNIT_WORDS = frozenset(
     ("apt", "apartment", "suite", "ste", "unit", "flat", "room", "floor", "fl", "box", "postfach")
 )
+_MILITARY_WORDS = frozenset(("usns", "usnv", "uss", "uscgc", "fpo", "apo", "dpo", "psc"))
 _BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few words; unit and number follow it
 
 
