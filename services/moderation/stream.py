@@ -41,23 +41,32 @@ def anchored_start(text: str, n: int, detector: Detector) -> int:
     Without an anchor this is :func:`tail_start` over the detector's whole reach (its last ``max_tokens``
     pieces before the ``lookahead`` it reads). A detector with ``is_anchor`` and ``lead`` promises that
     each match has, among its first ``lead`` pieces, one its ``is_anchor`` accepts (a digit for a phone
-    number, a street-type word or a house number for an address). Then a match in progress starts at most
-    ``lead - 1`` pieces before the first complete anchor piece in reach, or, with none, among the last
-    ``lead`` pieces (the unfinished one included): an address detector that reads 24 pieces holds back
-    five in prose without numbers, not 24.
+    number, a street-type word or a house number for an address), and with ``may_lead`` which pieces can
+    come before that anchor (an address's are capitalised words and numbers). Then a match in progress
+    starts at most ``lead - 1`` such pieces before the first complete anchor piece in reach, or, with none,
+    among the last ``lead - 1`` such pieces and the unfinished one: prose ending in lower-case words holds
+    back only its unfinished word, not an address detector's 24 pieces.
     """
     end = max(0, n - getattr(detector, "lookahead", 0))
     reach = tail_start(text, end, detector.max_span, detector.max_tokens)
     is_anchor = getattr(detector, "is_anchor", None)
     if is_anchor is None:
         return reach
+    may_lead = getattr(detector, "may_lead", None)
     lead: int = detector.lead  # type: ignore[attr-defined]
-    for piece in _PIECE.finditer(text, reach, n):
-        if piece.end() == n:
-            break  # unfinished: held anyway, and what it will become is unknown
-        if is_anchor(piece.group()):
-            return max(reach, tail_start(text, piece.start(), detector.max_span, lead))
-    return max(reach, tail_start(text, n, detector.max_span, lead))
+    pieces = [(m.start(), m.group()) for m in _PIECE.finditer(text, reach, n)]
+    unfinished = bool(pieces) and pieces[-1][0] + len(pieces[-1][1]) == n
+    complete = pieces[:-1] if unfinished else pieces
+    anchor = next((i for i, (_, piece) in enumerate(complete) if is_anchor(piece)), None)
+    # From the anchor piece, or from what is still to come, back over pieces that may lead up to it.
+    index = anchor if anchor is not None else len(complete)
+    start = complete[anchor][0] if anchor is not None else (pieces[-1][0] if unfinished else n)
+    for _ in range(lead - 1):
+        index -= 1
+        if index < 0 or (may_lead is not None and not may_lead(complete[index][1])):
+            break
+        start = complete[index][0]
+    return max(reach, start)
 
 
 def tail_start(text: str, end: int, max_span: int, max_tokens: int) -> int:

@@ -48,7 +48,9 @@ class ApiKeyDetector:
     name = "regex.api_key"
     categories = (C.CATEGORY_SECRET_API_KEY,)
     max_span = 256
-    max_tokens = 3
+    # A reported key is one piece, the value; what announces it ("api_key =") is read in the left
+    # context the stream keeps, so nothing before the value needs holding back.
+    max_tokens = 1
     priority = 97
 
     def detect(self, text: str) -> list[Detection]:

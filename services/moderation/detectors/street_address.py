@@ -95,6 +95,12 @@ class StreetAddressDetector:
     lead = 5
 
     @staticmethod
+    def may_lead(piece: str) -> bool:
+        """What can stand before the anchor in a match: a house number or capitalised name words."""
+        first = piece.lstrip("(")[:1]
+        return first.isdigit() or first.isupper()
+
+    @staticmethod
     def is_anchor(piece: str) -> bool:
         bare = piece.strip(",;:()").lower().rstrip(".")
         return (

@@ -81,7 +81,8 @@ def test_stream_equals_whole_text_screening_for_any_chunking(screener: Screener)
     answer = (
         "Thanks! Reach Jane at jane.roe@mail.example.net or +44 20 7946 0958. Her card 5555 5555 5555 4444 "
         "and IBAN GB82 WEST 1234 5698 7654 32 are on file; server 192.168.10.77 logs in with "
-        "postgres://svc:Pa55w0rd!@db.example:5432/app. " * 3
+        "postgres://svc:Pa55w0rd!@db.example:5432/app. Set api_key = 'Zk3v9QmX2pL7wR4tY8nB' and AWS secret: "
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 next to AKIAIOSFODNN7EXAMPLE at Piroska u. 97, Budapest. " * 3
     )
     whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
     rng = random.Random(7)
@@ -143,8 +144,11 @@ def test_prose_is_released_a_few_words_behind_not_an_address_span_behind(screene
     answer = "You said: How many vacation days do new employees receive in their first year according to the "
     stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
     released = "".join(stream.feed(word + " ").released for word in answer.split())
-    # Without a number or street word in sight, at most the last five words wait (an address's lead).
-    assert len(released.split()) >= len(answer.split()) - 5
-    # A house number in reach holds from a few words before it, as the address could start there.
-    stream.feed("office at 221 Baker ")
-    assert stream.held_chars >= len("office at 221 Baker ")
+    # Lower-case prose without a number or street word in sight: nothing waits.
+    assert released == answer and stream.held_chars == 0
+    # Capitalised words could lead up to a street word still to come ("Baker Street"): they wait.
+    stream.feed("office of Baker ")
+    assert stream.held_chars == len("Baker ")
+    # A house number holds from itself (and capitalised words before it), as the address could start there.
+    stream.feed("at 221 Baker ")
+    assert stream.held_chars == len("Baker at 221 Baker ") - len("Baker at ")
