@@ -12,6 +12,10 @@ _EMAIL = re.compile(
 )
 
 
+_LOCAL_MAX = 64
+_DOMAIN_MAX = 253
+
+
 class EmailDetector:
     name = "regex.email"
     categories = (C.CATEGORY_PII_EMAIL,)
@@ -20,8 +24,14 @@ class EmailDetector:
     priority = 60
 
     def detect(self, text: str) -> list[Detection]:
-        if "@" not in text:
-            return []
-        return [
-            Detection(C.CATEGORY_PII_EMAIL, m.start(), m.end(), 1.0, self.name) for m in _EMAIL.finditer(text)
-        ]
+        # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the
+        # whole text tried it at every letter of every word.
+        found: dict[int, Detection] = {}
+        at = text.find("@")
+        while at != -1:
+            for m in _EMAIL.finditer(text, max(0, at - _LOCAL_MAX), min(len(text), at + _DOMAIN_MAX + 1)):
+                found.setdefault(
+                    m.start(), Detection(C.CATEGORY_PII_EMAIL, m.start(), m.end(), 1.0, self.name)
+                )
+            at = text.find("@", at + 1)
+        return list(found.values())

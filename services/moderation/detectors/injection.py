@@ -17,7 +17,12 @@ import re
 
 from services.moderation.detectors.base import C, Category, Detection
 from services.moderation.detectors.injection_rules import RULES, anchors_in, applicable
-from services.moderation.detectors.normalize import count_invisible, fold, mixed_script_words
+from services.moderation.detectors.normalize import (
+    count_invisible,
+    count_single_characters,
+    fold,
+    mixed_script_words,
+)
 
 THRESHOLD = 0.5
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
@@ -31,22 +36,20 @@ _SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion,
 _LONG_TOKEN = re.compile(r"\S{16,}")
 
 
+_HEX_PAIR = re.compile(r"(?<!\S)[0-9A-Fa-f]{2}(?!\S)")
+
+
 def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
     """Base64 and hex runs: searched inside 16+ character tokens only, and for spaced hex ("49 67 6e …")
-    only when a dozen two-character tokens are present."""
+    only when a dozen two-character hex tokens are present (English prose has dozens of two-letter words,
+    which made the whole-text hex scan run on every long prompt)."""
     runs: list[tuple[re.Match[str], bool]] = []
-    tokens = text.split()
-    if any(len(token) >= 16 for token in tokens):
-        for token in _LONG_TOKEN.finditer(text):
-            for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
-                runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
-    if sum(1 for token in tokens if len(token) == 2) >= 12:
+    for token in _LONG_TOKEN.finditer(text):
+        for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
+            runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
+    if len(_HEX_PAIR.findall(text)) >= 12:
         runs += [(match, True) for match in _HEX.finditer(text) if " " in match.group()]
     return runs
-
-
-def _single_letters(text: str) -> int:
-    return sum(1 for token in text.split() if len(token) == 1)
 
 
 def _decode(raw: str, hex_form: bool) -> str | None:
@@ -103,7 +106,7 @@ class InjectionDetector:
             # Hiding the words of an attack is itself a jailbreak technique.
             score = 1.0 - (1.0 - score) * (1.0 - _SMUGGLING_WEIGHT)
             category = C.CATEGORY_JAILBREAK
-        spelled = _SPELLED_OUT.search(text) if _single_letters(text) >= 10 else None
+        spelled = _SPELLED_OUT.search(text) if count_single_characters(text) >= 10 else None
         if spelled is not None:
             score = 1.0 - (1.0 - score) * (1.0 - _SPELLED_WEIGHT)
             category = C.CATEGORY_JAILBREAK

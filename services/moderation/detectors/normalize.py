@@ -66,7 +66,7 @@ def fold(text: str) -> tuple[str, list[int]]:
     are joined. Returns the folded text and a list mapping each folded index to its original index (one
     extra entry at the end for the text's length, so an end offset maps too).
     """
-    spelled_out = sum(1 for token in text.split() if len(token) == 1) >= 6  # cheap test before the regex
+    spelled_out = count_single_characters(text) >= 6  # cheap test before the regex
     if text.isascii() and not (spelled_out and _SPELLED.search(text.lower())):
         return text.lower(), list(range(len(text) + 1))  # the common case: nothing to fold but case
     out: list[str] = []
@@ -109,6 +109,14 @@ def _join_spelled(folded: str, index: list[int]) -> tuple[str, list[int]]:
         "".join(c for c, k in zip(folded, keep, strict=True) if k),
         [i for i, k in zip(index, keep, strict=True) if k],
     )
+
+
+_SINGLE_CHARACTER = re.compile(r"(?<!\S)\S(?!\S)")
+
+
+def count_single_characters(text: str) -> int:
+    """Whitespace-separated pieces of one character ("s a y t h a t" has seven)."""
+    return len(_SINGLE_CHARACTER.findall(text))
 
 
 def count_invisible(text: str) -> int:

@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, permission_pb2
+from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, permission_pb2, tenant_policy_pb2
 from parapet.embedded import EmbeddedNats
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.inference.v1 import message_pb2
@@ -25,11 +25,10 @@ from parapet.kit.errors import Unauthenticated
 from parapet.kit.identity import Principal
 from parapet.kit.testing import running
 from parapet.usage.v1 import money_pb2, token_usage_pb2
-from services.auth.app import APP as AUTH_APP
 from services.gateway.caller import Caller
 from services.gateway.jobs.settings import JobSettings
 from services.gateway.jobs.wiring import register_job_service
-from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for, signing_key_file
+from tests.integration.auth.conftest import PLATFORM, Auth, running_auth, signing_key_file
 
 __all__ = ["signing_key_file"]
 
@@ -191,12 +190,7 @@ def batch_request(key: str, questions: list[str], **metadata: str) -> job_servic
 async def suite(
     database_url: str, nats_url: str, signing_key_file: Path, fresh_nats: EmbeddedNats, tmp_path: Path
 ) -> AsyncIterator[Suite]:
-    settings = auth_settings(database_url, nats_url, signing_key_file)
-    async with (
-        running(AUTH_APP, settings) as (_server, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        auth = Auth(channel, signer_for(signing_key_file), f"127.0.0.1:{port}")
+    async with running_auth(database_url, nats_url, signing_key_file) as auth:
         # The gateway's platform service account (what PARAPET_AUTH_GATEWAY_KEY_FILE bootstraps).
         account = f"gw-{uuid.uuid4().hex[:6]}"
         await auth.new_user(PLATFORM, account, roles=("token-delegator",))
@@ -204,23 +198,9 @@ async def suite(
         key_file = tmp_path / "gateway.key"
         key_file.write_text(service_key + "\n")
         # A tenant whose `member` role may chat, and a member's key.
-        from parapet.auth.v1 import tenant_admin_service_pb2, tenant_policy_pb2
-
         tenant = await auth.new_tenant("jobs")
-        current = await auth.admin.GetTenantPolicy(
-            tenant_admin_service_pb2.GetTenantPolicyRequest(tenant_id=tenant), metadata=auth.operator
-        )
-        policy = tenant_policy_pb2.TenantPolicy()
-        policy.CopyFrom(current.policy)
-        policy.roles.append(
-            tenant_policy_pb2.RoleDefinition(role="member", permissions=[permission_pb2.PERMISSION_CHAT])
-        )
-        await auth.admin.UpdateTenantPolicy(
-            tenant_admin_service_pb2.UpdateTenantPolicyRequest(
-                tenant_id=tenant, policy=policy, expected_version=current.policy.version
-            ),
-            metadata=auth.operator,
-        )
+        member = tenant_policy_pb2.RoleDefinition(role="member", permissions=[permission_pb2.PERMISSION_CHAT])
+        await auth.set_policy(tenant, tenant_policy_pb2.TenantPolicy(roles=[member]))
         suite = Suite(auth, database_url, fresh_nats.url, key_file, tenant)
         suite.key_id, suite.key = await suite.new_member("alice")
         yield suite
