@@ -37,10 +37,14 @@ class RetrievalSettings(ServiceSettings):
     )
     retrieval_pinecone_api_key: str | None = Field(None, description="Pinecone API key.")
     retrieval_hnsw_ef_search: int = Field(
-        100, ge=1, le=1000, description="pgvector `hnsw.ef_search`: candidates per HNSW scan step."
+        800,
+        ge=1,
+        le=1000,
+        description="pgvector `hnsw.ef_search`: candidates per HNSW scan step (800: recall@10 0.96 with a 10% "
+        "group filter over 500k chunks at p99 15 ms; 100: 0.93 at 11.5 ms, docs/benchmarks.md).",
     )
     retrieval_hnsw_max_scan_tuples: int = Field(
-        20_000, ge=1, description="pgvector `hnsw.max_scan_tuples`: bound of a filtered (iterative) scan."
+        100_000, ge=1, description="pgvector `hnsw.max_scan_tuples`: bound of a filtered (iterative) scan."
     )
     retrieval_max_document_bytes: int = Field(
         3 * 1024 * 1024,

@@ -36,9 +36,9 @@ def vector_literal(vector: Sequence[float]) -> str:
 @dataclass(frozen=True)
 class PgVectorOptions:
     #: HNSW candidate list size per scan step; higher = better recall, slower.
-    ef_search: int = 100
+    ef_search: int = 800
     #: Upper bound of tuples an iterative scan visits before it gives up (pgvector's default is 20,000).
-    max_scan_tuples: int = 20_000
+    max_scan_tuples: int = 100_000
 
 
 class PgVectorStore:
