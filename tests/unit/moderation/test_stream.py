@@ -82,7 +82,8 @@ def test_stream_equals_whole_text_screening_for_any_chunking(screener: Screener)
         "Thanks! Reach Jane at jane.roe@mail.example.net or +44 20 7946 0958. Her card 5555 5555 5555 4444 "
         "and IBAN GB82 WEST 1234 5698 7654 32 are on file; server 192.168.10.77 logs in with "
         "postgres://svc:Pa55w0rd!@db.example:5432/app. Set api_key = 'Zk3v9QmX2pL7wR4tY8nB' and AWS secret: "
-        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 next to AKIAIOSFODNN7EXAMPLE at Piroska u. 97, Budapest. " * 3
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 next to AKIAIOSFODNN7EXAMPLE at Piroska u. 97, Budapest. "
+        * 3
     )
     whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
     rng = random.Random(7)
