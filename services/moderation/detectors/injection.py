@@ -21,6 +21,7 @@ from services.moderation.detectors.normalize import (
     count_invisible,
     count_single_characters,
     fold,
+    may_spell_out,
     mixed_script_words,
 )
 
@@ -33,10 +34,24 @@ _SPELLED_WEIGHT = 0.55
 _SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion, not an attack by itself
 
 
-_LONG_TOKEN = re.compile(r"\S{16,}")
+# Long tokens and hex pairs are found after a whitespace character (plus at the text's start): a pattern
+# that begins with a character class lets the regex engine skip ahead to candidates, where a leading
+# look-behind, or none, makes it try every position inside every word (twice the time on prose).
+_LONG_TOKEN_AFTER_SPACE = re.compile(r"\s(\S{16,})")
+_LONG_TOKEN_AT_START = re.compile(r"\S{16,}")
+_HEX_PAIR_AFTER_SPACE = re.compile(r"\s[0-9A-Fa-f]{2}(?!\S)")
+_HEX_PAIR_AT_START = re.compile(r"[0-9A-Fa-f]{2}(?!\S)")
 
 
-_HEX_PAIR = re.compile(r"(?<!\S)[0-9A-Fa-f]{2}(?!\S)")
+def _long_tokens(text: str) -> list[tuple[int, int]]:
+    """Spans of the tokens of 16 or more non-space characters."""
+    spans = [m.span(1) for m in _LONG_TOKEN_AFTER_SPACE.finditer(text)]
+    first = _LONG_TOKEN_AT_START.match(text)
+    return [first.span(), *spans] if first is not None else spans
+
+
+def _hex_pairs(text: str) -> int:
+    return len(_HEX_PAIR_AFTER_SPACE.findall(text)) + (_HEX_PAIR_AT_START.match(text) is not None)
 
 
 def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
@@ -44,10 +59,10 @@ def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
     only when a dozen two-character hex tokens are present (English prose has dozens of two-letter words,
     which made the whole-text hex scan run on every long prompt)."""
     runs: list[tuple[re.Match[str], bool]] = []
-    for token in _LONG_TOKEN.finditer(text):
+    for start, end in _long_tokens(text):
         for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
-            runs += [(match, hex_form) for match in pattern.finditer(text, token.start(), token.end())]
-    if len(_HEX_PAIR.findall(text)) >= 12:
+            runs += [(match, hex_form) for match in pattern.finditer(text, start, end)]
+    if _hex_pairs(text) >= 12:
         runs += [(match, True) for match in _HEX.finditer(text) if " " in match.group()]
     return runs
 
@@ -106,7 +121,8 @@ class InjectionDetector:
             # Hiding the words of an attack is itself a jailbreak technique.
             score = 1.0 - (1.0 - score) * (1.0 - _SMUGGLING_WEIGHT)
             category = C.CATEGORY_JAILBREAK
-        spelled = _SPELLED_OUT.search(text) if count_single_characters(text) >= 10 else None
+        spelled_out = may_spell_out(text) and count_single_characters(text) >= 10
+        spelled = _SPELLED_OUT.search(text) if spelled_out else None
         if spelled is not None:
             score = 1.0 - (1.0 - score) * (1.0 - _SPELLED_WEIGHT)
             category = C.CATEGORY_JAILBREAK

@@ -257,12 +257,22 @@ _STEMS_BY_HEAD: dict[str, tuple[str, ...]] = {}
 for _stem in sorted(set(_CANON.values())):
     _STEMS_BY_HEAD[_stem[:2]] = (*_STEMS_BY_HEAD.get(_stem[:2], ()), _stem)
 _WORD = re.compile(r"\w+")
+# ASCII punctuation to spaces: for ASCII text, splitting the translated text yields exactly the ``\w+``
+# words, at a third of the regex's cost.
+_ASCII_NON_WORD = {i: " " for i in range(128) if not (chr(i).isalnum() or chr(i) == "_")}
+
+
+def words_of(text: str) -> set[str]:
+    r"""The distinct ``\w+`` words of ``text``."""
+    if text.isascii():
+        return set(text.translate(_ASCII_NON_WORD).split())
+    return set(_WORD.findall(text))
 
 
 def anchors_in(text: str) -> set[str]:
     """The anchor stems that start some word of ``text`` (a dictionary walk: far cheaper than one big regex)."""
     present: set[str] = set()
-    for word in set(_WORD.findall(text)):
+    for word in words_of(text):
         for stem in _STEMS_BY_HEAD.get(word[:2], ()):
             if word.startswith(stem):
                 present.add(stem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
 # Zero-width, bidi controls, soft hyphen, word joiners, BOM and the invisible "tag" block: they render as
 # nothing, so "ig\u200bnore" reads as "ignore" to a model but defeats a naive pattern.
@@ -42,6 +43,14 @@ _HOMOGLYPHS = {
 _WORD = re.compile(r"\S+")
 # Six or more letters each followed by one space (or two at word breaks): "s a y t h a t".
 _SPELLED = re.compile(r"(?<!\w)(?:\w {1,2}){5,}\w(?!\w)")
+# Three single characters in a row between spaces: every spelled-out run holds this, and a search for it
+# (led by a literal space) costs a tenth of the full pattern, which most texts then never need.
+_SPELLED_HINT = re.compile(r" \w {1,2}\w {1,2}\w ")
+
+
+def may_spell_out(text: str) -> bool:
+    """False when ``text`` cannot hold letters spelled out one by one; True when it might."""
+    return _SPELLED_HINT.search(text) is not None
 
 
 def is_invisible(char: str) -> bool:
@@ -58,7 +67,7 @@ def _latin_words(text: str) -> list[bool]:
     return flags
 
 
-def fold(text: str) -> tuple[str, list[int]]:
+def fold(text: str) -> tuple[str, Sequence[int]]:
     """Lower-cased text without invisible characters, homoglyphs and compatibility forms folded.
 
     Look-alike letters are mapped only inside words that also hold Latin letters: "ignоre" with a
@@ -66,9 +75,9 @@ def fold(text: str) -> tuple[str, list[int]]:
     are joined. Returns the folded text and a list mapping each folded index to its original index (one
     extra entry at the end for the text's length, so an end offset maps too).
     """
-    spelled_out = count_single_characters(text) >= 6  # cheap test before the regex
-    if text.isascii() and not (spelled_out and _SPELLED.search(text.lower())):
-        return text.lower(), list(range(len(text) + 1))  # the common case: nothing to fold but case
+    if text.isascii() and not (may_spell_out(text) and _SPELLED.search(text.lower())):
+        # The common case: nothing to fold but case, and the identity map (a range: no list to build).
+        return text.lower(), range(len(text) + 1)
     out: list[str] = []
     index: list[int] = []
     latin = _latin_words(text) if not text.isascii() else []
@@ -88,7 +97,7 @@ def fold(text: str) -> tuple[str, list[int]]:
             out.append(piece)
             index.append(position)
     folded = "".join(out)
-    if spelled_out and _SPELLED.search(folded):
+    if may_spell_out(folded) and _SPELLED.search(folded):
         folded, index = _join_spelled(folded, index)
     index.append(len(text))
     return folded, index
@@ -111,12 +120,15 @@ def _join_spelled(folded: str, index: list[int]) -> tuple[str, list[int]]:
     )
 
 
-_SINGLE_CHARACTER = re.compile(r"(?<!\S)\S(?!\S)")
+# A single character after whitespace. Starting the pattern with the whitespace class, not with a
+# "(?<!\S)" look-behind, lets the regex engine skip ahead to candidates: twice as fast on prose.
+_SINGLE_AFTER_SPACE = re.compile(r"\s\S(?!\S)")
 
 
 def count_single_characters(text: str) -> int:
     """Whitespace-separated pieces of one character ("s a y t h a t" has seven)."""
-    return len(_SINGLE_CHARACTER.findall(text))
+    leading = len(text) > 0 and not text[0].isspace() and (len(text) == 1 or text[1].isspace())
+    return len(_SINGLE_AFTER_SPACE.findall(text)) + leading
 
 
 def count_invisible(text: str) -> int:

@@ -7,7 +7,8 @@ import re
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
 
-_CANDIDATE = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)")
+# Starts with a digit class, the boundary check after it, so the regex engine skips ahead to digits.
+_CANDIDATE = re.compile(r"(\d(?<![\w-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)")
 _CONTEXT = context_pattern(("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer", "tin"))
 # Numbers the SSA never issues or that were published as examples (Woolworth's wallet card, ads).
 _NEVER = {"078051120", "219099999", "123456789", "457555462"}

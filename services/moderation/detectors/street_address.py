@@ -114,7 +114,8 @@ class StreetAddressDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: dict[tuple[int, int], Detection] = {}
-        for match in _MILITARY.finditer(text):
+        military = any(word in text for word in _MILITARY_NEEDLES)  # a substring test before the regex
+        for match in _MILITARY.finditer(text) if military else ():
             end = _extend(text, match.end())
             found[(match.start(), end)] = Detection(self.categories[0], match.start(), end, 0.85, self.name)
         if any(word in text for word in _ANNOUNCING):
@@ -135,7 +136,6 @@ class StreetAddressDetector:
         return list(found.values())
 
 
-_PIECE = re.compile(r"[^\s,;:()]+")
 _SUFFIX_WORDS = frozenset(_SUFFIX_EN.lower().split("|")) | frozenset(
     w.replace("\\", "").rstrip(".?") for w in _SUFFIX_BEFORE_NUMBER.split("|")
 )
@@ -158,6 +158,10 @@ _UNIT_WORDS = frozenset(
     ("apt", "apartment", "suite", "ste", "unit", "flat", "room", "floor", "fl", "box", "postfach")
 )
 _MILITARY_WORDS = frozenset(("usns", "usnv", "uss", "uscgc", "fpo", "apo", "dpo", "psc"))
+_MILITARY_NEEDLES = ("USNS", "USNV", "USS", "USCGC", "FPO", "APO", "DPO")  # what _MILITARY must contain
+# Pieces between whitespace and ,;:() by str methods (separators to spaces, then str.split, whose whitespace
+# is the regex engine's \s): a third of the cost of a [^\s,;:()]+ regex.
+_PIECE_SEPARATORS = str.maketrans(",;:()", "     ")
 _BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few words; unit and number follow it
 
 
@@ -169,7 +173,7 @@ def _windows(text: str) -> list[tuple[int, int]]:
     lowered = text.lower()
     hits = {
         word
-        for word in set(_PIECE.findall(lowered))
+        for word in set(lowered.translate(_PIECE_SEPARATORS).split())
         if (bare := word.rstrip(".")) in _SUFFIX_WORDS
         or bare in _PREFIX_WORDS
         or bare in _UNIT_WORDS

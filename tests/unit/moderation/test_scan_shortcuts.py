@@ -1,0 +1,93 @@
+"""The detectors' speed shortcuts find exactly what the plain patterns they replace would find.
+
+Each shortcut (a pattern reordered so the regex engine can skip ahead, a str-method split instead of a
+regex, a cheap necessary-condition test before an expensive pattern) is checked against the plain form
+over random texts drawn from an alphabet rich in the characters the patterns care about (digits, hex
+letters, separators, whitespace of several kinds, non-ASCII letters and punctuation).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from services.moderation.detectors import credit_card, injection, ip_address, ssn, street_address
+from services.moderation.detectors.injection_rules import words_of
+from services.moderation.detectors.normalize import _SPELLED, count_single_characters, may_spell_out
+
+_ALPHABET = list("ab ef AF xyz 0123456789  ..--++//::,,;;(())__=%@#\t\n\u00a0\u2003éßЖ\u2014\u2019\u200b")
+
+
+def _texts(count: int = 3000, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["", " ", "a", "a b", " a", "ab", "1", "12", "ab cd ef 12 34"]
+    for _ in range(count):
+        texts.append("".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 60))))
+    # Spelled-out runs and long tokens, which random draws rarely make.
+    texts += ["s a y  t h a t now", "x s a y t h a t", "AAAAAAAAAAAAAAAA and " + "q" * 20, "Zm9vYmFyYmF6cXV4"]
+    # Matches for the necessary-condition tests below, which random draws never make.
+    texts += ["ship to USS Enterprise today", "FPO AE 09499", "host fe80::1 and 2001:db8:0:0:0:0:2:1"]
+    return texts
+
+
+def _spans(pattern: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in pattern.finditer(text)]
+
+
+@pytest.mark.parametrize(
+    ("fast", "plain"),
+    [
+        (credit_card._CANDIDATE, r"(?<![\w+-])\d(?:[ -]?\d){11,18}(?![\w]|-\d)"),
+        (ssn._CANDIDATE, r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)"),
+        (ip_address._V4, r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)"),
+    ],
+)
+def test_reordered_patterns_match_the_plain_ones(fast: re.Pattern[str], plain: str) -> None:
+    reference = re.compile(plain)
+    digits = random.Random(3)
+    texts = _texts() + [
+        " ".join(str(digits.randint(0, 10 ** digits.randint(1, 19))) for _ in range(6)) for _ in range(500)
+    ]
+    for text in texts:
+        assert _spans(fast, text) == _spans(reference, text), text
+
+
+def test_single_character_count_matches_the_lookaround_pattern() -> None:
+    reference = re.compile(r"(?<!\S)\S(?!\S)")
+    for text in _texts():
+        assert count_single_characters(text) == len(reference.findall(text)), text
+
+
+def test_words_match_the_word_pattern() -> None:
+    for text in _texts():
+        assert words_of(text) == set(re.findall(r"\w+", text)), text
+
+
+def test_long_tokens_and_hex_pairs_match_the_lookaround_patterns() -> None:
+    tokens, pairs = re.compile(r"(?<!\S)\S{16,}"), re.compile(r"(?<!\S)[0-9A-Fa-f]{2}(?!\S)")
+    for text in [*_texts(), "49 67 6e 6f 72 65 20 61 6c 6c 20 70 72 65 76 69 6f 75 73"]:
+        assert injection._long_tokens(text) == _spans(tokens, text), text
+        assert injection._hex_pairs(text) == len(pairs.findall(text)), text
+
+
+def test_piece_split_matches_the_piece_pattern() -> None:
+    for text in _texts():
+        split = text.translate(street_address._PIECE_SEPARATORS).split()
+        assert split == re.findall(r"[^\s,;:()]+", text), text
+
+
+def test_necessary_condition_tests_never_skip_a_match() -> None:
+    matched = {"spelled": 0, "v6": 0, "military": 0}
+    for text in _texts():
+        if _SPELLED.search(text.lower()):
+            matched["spelled"] += 1
+            assert may_spell_out(text), text
+        if ip_address._V6.search(text):
+            matched["v6"] += 1
+            assert ip_address._V6_HINT.search(text), text
+        if street_address._MILITARY.search(text):
+            matched["military"] += 1
+            assert any(needle in text for needle in street_address._MILITARY_NEEDLES), text
+    assert all(matched.values()), matched  # every condition was put to the test
