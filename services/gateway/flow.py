@@ -52,6 +52,7 @@ Event = chat_service_pb2.StreamChatResponse
 _NO_DEADLINE_LEASE = 900.0  # an idempotency key whose run has no deadline is taken over after this
 _DEFAULT_TOP_K = 8
 _CHUNK_TOKENS = 320  # retrieval's chunk size (256 word pieces by default) with margin
+_ANSWER_WAIT = 0.05  # longest wait for moderation to answer the chunk in flight before writing the next
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -607,19 +608,27 @@ class _Output:
 
         pending: list[str] = []  # deltas read from inference, not yet written to moderation
         arrived = asyncio.Event()
+        answered = asyncio.Event()  # moderation answered the chunk in flight (or the screening ended)
         reading = [True]
 
         async def forward() -> None:
-            # Whatever arrived while the previous write was in flight goes as one chunk: a lone delta is
-            # written at once (nothing waits to gather more), and a burst, or a backlog under load, costs
-            # moderation and both hops one message instead of one per delta.
+            # One chunk in flight at a time, and whatever arrived meanwhile goes as the next one: a lone
+            # delta is written at once (nothing waits to gather more), while a burst, or a backlog under
+            # load, costs moderation and both hops one message instead of one per delta. Every gRPC
+            # message costs each side a fifth of a millisecond or more; per delta, a 20-delta burst kept
+            # the caller waiting on moderation for half of Parapet's whole time.
             while reading[0] or pending:
                 await arrived.wait()
                 arrived.clear()
                 if pending:
                     text = "".join(pending)
                     pending.clear()
+                    answered.clear()
                     await screen.write(moderation_service_pb2.ScreenStreamRequest(chunk=text))
+                    # Bounded: a moderation replica from before every chunk was answered (a rolling
+                    # upgrade) answers held-back chunks with nothing; the stream then only slows down.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(answered.wait(), _ANSWER_WAIT)
 
         async def pump() -> None:
             started = time.perf_counter()
@@ -648,6 +657,7 @@ class _Output:
             async for reply in screen:
                 kind = reply.WhichOneof("kind")
                 if kind == "safe_chunk":
+                    answered.set()
                     if reply.safe_chunk:
                         yield self._delta(reply.safe_chunk)
                 elif kind == "finding":
@@ -656,6 +666,7 @@ class _Output:
                 elif reply.summary.decision == finding_pb2.DECISION_BLOCK:
                     self._blocked = True
                     call.cancel()
+            answered.set()  # the screening ended: nothing more will be answered
         except grpc.aio.AioRpcError as error:
             pumping.cancel()
             call.cancel()

@@ -156,8 +156,8 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             if step.blocked:
                 yield self._summary(screener)
                 return
-            if step.released:
-                yield pb.ScreenStreamResponse(safe_chunk=step.released)
+            # Always, even empty: the answer to this chunk, which lets the caller pace its writes.
+            yield pb.ScreenStreamResponse(safe_chunk=step.released)
         step = screener.finish()
         _count(step.findings, "output")
         for finding in step.findings:

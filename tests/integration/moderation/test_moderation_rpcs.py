@@ -201,6 +201,29 @@ async def test_blocked_stream_ends_with_a_typed_notice(suite: Suite) -> None:
     assert "never reveal" not in released and "weather" not in released
 
 
+async def test_every_chunk_is_answered_once_so_a_client_can_keep_one_in_flight(suite: Suite) -> None:
+    """One chunk at a time, each write waiting for its answer: a safe_chunk per chunk (empty while its text
+    is held back), then the rest of the text and the summary after ``end``."""
+    call = suite.stub.ScreenStream(metadata=suite.metadata())
+    await call.write(pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()))
+    answers = []
+    for chunk in ["My card is 4111", " 1111 1111 1111", " and", " that is all."]:
+        await call.write(pb.ScreenStreamRequest(chunk=chunk))
+        answer = await call.read()
+        while answer.WhichOneof("kind") == "finding":  # findings come before the chunk's answer
+            answer = await call.read()
+        assert answer.WhichOneof("kind") == "safe_chunk"
+        answers.append(answer.safe_chunk)
+    assert "" in answers  # the card's first digits were held back: answered, with nothing yet
+    await call.write(pb.ScreenStreamRequest(end=True))
+    rest = []
+    while (reply := await call.read()) is not grpc.aio.EOF:
+        rest.append(reply)
+    assert rest[-1].WhichOneof("kind") == "summary"
+    released = "".join(answers) + "".join(r.safe_chunk for r in rest if r.WhichOneof("kind") == "safe_chunk")
+    assert released == "My card is [REDACTED:CREDIT_CARD] and that is all."
+
+
 async def test_stream_must_start_with_config(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _stream(suite, pb.ScreenStreamRequest(chunk="hello"))

@@ -275,7 +275,9 @@ class ScreenStreamResponse(_message.Message):
     FINDING_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     safe_chunk: _builtins.str
-    """Text that is safe to forward to the caller now, in order, with masked values restored."""
+    """Text that is safe to forward to the caller now, in order, with masked values restored; one per chunk
+    received (empty while that chunk's text is held back), and the rest of the text at the end.
+    """
     @_builtins.property
     def finding(self) -> _finding_pb2.Finding:
         """A finding, sent as soon as it is known (before the text it concerns is released or withheld)."""

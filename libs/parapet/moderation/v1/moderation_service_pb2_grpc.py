@@ -86,7 +86,9 @@ class ModerationServiceServicer:
         """Screens a streamed model output: the first request carries the config, later ones the text chunks as they
         arrive; the server returns safe text as soon as no pattern can still straddle it (a bounded hold-back window,
         linear total work), restores masked values, and ends with a summary. A blocked stream ends with a summary whose
-        decision is DECISION_BLOCK; no further text is released after the block.
+        decision is DECISION_BLOCK; no further text is released after the block. Every chunk is answered, after its
+        findings, by exactly one safe_chunk message (empty while its text is held back) or, when it blocks the stream,
+        by the summary: a client may keep one chunk in flight and send whatever arrives meanwhile as the next chunk.
         Idempotent: yes, because it changes no state; a retried stream must resend every chunk from the start.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
