@@ -60,6 +60,12 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, how long in-flight RPCs and streams may run before they are cancelled. "
         "Shorter than Kubernetes' default 30 s termination grace period so the pod exits cleanly.",
     )
+    shutdown_cleanup_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="After the drain, how long closing the service's resources (relays, workers, connections) "
+        "may take before the process exits without them; what did not finish is logged with its stack.",
+    )
     health_interval_seconds: float = Field(
         1.0, gt=0, description="How often dependencies (database, NATS) are probed for the health service."
     )

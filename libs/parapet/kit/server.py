@@ -256,12 +256,46 @@ async def serve(app: ServiceApp[Any]) -> None:
         await stop_requested.wait()
         log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     finally:
-        await server.stop()
+        await _bounded_stop(server, settings.shutdown_grace_seconds + settings.shutdown_cleanup_seconds)
         if provider is not None:
             provider.shutdown()  # flush spans still buffered for export
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _bounded_stop(server: KitServer[Any], bound: float) -> None:
+    """``server.stop()``, given at most ``bound`` seconds: a shutdown must end the process even when closing
+    a resource waits on something that will never answer (seen once: a gateway whose NATS server died at the
+    same moment never finished closing). What was still running is logged with its stack, then abandoned."""
+    stopping = asyncio.ensure_future(server.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=bound)
+    if done:
+        stopping.result()  # a failure to stop is the caller's to see
+        return
+    stuck = [
+        {"task": task.get_name(), "awaiting": _awaiting(task)}
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task()
+    ]
+    log.error(
+        "shutdown did not finish in time; exiting without it", extra={"bound_seconds": bound, "tasks": stuck}
+    )
+    stopping.cancel()
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits: its coroutine and each one it awaits in turn, outermost first (a task's own
+    stack shows only the outermost frame)."""
+    places: list[str] = []
+    current: Any = task.get_coro()
+    while current is not None and len(places) < 32:
+        frame = getattr(current, "cr_frame", None) or getattr(current, "ag_frame", None)
+        frame = frame or getattr(current, "gi_frame", None)
+        if frame is not None:
+            places.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        current = getattr(current, "cr_await", None) or getattr(current, "ag_await", None)
+    return " -> ".join(places)
 
 
 async def _unless_stopped(starting: Awaitable[T], stop_requested: asyncio.Event) -> T | None:

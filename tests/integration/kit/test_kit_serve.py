@@ -90,3 +90,53 @@ async def test_sigterm_during_startup_ends_the_process(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+HUNG_PROGRAM = """
+import asyncio
+
+from parapet.kit.app import ServiceApp
+from parapet.kit.config import ServiceSettings
+from parapet.kit.server import main
+
+
+async def register(server, resources):
+    async def never_closes() -> None:
+        await asyncio.Event().wait()  # a resource whose close waits on an answer that never comes
+
+    resources.cleanup.push_async_callback(never_closes)
+
+
+main(ServiceApp(name="hung", settings_type=ServiceSettings, register=register, service_names=("test.v1.Hung",)))
+"""
+
+
+async def test_a_shutdown_that_cannot_finish_still_ends_the_process(tmp_path: Path) -> None:
+    """Closing a resource hangs: the process exits once the drain and the cleanup bound are over, and the
+    log says what was stuck."""
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG_PROGRAM)
+    env = {
+        **os.environ,
+        "PARAPET_PORT": "0",
+        "PARAPET_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "PARAPET_SHUTDOWN_CLEANUP_SECONDS": "1",
+        "PARAPET_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert announcement["event"] == "serving"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        stderr = (await proc.stderr.read()).decode()
+        events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+        stuck = [e for e in events if e["event"] == "shutdown did not finish in time; exiting without it"]
+        assert stuck and any("never_closes" in t["awaiting"] for t in stuck[0]["tasks"]), stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
