@@ -13,7 +13,7 @@ policy allows person names, so moderation skips its NER model; (c) retrieval on,
 Regimes: unloaded (zero-latency upstream, one stream at a time, targets interleaved), then open-loop load at
 fixed rates against an upstream that waits 50 ms and then streams 20 chunks 10 ms apart. Knobs (environment):
 ``BENCH_GATEWAY_CALLS`` (unloaded streams per target, default 500), ``BENCH_GATEWAY_SECONDS`` (per rate,
-default 10), ``BENCH_GATEWAY_RATES`` (default 10,20,30,40,50,100,200,300,400), ``BENCH_GATEWAY_LITELLM_WORKERS``
+default 10), ``BENCH_GATEWAY_RATES`` (default 10,20,30,40,50,60,70,80,100,200,300,400), ``BENCH_GATEWAY_LITELLM_WORKERS``
 (default 1,2), ``BENCH_GATEWAY_TARGETS`` (default a,b,b2,c,d).
 """
 
@@ -48,7 +48,10 @@ CALLS = int(os.environ.get("BENCH_GATEWAY_CALLS", "500"))
 WARMUP = 100
 BASELINE_CALLS = 40
 SECONDS = float(os.environ.get("BENCH_GATEWAY_SECONDS", "10"))
-RATES = [float(r) for r in os.environ.get("BENCH_GATEWAY_RATES", "10,20,30,40,50,100,200,300,400").split(",")]
+RATES = [
+    float(r)
+    for r in os.environ.get("BENCH_GATEWAY_RATES", "10,20,30,40,50,60,70,80,100,200,300,400").split(",")
+]
 LITELLM_WORKERS = [int(w) for w in os.environ.get("BENCH_GATEWAY_LITELLM_WORKERS", "1,2").split(",") if w]
 PARAPET_SCENARIOS = (
     ("b", "Parapet, retrieval off", False, TENANT),

@@ -1,7 +1,8 @@
 """The governed chat flow, everything after authentication: the seam the chat RPCs and the job worker share.
 
 ``ChatFlow.stream`` runs authorize → (screen input ∥ reserve budget ∥ retrieve) → infer → screen output while
-streaming (moderation's ScreenStream also restores the caller's masked values) → summary, then settles usage
+streaming (in this process, with moderation's stream screener, which also restores the caller's masked values:
+``output_screening.py``) → summary, then settles usage
 and audits in a tracked task after the summary went out (off the caller's critical path; the server's drain
 waits for it; undeliverable results go to the outbox). ``complete`` is the same flow collected. Errors are the
 kit's typed errors (``parapet.kit.errors``), exactly what a ``Chat`` caller receives as its status.
@@ -10,7 +11,6 @@ kit's typed errors (``parapet.kit.errors``), exactly what a ``Chat`` caller rece
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -31,7 +31,7 @@ from parapet.kit.app import Resources
 from parapet.kit.context import remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
 from parapet.metering.v1 import metering_service_pb2
-from parapet.moderation.v1 import finding_pb2, moderation_service_pb2
+from parapet.moderation.v1 import category_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2
 from services.auth.invalidation import InvalidationListener
 from services.gateway import screening
@@ -40,11 +40,14 @@ from services.gateway.catalog import ModelCatalog
 from services.gateway.delivery import Deliveries
 from services.gateway.errors import is_down, relayed
 from services.gateway.idempotency import IdempotencyStore, request_hash
+from services.gateway.output_screening import OutputScreening
 from services.gateway.peers import Peers
 from services.gateway.policy import TenantPolicies
 from services.gateway.records import Outcome, audit_record, settle_request
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import validate
+from services.moderation.engine import record_findings
+from services.moderation.stream import StreamScreener, StreamStep
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,6 @@ Event = chat_service_pb2.StreamChatResponse
 _NO_DEADLINE_LEASE = 900.0  # an idempotency key whose run has no deadline is taken over after this
 _DEFAULT_TOP_K = 8
 _CHUNK_TOKENS = 320  # retrieval's chunk size (256 word pieces by default) with margin
-_ANSWER_WAIT = 0.05  # longest wait for moderation to answer the chunk in flight before writing the next
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -84,6 +86,7 @@ class _Run:
     prompt_tokens: int = 0
     model: str = ""
     delivered: bool = False  # a text delta went out
+    policy: tenant_policy_pb2.TenantPolicy | None = None  # the tenant's, once read
     degraded: set[str] = field(default_factory=set)  # dependencies the chat went on without
 
 
@@ -136,6 +139,7 @@ class ChatFlow:
         self._timeout = settings.gateway_downstream_timeout_seconds
         self.policies = TenantPolicies(peers, settings)
         self.catalog = ModelCatalog(peers, settings)
+        self._output_screening = OutputScreening()
         # Called with a tenant id when auth announces a change of that tenant, and with nothing when changes
         # may have been missed; authentication adds its cache here too.
         self.on_tenant_change: list[Any] = [self.policies.invalidate_tenant, self.catalog.invalidate_tenant]
@@ -379,7 +383,7 @@ class ChatFlow:
         """Everything before the model call; returns its request, the screened input, and the events to send
         before the first delta (citations, then notices)."""
         caller, request = run.caller, run.request
-        policy = await self.policies.policy(caller)
+        policy = run.policy = await self.policies.policy(caller)
         run.outcome.retention = policy.retention
         run.model = request.model or policy.models.default_model
         max_tokens, capped = self._max_tokens(request, policy)
@@ -482,7 +486,11 @@ class ChatFlow:
         output = _Output(run)
         try:
             if screened.screened:
-                async for event in output.screened(self, call, screened.masking_context):
+                assert run.policy is not None
+                screener = self._output_screening.stream(
+                    run.caller.tenant_id, run.policy, screened.masked_values
+                )
+                async for event in output.screened(screener, call):
                     yield event
             else:
                 async for event in output.unscreened(call):
@@ -594,102 +602,41 @@ class _Output:
             raise relay
         self._error = relay
 
-    async def screened(self, flow: ChatFlow, call: Any, masking_context: bytes) -> AsyncIterator[Event]:
-        run = self._run
-        screen = flow.peers.moderation.stub.ScreenStream(metadata=flow.metadata(run))
-        await screen.write(
-            moderation_service_pb2.ScreenStreamRequest(
-                config=moderation_service_pb2.ScreenStreamConfig(
-                    request_id=run.request_id, masking_context=masking_context
-                )
-            )
-        )
-        inference_error: list[grpc.aio.AioRpcError] = []
-
-        pending: list[str] = []  # deltas read from inference, not yet written to moderation
-        arrived = asyncio.Event()
-        answered = asyncio.Event()  # moderation answered the chunk in flight (or the screening ended)
-        reading = [True]
-
-        async def forward() -> None:
-            # One chunk in flight at a time, and whatever arrived meanwhile goes as the next one: a lone
-            # delta is written at once (nothing waits to gather more), while a burst, or a backlog under
-            # load, costs moderation and both hops one message instead of one per delta. Every gRPC
-            # message costs each side a fifth of a millisecond or more; per delta, a 20-delta burst kept
-            # the caller waiting on moderation for half of Parapet's whole time.
-            while reading[0] or pending:
-                await arrived.wait()
-                arrived.clear()
-                if pending:
-                    text = "".join(pending)
-                    pending.clear()
-                    answered.clear()
-                    await screen.write(moderation_service_pb2.ScreenStreamRequest(chunk=text))
-                    # Bounded: a moderation replica from before every chunk was answered (a rolling
-                    # upgrade) answers held-back chunks with nothing; the stream then only slows down.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(answered.wait(), _ANSWER_WAIT)
-
-        async def pump() -> None:
-            started = time.perf_counter()
-            writer = asyncio.ensure_future(forward())
-            try:
-                async for message in call:
-                    text = self._received(message)
-                    if text is not None:
-                        pending.append(text)
-                        arrived.set()
-            except grpc.aio.AioRpcError as error:
-                inference_error.append(error)
-            except BaseException:
-                writer.cancel()
-                raise
-            finally:
-                run.provider_wait = time.perf_counter() - started
-                reading[0] = False
-                arrived.set()
-                await asyncio.gather(writer, return_exceptions=True)
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await screen.done_writing()
-
-        pumping = asyncio.ensure_future(pump())
+    async def screened(self, screener: StreamScreener, call: Any) -> AsyncIterator[Event]:
+        """The answer screened in this process as it streams (output_screening.py says why here): each
+        delta goes through the stream screener, what it releases goes to the caller at once, and a
+        blocking finding stops the provider's stream."""
+        started = time.perf_counter()
         try:
-            async for reply in screen:
-                kind = reply.WhichOneof("kind")
-                if kind == "safe_chunk":
-                    answered.set()
-                    if reply.safe_chunk:
-                        yield self._delta(reply.safe_chunk)
-                elif kind == "finding":
-                    if reply.finding.action != 1:  # ACTION_ALLOW is never recorded
-                        self._output_findings[(reply.finding.category, reply.finding.action)] += 1
-                elif reply.summary.decision == finding_pb2.DECISION_BLOCK:
+            async for message in call:
+                text = self._received(message)
+                if text is None:
+                    continue
+                step = screener.feed(text)
+                released = self._screened_step(step)
+                if released:
+                    yield self._delta(released)
+                if step.blocked:
                     self._blocked = True
                     call.cancel()
-            answered.set()  # the screening ended: nothing more will be answered
+                    return
         except grpc.aio.AioRpcError as error:
-            pumping.cancel()
-            call.cancel()
-            if error.code() == grpc.StatusCode.CANCELLED:
-                raise asyncio.CancelledError from None
-            if not run.delivered:
-                raise Unavailable(
-                    "Content screening failed while the answer streamed; please retry.",
-                    reason="MODERATION_UNAVAILABLE",
-                    retry_after=1.0,
-                ) from None
-            self._error = Unavailable(
-                "Content screening failed while the answer streamed; the answer is incomplete.",
-                reason="MODERATION_UNAVAILABLE",
-                retry_after=1.0,
-            )
-        except BaseException:
-            pumping.cancel()
-            screen.cancel()
-            raise
-        await asyncio.gather(pumping, return_exceptions=True)
-        if inference_error and not self._blocked:
-            self._fail(inference_error[0])
+            if not self._blocked:
+                self._fail(error)
+        finally:
+            self._run.provider_wait = time.perf_counter() - started
+        step = screener.finish()  # the held-back end of the answer (or of what came before an error)
+        released = self._screened_step(step)
+        if released:
+            yield self._delta(released)
+        self._blocked = self._blocked or step.blocked
+
+    def _screened_step(self, step: StreamStep) -> str:
+        record_findings(step.findings, "output")
+        for finding in step.findings:
+            if finding.action != category_pb2.ACTION_ALLOW:
+                self._output_findings[(finding.category, finding.action)] += 1
+        return step.released
 
     async def finish(self) -> AsyncIterator[Event]:
         run = self._run

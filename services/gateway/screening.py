@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc.aio
@@ -35,7 +35,7 @@ class InputBlocked(PermissionDenied):
 @dataclass(frozen=True)
 class ScreenedInput:
     texts: tuple[str, ...]  # what may leave for the provider, in message order
-    masking_context: bytes
+    masked_values: Mapping[str, str]  # placeholder -> original value, restored in the answer; memory only
     screened: bool  # False: moderation was down and the tenant allows unscreened answers
     findings: tuple[finding_pb2.Finding, ...] = ()
 
@@ -80,7 +80,7 @@ async def screen_input(
     try:
         reply = await peers.moderation.stub.ScreenInput(
             moderation_service_pb2.ScreenInputRequest(
-                texts=[m.content for m in messages], request_id=request_id
+                texts=[m.content for m in messages], request_id=request_id, return_masked_values=True
             ),
             metadata=caller.auth_metadata(),
             timeout=timeout,
@@ -96,7 +96,7 @@ async def screen_input(
                 reason="MODERATION_UNAVAILABLE",
                 retry_after=1.0,
             ) from None
-        return ScreenedInput(tuple(m.content for m in messages), b"", screened=False)
+        return ScreenedInput(tuple(m.content for m in messages), {}, screened=False)
     if reply.decision == finding_pb2.DECISION_BLOCK:
         raise InputBlocked(reply.findings)
-    return ScreenedInput(tuple(reply.sanitized_texts), reply.masking_context, True, tuple(reply.findings))
+    return ScreenedInput(tuple(reply.sanitized_texts), dict(reply.masked_values), True, tuple(reply.findings))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from parapet.kit import metrics
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
@@ -119,3 +121,10 @@ def apply_policy(
     pieces.append(text[cursor:])
     decision = decide(applied)
     return Screened(decision, "" if decision == finding_pb2.DECISION_BLOCK else "".join(pieces), applied)
+
+
+def record_findings(findings: Iterable[finding_pb2.Finding], stage: str) -> None:
+    """Findings by category and action (enum value names: a bounded set), once each, when they are final."""
+    tally = Counter((f.category, f.action) for f in findings)
+    for (category, action), count in tally.items():
+        metrics.record_moderation_finding(C.Category.Name(category), C.Action.Name(action), stage, count)

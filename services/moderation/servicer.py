@@ -8,23 +8,20 @@ and the event loop stays free for streams); pattern-only screening runs inline, 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc.aio
 
-from parapet.kit import metrics
 from parapet.kit.context import require_principal
 from parapet.kit.errors import InvalidArgument
 from parapet.moderation.v1 import (
-    category_pb2,
     finding_pb2,
     moderation_service_pb2,
     moderation_service_pb2_grpc,
 )
-from services.moderation.engine import Screened, to_finding
+from services.moderation.engine import Screened, record_findings, to_finding
 from services.moderation.masking import ContextSealer, MaskingVault
 from services.moderation.policy_source import PolicySource
 from services.moderation.screener import Screener
@@ -32,15 +29,6 @@ from services.moderation.stream import StreamScreener
 
 T = TypeVar("T")
 pb = moderation_service_pb2
-
-
-def _count(findings: Iterable[finding_pb2.Finding], stage: str) -> None:
-    """Findings by category and action (enum value names: a bounded set), once each, when they are final."""
-    tally = Counter((f.category, f.action) for f in findings)
-    for (category, action), count in tally.items():
-        metrics.record_moderation_finding(
-            category_pb2.Category.Name(category), category_pb2.Action.Name(action), stage, count
-        )
 
 
 class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
@@ -85,7 +73,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
 
         results = await self._run(screen)
         findings = [f for index, r in enumerate(results) for f in r.findings(index)]
-        _count(findings, "input")
+        record_findings(findings, "input")
         blocked = any(r.decision == finding_pb2.DECISION_BLOCK for r in results)
         if blocked:
             return pb.ScreenInputResponse(decision=finding_pb2.DECISION_BLOCK, findings=findings)
@@ -95,6 +83,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             sanitized_texts=[r.text for r in results],
             findings=findings,
             masking_context=self._sealer.seal(vault, tenant),
+            masked_values=vault.values if request.return_masked_values else {},
         )
 
     async def ScreenOutput(
@@ -106,7 +95,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         policy = await self._policies.policy(tenant)
         screened = self._screener.screen_output(request.text, policy, request.protected_texts)
         findings = screened.findings()
-        _count(findings, "output")
+        record_findings(findings, "output")
         text = "" if screened.decision == finding_pb2.DECISION_BLOCK else vault.restore(screened.text)[0]
         return pb.ScreenOutputResponse(decision=screened.decision, text=text, findings=findings)  # type: ignore[arg-type]
 
@@ -150,7 +139,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
                 )
             self._check_length("chunk", screener.received_chars + len(message.chunk))
             step = screener.feed(message.chunk)
-            _count(step.findings, "output")
+            record_findings(step.findings, "output")
             for finding in step.findings:
                 yield pb.ScreenStreamResponse(finding=finding)
             if step.blocked:
@@ -159,7 +148,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             # Always, even empty: the answer to this chunk, which lets the caller pace its writes.
             yield pb.ScreenStreamResponse(safe_chunk=step.released)
         step = screener.finish()
-        _count(step.findings, "output")
+        record_findings(step.findings, "output")
         for finding in step.findings:
             yield pb.ScreenStreamResponse(finding=finding)
         if step.released:

@@ -126,6 +126,14 @@ def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
                 **prices,
             },
             {
+                # An answer holding a card number and a term tenants may block: output screening's test case.
+                "name": "leaky",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini;reply=Sure:+the+card+4111+1111+1111+1111+is+on+file+for+Project+Falcon.",
+                **limits,
+                **prices,
+            },
+            {
                 "name": "local",
                 "provider": "local",
                 "context_window_tokens": 32000,

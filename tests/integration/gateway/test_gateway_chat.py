@@ -8,8 +8,10 @@ from typing import Any
 import grpc
 import pytest
 
+from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import generation_pb2, message_pb2
+from parapet.moderation.v1 import category_pb2
 from tests.integration.gateway.conftest import MODULE, Suite, question
 
 pytestmark = MODULE
@@ -84,6 +86,36 @@ async def test_pii_is_masked_before_the_provider_and_restored_for_the_caller(sui
     assert answer.text == "You said: Write to jane.doe@example.com today"
     (notice,) = answer.notices(chat_pb2.NOTICE_TYPE_MODERATION_ACTION)
     assert notice.count == 1 and "jane" not in notice.message
+
+
+async def test_the_answer_is_screened_as_it_streams(suite: Suite) -> None:
+    """A card number the model wrote (not one the caller sent) never reaches the caller: masked on output
+    means redacted, since nobody could unmask it, and the notice counts it."""
+    tenant = await suite.tenant()
+    answer = await suite.stream(tenant, question("What is on file?", model="leaky"))
+    assert answer.error is None, answer.error
+    assert answer.text == "Sure: the card [REDACTED:CREDIT_CARD] is on file for Project Falcon."
+    (notice,) = answer.notices(chat_pb2.NOTICE_TYPE_MODERATION_ACTION)
+    assert notice.category == category_pb2.CATEGORY_PII_CREDIT_CARD and notice.count == 1
+    assert answer.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
+
+
+async def test_a_blocked_term_in_the_answer_ends_the_stream_with_a_content_filter(suite: Suite) -> None:
+    tenant = await suite.tenant(
+        tenant_policy_pb2.TenantPolicy(
+            moderation=tenant_policy_pb2.ModerationPolicy(blocked_terms=["falcon"])
+        )
+    )
+    answer = await suite.stream(tenant, question("What is on file?", model="leaky"))
+    assert answer.error is None, answer.error
+    assert "Falcon" not in answer.text and "4111" not in answer.text
+    assert answer.summary.finish_reason == generation_pb2.FINISH_REASON_CONTENT_FILTER
+    (notice,) = [
+        n
+        for n in answer.notices(chat_pb2.NOTICE_TYPE_MODERATION_ACTION)
+        if n.category == category_pb2.CATEGORY_BLOCKED_TERM
+    ]
+    assert notice.action == category_pb2.ACTION_BLOCK
 
 
 async def test_an_injection_is_blocked_before_anything_is_spent(suite: Suite) -> None:

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from parapet.moderation.v1 import finding_pb2 as parapet_dot_moderation_dot_v1_dot_finding__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.parapet/moderation/v1/moderation_service.proto\x12\x15parapet.moderation.v1\x1a#parapet/moderation/v1/finding.proto\"P\n\x12ScreenInputRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fmasking_context\x18\x03 \x01(\x0c\"\xac\x01\n\x13ScreenInputResponse\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x17\n\x0fsanitized_texts\x18\x02 \x03(\t\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\x12\x17\n\x0fmasking_context\x18\x04 \x01(\x0c\"i\n\x13ScreenOutputRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fmasking_context\x18\x03 \x01(\x0c\x12\x17\n\x0fprotected_texts\x18\x04 \x03(\t\"\x89\x01\n\x14ScreenOutputResponse\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\"Z\n\x12ScreenStreamConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fmasking_context\x18\x02 \x01(\x0c\x12\x17\n\x0fprotected_texts\x18\x03 \x03(\t\"z\n\x13ScreenStreamRequest\x12;\n\x06\x63onfig\x18\x01 \x01(\x0b\x32).parapet.moderation.v1.ScreenStreamConfigH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\tH\x00\x12\r\n\x03\x65nd\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\xaa\x01\n\x13ScreenStreamSummary\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\x12\x16\n\x0ereceived_chars\x18\x03 \x01(\x03\x12\x16\n\x0ereleased_chars\x18\x04 \x01(\x03\"\xa6\x01\n\x14ScreenStreamResponse\x12\x14\n\nsafe_chunk\x18\x01 \x01(\tH\x00\x12\x31\n\x07\x66inding\x18\x02 \x01(\x0b\x32\x1e.parapet.moderation.v1.FindingH\x00\x12=\n\x07summary\x18\x03 \x01(\x0b\x32*.parapet.moderation.v1.ScreenStreamSummaryH\x00\x42\x06\n\x04kind\"6\n\rUnmaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fmasking_context\x18\x02 \x01(\x0c\"6\n\x0eUnmaskResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0erestored_count\x18\x02 \x01(\x05\x32\xba\x03\n\x11ModerationService\x12i\n\x0bScreenInput\x12).parapet.moderation.v1.ScreenInputRequest\x1a*.parapet.moderation.v1.ScreenInputResponse\"\x03\x90\x02\x01\x12l\n\x0cScreenOutput\x12*.parapet.moderation.v1.ScreenOutputRequest\x1a+.parapet.moderation.v1.ScreenOutputResponse\"\x03\x90\x02\x01\x12p\n\x0cScreenStream\x12*.parapet.moderation.v1.ScreenStreamRequest\x1a+.parapet.moderation.v1.ScreenStreamResponse\"\x03\x90\x02\x01(\x01\x30\x01\x12Z\n\x06Unmask\x12$.parapet.moderation.v1.UnmaskRequest\x1a%.parapet.moderation.v1.UnmaskResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.parapet/moderation/v1/moderation_service.proto\x12\x15parapet.moderation.v1\x1a#parapet/moderation/v1/finding.proto\"n\n\x12ScreenInputRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fmasking_context\x18\x03 \x01(\x0c\x12\x1c\n\x14return_masked_values\x18\x04 \x01(\x08\"\xb6\x02\n\x13ScreenInputResponse\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x17\n\x0fsanitized_texts\x18\x02 \x03(\t\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\x12\x17\n\x0fmasking_context\x18\x04 \x01(\x0c\x12S\n\rmasked_values\x18\x05 \x03(\x0b\x32<.parapet.moderation.v1.ScreenInputResponse.MaskedValuesEntry\x1a\x33\n\x11MaskedValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x13ScreenOutputRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fmasking_context\x18\x03 \x01(\x0c\x12\x17\n\x0fprotected_texts\x18\x04 \x03(\t\"\x89\x01\n\x14ScreenOutputResponse\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\"Z\n\x12ScreenStreamConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fmasking_context\x18\x02 \x01(\x0c\x12\x17\n\x0fprotected_texts\x18\x03 \x03(\t\"z\n\x13ScreenStreamRequest\x12;\n\x06\x63onfig\x18\x01 \x01(\x0b\x32).parapet.moderation.v1.ScreenStreamConfigH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\tH\x00\x12\r\n\x03\x65nd\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\xaa\x01\n\x13ScreenStreamSummary\x12\x31\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1f.parapet.moderation.v1.Decision\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.parapet.moderation.v1.Finding\x12\x16\n\x0ereceived_chars\x18\x03 \x01(\x03\x12\x16\n\x0ereleased_chars\x18\x04 \x01(\x03\"\xa6\x01\n\x14ScreenStreamResponse\x12\x14\n\nsafe_chunk\x18\x01 \x01(\tH\x00\x12\x31\n\x07\x66inding\x18\x02 \x01(\x0b\x32\x1e.parapet.moderation.v1.FindingH\x00\x12=\n\x07summary\x18\x03 \x01(\x0b\x32*.parapet.moderation.v1.ScreenStreamSummaryH\x00\x42\x06\n\x04kind\"6\n\rUnmaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fmasking_context\x18\x02 \x01(\x0c\"6\n\x0eUnmaskResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0erestored_count\x18\x02 \x01(\x05\x32\xba\x03\n\x11ModerationService\x12i\n\x0bScreenInput\x12).parapet.moderation.v1.ScreenInputRequest\x1a*.parapet.moderation.v1.ScreenInputResponse\"\x03\x90\x02\x01\x12l\n\x0cScreenOutput\x12*.parapet.moderation.v1.ScreenOutputRequest\x1a+.parapet.moderation.v1.ScreenOutputResponse\"\x03\x90\x02\x01\x12p\n\x0cScreenStream\x12*.parapet.moderation.v1.ScreenStreamRequest\x1a+.parapet.moderation.v1.ScreenStreamResponse\"\x03\x90\x02\x01(\x01\x30\x01\x12Z\n\x06Unmask\x12$.parapet.moderation.v1.UnmaskRequest\x1a%.parapet.moderation.v1.UnmaskResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parapet.moderation.v1.moderation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SCREENINPUTRESPONSE_MASKEDVALUESENTRY']._loaded_options = None
+  _globals['_SCREENINPUTRESPONSE_MASKEDVALUESENTRY']._serialized_options = b'8\001'
   _globals['_MODERATIONSERVICE'].methods_by_name['ScreenInput']._loaded_options = None
   _globals['_MODERATIONSERVICE'].methods_by_name['ScreenInput']._serialized_options = b'\220\002\001'
   _globals['_MODERATIONSERVICE'].methods_by_name['ScreenOutput']._loaded_options = None
@@ -41,25 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODERATIONSERVICE'].methods_by_name['Unmask']._loaded_options = None
   _globals['_MODERATIONSERVICE'].methods_by_name['Unmask']._serialized_options = b'\220\002\001'
   _globals['_SCREENINPUTREQUEST']._serialized_start=110
-  _globals['_SCREENINPUTREQUEST']._serialized_end=190
-  _globals['_SCREENINPUTRESPONSE']._serialized_start=193
-  _globals['_SCREENINPUTRESPONSE']._serialized_end=365
-  _globals['_SCREENOUTPUTREQUEST']._serialized_start=367
-  _globals['_SCREENOUTPUTREQUEST']._serialized_end=472
-  _globals['_SCREENOUTPUTRESPONSE']._serialized_start=475
-  _globals['_SCREENOUTPUTRESPONSE']._serialized_end=612
-  _globals['_SCREENSTREAMCONFIG']._serialized_start=614
-  _globals['_SCREENSTREAMCONFIG']._serialized_end=704
-  _globals['_SCREENSTREAMREQUEST']._serialized_start=706
-  _globals['_SCREENSTREAMREQUEST']._serialized_end=828
-  _globals['_SCREENSTREAMSUMMARY']._serialized_start=831
-  _globals['_SCREENSTREAMSUMMARY']._serialized_end=1001
-  _globals['_SCREENSTREAMRESPONSE']._serialized_start=1004
-  _globals['_SCREENSTREAMRESPONSE']._serialized_end=1170
-  _globals['_UNMASKREQUEST']._serialized_start=1172
-  _globals['_UNMASKREQUEST']._serialized_end=1226
-  _globals['_UNMASKRESPONSE']._serialized_start=1228
-  _globals['_UNMASKRESPONSE']._serialized_end=1282
-  _globals['_MODERATIONSERVICE']._serialized_start=1285
-  _globals['_MODERATIONSERVICE']._serialized_end=1727
+  _globals['_SCREENINPUTREQUEST']._serialized_end=220
+  _globals['_SCREENINPUTRESPONSE']._serialized_start=223
+  _globals['_SCREENINPUTRESPONSE']._serialized_end=533
+  _globals['_SCREENINPUTRESPONSE_MASKEDVALUESENTRY']._serialized_start=482
+  _globals['_SCREENINPUTRESPONSE_MASKEDVALUESENTRY']._serialized_end=533
+  _globals['_SCREENOUTPUTREQUEST']._serialized_start=535
+  _globals['_SCREENOUTPUTREQUEST']._serialized_end=640
+  _globals['_SCREENOUTPUTRESPONSE']._serialized_start=643
+  _globals['_SCREENOUTPUTRESPONSE']._serialized_end=780
+  _globals['_SCREENSTREAMCONFIG']._serialized_start=782
+  _globals['_SCREENSTREAMCONFIG']._serialized_end=872
+  _globals['_SCREENSTREAMREQUEST']._serialized_start=874
+  _globals['_SCREENSTREAMREQUEST']._serialized_end=996
+  _globals['_SCREENSTREAMSUMMARY']._serialized_start=999
+  _globals['_SCREENSTREAMSUMMARY']._serialized_end=1169
+  _globals['_SCREENSTREAMRESPONSE']._serialized_start=1172
+  _globals['_SCREENSTREAMRESPONSE']._serialized_end=1338
+  _globals['_UNMASKREQUEST']._serialized_start=1340
+  _globals['_UNMASKREQUEST']._serialized_end=1394
+  _globals['_UNMASKRESPONSE']._serialized_start=1396
+  _globals['_UNMASKRESPONSE']._serialized_end=1450
+  _globals['_MODERATIONSERVICE']._serialized_start=1453
+  _globals['_MODERATIONSERVICE']._serialized_end=1895
 # @@protoc_insertion_point(module_scope)

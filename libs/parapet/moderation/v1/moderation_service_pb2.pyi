@@ -28,10 +28,15 @@ class ScreenInputRequest(_message.Message):
     TEXTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MASKING_CONTEXT_FIELD_NUMBER: _builtins.int
+    RETURN_MASKED_VALUES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Gateway request identifier, for logs and traces."""
     masking_context: _builtins.bytes
     """Masking context of earlier turns of the same conversation, so a value keeps its placeholder; empty for none."""
+    return_masked_values: _builtins.bool
+    """Also return the placeholders' values in clear (masked_values), for a caller inside Parapet that restores them
+    itself: the gateway, which screens the streamed answer in its own process.
+    """
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Texts to screen, screened independently (for example each user message). Placeholders are numbered across
@@ -44,10 +49,11 @@ class ScreenInputRequest(_message.Message):
         texts: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         masking_context: _builtins.bytes = ...,
+        return_masked_values: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["masking_context", b"masking_context", "request_id", b"request_id", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["masking_context", b"masking_context", "request_id", b"request_id", "return_masked_values", b"return_masked_values", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -59,10 +65,31 @@ class ScreenInputResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MaskedValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DECISION_FIELD_NUMBER: _builtins.int
     SANITIZED_TEXTS_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
     MASKING_CONTEXT_FIELD_NUMBER: _builtins.int
+    MASKED_VALUES_FIELD_NUMBER: _builtins.int
     decision: _finding_pb2.Decision.ValueType
     """Overall decision; the input must not be sent anywhere when it is DECISION_BLOCK."""
     masking_context: _builtins.bytes
@@ -77,6 +104,12 @@ class ScreenInputResponse(_message.Message):
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_finding_pb2.Finding]:
         """Every finding that was not allowed outright."""
 
+    @_builtins.property
+    def masked_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Placeholder to original value, only when the request set return_masked_values; the same rules as for
+        masking_context apply: memory only, for this request, never logged or persisted.
+        """
+
     def __init__(
         self,
         *,
@@ -84,10 +117,11 @@ class ScreenInputResponse(_message.Message):
         sanitized_texts: _abc.Iterable[_builtins.str] | None = ...,
         findings: _abc.Iterable[_finding_pb2.Finding] | None = ...,
         masking_context: _builtins.bytes = ...,
+        masked_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "masking_context", b"masking_context", "sanitized_texts", b"sanitized_texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "masked_values", b"masked_values", "masking_context", b"masking_context", "sanitized_texts", b"sanitized_texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

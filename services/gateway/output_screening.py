@@ -1,0 +1,47 @@
+"""Screening the streamed answer inside the gateway, with moderation's own stream screener.
+
+The answer's screening used to be a ScreenStream call to moderation: every delta crossed two more gRPC
+hops, and each message costs each side a fifth of a millisecond or more of interpreter time, while the
+screening itself costs a tenth of that per chunk. Output screening needs no model (the NER model screens
+prompts only), so the gateway runs the same code moderation runs (`services.moderation.stream`, the
+pattern, secret, leak and tenant-term detectors, the tenant's moderation policy) in its own process:
+about a sixth less CPU per chat across the suite, and the hops off the critical path of every delta.
+Input screening stays a call to moderation (it needs the NER model, and it fails closed when moderation
+is down); its reply carries the masked values so that the placeholders in the answer are restored here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from parapet.auth.v1 import tenant_policy_pb2
+from services.moderation.masking import MaskingVault
+from services.moderation.policy import Policy
+from services.moderation.screener import Screener
+from services.moderation.stream import StreamScreener
+
+_MAX_POLICIES = 10_000  # bounded memory; a cleared cache costs one conversion per tenant
+
+
+class OutputScreening:
+    """Stream screeners for answers, one per chat; detectors and converted policies are shared."""
+
+    def __init__(self) -> None:
+        self._screener = Screener(ner=False)
+        self._policies: dict[tuple[str, int], Policy] = {}
+
+    def stream(
+        self, tenant_id: str, policy: tenant_policy_pb2.TenantPolicy, masked_values: Mapping[str, str]
+    ) -> StreamScreener:
+        moderation = self._policy(tenant_id, policy)
+        detectors = self._screener.output_detectors(moderation, ())
+        return StreamScreener(detectors, moderation, MaskingVault(masked_values))
+
+    def _policy(self, tenant_id: str, policy: tenant_policy_pb2.TenantPolicy) -> Policy:
+        key = (tenant_id, policy.version)
+        found = self._policies.get(key)
+        if found is None:
+            if len(self._policies) >= _MAX_POLICIES:
+                self._policies.clear()
+            found = self._policies[key] = Policy.from_proto(policy.moderation, policy.version)
+        return found
