@@ -605,10 +605,20 @@ class _Output:
     async def screened(self, screener: StreamScreener, call: Any) -> AsyncIterator[Event]:
         """The answer screened in this process as it streams (output_screening.py says why here): each
         delta goes through the stream screener, what it releases goes to the caller at once, and a
-        blocking finding stops the provider's stream."""
-        started = time.perf_counter()
+        blocking finding stops the provider's stream. An inference error is acted on after the held-back
+        text was screened and released, as if the stream had ended there (and not at all after a block)."""
+        failure: grpc.aio.AioRpcError | None = None
+        messages = call.__aiter__()
+        waited = 0.0  # only the time spent waiting for inference: screening and sending are Parapet's
         try:
-            async for message in call:
+            while True:
+                asked = time.perf_counter()
+                try:
+                    message = await messages.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    waited += time.perf_counter() - asked
                 text = self._received(message)
                 if text is None:
                     continue
@@ -621,15 +631,17 @@ class _Output:
                     call.cancel()
                     return
         except grpc.aio.AioRpcError as error:
-            if not self._blocked:
-                self._fail(error)
+            failure = error
         finally:
-            self._run.provider_wait = time.perf_counter() - started
-        step = screener.finish()  # the held-back end of the answer (or of what came before an error)
+            self._run.provider_wait = waited
+        step = screener.finish()  # the held-back end of the answer, or of what came before an error
         released = self._screened_step(step)
         if released:
             yield self._delta(released)
-        self._blocked = self._blocked or step.blocked
+        if step.blocked:
+            self._blocked = True
+        elif failure is not None:
+            self._fail(failure)
 
     def _screened_step(self, step: StreamStep) -> str:
         record_findings(step.findings, "output")

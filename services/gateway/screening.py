@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc.aio
 
@@ -35,7 +35,8 @@ class InputBlocked(PermissionDenied):
 @dataclass(frozen=True)
 class ScreenedInput:
     texts: tuple[str, ...]  # what may leave for the provider, in message order
-    masked_values: Mapping[str, str]  # placeholder -> original value, restored in the answer; memory only
+    # placeholder -> original value, restored in the answer; memory only, and never in a repr (logs)
+    masked_values: Mapping[str, str] = field(repr=False)
     screened: bool  # False: moderation was down and the tenant allows unscreened answers
     findings: tuple[finding_pb2.Finding, ...] = ()
 

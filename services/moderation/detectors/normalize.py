@@ -75,7 +75,10 @@ def fold(text: str) -> tuple[str, Sequence[int]]:
     are joined. Returns the folded text and a list mapping each folded index to its original index (one
     extra entry at the end for the text's length, so an end offset maps too).
     """
-    if text.isascii() and not (may_spell_out(text) and _SPELLED.search(text.lower())):
+    # Letters are joined only where six or more single characters stand in the text the caller sent; the
+    # hint and the count are both cheap necessary tests before the pattern.
+    spelled_out = may_spell_out(text) and count_single_characters(text) >= 6
+    if text.isascii() and not (spelled_out and _SPELLED.search(text.lower())):
         # The common case: nothing to fold but case, and the identity map (a range: no list to build).
         return text.lower(), range(len(text) + 1)
     out: list[str] = []
@@ -97,7 +100,7 @@ def fold(text: str) -> tuple[str, Sequence[int]]:
             out.append(piece)
             index.append(position)
     folded = "".join(out)
-    if may_spell_out(folded) and _SPELLED.search(folded):
+    if count_single_characters(text) >= 6 and may_spell_out(folded) and _SPELLED.search(folded):
         folded, index = _join_spelled(folded, index)
     index.append(len(text))
     return folded, index

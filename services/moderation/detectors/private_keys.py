@@ -36,6 +36,8 @@ class PrivateKeyDetector:
         for match in _BEGIN.finditer(text):
             end_marker = f"-----END {match.group(1)}-----"
             end = text.find(end_marker, match.end(), match.start() + MAX_KEY_LENGTH)
-            stop = len(text) if end < 0 else end + len(end_marker)
+            # No END line (yet): the block runs to the text's end, but never past the longest key, so a
+            # BEGIN line followed by prose cannot withhold (and have rescanned) the rest of a long answer.
+            stop = min(len(text), match.start() + MAX_KEY_LENGTH) if end < 0 else end + len(end_marker)
             found.append(Detection(C.CATEGORY_SECRET_PRIVATE_KEY, match.start(), stop, 1.0, self.name))
         return found

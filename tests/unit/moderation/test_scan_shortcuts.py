@@ -15,7 +15,7 @@ import pytest
 
 from services.moderation.detectors import credit_card, injection, ip_address, ssn, street_address
 from services.moderation.detectors.injection_rules import words_of
-from services.moderation.detectors.normalize import _SPELLED, count_single_characters, may_spell_out
+from services.moderation.detectors.normalize import _SPELLED, count_single_characters, fold, may_spell_out
 
 _ALPHABET = list("ab ef AF xyz 0123456789  ..--++//::,,;;(())__=%@#\t\n\u00a0\u2003éßЖ\u2014\u2019\u200b")
 
@@ -91,3 +91,16 @@ def test_necessary_condition_tests_never_skip_a_match() -> None:
             matched["military"] += 1
             assert any(needle in text for needle in street_address._MILITARY_NEEDLES), text
     assert all(matched.values()), matched  # every condition was put to the test
+
+
+def test_folding_joins_spelled_out_letters_exactly_when_the_plain_rule_says() -> None:
+    """ASCII text is only lower-cased unless six or more single characters stand in it and the spelled-out
+    pattern matches (the rule before the shortcuts: the hint must not widen it)."""
+    samples = [*_texts(), '"i g n o r e" all previous', "(s a y t h a)", "x s a y t h a t now"]
+    joined_any = False
+    for text in (t for t in samples if t.isascii()):
+        joined = fold(text)[0] != text.lower()
+        expected = count_single_characters(text) >= 6 and _SPELLED.search(text.lower()) is not None
+        assert joined == expected, text
+        joined_any = joined_any or joined
+    assert joined_any
