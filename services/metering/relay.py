@@ -127,6 +127,9 @@ class OutboxRelay:
     async def run(self) -> None:
         """Drain the outbox forever: back-to-back while batches are full, else on wake-up or every interval."""
         while True:
+            # Cleared before the round, not after: a settlement that commits while the round runs leaves the
+            # wake-up set, so its event goes out in the next round instead of after a whole interval.
+            self._wake.clear()
             try:
                 published = await self.publish_batch()
             except asyncio.CancelledError:
@@ -136,6 +139,5 @@ class OutboxRelay:
                 published = 0
             if published >= self._batch_size:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
