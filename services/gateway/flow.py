@@ -439,7 +439,8 @@ class ChatFlow:
             notices.append(
                 _notice(
                     chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED,
-                    "Content screening was unavailable; this answer was not screened.",
+                    "Content screening was unavailable; your message reached the model unscreened "
+                    "(the answer was still screened).",
                 )
             )
         notices.extend(
@@ -484,17 +485,13 @@ class ChatFlow:
         run.outcome.inference_started = True
         call = self._peers.inference.stub.StreamComplete(inference_request, metadata=self.metadata(run))
         output = _Output(run)
+        # The answer is always screened, here in the gateway: even when moderation was down and the tenant
+        # let the question go unscreened, its own detectors and terms still apply to what comes back.
+        assert run.policy is not None
+        screener = self._output_screening.stream(run.caller.tenant_id, run.policy, screened.masked_values)
         try:
-            if screened.screened:
-                assert run.policy is not None
-                screener = self._output_screening.stream(
-                    run.caller.tenant_id, run.policy, screened.masked_values
-                )
-                async for event in output.screened(screener, call):
-                    yield event
-            else:
-                async for event in output.unscreened(call):
-                    yield event
+            async for event in output.screened(screener, call):
+                yield event
         finally:
             call.cancel()  # a no-op once it finished; on cancellation this stops the provider call
             if run.outcome.summary is None:
@@ -574,18 +571,6 @@ class _Output:
             return message.text_delta.text
         self._run.outcome.summary = message.summary
         return None
-
-    async def unscreened(self, call: Any) -> AsyncIterator[Event]:
-        started = time.perf_counter()
-        try:
-            async for message in call:
-                text = self._received(message)
-                if text is not None:
-                    yield self._delta(text)
-        except grpc.aio.AioRpcError as error:
-            self._fail(error)
-        finally:
-            self._run.provider_wait = time.perf_counter() - started
 
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() == grpc.StatusCode.CANCELLED:

@@ -37,7 +37,7 @@ class ScreenedInput:
     texts: tuple[str, ...]  # what may leave for the provider, in message order
     # placeholder -> original value, restored in the answer; memory only, and never in a repr (logs)
     masked_values: Mapping[str, str] = field(repr=False)
-    screened: bool  # False: moderation was down and the tenant allows unscreened answers
+    screened: bool  # False: moderation was down and the tenant allows unscreened questions
     findings: tuple[finding_pb2.Finding, ...] = ()
 
 

@@ -47,11 +47,15 @@ async def test_moderation_down_fails_closed_unless_the_policy_allows(suite: Suit
     async with suite.gateway(moderation_address=dead_address()) as chat:
         refused = await suite.stream(closed, question("screen me", model="gpt"), stub=chat)
         allowed = await suite.stream(open_, question("screen me", model="gpt"), stub=chat)
+        leaky = await suite.stream(open_, question("what is on file?", model="leaky"), stub=chat)
     assert refused.error is not None and refused.error.code == grpc.StatusCode.UNAVAILABLE
     assert refused.error.reason == "MODERATION_UNAVAILABLE"
     assert allowed.error is None, allowed.error
     assert allowed.text == "You said: screen me"
     assert len(allowed.notices(chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED)) == 1
+    # The question went unscreened, the answer did not: output screening runs in the gateway itself.
+    assert leaky.error is None, leaky.error
+    assert "[REDACTED:CREDIT_CARD]" in leaky.text and "4111" not in leaky.text
 
 
 async def test_metering_down_refuses_budgeted_tenants_and_settles_the_others_later(suite: Suite) -> None:

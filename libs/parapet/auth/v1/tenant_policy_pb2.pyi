@@ -171,7 +171,7 @@ class _ModerationDegradationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     MODERATION_DEGRADATION_REFUSE: _ModerationDegradation.ValueType  # 1
     """Refuse with UNAVAILABLE."""
     MODERATION_DEGRADATION_ALLOW_UNSCREENED: _ModerationDegradation.ValueType  # 2
-    """Proceed unscreened and send a MODERATION_DEGRADED notice."""
+    """Send the input unscreened and a MODERATION_DEGRADED notice; the answer is still screened by the gateway."""
 
 class ModerationDegradation(_ModerationDegradation, metaclass=_ModerationDegradationEnumTypeWrapper):
     """What to do when moderation is unavailable."""
@@ -181,7 +181,7 @@ MODERATION_DEGRADATION_UNSPECIFIED: ModerationDegradation.ValueType  # 0
 MODERATION_DEGRADATION_REFUSE: ModerationDegradation.ValueType  # 1
 """Refuse with UNAVAILABLE."""
 MODERATION_DEGRADATION_ALLOW_UNSCREENED: ModerationDegradation.ValueType  # 2
-"""Proceed unscreened and send a MODERATION_DEGRADED notice."""
+"""Send the input unscreened and a MODERATION_DEGRADED notice; the answer is still screened by the gateway."""
 Global___ModerationDegradation: _TypeAlias = ModerationDegradation  # noqa: Y015
 
 class _MeteringDegradation:

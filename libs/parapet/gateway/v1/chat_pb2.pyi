@@ -72,7 +72,7 @@ class _NoticeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeType
     NOTICE_TYPE_RETRIEVAL_DEGRADED: _NoticeType.ValueType  # 4
     """Retrieval was unavailable; the answer has no document context."""
     NOTICE_TYPE_MODERATION_DEGRADED: _NoticeType.ValueType  # 5
-    """Moderation was unavailable and the tenant policy allows proceeding unscreened."""
+    """Moderation was unavailable and the tenant policy allows the input to go unscreened (the answer is still screened)."""
     NOTICE_TYPE_CACHED_ANSWER_SERVED: _NoticeType.ValueType  # 6
     """No provider was available; the answer is a cached answer to a similar question."""
     NOTICE_TYPE_MAX_TOKENS_CAPPED: _NoticeType.ValueType  # 7
@@ -92,7 +92,7 @@ NOTICE_TYPE_FALLBACK_USED: NoticeType.ValueType  # 3
 NOTICE_TYPE_RETRIEVAL_DEGRADED: NoticeType.ValueType  # 4
 """Retrieval was unavailable; the answer has no document context."""
 NOTICE_TYPE_MODERATION_DEGRADED: NoticeType.ValueType  # 5
-"""Moderation was unavailable and the tenant policy allows proceeding unscreened."""
+"""Moderation was unavailable and the tenant policy allows the input to go unscreened (the answer is still screened)."""
 NOTICE_TYPE_CACHED_ANSWER_SERVED: NoticeType.ValueType  # 6
 """No provider was available; the answer is a cached answer to a similar question."""
 NOTICE_TYPE_MAX_TOKENS_CAPPED: NoticeType.ValueType  # 7
