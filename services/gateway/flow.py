@@ -31,7 +31,6 @@ from parapet.kit.app import Resources
 from parapet.kit.context import remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
 from parapet.metering.v1 import metering_service_pb2
-from parapet.moderation.v1 import category_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2
 from services.auth.invalidation import InvalidationListener
 from services.gateway import screening
@@ -488,7 +487,7 @@ class ChatFlow:
         # The answer is always screened, here in the gateway: even when moderation was down and the tenant
         # let the question go unscreened, its own detectors and terms still apply to what comes back.
         assert run.policy is not None
-        screener = self._output_screening.stream(run.caller.tenant_id, run.policy, screened.masked_values)
+        screener = self._output_screening.stream(run.policy, screened.masked_values)
         try:
             async for event in output.screened(screener, call):
                 yield event
@@ -630,9 +629,7 @@ class _Output:
 
     def _screened_step(self, step: StreamStep) -> str:
         record_findings(step.findings, "output")
-        for finding in step.findings:
-            if finding.action != category_pb2.ACTION_ALLOW:
-                self._output_findings[(finding.category, finding.action)] += 1
+        self._output_findings.update(screening.count(step.findings))
         return step.released
 
     async def finish(self) -> AsyncIterator[Event]:

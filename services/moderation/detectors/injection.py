@@ -18,6 +18,7 @@ import re
 from services.moderation.detectors.base import C, Category, Detection
 from services.moderation.detectors.injection_rules import RULES, anchors_in, applicable
 from services.moderation.detectors.normalize import (
+    TokenStart,
     count_invisible,
     count_single_characters,
     fold,
@@ -34,24 +35,8 @@ _SPELLED_WEIGHT = 0.55
 _SMUGGLING_WEIGHT = 0.35  # invisible characters or mixed-script words: evasion, not an attack by itself
 
 
-# Long tokens and hex pairs are found after a whitespace character (plus at the text's start): a pattern
-# that begins with a character class lets the regex engine skip ahead to candidates, where a leading
-# look-behind, or none, makes it try every position inside every word (twice the time on prose).
-_LONG_TOKEN_AFTER_SPACE = re.compile(r"\s(\S{16,})")
-_LONG_TOKEN_AT_START = re.compile(r"\S{16,}")
-_HEX_PAIR_AFTER_SPACE = re.compile(r"\s[0-9A-Fa-f]{2}(?!\S)")
-_HEX_PAIR_AT_START = re.compile(r"[0-9A-Fa-f]{2}(?!\S)")
-
-
-def _long_tokens(text: str) -> list[tuple[int, int]]:
-    """Spans of the tokens of 16 or more non-space characters."""
-    spans = [m.span(1) for m in _LONG_TOKEN_AFTER_SPACE.finditer(text)]
-    first = _LONG_TOKEN_AT_START.match(text)
-    return [first.span(), *spans] if first is not None else spans
-
-
-def _hex_pairs(text: str) -> int:
-    return len(_HEX_PAIR_AFTER_SPACE.findall(text)) + (_HEX_PAIR_AT_START.match(text) is not None)
+_LONG_TOKEN = TokenStart(r"\S{16,}")
+_HEX_PAIR = TokenStart(r"[0-9A-Fa-f]{2}(?!\S)")
 
 
 def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
@@ -59,10 +44,10 @@ def _encoded_runs(text: str) -> list[tuple[re.Match[str], bool]]:
     only when a dozen two-character hex tokens are present (English prose has dozens of two-letter words,
     which made the whole-text hex scan run on every long prompt)."""
     runs: list[tuple[re.Match[str], bool]] = []
-    for start, end in _long_tokens(text):
+    for start, end in _LONG_TOKEN.spans(text):
         for pattern, hex_form in ((_BASE64, False), (_HEX, True)):
             runs += [(match, hex_form) for match in pattern.finditer(text, start, end)]
-    if _hex_pairs(text) >= 12:
+    if _HEX_PAIR.count(text) >= 12:
         runs += [(match, True) for match in _HEX.finditer(text) if " " in match.group()]
     return runs
 

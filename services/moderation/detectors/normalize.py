@@ -123,15 +123,33 @@ def _join_spelled(folded: str, index: list[int]) -> tuple[str, list[int]]:
     )
 
 
-# A single character after whitespace. Starting the pattern with the whitespace class, not with a
-# "(?<!\S)" look-behind, lets the regex engine skip ahead to candidates: twice as fast on prose.
-_SINGLE_AFTER_SPACE = re.compile(r"\s\S(?!\S)")
+class TokenStart:
+    r"""A pattern matched only where a whitespace-separated token starts.
+
+    It is searched after a whitespace character, plus once at the text's start. A pattern that begins with
+    a character class lets the regex engine skip ahead to candidates, where a leading ``(?<!\S)``
+    look-behind, or none, makes it try every position inside every word: about twice as fast on prose.
+    """
+
+    def __init__(self, body: str) -> None:
+        self._after_space = re.compile(rf"\s({body})")
+        self._at_start = re.compile(body)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        spans = [m.span(1) for m in self._after_space.finditer(text)]
+        first = self._at_start.match(text)
+        return [first.span(), *spans] if first is not None else spans
+
+    def count(self, text: str) -> int:
+        return len(self._after_space.findall(text)) + (self._at_start.match(text) is not None)
+
+
+_SINGLE_CHARACTER = TokenStart(r"\S(?!\S)")
 
 
 def count_single_characters(text: str) -> int:
     """Whitespace-separated pieces of one character ("s a y t h a t" has seven)."""
-    leading = len(text) > 0 and not text[0].isspace() and (len(text) == 1 or text[1].isspace())
-    return len(_SINGLE_AFTER_SPACE.findall(text)) + leading
+    return _SINGLE_CHARACTER.count(text)
 
 
 def count_invisible(text: str) -> int:

@@ -8,11 +8,37 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc.aio
 
 from parapet.kit.testing import health_status
+
+
+@asynccontextmanager
+async def _program(
+    tmp_path: Path, source: str, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.StreamReader]]:
+    """``source`` run as a service process on port 0 with ``env`` added; killed if it outlives the test."""
+    script = tmp_path / "program.py"
+    script.write_text(source)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PARAPET_PORT": "0", **env},
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        yield proc, proc.stdout, proc.stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
 
 PROGRAM = """
 from parapet.kit.server import main
@@ -23,20 +49,9 @@ main(generic_app(name="served", service_names=("test.v1.Served",)))
 
 
 async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None:
-    script = tmp_path / "served.py"
-    script.write_text(PROGRAM)
-    env = {
-        **os.environ,
-        "PARAPET_PORT": "0",
-        "PARAPET_SHUTDOWN_GRACE_SECONDS": "3",
-        "PARAPET_LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+    env = {"PARAPET_SHUTDOWN_GRACE_SECONDS": "3", "PARAPET_LOG_FORMAT": "json"}
+    async with _program(tmp_path, PROGRAM, **env) as (proc, stdout, stderr_stream):
+        announcement = json.loads(await asyncio.wait_for(stdout.readline(), 30))
         assert announcement["event"] == "serving" and announcement["service"] == "served"
         port = int(announcement["port"])
         assert port > 0
@@ -47,13 +62,9 @@ async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert time.monotonic() - started < 3  # nothing in flight: no need to wait out the grace
-        stderr = (await proc.stderr.read()).decode()
+        stderr = (await stderr_stream.read()).decode()
         events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
         assert "serving" in events and "shutting down" in events and "stopped" in events
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 NATS_PROGRAM = """
@@ -68,28 +79,16 @@ async def test_sigterm_during_startup_ends_the_process(tmp_path: Path) -> None:
     """Start-up waiting on an unreachable dependency still honours SIGTERM at once."""
     from parapet.embedded import free_port
 
-    script = tmp_path / "stuck.py"
-    script.write_text(NATS_PROGRAM)
     env = {
-        **os.environ,
-        "PARAPET_PORT": "0",
         "PARAPET_NATS_URL": f"nats://127.0.0.1:{free_port()}",
         "PARAPET_NATS_RECONNECT_WAIT_SECONDS": "5",  # start-up would take ~15 s to give up
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        assert proc.stderr is not None
+    async with _program(tmp_path, NATS_PROGRAM, **env) as (proc, _stdout, stderr):
         # Wait until it is trying to connect (its first warning), then ask it to stop.
-        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        line = await asyncio.wait_for(stderr.readline(), 30)
         assert b"nats" in line, line
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 5) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 HUNG_PROGRAM = """
@@ -114,29 +113,17 @@ main(ServiceApp(name="hung", settings_type=ServiceSettings, register=register, s
 async def test_a_shutdown_that_cannot_finish_still_ends_the_process(tmp_path: Path) -> None:
     """Closing a resource hangs: the process exits once the drain and the cleanup bound are over, and the
     log says what was stuck."""
-    script = tmp_path / "hung.py"
-    script.write_text(HUNG_PROGRAM)
     env = {
-        **os.environ,
-        "PARAPET_PORT": "0",
         "PARAPET_SHUTDOWN_GRACE_SECONDS": "0.5",
         "PARAPET_SHUTDOWN_CLEANUP_SECONDS": "1",
         "PARAPET_LOG_FORMAT": "json",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+    async with _program(tmp_path, HUNG_PROGRAM, **env) as (proc, stdout, stderr_stream):
+        announcement = json.loads(await asyncio.wait_for(stdout.readline(), 30))
         assert announcement["event"] == "serving"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-        stderr = (await proc.stderr.read()).decode()
+        stderr = (await stderr_stream.read()).decode()
         events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
         stuck = [e for e in events if e["event"] == "shutdown did not finish in time; exiting without it"]
         assert stuck and any("never_closes" in t["awaiting"] for t in stuck[0]["tasks"]), stderr
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -71,7 +71,7 @@ def _output() -> _Output:
 
 
 async def _screen(output: _Output, policy: tenant_policy_pb2.TenantPolicy, call: BrokenStream) -> str:
-    screener = OutputScreening().stream("acme", policy, {})
+    screener = OutputScreening().stream(policy, {})
     return "".join([e.text_delta.text async for e in output.screened(screener, call)])
 
 

@@ -68,8 +68,8 @@ def test_words_match_the_word_pattern() -> None:
 def test_long_tokens_and_hex_pairs_match_the_lookaround_patterns() -> None:
     tokens, pairs = re.compile(r"(?<!\S)\S{16,}"), re.compile(r"(?<!\S)[0-9A-Fa-f]{2}(?!\S)")
     for text in [*_texts(), "49 67 6e 6f 72 65 20 61 6c 6c 20 70 72 65 76 69 6f 75 73"]:
-        assert injection._long_tokens(text) == _spans(tokens, text), text
-        assert injection._hex_pairs(text) == len(pairs.findall(text)), text
+        assert injection._LONG_TOKEN.spans(text) == _spans(tokens, text), text
+        assert injection._HEX_PAIR.count(text) == len(pairs.findall(text)), text
 
 
 def test_piece_split_matches_the_piece_pattern() -> None:
