@@ -41,7 +41,9 @@ MAIN_SERVICE = {
     "audit": "parapet.audit.v1.AuditService",
     "billing": "parapet.billing.v1.BillingService",
 }
-STARTUP_BOUND = 60.0
+# A hang guard, not a speed claim: a cold start (fresh caches, initdb, models loaded from disk) on a slow,
+# shared two-core machine was seen to take over 60 s while the suite's own start was fine.
+STARTUP_BOUND = 150.0
 # The launcher's own bound (20 s for services) plus NATS and PostgreSQL stops, with room for a slow CI.
 STOP_BOUND = 45.0
 
