@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -40,8 +41,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_service_pb2.StreamCompleteResponse]:
         # Deltas a provider produced while the previous message was being sent go out as one (a burst of
         # buffered chunks otherwise waits on gRPC's per-message cost, chunk by chunk); kit/coalesce.py.
-        async for message in coalesced(self.engine.stream(request), merge_deltas, lead=_LEAD):
-            yield message
+        # Closed here, not left to the garbage collector, when the call ends while a write is awaited.
+        async with contextlib.aclosing(
+            coalesced(self.engine.stream(request), merge_deltas, lead=_LEAD)
+        ) as stream:
+            async for message in stream:
+                yield message
 
     async def Complete(
         self, request: inference_service_pb2.CompleteRequest, context: grpc.aio.ServicerContext

@@ -13,11 +13,14 @@ streaming at its own pace) gets exactly one message per item, as without this.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_LIMIT = 256  # items held before the reader waits for the consumer (the source's own flow control)
 _SLICE = 0.001  # the longest the reader runs without yielding to the event loop, in seconds
@@ -34,9 +37,12 @@ async def coalesced(
 
     ``merge`` gets two or more items, in order, and returns what to yield instead (in order; it must keep every
     item's content). The first ``lead`` items are not read ahead: each is read only once the one before it was
-    consumed (sent), for a consumer whose receiver acts only on a couple of items together. An error of the source is raised after every item that came before it was yielded. Closing
-    this generator (or cancelling its consumer) cancels the reading task and closes the source.
+    consumed (sent), for a consumer whose receiver acts only on a couple of items together. An error of the source
+    (any exception, a ``CancelledError`` of its own included) is raised after every item that came before it was
+    yielded. Closing this generator (or cancelling its consumer) stops the reading task and closes the source.
     """
+    if lead < 0 or limit < 1:
+        raise ValueError(f"coalesced needs lead >= 0 and limit >= 1, got lead={lead}, limit={limit}")
     reader: _Reader[T] = _Reader(source, lead, limit)
     task = asyncio.ensure_future(reader.run())
     try:
@@ -50,13 +56,13 @@ async def coalesced(
             raise reader.failure
     finally:
         if not task.done():
+            reader.stop()
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # our own cancellation, not the reader's
+            # Waited for without raising its outcome: the reader's cancellation is not ours to raise, and a
+            # cancellation of this task while it waits still propagates from here.
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:  # only closing the source can fail here
+            log.warning("closing a coalesced stream's source failed", exc_info=task.exception())
 
 
 class _Reader(Generic[T]):
@@ -72,18 +78,27 @@ class _Reader(Generic[T]):
         self._ended = False
         self._waiting = False  # the consumer is idle, waiting for an item
         self._idle = asyncio.Event()  # set when the consumer comes back for more
+        self._stopping = False  # the consumer is gone: end without reading on
         self.failure: BaseException | None = None
+
+    def stop(self) -> None:
+        """The consumer is gone: every wait of the reader ends, and it reads no further item."""
+        self._stopping = True
+        self._idle.set()
+        self._taken.set()
 
     async def run(self) -> None:
         slice_start = time.perf_counter()
         read = 0
         try:
             async for item in self._source:
+                if self._stopping:  # a source that ignored the cancellation reads no further
+                    return
                 self._items.append(item)
                 self._ready.set()
                 read += 1
                 if read <= self._lead:
-                    while self._items or not self._waiting:  # until it was taken and sent
+                    while (self._items or not self._waiting) and not self._stopping:  # taken and sent
                         self._idle.clear()
                         await self._idle.wait()
                     slice_start = time.perf_counter()
@@ -95,13 +110,17 @@ class _Reader(Generic[T]):
                 if self._waiting or time.perf_counter() - slice_start > _SLICE:
                     await asyncio.sleep(0)
                     slice_start = time.perf_counter()
-                while len(self._items) >= self._limit:
+                while len(self._items) >= self._limit and not self._stopping:
                     self._taken.clear()
                     await self._taken.wait()
                     slice_start = time.perf_counter()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as error:
+            if self._stopping:
+                raise
+            self.failure = error  # the source's own: the consumer raises it, as it would have unread
+        except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as error:  # the consumer raises it, after the items before it
+        except BaseException as error:  # the consumer raises it, after the items before it
             self.failure = error
         finally:
             self._ended = True

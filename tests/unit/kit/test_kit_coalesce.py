@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 
 import pytest
@@ -75,7 +77,15 @@ async def test_a_burst_behind_a_busy_consumer_goes_out_merged_after_the_first_it
 
 async def test_the_first_lead_items_are_not_read_ahead_so_each_goes_out_alone() -> None:
     items = [f"t{i} " for i in range(20)]
-    received = await collect(Source(items), busy=0.01, lead=2)
+    source = Source(items)
+    received: list[str] = []
+    async for item in coalesced(source, join, lead=2):
+        if len(received) < 2:
+            # Nothing was read past this item while it was on its way (a send, here a sleep).
+            await asyncio.sleep(0.01)
+            assert source.produced == len(received) + 1
+        received.append(item)
+        await asyncio.sleep(0.01)
     # After them, as always: the next item finds the consumer idle and goes alone, the rest pile up behind it.
     assert received == ["t0 ", "t1 ", "t2 ", "".join(items[3:])]
 
@@ -105,7 +115,6 @@ async def test_a_consumer_that_stops_early_closes_the_source_and_leaves_no_task(
         break
     await stream.aclose()
     assert source.closed
-    assert source.produced < 1000
     assert asyncio.all_tasks() == before
 
 
@@ -133,7 +142,91 @@ async def test_the_reader_never_runs_more_than_limit_items_ahead_of_a_slow_consu
     ahead: list[int] = []
     async for item in coalesced(source, join, limit=8):
         consumed += len(item)
+        await asyncio.sleep(0.002)  # a slow send, during which the reader runs ahead as far as it may
         ahead.append(source.produced - consumed)
-        await asyncio.sleep(0.001)
     assert consumed == 200
-    assert max(ahead) <= 8
+    assert max(ahead) == 8
+
+
+@pytest.mark.parametrize("error", [asyncio.CancelledError(), KeyError("gone")])
+async def test_a_cancellation_or_any_error_of_the_source_itself_reaches_the_consumer(
+    error: BaseException,
+) -> None:
+    source = Source(["a", "b"], fail=error)  # type: ignore[arg-type]
+    received: list[str] = []
+    with pytest.raises(type(error)):
+        async for item in coalesced(source, join):
+            received.append(item)
+    assert received == ["a", "b"]
+
+
+async def test_a_source_that_fails_during_the_lead_still_delivers_what_came_before() -> None:
+    source = Source(["a"], fail=ValueError("early"))
+    received: list[str] = []
+    with pytest.raises(ValueError, match="early"):
+        async for item in coalesced(source, join, lead=2):
+            received.append(item)
+    assert received == ["a"]
+
+
+async def test_a_source_that_ignores_cancellation_does_not_hold_the_consumer_up() -> None:
+    class Stubborn:
+        def __init__(self) -> None:
+            self.produced = 0
+
+        async def __aiter__(self) -> AsyncIterator[str]:
+            for index in range(10_000):
+                with contextlib.suppress(asyncio.CancelledError):  # swallowed: the reader must still stop
+                    await asyncio.sleep(0)
+                self.produced += 1
+                yield str(index % 10)
+
+    source = Stubborn()
+    stream = coalesced(source, join, limit=2)
+    async for _ in stream:
+        await asyncio.sleep(0.01)  # the reader fills up to its limit meanwhile
+        break
+    before = asyncio.all_tasks()
+    await asyncio.wait_for(stream.aclose(), timeout=5)
+    assert source.produced < 10
+    assert asyncio.all_tasks() <= before
+
+
+async def test_the_source_runs_in_the_consumers_context() -> None:
+    seen: list[str] = []
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+    async def source() -> AsyncIterator[str]:
+        seen.append(variable.get())
+        yield "x"
+
+    variable.set("req-1")
+    assert [item async for item in coalesced(source(), join)] == ["x"]
+    assert seen == ["req-1"]
+
+
+async def test_nonsense_limits_are_refused() -> None:
+    for lead, limit in ((0, 0), (-1, 8)):
+        with pytest.raises(ValueError):
+            await coalesced(Source([]), join, lead=lead, limit=limit).__anext__()
+
+
+async def test_a_consumer_cancelled_outside_the_stream_still_closes_it_on_aclosing() -> None:
+    # The gRPC case: the handler is cancelled while it awaits a write, outside this generator.
+    source = Source([str(i) for i in range(1000)], pause=0.001)
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async with contextlib.aclosing(coalesced(source, join)) as stream:
+            async for _ in stream:
+                started.set()
+                await asyncio.sleep(0.01)  # the write
+
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed
+    assert asyncio.all_tasks() == before
