@@ -50,6 +50,7 @@ INTERNET_USERS = {"inference"}
 GRPC_PORT = 8080
 HEALTH_PORT = 8081
 DEFAULT_DRAIN_SECONDS = 10.0  # ServiceSettings.shutdown_grace_seconds default
+DEFAULT_DELAY_SECONDS = 0.5  # ServiceSettings.shutdown_delay_seconds default
 
 Obj = dict[str, Any]
 
@@ -290,17 +291,19 @@ def test_security_context(overlay: str) -> None:
 
 
 def test_termination_grace_covers_drain(overlay: str) -> None:
-    """terminationGracePeriodSeconds > preStop sleep + the server's drain, or the kubelet kills mid-drain."""
+    """terminationGracePeriodSeconds > preStop sleep + the server's drain (delay and grace), or the kubelet kills
+    mid-drain."""
     objs = render(overlay)
     (config,) = [
         c for c in of_kind(objs, "ConfigMap").values() if c["metadata"]["name"].startswith("parapet-config")
     ]
     shared = float(config["data"].get("PARAPET_SHUTDOWN_GRACE_SECONDS", DEFAULT_DRAIN_SECONDS))
+    delay = float(config["data"].get("PARAPET_SHUTDOWN_DELAY_SECONDS", DEFAULT_DELAY_SECONDS))
     deployments = of_kind(objs, "Deployment")
     for service in SERVICES:
         container = server_container(deployments[service])
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        drain = float(env.get("PARAPET_SHUTDOWN_GRACE_SECONDS") or shared)
+        drain = delay + float(env.get("PARAPET_SHUTDOWN_GRACE_SECONDS") or shared)
         command = container["lifecycle"]["preStop"]["exec"]["command"]
         assert command[0] == "sleep"
         pre_stop = float(command[1])

@@ -54,6 +54,9 @@ class Call:
     code: str  # gRPC status code name, OK on success
     start: float  # time.monotonic()
     end: float
+    detail: str = (
+        ""  # the failure's message (gRPC details or the exception), so a failed run says what happened
+    )
 
 
 @dataclass
@@ -143,10 +146,12 @@ class Load:
         try:
             result = await call()
         except grpc.aio.AioRpcError as error:
-            self.ledger.calls.append(Call(method, error.code().name, start, time.monotonic()))
+            self.ledger.calls.append(
+                Call(method, error.code().name, start, time.monotonic(), error.details() or "")
+            )
             return None
         except Exception as error:  # a NATS publish that got no ack: a failure like any other
-            self.ledger.calls.append(Call(method, type(error).__name__, start, time.monotonic()))
+            self.ledger.calls.append(Call(method, type(error).__name__, start, time.monotonic(), str(error)))
             return None
         self.ledger.calls.append(Call(method, "OK", start, time.monotonic()))
         return result

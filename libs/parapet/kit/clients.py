@@ -23,6 +23,7 @@ from parapet.kit import rpc_tracing, telemetry
 from parapet.kit.config import ServiceSettings
 from parapet.kit.context import remaining_time, request_id_var, token_var
 from parapet.kit.descriptors import safe_to_repeat_paths
+from parapet.kit.health import ACCEPTING
 
 # Time kept back from the remaining deadline for the response to travel back and be handled.
 DEADLINE_MARGIN_SECONDS = 0.01
@@ -38,7 +39,8 @@ _RETRY_POLICY: dict[str, Any] = {
 
 
 def service_config(retryable: Iterable[str]) -> dict[str, Any]:
-    """The channel's gRPC service config: round-robin, fail fast, and retries for ``retryable`` only.
+    """The channel's gRPC service config: round-robin over the replicas that take calls, fail fast, and
+    retries for ``retryable`` only.
 
     gRPC retries a call the server answered UNAVAILABLE even after the handler's side effects, so only
     methods the contract marks safe to repeat (NO_SIDE_EFFECTS or IDEMPOTENT) get a retry policy; the
@@ -56,6 +58,9 @@ def service_config(retryable: Iterable[str]) -> dict[str, Any]:
         # Spread calls over every address the target resolves to (a headless Kubernetes Service behind a
         # `dns:///` target lists every pod); the default pick_first would pin a client to one replica.
         "loadBalancingConfig": [{"round_robin": {}}],
+        # Only over replicas that take calls: a draining one says so on this health name at once, and gets no
+        # new call before it stops (kit/health.py). A server without the health service counts as healthy.
+        "healthCheckConfig": {"serviceName": ACCEPTING},
         "methodConfig": method_configs,
     }
 

@@ -60,6 +60,15 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, how long in-flight RPCs and streams may run before they are cancelled. "
         "Shorter than Kubernetes' default 30 s termination grace period so the pod exits cleanly.",
     )
+    shutdown_delay_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="On SIGTERM, how long a replica that clients balance over keeps taking calls after it "
+        "turned NOT_SERVING, before it refuses new ones: the kit's channels watch its health and move new calls "
+        "to other replicas within milliseconds, so none reaches it as it stops. Skipped when no channel "
+        "watches it.",
+    )
     shutdown_cleanup_seconds: float = Field(
         10.0,
         gt=0,

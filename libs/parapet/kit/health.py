@@ -5,6 +5,12 @@ every ``interval`` seconds, each probe bounded by ``timeout``, and sets the over
 every service name of the ``grpc.health.v1`` servicer: SERVING when all probes pass, NOT_SERVING as soon
 as one fails. So a load balancer or kubelet stops sending work within about ``interval + timeout`` of a
 dependency going away, and resumes as soon as it is back.
+
+One more name, :data:`ACCEPTING`, follows only the drain: SERVING from the start until the server begins to
+shut down, whatever the dependencies say. The kit's channels health-check it (``clients.service_config``), so
+a draining replica gets no new calls from them before it refuses calls. It ignores dependency probes on
+purpose: when every replica's database is down, a caller should still reach a replica and get its typed
+error, not a channel with no healthy address.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ Probe = Callable[[], Awaitable[bool]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+ACCEPTING = "parapet.accepting"
+"""The health name that is SERVING until the drain starts, and that client-side load balancing watches."""
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -37,15 +45,24 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
     def __init__(self, service_names: Iterable[str]) -> None:
         self._status = dict.fromkeys(("", *service_names), NOT_SERVING)
+        self._status[ACCEPTING] = SERVING
         self._changed = asyncio.Condition()
         self._draining = False
+        self._balancers = 0  # open Watch streams of ACCEPTING: clients that balance over this replica
+
+    @property
+    def balancers(self) -> int:
+        """How many Watch streams of :data:`ACCEPTING` are open now."""
+        return self._balancers
 
     async def set_all(self, status: int) -> None:
+        """Every name but :data:`ACCEPTING` (which follows only the drain) to ``status``."""
         async with self._changed:
             if self._draining:
                 return
             for name in self._status:
-                self._status[name] = status
+                if name != ACCEPTING:
+                    self._status[name] = status
             self._changed.notify_all()
 
     async def drain(self) -> None:
@@ -64,6 +81,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        balancer = request.service == ACCEPTING
+        self._balancers += balancer
+        try:
+            await self._watch(request, context)
+        finally:
+            self._balancers -= balancer
+
+    async def _watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
         last: int | None = None
         while True:
             status = self._status.get(request.service, SERVICE_UNKNOWN)

@@ -3,8 +3,9 @@
 ``create_server`` opens the service's resources (database and migrations, NATS and streams), builds a
 grpc.aio server with the interceptors, health and reflection, lets the service register its servicers
 and binds; ``serve`` adds settings from the environment, logging, tracing and signal handling.
-Shutdown order matters: health NOT_SERVING first (load balancers stop sending), then
-``server.stop(grace)`` (new calls refused, in-flight calls and streams finish within the grace), then the
+Shutdown order matters: health NOT_SERVING first (load balancers stop sending), a short delay while channels
+that balance over this replica move their new calls elsewhere, then ``server.stop(grace)`` (new calls
+refused, in-flight calls and streams finish within the grace), then the
 service's cleanups, then the bus and the database, which in-flight calls may still have needed.
 """
 
@@ -78,9 +79,14 @@ class KitServer(Generic[SettingsT]):
         if self._stopped:
             return
         self._stopped = True
-        grace = self.resources.settings.shutdown_grace_seconds if grace is None else grace
+        settings = self.resources.settings
+        grace = settings.shutdown_grace_seconds if grace is None else grace
         try:
             await self.health.drain()
+            if self.health.servicer.balancers:
+                # A call that reaches grpc's server as it stops, before the handler took it, is cancelled
+                # (the caller sees CANCELLED, not retryable): so new calls must stop coming first.
+                await asyncio.sleep(settings.shutdown_delay_seconds)
             await self.server.stop(grace)
         finally:
             if self._health_server is not None:
@@ -256,7 +262,12 @@ async def serve(app: ServiceApp[Any]) -> None:
         await stop_requested.wait()
         log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     finally:
-        await _bounded_stop(server, settings.shutdown_grace_seconds + settings.shutdown_cleanup_seconds)
+        await _bounded_stop(
+            server,
+            settings.shutdown_delay_seconds
+            + settings.shutdown_grace_seconds
+            + settings.shutdown_cleanup_seconds,
+        )
         if provider is not None:
             provider.shutdown()  # flush spans still buffered for export
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,6 +1,10 @@
-"""The kit channel retries UNAVAILABLE (3 attempts) and nothing else, and balances over replicas."""
+"""The kit channel retries UNAVAILABLE (3 attempts) and nothing else, and balances over the replicas that
+take calls."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import grpc
 import grpc.aio
@@ -8,6 +12,7 @@ import pytest
 
 from parapet.kit import clients
 from parapet.kit.errors import FailedPrecondition, Unavailable, error_details
+from parapet.kit.server import create_server
 from parapet.kit.testing import (
     StringValue,
     TestKeys,
@@ -104,3 +109,68 @@ def test_retryable_set_follows_the_contracts_idempotency() -> None:
     assert "/parapet.metering.v1.MeteringService/GetUsage" in safe  # read-only
     assert "/parapet.inference.v1.InferenceService/Complete" not in safe  # every call costs a model call
     assert "/parapet.auth.v1.TenantAdminService/CreateApiKey" not in safe  # would mint a second key
+
+
+async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKeys) -> None:
+    """The kit's channels health-check each replica: one that starts to drain turns NOT_SERVING on
+    ``parapet.accepting``, the channels send their new calls elsewhere, and only then does the replica refuse
+    calls. A call that reached grpc's server in the instant it stopped was cancelled (CANCELLED, which the
+    caller cannot tell from its own cancellation, and which nothing retries), seen under load in tests/scale."""
+    served: list[tuple[str, float]] = []
+    both_serve = asyncio.Event()
+
+    def replica(name: str) -> grpc.GenericRpcHandler:
+        async def who(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+            served.append((name, time.monotonic()))
+            if len({name for name, _ in served}) == 2:
+                both_serve.set()
+            return StringValue(value=name)
+
+        return string_service(SERVICE, unary={"Call": who})
+
+    settings = fast_settings(shutdown_delay_seconds=0.5)
+    app_a = generic_app(replica("a"), keys=keys, service_names=(SERVICE,))
+    app_b = generic_app(replica("b"), keys=keys, service_names=(SERVICE,))
+    async with running(app_b, settings) as (_, port_b):
+        server_a, port_a = await create_server(app_a, settings)
+        await server_a.start()
+        channel = clients.channel(f"ipv4:127.0.0.1:{port_a},127.0.0.1:{port_b}")
+        call = unary_caller(channel, f"/{SERVICE}/Call")
+        stopping = asyncio.Event()
+        failures: list[grpc.StatusCode] = []
+
+        async def caller() -> None:
+            calls_after_stop = 0
+            while calls_after_stop < 50:
+                try:
+                    await call(StringValue(value="x"), metadata=keys.metadata(), timeout=5)
+                except grpc.aio.AioRpcError as error:
+                    failures.append(error.code())
+                calls_after_stop += stopping.is_set()
+
+        try:
+            await channel.channel_ready()
+            callers = [asyncio.create_task(caller()) for _ in range(4)]
+            await asyncio.wait_for(both_serve.wait(), 5)  # both replicas take calls
+            began = time.monotonic()
+            stopping.set()
+            await server_a.stop(1.0)
+            stopped = time.monotonic()
+            await asyncio.gather(*callers)
+        finally:
+            await channel.close()
+    assert failures == []
+    assert stopped - began >= 0.5  # the delay ran: channels were watching
+    # New calls left the replica as soon as it turned NOT_SERVING, long before it stopped taking them.
+    late = [at - began for name, at in served if name == "a" and at > began + 0.2]
+    assert late == [], late
+    assert sum(1 for name, at in served if name == "b" and at > began) >= 150  # the rest went to b
+
+
+async def test_a_replica_no_channel_watches_stops_without_the_delay(keys: TestKeys) -> None:
+    app = generic_app(string_service(SERVICE, unary={}), keys=keys, service_names=(SERVICE,))
+    server, _ = await create_server(app, fast_settings(shutdown_delay_seconds=5.0))
+    await server.start()
+    began = time.monotonic()
+    await server.stop(1.0)
+    assert time.monotonic() - began < 2.0
