@@ -54,7 +54,7 @@ class Outcome:
     prompt_raw: list[message_pb2.Message] = field(default_factory=list)
     prompt_sent: list[str] = field(default_factory=list)
     response_sent: list[str] = field(default_factory=list)  # as the caller received it
-    response_received: list[str] = field(default_factory=list)  # as the provider produced it
+    response_received: list[str] = field(default_factory=list)  # as inference sent it (pieces may be merged)
     duration: float = 0.0
     time_to_first_token: float | None = None
 

@@ -1,8 +1,9 @@
 """A completion from request to summary: prompt, cache, routing, attempts with retries, breakers and fallback.
 
-Deltas are yielded the moment a provider produces them (never coalesced). Until the first delta has gone out,
-any failure is invisible to the caller: the attempt is retried (retryable failures only, with backoff, within
-the deadline) and then the next model of the chain is tried. After it, a failure ends the stream with a summary
+Deltas are yielded the moment a provider produces them (the servicer sends those that piled up behind a slow
+send as one message: ``parapet.kit.coalesce``). Until the first delta has gone out, any failure is invisible to
+the caller: the attempt is retried (retryable failures only, with backoff, within the deadline) and then the
+next model of the chain is tried. After it, a failure ends the stream with a summary
 (FINISH_REASON_ERROR, the usage so far) and a typed UNAVAILABLE ``STREAM_INTERRUPTED``.
 """
 

@@ -28,6 +28,20 @@ MODELS = [
         "output_price_per_million": "0.60",
     },
     {
+        "name": "gpt-paced",
+        "provider": "openai",
+        "upstream_model": "gpt-4o-mini;chunk_delay=0.02",
+        "input_price_per_million": "0.15",
+        "output_price_per_million": "0.60",
+    },
+    {
+        "name": "claude-paced",
+        "provider": "anthropic",
+        "upstream_model": "claude-3-5-haiku;chunk_delay=0.02",
+        "input_price_per_million": "0.80",
+        "output_price_per_million": "4.00",
+    },
+    {
         "name": "claude",
         "provider": "anthropic",
         "upstream_model": "claude-3-5-haiku",
@@ -62,8 +76,11 @@ async def test_streams_every_delta_with_provider_reported_usage_and_exact_cost(
         for model, input_price, output_price in (("gpt", 15, 60), ("claude", 80, 400)):
             outcome = await inference.stream("Where is the Eiffel tower?", model=model)
             assert outcome.error is None
-            # One delta per upstream chunk, in order, nothing coalesced.
-            assert outcome.deltas == ["You", " said:", " Where", " is", " the", " Eiffel", " tower?"]
+            # The emulator sends every chunk at once: the first two go out one by one, later ones that piled
+            # up behind a send may be merged (kit/coalesce.py; tests/unit/kit/test_kit_coalesce.py), in order,
+            # nothing lost.
+            assert outcome.text == "You said: Where is the Eiffel tower?"
+            assert outcome.deltas[:2] == ["You", " said:"]
             summary = outcome.summary
             assert summary.finish_reason == generation_pb2.FINISH_REASON_STOP
             prompt, completion = _expected_usage(upstream, outcome.text)
@@ -80,6 +97,16 @@ async def test_streams_every_delta_with_provider_reported_usage_and_exact_cost(
         # OpenAI was asked for usage in the stream.
         openai_request = upstream.requests_for("gpt-4o-mini")[-1]
         assert openai_request.body["stream_options"] == {"include_usage": True}
+
+
+async def test_a_provider_streaming_at_its_own_pace_gets_one_delta_per_chunk(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    async with start_inference(upstream_config(upstream, MODELS)) as inference:
+        for model in ("gpt-paced", "claude-paced"):
+            outcome = await inference.stream("Where is the Eiffel tower?", model=model)
+            assert outcome.error is None
+            assert outcome.deltas == ["You", " said:", " Where", " is", " the", " Eiffel", " tower?"]
 
 
 async def test_usage_is_counted_offline_and_marked_estimated_when_the_provider_reports_none(

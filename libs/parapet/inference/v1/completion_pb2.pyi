@@ -65,7 +65,9 @@ class TextDelta(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Text to append to the output, exactly as the provider produced it (never coalesced)."""
+    """Text to append to the output, as the provider produced it; neighbouring pieces that were ready together
+    may come as one delta (content and order unchanged).
+    """
     def __init__(
         self,
         *,

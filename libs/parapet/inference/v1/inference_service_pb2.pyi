@@ -118,7 +118,9 @@ class StreamCompleteResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def text_delta(self) -> _completion_pb2.TextDelta:
-        """The next piece of output text, forwarded as the provider produced it."""
+        """The next piece of output text, forwarded as the provider produced it (pieces that were ready together
+        may come as one delta).
+        """
 
     @_builtins.property
     def summary(self) -> _completion_pb2.CompletionSummary:
