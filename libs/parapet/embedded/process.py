@@ -1,35 +1,35 @@
 """Child processes that die with their parent and stop within a bound."""
 
 import contextlib
-import ctypes
+import logging
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1
-# Resolved once, in the parent: between fork and exec a child of a threaded process (gRPC runs threads)
-# may only do async-signal-safe work, and loading a library is not.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+log = logging.getLogger(__name__)
+
+# The parent-death signal is armed by util-linux's ``setpriv`` in the child, after exec, not by Python code run
+# between fork and exec: a child of a threaded process (gRPC runs threads) may only do async-signal-safe work
+# there, and a pre-exec hook also runs Python's and gRPC's after-fork handlers in the child. Seen: the child of
+# a test process whose gRPC server and channels were busy died of SIGSEGV before it could exec nats-server.
+# Without a pre-exec hook, subprocess forks (or vforks) and execs in C only. Not covered: a parent that dies in
+# the instant between the fork and setpriv's prctl (the old hook checked getppid for it; setpriv cannot).
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
-def _die_with_parent_of(parent_pid: int) -> Callable[[], None] | None:
-    """A pre-exec hook: the kernel sends SIGTERM to the child when ``parent_pid`` dies, even by SIGKILL."""
-    if _PRCTL is None:
-        return None
-    prctl = _PRCTL
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        # The parent may have died between fork and prctl, before the death signal was armed.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return hook
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that the kernel sends it SIGTERM when the spawning thread's process dies, even by
+    SIGKILL; as is where ``setpriv`` is missing (not Linux), with a warning."""
+    if _SETPRIV is None:
+        log.warning("setpriv not found: children will not die with their parent", extra={"argv0": argv[0]})
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
 
 
 def as_user(user: str | None) -> dict[str, Any]:
@@ -55,22 +55,20 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own process group, output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns the handle for its lifetime
-    preexec = _die_with_parent_of(os.getpid()) if die_with_parent else None
+    output = open(log_path, "ab")  # noqa: SIM115 - the child owns the handle for its lifetime
     try:
         return subprocess.Popen(
-            list(argv),
-            stdout=log,
+            _dying_with_parent(argv) if die_with_parent else list(argv),
+            stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             **as_user(user),
             cwd=cwd,
-            preexec_fn=preexec,
             start_new_session=True,
         )
     finally:
-        log.close()
+        output.close()
 
 
 def stop(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
