@@ -1,6 +1,7 @@
 """Child processes that die with their parent and stop within a bound."""
 
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -14,22 +15,33 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+
 # The parent-death signal is armed by util-linux's ``setpriv`` in the child, after exec, not by Python code run
 # between fork and exec: a child of a threaded process (gRPC runs threads) may only do async-signal-safe work
 # there, and a pre-exec hook also runs Python's and gRPC's after-fork handlers in the child. Seen: the child of
 # a test process whose gRPC server and channels were busy died of SIGSEGV before it could exec nats-server.
 # Without a pre-exec hook, subprocess forks (or vforks) and execs in C only. Not covered: a parent that dies in
 # the instant between the fork and setpriv's prctl (the old hook checked getppid for it; setpriv cannot).
-_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's ``setpriv``, if it is here and knows ``--pdeathsig`` (busybox's and old ones do not)."""
+    path = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if path is None:
+        return None
+    probe = subprocess.run([path, "--pdeathsig", "TERM", "--", "true"], capture_output=True, check=False)
+    return path if probe.returncode == 0 else None
 
 
 def _dying_with_parent(argv: Sequence[str]) -> list[str]:
-    """``argv`` run so that the kernel sends it SIGTERM when the spawning thread's process dies, even by
-    SIGKILL; as is where ``setpriv`` is missing (not Linux), with a warning."""
-    if _SETPRIV is None:
-        log.warning("setpriv not found: children will not die with their parent", extra={"argv0": argv[0]})
+    """``argv`` run so that the kernel sends it SIGTERM when the thread that spawned it exits (the process
+    dying, even by SIGKILL, included); as is, with a warning, where no usable ``setpriv`` is found."""
+    setpriv = _setpriv()
+    if setpriv is None:
+        log.warning(
+            "no setpriv --pdeathsig: children will not die with their parent", extra={"argv0": argv[0]}
+        )
         return list(argv)
-    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 def as_user(user: str | None) -> dict[str, Any]:

@@ -38,7 +38,14 @@ _RETRY_POLICY: dict[str, Any] = {
 }
 
 
-def service_config(retryable: Iterable[str]) -> dict[str, Any]:
+def lists_replicas(target: str) -> bool:
+    """Whether ``target`` may resolve to several replicas, each a subchannel of its own: a ``dns:`` name (a
+    headless Service lists every pod) or a list of addresses. A single address (a ClusterIP name a mesh
+    balances behind, ``parapet up``'s one replica) is one subchannel carrying the whole service."""
+    return target.startswith("dns:") or "," in target
+
+
+def service_config(retryable: Iterable[str], *, health_checked: bool = True) -> dict[str, Any]:
     """The channel's gRPC service config: round-robin over the replicas that take calls, fail fast, and
     retries for ``retryable`` only.
 
@@ -54,15 +61,18 @@ def service_config(retryable: Iterable[str]) -> dict[str, Any]:
     if names:
         # The exact method names take precedence over the catch-all default above.
         method_configs.append({"name": names, "waitForReady": False, "retryPolicy": _RETRY_POLICY})
-    return {
+    config: dict[str, Any] = {
         # Spread calls over every address the target resolves to (a headless Kubernetes Service behind a
         # `dns:///` target lists every pod); the default pick_first would pin a client to one replica.
         "loadBalancingConfig": [{"round_robin": {}}],
-        # Only over replicas that take calls: a draining one says so on this health name at once, and gets no
-        # new call before it stops (kit/health.py). A server without the health service counts as healthy.
-        "healthCheckConfig": {"serviceName": ACCEPTING},
         "methodConfig": method_configs,
     }
+    if health_checked:
+        # Only over replicas that take calls: a draining one says so on this health name at once, and gets no
+        # new call before it stops (kit/health.py). A server that answers UNIMPLEMENTED counts as healthy, but
+        # a kit server older than the name answers SERVICE_UNKNOWN and counts as down (docs/deploy.md).
+        config["healthCheckConfig"] = {"serviceName": ACCEPTING}
+    return config
 
 
 def outgoing_timeout(explicit: float | None, default: float | None) -> float | None:
@@ -184,7 +194,9 @@ def channel(
     interceptors = telemetry.client_interceptors(provider) if recording else None
     retryable = safe_to_repeat_paths() if retryable_methods is None else frozenset(retryable_methods)
     channel_options = [
-        ("grpc.service_config", json.dumps(service_config(retryable))),
+        # Health-checked only where there are replicas to choose from: with one subchannel, its NOT_SERVING
+        # would fail every call at once (behind a mesh, for a drain of whichever pod answered the Watch).
+        ("grpc.service_config", json.dumps(service_config(retryable, health_checked=lists_replicas(target)))),
         ("grpc.enable_retries", 1),
         *options,
     ]

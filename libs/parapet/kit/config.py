@@ -65,9 +65,9 @@ class ServiceSettings(BaseSettings):
         ge=0,
         le=30,
         description="On SIGTERM, how long a replica that clients balance over keeps taking calls after it "
-        "turned NOT_SERVING, before it refuses new ones: the kit's channels watch its health and move new calls "
-        "to other replicas within milliseconds, so none reaches it as it stops. Skipped when no channel "
-        "watches it.",
+        "turned NOT_SERVING, before it refuses new ones: the kit's channels to several replicas watch its health "
+        "and move new calls to the others within milliseconds, so none of theirs reaches it as it stops (other "
+        "clients rely on the preStop delay). Skipped when no channel watches it.",
     )
     shutdown_cleanup_seconds: float = Field(
         10.0,

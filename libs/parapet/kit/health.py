@@ -7,7 +7,8 @@ as one fails. So a load balancer or kubelet stops sending work within about ``in
 dependency going away, and resumes as soon as it is back.
 
 One more name, :data:`ACCEPTING`, follows only the drain: SERVING from the start until the server begins to
-shut down, whatever the dependencies say. The kit's channels health-check it (``clients.service_config``), so
+shut down, whatever the dependencies say. The kit's channels to several replicas health-check it
+(``clients.service_config``), so
 a draining replica gets no new calls from them before it refuses calls. It ignores dependency probes on
 purpose: when every replica's database is down, a caller should still reach a replica and get its typed
 error, not a channel with no healthy address.
@@ -38,9 +39,12 @@ ACCEPTING = "parapet.accepting"
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """``grpc.health.v1.Health`` whose Watch streams end once the server drains.
 
-    Unlike grpc's own servicer, it starts NOT_SERVING (nothing is known before the first probe), and a
-    Watch stream sends the final NOT_SERVING and then ends: an open Watch (grpc-js clients keep one)
-    would otherwise hold a graceful shutdown for its whole grace period.
+    Unlike grpc's own servicer, it starts NOT_SERVING (nothing is known before the first probe; only
+    :data:`ACCEPTING` starts SERVING), and a Watch stream sends the final NOT_SERVING and then ends: an open
+    Watch (grpc-js clients keep one) would otherwise hold a graceful shutdown for its whole grace period. A
+    Watch of :data:`ACCEPTING` ends later, when :meth:`release` says the server stops: a client whose health
+    stream ends after a reply reopens it at once, without backoff, and during the drain's delay that was a
+    thousand Watch calls a second from one channel.
     """
 
     def __init__(self, service_names: Iterable[str]) -> None:
@@ -49,6 +53,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         self._changed = asyncio.Condition()
         self._draining = False
         self._balancers = 0  # open Watch streams of ACCEPTING: clients that balance over this replica
+        self._released = asyncio.Event()  # the server stops: Watch streams of ACCEPTING may end
 
     @property
     def balancers(self) -> int:
@@ -71,6 +76,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             for name in self._status:
                 self._status[name] = NOT_SERVING
             self._changed.notify_all()
+
+    def release(self) -> None:
+        """The server is about to stop: end the Watch streams of :data:`ACCEPTING` (after their NOT_SERVING)."""
+        self._released.set()
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
@@ -97,6 +106,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
             if self._draining:
+                if request.service == ACCEPTING:
+                    await self._released.wait()
                 return
             async with self._changed:
                 if self._status.get(request.service, SERVICE_UNKNOWN) == last and not self._draining:

@@ -82,11 +82,13 @@ class KitServer(Generic[SettingsT]):
         settings = self.resources.settings
         grace = settings.shutdown_grace_seconds if grace is None else grace
         try:
+            watched = self.health.servicer.balancers > 0
             await self.health.drain()
-            if self.health.servicer.balancers:
+            if watched:
                 # A call that reaches grpc's server as it stops, before the handler took it, is cancelled
                 # (the caller sees CANCELLED, not retryable): so new calls must stop coming first.
                 await asyncio.sleep(settings.shutdown_delay_seconds)
+            self.health.servicer.release()
             await self.server.stop(grace)
         finally:
             if self._health_server is not None:
