@@ -54,9 +54,8 @@ class Call:
     code: str  # gRPC status code name, OK on success
     start: float  # time.monotonic()
     end: float
-    detail: str = (
-        ""  # the failure's message (gRPC details or the exception), so a failed run says what happened
-    )
+    # The failure's message (gRPC details or the exception), so a failed run says what happened.
+    detail: str = ""
 
 
 @dataclass

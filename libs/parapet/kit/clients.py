@@ -45,7 +45,7 @@ def lists_replicas(target: str) -> bool:
     return target.startswith("dns:") or "," in target
 
 
-def service_config(retryable: Iterable[str], *, health_checked: bool = True) -> dict[str, Any]:
+def service_config(retryable: Iterable[str], *, health_checked: bool) -> dict[str, Any]:
     """The channel's gRPC service config: round-robin over the replicas that take calls, fail fast, and
     retries for ``retryable`` only.
 

@@ -93,24 +93,24 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         balancer = request.service == ACCEPTING
         self._balancers += balancer
         try:
-            await self._watch(request, context)
+            await self._watch(request.service, balancer, context)
         finally:
             self._balancers -= balancer
 
-    async def _watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+    async def _watch(self, service: str, balancer: bool, context: grpc.aio.ServicerContext) -> None:
         last: int | None = None
         while True:
-            status = self._status.get(request.service, SERVICE_UNKNOWN)
+            status = self._status.get(service, SERVICE_UNKNOWN)
             if status != last:
                 # Written outside the lock: a slow watcher must not hold up status changes.
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
             if self._draining:
-                if request.service == ACCEPTING:
+                if balancer:
                     await self._released.wait()
                 return
             async with self._changed:
-                if self._status.get(request.service, SERVICE_UNKNOWN) == last and not self._draining:
+                if self._status.get(service, SERVICE_UNKNOWN) == last and not self._draining:
                     await self._changed.wait()
 
 

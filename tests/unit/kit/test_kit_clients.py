@@ -9,10 +9,11 @@ import time
 import grpc
 import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parapet.kit import clients
 from parapet.kit.errors import FailedPrecondition, Unavailable, error_details
-from parapet.kit.server import create_server
+from parapet.kit.health import ACCEPTING
 from parapet.kit.testing import (
     StringValue,
     TestKeys,
@@ -131,9 +132,7 @@ async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKe
     settings = fast_settings(shutdown_delay_seconds=0.5)
     app_a = generic_app(replica("a"), keys=keys, service_names=(SERVICE,))
     app_b = generic_app(replica("b"), keys=keys, service_names=(SERVICE,))
-    async with running(app_b, settings) as (_, port_b):
-        server_a, port_a = await create_server(app_a, settings)
-        await server_a.start()
+    async with running(app_b, settings) as (_, port_b), running(app_a, settings) as (server_a, port_a):
         channel = clients.channel(f"ipv4:127.0.0.1:{port_a},127.0.0.1:{port_b}")
         call = unary_caller(channel, f"/{SERVICE}/Call")
         stopped_event = asyncio.Event()
@@ -152,7 +151,7 @@ async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKe
             callers = [asyncio.create_task(caller()) for _ in range(4)]
             await asyncio.wait_for(both_serve.wait(), 5)  # both replicas take calls
             began = time.monotonic()
-            await server_a.stop(1.0)
+            await server_a.stop(1.0)  # leaving `running` then stops it no more
             stopped = time.monotonic()
             stopped_event.set()
             await asyncio.gather(*callers)
@@ -170,11 +169,32 @@ async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKe
 
 async def test_a_replica_no_channel_watches_stops_without_the_delay(keys: TestKeys) -> None:
     app = generic_app(string_service(SERVICE, unary={}), keys=keys, service_names=(SERVICE,))
-    server, _ = await create_server(app, fast_settings(shutdown_delay_seconds=5.0))
-    await server.start()
-    began = time.monotonic()
-    await server.stop(1.0)
-    assert time.monotonic() - began < 2.0
+    async with running(app, fast_settings(shutdown_delay_seconds=5.0)) as (server, _):
+        began = time.monotonic()
+        await server.stop(1.0)
+        assert time.monotonic() - began < 2.0
+
+
+async def test_a_balancers_watch_stays_open_through_the_drain_until_the_server_stops(keys: TestKeys) -> None:
+    """A client whose health stream ends right after a reply reopens it at once, without backoff: ended at the
+    drain, one channel reopened about a thousand Watch calls in the delay. So the stream of ``parapet.accepting``
+    says NOT_SERVING and stays open until the server stops taking calls."""
+    app = generic_app(string_service(SERVICE, unary={}), keys=keys, service_names=(SERVICE,))
+    async with (
+        running(app, fast_settings(shutdown_delay_seconds=0.5)) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=ACCEPTING))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        assert server.health.servicer.balancers == 1
+        stopping = asyncio.create_task(server.stop(1.0))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        ended = asyncio.ensure_future(watch.read())
+        done, _ = await asyncio.wait({ended}, timeout=0.3)
+        assert not done  # still open during the delay
+        await stopping
+        assert await ended is grpc.aio.EOF  # ended once the server stopped
+        assert server.health.servicer.balancers == 0
 
 
 def test_only_targets_with_replicas_to_choose_from_are_health_checked() -> None:
