@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc.aio
 
 from parapet.inference.v1 import (
-    completion_pb2,
     inference_service_pb2,
     inference_service_pb2_grpc,
     model_pb2,
 )
-from parapet.kit.coalesce import coalesced
 from parapet.kit.context import require_principal
 from parapet.kit.errors import InvalidArgument
 from parapet.usage.v1 import money_pb2
 from services.inference.engine import Engine
-
-# The first deltas go out one by one, as soon as each is sent: the gateway's output screener holds back the
-# unfinished word and the one before it, so with a word per delta (as providers stream prose) its first release
-# needs the third delta. Merged into the burst after it instead, that third delta waited up to a read slice.
-_LEAD = 3
 
 _STATES = {
     "closed": model_pb2.CIRCUIT_STATE_CLOSED,
@@ -40,14 +32,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     async def StreamComplete(
         self, request: inference_service_pb2.StreamCompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_service_pb2.StreamCompleteResponse]:
-        # Deltas a provider produced while the previous message was being sent go out as one (a burst of
-        # buffered chunks otherwise waits on gRPC's per-message cost, chunk by chunk); kit/coalesce.py.
-        # Closed here, not left to the garbage collector, when the call ends while a write is awaited.
-        async with contextlib.aclosing(
-            coalesced(self.engine.stream(request), merge_deltas, lead=_LEAD)
-        ) as stream:
-            async for message in stream:
-                yield message
+        # Bursts of provider deltas arrive merged already (engine.py, kit/coalesce.py).
+        async for message in self.engine.stream(request):
+            yield message
 
     async def Complete(
         self, request: inference_service_pb2.CompleteRequest, context: grpc.aio.ServicerContext
@@ -110,29 +97,6 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if len(page) == size and page and page[-1] != names[-1]:
             response.next_page_token = base64.urlsafe_b64encode(page[-1].encode()).decode()
         return response
-
-
-def merge_deltas(
-    messages: list[inference_service_pb2.StreamCompleteResponse],
-) -> list[inference_service_pb2.StreamCompleteResponse]:
-    """Neighbouring text deltas as one delta; a summary stays a message of its own."""
-    merged: list[inference_service_pb2.StreamCompleteResponse] = []
-    texts: list[str] = []
-    for message in messages:
-        if message.HasField("text_delta"):
-            texts.append(message.text_delta.text)
-            continue
-        if texts:
-            merged.append(_delta("".join(texts)))
-            texts = []
-        merged.append(message)
-    if texts:
-        merged.append(_delta("".join(texts)))
-    return merged
-
-
-def _delta(text: str) -> inference_service_pb2.StreamCompleteResponse:
-    return inference_service_pb2.StreamCompleteResponse(text_delta=completion_pb2.TextDelta(text=text))
 
 
 def _money(currency: str, units: Decimal) -> money_pb2.Money:

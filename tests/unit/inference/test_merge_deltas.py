@@ -1,9 +1,9 @@
-"""The inference servicer's merge of deltas that piled up behind a send: text joined in order, summary apart."""
+"""The inference engine's merge of deltas that piled up behind a send: text joined in order, summary apart."""
 
 from __future__ import annotations
 
 from parapet.inference.v1 import completion_pb2, generation_pb2, inference_service_pb2
-from services.inference.servicer import merge_deltas
+from services.inference.engine import merge_deltas
 
 Response = inference_service_pb2.StreamCompleteResponse
 
