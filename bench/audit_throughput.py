@@ -37,6 +37,7 @@ from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.events.audit import AUDIT_STREAM, publish
+from parapet.kit import timeouts
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
@@ -104,7 +105,7 @@ async def _audit_process(env: dict[str, str]) -> AsyncIterator[int]:
     )
     try:
         assert proc.stdout is not None
-        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
+        announcement = json.loads(await timeouts.within(120, proc.stdout.readline()))
         yield int(announcement["port"])
     finally:
         if proc.returncode is None:

@@ -40,6 +40,7 @@ from parapet.auth.v1 import (
 )
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from parapet.kit import timeouts
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal, TokenSigner
 from parapet.kit.testing import running
@@ -187,7 +188,7 @@ async def main() -> None:
             finally:
                 if server.stdin is not None:
                     server.stdin.close()
-                await asyncio.wait_for(server.wait(), 30)
+                await timeouts.within(30, server.wait())
             warm_us, sign_us = await _in_process(values, key)
         finally:
             nats.stop()

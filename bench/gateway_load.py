@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.gateway_clients import Target, Timing, make_client
+from parapet.kit import timeouts
 
 # A stream is given this long from its scheduled start before it counts as failed; a collapsed system must
 # not keep the run going for ever.
@@ -46,8 +47,8 @@ Call = Callable[[], Awaitable[Timing]]
 
 async def _measure(call: Call, scheduled: float, origin: float) -> Sample:
     try:
-        timing = await asyncio.wait_for(
-            call(), REQUEST_TIMEOUT_SECONDS - max(0.0, time.perf_counter() - scheduled)
+        timing = await timeouts.within(
+            REQUEST_TIMEOUT_SECONDS - max(0.0, time.perf_counter() - scheduled), call()
         )
     except TimeoutError:
         return Sample(scheduled - origin, None, None, None, "timeout")

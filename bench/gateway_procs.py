@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from parapet.kit import timeouts
+
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -166,7 +168,7 @@ async def announced_child(*argv: str, log: Path | None = None, within: float = 6
     process = await spawn(argv, log=log, stdout=asyncio.subprocess.PIPE)
     try:
         assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), within)
+        line = await timeouts.within(within, process.stdout.readline())
         if not line:
             raise RuntimeError(f"{argv[:4]} exited with {await process.wait()} before announcing itself")
         yield Child(process, json.loads(line))
@@ -181,7 +183,7 @@ async def stop(process: asyncio.subprocess.Process, grace: float = 20.0) -> None
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            await timeouts.within(grace, process.wait())
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -194,7 +196,7 @@ async def run_json(argv: list[str], payload: dict[str, Any], within: float, log:
     """Run a process that reads ``payload`` as JSON on stdin and answers one JSON document on stdout."""
     process = await spawn(argv, log=log, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
-        out, _ = await asyncio.wait_for(process.communicate(json.dumps(payload).encode()), within)
+        out, _ = await timeouts.within(within, process.communicate(json.dumps(payload).encode()))
     finally:
         await stop(process, grace=5.0)
     if process.returncode != 0:

@@ -33,6 +33,7 @@ from bench.gateway_runs import GENERATOR
 from bench.gateway_soak_summary import MemorySeries, summary_body
 from bench.gateway_suite import STREAMING_MODEL, TENANT, parapet_suite, service_name
 from bench.report import write_section
+from parapet.kit import timeouts
 
 SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
 RATE = float(os.environ.get("BENCH_SOAK_RATE", "50"))
@@ -46,7 +47,7 @@ async def _sample(services: ProcessGroup, series: MemorySeries, stop: asyncio.Ev
     while not stop.is_set():
         series.add(loop.time() - started, {service_name(pid): rss_bytes(pid) for pid in services.pids()})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), INTERVAL)
+            await timeouts.within(INTERVAL, stop.wait())
 
 
 async def soak(workdir: Path) -> str:

@@ -28,6 +28,7 @@ from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.inference.v1 import cache_pb2, inference_service_pb2, inference_service_pb2_grpc, message_pb2
+from parapet.kit import timeouts
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys
 
@@ -80,7 +81,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
     if process.stdin is not None:
         process.stdin.close()
     try:
-        await asyncio.wait_for(process.wait(), 20)
+        await timeouts.within(20, process.wait())
     except TimeoutError:
         process.kill()
 

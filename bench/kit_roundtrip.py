@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from bench.report import table, write_section
 from bench.stats import LatencySummary
-from parapet.kit import clients
+from parapet.kit import clients, timeouts
 from parapet.kit import loop as event_loop
 from parapet.kit.config import ServiceSettings
 from parapet.kit.testing import (
@@ -171,7 +171,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
     finally:
         if server.stdin is not None:
             server.stdin.close()
-        await asyncio.wait_for(server.wait(), 30)
+        await timeouts.within(30, server.wait())
     return [
         [
             VARIANTS[variant],

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from parapet.kit import timeouts
 from parapet.kit.testing import TestKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ async def service_process(
     )
     try:
         assert proc.stdout is not None
-        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
+        announcement = json.loads(await timeouts.within(120, proc.stdout.readline()))
         yield int(announcement["port"]), proc.pid
     finally:
         if proc.returncode is None:

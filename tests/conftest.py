@@ -18,6 +18,8 @@ import pytest
 
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
+pytest_plugins = ["tests.hang_report"]
+
 # Durability is irrelevant for throw-away test data; turning it off makes DDL-heavy tests fast.
 _TEST_PG_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 

@@ -9,7 +9,6 @@ window and the audit service's idempotent consumer absorb.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from parapet.events import audit as audit_events
 from parapet.kit.bus import Bus
 from parapet.kit.context import current_request_id
 from parapet.kit.identity import Principal
+from parapet.kit.timeouts import wait_event
 from services.auth.store import AuthStore
 
 log = logging.getLogger(__name__)
@@ -107,5 +107,4 @@ class OutboxRelay:
             except Exception:
                 log.warning("audit outbox relay failed; retrying", exc_info=True)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._interval)
+            await wait_event(self.wake, self._interval)

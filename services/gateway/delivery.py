@@ -13,7 +13,6 @@ Each relay round reports the outbox's backlog by kind and what it delivered (``p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ from parapet.events import audit as audit_events
 from parapet.kit import metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
+from parapet.kit.timeouts import wait_event
 from parapet.metering.v1 import metering_service_pb2
 from services.gateway.caller import Caller
 from services.gateway.errors import is_down
@@ -220,5 +220,4 @@ class Deliveries:
             except Exception:
                 log.warning("gateway outbox relay failed; retrying", exc_info=True)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._interval)
+            await wait_event(self.wake, self._interval)

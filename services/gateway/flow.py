@@ -38,7 +38,9 @@ from services.gateway.caller import Caller
 from services.gateway.catalog import ModelCatalog
 from services.gateway.delivery import Deliveries
 from services.gateway.errors import is_down, relayed
+from services.gateway.headroom import BudgetHeadroom
 from services.gateway.idempotency import IdempotencyStore, request_hash
+from services.gateway.inference_stream import InferenceStream
 from services.gateway.output_screening import OutputScreening
 from services.gateway.peers import Peers
 from services.gateway.policy import TenantPolicies
@@ -121,6 +123,25 @@ def _budgeted(policy: tenant_policy_pb2.TenantPolicy, caller: Caller) -> bool:
     return False
 
 
+@dataclass
+class _Prepared:
+    request: inference_service_pb2.StreamCompleteRequest
+    screened: screening.ScreenedInput
+    first: list[Event]  # sent before the first delta: citations, then notices
+
+
+def _raise_first_failure(run: _Run, steps: list[asyncio.Future[Any]]) -> None:
+    """Counts what blocked input screening found, then raises the first step's failure in step order."""
+    for step in steps:
+        error = step.exception()
+        if isinstance(error, screening.InputBlocked):
+            run.outcome.findings.update(screening.count(error.findings))
+    for step in steps:
+        error = step.exception()
+        if error is not None:
+            raise error
+
+
 class ChatFlow:
     """One per process; safe for concurrent use (it holds channels and caches, no per-request state)."""
 
@@ -139,6 +160,9 @@ class ChatFlow:
         self.policies = TenantPolicies(peers, settings)
         self.catalog = ModelCatalog(peers, settings)
         self._output_screening = OutputScreening()
+        # Callers whose model call may start beside their budget hold (headroom.py); as many as the
+        # authentications remembered: the same callers.
+        self._headroom = BudgetHeadroom(settings.gateway_identity_cache_size)
         # Called with a tenant id when auth announces a change of that tenant, and with nothing when changes
         # may have been missed; authentication adds its cache here too.
         self.on_tenant_change: list[Any] = [self.policies.invalidate_tenant, self.catalog.invalidate_tenant]
@@ -306,6 +330,7 @@ class ChatFlow:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
+            self._headroom.withheld(run.caller.principal)
             if not is_down(error):
                 raise relayed(error) from None
             mode = policy.degradation.metering_unavailable
@@ -324,6 +349,7 @@ class ChatFlow:
             run.degraded.add("metering")
             return []
         run.outcome.reservation_id = reply.reservation.reservation_id
+        self._headroom.granted(run.caller.principal, warned=bool(reply.soft_limit_warnings))
         return [
             Event(
                 notice=chat_pb2.Notice(
@@ -376,11 +402,10 @@ class ChatFlow:
             ]
         return list(reply.chunks), []
 
-    async def _prepare(
-        self, run: _Run
-    ) -> tuple[inference_service_pb2.StreamCompleteRequest, screening.ScreenedInput, list[Event]]:
-        """Everything before the model call; returns its request, the screened input, and the events to send
-        before the first delta (citations, then notices)."""
+    async def _prepare(self, run: _Run) -> tuple[_Prepared, InferenceStream | None]:
+        """Everything before the model call: its request, the screened input and the events to send before
+        the first delta (citations, then notices); and the model call when it was started beside the budget
+        hold (``headroom.py``), else None."""
         caller, request = run.caller, run.request
         policy = run.policy = await self.policies.policy(caller)
         run.outcome.retention = policy.retention
@@ -404,28 +429,44 @@ class ChatFlow:
         )
         reserve_task = asyncio.ensure_future(self._reserve(run, policy, max_tokens))
         retrieve_task = asyncio.ensure_future(self._retrieve(run, policy)) if retrieve else None
-        tasks: list[asyncio.Future[Any]] = [screen_task, reserve_task]
+        steps: list[asyncio.Future[Any]] = [screen_task, reserve_task]
         if retrieve_task is not None:
-            tasks.append(retrieve_task)
+            steps.append(retrieve_task)
+        speculate = self._settings.gateway_speculative_inference and self._headroom.clear(caller.principal)
+        # Speculating, the model needs only the screened input and the context; else every step first.
+        needed = [step for step in steps if step is not reserve_task] if speculate else steps
         try:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(needed)
+            if any(step.exception() is not None for step in needed):
+                await asyncio.wait(steps)  # the hold too: a failure in step order is the caller's answer
         except asyncio.CancelledError:
-            for task in tasks:
-                task.cancel()
+            for step in steps:
+                step.cancel()
             raise
-        for result in results:
-            if isinstance(result, screening.InputBlocked):
-                run.outcome.findings.update(screening.count(result.findings))
-        for result in results:  # the first failure in step order is the caller's answer
-            if isinstance(result, BaseException):
-                raise result
+        _raise_first_failure(run, [step for step in steps if step.done()])
         screened: screening.ScreenedInput = screen_task.result()
-        notices: list[Event] = list(reserve_task.result())
         chunks: list[Any] = []
+        degraded: list[Event] = []
         if retrieve_task is not None:
             chunks, degraded = retrieve_task.result()
-            notices.extend(degraded)
-        run.outcome.findings.update(screening.count(screened.findings))
+        prepared = self._inference_request(run, screened, chunks, max_tokens)
+        stream = None
+        if not reserve_task.done():
+            stream = self._start_inference(run, prepared.request)
+            try:
+                await reserve_task  # a refusal raises here, before anything of the answer went out
+            except asyncio.CancelledError:
+                stream.cancel()
+                metrics.record_speculative_call("cancelled")
+                raise
+            except BaseException:
+                stream.cancel()
+                # No model answered this chat: it is neither billed nor audited as answered.
+                run.outcome.inference_started = False
+                metrics.record_speculative_call("refused")
+                raise
+            metrics.record_speculative_call("kept")
+        notices: list[Event] = list(reserve_task.result()) + degraded
         if capped:
             notices.append(
                 _notice(
@@ -445,6 +486,15 @@ class ChatFlow:
         notices.extend(
             Event(notice=n) for n in screening.moderation_notices(screening.count(screened.findings))
         )
+        prepared.first.extend(notices)
+        return prepared, stream
+
+    def _inference_request(
+        self, run: _Run, screened: screening.ScreenedInput, chunks: list[Any], max_tokens: int
+    ) -> _Prepared:
+        """The model call's request from the screened input and the retrieved chunks, and the citations."""
+        request = run.request
+        run.outcome.findings.update(screening.count(screened.findings))
         context = [
             completion_pb2.ContextChunk(
                 document_id=c.citation.document_id,
@@ -474,25 +524,33 @@ class ChatFlow:
         )
         if request.HasField("prompt_template"):
             inference_request.prompt_template.CopyFrom(request.prompt_template)
-        citations = [Event(citation=c.citation) for c in chunks]
-        return inference_request, screened, citations + notices
+        return _Prepared(inference_request, screened, [Event(citation=c.citation) for c in chunks])
+
+    def _start_inference(
+        self, run: _Run, request: inference_service_pb2.StreamCompleteRequest
+    ) -> InferenceStream:
+        run.outcome.inference_started = True
+        return InferenceStream(
+            self._peers.inference.stub.StreamComplete(request, metadata=self.metadata(run))
+        )
 
     async def _run(self, run: _Run) -> AsyncIterator[Event]:
-        inference_request, screened, first = await self._prepare(run)
-        for event in first:
-            yield event
-        run.outcome.inference_started = True
-        call = self._peers.inference.stub.StreamComplete(inference_request, metadata=self.metadata(run))
+        prepared, stream = await self._prepare(run)
+        if stream is None:
+            stream = self._start_inference(run, prepared.request)
         output = _Output(run)
         # The answer is always screened, here in the gateway: even when moderation was down and the tenant
         # let the question go unscreened, its own detectors and terms still apply to what comes back.
         assert run.policy is not None
-        screener = self._output_screening.stream(run.policy, screened.masked_values)
+        screener = self._output_screening.stream(run.policy, prepared.screened.masked_values)
         try:
-            async for event in output.screened(screener, call):
+            # Sent while the model call is under way: the citations and notices cost no wait of their own.
+            for event in prepared.first:
+                yield event
+            async for event in output.screened(screener, stream):
                 yield event
         finally:
-            call.cancel()  # a no-op once it finished; on cancellation this stops the provider call
+            stream.cancel()  # a no-op once it finished; on cancellation this stops the provider call
             if run.outcome.summary is None:
                 self._estimate(run)
         async for event in output.finish():
@@ -586,23 +644,14 @@ class _Output:
             raise relay
         self._error = relay
 
-    async def screened(self, screener: StreamScreener, call: Any) -> AsyncIterator[Event]:
+    async def screened(self, screener: StreamScreener, stream: InferenceStream) -> AsyncIterator[Event]:
         """The answer screened in this process as it streams (output_screening.py says why here): each
         delta goes through the stream screener, what it releases goes to the caller at once, and a
         blocking finding stops the provider's stream. An inference error is acted on after the held-back
         text was screened and released, as if the stream had ended there (and not at all after a block)."""
         failure: grpc.aio.AioRpcError | None = None
-        messages = call.__aiter__()
-        waited = 0.0  # only the time spent waiting for inference: screening and sending are Parapet's
         try:
-            while True:
-                asked = time.perf_counter()
-                try:
-                    message = await messages.__anext__()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    waited += time.perf_counter() - asked
+            async for message in stream.messages():
                 text = self._received(message)
                 if text is None:
                     continue
@@ -612,12 +661,13 @@ class _Output:
                     yield self._delta(released)
                 if step.blocked:
                     self._blocked = True
-                    call.cancel()
+                    stream.cancel()
                     return
         except grpc.aio.AioRpcError as error:
             failure = error
         finally:
-            self._run.provider_wait = waited
+            # Only the time spent waiting for inference: screening and sending are Parapet's.
+            self._run.provider_wait = stream.waited
         step = screener.finish()  # the held-back end of the answer, or of what came before an error
         released = self._screened_step(step)
         if released:

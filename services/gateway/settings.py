@@ -39,6 +39,12 @@ class GatewaySettings(JobSettings):
         description="Output tokens reserved when neither the request, the tenant policy nor the model "
         "names a maximum.",
     )
+    gateway_speculative_inference: bool = Field(
+        True,
+        description="Start the model call beside the budget hold for callers whose last hold was granted "
+        "without a warning; the answer waits for the hold, a refused hold cancels the call "
+        "(services/gateway/headroom.py).",
+    )
     gateway_idempotency_seconds: float = Field(
         86_400.0, gt=0, description="How long an idempotency key replays its first answer."
     )

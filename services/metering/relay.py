@@ -9,7 +9,6 @@ consumers deduplicate by event id anyway (docs/usage-events.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import text
 from parapet.kit import metrics
 from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
+from parapet.kit.timeouts import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -139,5 +139,4 @@ class OutboxRelay:
                 published = 0
             if published >= self._batch_size:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await wait_event(self._wake, self._interval)

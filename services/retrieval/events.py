@@ -9,7 +9,6 @@ consumers deduplicate beyond it (handling an event twice is harmless anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
+from parapet.kit.timeouts import wait_event
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
 from services.retrieval import repository
 
@@ -115,6 +115,5 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.warning("documents-deleted events not published yet; retrying", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await wait_event(self._wake, self._interval)
             self._wake.clear()

@@ -14,6 +14,7 @@ from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument, PermissionDenied
 from parapet.kit.identity import Principal
+from parapet.kit.timeouts import within
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
@@ -135,7 +136,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(outbox.get(), PROGRESS_INTERVAL_SECONDS)
+                    item = await within(PROGRESS_INTERVAL_SECONDS, outbox.get())
                 except TimeoutError:
                     yield pb.StreamIngestDocumentsResponse(progress=progress.to_proto())
                     continue

@@ -21,6 +21,7 @@ from parapet.kit.config import SettingsT
 from parapet.kit.database import Database
 from parapet.kit.health import HealthMonitor, Probe
 from parapet.kit.identity import KeySource, TokenVerifier
+from parapet.kit.timeouts import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ class Resources(Generic[SettingsT]):
         task.add_done_callback(report)
 
         async def stop() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
         self.cleanup.push_async_callback(stop)
         return task

@@ -7,7 +7,6 @@ makes sure nothing is lost meanwhile, not the connection.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -22,6 +21,7 @@ from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from parapet.kit.redact import redact_url
+from parapet.kit.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Bus:
         if self.client.is_closed:
             return
         try:
-            await asyncio.wait_for(self.client.drain(), timeout)
+            await within(timeout, self.client.drain())
             return
         except Exception:
             # Draining needs a live connection; when NATS is down or stuck at shutdown, close is all we can do.
@@ -196,6 +196,6 @@ class Bus:
         try:
             # The client's own close can wait forever on a connection that died mid-drain (seen in tests and
             # after a launcher was killed): bounded, and whatever it raises is only logged.
-            await asyncio.wait_for(self.client.close(), timeout)
+            await within(timeout, self.client.close())
         except Exception:
             log.warning("nats close failed", exc_info=True)

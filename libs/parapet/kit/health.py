@@ -24,6 +24,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parapet.kit.timeouts import within
+
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
@@ -139,7 +141,7 @@ class HealthMonitor:
 
     async def _run_probe(self, probe: Probe) -> bool:
         try:
-            return await asyncio.wait_for(probe(), self._timeout)
+            return await within(self._timeout, probe())
         except Exception:
             return False  # a failing probe is the answer itself, not an error of the monitor
 

@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 
+from parapet.kit.timeouts import within
+
 log = logging.getLogger(__name__)
 
 # Seconds; from sub-millisecond RPCs to minute-long streams.
@@ -122,6 +124,13 @@ GATEWAY_DEGRADED = Counter(
     "providers = a cached answer served because every provider failed).",
     ["dependency"],
 )
+GATEWAY_SPECULATIVE_CALLS = Counter(
+    "parapet_gateway_speculative_calls_total",
+    "Model calls the gateway started before the chat's budget hold was granted, by outcome: kept (the hold "
+    "was granted), refused (the hold was refused or failed: the call was cancelled, nothing reached the "
+    "caller, nothing billed), cancelled (the caller left first).",
+    ["outcome"],
+)
 GATEWAY_OUTBOX_PENDING = Gauge(
     "parapet_gateway_outbox_pending",
     "Undelivered rows of the gateway outbox, by kind (audit, settlement).",
@@ -152,6 +161,7 @@ ALL_METRICS = (
     AUDIT_LAST_PERSIST,
     GATEWAY_OVERHEAD,
     GATEWAY_DEGRADED,
+    GATEWAY_SPECULATIVE_CALLS,
     GATEWAY_OUTBOX_PENDING,
     GATEWAY_OUTBOX_DELIVERED,
 )
@@ -334,6 +344,12 @@ def observe_chat(parapet_seconds: float, result: str, degraded: Iterable[str] = 
         GATEWAY_DEGRADED.labels(dependency).inc()
 
 
+def record_speculative_call(outcome: str) -> None:
+    """A model call started beside its chat's budget hold ended its wait: ``kept``, ``refused``,
+    ``cancelled``."""
+    GATEWAY_SPECULATIVE_CALLS.labels(outcome).inc()
+
+
 def set_gateway_outbox_pending(kind: str, count: int) -> None:
     GATEWAY_OUTBOX_PENDING.labels(kind).set(count)
 
@@ -368,8 +384,8 @@ class MetricsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+            request_line = await within(5, reader.readline())
+            while (await within(5, reader.readline())) not in (b"\r\n", b"\n", b""):
                 pass  # headers: nothing in them matters here
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""

@@ -36,6 +36,7 @@ from parapet.kit.interceptors import kit_interceptors
 from parapet.kit.logging import configure_logging
 from parapet.kit.metrics import MetricsServer
 from parapet.kit.migrations import migrate
+from parapet.kit.timeouts import cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -325,8 +326,7 @@ async def _unless_stopped(starting: Awaitable[T], stop_requested: asyncio.Event)
         stop.cancel()
     if task.done():
         return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     return None
 
 

@@ -7,8 +7,6 @@ disclosed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +19,7 @@ from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.kit.bus import Bus
 from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parapet.kit.timeouts import wait_event
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
 from services.gateway.jobs.changes import JobChanges
@@ -148,8 +147,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             yield pb.WatchJobResponse(job=job_message(row))
             last = progress_key(row)
             while not row.terminal:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self._poll)
+                await wait_event(changed, self._poll)
                 changed.clear()
                 row = await self._store.get(caller.tenant_id, row.job_id) or row
                 if progress_key(row) != last:

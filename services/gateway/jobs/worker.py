@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
 from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError
+from parapet.kit.timeouts import within
 from parapet.status.v1 import status_pb2
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
@@ -168,7 +169,7 @@ class JobWorker:
             message.nak(delay=delay),
         ):
             try:
-                await asyncio.wait_for(step, _STEP_TIMEOUT)
+                await within(_STEP_TIMEOUT, step)
             except Exception:
                 log.warning("giving a job back failed; its lease will expire", extra={"job_id": job.job_id})
 
@@ -264,7 +265,7 @@ class JobWorker:
         request_id = submission.item_request_id(job.job_id, index)
         timeout = self._settings.gateway_job_item_timeout_seconds
         try:
-            response = await asyncio.wait_for(self._runner(current, request, request_id), timeout)
+            response = await within(timeout, self._runner(current, request, request_id))
             outcome = _succeeded(index, response)
         except ParapetError as error:
             outcome = ItemOutcome(index, error=status_of(error).SerializeToString())

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from parapet.embedded import EmbeddedNats
 from parapet.events.usage import USAGE_STREAM
+from parapet.kit import timeouts
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.migrations import migrate
@@ -62,12 +63,12 @@ async def test_nats_outage_while_usage_flows_delays_events_and_loses_none(
 
         flowing = asyncio.create_task(flow())
         try:
-            await asyncio.wait_for(progressed.wait(), 60)
+            await timeouts.within(60, progressed.wait())
             await asyncio.to_thread(fresh_nats.stop)  # usage keeps settling into the outbox meanwhile
             progressed.clear()
             target = settled + 40
             # Settlements go on while NATS is down (they only need PostgreSQL).
-            await asyncio.wait_for(progressed.wait(), 60)
+            await timeouts.within(60, progressed.wait())
             await asyncio.to_thread(fresh_nats.start)
             await flowing
         finally:
@@ -98,7 +99,7 @@ async def billing_process(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[
     )
     try:
         assert proc.stdout is not None
-        announcement = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        announcement = json.loads(await timeouts.within(60, proc.stdout.readline()))
         assert announcement["event"] == "serving"
         yield proc
     finally:

@@ -20,6 +20,7 @@ from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, permission_
 from parapet.embedded import EmbeddedNats
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.inference.v1 import message_pb2
+from parapet.kit import timeouts
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.errors import Unauthenticated
 from parapet.kit.identity import Principal
@@ -223,7 +224,7 @@ async def watch_until(
                 return message.job
         raise AssertionError("the watch ended before the job got there")
 
-    return await asyncio.wait_for(watch(), within)
+    return await timeouts.within(within, watch())
 
 
 def ended(job: Any) -> bool:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
+from parapet.kit import timeouts
 from parapet.kit.bus import MSG_ID_HEADER, Bus, StreamSpec
 
 
@@ -71,6 +71,6 @@ async def test_connect_fails_when_nats_is_unreachable_at_start() -> None:
     from parapet.embedded import free_port
 
     with pytest.raises(NoServersError):
-        await asyncio.wait_for(
-            Bus.connect(f"nats://127.0.0.1:{free_port()}", reconnect_wait=0.1, connect_timeout=0.5), 20
+        await timeouts.within(
+            20, Bus.connect(f"nats://127.0.0.1:{free_port()}", reconnect_wait=0.1, connect_timeout=0.5)
         )

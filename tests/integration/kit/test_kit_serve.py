@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from parapet.kit import timeouts
 from parapet.kit.testing import health_status
 
 
@@ -51,7 +52,7 @@ main(generic_app(name="served", service_names=("test.v1.Served",)))
 async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = {"PARAPET_SHUTDOWN_GRACE_SECONDS": "3", "PARAPET_LOG_FORMAT": "json"}
     async with _program(tmp_path, PROGRAM, **env) as (proc, stdout, stderr_stream):
-        announcement = json.loads(await asyncio.wait_for(stdout.readline(), 30))
+        announcement = json.loads(await timeouts.within(30, stdout.readline()))
         assert announcement["event"] == "serving" and announcement["service"] == "served"
         port = int(announcement["port"])
         assert port > 0
@@ -60,7 +61,7 @@ async def test_serve_announces_port_and_stops_on_sigterm(tmp_path: Path) -> None
             assert await health_status(channel, "test.v1.Served") == 1
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await timeouts.within(10, proc.wait()) == 0
         assert time.monotonic() - started < 3  # nothing in flight: no need to wait out the grace
         stderr = (await stderr_stream.read()).decode()
         events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
@@ -85,10 +86,10 @@ async def test_sigterm_during_startup_ends_the_process(tmp_path: Path) -> None:
     }
     async with _program(tmp_path, NATS_PROGRAM, **env) as (proc, _stdout, stderr):
         # Wait until it is trying to connect (its first warning), then ask it to stop.
-        line = await asyncio.wait_for(stderr.readline(), 30)
+        line = await timeouts.within(30, stderr.readline())
         assert b"nats" in line, line
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        assert await timeouts.within(5, proc.wait()) == 0
 
 
 HUNG_PROGRAM = """
@@ -119,10 +120,10 @@ async def test_a_shutdown_that_cannot_finish_still_ends_the_process(tmp_path: Pa
         "PARAPET_LOG_FORMAT": "json",
     }
     async with _program(tmp_path, HUNG_PROGRAM, **env) as (proc, stdout, stderr_stream):
-        announcement = json.loads(await asyncio.wait_for(stdout.readline(), 30))
+        announcement = json.loads(await timeouts.within(30, stdout.readline()))
         assert announcement["event"] == "serving"
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await timeouts.within(20, proc.wait()) == 0
         stderr = (await stderr_stream.read()).decode()
         events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
         stuck = [e for e in events if e["event"] == "shutdown did not finish in time; exiting without it"]

@@ -52,6 +52,9 @@ from tests.integration.observability.scrape import Samples, scrape, until
 TOKENS = "parapet_tokens_total"
 PUBLISHED = "parapet_usage_events_published_total"
 PENDING = "parapet_usage_outbox_pending"
+#: Long enough that the breaker cannot turn half-open between the calls that check it is open, even on a
+#: loaded CI machine (0.5 s did: a call then tried the primary again, measured in CI on 2026-12-05).
+BREAKER_OPEN_SECONDS = 3.0
 
 
 async def _refused_reason(call: Awaitable[object]) -> str:
@@ -202,7 +205,7 @@ async def inference(tmp_path: Path, database_url: str, nats_url: str) -> AsyncIt
             "window": 4,
             "min_calls": 2,
             "failure_ratio": 0.5,
-            "open_seconds": 0.5,
+            "open_seconds": BREAKER_OPEN_SECONDS,
             "half_open_calls": 1,
         }
         config = upstream_config(upstream, models, retry={"max_attempts": 1}, breaker=breaker)
@@ -258,7 +261,7 @@ async def test_inference_measures_attempts_breaker_transitions_and_cache_lookups
     assert _model_counts(samples, primary) == (0, 2, 0)
     assert _model_counts(samples, backup) == (3, 0, 3)
 
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(BREAKER_OPEN_SECONDS + 0.1)
     await service.stub.ListModels(inference_service_pb2.ListModelsRequest(), metadata=service.metadata(who))
     assert breaker(await read()) == 1  # half-open once its open time is over
     outcome = await service.stream("hello", who=who, model=primary, **no_cache)

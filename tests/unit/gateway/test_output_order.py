@@ -17,6 +17,7 @@ from parapet.inference.v1 import completion_pb2, inference_service_pb2
 from parapet.kit.identity import Principal
 from services.gateway.caller import Caller
 from services.gateway.flow import _Output, _Run
+from services.gateway.inference_stream import InferenceStream
 from services.gateway.output_screening import OutputScreening
 from services.gateway.records import Outcome
 
@@ -72,7 +73,7 @@ def _output() -> _Output:
 
 async def _screen(output: _Output, policy: tenant_policy_pb2.TenantPolicy, call: BrokenStream) -> str:
     screener = OutputScreening().stream(policy, {})
-    return "".join([e.text_delta.text async for e in output.screened(screener, call)])
+    return "".join([e.text_delta.text async for e in output.screened(screener, InferenceStream(call))])
 
 
 async def test_text_held_back_when_the_stream_broke_goes_out_before_the_error() -> None:

@@ -11,7 +11,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parapet.kit import clients
+from parapet.kit import clients, timeouts
 from parapet.kit.errors import FailedPrecondition, Unavailable, error_details
 from parapet.kit.health import ACCEPTING
 from parapet.kit.testing import (
@@ -149,7 +149,7 @@ async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKe
         try:
             await channel.channel_ready()
             callers = [asyncio.create_task(caller()) for _ in range(4)]
-            await asyncio.wait_for(both_serve.wait(), 5)  # both replicas take calls
+            await timeouts.within(5, both_serve.wait())  # both replicas take calls
             began = time.monotonic()
             await server_a.stop(1.0)  # leaving `running` then stops it no more
             stopped = time.monotonic()

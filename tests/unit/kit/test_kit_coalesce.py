@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from parapet.kit import timeouts
 from parapet.kit.coalesce import coalesced
 
 
@@ -193,7 +194,7 @@ async def test_a_source_that_ignores_cancellation_does_not_hold_the_consumer_up(
         await asyncio.sleep(0.01)  # the reader fills up to its limit meanwhile
         break
     before = asyncio.all_tasks()
-    await asyncio.wait_for(stream.aclose(), timeout=5)
+    await timeouts.within(5, stream.aclose())
     assert source.produced < 10
     assert asyncio.all_tasks() <= before
 

@@ -129,6 +129,7 @@ async def test_named_series_of_the_suite_are_exposed(served: tuple[int, int]) ->
     metrics.record_audit("stream", "appended", 7)
     metrics.observe_chat(0.0015, "ok", ("retrieval",))
     metrics.set_gateway_outbox_pending("audit", 2)
+    metrics.record_speculative_call("kept")
     metrics.record_gateway_outbox_delivered("settlement", 0)
 
     _, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
@@ -147,6 +148,7 @@ async def test_named_series_of_the_suite_are_exposed(served: tuple[int, int]) ->
         "parapet_audit_records_total",
         "parapet_gateway_overhead_seconds_bucket",
         "parapet_gateway_degraded_chats_total",
+        "parapet_gateway_speculative_calls_total",
         "parapet_gateway_outbox_pending",
     ):
         assert expected in names, expected

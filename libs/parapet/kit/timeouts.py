@@ -1,0 +1,49 @@
+"""Waiting with a time limit, without losing a cancellation: use these, never ``asyncio.wait_for``.
+
+On Python 3.11, ``asyncio.wait_for`` swallows the caller's cancellation when it arrives as the inner wait
+finishes: it returns the inner result and the task carries on. A background loop built on it (an outbox
+relay's ``wait_for(wake.wait(), interval)``) then ignores its shutdown's ``cancel()``, and the shutdown's
+``gather`` of the task waits forever: seen in CI on 2026-12-05, a retrieval server's stop hung in 7 of 80
+repeated starts. ``asyncio.timeout`` counts cancellations (``Task.uncancel``) and lets the caller's through.
+Ruff's banned-api rule (pyproject.toml) keeps ``asyncio.wait_for`` out of our code; libraries still use it
+(nats-py's request/reply, under every JetStream publish), so stopping a task cancels until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: How long a cancelled task gets to end before it is cancelled again.
+_RECANCEL_SECONDS = 0.5
+
+
+async def within(seconds: float | None, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, raising ``TimeoutError`` (and cancelling it) after ``seconds``; None = no limit."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Waits until ``event`` is set or ``seconds`` pass: whether it was set (a relay's wake-up or poll)."""
+    try:
+        await within(seconds, event.wait())
+    except TimeoutError:
+        return False
+    return True
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancels ``task`` and waits until it ended, cancelling again while it goes on: a library that
+    swallowed one cancellation (``asyncio.wait_for`` inside it, on Python 3.11) does not keep it running."""
+    cancels = 0
+    while not task.done():
+        task.cancel()
+        cancels += 1
+        await asyncio.wait([task], timeout=_RECANCEL_SECONDS)
+    if cancels > 1:
+        log.warning("a task ignored a cancellation: cancelled %d times", cancels, extra={"task": repr(task)})
