@@ -13,7 +13,7 @@ import gc
 import sys
 import threading
 from collections.abc import Iterator
-from types import CoroutineType, GeneratorType
+from types import AsyncGeneratorType, CoroutineType, GeneratorType
 from typing import Any
 
 import pytest
@@ -27,12 +27,20 @@ def await_chain(task: asyncio.Task[Any]) -> list[str]:
     lines: list[str] = []
     awaited: Any = task.get_coro()
     while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if isinstance(awaited, CoroutineType | GeneratorType) or frame is not None:
+        frame = (
+            getattr(awaited, "cr_frame", None)
+            or getattr(awaited, "gi_frame", None)
+            or getattr(awaited, "ag_frame", None)
+        )
+        if isinstance(awaited, CoroutineType | GeneratorType | AsyncGeneratorType) or frame is not None:
             if frame is not None:
                 code = frame.f_code
                 lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            awaited = (
+                getattr(awaited, "cr_await", None)
+                or getattr(awaited, "gi_yieldfrom", None)
+                or getattr(awaited, "ag_await", None)
+            )
         else:
             lines.append(f"  awaiting {awaited!r}"[:400])
             break
@@ -67,14 +75,19 @@ def _fire() -> None:
 
 
 def _timeout_of(item: pytest.Item) -> float:
+    """pytest-timeout's timeout for the item: its marker (positional or keyword), else --timeout, else ini."""
     marker = item.get_closest_marker("timeout")
-    if marker is not None and marker.args:
-        return float(marker.args[0])
+    if marker is not None and (marker.args or "timeout" in marker.kwargs):
+        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
+    option = item.config.getoption("timeout", None)
+    if option is not None:
+        return float(option)
     return float(item.config.getini("timeout") or 0)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    # Setup, call and teardown together, as pytest-timeout times them: a hung teardown is reported too.
     timeout = _timeout_of(item)
     timer = threading.Timer(max(timeout - _LEAD_SECONDS, timeout / 2), _fire) if timeout > 0 else None
     if timer is not None:

@@ -165,8 +165,12 @@ class ChatFlow:
         self._headroom = BudgetHeadroom(settings.gateway_identity_cache_size)
         # Called with a tenant id when auth announces a change of that tenant, and with nothing when changes
         # may have been missed; authentication adds its cache here too.
-        self.on_tenant_change: list[Any] = [self.policies.invalidate_tenant, self.catalog.invalidate_tenant]
-        self.on_reset: list[Any] = [self.policies.clear]
+        self.on_tenant_change: list[Any] = [
+            self.policies.invalidate_tenant,
+            self.catalog.invalidate_tenant,
+            self._headroom.withhold_tenant,  # a new policy may bring new limits
+        ]
+        self.on_reset: list[Any] = [self.policies.clear, self._headroom.forget]
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -330,7 +334,7 @@ class ChatFlow:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            self._headroom.withheld(run.caller.principal)
+            self._headroom.withhold_tenant(run.caller.tenant_id)
             if not is_down(error):
                 raise relayed(error) from None
             mode = policy.degradation.metering_unavailable
@@ -441,6 +445,8 @@ class ChatFlow:
                 await asyncio.wait(steps)  # the hold too: a failure in step order is the caller's answer
         except asyncio.CancelledError:
             for step in steps:
+                if step.done() and not step.cancelled():
+                    step.exception()  # retrieved: the caller left, its failure no longer matters
                 step.cancel()
             raise
         _raise_first_failure(run, [step for step in steps if step.done()])
@@ -450,23 +456,37 @@ class ChatFlow:
         if retrieve_task is not None:
             chunks, degraded = retrieve_task.result()
         prepared = self._inference_request(run, screened, chunks, max_tokens)
+        notices = self._input_notices(run, screened, max_tokens, capped)
         stream = None
         if not reserve_task.done():
             stream = self._start_inference(run, prepared.request)
             try:
                 await reserve_task  # a refusal raises here, before anything of the answer went out
-            except asyncio.CancelledError:
-                stream.cancel()
-                metrics.record_speculative_call("cancelled")
-                raise
-            except BaseException:
-                stream.cancel()
-                # No model answered this chat: it is neither billed nor audited as answered.
-                run.outcome.inference_started = False
-                metrics.record_speculative_call("refused")
+            except BaseException as error:
+                self._unanswered(run, stream, error)
                 raise
             metrics.record_speculative_call("kept")
-        notices: list[Event] = list(reserve_task.result()) + degraded
+        # Citations, then the hold's soft-limit warnings, retrieval's degradation, then the input's notices.
+        prepared.first.extend([*reserve_task.result(), *degraded, *notices])
+        return prepared, stream
+
+    def _unanswered(self, run: _Run, stream: InferenceStream, error: BaseException) -> None:
+        """A model call started beside the budget hold, stopped before the hold was granted."""
+        stream.cancel()
+        run.outcome.speculation_unanswered = True
+        # The audit record names what the prompt was sent to: the model the reservation priced.
+        model, _ = self.catalog.price_cached(run.caller, run.model, run.prompt_tokens, 0)
+        if model is not None:
+            run.outcome.estimated_model, run.outcome.estimated_provider = model.model, model.provider
+        metrics.record_speculative_call(
+            "cancelled" if isinstance(error, asyncio.CancelledError) else "refused"
+        )
+
+    def _input_notices(
+        self, run: _Run, screened: screening.ScreenedInput, max_tokens: int, capped: bool
+    ) -> list[Event]:
+        """The notices about the request itself: max_tokens capped, screening degraded, input findings."""
+        notices: list[Event] = []
         if capped:
             notices.append(
                 _notice(
@@ -486,8 +506,7 @@ class ChatFlow:
         notices.extend(
             Event(notice=n) for n in screening.moderation_notices(screening.count(screened.findings))
         )
-        prepared.first.extend(notices)
-        return prepared, stream
+        return notices
 
     def _inference_request(
         self, run: _Run, screened: screening.ScreenedInput, chunks: list[Any], max_tokens: int
@@ -536,13 +555,18 @@ class ChatFlow:
 
     async def _run(self, run: _Run) -> AsyncIterator[Event]:
         prepared, stream = await self._prepare(run)
-        if stream is None:
-            stream = self._start_inference(run, prepared.request)
         output = _Output(run)
         # The answer is always screened, here in the gateway: even when moderation was down and the tenant
         # let the question go unscreened, its own detectors and terms still apply to what comes back.
         assert run.policy is not None
-        screener = self._output_screening.stream(run.policy, prepared.screened.masked_values)
+        try:
+            screener = self._output_screening.stream(run.policy, prepared.screened.masked_values)
+        except BaseException:
+            if stream is not None:
+                stream.cancel()
+            raise
+        if stream is None:
+            stream = self._start_inference(run, prepared.request)
         try:
             # Sent while the model call is under way: the citations and notices cost no wait of their own.
             for event in prepared.first:
@@ -581,7 +605,7 @@ class ChatFlow:
                     await self._idempotency.complete(outcome.caller.tenant_id, key, run.request_id, events)
                 else:
                     await self._idempotency.abandon(outcome.caller.tenant_id, key, run.request_id)
-            produced = (
+            produced = not outcome.speculation_unanswered and (
                 outcome.summary is not None
                 or bool(outcome.response_received)
                 or (

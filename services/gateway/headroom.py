@@ -4,10 +4,13 @@ The hold (metering's ``Reserve``, one SQL statement under the counters' row lock
 chat's preparation: it answers about 1.4 ms after input screening (docs/status.md). For a caller whose last
 hold was granted without a soft-limit warning, the flow starts the model as soon as the input is screened
 (and the context found) and keeps the answer back until the hold is granted; a refused hold cancels the
-call before any of it reached the caller. The price is a provider call that was started, and cancelled
-unbilled, for a chat whose budget then refused: only possible when a budget jumps from below its soft limit
-to exhausted within one chat, which is why any warning, refusal or unreachable metering turns speculation
-off for that caller until a hold is granted cleanly again.
+call before any of it reached the caller. The price is a provider call that was started, and cancelled unbilled, for a chat whose hold was then refused.
+That happens when a limit runs out between two chats of a caller that saw no warning: a budget without a
+soft limit, one that jumps past its soft limit to exhausted in one chat, a rate limit (they never warn), a
+burst of concurrent chats, or a tenant-wide budget spent by the tenant's other callers. So a refusal,
+failure or unreachable metering withholds speculation from every caller of that tenant, and so does a
+change of the tenant's policy, until each caller's next hold is granted cleanly; a warning withholds it from
+that caller. ``parapet_gateway_speculative_calls_total{outcome="refused"}`` counts what it cost.
 
 Memory only and per replica: a replica that has not seen a caller's hold yet waits for it (the safe side).
 """
@@ -50,6 +53,13 @@ class BudgetHeadroom:
         if len(self._clear) > self._capacity:
             del self._clear[next(iter(self._clear))]
 
-    def withheld(self, principal: Principal) -> None:
-        """A hold was refused, or metering could not be asked: wait for the hold from now on."""
-        self._clear.pop(headroom_key(principal), None)
+    def withhold_tenant(self, tenant_id: str) -> None:
+        """A hold of the tenant was refused or could not be asked for, or its policy changed: every caller
+        of the tenant waits for its hold until one is granted cleanly (a tenant-wide budget or rate limit
+        refuses them all alike)."""
+        for key in [key for key in self._clear if key[0] == tenant_id]:
+            del self._clear[key]
+
+    def forget(self) -> None:
+        """Changes may have been missed (auth's notifications were interrupted): everyone waits again."""
+        self._clear.clear()

@@ -38,6 +38,10 @@ class Outcome:
     reservation_id: str = ""
     # Whether a model call was made (or attempted): without one a reservation is released, not settled.
     inference_started: bool = False
+    # A model call started beside the budget hold was cancelled before the hold was granted (refused, failed,
+    # or the caller left): the provider saw the screened prompt, so the audit record names the model, but
+    # nothing reached the caller and nothing is billed (services/gateway/headroom.py).
+    speculation_unanswered: bool = False
     summary: completion_pb2.CompletionSummary | None = None
     # Estimated usage when inference's summary never came (cancelled, blocked, broken stream).
     estimated_usage: token_usage_pb2.TokenUsage | None = None
@@ -174,7 +178,7 @@ def audit_record(outcome: Outcome) -> audit_record_pb2.AuditRecord:
     )
     if outcome.time_to_first_token is not None:
         interaction.time_to_first_token.CopyFrom(_duration(outcome.time_to_first_token))
-    if outcome.inference_started:  # a refused request was answered by no model
+    if outcome.inference_started:  # a request refused before any model call names no model
         interaction.model, interaction.provider = outcome.model(), outcome.provider()
     if summary is not None:
         interaction.fallback_models.extend(a.model for a in summary.routing.fallback_attempts)

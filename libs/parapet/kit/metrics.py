@@ -127,8 +127,9 @@ GATEWAY_DEGRADED = Counter(
 GATEWAY_SPECULATIVE_CALLS = Counter(
     "parapet_gateway_speculative_calls_total",
     "Model calls the gateway started before the chat's budget hold was granted, by outcome: kept (the hold "
-    "was granted), refused (the hold was refused or failed: the call was cancelled, nothing reached the "
-    "caller, nothing billed), cancelled (the caller left first).",
+    "was granted, or metering was down and the policy let the chat go on), refused (the hold was refused "
+    "or failed: the call was cancelled, nothing reached the caller, nothing billed), cancelled (the caller "
+    "left first; nothing billed either).",
     ["outcome"],
 )
 GATEWAY_OUTBOX_PENDING = Gauge(

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-#: How long a cancelled task gets to end before it is cancelled again.
-_RECANCEL_SECONDS = 0.5
+#: How long a cancelled task gets to end before it is cancelled again: long enough for a clean-up it shields
+#: (a job worker giving its item back waits up to 4 s), short enough that a lost cancel costs little.
+RECANCEL_SECONDS = 5.0
 
 
 async def within(seconds: float | None, awaitable: Awaitable[T]) -> T:
@@ -37,13 +38,16 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
-    """Cancels ``task`` and waits until it ended, cancelling again while it goes on: a library that
-    swallowed one cancellation (``asyncio.wait_for`` inside it, on Python 3.11) does not keep it running."""
-    cancels = 0
+async def cancel_and_wait(task: asyncio.Future[Any], *, recancel_seconds: float = RECANCEL_SECONDS) -> None:
+    """Cancels ``task`` and waits until it ended, cancelling again every ``recancel_seconds`` while it goes on
+    (logged each time): a library that swallowed a cancellation (``asyncio.wait_for`` inside it, on Python
+    3.11) must not keep it running. A task that never ends keeps its caller here; the process's bounded
+    stop (``parapet.kit.server``) is the limit. Whatever the task ended with is retrieved, not raised."""
+    task.cancel()
     while not task.done():
-        task.cancel()
-        cancels += 1
-        await asyncio.wait([task], timeout=_RECANCEL_SECONDS)
-    if cancels > 1:
-        log.warning("a task ignored a cancellation: cancelled %d times", cancels, extra={"task": repr(task)})
+        await asyncio.wait([task], timeout=recancel_seconds)
+        if not task.done():
+            log.warning("a task ignored its cancellation: cancelling it again", extra={"task": repr(task)})
+            task.cancel()
+    if not task.cancelled():
+        task.exception()

@@ -21,7 +21,7 @@ from parapet.auth.v1 import tenant_policy_pb2 as P
 from parapet.gateway.v1 import chat_pb2
 from parapet.kit.errors import ErrorDetails, error_details
 from tests.integration.gateway.conftest import MODULE, Answer, Suite, Tenant, question
-from tests.integration.observability.scrape import scrape
+from tests.integration.observability.scrape import scrape, until
 
 pytestmark = MODULE
 
@@ -67,6 +67,11 @@ class Reader:
                 self.answer.events.append(event)
         except grpc.aio.AioRpcError as error:
             self.answer.error = error_details(error)
+        except asyncio.CancelledError:
+            self.answer.error = None  # cancelled by the test, as a caller that leaves
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
     async def result(self) -> Answer:
         await self._task
@@ -86,6 +91,22 @@ async def upstream_saw(suite: Suite, marker: str, seconds: float) -> bool:
 
 async def speculative(suite: Suite, outcome: str) -> float:
     return (await scrape(suite.metrics_port)).value(SPECULATIVE, outcome=outcome)
+
+
+async def audited_unbilled(suite: Suite, tenant: Tenant, reason: str, *, billed: Answer) -> None:
+    """The tenant's one failed chat is audited with ``reason`` and names the model its prompt was sent to
+    (the provider saw it), and the ledger holds only ``billed``: the speculated call cost the tenant nothing."""
+    audit = await suite.wait_rows(
+        "SELECT model, error_reason FROM audit.records WHERE tenant_id = :t AND kind = 'interaction' "
+        "AND status_code <> 0",
+        t=tenant.tenant_id,
+    )
+    assert [(a[1], a[0] in ("gpt", "claude")) for a in audit] == [(reason, True)], audit
+    await asyncio.sleep(0.5)  # the finaliser ran with the audit record; a settlement would be in by now
+    ledger = await suite.rows(
+        "SELECT request_id FROM metering.usage_ledger WHERE tenant_id = :t", t=tenant.tenant_id
+    )
+    assert [r[0] for r in ledger] == [billed.summary.request_id]
 
 
 def refused_for_budget(error: ErrorDetails | None) -> bool:
@@ -145,17 +166,7 @@ async def test_a_refused_hold_cancels_the_started_call_and_nothing_is_answered_o
     assert refused_for_budget(answer.error), answer.error
     assert answer.events == []  # no text, no notice, no summary: the call was cancelled unseen
     assert await speculative(suite, "refused") == refused_before + 1
-    audit = await suite.wait_rows(
-        "SELECT model, error_reason FROM audit.records WHERE tenant_id = :t AND kind = 'interaction' "
-        "AND status_code <> 0",
-        t=tenant.tenant_id,
-    )
-    assert [tuple(a) for a in audit] == [("", "BUDGET_EXCEEDED")]  # refused: answered by no model
-    await asyncio.sleep(0.5)  # the finaliser runs after the error went out
-    billed = await suite.rows(
-        "SELECT request_id FROM metering.usage_ledger WHERE tenant_id = :t", t=tenant.tenant_id
-    )
-    assert [r[0] for r in billed] == [warm.summary.request_id]
+    await audited_unbilled(suite, tenant, "BUDGET_EXCEEDED", billed=warm)
 
     # After a refusal the caller's chats wait for their hold again: the provider is not asked meanwhile.
     marker = f"waits-{uuid.uuid4().hex[:8]}"
@@ -186,3 +197,27 @@ async def test_a_soft_limit_warning_makes_the_next_chat_wait_for_its_hold(suite:
     kinds = [e.WhichOneof("event") for e in answer.events]
     assert kinds.index("notice") < kinds.index("text_delta")  # the warning still comes first
     assert [await speculative(suite, outcome) for outcome in ("kept", "refused", "cancelled")] == counts
+
+
+async def test_a_caller_who_leaves_during_the_hold_stops_the_started_call_and_is_not_billed(
+    suite: Suite,
+) -> None:
+    tenant = await suite.tenant(budgeted(1_000_000, soft_percent=80))
+    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
+    assert warm.error is None, warm.error
+    cancelled_before = await speculative(suite, "cancelled")
+
+    marker = f"leaves-{uuid.uuid4().hex[:8]}"
+    async with held_budget(suite, tenant):
+        reader = Reader(suite, tenant, marker)
+        assert await upstream_saw(suite, marker, seconds=3)
+        reader.cancel()
+        answer = await reader.result()
+        assert answer.events == []
+        # The gateway learns of the cancellation on its own time: wait for the count, inside the hold.
+        await until(
+            lambda: scrape(suite.metrics_port),
+            lambda samples: samples.value(SPECULATIVE, outcome="cancelled") == cancelled_before + 1,
+            within=5,
+        )
+    await audited_unbilled(suite, tenant, "CANCELLED", billed=warm)

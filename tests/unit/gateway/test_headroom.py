@@ -20,10 +20,20 @@ def test_a_clean_grant_clears_the_caller_and_a_warning_or_refusal_withdraws_it()
     assert headroom.clear(ALICE)
     headroom.granted(ALICE, warned=True)
     assert not headroom.clear(ALICE)
-    headroom.granted(ALICE, warned=False)
-    headroom.withheld(ALICE)
-    assert not headroom.clear(ALICE)
-    headroom.withheld(ALICE)  # withholding an unknown caller is fine
+    assert len(headroom) == 0
+
+
+def test_a_refusal_or_a_policy_change_withholds_every_caller_of_the_tenant() -> None:
+    # A tenant-wide budget or rate limit refuses all the tenant's callers alike.
+    headroom = BudgetHeadroom(10)
+    bob, other = Principal("t1", "bob"), Principal("t2", "alice")
+    for caller in (ALICE, bob, other):
+        headroom.granted(caller, warned=False)
+    headroom.withhold_tenant("t1")
+    assert not headroom.clear(ALICE) and not headroom.clear(bob)
+    assert headroom.clear(other)
+    headroom.withhold_tenant("unknown")  # withholding a tenant nobody of is remembered is fine
+    headroom.forget()
     assert len(headroom) == 0
 
 

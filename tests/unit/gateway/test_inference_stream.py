@@ -41,15 +41,15 @@ async def _texts(stream: InferenceStream) -> list[str]:
 
 async def test_the_first_message_is_waited_for_from_the_call_start_not_from_the_first_look() -> None:
     stream = InferenceStream(TimedCall([0.05]))
-    await asyncio.sleep(0.15)  # busy elsewhere (a budget hold) long after the first message arrived
+    await asyncio.sleep(1.0)  # busy elsewhere (a budget hold) long after the first message arrived
     assert await _texts(stream) == ["0"]
-    assert 0.045 <= stream.waited < 0.1  # its arrival, not the 0.15 s until the flow looked
+    assert 0.045 <= stream.waited < 0.5  # its arrival, not the 1 s until the flow looked
 
 
 async def test_a_flow_that_looks_at_once_waits_for_the_whole_stream() -> None:
     stream = InferenceStream(TimedCall([0.03, 0.03, 0.03]))
     assert await _texts(stream) == ["0", "1", "2"]
-    assert 0.085 <= stream.waited < 0.2
+    assert 0.085 <= stream.waited < 1.0  # generous: a loaded machine may be slow to resume
 
 
 async def test_an_empty_stream_and_an_error_before_any_message() -> None:

@@ -17,13 +17,16 @@ async def _relay_loop(wake: asyncio.Event, wait: Callable[[asyncio.Event], Await
         wake.clear()
 
 
-async def _cancelled_as_it_wakes(wait: Callable[[asyncio.Event], Awaitable[object]]) -> bool:
+async def _cancelled_as_it_wakes(
+    wait: Callable[[asyncio.Event], Awaitable[object]], *, settle: bool = True
+) -> bool:
     """Whether a relay loop cancelled in the same tick its wait completed actually stops."""
     wake = asyncio.Event()
     relay = asyncio.create_task(_relay_loop(wake, wait))
     await asyncio.sleep(0.01)
     wake.set()
-    await asyncio.sleep(0)  # the inner wait completes...
+    if settle:
+        await asyncio.sleep(0)  # the inner wait (wait_for's own task) completes...
     relay.cancel()  # ...and the shutdown cancels the loop before it resumed
     done, _ = await asyncio.wait([relay], timeout=0.5)
     if not done:
@@ -34,6 +37,7 @@ async def _cancelled_as_it_wakes(wait: Callable[[asyncio.Event], Awaitable[objec
 
 async def test_wait_event_lets_a_cancel_through_when_it_arrives_as_the_wait_completes() -> None:
     assert await _cancelled_as_it_wakes(lambda wake: wait_event(wake, 10))
+    assert await _cancelled_as_it_wakes(lambda wake: wait_event(wake, 10), settle=False)
 
 
 async def test_asyncio_wait_for_is_what_loses_it_on_this_python() -> None:
@@ -71,5 +75,5 @@ async def test_cancel_and_wait_stops_a_task_that_swallowed_the_first_cancel() ->
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    await within(5, cancel_and_wait(task))
+    await within(5, cancel_and_wait(task, recancel_seconds=0.05))
     assert task.cancelled() and swallowed == 1
