@@ -17,6 +17,8 @@ Memory only and per replica: a replica that has not seen a caller's hold yet wai
 
 from __future__ import annotations
 
+from collections import Counter
+
 from parapet.kit.identity import Principal
 
 #: A budget can apply to the tenant, a user or an API key: the key covers every scope a caller's chats hit.
@@ -35,6 +37,9 @@ class BudgetHeadroom:
             raise ValueError("capacity must be positive")
         self._capacity = capacity
         self._clear: dict[HeadroomKey, None] = {}  # insertion order = least recently confirmed first
+        # Clear callers per tenant: while metering is down every chat withholds its tenant, and a tenant
+        # with nobody clear must cost no scan of everyone remembered.
+        self._tenants: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._clear)
@@ -46,20 +51,30 @@ class BudgetHeadroom:
     def granted(self, principal: Principal, *, warned: bool) -> None:
         """A hold was granted; with a soft-limit warning the next chat waits for its hold again."""
         key = headroom_key(principal)
-        self._clear.pop(key, None)
+        self._drop(key)
         if warned:
             return
         self._clear[key] = None
+        self._tenants[key[0]] += 1
         if len(self._clear) > self._capacity:
-            del self._clear[next(iter(self._clear))]
+            self._drop(next(iter(self._clear)))
 
     def withhold_tenant(self, tenant_id: str) -> None:
         """A hold of the tenant was refused or could not be asked for, or its policy changed: every caller
         of the tenant waits for its hold until one is granted cleanly (a tenant-wide budget or rate limit
         refuses them all alike)."""
+        if not self._tenants[tenant_id]:
+            return
         for key in [key for key in self._clear if key[0] == tenant_id]:
-            del self._clear[key]
+            self._drop(key)
+
+    def _drop(self, key: HeadroomKey) -> None:
+        if self._clear.pop(key, ()) is None:  # it was there
+            self._tenants[key[0]] -= 1
+            if not self._tenants[key[0]]:
+                del self._tenants[key[0]]
 
     def forget(self) -> None:
         """Changes may have been missed (auth's notifications were interrupted): everyone waits again."""
         self._clear.clear()
+        self._tenants.clear()

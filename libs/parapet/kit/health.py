@@ -24,7 +24,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parapet.kit.timeouts import within
+from parapet.kit.timeouts import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,5 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
 from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError
-from parapet.kit.timeouts import within
+from parapet.kit.timeouts import cancel_and_wait, within
 from parapet.status.v1 import status_pb2
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
@@ -118,9 +118,7 @@ class JobWorker:
                     task.add_done_callback(running.discard)
                     task.add_done_callback(lambda _done: slots.release())
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*(cancel_and_wait(task) for task in list(running)))
 
     async def handle(self, message: Msg) -> None:
         parsed = queue.parse_body(message.data)
@@ -185,8 +183,7 @@ class JobWorker:
             if not run.stop:
                 await self._run_items(job, caller, run)
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await cancel_and_wait(heartbeat)
         await self._conclude(message, job, run)
 
     async def _conclude(self, message: Msg, job: JobRow, run: _Run) -> None:
@@ -245,9 +242,7 @@ class JobWorker:
                 tasks.append(task)
             results = await asyncio.gather(*tasks, return_exceptions=True)
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
             raise
         for result in results:
             if isinstance(result, BaseException):

@@ -109,6 +109,20 @@ async def audited_unbilled(suite: Suite, tenant: Tenant, reason: str, *, billed:
     assert [r[0] for r in ledger] == [billed.summary.request_id]
 
 
+async def warmed_tenant(suite: Suite, limit: int, soft_percent: int) -> tuple[Tenant, Answer]:
+    """A tenant with a daily token budget, and its first chat (answered): its budget counters now exist,
+    and the gateway has seen its first hold (granted with or without a warning, as the budget says)."""
+    tenant = await suite.tenant(budgeted(limit, soft_percent))
+    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
+    assert warm.error is None, warm.error
+    return tenant, warm
+
+
+def marker(kind: str) -> str:
+    """A question no other test asks, so the upstream's record of it is this chat's."""
+    return f"{kind}-{uuid.uuid4().hex[:8]}"
+
+
 def refused_for_budget(error: ErrorDetails | None) -> bool:
     return (
         error is not None
@@ -118,23 +132,22 @@ def refused_for_budget(error: ErrorDetails | None) -> bool:
 
 
 async def test_the_model_starts_beside_a_pending_hold_and_the_answer_waits_for_it(suite: Suite) -> None:
-    tenant = await suite.tenant(budgeted(1_000_000, soft_percent=80))
-    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
-    assert warm.error is None, warm.error  # granted without a warning: the next chat may speculate
+    # Granted without a warning: the next chat may speculate.
+    tenant, _warm = await warmed_tenant(suite, 1_000_000, soft_percent=80)
     kept = await speculative(suite, "kept")
 
-    marker = f"speculate-{uuid.uuid4().hex[:8]}"
+    words = marker("speculate")
     async with held_budget(suite, tenant):
-        reader = Reader(suite, tenant, marker)
+        reader = Reader(suite, tenant, words)
         # The provider is asked while the hold still waits on the locked counters...
-        assert await upstream_saw(suite, marker, seconds=5)
+        assert await upstream_saw(suite, words, seconds=5)
         await asyncio.sleep(0.3)
         # ...and nothing of its answer reaches the caller before the hold is granted.
         assert reader.answer.events == [] and reader.answer.error is None
     answer = await reader.result()
 
     assert answer.error is None, answer.error
-    assert answer.text == f"You said: {marker}" and answer.summary is not None
+    assert answer.text == f"You said: {words}" and answer.summary is not None
     assert await speculative(suite, "kept") == kept + 1
     ledger = await suite.wait_rows(
         "SELECT request_id FROM metering.usage_ledger WHERE tenant_id = :t AND request_id = :r",
@@ -147,15 +160,13 @@ async def test_the_model_starts_beside_a_pending_hold_and_the_answer_waits_for_i
 async def test_a_refused_hold_cancels_the_started_call_and_nothing_is_answered_or_billed(
     suite: Suite,
 ) -> None:
-    tenant = await suite.tenant(budgeted(1_000_000, soft_percent=80))
-    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
-    assert warm.error is None, warm.error
+    tenant, warm = await warmed_tenant(suite, 1_000_000, soft_percent=80)
     refused_before = await speculative(suite, "refused")
 
-    marker = f"refused-{uuid.uuid4().hex[:8]}"
+    words = marker("refused")
     async with held_budget(suite, tenant) as session:
-        reader = Reader(suite, tenant, marker)
-        assert await upstream_saw(suite, marker, seconds=5)
+        reader = Reader(suite, tenant, words)
+        assert await upstream_saw(suite, words, seconds=5)
         # Another replica spent the rest of the budget meanwhile: the pending hold will be refused.
         await session.execute(
             text("UPDATE metering.budget_counters SET used = limit_value WHERE tenant_id = :t"),
@@ -169,31 +180,29 @@ async def test_a_refused_hold_cancels_the_started_call_and_nothing_is_answered_o
     await audited_unbilled(suite, tenant, "BUDGET_EXCEEDED", billed=warm)
 
     # After a refusal the caller's chats wait for their hold again: the provider is not asked meanwhile.
-    marker = f"waits-{uuid.uuid4().hex[:8]}"
+    words = marker("waits")
     async with held_budget(suite, tenant):
-        reader = Reader(suite, tenant, marker)
-        assert not await upstream_saw(suite, marker, seconds=0.5)
+        reader = Reader(suite, tenant, words)
+        assert not await upstream_saw(suite, words, seconds=0.5)
     answer = await reader.result()
     assert refused_for_budget(answer.error), answer.error
-    assert not await upstream_saw(suite, marker, seconds=0.1)
+    assert not await upstream_saw(suite, words, seconds=0.1)
 
 
 async def test_a_soft_limit_warning_makes_the_next_chat_wait_for_its_hold(suite: Suite) -> None:
     # One reservation (the prompt and the default 1,024 output tokens) is over 1% of 50,000 tokens.
-    tenant = await suite.tenant(budgeted(50_000, soft_percent=1))
-    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
-    assert warm.error is None, warm.error
+    tenant, warm = await warmed_tenant(suite, 50_000, soft_percent=1)
     assert warm.notices(chat_pb2.NOTICE_TYPE_BUDGET_SOFT_LIMIT)
     counts = [await speculative(suite, outcome) for outcome in ("kept", "refused", "cancelled")]
 
-    marker = f"warned-{uuid.uuid4().hex[:8]}"
+    words = marker("warned")
     async with held_budget(suite, tenant):
-        reader = Reader(suite, tenant, marker)
-        assert not await upstream_saw(suite, marker, seconds=0.5)
+        reader = Reader(suite, tenant, words)
+        assert not await upstream_saw(suite, words, seconds=0.5)
     answer = await reader.result()
 
     assert answer.error is None, answer.error
-    assert answer.text == f"You said: {marker}"
+    assert answer.text == f"You said: {words}"
     kinds = [e.WhichOneof("event") for e in answer.events]
     assert kinds.index("notice") < kinds.index("text_delta")  # the warning still comes first
     assert [await speculative(suite, outcome) for outcome in ("kept", "refused", "cancelled")] == counts
@@ -202,15 +211,13 @@ async def test_a_soft_limit_warning_makes_the_next_chat_wait_for_its_hold(suite:
 async def test_a_caller_who_leaves_during_the_hold_stops_the_started_call_and_is_not_billed(
     suite: Suite,
 ) -> None:
-    tenant = await suite.tenant(budgeted(1_000_000, soft_percent=80))
-    warm = await suite.stream(tenant, question("first of the day", model="gpt"))
-    assert warm.error is None, warm.error
+    tenant, warm = await warmed_tenant(suite, 1_000_000, soft_percent=80)
     cancelled_before = await speculative(suite, "cancelled")
 
-    marker = f"leaves-{uuid.uuid4().hex[:8]}"
+    words = marker("leaves")
     async with held_budget(suite, tenant):
-        reader = Reader(suite, tenant, marker)
-        assert await upstream_saw(suite, marker, seconds=3)
+        reader = Reader(suite, tenant, words)
+        assert await upstream_saw(suite, words, seconds=3)
         reader.cancel()
         answer = await reader.result()
         assert answer.events == []

@@ -56,6 +56,10 @@ def test_the_least_recently_granted_caller_is_forgotten_first() -> None:
     assert len(headroom) == 2
     assert headroom.clear(callers[0]) and headroom.clear(callers[2])
     assert not headroom.clear(callers[1])
+    headroom.withhold_tenant("t")  # the evicted caller is no longer counted as the tenant's
+    assert len(headroom) == 0
+    headroom.granted(callers[1], warned=False)
+    assert headroom.clear(callers[1])
 
 
 def test_capacity_must_be_positive() -> None:
