@@ -28,6 +28,7 @@ from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.inference.v1 import cache_pb2, inference_service_pb2, inference_service_pb2_grpc, message_pb2
+from parapet.kit import loop as event_loop
 from parapet.kit import timeouts
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys
@@ -283,6 +284,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.serve:
         _pin(0)
-        asyncio.run(_serve(args))
+        event_loop.run(_serve(args))  # the service's own loop (uvloop), as `parapet serve` runs it
     else:
         asyncio.run(main())

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded, Unauthenticated
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth import apikeys, oidc
 from services.auth.cache import IdentityEntry, TenantKeyedCache
+from services.auth.issued import Issued
 from services.auth.store import AuthStore, KeyRecord
 from services.auth.throttle import FailureThrottle
 
@@ -49,14 +49,6 @@ def key_principal(tenant_id: str, record: KeyRecord) -> Principal:
         credential_type="api_key",
         api_key_id=record.api_key_id,
     )
-
-
-@dataclass(frozen=True)
-class Issued:
-    token: str
-    expires: float
-    principal: Principal
-    policy_version: int
 
 
 class Authenticator:
@@ -106,13 +98,13 @@ class Authenticator:
         # A token never outlives its credential; one already ending with the credential is not re-signed.
         full = int(now) + int(self._signer.ttl_seconds)
         cap = full if entry.credential_expires is None else min(full, int(entry.credential_expires))
-        stale = entry.token_expires - now < self._signer.ttl_seconds / 2 and entry.token_expires < cap
-        if not entry.token or stale:
-            entry.token = self._signer.sign(
+        issued = entry.issued
+        if issued is None or (issued.expires - now < self._signer.ttl_seconds / 2 and issued.expires < cap):
+            token = self._signer.sign(
                 entry.principal, now=now, extra_claims={"exp": cap} if cap < full else None
             )
-            entry.token_expires = cap
-        return Issued(entry.token, entry.token_expires, entry.principal, entry.policy_version)
+            issued = entry.issued = Issued(token, cap, entry.principal, entry.policy_version)
+        return issued
 
     async def authenticate(self, *, api_key: str = "", oidc_token: str = "", client: str) -> Issued:
         if api_key:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from parapet.kit.identity import Principal
+from services.auth.issued import Issued
 
 V = TypeVar("V")
 
@@ -24,8 +25,7 @@ class IdentityEntry:
     policy_version: int
     # When the credential itself stops being valid (API key expiry, OIDC token exp); no token outlives it.
     credential_expires: float | None = None
-    token: str = ""
-    token_expires: float = 0.0
+    issued: Issued | None = None  # the token last issued for the credential, reused for half its life
     last_use_written: float = field(default_factory=time.time)
 
 

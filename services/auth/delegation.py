@@ -16,7 +16,8 @@ import time
 from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth.access import Access, check_tenant_id
-from services.auth.authenticator import Issued, key_principal, key_refusal
+from services.auth.authenticator import key_principal, key_refusal
+from services.auth.issued import Issued
 from services.auth.permissions import Permission
 from services.auth.store import AuthStore
 

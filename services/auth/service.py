@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc.aio
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, signing_key_pb2
 from parapet.kit.context import require_principal
@@ -54,12 +54,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         issued = await self._authenticator.authenticate(
             api_key=request.api_key, oidc_token=request.oidc_token, client=client_of(context)
         )
-        return pb.AuthenticateResponse(
-            token=issued.token,
-            expire_time=timestamp_pb2.Timestamp(seconds=int(issued.expires)),
-            principal=issued.principal.to_proto(),
-            policy_version=issued.policy_version,
-        )
+        return issued.authenticate_response
 
     async def Authorize(
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -98,12 +93,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         issued = await self._delegator.issue(
             require_principal(), request.tenant_id, request.subject, request.api_key_id
         )
-        return pb.IssueDelegatedTokenResponse(
-            token=issued.token,
-            expire_time=timestamp_pb2.Timestamp(seconds=int(issued.expires)),
-            principal=issued.principal.to_proto(),
-            policy_version=issued.policy_version,
-        )
+        return issued.delegated_response()
 
     async def GetJwks(
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]

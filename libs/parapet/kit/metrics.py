@@ -294,8 +294,16 @@ def set_usage_outbox_pending(count: int) -> None:
 # --- inference internals ---
 
 
+_cache_lookup_children: dict[tuple[str, bool], Any] = {}
+
+
 def record_cache_lookup(cache: str, hit: bool) -> None:
-    CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+    # Kept children: a warm Authenticate records one lookup per call, and a label lookup costs more than
+    # the increment (the cache names are a handful of constants).
+    child = _cache_lookup_children.get((cache, hit))
+    if child is None:
+        child = _cache_lookup_children[(cache, hit)] = CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss")
+    child.inc()
 
 
 class BreakerState(IntEnum):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import jwt
@@ -16,7 +18,7 @@ from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
 from parapet.kit.identity import StaticJwks, TokenVerifier
-from tests.integration.auth.conftest import Auth
+from tests.integration.auth.conftest import Auth, running_auth
 
 
 async def test_api_key_to_token_to_decision(auth: Auth) -> None:
@@ -66,6 +68,28 @@ async def test_a_token_never_outlives_its_api_key(auth: Auth) -> None:
         issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=created.secret))
         assert issued.expire_time.seconds == expire.seconds
         assert jwt.decode(issued.token, options={"verify_signature": False})["exp"] == expire.seconds
+
+
+async def test_a_warm_authenticate_reuses_its_token_for_half_its_lifetime(
+    database_url: str, nats_url: str, signing_key_file: Path
+) -> None:
+    # Tokens of 2 s: the one issued is handed back (with the response built for it) until 1 s is left.
+    async with running_auth(database_url, nats_url, signing_key_file, auth_token_ttl_seconds=2) as auth:
+        tenant = await auth.new_tenant()
+        await auth.new_user(tenant, "svc", groups=("finance",))
+        _, key = await auth.new_key(tenant, "svc")
+        request = apb.AuthenticateRequest(api_key=key)
+
+        first = await auth.auth.Authenticate(request)
+        again = await auth.auth.Authenticate(request)
+        assert again == first
+        await asyncio.sleep(1.1)
+        renewed = await auth.auth.Authenticate(request)
+        assert renewed.token != first.token
+        assert renewed.expire_time.seconds > first.expire_time.seconds
+        assert renewed.principal == first.principal and renewed.principal.groups == ["finance"]
+        claims = jwt.decode(renewed.token, options={"verify_signature": False})
+        assert claims["exp"] == renewed.expire_time.seconds
 
 
 async def test_identity_cache_hits_are_counted(auth: Auth) -> None:
