@@ -5,6 +5,8 @@ deadline, identity with a real Ed25519 token verified on every call) serving a t
 own process pinned to CPU 0. The load generator runs in this process pinned to CPU 1, over a real channel
 (a kit channel for the kit variants, as a service calling another would use). Reported:
 - unary and server-streaming (10 messages) latency, one call at a time: p50/p95/p99;
+- unary latency when each call comes after 30 ms of idle (as an unloaded chat meets each service), beside a
+  plain asyncio TCP echo after the same idle time (the machine's own wake-up cost, without gRPC);
 - throughput with 64 calls in flight, and the server's CPU time per call, which is what "calls/s on one
   core" means: 1 / (server CPU seconds per call); and the calling process's CPU time per call;
 for plain grpc.aio (what Python gRPC costs at all), the kit on a public method, the full kit, the full kit
@@ -49,6 +51,9 @@ STREAM_MESSAGES = 10
 SEQUENTIAL_CALLS = 3000
 CONCURRENCY = 64
 THROUGHPUT_SECONDS = 5.0
+# Calls after the processes went idle: one every IDLE_GAP_SECONDS, as an unloaded chat meets each service.
+COLD_CALLS = 300
+IDLE_GAP_SECONDS = 0.03
 
 
 def _pin(cpu: int) -> None:
@@ -121,6 +126,65 @@ async def _sequential(call: object, metadata: tuple[tuple[str, str], ...], strea
     return LatencySummary.of(samples)
 
 
+async def _after_idle(call: object, metadata: tuple[tuple[str, str], ...]) -> LatencySummary:
+    """Unary calls one at a time, each after both processes sat idle for IDLE_GAP_SECONDS."""
+    samples: list[float] = []
+    request = StringValue(value="x" * 64)
+    for _ in range(COLD_CALLS):
+        await asyncio.sleep(IDLE_GAP_SECONDS)
+        started = time.perf_counter()
+        await call(request, metadata=metadata)  # type: ignore[operator]
+        samples.append(time.perf_counter() - started)
+    return LatencySummary.of(samples)
+
+
+async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
+    """The machine's own wake-up cost, without gRPC: a 64-byte echo over loopback TCP between two asyncio
+    processes on the services' loop, back to back and after IDLE_GAP_SECONDS idle."""
+    server = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.kit_roundtrip", "--serve-tcp"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        port = json.loads(await server.stdout.readline())["port"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = b"x" * 64
+
+        async def echo() -> float:
+            started = time.perf_counter()
+            writer.write(payload)
+            await reader.readexactly(len(payload))
+            return time.perf_counter() - started
+
+        for _ in range(200):
+            await echo()
+        hot = [await echo() for _ in range(SEQUENTIAL_CALLS)]
+        cold: list[float] = []
+        for _ in range(COLD_CALLS):
+            await asyncio.sleep(IDLE_GAP_SECONDS)
+            cold.append(await echo())
+        writer.close()
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        await timeouts.within(30, server.wait())
+    return LatencySummary.of(hot), LatencySummary.of(cold)
+
+
+async def _serve_tcp() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
 async def _throughput(
     call: object, metadata: tuple[tuple[str, str], ...], server_pid: int
 ) -> tuple[float, float, float]:
@@ -167,6 +231,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
             streaming = stream_caller(channel, f"/{SERVICE}/Stream")
             unary_latency = await _sequential(unary, metadata, streaming=False)
             stream_latency = await _sequential(streaming, metadata, streaming=True)
+            cold_latency = await _after_idle(unary, metadata)
             calls_per_second, cpu_ms_per_call, client_ms = await _throughput(unary, metadata, server.pid)
     finally:
         if server.stdin is not None:
@@ -177,6 +242,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
             VARIANTS[variant],
             *unary_latency.cells()[:3],
             *stream_latency.cells()[:3],
+            *cold_latency.cells()[:3:2],
             f"{calls_per_second:,.0f}",
             f"{cpu_ms_per_call:.3f}",
             f"{1000.0 / cpu_ms_per_call:,.0f}",
@@ -195,6 +261,7 @@ async def main() -> None:
         jwks_file.write_text(json.dumps(keys.jwks()))
         for variant in VARIANTS:
             rows += await _measure(variant, keys, jwks_file)
+    tcp_hot, tcp_cold = await _tcp_echo_after_idle()
     body = "\n\n".join(
         [
             "Server: pinned to CPU 0, in its own process; the kit variants run the kit's interceptor "
@@ -217,6 +284,8 @@ async def main() -> None:
                     f"stream ({STREAM_MESSAGES} msgs) p50 ms",
                     "p95",
                     "p99",
+                    "unary after idle p50 ms",
+                    "p99",
                     "calls/s",
                     "server CPU ms/call",
                     "calls/s on one core",
@@ -224,6 +293,14 @@ async def main() -> None:
                 ],
                 rows,
             ),
+            f"**After idle.** An unloaded chat meets every service after it sat idle, and waking an idle "
+            f"process costs far more than a call between busy ones: the 'after idle' columns are {COLD_CALLS} "
+            f"unary calls each after {IDLE_GAP_SECONDS * 1000:.0f} ms without traffic. Without gRPC, a "
+            f"64-byte echo between two asyncio processes over loopback TCP takes {tcp_hot.p50:.3f} ms p50 back "
+            f"to back and {tcp_cold.p50:.3f} ms p50 ({tcp_cold.p99:.3f} p99) after the same idle time: that is "
+            "the machine's own wake-up cost (scheduler and, on a VM, the idle virtual CPU), paid by every "
+            "process a call wakes; grpc.aio pays it on more than one thread per process (its poller "
+            "thread, then the event loop).",
         ]
     )
     write_section(
@@ -236,8 +313,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", type=Path, help="run the server side with this JWKS file")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="kit")
+    parser.add_argument("--serve-tcp", action="store_true", help="run the plain TCP echo server")
     args = parser.parse_args()
-    if args.serve:
+    if args.serve_tcp:
+        _pin(0)
+        event_loop.run(_serve_tcp())
+    elif args.serve:
         _pin(0)
         if args.variant.endswith("-asyncio"):
             asyncio.run(_serve(args.serve, args.variant))
