@@ -84,8 +84,9 @@ class ServiceSettings(BaseSettings):
     identity_jwks_file: Path | None = Field(
         None,
         description="JWKS JSON file with the auth service's public keys for the internal identity token. "
-        "Re-read when a token names an unknown `kid` (key rotation). Unset: every non-public RPC is "
-        "refused with UNAUTHENTICATED.",
+        "Re-read when a token names an unknown `kid` (key rotation). Unset: keys come from auth's "
+        "GetJwks at `PARAPET_AUTH_ADDRESS`; with neither set, every non-public RPC is refused with "
+        "UNAUTHENTICATED.",
     )
     auth_address: str | None = Field(
         None,
