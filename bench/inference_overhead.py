@@ -24,12 +24,13 @@ from typing import Any
 import grpc.aio
 import openai
 
+# Pinning, CPU time and stopping a server child exactly as the kit's floor does them.
+from bench.kit_roundtrip import _cpu_seconds, _pin, _stop
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.inference.v1 import cache_pb2, inference_service_pb2, inference_service_pb2_grpc, message_pb2
 from parapet.kit import loop as event_loop
-from parapet.kit import timeouts
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys
 
@@ -39,16 +40,6 @@ CACHE_CALLS = int(os.environ.get("BENCH_INFERENCE_CALLS", "1000"))
 CONCURRENCY = 16
 THROUGHPUT_SECONDS = 5.0
 QUESTION = "Please summarise the onboarding guide for new support engineers in twenty words"  # 20-chunk reply
-
-
-def _pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
-        os.sched_setaffinity(0, {cpu})
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -76,15 +67,6 @@ async def _child(*argv: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]
     )
     assert process.stdout is not None
     return process, json.loads(await process.stdout.readline())
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.stdin is not None:
-        process.stdin.close()
-    try:
-        await timeouts.within(20, process.wait())
-    except TimeoutError:
-        process.kill()
 
 
 async def _direct(client: openai.AsyncOpenAI) -> tuple[float, float]:
@@ -207,7 +189,7 @@ async def _run(tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> s
         await client.close()
     finally:
         await _stop(server)
-        await _stop(upstream)
+        await _stop(upstream, stdin_grace=0)  # the emulator stops on SIGTERM
 
     rows = [
         ["direct (openai SDK → upstream)", *d_total.cells()[:3], *d_first.cells()[:3]],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -139,8 +140,8 @@ async def _after_idle(call: object, metadata: tuple[tuple[str, str], ...]) -> La
 
 
 async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
-    """The machine's own wake-up cost, without gRPC: a 64-byte echo over loopback TCP between two asyncio
-    processes on the services' loop, back to back and after IDLE_GAP_SECONDS idle."""
+    """The machine's own wake-up cost, without gRPC: a 64-byte echo over loopback TCP from this process to an
+    asyncio echo server (on the services' loop) in another, back to back and after IDLE_GAP_SECONDS idle."""
     server = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "bench.kit_roundtrip", "--serve-tcp"],
         stdin=asyncio.subprocess.PIPE,
@@ -158,19 +159,38 @@ async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
             await reader.readexactly(len(payload))
             return time.perf_counter() - started
 
-        for _ in range(200):
-            await echo()
-        hot = [await echo() for _ in range(SEQUENTIAL_CALLS)]
-        cold: list[float] = []
-        for _ in range(COLD_CALLS):
-            await asyncio.sleep(IDLE_GAP_SECONDS)
-            cold.append(await echo())
-        writer.close()
+        try:
+            for _ in range(200):
+                await echo()
+            hot = [await echo() for _ in range(SEQUENTIAL_CALLS)]
+            cold: list[float] = []
+            for _ in range(COLD_CALLS):
+                await asyncio.sleep(IDLE_GAP_SECONDS)
+                cold.append(await echo())
+        finally:
+            writer.close()
+            await writer.wait_closed()
     finally:
-        if server.stdin is not None:
-            server.stdin.close()
-        await timeouts.within(30, server.wait())
+        await _stop(server)
     return LatencySummary.of(hot), LatencySummary.of(cold)
+
+
+async def _stop(server: asyncio.subprocess.Process, *, stdin_grace: float = 30.0) -> None:
+    """Stop a child: close its stdin (a server of these benchmarks stops when it closes) and wait up to
+    ``stdin_grace``; then SIGTERM (0: at once, for a child that does not watch stdin), 5 s, then SIGKILL."""
+    if server.stdin is not None:
+        server.stdin.close()
+    for grace, stop in ((stdin_grace, None), (5.0, server.terminate), (None, server.kill)):
+        if server.returncode is not None:
+            return
+        if stop is not None:
+            with contextlib.suppress(ProcessLookupError):
+                stop()
+        if grace is None:
+            await server.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await timeouts.within(grace, server.wait())
 
 
 async def _serve_tcp() -> None:
@@ -234,9 +254,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
             cold_latency = await _after_idle(unary, metadata)
             calls_per_second, cpu_ms_per_call, client_ms = await _throughput(unary, metadata, server.pid)
     finally:
-        if server.stdin is not None:
-            server.stdin.close()
-        await timeouts.within(30, server.wait())
+        await _stop(server)
     return [
         [
             VARIANTS[variant],
@@ -296,11 +314,13 @@ async def main() -> None:
             f"**After idle.** An unloaded chat meets every service after it sat idle, and waking an idle "
             f"process costs far more than a call between busy ones: the 'after idle' columns are {COLD_CALLS} "
             f"unary calls each after {IDLE_GAP_SECONDS * 1000:.0f} ms without traffic. Without gRPC, a "
-            f"64-byte echo between two asyncio processes over loopback TCP takes {tcp_hot.p50:.3f} ms p50 back "
+            "64-byte echo over loopback TCP from this process to an asyncio echo server in another takes "
+            f"{tcp_hot.p50:.3f} ms p50 back "
             f"to back and {tcp_cold.p50:.3f} ms p50 ({tcp_cold.p99:.3f} p99) after the same idle time: that is "
             "the machine's own wake-up cost (scheduler and, on a VM, the idle virtual CPU), paid by every "
-            "process a call wakes; grpc.aio pays it on more than one thread per process (its poller "
-            "thread, then the event loop).",
+            "process a call wakes. grpc.aio's larger figure fits a wake-up on more than one thread per "
+            "process (its poller thread hands each event to the event loop); that is inferred, not "
+            "measured here.",
         ]
     )
     write_section(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from parapet.kit.identity import Principal
-from services.auth.issued import Issued
+
+if TYPE_CHECKING:
+    from services.auth.issued import Issued
 
 V = TypeVar("V")
 

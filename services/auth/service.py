@@ -8,7 +8,7 @@ import grpc.aio
 from google.protobuf import duration_pb2
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, signing_key_pb2
-from parapet.kit.context import require_principal
+from parapet.kit.context import current_rpc, require_principal
 from parapet.kit.errors import InvalidArgument, NotFound
 from services.auth import permissions
 from services.auth.access import Access
@@ -19,14 +19,11 @@ JWKS_MAX_AGE_SECONDS = 300
 pb = auth_service_pb2
 
 
-def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The address failures are throttled by: the end client the gateway names, else the peer."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-parapet-client-ip" and isinstance(value, str) and len(value) <= 64:
-            return value
-    peer = context.peer() or "unknown"
-    # "ipv4:127.0.0.1:5555" -> the address without the ephemeral port
-    return peer.rsplit(":", 1)[0]
+def client_of() -> str:
+    """The address failures are throttled by: the end client the gateway names, else the peer (the kit
+    read both when the call began)."""
+    info = current_rpc()
+    return info.client_address() if info is not None else "unknown"
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
@@ -52,7 +49,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AuthenticateResponse:
         issued = await self._authenticator.authenticate(
-            api_key=request.api_key, oidc_token=request.oidc_token, client=client_of(context)
+            api_key=request.api_key, oidc_token=request.oidc_token, client=client_of()
         )
         return issued.authenticate_response
 

@@ -17,6 +17,7 @@ import time
 import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2
+from parapet.kit.context import CLIENT_ADDRESS_KEY, MAX_CLIENT_ADDRESS_LENGTH
 from parapet.kit.errors import Unauthenticated
 from parapet.kit.identity import Principal
 from services.auth.cache import TenantKeyedCache
@@ -75,7 +76,7 @@ class Authenticator:
         epoch = self._epoch
         try:
             # Auth throttles failures per client too; without this it would count the gateway as the client.
-            metadata = (("x-parapet-client-ip", client_ip[:64]),) if client_ip else None
+            metadata = ((CLIENT_ADDRESS_KEY, client_ip[:MAX_CLIENT_ADDRESS_LENGTH]),) if client_ip else None
             reply = await self._peers.auth.stub.Authenticate(
                 request, metadata=metadata, timeout=self._timeout
             )

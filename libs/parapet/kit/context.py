@@ -23,6 +23,9 @@ token_var: ContextVar[str | None] = ContextVar("parapet_token", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("parapet_request_id", default=None)
 # Absolute deadline of the incoming RPC on the ``time.monotonic()`` clock (None: the caller set none).
 deadline_var: ContextVar[float | None] = ContextVar("parapet_deadline", default=None)
+# The end client's address, as the suite's edge (the gateway) names it when it calls on a client's behalf.
+CLIENT_ADDRESS_KEY = "x-parapet-client-ip"
+MAX_CLIENT_ADDRESS_LENGTH = 64
 
 
 @dataclass(slots=True)
@@ -40,7 +43,24 @@ class RpcInfo:
     # Read when the call begins: the context must not be touched once a cancelled stream is torn down
     # (grpc's call object may already be freed when the handler's generator is finalised: a segfault).
     peer: str = ""
+    # The CLIENT_ADDRESS_KEY metadata of the call, when the caller sent a sane one.
+    forwarded_client: str | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    def client_address(self) -> str:
+        """The end client: the address the edge forwarded, else the peer without its port
+        (``ipv4:127.0.0.1:5555`` -> ``ipv4:127.0.0.1``), else ``unknown``."""
+        if self.forwarded_client is not None:
+            return self.forwarded_client
+        return self.peer.rsplit(":", 1)[0] if self.peer else "unknown"
+
+
+# The RPC being served (set by the kit's interceptor when it begins), for servicers that need its facts.
+rpc_info_var: ContextVar[RpcInfo | None] = ContextVar("parapet_rpc_info", default=None)
+
+
+def current_rpc() -> RpcInfo | None:
+    return rpc_info_var.get()
 
 
 def current_principal() -> Principal | None:

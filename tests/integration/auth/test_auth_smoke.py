@@ -73,8 +73,10 @@ async def test_a_token_never_outlives_its_api_key(auth: Auth) -> None:
 async def test_a_warm_authenticate_reuses_its_token_for_half_its_lifetime(
     database_url: str, nats_url: str, signing_key_file: Path
 ) -> None:
-    # Tokens of 2 s: the one issued is handed back (with the response built for it) until 1 s is left.
-    async with running_auth(database_url, nats_url, signing_key_file, auth_token_ttl_seconds=2) as auth:
+    # Tokens of 3 s: the one issued is handed back (with the response built for it) while 1.5 s is left.
+    # Expiry is whole seconds, so the first token has between 2 and 3 s: an immediate second call always
+    # reuses it, and 1.6 s later it always has less than 1.5 s left.
+    async with running_auth(database_url, nats_url, signing_key_file, auth_token_ttl_seconds=3) as auth:
         tenant = await auth.new_tenant()
         await auth.new_user(tenant, "svc", groups=("finance",))
         _, key = await auth.new_key(tenant, "svc")
@@ -83,7 +85,7 @@ async def test_a_warm_authenticate_reuses_its_token_for_half_its_lifetime(
         first = await auth.auth.Authenticate(request)
         again = await auth.auth.Authenticate(request)
         assert again == first
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.6)
         renewed = await auth.auth.Authenticate(request)
         assert renewed.token != first.token
         assert renewed.expire_time.seconds > first.expire_time.seconds

@@ -13,6 +13,7 @@ from parapet.kit.errors import InvalidArgument, PermissionDenied, Unauthenticate
 from parapet.kit.identity import Principal
 from services.auth import apikeys, oidc, permissions, policy
 from services.auth.cache import TenantKeyedCache
+from services.auth.issued import Issued
 from services.auth.throttle import FailureThrottle
 
 
@@ -134,3 +135,20 @@ def test_claim_mapping_accepts_lists_and_space_separated_strings() -> None:
     assert oidc.claim_strings(claims, "groups") == ("x", "y")
     assert oidc.claim_strings(claims, "bad") == () and oidc.claim_strings(claims, "") == ()
     assert Principal("t", "s").to_proto().tenant_id == "t"
+
+
+def test_an_issued_token_builds_its_response_once() -> None:
+    principal = Principal("t", "svc", ("admin",), ("finance",), credential_type="api_key", api_key_id="k1")
+    issued = Issued("token-1", 1_900_000_000.0, principal, 7)
+    response = issued.authenticate_response
+    assert response is issued.authenticate_response  # shared by every warm call for this token
+    assert (response.token, response.expire_time.seconds, response.policy_version) == (
+        "token-1",
+        1_900_000_000,
+        7,
+    )
+    assert Principal.from_proto(response.principal) == principal
+    renewed = Issued("token-2", 1_900_000_150.0, principal, 7)
+    assert renewed.authenticate_response is not response and renewed.authenticate_response.token == "token-2"
+    delegated = issued.delegated_response()
+    assert (delegated.token, delegated.principal) == ("token-1", response.principal)

@@ -13,6 +13,7 @@ import grpc.aio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from parapet.kit.context import RpcInfo
 from parapet.kit.errors import NotFound
 from parapet.kit.logging import configure_logging
 from parapet.kit.testing import (
@@ -100,3 +101,12 @@ async def test_edge_callers_cannot_choose_the_request_id(keys: TestKeys) -> None
             )
     assert edge.value and edge.value != "replayed-id-1"
     assert inner.value == "replayed-id-1"
+
+
+def test_the_client_address_is_the_forwarded_one_else_the_peer_without_its_port() -> None:
+    info = RpcInfo("/x.v1.S/M", "r1", peer="ipv4:127.0.0.1:5555")
+    assert info.client_address() == "ipv4:127.0.0.1"
+    assert RpcInfo("/x.v1.S/M", "r1", peer="ipv6:[::1]:5555").client_address() == "ipv6:[::1]"
+    info.forwarded_client = "203.0.113.7"
+    assert info.client_address() == "203.0.113.7"
+    assert RpcInfo("/x.v1.S/M", "r1").client_address() == "unknown"

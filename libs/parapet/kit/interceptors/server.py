@@ -24,7 +24,13 @@ from typing import Any, NoReturn
 
 import grpc.aio
 
-from parapet.kit.context import RpcInfo, request_id_var
+from parapet.kit.context import (
+    CLIENT_ADDRESS_KEY,
+    MAX_CLIENT_ADDRESS_LENGTH,
+    RpcInfo,
+    request_id_var,
+    rpc_info_var,
+)
 from parapet.kit.identity import TokenVerifier
 from parapet.kit.interceptors._wrap import HandlerInterceptor, StreamBehavior, UnaryBehavior
 from parapet.kit.interceptors.deadline import enter_deadline
@@ -86,7 +92,7 @@ class KitServerInterceptor(HandlerInterceptor):
         # One pass over the metadata for everything the kit reads from it.
         metadata = context.invocation_metadata() or ()
         authorization: list[Any] = []
-        incoming_id = traceparent = tracestate = None
+        incoming_id = traceparent = tracestate = forwarded_client = None
         for key, value in metadata:
             if key == "authorization":
                 authorization.append(value)
@@ -97,13 +103,22 @@ class KitServerInterceptor(HandlerInterceptor):
                 traceparent = value
             elif key == TRACESTATE:
                 tracestate = value
+            elif (
+                key == CLIENT_ADDRESS_KEY
+                and forwarded_client is None
+                and isinstance(value, str)
+                and len(value) <= MAX_CLIENT_ADDRESS_LENGTH
+            ):
+                forwarded_client = value
         peer = context.peer() or ""
         if plan.edge:
             info = RpcInfo(plan.method, new_request_id(), client_request_id=incoming_id, peer=peer)
         else:
             info = RpcInfo(plan.method, incoming_id or new_request_id(), peer=peer)
+        info.forwarded_client = forwarded_client
         # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
         request_id_var.set(info.request_id)
+        rpc_info_var.set(info)
         span = self._tracing.start(plan.method, metadata, traceparent, tracestate) if plan.traced else None
         return _Call(info, authorization, span)
 
