@@ -113,7 +113,14 @@ def _minus(a: LatencySummary, b: LatencySummary) -> list[str]:
 
 async def _run(tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> str:
     upstream, info = await _child("-c", "from parapet.upstream.__main__ import main; main()")
-    base_url = info["base_url"]
+    try:
+        return await _against(info["base_url"], tmp, keys, database_url, nats_url)
+    finally:
+        await _stop(upstream, stdin_grace=0)  # the emulator stops on SIGTERM, not on stdin
+
+
+async def _against(base_url: str, tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> str:
+    """The service started against the upstream at ``base_url``, measured; returns the report."""
     config = tmp / "inference.json"
     config.write_text(
         json.dumps(
@@ -189,7 +196,6 @@ async def _run(tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> s
         await client.close()
     finally:
         await _stop(server)
-        await _stop(upstream, stdin_grace=0)  # the emulator stops on SIGTERM
 
     rows = [
         ["direct (openai SDK → upstream)", *d_total.cells()[:3], *d_first.cells()[:3]],

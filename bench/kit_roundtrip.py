@@ -169,7 +169,8 @@ async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
                 cold.append(await echo())
         finally:
             writer.close()
-            await writer.wait_closed()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
     finally:
         await _stop(server)
     return LatencySummary.of(hot), LatencySummary.of(cold)
@@ -187,7 +188,9 @@ async def _stop(server: asyncio.subprocess.Process, *, stdin_grace: float = 30.0
             with contextlib.suppress(ProcessLookupError):
                 stop()
         if grace is None:
-            await server.wait()
+            # Bounded too: wait() also waits for the pipes, which a grandchild may still hold open.
+            with contextlib.suppress(TimeoutError):
+                await timeouts.within(5.0, server.wait())
             return
         with contextlib.suppress(TimeoutError):
             await timeouts.within(grace, server.wait())

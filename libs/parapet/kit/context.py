@@ -1,4 +1,5 @@
-"""Per-RPC context carried in ``contextvars``: the caller's Principal, its token, the request id, the deadline.
+"""Per-RPC context carried in ``contextvars``: the caller's Principal, its token, the request id, the deadline,
+and the RPC's own facts (:class:`RpcInfo`).
 
 grpc.aio runs every RPC in a task of its own, and a task copies the context when it is created, so a value
 set here by a server interceptor is visible to the servicer and to every outgoing client call it makes, and
@@ -23,7 +24,10 @@ token_var: ContextVar[str | None] = ContextVar("parapet_token", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("parapet_request_id", default=None)
 # Absolute deadline of the incoming RPC on the ``time.monotonic()`` clock (None: the caller set none).
 deadline_var: ContextVar[float | None] = ContextVar("parapet_deadline", default=None)
-# The end client's address, as the suite's edge (the gateway) names it when it calls on a client's behalf.
+
+# Metadata in which a service calling on an end client's behalf (the gateway, calling auth's Authenticate) names
+# that client's address. Any caller can send it and nothing checks it: fit only as a key for throttling
+# failures, where a caller lying about it only spreads its own failures, and never read on the edge.
 CLIENT_ADDRESS_KEY = "x-parapet-client-ip"
 MAX_CLIENT_ADDRESS_LENGTH = 64
 
@@ -43,13 +47,15 @@ class RpcInfo:
     # Read when the call begins: the context must not be touched once a cancelled stream is torn down
     # (grpc's call object may already be freed when the handler's generator is finalised: a segfault).
     peer: str = ""
-    # The CLIENT_ADDRESS_KEY metadata of the call, when the caller sent a sane one.
+    # The CLIENT_ADDRESS_KEY metadata of the call, when the caller sent a sane one: unauthenticated (see there).
     forwarded_client: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def client_address(self) -> str:
-        """The end client: the address the edge forwarded, else the peer without its port
-        (``ipv4:127.0.0.1:5555`` -> ``ipv4:127.0.0.1``), else ``unknown``."""
+        """The end client: the address the caller forwarded, else the peer without its port
+        (``ipv4:127.0.0.1:5555`` -> ``ipv4:127.0.0.1``), else ``unknown``. The forwarded address is the
+        caller's word (``CLIENT_ADDRESS_KEY``): a throttling key, not an identity; an edge method reads the
+        peer itself."""
         if self.forwarded_client is not None:
             return self.forwarded_client
         return self.peer.rsplit(":", 1)[0] if self.peer else "unknown"
@@ -60,6 +66,7 @@ rpc_info_var: ContextVar[RpcInfo | None] = ContextVar("parapet_rpc_info", defaul
 
 
 def current_rpc() -> RpcInfo | None:
+    """The RPC being served (None outside the kit's server). Read it; the interceptor owns its fields."""
     return rpc_info_var.get()
 
 

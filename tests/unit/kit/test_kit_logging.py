@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -13,7 +13,7 @@ import grpc.aio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from parapet.kit.context import RpcInfo
+from parapet.kit.context import CLIENT_ADDRESS_KEY, RpcInfo, current_rpc
 from parapet.kit.errors import NotFound
 from parapet.kit.logging import configure_logging
 from parapet.kit.testing import (
@@ -22,6 +22,7 @@ from parapet.kit.testing import (
     fast_settings,
     generic_app,
     running,
+    stream_caller,
     string_service,
     unary_caller,
 )
@@ -110,3 +111,33 @@ def test_the_client_address_is_the_forwarded_one_else_the_peer_without_its_port(
     info.forwarded_client = "203.0.113.7"
     assert info.client_address() == "203.0.113.7"
     assert RpcInfo("/x.v1.S/M", "r1").client_address() == "unknown"
+
+
+async def test_handlers_of_both_kinds_see_the_rpc_and_its_client_address(keys: TestKeys) -> None:
+    async def address(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        info = current_rpc()
+        assert info is not None
+        return StringValue(value=info.client_address())
+
+    async def addresses(
+        request: StringValue, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[StringValue]:
+        for _ in range(2):
+            yield await address(request, context)
+
+    service = string_service(SERVICE, unary={"Who": address}, server_streaming={"Whos": addresses})
+    app = generic_app(service, keys=keys, service_names=(SERVICE,))
+    async with (
+        running(app, fast_settings()) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        unary = unary_caller(channel, f"/{SERVICE}/Who")
+        streaming = stream_caller(channel, f"/{SERVICE}/Whos")
+        forwarded = (*keys.metadata(), (CLIENT_ADDRESS_KEY, "203.0.113.7"))
+        oversized = (*keys.metadata(), (CLIENT_ADDRESS_KEY, "x" * 65))
+        assert (await unary(StringValue(), metadata=forwarded)).value == "203.0.113.7"
+        assert [m.value async for m in streaming(StringValue(), metadata=forwarded)] == ["203.0.113.7"] * 2
+        # No header, or one over 64 characters: the peer without its port.
+        assert (await unary(StringValue(), metadata=keys.metadata())).value == "ipv4:127.0.0.1"
+        assert (await unary(StringValue(), metadata=oversized)).value == "ipv4:127.0.0.1"
+    assert current_rpc() is None  # the test's own context never saw an RPC's

@@ -112,10 +112,17 @@ class KitServerInterceptor(HandlerInterceptor):
                 forwarded_client = value
         peer = context.peer() or ""
         if plan.edge:
-            info = RpcInfo(plan.method, new_request_id(), client_request_id=incoming_id, peer=peer)
+            info = RpcInfo(
+                plan.method,
+                new_request_id(),
+                client_request_id=incoming_id,
+                peer=peer,
+                forwarded_client=forwarded_client,
+            )
         else:
-            info = RpcInfo(plan.method, incoming_id or new_request_id(), peer=peer)
-        info.forwarded_client = forwarded_client
+            info = RpcInfo(
+                plan.method, incoming_id or new_request_id(), peer=peer, forwarded_client=forwarded_client
+            )
         # Set without reset: grpc.aio serves each RPC in a task of its own, whose context dies with it.
         request_id_var.set(info.request_id)
         rpc_info_var.set(info)
