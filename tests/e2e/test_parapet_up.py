@@ -81,6 +81,8 @@ def test_parapet_up_serves_everything_to_a_node_client_and_stops_clean(launch_up
     table = up.wait_table()
     for spec in registry.SERVICES:
         assert up.ports.service_address(spec) in table
+    operator_key = up.home / "identity" / "operator.key"
+    assert f"operator  API key in {operator_key}" in table and operator_key.read_text().strip() not in table
     tree = descendants(up.proc.pid)
     assert {"postgres", "nats-server"} <= {command_name(pid) for pid in tree}
 
