@@ -27,7 +27,8 @@ class IdentityEntry:
     policy_version: int
     # When the credential itself stops being valid (API key expiry, OIDC token exp); no token outlives it.
     credential_expires: float | None = None
-    issued: Issued | None = None  # the token last issued for the credential, reused for half its life
+    # The token last issued for the credential, reused while half its life remains.
+    issued: Issued | None = None
     last_use_written: float = field(default_factory=time.time)
 
 

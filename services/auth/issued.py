@@ -1,7 +1,8 @@
 """An internal token issued for a credential, and its wire form.
 
-A warm Authenticate hands back the token issued for its credential for half the token's lifetime, so the
-response message is built once per token and reused: building it per call (the principal's message, the
+A warm Authenticate hands back the token issued for its credential until the identity cache entry expires
+(``PARAPET_AUTH_CACHE_SECONDS``) or half the token's lifetime has passed, so the response message is built
+once per token and reused: building it per call (the principal's message, the
 timestamp, the response) was about a quarter of a warm call's server CPU (`python -m bench
 auth_authenticate`, docs/auth.md). Messages handed to grpc are only serialized, never changed, so sharing
 one between concurrent calls is safe.
@@ -21,6 +22,8 @@ from parapet.kit.identity import Principal
 
 @dataclass(frozen=True)
 class Issued:
+    """A signed internal token with what it says: the principal and the policy version it was issued under."""
+
     token: str
     expires: float
     principal: Principal
