@@ -139,26 +139,29 @@ _INSERT_OUTBOX = text(
 )
 
 
-def _params(record: UsageRecord) -> dict[str, Any]:
+def row_params(record: UsageRecord) -> dict[str, Any]:
+    """The ledger row's values: one per column of ``COLUMNS``, and ``labels`` as JSON."""
     params: dict[str, Any] = {c: getattr(record, c) for c in COLUMNS}
     params["labels"] = json.dumps(record.labels, sort_keys=True)
     return params
 
 
+def outbox_params(record: UsageRecord) -> dict[str, Any]:
+    """The outbox row's values: the UsageEvent to publish, its subject and CloudEvents headers."""
+    return {
+        "event_id": record.event_id,
+        "subject": SUBJECT_PREFIX + record.tenant_id,
+        "payload": record.to_event().SerializeToString(),
+        "headers": json.dumps(event_headers(record)),
+    }
+
+
 async def append(session: AsyncSession, record: UsageRecord) -> UsageRecord | None:
     """Write the ledger row and its outbox row; None when ``request_id`` is already settled (nothing written)."""
-    inserted = (await session.execute(_INSERT_LEDGER, _params(record))).first()
+    inserted = (await session.execute(_INSERT_LEDGER, row_params(record))).first()
     if inserted is None:
         return None
-    await session.execute(
-        _INSERT_OUTBOX,
-        {
-            "event_id": record.event_id,
-            "subject": SUBJECT_PREFIX + record.tenant_id,
-            "payload": record.to_event().SerializeToString(),
-            "headers": json.dumps(event_headers(record)),
-        },
-    )
+    await session.execute(_INSERT_OUTBOX, outbox_params(record))
     return record
 
 

@@ -78,7 +78,8 @@ _SELECT = """
 """
 
 
-def _row(r: Sequence[Any]) -> ReservationRow:
+def row_from_columns(r: Sequence[Any]) -> ReservationRow:
+    """A reservation from its columns in ``_SELECT``'s order (the statements' RETURNING lists)."""
     holds = r[9] if isinstance(r[9], list) else json.loads(r[9])
     return ReservationRow(
         str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(Hold.from_json(h) for h in holds)
@@ -156,7 +157,7 @@ async def reserve(
             _refuse(outcome, now, tenant)  # the statement already rolled itself back
             if outcome.row is None:  # a retry of a reservation already made: hold nothing again
                 break
-            return ReserveResult(_row(outcome.row), tuple(outcome.held))
+            return ReserveResult(row_from_columns(outcome.row), tuple(outcome.held))
         except (
             psycopg.errors.DeadlockDetected,
             psycopg.errors.SerializationFailure,
@@ -216,7 +217,7 @@ async def _find_by_request(session: AsyncSession, tenant: str, request_id: str) 
             {"tenant": tenant, "request": request_id},
         )
     ).first()
-    return None if row is None else _row(row)
+    return None if row is None else row_from_columns(row)
 
 
 async def find(
@@ -229,7 +230,7 @@ async def find(
             {"tenant": tenant, "id": reservation_id},
         )
     ).first()
-    return None if row is None else _row(row)
+    return None if row is None else row_from_columns(row)
 
 
 async def end(
@@ -249,7 +250,7 @@ async def end(
             {"tenant": tenant, "id": reservation_id, "state": state, "reason": reason},
         )
     ).first()
-    return None if row is None else _row(row)
+    return None if row is None else row_from_columns(row)
 
 
 async def mark_settled(session: AsyncSession, tenant: str, reservation_id: str) -> ReservationRow | None:
@@ -268,7 +269,7 @@ async def mark_settled(session: AsyncSession, tenant: str, reservation_id: str) 
             {"tenant": tenant, "id": reservation_id},
         )
     ).first()
-    return None if row is None else _row(row)
+    return None if row is None else row_from_columns(row)
 
 
 async def expire_due(database: Database, batch: int = 500) -> int:

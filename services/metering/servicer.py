@@ -235,7 +235,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         )
         # Charged only when the request has no (known) reservation; the policy is cached, so this is cheap.
         budgets = applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
-        result = await settlement.settle(self._database, record, budgets)
+        result = await settlement.settle(self._database, record, budgets, engine=self._reserve_engine)
         self._relay.wake()
         response = metering_service_pb2.SettleResponse(usage_event_id=result.record.event_id)
         if result.reservation is not None:

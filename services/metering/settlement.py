@@ -7,12 +7,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from parapet.kit import metrics
 from parapet.kit.database import Database
 from parapet.kit.errors import FailedPrecondition, NotFound
-from services.metering import counters, ledger, reservations
+from services.metering import counters, ledger, reservations, settle_sql
 from services.metering.ledger import UsageRecord
 from services.metering.limits import AppliedBudget
 from services.metering.reservations import ReservationRow, with_retry
@@ -39,13 +40,26 @@ def _conflict(message: str, request_id: str) -> FailedPrecondition:
     return FailedPrecondition(message, reason="SETTLEMENT_CONFLICT", metadata={"request_id": request_id})
 
 
-async def settle(database: Database, record: UsageRecord, budgets_now: Sequence[AppliedBudget]) -> Settlement:
+async def settle(
+    database: Database,
+    record: UsageRecord,
+    budgets_now: Sequence[AppliedBudget],
+    *,
+    engine: AsyncEngine | None = None,
+) -> Settlement:
     """Write ledger + outbox rows and move the spend onto the budget counters, all in one transaction.
 
     A repeated request_id with the same figures returns the first settlement and changes nothing; with other
     figures it is a SETTLEMENT_CONFLICT. Without a reservation (none given, or one the database no longer
     knows) the spend is charged to ``budgets_now``, without a limit check (the model already ran).
+    With ``engine`` (raw psycopg connections), the common case, this request's active reservation settled
+    for the first time, is one statement (``settle_sql``); every other case takes the statements below.
     """
+    if engine is not None and record.reservation_id:
+        settled = await _in_one_statement(engine, record)
+        if settled is not None:
+            _count(record)
+            return Settlement(record, settled)
     tenant = record.tenant_id
 
     async def work(session: AsyncSession) -> Settlement:
@@ -82,18 +96,34 @@ async def settle(database: Database, record: UsageRecord, budgets_now: Sequence[
 
     result = await with_retry(database, work)
     if result.appended:
-        # Counted after the ledger row committed: once per settled request, never per retried transaction
-        # nor for a repeated request_id.
-        metrics.record_usage(
-            tenant,
-            model_label(record.model),
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            cached_tokens=record.cached_tokens,
-            cost_micros=record.cost_micros,
-            currency=record.currency_code,
-        )
+        _count(record)
     return result
+
+
+async def _in_one_statement(engine: AsyncEngine, record: UsageRecord) -> ReservationRow | None:
+    """The settled reservation, or None when the statement did not apply or PostgreSQL asked for a retry
+    (nothing was written either way; the statements path then decides, with its own retries)."""
+    try:
+        async with reservations.autocommit_connection(engine) as connection:
+            columns = await settle_sql.execute(connection, record)
+    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.OperationalError):
+        log.info("one-statement settle asked for a retry; settling statement by statement", exc_info=True)
+        return None
+    return None if columns is None else reservations.row_from_columns(columns)
+
+
+def _count(record: UsageRecord) -> None:
+    # Counted after the ledger row committed: once per settled request, never per retried transaction nor
+    # for a repeated request_id.
+    metrics.record_usage(
+        record.tenant_id,
+        model_label(record.model),
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        cached_tokens=record.cached_tokens,
+        cost_micros=record.cost_micros,
+        currency=record.currency_code,
+    )
 
 
 _MODEL_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")
