@@ -21,7 +21,8 @@ from psycopg import AsyncConnection
 
 from services.metering.ledger import COLUMNS, UsageRecord, outbox_params, row_params
 
-# The ledger's column types: every parameter is cast, so PostgreSQL never has to guess a type in SELECT.
+# The ledger's column types: every value inserted through SELECT is cast, so PostgreSQL never has to guess a
+# column's type from a parameter (the WHERE clauses compare with typed columns; psycopg sends ints typed).
 _TYPES = {
     "event_id": "uuid",
     "prompt_tokens": "bigint",
@@ -51,6 +52,9 @@ WITH r AS (
     INSERT INTO outbox (event_id, subject, payload, headers)
     SELECT event_id, %(subject)s, %(payload)s, CAST(%(headers)s AS jsonb) FROM l
 ), m AS (
+    -- Holds are stored in the order applicable_budgets sorts them, the order Reserve locks counters in; a
+    -- plan that visits them otherwise can deadlock with a Reserve, and the caller then takes the statements
+    -- path (with its retries).
     UPDATE budget_counters AS c
     SET reserved = c.reserved - (h.value ->> 'amount')::bigint,
         used = c.used + CASE WHEN h.value ->> 'unit' = 'tokens' THEN %(spent_tokens)s ELSE %(spent_micros)s END
