@@ -30,8 +30,7 @@ import grpc.aio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-# CPU pinning and per-process CPU time exactly as the kit's floor measures them, so the two compare.
-from bench.kit_roundtrip import _cpu_seconds, _pin, _stop
+from bench.children import cpu_seconds, pin, start_child, stop_child
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.auth.v1 import (
@@ -126,11 +125,11 @@ async def _measure(calls: dict[str, Call], server_pid: int) -> dict[str, tuple[L
                     await call()
                     done[name] += 1
 
-            cpu_before = _cpu_seconds(server_pid)
+            cpu_before = cpu_seconds(server_pid)
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
             seconds[name] += time.perf_counter() - started
-            cpu[name] += _cpu_seconds(server_pid) - cpu_before
+            cpu[name] += cpu_seconds(server_pid) - cpu_before
     return {
         name: (LatencySummary.of(samples[name]), done[name] / seconds[name], cpu[name] / done[name] * 1000.0)
         for name in calls
@@ -184,7 +183,7 @@ async def _in_process(values: dict[str, Any], key: str) -> tuple[float, float]:
 
 
 async def main() -> None:
-    _pin(1)
+    pin(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         key_file = root / "signing_key.pem"
@@ -204,20 +203,17 @@ async def main() -> None:
                 "nats_url": nats.url,
                 "auth_signing_key_file": str(key_file),
             }
-            server = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-m", "bench.auth_authenticate", "--serve", json.dumps(values)],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+            server, announced = await start_child(
+                "-m", "bench.auth_authenticate", "--serve", json.dumps(values)
             )
             try:
-                assert server.stdout is not None
-                port = json.loads(await server.stdout.readline())["port"]
+                port = announced["port"]
                 signing_key = load_signing_key(_settings(values))
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                     key = await _provision(channel, TokenSigner(signing_key.private_key, signing_key.kid))
                 measured = await _over_grpc(port, key, server.pid)
             finally:
-                await _stop(server)
+                await stop_child(server)
             warm_us, sign_us = await _in_process(values, key)
         finally:
             nats.stop()
@@ -287,7 +283,7 @@ if __name__ == "__main__":
     parser.add_argument("--serve", help="run the auth server with these settings (JSON)")
     args = parser.parse_args()
     if args.serve:
-        _pin(0)
+        pin(0)
         # The service's own loop (uvloop), as `parapet serve` runs it.
         event_loop.run(_serve(json.loads(args.serve)))
     else:

@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from bench.metering_support import ROOT, Infra, cpu_seconds, infrastructure, pin, service_process, write_files
+from bench.children import cpu_seconds, pin
+from bench.metering_support import ROOT, Infra, infrastructure, service_process, write_files
 from bench.report import table, write_section
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.migrations import migrate

@@ -24,8 +24,7 @@ from typing import Any
 import grpc.aio
 import openai
 
-# Pinning, CPU time and stopping a server child exactly as the kit's floor does them.
-from bench.kit_roundtrip import _cpu_seconds, _pin, _stop
+from bench.children import cpu_seconds, pin, start_child, stop_child
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -59,14 +58,6 @@ async def _serve(args: argparse.Namespace) -> None:
     async with running(APP, settings) as (_, port):
         print(json.dumps({"port": port}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-
-async def _child(*argv: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
-    assert process.stdout is not None
-    return process, json.loads(await process.stdout.readline())
 
 
 async def _direct(client: openai.AsyncOpenAI) -> tuple[float, float]:
@@ -112,11 +103,11 @@ def _minus(a: LatencySummary, b: LatencySummary) -> list[str]:
 
 
 async def _run(tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> str:
-    upstream, info = await _child("-c", "from parapet.upstream.__main__ import main; main()")
+    upstream, info = await start_child("-c", "from parapet.upstream.__main__ import main; main()")
     try:
         return await _against(info["base_url"], tmp, keys, database_url, nats_url)
     finally:
-        await _stop(upstream, stdin_grace=0)  # the emulator stops on SIGTERM, not on stdin
+        await stop_child(upstream, stdin_grace=0)  # the emulator stops on SIGTERM, not on stdin
 
 
 async def _against(base_url: str, tmp: Path, keys: TestKeys, database_url: str, nats_url: str) -> str:
@@ -144,7 +135,7 @@ async def _against(base_url: str, tmp: Path, keys: TestKeys, database_url: str, 
     metadata = keys.metadata(Principal(tenant_id="bench", subject="u1", groups=("staff",)))
     serve_args = ["-m", "bench.inference_overhead", "--serve", str(jwks), "--config", str(config)]
     serve_args += ["--database-url", database_url, "--nats-url", nats_url, "--cache"]
-    server, port_info = await _child(*serve_args)
+    server, port_info = await start_child(*serve_args)
     try:
         client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="bench", max_retries=0)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port_info['port']}") as channel:
@@ -188,14 +179,14 @@ async def _against(base_url: str, tmp: Path, keys: TestKeys, database_url: str, 
                     await _through(stub, metadata)
                     done += 1
 
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
             elapsed = time.perf_counter() - started
-            cpu_per_call = (_cpu_seconds(server.pid) - cpu_before) / done
+            cpu_per_call = (cpu_seconds(server.pid) - cpu_before) / done
         await client.close()
     finally:
-        await _stop(server)
+        await stop_child(server)
 
     rows = [
         ["direct (openai SDK → upstream)", *d_total.cells()[:3], *d_first.cells()[:3]],
@@ -240,7 +231,7 @@ async def _against(base_url: str, tmp: Path, keys: TestKeys, database_url: str, 
 
 
 async def main() -> None:
-    _pin(1)
+    pin(1)
     keys = make_test_keys()
     with tempfile.TemporaryDirectory(prefix="parapet-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -271,7 +262,7 @@ if __name__ == "__main__":
     parser.add_argument("--cache", action="store_true")
     args = parser.parse_args()
     if args.serve:
-        _pin(0)
+        pin(0)
         event_loop.run(_serve(args))  # the service's own loop (uvloop), as `parapet serve` runs it
     else:
         asyncio.run(main())

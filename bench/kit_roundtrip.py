@@ -31,9 +31,10 @@ import grpc
 import grpc.aio
 from opentelemetry.sdk.trace import TracerProvider
 
+from bench.children import cpu_seconds, pin, start_child, stop_child
 from bench.report import table, write_section
 from bench.stats import LatencySummary
-from parapet.kit import clients, timeouts
+from parapet.kit import clients
 from parapet.kit import loop as event_loop
 from parapet.kit.config import ServiceSettings
 from parapet.kit.testing import (
@@ -55,11 +56,6 @@ THROUGHPUT_SECONDS = 5.0
 # Calls after the processes went idle: one every IDLE_GAP_SECONDS, as an unloaded chat meets each service.
 COLD_CALLS = 300
 IDLE_GAP_SECONDS = 0.03
-
-
-def _pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
-        os.sched_setaffinity(0, {cpu})
 
 
 VARIANTS = {
@@ -106,12 +102,6 @@ async def _serve(jwks_file: Path, variant: str) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
 async def _sequential(call: object, metadata: tuple[tuple[str, str], ...], streaming: bool) -> LatencySummary:
     samples: list[float] = []
     request = StringValue(value="x" * 64)
@@ -142,14 +132,9 @@ async def _after_idle(call: object, metadata: tuple[tuple[str, str], ...]) -> La
 async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
     """The machine's own wake-up cost, without gRPC: a 64-byte echo over loopback TCP from this process to an
     asyncio echo server (on the services' loop) in another, back to back and after IDLE_GAP_SECONDS idle."""
-    server = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "bench.kit_roundtrip", "--serve-tcp"],
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    server, announced = await start_child("-m", "bench.kit_roundtrip", "--serve-tcp")
     try:
-        assert server.stdout is not None
-        port = json.loads(await server.stdout.readline())["port"]
+        port = announced["port"]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         payload = b"x" * 64
 
@@ -172,28 +157,8 @@ async def _tcp_echo_after_idle() -> tuple[LatencySummary, LatencySummary]:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
     finally:
-        await _stop(server)
+        await stop_child(server)
     return LatencySummary.of(hot), LatencySummary.of(cold)
-
-
-async def _stop(server: asyncio.subprocess.Process, *, stdin_grace: float = 30.0) -> None:
-    """Stop a child: close its stdin (a server of these benchmarks stops when it closes) and wait up to
-    ``stdin_grace``; then SIGTERM (0: at once, for a child that does not watch stdin), 5 s, then SIGKILL."""
-    if server.stdin is not None:
-        server.stdin.close()
-    for grace, stop in ((stdin_grace, None), (5.0, server.terminate), (None, server.kill)):
-        if server.returncode is not None:
-            return
-        if stop is not None:
-            with contextlib.suppress(ProcessLookupError):
-                stop()
-        if grace is None:
-            # Bounded too: wait() also waits for the pipes, which a grandchild may still hold open.
-            with contextlib.suppress(TimeoutError):
-                await timeouts.within(5.0, server.wait())
-            return
-        with contextlib.suppress(TimeoutError):
-            await timeouts.within(grace, server.wait())
 
 
 async def _serve_tcp() -> None:
@@ -222,26 +187,23 @@ async def _throughput(
             await call(request, metadata=metadata)  # type: ignore[operator]
             done += 1
 
-    cpu_before, client_cpu_before = _cpu_seconds(server_pid), time.process_time()
+    cpu_before, client_cpu_before = cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
     stop_at = started + THROUGHPUT_SECONDS
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     elapsed = time.perf_counter() - started
-    cpu = _cpu_seconds(server_pid) - cpu_before
+    cpu = cpu_seconds(server_pid) - cpu_before
     client_cpu = time.process_time() - client_cpu_before
     return done / elapsed, cpu / done * 1000.0, client_cpu / done * 1000.0
 
 
 async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[str]]:
     """One row per measurement of ``variant``: its server in a child process, load from this one."""
-    server = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "bench.kit_roundtrip", "--serve", str(jwks_file), "--variant", variant],
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+    server, announced = await start_child(
+        "-m", "bench.kit_roundtrip", "--serve", str(jwks_file), "--variant", variant
     )
     try:
-        assert server.stdout is not None
-        port = json.loads(await server.stdout.readline())["port"]
+        port = announced["port"]
         metadata = keys.metadata()
         target = f"127.0.0.1:{port}"
         if variant == "bare":
@@ -257,7 +219,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
             cold_latency = await _after_idle(unary, metadata)
             calls_per_second, cpu_ms_per_call, client_ms = await _throughput(unary, metadata, server.pid)
     finally:
-        await _stop(server)
+        await stop_child(server)
     return [
         [
             VARIANTS[variant],
@@ -274,7 +236,7 @@ async def _measure(variant: str, keys: TestKeys, jwks_file: Path) -> list[list[s
 
 async def main() -> None:
     keys = make_test_keys()
-    _pin(1)
+    pin(1)
     load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -339,10 +301,10 @@ if __name__ == "__main__":
     parser.add_argument("--serve-tcp", action="store_true", help="run the plain TCP echo server")
     args = parser.parse_args()
     if args.serve_tcp:
-        _pin(0)
+        pin(0)
         event_loop.run(_serve_tcp())
     elif args.serve:
-        _pin(0)
+        pin(0)
         if args.variant.endswith("-asyncio"):
             asyncio.run(_serve(args.serve, args.variant))
         else:

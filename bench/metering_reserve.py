@@ -19,7 +19,8 @@ from pathlib import Path
 
 import grpc.aio
 
-from bench.metering_support import cpu_seconds, infrastructure, pin, service_process, write_files
+from bench.children import cpu_seconds, pin
+from bench.metering_support import infrastructure, service_process, write_files
 from bench.report import table, write_section
 from bench.stats import LatencySummary
 from parapet.auth.v1 import tenant_policy_pb2 as tp

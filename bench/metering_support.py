@@ -14,6 +14,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from bench.children import pin
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from parapet.kit import timeouts
@@ -21,11 +22,6 @@ from parapet.kit.testing import TestKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = "from parapet.kit.server import main\nfrom services.{name}.app import APP\nmain(APP)\n"
-
-
-def pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
-        os.sched_setaffinity(0, {cpu})
 
 
 @dataclass(frozen=True)
@@ -91,9 +87,3 @@ async def service_process(
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

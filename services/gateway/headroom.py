@@ -2,15 +2,16 @@
 
 The hold (metering's ``Reserve``, one SQL statement under the counters' row locks) is the slowest step of a
 chat's preparation: it answers about 1.4 ms after input screening (docs/status.md). For a caller whose last
-hold was granted without a soft-limit warning, the flow starts the model as soon as the input is screened
-(and the context found) and keeps the answer back until the hold is granted; a refused hold cancels the
-call before any of it reached the caller. The price is a provider call that was started, and cancelled unbilled, for a chat whose hold was then refused.
-That happens when a limit runs out between two chats of a caller that saw no warning: a budget without a
-soft limit, one that jumps past its soft limit to exhausted in one chat, a rate limit (they never warn), a
-burst of concurrent chats, or a tenant-wide budget spent by the tenant's other callers. So a refusal,
-failure or unreachable metering withholds speculation from every caller of that tenant, and so does a
-change of the tenant's policy, until each caller's next hold is granted cleanly; a warning withholds it from
-that caller. ``parapet_gateway_speculative_calls_total{outcome="refused"}`` counts what it cost.
+hold was granted without a soft-limit warning, the flow starts the model as soon as the input is screened (and
+the context found) and keeps the answer back until the hold is granted; a refused hold cancels the call before
+any of it reached the caller. The price is a provider call that was started, and cancelled unbilled, for a
+chat whose hold was then refused. That happens when a limit runs out between two chats of a caller that saw no
+warning: a budget without a soft limit, one that jumps past its soft limit to exhausted in one chat, a rate
+limit (they never warn), a burst of concurrent chats, or a tenant-wide budget spent by the tenant's other
+callers. So a refusal, failure or unreachable metering withholds speculation from every caller of that tenant,
+and so does a change of the tenant's policy, until each caller's next hold is granted cleanly; a warning
+withholds it from that caller. ``parapet_gateway_speculative_calls_total{outcome="refused"}`` counts what it
+cost.
 
 Memory only and per replica: a replica that has not seen a caller's hold yet waits for it (the safe side).
 """

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc.aio
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
-from parapet.kit.context import current_request_id
+from parapet.kit.context import current_request_id, current_rpc
 from services.gateway.caller import Caller
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator, bearer
@@ -16,11 +16,10 @@ from services.gateway.identity import Authenticator, bearer
 OVERHEAD_KEY = "parapet-overhead-ms"
 
 
-def _client_ip(context: grpc.aio.ServicerContext) -> str:
-    # "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678": drop the scheme and the port.
-    peer = context.peer() or ""
-    address = peer.partition(":")[2]
-    return address.rpartition(":")[0].strip("[]") or address
+def _client_ip() -> str:
+    # The edge: the peer the kit read when the call began, never an address a caller forwarded.
+    info = current_rpc()
+    return info.peer_address() if info is not None else ""
 
 
 def _overhead(summary: chat_pb2.ChatSummary) -> tuple[tuple[str, str], ...]:
@@ -36,7 +35,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The authenticated caller of ``context`` (also JobService's authentication)."""
         credential = bearer(tuple(context.invocation_metadata() or ()))
-        return await self._authenticator.authenticate(credential, client_ip=_client_ip(context))
+        return await self._authenticator.authenticate(credential, client_ip=_client_ip())
 
     async def StreamChat(
         self, request: chat_service_pb2.StreamChatRequest, context: grpc.aio.ServicerContext

@@ -51,14 +51,19 @@ class RpcInfo:
     forwarded_client: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
+    def peer_address(self) -> str:
+        """The peer's address without scheme and port (``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``,
+        ``ipv6:[::1]:5678`` -> ``::1``); "" when grpc named no peer."""
+        address = self.peer.partition(":")[2]
+        return address.rpartition(":")[0].strip("[]") or address
+
     def client_address(self) -> str:
-        """The end client: the address the caller forwarded, else the peer without its port
-        (``ipv4:127.0.0.1:5555`` -> ``ipv4:127.0.0.1``), else ``unknown``. The forwarded address is the
-        caller's word (``CLIENT_ADDRESS_KEY``): a throttling key, not an identity; an edge method reads the
-        peer itself."""
+        """The end client: the address the caller forwarded, else :meth:`peer_address`, else ``unknown``.
+        The forwarded address is the caller's word (``CLIENT_ADDRESS_KEY``): a throttling key, not an
+        identity; an edge method reads :meth:`peer_address` itself."""
         if self.forwarded_client is not None:
             return self.forwarded_client
-        return self.peer.rsplit(":", 1)[0] if self.peer else "unknown"
+        return self.peer_address() or "unknown"
 
 
 # The RPC being served (set by the kit's interceptor when it begins), for servicers that need its facts.
