@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
-from parapet.inference.v1 import message_pb2
+from parapet.inference.v1 import cache_pb2, message_pb2
 from parapet.kit.errors import InvalidArgument
-from services.inference.validation import generation_violations
+from services.inference.validation import generation_violations, message_violations
 
 MAX_MESSAGES = 200
 # The moderation service's default limit per text; a longer message would be refused there after the
@@ -29,20 +29,10 @@ Request = chat_service_pb2.StreamChatRequest | chat_service_pb2.ChatRequest
 
 
 def _messages(request: Request, violations: list[tuple[str, str]]) -> None:
-    if not request.messages:
-        violations.append(("messages", "at least one message is required"))
-    if len(request.messages) > MAX_MESSAGES:
-        violations.append(("messages", f"at most {MAX_MESSAGES} messages"))
-    total = 0
-    for index, message in enumerate(request.messages):
-        if message.role not in (message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT):
-            violations.append((f"messages[{index}].role", "must be ROLE_USER or ROLE_ASSISTANT"))
-        if not message.content.strip():
-            violations.append((f"messages[{index}].content", "must not be empty"))
-        if len(message.content) > MAX_MESSAGE_CHARS:
-            violations.append((f"messages[{index}].content", f"at most {MAX_MESSAGE_CHARS} characters"))
-        total += len(message.content)
-    if total > MAX_TOTAL_CHARS:
+    violations.extend(
+        message_violations(request.messages, max_messages=MAX_MESSAGES, max_chars=MAX_MESSAGE_CHARS)
+    )
+    if sum(len(message.content) for message in request.messages) > MAX_TOTAL_CHARS:
         violations.append(("messages", f"at most {MAX_TOTAL_CHARS} characters in all"))
     if request.messages and request.messages[-1].role != message_pb2.ROLE_USER:
         violations.append(
@@ -87,7 +77,7 @@ def validate(request: Request) -> None:
             )
     _retrieval(request.retrieval, violations)
     violations.extend(generation_violations(request.generation))
-    if request.cache_mode not in (0, 1, 2, 3):
+    if request.cache_mode not in cache_pb2.CacheMode.values():
         violations.append(("cache_mode", "unknown cache mode"))
     if violations:
         raise InvalidArgument("the chat request is invalid", field_violations=violations)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from parapet.inference.v1 import generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit.errors import InvalidArgument
 
@@ -26,19 +28,27 @@ def generation_violations(generation: generation_pb2.GenerationConfig) -> list[t
     return violations
 
 
-def validate(request: Request) -> None:
+def message_violations(
+    messages: Sequence[message_pb2.Message], *, max_messages: int, max_chars: int
+) -> list[tuple[str, str]]:
+    """Problems of a conversation: its length, and each message's role and content (also the gateway's)."""
     violations: list[tuple[str, str]] = []
-    if not request.messages:
+    if not messages:
         violations.append(("messages", "at least one message is required"))
-    if len(request.messages) > MAX_MESSAGES:
-        violations.append(("messages", f"at most {MAX_MESSAGES} messages"))
-    for index, message in enumerate(request.messages):
+    if len(messages) > max_messages:
+        violations.append(("messages", f"at most {max_messages} messages"))
+    for index, message in enumerate(messages):
         if message.role not in (message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT):
             violations.append((f"messages[{index}].role", "must be ROLE_USER or ROLE_ASSISTANT"))
         if not message.content.strip():
             violations.append((f"messages[{index}].content", "must not be empty"))
-        if len(message.content) > MAX_MESSAGE_CHARS:
-            violations.append((f"messages[{index}].content", f"at most {MAX_MESSAGE_CHARS} characters"))
+        if len(message.content) > max_chars:
+            violations.append((f"messages[{index}].content", f"at most {max_chars} characters"))
+    return violations
+
+
+def validate(request: Request) -> None:
+    violations = message_violations(request.messages, max_messages=MAX_MESSAGES, max_chars=MAX_MESSAGE_CHARS)
     if len(request.context) > MAX_CONTEXT_CHUNKS:
         violations.append(("context", f"at most {MAX_CONTEXT_CHUNKS} chunks"))
     violations.extend(generation_violations(request.generation))
