@@ -72,8 +72,10 @@ async def test_metering_down_refuses_budgeted_tenants_and_settles_the_others_lat
         answered = await suite.stream(free, question("count me", model="gpt"), stub=chat)
         assert refused.error is not None and refused.error.reason == "METERING_UNAVAILABLE"
         assert answered.error is None, answered.error
+        # Queued in the outbox, not settled directly. Whether it is still unsent is a race: the suite's main
+        # gateway relays the same table to a metering it can reach (sent rows stay for a day).
         queued = await suite.wait_rows(
-            "SELECT kind FROM gateway.outbox WHERE tenant_id = :t AND sent_time IS NULL", t=free.tenant_id
+            "SELECT kind FROM gateway.outbox WHERE tenant_id = :t", t=free.tenant_id
         )
         assert [q[0] for q in queued] == ["settlement"]
     # The main gateway's relay (same outbox table, metering reachable) settles it without a reservation.

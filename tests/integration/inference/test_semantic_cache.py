@@ -134,8 +134,17 @@ async def test_entries_expire_after_their_ttl(
         ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
 
 
-async def _publish_deletion(nats_url: str, tenant: str, document_ids: list[str]) -> None:
-    """Publish as the retrieval service does (docs/contracts.md), declaring its stream if it is not there yet."""
+async def _publish_deletion(
+    nats_url: str,
+    tenant: str,
+    document_ids: list[str],
+    *,
+    reason: int = documents_deleted_event_pb2.DELETION_REASON_DOCUMENT_DELETED,
+    claimed_tenant: str | None = None,
+) -> None:
+    """Publish as the retrieval service does (docs/contracts.md), declaring its stream if it is not there yet.
+
+    ``claimed_tenant`` puts another tenant in the event than the subject names (a forged or broken event)."""
     subject = documents_events.subject(tenant)
     bus = await Bus.connect(nats_url, name="test-retrieval")
     try:
@@ -148,9 +157,9 @@ async def _publish_deletion(nats_url: str, tenant: str, document_ids: list[str])
         event_id = str(uuid.uuid4())
         event = documents_deleted_event_pb2.DocumentsDeletedEvent(
             event_id=event_id,
-            tenant_id=tenant,
+            tenant_id=tenant if claimed_tenant is None else claimed_tenant,
             document_ids=document_ids,
-            reason=documents_deleted_event_pb2.DELETION_REASON_DOCUMENT_DELETED,
+            reason=reason,  # type: ignore[arg-type]
         )
         await js.publish(
             subject,
@@ -187,6 +196,45 @@ async def test_a_documents_deleted_event_drops_answers_grounded_in_them(
             await asyncio.sleep(0.1)
         kept = await inference.stream(unrelated_question, who=who, context=unrelated_context)
         assert kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+
+async def test_a_tenant_erasure_drops_every_answer_of_that_tenant_and_a_mismatched_event_nothing(
+    start_inference: StartInference, upstream: UpstreamServer, nats_url: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    erased, bystander, named = f"erased-{run}", f"bystander-{run}", f"named-{run}"
+    plain_question = "Which plans do you offer?"
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        for tenant in (erased, bystander, named):
+            for question, context in ((QUESTION, CONTEXT), (plain_question, [])):
+                await inference.stream(question, who=principal(tenant), context=context)
+                hit = await _until_cached(inference, question, principal(tenant), context=context)
+                assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # An erasure on one tenant's subject that names another in its body is ignored: neither is touched.
+        await _publish_deletion(
+            nats_url,
+            named,
+            [],
+            reason=documents_deleted_event_pb2.DELETION_REASON_TENANT_ERASURE,
+            claimed_tenant=bystander,
+        )
+        await _publish_deletion(
+            nats_url, erased, [], reason=documents_deleted_event_pb2.DELETION_REASON_TENANT_ERASURE
+        )
+        # Events of one stream reach the consumer in order: once the erasure shows, the forged one was handled.
+        deadline = time.monotonic() + 10
+        while True:
+            probe = await inference.stream(plain_question, who=principal(erased))
+            if probe.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS:
+                break
+            assert time.monotonic() < deadline, "the erased tenant's answers are still served"
+            await asyncio.sleep(0.1)
+        grounded = await inference.stream(QUESTION, who=principal(erased), context=CONTEXT)
+        assert grounded.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        for tenant in (bystander, named):
+            for question, context in ((QUESTION, CONTEXT), (plain_question, [])):
+                kept = await inference.stream(question, who=principal(tenant), context=context)
+                assert kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT, (tenant, question)
 
 
 # Upstream model names of their own, so the outage below touches no other test's models.
