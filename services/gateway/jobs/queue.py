@@ -8,6 +8,8 @@ a worker that dies stops doing so and JetStream hands the job to another one aft
 
 from __future__ import annotations
 
+import uuid
+
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from parapet.kit.bus import Bus, StreamSpec
@@ -41,8 +43,15 @@ def message_body(tenant_id: str, job_id: str) -> bytes:
 
 
 def parse_body(body: bytes) -> tuple[str, str] | None:
+    """``(tenant_id, job_id)``, the id in its canonical form; None for a body that names no possible job
+    (the worker drops it: the database would refuse an id that is no UUID, on every redelivery)."""
     tenant_id, slash, job_id = body.decode(errors="replace").partition("/")
-    return (tenant_id, job_id) if slash and tenant_id and job_id else None
+    if not (slash and tenant_id and job_id):
+        return None
+    try:
+        return tenant_id, str(uuid.UUID(job_id))
+    except ValueError:
+        return None
 
 
 async def enqueue(bus: Bus, tenant_id: str, job_id: str, msg_id: str | None = None) -> None:

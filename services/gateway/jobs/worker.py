@@ -54,6 +54,7 @@ _FINAL_AUTH_CODES = frozenset(
     }
 )
 _STEP_TIMEOUT = 2.0  # bound on best-effort messages to NATS and the database while stopping
+_UNEXPECTED_RETRY_SECONDS = 30.0  # a claim that failed for no known reason is retried this much later
 
 
 @dataclass
@@ -133,6 +134,12 @@ class JobWorker:
             log.warning("cannot claim job; retrying later", exc_info=True, extra={"job_id": job_id})
             await message.nak(delay=1.0)
             return
+        except Exception:
+            # Not a database outage (those are ParapetErrors): a bug or a row the code cannot read. Logged
+            # loudly and retried slowly rather than lost; the message is the job's only trigger.
+            log.exception("claiming a job failed unexpectedly; retrying later", extra={"job_id": job_id})
+            await message.nak(delay=_UNEXPECTED_RETRY_SECONDS)
+            return
         if claim.job is None or claim.job.terminal:
             await message.ack()  # nothing left to do (finished, cancelled, or a duplicate message)
             return
@@ -141,8 +148,9 @@ class JobWorker:
             return
         job = claim.job
         if job.attempts > self._settings.gateway_job_max_attempts:
+            tried = job.attempts - 1
             error = Internal(
-                f"the job was attempted {job.attempts - 1} times without finishing",
+                f"the job did not finish in {tried} attempt{'' if tried == 1 else 's'}",
                 reason="JOB_ATTEMPTS_EXHAUSTED",
             )
             await self._store.finish(

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from parapet.auth.v1 import tenant_admin_service_pb2
-from parapet.gateway.v1 import job_pb2, job_service_pb2
+from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.kit.errors import error_details
 from tests.integration.gateway_jobs.conftest import (
     TERMINAL,
@@ -26,6 +26,12 @@ from tests.integration.gateway_jobs.conftest import (
 
 def _key() -> str:
     return f"job-{uuid.uuid4().hex}"
+
+
+async def _full_job(jobs: job_service_pb2_grpc.JobServiceStub, key: str, job_id: str) -> job_pb2.Job:
+    request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL)
+    response: job_service_pb2.GetJobResponse = await jobs.GetJob(request, metadata=bearer(key))
+    return response.job
 
 
 async def _error(call: object) -> tuple[grpc.StatusCode, str | None, list[str]]:
@@ -56,11 +62,7 @@ async def test_a_job_runs_every_item_for_its_submitter_and_watch_shows_progress(
         assert done == sorted(done) and done[-1] == 6
         assert all(j.state not in TERMINAL for j in seen[:-1])
 
-        full = await jobs.GetJob(
-            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-            metadata=bearer(suite.key),
-        )
-    job = full.job
+        job = await _full_job(jobs, suite.key, job_id)
     assert [r.index for r in job.results] == list(range(6))
     assert [r.response.text for r in job.results] == [f"answer to {q}" for q in questions]
     assert job.usage.prompt_tokens == 18 and job.usage.completion_tokens == 30
@@ -165,12 +167,7 @@ async def test_cancel_stops_new_items_and_keeps_finished_ones(suite: Suite) -> N
             job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key)
         )
         assert again.job.state == job_pb2.JOB_STATE_CANCELLED  # idempotent
-        full = (
-            await jobs.GetJob(
-                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-                metadata=bearer(suite.key),
-            )
-        ).job
+        full = await _full_job(jobs, suite.key, job_id)
         watched = await watch_until(jobs, suite.key, job_id, ended)
     assert watched.state == job_pb2.JOB_STATE_CANCELLED
     assert full.progress.succeeded_items == len(full.results) == sum(runner.calls.values()) == 3
@@ -191,16 +188,75 @@ async def test_a_stopped_worker_s_job_is_finished_by_another_without_rerunning_i
     second = suite.runner()
     async with suite.gateway(second) as jobs:
         done = await watch_until(jobs, suite.key, job_id, ended)
-        full = (
-            await jobs.GetJob(
-                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-                metadata=bearer(suite.key),
-            )
-        ).job
+        full = await _full_job(jobs, suite.key, job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.progress.succeeded_items == 12
     assert [r.index for r in full.results] == list(range(12))
     assert set(first.calls) == {0, 1, 2, 3} and all(n == 1 for n in first.calls.values())
     assert set(second.calls) == set(range(4, 12)) and all(n == 1 for n in second.calls.values())
+
+
+async def test_a_job_past_its_attempts_fails_with_the_reason_and_keeps_its_finished_items(
+    suite: Suite,
+) -> None:
+    """A job that never finishes (say, one that kills every worker that takes it) must not circulate for
+    ever: the delivery past ``gateway_job_max_attempts`` fails it instead of running it again."""
+    first = suite.runner(free_items=2)
+    first.gate.clear()  # the third item hangs: the first attempt never finishes
+    async with suite.gateway(first, gateway_job_item_concurrency=1) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), ["a", "b", "c", "d"]), metadata=bearer(suite.key))
+        ).job.job_id
+        await watch_until(jobs, suite.key, job_id, succeeded_at_least(2))
+    second = suite.runner()
+    async with suite.gateway(second, gateway_job_max_attempts=1) as jobs:
+        failed = await watch_until(jobs, suite.key, job_id, ended)
+        full = await _full_job(jobs, suite.key, job_id)
+    assert failed.state == job_pb2.JOB_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert failed.error.message == "the job did not finish in 1 attempt"
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.ErrorInfo()
+    assert failed.error.details[0].Unpack(info) and info.reason == "JOB_ATTEMPTS_EXHAUSTED"
+    assert second.calls.total() == 0  # the exhausted job ran nothing more
+    assert [r.index for r in full.results] == [0, 1] and full.progress.succeeded_items == 2
+
+
+async def test_queue_messages_that_name_no_job_are_dropped_and_jobs_behind_them_run(suite: Suite) -> None:
+    """The queue is internal, but a message the workers cannot act on (garbage, an id that is no UUID, a job
+    that does not exist) must leave the queue at once: JetStream never gives up on a message by itself, so
+    one left unacknowledged would circulate for ever."""
+    from nats.js.api import StreamInfo
+
+    from parapet.kit.bus import Bus
+    from services.gateway.jobs import queue
+
+    bus = await Bus.connect(suite.nats_url, name="test-jobs-garbage")
+    try:
+        await bus.ensure_stream(queue.JOBS_STREAM)
+        for body in (
+            b"garbage",
+            b"/",
+            f"{suite.tenant}/not-a-uuid".encode(),
+            f"{suite.tenant}/{uuid.uuid4()}".encode(),
+        ):
+            await bus.publish(queue.SUBJECT, body, msg_id=uuid.uuid4().hex)
+        runner = suite.runner()
+        async with suite.gateway(runner) as jobs:
+            job_id = (
+                await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))
+            ).job.job_id
+            done = await watch_until(jobs, suite.key, job_id, ended)
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+            left: StreamInfo | None = None
+            for _ in range(50):  # the job's own message is acknowledged after its state is committed
+                left = await bus.jetstream.stream_info(queue.JOBS_STREAM.name)
+                if left.state.messages == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert left is not None and left.state.messages == 0, "a message stayed in the work queue"
+    finally:
+        await bus.close()
 
 
 async def test_a_revoked_key_fails_its_queued_job_with_the_reason(suite: Suite) -> None:
@@ -260,12 +316,7 @@ async def test_a_killed_worker_s_job_is_redelivered_after_its_lease_and_resumed(
         second = suite.runner()
         async with suite.gateway(second) as worker:
             done = await watch_until(worker, suite.key, job_id, ended, within=60)
-        full = (
-            await jobs.GetJob(
-                job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-                metadata=bearer(suite.key),
-            )
-        ).job
+        full = await _full_job(jobs, suite.key, job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [r.index for r in full.results] == list(range(6))
     # The dead worker finished 0-2 and was killed inside item 3, which it never recorded: the second runs 3-5.

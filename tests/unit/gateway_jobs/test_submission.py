@@ -60,8 +60,11 @@ def test_an_item_runs_with_the_job_labels_and_without_its_own_key() -> None:
 
 
 def test_queue_messages_round_trip_and_malformed_ones_are_recognised() -> None:
-    assert queue.parse_body(queue.message_body("acme", "j-1")) == ("acme", "j-1")
-    assert queue.parse_body(b"no-slash") is None and queue.parse_body(b"/j") is None
+    job_id = "0b9c3f2e-6a41-4f0e-9a57-2d8e1c4b7a10"
+    assert queue.parse_body(queue.message_body("acme", job_id)) == ("acme", job_id)
+    assert queue.parse_body(f"acme/{job_id.upper()}".encode()) == ("acme", job_id)  # canonical form
+    assert queue.parse_body(b"no-slash") is None and queue.parse_body(f"/{job_id}".encode()) is None
+    assert queue.parse_body(b"acme/") is None and queue.parse_body(b"acme/not-a-uuid") is None
 
 
 def test_a_stored_job_becomes_its_message() -> None:
