@@ -1,7 +1,8 @@
 """Consumes ``DocumentsDeletedEvent`` (docs/contracts.md) and drops cached answers grounded in those documents.
 
 A durable JetStream pull consumer with explicit acks: an event is acked only after its deletion committed, so a
-database outage delays it and loses nothing; handling one twice is harmless (the rows are already gone). The
+database outage delays it and loses nothing; handling one twice is harmless (the rows are already gone); a
+message that is no event, or whose tenant differs from its subject's, is logged and acknowledged. The
 retrieval service owns the stream; until it exists this consumer waits for it.
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import logging
 
 import nats.errors
+from google.protobuf.message import DecodeError
 from nats.js.errors import NotFoundError
 
 from parapet.events import documents as documents_events
@@ -24,8 +26,14 @@ DURABLE = "inference-semantic-cache"
 
 
 async def handle(cache: SemanticCache, subject: str, payload: bytes) -> int:
-    """Apply one event; returns the entries dropped. Raises when the database fails (the event is redelivered)."""
-    event = documents_deleted_event_pb2.DocumentsDeletedEvent.FromString(payload)
+    """Apply one event; returns the entries dropped. Raises when the database fails (the event is redelivered).
+
+    A payload that is no event is dropped with an error logged: redelivering it would never make it one."""
+    try:
+        event = documents_deleted_event_pb2.DocumentsDeletedEvent.FromString(payload)
+    except DecodeError:
+        log.error("a documents-deleted message that is no event; dropped", extra={"subject": subject})
+        return 0
     tenant = subject.rsplit(".", 1)[-1]
     if event.tenant_id != tenant:
         log.error(

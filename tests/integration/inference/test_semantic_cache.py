@@ -17,6 +17,7 @@ from parapet.kit.bus import Bus
 from parapet.kit.identity import Principal
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from parapet.upstream import UpstreamServer
+from services.inference.cache.deletions import DURABLE
 from tests.integration.inference.conftest import (
     Inference,
     Outcome,
@@ -134,6 +135,14 @@ async def test_entries_expire_after_their_ttl(
         ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
 
 
+async def _publish_raw(nats_url: str, tenant: str, payload: bytes) -> None:
+    client = await nats.connect(nats_url)
+    try:
+        await client.jetstream().publish(documents_events.subject(tenant), payload)
+    finally:
+        await client.close()
+
+
 async def _publish_deletion(
     nats_url: str,
     tenant: str,
@@ -210,6 +219,8 @@ async def test_a_tenant_erasure_drops_every_answer_of_that_tenant_and_a_mismatch
                 await inference.stream(question, who=principal(tenant), context=context)
                 hit = await _until_cached(inference, question, principal(tenant), context=context)
                 assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # A body that is no event at all is dropped (left unacknowledged, it would come back for ever).
+        await _publish_raw(nats_url, erased, b"\x08\xff not an event")
         # An erasure on one tenant's subject that names another in its body is ignored: neither is touched.
         await _publish_deletion(
             nats_url,
@@ -235,6 +246,12 @@ async def test_a_tenant_erasure_drops_every_answer_of_that_tenant_and_a_mismatch
             for question, context in ((QUESTION, CONTEXT), (plain_question, [])):
                 kept = await inference.stream(question, who=principal(tenant), context=context)
                 assert kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT, (tenant, question)
+    client = await nats.connect(nats_url)
+    try:
+        consumer = await client.jetstream().consumer_info(documents_events.DOCUMENTS_STREAM.name, DURABLE)
+    finally:
+        await client.close()
+    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0, consumer
 
 
 # Upstream model names of their own, so the outage below touches no other test's models.
