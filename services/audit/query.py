@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from sqlalchemy import text
 
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2
+from parapet.kit import wellknown
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
 from services.audit.scope import tenant_scope
@@ -33,10 +34,10 @@ def _conditions(filter_: audit_service_pb2.InteractionFilter) -> tuple[list[str]
     params: dict[str, Any] = {}
     if filter_.HasField("start_time"):
         where.append("create_time >= :start_time")
-        params["start_time"] = filter_.start_time.ToDatetime(tzinfo=UTC)
+        params["start_time"] = wellknown.moment(filter_.start_time, "filter.start_time")
     if filter_.HasField("end_time"):
         where.append("create_time < :end_time")
-        params["end_time"] = filter_.end_time.ToDatetime(tzinfo=UTC)
+        params["end_time"] = wellknown.moment(filter_.end_time, "filter.end_time")
     for name in ("user_id", "api_key_id", "model", "feature", "request_id"):
         value = getattr(filter_, name)
         if value:

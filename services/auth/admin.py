@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from parapet.auth.v1 import tenant_admin_service_pb2 as pb
 from parapet.auth.v1 import tenant_admin_service_pb2_grpc, user_pb2
+from parapet.kit import wellknown
 from parapet.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.auth import apikeys, permissions, policy, records
 from services.auth.access import Access, Actor, check_tenant_id
@@ -148,7 +149,11 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             for i, scope in enumerate(spec.scopes)
             if scope not in permissions.BY_NAME
         ]
-        expire = spec.expire_time.ToDatetime(tzinfo=UTC) if spec.HasField("expire_time") else None
+        expire = (
+            wellknown.moment(spec.expire_time, "api_key.expire_time")
+            if spec.HasField("expire_time")
+            else None
+        )
         if expire is not None and expire <= _now():
             problems.append(("api_key.expire_time", "must be in the future"))
         if problems:

@@ -51,7 +51,8 @@ def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple
         if alg not in oidc.ALLOWED_ALGORITHMS:
             yield f"{path}.allowed_algorithms[{j}]", f"must be one of {', '.join(oidc.ALLOWED_ALGORITHMS)}"
     if provider.HasField("max_clock_skew"):
-        seconds = provider.max_clock_skew.ToTimedelta().total_seconds()
+        skew = provider.max_clock_skew  # read as numbers: ToTimedelta overflows on hostile values
+        seconds = skew.seconds + skew.nanos / 1e9
         if not 0 <= seconds <= oidc.MAX_SKEW_SECONDS:
             yield f"{path}.max_clock_skew", "must be between 0 and 5 minutes"
 

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from parapet.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, rollup_pb2
+from parapet.kit import wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
@@ -31,7 +32,7 @@ def _midnight(day: date) -> datetime:
 
 def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     """The UTC day that starts exactly at ``stamp``; PERIOD_INVALID when it is not 00:00 UTC."""
-    moment = stamp.ToDatetime(UTC)
+    moment = wellknown.moment(stamp, field)
     if moment != _midnight(moment.date()):
         raise InvalidArgument(
             f"{field} must be 00:00 UTC of a day",
@@ -41,9 +42,9 @@ def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     return moment.date()
 
 
-def _first_day_from(stamp: timestamp_pb2.Timestamp) -> date:
+def _first_day_from(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     """The first UTC day that starts at or after ``stamp``."""
-    moment = stamp.ToDatetime(UTC)
+    moment = wellknown.moment(stamp, field)
     return moment.date() if moment == _midnight(moment.date()) else moment.date() + timedelta(days=1)
 
 
@@ -62,8 +63,8 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     ) -> billing_service_pb2.ListRollupsResponse:
         tenant = await self._authorize()
         # Days starting at or after start_time and before end_time: both bounds round up to a day start.
-        start = _first_day_from(request.start_time) if request.HasField("start_time") else None
-        end = _first_day_from(request.end_time) if request.HasField("end_time") else None
+        start = _first_day_from(request.start_time, "start_time") if request.HasField("start_time") else None
+        end = _first_day_from(request.end_time, "end_time") if request.HasField("end_time") else None
         if start is not None and end is not None and end < start:
             raise InvalidArgument(
                 "end_time is before start_time",

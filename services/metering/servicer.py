@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parapet.kit import wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -147,7 +148,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         micros = self._micros(request.estimated_cost, "estimated_cost")
         ttl = timedelta(seconds=self._settings.reservation_ttl_seconds)
         if request.HasField("ttl"):
-            ttl = request.ttl.ToTimedelta()
+            ttl = wellknown.span(request.ttl, "ttl")
             if ttl <= timedelta(0) or ttl.total_seconds() > self._settings.reservation_max_ttl_seconds:
                 raise InvalidArgument(
                     "ttl must be positive and at most the maximum reservation lifetime",
@@ -211,7 +212,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument("usage figures are invalid", field_violations=violations)
         micros = self._micros(request.cost, "cost")
         now = datetime.now(UTC)
-        occur = request.complete_time.ToDatetime(UTC) if request.HasField("complete_time") else now
+        occur = (
+            wellknown.moment(request.complete_time, "complete_time")
+            if request.HasField("complete_time")
+            else now
+        )
         record = UsageRecord(
             tenant_id=principal.tenant_id,
             request_id=request.request_id,
@@ -264,9 +269,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         principal = require_principal()
         if not request.HasField("start_time"):
             raise InvalidArgument("start_time is required", field_violations=[("start_time", "required")])
-        start = request.start_time.ToDatetime(UTC)
+        start = wellknown.moment(request.start_time, "start_time")
         now = datetime.now(UTC)
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        end = wellknown.moment(request.end_time, "end_time") if request.HasField("end_time") else now
         if end <= start:
             raise InvalidArgument(
                 "end_time must be after start_time", field_violations=[("end_time", "not after start_time")]

@@ -25,5 +25,5 @@ def test_invoice_bounds_must_be_midnight_utc() -> None:
 
 
 def test_rollup_filters_take_days_starting_at_or_after_a_time() -> None:
-    assert _first_day_from(_stamp(datetime(2026, 11, 1, tzinfo=UTC))) == date(2026, 11, 1)
-    assert _first_day_from(_stamp(datetime(2026, 11, 1, 12, tzinfo=UTC))) == date(2026, 11, 2)
+    assert _first_day_from(_stamp(datetime(2026, 11, 1, tzinfo=UTC)), "start_time") == date(2026, 11, 1)
+    assert _first_day_from(_stamp(datetime(2026, 11, 1, 12, tzinfo=UTC)), "start_time") == date(2026, 11, 2)
