@@ -34,6 +34,7 @@ from parapet.kit import metrics
 from parapet.kit.coalesce import coalesced
 from parapet.kit.context import deadline_var, require_principal
 from parapet.kit.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from parapet.kit.nul import replace_nul
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.inference.attempt import timed_events
 from services.inference.attempt_metrics import AttemptClock, error_type
@@ -444,9 +445,11 @@ class Engine:
                             clock.token()
                             if state.first_token is None:
                                 state.first_token = time.monotonic()
-                            received.append(event.text)
-                            state.text.append(event.text)
-                            yield Response(text_delta=completion_pb2.TextDelta(text=event.text))
+                            # A NUL could be stored nowhere downstream (the cache, the audit trail).
+                            text = replace_nul(event.text)
+                            received.append(text)
+                            state.text.append(text)
+                            yield Response(text_delta=completion_pb2.TextDelta(text=text))
                         elif isinstance(event, Finish):
                             clock.done()
                             breaker.record(True)

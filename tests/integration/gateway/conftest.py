@@ -134,6 +134,14 @@ def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
                 **prices,
             },
             {
+                # An answer holding a NUL, which PostgreSQL cannot store: inference repairs it (U+FFFD).
+                "name": "nul",
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini;reply=before\x00after",
+                **limits,
+                **prices,
+            },
+            {
                 "name": "local",
                 "provider": "local",
                 "context_window_tokens": 32000,

@@ -230,6 +230,11 @@ async def test_a_repeat_while_the_first_runs_is_aborted(suite: Suite) -> None:
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"generation": {"temperature": 3}}, "generation.temperature"),
         ({"retrieval": {"top_k": 51}}, "retrieval.top_k"),
+        # Refused by the kit at the door: stored, it would have stopped the audit stream (docs/kit.md).
+        (
+            {"messages": [message_pb2.Message(role=message_pb2.ROLE_USER, content="a\x00b")]},
+            "messages[0].content",
+        ),
     ],
 )
 async def test_bad_input_is_invalid_argument_with_the_field(
@@ -241,6 +246,20 @@ async def test_bad_input_is_invalid_argument_with_the_field(
     assert answer.error is not None and answer.error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert answer.error.bad_request is not None
     assert violation in [v.field for v in answer.error.bad_request.field_violations]
+
+
+async def test_a_nul_in_the_model_s_answer_is_repaired_and_the_chat_audited(suite: Suite) -> None:
+    """Stored as is, the answer's NUL made an audit record no database accepts, and the audit stream stopped
+    behind it (every later record waited); the caller, the cache and the audit trail now see U+FFFD."""
+    tenant = await suite.tenant()
+    answer = await suite.stream(tenant, question("anything", model="nul"))
+    assert answer.error is None, answer.error
+    assert answer.text == "before\ufffdafter"
+    audit = await suite.wait_rows(
+        "SELECT status_code, completion_tokens FROM audit.records WHERE tenant_id = :t AND kind = 'interaction'",
+        t=tenant.tenant_id,
+    )
+    assert [tuple(a) for a in audit] == [(0, answer.summary.usage.completion_tokens)]
 
 
 async def test_credentials_are_checked_and_revocation_takes_effect(suite: Suite) -> None:

@@ -8,6 +8,7 @@ answered by its service: implemented, or pending with a typed UNIMPLEMENTED nami
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +18,14 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
 from parapet.cli.registry import service_names
 from parapet.embedded import EmbeddedNats, free_port
 from parapet.kit.app import ServiceApp
 from parapet.kit.descriptors import published_services
 from parapet.kit.errors import error_details
+from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys, running
 
 
@@ -47,19 +49,83 @@ def _message(descriptor: Any) -> Any:
     return message_factory.GetMessageClass(descriptor)
 
 
+# Values that break code which trusts its input: a NUL (PostgreSQL refuses it in text), quotes, a long string,
+# integers and floats at their extremes, an enum number no contract declares, timestamps out of range.
+# Each text is tried: the first is refused by the kit at the door (NUL), so the second reaches the servicers.
+_HOSTILE_TEXTS = ("x\x00'\";--", "'\";--" + "é" * 300)
+_HOSTILE_NUMBERS = {
+    FieldDescriptor.TYPE_INT32: -(2**31),
+    FieldDescriptor.TYPE_SINT32: -(2**31),
+    FieldDescriptor.TYPE_SFIXED32: -(2**31),
+    FieldDescriptor.TYPE_UINT32: 2**32 - 1,
+    FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
+    FieldDescriptor.TYPE_INT64: -(2**63),
+    FieldDescriptor.TYPE_SINT64: -(2**63),
+    FieldDescriptor.TYPE_SFIXED64: -(2**63),
+    FieldDescriptor.TYPE_UINT64: 2**64 - 1,
+    FieldDescriptor.TYPE_FIXED64: 2**64 - 1,
+    FieldDescriptor.TYPE_DOUBLE: float("nan"),
+    FieldDescriptor.TYPE_FLOAT: float("inf"),
+}
+
+
+def _hostile(message: Any, text: str, depth: int = 0) -> Any:
+    """``message`` with every field set to a hostile value, nested messages three levels deep."""
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field, value_field = (
+                field.message_type.fields_by_name["key"],
+                field.message_type.fields_by_name["value"],
+            )
+            key = _scalar(key_field, text)
+            mapping = getattr(message, field.name)
+            if value_field.message_type is not None:
+                if depth < 3:
+                    _hostile(mapping[key], text, depth + 1)
+            else:
+                mapping[key] = _scalar(value_field, text)
+        elif field.message_type is not None:
+            if depth >= 3:
+                continue
+            if field.is_repeated:
+                _hostile(getattr(message, field.name).add(), text, depth + 1)
+            else:
+                _hostile(getattr(message, field.name), text, depth + 1)
+        elif field.is_repeated:
+            getattr(message, field.name).extend([_scalar(field, text)] * 2)
+        else:
+            setattr(message, field.name, _scalar(field, text))
+    return message
+
+
+def _scalar(field: FieldDescriptor, text: str) -> Any:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return text
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return b"\x00\xff" * 40
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return True
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return 999  # proto3 enums are open: a number no contract declares
+    return _HOSTILE_NUMBERS[field.type]
+
+
 async def _one(message: Any) -> AsyncIterator[Any]:
     yield message
 
 
-async def _call(channel: grpc.aio.Channel, method: MethodDescriptor, metadata: Any) -> None:
-    """Call ``method`` once with an empty request, whatever its streaming shape; raise what it answers."""
+async def _call(
+    channel: grpc.aio.Channel, method: MethodDescriptor, metadata: Any, *, hostile: str | None = None
+) -> None:
+    """Call ``method`` once with an empty request (or a hostile one, its text ``hostile``), whatever its
+    streaming shape; raise what it answers."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     request_type, response_type = _message(method.input_type), _message(method.output_type)
     codec = {
         "request_serializer": request_type.SerializeToString,
         "response_deserializer": response_type.FromString,
     }
-    request = request_type()
+    request = request_type() if hostile is None else _hostile(request_type(), hostile)
     if method.client_streaming and method.server_streaming:
         async for _ in channel.stream_stream(path, **codec)(_one(request), metadata=metadata, timeout=5):
             pass
@@ -70,6 +136,13 @@ async def _call(channel: grpc.aio.Channel, method: MethodDescriptor, metadata: A
             pass
     else:
         await channel.unary_unary(path, **codec)(request, metadata=metadata, timeout=5)
+
+
+HOSTILE_CALLERS = (
+    Principal(tenant_id="tenant-a", subject="user-1", roles=("member",)),
+    Principal(tenant_id="tenant-a", subject="admin-1", roles=("admin",), credential_type="api_key"),
+    Principal(tenant_id="tenant-a", subject="svc-gateway", roles=("admin",), credential_type="service"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +170,7 @@ async def test_every_rpc_answers_from_its_servicer(
         # The gateway serves JobService either way; its workers would need auth's service-account key.
         **({"gateway_job_workers_enabled": False} if name == "gateway" else {}),
     )
+    crashed: list[str] = []
     async with (
         running(app, settings) as (_server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
@@ -125,8 +199,20 @@ async def test_every_rpc_answers_from_its_servicer(
                         )
                         assert error_details(error).error_info is not None, path
 
+                # Hostile input is refused (or served) with a typed status too, never a crash: from a member,
+                # and from a tenant admin and a service, whom fewer checks stop before the servicer's own.
+                for caller, text in itertools.product(HOSTILE_CALLERS, _HOSTILE_TEXTS):
+                    try:
+                        await _call(channel, method, keys.metadata(caller), hostile=text)
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                            crashed.append(f"{path} as {caller.roles}: {error.code().name} {error.details()}")
+                        elif error_details(error).error_info is None:
+                            crashed.append(f"{path} as {caller.roles}: {error.code().name} without ErrorInfo")
+
                 if path not in app.public_methods:
                     # Without an internal token the kit refuses before the servicer runs.
                     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
                         await _call(channel, method, ())
                     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+    assert crashed == []

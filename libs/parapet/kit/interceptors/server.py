@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import grpc.aio
 
+from parapet.kit import nul
 from parapet.kit.context import (
     CLIENT_ADDRESS_KEY,
     MAX_CLIENT_ADDRESS_LENGTH,
@@ -159,7 +160,7 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    response = await behavior(request, context)
+                    response = await behavior(nul.checked(request), context)
                 except BaseException as exc:
                     await self._fail(exc, call, context)
                 record_outcome(call.info, context)
@@ -177,7 +178,7 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    async for response in behavior(request, context):
+                    async for response in behavior(nul.checked(request), context):
                         yield response
                 except BaseException as exc:
                     await self._fail(exc, call, context)
