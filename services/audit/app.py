@@ -13,7 +13,7 @@ import grpc.aio
 
 from parapet.audit.v1 import audit_service_pb2_grpc
 from parapet.auth.v1 import tenant_policy_pb2
-from parapet.events.audit import AUDIT_STREAM
+from parapet.events.audit import AUDIT_STREAM, REJECTED_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from services.audit.checkpoints import checkpoint_all
 from services.audit.consumer import AuditConsumer, BodyDefaults
@@ -86,5 +86,5 @@ APP = ServiceApp(
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
-    streams=(AUDIT_STREAM,),
+    streams=(AUDIT_STREAM, REJECTED_STREAM),
 )

@@ -4,8 +4,11 @@ Every replica pulls from the one durable consumer, so JetStream hands each messa
 is grouped by tenant and appended in one transaction (each tenant's statements under its own row-level
 security setting); only after the commit are the messages acked. A crash before the ack redelivers them, and the append finds their record ids stored
 (idempotent by record id), so a redelivery never appends twice. Messages that can never be stored
-(undecodable, wrong tenant, invalid, or a record id reused with other content) are terminated and logged
-at ERROR: redelivering them forever would stall every record behind them.
+(undecodable, wrong tenant, invalid, a record id reused with other content, or a record the database
+refuses) are set aside: copied to the AUDIT_REJECTED stream with the reason, then terminated, and logged at
+ERROR. Redelivering them forever would stall every record behind them; dropping them would lose them. A
+record the database refuses fails its whole batch's transaction, so such a batch is stored again record by
+record, to set aside only that one.
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
+import psycopg
 from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy.exc import DataError
 
 from parapet.audit.v1 import audit_record_pb2
-from parapet.events.audit import AUDIT_STREAM, SUBJECT_PREFIX, tenant_of
+from parapet.events.audit import (
+    AUDIT_STREAM,
+    REJECTED_FROM_HEADER,
+    REJECTED_REASON_HEADER,
+    REJECTED_SUBJECT_PREFIX,
+    SUBJECT_PREFIX,
+    tenant_of,
+)
 from parapet.kit import metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
@@ -64,30 +76,39 @@ class AuditConsumer:
             ),
         )
 
-    def _reject(self, msg: Any, why: str, record_id: str = "") -> None:
+    async def _set_aside(self, msg: Any, why: str, record_id: str = "") -> None:
+        """Keep ``msg`` in the rejected stream with ``why``, then take it off ours. Raises when the copy
+        cannot be published: the message then stays (redelivered), never dropped."""
         log.error(
-            "audit record rejected: %s",
+            "audit record set aside: %s",
             why,
             extra={"subject": msg.subject, "record_id": record_id, "reason": why},
         )
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
+        headers[REJECTED_REASON_HEADER] = why[:1000]
+        headers[REJECTED_FROM_HEADER] = msg.subject
+        await self._bus.publish(
+            REJECTED_SUBJECT_PREFIX + (tenant_of(msg.subject) or "unknown"),
+            msg.data,
+            # A redelivery of the same message, set aside twice, is one copy.
+            msg_id=f"audit-{msg.metadata.sequence.stream}",
+            headers=headers,
+        )
+        await msg.term()
+        metrics.record_audit("stream", "rejected")
 
     async def handle(self, messages: Sequence[Any]) -> None:
         """Store ``messages`` (one transaction) and ack them; raise, unacked, when storing fails."""
         groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
-        rejected = 0
         for msg in messages:
             tenant = tenant_of(msg.subject)
             try:
                 record = audit_record_pb2.AuditRecord.FromString(msg.data)
             except DecodeError:
-                self._reject(msg, "not an AuditRecord")
-                await msg.term()
-                rejected += 1
+                await self._set_aside(msg, "not an AuditRecord")
                 continue
             if tenant is None or record.tenant_id != tenant:
-                self._reject(msg, "tenant_id does not match the subject", record.record_id)
-                await msg.term()
-                rejected += 1
+                await self._set_aside(msg, "tenant_id does not match the subject", record.record_id)
                 continue
             try:
                 prepared = prepare(
@@ -98,23 +119,36 @@ class AuditConsumer:
                     owned=True,
                 )
             except InvalidArgument as error:
-                self._reject(msg, str(error), record.record_id)
-                await msg.term()
-                rejected += 1
+                await self._set_aside(msg, str(error), record.record_id)
                 continue
             groups.setdefault(tenant, []).append((msg, prepared))
-        metrics.record_audit("stream", "rejected", rejected)
-        stored = await append_groups(
-            self._database, {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()}
-        )
+        await self._store(groups)
+
+    async def _store(self, groups: dict[str, list[tuple[Any, PreparedRecord]]]) -> None:
+        try:
+            stored = await append_groups(
+                self._database,
+                {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()},
+            )
+        # SQLSTATE class 22 (raised by psycopg itself on the pipelined path): this data is the problem.
+        except (DataError, psycopg.DataError) as error:
+            if sum(len(items) for items in groups.values()) > 1:
+                for tenant, items in groups.items():
+                    for item in items:  # in stream order, as the batch would have appended them
+                        await self._store({tenant: [item]})
+                return
+            ((_tenant, [(msg, prepared)]),) = groups.items()
+            sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None) or "unknown"
+            await self._set_aside(msg, f"the database refuses it (SQLSTATE {sqlstate})", prepared.record_id)
+            return
         for tenant, items in groups.items():
             results = stored[tenant]
             appended = duplicates = 0
             for (msg, prepared), result in zip(items, results, strict=True):
                 if result.conflict:
-                    self._reject(msg, "record_id already stored with other content", prepared.record_id)
-                    await msg.term()
-                    metrics.record_audit("stream", "rejected")
+                    await self._set_aside(
+                        msg, "record_id already stored with other content", prepared.record_id
+                    )
                     continue
                 await msg.ack()
                 if result.already_recorded:

@@ -16,6 +16,17 @@ SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
 AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
 TENANT_ID = re.compile(r"^[a-z0-9-]{1,63}$")
+# Messages the audit service can never store (undecodable, invalid, refused by the database) are kept here
+# for an operator, under their tenant's token (or "unknown"), instead of being dropped: one more token than
+# the audit subjects, so the two streams never overlap.
+REJECTED_SUBJECT_PREFIX = SUBJECT_PREFIX + "rejected."
+REJECTED_STREAM = StreamSpec(
+    name="AUDIT_REJECTED",
+    subjects=(REJECTED_SUBJECT_PREFIX + "*",),
+    description="Audit messages the audit service could not store, kept for an operator",
+)
+REJECTED_REASON_HEADER = "parapet-rejected-reason"
+REJECTED_FROM_HEADER = "parapet-rejected-subject"
 
 
 def subject(tenant_id: str) -> str:

@@ -1,5 +1,6 @@
 """Delivery through the audit stream: records published while the audit service is down all arrive after
-it restarts, none twice, duplicates and redeliveries absorbed, poison messages set aside."""
+it restarts, none twice, duplicates and redeliveries absorbed, poison messages set aside (kept in the
+AUDIT_REJECTED stream with their reason)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from pathlib import Path
 from sqlalchemy import text
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
-from parapet.events.audit import publish, subject
+from parapet.events.audit import (
+    AUDIT_STREAM,
+    REJECTED_FROM_HEADER,
+    REJECTED_REASON_HEADER,
+    REJECTED_STREAM,
+    REJECTED_SUBJECT_PREFIX,
+    publish,
+    subject,
+)
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.testing import TestKeys, running
@@ -107,6 +116,67 @@ async def test_records_published_while_audit_is_down_arrive_once_after_restart(
         assert wrong.record_id not in {row.id for row in rows}
         verification = await verify_chain(database, tenant, load_signer(settings.audit_checkpoint_key_file))
         assert (verification.intact, verification.records_verified) == (True, 170)
+    finally:
+        await bus.close()
+        await database.close()
+
+
+async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_rest_stored(
+    database_url: str, nats_url: str, tmp_path: Path, keys: TestKeys
+) -> None:
+    """A record the database refuses (a NUL in its prompt: no PostgreSQL text holds one) once failed its whole
+    batch's transaction, which was redelivered for ever and stalled every record behind it."""
+    tenant = new_tenant()
+    settings = audit_settings(database_url, nats_url, tmp_path, keys)
+    database = Database(database_url, "audit", pool_size=2, max_overflow=0)
+    bus = await Bus.connect(nats_url)
+    try:
+        first, refused, last = (
+            interaction("user-1"),
+            interaction("user-2", prompt="a\x00b"),
+            interaction("user-3"),
+        )
+        for record in (first, refused, last):
+            record.tenant_id = tenant
+        # Published while the service is down, so that all four arrive in one batch.
+        await bus.ensure_stream(AUDIT_STREAM)
+        await publish(bus, first, source="/parapet/gateway")
+        await publish(bus, refused, source="/parapet/gateway")
+        await bus.publish(subject(tenant), b"\xff not an audit record", msg_id=str(uuid.uuid4()))
+        await publish(bus, last, source="/parapet/gateway")
+        async with running(APP, settings):
+            assert await _wait_for(database, tenant, 2) == 2
+            aside = await bus.jetstream.pull_subscribe(
+                REJECTED_SUBJECT_PREFIX + tenant, stream=REJECTED_STREAM.name
+            )
+            kept = await aside.fetch(2, timeout=10)
+            await asyncio.sleep(1.0)  # a redelivery of the refused record would land now
+            assert await _count(database, tenant) == 2
+        headers = [message.headers or {} for message in kept]
+        reasons = {h[REJECTED_REASON_HEADER]: message for h, message in zip(headers, kept, strict=True)}
+        refusal = next(reason for reason in reasons if reason != "not an AuditRecord")
+        assert refusal.startswith("the database refuses it (SQLSTATE 22"), refusal  # class 22: data exception
+        stored_aside = audit_record_pb2.AuditRecord.FromString(reasons[refusal].data)
+        assert (
+            stored_aside.record_id == refused.record_id and stored_aside.interaction.body.prompt == "a\x00b"
+        )
+        assert all(h[REJECTED_FROM_HEADER] == subject(tenant) for h in headers)
+        async with database.transaction() as session:
+            ids = (
+                (
+                    await session.execute(
+                        text("SELECT record_id::text FROM records WHERE tenant_id = :t ORDER BY sequence"),
+                        {"t": tenant},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert ids == [first.record_id, last.record_id]
+        verification = await verify_chain(database, tenant, load_signer(settings.audit_checkpoint_key_file))
+        assert (verification.intact, verification.records_verified) == (True, 2)
+        consumer = await bus.jetstream.consumer_info(AUDIT_STREAM.name, settings.audit_consumer_durable)
+        assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
     finally:
         await bus.close()
         await database.close()
