@@ -18,6 +18,7 @@ from typing import Any
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import MAX_BODY_RETENTION_DAYS
 from parapet.kit.errors import InvalidArgument
 from parapet.moderation.v1 import finding_pb2
 
@@ -73,6 +74,10 @@ class PreparedRecord:
     columns: dict[str, Any]
 
 
+MAX_RETENTION_DAYS = MAX_BODY_RETENTION_DAYS
+_LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_RETENTION_DAYS)
+
+
 def _invalid(field: str, problem: str) -> InvalidArgument:
     return InvalidArgument(
         f"invalid audit record: {field} {problem}",
@@ -91,8 +96,8 @@ def _apply_body_policy(
         raise _invalid("record.interaction.body.prompt_sha256", "does not match the prompt")
     if body.response and body.response_sha256 and sha256_hex(body.response) != body.response_sha256.lower():
         raise _invalid("record.interaction.body.response_sha256", "does not match the response")
-    if body.retention_days < 0:
-        raise _invalid("record.interaction.body.retention_days", "must not be negative")
+    if not 0 <= body.retention_days <= MAX_RETENTION_DAYS:
+        raise _invalid("record.interaction.body.retention_days", f"must be in [0, {MAX_RETENTION_DAYS}]")
     prompt_hash = sha256_hex(body.prompt) if body.prompt else body.prompt_sha256.lower()
     response_hash = sha256_hex(body.response) if body.response else body.response_sha256.lower()
     keep = mode in (FULL, MASKED)
@@ -140,7 +145,12 @@ def prepare(
     canonical.tenant_id = tenant_id
     prompt = response = None
     expire: datetime | None = None
-    create_time = canonical.create_time.ToDatetime(tzinfo=UTC)
+    try:
+        create_time = canonical.create_time.ToDatetime(tzinfo=UTC)
+    except ValueError:
+        raise _invalid("record.create_time", "is not a valid timestamp") from None
+    if create_time > _LATEST_CREATE_TIME:  # its bodies' expiry date would overflow a datetime
+        raise _invalid("record.create_time", "is too far in the future")
     if payload == "interaction":
         prompt, response, days = _apply_body_policy(canonical, default_mode, default_retention_days)
         if prompt is not None or response is not None:

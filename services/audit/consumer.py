@@ -7,13 +7,15 @@ security setting); only after the commit are the messages acked. A crash before 
 (undecodable, wrong tenant, invalid, a record id reused with other content, or a record the database
 refuses) are set aside: copied to the AUDIT_REJECTED stream with the reason, then terminated, and logged at
 ERROR. Redelivering them forever would stall every record behind them; dropping them would lose them. A
-record the database refuses fails its whole batch's transaction, so such a batch is stored again record by
-record, to set aside only that one.
+record whose data the database refuses (a few SQLSTATEs of class 22) fails its whole batch's transaction, so
+such a batch is halved until that record stands alone, and only it is set aside; any other database error
+leaves the batch to be redelivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -53,6 +55,21 @@ class BodyDefaults:
     retention_days: int
 
 
+_SET_ASIDE_RETRY_SECONDS = 30.0
+# Data exceptions that a record's own content causes, whatever the database's state: a character the
+# database's encoding cannot hold (a NUL among them), a number or a date out of range, a text too long.
+_REFUSED_DATA = frozenset({"22021", "22P05", "22003", "22008", "22001"})
+
+
+def _refused_data(error: Exception) -> str | None:
+    """The SQLSTATE when ``error`` means the database will never take this data, else None."""
+    cause = getattr(error, "orig", error)
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is None and isinstance(cause, psycopg.DataError) and "NUL" in str(cause):
+        return "22021"  # psycopg refuses a NUL itself, before the server would (character_not_in_repertoire)
+    return sqlstate if sqlstate in _REFUSED_DATA else None
+
+
 class AuditConsumer:
     def __init__(
         self, database: Database, bus: Bus, defaults: BodyDefaults, *, durable: str, batch_size: int
@@ -85,7 +102,7 @@ class AuditConsumer:
             extra={"subject": msg.subject, "record_id": record_id, "reason": why},
         )
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
-        headers[REJECTED_REASON_HEADER] = why[:1000]
+        headers[REJECTED_REASON_HEADER] = why[:300]  # the copy must stay within max_payload
         headers[REJECTED_FROM_HEADER] = msg.subject
         await self._bus.publish(
             REJECTED_SUBJECT_PREFIX + (tenant_of(msg.subject) or "unknown"),
@@ -97,18 +114,27 @@ class AuditConsumer:
         await msg.term()
         metrics.record_audit("stream", "rejected")
 
+    async def _set_aside_or_keep(self, msg: Any, why: str, record_id: str = "") -> None:
+        """Set ``msg`` aside; when even that fails, it comes back later and the batch's others go on."""
+        try:
+            await self._set_aside(msg, why, record_id)
+        except Exception:
+            log.warning("setting an audit record aside failed; it will be redelivered", exc_info=True)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=_SET_ASIDE_RETRY_SECONDS)
+
     async def handle(self, messages: Sequence[Any]) -> None:
         """Store ``messages`` (one transaction) and ack them; raise, unacked, when storing fails."""
-        groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
+        batch: list[tuple[str, Any, PreparedRecord]] = []  # (tenant, message, record), in stream order
         for msg in messages:
             tenant = tenant_of(msg.subject)
             try:
                 record = audit_record_pb2.AuditRecord.FromString(msg.data)
             except DecodeError:
-                await self._set_aside(msg, "not an AuditRecord")
+                await self._set_aside_or_keep(msg, "not an AuditRecord")
                 continue
             if tenant is None or record.tenant_id != tenant:
-                await self._set_aside(msg, "tenant_id does not match the subject", record.record_id)
+                await self._set_aside_or_keep(msg, "tenant_id does not match the subject", record.record_id)
                 continue
             try:
                 prepared = prepare(
@@ -119,34 +145,43 @@ class AuditConsumer:
                     owned=True,
                 )
             except InvalidArgument as error:
-                await self._set_aside(msg, str(error), record.record_id)
+                await self._set_aside_or_keep(msg, str(error), record.record_id)
                 continue
-            groups.setdefault(tenant, []).append((msg, prepared))
-        await self._store(groups)
+            batch.append((tenant, msg, prepared))
+        await self._store(batch)
 
-    async def _store(self, groups: dict[str, list[tuple[Any, PreparedRecord]]]) -> None:
+    async def _store(self, batch: list[tuple[str, Any, PreparedRecord]]) -> None:
+        """Append ``batch`` in one transaction and ack it. When the database refuses a record's data, the
+        batch is halved until that record stands alone (each tenant's records keep their order), and it
+        alone is set aside."""
+        groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
+        for tenant, msg, prepared in batch:
+            groups.setdefault(tenant, []).append((msg, prepared))
         try:
             stored = await append_groups(
                 self._database,
                 {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()},
             )
-        # SQLSTATE class 22 (raised by psycopg itself on the pipelined path): this data is the problem.
         except (DataError, psycopg.DataError) as error:
-            if sum(len(items) for items in groups.values()) > 1:
-                for tenant, items in groups.items():
-                    for item in items:  # in stream order, as the batch would have appended them
-                        await self._store({tenant: [item]})
+            sqlstate = _refused_data(error)
+            if sqlstate is None:
+                raise  # not a known property of one record's data: retried, never set aside
+            if len(batch) > 1:
+                half = len(batch) // 2
+                await self._store(batch[:half])
+                await self._store(batch[half:])
                 return
-            ((_tenant, [(msg, prepared)]),) = groups.items()
-            sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None) or "unknown"
-            await self._set_aside(msg, f"the database refuses it (SQLSTATE {sqlstate})", prepared.record_id)
+            ((_tenant, msg, prepared),) = batch
+            await self._set_aside_or_keep(
+                msg, f"the database refuses it (SQLSTATE {sqlstate})", prepared.record_id
+            )
             return
         for tenant, items in groups.items():
             results = stored[tenant]
             appended = duplicates = 0
             for (msg, prepared), result in zip(items, results, strict=True):
                 if result.conflict:
-                    await self._set_aside(
+                    await self._set_aside_or_keep(
                         msg, "record_id already stored with other content", prepared.record_id
                     )
                     continue

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from urllib.parse import urlparse
 
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import MAX_BODY_RETENTION_DAYS
+from parapet.kit import wellknown
 from parapet.kit.errors import InvalidArgument, PermissionDenied
 from services.auth import oidc
 from services.auth.permissions import (
@@ -51,8 +53,10 @@ def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple
         if alg not in oidc.ALLOWED_ALGORITHMS:
             yield f"{path}.allowed_algorithms[{j}]", f"must be one of {', '.join(oidc.ALLOWED_ALGORITHMS)}"
     if provider.HasField("max_clock_skew"):
-        skew = provider.max_clock_skew  # read as numbers: ToTimedelta overflows on hostile values
-        seconds = skew.seconds + skew.nanos / 1e9
+        try:
+            seconds = wellknown.span(provider.max_clock_skew, f"{path}.max_clock_skew").total_seconds()
+        except InvalidArgument:
+            seconds = -1.0  # not a valid Duration at all
         if not 0 <= seconds <= oidc.MAX_SKEW_SECONDS:
             yield f"{path}.max_clock_skew", "must be between 0 and 5 minutes"
 
@@ -76,8 +80,8 @@ def violations(policy: P.TenantPolicy) -> list[tuple[str, str]]:
         if rule.category in categories:
             found.append((f"policy.moderation.rules[{i}].category", "at most one rule per category"))
         categories.add(rule.category)
-    if policy.retention.body_retention_days < 0:
-        found.append(("policy.retention.body_retention_days", "must not be negative"))
+    if not 0 <= policy.retention.body_retention_days <= MAX_BODY_RETENTION_DAYS:
+        found.append(("policy.retention.body_retention_days", f"must be in [0, {MAX_BODY_RETENTION_DAYS}]"))
     budget_ids: set[str] = set()
     for i, budget in enumerate(policy.budgets):
         path = f"policy.budgets[{i}]"

@@ -45,7 +45,13 @@ def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
 def _first_day_from(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     """The first UTC day that starts at or after ``stamp``."""
     moment = wellknown.moment(stamp, field)
-    return moment.date() if moment == _midnight(moment.date()) else moment.date() + timedelta(days=1)
+    if moment == _midnight(moment.date()):
+        return moment.date()
+    if moment.date() == date.max:  # no day starts after 9999-12-31 00:00
+        raise InvalidArgument(
+            f"{field} is after the last day", field_violations=[(field, "after 9999-12-31")]
+        )
+    return moment.date() + timedelta(days=1)
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):

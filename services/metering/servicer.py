@@ -195,7 +195,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         ]
         if tokens.cached_tokens > tokens.prompt_tokens:
             violations.append(("usage.cached_tokens", "more than prompt_tokens"))
-        if request.latency.seconds < 0 or request.latency.nanos < 0:
+        if wellknown.span(request.latency, "latency") < timedelta(0):
             violations.append(("latency", "negative"))
         for name in ("feature", "model", "provider", "requested_model"):
             if len(getattr(request, name)) > 256:

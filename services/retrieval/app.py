@@ -90,4 +90,12 @@ APP = ServiceApp(
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
     streams=(DOCUMENTS_STREAM,),
+    # A document whose text holds a NUL is rejected on its own (ingest.validate), as the contract says of
+    # any bad document, instead of the kit ending the whole stream.
+    nul_checked_by_servicer=frozenset(
+        {
+            "/parapet.retrieval.v1.RetrievalService/IngestDocuments",
+            "/parapet.retrieval.v1.RetrievalService/StreamIngestDocuments",
+        }
+    ),
 )

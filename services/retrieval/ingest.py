@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from parapet.embeddings import Embedder, EmbeddingUnavailable
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument, Unavailable, to_status_proto
+from parapet.kit.nul import nul_field
 from parapet.retrieval.v1 import document_pb2
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
@@ -72,6 +73,9 @@ class IngestOptions:
 
 def validate(document: document_pb2.Document, content: bytes, max_bytes: int) -> None:
     """Raises `Rejected` for a document that cannot be ingested whatever its content says."""
+    with_nul = nul_field(document, "document.")
+    if with_nul is not None:  # the kit leaves this check to us on ingestion: per document (app.py)
+        raise Rejected("DOCUMENT_METADATA_INVALID", f"{with_nul} contains U+0000 (NUL)", with_nul)
     document_id = document.document_id
     if not 1 <= len(document_id) <= 512 or any(unicodedata.category(c) == "Cc" for c in document_id):
         raise Rejected(

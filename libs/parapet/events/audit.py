@@ -16,6 +16,9 @@ SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
 AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
 TENANT_ID = re.compile(r"^[a-z0-9-]{1,63}$")
+# The longest a record's bodies may be kept (ten years: beyond any retention rule, and a bound that keeps
+# expiry dates computable). Tenant policies (auth) and records (audit) are held to it.
+MAX_BODY_RETENTION_DAYS = 3660
 # Messages the audit service can never store (undecodable, invalid, refused by the database) are kept here
 # for an operator, under their tenant's token (or "unknown"), instead of being dropped: one more token than
 # the audit subjects, so the two streams never overlap.
@@ -23,7 +26,10 @@ REJECTED_SUBJECT_PREFIX = SUBJECT_PREFIX + "rejected."
 REJECTED_STREAM = StreamSpec(
     name="AUDIT_REJECTED",
     subjects=(REJECTED_SUBJECT_PREFIX + "*",),
-    description="Audit messages the audit service could not store, kept for an operator",
+    # They may hold prompts and answers, which erasure does not reach here: kept as long as the default body
+    # retention, long enough for the alert to be acted on (the operator may change it on the stream).
+    max_age_seconds=30 * 86400,
+    description="Audit messages the audit service could not store, kept 30 days for an operator",
 )
 REJECTED_REASON_HEADER = "parapet-rejected-reason"
 REJECTED_FROM_HEADER = "parapet-rejected-subject"

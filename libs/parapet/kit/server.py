@@ -170,7 +170,10 @@ async def create_server(
         resources = await _open_resources(app, settings, owned)
         server = grpc.aio.server(
             interceptors=kit_interceptors(
-                resources.identity, app.public_methods, tracer_provider or telemetry.current_provider()
+                resources.identity,
+                app.public_methods,
+                tracer_provider or telemetry.current_provider(),
+                nul_checked_by_servicer=app.nul_checked_by_servicer,
             ),
             options=[
                 ("grpc.so_reuseport", 0),  # a port collision must fail, not share the port

@@ -127,6 +127,8 @@ async def test_bad_documents_are_rejected_and_the_stream_goes_on(client: Client)
         (doc("pdf", "application/pdf"), b"%PDF-1.7"),
         (doc(""), b"no id"),
         (doc("scripts-only", "text/html"), b"<script>alert(1)</script>"),
+        # A NUL in its text is this document's fault alone (the kit would have ended the stream).
+        (doc("nul", team="a\x00b"), b"Fine content."),
         (doc("good"), b"This one is fine."),
     )
     reasons = []
@@ -134,7 +136,7 @@ async def test_bad_documents_are_rejected_and_the_stream_goes_on(client: Client)
         if result.outcome == pb.DOCUMENT_OUTCOME_REJECTED:
             reasons.append(result.error.details[0].value.decode(errors="ignore"))
     outcomes = [r.outcome for r in response.results]
-    assert outcomes == [pb.DOCUMENT_OUTCOME_REJECTED] * 6 + [pb.DOCUMENT_OUTCOME_CREATED]
+    assert outcomes == [pb.DOCUMENT_OUTCOME_REJECTED] * 7 + [pb.DOCUMENT_OUTCOME_CREATED]
     expected = [
         "DOCUMENT_EMPTY",
         "DOCUMENT_TOO_LARGE",
@@ -142,11 +144,12 @@ async def test_bad_documents_are_rejected_and_the_stream_goes_on(client: Client)
         "MIME_TYPE_UNSUPPORTED",
         "DOCUMENT_ID_INVALID",
         "DOCUMENT_EMPTY",
+        "DOCUMENT_METADATA_INVALID",
     ]
     for reason, raw in zip(expected, reasons, strict=True):
         assert reason in raw
     assert response.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert response.progress.documents_rejected == 6 and response.progress.documents_done == 1
+    assert response.progress.documents_rejected == 7 and response.progress.documents_done == 1
 
 
 async def test_stream_ingest_reports_results_and_progress(client: Client) -> None:

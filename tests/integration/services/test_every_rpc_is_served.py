@@ -8,9 +8,9 @@ answered by its service: implemented, or pending with a typed UNIMPLEMENTED nami
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,64 +50,98 @@ def _message(descriptor: Any) -> Any:
 
 
 # Values that break code which trusts its input: a NUL (PostgreSQL refuses it in text), quotes, a long string,
-# integers and floats at their extremes, an enum number no contract declares, timestamps out of range.
+# integers and floats at either extreme, an enum number no contract declares, timestamps out of range.
 # Each text is tried: the first is refused by the kit at the door (NUL), so the second reaches the servicers.
 _HOSTILE_TEXTS = ("x\x00'\";--", "'\";--" + "é" * 300)
-_HOSTILE_NUMBERS = {
+_LOW = {
     FieldDescriptor.TYPE_INT32: -(2**31),
     FieldDescriptor.TYPE_SINT32: -(2**31),
     FieldDescriptor.TYPE_SFIXED32: -(2**31),
-    FieldDescriptor.TYPE_UINT32: 2**32 - 1,
-    FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
+    FieldDescriptor.TYPE_UINT32: 0,
+    FieldDescriptor.TYPE_FIXED32: 0,
     FieldDescriptor.TYPE_INT64: -(2**63),
     FieldDescriptor.TYPE_SINT64: -(2**63),
     FieldDescriptor.TYPE_SFIXED64: -(2**63),
+    FieldDescriptor.TYPE_UINT64: 0,
+    FieldDescriptor.TYPE_FIXED64: 0,
+    FieldDescriptor.TYPE_DOUBLE: float("nan"),
+    FieldDescriptor.TYPE_FLOAT: float("-inf"),
+}
+_HIGH = {
+    FieldDescriptor.TYPE_INT32: 2**31 - 1,
+    FieldDescriptor.TYPE_SINT32: 2**31 - 1,
+    FieldDescriptor.TYPE_SFIXED32: 2**31 - 1,
+    FieldDescriptor.TYPE_UINT32: 2**32 - 1,
+    FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
+    FieldDescriptor.TYPE_INT64: 2**63 - 1,
+    FieldDescriptor.TYPE_SINT64: 2**63 - 1,
+    FieldDescriptor.TYPE_SFIXED64: 2**63 - 1,
     FieldDescriptor.TYPE_UINT64: 2**64 - 1,
     FieldDescriptor.TYPE_FIXED64: 2**64 - 1,
-    FieldDescriptor.TYPE_DOUBLE: float("nan"),
+    FieldDescriptor.TYPE_DOUBLE: float("inf"),
     FieldDescriptor.TYPE_FLOAT: float("inf"),
 }
 
 
-def _hostile(message: Any, text: str, depth: int = 0) -> Any:
-    """``message`` with every field set to a hostile value, nested messages three levels deep."""
+@dataclass(frozen=True)
+class Hostility:
+    text: str
+    numbers: dict[int, float]
+
+
+def _hostile(message: Any, how: Hostility, depth: int = 0, only: str | None = None) -> Any:
+    """``message`` with every field (or only the top-level field ``only``) set to a hostile value, nested
+    messages three levels deep."""
     for field in message.DESCRIPTOR.fields:
+        if only is not None and field.name != only:
+            continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key_field, value_field = (
                 field.message_type.fields_by_name["key"],
                 field.message_type.fields_by_name["value"],
             )
-            key = _scalar(key_field, text)
+            key = _scalar(key_field, how)
             mapping = getattr(message, field.name)
             if value_field.message_type is not None:
                 if depth < 3:
-                    _hostile(mapping[key], text, depth + 1)
+                    _hostile(mapping[key], how, depth + 1)
             else:
-                mapping[key] = _scalar(value_field, text)
+                mapping[key] = _scalar(value_field, how)
         elif field.message_type is not None:
             if depth >= 3:
                 continue
             if field.is_repeated:
-                _hostile(getattr(message, field.name).add(), text, depth + 1)
+                _hostile(getattr(message, field.name).add(), how, depth + 1)
             else:
-                _hostile(getattr(message, field.name), text, depth + 1)
+                _hostile(getattr(message, field.name), how, depth + 1)
         elif field.is_repeated:
-            getattr(message, field.name).extend([_scalar(field, text)] * 2)
+            getattr(message, field.name).extend([_scalar(field, how)] * 2)
         else:
-            setattr(message, field.name, _scalar(field, text))
+            setattr(message, field.name, _scalar(field, how))
     return message
 
 
-def _scalar(field: FieldDescriptor, text: str) -> Any:
+def _scalar(field: FieldDescriptor, how: Hostility) -> Any:
     if field.type == FieldDescriptor.TYPE_STRING:
-        return text
+        return how.text
     if field.type == FieldDescriptor.TYPE_BYTES:
         return b"\x00\xff" * 40
     if field.type == FieldDescriptor.TYPE_BOOL:
         return True
     if field.type == FieldDescriptor.TYPE_ENUM:
         return 999  # proto3 enums are open: a number no contract declares
-    return _HOSTILE_NUMBERS[field.type]
+    return how.numbers[field.type]
+
+
+def _hostile_requests(request_type: Any) -> Iterator[tuple[str, Any]]:
+    """(what, request): every field hostile at once, then each top-level field alone (so a check of one
+    field does not stop the servicer before it reaches the others), with numbers at either extreme."""
+    for text in _HOSTILE_TEXTS:
+        yield f"all fields, text {text[:6]!r}", _hostile(request_type(), Hostility(text, _LOW))
+    for field in request_type.DESCRIPTOR.fields:
+        for name, numbers in (("low", _LOW), ("high", _HIGH)):
+            how = Hostility(_HOSTILE_TEXTS[1], numbers)
+            yield f"{field.name} alone, {name}", _hostile(request_type(), how, only=field.name)
 
 
 async def _one(message: Any) -> AsyncIterator[Any]:
@@ -115,17 +149,17 @@ async def _one(message: Any) -> AsyncIterator[Any]:
 
 
 async def _call(
-    channel: grpc.aio.Channel, method: MethodDescriptor, metadata: Any, *, hostile: str | None = None
+    channel: grpc.aio.Channel, method: MethodDescriptor, metadata: Any, *, request: Any = None
 ) -> None:
-    """Call ``method`` once with an empty request (or a hostile one, its text ``hostile``), whatever its
-    streaming shape; raise what it answers."""
+    """Call ``method`` once with ``request`` (default: an empty one), whatever its streaming shape; raise
+    what it answers."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     request_type, response_type = _message(method.input_type), _message(method.output_type)
     codec = {
         "request_serializer": request_type.SerializeToString,
         "response_deserializer": response_type.FromString,
     }
-    request = request_type() if hostile is None else _hostile(request_type(), hostile)
+    request = request_type() if request is None else request
     if method.client_streaming and method.server_streaming:
         async for _ in channel.stream_stream(path, **codec)(_one(request), metadata=metadata, timeout=5):
             pass
@@ -201,14 +235,17 @@ async def test_every_rpc_answers_from_its_servicer(
 
                 # Hostile input is refused (or served) with a typed status too, never a crash: from a member,
                 # and from a tenant admin and a service, whom fewer checks stop before the servicer's own.
-                for caller, text in itertools.product(HOSTILE_CALLERS, _HOSTILE_TEXTS):
-                    try:
-                        await _call(channel, method, keys.metadata(caller), hostile=text)
-                    except grpc.aio.AioRpcError as error:
-                        if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                            crashed.append(f"{path} as {caller.roles}: {error.code().name} {error.details()}")
-                        elif error_details(error).error_info is None:
-                            crashed.append(f"{path} as {caller.roles}: {error.code().name} without ErrorInfo")
+                request_type = _message(method.input_type)
+                for caller in HOSTILE_CALLERS:
+                    for what, hostile in _hostile_requests(request_type):
+                        try:
+                            await _call(channel, method, keys.metadata(caller), request=hostile)
+                        except grpc.aio.AioRpcError as error:
+                            where = f"{path} as {caller.roles}, {what}"
+                            if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                                crashed.append(f"{where}: {error.code().name} {error.details()}")
+                            elif error_details(error).error_info is None:
+                                crashed.append(f"{where}: {error.code().name} without ErrorInfo")
 
                 if path not in app.public_methods:
                     # Without an internal token the kit refuses before the servicer runs.

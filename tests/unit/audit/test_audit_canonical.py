@@ -97,6 +97,17 @@ def test_the_same_record_has_the_same_canonical_bytes() -> None:
             lambda r: setattr(r.interaction.body, "prompt_sha256", "00" * 32),
             "record.interaction.body.prompt_sha256",
         ),
+        # Out of range, these raised a bare ValueError or OverflowError, which stalled the audit stream.
+        (lambda r: setattr(r.create_time, "seconds", -(2**63)), "record.create_time"),
+        (lambda r: setattr(r.create_time, "seconds", 253402214400), "record.create_time"),  # 9999-12-31
+        (
+            lambda r: setattr(r.interaction.body, "retention_days", 2**31 - 1),
+            "record.interaction.body.retention_days",
+        ),
+        (
+            lambda r: setattr(r.interaction.body, "retention_days", -1),
+            "record.interaction.body.retention_days",
+        ),
     ],
 )
 def test_invalid_records_are_refused_with_the_field(change: object, field: str) -> None:

@@ -97,6 +97,9 @@ def test_policy_validation_names_each_bad_field() -> None:
     bad.rate_limits.add(requests_per_minute=-5)
     provider = bad.identity_providers.add(issuer="", jwks_json="not json")
     provider.max_clock_skew.seconds = 600
+    hostile = bad.identity_providers.add(issuer="https://idp.example", jwks_json="not json")
+    hostile.max_clock_skew.seconds = -(2**63)  # not a Duration at all: refused, not a crash
+    bad.retention.body_retention_days = 2**31 - 1  # its expiry dates would overflow
     with pytest.raises(InvalidArgument) as raised:
         policy.validate(bad)
     fields = {field for field, _ in policy.violations(bad)}
@@ -110,6 +113,8 @@ def test_policy_validation_names_each_bad_field() -> None:
         "policy.identity_providers[0].audiences",
         "policy.identity_providers[0].jwks_json",
         "policy.identity_providers[0].max_clock_skew",
+        "policy.identity_providers[1].max_clock_skew",
+        "policy.retention.body_retention_days",
     } <= fields
     policy.validate(permissions.default_policy())
 

@@ -27,3 +27,7 @@ def test_invoice_bounds_must_be_midnight_utc() -> None:
 def test_rollup_filters_take_days_starting_at_or_after_a_time() -> None:
     assert _first_day_from(_stamp(datetime(2026, 11, 1, tzinfo=UTC)), "start_time") == date(2026, 11, 1)
     assert _first_day_from(_stamp(datetime(2026, 11, 1, 12, tzinfo=UTC)), "start_time") == date(2026, 11, 2)
+    assert _first_day_from(_stamp(datetime(9999, 12, 31, tzinfo=UTC)), "end_time") == date(9999, 12, 31)
+    with pytest.raises(InvalidArgument) as late:  # no day starts after it: this overflowed into INTERNAL
+        _first_day_from(_stamp(datetime(9999, 12, 31, 0, 0, 1, tzinfo=UTC)), "end_time")
+    assert "end_time" in str(late.value)

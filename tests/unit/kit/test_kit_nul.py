@@ -81,7 +81,7 @@ async def test_a_server_refuses_it_in_a_request_and_in_a_client_stream_s_message
         assert details.code == grpc.StatusCode.INVALID_ARGUMENT and details.reason == "REQUEST_INVALID"
         assert details.bad_request is not None
         assert [v.field for v in details.bad_request.field_violations] == ["value"]
-        # Authentication still comes first: an anonymous caller learns nothing about its input.
+        # On a method that is not public, the kit's authentication comes first.
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
             await echo(StringValue(value="a\x00b"))
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED

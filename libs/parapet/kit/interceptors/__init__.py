@@ -16,10 +16,15 @@ from parapet.kit.rpc_tracing import ServerTracing
 
 
 def kit_interceptors(
-    verifier: TokenVerifier, public_methods: Iterable[str], tracer_provider: Any
+    verifier: TokenVerifier,
+    public_methods: Iterable[str],
+    tracer_provider: Any,
+    *,
+    nul_checked_by_servicer: Iterable[str] = (),
 ) -> list[grpc.aio.ServerInterceptor]:
     """The kit's server interceptors (one, fused), tracing as ``tracer_provider`` warrants."""
-    return [KitServerInterceptor(verifier, public_methods, ServerTracing(tracer_provider))]
+    tracing = ServerTracing(tracer_provider)
+    return [KitServerInterceptor(verifier, public_methods, tracing, nul_checked_by_servicer)]
 
 
 __all__ = ["ALWAYS_PUBLIC_PREFIXES", "KitServerInterceptor", "kit_interceptors"]

@@ -54,6 +54,7 @@ class _Plan:
     edge: bool  # called from outside the suite: the request id is always chosen here
     traced: bool
     infrastructure: bool
+    check_nul: bool  # the kit refuses text holding U+0000 (the servicer does not, per item)
 
 
 @dataclass(slots=True)
@@ -71,11 +72,16 @@ class KitServerInterceptor(HandlerInterceptor):
     logged."""
 
     def __init__(
-        self, verifier: TokenVerifier, public_methods: Iterable[str], tracing: ServerTracing
+        self,
+        verifier: TokenVerifier,
+        public_methods: Iterable[str],
+        tracing: ServerTracing,
+        nul_checked_by_servicer: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self._verifier = verifier
         self._public = frozenset(public_methods)
+        self._nul_by_servicer = frozenset(nul_checked_by_servicer)
         self._tracing = tracing
         self._metrics = RpcMetrics()
 
@@ -87,6 +93,7 @@ class KitServerInterceptor(HandlerInterceptor):
             edge=method in self._public,
             traced=not method.startswith(NOT_TRACED_PREFIXES),
             infrastructure=method.startswith(_INFRASTRUCTURE_PREFIXES),
+            check_nul=method not in self._nul_by_servicer,
         )
 
     def _begin(self, plan: _Plan, context: grpc.aio.ServicerContext) -> _Call:
@@ -160,7 +167,9 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    response = await behavior(nul.checked(request), context)
+                    if plan.check_nul:
+                        request = nul.checked(request)
+                    response = await behavior(request, context)
                 except BaseException as exc:
                     await self._fail(exc, call, context)
                 record_outcome(call.info, context)
@@ -178,7 +187,9 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    async for response in behavior(nul.checked(request), context):
+                    if plan.check_nul:
+                        request = nul.checked(request)
+                    async for response in behavior(request, context):
                         yield response
                 except BaseException as exc:
                     await self._fail(exc, call, context)
