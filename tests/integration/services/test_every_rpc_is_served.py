@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import message_factory
-from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor
 
 from parapet.cli.registry import service_names
 from parapet.embedded import EmbeddedNats, free_port
@@ -27,6 +26,7 @@ from parapet.kit.descriptors import published_services
 from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys, running
+from tests.hostile import hostile_requests
 
 
 def _apps() -> dict[str, ServiceApp[Any]]:
@@ -47,101 +47,6 @@ def test_every_published_service_belongs_to_exactly_one_app() -> None:
 
 def _message(descriptor: Any) -> Any:
     return message_factory.GetMessageClass(descriptor)
-
-
-# Values that break code which trusts its input: a NUL (PostgreSQL refuses it in text), quotes, a long string,
-# integers and floats at either extreme, an enum number no contract declares, timestamps out of range.
-# Each text is tried: the first is refused by the kit at the door (NUL), so the second reaches the servicers.
-_HOSTILE_TEXTS = ("x\x00'\";--", "'\";--" + "é" * 300)
-_LOW = {
-    FieldDescriptor.TYPE_INT32: -(2**31),
-    FieldDescriptor.TYPE_SINT32: -(2**31),
-    FieldDescriptor.TYPE_SFIXED32: -(2**31),
-    FieldDescriptor.TYPE_UINT32: 0,
-    FieldDescriptor.TYPE_FIXED32: 0,
-    FieldDescriptor.TYPE_INT64: -(2**63),
-    FieldDescriptor.TYPE_SINT64: -(2**63),
-    FieldDescriptor.TYPE_SFIXED64: -(2**63),
-    FieldDescriptor.TYPE_UINT64: 0,
-    FieldDescriptor.TYPE_FIXED64: 0,
-    FieldDescriptor.TYPE_DOUBLE: float("nan"),
-    FieldDescriptor.TYPE_FLOAT: float("-inf"),
-}
-_HIGH = {
-    FieldDescriptor.TYPE_INT32: 2**31 - 1,
-    FieldDescriptor.TYPE_SINT32: 2**31 - 1,
-    FieldDescriptor.TYPE_SFIXED32: 2**31 - 1,
-    FieldDescriptor.TYPE_UINT32: 2**32 - 1,
-    FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
-    FieldDescriptor.TYPE_INT64: 2**63 - 1,
-    FieldDescriptor.TYPE_SINT64: 2**63 - 1,
-    FieldDescriptor.TYPE_SFIXED64: 2**63 - 1,
-    FieldDescriptor.TYPE_UINT64: 2**64 - 1,
-    FieldDescriptor.TYPE_FIXED64: 2**64 - 1,
-    FieldDescriptor.TYPE_DOUBLE: float("inf"),
-    FieldDescriptor.TYPE_FLOAT: float("inf"),
-}
-
-
-@dataclass(frozen=True)
-class Hostility:
-    text: str
-    numbers: dict[int, float]
-
-
-def _hostile(message: Any, how: Hostility, depth: int = 0, only: str | None = None) -> Any:
-    """``message`` with every field (or only the top-level field ``only``) set to a hostile value, nested
-    messages three levels deep."""
-    for field in message.DESCRIPTOR.fields:
-        if only is not None and field.name != only:
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key_field, value_field = (
-                field.message_type.fields_by_name["key"],
-                field.message_type.fields_by_name["value"],
-            )
-            key = _scalar(key_field, how)
-            mapping = getattr(message, field.name)
-            if value_field.message_type is not None:
-                if depth < 3:
-                    _hostile(mapping[key], how, depth + 1)
-            else:
-                mapping[key] = _scalar(value_field, how)
-        elif field.message_type is not None:
-            if depth >= 3:
-                continue
-            if field.is_repeated:
-                _hostile(getattr(message, field.name).add(), how, depth + 1)
-            else:
-                _hostile(getattr(message, field.name), how, depth + 1)
-        elif field.is_repeated:
-            getattr(message, field.name).extend([_scalar(field, how)] * 2)
-        else:
-            setattr(message, field.name, _scalar(field, how))
-    return message
-
-
-def _scalar(field: FieldDescriptor, how: Hostility) -> Any:
-    if field.type == FieldDescriptor.TYPE_STRING:
-        return how.text
-    if field.type == FieldDescriptor.TYPE_BYTES:
-        return b"\x00\xff" * 40
-    if field.type == FieldDescriptor.TYPE_BOOL:
-        return True
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        return 999  # proto3 enums are open: a number no contract declares
-    return how.numbers[field.type]
-
-
-def _hostile_requests(request_type: Any) -> Iterator[tuple[str, Any]]:
-    """(what, request): every field hostile at once, then each top-level field alone (so a check of one
-    field does not stop the servicer before it reaches the others), with numbers at either extreme."""
-    for text in _HOSTILE_TEXTS:
-        yield f"all fields, text {text[:6]!r}", _hostile(request_type(), Hostility(text, _LOW))
-    for field in request_type.DESCRIPTOR.fields:
-        for name, numbers in (("low", _LOW), ("high", _HIGH)):
-            how = Hostility(_HOSTILE_TEXTS[1], numbers)
-            yield f"{field.name} alone, {name}", _hostile(request_type(), how, only=field.name)
 
 
 async def _one(message: Any) -> AsyncIterator[Any]:
@@ -237,7 +142,7 @@ async def test_every_rpc_answers_from_its_servicer(
                 # and from a tenant admin and a service, whom fewer checks stop before the servicer's own.
                 request_type = _message(method.input_type)
                 for caller in HOSTILE_CALLERS:
-                    for what, hostile in _hostile_requests(request_type):
+                    for what, hostile in hostile_requests(request_type):
                         try:
                             await _call(channel, method, keys.metadata(caller), request=hostile)
                         except grpc.aio.AioRpcError as error:
