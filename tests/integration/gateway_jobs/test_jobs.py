@@ -321,3 +321,46 @@ async def test_a_killed_worker_s_job_is_redelivered_after_its_lease_and_resumed(
     assert [r.index for r in full.results] == list(range(6))
     # The dead worker finished 0-2 and was killed inside item 3, which it never recorded: the second runs 3-5.
     assert second.calls == {3: 1, 4: 1, 5: 1}
+
+
+async def test_each_hostile_field_of_a_job_request_gets_a_typed_answer(suite: Suite) -> None:
+    """SubmitJob, GetJob, WatchJob and CancelJob with each field of an otherwise valid request made hostile in
+    turn (tests/hostile.py): a typed status with ErrorInfo or an answer, never INTERNAL or UNKNOWN."""
+    from tests.hostile import hostile_requests
+
+    crashed: list[str] = []
+
+    async def check(what: str, call: object) -> None:
+        try:
+            result = call
+            if hasattr(result, "__aiter__"):
+                async for _ in result:
+                    pass
+            else:
+                await result  # type: ignore[misc]
+        except grpc.aio.AioRpcError as error:
+            details = error_details(error)
+            if details.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                crashed.append(f"{what}: {details.code.name} {details.message}")
+            elif details.error_info is None:
+                crashed.append(f"{what}: {details.code.name} without ErrorInfo")
+
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        submitted = await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))
+        job_id = submitted.job.job_id
+        base_submit = batch_request(_key(), ["a"], team="x")
+        for what, request in hostile_requests(job_service_pb2.SubmitJobRequest, base_submit):
+            await check(f"SubmitJob {what}", jobs.SubmitJob(request, metadata=bearer(suite.key), timeout=10))
+        for name, request_type, method in (
+            ("GetJob", job_service_pb2.GetJobRequest, jobs.GetJob),
+            ("CancelJob", job_service_pb2.CancelJobRequest, jobs.CancelJob),
+            ("WatchJob", job_service_pb2.WatchJobRequest, jobs.WatchJob),
+        ):
+            for what, request in hostile_requests(request_type, request_type(job_id=job_id)):
+                await check(f"{name} {what}", method(request, metadata=bearer(suite.key), timeout=3))
+        # An undeclared view is refused, not read as the basic one (never a silent default).
+        code, _, fields = await _error(
+            jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id, view=999), metadata=bearer(suite.key))  # type: ignore[arg-type]
+        )
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["view"])
+    assert crashed == []
