@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf.descriptor import FieldDescriptor
+
+from parapet.kit.errors import ErrorDetails
 
 # Values that break code which trusts its input: a NUL (PostgreSQL refuses it in text), quotes, a long string,
 # integers and floats at either extreme, an enum number no contract declares, timestamps out of range.
@@ -112,3 +115,13 @@ def hostile_requests(request_type: Any, base: Any = None) -> Iterator[tuple[str,
                 request.CopyFrom(base)
                 request.ClearField(field.name)
             yield f"{field.name} alone, {name}", _hostile(request, how, only=field.name)
+
+
+def crash(details: ErrorDetails) -> str | None:
+    """How an answer to a hostile request is a crash (INTERNAL, UNKNOWN, or no ErrorInfo), or None when it
+    is a typed refusal."""
+    if details.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return f"{details.code.name} {details.message}"
+    if details.error_info is None:
+        return f"{details.code.name} without ErrorInfo"
+    return None

@@ -19,6 +19,7 @@ from typing import Any
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.events.audit import MAX_BODY_RETENTION_DAYS
+from parapet.kit import wellknown
 from parapet.kit.errors import InvalidArgument
 from parapet.moderation.v1 import finding_pb2
 
@@ -74,8 +75,7 @@ class PreparedRecord:
     columns: dict[str, Any]
 
 
-MAX_RETENTION_DAYS = MAX_BODY_RETENTION_DAYS
-_LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_RETENTION_DAYS)
+_LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_BODY_RETENTION_DAYS)
 
 
 def _invalid(field: str, problem: str) -> InvalidArgument:
@@ -96,8 +96,8 @@ def _apply_body_policy(
         raise _invalid("record.interaction.body.prompt_sha256", "does not match the prompt")
     if body.response and body.response_sha256 and sha256_hex(body.response) != body.response_sha256.lower():
         raise _invalid("record.interaction.body.response_sha256", "does not match the response")
-    if not 0 <= body.retention_days <= MAX_RETENTION_DAYS:
-        raise _invalid("record.interaction.body.retention_days", f"must be in [0, {MAX_RETENTION_DAYS}]")
+    if not 0 <= body.retention_days <= MAX_BODY_RETENTION_DAYS:
+        raise _invalid("record.interaction.body.retention_days", f"must be in [0, {MAX_BODY_RETENTION_DAYS}]")
     prompt_hash = sha256_hex(body.prompt) if body.prompt else body.prompt_sha256.lower()
     response_hash = sha256_hex(body.response) if body.response else body.response_sha256.lower()
     keep = mode in (FULL, MASKED)
@@ -145,10 +145,9 @@ def prepare(
     canonical.tenant_id = tenant_id
     prompt = response = None
     expire: datetime | None = None
-    try:
-        create_time = canonical.create_time.ToDatetime(tzinfo=UTC)
-    except ValueError:
-        raise _invalid("record.create_time", "is not a valid timestamp") from None
+    create_time = wellknown.as_datetime(canonical.create_time)
+    if create_time is None:
+        raise _invalid("record.create_time", "is not a valid timestamp")
     if create_time > _LATEST_CREATE_TIME:  # its bodies' expiry date would overflow a datetime
         raise _invalid("record.create_time", "is too far in the future")
     if payload == "interaction":

@@ -124,7 +124,8 @@ class AuditConsumer:
                 await msg.nak(delay=_SET_ASIDE_RETRY_SECONDS)
 
     async def handle(self, messages: Sequence[Any]) -> None:
-        """Store ``messages`` (one transaction) and ack them; raise, unacked, when storing fails."""
+        """Store ``messages`` (one transaction, unless one is refused for its data) and ack them; set aside what
+        can never be stored; raise, unacked, when storing fails."""
         batch: list[tuple[str, Any, PreparedRecord]] = []  # (tenant, message, record), in stream order
         for msg in messages:
             tenant = tenant_of(msg.subject)

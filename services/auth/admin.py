@@ -149,13 +149,10 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             for i, scope in enumerate(spec.scopes)
             if scope not in permissions.BY_NAME
         ]
-        expire = None
-        if spec.HasField("expire_time"):
-            try:
-                expire = wellknown.moment(spec.expire_time, "api_key.expire_time")
-            except InvalidArgument:
-                problems.append(("api_key.expire_time", "not a valid timestamp"))
-        if expire is not None and expire <= _now():
+        expire = wellknown.as_datetime(spec.expire_time) if spec.HasField("expire_time") else None
+        if spec.HasField("expire_time") and expire is None:
+            problems.append(("api_key.expire_time", "not a valid timestamp"))
+        elif expire is not None and expire <= _now():
             problems.append(("api_key.expire_time", "must be in the future"))
         if problems:
             raise InvalidArgument("the API key request is invalid", field_violations=problems)

@@ -53,11 +53,8 @@ def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple
         if alg not in oidc.ALLOWED_ALGORITHMS:
             yield f"{path}.allowed_algorithms[{j}]", f"must be one of {', '.join(oidc.ALLOWED_ALGORITHMS)}"
     if provider.HasField("max_clock_skew"):
-        try:
-            seconds = wellknown.span(provider.max_clock_skew, f"{path}.max_clock_skew").total_seconds()
-        except InvalidArgument:
-            seconds = -1.0  # not a valid Duration at all
-        if not 0 <= seconds <= oidc.MAX_SKEW_SECONDS:
+        skew = wellknown.as_timedelta(provider.max_clock_skew)
+        if skew is None or not 0 <= skew.total_seconds() <= oidc.MAX_SKEW_SECONDS:
             yield f"{path}.max_clock_skew", "must be between 0 and 5 minutes"
 
 

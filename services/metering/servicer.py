@@ -195,7 +195,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         ]
         if tokens.cached_tokens > tokens.prompt_tokens:
             violations.append(("usage.cached_tokens", "more than prompt_tokens"))
-        if wellknown.span(request.latency, "latency") < timedelta(0):
+        latency = wellknown.as_timedelta(request.latency)
+        if latency is None:
+            violations.append(("latency", "not a valid duration"))
+        elif latency < timedelta(0):
             violations.append(("latency", "negative"))
         for name in ("feature", "model", "provider", "requested_model"):
             if len(getattr(request, name)) > 256:
@@ -210,6 +213,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         ]
         if violations:
             raise InvalidArgument("usage figures are invalid", field_violations=violations)
+        assert latency is not None  # a violation otherwise, raised above
         micros = self._micros(request.cost, "cost")
         now = datetime.now(UTC)
         occur = (
@@ -234,7 +238,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             cost_micros=micros,
             currency_code=self._currency,
             cached=request.cached,
-            latency_micros=request.latency.seconds * 1_000_000 + request.latency.nanos // 1000,
+            latency_micros=latency // timedelta(microseconds=1),
             occur_time=occur,
             labels=dict(request.labels),
         )

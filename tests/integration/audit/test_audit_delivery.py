@@ -23,7 +23,8 @@ from parapet.events.audit import (
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.testing import TestKeys, running
-from services.audit.app import APP
+from services.audit.app import APP, body_defaults
+from services.audit.consumer import AuditConsumer
 from services.audit.signing import load_signer
 from services.audit.verify import verify_chain
 from tests.integration.audit.conftest import audit_settings, interaction, new_tenant
@@ -138,20 +139,26 @@ async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_res
         )
         for record in (first, refused, last):
             record.tenant_id = tenant
-        # Published while the service is down, so that all four arrive in one batch.
-        await bus.ensure_stream(AUDIT_STREAM)
+        async with running(APP, settings):
+            pass  # its schema and streams are there now
         await publish(bus, first, source="/parapet/gateway")
         await publish(bus, refused, source="/parapet/gateway")
         await bus.publish(subject(tenant), b"\xff not an audit record", msg_id=str(uuid.uuid4()))
         await publish(bus, last, source="/parapet/gateway")
-        async with running(APP, settings):
-            assert await _wait_for(database, tenant, 2) == 2
-            aside = await bus.jetstream.pull_subscribe(
-                REJECTED_SUBJECT_PREFIX + tenant, stream=REJECTED_STREAM.name
-            )
-            kept = await aside.fetch(2, timeout=10)
-            await asyncio.sleep(1.0)  # a redelivery of the refused record would land now
-            assert await _count(database, tenant) == 2
+        # The service's consumer, driven here on exactly these four messages in one batch: the refused
+        # record fails the batch's transaction, and the halving must find it.
+        pulled = await bus.jetstream.pull_subscribe(
+            subject(tenant), durable=f"t-{tenant}", stream=AUDIT_STREAM.name
+        )
+        batch = await pulled.fetch(10, timeout=5)
+        assert len(batch) == 4
+        consumer = AuditConsumer(database, bus, body_defaults(settings), durable="unused", batch_size=500)
+        await consumer.handle(batch)
+        assert await _count(database, tenant) == 2
+        aside = await bus.jetstream.pull_subscribe(
+            REJECTED_SUBJECT_PREFIX + tenant, stream=REJECTED_STREAM.name
+        )
+        kept = await aside.fetch(2, timeout=10)
         headers = [message.headers or {} for message in kept]
         reasons = {h[REJECTED_REASON_HEADER]: message for h, message in zip(headers, kept, strict=True)}
         refusal = next(reason for reason in reasons if reason != "not an AuditRecord")
@@ -175,8 +182,8 @@ async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_res
         assert ids == [first.record_id, last.record_id]
         verification = await verify_chain(database, tenant, load_signer(settings.audit_checkpoint_key_file))
         assert (verification.intact, verification.records_verified) == (True, 2)
-        consumer = await bus.jetstream.consumer_info(AUDIT_STREAM.name, settings.audit_consumer_durable)
-        assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+        state = await pulled.consumer_info()
+        assert state.num_ack_pending == 0 and state.num_pending == 0  # acked or set aside, none left
     finally:
         await bus.close()
         await database.close()

@@ -326,7 +326,7 @@ async def test_a_killed_worker_s_job_is_redelivered_after_its_lease_and_resumed(
 async def test_each_hostile_field_of_a_job_request_gets_a_typed_answer(suite: Suite) -> None:
     """SubmitJob, GetJob, WatchJob and CancelJob with each field of an otherwise valid request made hostile in
     turn (tests/hostile.py): a typed status with ErrorInfo or an answer, never INTERNAL or UNKNOWN."""
-    from tests.hostile import hostile_requests
+    from tests.hostile import crash, hostile_requests
 
     crashed: list[str] = []
 
@@ -339,11 +339,8 @@ async def test_each_hostile_field_of_a_job_request_gets_a_typed_answer(suite: Su
             else:
                 await result  # type: ignore[misc]
         except grpc.aio.AioRpcError as error:
-            details = error_details(error)
-            if details.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                crashed.append(f"{what}: {details.code.name} {details.message}")
-            elif details.error_info is None:
-                crashed.append(f"{what}: {details.code.name} without ErrorInfo")
+            if (why := crash(error_details(error))) is not None:
+                crashed.append(f"{what}: {why}")
 
     async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
         submitted = await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))
