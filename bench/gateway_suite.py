@@ -30,7 +30,6 @@ from parapet.auth.v1 import (
 )
 from parapet.auth.v1.api_key_pb2 import ApiKey
 from parapet.cli import registry
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
 from parapet.cli.health import SERVING, HealthProber
 from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.embedded import free_port
@@ -182,7 +181,7 @@ async def provision(ports: PortLayout, home: HomeLayout) -> dict[str, str]:
     key), then the documents through RetrievalService as the main tenant's user. Returns the API key of
     each tenant's user, by tenant."""
     auth_address = ports.service_address(registry.get("auth"))
-    operator_key = (home.identity_dir / BOOTSTRAP_KEY_NAME).read_text().strip()
+    operator_key = home.operator_key_file.read_text().strip()
     operator = _bearer(await _authenticate(auth_address, operator_key))
     keys = {}
     async with clients.tenant_admin(auth_address) as admin:

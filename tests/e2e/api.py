@@ -18,7 +18,7 @@ from parapet.auth.v1 import (
     tenant_policy_pb2,
     user_pb2,
 )
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
+from parapet.cli.layout import HomeLayout
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
 from parapet.kit.errors import ErrorDetails, error_details
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
@@ -42,7 +42,7 @@ def internal_token(auth_channel: grpc.Channel, api_key: str) -> str:
 
 def operator(up: Launcher, auth_channel: grpc.Channel) -> Metadata:
     """The platform operator ``parapet up`` bootstrapped, whose key it wrote under its home."""
-    key = (up.home / "identity" / BOOTSTRAP_KEY_NAME).read_text().strip()
+    key = HomeLayout(up.home).operator_key_file.read_text().strip()
     return bearer(internal_token(auth_channel, key))
 
 

@@ -32,7 +32,7 @@ from parapet.auth.v1 import (
     tenant_pb2,
     user_pb2,
 )
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
+from parapet.cli.layout import BOOTSTRAP_KEY_NAME
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres
 from parapet.embedded.process import spawn
 from parapet.kit.database import Database

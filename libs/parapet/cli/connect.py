@@ -22,9 +22,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from parapet.cli import registry
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
 from parapet.cli.failures import EXIT_USAGE, CliError
-from parapet.cli.layout import HomeLayout, PortLayout
+from parapet.cli.layout import BOOTSTRAP_KEY_NAME, HomeLayout, PortLayout
 from parapet.cli.up import HOME_ENV, add_base_port_argument, resolve_base_port, resolve_home
 
 if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not for `parapet --help`
@@ -102,7 +101,7 @@ def find_credential(
         return Credential(explicit, "--api-key")
     if env.get(API_KEY_ENV):
         return Credential(env[API_KEY_ENV], f"${API_KEY_ENV}")
-    files = [home.identity_dir / BOOTSTRAP_KEY_NAME]
+    files = [home.operator_key_file]
     if not operator:
         files.insert(0, home.identity_dir / DEMO_KEY_NAME)
     for path in files:

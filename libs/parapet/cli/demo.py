@@ -24,7 +24,6 @@ from parapet import clients
 from parapet.auth.v1 import api_key_pb2, auth_service_pb2, tenant_pb2
 from parapet.auth.v1 import tenant_admin_service_pb2 as pb
 from parapet.cli import connect, documents, ingest, keys
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
 from parapet.cli.failures import CliError, describe
 from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.embedded.private_file import write_private
@@ -115,7 +114,7 @@ async def _ingest_samples(demo: connect.Session, folder: Path) -> ingest.Report:
 async def ensure_demo(home: HomeLayout, ports: PortLayout, env: Mapping[str, str] | None = None) -> DemoReady:
     """Make the demo tenant, key and documents exist; raises grpc/CLI errors for the caller to report."""
     env = dict(os.environ) if env is None else env
-    operator_file = home.identity_dir / BOOTSTRAP_KEY_NAME
+    operator_file = home.operator_key_file
     operator_key = connect.read_key(operator_file)
     if operator_key is None:
         raise CliError(f"no operator key at {operator_file} (auth writes it at its first start)")

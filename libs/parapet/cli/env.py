@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from parapet.cli.identity import IdentityFiles
-from parapet.cli.layout import PortLayout
+from parapet.cli.layout import BOOTSTRAP_KEY_NAME, PortLayout
 from parapet.cli.registry import SERVICES, ServiceSpec
 
 # Only the auth service signs internal tokens, so only it is told where the private key is.
@@ -19,7 +19,6 @@ BOOTSTRAP_KEY_ENV = "PARAPET_AUTH_BOOTSTRAP_KEY_FILE"
 # Moderation seals masking contexts with it; one key for the suite's lifetime, not one per process start.
 MASKING_KEY_ENV = "PARAPET_MASKING_KEY"
 MASKING_SERVICE = "moderation"
-BOOTSTRAP_KEY_NAME = "operator.key"
 # The gateway's platform service account (role token-delegator): auth writes its API key once; the gateway's
 # job workers read it to obtain each job submitter's token (IssueDelegatedToken).
 GATEWAY_KEY_WRITER_ENV = "PARAPET_AUTH_GATEWAY_KEY_FILE"

@@ -49,6 +49,10 @@ class PortLayout:
         return self.base + POSTGRES_PORT_OFFSET
 
 
+# The platform operator's API key file, in the identity directory (auth bootstraps it).
+BOOTSTRAP_KEY_NAME = "operator.key"
+
+
 @dataclass(frozen=True)
 class HomeLayout:
     """The files of one suite under its home directory (``$PARAPET_HOME``, default ``./.parapet``)."""
@@ -66,6 +70,11 @@ class HomeLayout:
     @property
     def identity_dir(self) -> Path:
         return self.root / "identity"
+
+    @property
+    def operator_key_file(self) -> Path:
+        """The platform operator's API key, written by auth at its first start."""
+        return self.identity_dir / BOOTSTRAP_KEY_NAME
 
     @property
     def logs_dir(self) -> Path:

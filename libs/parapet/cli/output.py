@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from parapet.cli.env import BOOTSTRAP_KEY_NAME
 from parapet.cli.infra import Backing
 from parapet.cli.layout import HomeLayout
 from parapet.cli.supervisor import ManagedProcess
@@ -34,7 +33,7 @@ def endpoints_table(home: Path, processes: Sequence[ManagedProcess], database: B
         f"database  {redact_url(database.url)}  ({_where(database)})",
         f"nats      {redact_url(nats.url)}  ({_where(nats)})",
     ]
-    operator_key = HomeLayout(home).identity_dir / BOOTSTRAP_KEY_NAME
+    operator_key = HomeLayout(home).operator_key_file
     if operator_key.exists():  # auth writes it at its first start; shown by path, never by content
         lines.append(
             f"operator  API key in {operator_key} (the platform operator's; `parapet tenants` uses it)"
