@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 from grpc_status import rpc_status
 
-from parapet.gateway.v1 import chat_service_pb2, job_pb2
+from parapet.gateway.v1 import job_pb2
 from parapet.kit.errors import ParapetError, to_status_proto
 from parapet.status.v1 import status_pb2
 from parapet.usage.v1 import money_pb2, token_usage_pb2
-from services.gateway.jobs.store import JobRow
+from services.gateway.jobs.store import JobRow, ResultRow
 
 STATES = {
     "queued": job_pb2.JOB_STATE_QUEUED,
@@ -35,9 +35,7 @@ def status_of(error: ParapetError | grpc.aio.AioRpcError) -> status_pb2.Status:
     return status_pb2.Status.FromString(google.SerializeToString())
 
 
-def job_message(
-    row: JobRow, results: list[tuple[int, bool, bytes | None, bytes | None]] | None = None
-) -> job_pb2.Job:
+def job_message(row: JobRow, results: list[ResultRow] | None = None) -> job_pb2.Job:
     job = job_pb2.Job(
         job_id=row.job_id,
         idempotency_key=row.idempotency_key,
@@ -61,13 +59,20 @@ def job_message(
         job.start_time.FromDatetime(row.start_time)
     if row.end_time is not None:
         job.end_time.FromDatetime(row.end_time)
-    for index, succeeded, response, error in results or ():
-        result = job.results.add(index=index)
-        if succeeded and response is not None:
-            result.response.CopyFrom(chat_service_pb2.ChatResponse.FromString(response))
-        elif error is not None:
-            result.error.ParseFromString(error)
+    if row.expire_time is not None:
+        job.expire_time.FromDatetime(row.expire_time)
+    job.results.extend(result_message(result) for result in results or ())
     return job
+
+
+def result_message(result: ResultRow) -> job_pb2.JobItemResult:
+    index, succeeded, response, error = result
+    message = job_pb2.JobItemResult(index=index)
+    if succeeded and response is not None:
+        message.response.ParseFromString(response)
+    elif error is not None:
+        message.error.ParseFromString(error)
+    return message
 
 
 def progress_key(row: JobRow) -> tuple[str, int, int, int, bool]:

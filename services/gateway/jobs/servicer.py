@@ -1,4 +1,5 @@
-"""JobService: SubmitJob, GetJob, WatchJob, CancelJob, for the caller's tenant (from its credential).
+"""JobService: SubmitJob, GetJob, WatchJob, CancelJob, ListJobResults, DeleteJob, for the caller's tenant (from
+its credential).
 
 A caller sees the jobs it submitted (same subject); a holder of PERMISSION_ADMIN sees every job of its tenant.
 Any other job, and every job of another tenant (row-level security), is NOT_FOUND: its existence is not
@@ -8,7 +9,9 @@ disclosed.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import grpc.aio
@@ -16,6 +19,7 @@ import grpc.aio
 from parapet import clients
 from parapet.auth.v1 import auth_service_pb2, permission_pb2
 from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from parapet.kit import paging
 from parapet.kit.bus import Bus
 from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -23,11 +27,18 @@ from parapet.kit.timeouts import wait_event
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
 from services.gateway.jobs.changes import JobChanges
-from services.gateway.jobs.records import job_message, progress_key
+from services.gateway.jobs.records import STATES, job_message, progress_key, result_message
 from services.gateway.jobs.store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
 pb = job_service_pb2
+
+# GetJob's JOB_VIEW_FULL answers in one message: its results must leave room for the rest of the job within
+# gRPC's default 4 MiB receive limit, which is what most clients keep.
+FULL_VIEW_MAX_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+# Every declared JobState but UNSPECIFIED, as the store names it.
+_STORED_STATES = {number: name for name, number in STATES.items()}
 
 CallerResolver = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]]
 
@@ -133,10 +144,98 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         row = await self._visible(caller, request.job_id)
         if request.view != job_pb2.JOB_VIEW_FULL:
             return pb.GetJobResponse(job=job_message(row))
-        results = await self._store.results(caller.tenant_id, row.job_id)
+        results = await self._store.results(caller.tenant_id, row.job_id, max_bytes=FULL_VIEW_MAX_BYTES)
+        if results is None:
+            raise FailedPrecondition(
+                "this job's results do not fit in one message; read them with ListJobResults",
+                reason="JOB_RESULTS_TOO_LARGE",
+                metadata={"resource": f"jobs/{row.job_id}", "max_bytes": str(FULL_VIEW_MAX_BYTES)},
+            )
         # Counters and results from one moment: re-read the row after the results (it only grows).
         row = await self._store.get(caller.tenant_id, row.job_id) or row
         return pb.GetJobResponse(job=job_message(row, results))
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListJobsResponse:
+        caller = await self._resolve(context)
+        size = paging.page_size(request.page_size, default=50)
+        states = [_STORED_STATES.get(state) for state in request.states]
+        if None in states:
+            raise InvalidArgument("unknown state", field_violations=[("states", "not a JobState")])
+        if request.all_users and request.user_id:
+            raise InvalidArgument(
+                "user_id and all_users exclude each other",
+                field_violations=[("user_id", "must be empty when all_users is set")],
+            )
+        own = caller.principal.subject
+        subject = None if request.all_users else (request.user_id or own)
+        if subject != own:
+            admin, reason = await self._allowed(caller, permission_pb2.PERMISSION_ADMIN)
+            if not admin:
+                raise PermissionDenied(
+                    "listing other users' jobs needs the admin permission",
+                    reason=reason,
+                    metadata={"permission": "admin"},
+                )
+        query = paging.query_key(request, caller.tenant_id, own)
+        before = _job_position(paging.decode(request.page_token, query))
+        rows = await self._store.list_jobs(
+            caller.tenant_id,
+            subject=subject,
+            states=[state for state in states if state is not None],
+            before=before,
+            limit=size + 1,
+        )
+        page = rows[:size]
+        token = ""
+        if len(rows) > size:
+            token = paging.encode([page[-1].create_time.isoformat(), page[-1].job_id], query)
+        return pb.ListJobsResponse(jobs=[job_message(row) for row in page], next_page_token=token)
+
+    async def ListJobResults(
+        self, request: pb.ListJobResultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListJobResultsResponse:
+        caller = await self._resolve(context)
+        size = paging.page_size(request.page_size)
+        query = paging.query_key(request, caller.tenant_id, caller.principal.subject)
+        start = paging.decode_number(request.page_token, query) or 0  # the first item index not yet read
+        row = await self._visible(caller, request.job_id)
+        page = await self._store.results_page(caller.tenant_id, row.job_id, start=start, limit=size + 1)
+        more = len(page) > size
+        page = page[:size]
+        if page:
+            start = page[-1][0] + 1
+        # While the job runs, more results may come: the caller keeps a token to read them later from here.
+        # (The row was read before the results, so a job seen terminal has all its results in the page's read.)
+        token = paging.encode([start], query) if more or not row.terminal else ""
+        return pb.ListJobResultsResponse(
+            results=[result_message(result) for result in page], next_page_token=token
+        )
+
+    async def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteJobResponse:
+        caller = await self._resolve(context)
+        try:
+            row = await self._visible(caller, request.job_id)
+        except NotFound:
+            if request.allow_missing:
+                return pb.DeleteJobResponse(deleted=False)
+            raise
+        kept = await self._store.delete(caller.tenant_id, row.job_id)
+        if kept == "missing":  # deleted by someone else (or expired) since we read it
+            if request.allow_missing:
+                return pb.DeleteJobResponse(deleted=False)
+            raise NotFound("no such job", metadata={"resource": f"jobs/{row.job_id}"})
+        if kept is not None:
+            raise FailedPrecondition(
+                "only a finished job can be deleted; cancel it first",
+                reason="JOB_NOT_FINISHED",
+                metadata={"resource": f"jobs/{row.job_id}", "state": kept},
+            )
+        log.info("job deleted", extra={"job_id": row.job_id})
+        return pb.DeleteJobResponse(deleted=True)
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -166,3 +265,16 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             row = await self._store.get(caller.tenant_id, row.job_id) or row
             log.info("job cancelled", extra={"job_id": row.job_id, "state": row.state})
         return pb.CancelJobResponse(job=job_message(row))
+
+
+def _job_position(position: paging.Position | None) -> tuple[datetime, str] | None:
+    """ListJobs' keyset position (create time, job id) from a decoded page token."""
+    if position is None:
+        return None
+    match position:
+        case [str(stamp), str(job_id)]:
+            try:
+                return datetime.fromisoformat(stamp), str(uuid.UUID(job_id))
+            except ValueError:
+                pass
+    raise paging.invalid_token()

@@ -50,3 +50,11 @@ class JobSettings(ServiceSettings):
         description="WatchJob re-reads the job at least this often, besides the change notifications "
         "(which a dropped listener connection could miss).",
     )
+    gateway_job_retention_days: int = Field(
+        30,
+        ge=7,
+        le=3660,
+        description="A finished job (its spec and results, which hold prompts and answers) is deleted this "
+        "many days after it ended (its expire_time); DeleteJob deletes it sooner. At least 7: a job's "
+        "idempotency key is promised for 7 days.",
+    )

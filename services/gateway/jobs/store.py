@@ -2,7 +2,8 @@
 
 Transactions run ``SET LOCAL ROLE parapet_gateway_jobs`` (a role that owns nothing, so RLS applies even when
 the service connects as the tables' owner or a superuser) with ``parapet.tenant_id`` set by the kit. Only the
-sweeper spans tenants, under ``parapet.scope = 'jobs-sweep'``, and reads nothing but job ids.
+sweeper spans tenants, under ``parapet.scope = 'jobs-sweep'``: it reads nothing but job ids, and deletes jobs
+past their ``expire_time``.
 
 Every change a watcher may care about ends with ``pg_notify('parapet_gateway_jobs', job_id)`` inside its
 transaction: PostgreSQL delivers it exactly at commit, so a watcher woken by it always reads the change.
@@ -11,13 +12,14 @@ transaction: PostgreSQL delivers it exactly at commit, so a watcher woken by it 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.kit.database import Database
@@ -26,6 +28,8 @@ from services.auth.store import role_transaction
 JOBS_ROLE = "parapet_gateway_jobs"
 NOTIFY_CHANNEL = "parapet_gateway_jobs"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+DELETED = "deleted"  # not a stored state: what a worker is told when its job's row is gone
+_FOREIGN_KEY_VIOLATION = "23503"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class JobRow:
     create_time: datetime
     start_time: datetime | None
     end_time: datetime | None
+    expire_time: datetime | None
     spec: bytes | None = None
 
     @property
@@ -87,7 +92,7 @@ class Claim:
 
 _COLUMNS = """tenant_id, job_id::text AS job_id, idempotency_key, spec_sha256, metadata, subject, api_key_id,
     state, total_items, succeeded_items, failed_items, prompt_tokens, completion_tokens, cached_tokens,
-    usage_estimated, cost_micros, currency_code, error, attempts, create_time, start_time, end_time"""
+    usage_estimated, cost_micros, currency_code, error, attempts, create_time, start_time, end_time, expire_time"""
 
 
 def _row(mapping: Any) -> JobRow:
@@ -98,9 +103,14 @@ def _row(mapping: Any) -> JobRow:
     return JobRow(**values)
 
 
+ResultRow = tuple[int, bool, bytes | None, bytes | None]  # (index, succeeded, response, error)
+
+
 class JobStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, retention_days: int) -> None:
         self.database = database
+        # A job is deleted this long after it reached a terminal state (its expire_time).
+        self._retention = timedelta(days=retention_days)
 
     def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
         return role_transaction(self.database, JOBS_ROLE, tenant_id=tenant_id, what="jobs database")
@@ -174,22 +184,71 @@ class JobStore:
             row = found.mappings().one_or_none()
         return None if row is None else _row(row)
 
-    async def results(
-        self, tenant_id: str, job_id: str
-    ) -> list[tuple[int, bool, bytes | None, bytes | None]]:
-        """(index, succeeded, response, error) of every finished item, in item order."""
+    async def list_jobs(
+        self,
+        tenant_id: str,
+        *,
+        subject: str | None,
+        states: Sequence[str],
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[JobRow]:
+        """Jobs newest first (create_time, then job id, descending): of ``subject`` (None: every user), in
+        ``states`` (empty: any), after the keyset position ``before``."""
+        where: list[str] = []
+        params: dict[str, Any] = {"n": limit}
+        if subject is not None:
+            where.append("subject = :u")
+            params["u"] = subject
+        if states:
+            where.append("state = ANY(:s)")
+            params["s"] = list(states)
+        if before is not None:
+            where.append("(create_time, job_id) < (:bt, CAST(:bj AS uuid))")
+            params["bt"], params["bj"] = before
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
         async with self.tenant(tenant_id) as session:
             rows = await session.execute(
+                text(f"SELECT {_COLUMNS} FROM jobs{clause} ORDER BY create_time DESC, job_id DESC LIMIT :n"),
+                params,
+            )
+            return [_row(row) for row in rows.mappings()]
+
+    async def results(self, tenant_id: str, job_id: str, *, max_bytes: int) -> list[ResultRow] | None:
+        """Every finished item's result, in item order; None when together they exceed ``max_bytes``."""
+        async with self.tenant(tenant_id) as session:
+            size = await session.execute(
                 text(
-                    "SELECT item_index, succeeded, response, error FROM job_results"
-                    " WHERE job_id = CAST(:j AS uuid) ORDER BY item_index"
+                    "SELECT coalesce(sum(coalesce(octet_length(response), 0) + coalesce(octet_length(error), 0)),"
+                    " 0) FROM job_results WHERE job_id = CAST(:j AS uuid)"
                 ),
                 {"j": job_id},
             )
-            return [
-                (r[0], r[1], None if r[2] is None else bytes(r[2]), None if r[3] is None else bytes(r[3]))
-                for r in rows
-            ]
+            if int(size.scalar_one()) > max_bytes:
+                return None
+            return await self._results(session, job_id, start=0, limit=None)
+
+    async def results_page(self, tenant_id: str, job_id: str, *, start: int, limit: int) -> list[ResultRow]:
+        """At most ``limit`` finished items' results from index ``start`` on, in item order."""
+        async with self.tenant(tenant_id) as session:
+            return await self._results(session, job_id, start=start, limit=limit)
+
+    @staticmethod
+    async def _results(
+        session: AsyncSession, job_id: str, *, start: int, limit: int | None
+    ) -> list[ResultRow]:
+        rows = await session.execute(
+            text(
+                "SELECT item_index, succeeded, response, error FROM job_results"
+                " WHERE job_id = CAST(:j AS uuid) AND item_index >= :start ORDER BY item_index"
+                + (" LIMIT :n" if limit is not None else "")
+            ),
+            {"j": job_id, "start": start, "n": limit},
+        )
+        return [
+            (r[0], r[1], None if r[2] is None else bytes(r[2]), None if r[3] is None else bytes(r[3]))
+            for r in rows
+        ]
 
     async def finished_indices(self, tenant_id: str, job_id: str) -> set[int]:
         async with self.tenant(tenant_id) as session:
@@ -205,10 +264,11 @@ class JobStore:
         async with self.tenant(tenant_id) as session:
             changed = await session.execute(
                 text(
-                    "UPDATE jobs SET state = 'cancelled', end_time = now(), worker = NULL,"
-                    " lease_expire_time = NULL WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
+                    "UPDATE jobs SET state = 'cancelled', end_time = now(), expire_time = now() + :keep,"
+                    " worker = NULL, lease_expire_time = NULL"
+                    " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
                 ),
-                {"j": job_id},
+                {"j": job_id, "keep": self._retention},
             )
             if getattr(changed, "rowcount", 0):
                 await self._notify(session, job_id)
@@ -261,7 +321,10 @@ class JobStore:
                 text("SELECT state FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
             )
             found = current.scalar_one_or_none()
-            # Cancelled (which clears the lease) is reported as such; anything else means we lost the lease.
+            # Cancelled (which clears the lease) and deleted (only a finished job can be, so a cancelled one) are
+            # reported as such; anything else means we lost the lease.
+            if found is None:
+                return DELETED
             return "cancelled" if found == "cancelled" else None
 
     async def release(self, tenant_id: str, job_id: str, worker: str) -> None:
@@ -277,7 +340,16 @@ class JobStore:
 
     async def record_item(self, tenant_id: str, job_id: str, outcome: ItemOutcome) -> str:
         """Checkpoint one finished item (once: a repeat changes nothing) and add it to the job's counters, in
-        one transaction; returns the job's state (a worker stops starting items once it is cancelled)."""
+        one transaction; returns the job's state (a worker stops starting items once it is cancelled), or
+        DELETED when the job is gone (a cancelled job deleted while its last items ran: their results go too)."""
+        try:
+            return await self._record_item(tenant_id, job_id, outcome)
+        except IntegrityError as error:
+            if getattr(error.orig, "sqlstate", None) == _FOREIGN_KEY_VIOLATION:
+                return DELETED
+            raise
+
+    async def _record_item(self, tenant_id: str, job_id: str, outcome: ItemOutcome) -> str:
         async with self.tenant(tenant_id) as session:
             inserted = await session.execute(
                 text(
@@ -328,15 +400,41 @@ class JobStore:
         async with self.tenant(tenant_id) as session:
             changed = await session.execute(
                 text(
-                    "UPDATE jobs SET state = :s, error = :e, end_time = now(), worker = NULL,"
-                    " lease_expire_time = NULL"
+                    "UPDATE jobs SET state = :s, error = :e, end_time = now(), expire_time = now() + :keep,"
+                    " worker = NULL, lease_expire_time = NULL"
                     " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
                     " AND (worker = :w OR worker IS NULL)"
                 ),
-                {"j": job_id, "w": worker, "s": "failed" if error is not None else "succeeded", "e": error},
+                {
+                    "j": job_id,
+                    "w": worker,
+                    "s": "failed" if error is not None else "succeeded",
+                    "e": error,
+                    "keep": self._retention,
+                },
             )
             if getattr(changed, "rowcount", 0):
                 await self._notify(session, job_id)
+
+    async def delete(self, tenant_id: str, job_id: str) -> str | None:
+        """Delete a finished job with its results: None when deleted, else the state that kept it (an unfinished
+        one), or "missing"."""
+        async with self.tenant(tenant_id) as session:
+            deleted = await session.execute(
+                text(
+                    "DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"
+                    " AND state IN ('succeeded', 'failed', 'cancelled') RETURNING job_id"
+                ),
+                {"j": job_id},
+            )
+            if deleted.scalar_one_or_none() is not None:
+                await self._notify(session, job_id)
+                return None
+            kept = await session.execute(
+                text("SELECT state FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+            )
+            state = kept.scalar_one_or_none()
+            return "missing" if state is None else str(state)
 
     # -- the sweeper (every tenant, ids only) ------------------------------------------------------------------
 
@@ -358,3 +456,18 @@ class JobStore:
             )
             # The attempt count in the message id lets a re-queue through JetStream's duplicate window.
             return [(r[0], r[1], f"{r[1]}:{r[2]}") for r in rows]
+
+    async def delete_expired(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` jobs past their expire_time, with their results; the number deleted. Replicas
+        sweeping at once skip each other's rows instead of waiting for them."""
+        async with role_transaction(
+            self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database"
+        ) as session:
+            deleted = await session.execute(
+                text(
+                    "DELETE FROM jobs WHERE (tenant_id, job_id) IN (SELECT tenant_id, job_id FROM jobs"
+                    " WHERE expire_time <= now() ORDER BY expire_time LIMIT :n FOR UPDATE SKIP LOCKED)"
+                ),
+                {"n": limit},
+            )
+            return int(getattr(deleted, "rowcount", 0) or 0)

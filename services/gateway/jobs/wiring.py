@@ -55,7 +55,7 @@ async def register_job_service(
         raise TypeError("the gateway's settings must inherit JobSettings")
     database, bus = resources.require_database(), resources.require_bus()
     await bus.ensure_stream(queue.JOBS_STREAM)
-    store = JobStore(database)
+    store = JobStore(database, retention_days=settings.gateway_job_retention_days)
     changes = JobChanges()
     assert settings.database_url is not None  # uses_database
     resources.spawn(changes.listener(settings.database_url).run(), name="jobs-change-listener")
@@ -80,6 +80,8 @@ async def register_job_service(
         worker = JobWorker(store, bus, callers, runner, settings)
         resources.spawn(worker.run(), name="jobs-worker")
         resources.spawn(sweep(store, bus, settings), name="jobs-sweeper")
+    # Every replica expires jobs, workers or not (several at once skip each other's rows).
+    resources.spawn(expire(store, settings), name="jobs-expiry")
     return servicer
 
 
@@ -98,3 +100,16 @@ async def sweep(store: JobStore, bus: Bus, settings: JobSettings) -> None:
             raise
         except Exception:
             log.warning("job sweep failed; retrying", exc_info=True)
+
+
+async def expire(store: JobStore, settings: JobSettings) -> None:
+    """Delete finished jobs past their expire_time, with their results: a batch per round until none is left."""
+    while True:
+        await asyncio.sleep(settings.gateway_job_sweep_seconds)
+        try:
+            while (deleted := await store.delete_expired()) > 0:
+                log.info("expired jobs deleted", extra={"count": deleted})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("deleting expired jobs failed; retrying", exc_info=True)

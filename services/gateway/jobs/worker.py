@@ -36,7 +36,7 @@ from services.gateway.jobs import queue, submission
 from services.gateway.jobs.delegation import DelegatedCallers, RenewingCaller
 from services.gateway.jobs.records import status_of
 from services.gateway.jobs.settings import JobSettings
-from services.gateway.jobs.store import ItemOutcome, JobRow, JobStore
+from services.gateway.jobs.store import DELETED, ItemOutcome, JobRow, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class JobWorker:
                 continue
             if state is None:
                 run.lease_lost = True
-            elif state == "cancelled":
+            elif state in ("cancelled", DELETED):
                 run.cancelled = True
 
     async def _run_items(self, job: JobRow, caller: RenewingCaller, run: _Run) -> None:
@@ -284,7 +284,7 @@ class JobWorker:
             crash = Internal("the item failed inside the gateway")
             outcome = ItemOutcome(index, error=status_of(crash).SerializeToString())
         state = await self._store.record_item(job.tenant_id, job.job_id, outcome)
-        if state == "cancelled":
+        if state in ("cancelled", DELETED):
             run.cancelled = True
 
 

@@ -92,13 +92,17 @@ def test_a_stored_job_becomes_its_message() -> None:
         attempts=1,
         create_time=now,
         start_time=now,
-        end_time=None,
+        end_time=now,
+        expire_time=now + datetime.timedelta(days=30),
     )
     answer = chat_service_pb2.ChatResponse(text="hi").SerializeToString()
     job = job_message(row, [(0, True, answer, None), (2, False, None, error.SerializeToString())])
     assert job.state == job_pb2.JOB_STATE_FAILED and job.error.code == 8 and len(job.error.details) == 3
     assert (job.progress.total_items, job.progress.succeeded_items, job.progress.failed_items) == (3, 1, 1)
-    assert job.usage.estimated and job.cost.amount_micros == 99 and not job.HasField("end_time")
+    assert job.usage.estimated and job.cost.amount_micros == 99
+    assert job.expire_time.ToDatetime(tzinfo=datetime.UTC) - job.end_time.ToDatetime(
+        tzinfo=datetime.UTC
+    ) == datetime.timedelta(days=30)
     assert job.results[0].response.text == "hi" and job.results[1].error == status_pb2.Status.FromString(
         error.SerializeToString()
     )

@@ -71,7 +71,9 @@ class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.Value
     JOB_VIEW_BASIC: _JobView.ValueType  # 1
     """Everything except results."""
     JOB_VIEW_FULL: _JobView.ValueType  # 2
-    """Everything, including the results of finished items."""
+    """Everything, including the results of finished items. Refused with FAILED_PRECONDITION and reason
+    JOB_RESULTS_TOO_LARGE when they would not fit in one message: read them with ListJobResults.
+    """
 
 class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
     """How much of a job to return."""
@@ -81,7 +83,9 @@ JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
 JOB_VIEW_BASIC: JobView.ValueType  # 1
 """Everything except results."""
 JOB_VIEW_FULL: JobView.ValueType  # 2
-"""Everything, including the results of finished items."""
+"""Everything, including the results of finished items. Refused with FAILED_PRECONDITION and reason
+JOB_RESULTS_TOO_LARGE when they would not fit in one message: read them with ListJobResults.
+"""
 Global___JobView: _TypeAlias = JobView  # noqa: Y015
 
 @_typing.final
@@ -124,6 +128,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier. Output only."""
     idempotency_key: _builtins.str
@@ -166,6 +171,12 @@ class Job(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Submitter labels, copied to every item's usage event and audit record."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job and its results will be deleted: end_time plus the deployment's job retention; unset before a
+        terminal state. DeleteJob deletes them sooner. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -181,10 +192,11 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "progress", b"progress", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "metadata", b"metadata", "progress", b"progress", "results", b"results", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "metadata", b"metadata", "progress", b"progress", "results", b"results", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parapet.gateway.v1 import job_pb2 as parapet_dot_gateway_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$parapet/gateway/v1/job_service.proto\x12\x12parapet.gateway.v1\x1a\x1cparapet/gateway/v1/job.proto\"\xdf\x01\n\x10SubmitJobRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x33\n\nchat_batch\x18\x02 \x01(\x0b\x32\x1d.parapet.gateway.v1.ChatBatchH\x00\x12\x44\n\x08metadata\x18\x03 \x03(\x0b\x32\x32.parapet.gateway.v1.SubmitJobRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04spec\"9\n\x11SubmitJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"J\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x04view\x18\x02 \x01(\x0e\x32\x1b.parapet.gateway.v1.JobView\"6\n\x0eGetJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11\x43\x61ncelJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job2\xfe\x02\n\nJobService\x12]\n\tSubmitJob\x12$.parapet.gateway.v1.SubmitJobRequest\x1a%.parapet.gateway.v1.SubmitJobResponse\"\x03\x90\x02\x02\x12T\n\x06GetJob\x12!.parapet.gateway.v1.GetJobRequest\x1a\".parapet.gateway.v1.GetJobResponse\"\x03\x90\x02\x01\x12\\\n\x08WatchJob\x12#.parapet.gateway.v1.WatchJobRequest\x1a$.parapet.gateway.v1.WatchJobResponse\"\x03\x90\x02\x01\x30\x01\x12]\n\tCancelJob\x12$.parapet.gateway.v1.CancelJobRequest\x1a%.parapet.gateway.v1.CancelJobResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$parapet/gateway/v1/job_service.proto\x12\x12parapet.gateway.v1\x1a\x1cparapet/gateway/v1/job.proto\"\xdf\x01\n\x10SubmitJobRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x33\n\nchat_batch\x18\x02 \x01(\x0b\x32\x1d.parapet.gateway.v1.ChatBatchH\x00\x12\x44\n\x08metadata\x18\x03 \x03(\x0b\x32\x32.parapet.gateway.v1.SubmitJobRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04spec\"9\n\x11SubmitJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"J\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x04view\x18\x02 \x01(\x0e\x32\x1b.parapet.gateway.v1.JobView\"6\n\x0eGetJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11\x43\x61ncelJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.parapet.gateway.v1.Job\"N\n\x15ListJobResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x16ListJobResultsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.parapet.gateway.v1.JobItemResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"$\n\x11\x44\x65leteJobResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x8a\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x11\n\tall_users\x18\x04 \x01(\x08\x12,\n\x06states\x18\x05 \x03(\x0e\x32\x1c.parapet.gateway.v1.JobState\"R\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.parapet.gateway.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x05\n\nJobService\x12]\n\tSubmitJob\x12$.parapet.gateway.v1.SubmitJobRequest\x1a%.parapet.gateway.v1.SubmitJobResponse\"\x03\x90\x02\x02\x12T\n\x06GetJob\x12!.parapet.gateway.v1.GetJobRequest\x1a\".parapet.gateway.v1.GetJobResponse\"\x03\x90\x02\x01\x12\\\n\x08WatchJob\x12#.parapet.gateway.v1.WatchJobRequest\x1a$.parapet.gateway.v1.WatchJobResponse\"\x03\x90\x02\x01\x30\x01\x12]\n\tCancelJob\x12$.parapet.gateway.v1.CancelJobRequest\x1a%.parapet.gateway.v1.CancelJobResponse\"\x03\x90\x02\x02\x12Z\n\x08ListJobs\x12#.parapet.gateway.v1.ListJobsRequest\x1a$.parapet.gateway.v1.ListJobsResponse\"\x03\x90\x02\x01\x12l\n\x0eListJobResults\x12).parapet.gateway.v1.ListJobResultsRequest\x1a*.parapet.gateway.v1.ListJobResultsResponse\"\x03\x90\x02\x01\x12]\n\tDeleteJob\x12$.parapet.gateway.v1.DeleteJobRequest\x1a%.parapet.gateway.v1.DeleteJobResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['WatchJob']._serialized_options = b'\220\002\001'
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\220\002\002'
+  _globals['_JOBSERVICE'].methods_by_name['ListJobs']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['ListJobs']._serialized_options = b'\220\002\001'
+  _globals['_JOBSERVICE'].methods_by_name['ListJobResults']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['ListJobResults']._serialized_options = b'\220\002\001'
+  _globals['_JOBSERVICE'].methods_by_name['DeleteJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['DeleteJob']._serialized_options = b'\220\002\002'
   _globals['_SUBMITJOBREQUEST']._serialized_start=91
   _globals['_SUBMITJOBREQUEST']._serialized_end=314
   _globals['_SUBMITJOBREQUEST_METADATAENTRY']._serialized_start=259
@@ -60,6 +66,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELJOBREQUEST']._serialized_end=634
   _globals['_CANCELJOBRESPONSE']._serialized_start=636
   _globals['_CANCELJOBRESPONSE']._serialized_end=693
-  _globals['_JOBSERVICE']._serialized_start=696
-  _globals['_JOBSERVICE']._serialized_end=1078
+  _globals['_LISTJOBRESULTSREQUEST']._serialized_start=695
+  _globals['_LISTJOBRESULTSREQUEST']._serialized_end=773
+  _globals['_LISTJOBRESULTSRESPONSE']._serialized_start=775
+  _globals['_LISTJOBRESULTSRESPONSE']._serialized_end=876
+  _globals['_DELETEJOBREQUEST']._serialized_start=878
+  _globals['_DELETEJOBREQUEST']._serialized_end=935
+  _globals['_DELETEJOBRESPONSE']._serialized_start=937
+  _globals['_DELETEJOBRESPONSE']._serialized_end=973
+  _globals['_LISTJOBSREQUEST']._serialized_start=976
+  _globals['_LISTJOBSREQUEST']._serialized_end=1114
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1116
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1198
+  _globals['_JOBSERVICE']._serialized_start=1201
+  _globals['_JOBSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,21 @@ class JobServiceStub:
                 request_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/parapet.gateway.v1.JobService/ListJobs',
+                request_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.ListJobResults = channel.unary_unary(
+                '/parapet.gateway.v1.JobService/ListJobResults',
+                request_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsRequest.SerializeToString,
+                response_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsResponse.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/parapet.gateway.v1.JobService/DeleteJob',
+                request_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -97,6 +112,33 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """Lists jobs of the caller's tenant, newest first (JOB_VIEW_BASIC): by default the caller's own; another user's
+        or every user's needs PERMISSION_ADMIN.
+        Idempotent: yes, because it changes no state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobResults(self, request, context):
+        """Returns the results of a job's finished items in item order, a page at a time: the way to read a large job's
+        results (GetJob with JOB_VIEW_FULL refuses a job whose results do not fit in one message).
+        Idempotent: yes, because it changes no state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Deletes a finished job and its results now, before its expire_time would. A queued or running job is refused
+        with FAILED_PRECONDITION and reason JOB_NOT_FINISHED: cancel it first.
+        Idempotent: yes, because a repeat finds nothing to delete (NOT_FOUND, or success with allow_missing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +161,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsRequest.FromString,
+                    response_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ListJobResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobResults,
+                    request_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsRequest.FromString,
+                    response_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobRequest.FromString,
+                    response_serializer=parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +288,87 @@ class JobService:
             '/parapet.gateway.v1.JobService/CancelJob',
             parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             parapet_dot_gateway_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.gateway.v1.JobService/ListJobs',
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.gateway.v1.JobService/ListJobResults',
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsRequest.SerializeToString,
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.ListJobResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.gateway.v1.JobService/DeleteJob',
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
+            parapet_dot_gateway_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

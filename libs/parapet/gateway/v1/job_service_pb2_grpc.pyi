@@ -53,6 +53,21 @@ class JobServiceStub:
     """Cancels a queued or running job: no new item starts; running items finish and are settled.
     Idempotent: yes, because cancelling a finished or cancelled job changes nothing and succeeds.
     """
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
+    """Lists jobs of the caller's tenant, newest first (JOB_VIEW_BASIC): by default the caller's own; another user's
+    or every user's needs PERMISSION_ADMIN.
+    Idempotent: yes, because it changes no state.
+    """
+    ListJobResults: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]
+    """Returns the results of a job's finished items in item order, a page at a time: the way to read a large job's
+    results (GetJob with JOB_VIEW_FULL refuses a job whose results do not fit in one message).
+    Idempotent: yes, because it changes no state.
+    """
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]
+    """Deletes a finished job and its results now, before its expire_time would. A queued or running job is refused
+    with FAILED_PRECONDITION and reason JOB_NOT_FINISHED: cancel it first.
+    Idempotent: yes, because a repeat finds nothing to delete (NOT_FOUND, or success with allow_missing).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -78,6 +93,21 @@ class JobServiceAsyncStub(JobServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Cancels a queued or running job: no new item starts; running items finish and are settled.
     Idempotent: yes, because cancelling a finished or cancelled job changes nothing and succeeds.
+    """
+    ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Lists jobs of the caller's tenant, newest first (JOB_VIEW_BASIC): by default the caller's own; another user's
+    or every user's needs PERMISSION_ADMIN.
+    Idempotent: yes, because it changes no state.
+    """
+    ListJobResults: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]  # type: ignore[assignment]
+    """Returns the results of a job's finished items in item order, a page at a time: the way to read a large job's
+    results (GetJob with JOB_VIEW_FULL refuses a job whose results do not fit in one message).
+    Idempotent: yes, because it changes no state.
+    """
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]  # type: ignore[assignment]
+    """Deletes a finished job and its results now, before its expire_time would. A queued or running job is refused
+    with FAILED_PRECONDITION and reason JOB_NOT_FINISHED: cancel it first.
+    Idempotent: yes, because a repeat finds nothing to delete (NOT_FOUND, or success with allow_missing).
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +155,39 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """Cancels a queued or running job: no new item starts; running items finish and are settled.
         Idempotent: yes, because cancelling a finished or cancelled job changes nothing and succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _job_service_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
+        """Lists jobs of the caller's tenant, newest first (JOB_VIEW_BASIC): by default the caller's own; another user's
+        or every user's needs PERMISSION_ADMIN.
+        Idempotent: yes, because it changes no state.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobResults(
+        self,
+        request: _job_service_pb2.ListJobResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListJobResultsResponse, _abc.Awaitable[_job_service_pb2.ListJobResultsResponse]]:
+        """Returns the results of a job's finished items in item order, a page at a time: the way to read a large job's
+        results (GetJob with JOB_VIEW_FULL refuses a job whose results do not fit in one message).
+        Idempotent: yes, because it changes no state.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _job_service_pb2.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.DeleteJobResponse, _abc.Awaitable[_job_service_pb2.DeleteJobResponse]]:
+        """Deletes a finished job and its results now, before its expire_time would. A queued or running job is refused
+        with FAILED_PRECONDITION and reason JOB_NOT_FINISHED: cancel it first.
+        Idempotent: yes, because a repeat finds nothing to delete (NOT_FOUND, or success with allow_missing).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

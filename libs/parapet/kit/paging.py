@@ -1,0 +1,96 @@
+"""List RPCs' paging (AIP-158): the page size a request asks for, and opaque page tokens.
+
+A page token names where the next page starts (a position: the sort key of the last item returned, or an
+offset) and is bound to the query it came from, so a token reused with other filters, by another caller or
+on another resource is refused with INVALID_ARGUMENT ``PAGE_TOKEN_INVALID`` instead of silently paging
+through something else. Tokens are base64url JSON: opaque to callers, not secret (they hold nothing the
+caller did not send or receive).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+
+from parapet.kit.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+Position = list[str | int]
+
+
+def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
+    """The page size to serve: ``default`` for 0, at most ``maximum`` (a larger request is coerced, as
+    AIP-158 says); INVALID_ARGUMENT for a negative one."""
+    if requested < 0:
+        raise InvalidArgument(
+            "page_size must not be negative", field_violations=[("page_size", "must not be negative")]
+        )
+    return min(requested or default, maximum)
+
+
+def query_key(request: Message, *scope: str) -> str:
+    """A short digest of ``request`` without its paging fields, and of ``scope`` (tenant, caller, …): a token
+    is valid only for the query and the caller it was issued to."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for name in ("page_size", "page_token"):
+        if name in copy.DESCRIPTOR.fields_by_name:
+            copy.ClearField(name)
+    digest = hashlib.sha256(copy.SerializeToString(deterministic=True))
+    for part in scope:
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+def encode(position: Sequence[str | int], query: str) -> str:
+    """The token of the page that starts after ``position``, for ``query`` (a ``query_key`` or a name)."""
+    return base64.urlsafe_b64encode(json.dumps({"p": list(position), "q": query}).encode()).decode()
+
+
+def decode(token: str, query: str) -> Position | None:
+    """The position ``token`` names, None for an empty token (the first page); PAGE_TOKEN_INVALID for a token
+    that is not ours or was issued for another query."""
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+        position, bound = raw["p"], raw["q"]
+        valid = (
+            bound == query
+            and isinstance(position, list)
+            and bool(position)
+            and all(isinstance(part, str | int) and not isinstance(part, bool) for part in position)
+        )
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise invalid_token()
+    return list(position)
+
+
+def decode_number(token: str, query: str) -> int | None:
+    """The position of a token whose position is one number (an offset, an index), None for an empty token;
+    PAGE_TOKEN_INVALID for anything else."""
+    position = decode(token, query)
+    if position is None:
+        return None
+    match position:
+        case [int(number)] if number >= 0:
+            return number
+    raise invalid_token()
+
+
+def invalid_token() -> InvalidArgument:
+    """The error for a page token that is not ours or not of this query (also for a position of the wrong
+    shape, which a caller-side decoder finds)."""
+    return InvalidArgument(
+        "page_token is not a token of this query",
+        reason="PAGE_TOKEN_INVALID",
+        field_violations=[("page_token", "not from a previous call with the same request and caller")],
+    )

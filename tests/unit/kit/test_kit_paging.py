@@ -1,0 +1,71 @@
+"""Page sizes and page tokens: a token names a position and is valid only for the query and caller it was
+issued to; anything else is INVALID_ARGUMENT PAGE_TOKEN_INVALID naming page_token."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from parapet.gateway.v1 import job_service_pb2
+from parapet.kit import paging
+from parapet.kit.errors import InvalidArgument
+
+
+def _refused(call: object) -> tuple[str | None, list[str]]:
+    with pytest.raises(InvalidArgument) as raised:
+        call()  # type: ignore[operator]
+    (bad_request,) = raised.value.details
+    return raised.value.reason, [v.field for v in bad_request.field_violations]  # type: ignore[attr-defined]
+
+
+def test_page_size_defaults_coerces_and_refuses_negative() -> None:
+    assert paging.page_size(0) == paging.DEFAULT_PAGE_SIZE
+    assert paging.page_size(7) == 7
+    assert paging.page_size(10**9) == paging.MAX_PAGE_SIZE
+    assert paging.page_size(0, default=50, maximum=60) == 50 and paging.page_size(99, maximum=60) == 60
+    assert _refused(lambda: paging.page_size(-1)) == ("REQUEST_INVALID", ["page_size"])
+
+
+def test_a_position_round_trips_for_its_query_only() -> None:
+    query = "q1"
+    token = paging.encode(["2026-12-05T00:00:00+00:00", 42], query)
+    assert paging.decode(token, query) == ["2026-12-05T00:00:00+00:00", 42]
+    assert paging.decode("", query) is None
+    assert paging.decode_number(paging.encode([5], query), query) == 5
+    assert paging.decode_number("", query) is None
+    forged = base64.urlsafe_b64encode(json.dumps({"p": [1], "q": "q1"}).encode()).decode()
+    assert (
+        paging.decode_number(forged, query) == 1
+    )  # tokens are opaque, not secret: the same JSON is the same
+    for bad in (
+        paging.encode([5], "q2"),  # another query's
+        "not base64 at all!",
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),
+        base64.urlsafe_b64encode(json.dumps({"p": [], "q": query}).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps({"p": [None], "q": query}).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps({"p": [True], "q": query}).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps({"p": "5", "q": query}).encode()).decode(),
+    ):
+        assert _refused(lambda bad=bad: paging.decode(bad, query)) == ("PAGE_TOKEN_INVALID", ["page_token"])
+    for not_a_number in (
+        paging.encode(["5"], query),
+        paging.encode([-1], query),
+        paging.encode([1, 2], query),
+    ):
+        assert _refused(lambda t=not_a_number: paging.decode_number(t, query))[0] == "PAGE_TOKEN_INVALID"
+
+
+def test_the_query_key_ignores_paging_fields_and_binds_the_scope() -> None:
+    request = job_service_pb2.ListJobResultsRequest(job_id="j1", page_size=10, page_token="abc")
+    same = job_service_pb2.ListJobResultsRequest(job_id="j1", page_size=99)
+    assert paging.query_key(request, "acme", "alice") == paging.query_key(same, "acme", "alice")
+    other_job = job_service_pb2.ListJobResultsRequest(job_id="j2")
+    assert paging.query_key(request, "acme", "alice") != paging.query_key(other_job, "acme", "alice")
+    assert paging.query_key(request, "acme", "alice") != paging.query_key(request, "acme", "bob")
+    # The scope's parts are separated: ("ab", "c") is not ("a", "bc").
+    assert paging.query_key(request, "ab", "c") != paging.query_key(request, "a", "bc")
+    # A request without paging fields is keyed as it is.
+    assert paging.query_key(job_service_pb2.GetJobRequest(job_id="j1"))
