@@ -238,6 +238,39 @@ def test_usage_and_audit_show_the_chats(suite: Launcher) -> None:
     assert "audit chain of tenant demo intact" in verified.stdout
 
 
+def test_jobs_submit_wait_list_results_and_delete(suite: Launcher, tmp_path: Path) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text(
+        "How many vacation days do employees get?\n\nHow long does the Kestrel K2 battery last?\n"
+    )
+    submitted = parapet(suite, "jobs", "submit", str(questions), "--wait", "--label", "batch=e2e", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    (job,) = json.loads(submitted.stdout)["jobs"]
+    assert job["state"] == "JOB_STATE_SUCCEEDED" and job["progress"]["succeeded_items"] == 2
+    assert job["metadata"] == {"batch": "e2e"} and "expire_time" in job
+
+    listed = parapet(suite, "jobs", "list", "--state", "succeeded")
+    assert listed.returncode == 0, listed.stderr
+    assert job["job_id"] in listed.stdout and "2/2" in listed.stdout
+
+    results = parapet(suite, "jobs", "results", job["job_id"])
+    assert results.returncode == 0, results.stderr
+    lines = results.stdout.splitlines()
+    assert lines[0].startswith("[0] ") and any(line.startswith("[1] ") for line in lines)
+    assert "vacation" in results.stdout.lower() or "days" in results.stdout.lower()
+
+    finished = parapet(suite, "jobs", "cancel", job["job_id"])  # a finished job: nothing changes
+    assert finished.returncode == 0 and "succeeded" in finished.stdout, finished.stderr
+    assert parapet(suite, "jobs", "delete", job["job_id"]).returncode == 0
+
+    gone = parapet(suite, "jobs", "show", job["job_id"])
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    refused = parapet(suite, "jobs", "submit", str(empty))
+    assert refused.returncode == 2 and "holds no question" in refused.stderr
+
+
 def test_unreachable_suite_and_missing_credentials(suite: Launcher, tmp_path: Path) -> None:
     env_home = parapet(suite, "keys", "list", "--home", str(tmp_path / "nowhere"))
     assert env_home.returncode == 2 and "no API key" in env_home.stderr

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from parapet import clients
 from parapet.cli import connect, failures
@@ -22,6 +23,7 @@ from parapet.inference.v1 import cache_pb2, generation_pb2, message_pb2
 from parapet.retrieval.v1 import citation_pb2
 
 PROMPT = "you> "
+RequestT = TypeVar("RequestT", chat_service_pb2.StreamChatRequest, chat_service_pb2.ChatRequest)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,10 +51,14 @@ def message(role: message_pb2.Role.ValueType, text: str) -> message_pb2.Message:
 
 
 def build_request(
-    args: argparse.Namespace, history: list[message_pb2.Message]
-) -> chat_service_pb2.StreamChatRequest:
+    args: argparse.Namespace,
+    history: list[message_pb2.Message],
+    kind: type[RequestT] = chat_service_pb2.StreamChatRequest,  # type: ignore[assignment]
+) -> RequestT:
+    """The chat request the command's flags describe: a StreamChatRequest, or the field-for-field equal
+    ChatRequest (``kind``) that a job's items are."""
     mode = chat_pb2.RETRIEVAL_MODE_DISABLED if args.no_retrieval else chat_pb2.RETRIEVAL_MODE_ENABLED
-    return chat_service_pb2.StreamChatRequest(
+    return kind(
         messages=history,
         model=args.model,
         retrieval=chat_pb2.RetrievalOptions(mode=mode),
