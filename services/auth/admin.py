@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc.aio
+from google.protobuf.message import Message
 from sqlalchemy import text
 
 from parapet.auth.v1 import tenant_admin_service_pb2 as pb
 from parapet.auth.v1 import tenant_admin_service_pb2_grpc, user_pb2
-from parapet.kit import wellknown
+from parapet.kit import paging, wellknown
+from parapet.kit.context import require_principal
 from parapet.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.auth import apikeys, permissions, policy, records
 from services.auth.access import Access, Actor, check_tenant_id
@@ -21,10 +23,17 @@ from services.auth.store import AuthStore
 SERVICE = "/parapet.auth.v1.TenantAdminService/"
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 USER_FIELDS = frozenset({"display_name", "email", "roles", "groups", "state"})
+PAGE_SIZE = 50  # every listing's page size when the request says 0 (the contract's default)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _listing(request: Message) -> str:
+    """What a listing's page tokens are bound to: its RPC and query, and the caller."""
+    caller = require_principal()
+    return paging.query_key(request, caller.tenant_id, caller.subject)
 
 
 def _check_roles(actor: Actor, view_policy: Any, new_roles: set[str], old_roles: set[str], path: str) -> None:
@@ -83,23 +92,26 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         return pb.GetTenantResponse(tenant=records.tenant(view.row))
 
     async def ListTenants(self, request: pb.ListTenantsRequest, context: Ctx) -> pb.ListTenantsResponse:
-        actor = await self._access.require(SERVICE + "ListTenants", "", platform_only=True)
-        del actor
-        size = records.page_size(request.page_size)
-        after = records.decode_token("tenants", request.page_token)
+        await self._access.require(SERVICE + "ListTenants", "", platform_only=True)
+        size = paging.page_size(request.page_size, default=PAGE_SIZE)
+        listing = _listing(request)
+        after = paging.decode_text(request.page_token, listing) or ""
         async with self._store.platform() as session:
             rows = (
                 (
                     await session.execute(
-                        text("SELECT * FROM tenants WHERE tenant_id > :a ORDER BY tenant_id LIMIT :n"),
-                        {"a": after[0] if after else "", "n": size + 1},
+                        text(
+                            "SELECT * FROM tenants WHERE tenant_id > :a AND (:all OR state = 'active')"
+                            " ORDER BY tenant_id LIMIT :n"
+                        ),
+                        {"a": after, "all": request.show_disabled, "n": size + 1},
                     )
                 )
                 .mappings()
                 .all()
             )
         page = [records.tenant(dict(r)) for r in rows[:size]]
-        token = records.encode_token("tenants", [page[-1].tenant_id]) if len(rows) > size else ""
+        token = paging.encode([page[-1].tenant_id], listing) if len(rows) > size else ""
         return pb.ListTenantsResponse(tenants=page, next_page_token=token)
 
     async def _set_state(self, method: str, tenant_id: str, state: str) -> Any:
@@ -205,8 +217,9 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Ctx) -> pb.ListApiKeysResponse:
         tenant_id = check_tenant_id(request.tenant_id)
-        size = records.page_size(request.page_size)
-        after = records.decode_token("api_keys", request.page_token)
+        size = paging.page_size(request.page_size, default=PAGE_SIZE)
+        listing = _listing(request)
+        after = paging.decode_moment_and_id(request.page_token, listing)
         await self._access.require(SERVICE + "ListApiKeys", tenant_id)
         query = "SELECT * FROM api_keys WHERE (:u = '' OR user_id = :u)"
         if not request.show_inactive:
@@ -226,9 +239,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         token = ""
         if len(rows) > size:
             last = rows[size - 1]
-            token = records.encode_token(
-                "api_keys", [last["create_time"].isoformat(), str(last["api_key_id"])]
-            )
+            token = paging.encode([last["create_time"].isoformat(), str(last["api_key_id"])], listing)
         return pb.ListApiKeysResponse(
             api_keys=[records.api_key(r, now) for r in rows[:size]], next_page_token=token
         )
@@ -313,8 +324,9 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
 
     async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
         tenant_id = check_tenant_id(request.tenant_id)
-        size = records.page_size(request.page_size)
-        after = records.decode_token("users", request.page_token)
+        size = paging.page_size(request.page_size, default=PAGE_SIZE)
+        listing = _listing(request)
+        after = paging.decode_text(request.page_token, listing) or ""
         await self._access.require(SERVICE + "ListUsers", tenant_id)
         async with self._store.tenant(tenant_id) as session:
             rows = (
@@ -325,7 +337,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                             " AND (:g = '' OR :g = ANY(groups)) ORDER BY user_id LIMIT :n"
                         ),
                         {
-                            "a": after[0] if after else "",
+                            "a": after,
                             "r": request.role,
                             "g": request.group,
                             "n": size + 1,
@@ -336,7 +348,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 .all()
             )
         page = [records.user(dict(r)) for r in rows[:size]]
-        token = records.encode_token("users", [page[-1].user_id]) if len(rows) > size else ""
+        token = paging.encode([page[-1].user_id], listing) if len(rows) > size else ""
         return pb.ListUsersResponse(users=page, next_page_token=token)
 
     async def UpdateUser(self, request: pb.UpdateUserRequest, context: Ctx) -> pb.UpdateUserResponse:

@@ -1,19 +1,13 @@
-"""Rows to protos, and page tokens."""
+"""Rows to protos."""
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
 
 from parapet.auth.v1 import api_key_pb2, tenant_pb2, user_pb2
-from parapet.kit.errors import InvalidArgument
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 _TENANT_STATES = {"active": tenant_pb2.TENANT_STATE_ACTIVE, "disabled": tenant_pb2.TENANT_STATE_DISABLED}
 _USER_STATES = {"active": user_pb2.USER_STATE_ACTIVE, "disabled": user_pb2.USER_STATE_DISABLED}
@@ -72,28 +66,3 @@ def api_key(row: dict[str, Any], now: datetime) -> api_key_pb2.ApiKey:
         revoke_time=_ts(row["revoke_time"]),
         last_use_time=_ts(row["last_use_time"]),
     )
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument(
-            "page_size is invalid", field_violations=[("page_size", "must not be negative")]
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_token(kind: str, after: list[str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"k": kind, "a": after}).encode()).decode()
-
-
-def decode_token(kind: str, token: str) -> list[str] | None:
-    """The position a page token stands for; None for the first page; PAGE_TOKEN_INVALID if not ours."""
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if data["k"] != kind or not all(isinstance(item, str) for item in data["a"]):
-            raise ValueError
-        return list(data["a"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("the page token is invalid", reason="PAGE_TOKEN_INVALID") from None

@@ -8,13 +8,13 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from parapet.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, rollup_pb2
-from parapet.kit import wellknown
+from parapet.kit import paging, wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
+from parapet.kit.identity import Principal
 from parapet.usage.v1 import money_pb2
 from services.billing import rollups
-from services.metering import paging
 from services.metering.access import require_usage_read
 from services.metering.limits import month_start, next_month
 from services.metering.policy import PolicySource
@@ -59,15 +59,16 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         self._database = database
         self._policies = policies
 
-    async def _authorize(self) -> str:
+    async def _authorize(self) -> Principal:
         principal = require_principal()
         require_usage_read(principal, await self._policies.get(principal.tenant_id))
-        return principal.tenant_id
+        return principal
 
     async def ListRollups(
         self, request: billing_service_pb2.ListRollupsRequest, context: grpc.aio.ServicerContext
     ) -> billing_service_pb2.ListRollupsResponse:
-        tenant = await self._authorize()
+        caller = await self._authorize()
+        tenant = caller.tenant_id
         # Days starting at or after start_time and before end_time: both bounds round up to a day start.
         start = _first_day_from(request.start_time, "start_time") if request.HasField("start_time") else None
         end = _first_day_from(request.end_time, "end_time") if request.HasField("end_time") else None
@@ -78,8 +79,8 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
                 field_violations=[("end_time", "before start_time")],
             )
         size = paging.page_size(request.page_size)
-        query = paging.fingerprint(request, tenant, "")
-        offset = paging.decode(request.page_token, query)
+        query = paging.query_key(request, tenant, caller.subject)
+        offset = paging.decode_number(request.page_token, query) or 0
         async with self._database.session() as session:
             rows, more = await rollups.list_rollups(
                 session,
@@ -108,13 +109,13 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
                 )
                 for r in rows
             ],
-            next_page_token=paging.encode(offset + size, query) if more else "",
+            next_page_token=paging.encode([offset + size], query) if more else "",
         )
 
     async def GetInvoicePreview(
         self, request: billing_service_pb2.GetInvoicePreviewRequest, context: grpc.aio.ServicerContext
     ) -> billing_service_pb2.GetInvoicePreviewResponse:
-        tenant = await self._authorize()
+        tenant = (await self._authorize()).tenant_id
         this_month = month_start(datetime.now(UTC))
         start = (
             _day(request.start_time, "start_time") if request.HasField("start_time") else this_month.date()

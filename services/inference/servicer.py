@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -13,8 +12,8 @@ from parapet.inference.v1 import (
     inference_service_pb2_grpc,
     model_pb2,
 )
+from parapet.kit import paging
 from parapet.kit.context import require_principal
-from parapet.kit.errors import InvalidArgument
 from parapet.usage.v1 import money_pb2
 from services.inference.engine import Engine
 
@@ -53,19 +52,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_service_pb2.ListModelsResponse:
         principal = require_principal()
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", field_violations=[("page_size", ">= 0")])
-        size = min(request.page_size or 50, 1000)
-        after = ""
-        if request.page_token:
-            try:
-                after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
-                if not after:
-                    raise ValueError("empty page token")
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument(
-                    "page_token is not one this RPC returned", reason="PAGE_TOKEN_INVALID"
-                ) from None
+        size = paging.page_size(request.page_size, default=50)
+        # The models a caller may see depend on its tenant's policy: a token is the caller's own.
+        query = paging.query_key(request, principal.tenant_id, principal.subject)
+        after = paging.decode_text(request.page_token, query) or ""
         access = await self.engine.policy.model_access(principal.tenant_id)
         config = self.engine.config
         permitted = self.engine.router.permitted(access)
@@ -95,7 +85,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 )
             )
         if len(page) == size and page and page[-1] != names[-1]:
-            response.next_page_token = base64.urlsafe_b64encode(page[-1].encode()).decode()
+            response.next_page_token = paging.encode([page[-1]], query)
         return response
 
 

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parapet.kit import wellknown
+from parapet.kit import paging, wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -24,7 +24,7 @@ from parapet.metering.v1 import (
     usage_report_pb2,
 )
 from parapet.usage.v1 import money_pb2, token_usage_pb2
-from services.metering import counters, paging, reservations, settlement, usage
+from services.metering import counters, reservations, settlement, usage
 from services.metering.access import can_read_usage
 from services.metering.counters import CounterState
 from services.metering.ledger import UsageRecord
@@ -288,8 +288,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 field_violations=[(f"group_by[{i}]", "unknown or repeated") for i in bad or [0]],
             )
         size = paging.page_size(request.page_size)
-        query = paging.fingerprint(request, principal.tenant_id, principal.subject)
-        offset = paging.decode(request.page_token, query)
+        query = paging.query_key(request, principal.tenant_id, principal.subject)
+        offset = paging.decode_number(request.page_token, query) or 0
         policy = await self._policies.get(principal.tenant_id)
         user_id = request.user_id
         if not can_read_usage(principal, policy):
@@ -314,7 +314,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             aggregates=[self._aggregate(row) for row in page],
             total=self._aggregate(total),
             budgets=[self._status(b, states.get(b.key)) for b in budgets],
-            next_page_token=paging.encode(offset + size, query) if more else "",
+            next_page_token=paging.encode([offset + size], query) if more else "",
         )
         return response
 

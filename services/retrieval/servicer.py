@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import grpc
 
+from parapet.kit import paging
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument, PermissionDenied
@@ -38,14 +36,6 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 #: IngestDocuments embeds prepared documents together once they hold this many chunks (or documents).
 BATCH_CHUNKS = 64
 BATCH_DOCUMENTS = 32
-
-
-def _page_token(after: str, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"a": after, "f": fingerprint}).encode()).decode()
-
-
-def _fingerprint(owner: str, metadata: Mapping[str, str]) -> str:
-    return hashlib.sha256(json.dumps([owner, sorted(metadata.items())]).encode()).hexdigest()[:16]
 
 
 def _document_proto(row: repository.DocumentRow) -> document_pb2.Document:
@@ -228,27 +218,10 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDocumentsResponse:
         principal = self._caller(DOCUMENTS_READ)
-        if request.page_size < 0:
-            raise InvalidArgument(
-                "page_size must not be negative", field_violations=[("page_size", "negative")]
-            )
-        size = min(request.page_size or 50, 1000)
-        fingerprint = _fingerprint(request.owner_user_id, request.metadata_filter)
-        after = ""
-        if request.page_token:
-            try:
-                token = json.loads(base64.urlsafe_b64decode(request.page_token.encode()))
-                after, token_fingerprint = str(token["a"]), str(token["f"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise InvalidArgument(
-                    "page_token is not a token this RPC returned",
-                    field_violations=[("page_token", "malformed")],
-                ) from error
-            if token_fingerprint != fingerprint:
-                raise InvalidArgument(
-                    "page_token belongs to a listing with other filters",
-                    field_violations=[("page_token", "filters changed between pages")],
-                )
+        size = paging.page_size(request.page_size, default=50)
+        # Bound to the caller too: which documents a page holds depends on the caller's groups.
+        query = paging.query_key(request, principal.tenant_id, principal.subject)
+        after = paging.decode_text(request.page_token, query) or ""
         async with tenant_scope(self._database, principal.tenant_id) as session:
             rows = await repository.list_documents(
                 session,
@@ -260,7 +233,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
                 metadata=dict(request.metadata_filter),
             )
         page = rows[:size]
-        next_token = _page_token(page[-1].document_id, fingerprint) if len(rows) > size else ""
+        next_token = paging.encode([page[-1].document_id], query) if len(rows) > size else ""
         return pb.ListDocumentsResponse(
             documents=[_document_proto(r) for r in page], next_page_token=next_token
         )

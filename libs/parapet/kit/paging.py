@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from google.protobuf.message import Message
 
@@ -35,14 +37,16 @@ def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int 
 
 
 def query_key(request: Message, *scope: str) -> str:
-    """A short digest of ``request`` without its paging fields, and of ``scope`` (tenant, caller, …): a token
-    is valid only for the query and the caller it was issued to."""
+    """A short digest of ``request``'s type and its fields but the paging ones, and of ``scope`` (tenant,
+    caller, …): a token is valid only for the RPC, the query and the caller it was issued to (the type
+    counts because two requests, say ListUsers and ListApiKeys of one tenant, may serialize alike)."""
     copy = type(request)()
     copy.CopyFrom(request)
     for name in ("page_size", "page_token"):
         if name in copy.DESCRIPTOR.fields_by_name:
             copy.ClearField(name)
-    digest = hashlib.sha256(copy.SerializeToString(deterministic=True))
+    digest = hashlib.sha256(copy.DESCRIPTOR.full_name.encode())
+    digest.update(b"\0" + copy.SerializeToString(deterministic=True))
     for part in scope:
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
@@ -83,6 +87,32 @@ def decode_number(token: str, query: str) -> int | None:
     match position:
         case [int(number)] if number >= 0:
             return number
+    raise invalid_token()
+
+
+def decode_text(token: str, query: str) -> str | None:
+    """The position of a token whose position is one string (the last name or id of a page sorted by it),
+    None for an empty token; PAGE_TOKEN_INVALID for anything else."""
+    match decode(token, query):
+        case None:
+            return None
+        case [str(text)]:
+            return text
+    raise invalid_token()
+
+
+def decode_moment_and_id(token: str, query: str) -> tuple[datetime, uuid.UUID] | None:
+    """The position of a token of a page sorted by (time, UUID), as ``encode([t.isoformat(), str(id)], …)``
+    wrote it; None for an empty token; PAGE_TOKEN_INVALID for anything else, before it can become a query
+    parameter the database refuses."""
+    match decode(token, query):
+        case None:
+            return None
+        case [str(moment), str(identifier)]:
+            try:
+                return datetime.fromisoformat(moment), uuid.UUID(identifier)
+            except ValueError:
+                pass
     raise invalid_token()
 
 

@@ -25,6 +25,7 @@ from google.protobuf import wrappers_pb2
 
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.config import ServiceSettings, SettingsT
+from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal, StaticJwks, TokenSigner, generate_signing_key
 from parapet.kit.server import KitServer, create_server
 
@@ -162,6 +163,22 @@ async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
         health_pb2.HealthCheckRequest(service=service), timeout=2
     )
     return int(response.status)
+
+
+#: What ``refusal`` returns for a page token reused with another query or by another caller (``kit.paging``).
+PAGE_TOKEN_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["page_token"])
+
+
+async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None, list[str]]:
+    """How a unary call that must fail failed: its code, its ``ErrorInfo`` reason and the fields its
+    ``BadRequest`` names (AssertionError when it succeeded)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        details = error_details(error)
+        fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
+        return details.code, details.reason, fields
+    raise AssertionError("the call succeeded")
 
 
 @dataclass(frozen=True)

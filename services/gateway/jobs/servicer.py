@@ -9,9 +9,7 @@ disclosed.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import grpc.aio
@@ -179,7 +177,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     metadata={"permission": "admin"},
                 )
         query = paging.query_key(request, caller.tenant_id, own)
-        before = _job_position(paging.decode(request.page_token, query))
+        before = paging.decode_moment_and_id(request.page_token, query)
         rows = await self._store.list_jobs(
             caller.tenant_id,
             subject=subject,
@@ -265,16 +263,3 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             row = await self._store.get(caller.tenant_id, row.job_id) or row
             log.info("job cancelled", extra={"job_id": row.job_id, "state": row.state})
         return pb.CancelJobResponse(job=job_message(row))
-
-
-def _job_position(position: paging.Position | None) -> tuple[datetime, str] | None:
-    """ListJobs' keyset position (create time, job id) from a decoded page token."""
-    if position is None:
-        return None
-    match position:
-        case [str(stamp), str(job_id)]:
-            try:
-                return datetime.fromisoformat(stamp), str(uuid.UUID(job_id))
-            except ValueError:
-                pass
-    raise paging.invalid_token()

@@ -190,7 +190,7 @@ class JobStore:
         *,
         subject: str | None,
         states: Sequence[str],
-        before: tuple[datetime, str] | None,
+        before: tuple[datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[JobRow]:
         """Jobs newest first (create_time, then job id, descending): of ``subject`` (None: every user), in

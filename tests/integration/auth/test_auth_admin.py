@@ -17,8 +17,9 @@ from parapet.auth.v1 import api_key_pb2, tenant_pb2, tenant_policy_pb2, user_pb2
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.kit import paging
 from parapet.kit.errors import error_details
-from parapet.kit.testing import running
+from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal, running
 from services.auth.app import APP
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
 
@@ -106,6 +107,29 @@ async def test_authorize_applies_rbac_scopes_models_and_limits(auth: Auth) -> No
     assert await decide(member, perm.PERMISSION_CHAT, "fast") == (False, "TENANT_DISABLED", 2)
 
 
+async def test_disabled_tenants_are_listed_only_when_asked_for(auth: Auth) -> None:
+    active, disabled = await auth.new_tenant(), await auth.new_tenant()
+    await auth.admin.DisableTenant(tpb.DisableTenantRequest(tenant_id=disabled), metadata=auth.operator)
+
+    async def listed(show_disabled: bool) -> dict[str, int]:
+        states, token = {}, ""
+        while True:
+            page = await auth.admin.ListTenants(
+                tpb.ListTenantsRequest(page_size=1000, page_token=token, show_disabled=show_disabled),
+                metadata=auth.operator,
+            )
+            states.update({t.tenant_id: t.state for t in page.tenants})
+            token = page.next_page_token
+            if not token:
+                return states
+
+    default = await listed(False)
+    assert active in default and disabled not in default
+    assert set(default.values()) == {tenant_pb2.TENANT_STATE_ACTIVE}
+    everything = await listed(True)
+    assert everything[disabled] == tenant_pb2.TENANT_STATE_DISABLED and active in everything
+
+
 async def test_users_keys_and_tenants_page_and_filter(auth: Auth) -> None:
     tenant = await auth.new_tenant()
     for i in range(5):
@@ -159,6 +183,83 @@ async def test_users_keys_and_tenants_page_and_filter(auth: Auth) -> None:
         )
     )
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+
+
+async def test_a_page_token_serves_only_the_listing_and_caller_it_came_from(auth: Auth) -> None:
+    tenant = await auth.new_tenant()
+    for i in range(3):
+        await auth.new_user(tenant, f"user-{i}", roles=("admin",) if i else (), groups=("hr",))
+    for _ in range(3):
+        await auth.new_key(tenant, "user-1")
+    admin, operator = auth.admin, auth.operator
+    users = (
+        await admin.ListUsers(tpb.ListUsersRequest(tenant_id=tenant, page_size=1), metadata=operator)
+    ).next_page_token
+    keys = (
+        await admin.ListApiKeys(
+            tpb.ListApiKeysRequest(tenant_id=tenant, page_size=1, show_inactive=True), metadata=operator
+        )
+    ).next_page_token
+    tenants = (
+        await admin.ListTenants(tpb.ListTenantsRequest(page_size=1), metadata=operator)
+    ).next_page_token
+    assert users and keys and tenants
+    # Each token still serves its own listing.
+    more = await admin.ListUsers(tpb.ListUsersRequest(tenant_id=tenant, page_token=users), metadata=operator)
+    assert [u.user_id for u in more.users] == ["user-1", "user-2"]
+
+    other_tenant = await auth.new_tenant()
+    tenant_admin = auth.as_(tenant, "root", ("admin",))
+    other_operator = auth.as_(PLATFORM, "operator-2", ("platform-admin",))
+    # A keyset position that does not parse, in a token otherwise bound right: refused, not a database error.
+    bad_position = tpb.ListApiKeysRequest(tenant_id=tenant, show_inactive=True)
+    bound = paging.query_key(bad_position, bad_position.DESCRIPTOR.full_name, PLATFORM, "operator")
+    bad_position.page_token = paging.encode(["yesterday", "not-a-uuid"], bound)
+    users_by = tpb.ListUsersRequest
+    keys_by = tpb.ListApiKeysRequest
+    refused: list[tuple[str, Awaitable[Any]]] = [
+        (
+            "other role",
+            admin.ListUsers(users_by(tenant_id=tenant, page_token=users, role="admin"), metadata=operator),
+        ),
+        (
+            "other group",
+            admin.ListUsers(users_by(tenant_id=tenant, page_token=users, group="hr"), metadata=operator),
+        ),
+        (
+            "other tenant",
+            admin.ListUsers(users_by(tenant_id=other_tenant, page_token=users), metadata=operator),
+        ),
+        (
+            "other caller",
+            admin.ListUsers(users_by(tenant_id=tenant, page_token=users), metadata=tenant_admin),
+        ),
+        (
+            "active keys only",
+            admin.ListApiKeys(keys_by(tenant_id=tenant, page_token=keys), metadata=operator),
+        ),
+        (
+            "one user's keys",
+            admin.ListApiKeys(
+                keys_by(tenant_id=tenant, page_token=keys, show_inactive=True, user_id="user-1"),
+                metadata=operator,
+            ),
+        ),
+        ("a users token", admin.ListApiKeys(keys_by(tenant_id=tenant, page_token=users), metadata=operator)),
+        ("a position that is no key", admin.ListApiKeys(bad_position, metadata=operator)),
+        (
+            "disabled ones too",
+            admin.ListTenants(
+                tpb.ListTenantsRequest(page_token=tenants, show_disabled=True), metadata=operator
+            ),
+        ),
+        (
+            "other operator",
+            admin.ListTenants(tpb.ListTenantsRequest(page_token=tenants), metadata=other_operator),
+        ),
+    ]
+    for case, call in refused:
+        assert await refusal(call) == PAGE_TOKEN_REFUSED, case
 
 
 async def test_a_tenant_admin_manages_its_own_tenant(auth: Auth) -> None:

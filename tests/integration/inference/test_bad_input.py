@@ -13,8 +13,9 @@ from parapet.inference.v1 import (
     prompt_template_pb2,
 )
 from parapet.kit.errors import error_details
+from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal
 from parapet.upstream import UpstreamServer
-from tests.integration.inference.conftest import StartInference, upstream_config
+from tests.integration.inference.conftest import StartInference, principal, upstream_config
 
 
 async def test_invalid_requests_name_every_bad_field(
@@ -58,23 +59,28 @@ async def test_list_models_pages_in_model_order(
     models = [{"name": f"m{n}", "provider": "local", "input_price_per_million": "1.25"} for n in range(5)]
     async with start_inference(upstream_config(upstream, models)) as inference:
         seen: list[str] = []
-        token = ""
+        tokens: list[str] = []
         while True:
             page = await inference.stub.ListModels(
-                inference_service_pb2.ListModelsRequest(page_size=2, page_token=token),
+                inference_service_pb2.ListModelsRequest(page_size=2, page_token=tokens[-1] if tokens else ""),
                 metadata=inference.metadata(),
             )
             seen += [m.model for m in page.models]
-            token = page.next_page_token
-            if not token:
+            if not page.next_page_token:
                 break
+            tokens.append(page.next_page_token)
         assert seen == ["m0", "m1", "m2", "m3", "m4"]
         assert page.models[-1].input_price_per_million.amount_micros == 1_250_000
-        with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await inference.stub.ListModels(
-                inference_service_pb2.ListModelsRequest(page_token="%%%"), metadata=inference.metadata()
+        # The models a caller may see follow its tenant's policy: a token is its caller's alone.
+        for token, who in (
+            ("%%%", principal()),
+            (tokens[0], principal(subject="user-2")),
+            (tokens[0], principal(tenant="tenant-b")),
+        ):
+            refused = inference.stub.ListModels(
+                inference_service_pb2.ListModelsRequest(page_token=token), metadata=inference.metadata(who)
             )
-        assert error_details(bad.value).reason == "PAGE_TOKEN_INVALID"
+            assert await refusal(refused) == PAGE_TOKEN_REFUSED, (token, who)
 
 
 async def test_prompts_longer_than_every_context_window_are_refused(

@@ -10,12 +10,19 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from parapet.auth.v1 import tenant_policy_pb2 as tp
 from parapet.kit.errors import error_details
-from parapet.kit.testing import TestKeys
+from parapet.kit.testing import PAGE_TOKEN_REFUSED, TestKeys, refusal
 from parapet.metering.v1 import metering_service_pb2 as pb
 from parapet.metering.v1 import reservation_pb2, usage_report_pb2
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from tests.integration.metering.conftest import Metering
-from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
+from tests.integration.metering.metering_support import (
+    caller,
+    new_tenant,
+    reader_policy,
+    settle,
+    usd,
+    write_policies,
+)
 
 ACTIVE = reservation_pb2.RESERVATION_STATE_ACTIVE
 SETTLED = reservation_pb2.RESERVATION_STATE_SETTLED
@@ -178,3 +185,42 @@ async def test_soft_limit_warns_and_user_and_key_budgets_apply(metering: Meterin
             metadata=bob,
         )
     assert error_details(currency.value).reason == "CURRENCY_MISMATCH"
+
+
+async def test_usage_pages_and_its_token_serves_only_its_query_and_caller(
+    metering: Metering, keys: TestKeys
+) -> None:
+    tenant = new_tenant()
+    write_policies(metering.policy_file, {tenant: reader_policy()})
+    alice = caller(keys, tenant, "alice", roles=("analyst",))
+    for i, model in enumerate(("m-a", "m-b", "m-c")):
+        await metering.stub.Settle(settle(i, model, "chat", 1_000), metadata=alice)
+    since = timestamp_pb2.Timestamp(seconds=0)
+    by_model = [usage_report_pb2.USAGE_DIMENSION_MODEL]
+    page = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=since, group_by=by_model, page_size=1), metadata=alice
+    )
+    first_token = page.next_page_token
+    assert first_token
+    models = [a.model for a in page.aggregates]
+    while page.next_page_token:
+        page = await metering.stub.GetUsage(
+            pb.GetUsageRequest(
+                start_time=since, group_by=by_model, page_size=1, page_token=page.next_page_token
+            ),
+            metadata=alice,
+        )
+        models += [a.model for a in page.aggregates]
+    assert sorted(models) == ["m-a", "m-b", "m-c"] and page.total.request_count == 3
+
+    bob = caller(keys, tenant, "bob", roles=("analyst",))
+    later = timestamp_pb2.Timestamp(seconds=1)
+    by_feature = [usage_report_pb2.USAGE_DIMENSION_FEATURE]
+    for case, request, who in (
+        ("other model", pb.GetUsageRequest(start_time=since, group_by=by_model, model="m-a"), alice),
+        ("other grouping", pb.GetUsageRequest(start_time=since, group_by=by_feature), alice),
+        ("other period", pb.GetUsageRequest(start_time=later, group_by=by_model), alice),
+        ("other caller", pb.GetUsageRequest(start_time=since, group_by=by_model), bob),
+    ):
+        request.page_token = first_token
+        assert await refusal(metering.stub.GetUsage(request, metadata=who)) == PAGE_TOKEN_REFUSED, case

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from parapet.kit.errors import error_details
+from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from tests.integration.retrieval.conftest import Client, doc, new_tenant
 
@@ -231,3 +232,45 @@ async def test_many_documents_in_one_stream_share_batches_and_keep_order(client:
     assert hit.citation.document_id == "n39"
     rewritten = await client.query(caller, "Note 3", document_ids=["n03"])
     assert [c.text for c in rewritten] == ["Note 3 rewritten in the same stream."]
+
+
+async def test_documents_are_listed_a_page_at_a_time_and_a_token_serves_only_its_listing(
+    client: Client,
+) -> None:
+    tenant = new_tenant()
+    caller = client.as_(tenant)
+    await client.ingest(
+        caller,
+        *((doc(f"d{i}", team="a" if i % 2 else "b"), f"Document number {i}.".encode()) for i in range(5)),
+    )
+    ids, token = [], ""
+    while True:
+        page = await client.stub.ListDocuments(
+            pb.ListDocumentsRequest(page_size=2, page_token=token), metadata=caller
+        )
+        ids.append([d.document_id for d in page.documents])
+        token = page.next_page_token
+        if not token:
+            break
+    assert ids == [["d0", "d1"], ["d2", "d3"], ["d4"]]
+    first = await client.stub.ListDocuments(pb.ListDocumentsRequest(page_size=1), metadata=caller)
+    team_a = pb.ListDocumentsRequest(page_size=1, metadata_filter={"team": "a"})
+    assert [d.document_id for d in (await client.stub.ListDocuments(team_a, metadata=caller)).documents] == [
+        "d1"
+    ]
+    # The same token with another filter, or from another caller (whose groups may show other documents).
+    for request, metadata in (
+        (
+            pb.ListDocumentsRequest(
+                page_size=1, page_token=first.next_page_token, metadata_filter={"team": "a"}
+            ),
+            caller,
+        ),
+        (pb.ListDocumentsRequest(page_size=1, page_token=first.next_page_token), client.as_(tenant, "bob")),
+        (pb.ListDocumentsRequest(page_size=1, page_token="not a token"), caller),
+    ):
+        assert await refusal(client.stub.ListDocuments(request, metadata=metadata)) == PAGE_TOKEN_REFUSED
+    negative = await refusal(
+        client.stub.ListDocuments(pb.ListDocumentsRequest(page_size=-1), metadata=caller)
+    )
+    assert negative[0] == grpc.StatusCode.INVALID_ARGUMENT and negative[2] == ["page_size"]

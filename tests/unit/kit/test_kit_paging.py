@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
+from parapet.auth.v1 import tenant_admin_service_pb2
 from parapet.gateway.v1 import job_service_pb2
 from parapet.kit import paging
 from parapet.kit.errors import InvalidArgument
@@ -67,5 +70,27 @@ def test_the_query_key_ignores_paging_fields_and_binds_the_scope() -> None:
     assert paging.query_key(request, "acme", "alice") != paging.query_key(request, "acme", "bob")
     # The scope's parts are separated: ("ab", "c") is not ("a", "bc").
     assert paging.query_key(request, "ab", "c") != paging.query_key(request, "a", "bc")
+    # Two RPCs whose requests serialize alike do not share tokens.
+    users = tenant_admin_service_pb2.ListUsersRequest(tenant_id="acme")
+    keys = tenant_admin_service_pb2.ListApiKeysRequest(tenant_id="acme")
+    assert users.SerializeToString() == keys.SerializeToString()
+    assert paging.query_key(users, "acme", "root") != paging.query_key(keys, "acme", "root")
     # A request without paging fields is keyed as it is.
     assert paging.query_key(job_service_pb2.GetJobRequest(job_id="j1"))
+
+
+def test_text_and_moment_and_id_positions() -> None:
+    query = "q"
+    assert paging.decode_text(paging.encode(["tenant-b"], query), query) == "tenant-b"
+    assert paging.decode_text("", query) is None and paging.decode_moment_and_id("", query) is None
+    moment, identifier = datetime(2026, 12, 5, 16, 0, 0, 123456, tzinfo=UTC), uuid.uuid4()
+    token = paging.encode([moment.isoformat(), str(identifier)], query)
+    assert paging.decode_moment_and_id(token, query) == (moment, identifier)
+    for bad in (
+        paging.encode([5], query),
+        paging.encode(["a", "b"], query),
+        paging.encode([moment.isoformat(), "not-a-uuid"], query),
+        paging.encode(["yesterday", str(identifier)], query),
+    ):
+        assert _refused(lambda bad=bad: paging.decode_moment_and_id(bad, query))[0] == "PAGE_TOKEN_INVALID"
+    assert _refused(lambda: paging.decode_text(token, query))[0] == "PAGE_TOKEN_INVALID"

@@ -1,18 +1,13 @@
-"""The UsageEvent and CloudEvents headers built from a ledger row; page tokens; the usage.read rule."""
+"""The UsageEvent and CloudEvents headers built from a ledger row; the usage.read rule."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import pytest
-
 from parapet.auth.v1 import permission_pb2
 from parapet.auth.v1 import tenant_policy_pb2 as tp
-from parapet.kit.errors import InvalidArgument
 from parapet.kit.identity import Principal
-from parapet.metering.v1 import metering_service_pb2 as pb
-from services.metering import paging
 from services.metering.access import can_read_usage
 from services.metering.ledger import UsageRecord, event_headers
 
@@ -53,19 +48,6 @@ def test_event_carries_exact_integers_and_headers_mirror_it() -> None:
 def test_same_figures_ignores_event_id_but_not_usage() -> None:
     assert RECORD.same_figures(replace(RECORD, event_id="other"))
     assert not RECORD.same_figures(replace(RECORD, completion_tokens=31))
-
-
-def test_page_tokens_are_bound_to_their_query() -> None:
-    query = paging.fingerprint(pb.GetUsageRequest(model="a", page_size=5), "acme", "alice")
-    assert query == paging.fingerprint(pb.GetUsageRequest(model="a", page_token="x"), "acme", "alice")
-    token = paging.encode(100, query)
-    assert paging.decode(token, query) == 100 and paging.decode("", query) == 0
-    other = paging.fingerprint(pb.GetUsageRequest(model="b"), "acme", "alice")
-    for bad, bound in ((token, other), ("not-base64!", query)):
-        with pytest.raises(InvalidArgument) as raised:
-            paging.decode(bad, bound)
-        assert raised.value.reason == "PAGE_TOKEN_INVALID"
-    assert paging.page_size(0) == 100 and paging.page_size(5000) == 1000
 
 
 def test_usage_read_comes_from_policy_roles_or_token_scopes() -> None:
