@@ -271,6 +271,36 @@ def test_jobs_submit_wait_list_results_and_delete(suite: Launcher, tmp_path: Pat
     assert refused.returncode == 2 and "holds no question" in refused.stderr
 
 
+def test_erase_removes_a_user_s_jobs_documents_and_audited_bodies(suite: Launcher, tmp_path: Path) -> None:
+    created = parapet(suite, "keys", "create", "--user", "erin", "--role", "admin", "--json")
+    assert created.returncode == 0, created.stderr
+    erin = json.loads(created.stdout)["secret"]
+    note = tmp_path / "erin.md"
+    note.write_text("# Erin's notes\n\nErin's locker code is 4711.\n")
+    assert parapet(suite, "ingest", str(note), "--prefix", "erin/", api_key=erin).returncode == 0
+    assert parapet(suite, "chat", "--no-retrieval", "What is my locker code?", api_key=erin).returncode == 0
+    questions = tmp_path / "erin.txt"
+    questions.write_text("Where is the locker room?\n")
+    assert parapet(suite, "jobs", "submit", str(questions), "--wait", api_key=erin).returncode == 0
+    deadline = time.monotonic() + 30
+    while len(parapet(suite, "audit", "tail", "--user", "erin").stdout.strip().splitlines()) < 2:
+        assert time.monotonic() < deadline, "erin's two chats were not audited"
+        time.sleep(0.5)
+
+    unconfirmed = parapet(suite, "erase", "erin", "--reason", "ticket-7")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    erased = parapet(suite, "erase", "erin", "--reason", "ticket-7", "--yes", "--json")
+    assert erased.returncode == 0, erased.stderr
+    counts = json.loads(erased.stdout)
+    assert counts["jobs_deleted"] == 1 and counts["documents_deleted"] == 1
+    assert counts["audit_records_erased"] >= 2
+    assert "(no jobs)" in parapet(suite, "jobs", "list", "--user", "erin").stdout
+    again = json.loads(parapet(suite, "erase", "erin", "--reason", "ticket-7", "--yes", "--json").stdout)
+    assert (again["jobs_deleted"], again["documents_deleted"], again["audit_records_erased"]) == (0, 0, 0)
+    verified = parapet(suite, "audit", "verify")  # metadata and hashes stay: the chain still verifies
+    assert verified.returncode == 0 and "intact" in verified.stdout
+
+
 def test_unreachable_suite_and_missing_credentials(suite: Launcher, tmp_path: Path) -> None:
     env_home = parapet(suite, "keys", "list", "--home", str(tmp_path / "nowhere"))
     assert env_home.returncode == 2 and "no API key" in env_home.stderr

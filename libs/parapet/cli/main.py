@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from parapet.cli import audit, chat, ingest, jobs, keys, policy, serve, status, tenants, up, usage
+from parapet.cli import audit, chat, erase, ingest, jobs, keys, policy, serve, status, tenants, up, usage
 
 # The suite's own commands, then the people-facing ones (docs/cli.md), one module each.
-COMMANDS = (up, serve, status, chat, jobs, ingest, tenants, keys, policy, usage, audit)
+COMMANDS = (up, serve, status, chat, jobs, ingest, tenants, keys, policy, usage, audit, erase)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,89 @@
+"""``parapet erase USER --reason R --yes``: a user's right to erasure, in every service that keeps their content.
+
+In order: the user's jobs (unfinished ones cancelled, then every one deleted with its prompts and answers:
+gateway ``JobService``), their documents (retrieval ``DeleteDocuments``, which also drops semantic-cache answers
+grounded in them), then the bodies of their audit records (audit ``Erase``: metadata and hashes stay, so the
+chain still verifies; the erasure itself is recorded). Audit goes last so that what the earlier steps set off
+is erased too. Needs `admin` in the tenant (the credential's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from parapet import clients
+from parapet.audit.v1 import audit_service_pb2
+from parapet.cli import connect, failures
+from parapet.cli.printing import print_json
+from parapet.gateway.v1 import job_pb2, job_service_pb2
+from parapet.retrieval.v1 import retrieval_service_pb2
+
+_UNFINISHED = (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "erase",
+        help="erase a user's jobs, documents and audited prompts and answers (right to erasure)",
+        description="Deletes USER's jobs and their results, USER's documents (and cached answers grounded in "
+        "them), and drops the prompt and answer bodies of USER's audit records, in the credential's tenant. "
+        "Cannot be undone. Needs `admin`. Usage records (tokens, cost) stay: billing needs them and they "
+        "hold no content.",
+    )
+    parser.add_argument("user", metavar="USER", help="the user id (the subject their chats ran as)")
+    parser.add_argument(
+        "--reason", required=True, help="why, e.g. a ticket reference (recorded in the audit trail)"
+    )
+    parser.add_argument("--yes", action="store_true", help="confirm: nothing is erased without it")
+    connect.add_arguments(parser, "audit")
+    parser.set_defaults(func=failures.run, execute=_erase)
+
+
+async def _erase(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise failures.CliError(f"this erases {args.user}'s content for good; add --yes to confirm")
+    async with connect.Session.from_args(args) as session:
+        jobs = session.client(clients.jobs, "gateway").stub
+        key = session.key_metadata()
+        cancelled = deleted_jobs = 0
+        listing = job_service_pb2.ListJobsRequest(user_id=args.user, page_size=1000)
+        while True:
+            # Deleting shortens the listing, so every round reads the first page again.
+            page = await jobs.ListJobs(listing, metadata=key)
+            if not page.jobs:
+                break
+            for job in page.jobs:
+                if job.state in _UNFINISHED:
+                    await jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.job_id), metadata=key)
+                    cancelled += 1
+                removal = job_service_pb2.DeleteJobRequest(job_id=job.job_id, allow_missing=True)
+                deleted_jobs += (await jobs.DeleteJob(removal, metadata=key)).deleted
+
+        token = await session.token_metadata()
+        retrieval = session.client(clients.retrieval, "retrieval").stub
+        documents = await retrieval.DeleteDocuments(
+            retrieval_service_pb2.DeleteDocumentsRequest(user_id=args.user), metadata=token
+        )
+        audit = session.client(clients.audit, "audit").stub
+        erased = await audit.Erase(
+            audit_service_pb2.EraseRequest(user_id=args.user, reason=args.reason), metadata=token
+        )
+    counts = {
+        "user_id": args.user,
+        "jobs_cancelled": cancelled,
+        "jobs_deleted": deleted_jobs,
+        "documents_deleted": documents.deleted_count,
+        "audit_records_erased": erased.erased_count,
+    }
+    if args.json:
+        print_json(counts)
+    else:
+        print(
+            f"erased {args.user}: {deleted_jobs} job(s) deleted ({cancelled} cancelled first), "
+            f"{documents.deleted_count} document(s) deleted, {erased.erased_count} audit record(s) erased",
+            flush=True,
+        )
+    if cancelled:
+        # A cancelled job's running items finish, and their audit records arrive after this Erase.
+        failures.say("jobs were running: run this again in a minute to erase what their last items recorded")
+    return failures.EXIT_OK
