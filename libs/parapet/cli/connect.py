@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from parapet.cli import registry
 from parapet.cli.failures import EXIT_USAGE, CliError
-from parapet.cli.layout import BOOTSTRAP_KEY_NAME, HomeLayout, PortLayout
+from parapet.cli.layout import BOOTSTRAP_KEY_NAME, DEMO_KEY_NAME, HomeLayout, PortLayout
 from parapet.cli.up import HOME_ENV, add_base_port_argument, resolve_base_port, resolve_home
 
 if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not for `parapet --help`
@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not
     from parapet.kit.clients import ServiceClient
 
 API_KEY_ENV = "PARAPET_API_KEY"
-DEMO_KEY_NAME = "demo.key"
 # Calls of these commands are short; a stuck service must not hang a terminal forever.
 CALL_TIMEOUT_SECONDS = 30.0
 # Internal tokens live at most 5 minutes; a long command (audit tail -f) gets a new one this long before.
@@ -103,7 +102,7 @@ def find_credential(
         return Credential(env[API_KEY_ENV], f"${API_KEY_ENV}")
     files = [home.operator_key_file]
     if not operator:
-        files.insert(0, home.identity_dir / DEMO_KEY_NAME)
+        files.insert(0, home.demo_key_file)
     for path in files:
         key = read_key(path)
         if key is not None:

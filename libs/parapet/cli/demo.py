@@ -118,7 +118,7 @@ async def ensure_demo(home: HomeLayout, ports: PortLayout, env: Mapping[str, str
     operator_key = connect.read_key(operator_file)
     if operator_key is None:
         raise CliError(f"no operator key at {operator_file} (auth writes it at its first start)")
-    key_file = home.identity_dir / connect.DEMO_KEY_NAME
+    key_file = home.demo_key_file
     operator = connect.Credential(operator_key, str(operator_file))
     async with connect.Session(operator, ports=ports, env=env) as session:
         await _ensure_tenant(session)

@@ -51,6 +51,8 @@ class PortLayout:
 
 # The platform operator's API key file, in the identity directory (auth bootstraps it).
 BOOTSTRAP_KEY_NAME = "operator.key"
+# The demo tenant's API key file, in the identity directory (``parapet up`` writes it).
+DEMO_KEY_NAME = "demo.key"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class HomeLayout:
     def operator_key_file(self) -> Path:
         """The platform operator's API key, written by auth at its first start."""
         return self.identity_dir / BOOTSTRAP_KEY_NAME
+
+    @property
+    def demo_key_file(self) -> Path:
+        """The demo tenant's admin API key, written by ``parapet up``."""
+        return self.identity_dir / DEMO_KEY_NAME
 
     @property
     def logs_dir(self) -> Path:
