@@ -25,7 +25,7 @@ from typing import Any
 import nats.errors
 import psycopg
 from google.protobuf.message import DecodeError
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 from sqlalchemy.exc import DataError
 
 from parapet.audit.v1 import audit_record_pb2
@@ -81,6 +81,19 @@ class AuditConsumer:
         self._batch_size = batch_size
 
     async def _subscribe(self) -> Any:
+        # Declared here as well as at start: when an operator has removed the stream (moving it to work-queue
+        # retention, docs/deploy.md), the consumer puts it back as declared and goes on.
+        stream = await self._bus.ensure_stream(AUDIT_STREAM)
+        # nats-py may leave the server's string as it came; absent means JetStream's default, limits.
+        retention = RetentionPolicy(stream.retention or RetentionPolicy.LIMITS)
+        if retention != RetentionPolicy.WORK_QUEUE:
+            log.error(
+                "the AUDIT stream has %s retention: it keeps every audit record, bodies included, after they "
+                "are stored, out of reach of body retention and Erase; move it to a work queue as "
+                "docs/deploy.md says (Moving the AUDIT stream to work-queue retention)",
+                retention.value,
+                extra={"stream": AUDIT_STREAM.name},
+            )
         return await self._bus.jetstream.pull_subscribe(
             SUBJECT_PREFIX + "*",
             durable=self._durable,
@@ -230,7 +243,15 @@ class AuditConsumer:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    upcoming = None  # a failed fetch: start afresh (unacked messages come back)
+                    # Start afresh (unacked messages come back), subscription included: its consumer, or the
+                    # stream, may be gone, and subscribing declares them again.
+                    if upcoming is not None:
+                        upcoming.cancel()
+                    upcoming = None
+                    if subscription is not None:
+                        with contextlib.suppress(Exception):
+                            await subscription.unsubscribe()
+                    subscription = None
                     log.warning("audit consumer failed; retrying", exc_info=True)
                     await asyncio.sleep(1.0)
         finally:

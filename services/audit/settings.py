@@ -32,5 +32,7 @@ class AuditSettings(ServiceSettings):
         500, ge=1, le=10_000, description="Audit stream messages fetched and committed per transaction."
     )
     audit_consumer_durable: str = Field(
-        "audit", description="Name of the durable JetStream consumer (shared by every replica)."
+        "audit",
+        description="Name of the durable JetStream consumer (shared by every replica). AUDIT is a work "
+        "queue, which admits one consumer: renaming it needs the old one removed first (docs/audit.md).",
     )

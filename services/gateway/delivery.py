@@ -172,8 +172,14 @@ class Deliveries:
             rows = (await session.execute(text(_DUE), {"n": _BATCH})).all()
             done = [row for row in rows if await self._attempt(session, row)]
             if done:
+                # A sent row keeps its bookkeeping for a day, not its content: an audit record's prompt and
+                # answer (which body retention and Erase must reach, in the audit service only) and a
+                # settlement's caller token go at once.
                 await session.execute(
-                    text("UPDATE outbox SET sent_time = now() WHERE outbox_id = ANY(:ids)"),
+                    text(
+                        "UPDATE outbox SET sent_time = now(), payload = ''::bytea, token = ''"
+                        " WHERE outbox_id = ANY(:ids)"
+                    ),
                     {"ids": [row[0] for row in done]},
                 )
             # Counted after this round's own updates, so the gauge already leaves out what it delivered.

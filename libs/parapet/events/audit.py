@@ -14,7 +14,18 @@ from parapet.kit.bus import Bus, StreamSpec
 
 SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
-AUDIT_STREAM = StreamSpec(name="AUDIT", subjects=(SUBJECT_PREFIX + "*",), description="Audit records")
+# A work queue: a message leaves the stream once the audit service has stored it (ack) or set it aside (term),
+# so the prompts and answers it carries are only in PostgreSQL, where body retention and erasure reach them.
+# One that no one has taken yet stays, however long the audit service is down: no max_age, and not "interest"
+# retention, which drops what is published while no consumer exists. A work queue admits one consumer (the
+# audit service's durable). An AUDIT stream an earlier release created (retention "limits", which kept every
+# message for ever) cannot be changed in place: the audit service logs an error, and docs/deploy.md moves it.
+AUDIT_STREAM = StreamSpec(
+    name="AUDIT",
+    subjects=(SUBJECT_PREFIX + "*",),
+    retention="workqueue",
+    description="Audit records until the audit service stores them",
+)
 TENANT_ID = re.compile(r"^[a-z0-9-]{1,63}$")
 # The longest a record's bodies may be kept (ten years: beyond any retention rule, and a bound that keeps
 # expiry dates computable). Tenant policies (auth) and records (audit) are held to it.

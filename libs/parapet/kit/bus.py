@@ -118,8 +118,9 @@ class Bus:
         client.options["max_reconnect_attempts"] = -1
         return cls(client, publish_timeout=publish_timeout)
 
-    async def ensure_stream(self, spec: StreamSpec) -> None:
+    async def ensure_stream(self, spec: StreamSpec) -> StreamConfig:
         """Create the stream from ``spec``; when it exists, update only what the code owns (idempotent).
+        Returns the stream's configuration as it now is.
 
         The code owns what correctness depends on: the subjects it publishes to, the duplicate window
         that makes publishing exactly-once, the description. Limits and placement (max age, max bytes,
@@ -130,9 +131,9 @@ class Bus:
         try:
             info = await self.jetstream.stream_info(spec.name)
         except NotFoundError:
-            await self.jetstream.add_stream(spec.to_config())
+            created = await self.jetstream.add_stream(spec.to_config())
             log.info("stream created", extra={"stream": spec.name})
-            return
+            return created.config
         current = info.config
         wanted = dataclasses.replace(
             current,
@@ -151,6 +152,7 @@ class Bus:
         if wanted != current:
             await self.jetstream.update_stream(wanted)
             log.info("stream updated", extra={"stream": spec.name})
+        return wanted
 
     async def publish(
         self,

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc.aio
 import pytest
+from nats.js.errors import NotFoundError
 from sqlalchemy import text
 
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc, interaction_pb2
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import AUDIT_STREAM
+from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys, running
@@ -42,10 +47,84 @@ def audit_settings(
         # Tests sign checkpoints and run retention themselves, when they choose.
         "audit_checkpoint_interval_seconds": 3600.0,
         "audit_retention_interval_seconds": 3600.0,
-        "audit_consumer_durable": f"audit-test-{uuid.uuid4().hex[:8]}",
+        # The default durable, as every audit service on the session's NATS uses (the gateway suite's too):
+        # the AUDIT work queue admits one consumer, so a durable of each test's own would be refused.
     }
     values.update(overrides)
     return AuditSettings(**values)
+
+
+async def stored(database: Database, tenant: str) -> int:
+    """How many records of ``tenant`` the audit log holds."""
+    async with database.transaction() as session:
+        value = (
+            await session.execute(text("SELECT count(*) FROM records WHERE tenant_id = :t"), {"t": tenant})
+        ).scalar_one()
+    return int(value)
+
+
+async def wait_for_stored(database: Database, tenant: str, expected: int, within: float = 30.0) -> int:
+    """The count of ``tenant``'s records once it reaches ``expected``, or when ``within`` seconds have passed."""
+    deadline = asyncio.get_running_loop().time() + within
+    count = await stored(database, tenant)
+    while count < expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        count = await stored(database, tenant)
+    return count
+
+
+async def remove_consumer(bus: Bus, durable: str) -> None:
+    """Delete the AUDIT stream's consumer ``durable`` if it exists (its unacked messages stay in the stream)."""
+    with contextlib.suppress(NotFoundError):
+        await bus.jetstream.delete_consumer(AUDIT_STREAM.name, durable)
+
+
+async def in_stream(bus: Bus, stream: str, subject_name: str) -> int:
+    """How many messages on ``subject_name`` the JetStream ``stream`` holds."""
+    info = await bus.jetstream.stream_info(stream, subjects_filter=subject_name)
+    return (info.state.subjects or {}).get(subject_name, 0)
+
+
+@dataclass
+class Harness:
+    """For a test that starts and stops the audit service itself: its settings, the database as the owner, and
+    a NATS connection to publish and inspect streams with."""
+
+    settings: AuditSettings
+    database: Database
+    bus: Bus
+    durables: list[str] = field(default_factory=list)  # the test's own consumers on AUDIT
+
+    async def without_consumer(self) -> None:
+        """Start and stop the service once, so that its schema and streams exist, then remove its durable: the
+        AUDIT work queue has no consumer afterwards."""
+        async with running(APP, self.settings):
+            pass
+        await remove_consumer(self.bus, self.settings.audit_consumer_durable)
+
+    async def pull(self, subject_name: str, durable: str) -> Any:
+        """A pull consumer of the test's own on AUDIT (once there is no other), removed when the harness
+        closes: left behind, it would make the work queue refuse the next audit service's durable."""
+        self.durables.append(durable)
+        return await self.bus.jetstream.pull_subscribe(
+            subject_name, durable=durable, stream=AUDIT_STREAM.name
+        )
+
+
+@contextlib.asynccontextmanager
+async def harness(database_url: str, nats_url: str, tmp_path: Path, keys: TestKeys) -> AsyncIterator[Harness]:
+    database = Database(database_url, "audit", pool_size=2, max_overflow=0)
+    try:
+        bus = await Bus.connect(nats_url)
+        parts = Harness(audit_settings(database_url, nats_url, tmp_path, keys), database, bus)
+        try:
+            yield parts
+        finally:
+            for durable in parts.durables:
+                await remove_consumer(bus, durable)
+            await bus.close()
+    finally:
+        await database.close()
 
 
 def new_tenant() -> str:

@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
 from parapet.events.audit import (
-    AUDIT_STREAM,
     REJECTED_FROM_HEADER,
     REJECTED_REASON_HEADER,
     REJECTED_STREAM,
@@ -20,31 +19,12 @@ from parapet.events.audit import (
     publish,
     subject,
 )
-from parapet.kit.bus import Bus
-from parapet.kit.database import Database
 from parapet.kit.testing import TestKeys, running
 from services.audit.app import APP, body_defaults
 from services.audit.consumer import AuditConsumer
 from services.audit.signing import load_signer
 from services.audit.verify import verify_chain
-from tests.integration.audit.conftest import audit_settings, interaction, new_tenant
-
-
-async def _count(database: Database, tenant: str) -> int:
-    async with database.transaction() as session:
-        value = (
-            await session.execute(text("SELECT count(*) FROM records WHERE tenant_id = :t"), {"t": tenant})
-        ).scalar_one()
-    return int(value)
-
-
-async def _wait_for(database: Database, tenant: str, expected: int, within: float = 30.0) -> int:
-    deadline = asyncio.get_running_loop().time() + within
-    count = await _count(database, tenant)
-    while count < expected and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)
-        count = await _count(database, tenant)
-    return count
+from tests.integration.audit.conftest import harness, interaction, new_tenant, stored, wait_for_stored
 
 
 def _admin_action(tenant: str) -> audit_record_pb2.AuditRecord:
@@ -63,16 +43,14 @@ async def test_records_published_while_audit_is_down_arrive_once_after_restart(
     database_url: str, nats_url: str, tmp_path: Path, keys: TestKeys
 ) -> None:
     tenant = new_tenant()
-    settings = audit_settings(database_url, nats_url, tmp_path, keys)
-    database = Database(database_url, "audit", pool_size=2, max_overflow=0)
-    bus = await Bus.connect(nats_url)
-    try:
+    async with harness(database_url, nats_url, tmp_path, keys) as parts:
+        settings, database, bus = parts.settings, parts.database, parts.bus
         async with running(APP, settings):
             before = [interaction(f"user-{i}") for i in range(20)]
             for record in before:
                 record.tenant_id = tenant
                 await publish(bus, record, source="/parapet/gateway")
-            assert await _wait_for(database, tenant, 20) == 20
+            assert await wait_for_stored(database, tenant, 20) == 20
 
         # The audit service is down; the gateway and auth keep publishing.
         during: list[audit_record_pb2.AuditRecord] = []
@@ -94,14 +72,14 @@ async def test_records_published_while_audit_is_down_arrive_once_after_restart(
         wrong = interaction()
         wrong.tenant_id = "some-other-tenant"
         await bus.publish(subject(tenant), wrong.SerializeToString(), msg_id=wrong.record_id)
-        assert await _count(database, tenant) == 20
+        assert await stored(database, tenant) == 20
 
         async with running(APP, settings):
             # Messages published in the second after the stop may go to the stopped consumer's last pull
             # request; JetStream redelivers them after ack_wait (30 s): late, never lost.
-            assert await _wait_for(database, tenant, 170, within=60.0) == 170
+            assert await wait_for_stored(database, tenant, 170, within=60.0) == 170
             await asyncio.sleep(1.0)  # redeliveries would land now, if any were to double-append
-            assert await _count(database, tenant) == 170
+            assert await stored(database, tenant) == 170
 
         async with database.transaction() as session:
             rows = (
@@ -117,9 +95,6 @@ async def test_records_published_while_audit_is_down_arrive_once_after_restart(
         assert wrong.record_id not in {row.id for row in rows}
         verification = await verify_chain(database, tenant, load_signer(settings.audit_checkpoint_key_file))
         assert (verification.intact, verification.records_verified) == (True, 170)
-    finally:
-        await bus.close()
-        await database.close()
 
 
 async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_rest_stored(
@@ -128,10 +103,8 @@ async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_res
     """A record the database refuses (a NUL in its prompt: no PostgreSQL text holds one) once failed its whole
     batch's transaction, which was redelivered for ever and stalled every record behind it."""
     tenant = new_tenant()
-    settings = audit_settings(database_url, nats_url, tmp_path, keys)
-    database = Database(database_url, "audit", pool_size=2, max_overflow=0)
-    bus = await Bus.connect(nats_url)
-    try:
+    async with harness(database_url, nats_url, tmp_path, keys) as parts:
+        settings, database, bus = parts.settings, parts.database, parts.bus
         first, refused, last = (
             interaction("user-1"),
             interaction("user-2", prompt="a\x00b"),
@@ -139,22 +112,20 @@ async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_res
         )
         for record in (first, refused, last):
             record.tenant_id = tenant
-        async with running(APP, settings):
-            pass  # its schema and streams are there now
+        # The AUDIT work queue admits one consumer: the service's gives way to this test's own.
+        await parts.without_consumer()
         await publish(bus, first, source="/parapet/gateway")
         await publish(bus, refused, source="/parapet/gateway")
         await bus.publish(subject(tenant), b"\xff not an audit record", msg_id=str(uuid.uuid4()))
         await publish(bus, last, source="/parapet/gateway")
         # The service's consumer, driven here on exactly these four messages in one batch: the refused
         # record fails the batch's transaction, and the halving must find it.
-        pulled = await bus.jetstream.pull_subscribe(
-            subject(tenant), durable=f"t-{tenant}", stream=AUDIT_STREAM.name
-        )
+        pulled = await parts.pull(subject(tenant), f"t-{tenant}")
         batch = await pulled.fetch(10, timeout=5)
         assert len(batch) == 4
         consumer = AuditConsumer(database, bus, body_defaults(settings), durable="unused", batch_size=500)
         await consumer.handle(batch)
-        assert await _count(database, tenant) == 2
+        assert await stored(database, tenant) == 2
         aside = await bus.jetstream.pull_subscribe(
             REJECTED_SUBJECT_PREFIX + tenant, stream=REJECTED_STREAM.name
         )
@@ -184,6 +155,3 @@ async def test_what_can_never_be_stored_is_set_aside_with_its_reason_and_the_res
         assert (verification.intact, verification.records_verified) == (True, 2)
         state = await pulled.consumer_info()
         assert state.num_ack_pending == 0 and state.num_pending == 0  # acked or set aside, none left
-    finally:
-        await bus.close()
-        await database.close()

@@ -10,11 +10,13 @@ import grpc.aio
 import nats
 import psycopg
 import pytest
+from nats.js.errors import NotFoundError
 from sqlalchemy import text
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.embedded import EmbeddedNats
+from parapet.events.audit import AUDIT_STREAM, subject
 from parapet.kit.database import Database
 from parapet.kit.testing import running
 from services.auth.app import APP
@@ -26,13 +28,23 @@ from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signe
 async def _records(
     nats_url: str, tenant: str, count: int
 ) -> list[tuple[audit_record_pb2.AuditRecord, dict[str, str]]]:
+    """The first ``count`` records on the tenant's subject, read in place: the AUDIT work queue admits no
+    consumer beside the audit service's, and no audit service runs here to take them."""
     client = await nats.connect(nats_url)
     try:
         js = client.jetstream()
-        sub = await js.subscribe(f"parapet.audit.v1.{tenant}", ordered_consumer=True)
-        found = []
-        for _ in range(count):
-            msg = await sub.next_msg(timeout=10)
+        found: list[tuple[audit_record_pb2.AuditRecord, dict[str, str]]] = []
+        after = 0
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(found) < count:
+            try:
+                msg = await js.get_msg(AUDIT_STREAM.name, seq=after + 1, subject=subject(tenant), next=True)
+            except NotFoundError:  # not published yet
+                assert asyncio.get_running_loop().time() < deadline, f"{len(found)} of {count} records"
+                await asyncio.sleep(0.1)
+                continue
+            assert msg.seq is not None and msg.data is not None
+            after = msg.seq
             found.append((audit_record_pb2.AuditRecord.FromString(msg.data), dict(msg.headers or {})))
         return found
     finally:

@@ -87,6 +87,12 @@ async def test_metering_down_refuses_budgeted_tenants_and_settles_the_others_lat
     assert [tuple(r) for r in ledger] == [
         (answered.summary.request_id, answered.summary.usage.completion_tokens)
     ]
+    # The delivered row keeps no content: neither the settlement nor the caller's token stays for its day.
+    sent = await suite.wait_rows(
+        "SELECT octet_length(payload), token FROM gateway.outbox WHERE tenant_id = :t AND sent_time IS NOT NULL",
+        t=free.tenant_id,
+    )
+    assert [tuple(r) for r in sent] == [(0, "")]
 
 
 async def test_concurrent_chats_never_overspend_by_more_than_one_reservation(suite: Suite) -> None:

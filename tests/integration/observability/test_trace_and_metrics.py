@@ -41,8 +41,8 @@ def _parent(span: ReadableSpan) -> int | None:
 async def test_one_trace_across_every_hop_and_metrics_over_http(
     database_url: str, fresh_nats: EmbeddedNats, tmp_path: Path
 ) -> None:
-    # A NATS of its own: the session's AUDIT stream holds every other test's records, which a new durable
-    # consumer would have to work through before reaching this test's one.
+    # A NATS of its own: on the session's, the AUDIT work queue may hold records other tests left, which the
+    # consumer would work through before reaching this test's one.
     nats_url = fresh_nats.url
     keys = make_test_keys()
     tenant = new_tenant()
