@@ -34,7 +34,7 @@ from parapet.kit import metrics
 from parapet.kit.coalesce import coalesced
 from parapet.kit.context import deadline_var, require_principal
 from parapet.kit.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from parapet.kit.nul import replace_nul
+from parapet.kit.inbound import replace_nul
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.inference.attempt import timed_events
 from services.inference.attempt_metrics import AttemptClock, error_type

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from parapet.embeddings import Embedder, EmbeddingUnavailable
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument, Unavailable, to_status_proto
-from parapet.kit.nul import nul_field
+from parapet.kit.inbound import nul_field
 from parapet.retrieval.v1 import document_pb2
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb

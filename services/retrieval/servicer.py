@@ -150,8 +150,6 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
             violations.append(("top_k", f"must be between 0 and {MAX_TOP_K}"))
         if not 0.0 <= request.min_score <= 1.0:
             violations.append(("min_score", "must be in [0, 1]"))
-        if request.mode not in pb.SearchMode.values():
-            violations.append(("mode", "unknown search mode"))
         if violations:
             raise InvalidArgument("invalid query", field_violations=violations)
         chunks = await self._searcher.search(

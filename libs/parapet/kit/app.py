@@ -92,8 +92,11 @@ class ServiceApp(Generic[SettingsT]):
     migrations: Path | None = None  # Alembic folder, applied at start when uses_database
     public_methods: frozenset[str] = frozenset()  # "/pkg.Service/Method" callable without a token
     # Methods whose servicer refuses text holding U+0000 itself, item by item (retrieval's ingestion: one bad
-    # document is rejected on its own); the kit refuses it for every other method (parapet.kit.nul).
+    # document is rejected on its own); the kit refuses it for every other method (parapet.kit.inbound).
     nul_checked_by_servicer: frozenset[str] = frozenset()
+    # Methods that keep enum numbers their enum does not declare, as they came: records of facts written by
+    # newer releases of other services. Every other method refuses them (parapet.kit.inbound).
+    open_enum_methods: frozenset[str] = frozenset()
     streams: tuple[StreamSpec, ...] = ()  # JetStream streams declared at start (needs uses_nats)
     # Where identity keys come from when not from settings.identity_jwks_file (e.g. the auth service
     # verifying with its own keys, or other services fetching auth's JWKS RPC).

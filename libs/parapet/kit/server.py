@@ -174,6 +174,7 @@ async def create_server(
                 app.public_methods,
                 tracer_provider or telemetry.current_provider(),
                 nul_checked_by_servicer=app.nul_checked_by_servicer,
+                open_enum_methods=app.open_enum_methods,
             ),
             options=[
                 ("grpc.so_reuseport", 0),  # a port collision must fail, not share the port

@@ -317,7 +317,7 @@ async def test_jobs_are_listed_newest_first_for_their_submitter_and_for_admins(s
             assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
         for request, field in (
             (job_service_pb2.ListJobsRequest(user_id="alice", all_users=True), "user_id"),
-            (job_service_pb2.ListJobsRequest(states=[99]), "states"),  # type: ignore[list-item]
+            (job_service_pb2.ListJobsRequest(states=[99]), "states[0]"),  # type: ignore[list-item]  # the kit
             (job_service_pb2.ListJobsRequest(states=[job_pb2.JOB_STATE_UNSPECIFIED]), "states"),
             (job_service_pb2.ListJobsRequest(page_size=-5), "page_size"),
         ):

@@ -21,10 +21,13 @@ def kit_interceptors(
     tracer_provider: Any,
     *,
     nul_checked_by_servicer: Iterable[str] = (),
+    open_enum_methods: Iterable[str] = (),
 ) -> list[grpc.aio.ServerInterceptor]:
     """The kit's server interceptors (one, fused), tracing as ``tracer_provider`` warrants."""
     tracing = ServerTracing(tracer_provider)
-    return [KitServerInterceptor(verifier, public_methods, tracing, nul_checked_by_servicer)]
+    return [
+        KitServerInterceptor(verifier, public_methods, tracing, nul_checked_by_servicer, open_enum_methods)
+    ]
 
 
 __all__ = ["ALWAYS_PUBLIC_PREFIXES", "KitServerInterceptor", "kit_interceptors"]

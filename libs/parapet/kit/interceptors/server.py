@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import grpc.aio
 
-from parapet.kit import nul
+from parapet.kit import inbound
 from parapet.kit.context import (
     CLIENT_ADDRESS_KEY,
     MAX_CLIENT_ADDRESS_LENGTH,
@@ -54,7 +54,8 @@ class _Plan:
     edge: bool  # called from outside the suite: the request id is always chosen here
     traced: bool
     infrastructure: bool
-    check_nul: bool  # the kit refuses text holding U+0000 (the servicer does not, per item)
+    check_text: bool  # the kit refuses text holding U+0000 (the servicer does not, per item)
+    check_enums: bool  # the kit refuses undeclared enum numbers (the method keeps newer ones as they are)
 
 
 @dataclass(slots=True)
@@ -77,11 +78,13 @@ class KitServerInterceptor(HandlerInterceptor):
         public_methods: Iterable[str],
         tracing: ServerTracing,
         nul_checked_by_servicer: Iterable[str] = (),
+        open_enum_methods: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self._verifier = verifier
         self._public = frozenset(public_methods)
         self._nul_by_servicer = frozenset(nul_checked_by_servicer)
+        self._open_enums = frozenset(open_enum_methods)
         self._tracing = tracing
         self._metrics = RpcMetrics()
 
@@ -93,7 +96,8 @@ class KitServerInterceptor(HandlerInterceptor):
             edge=method in self._public,
             traced=not method.startswith(NOT_TRACED_PREFIXES),
             infrastructure=method.startswith(_INFRASTRUCTURE_PREFIXES),
-            check_nul=method not in self._nul_by_servicer,
+            check_text=method not in self._nul_by_servicer,
+            check_enums=method not in self._open_enums,
         )
 
     def _begin(self, plan: _Plan, context: grpc.aio.ServicerContext) -> _Call:
@@ -167,8 +171,8 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    if plan.check_nul:
-                        request = nul.checked(request)
+                    if plan.check_text or plan.check_enums:
+                        request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
                     response = await behavior(request, context)
                 except BaseException as exc:
                     await self._fail(exc, call, context)
@@ -187,8 +191,8 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    if plan.check_nul:
-                        request = nul.checked(request)
+                    if plan.check_text or plan.check_enums:
+                        request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
                     async for response in behavior(request, context):
                         yield response
                 except BaseException as exc:
