@@ -3,9 +3,7 @@ consumer of the audit stream, and two periodic jobs (signed checkpoints, body re
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import grpc.aio
 from parapet.audit.v1 import audit_service_pb2_grpc
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.events.audit import AUDIT_STREAM, REJECTED_STREAM
+from parapet.kit import periodic
 from parapet.kit.app import Resources, ServiceApp
 from services.audit.checkpoints import checkpoint_all
 from services.audit.consumer import AuditConsumer, BodyDefaults
@@ -23,18 +22,6 @@ from services.audit.settings import AuditSettings
 from services.audit.signing import load_signer
 
 log = logging.getLogger(__name__)
-
-
-async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged and retried next time."""
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("%s failed; retrying at the next interval", name, exc_info=True)
 
 
 def body_defaults(settings: AuditSettings) -> BodyDefaults:
@@ -61,7 +48,7 @@ async def register(server: grpc.aio.Server, resources: Resources[AuditSettings])
     )
     resources.spawn(consumer.run(), name="audit-consumer")
     resources.spawn(
-        every(
+        periodic.every(
             settings.audit_checkpoint_interval_seconds,
             lambda: checkpoint_all(database, signer),
             "checkpoints",
@@ -69,7 +56,7 @@ async def register(server: grpc.aio.Server, resources: Resources[AuditSettings])
         name="audit-checkpoints",
     )
     resources.spawn(
-        every(
+        periodic.every(
             settings.audit_retention_interval_seconds,
             lambda: drop_expired_bodies(database, datetime.now(UTC)),
             "retention",

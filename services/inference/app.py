@@ -9,6 +9,7 @@ import grpc.aio
 
 from parapet.events.documents import DOCUMENTS_STREAM
 from parapet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from parapet.kit import periodic
 from parapet.kit.app import Resources, ServiceApp
 from services.inference.cache.deletions import consume_deletions
 from services.inference.cache.store import SemanticCache
@@ -59,6 +60,10 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
             ttl_seconds=settings.cache_ttl_seconds,
         )
         resources.spawn(consume_deletions(resources.require_bus(), cache), name="cache-deletions")
+        expire = periodic.until_none_left(cache.delete_expired, "expired cache entries")
+        resources.spawn(
+            periodic.every(settings.cache_expiry_sweep_seconds, expire, "cache expiry"), name="cache-expiry"
+        )
     prompts = PromptLibrary(prompts_dir(settings))
     # Fail at start, not on every request, when the templates are missing (wrong PARAPET_PROMPTS_DIR).
     prompts.get(settings.default_prompt_template)

@@ -44,3 +44,9 @@ class InferenceSettings(ServiceSettings):
         "failed before answering (CACHE_OUTCOME_FALLBACK_HIT): a close answer beats none. 1 turns it off.",
     )
     cache_ttl_seconds: float = Field(3600.0, gt=0, description="How long a cached answer may be served.")
+    cache_expiry_sweep_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How often expired cached answers of every tenant are deleted (a tenant's own writes "
+        "also delete its expired ones).",
+    )

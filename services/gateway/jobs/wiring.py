@@ -9,6 +9,7 @@ from typing import Any
 import grpc.aio
 
 from parapet.gateway.v1 import chat_service_pb2, job_service_pb2_grpc
+from parapet.kit import periodic
 from parapet.kit.app import Resources
 from parapet.kit.bus import Bus
 from services.gateway.caller import Caller
@@ -81,7 +82,10 @@ async def register_job_service(
         resources.spawn(worker.run(), name="jobs-worker")
         resources.spawn(sweep(store, bus, settings), name="jobs-sweeper")
     # Every replica expires jobs, workers or not (several at once skip each other's rows).
-    resources.spawn(expire(store, settings), name="jobs-expiry")
+    expire = periodic.until_none_left(store.delete_expired, "expired jobs")
+    resources.spawn(
+        periodic.every(settings.gateway_job_sweep_seconds, expire, "job expiry"), name="jobs-expiry"
+    )
     return servicer
 
 
@@ -100,16 +104,3 @@ async def sweep(store: JobStore, bus: Bus, settings: JobSettings) -> None:
             raise
         except Exception:
             log.warning("job sweep failed; retrying", exc_info=True)
-
-
-async def expire(store: JobStore, settings: JobSettings) -> None:
-    """Delete finished jobs past their expire_time, with their results: a batch per round until none is left."""
-    while True:
-        await asyncio.sleep(settings.gateway_job_sweep_seconds)
-        try:
-            while (deleted := await store.delete_expired()) > 0:
-                log.info("expired jobs deleted", extra={"count": deleted})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("deleting expired jobs failed; retrying", exc_info=True)

@@ -157,3 +157,17 @@ class SemanticCache:
                 text("DELETE FROM cache_entries WHERE tenant_id = :tenant"), {"tenant": tenant_id}
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def delete_expired(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` expired entries of any tenant (the ``cache-expiry`` scope, which row-level
+        security lets delete expired rows and nothing else); returns how many."""
+        async with self._database.transaction() as session:
+            await session.execute(text("SELECT set_config('parapet.scope', 'cache-expiry', true)"))
+            result = await session.execute(
+                text(
+                    "DELETE FROM cache_entries WHERE entry_id IN (SELECT entry_id FROM cache_entries"
+                    " WHERE expire_time <= now() ORDER BY expire_time LIMIT :n)"
+                ),
+                {"n": limit},
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

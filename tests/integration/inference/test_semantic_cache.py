@@ -10,10 +10,12 @@ from typing import Any
 
 import grpc
 import nats
+from sqlalchemy import text
 
 from parapet.events import documents as documents_events
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, routing_pb2
 from parapet.kit.bus import Bus
+from parapet.kit.database import Database
 from parapet.kit.identity import Principal
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from parapet.upstream import UpstreamServer
@@ -133,6 +135,67 @@ async def test_entries_expire_after_their_ttl(
         assert (
             await inference.stream(QUESTION, who=who)
         ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+
+
+async def _entries(database_url: str, *tenants: str) -> int:
+    """How many cache rows ``tenants`` have, read past row-level security (as the tables' owner, a superuser)."""
+    database = Database(database_url, "inference", pool_size=1, max_overflow=0)
+    try:
+        async with database.transaction() as session:
+            found = await session.execute(
+                text("SELECT count(*) FROM cache_entries WHERE tenant_id = ANY(:t)"), {"t": list(tenants)}
+            )
+            return int(found.scalar_one())
+    finally:
+        await database.close()
+
+
+async def test_expired_answers_of_every_tenant_are_deleted_without_their_tenant_writing_again(
+    start_inference: StartInference, upstream: UpstreamServer, database_url: str
+) -> None:
+    """Before the sweep, expired entries went only with their tenant's next write: a tenant that stopped
+    asking kept its questions and answers for ever."""
+    run = uuid.uuid4().hex[:8]
+    idle = [f"idle-{run}-{i}" for i in range(2)]
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        live = principal(f"live-{run}")
+        await inference.stream(QUESTION, who=live)
+        await _until_cached(inference, QUESTION, live)
+    async with start_inference(
+        upstream_config(upstream, MODELS),
+        cache_enabled=True,
+        cache_ttl_seconds=0.5,
+        cache_expiry_sweep_seconds=0.2,
+    ) as inference:
+        for tenant in idle:
+            await inference.stream(QUESTION, who=principal(tenant))
+        deadline = time.monotonic() + 5
+        while await _entries(database_url, *idle) < 2:  # stored after each summary went out
+            assert time.monotonic() < deadline, "the answers were not cached"
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while await _entries(database_url, *idle) > 0:
+            assert time.monotonic() < deadline, "expired entries of idle tenants were never deleted"
+            await asyncio.sleep(0.1)
+    # The sweep's scope deletes expired rows only: even a DELETE without any condition leaves a live entry.
+    # (Under a role that is neither owner nor superuser, both of which PostgreSQL exempts from the policies.)
+    database = Database(database_url, "inference", pool_size=1, max_overflow=0)
+    try:
+        async with database.transaction() as session:
+            await session.execute(
+                text(
+                    "DO $$ BEGIN CREATE ROLE parapet_cache_sweep_test NOLOGIN;"
+                    " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                )
+            )
+            await session.execute(text("GRANT USAGE ON SCHEMA inference TO parapet_cache_sweep_test"))
+            await session.execute(text("GRANT SELECT, DELETE ON cache_entries TO parapet_cache_sweep_test"))
+            await session.execute(text("SET LOCAL ROLE parapet_cache_sweep_test"))
+            await session.execute(text("SELECT set_config('parapet.scope', 'cache-expiry', true)"))
+            await session.execute(text("DELETE FROM cache_entries"))
+    finally:
+        await database.close()
+    assert await _entries(database_url, live.tenant_id) == 1
 
 
 async def _publish_raw(nats_url: str, tenant: str, payload: bytes) -> None:
