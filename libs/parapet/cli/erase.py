@@ -1,10 +1,14 @@
-"""``parapet erase USER --reason R --yes``: a user's right to erasure, in every service that keeps their content.
+"""``parapet erase USER --reason R --yes``: a user's right to erasure, in the stores that keep their content.
 
-In order: the user's jobs (unfinished ones cancelled, then every one deleted with its prompts and answers:
-gateway ``JobService``), their documents (retrieval ``DeleteDocuments``, which also drops semantic-cache answers
-grounded in them), then the bodies of their audit records (audit ``Erase``: metadata and hashes stay, so the
-chain still verifies; the erasure itself is recorded). Audit goes last so that what the earlier steps set off
-is erased too. Needs `admin` in the tenant (the credential's own).
+First the caller's `admin` permission is checked, so that nothing is erased halfway. Then, in order: the user's
+jobs (unfinished ones cancelled, then every one deleted with its prompts and answers: gateway ``JobService``),
+their documents (retrieval ``DeleteDocuments``, which also drops semantic-cache answers grounded in them), then
+the bodies of their audit records (audit ``Erase``: metadata and hashes stay, so the chain still verifies; the
+erasure itself is recorded). Audit goes last so that what the earlier steps set off is erased too.
+
+Copies it does not reach, each short-lived (docs/cli.md): the semantic cache's answers to the user's own
+questions (kept per tenant and access scope, not per user: until the cache's TTL, an hour by default), the
+gateway's replay record of an idempotent chat (24 hours), and an audit record set aside as unstorable (30 days).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 
 from parapet import clients
 from parapet.audit.v1 import audit_service_pb2
+from parapet.auth.v1 import auth_service_pb2, permission_pb2
 from parapet.cli import connect, failures
 from parapet.cli.printing import print_json
 from parapet.gateway.v1 import job_pb2, job_service_pb2
@@ -43,6 +48,16 @@ async def _erase(args: argparse.Namespace) -> int:
     if not args.yes:
         raise failures.CliError(f"this erases {args.user}'s content for good; add --yes to confirm")
     async with connect.Session.from_args(args) as session:
+        token = await session.token_metadata()
+        auth = session.client(clients.auth, "auth").stub
+        allowed = await auth.Authorize(
+            auth_service_pb2.AuthorizeRequest(permission=permission_pb2.PERMISSION_ADMIN), metadata=token
+        )
+        if not allowed.allowed:
+            raise failures.CliError(
+                f"erasing a user needs the admin permission ({allowed.reason}); nothing was erased",
+                failures.EXIT_FAILED,
+            )
         jobs = session.client(clients.jobs, "gateway").stub
         key = session.key_metadata()
         cancelled = deleted_jobs = 0
@@ -59,7 +74,6 @@ async def _erase(args: argparse.Namespace) -> int:
                 removal = job_service_pb2.DeleteJobRequest(job_id=job.job_id, allow_missing=True)
                 deleted_jobs += (await jobs.DeleteJob(removal, metadata=key)).deleted
 
-        token = await session.token_metadata()
         retrieval = session.client(clients.retrieval, "retrieval").stub
         documents = await retrieval.DeleteDocuments(
             retrieval_service_pb2.DeleteDocumentsRequest(user_id=args.user), metadata=token

@@ -110,6 +110,7 @@ def _summary_row(job: job_pb2.Job) -> list[str]:
     progress = job.progress
     return [
         job.job_id,
+        job.user_id or "-",
         enum_label(job_pb2.JobState, job.state),
         f"{progress.succeeded_items + progress.failed_items}/{progress.total_items}",
         str(progress.failed_items),
@@ -120,7 +121,7 @@ def _summary_row(job: job_pb2.Job) -> list[str]:
     ]
 
 
-_HEADER = ["JOB_ID", "STATE", "DONE", "FAILED", "TOKENS", "COST", "CREATED", "EXPIRES"]
+_HEADER = ["JOB_ID", "USER", "STATE", "DONE", "FAILED", "TOKENS", "COST", "CREATED", "EXPIRES"]
 
 
 def _print_jobs(args: argparse.Namespace, jobs: list[job_pb2.Job]) -> None:

@@ -10,8 +10,7 @@ anyone sees it).
 proto3 enums are open: a number no value declares (a client built from a newer contract, or garbage) parses
 fine and would reach the servicer, which reads it as whatever its code falls back to: a silent default. The
 kit refuses it instead. Methods that take records of facts written by newer releases of other services (the
-audit trail's Record, metering's settlements) keep such numbers as they are: a service names them in
-``ServiceApp.open_enum_methods``.
+audit trail's Record) keep such numbers as they are: a service names them in ``ServiceApp.open_enum_methods``.
 """
 
 from __future__ import annotations

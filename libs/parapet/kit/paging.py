@@ -22,6 +22,11 @@ from parapet.kit.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Tokens we issue are a few hundred bytes; anything longer is not ours, and is refused before it is decoded (a
+# deeply nested JSON list would otherwise make the decoder recurse until it fails).
+MAX_TOKEN_LENGTH = 1024
+# The largest number position (an offset or an index): PostgreSQL's integer, so it never overflows a parameter.
+MAX_NUMBER_POSITION = 2**31 - 1
 
 Position = list[str | int]
 
@@ -62,6 +67,8 @@ def decode(token: str, query: str) -> Position | None:
     that is not ours or was issued for another query."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise invalid_token()
     try:
         raw = json.loads(base64.urlsafe_b64decode(token.encode()))
         position, bound = raw["p"], raw["q"]
@@ -71,7 +78,7 @@ def decode(token: str, query: str) -> Position | None:
             and bool(position)
             and all(isinstance(part, str | int) and not isinstance(part, bool) for part in position)
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         valid = False
     if not valid:
         raise invalid_token()
@@ -85,7 +92,7 @@ def decode_number(token: str, query: str) -> int | None:
     if position is None:
         return None
     match position:
-        case [int(number)] if number >= 0:
+        case [int(number)] if 0 <= number <= MAX_NUMBER_POSITION:
             return number
     raise invalid_token()
 

@@ -51,6 +51,7 @@ def job_message(row: JobRow, results: list[ResultRow] | None = None) -> job_pb2.
         ),
         cost=money_pb2.Money(currency_code=row.currency_code, amount_micros=row.cost_micros),
         metadata=row.metadata,
+        user_id=row.subject,
     )
     if row.error is not None:
         job.error.ParseFromString(row.error)

@@ -1,5 +1,5 @@
-"""JobService: SubmitJob, GetJob, WatchJob, CancelJob, ListJobResults, DeleteJob, for the caller's tenant (from
-its credential).
+"""JobService: SubmitJob, GetJob, WatchJob, CancelJob, ListJobs, ListJobResults, DeleteJob, for the caller's
+tenant (from its credential).
 
 A caller sees the jobs it submitted (same subject); a holder of PERMISSION_ADMIN sees every job of its tenant.
 Any other job, and every job of another tenant (row-level security), is NOT_FOUND: its existence is not
@@ -26,7 +26,7 @@ from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
 from services.gateway.jobs.changes import JobChanges
 from services.gateway.jobs.records import STATES, job_message, progress_key, result_message
-from services.gateway.jobs.store import JobRow, JobStore
+from services.gateway.jobs.store import JobRow, JobStore, ResultRow, result_size
 
 log = logging.getLogger(__name__)
 pb = job_service_pb2
@@ -157,8 +157,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         caller = await self._resolve(context)
         size = paging.page_size(request.page_size, default=50)
         states = [_STORED_STATES.get(state) for state in request.states]
-        if None in states:
-            raise InvalidArgument("unknown state", field_violations=[("states", "not a JobState")])
+        if None in states:  # JOB_STATE_UNSPECIFIED (the kit refuses numbers JobState does not declare)
+            index = states.index(None)
+            raise InvalidArgument(
+                "JOB_STATE_UNSPECIFIED is not a state to list",
+                field_violations=[(f"states[{index}]", "JOB_STATE_UNSPECIFIED")],
+            )
         if request.all_users and request.user_id:
             raise InvalidArgument(
                 "user_id and all_users exclude each other",
@@ -197,13 +201,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         query = paging.query_key(request, caller.tenant_id, caller.principal.subject)
         start = paging.decode_number(request.page_token, query) or 0  # the first item index not yet read
         row = await self._visible(caller, request.job_id)
-        page = await self._store.results_page(caller.tenant_id, row.job_id, start=start, limit=size + 1)
-        more = len(page) > size
-        page = page[:size]
-        if page:
-            start = page[-1][0] + 1
+        found = await self._store.results_page(caller.tenant_id, row.job_id, start=start, limit=size + 1)
+        page, start = _page_of_results(found, start, size, finished=row.terminal)
         # While the job runs, more results may come: the caller keeps a token to read them later from here.
         # (The row was read before the results, so a job seen terminal has all its results in the page's read.)
+        more = len(page) < len(found)
         token = paging.encode([start], query) if more or not row.terminal else ""
         return pb.ListJobResultsResponse(
             results=[result_message(result) for result in page], next_page_token=token
@@ -246,7 +248,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             while not row.terminal:
                 await wait_event(changed, self._poll)
                 changed.clear()
-                row = await self._store.get(caller.tenant_id, row.job_id) or row
+                current = await self._store.get(caller.tenant_id, row.job_id)
+                if current is None:  # deleted meanwhile (it had ended: only finished jobs are deleted)
+                    raise NotFound("the job was deleted", metadata={"resource": f"jobs/{row.job_id}"})
+                row = current
                 if progress_key(row) != last:
                     last = progress_key(row)
                     yield pb.WatchJobResponse(job=job_message(row))
@@ -261,3 +266,28 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             row = await self._store.get(caller.tenant_id, row.job_id) or row
             log.info("job cancelled", extra={"job_id": row.job_id, "state": row.state})
         return pb.CancelJobResponse(job=job_message(row))
+
+
+def _page_of_results(
+    found: list[ResultRow], start: int, size: int, *, finished: bool
+) -> tuple[list[ResultRow], int]:
+    """The page to return from ``found`` (results from index ``start`` on, in index order) and the index the
+    next page starts at.
+
+    A page holds at most ``size`` results and, past its first, no more than ``FULL_VIEW_MAX_BYTES``. While the
+    job runs it stops at the first item not finished yet: items finish in any order (several run at once, and
+    a resumed job reruns what was in flight), so a later call from that index finds what finished since. Once
+    the job ended, the items missing are ones that never ran, and the page goes past them.
+    """
+    page: list[ResultRow] = []
+    used = 0
+    for result in found[:size]:
+        index = result[0]
+        if not finished and index != start:
+            break
+        used += result_size(result)
+        if page and used > FULL_VIEW_MAX_BYTES:
+            break
+        page.append(result)
+        start = index + 1
+    return page, start

@@ -55,6 +55,6 @@ class JobSettings(ServiceSettings):
         ge=7,
         le=3660,
         description="A finished job (its spec and results, which hold prompts and answers) is deleted this "
-        "many days after it ended (its expire_time); DeleteJob deletes it sooner. At least 7: a job's "
-        "idempotency key is promised for 7 days.",
+        "many days after it ended (its expire_time, set when it ends: a change applies to jobs that end "
+        "afterwards); DeleteJob deletes it sooner. At least 7: a job's idempotency key is promised for 7 days.",
     )

@@ -104,6 +104,15 @@ def _row(mapping: Any) -> JobRow:
 
 
 ResultRow = tuple[int, bool, bytes | None, bytes | None]  # (index, succeeded, response, error)
+# What a result adds to a message besides its stored bytes: the repeated field's tag and length, the index, the
+# outcome's tag and length (at most 1 + 5 + 1 + 5 + 1 + 5 bytes), rounded up.
+RESULT_FRAMING_BYTES = 24
+
+
+def result_size(result: ResultRow) -> int:
+    """The bytes ``result`` adds to a message (an upper bound)."""
+    _index, _succeeded, response, error = result
+    return len(response or b"") + len(error or b"") + RESULT_FRAMING_BYTES
 
 
 class JobStore:
@@ -215,14 +224,15 @@ class JobStore:
             return [_row(row) for row in rows.mappings()]
 
     async def results(self, tenant_id: str, job_id: str, *, max_bytes: int) -> list[ResultRow] | None:
-        """Every finished item's result, in item order; None when together they exceed ``max_bytes``."""
+        """Every finished item's result, in item order; None when their message would exceed ``max_bytes``
+        (the stored bytes plus ``RESULT_FRAMING_BYTES`` per result)."""
         async with self.tenant(tenant_id) as session:
             size = await session.execute(
                 text(
-                    "SELECT coalesce(sum(coalesce(octet_length(response), 0) + coalesce(octet_length(error), 0)),"
-                    " 0) FROM job_results WHERE job_id = CAST(:j AS uuid)"
+                    "SELECT coalesce(sum(coalesce(octet_length(response), 0) + coalesce(octet_length(error), 0)"
+                    " + :framing), 0) FROM job_results WHERE job_id = CAST(:j AS uuid)"
                 ),
-                {"j": job_id},
+                {"j": job_id, "framing": RESULT_FRAMING_BYTES},
             )
             if int(size.scalar_one()) > max_bytes:
                 return None
@@ -369,7 +379,8 @@ class JobStore:
                 state = await session.execute(
                     text("SELECT state FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
                 )
-                return str(state.scalar_one())
+                found = state.scalar_one_or_none()
+                return DELETED if found is None else str(found)
             updated = await session.execute(
                 text(
                     "UPDATE jobs SET succeeded_items = succeeded_items + :s, failed_items = failed_items + :f,"
@@ -458,15 +469,16 @@ class JobStore:
             return [(r[0], r[1], f"{r[1]}:{r[2]}") for r in rows]
 
     async def delete_expired(self, limit: int = 1000) -> int:
-        """Delete up to ``limit`` jobs past their expire_time, with their results; the number deleted. Replicas
-        sweeping at once skip each other's rows instead of waiting for them."""
+        """Delete up to ``limit`` jobs past their expire_time, with their results; the number deleted. (Replicas
+        sweeping at once may wait on each other's rows, then find them gone: row-level security lets the sweep
+        scope delete expired jobs but not lock rows, which SKIP LOCKED would need.)"""
         async with role_transaction(
             self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database"
         ) as session:
             deleted = await session.execute(
                 text(
                     "DELETE FROM jobs WHERE (tenant_id, job_id) IN (SELECT tenant_id, job_id FROM jobs"
-                    " WHERE expire_time <= now() ORDER BY expire_time LIMIT :n FOR UPDATE SKIP LOCKED)"
+                    " WHERE expire_time <= now() ORDER BY expire_time LIMIT :n)"
                 ),
                 {"n": limit},
             )

@@ -11,12 +11,16 @@ import grpc.aio
 import pytest
 from sqlalchemy import text
 
-from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from parapet.gateway.v1 import chat_service_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.kit import timeouts
 from parapet.kit.database import Database
 from parapet.kit.errors import error_details
+from parapet.kit.testing import refusal
+from services.gateway.caller import Caller
 from services.gateway.jobs import servicer as job_servicer
+from services.gateway.jobs.store import RESULT_FRAMING_BYTES
 from tests.integration.gateway_jobs.conftest import (
+    Runner,
     Suite,
     batch_request,
     bearer,
@@ -24,7 +28,7 @@ from tests.integration.gateway_jobs.conftest import (
     succeeded_at_least,
     watch_until,
 )
-from tests.integration.gateway_jobs.test_jobs import _error, _full_job, _key
+from tests.integration.gateway_jobs.test_jobs import _full_job, _key
 
 
 async def _stored(database_url: str, job_id: str) -> tuple[int, int]:
@@ -117,10 +121,10 @@ async def test_results_are_read_a_page_at_a_time_in_item_order(suite: Suite) -> 
                 "REQUEST_INVALID",
             ),
         ):
-            code, reason, fields = await _error(jobs.ListJobResults(request, metadata=bearer(key)))
+            code, reason, fields = await refusal(jobs.ListJobResults(request, metadata=bearer(key)))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and reason == expected, (code, reason)
             assert fields == (["page_token"] if expected == "PAGE_TOKEN_INVALID" else ["page_size"])
-        code, _, _ = await _error(
+        code, _, _ = await refusal(
             jobs.ListJobResults(job_service_pb2.ListJobResultsRequest(job_id=job_id), metadata=bearer(bob))
         )
         assert code == grpc.StatusCode.NOT_FOUND
@@ -163,7 +167,7 @@ async def test_the_full_view_refuses_results_too_large_for_one_message(
         assert len((await _full_job(jobs, suite.key, job_id)).results) == 3
         # The limit stands for gRPC's 4 MiB; lowered here so that three small answers exceed it.
         monkeypatch.setattr(job_servicer, "FULL_VIEW_MAX_BYTES", 40)
-        code, reason, _ = await _error(
+        code, reason, _ = await refusal(
             jobs.GetJob(
                 job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
                 metadata=bearer(suite.key),
@@ -172,7 +176,7 @@ async def test_the_full_view_refuses_results_too_large_for_one_message(
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "JOB_RESULTS_TOO_LARGE")
         basic = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id), metadata=bearer(suite.key))
         assert basic.job.progress.succeeded_items == 3  # the basic view and the pages still answer
-        assert await _pages(jobs, suite.key, job_id, 2) == [[0, 1], [2]]
+        assert await _pages(jobs, suite.key, job_id, 2) == [[0], [1], [2]]  # one result per page fits
 
 
 async def test_a_finished_job_is_deleted_with_its_results_and_its_key_may_be_used_again(suite: Suite) -> None:
@@ -195,7 +199,7 @@ async def test_a_finished_job_is_deleted_with_its_results_and_its_key_may_be_use
 
         # Another member cannot delete it (nor learn that it exists); the submitter can.
         _bob_id, bob = await suite.new_member("bob")
-        code, _, _ = await _error(jobs.DeleteJob(delete, metadata=bearer(bob)))
+        code, _, _ = await refusal(jobs.DeleteJob(delete, metadata=bearer(bob)))
         assert code == grpc.StatusCode.NOT_FOUND
         assert (await jobs.DeleteJob(delete, metadata=bearer(suite.key))).deleted
         assert await _stored(suite.database_url, job_id) == (0, 0)
@@ -206,7 +210,7 @@ async def test_a_finished_job_is_deleted_with_its_results_and_its_key_may_be_use
             ),
             jobs.DeleteJob(delete, metadata=bearer(suite.key)),
         ):
-            code, _, _ = await _error(call)
+            code, _, _ = await refusal(call)
             assert code == grpc.StatusCode.NOT_FOUND
         missing = job_service_pb2.DeleteJobRequest(job_id=job_id, allow_missing=True)
         assert not (await jobs.DeleteJob(missing, metadata=bearer(suite.key))).deleted
@@ -233,7 +237,12 @@ async def test_a_cancelled_job_deleted_while_its_last_item_runs_leaves_nothing_b
             await jobs.SubmitJob(batch_request(_key(), ["a", "b", "c"]), metadata=bearer(suite.key))
         ).job.job_id
         await watch_until(jobs, suite.key, job_id, succeeded_at_least(1))
-        await jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key))
+        cancelled = await jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key)
+        )
+        assert cancelled.job.expire_time.ToDatetime() - cancelled.job.end_time.ToDatetime() == (
+            datetime.timedelta(days=30)
+        )
         assert (
             await jobs.DeleteJob(job_service_pb2.DeleteJobRequest(job_id=job_id), metadata=bearer(suite.key))
         ).deleted
@@ -260,7 +269,7 @@ async def test_jobs_past_their_expire_time_are_deleted_by_every_replica(suite: S
                 break
             await asyncio.sleep(0.1)
         assert await _stored(suite.database_url, expiring) == (0, 0)
-        code, _, _ = await _error(
+        code, _, _ = await refusal(
             jobs.GetJob(job_service_pb2.GetJobRequest(job_id=expiring), metadata=bearer(suite.key))
         )
         assert code == grpc.StatusCode.NOT_FOUND
@@ -313,18 +322,18 @@ async def test_jobs_are_listed_newest_first_for_their_submitter_and_for_admins(s
             job_service_pb2.ListJobsRequest(user_id="alice"),
             job_service_pb2.ListJobsRequest(all_users=True),
         ):
-            code, reason, _ = await _error(jobs.ListJobs(request, metadata=bearer(bob)))
+            code, reason, _ = await refusal(jobs.ListJobs(request, metadata=bearer(bob)))
             assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
         for request, field in (
             (job_service_pb2.ListJobsRequest(user_id="alice", all_users=True), "user_id"),
             (job_service_pb2.ListJobsRequest(states=[99]), "states[0]"),  # type: ignore[list-item]  # the kit
-            (job_service_pb2.ListJobsRequest(states=[job_pb2.JOB_STATE_UNSPECIFIED]), "states"),
+            (job_service_pb2.ListJobsRequest(states=[job_pb2.JOB_STATE_UNSPECIFIED]), "states[0]"),
             (job_service_pb2.ListJobsRequest(page_size=-5), "page_size"),
         ):
-            code, _, fields = await _error(jobs.ListJobs(request, metadata=bearer(admin)))
+            code, _, fields = await refusal(jobs.ListJobs(request, metadata=bearer(admin)))
             assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
         first = await jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=1), metadata=bearer(suite.key))
-        code, reason, _ = await _error(
+        code, reason, _ = await refusal(
             jobs.ListJobs(
                 job_service_pb2.ListJobsRequest(
                     page_size=1, page_token=first.next_page_token, states=[job_pb2.JOB_STATE_QUEUED]
@@ -333,3 +342,82 @@ async def test_jobs_are_listed_newest_first_for_their_submitter_and_for_admins(s
             )
         )
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+
+
+class _HoldFirstItem(Runner):
+    """Runs every item at once but item 0, which waits for ``gate``."""
+
+    async def __call__(
+        self, caller: Caller, request: chat_service_pb2.ChatRequest, request_id: str
+    ) -> chat_service_pb2.ChatResponse:
+        if request_id.endswith("-0"):
+            await self.gate.wait()
+        return await super().__call__(caller, request, request_id)
+
+
+async def test_results_that_finish_out_of_order_are_all_read_with_the_running_job_s_tokens(
+    suite: Suite,
+) -> None:
+    """Items run several at a time and finish in any order: a page of a running job stops at the first item
+    not finished, so its token still leads to it."""
+    runner = _HoldFirstItem(suite.auth.target)
+    runner.gate.clear()
+    async with suite.gateway(runner, gateway_job_item_concurrency=3) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), ["a", "b", "c", "d"]), metadata=bearer(suite.key))
+        ).job.job_id
+        await watch_until(jobs, suite.key, job_id, succeeded_at_least(2))  # items 1 and 2 (and maybe 3)
+        early = await jobs.ListJobResults(
+            job_service_pb2.ListJobResultsRequest(job_id=job_id), metadata=bearer(suite.key)
+        )
+        assert list(early.results) == [] and early.next_page_token  # item 0 has not finished
+        runner.gate.set()
+        await watch_until(jobs, suite.key, job_id, ended)
+        rest = await jobs.ListJobResults(
+            job_service_pb2.ListJobResultsRequest(job_id=job_id, page_token=early.next_page_token),
+            metadata=bearer(suite.key),
+        )
+    assert [r.index for r in rest.results] == [0, 1, 2, 3] and rest.next_page_token == ""
+
+
+async def test_a_page_of_results_stays_within_one_message(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with suite.gateway(suite.runner()) as jobs:
+        job_id = await _finished_job(jobs, suite.key, [f"question {i}" for i in range(5)])
+        # The budget stands for gRPC's 4 MiB; lowered so that two of these small results fill a page.
+        sizes = [
+            r.response.ByteSize() + RESULT_FRAMING_BYTES
+            for r in (await _full_job(jobs, suite.key, job_id)).results
+        ]
+        assert max(sizes) * 2 < min(sizes) * 3  # alike enough for "two per page" to hold for every pair
+        monkeypatch.setattr(job_servicer, "FULL_VIEW_MAX_BYTES", max(sizes) * 2)
+        assert await _pages(jobs, suite.key, job_id, 1000) == [[0, 1], [2, 3], [4]]
+        # A single result larger than the budget still comes, alone: a page is never empty while results remain.
+        monkeypatch.setattr(job_servicer, "FULL_VIEW_MAX_BYTES", 10)
+        assert await _pages(jobs, suite.key, job_id, 1000) == [[0], [1], [2], [3], [4]]
+
+
+async def test_a_watch_of_a_job_gone_before_its_next_read_ends_with_not_found(suite: Suite) -> None:
+    """A watcher that next reads a job after it was cancelled and deleted (a slow loop, or a missed
+    notification) must end, not poll a job that no longer exists for ever. The row is deleted here directly,
+    without a notification, so the watcher meets it only at its next poll."""
+    runner = suite.runner(free_items=0)
+    runner.gate.clear()
+    async with suite.gateway(runner, gateway_job_watch_poll_seconds=0.2) as jobs:
+        job_id = (await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))).job.job_id
+        await timeouts.within(10, runner.started.wait())
+        watch = jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), metadata=bearer(suite.key))
+        first = await timeouts.within(5, watch.read())
+        assert first.job.state == job_pb2.JOB_STATE_RUNNING
+        database = Database(suite.database_url, "gateway", pool_size=1, max_overflow=0)
+        try:
+            async with database.transaction() as session:
+                await session.execute(text("DELETE FROM jobs WHERE job_id::text = :j"), {"j": job_id})
+        finally:
+            await database.close()
+        with pytest.raises(grpc.aio.AioRpcError) as ended_with:
+            update = await timeouts.within(10, watch.read())
+            raise AssertionError(f"the watch went on: {update}")
+        assert ended_with.value.code() == grpc.StatusCode.NOT_FOUND
+        runner.gate.set()

@@ -94,3 +94,16 @@ def test_text_and_moment_and_id_positions() -> None:
     ):
         assert _refused(lambda bad=bad: paging.decode_moment_and_id(bad, query))[0] == "PAGE_TOKEN_INVALID"
     assert _refused(lambda: paging.decode_text(token, query))[0] == "PAGE_TOKEN_INVALID"
+
+
+def test_crafted_tokens_are_refused_not_crashed_on() -> None:
+    query = "q"
+    nested = base64.urlsafe_b64encode(
+        json.dumps({"p": [1], "q": query}).replace("[1]", "[" * 50_000 + "]" * 50_000).encode()
+    )
+    deep = base64.urlsafe_b64encode(("[" * 100_000 + "]" * 100_000).encode()).decode()
+    for token in (nested.decode(), deep, "A" * (paging.MAX_TOKEN_LENGTH + 1)):
+        assert _refused(lambda token=token: paging.decode(token, query))[0] == "PAGE_TOKEN_INVALID"
+    huge = paging.encode([2**63], query)
+    assert _refused(lambda: paging.decode_number(huge, query))[0] == "PAGE_TOKEN_INVALID"
+    assert paging.decode_number(paging.encode([paging.MAX_NUMBER_POSITION], query), query) == 2**31 - 1

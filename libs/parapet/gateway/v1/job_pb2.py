@@ -29,7 +29,7 @@ from parapet.usage.v1 import money_pb2 as parapet_dot_usage_dot_v1_dot_money__pb
 from parapet.usage.v1 import token_usage_pb2 as parapet_dot_usage_dot_v1_dot_token__usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparapet/gateway/v1/job.proto\x12\x12parapet.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%parapet/gateway/v1/chat_service.proto\x1a\x1eparapet/status/v1/status.proto\x1a\x1cparapet/usage/v1/money.proto\x1a\"parapet/usage/v1/token_usage.proto\"\xea\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.parapet.gateway.v1.JobState\x12\x31\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.parapet.gateway.v1.JobProgress\x12\x32\n\x07results\x18\x05 \x03(\x0b\x32!.parapet.gateway.v1.JobItemResult\x12+\n\x05usage\x18\x06 \x01(\x0b\x32\x1c.parapet.usage.v1.TokenUsage\x12%\n\x04\x63ost\x18\x07 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12(\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x19.parapet.status.v1.Status\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x08metadata\x18\x0c \x03(\x0b\x32%.parapet.gateway.v1.Job.MetadataEntry\x12/\n\x0b\x65xpire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0bJobProgress\x12\x13\n\x0btotal_items\x18\x01 \x01(\x05\x12\x17\n\x0fsucceeded_items\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x03 \x01(\x05\"\x8b\x01\n\rJobItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x34\n\x08response\x18\x02 \x01(\x0b\x32 .parapet.gateway.v1.ChatResponseH\x00\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x19.parapet.status.v1.StatusH\x00\x42\t\n\x07outcome\">\n\tChatBatch\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.parapet.gateway.v1.ChatRequest*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparapet/gateway/v1/job.proto\x12\x12parapet.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%parapet/gateway/v1/chat_service.proto\x1a\x1eparapet/status/v1/status.proto\x1a\x1cparapet/usage/v1/money.proto\x1a\"parapet/usage/v1/token_usage.proto\"\xfb\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.parapet.gateway.v1.JobState\x12\x31\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.parapet.gateway.v1.JobProgress\x12\x32\n\x07results\x18\x05 \x03(\x0b\x32!.parapet.gateway.v1.JobItemResult\x12+\n\x05usage\x18\x06 \x01(\x0b\x32\x1c.parapet.usage.v1.TokenUsage\x12%\n\x04\x63ost\x18\x07 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12(\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x19.parapet.status.v1.Status\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x08metadata\x18\x0c \x03(\x0b\x32%.parapet.gateway.v1.Job.MetadataEntry\x12/\n\x0b\x65xpire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0bJobProgress\x12\x13\n\x0btotal_items\x18\x01 \x01(\x05\x12\x17\n\x0fsucceeded_items\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x03 \x01(\x05\"\x8b\x01\n\rJobItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x34\n\x08response\x18\x02 \x01(\x0b\x32 .parapet.gateway.v1.ChatResponseH\x00\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x19.parapet.status.v1.StatusH\x00\x42\t\n\x07outcome\">\n\tChatBatch\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.parapet.gateway.v1.ChatRequest*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,18 +38,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_METADATAENTRY']._loaded_options = None
   _globals['_JOB_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1133
-  _globals['_JOBSTATE']._serialized_end=1287
-  _globals['_JOBVIEW']._serialized_start=1289
-  _globals['_JOBVIEW']._serialized_end=1363
+  _globals['_JOBSTATE']._serialized_start=1150
+  _globals['_JOBSTATE']._serialized_end=1304
+  _globals['_JOBVIEW']._serialized_start=1306
+  _globals['_JOBVIEW']._serialized_end=1380
   _globals['_JOB']._serialized_start=223
-  _globals['_JOB']._serialized_end=841
-  _globals['_JOB_METADATAENTRY']._serialized_start=794
-  _globals['_JOB_METADATAENTRY']._serialized_end=841
-  _globals['_JOBPROGRESS']._serialized_start=843
-  _globals['_JOBPROGRESS']._serialized_end=924
-  _globals['_JOBITEMRESULT']._serialized_start=927
-  _globals['_JOBITEMRESULT']._serialized_end=1066
-  _globals['_CHATBATCH']._serialized_start=1068
-  _globals['_CHATBATCH']._serialized_end=1130
+  _globals['_JOB']._serialized_end=858
+  _globals['_JOB_METADATAENTRY']._serialized_start=811
+  _globals['_JOB_METADATAENTRY']._serialized_end=858
+  _globals['_JOBPROGRESS']._serialized_start=860
+  _globals['_JOBPROGRESS']._serialized_end=941
+  _globals['_JOBITEMRESULT']._serialized_start=944
+  _globals['_JOBITEMRESULT']._serialized_end=1083
+  _globals['_CHATBATCH']._serialized_start=1085
+  _globals['_CHATBATCH']._serialized_end=1147
 # @@protoc_insertion_point(module_scope)

@@ -129,12 +129,15 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier. Output only."""
     idempotency_key: _builtins.str
     """The submitter's idempotency key."""
     state: Global___JobState.ValueType
     """Lifecycle state. Output only."""
+    user_id: _builtins.str
+    """The user who submitted it (the subject of its API key); the job runs as them. Output only."""
     @_builtins.property
     def progress(self) -> Global___JobProgress:
         """Item counters. Output only."""
@@ -193,10 +196,11 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "progress", b"progress", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "metadata", b"metadata", "progress", b"progress", "results", b"results", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "metadata", b"metadata", "progress", b"progress", "results", b"results", "start_time", b"start_time", "state", b"state", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

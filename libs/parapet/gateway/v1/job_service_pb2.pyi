@@ -49,7 +49,9 @@ class SubmitJobRequest(_message.Message):
     CHAT_BATCH_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Caller-chosen key (at most 128 characters), unique per tenant for 7 days; required."""
+    """Caller-chosen key (at most 128 characters), unique per tenant while the job exists (at least 7 days, unless
+    DeleteJob deletes it sooner); required.
+    """
     @_builtins.property
     def chat_batch(self) -> _job_pb2.ChatBatch:
         """A batch of chat requests."""

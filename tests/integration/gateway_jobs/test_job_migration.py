@@ -1,0 +1,82 @@
+"""The job-expiry migration on a database whose tables' owner is no superuser, as in production: FORCE ROW LEVEL
+SECURITY applies to it, so a migration that forgets a scope silently changes no row (the suite's embedded
+PostgreSQL connects as a superuser, which policies exempt, and would not show it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from parapet.kit.migrations import _config
+
+MIGRATIONS = Path(__file__).parents[3] / "services" / "gateway" / "migrations"
+JOB = "11111111-1111-4111-8111-111111111111"
+
+
+@pytest.fixture
+def owner_database(database_url: str) -> Iterator[tuple[str, str]]:
+    """A fresh database (URL) and a role that owns its gateway schema and is no superuser."""
+    suffix = uuid.uuid4().hex[:8]
+    name, owner = f"jobs_migration_{suffix}", f"jobs_owner_{suffix}"
+    admin = create_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE ROLE {owner} NOLOGIN CREATEROLE"))
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    with create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(text(f"CREATE SCHEMA gateway AUTHORIZATION {owner}"))
+    try:
+        yield url, owner
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+            connection.execute(text(f"DROP OWNED BY {owner}"))
+            connection.execute(text(f"DROP ROLE {owner}"))
+        admin.dispose()
+
+
+def _as_owner(url: str, owner: str) -> Iterator[Connection]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"SET ROLE {owner}"))
+            connection.execute(text("SET search_path = gateway"))
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def test_jobs_finished_before_it_expire_and_the_sweep_scope_can_only_read_and_expire(
+    owner_database: tuple[str, str],
+) -> None:
+    url, owner = owner_database
+    for connection in _as_owner(url, owner):
+        command.upgrade(_config(MIGRATIONS, "gateway", connection), "0002_jobs")
+        connection.execute(text("SELECT set_config('parapet.tenant_id', 'acme', true)"))
+        connection.execute(
+            text(
+                "INSERT INTO jobs (tenant_id, job_id, idempotency_key, spec_sha256, spec, subject, api_key_id,"
+                " state, total_items, end_time) VALUES ('acme', :j, 'k', '\\x00', '\\x00', 'alice', 'key',"
+                " 'succeeded', 1, now() - interval '40 days')"
+            ),
+            {"j": JOB},
+        )
+    for connection in _as_owner(url, owner):
+        command.upgrade(_config(MIGRATIONS, "gateway", connection), "head")
+    for connection in _as_owner(url, owner):
+        connection.execute(text("SELECT set_config('parapet.tenant_id', 'acme', true)"))
+        left = connection.execute(text("SELECT expire_time - end_time FROM jobs")).scalar_one()
+        assert left is not None and left.days == 30  # backfilled, though the owner is subject to the policies
+    for connection in _as_owner(url, owner):
+        connection.execute(text("SELECT set_config('parapet.scope', 'jobs-sweep', true)"))
+        assert connection.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 1  # it reads ids
+        changed = connection.execute(text("UPDATE jobs SET state = 'failed'"))
+        assert changed.rowcount == 0  # but changes nothing
+        deleted = connection.execute(text("DELETE FROM jobs WHERE expire_time <= now()"))
+        assert deleted.rowcount == 1  # and deletes what expired (this job ended 40 days ago)
