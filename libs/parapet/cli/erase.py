@@ -48,10 +48,10 @@ async def _erase(args: argparse.Namespace) -> int:
     if not args.yes:
         raise failures.CliError(f"this erases {args.user}'s content for good; add --yes to confirm")
     async with connect.Session.from_args(args) as session:
-        token = await session.token_metadata()
         auth = session.client(clients.auth, "auth").stub
         allowed = await auth.Authorize(
-            auth_service_pb2.AuthorizeRequest(permission=permission_pb2.PERMISSION_ADMIN), metadata=token
+            auth_service_pb2.AuthorizeRequest(permission=permission_pb2.PERMISSION_ADMIN),
+            metadata=await session.token_metadata(),
         )
         if not allowed.allowed:
             raise failures.CliError(
@@ -75,12 +75,15 @@ async def _erase(args: argparse.Namespace) -> int:
                 deleted_jobs += (await jobs.DeleteJob(removal, metadata=key)).deleted
 
         retrieval = session.client(clients.retrieval, "retrieval").stub
+        # The session renews its short-lived internal token when needed: deleting many jobs may take a while.
         documents = await retrieval.DeleteDocuments(
-            retrieval_service_pb2.DeleteDocumentsRequest(user_id=args.user), metadata=token
+            retrieval_service_pb2.DeleteDocumentsRequest(user_id=args.user),
+            metadata=await session.token_metadata(),
         )
         audit = session.client(clients.audit, "audit").stub
         erased = await audit.Erase(
-            audit_service_pb2.EraseRequest(user_id=args.user, reason=args.reason), metadata=token
+            audit_service_pb2.EraseRequest(user_id=args.user, reason=args.reason),
+            metadata=await session.token_metadata(),
         )
     counts = {
         "user_id": args.user,

@@ -28,6 +28,15 @@ def owner_database(database_url: str) -> Iterator[tuple[str, str]]:
     with admin.connect() as connection:
         connection.execute(text(f"CREATE ROLE {owner} NOLOGIN CREATEROLE"))
         connection.execute(text(f"CREATE DATABASE {name}"))
+        # Roles are cluster-wide: an earlier test's migration, run as the superuser, may have created the jobs
+        # role already. A deployment's owner created it itself and so holds its ADMIN option; so does this one.
+        connection.execute(
+            text(
+                "DO $$ BEGIN CREATE ROLE parapet_gateway_jobs NOLOGIN;"
+                " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
+        )
+        connection.execute(text(f"GRANT parapet_gateway_jobs TO {owner} WITH ADMIN OPTION"))
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     with create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT").connect() as connection:
         connection.execute(text(f"CREATE SCHEMA gateway AUTHORIZATION {owner}"))
