@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,9 +22,13 @@ def base_port() -> int:
 
 
 @pytest.fixture
-def launch_up(tmp_path: Path, base_port: int) -> Iterator[LaunchUp]:
+def launch_up(base_port: int) -> Iterator[LaunchUp]:
     """Start ``parapet up --home <tmp>/home --base-port <free>`` with extra args and environment."""
     launched: list[Launcher] = []
+    # Outside pytest's temporary root, as in support.running_suite: as root, PostgreSQL runs as another
+    # account, and pytest resets its root to 0700 whenever another pytest run starts, which would cut a running
+    # server off from its files (seen when two runs overlapped: initdb "Permission denied").
+    tmp_path = Path(tempfile.mkdtemp(prefix="parapet-up-"))
 
     def launch(*args: str, env: Mapping[str, str] | None = None) -> Launcher:
         home = tmp_path / "home"
@@ -46,3 +52,4 @@ def launch_up(tmp_path: Path, base_port: int) -> Iterator[LaunchUp]:
         if launcher.proc.poll() is None:
             launcher.proc.kill()
             launcher.proc.wait()
+    shutil.rmtree(tmp_path, ignore_errors=True)
