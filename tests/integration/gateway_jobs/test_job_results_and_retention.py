@@ -257,7 +257,9 @@ async def test_a_cancelled_job_deleted_while_its_last_item_runs_leaves_nothing_b
     assert runner.calls == {0: 2, 1: 1}  # item 0 of each job, item 1 of the deleted one (once)
 
 
-async def test_jobs_past_their_expire_time_are_deleted_even_by_a_replica_without_workers(suite: Suite) -> None:
+async def test_jobs_past_their_expire_time_are_deleted_even_by_a_replica_without_workers(
+    suite: Suite,
+) -> None:
     async with suite.gateway(suite.runner()) as jobs:
         expiring = await _finished_job(jobs, suite.key, ["a", "b"])
         kept = await _finished_job(jobs, suite.key, ["c"])
