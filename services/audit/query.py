@@ -52,19 +52,6 @@ def encode_page_token(
     return paging.encode([create_time.astimezone(UTC).isoformat(), sequence], paging.query_key(filter_))
 
 
-def _after(token: str, filter_: audit_service_pb2.InteractionFilter) -> tuple[datetime, int] | None:
-    """The (create_time, sequence) a page starts after, None for the first page."""
-    match paging.decode(token, paging.query_key(filter_)):
-        case None:
-            return None
-        case [str(create_time), int(sequence)]:
-            try:
-                return datetime.fromisoformat(create_time), sequence
-            except ValueError:
-                pass
-    raise paging.invalid_token()
-
-
 def _record(row: Any) -> audit_record_pb2.AuditRecord:
     record = audit_record_pb2.AuditRecord.FromString(bytes(row.metadata))
     record.chain.sequence = int(row.sequence)
@@ -114,7 +101,7 @@ async def query_interactions(
     database: Database, tenant_id: str, request: audit_service_pb2.QueryInteractionsRequest
 ) -> AsyncIterator[audit_service_pb2.QueryInteractionsResponse]:
     page_size = paging.page_size(request.page_size, maximum=MAX_PAGE_SIZE)
-    after = _after(request.page_token, request.filter)
+    after = paging.decode_moment_and_number(request.page_token, paging.query_key(request.filter))
     batch: list[audit_record_pb2.AuditRecord] = []
     sent = 0
     last: Any = None

@@ -1,11 +1,15 @@
-"""Checks of a chat request before anything runs: every problem at once, as BadRequest field violations."""
+"""Checks of a chat request before anything runs: every problem at once, as BadRequest field violations.
+
+Enum numbers the contract does not declare never get here: the kit refuses them in every request, nested ones
+included (``parapet.kit.inbound``), so the items of a job were checked at SubmitJob too.
+"""
 
 from __future__ import annotations
 
 import re
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
-from parapet.inference.v1 import cache_pb2, message_pb2
+from parapet.inference.v1 import message_pb2
 from parapet.kit.errors import InvalidArgument
 from services.inference.validation import generation_violations, message_violations
 
@@ -41,8 +45,6 @@ def _messages(request: Request, violations: list[tuple[str, str]]) -> None:
 
 
 def _retrieval(options: chat_pb2.RetrievalOptions, violations: list[tuple[str, str]]) -> None:
-    if options.mode not in chat_pb2.RetrievalMode.values():
-        violations.append(("retrieval.mode", "unknown mode"))
     if not 0 <= options.top_k <= MAX_TOP_K:
         violations.append(("retrieval.top_k", f"must be in [0, {MAX_TOP_K}]"))
     if not 0 <= options.min_score <= 1:
@@ -77,7 +79,5 @@ def validate(request: Request) -> None:
             )
     _retrieval(request.retrieval, violations)
     violations.extend(generation_violations(request.generation))
-    if request.cache_mode not in cache_pb2.CacheMode.values():
-        violations.append(("cache_mode", "unknown cache mode"))
     if violations:
         raise InvalidArgument("the chat request is invalid", field_violations=violations)

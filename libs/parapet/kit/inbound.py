@@ -76,8 +76,8 @@ def _walk(field: FieldDescriptor) -> _Walk:
     return walk
 
 
-def _undeclared(enum: EnumDescriptor | None, number: int) -> bool:
-    return enum is not None and number not in enum.values_by_number
+def _undeclared(enum: EnumDescriptor, number: int) -> bool:
+    return number not in enum.values_by_number
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -29,6 +30,7 @@ MAX_TOKEN_LENGTH = 1024
 MAX_NUMBER_POSITION = 2**31 - 1
 
 Position = list[str | int]
+T = TypeVar("T")
 
 
 def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
@@ -116,11 +118,30 @@ def decode_moment_and_id(token: str, query: str) -> tuple[datetime, uuid.UUID] |
         case None:
             return None
         case [str(moment), str(identifier)]:
-            try:
-                return datetime.fromisoformat(moment), uuid.UUID(identifier)
-            except ValueError:
-                pass
+            return _moment(moment), _checked(uuid.UUID, identifier)
     raise invalid_token()
+
+
+def decode_moment_and_number(token: str, query: str) -> tuple[datetime, int] | None:
+    """The position of a token of a page sorted by (time, a number such as a sequence), as
+    ``encode([t.isoformat(), n], …)`` wrote it; None for an empty token; PAGE_TOKEN_INVALID otherwise."""
+    match decode(token, query):
+        case None:
+            return None
+        case [str(moment), int(number)] if 0 <= number < 2**63:
+            return _moment(moment), number
+    raise invalid_token()
+
+
+def _moment(text: str) -> datetime:
+    return _checked(datetime.fromisoformat, text)
+
+
+def _checked(parse: Callable[[str], T], text: str) -> T:
+    try:
+        return parse(text)
+    except ValueError:
+        raise invalid_token() from None
 
 
 def invalid_token() -> InvalidArgument:

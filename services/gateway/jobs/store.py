@@ -124,6 +124,10 @@ class JobStore:
     def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
         return role_transaction(self.database, JOBS_ROLE, tenant_id=tenant_id, what="jobs database")
 
+    def _sweeping(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A transaction of the sweeper's scope: every tenant's job ids, and deleting expired jobs."""
+        return role_transaction(self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database")
+
     @staticmethod
     async def _notify(session: AsyncSession, job_id: str) -> None:
         await session.execute(text("SELECT pg_notify(:c, :j)"), {"c": NOTIFY_CHANNEL, "j": job_id})
@@ -452,9 +456,7 @@ class JobStore:
     async def to_requeue(self, stale_after_seconds: float, limit: int = 100) -> list[tuple[str, str, str]]:
         """(tenant, job id, message id) of unfinished jobs the queue may not hold: never acknowledged by
         JetStream, or running under a lease expired long ago (their message lost with a stream)."""
-        async with role_transaction(
-            self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database"
-        ) as session:
+        async with self._sweeping() as session:
             rows = await session.execute(
                 text(
                     "SELECT tenant_id, job_id::text, attempts FROM jobs"
@@ -472,9 +474,7 @@ class JobStore:
         """Delete up to ``limit`` jobs past their expire_time, with their results; the number deleted. (Replicas
         sweeping at once may wait on each other's rows, then find them gone: row-level security lets the sweep
         scope delete expired jobs but not lock rows, which SKIP LOCKED would need.)"""
-        async with role_transaction(
-            self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database"
-        ) as session:
+        async with self._sweeping() as session:
             deleted = await session.execute(
                 text(
                     "DELETE FROM jobs WHERE (tenant_id, job_id) IN (SELECT tenant_id, job_id FROM jobs"

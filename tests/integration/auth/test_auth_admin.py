@@ -31,9 +31,8 @@ async def _policy(auth: Auth, tenant: str, version: int = 0) -> tenant_policy_pb
 
 
 async def _error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None]:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call
-    return raised.value.code(), error_details(raised.value).reason
+    code, reason, _fields = await refusal(call)
+    return code, reason
 
 
 async def test_concurrent_policy_edits_one_wins_the_other_aborts(auth: Auth) -> None:

@@ -13,6 +13,7 @@ import pytest
 from parapet.auth.v1 import tenant_admin_service_pb2
 from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.kit.errors import error_details
+from parapet.kit.testing import refusal
 from tests.integration.gateway_jobs.conftest import (
     TERMINAL,
     Suite,
@@ -32,14 +33,6 @@ async def _full_job(jobs: job_service_pb2_grpc.JobServiceStub, key: str, job_id:
     request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL)
     response: job_service_pb2.GetJobResponse = await jobs.GetJob(request, metadata=bearer(key))
     return response.job
-
-
-async def _error(call: object) -> tuple[grpc.StatusCode, str | None, list[str]]:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call  # type: ignore[misc]
-    details = error_details(raised.value)
-    fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
-    return details.code, details.reason, fields
 
 
 async def test_a_job_runs_every_item_for_its_submitter_and_watch_shows_progress(suite: Suite) -> None:
@@ -86,32 +79,32 @@ async def test_submission_is_idempotent_and_bad_jobs_are_refused(suite: Suite) -
         first = await jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(suite.key))
         again = await jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(suite.key))
         assert again.job.job_id == first.job.job_id
-        code, reason, _ = await _error(
+        code, reason, _ = await refusal(
             jobs.SubmitJob(batch_request(key, ["a", "c"]), metadata=bearer(suite.key))
         )
         assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
         # Another user of the tenant picking the same key does not get alice's job.
         _bob_id, bob = await suite.new_member("bob")
-        code, reason, _ = await _error(jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(bob)))
+        code, reason, _ = await refusal(jobs.SubmitJob(batch_request(key, ["a", "b"]), metadata=bearer(bob)))
         assert reason == "IDEMPOTENCY_KEY_REUSED"
 
         too_many = batch_request(_key(), ["x"] * 10_001)
-        code, reason, fields = await _error(jobs.SubmitJob(too_many, metadata=bearer(suite.key)))
+        code, reason, fields = await refusal(jobs.SubmitJob(too_many, metadata=bearer(suite.key)))
         assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["chat_batch.requests"])
         labels = {f"k{i}": "v" for i in range(17)}
-        code, _, fields = await _error(
+        code, _, fields = await refusal(
             jobs.SubmitJob(batch_request(_key(), ["x"], **labels), metadata=bearer(suite.key))
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in fields
-        code, _, fields = await _error(
+        code, _, fields = await refusal(
             jobs.SubmitJob(job_service_pb2.SubmitJobRequest(idempotency_key=""), metadata=bearer(suite.key))
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and set(fields) == {"idempotency_key", "chat_batch"}
-        code, reason, _ = await _error(jobs.SubmitJob(batch_request(_key(), ["x"])))
+        code, reason, _ = await refusal(jobs.SubmitJob(batch_request(_key(), ["x"])))
         assert code == grpc.StatusCode.UNAUTHENTICATED
         # A user whose roles do not grant chat cannot submit.
         _id, reader = await suite.new_member("reader", roles=())
-        code, reason, _ = await _error(jobs.SubmitJob(batch_request(_key(), ["x"]), metadata=bearer(reader)))
+        code, reason, _ = await refusal(jobs.SubmitJob(batch_request(_key(), ["x"]), metadata=bearer(reader)))
         assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
 
 
@@ -131,7 +124,7 @@ async def test_only_the_submitter_and_tenant_admins_see_a_job(suite: Suite) -> N
                 jobs.GetJob(get, metadata=bearer(stranger)),
                 jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(stranger)),
             ):
-                code, _, _ = await _error(call)
+                code, _, _ = await refusal(call)
                 assert code == grpc.StatusCode.NOT_FOUND
             stream = jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), metadata=bearer(stranger))
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -139,7 +132,7 @@ async def test_only_the_submitter_and_tenant_admins_see_a_job(suite: Suite) -> N
                     pass
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND
         assert (await jobs.GetJob(get, metadata=bearer(admin))).job.job_id == job_id
-        code, _, _ = await _error(
+        code, _, _ = await refusal(
             jobs.GetJob(job_service_pb2.GetJobRequest(job_id="nope"), metadata=bearer(suite.key))
         )
         assert code == grpc.StatusCode.NOT_FOUND
@@ -356,7 +349,7 @@ async def test_each_hostile_field_of_a_job_request_gets_a_typed_answer(suite: Su
             for what, request in hostile_requests(request_type, request_type(job_id=job_id)):
                 await check(f"{name} {what}", method(request, metadata=bearer(suite.key), timeout=3))
         # An undeclared view is refused, not read as the basic one (never a silent default).
-        code, _, fields = await _error(
+        code, _, fields = await refusal(
             jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id, view=999), metadata=bearer(suite.key))  # type: ignore[arg-type]
         )
         assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["view"])

@@ -87,7 +87,6 @@ def test_a_plain_request_and_one_at_every_limit_pass() -> None:
         ({"metadata": {"": "v"}}, "metadata[]"),
         ({"metadata": {"k" * 65: "v"}}, f"metadata[{'k' * 64}]"),
         ({"metadata": {"k": "v" * (validation.MAX_METADATA_VALUE + 1)}}, "metadata[k]"),
-        ({"retrieval": chat_pb2.RetrievalOptions(mode=99)}, "retrieval.mode"),  # type: ignore[arg-type]
         ({"retrieval": chat_pb2.RetrievalOptions(top_k=-1)}, "retrieval.top_k"),
         ({"retrieval": chat_pb2.RetrievalOptions(top_k=validation.MAX_TOP_K + 1)}, "retrieval.top_k"),
         ({"retrieval": chat_pb2.RetrievalOptions(min_score=-0.1)}, "retrieval.min_score"),
@@ -104,7 +103,6 @@ def test_a_plain_request_and_one_at_every_limit_pass() -> None:
         ({"generation": generation_pb2.GenerationConfig(temperature=2.5)}, "generation.temperature"),
         ({"generation": generation_pb2.GenerationConfig(top_p=0)}, "generation.top_p"),
         ({"generation": generation_pb2.GenerationConfig(stop=["a"] * 5)}, "generation.stop"),
-        ({"cache_mode": 4}, "cache_mode"),
     ],
 )
 def test_each_rule_names_its_field(fields: dict[str, Any], field: str) -> None:
