@@ -94,6 +94,17 @@ def test_text_and_moment_and_id_positions() -> None:
     ):
         assert _refused(lambda bad=bad: paging.decode_moment_and_id(bad, query))[0] == "PAGE_TOKEN_INVALID"
     assert _refused(lambda: paging.decode_text(token, query))[0] == "PAGE_TOKEN_INVALID"
+    sequence_token = paging.encode([moment.isoformat(), 42], query)
+    assert paging.decode_moment_and_number(sequence_token, query) == (moment, 42)
+    assert paging.decode_moment_and_number("", query) is None
+    for bad in (
+        token,
+        paging.encode([moment.isoformat(), -1], query),
+        paging.encode([moment.isoformat(), 2**63], query),
+    ):
+        assert (
+            _refused(lambda bad=bad: paging.decode_moment_and_number(bad, query))[0] == "PAGE_TOKEN_INVALID"
+        )
 
 
 def test_crafted_tokens_are_refused_not_crashed_on() -> None:
