@@ -106,7 +106,8 @@ async def test_b_sees_at_most_the_time_a_had_left(hops: Hops, keys: TestKeys) ->
 
 async def test_explicit_shorter_timeout_wins(hops: Hops, keys: TestKeys) -> None:
     observed = await call_a(hops, keys, a_timeout=2.0, b_timeout="0.5")
-    assert isinstance(observed["remaining"], float) and 0 < observed["remaining"] <= 0.5
+    # grpc-timeout's wire encoding may round the 0.5 s up by a fraction of a millisecond (seen: 0.500008 s).
+    assert isinstance(observed["remaining"], float) and 0 < observed["remaining"] <= 0.5 + 0.01
 
 
 async def test_without_incoming_deadline_the_default_timeout_applies(hops: Hops, keys: TestKeys) -> None:
