@@ -37,7 +37,7 @@ async def register(server: grpc.aio.Server, resources: Resources[AuditSettings])
     signer = load_signer(settings.audit_checkpoint_key_file)
     defaults = body_defaults(settings)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(database, signer, defaults), server
+        AuditServicer(database, resources.require_bus(), signer, defaults), server
     )
     consumer = AuditConsumer(
         database,

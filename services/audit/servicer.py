@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc.aio
+import nats.errors
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc
 from parapet.kit import metrics
+from parapet.kit.bus import Bus
 from parapet.kit.context import current_request_id
 from parapet.kit.database import Database
-from parapet.kit.errors import AlreadyExists, InvalidArgument
+from parapet.kit.errors import AlreadyExists, InvalidArgument, Unavailable
 from services.audit.access import AUDIT_ERASE, AUDIT_READ, AUDIT_WRITE, require_audit_permission
 from services.audit.canonical import prepare
 from services.audit.consumer import BodyDefaults
 from services.audit.query import export_interactions, query_interactions
+from services.audit.rejected import delete_user_rejected
 from services.audit.retention import erase_user_bodies
 from services.audit.scope import tenant_scope
 from services.audit.signing import CheckpointSigner
 from services.audit.store import append, append_in
 from services.audit.verify import verify_chain
 
+log = logging.getLogger(__name__)
+
 ERASE_METHOD = "/parapet.audit.v1.AuditService/Erase"
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
-    def __init__(self, database: Database, signer: CheckpointSigner, defaults: BodyDefaults) -> None:
+    def __init__(
+        self, database: Database, bus: Bus, signer: CheckpointSigner, defaults: BodyDefaults
+    ) -> None:
         self._database = database
+        self._bus = bus
         self._signer = signer
         self._defaults = defaults
 
@@ -98,6 +107,22 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         principal = require_audit_permission(AUDIT_ERASE)
         if not request.user_id:
             raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
+        # The set-aside copies go first: when NATS fails the call fails before anything is recorded as erased,
+        # and a retry finishes the job (both steps find nothing left to do the second time).
+        try:
+            rejected = await delete_user_rejected(self._bus, principal.tenant_id, request.user_id)
+        except (nats.errors.Error, OSError) as error:
+            log.warning("Erase could not reach the set-aside records", exc_info=True)
+            raise Unavailable(
+                "the audit records set aside as unstorable could not be reached; retry shortly",
+                retry_after=1.0,
+            ) from error
+        if rejected:
+            # Logged as well as recorded below: if the transaction fails, these deletions stand all the same.
+            log.info(
+                "set-aside audit records of a user deleted",
+                extra={"tenant_id": principal.tenant_id, "deleted": rejected},
+            )
         async with tenant_scope(self._database, principal.tenant_id) as session:
             erased = await erase_user_bodies(session, request.user_id)
             # The erasure joins the chain in the same transaction: who erased whose bodies, and why.
@@ -107,11 +132,15 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                     actor=principal.to_proto(),
                     method=ERASE_METHOD,
                     target=request.user_id,
-                    attributes={"reason": request.reason, "erased_count": str(erased)},
+                    attributes={
+                        "reason": request.reason,
+                        "erased_count": str(erased),
+                        "rejected_deleted_count": str(rejected),
+                    },
                     request_id=current_request_id() or "",
                 ),
             )
             action.create_time.GetCurrentTime()
             await append_in(session, principal.tenant_id, [prepare(action, principal.tenant_id)])
         metrics.record_audit("rpc", "appended")
-        return audit_service_pb2.EraseResponse(erased_count=erased)
+        return audit_service_pb2.EraseResponse(erased_count=erased, rejected_deleted_count=rejected)

@@ -199,6 +199,11 @@ class ChatFlow:
         resources.cleanup.push_async_callback(flow.drain)
         return flow
 
+    async def delete_replays(self, tenant_id: str, user_id: str) -> int:
+        """Delete the stored answers of ``user_id``'s idempotent chats; returns how many. A chat of theirs still
+        running loses its row too: its answer, stored by an UPDATE of that row, then lands nowhere."""
+        return await self._idempotency.delete_user(tenant_id, user_id)
+
     @property
     def deliveries(self) -> Deliveries:
         return self._deliveries
@@ -229,6 +234,7 @@ class ChatFlow:
             remaining = remaining_time()
             replay = await self._idempotency.claim(
                 caller.tenant_id,
+                caller.principal.subject,
                 key,
                 request_hash(request),
                 request_id,
@@ -602,9 +608,17 @@ class ChatFlow:
                     generation_pb2.FINISH_REASON_ERROR,
                     generation_pb2.FINISH_REASON_CANCELLED,
                 ):
-                    await self._idempotency.complete(outcome.caller.tenant_id, key, run.request_id, events)
+                    await self._idempotency.complete(
+                        outcome.caller.tenant_id,
+                        outcome.caller.principal.subject,
+                        key,
+                        run.request_id,
+                        events,
+                    )
                 else:
-                    await self._idempotency.abandon(outcome.caller.tenant_id, key, run.request_id)
+                    await self._idempotency.abandon(
+                        outcome.caller.tenant_id, outcome.caller.principal.subject, key, run.request_id
+                    )
             produced = not outcome.speculation_unanswered and (
                 outcome.summary is not None
                 or bool(outcome.response_received)

@@ -1,9 +1,10 @@
 """Idempotency keys of chat requests: the first call runs, a repeat within the window replays its answer.
 
-The key is per tenant. A row is inserted 'running' before the flow starts (one statement: of two concurrent
-calls exactly one inserts), turned 'done' with the answer's events once the summary is out, and deleted
-when the call fails, so a retry of a failed call runs again instead of replaying an error. A 'running' row
-whose process died is taken over once its lease (the flow's longest run) has passed.
+The key is each user's own (tenant, subject, key): an answer is replayed only to the caller who asked, never
+to another user of the tenant who may read other documents. A row is inserted 'running' before the flow starts
+(one statement: of two concurrent calls exactly one inserts), turned 'done' with the answer's events once the
+summary is out, and deleted when the call fails, so a retry of a failed call runs again instead of replaying an
+error. A 'running' row whose process died is taken over once its lease (the flow's longest run) has passed.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ class Replay:
 
 _CLAIM = text(
     """
-    INSERT INTO idempotency AS i (tenant_id, idempotency_key, request_sha256, request_id, state,
+    INSERT INTO idempotency AS i (tenant_id, user_id, idempotency_key, request_sha256, request_id, state,
                                   lease_expire_time, expire_time)
-    VALUES (:tenant, :key, :hash, :request_id, 'running', now() + :lease, now() + :ttl)
-    ON CONFLICT (tenant_id, idempotency_key) DO UPDATE
+    VALUES (:tenant, :user, :key, :hash, :request_id, 'running', now() + :lease, now() + :ttl)
+    ON CONFLICT (tenant_id, user_id, idempotency_key) DO UPDATE
         SET request_sha256 = excluded.request_sha256, request_id = excluded.request_id, state = 'running',
             events = NULL, create_time = now(), lease_expire_time = excluded.lease_expire_time,
             expire_time = excluded.expire_time
@@ -62,8 +63,10 @@ _CLAIM = text(
     """
 )
 _EXISTING = text(
-    "SELECT request_sha256, state, events FROM idempotency WHERE tenant_id = :tenant AND idempotency_key = :key"
+    "SELECT request_sha256, state, events FROM idempotency"
+    " WHERE tenant_id = :tenant AND user_id = :user AND idempotency_key = :key"
 )
+_ONE = "tenant_id = :tenant AND user_id = :user AND idempotency_key = :key AND request_id = :request_id"
 
 
 class IdempotencyStore:
@@ -72,11 +75,11 @@ class IdempotencyStore:
         self._ttl = timedelta(seconds=ttl_seconds)
 
     async def claim(
-        self, tenant_id: str, key: str, digest: bytes, request_id: str, *, lease_seconds: float
+        self, tenant_id: str, user_id: str, key: str, digest: bytes, request_id: str, *, lease_seconds: float
     ) -> Replay | None:
         """None: this call owns the key and runs. A Replay: the first call's answer. Raises while the first
         call runs (ABORTED REQUEST_IN_PROGRESS) or when the key was used for another request."""
-        params = {"tenant": tenant_id, "key": key, "hash": digest, "request_id": request_id}
+        params = {"tenant": tenant_id, "user": user_id, "key": key, "hash": digest, "request_id": request_id}
         async with self._database.transaction() as session:
             claimed = await session.execute(
                 _CLAIM, {**params, "lease": timedelta(seconds=lease_seconds), "ttl": self._ttl}
@@ -99,16 +102,22 @@ class IdempotencyStore:
         return Replay(tuple(unpack(bytes(row[2] or b""))))
 
     async def complete(
-        self, tenant_id: str, key: str, request_id: str, events: Iterable[chat_service_pb2.StreamChatResponse]
+        self,
+        tenant_id: str,
+        user_id: str,
+        key: str,
+        request_id: str,
+        events: Iterable[chat_service_pb2.StreamChatResponse],
     ) -> None:
         async with self._database.transaction() as session:
             await session.execute(
                 text(
                     "UPDATE idempotency SET state = 'done', events = :events, expire_time = now() + :ttl "
-                    "WHERE tenant_id = :tenant AND idempotency_key = :key AND request_id = :request_id"
+                    f"WHERE {_ONE}"
                 ),
                 {
                     "tenant": tenant_id,
+                    "user": user_id,
                     "key": key,
                     "request_id": request_id,
                     "events": pack(events),
@@ -116,15 +125,22 @@ class IdempotencyStore:
                 },
             )
 
-    async def abandon(self, tenant_id: str, key: str, request_id: str) -> None:
+    async def abandon(self, tenant_id: str, user_id: str, key: str, request_id: str) -> None:
         async with self._database.transaction() as session:
             await session.execute(
-                text(
-                    "DELETE FROM idempotency "
-                    "WHERE tenant_id = :tenant AND idempotency_key = :key AND request_id = :request_id"
-                ),
-                {"tenant": tenant_id, "key": key, "request_id": request_id},
+                text(f"DELETE FROM idempotency WHERE {_ONE}"),
+                {"tenant": tenant_id, "user": user_id, "key": key, "request_id": request_id},
             )
+
+    async def delete_user(self, tenant_id: str, user_id: str) -> int:
+        """Delete every record of ``user_id`` (a user's erasure); returns how many. A chat of theirs still
+        running then stores no answer (complete() finds no row), and a retry runs again."""
+        async with self._database.transaction() as session:
+            result = await session.execute(
+                text("DELETE FROM idempotency WHERE tenant_id = :tenant AND user_id = :user"),
+                {"tenant": tenant_id, "user": user_id},
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def prune(self) -> int:
         async with self._database.transaction() as session:

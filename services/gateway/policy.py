@@ -86,6 +86,24 @@ class TenantPolicies:
                 metadata={"model": model, "feature": feature},
             )
 
+    async def require_admin(self, caller: Caller, why: str) -> None:
+        """Raise PERMISSION_DENIED with auth's reason unless the caller holds PERMISSION_ADMIN. Not cached:
+        administrative calls are rare, and a revoked admin must not keep the power for a cache's lifetime."""
+        try:
+            reply = await self._peers.auth.stub.Authorize(
+                auth_service_pb2.AuthorizeRequest(permission=permission_pb2.PERMISSION_ADMIN),
+                metadata=caller.auth_metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise relayed(error) from None
+        if not reply.allowed:
+            raise PermissionDenied(
+                f"{why} needs the admin permission ({reply.reason})",
+                reason=reply.reason,
+                metadata={"permission": "admin"},
+            )
+
     def invalidate_tenant(self, tenant_id: str) -> None:
         self._policies.invalidate_tenant(tenant_id)
         self._decisions.invalidate_tenant(tenant_id)

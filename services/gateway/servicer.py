@@ -1,4 +1,5 @@
-"""ChatService: the caller's credential to a Caller, then the flow; the time Parapet added in the trailers."""
+"""ChatService: the caller's credential to a Caller, then the flow; the time Parapet added in the trailers.
+DeleteReplays erases a user's stored idempotent answers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import grpc.aio
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
 from parapet.kit.context import current_request_id, current_rpc
+from parapet.kit.errors import InvalidArgument
 from services.gateway.caller import Caller
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator, bearer
@@ -57,3 +59,14 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         response = await self._flow.complete(caller, request, request_id=request_id)
         context.set_trailing_metadata(_overhead(response.summary))
         return response
+
+    async def DeleteReplays(
+        self, request: chat_service_pb2.DeleteReplaysRequest, context: grpc.aio.ServicerContext
+    ) -> chat_service_pb2.DeleteReplaysResponse:
+        caller = await self.caller(context)
+        if not request.user_id:
+            raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
+        if request.user_id != caller.principal.subject:
+            await self._flow.policies.require_admin(caller, "deleting another user's stored answers")
+        deleted = await self._flow.delete_replays(caller.tenant_id, request.user_id)
+        return chat_service_pb2.DeleteReplaysResponse(deleted_count=deleted)

@@ -263,7 +263,9 @@ class Engine:
             outcome=cache_pb2.CACHE_OUTCOME_MISS if key is not None else cache_pb2.CACHE_OUTCOME_BYPASSED
         )
         if key is not None and finish == generation_pb2.FINISH_REASON_STOP:
-            self._store_later(key, question, "".join(state.text), finish, answered, context)
+            self._store_later(
+                key, question, "".join(state.text), finish, answered, context, principal.subject
+            )
         yield Response(summary=self._summary(state, finish, answered, outcome))
 
     def _generation(self, request: Request, policy_cap: int) -> dict[str, object]:
@@ -308,6 +310,7 @@ class Engine:
         finish: int,
         model: ModelConfig,
         context: list[ContextDocument],
+        user_id: str,
     ) -> None:
         """Write the entry after the summary went out: the caller never waits for the embedding or the insert."""
         cache = self.cache
@@ -316,13 +319,22 @@ class Engine:
 
         async def store() -> None:
             try:
-                await cache.store(key, question, answer, finish, model.name, model.provider, documents)
+                await cache.store(
+                    key, question, answer, finish, model.name, model.provider, documents, user_id
+                )
             except Exception:
                 log.warning("semantic cache store failed", exc_info=True)
 
         task = asyncio.create_task(store())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def settle_writes(self, within: float) -> None:
+        """Wait up to ``within`` seconds for the cache writes pending now (not for those started meanwhile,
+        which on a busy replica never run out)."""
+        pending = list(self._background)
+        if pending:
+            await asyncio.wait(pending, timeout=within)
 
     async def drain(self) -> None:
         """Wait for pending cache writes (shutdown, tests)."""

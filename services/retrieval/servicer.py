@@ -10,22 +10,16 @@ import grpc
 from parapet.kit import paging
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
-from parapet.kit.errors import InvalidArgument, PermissionDenied
+from parapet.kit.errors import InvalidArgument
 from parapet.kit.identity import Principal
+from parapet.kit.permissions import ADMIN, require_permission
 from parapet.kit.timeouts import within
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
 from services.retrieval.deletion import Deleter
 from services.retrieval.ingest import Ingestor, Prepared, Progress
-from services.retrieval.permissions import (
-    ADMIN,
-    DOCUMENTS_DELETE,
-    DOCUMENTS_READ,
-    INGEST,
-    has_permission,
-    require_permission,
-)
+from services.retrieval.permissions import DOCUMENTS_DELETE, DOCUMENTS_READ, INGEST
 from services.retrieval.scope import tenant_scope
 from services.retrieval.search import Searcher, SearchRequest
 
@@ -189,20 +183,11 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         principal = self._caller(DOCUMENTS_DELETE)
         scope = request.WhichOneof("scope")
         if scope == "user_id" and request.user_id:
-            if request.user_id != principal.subject and not has_permission(principal, ADMIN):
-                raise PermissionDenied(
-                    "erasing another user's documents needs the 'admin' permission",
-                    reason="PERMISSION_MISSING",
-                    metadata={"permission": ADMIN},
-                )
+            if request.user_id != principal.subject:
+                require_permission(principal, ADMIN, "erasing another user's documents")
             owner: str | None = request.user_id
         elif scope == "all_documents" and request.all_documents:
-            if not has_permission(principal, ADMIN):
-                raise PermissionDenied(
-                    "erasing every document of the tenant needs the 'admin' permission",
-                    reason="PERMISSION_MISSING",
-                    metadata={"permission": ADMIN},
-                )
+            require_permission(principal, ADMIN, "erasing every document of the tenant")
             owner = None
         else:
             raise InvalidArgument(

@@ -271,7 +271,9 @@ def test_jobs_submit_wait_list_results_and_delete(suite: Launcher, tmp_path: Pat
     assert refused.returncode == 2 and "holds no question" in refused.stderr
 
 
-def test_erase_removes_a_user_s_jobs_documents_and_audited_bodies(suite: Launcher, tmp_path: Path) -> None:
+def test_erase_removes_a_user_s_jobs_answers_documents_and_audited_bodies(
+    suite: Launcher, tmp_path: Path
+) -> None:
     created = parapet(suite, "keys", "create", "--user", "erin", "--role", "admin", "--json")
     assert created.returncode == 0, created.stderr
     erin = json.loads(created.stdout)["secret"]
@@ -289,14 +291,37 @@ def test_erase_removes_a_user_s_jobs_documents_and_audited_bodies(suite: Launche
 
     unconfirmed = parapet(suite, "erase", "erin", "--reason", "ticket-7")
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    # A caller without admin erases nothing: a `member` role that may only chat, and a key of it.
+    policy = json.loads(parapet(suite, "policy", "show", "--json").stdout)  # its version: the one it edits
+    policy["roles"].append({"role": "member", "permissions": ["PERMISSION_CHAT"]})
+    policy_file = tmp_path / "with-member.json"
+    policy_file.write_text(json.dumps(policy))
+    assert parapet(suite, "policy", "set", "--file", str(policy_file)).returncode == 0
+    member = parapet(suite, "keys", "create", "--user", "finn", "--role", "member", "--json")
+    assert member.returncode == 0, member.stderr
+    finn = json.loads(member.stdout)["secret"]
+    refused = parapet(suite, "erase", "erin", "--reason", "ticket-7", "--yes", api_key=finn)
+    assert refused.returncode == 1 and "admin" in refused.stderr and "nothing was erased" in refused.stderr
+
     erased = parapet(suite, "erase", "erin", "--reason", "ticket-7", "--yes", "--json")
     assert erased.returncode == 0, erased.stderr
     counts = json.loads(erased.stdout)
+    # Everything was still there for the admin's run: finn's attempt changed nothing.
     assert counts["jobs_deleted"] == 1 and counts["documents_deleted"] == 1
     assert counts["audit_records_erased"] >= 2
+    # Her chat's and her job's questions were answered by the model, and their answers cached as hers.
+    assert counts["cached_answers_deleted"] >= 1
     assert "(no jobs)" in parapet(suite, "jobs", "list", "--user", "erin").stdout
     again = json.loads(parapet(suite, "erase", "erin", "--reason", "ticket-7", "--yes", "--json").stdout)
-    assert (again["jobs_deleted"], again["documents_deleted"], again["audit_records_erased"]) == (0, 0, 0)
+    assert {name: count for name, count in again.items() if name != "user_id"} == {
+        "jobs_cancelled": 0,
+        "jobs_deleted": 0,
+        "stored_answers_deleted": 0,
+        "cached_answers_deleted": 0,
+        "documents_deleted": 0,
+        "audit_records_erased": 0,
+        "set_aside_audit_records_deleted": 0,
+    }
     verified = parapet(suite, "audit", "verify")  # metadata and hashes stay: the chain still verifies
     assert verified.returncode == 0 and "intact" in verified.stdout
 

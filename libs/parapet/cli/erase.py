@@ -2,13 +2,13 @@
 
 First the caller's `admin` permission is checked, so that nothing is erased halfway. Then, in order: the user's
 jobs (unfinished ones cancelled, then every one deleted with its prompts and answers: gateway ``JobService``),
-their documents (retrieval ``DeleteDocuments``, which also drops semantic-cache answers grounded in them), then
-the bodies of their audit records (audit ``Erase``: metadata and hashes stay, so the chain still verifies; the
-erasure itself is recorded). Audit goes last so that what the earlier steps set off is erased too.
+the stored answers of their idempotent chats (gateway ``DeleteReplays``), the semantic cache's answers to their
+questions (inference ``DeleteCacheEntries``), their documents (retrieval ``DeleteDocuments``, which also drops
+cached answers grounded in them), then their audit records (audit ``Erase``: the bodies go, metadata and hashes
+stay, so the chain still verifies; their records set aside as unstorable are deleted; the erasure itself is
+recorded). Audit goes last so that what the earlier steps set off is erased too.
 
-Copies it does not reach, each short-lived (docs/cli.md): the semantic cache's answers to the user's own
-questions (kept per tenant and access scope, not per user: until the cache's TTL, an hour by default), the
-gateway's replay record of an idempotent chat (24 hours), and an audit record set aside as unstorable (30 days).
+Every step is idempotent, so a run that fails part way (a service down) is finished by running it again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from parapet.audit.v1 import audit_service_pb2
 from parapet.auth.v1 import auth_service_pb2, permission_pb2
 from parapet.cli import connect, failures
 from parapet.cli.printing import print_json
-from parapet.gateway.v1 import job_pb2, job_service_pb2
+from parapet.gateway.v1 import chat_service_pb2, job_pb2, job_service_pb2
+from parapet.inference.v1 import inference_service_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2
 
 _UNFINISHED = (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
@@ -29,11 +30,12 @@ _UNFINISHED = (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "erase",
-        help="erase a user's jobs, documents and audited prompts and answers (right to erasure)",
-        description="Deletes USER's jobs and their results, USER's documents (and cached answers grounded in "
-        "them), and drops the prompt and answer bodies of USER's audit records, in the credential's tenant. "
-        "Cannot be undone. Needs `admin`. Usage records (tokens, cost) stay: billing needs them and they "
-        "hold no content.",
+        help="erase a user's jobs, stored and cached answers, documents and audited prompts and answers "
+        "(right to erasure)",
+        description="Deletes USER's jobs and their results, the stored answers of USER's idempotent chats, the "
+        "cached answers to USER's questions, USER's documents (and cached answers grounded in them), and drops "
+        "the prompt and answer bodies of USER's audit records, in the credential's tenant. Cannot be undone. "
+        "Needs `admin`. Usage records (tokens, cost) stay: billing needs them and they hold no content.",
     )
     parser.add_argument("user", metavar="USER", help="the user id (the subject their chats ran as)")
     parser.add_argument(
@@ -74,8 +76,17 @@ async def _erase(args: argparse.Namespace) -> int:
                 removal = job_service_pb2.DeleteJobRequest(job_id=job.job_id, allow_missing=True)
                 deleted_jobs += (await jobs.DeleteJob(removal, metadata=key)).deleted
 
-        retrieval = session.client(clients.retrieval, "retrieval").stub
+        chat = session.client(clients.chat, "gateway").stub
+        replays = await chat.DeleteReplays(
+            chat_service_pb2.DeleteReplaysRequest(user_id=args.user), metadata=key
+        )
+        inference = session.client(clients.inference, "inference").stub
         # The session renews its short-lived internal token when needed: deleting many jobs may take a while.
+        cached = await inference.DeleteCacheEntries(
+            inference_service_pb2.DeleteCacheEntriesRequest(user_id=args.user),
+            metadata=await session.token_metadata(),
+        )
+        retrieval = session.client(clients.retrieval, "retrieval").stub
         documents = await retrieval.DeleteDocuments(
             retrieval_service_pb2.DeleteDocumentsRequest(user_id=args.user),
             metadata=await session.token_metadata(),
@@ -89,15 +100,20 @@ async def _erase(args: argparse.Namespace) -> int:
         "user_id": args.user,
         "jobs_cancelled": cancelled,
         "jobs_deleted": deleted_jobs,
+        "stored_answers_deleted": replays.deleted_count,
+        "cached_answers_deleted": cached.deleted_count,
         "documents_deleted": documents.deleted_count,
         "audit_records_erased": erased.erased_count,
+        "set_aside_audit_records_deleted": erased.rejected_deleted_count,
     }
     if args.json:
         print_json(counts)
     else:
         print(
             f"erased {args.user}: {deleted_jobs} job(s) deleted ({cancelled} cancelled first), "
-            f"{documents.deleted_count} document(s) deleted, {erased.erased_count} audit record(s) erased",
+            f"{replays.deleted_count} stored and {cached.deleted_count} cached answer(s) deleted, "
+            f"{documents.deleted_count} document(s) deleted, {erased.erased_count} audit record(s) erased "
+            f"and {erased.rejected_deleted_count} set-aside one(s) deleted",
             flush=True,
         )
     if cancelled:

@@ -37,8 +37,8 @@ REJECTED_SUBJECT_PREFIX = SUBJECT_PREFIX + "rejected."
 REJECTED_STREAM = StreamSpec(
     name="AUDIT_REJECTED",
     subjects=(REJECTED_SUBJECT_PREFIX + "*",),
-    # They may hold prompts and answers, which erasure does not reach here: kept as long as the default body
-    # retention, long enough for the alert to be acted on (the operator may change it on the stream).
+    # They may hold prompts and answers (audit's Erase deletes a user's from here): kept as long as the default
+    # body retention, long enough for the alert to be acted on (the operator may change it on the stream).
     max_age_seconds=30 * 86400,
     description="Audit messages the audit service could not store, kept 30 days for an operator",
 )

@@ -55,9 +55,10 @@ _NEAREST = text(
 _INSERT = text(
     """
     INSERT INTO cache_entries (entry_id, tenant_id, scope_key, partition_key, question_hash, question, embedding,
-                               embedding_model, answer, finish_reason, model, provider, document_ids, expire_time)
+                               embedding_model, answer, finish_reason, model, provider, document_ids, user_id,
+                               expire_time)
     VALUES (:id, :tenant, :scope, :partition, :hash, :question, CAST(:vector AS public.vector), :model, :answer,
-            :finish, :answer_model, :provider, :documents, now() + :ttl)
+            :finish, :answer_model, :provider, :documents, :user, now() + :ttl)
     """
 )
 
@@ -112,7 +113,9 @@ class SemanticCache:
         model: str,
         provider: str,
         document_ids: Sequence[str],
+        user_id: str,
     ) -> str:
+        """Keep ``answer`` to ``question``, asked by ``user_id`` (whose erasure deletes the entry)."""
         (vector,) = await self._embedder.embed([question])
         entry_id = str(uuid.uuid4())
         async with self._database.tenant_transaction(key.tenant_id) as session:
@@ -137,6 +140,7 @@ class SemanticCache:
                     "answer_model": model,
                     "provider": provider,
                     "documents": list(document_ids),
+                    "user": user_id,
                     "ttl": self._ttl,
                 },
             )
@@ -148,6 +152,15 @@ class SemanticCache:
             result = await session.execute(
                 text("DELETE FROM cache_entries WHERE tenant_id = :tenant AND document_ids && :ids"),
                 {"tenant": tenant_id, "ids": list(document_ids)},
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def forget_user(self, tenant_id: str, user_id: str) -> int:
+        """Drop every entry of the tenant made from ``user_id``'s questions; returns how many."""
+        async with self._database.tenant_transaction(tenant_id) as session:
+            result = await session.execute(
+                text("DELETE FROM cache_entries WHERE tenant_id = :tenant AND user_id = :user"),
+                {"tenant": tenant_id, "user": user_id},
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +63,19 @@ async def stored(database: Database, tenant: str) -> int:
     return int(value)
 
 
+async def wait_for_count(count: Callable[[], Awaitable[int]], expected: int, within: float = 30.0) -> int:
+    """What ``count()`` says once it reaches ``expected``, or when ``within`` seconds have passed."""
+    deadline = asyncio.get_running_loop().time() + within
+    value = await count()
+    while value < expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        value = await count()
+    return value
+
+
 async def wait_for_stored(database: Database, tenant: str, expected: int, within: float = 30.0) -> int:
     """The count of ``tenant``'s records once it reaches ``expected``, or when ``within`` seconds have passed."""
-    deadline = asyncio.get_running_loop().time() + within
-    count = await stored(database, tenant)
-    while count < expected and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)
-        count = await stored(database, tenant)
-    return count
+    return await wait_for_count(lambda: stored(database, tenant), expected, within)
 
 
 async def remove_consumer(bus: Bus, durable: str) -> None:

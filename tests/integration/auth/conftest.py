@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from parapet.auth.v1 import (
+    api_key_pb2,
     auth_service_pb2_grpc,
     tenant_admin_service_pb2,
     tenant_admin_service_pb2_grpc,
@@ -60,6 +61,43 @@ def auth_settings(database_url: str, nats_url: str, signing_key_file: Path, **ov
 
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+async def create_user(
+    admin: tenant_admin_service_pb2_grpc.TenantAdminServiceStub,
+    operator: Metadata,
+    tenant_id: str,
+    user_id: str,
+    roles: tuple[str, ...] = (),
+    groups: tuple[str, ...] = (),
+) -> None:
+    """A service-account user of ``tenant_id`` through the admin API (its roles must be in the policy)."""
+    await admin.CreateUser(
+        tenant_admin_service_pb2.CreateUserRequest(
+            tenant_id=tenant_id,
+            user=user_pb2.User(
+                user_id=user_id, roles=roles, groups=groups, kind=user_pb2.USER_KIND_SERVICE_ACCOUNT
+            ),
+        ),
+        metadata=operator,
+    )
+
+
+async def create_key(
+    admin: tenant_admin_service_pb2_grpc.TenantAdminServiceStub,
+    operator: Metadata,
+    tenant_id: str,
+    user_id: str,
+    scopes: tuple[str, ...] = (),
+) -> tuple[str, str]:
+    """An API key of ``user_id`` through the admin API: (api_key_id, full key)."""
+    created = await admin.CreateApiKey(
+        tenant_admin_service_pb2.CreateApiKeyRequest(
+            tenant_id=tenant_id, api_key=api_key_pb2.ApiKey(user_id=user_id, scopes=scopes)
+        ),
+        metadata=operator,
+    )
+    return created.api_key.api_key_id, created.secret
 
 
 async def update_policy(
@@ -131,27 +169,11 @@ class Auth:
     async def new_user(
         self, tenant_id: str, user_id: str, roles: tuple[str, ...] = (), groups: tuple[str, ...] = ()
     ) -> None:
-        await self.admin.CreateUser(
-            tenant_admin_service_pb2.CreateUserRequest(
-                tenant_id=tenant_id,
-                user=user_pb2.User(
-                    user_id=user_id, roles=roles, groups=groups, kind=user_pb2.USER_KIND_SERVICE_ACCOUNT
-                ),
-            ),
-            metadata=self.operator,
-        )
+        await create_user(self.admin, self.operator, tenant_id, user_id, roles, groups)
 
     async def new_key(self, tenant_id: str, user_id: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
         """(api_key_id, full key)."""
-        from parapet.auth.v1 import api_key_pb2
-
-        created = await self.admin.CreateApiKey(
-            tenant_admin_service_pb2.CreateApiKeyRequest(
-                tenant_id=tenant_id, api_key=api_key_pb2.ApiKey(user_id=user_id, scopes=scopes)
-            ),
-            metadata=self.operator,
-        )
-        return created.api_key.api_key_id, created.secret
+        return await create_key(self.admin, self.operator, tenant_id, user_id, scopes)
 
 
 def keys_for(signing_key_file: Path) -> TestKeys:

@@ -17,12 +17,10 @@ import pytest
 import pytest_asyncio
 
 from parapet.auth.v1 import (
-    api_key_pb2,
     tenant_admin_service_pb2,
     tenant_admin_service_pb2_grpc,
     tenant_pb2,
     tenant_policy_pb2,
-    user_pb2,
 )
 from parapet.cli.identity import provision
 from parapet.embedded import EmbeddedNats, free_port
@@ -48,7 +46,7 @@ from services.moderation.app import APP as MODERATION
 from services.moderation.settings import ModerationSettings
 from services.retrieval.app import APP as RETRIEVAL
 from services.retrieval.settings import RetrievalSettings
-from tests.integration.auth.conftest import signer_for, update_policy
+from tests.integration.auth.conftest import create_key, create_user, signer_for, update_policy
 
 PLATFORM = "parapet"
 MODULE = pytest.mark.asyncio(loop_scope="module")
@@ -244,24 +242,21 @@ class Suite:
             ),
             metadata=self.operator,
         )
-        await self.admin.CreateUser(
-            tenant_admin_service_pb2.CreateUserRequest(
-                tenant_id=tenant_id,
-                user=user_pb2.User(
-                    user_id="alice", roles=("admin",), groups=groups, kind=user_pb2.USER_KIND_SERVICE_ACCOUNT
-                ),
-            ),
-            metadata=self.operator,
-        )
-        created = await self.admin.CreateApiKey(
-            tenant_admin_service_pb2.CreateApiKeyRequest(
-                tenant_id=tenant_id, api_key=api_key_pb2.ApiKey(user_id="alice")
-            ),
-            metadata=self.operator,
-        )
+        await create_user(self.admin, self.operator, tenant_id, "alice", ("admin",), groups)
         if policy is not None:
             await self.set_policy(tenant_id, policy)
-        return Tenant(tenant_id, "alice", created.secret, created.api_key.api_key_id)
+        return await self._key(tenant_id, "alice")
+
+    async def user(
+        self, tenant_id: str, user_id: str, roles: tuple[str, ...], groups: tuple[str, ...] = ("all",)
+    ) -> Tenant:
+        """Another user of ``tenant_id`` (its roles must be in the tenant's policy), with a key of their own."""
+        await create_user(self.admin, self.operator, tenant_id, user_id, roles, groups)
+        return await self._key(tenant_id, user_id)
+
+    async def _key(self, tenant_id: str, user_id: str) -> Tenant:
+        key_id, secret = await create_key(self.admin, self.operator, tenant_id, user_id)
+        return Tenant(tenant_id, user_id, secret, key_id)
 
     async def set_policy(self, tenant_id: str, edit: tenant_policy_pb2.TenantPolicy) -> None:
         await update_policy(self.admin, self.operator, tenant_id, edit)

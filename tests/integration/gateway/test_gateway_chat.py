@@ -6,13 +6,15 @@ import asyncio
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
 
-from parapet.auth.v1 import tenant_policy_pb2
+from parapet.auth.v1 import permission_pb2, tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import generation_pb2, message_pb2
+from parapet.kit.errors import error_details
 from parapet.moderation.v1 import category_pb2
-from tests.integration.gateway.conftest import MODULE, Suite, question
+from tests.integration.gateway.conftest import MODULE, Suite, Tenant, question
 
 pytestmark = MODULE
 
@@ -195,7 +197,7 @@ async def test_an_idempotency_key_replays_the_first_answer_and_charges_once(suit
     reused = await suite.stream(tenant, question("something else", model="gpt", idempotency_key="key-1"))
     assert reused.error is not None and reused.error.code == grpc.StatusCode.ALREADY_EXISTS
     assert reused.error.reason == "IDEMPOTENCY_KEY_REUSED"
-    # Keys are per tenant: another tenant's same key runs.
+    # Keys are each user's own: another tenant's same key runs (another user's: the test below).
     other = await suite.tenant()
     third = await suite.stream(other, request)
     assert third.error is None and third.summary.request_id != first.summary.request_id
@@ -208,6 +210,58 @@ async def test_an_idempotency_key_replays_the_first_answer_and_charges_once(suit
         == 1
     )
     assert ledger[0][0] == first.summary.request_id
+
+
+async def test_an_idempotency_key_is_the_user_s_own_and_their_stored_answers_can_be_erased(
+    suite: Suite,
+) -> None:
+    """The same key and request from another user of the tenant runs for that user: before, it replayed the
+    first user's answer, citations included, to a caller who may read other documents. DeleteReplays erases a
+    user's stored answers (their own without permission, another's with admin)."""
+    member = tenant_policy_pb2.RoleDefinition(role="member", permissions=[permission_pb2.PERMISSION_CHAT])
+    alice = await suite.tenant(tenant_policy_pb2.TenantPolicy(roles=[member]))  # alice is the tenant's admin
+    bob = await suite.user(alice.tenant_id, "bob", roles=("member",))
+    request = question("say it once", model="gpt", idempotency_key="shared-key")
+    first = await suite.stream(alice, request)
+    theirs = await suite.stream(bob, request)
+    assert first.error is None and theirs.error is None, (first.error, theirs.error)
+    assert theirs.summary.request_id != first.summary.request_id
+    await suite.wait_rows(
+        "SELECT 1 FROM gateway.idempotency WHERE tenant_id = :t AND state = 'done'",
+        t=alice.tenant_id,
+        count=2,
+    )
+    replayed = await suite.stream(bob, request)
+    assert replayed.summary.request_id == theirs.summary.request_id
+
+    def erase(user_id: str) -> chat_service_pb2.DeleteReplaysRequest:
+        return chat_service_pb2.DeleteReplaysRequest(user_id=user_id)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await suite.chat.DeleteReplays(erase("alice"), metadata=bob.metadata(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_details(refused.value).error_info.metadata["permission"] == "admin"  # type: ignore[union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await suite.chat.DeleteReplays(erase(""), metadata=bob.metadata(), timeout=10)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def deleted(user_id: str, by: Tenant) -> int:
+        reply = await suite.chat.DeleteReplays(erase(user_id), metadata=by.metadata(), timeout=10)
+        return int(reply.deleted_count)
+
+    # An admin deletes another user's; a user deletes their own without any permission.
+    assert await deleted("bob", by=alice) == 1
+    rerun = await suite.stream(bob, request)  # nothing left to replay: bob's chat runs again, and is stored
+    assert rerun.error is None and rerun.summary.request_id != theirs.summary.request_id
+    await suite.wait_rows(
+        "SELECT 1 FROM gateway.idempotency WHERE tenant_id = :t AND user_id = 'bob' AND state = 'done'",
+        t=alice.tenant_id,
+    )
+    assert await deleted("bob", by=bob) == 1
+    assert await deleted("alice", by=alice) == 1
+    assert not await suite.rows("SELECT 1 FROM gateway.idempotency WHERE tenant_id = :t", t=alice.tenant_id)
+    again = await suite.stream(alice, request)  # nothing left to replay: the chat runs again
+    assert again.error is None and again.summary.request_id != first.summary.request_id
 
 
 async def test_a_repeat_while_the_first_runs_is_aborted(suite: Suite) -> None:

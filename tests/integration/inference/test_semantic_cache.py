@@ -1,5 +1,6 @@
 """The semantic cache on PostgreSQL + pgvector with the real MiniLM embedder: exact and paraphrase hits,
-isolation across tenants, access scopes and request partitions, TTL, and the documents-deleted event."""
+isolation across tenants, access scopes and request partitions, TTL, the documents-deleted event, and
+DeleteCacheEntries (a user's erasure, or the whole tenant's)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import uuid
 from typing import Any
 
 import grpc
+import grpc.aio
 import nats
+import pytest
 from sqlalchemy import text
 
 from parapet.events import documents as documents_events
-from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, routing_pb2
+from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, routing_pb2
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
+from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from parapet.upstream import UpstreamServer
@@ -315,6 +319,90 @@ async def test_a_tenant_erasure_drops_every_answer_of_that_tenant_and_a_mismatch
     finally:
         await client.close()
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0, consumer
+
+
+async def test_deleting_a_users_entries_drops_the_answers_to_their_questions_only(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """A user's erasure: the entries made from their questions go (they hold the question and the answer as
+    text); the same scope's entries made from another user's questions, and another tenant's, stay."""
+    tenant = f"user-del-{uuid.uuid4().hex[:8]}"
+    alice, bob = principal(tenant, "alice"), principal(tenant, "bob")
+    stranger = principal(f"other-{uuid.uuid4().hex[:8]}", "alice")
+    plans = "Which plans do you offer?"
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        for who, question in ((alice, QUESTION), (bob, plans), (stranger, QUESTION)):
+            await inference.stream(question, who=who)
+            hit = await _until_cached(inference, question, who)
+            assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # Bob's hit on alice's entry stores nothing of his: the entry stays alice's.
+        shared = await inference.stream(QUESTION, who=bob)
+        assert shared.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+        erase = inference_service_pb2.DeleteCacheEntriesRequest(user_id="alice")
+        # Another user's entries need admin: bob, a member, is refused and nothing changes.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await inference.stub.DeleteCacheEntries(erase, metadata=inference.metadata(bob), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_details(refused.value).error_info.metadata["permission"] == "admin"  # type: ignore[union-attr]
+        admin = Principal(tenant_id=tenant, subject="ops", roles=("admin",))
+        deleted = await inference.stub.DeleteCacheEntries(
+            erase, metadata=inference.metadata(admin), timeout=10
+        )
+        # At least one: a probe of _until_cached that ran before the store committed missed and stored its own.
+        assert deleted.deleted_count >= 1
+        again = await inference.stub.DeleteCacheEntries(erase, metadata=inference.metadata(admin), timeout=10)
+        assert again.deleted_count == 0
+
+        assert (
+            await inference.stream(QUESTION, who=bob)
+        ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        kept = await inference.stream(plans, who=alice)
+        assert (
+            kept.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        )  # bob's question, alice's scope
+        other = await inference.stream(QUESTION, who=stranger)
+        assert other.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT  # another tenant
+
+        # A user may delete their own without admin; a whole tenant's needs it; a request naming no scope is
+        # refused.
+        own = await inference.stub.DeleteCacheEntries(
+            inference_service_pb2.DeleteCacheEntriesRequest(user_id="bob"),
+            metadata=inference.metadata(bob),
+            timeout=10,
+        )
+        assert own.deleted_count >= 2  # plans, and the answer to QUESTION he got after alice's went
+        assert (
+            await inference.stream(plans, who=alice)
+        ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        refunds = "How do refunds work?"
+        await inference.stream(refunds, who=alice)
+        assert (await _until_cached(inference, refunds, alice)).summary.cache.outcome == (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        )
+        everything = inference_service_pb2.DeleteCacheEntriesRequest(all_entries=True)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await inference.stub.DeleteCacheEntries(
+                everything, metadata=inference.metadata(alice), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await inference.stub.DeleteCacheEntries(
+                inference_service_pb2.DeleteCacheEntriesRequest(),
+                metadata=inference.metadata(admin),
+                timeout=10,
+            )
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        flushed = await inference.stub.DeleteCacheEntries(
+            everything, metadata=inference.metadata(admin), timeout=10
+        )
+        assert flushed.deleted_count >= 2  # refunds, and plans again (alice's miss just above stored it)
+        assert (
+            await inference.stream(refunds, who=alice)
+        ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        assert (await inference.stream(QUESTION, who=stranger)).summary.cache.outcome == (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT  # the other tenant's entry outlives this tenant's flush
+        )
 
 
 # Upstream model names of their own, so the outage below touches no other test's models.

@@ -334,16 +334,20 @@ class EraseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ERASED_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTED_DELETED_COUNT_FIELD_NUMBER: _builtins.int
     erased_count: _builtins.int
     """Number of records whose bodies this call dropped."""
+    rejected_deleted_count: _builtins.int
+    """Number of the user's records this call deleted from those set aside as unstorable (AUDIT_REJECTED)."""
     def __init__(
         self,
         *,
         erased_count: _builtins.int = ...,
+        rejected_deleted_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_count", b"erased_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_count", b"erased_count", "rejected_deleted_count", b"rejected_deleted_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

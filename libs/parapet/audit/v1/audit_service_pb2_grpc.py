@@ -104,8 +104,10 @@ class AuditServiceServicer:
 
     def Erase(self, request, context):
         """Drops the prompt and response bodies of every record of a user (right to erasure); metadata and hashes stay, so
-        the chain still verifies. Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
-        Idempotent: yes, because a repeat finds no bodies left and succeeds with erased_count = 0.
+        the chain still verifies. Also deletes, from those set aside as unstorable (the AUDIT_REJECTED stream, under the
+        caller's tenant), the messages that decode as an interaction of the user.
+        Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
+        Idempotent: yes, because a repeat finds no bodies left and succeeds with both counts 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

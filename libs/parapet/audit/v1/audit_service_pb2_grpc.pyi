@@ -55,8 +55,10 @@ class AuditServiceStub:
     """
     Erase: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.EraseRequest, _audit_service_pb2.EraseResponse]
     """Drops the prompt and response bodies of every record of a user (right to erasure); metadata and hashes stay, so
-    the chain still verifies. Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
-    Idempotent: yes, because a repeat finds no bodies left and succeeds with erased_count = 0.
+    the chain still verifies. Also deletes, from those set aside as unstorable (the AUDIT_REJECTED stream, under the
+    caller's tenant), the messages that decode as an interaction of the user.
+    Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
+    Idempotent: yes, because a repeat finds no bodies left and succeeds with both counts 0.
     """
 
 @_typing.type_check_only
@@ -86,8 +88,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """
     Erase: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.EraseRequest, _audit_service_pb2.EraseResponse]  # type: ignore[assignment]
     """Drops the prompt and response bodies of every record of a user (right to erasure); metadata and hashes stay, so
-    the chain still verifies. Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
-    Idempotent: yes, because a repeat finds no bodies left and succeeds with erased_count = 0.
+    the chain still verifies. Also deletes, from those set aside as unstorable (the AUDIT_REJECTED stream, under the
+    caller's tenant), the messages that decode as an interaction of the user.
+    Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
+    Idempotent: yes, because a repeat finds no bodies left and succeeds with both counts 0.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -144,8 +148,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.EraseResponse, _abc.Awaitable[_audit_service_pb2.EraseResponse]]:
         """Drops the prompt and response bodies of every record of a user (right to erasure); metadata and hashes stay, so
-        the chain still verifies. Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
-        Idempotent: yes, because a repeat finds no bodies left and succeeds with erased_count = 0.
+        the chain still verifies. Also deletes, from those set aside as unstorable (the AUDIT_REJECTED stream, under the
+        caller's tenant), the messages that decode as an interaction of the user.
+        Needs PERMISSION_AUDIT_ERASE; the erasure itself is recorded as an AdminAction.
+        Idempotent: yes, because a repeat finds no bodies left and succeeds with both counts 0.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

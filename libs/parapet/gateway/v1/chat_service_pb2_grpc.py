@@ -47,6 +47,11 @@ class ChatServiceStub:
                 request_serializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatRequest.SerializeToString,
                 response_deserializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatResponse.FromString,
                 _registered_method=True)
+        self.DeleteReplays = channel.unary_unary(
+                '/parapet.gateway.v1.ChatService/DeleteReplays',
+                request_serializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysRequest.SerializeToString,
+                response_deserializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -75,6 +80,17 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteReplays(self, request, context):
+        """Deletes the stored answers of a user's idempotent chats in the caller's tenant, kept for replay for 24 h after
+        the chat (a user's right to erasure), and the records of their chats still running, whose answers are then not
+        stored. A later retry of one of those chats runs again. The caller's own need no permission; another user's
+        need PERMISSION_ADMIN.
+        Idempotent: yes, because a repeat finds nothing more to delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -87,6 +103,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatRequest.FromString,
                     response_serializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatResponse.SerializeToString,
+            ),
+            'DeleteReplays': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteReplays,
+                    request_deserializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysRequest.FromString,
+                    response_serializer=parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +167,33 @@ class ChatService:
             '/parapet.gateway.v1.ChatService/Chat',
             parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatRequest.SerializeToString,
             parapet_dot_gateway_dot_v1_dot_chat__service__pb2.ChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteReplays(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.gateway.v1.ChatService/DeleteReplays',
+            parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysRequest.SerializeToString,
+            parapet_dot_gateway_dot_v1_dot_chat__service__pb2.DeleteReplaysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,13 @@ class ChatServiceStub:
     """Returns the whole answer at once; the same flow, errors and idempotency as StreamChat.
     Idempotent: only with an idempotency_key, for the same reason as StreamChat.
     """
+    DeleteReplays: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.DeleteReplaysRequest, _chat_service_pb2.DeleteReplaysResponse]
+    """Deletes the stored answers of a user's idempotent chats in the caller's tenant, kept for replay for 24 h after
+    the chat (a user's right to erasure), and the records of their chats still running, whose answers are then not
+    stored. A later retry of one of those chats runs again. The caller's own need no permission; another user's
+    need PERMISSION_ADMIN.
+    Idempotent: yes, because a repeat finds nothing more to delete.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -68,6 +75,13 @@ class ChatServiceAsyncStub(ChatServiceStub):
     Chat: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ChatRequest, _chat_service_pb2.ChatResponse]  # type: ignore[assignment]
     """Returns the whole answer at once; the same flow, errors and idempotency as StreamChat.
     Idempotent: only with an idempotency_key, for the same reason as StreamChat.
+    """
+    DeleteReplays: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.DeleteReplaysRequest, _chat_service_pb2.DeleteReplaysResponse]  # type: ignore[assignment]
+    """Deletes the stored answers of a user's idempotent chats in the caller's tenant, kept for replay for 24 h after
+    the chat (a user's right to erasure), and the records of their chats still running, whose answers are then not
+    stored. A later retry of one of those chats runs again. The caller's own need no permission; another user's
+    need PERMISSION_ADMIN.
+    Idempotent: yes, because a repeat finds nothing more to delete.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +112,19 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_chat_service_pb2.ChatResponse, _abc.Awaitable[_chat_service_pb2.ChatResponse]]:
         """Returns the whole answer at once; the same flow, errors and idempotency as StreamChat.
         Idempotent: only with an idempotency_key, for the same reason as StreamChat.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteReplays(
+        self,
+        request: _chat_service_pb2.DeleteReplaysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.DeleteReplaysResponse, _abc.Awaitable[_chat_service_pb2.DeleteReplaysResponse]]:
+        """Deletes the stored answers of a user's idempotent chats in the caller's tenant, kept for replay for 24 h after
+        the chat (a user's right to erasure), and the records of their chats still running, whose answers are then not
+        stored. A later retry of one of those chats runs again. The caller's own need no permission; another user's
+        need PERMISSION_ADMIN.
+        Idempotent: yes, because a repeat finds nothing more to delete.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

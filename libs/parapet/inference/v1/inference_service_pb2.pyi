@@ -307,3 +307,53 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCacheEntriesRequest(_message.Message):
+    """Request of InferenceService.DeleteCacheEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ALL_ENTRIES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The entries made from this user's questions (the subject the completions ran as)."""
+    all_entries: _builtins.bool
+    """Every entry of the caller's tenant; must be true."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        all_entries: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all_entries", b"all_entries", "scope", b"scope", "user_id", b"user_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_entries", b"all_entries", "scope", b"scope", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_scope: _TypeAlias = _typing.Literal["user_id", "all_entries"]  # noqa: Y015
+    _WhichOneofArgType_scope: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_scope) -> _WhichOneofReturnType_scope | None: ...
+
+Global___DeleteCacheEntriesRequest: _TypeAlias = DeleteCacheEntriesRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCacheEntriesResponse(_message.Message):
+    """Response of InferenceService.DeleteCacheEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    deleted_count: _builtins.int
+    """Number of entries this call deleted."""
+    def __init__(
+        self,
+        *,
+        deleted_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCacheEntriesResponse: _TypeAlias = DeleteCacheEntriesResponse  # noqa: Y015

@@ -52,6 +52,11 @@ class InferenceServiceStub:
                 request_serializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.DeleteCacheEntries = channel.unary_unary(
+                '/parapet.inference.v1.InferenceService/DeleteCacheEntries',
+                request_serializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesRequest.SerializeToString,
+                response_deserializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -87,6 +92,16 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteCacheEntries(self, request, context):
+        """Deletes semantic-cache entries of the caller's tenant now, before their TTL would: those made from one user's
+        questions (a user's right to erasure), or all of them. The caller's own need no permission; another user's or
+        the whole tenant's need PERMISSION_ADMIN.
+        Idempotent: yes, because a repeat finds nothing more to delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +119,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.FromString,
                     response_serializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DeleteCacheEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCacheEntries,
+                    request_deserializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesRequest.FromString,
+                    response_serializer=parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,6 +210,33 @@ class InferenceService:
             '/parapet.inference.v1.InferenceService/ListModels',
             parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.SerializeToString,
             parapet_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCacheEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.inference.v1.InferenceService/DeleteCacheEntries',
+            parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesRequest.SerializeToString,
+            parapet_dot_inference_dot_v1_dot_inference__service__pb2.DeleteCacheEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

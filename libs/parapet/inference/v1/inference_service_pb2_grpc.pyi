@@ -51,6 +51,12 @@ class InferenceServiceStub:
     """Lists the models the caller's tenant may use, with aliases, limits and prices, ordered by model.
     Idempotent: yes, because it changes no state.
     """
+    DeleteCacheEntries: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.DeleteCacheEntriesRequest, _inference_service_pb2.DeleteCacheEntriesResponse]
+    """Deletes semantic-cache entries of the caller's tenant now, before their TTL would: those made from one user's
+    questions (a user's right to erasure), or all of them. The caller's own need no permission; another user's or
+    the whole tenant's need PERMISSION_ADMIN.
+    Idempotent: yes, because a repeat finds nothing more to delete.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -74,6 +80,12 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models the caller's tenant may use, with aliases, limits and prices, ordered by model.
     Idempotent: yes, because it changes no state.
+    """
+    DeleteCacheEntries: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.DeleteCacheEntriesRequest, _inference_service_pb2.DeleteCacheEntriesResponse]  # type: ignore[assignment]
+    """Deletes semantic-cache entries of the caller's tenant now, before their TTL would: those made from one user's
+    questions (a user's right to erasure), or all of them. The caller's own need no permission; another user's or
+    the whole tenant's need PERMISSION_ADMIN.
+    Idempotent: yes, because a repeat finds nothing more to delete.
     """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +125,18 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inference_service_pb2.ListModelsResponse, _abc.Awaitable[_inference_service_pb2.ListModelsResponse]]:
         """Lists the models the caller's tenant may use, with aliases, limits and prices, ordered by model.
         Idempotent: yes, because it changes no state.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCacheEntries(
+        self,
+        request: _inference_service_pb2.DeleteCacheEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.DeleteCacheEntriesResponse, _abc.Awaitable[_inference_service_pb2.DeleteCacheEntriesResponse]]:
+        """Deletes semantic-cache entries of the caller's tenant now, before their TTL would: those made from one user's
+        questions (a user's right to erasure), or all of them. The caller's own need no permission; another user's or
+        the whole tenant's need PERMISSION_ADMIN.
+        Idempotent: yes, because a repeat finds nothing more to delete.
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
