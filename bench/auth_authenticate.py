@@ -48,13 +48,14 @@ from parapet.kit.database import Database
 from parapet.kit.identity import Principal, TokenSigner
 from parapet.kit.testing import running
 from services.auth import oidc
+from services.auth.access import Access
 from services.auth.apikeys import KeyHasher
 from services.auth.app import APP
 from services.auth.authenticator import Authenticator
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.settings import AuthSettings
 from services.auth.signing import load_pepper, load_signing_key
-from services.auth.store import AuthStore
+from services.auth.store import AuthStore, TenantView
 from services.auth.throttle import FailureThrottle
 
 SEQUENTIAL_CALLS = 3000
@@ -158,11 +159,14 @@ async def _in_process(values: dict[str, Any], key: str) -> tuple[float, float]:
     assert settings.database_url is not None
     database = Database(settings.database_url, "auth")
     try:
+        store = AuthStore(database)
+        tenants = TenantKeyedCache[TenantView](settings.auth_cache_size, settings.auth_cache_seconds)
         authenticator = Authenticator(
-            AuthStore(database),
+            store,
             signer,
             KeyHasher(load_pepper(settings, signing_key)),
             TenantKeyedCache[IdentityEntry](settings.auth_cache_size, settings.auth_cache_seconds),
+            Access(store, tenants, settings.auth_platform_tenant_id, asyncio.Event()),
             prefix_throttle=FailureThrottle(10, 60.0),
             client_throttle=FailureThrottle(50, 60.0),
             jwks=oidc.JwksCache(),

@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -90,6 +90,12 @@ class Access:
         if principal.scopes:
             held = frozenset(p for p in held if permissions.name(p) in principal.scopes)
         return held, view
+
+    async def with_permissions(self, principal: Principal) -> Principal:
+        """``principal`` carrying the names of what it may do (``permissions_of``), for the token auth issues:
+        services decide from that list (parapet.kit.permissions) without the tenant policy."""
+        held, _ = await self.permissions_of(principal)
+        return replace(principal, permissions=tuple(sorted(permissions.name(p) for p in held)))
 
     async def require(self, method: str, tenant_id: str, *, platform_only: bool = False) -> Actor:
         """The caller, allowed to administer ``tenant_id``; a refusal is audited and raised."""

@@ -79,6 +79,7 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
         signer,
         hasher,
         identities,
+        access,
         prefix_throttle=FailureThrottle(settings.auth_throttle_failures, window),
         client_throttle=FailureThrottle(settings.auth_throttle_client_failures, window),
         jwks=oidc.JwksCache(min_refetch_seconds=settings.auth_oidc_min_refetch_seconds),

@@ -15,6 +15,7 @@ from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded, Unauthenticated
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth import apikeys, oidc
+from services.auth.access import Access
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.issued import Issued
 from services.auth.store import AuthStore, KeyRecord
@@ -58,6 +59,7 @@ class Authenticator:
         signer: TokenSigner,
         hasher: apikeys.KeyHasher,
         cache: TenantKeyedCache[IdentityEntry],
+        access: Access,
         *,
         prefix_throttle: FailureThrottle,
         client_throttle: FailureThrottle,
@@ -67,6 +69,7 @@ class Authenticator:
         self._signer = signer
         self._hasher = hasher
         self.cache = cache
+        self._access = access  # the tenant policy, to write what each caller may do into its token
         self._prefix_throttle = prefix_throttle
         self._client_throttle = client_throttle
         self._jwks = jwks
@@ -153,7 +156,7 @@ class Authenticator:
         refused = key_refusal(record, time.time())
         if refused is not None:
             raise Unauthenticated(refused[1], reason=refused[0])
-        principal = key_principal(tenant_id, record)
+        principal = await self._access.with_permissions(key_principal(tenant_id, record))
         last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
         expires = record.expire_time.timestamp() if record.expire_time else None
         entry = IdentityEntry(principal, record.policy_version, expires, last_use_written=last_use)
@@ -229,14 +232,16 @@ class Authenticator:
         roles.update(oidc.claim_strings(claims, provider.roles_claim))
         groups.update(oidc.claim_strings(claims, provider.groups_claim))
         jti = claims.get("jti")
-        principal = Principal(
-            tenant_id=tenant_id,
-            subject=subject_value,
-            roles=tuple(sorted(roles)),
-            groups=tuple(sorted(groups)),
-            credential_type="oidc_token",
-            external_token_id=jti if isinstance(jti, str) else "",
-            issuer=token.issuer,
+        principal = await self._access.with_permissions(
+            Principal(
+                tenant_id=tenant_id,
+                subject=subject_value,
+                roles=tuple(sorted(roles)),
+                groups=tuple(sorted(groups)),
+                credential_type="oidc_token",
+                external_token_id=jti if isinstance(jti, str) else "",
+                issuer=token.issuer,
+            )
         )
         entry = IdentityEntry(principal, view.policy.version, float(claims["exp"]))
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)

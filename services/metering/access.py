@@ -1,8 +1,8 @@
 """Who may read a tenant's usage: the one authorization rule metering and billing share.
 
-Stop-gap until the kit has a permission helper: the auth service defines role -> permission in the tenant
-policy's role definitions and puts permission names in API key scopes ("usage.read"); this reads both from
-the verified Principal and the tenant policy, never from a request field.
+A token whose permissions auth resolved decides by them (parapet.kit.permissions). Metering holds the tenant
+policy as well, so for a token without them it resolves the roles itself (auth defines role -> permission in the
+policy's role definitions) and honours the scopes, never a request field.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from __future__ import annotations
 from parapet.auth.v1 import permission_pb2, tenant_policy_pb2
 from parapet.kit.errors import PermissionDenied
 from parapet.kit.identity import Principal
+from parapet.kit.permissions import has_permission
 
 USAGE_READ = "usage.read"
 _GRANTING = frozenset({permission_pb2.PERMISSION_USAGE_READ, permission_pb2.PERMISSION_ADMIN})
 
 
 def can_read_usage(principal: Principal, policy: tenant_policy_pb2.TenantPolicy) -> bool:
-    """True when a role of the principal grants usage.read (or admin) in the policy, or a scope names it."""
+    """True when the principal's resolved permissions hold usage.read; for a token without them, when a role
+    grants usage.read (or admin) in the policy, or a scope names it."""
+    if principal.permissions is not None:
+        return has_permission(principal, USAGE_READ)
     if USAGE_READ in principal.scopes:
         return True
     held = set(principal.roles)

@@ -54,6 +54,10 @@ class Principal:
     api_key_id: str = ""  # the API key used, for credential_type "api_key"
     external_token_id: str = ""  # the external OIDC token's jti, for credential_type "oidc_token"
     issuer: str = ""  # the external credential's issuer (OIDC iss), for audit
+    # The permission names auth resolved when it issued the token: the roles under the tenant policy, narrowed by
+    # the scopes (claim "perm"). None when the token carries none (one auth issued before it resolved them, or one
+    # a test or tool signed): parapet.kit.permissions then falls back to role and scope names.
+    permissions: tuple[str, ...] | None = None
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -73,6 +77,9 @@ class Principal:
             api_key_id=self.api_key_id,
             external_token_id=self.external_token_id,
             issuer=self.issuer,
+            permissions=None
+            if self.permissions is None
+            else principal_pb2.PermissionSet(names=self.permissions),
         )
 
     @classmethod
@@ -92,6 +99,7 @@ class Principal:
             api_key_id=message.api_key_id,
             external_token_id=message.external_token_id,
             issuer=message.issuer,
+            permissions=tuple(message.permissions.names) if message.HasField("permissions") else None,
         )
 
 
@@ -172,6 +180,8 @@ class TokenSigner:
             "idp": principal.issuer,
         }
         claims.update({name: value for name, value in optional.items() if value})
+        if principal.permissions is not None:
+            claims["perm"] = list(principal.permissions)
         claims.update(extra_claims or {})
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
@@ -414,4 +424,5 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
         api_key_id=text("key"),
         external_token_id=text("tok"),
         issuer=text("idp"),
+        permissions=_strings(claims["perm"]) if "perm" in claims else None,
     )

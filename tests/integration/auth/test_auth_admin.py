@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import jwt
 import pytest
 from google.protobuf import field_mask_pb2
 
@@ -19,6 +20,7 @@ from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit import paging
 from parapet.kit.errors import error_details
+from parapet.kit.identity import Principal
 from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal, running
 from services.auth.app import APP
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
@@ -104,6 +106,37 @@ async def test_authorize_applies_rbac_scopes_models_and_limits(auth: Auth) -> No
 
     await auth.admin.DisableTenant(tpb.DisableTenantRequest(tenant_id=tenant), metadata=auth.operator)
     assert await decide(member, perm.PERMISSION_CHAT, "fast") == (False, "TENANT_DISABLED", 2)
+
+
+async def test_the_token_carries_what_the_policy_grants_the_roles_narrowed_by_the_scopes(auth: Auth) -> None:
+    """Services without the tenant policy decide from the token (parapet.kit.permissions); auth resolves it."""
+    tenant = await auth.new_tenant()
+    policy = await _policy(auth, tenant)
+    policy.roles.append(
+        tenant_policy_pb2.RoleDefinition(
+            role="member", permissions=[perm.PERMISSION_CHAT, perm.PERMISSION_DOCUMENTS_READ]
+        )
+    )
+    await auth.admin.UpdateTenantPolicy(
+        tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+        metadata=auth.operator,
+    )
+    await auth.new_user(tenant, "bob", roles=("member",))
+    await auth.new_user(tenant, "ann", roles=("admin",))
+
+    async def resolved(user: str, scopes: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+        _key_id, key = await auth.new_key(tenant, user, scopes=scopes)
+        issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+        claims = jwt.decode(issued.token, options={"verify_signature": False})
+        from_proto = Principal.from_proto(issued.principal).permissions
+        assert from_proto == tuple(claims["perm"]), (from_proto, claims)
+        return from_proto
+
+    assert await resolved("bob") == ("chat", "documents.read")
+    assert await resolved("bob", scopes=("chat", "ingest")) == ("chat",)  # ingest: scoped, but not granted
+    admin = await resolved("ann")
+    assert admin is not None and {"admin", "documents.delete", "audit.erase", "usage.read"} <= set(admin)
+    assert await resolved("ann", scopes=("audit.read",)) == ("audit.read",)
 
 
 async def test_disabled_tenants_are_listed_only_when_asked_for(auth: Auth) -> None:

@@ -76,6 +76,39 @@ async def test_a_grounded_answer_cites_its_sources_before_the_first_delta(suite:
     assert [tuple(a) for a in audit] == [("local", 0)]
 
 
+async def test_a_user_of_a_custom_role_is_grounded_by_what_the_policy_grants_the_role(suite: Suite) -> None:
+    """Retrieval decides from the caller's token alone. Before the token carried the permissions auth resolved,
+    it looked for a role *named* like the permission (or `admin`), so a `member` role granted documents.read by
+    the tenant policy was refused, and every grounded chat of such a user failed with PERMISSION_DENIED."""
+    reader = tenant_policy_pb2.RoleDefinition(
+        role="member",
+        permissions=[permission_pb2.PERMISSION_CHAT, permission_pb2.PERMISSION_DOCUMENTS_READ],
+    )
+    chatter = tenant_policy_pb2.RoleDefinition(role="chatter", permissions=[permission_pb2.PERMISSION_CHAT])
+    admin = await suite.tenant(tenant_policy_pb2.TenantPolicy(roles=[reader, chatter]))
+    await suite.ingest(
+        admin.tenant_id,
+        {
+            "falcon-manual": (
+                "Falcon manual",
+                "The Falcon router reboots when the blue button is held for ten seconds.",
+            )
+        },
+    )
+    grounded = question(
+        "How do I reboot the Falcon router?", model="local", retrieval={"mode": 1, "top_k": 2}
+    )
+    member = await suite.user(admin.tenant_id, "bob", roles=("member",))
+    answer = await suite.stream(member, grounded)
+    assert answer.error is None, answer.error
+    assert answer.citations[0].document_id == "falcon-manual" and "blue button" in answer.text
+    # A role the policy does not grant documents.read is refused by retrieval, with the permission named.
+    unread = await suite.stream(await suite.user(admin.tenant_id, "carol", roles=("chatter",)), grounded)
+    assert unread.error is not None and unread.error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert unread.error.error_info is not None
+    assert unread.error.error_info.metadata["permission"] == "documents.read", unread.error
+
+
 async def test_pii_is_masked_before_the_provider_and_restored_for_the_caller(suite: Suite) -> None:
     tenant = await suite.tenant()
     before = len(suite.upstream.requests)

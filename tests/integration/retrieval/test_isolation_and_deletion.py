@@ -209,7 +209,14 @@ async def test_erasure_of_a_user_and_of_a_tenant(client: Client, nats_url: str) 
         assert sorted(event.document_ids) == ["uma-0", "uma-1", "uma-2"]
         assert {c.citation.document_id for c in await client.query(ulf, "note", top_k=20)} == {"ulf-1"}
 
-        admin = client.as_(tenant, "root", roles=("admin",))
+        # An admin's own credential, not one scoped to documents: a scope narrows even an admin.
+        admin = client.as_(tenant, "root", roles=("admin",), scopes=())
+        narrowed = client.as_(tenant, "root", roles=("admin",))  # scoped to ingest and documents.*
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.stub.DeleteDocuments(
+                pb.DeleteDocumentsRequest(all_documents=True), metadata=narrowed
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         everything = await client.stub.DeleteDocuments(
             pb.DeleteDocumentsRequest(all_documents=True), metadata=admin
         )

@@ -248,10 +248,16 @@ async def test_verifier_round_trips_every_principal_field(keys: TestKeys) -> Non
         credential_type="oidc_token",
         external_token_id="oidc-1",
         issuer="https://idp.example",
+        permissions=("chat", "documents.read"),
     )
     verifier = TokenVerifier(keys.key_source())
     assert await verifier.verify(keys.signer.sign(principal)) == principal
     assert Principal.from_proto(principal.to_proto()) == principal
+    # "No permissions resolved" and "no permission at all" stay apart, in the token and in the proto.
+    for resolved in (None, ()):
+        other = Principal("t", "s", roles=("admin",), permissions=resolved)
+        assert await verifier.verify(keys.signer.sign(other)) == other
+        assert Principal.from_proto(other.to_proto()) == other
     assert principal.to_proto().credential_type == 2  # CREDENTIAL_TYPE_OIDC_TOKEN
 
 

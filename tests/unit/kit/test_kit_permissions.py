@@ -1,4 +1,5 @@
-"""parapet.kit.permissions: a permission is held as a scope, as a role, or through the admin role, and only so."""
+"""parapet.kit.permissions: the permissions auth resolved into the token decide; a token without them falls back
+to role and scope names, never beyond its scopes."""
 
 from __future__ import annotations
 
@@ -10,24 +11,30 @@ from parapet.kit.identity import Principal
 from parapet.kit.permissions import has_permission, missing, require_permission
 
 
-def _caller(roles: tuple[str, ...] = (), scopes: tuple[str, ...] = ()) -> Principal:
-    return Principal(tenant_id="acme", subject="ann", roles=roles, scopes=scopes)
+def _caller(
+    roles: tuple[str, ...] = (), scopes: tuple[str, ...] = (), permissions: tuple[str, ...] | None = None
+) -> Principal:
+    return Principal(tenant_id="acme", subject="ann", roles=roles, scopes=scopes, permissions=permissions)
 
 
 @pytest.mark.parametrize(
     ("caller", "held"),
     [
-        (_caller(scopes=("documents.read",)), True),
+        # Resolved by auth: the list is the answer, whatever the role names say.
+        (_caller(roles=("member",), permissions=("chat", "documents.read")), True),
+        (_caller(roles=("admin",), permissions=("chat",)), False),  # an admin's key scoped to chat
+        (_caller(roles=("documents.read",), permissions=()), False),
+        # Not resolved (an older auth's token, or one a test signed): names.
         (_caller(roles=("documents.read",)), True),
         (_caller(roles=("admin",)), True),
-        (_caller(roles=("member",), scopes=("ingest",)), False),
-        (_caller(scopes=("admin",)), False),  # admin is a role; an API key scoped "admin" holds only "admin"
+        (_caller(scopes=("documents.read",)), True),
+        (_caller(roles=("admin",), scopes=("chat",)), False),  # never beyond the scopes
+        (_caller(roles=("member",)), False),
+        (_caller(scopes=("admin",)), False),  # admin is a role; a key scoped "admin" holds only "admin"
         (_caller(), False),
     ],
 )
-def test_a_permission_is_held_as_a_scope_a_role_or_through_the_admin_role(
-    caller: Principal, held: bool
-) -> None:
+def test_who_holds_documents_read(caller: Principal, held: bool) -> None:
     assert has_permission(caller, "documents.read") is held
 
 

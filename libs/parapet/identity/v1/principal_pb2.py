@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parapet/identity/v1/principal.proto\x12\x13parapet.identity.v1\"\xdb\x01\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12<\n\x0f\x63redential_type\x18\x05 \x01(\x0e\x32#.parapet.identity.v1.CredentialType\x12\x12\n\napi_key_id\x18\x06 \x01(\t\x12\x19\n\x11\x65xternal_token_id\x18\x07 \x01(\t\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x0e\n\x06issuer\x18\t \x01(\t*\x8b\x01\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDENTIAL_TYPE_API_KEY\x10\x01\x12\x1e\n\x1a\x43REDENTIAL_TYPE_OIDC_TOKEN\x10\x02\x12\x1b\n\x17\x43REDENTIAL_TYPE_SERVICE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parapet/identity/v1/principal.proto\x12\x13parapet.identity.v1\"\x94\x02\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12<\n\x0f\x63redential_type\x18\x05 \x01(\x0e\x32#.parapet.identity.v1.CredentialType\x12\x12\n\napi_key_id\x18\x06 \x01(\t\x12\x19\n\x11\x65xternal_token_id\x18\x07 \x01(\t\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x0e\n\x06issuer\x18\t \x01(\t\x12\x37\n\x0bpermissions\x18\n \x01(\x0b\x32\".parapet.identity.v1.PermissionSet\"\x1e\n\rPermissionSet\x12\r\n\x05names\x18\x01 \x03(\t*\x8b\x01\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDENTIAL_TYPE_API_KEY\x10\x01\x12\x1e\n\x1a\x43REDENTIAL_TYPE_OIDC_TOKEN\x10\x02\x12\x1b\n\x17\x43REDENTIAL_TYPE_SERVICE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parapet.identity.v1.principal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDENTIALTYPE']._serialized_start=283
-  _globals['_CREDENTIALTYPE']._serialized_end=422
+  _globals['_CREDENTIALTYPE']._serialized_start=372
+  _globals['_CREDENTIALTYPE']._serialized_end=511
   _globals['_PRINCIPAL']._serialized_start=61
-  _globals['_PRINCIPAL']._serialized_end=280
+  _globals['_PRINCIPAL']._serialized_end=337
+  _globals['_PERMISSIONSET']._serialized_start=339
+  _globals['_PERMISSIONSET']._serialized_end=369
 # @@protoc_insertion_point(module_scope)

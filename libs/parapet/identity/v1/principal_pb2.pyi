@@ -66,6 +66,7 @@ class Principal(_message.Message):
     EXTERNAL_TOKEN_ID_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Tenant the caller belongs to. Every tenant-scoped RPC operates on this tenant only. Lower-case letters, digits
     and '-', 1-63 characters, so it is also a valid NATS subject token.
@@ -92,6 +93,13 @@ class Principal(_message.Message):
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes that narrow what the credential may do (for example an API key limited to `chat`); empty = no narrowing."""
 
+    @_builtins.property
+    def permissions(self) -> Global___PermissionSet:
+        """What the caller may do, as auth resolved it when it issued the token: the roles under the tenant policy,
+        narrowed by the scopes. Services that do not hold the tenant policy decide from this. Unset when auth did not
+        resolve it (a token of an older auth): services then fall back to role and scope names.
+        """
+
     def __init__(
         self,
         *,
@@ -104,11 +112,36 @@ class Principal(_message.Message):
         external_token_id: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         issuer: _builtins.str = ...,
+        permissions: Global___PermissionSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["permissions", b"permissions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "credential_type", b"credential_type", "external_token_id", b"external_token_id", "groups", b"groups", "issuer", b"issuer", "roles", b"roles", "scopes", b"scopes", "subject", b"subject", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "credential_type", b"credential_type", "external_token_id", b"external_token_id", "groups", b"groups", "issuer", b"issuer", "permissions", b"permissions", "roles", b"roles", "scopes", b"scopes", "subject", b"subject", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Principal: _TypeAlias = Principal  # noqa: Y015
+
+@_typing.final
+class PermissionSet(_message.Message):
+    """Permission names, as API key scopes spell them (for example `documents.read`, `admin`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names, sorted; empty = no permission at all."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionSet: _TypeAlias = PermissionSet  # noqa: Y015
