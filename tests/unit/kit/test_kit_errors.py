@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
+import nats.errors
+import psycopg
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from parapet.kit.errors import (
     DOMAIN,
@@ -51,6 +54,9 @@ async def raise_error(request: StringValue, context: grpc.aio.ServicerContext) -
         "unavailable": Unavailable("inference is overloaded", retry_after=1.0),
         "not_found": NotFound("no such document", reason="DOCUMENT_NOT_FOUND", metadata={"document": "d1"}),
         "unexpected": RuntimeError(SECRET),
+        # What SQLAlchemy raises when PostgreSQL refuses or drops the connection, and nats-py with no server.
+        "database_down": OperationalError("SELECT 1", {}, psycopg.OperationalError(SECRET)),
+        "bus_down": nats.errors.NoServersError(),
     }
     raise errors[request.value]
 
@@ -115,6 +121,22 @@ async def test_unavailable_with_retry_info(channel: grpc.aio.Channel, keys: Test
         "DEPENDENCY_UNAVAILABLE",
         1.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"), [("database_down", "the database"), ("bus_down", "the message bus")]
+)
+async def test_a_dependency_down_is_unavailable_with_retry_info_not_internal(
+    channel: grpc.aio.Channel, keys: TestKeys, caplog: pytest.LogCaptureFixture, kind: str, named: str
+) -> None:
+    """The contract's promise for a database or NATS outage, for failures no servicer mapped itself."""
+    with caplog.at_level(logging.WARNING, logger="parapet.kit.errors"):
+        error = await call_unary(channel, keys, kind)
+    details = error_details(error)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert details.retry_after == 1.0
+    assert details.message == f"{named} is unavailable; retry shortly"  # the exception's text stays inside
+    assert [r.levelname for r in caplog.records if r.name == "parapet.kit.errors"] == ["WARNING"]
 
 
 async def test_error_info_metadata(channel: grpc.aio.Channel, keys: TestKeys) -> None:

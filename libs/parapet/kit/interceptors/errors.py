@@ -1,8 +1,10 @@
-"""Exceptions to ``google.rpc.Status``: typed errors keep their details, anything else becomes INTERNAL.
+"""Exceptions to ``google.rpc.Status``: typed errors keep their details, a dependency that is down becomes
+UNAVAILABLE, anything else INTERNAL.
 
-An unexpected exception is logged with its traceback and the caller gets only ``INTERNAL`` with reason
-``INTERNAL_ERROR`` and the request id: exception text can hold SQL, file paths or secrets and must never
-reach a caller. Works mid-stream too: the messages already sent stay sent and the stream ends with the
+A lost or refused database or NATS connection (``dependency.py``) is UNAVAILABLE ``DEPENDENCY_UNAVAILABLE`` with
+``RetryInfo``, logged as a warning. Any other unexpected exception is logged with its traceback and the caller
+gets only ``INTERNAL`` with reason ``INTERNAL_ERROR`` and the request id. Neither passes the exception's text on:
+it can hold SQL, file paths or secrets and must never reach a caller. Works mid-stream too: the messages already sent stay sent and the stream ends with the
 status.
 """
 
@@ -16,9 +18,13 @@ import grpc
 import grpc.aio
 
 from parapet.kit.context import RpcInfo
-from parapet.kit.errors import Internal, ParapetError, to_status
+from parapet.kit.errors import Internal, ParapetError, Unavailable, to_status
+from parapet.kit.interceptors.dependency import dependency_down
 
 log = logging.getLogger("parapet.kit.errors")
+
+# What a client is told to wait before retrying a call that met a dependency down.
+DEPENDENCY_RETRY_SECONDS = 1.0
 
 
 def _record(info: RpcInfo, code: grpc.StatusCode | None, reason: str | None = None) -> None:
@@ -51,6 +57,21 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         await context.abort_with_status(to_status(exc))
     if not isinstance(exc, Exception):
         raise exc  # KeyboardInterrupt, SystemExit: not ours to translate
+    down = dependency_down(exc)
+    if down is not None:
+        log.warning(
+            "%s is unavailable in %s: %s",
+            down,
+            info.method,
+            type(exc).__name__,
+            exc_info=exc,
+            extra={"method": info.method},
+        )
+        unavailable = Unavailable(
+            f"{down} is unavailable; retry shortly", retry_after=DEPENDENCY_RETRY_SECONDS
+        )
+        _record(info, unavailable.code, unavailable.reason)
+        await context.abort_with_status(to_status(unavailable))
     log.error("unhandled exception in %s", info.method, exc_info=exc, extra={"method": info.method})
     request_id = info.request_id
     internal = Internal(f"internal error (request id {request_id})" if request_id else "internal error")
