@@ -72,18 +72,14 @@ async def role_transaction(
     scope: str | None = None,
     what: str = "database",
 ) -> AsyncIterator[AsyncSession]:
-    """A transaction under ``SET LOCAL ROLE role`` (so row-level security applies even to the tables' owner),
-    scoped to ``tenant_id`` (``parapet.tenant_id``) or to ``scope`` (``parapet.scope``) or to neither.
+    """The kit's scoped transaction under ``SET LOCAL ROLE role`` (so row-level security applies even to the
+    tables' owner), scoped to ``tenant_id`` or to ``scope`` or to neither.
 
-    A lost or refused database connection is UNAVAILABLE (retry later), not an internal error. Shared by the
-    services whose tables force RLS (auth, the gateway's jobs).
+    A lost or refused database connection is UNAVAILABLE naming ``what`` right here, since auth's store also
+    serves callers off the RPC path (the outbox relay, bootstrap), where the kit's error interceptor does not.
     """
     try:
-        opened = database.tenant_transaction(tenant_id) if tenant_id is not None else database.transaction()
-        async with opened as session:
-            if scope is not None:
-                await session.execute(text("SELECT set_config('parapet.scope', :s, true)"), {"s": scope})
-            await session.execute(text(f"SET LOCAL ROLE {role}"))
+        async with database.scoped_transaction(tenant_id=tenant_id, scope=scope, role=role) as session:
             yield session
     except (OperationalError, InterfaceError, OSError) as error:
         raise Unavailable(f"the {what} is unavailable", retry_after=1.0) from error

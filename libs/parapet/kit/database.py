@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import (
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def check_schema_name(schema: str) -> str:
-    """Schema names end up in DDL, so only plain lower-case identifiers are accepted."""
+def check_schema_name(schema: str, what: str = "schema name") -> str:
+    """Schema (and role) names end up in SQL text, so only plain lower-case identifiers are accepted."""
     if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"invalid schema name {schema!r}: use lower-case letters, digits and underscores")
+        raise ValueError(f"invalid {what} {schema!r}: use lower-case letters, digits and underscores")
     return schema
 
 
@@ -78,6 +78,27 @@ class Database:
             raise ValueError("tenant_id must not be empty")
         async with self.transaction() as session:
             await session.execute(text("SELECT set_config('parapet.tenant_id', :t, true)"), {"t": tenant_id})
+            yield session
+
+    @asynccontextmanager
+    async def scoped_transaction(
+        self, *, tenant_id: str | None = None, scope: str | None = None, role: str | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """A transaction that row-level security policies can tell apart, every setting ending with it.
+
+        ``tenant_id`` sets ``parapet.tenant_id`` (one tenant's rows, as :meth:`tenant_transaction`); ``scope`` sets
+        ``parapet.scope``, naming a cross-tenant job (an expiry sweep, say) that policies of its own allow and
+        narrow to what the job does; ``role`` runs the transaction under ``SET LOCAL ROLE`` so the policies apply
+        even when the service connects as the tables' owner (a table's owner is exempt unless FORCE'd, a
+        superuser always).
+        """
+        role = None if role is None else check_schema_name(role, "role name")
+        opened = self.tenant_transaction(tenant_id) if tenant_id is not None else self.transaction()
+        async with opened as session:
+            if scope is not None:
+                await session.execute(text("SELECT set_config('parapet.scope', :s, true)"), {"s": scope})
+            if role is not None:
+                await session.execute(text(f"SET LOCAL ROLE {role}"))
             yield session
 
     @asynccontextmanager

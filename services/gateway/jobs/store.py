@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.kit.database import Database
-from services.auth.store import role_transaction
 
 JOBS_ROLE = "parapet_gateway_jobs"
 NOTIFY_CHANNEL = "parapet_gateway_jobs"
@@ -122,11 +121,11 @@ class JobStore:
         self._retention = timedelta(days=retention_days)
 
     def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
-        return role_transaction(self.database, JOBS_ROLE, tenant_id=tenant_id, what="jobs database")
+        return self.database.scoped_transaction(tenant_id=tenant_id, role=JOBS_ROLE)
 
     def _sweeping(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A transaction of the sweeper's scope: every tenant's job ids, and deleting expired jobs."""
-        return role_transaction(self.database, JOBS_ROLE, scope="jobs-sweep", what="jobs database")
+        return self.database.scoped_transaction(scope="jobs-sweep", role=JOBS_ROLE)
 
     @staticmethod
     async def _notify(session: AsyncSession, job_id: str) -> None:

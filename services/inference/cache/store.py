@@ -174,8 +174,7 @@ class SemanticCache:
     async def delete_expired(self, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired entries of any tenant (the ``cache-expiry`` scope, which row-level
         security lets delete expired rows and nothing else); returns how many."""
-        async with self._database.transaction() as session:
-            await session.execute(text("SELECT set_config('parapet.scope', 'cache-expiry', true)"))
+        async with self._database.scoped_transaction(scope="cache-expiry") as session:
             result = await session.execute(
                 text(
                     "DELETE FROM cache_entries WHERE entry_id IN (SELECT entry_id FROM cache_entries"

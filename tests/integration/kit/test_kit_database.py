@@ -61,3 +61,25 @@ async def test_tenant_id_is_a_parameter_not_sql(database: Database) -> None:
         ).scalar() == hostile
     async with database.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM notes"))).scalar() == 0
+
+
+async def test_a_scoped_transaction_sets_tenant_scope_and_role_for_itself_only(database: Database) -> None:
+    role = f"kit_test_{uuid.uuid4().hex[:8]}"
+    async with database.connect() as conn:
+        await conn.execute(text(f"CREATE ROLE {role} NOLOGIN"))
+    settings = text(
+        "SELECT current_setting('parapet.tenant_id', true), current_setting('parapet.scope', true), current_user"
+    )
+    try:
+        async with database.transaction() as session:
+            owner = (await session.execute(text("SELECT current_user"))).scalar()
+        async with database.scoped_transaction(tenant_id="tenant-a", scope="sweep", role=role) as session:
+            assert tuple((await session.execute(settings)).one()) == ("tenant-a", "sweep", role)
+        async with database.transaction() as session:  # the same pooled connection, nothing left behind
+            assert tuple((await session.execute(settings)).one()) in ((None, None, owner), ("", "", owner))
+        with pytest.raises(ValueError, match="invalid role name"):
+            async with database.scoped_transaction(role="x; DROP TABLE notes"):
+                pass
+    finally:
+        async with database.connect() as conn:
+            await conn.execute(text(f"DROP ROLE {role}"))
