@@ -1,15 +1,17 @@
 """Who may do what with the audit log, from the verified Principal alone.
 
-A caller holds an audit permission by the kit's rule (parapet.kit.permissions: the permission name, `audit.read`,
-`audit.erase` or `audit.write` as auth names them, as a scope or a role, or the `admin` role). Producers
-recording over the RPC are services (credential type `service`) or hold `audit.write`.
+A caller holds `audit.read` or `audit.erase` by the kit's rule (parapet.kit.permissions: what auth resolved into
+the token, or for a token without that, the name as a scope or role, or the `admin` role). Producers recording
+over the RPC are services (credential type `service`) or hold `admin` in the tenant: `audit.write` is no
+permission a tenant policy can grant, so auth never resolves it into a token, and `admin` is what stands for it
+(a token without resolved permissions may still name it as a scope or role).
 """
 
 from __future__ import annotations
 
 from parapet.kit.context import require_principal
 from parapet.kit.identity import Principal
-from parapet.kit.permissions import has_permission, missing
+from parapet.kit.permissions import ADMIN, has_permission, missing
 
 AUDIT_READ = "audit.read"
 AUDIT_ERASE = "audit.erase"
@@ -17,7 +19,9 @@ AUDIT_WRITE = "audit.write"
 
 
 def has_audit_permission(principal: Principal, permission: str) -> bool:
-    if permission == AUDIT_WRITE and principal.credential_type == "service":
+    if permission == AUDIT_WRITE and (
+        principal.credential_type == "service" or has_permission(principal, ADMIN)
+    ):
         return True
     return has_permission(principal, permission)
 

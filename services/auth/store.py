@@ -17,19 +17,18 @@ on commit only, to every replica's listener (see ``services/auth/invalidation.py
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.database import Database
-from parapet.kit.errors import Unavailable
 
 APP_ROLE = "parapet_auth_app"
 NOTIFY_CHANNEL = "parapet_auth"
@@ -63,40 +62,18 @@ class TenantView:
     row: dict[str, Any]
 
 
-@asynccontextmanager
-async def role_transaction(
-    database: Database,
-    role: str,
-    *,
-    tenant_id: str | None = None,
-    scope: str | None = None,
-    what: str = "database",
-) -> AsyncIterator[AsyncSession]:
-    """The kit's scoped transaction under ``SET LOCAL ROLE role`` (so row-level security applies even to the
-    tables' owner), scoped to ``tenant_id`` or to ``scope`` or to neither.
-
-    A lost or refused database connection is UNAVAILABLE naming ``what`` right here, since auth's store also
-    serves callers off the RPC path (the outbox relay, bootstrap), where the kit's error interceptor does not.
-    """
-    try:
-        async with database.scoped_transaction(tenant_id=tenant_id, scope=scope, role=role) as session:
-            yield session
-    except (OperationalError, InterfaceError, OSError) as error:
-        raise Unavailable(f"the {what} is unavailable", retry_after=1.0) from error
-
-
 class AuthStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
     def tenant(self, tenant_id: str) -> AbstractAsyncContextManager[AsyncSession]:
-        return role_transaction(self.database, APP_ROLE, tenant_id=tenant_id, what="auth database")
+        return self.database.scoped_transaction(tenant_id=tenant_id, role=APP_ROLE)
 
     def lookup(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return role_transaction(self.database, APP_ROLE, what="auth database")
+        return self.database.scoped_transaction(role=APP_ROLE)
 
     def platform(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return role_transaction(self.database, APP_ROLE, scope="platform", what="auth database")
+        return self.database.scoped_transaction(scope="platform", role=APP_ROLE)
 
     # -- routing before the tenant is known ------------------------------------------------------------
 

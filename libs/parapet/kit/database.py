@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from parapet.kit.errors import Unavailable
+from parapet.kit.interceptors.dependency import database_down
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Words SET ROLE reads as something else than a role: "none" resets to the session's own user, the owner.
+_RESERVED_ROLES = frozenset({"none", "default", "public", "current_user", "current_role", "session_user"})
 
 
 def check_schema_name(schema: str, what: str = "schema name") -> str:
@@ -91,15 +96,27 @@ class Database:
         narrow to what the job does; ``role`` runs the transaction under ``SET LOCAL ROLE`` so the policies apply
         even when the service connects as the tables' owner (a table's owner is exempt unless FORCE'd, a
         superuser always).
+
+        A lost or refused connection is raised as UNAVAILABLE (``Unavailable``, retry in a second), so that code
+        off the RPC path (a job worker, a relay) can tell an outage from a bug, as the kit's error interceptor
+        does for RPCs.
         """
-        role = None if role is None else check_schema_name(role, "role name")
+        if role is not None and (check_schema_name(role, "role name") in _RESERVED_ROLES):
+            raise ValueError(
+                f"{role!r} names no role of ours (SET ROLE {role} would leave row-level security)"
+            )
         opened = self.tenant_transaction(tenant_id) if tenant_id is not None else self.transaction()
-        async with opened as session:
-            if scope is not None:
-                await session.execute(text("SELECT set_config('parapet.scope', :s, true)"), {"s": scope})
-            if role is not None:
-                await session.execute(text(f"SET LOCAL ROLE {role}"))
-            yield session
+        try:
+            async with opened as session:
+                if scope is not None:
+                    await session.execute(text("SELECT set_config('parapet.scope', :s, true)"), {"s": scope})
+                if role is not None:
+                    await session.execute(text(f"SET LOCAL ROLE {role}"))
+                yield session
+        except Exception as error:
+            if not database_down(error):
+                raise
+            raise Unavailable(f"the {self.schema} database is unavailable", retry_after=1.0) from error
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:

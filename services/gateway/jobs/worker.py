@@ -189,6 +189,10 @@ class JobWorker:
             except grpc.aio.AioRpcError as error:
                 self._auth_failed(error, run)
             if not run.stop:
+                # The token took a round trip to auth since the claim: a cancel meanwhile is heard here, before
+                # any item starts, rather than at the first checkpoint after a batch of items already ran.
+                await self._check_in(job, run)
+            if not run.stop:
                 await self._run_items(job, caller, run)
         finally:
             await cancel_and_wait(heartbeat)
@@ -222,14 +226,17 @@ class JobWorker:
             await asyncio.sleep(self._lease / 3)
             try:
                 await message.in_progress()
-                state = await self._store.renew(job.tenant_id, job.job_id, self.worker_id, self._lease)
+                await self._check_in(job, run)
             except Exception:
                 log.warning("renewing a job's lease failed", exc_info=True, extra={"job_id": job.job_id})
-                continue
-            if state is None:
-                run.lease_lost = True
-            elif state in ("cancelled", DELETED):
-                run.cancelled = True
+
+    async def _check_in(self, job: JobRow, run: _Run) -> None:
+        """Renew the lease and take in what happened to the job meanwhile: cancelled, deleted, or taken over."""
+        state = await self._store.renew(job.tenant_id, job.job_id, self.worker_id, self._lease)
+        if state is None:
+            run.lease_lost = True
+        elif state in ("cancelled", DELETED):
+            run.cancelled = True
 
     async def _run_items(self, job: JobRow, caller: RenewingCaller, run: _Run) -> None:
         assert job.spec is not None

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import error_details
+from parapet.kit.identity import Principal
 from services.audit.query import encode_page_token
 from services.audit.scope import tenant_scope
 from tests.integration.audit.conftest import Audit, interaction, new_tenant
@@ -156,3 +157,26 @@ async def test_filters_paging_and_export(audit: Audit) -> None:
     assert len(lines) == 8
     assert lines[0]["interaction"]["body"]["prompt"] == "What is our refund policy?"  # type: ignore[index]
     assert [int(line["chain"]["sequence"]) for line in lines] == list(range(1, 9))  # type: ignore[index]
+
+
+async def test_permissions_auth_resolved_decide_and_admin_stands_for_audit_write(audit: Audit) -> None:
+    """Tokens auth issues carry the permissions it resolved; a custom role granted audit.read reads, and what the
+    token does not list is refused even to a role named like it. Record takes a service or an admin."""
+    tenant = new_tenant()
+
+    def caller(roles: tuple[str, ...], permissions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        return audit.keys.metadata(Principal(tenant, "someone", roles=roles, permissions=permissions))
+
+    reader = caller(("compliance",), ("audit.read", "chat"))
+    named = caller(("audit.read",), ("chat",))  # a role *named* like the permission, granted nothing by it
+    admin = caller(("admin",), ("admin", "audit.erase", "audit.read", "chat"))
+    record = audit_service_pb2.RecordRequest(record=interaction())
+    assert (await audit.stub.Record(record, metadata=admin, timeout=5)).chain.sequence == 1
+    records, _ = await _query(audit, tenant, audit_service_pb2.QueryInteractionsRequest(), metadata=reader)
+    assert len(records) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await _query(audit, tenant, audit_service_pb2.QueryInteractionsRequest(), metadata=named)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await audit.stub.Record(record, metadata=reader, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

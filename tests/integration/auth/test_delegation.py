@@ -61,6 +61,8 @@ async def test_a_delegator_gets_a_token_for_the_principal_as_of_now(auth: Auth) 
     assert principal == Principal.from_proto(submitted.principal)
     claims = jwt.decode(issued.token, options={"verify_signature": False})
     assert claims["tnt"] == tenant and claims["key"] == key_id
+    # What the key may do, resolved as Authenticate resolves it: the admin role narrowed by the key's scope.
+    assert principal.permissions == ("chat",) and claims["perm"] == ["chat"]
     assert claims["act"] == {"sub": claims["act"]["sub"], "tnt": PLATFORM} and claims["act"][
         "sub"
     ].startswith("jobs-")

@@ -9,6 +9,8 @@ import grpc
 import grpc.aio
 import jwt
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from parapet.auth.v1 import tenant_admin_service_pb2
 from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -165,6 +167,42 @@ async def test_cancel_stops_new_items_and_keeps_finished_ones(suite: Suite) -> N
     assert watched.state == job_pb2.JOB_STATE_CANCELLED
     assert full.progress.succeeded_items == len(full.results) == sum(runner.calls.values()) == 3
     assert max(runner.calls) == 2
+
+
+async def test_a_cancel_while_the_worker_fetches_the_submitter_s_token_starts_no_item(suite: Suite) -> None:
+    """After claiming a job the worker first asks auth for the submitter's token. A cancel during that round trip
+    was heard only at the first checkpoint or lease renewal, after the first items (as many as the item
+    concurrency) had started. Auth is held up for real: its API key table locked by a transaction of ours."""
+    runner = suite.runner()
+    # Renewals far apart, so that only the check after the token, not a renewal, can hear the cancel in time.
+    async with suite.gateway(
+        runner, gateway_job_item_concurrency=4, gateway_job_ack_wait_seconds=30.0
+    ) as jobs:
+        await jobs.ListJobs(
+            job_service_pb2.ListJobsRequest(), metadata=bearer(suite.key)
+        )  # auth knows the key
+        holder = create_async_engine(suite.database_url)
+        try:
+            async with holder.connect() as connection:
+                locked = await connection.begin()
+                await connection.execute(text("LOCK TABLE auth.api_keys IN ACCESS EXCLUSIVE MODE"))
+                submitted = await jobs.SubmitJob(
+                    batch_request(_key(), [f"q{i}" for i in range(4)]), metadata=bearer(suite.key)
+                )
+                job_id = submitted.job.job_id
+                await watch_until(jobs, suite.key, job_id, lambda job: job.state == job_pb2.JOB_STATE_RUNNING)
+                await asyncio.sleep(0.3)  # the worker is waiting for auth, which waits for our lock
+                cancelled = await jobs.CancelJob(
+                    job_service_pb2.CancelJobRequest(job_id=job_id), metadata=bearer(suite.key)
+                )
+                assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+                await locked.rollback()
+        finally:
+            await holder.dispose()
+        await asyncio.sleep(1.0)  # the token arrives; an item, had one started, would have by now
+        full = await _full_job(jobs, suite.key, job_id)
+    assert full.state == job_pb2.JOB_STATE_CANCELLED and not full.results
+    assert not runner.started.is_set() and sum(runner.calls.values()) == 0
 
 
 async def test_a_stopped_worker_s_job_is_finished_by_another_without_rerunning_items(suite: Suite) -> None:

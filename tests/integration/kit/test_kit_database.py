@@ -80,6 +80,9 @@ async def test_a_scoped_transaction_sets_tenant_scope_and_role_for_itself_only(d
         with pytest.raises(ValueError, match="invalid role name"):
             async with database.scoped_transaction(role="x; DROP TABLE notes"):
                 pass
+        with pytest.raises(ValueError, match="names no role"):  # SET ROLE none: back to the owner, past RLS
+            async with database.scoped_transaction(role="none"):
+                pass
     finally:
         async with database.connect() as conn:
             await conn.execute(text(f"DROP ROLE {role}"))

@@ -10,8 +10,10 @@ import grpc
 import grpc.aio
 import nats.errors
 import psycopg
+import psycopg.errors
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from parapet.kit.errors import (
     DOMAIN,
@@ -23,6 +25,8 @@ from parapet.kit.errors import (
     error_details,
     to_status_proto,
 )
+from parapet.kit.interceptors import errors as error_interceptor
+from parapet.kit.interceptors.dependency import dependency_down
 from parapet.kit.testing import (
     StringValue,
     TestKeys,
@@ -127,16 +131,51 @@ async def test_unavailable_with_retry_info(channel: grpc.aio.Channel, keys: Test
     ("kind", "named"), [("database_down", "the database"), ("bus_down", "the message bus")]
 )
 async def test_a_dependency_down_is_unavailable_with_retry_info_not_internal(
-    channel: grpc.aio.Channel, keys: TestKeys, caplog: pytest.LogCaptureFixture, kind: str, named: str
+    channel: grpc.aio.Channel,
+    keys: TestKeys,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    named: str,
 ) -> None:
     """The contract's promise for a database or NATS outage, for failures no servicer mapped itself."""
+    monkeypatch.setattr(error_interceptor, "_dependency_logged", {})
     with caplog.at_level(logging.WARNING, logger="parapet.kit.errors"):
-        error = await call_unary(channel, keys, kind)
-    details = error_details(error)
-    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
-    assert details.retry_after == 1.0
-    assert details.message == f"{named} is unavailable; retry shortly"  # the exception's text stays inside
-    assert [r.levelname for r in caplog.records if r.name == "parapet.kit.errors"] == ["WARNING"]
+        errors = [await call_unary(channel, keys, kind) for _ in range(3)]
+    for error in errors:
+        details = error_details(error)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+        assert details.retry_after == 1.0
+        assert (
+            details.message == f"{named} is unavailable; retry shortly"
+        )  # the exception's text stays inside
+    # An outage fails every call alike: one line with the traceback per interval, not one per call.
+    logged = [r for r in caplog.records if r.name == "parapet.kit.errors"]
+    assert [(r.levelname, r.exc_info is not None) for r in logged] == [("WARNING", True)]
+
+
+@pytest.mark.parametrize(
+    ("exc", "named"),
+    [
+        (OperationalError("SELECT 1", {}, psycopg.OperationalError("connection failed")), "the database"),
+        (OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("terminating")), "the database"),
+        (OperationalError("SELECT 1", {}, psycopg.errors.ConnectionFailure("lost")), "the database"),
+        (psycopg.InterfaceError("the connection is closed"), "the database"),
+        (SqlTimeoutError("QueuePool limit reached"), "the database"),
+        (nats.errors.TimeoutError(), "the message bus"),
+        # Operational to the driver, but no outage: a retry in a second would not cure them.
+        (OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("statement timeout")), None),
+        (OperationalError("SELECT 1", {}, psycopg.errors.DiskFull("no space")), None),
+        (OperationalError("SELECT 1", {}, psycopg.errors.SerializationFailure("conflict")), None),
+        (ProgrammingError("SELECT nope", {}, psycopg.errors.UndefinedTable("nope")), None),
+        (TimeoutError(), None),  # an OSError, and the kit's own time limits raise it
+        (TimeoutError(), None),
+    ],
+)
+def test_only_a_lost_or_refused_connection_counts_as_a_dependency_down(
+    exc: BaseException, named: str | None
+) -> None:
+    assert dependency_down(exc) == named
 
 
 async def test_error_info_metadata(channel: grpc.aio.Channel, keys: TestKeys) -> None:

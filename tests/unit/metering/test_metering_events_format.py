@@ -50,7 +50,7 @@ def test_same_figures_ignores_event_id_but_not_usage() -> None:
     assert not RECORD.same_figures(replace(RECORD, completion_tokens=31))
 
 
-def test_usage_read_comes_from_policy_roles_or_token_scopes() -> None:
+def test_usage_read_comes_from_resolved_permissions_else_policy_roles_narrowed_by_scopes() -> None:
     policy = tp.TenantPolicy(
         roles=[tp.RoleDefinition(role="analyst", permissions=[permission_pb2.PERMISSION_USAGE_READ])]
     )
@@ -58,3 +58,8 @@ def test_usage_read_comes_from_policy_roles_or_token_scopes() -> None:
     assert can_read_usage(Principal("acme", "a", scopes=("usage.read",)), policy)
     assert not can_read_usage(Principal("acme", "a", roles=("member",)), policy)
     assert not can_read_usage(Principal("acme", "a", roles=("analyst",)), tp.TenantPolicy())
+    # A scoped credential holds no more than its scopes, whatever its roles.
+    assert not can_read_usage(Principal("acme", "a", roles=("admin",), scopes=("chat",)), policy)
+    # What auth resolved into the token decides, when it is there.
+    assert can_read_usage(Principal("acme", "a", roles=("member",), permissions=("usage.read",)), policy)
+    assert not can_read_usage(Principal("acme", "a", roles=("analyst",), permissions=("chat",)), policy)

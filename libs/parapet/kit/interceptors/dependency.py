@@ -2,30 +2,21 @@
 
 The contract (docs/contracts.md) promises UNAVAILABLE `DEPENDENCY_UNAVAILABLE` with `RetryInfo` when a service's
 database or NATS is down, so that clients retry instead of reporting a bug. Services map the failures they expect
-where a better message helps (auth's store, audit's Erase); any other lost or refused connection that reaches the
-kit's error interceptor is classified here instead of being answered INTERNAL. Imported on that failure path
-only, so a service without a database never loads the driver for it.
+where a better message helps (audit's Erase); any other lost or refused connection that reaches the kit's error
+interceptor, or a scoped database transaction, is classified here instead of being answered INTERNAL. Imported
+on the failure path only, so a service without a database never loads the driver for it.
+
+Only the connection counts, not everything a driver files under "operational": psycopg's OperationalError also
+covers a statement timeout, a full disk, a lock not available or a deadlock, which a retry in a second does not
+cure or which are conflicts, so the database's own errors are told apart by SQLSTATE.
 """
 
 from __future__ import annotations
 
 import functools
 
-
-@functools.cache
-def _database_errors() -> tuple[type[BaseException], ...]:
-    import psycopg
-    from sqlalchemy import exc
-
-    # PostgreSQL gone, refusing connections or shut down, the pool exhausted; psycopg's OperationalError also
-    # covers serialization failures and deadlocks, which a retry resolves as well.
-    return (
-        exc.OperationalError,
-        exc.InterfaceError,
-        exc.TimeoutError,
-        psycopg.OperationalError,
-        psycopg.InterfaceError,
-    )
+# Connection exceptions (class 08), the server shutting down or starting (57P01-57P03), too many connections.
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 @functools.cache
@@ -48,9 +39,29 @@ def _bus_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def database_down(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or psycopg's) means the database cannot be reached or is not serving."""
+    import psycopg
+    from sqlalchemy import exc as sqlalchemy_errors
+
+    if isinstance(exc, sqlalchemy_errors.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sqlalchemy_errors.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    if isinstance(exc, psycopg.InterfaceError):  # the connection is closed
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        sqlstate = exc.sqlstate
+        # No SQLSTATE: the client could not connect or lost the connection (no server answered).
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
+    return False
+
+
 def dependency_down(exc: BaseException) -> str | None:
     """``"the database"`` or ``"the message bus"`` when ``exc`` means that dependency is down, else None."""
-    if isinstance(exc, _database_errors()):
+    if database_down(exc):
         return "the database"
     if isinstance(exc, _bus_errors()):
         return "the message bus"

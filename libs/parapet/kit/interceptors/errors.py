@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import NoReturn
 
 import grpc
@@ -25,6 +26,28 @@ log = logging.getLogger("parapet.kit.errors")
 
 # What a client is told to wait before retrying a call that met a dependency down.
 DEPENDENCY_RETRY_SECONDS = 1.0
+# During an outage every call fails alike: its traceback is logged once per this interval and dependency, the
+# calls in between are counted into the next line (each is in the RPC metrics with its reason anyway).
+DEPENDENCY_LOG_INTERVAL_SECONDS = 30.0
+_dependency_logged: dict[str, tuple[float, int]] = {}  # dependency -> (last logged, calls since)
+
+
+def _log_dependency_down(down: str, exc: Exception, method: str) -> None:
+    now = time.monotonic()
+    last, since = _dependency_logged.get(down, (float("-inf"), 0))
+    if now - last < DEPENDENCY_LOG_INTERVAL_SECONDS:
+        _dependency_logged[down] = (last, since + 1)
+        return
+    _dependency_logged[down] = (now, 0)
+    log.warning(
+        "%s is unavailable in %s: %s (%d more calls failed alike since the last such line)",
+        down,
+        method,
+        type(exc).__name__,
+        since,
+        exc_info=exc,
+        extra={"method": method},
+    )
 
 
 def _record(info: RpcInfo, code: grpc.StatusCode | None, reason: str | None = None) -> None:
@@ -59,14 +82,7 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         raise exc  # KeyboardInterrupt, SystemExit: not ours to translate
     down = dependency_down(exc)
     if down is not None:
-        log.warning(
-            "%s is unavailable in %s: %s",
-            down,
-            info.method,
-            type(exc).__name__,
-            exc_info=exc,
-            extra={"method": info.method},
-        )
+        _log_dependency_down(down, exc, info.method)
         unavailable = Unavailable(
             f"{down} is unavailable; retry shortly", retry_after=DEPENDENCY_RETRY_SECONDS
         )
