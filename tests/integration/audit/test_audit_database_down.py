@@ -1,8 +1,9 @@
-"""With PostgreSQL down, audit's RPCs answer UNAVAILABLE with RetryInfo (the contract's promise), not INTERNAL,
+"""With PostgreSQL (or, for Erase, NATS) down, audit's RPCs answer UNAVAILABLE with RetryInfo (the contract's promise), not INTERNAL,
 and work again once it is back. No servicer maps these failures itself: the kit's error interceptor does."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -10,12 +11,14 @@ import grpc.aio
 import pytest
 
 from parapet.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
-from parapet.embedded import EmbeddedPostgres
+from parapet.embedded import EmbeddedNats, EmbeddedPostgres
+from parapet.kit.database import Database
 from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, running
+from parapet.kit.timeouts import within
 from services.audit.app import APP
-from tests.integration.audit.conftest import audit_settings, interaction, new_tenant
+from tests.integration.audit.conftest import audit_settings, interaction, new_tenant, stored
 
 
 async def test_a_database_outage_is_unavailable_and_passes(
@@ -63,3 +66,50 @@ async def test_a_database_outage_is_unavailable_and_passes(
         fresh_postgres.start()
         assert (await verify()).records_verified == 1
         assert (await stub.Erase(erase, metadata=admin, timeout=20)).erased_count == 1
+
+
+async def test_erase_with_nats_down_is_unavailable_before_recording_anything(
+    database_url: str, fresh_nats: EmbeddedNats, tmp_path: Path, keys: TestKeys
+) -> None:
+    """Erase reaches the set-aside records in NATS first: with NATS down it records no erasure (none would be
+    complete) and says to retry; once NATS is back the same call erases."""
+    tenant = new_tenant()
+    admin = keys.metadata(Principal(tenant_id=tenant, subject="auditor", roles=("admin",)))
+    producer = keys.metadata(Principal(tenant_id=tenant, subject="gateway", credential_type="service"))
+    settings = audit_settings(database_url, fresh_nats.url, tmp_path, keys)
+    database = Database(database_url, "audit", pool_size=1, max_overflow=0)
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        await stub.Record(audit_service_pb2.RecordRequest(record=interaction("user-1")), metadata=producer)
+        erase = audit_service_pb2.EraseRequest(user_id="user-1", reason="ticket 10")
+
+        fresh_nats.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Erase(erase, metadata=admin, timeout=30)
+        details = error_details(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+        assert details.retry_after is not None
+        assert await stored(database, tenant) == 1  # no AdminAction: nothing was recorded as erased
+
+        fresh_nats.start()
+        erased = await within(30, _erase_when_connected(stub, erase, admin))
+        assert (erased.erased_count, erased.rejected_deleted_count) == (1, 0)
+    await database.close()
+
+
+async def _erase_when_connected(
+    stub: audit_service_pb2_grpc.AuditServiceStub,
+    erase: audit_service_pb2.EraseRequest,
+    metadata: tuple[tuple[str, str], ...],
+) -> audit_service_pb2.EraseResponse:
+    """Erase, retried as the UNAVAILABLE status says to, while the service reconnects to NATS."""
+    while True:
+        try:
+            return await stub.Erase(erase, metadata=metadata, timeout=10)  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.5)
