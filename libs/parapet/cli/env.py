@@ -65,6 +65,9 @@ def service_env(spec: ServiceSpec, suite: SuiteEndpoints, base: Mapping[str, str
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # A suite of its own: every token comes from this release's auth and carries the resolved permissions, so
+    # none is judged by role names (docs/deploy.md turns this on for upgraded deployments).
+    env.setdefault("PARAPET_IDENTITY_REQUIRE_PERMISSIONS", "true")
     if spec.name == SIGNING_SERVICE:
         env[SIGNING_KEY_ENV] = str(suite.identity.signing_key_file)
         env[BOOTSTRAP_KEY_ENV] = str(suite.identity.signing_key_file.parent / BOOTSTRAP_KEY_NAME)

@@ -101,6 +101,13 @@ class ServiceSettings(BaseSettings):
     identity_leeway_seconds: float = Field(
         5.0, ge=0, le=60, description="Clock skew tolerated on `exp` and `nbf` of identity tokens."
     )
+    identity_require_permissions: bool = Field(
+        False,
+        description="Refuse identity tokens that carry no resolved permissions (claim `perm`) with "
+        "UNAUTHENTICATED `TOKEN_PERMISSIONS_MISSING`, instead of deciding by their role and scope names. Every "
+        "token auth issues carries them since 2026-12-05: turn this on once no auth replica of an earlier "
+        "release runs, and tokens it issued have expired (5 minutes).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Lowest level logged."
     )

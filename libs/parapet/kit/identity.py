@@ -337,6 +337,9 @@ class TokenVerifier:
     issuer: str = "parapet-auth"
     leeway_seconds: float = 5.0
     max_token_bytes: int = MAX_TOKEN_BYTES
+    # Refuse a token without the permissions auth resolved (`perm`) rather than fall back to its role and scope
+    # names (parapet.kit.permissions): for deployments where every auth replica issues them.
+    require_permissions: bool = False
 
     # Verified tokens are remembered so the Ed25519 check runs once per token, not once per call: the same
     # token rides on every hop of a request and on a principal's requests for its lifetime. The key is the
@@ -354,6 +357,11 @@ class TokenVerifier:
                 return cached[0]
             del self._cache[token]
         principal, expires = await self._verify_uncached(token)
+        if self.require_permissions and principal.permissions is None:
+            raise TokenRejected(
+                "identity token carries no resolved permissions (issued by an earlier auth?)",
+                reason="TOKEN_PERMISSIONS_MISSING",
+            )
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest entry

@@ -156,6 +156,7 @@ async def _open_resources(
         audience=settings.identity_audience,
         issuer=settings.identity_issuer,
         leeway_seconds=settings.identity_leeway_seconds,
+        require_permissions=settings.identity_require_permissions,
     )
     return Resources(settings=settings, database=database, bus=bus, identity=verifier, health=health)
 

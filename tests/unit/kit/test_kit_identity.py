@@ -357,3 +357,23 @@ async def test_token_cache_is_bounded(keys: TestKeys) -> None:
     for _ in range(10):
         await verifier.verify(keys.token())
     assert len(verifier._cache) == 3
+
+
+async def test_a_service_that_requires_resolved_permissions_refuses_tokens_without_them(
+    keys: TestKeys,
+) -> None:
+    """identity_require_permissions: once every auth replica writes `perm`, a token without it (an older auth's,
+    or one signed outside auth) is refused instead of being judged by its role names."""
+    handler = string_service(SERVICE, unary={"WhoAmI": whoami})
+    app = generic_app(handler, keys=keys, service_names=(SERVICE,))
+    async with (
+        running(app, fast_settings(identity_require_permissions=True)) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        resolved = Principal("tenant-a", "user-1", roles=("member", "admin"), permissions=("chat",))
+        answer = await unary_caller(channel, WHOAMI)(StringValue(), metadata=keys.metadata(resolved))
+        assert answer.value == "tenant-a/user-1/member,admin"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary_caller(channel, WHOAMI)(StringValue(), metadata=keys.metadata(PRINCIPAL))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_PERMISSIONS_MISSING")
