@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from parapet.kit.errors import Unavailable
-from parapet.kit.interceptors.dependency import database_down
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Words SET ROLE reads as something else than a role: "none" resets to the session's own user, the owner.
@@ -99,7 +98,8 @@ class Database:
 
         A lost or refused connection is raised as UNAVAILABLE (``Unavailable``, retry in a second), so that code
         off the RPC path (a job worker, a relay) can tell an outage from a bug, as the kit's error interceptor
-        does for RPCs.
+        does for RPCs. A connection lost during COMMIT is raised so too, although the write may have landed:
+        what a retry repeats must be idempotent (every writer here is keyed: request, record, job, item ids).
         """
         if role is not None and (check_schema_name(role, "role name") in _RESERVED_ROLES):
             raise ValueError(
@@ -114,6 +114,8 @@ class Database:
                     await session.execute(text(f"SET LOCAL ROLE {role}"))
                 yield session
         except Exception as error:
+            from parapet.kit.interceptors.dependency import database_down  # the failure path only
+
             if not database_down(error):
                 raise
             raise Unavailable(f"the {self.schema} database is unavailable", retry_after=1.0) from error

@@ -1,5 +1,6 @@
-"""With PostgreSQL (or, for Erase, NATS) down, audit's RPCs answer UNAVAILABLE with RetryInfo (the contract's promise), not INTERNAL,
-and work again once it is back. No servicer maps these failures itself: the kit's error interceptor does."""
+"""With PostgreSQL (or, for Erase, NATS) down, audit's RPCs answer UNAVAILABLE with RetryInfo (the
+contract's promise), not INTERNAL, and work again once it is back. No servicer maps a database failure itself:
+the kit's error interceptor does."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, running
 from parapet.kit.timeouts import within
 from services.audit.app import APP
+from services.audit.settings import AuditSettings
 from tests.integration.audit.conftest import audit_settings, interaction, new_tenant, stored
 
 
@@ -78,6 +80,20 @@ async def test_erase_with_nats_down_is_unavailable_before_recording_anything(
     producer = keys.metadata(Principal(tenant_id=tenant, subject="gateway", credential_type="service"))
     settings = audit_settings(database_url, fresh_nats.url, tmp_path, keys)
     database = Database(database_url, "audit", pool_size=1, max_overflow=0)
+    try:
+        await _erase_with_nats_down_then_up(database, fresh_nats, settings, tenant, admin, producer)
+    finally:
+        await database.close()
+
+
+async def _erase_with_nats_down_then_up(
+    database: Database,
+    fresh_nats: EmbeddedNats,
+    settings: AuditSettings,
+    tenant: str,
+    admin: tuple[tuple[str, str], ...],
+    producer: tuple[tuple[str, str], ...],
+) -> None:
     async with (
         running(APP, settings) as (_server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
@@ -97,7 +113,6 @@ async def test_erase_with_nats_down_is_unavailable_before_recording_anything(
         fresh_nats.start()
         erased = await within(30, _erase_when_connected(stub, erase, admin))
         assert (erased.erased_count, erased.rejected_deleted_count) == (1, 0)
-    await database.close()
 
 
 async def _erase_when_connected(

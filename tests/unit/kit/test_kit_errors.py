@@ -61,6 +61,7 @@ async def raise_error(request: StringValue, context: grpc.aio.ServicerContext) -
         # What SQLAlchemy raises when PostgreSQL refuses or drops the connection, and nats-py with no server.
         "database_down": OperationalError("SELECT 1", {}, psycopg.OperationalError(SECRET)),
         "bus_down": nats.errors.NoServersError(),
+        "deadlock": OperationalError("UPDATE", {}, psycopg.errors.DeadlockDetected(SECRET)),
     }
     raise errors[request.value]
 
@@ -154,6 +155,14 @@ async def test_a_dependency_down_is_unavailable_with_retry_info_not_internal(
     assert [(r.levelname, r.exc_info is not None) for r in logged] == [("WARNING", True)]
 
 
+async def test_a_transaction_lost_to_a_concurrent_one_is_aborted_for_a_retry(
+    channel: grpc.aio.Channel, keys: TestKeys
+) -> None:
+    details = error_details(await call_unary(channel, keys, "deadlock"))
+    assert (details.code, details.reason) == (grpc.StatusCode.ABORTED, "CONCURRENT_CONFLICT")
+    assert "hunter2" not in details.message
+
+
 @pytest.mark.parametrize(
     ("exc", "named"),
     [
@@ -166,7 +175,7 @@ async def test_a_dependency_down_is_unavailable_with_retry_info_not_internal(
         # Operational to the driver, but no outage: a retry in a second would not cure them.
         (OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("statement timeout")), None),
         (OperationalError("SELECT 1", {}, psycopg.errors.DiskFull("no space")), None),
-        (OperationalError("SELECT 1", {}, psycopg.errors.SerializationFailure("conflict")), None),
+        (OperationalError("SELECT 1", {}, psycopg.errors.SerializationFailure("conflict")), None),  # ABORTED
         (ProgrammingError("SELECT nope", {}, psycopg.errors.UndefinedTable("nope")), None),
         (TimeoutError(), None),  # an OSError, and the kit's own time limits raise it
         (TimeoutError(), None),

@@ -7,8 +7,9 @@ interceptor, or a scoped database transaction, is classified here instead of bei
 on the failure path only, so a service without a database never loads the driver for it.
 
 Only the connection counts, not everything a driver files under "operational": psycopg's OperationalError also
-covers a statement timeout, a full disk, a lock not available or a deadlock, which a retry in a second does not
-cure or which are conflicts, so the database's own errors are told apart by SQLSTATE.
+covers a statement timeout, a full disk or a lock not available, which a retry in a second does not cure, so the
+database's own errors are told apart by SQLSTATE. A serialization failure or a deadlock is neither an outage nor
+a bug but a conflict with a concurrent transaction (``database_conflict``): ABORTED, which a client retries.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def database_down(exc: BaseException) -> bool:
         # No SQLSTATE: the client could not connect or lost the connection (no server answered).
         return sqlstate is None or sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
     return False
+
+
+# serialization_failure, deadlock_detected: the transaction lost to a concurrent one and was rolled back.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def database_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database rolling the transaction back for a conflict with a concurrent one."""
+    from sqlalchemy import exc as sqlalchemy_errors
+
+    if isinstance(exc, sqlalchemy_errors.DBAPIError) and isinstance(exc.orig, BaseException):
+        exc = exc.orig
+    return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
 def dependency_down(exc: BaseException) -> str | None:

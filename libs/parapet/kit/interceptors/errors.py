@@ -19,8 +19,8 @@ import grpc
 import grpc.aio
 
 from parapet.kit.context import RpcInfo
-from parapet.kit.errors import Internal, ParapetError, Unavailable, to_status
-from parapet.kit.interceptors.dependency import dependency_down
+from parapet.kit.errors import Aborted, Internal, ParapetError, Unavailable, to_status
+from parapet.kit.interceptors.dependency import database_conflict, dependency_down
 
 log = logging.getLogger("parapet.kit.errors")
 
@@ -80,6 +80,13 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         await context.abort_with_status(to_status(exc))
     if not isinstance(exc, Exception):
         raise exc  # KeyboardInterrupt, SystemExit: not ours to translate
+    if database_conflict(exc):
+        log.info("a database conflict aborted %s: %s", info.method, type(exc).__name__)
+        aborted = Aborted(
+            "a concurrent change conflicted with this call; retry it", reason="CONCURRENT_CONFLICT"
+        )
+        _record(info, aborted.code, aborted.reason)
+        await context.abort_with_status(to_status(aborted))
     down = dependency_down(exc)
     if down is not None:
         _log_dependency_down(down, exc, info.method)
