@@ -69,9 +69,12 @@ class Access:
         # This replica's other per-tenant caches (the identity cache), dropped right after a change commits.
         self._also_invalidate = also_invalidate
 
-    async def view(self, tenant_id: str) -> TenantView | None:
+    async def view(self, tenant_id: str, *, at_least_version: int = 0) -> TenantView | None:
+        """The tenant and its current policy, cached. ``at_least_version``: a policy version the caller has seen
+        in the database; a cached view older than that (this replica has not yet heard of the change) is read
+        again rather than trusted."""
         cached = self.tenants.get(tenant_id)
-        if cached is not None:
+        if cached is not None and cached.policy.version >= at_least_version:
             return cached
         generation = self.tenants.generation(tenant_id)
         view = await self.store.tenant_view(tenant_id)
@@ -80,10 +83,10 @@ class Access:
         return view
 
     async def permissions_of(
-        self, principal: Principal
+        self, principal: Principal, *, at_least_version: int = 0
     ) -> tuple[frozenset[PermissionValue], TenantView | None]:
         """What ``principal`` may do: its roles under its tenant's policy, narrowed by its scopes."""
-        view = await self.view(principal.tenant_id)
+        view = await self.view(principal.tenant_id, at_least_version=at_least_version)
         if view is None or view.state != "active":
             return frozenset(), view
         held = permissions.granted(view.policy, principal.roles)
@@ -91,10 +94,12 @@ class Access:
             held = frozenset(p for p in held if permissions.name(p) in principal.scopes)
         return held, view
 
-    async def with_permissions(self, principal: Principal) -> Principal:
+    async def with_permissions(self, principal: Principal, policy_version: int) -> Principal:
         """``principal`` carrying the names of what it may do (``permissions_of``), for the token auth issues:
-        services decide from that list (parapet.kit.permissions) without the tenant policy."""
-        held, _ = await self.permissions_of(principal)
+        services decide from that list (parapet.kit.permissions) without the tenant policy. ``policy_version``
+        is the version the token will name (read with the credential): the permissions come from it or a later
+        one, never from an older view this replica still caches."""
+        held, _ = await self.permissions_of(principal, at_least_version=policy_version)
         return replace(principal, permissions=tuple(sorted(permissions.name(p) for p in held)))
 
     async def require(self, method: str, tenant_id: str, *, platform_only: bool = False) -> Actor:

@@ -156,7 +156,9 @@ class Authenticator:
         refused = key_refusal(record, time.time())
         if refused is not None:
             raise Unauthenticated(refused[1], reason=refused[0])
-        principal = await self._access.with_permissions(key_principal(tenant_id, record))
+        principal = await self._access.with_permissions(
+            key_principal(tenant_id, record), record.policy_version
+        )
         last_use = record.last_use_time.timestamp() if record.last_use_time else 0.0
         expires = record.expire_time.timestamp() if record.expire_time else None
         entry = IdentityEntry(principal, record.policy_version, expires, last_use_written=last_use)
@@ -241,7 +243,8 @@ class Authenticator:
                 credential_type="oidc_token",
                 external_token_id=jti if isinstance(jti, str) else "",
                 issuer=token.issuer,
-            )
+            ),
+            view.policy.version,
         )
         entry = IdentityEntry(principal, view.policy.version, float(claims["exp"]))
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)

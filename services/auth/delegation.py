@@ -53,7 +53,9 @@ class Delegator:
         refusal = key_refusal(record, now)
         if refusal is not None:
             raise self._refused(caller, tenant_id, *refusal)
-        principal = await self._access.with_permissions(key_principal(tenant_id, record))
+        principal = await self._access.with_permissions(
+            key_principal(tenant_id, record), record.policy_version
+        )
         full = int(now) + int(self._signer.ttl_seconds)
         expires = full if record.expire_time is None else min(full, int(record.expire_time.timestamp()))
         token = self._signer.sign(

@@ -19,10 +19,14 @@ from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit import paging
+from parapet.kit.database import Database
 from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal
 from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal, running
+from services.auth.access import Access
 from services.auth.app import APP
+from services.auth.cache import TenantKeyedCache
+from services.auth.store import AuthStore
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
 
 
@@ -137,6 +141,33 @@ async def test_the_token_carries_what_the_policy_grants_the_roles_narrowed_by_th
     admin = await resolved("ann")
     assert admin is not None and {"admin", "documents.delete", "audit.erase", "usage.read"} <= set(admin)
     assert await resolved("ann", scopes=("audit.read",)) == ("audit.read",)
+
+
+async def test_permissions_come_from_the_policy_version_read_with_the_credential(
+    auth: Auth, database_url: str
+) -> None:
+    """A replica that has not yet heard of a policy change still caches the older view; the permissions it puts
+    into a token must not come from a version older than the one the token names (read with the credential)."""
+    tenant = await auth.new_tenant()
+    database = Database(database_url, "auth")
+    try:
+        # Another replica's tenant cache, which no change notification reaches in this test.
+        replica = Access(AuthStore(database), TenantKeyedCache(100, 3600.0), PLATFORM, asyncio.Event())
+        bob = Principal(tenant, "bob", roles=("member",))
+        assert (await replica.with_permissions(bob, 1)).permissions == ()  # v1 defines no `member`: cached
+        policy = await _policy(auth, tenant)
+        policy.roles.append(
+            tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_DOCUMENTS_READ])
+        )
+        await auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+            metadata=auth.operator,
+        )
+        assert (await replica.with_permissions(bob, 1)).permissions == ()  # the cache, as version 1 allows
+        assert (await replica.with_permissions(bob, 2)).permissions == ("documents.read",)
+        assert (await replica.with_permissions(bob, 1)).permissions == ("documents.read",)  # now cached
+    finally:
+        await database.close()
 
 
 async def test_disabled_tenants_are_listed_only_when_asked_for(auth: Auth) -> None:
