@@ -7,14 +7,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc.aio
-import nats.errors
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc
 from parapet.kit import metrics
 from parapet.kit.bus import Bus
 from parapet.kit.context import current_request_id
 from parapet.kit.database import Database
-from parapet.kit.errors import AlreadyExists, InvalidArgument, Unavailable
+from parapet.kit.errors import AlreadyExists, InvalidArgument
 from services.audit.access import AUDIT_ERASE, AUDIT_READ, AUDIT_WRITE, require_audit_permission
 from services.audit.canonical import prepare
 from services.audit.consumer import BodyDefaults
@@ -107,16 +106,10 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         principal = require_audit_permission(AUDIT_ERASE)
         if not request.user_id:
             raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
-        # The set-aside copies go first: when NATS fails the call fails before anything is recorded as erased,
-        # and a retry finishes the job (both steps find nothing left to do the second time).
-        try:
-            rejected = await delete_user_rejected(self._bus, principal.tenant_id, request.user_id)
-        except (nats.errors.Error, OSError) as error:
-            log.warning("Erase could not reach the set-aside records", exc_info=True)
-            raise Unavailable(
-                "the audit records set aside as unstorable could not be reached; retry shortly",
-                retry_after=1.0,
-            ) from error
+        # The set-aside copies go first: when NATS fails the call fails (UNAVAILABLE, the kit's mapping of a bus
+        # that is down) before anything is recorded as erased, and a retry finishes the job (both steps find
+        # nothing left to do the second time).
+        rejected = await delete_user_rejected(self._bus, principal.tenant_id, request.user_id)
         if rejected:
             # Logged as well as recorded below: if the transaction fails, these deletions stand all the same.
             log.info(

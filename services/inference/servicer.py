@@ -14,8 +14,7 @@ from parapet.inference.v1 import (
 )
 from parapet.kit import paging
 from parapet.kit.context import require_principal
-from parapet.kit.errors import InvalidArgument
-from parapet.kit.permissions import ADMIN, require_permission
+from parapet.kit.permissions import erasure_target
 from parapet.usage.v1 import money_pb2
 from services.inference.engine import Engine
 
@@ -97,25 +96,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.DeleteCacheEntriesRequest, context: grpc.aio.ServicerContext
     ) -> inference_service_pb2.DeleteCacheEntriesResponse:
         principal = require_principal()
-        scope = request.WhichOneof("scope")
-        if scope == "user_id" and request.user_id:
-            if request.user_id != principal.subject:
-                require_permission(principal, ADMIN, "deleting another user's cached answers")
-        elif scope == "all_entries" and request.all_entries:
-            require_permission(principal, ADMIN, "deleting every cached answer of the tenant")
-        else:
-            raise InvalidArgument(
-                "set exactly one scope: a non-empty user_id, or all_entries = true",
-                field_violations=[("scope", "user_id or all_entries required")],
-            )
+        user_id = erasure_target(principal, request, everything="all_entries", what="cached answers")
         cache = self.engine.cache
         if cache is None:
             return inference_service_pb2.DeleteCacheEntriesResponse()  # no cache configured: nothing is kept
         # This replica's answers still being written (after their summary went out) land first, so that a
         # chat that just ended is reached too; bounded, as a write waits on the embedding and the database.
         await self.engine.settle_writes(_PENDING_WRITES_SECONDS)
-        if scope == "user_id":
-            deleted = await cache.forget_user(principal.tenant_id, request.user_id)
+        if user_id is not None:
+            deleted = await cache.forget_user(principal.tenant_id, user_id)
         else:
             deleted = await cache.forget_tenant(principal.tenant_id)
         return inference_service_pb2.DeleteCacheEntriesResponse(deleted_count=deleted)

@@ -19,10 +19,9 @@ _GRANTING = frozenset({permission_pb2.PERMISSION_USAGE_READ, permission_pb2.PERM
 def can_read_usage(principal: Principal, policy: tenant_policy_pb2.TenantPolicy) -> bool:
     """True when the principal's resolved permissions hold usage.read; for a token without them, when a scope
     names it (a scoped credential), or, unscoped, when a role grants usage.read (or admin) in the policy."""
-    if principal.permissions is not None:
+    if principal.permissions is not None or principal.scopes:
+        # The kit's rule: what auth resolved, or a scoped credential's scopes (it holds no more than them).
         return has_permission(principal, USAGE_READ)
-    if principal.scopes:  # a scoped credential holds no more than its scopes, as auth decides
-        return USAGE_READ in principal.scopes
     held = set(principal.roles)
     return any(role.role in held and _GRANTING.intersection(role.permissions) for role in policy.roles)
 

@@ -12,7 +12,7 @@ from parapet.kit.context import require_principal
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
 from parapet.kit.identity import Principal
-from parapet.kit.permissions import ADMIN, require_permission
+from parapet.kit.permissions import erasure_target, require_permission
 from parapet.kit.timeouts import within
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
@@ -181,19 +181,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteDocumentsResponse:
         principal = self._caller(DOCUMENTS_DELETE)
-        scope = request.WhichOneof("scope")
-        if scope == "user_id" and request.user_id:
-            if request.user_id != principal.subject:
-                require_permission(principal, ADMIN, "erasing another user's documents")
-            owner: str | None = request.user_id
-        elif scope == "all_documents" and request.all_documents:
-            require_permission(principal, ADMIN, "erasing every document of the tenant")
-            owner = None
-        else:
-            raise InvalidArgument(
-                "set exactly one scope: a non-empty user_id, or all_documents = true",
-                field_violations=[("scope", "user_id or all_documents required")],
-            )
+        owner = erasure_target(principal, request, everything="all_documents", what="documents")
         count = await self._deleter.erase(principal.tenant_id, principal.subject, owner)
         return pb.DeleteDocumentsResponse(deleted_count=count)
 

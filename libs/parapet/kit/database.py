@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from parapet.kit.dependency import database_down
 from parapet.kit.errors import Unavailable
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -114,8 +115,6 @@ class Database:
                     await session.execute(text(f"SET LOCAL ROLE {role}"))
                 yield session
         except Exception as error:
-            from parapet.kit.interceptors.dependency import database_down  # the failure path only
-
             if not database_down(error):
                 raise
             raise Unavailable(f"the {self.schema} database is unavailable", retry_after=1.0) from error

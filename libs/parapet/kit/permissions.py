@@ -13,7 +13,9 @@ with every tenant permission), never beyond its scopes when it has any.
 
 from __future__ import annotations
 
-from parapet.kit.errors import PermissionDenied
+from google.protobuf.message import Message
+
+from parapet.kit.errors import InvalidArgument, PermissionDenied
 from parapet.kit.identity import Principal
 
 ADMIN = "admin"
@@ -41,3 +43,22 @@ def require_permission(principal: Principal, permission: str, why: str = "") -> 
     """Raises ``missing(permission, why)`` unless ``principal`` holds ``permission``."""
     if not has_permission(principal, permission):
         raise missing(permission, why)
+
+
+def erasure_target(principal: Principal, request: Message, *, everything: str, what: str) -> str | None:
+    """Whose ``what`` an erasure request deletes: a request with ``oneof scope { string user_id; bool
+    <everything>; }`` names one user (the caller's own need no permission, another's ``admin``) or, with
+    ``everything`` true, the whole tenant's (``admin``; returns None). Anything else is INVALID_ARGUMENT."""
+    scope = request.WhichOneof("scope")
+    user_id = str(getattr(request, "user_id", ""))
+    if scope == "user_id" and user_id:
+        if user_id != principal.subject:
+            require_permission(principal, ADMIN, f"deleting another user's {what}")
+        return user_id
+    if scope == everything and getattr(request, everything):
+        require_permission(principal, ADMIN, f"deleting every one of the tenant's {what}")
+        return None
+    raise InvalidArgument(
+        f"set exactly one scope: a non-empty user_id, or {everything} = true",
+        field_violations=[("scope", f"user_id or {everything} required")],
+    )

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
+from parapet.kit.dependency import dependency_down
 from parapet.kit.errors import (
     DOMAIN,
     InvalidArgument,
@@ -26,7 +27,6 @@ from parapet.kit.errors import (
     to_status_proto,
 )
 from parapet.kit.interceptors import errors as error_interceptor
-from parapet.kit.interceptors.dependency import dependency_down
 from parapet.kit.testing import (
     StringValue,
     TestKeys,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from parapet.kit.errors import PermissionDenied
+from parapet.kit.errors import InvalidArgument, PermissionDenied
 from parapet.kit.identity import Principal
-from parapet.kit.permissions import has_permission, missing, require_permission
+from parapet.kit.permissions import erasure_target, has_permission, missing, require_permission
+from parapet.retrieval.v1 import retrieval_service_pb2
 
 
 def _caller(
@@ -47,3 +48,27 @@ def test_a_missing_permission_is_permission_denied_naming_it_and_what_needed_it(
     assert (error.reason, dict(error.metadata)) == ("PERMISSION_MISSING", {"permission": "admin"})
     assert str(missing("audit.read")) == "this call needs the 'audit.read' permission"
     require_permission(_caller(roles=("admin",)), "admin")  # held: no error
+
+
+@pytest.mark.parametrize(
+    ("fields", "caller", "expected"),
+    [
+        ({"user_id": "ann"}, _caller(roles=("member",)), "ann"),  # one's own: no permission needed
+        ({"user_id": "bob"}, _caller(roles=("admin",)), "bob"),
+        ({"all_documents": True}, _caller(roles=("admin",)), None),  # the whole tenant's
+        ({"user_id": "bob"}, _caller(roles=("member",)), PermissionDenied),
+        ({"all_documents": True}, _caller(roles=("member",)), PermissionDenied),
+        ({}, _caller(roles=("admin",)), InvalidArgument),
+        ({"user_id": ""}, _caller(roles=("admin",)), InvalidArgument),
+        ({"all_documents": False}, _caller(roles=("admin",)), InvalidArgument),
+    ],
+)
+def test_erasure_target_names_one_user_or_the_tenant_and_needs_admin_beyond_one_s_own(
+    fields: dict[str, object], caller: Principal, expected: object
+) -> None:
+    request = retrieval_service_pb2.DeleteDocumentsRequest(**fields)  # type: ignore[arg-type]
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            erasure_target(caller, request, everything="all_documents", what="documents")
+    else:
+        assert erasure_target(caller, request, everything="all_documents", what="documents") == expected

@@ -1,11 +1,12 @@
 """Exceptions to ``google.rpc.Status``: typed errors keep their details, a dependency that is down becomes
 UNAVAILABLE, anything else INTERNAL.
 
-A lost or refused database or NATS connection (``dependency.py``) is UNAVAILABLE ``DEPENDENCY_UNAVAILABLE`` with
-``RetryInfo``, logged as a warning. Any other unexpected exception is logged with its traceback and the caller
-gets only ``INTERNAL`` with reason ``INTERNAL_ERROR`` and the request id. Neither passes the exception's text on:
-it can hold SQL, file paths or secrets and must never reach a caller. Works mid-stream too: the messages already sent stay sent and the stream ends with the
-status.
+A lost or refused database or NATS connection (``parapet.kit.dependency``) is UNAVAILABLE
+``DEPENDENCY_UNAVAILABLE`` with ``RetryInfo``, logged as a warning at most once per interval; a transaction lost
+to a concurrent one is ABORTED ``CONCURRENT_CONFLICT``. Any other unexpected exception is logged with its
+traceback and the caller gets only ``INTERNAL`` with reason ``INTERNAL_ERROR`` and the request id. None passes
+the exception's text on: it can hold SQL, file paths or secrets and must never reach a caller. Works mid-stream
+too: the messages already sent stay sent and the stream ends with the status.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import grpc
 import grpc.aio
 
 from parapet.kit.context import RpcInfo
+from parapet.kit.dependency import database_conflict, dependency_down
 from parapet.kit.errors import Aborted, Internal, ParapetError, Unavailable, to_status
-from parapet.kit.interceptors.dependency import database_conflict, dependency_down
 
 log = logging.getLogger("parapet.kit.errors")
 

@@ -2,9 +2,9 @@
 
 The contract (docs/contracts.md) promises UNAVAILABLE `DEPENDENCY_UNAVAILABLE` with `RetryInfo` when a service's
 database or NATS is down, so that clients retry instead of reporting a bug. Services map the failures they expect
-where a better message helps (audit's Erase); any other lost or refused connection that reaches the kit's error
-interceptor, or a scoped database transaction, is classified here instead of being answered INTERNAL. Imported
-on the failure path only, so a service without a database never loads the driver for it.
+where a better message helps; any other lost or refused connection that reaches the kit's error interceptor, or
+a scoped database transaction, is classified here instead of being answered INTERNAL. The drivers are imported
+on the failure path only, so a service without a database never loads one.
 
 Only the connection counts, not everything a driver files under "operational": psycopg's OperationalError also
 covers a statement timeout, a full disk or a lock not available, which a retry in a second does not cure, so the
@@ -40,6 +40,15 @@ def _bus_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """psycopg's own exception inside SQLAlchemy's wrapper (or ``exc`` itself)."""
+    from sqlalchemy import exc as sqlalchemy_errors
+
+    if isinstance(exc, sqlalchemy_errors.DBAPIError) and isinstance(exc.orig, BaseException):
+        return exc.orig
+    return exc
+
+
 def database_down(exc: BaseException) -> bool:
     """Whether ``exc`` (SQLAlchemy's or psycopg's) means the database cannot be reached or is not serving."""
     import psycopg
@@ -47,10 +56,9 @@ def database_down(exc: BaseException) -> bool:
 
     if isinstance(exc, sqlalchemy_errors.TimeoutError):  # no pooled connection came free in time
         return True
-    if isinstance(exc, sqlalchemy_errors.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    if isinstance(exc, sqlalchemy_errors.DBAPIError) and exc.connection_invalidated:
+        return True
+    exc = _driver_error(exc)
     if isinstance(exc, psycopg.InterfaceError):  # the connection is closed
         return True
     if isinstance(exc, psycopg.OperationalError):
@@ -66,11 +74,7 @@ _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 
 def database_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` is the database rolling the transaction back for a conflict with a concurrent one."""
-    from sqlalchemy import exc as sqlalchemy_errors
-
-    if isinstance(exc, sqlalchemy_errors.DBAPIError) and isinstance(exc.orig, BaseException):
-        exc = exc.orig
-    return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
+    return getattr(_driver_error(exc), "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
 def dependency_down(exc: BaseException) -> str | None:
