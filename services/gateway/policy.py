@@ -9,25 +9,18 @@ model, feature and max_tokens, so they are remembered under exactly those.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2, permission_pb2, tenant_policy_pb2
 from parapet.kit.errors import PermissionDenied
 from services.auth.cache import TenantKeyedCache
+from services.gateway.authorization import Authorizer, Decision
 from services.gateway.caller import Caller
 from services.gateway.errors import relayed
 from services.gateway.peers import Peers
 from services.gateway.settings import GatewaySettings
 
 _DECISIONS = 20_000  # bounded: distinct (principal shape, model, feature, max_tokens) combinations
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str
 
 
 class TenantPolicies:
@@ -37,6 +30,7 @@ class TenantPolicies:
         ttl = settings.gateway_policy_cache_seconds
         self._policies: TenantKeyedCache[tenant_policy_pb2.TenantPolicy] = TenantKeyedCache(10_000, ttl)
         self._decisions: TenantKeyedCache[Decision] = TenantKeyedCache(_DECISIONS, ttl)
+        self.authorizer = Authorizer(peers.auth, self._timeout)
 
     async def policy(self, caller: Caller) -> tenant_policy_pb2.TenantPolicy:
         key = (caller.tenant_id, caller.policy_version)
@@ -63,20 +57,9 @@ class TenantPolicies:
         decision = self._decisions.get(key)
         if decision is None:
             generation = self._decisions.generation(p.tenant_id)
-            try:
-                reply = await self._peers.auth.stub.Authorize(
-                    auth_service_pb2.AuthorizeRequest(
-                        permission=permission_pb2.PERMISSION_CHAT,
-                        model=model,
-                        feature=feature,
-                        max_tokens=max_tokens,
-                    ),
-                    metadata=caller.auth_metadata(),
-                    timeout=self._timeout,
-                )
-            except grpc.aio.AioRpcError as error:
-                raise relayed(error) from None
-            decision = Decision(reply.allowed, reply.reason)
+            decision = await self.authorizer.decide(
+                caller, permission_pb2.PERMISSION_CHAT, model=model, feature=feature, max_tokens=max_tokens
+            )
             self._decisions.put(key, p.tenant_id, decision, generation=generation)
         if not decision.allowed:
             what = f"model {model!r}" if decision.reason == "MODEL_NOT_ALLOWED" else "chat"
@@ -87,22 +70,8 @@ class TenantPolicies:
             )
 
     async def require_admin(self, caller: Caller, why: str) -> None:
-        """Raise PERMISSION_DENIED with auth's reason unless the caller holds PERMISSION_ADMIN. Not cached:
-        administrative calls are rare, and a revoked admin must not keep the power for a cache's lifetime."""
-        try:
-            reply = await self._peers.auth.stub.Authorize(
-                auth_service_pb2.AuthorizeRequest(permission=permission_pb2.PERMISSION_ADMIN),
-                metadata=caller.auth_metadata(),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise relayed(error) from None
-        if not reply.allowed:
-            raise PermissionDenied(
-                f"{why} needs the admin permission ({reply.reason})",
-                reason=reply.reason,
-                metadata={"permission": "admin"},
-            )
+        """Raise PERMISSION_DENIED with auth's reason unless the caller holds PERMISSION_ADMIN (not cached)."""
+        await self.authorizer.require(caller, permission_pb2.PERMISSION_ADMIN, why=why)
 
     def invalidate_tenant(self, tenant_id: str) -> None:
         self._policies.invalidate_tenant(tenant_id)

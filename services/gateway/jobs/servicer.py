@@ -14,14 +14,13 @@ from typing import Any
 
 import grpc.aio
 
-from parapet import clients
-from parapet.auth.v1 import auth_service_pb2, permission_pb2
+from parapet.auth.v1 import permission_pb2
 from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from parapet.kit import paging
 from parapet.kit.bus import Bus
-from parapet.kit.config import ServiceSettings
-from parapet.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parapet.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from parapet.kit.timeouts import wait_event
+from services.gateway.authorization import Authorizer
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
 from services.gateway.jobs.changes import JobChanges
@@ -38,6 +37,9 @@ FULL_VIEW_MAX_BYTES = 4 * 1024 * 1024 - 64 * 1024
 # Every declared JobState but UNSPECIFIED, as the store names it.
 _STORED_STATES = {number: name for name, number in STATES.items()}
 
+# The feature auth's policy sees on every JobService decision (a tenant may restrict features by role).
+_FEATURE = "jobs"
+
 CallerResolver = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]]
 
 
@@ -48,39 +50,27 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         bus: Bus,
         changes: JobChanges,
         resolve_caller: CallerResolver,
-        settings: ServiceSettings,
+        authorizer: Authorizer,
         *,
         watch_poll_seconds: float,
     ) -> None:
-        if not settings.auth_address:
-            raise ValueError("JobService needs auth_address (PARAPET_AUTH_ADDRESS) to authorize callers")
         self._store = store
         self._bus = bus
         self._changes = changes
         self._resolve = resolve_caller
-        self._auth = clients.auth(settings.auth_address, settings)
+        self._authorizer = authorizer
         self._poll = watch_poll_seconds
 
-    async def close(self) -> None:
-        await self._auth.close()
-
-    async def _allowed(
-        self, caller: Caller, permission: permission_pb2.Permission.ValueType
-    ) -> tuple[bool, str]:
-        decision = await self._auth.stub.Authorize(
-            auth_service_pb2.AuthorizeRequest(permission=permission, feature="jobs"),
-            metadata=caller.auth_metadata(),
-            timeout=5.0,
-        )
-        return decision.allowed, decision.reason
+    async def _is_admin(self, caller: Caller) -> bool:
+        decision = await self._authorizer.decide(caller, permission_pb2.PERMISSION_ADMIN, feature=_FEATURE)
+        return decision.allowed
 
     async def _visible(self, caller: Caller, job_id: str, *, full: bool = False) -> JobRow:
         if not job_id:
             raise InvalidArgument("job_id is required", field_violations=[("job_id", "required")])
         row = await self._store.get(caller.tenant_id, job_id)
         if row is not None and row.subject != caller.principal.subject:
-            admin, _reason = await self._allowed(caller, permission_pb2.PERMISSION_ADMIN)
-            row = row if admin else None
+            row = row if await self._is_admin(caller) else None
         if row is None:
             raise NotFound("no such job", metadata={"resource": f"jobs/{job_id}"})
         return row
@@ -98,11 +88,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "jobs must be submitted with an API key (an OIDC session cannot be acted for later)",
                 reason="JOB_CREDENTIAL_NOT_DELEGABLE",
             )
-        allowed, reason = await self._allowed(caller, permission_pb2.PERMISSION_CHAT)
-        if not allowed:
-            raise PermissionDenied(
-                "submitting jobs needs the chat permission", reason=reason, metadata={"permission": "chat"}
-            )
+        await self._authorizer.require(
+            caller, permission_pb2.PERMISSION_CHAT, why="submitting jobs", feature=_FEATURE
+        )
         batch = request.chat_batch
         row, created = await self._store.create(
             caller.tenant_id,
@@ -171,13 +159,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         own = caller.principal.subject
         subject = None if request.all_users else (request.user_id or own)
         if subject != own:
-            admin, reason = await self._allowed(caller, permission_pb2.PERMISSION_ADMIN)
-            if not admin:
-                raise PermissionDenied(
-                    "listing other users' jobs needs the admin permission",
-                    reason=reason,
-                    metadata={"permission": "admin"},
-                )
+            await self._authorizer.require(
+                caller, permission_pb2.PERMISSION_ADMIN, why="listing other users' jobs", feature=_FEATURE
+            )
         query = paging.query_key(request, caller.tenant_id, own)
         before = paging.decode_moment_and_id(request.page_token, query)
         rows = await self._store.list_jobs(

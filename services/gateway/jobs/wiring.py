@@ -12,6 +12,7 @@ from parapet.gateway.v1 import chat_service_pb2, job_service_pb2_grpc
 from parapet.kit import periodic
 from parapet.kit.app import Resources
 from parapet.kit.bus import Bus
+from services.gateway.authorization import Authorizer
 from services.gateway.caller import Caller
 from services.gateway.flow import ChatFlow
 from services.gateway.jobs import queue
@@ -44,13 +45,19 @@ async def register_jobs(
     ``resources.settings`` must be a :class:`JobSettings` (GatewaySettings inherits it); ``resolve_caller``
     turns an incoming call into the authenticated :class:`Caller` (the chat RPCs' own authentication).
     """
-    return await register_job_service(server, resources, flow_runner(flow), resolve_caller)
+    return await register_job_service(
+        server, resources, flow_runner(flow), resolve_caller, flow.policies.authorizer
+    )
 
 
 async def register_job_service(
-    server: grpc.aio.Server, resources: Resources[Any], runner: ItemRunner, resolve_caller: CallerResolver
+    server: grpc.aio.Server,
+    resources: Resources[Any],
+    runner: ItemRunner,
+    resolve_caller: CallerResolver,
+    authorizer: Authorizer,
 ) -> JobServicer:
-    """:func:`register_jobs` with the item runner given directly."""
+    """:func:`register_jobs` with the item runner and the authorizer (auth's client) given directly."""
     settings = resources.settings
     if not isinstance(settings, JobSettings):
         raise TypeError("the gateway's settings must inherit JobSettings")
@@ -65,10 +72,9 @@ async def register_job_service(
         bus,
         changes,
         resolve_caller,
-        settings,
+        authorizer,
         watch_poll_seconds=settings.gateway_job_watch_poll_seconds,
     )
-    resources.cleanup.push_async_callback(servicer.close)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
     if settings.gateway_job_workers_enabled:
         if settings.gateway_job_service_key_file is None or not settings.auth_address:

@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from parapet import clients
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, permission_pb2, tenant_policy_pb2
 from parapet.embedded import EmbeddedNats
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -26,6 +27,7 @@ from parapet.kit.errors import Unauthenticated
 from parapet.kit.identity import Principal
 from parapet.kit.testing import running
 from parapet.usage.v1 import money_pb2, token_usage_pb2
+from services.gateway.authorization import Authorizer
 from services.gateway.caller import Caller
 from services.gateway.jobs.settings import JobSettings
 from services.gateway.jobs.wiring import register_job_service
@@ -109,7 +111,10 @@ def test_resolver(auth_target: str) -> Callable[[grpc.aio.ServicerContext[Any, A
 
 def gateway_app(runner: Runner, auth_target: str) -> ServiceApp[JobSettings]:
     async def register(server: grpc.aio.Server, resources: Resources[JobSettings]) -> None:
-        await register_job_service(server, resources, runner, test_resolver(auth_target))
+        auth = clients.auth(auth_target, resources.settings)
+        resources.cleanup.push_async_callback(auth.close)
+        authorizer = Authorizer(auth, timeout=5.0)
+        await register_job_service(server, resources, runner, test_resolver(auth_target), authorizer)
 
     return ServiceApp(
         name="gateway",
