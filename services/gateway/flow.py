@@ -11,10 +11,11 @@ kit's typed errors (``parapet.kit.errors``), exactly what a ``Chat`` caller rece
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from services.gateway.catalog import ModelCatalog
 from services.gateway.delivery import Deliveries
 from services.gateway.errors import is_down, relayed
 from services.gateway.headroom import BudgetHeadroom
-from services.gateway.idempotency import IdempotencyStore, request_hash
+from services.gateway.idempotency import IdempotencyStore, Replay, request_hash
 from services.gateway.inference_stream import InferenceStream
 from services.gateway.output_screening import OutputScreening
 from services.gateway.peers import Peers
@@ -75,6 +76,16 @@ def _prompt_tokens(messages: list[str], context: list[completion_pb2.ContextChun
     return chars // 3 + 8 * (len(messages) + len(context)) + 64
 
 
+def _sent_prompt_tokens(request: inference_service_pb2.StreamCompleteRequest) -> int:
+    """Prompt tokens of what was sent to inference, counted as OpenAI counts a chat, each context chunk as one
+    more message (inference's template adds a few words this does not know)."""
+    chat = [
+        (message_pb2.Role.Name(m.role).removeprefix("ROLE_").lower(), m.content) for m in request.messages
+    ]
+    chat += [("system", f"{c.title}\n{c.text}") for c in request.context]
+    return tokens.count_chat(chat)
+
+
 @dataclass
 class _Run:
     caller: Caller
@@ -84,8 +95,18 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     provider_wait: float = 0.0
     overhead: float | None = None  # the time Parapet added, as the summary reported it
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # the prompt as the reservation held it (the context at its largest)
+    # What went to inference, once prepared: a stream that ends without inference's summary is settled for
+    # this prompt (_estimate), not for the reservation's upper bound.
+    sent: inference_service_pb2.StreamCompleteRequest | None = None
     model: str = ""
+    max_tokens: int = 0  # the output limit sent to the model (and reserved for)
+    max_tokens_capped: bool = False  # the policy lowered the caller's max_tokens
+    # An idempotent replay or a refused claim of its key: no chat ran, nothing is observed, settled or audited.
+    unrecorded: bool = False
+    # The budget hold still being asked for when the caller left: left to finish (metering may already have
+    # taken it), so that the finaliser releases what it was granted instead of leaving it held until its TTL.
+    pending_hold: asyncio.Future[Any] | None = None
     delivered: bool = False  # a text delta went out
     policy: tenant_policy_pb2.TenantPolicy | None = None  # the tenant's, once read
     degraded: set[str] = field(default_factory=set)  # dependencies the chat went on without
@@ -230,20 +251,6 @@ class ChatFlow:
         """The answer as events: citations, then screened text deltas and notices, then one summary."""
         validate(request)
         key = request.idempotency_key
-        if key:
-            remaining = remaining_time()
-            replay = await self._idempotency.claim(
-                caller.tenant_id,
-                caller.principal.subject,
-                key,
-                request_hash(request),
-                request_id,
-                lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
-            )
-            if replay is not None:
-                for event in replay.events:
-                    yield event
-                return
         request_time = timestamp_pb2.Timestamp()
         request_time.GetCurrentTime()
         run = _Run(
@@ -263,6 +270,15 @@ class ChatFlow:
         )
         events: list[Event] = []
         try:
+            # Authorized before a stored answer is replayed: a key whose owner lost the permission (a role
+            # changed, a narrower key of the same user) replays nothing.
+            await self._admit(run)
+            if key:
+                replay = await self._claim(run)
+                if replay is not None:
+                    for event in replay.events:
+                        yield event
+                    return
             async for event in self._run(run):
                 if key:
                     events.append(event)
@@ -282,10 +298,26 @@ class ChatFlow:
             run.outcome.error_reason = "INTERNAL_ERROR"
             raise
         finally:
-            run.outcome.duration = time.perf_counter() - run.started
-            _observe(run)  # a replayed idempotent answer returned above: no chat ran, nothing is observed
-            # A task of its own: it must finish even though this generator is being cancelled with the call.
-            self._track(self._finalise(run, events), name=f"finalise-{request_id}")
+            if not run.unrecorded:
+                run.outcome.duration = time.perf_counter() - run.started
+                _observe(run)
+                # A task of its own: it must finish even though this generator is being cancelled with the call.
+                self._track(self._finalise(run, events), name=f"finalise-{request_id}")
+
+    async def _claim(self, run: _Run) -> Replay | None:
+        """The idempotency key's claim; a replay or a refusal (in progress, reused) marks the run unrecorded."""
+        remaining = remaining_time()
+        run.unrecorded = True
+        replay = await self._idempotency.claim(
+            run.caller.tenant_id,
+            run.caller.principal.subject,
+            run.request.idempotency_key,
+            request_hash(run.request),
+            run.request_id,
+            lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
+        )
+        run.unrecorded = replay is not None
+        return replay
 
     async def complete(
         self, caller: Caller, request: chat_service_pb2.ChatRequest, *, request_id: str
@@ -412,16 +444,24 @@ class ChatFlow:
             ]
         return list(reply.chunks), []
 
-    async def _prepare(self, run: _Run) -> tuple[_Prepared, InferenceStream | None]:
-        """Everything before the model call: its request, the screened input and the events to send before
-        the first delta (citations, then notices); and the model call when it was started beside the budget
-        hold (``headroom.py``), else None."""
+    async def _admit(self, run: _Run) -> None:
+        """The tenant's policy, the model and output limit it gives this request, and the caller's right to
+        them (both cached per policy version): the chat's first refusal, before anything is spent."""
         caller, request = run.caller, run.request
         policy = run.policy = await self.policies.policy(caller)
         run.outcome.retention = policy.retention
         run.model = request.model or policy.models.default_model
-        max_tokens, capped = self._max_tokens(request, policy)
-        await self.policies.authorize(caller, model=run.model, feature=request.feature, max_tokens=max_tokens)
+        run.max_tokens, run.max_tokens_capped = self._max_tokens(request, policy)
+        await self.policies.authorize(
+            caller, model=run.model, feature=request.feature, max_tokens=run.max_tokens
+        )
+
+    async def _prepare(self, run: _Run) -> tuple[_Prepared, InferenceStream | None]:
+        """Everything before the model call: its request, the screened input and the events to send before
+        the first delta (citations, then notices); and the model call when it was started beside the budget
+        hold (``headroom.py``), else None."""
+        caller, request, policy, max_tokens = run.caller, run.request, run.policy, run.max_tokens
+        assert policy is not None  # _admit read it
         retrieve = request.retrieval.mode != chat_pb2.RETRIEVAL_MODE_DISABLED
         # The reservation runs beside retrieval, so the context it will add is held at its largest.
         context_tokens = (request.retrieval.top_k or _DEFAULT_TOP_K) * _CHUNK_TOKENS if retrieve else 0
@@ -453,7 +493,10 @@ class ChatFlow:
             for step in steps:
                 if step.done() and not step.cancelled():
                     step.exception()  # retrieved: the caller left, its failure no longer matters
-                step.cancel()
+                elif step is reserve_task:
+                    run.pending_hold = step
+                else:
+                    step.cancel()
             raise
         _raise_first_failure(run, [step for step in steps if step.done()])
         screened: screening.ScreenedInput = screen_task.result()
@@ -462,13 +505,17 @@ class ChatFlow:
         if retrieve_task is not None:
             chunks, degraded = retrieve_task.result()
         prepared = self._inference_request(run, screened, chunks, max_tokens)
-        notices = self._input_notices(run, screened, max_tokens, capped)
+        notices = self._input_notices(run, screened, max_tokens, run.max_tokens_capped)
         stream = None
         if not reserve_task.done():
             stream = self._start_inference(run, prepared.request)
             try:
-                await reserve_task  # a refusal raises here, before anything of the answer went out
+                # A refusal raises here, before anything of the answer went out. Shielded: a caller leaving
+                # must not abandon a hold metering may already have taken.
+                await asyncio.shield(reserve_task)
             except BaseException as error:
+                if not reserve_task.done():
+                    run.pending_hold = reserve_task
                 self._unanswered(run, stream, error)
                 raise
             metrics.record_speculative_call("kept")
@@ -549,6 +596,7 @@ class ChatFlow:
         )
         if request.HasField("prompt_template"):
             inference_request.prompt_template.CopyFrom(request.prompt_template)
+        run.sent = inference_request
         return _Prepared(inference_request, screened, [Event(citation=c.citation) for c in chunks])
 
     def _start_inference(
@@ -591,7 +639,7 @@ class ChatFlow:
         completion = (
             tokens.count("".join(run.outcome.response_received)) if run.outcome.response_received else 0
         )
-        prompt = run.prompt_tokens if run.outcome.inference_started else 0
+        prompt = _sent_prompt_tokens(run.sent) if run.outcome.inference_started and run.sent else 0
         run.outcome.estimated_usage = completion_usage(prompt, completion)
         model, run.outcome.estimated_cost = self.catalog.price_cached(
             run.caller, run.model, prompt, completion
@@ -602,39 +650,55 @@ class ChatFlow:
     async def _finalise(self, run: _Run, events: list[Event]) -> None:
         outcome = run.outcome
         key = run.request.idempotency_key
-        try:
-            if key:
-                if outcome.status_code == 0 and outcome.finish_reason not in (
-                    generation_pb2.FINISH_REASON_ERROR,
-                    generation_pb2.FINISH_REASON_CANCELLED,
-                ):
-                    await self._idempotency.complete(
-                        outcome.caller.tenant_id,
-                        outcome.caller.principal.subject,
-                        key,
-                        run.request_id,
-                        events,
-                    )
-                else:
-                    await self._idempotency.abandon(
-                        outcome.caller.tenant_id, outcome.caller.principal.subject, key, run.request_id
-                    )
-            produced = not outcome.speculation_unanswered and (
-                outcome.summary is not None
-                or bool(outcome.response_received)
-                or (
-                    outcome.finish_reason == generation_pb2.FINISH_REASON_CANCELLED
-                    and outcome.inference_started
-                )
-            )
-            if produced:
+        if run.pending_hold is not None:
+            await asyncio.wait([run.pending_hold])  # bounded by the call's timeout; sets the reservation id
+            if not run.pending_hold.cancelled():
+                run.pending_hold.exception()  # retrieved: a refusal nobody is left to hear
+        # Each step on its own: one failing (the idempotency row's database, the outbox) must not cost the
+        # others; the settlement and the audit record are what must never be lost. The stored answer goes
+        # first so that a retry right after the answer is replayed rather than told the call still runs.
+        if key:
+            with _logged_failure("storing the chat's idempotent answer", run.request_id):
+                await self._store_answer(run, events)
+        with _logged_failure("settling the chat's usage", run.request_id):
+            if _produced(outcome):
                 await self._deliveries.settle(outcome.caller, settle_request(outcome))
             elif outcome.reservation_id:
                 reason = outcome.error_reason or "NOTHING_PRODUCED"
                 await self._deliveries.release(outcome.caller, outcome.reservation_id, reason)
+        with _logged_failure("auditing the chat", run.request_id):
             await self._deliveries.audit(audit_record(outcome))
-        except Exception:
-            log.exception("finalising a chat failed", extra={"request_id": run.request_id})
+
+    async def _store_answer(self, run: _Run, events: list[Event]) -> None:
+        """The answer kept for the idempotency key's retries, or the key freed for one when nothing is kept."""
+        outcome, key = run.outcome, run.request.idempotency_key
+        tenant_id, subject = outcome.caller.tenant_id, outcome.caller.principal.subject
+        answered = outcome.status_code == 0 and outcome.finish_reason not in (
+            generation_pb2.FINISH_REASON_ERROR,
+            generation_pb2.FINISH_REASON_CANCELLED,
+        )
+        if answered:
+            await self._idempotency.complete(tenant_id, subject, key, run.request_id, events)
+        else:
+            await self._idempotency.abandon(tenant_id, subject, key, run.request_id)
+
+
+def _produced(outcome: Outcome) -> bool:
+    """Whether the chat used the model (settled), as opposed to ending before it (its hold released)."""
+    return not outcome.speculation_unanswered and (
+        outcome.summary is not None
+        or bool(outcome.response_received)
+        or (outcome.finish_reason == generation_pb2.FINISH_REASON_CANCELLED and outcome.inference_started)
+    )
+
+
+@contextlib.contextmanager
+def _logged_failure(what: str, request_id: str) -> Iterator[None]:
+    """A finaliser step's failure, logged with its traceback and not raised: the next steps still run."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", what, extra={"request_id": request_id})
 
 
 def completion_usage(prompt: int, completion: int) -> Any:

@@ -298,6 +298,16 @@ class Suite:
         answer.trailers = {k: v for k, v in (await call.trailing_metadata() or ()) if isinstance(v, str)}
         return answer
 
+    async def leave_after_first_delta(
+        self, tenant: Tenant, request: chat_service_pb2.StreamChatRequest
+    ) -> None:
+        """A caller who reads the answer's first text delta, then cancels the call."""
+        call = self.chat.StreamChat(request, metadata=tenant.metadata(), timeout=30)
+        async for event in call:
+            if event.HasField("text_delta"):
+                break
+        call.cancel()
+
     async def wait_rows(self, sql: str, *, seconds: float = 10.0, count: int = 1, **params: Any) -> list[Any]:
         """The rows of ``sql`` once there are at least ``count`` (the finaliser and consumers run after the answer)."""
         loop = asyncio.get_running_loop()

@@ -381,15 +381,7 @@ async def test_credentials_are_checked_and_revocation_takes_effect(suite: Suite)
 
 async def test_a_cancelled_chat_stops_the_model_and_is_settled_and_audited(suite: Suite) -> None:
     tenant = await suite.tenant()
-    call = suite.chat.StreamChat(
-        question(LONG, model="slow"),
-        metadata=tenant.metadata(),
-        timeout=30,
-    )
-    async for event in call:
-        if event.HasField("text_delta"):
-            break
-    call.cancel()
+    await suite.leave_after_first_delta(tenant, question(LONG, model="slow"))
     ledger = await suite.wait_rows(
         "SELECT completion_tokens, estimated FROM metering.usage_ledger WHERE tenant_id = :t",
         t=tenant.tenant_id,

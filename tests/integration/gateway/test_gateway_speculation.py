@@ -228,3 +228,10 @@ async def test_a_caller_who_leaves_during_the_hold_stops_the_started_call_and_is
             within=5,
         )
     await audited_unbilled(suite, tenant, "CANCELLED", billed=warm)
+    # The hold metering granted once the counters were free is released, not left to count against the
+    # budget until its TTL (300 s): the caller left before it was granted, and nobody else would end it.
+    holds = await suite.wait_rows(
+        "SELECT state, release_reason FROM metering.reservations WHERE tenant_id = :t AND state <> 'settled'",
+        t=tenant.tenant_id,
+    )
+    assert [tuple(h) for h in holds] == [("released", "CANCELLED")], holds
