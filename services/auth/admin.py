@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -43,10 +44,25 @@ def _check_roles(actor: Actor, view_policy: Any, new_roles: set[str], old_roles:
         raise InvalidArgument(
             "unknown role", field_violations=[(path, f"role {unknown[0]!r} is not in the tenant policy")]
         )
-    for role in sorted(new_roles - old_roles):
-        missing = defined[role] - actor.permissions
-        if missing and not actor.is_platform:
-            raise policy.escalation(permissions.name(min(missing)), role)
+    _check_holds(actor, view_policy, new_roles - old_roles, doing="granting a role")
+
+
+def _check_not_above(actor: Actor, view_policy: Any, user: dict[str, Any]) -> None:
+    """Refuse acting on ``user``'s account or credentials (changing, disabling, minting or revoking a key)
+    when they hold more than the caller: otherwise a lesser admin could lock out or impersonate a greater one.
+    A key acts with its user's roles, so the user's roles count, not a key's scopes."""
+    _check_holds(actor, view_policy, user["roles"], doing="acting on a user who holds more than you")
+
+
+def _check_holds(actor: Actor, view_policy: Any, roles: Iterable[str], *, doing: str) -> None:
+    """Refuse ``doing`` unless the caller holds all that ``roles`` grant (roles the policy does not define
+    grant nothing); platform operators may."""
+    if actor.is_platform:
+        return
+    defined = permissions.role_permissions(view_policy)
+    policy.check_held(
+        {role: defined[role] for role in roles if role in defined}, actor.permissions, doing=doing
+    )
 
 
 class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServicer):
@@ -177,13 +193,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
             # A key acts with its user's roles: minting one for a more privileged user is an escalation.
             view = await self._access.existing(tenant_id)
-            _check_roles(
-                actor,
-                view.policy,
-                set(owner["roles"]) & set(permissions.role_permissions(view.policy)),
-                set(),
-                "api_key.user_id",
-            )
+            _check_not_above(actor, view.policy, owner)
             row = (
                 (
                     await change.session.execute(
@@ -253,7 +263,13 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 "api_key_id is invalid", field_violations=[("api_key_id", "not a key id")]
             ) from None
         actor = await self._access.require(SERVICE + "RevokeApiKey", tenant_id)
+        view = await self._access.existing(tenant_id)
         async with self._access.change(actor, SERVICE + "RevokeApiKey", tenant_id, key_id) as change:
+            owner = await self._store.key_owner(change.session, key_id)
+            if owner is None:
+                raise NotFound("no such API key", metadata={"resource": f"api_keys/{key_id}"})
+            # Revoking a greater admin's keys locks them out: the same rule as disabling them.
+            _check_not_above(actor, view.policy, owner)
             row = (
                 (
                     await change.session.execute(
@@ -265,10 +281,8 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                     )
                 )
                 .mappings()
-                .one_or_none()
+                .one()
             )
-            if row is None:
-                raise NotFound("no such API key", metadata={"resource": f"api_keys/{key_id}"})
             change.attributes.update({"prefix": "pk_" + row["prefix"], "reason": request.reason[:500]})
         return pb.RevokeApiKeyResponse(api_key=records.api_key(dict(row), _now()))
 
@@ -366,10 +380,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             old = await self._store.user(change.session, spec.user_id)
             if old is None:
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
-            # Changing a user who holds more than the caller (disabling them, say) is refused like granting.
-            above = permissions.granted(view.policy, old["roles"]) - actor.permissions
-            if above and not actor.is_platform:
-                raise policy.escalation(permissions.name(min(above)), ",".join(old["roles"]))
+            _check_not_above(actor, view.policy, old)
             new = dict(old)
             if "roles" in paths:
                 _check_roles(actor, view.policy, set(spec.roles), set(old["roles"]), "user.roles")

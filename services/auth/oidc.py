@@ -67,6 +67,28 @@ def skew(provider: tenant_policy_pb2.OidcProvider) -> float:
     return min(MAX_SKEW_SECONDS, provider.max_clock_skew.ToTimedelta().total_seconds())
 
 
+def jwks_keys(document: Any) -> list[dict[str, Any]]:
+    """The keys of a parsed JWKS document: an object whose ``keys`` is a list of objects (RFC 7517 section 5).
+
+    Raises ValueError for anything else, so that a provider serving some other JSON counts as a failed fetch
+    (UNAVAILABLE, old keys kept) rather than a crash or an empty key set that would fail every token.
+    """
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
+        raise ValueError("not a JWKS document: an object with a list of key objects under 'keys'")
+    return keys
+
+
+def _inline_keys(provider: tenant_policy_pb2.OidcProvider) -> list[dict[str, Any]]:
+    try:
+        return jwks_keys(json.loads(provider.jwks_json))
+    except ValueError:
+        # Policy validation refuses such a document; only a policy stored before it was this strict has one,
+        # and a key that cannot be read is no key (the token then matches none).
+        log.warning("the inline JWKS is not a JWKS document", extra={"issuer": provider.issuer})
+        return []
+
+
 @dataclass
 class _Keys:
     keys: list[dict[str, Any]]
@@ -86,13 +108,11 @@ class JwksCache:
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             response = await client.get(uri)
             response.raise_for_status()
-            keys = response.json().get("keys", [])
-        return [k for k in keys if isinstance(k, dict)]
+            return jwks_keys(response.json())
 
     async def _document(self, provider: tenant_policy_pb2.OidcProvider, kid: str) -> list[dict[str, Any]]:
         if provider.WhichOneof("keys") == "jwks_json":
-            keys = json.loads(provider.jwks_json).get("keys", [])
-            return [k for k in keys if isinstance(k, dict)]
+            return _inline_keys(provider)
         cache_key = (provider.issuer, provider.jwks_uri)
         lock = self._locks.setdefault(cache_key, asyncio.Lock())
         async with lock:

@@ -1,10 +1,10 @@
-"""Validation of a tenant policy as a whole, and the escalation check on what an edit grants."""
+"""Validation of a tenant policy as a whole, and the escalation checks on what an edit grants or takes away."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlparse
 
 from parapet.auth.v1 import tenant_policy_pb2
@@ -44,10 +44,9 @@ def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple
             yield f"{path}.jwks_uri", "must be an https URL"
     else:
         try:
-            keys = json.loads(provider.jwks_json).get("keys")
-            if not isinstance(keys, list) or not keys:
-                raise ValueError
-        except (ValueError, AttributeError):
+            if not oidc.jwks_keys(json.loads(provider.jwks_json)):
+                raise ValueError("no keys")
+        except ValueError:
             yield f"{path}.jwks_json", "must be a JWKS document with keys"
     for j, alg in enumerate(provider.allowed_algorithms):
         if alg not in oidc.ALLOWED_ALGORITHMS:
@@ -126,21 +125,50 @@ def check_grants(
     platform_tenant: bool,
     is_platform: bool,
 ) -> None:
-    """Refuse an edit that gives any role a permission its author does not hold (or platform rights to a tenant)."""
-    before = role_permissions(old)
-    for role, permissions in role_permissions(new).items():
+    """Refuse an edit its author could use to rise above, or act against, those who hold more.
+
+    Platform rights never go to a customer tenant. Otherwise (platform operators excepted) every role the
+    edit adds, removes or redefines needs its author to hold all it granted before and all it grants after:
+    granting beyond one's own is an escalation, and cutting down (or deleting) a role one does not fully
+    hold demotes its holders, who hold more than the author. An identity provider can assert any role (its
+    role claim) or any user (its subject claim), so changing the providers needs every permission of every
+    role.
+    """
+    before, after = role_permissions(old), role_permissions(new)
+    for role, permissions in after.items():
         platform_only = permissions & PLATFORM_PERMISSIONS
         if platform_only and not platform_tenant:
             raise escalation(name(min(platform_only)), role)
-        added = permissions - before.get(role, frozenset())
-        missing = added - held
-        if missing and not is_platform:
-            raise escalation(name(min(missing)), role)
+    if is_platform:
+        return
+    everything = {
+        role: before.get(role, frozenset()) | after.get(role, frozenset())
+        for role in before.keys() | after.keys()
+    }
+    changed = {role: grants for role, grants in everything.items() if before.get(role) != after.get(role)}
+    check_held(changed, held, doing="changing a role")
+    if _providers(old) != _providers(new):
+        check_held(everything, held, doing="changing identity providers (they can assert any role)")
 
 
-def escalation(permission: str, role: str) -> PermissionDenied:
+def _providers(policy: P.TenantPolicy) -> dict[str, P.OidcProvider]:
+    """The identity providers by issuer (unique in a valid policy), so that their order is no change."""
+    return {provider.issuer: provider for provider in policy.identity_providers}
+
+
+def check_held(
+    roles: Mapping[str, frozenset[PermissionValue]], held: frozenset[PermissionValue], *, doing: str
+) -> None:
+    """Refuse ``doing`` unless ``held`` covers every permission of every role in ``roles``."""
+    for role in sorted(roles):
+        missing = roles[role] - held
+        if missing:
+            raise escalation(name(min(missing)), role, doing=doing)
+
+
+def escalation(permission: str, role: str, *, doing: str = "granting a role") -> PermissionDenied:
     return PermissionDenied(
-        f"granting {permission!r} (role {role!r}) needs that permission yourself",
+        f"{doing} needs {permission!r} (role {role!r}) yourself",
         reason="PRIVILEGE_ESCALATION",
         metadata={"permission": permission, "role": role},
     )

@@ -185,6 +185,22 @@ class AuthStore:
         )
         return None if row is None else dict(row)
 
+    async def key_owner(self, session: AsyncSession, api_key_id: str) -> dict[str, Any] | None:
+        """The user whose key ``api_key_id`` is (every key has one); None for no such key in the tenant."""
+        row = (
+            (
+                await session.execute(
+                    text(
+                        "SELECT u.* FROM api_keys k JOIN users u USING (tenant_id, user_id) WHERE k.api_key_id = :k"
+                    ),
+                    {"k": api_key_id},
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else dict(row)
+
     # -- writes ----------------------------------------------------------------------------------------
 
     @staticmethod

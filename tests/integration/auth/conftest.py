@@ -216,7 +216,7 @@ class JwksServer:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.document: dict[str, Any] = {"keys": []}
+        self.document: Any = {"keys": []}  # any JSON: a test may serve something that is no JWKS
         self.fetches = 0
         server_self = self
 

@@ -5,6 +5,7 @@ nothing in the database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -57,19 +58,44 @@ async def _snapshot(database_url: str) -> list[Any]:
         return rows
 
 
-def _policy_with(
-    base: tenant_policy_pb2.TenantPolicy, role: str, *permissions: perm.Permission.ValueType
-) -> tenant_policy_pb2.TenantPolicy:
+def _editable(base: tenant_policy_pb2.TenantPolicy) -> tenant_policy_pb2.TenantPolicy:
+    """A copy of ``base`` without what the server sets on a stored version."""
     policy = tenant_policy_pb2.TenantPolicy()
     policy.CopyFrom(base)
     for name in ("version", "update_time", "update_subject"):
         policy.ClearField(name)
+    return policy
+
+
+def _policy_with(
+    base: tenant_policy_pb2.TenantPolicy, role: str, *permissions: perm.Permission.ValueType
+) -> tenant_policy_pb2.TenantPolicy:
+    policy = _editable(base)
     for definition in policy.roles:
         if definition.role == role:
             definition.permissions.extend(permissions)
             break
     else:
         policy.roles.append(tenant_policy_pb2.RoleDefinition(role=role, permissions=permissions))
+    return policy
+
+
+def _policy_without(base: tenant_policy_pb2.TenantPolicy, role: str) -> tenant_policy_pb2.TenantPolicy:
+    policy = _editable(base)
+    kept = [definition for definition in policy.roles if definition.role != role]
+    del policy.roles[:]
+    policy.roles.extend(kept)
+    return policy
+
+
+def _policy_trusting(base: tenant_policy_pb2.TenantPolicy, key: Any) -> tenant_policy_pb2.TenantPolicy:
+    """``base`` plus an identity provider whose tokens ``key`` signs."""
+    policy = _editable(base)
+    policy.identity_providers.append(
+        tenant_policy_pb2.OidcProvider(
+            issuer="https://own.example/", audiences=["parapet"], jwks_json=json.dumps({"keys": [key.jwk]})
+        )
+    )
     return policy
 
 
@@ -101,6 +127,7 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
     )
     for user, roles in users:
         await auth.new_user(tenant, user, roles=roles)
+    aud_key_id, _ = await auth.new_key(tenant, "aud")
     _, good_key = await auth.new_key(tenant, "svc")
     revoked_id, revoked_key = await auth.new_key(tenant, "revoked")
     await auth.admin.RevokeApiKey(
@@ -308,6 +335,26 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
             "PRIVILEGE_ESCALATION",
         ),
         Case(
+            "admin revokes a more privileged user's key",
+            lambda: auth.admin.RevokeApiKey(
+                tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=aud_key_id), metadata=helpdesk
+            ),
+            P,
+            "PRIVILEGE_ESCALATION",
+        ),
+        Case(
+            "admin deletes a role it does not fully hold",
+            update_policy(helpdesk, _policy_without(updated.policy, "admin"), version),
+            P,
+            "PRIVILEGE_ESCALATION",
+        ),
+        Case(
+            "admin adds an identity provider (it could claim any role)",
+            update_policy(helpdesk, _policy_trusting(updated.policy, make_idp_key("EdDSA", "own")), version),
+            P,
+            "PRIVILEGE_ESCALATION",
+        ),
+        Case(
             "admin widens its own role",
             update_policy(
                 helpdesk, _policy_with(updated.policy, "helpdesk", perm.PERMISSION_AUDIT_READ), version
@@ -376,7 +423,6 @@ def _hs256(secret: bytes, claims: dict[str, Any]) -> str:
     import base64
     import hashlib
     import hmac
-    import json
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

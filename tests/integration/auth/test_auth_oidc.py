@@ -16,6 +16,7 @@ from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.identity.v1 import principal_pb2
 from parapet.kit.errors import error_details
+from parapet.kit.testing import refusal
 from tests.integration.auth.conftest import Auth, Idp, make_idp_key
 
 
@@ -98,3 +99,17 @@ async def test_an_unreachable_jwks_url_is_unavailable_not_a_verdict(auth: Auth, 
     details = error_details(raised.value)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and details.reason == "DEPENDENCY_UNAVAILABLE"
     assert details.retry_after is not None and url.startswith("http://127.0.0.1")
+
+
+async def test_a_jwks_url_serving_no_jwks_document_is_unavailable_not_internal(auth: Auth, idp: Idp) -> None:
+    good = idp.server.document
+    # Valid JSON, but not an object with a list of key objects under "keys": a failed fetch, like no answer.
+    for document in ([1, 2], {"issuer": idp.issuer}, {"keys": {"kid": "rs256-1"}}, {"keys": [1, 2]}):
+        idp.server.document = document
+        code, reason, _ = await refusal(
+            auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))
+        )
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"), document
+    idp.server.document = good  # nothing bad was cached: the provider's keys work as soon as it serves them
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))
+    assert issued.principal.subject == "alice"

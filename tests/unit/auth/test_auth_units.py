@@ -89,6 +89,79 @@ def test_edits_cannot_grant_more_than_the_author_holds() -> None:
         policy.check_grants(old, new, held, platform_tenant=False, is_platform=True)  # never in a tenant
 
 
+def _edited(old: tenant_policy_pb2.TenantPolicy) -> tenant_policy_pb2.TenantPolicy:
+    new = tenant_policy_pb2.TenantPolicy()
+    new.CopyFrom(old)
+    return new
+
+
+def test_edits_cannot_take_from_or_reshape_a_role_the_author_does_not_fully_hold() -> None:
+    old = permissions.default_policy()
+    old.roles.add(role="helpdesk", permissions=[perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT])
+    old.roles.add(role="member", permissions=[perm.PERMISSION_CHAT])
+    helpdesk = frozenset({perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT})
+
+    def refused(new: tenant_policy_pb2.TenantPolicy) -> tuple[str, str]:
+        with pytest.raises(PermissionDenied) as raised:
+            policy.check_grants(old, new, helpdesk, platform_tenant=False, is_platform=False)
+        assert raised.value.reason == "PRIVILEGE_ESCALATION"
+        return raised.value.metadata["role"], raised.value.metadata["permission"]
+
+    cut = _edited(old)
+    del cut.roles[0].permissions[:]
+    cut.roles[0].permissions.append(perm.PERMISSION_CHAT)  # admin -> chat: demotes every admin
+    assert refused(cut) == ("admin", "ingest")
+    deleted = _edited(old)
+    del deleted.roles[0]
+    assert refused(deleted) == ("admin", "ingest")
+    provider = _edited(old)
+    provider.identity_providers.add(
+        issuer="https://idp.example/", audiences=["p"], jwks_uri="https://idp.example/k"
+    )
+    assert refused(provider) == ("admin", "ingest")  # its tokens could claim role admin
+    for allowed in (old, provider):
+        policy.check_grants(old, allowed, helpdesk, platform_tenant=False, is_platform=True)  # operators may
+
+    # What the author holds entirely stays theirs to change; reordering changes nothing.
+    member = _edited(old)
+    del member.roles[2].permissions[:]
+    policy.check_grants(old, member, helpdesk, platform_tenant=False, is_platform=False)
+    del member.roles[2]
+    policy.check_grants(old, member, helpdesk, platform_tenant=False, is_platform=False)
+    reordered = tenant_policy_pb2.TenantPolicy(roles=list(reversed(old.roles)))
+    two = _edited(provider)
+    two.identity_providers.add(
+        issuer="https://other.example/", audiences=["p"], jwks_uri="https://other.example/k"
+    )
+    swapped = _edited(two)
+    swapped.identity_providers[0].CopyFrom(two.identity_providers[1])
+    swapped.identity_providers[1].CopyFrom(two.identity_providers[0])
+    policy.check_grants(old, reordered, helpdesk, platform_tenant=False, is_platform=False)
+    policy.check_grants(two, swapped, helpdesk, platform_tenant=False, is_platform=False)
+
+
+def test_a_jwks_document_is_an_object_with_a_list_of_key_objects() -> None:
+    key = {"kty": "OKP", "kid": "k1"}
+    assert oidc.jwks_keys({"keys": [key]}) == [key] and oidc.jwks_keys({"keys": []}) == []
+    for bad in ([1, 2], [], None, "keys", {}, {"keys": None}, {"keys": {"kid": "k1"}}, {"keys": [key, 1]}):
+        with pytest.raises(ValueError):
+            oidc.jwks_keys(bad)
+    inline = tenant_policy_pb2.TenantPolicy()
+    inline.identity_providers.add(issuer="https://idp.example/", audiences=["p"], jwks_json='{"keys": [1]}')
+    assert (
+        "policy.identity_providers[0].jwks_json",
+        "must be a JWKS document with keys",
+    ) in policy.violations(inline)
+
+
+async def test_an_inline_jwks_stored_before_the_stricter_check_is_no_key_not_a_crash() -> None:
+    provider = tenant_policy_pb2.OidcProvider(issuer="https://idp.example/", jwks_json='{"keys": [1]}')
+    token = oidc.UnverifiedToken("t", "EdDSA", "k1", provider.issuer)
+    with pytest.raises(Unauthenticated) as raised:
+        await oidc.JwksCache().key(provider, token)
+    assert raised.value.reason == "OIDC_SIGNATURE_INVALID"
+
+
 def test_policy_validation_names_each_bad_field() -> None:
     bad = tenant_policy_pb2.TenantPolicy()
     bad.roles.add(role="a")
