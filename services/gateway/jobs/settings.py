@@ -32,8 +32,9 @@ class JobSettings(ServiceSettings):
     gateway_job_max_attempts: int = Field(
         10,
         gt=0,
-        description="Deliveries of one job before it is failed (JOB_ATTEMPTS_EXHAUSTED): a job that kills "
-        "every worker that takes it must not circulate forever.",
+        description="Runs of one job that ended without its worker giving it back (a crash, a lost lease, an "
+        "unexpected error) before it is failed (JOB_ATTEMPTS_EXHAUSTED): a job that kills every worker that "
+        "takes it must not circulate forever. Give-backs for an outage or a shutdown do not count.",
     )
     gateway_job_item_timeout_seconds: float = Field(
         300.0, gt=0, description="Longest one item (one chat) may run."

@@ -59,6 +59,9 @@ class JobRow:
     end_time: datetime | None
     expire_time: datetime | None
     spec: bytes | None = None
+    # Every claim of the job, never decremented (``attempts`` is, on a give-back): numbers the runs, whose
+    # items get request ids of their own (``submission.item_request_id``).
+    runs: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -91,7 +94,8 @@ class Claim:
 
 _COLUMNS = """tenant_id, job_id::text AS job_id, idempotency_key, spec_sha256, metadata, subject, api_key_id,
     state, total_items, succeeded_items, failed_items, prompt_tokens, completion_tokens, cached_tokens,
-    usage_estimated, cost_micros, currency_code, error, attempts, create_time, start_time, end_time, expire_time"""
+    usage_estimated, cost_micros, currency_code, error, attempts, runs, create_time, start_time, end_time,
+    expire_time"""
 
 
 def _row(mapping: Any) -> JobRow:
@@ -287,12 +291,14 @@ class JobStore:
                 await self._notify(session, job_id)
 
     async def claim(self, tenant_id: str, job_id: str, worker: str, lease_seconds: float) -> Claim:
-        """Take the job's lease if it is unfinished and nobody else holds a live one; count the attempt."""
+        """Take the job's lease if it is unfinished and nobody else holds a live one; count the run, and the
+        attempt (which ``release`` takes back when the worker gives the job back on purpose)."""
         async with self.tenant(tenant_id) as session:
             taken = await session.execute(
                 text(
                     "UPDATE jobs SET state = 'running', start_time = coalesce(start_time, now()), worker = :w,"
-                    " lease_expire_time = now() + make_interval(secs => :l), attempts = attempts + 1"
+                    " lease_expire_time = now() + make_interval(secs => :l),"
+                    " attempts = attempts + 1, runs = runs + 1"
                     " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
                     " AND (worker IS NULL OR worker = :w OR lease_expire_time <= now())"
                     f" RETURNING {_COLUMNS}, spec"
@@ -340,15 +346,18 @@ class JobStore:
                 return DELETED
             return "cancelled" if found == "cancelled" else None
 
-    async def release(self, tenant_id: str, job_id: str, worker: str) -> None:
-        """Give the lease up (a stopping worker), so the next delivery need not wait for it to expire."""
+    async def release(self, tenant_id: str, job_id: str, worker: str, *, count_attempt: bool) -> None:
+        """Give the lease up (a stopping worker, a dependency down), so the next delivery need not wait for it
+        to expire. The attempt the claim counted is taken back unless ``count_attempt``: the attempts limit is
+        for jobs that break their workers, not for outages and restarts. ``runs`` stays: a request id of this
+        run must never be used again."""
         async with self.tenant(tenant_id) as session:
             await session.execute(
                 text(
-                    "UPDATE jobs SET worker = NULL, lease_expire_time = NULL"
-                    " WHERE job_id = CAST(:j AS uuid) AND worker = :w"
+                    "UPDATE jobs SET worker = NULL, lease_expire_time = NULL,"
+                    " attempts = greatest(attempts - :back, 0) WHERE job_id = CAST(:j AS uuid) AND worker = :w"
                 ),
-                {"j": job_id, "w": worker},
+                {"j": job_id, "w": worker, "back": 0 if count_attempt else 1},
             )
 
     async def record_item(self, tenant_id: str, job_id: str, outcome: ItemOutcome) -> str:
@@ -458,7 +467,7 @@ class JobStore:
         async with self._sweeping() as session:
             rows = await session.execute(
                 text(
-                    "SELECT tenant_id, job_id::text, attempts FROM jobs"
+                    "SELECT tenant_id, job_id::text, runs FROM jobs"
                     " WHERE state IN ('queued', 'running') AND ("
                     "   (enqueue_time IS NULL AND create_time < now() - interval '2 seconds')"
                     "   OR lease_expire_time < now() - make_interval(secs => :s))"
@@ -466,7 +475,8 @@ class JobStore:
                 ),
                 {"s": stale_after_seconds, "n": limit},
             )
-            # The attempt count in the message id lets a re-queue through JetStream's duplicate window.
+            # The run count in the message id lets a re-queue through JetStream's duplicate window (the attempt
+            # count would not: a give-back takes it back, so it repeats).
             return [(r[0], r[1], f"{r[1]}:{r[2]}") for r in rows]
 
     async def delete_expired(self, limit: int = 1000) -> int:

@@ -85,7 +85,13 @@ def item_request(
     return request
 
 
-def item_request_id(job_id: str, index: int) -> str:
-    """The request id of an item, the same on every attempt: downstream records (usage, audit) of a resumed
-    item carry the same id as its first try."""
-    return f"job-{job_id}-{index}"
+def item_request_id(job_id: str, index: int, run: int = 1) -> str:
+    """The request id of item ``index`` in the job's ``run``-th run (``JobRow.runs``): ``job-<job id>-<index>``
+    in the first, ``job-<job id>-<index>-run<n>`` in a later one, so every run of an item is its own chat.
+
+    Metering takes a repeated request id for a retry of the same call: a rerun under its first run's id (after
+    a stop, a lost lease or a failed checkpoint) would get the first run's reservation back without a budget
+    check and have its settlement refused, so its usage would never reach the ledger; its audit record could not
+    be told from the first run's. The prefix still names the job and the item."""
+    base = f"job-{job_id}-{index}"
+    return base if run <= 1 else f"{base}-run{run}"

@@ -9,8 +9,13 @@ Durability, step by step:
 - the message is acknowledged only after the terminal state is committed. A stopping worker releases the
   lease and naks (immediate redelivery); a dead one simply stops renewing, and after ``ack_wait`` JetStream
   redelivers the job to another worker, whose claim succeeds because the lease expired with it.
-An item in flight when its worker died is run again by the next one: its outcome was never recorded. Its
-request id is the same on every attempt (``job-<id>-<index>``), so its downstream records correlate.
+An item in flight when its worker died or stopped is run again by the next one: its outcome was never recorded.
+Each run of the job (``JobRow.runs``) gives its items request ids of their own (``submission.item_request_id``),
+so a rerun is a chat of its own downstream, budget-checked and billed.
+
+Only deliveries that end without the worker giving the job back (a crash, a lost lease, a failure the worker
+did not expect) count toward ``gateway_job_max_attempts``: a give-back for a dependency outage or a shutdown
+takes its attempt back.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ class JobWorker:
             await message.nak(delay=max(claim.lease_left, 0.5))  # another worker holds a live lease
             return
         job = claim.job
+        # ``attempts`` counts this delivery and each earlier one that ended without a give-back.
         if job.attempts > self._settings.gateway_job_max_attempts:
             tried = job.attempts - 1
             error = Internal(
@@ -158,20 +164,32 @@ class JobWorker:
             )
             await message.ack()
             return
-        log.info("job started", extra={"job_id": job_id, "tenant_id": tenant_id, "attempt": job.attempts})
+        log.info(
+            "job started",
+            extra={"job_id": job_id, "tenant_id": tenant_id, "attempt": job.attempts, "run": job.runs},
+        )
         try:
             await self._run_claimed(message, job)
         except asyncio.CancelledError:
             # Stopping: give the job back at once rather than after the lease; its finished items are kept.
-            await asyncio.shield(self._give_back(message, job, delay=None))
+            await asyncio.shield(self._give_back(message, job, delay=None, count_attempt=False))
             raise
-        except Exception:
+        except ParapetError:
+            # A dependency failed (a checkpoint or a lease renewal met a database outage): not the job's doing.
             log.warning("job attempt failed; it will be retried", exc_info=True, extra={"job_id": job_id})
-            await self._give_back(message, job, delay=2.0)
+            await self._give_back(message, job, delay=2.0, count_attempt=False)
+        except Exception:
+            # Not an outage: a bug, or a job the code cannot run (say, a spec it cannot read), which would fail
+            # the same way every time. Counted, so that it ends JOB_ATTEMPTS_EXHAUSTED instead of circulating.
+            log.exception("job attempt failed unexpectedly; it will be retried", extra={"job_id": job_id})
+            await self._give_back(message, job, delay=2.0, count_attempt=True)
 
-    async def _give_back(self, message: Msg, job: JobRow, delay: float | None) -> None:
+    async def _give_back(
+        self, message: Msg, job: JobRow, delay: float | None, *, count_attempt: bool
+    ) -> None:
+        """Release the lease (taking the attempt back unless ``count_attempt``) and nak for a redelivery."""
         for step in (
-            self._store.release(job.tenant_id, job.job_id, self.worker_id),
+            self._store.release(job.tenant_id, job.job_id, self.worker_id, count_attempt=count_attempt),
             message.nak(delay=delay),
         ):
             try:
@@ -204,7 +222,7 @@ class JobWorker:
             log.warning("job lease lost", extra={"job_id": job.job_id})
             return
         if run.retry:
-            await self._give_back(message, job, delay=5.0)
+            await self._give_back(message, job, delay=5.0, count_attempt=False)  # auth unreachable
             return
         if not run.cancelled:
             fatal = None if run.fatal is None else run.fatal.SerializeToString()
@@ -272,7 +290,7 @@ class JobWorker:
             self._auth_failed(error, run)  # not recorded: the item did not run
             return
         request = submission.item_request(item, job.metadata)
-        request_id = submission.item_request_id(job.job_id, index)
+        request_id = submission.item_request_id(job.job_id, index, job.runs)
         timeout = self._settings.gateway_job_item_timeout_seconds
         try:
             response = await within(timeout, self._runner(current, request, request_id))

@@ -43,13 +43,16 @@ MIGRATIONS = Path(__file__).parents[3] / "services" / "gateway" / "migrations"
 @dataclass
 class Runner:
     """Runs an item the way the flow starts one: acts for the caller at auth (Authorize with its token),
-    then answers. Counts runs per item; ``gate`` holds items until set."""
+    then answers. Counts runs per item (past the gate) and keeps every request id it was given (also of runs
+    the gate held and a stop cancelled); ``gate`` holds items until set."""
 
     auth_target: str
     calls: Counter[int] = field(default_factory=Counter)
+    request_ids: list[str] = field(default_factory=list)
     callers: list[Caller] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    held: asyncio.Event = field(default_factory=asyncio.Event)  # an item waits at the closed gate
     free_items: int = 1_000_000  # items that pass before the gate is consulted
 
     def __post_init__(self) -> None:
@@ -58,9 +61,12 @@ class Runner:
     async def __call__(
         self, caller: Caller, request: chat_service_pb2.ChatRequest, request_id: str
     ) -> chat_service_pb2.ChatResponse:
-        index = int(request_id.rsplit("-", 1)[1])
+        index = item_index(request_id)
+        self.request_ids.append(request_id)
         self.started.set()
         if sum(self.calls.values()) >= self.free_items:
+            if not self.gate.is_set():
+                self.held.set()
             await self.gate.wait()
         self.calls[index] += 1
         self.callers.append(caller)
@@ -79,6 +85,11 @@ class Runner:
                 cost=money_pb2.Money(currency_code="USD", amount_micros=10),
             ),
         )
+
+
+def item_index(request_id: str) -> int:
+    """The item index named by an item's request id, ``job-<job uuid>-<index>`` or ``...-<index>-run<n>``."""
+    return int(request_id.split("-")[6])
 
 
 def test_resolver(auth_target: str) -> Callable[[grpc.aio.ServicerContext[Any, Any]], Any]:

@@ -89,3 +89,36 @@ def test_jobs_finished_before_it_expire_and_the_sweep_scope_can_only_read_and_ex
         assert changed.rowcount == 0  # but changes nothing
         deleted = connection.execute(text("DELETE FROM jobs WHERE expire_time <= now()"))
         assert deleted.rowcount == 1  # and deletes what expired (this job ended 40 days ago)
+
+
+def test_jobs_claimed_before_the_runs_count_start_it_at_their_attempts(
+    owner_database: tuple[str, str],
+) -> None:
+    """``0005_job_runs`` as a tables' owner that is no superuser: ``runs`` of every tenant's jobs starts at their
+    attempts (each claim so far counted one and used the first run's request ids), so a job's next run gets
+    request ids never used; the table is left FORCE ROW LEVEL SECURITY."""
+    url, owner = owner_database
+    claimed = "22222222-2222-4222-8222-222222222222"
+    for connection in _as_owner(url, owner):
+        command.upgrade(_config(MIGRATIONS, "gateway", connection), "0004_idempotency_user")
+        for tenant, job, attempts in (("acme", JOB, 0), ("globex", claimed, 3)):
+            connection.execute(text("SELECT set_config('parapet.tenant_id', :t, true)"), {"t": tenant})
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (tenant_id, job_id, idempotency_key, spec_sha256, spec, subject,"
+                    " api_key_id, state, total_items, attempts) VALUES (:t, :j, 'k', '\\x00', '\\x00', 'alice',"
+                    " 'key', 'running', 1, :a)"
+                ),
+                {"t": tenant, "j": job, "a": attempts},
+            )
+    for connection in _as_owner(url, owner):
+        command.upgrade(_config(MIGRATIONS, "gateway", connection), "head")
+    for connection in _as_owner(url, owner):
+        forced = connection.execute(
+            text("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'jobs'::regclass")
+        )
+        assert forced.scalar_one() is True
+        assert connection.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0  # policies still apply
+        connection.execute(text("SELECT set_config('parapet.scope', 'jobs-sweep', true)"))
+        runs = connection.execute(text("SELECT job_id::text, runs, attempts FROM jobs ORDER BY job_id"))
+        assert [tuple(row) for row in runs] == [(JOB, 0, 0), (claimed, 3, 3)]

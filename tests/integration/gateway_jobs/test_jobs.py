@@ -13,9 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from parapet.auth.v1 import tenant_admin_service_pb2
+from parapet.embedded.ports import free_port
 from parapet.gateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from parapet.kit import timeouts
+from parapet.kit.database import Database
 from parapet.kit.errors import error_details
 from parapet.kit.testing import refusal
+from services.gateway.jobs.store import JobStore
 from tests.integration.gateway_jobs.conftest import (
     TERMINAL,
     Suite,
@@ -35,6 +39,29 @@ async def _full_job(jobs: job_service_pb2_grpc.JobServiceStub, key: str, job_id:
     request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL)
     response: job_service_pb2.GetJobResponse = await jobs.GetJob(request, metadata=bearer(key))
     return response.job
+
+
+async def _lease(database_url: str, job_id: str) -> tuple[int, int, str | None]:
+    """(runs, attempts, worker) of ``job_id`` as PostgreSQL holds them, read past row-level security."""
+    database = Database(database_url, "gateway", pool_size=1, max_overflow=0)
+    try:
+        async with database.transaction() as session:
+            found = await session.execute(
+                text("SELECT runs, attempts, worker FROM jobs WHERE job_id::text = :j"), {"j": job_id}
+            )
+            runs, attempts, worker = found.one()
+            return int(runs), int(attempts), worker
+    finally:
+        await database.close()
+
+
+async def _given_back(database_url: str, job_id: str, runs: int) -> tuple[int, int, str | None]:
+    """(runs, attempts, worker) once the job was claimed ``runs`` times and no worker holds it."""
+    while True:
+        lease = await _lease(database_url, job_id)
+        if lease[0] >= runs and lease[2] is None:
+            return lease
+        await asyncio.sleep(0.2)
 
 
 async def test_a_job_runs_every_item_for_its_submitter_and_watch_shows_progress(suite: Suite) -> None:
@@ -226,18 +253,81 @@ async def test_a_stopped_worker_s_job_is_finished_by_another_without_rerunning_i
     assert set(second.calls) == set(range(4, 12)) and all(n == 1 for n in second.calls.values())
 
 
+async def test_an_item_run_again_is_a_request_of_its_own_each_time(suite: Suite) -> None:
+    """An item a stopping worker cancels runs again on the next one. Under its first run's request id, metering
+    would take the rerun for a retry of the first run (its reservation back without a budget check, the
+    settlement refused): each run of the job gives its items ids of their own, the first run's `job-<id>-<index>`,
+    and never one used before, also after give-backs (two here). The result kept is the run that finished."""
+    stopped = [suite.runner(free_items=1), suite.runner(free_items=0)]
+    for runner in stopped:
+        runner.gate.clear()  # item 1 hangs in both: each worker is stopped inside it
+    async with suite.gateway(stopped[0], gateway_job_item_concurrency=1) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), ["a", "b", "c"]), metadata=bearer(suite.key))
+        ).job.job_id
+        await timeouts.within(30, stopped[0].held.wait())
+    async with suite.gateway(stopped[1], gateway_job_item_concurrency=1):
+        await timeouts.within(30, stopped[1].held.wait())
+    last = suite.runner()
+    async with suite.gateway(last, gateway_job_item_concurrency=1) as jobs:
+        done = await watch_until(jobs, suite.key, job_id, ended)
+        full = await _full_job(jobs, suite.key, job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.progress.succeeded_items == 3
+    assert stopped[0].request_ids == [f"job-{job_id}-0", f"job-{job_id}-1"]
+    assert stopped[1].request_ids == [f"job-{job_id}-1-run2"]
+    assert last.request_ids == [f"job-{job_id}-1-run3", f"job-{job_id}-2-run3"]
+    assert [r.index for r in full.results] == [0, 1, 2]
+    assert [r.response.summary.request_id for r in full.results] == [
+        f"job-{job_id}-0",
+        f"job-{job_id}-1-run3",
+        f"job-{job_id}-2-run3",
+    ]
+
+
+async def test_a_job_given_back_while_auth_is_unreachable_does_not_use_up_its_attempts(suite: Suite) -> None:
+    """Auth unreachable: the worker cannot get the submitter's token and gives the job back for later. Given
+    back more often than ``gateway_job_max_attempts`` allows, the job still runs once auth answers (the code
+    that counted every claim failed it JOB_ATTEMPTS_EXHAUSTED at its second)."""
+    runner = suite.runner()
+    async with suite.gateway(runner, gateway_job_workers_enabled=False) as jobs:
+        job_id = (
+            await jobs.SubmitJob(batch_request(_key(), ["a", "b"]), metadata=bearer(suite.key))
+        ).job.job_id
+        async with suite.gateway(runner, auth_address=f"127.0.0.1:{free_port()}", gateway_job_max_attempts=1):
+            # Two claims (5 s apart), both given back: no attempt is left counted.
+            runs, attempts, _worker = await timeouts.within(30, _given_back(suite.database_url, job_id, 2))
+        assert runs >= 2 and attempts == 0
+        async with suite.gateway(runner, gateway_job_max_attempts=1):
+            done = await watch_until(jobs, suite.key, job_id, ended)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert runner.calls == {0: 1, 1: 1}
+    last_run, _attempts, _worker = await _lease(suite.database_url, job_id)
+    assert last_run > runs
+    assert sorted(runner.request_ids) == [f"job-{job_id}-{i}-run{last_run}" for i in (0, 1)]
+
+
 async def test_a_job_past_its_attempts_fails_with_the_reason_and_keeps_its_finished_items(
     suite: Suite,
 ) -> None:
     """A job that never finishes (say, one that kills every worker that takes it) must not circulate for
-    ever: the delivery past ``gateway_job_max_attempts`` fails it instead of running it again."""
+    ever: the delivery past ``gateway_job_max_attempts`` fails it instead of running it again. A worker that
+    dies holding the lease counts an attempt; one that stops and gives the job back does not (the message says
+    1 attempt: on the code that counted every claim it said 2)."""
     first = suite.runner(free_items=2)
-    first.gate.clear()  # the third item hangs: the first attempt never finishes
+    first.gate.clear()  # the third item hangs: the first worker stops inside it and gives the job back
     async with suite.gateway(first, gateway_job_item_concurrency=1) as jobs:
         job_id = (
             await jobs.SubmitJob(batch_request(_key(), ["a", "b", "c", "d"]), metadata=bearer(suite.key))
         ).job.job_id
         await watch_until(jobs, suite.key, job_id, succeeded_at_least(2))
+    # A worker that claims the job and dies at once: the state it leaves is its claim, never renewed nor
+    # released (the SIGKILLed process of the slow test below leaves the same).
+    database = Database(suite.database_url, "gateway", pool_size=1, max_overflow=0)
+    try:
+        claim = await JobStore(database, retention_days=30).claim(suite.tenant, job_id, "dead-worker", 1.0)
+    finally:
+        await database.close()
+    assert claim.granted and claim.job is not None and (claim.job.runs, claim.job.attempts) == (2, 1)
     second = suite.runner()
     async with suite.gateway(second, gateway_job_max_attempts=1) as jobs:
         failed = await watch_until(jobs, suite.key, job_id, ended)

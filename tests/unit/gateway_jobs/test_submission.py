@@ -57,6 +57,9 @@ def test_an_item_runs_with_the_job_labels_and_without_its_own_key() -> None:
     assert request.idempotency_key == "" and dict(request.metadata) == {"x": "item", "batch": "b1"}
     assert item.idempotency_key == "mine"  # the stored spec is not changed
     assert submission.item_request_id("j1", 7) == "job-j1-7"
+    # A later run of the item is a chat of its own downstream (metering would take the same id for a retry).
+    assert submission.item_request_id("j1", 7, run=1) == "job-j1-7"
+    assert submission.item_request_id("j1", 7, run=3) == "job-j1-7-run3"
 
 
 def test_queue_messages_round_trip_and_malformed_ones_are_recognised() -> None:
