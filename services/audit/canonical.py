@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
+from parapet.audit.v1 import admin_action_pb2, audit_record_pb2, interaction_pb2
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.events.audit import MAX_BODY_RETENTION_DAYS
 from parapet.kit import wellknown
@@ -73,9 +73,13 @@ class PreparedRecord:
     response: str | None
     body_expire_time: datetime | None
     columns: dict[str, Any]
+    erase_time: datetime | None = None  # set when its user's erasure came first (store._apply_erasures)
 
 
 _LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_BODY_RETENTION_DAYS)
+# A record, bodies included, is read back whole in one gRPC message (QueryInteractions), whose receivers take at
+# most 4 MiB by default; what reading adds (chain link, hashes, erase time) is a few hundred bytes.
+MAX_RECORD_BYTES = 3 << 20
 
 
 def _invalid(field: str, problem: str) -> InvalidArgument:
@@ -84,6 +88,29 @@ def _invalid(field: str, problem: str) -> InvalidArgument:
         field_violations=[(field, problem)],
         reason="RECORD_INVALID",
     )
+
+
+def _check_figures(item: interaction_pb2.Interaction) -> None:
+    """Counts, costs and durations an interaction can really have. Durations outside protobuf's range cannot be
+    turned into the indexed microseconds nor written as JSON (ExportInteractions), and a negative count or cost
+    would be chained for ever and skew every sum over the log."""
+    for name in ("latency", "time_to_first_token"):
+        duration = getattr(item, name)
+        if wellknown.as_timedelta(duration) is None or duration.seconds < 0 or duration.nanos < 0:
+            raise _invalid(f"record.interaction.{name}", "must be a valid, non-negative duration")
+    if item.HasField("request_time") and wellknown.as_datetime(item.request_time) is None:
+        raise _invalid("record.interaction.request_time", "is not a valid timestamp")
+    counts = {
+        "usage.prompt_tokens": item.usage.prompt_tokens,
+        "usage.completion_tokens": item.usage.completion_tokens,
+        "usage.cached_tokens": item.usage.cached_tokens,
+        "cost.amount_micros": item.cost.amount_micros,
+        "retrieved_chunk_count": item.retrieved_chunk_count,
+        **{f"moderation_findings[{i}].count": f.count for i, f in enumerate(item.moderation_findings)},
+    }
+    for name, value in counts.items():
+        if value < 0:
+            raise _invalid(f"record.interaction.{name}", "must not be negative")
 
 
 def _apply_body_policy(
@@ -126,6 +153,8 @@ def prepare(
     ``owned``: the caller hands ``record`` over (e.g. just decoded from a message), so it is reshaped in
     place instead of copied. Raises InvalidArgument (reason RECORD_INVALID) with field violations.
     """
+    if record.ByteSize() > MAX_RECORD_BYTES:
+        raise _invalid("record", f"is larger than {MAX_RECORD_BYTES} bytes encoded")
     try:
         record_id = str(uuid.UUID(record.record_id))
     except ValueError:
@@ -151,6 +180,7 @@ def prepare(
     if create_time > _LATEST_CREATE_TIME:  # its bodies' expiry date would overflow a datetime
         raise _invalid("record.create_time", "is too far in the future")
     if payload == "interaction":
+        _check_figures(canonical.interaction)
         prompt, response, days = _apply_body_policy(canonical, default_mode, default_retention_days)
         if prompt is not None or response is not None:
             expire = create_time + timedelta(days=days)

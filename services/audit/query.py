@@ -2,15 +2,19 @@
 
 Every read runs in the caller's tenant scope (row-level security), so no filter value, crafted or not, can
 reach another tenant's rows: the SQL below never names a tenant at all. Records are returned in
-(create_time, sequence) order, which the ``records_tenant_time`` index serves.
+(create_time, sequence) order, oldest or newest first, which the ``records_tenant_time`` index serves.
+
+Both RPCs stream messages of at most ``MESSAGE_BYTES`` (cut by encoded size, never by a count: one record may
+hold a prompt of hundreds of kilobytes), far below the 4 MiB that gRPC receivers take by default.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from sqlalchemy import text
@@ -21,8 +25,27 @@ from parapet.kit.database import Database
 from services.audit.scope import tenant_scope
 
 MAX_PAGE_SIZE = 10_000  # records over a whole stream; the kit's default of 100 applies to 0
-BATCH = 100  # records per streamed message
-EXPORT_CHUNK_BYTES = 1 << 20
+MESSAGE_BYTES = 1 << 20  # a streamed message's records (QueryInteractions) or JSON Lines (ExportInteractions)
+# A record's framing in QueryInteractionsResponse.records (tag and length), plus room for next_page_token.
+_FRAMING_BYTES = 16
+_NEWEST_FIRST = "newest_first"  # binds a page token to its order as well as to its filter
+
+T = TypeVar("T")
+
+
+async def _sized(items: AsyncIterable[tuple[T, int]], limit: int) -> AsyncIterator[list[T]]:
+    """``items`` (each with its encoded size) in consecutive groups whose sizes add up to at most ``limit``;
+    an item larger than ``limit`` makes a group of its own."""
+    group: list[T] = []
+    size = 0
+    async for item, item_size in items:
+        if group and size + item_size > limit:
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += item_size
+    if group:
+        yield group
 
 
 def _conditions(filter_: audit_service_pb2.InteractionFilter) -> tuple[list[str], dict[str, Any]]:
@@ -44,12 +67,22 @@ def _conditions(filter_: audit_service_pb2.InteractionFilter) -> tuple[list[str]
     return where, params
 
 
+def _query_key(filter_: audit_service_pb2.InteractionFilter, newest_first: bool) -> str:
+    # Oldest-first tokens keep the key they had before the order could be chosen, so those issued stay valid.
+    return paging.query_key(filter_, _NEWEST_FIRST) if newest_first else paging.query_key(filter_)
+
+
 def encode_page_token(
-    create_time: datetime, sequence: int, filter_: audit_service_pb2.InteractionFilter
+    create_time: datetime,
+    sequence: int,
+    filter_: audit_service_pb2.InteractionFilter,
+    newest_first: bool = False,
 ) -> str:
-    """The token of the page after the record at (create_time, sequence), bound to the filter. Not to the
-    caller: every reader of a tenant sees the same records, and no token reaches another tenant's (RLS)."""
-    return paging.encode([create_time.astimezone(UTC).isoformat(), sequence], paging.query_key(filter_))
+    """The token of the page after the record at (create_time, sequence), bound to the filter and the order.
+    Not to the caller: every reader of a tenant sees the same records, and no token reaches another tenant's
+    (RLS)."""
+    position: list[str | int] = [create_time.astimezone(UTC).isoformat(), sequence]
+    return paging.encode(position, _query_key(filter_, newest_first))
 
 
 def _record(row: Any) -> audit_record_pb2.AuditRecord:
@@ -73,16 +106,22 @@ async def _matching(
     filter_: audit_service_pb2.InteractionFilter,
     after: tuple[datetime, int] | None,
     limit: int,
+    *,
+    newest_first: bool = False,
     chunk: int = 500,
 ) -> AsyncIterator[Any]:
     """Matching rows in order, fetched in keyset chunks (one short transaction each)."""
     where, params = _conditions(filter_)
+    beyond, order = ("<", " DESC") if newest_first else (">", "")
     remaining = limit
     while remaining > 0:
-        clauses = [*where, "(create_time, sequence) > (:after_time, :after_sequence)"] if after else where
+        clauses = (
+            [*where, f"(create_time, sequence) {beyond} (:after_time, :after_sequence)"] if after else where
+        )
         sql = text(
             "SELECT sequence, create_time, previous_hash, record_hash, metadata, prompt, response, erase_time"
-            f" FROM records WHERE {' AND '.join(clauses)} ORDER BY create_time, sequence LIMIT :limit"
+            f" FROM records WHERE {' AND '.join(clauses)}"
+            f" ORDER BY create_time{order}, sequence{order} LIMIT :limit"
         )
         values = dict(params, limit=min(chunk, remaining))
         if after:
@@ -97,40 +136,73 @@ async def _matching(
         after = (rows[-1].create_time, int(rows[-1].sequence))
 
 
+@dataclass
+class _Page:
+    """Where a page of QueryInteractions ended: its last row, and whether more rows match."""
+
+    last: Any = None
+    more: bool = False
+
+
+async def _page_records(
+    database: Database,
+    tenant_id: str,
+    request: audit_service_pb2.QueryInteractionsRequest,
+    page: _Page,
+) -> AsyncIterator[tuple[audit_record_pb2.AuditRecord, int]]:
+    """The page's records with their encoded sizes; ``page`` tells, once they are all out, how it ended."""
+    page_size = paging.page_size(request.page_size, maximum=MAX_PAGE_SIZE)
+    key = _query_key(request.filter, request.newest_first)
+    after = paging.decode_moment_and_number(request.page_token, key)
+    rows = _matching(
+        database, tenant_id, request.filter, after, page_size + 1, newest_first=request.newest_first
+    )
+    count = 0
+    async for row in rows:
+        if count == page_size:
+            page.more = True  # the extra row only tells that another page exists
+            return
+        record = _record(row)
+        page.last, count = row, count + 1
+        yield record, record.ByteSize() + _FRAMING_BYTES
+
+
 async def query_interactions(
     database: Database, tenant_id: str, request: audit_service_pb2.QueryInteractionsRequest
 ) -> AsyncIterator[audit_service_pb2.QueryInteractionsResponse]:
-    page_size = paging.page_size(request.page_size, maximum=MAX_PAGE_SIZE)
-    after = paging.decode_moment_and_number(request.page_token, paging.query_key(request.filter))
-    batch: list[audit_record_pb2.AuditRecord] = []
-    sent = 0
-    last: Any = None
-    more = False
-    async for row in _matching(database, tenant_id, request.filter, after, page_size + 1):
-        if sent + len(batch) == page_size:
-            more = True  # the extra row only tells that another page exists
-            break
-        batch.append(_record(row))
-        last = row
-        if len(batch) == BATCH:
-            sent += len(batch)
-            yield audit_service_pb2.QueryInteractionsResponse(records=batch)
-            batch = []
-    token = encode_page_token(last.create_time, int(last.sequence), request.filter) if more else ""
-    if batch or token or sent == 0:
-        yield audit_service_pb2.QueryInteractionsResponse(records=batch, next_page_token=token)
+    """The page in messages of at most MESSAGE_BYTES (a record larger than that alone in one: records are at
+    most MAX_RECORD_BYTES, so it still fits a receiver's 4 MiB); the last message carries next_page_token."""
+    page = _Page()
+    held: list[audit_record_pb2.AuditRecord] = []
+    # One batch is held back: only once the rows are all read is it known whether a next page exists.
+    async for batch in _sized(_page_records(database, tenant_id, request, page), MESSAGE_BYTES):
+        if held:
+            yield audit_service_pb2.QueryInteractionsResponse(records=held)
+        held = batch
+    token = ""
+    if page.more:
+        token = encode_page_token(
+            page.last.create_time, int(page.last.sequence), request.filter, request.newest_first
+        )
+    yield audit_service_pb2.QueryInteractionsResponse(records=held, next_page_token=token)
+
+
+async def _export_pieces(
+    database: Database, tenant_id: str, filter_: audit_service_pb2.InteractionFilter
+) -> AsyncIterator[tuple[bytes, int]]:
+    """Each record's JSON line, cut into pieces of at most MESSAGE_BYTES: escaping can make a line several times
+    its record's size, and a message above a receiver's 4 MiB would fail the whole export at that record."""
+    async for row in _matching(database, tenant_id, filter_, None, limit=2**62):
+        line = json.dumps(json_format.MessageToDict(_record(row)), separators=(",", ":")).encode() + b"\n"
+        for start in range(0, len(line), MESSAGE_BYTES):
+            piece = line[start : start + MESSAGE_BYTES]
+            yield piece, len(piece)
 
 
 async def export_interactions(
     database: Database, tenant_id: str, request: audit_service_pb2.ExportInteractionsRequest
 ) -> AsyncIterator[audit_service_pb2.ExportInteractionsResponse]:
-    """JSON Lines (proto3 JSON of each AuditRecord), in chunks of at most 1 MiB ending at line ends."""
-    buffer = bytearray()
-    async for row in _matching(database, tenant_id, request.filter, None, limit=2**62):
-        line = json.dumps(json_format.MessageToDict(_record(row)), separators=(",", ":")).encode() + b"\n"
-        if buffer and len(buffer) + len(line) > EXPORT_CHUNK_BYTES:
-            yield audit_service_pb2.ExportInteractionsResponse(data=bytes(buffer))
-            buffer.clear()
-        buffer += line  # a single line above 1 MiB still goes out whole, in a chunk of its own
-    if buffer:
-        yield audit_service_pb2.ExportInteractionsResponse(data=bytes(buffer))
+    """JSON Lines (proto3 JSON of each AuditRecord), in chunks of at most MESSAGE_BYTES ending at line ends but
+    where a longer line goes on in the next chunks."""
+    async for pieces in _sized(_export_pieces(database, tenant_id, request.filter), MESSAGE_BYTES):
+        yield audit_service_pb2.ExportInteractionsResponse(data=b"".join(pieces))

@@ -1,7 +1,8 @@
 """Dropping bodies: the retention job (bodies past their retention) and erasure of a user's bodies.
 
 Only ``prompt`` and ``response`` are cleared and ``erase_time`` set; the metadata, which holds the bodies'
-hashes, and every hash of the chain stay as they were, so the chain still verifies afterwards.
+hashes, and every hash of the chain stay as they were, so the chain still verifies afterwards. An erasure also
+leaves a marker (``erasures``) that appends read, for the user's records still waiting in the AUDIT stream.
 """
 
 from __future__ import annotations
@@ -45,7 +46,21 @@ async def drop_expired_bodies(database: Database, now: datetime, *, batch: int =
             return total
 
 
+# The erasure's time per user (the latest wins): a record of the user created before it that is stored later,
+# having waited in the AUDIT stream, is stored without its bodies (store._apply_erasures). Same now() as _ERASE.
+_MARK = text(
+    """
+    INSERT INTO erasures (tenant_id, user_id, erase_time)
+    VALUES (current_setting('parapet.tenant_id'), :user_id, now())
+    ON CONFLICT (tenant_id, user_id) DO UPDATE SET erase_time = greatest(erasures.erase_time, EXCLUDED.erase_time)
+    """
+)
+
+
 async def erase_user_bodies(session: AsyncSession, user_id: str) -> int:
-    """Clear the bodies of ``user_id``'s interactions in ``session``'s tenant scope; returns how many changed."""
+    """Clear the bodies of ``user_id``'s interactions in ``session``'s tenant scope, now and of those stored later
+    but created before now; returns how many stored ones changed. The caller holds the tenant's head lock, so no
+    append interleaves (see store._append_tenants)."""
     result = await session.execute(_ERASE, {"user_id": user_id})
+    await session.execute(_MARK, {"user_id": user_id})
     return int(getattr(result, "rowcount", 0) or 0)

@@ -22,7 +22,7 @@ from services.audit.rejected import delete_user_rejected
 from services.audit.retention import erase_user_bodies
 from services.audit.scope import tenant_scope
 from services.audit.signing import CheckpointSigner
-from services.audit.store import append, append_in
+from services.audit.store import append, append_in, lock_head
 from services.audit.verify import verify_chain
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 extra={"tenant_id": principal.tenant_id, "deleted": rejected},
             )
         async with tenant_scope(self._database, principal.tenant_id) as session:
+            # The head lock first: an append of the tenant either commits before the erasure (whose UPDATE then
+            # reaches its records) or waits and then finds the erasure's marker; none slips between the two.
+            await lock_head(session, principal.tenant_id)
             erased = await erase_user_bodies(session, request.user_id)
             # The erasure joins the chain in the same transaction: who erased whose bodies, and why.
             action = audit_record_pb2.AuditRecord(

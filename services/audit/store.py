@@ -3,14 +3,15 @@
 Appends of one tenant take the tenant's ``chain_heads`` row ``FOR UPDATE`` first, so concurrent appends
 (RPCs, the stream consumer, several replicas) queue on it and the chain never forks; other tenants are not
 blocked. A batch is one ``INSERT ... SELECT FROM jsonb_to_recordset(...)``: one round trip however many
-records.
+records. A record of a user erased after it was created (it waited in the AUDIT stream) is stored without its
+bodies (``_apply_erasures``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.kit.database import Database
-from services.audit.canonical import COLUMN_NAMES, PreparedRecord, record_hash
+from services.audit.canonical import COLUMN_NAMES, INTERACTION, PreparedRecord, record_hash
 from services.audit.scope import TENANT_ROLE, tenant_scope
 
 # The rows travel as one JSON array (json.dumps is C-fast, where dumping dozens of typed arrays is not);
@@ -38,13 +39,23 @@ _SQL_TYPES: dict[str, str] = {
     "sequence": "bigint",
     "record_id": "uuid",
     "body_expire_time": "timestamptz",
+    "erase_time": "timestamptz",
 }
 _BYTES = ("metadata", "previous_hash", "record_hash")
 _SELECT_EXPR: dict[str, str] = {
     "fallback_models": "ARRAY(SELECT jsonb_array_elements_text(r.fallback_models))",
     **{name: f"decode(r.{name}, 'hex')" for name in _BYTES},
 }
-_ALL = (*COLUMN_NAMES, "sequence", "record_id", *_BYTES, "prompt", "response", "body_expire_time")
+_ALL = (
+    *COLUMN_NAMES,
+    "sequence",
+    "record_id",
+    *_BYTES,
+    "prompt",
+    "response",
+    "body_expire_time",
+    "erase_time",
+)
 INSERT_SQL = (
     "INSERT INTO records (tenant_id, "
     + ", ".join(_ALL)
@@ -80,6 +91,7 @@ _EXISTING = (
     " FROM records WHERE record_id = ANY(CAST(%s AS uuid[]))"
 )
 _MOVE_HEAD = "UPDATE chain_heads SET sequence = %s, head_hash = %s, update_time = now() WHERE tenant_id = %s"
+_ERASURES = "SELECT user_id, erase_time FROM erasures WHERE user_id = ANY(%s)"
 
 Row = tuple[PreparedRecord, int, bytes, bytes]  # record, sequence, previous hash, record hash
 
@@ -108,6 +120,7 @@ def _rows_json(rows: list[Row]) -> str:
             prompt=prepared.prompt,
             response=prepared.response,
             body_expire_time=_json_value(prepared.body_expire_time),
+            erase_time=_json_value(prepared.erase_time),
         )
         out.append(row)
     return json.dumps(out, separators=(",", ":"))
@@ -117,6 +130,37 @@ async def insert_rows(session: AsyncSession, tenant_id: str, rows: list[Row]) ->
     """Insert already-chained rows in one statement, without moving the head (benchmarks load chains so)."""
     driver = await _driver(session)
     await driver.execute(INSERT_SQL, {"tenant_id": tenant_id, "rows": _rows_json(rows)})
+
+
+def _holds_bodies(prepared: PreparedRecord) -> bool:
+    """Whether ``prepared`` is an interaction with a body to store: what an erasure drops."""
+    return prepared.columns["kind"] == INTERACTION and (
+        prepared.prompt is not None or prepared.response is not None
+    )
+
+
+def _apply_erasures(batch: Sequence[PreparedRecord], erased: Mapping[str, datetime]) -> list[PreparedRecord]:
+    """``batch`` with the bodies dropped of every interaction created before its user's erasure (``erased``: user
+    → erase time), as that Erase would have dropped them had the record been stored then: it was still waiting in
+    the AUDIT stream. Only bodies go, so the metadata, its body hashes and the chain stay as they would be; a
+    record created after the erasure is new activity and keeps its bodies."""
+    out = []
+    for prepared in batch:
+        erase_time = erased.get(prepared.columns["user_id"])
+        if (
+            erase_time is not None
+            and _holds_bodies(prepared)
+            and prepared.columns["create_time"] < erase_time
+        ):
+            prepared = replace(prepared, prompt=None, response=None, erase_time=erase_time)
+        out.append(prepared)
+    return out
+
+
+async def lock_head(session: AsyncSession, tenant_id: str) -> None:
+    """Take ``tenant_id``'s head lock in ``session``: appends of the tenant wait until it commits."""
+    driver = await _driver(session)
+    await driver.execute(_LOCK_HEAD, (tenant_id,))
 
 
 def _chain(
@@ -184,13 +228,21 @@ async def _append_tenants(
                 await driver.execute(_SET_TENANT, (tenant_id,))
             head = await driver.execute(_LOCK_HEAD, (tenant_id,))
             existing = await driver.execute(_EXISTING, (sorted({p.record_id for p in groups[tenant_id]}),))
-            reads.append((head, existing))
+            # Run once the head lock is held: an Erase of the tenant (which takes that lock first) has either
+            # committed, marker and all, or waits for this append, and its UPDATE then reaches what it stores.
+            users = sorted({p.columns["user_id"] for p in groups[tenant_id] if _holds_bodies(p)})
+            erasures = await driver.execute(_ERASURES, (users,)) if users else None
+            reads.append((head, existing, erasures))
         await pipeline.sync()
-        for tenant_id, (head, existing) in zip(tenants, reads, strict=True):
+        for tenant_id, (head, existing, erasures) in zip(tenants, reads, strict=True):
             head_sequence, head_hash = await head.fetchone()
             stored = {row[0]: row for row in await existing.fetchall()}
+            erased = dict(await erasures.fetchall()) if erasures is not None else {}
             results[tenant_id], new_rows, head_sequence, head_hash = _chain(
-                groups[tenant_id], int(head_sequence), bytes(head_hash), stored
+                _apply_erasures(groups[tenant_id], erased) if erased else groups[tenant_id],
+                int(head_sequence),
+                bytes(head_hash),
+                stored,
             )
             if new_rows:
                 if switch_tenant:

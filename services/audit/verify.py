@@ -4,7 +4,9 @@ Per record, in sequence order: the sequence has no gap, ``previous_hash`` is the
 ``record_hash`` = H(sequence, previous_hash, SHA-256(metadata)), the bodies still present hash to the
 hashes in the metadata, and the indexed columns equal what the metadata says. Where a link breaks, a few
 lookups tell which tampering it was (see ``_classify``); checkpoints catch what a re-hashed chain or a
-truncated tail would otherwise hide. Reads run under the tenant's row-level security.
+truncated tail would otherwise hide. Rows past the head (and past every checkpoint) are no link of the chain
+but would still be read as records, so the first of them is a break too. Reads run under the tenant's
+row-level security.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ _ROW_SQL = text(
     "SELECT sequence, record_id::text AS record_id, previous_hash, record_hash, metadata, prompt, response, "
     + ", ".join(COLUMN_NAMES)
     + " FROM records WHERE sequence > :after AND sequence <= :end ORDER BY sequence LIMIT :limit"
+)
+
+
+# The head and the first row past both it and the newest checkpoint, read in one statement (one snapshot): read
+# apart, a record appended between the two reads would look like a row slipped in past the head.
+_HEAD_SQL = text(
+    """
+    SELECT h.sequence AS head,
+           (SELECT min(sequence) FROM records WHERE sequence > greatest(h.sequence, :signed)) AS beyond
+    FROM (SELECT coalesce((SELECT sequence FROM chain_heads), 0) AS sequence) AS h
+    """
 )
 
 
@@ -162,7 +175,6 @@ async def verify_chain(
         )
     start = max(start, 1)
     async with tenant_scope(database, tenant_id) as session:
-        head = (await session.execute(text("SELECT sequence FROM chain_heads"))).scalar_one_or_none() or 0
         checkpoints = (
             await session.execute(
                 text(
@@ -170,7 +182,9 @@ async def verify_chain(
                 )
             )
         ).all()
-        known = max(head, checkpoints[-1].sequence if checkpoints else 0)
+        newest_signed = int(checkpoints[-1].sequence) if checkpoints else 0
+        head, beyond = (await session.execute(_HEAD_SQL, {"signed": newest_signed})).one()
+        known = max(head, newest_signed)
         last = end or known
         if end > known or (known and start > last):
             raise InvalidArgument(
@@ -229,7 +243,12 @@ async def verify_chain(
         if scan_break is None and expected <= last:
             # The rows end before the head or a signed checkpoint: the tail was cut off.
             scan_break = Break(expected, "", Kind.CHAIN_BREAK_KIND_TRUNCATED)
-        first = _first(checkpoint_break, scan_break)
+        inserted: Break | None = None
+        if beyond is not None and last >= known:
+            # A row past the head: appends move the head in the same transaction, so no append wrote it.
+            link = await _link_at(session, int(beyond))
+            inserted = Break(int(beyond), link.record_id if link else "", Kind.CHAIN_BREAK_KIND_INSERTED)
+        first = _first(checkpoint_break, scan_break, inserted)
         return Verification(
             intact=first is None,
             records_verified=verified,

@@ -1,6 +1,7 @@
 """``parapet audit tail|verify``: the tenant's AI interactions as they are recorded, and its hash chain.
 
-``tail`` shows the newest interactions (QueryInteractions) and, with ``--follow``, polls for new ones;
+``tail`` shows the newest interactions (QueryInteractions, newest first, reading only those it shows) and,
+with ``--follow``, polls for new ones a page at a time;
 ``verify`` runs VerifyChain and exits 4 when the chain is broken. Both need ``audit.read``.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -85,21 +85,80 @@ def _show(args: argparse.Namespace, records: Iterable[audit_record_pb2.AuditReco
             print(interaction_line(record), flush=True)
 
 
-async def _query(
-    stub: AuditServiceAsyncStub, metadata: connect.Metadata, flt: audit_service_pb2.InteractionFilter
-) -> list[audit_record_pb2.AuditRecord]:
-    """Every record matching ``flt``, oldest first, across pages."""
+# Records per QueryInteractions call: a page is held in memory before it is printed, and a record may carry a
+# prompt of hundreds of kilobytes.
+PAGE_SIZE = 100
+
+Position = tuple[int, int, int]  # (create_time seconds, its microseconds, chain sequence): the server's order
+
+
+def _position(record: audit_record_pb2.AuditRecord) -> Position:
+    # Microseconds, as the log stores create_time: records of one microsecond are ordered by sequence there.
+    return (record.create_time.seconds, record.create_time.nanos // 1000, record.chain.sequence)
+
+
+async def _page(
+    stub: AuditServiceAsyncStub,
+    metadata: connect.Metadata,
+    request: audit_service_pb2.QueryInteractionsRequest,
+) -> tuple[list[audit_record_pb2.AuditRecord], str]:
+    """One page of ``request``: its records in the request's order, and the next page's token."""
     records: list[audit_record_pb2.AuditRecord] = []
     token = ""
+    async for batch in stub.QueryInteractions(request, metadata=metadata):
+        records.extend(batch.records)
+        token = batch.next_page_token or token
+    return records, token
+
+
+async def _newest(
+    stub: AuditServiceAsyncStub,
+    metadata: connect.Metadata,
+    flt: audit_service_pb2.InteractionFilter,
+    count: int,
+) -> list[audit_record_pb2.AuditRecord]:
+    """The ``count`` newest records matching ``flt``, oldest first. Read newest first, so only those are read and
+    sent, however many the window holds."""
+    records: list[audit_record_pb2.AuditRecord] = []
+    token = ""
+    while len(records) < count:
+        request = audit_service_pb2.QueryInteractionsRequest(
+            filter=flt, page_size=min(count - len(records), PAGE_SIZE), page_token=token, newest_first=True
+        )
+        page, token = await _page(stub, metadata, request)
+        records.extend(page)
+        if not token:
+            break
+    records.reverse()
+    return records
+
+
+async def _show_after(
+    args: argparse.Namespace,
+    stub: AuditServiceAsyncStub,
+    metadata: connect.Metadata,
+    flt: audit_service_pb2.InteractionFilter,
+    after: Position | None,
+) -> Position | None:
+    """Print the records matching ``flt`` that come after ``after`` (None: all), a page at a time; returns the
+    position of the last one printed (``after`` when none)."""
+    since = audit_service_pb2.InteractionFilter()
+    since.CopyFrom(flt)
+    if after is not None:
+        # From the newest time shown (inclusive: records of that microsecond may still arrive, later in sequence).
+        since.start_time.FromMicroseconds(after[0] * 1_000_000 + after[1])
+    token = ""
     while True:
-        next_token = ""
-        request = audit_service_pb2.QueryInteractionsRequest(filter=flt, page_size=10000, page_token=token)
-        async for batch in stub.QueryInteractions(request, metadata=metadata):
-            records.extend(batch.records)
-            next_token = batch.next_page_token or next_token
-        if not next_token:
-            return records
-        token = next_token
+        request = audit_service_pb2.QueryInteractionsRequest(
+            filter=since, page_size=PAGE_SIZE, page_token=token
+        )
+        page, token = await _page(stub, metadata, request)
+        fresh = [r for r in page if after is None or _position(r) > after]
+        _show(args, fresh)
+        if fresh:
+            after = _position(fresh[-1])
+        if not token:
+            return after
 
 
 async def tail_interactions(args: argparse.Namespace) -> int:
@@ -119,20 +178,15 @@ async def tail_interactions(args: argparse.Namespace) -> int:
     async with connect.Session.from_args(args) as session:
         stub = session.client(clients.audit, "audit").stub
         metadata = await session.token_metadata()
-        records = await _query(stub, metadata, flt)
-        _show(args, deque(records, maxlen=args.lines) if args.lines else [])
-        seen = {r.record_id for r in records}
+        # Following needs the newest record's position even when none is to be shown (-n 0).
+        wanted = max(args.lines, 1) if args.follow else args.lines
+        newest = await _newest(stub, metadata, flt, wanted) if wanted else []
+        _show(args, newest if args.lines else [])
+        after = _position(newest[-1]) if newest else None
         while args.follow:
             await asyncio.sleep(args.interval)
-            if records:
-                # From the newest time seen (inclusive: records sharing it may still arrive), skipping known ids.
-                flt.start_time.CopyFrom(records[-1].create_time)
             metadata = await session.token_metadata()  # renewed when the token nears its expiry
-            fresh = [r for r in await _query(stub, metadata, flt) if r.record_id not in seen]
-            _show(args, fresh)
-            seen.update(r.record_id for r in fresh)
-            if fresh:
-                records = fresh
+            after = await _show_after(args, stub, metadata, flt, after)
     return failures.EXIT_OK
 
 

@@ -146,6 +146,27 @@ async def test_inserted_record_is_detected(audit: Audit) -> None:
     _assert_break(await audit.verify(tenant), 3, Kind.CHAIN_BREAK_KIND_INSERTED)
 
 
+async def test_a_row_past_the_head_is_detected(audit: Audit) -> None:
+    """The scan once stopped at the head (or the newest checkpoint): a row the owner slipped in far past it, with
+    garbage hashes, left the chain intact while QueryInteractions returned it."""
+    tenant, _ = await _chain(audit, 3)
+    await audit.checkpoint()
+    await audit.tamper(
+        "INSERT INTO records (tenant_id, sequence, record_id, kind, create_time, metadata, previous_hash,"
+        " record_hash, prompt)"
+        " SELECT tenant_id, sequence + 1000, gen_random_uuid(), kind, create_time, metadata, :junk, :junk,"
+        " 'forged' FROM records WHERE tenant_id = :t AND sequence = 2",
+        t=tenant,
+        junk=b"\x01" * 32,
+    )
+    result = await audit.verify(tenant)
+    _assert_break(result, 1002, Kind.CHAIN_BREAK_KIND_INSERTED)
+    assert result.first_break.record_id and result.records_verified == 3 and result.head_sequence == 3
+    # A range that stops short of the head does not reach it; one up to the head does.
+    assert (await audit.verify(tenant, 1, 2)).intact
+    _assert_break(await audit.verify(tenant, 2, 3), 1002, Kind.CHAIN_BREAK_KIND_INSERTED)
+
+
 async def test_reordered_records_are_detected(audit: Audit) -> None:
     tenant, _ = await _chain(audit, 5)
     await audit.tamper(

@@ -17,6 +17,7 @@ from parapet.kit.errors import InvalidArgument
 from services.audit.access import has_audit_permission
 from services.audit.canonical import (
     CHECKPOINT_DOMAIN,
+    MAX_RECORD_BYTES,
     RECORD_DOMAIN,
     checkpoint_message,
     prepare,
@@ -108,6 +109,38 @@ def test_the_same_record_has_the_same_canonical_bytes() -> None:
             lambda r: setattr(r.interaction.body, "retention_days", -1),
             "record.interaction.body.retention_days",
         ),
+        # Outside protobuf's Duration range these made Record INTERNAL (and ExportInteractions fail at the record);
+        # negative figures were chained for ever.
+        (lambda r: setattr(r.interaction.latency, "seconds", 2**60), "record.interaction.latency"),
+        (lambda r: setattr(r.interaction.latency, "seconds", -1), "record.interaction.latency"),
+        (
+            lambda r: setattr(r.interaction.time_to_first_token, "nanos", -5),
+            "record.interaction.time_to_first_token",
+        ),
+        (lambda r: setattr(r.interaction.request_time, "seconds", 2**60), "record.interaction.request_time"),
+        (
+            lambda r: setattr(r.interaction.usage, "prompt_tokens", -5),
+            "record.interaction.usage.prompt_tokens",
+        ),
+        (
+            lambda r: setattr(r.interaction.usage, "completion_tokens", -1),
+            "record.interaction.usage.completion_tokens",
+        ),
+        (
+            lambda r: setattr(r.interaction.usage, "cached_tokens", -1),
+            "record.interaction.usage.cached_tokens",
+        ),
+        (lambda r: setattr(r.interaction.cost, "amount_micros", -1), "record.interaction.cost.amount_micros"),
+        (
+            lambda r: setattr(r.interaction, "retrieved_chunk_count", -1),
+            "record.interaction.retrieved_chunk_count",
+        ),
+        (
+            lambda r: r.interaction.moderation_findings.add(count=-2),
+            "record.interaction.moderation_findings[0].count",
+        ),
+        # Read back, a record must fit one gRPC message (4 MiB by default).
+        (lambda r: setattr(r.interaction.body, "prompt", "x" * MAX_RECORD_BYTES), "record is larger"),
     ],
 )
 def test_invalid_records_are_refused_with_the_field(change: object, field: str) -> None:
@@ -117,6 +150,16 @@ def test_invalid_records_are_refused_with_the_field(change: object, field: str) 
         prepare(record, "t")
     assert raised.value.reason == "RECORD_INVALID"
     assert field in str(raised.value)
+
+
+def test_zero_and_largest_valid_figures_are_accepted() -> None:
+    record = _record(tenant_policy_pb2.BODY_RETENTION_FULL)
+    record.interaction.latency.seconds = 315_576_000_000  # protobuf's largest Duration
+    record.interaction.usage.prompt_tokens = 2**63 - 1
+    record.interaction.moderation_findings.add(count=0)
+    prepared = prepare(record, "t")
+    assert prepared.columns["latency_us"] == 315_576_000_000 * 10**6
+    assert prepared.columns["prompt_tokens"] == 2**63 - 1
 
 
 def test_record_hash_and_checkpoint_message_layout() -> None:

@@ -27,7 +27,7 @@ from parapet.audit.v1 import audit_record_pb2 as parapet_dot_audit_dot_v1_dot_au
 from parapet.audit.v1 import chain_pb2 as parapet_dot_audit_dot_v1_dot_chain__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$parapet/audit/v1/audit_service.proto\x12\x10parapet.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#parapet/audit/v1/audit_record.proto\x1a\x1cparapet/audit/v1/chain.proto\">\n\rRecordRequest\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.parapet.audit.v1.AuditRecord\"V\n\x0eRecordResponse\x12*\n\x05\x63hain\x18\x01 \x01(\x0b\x32\x1b.parapet.audit.v1.ChainLink\x12\x18\n\x10\x61lready_recorded\x18\x02 \x01(\x08\"\xdf\x01\n\x11InteractionFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x13\n\x0bonly_errors\x18\x08 \x01(\x08\"v\n\x18QueryInteractionsRequest\x12\x33\n\x06\x66ilter\x18\x01 \x01(\x0b\x32#.parapet.audit.v1.InteractionFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x19QueryInteractionsResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.parapet.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x19\x45xportInteractionsRequest\x12\x33\n\x06\x66ilter\x18\x01 \x01(\x0b\x32#.parapet.audit.v1.InteractionFilter\"*\n\x1a\x45xportInteractionsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"B\n\x12VerifyChainRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x03\x12\x14\n\x0c\x65nd_sequence\x18\x02 \x01(\x03\"\xc2\x01\n\x13VerifyChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x18\n\x10records_verified\x18\x02 \x01(\x03\x12\x31\n\x0b\x66irst_break\x18\x03 \x01(\x0b\x32\x1c.parapet.audit.v1.ChainBreak\x12\x15\n\rhead_sequence\x18\x04 \x01(\x03\x12\x37\n\x11latest_checkpoint\x18\x05 \x01(\x0b\x32\x1c.parapet.audit.v1.Checkpoint\"/\n\x0c\x45raseRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"E\n\rEraseResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03\x12\x1e\n\x16rejected_deleted_count\x18\x02 \x01(\x03\x32\xfd\x03\n\x0c\x41uditService\x12P\n\x06Record\x12\x1f.parapet.audit.v1.RecordRequest\x1a .parapet.audit.v1.RecordResponse\"\x03\x90\x02\x02\x12s\n\x11QueryInteractions\x12*.parapet.audit.v1.QueryInteractionsRequest\x1a+.parapet.audit.v1.QueryInteractionsResponse\"\x03\x90\x02\x01\x30\x01\x12v\n\x12\x45xportInteractions\x12+.parapet.audit.v1.ExportInteractionsRequest\x1a,.parapet.audit.v1.ExportInteractionsResponse\"\x03\x90\x02\x01\x30\x01\x12_\n\x0bVerifyChain\x12$.parapet.audit.v1.VerifyChainRequest\x1a%.parapet.audit.v1.VerifyChainResponse\"\x03\x90\x02\x01\x12M\n\x05\x45rase\x12\x1e.parapet.audit.v1.EraseRequest\x1a\x1f.parapet.audit.v1.EraseResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$parapet/audit/v1/audit_service.proto\x12\x10parapet.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#parapet/audit/v1/audit_record.proto\x1a\x1cparapet/audit/v1/chain.proto\">\n\rRecordRequest\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.parapet.audit.v1.AuditRecord\"V\n\x0eRecordResponse\x12*\n\x05\x63hain\x18\x01 \x01(\x0b\x32\x1b.parapet.audit.v1.ChainLink\x12\x18\n\x10\x61lready_recorded\x18\x02 \x01(\x08\"\xdf\x01\n\x11InteractionFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x13\n\x0bonly_errors\x18\x08 \x01(\x08\"\x8c\x01\n\x18QueryInteractionsRequest\x12\x33\n\x06\x66ilter\x18\x01 \x01(\x0b\x32#.parapet.audit.v1.InteractionFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cnewest_first\x18\x04 \x01(\x08\"d\n\x19QueryInteractionsResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.parapet.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x19\x45xportInteractionsRequest\x12\x33\n\x06\x66ilter\x18\x01 \x01(\x0b\x32#.parapet.audit.v1.InteractionFilter\"*\n\x1a\x45xportInteractionsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"B\n\x12VerifyChainRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x03\x12\x14\n\x0c\x65nd_sequence\x18\x02 \x01(\x03\"\xc2\x01\n\x13VerifyChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x18\n\x10records_verified\x18\x02 \x01(\x03\x12\x31\n\x0b\x66irst_break\x18\x03 \x01(\x0b\x32\x1c.parapet.audit.v1.ChainBreak\x12\x15\n\rhead_sequence\x18\x04 \x01(\x03\x12\x37\n\x11latest_checkpoint\x18\x05 \x01(\x0b\x32\x1c.parapet.audit.v1.Checkpoint\"/\n\x0c\x45raseRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"E\n\rEraseResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03\x12\x1e\n\x16rejected_deleted_count\x18\x02 \x01(\x03\x32\xfd\x03\n\x0c\x41uditService\x12P\n\x06Record\x12\x1f.parapet.audit.v1.RecordRequest\x1a .parapet.audit.v1.RecordResponse\"\x03\x90\x02\x02\x12s\n\x11QueryInteractions\x12*.parapet.audit.v1.QueryInteractionsRequest\x1a+.parapet.audit.v1.QueryInteractionsResponse\"\x03\x90\x02\x01\x30\x01\x12v\n\x12\x45xportInteractions\x12+.parapet.audit.v1.ExportInteractionsRequest\x1a,.parapet.audit.v1.ExportInteractionsResponse\"\x03\x90\x02\x01\x30\x01\x12_\n\x0bVerifyChain\x12$.parapet.audit.v1.VerifyChainRequest\x1a%.parapet.audit.v1.VerifyChainResponse\"\x03\x90\x02\x01\x12M\n\x05\x45rase\x12\x1e.parapet.audit.v1.EraseRequest\x1a\x1f.parapet.audit.v1.EraseResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,22 +50,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDRESPONSE']._serialized_end=308
   _globals['_INTERACTIONFILTER']._serialized_start=311
   _globals['_INTERACTIONFILTER']._serialized_end=534
-  _globals['_QUERYINTERACTIONSREQUEST']._serialized_start=536
-  _globals['_QUERYINTERACTIONSREQUEST']._serialized_end=654
-  _globals['_QUERYINTERACTIONSRESPONSE']._serialized_start=656
-  _globals['_QUERYINTERACTIONSRESPONSE']._serialized_end=756
-  _globals['_EXPORTINTERACTIONSREQUEST']._serialized_start=758
-  _globals['_EXPORTINTERACTIONSREQUEST']._serialized_end=838
-  _globals['_EXPORTINTERACTIONSRESPONSE']._serialized_start=840
-  _globals['_EXPORTINTERACTIONSRESPONSE']._serialized_end=882
-  _globals['_VERIFYCHAINREQUEST']._serialized_start=884
-  _globals['_VERIFYCHAINREQUEST']._serialized_end=950
-  _globals['_VERIFYCHAINRESPONSE']._serialized_start=953
-  _globals['_VERIFYCHAINRESPONSE']._serialized_end=1147
-  _globals['_ERASEREQUEST']._serialized_start=1149
-  _globals['_ERASEREQUEST']._serialized_end=1196
-  _globals['_ERASERESPONSE']._serialized_start=1198
-  _globals['_ERASERESPONSE']._serialized_end=1267
-  _globals['_AUDITSERVICE']._serialized_start=1270
-  _globals['_AUDITSERVICE']._serialized_end=1779
+  _globals['_QUERYINTERACTIONSREQUEST']._serialized_start=537
+  _globals['_QUERYINTERACTIONSREQUEST']._serialized_end=677
+  _globals['_QUERYINTERACTIONSRESPONSE']._serialized_start=679
+  _globals['_QUERYINTERACTIONSRESPONSE']._serialized_end=779
+  _globals['_EXPORTINTERACTIONSREQUEST']._serialized_start=781
+  _globals['_EXPORTINTERACTIONSREQUEST']._serialized_end=861
+  _globals['_EXPORTINTERACTIONSRESPONSE']._serialized_start=863
+  _globals['_EXPORTINTERACTIONSRESPONSE']._serialized_end=905
+  _globals['_VERIFYCHAINREQUEST']._serialized_start=907
+  _globals['_VERIFYCHAINREQUEST']._serialized_end=973
+  _globals['_VERIFYCHAINRESPONSE']._serialized_start=976
+  _globals['_VERIFYCHAINRESPONSE']._serialized_end=1170
+  _globals['_ERASEREQUEST']._serialized_start=1172
+  _globals['_ERASEREQUEST']._serialized_end=1219
+  _globals['_ERASERESPONSE']._serialized_start=1221
+  _globals['_ERASERESPONSE']._serialized_end=1290
+  _globals['_AUDITSERVICE']._serialized_start=1293
+  _globals['_AUDITSERVICE']._serialized_end=1802
 # @@protoc_insertion_point(module_scope)

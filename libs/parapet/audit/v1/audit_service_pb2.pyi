@@ -136,10 +136,15 @@ class QueryInteractionsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum records over the whole stream; 0 = 100; values above 10000 are treated as 10000."""
     page_token: _builtins.str
-    """next_page_token of a previous call with the same filter; empty for the first page."""
+    """next_page_token of a previous call with the same filter and order; empty for the first page."""
+    newest_first: _builtins.bool
+    """Newest first: records in descending (create_time, sequence) order, for the most recent ones without reading
+    the rest. False = oldest first.
+    """
     @_builtins.property
     def filter(self) -> Global___InteractionFilter:
         """Which records."""
@@ -150,10 +155,11 @@ class QueryInteractionsRequest(_message.Message):
         filter: Global___InteractionFilter | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,7 +177,7 @@ class QueryInteractionsResponse(_message.Message):
     """Set only on the last message of the stream, when more records match: pass it as page_token to continue."""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_audit_record_pb2.AuditRecord]:
-        """Records of this batch, oldest first; each has an interaction payload."""
+        """Records of this batch, in the request's order; each has an interaction payload."""
 
     def __init__(
         self,
@@ -219,7 +225,9 @@ class ExportInteractionsResponse(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """UTF-8 JSON Lines; every chunk ends at a line boundary."""
+    """UTF-8 JSON Lines; every chunk ends at a line boundary, except that a line longer than 1 MiB is split over
+    consecutive chunks (the one with its end ends at that boundary).
+    """
     def __init__(
         self,
         *,

@@ -77,8 +77,9 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryInteractions(self, request, context):
-        """Streams the tenant's interaction records matching a filter, oldest first, in batches; the last message carries
-        next_page_token when more matched than page_size.
+        """Streams the tenant's interaction records matching a filter, oldest first (or newest first), in batches of at most
+        1 MiB (a record larger than that alone in one); the last message carries next_page_token when more matched than
+        page_size.
         Idempotent: yes, because it changes no state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -87,7 +88,7 @@ class AuditServiceServicer:
 
     def ExportInteractions(self, request, context):
         """Streams the tenant's interaction records matching a filter as JSON Lines (one AuditRecord in proto3 JSON per
-        line), in chunks of at most 1 MiB, oldest first.
+        line), in chunks of at most 1 MiB, oldest first; a line longer than 1 MiB is split over consecutive chunks.
         Idempotent: yes, because it changes no state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -40,13 +40,14 @@ class AuditServiceStub:
     Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
     """
     QueryInteractions: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.QueryInteractionsRequest, _audit_service_pb2.QueryInteractionsResponse]
-    """Streams the tenant's interaction records matching a filter, oldest first, in batches; the last message carries
-    next_page_token when more matched than page_size.
+    """Streams the tenant's interaction records matching a filter, oldest first (or newest first), in batches of at most
+    1 MiB (a record larger than that alone in one); the last message carries next_page_token when more matched than
+    page_size.
     Idempotent: yes, because it changes no state.
     """
     ExportInteractions: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.ExportInteractionsRequest, _audit_service_pb2.ExportInteractionsResponse]
     """Streams the tenant's interaction records matching a filter as JSON Lines (one AuditRecord in proto3 JSON per
-    line), in chunks of at most 1 MiB, oldest first.
+    line), in chunks of at most 1 MiB, oldest first; a line longer than 1 MiB is split over consecutive chunks.
     Idempotent: yes, because it changes no state.
     """
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]
@@ -73,13 +74,14 @@ class AuditServiceAsyncStub(AuditServiceStub):
     Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
     """
     QueryInteractions: _aio.UnaryStreamMultiCallable[_audit_service_pb2.QueryInteractionsRequest, _audit_service_pb2.QueryInteractionsResponse]  # type: ignore[assignment]
-    """Streams the tenant's interaction records matching a filter, oldest first, in batches; the last message carries
-    next_page_token when more matched than page_size.
+    """Streams the tenant's interaction records matching a filter, oldest first (or newest first), in batches of at most
+    1 MiB (a record larger than that alone in one); the last message carries next_page_token when more matched than
+    page_size.
     Idempotent: yes, because it changes no state.
     """
     ExportInteractions: _aio.UnaryStreamMultiCallable[_audit_service_pb2.ExportInteractionsRequest, _audit_service_pb2.ExportInteractionsResponse]  # type: ignore[assignment]
     """Streams the tenant's interaction records matching a filter as JSON Lines (one AuditRecord in proto3 JSON per
-    line), in chunks of at most 1 MiB, oldest first.
+    line), in chunks of at most 1 MiB, oldest first; a line longer than 1 MiB is split over consecutive chunks.
     Idempotent: yes, because it changes no state.
     """
     VerifyChain: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]  # type: ignore[assignment]
@@ -115,8 +117,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.QueryInteractionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_service_pb2.QueryInteractionsResponse], _abc.AsyncIterator[_audit_service_pb2.QueryInteractionsResponse]]:
-        """Streams the tenant's interaction records matching a filter, oldest first, in batches; the last message carries
-        next_page_token when more matched than page_size.
+        """Streams the tenant's interaction records matching a filter, oldest first (or newest first), in batches of at most
+        1 MiB (a record larger than that alone in one); the last message carries next_page_token when more matched than
+        page_size.
         Idempotent: yes, because it changes no state.
         """
 
@@ -127,7 +130,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_service_pb2.ExportInteractionsResponse], _abc.AsyncIterator[_audit_service_pb2.ExportInteractionsResponse]]:
         """Streams the tenant's interaction records matching a filter as JSON Lines (one AuditRecord in proto3 JSON per
-        line), in chunks of at most 1 MiB, oldest first.
+        line), in chunks of at most 1 MiB, oldest first; a line longer than 1 MiB is split over consecutive chunks.
         Idempotent: yes, because it changes no state.
         """
 
