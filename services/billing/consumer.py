@@ -4,6 +4,12 @@ Each round fetches a batch, applies it in ONE database transaction (processed id
 rollups.apply) and acknowledges the messages only after the commit. A crash before the commit leaves the
 batch unacknowledged: JetStream redelivers it after ``ack_wait``. A crash after the commit but before the
 acks redelivers events whose ids are already recorded: they are acknowledged without effect.
+
+Events that can never be applied are set aside (logged at ERROR with their id and stream sequence, then
+terminated: never redelivered, still in the stream until its retention drops them) instead of blocking every
+batch behind them forever: undecodable ones, and those whose figures the database refuses (a data exception,
+SQLSTATE class 22, such as a rollup sum beyond bigint). Such an event fails its whole batch's transaction, so
+the batch is halved until it stands alone; any other database error leaves the batch to be redelivered.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import UTC
 
 import nats.errors
+import psycopg
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from sqlalchemy.exc import DataError
 
 from parapet.events.usage import USAGE_STREAM
 from parapet.kit.bus import Bus
@@ -25,6 +34,33 @@ from parapet.usage.v1 import usage_event_pb2
 from services.billing import rollups
 
 log = logging.getLogger(__name__)
+
+Batch = list[tuple[Msg, usage_event_pb2.UsageEvent]]
+
+
+def _decode(message: Msg) -> usage_event_pb2.UsageEvent | None:
+    """The UsageEvent of ``message`` with its id in canonical form (the idempotency key); None when it is not
+    one that can ever be applied (not a UsageEvent, an id that is no UUID, an occur_time out of range)."""
+    try:
+        event = usage_event_pb2.UsageEvent.FromString(message.data)
+        event.event_id = str(uuid.UUID(event.event_id))
+        event.occur_time.ToDatetime(UTC)  # the rollup's day; raises for a time no calendar holds
+    except (DecodeError, ValueError):
+        return None
+    return event
+
+
+def _refused_data(error: Exception) -> str | None:
+    """Why the database will never take this data when ``error`` says so, else None.
+
+    Billing's statements take nothing but the batch's events (and the rollups they add to), so any data
+    exception (class 22) is a property of an event; psycopg refuses some data itself (a NUL in a text),
+    without a SQLSTATE."""
+    cause = getattr(error, "orig", error)
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is None:
+        return "the database driver refuses it" if isinstance(cause, psycopg.DataError) else None
+    return f"the database refuses it (SQLSTATE {sqlstate})" if sqlstate.startswith("22") else None
 
 
 class UsageConsumer:
@@ -61,29 +97,42 @@ class UsageConsumer:
 
     async def process(self, messages: list[Msg], *, ack: bool = True) -> int:
         """Apply one fetched batch in one transaction, then acknowledge it; returns the events newly counted."""
-        events: list[usage_event_pb2.UsageEvent] = []
-        good: list[Msg] = []
+        batch: Batch = []
         for message in messages:
-            try:
-                event = usage_event_pb2.UsageEvent.FromString(message.data)
-                event.event_id = str(uuid.UUID(event.event_id))  # canonical form: the idempotency key
-            except (DecodeError, ValueError):
-                # Not a UsageEvent with a UUID id: redelivering it can never succeed, so take it out of the
-                # stream's way instead of blocking every batch behind it.
-                log.error("invalid usage event terminated", extra={"subject": message.subject})
-                await message.term()
-                continue
-            events.append(event)
-            good.append(message)
-        async with self._database.transaction() as session:
-            fresh = await rollups.apply(session, events)
+            event = _decode(message)
+            if event is None:
+                await _set_aside(message, "", "not a UsageEvent with a UUID id and a valid occur_time")
+            else:
+                batch.append((message, event))
+        fresh, applied = await self._apply(batch)
         self.applied += fresh
         if ack:
             # Acks only after the commit; a lost ack means a redelivery that the processed ids absorb.
             # One after the other, not gathered: no task per message, and the client writes them together.
-            for message in good:
+            for message in applied:
                 await message.ack()
         return fresh
+
+    async def _apply(self, batch: Batch) -> tuple[int, list[Msg]]:
+        """Apply ``batch`` in one transaction; when the database refuses an event's data, halve the batch
+        until that event stands alone and set it aside. Returns the events newly counted and the messages
+        applied (committed, to be acknowledged)."""
+        try:
+            async with self._database.transaction() as session:
+                fresh = await rollups.apply(session, [event for _, event in batch])
+            return fresh, [message for message, _ in batch]
+        except (DataError, psycopg.DataError) as error:
+            why = _refused_data(error)
+            if why is None:
+                raise  # not a property of an event's data: the batch is redelivered
+            if len(batch) > 1:
+                half = len(batch) // 2
+                first = await self._apply(batch[:half])
+                second = await self._apply(batch[half:])
+                return first[0] + second[0], first[1] + second[1]
+            ((message, event),) = batch
+            await _set_aside(message, event.event_id, why)
+            return 0, []
 
     async def run(self) -> None:
         """Fetch, apply and acknowledge forever, surviving NATS and database outages."""
@@ -114,3 +163,20 @@ class UsageConsumer:
                     except Exception:  # NATS may be down too; ack_wait redelivers then
                         break
                 await asyncio.sleep(0.5)
+
+
+async def _set_aside(message: Msg, event_id: str, why: str) -> None:
+    """Take an event that can never be applied out of the stream's way: terminated, so JetStream never
+    redelivers it (it stays in the stream, by its sequence, until retention drops it; the ledger keeps the
+    settlement). Redelivering it forever would block every batch behind it."""
+    log.error(
+        "usage event set aside: %s",
+        why,
+        extra={
+            "subject": message.subject,
+            "event_id": event_id,
+            "stream_sequence": message.metadata.sequence.stream,
+            "reason": why,
+        },
+    )
+    await message.term()

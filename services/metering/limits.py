@@ -55,10 +55,16 @@ class AppliedBudget:
     soft_limit_percent: int
     window_start: datetime
     window_end: datetime
+    currency_code: str = ""  # a cost budget's own currency, as the policy says; "" for token budgets
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:
         return (self.budget_id, self.scope_key, self.unit, self.window_start)
+
+    def foreign_to(self, currency_code: str) -> bool:
+        """A cost budget in another currency than ``currency_code`` (the deployment's prices, the only one
+        metering measures spend in): its limit cannot be compared with any spend metering records."""
+        return self.unit == "micros" and self.currency_code != currency_code
 
 
 @dataclass(frozen=True)
@@ -106,15 +112,19 @@ def applicable_budgets(
         if scope_key is None or budget.window not in (_DAY, _MONTH):
             continue
         kind = budget.WhichOneof("limit")
+        currency = ""
         if kind == "token_limit":
             unit: Unit = "tokens"
             limit = budget.token_limit
         elif kind == "cost_limit":
-            unit, limit = "micros", budget.cost_limit.amount_micros
+            # The currency travels with the limit: the caller decides what a budget in another one means.
+            unit, limit, currency = "micros", budget.cost_limit.amount_micros, budget.cost_limit.currency_code
         else:
             continue
         start, end = budget_window(budget.window, moment)
-        item = AppliedBudget(budget.budget_id, scope_key, unit, limit, budget.soft_limit_percent, start, end)
+        item = AppliedBudget(
+            budget.budget_id, scope_key, unit, limit, budget.soft_limit_percent, start, end, currency
+        )
         applied[item.key] = item
     return [applied[key] for key in sorted(applied)]
 

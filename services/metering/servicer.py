@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +43,16 @@ _STATES = {
 }
 _MAX_ID = 128
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# Ceilings of one request's figures. Every sum metering and billing keep is a PostgreSQL bigint (budget and
+# rate counters, GetUsage totals, billing's rollups): an int64 figure near 2^63 overflowed them, refusing
+# every later request of the window (INTERNAL) and blocking billing. 2^32 tokens is thousands of times the
+# largest context window, and 2^46 micros is 70 million units of the currency per request; yet reaching
+# 2^63 in one counter takes 2^30 requests at the token ceiling (prompt + completion), or 2^17 requests of
+# 70 million units each, in one window: far beyond any traffic or spending these figures describe.
+MAX_TOKENS = 2**32
+MAX_MICROS = 2**46
+
+log = logging.getLogger(__name__)
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -57,6 +68,15 @@ def _uuid(value: str, field: str) -> str:
         raise InvalidArgument(
             f"{field} is not a reservation id", field_violations=[(field, "not a UUID")]
         ) from None
+
+
+def _out_of_range(figures: Iterable[tuple[str, int]], ceiling: int) -> list[tuple[str, str]]:
+    """Field violations of the ``(field, value)`` figures outside ``[0, ceiling]``."""
+    return [
+        (field, "negative" if value < 0 else f"at most {ceiling}")
+        for field, value in figures
+        if not 0 <= value <= ceiling
+    ]
 
 
 def _request_id(value: str, field: str = "request_id") -> str:
@@ -99,11 +119,41 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument(
                 f"{field} needs a currency_code", field_violations=[(f"{field}.currency_code", "required")]
             )
-        if money.amount_micros < 0:
-            raise InvalidArgument(
-                f"{field} must not be negative", field_violations=[(f"{field}.amount_micros", "negative")]
-            )
+        violations = _out_of_range([(f"{field}.amount_micros", money.amount_micros)], MAX_MICROS)
+        if violations:
+            raise InvalidArgument(f"{field} is out of range", field_violations=violations)
         return money.amount_micros
+
+    def _refuse_foreign(self, budgets: Sequence[AppliedBudget]) -> None:
+        """Refuse a request charged against a cost budget set in another currency than the deployment's.
+
+        Metering has no exchange rates: applying "1000 JPY" as 1000 USD would allow about 150 times the
+        spend meant, and skipping the budget would leave the request unbudgeted, both silently. Failing
+        closed makes the misconfiguration visible on the first request, and never overspends.
+        """
+        foreign = next((b for b in budgets if b.foreign_to(self._currency)), None)
+        if foreign is not None:
+            raise FailedPrecondition(
+                f"budget {foreign.budget_id!r} is set in {foreign.currency_code or 'no currency'}; "
+                f"this deployment's prices and budgets are in {self._currency}",
+                reason="CURRENCY_MISMATCH",
+                metadata={
+                    "budget_id": foreign.budget_id,
+                    "budget_currency_code": foreign.currency_code,
+                    "currency_code": self._currency,
+                },
+            )
+
+    def _measurable(self, budgets: Sequence[AppliedBudget]) -> list[AppliedBudget]:
+        """``budgets`` without those in another currency: Settle records a spend that already happened and
+        must not fail for them (Reserve refuses the requests they apply to); they are never charged."""
+        foreign = [b.budget_id for b in budgets if b.foreign_to(self._currency)]
+        if foreign:
+            log.warning(
+                "cost budgets in another currency than the deployment's are not charged",
+                extra={"budget_ids": foreign, "currency_code": self._currency},
+            )
+        return [b for b in budgets if not b.foreign_to(self._currency)]
 
     def _reservation(self, row: ReservationRow) -> reservation_pb2.Reservation:
         message = reservation_pb2.Reservation(
@@ -120,6 +170,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return message
 
     def _status(self, budget: AppliedBudget, state: CounterState | None) -> budget_status_pb2.BudgetStatus:
+        if budget.foreign_to(self._currency):
+            return self._foreign_status(budget)
         spent = 0 if state is None else state.used + state.reserved
         percent = spent * 100 // budget.limit if budget.limit > 0 else 100
         status = budget_status_pb2.BudgetStatus(
@@ -136,15 +188,25 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             status.limit_cost.CopyFrom(self._money(budget.limit))
         return status
 
+    @staticmethod
+    def _foreign_status(budget: AppliedBudget) -> budget_status_pb2.BudgetStatus:
+        """A cost budget in another currency: its limit as the policy states it, and no ``used_cost``, since
+        metering measures no spend in that currency (a counter of the same id holds the deployment's)."""
+        return budget_status_pb2.BudgetStatus(
+            budget_id=budget.budget_id,
+            scope_id=budget.scope_key,
+            limit_cost=money_pb2.Money(currency_code=budget.currency_code, amount_micros=budget.limit),
+            window_end_time=_timestamp(budget.window_end),
+        )
+
     async def Reserve(
         self, request: metering_service_pb2.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> metering_service_pb2.ReserveResponse:
         principal = require_principal()
         _request_id(request.request_id)
-        if request.estimated_tokens < 0:
-            raise InvalidArgument(
-                "estimated_tokens must not be negative", field_violations=[("estimated_tokens", "negative")]
-            )
+        violations = _out_of_range([("estimated_tokens", request.estimated_tokens)], MAX_TOKENS)
+        if violations:
+            raise InvalidArgument("estimated_tokens is out of range", field_violations=violations)
         micros = self._micros(request.estimated_cost, "estimated_cost")
         ttl = timedelta(seconds=self._settings.reservation_ttl_seconds)
         if request.HasField("ttl"):
@@ -157,6 +219,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         policy = await self._policies.get(principal.tenant_id)
         now = datetime.now(UTC)
         budgets = applicable_budgets(policy, principal, now)
+        self._refuse_foreign(budgets)
         result = await reservations.reserve(
             self._database,
             self._reserve_engine,
@@ -188,11 +251,13 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         _request_id(request.request_id)
         reservation_id = _uuid(request.reservation_id, "reservation_id") if request.reservation_id else ""
         tokens = request.usage
-        violations = [
-            (f"usage.{name}", "negative")
-            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-            if getattr(tokens, name) < 0
-        ]
+        violations = _out_of_range(
+            (
+                (f"usage.{name}", getattr(tokens, name))
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
+            ),
+            MAX_TOKENS,
+        )
         if tokens.cached_tokens > tokens.prompt_tokens:
             violations.append(("usage.cached_tokens", "more than prompt_tokens"))
         latency = wellknown.as_timedelta(request.latency)
@@ -243,7 +308,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             labels=dict(request.labels),
         )
         # Charged only when the request has no (known) reservation; the policy is cached, so this is cheap.
-        budgets = applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
+        budgets = self._measurable(
+            applicable_budgets(await self._policies.get(principal.tenant_id), principal, now)
+        )
         result = await settlement.settle(self._database, record, budgets, engine=self._reserve_engine)
         self._relay.wake()
         response = metering_service_pb2.SettleResponse(usage_event_id=result.record.event_id)

@@ -108,16 +108,19 @@ async def billing_process(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[
             await proc.wait()
 
 
-async def _rollup_count(database: Database, tenant: str) -> int:
+async def _rollup_sums(database: Database, tenant: str) -> tuple[int, int]:
+    """Requests and prompt tokens counted for ``tenant``."""
     async with database.session() as session:
-        return int(
-            (
-                await session.execute(
-                    text("SELECT coalesce(sum(request_count), 0) FROM billing.rollups WHERE tenant_id = :t"),
-                    {"t": tenant},
-                )
-            ).scalar_one()
-        )
+        row = (
+            await session.execute(
+                text(
+                    "SELECT coalesce(sum(request_count), 0), coalesce(sum(prompt_tokens), 0) "
+                    "FROM billing.rollups WHERE tenant_id = :t"
+                ),
+                {"t": tenant},
+            )
+        ).one()
+    return int(row[0]), int(row[1])
 
 
 async def test_billing_killed_mid_flow_and_restarted_ends_exact(
@@ -155,11 +158,11 @@ async def test_billing_killed_mid_flow_and_restarted_ends_exact(
             async with billing_process(tmp_path, env) as first:
                 counted = 0
                 while counted == 0:  # kill it while it is working through the backlog
-                    counted = await _rollup_count(database, tenant)
+                    counted = (await _rollup_sums(database, tenant))[0]
                     await asyncio.sleep(0.02)
                 first.send_signal(signal.SIGKILL)
                 await first.wait()
-            partial = await _rollup_count(database, tenant)
+            partial = (await _rollup_sums(database, tenant))[0]
             assert 0 < partial < total
             async with billing_process(tmp_path, env):
                 await wait_until_rollups_match(database_url, tenant, total)
@@ -261,6 +264,60 @@ async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
         )
         # The redelivered batch and the 10 duplicates reached the consumer but added nothing.
         assert restarted.applied == 25
+    finally:
+        await database.close()
+        await bus.close()
+
+
+async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
+    database_url: str, fresh_nats: EmbeddedNats
+) -> None:
+    await migrate(database_url, "billing", ROOT / "services/billing/migrations")
+    tenant, other = new_tenant(), new_tenant()
+    bus = await Bus.connect(fresh_nats.url)
+    database = Database(database_url, "billing")
+    headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
+    try:
+        await bus.ensure_stream(USAGE_STREAM)
+        # Two events that each fit bigint but not their sum (one rollup row), among ordinary ones of both
+        # tenants, all in one batch: before, the batch failed (numeric_value_out_of_range) and was redelivered
+        # forever, so nothing in it was ever counted.
+        huge = [_event(tenant, 1), _event(tenant, 2)]
+        for event in huge:
+            event.usage.prompt_tokens = 2**62 + 5
+        ordinary = [_event(tenant, 3), _event(other, 4), _event(other, 5)]
+        unplaceable = _event(other, 6)  # an occur_time no calendar holds: the rollup has no day for it
+        unplaceable.occur_time.seconds = 2**62
+        for event in [ordinary[0], *huge, *ordinary[1:], unplaceable]:
+            subject = f"parapet.usage.v1.{event.tenant_id}"
+            await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
+        consumer = UsageConsumer(
+            database,
+            bus,
+            durable="billing-refused",
+            batch_size=25,
+            fetch_timeout=0.5,
+            ack_wait=1.0,
+            max_ack_pending=1000,
+        )
+        await (await consumer.subscribe()).unsubscribe()  # the durable exists before it is asked about
+        task = asyncio.create_task(consumer.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                info = await bus.jetstream.consumer_info(USAGE_STREAM.name, "billing-refused")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break  # every message acknowledged or terminated: none waits for a redelivery
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"a refused event blocks the stream: {info}"
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert consumer.applied == 4  # the ordinary three and one of the two huge ones
+        assert await _rollup_sums(database, other) == (2, 4 + 5)
+        assert await _rollup_sums(database, tenant) == (2, 2**62 + 5 + 3)
     finally:
         await database.close()
         await bus.close()

@@ -55,6 +55,9 @@ def test_budget_scopes_map_to_the_callers_subjects() -> None:
         ("u", "user:alice", "tokens", 10),
         ("k", "api_key:k1", "micros", 5),
     }
+    # A cost budget keeps its own currency (metering refuses one that is not the deployment's).
+    currencies = {b.budget_id: b.currency_code for b in applicable_budgets(policy, ALICE, MOMENT)}
+    assert currencies == {"t": "", "u": "", "k": "USD"}
     without_key = Principal(tenant_id="acme", subject="alice")
     assert "k" not in {b.budget_id for b in applicable_budgets(policy, without_key, MOMENT)}
 
