@@ -37,7 +37,7 @@ from parapet.events.audit import (
     SUBJECT_PREFIX,
     tenant_of,
 )
-from parapet.kit import metrics
+from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
@@ -56,18 +56,6 @@ class BodyDefaults:
 
 
 _SET_ASIDE_RETRY_SECONDS = 30.0
-# Data exceptions that a record's own content causes, whatever the database's state: a character the
-# database's encoding cannot hold (a NUL among them), a number or a date out of range, a text too long.
-_REFUSED_DATA = frozenset({"22021", "22P05", "22003", "22008", "22001"})
-
-
-def _refused_data(error: Exception) -> str | None:
-    """The SQLSTATE when ``error`` means the database will never take this data, else None."""
-    cause = getattr(error, "orig", error)
-    sqlstate = getattr(cause, "sqlstate", None)
-    if sqlstate is None and isinstance(cause, psycopg.DataError) and "NUL" in str(cause):
-        return "22021"  # psycopg refuses a NUL itself, before the server would (character_not_in_repertoire)
-    return sqlstate if sqlstate in _REFUSED_DATA else None
 
 
 class AuditConsumer:
@@ -177,7 +165,7 @@ class AuditConsumer:
                 {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()},
             )
         except (DataError, psycopg.DataError) as error:
-            sqlstate = _refused_data(error)
+            sqlstate = dependency.data_refused(error)
             if sqlstate is None:
                 raise  # not a known property of one record's data: retried, never set aside
             if len(batch) > 1:

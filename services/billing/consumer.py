@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from sqlalchemy.exc import DataError
 
 from parapet.events.usage import USAGE_STREAM
+from parapet.kit import dependency
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.usage.v1 import usage_event_pb2
@@ -48,19 +49,6 @@ def _decode(message: Msg) -> usage_event_pb2.UsageEvent | None:
     except (DecodeError, ValueError):
         return None
     return event
-
-
-def _refused_data(error: Exception) -> str | None:
-    """Why the database will never take this data when ``error`` says so, else None.
-
-    Billing's statements take nothing but the batch's events (and the rollups they add to), so any data
-    exception (class 22) is a property of an event; psycopg refuses some data itself (a NUL in a text),
-    without a SQLSTATE."""
-    cause = getattr(error, "orig", error)
-    sqlstate = getattr(cause, "sqlstate", None)
-    if sqlstate is None:
-        return "the database driver refuses it" if isinstance(cause, psycopg.DataError) else None
-    return f"the database refuses it (SQLSTATE {sqlstate})" if sqlstate.startswith("22") else None
 
 
 class UsageConsumer:
@@ -122,8 +110,8 @@ class UsageConsumer:
                 fresh = await rollups.apply(session, [event for _, event in batch])
             return fresh, [message for message, _ in batch]
         except (DataError, psycopg.DataError) as error:
-            why = _refused_data(error)
-            if why is None:
+            sqlstate = dependency.data_refused(error)
+            if sqlstate is None:
                 raise  # not a property of an event's data: the batch is redelivered
             if len(batch) > 1:
                 half = len(batch) // 2
@@ -131,7 +119,7 @@ class UsageConsumer:
                 second = await self._apply(batch[half:])
                 return first[0] + second[0], first[1] + second[1]
             ((message, event),) = batch
-            await _set_aside(message, event.event_id, why)
+            await _set_aside(message, event.event_id, f"the database refuses it (SQLSTATE {sqlstate})")
             return 0, []
 
     async def run(self) -> None:

@@ -77,6 +77,25 @@ def database_conflict(exc: BaseException) -> bool:
     return getattr(_driver_error(exc), "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
+def data_refused(exc: BaseException) -> str | None:
+    """The SQLSTATE when the database will never take the data a statement carried, else None.
+
+    A data exception (class 22: a value out of range, a NUL or an invalid byte sequence in a text, a time no
+    calendar holds) is a property of the data, not of the moment: a consumer that gets one sets the message
+    aside instead of redelivering it forever behind every batch. psycopg refuses some data itself, before the
+    server would (a NUL in a text), with no SQLSTATE: reported as the server's character_not_in_repertoire.
+    """
+    import psycopg
+
+    cause = _driver_error(exc)
+    if not isinstance(cause, psycopg.Error):
+        return None
+    sqlstate = cause.sqlstate
+    if sqlstate is None:
+        return "22021" if isinstance(cause, psycopg.DataError) else None
+    return sqlstate if sqlstate.startswith("22") else None
+
+
 def dependency_down(exc: BaseException) -> str | None:
     """``"the database"`` or ``"the message bus"`` when ``exc`` means that dependency is down, else None."""
     if database_down(exc):
