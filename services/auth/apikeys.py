@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
 
-KEY_PREFIX = "pk_"
-_FORMAT = re.compile(r"^pk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
-MAX_KEY_LENGTH = 128
+from parapet.kit.api_key_format import KEY_PREFIX, MAX_KEY_LENGTH, key_prefix
+
+__all__ = ["KEY_PREFIX", "MAX_KEY_LENGTH", "KeyHasher", "ParsedKey", "generate", "parse", "token_digest"]
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,8 @@ def generate() -> tuple[str, str]:
 
 def parse(key: str) -> ParsedKey | None:
     """The key's parts, or None when it cannot be a Parapet API key (checked before any lookup)."""
-    if len(key) > MAX_KEY_LENGTH:
-        return None
-    match = _FORMAT.match(key)
-    if match is None:
-        return None
-    return ParsedKey(prefix=match.group(1), full=key)
+    prefix = key_prefix(key)
+    return None if prefix is None else ParsedKey(prefix=prefix, full=key)
 
 
 class KeyHasher:

@@ -23,6 +23,8 @@ from tests.e2e.support import REPO, Launcher, running_suite
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 DEMO_QUESTION = "How many vacation days do employees get?"
+# The shape of a key (the CLI refuses anything else before any call), but no key auth ever issued.
+WELL_FORMED_KEY = "pk_" + "a" * 12 + "_" + "b" * 43
 
 
 @pytest.fixture(scope="module")
@@ -329,5 +331,5 @@ def test_erase_removes_a_user_s_jobs_answers_documents_and_audited_bodies(
 def test_unreachable_suite_and_missing_credentials(suite: Launcher, tmp_path: Path) -> None:
     env_home = parapet(suite, "keys", "list", "--home", str(tmp_path / "nowhere"))
     assert env_home.returncode == 2 and "no API key" in env_home.stderr
-    unreachable = parapet(suite, "audit", "verify", "--base-port", "1100", "--api-key", "pk_x")
+    unreachable = parapet(suite, "audit", "verify", "--base-port", "1100", "--api-key", WELL_FORMED_KEY)
     assert unreachable.returncode == 3 and "UNAVAILABLE" in unreachable.stderr

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from parapet import clients
-from parapet.cli import connect, failures
+from parapet.cli import connect, failures, inputs
 from parapet.cli.printing import enum_label, money, print_json
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import cache_pb2, generation_pb2, message_pb2
@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--feature", default="cli", help="product feature for budgets and usage (default: cli)"
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=0, help="cap on the answer's tokens (0: the default)"
+        "--max-tokens",
+        type=inputs.whole_number(0, inputs.INT32_MAX),
+        default=0,
+        help="cap on the answer's tokens (0: the default)",
     )
     connect.add_arguments(parser, "gateway")
     parser.set_defaults(func=run, execute=ask_once)

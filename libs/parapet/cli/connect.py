@@ -21,10 +21,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from parapet.cli import registry
+from parapet.cli import inputs, registry
 from parapet.cli.failures import EXIT_USAGE, CliError
 from parapet.cli.layout import BOOTSTRAP_KEY_NAME, DEMO_KEY_NAME, HomeLayout, PortLayout
 from parapet.cli.up import HOME_ENV, add_base_port_argument, resolve_base_port, resolve_home
+from parapet.kit.api_key_format import KEY_LOOKS_LIKE, key_prefix
 
 if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not for `parapet --help`
     from parapet.auth.v1.auth_service_pb2 import AuthenticateResponse
@@ -32,6 +33,11 @@ if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not
     from parapet.kit.clients import ServiceClient
 
 API_KEY_ENV = "PARAPET_API_KEY"
+# Auth defines the key format (services/auth/apikeys.py: pk_<12 base32>_<43 base64url>, at most 128
+# characters) and judges every key. The CLI checks only the prefix and the alphabet, before any call: that
+# already refuses what gRPC cannot even send as metadata (non-ASCII, spaces, a multi-line PEM file: an
+# INTERNAL "Invalid metadata" or a traceback otherwise) and the wrong file or another vendor's key, without
+# a second copy of the exact format to drift from auth's.
 # Calls of these commands are short; a stuck service must not hang a terminal forever.
 CALL_TIMEOUT_SECONDS = 30.0
 # Internal tokens live at most 5 minutes; a long command (audit tail -f) gets a new one this long before.
@@ -83,13 +89,18 @@ class Credential:
 
 
 def read_key(path: Path) -> str | None:
-    try:
-        key = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CliError(f"cannot read the API key in {path}: {exc.strerror}") from None
-    return key or None
+    """The key stored in ``path``; None when there is none (a missing or empty file: try the next one)."""
+    return inputs.read_text(path, "API key file", missing_ok=True).strip() or None
+
+
+def check_key(credential: Credential) -> Credential:
+    """``credential`` if its key can be a Parapet API key; else a CliError saying what one looks like and
+    where this one came from (never the key: it may be a secret of something else)."""
+    if key_prefix(credential.api_key) is None:
+        raise CliError(
+            f"the API key from {credential.source} is not a Parapet API key: one looks like {KEY_LOOKS_LIKE}"
+        )
+    return credential
 
 
 def find_credential(
@@ -97,16 +108,16 @@ def find_credential(
 ) -> Credential:
     """The API key to act with; ``operator`` skips the demo key (platform commands need the operator)."""
     if explicit:
-        return Credential(explicit, "--api-key")
+        return check_key(Credential(explicit, "--api-key"))
     if env.get(API_KEY_ENV):
-        return Credential(env[API_KEY_ENV], f"${API_KEY_ENV}")
+        return check_key(Credential(env[API_KEY_ENV], f"${API_KEY_ENV}"))
     files = [home.operator_key_file]
     if not operator:
         files.insert(0, home.demo_key_file)
     for path in files:
         key = read_key(path)
         if key is not None:
-            return Credential(key, str(path))
+            return check_key(Credential(key, str(path)))
     raise CliError(
         f"no API key: pass --api-key, set ${API_KEY_ENV}, or start the suite with `parapet up` "
         f"(it writes {' or '.join(str(p) for p in files)})",
@@ -173,7 +184,10 @@ class Session:
         ``streaming`` drops the default call timeout, for streams that last as long as a person wants.
         """
         timeout = None if streaming else CALL_TIMEOUT_SECONDS
-        client = factory(self.address(service), self.settings, default_timeout=timeout)
+        try:
+            client = factory(self.address(service), self.settings, default_timeout=timeout)
+        except OSError as exc:  # the channel reads the PARAPET_TLS_* files when it is made
+            raise CliError(f"cannot read the TLS file {exc.filename}: {exc.strerror or exc}") from None
         self._clients.append(client)
         return client
 

@@ -47,7 +47,12 @@ class LoadedDocument:
 def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
     """Every file to ingest under ``paths``, in a stable order; unsupported explicit files are reported."""
     for given in paths:
-        if given.is_dir():
+        try:
+            is_dir, is_file = given.is_dir(), given.is_file()
+        except OSError as exc:  # a folder on the way not readable, a name too long (a missing path is False)
+            yield Candidate(given, prefix + given.name, problem=f"cannot read: {exc.strerror or exc}")
+            continue
+        if is_dir:
             for path in sorted(p for p in given.rglob("*") if p.is_file()):
                 relative = path.relative_to(given)
                 if any(part.startswith(".") for part in relative.parts):
@@ -55,7 +60,7 @@ def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
                 mime = MIME_TYPES.get(path.suffix.lower())
                 if mime is not None:
                     yield Candidate(path, prefix + relative.as_posix(), mime)
-        elif given.is_file():
+        elif is_file:
             mime = MIME_TYPES.get(given.suffix.lower())
             problem = "" if mime else f"unsupported file type (supported: {', '.join(sorted(MIME_TYPES))})"
             yield Candidate(given, prefix + given.name, mime or "", problem)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from parapet import clients
-from parapet.cli import connect, failures
+from parapet.cli import connect, failures, inputs
 from parapet.cli.chat import build_request, message
 from parapet.cli.printing import as_dict, enum_label, money, print_json, print_table, when
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
@@ -44,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument("--model", default="", help="model or alias (default: the tenant policy's default)")
     submit.add_argument("--no-retrieval", action="store_true", help="answer without the tenant's documents")
     submit.add_argument("--feature", default="cli-jobs", help="product feature for budgets and usage")
-    submit.add_argument("--max-tokens", type=int, default=0, help="cap on each answer's tokens (0: default)")
+    submit.add_argument(
+        "--max-tokens",
+        type=inputs.whole_number(0, inputs.INT32_MAX),
+        default=0,
+        help="cap on each answer's tokens (0: default)",
+    )
     submit.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="label for usage and audit"
     )
@@ -86,10 +91,15 @@ def _states() -> list[job_pb2.JobState.ValueType]:
 
 
 def _questions(path: str) -> list[str]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise failures.CliError(f"cannot read {path}: {error}") from None
+    if path == "-":
+        try:
+            # Bytes, decoded strictly: a text stdin may let undecodable bytes through as surrogates, which
+            # only fail later, when the request is serialized.
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise failures.CliError("the questions on stdin are not UTF-8 text") from None
+    else:
+        text = inputs.read_text(Path(path), "questions file")
     questions = [line.strip() for line in text.splitlines() if line.strip()]
     if not questions:
         raise failures.CliError(f"{path} holds no question")

@@ -15,6 +15,8 @@ from parapet.cli import connect, failures
 from parapet.cli.printing import as_dict, enum_label, print_json, print_table, timestamp, when
 
 if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     from parapet.auth.v1.tenant_admin_service_pb2_grpc import TenantAdminServiceAsyncStub
 
 
@@ -96,9 +98,22 @@ async def ensure_user(
             raise
 
 
-async def _create(args: argparse.Namespace) -> int:
-    if args.expires_in_days is not None and args.expires_in_days <= 0:
+def expiry(days: int | None, now: datetime) -> Timestamp | None:
+    """When a key made ``now`` with ``--expires-in-days`` stops working; refused before any call."""
+    if days is None:
+        return None
+    if days <= 0:
         raise failures.CliError("--expires-in-days must be a positive number of days")
+    try:
+        return timestamp(now + timedelta(days=days))
+    except OverflowError:  # past datetime's (and the API's) last year
+        raise failures.CliError(
+            f"--expires-in-days {days} is too far ahead: it ends after the year 9999"
+        ) from None
+
+
+async def _create(args: argparse.Namespace) -> int:
+    expire_time = expiry(args.expires_in_days, datetime.now(UTC))
     async with connect.Session.from_args(args) as session:
         admin = session.client(clients.tenant_admin, "auth").stub
         metadata = await session.token_metadata()
@@ -106,8 +121,8 @@ async def _create(args: argparse.Namespace) -> int:
         if args.role:
             await ensure_user(admin, metadata, tenant, args.user, args.role)
         key = api_key_pb2.ApiKey(user_id=args.user, display_name=args.name, scopes=args.scope)
-        if args.expires_in_days is not None:
-            key.expire_time.CopyFrom(timestamp(datetime.now(UTC) + timedelta(days=args.expires_in_days)))
+        if expire_time is not None:
+            key.expire_time.CopyFrom(expire_time)
         reply = await admin.CreateApiKey(
             pb.CreateApiKeyRequest(tenant_id=tenant, api_key=key), metadata=metadata
         )

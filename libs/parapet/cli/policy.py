@@ -19,7 +19,7 @@ from google.protobuf.json_format import ParseDict, ParseError
 from parapet import clients
 from parapet.auth.v1 import tenant_admin_service_pb2 as pb
 from parapet.auth.v1 import tenant_policy_pb2
-from parapet.cli import connect, failures
+from parapet.cli import connect, failures, inputs
 from parapet.cli.printing import as_dict, print_json, when
 
 _RETENTION = {
@@ -42,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     show = actions.add_parser("show", help="print the current (or an earlier) version")
-    show.add_argument("--version", type=int, default=0, help="version to show (default: the current one)")
+    show.add_argument(
+        "--version",
+        type=inputs.whole_number(0, inputs.INT64_MAX),
+        default=0,
+        help="version to show (default: the current one)",
+    )
     show.add_argument("--yaml", action="store_true", help="print YAML instead of JSON (needs PyYAML)")
     show.set_defaults(execute=_show)
 
@@ -50,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     change.add_argument("--file", type=Path, default=None, help="the whole policy, JSON or YAML (.yaml/.yml)")
     change.add_argument(
         "--expected-version",
-        type=int,
+        type=inputs.whole_number(0, inputs.INT64_MAX),
         default=None,
         help="version the edit is based on (default: the file's `version`, else the current one)",
     )
@@ -58,9 +63,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--allow-model", action="append", default=None, help="allowed model or alias (repeatable; replaces)"
     )
     change.add_argument("--default-model", default=None, help="model used when a request names none")
-    change.add_argument("--max-tokens", type=int, default=None, help="per-request output token cap; 0 = none")
+    change.add_argument(
+        "--max-tokens",
+        type=inputs.whole_number(0, inputs.INT32_MAX),
+        default=None,
+        help="per-request output token cap; 0 = none",
+    )
     change.add_argument("--body-retention", choices=sorted(_RETENTION), default=None, help="audit body form")
-    change.add_argument("--retention-days", type=int, default=None, help="days audit bodies are kept")
+    change.add_argument(
+        "--retention-days",
+        type=inputs.whole_number(0, inputs.INT32_MAX),
+        default=None,
+        help="days audit bodies are kept",
+    )
     change.add_argument(
         "--blocked-term", action="append", default=None, help="term moderation blocks (repeatable; replaces)"
     )
@@ -107,10 +122,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 def read_policy(path: Path) -> tenant_policy_pb2.TenantPolicy:
     """The policy in a JSON or YAML file; unknown fields are errors (a typo must not be dropped silently)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise failures.CliError(f"cannot read {path}: {exc.strerror}") from None
+    text = inputs.read_text(path, "policy file")
     if path.suffix in (".yaml", ".yml"):
         yaml = _yaml()
         try:

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from parapet.cli import registry
+from parapet.cli.failures import EXIT_USAGE, say
 from parapet.cli.health import SERVING, HealthProber
 from parapet.cli.layout import PortLayout
 from parapet.cli.output import render_table
@@ -28,8 +29,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every service is SERVING, 1 otherwise."""
-    ports = PortLayout(resolve_base_port(args.base_port, os.environ))
+    """Exit 0 when every service is SERVING, 1 otherwise (2: a base port that cannot be)."""
+    try:
+        ports = PortLayout(resolve_base_port(args.base_port, os.environ))
+    except ValueError as exc:
+        say(f"parapet status: {exc}")
+        return EXIT_USAGE
     rows: list[list[str]] = []
     with HealthProber() as prober:
         for spec in registry.SERVICES:

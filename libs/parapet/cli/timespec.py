@@ -11,6 +11,13 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 def moment(text: str, now: datetime) -> datetime:
     """An absolute UTC time, or a duration before ``now``; raises ValueError with a readable message."""
+    try:
+        return _moment(text, now)
+    except OverflowError:  # `99999999d` ago, or a zone that moves 9999-12-31 into the year 10000
+        raise ValueError(f"{text!r} is out of range: a time must fall within the years 1 to 9999") from None
+
+
+def _moment(text: str, now: datetime) -> datetime:
     relative = _RELATIVE.match(text.strip())
     if relative:
         return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})

@@ -97,7 +97,12 @@ def resolve_base_port(arg: int | None, env: Mapping[str, str]) -> int:
     if arg is not None:
         return arg
     raw = env.get(BASE_PORT_ENV)
-    return int(raw) if raw else registry.DEFAULT_BASE_PORT
+    if not raw:
+        return registry.DEFAULT_BASE_PORT
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"${BASE_PORT_ENV} must be a port number, not {raw!r}") from None
 
 
 def serve_argv(name: str, apps_package: str) -> list[str]:

@@ -54,20 +54,26 @@ def test_usage_dimensions_are_checked() -> None:
         build_parser().parse_args(["usage", "--by", "colour"])
 
 
+def key(name: str) -> str:
+    """A well-formed key (the CLI refuses any other before a call) that says where it came from."""
+    return f"pk_{name[:12]:a<12}_{'b' * 43}"
+
+
 def test_credentials_in_their_documented_order(tmp_path: Path) -> None:
     home = HomeLayout(tmp_path)
     with pytest.raises(failures.CliError) as missing:
         connect.find_credential(None, {}, home)
     assert missing.value.code == failures.EXIT_USAGE and "--api-key" in str(missing.value)
     home.identity_dir.mkdir()
-    (home.identity_dir / "operator.key").write_text("pk_operator\n")
-    assert connect.find_credential(None, {}, home).api_key == "pk_operator"
-    (home.identity_dir / "demo.key").write_text("pk_demo\n")
-    assert connect.find_credential(None, {}, home).api_key == "pk_demo"
+    (home.identity_dir / "operator.key").write_text(key("operator") + "\n")
+    assert connect.find_credential(None, {}, home).api_key == key("operator")
+    (home.identity_dir / "demo.key").write_text(key("demo") + "\n")
+    assert connect.find_credential(None, {}, home).api_key == key("demo")
     # Platform commands skip the demo key: no tenant's key can manage tenants.
-    assert connect.find_credential(None, {}, home, operator=True).api_key == "pk_operator"
-    assert connect.find_credential(None, {"PARAPET_API_KEY": "pk_env"}, home).source == "$PARAPET_API_KEY"
-    assert connect.find_credential("pk_flag", {"PARAPET_API_KEY": "pk_env"}, home).api_key == "pk_flag"
+    assert connect.find_credential(None, {}, home, operator=True).api_key == key("operator")
+    env = {"PARAPET_API_KEY": key("env")}
+    assert connect.find_credential(None, env, home).source == "$PARAPET_API_KEY"
+    assert connect.find_credential(key("flag"), env, home).api_key == key("flag")
 
 
 def test_service_addresses() -> None:
