@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING
 from parapet import clients
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, chain_pb2
 from parapet.cli import connect, failures, timespec
+from parapet.cli.inputs import whole_number
 from parapet.cli.printing import enum_label, money, print_json, timestamp, when
 from parapet.inference.v1 import generation_pb2
 
 if TYPE_CHECKING:
     from parapet.audit.v1.audit_service_pb2_grpc import AuditServiceAsyncStub
+
+_MAX_SEQUENCE = 2**63 - 1  # VerifyChainRequest's int64 sequences
+_MAX_LINES = 100_000  # what one tail may print first (read a page at a time)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +36,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     tail = actions.add_parser("tail", help="the newest interactions; --follow for new ones as they come")
-    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the newest to show first")
+    tail.add_argument(
+        "-n",
+        "--lines",
+        type=whole_number(0, _MAX_LINES),
+        default=20,
+        help="how many of the newest to show first",
+    )
     tail.add_argument(
         "--since", default="24h", help="look back to (default 24h; a date/time or 90m / 7d ago)"
     )
@@ -48,8 +58,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify = actions.add_parser(
         "verify", help="verify the hash chain and signed checkpoints (exit 4: broken)"
     )
-    verify.add_argument("--from", dest="start", type=int, default=0, help="first sequence (default: 1)")
-    verify.add_argument("--to", dest="end", type=int, default=0, help="last sequence (default: the head)")
+    verify.add_argument(
+        "--from",
+        dest="start",
+        type=whole_number(0, _MAX_SEQUENCE),
+        default=0,
+        help="first sequence (default: 1)",
+    )
+    verify.add_argument(
+        "--to",
+        dest="end",
+        type=whole_number(0, _MAX_SEQUENCE),
+        default=0,
+        help="last sequence (default: the head)",
+    )
     connect.add_arguments(verify, "audit")
     verify.set_defaults(func=failures.run, execute=verify_chain)
 
@@ -166,8 +188,8 @@ async def tail_interactions(args: argparse.Namespace) -> int:
         since = timespec.moment(args.since, datetime.now(UTC))
     except ValueError as exc:
         raise failures.CliError(str(exc)) from None
-    if args.lines < 0 or args.interval <= 0:
-        raise failures.CliError("--lines must be >= 0 and --interval > 0")
+    if args.interval <= 0:
+        raise failures.CliError("--interval must be > 0")
     flt = audit_service_pb2.InteractionFilter(
         start_time=timestamp(since),
         user_id=args.user,

@@ -166,6 +166,9 @@ def test_key_expiry_too_far_is_refused_before_login(capsys: pytest.CaptureFixtur
         ["jobs", "submit", "q.txt", "--max-tokens", "-1"],
         ["policy", "set", "--retention-days", "99999999999"],
         ["policy", "show", "--version", "99999999999999999999"],
+        ["audit", "verify", "--from", "99999999999999999999"],
+        ["audit", "verify", "--to", "-1"],
+        ["audit", "tail", "-n", "-5"],
     ],
 )
 def test_numbers_a_request_cannot_hold(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
