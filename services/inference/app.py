@@ -52,9 +52,12 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
         from parapet.embeddings import CachedEmbedder
         from parapet.embeddings.minilm import MiniLmEmbedder
 
+        embedder = CachedEmbedder(MiniLmEmbedder(), max_entries=10_000)
+        # Pushed before the engine's drain, so it runs after it: the pending writes embed their questions.
+        resources.cleanup.push_async_callback(embedder.aclose)
         cache = SemanticCache(
             resources.require_database(),
-            CachedEmbedder(MiniLmEmbedder(), max_entries=10_000),
+            embedder,
             threshold=settings.cache_similarity_threshold,
             fallback_threshold=settings.cache_fallback_similarity_threshold,
             ttl_seconds=settings.cache_ttl_seconds,

@@ -48,6 +48,17 @@ class BreakerConfig(_Frozen):
     open_seconds: float = Field(30.0, gt=0, description="Time open before trial calls are let through.")
     half_open_calls: int = Field(1, ge=1, description="Trial calls that must succeed to close again.")
 
+    @model_validator(mode="after")
+    def _can_open(self) -> BreakerConfig:
+        # The window keeps at most `window` outcomes, so with more required the breaker could never open: a
+        # dead provider would be called for ever, silently. Refused at start instead.
+        if self.min_calls > self.window:
+            raise ValueError(
+                f"breaker min_calls ({self.min_calls}) exceeds window ({self.window}): "
+                "the breaker could never open; make min_calls at most window"
+            )
+        return self
+
 
 class ProviderConfig(_Frozen):
     kind: ProviderKind

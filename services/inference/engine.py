@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from google.protobuf import duration_pb2
@@ -34,16 +35,17 @@ from parapet.kit import metrics
 from parapet.kit.coalesce import coalesced
 from parapet.kit.context import deadline_var, require_principal
 from parapet.kit.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from parapet.kit.identity import Principal
 from parapet.kit.inbound import replace_nul
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.inference.attempt import timed_events
 from services.inference.attempt_metrics import AttemptClock, error_type
 from services.inference.cache.keys import CacheKey, partition_key, scope_key
-from services.inference.cache.store import CachedAnswer, SemanticCache
+from services.inference.cache.store import CachedAnswer, NewEntry, SemanticCache
 from services.inference.config import InferenceConfig, ModelConfig
 from services.inference.policy import PolicySource
 from services.inference.pricing import cost_micros_exact, to_micros
-from services.inference.prompts import ContextDocument, PromptLibrary, RenderedPrompt
+from services.inference.prompts import ContextDocument, PromptLibrary, RenderedPrompt, Template
 from services.inference.providers.base import (
     Delta,
     Finish,
@@ -138,6 +140,30 @@ def _split_for_stream(text: str) -> list[str]:
     return pieces or [""]
 
 
+def _cache_key(
+    principal: Principal,
+    plan: Plan,
+    template: Template,
+    generation: dict[str, object],
+    conversation: list[PromptMessage],
+    context: list[ContextDocument],
+) -> CacheKey:
+    """Whose answers this request may get: the tenant's, for the caller's access scope, in the partition of
+    requests equivalent to it (same route, template, parameters, earlier turns and grounding)."""
+    return CacheKey(
+        principal.tenant_id,
+        scope_key(principal.groups),
+        partition_key(
+            plan.entry,
+            template.name,
+            template.version,
+            generation,
+            [(m.role, m.content) for m in conversation[:-1]],
+            [(c.document_id, c.title, c.source_uri, c.text) for c in context],
+        ),
+    )
+
+
 def _hit_outcome(hit: CachedAnswer, fallback: bool) -> cache_pb2.CacheOutcome.ValueType:
     if fallback:
         return cache_pb2.CACHE_OUTCOME_FALLBACK_HIT
@@ -172,6 +198,8 @@ class Engine:
 
     async def stream(self, request: Request) -> AsyncIterator[Response]:
         started = time.monotonic()
+        # Wall clock: compared with the database's time of a document's deletion (cache/store.py, CONTEXT_AGE).
+        asked_at = datetime.now(UTC)
         principal = require_principal()
         validate(request)
         access = await self.policy.model_access(principal.tenant_id)
@@ -211,17 +239,7 @@ class Engine:
         mode = request.cache_mode or cache_pb2.CACHE_MODE_READ_WRITE
         key: CacheKey | None = None
         if self.cache is not None and mode != cache_pb2.CACHE_MODE_DISABLED:
-            key = CacheKey(
-                principal.tenant_id,
-                scope_key(principal.groups),
-                partition_key(
-                    plan.entry,
-                    template.name,
-                    template.version,
-                    generation,
-                    [(m.role, m.content) for m in conversation[:-1]],
-                ),
-            )
+            key = _cache_key(principal, plan, template, generation, conversation, context)
         if key is not None and self.cache is not None and mode == cache_pb2.CACHE_MODE_READ_WRITE:
             hit = await self._lookup(key, question)
             if hit is not None:
@@ -263,9 +281,17 @@ class Engine:
             outcome=cache_pb2.CACHE_OUTCOME_MISS if key is not None else cache_pb2.CACHE_OUTCOME_BYPASSED
         )
         if key is not None and finish == generation_pb2.FINISH_REASON_STOP:
-            self._store_later(
-                key, question, "".join(state.text), finish, answered, context, principal.subject
+            entry = NewEntry(
+                question=question,
+                answer="".join(state.text),
+                finish_reason=finish,
+                model=answered.name,
+                provider=answered.provider,
+                document_ids=sorted({c.document_id for c in context if c.document_id}),
+                user_id=principal.subject,
+                asked_at=asked_at,
             )
+            self._store_later(key, entry)
         yield Response(summary=self._summary(state, finish, answered, outcome))
 
     def _generation(self, request: Request, policy_cap: int) -> dict[str, object]:
@@ -302,26 +328,14 @@ class Engine:
         metrics.record_cache_lookup("fallback", hit is not None)
         return hit
 
-    def _store_later(
-        self,
-        key: CacheKey,
-        question: str,
-        answer: str,
-        finish: int,
-        model: ModelConfig,
-        context: list[ContextDocument],
-        user_id: str,
-    ) -> None:
+    def _store_later(self, key: CacheKey, entry: NewEntry) -> None:
         """Write the entry after the summary went out: the caller never waits for the embedding or the insert."""
         cache = self.cache
         assert cache is not None
-        documents = sorted({c.document_id for c in context if c.document_id})
 
         async def store() -> None:
             try:
-                await cache.store(
-                    key, question, answer, finish, model.name, model.provider, documents, user_id
-                )
+                await cache.store(key, entry)
             except Exception:
                 log.warning("semantic cache store failed", exc_info=True)
 
@@ -442,7 +456,8 @@ class Engine:
             request = self._provider_request(model, state, generation)
             retry_number = 0
             while True:
-                if not breaker.allow():
+                permit = breaker.allow()
+                if permit is None:
                     state.attempts.append(
                         routing_pb2.FallbackAttempt(
                             model=model.name, provider=model.provider, reason="CIRCUIT_OPEN"
@@ -464,7 +479,7 @@ class Engine:
                             yield Response(text_delta=completion_pb2.TextDelta(text=text))
                         elif isinstance(event, Finish):
                             clock.done()
-                            breaker.record(True)
+                            breaker.record(permit, True)
                             if event.usage is not None:
                                 state.tally.add(model, event.usage, estimated=False)
                             else:
@@ -476,7 +491,7 @@ class Engine:
                     raise ProviderError("interrupted", "the provider ended without a finish")
                 except ProviderError as error:
                     clock.done(error_type(error))
-                    breaker.record(error.kind == "rejected")
+                    breaker.record(permit, error.kind == "rejected")
                     last_error = error
                     if error.kind == "interrupted" or received:
                         # The provider took the prompt and produced something: that is consumed usage.
@@ -521,7 +536,7 @@ class Engine:
                 except BaseException as error:
                     if isinstance(error, DeadlineExceeded):
                         clock.done("timeout")  # the caller's deadline came before the model's answer
-                    breaker.release()
+                    breaker.release(permit)
                     raise
         retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0
         raise Unavailable(

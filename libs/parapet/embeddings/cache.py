@@ -3,14 +3,23 @@
 Identical texts in one call, in calls already running, and in earlier calls (bounded LRU) share one
 embedding. Keys are BLAKE2b digests of the model id and text, so the cache holds 32 bytes per key
 rather than the text.
+
+A computation belongs to no caller: it runs in a task of its own, and every caller that needs it (the one
+that started it included) only waits for it. A cancelled caller stops waiting and nothing else; the
+computation goes on while anyone still waits and is cancelled when the last waiter has gone, so it never
+outlives its callers (nor the server that stops them). Before, the computation ran in the first caller's
+task: its cancellation (an exact cache hit that no longer needed the vector, a client that went away) was
+handed to every other caller of the same text, who raised CancelledError without being cancelled, and the
+gRPC call behind each went without a status until its deadline.
 """
 
 import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from parapet.embeddings.protocol import Embedder, Vector
+from parapet.embeddings.protocol import Embedder, EmbeddingUnavailable, Vector
 
 
 def _key(model_id: str, text: str) -> bytes:
@@ -19,6 +28,15 @@ def _key(model_id: str, text: str) -> bytes:
     digest.update(b"\0")
     digest.update(text.encode("utf-8", "surrogatepass"))
     return digest.digest()
+
+
+@dataclass(eq=False)
+class _Computation:
+    """One call of the inner embedder for the texts of ``keys`` (in order), and how many callers wait for it."""
+
+    keys: list[bytes]
+    task: asyncio.Task[list[Vector]]
+    waiters: int = 0
 
 
 class CachedEmbedder:
@@ -30,7 +48,9 @@ class CachedEmbedder:
         self._inner = inner
         self._max_entries = max_entries
         self._entries: OrderedDict[bytes, Vector] = OrderedDict()
-        self._in_flight: dict[bytes, asyncio.Future[Vector]] = {}
+        # key -> the computation producing it, and the key's place in that computation's batch.
+        self._in_flight: dict[bytes, tuple[_Computation, int]] = {}
+        self._running: set[_Computation] = set()
         self.hits = 0
         self.misses = 0
 
@@ -51,50 +71,92 @@ class CachedEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         keys = [_key(self.model_id, text) for text in texts]
-        cached: dict[bytes, Vector] = {}
-        waiting: dict[bytes, asyncio.Future[Vector]] = {}
+        found: dict[bytes, Vector] = {}
+        needed: dict[bytes, tuple[_Computation, int]] = {}
         mine: dict[bytes, str] = {}
         for key, text in zip(keys, texts, strict=True):
-            if key in cached or key in waiting or key in mine:
+            if key in found or key in needed or key in mine:
                 continue
             if key in self._entries:
                 # Taken now: later computations may evict it before this call returns.
-                cached[key] = self._entries[key]
+                found[key] = self._entries[key]
                 self._entries.move_to_end(key)
             elif key in self._in_flight:
-                waiting[key] = self._in_flight[key]
+                needed[key] = self._in_flight[key]
             else:
                 mine[key] = text
         self.misses += len(mine)
         self.hits += len(texts) - len(mine)
-        found = cached | (await self._compute(mine) if mine else {})
-        for key, future in waiting.items():
-            # shield: a cancelled caller must not cancel the computation others wait for.
-            found[key] = await asyncio.shield(future)
+        if mine:
+            computation = self._start(mine)
+            needed.update({key: (computation, index) for index, key in enumerate(computation.keys)})
+        found.update(await self._wait_for(needed))
         return [found[key] for key in keys]
 
-    async def _compute(self, mine: dict[bytes, str]) -> dict[bytes, Vector]:
-        loop = asyncio.get_running_loop()
-        futures = {key: loop.create_future() for key in mine}
-        self._in_flight.update(futures)
-        try:
-            vectors = await self._inner.embed(list(mine.values()))
-        except BaseException as error:
-            for future in futures.values():
-                if not future.done():
-                    future.set_exception(error)
-                    # Waiters re-raise it; a future nobody awaited must not warn.
-                    future.exception()
-            raise
-        finally:
-            for key in futures:
-                self._in_flight.pop(key, None)
-        computed: dict[bytes, Vector] = {}
-        for (key, future), vector in zip(futures.items(), vectors, strict=True):
+    async def aclose(self) -> None:
+        """Stop every computation still running (shutdown); their waiters get EmbeddingUnavailable."""
+        running = list(self._running)
+        for computation in running:
+            self._abandon(computation)
+        await asyncio.gather(*(c.task for c in running), return_exceptions=True)
+
+    def _start(self, mine: dict[bytes, str]) -> _Computation:
+        keys = list(mine)
+        task = asyncio.get_running_loop().create_task(self._run(keys, list(mine.values())), name="embedding")
+        computation = _Computation(keys, task)
+        # A callback, not a `finally`: a task cancelled before its first step never runs its body.
+        task.add_done_callback(lambda _: self._finished(computation))
+        self._running.add(computation)
+        self._in_flight.update({key: (computation, i) for i, key in enumerate(computation.keys)})
+        return computation
+
+    async def _run(self, keys: list[bytes], texts: list[str]) -> list[Vector]:
+        vectors = await self._inner.embed(texts)
+        for key, vector in zip(keys, vectors, strict=True):
             self._store(key, vector)
-            future.set_result(vector)
-            computed[key] = vector
-        return computed
+        return vectors
+
+    def _finished(self, computation: _Computation) -> None:
+        self._forget(computation)
+        if not computation.task.cancelled():
+            computation.task.exception()  # its waiters re-raise it; with none left it must not warn as lost
+
+    async def _wait_for(self, needed: dict[bytes, tuple[_Computation, int]]) -> dict[bytes, Vector]:
+        computations = {computation for computation, _ in needed.values()}
+        for computation in computations:
+            computation.waiters += 1
+        try:
+            results = {c: await self._result(c) for c in computations}
+        finally:
+            for computation in computations:
+                computation.waiters -= 1
+                if computation.waiters == 0 and not computation.task.done():
+                    self._abandon(computation)  # nobody wants it any more
+        return {key: results[computation][index] for key, (computation, index) in needed.items()}
+
+    @staticmethod
+    async def _result(computation: _Computation) -> list[Vector]:
+        task = computation.task
+        try:
+            # shield: this caller's cancellation ends its wait, not the computation others wait for.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                # The computation was stopped (shutdown), this caller was not: a failure, not its cancellation.
+                raise EmbeddingUnavailable("the embedding was stopped before it finished") from None
+            raise
+
+    def _abandon(self, computation: _Computation) -> None:
+        # Out of the in-flight map at once: a caller arriving now starts afresh instead of joining it.
+        self._forget(computation)
+        computation.task.cancel()
+
+    def _forget(self, computation: _Computation) -> None:
+        self._running.discard(computation)
+        for key in computation.keys:
+            if self._in_flight.get(key, (None, 0))[0] is computation:
+                del self._in_flight[key]
 
     def _store(self, key: bytes, vector: Vector) -> None:
         self._entries[key] = vector

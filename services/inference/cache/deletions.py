@@ -1,5 +1,8 @@
 """Consumes ``DocumentsDeletedEvent`` (docs/contracts.md) and drops cached answers grounded in those documents.
 
+It also leaves a tombstone of each deleted document (``SemanticCache.forget_documents``): an answer generated
+from the document while the event was handled is written afterwards, and would otherwise be served for its TTL.
+
 A durable JetStream pull consumer with explicit acks: an event is acked only after its deletion committed, so a
 database outage delays it and loses nothing; handling one twice is harmless (the rows are already gone); a
 message that is no event, or whose tenant differs from its subject's, is logged and acknowledged. The
@@ -42,7 +45,7 @@ async def handle(cache: SemanticCache, subject: str, payload: bytes) -> int:
         )
         return 0
     if event.reason == documents_deleted_event_pb2.DELETION_REASON_TENANT_ERASURE:
-        return await cache.forget_tenant(tenant)
+        return await cache.erase_tenant(tenant)
     if not event.document_ids:
         return 0
     return await cache.forget_documents(tenant, list(event.document_ids))

@@ -31,7 +31,9 @@ def partition_key(
     template_version: str,
     generation: dict[str, object],
     earlier_turns: list[tuple[str, str]],
+    context: Iterable[tuple[str, str, str, str]],
 ) -> str:
+    """Requests that would get the same answer: same route, template, parameters, earlier turns and context."""
     return _digest(
         {
             "route": route,
@@ -39,8 +41,20 @@ def partition_key(
             "version": template_version,
             "generation": generation,
             "turns": earlier_turns,
+            "context": context_digest(context),
         }
     )
+
+
+def context_digest(chunks: Iterable[tuple[str, str, str, str]]) -> str:
+    """The grounding of an answer: each chunk's (document id, title, source URI, text), everything the prompt
+    shows of it; no chunks (retrieval disabled or nothing found) is a partition of its own.
+
+    Order-insensitive: the shipped templates have the model cite documents by title, so the same chunks in
+    another order ground the same answer, and a paraphrase often retrieves the same chunks ranked otherwise.
+    Left out of the partition, an answer grounded in one set of documents was served to a request grounded in
+    another, or in none (a caller without access to documents got answers built from them)."""
+    return _digest(sorted(chunks))
 
 
 def normalise_question(text: str) -> str:

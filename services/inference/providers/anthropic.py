@@ -12,13 +12,13 @@ import httpx2
 from services.inference.config import ProviderConfig, Timeouts
 from services.inference.providers.base import (
     Delta,
-    ErrorKind,
     Finish,
     FinishKind,
     ProviderError,
     ProviderEvent,
     ProviderRequest,
     Usage,
+    error_for_event,
     error_for_status,
 )
 from services.inference.providers.openai import http_timeout
@@ -111,12 +111,7 @@ class AnthropicProvider:
                 elif kind == "message_stop":
                     stopped = True  # read on to the end of the body so the connection is reused
                 elif kind == "error":
-                    error = event.get("error") or {}
-                    retry = "overloaded" in str(error.get("type", "")) or "api_error" in str(
-                        error.get("type", "")
-                    )
-                    kind_name: ErrorKind = "interrupted" if retry else "rejected"
-                    raise ProviderError(kind_name, "anthropic reported an error mid-stream")
+                    raise error_for_event(event.get("error"), self.label)
         except (anthropic.APIError, httpx2.HTTPError, ValueError, AttributeError, TypeError) as exc:
             error_out = self._error(exc)
             if error_out.kind == "unavailable":

@@ -88,7 +88,7 @@ class ProviderError(Exception):
     @property
     def retryable(self) -> bool:
         """Worth another attempt (before any text was sent): 429, 5xx, connect errors, timeouts, cut streams."""
-        return self.kind != "rejected" and self.status not in (401, 403)
+        return self.kind != "rejected" and self.status not in _OUR_ACCOUNT
 
     @property
     def reason(self) -> str:
@@ -103,6 +103,29 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
 
     async def close(self) -> None: ...
+
+
+# Statuses that say our account (key, permissions, billing) is at fault: retrying the same provider cannot help.
+_OUR_ACCOUNT = (401, 402, 403)
+
+# The error types (or codes) providers name in a stream's error event, as the HTTP status each stands for:
+# Anthropic's documented `error.type`s, and OpenAI's types and codes.
+_ERROR_TYPE_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "insufficient_quota": 402,  # OpenAI answers it 429, but no wait cures it: the account is out of credit
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -137,9 +160,33 @@ def error_for_status(status: int, headers: Mapping[str, str] | None, provider: s
         return ProviderError("timeout", f"{provider} timed out (HTTP {status})", retry_after, status)
     if status >= 500 or status == 409:
         return ProviderError("unavailable", f"{provider} failed (HTTP {status})", retry_after, status)
-    if status in (401, 403):
-        # A key problem is ours, not the caller's: another provider of the chain may still answer.
+    if status in _OUR_ACCOUNT:
+        # A key or billing problem is ours, not the caller's: another provider of the chain may still answer.
         return ProviderError(
             "unavailable", f"{provider} refused our credentials (HTTP {status})", None, status
         )
     return ProviderError("rejected", f"{provider} rejected the request (HTTP {status})", None, status)
+
+
+def error_for_event(error: object, provider: str) -> ProviderError:
+    """The typed error of an error event inside a stream (the HTTP answer was 200), judged like the same error
+    answered before the stream: a rate limit is a rate limit, an overload is retried elsewhere, and only the
+    request's own fault is the caller's (PROVIDER_REJECTED). An error type we do not know is a broken stream."""
+    fields: Mapping[str, object] = error if isinstance(error, Mapping) else {}
+    for name in (fields.get("type"), fields.get("code")):
+        status = _event_status(name)
+        if status is not None:
+            typed = error_for_status(status, None, provider)
+            # Named from our table only, never the provider's text.
+            message = f"{provider} reported {name if isinstance(name, str) else f'HTTP {status}'} mid-stream"
+            return ProviderError(typed.kind, message, None, status)
+    return ProviderError("interrupted", f"{provider} reported an error mid-stream")
+
+
+def _event_status(name: object) -> int | None:
+    if isinstance(name, str):
+        return _ERROR_TYPE_STATUS.get(name)
+    # OpenAI-compatible servers (vLLM, llama.cpp) put the HTTP status they mean in `code`.
+    if isinstance(name, int) and not isinstance(name, bool) and 400 <= name <= 599:
+        return name
+    return None

@@ -18,6 +18,7 @@ from services.inference.providers.base import (
     ProviderEvent,
     ProviderRequest,
     Usage,
+    error_for_event,
     error_for_status,
 )
 from services.inference.providers.sse import RAW_STREAM, sse_data
@@ -109,8 +110,10 @@ class OpenAIProvider:
                     # connection goes back to the pool instead of being closed.
                     continue
                 chunk = json.loads(data)
-                if not isinstance(chunk, dict) or "error" in chunk:
-                    raise ProviderError("interrupted", f"{self.label} reported an error mid-stream")
+                if not isinstance(chunk, dict):
+                    raise ProviderError("interrupted", f"{self.label} sent a malformed answer")
+                if "error" in chunk:
+                    raise error_for_event(chunk["error"], self.label)
                 reported = chunk.get("usage")
                 if reported:
                     details = reported.get("prompt_tokens_details") or {}

@@ -4,6 +4,11 @@ Closed: calls flow; the last ``window`` outcomes are kept and the breaker opens 
 known and the failure share reaches ``failure_ratio``. Open: calls are refused without trying (the fallback chain
 answers) until ``open_seconds`` have passed. Half-open: ``half_open_calls`` trial calls are let through; all must
 succeed to close (with a clean window), one failure opens it again for another ``open_seconds``.
+
+Every change of state starts a new epoch. ``allow()`` hands out a ``Permit`` naming the epoch it was granted in
+and whether it is a half-open trial; an outcome counts only in the epoch its call started in. So a long stream
+started while closed that ends during half-open neither closes the breaker (no trial ran) nor, cancelled, frees
+a trial slot it never took.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ _GAUGE = {
 
 
 @dataclass(frozen=True)
+class Permit:
+    """Leave to make one call, granted in ``epoch``; ``trial``: one of the half-open trial calls."""
+
+    epoch: int
+    trial: bool
+
+
+@dataclass(frozen=True)
 class Transition:
     at: float
     old: State
@@ -44,6 +57,7 @@ class CircuitBreaker:
         self._on_change = on_change
         self._outcomes: deque[bool] = deque(maxlen=config.window)
         self._state: State = "closed"
+        self._epoch = 0
         self._opened_at = 0.0
         self._trials_started = 0
         self._trials_passed = 0
@@ -60,6 +74,7 @@ class CircuitBreaker:
             return
         self.transitions.append(Transition(self._clock(), self._state, new))
         self._state = new
+        self._epoch += 1
         if new == "open":
             self._opened_at = self._clock()
         if new == "half_open":
@@ -70,20 +85,23 @@ class CircuitBreaker:
         if self._on_change is not None:
             self._on_change(new)
 
-    def allow(self) -> bool:
-        """Whether a call may go to the provider now (a half-open trial counts as started)."""
+    def allow(self) -> Permit | None:
+        """Leave for a call to go to the provider now, or None (open, or every half-open trial taken)."""
         state = self.state
         if state == "closed":
-            return True
-        if state == "open":
-            return False
-        if self._trials_started < self._config.half_open_calls:
-            self._trials_started += 1
-            return True
-        return False
+            return Permit(self._epoch, trial=False)
+        if state == "open" or self._trials_started >= self._config.half_open_calls:
+            return None
+        self._trials_started += 1
+        return Permit(self._epoch, trial=True)
 
-    def record(self, success: bool) -> None:
+    def record(self, permit: Permit, success: bool) -> None:
+        """The outcome of the call ``permit`` let through."""
         state = self.state
+        if permit.epoch != self._epoch:
+            # Started under another state: an answer to a call made before the breaker opened (or before it
+            # closed again) says nothing about the provider's health now, and was no trial.
+            return
         if state == "half_open":
             if not success:
                 self._move("open")
@@ -92,17 +110,15 @@ class CircuitBreaker:
             if self._trials_passed >= self._config.half_open_calls:
                 self._move("closed")
             return
-        if state == "open":
-            return  # an answer to a call started before the breaker opened changes nothing
         self._outcomes.append(success)
         known = len(self._outcomes)
         failures = known - sum(self._outcomes)
         if known >= self._config.min_calls and failures / known >= self._config.failure_ratio:
             self._move("open")
 
-    def release(self) -> None:
-        """A half-open trial ended without an outcome (the caller cancelled): let another trial through."""
-        if self._state == "half_open" and self._trials_started > self._trials_passed:
+    def release(self, permit: Permit) -> None:
+        """The call ended without an outcome (its caller cancelled): a trial's slot goes to another trial."""
+        if permit.trial and permit.epoch == self._epoch and self._trials_started > self._trials_passed:
             self._trials_started -= 1
 
 

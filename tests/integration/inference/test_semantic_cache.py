@@ -466,3 +466,123 @@ async def test_when_every_provider_fails_a_similar_cached_answer_is_served_as_a_
         # Providers back: the close question is answered by the model again (a miss, not a fallback).
         again = await inference.stream(CLOSE_QUESTION, who=who)
         assert again.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+
+
+async def test_an_answer_is_served_only_to_requests_grounded_in_the_same_context(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """The partition left the context out: an answer grounded in one document was served to a request grounded
+    in another, or in none (retrieval disabled, as for a caller who may not read documents)."""
+    who = principal(f"ctx-{uuid.uuid4().hex[:8]}", groups=("staff",))
+    question = "Summarise this document in one sentence."
+    leave = completion_pb2.ContextChunk(document_id="doc-a", title="Leave", text="25 days of leave a year.")
+    notice = completion_pb2.ContextChunk(document_id="doc-c", title="Notice", text="One month of notice.")
+    expenses = completion_pb2.ContextChunk(document_id="doc-b", title="Expenses", text="Receipts in 30 days.")
+    edited = completion_pb2.ContextChunk(document_id="doc-a", title="Leave", text="30 days of leave a year.")
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        await inference.stream(question, who=who, context=[leave, notice])
+        cached = await _until_cached(inference, question, who, context=[leave, notice])
+        assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # The same chunks in another order ground the same answer: still a hit.
+        reordered = await inference.stream(question, who=who, context=[notice, leave])
+        assert reordered.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        for label, context in (
+            ("another document", [expenses]),
+            ("one of the documents only", [leave]),
+            ("the document's text changed", [edited, notice]),
+            ("no context", []),
+        ):
+            outcome = await inference.stream(question, who=who, context=context)
+            assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, label
+        # No context is a partition of its own, where answers without context are found again.
+        ungrounded = await _until_cached(inference, question, who, context=[])
+        assert ungrounded.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+
+async def _consumer_caught_up(nats_url: str) -> bool:
+    """Whether the cache's deletion consumer has applied and acknowledged every event published so far."""
+    client = await nats.connect(nats_url)
+    try:
+        consumer = await client.jetstream().consumer_info(documents_events.DOCUMENTS_STREAM.name, DURABLE)
+    finally:
+        await client.close()
+    return bool(consumer.num_pending == 0 and consumer.num_ack_pending == 0)
+
+
+async def _settle_writes(inference: Inference, tenant: str) -> None:
+    """Returns once this replica's pending cache writes have landed (DeleteCacheEntries waits for them first)."""
+    admin = Principal(tenant_id=tenant, subject="ops", roles=("admin",))
+    await inference.stub.DeleteCacheEntries(
+        inference_service_pb2.DeleteCacheEntriesRequest(user_id="nobody"),
+        metadata=inference.metadata(admin),
+        timeout=10,
+    )
+
+
+# A slow answer (about 3 s): long enough for a deletion to be handled while it is generated.
+SLOW_MODELS = [
+    {
+        "name": "gpt",
+        "provider": "openai",
+        "upstream_model": "gpt-slow-answer;chunk_delay=0.1;reply="
+        + "+".join(["Use", "the", "reset", "link"] * 8),
+    }
+]
+
+
+async def test_an_answer_generated_while_its_document_is_deleted_is_not_stored(
+    start_inference: StartInference, upstream: UpstreamServer, nats_url: str, database_url: str
+) -> None:
+    """The entry was written after the summary, after the documents-deleted event had found nothing to drop, and
+    was then served for the whole TTL."""
+    tenant = f"late-{uuid.uuid4().hex[:8]}"
+    who = principal(tenant)
+    async with start_inference(upstream_config(upstream, SLOW_MODELS), cache_enabled=True) as inference:
+        answering = asyncio.ensure_future(inference.stream(QUESTION, who=who, context=CONTEXT))
+        deadline = time.monotonic() + 5
+        while not upstream.requests_for("gpt-slow-answer"):
+            assert time.monotonic() < deadline, "the model was never asked"
+            await asyncio.sleep(0.01)
+        await _publish_deletion(nats_url, tenant, ["doc-7"])
+        deadline = time.monotonic() + 10
+        while not await _consumer_caught_up(nats_url):
+            assert time.monotonic() < deadline, "the deletion was never handled"
+            await asyncio.sleep(0.05)
+        assert not answering.done(), "the answer must still be generating when the deletion is handled"
+        answered = await answering
+        assert answered.error is None and answered.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        assert answered.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
+        await _settle_writes(inference, tenant)
+        assert await _entries(database_url, tenant) == 0
+        probe = await inference.stream(QUESTION, who=who, context=CONTEXT)
+        assert probe.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+
+
+async def test_an_entry_stored_as_its_document_was_deleted_is_never_served(
+    start_inference: StartInference, upstream: UpstreamServer, database_url: str
+) -> None:
+    """A store and the deletion's transaction can commit without seeing each other; the entry then exists but a
+    lookup checks the tombstone again."""
+    tenant = f"race-{uuid.uuid4().hex[:8]}"
+    who = principal(tenant)
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        await inference.stream(QUESTION, who=who, context=CONTEXT)
+        cached = await _until_cached(inference, QUESTION, who, context=CONTEXT)
+        assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        # The deletion's tombstone, as if its entry deletion had run just before the entry was inserted.
+        database = Database(database_url, "inference", pool_size=1, max_overflow=0)
+        try:
+            async with database.transaction() as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO document_tombstones (tenant_id, document_id, delete_time, expire_time)"
+                        " VALUES (:t, 'doc-7', now(), now() + interval '1 hour')"
+                    ),
+                    {"t": tenant},
+                )
+        finally:
+            await database.close()
+        assert await _entries(database_url, tenant) >= 1
+        for question in (QUESTION, PARAPHRASE):  # neither the exact nor the semantic path serves it
+            outcome = await inference.stream(question, who=who, context=CONTEXT)
+            assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, question

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.inference.config import BreakerConfig
-from services.inference.resilience.breaker import Breakers, CircuitBreaker
+from services.inference.resilience.breaker import Breakers, CircuitBreaker, Permit
 
 
 def state(breaker: CircuitBreaker) -> str:
@@ -19,6 +19,19 @@ class Clock:
         return self.now
 
 
+def call(breaker: CircuitBreaker, success: bool) -> None:
+    """One call from start to outcome."""
+    permit = breaker.allow()
+    assert permit is not None
+    breaker.record(permit, success)
+
+
+def trial(breaker: CircuitBreaker) -> Permit:
+    permit = breaker.allow()
+    assert permit is not None and permit.trial
+    return permit
+
+
 def _breaker(**overrides: float) -> tuple[CircuitBreaker, Clock]:
     values = {"window": 4, "min_calls": 3, "failure_ratio": 0.5, "open_seconds": 10, "half_open_calls": 2}
     values.update(overrides)
@@ -28,47 +41,47 @@ def _breaker(**overrides: float) -> tuple[CircuitBreaker, Clock]:
 
 def test_opens_only_after_min_calls_at_the_failure_ratio() -> None:
     breaker, _ = _breaker()
-    breaker.record(False)
-    breaker.record(False)
+    call(breaker, False)
+    call(breaker, False)
     assert state(breaker) == "closed"  # 2 outcomes < min_calls
-    breaker.record(True)
+    call(breaker, True)
     assert state(breaker) == "open"  # 2 of 3 failed
-    assert not breaker.allow()
+    assert breaker.allow() is None
 
 
 def test_sliding_window_forgets_old_failures() -> None:
     breaker, _ = _breaker(window=4, min_calls=4, failure_ratio=0.75)
     for outcome in (False, False, True, True, True):  # the first failure slides out of the window
-        breaker.record(outcome)
+        call(breaker, outcome)
     assert state(breaker) == "closed"
-    breaker.record(False)
-    breaker.record(False)  # window now True, True, False, False: 50% < 75%
+    call(breaker, False)
+    call(breaker, False)  # window now True, True, False, False: 50% < 75%
     assert state(breaker) == "closed"
-    breaker.record(False)  # True, False, False, False: 75%
+    call(breaker, False)  # True, False, False, False: 75%
     assert state(breaker) == "open"
 
 
 def test_half_open_trials_close_or_reopen() -> None:
     breaker, clock = _breaker()
     for _ in range(3):
-        breaker.record(False)
+        call(breaker, False)
     assert state(breaker) == "open"
     clock.now += 9.9
     assert state(breaker) == "open"
+    assert breaker.allow() is None
     clock.now += 0.2
     assert state(breaker) == "half_open"
-    assert breaker.allow() and breaker.allow()
-    assert not breaker.allow(), "only half_open_calls trials at once"
-    breaker.record(True)
+    first, second = trial(breaker), trial(breaker)
+    assert breaker.allow() is None, "only half_open_calls trials at once"
+    breaker.record(first, True)
     assert state(breaker) == "half_open"
-    breaker.record(True)
+    breaker.record(second, True)
     assert state(breaker) == "closed"
     # A failed trial opens it again for a full period.
     for _ in range(3):
-        breaker.record(False)
+        call(breaker, False)
     clock.now += 10
-    assert breaker.allow()
-    breaker.record(False)
+    breaker.record(trial(breaker), False)
     assert state(breaker) == "open"
     clock.now += 5
     assert state(breaker) == "open"
@@ -82,15 +95,63 @@ def test_half_open_trials_close_or_reopen() -> None:
     ]
 
 
-def test_a_cancelled_trial_frees_its_slot() -> None:
-    breaker, clock = _breaker(half_open_calls=1)
+def _opened_with_a_call_in_flight(**overrides: float) -> tuple[CircuitBreaker, Clock, Permit]:
+    """A breaker that opened (then turned half-open) while a call started when it was closed still runs."""
+    breaker, clock = _breaker(**overrides)
+    long_call = breaker.allow()
+    assert long_call is not None and not long_call.trial
     for _ in range(3):
-        breaker.record(False)
+        call(breaker, False)
     clock.now += 10
-    assert breaker.allow()
-    assert not breaker.allow()
-    breaker.release()
-    assert breaker.allow()
+    assert state(breaker) == "half_open"
+    return breaker, clock, long_call
+
+
+def test_a_cancelled_trial_frees_its_slot() -> None:
+    breaker, _, _ = _opened_with_a_call_in_flight(half_open_calls=1)
+    first = trial(breaker)
+    assert breaker.allow() is None
+    breaker.release(first)
+    assert trial(breaker) is not None
+
+
+def test_a_call_from_before_the_breaker_opened_frees_no_trial_slot_when_cancelled() -> None:
+    """It released a slot it never took: with half_open_calls=1, two trials then ran at once."""
+    breaker, _, long_call = _opened_with_a_call_in_flight(half_open_calls=1)
+    running = trial(breaker)
+    breaker.release(long_call)
+    assert breaker.allow() is None, "a second concurrent trial"
+    breaker.record(running, True)
+    assert state(breaker) == "closed"
+
+
+def test_a_call_from_before_the_breaker_opened_does_not_close_it_by_succeeding() -> None:
+    """A long stream started while closed and ending well during half-open closed the breaker, no trial run."""
+    breaker, _, long_call = _opened_with_a_call_in_flight(half_open_calls=1)
+    breaker.record(long_call, True)
+    assert state(breaker) == "half_open"
+    running = trial(breaker)
+    breaker.record(long_call, False)  # nor does its failure re-open it: the trial decides
+    assert state(breaker) == "half_open"
+    breaker.record(running, True)
+    assert state(breaker) == "closed"
+
+
+def test_a_trial_of_an_earlier_half_open_period_counts_in_no_later_one() -> None:
+    breaker, clock, _ = _opened_with_a_call_in_flight(half_open_calls=2)
+    slow, failing = trial(breaker), trial(breaker)
+    breaker.record(failing, False)  # open again, then half-open again
+    clock.now += 10
+    assert state(breaker) == "half_open"
+    fresh = trial(breaker)
+    breaker.record(slow, True)
+    breaker.release(slow)
+    assert state(breaker) == "half_open"
+    second = trial(breaker)
+    assert breaker.allow() is None, "the earlier period's trial took or freed no slot of this one"
+    breaker.record(fresh, True)
+    breaker.record(second, True)
+    assert state(breaker) == "closed"
 
 
 def test_one_breaker_per_provider_and_model() -> None:

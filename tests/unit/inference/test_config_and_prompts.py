@@ -54,6 +54,27 @@ def test_inconsistent_configurations_are_refused(change: dict[str, object], mess
         parse_config({**BASE, **change}, {})
 
 
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        # At most `window` outcomes are kept: needing more, the breaker could never open (it was accepted).
+        ({"window": 3, "min_calls": 5}, r"min_calls \(5\) exceeds window \(3\)"),
+        ({"half_open_calls": 0}, "half_open_calls"),
+        ({"failure_ratio": 0}, "failure_ratio"),
+        ({"failure_ratio": 1.5}, "failure_ratio"),
+        ({"open_seconds": 0}, "open_seconds"),
+    ],
+)
+def test_a_breaker_that_could_never_work_is_refused_at_start(breaker: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, "breaker": breaker}, {})
+
+
+def test_a_breaker_needing_its_whole_window_is_accepted() -> None:
+    config = parse_config({**BASE, "breaker": {"window": 5, "min_calls": 5}}, {})
+    assert (config.breaker.window, config.breaker.min_calls) == (5, 5)
+
+
 def test_builtin_configuration_and_unreadable_files(tmp_path: Path) -> None:
     assert load_config(None).default_model == "local"
     bad = tmp_path / "x.toml"

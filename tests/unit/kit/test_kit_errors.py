@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -37,6 +38,7 @@ from parapet.kit.testing import (
     string_service,
     unary_caller,
 )
+from parapet.kit.timeouts import within
 
 SERVICE = "test.v1.Errors"
 SECRET = "password=hunter2 at /srv/secret.sql"
@@ -77,10 +79,44 @@ async def stream_then_fail(
     raise QuotaExceeded("token budget ran out mid-answer", reason="BUDGET_EXCEEDED", retry_after=3)
 
 
+async def _cancelled_elsewhere() -> None:
+    """Await work another caller cancelled (a shared computation): CancelledError in a task nobody cancelled."""
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    shared.cancel()
+    await shared
+
+
+async def cancelled_inside(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    await _cancelled_elsewhere()
+    return StringValue(value="unreachable")
+
+
+async def stream_then_cancelled_inside(
+    request: StringValue, context: grpc.aio.ServicerContext
+) -> AsyncIterator[StringValue]:
+    yield StringValue(value="chunk-0")
+    await _cancelled_elsewhere()
+
+
+# The Slow handler's progress, as events the test makes in its own loop before each call.
+SLOW: dict[str, asyncio.Event] = {}
+
+
+async def slow(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    SLOW["started"].set()
+    try:
+        await asyncio.sleep(30)
+    finally:
+        SLOW["ended"].set()
+    return StringValue(value="late")
+
+
 @pytest.fixture
 async def channel(keys: TestKeys) -> AsyncIterator[grpc.aio.Channel]:
     handler = string_service(
-        SERVICE, unary={"Raise": raise_error}, server_streaming={"Stream": stream_then_fail}
+        SERVICE,
+        unary={"Raise": raise_error, "CancelledInside": cancelled_inside, "Slow": slow},
+        server_streaming={"Stream": stream_then_fail, "StreamCancelledInside": stream_then_cancelled_inside},
     )
     app = generic_app(handler, keys=keys, service_names=(SERVICE,))
     async with (
@@ -231,6 +267,51 @@ async def test_error_mid_stream_arrives_with_details(
     else:
         assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
         assert "hunter2" not in details.message
+
+
+async def test_a_cancellation_escaping_into_an_uncancelled_call_is_internal_not_silence(
+    channel: grpc.aio.Channel, keys: TestKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc.aio ends a call whose handler raised CancelledError without any status: the client waited for its
+    deadline (a shared embedding another caller cancelled hung every request for the same text)."""
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="parapet.kit.errors"):
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await unary_caller(channel, f"/{SERVICE}/CancelledInside")(
+                StringValue(value="x"), metadata=keys.metadata(), timeout=20
+            )
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for message in stream_caller(channel, f"/{SERVICE}/StreamCancelledInside")(
+                StringValue(value="x"), metadata=keys.metadata(), timeout=20
+            ):
+                received.append(message.value)
+    assert time.monotonic() - started < 10, "the client waited for its deadline"
+    for caught in (unary, streamed):
+        details = error_details(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
+    assert received == ["chunk-0"]
+    escaped = [r for r in caplog.records if "cancellation escaped" in r.getMessage()]
+    assert len(escaped) == 2 and all(r.exc_info for r in escaped)
+
+
+async def test_a_call_the_client_cancels_or_lets_expire_is_still_cancelled_not_internal(
+    channel: grpc.aio.Channel, keys: TestKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow_call = unary_caller(channel, f"/{SERVICE}/Slow")
+    with caplog.at_level(logging.ERROR, logger="parapet.kit.errors"):
+        SLOW.update(started=asyncio.Event(), ended=asyncio.Event())
+        call = slow_call(StringValue(value="x"), metadata=keys.metadata())
+        await within(5, SLOW["started"].wait())
+        call.cancel()
+        await within(5, SLOW["ended"].wait())  # the handler was cancelled (and no status was made up)
+        SLOW.update(started=asyncio.Event(), ended=asyncio.Event())
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await slow_call(StringValue(value="x"), metadata=keys.metadata(), timeout=0.3)
+        await within(5, SLOW["ended"].wait())
+    assert call.cancelled()
+    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [r for r in caplog.records if r.name == "parapet.kit.errors"] == []
 
 
 def test_status_proto_puts_error_info_first() -> None:

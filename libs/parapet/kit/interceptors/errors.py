@@ -7,6 +7,12 @@ to a concurrent one is ABORTED ``CONCURRENT_CONFLICT``. Any other unexpected exc
 traceback and the caller gets only ``INTERNAL`` with reason ``INTERNAL_ERROR`` and the request id. None passes
 the exception's text on: it can hold SQL, file paths or secrets and must never reach a caller. Works mid-stream
 too: the messages already sent stay sent and the stream ends with the status.
+
+A ``CancelledError`` is the call's end when grpc cancelled the call's task (the client went away, the deadline
+passed, the server stopped): it propagates and the caller gets CANCELLED or DEADLINE_EXCEEDED from grpc. Raised
+in a task nobody cancelled, it is a cancellation that escaped from other work (a shared computation another
+caller cancelled, a helper task stopped): propagated, grpc.aio would end the call without any status and the
+client would wait for its deadline. It becomes INTERNAL ``INTERNAL_ERROR`` instead, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -63,7 +69,18 @@ def record_outcome(info: RpcInfo, context: grpc.aio.ServicerContext) -> None:
 
 def is_unexpected(exc: BaseException) -> bool:
     """An exception the kit maps to INTERNAL (a bug or an unplanned failure), not a deliberate status."""
+    if stray_cancellation(exc):
+        return True
     return isinstance(exc, Exception) and not isinstance(exc, ParapetError | grpc.aio.AbortError)
+
+
+def stray_cancellation(exc: BaseException) -> bool:
+    """A CancelledError although nobody cancelled the running task (the call's): grpc cancels the call's task
+    when the client cancels, the deadline passes or the server stops, so then ``cancelling()`` counts it."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcInfo) -> NoReturn:
@@ -71,6 +88,14 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
     if isinstance(exc, grpc.aio.AbortError):
         _record(info, context.code())  # the handler aborted by itself: its status stands
         raise exc
+    if stray_cancellation(exc):
+        log.error(
+            "a cancellation escaped into %s, whose call nobody cancelled; answering INTERNAL",
+            info.method,
+            exc_info=exc,
+            extra={"method": info.method},
+        )
+        await _internal(context, info)
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         # The client went away or the deadline passed (a stream's generator is closed: GeneratorExit). The
         # status is recorded here because the context must not be asked afterwards (see RpcInfo.peer).
@@ -97,6 +122,10 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         _record(info, unavailable.code, unavailable.reason)
         await context.abort_with_status(to_status(unavailable))
     log.error("unhandled exception in %s", info.method, exc_info=exc, extra={"method": info.method})
+    await _internal(context, info)
+
+
+async def _internal(context: grpc.aio.ServicerContext, info: RpcInfo) -> NoReturn:
     request_id = info.request_id
     internal = Internal(f"internal error (request id {request_id})" if request_id else "internal error")
     _record(info, internal.code, internal.reason)
