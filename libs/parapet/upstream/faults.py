@@ -12,6 +12,10 @@ The spec travels in the model name after the first ``;`` (``echo;status=503;time
 - ``chunk_delay=SECONDS``: wait before every later chunk
 - ``cut_after=N``: close the stream after N content chunks, without a finish or a terminator
 - ``malformed_after=N``: send an event that is not JSON after N content chunks, then stop
+- ``error_after=N``: send an error event after N content chunks (a stream that began with 200 reporting a
+  failure, as providers do when rate-limited or overloaded mid-answer), then end the stream
+- ``error_type=TYPE``: that event's error type (default ``api_error``; e.g. ``rate_limit_error``,
+  ``overloaded_error`` for Anthropic, ``rate_limit_exceeded``, ``server_error`` for OpenAI)
 - ``omit_usage``: report no usage (non-streaming answers too)
 - ``finish=stop|length``: the finish reason reported
 - ``reply=TEXT``: the answer (URL-style ``+`` for spaces); default: an echo of the last user message
@@ -35,6 +39,8 @@ class Fault:
     chunk_delay: float = 0.0
     cut_after: int | None = None
     malformed_after: int | None = None
+    error_after: int | None = None
+    error_type: str = "api_error"
     omit_usage: bool = False
     finish: str = "stop"
     reply: str | None = None
@@ -46,9 +52,9 @@ class Fault:
 
 
 _FLOATS = {"retry_after", "first_token_delay", "chunk_delay"}
-_INTS = {"status", "times", "cut_after", "malformed_after"}
+_INTS = {"status", "times", "cut_after", "malformed_after", "error_after"}
 _FLAGS = {"reset", "omit_usage"}
-_STRINGS = {"finish", "reply", "tag"}
+_STRINGS = {"finish", "reply", "tag", "error_type"}
 
 
 def split_model(model: str) -> tuple[str, str]:

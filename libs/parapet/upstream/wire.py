@@ -191,3 +191,11 @@ class StreamEncoder:
         if self.api == "openai":
             return b"data: {this is not json\n\n"
         return b"event: content_block_delta\ndata: {this is not json\n\n"
+
+    def error(self, error_type: str) -> bytes:
+        """An error reported inside a stream that began with 200, in the API's own shape: Anthropic's ``error``
+        event (``rate_limit_error``, ``overloaded_error``...), or OpenAI's chunk carrying an ``error`` object."""
+        error = {"type": error_type, "message": "emulated mid-stream error"}
+        if self.api == "openai":
+            return b"data: " + json.dumps({"error": {**error, "code": None}}).encode() + b"\n\n"
+        return self._event("error", {"type": "error", "error": error})

@@ -5,19 +5,13 @@ INVALID_ARGUMENT PROVIDER_REJECTED, never retried nor fallen back, and counted a
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import pytest
 
 from parapet.inference.v1 import inference_service_pb2, model_pb2
 from parapet.upstream import UpstreamServer
-from parapet.upstream.faults import Fault
-from parapet.upstream.wire import Api, StreamEncoder, read_prompt
 from services.inference.config import ProviderConfig, Timeouts
 from services.inference.providers.anthropic import AnthropicProvider
 from services.inference.providers.base import PromptMessage, ProviderError, ProviderRequest
@@ -25,48 +19,16 @@ from services.inference.providers.openai import OpenAIProvider
 from tests.integration.inference.conftest import StartInference, upstream_config
 
 
-@dataclass
-class ErrorEventUpstream(UpstreamServer):
-    """The emulator, plus models named ``error-event/<type>/<words>/<times>``: their streamed answer sends
-    ``<words>`` words, then an error event of ``<type>`` in the API's own shape; only the first ``<times>``
-    requests for the model (0: every one), the later ones answer normally."""
-
-    failed: Counter[str] = field(default_factory=Counter)
-
-    async def _answer(
-        self, writer: Any, api: Api, body: dict[str, Any], fault: Fault, keep_alive: bool
-    ) -> bool:
-        model = str(body.get("model", ""))
-        kind, _, spec = model.partition("/")
-        if kind != "error-event" or not body.get("stream"):
-            return await super()._answer(writer, api, body, fault, keep_alive)
-        error_type, words, times = spec.split("/")
-        if int(times) and self.failed[model] >= int(times):
-            return await super()._answer(writer, api, body, fault, keep_alive)
-        self.failed[model] += 1
-        encoder = StreamEncoder(api, read_prompt(api, body))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-        )
-        self._chunk(writer, encoder.start(5))
-        for index in range(int(words)):
-            self._chunk(writer, encoder.delta("word" if index == 0 else " word"))
-        self._chunk(writer, _error_event(api, error_type))
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return keep_alive
-
-
-def _error_event(api: Api, error_type: str) -> bytes:
-    error = {"type": error_type, "message": "emulated mid-stream error"}
-    if api == "anthropic":
-        return b"event: error\ndata: " + json.dumps({"type": "error", "error": error}).encode() + b"\n\n"
-    return b"data: " + json.dumps({"error": {**error, "code": None}}).encode() + b"\n\n"
+def error_event(error_type: str, *, after: int, times: int | None = None, name: str = "echo") -> str:
+    """An upstream model whose streamed answer sends ``after`` words, then an error event of ``error_type``
+    in the API's own shape (the emulator's ``error_after`` fault); only the first ``times`` requests."""
+    spec = f"{name};error_after={after};error_type={error_type}"
+    return spec if times is None else f"{spec};times={times}"
 
 
 @pytest.fixture
-async def events_upstream() -> AsyncIterator[ErrorEventUpstream]:
-    server = ErrorEventUpstream()
+async def events_upstream() -> AsyncIterator[UpstreamServer]:
+    server = UpstreamServer()
     async with server:
         yield server
 
@@ -97,12 +59,12 @@ async def _provider_error(provider: AnthropicProvider | OpenAIProvider, model: s
     ],
 )
 async def test_each_anthropic_error_type_mid_stream_is_its_kind(
-    events_upstream: ErrorEventUpstream, error_type: str, kind: str, retryable: bool
+    events_upstream: UpstreamServer, error_type: str, kind: str, retryable: bool
 ) -> None:
     config = ProviderConfig(kind="anthropic", base_url=events_upstream.base_url)
     provider = AnthropicProvider("anthropic", config, Timeouts())
     try:
-        error = await _provider_error(provider, f"error-event/{error_type}/1/0")
+        error = await _provider_error(provider, error_event(error_type, after=1))
     finally:
         await provider.close()
     assert (error.kind, error.retryable) == (kind, retryable)
@@ -119,40 +81,44 @@ async def test_each_anthropic_error_type_mid_stream_is_its_kind(
     ],
 )
 async def test_an_openai_error_chunk_mid_stream_is_its_kind(
-    events_upstream: ErrorEventUpstream, error_type: str, kind: str
+    events_upstream: UpstreamServer, error_type: str, kind: str
 ) -> None:
     config = ProviderConfig(kind="openai", base_url=events_upstream.base_url + "/v1")
     provider = OpenAIProvider("openai", config, Timeouts())
     try:
-        error = await _provider_error(provider, f"error-event/{error_type}/1/0")
+        error = await _provider_error(provider, error_event(error_type, after=1))
     finally:
         await provider.close()
     assert error.kind == kind
 
 
 async def test_a_mid_stream_rate_limit_is_retried_fallen_back_and_counted_by_the_breaker(
-    start_inference: StartInference, events_upstream: ErrorEventUpstream
+    start_inference: StartInference, events_upstream: UpstreamServer
 ) -> None:
     models = [
         # Rate-limited once, before any text: retried on the same model, which then answers.
-        {"name": "once", "provider": "anthropic", "upstream_model": "error-event/rate_limit_error/0/1"},
+        {
+            "name": "once",
+            "provider": "anthropic",
+            "upstream_model": error_event("rate_limit_error", after=0, times=1, name="once"),
+        },
         # Always rate-limited (or overloaded): the fallback answers, each failure named for what it was.
         {
             "name": "limited",
             "provider": "anthropic",
-            "upstream_model": "error-event/rate_limit_error/0/0",
+            "upstream_model": error_event("rate_limit_error", after=0),
             "fallbacks": ["busy", "ok"],
         },
-        {"name": "busy", "provider": "anthropic", "upstream_model": "error-event/overloaded_error/0/0"},
+        {"name": "busy", "provider": "anthropic", "upstream_model": error_event("overloaded_error", after=0)},
         {"name": "ok", "provider": "local"},
         # The request's own fault: the caller's error, at once.
         {
             "name": "invalid",
             "provider": "anthropic",
-            "upstream_model": "error-event/invalid_request_error/0/0",
+            "upstream_model": error_event("invalid_request_error", after=0),
         },
         # After text went out: interrupted, with the cause.
-        {"name": "late", "provider": "anthropic", "upstream_model": "error-event/rate_limit_error/2/0"},
+        {"name": "late", "provider": "anthropic", "upstream_model": error_event("rate_limit_error", after=2)},
     ]
     config = upstream_config(
         events_upstream,
@@ -164,7 +130,7 @@ async def test_a_mid_stream_rate_limit_is_retried_fallen_back_and_counted_by_the
         retried = await inference.stream("hello there", model="once")
         assert retried.error is None, retried.error
         assert retried.text == "You said: hello there"
-        assert len(events_upstream.requests_for("error-event/rate_limit_error/0/1")) == 2
+        assert len(events_upstream.requests_for("once")) == 2
 
         fallen = await inference.stream("hello", model="limited")
         assert fallen.error is None, fallen.error

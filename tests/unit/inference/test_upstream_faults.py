@@ -15,9 +15,12 @@ def test_specs_parse_and_later_ones_win() -> None:
     assert fault.is_error
     assert parse_fault("") == Fault()
     assert parse_fault("reset").reset
+    assert parse_fault("error_after=2;error_type=rate_limit_error") == Fault(
+        error_after=2, error_type="rate_limit_error"
+    )
 
 
-@pytest.mark.parametrize("spec", ["bogus=1", "status", "status=abc"])
+@pytest.mark.parametrize("spec", ["bogus=1", "status", "status=abc", "error_after=x", "error_type"])
 def test_bad_specs_are_refused(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_fault(spec)
