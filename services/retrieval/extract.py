@@ -3,15 +3,23 @@
 Offsets (citations, chunk spans) index the extracted text in Unicode code points. Markdown keeps its
 source text (a reader recognises it, and the model reads it fine); HTML becomes its visible text, block
 elements on their own lines, script/style dropped, entities decoded.
+
+Extraction runs in a worker thread that cannot be cancelled, on documents of up to 3 MiB, so every step
+is linear in the input: no pass re-reads text already emitted, and no regular expression can backtrack
+over a whole line.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from html import unescape
 from html.parser import HTMLParser
 
 MIME_TYPES = ("text/plain", "text/markdown", "text/html")
+#: A document's own title (HTML <title>, first Markdown heading) is cut here: it is stored and repeated in
+#: every citation, and an unclosed <title> would otherwise make the whole page its title.
+MAX_TITLE_CHARS = 1024
 
 
 class ExtractionError(Exception):
@@ -54,9 +62,14 @@ def decode(content: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def media_type(mime_type: str) -> str:
+    """The media type without parameters, lower case: what decides how content is extracted."""
+    return mime_type.split(";", 1)[0].strip().lower()
+
+
 def extract(content: bytes, mime_type: str) -> Extracted:
     """The text and blocks of `content`; raises `ExtractionError` for unusable input."""
-    media = mime_type.split(";", 1)[0].strip().lower()
+    media = media_type(mime_type)
     if media not in MIME_TYPES:
         raise ExtractionError(
             "MIME_TYPE_UNSUPPORTED", f"mime_type {mime_type!r} is not one of {', '.join(MIME_TYPES)}"
@@ -97,9 +110,16 @@ def _paragraphs(text: str, start: int, end: int) -> list[Block]:
     return blocks
 
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+# Only the start of a heading line is matched: `(.+?)[ \t#]*$` backtracked over the whole line, which
+# made a long line of spaces quadratic. The closing #s are stripped by `_heading_text`.
+_HEADING = re.compile(r"^#{1,6}[ \t].")
 _FENCE = re.compile(r"^[ \t]*(```|~~~)")
 _LIST_ITEM = re.compile(r"^[ \t]*([-*+]|\d+[.)])[ \t]+")
+
+
+def _heading_text(line: str) -> str:
+    """The text of an ATX heading line: without its opening and closing #s."""
+    return line.lstrip("#").rstrip(" \t#").strip()
 
 
 def _markdown(text: str) -> Extracted:
@@ -139,7 +159,7 @@ def _markdown(text: str) -> Extracted:
             block = _trimmed(text, line_start, line_end, "heading")
             if block:
                 blocks.append(block)
-            title = title or heading.group(2).strip()
+            title = title or _heading_text(line)[:MAX_TITLE_CHARS]
             continue
         if not line.strip():
             close_paragraph(line_start)
@@ -207,10 +227,14 @@ class _HtmlText(HTMLParser):
     length: int = 0
     blocks: list[Block] = field(default_factory=list)
     block_start: int = 0
+    #: Index in `parts` where the current block starts: a block boundary reads only the block's own parts
+    #: (joining every part at every boundary made a page of <p> elements quadratic).
+    block_part: int = 0
     kind: str = "text"
     skipping: int = 0
     in_title: bool = False
-    title: str = ""
+    title_parts: list[str] = field(default_factory=list)
+    title_length: int = 0
     pre: int = 0
 
     def __post_init__(self) -> None:
@@ -221,12 +245,15 @@ class _HtmlText(HTMLParser):
         self.length += len(data)
 
     def _break(self, kind: str = "text") -> None:
-        text = "".join(self.parts)
-        block = _trimmed(text, self.block_start, self.length, self.kind)
+        text = "".join(self.parts[self.block_part :])
+        block = _trimmed(text, 0, len(text), self.kind)
         if block:
-            self.blocks.append(block)
+            self.blocks.append(
+                Block(self.block_start + block.start, self.block_start + block.end, block.kind)
+            )
             self._emit("\n")
         self.block_start = self.length
+        self.block_part = len(self.parts)
         self.kind = kind
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -248,20 +275,43 @@ class _HtmlText(HTMLParser):
             self.pre -= tag == "pre" and self.pre > 0
 
     def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.title += data
+        if self.in_title and self.title_length < MAX_TITLE_CHARS:
+            self.title_parts.append(data)
+            self.title_length += len(data)
         if self.skipping:
             return
         if not self.pre:
             data = re.sub(r"\s+", " ", data)
-            if self.length == self.block_start or ("".join(self.parts[-1:]).endswith((" ", "\n"))):
+            if self.length == self.block_start or (self.parts and self.parts[-1].endswith((" ", "\n"))):
                 data = data.lstrip()
         self._emit(data)
+
+    def parse_html_declaration(self, i: int) -> int:
+        # In HTML content `<![...` is a bogus comment ending at the next `>` (HTML5). The base class parses
+        # it as an SGML marked section and raises AssertionError on an unknown keyword (`<![foo[`).
+        if self.rawdata.startswith("<![", i):
+            return self.parse_bogus_comment(i)
+        return super().parse_html_declaration(i)
+
+    def finish(self) -> None:
+        """The end of the input, instead of `close()`. After `feed` the parser holds back only what could
+        not be completed: a construct with no end in the rest of the input (a comment without `-->`, a tag
+        without `>`) and everything after it, or trailing text. CPython 3.11's `close()` re-scans such a
+        construct for every `<` after it (quadratic); HTML5 (and CPython from 3.13.4) closes the comment or
+        drops the tag at the end of the file, so nothing visible remains of it. Only text is kept (a last
+        lone `<` is text too)."""
+        rest, self.rawdata = self.rawdata, ""
+        if rest and (rest == "<" or not rest.startswith("<")) and not self.cdata_elem:
+            self.handle_data(unescape(rest))
+        self._break()
+
+    @property
+    def title(self) -> str:
+        return re.sub(r"\s+", " ", "".join(self.title_parts)).strip()[:MAX_TITLE_CHARS]
 
 
 def _html(source: str) -> Extracted:
     parser = _HtmlText()
     parser.feed(source)
-    parser.close()
-    parser._break()
-    return Extracted("".join(parser.parts), parser.blocks, re.sub(r"\s+", " ", parser.title).strip())
+    parser.finish()
+    return Extracted("".join(parser.parts), parser.blocks, parser.title)

@@ -1,10 +1,15 @@
-"""Ingesting one document: validate, extract, chunk, embed in batches, store; idempotent by content hash.
+"""Ingesting one document: validate, extract, chunk, embed in batches, store; idempotent by content hash
+and media type.
 
 Order of writes, so a reader never sees a half-replaced document: (1) the new chunks' vectors go to the
-vector store under new ids (ids derive from the content hash, so nothing visible changes: a query returns
-only chunks whose PostgreSQL row exists); (2) one transaction swaps the chunk rows and the document row
-(and, for a replaced document, queues a DocumentsDeletedEvent with reason REPLACED); (3) the old vectors
-are deleted. A crash between steps leaves only unreferenced vectors, never a mixed document.
+vector store under new ids (ids derive from the content hash and media type, so nothing visible changes: a
+query returns only chunks whose PostgreSQL row exists); (2) one transaction swaps the chunk rows and the
+document row (and, for a replaced document, queues a DocumentsDeletedEvent with reason REPLACED); (3) the
+old vectors are deleted. A crash between steps leaves only unreferenced vectors, never a mixed document.
+
+An existing document is changed only by its owner or an admin, and only if they can read it
+(`Writer.may_change`); anyone else gets one refusal, `DOCUMENT_NOT_WRITABLE`, whether they can read the
+document or not.
 """
 
 from __future__ import annotations
@@ -14,13 +19,24 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from tokenizers import Tokenizer
 
 from parapet.embeddings import Embedder, EmbeddingUnavailable
 from parapet.kit.database import Database
-from parapet.kit.errors import InvalidArgument, Unavailable, to_status_proto
+from parapet.kit.errors import (
+    Aborted,
+    InvalidArgument,
+    ParapetError,
+    PermissionDenied,
+    Unavailable,
+    to_status_proto,
+)
+from parapet.kit.identity import Principal
 from parapet.kit.inbound import nul_field
+from parapet.kit.permissions import ADMIN, has_permission
 from parapet.retrieval.v1 import document_pb2
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
@@ -28,7 +44,7 @@ from parapet.status.v1 import status_pb2
 from services.retrieval import repository
 from services.retrieval.chunking import Chunk, ChunkingOptions, chunk
 from services.retrieval.events import OutboxRelay, record_deletion
-from services.retrieval.extract import Extracted, ExtractionError, extract
+from services.retrieval.extract import Extracted, ExtractionError, extract, media_type
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.protocol import (
     PUBLIC_GROUP,
@@ -36,6 +52,7 @@ from services.retrieval.stores.protocol import (
     VectorStore,
     VectorStoreUnavailable,
     chunk_id_for,
+    readable_by,
 )
 
 MAX_METADATA_ENTRIES = 64
@@ -43,10 +60,47 @@ _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 
 
 class Rejected(Exception):
+    """A document that cannot be ingested whatever is stored: INVALID_ARGUMENT naming the field."""
+
     def __init__(self, reason: str, message: str, field_name: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.field_name = field_name
+
+    def to_error(self) -> InvalidArgument:
+        return InvalidArgument(str(self), reason=self.reason, field_violations=[(self.field_name, str(self))])
+
+
+def not_writable(document_id: str) -> PermissionDenied:
+    """The one refusal for every id the caller may not change, whether it can read that document or not:
+    it says the id is taken, and nothing of the document (its groups, owner or content)."""
+    return PermissionDenied(
+        f"document id {document_id!r} is taken by a document this caller may not change (only its owner "
+        "or an admin, among those who can read it, may); choose another id",
+        reason="DOCUMENT_NOT_WRITABLE",
+        metadata={"document_id": document_id},
+    )
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Who ingests: documents it creates are owned by `subject`."""
+
+    tenant_id: str
+    subject: str
+    groups: tuple[str, ...] = ()
+    admin: bool = False
+
+    @classmethod
+    def of(cls, principal: Principal) -> Writer:
+        return cls(principal.tenant_id, principal.subject, principal.groups, has_permission(principal, ADMIN))
+
+    def may_change(self, document: repository.DocumentRow) -> bool:
+        """Only the owner (or an admin) decides a document's text, groups and metadata, and only while able
+        to read it: a reader of a shared document could otherwise rewrite a colleague's text under their
+        name, and an `ingest` caller outside its groups could overwrite or re-group it blind."""
+        readable = readable_by(document.access_groups, self.groups)
+        return readable and (self.admin or document.owner_user_id == self.subject)
 
 
 @dataclass
@@ -63,6 +117,15 @@ class Progress:
             documents_rejected=self.rejected,
             chunks_stored=self.chunks_stored,
         )
+
+    def record(self, result: pb.DocumentResult) -> None:
+        """Counts a document's final result."""
+        if result.outcome == pb.DOCUMENT_OUTCOME_REJECTED:
+            self.rejected += 1
+            return
+        self.done += 1
+        if result.outcome != pb.DOCUMENT_OUTCOME_UNCHANGED:
+            self.chunks_stored += result.chunk_count
 
 
 @dataclass(frozen=True)
@@ -109,10 +172,8 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
         )
 
 
-def _rejection(index: int, document_id: str, error: Rejected) -> pb.DocumentResult:
-    status = to_status_proto(
-        InvalidArgument(str(error), reason=error.reason, field_violations=[(error.field_name, str(error))])
-    )
+def _rejection(index: int, document_id: str, error: ParapetError) -> pb.DocumentResult:
+    status = to_status_proto(error)
     return pb.DocumentResult(
         index=index,
         document_id=document_id,
@@ -127,10 +188,49 @@ class Prepared:
 
     index: int
     document_id: str
-    row: dict[str, object]
+    row: dict[str, Any]
     groups: list[str]
     metadata: dict[str, str]
     chunks: list[repository.NewChunk]
+
+
+def _row(document: document_pb2.Document, content: bytes, owner: str) -> dict[str, Any]:
+    """The document row to write, but for what extraction decides (title fallback, chunk count)."""
+    return {
+        "document_id": document.document_id,
+        "title": document.title,
+        "source_uri": document.source_uri,
+        "mime_type": media_type(document.mime_type),
+        "metadata": dict(document.metadata),
+        "access_groups": sorted(set(document.access_groups)),
+        "owner_user_id": owner,
+        "content_sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": len(content),
+    }
+
+
+def _same_content(document: repository.DocumentRow, row: dict[str, Any]) -> bool:
+    """Whether `row` would extract to the stored chunks: the media type decides the text as much as the
+    bytes do (the same bytes as text/plain and as text/html are different documents)."""
+    return (document.content_sha256, document.mime_type) == (row["content_sha256"], row["mime_type"])
+
+
+def _content_key(row: dict[str, Any]) -> str:
+    """What a document's chunk ids derive from: the content and its media type."""
+    return f"{row['content_sha256']}:{row['mime_type']}"
+
+
+def _attributes_changed(row: dict[str, Any], document: repository.DocumentRow) -> bool:
+    return (row["title"], row["source_uri"], row["metadata"], row["access_groups"]) != (
+        document.title,
+        document.source_uri,
+        document.metadata,
+        sorted(document.access_groups),
+    )
+
+
+def _store_unavailable(error: VectorStoreUnavailable) -> Unavailable:
+    return Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE")
 
 
 class Ingestor:
@@ -157,24 +257,22 @@ class Ingestor:
 
     async def ingest(
         self,
-        tenant_id: str,
-        owner: str,
+        writer: Writer,
         index: int,
         document: document_pb2.Document,
         content: bytes,
         progress: Progress,
     ) -> pb.DocumentResult:
         """Ingests one document; a bad one gives a REJECTED result, an outage raises UNAVAILABLE."""
-        prepared = await self.prepare(tenant_id, owner, index, document, content, progress)
+        prepared = await self.prepare(writer, index, document, content, progress)
         if isinstance(prepared, Prepared):
-            (result,) = await self.store(tenant_id, owner, [prepared], progress)
+            (result,) = await self.store(writer, [prepared], progress)
             return result
         return prepared
 
     async def prepare(
         self,
-        tenant_id: str,
-        owner: str,
+        writer: Writer,
         index: int,
         document: document_pb2.Document,
         content: bytes,
@@ -184,21 +282,21 @@ class Ingestor:
         progress.received += 1
         try:
             validate(document, content, self._options.max_document_bytes)
-            prepared = await self._prepare(tenant_id, owner, index, document, content)
+            prepared = await self._prepare(writer, index, document, content)
         except Rejected as error:
-            progress.rejected += 1
-            return _rejection(index, document.document_id, error)
+            prepared = _rejection(index, document.document_id, error.to_error())
         except ExtractionError as error:
-            progress.rejected += 1
-            return _rejection(index, document.document_id, Rejected(error.reason, str(error), "content"))
+            prepared = _rejection(
+                index, document.document_id, Rejected(error.reason, str(error), "content").to_error()
+            )
         except VectorStoreUnavailable as error:
-            raise Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE") from error
+            raise _store_unavailable(error) from error
         if isinstance(prepared, pb.DocumentResult):
-            progress.done += 1
+            progress.record(prepared)
         return prepared
 
     async def store(
-        self, tenant_id: str, owner: str, documents: list[Prepared], progress: Progress
+        self, writer: Writer, documents: list[Prepared], progress: Progress
     ) -> list[pb.DocumentResult]:
         """Embeds the chunks of `documents` in one call and stores each document; results in order."""
         texts = [c.text for d in documents for c in d.chunks]
@@ -208,30 +306,18 @@ class Ingestor:
             raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
         records = [
             VectorRecord(c.chunk_id, d.document_id, v, tuple(d.groups), d.metadata)
-            for d, c, v in zip(
-                [d for d in documents for _ in d.chunks],
-                [c for d in documents for c in d.chunks],
-                vectors,
-                strict=True,
-            )
+            for (d, c), v in zip([(d, c) for d in documents for c in d.chunks], vectors, strict=True)
         ]
         results = []
         try:
             # One upsert for the whole group: the vectors stay invisible until their chunk rows commit.
-            await self._store.upsert(tenant_id, records)
+            await self._store.upsert(writer.tenant_id, records)
+            for prepared in documents:
+                result = await self._store_one(writer, prepared)
+                progress.record(result)
+                results.append(result)
         except VectorStoreUnavailable as error:
-            raise Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE") from error
-        for prepared in documents:
-            try:
-                result = await self._store_one(tenant_id, owner, prepared)
-            except VectorStoreUnavailable as error:
-                raise Unavailable(
-                    f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE"
-                ) from error
-            progress.done += 1
-            if result.outcome != pb.DOCUMENT_OUTCOME_UNCHANGED:
-                progress.chunks_stored += result.chunk_count
-            results.append(result)
+            raise _store_unavailable(error) from error
         return results
 
     def _extract_and_chunk(self, content: bytes, mime_type: str) -> tuple[Extracted, list[Chunk]]:
@@ -239,56 +325,38 @@ class Ingestor:
         return extracted, chunk(extracted, self._tokenizer, self._options.chunking)
 
     async def _prepare(
-        self, tenant_id: str, owner: str, index: int, document: document_pb2.Document, content: bytes
+        self, writer: Writer, index: int, document: document_pb2.Document, content: bytes
     ) -> Prepared | pb.DocumentResult:
-        sha = hashlib.sha256(content).hexdigest()
-        groups = sorted(set(document.access_groups))
-        metadata = dict(document.metadata)
-        row: dict[str, object] = {
-            "document_id": document.document_id,
-            "title": document.title,
-            "source_uri": document.source_uri,
-            "mime_type": document.mime_type.split(";", 1)[0].strip().lower(),
-            "metadata": metadata,
-            "access_groups": groups,
-            "owner_user_id": owner,
-            "content_sha256": sha,
-            "size_bytes": len(content),
-        }
-        async with tenant_scope(self._database, tenant_id) as session:
-            existing = await repository.lock_document(session, tenant_id, document.document_id)
-        if existing is not None and existing.content_sha256 == sha:
-            return await self._unchanged(tenant_id, index, row, existing)
-        extracted, chunks = await asyncio.to_thread(self._extract_and_chunk, content, document.mime_type)
+        row = _row(document, content, writer.subject)
+        document_id = document.document_id
+        async with tenant_scope(self._database, writer.tenant_id) as session:
+            existing = await repository.get_document(session, writer.tenant_id, document_id)
+        if existing is not None and not writer.may_change(existing):
+            return _rejection(index, document_id, not_writable(document_id))
+        if existing is not None and _same_content(existing, row):
+            return await self._unchanged(writer.tenant_id, index, row, existing)
+        extracted, chunks = await asyncio.to_thread(self._extract_and_chunk, content, row["mime_type"])
         row["title"] = row["title"] or extracted.title
         row["chunk_count"] = len(chunks)
+        key = _content_key(row)
         new_chunks = [
-            repository.NewChunk(
-                chunk_id_for(document.document_id, sha, c.ordinal), c.ordinal, c.text, c.start, c.end
-            )
+            repository.NewChunk(chunk_id_for(document_id, key, c.ordinal), c.ordinal, c.text, c.start, c.end)
             for c in chunks
         ]
-        return Prepared(index, document.document_id, row, groups, metadata, new_chunks)
+        return Prepared(index, document_id, row, row["access_groups"], row["metadata"], new_chunks)
 
-    async def _store_one(self, tenant_id: str, owner: str, prepared: Prepared) -> pb.DocumentResult:
-        """Swaps the document's chunk rows in one transaction (its vectors are already stored)."""
-        document_id = prepared.document_id
+    async def _store_one(self, writer: Writer, prepared: Prepared) -> pb.DocumentResult:
+        """Swaps the document's chunk rows in one transaction (its vectors are already stored), unless a
+        concurrent ingestion stored the id since `prepare` (`_lost_race`)."""
+        tenant_id, document_id = writer.tenant_id, prepared.document_id
         async with tenant_scope(self._database, tenant_id) as session:
-            current = await repository.lock_document(session, tenant_id, document_id)
-            if current is not None and current.content_sha256 == prepared.row["content_sha256"]:
-                # A concurrent ingestion of the same content won; our vectors have the same ids.
-                return pb.DocumentResult(
-                    index=prepared.index,
-                    document_id=document_id,
-                    outcome=pb.DOCUMENT_OUTCOME_UNCHANGED,
-                    chunk_count=current.chunk_count,
-                )
-            old_ids = await repository.chunk_ids(session, tenant_id, [document_id])
-            await repository.write_document(session, tenant_id, prepared.row, prepared.chunks)
-            if current is not None:
-                await record_deletion(
-                    session, tenant_id, [document_id], events_pb2.DELETION_REASON_REPLACED, requested_by=owner
-                )
+            current = await repository.get_document(session, tenant_id, document_id, lock=True)
+            replaces = current is None or (
+                writer.may_change(current) and not _same_content(current, prepared.row)
+            )
+            old_ids = await self._replace(session, writer, prepared, current) if replaces else []
+        if current is not None and not replaces:
+            return await self._lost_race(writer, prepared, current)
         stale = sorted(set(old_ids) - {c.chunk_id for c in prepared.chunks})
         if stale:
             await self._store.delete_chunks(tenant_id, stale)
@@ -301,30 +369,82 @@ class Ingestor:
             chunk_count=len(prepared.chunks),
         )
 
-    async def _unchanged(
-        self, tenant_id: str, index: int, row: dict[str, object], existing: repository.DocumentRow
+    async def _replace(
+        self,
+        session: AsyncSession,
+        writer: Writer,
+        prepared: Prepared,
+        current: repository.DocumentRow | None,
+    ) -> list[str]:
+        """Writes the document and its chunk rows in the caller's transaction; returns the old chunk ids."""
+        tenant_id, document_id = writer.tenant_id, prepared.document_id
+        old_ids = await repository.chunk_ids(session, tenant_id, [document_id])
+        await repository.write_document(session, tenant_id, prepared.row, prepared.chunks)
+        if current is not None:
+            await record_deletion(
+                session,
+                tenant_id,
+                [document_id],
+                events_pb2.DELETION_REASON_REPLACED,
+                requested_by=writer.subject,
+            )
+        return old_ids
+
+    async def _lost_race(
+        self, writer: Writer, prepared: Prepared, current: repository.DocumentRow
     ) -> pb.DocumentResult:
-        """Same content: nothing is re-embedded; changed title, metadata or groups are applied."""
-        row["chunk_count"] = existing.chunk_count
-        row["title"] = row["title"] or existing.title
-        row["owner_user_id"] = existing.owner_user_id
-        changed = (
-            row["title"] != existing.title
-            or row["source_uri"] != existing.source_uri
-            or row["metadata"] != existing.metadata
-            or row["access_groups"] != sorted(existing.access_groups)
-        )
-        if changed:
-            groups: list[str] = row["access_groups"]  # type: ignore[assignment]
-            metadata: dict[str, str] = row["metadata"]  # type: ignore[assignment]
-            async with tenant_scope(self._database, tenant_id) as session:
-                await repository.write_document(session, tenant_id, row, None)
-                ids = await repository.chunk_ids(session, tenant_id, [existing.document_id])
-            # The chunk rows (checked on every query) changed in the transaction; the store follows.
-            await self._store.set_attributes(tenant_id, ids, groups, metadata)
+        """Someone stored this id between `prepare` and `store`: the same content (ours is unchanged), or a
+        document this writer may not change (refused). Our upserted vectors that no chunk row references
+        are deleted; those it references (same content, same ids) were given our groups and metadata, which
+        stand only if the writer may change the document: otherwise the stored ones are put back."""
+        tenant_id, document_id = writer.tenant_id, prepared.document_id
+        async with tenant_scope(self._database, tenant_id) as session:
+            referenced = set(await repository.chunk_ids(session, tenant_id, [document_id]))
+        ours = [c.chunk_id for c in prepared.chunks]
+        await self._store.delete_chunks(tenant_id, [i for i in ours if i not in referenced])
+        if writer.may_change(current):
+            return await self._unchanged(tenant_id, prepared.index, prepared.row, current)
+        shared = [i for i in ours if i in referenced]
+        if shared:
+            await self._store.set_attributes(tenant_id, shared, current.access_groups, current.metadata)
+        return _rejection(prepared.index, document_id, not_writable(document_id))
+
+    async def _unchanged(
+        self, tenant_id: str, index: int, row: dict[str, Any], existing: repository.DocumentRow
+    ) -> pb.DocumentResult:
+        """Same content and media type: nothing is re-extracted or re-embedded; changed title, source,
+        metadata or groups are applied. The owner stays: the text is still the one they gave."""
+        wanted = row | {
+            "title": row["title"] or existing.title,
+            "owner_user_id": existing.owner_user_id,
+            "chunk_count": existing.chunk_count,
+        }
+        if _attributes_changed(wanted, existing):
+            await self._change_attributes(tenant_id, existing, wanted)
         return pb.DocumentResult(
             index=index,
             document_id=existing.document_id,
             outcome=pb.DOCUMENT_OUTCOME_UNCHANGED,
             chunk_count=existing.chunk_count,
         )
+
+    async def _change_attributes(
+        self, tenant_id: str, existing: repository.DocumentRow, row: dict[str, Any]
+    ) -> None:
+        """The vector store first, then the rows. Committing the rows first left the store stale for good
+        when it then failed: the retry saw nothing to change. Now a failed store call commits nothing, so
+        the retry sees the change again and makes it; meanwhile the store may be ahead of the chunk rows,
+        which is harmless as every query re-checks the rows. The rows are written only if the document is
+        still as read (else ABORTED: a concurrent change won, and a retry starts over from it)."""
+        document_id = existing.document_id
+        async with tenant_scope(self._database, tenant_id) as session:
+            ids = await repository.chunk_ids(session, tenant_id, [document_id])
+        await self._store.set_attributes(tenant_id, ids, row["access_groups"], row["metadata"])
+        async with tenant_scope(self._database, tenant_id) as session:
+            current = await repository.get_document(session, tenant_id, document_id, lock=True)
+            if current != existing:
+                raise Aborted(
+                    f"document {document_id!r} changed during this ingestion; retry",
+                    reason="CONCURRENT_CONFLICT",
+                )
+            await repository.write_document(session, tenant_id, row, None)

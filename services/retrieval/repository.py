@@ -74,12 +74,17 @@ def _document(row: Any) -> DocumentRow:
     )
 
 
-async def lock_document(session: AsyncSession, tenant_id: str, document_id: str) -> DocumentRow | None:
-    """The document, locked until the transaction ends (concurrent ingestions of one id take turns)."""
+async def get_document(
+    session: AsyncSession, tenant_id: str, document_id: str, *, lock: bool = False
+) -> DocumentRow | None:
+    """The document whatever its groups (the caller decides what the caller may do with it, see
+    `ingest.Writer`); with `lock`, locked until the transaction ends (concurrent writers of one id take
+    turns)."""
     row = (
         await session.execute(
             text(
-                f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE tenant_id = :t AND document_id = :d FOR UPDATE"
+                f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE tenant_id = :t AND document_id = :d"
+                + (" FOR UPDATE" if lock else "")
             ),
             {"t": tenant_id, "d": document_id},
         )
@@ -101,7 +106,8 @@ async def write_document(
     document: Mapping[str, Any],
     chunks: Sequence[NewChunk] | None,
 ) -> None:
-    """Creates or updates the document row; with `chunks`, replaces its chunks (same transaction)."""
+    """Creates or updates the document row; with `chunks`, replaces its chunks (same transaction). The
+    owner is who gave the text: the caller keeps it on a change of attributes only (ingest._unchanged)."""
     params = dict(document) | {
         "t": tenant_id,
         "metadata": json.dumps(document["metadata"]),
@@ -116,7 +122,8 @@ async def write_document(
                     :owner_user_id, :content_sha256, :size_bytes, :chunk_count)
             ON CONFLICT (tenant_id, document_id) DO UPDATE SET title = excluded.title,
                 source_uri = excluded.source_uri, mime_type = excluded.mime_type, metadata = excluded.metadata,
-                access_groups = excluded.access_groups, content_sha256 = excluded.content_sha256,
+                access_groups = excluded.access_groups, owner_user_id = excluded.owner_user_id,
+                content_sha256 = excluded.content_sha256,
                 size_bytes = excluded.size_bytes, chunk_count = excluded.chunk_count, update_time = now()
             """
         ),

@@ -18,7 +18,7 @@ from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
 from services.retrieval.deletion import Deleter
-from services.retrieval.ingest import Ingestor, Prepared, Progress
+from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
 from services.retrieval.permissions import DOCUMENTS_DELETE, DOCUMENTS_READ, INGEST
 from services.retrieval.scope import tenant_scope
 from services.retrieval.search import Searcher, SearchRequest
@@ -65,8 +65,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
     async def IngestDocuments(
         self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: grpc.aio.ServicerContext
     ) -> pb.IngestDocumentsResponse:
-        principal = self._caller(INGEST)
-        tenant, owner = principal.tenant_id, principal.subject
+        writer = Writer.of(self._caller(INGEST))
         progress = Progress()
         results: list[pb.DocumentResult] = []
         # Small documents share embedding batches: the model is much faster on 32 texts at once.
@@ -74,7 +73,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         index = 0
         async for request in request_iterator:
             prepared = await self._ingestor.prepare(
-                tenant, owner, index, request.document, request.content, progress
+                writer, index, request.document, request.content, progress
             )
             index += 1
             if not isinstance(prepared, Prepared):
@@ -82,10 +81,10 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
                 continue
             pending.append(prepared)
             if sum(len(p.chunks) for p in pending) >= BATCH_CHUNKS or len(pending) >= BATCH_DOCUMENTS:
-                results += await self._ingestor.store(tenant, owner, pending, progress)
+                results += await self._ingestor.store(writer, pending, progress)
                 pending = []
         if pending:
-            results += await self._ingestor.store(tenant, owner, pending, progress)
+            results += await self._ingestor.store(writer, pending, progress)
         results.sort(key=lambda r: r.index)
         return pb.IngestDocumentsResponse(results=results, progress=progress.to_proto())
 
@@ -94,7 +93,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         request_iterator: AsyncIterator[pb.StreamIngestDocumentsRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamIngestDocumentsResponse]:
-        principal = self._caller(INGEST)
+        writer = Writer.of(self._caller(INGEST))
         progress = Progress()
         outbox: asyncio.Queue[pb.StreamIngestDocumentsResponse | BaseException | None] = asyncio.Queue()
 
@@ -103,12 +102,7 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
                 index = 0
                 async for request in request_iterator:
                     result = await self._ingestor.ingest(
-                        principal.tenant_id,
-                        principal.subject,
-                        index,
-                        request.document,
-                        request.content,
-                        progress,
+                        writer, index, request.document, request.content, progress
                     )
                     outbox.put_nowait(pb.StreamIngestDocumentsResponse(result=result))
                     index += 1

@@ -10,7 +10,8 @@ recall and latency with a filter keeping 10% of a tenant's rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -31,6 +32,16 @@ from services.retrieval.stores.protocol import (
 def vector_literal(vector: Sequence[float]) -> str:
     """pgvector's text form; 7 significant digits keep float32 precision."""
     return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+@contextmanager
+def _unavailable_on_error(action: str) -> Iterator[None]:
+    """A refused or failed statement is the store's failure (VECTOR_STORE_UNAVAILABLE upstream), as with
+    the Pinecone store, whichever call made it."""
+    try:
+        yield
+    except DBAPIError as error:
+        raise VectorStoreUnavailable(f"pgvector {action} failed: {type(error.orig).__name__}") from error
 
 
 @dataclass(frozen=True)
@@ -70,11 +81,9 @@ class PgVectorStore:
                 embedding = excluded.embedding, access_groups = excluded.access_groups, metadata = excluded.metadata
             """
         )
-        try:
+        with _unavailable_on_error("upsert"):
             async with tenant_scope(self._database, tenant_id) as session:
                 await session.execute(sql, rows)
-        except DBAPIError as error:
-            raise VectorStoreUnavailable(f"pgvector upsert failed: {type(error.orig).__name__}") from error
 
     async def query(
         self, tenant_id: str, vector: Sequence[float], top_k: int, where: VectorFilter
@@ -103,7 +112,7 @@ class PgVectorStore:
             SELECT chunk_id, document_id, distance FROM nearest ORDER BY distance
             """
         )
-        try:
+        with _unavailable_on_error("query"):
             async with tenant_scope(self._database, tenant_id) as session:
                 await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
                 await session.execute(text(f"SET LOCAL hnsw.ef_search = {int(self._options.ef_search)}"))
@@ -111,8 +120,6 @@ class PgVectorStore:
                     text(f"SET LOCAL hnsw.max_scan_tuples = {int(self._options.max_scan_tuples)}")
                 )
                 rows = (await session.execute(sql, params)).all()
-        except DBAPIError as error:
-            raise VectorStoreUnavailable(f"pgvector query failed: {type(error.orig).__name__}") from error
         return [VectorHit(row.chunk_id, row.document_id, 1.0 - float(row.distance)) for row in rows]
 
     async def set_attributes(
@@ -122,19 +129,20 @@ class PgVectorStore:
         access_groups: Sequence[str],
         metadata: Mapping[str, str],
     ) -> None:
-        async with tenant_scope(self._database, tenant_id) as session:
-            await session.execute(
-                text(
-                    "UPDATE chunk_vectors SET access_groups = :g, metadata = CAST(:m AS jsonb)"
-                    " WHERE tenant_id = :t AND chunk_id = ANY(CAST(:ids AS text[]))"
-                ),
-                {
-                    "t": tenant_id,
-                    "ids": list(chunk_ids),
-                    "g": list(stored_groups(access_groups)),
-                    "m": json.dumps(dict(metadata)),
-                },
-            )
+        with _unavailable_on_error("update"):
+            async with tenant_scope(self._database, tenant_id) as session:
+                await session.execute(
+                    text(
+                        "UPDATE chunk_vectors SET access_groups = :g, metadata = CAST(:m AS jsonb)"
+                        " WHERE tenant_id = :t AND chunk_id = ANY(CAST(:ids AS text[]))"
+                    ),
+                    {
+                        "t": tenant_id,
+                        "ids": list(chunk_ids),
+                        "g": list(stored_groups(access_groups)),
+                        "m": json.dumps(dict(metadata)),
+                    },
+                )
 
     async def delete_chunks(self, tenant_id: str, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
@@ -148,8 +156,9 @@ class PgVectorStore:
         await self._delete(tenant_id, "true", [])
 
     async def _delete(self, tenant_id: str, condition: str, ids: list[str]) -> None:
-        async with tenant_scope(self._database, tenant_id) as session:
-            await session.execute(
-                text(f"DELETE FROM chunk_vectors WHERE tenant_id = :t AND {condition}"),
-                {"t": tenant_id, "ids": ids},
-            )
+        with _unavailable_on_error("delete"):
+            async with tenant_scope(self._database, tenant_id) as session:
+                await session.execute(
+                    text(f"DELETE FROM chunk_vectors WHERE tenant_id = :t AND {condition}"),
+                    {"t": tenant_id, "ids": ids},
+                )

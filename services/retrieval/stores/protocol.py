@@ -28,17 +28,24 @@ def reader_groups(caller_groups: Sequence[str]) -> tuple[str, ...]:
     return (*sorted(set(caller_groups) - {PUBLIC_GROUP}), PUBLIC_GROUP)
 
 
+def readable_by(document_groups: Sequence[str], caller_groups: Sequence[str]) -> bool:
+    """Whether a caller may read a document: the rule of every query's group filter (stored groups
+    overlap the reader's), for code that holds a document already."""
+    return not set(stored_groups(document_groups)).isdisjoint(reader_groups(caller_groups))
+
+
 def document_key(document_id: str) -> str:
     """A fixed-length, id-safe key of a document (ids may be any 512 characters; Pinecone ids are ASCII)."""
     return hashlib.sha256(document_id.encode()).hexdigest()[:32]
 
 
-def chunk_id_for(document_id: str, content_sha256: str, ordinal: int) -> str:
+def chunk_id_for(document_id: str, content_key: str, ordinal: int) -> str:
     """The chunk id: `<document key>#<content and position>`, stable while the document is unchanged.
+    `content_key` names what the chunks were extracted from (content hash and media type).
 
     The document-key prefix lets stores that list ids by prefix (Pinecone) find a document's vectors.
     """
-    part = hashlib.sha256(f"{content_sha256}:{ordinal}".encode()).hexdigest()[:16]
+    part = hashlib.sha256(f"{content_key}:{ordinal}".encode()).hexdigest()[:16]
     return f"{document_key(document_id)}#{part}"
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.retrieval.extract import ExtractionError, extract
+from services.retrieval import extract as extract_module
+from services.retrieval.extract import MAX_TITLE_CHARS, Block, ExtractionError, extract
+from services.retrieval.ingest import IngestOptions
 
 
 def _blocks(content: bytes, mime: str) -> list[tuple[str, str]]:
@@ -66,3 +68,102 @@ def test_unusable_input_is_rejected_with_a_reason(content: bytes, mime: str, rea
     with pytest.raises(ExtractionError) as raised:
         extract(content, mime)
     assert raised.value.reason == reason
+
+
+PAGE = b"""<!DOCTYPE html><html><head><title>
+  Leave   policy
+</title><meta charset="utf-8"></head>
+<body><nav><a href="/">Home</a> | <a href="/hr">HR</a></nav>
+<main><h1>Annual   leave</h1>
+<div><p>Full-time staff get <b>25</b>&nbsp;days.<br>Part-time staff: pro rata.</p>
+<ul><li>Carry over up to <i>5</i> days</li><li>Ask&nbsp;your manager &amp; HR</li></ul></div>
+<pre>  code   line 1
+  line 2</pre><table><tr><td>A</td><td>B &lt;C&gt;</td></tr></table>
+<p>1 &lt; 2 and 3 > 2</p><!-- hidden --><noscript>no js</noscript></main></body></html>"""
+
+
+def test_an_ordinary_page_extracts_as_it_always_did() -> None:
+    # Pinned from the extractor before block boundaries became linear: same text, blocks and title.
+    extracted = extract(PAGE, "text/html")
+    assert extracted.title == "Leave policy"
+    assert _blocks(PAGE, "text/html") == [
+        ("text", "Home | HR"),
+        ("heading", "Annual leave"),
+        ("text", "Full-time staff get 25 days."),
+        ("text", "Part-time staff: pro rata."),
+        ("text", "Carry over up to 5 days"),
+        ("text", "Ask your manager & HR"),
+        ("code", "code   line 1\n  line 2"),
+        ("text", "A"),
+        ("text", "B <C>"),
+        ("text", "1 < 2 and 3 > 2"),
+    ]
+    assert extracted.text.endswith("1 < 2 and 3 > 2\n")
+
+
+def test_html_block_boundaries_read_only_their_own_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each block boundary used to join the whole text emitted so far: n blocks cost n² characters.
+    # Counted, not timed: the text handed to `_trimmed` over a document must grow with the document.
+    read = 0
+    original = extract_module._trimmed
+
+    def counting(text: str, start: int, end: int, kind: str) -> Block | None:
+        nonlocal read
+        read += len(text)
+        return original(text, start, end, kind)
+
+    monkeypatch.setattr(extract_module, "_trimmed", counting)
+    source = b"<p>x</p>" * 5_000
+    extracted = extract(source, "text/html")
+    assert len(extracted.blocks) == 5_000
+    assert read <= 2 * len(extracted.text)
+
+
+def test_a_largest_allowed_html_document_of_block_tags_extracts() -> None:
+    # 3 MiB of <p> elements took about 40 minutes when extraction was quadratic; the test's own timeout
+    # (pytest `timeout`) is the bound here, never a wall-time assertion. bench: ~4 s on this machine.
+    size = IngestOptions().max_document_bytes
+    source = b"<div><p>x</p><br></div>" * (size // 23)
+    extracted = extract(source, "text/html")
+    assert len(extracted.blocks) == size // 23
+    assert extracted.text == "x\n" * (size // 23)
+
+
+def test_a_long_markdown_line_is_read_once() -> None:
+    # `^(#{1,6})[ \t]+(.+?)[ \t#]*$` backtracked over the rest of the line at every character.
+    line = b"# a" + b" " * (3 * 1024 * 1024) + b"b"
+    extracted = extract(line, "text/markdown")
+    assert extracted.title == "a" + " " * (MAX_TITLE_CHARS - 1)
+    assert [b.kind for b in extracted.blocks] == ["heading"]
+
+
+@pytest.mark.parametrize(
+    ("line", "title"),
+    [("## Install ##", "Install"), ("# C#", "C"), ("#\tTabbed  title", "Tabbed  title"), ("# a # # ", "a")],
+)
+def test_markdown_heading_titles(line: str, title: str) -> None:
+    assert extract(f"{line}\n\nBody.".encode(), "text/markdown").title == title
+
+
+@pytest.mark.parametrize(
+    ("source", "texts"),
+    [
+        # HTML5 ends an unterminated construct at the end of the file: a comment swallows the rest...
+        (b"<p>Visible</p><!-- never closed <p>hidden</p>", ["Visible"]),
+        # ...and a tag without its `>` is dropped, however many `<` follow it.
+        (b"<p>a <b then" + b" <c" * 10_000, ["a"]),
+        (b"<p>ends with a lone <", ["ends with a lone <"]),
+        (b"<p>cut entity &am", ["cut entity &am"]),
+        # `<![` in HTML is a bogus comment up to `>`, not an SGML marked section (that raised AssertionError).
+        (b"<p>a</p><![foo[ x ]]><p>b</p>", ["a", "b"]),
+        (b"<p>a</p><![ x", ["a"]),
+    ],
+)
+def test_html_that_never_ends_its_markup(source: bytes, texts: list[str]) -> None:
+    assert [text for _, text in _blocks(source, "text/html")] == texts
+
+
+def test_an_unclosed_title_is_cut() -> None:
+    extracted = extract(b"<title>" + b"<i>word</i> " * 100_000, "text/html")
+    assert len(extracted.title) == MAX_TITLE_CHARS
+    assert extracted.title.startswith("word word")

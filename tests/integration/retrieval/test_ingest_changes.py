@@ -1,0 +1,268 @@
+"""Changing a stored document: who may, what counts as new content, and a failed vector-store update that
+the retry repairs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from sqlalchemy import text
+
+from parapet.embeddings.minilm import MiniLmEmbedder, MiniLmOptions, load_tokenizer
+from parapet.kit.database import Database
+from parapet.kit.errors import Aborted, error_details
+from parapet.retrieval.v1 import document_pb2
+from parapet.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
+from services.retrieval.scope import tenant_scope
+from services.retrieval.stores.pgvector import PgVectorStore
+from tests.integration.retrieval.conftest import Client, doc, new_tenant
+
+SALARIES = b"The CEO earns 1,000,000 a year. Engineers earn between 70k and 120k."
+FORGED = b"Everybody earns the same. Ask mallory for details."
+
+
+def _refusal(result: pb.DocumentResult) -> tuple[int, str, str]:
+    """(code, reason, message with the document id blanked) of a rejected document."""
+    assert result.outcome == pb.DOCUMENT_OUTCOME_REJECTED
+    info = error_details_pb2.ErrorInfo()
+    assert result.error.details[0].Unpack(info)
+    return result.error.code, info.reason, result.error.message.replace(result.document_id, "<id>")
+
+
+async def _listed(client: Client, metadata: Any) -> dict[str, document_pb2.Document]:
+    response = await client.stub.ListDocuments(pb.ListDocumentsRequest(), metadata=metadata)
+    return {d.document_id: d for d in response.documents}
+
+
+NOT_WRITABLE = (
+    grpc.StatusCode.PERMISSION_DENIED.value[0],
+    "DOCUMENT_NOT_WRITABLE",
+    "document id '<id>' is taken by a document this caller may not change (only its owner or an admin, "
+    "among those who can read it, may); choose another id",
+)
+
+
+async def test_an_ingest_caller_cannot_overwrite_or_regroup_a_document_it_cannot_read(client: Client) -> None:
+    tenant = new_tenant()
+    alice = client.as_(tenant, "alice", groups=("hr",))
+    mallory = client.as_(tenant, "mallory")  # `ingest`, no groups
+    await client.ingest(
+        alice, (doc("salaries", groups=("hr",)), SALARIES), (doc("handbook"), b"Lunch is at noon.")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="salaries"), metadata=mallory)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    response = await client.ingest(
+        mallory,
+        (doc("salaries"), FORGED),
+        (doc("salaries"), SALARIES),  # the stored text: no UNCHANGED to confirm a guess either
+        (doc("handbook"), b"Lunch is whenever mallory says."),  # readable, but alice's
+        (doc("notes"), b"Mallory's own notes."),
+    )
+    salaries, guess, handbook, notes = response.results
+    # One refusal for every id mallory may not change, readable or not: it says the id is taken, no more.
+    assert _refusal(salaries) == _refusal(guess) == _refusal(handbook) == NOT_WRITABLE
+    assert notes.outcome == pb.DOCUMENT_OUTCOME_CREATED
+    assert (response.progress.documents_rejected, response.progress.documents_done) == (3, 1)
+
+    stored = (await _listed(client, alice))["salaries"]
+    assert list(stored.access_groups) == ["hr"] and stored.owner_user_id == "alice"
+    assert stored.content_sha256 == hashlib.sha256(SALARIES).hexdigest()
+    (hit,) = await client.query(alice, "What does the CEO earn?", document_ids=["salaries"], top_k=1)
+    assert "1,000,000" in hit.text
+    assert set(await _listed(client, mallory)) == {"handbook", "notes"}
+    assert await client.query(mallory, "salary CEO earns", document_ids=["salaries"]) == []
+
+
+async def test_only_the_owner_or_an_admin_who_can_read_a_document_changes_it(client: Client) -> None:
+    tenant = new_tenant()
+    alice = client.as_(tenant, "alice", groups=("hr",))
+    bob = client.as_(tenant, "bob", groups=("hr",))
+    ada = client.as_(tenant, "ada", groups=("hr",), scopes=("ingest", "documents.read", "admin"))
+    policy = b"Reviews happen every October."
+    await client.ingest(alice, (doc("policy", groups=("hr",)), policy))
+
+    # A colleague who reads it may not rewrite or re-group it (it would be credited to alice).
+    refused = await client.ingest(
+        bob, (doc("policy", groups=("hr",)), b"Reviews are cancelled."), (doc("policy"), policy)
+    )
+    assert [_refusal(r) for r in refused.results] == [NOT_WRITABLE, NOT_WRITABLE]
+
+    # An admin who reads it may re-group it; the text is still alice's, so she stays its owner.
+    regrouped = await client.ingest(ada, (doc("policy", groups=("hr", "managers")), policy))
+    assert regrouped.results[0].outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
+    stored = (await _listed(client, alice))["policy"]
+    assert (list(stored.access_groups), stored.owner_user_id) == (["hr", "managers"], "alice")
+
+    # The owner who can no longer read it (left hr) may not change it either.
+    outside = client.as_(tenant, "alice", groups=("finance",))
+    moved = await client.ingest(outside, (doc("policy", groups=("hr", "managers")), b"Reviews are in May."))
+    assert _refusal(moved.results[0]) == NOT_WRITABLE
+
+    # New text from the admin makes the admin its owner: owner_user_id names who gave the stored text.
+    rewritten = await client.ingest(ada, (doc("policy", groups=("hr",)), b"Reviews happen every November."))
+    assert rewritten.results[0].outcome == pb.DOCUMENT_OUTCOME_UPDATED
+    assert (await _listed(client, alice))["policy"].owner_user_id == "ada"
+    again = await client.ingest(alice, (doc("policy", groups=("hr",)), policy))
+    assert _refusal(again.results[0]) == NOT_WRITABLE
+
+
+async def test_the_same_bytes_with_another_media_type_are_extracted_again(client: Client) -> None:
+    caller = client.as_(new_tenant())
+    html = b"<html><body><p>Refunds take <b>five</b> days.</p><script>track()</script></body></html>"
+    first = await client.ingest(caller, (doc("faq", mime="text/plain"), html))
+    assert first.results[0].outcome == pb.DOCUMENT_OUTCOME_CREATED
+    (as_text,) = await client.query(caller, "How long do refunds take?", top_k=1)
+    assert "<script>" in as_text.text
+
+    second = await client.ingest(caller, (doc("faq", mime="text/html"), html))
+    assert second.results[0].outcome == pb.DOCUMENT_OUTCOME_UPDATED
+    chunks = await client.query(caller, "How long do refunds take?", top_k=10)
+    assert [c.text for c in chunks] == ["Refunds take five days."]
+    stored = (await _listed(client, caller))["faq"]
+    assert (stored.mime_type, stored.content_sha256) == ("text/html", hashlib.sha256(html).hexdigest())
+
+    # Parameters of the media type do not change the extracted text.
+    third = await client.ingest(caller, (doc("faq", mime="text/html; charset=utf-8"), html))
+    assert third.results[0].outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
+
+
+@asynccontextmanager
+async def refused_vector_updates(database: Database, tenant: str) -> AsyncIterator[None]:
+    """A real failure of the pgvector store: PostgreSQL refuses every update of this tenant's vectors."""
+    name = f"refuse_{tenant.replace('-', '_')}"
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                f"CREATE FUNCTION retrieval.{name}() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'vector updates refused by the test'; END $$"
+            )
+        )
+        await session.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE UPDATE ON retrieval.chunk_vectors FOR EACH ROW"
+                f" WHEN (OLD.tenant_id = '{tenant}') EXECUTE FUNCTION retrieval.{name}()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with database.transaction() as session:
+            await session.execute(text(f"DROP TRIGGER {name} ON retrieval.chunk_vectors"))
+            await session.execute(text(f"DROP FUNCTION retrieval.{name}()"))
+
+
+async def test_a_failed_vector_store_update_is_made_by_the_retry(client: Client, database: Database) -> None:
+    tenant = new_tenant()
+    hr = client.as_(tenant, groups=("hr",))
+    finance = client.as_(tenant, "fred", groups=("finance",))
+    reviews = b"Performance reviews happen every October with the line manager."
+    await client.ingest(hr, (doc("reviews", groups=("hr",)), reviews))
+    shared = (doc("reviews", groups=("finance", "hr")), reviews)
+
+    async with refused_vector_updates(database, tenant):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.ingest(hr, shared)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_details(raised.value).reason == "VECTOR_STORE_UNAVAILABLE"
+    # Nothing was committed, so the retry still sees a change to make...
+    assert list((await _listed(client, hr))["reviews"].access_groups) == ["hr"]
+
+    retry = await client.ingest(hr, shared)
+    assert retry.results[0].outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
+    # ...and makes it in the vector store too: finance finds the document by vector search.
+    found = await client.query(finance, "when are performance reviews", mode=pb.SEARCH_MODE_VECTOR, top_k=5)
+    assert [c.citation.document_id for c in found] == ["reviews"]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLmEmbedder:
+    return MiniLmEmbedder(MiniLmOptions(threads=1))
+
+
+def _ingestor(database: Database, embedder: MiniLmEmbedder, store: PgVectorStore | None = None) -> Ingestor:
+    return Ingestor(
+        database, store or PgVectorStore(database), embedder, load_tokenizer(truncate=False), None
+    )
+
+
+async def _vector_groups(database: Database, tenant: str) -> dict[str, list[str]]:
+    async with tenant_scope(database, tenant) as session:
+        rows = await session.execute(text("SELECT chunk_id, access_groups FROM chunk_vectors"))
+        return {r.chunk_id: list(r.access_groups) for r in rows}
+
+
+@pytest.mark.parametrize("forged", [FORGED, SALARIES], ids=["other-text", "same-text"])
+async def test_a_document_stored_by_someone_else_between_prepare_and_store_is_left_alone(
+    database: Database, embedder: MiniLmEmbedder, forged: bytes
+) -> None:
+    tenant = new_tenant()
+    ingestor = _ingestor(database, embedder)
+    alice, mallory = Writer(tenant, "alice", ("hr",)), Writer(tenant, "mallory")
+    prepared = await ingestor.prepare(mallory, 0, doc("salaries"), forged, Progress())
+    assert isinstance(prepared, Prepared)  # the id was free when mallory's stream read it
+    created = await ingestor.ingest(alice, 0, doc("salaries", groups=("hr",)), SALARIES, Progress())
+    assert created.outcome == pb.DOCUMENT_OUTCOME_CREATED
+
+    progress = Progress()
+    (result,) = await ingestor.store(mallory, [prepared], progress)
+    assert _refusal(result) == NOT_WRITABLE and progress.rejected == 1
+    async with tenant_scope(database, tenant) as session:
+        rows = (await session.execute(text("SELECT chunk_id, text, access_groups FROM chunks"))).all()
+    assert [(r.text, list(r.access_groups)) for r in rows] == [(SALARIES.decode(), ["hr"])]
+    # Mallory's vectors are gone; with the same text they were alice's own, and keep alice's groups.
+    assert await _vector_groups(database, tenant) == {r.chunk_id: ["hr"] for r in rows}
+
+
+class _ChangedMeanwhile(PgVectorStore):
+    """The pgvector store; right after its first attribute update, `meanwhile` runs (another ingestion)."""
+
+    def __init__(self, database: Database, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(database)
+        self._meanwhile: Callable[[], Awaitable[object]] | None = meanwhile
+
+    async def set_attributes(
+        self,
+        tenant_id: str,
+        chunk_ids: Sequence[str],
+        access_groups: Sequence[str],
+        metadata: Mapping[str, str],
+    ) -> None:
+        await super().set_attributes(tenant_id, chunk_ids, access_groups, metadata)
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            await meanwhile()
+
+
+async def test_a_concurrent_change_aborts_an_attribute_change_and_the_retry_makes_it(
+    database: Database, embedder: MiniLmEmbedder
+) -> None:
+    tenant = new_tenant()
+    alice = Writer(tenant, "alice", ("hr",))
+    plain = _ingestor(database, embedder)
+    await plain.ingest(alice, 0, doc("salaries", groups=("hr",)), SALARIES, Progress())
+
+    async def legal_too() -> None:
+        await plain.ingest(alice, 0, doc("salaries", groups=("hr", "legal")), SALARIES, Progress())
+
+    racing = _ingestor(database, embedder, _ChangedMeanwhile(database, legal_too))
+    finance_too = doc("salaries", groups=("finance", "hr"))
+    with pytest.raises(Aborted) as raised:
+        await racing.ingest(alice, 0, finance_too, SALARIES, Progress())
+    assert raised.value.reason == "CONCURRENT_CONFLICT"
+    # The change that committed is the one the store holds (it wrote the store after the loser did).
+    assert set(map(tuple, (await _vector_groups(database, tenant)).values())) == {("hr", "legal")}
+
+    retry = await racing.ingest(alice, 0, finance_too, SALARIES, Progress())
+    assert retry.outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
+    assert set(map(tuple, (await _vector_groups(database, tenant)).values())) == {("finance", "hr")}
+    async with tenant_scope(database, tenant) as session:
+        groups = (await session.execute(text("SELECT access_groups FROM documents"))).scalar_one()
+    assert list(groups) == ["finance", "hr"]
