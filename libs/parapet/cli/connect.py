@@ -33,11 +33,9 @@ if TYPE_CHECKING:  # the kit and the stubs are imported when a command runs, not
     from parapet.kit.clients import ServiceClient
 
 API_KEY_ENV = "PARAPET_API_KEY"
-# Auth defines the key format (services/auth/apikeys.py: pk_<12 base32>_<43 base64url>, at most 128
-# characters) and judges every key. The CLI checks only the prefix and the alphabet, before any call: that
-# already refuses what gRPC cannot even send as metadata (non-ASCII, spaces, a multi-line PEM file: an
-# INTERNAL "Invalid metadata" or a traceback otherwise) and the wrong file or another vendor's key, without
-# a second copy of the exact format to drift from auth's.
+# The CLI checks a key against the one definition of its shape (parapet.kit.api_key_format, which auth parses
+# by too) before any call: that refuses what gRPC cannot even send as metadata (non-ASCII, spaces, a multi-line
+# PEM file: an INTERNAL "Invalid metadata" or a traceback otherwise) and the wrong file or another vendor's key.
 # Calls of these commands are short; a stuck service must not hang a terminal forever.
 CALL_TIMEOUT_SECONDS = 30.0
 # Internal tokens live at most 5 minutes; a long command (audit tail -f) gets a new one this long before.

@@ -298,7 +298,9 @@ class JobStore:
                 text(
                     "UPDATE jobs SET state = 'running', start_time = coalesce(start_time, now()), worker = :w,"
                     " lease_expire_time = now() + make_interval(secs => :l),"
-                    " attempts = attempts + 1, runs = runs + 1"
+                    # greatest(): a replica of the release before 0005_job_runs counts attempts only, so a job
+                    # it claimed after the migration must not give a later run a request id already used.
+                    " attempts = attempts + 1, runs = greatest(runs, attempts) + 1"
                     " WHERE job_id = CAST(:j AS uuid) AND state IN ('queued', 'running')"
                     " AND (worker IS NULL OR worker = :w OR lease_expire_time <= now())"
                     f" RETURNING {_COLUMNS}, spec"

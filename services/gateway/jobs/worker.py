@@ -58,6 +58,8 @@ _FINAL_AUTH_CODES = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
+# Auth could not answer: the job is given back without using up an attempt (an outage is not the job's doing).
+_AUTH_DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _STEP_TIMEOUT = 2.0  # bound on best-effort messages to NATS and the database while stopping
 _UNEXPECTED_RETRY_SECONDS = 30.0  # a claim that failed for no known reason is retried this much later
 
@@ -70,6 +72,7 @@ class _Run:
     lease_lost: bool = False
     fatal: status_pb2.Status | None = None  # the submitter may no longer act (from auth)
     retry: bool = False  # a dependency failed: give the job back for a later attempt
+    auth_down: bool = False  # ...because auth could not answer (the attempt is not counted)
 
     @property
     def stop(self) -> bool:
@@ -222,7 +225,9 @@ class JobWorker:
             log.warning("job lease lost", extra={"job_id": job.job_id})
             return
         if run.retry:
-            await self._give_back(message, job, delay=5.0, count_attempt=False)  # auth unreachable
+            # Auth unreachable: not the job's doing. Any other error of auth's (INTERNAL for this principal,
+            # say) may repeat for ever, so it counts toward the attempts limit.
+            await self._give_back(message, job, delay=5.0, count_attempt=not run.auth_down)
             return
         if not run.cancelled:
             fatal = None if run.fatal is None else run.fatal.SerializeToString()
@@ -238,6 +243,7 @@ class JobWorker:
             run.fatal = status_of(error)
         else:
             run.retry = True
+            run.auth_down = error.code() in _AUTH_DOWN_CODES
 
     async def _heartbeat(self, message: Msg, job: JobRow, run: _Run) -> None:
         while True:

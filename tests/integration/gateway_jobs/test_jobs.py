@@ -306,6 +306,29 @@ async def test_a_job_given_back_while_auth_is_unreachable_does_not_use_up_its_at
     assert sorted(runner.request_ids) == [f"job-{job_id}-{i}-run{last_run}" for i in (0, 1)]
 
 
+async def test_a_job_auth_keeps_failing_for_another_reason_than_an_outage_uses_up_its_attempts(
+    suite: Suite,
+) -> None:
+    """Only auth being unreachable is a free give-back: an error auth answers (here UNIMPLEMENTED, from a gRPC
+    server that serves no AuthService) may repeat for ever, so each counts, and the limit ends the job."""
+    runner = suite.runner()
+    not_auth = grpc.aio.server()
+    port = not_auth.add_insecure_port("127.0.0.1:0")
+    await not_auth.start()
+    try:
+        async with suite.gateway(runner, gateway_job_workers_enabled=False) as jobs:
+            job_id = (
+                await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))
+            ).job.job_id
+            async with suite.gateway(runner, auth_address=f"127.0.0.1:{port}", gateway_job_max_attempts=1):
+                failed = await timeouts.within(30, watch_until(jobs, suite.key, job_id, ended))
+    finally:
+        await not_auth.stop(None)
+    assert failed.state == job_pb2.JOB_STATE_FAILED
+    assert failed.error.message == "the job did not finish in 1 attempt"
+    assert runner.calls.total() == 0
+
+
 async def test_a_job_past_its_attempts_fails_with_the_reason_and_keeps_its_finished_items(
     suite: Suite,
 ) -> None:
@@ -341,6 +364,26 @@ async def test_a_job_past_its_attempts_fails_with_the_reason_and_keeps_its_finis
     assert failed.error.details[0].Unpack(info) and info.reason == "JOB_ATTEMPTS_EXHAUSTED"
     assert second.calls.total() == 0  # the exhausted job ran nothing more
     assert [r.index for r in full.results] == [0, 1] and full.progress.succeeded_items == 2
+
+
+async def test_a_claim_after_claims_by_the_earlier_release_never_reuses_a_run_number(suite: Suite) -> None:
+    """During the rollout of ``0005_job_runs``, replicas of the earlier release claim jobs by counting attempts
+    only (``runs`` stays where the migration left it). A new replica's claim then numbers its run past every
+    earlier claim, so its items never repeat a request id metering has seen (it would take the rerun for a retry
+    of the first run and never bill it)."""
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        job_id = (await jobs.SubmitJob(batch_request(_key(), ["a"]), metadata=bearer(suite.key))).job.job_id
+    database = Database(suite.database_url, "gateway", pool_size=1, max_overflow=0)
+    try:
+        store = JobStore(database, retention_days=30)
+        async with store.tenant(suite.tenant) as session:  # two claims by earlier-release workers
+            await session.execute(
+                text("UPDATE jobs SET attempts = 2 WHERE job_id = CAST(:j AS uuid)"), {"j": job_id}
+            )
+        claim = await store.claim(suite.tenant, job_id, "new-worker", 5.0)
+    finally:
+        await database.close()
+    assert claim.granted and claim.job is not None and (claim.job.runs, claim.job.attempts) == (3, 3)
 
 
 async def test_queue_messages_that_name_no_job_are_dropped_and_jobs_behind_them_run(suite: Suite) -> None:

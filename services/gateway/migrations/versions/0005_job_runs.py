@@ -8,7 +8,9 @@ lost lease): a worker that gives it back on purpose (auth unreachable, shutting 
 its attempt back, so outages and restarts no longer exhaust ``gateway_job_max_attempts``.
 
 Until this revision every claim counted an attempt and used the same request ids, so ``runs`` starts at
-``attempts``: a job claimed before gives its next run a request id never used.
+``attempts`` for the jobs that may run again (finished ones never do): a job claimed before gives its next run
+a request id never used. A replica of the earlier release, still claiming during the rollout, counts attempts
+only; the claim's ``greatest(runs, attempts) + 1`` covers that.
 
 Revision ID: 0005_job_runs
 Revises: 0004_idempotency_user
@@ -30,7 +32,7 @@ def upgrade() -> None:
         """
         ALTER TABLE jobs ADD COLUMN runs integer NOT NULL DEFAULT 0;
         ALTER TABLE jobs NO FORCE ROW LEVEL SECURITY;
-        UPDATE jobs SET runs = attempts WHERE attempts > 0;
+        UPDATE jobs SET runs = attempts WHERE attempts > 0 AND state IN ('queued', 'running');
         ALTER TABLE jobs FORCE ROW LEVEL SECURITY;
         """
     )
