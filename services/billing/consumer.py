@@ -28,7 +28,7 @@ from nats.js.client import JetStreamContext
 from sqlalchemy.exc import DataError
 
 from parapet.events.usage import USAGE_STREAM
-from parapet.kit import dependency
+from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.usage.v1 import usage_event_pb2
@@ -89,7 +89,9 @@ class UsageConsumer:
         for message in messages:
             event = _decode(message)
             if event is None:
-                await _set_aside(message, "", "not a UsageEvent with a UUID id and a valid occur_time")
+                await _set_aside(
+                    message, "", "not a UsageEvent with a UUID id and a valid occur_time", kind="undecodable"
+                )
             else:
                 batch.append((message, event))
         fresh, applied = await self._apply(batch)
@@ -119,7 +121,9 @@ class UsageConsumer:
                 second = await self._apply(batch[half:])
                 return first[0] + second[0], first[1] + second[1]
             ((message, event),) = batch
-            await _set_aside(message, event.event_id, f"the database refuses it (SQLSTATE {sqlstate})")
+            await _set_aside(
+                message, event.event_id, f"the database refuses it (SQLSTATE {sqlstate})", kind="refused"
+            )
             return 0, []
 
     async def run(self) -> None:
@@ -153,7 +157,7 @@ class UsageConsumer:
                 await asyncio.sleep(0.5)
 
 
-async def _set_aside(message: Msg, event_id: str, why: str) -> None:
+async def _set_aside(message: Msg, event_id: str, why: str, *, kind: str) -> None:
     """Take an event that can never be applied out of the stream's way: terminated, so JetStream never
     redelivers it (it stays in the stream, by its sequence, until retention drops it; the ledger keeps the
     settlement). Redelivering it forever would block every batch behind it."""
@@ -168,3 +172,4 @@ async def _set_aside(message: Msg, event_id: str, why: str) -> None:
         },
     )
     await message.term()
+    metrics.record_billing_set_aside(kind)

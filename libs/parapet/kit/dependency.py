@@ -77,13 +77,20 @@ def database_conflict(exc: BaseException) -> bool:
     return getattr(_driver_error(exc), "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
+# Data exceptions that a message's own content causes, whatever the database's state and our code: a character
+# the database's encoding cannot hold or an invalid byte sequence, a number or a date out of range, a text too
+# long. Not all of class 22: an invalid text representation (22P02) or parameter value (22023) is as likely our
+# own statement's fault after a regression, which setting messages aside would turn into silent loss.
+_REFUSED_DATA = frozenset({"22021", "22P05", "22003", "22008", "22001"})
+
+
 def data_refused(exc: BaseException) -> str | None:
     """The SQLSTATE when the database will never take the data a statement carried, else None.
 
-    A data exception (class 22: a value out of range, a NUL or an invalid byte sequence in a text, a time no
-    calendar holds) is a property of the data, not of the moment: a consumer that gets one sets the message
-    aside instead of redelivering it forever behind every batch. psycopg refuses some data itself, before the
-    server would (a NUL in a text), with no SQLSTATE: reported as the server's character_not_in_repertoire.
+    Such an error is a property of the message, not of the moment: a consumer that gets one sets the message
+    aside (counted, alerted on) instead of redelivering it forever behind every batch. psycopg refuses a NUL in a
+    text itself, before the server would, with no SQLSTATE: reported as the server's
+    character_not_in_repertoire.
     """
     import psycopg
 
@@ -92,8 +99,8 @@ def data_refused(exc: BaseException) -> str | None:
         return None
     sqlstate = cause.sqlstate
     if sqlstate is None:
-        return "22021" if isinstance(cause, psycopg.DataError) else None
-    return sqlstate if sqlstate.startswith("22") else None
+        return "22021" if isinstance(cause, psycopg.DataError) and "NUL" in str(cause) else None
+    return sqlstate if sqlstate in _REFUSED_DATA else None
 
 
 def dependency_down(exc: BaseException) -> str | None:

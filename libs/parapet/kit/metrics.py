@@ -105,6 +105,12 @@ AUDIT_RECORDS = Counter(
     "Audit records handled, by source (stream, rpc) and outcome (appended, duplicate, rejected).",
     ["source", "outcome"],
 )
+BILLING_EVENTS_SET_ASIDE = Counter(
+    "parapet_billing_events_set_aside_total",
+    "Usage events billing's consumer set aside because they can never be applied, by reason (undecodable, "
+    "refused: the database refuses their data).",
+    ["reason"],
+)
 AUDIT_STREAM_PENDING = Gauge(
     "parapet_audit_stream_pending", "Audit stream messages not yet delivered to the audit consumer."
 )
@@ -157,6 +163,7 @@ ALL_METRICS = (
     BUDGET_DENIALS,
     USAGE_EVENTS_PUBLISHED,
     USAGE_OUTBOX_PENDING,
+    BILLING_EVENTS_SET_ASIDE,
     AUDIT_RECORDS,
     AUDIT_STREAM_PENDING,
     AUDIT_LAST_PERSIST,
@@ -322,6 +329,11 @@ def set_breaker_state(provider: str, model: str, state: BreakerState) -> None:
 def record_moderation_finding(category: str, action: str, stage: str, count: int = 1) -> None:
     """``stage`` is ``input`` or ``output``; category and action are the enum value names."""
     MODERATION_FINDINGS.labels(category, action, stage).inc(count)
+
+
+def record_billing_set_aside(reason: str) -> None:
+    """``reason``: ``undecodable`` or ``refused``."""
+    BILLING_EVENTS_SET_ASIDE.labels(reason).inc()
 
 
 # --- audit ---

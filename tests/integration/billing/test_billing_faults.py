@@ -301,6 +301,7 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
             max_ack_pending=1000,
         )
         await (await consumer.subscribe()).unsubscribe()  # the durable exists before it is asked about
+        set_aside_before = {reason: _set_aside_count(reason) for reason in ("refused", "undecodable")}
         task = asyncio.create_task(consumer.run())
         try:
             deadline = asyncio.get_running_loop().time() + 30
@@ -318,6 +319,15 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
         assert consumer.applied == 4  # the ordinary three and one of the two huge ones
         assert await _rollup_sums(database, other) == (2, 4 + 5)
         assert await _rollup_sums(database, tenant) == (2, 2**62 + 5 + 3)
+        # Counted (and alerted on: ParapetBillingEventsSetAside), not only logged.
+        assert _set_aside_count("refused") - set_aside_before["refused"] == 1
+        assert _set_aside_count("undecodable") - set_aside_before["undecodable"] == 1
     finally:
         await database.close()
         await bus.close()
+
+
+def _set_aside_count(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("parapet_billing_events_set_aside_total", {"reason": reason}) or 0.0

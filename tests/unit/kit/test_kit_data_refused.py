@@ -24,7 +24,9 @@ from parapet.kit.dependency import data_refused
             ),
             "22021",
         ),
-        # Not the data's fault: redelivered, never set aside.
+        # Not the data's fault, or as likely our own statement's after a regression: redelivered, never set aside.
+        (DataError("INSERT", {}, psycopg.errors.InvalidTextRepresentation("invalid input syntax")), None),
+        (DataError("INSERT", {}, psycopg.DataError("some other refusal of the driver")), None),
         (OperationalError("SELECT 1", {}, psycopg.OperationalError("connection failed")), None),
         (OperationalError("UPDATE", {}, psycopg.errors.DeadlockDetected("deadlock")), None),
         (OperationalError("UPDATE", {}, psycopg.errors.DiskFull("no space")), None),
