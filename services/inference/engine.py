@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from google.protobuf import duration_pb2
@@ -198,8 +197,6 @@ class Engine:
 
     async def stream(self, request: Request) -> AsyncIterator[Response]:
         started = time.monotonic()
-        # Wall clock: compared with the database's time of a document's deletion (cache/store.py, CONTEXT_AGE).
-        asked_at = datetime.now(UTC)
         principal = require_principal()
         validate(request)
         access = await self.policy.model_access(principal.tenant_id)
@@ -289,7 +286,7 @@ class Engine:
                 provider=answered.provider,
                 document_ids=sorted({c.document_id for c in context if c.document_id}),
                 user_id=principal.subject,
-                asked_at=asked_at,
+                asked_at=started,
             )
             self._store_later(key, entry)
         yield Response(summary=self._summary(state, finish, answered, outcome))

@@ -10,10 +10,11 @@ before one of its documents was deleted is neither stored nor served, however la
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +36,7 @@ EVERY_DOCUMENT = ""
 
 @dataclass(frozen=True)
 class NewEntry:
-    """An answer to keep: ``user_id`` asked ``question`` at ``asked_at`` (wall clock), grounded in
+    """An answer to keep: ``user_id`` asked ``question`` at ``asked_at`` (``time.monotonic()``), grounded in
     ``document_ids``; ``model`` of ``provider`` answered."""
 
     question: str
@@ -45,7 +46,7 @@ class NewEntry:
     provider: str
     document_ids: Sequence[str]
     user_id: str
-    asked_at: datetime
+    asked_at: float
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ _INSERT = text(
                                embedding_model, answer, finish_reason, model, provider, document_ids, user_id,
                                context_time, expire_time)
     SELECT :id, :tenant, :scope, :partition, :hash, :question, CAST(:vector AS public.vector), :model, :answer,
-           :finish, :answer_model, :provider, :documents, :user, :context_time, now() + :ttl
+           :finish, :answer_model, :provider, :documents, :user, now() - :context_age, now() + :ttl
     WHERE NOT EXISTS (SELECT 1 FROM document_tombstones
-                      WHERE tenant_id = :tenant AND delete_time > :context_time
+                      WHERE tenant_id = :tenant AND delete_time > now() - :context_age
                         AND document_id = ANY(array_append(CAST(:documents AS text[]), '')))
     """
 )
@@ -193,7 +194,9 @@ class SemanticCache:
                     "provider": entry.provider,
                     "documents": list(entry.document_ids),
                     "user": entry.user_id,
-                    "context_time": entry.asked_at - CONTEXT_AGE,
+                    # On the database's clock, as the tombstones' delete_time: the time since the request
+                    # arrived is measured here on a monotonic clock, so no two hosts' wall clocks are compared.
+                    "context_age": timedelta(seconds=time.monotonic() - entry.asked_at) + CONTEXT_AGE,
                     "ttl": self._ttl,
                 },
             )

@@ -30,12 +30,15 @@ _GAUGE = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class Permit:
-    """Leave to make one call, granted in ``epoch``; ``trial``: one of the half-open trial calls."""
+    """Leave to make one call, granted in ``epoch``; ``trial``: one of the half-open trial calls. ``settled``
+    once its outcome was recorded: a release after that (the caller leaving while the answer's last part goes
+    out) must not hand the trial's slot to another trial."""
 
     epoch: int
     trial: bool
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class CircuitBreaker:
 
     def record(self, permit: Permit, success: bool) -> None:
         """The outcome of the call ``permit`` let through."""
+        if permit.settled:
+            return  # one outcome per call
+        permit.settled = True
         state = self.state
         if permit.epoch != self._epoch:
             # Started under another state: an answer to a call made before the breaker opened (or before it
@@ -118,6 +124,9 @@ class CircuitBreaker:
 
     def release(self, permit: Permit) -> None:
         """The call ended without an outcome (its caller cancelled): a trial's slot goes to another trial."""
+        if permit.settled:
+            return
+        permit.settled = True
         if permit.trial and permit.epoch == self._epoch and self._trials_started > self._trials_passed:
             self._trials_started -= 1
 

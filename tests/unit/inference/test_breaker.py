@@ -115,6 +115,16 @@ def test_a_cancelled_trial_frees_its_slot() -> None:
     assert trial(breaker) is not None
 
 
+def test_a_trial_that_passed_frees_no_slot_when_its_caller_then_leaves() -> None:
+    """The engine records a trial's success, then yields the answer's end; a caller leaving there released the
+    permit too, and with half_open_calls=2 a third trial then ran beside the second."""
+    breaker, _, _ = _opened_with_a_call_in_flight(half_open_calls=2)
+    first, _second = trial(breaker), trial(breaker)
+    breaker.record(first, True)
+    breaker.release(first)
+    assert breaker.allow() is None, "a third trial for two slots"
+
+
 def test_a_call_from_before_the_breaker_opened_frees_no_trial_slot_when_cancelled() -> None:
     """It released a slot it never took: with half_open_calls=1, two trials then ran at once."""
     breaker, _, long_call = _opened_with_a_call_in_flight(half_open_calls=1)
