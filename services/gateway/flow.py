@@ -104,6 +104,7 @@ class _Run:
     max_tokens_capped: bool = False  # the policy lowered the caller's max_tokens
     # An idempotent replay or a refused claim of its key: no chat ran, nothing is observed, settled or audited.
     unrecorded: bool = False
+    claimed: bool = False  # this call owns its idempotency key's row (the finaliser completes or frees it)
     # The budget hold still being asked for when the caller left: left to finish (metering may already have
     # taken it), so that the finaliser releases what it was granted instead of leaving it held until its TTL.
     pending_hold: asyncio.Future[Any] | None = None
@@ -317,6 +318,7 @@ class ChatFlow:
             lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
         )
         run.unrecorded = replay is not None
+        run.claimed = replay is None
         return replay
 
     async def complete(
@@ -649,17 +651,17 @@ class ChatFlow:
 
     async def _finalise(self, run: _Run, events: list[Event]) -> None:
         outcome = run.outcome
-        key = run.request.idempotency_key
+        # Each step on its own: one failing (the idempotency row's database, the outbox) must not cost the
+        # others; the settlement and the audit record are what must never be lost. The stored answer goes
+        # first so that a retry right after the answer is replayed (or, after a failure, runs again) rather
+        # than told the call still runs, even while a pending budget hold is still awaited below.
+        if run.claimed:  # not when refused before the claim (authorization): there is no row of this call's
+            with _logged_failure("storing the chat's idempotent answer", run.request_id):
+                await self._store_answer(run, events)
         if run.pending_hold is not None:
             await asyncio.wait([run.pending_hold])  # bounded by the call's timeout; sets the reservation id
             if not run.pending_hold.cancelled():
                 run.pending_hold.exception()  # retrieved: a refusal nobody is left to hear
-        # Each step on its own: one failing (the idempotency row's database, the outbox) must not cost the
-        # others; the settlement and the audit record are what must never be lost. The stored answer goes
-        # first so that a retry right after the answer is replayed rather than told the call still runs.
-        if key:
-            with _logged_failure("storing the chat's idempotent answer", run.request_id):
-                await self._store_answer(run, events)
         with _logged_failure("settling the chat's usage", run.request_id):
             if _produced(outcome):
                 await self._deliveries.settle(outcome.caller, settle_request(outcome))
