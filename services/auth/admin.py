@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import grpc.aio
 from google.protobuf.message import Message
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.auth.v1 import tenant_admin_service_pb2 as pb
 from parapet.auth.v1 import tenant_admin_service_pb2_grpc, user_pb2
@@ -47,11 +48,26 @@ def _check_roles(actor: Actor, view_policy: Any, new_roles: set[str], old_roles:
     _check_holds(actor, view_policy, new_roles - old_roles, doing="granting a role")
 
 
-def _check_not_above(actor: Actor, view_policy: Any, user: dict[str, Any]) -> None:
+def _check_not_above(actor: Actor, view_policy: Any, user: dict[str, Any], asserted: Iterable[str]) -> None:
     """Refuse acting on ``user``'s account or credentials (changing, disabling, minting or revoking a key)
     when they hold more than the caller: otherwise a lesser admin could lock out or impersonate a greater one.
-    A key acts with its user's roles, so the user's roles count, not a key's scopes."""
-    _check_holds(actor, view_policy, user["roles"], doing="acting on a user who holds more than you")
+    What they hold: their row's roles and the roles the tenant's identity providers asserted at their recorded
+    sign-ins (``asserted``: an OIDC user's rank comes from its provider, not its row). A key acts with its
+    user's roles, so the user's roles count, not a key's scopes."""
+    _check_holds(
+        actor, view_policy, {*user["roles"], *asserted}, doing="acting on a user who holds more than you"
+    )
+
+
+async def _asserted(session: AsyncSession, view_policy: Any, user_id: str) -> tuple[set[str], bool]:
+    """The roles the tenant's identity providers asserted for ``user_id`` at its recorded sign-ins, and whether
+    a provider that asserts roles (``roles_claim``) has never signed it in: that provider's next token for
+    this subject could then claim any role, so nobody can tell what the subject holds. Providers no longer in
+    the policy sign nobody in and do not count."""
+    providers = {provider.issuer: provider for provider in view_policy.identity_providers}
+    recorded = await AuthStore.asserted_roles(session, user_id, sorted(providers))
+    unseen = any(provider.roles_claim and issuer not in recorded for issuer, provider in providers.items())
+    return {role for roles in recorded.values() for role in roles}, unseen
 
 
 def _check_holds(actor: Actor, view_policy: Any, roles: Iterable[str], *, doing: str) -> None:
@@ -193,7 +209,8 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
             # A key acts with its user's roles: minting one for a more privileged user is an escalation.
             view = await self._access.existing(tenant_id)
-            _check_not_above(actor, view.policy, owner)
+            asserted, _ = await _asserted(change.session, view.policy, spec.user_id)
+            _check_not_above(actor, view.policy, owner, asserted)
             row = (
                 (
                     await change.session.execute(
@@ -269,7 +286,8 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             if owner is None:
                 raise NotFound("no such API key", metadata={"resource": f"api_keys/{key_id}"})
             # Revoking a greater admin's keys locks them out: the same rule as disabling them.
-            _check_not_above(actor, view.policy, owner)
+            asserted, _ = await _asserted(change.session, view.policy, owner["user_id"])
+            _check_not_above(actor, view.policy, owner, asserted)
             row = (
                 (
                     await change.session.execute(
@@ -301,6 +319,18 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         kind = "service_account" if spec.kind == user_pb2.USER_KIND_SERVICE_ACCOUNT else "person"
         state = "disabled" if spec.state == user_pb2.USER_STATE_DISABLED else "active"
         async with self._access.change(actor, SERVICE + "CreateUser", tenant_id, spec.user_id) as change:
+            # A user row merges into the sign-ins of the OIDC subject of that name (its state, roles, groups)
+            # and its keys act as that subject: creating one acts on whoever the tenant's providers sign in so.
+            asserted, unseen = await _asserted(change.session, view.policy, spec.user_id)
+            _check_holds(actor, view.policy, asserted, doing="acting on a user who holds more than you")
+            if unseen:
+                # Not yet signed in by a provider that asserts roles: it may be anyone, an admin included.
+                _check_holds(
+                    actor,
+                    view.policy,
+                    permissions.role_permissions(view.policy).keys(),
+                    doing="creating a user an identity provider has not signed in yet (it could assert any role)",
+                )
             row = (
                 (
                     await change.session.execute(
@@ -380,7 +410,8 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             old = await self._store.user(change.session, spec.user_id)
             if old is None:
                 raise NotFound("no such user", metadata={"resource": f"users/{spec.user_id}"})
-            _check_not_above(actor, view.policy, old)
+            asserted, _ = await _asserted(change.session, view.policy, spec.user_id)
+            _check_not_above(actor, view.policy, old, asserted)
             new = dict(old)
             if "roles" in paths:
                 _check_roles(actor, view.policy, set(spec.roles), set(old["roles"]), "user.roles")

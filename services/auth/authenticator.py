@@ -2,7 +2,8 @@
 
 Warm path (a credential seen within the cache TTL and not invalidated since): one HMAC-SHA256, one dict
 lookup, and the internal token issued for it earlier, re-signed only once half its lifetime has passed.
-Cold path: route the credential to its tenant, read key/user/tenant in one tenant-scoped query, check.
+Cold path: route the credential to its tenant, read key/user/tenant in one tenant-scoped query, check. An OIDC
+subject is recorded (``oidc_subjects``) only when first seen or when its asserted roles change.
 """
 
 from __future__ import annotations
@@ -226,13 +227,18 @@ class Authenticator:
             raise Unauthenticated("the OIDC token names no subject", reason="OIDC_TOKEN_INVALID")
         if view.state != "active":
             raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
-        user = await self._store.user_record(tenant_id, subject_value)
-        if user is not None and user["state"] != "active":
+        found = await self._store.oidc_subject(tenant_id, subject_value, token.issuer)
+        asserted = tuple(sorted(set(oidc.claim_strings(claims, provider.roles_claim))))
+        if found.recorded_roles != asserted:
+            # What the provider says this subject holds, for the admin checks: a lesser admin may not act
+            # on (create, disable, mint a key for) a subject holding more, row or no row. Written when the
+            # subject is first seen or its roles change, never on a warm call; before the user check, so a
+            # disabled user's rank is known too.
+            await self._store.record_oidc_subject(tenant_id, subject_value, token.issuer, asserted)
+        if found.state is not None and found.state != "active":
             raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
-        roles = set(user["roles"]) if user else set()
-        groups = set(user["groups"]) if user else set()
-        roles.update(oidc.claim_strings(claims, provider.roles_claim))
-        groups.update(oidc.claim_strings(claims, provider.groups_claim))
+        roles = set(found.roles) | set(asserted)
+        groups = set(found.groups) | set(oidc.claim_strings(claims, provider.groups_claim))
         jti = claims.get("jti")
         principal = await self._access.with_permissions(
             Principal(

@@ -10,6 +10,7 @@ then ``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -67,26 +68,77 @@ def skew(provider: tenant_policy_pb2.OidcProvider) -> float:
     return min(MAX_SKEW_SECONDS, provider.max_clock_skew.ToTimedelta().total_seconds())
 
 
-def jwks_keys(document: Any) -> list[dict[str, Any]]:
-    """The keys of a parsed JWKS document: an object whose ``keys`` is a list of objects (RFC 7517 section 5).
+# The key type (and curve) each allowed algorithm needs: a key of any other kind can verify none of our tokens.
+_USABLE_KEYS = {"RSA": ("RS256", None), "EC": ("ES256", "P-256"), "OKP": ("EdDSA", "Ed25519")}
 
-    Raises ValueError for anything else, so that a provider serving some other JSON counts as a failed fetch
-    (UNAVAILABLE, old keys kept) rather than a crash or an empty key set that would fail every token.
+
+def _unusable(entry: Any) -> str | None:
+    """Why a JWKS entry is of no use to us (None: usable): not an object, not a signature key, a key type,
+    curve or ``alg`` that no allowed algorithm takes, or members that do not make a key."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    if entry.get("use", "sig") != "sig":
+        return "not a signature key ('use')"
+    kty = entry.get("kty")
+    usable = _USABLE_KEYS.get(kty) if isinstance(kty, str) else None
+    if usable is None:
+        return "a key type no allowed algorithm takes"
+    algorithm, curve = usable
+    if curve is not None and entry.get("crv") != curve:
+        return "a curve no allowed algorithm takes"
+    if entry.get("alg", algorithm) != algorithm:
+        return "meant for an algorithm not allowed ('alg')"
+    try:
+        PyJWK(entry, algorithm=algorithm)
+    except Exception:  # untrusted JSON: any member may be of any type
+        return "not a valid key"
+    return None
+
+
+def read_jwks(document: Any) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """The usable keys of a parsed JWKS document, and (index, why) for each entry skipped.
+
+    The document must be an object whose ``keys`` is a list (RFC 7517 section 5), else ValueError: a provider
+    serving other JSON counts as a failed fetch (UNAVAILABLE, old keys kept), not as an empty key set that
+    would fail every token. Entries are another matter: RFC 7517 (section 5) says to ignore JWKs one does not
+    understand, so an entry that is no object, or a key we cannot use, is skipped and the others still work.
     """
-    keys = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
-        raise ValueError("not a JWKS document: an object with a list of key objects under 'keys'")
-    return keys
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("not a JWKS document: an object with a list of keys under 'keys'")
+    usable: list[dict[str, Any]] = []
+    skipped: list[tuple[int, str]] = []
+    for index, entry in enumerate(entries):
+        why = _unusable(entry)
+        if why is None:
+            usable.append(entry)
+        else:
+            skipped.append((index, why))
+    return usable, skipped
+
+
+def jwks_keys(document: Any, *, issuer: str = "") -> list[dict[str, Any]]:
+    """``read_jwks``'s usable keys, each skipped entry logged as a warning."""
+    usable, skipped = read_jwks(document)
+    for index, why in skipped:
+        log.warning("a JWKS entry was skipped", extra={"issuer": issuer, "index": index, "why": why})
+    return usable
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_inline(issuer: str, jwks_json: str) -> tuple[dict[str, Any], ...]:
+    """An inline JWKS parsed once per process (not per sign-in; its warnings logged once)."""
+    try:
+        return tuple(jwks_keys(json.loads(jwks_json), issuer=issuer))
+    except (ValueError, RecursionError):
+        # Policy validation refuses such a document; only a policy stored before it did has one, and a key
+        # that cannot be read is no key (the token then matches none).
+        log.warning("the inline JWKS is not a JWKS document", extra={"issuer": issuer})
+        return ()
 
 
 def _inline_keys(provider: tenant_policy_pb2.OidcProvider) -> list[dict[str, Any]]:
-    try:
-        return jwks_keys(json.loads(provider.jwks_json))
-    except ValueError:
-        # Policy validation refuses such a document; only a policy stored before it was this strict has one,
-        # and a key that cannot be read is no key (the token then matches none).
-        log.warning("the inline JWKS is not a JWKS document", extra={"issuer": provider.issuer})
-        return []
+    return list(_parsed_inline(provider.issuer, provider.jwks_json))
 
 
 @dataclass
@@ -104,11 +156,11 @@ class JwksCache:
         self._cache: dict[tuple[str, str], _Keys] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def _fetch(self, uri: str) -> list[dict[str, Any]]:
+    async def _fetch(self, provider: tenant_policy_pb2.OidcProvider) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(timeout=self._timeout) as client:
-            response = await client.get(uri)
+            response = await client.get(provider.jwks_uri)
             response.raise_for_status()
-            return jwks_keys(response.json())
+            return jwks_keys(response.json(), issuer=provider.issuer)
 
     async def _document(self, provider: tenant_policy_pb2.OidcProvider, kid: str) -> list[dict[str, Any]]:
         if provider.WhichOneof("keys") == "jwks_json":
@@ -123,8 +175,8 @@ class JwksCache:
             may_refetch = cached is None or now - cached.fetched >= self._min_refetch
             if stale or (not known and may_refetch):
                 try:
-                    self._cache[cache_key] = cached = _Keys(await self._fetch(provider.jwks_uri), now)
-                except (httpx.HTTPError, ValueError):
+                    self._cache[cache_key] = cached = _Keys(await self._fetch(provider), now)
+                except (httpx.HTTPError, ValueError, RecursionError):  # JSON nested too deep: no JWKS
                     log.warning("fetching JWKS failed", extra={"issuer": provider.issuer}, exc_info=True)
                     if cached is None:
                         # Not the caller's fault and not a verdict on the token: retry later.

@@ -43,11 +43,15 @@ def _provider_violations(index: int, provider: P.OidcProvider) -> Iterable[tuple
         ):
             yield f"{path}.jwks_uri", "must be an https URL"
     else:
+        # Entries that are no key we can use are skipped at sign-in (RFC 7517: ignore what one does not
+        # understand), so only a document with no usable key at all is refused: refusing a stored policy's odd
+        # entry would fail every later edit on a field its author did not touch.
         try:
-            if not oidc.jwks_keys(json.loads(provider.jwks_json)):
-                raise ValueError("no keys")
-        except ValueError:
-            yield f"{path}.jwks_json", "must be a JWKS document with keys"
+            usable, _ = oidc.read_jwks(json.loads(provider.jwks_json))
+        except (ValueError, RecursionError):
+            usable = []
+        if not usable:
+            yield f"{path}.jwks_json", "must be a JWKS document with at least one usable key"
     for j, alg in enumerate(provider.allowed_algorithms):
         if alg not in oidc.ALLOWED_ALGORITHMS:
             yield f"{path}.allowed_algorithms[{j}]", f"must be one of {', '.join(oidc.ALLOWED_ALGORITHMS)}"

@@ -53,6 +53,17 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class OidcSubject:
+    """What an OIDC sign-in needs about its subject, read in one query: the user row's state, roles and groups
+    (``state`` None without a row) and the roles its issuer asserted at the recorded sign-in (None: never)."""
+
+    state: str | None
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+    recorded_roles: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class TenantView:
     """A tenant's state and current policy, as Authorize and the admin checks need it."""
 
@@ -185,6 +196,46 @@ class AuthStore:
         )
         return None if row is None else dict(row)
 
+    async def oidc_subject(self, tenant_id: str, subject: str, issuer: str) -> OidcSubject:
+        """The user row of ``subject`` and what ``issuer`` recorded for it, in one round trip."""
+        async with self.tenant(tenant_id) as session:
+            row = (
+                (
+                    await session.execute(
+                        text(
+                            "SELECT u.state, u.roles, u.groups, s.roles AS recorded_roles"
+                            " FROM (SELECT CAST(:u AS text) AS subject) q"
+                            " LEFT JOIN users u ON u.user_id = q.subject"
+                            " LEFT JOIN oidc_subjects s ON s.subject = q.subject AND s.issuer = :i"
+                        ),
+                        {"u": subject, "i": issuer},
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        recorded = row["recorded_roles"]
+        return OidcSubject(
+            state=row["state"],
+            roles=tuple(row["roles"] or ()),
+            groups=tuple(row["groups"] or ()),
+            recorded_roles=None if recorded is None else tuple(recorded),
+        )
+
+    @staticmethod
+    async def asserted_roles(
+        session: AsyncSession, subject: str, issuers: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The roles each of ``issuers`` asserted for ``subject`` at its recorded sign-in (issuers that never
+        signed it in are absent)."""
+        if not issuers:
+            return {}
+        rows = await session.execute(
+            text("SELECT issuer, roles FROM oidc_subjects WHERE subject = :s AND issuer = ANY(:i)"),
+            {"s": subject, "i": list(issuers)},
+        )
+        return {issuer: tuple(roles) for issuer, roles in rows}
+
     async def key_owner(self, session: AsyncSession, api_key_id: str) -> dict[str, Any] | None:
         """The user whose key ``api_key_id`` is (every key has one); None for no such key in the tenant."""
         row = (
@@ -261,6 +312,21 @@ class AuthStore:
             text("INSERT INTO audit_outbox (record_id, tenant_id, subject, payload) VALUES (:r, :t, :s, :p)"),
             {"r": record_id, "t": tenant_id, "s": subject, "p": payload},
         )
+
+    async def record_oidc_subject(
+        self, tenant_id: str, subject: str, issuer: str, roles: Sequence[str]
+    ) -> None:
+        """Record that ``issuer`` signed ``subject`` in asserting ``roles`` (sorted, distinct). Called only when
+        that differs from what is recorded, so a subject costs one write when first seen and one per change."""
+        async with self.tenant(tenant_id) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO oidc_subjects (tenant_id, subject, issuer, roles) VALUES (:t, :s, :i, :r)"
+                    " ON CONFLICT (tenant_id, subject, issuer) DO UPDATE SET roles = excluded.roles,"
+                    " roles_time = now() WHERE oidc_subjects.roles IS DISTINCT FROM excluded.roles"
+                ),
+                {"t": tenant_id, "s": subject, "i": issuer, "r": list(roles)},
+            )
 
     async def touch_key(self, tenant_id: str, api_key_id: str) -> None:
         async with self.tenant(tenant_id) as session:

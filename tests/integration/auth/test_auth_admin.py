@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -27,7 +28,7 @@ from services.auth.access import Access
 from services.auth.app import APP
 from services.auth.cache import TenantKeyedCache
 from services.auth.store import AuthStore
-from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
+from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, make_idp_key, signer_for
 
 
 async def _policy(auth: Auth, tenant: str, version: int = 0) -> tenant_policy_pb2.TenantPolicy:
@@ -404,7 +405,9 @@ async def test_invalid_policies_are_refused_with_field_violations(auth: Auth) ->
 
     # An issuer routes to exactly one tenant.
     provider = tenant_policy_pb2.OidcProvider(
-        issuer="https://shared.example/", audiences=["a"], jwks_json='{"keys":[{}]}'
+        issuer="https://shared.example/",
+        audiences=["a"],
+        jwks_json=json.dumps({"keys": [make_idp_key("EdDSA", "shared").jwk]}),
     )
     first = tenant_policy_pb2.TenantPolicy(roles=policy.roles, identity_providers=[provider])
     await auth.admin.UpdateTenantPolicy(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -103,8 +105,9 @@ async def test_an_unreachable_jwks_url_is_unavailable_not_a_verdict(auth: Auth, 
 
 async def test_a_jwks_url_serving_no_jwks_document_is_unavailable_not_internal(auth: Auth, idp: Idp) -> None:
     good = idp.server.document
-    # Valid JSON, but not an object with a list of key objects under "keys": a failed fetch, like no answer.
-    for document in ([1, 2], {"issuer": idp.issuer}, {"keys": {"kid": "rs256-1"}}, {"keys": [1, 2]}):
+    # Valid JSON, but not an object with a list under "keys": a failed fetch, like no answer. (Entries of the
+    # list that are no usable key are skipped, not a failed fetch: see the next tests.)
+    for document in ([1, 2], {"issuer": idp.issuer}, {"keys": {"kid": "rs256-1"}}, {"keys": None}):
         idp.server.document = document
         code, reason, _ = await refusal(
             auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))
@@ -113,3 +116,81 @@ async def test_a_jwks_url_serving_no_jwks_document_is_unavailable_not_internal(a
     idp.server.document = good  # nothing bad was cached: the provider's keys work as soon as it serves them
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))
     assert issued.principal.subject == "alice"
+
+
+# Entries a JWKS may hold that we cannot use (RFC 7517 section 5: ignore JWKs one does not understand).
+ODD_ENTRIES: list[Any] = [
+    1,
+    "rs256-1",
+    None,
+    ["kty", "RSA"],
+    {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},  # a symmetric key: never ours to verify with
+    {"kty": "RSA", "kid": "broken", "n": 5, "e": "AQAB"},  # members that make no key
+    {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA"},  # a curve no allowed algorithm takes
+    {"kty": "future-kind", "kid": "future"},
+]
+
+
+async def test_a_fetched_jwks_skips_the_entries_it_cannot_use(
+    auth: Auth, idp: Idp, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = idp.server.document["keys"]
+    encrypting = dict(good[0], use="enc")  # the RS256 key again, marked for encryption: not for signatures
+    idp.server.document = {"keys": [*ODD_ENTRIES, encrypting, *good]}
+    with caplog.at_level(logging.WARNING, logger="services.auth.oidc"):
+        for alg in ("RS256", "ES256", "EdDSA"):
+            issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token(alg)))
+            assert issued.principal.subject == "alice"
+    skipped = [r for r in caplog.records if r.getMessage() == "a JWKS entry was skipped"]
+    assert len(skipped) == len(ODD_ENTRIES) + 1 and {getattr(r, "issuer", "") for r in skipped} == {
+        idp.issuer
+    }
+
+    # A document of nothing usable is a provider without keys (the token matches none), not a failed fetch.
+    idp.server.document = {"keys": ODD_ENTRIES}
+    rotated = make_idp_key("RS256", "rs256-new")  # an unknown kid: the document is fetched again
+    idp.keys["RS256"] = rotated
+    assert (await refusal(auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))))[:2] == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "OIDC_SIGNATURE_INVALID",
+    )
+
+
+async def test_an_inline_jwks_with_odd_entries_signs_in_and_later_edits_pass(auth: Auth, idp: Idp) -> None:
+    key = make_idp_key("EdDSA", "inline-odd")
+    issuer = f"https://odd.{idp.tenant_id}.example/"
+
+    def provider(keys: list[Any]) -> tenant_policy_pb2.TenantPolicy:
+        return tenant_policy_pb2.TenantPolicy(
+            identity_providers=[
+                tenant_policy_pb2.OidcProvider(
+                    issuer=issuer, audiences=["parapet-odd"], jwks_json=json.dumps({"keys": keys})
+                )
+            ]
+        )
+
+    # Validation refuses only a document without one usable key.
+    for useless in ([], ODD_ENTRIES):
+        assert await refusal(auth.set_policy(idp.tenant_id, provider(useless))) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "POLICY_INVALID",
+            ["policy.identity_providers[1].jwks_json"],
+        )
+    await auth.set_policy(idp.tenant_id, provider([*ODD_ENTRIES, key.jwk]))
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": issuer, "aud": "parapet-odd", "sub": "odd", "exp": now + 60},
+        key.private,
+        algorithm="EdDSA",
+        headers={"kid": "inline-odd"},
+    )
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token))
+    assert (issued.principal.subject, issued.principal.issuer) == ("odd", issuer)
+    # An edit of something else entirely still validates the whole policy, odd entries and all.
+    edited = await auth.set_policy(
+        idp.tenant_id,
+        tenant_policy_pb2.TenantPolicy(
+            roles=[tenant_policy_pb2.RoleDefinition(role="reader", permissions=[perm.PERMISSION_CHAT])]
+        ),
+    )
+    assert "reader" in {role.role for role in edited.roles}

@@ -1,14 +1,17 @@
 """A tenant admin may act only on those it holds everything of: no revoking a greater admin's keys, no cutting
 down, deleting or redefining a role it does not fully hold, no changing the identity providers (which can
-assert any role) unless it holds every role. An admin holding all of it, and the platform operator, still may."""
+assert any role) unless it holds every role. An admin holding all of it, and the platform operator, still may.
+An OIDC-only admin has no user row: what its provider asserted at sign-in is its rank."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import psycopg
 from google.protobuf import field_mask_pb2
 
 from parapet.auth.v1 import api_key_pb2, tenant_policy_pb2, user_pb2
@@ -16,7 +19,8 @@ from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.testing import refusal
-from tests.integration.auth.conftest import Auth, Metadata, make_idp_key
+from services.auth.invalidation import libpq_url
+from tests.integration.auth.conftest import Auth, Idp, Metadata, make_idp_key
 
 ESCALATION = (grpc.StatusCode.PERMISSION_DENIED, "PRIVILEGE_ESCALATION")
 Edit = Callable[[tenant_policy_pb2.TenantPolicy], None]
@@ -189,3 +193,147 @@ async def test_an_admin_still_manages_what_it_holds_entirely(auth: Auth) -> None
 
     # The platform operator is not bound by the tenant's ranks.
     await _revoke(auth, ranks, "boss", auth.operator)
+
+
+# -- OIDC-only users: their rank comes from what their identity provider asserts, not from a user row ------
+
+
+async def _staff(auth: Auth, tenant: str) -> dict[str, Metadata]:
+    """In the ``idp`` tenant (role analyst = chat; its provider asserts roles): roles helpdesk (admin, chat)
+    and member (chat), and two API-key admins, ``hd`` (helpdesk) and ``boss`` (admin), as call metadata."""
+    await auth.set_policy(
+        tenant,
+        tenant_policy_pb2.TenantPolicy(
+            roles=[
+                tenant_policy_pb2.RoleDefinition(
+                    role="helpdesk", permissions=[perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT]
+                ),
+                tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_CHAT]),
+            ]
+        ),
+    )
+    staff = {}
+    for user, role in (("hd", "helpdesk"), ("boss", "admin")):
+        await auth.new_user(tenant, user, (role,))
+        staff[user] = await _as_key(auth, (await auth.new_key(tenant, user))[1])
+    return staff
+
+
+async def _sign_in(auth: Auth, idp: Idp, subject: str, *roles: str) -> apb.AuthenticateResponse:
+    """A real OIDC sign-in through the provider (a fresh token each time, so never a cached identity)."""
+    response: apb.AuthenticateResponse = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub=subject, roles=list(roles)))
+    )
+    return response
+
+
+def _create(tenant: str, user_id: str, **fields: Any) -> tpb.CreateUserRequest:
+    return tpb.CreateUserRequest(tenant_id=tenant, user=user_pb2.User(user_id=user_id, **fields))
+
+
+async def test_a_lesser_admin_can_neither_lock_out_nor_impersonate_an_oidc_only_admin(
+    auth: Auth, idp: Idp
+) -> None:
+    tenant = idp.tenant_id
+    staff = await _staff(auth, tenant)
+    hd = staff["hd"]
+    grace = (await _sign_in(auth, idp, "grace", "admin")).principal  # OIDC only: no user row
+    assert (grace.subject, list(grace.roles)) == ("grace", ["admin"])
+
+    # Lockout (a disabled row for her subject) and impersonation (a row with a lesser role, then a key under
+    # her subject): both went through before, as the holder rule saw no row.
+    attempts = {
+        "a disabled row for grace": _create(tenant, "grace", state=user_pb2.USER_STATE_DISABLED),
+        "grace as a member": _create(tenant, "grace", roles=["member"]),
+    }
+    refused = {
+        name: (await refusal(auth.admin.CreateUser(r, metadata=hd)))[:2] for name, r in attempts.items()
+    }
+    assert refused == dict.fromkeys(attempts, ESCALATION)
+    assert (await _sign_in(auth, idp, "grace", "admin")).principal.roles == ["admin"]
+
+    # A row made for her by an admin who holds everything (her groups, say) does not lower her rank to the
+    # row's: hd can still neither mint a key under her subject, nor disable her, nor revoke her key.
+    await auth.admin.CreateUser(_create(tenant, "grace", groups=["board"]), metadata=staff["boss"])
+    key_id, _ = await auth.new_key(tenant, "grace")
+    disable = tpb.UpdateUserRequest(
+        tenant_id=tenant,
+        user=user_pb2.User(user_id="grace", state=user_pb2.USER_STATE_DISABLED),
+        update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+    )
+    mint = tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="grace"))
+    revoke = tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id)
+    calls = {
+        "mint a key for grace": auth.admin.CreateApiKey(mint, metadata=hd),
+        "disable grace": auth.admin.UpdateUser(disable, metadata=hd),
+        "revoke grace's key": auth.admin.RevokeApiKey(revoke, metadata=hd),
+    }
+    refused = {name: (await refusal(call))[:2] for name, call in calls.items()}
+    assert refused == dict.fromkeys(calls, ESCALATION)
+    again = (await _sign_in(auth, idp, "grace", "admin")).principal
+    assert (list(again.roles), list(again.groups)) == (["admin"], ["board", "finance"])
+
+    # boss holds every role: it may act on her; so may the platform operator.
+    await auth.admin.UpdateUser(disable, metadata=staff["boss"])
+    assert (await refusal(_sign_in(auth, idp, "grace", "admin")))[:2] == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "USER_DISABLED",
+    )
+
+
+async def test_a_subject_is_ranked_by_its_last_sign_in_and_an_unseen_one_could_be_anyone(
+    auth: Auth, idp: Idp, database_url: str
+) -> None:
+    tenant = idp.tenant_id
+    staff = await _staff(auth, tenant)
+    hd = staff["hd"]
+
+    # Nobody has signed in as "newcomer": the provider could make them admin at their first sign-in, so only an
+    # admin holding every role may create the row (else a lesser admin could claim a future admin's subject).
+    assert (await refusal(auth.admin.CreateUser(_create(tenant, "newcomer"), metadata=hd)))[:2] == ESCALATION
+    await auth.admin.CreateUser(_create(tenant, "newcomer"), metadata=staff["boss"])
+
+    # A subject signed in as analyst (chat, which hd holds): hd may create its row and mint its key.
+    await _sign_in(auth, idp, "ann", "analyst")
+    await auth.admin.CreateUser(_create(tenant, "ann", roles=["member"]), metadata=hd)
+    await auth.admin.CreateApiKey(
+        tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="ann")), metadata=hd
+    )
+
+    # The rank is what the last sign-in asserted: promoted at the provider, gus is out of hd's reach; demoted,
+    # within it again.
+    await _sign_in(auth, idp, "gus", "analyst", "admin")
+    assert (await refusal(auth.admin.CreateUser(_create(tenant, "gus"), metadata=hd)))[:2] == ESCALATION
+    await _sign_in(auth, idp, "gus", "analyst")
+    await auth.admin.CreateUser(_create(tenant, "gus"), metadata=hd)
+
+    # The record is written when a subject is first seen or its roles change, not on every sign-in.
+    async def recorded(subject: str) -> tuple[Any, ...]:
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT xmin::text, roles, roles_time FROM auth.oidc_subjects"
+                    " WHERE tenant_id = %s AND subject = %s AND issuer = %s",
+                    (tenant, subject, idp.issuer),
+                )
+            ).fetchone()
+            assert row is not None
+            return tuple(row)
+
+    before = await recorded("ann")
+    assert before[1] == ["analyst"]
+    for _ in range(3):
+        await _sign_in(auth, idp, "ann", "analyst")
+    assert await recorded("ann") == before
+    await _sign_in(auth, idp, "ann", "analyst", "member")
+    assert (await recorded("ann"))[1] == ["analyst", "member"]
+
+    # A provider that asserts no roles gives its subjects only what their row grants: an unseen subject holds
+    # nothing, and hd may create it.
+    await _edit_policy(auth, tenant, auth.operator, _without_roles_claim)
+    await auth.admin.CreateUser(_create(tenant, "nobody-yet"), metadata=hd)
+
+
+def _without_roles_claim(policy: tenant_policy_pb2.TenantPolicy) -> None:
+    for provider in policy.identity_providers:
+        provider.roles_claim = ""

@@ -8,7 +8,7 @@ import pytest
 from services.auth.invalidation import libpq_url
 from tests.integration.auth.conftest import Auth
 
-TENANT_TABLES = ("tenants", "users", "api_keys", "policies", "audit_outbox")
+TENANT_TABLES = ("tenants", "users", "api_keys", "policies", "audit_outbox", "oidc_subjects")
 
 
 async def _connect(database_url: str) -> psycopg.AsyncConnection[tuple[object, ...]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from typing import Any
 
 import jwt
 import pytest
@@ -140,26 +143,70 @@ def test_edits_cannot_take_from_or_reshape_a_role_the_author_does_not_fully_hold
     policy.check_grants(two, swapped, helpdesk, platform_tenant=False, is_platform=False)
 
 
-def test_a_jwks_document_is_an_object_with_a_list_of_key_objects() -> None:
-    key = {"kty": "OKP", "kid": "k1"}
+def _ed25519_jwk(kid: str) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from jwt.algorithms import OKPAlgorithm
+
+    jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(ed25519.Ed25519PrivateKey.generate().public_key()))
+    return jwk | {"kid": kid}
+
+
+def test_a_jwks_document_is_an_object_with_a_list_whose_unusable_entries_are_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = _ed25519_jwk("k1")
     assert oidc.jwks_keys({"keys": [key]}) == [key] and oidc.jwks_keys({"keys": []}) == []
-    for bad in ([1, 2], [], None, "keys", {}, {"keys": None}, {"keys": {"kid": "k1"}}, {"keys": [key, 1]}):
+    # Not a JWKS document at all: ValueError, which a fetch counts as failed (the cached keys are kept).
+    for bad in ([1, 2], [], None, "keys", {}, {"keys": None}, {"keys": {"kid": "k1"}}):
         with pytest.raises(ValueError):
             oidc.jwks_keys(bad)
-    inline = tenant_policy_pb2.TenantPolicy()
-    inline.identity_providers.add(issuer="https://idp.example/", audiences=["p"], jwks_json='{"keys": [1]}')
-    assert (
-        "policy.identity_providers[0].jwks_json",
-        "must be a JWKS document with keys",
-    ) in policy.violations(inline)
+    # Entries we cannot use are skipped, each with a warning (RFC 7517: ignore what one does not understand).
+    odd: list[Any] = [
+        1,
+        None,
+        "k1",
+        {"kid": "k1"},  # no kty
+        {"kty": "OKP", "kid": "k1"},  # no curve, no x
+        {"kty": "OKP", "crv": "X25519", "x": key["x"]},  # a key-agreement curve
+        {"kty": "oct", "k": "c2VjcmV0"},  # symmetric
+        key | {"use": "enc"},  # not for signatures
+        key | {"alg": ["EdDSA"]},  # a member of the wrong type
+        key | {"alg": "ES256"},  # meant for another algorithm
+    ]
+    with caplog.at_level(logging.WARNING, logger="services.auth.oidc"):
+        assert oidc.jwks_keys({"keys": [*odd, key]}, issuer="https://idp.example/") == [key]
+    skipped = [r for r in caplog.records if r.getMessage() == "a JWKS entry was skipped"]
+    assert [getattr(r, "index", None) for r in skipped] == list(range(len(odd)))
+    assert oidc.read_jwks({"keys": odd}) == ([], [(i, oidc._unusable(e) or "") for i, e in enumerate(odd)])
+
+    # Policy validation refuses only a document without one usable key (or no JWKS document at all).
+    def jwks_violations(document: str) -> list[tuple[str, str]]:
+        inline = tenant_policy_pb2.TenantPolicy()
+        inline.identity_providers.add(issuer="https://idp.example/", audiences=["p"], jwks_json=document)
+        return [v for v in policy.violations(inline) if v[0].endswith("jwks_json")]
+
+    refused = [
+        ("policy.identity_providers[0].jwks_json", "must be a JWKS document with at least one usable key")
+    ]
+    for document in (
+        "not json",
+        "[1]",
+        '{"keys": {}}',
+        '{"keys": []}',
+        json.dumps({"keys": odd}),
+        "[" * 100_000,
+    ):
+        assert jwks_violations(document) == refused, document[:20]
+    assert jwks_violations(json.dumps({"keys": [*odd, key]})) == []
 
 
-async def test_an_inline_jwks_stored_before_the_stricter_check_is_no_key_not_a_crash() -> None:
-    provider = tenant_policy_pb2.OidcProvider(issuer="https://idp.example/", jwks_json='{"keys": [1]}')
-    token = oidc.UnverifiedToken("t", "EdDSA", "k1", provider.issuer)
-    with pytest.raises(Unauthenticated) as raised:
-        await oidc.JwksCache().key(provider, token)
-    assert raised.value.reason == "OIDC_SIGNATURE_INVALID"
+async def test_an_inline_jwks_without_a_usable_key_is_no_key_not_a_crash() -> None:
+    for document in ('{"keys": [1]}', '{"keys": 1}', "not json"):  # stored before validation refused them
+        provider = tenant_policy_pb2.OidcProvider(issuer="https://idp.example/", jwks_json=document)
+        token = oidc.UnverifiedToken("t", "EdDSA", "k1", provider.issuer)
+        with pytest.raises(Unauthenticated) as raised:
+            await oidc.JwksCache().key(provider, token)
+        assert raised.value.reason == "OIDC_SIGNATURE_INVALID"
 
 
 def test_policy_validation_names_each_bad_field() -> None:
