@@ -14,20 +14,42 @@ from parapet.kit.bus import Bus
 from parapet.kit.context import current_request_id
 from parapet.kit.database import Database
 from parapet.kit.errors import AlreadyExists, InvalidArgument
+from parapet.kit.identity import Principal
 from services.audit.access import AUDIT_ERASE, AUDIT_READ, AUDIT_WRITE, require_audit_permission
 from services.audit.canonical import prepare
 from services.audit.consumer import BodyDefaults
 from services.audit.query import export_interactions, query_interactions
 from services.audit.rejected import delete_user_rejected
-from services.audit.retention import erase_user_bodies
-from services.audit.scope import tenant_scope
+from services.audit.retention import erase_user_bodies, mark_erased
 from services.audit.signing import CheckpointSigner
-from services.audit.store import append, append_in, lock_head
+from services.audit.store import append
 from services.audit.verify import verify_chain
 
 log = logging.getLogger(__name__)
 
 ERASE_METHOD = "/parapet.audit.v1.AuditService/Erase"
+
+
+def _erase_action(
+    principal: Principal, request: audit_service_pb2.EraseRequest, erased: int, rejected: int
+) -> audit_record_pb2.AuditRecord:
+    """The chain's record of an erasure: who erased whose bodies, and why."""
+    action = audit_record_pb2.AuditRecord(
+        record_id=str(uuid.uuid4()),
+        admin_action=admin_action_pb2.AdminAction(
+            actor=principal.to_proto(),
+            method=ERASE_METHOD,
+            target=request.user_id,
+            attributes={
+                "reason": request.reason,
+                "erased_count": str(erased),
+                "rejected_deleted_count": str(rejected),
+            },
+            request_id=current_request_id() or "",
+        ),
+    )
+    action.create_time.GetCurrentTime()
+    return action
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
@@ -111,32 +133,18 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         # nothing left to do the second time).
         rejected = await delete_user_rejected(self._bus, principal.tenant_id, request.user_id)
         if rejected:
-            # Logged as well as recorded below: if the transaction fails, these deletions stand all the same.
+            # Logged as well as recorded below: if a later step fails, these deletions stand all the same.
             log.info(
                 "set-aside audit records of a user deleted",
                 extra={"tenant_id": principal.tenant_id, "deleted": rejected},
             )
-        async with tenant_scope(self._database, principal.tenant_id) as session:
-            # The head lock first: an append of the tenant either commits before the erasure (whose UPDATE then
-            # reaches its records) or waits and then finds the erasure's marker; none slips between the two.
-            await lock_head(session, principal.tenant_id)
-            erased = await erase_user_bodies(session, request.user_id)
-            # The erasure joins the chain in the same transaction: who erased whose bodies, and why.
-            action = audit_record_pb2.AuditRecord(
-                record_id=str(uuid.uuid4()),
-                admin_action=admin_action_pb2.AdminAction(
-                    actor=principal.to_proto(),
-                    method=ERASE_METHOD,
-                    target=request.user_id,
-                    attributes={
-                        "reason": request.reason,
-                        "erased_count": str(erased),
-                        "rejected_deleted_count": str(rejected),
-                    },
-                    request_id=current_request_id() or "",
-                ),
-            )
-            action.create_time.GetCurrentTime()
-            await append_in(session, principal.tenant_id, [prepare(action, principal.tenant_id)])
+        # Three steps, none holding the tenant's head lock for long (retention.mark_erased says why the order is
+        # safe): the marker, committed; the user's stored bodies, in batches; then the erasure joins the chain. A
+        # failure between them leaves the job part-done, and a retry finishes it (the marker only moves forward,
+        # bodies already cleared are skipped), counting what it erased itself.
+        erasure = await mark_erased(self._database, principal.tenant_id, request.user_id)
+        erased = await erase_user_bodies(self._database, principal.tenant_id, request.user_id, erasure)
+        action = _erase_action(principal, request, erased, rejected)
+        await append(self._database, principal.tenant_id, [prepare(action, principal.tenant_id)])
         metrics.record_audit("rpc", "appended")
         return audit_service_pb2.EraseResponse(erased_count=erased, rejected_deleted_count=rejected)

@@ -157,10 +157,13 @@ def _apply_erasures(batch: Sequence[PreparedRecord], erased: Mapping[str, dateti
     return out
 
 
-async def lock_head(session: AsyncSession, tenant_id: str) -> None:
-    """Take ``tenant_id``'s head lock in ``session``: appends of the tenant wait until it commits."""
+async def lock_head(session: AsyncSession, tenant_id: str) -> int:
+    """Take ``tenant_id``'s head lock in ``session`` (appends of the tenant wait until it commits) and return the
+    head's sequence: every record committed so far is at or below it."""
     driver = await _driver(session)
-    await driver.execute(_LOCK_HEAD, (tenant_id,))
+    head = await driver.execute(_LOCK_HEAD, (tenant_id,))
+    sequence, _ = await head.fetchone()
+    return int(sequence)
 
 
 def _chain(

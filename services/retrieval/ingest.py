@@ -396,7 +396,8 @@ class Ingestor:
         """Someone stored this id between `prepare` and `store`: the same content (ours is unchanged), or a
         document this writer may not change (refused). Our upserted vectors that no chunk row references
         are deleted; those it references (same content, same ids) were given our groups and metadata, which
-        stand only if the writer may change the document: otherwise the stored ones are put back."""
+        stand only if the writer may change the document: otherwise the stored ones are put back
+        (`_reconcile`, which a one-off put-back of `current` is not: it can land after a newer change)."""
         tenant_id, document_id = writer.tenant_id, prepared.document_id
         async with tenant_scope(self._database, tenant_id) as session:
             referenced = set(await repository.chunk_ids(session, tenant_id, [document_id]))
@@ -404,9 +405,8 @@ class Ingestor:
         await self._store.delete_chunks(tenant_id, [i for i in ours if i not in referenced])
         if writer.may_change(current):
             return await self._unchanged(tenant_id, prepared.index, prepared.row, current)
-        shared = [i for i in ours if i in referenced]
-        if shared:
-            await self._store.set_attributes(tenant_id, shared, current.access_groups, current.metadata)
+        if referenced.intersection(ours):
+            await self._reconcile(tenant_id, document_id)
         return _rejection(prepared.index, document_id, not_writable(document_id))
 
     async def _unchanged(
@@ -431,15 +431,30 @@ class Ingestor:
     async def _change_attributes(
         self, tenant_id: str, existing: repository.DocumentRow, row: dict[str, Any]
     ) -> None:
-        """The vector store first, then the rows. Committing the rows first left the store stale for good
-        when it then failed: the retry saw nothing to change. Now a failed store call commits nothing, so
-        the retry sees the change again and makes it; meanwhile the store may be ahead of the chunk rows,
-        which is harmless as every query re-checks the rows. The rows are written only if the document is
-        still as read (else ABORTED: a concurrent change won, and a retry starts over from it)."""
+        """The vector store first, then the rows, then the store made to match the rows. Committing the rows
+        first left the store stale for good when it then failed: the retry saw nothing to change. Now a failed
+        store call commits nothing, so the retry sees the change again and makes it. The rows are written only
+        if the document is still as read (else ABORTED: a concurrent change won, and a retry starts over
+        from it). Either way the store is then reconciled with the committed rows (`_reconcile`): the first
+        store write is made outside any lock, so another ingestion's can land after it, and ours after
+        theirs; before, a loser's groups stayed in the store for good when it wrote after the winner."""
         document_id = existing.document_id
         async with tenant_scope(self._database, tenant_id) as session:
             ids = await repository.chunk_ids(session, tenant_id, [document_id])
         await self._store.set_attributes(tenant_id, ids, row["access_groups"], row["metadata"])
+        try:
+            await self._commit_attributes(tenant_id, existing, row)
+        except Aborted:
+            await self._reconcile(tenant_id, document_id)
+            raise
+        await self._reconcile(tenant_id, document_id)
+
+    async def _commit_attributes(
+        self, tenant_id: str, existing: repository.DocumentRow, row: dict[str, Any]
+    ) -> None:
+        """Writes `row` (attributes only) if the document is still `existing`, else raises ABORTED. Its
+        `update_time` moves on every write, so an equal row is an unchanged one, never a changed-back one."""
+        document_id = existing.document_id
         async with tenant_scope(self._database, tenant_id) as session:
             current = await repository.get_document(session, tenant_id, document_id, lock=True)
             if current != existing:
@@ -448,3 +463,34 @@ class Ingestor:
                     reason="CONCURRENT_CONFLICT",
                 )
             await repository.write_document(session, tenant_id, row, None)
+
+    async def _committed(
+        self, tenant_id: str, document_id: str
+    ) -> tuple[repository.DocumentRow, list[str]] | None:
+        """The document's committed row and chunk ids (None once deleted: deletion removes its vectors)."""
+        async with tenant_scope(self._database, tenant_id) as session:
+            current = await repository.get_document(session, tenant_id, document_id)
+            ids = await repository.chunk_ids(session, tenant_id, [document_id]) if current else []
+        return (current, ids) if current is not None else None
+
+    async def _reconcile(self, tenant_id: str, document_id: str) -> None:
+        """Gives the document's vectors the groups and metadata of its committed row, again until the row did
+        not change while the store was written.
+
+        Why that leaves the store in step with the rows under any interleaving, without holding the row lock
+        across the store call (which would hold a pooled connection while the pgvector store waits for another
+        from the same pool): every writer of a stored document's vector attributes reconciles after its last
+        write (`_change_attributes` on both outcomes, `_lost_race`), but for an upsert whose groups and metadata
+        the row read after it holds anyway (`_lost_race` with nothing to change). Take the last store write: its
+        writer read the row before it and again after it and found them equal (else it would write again), so
+        the store holds the row as it stood after that write; a later commit would be followed by its own
+        writer's reconciling write, which would then be the last. A one-off put-back (one read, one write) is
+        not enough: a change committed between the read and the write is overwritten with the older row."""
+        seen = await self._committed(tenant_id, document_id)
+        while seen is not None:
+            current, ids = seen
+            await self._store.set_attributes(tenant_id, ids, current.access_groups, current.metadata)
+            again = await self._committed(tenant_id, document_id)
+            if again == seen:
+                return
+            seen = again

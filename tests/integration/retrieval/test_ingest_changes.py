@@ -221,12 +221,24 @@ async def test_a_document_stored_by_someone_else_between_prepare_and_store_is_le
     assert await _vector_groups(database, tenant) == {r.chunk_id: ["hr"] for r in rows}
 
 
-class _ChangedMeanwhile(PgVectorStore):
-    """The pgvector store; right after its first attribute update, `meanwhile` runs (another ingestion)."""
+Ingestion = Callable[[], Awaitable[object]]
 
-    def __init__(self, database: Database, meanwhile: Callable[[], Awaitable[object]]) -> None:
+
+class _Interleaved(PgVectorStore):
+    """The pgvector store, with other complete ingestions run at set points of its attribute updates:
+    `before[n]` just before its n-th `set_attributes` call (from 0), `after[n]` just after it; each once."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        before: dict[int, Ingestion] | None = None,
+        after: dict[int, Ingestion] | None = None,
+    ) -> None:
         super().__init__(database)
-        self._meanwhile: Callable[[], Awaitable[object]] | None = meanwhile
+        self._before = dict(before or {})
+        self._after = dict(after or {})
+        self._calls = 0
 
     async def set_attributes(
         self,
@@ -235,10 +247,32 @@ class _ChangedMeanwhile(PgVectorStore):
         access_groups: Sequence[str],
         metadata: Mapping[str, str],
     ) -> None:
-        await super().set_attributes(tenant_id, chunk_ids, access_groups, metadata)
-        meanwhile, self._meanwhile = self._meanwhile, None
-        if meanwhile is not None:
+        call, self._calls = self._calls, self._calls + 1
+        if (meanwhile := self._before.pop(call, None)) is not None:
             await meanwhile()
+        await super().set_attributes(tenant_id, chunk_ids, access_groups, metadata)
+        if (meanwhile := self._after.pop(call, None)) is not None:
+            await meanwhile()
+
+
+def _regroup(database: Database, embedder: MiniLmEmbedder, writer: Writer, *groups: str) -> Ingestion:
+    """A complete ingestion (its own store, no interleaving) giving the salaries document `groups`."""
+
+    async def ingestion() -> None:
+        await _ingestor(database, embedder).ingest(
+            writer, 0, doc("salaries", groups=groups), SALARIES, Progress()
+        )
+
+    return ingestion
+
+
+async def _row_and_store_groups(
+    database: Database, tenant: str
+) -> tuple[tuple[str, ...], set[tuple[str, ...]]]:
+    """The salaries document's groups in its row, and the set of groups its vectors hold."""
+    async with tenant_scope(database, tenant) as session:
+        row = (await session.execute(text("SELECT access_groups FROM documents"))).scalar_one()
+    return tuple(row), set(map(tuple, (await _vector_groups(database, tenant)).values()))
 
 
 async def test_a_concurrent_change_aborts_an_attribute_change_and_the_retry_makes_it(
@@ -246,23 +280,62 @@ async def test_a_concurrent_change_aborts_an_attribute_change_and_the_retry_make
 ) -> None:
     tenant = new_tenant()
     alice = Writer(tenant, "alice", ("hr",))
-    plain = _ingestor(database, embedder)
-    await plain.ingest(alice, 0, doc("salaries", groups=("hr",)), SALARIES, Progress())
+    await _regroup(database, embedder, alice, "hr")()
 
-    async def legal_too() -> None:
-        await plain.ingest(alice, 0, doc("salaries", groups=("hr", "legal")), SALARIES, Progress())
-
-    racing = _ingestor(database, embedder, _ChangedMeanwhile(database, legal_too))
+    # The winner runs just after the loser's store update, and writes the store after it.
+    racing = _ingestor(
+        database,
+        embedder,
+        _Interleaved(database, after={0: _regroup(database, embedder, alice, "hr", "legal")}),
+    )
     finance_too = doc("salaries", groups=("finance", "hr"))
     with pytest.raises(Aborted) as raised:
         await racing.ingest(alice, 0, finance_too, SALARIES, Progress())
     assert raised.value.reason == "CONCURRENT_CONFLICT"
-    # The change that committed is the one the store holds (it wrote the store after the loser did).
-    assert set(map(tuple, (await _vector_groups(database, tenant)).values())) == {("hr", "legal")}
+    assert await _row_and_store_groups(database, tenant) == (("hr", "legal"), {("hr", "legal")})
 
     retry = await racing.ingest(alice, 0, finance_too, SALARIES, Progress())
     assert retry.outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
-    assert set(map(tuple, (await _vector_groups(database, tenant)).values())) == {("finance", "hr")}
-    async with tenant_scope(database, tenant) as session:
-        groups = (await session.execute(text("SELECT access_groups FROM documents"))).scalar_one()
-    assert list(groups) == ["finance", "hr"]
+    assert await _row_and_store_groups(database, tenant) == (("finance", "hr"), {("finance", "hr")})
+
+
+async def test_an_aborted_attribute_change_leaves_the_winners_groups_in_the_store(
+    database: Database, embedder: MiniLmEmbedder
+) -> None:
+    """The winner runs just before the loser's store update: the loser's write lands last. It stayed there for
+    good (rows hr+legal, store finance+hr: legal could no longer find the document by vector search)."""
+    tenant = new_tenant()
+    alice = Writer(tenant, "alice", ("hr",))
+    await _regroup(database, embedder, alice, "hr")()
+
+    racing = _ingestor(
+        database,
+        embedder,
+        _Interleaved(database, before={0: _regroup(database, embedder, alice, "hr", "legal")}),
+    )
+    with pytest.raises(Aborted):
+        await racing.ingest(alice, 0, doc("salaries", groups=("finance", "hr")), SALARIES, Progress())
+    assert await _row_and_store_groups(database, tenant) == (("hr", "legal"), {("hr", "legal")})
+
+
+async def test_a_change_committed_while_the_loser_puts_the_store_back_is_not_overwritten(
+    database: Database, embedder: MiniLmEmbedder
+) -> None:
+    """Why the loser reconciles rather than putting back once: a third ingestion commits after the loser read
+    the winner's row and before it writes it back, so that write is already stale."""
+    tenant = new_tenant()
+    alice = Writer(tenant, "alice", ("hr",))
+    await _regroup(database, embedder, alice, "hr")()
+
+    store = _Interleaved(
+        database,
+        before={
+            0: _regroup(database, embedder, alice, "hr", "legal"),  # the winner
+            1: _regroup(database, embedder, alice, "hr", "ops"),  # just before the loser's put-back
+        },
+    )
+    with pytest.raises(Aborted):
+        await _ingestor(database, embedder, store).ingest(
+            alice, 0, doc("salaries", groups=("finance", "hr")), SALARIES, Progress()
+        )
+    assert await _row_and_store_groups(database, tenant) == (("hr", "ops"), {("hr", "ops")})
