@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from services.audit.canonical import prepare
 from services.audit.consumer import BodyDefaults
 from services.audit.query import export_interactions, query_interactions
 from services.audit.rejected import delete_user_rejected
-from services.audit.retention import erase_user_bodies, mark_erased
+from services.audit.retention import Erasure, erase_user_bodies, mark_erased
 from services.audit.signing import CheckpointSigner
 from services.audit.store import append
 from services.audit.verify import verify_chain
@@ -143,8 +144,17 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         # failure between them leaves the job part-done, and a retry finishes it (the marker only moves forward,
         # bodies already cleared are skipped), counting what it erased itself.
         erasure = await mark_erased(self._database, principal.tenant_id, request.user_id)
+        # Shielded: a caller who leaves (a deadline, a cancel) once bodies start to go must not leave them erased
+        # with no record in the chain of who erased them and why; only a failure of the database itself can
+        # (the call then fails and its retry finishes and records the job).
+        erased = await asyncio.shield(self._erase_and_record(principal, request, erasure, rejected))
+        return audit_service_pb2.EraseResponse(erased_count=erased, rejected_deleted_count=rejected)
+
+    async def _erase_and_record(
+        self, principal: Principal, request: audit_service_pb2.EraseRequest, erasure: Erasure, rejected: int
+    ) -> int:
         erased = await erase_user_bodies(self._database, principal.tenant_id, request.user_id, erasure)
         action = _erase_action(principal, request, erased, rejected)
         await append(self._database, principal.tenant_id, [prepare(action, principal.tenant_id)])
         metrics.record_audit("rpc", "appended")
-        return audit_service_pb2.EraseResponse(erased_count=erased, rejected_deleted_count=rejected)
+        return erased

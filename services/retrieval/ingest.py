@@ -59,6 +59,20 @@ MAX_METADATA_ENTRIES = 64
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 
 
+@dataclass(frozen=True)
+class _Attributes:
+    """What a store write gave a document's vectors: which chunks, their groups and metadata (ids compared as
+    a set: the chunk id query has no order)."""
+
+    chunk_ids: frozenset[str]
+    access_groups: tuple[str, ...]
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, row: repository.DocumentRow, ids: list[str]) -> _Attributes:
+        return cls(frozenset(ids), tuple(row.access_groups), dict(row.metadata))
+
+
 class Rejected(Exception):
     """A document that cannot be ingested whatever is stored: INVALID_ARGUMENT naming the field."""
 
@@ -442,12 +456,13 @@ class Ingestor:
         async with tenant_scope(self._database, tenant_id) as session:
             ids = await repository.chunk_ids(session, tenant_id, [document_id])
         await self._store.set_attributes(tenant_id, ids, row["access_groups"], row["metadata"])
+        written = _Attributes(frozenset(ids), tuple(row["access_groups"]), dict(row["metadata"]))
         try:
             await self._commit_attributes(tenant_id, existing, row)
         except Aborted:
-            await self._reconcile(tenant_id, document_id)
+            await self._reconcile(tenant_id, document_id, written)
             raise
-        await self._reconcile(tenant_id, document_id)
+        await self._reconcile(tenant_id, document_id, written)
 
     async def _commit_attributes(
         self, tenant_id: str, existing: repository.DocumentRow, row: dict[str, Any]
@@ -473,7 +488,7 @@ class Ingestor:
             ids = await repository.chunk_ids(session, tenant_id, [document_id]) if current else []
         return (current, ids) if current is not None else None
 
-    async def _reconcile(self, tenant_id: str, document_id: str) -> None:
+    async def _reconcile(self, tenant_id: str, document_id: str, written: _Attributes | None = None) -> None:
         """Gives the document's vectors the groups and metadata of its committed row, again until the row did
         not change while the store was written.
 
@@ -489,7 +504,12 @@ class Ingestor:
         seen = await self._committed(tenant_id, document_id)
         while seen is not None:
             current, ids = seen
+            if written is not None and written == _Attributes.of(current, ids):
+                # What this writer's own last store write already holds: writing it again would change nothing
+                # (another writer's later store write is followed by that writer's own reconciling).
+                return
             await self._store.set_attributes(tenant_id, ids, current.access_groups, current.metadata)
+            written = _Attributes.of(current, ids)
             again = await self._committed(tenant_id, document_id)
             if again == seen:
                 return

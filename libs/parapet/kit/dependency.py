@@ -77,10 +77,11 @@ def database_conflict(exc: BaseException) -> bool:
     return getattr(_driver_error(exc), "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
-# Data exceptions that a message's own content causes, whatever the database's state and our code: a character
-# the database's encoding cannot hold or an invalid byte sequence, a number or a date out of range, a text too
-# long. Not all of class 22: an invalid text representation (22P02) or parameter value (22023) is as likely our
-# own statement's fault after a regression, which setting messages aside would turn into silent loss.
+# Data exceptions that a message's own content causes, whatever our code: a character the database's encoding
+# cannot hold or an invalid byte sequence, a number or a date out of range (a sum beyond bigint depends on the
+# total stored too, but no retry shrinks that total), a text too long. Not all of class 22: an invalid text
+# representation (22P02) or parameter value (22023) is as likely our own statement's fault after a regression,
+# which setting messages aside would turn into silent loss.
 _REFUSED_DATA = frozenset({"22021", "22P05", "22003", "22008", "22001"})
 
 

@@ -58,8 +58,16 @@ _FINAL_AUTH_CODES = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
-# Auth could not answer: the job is given back without using up an attempt (an outage is not the job's doing).
-_AUTH_DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Auth could not answer: the job is given back without using up an attempt (an outage is not the job's doing):
+# down, too slow, shedding load, or the call cut as auth restarted.
+_AUTH_DOWN_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 _STEP_TIMEOUT = 2.0  # bound on best-effort messages to NATS and the database while stopping
 _UNEXPECTED_RETRY_SECONDS = 30.0  # a claim that failed for no known reason is retried this much later
 

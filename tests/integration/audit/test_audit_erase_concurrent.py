@@ -153,3 +153,22 @@ async def test_an_erase_that_fails_part_way_is_finished_by_a_retry(audit: Audit)
     assert await _with_bodies(audit.database, tenant, "erin") == 0
     result = await audit.verify(tenant)
     assert (result.intact, result.records_verified) == (True, ROWS_OF_USER + 1)
+
+
+async def test_an_erase_whose_caller_leaves_part_way_still_finishes_and_is_recorded(audit: Audit) -> None:
+    """Bodies go in batches before the erasure joins the chain: a caller leaving (a deadline, a cancel) in
+    between once left bodies erased with no record of who erased them or why."""
+    tenant = new_tenant()
+    await _store_many(audit.database, tenant, "erin", ROWS_OF_USER)
+    async with _newest_row_held(audit.database, tenant, "erin") as holder:
+        erasing = _erase(audit, tenant, "erin")
+        await _waiting_for(audit.database, holder)
+        erasing.cancel()  # the caller leaves while the last batch waits
+        with pytest.raises(asyncio.CancelledError):
+            await erasing
+    deadline = asyncio.get_running_loop().time() + 30
+    while (result := await audit.verify(tenant)).records_verified < ROWS_OF_USER + 1:
+        assert asyncio.get_running_loop().time() < deadline, "the erasure was never recorded"
+        await asyncio.sleep(0.1)
+    assert result.intact and result.records_verified == ROWS_OF_USER + 1
+    assert await _with_bodies(audit.database, tenant, "erin") == 0

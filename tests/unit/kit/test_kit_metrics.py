@@ -178,3 +178,13 @@ def test_error_types_follow_the_status_code() -> None:
     assert metrics.rpc_error_type("DEADLINE_EXCEEDED") == "timeout"
     assert metrics.rpc_error_type("UNAVAILABLE") == "server_error"
     assert metrics.rpc_error_type("PERMISSION_DENIED") == "client_error"
+
+
+def test_rare_set_asides_are_exported_at_zero_before_the_first() -> None:
+    """increase() sees nothing in a series whose first sample is already 1: a billing process's first (and
+    perhaps only) set-aside must find its series there at 0, or ParapetBillingEventsSetAside never fires."""
+    from prometheus_client import REGISTRY
+
+    for reason in metrics.BILLING_SET_ASIDE_REASONS:
+        value = REGISTRY.get_sample_value("parapet_billing_events_set_aside_total", {"reason": reason})
+        assert value is not None, reason
