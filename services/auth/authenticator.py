@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded, Unauthenticated
@@ -234,7 +237,9 @@ class Authenticator:
             # on (create, disable, mint a key for) a subject holding more, row or no row. Written when the
             # subject is first seen or its roles change, never on a warm call; before the user check, so a
             # disabled user's rank is known too.
-            await self._store.record_oidc_subject(tenant_id, subject_value, token.issuer, asserted)
+            await self._store.record_oidc_subject(
+                tenant_id, subject_value, token.issuer, asserted, _issued_at(claims)
+            )
         if found.state is not None and found.state != "active":
             raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
         roles = set(found.roles) | set(asserted)
@@ -255,3 +260,14 @@ class Authenticator:
         entry = IdentityEntry(principal, view.policy.version, float(claims["exp"]))
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)
         return entry
+
+
+def _issued_at(claims: Mapping[str, Any]) -> datetime | None:
+    """The token's ``iat`` as a time, or None when it has none (or none a calendar holds)."""
+    iat = claims.get("iat")
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(iat, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

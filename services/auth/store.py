@@ -314,18 +314,24 @@ class AuthStore:
         )
 
     async def record_oidc_subject(
-        self, tenant_id: str, subject: str, issuer: str, roles: Sequence[str]
+        self, tenant_id: str, subject: str, issuer: str, roles: Sequence[str], issued: datetime | None
     ) -> None:
-        """Record that ``issuer`` signed ``subject`` in asserting ``roles`` (sorted, distinct). Called only when
-        that differs from what is recorded, so a subject costs one write when first seen and one per change."""
+        """Record that ``issuer`` signed ``subject`` in asserting ``roles`` (sorted, distinct) in a token issued
+        at ``issued`` (its ``iat``; None: unknown, oldest). Called only when that differs from what is recorded,
+        so a subject costs one write when first seen and one per change. Only a token issued no earlier than the
+        recorded one replaces it: an older token still valid after a promotion must not bring the lesser roles
+        back (migration 0004)."""
         async with self.tenant(tenant_id) as session:
             await session.execute(
                 text(
-                    "INSERT INTO oidc_subjects (tenant_id, subject, issuer, roles) VALUES (:t, :s, :i, :r)"
+                    "INSERT INTO oidc_subjects (tenant_id, subject, issuer, roles, issued_time)"
+                    " VALUES (:t, :s, :i, :r, coalesce(CAST(:at AS timestamptz), '-infinity'))"
                     " ON CONFLICT (tenant_id, subject, issuer) DO UPDATE SET roles = excluded.roles,"
-                    " roles_time = now() WHERE oidc_subjects.roles IS DISTINCT FROM excluded.roles"
+                    " roles_time = now(), issued_time = excluded.issued_time"
+                    " WHERE oidc_subjects.roles IS DISTINCT FROM excluded.roles"
+                    " AND excluded.issued_time >= oidc_subjects.issued_time"
                 ),
-                {"t": tenant_id, "s": subject, "i": issuer, "r": list(roles)},
+                {"t": tenant_id, "s": subject, "i": issuer, "r": list(roles), "at": issued},
             )
 
     async def touch_key(self, tenant_id: str, api_key_id: str) -> None:

@@ -6,6 +6,7 @@ An OIDC-only admin has no user row: what its provider asserted at sign-in is its
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -303,6 +304,10 @@ async def test_a_subject_is_ranked_by_its_last_sign_in_and_an_unseen_one_could_b
     # The rank is what the last sign-in asserted: promoted at the provider, gus is out of hd's reach; demoted,
     # within it again.
     await _sign_in(auth, idp, "gus", "analyst", "admin")
+    assert (await refusal(auth.admin.CreateUser(_create(tenant, "gus"), metadata=hd)))[:2] == ESCALATION
+    # A token issued before the promotion, still valid, does not bring the lesser rank back.
+    older = idp.token(sub="gus", roles=["analyst"], iat=int(time.time()) - 60)
+    await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=older))
     assert (await refusal(auth.admin.CreateUser(_create(tenant, "gus"), metadata=hd)))[:2] == ESCALATION
     await _sign_in(auth, idp, "gus", "analyst")
     await auth.admin.CreateUser(_create(tenant, "gus"), metadata=hd)
