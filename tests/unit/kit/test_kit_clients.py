@@ -162,8 +162,10 @@ async def test_a_draining_replica_gets_no_new_calls_before_it_stops(keys: TestKe
     # New calls left the replica as soon as it turned NOT_SERVING, long before it stopped taking them.
     late = [at - began for name, at in served if name == "a" and at > began + 0.2]
     assert late == [], late
-    # Calls kept flowing all along: to b, throughout the delay and as a stopped.
-    assert sum(1 for name, at in served if name == "b" and began + 0.2 < at < began + 0.5) >= 20
+    # Calls kept flowing: to b during the delay and as a stopped. Counted by what happened, not by a rate: a
+    # machine under load (CI's other processes on two cores) may serve few calls in a fixed window, and once
+    # served none in 0.3 s; what matters is that none waited on a and none failed (checked above).
+    assert any(name == "b" and began + 0.2 < at < stopped for name, at in served)
     assert any(name == "b" and at > stopped - 0.05 for name, at in served)
 
 
