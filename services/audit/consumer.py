@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-import psycopg
 from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
-from sqlalchemy.exc import DataError
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.events.audit import (
@@ -153,31 +151,25 @@ class AuditConsumer:
         await self._store(batch)
 
     async def _store(self, batch: list[tuple[str, Any, PreparedRecord]]) -> None:
-        """Append ``batch`` in one transaction and ack it. When the database refuses a record's data, the
-        batch is halved until that record stands alone (each tenant's records keep their order), and it
-        alone is set aside."""
+        """Append ``batch`` in one transaction and ack it; or, when the database refuses a record's data,
+        around that record, set aside alone (``parapet.kit.dependency``; each tenant's records keep their
+        order)."""
+
+        async def set_aside(item: tuple[str, Any, PreparedRecord], sqlstate: str) -> None:
+            _tenant, msg, prepared = item
+            why = f"the database refuses it (SQLSTATE {sqlstate})"
+            await self._set_aside_or_keep(msg, why, prepared.record_id)
+
+        await dependency.apply_setting_aside_refused(batch, self._append_and_ack, set_aside)
+
+    async def _append_and_ack(self, batch: Sequence[tuple[str, Any, PreparedRecord]]) -> None:
         groups: dict[str, list[tuple[Any, PreparedRecord]]] = {}
         for tenant, msg, prepared in batch:
             groups.setdefault(tenant, []).append((msg, prepared))
-        try:
-            stored = await append_groups(
-                self._database,
-                {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()},
-            )
-        except (DataError, psycopg.DataError) as error:
-            sqlstate = dependency.data_refused(error)
-            if sqlstate is None:
-                raise  # not a known property of one record's data: retried, never set aside
-            if len(batch) > 1:
-                half = len(batch) // 2
-                await self._store(batch[:half])
-                await self._store(batch[half:])
-                return
-            ((_tenant, msg, prepared),) = batch
-            await self._set_aside_or_keep(
-                msg, f"the database refuses it (SQLSTATE {sqlstate})", prepared.record_id
-            )
-            return
+        stored = await append_groups(
+            self._database,
+            {tenant: [prepared for _, prepared in items] for tenant, items in groups.items()},
+        )
         for tenant, items in groups.items():
             results = stored[tenant]
             appended = duplicates = 0

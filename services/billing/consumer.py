@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC
 
 import nats.errors
-import psycopg
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from sqlalchemy.exc import DataError
 
 from parapet.events.usage import USAGE_STREAM
 from parapet.kit import dependency, metrics
@@ -104,27 +103,25 @@ class UsageConsumer:
         return fresh
 
     async def _apply(self, batch: Batch) -> tuple[int, list[Msg]]:
-        """Apply ``batch`` in one transaction; when the database refuses an event's data, halve the batch
-        until that event stands alone and set it aside. Returns the events newly counted and the messages
-        applied (committed, to be acknowledged)."""
-        try:
+        """Apply ``batch`` in one transaction, or around the events whose data the database refuses, set aside
+        (``parapet.kit.dependency``). Returns the events newly counted and the messages applied (committed,
+        to be acknowledged)."""
+        fresh = 0
+        applied: list[Msg] = []
+
+        async def apply(part: Sequence[tuple[Msg, usage_event_pb2.UsageEvent]]) -> None:
+            nonlocal fresh
             async with self._database.transaction() as session:
-                fresh = await rollups.apply(session, [event for _, event in batch])
-            return fresh, [message for message, _ in batch]
-        except (DataError, psycopg.DataError) as error:
-            sqlstate = dependency.data_refused(error)
-            if sqlstate is None:
-                raise  # not a property of an event's data: the batch is redelivered
-            if len(batch) > 1:
-                half = len(batch) // 2
-                first = await self._apply(batch[:half])
-                second = await self._apply(batch[half:])
-                return first[0] + second[0], first[1] + second[1]
-            ((message, event),) = batch
-            await _set_aside(
-                message, event.event_id, f"the database refuses it (SQLSTATE {sqlstate})", kind="refused"
-            )
-            return 0, []
+                fresh += await rollups.apply(session, [event for _, event in part])
+            applied.extend(message for message, _ in part)
+
+        async def set_aside(item: tuple[Msg, usage_event_pb2.UsageEvent], sqlstate: str) -> None:
+            message, event = item
+            why = f"the database refuses it (SQLSTATE {sqlstate})"
+            await _set_aside(message, event.event_id, why, kind="refused")
+
+        await dependency.apply_setting_aside_refused(batch, apply, set_aside)
+        return fresh, applied
 
     async def run(self) -> None:
         """Fetch, apply and acknowledge forever, surviving NATS and database outages."""

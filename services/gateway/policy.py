@@ -69,10 +69,6 @@ class TenantPolicies:
                 metadata={"model": model, "feature": feature},
             )
 
-    async def require_admin(self, caller: Caller, why: str) -> None:
-        """Raise PERMISSION_DENIED with auth's reason unless the caller holds PERMISSION_ADMIN (not cached)."""
-        await self.authorizer.require(caller, permission_pb2.PERMISSION_ADMIN, why=why)
-
     def invalidate_tenant(self, tenant_id: str) -> None:
         self._policies.invalidate_tenant(tenant_id)
         self._decisions.invalidate_tenant(tenant_id)

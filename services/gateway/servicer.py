@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc.aio
 
+from parapet.auth.v1 import permission_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
 from parapet.kit.context import current_request_id, current_rpc
 from parapet.kit.errors import InvalidArgument
@@ -67,6 +68,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         if not request.user_id:
             raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
         if request.user_id != caller.principal.subject:
-            await self._flow.policies.require_admin(caller, "deleting another user's stored answers")
+            await self._flow.policies.authorizer.require(
+                caller, permission_pb2.PERMISSION_ADMIN, why="deleting another user's stored answers"
+            )
         deleted = await self._flow.delete_replays(caller.tenant_id, request.user_id)
         return chat_service_pb2.DeleteReplaysResponse(deleted_count=deleted)

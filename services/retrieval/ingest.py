@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +70,8 @@ class _Attributes:
     metadata: dict[str, str]
 
     @classmethod
-    def of(cls, row: repository.DocumentRow, ids: list[str]) -> _Attributes:
-        return cls(frozenset(ids), tuple(row.access_groups), dict(row.metadata))
+    def of(cls, ids: Sequence[str], groups: Sequence[str], metadata: Mapping[str, str]) -> _Attributes:
+        return cls(frozenset(ids), tuple(groups), dict(metadata))
 
 
 class Rejected(Exception):
@@ -459,7 +460,7 @@ class Ingestor:
         async with tenant_scope(self._database, tenant_id) as session:
             ids = await repository.chunk_ids(session, tenant_id, [document_id])
         await self._store.set_attributes(tenant_id, ids, row["access_groups"], row["metadata"])
-        written = _Attributes(frozenset(ids), tuple(row["access_groups"]), dict(row["metadata"]))
+        written = _Attributes.of(ids, row["access_groups"], row["metadata"])
         try:
             await self._commit_attributes(tenant_id, existing, row)
         except Aborted:
@@ -507,12 +508,14 @@ class Ingestor:
         seen = await self._committed(tenant_id, document_id)
         while seen is not None:
             current, ids = seen
-            if written is not None and written == _Attributes.of(current, ids):
+            if written is not None and written == _Attributes.of(
+                ids, current.access_groups, current.metadata
+            ):
                 # What this writer's own last store write already holds: writing it again would change nothing
                 # (another writer's later store write is followed by that writer's own reconciling).
                 return
             await self._store.set_attributes(tenant_id, ids, current.access_groups, current.metadata)
-            written = _Attributes.of(current, ids)
+            written = _Attributes.of(ids, current.access_groups, current.metadata)
             again = await self._committed(tenant_id, document_id)
             if again == seen:
                 return

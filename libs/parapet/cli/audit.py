@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 from parapet import clients
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, chain_pb2
 from parapet.cli import connect, failures, timespec
-from parapet.cli.inputs import whole_number
+from parapet.cli.inputs import INT64_MAX, whole_number
 from parapet.cli.printing import enum_label, money, print_json, timestamp, when
 from parapet.inference.v1 import generation_pb2
 
 if TYPE_CHECKING:
     from parapet.audit.v1.audit_service_pb2_grpc import AuditServiceAsyncStub
 
-_MAX_SEQUENCE = 2**63 - 1  # VerifyChainRequest's int64 sequences
 _MAX_LINES = 100_000  # what one tail may print first (read a page at a time)
 
 
@@ -61,14 +60,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument(
         "--from",
         dest="start",
-        type=whole_number(0, _MAX_SEQUENCE),
+        type=whole_number(0, INT64_MAX),
         default=0,
         help="first sequence (default: 1)",
     )
     verify.add_argument(
         "--to",
         dest="end",
-        type=whole_number(0, _MAX_SEQUENCE),
+        type=whole_number(0, INT64_MAX),
         default=0,
         help="last sequence (default: the head)",
     )

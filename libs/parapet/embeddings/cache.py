@@ -50,7 +50,6 @@ class CachedEmbedder:
         self._entries: OrderedDict[bytes, Vector] = OrderedDict()
         # key -> the computation producing it, and the key's place in that computation's batch.
         self._in_flight: dict[bytes, tuple[_Computation, int]] = {}
-        self._running: set[_Computation] = set()
         self.hits = 0
         self.misses = 0
 
@@ -88,27 +87,25 @@ class CachedEmbedder:
         self.misses += len(mine)
         self.hits += len(texts) - len(mine)
         if mine:
-            computation = self._start(mine)
-            needed.update({key: (computation, index) for index, key in enumerate(computation.keys)})
+            self._start(mine)
+            needed.update({key: self._in_flight[key] for key in mine})
         found.update(await self._wait_for(needed))
         return [found[key] for key in keys]
 
     async def aclose(self) -> None:
         """Stop every computation still running (shutdown); their waiters get EmbeddingUnavailable."""
-        running = list(self._running)
+        running = list({computation for computation, _ in self._in_flight.values()})
         for computation in running:
             self._abandon(computation)
         await asyncio.gather(*(c.task for c in running), return_exceptions=True)
 
-    def _start(self, mine: dict[bytes, str]) -> _Computation:
+    def _start(self, mine: dict[bytes, str]) -> None:
         keys = list(mine)
         task = asyncio.get_running_loop().create_task(self._run(keys, list(mine.values())), name="embedding")
         computation = _Computation(keys, task)
         # A callback, not a `finally`: a task cancelled before its first step never runs its body.
         task.add_done_callback(lambda _: self._finished(computation))
-        self._running.add(computation)
         self._in_flight.update({key: (computation, i) for i, key in enumerate(computation.keys)})
-        return computation
 
     async def _run(self, keys: list[bytes], texts: list[str]) -> list[Vector]:
         vectors = await self._inner.embed(texts)
@@ -153,7 +150,6 @@ class CachedEmbedder:
         computation.task.cancel()
 
     def _forget(self, computation: _Computation) -> None:
-        self._running.discard(computation)
         for key in computation.keys:
             if self._in_flight.get(key, (None, 0))[0] is computation:
                 del self._in_flight[key]

@@ -7,6 +7,7 @@ use unqualified table names and cannot wander into another service's tables by a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,14 @@ def engine_options(schema: str, connect_timeout: float = 5.0) -> dict[str, Any]:
             "connect_timeout": max(1, int(connect_timeout)),
         },
     }
+
+
+@functools.cache
+def _check_role(role: str) -> None:
+    """Refuse a name that is no role of ours; once per name (the roles are the services' constants, and this
+    runs on every scoped transaction)."""
+    if check_schema_name(role, "role name") in _RESERVED_ROLES:
+        raise ValueError(f"{role!r} names no role of ours (SET ROLE {role} would leave row-level security)")
 
 
 class Database:
@@ -102,10 +111,8 @@ class Database:
         does for RPCs. A connection lost during COMMIT is raised so too, although the write may have landed:
         what a retry repeats must be idempotent (every writer here is keyed: request, record, job, item ids).
         """
-        if role is not None and (check_schema_name(role, "role name") in _RESERVED_ROLES):
-            raise ValueError(
-                f"{role!r} names no role of ours (SET ROLE {role} would leave row-level security)"
-            )
+        if role is not None:
+            _check_role(role)
         opened = self.tenant_transaction(tenant_id) if tenant_id is not None else self.transaction()
         try:
             async with opened as session:

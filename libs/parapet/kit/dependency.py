@@ -15,6 +15,10 @@ a bug but a conflict with a concurrent transaction (``database_conflict``): ABOR
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Connection exceptions (class 08), the server shutting down or starting (57P01-57P03), too many connections.
 _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
@@ -102,6 +106,29 @@ def data_refused(exc: BaseException) -> str | None:
     if sqlstate is None:
         return "22021" if isinstance(cause, psycopg.DataError) and "NUL" in str(cause) else None
     return sqlstate if sqlstate in _REFUSED_DATA else None
+
+
+async def apply_setting_aside_refused(
+    batch: Sequence[T],
+    apply: Callable[[Sequence[T]], Awaitable[None]],
+    set_aside: Callable[[T, str], Awaitable[None]],
+) -> None:
+    """``apply(batch)`` in one go, as a consumer applies what it fetched in one transaction. When the database
+    refuses an item's data (:func:`data_refused`), that transaction fails for the whole batch: the batch is
+    halved until the item stands alone, and ``set_aside(item, sqlstate)`` takes it out of the way, the rest
+    applied around it (in order). Any other error is raised: the batch is redelivered."""
+    try:
+        await apply(batch)
+    except Exception as error:
+        sqlstate = data_refused(error)
+        if sqlstate is None:
+            raise
+        if len(batch) > 1:
+            half = len(batch) // 2
+            await apply_setting_aside_refused(batch[:half], apply, set_aside)
+            await apply_setting_aside_refused(batch[half:], apply, set_aside)
+            return
+        await set_aside(batch[0], sqlstate)
 
 
 def dependency_down(exc: BaseException) -> str | None:

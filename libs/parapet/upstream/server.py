@@ -187,24 +187,19 @@ class UpstreamServer:
                 writer.transport.abort()
                 return False
             if index == fault.error_after:
-                return await self._end_with_error(writer, encoder, fault.error_type, keep_alive)
+                break
             delay = fault.first_token_delay if index == 0 else fault.chunk_delay
             if delay:
                 await asyncio.sleep(delay)
             self._chunk(writer, encoder.delta(word if index == 0 else " " + word))
             await writer.drain()
-        if fault.error_after is not None and fault.error_after >= len(words):
-            return await self._end_with_error(writer, encoder, fault.error_type, keep_alive)
-        self._chunk(writer, encoder.finish(fault.finish, usage))
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return keep_alive
-
-    async def _end_with_error(
-        self, writer: asyncio.StreamWriter, encoder: StreamEncoder, error_type: str, keep_alive: bool
-    ) -> bool:
-        """The stream's error event, then its end: the HTTP exchange completes, the answer does not."""
-        self._chunk(writer, encoder.error(error_type))
+        # An error event ends the answer where it was (or after all of it); the HTTP exchange completes either way.
+        ending = (
+            encoder.finish(fault.finish, usage)
+            if fault.error_after is None
+            else encoder.error(fault.error_type)
+        )
+        self._chunk(writer, ending)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return keep_alive

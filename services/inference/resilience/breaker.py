@@ -127,7 +127,9 @@ class CircuitBreaker:
         if permit.settled:
             return
         permit.settled = True
-        if permit.trial and permit.epoch == self._epoch and self._trials_started > self._trials_passed:
+        if (
+            permit.trial and permit.epoch == self._epoch
+        ):  # an unsettled trial of this epoch: counted, not passed
             self._trials_started -= 1
 
 

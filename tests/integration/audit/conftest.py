@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,14 @@ def interaction(
     status_code: int = 0,
     request_id: str | None = None,
     cost_micros: int = 1500,
+    tenant_id: str = "",
+    created: datetime | None = None,
 ) -> audit_record_pb2.AuditRecord:
+    """An interaction of ``user_id``; ``tenant_id`` set for records published to the stream (whose subject
+    must match), ``created`` for one made earlier than now."""
     record = audit_record_pb2.AuditRecord(
         record_id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
         interaction=interaction_pb2.Interaction(
             request_id=request_id or uuid.uuid4().hex,
             trace_id="0" * 31 + "1",
@@ -175,7 +181,10 @@ def interaction(
     record.interaction.cost.amount_micros = cost_micros
     record.interaction.latency.FromMilliseconds(420)
     record.interaction.time_to_first_token.FromMilliseconds(80)
-    record.create_time.GetCurrentTime()
+    if created is None:
+        record.create_time.GetCurrentTime()
+    else:
+        record.create_time.FromDatetime(created)
     return record
 
 

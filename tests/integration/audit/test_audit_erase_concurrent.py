@@ -18,7 +18,7 @@ import grpc.aio
 import pytest
 from sqlalchemy import text
 
-from parapet.audit.v1 import audit_record_pb2, audit_service_pb2
+from parapet.audit.v1 import audit_service_pb2
 from parapet.events.audit import publish
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
@@ -84,14 +84,6 @@ async def _waiting_for(database: Database, holder: int, within: float = 30.0) ->
     raise AssertionError("Erase never reached the held row")
 
 
-def _of(tenant: str, user: str, *, created: datetime | None = None) -> audit_record_pb2.AuditRecord:
-    record = interaction(user)
-    record.tenant_id = tenant
-    if created is not None:
-        record.create_time.FromDatetime(created)
-    return record
-
-
 def _erase(audit: Audit, tenant: str, user: str) -> asyncio.Task[audit_service_pb2.EraseResponse]:
     request = audit_service_pb2.EraseRequest(user_id=user, reason="ticket 9")
     return asyncio.ensure_future(audit.stub.Erase(request, metadata=audit.metadata(tenant), timeout=120))
@@ -109,14 +101,14 @@ async def test_records_of_every_tenant_are_stored_while_a_long_erase_is_under_wa
             waiter = await _waiting_for(audit.database, holder)
             # The erasing tenant's own Record (10 s deadline): another user's, and one of the erased user's made
             # before the erasure, which the committed marker strips.
-            frank = _of(tenant, "frank")
-            earlier = _of(tenant, "erin", created=datetime.now(UTC) - timedelta(minutes=1))
+            frank = interaction("frank", tenant_id=tenant)
+            earlier = interaction("erin", tenant_id=tenant, created=datetime.now(UTC) - timedelta(minutes=1))
             await audit.record(tenant, frank)
             await audit.record(tenant, earlier)
             # The stream: the consumer stores batches one after another, so a record of the erasing tenant first
             # would hold the other tenant's behind it, in its batch or the next.
-            await publish(bus, _of(tenant, "frank"), source=SOURCE)
-            await publish(bus, _of(other, "gina"), source=SOURCE)
+            await publish(bus, interaction("frank", tenant_id=tenant), source=SOURCE)
+            await publish(bus, interaction("gina", tenant_id=other), source=SOURCE)
             assert await wait_for_stored(audit.database, other, 1) == 1
             assert await wait_for_stored(audit.database, tenant, ROWS_OF_USER + 3) == ROWS_OF_USER + 3
             # All of that while Erase still waits on the held row.

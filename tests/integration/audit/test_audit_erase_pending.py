@@ -13,7 +13,7 @@ from typing import Any
 import grpc.aio
 from sqlalchemy import text
 
-from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, audit_service_pb2_grpc
+from parapet.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from parapet.events.audit import publish, subject
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
@@ -47,12 +47,6 @@ async def _bodies(database: Database, tenant: str) -> dict[str, tuple[Any, Any, 
     return {row.id: (row.prompt, row.response, row.erase_time is not None) for row in rows}
 
 
-def _of(tenant: str, user: str) -> audit_record_pb2.AuditRecord:
-    record = interaction(user)
-    record.tenant_id = tenant
-    return record
-
-
 async def test_records_waiting_in_the_stream_when_their_user_is_erased_are_stored_without_bodies(
     database_url: str, nats_url: str, tmp_path: Path, keys: TestKeys
 ) -> None:
@@ -60,7 +54,11 @@ async def test_records_waiting_in_the_stream_when_their_user_is_erased_are_store
     async with harness(database_url, nats_url, tmp_path, keys) as parts:
         database, bus = parts.database, parts.bus
         await parts.without_consumer()
-        waiting = [_of(tenant, "erin"), _of(tenant, "erin"), _of(tenant, "frank")]
+        waiting = [
+            interaction("erin", tenant_id=tenant),
+            interaction("erin", tenant_id=tenant),
+            interaction("frank", tenant_id=tenant),
+        ]
         for record in waiting:
             await publish(bus, record, source=SOURCE)
         # A consumer of the test's own holds the AUDIT work queue, so the service's cannot take these yet.
@@ -79,7 +77,7 @@ async def test_records_waiting_in_the_stream_when_their_user_is_erased_are_store
                 audit_service_pb2.EraseRequest(user_id="erin", reason="ticket 7"), metadata=admin, timeout=10
             )
             assert erased.erased_count == 0  # none of hers stored yet
-            later = _of(tenant, "erin")  # new activity after the erasure
+            later = interaction("erin", tenant_id=tenant)  # new activity after the erasure
             later.create_time.FromDatetime(datetime.now(UTC) + timedelta(seconds=1))
             await publish(bus, later, source=SOURCE)
 

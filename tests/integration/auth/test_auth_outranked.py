@@ -39,17 +39,22 @@ class Ranks:
         return self.keys[user][0]
 
 
+# An admin who is not a full one (admin and chat only), and a plain member: the two roles every test here uses.
+HELPDESK = tenant_policy_pb2.RoleDefinition(
+    role="helpdesk", permissions=[perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT]
+)
+MEMBER = tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_CHAT])
+
+
 async def _ranks(auth: Auth) -> Ranks:
     tenant = await auth.new_tenant()
     await auth.set_policy(
         tenant,
         tenant_policy_pb2.TenantPolicy(
             roles=[
-                tenant_policy_pb2.RoleDefinition(
-                    role="helpdesk", permissions=[perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT]
-                ),
+                HELPDESK,
                 tenant_policy_pb2.RoleDefinition(role="auditor", permissions=[perm.PERMISSION_AUDIT_READ]),
-                tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_CHAT]),
+                MEMBER,
             ]
         ),
     )
@@ -206,10 +211,8 @@ async def _staff(auth: Auth, tenant: str) -> dict[str, Metadata]:
         tenant,
         tenant_policy_pb2.TenantPolicy(
             roles=[
-                tenant_policy_pb2.RoleDefinition(
-                    role="helpdesk", permissions=[perm.PERMISSION_ADMIN, perm.PERMISSION_CHAT]
-                ),
-                tenant_policy_pb2.RoleDefinition(role="member", permissions=[perm.PERMISSION_CHAT]),
+                HELPDESK,
+                MEMBER,
             ]
         ),
     )
