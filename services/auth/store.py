@@ -227,11 +227,13 @@ class AuthStore:
         session: AsyncSession, subject: str, issuers: Sequence[str]
     ) -> dict[str, tuple[str, ...]]:
         """The roles each of ``issuers`` asserted for ``subject`` at its recorded sign-in (issuers that never
-        signed it in are absent)."""
+        signed it in are absent). The rows are share-locked until ``session`` commits: a change that is judged
+        by them must not commit beside a sign-in recording a promotion it did not see (that sign-in's write
+        waits; one already written but not committed is waited for and then read)."""
         if not issuers:
             return {}
         rows = await session.execute(
-            text("SELECT issuer, roles FROM oidc_subjects WHERE subject = :s AND issuer = ANY(:i)"),
+            text("SELECT issuer, roles FROM oidc_subjects WHERE subject = :s AND issuer = ANY(:i) FOR SHARE"),
             {"s": subject, "i": list(issuers)},
         )
         return {issuer: tuple(roles) for issuer, roles in rows}

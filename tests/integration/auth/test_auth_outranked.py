@@ -5,6 +5,7 @@ An OIDC-only admin has no user row: what its provider asserted at sign-in is its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -345,3 +346,35 @@ async def test_a_subject_is_ranked_by_its_last_sign_in_and_an_unseen_one_could_b
 def _without_roles_claim(policy: tenant_policy_pb2.TenantPolicy) -> None:
     for provider in policy.identity_providers:
         provider.roles_claim = ""
+
+
+async def test_a_promotion_signed_in_while_a_lesser_admin_creates_the_row_is_not_missed(
+    auth: Auth, idp: Idp, database_url: str
+) -> None:
+    """The holder rule reads the subject's recorded roles inside CreateUser's transaction: a sign-in that
+    records a promotion before that transaction commits must either be seen or wait, never slip past."""
+    tenant = idp.tenant_id
+    hd = (await _staff(auth, tenant))["hd"]
+    await _sign_in(auth, idp, "hal", "analyst")  # within hd's reach
+
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as promoting:
+        # The provider promotes hal; its sign-in has recorded that, and has not committed yet.
+        await promoting.execute(
+            "UPDATE auth.oidc_subjects SET roles = %s WHERE tenant_id = %s AND subject = %s AND issuer = %s",
+            (["admin"], tenant, "hal", idp.issuer),
+        )
+        holder = (await (await promoting.execute("SELECT pg_backend_pid()")).fetchone() or (0,))[0]
+        creating = asyncio.ensure_future(auth.admin.CreateUser(_create(tenant, "hal"), metadata=hd))
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url), autocommit=True) as watch:
+            while not creating.done():
+                waiting = await (
+                    await watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                        (holder,),
+                    )
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break  # CreateUser waits for the promotion to commit or roll back
+                await asyncio.sleep(0.02)
+        await promoting.commit()
+    assert (await refusal(creating))[:2] == ESCALATION
