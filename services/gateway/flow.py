@@ -595,6 +595,7 @@ class ChatFlow:
             cache_mode=request.cache_mode,
             request_id=run.request_id,
             feature=request.feature,
+            report_prompt_sent=True,  # what a stream stopped before its summary is billed for (_estimate)
         )
         if request.HasField("prompt_template"):
             inference_request.prompt_template.CopyFrom(request.prompt_template)
@@ -632,19 +633,27 @@ class ChatFlow:
         finally:
             stream.cancel()  # a no-op once it finished; on cancellation this stops the provider call
             if run.outcome.summary is None:
-                self._estimate(run)
+                self._estimate(run, stream.prompt_sent)
         async for event in output.finish():
             yield event
 
-    def _estimate(self, run: _Run) -> None:
-        """Usage of a stream that ended without inference's summary: what was produced so far, counted here."""
-        completion = (
-            tokens.count("".join(run.outcome.response_received)) if run.outcome.response_received else 0
-        )
-        prompt = _sent_prompt_tokens(run.sent) if run.outcome.inference_started and run.sent else 0
+    def _estimate(self, run: _Run, prompt_sent: completion_pb2.PromptSent | None) -> None:
+        """Usage of a stream that ended without inference's summary: the prompt of the provider attempt under
+        way as inference counted it (``prompt_sent``), and what it produced so far counted here in that model's
+        encoding. Without a ``PromptSent`` (an inference that predates it, or a stream stopped before its first
+        attempt) the prompt is counted here from what was sent to inference, a little short of what the
+        template makes of it, and priced as the reservation was (the costliest model the name may run on)."""
+        if prompt_sent is not None:
+            prompt, billed_as = prompt_sent.prompt_tokens, prompt_sent.model
+            encoding = tokens.known_encoding(prompt_sent.token_encoding)
+        else:
+            prompt = _sent_prompt_tokens(run.sent) if run.outcome.inference_started and run.sent else 0
+            billed_as, encoding = run.model, tokens.DEFAULT_ENCODING
+        received = "".join(run.outcome.response_received)
+        completion = tokens.count(received, encoding)
         run.outcome.estimated_usage = completion_usage(prompt, completion)
         model, run.outcome.estimated_cost = self.catalog.price_cached(
-            run.caller, run.model, prompt, completion
+            run.caller, billed_as, prompt, completion
         )
         if model is not None:  # billed to the model priced, not to no model at all
             run.outcome.estimated_model, run.outcome.estimated_provider = model.model, model.provider

@@ -6,6 +6,11 @@ flow may be busy elsewhere: waiting for a budget hold the call was started besid
 sending citations and notices. So the first message is read by a task of its own from the moment the call
 starts, and its wait is counted from the call's start to its arrival; the later messages count the time the
 flow waited for each.
+
+A ``PromptSent`` (asked for by the flow: ``report_prompt_sent``) is not an answer: it is kept as
+``prompt_sent`` and not passed on, and the first message's wait runs to the first message after it. It is what
+a stream stopped before its summary is billed for (``flow._estimate``): the prompt as inference rendered it,
+which the gateway cannot count itself (inference's template, the model's encoding).
 """
 
 from __future__ import annotations
@@ -15,16 +20,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from parapet.inference.v1 import inference_service_pb2
+from parapet.inference.v1 import completion_pb2, inference_service_pb2
 
 Message = inference_service_pb2.StreamCompleteResponse
-
-
-async def _first_of(messages: AsyncIterator[Message]) -> Message | None:
-    try:
-        return await anext(messages)
-    except StopAsyncIteration:
-        return None
 
 
 class InferenceStream:
@@ -35,9 +33,19 @@ class InferenceStream:
         self.waited = 0.0
         self._started = time.perf_counter()
         self._arrived: float | None = None
+        self.prompt_sent: completion_pb2.PromptSent | None = None  # the latest attempt's, once one came
         self._messages: AsyncIterator[Message] = call.__aiter__()
-        self._first = asyncio.ensure_future(_first_of(self._messages))
+        self._first = asyncio.ensure_future(self._next_answer())
         self._first.add_done_callback(self._on_first)
+
+    async def _next_answer(self) -> Message | None:
+        """The next message that is not a PromptSent (kept as ``prompt_sent``); None at the end."""
+        async for message in self._messages:
+            if message.HasField("prompt_sent"):
+                self.prompt_sent = message.prompt_sent
+                continue
+            return message
+        return None
 
     def _on_first(self, first: asyncio.Future[Message | None]) -> None:
         self._arrived = time.perf_counter()
@@ -56,11 +64,11 @@ class InferenceStream:
         while True:
             asked = time.perf_counter()
             try:
-                message = await anext(self._messages)
-            except StopAsyncIteration:
-                return
+                message = await self._next_answer()
             finally:
                 self.waited += time.perf_counter() - asked
+            if message is None:
+                return
             yield message
 
     def cancel(self) -> None:

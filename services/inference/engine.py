@@ -109,6 +109,7 @@ class _Stream:
     plan: Plan
     rendered: RenderedPrompt
     context: list[ContextDocument]
+    report_prompt_sent: bool = False  # the caller asked for a PromptSent before each provider attempt
     tally: _Tally = field(default_factory=_Tally)
     attempts: list[routing_pb2.FallbackAttempt] = field(default_factory=list)
     first_token: float | None = None
@@ -230,7 +231,14 @@ class Engine:
             )
         if len(fitting) != len(plan.chain):
             plan = dataclasses.replace(plan, chain=fitting)  # models too small for the prompt are skipped
-        state = _Stream(started, plan, rendered, context)
+        state = _Stream(
+            started,
+            plan,
+            rendered,
+            context,
+            report_prompt_sent=isinstance(request, inference_service_pb2.StreamCompleteRequest)
+            and request.report_prompt_sent,
+        )
         generation = self._generation(request, access.max_tokens_per_request)
 
         mode = request.cache_mode or cache_pb2.CACHE_MODE_READ_WRITE
@@ -251,7 +259,8 @@ class Engine:
             # cached answer (above) is in memory and cut into its own pieces, and a reader task ahead of it only
             # cost each hit about half a millisecond of hand-offs (measured by bench/inference_overhead.py).
             async with contextlib.aclosing(
-                coalesced(self._run(state, generation), merge_deltas, lead=_LEAD)
+                # A PromptSent goes out before the first delta and counts as one more lead item.
+                coalesced(self._run(state, generation), merge_deltas, lead=_LEAD + state.report_prompt_sent)
             ) as run:
                 async for item in run:
                     if isinstance(item, Response):
@@ -439,6 +448,15 @@ class Engine:
             context=tuple((doc.title, doc.text) for doc in state.context),
         )
 
+    def _prompt_sent(self, model: ModelConfig, request: ProviderRequest) -> completion_pb2.PromptSent:
+        encoding = tokens.encoding_for_model(model.wire_name)
+        return completion_pb2.PromptSent(
+            model=model.name,
+            provider=model.provider,
+            prompt_tokens=tokens.count_chat(request.chat(), encoding),
+            token_encoding=encoding,
+        )
+
     def _estimate(self, model: ModelConfig, request: ProviderRequest, text: str) -> Usage:
         encoding = tokens.encoding_for_model(model.wire_name)
         return Usage(tokens.count_chat(request.chat(), encoding), tokens.count(text, encoding))
@@ -461,6 +479,8 @@ class Engine:
                         )
                     )
                     break
+                if state.report_prompt_sent:
+                    yield Response(prompt_sent=self._prompt_sent(model, request))
                 received: list[str] = []
                 clock = AttemptClock(model)
                 try:

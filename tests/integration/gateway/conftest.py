@@ -365,9 +365,19 @@ def module_nats(module_nats_server: EmbeddedNats) -> str:
     return module_nats_server.url
 
 
+@pytest.fixture(scope="module")
+def main_gateway_overrides() -> dict[str, Any]:
+    """Settings of the suite's own gateway that differ from ``Suite.gateway_settings`` (which the gateways a
+    test starts get): a module overrides this fixture, e.g. to keep job items off the main gateway."""
+    return {}
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def suite(
-    tmp_path_factory: pytest.TempPathFactory, database_url: str, module_nats: str
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    module_nats: str,
+    main_gateway_overrides: dict[str, Any],
 ) -> AsyncIterator[Suite]:
     import os
 
@@ -440,7 +450,9 @@ async def suite(
             "gateway_job_sweep_seconds": 1.0,
         }
         gateway, gateway_port = await stack.enter_async_context(
-            running(GATEWAY, GatewaySettings(**gateway_settings, metrics_port=0))
+            running(
+                GATEWAY, GatewaySettings(**{**gateway_settings, **main_gateway_overrides}, metrics_port=0)
+            )
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}"))
         auth_channel = await stack.enter_async_context(grpc.aio.insecure_channel(auth_address))

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Outcome:
     deltas: list[str]
     summary: Any
     error: ErrorDetails | None
+    # The PromptSent messages (report_prompt_sent), each with the number of deltas that came before it.
+    prompts_sent: list[tuple[int, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -74,19 +76,23 @@ class Inference:
         )
         deltas: list[str] = []
         summary = None
+        prompts_sent: list[tuple[int, Any]] = []
         try:
             async for message in self.stub.StreamComplete(
                 request, metadata=self.metadata(who), timeout=deadline
             ):
-                if message.HasField("text_delta"):
+                if message.HasField("prompt_sent"):
+                    assert summary is None, "a PromptSent after the summary"
+                    prompts_sent.append((len(deltas), message.prompt_sent))
+                elif message.HasField("text_delta"):
                     assert summary is None, "a delta after the summary"
                     deltas.append(message.text_delta.text)
                 else:
                     assert summary is None, "two summaries"
                     summary = message.summary
         except grpc.aio.AioRpcError as exc:
-            return Outcome(deltas, summary, error_details(exc))
-        return Outcome(deltas, summary, None)
+            return Outcome(deltas, summary, error_details(exc), prompts_sent)
+        return Outcome(deltas, summary, None, prompts_sent)
 
 
 StartInference = Callable[..., AbstractAsyncContextManager[Inference]]

@@ -116,6 +116,34 @@ async def test_a_stream_failing_before_its_first_token_falls_back_transparently(
     assert outcome.summary.usage.estimated
 
 
+async def test_each_attempt_is_announced_with_its_prompt_before_it_answers_only_when_asked(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """A caller that stops a stream before its summary (its own caller left) bills what the prompt cost:
+    inference, asked to, says before each provider attempt which model gets how many prompt tokens, counted as
+    that provider counts them (the emulator reports exactly that count), the template's words included."""
+    models = [
+        {
+            "name": "first",
+            "provider": "openai",
+            "upstream_model": "gpt-4o-mini;status=500",
+            "fallbacks": ["ok"],
+        },
+        {"name": "ok", "provider": "anthropic", "upstream_model": "claude-haiku-4-5"},
+    ]
+    config = upstream_config(upstream, models, retry={"max_attempts": 1})
+    async with start_inference(config) as inference:
+        asked = await inference.stream("how many tokens?", model="first", report_prompt_sent=True)
+        unasked = await inference.stream("how many tokens?", model="first")
+    assert asked.error is None and asked.text == unasked.text == "You said: how many tokens?"
+    announced = [(before, p.model, p.provider, p.token_encoding) for before, p in asked.prompts_sent]
+    assert announced == [(0, "first", "openai", "o200k_base"), (0, "ok", "anthropic", "cl100k_base")]
+    # The attempt that answered was billed by the provider for exactly the prompt announced.
+    assert asked.prompts_sent[-1][1].prompt_tokens == asked.summary.usage.prompt_tokens > 0
+    assert not asked.summary.usage.estimated
+    assert unasked.prompts_sent == []
+
+
 async def test_a_failure_after_tokens_ends_with_partial_usage_and_a_typed_error(
     start_inference: StartInference, upstream: UpstreamServer
 ) -> None:

@@ -31,7 +31,7 @@ from parapet.usage.v1 import money_pb2 as parapet_dot_usage_dot_v1_dot_money__pb
 from parapet.usage.v1 import token_usage_pb2 as parapet_dot_usage_dot_v1_dot_token__usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%parapet/inference/v1/completion.proto\x12\x14parapet.inference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a parapet/inference/v1/cache.proto\x1a%parapet/inference/v1/generation.proto\x1a*parapet/inference/v1/prompt_template.proto\x1a\"parapet/inference/v1/routing.proto\x1a\x1cparapet/usage/v1/money.proto\x1a\"parapet/usage/v1/token_usage.proto\"T\n\x0c\x43ontextChunk\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb3\x03\n\x11\x43ompletionSummary\x12\x39\n\rfinish_reason\x18\x01 \x01(\x0e\x32\".parapet.inference.v1.FinishReason\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.parapet.usage.v1.TokenUsage\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x36\n\x07routing\x18\x04 \x01(\x0b\x32%.parapet.inference.v1.RoutingDecision\x12\x30\n\x05\x63\x61\x63he\x18\x05 \x01(\x0b\x32!.parapet.inference.v1.CacheResult\x12@\n\x0fprompt_template\x18\x06 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12\x36\n\x13time_to_first_token\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%parapet/inference/v1/completion.proto\x12\x14parapet.inference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a parapet/inference/v1/cache.proto\x1a%parapet/inference/v1/generation.proto\x1a*parapet/inference/v1/prompt_template.proto\x1a\"parapet/inference/v1/routing.proto\x1a\x1cparapet/usage/v1/money.proto\x1a\"parapet/usage/v1/token_usage.proto\"T\n\x0c\x43ontextChunk\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\\\n\nPromptSent\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x16\n\x0etoken_encoding\x18\x04 \x01(\t\"\xb3\x03\n\x11\x43ompletionSummary\x12\x39\n\rfinish_reason\x18\x01 \x01(\x0e\x32\".parapet.inference.v1.FinishReason\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.parapet.usage.v1.TokenUsage\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x36\n\x07routing\x18\x04 \x01(\x0b\x32%.parapet.inference.v1.RoutingDecision\x12\x30\n\x05\x63\x61\x63he\x18\x05 \x01(\x0b\x32!.parapet.inference.v1.CacheResult\x12@\n\x0fprompt_template\x18\x06 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12\x36\n\x13time_to_first_token\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXTCHUNK']._serialized_end=398
   _globals['_TEXTDELTA']._serialized_start=400
   _globals['_TEXTDELTA']._serialized_end=425
-  _globals['_COMPLETIONSUMMARY']._serialized_start=428
-  _globals['_COMPLETIONSUMMARY']._serialized_end=863
+  _globals['_PROMPTSENT']._serialized_start=427
+  _globals['_PROMPTSENT']._serialized_end=519
+  _globals['_COMPLETIONSUMMARY']._serialized_start=522
+  _globals['_COMPLETIONSUMMARY']._serialized_end=957
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,47 @@ class TextDelta(_message.Message):
 Global___TextDelta: _TypeAlias = TextDelta  # noqa: Y015
 
 @_typing.final
+class PromptSent(_message.Message):
+    """A provider attempt is about to receive the prompt: sent, when the request asks for it, before each attempt's
+    call, so that a caller who stops the stream early (its own caller left, or it blocked the answer) can settle
+    what the prompt cost. The summary, when it comes, supersedes it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKEN_ENCODING_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model of the attempt, as the catalogue names it (never an alias)."""
+    provider: _builtins.str
+    """Provider of that model."""
+    prompt_tokens: _builtins.int
+    """Tokens of the prompt as rendered (template, context, conversation), counted as the model's provider counts
+    a chat.
+    """
+    token_encoding: _builtins.str
+    """Token encoding to count this model's output with when no provider figure comes ("cl100k_base" or
+    "o200k_base").
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
+        token_encoding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "token_encoding", b"token_encoding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptSent: _TypeAlias = PromptSent  # noqa: Y015
+
+@_typing.final
 class CompletionSummary(_message.Message):
     """The facts about a finished completion: always the last message of a completion stream."""
 

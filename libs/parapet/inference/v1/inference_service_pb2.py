@@ -30,7 +30,7 @@ from parapet.inference.v1 import model_pb2 as parapet_dot_inference_dot_v1_dot_m
 from parapet.inference.v1 import prompt_template_pb2 as parapet_dot_inference_dot_v1_dot_prompt__template__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,parapet/inference/v1/inference_service.proto\x12\x14parapet.inference.v1\x1a parapet/inference/v1/cache.proto\x1a%parapet/inference/v1/completion.proto\x1a%parapet/inference/v1/generation.proto\x1a\"parapet/inference/v1/message.proto\x1a parapet/inference/v1/model.proto\x1a*parapet/inference/v1/prompt_template.proto\"\xfe\x03\n\x15StreamCompleteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.parapet.inference.v1.Message\x12\r\n\x05model\x18\x02 \x01(\t\x12@\n\x0fprompt_template\x18\x03 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12^\n\x12template_variables\x18\x04 \x03(\x0b\x32\x42.parapet.inference.v1.StreamCompleteRequest.TemplateVariablesEntry\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".parapet.inference.v1.ContextChunk\x12:\n\ngeneration\x18\x06 \x01(\x0b\x32&.parapet.inference.v1.GenerationConfig\x12\x33\n\ncache_mode\x18\x07 \x01(\x0e\x32\x1f.parapet.inference.v1.CacheMode\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\t \x01(\t\x1a\x38\n\x16TemplateVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\x16StreamCompleteResponse\x12\x35\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1f.parapet.inference.v1.TextDeltaH\x00\x12:\n\x07summary\x18\x02 \x01(\x0b\x32\'.parapet.inference.v1.CompletionSummaryH\x00\x42\x06\n\x04kind\"\xf2\x03\n\x0f\x43ompleteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.parapet.inference.v1.Message\x12\r\n\x05model\x18\x02 \x01(\t\x12@\n\x0fprompt_template\x18\x03 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12X\n\x12template_variables\x18\x04 \x03(\x0b\x32<.parapet.inference.v1.CompleteRequest.TemplateVariablesEntry\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".parapet.inference.v1.ContextChunk\x12:\n\ngeneration\x18\x06 \x01(\x0b\x32&.parapet.inference.v1.GenerationConfig\x12\x33\n\ncache_mode\x18\x07 \x01(\x0e\x32\x1f.parapet.inference.v1.CacheMode\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\t \x01(\t\x1a\x38\n\x16TemplateVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x38\n\x07summary\x18\x02 \x01(\x0b\x32\'.parapet.inference.v1.CompletionSummary\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.parapet.inference.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x19\x44\x65leteCacheEntriesRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x61ll_entries\x18\x02 \x01(\x08H\x00\x42\x07\n\x05scope\"3\n\x1a\x44\x65leteCacheEntriesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x32\xc0\x03\n\x10InferenceService\x12m\n\x0eStreamComplete\x12+.parapet.inference.v1.StreamCompleteRequest\x1a,.parapet.inference.v1.StreamCompleteResponse0\x01\x12Y\n\x08\x43omplete\x12%.parapet.inference.v1.CompleteRequest\x1a&.parapet.inference.v1.CompleteResponse\x12\x64\n\nListModels\x12\'.parapet.inference.v1.ListModelsRequest\x1a(.parapet.inference.v1.ListModelsResponse\"\x03\x90\x02\x01\x12|\n\x12\x44\x65leteCacheEntries\x12/.parapet.inference.v1.DeleteCacheEntriesRequest\x1a\x30.parapet.inference.v1.DeleteCacheEntriesResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,parapet/inference/v1/inference_service.proto\x12\x14parapet.inference.v1\x1a parapet/inference/v1/cache.proto\x1a%parapet/inference/v1/completion.proto\x1a%parapet/inference/v1/generation.proto\x1a\"parapet/inference/v1/message.proto\x1a parapet/inference/v1/model.proto\x1a*parapet/inference/v1/prompt_template.proto\"\x9a\x04\n\x15StreamCompleteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.parapet.inference.v1.Message\x12\r\n\x05model\x18\x02 \x01(\t\x12@\n\x0fprompt_template\x18\x03 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12^\n\x12template_variables\x18\x04 \x03(\x0b\x32\x42.parapet.inference.v1.StreamCompleteRequest.TemplateVariablesEntry\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".parapet.inference.v1.ContextChunk\x12:\n\ngeneration\x18\x06 \x01(\x0b\x32&.parapet.inference.v1.GenerationConfig\x12\x33\n\ncache_mode\x18\x07 \x01(\x0e\x32\x1f.parapet.inference.v1.CacheMode\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\t \x01(\t\x12\x1a\n\x12report_prompt_sent\x18\n \x01(\x08\x1a\x38\n\x16TemplateVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcc\x01\n\x16StreamCompleteResponse\x12\x35\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1f.parapet.inference.v1.TextDeltaH\x00\x12:\n\x07summary\x18\x02 \x01(\x0b\x32\'.parapet.inference.v1.CompletionSummaryH\x00\x12\x37\n\x0bprompt_sent\x18\x03 \x01(\x0b\x32 .parapet.inference.v1.PromptSentH\x00\x42\x06\n\x04kind\"\xf2\x03\n\x0f\x43ompleteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.parapet.inference.v1.Message\x12\r\n\x05model\x18\x02 \x01(\t\x12@\n\x0fprompt_template\x18\x03 \x01(\x0b\x32\'.parapet.inference.v1.PromptTemplateRef\x12X\n\x12template_variables\x18\x04 \x03(\x0b\x32<.parapet.inference.v1.CompleteRequest.TemplateVariablesEntry\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".parapet.inference.v1.ContextChunk\x12:\n\ngeneration\x18\x06 \x01(\x0b\x32&.parapet.inference.v1.GenerationConfig\x12\x33\n\ncache_mode\x18\x07 \x01(\x0e\x32\x1f.parapet.inference.v1.CacheMode\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\t \x01(\t\x1a\x38\n\x16TemplateVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x38\n\x07summary\x18\x02 \x01(\x0b\x32\'.parapet.inference.v1.CompletionSummary\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.parapet.inference.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x19\x44\x65leteCacheEntriesRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x61ll_entries\x18\x02 \x01(\x08H\x00\x42\x07\n\x05scope\"3\n\x1a\x44\x65leteCacheEntriesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x32\xc0\x03\n\x10InferenceService\x12m\n\x0eStreamComplete\x12+.parapet.inference.v1.StreamCompleteRequest\x1a,.parapet.inference.v1.StreamCompleteResponse0\x01\x12Y\n\x08\x43omplete\x12%.parapet.inference.v1.CompleteRequest\x1a&.parapet.inference.v1.CompleteResponse\x12\x64\n\nListModels\x12\'.parapet.inference.v1.ListModelsRequest\x1a(.parapet.inference.v1.ListModelsResponse\"\x03\x90\x02\x01\x12|\n\x12\x44\x65leteCacheEntries\x12/.parapet.inference.v1.DeleteCacheEntriesRequest\x1a\x30.parapet.inference.v1.DeleteCacheEntriesResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,25 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['DeleteCacheEntries']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['DeleteCacheEntries']._serialized_options = b'\220\002\002'
   _globals['_STREAMCOMPLETEREQUEST']._serialized_start=297
-  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=807
-  _globals['_STREAMCOMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_start=751
-  _globals['_STREAMCOMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_end=807
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=810
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=957
-  _globals['_COMPLETEREQUEST']._serialized_start=960
-  _globals['_COMPLETEREQUEST']._serialized_end=1458
-  _globals['_COMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_start=751
-  _globals['_COMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_end=807
-  _globals['_COMPLETERESPONSE']._serialized_start=1460
-  _globals['_COMPLETERESPONSE']._serialized_end=1550
-  _globals['_LISTMODELSREQUEST']._serialized_start=1552
-  _globals['_LISTMODELSREQUEST']._serialized_end=1610
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1612
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1702
-  _globals['_DELETECACHEENTRIESREQUEST']._serialized_start=1704
-  _globals['_DELETECACHEENTRIESREQUEST']._serialized_end=1782
-  _globals['_DELETECACHEENTRIESRESPONSE']._serialized_start=1784
-  _globals['_DELETECACHEENTRIESRESPONSE']._serialized_end=1835
-  _globals['_INFERENCESERVICE']._serialized_start=1838
-  _globals['_INFERENCESERVICE']._serialized_end=2286
+  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=835
+  _globals['_STREAMCOMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_start=779
+  _globals['_STREAMCOMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_end=835
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=838
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1042
+  _globals['_COMPLETEREQUEST']._serialized_start=1045
+  _globals['_COMPLETEREQUEST']._serialized_end=1543
+  _globals['_COMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_start=779
+  _globals['_COMPLETEREQUEST_TEMPLATEVARIABLESENTRY']._serialized_end=835
+  _globals['_COMPLETERESPONSE']._serialized_start=1545
+  _globals['_COMPLETERESPONSE']._serialized_end=1635
+  _globals['_LISTMODELSREQUEST']._serialized_start=1637
+  _globals['_LISTMODELSREQUEST']._serialized_end=1695
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1697
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1787
+  _globals['_DELETECACHEENTRIESREQUEST']._serialized_start=1789
+  _globals['_DELETECACHEENTRIESREQUEST']._serialized_end=1867
+  _globals['_DELETECACHEENTRIESRESPONSE']._serialized_start=1869
+  _globals['_DELETECACHEENTRIESRESPONSE']._serialized_end=1920
+  _globals['_INFERENCESERVICE']._serialized_start=1923
+  _globals['_INFERENCESERVICE']._serialized_end=2371
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,7 @@ class StreamCompleteRequest(_message.Message):
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     FEATURE_FIELD_NUMBER: _builtins.int
+    REPORT_PROMPT_SENT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name or alias; empty = the tenant policy's default."""
     cache_mode: _cache_pb2.CacheMode.ValueType
@@ -67,6 +68,10 @@ class StreamCompleteRequest(_message.Message):
     """Gateway request identifier, for logs, traces and sticky canary assignment."""
     feature: _builtins.str
     """Caller-declared product feature, for routing rules and metrics."""
+    report_prompt_sent: _builtins.bool
+    """Send a PromptSent message before each provider attempt. Off by default, so a client that knows only deltas
+    and summaries never receives one.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """Conversation so far, oldest first; the last message is usually the user's question."""
@@ -99,10 +104,11 @@ class StreamCompleteRequest(_message.Message):
         cache_mode: _cache_pb2.CacheMode.ValueType = ...,
         request_id: _builtins.str = ...,
         feature: _builtins.str = ...,
+        report_prompt_sent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "prompt_template", b"prompt_template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_mode", b"cache_mode", "context", b"context", "feature", b"feature", "generation", b"generation", "messages", b"messages", "model", b"model", "prompt_template", b"prompt_template", "request_id", b"request_id", "template_variables", b"template_variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_mode", b"cache_mode", "context", b"context", "feature", b"feature", "generation", b"generation", "messages", b"messages", "model", b"model", "prompt_template", b"prompt_template", "report_prompt_sent", b"report_prompt_sent", "request_id", b"request_id", "template_variables", b"template_variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +122,7 @@ class StreamCompleteResponse(_message.Message):
 
     TEXT_DELTA_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    PROMPT_SENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def text_delta(self) -> _completion_pb2.TextDelta:
         """The next piece of output text, forwarded as the provider produced it (pieces that were ready together
@@ -126,17 +133,22 @@ class StreamCompleteResponse(_message.Message):
     def summary(self) -> _completion_pb2.CompletionSummary:
         """Facts about the finished completion; the last message."""
 
+    @_builtins.property
+    def prompt_sent(self) -> _completion_pb2.PromptSent:
+        """A provider attempt is about to receive the prompt (only when the request set report_prompt_sent)."""
+
     def __init__(
         self,
         *,
         text_delta: _completion_pb2.TextDelta | None = ...,
         summary: _completion_pb2.CompletionSummary | None = ...,
+        prompt_sent: _completion_pb2.PromptSent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "summary", b"summary", "text_delta", b"text_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "prompt_sent", b"prompt_sent", "summary", b"summary", "text_delta", b"text_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "summary", b"summary", "text_delta", b"text_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "prompt_sent", b"prompt_sent", "summary", b"summary", "text_delta", b"text_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text_delta", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text_delta", "summary", "prompt_sent"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -1,0 +1,95 @@
+"""A job item run twice (its worker stopped inside it, another running it again) through the real governed
+flow: each run is a request of its own at metering and audit, so both are billed and recorded, and the
+ledger matches what the provider was asked for. The suite's own gateway runs no job items here; each test
+starts the worker gateways it stops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
+from parapet.inference.v1 import message_pb2
+from tests.integration.gateway.conftest import MODULE, Suite
+
+pytestmark = MODULE
+
+TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
+
+
+@pytest.fixture(scope="module")
+def main_gateway_overrides() -> dict[str, Any]:
+    return {"gateway_job_workers_enabled": False}
+
+
+async def _asked(suite: Suite, text: str, times: int) -> None:
+    """Until the provider has been asked ``text`` ``times`` times."""
+    async with asyncio.timeout(60):
+        while True:
+            if sum(text in str(r.body) for r in suite.upstream.requests) >= times:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_for_each_run(
+    suite: Suite,
+) -> None:
+    tenant = await suite.tenant()
+    # The slow model streams one word per 50 ms: 200 words outlast the stopping worker's drain grace.
+    words = " ".join(f"word{n}" for n in range(200))
+    item = chat_service_pb2.ChatRequest(
+        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=words)],
+        model="slow",
+        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
+    )
+    submitted = await suite.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(
+            idempotency_key="rerun", chat_batch=job_pb2.ChatBatch(requests=[item])
+        ),
+        metadata=tenant.metadata(),
+    )
+    job_id = submitted.job.job_id
+    async with suite.gateway(gateway_job_workers_enabled=True):
+        await _asked(suite, words, 1)
+    # Stopped mid-answer: the first run is settled for what it used, and the job given back.
+    async with suite.gateway(gateway_job_workers_enabled=True):
+        states = []
+        async with asyncio.timeout(90):
+            async for update in suite.jobs.WatchJob(
+                job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
+            ):
+                states.append(update.job.state)
+    assert states[-1] == job_pb2.JOB_STATE_SUCCEEDED, states
+    job = (
+        await suite.jobs.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+            metadata=tenant.metadata(),
+        )
+    ).job
+    answered = job.results[0].response
+    assert answered.text == f"You said: {words}"
+    assert answered.summary.request_id == f"job-{job_id}-0-run2"
+    assert sum(words in str(r.body) for r in suite.upstream.requests) == 2
+
+    ledger = await suite.wait_rows(
+        "SELECT request_id, prompt_tokens, completion_tokens, cost_micros FROM metering.usage_ledger"
+        " WHERE tenant_id = :t ORDER BY request_id",
+        t=tenant.tenant_id,
+        count=2,
+    )
+    assert [r.request_id for r in ledger] == [f"job-{job_id}-0", f"job-{job_id}-0-run2"]
+    first, rerun = ledger
+    # Both runs sent the whole prompt; the first was cut short, the rerun answered in full.
+    assert first.prompt_tokens == rerun.prompt_tokens == answered.summary.usage.prompt_tokens
+    assert 0 <= first.completion_tokens < rerun.completion_tokens == answered.summary.usage.completion_tokens
+    assert first.cost_micros > 0 and rerun.cost_micros == answered.summary.cost.amount_micros
+    # The job reports the run it kept; the tenant is billed for both.
+    assert job.cost.amount_micros == rerun.cost_micros
+    audited = await suite.wait_rows(
+        "SELECT request_id FROM audit.records WHERE tenant_id = :t AND kind = 'interaction' ORDER BY request_id",
+        t=tenant.tenant_id,
+        count=2,
+    )
+    assert [r.request_id for r in audited] == [f"job-{job_id}-0", f"job-{job_id}-0-run2"]
