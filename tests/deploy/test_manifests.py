@@ -341,6 +341,53 @@ def test_peer_addresses_cover_every_service(overlay: str) -> None:
         assert address == expected
 
 
+# Key files a service cannot do without, by the setting that names them (docs/configuration.md): auth signs
+# tokens; the gateway's job workers (on by default) refuse to start without its service account's API key; audit
+# without its checkpoint key signs with a key of each pod's own, so after a restart, or on another replica,
+# VerifyChain reports every checkpoint CHECKPOINT_INVALID (a chain "broken" by a rollout).
+REQUIRED_KEY_FILES = {
+    "auth": "PARAPET_AUTH_SIGNING_KEY_FILE",
+    "gateway": "PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE",
+    "audit": "PARAPET_AUDIT_CHECKPOINT_KEY_FILE",
+}
+
+
+def pod_env(objs: tuple[Obj, ...], deployment: Obj) -> dict[str, str]:
+    """The server container's plain settings: its ConfigMap's, then its own ``value``s (secret refs left out)."""
+    configs = of_kind(objs, "ConfigMap")
+    container = server_container(deployment)
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configs[source["configMapRef"]["name"]].get("data", {}))
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def secret_files(deployment: Obj) -> dict[str, tuple[str, str]]:
+    """Files the server container gets from Secrets: path -> (secret name, key)."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
+    files: dict[str, tuple[str, str]] = {}
+    for mount in server_container(deployment).get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        for item in secret.get("items", []):
+            files[f"{mount['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    return files
+
+
+def test_every_key_file_a_service_needs_is_a_mounted_secret(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    for service in SERVICES:
+        env, files = pod_env(objs, deployments[service]), secret_files(deployments[service])
+        assert env.get("PARAPET_IDENTITY_JWKS_FILE") in files, f"{overlay}: {service} has no JWKS"
+        setting = REQUIRED_KEY_FILES.get(service)
+        if setting is not None:
+            assert env.get(setting) in files, f"{overlay}: {service} needs {setting} from a Secret"
+    assert pod_env(objs, deployments["gateway"]).get("PARAPET_GATEWAY_JOB_WORKERS_ENABLED", "true") == "true"
+
+
 def test_migrations_job_runs_every_service() -> None:
     jobs = of_kind(render("prod"), "Job")
     job = jobs["parapet-migrate"]
@@ -581,6 +628,30 @@ def test_compose_mirrors_the_suite() -> None:
         assert all(f"PARAPET_{peer.upper()}_ADDRESS" in env for peer in SERVICES)
         assert ("PARAPET_AUTH_SIGNING_KEY_FILE" in env) == (service == "auth")
     assert ports == set(range(47100, 47100 + len(SERVICES)))
+
+
+def _compose_volume_of(spec: Obj, path: str) -> tuple[str, bool]:
+    """The named volume holding ``path`` in a compose service, and whether it is mounted writable."""
+    for volume in spec.get("volumes", []):
+        name, mount, *mode = volume.split(":")
+        if path.startswith(mount.rstrip("/") + "/"):
+            return name, mode != ["ro"]
+    raise AssertionError(f"{path} is on no volume of {spec.get('command')}")
+
+
+def test_compose_gives_services_their_key_files() -> None:
+    """As on Kubernetes (``REQUIRED_KEY_FILES``): the gateway's workers read the key auth writes (a volume both
+    mount, auth writable), and audit keeps its checkpoint key on a volume of its own across restarts."""
+    services: dict[str, Obj] = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())[
+        "services"
+    ]
+    auth, gateway, audit = services["auth"], services["gateway"], services["audit"]
+    written = auth["environment"]["PARAPET_AUTH_GATEWAY_KEY_FILE"]
+    assert gateway["environment"]["PARAPET_GATEWAY_JOB_SERVICE_KEY_FILE"] == written
+    assert _compose_volume_of(auth, written)[1], "auth must be able to write the gateway's key"
+    assert _compose_volume_of(gateway, written)[0] == _compose_volume_of(auth, written)[0]
+    checkpoint_key = audit["environment"]["PARAPET_AUDIT_CHECKPOINT_KEY_FILE"]
+    assert _compose_volume_of(audit, checkpoint_key)[1], "audit creates its checkpoint key at its first start"
 
 
 def iter_yaml_files() -> Iterator[Path]:

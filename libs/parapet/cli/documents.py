@@ -7,6 +7,7 @@ with an optional prefix, so ingesting the same folder again replaces the same do
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,13 +45,39 @@ class LoadedDocument:
     content: bytes
 
 
+def shown(path: Path | str) -> str:
+    """``path`` as text that can be printed: bytes of a name that is not UTF-8 as ``\\xNN`` escapes.
+
+    Python keeps such bytes as lone surrogates, which a UTF-8 terminal, JSON output or protobuf cannot take.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _candidate(path: Path, document_id: str, mime_type: str, problem: str = "") -> Candidate:
+    # A document id is a protobuf string: a name that is not UTF-8 (a Latin-1 name from an old archive) cannot be
+    # sent, and failed the whole stream; it is that file's problem alone.
+    if not _is_utf8(document_id):
+        return Candidate(
+            path, shown(document_id), problem=problem or "its name is not UTF-8: rename it to ingest it"
+        )
+    return Candidate(path, document_id, mime_type, problem)
+
+
 def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
     """Every file to ingest under ``paths``, in a stable order; unsupported explicit files are reported."""
     for given in paths:
         try:
             is_dir, is_file = given.is_dir(), given.is_file()
         except OSError as exc:  # a folder on the way not readable, a name too long (a missing path is False)
-            yield Candidate(given, prefix + given.name, problem=f"cannot read: {exc.strerror or exc}")
+            yield _candidate(given, prefix + given.name, "", f"cannot read: {exc.strerror or exc}")
             continue
         if is_dir:
             for path in sorted(p for p in given.rglob("*") if p.is_file()):
@@ -59,13 +86,13 @@ def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
                     continue  # hidden files and folders (.git, editors' swap files) are not documents
                 mime = MIME_TYPES.get(path.suffix.lower())
                 if mime is not None:
-                    yield Candidate(path, prefix + relative.as_posix(), mime)
+                    yield _candidate(path, prefix + relative.as_posix(), mime)
         elif is_file:
             mime = MIME_TYPES.get(given.suffix.lower())
             problem = "" if mime else f"unsupported file type (supported: {', '.join(sorted(MIME_TYPES))})"
-            yield Candidate(given, prefix + given.name, mime or "", problem)
+            yield _candidate(given, prefix + given.name, mime or "", problem)
         else:
-            yield Candidate(given, prefix + given.name, problem="no such file or folder")
+            yield _candidate(given, prefix + given.name, "", "no such file or folder")
 
 
 def title_of(path: Path, mime_type: str, text: str) -> str:

@@ -108,10 +108,16 @@ def run(args: argparse.Namespace) -> int:
         say(f"parapet {args.command}: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader stopped reading: not worth a traceback. Point stdout at /dev/null so the interpreter's
-        # final flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_PIPE_CLOSED
+        return stdout_closed()
+
+
+def stdout_closed() -> int:
+    """The reader stopped reading (``| head``): not worth a traceback, exit as shells report SIGPIPE.
+
+    Points stdout at /dev/null so the interpreter's final flush at exit does not fail again.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 def code_name(code: int) -> str:

@@ -164,17 +164,17 @@ def load_all(candidates: Sequence[documents.Candidate], report: Report) -> list[
     ids: set[str] = set()
     for candidate in candidates:
         if candidate.problem:
-            report.problems.append((str(candidate.path), candidate.problem))
+            report.problems.append((documents.shown(candidate.path), candidate.problem))
             continue
         if candidate.document_id in ids:
             report.problems.append(
-                (str(candidate.path), f"document id {candidate.document_id!r} given twice")
+                (documents.shown(candidate.path), f"document id {candidate.document_id!r} given twice")
             )
             continue
         try:
             loaded.append(documents.load(candidate))
         except ValueError as exc:
-            report.problems.append((str(candidate.path), str(exc)))
+            report.problems.append((documents.shown(candidate.path), str(exc)))
             continue
         ids.add(candidate.document_id)
     return loaded

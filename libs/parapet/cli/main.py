@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from parapet.cli import audit, chat, erase, ingest, jobs, keys, policy, serve, status, tenants, up, usage
+from parapet.cli.failures import stdout_closed
 
 # The suite's own commands, then the people-facing ones (docs/cli.md), one module each.
 COMMANDS = (up, serve, status, chat, jobs, ingest, tenants, keys, policy, usage, audit, erase)
@@ -21,5 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # Commands outside failures.run (status, a chat conversation, up) piped into `head` end the same way.
+        return stdout_closed()
     return code

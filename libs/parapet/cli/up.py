@@ -19,6 +19,7 @@ from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.cli.output import endpoints_table
 from parapet.cli.serve import DEFAULT_APPS_PACKAGE
 from parapet.cli.supervisor import ManagedProcess, StartupError, StopFlag, Supervisor
+from parapet.embedded import EmbeddedStartError
 from parapet.embedded.ports import port_is_open
 
 HOME_ENV = "PARAPET_HOME"
@@ -128,11 +129,16 @@ def ports_in_use(
 def _home_lock(home: HomeLayout) -> Iterator[None]:
     # Two launchers on one home would fight over the same PostgreSQL data directory.
     home.root.mkdir(parents=True, exist_ok=True)
-    with home.lock_file.open("w") as handle:
+    # Opened without truncating: a launcher that is refused must not erase the running one's pid.
+    with home.lock_file.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UpError(f"another 'parapet up' is running with home {home.root}") from None
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UpError(f"another 'parapet up' (pid {holder}) is running with home {home.root}") from None
+        handle.seek(0)
+        handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
@@ -165,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     home = HomeLayout(resolve_home(args.home, env))
     try:
         return _run(specs, ports, home, env, args)
-    except (UpError, StartupError) as exc:
+    # An embedded server that would not start says why and where its log is: no traceback to read past.
+    except (UpError, StartupError, EmbeddedStartError) as exc:
         _say(f"parapet up: {exc}", sys.stderr)
         return 1
 

@@ -8,5 +8,6 @@ machine's own PostgreSQL, Redis or NATS on their standard ports are never touche
 from parapet.embedded.nats import EmbeddedNats
 from parapet.embedded.ports import free_port
 from parapet.embedded.postgres import EmbeddedPostgres
+from parapet.embedded.process import EmbeddedStartError
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "free_port"]
+__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedStartError", "free_port"]

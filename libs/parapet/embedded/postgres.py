@@ -27,7 +27,7 @@ from urllib.parse import quote
 import psycopg
 
 from parapet.embedded.private_file import write_private
-from parapet.embedded.process import as_user, spawn, stop
+from parapet.embedded.process import EmbeddedStartError, as_user, spawn, stop
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class EmbeddedPostgres:
                 **as_user(user),
             )
             if done.returncode != 0:
-                raise RuntimeError(
+                raise EmbeddedStartError(
                     f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')}"
                 )
 
@@ -198,7 +198,7 @@ class EmbeddedPostgres:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(
+                raise EmbeddedStartError(
                     f"PostgreSQL exited with code {self._proc.returncode}; see {self.log_path}:\n"
                     + self.log_path.read_text(errors="replace")[-2000:]
                 )
@@ -208,7 +208,9 @@ class EmbeddedPostgres:
             except psycopg.OperationalError as exc:
                 last_error = exc
                 time.sleep(0.1)
-        raise TimeoutError(f"PostgreSQL not ready on {self.host}:{self.port} after {timeout}s: {last_error}")
+        raise EmbeddedStartError(
+            f"PostgreSQL not ready on {self.host}:{self.port} after {timeout}s: {last_error}"
+        )
 
     def _ensure_database(self) -> None:
         with psycopg.connect(self._conninfo("postgres"), autocommit=True) as conn:

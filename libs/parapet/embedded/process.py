@@ -16,6 +16,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class EmbeddedStartError(RuntimeError):
+    """An embedded server that could not start (exited, never ready, binary missing); the message says why and
+    where its log is, so a launcher can print it as one error instead of a traceback."""
+
+
 # The parent-death signal is armed by util-linux's ``setpriv`` in the child, after exec, not by Python code run
 # between fork and exec: a child of a threaded process (gRPC runs threads) may only do async-signal-safe work
 # there, and a pre-exec hook also runs Python's and gRPC's after-fork handlers in the child. Seen: the child of
