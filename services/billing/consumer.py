@@ -15,6 +15,7 @@ the batch is halved until it stands alone; any other database error leaves the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -78,6 +79,9 @@ class UsageConsumer:
         self.applied = 0  # events newly counted by this process (for tests and benchmarks)
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
+        # Declared here as well as at start: NATS may come back without the stream (its store lost on a
+        # restart, or removed by an operator), and subscribing then puts it and the durable back.
+        await self._bus.ensure_stream(USAGE_STREAM)
         return await self._bus.jetstream.pull_subscribe(
             USAGE_STREAM.subjects[0], durable=self._durable, stream=USAGE_STREAM.name, config=self._config
         )
@@ -136,7 +140,15 @@ class UsageConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("usage fetch failed, retrying: %r", error)
+                # Start afresh: the durable consumer, or the stream, may be gone (a NATS that lost its store),
+                # and a subscription bound to it would fail forever; subscribing declares both again.
+                log.warning("usage fetch failed, subscribing again: %r", error)
+                # Its unacknowledged messages are redelivered; when NATS is down, it forgets the subscription
+                # with the connection anyway.
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+                subscription = None
                 await asyncio.sleep(0.5)
                 continue
             try:

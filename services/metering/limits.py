@@ -61,6 +61,12 @@ class AppliedBudget:
     def key(self) -> tuple[str, str, str, datetime]:
         return (self.budget_id, self.scope_key, self.unit, self.window_start)
 
+    @property
+    def scope_id(self) -> str:
+        """Whom it applies to as ``BudgetStatus.scope_id`` states it: "tenant", or the user or API key id."""
+        kind, _, subject = self.scope_key.partition(":")
+        return "tenant" if kind == "tenant" else subject
+
     def foreign_to(self, currency_code: str) -> bool:
         """A cost budget in another currency than ``currency_code`` (the deployment's prices, the only one
         metering measures spend in): its limit cannot be compared with any spend metering records."""

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
 
+from parapet.events.usage import USAGE_STREAM
 from parapet.kit import metrics
 from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
@@ -79,6 +81,8 @@ class OutboxRelay:
                 log.warning(
                     "outbox: %d of %d events not acknowledged, retrying later: %r", failed, len(rows), first
                 )
+            if any(isinstance(result, NoStreamResponseError) for result in results):
+                await self._declare_stream()
             if acked:
                 await session.execute(
                     text("UPDATE outbox SET sent_time = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
@@ -87,6 +91,17 @@ class OutboxRelay:
             # Counted by the SELECT above, before this batch: every unsent row, held by any relay or not.
             metrics.set_usage_outbox_pending(int(rows[0][5]) - len(acked))
             return len(acked)
+
+    async def _declare_stream(self) -> None:
+        """Declare the USAGE stream again: no stream took the events, so NATS came back without it (its store
+        lost on a restart, as with the dev overlay's emptyDir, or an operator removed it). Declared only at
+        start, it stayed missing, and every new event waited in the outbox until metering restarted."""
+        try:
+            await self._bus.ensure_stream(USAGE_STREAM)
+        except Exception:
+            log.warning("outbox: declaring the missing %s stream failed", USAGE_STREAM.name, exc_info=True)
+            return
+        log.warning("outbox: the %s stream was missing and is declared again", USAGE_STREAM.name)
 
     async def _publish(self, rows: Sequence[Sequence[Any]]) -> list[object]:
         """Publish every row, then wait (up to the ack timeout) for all of JetStream's acks at once.

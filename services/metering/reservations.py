@@ -90,7 +90,8 @@ def reserve_engine(database_url: str, schema: str) -> AsyncEngine:
     """Reserve's own connection pool: the service's engine settings without the pre-ping.
 
     The kit's engine pings every connection it hands out (one more round trip, as long as the statement
-    itself); Reserve instead retries once on a connection the database dropped (see :func:`reserve`).
+    itself); Reserve instead retries on a connection the database dropped (see :func:`reserve`), after
+    replacing the pool whose connections all predate the drop (:func:`autocommit_connection`).
     """
     return create_async_engine(
         database_url, pool_size=10, max_overflow=10, **{**engine_options(schema), "pool_pre_ping": False}
@@ -111,6 +112,11 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
         except psycopg.Error:
             if driver.broken or driver.closed:
                 raw.invalidate()  # the database dropped it: never hand it out again
+                # So it dropped every connection pooled before (a restart, a failover): without a pre-ping
+                # the pool would hand those out one by one, more of them than Reserve has retries, and the
+                # first Reserves after a restart failed UNAVAILABLE. A new pool connects afresh; connections
+                # checked out meanwhile are closed when returned.
+                await engine.dispose()
             raise
         finally:
             if raw.is_valid:
@@ -169,7 +175,7 @@ async def reserve(
                 raise
             await asyncio.sleep(0.001 * (2**attempt))
     async with database.session() as session:
-        existing = await _find_by_request(session, tenant, request_id)
+        existing = await find_by_request(session, tenant, request_id)
     assert existing is not None
     return ReserveResult(existing, ())
 
@@ -210,10 +216,13 @@ def _describe_rate(limit: AppliedRateLimit) -> str:
     )
 
 
-async def _find_by_request(session: AsyncSession, tenant: str, request_id: str) -> ReservationRow | None:
+async def find_by_request(
+    session: AsyncSession, tenant: str, request_id: str, *, lock: bool = False
+) -> ReservationRow | None:
+    lock_clause = " FOR UPDATE" if lock else ""
     row = (
         await session.execute(
-            text(_SELECT + " WHERE tenant_id = :tenant AND request_id = :request"),
+            text(_SELECT + " WHERE tenant_id = :tenant AND request_id = :request" + lock_clause),
             {"tenant": tenant, "request": request_id},
         )
     ).first()

@@ -176,7 +176,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         percent = spent * 100 // budget.limit if budget.limit > 0 else 100
         status = budget_status_pb2.BudgetStatus(
             budget_id=budget.budget_id,
-            scope_id=budget.scope_key,
+            scope_id=budget.scope_id,
             used_percent=min(percent, 2**31 - 1),
             soft_limit_reached=budget.soft_limit_percent > 0 and percent >= budget.soft_limit_percent,
             window_end_time=_timestamp(budget.window_end),
@@ -194,7 +194,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         metering measures no spend in that currency (a counter of the same id holds the deployment's)."""
         return budget_status_pb2.BudgetStatus(
             budget_id=budget.budget_id,
-            scope_id=budget.scope_key,
+            scope_id=budget.scope_id,
             limit_cost=money_pb2.Money(currency_code=budget.currency_code, amount_micros=budget.limit),
             window_end_time=_timestamp(budget.window_end),
         )

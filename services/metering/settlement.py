@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -64,6 +64,7 @@ async def settle(
 
     async def work(session: AsyncSession) -> Settlement:
         reservation = None
+        settled_record = record
         if record.reservation_id:
             reservation = await reservations.find(session, tenant, record.reservation_id, lock=True)
             if reservation is None:
@@ -74,25 +75,32 @@ async def settle(
                 )
             elif reservation.request_id != record.request_id:
                 raise _conflict("the reservation belongs to another request_id", record.request_id)
-        appended = await ledger.append(session, record)
+        else:
+            # The gateway names no reservation when Reserve did not answer in time, yet that Reserve may
+            # have committed: charging the usage besides would leave its hold in place until it expired,
+            # refusing the caller's next requests meanwhile. The request's own reservation settles instead.
+            reservation = await reservations.find_by_request(session, tenant, record.request_id, lock=True)
+            if reservation is not None:
+                settled_record = replace(record, reservation_id=reservation.reservation_id)
+        appended = await ledger.append(session, settled_record)
         if appended is None:
             return await _repeat(session, record)
         spent = {"spent_tokens": record.total_tokens, "spent_micros": record.cost_micros}
         if reservation is None:
             await counters.charge(session, tenant, budgets_now, record.total_tokens, record.cost_micros)
-            return Settlement(record, None)
+            return Settlement(settled_record, None)
         if reservation.state == "active":
             ended = await reservations.end(session, tenant, reservation.reservation_id, "settled")
             assert ended is not None  # row locked above
             await counters.move_holds(session, tenant, ended.holds, release=True, **spent)
-            return Settlement(record, ended)
+            return Settlement(settled_record, ended)
         if reservation.state == "settled":
             raise _conflict("the reservation is already settled", record.request_id)
         # Released or expired: its hold is gone, but the spend happened; charge the same counters.
         settled = await reservations.mark_settled(session, tenant, reservation.reservation_id)
         assert settled is not None
         await counters.move_holds(session, tenant, settled.holds, release=False, **spent)
-        return Settlement(record, settled)
+        return Settlement(settled_record, settled)
 
     result = await with_retry(database, work)
     if result.appended:
@@ -137,7 +145,10 @@ def model_label(model: str) -> str:
 async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
     first = await ledger.find(session, record.tenant_id, record.request_id)
     assert first is not None  # the conflict that skipped our insert is a committed row
-    if not first.same_figures(record) or first.reservation_id != record.reservation_id:
+    # A repeat naming no reservation is the same settlement whichever reservation the first one settled (the
+    # request's own, found by its request_id).
+    named_other = bool(record.reservation_id) and first.reservation_id != record.reservation_id
+    if not first.same_figures(record) or named_other:
         raise _conflict("request_id already settled with different figures", record.request_id)
     reservation = (
         await reservations.find(session, record.tenant_id, first.reservation_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import uuid
@@ -74,6 +75,27 @@ async def test_nats_outage_while_usage_flows_delays_events_and_loses_none(
         finally:
             flowing.cancel()
         await wait_until_rollups_match(database_url, tenant, total)
+
+
+async def test_nats_restarted_without_its_store_gets_the_stream_back_and_loses_nothing(
+    tmp_path: Path, keys: TestKeys, database_url: str, fresh_nats: EmbeddedNats, policy_file: Path
+) -> None:
+    """A NATS whose JetStream store is lost on restart (an emptyDir, as in the dev overlay; a wiped volume)
+    comes back without the USAGE stream and billing's durable consumer. Before, the relay's publishes found
+    no stream and the events waited in the outbox until metering restarted, and billing's subscription
+    pointed at a consumer that no longer existed until billing restarted."""
+    tenant = new_tenant()
+    async with suite(tmp_path, keys, database_url, fresh_nats.url, policy_file) as (metering, _billing):
+        who = caller(keys, tenant)
+        for i in range(20):
+            await metering.Settle(settle(i, "m", "f", 100 + i), metadata=who)
+        await wait_until_rollups_match(database_url, tenant, 20)
+        await asyncio.to_thread(fresh_nats.stop)
+        await asyncio.to_thread(shutil.rmtree, fresh_nats.store_dir)
+        await asyncio.to_thread(fresh_nats.start)
+        for i in range(20, 40):
+            await metering.Settle(settle(i, "m", "f", 100 + i), metadata=who)
+        await wait_until_rollups_match(database_url, tenant, 40)
 
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -194,3 +194,34 @@ async def test_reserve_survives_a_database_restart(
         await asyncio.to_thread(fresh_postgres.start)
         after = await stub.Reserve(pb.ReserveRequest(request_id="after", estimated_tokens=1), metadata=who)
         assert after.reservation.state == reservation_pb2.RESERVATION_STATE_ACTIVE
+
+
+async def test_reserve_survives_a_database_restart_with_a_full_pool(
+    tmp_path: Path, keys: TestKeys, fresh_postgres: EmbeddedPostgres, nats_url: str
+) -> None:
+    """Every connection pooled before a restart is dead after it. Before, Reserve's retries took one after the
+    other from the pool, and with more pooled connections than retries the first Reserve after the restart
+    failed UNAVAILABLE (a chat refused, or let through unbudgeted)."""
+    tenant = new_tenant()
+    policy_file = write_policies(tmp_path / "policies.json", {tenant: tp.TenantPolicy()})
+    settings = metering_settings(tmp_path, keys, fresh_postgres.url, nats_url, policy_file)
+    async with (
+        running(APP, settings) as (_server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        who = caller(keys, tenant)
+        # Concurrent enough to leave the pool holding all of its connections.
+        await asyncio.gather(
+            *(
+                stub.Reserve(pb.ReserveRequest(request_id=f"before-{i}", estimated_tokens=1), metadata=who)
+                for i in range(40)
+            )
+        )
+        await asyncio.to_thread(fresh_postgres.stop)
+        await asyncio.to_thread(fresh_postgres.start)
+        for i in range(12):
+            after = await stub.Reserve(
+                pb.ReserveRequest(request_id=f"after-{i}", estimated_tokens=1), metadata=who
+            )
+            assert after.reservation.state == reservation_pb2.RESERVATION_STATE_ACTIVE

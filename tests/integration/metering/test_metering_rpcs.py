@@ -224,3 +224,54 @@ async def test_usage_pages_and_its_token_serves_only_its_query_and_caller(
     ):
         request.page_token = first_token
         assert await refusal(metering.stub.GetUsage(request, metadata=who)) == PAGE_TOKEN_REFUSED, case
+
+
+async def test_settle_naming_no_reservation_settles_the_requests_own_hold(
+    metering: Metering, keys: TestKeys
+) -> None:
+    """The gateway settles without a reservation_id when Reserve did not answer in time (its deadline), yet
+    that Reserve may have committed. Before, Settle charged the usage besides and left the hold in place until
+    it expired: 800 held + 100 used of 1000 refused the tenant's next requests for the reservation's ttl."""
+    tenant = new_tenant()
+    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[token_budget(1000)])})
+    who = caller(keys, tenant)
+    held = await metering.stub.Reserve(pb.ReserveRequest(request_id="q1", estimated_tokens=800), metadata=who)
+    unnamed = pb.SettleRequest(
+        request_id="q1", usage=token_usage_pb2.TokenUsage(prompt_tokens=60, completion_tokens=40)
+    )
+    settled = await metering.stub.Settle(unnamed, metadata=who)
+    assert settled.reservation.reservation_id == held.reservation.reservation_id
+    assert settled.reservation.state == SETTLED
+    repeat = await metering.stub.Settle(unnamed, metadata=who)
+    assert repeat.usage_event_id == settled.usage_event_id
+    usage = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
+    )
+    assert usage.total.request_count == 1 and usage.budgets[0].used_tokens == 100
+    roomy = await metering.stub.Reserve(
+        pb.ReserveRequest(request_id="q2", estimated_tokens=900), metadata=who
+    )
+    assert roomy.reservation.state == ACTIVE
+
+
+async def test_budget_status_names_its_scope_as_the_contract_says(metering: Metering, keys: TestKeys) -> None:
+    """BudgetStatus.scope_id is "tenant", or the user or API key id (budget_status.proto); it carried the
+    QuotaFailure subject instead ("tenant:<id>", "user:<id>"), which no client of the contract expects."""
+    tenant = new_tenant()
+    budgets = [
+        token_budget(1000, soft=10),
+        token_budget(1000, soft=10, scope=tp.BUDGET_SCOPE_USER, budget_id="per-user"),
+        token_budget(1000, soft=10, scope=tp.BUDGET_SCOPE_API_KEY, budget_id="per-key"),
+    ]
+    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=budgets)})
+    who = caller(keys, tenant, "alice", api_key_id="k1")
+    held = await metering.stub.Reserve(pb.ReserveRequest(request_id="s1", estimated_tokens=500), metadata=who)
+    assert {w.budget_id: w.scope_id for w in held.soft_limit_warnings} == {
+        "daily": "tenant",
+        "per-user": "alice",
+        "per-key": "k1",
+    }
+    usage = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
+    )
+    assert sorted(b.scope_id for b in usage.budgets) == ["alice", "tenant"]  # a caller sees its own usage

@@ -238,14 +238,15 @@ async def test_an_active_reservation_settles_in_one_statement_once(
 async def test_a_request_already_in_the_ledger_rolls_the_statement_back(
     metering: Metering, keys: TestKeys, engine: AsyncEngine
 ) -> None:
-    # The ledger already holds r1 (settled without a reservation), while a reservation of r1 is still active:
-    # the statement matched the reservation, the ledger row conflicted, so everything it did is undone.
+    # The ledger already holds r1 (settled without a reservation before a Reserve of r1 came), while that
+    # reservation is active: the statement matched the reservation, the ledger row conflicted, so everything
+    # it did is undone. (A Settle naming no reservation after the Reserve settles the reservation itself.)
     tenant, who = tenant_with_budget(metering, keys)
-    held = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
     await metering.stub.Settle(
         pb.SettleRequest(request_id="r1", usage=TokenUsage(prompt_tokens=10, completion_tokens=5)),
         metadata=who,
     )
+    held = await metering.stub.Reserve(pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who)
     before = await facts(engine, tenant)
     assert before["states"] == ["active"] and before["ledger"] == 1
 
