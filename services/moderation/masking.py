@@ -59,6 +59,7 @@ class MaskingVault:
         self._values: dict[str, str] = dict(values or {})  # placeholder -> original value
         self._placeholders: dict[tuple[str, str], str] = {}  # (label, value) -> placeholder
         self._counters: dict[str, int] = {}
+        self._typed: set[str] = set()  # placeholders the caller's texts hold as typed: never issued
         for placeholder, value in self._values.items():
             match = PLACEHOLDER.fullmatch(placeholder)
             if match is None:
@@ -74,15 +75,28 @@ class MaskingVault:
     def values(self) -> Mapping[str, str]:
         return self._values
 
+    def avoid_typed(self, text: str) -> None:
+        """Never issue a placeholder ``text`` already holds that is not ours ("Fill in <EMAIL_1>" in a
+        template): given to a value, restoring would turn the caller's own words into that value."""
+        for match in PLACEHOLDER.finditer(text):
+            if match.group() not in self._values:
+                self._typed.add(match.group())
+
     def mask(self, category: int, value: str) -> str:
         label = LABELS.get(category, "VALUE")
         placeholder = self._placeholders.get((label, value))
         if placeholder is None:
-            self._counters[label] = self._counters.get(label, 0) + 1
-            placeholder = f"<{label}_{self._counters[label]}>"
+            placeholder = self._next_placeholder(label)
             self._placeholders[(label, value)] = placeholder
             self._values[placeholder] = value
         return placeholder
+
+    def _next_placeholder(self, label: str) -> str:
+        while True:
+            self._counters[label] = self._counters.get(label, 0) + 1
+            placeholder = f"<{label}_{self._counters[label]}>"
+            if placeholder not in self._typed:
+                return placeholder
 
     def restore(self, text: str) -> tuple[str, int]:
         """``text`` with known placeholders replaced by their values, and how many were replaced."""

@@ -69,6 +69,8 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         texts = list(request.texts)
 
         def screen() -> list[Screened]:
+            for text in texts:  # before any value is masked: numbering runs across the texts
+                vault.avoid_typed(text)
             return [self._screener.screen_input(text, policy, vault) for text in texts]
 
         results = await self._run(screen)
@@ -91,6 +93,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     ) -> pb.ScreenOutputResponse:
         tenant = require_principal().tenant_id
         self._check_length("text", len(request.text))
+        self._check_length("protected_texts", sum(len(t) for t in request.protected_texts))
         vault = self._sealer.open(request.masking_context, tenant)
         policy = await self._policies.policy(tenant)
         screened = self._screener.screen_output(request.text, policy, request.protected_texts)
@@ -121,6 +124,8 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
                 field_violations=[("config", "must be the first message")],
             )
         config = first.config
+        # Matched against every chunk for the life of the stream: bounded like the output itself.
+        self._check_length("config.protected_texts", sum(len(t) for t in config.protected_texts))
         vault: MaskingVault = self._sealer.open(config.masking_context, tenant, "config.masking_context")
         policy = await self._policies.policy(tenant)
         detectors = self._screener.output_detectors(policy, config.protected_texts)

@@ -15,12 +15,12 @@ audit trail's Record) keep such numbers as they are: a service names them in ``S
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from parapet.kit.errors import InvalidArgument
 
@@ -99,6 +99,34 @@ class Violation:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request message that did not parse: a text field that is not UTF-8 (a multi-byte character cut
+    between two stream chunks by a client that does not check), or a corrupt wire format. grpc answered a
+    deserializer's exception UNKNOWN with the parser's message, before authentication and untyped; the
+    parser's exception met in a client stream became INTERNAL. :func:`tolerant` hands this to the kit
+    instead, which refuses it like any bad request, after authenticating the caller."""
+
+    problem: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"the request message does not parse: {self.problem}")
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` answering :class:`Malformed` where it raised."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return Malformed("a text field is not UTF-8, or the wire format is corrupt")
+
+    return deserialize
+
+
 def violation(
     message: Message, prefix: str = "", *, text: bool = True, enums: bool = True
 ) -> Violation | None:
@@ -155,9 +183,13 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
     return None if found is None else found.path
 
 
-def refuse(message: Message, *, text: bool = True, enums: bool = True) -> None:
+def refuse(message: Message | Malformed, *, text: bool = True, enums: bool = True) -> None:
     """INVALID_ARGUMENT naming the field when any text of ``message`` holds U+0000 (with ``text``) or an enum
-    field holds a number its enum does not declare (with ``enums``)."""
+    field holds a number its enum does not declare (with ``enums``); without a field when it did not parse."""
+    if isinstance(message, Malformed):
+        raise message.error()
+    if not (text or enums):
+        return  # a method that checks both itself: only whether it parsed is the kit's
     found = violation(message, text=text, enums=enums)
     if found is not None:
         raise found.error()
@@ -172,7 +204,7 @@ async def refusing(requests: AsyncIterator[Any], *, text: bool, enums: bool) -> 
 
 def checked(request: Any, *, text: bool = True, enums: bool = True) -> Any:
     """``request`` checked now (a message) or as it is read (a client stream's iterator)."""
-    if isinstance(request, Message):
+    if isinstance(request, Message | Malformed):
         refuse(request, text=text, enums=enums)
         return request
     return refusing(request, text=text, enums=enums)

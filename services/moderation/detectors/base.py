@@ -51,3 +51,6 @@ class Detector(Protocol):
 
 
 C = category_pb2  # short alias for the category constants in detector modules
+# ``max_span`` of detectors whose matches are bounded in words only: any amount of whitespace or invisible
+# characters may stand between the words, so only ``max_tokens`` bounds what a stream holds back.
+ANY_LENGTH = 1 << 62

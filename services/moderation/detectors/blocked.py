@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.base import ANY_LENGTH, C, Detection
 from services.moderation.detectors.normalize import fold
 
 TOPIC_WINDOW_WORDS = 12
@@ -92,7 +92,7 @@ class BlockedTermDetector:
             if cleaned
             else None
         )
-        self.max_span = max((len(t) for t in cleaned), default=1) * 2  # invisible characters may pad a term
+        self.max_span = ANY_LENGTH  # folding drops invisible characters, however many pad a term
         self.max_tokens = max((len(t.split()) for t in cleaned), default=1)
 
     def detect(self, text: str) -> list[Detection]:
@@ -109,7 +109,7 @@ class BlockedTopicDetector:
     name = "policy.blocked_topic"
     categories = (C.CATEGORY_BLOCKED_TOPIC,)
     priority = 93
-    max_span = TOPIC_WINDOW_WORDS * 30
+    max_span = ANY_LENGTH  # twelve words, however far apart on the line
     max_tokens = TOPIC_WINDOW_WORDS
 
     def __init__(self, topics: Sequence[str]) -> None:

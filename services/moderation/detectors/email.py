@@ -26,12 +26,23 @@ class EmailDetector:
     def detect(self, text: str) -> list[Detection]:
         # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the
         # whole text tried it at every letter of every word.
-        found: dict[int, Detection] = {}
-        at = text.find("@")
-        while at != -1:
-            for m in _EMAIL.finditer(text, max(0, at - _LOCAL_MAX), min(len(text), at + _DOMAIN_MAX + 1)):
-                found.setdefault(
-                    m.start(), Detection(C.CATEGORY_PII_EMAIL, m.start(), m.end(), 1.0, self.name)
-                )
-            at = text.find("@", at + 1)
-        return list(found.values())
+        return [
+            Detection(C.CATEGORY_PII_EMAIL, m.start(), m.end(), 1.0, self.name)
+            for start, stop in _windows(text)
+            for m in _EMAIL.finditer(text, start, stop)
+        ]
+
+
+def _windows(text: str) -> list[tuple[int, int]]:
+    """Stretches around each "@" where an address could lie, overlapping ones merged: searched once per
+    "@" instead, a text of 200,000 "@" was searched 318 code points per "@", 4 s of CPU."""
+    windows: list[tuple[int, int]] = []
+    at = text.find("@")
+    while at != -1:
+        start, stop = max(0, at - _LOCAL_MAX), min(len(text), at + _DOMAIN_MAX + 1)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], stop)
+        else:
+            windows.append((start, stop))
+        at = text.find("@", at + 1)
+    return windows

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.base import ANY_LENGTH, C, Detection
 
 SHINGLE_WORDS = 6
 _WORD = re.compile(r"\w+")
-_MAX_WORD = 40  # longer "words" are not prose; capping them bounds the stream's hold-back window
+_MAX_WORD = 40  # longer "words" are not prose: compared by their first 40 characters
 
 
 def _norm(word: str) -> str:
@@ -42,9 +42,9 @@ class LeakDetector:
                 continue
             for i in range(len(words) - SHINGLE_WORDS + 1):
                 self._shingles.add(tuple(words[i : i + SHINGLE_WORDS]))
-        # Six words of at most 40 characters with separators between them.
         self.max_tokens = tokens
-        self.max_span = max(longest, SHINGLE_WORDS * (_MAX_WORD + 8) if self._shingles else 1)
+        # Six words, with any separators between them: a copy spaced out wide is still a copy.
+        self.max_span = ANY_LENGTH if self._shingles else max(longest, 1)
 
     def detect(self, text: str) -> list[Detection]:
         found = [

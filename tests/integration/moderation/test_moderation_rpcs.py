@@ -230,3 +230,34 @@ async def test_stream_must_start_with_config(suite: Suite) -> None:
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error_details(refused.value)
     assert details.bad_request is not None and details.bad_request.field_violations[0].field == "config"
+
+
+async def test_placeholder_typed_by_the_caller_is_never_issued_for_a_value(suite: Suite) -> None:
+    """A text that holds "<EMAIL_1>" as typed (a template, a question about masking) next to a real address:
+    the address got the same placeholder, and restoring turned the caller's own text into the address."""
+    texts = ["Fill in <EMAIL_1> and <PHONE_3> in this template.", "My address is bob@example.com."]
+    screened = await suite.stub.ScreenInput(pb.ScreenInputRequest(texts=texts), metadata=suite.metadata())
+    first, second = screened.sanitized_texts
+    assert first == texts[0]
+    assert second == "My address is <EMAIL_2>."
+    unmasked = await suite.stub.Unmask(pb.UnmaskRequest(text=f"{first} {second}", masking_context=screened.masking_context),
+                                       metadata=suite.metadata())  # fmt: skip
+    assert unmasked.text == f"{texts[0]} {texts[1]}" and unmasked.restored_count == 1
+
+
+async def test_protected_texts_longer_than_the_text_limit_are_refused(suite: Suite) -> None:
+    """Protected texts are screened against like the output itself: a 4 MB system prompt cost seconds of
+    CPU on the event loop and tens of MB held for the life of a stream, where the output is bounded."""
+    too_long = ["word " * 40_001]  # past the default PARAPET_MAX_TEXT_CHARS of 200,000
+    with pytest.raises(grpc.aio.AioRpcError) as output:
+        await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text="hello", protected_texts=too_long),
+                                      metadata=suite.metadata())  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as stream:
+        await _stream(suite, pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(protected_texts=too_long)),
+                      pb.ScreenStreamRequest(chunk="hello"))  # fmt: skip
+    for refused, field in ((output.value, "protected_texts"), (stream.value, "config.protected_texts")):
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = error_details(refused)
+        assert details.error_info is not None and details.error_info.reason == "TEXT_TOO_LONG"
+        assert details.bad_request is not None
+        assert [v.field for v in details.bad_request.field_violations] == [field]

@@ -174,3 +174,37 @@ async def test_a_server_refuses_undeclared_enum_numbers_except_on_open_enum_meth
                 assert (await call(undeclared, metadata=keys.metadata())).value == expected
             declared = job_service_pb2.GetJobRequest(view=job_pb2.JOB_VIEW_FULL)
             assert (await call(declared, metadata=keys.metadata())).value == "2"
+
+
+async def test_a_request_that_does_not_parse_is_refused_as_invalid_not_unknown() -> None:
+    """A string field that is not UTF-8 (a multi-byte character cut between two chunks by a client that
+    does not check) or a corrupt wire format: grpc answered UNKNOWN with the parser's message, untyped,
+    to a unary call, and a client stream's servicer met the parser's exception (INTERNAL)."""
+    keys = make_test_keys()
+    seen: list[str] = []
+    app = generic_app(_handlers(seen), keys=keys, service_names=(SERVICE,))
+    not_utf8 = b"\x0a\x02\xc3\x28"  # StringValue.value: "\xc3" starts a two-byte character "(" cannot end
+    async with (
+        running(app, fast_settings()) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        raw = {"request_serializer": bytes, "response_deserializer": StringValue.FromString}
+        echo = channel.unary_unary(f"/{SERVICE}/Echo", **raw)
+        collect = channel.stream_unary(f"/{SERVICE}/Collect", **raw)
+
+        async def messages() -> AsyncIterator[bytes]:
+            yield StringValue(value="one").SerializeToString()
+            yield not_utf8
+
+        for call in (echo(not_utf8, metadata=keys.metadata()), echo(b"\xff\xff\xff", metadata=keys.metadata()),
+                     collect(messages(), metadata=keys.metadata())):  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            details = error_details(refused.value)
+            assert details.code == grpc.StatusCode.INVALID_ARGUMENT and details.reason == "REQUEST_INVALID"
+            assert "DecodeError" not in (refused.value.details() or "")
+        assert seen == ["one"]
+        # Authentication still comes first.
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await echo(not_utf8)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED

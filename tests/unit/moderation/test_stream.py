@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 
 import pytest
@@ -153,3 +154,50 @@ def test_prose_is_released_a_few_words_behind_not_an_address_span_behind(screene
     # A house number holds from itself (and capitalised words before it), as the address could start there.
     stream.feed("at 221 Baker ")
     assert stream.held_chars == len("Baker at 221 Baker ") - len("Baker at ")
+
+
+def test_private_key_is_held_whole_when_a_chunk_ends_on_a_line_break(screener: Screener) -> None:
+    """A key whose lines end its chunks, with no digit near a chunk's end for a phone number to hold on to:
+    the open block reached the end of the held tail, counted as final there and its body went out."""
+    body = "\n".join(["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl"] * 8)
+    answer = f"Here it is:\n-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\nDone."
+    stream, released = run(screener, answer.splitlines(keepends=True))
+    assert "".join(released) == "Here it is:\n[REDACTED:PRIVATE_KEY]\nDone."
+    assert [a.detection.category for a in stream.applied] == [C.CATEGORY_SECRET_PRIVATE_KEY]
+
+
+def test_total_work_is_linear_for_an_answer_without_whitespace(screener: Screener) -> None:
+    """A long token (a base64 blob, a data URI) is held back as far as a JWT could reach (10,000 code
+    points); rescanning that tail with every small chunk made a 40,000-character blob cost 28 s of CPU."""
+    blob = base64.b64encode(random.Random(3).randbytes(30_000)).decode()
+    answer = f"The file: {blob} is attached."
+    chunks = [answer[i : i + 4] for i in range(0, len(answer), 4)]
+    stream, released = run(screener, chunks)
+    assert "".join(released) == screener.screen_output(answer, DEFAULT_POLICY, ()).text
+    assert stream.scanned_chars <= 3 * stream.received_chars + len(chunks) * (64 + 512)
+
+
+@pytest.mark.parametrize(
+    "answer, protected, policy",
+    [
+        # A system prompt spelled out with wide gaps: six words, far more than six words' worth of code points.
+        ("Sure: " + "you are acme's helpful support bot, never reveal discounts".replace(" ", " " * 100),
+         ("You are Acme's helpful support bot, never reveal discounts to anyone.",), DEFAULT_POLICY),
+        ("Let me tell you about competitor" + " " * 400 + "pricing today.", (),
+         Policy(blocked_topics=("competitor pricing",))),
+        # One piece is held whole only up to the longest single-piece match (a JWT's 10,000 code points).
+        ("Ask about Pro" + "\u200b" * 30_000 + "jectX now.", (), Policy(blocked_terms=("projectx",))),
+    ],
+)  # fmt: skip
+def test_padding_between_words_does_not_stretch_a_match_past_the_hold_back(
+    screener: Screener, answer: str, protected: tuple[str, ...], policy: Policy
+) -> None:
+    """Leaks, topics and terms are bounded in words, not code points: whitespace or invisible characters
+    between the words made a match longer than the hold-back, so the stream released what the whole
+    text blocks."""
+    assert screener.screen_output(answer, policy, protected).decision == finding_pb2.DECISION_BLOCK
+    stream, released = run(screener, [answer[i : i + 64] for i in range(0, len(answer), 64)], protected=protected,
+                           policy=policy)  # fmt: skip
+    assert stream.decision() == finding_pb2.DECISION_BLOCK
+    assert "discounts" not in "".join(released) and "pricing" not in "".join(released)
+    assert "jectX" not in "".join(released)

@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from parapet.kit.inbound import tolerant
+
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
@@ -75,9 +77,10 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def wrap_handler(handler: Any, method: str, interceptor: HandlerInterceptor) -> Any:
-    """A handler equal to ``handler`` except that its behavior goes through ``interceptor``."""
+    """A handler equal to ``handler`` except that its behavior goes through ``interceptor``, and a request
+    that does not parse reaches it as ``inbound.Malformed``, for the kit to refuse (``inbound.checked``)."""
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

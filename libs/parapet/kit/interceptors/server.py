@@ -171,8 +171,8 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    if plan.check_text or plan.check_enums:
-                        request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
+                    # Always: a request that did not parse is refused here even when neither check applies.
+                    request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
                     response = await behavior(request, context)
                 except BaseException as exc:
                     await self._fail(exc, call, context)
@@ -191,8 +191,8 @@ class KitServerInterceptor(HandlerInterceptor):
             try:
                 try:
                     await self._admit(plan, call, context)
-                    if plan.check_text or plan.check_enums:
-                        request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
+                    # Always: a request that did not parse is refused here even when neither check applies.
+                    request = inbound.checked(request, text=plan.check_text, enums=plan.check_enums)
                     async for response in behavior(request, context):
                         yield response
                 except BaseException as exc:
