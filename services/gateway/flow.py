@@ -76,16 +76,6 @@ def _prompt_tokens(messages: list[str], context: list[completion_pb2.ContextChun
     return chars // 3 + 8 * (len(messages) + len(context)) + 64
 
 
-def _sent_prompt_tokens(request: inference_service_pb2.StreamCompleteRequest) -> int:
-    """Prompt tokens of what was sent to inference, counted as OpenAI counts a chat, each context chunk as one
-    more message (inference's template adds a few words this does not know)."""
-    chat = [
-        (message_pb2.Role.Name(m.role).removeprefix("ROLE_").lower(), m.content) for m in request.messages
-    ]
-    chat += [("system", f"{c.title}\n{c.text}") for c in request.context]
-    return tokens.count_chat(chat)
-
-
 @dataclass
 class _Run:
     caller: Caller
@@ -96,9 +86,6 @@ class _Run:
     provider_wait: float = 0.0
     overhead: float | None = None  # the time Parapet added, as the summary reported it
     prompt_tokens: int = 0  # the prompt as the reservation held it (the context at its largest)
-    # What went to inference, once prepared: a stream that ends without inference's summary is settled for
-    # this prompt (_estimate), not for the reservation's upper bound.
-    sent: inference_service_pb2.StreamCompleteRequest | None = None
     model: str = ""
     max_tokens: int = 0  # the output limit sent to the model (and reserved for)
     max_tokens_capped: bool = False  # the policy lowered the caller's max_tokens
@@ -599,7 +586,6 @@ class ChatFlow:
         )
         if request.HasField("prompt_template"):
             inference_request.prompt_template.CopyFrom(request.prompt_template)
-        run.sent = inference_request
         return _Prepared(inference_request, screened, [Event(citation=c.citation) for c in chunks])
 
     def _start_inference(
@@ -638,25 +624,23 @@ class ChatFlow:
             yield event
 
     def _estimate(self, run: _Run, prompt_sent: completion_pb2.PromptSent | None) -> None:
-        """Usage of a stream that ended without inference's summary: the prompt of the provider attempt under
-        way as inference counted it (``prompt_sent``), and what it produced so far counted here in that model's
-        encoding. Without a ``PromptSent`` (an inference that predates it, or a stream stopped before its first
-        attempt) the prompt is counted here from what was sent to inference, a little short of what the
-        template makes of it, and priced as the reservation was (the costliest model the name may run on)."""
-        if prompt_sent is not None:
-            prompt, billed_as = prompt_sent.prompt_tokens, prompt_sent.model
-            encoding = tokens.known_encoding(prompt_sent.token_encoding)
-        else:
-            prompt = _sent_prompt_tokens(run.sent) if run.outcome.inference_started and run.sent else 0
-            billed_as, encoding = run.model, tokens.DEFAULT_ENCODING
-        received = "".join(run.outcome.response_received)
-        completion = tokens.count(received, encoding)
+        """Usage of a stream that ended without inference's summary. Only a provider attempt costs anything,
+        and inference announces each before calling the provider (``report_prompt_sent``): the attempt under
+        way is billed for its prompt as inference counted it (template included, in the model's encoding)
+        and for the output received so far, counted in that encoding, at that model's price. Without an
+        announcement nothing reached a provider (a cached answer, which costs nothing when it completes
+        either, or a stream stopped before its first attempt): nothing is billed."""
+        if prompt_sent is None:
+            run.outcome.estimated_usage = completion_usage(0, 0)
+            return
+        prompt = prompt_sent.prompt_tokens
+        encoding = tokens.known_encoding(prompt_sent.token_encoding)
+        completion = tokens.count("".join(run.outcome.response_received), encoding)
         run.outcome.estimated_usage = completion_usage(prompt, completion)
-        model, run.outcome.estimated_cost = self.catalog.price_cached(
-            run.caller, billed_as, prompt, completion
+        _, run.outcome.estimated_cost = self.catalog.price_cached(
+            run.caller, prompt_sent.model, prompt, completion
         )
-        if model is not None:  # billed to the model priced, not to no model at all
-            run.outcome.estimated_model, run.outcome.estimated_provider = model.model, model.provider
+        run.outcome.estimated_model, run.outcome.estimated_provider = prompt_sent.model, prompt_sent.provider
 
     async def _finalise(self, run: _Run, events: list[Event]) -> None:
         outcome = run.outcome

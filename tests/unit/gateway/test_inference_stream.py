@@ -65,3 +65,35 @@ async def test_cancel_stops_the_call_and_the_pending_first_read() -> None:
     assert call.cancelled
     with pytest.raises(asyncio.CancelledError):
         await _texts(stream)
+
+
+class AnnouncingCall(TimedCall):
+    """A PromptSent after ``announce_after`` seconds (an attempt about to call its provider), then the deltas."""
+
+    def __init__(self, announce_after: float, delays: list[float]) -> None:
+        super().__init__(delays)
+        self._announce_after = announce_after
+
+    async def _messages(self) -> AsyncIterator[inference_service_pb2.StreamCompleteResponse]:
+        await asyncio.sleep(self._announce_after)
+        yield inference_service_pb2.StreamCompleteResponse(
+            prompt_sent=completion_pb2.PromptSent(model="gpt", provider="openai", prompt_tokens=42)
+        )
+        async for message in super()._messages():
+            yield message
+
+
+async def test_a_prompt_sent_is_kept_aside_and_the_first_wait_runs_to_the_first_answer() -> None:
+    stream = InferenceStream(AnnouncingCall(0.0, [0.05, 0.0]))
+    await asyncio.sleep(1.0)  # busy elsewhere: the announcement and the first delta both came meanwhile
+    assert await _texts(stream) == ["0", "1"]  # the announcement is not an answer
+    assert stream.prompt_sent is not None and stream.prompt_sent.prompt_tokens == 42
+    assert 0.045 <= stream.waited < 0.5  # to the first delta's arrival, not to the announcement's
+
+
+async def test_a_stream_stopped_before_its_first_answer_still_knows_the_prompt_sent() -> None:
+    call = AnnouncingCall(0.0, [10.0])
+    stream = InferenceStream(call)
+    await asyncio.sleep(0.05)
+    stream.cancel()  # the caller left while the provider was thinking
+    assert stream.prompt_sent is not None and stream.prompt_sent.model == "gpt"
