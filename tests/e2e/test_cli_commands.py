@@ -333,3 +333,23 @@ def test_unreachable_suite_and_missing_credentials(suite: Launcher, tmp_path: Pa
     assert env_home.returncode == 2 and "no API key" in env_home.stderr
     unreachable = parapet(suite, "audit", "verify", "--base-port", "1100", "--api-key", WELL_FORMED_KEY)
     assert unreachable.returncode == 3 and "UNAVAILABLE" in unreachable.stderr
+
+
+# A folder as people have them: a file whose name is not UTF-8 (an old archive's Latin-1 name), a symbolic link
+# loop, a dangling link and an empty folder beside ordinary documents: each odd entry is its own problem or
+# skipped, the rest is stored.
+def test_ingest_reports_a_name_that_is_not_utf8_and_stores_the_rest(suite: Launcher, tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    (folder / "empty").mkdir(parents=True)
+    (folder / "guide.md").write_text("# Guide\n\nThe staff canteen opens at 11:30 on weekdays.\n")
+    latin1 = os.fsencode(folder) + b"/caf\xe9-menu.md"  # "café" in Latin-1: not a UTF-8 name
+    Path(os.fsdecode(latin1)).write_text("# Menu\n\nSoup of the day.\n")
+    (folder / "loop").symlink_to(folder)  # a folder that contains itself
+    (folder / "dangling.md").symlink_to(folder / "gone.md")
+
+    done = parapet(suite, "ingest", str(folder), "--prefix", "odd/")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 4, done.stderr
+    assert "created    odd/guide.md" in done.stdout
+    assert "caf\\xe9-menu.md: its name is not UTF-8" in done.stderr
+    assert "1 documents stored (1 created, 0 updated, 0 unchanged), 1 failed" in done.stdout

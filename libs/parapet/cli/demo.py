@@ -105,9 +105,12 @@ async def _ensure_key(session: connect.Session, key_file: Path) -> tuple[str, bo
 
 async def _ingest_samples(demo: connect.Session, folder: Path) -> ingest.Report:
     report = ingest.Report()
-    loaded = ingest.load_all(list(documents.find([folder])), report)
+    vetted = ingest.vet_all(list(documents.find([folder])), report)
     stub = demo.client(clients.retrieval, "retrieval", streaming=True).stub
-    await ingest.send(stub, await demo.token_metadata(), loaded, listener=report.record)
+    requests = ingest.document_requests(
+        vetted, on_problem=lambda c, why: report.problems.append((documents.shown(c.path), why))
+    )
+    await ingest.send(stub, await demo.token_metadata(), requests, listener=report.record)
     return report
 
 

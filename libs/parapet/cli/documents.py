@@ -112,15 +112,25 @@ def title_of(path: Path, mime_type: str, text: str) -> str:
     return path.stem.replace("_", " ").replace("-", " ")
 
 
-def load(candidate: Candidate) -> LoadedDocument:
-    """Read a candidate; raises ValueError with a readable reason (too large, unreadable)."""
+def check_size(candidate: Candidate) -> None:
+    """Raises ValueError with a readable reason when the candidate is too large or cannot be looked at."""
     try:
         size = candidate.path.stat().st_size
-        if size > MAX_BYTES:
-            raise ValueError(f"too large ({size:,} bytes; at most {MAX_BYTES:,})")
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    if size > MAX_BYTES:
+        raise ValueError(f"too large ({size:,} bytes; at most {MAX_BYTES:,})")
+
+
+def load(candidate: Candidate) -> LoadedDocument:
+    """Read a candidate; raises ValueError with a readable reason (too large, unreadable)."""
+    check_size(candidate)  # again: the file may have grown since it was vetted
+    try:
         content = candidate.path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read: {exc.strerror}") from None
+    if len(content) > MAX_BYTES:
+        raise ValueError(f"too large ({len(content):,} bytes; at most {MAX_BYTES:,})")
     text = content.decode("utf-8", errors="replace")
     return LoadedDocument(
         candidate.document_id,

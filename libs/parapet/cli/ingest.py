@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -129,38 +129,63 @@ class ProgressBar:
 
 
 Listener = Callable[[retrieval_service_pb2.StreamIngestDocumentsResponse], object]
+# A file that could not be read when its turn came (removed or grown since it was vetted), and why.
+ProblemListener = Callable[[documents.Candidate, str], object]
+
+
+def _ignore(candidate: documents.Candidate, why: str) -> None:
+    return None
+
+
+def document_requests(
+    candidates: Sequence[documents.Candidate],
+    *,
+    groups: Sequence[str] = (),
+    metadata_pairs: Sequence[tuple[str, str]] = (),
+    on_problem: ProblemListener = _ignore,
+) -> Iterator[retrieval_service_pb2.StreamIngestDocumentsRequest]:
+    """One request per candidate, each file read only when the stream takes its request: gRPC's flow
+    control then keeps a few documents in memory, not a whole folder (up to 3 MiB each; all of them were
+    read before the first was sent until 2026-12-06). A file that cannot be read by then goes to
+    ``on_problem`` and is skipped."""
+    for candidate in candidates:
+        try:
+            doc = documents.load(candidate)
+        except ValueError as exc:
+            on_problem(candidate, str(exc))
+            continue
+        document = document_pb2.Document(
+            document_id=doc.document_id,
+            title=doc.title,
+            source_uri=doc.path.resolve().as_uri(),
+            mime_type=doc.mime_type,
+            metadata=dict(metadata_pairs),
+            access_groups=groups,
+        )
+        yield retrieval_service_pb2.StreamIngestDocumentsRequest(document=document, content=doc.content)
 
 
 async def send(
     stub: RetrievalServiceAsyncStub,
     metadata: connect.Metadata,
-    loaded: Sequence[documents.LoadedDocument],
+    requests: Iterator[retrieval_service_pb2.StreamIngestDocumentsRequest],
     *,
-    groups: Sequence[str] = (),
-    metadata_pairs: Sequence[tuple[str, str]] = (),
     listener: Listener,
 ) -> None:
-    """Stream ``loaded`` to StreamIngestDocuments; every response goes to ``listener`` as it arrives."""
+    """Stream ``requests`` to StreamIngestDocuments; every response goes to ``listener`` as it arrives."""
 
-    async def requests() -> AsyncIterator[retrieval_service_pb2.StreamIngestDocumentsRequest]:
-        for doc in loaded:
-            document = document_pb2.Document(
-                document_id=doc.document_id,
-                title=doc.title,
-                source_uri=doc.path.resolve().as_uri(),
-                mime_type=doc.mime_type,
-                metadata=dict(metadata_pairs),
-                access_groups=groups,
-            )
-            yield retrieval_service_pb2.StreamIngestDocumentsRequest(document=document, content=doc.content)
+    async def each() -> AsyncIterator[retrieval_service_pb2.StreamIngestDocumentsRequest]:
+        for request in requests:
+            yield request
 
-    async for response in stub.StreamIngestDocuments(requests(), metadata=metadata):
+    async for response in stub.StreamIngestDocuments(each(), metadata=metadata):
         listener(response)
 
 
-def load_all(candidates: Sequence[documents.Candidate], report: Report) -> list[documents.LoadedDocument]:
-    """Read every candidate; problems (unsupported, unreadable, duplicate id) go to ``report``."""
-    loaded: list[documents.LoadedDocument] = []
+def vet_all(candidates: Sequence[documents.Candidate], report: Report) -> list[documents.Candidate]:
+    """The candidates to send, none read yet; problems (unsupported, too large, unreadable, duplicate id) go
+    to ``report``."""
+    vetted: list[documents.Candidate] = []
     ids: set[str] = set()
     for candidate in candidates:
         if candidate.problem:
@@ -172,12 +197,13 @@ def load_all(candidates: Sequence[documents.Candidate], report: Report) -> list[
             )
             continue
         try:
-            loaded.append(documents.load(candidate))
+            documents.check_size(candidate)
         except ValueError as exc:
             report.problems.append((documents.shown(candidate.path), str(exc)))
             continue
         ids.add(candidate.document_id)
-    return loaded
+        vetted.append(candidate)
+    return vetted
 
 
 async def execute(args: argparse.Namespace) -> int:
@@ -185,11 +211,17 @@ async def execute(args: argparse.Namespace) -> int:
     candidates = list(documents.find(args.paths, args.prefix))
     if not candidates:
         raise failures.CliError(f"no files to ingest (supported: {', '.join(sorted(documents.MIME_TYPES))})")
-    loaded = load_all(candidates, report)
+    vetted = vet_all(candidates, report)
     bar = ProgressBar(
-        len(loaded), sys.stderr, enabled=not args.json and not args.no_progress and sys.stderr.isatty()
+        len(vetted), sys.stderr, enabled=not args.json and not args.no_progress and sys.stderr.isatty()
     )
     for where, why in report.problems:
+        bar.write(f"failed     {where}: {why}", sys.stderr)
+
+    def unreadable(candidate: documents.Candidate, why: str) -> None:
+        where = documents.shown(candidate.path)
+        report.problems.append((where, why))
+        bar.done += 1
         bar.write(f"failed     {where}: {why}", sys.stderr)
 
     def listener(response: retrieval_service_pb2.StreamIngestDocumentsResponse) -> None:
@@ -206,19 +238,15 @@ async def execute(args: argparse.Namespace) -> int:
                 bar.write(line, sys.stdout)
         bar.draw()
 
-    if loaded:
+    if vetted:
         bar.draw()
         async with connect.Session.from_args(args) as session:
             stub = session.client(clients.retrieval, "retrieval", streaming=True).stub
+            requests = document_requests(
+                vetted, groups=args.group, metadata_pairs=args.meta, on_problem=unreadable
+            )
             try:
-                await send(
-                    stub,
-                    await session.token_metadata(),
-                    loaded,
-                    groups=args.group,
-                    metadata_pairs=args.meta,
-                    listener=listener,
-                )
+                await send(stub, await session.token_metadata(), requests, listener=listener)
             finally:
                 bar.finish()
     if args.json:

@@ -119,10 +119,32 @@ def test_too_large_and_duplicate_files_are_reported_not_sent(tmp_path: Path) -> 
         path.parent.mkdir()
         path.write_text("# Same\n")
     report = ingest.Report()
-    loaded = ingest.load_all(list(documents.find([big, one, two])), report)
-    assert [d.document_id for d in loaded] == ["same.md"]
+    vetted = ingest.vet_all(list(documents.find([big, one, two])), report)
+    assert [d.document_id for d in vetted] == ["same.md"]
     assert report.problems[0][1].startswith("too large")
     assert "given twice" in report.problems[1][1]
+
+
+def test_each_file_is_read_only_when_the_stream_takes_its_request(tmp_path: Path) -> None:
+    """A folder's documents are never all in memory: a file is read when its request is taken, so one
+    removed or grown past the limit after vetting, before its turn, is reported then and skipped."""
+    names = ["a.md", "b.md", "c.md", "d.md"]
+    for name in names:
+        (tmp_path / name).write_text(f"# {name}\n")
+    report = ingest.Report()
+    vetted = ingest.vet_all(list(documents.find([tmp_path])), report)
+    assert [c.document_id for c in vetted] == names and not report.problems
+    late: list[tuple[str, str]] = []
+    requests = ingest.document_requests(vetted, on_problem=lambda c, why: late.append((c.document_id, why)))
+    first = next(requests)
+    (tmp_path / "b.md").unlink()
+    (tmp_path / "c.md").write_bytes(b"x" * (documents.MAX_BYTES + 1))
+    rest = list(requests)
+    assert [r.document.document_id for r in [first, *rest]] == ["a.md", "d.md"]
+    assert [(name, why.split(" (")[0].split(":")[0]) for name, why in late] == [
+        ("b.md", "cannot read"),
+        ("c.md", "too large"),
+    ]
 
 
 def test_ingest_report_counts_results_and_rejections() -> None:
