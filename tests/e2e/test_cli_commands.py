@@ -90,6 +90,7 @@ def test_conversation_keeps_its_history_and_ctrl_c_at_the_prompt_exits_130(suite
     talk = parapet(suite, "chat", stdin="How long does the Kestrel K2 battery last?\nAnd the warranty?\n")
     assert talk.returncode == 0, talk.stderr
     assert talk.stdout.count("sources:") == 2 and "kestrel-k2-faq.md" in talk.stdout
+    assert "you>" not in talk.stdout + talk.stderr  # the prompt is for a terminal, not for piped questions
     assert len([line for line in talk.stderr.splitlines() if line.startswith("local/local · ")]) == 2
 
     proc = subprocess.Popen(

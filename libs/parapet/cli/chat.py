@@ -180,11 +180,15 @@ def run(args: argparse.Namespace) -> int:
 def converse(args: argparse.Namespace) -> int:
     history: list[message_pb2.Message] = []
     failures.say("parapet chat: ask away; Ctrl-C cancels an answer, Ctrl-D ends the conversation")
+    # The prompt is for a person at a terminal: questions piped in get answers on stdout and nothing else,
+    # so `parapet chat < questions > answers` keeps only the answers.
+    interactive = sys.stdin.isatty()
     while True:
         try:
-            line = input(PROMPT).strip()
+            line = input(PROMPT if interactive else "").strip()
         except EOFError:
-            print()
+            if interactive:
+                print()  # end the prompt's line
             return failures.EXIT_OK
         if not line:
             continue
