@@ -516,10 +516,11 @@ class ChatFlow:
         """A model call started beside the budget hold, stopped before the hold was granted."""
         stream.cancel()
         run.outcome.speculation_unanswered = True
-        # The audit record names what the prompt was sent to: the model the reservation priced.
-        model, _ = self.catalog.price_cached(run.caller, run.model, run.prompt_tokens, 0)
-        if model is not None:
-            run.outcome.estimated_model, run.outcome.estimated_provider = model.model, model.provider
+        # The audit record names the model the prompt was sent to, as inference announced it; none came, no
+        # provider saw the prompt (the record then names the model asked for).
+        sent = stream.prompt_sent
+        if sent is not None:
+            run.outcome.estimated_model, run.outcome.estimated_provider = sent.model, sent.provider
         metrics.record_speculative_call(
             "cancelled" if isinstance(error, asyncio.CancelledError) else "refused"
         )
