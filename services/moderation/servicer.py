@@ -8,7 +8,7 @@ and the event loop stays free for streams); pattern-only screening runs inline, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -33,12 +33,21 @@ pb = moderation_service_pb2
 
 class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     def __init__(
-        self, screener: Screener, sealer: ContextSealer, policies: PolicySource, *, max_text_chars: int
+        self,
+        screener: Screener,
+        sealer: ContextSealer,
+        policies: PolicySource,
+        *,
+        max_text_chars: int,
+        max_texts: int,
+        max_protected_texts: int,
     ) -> None:
         self._screener = screener
         self._sealer = sealer
         self._policies = policies
         self._max = max_text_chars
+        self._max_texts = max_texts
+        self._max_protected = max_protected_texts
         self._ner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation-ner")
 
     def close(self) -> None:
@@ -57,12 +66,29 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
                 reason="TEXT_TOO_LONG",
             )
 
+    @staticmethod
+    def _check_count(field: str, count: int, limit: int) -> None:
+        """The length limit does not bound the number of texts, and each costs its own work (a screening,
+        a matcher entry) however short it is: checked first, before anything is opened or screened."""
+        if count > limit:
+            raise InvalidArgument(
+                f"{field} holds more than {limit} texts",
+                field_violations=[(field, f"at most {limit} texts")],
+                reason="TOO_MANY_TEXTS",
+            )
+
+    def _check_protected(self, field: str, protected_texts: Sequence[str]) -> None:
+        # Matched against the whole output, or every chunk of a stream: bounded like the output itself.
+        self._check_count(field, len(protected_texts), self._max_protected)
+        self._check_length(field, sum(len(t) for t in protected_texts))
+
     async def ScreenInput(
         self, request: pb.ScreenInputRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScreenInputResponse:
         tenant = require_principal().tenant_id
         if not request.texts:
             raise InvalidArgument("texts must hold at least one text", field_violations=[("texts", "empty")])
+        self._check_count("texts", len(request.texts), self._max_texts)
         self._check_length("texts", sum(len(t) for t in request.texts))
         vault = self._sealer.open(request.masking_context, tenant)
         policy = await self._policies.policy(tenant)
@@ -93,7 +119,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     ) -> pb.ScreenOutputResponse:
         tenant = require_principal().tenant_id
         self._check_length("text", len(request.text))
-        self._check_length("protected_texts", sum(len(t) for t in request.protected_texts))
+        self._check_protected("protected_texts", request.protected_texts)
         vault = self._sealer.open(request.masking_context, tenant)
         policy = await self._policies.policy(tenant)
         screened = self._screener.screen_output(request.text, policy, request.protected_texts)
@@ -124,8 +150,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
                 field_violations=[("config", "must be the first message")],
             )
         config = first.config
-        # Matched against every chunk for the life of the stream: bounded like the output itself.
-        self._check_length("config.protected_texts", sum(len(t) for t in config.protected_texts))
+        self._check_protected("config.protected_texts", config.protected_texts)
         vault: MaskingVault = self._sealer.open(config.masking_context, tenant, "config.masking_context")
         policy = await self._policies.policy(tenant)
         detectors = self._screener.output_detectors(policy, config.protected_texts)

@@ -41,3 +41,16 @@ class ModerationSettings(ServiceSettings):
     max_text_chars: int = Field(
         200_000, gt=0, description="Longest text (and longest stream) screened; longer ones are refused."
     )
+    max_texts: int = Field(
+        1_000,
+        gt=0,
+        description="Most texts in one ScreenInput; more are refused before any screening. Each text costs "
+        "its own screening (about 24 µs even when empty), which the length limit does not bound; the "
+        "gateway sends at most 200 (one per message).",
+    )
+    max_protected_texts: int = Field(
+        256,
+        gt=0,
+        description="Most protected texts in one ScreenOutput or ScreenStream config; more are refused. "
+        "Real callers send a system prompt and a few canaries.",
+    )

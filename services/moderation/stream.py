@@ -120,6 +120,10 @@ class StreamScreener:
     def feed(self, chunk: str) -> StreamStep:
         if self.blocked:
             return StreamStep(blocked=True)
+        if not chunk:
+            # Nothing new, so the last scan's answer stands. Empty chunks are not bounded by the text limit,
+            # and rescanning the held tail for each (about 200 µs) made a stream of them unbounded work.
+            return StreamStep()
         self._buffer += chunk
         self.received_chars += len(chunk)
         if not self._worth_rescanning():

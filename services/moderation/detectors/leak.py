@@ -1,7 +1,7 @@
 """System-prompt and canary leakage: the output repeats text the caller marked as protected.
 
 Short protected texts (canary tokens, secrets, phrases under ``SHINGLE_WORDS`` words) match as
-case-insensitive substrings. Long ones (a system prompt) match by word shingles: any run of
+case-insensitive substrings, all of them in one scan (``literals.CaselessLiterals``). Long ones (a system prompt) match by word shingles: any run of
 ``SHINGLE_WORDS`` consecutive words of the prompt, compared after lower-casing and dropping punctuation,
 so re-wrapped, re-cased or re-punctuated copies are caught too; consecutive matches merge into one span.
 """
@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 from services.moderation.detectors.base import ANY_LENGTH, C, Detection
+from services.moderation.detectors.literals import CaselessLiterals
 
 SHINGLE_WORDS = 6
 _WORD = re.compile(r"\w+")
@@ -28,7 +29,7 @@ class LeakDetector:
     priority = 100
 
     def __init__(self, protected_texts: Sequence[str]) -> None:
-        self._exact: list[re.Pattern[str]] = []
+        exact: list[str] = []
         self._shingles: set[tuple[str, ...]] = set()
         longest = 0
         tokens = SHINGLE_WORDS
@@ -36,21 +37,21 @@ class LeakDetector:
             words = [_norm(w) for w in _WORD.findall(protected)]
             if len(words) < SHINGLE_WORDS:
                 if protected.strip():
-                    self._exact.append(re.compile(re.escape(protected.strip()), re.IGNORECASE))
+                    exact.append(protected.strip())
                     longest = max(longest, len(protected.strip()))
                     tokens = max(tokens, len(protected.split()))
                 continue
             for i in range(len(words) - SHINGLE_WORDS + 1):
                 self._shingles.add(tuple(words[i : i + SHINGLE_WORDS]))
+        self._exact = CaselessLiterals(exact)
         self.max_tokens = tokens
         # Six words, with any separators between them: a copy spaced out wide is still a copy.
         self.max_span = ANY_LENGTH if self._shingles else max(longest, 1)
 
     def detect(self, text: str) -> list[Detection]:
         found = [
-            Detection(C.CATEGORY_SYSTEM_PROMPT_LEAK, m.start(), m.end(), 1.0, self.name)
-            for pattern in self._exact
-            for m in pattern.finditer(text)
+            Detection(C.CATEGORY_SYSTEM_PROMPT_LEAK, start, end, 1.0, self.name)
+            for start, end in self._exact.spans(text)
         ]
         if not self._shingles:
             return found

@@ -40,7 +40,10 @@ class ScreenInputRequest(_message.Message):
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Texts to screen, screened independently (for example each user message). Placeholders are numbered across
-        all of them, so the same value gets the same placeholder everywhere.
+        all of them, so the same value gets the same placeholder everywhere. At least one and at most
+        PARAPET_MAX_TEXTS (default 1,000; each text costs a screening however short) of at most
+        PARAPET_MAX_TEXT_CHARS code points together; otherwise INVALID_ARGUMENT with reason TOO_MANY_TEXTS or
+        TEXT_TOO_LONG, before anything is screened.
         """
 
     def __init__(
@@ -145,7 +148,10 @@ class ScreenOutputRequest(_message.Message):
     """Masking context returned by ScreenInput; its placeholders in the output are restored for the caller."""
     @_builtins.property
     def protected_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Texts that must never appear in the output (the system prompt, canary tokens); matched verbatim and fuzzily."""
+        """Texts that must never appear in the output (the system prompt, canary tokens); matched verbatim and fuzzily.
+        At most PARAPET_MAX_PROTECTED_TEXTS (default 256) of at most PARAPET_MAX_TEXT_CHARS code points together;
+        otherwise INVALID_ARGUMENT with reason TOO_MANY_TEXTS or TEXT_TOO_LONG.
+        """
 
     def __init__(
         self,
@@ -210,7 +216,10 @@ class ScreenStreamConfig(_message.Message):
     """Masking context returned by ScreenInput; its placeholders are restored in the released text."""
     @_builtins.property
     def protected_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Texts that must never appear in the output (the system prompt, canary tokens)."""
+        """Texts that must never appear in the output (the system prompt, canary tokens), matched against every chunk.
+        At most PARAPET_MAX_PROTECTED_TEXTS (default 256) of at most PARAPET_MAX_TEXT_CHARS code points together;
+        otherwise the stream ends with INVALID_ARGUMENT, reason TOO_MANY_TEXTS or TEXT_TOO_LONG.
+        """
 
     def __init__(
         self,
