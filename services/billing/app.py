@@ -6,6 +6,7 @@ exactly once; ListRollups and GetInvoicePreview read them.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import grpc
 from parapet.billing.v1 import billing_service_pb2_grpc
 from parapet.events.usage import USAGE_STREAM
 from parapet.kit.app import Resources, ServiceApp
+from services.billing import pruning
 from services.billing.consumer import UsageConsumer
 from services.billing.servicer import BillingServicer
 from services.billing.settings import BillingSettings
@@ -35,6 +37,11 @@ async def register(server: grpc.aio.Server, resources: Resources[BillingSettings
         max_ack_pending=settings.max_ack_pending,
     )
     resources.spawn(consumer.run(), name="usage-consumer")
+    keep = timedelta(seconds=settings.processed_event_retention_seconds)
+    resources.spawn(
+        pruning.sweep(database, keep, settings.processed_event_sweep_interval_seconds),
+        name="processed-events-sweeper",
+    )
 
 
 APP = ServiceApp(

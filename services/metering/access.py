@@ -10,9 +10,10 @@ from __future__ import annotations
 from parapet.auth.v1 import permission_pb2, tenant_policy_pb2
 from parapet.kit.errors import PermissionDenied
 from parapet.kit.identity import Principal
-from parapet.kit.permissions import has_permission
+from parapet.kit.permissions import has_permission, missing
 
 USAGE_READ = "usage.read"
+PLATFORM_ADMIN = "platform.admin"
 _GRANTING = frozenset({permission_pb2.PERMISSION_USAGE_READ, permission_pb2.PERMISSION_ADMIN})
 
 
@@ -32,3 +33,32 @@ def require_usage_read(principal: Principal, policy: tenant_policy_pb2.TenantPol
             "reading the tenant's usage needs the usage.read permission",
             metadata={"permission": USAGE_READ},
         )
+
+
+def is_platform_admin(
+    principal: Principal, policy: tenant_policy_pb2.TenantPolicy, platform_tenant: str
+) -> bool:
+    """True for a principal of the platform tenant holding platform.admin: what auth resolved, else its roles
+    under ``policy`` (the platform tenant's), within its scopes if it has any.
+
+    Not ``has_permission``: for a token without resolved permissions it accepts the role named ``admin``, and
+    the platform tenant's ``admin`` role holds tenant permissions only, never platform.admin (auth's rule).
+    """
+    if principal.tenant_id != platform_tenant:
+        return False
+    if principal.permissions is not None:
+        return PLATFORM_ADMIN in principal.permissions
+    if principal.scopes and PLATFORM_ADMIN not in principal.scopes:
+        return False
+    held = set(principal.roles)
+    return any(
+        role.role in held and permission_pb2.PERMISSION_PLATFORM_ADMIN in role.permissions
+        for role in policy.roles
+    )
+
+
+def require_platform_admin(
+    principal: Principal, policy: tenant_policy_pb2.TenantPolicy, platform_tenant: str, why: str
+) -> None:
+    if not is_platform_admin(principal, policy, platform_tenant):
+        raise missing(PLATFORM_ADMIN, why)

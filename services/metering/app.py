@@ -17,7 +17,7 @@ from parapet.events.usage import USAGE_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.database import Database
 from parapet.metering.v1 import metering_service_pb2_grpc
-from services.metering import reservations
+from services.metering import pruning, reservations
 from services.metering.policy import policy_source
 from services.metering.relay import OutboxRelay
 from services.metering.servicer import MeteringServicer
@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 
 async def sweep(database: Database, settings: MeteringSettings) -> None:
     """Expire overdue reservations (freeing their holds) and delete garbage rows, forever."""
-    retention = timedelta(seconds=settings.outbox_retention_seconds)
+    outbox = timedelta(seconds=settings.outbox_retention_seconds)
+    ended = timedelta(seconds=settings.reservation_retention_seconds)
     while True:
         try:
             while await reservations.expire_due(database) > 0:
                 pass
-            await reservations.delete_old_rows(database, retention)
+            await pruning.prune(database, outbox=outbox, reservations=ended)
         except asyncio.CancelledError:
             raise
         except Exception:

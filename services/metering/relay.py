@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 # Unsent events, the usage_outbox_pending gauge (served by the partial index outbox_unsent).
 _PENDING = "SELECT count(*) FROM outbox WHERE sent_time IS NULL"
+# One batch of unsent rows, oldest first, served by outbox_unsent; rows another relay holds are skipped.
+UNSENT_BATCH = text(
+    f"""
+    SELECT id, event_id, subject, payload, headers, ({_PENDING}) FROM outbox
+    WHERE sent_time IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
+    """
+)
 
 
 class OutboxRelay:
@@ -53,17 +60,7 @@ class OutboxRelay:
 
     async def _publish_batch(self) -> int:
         async with self._database.transaction() as session:
-            rows = (
-                await session.execute(
-                    text(
-                        f"""
-                        SELECT id, event_id, subject, payload, headers, ({_PENDING}) FROM outbox
-                        WHERE sent_time IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
-                        """
-                    ),
-                    {"batch": self._batch_size},
-                )
-            ).all()
+            rows = (await session.execute(UNSENT_BATCH, {"batch": self._batch_size})).all()
             if not rows:
                 # Nothing this relay may take; rows other relays hold are still waiting (a stalled NATS
                 # keeps them there), so the gauge keeps counting them rather than dropping to 0.

@@ -309,15 +309,3 @@ async def expire_due(database: Database, batch: int = 500) -> int:
         return len(rows)
 
     return await with_retry(database, work)
-
-
-async def delete_old_rows(database: Database, outbox_retention: timedelta) -> None:
-    """Rate counters older than the sliding window and sent outbox rows past retention are garbage."""
-    async with database.transaction() as session:
-        await session.execute(
-            text("DELETE FROM rate_counters WHERE window_start < now() - interval '2 minutes'")
-        )
-        await session.execute(
-            text("DELETE FROM outbox WHERE sent_time IS NOT NULL AND sent_time < now() - :keep"),
-            {"keep": outbox_retention},
-        )

@@ -25,8 +25,8 @@ from parapet.metering.v1 import (
     usage_report_pb2,
 )
 from parapet.usage.v1 import money_pb2, token_usage_pb2
-from services.metering import counters, reservations, settlement, usage
-from services.metering.access import can_read_usage
+from services.metering import counters, replay, reservations, settlement, usage
+from services.metering.access import can_read_usage, require_platform_admin
 from services.metering.counters import CounterState
 from services.metering.ledger import UsageRecord
 from services.metering.limits import AppliedBudget, applicable_budgets, applicable_rate_limits
@@ -86,6 +86,23 @@ def _request_id(value: str, field: str = "request_id") -> str:
             field_violations=[(field, "required, at most 128")],
         )
     return value
+
+
+def _check_replay_start(start: datetime, window: replay.Window) -> None:
+    """A start the outbox no longer fully covers is refused, never replayed in part: rows sent before the
+    retention are deleted, and a replay reaching past them would silently leave their events unpublished."""
+    if start > window.began:
+        raise InvalidArgument(
+            "start_time is in the future", field_violations=[("start_time", "not after the current time")]
+        )
+    if start < window.earliest_start:
+        earliest = window.earliest_start.isoformat()
+        raise InvalidArgument(
+            f"start_time is older than the outbox keeps sent events; the earliest replayable is {earliest}",
+            reason="REPLAY_WINDOW_EXCEEDED",
+            field_violations=[("start_time", f"at or after {earliest} (PARAPET_OUTBOX_RETENTION_SECONDS)")],
+            metadata={"earliest_start_time": earliest},
+        )
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
@@ -384,6 +401,32 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             next_page_token=paging.encode([offset + size], query) if more else "",
         )
         return response
+
+    async def ReplayUsageEvents(
+        self, request: metering_service_pb2.ReplayUsageEventsRequest, context: grpc.aio.ServicerContext
+    ) -> metering_service_pb2.ReplayUsageEventsResponse:
+        principal = require_principal()
+        require_platform_admin(
+            principal,
+            await self._policies.get(principal.tenant_id),
+            self._settings.auth_platform_tenant_id,
+            "replaying usage events",
+        )
+        if not request.HasField("start_time"):
+            raise InvalidArgument("start_time is required", field_violations=[("start_time", "required")])
+        start = wellknown.moment(request.start_time, "start_time")
+        window = await replay.window(
+            self._database, timedelta(seconds=self._settings.outbox_retention_seconds)
+        )
+        _check_replay_start(start, window)
+        count = await replay.mark_unsent(self._database, start, window.began, after_batch=self._relay.wake)
+        log.warning(
+            "usage events marked for publishing again",
+            extra={"start_time": start.isoformat(), "event_count": count, "subject": principal.subject},
+        )
+        return metering_service_pb2.ReplayUsageEventsResponse(
+            event_count=count, earliest_start_time=_timestamp(window.earliest_start)
+        )
 
     def _aggregate(self, row: dict[str, object]) -> usage_report_pb2.UsageAggregate:
         aggregate = usage_report_pb2.UsageAggregate(

@@ -37,7 +37,10 @@ class MeteringSettings(PolicySettings):
     # Reserve arriving meanwhile waits for it. At 0.2 s and 1 s they set Reserve's p99 (2.5 ms against 1.7
     # at these values, p50 unchanged; docs/metering.md).
     sweep_interval_seconds: float = Field(
-        5.0, gt=0, description="How often expired reservations are released and old counters deleted."
+        5.0,
+        gt=0,
+        description="How often expired reservations are released and old counters, outbox rows and "
+        "ended reservations deleted.",
     )
     relay_interval_seconds: float = Field(
         1.0,
@@ -59,5 +62,25 @@ class MeteringSettings(PolicySettings):
         2.0, gt=0, description="How long the relay waits for JetStream's ack before retrying a batch later."
     )
     outbox_retention_seconds: float = Field(
-        86400.0, gt=0, description="Sent outbox rows are deleted after this (the ledger keeps the usage)."
+        86400.0,
+        gt=0,
+        description="Sent outbox rows are deleted this long after they were sent (the ledger keeps the "
+        "usage). Also how far back ReplayUsageEvents reaches (less a minute): billing's "
+        "`PARAPET_PROCESSED_EVENT_RETENTION_SECONDS` must exceed this plus the USAGE stream's 7 days.",
+    )
+    # Measured from a reservation's end (settled, released or expired), never from its start: an active one
+    # is never deleted. 7 days: the longest a legitimate Settle can trail its reservation is the ttl (at most
+    # reservation_max_ttl_seconds) plus the gateway's outbox delay, i.e. a metering outage (docs/metering.md).
+    reservation_retention_seconds: float = Field(
+        7 * 86400.0,
+        ge=3600,
+        description="Ended reservations (settled, released, expired) are deleted this long after they "
+        "ended. A Settle or Release arriving later still counts the usage once (the ledger is keyed by "
+        "request_id), but charges the current budget windows rather than the reservation's, and Release "
+        "answers NOT_FOUND.",
+    )
+    auth_platform_tenant_id: str = Field(
+        "parapet",
+        description="The operators' tenant (the variable auth reads too): only its principals holding "
+        "`platform.admin` may call ReplayUsageEvents.",
     )

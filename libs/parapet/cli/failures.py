@@ -21,6 +21,7 @@ EXIT_FAILED = 1  # Parapet answered with an error status
 EXIT_USAGE = 2  # bad arguments, no credential, unreadable input (argparse uses 2 as well)
 EXIT_UNREACHABLE = 3  # the service did not answer (UNAVAILABLE, DEADLINE_EXCEEDED)
 EXIT_PROBLEM_FOUND = 4  # the command ran and found a problem: documents rejected, audit chain broken
+EXIT_ALREADY_DONE = 5  # nothing to do and nothing done: `parapet bootstrap` of an account that has a key
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 EXIT_PIPE_CLOSED = 141  # stdout closed early (`| head`), as shells report SIGPIPE
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from parapet.cli import audit, chat, erase, ingest, jobs, keys, policy, serve, status, tenants, up, usage
+from parapet.cli import (
+    audit,
+    bootstrap,
+    chat,
+    erase,
+    ingest,
+    jobs,
+    keys,
+    policy,
+    serve,
+    status,
+    tenants,
+    up,
+    usage,
+)
 from parapet.cli.failures import stdout_closed
 
 # The suite's own commands, then the people-facing ones (docs/cli.md), one module each.
-COMMANDS = (up, serve, status, chat, jobs, ingest, tenants, keys, policy, usage, audit, erase)
+COMMANDS = (up, serve, status, bootstrap, chat, jobs, ingest, tenants, keys, policy, usage, audit, erase)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     connect.add_arguments(parser, "metering")
     parser.set_defaults(func=failures.run, execute=execute)
+    # Optional, so that `parapet usage [--since ...]` stays the report it always was.
+    actions = parser.add_subparsers(dest="usage_action", metavar="ACTION")
+    replay = actions.add_parser(
+        "replay",
+        help="publish usage events again after NATS lost its store (platform operators)",
+        description="Marks the usage events of every tenant settled since --since, which metering's relay "
+        "had already published, for publishing again (metering's ReplayUsageEvents): the recovery when NATS "
+        "lost its JetStream store before billing consumed them. Billing counts each event once however often "
+        "it is replayed. Reaches back only as far as metering's outbox keeps sent events "
+        "(PARAPET_OUTBOX_RETENTION_SECONDS, a day by default). Needs a platform operator's key.",
+    )
+    replay.add_argument(
+        "--since", required=True, help="settled at or after: a date/time, or 90m / 24h ago (required)"
+    )
+    connect.add_arguments(replay, "metering")
+    replay.set_defaults(func=failures.run, execute=execute_replay)
 
 
 def _window(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:
@@ -200,4 +216,26 @@ async def execute(args: argparse.Namespace) -> int:
         ]
         lines.append(["total", "", "", "", "", money(preview.total)])
         print_table(["MODEL", "FEATURE", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "COST"], lines)
+    return failures.EXIT_OK
+
+
+async def execute_replay(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        start = timespec.moment(args.since, now)
+    except ValueError as exc:
+        raise failures.CliError(str(exc), failures.EXIT_USAGE) from None
+    request = metering_service_pb2.ReplayUsageEventsRequest(start_time=timestamp(start))
+    async with connect.Session.from_args(args, operator=True) as session:
+        # No call timeout: a day of events is marked in batches that can take minutes; cut short, the call
+        # keeps what it marked and running it again finishes it.
+        metering = session.client(clients.metering, "metering", streaming=True).stub
+        reply = await metering.ReplayUsageEvents(request, metadata=await session.token_metadata())
+    if args.json:
+        print_json({"start_time": start.isoformat(), **as_dict(reply)})
+        return failures.EXIT_OK
+    print(
+        f"{reply.event_count} usage events settled since {start:%Y-%m-%d %H:%M:%S} UTC (every tenant) marked "
+        f"for publishing again; replays can reach back to {when(reply.earliest_start_time)}"
+    )
     return failures.EXIT_OK

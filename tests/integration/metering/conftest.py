@@ -12,7 +12,10 @@ import pytest
 from parapet.kit.testing import TestKeys, make_test_keys, running
 from parapet.metering.v1 import metering_service_pb2_grpc
 from services.metering.app import APP
+from tests.integration.auth.conftest import signing_key_file
 from tests.integration.metering.metering_support import metering_settings
+
+__all__ = ["signing_key_file"]  # auth's signing key, for the tests that run the real auth service
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,9 +12,11 @@ from typing import Any
 
 import grpc.aio
 from google.protobuf import json_format
+from sqlalchemy import TextClause, text
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.billing.v1 import billing_service_pb2_grpc
+from parapet.kit.database import Database
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2 as mpb
@@ -199,4 +202,48 @@ def settle(i: int, model: str, feature: str, micros: int) -> mpb.SettleRequest:
             prompt_tokens=10 + i, completion_tokens=i, cached_tokens=i % 3, estimated=i % 5 == 0
         ),
         cost=usd(micros),
+    )
+
+
+PLATFORM = "parapet"  # MeteringSettings.auth_platform_tenant_id's default, as auth's
+
+
+def platform_policy() -> tenant_policy_pb2.TenantPolicy:
+    """The platform tenant's roles as auth defines them: ``platform-admin`` holds platform.admin, ``admin``
+    only the tenant permissions (so a platform tenant admin is no platform operator)."""
+    from parapet.auth.v1 import permission_pb2
+
+    return tenant_policy_pb2.TenantPolicy(
+        roles=[
+            tenant_policy_pb2.RoleDefinition(role="admin", permissions=[permission_pb2.PERMISSION_ADMIN]),
+            tenant_policy_pb2.RoleDefinition(
+                role="platform-admin",
+                permissions=[permission_pb2.PERMISSION_ADMIN, permission_pb2.PERMISSION_PLATFORM_ADMIN],
+            ),
+        ]
+    )
+
+
+def operator(keys: TestKeys) -> tuple[tuple[str, str], ...]:
+    """A platform operator's call metadata (role ``platform-admin`` of the platform tenant)."""
+    return caller(keys, PLATFORM, "operator", roles=("platform-admin",))
+
+
+async def plan_without_seqscan(database: Database, statement: TextClause, params: dict[str, Any]) -> str:
+    """The plan PostgreSQL chooses for ``statement`` (a ``TextClause``) when it may not scan a table
+    sequentially: whether it can use an index at all, whatever the table's size and statistics in the test
+    database. Nothing is executed (EXPLAIN without ANALYZE) and the transaction is rolled back."""
+    async with database.transaction() as session:
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        rows = await session.execute(text("EXPLAIN " + statement.text), params)
+        plan = "\n".join(str(row[0]) for row in rows)
+        await session.rollback()
+    return plan
+
+
+def uses_index(plan: str, index: str) -> bool:
+    """Whether ``plan`` (EXPLAIN's text) reads through ``index``."""
+    return (
+        re.search(rf"(Index Scan using|Index Only Scan using|Bitmap Index Scan on) {index}\b", plan)
+        is not None
     )

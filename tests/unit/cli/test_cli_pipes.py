@@ -35,14 +35,9 @@ def run_into_closed_pipe(*argv: str, stdin: str = "") -> subprocess.CompletedPro
         os.close(write_end)
 
 
-@pytest.mark.parametrize(
-    ("argv", "stdin"),
-    [
-        (["status", "--base-port", UNREACHABLE_BASE_PORT], ""),
-        # A conversation writes its prompt, then each answer, to stdout: `parapet chat < questions | head`.
-        (["chat", "--base-port", UNREACHABLE_BASE_PORT], "How many vacation days?\n"),
-    ],
-)
+# `status` runs outside failures.run (as a conversation of `chat` does, whose answers need a whole suite: a
+# piped conversation writes nothing to stdout before its first answer), so main() is what catches it.
+@pytest.mark.parametrize(("argv", "stdin"), [(["status", "--base-port", UNREACHABLE_BASE_PORT], "")])
 def test_a_closed_stdout_exits_141_without_a_traceback(argv: list[str], stdin: str) -> None:
     done = run_into_closed_pipe(*argv, stdin=stdin)
     assert "Traceback" not in done.stderr, done.stderr

@@ -370,3 +370,57 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class ReplayUsageEventsRequest(_message.Message):
+    """Request of MeteringService.ReplayUsageEvents. Covers every tenant: a lost stream lost every tenant's events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Events settled at or after this time are published again. Required; not in the future, and not before
+        ReplayUsageEventsResponse.earliest_start_time (what the outbox still keeps).
+        """
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayUsageEventsRequest: _TypeAlias = ReplayUsageEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayUsageEventsResponse(_message.Message):
+    """Response of MeteringService.ReplayUsageEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    EARLIEST_START_TIME_FIELD_NUMBER: _builtins.int
+    event_count: _builtins.int
+    """Events marked unsent; the relay publishes them within seconds (PARAPET_RELAY_INTERVAL_SECONDS)."""
+    @_builtins.property
+    def earliest_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The oldest start_time a replay could name at the time of this call (the outbox's retention)."""
+
+    def __init__(
+        self,
+        *,
+        event_count: _builtins.int = ...,
+        earliest_start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earliest_start_time", b"earliest_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earliest_start_time", b"earliest_start_time", "event_count", b"event_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayUsageEventsResponse: _TypeAlias = ReplayUsageEventsResponse  # noqa: Y015

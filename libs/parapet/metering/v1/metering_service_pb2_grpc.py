@@ -57,6 +57,11 @@ class MeteringServiceStub:
                 request_serializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.ReplayUsageEvents = channel.unary_unary(
+                '/parapet.metering.v1.MeteringService/ReplayUsageEvents',
+                request_serializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsRequest.SerializeToString,
+                response_deserializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -102,6 +107,20 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayUsageEvents(self, request, context):
+        """Publishes again, for every tenant, the usage events settled at or after start_time that the outbox relay had
+        already published: the recovery after NATS lost its JetStream store, which drops the events published but not
+        yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
+        id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
+        outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
+        earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
+        keeps what it marked; calling again finishes it.
+        Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +143,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageRequest.FromString,
                     response_serializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ReplayUsageEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayUsageEvents,
+                    request_deserializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsRequest.FromString,
+                    response_serializer=parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +261,33 @@ class MeteringService:
             '/parapet.metering.v1.MeteringService/GetUsage',
             parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageRequest.SerializeToString,
             parapet_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayUsageEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parapet.metering.v1.MeteringService/ReplayUsageEvents',
+            parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsRequest.SerializeToString,
+            parapet_dot_metering_dot_v1_dot_metering__service__pb2.ReplayUsageEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,16 @@ class MeteringServiceStub:
     current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
     Idempotent: yes, because it changes no state.
     """
+    ReplayUsageEvents: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.ReplayUsageEventsRequest, _metering_service_pb2.ReplayUsageEventsResponse]
+    """Publishes again, for every tenant, the usage events settled at or after start_time that the outbox relay had
+    already published: the recovery after NATS lost its JetStream store, which drops the events published but not
+    yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
+    id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
+    outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
+    earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
+    keeps what it marked; calling again finishes it.
+    Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -86,6 +96,16 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
     current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
     Idempotent: yes, because it changes no state.
+    """
+    ReplayUsageEvents: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReplayUsageEventsRequest, _metering_service_pb2.ReplayUsageEventsResponse]  # type: ignore[assignment]
+    """Publishes again, for every tenant, the usage events settled at or after start_time that the outbox relay had
+    already published: the recovery after NATS lost its JetStream store, which drops the events published but not
+    yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
+    id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
+    outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
+    earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
+    keeps what it marked; calling again finishes it.
+    Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
     """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +157,22 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
         current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
         Idempotent: yes, because it changes no state.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayUsageEvents(
+        self,
+        request: _metering_service_pb2.ReplayUsageEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_service_pb2.ReplayUsageEventsResponse, _abc.Awaitable[_metering_service_pb2.ReplayUsageEventsResponse]]:
+        """Publishes again, for every tenant, the usage events settled at or after start_time that the outbox relay had
+        already published: the recovery after NATS lost its JetStream store, which drops the events published but not
+        yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
+        id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
+        outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
+        earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
+        keeps what it marked; calling again finishes it.
+        Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
         """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,83 @@
+"""The sweeper's deletes of garbage rows: old rate counters, sent outbox rows, ended reservations.
+
+Each call deletes at most one batch in its own short transaction, and the sweeper repeats it while batches come
+back full: a backlog (a table never pruned before this release, or a sweeper stopped for a day) is worked off
+in many small transactions instead of one that holds its row locks, and keeps its snapshot, for minutes.
+Every replica sweeps; ``SKIP LOCKED`` keeps two replicas from waiting on each other's batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from sqlalchemy import TextClause, text
+
+from parapet.kit.database import Database
+
+BATCH = 5000
+
+# Served by outbox_sent (migration 0003): the oldest sent rows first, by index order.
+DELETE_SENT_OUTBOX = text(
+    """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE sent_time IS NOT NULL AND sent_time < now() - :keep
+        ORDER BY sent_time LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+# Served by reservations_ended (migration 0003). Only ended reservations: an active one is the expiry sweep's.
+DELETE_ENDED_RESERVATIONS = text(
+    """
+    DELETE FROM reservations WHERE reservation_id IN (
+        SELECT reservation_id FROM reservations WHERE state <> 'active' AND end_time < now() - :keep
+        ORDER BY end_time LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+# Older than the sliding window's previous minute, so no Reserve reads them again.
+DELETE_OLD_RATE_COUNTERS = text(
+    """
+    DELETE FROM rate_counters WHERE (tenant_id, scope_key, window_start) IN (
+        SELECT tenant_id, scope_key, window_start FROM rate_counters
+        WHERE window_start < now() - interval '2 minutes' LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+
+
+async def _delete_batch(database: Database, statement: TextClause, params: dict[str, object]) -> int:
+    async with database.transaction() as session:
+        result = await session.execute(statement, params)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_sent_outbox(database: Database, keep: timedelta, batch: int = BATCH) -> int:
+    """Delete up to ``batch`` outbox rows sent more than ``keep`` ago; returns how many."""
+    return await _delete_batch(database, DELETE_SENT_OUTBOX, {"keep": keep, "batch": batch})
+
+
+async def delete_ended_reservations(database: Database, keep: timedelta, batch: int = BATCH) -> int:
+    """Delete up to ``batch`` reservations that ended (settled, released, expired) more than ``keep`` ago."""
+    return await _delete_batch(database, DELETE_ENDED_RESERVATIONS, {"keep": keep, "batch": batch})
+
+
+async def delete_old_rate_counters(database: Database, batch: int = BATCH) -> int:
+    """Delete up to ``batch`` rate counters older than the sliding window reads."""
+    return await _delete_batch(database, DELETE_OLD_RATE_COUNTERS, {"batch": batch})
+
+
+async def drain(delete: Callable[[], Awaitable[int]], batch: int) -> int:
+    """Call ``delete`` (one batch) until a batch comes back short; returns the rows deleted in all."""
+    total = 0
+    while True:
+        deleted = await delete()
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def prune(database: Database, *, outbox: timedelta, reservations: timedelta, batch: int = BATCH) -> int:
+    """Delete every garbage row, batch after batch; returns how many rows went."""
+    return (
+        await drain(lambda: delete_old_rate_counters(database, batch), batch)
+        + await drain(lambda: delete_sent_outbox(database, outbox, batch), batch)
+        + await drain(lambda: delete_ended_reservations(database, reservations, batch), batch)
+    )

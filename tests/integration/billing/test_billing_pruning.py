@@ -1,0 +1,97 @@
+"""Billing's sweeper against real PostgreSQL: processed event ids past their retention go, in bounded batches,
+through the index of migration 0002; younger ids stay, and an event whose id is kept is still counted once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from parapet.kit.database import Database
+from parapet.kit.migrations import migrate
+from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
+from services.billing import pruning, rollups
+from tests.integration.metering.metering_support import new_tenant, plan_without_seqscan, uses_index
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    await migrate(database_url, "billing", ROOT / "services/billing/migrations")
+    database = Database(database_url, "billing")
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def _event(tenant: str, i: int) -> usage_event_pb2.UsageEvent:
+    event = usage_event_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        tenant_id=tenant,
+        model="m",
+        provider="p",
+        feature="f",
+        usage=token_usage_pb2.TokenUsage(prompt_tokens=i, completion_tokens=1),
+        cost=money_pb2.Money(currency_code="USD", amount_micros=100),
+        request_id=f"r-{i}",
+    )
+    event.occur_time.FromDatetime(datetime.now(UTC))
+    return event
+
+
+async def _apply(database: Database, events: list[usage_event_pb2.UsageEvent]) -> int:
+    async with database.transaction() as session:
+        return await rollups.apply(session, events)
+
+
+async def _age(database: Database, events: list[usage_event_pb2.UsageEvent], by: timedelta) -> None:
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                "UPDATE processed_events SET process_time = process_time - :by "
+                "WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"by": by, "ids": [e.event_id for e in events]},
+        )
+
+
+async def _kept(database: Database, events: list[usage_event_pb2.UsageEvent]) -> set[str]:
+    async with database.session() as session:
+        rows = await session.execute(
+            text("SELECT event_id FROM processed_events WHERE event_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": [e.event_id for e in events]},
+        )
+    return {str(row[0]) for row in rows}
+
+
+async def test_processed_ids_past_retention_go_in_batches_and_younger_ones_still_deduplicate(
+    database: Database,
+) -> None:
+    tenant = new_tenant()
+    keep = timedelta(days=9)
+    old = [_event(tenant, i) for i in range(7)]
+    young = [_event(tenant, i) for i in range(7, 10)]
+    assert await _apply(database, old + young) == 10
+    await _age(database, old, keep + timedelta(hours=1))
+    await _age(database, young, keep - timedelta(hours=1))
+
+    batches = []
+    while (deleted := await pruning.delete_processed_ids(database, keep, batch=3)) > 0:
+        batches.append(deleted)
+    assert all(size <= 3 for size in batches) and sum(batches) >= len(old) and len(batches) >= 3
+    assert await _kept(database, old + young) == {e.event_id for e in young}
+    # A redelivery of a kept id changes nothing.
+    assert await _apply(database, young) == 0
+
+
+async def test_the_prune_reads_through_the_process_time_index(database: Database) -> None:
+    plan = await plan_without_seqscan(
+        database, pruning.DELETE_PROCESSED, {"keep": timedelta(days=9), "batch": 100}
+    )
+    assert uses_index(plan, "processed_events_process_time"), plan
