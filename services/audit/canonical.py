@@ -82,6 +82,18 @@ _LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_BODY
 MAX_RECORD_BYTES = 3 << 20
 
 
+#: The longest user id or request id of a record, in UTF-8 bytes. Both are indexed (records_tenant_user,
+#: records_tenant_request, the erasures key), and PostgreSQL refuses a btree entry above 2,704 bytes when
+#: compression cannot shrink it: a longer random id failed Record with INTERNAL, and on the stream failed the
+#: whole batch's transaction with an error that is no data exception, so the batch came back for ever with
+#: every tenant's records behind it.
+MAX_ID_BYTES = 1024
+
+
+def id_too_long(value: str) -> bool:
+    return len(value.encode()) > MAX_ID_BYTES
+
+
 def _invalid(field: str, problem: str) -> InvalidArgument:
     return InvalidArgument(
         f"invalid audit record: {field} {problem}",
@@ -111,6 +123,23 @@ def _check_figures(item: interaction_pb2.Interaction) -> None:
     for name, value in counts.items():
         if value < 0:
             raise _invalid(f"record.interaction.{name}", "must not be negative")
+
+
+def _check_ids(record: audit_record_pb2.AuditRecord) -> None:
+    """The indexed ids (user, request) are short enough to be indexed."""
+    if record.WhichOneof("payload") == "interaction":
+        ids = {
+            "record.interaction.user_id": record.interaction.user_id,
+            "record.interaction.request_id": record.interaction.request_id,
+        }
+    else:
+        ids = {
+            "record.admin_action.actor.subject": record.admin_action.actor.subject,
+            "record.admin_action.request_id": record.admin_action.request_id,
+        }
+    for name, value in ids.items():
+        if id_too_long(value):
+            raise _invalid(name, f"must be at most {MAX_ID_BYTES} bytes (UTF-8)")
 
 
 def _apply_body_policy(
@@ -179,6 +208,7 @@ def prepare(
         raise _invalid("record.create_time", "is not a valid timestamp")
     if create_time > _LATEST_CREATE_TIME:  # its bodies' expiry date would overflow a datetime
         raise _invalid("record.create_time", "is too far in the future")
+    _check_ids(canonical)
     if payload == "interaction":
         _check_figures(canonical.interaction)
         prompt, response, days = _apply_body_policy(canonical, default_mode, default_retention_days)

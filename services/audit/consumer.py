@@ -31,6 +31,7 @@ from parapet.events.audit import (
     AUDIT_STREAM,
     REJECTED_FROM_HEADER,
     REJECTED_REASON_HEADER,
+    REJECTED_STREAM,
     REJECTED_SUBJECT_PREFIX,
     SUBJECT_PREFIX,
     tenant_of,
@@ -68,7 +69,10 @@ class AuditConsumer:
 
     async def _subscribe(self) -> Any:
         # Declared here as well as at start: when an operator has removed the stream (moving it to work-queue
-        # retention, docs/deploy.md), the consumer puts it back as declared and goes on.
+        # retention, docs/deploy.md), or NATS came back without its store, the consumer puts it back as declared
+        # and goes on. The set-aside stream too: without it nothing could be set aside, and a record that can
+        # never be stored would come back every 30 s for ever.
+        await self._bus.ensure_stream(REJECTED_STREAM)
         stream = await self._bus.ensure_stream(AUDIT_STREAM)
         # nats-py may leave the server's string as it came; absent means JetStream's default, limits.
         retention = RetentionPolicy(stream.retention or RetentionPolicy.LIMITS)

@@ -17,7 +17,7 @@ from parapet.kit.database import Database
 from parapet.kit.errors import AlreadyExists, InvalidArgument
 from parapet.kit.identity import Principal
 from services.audit.access import AUDIT_ERASE, AUDIT_READ, AUDIT_WRITE, require_audit_permission
-from services.audit.canonical import prepare
+from services.audit.canonical import MAX_ID_BYTES, id_too_long, prepare
 from services.audit.consumer import BodyDefaults
 from services.audit.query import export_interactions, query_interactions
 from services.audit.rejected import delete_user_rejected
@@ -51,6 +51,26 @@ def _erase_action(
     )
     action.create_time.GetCurrentTime()
     return action
+
+
+#: An erasure's reason ("for example a ticket reference"), recorded in its AdminAction: bounded so that the action
+#: is always a record that can be stored, and checked before anything is erased.
+MAX_ERASE_REASON_CHARS = 4096
+
+
+def _check_erase_request(request: audit_service_pb2.EraseRequest) -> None:
+    """Refuse what the erasure could not record (its marker, its AdminAction) before anything is erased: it used to
+    fail only after the bodies were gone (INTERNAL for a user id too long to index; a reason too long for a record
+    left the erasure with no record of who made it and why)."""
+    violations = []
+    if not request.user_id:
+        violations.append(("user_id", "is required"))
+    elif id_too_long(request.user_id):
+        violations.append(("user_id", f"must be at most {MAX_ID_BYTES} bytes (UTF-8)"))
+    if len(request.reason) > MAX_ERASE_REASON_CHARS:
+        violations.append(("reason", f"must be at most {MAX_ERASE_REASON_CHARS} characters"))
+    if violations:
+        raise InvalidArgument("invalid erase request", field_violations=violations)
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
@@ -127,8 +147,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.EraseRequest, context: grpc.aio.ServicerContext
     ) -> audit_service_pb2.EraseResponse:
         principal = require_audit_permission(AUDIT_ERASE)
-        if not request.user_id:
-            raise InvalidArgument("user_id is required", field_violations=[("user_id", "is required")])
+        _check_erase_request(request)
         # The set-aside copies go first: when NATS fails the call fails (UNAVAILABLE, the kit's mapping of a bus
         # that is down) before anything is recorded as erased, and a retry finishes the job (both steps find
         # nothing left to do the second time).

@@ -5,11 +5,16 @@ limit is cut at token boundaries. Chunks are contiguous spans of the extracted t
 to `max_tokens` word pieces of the embedding model's tokenizer; a chunk closes before a heading once it
 holds at least `min_tokens`, so sections start fresh. The next chunk repeats up to `overlap_tokens` of
 the previous chunk's last sentences, except across a section break.
+
+Chunks are bounded in characters as well (`max_chars`): the tokenizer reads a word of more than 100
+characters as one unknown word piece, so a DNA sequence or a hex dump of megabytes counted as one token
+and became one chunk of megabytes, which no query answer could carry (gRPC's 4 MiB) and no prompt could hold.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -23,6 +28,14 @@ class ChunkingOptions:
     max_tokens: int = 200
     overlap_tokens: int = 40
     min_tokens: int = 50
+    #: About four times an English chunk of `max_tokens`: only text the model reads as few, long word pieces
+    #: (unknown words, long runs of spaces) reaches it.
+    max_chars: int = 4000
+
+    @property
+    def overlap_chars(self) -> int:
+        """The characters an overlap may repeat: the share of `max_chars` that `overlap_tokens` is of the tokens."""
+        return self.max_chars * self.overlap_tokens // self.max_tokens
 
 
 @dataclass(frozen=True)
@@ -58,13 +71,42 @@ def _sentences(text: str, block: Block) -> list[tuple[int, int]]:
     return spans
 
 
-def _units(extracted: Extracted, tokenizer: Tokenizer, max_tokens: int) -> list[_Unit]:
+#: How far a cut moves back to keep a character with its combining marks; a longer run of marks is no text.
+_MAX_MARKS = 32
+
+
+def _cut_point(text: str, start: int, limit: int) -> int:
+    """Where a piece of `text` from `start` ends, at most at `limit` (< len(text)): after the last whitespace in
+    the piece's second half, else before the character at `limit` or, when that is a combining mark, before the
+    character it belongs to, so that no character is parted from its accents."""
+    for position in range(limit - 1, (start + limit) // 2, -1):
+        if text[position].isspace():
+            return position + 1
+    for cut in range(limit, max(start, limit - _MAX_MARKS), -1):
+        if unicodedata.category(text[cut])[0] != "M":
+            return cut
+    return limit
+
+
+def _bounded(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[tuple[int, int]]:
+    """`spans` with every span longer than `max_chars` characters cut into pieces of at most that."""
+    pieces = []
+    for start, end in spans:
+        while end - start > max_chars:
+            cut = _cut_point(text, start, start + max_chars)
+            pieces.append((start, cut))
+            start = cut
+        pieces.append((start, end))
+    return pieces
+
+
+def _units(extracted: Extracted, tokenizer: Tokenizer, options: ChunkingOptions) -> list[_Unit]:
     text = extracted.text
+    max_tokens = options.max_tokens
     spans: list[tuple[int, int, bool]] = []
     for block in extracted.blocks:
-        spans.extend(
-            (s, e, block.kind == "heading" and i == 0) for i, (s, e) in enumerate(_sentences(text, block))
-        )
+        sentences = _bounded(text, _sentences(text, block), options.max_chars)
+        spans.extend((s, e, block.kind == "heading" and i == 0) for i, (s, e) in enumerate(sentences))
     encodings = tokenizer.encode_batch([text[s:e] for s, e, _ in spans], add_special_tokens=False)
     units = []
     for (start, end, heading), encoding in zip(spans, encodings, strict=True):
@@ -77,7 +119,9 @@ def _units(extracted: Extracted, tokenizer: Tokenizer, max_tokens: int) -> list[
         for first in range(0, count, max_tokens):
             last = min(first + max_tokens, count) - 1
             piece_start = start + offsets[first][0]
-            piece_end = start + offsets[last][1] if last + 1 >= count else start + offsets[last + 1][0]
+            # The last piece ends where the sentence does: its span may go on past its last word piece (the
+            # space before a cut of `_bounded`, marks the tokenizer drops), and no text may fall between chunks.
+            piece_end = end if last + 1 >= count else start + offsets[last + 1][0]
             units.append(_Unit(piece_start, piece_end, last - first + 1, heading and first == 0))
     return units
 
@@ -88,13 +132,17 @@ def chunk(extracted: Extracted, tokenizer: Tokenizer, options: ChunkingOptions |
     `tokenizer` must not truncate (`load_tokenizer(truncate=False)`), or long sentences are miscounted.
     """
     options = options or ChunkingOptions()
-    units = _units(extracted, tokenizer, options.max_tokens)
+    units = _units(extracted, tokenizer, options)
     chunks: list[Chunk] = []
     i = 0
     while i < len(units):
         j, tokens = i, 0
         section_break = False
-        while j < len(units) and tokens + units[j].tokens <= options.max_tokens:
+        while (
+            j < len(units)
+            and tokens + units[j].tokens <= options.max_tokens
+            and (j == i or units[j].end - units[i].start <= options.max_chars)
+        ):
             if j > i and units[j].heading and tokens >= options.min_tokens:
                 section_break = True
                 break
@@ -107,7 +155,11 @@ def chunk(extracted: Extracted, tokenizer: Tokenizer, options: ChunkingOptions |
         next_start = j
         if not section_break:
             overlap = 0
-            while next_start - 1 > i and overlap + units[next_start - 1].tokens <= options.overlap_tokens:
+            while (
+                next_start - 1 > i
+                and overlap + units[next_start - 1].tokens <= options.overlap_tokens
+                and units[j - 1].end - units[next_start - 1].start <= options.overlap_chars
+            ):
                 next_start -= 1
                 overlap += units[next_start].tokens
         i = next_start

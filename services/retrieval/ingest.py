@@ -48,10 +48,12 @@ from services.retrieval.events import OutboxRelay, record_deletion
 from services.retrieval.extract import Extracted, ExtractionError, extract, media_type
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.protocol import (
+    MAX_ATTRIBUTES_BYTES,
     PUBLIC_GROUP,
     VectorRecord,
     VectorStore,
     VectorStoreUnavailable,
+    attributes_size,
     chunk_id_for,
     readable_by,
 )
@@ -184,6 +186,14 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
                 f"access group {group!r} is invalid (1-256 printable characters, not {PUBLIC_GROUP!r})",
                 "document.access_groups",
             )
+    size = attributes_size(document_id, document.access_groups, document.metadata)
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise Rejected(
+            "DOCUMENT_METADATA_INVALID",
+            f"document id, access groups and metadata take {size} bytes; at most {MAX_ATTRIBUTES_BYTES} go with"
+            " each chunk's vector",
+            "document.metadata",
+        )
     if len(content) > max_bytes:
         raise Rejected(
             "DOCUMENT_TOO_LARGE", f"content is {len(content)} bytes; the limit is {max_bytes}", "content"

@@ -6,7 +6,9 @@ this server: the SDK's real HTTP requests (`/vectors/upsert`, `/query`, `/vector
 with an exact (brute-force) cosine search per namespace and Pinecone's metadata filter operators
 (`$eq $ne $in $nin $gt $gte $lt $lte $exists $and $or`; a list-valued field matches `$eq`/`$in` when any
 element does). It checks for an `Api-Key` header. What it does not emulate: approximate search, eventual
-consistency (Pinecone serverless makes writes visible after a short delay), quotas and sparse vectors.
+consistency (Pinecone serverless makes writes visible after a short delay), quotas and sparse vectors. It
+keeps Pinecone's documented operation limits that a store must respect: an upsert request of at most 2 MB and
+at most 1,000 vectors, and at most 40 KB of metadata a vector (each refused with 400 as Pinecone does).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 Json = dict[str, Any]
+
+#: Pinecone's operation limits (docs.pinecone.io, "Database limits").
+MAX_UPSERT_REQUEST_BYTES = 2 * 1024 * 1024
+MAX_UPSERT_VECTORS = 1000
+MAX_METADATA_BYTES = 40 * 1024
 
 
 def _compare(value: Any, operator: str, operand: Any) -> bool:
@@ -105,6 +112,11 @@ class PineconeEmulator:
             def _dispatch(self) -> None:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length", "0"))
+                if url.path == "/vectors/upsert" and length > MAX_UPSERT_REQUEST_BYTES:
+                    self.rfile.read(length)
+                    message = f"Request size {length} exceeds the maximum supported size of 2MB"
+                    self._send(400, {"code": 3, "message": message, "details": []})
+                    return
                 body: Json = json.loads(self.rfile.read(length)) if length else {}
                 query = {k: v if k == "ids" else v[0] for k, v in parse_qs(url.query).items()}
                 if self.headers.get("Api-Key") != emulator.api_key:
@@ -162,7 +174,15 @@ class PineconeEmulator:
     def _upsert(self, body: Json) -> Json:
         space = self._space(body.get("namespace"))
         vectors = body["vectors"]
+        if len(vectors) > MAX_UPSERT_VECTORS:
+            raise ValueError(f"at most {MAX_UPSERT_VECTORS} vectors per upsert, got {len(vectors)}")
         for item in vectors:
+            metadata_bytes = len(json.dumps(item.get("metadata") or {}, ensure_ascii=False).encode())
+            if metadata_bytes > MAX_METADATA_BYTES:
+                raise ValueError(
+                    f"Metadata size is {metadata_bytes} bytes, which exceeds the limit of {MAX_METADATA_BYTES} bytes"
+                    f" per vector"
+                )
             values = np.asarray(item["values"], dtype=np.float32)
             if values.shape != (self.dimension,):
                 raise ValueError(

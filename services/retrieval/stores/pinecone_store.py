@@ -10,7 +10,8 @@ synchronous, so calls run in worker threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pinecone import Index
@@ -27,8 +28,10 @@ from services.retrieval.stores.protocol import (
 )
 
 T = TypeVar("T")
-#: Pinecone's limits: 1000 vectors (2 MB) per upsert, 1000 ids per delete.
+#: Pinecone's limits: 1000 vectors and 2 MB per upsert request, 1000 ids per delete. A request is cut at 200
+#: vectors or at this many bytes of their JSON, whichever comes first; the margin covers the SDK's own encoding.
 _UPSERT_BATCH = 200
+_UPSERT_BYTES = 1536 * 1024
 _DELETE_BATCH = 1000
 
 
@@ -47,6 +50,28 @@ def pinecone_filter(where: VectorFilter) -> dict[str, Any]:
     return {"$and": clauses}
 
 
+def _upsert_batches(records: Sequence[VectorRecord]) -> Iterator[list[dict[str, Any]]]:
+    """`records` as upsert requests within Pinecone's limits. Cut by count alone (200), a document with a few
+    kilobytes of metadata and a few dozen chunks made a request over 2 MB, refused for good (UNAVAILABLE on every
+    retry, with every document of its stream)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        item = {
+            "id": record.chunk_id,
+            "values": [float(x) for x in record.vector],
+            "metadata": _metadata(record.document_id, record.access_groups, record.metadata),
+        }
+        item_size = len(json.dumps(item, ensure_ascii=False).encode())
+        if batch and (len(batch) == _UPSERT_BATCH or size + item_size > _UPSERT_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield batch
+
+
 class PineconeStore:
     name = "pinecone"
 
@@ -60,15 +85,7 @@ class PineconeStore:
             raise VectorStoreUnavailable(f"pinecone: {type(error).__name__}: {error}") from error
 
     async def upsert(self, tenant_id: str, records: Sequence[VectorRecord]) -> None:
-        for start in range(0, len(records), _UPSERT_BATCH):
-            batch = [
-                {
-                    "id": r.chunk_id,
-                    "values": [float(x) for x in r.vector],
-                    "metadata": _metadata(r.document_id, r.access_groups, r.metadata),
-                }
-                for r in records[start : start + _UPSERT_BATCH]
-            ]
+        for batch in _upsert_batches(records):
             await self._call(self._index.upsert, vectors=batch, namespace=tenant_id)
 
     async def query(

@@ -9,6 +9,7 @@ source of truth for what a query may return; stores hold only vectors and filter
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +27,18 @@ def stored_groups(access_groups: Sequence[str]) -> tuple[str, ...]:
 def reader_groups(caller_groups: Sequence[str]) -> tuple[str, ...]:
     """The stored groups a caller may match: theirs plus `PUBLIC_GROUP`."""
     return (*sorted(set(caller_groups) - {PUBLIC_GROUP}), PUBLIC_GROUP)
+
+
+#: The most a chunk's filter attributes (document id, groups, metadata) may take as UTF-8 JSON: what every store
+#: holds with a vector (Pinecone refuses over 40 KB of metadata a vector), with room for a store's own encoding.
+#: Ingestion refuses a document beyond it, so that one accepted by one store is accepted by any.
+MAX_ATTRIBUTES_BYTES = 32 * 1024
+
+
+def attributes_size(document_id: str, access_groups: Sequence[str], metadata: Mapping[str, str]) -> int:
+    """The size of a chunk's filter attributes, to compare with `MAX_ATTRIBUTES_BYTES`."""
+    attributes = {"document_id": document_id, "groups": stored_groups(access_groups), "metadata": metadata}
+    return len(json.dumps(attributes, ensure_ascii=False, default=dict).encode())
 
 
 def readable_by(document_groups: Sequence[str], caller_groups: Sequence[str]) -> bool:

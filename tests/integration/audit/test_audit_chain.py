@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -312,3 +313,30 @@ async def test_erase_needs_its_permission(audit: Audit) -> None:
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_details(denied.value).error_info.metadata["permission"] == "audit.erase"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        # No record can name such a user (an id over MAX_ID_BYTES is refused), and its erasure marker could not be
+        # indexed: Erase answered INTERNAL.
+        (audit_service_pb2.EraseRequest(user_id=secrets.token_urlsafe(6000)), "user_id"),
+        # A reason that makes the AdminAction larger than a record may be: Erase cleared the bodies, then failed
+        # to record who did it and why.
+        (audit_service_pb2.EraseRequest(user_id="user-0", reason="x" * (3 << 20)), "reason"),
+    ],
+)
+async def test_erase_refuses_what_it_could_not_record_before_it_erases_anything(
+    audit: Audit, request_: audit_service_pb2.EraseRequest, field: str
+) -> None:
+    tenant, _ = await _chain(audit, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await audit.stub.Erase(request_, metadata=audit.metadata(tenant), timeout=10)
+    details = error_details(refused.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.bad_request.field_violations] == [field]  # type: ignore[union-attr]
+    async with audit.database.transaction() as session:
+        bodies = await session.execute(
+            text("SELECT count(*) FROM records WHERE tenant_id = :t AND prompt IS NOT NULL"), {"t": tenant}
+        )
+        assert bodies.scalar_one() == 2

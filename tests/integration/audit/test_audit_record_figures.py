@@ -1,9 +1,10 @@
-"""Figures no interaction can have are refused on both paths: Record answers INVALID_ARGUMENT RECORD_INVALID naming
+"""Figures no interaction can have, and identifiers longer than can be indexed, are refused on both paths: Record answers INVALID_ARGUMENT RECORD_INVALID naming
 the field, and the stream consumer sets such a record aside. A latency of 2^60 seconds (outside protobuf's
 Duration range) once made Record INTERNAL, and a negative token count was chained for ever."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import grpc
@@ -31,10 +32,26 @@ def _negative_cost(record: audit_record_pb2.AuditRecord) -> None:
     record.interaction.cost.amount_micros = -1
 
 
+# Random text does not compress: an index entry holding it is above PostgreSQL's limit for a btree entry (2,704
+# bytes). Before, Record answered INTERNAL, and the stream consumer redelivered the batch for ever (the error is no
+# data exception), every tenant's records waiting behind it.
+_UNINDEXABLE = secrets.token_urlsafe(6000)
+
+
+def _long_user_id(record: audit_record_pb2.AuditRecord) -> None:
+    record.interaction.user_id = _UNINDEXABLE
+
+
+def _long_request_id(record: audit_record_pb2.AuditRecord) -> None:
+    record.interaction.request_id = _UNINDEXABLE
+
+
 CASES: list[tuple[Change, str]] = [
     (_latency_overflow, "record.interaction.latency"),
     (_negative_tokens, "record.interaction.usage.prompt_tokens"),
     (_negative_cost, "record.interaction.cost.amount_micros"),
+    (_long_user_id, "record.interaction.user_id"),
+    (_long_request_id, "record.interaction.request_id"),
 ]
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from nats.js.api import RetentionPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from parapet.embedded import EmbeddedNats
 from parapet.events.audit import AUDIT_STREAM, REJECTED_STREAM, REJECTED_SUBJECT_PREFIX, publish, subject
@@ -176,3 +177,43 @@ async def test_an_audit_stream_of_an_earlier_release_is_reported_and_moved_witho
                 return await in_stream(bus, AUDIT_STREAM.name, subject(tenant)) == 0
 
             assert await _until(gone)
+
+
+async def test_a_nats_back_without_its_store_gets_both_streams_back_and_sets_aside_again(
+    database_url: str, fresh_nats: EmbeddedNats, tmp_path: Path, keys: TestKeys
+) -> None:
+    """A NATS whose JetStream store is lost on restart (an emptyDir, a wiped volume) comes back without AUDIT and
+    AUDIT_REJECTED. The consumer declared AUDIT again but not AUDIT_REJECTED: a record that can never be stored
+    could not be set aside any more and came back every 30 s for ever, until the audit service restarted."""
+    tenant = new_tenant()
+    async with harness(database_url, fresh_nats.url, tmp_path, keys) as parts, running(APP, parts.settings):
+        bus = parts.bus
+        await _publish_records(bus, tenant, 5)
+        assert await wait_for_stored(parts.database, tenant, 5) == 5
+        await asyncio.to_thread(fresh_nats.stop)
+        await asyncio.to_thread(shutil.rmtree, fresh_nats.store_dir)
+        await asyncio.to_thread(fresh_nats.start)
+
+        good, wrong = interaction("user-1"), interaction("user-2")
+        good.tenant_id = tenant
+        wrong.tenant_id = "some-other-tenant"  # not the subject's tenant: set aside
+
+        async def taken() -> bool:
+            """The producer's retry: refused until the audit service has declared AUDIT again."""
+            try:
+                await publish(bus, good, source=SOURCE)
+            except NoStreamResponseError:
+                return False
+            return True
+
+        assert await _until(taken)
+        await bus.publish(subject(tenant), wrong.SerializeToString(), msg_id=wrong.record_id)
+        assert await wait_for_stored(parts.database, tenant, 6) == 6
+
+        async def set_aside() -> bool:
+            try:
+                return await in_stream(bus, REJECTED_STREAM.name, REJECTED_SUBJECT_PREFIX + tenant) == 1
+            except NotFoundError:
+                return False
+
+        assert await _until(set_aside)

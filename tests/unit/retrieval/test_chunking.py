@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import unicodedata
 
 import pytest
 from tokenizers import Tokenizer
@@ -15,6 +16,10 @@ from services.retrieval.extract import extract
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return load_tokenizer(truncate=False)
+
+
+def _is_mark(character: str) -> bool:
+    return unicodedata.category(character).startswith("M")
 
 
 def _count(tokenizer: Tokenizer, text: str) -> int:
@@ -56,3 +61,33 @@ def test_small_document_is_one_chunk(tokenizer: Tokenizer) -> None:
     extracted = extract(b"Just one line.", "text/plain")
     (only,) = chunk(extracted, tokenizer)
     assert (only.ordinal, only.start, only.end, only.text) == (0, 0, 14, "Just one line.")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ACGT" * 250_000,  # one word of a million characters: one unknown word piece
+        " ".join(["x" * 5000] * 100),  # many unknown words
+        ("\u0e01\u0e32\u0e23" * 40 + " ") * 300,  # Thai: phrases of 120 characters without spaces
+        "e" + "\u0301" * 10_000,  # one letter under ten thousand accents
+        "caf\u00e9 e\u0301t\u00e9 " * 2000,  # combining accents that a cut must not part from their letter
+    ],
+)
+def test_chunks_are_bounded_in_characters_however_few_word_pieces_they_hold(
+    tokenizer: Tokenizer, text: str
+) -> None:
+    """Before, each of these was one chunk of the whole text (or a few huge ones): the tokenizer reads a word of
+    over 100 characters as one [UNK] piece, so the token bound never applied."""
+    extracted = extract(text.encode(), "text/plain")
+    options = ChunkingOptions()
+    chunks = chunk(extracted, tokenizer, options)
+    assert all(len(c.text) <= options.max_chars for c in chunks)
+    assert all(c.text == extracted.text[c.start : c.end] for c in chunks)
+    assert chunks[0].start == 0 and chunks[-1].end == len(extracted.text.rstrip())
+    for previous, following in itertools.pairwise(chunks):
+        assert previous.start < following.start <= previous.end, "contiguous, overlapping at most"
+        # A chunk starts with a combining mark only inside a run of marks with no letter near enough to keep.
+        assert not _is_mark(extracted.text[following.start]) or _is_mark(extracted.text[following.start - 1])
+    # Overlap never repeats a chunk's worth, even of text that counts no word pieces.
+    bound = len(text) // options.max_chars + _count(tokenizer, text) // options.max_tokens
+    assert len(chunks) <= 2 * bound + 2
