@@ -190,7 +190,7 @@ async def main() -> None:
             "70 s for the 1.85 million texts, 1.4 s / 7.1 s for 40,000 protected texts (output / stream), 3.9 s "
             "for the 200,000 '@', 28.7 s for the 40,000 characters without whitespace.",
             table(["request", "CPU s", "answer"], hostile),
-            "A refused ScreenStream may read INTERNAL \"Internal error from Core\" here: the service answers "
+            'A refused ScreenStream may read INTERNAL "Internal error from Core" here: the service answers '
             "INVALID_ARGUMENT `TOO_MANY_TEXTS` at the config, but a grpc.aio client still writing its chunks "
             "then replaces the status it received with that error (grpc/grpc#36066, a client-side bug of "
             "grpcio's asyncio API; grpc/grpc#43486 proposes the fix).",
