@@ -5,6 +5,7 @@ rows), so the deletion is visible at once even while the vector store catches up
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from parapet.kit.database import Database
 from parapet.kit.errors import NotFound
@@ -17,6 +18,17 @@ from services.retrieval.stores.protocol import VectorStore
 log = logging.getLogger(__name__)
 
 
+async def forget_vectors(tenant_id: str, removal: Awaitable[None], what: str) -> None:
+    """Awaits `removal`, the deletion of vectors whose chunk rows are gone in a committed transaction. If it fails
+    they stay as garbage, logged, and the caller goes on: no query returns them (queries re-check the chunk rows,
+    and vector search asks the store for more until it has enough live hits, search.py), and what the caller did
+    is committed, so reporting it failed would be false (a retry of a replaced document found it UNCHANGED)."""
+    try:
+        await removal
+    except Exception:  # whatever the store raised: the outcome is committed, the vectors are only garbage
+        log.warning("vectors of %s not removed", what, exc_info=True, extra={"tenant": tenant_id})
+
+
 class Deleter:
     def __init__(self, database: Database, store: VectorStore, relay: OutboxRelay | None) -> None:
         self._database = database
@@ -26,16 +38,12 @@ class Deleter:
     async def _forget_vectors(
         self, tenant_id: str, document_ids: list[str], *, whole_tenant: bool = False
     ) -> None:
-        try:
-            if whole_tenant:
-                await self._store.delete_tenant(tenant_id)
-            else:
-                await self._store.delete_documents(tenant_id, document_ids)
-        except Exception:
-            # The chunk rows are gone, so these vectors can no longer be returned; they are only garbage.
-            log.warning(
-                "vectors of deleted documents not removed", exc_info=True, extra={"tenant": tenant_id}
-            )
+        removal = (
+            self._store.delete_tenant(tenant_id)
+            if whole_tenant
+            else self._store.delete_documents(tenant_id, document_ids)
+        )
+        await forget_vectors(tenant_id, removal, "deleted documents")
 
     async def delete_document(
         self,

@@ -12,6 +12,7 @@ over a whole line.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
@@ -84,16 +85,33 @@ def extract(content: bytes, mime_type: str) -> Extracted:
     else:
         extracted = Extracted(text, _paragraphs(text, 0, len(text)))
     if not extracted.blocks:
-        raise ExtractionError("DOCUMENT_EMPTY", "content has no text after extraction")
+        raise ExtractionError("DOCUMENT_EMPTY", "content has no visible text after extraction")
     return extracted
 
 
+def _visible_character(char: str) -> bool:
+    """Whether a reader sees `char`: a letter, number, punctuation, symbol (emoji too) or private-use character
+    (icon fonts draw them). Not: separators (Z), controls (Cc), format characters (Cf: zero-width space, joiners,
+    byte order mark, soft hyphen, bidirectional marks, tags), marks (M), which show only on a base character,
+    and unassigned code points (Cn)."""
+    category = unicodedata.category(char)
+    return category[0] in "LNPS" or category == "Co"
+
+
+def _visible(text: str, start: int, end: int) -> bool:
+    """Whether `text[start:end]` has a character anyone can see: a block without one is no text. Counting only
+    whitespace as nothing stored documents of zero-width or control characters as one chunk the model reads as
+    no word piece at all. Stops at the first visible character, so a real block costs it a character or two."""
+    return any(_visible_character(text[i]) for i in range(start, end))
+
+
 def _trimmed(text: str, start: int, end: int, kind: str) -> Block | None:
+    """The block `[start, end)` without surrounding whitespace, or None when it has no visible text."""
     while start < end and text[start].isspace():
         start += 1
     while end > start and text[end - 1].isspace():
         end -= 1
-    return Block(start, end, kind) if end > start else None
+    return Block(start, end, kind) if _visible(text, start, end) else None
 
 
 def _paragraphs(text: str, start: int, end: int) -> list[Block]:

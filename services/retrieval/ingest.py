@@ -5,7 +5,8 @@ Order of writes, so a reader never sees a half-replaced document: (1) the new ch
 vector store under new ids (ids derive from the content hash and media type, so nothing visible changes: a
 query returns only chunks whose PostgreSQL row exists); (2) one transaction swaps the chunk rows and the
 document row (and, for a replaced document, queues a DocumentsDeletedEvent with reason REPLACED); (3) the
-old vectors are deleted. A crash between steps leaves only unreferenced vectors, never a mixed document.
+old vectors are deleted. A crash between steps, or a failure of step 3 (logged, not the call's failure: the
+document is stored), leaves only unreferenced vectors, never a mixed document.
 
 An existing document is changed only by its owner or an admin, and only if they can read it
 (`Writer.may_change`); anyone else gets one refusal, `DOCUMENT_NOT_WRITABLE`, whether they can read the
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from tokenizers import Tokenizer
 
-from parapet.embeddings import Embedder, EmbeddingUnavailable
+from parapet.embeddings import Embedder, EmbeddingRejected, EmbeddingUnavailable, Vector
 from parapet.kit.database import Database
 from parapet.kit.errors import (
     Aborted,
@@ -44,6 +45,7 @@ from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from parapet.status.v1 import status_pb2
 from services.retrieval import repository
 from services.retrieval.chunking import Chunk, ChunkingOptions, chunk
+from services.retrieval.deletion import forget_vectors
 from services.retrieval.events import OutboxRelay, record_deletion
 from services.retrieval.extract import Extracted, ExtractionError, extract, media_type
 from services.retrieval.scope import tenant_scope
@@ -257,6 +259,22 @@ def _attributes_changed(row: dict[str, Any], document: repository.DocumentRow) -
     )
 
 
+def _not_embeddable(document: Prepared, refused: Mapping[str, str]) -> pb.DocumentResult | None:
+    """The rejection of a document with a chunk the embedder refuses (the same text is refused on every retry,
+    so the document can never be stored as it is), or None when it has none."""
+    reason = next((refused[c.text] for c in document.chunks if c.text in refused), None)
+    if reason is None:
+        return None
+    message = (
+        f"the embeddings provider refuses a chunk of this document ({reason}); change or split the content"
+    )
+    return _rejection(
+        document.index,
+        document.document_id,
+        Rejected("DOCUMENT_NOT_EMBEDDABLE", message, "content").to_error(),
+    )
+
+
 def _store_unavailable(error: VectorStoreUnavailable) -> Unavailable:
     return Unavailable(f"vector store failed: {error}", reason="VECTOR_STORE_UNAVAILABLE")
 
@@ -327,16 +345,13 @@ class Ingestor:
         self, writer: Writer, documents: list[Prepared], progress: Progress
     ) -> list[pb.DocumentResult]:
         """Embeds the chunks of `documents` in one call and stores each document; results in order."""
-        texts = [c.text for d in documents for c in d.chunks]
-        try:
-            vectors = await self._embedder.embed(texts)
-        except EmbeddingUnavailable as error:
-            raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
+        documents, vectors, results = await self._embed(documents)
+        for rejected in results:
+            progress.record(rejected)
         records = [
             VectorRecord(c.chunk_id, d.document_id, v, tuple(d.groups), d.metadata)
             for (d, c), v in zip([(d, c) for d in documents for c in d.chunks], vectors, strict=True)
         ]
-        results = []
         try:
             # One upsert for the whole group: the vectors stay invisible until their chunk rows commit.
             await self._store.upsert(writer.tenant_id, records)
@@ -346,7 +361,32 @@ class Ingestor:
                 results.append(result)
         except VectorStoreUnavailable as error:
             raise _store_unavailable(error) from error
-        return results
+        return sorted(results, key=lambda r: r.index)
+
+    async def _embed(
+        self, documents: list[Prepared]
+    ) -> tuple[list[Prepared], list[Vector], list[pb.DocumentResult]]:
+        """The documents the embedder accepts, their chunks' vectors in order, and the rejections of the others
+        (`_not_embeddable`). A refusal that names none of these documents' texts came from a computation shared
+        with a concurrent call (`CachedEmbedder`); the call is made once more, then given up as UNAVAILABLE."""
+        rejected: list[pb.DocumentResult] = []
+        shared_refusals = 0
+        while True:
+            try:
+                vectors = await self._embedder.embed([c.text for d in documents for c in d.chunks])
+            except EmbeddingUnavailable as error:
+                raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
+            except EmbeddingRejected as error:
+                refusals = [(d, _not_embeddable(d, error.refused)) for d in documents]
+                documents = [d for d, refusal in refusals if refusal is None]
+                found = [refusal for _, refusal in refusals if refusal is not None]
+                if not found:
+                    shared_refusals += 1
+                if shared_refusals > 1:
+                    raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
+                rejected += found
+                continue
+            return documents, vectors, rejected
 
     def _extract_and_chunk(self, content: bytes, mime_type: str) -> tuple[Extracted, list[Chunk]]:
         extracted = extract(content, mime_type)
@@ -387,7 +427,7 @@ class Ingestor:
             return await self._lost_race(writer, prepared, current)
         stale = sorted(set(old_ids) - {c.chunk_id for c in prepared.chunks})
         if stale:
-            await self._store.delete_chunks(tenant_id, stale)
+            await forget_vectors(tenant_id, self._store.delete_chunks(tenant_id, stale), "replaced chunks")
         if current is not None and self._relay is not None:
             self._relay.wake()
         return pb.DocumentResult(
@@ -430,7 +470,8 @@ class Ingestor:
         async with tenant_scope(self._database, tenant_id) as session:
             referenced = set(await repository.chunk_ids(session, tenant_id, [document_id]))
         ours = [c.chunk_id for c in prepared.chunks]
-        await self._store.delete_chunks(tenant_id, [i for i in ours if i not in referenced])
+        unreferenced = self._store.delete_chunks(tenant_id, [i for i in ours if i not in referenced])
+        await forget_vectors(tenant_id, unreferenced, "an ingestion that lost a race")
         if writer.may_change(current):
             return await self._unchanged(tenant_id, prepared.index, prepared.row, current)
         if referenced.intersection(ours):

@@ -6,6 +6,6 @@ embedded once.
 """
 
 from parapet.embeddings.cache import CachedEmbedder
-from parapet.embeddings.protocol import DIMENSION, Embedder, EmbeddingUnavailable, Vector
+from parapet.embeddings.protocol import DIMENSION, Embedder, EmbeddingRejected, EmbeddingUnavailable, Vector
 
-__all__ = ["DIMENSION", "CachedEmbedder", "Embedder", "EmbeddingUnavailable", "Vector"]
+__all__ = ["DIMENSION", "CachedEmbedder", "Embedder", "EmbeddingRejected", "EmbeddingUnavailable", "Vector"]

@@ -1,6 +1,6 @@
 """The embedder contract every implementation follows."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 #: Dimension of every Parapet embedding (all-MiniLM-L6-v2; OpenAI models are asked for this size).
@@ -12,6 +12,16 @@ Vector = list[float]
 
 class EmbeddingUnavailable(Exception):
     """The embedding backend cannot answer now (provider down, model missing); the caller may retry."""
+
+
+class EmbeddingRejected(Exception):
+    """The backend refuses some texts themselves (longer than its model reads, input it finds invalid): the same
+    texts are refused on every retry, so the caller must not retry them. `refused` maps each refused text to the
+    backend's reason."""
+
+    def __init__(self, refused: Mapping[str, str]) -> None:
+        super().__init__(f"the embeddings backend refused {len(refused)} of the texts")
+        self.refused = dict(refused)
 
 
 @runtime_checkable
@@ -29,5 +39,6 @@ class Embedder(Protocol):
         ...
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
-        """Embeds `texts` (any number; implementations batch). Raises `EmbeddingUnavailable`."""
+        """Embeds `texts` (any number; implementations batch). Raises `EmbeddingUnavailable` (retry later) or
+        `EmbeddingRejected` (texts the backend will never embed)."""
         ...

@@ -2,7 +2,9 @@
 
 `OpenAIEmbeddingsEmulator` answers `POST /v1/embeddings` over real HTTP on 127.0.0.1 with deterministic
 pseudo-embeddings (a hash of the text seeds them), honours `dimensions`, and records each request so a
-test can see batching. `fail_with` makes it answer every request with that HTTP status.
+test can see batching. `fail_with` makes it answer every request with that HTTP status;
+`max_input_chars` makes it refuse, as the API does an input over the model's token limit, any request
+holding a longer text (400 `invalid_request_error`), and answer every other request.
 """
 
 import hashlib
@@ -30,6 +32,8 @@ class OpenAIEmbeddingsEmulator:
     fail_with: int | None = None
     #: Overrides the requested dimension in answers (to test dimension checks).
     answer_dimension: int | None = None
+    #: Refuses a request with a text longer than this (a stand-in for the model's token limit).
+    max_input_chars: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
@@ -54,6 +58,8 @@ class OpenAIEmbeddingsEmulator:
                     self._send(
                         emulator.fail_with, {"error": {"message": "emulated failure", "type": "server_error"}}
                     )
+                elif (too_long := emulator.too_long(body)) is not None:
+                    self._send(400, too_long)
                 else:
                     self._send(200, emulator.answer(body))
 
@@ -75,6 +81,20 @@ class OpenAIEmbeddingsEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def too_long(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """OpenAI's refusal of a request with an input over the limit, or None when every input fits."""
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        longest = max((len(str(text)) for text in texts), default=0)
+        if self.max_input_chars is None or longest <= self.max_input_chars:
+            return None
+        message = (
+            f"This model's maximum context length is {self.max_input_chars} tokens, however you requested "
+            f"{longest} tokens. Please reduce your prompt."
+        )
+        return {
+            "error": {"message": message, "type": "invalid_request_error", "param": "input", "code": None}
+        }
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc.aio
 import pytest
 from pinecone import Index
+from sqlalchemy import text
 
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
@@ -37,6 +39,33 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.close()
+
+
+@asynccontextmanager
+async def refused_vector_writes(
+    database: Database, tenant: str, statement: Literal["UPDATE", "DELETE"] = "UPDATE"
+) -> AsyncIterator[None]:
+    """A real failure of the pgvector store: PostgreSQL refuses every `statement` on this tenant's vectors."""
+    name = f"refuse_{statement.lower()}_{tenant.replace('-', '_')}"
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                f"CREATE FUNCTION retrieval.{name}() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'vector writes refused by the test'; END $$"
+            )
+        )
+        await session.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE {statement} ON retrieval.chunk_vectors FOR EACH ROW"
+                f" WHEN (OLD.tenant_id = '{tenant}') EXECUTE FUNCTION retrieval.{name}()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with database.transaction() as session:
+            await session.execute(text(f"DROP TRIGGER {name} ON retrieval.chunk_vectors"))
+            await session.execute(text(f"DROP FUNCTION retrieval.{name}()"))
 
 
 @pytest.fixture(scope="session")

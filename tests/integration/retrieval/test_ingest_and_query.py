@@ -153,6 +153,28 @@ async def test_bad_documents_are_rejected_and_the_stream_goes_on(client: Client)
     assert response.progress.documents_rejected == 7 and response.progress.documents_done == 1
 
 
+async def test_documents_without_visible_text_are_rejected_as_empty(client: Client) -> None:
+    """Until 2026-12-06 they were CREATED with one chunk of no word pieces (tests/unit/retrieval/test_extract.py
+    has more such texts)."""
+    caller = client.as_(new_tenant())
+    invisible = {
+        "zero-width": ("text/plain", "\u200b\u200d\u200c"),
+        "byte-order-marks": ("text/markdown", "\ufeff\ufeff\n\n\ufeff"),
+        "marks-alone": ("text/plain", "\u0301\u0308"),
+        "controls": ("text/plain", "\x01\x02\x7f"),
+        "html-references": ("text/html", "<p>&#8203;&zwj;</p><p>&shy;</p>"),
+    }
+    response = await client.ingest(
+        caller, *((doc(name, mime), text.encode()) for name, (mime, text) in invisible.items())
+    )
+    assert [(r.outcome, r.error.code) for r in response.results] == [
+        (pb.DOCUMENT_OUTCOME_REJECTED, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    ] * len(invisible)
+    assert all(b"DOCUMENT_EMPTY" in r.error.details[0].value for r in response.results)
+    listed = await client.stub.ListDocuments(pb.ListDocumentsRequest(), metadata=caller)
+    assert list(listed.documents) == []
+
+
 async def test_stream_ingest_reports_results_and_progress(client: Client) -> None:
     caller = client.as_(new_tenant())
 

@@ -4,8 +4,7 @@ the retry repairs."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +20,7 @@ from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.pgvector import PgVectorStore
-from tests.integration.retrieval.conftest import Client, doc, new_tenant
+from tests.integration.retrieval.conftest import Client, doc, new_tenant, refused_vector_writes
 
 SALARIES = b"The CEO earns 1,000,000 a year. Engineers earn between 70k and 120k."
 FORGED = b"Everybody earns the same. Ask mallory for details."
@@ -135,31 +134,6 @@ async def test_the_same_bytes_with_another_media_type_are_extracted_again(client
     assert third.results[0].outcome == pb.DOCUMENT_OUTCOME_UNCHANGED
 
 
-@asynccontextmanager
-async def refused_vector_updates(database: Database, tenant: str) -> AsyncIterator[None]:
-    """A real failure of the pgvector store: PostgreSQL refuses every update of this tenant's vectors."""
-    name = f"refuse_{tenant.replace('-', '_')}"
-    async with database.transaction() as session:
-        await session.execute(
-            text(
-                f"CREATE FUNCTION retrieval.{name}() RETURNS trigger LANGUAGE plpgsql"
-                " AS $$ BEGIN RAISE EXCEPTION 'vector updates refused by the test'; END $$"
-            )
-        )
-        await session.execute(
-            text(
-                f"CREATE TRIGGER {name} BEFORE UPDATE ON retrieval.chunk_vectors FOR EACH ROW"
-                f" WHEN (OLD.tenant_id = '{tenant}') EXECUTE FUNCTION retrieval.{name}()"
-            )
-        )
-    try:
-        yield
-    finally:
-        async with database.transaction() as session:
-            await session.execute(text(f"DROP TRIGGER {name} ON retrieval.chunk_vectors"))
-            await session.execute(text(f"DROP FUNCTION retrieval.{name}()"))
-
-
 async def test_a_failed_vector_store_update_is_made_by_the_retry(client: Client, database: Database) -> None:
     tenant = new_tenant()
     hr = client.as_(tenant, groups=("hr",))
@@ -168,7 +142,7 @@ async def test_a_failed_vector_store_update_is_made_by_the_retry(client: Client,
     await client.ingest(hr, (doc("reviews", groups=("hr",)), reviews))
     shared = (doc("reviews", groups=("finance", "hr")), reviews)
 
-    async with refused_vector_updates(database, tenant):
+    async with refused_vector_writes(database, tenant):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.ingest(hr, shared)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

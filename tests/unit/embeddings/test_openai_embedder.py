@@ -7,7 +7,7 @@ import math
 import openai
 import pytest
 
-from parapet.embeddings import DIMENSION, CachedEmbedder, Embedder, EmbeddingUnavailable
+from parapet.embeddings import DIMENSION, CachedEmbedder, Embedder, EmbeddingRejected, EmbeddingUnavailable
 from parapet.embeddings.openai_embedder import OpenAIEmbedder
 from parapet.embeddings.testing import OpenAIEmbeddingsEmulator, fake_vector
 
@@ -42,6 +42,41 @@ async def test_server_errors_become_embedding_unavailable() -> None:
         OpenAIEmbeddingsEmulator(fail_with=401) as emulator,
         pytest.raises(EmbeddingUnavailable, match="HTTP 401"),
     ):
+        await OpenAIEmbedder(_client(emulator)).embed(["x"])
+
+
+async def test_a_text_the_provider_refuses_is_rejected_for_good_and_the_others_embedded() -> None:
+    """A 400 for an input over the model's limit is the text's fault: retrying it can never succeed. Until
+    2026-12-06 it was EmbeddingUnavailable, so its document was retried forever."""
+    long_text = "x" * 60
+    texts = ["one", long_text, "two", "three", "four"]
+    with OpenAIEmbeddingsEmulator(max_input_chars=50) as emulator:
+        embedder = OpenAIEmbedder(_client(emulator), batch_size=4)
+        with pytest.raises(EmbeddingRejected) as raised:
+            await embedder.embed(texts)
+        # Only the refused text is named, with the provider's reason.
+        assert list(raised.value.refused) == [long_text]
+        assert "HTTP 400" in raised.value.refused[long_text]
+        assert "maximum context length" in raised.value.refused[long_text]
+        # The same text is refused again: a rejection, not an outage.
+        with pytest.raises(EmbeddingRejected):
+            await embedder.embed([long_text])
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_a_provider_refusing_every_request_is_unavailable_not_a_rejection(status: int) -> None:
+    """A model that does not exist (404), or that cannot shorten its vectors (400), refuses every text: that is
+    the deployment's fault, not any document's, so documents must not be rejected for good."""
+    with (
+        OpenAIEmbeddingsEmulator(fail_with=status) as emulator,
+        pytest.raises(EmbeddingUnavailable, match=f"HTTP {status}"),
+    ):
+        await OpenAIEmbedder(_client(emulator)).embed(["x"])
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_throttling_and_server_errors_stay_retryable(status: int) -> None:
+    with OpenAIEmbeddingsEmulator(fail_with=status) as emulator, pytest.raises(EmbeddingUnavailable):
         await OpenAIEmbedder(_client(emulator)).embed(["x"])
 
 

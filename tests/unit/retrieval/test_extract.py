@@ -70,6 +70,54 @@ def test_unusable_input_is_rejected_with_a_reason(content: bytes, mime: str, rea
     assert raised.value.reason == reason
 
 
+#: Texts with nothing to see: no letter, number, punctuation or symbol (docs/retrieval.md, "no visible text").
+INVISIBLE = {
+    "zero-width-space": "\u200b \u200b\n\n\u200b",
+    "zero-width-joiners": "\u200d\u200c\u200d",
+    "byte-order-marks": "\ufeff\ufeff\ufeff",  # the first is the encoding's signature, the others stay
+    "word-joiner-and-soft-hyphen": "\u2060\u00ad\u180e",
+    "combining-marks-alone": "\u0301\u0308 \u0327\n\u20dd",
+    "control-characters": "\x01\x02\x1b\x08\x7f\x85\x9f",
+    "separators": "\u2028\u2029\u3000\u00a0\u2007",
+    "bidi-marks-and-variation-selectors": "\u200e\u200f\u202e\ufe0f\U000e0001",
+}
+
+
+@pytest.mark.parametrize("text", list(INVISIBLE.values()), ids=list(INVISIBLE))
+@pytest.mark.parametrize("mime", ["text/plain", "text/markdown", "text/html"])
+def test_a_document_with_no_visible_text_is_empty(text: str, mime: str) -> None:
+    """Until 2026-12-06 only whitespace counted as nothing: these were stored as one chunk of no word pieces,
+    whose vector means nothing and which matched every query about as well as any other."""
+    content = f"<p>{text}</p><p>{text}</p>" if mime == "text/html" else text
+    with pytest.raises(ExtractionError) as raised:
+        extract(content.encode(), mime)
+    assert raised.value.reason == "DOCUMENT_EMPTY"
+
+
+def test_html_character_references_to_invisible_characters_are_empty() -> None:
+    with pytest.raises(ExtractionError) as raised:
+        extract(b"<body><p>&#8203;&zwj;&#xFEFF;</p><div>&shy;&#x301;</div></body>", "text/html")
+    assert raised.value.reason == "DOCUMENT_EMPTY"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["e\u0301", "\U0001f44d", "\u200ba\u200b", "\u00a0\u2014", "\ue000", "\u0661", "\u200d$"],
+    ids=[
+        "accented-letter",
+        "emoji",
+        "letter-between-zero-width",
+        "dash",
+        "private-use-glyph",
+        "digit",
+        "symbol",
+    ],
+)
+def test_one_visible_character_is_text(text: str) -> None:
+    extracted = extract(text.encode(), "text/plain")
+    assert [extracted.text[b.start : b.end] for b in extracted.blocks] == [text.strip()]
+
+
 PAGE = b"""<!DOCTYPE html><html><head><title>
   Leave   policy
 </title><meta charset="utf-8"></head>

@@ -132,7 +132,9 @@ class DocumentResult(_message.Message):
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """Why the document was rejected; set only for DOCUMENT_OUTCOME_REJECTED. Its ErrorInfo reason is one of
-        DOCUMENT_EMPTY, DOCUMENT_TOO_LARGE, DOCUMENT_UNDECODABLE, MIME_TYPE_UNSUPPORTED, DOCUMENT_ID_INVALID.
+        DOCUMENT_EMPTY, DOCUMENT_TOO_LARGE, DOCUMENT_UNDECODABLE, MIME_TYPE_UNSUPPORTED, DOCUMENT_ID_INVALID,
+        DOCUMENT_METADATA_INVALID, DOCUMENT_NOT_EMBEDDABLE (the embeddings provider refused a chunk of it), or
+        DOCUMENT_NOT_WRITABLE (PERMISSION_DENIED).
         """
 
     def __init__(
