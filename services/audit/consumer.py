@@ -22,16 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 from google.protobuf.message import DecodeError
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.events.audit import (
     AUDIT_STREAM,
     REJECTED_FROM_HEADER,
     REJECTED_REASON_HEADER,
-    REJECTED_STREAM,
     REJECTED_SUBJECT_PREFIX,
     SUBJECT_PREFIX,
     tenant_of,
@@ -39,6 +37,7 @@ from parapet.events.audit import (
 from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
+from parapet.kit.durable import DurableConsumer
 from parapet.kit.errors import InvalidArgument
 from services.audit.canonical import PreparedRecord, prepare
 from services.audit.store import append_groups
@@ -57,6 +56,17 @@ class BodyDefaults:
 _SET_ASIDE_RETRY_SECONDS = 30.0
 
 
+def set_aside_id(msg: Any) -> str:
+    """The ``Nats-Msg-Id`` of ``msg``'s copy in AUDIT_REJECTED: the same for every delivery of that message (set
+    aside twice, it is one copy), and never the same for two messages. The stream sequence alone restarts at 1
+    when AUDIT is created again (an operator moving it to work-queue retention, a NATS that lost its store), and
+    a new message's copy then fell within the duplicate window of an old one's and was dropped. The time the
+    stream stored the message tells the two apart. Not the record id: an undecodable message has none, and two
+    messages reusing one record id with different content are each to be kept."""
+    stored = msg.metadata.timestamp  # when the stream stored the message: the same on every redelivery
+    return f"audit-{msg.metadata.sequence.stream}-{round(stored.timestamp() * 1_000_000)}"
+
+
 class AuditConsumer:
     def __init__(
         self, database: Database, bus: Bus, defaults: BodyDefaults, *, durable: str, batch_size: int
@@ -66,14 +76,26 @@ class AuditConsumer:
         self._defaults = defaults
         self._durable = durable
         self._batch_size = batch_size
+        # Subscribing declares AUDIT and the durable again when they are gone (parapet.kit.durable). AUDIT_REJECTED,
+        # declared at start, comes back with the first set-aside (``Bus.publish``): without it nothing could be set
+        # aside, and a record that can never be stored would come back every 30 s for ever.
+        self._consumer = DurableConsumer(
+            bus,
+            AUDIT_STREAM,
+            SUBJECT_PREFIX + "*",
+            ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_deliver=-1,  # keep redelivering while the database is down: never drop
+                max_ack_pending=max(1000, batch_size * 4),
+            ),
+            on_declared=self._check_retention,
+        )
 
-    async def _subscribe(self) -> Any:
-        # Declared here as well as at start: when an operator has removed the stream (moving it to work-queue
-        # retention, docs/deploy.md), or NATS came back without its store, the consumer puts it back as declared
-        # and goes on. The set-aside stream too: without it nothing could be set aside, and a record that can
-        # never be stored would come back every 30 s for ever.
-        await self._bus.ensure_stream(REJECTED_STREAM)
-        stream = await self._bus.ensure_stream(AUDIT_STREAM)
+    def _check_retention(self, stream: StreamConfig) -> None:
+        """Called each time the consumer declares AUDIT (at start, and after NATS lost it or an operator removed
+        it, docs/deploy.md): an earlier release's stream kept everything it took."""
         # nats-py may leave the server's string as it came; absent means JetStream's default, limits.
         retention = RetentionPolicy(stream.retention or RetentionPolicy.LIMITS)
         if retention != RetentionPolicy.WORK_QUEUE:
@@ -84,17 +106,6 @@ class AuditConsumer:
                 retention.value,
                 extra={"stream": AUDIT_STREAM.name},
             )
-        return await self._bus.jetstream.pull_subscribe(
-            SUBJECT_PREFIX + "*",
-            durable=self._durable,
-            stream=AUDIT_STREAM.name,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=30,
-                max_deliver=-1,  # keep redelivering while the database is down: never drop
-                max_ack_pending=max(1000, self._batch_size * 4),
-            ),
-        )
 
     async def _set_aside(self, msg: Any, why: str, record_id: str = "") -> None:
         """Keep ``msg`` in the rejected stream with ``why``, then take it off ours. Raises when the copy
@@ -110,8 +121,7 @@ class AuditConsumer:
         await self._bus.publish(
             REJECTED_SUBJECT_PREFIX + (tenant_of(msg.subject) or "unknown"),
             msg.data,
-            # A redelivery of the same message, set aside twice, is one copy.
-            msg_id=f"audit-{msg.metadata.sequence.stream}",
+            msg_id=set_aside_id(msg),
             headers=headers,
         )
         await msg.term()
@@ -193,36 +203,26 @@ class AuditConsumer:
         if groups:
             metrics.mark_audit_persisted(time.time())
 
-    async def _fetch(self, subscription: Any) -> list[Any]:
-        try:
-            messages: list[Any] = await subscription.fetch(self._batch_size, timeout=1.0)
-        except nats.errors.TimeoutError:
-            return []
-        return messages
-
     async def run(self) -> None:
         """Consume until cancelled; survives NATS and database outages by retrying with a pause.
 
         The next batch is fetched while the current one is being stored (batches are still stored one
         after the other, in stream order).
         """
-        subscription: Any = None
         upcoming: asyncio.Future[list[Any]] | None = None
         last_info = 0.0
         try:
             while True:
                 try:
-                    if subscription is None:
-                        subscription = await self._subscribe()
                     if upcoming is None:
-                        upcoming = asyncio.ensure_future(self._fetch(subscription))
+                        upcoming = asyncio.ensure_future(self._consumer.fetch(self._batch_size, 1.0))
                     messages = await upcoming
-                    upcoming = asyncio.ensure_future(self._fetch(subscription))
+                    upcoming = asyncio.ensure_future(self._consumer.fetch(self._batch_size, 1.0))
                     if messages:
                         await self._handle_or_nak(messages)
                     if time.monotonic() - last_info > 5:
                         last_info = time.monotonic()
-                        info = await subscription.consumer_info()
+                        info = await self._bus.jetstream.consumer_info(AUDIT_STREAM.name, self._durable)
                         metrics.set_audit_stream_pending(int(info.num_pending) + int(info.num_ack_pending))
                 except asyncio.CancelledError:
                     raise
@@ -232,10 +232,7 @@ class AuditConsumer:
                     if upcoming is not None:
                         upcoming.cancel()
                     upcoming = None
-                    if subscription is not None:
-                        with contextlib.suppress(Exception):
-                            await subscription.unsubscribe()
-                    subscription = None
+                    await self._consumer.reset()
                     log.warning("audit consumer failed; retrying", exc_info=True)
                     await asyncio.sleep(1.0)
         finally:

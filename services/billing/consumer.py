@@ -15,13 +15,11 @@ the batch is halved until it stands alone; any other database error leaves the b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC
 
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -31,6 +29,7 @@ from parapet.events.usage import USAGE_STREAM
 from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
+from parapet.kit.durable import DurableConsumer
 from parapet.usage.v1 import usage_event_pb2
 from services.billing import rollups
 
@@ -64,11 +63,9 @@ class UsageConsumer:
         max_ack_pending: int,
     ) -> None:
         self._database = database
-        self._bus = bus
-        self._durable = durable
         self._batch_size = batch_size
         self._fetch_timeout = fetch_timeout
-        self._config = ConsumerConfig(
+        config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -76,15 +73,12 @@ class UsageConsumer:
             max_ack_pending=max_ack_pending,
             max_deliver=-1,
         )
+        # Subscribing declares the stream and the durable again after NATS lost them (parapet.kit.durable).
+        self._consumer = DurableConsumer(bus, USAGE_STREAM, USAGE_STREAM.subjects[0], config)
         self.applied = 0  # events newly counted by this process (for tests and benchmarks)
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
-        # Declared here as well as at start: NATS may come back without the stream (its store lost on a
-        # restart, or removed by an operator), and subscribing then puts it and the durable back.
-        await self._bus.ensure_stream(USAGE_STREAM)
-        return await self._bus.jetstream.pull_subscribe(
-            USAGE_STREAM.subjects[0], durable=self._durable, stream=USAGE_STREAM.name, config=self._config
-        )
+        return await self._consumer.subscribe()
 
     async def process(self, messages: list[Msg], *, ack: bool = True) -> int:
         """Apply one fetched batch in one transaction, then acknowledge it; returns the events newly counted."""
@@ -129,27 +123,18 @@ class UsageConsumer:
 
     async def run(self) -> None:
         """Fetch, apply and acknowledge forever, surviving NATS and database outages."""
-        subscription: JetStreamContext.PullSubscription | None = None
         while True:
             try:
-                if subscription is None:
-                    subscription = await self.subscribe()
-                messages = await subscription.fetch(self._batch_size, timeout=self._fetch_timeout)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
+                messages = await self._consumer.fetch(self._batch_size, self._fetch_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                # Start afresh: the durable consumer, or the stream, may be gone (a NATS that lost its store),
-                # and a subscription bound to it would fail forever; subscribing declares both again.
+                # The subscription is dropped: the next fetch subscribes again (the durable consumer, or the
+                # stream, may be gone with a NATS that lost its store).
                 log.warning("usage fetch failed, subscribing again: %r", error)
-                # Its unacknowledged messages are redelivered; when NATS is down, it forgets the subscription
-                # with the connection anyway.
-                if subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await subscription.unsubscribe()
-                subscription = None
                 await asyncio.sleep(0.5)
+                continue
+            if not messages:
                 continue
             try:
                 await self.process(messages)

@@ -17,7 +17,6 @@ from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
 
-from parapet.events.usage import USAGE_STREAM
 from parapet.kit import metrics
 from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
@@ -53,19 +52,24 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish up to one batch; returns how many were acknowledged (and are now marked sent)."""
-        acked = await self._publish_batch()
+        acked, missing = await self._publish_batch()
         if acked:
             metrics.record_usage_published(acked)  # after the commit that marked them sent
+        if missing is not None:
+            # No stream took them: NATS came back without it (its store lost). Declared again (the kit's
+            # ``Bus.restore_stream``, which ``Bus.publish`` uses too), they go out in the next round.
+            await self._bus.restore_stream(missing)
         return acked
 
-    async def _publish_batch(self) -> int:
+    async def _publish_batch(self) -> tuple[int, str | None]:
+        """Publish and mark one batch; returns the count acknowledged and a subject no stream took, if any."""
         async with self._database.transaction() as session:
             rows = (await session.execute(UNSENT_BATCH, {"batch": self._batch_size})).all()
             if not rows:
                 # Nothing this relay may take; rows other relays hold are still waiting (a stalled NATS
                 # keeps them there), so the gauge keeps counting them rather than dropping to 0.
                 metrics.set_usage_outbox_pending(int((await session.execute(text(_PENDING))).scalar_one()))
-                return 0
+                return 0, None
             results = await self._publish(rows)
             acked = [
                 row[0]
@@ -78,8 +82,6 @@ class OutboxRelay:
                 log.warning(
                     "outbox: %d of %d events not acknowledged, retrying later: %r", failed, len(rows), first
                 )
-            if any(isinstance(result, NoStreamResponseError) for result in results):
-                await self._declare_stream()
             if acked:
                 await session.execute(
                     text("UPDATE outbox SET sent_time = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
@@ -87,18 +89,15 @@ class OutboxRelay:
                 )
             # Counted by the SELECT above, before this batch: every unsent row, held by any relay or not.
             metrics.set_usage_outbox_pending(int(rows[0][5]) - len(acked))
-            return len(acked)
-
-    async def _declare_stream(self) -> None:
-        """Declare the USAGE stream again: no stream took the events, so NATS came back without it (its store
-        lost on a restart, as with the dev overlay's emptyDir, or an operator removed it). Declared only at
-        start, it stayed missing, and every new event waited in the outbox until metering restarted."""
-        try:
-            await self._bus.ensure_stream(USAGE_STREAM)
-        except Exception:
-            log.warning("outbox: declaring the missing %s stream failed", USAGE_STREAM.name, exc_info=True)
-            return
-        log.warning("outbox: the %s stream was missing and is declared again", USAGE_STREAM.name)
+            missing = next(
+                (
+                    row[2]
+                    for row, result in zip(rows, results, strict=True)
+                    if isinstance(result, NoStreamResponseError)
+                ),
+                None,
+            )
+            return len(acked), missing
 
     async def _publish(self, rows: Sequence[Sequence[Any]]) -> list[object]:
         """Publish every row, then wait (up to the ack timeout) for all of JetStream's acks at once.

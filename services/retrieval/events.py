@@ -3,7 +3,8 @@
 The event commits with the deletion (no deletion without its event, no event for a rolled-back one);
 the relay publishes right after the commit and again every few seconds for anything a NATS outage left
 behind. `Nats-Msg-Id` = event id, so a republish inside the stream's duplicate window is dropped;
-consumers deduplicate beyond it (handling an event twice is harmless anyway).
+consumers deduplicate beyond it (handling an event twice is harmless anyway). A NATS back without its store
+gets the stream again from the first publish (``Bus.publish`` declares it again).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parapet.events.documents import CE_TYPE, DOCUMENTS_STREAM, SUBJECT_PREFIX
+from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.timeouts import wait_event
@@ -108,26 +108,12 @@ class OutboxRelay:
             if len(rows) < self._batch_size:
                 return published
 
-    async def _declare_stream(self) -> None:
-        """Declare the stream again: no stream took the event, so NATS came back without it (its store lost on a
-        restart, or an operator removed it). Declared only at start, it stayed missing, and every deletion's
-        event waited in the outbox until retrieval restarted, while the semantic cache kept answers grounded
-        in the deleted documents."""
-        try:
-            await self._bus.ensure_stream(DOCUMENTS_STREAM)
-        except Exception:
-            log.warning("declaring the missing %s stream failed", DOCUMENTS_STREAM.name, exc_info=True)
-            return
-        log.warning("the %s stream was missing and is declared again", DOCUMENTS_STREAM.name)
-
     async def run(self) -> None:
         while True:
             try:
                 await self.publish_pending()
             except asyncio.CancelledError:
                 raise
-            except NoStreamResponseError:
-                await self._declare_stream()  # what waits goes out on the next pass
             except Exception:
                 log.warning("documents-deleted events not published yet; retrying", exc_info=True)
             await wait_event(self._wake, self._interval)

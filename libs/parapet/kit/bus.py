@@ -3,6 +3,11 @@
 The connection never gives up (``max_reconnect_attempts=-1``): a NATS restart turns health NOT_SERVING
 for its duration and then everything resumes; durable delivery (outbox relays, JetStream acks) is what
 makes sure nothing is lost meanwhile, not the connection.
+
+A NATS that comes back without its store (an emptyDir, a wiped volume) has no streams and no durable
+consumers any more. The bus remembers the streams it declared: a publish that no stream takes declares the
+one covering its subject again and is retried once (``publish``); pull consumers subscribe through
+``parapet.kit.durable``, which declares their stream and durable again after a failed fetch.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from parapet.kit.redact import redact_url
 from parapet.kit.timeouts import within
@@ -59,6 +64,18 @@ class StreamSpec:
         )
 
 
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``pattern`` matches the literal ``subject``: tokens split on ``.``, ``*`` stands for
+    exactly one token, a final ``>`` for one or more."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or token not in ("*", tokens[index]):
+            return False
+    return len(tokens) == len(wanted)
+
+
 class Bus:
     """A connected NATS client and its JetStream context."""
 
@@ -66,6 +83,7 @@ class Bus:
         self.client = client
         self.jetstream: JetStreamContext = client.jetstream(timeout=publish_timeout)
         self._publish_timeout = publish_timeout
+        self._declared: dict[str, StreamSpec] = {}  # by name: the spec ensure_stream was last given
 
     @classmethod
     async def connect(
@@ -126,8 +144,9 @@ class Bus:
         that makes publishing exactly-once, the description. Limits and placement (max age, max bytes,
         replicas) are the spec's defaults for a new stream and the operator's afterwards: a restart must
         not undo an operator's tuning (``nats stream edit``). Retention and storage cannot change on an
-        existing stream; a difference is logged.
+        existing stream; a difference is logged. The spec is remembered: ``restore_stream`` declares it again.
         """
+        self._declared[spec.name] = spec
         try:
             info = await self.jetstream.stream_info(spec.name)
         except NotFoundError:
@@ -154,6 +173,29 @@ class Bus:
             log.info("stream updated", extra={"stream": spec.name})
         return wanted
 
+    def declared_stream(self, subject: str) -> StreamSpec | None:
+        """The stream this bus declared whose subjects cover ``subject``, if any."""
+        for spec in self._declared.values():
+            if any(subject_matches(pattern, subject) for pattern in spec.subjects):
+                return spec
+        return None
+
+    async def restore_stream(self, subject: str) -> bool:
+        """After a publish to ``subject`` that no stream took (NATS came back without its store, or an operator
+        removed the stream): declare the stream this bus declared for it again. False when it declared none
+        (raises when declaring fails). A relay publishing on its own (``jetstream.publish_async``) calls this."""
+        spec = self.declared_stream(subject)
+        if spec is None:
+            return False
+        await self.ensure_stream(spec)
+        log.warning(
+            "no stream took a message on %s; stream %s declared again",
+            subject,
+            spec.name,
+            extra={"stream": spec.name, "subject": subject},
+        )
+        return True
+
     async def publish(
         self,
         subject: str,
@@ -167,12 +209,23 @@ class Bus:
 
         ``msg_id`` becomes ``Nats-Msg-Id``: the stream drops a republish of the same id within its
         duplicate window, which makes at-least-once relays exactly-once.
+
+        When no stream takes the message and this bus declared one covering ``subject``, that stream is declared
+        again (``restore_stream``) and the publish retried once; otherwise ``NoStreamResponseError`` is raised.
         """
         all_headers: dict[str, Any] = dict(headers or {})
         if msg_id is not None:
             all_headers[MSG_ID_HEADER] = msg_id
+        timeout = ack_timeout or self._publish_timeout
+        try:
+            return await self.jetstream.publish(
+                subject, payload, timeout=timeout, headers=all_headers or None
+            )
+        except NoStreamResponseError:
+            if not await self.restore_stream(subject):
+                raise
         ack: PubAck = await self.jetstream.publish(
-            subject, payload, timeout=ack_timeout or self._publish_timeout, headers=all_headers or None
+            subject, payload, timeout=timeout, headers=all_headers or None
         )
         return ack
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-import nats.errors
 from nats.aio.msg import Msg
 
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
+from parapet.kit.durable import DurableConsumer
 from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError
 from parapet.kit.timeouts import cancel_and_wait, within
 from parapet.status.v1 import status_pb2
@@ -108,11 +108,13 @@ class JobWorker:
 
     async def run(self) -> None:
         """Pull and run jobs until cancelled (the kit cancels it on shutdown: running jobs are given back)."""
-        subscription = await self._bus.jetstream.pull_subscribe(
+        # Subscribed at the first fetch, and again after a failed one: the durable, or the stream, may be gone
+        # with a NATS that lost its store, and a subscription bound to it would fail for ever (parapet.kit.durable).
+        consumer = DurableConsumer(
+            self._bus,
+            queue.JOBS_STREAM,
             queue.SUBJECT,
-            durable=queue.CONSUMER,
-            stream=queue.JOBS_STREAM.name,
-            config=queue.consumer_config(self._lease, max_ack_pending=10_000),
+            queue.consumer_config(self._lease, max_ack_pending=10_000),
         )
         slots = asyncio.Semaphore(self._settings.gateway_job_parallel_jobs)
         running: set[asyncio.Task[None]] = set()
@@ -120,14 +122,14 @@ class JobWorker:
             while True:
                 await slots.acquire()
                 try:
-                    messages = await subscription.fetch(1, timeout=5.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    slots.release()
-                    continue
+                    messages = await consumer.fetch(1, 5.0)
                 except Exception:
                     slots.release()
-                    log.warning("job queue fetch failed; retrying", exc_info=True)
+                    log.warning("job queue fetch failed; subscribing again", exc_info=True)
                     await asyncio.sleep(1.0)
+                    continue
+                if not messages:
+                    slots.release()
                     continue
                 for message in messages:
                     task = asyncio.create_task(self.handle(message), name=f"job-{message.data[:80]!r}")

@@ -5,8 +5,9 @@ from the document while the event was handled is written afterwards, and would o
 
 A durable JetStream pull consumer with explicit acks: an event is acked only after its deletion committed, so a
 database outage delays it and loses nothing; handling one twice is harmless (the rows are already gone); a
-message that is no event, or whose tenant differs from its subject's, is logged and acknowledged. The
-retrieval service owns the stream; until it exists this consumer waits for it.
+message that is no event, or whose tenant differs from its subject's, is logged and acknowledged. Both
+retrieval and inference declare the stream; after a failed fetch the consumer subscribes again, declaring the
+stream and its durable when NATS lost them (``parapet.kit.durable``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats.errors
 from google.protobuf.message import DecodeError
-from nats.js.errors import NotFoundError
+from nats.js.api import ConsumerConfig
 
 from parapet.events import documents as documents_events
 from parapet.kit.bus import Bus
+from parapet.kit.durable import DurableConsumer
 from parapet.retrieval.v1 import documents_deleted_event_pb2
 from services.inference.cache.store import SemanticCache
 
@@ -53,23 +54,19 @@ async def handle(cache: SemanticCache, subject: str, payload: bytes) -> int:
 
 async def consume_deletions(bus: Bus, cache: SemanticCache, *, poll_seconds: float = 1.0) -> None:
     """Run until cancelled."""
+    consumer = DurableConsumer(
+        bus,
+        documents_events.DOCUMENTS_STREAM,
+        documents_events.SUBJECTS,
+        ConsumerConfig(durable_name=DURABLE),  # otherwise JetStream's defaults, as ever (explicit acks)
+    )
     while True:
         try:
-            subscription = await bus.jetstream.pull_subscribe(documents_events.SUBJECTS, durable=DURABLE)
-        except NotFoundError:
-            await asyncio.sleep(poll_seconds)  # retrieval has not declared its stream yet
-            continue
-        except (nats.errors.Error, OSError):
-            log.warning("cannot subscribe to documents-deleted events; retrying", exc_info=True)
-            await asyncio.sleep(poll_seconds)
-            continue
-        break
-    while True:
-        try:
-            messages = await subscription.fetch(batch=64, timeout=poll_seconds)
-        except nats.errors.TimeoutError:
-            continue
-        except (nats.errors.Error, OSError):
+            messages = await consumer.fetch(64, poll_seconds)
+        except Exception:
+            # Subscribed again at the next fetch: the durable, or the stream, may be gone with a NATS that lost
+            # its store, and a subscription bound to it would fail for ever (deletions never reaching the cache).
+            log.warning("documents-deleted events not fetched; subscribing again", exc_info=True)
             await asyncio.sleep(poll_seconds)
             continue
         for message in messages:
