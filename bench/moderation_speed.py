@@ -13,8 +13,10 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 
@@ -105,9 +107,12 @@ def time_stream(screener: Screener, text: str, chunk: int, runs: int) -> tuple[T
     return clock.summaries(), scanned / received
 
 
-async def grpc_stream(text: str, chunk: int, runs: int) -> Timings:
-    """ScreenStream over a real channel to a kit server (identity on): time per chunk of whole streams,
-    pipelined as a gateway forwards provider chunks (no waiting for each answer)."""
+@asynccontextmanager
+async def moderation_server(
+    options: Sequence[tuple[str, Any]] = (),
+) -> AsyncIterator[tuple[moderation_service_pb2_grpc.ModerationServiceStub, Any]]:
+    """The moderation service as it runs (kit server, identity verified on every call, NER off) over a real
+    channel: its stub, and call metadata carrying a valid token."""
     keys = make_test_keys()
     with tempfile.TemporaryDirectory() as folder:
         jwks = Path(folder) / "jwks.json"
@@ -117,24 +122,29 @@ async def grpc_stream(text: str, chunk: int, runs: int) -> Timings:
         )
         async with (
             running(APP, settings) as (_server, port),
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(options)) as channel,
         ):
-            stub = moderation_service_pb2_grpc.ModerationServiceStub(ch)
-            metadata = keys.metadata()
-            pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+            yield moderation_service_pb2_grpc.ModerationServiceStub(channel), keys.metadata()
 
-            async def requests() -> AsyncIterator[pb.ScreenStreamRequest]:
-                yield pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(request_id="bench"))
-                for piece in pieces:
-                    yield pb.ScreenStreamRequest(chunk=piece)
 
-            wall: list[float] = []
-            for i in range(runs + 3):
-                started = time.perf_counter()
-                async for _ in stub.ScreenStream(requests(), metadata=metadata):
-                    pass
-                if i >= 3:  # warm-up
-                    wall.append((time.perf_counter() - started) / len(pieces))
+async def grpc_stream(text: str, chunk: int, runs: int) -> Timings:
+    """ScreenStream over a real channel to a kit server (identity on): time per chunk of whole streams,
+    pipelined as a gateway forwards provider chunks (no waiting for each answer)."""
+    async with moderation_server() as (stub, metadata):
+        pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+
+        async def requests() -> AsyncIterator[pb.ScreenStreamRequest]:
+            yield pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(request_id="bench"))
+            for piece in pieces:
+                yield pb.ScreenStreamRequest(chunk=piece)
+
+        wall: list[float] = []
+        for i in range(runs + 3):
+            started = time.perf_counter()
+            async for _ in stub.ScreenStream(requests(), metadata=metadata):
+                pass
+            if i >= 3:  # warm-up
+                wall.append((time.perf_counter() - started) / len(pieces))
     summary = LatencySummary.of(wall)
     return summary, summary
 

@@ -13,7 +13,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc.aio
@@ -27,10 +26,10 @@ from parapet.kit.database import Database
 from parapet.kit.migrations import migrate
 from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2_grpc
-from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
 from services.billing.consumer import UsageConsumer
 from services.metering.app import APP as METERING
 from services.metering.ledger import EVENT_SOURCE, EVENT_TYPE
+from tests.integration.billing.conftest import usage_event
 from tests.integration.metering.metering_support import (
     caller,
     metering_settings,
@@ -192,22 +191,6 @@ async def test_billing_killed_mid_flow_and_restarted_ends_exact(
         await database.close()
 
 
-def _event(tenant: str, i: int) -> usage_event_pb2.UsageEvent:
-    event = usage_event_pb2.UsageEvent(
-        event_id=str(uuid.uuid4()),
-        tenant_id=tenant,
-        user_id="u",
-        model="m",
-        provider="p",
-        feature="f",
-        usage=token_usage_pb2.TokenUsage(prompt_tokens=i, completion_tokens=2 * i),
-        cost=money_pb2.Money(currency_code="USD", amount_micros=1000 + i),
-        request_id=f"r-{i}",
-    )
-    event.occur_time.FromDatetime(datetime.now(UTC))
-    return event
-
-
 async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
     database_url: str, fresh_nats: EmbeddedNats
 ) -> None:
@@ -217,7 +200,7 @@ async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
     database = Database(database_url, "billing")
     try:
         await bus.ensure_stream(USAGE_STREAM)
-        events = [_event(tenant, i) for i in range(50)]
+        events = [usage_event(tenant, i) for i in range(50)]
         subject = f"parapet.usage.v1.{tenant}"
         headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
         for event in events:
@@ -228,7 +211,7 @@ async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
             await bus.publish(subject, event.SerializeToString(), msg_id=str(uuid.uuid4()), headers=headers)
         # Poison: not a protobuf, and a UsageEvent whose id is no UUID; both are terminated, never block.
         await bus.publish(subject, b"\xff\xff not protobuf", msg_id=str(uuid.uuid4()), headers=headers)
-        poison = _event(tenant, 999)
+        poison = usage_event(tenant, 999)
         poison.event_id = "not-a-uuid"
         await bus.publish(subject, poison.SerializeToString(), msg_id=str(uuid.uuid4()), headers=headers)
         info = await bus.jetstream.stream_info(USAGE_STREAM.name)
@@ -304,11 +287,11 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
         # Two events that each fit bigint but not their sum (one rollup row), among ordinary ones of both
         # tenants, all in one batch: before, the batch failed (numeric_value_out_of_range) and was redelivered
         # forever, so nothing in it was ever counted.
-        huge = [_event(tenant, 1), _event(tenant, 2)]
+        huge = [usage_event(tenant, 1), usage_event(tenant, 2)]
         for event in huge:
             event.usage.prompt_tokens = 2**62 + 5
-        ordinary = [_event(tenant, 3), _event(other, 4), _event(other, 5)]
-        unplaceable = _event(other, 6)  # an occur_time no calendar holds: the rollup has no day for it
+        ordinary = [usage_event(tenant, 3), usage_event(other, 4), usage_event(other, 5)]
+        unplaceable = usage_event(other, 6)  # an occur_time no calendar holds: the rollup has no day for it
         unplaceable.occur_time.seconds = 2**62
         for event in [ordinary[0], *huge, *ordinary[1:], unplaceable]:
             subject = f"parapet.usage.v1.{event.tenant_id}"

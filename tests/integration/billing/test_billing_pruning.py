@@ -3,9 +3,8 @@ through the index of migration 0002; younger ids stay, and an event whose id is 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,9 @@ from sqlalchemy import text
 
 from parapet.kit.database import Database
 from parapet.kit.migrations import migrate
-from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
+from parapet.usage.v1 import usage_event_pb2
 from services.billing import pruning, rollups
+from tests.integration.billing.conftest import usage_event
 from tests.integration.metering.metering_support import new_tenant, plan_without_seqscan, uses_index
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,21 +28,6 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
-
-
-def _event(tenant: str, i: int) -> usage_event_pb2.UsageEvent:
-    event = usage_event_pb2.UsageEvent(
-        event_id=str(uuid.uuid4()),
-        tenant_id=tenant,
-        model="m",
-        provider="p",
-        feature="f",
-        usage=token_usage_pb2.TokenUsage(prompt_tokens=i, completion_tokens=1),
-        cost=money_pb2.Money(currency_code="USD", amount_micros=100),
-        request_id=f"r-{i}",
-    )
-    event.occur_time.FromDatetime(datetime.now(UTC))
-    return event
 
 
 async def _apply(database: Database, events: list[usage_event_pb2.UsageEvent]) -> int:
@@ -75,8 +60,8 @@ async def test_processed_ids_past_retention_go_in_batches_and_younger_ones_still
 ) -> None:
     tenant = new_tenant()
     keep = timedelta(days=9)
-    old = [_event(tenant, i) for i in range(7)]
-    young = [_event(tenant, i) for i in range(7, 10)]
+    old = [usage_event(tenant, i) for i in range(7)]
+    young = [usage_event(tenant, i) for i in range(7, 10)]
     assert await _apply(database, old + young) == 10
     await _age(database, old, keep + timedelta(hours=1))
     await _age(database, young, keep - timedelta(hours=1))
