@@ -92,8 +92,9 @@ class ModelCatalog:
         self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int
     ) -> tuple[model_pb2.Model | None, money_pb2.Money]:
         """The model usage counted here (no provider figure) is charged to and its cost, from cached prices
-        only: it runs in finalisers that must not wait on inference. The costliest model ``name`` may run on,
-        as the reservation assumed; None when nothing is known."""
+        only: it runs in finalisers that must not wait on inference. ``name`` is a model or an alias: the
+        costliest model it may run on is taken, as the reservation assumed (for a model inference announced,
+        that model itself); None when nothing is known."""
         models = self._cache.get(caller.tenant_id)
         candidates = self.candidates(models or (), name)
         if not candidates:

@@ -516,8 +516,8 @@ class ChatFlow:
         """A model call started beside the budget hold, stopped before the hold was granted."""
         stream.cancel()
         run.outcome.speculation_unanswered = True
-        # The audit record names the model the prompt was sent to, as inference announced it; none came, no
-        # provider saw the prompt (the record then names the model asked for).
+        # The audit record names the model inference announced it was sending the prompt to; when no
+        # announcement had arrived (none made yet, or one still in flight) it names the model asked for.
         sent = stream.prompt_sent
         if sent is not None:
             run.outcome.estimated_model, run.outcome.estimated_provider = sent.model, sent.provider

@@ -469,6 +469,8 @@ class Engine:
             breaker = self.breakers.get(model.provider, model.name)
             timeouts = self.config.timeouts_for(model.provider)
             request = self._provider_request(model, state, generation)
+            # Counted once per model (the prompt is the same on every retry), announced before each attempt.
+            announcement = self._prompt_sent(model, request) if state.report_prompt_sent else None
             retry_number = 0
             while True:
                 permit = breaker.allow()
@@ -479,8 +481,8 @@ class Engine:
                         )
                     )
                     break
-                if state.report_prompt_sent:
-                    yield Response(prompt_sent=self._prompt_sent(model, request))
+                if announcement is not None:
+                    yield Response(prompt_sent=announcement)
                 received: list[str] = []
                 clock = AttemptClock(model)
                 try:

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from tokenizers import Tokenizer
 
-from parapet.embeddings import Embedder, EmbeddingRejected, EmbeddingUnavailable, Vector
+from parapet.embeddings import Embedder, EmbeddingRejected, EmbeddingUnavailable, Vector, embed_own
 from parapet.kit.database import Database
 from parapet.kit.errors import (
     Aborted,
@@ -367,24 +367,17 @@ class Ingestor:
         self, documents: list[Prepared]
     ) -> tuple[list[Prepared], list[Vector], list[pb.DocumentResult]]:
         """The documents the embedder accepts, their chunks' vectors in order, and the rejections of the others
-        (`_not_embeddable`). A refusal that names none of these documents' texts came from a computation shared
-        with a concurrent call (`CachedEmbedder`); the call is made once more, then given up as UNAVAILABLE."""
+        (`_not_embeddable`); a refusal always names some of these documents' texts (`embed_own`)."""
         rejected: list[pb.DocumentResult] = []
-        shared_refusals = 0
         while True:
             try:
-                vectors = await self._embedder.embed([c.text for d in documents for c in d.chunks])
+                vectors = await embed_own(self._embedder, [c.text for d in documents for c in d.chunks])
             except EmbeddingUnavailable as error:
                 raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
             except EmbeddingRejected as error:
                 refusals = [(d, _not_embeddable(d, error.refused)) for d in documents]
                 documents = [d for d, refusal in refusals if refusal is None]
-                found = [refusal for _, refusal in refusals if refusal is not None]
-                if not found:
-                    shared_refusals += 1
-                if shared_refusals > 1:
-                    raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
-                rejected += found
+                rejected += [refusal for _, refusal in refusals if refusal is not None]
                 continue
             return documents, vectors, rejected
 

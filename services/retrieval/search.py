@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from parapet.embeddings import Embedder, EmbeddingRejected, EmbeddingUnavailable
+from parapet.embeddings import Embedder, EmbeddingRejected, EmbeddingUnavailable, embed_own
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument, Unavailable
 from parapet.retrieval.v1 import chunk_pb2, citation_pb2
@@ -72,7 +72,7 @@ class Searcher:
 
     async def _vector(self, request: SearchRequest, limit: int) -> list[tuple[str, float]]:
         try:
-            (vector,) = await self._embedder.embed([request.query])
+            (vector,) = await embed_own(self._embedder, [request.query])
             hits = await self._store.query(
                 request.tenant_id,
                 vector,
@@ -83,7 +83,7 @@ class Searcher:
             raise Unavailable(f"embedding failed: {error}", reason="EMBEDDING_UNAVAILABLE") from error
         except EmbeddingRejected as error:
             # The provider will never embed this question (longer than its model reads): the caller's to change.
-            (reason,) = error.refused.values()
+            reason = error.refused[request.query]
             message = f"the embeddings provider refuses this query ({reason})"
             raise InvalidArgument(
                 message, reason="QUERY_NOT_EMBEDDABLE", field_violations=[("query", message)]

@@ -6,6 +6,21 @@ embedded once.
 """
 
 from parapet.embeddings.cache import CachedEmbedder
-from parapet.embeddings.protocol import DIMENSION, Embedder, EmbeddingRejected, EmbeddingUnavailable, Vector
+from parapet.embeddings.protocol import (
+    DIMENSION,
+    Embedder,
+    EmbeddingRejected,
+    EmbeddingUnavailable,
+    Vector,
+    embed_own,
+)
 
-__all__ = ["DIMENSION", "CachedEmbedder", "Embedder", "EmbeddingRejected", "EmbeddingUnavailable", "Vector"]
+__all__ = [
+    "DIMENSION",
+    "CachedEmbedder",
+    "Embedder",
+    "EmbeddingRejected",
+    "EmbeddingUnavailable",
+    "Vector",
+    "embed_own",
+]

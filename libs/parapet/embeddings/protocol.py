@@ -42,3 +42,24 @@ class Embedder(Protocol):
         """Embeds `texts` (any number; implementations batch). Raises `EmbeddingUnavailable` (retry later) or
         `EmbeddingRejected` (texts the backend will never embed)."""
         ...
+
+
+async def embed_own(embedder: Embedder, texts: Sequence[str]) -> list[Vector]:
+    """``embedder.embed(texts)``, where an ``EmbeddingRejected`` always names some of ``texts``.
+
+    A cache that shares one computation between callers asking for the same text (``CachedEmbedder``) hands
+    every waiter that computation's failure, so a refusal may name only another caller's texts: it says nothing
+    about ours. Such a call is made once more (the shared computation is over by then); refused that way again,
+    it is given up as unavailable, never reported as our texts' refusal."""
+    own = set(texts)
+    for attempt in range(2):
+        try:
+            return await embedder.embed(list(texts))
+        except EmbeddingRejected as error:
+            if own & error.refused.keys():
+                raise EmbeddingRejected({t: r for t, r in error.refused.items() if t in own}) from error
+            if attempt:
+                raise EmbeddingUnavailable(
+                    f"a shared embedding call was refused for other texts: {error}"
+                ) from error
+    raise AssertionError("unreachable")

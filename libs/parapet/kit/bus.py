@@ -222,7 +222,14 @@ class Bus:
                 subject, payload, timeout=timeout, headers=all_headers or None
             )
         except NoStreamResponseError:
-            if not await self.restore_stream(subject):
+            try:
+                restored = await self.restore_stream(subject)
+            except Exception:
+                # A JetStream still recovering may refuse the declaration too: the publish fails as it would
+                # have (no stream), which callers treat as NATS being unavailable.
+                log.warning("declaring the stream of %s again failed", subject, exc_info=True)
+                restored = False
+            if not restored:
                 raise
         ack: PubAck = await self.jetstream.publish(
             subject, payload, timeout=timeout, headers=all_headers or None

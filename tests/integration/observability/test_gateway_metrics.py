@@ -34,7 +34,12 @@ from tests.integration.gateway.conftest import (
 )
 from tests.integration.observability.scrape import Samples, scrape, until
 
-__all__ = ["main_gateway_overrides", "module_nats", "module_nats_server", "suite"]  # the gateway suite's fixtures, for this module
+__all__ = [
+    "main_gateway_overrides",
+    "module_nats",
+    "module_nats_server",
+    "suite",
+]  # the gateway suite's fixtures, for this module
 
 pytestmark = MODULE
 

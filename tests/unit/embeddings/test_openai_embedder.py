@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import openai
 import pytest
 
-from parapet.embeddings import DIMENSION, CachedEmbedder, Embedder, EmbeddingRejected, EmbeddingUnavailable
+from parapet.embeddings import (
+    DIMENSION,
+    CachedEmbedder,
+    Embedder,
+    EmbeddingRejected,
+    EmbeddingUnavailable,
+    embed_own,
+)
 from parapet.embeddings.openai_embedder import OpenAIEmbedder
 from parapet.embeddings.testing import OpenAIEmbeddingsEmulator, fake_vector
 
@@ -102,3 +110,20 @@ async def test_cache_in_front_of_the_provider_sends_each_text_once() -> None:
         await cache.embed(["a", "b", "a"])
         await cache.embed(["b", "a"])
     assert [r["input"] for r in emulator.requests] == [["a", "b"]]
+
+
+async def test_a_caller_sharing_a_refused_computation_gets_its_own_answer_not_the_other_s_refusal() -> None:
+    """The cache shares one provider call between callers asking for the same text: a question equal to a
+    chunk a concurrent ingestion embeds beside a text the provider refuses got that refusal (a valid query
+    answered QUERY_NOT_EMBEDDABLE, or INTERNAL with two refused texts). ``embed_own`` asks again instead, and
+    a refusal of the caller's own text still names only it."""
+    long_text = "x" * 60
+    with OpenAIEmbeddingsEmulator(max_input_chars=50) as emulator:
+        cache = CachedEmbedder(OpenAIEmbedder(_client(emulator)))
+        ingesting = asyncio.ensure_future(embed_own(cache, ["what is the refund policy?", long_text]))
+        await asyncio.sleep(0)  # its provider call is under way, the question's vector among it
+        (vector,) = await embed_own(cache, ["what is the refund policy?"])
+        with pytest.raises(EmbeddingRejected) as refused:
+            await ingesting
+    assert len(vector) == DIMENSION
+    assert list(refused.value.refused) == [long_text]
