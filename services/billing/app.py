@@ -13,6 +13,7 @@ import grpc
 
 from parapet.billing.v1 import billing_service_pb2_grpc
 from parapet.events.usage import USAGE_STREAM
+from parapet.kit import periodic
 from parapet.kit.app import Resources, ServiceApp
 from services.billing import pruning
 from services.billing.consumer import UsageConsumer
@@ -38,8 +39,11 @@ async def register(server: grpc.aio.Server, resources: Resources[BillingSettings
     )
     resources.spawn(consumer.run(), name="usage-consumer")
     keep = timedelta(seconds=settings.processed_event_retention_seconds)
+    prune = periodic.until_none_left(
+        lambda: pruning.delete_processed_ids(database, keep), "processed event ids"
+    )
     resources.spawn(
-        pruning.sweep(database, keep, settings.processed_event_sweep_interval_seconds),
+        periodic.every(settings.processed_event_sweep_interval_seconds, prune, "processed_events sweep"),
         name="processed-events-sweeper",
     )
 

@@ -7,21 +7,17 @@ and each republished message then stays in the stream for its max age). ``proces
 must therefore exceed the stream's max age plus metering's outbox retention (docs/metering.md); the settings
 refuse one that does not exceed the stream's max age.
 
-Deleted in batches, each its own short transaction, so a backlog never holds a long one against the consumer.
+Deleted in batches, each its own short transaction, so a backlog never holds a long one against the consumer;
+the app repeats them until none is left, every ``processed_event_sweep_interval_seconds`` (``parapet.kit.periodic``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import timedelta
 
 from sqlalchemy import text
 
 from parapet.kit.database import Database
-from services.metering.pruning import drain
-
-log = logging.getLogger(__name__)
 
 BATCH = 5000
 
@@ -40,20 +36,3 @@ async def delete_processed_ids(database: Database, keep: timedelta, batch: int =
     async with database.transaction() as session:
         result = await session.execute(DELETE_PROCESSED, {"keep": keep, "batch": batch})
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def prune(database: Database, keep: timedelta, batch: int = BATCH) -> int:
-    """Delete every expired id, batch after batch; returns how many."""
-    return await drain(lambda: delete_processed_ids(database, keep, batch), batch)
-
-
-async def sweep(database: Database, keep: timedelta, interval: float) -> None:
-    """Prune forever, every ``interval`` seconds."""
-    while True:
-        try:
-            await prune(database, keep)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("processed_events sweep failed; retrying")
-        await asyncio.sleep(interval)

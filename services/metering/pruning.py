@@ -1,18 +1,18 @@
 """The sweeper's deletes of garbage rows: old rate counters, sent outbox rows, ended reservations.
 
-Each call deletes at most one batch in its own short transaction, and the sweeper repeats it while batches come
-back full: a backlog (a table never pruned before this release, or a sweeper stopped for a day) is worked off
+Each call deletes at most one batch in its own short transaction, and the sweeper repeats it until none is left
+(``parapet.kit.periodic.until_none_left``): a backlog (a table never pruned before this release, or a sweeper stopped for a day) is worked off
 in many small transactions instead of one that holds its row locks, and keeps its snapshot, for minutes.
 Every replica sweeps; ``SKIP LOCKED`` keeps two replicas from waiting on each other's batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import TextClause, text
 
+from parapet.kit import periodic
 from parapet.kit.database import Database
 
 BATCH = 5000
@@ -64,20 +64,11 @@ async def delete_old_rate_counters(database: Database, batch: int = BATCH) -> in
     return await _delete_batch(database, DELETE_OLD_RATE_COUNTERS, {"batch": batch})
 
 
-async def drain(delete: Callable[[], Awaitable[int]], batch: int) -> int:
-    """Call ``delete`` (one batch) until a batch comes back short; returns the rows deleted in all."""
-    total = 0
-    while True:
-        deleted = await delete()
-        total += deleted
-        if deleted < batch:
-            return total
-
-
 async def prune(database: Database, *, outbox: timedelta, reservations: timedelta, batch: int = BATCH) -> int:
     """Delete every garbage row, batch after batch; returns how many rows went."""
-    return (
-        await drain(lambda: delete_old_rate_counters(database, batch), batch)
-        + await drain(lambda: delete_sent_outbox(database, outbox, batch), batch)
-        + await drain(lambda: delete_ended_reservations(database, reservations, batch), batch)
+    deletions = (
+        (lambda: delete_old_rate_counters(database, batch), "old rate counters"),
+        (lambda: delete_sent_outbox(database, outbox, batch), "sent outbox rows"),
+        (lambda: delete_ended_reservations(database, reservations, batch), "ended reservations"),
     )
+    return sum([await periodic.until_none_left(delete, what)() for delete, what in deletions])

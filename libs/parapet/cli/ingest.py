@@ -133,16 +133,12 @@ Listener = Callable[[retrieval_service_pb2.StreamIngestDocumentsResponse], objec
 ProblemListener = Callable[[documents.Candidate, str], object]
 
 
-def _ignore(candidate: documents.Candidate, why: str) -> None:
-    return None
-
-
 def document_requests(
     candidates: Sequence[documents.Candidate],
     *,
     groups: Sequence[str] = (),
     metadata_pairs: Sequence[tuple[str, str]] = (),
-    on_problem: ProblemListener = _ignore,
+    on_problem: ProblemListener,
 ) -> Iterator[retrieval_service_pb2.StreamIngestDocumentsRequest]:
     """One request per candidate, each file read only when the stream takes its request: gRPC's flow
     control then keeps a few documents in memory, not a whole folder (up to 3 MiB each; all of them were

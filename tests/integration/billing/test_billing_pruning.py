@@ -5,29 +5,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from parapet.kit.database import Database
-from parapet.kit.migrations import migrate
 from parapet.usage.v1 import usage_event_pb2
 from services.billing import pruning, rollups
 from tests.integration.billing.conftest import usage_event
-from tests.integration.metering.metering_support import new_tenant, plan_without_seqscan, uses_index
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.integration.metering.metering_support import (
+    migrated_database,
+    new_tenant,
+    plan_without_seqscan,
+    uses_index,
+)
 
 
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
-    await migrate(database_url, "billing", ROOT / "services/billing/migrations")
-    database = Database(database_url, "billing")
-    try:
+    async with migrated_database(database_url, "billing") as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def _apply(database: Database, events: list[usage_event_pb2.UsageEvent]) -> int:

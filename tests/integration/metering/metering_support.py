@@ -18,6 +18,7 @@ from parapet.auth.v1 import tenant_policy_pb2
 from parapet.billing.v1 import billing_service_pb2_grpc
 from parapet.kit.database import Database
 from parapet.kit.identity import Principal
+from parapet.kit.migrations import migrate
 from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2 as mpb
 from parapet.metering.v1 import metering_service_pb2_grpc
@@ -247,3 +248,17 @@ def uses_index(plan: str, index: str) -> bool:
         re.search(rf"(Index Scan using|Index Only Scan using|Bitmap Index Scan on) {index}\b", plan)
         is not None
     )
+
+
+SERVICES = Path(__file__).resolve().parents[3] / "services"
+
+
+@asynccontextmanager
+async def migrated_database(database_url: str, service: str) -> AsyncIterator[Database]:
+    """``service``'s schema migrated to head, and a database handle on it (closed afterwards)."""
+    await migrate(database_url, service, SERVICES / service / "migrations")
+    database = Database(database_url, service)
+    try:
+        yield database
+    finally:
+        await database.close()

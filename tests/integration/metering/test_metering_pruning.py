@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import text
 
 from parapet.kit.database import Database
-from parapet.kit.migrations import migrate
 from parapet.kit.testing import TestKeys, running
 from parapet.metering.v1 import metering_service_pb2 as mpb
 from parapet.metering.v1 import metering_service_pb2_grpc
@@ -28,23 +27,18 @@ from services.metering.relay import UNSENT_BATCH
 from tests.integration.metering.metering_support import (
     caller,
     metering_settings,
+    migrated_database,
     new_tenant,
     plan_without_seqscan,
     settle,
     uses_index,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
-
 
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
-    await migrate(database_url, "metering", ROOT / "services/metering/migrations")
-    database = Database(database_url, "metering")
-    try:
+    async with migrated_database(database_url, "metering") as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def _execute(database: Database, sql: str, params: dict[str, Any]) -> None:
