@@ -25,10 +25,11 @@ from bench.children import cpu_seconds, pin
 from bench.metering_support import ROOT, Infra, infrastructure, service_process, write_files
 from bench.report import table, write_section
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events import usage as usage_events
 from parapet.kit.migrations import migrate
 from parapet.kit.testing import make_test_keys, running
 from services.metering.app import APP as METERING
-from services.metering.ledger import COLUMNS, SUBJECT_PREFIX, UsageRecord, event_headers
+from services.metering.ledger import COLUMNS, UsageRecord, event_headers
 from services.metering.settings import MeteringSettings
 
 TENANT = "bench"
@@ -79,7 +80,7 @@ async def _backlog(url: str) -> None:
                     await copy.write_row(
                         [
                             r.event_id,
-                            SUBJECT_PREFIX + TENANT,
+                            usage_events.subject(TENANT),
                             r.to_event().SerializeToString(),
                             json.dumps(event_headers(r)),
                         ]

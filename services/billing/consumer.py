@@ -7,7 +7,8 @@ acks redelivers events whose ids are already recorded: they are acknowledged wit
 
 Events that can never be applied are set aside (logged at ERROR with their id and stream sequence, then
 terminated: never redelivered, still in the stream until its retention drops them) instead of blocking every
-batch behind them forever: undecodable ones, and those whose figures the database refuses (a data exception,
+batch behind them forever: undecodable ones, those whose tenant is not their subject's (a publisher allowed
+only its own subjects must not charge another tenant), and those whose figures the database refuses (a data exception,
 SQLSTATE class 22, such as a rollup sum beyond bigint). Such an event fails its whole batch's transaction, so
 the batch is halved until it stands alone; any other database error leaves the batch to be redelivered.
 """
@@ -25,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from parapet.events.usage import USAGE_STREAM
+from parapet.events.usage import USAGE_STREAM, tenant_of
 from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
@@ -88,6 +89,10 @@ class UsageConsumer:
             if event is None:
                 await _set_aside(
                     message, "", "not a UsageEvent with a UUID id and a valid occur_time", kind="undecodable"
+                )
+            elif event.tenant_id != tenant_of(message.subject):
+                await _set_aside(
+                    message, event.event_id, "tenant_id does not match the subject", kind="mismatched"
                 )
             else:
                 batch.append((message, event))

@@ -15,9 +15,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parapet.events import usage as usage_events
 from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
 
-SUBJECT_PREFIX = "parapet.usage.v1."
 EVENT_TYPE = "dev.parapet.usage.v1.UsageEvent"
 EVENT_SOURCE = "/parapet/metering"
 
@@ -150,7 +150,7 @@ def outbox_params(record: UsageRecord) -> dict[str, Any]:
     """The outbox row's values: the UsageEvent to publish, its subject and CloudEvents headers."""
     return {
         "event_id": record.event_id,
-        "subject": SUBJECT_PREFIX + record.tenant_id,
+        "subject": usage_events.subject(record.tenant_id),
         "payload": record.to_event().SerializeToString(),
         "headers": json.dumps(event_headers(record)),
     }

@@ -6,11 +6,11 @@ whichever starts first creates it and the others' declarations are no-ops.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.kit.bus import Bus, StreamSpec
+from parapet.kit.identity import TENANT_ID_PATTERN
 
 SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
@@ -26,7 +26,6 @@ AUDIT_STREAM = StreamSpec(
     retention="workqueue",
     description="Audit records until the audit service stores them",
 )
-TENANT_ID = re.compile(r"^[a-z0-9-]{1,63}$")
 # The longest a record's bodies may be kept (ten years: beyond any retention rule, and a bound that keeps
 # expiry dates computable). Tenant policies (auth) and records (audit) are held to it.
 MAX_BODY_RETENTION_DAYS = 3660
@@ -55,7 +54,7 @@ def tenant_of(subject_name: str) -> str | None:
     if not subject_name.startswith(SUBJECT_PREFIX):
         return None
     tenant = subject_name[len(SUBJECT_PREFIX) :]
-    return tenant if TENANT_ID.match(tenant) else None
+    return tenant if TENANT_ID_PATTERN.fullmatch(tenant) else None
 
 
 def headers(record: audit_record_pb2.AuditRecord, source: str) -> dict[str, str]:

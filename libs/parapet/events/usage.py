@@ -8,13 +8,28 @@ window at thousands of events per second; consumers deduplicate by event id beyo
 """
 
 from parapet.kit.bus import StreamSpec
+from parapet.kit.identity import TENANT_ID_PATTERN
 
+SUBJECT_PREFIX = "parapet.usage.v1."
 USAGE_STREAM = StreamSpec(
     name="USAGE",
-    subjects=("parapet.usage.v1.*",),
+    subjects=(SUBJECT_PREFIX + "*",),
     retention="limits",
     storage="file",
     max_age_seconds=7 * 24 * 3600.0,
     duplicate_window_seconds=120.0,
     description="parapet.usage.v1.UsageEvent per settled request (docs/usage-events.md)",
 )
+
+
+def subject(tenant_id: str) -> str:
+    """The subject of ``tenant_id``'s usage events: the tenant is the last token (docs/usage-events.md)."""
+    return SUBJECT_PREFIX + tenant_id
+
+
+def tenant_of(subject_name: str) -> str | None:
+    """The tenant a usage subject names, or None when it is not one of a valid tenant id."""
+    if not subject_name.startswith(SUBJECT_PREFIX):
+        return None
+    tenant = subject_name[len(SUBJECT_PREFIX) :]
+    return tenant if TENANT_ID_PATTERN.fullmatch(tenant) else None

@@ -331,7 +331,7 @@ def record_moderation_finding(category: str, action: str, stage: str, count: int
     MODERATION_FINDINGS.labels(category, action, stage).inc(count)
 
 
-BILLING_SET_ASIDE_REASONS = ("undecodable", "refused")
+BILLING_SET_ASIDE_REASONS = ("undecodable", "mismatched", "refused")
 # Exported at 0 from the start: Prometheus' increase() sees nothing in a series whose first sample is already 1,
 # and set-asides are rare enough that the first may be the only one (the alert would then never fire).
 for _reason in BILLING_SET_ASIDE_REASONS:

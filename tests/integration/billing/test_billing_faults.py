@@ -274,7 +274,7 @@ async def test_committed_unacked_batch_and_deliberate_duplicates_count_once(
         await bus.close()
 
 
-async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
+async def test_events_that_can_never_be_applied_are_set_aside_and_block_nothing(
     database_url: str, fresh_nats: EmbeddedNats
 ) -> None:
     await migrate(database_url, "billing", ROOT / "services/billing/migrations")
@@ -296,6 +296,12 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
         for event in [ordinary[0], *huge, *ordinary[1:], unplaceable]:
             subject = f"parapet.usage.v1.{event.tenant_id}"
             await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
+        # Published on the other tenant's subject but charging this one: a publisher that NATS lets write
+        # only its own tenant's subject must not charge another. Before, it was counted for `tenant`.
+        foreign = usage_event(tenant, 7)
+        await bus.publish(
+            f"parapet.usage.v1.{other}", foreign.SerializeToString(), msg_id=foreign.event_id, headers=headers
+        )
         consumer = UsageConsumer(
             database,
             bus,
@@ -306,7 +312,9 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
             max_ack_pending=1000,
         )
         await (await consumer.subscribe()).unsubscribe()  # the durable exists before it is asked about
-        set_aside_before = {reason: _set_aside_count(reason) for reason in ("refused", "undecodable")}
+        set_aside_before = {
+            reason: _set_aside_count(reason) for reason in ("refused", "undecodable", "mismatched")
+        }
         task = asyncio.create_task(consumer.run())
         try:
             deadline = asyncio.get_running_loop().time() + 30
@@ -327,6 +335,7 @@ async def test_events_the_database_refuses_are_set_aside_and_block_nothing(
         # Counted (and alerted on: ParapetBillingEventsSetAside), not only logged.
         assert _set_aside_count("refused") - set_aside_before["refused"] == 1
         assert _set_aside_count("undecodable") - set_aside_before["undecodable"] == 1
+        assert _set_aside_count("mismatched") - set_aside_before["mismatched"] == 1
     finally:
         await database.close()
         await bus.close()
