@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC
 
 from parapet.audit.v1 import audit_record_pb2
+from parapet.events.tenants import tenant_of_subject, tenant_subject
 from parapet.kit.bus import Bus, StreamSpec
-from parapet.kit.identity import TENANT_ID_PATTERN
 
 SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
@@ -46,15 +46,12 @@ REJECTED_FROM_HEADER = "parapet-rejected-subject"
 
 
 def subject(tenant_id: str) -> str:
-    return SUBJECT_PREFIX + tenant_id
+    return tenant_subject(SUBJECT_PREFIX, tenant_id)
 
 
 def tenant_of(subject_name: str) -> str | None:
     """The tenant a subject names, or None when it is not an audit subject of a valid tenant id."""
-    if not subject_name.startswith(SUBJECT_PREFIX):
-        return None
-    tenant = subject_name[len(SUBJECT_PREFIX) :]
-    return tenant if TENANT_ID_PATTERN.fullmatch(tenant) else None
+    return tenant_of_subject(SUBJECT_PREFIX, subject_name)
 
 
 def headers(record: audit_record_pb2.AuditRecord, source: str) -> dict[str, str]:

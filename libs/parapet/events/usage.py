@@ -7,8 +7,8 @@ server's ack and marking the outbox row sent (that gap is milliseconds), without
 window at thousands of events per second; consumers deduplicate by event id beyond it.
 """
 
+from parapet.events.tenants import tenant_of_subject, tenant_subject
 from parapet.kit.bus import StreamSpec
-from parapet.kit.identity import TENANT_ID_PATTERN
 
 SUBJECT_PREFIX = "parapet.usage.v1."
 USAGE_STREAM = StreamSpec(
@@ -23,13 +23,9 @@ USAGE_STREAM = StreamSpec(
 
 
 def subject(tenant_id: str) -> str:
-    """The subject of ``tenant_id``'s usage events: the tenant is the last token (docs/usage-events.md)."""
-    return SUBJECT_PREFIX + tenant_id
+    return tenant_subject(SUBJECT_PREFIX, tenant_id)
 
 
 def tenant_of(subject_name: str) -> str | None:
     """The tenant a usage subject names, or None when it is not one of a valid tenant id."""
-    if not subject_name.startswith(SUBJECT_PREFIX):
-        return None
-    tenant = subject_name[len(SUBJECT_PREFIX) :]
-    return tenant if TENANT_ID_PATTERN.fullmatch(tenant) else None
+    return tenant_of_subject(SUBJECT_PREFIX, subject_name)
