@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from parapet.events.audit import AUDIT_STREAM
 from parapet.events.usage import USAGE_STREAM
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.database import Database
@@ -57,7 +58,7 @@ async def register(server: grpc.aio.Server, resources: Resources[MeteringSetting
     assert settings.database_url is not None  # uses_database: the kit refuses to start without one
     fast = reservations.reserve_engine(settings.database_url, database.schema)
     resources.cleanup.push_async_callback(fast.dispose)
-    servicer = MeteringServicer(database, fast, policies, relay, settings)
+    servicer = MeteringServicer(database, fast, policies, relay, settings, resources.require_bus())
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     for worker in range(settings.relay_workers):
         resources.spawn(relay.run(), name=f"outbox-relay-{worker}")
@@ -72,5 +73,5 @@ APP = ServiceApp(
     uses_database=True,
     uses_nats=True,
     migrations=Path(__file__).parent / "migrations",
-    streams=(USAGE_STREAM,),
+    streams=(USAGE_STREAM, AUDIT_STREAM),  # AUDIT: a replay is recorded in the operator's trail
 )

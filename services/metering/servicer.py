@@ -13,10 +13,12 @@ import grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parapet.events import audit as audit_events
 from parapet.kit import paging, wellknown
+from parapet.kit.bus import Bus
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
-from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from parapet.metering.v1 import (
     budget_status_pb2,
     metering_service_pb2,
@@ -88,6 +90,10 @@ def _request_id(value: str, field: str = "request_id") -> str:
     return value
 
 
+REPLAY_METHOD = "/parapet.metering.v1.MeteringService/ReplayUsageEvents"
+AUDIT_SOURCE = "/parapet/metering"
+
+
 def _check_replay_start(start: datetime, window: replay.Window) -> None:
     """A start the outbox no longer fully covers is refused, never replayed in part: rows sent before the
     retention are deleted, and a replay reaching past them would silently leave their events unpublished."""
@@ -113,8 +119,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         policies: PolicySource,
         relay: OutboxRelay,
         settings: MeteringSettings,
+        bus: Bus,
     ) -> None:
         self._database = database
+        self._bus = bus
         self._reserve_engine = reserve_engine
         self._policies = policies
         self._relay = relay
@@ -424,6 +432,26 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             "usage events marked for publishing again",
             extra={"start_time": start.isoformat(), "event_count": count, "subject": principal.subject},
         )
+        # In the operator's (platform) tenant's trail, like auth's admin actions. Published after the rows are
+        # marked, so it states how many; a replay whose record cannot be written fails instead, and the
+        # operator's retry (a replay counts each event once in billing however often it runs) records it.
+        record = audit_events.admin_record(
+            principal.tenant_id,
+            principal,
+            REPLAY_METHOD,
+            "usage-events",
+            attributes={"start_time": start.isoformat(), "event_count": str(count)},
+        )
+        try:
+            await audit_events.publish(self._bus, record, source=AUDIT_SOURCE)
+        except Exception as error:
+            log.error("the replay's audit record was not published: %r", error)
+            raise Unavailable(
+                f"{count} usage events were marked for publishing again, but the audit trail could not record "
+                "the replay; run it again (billing counts each event once however often it is replayed)",
+                reason="AUDIT_UNAVAILABLE",
+                retry_after=1.0,
+            ) from error
         return metering_service_pb2.ReplayUsageEventsResponse(
             event_count=count, earliest_start_time=_timestamp(window.earliest_start)
         )

@@ -1,16 +1,20 @@
 """The audit stream as docs/contracts.md defines it: subject, CloudEvents headers, stream declaration.
 
-Every producer (gateway, auth) and the audit service declare the stream with this same configuration, so
+Every producer (gateway, auth, metering) and the audit service declare the stream with this same configuration, so
 whichever starts first creates it and the others' declarations are no-ops.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import UTC
 
-from parapet.audit.v1 import audit_record_pb2
+from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
 from parapet.events.tenants import tenant_of_subject, tenant_subject
 from parapet.kit.bus import Bus, StreamSpec
+from parapet.kit.context import current_request_id
+from parapet.kit.identity import Principal
 
 SUBJECT_PREFIX = "parapet.audit.v1."
 CE_TYPE = "dev.parapet.audit.v1.AuditRecord"
@@ -75,3 +79,31 @@ async def publish(bus: Bus, record: audit_record_pb2.AuditRecord, *, source: str
         msg_id=record.record_id,
         headers=headers(record, source),
     )
+
+
+def admin_record(
+    tenant_id: str,
+    actor: Principal,
+    method: str,
+    target: str,
+    *,
+    status_code: int = 0,
+    error_reason: str = "",
+    attributes: Mapping[str, str] | None = None,
+) -> audit_record_pb2.AuditRecord:
+    """The audit record of an administrative action by ``actor`` (a new record id; now as its time)."""
+    record = audit_record_pb2.AuditRecord(
+        record_id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        admin_action=admin_action_pb2.AdminAction(
+            actor=actor.to_proto(),
+            method=method,
+            target=target,
+            status_code=status_code,
+            error_reason=error_reason,
+            attributes=dict(attributes or {}),
+            request_id=current_request_id() or "",
+        ),
+    )
+    record.create_time.GetCurrentTime()
+    return record

@@ -293,3 +293,46 @@ async def test_replay_refuses_a_start_it_cannot_honour_and_marks_nothing(
             ).scalar_one()
         assert unsent is False  # nothing was marked
     await database.close()
+
+
+async def test_a_replay_is_recorded_in_the_operators_audit_trail_or_refused(
+    tmp_path: Path, keys: TestKeys, database_url: str, fresh_nats: EmbeddedNats
+) -> None:
+    from parapet.audit.v1 import audit_record_pb2
+    from parapet.events.audit import AUDIT_STREAM
+    from parapet.events.audit import subject as audit_subject
+
+    policy_file = write_policies(tmp_path / "policies.json", {PLATFORM: platform_policy()})
+    settings = metering_settings(tmp_path, keys, database_url, fresh_nats.url, policy_file)
+    database = Database(database_url, "metering")
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(database.close)
+        bus = await Bus.connect(fresh_nats.url)
+        stack.push_async_callback(bus.close)
+        _server, port = await stack.enter_async_context(running(METERING, settings))
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        metering = Stub(channel)
+        start = await _database_now(database) - timedelta(minutes=1)
+        reply = await _replay(metering, keys, start)
+
+        stored = await bus.jetstream.get_last_msg(AUDIT_STREAM.name, audit_subject(PLATFORM))
+        record = audit_record_pb2.AuditRecord.FromString(stored.data or b"")
+        action = record.admin_action
+        assert record.tenant_id == PLATFORM
+        assert action.method == "/parapet.metering.v1.MeteringService/ReplayUsageEvents"
+        assert action.actor.tenant_id == PLATFORM and action.actor.subject
+        assert dict(action.attributes) == {
+            "start_time": start.isoformat(),
+            "event_count": str(reply.event_count),
+        }
+
+        # With NATS down the replay's record cannot be written: the call says so instead of succeeding
+        # unrecorded (the marked rows are published once NATS is back; running the replay again records it).
+        await asyncio.to_thread(fresh_nats.stop)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _replay(metering, keys, start)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert _violations(caught.value)[0] == "AUDIT_UNAVAILABLE"
+        finally:
+            await asyncio.to_thread(fresh_nats.start)
