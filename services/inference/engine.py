@@ -44,7 +44,7 @@ from services.inference.cache.store import CachedAnswer, NewEntry, SemanticCache
 from services.inference.config import InferenceConfig, ModelConfig
 from services.inference.policy import PolicySource
 from services.inference.pricing import cost_micros_exact, to_micros
-from services.inference.prompts import ContextDocument, PromptLibrary, RenderedPrompt, Template
+from services.inference.prompts import ContextDocument, PromptLibrary, RenderedPrompt
 from services.inference.providers.base import (
     Delta,
     Finish,
@@ -143,20 +143,23 @@ def _split_for_stream(text: str) -> list[str]:
 def _cache_key(
     principal: Principal,
     plan: Plan,
-    template: Template,
+    rendered: RenderedPrompt,
     generation: dict[str, object],
     conversation: list[PromptMessage],
     context: list[ContextDocument],
 ) -> CacheKey:
     """Whose answers this request may get: the tenant's, for the caller's access scope, in the partition of
-    requests equivalent to it (same route, template, parameters, earlier turns and grounding)."""
+    requests equivalent to it (same route and chosen model, template and rendered system text, parameters,
+    earlier turns and grounding)."""
     return CacheKey(
         principal.tenant_id,
         scope_key(principal.groups),
         partition_key(
             plan.entry,
-            template.name,
-            template.version,
+            plan.chain[0].name,
+            rendered.template.name,
+            rendered.template.version,
+            rendered.system,
             generation,
             [(m.role, m.content) for m in conversation[:-1]],
             [(c.document_id, c.title, c.source_uri, c.text) for c in context],
@@ -244,7 +247,7 @@ class Engine:
         mode = request.cache_mode or cache_pb2.CACHE_MODE_READ_WRITE
         key: CacheKey | None = None
         if self.cache is not None and mode != cache_pb2.CACHE_MODE_DISABLED:
-            key = _cache_key(principal, plan, template, generation, conversation, context)
+            key = _cache_key(principal, plan, rendered, generation, conversation, context)
         if key is not None and self.cache is not None and mode == cache_pb2.CACHE_MODE_READ_WRITE:
             hit = await self._lookup(key, question)
             if hit is not None:
@@ -481,11 +484,13 @@ class Engine:
                         )
                     )
                     break
-                if announcement is not None:
-                    yield Response(prompt_sent=announcement)
                 received: list[str] = []
                 clock = AttemptClock(model)
                 try:
+                    # Inside the try: a caller leaving while the announcement is sent must release the permit
+                    # (outside, a half-open trial's slot stayed taken for ever and the model was never retried).
+                    if announcement is not None:
+                        yield Response(prompt_sent=announcement)
                     async for event in timed_events(provider.stream(request), timeouts, deadline):
                         if isinstance(event, Delta):
                             clock.token()
@@ -514,7 +519,14 @@ class Engine:
                     last_error = error
                     if error.kind == "interrupted" or received:
                         # The provider took the prompt and produced something: that is consumed usage.
-                        state.tally.add(model, self._estimate(model, request, "".join(received)), True)
+                        usage = self._estimate(model, request, "".join(received))
+                        if error.partial_usage is not None:
+                            # The provider's own count of the prompt beats ours; the output is still counted.
+                            reported = error.partial_usage
+                            usage = Usage(
+                                reported.prompt_tokens, usage.completion_tokens, reported.cached_tokens
+                            )
+                        state.tally.add(model, usage, True)
                     if state.first_token is not None:
                         yield Response(summary=self._interrupted(state, model))
                         raise Unavailable(
@@ -552,9 +564,17 @@ class Engine:
                         )
                         break
                     await asyncio.sleep(delay)
-                except BaseException as error:
-                    if isinstance(error, DeadlineExceeded):
-                        clock.done("timeout")  # the caller's deadline came before the model's answer
+                except DeadlineExceeded:
+                    clock.done("timeout")  # the caller's deadline came before the model's answer
+                    breaker.release(permit)
+                    if state.first_token is not None:
+                        # The answer had begun: as for any failure after the first token, the summary (usage so
+                        # far, FINISH_REASON_ERROR) goes out before the status, within the margin kept for it
+                        # (attempt.DEADLINE_MARGIN_SECONDS). Without it the caller could not bill the tokens.
+                        state.tally.add(model, self._estimate(model, request, "".join(received)), True)
+                        yield Response(summary=self._interrupted(state, model))
+                    raise
+                except BaseException:
                     breaker.release(permit)
                     raise
         retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0

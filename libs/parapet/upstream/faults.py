@@ -15,7 +15,14 @@ The spec travels in the model name after the first ``;`` (``echo;status=503;time
 - ``error_after=N``: send an error event after N content chunks (a stream that began with 200 reporting a
   failure, as providers do when rate-limited or overloaded mid-answer), then end the stream
 - ``error_type=TYPE``: that event's error type (default ``api_error``; e.g. ``rate_limit_error``,
-  ``overloaded_error`` for Anthropic, ``rate_limit_exceeded``, ``server_error`` for OpenAI)
+  ``overloaded_error`` for Anthropic, ``rate_limit_exceeded``, ``server_error`` for OpenAI); with ``status``,
+  the error body's type instead of the API's usual one for that status (OpenAI's ``code`` too: e.g.
+  ``status=429;error_type=insufficient_quota``, an exhausted account)
+- ``prompt_tokens=N``: the prompt's tokens the usage reports, instead of the emulator's own count (a
+  provider's tokenizer counts differently from Parapet's offline estimate)
+- ``cache_read=N`` / ``cache_write=N``: of the prompt's tokens, those reported read from and written to the
+  provider's prompt cache (Anthropic's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``, which its
+  ``input_tokens`` leaves out; OpenAI's ``prompt_tokens_details.cached_tokens`` for reads)
 - ``omit_usage``: report no usage (non-streaming answers too)
 - ``finish=stop|length``: the finish reason reported
 - ``reply=TEXT``: the answer (URL-style ``+`` for spaces); default: an echo of the last user message
@@ -40,10 +47,13 @@ class Fault:
     cut_after: int | None = None
     malformed_after: int | None = None
     error_after: int | None = None
-    error_type: str = "api_error"
+    error_type: str | None = None  # None: "api_error" in a stream, the API's usual type for a status
     omit_usage: bool = False
     finish: str = "stop"
     reply: str | None = None
+    prompt_tokens: int | None = None
+    cache_read: int = 0
+    cache_write: int = 0
     tag: str = ""
 
     @property
@@ -52,7 +62,16 @@ class Fault:
 
 
 _FLOATS = {"retry_after", "first_token_delay", "chunk_delay"}
-_INTS = {"status", "times", "cut_after", "malformed_after", "error_after"}
+_INTS = {
+    "status",
+    "times",
+    "cut_after",
+    "malformed_after",
+    "error_after",
+    "prompt_tokens",
+    "cache_read",
+    "cache_write",
+}
 _FLAGS = {"reset", "omit_usage"}
 _STRINGS = {"finish", "reply", "tag", "error_type"}
 

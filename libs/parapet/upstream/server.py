@@ -18,7 +18,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from parapet.upstream.faults import FAULT_HEADER, Fault, parse_fault, split_model
-from parapet.upstream.wire import Api, StreamEncoder, error_body, full_response, read_prompt, usage_counts
+from parapet.upstream.wire import (
+    Api,
+    StreamEncoder,
+    Usage,
+    error_body,
+    full_response,
+    read_prompt,
+    usage_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +152,16 @@ class UpstreamServer:
         if self.record:
             self.requests.append(RecordedRequest(arrival, api, model, headers, body, fault, faulted))
         active = (
-            fault if faulted else Fault(omit_usage=fault.omit_usage, reply=fault.reply, finish=fault.finish)
+            fault
+            if faulted
+            else Fault(  # what the answer says, kept; only the fault goes
+                omit_usage=fault.omit_usage,
+                reply=fault.reply,
+                finish=fault.finish,
+                prompt_tokens=fault.prompt_tokens,
+                cache_read=fault.cache_read,
+                cache_write=fault.cache_write,
+            )
         )
         if model in self.outages:
             active = replace(active, status=503, retry_after=None)
@@ -153,7 +170,8 @@ class UpstreamServer:
             return False
         if active.status is not None:
             extra = {} if active.retry_after is None else {"retry-after": f"{active.retry_after:g}"}
-            self._write(writer, active.status, error_body(api, active.status), keep_alive, extra)
+            body_out = error_body(api, active.status, active.error_type)
+            self._write(writer, active.status, body_out, keep_alive, extra)
             return keep_alive
         return await self._answer(writer, api, body, active, keep_alive)
 
@@ -162,7 +180,7 @@ class UpstreamServer:
     ) -> bool:
         prompt = read_prompt(api, body)
         reply = fault.reply if fault.reply is not None else f"You said: {prompt.last_user_text}"
-        usage = None if fault.omit_usage else usage_counts(prompt, reply)
+        usage = None if fault.omit_usage else _reported(usage_counts(prompt, reply), fault)
         if not prompt.stream:
             if fault.first_token_delay:
                 await asyncio.sleep(fault.first_token_delay)
@@ -173,7 +191,7 @@ class UpstreamServer:
             b"transfer-encoding: chunked\r\n\r\n"
         )
         encoder = StreamEncoder(api, prompt)
-        self._chunk(writer, encoder.start(usage[0] if usage else None))
+        self._chunk(writer, encoder.start(usage))
         await writer.drain()
         words = reply.split(" ")
         for index, word in enumerate(words):
@@ -234,3 +252,9 @@ async def serve_forever(host: str, port: int) -> None:
         )
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
+
+
+def _reported(counted: Usage, fault: Fault) -> Usage:
+    """The usage to report: the emulator's own count, or the fault's prompt count and cache split."""
+    prompt = counted.prompt if fault.prompt_tokens is None else fault.prompt_tokens
+    return replace(counted, prompt=prompt, cache_read=fault.cache_read, cache_write=fault.cache_write)

@@ -60,23 +60,56 @@ def read_prompt(api: Api, body: dict[str, Any]) -> Prompt:
     )
 
 
-def usage_counts(prompt: Prompt, reply: str) -> tuple[int, int]:
-    """(prompt tokens, completion tokens), counted exactly the way Parapet's estimator counts them."""
+@dataclass(frozen=True)
+class Usage:
+    """The usage an answer reports. ``prompt`` counts every prompt token, those read from and written to the
+    provider's prompt cache included; each API reports them its own way."""
+
+    prompt: int
+    completion: int
+    cache_read: int = 0
+    cache_write: int = 0
+
+    def openai(self) -> dict[str, Any]:
+        reported: dict[str, Any] = {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        }
+        if self.cache_read:
+            reported["prompt_tokens_details"] = {"cached_tokens": self.cache_read}
+        return reported
+
+    def anthropic_input(self) -> dict[str, int]:
+        """Anthropic's ``input_tokens`` leaves out the cache reads and writes, reported beside it."""
+        reported = {"input_tokens": max(0, self.prompt - self.cache_read - self.cache_write)}
+        if self.cache_read or self.cache_write:
+            reported["cache_read_input_tokens"] = self.cache_read
+            reported["cache_creation_input_tokens"] = self.cache_write
+        return reported
+
+
+def usage_counts(prompt: Prompt, reply: str) -> Usage:
+    """The prompt's and the reply's tokens, counted exactly the way Parapet's estimator counts them."""
     encoding = tokens.encoding_for_model(prompt.model)
-    return tokens.count_chat(prompt.chat, encoding), tokens.count(reply, encoding)
+    return Usage(tokens.count_chat(prompt.chat, encoding), tokens.count(reply, encoding))
 
 
-def error_body(api: Api, status: int) -> bytes:
+def error_body(api: Api, status: int, error_type: str | None = None) -> bytes:
+    """The API's error body for ``status``; ``error_type`` names the error instead of the usual type."""
     message = f"emulated upstream error {status}"
     if api == "openai":
-        payload: dict[str, Any] = {"error": {"message": message, "type": "upstream_error", "code": status}}
+        error: dict[str, Any] = {"message": message, "type": error_type or "upstream_error", "code": status}
+        if error_type:
+            error["code"] = error_type  # as OpenAI does for insufficient_quota, say
+        payload: dict[str, Any] = {"error": error}
     else:
-        kind = _ANTHROPIC_ERRORS.get(status, "api_error")
+        kind = error_type or _ANTHROPIC_ERRORS.get(status, "api_error")
         payload = {"type": "error", "error": {"type": kind, "message": message}}
     return json.dumps(payload).encode()
 
 
-def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: tuple[int, int] | None) -> bytes:
+def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: Usage | None) -> bytes:
     if api == "openai":
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
@@ -92,11 +125,7 @@ def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: tupl
             ],
         }
         if usage is not None:
-            payload["usage"] = {
-                "prompt_tokens": usage[0],
-                "completion_tokens": usage[1],
-                "total_tokens": usage[0] + usage[1],
-            }
+            payload["usage"] = usage.openai()
     else:
         payload = {
             "id": f"msg_{uuid.uuid4().hex[:16]}",
@@ -106,7 +135,9 @@ def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: tupl
             "content": [{"type": "text", "text": reply}],
             "stop_reason": _ANTHROPIC_FINISH[finish],
             "stop_sequence": None,
-            "usage": {"input_tokens": usage[0], "output_tokens": usage[1]} if usage is not None else {},
+            "usage": {**usage.anthropic_input(), "output_tokens": usage.completion}
+            if usage is not None
+            else {},
         }
     return json.dumps(payload).encode()
 
@@ -135,10 +166,10 @@ class StreamEncoder:
     def _event(name: str, data: dict[str, Any]) -> bytes:
         return f"event: {name}\ndata: ".encode() + json.dumps(data).encode() + b"\n\n"
 
-    def start(self, prompt_tokens: int | None) -> bytes:
+    def start(self, usage: Usage | None) -> bytes:
         if self.api == "openai":
             return self._openai([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
-        usage = {"input_tokens": prompt_tokens, "output_tokens": 1} if prompt_tokens is not None else {}
+        reported = {**usage.anthropic_input(), "output_tokens": 1} if usage is not None else {}
         message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
@@ -147,7 +178,7 @@ class StreamEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": usage,
+            "usage": reported,
         }
         return self._event("message_start", {"type": "message_start", "message": message}) + self._event(
             "content_block_start",
@@ -162,25 +193,18 @@ class StreamEncoder:
             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
         )
 
-    def finish(self, finish: str, usage: tuple[int, int] | None) -> bytes:
+    def finish(self, finish: str, usage: Usage | None) -> bytes:
         if self.api == "openai":
             out = self._openai([{"index": 0, "delta": {}, "finish_reason": _OPENAI_FINISH[finish]}])
             if usage is not None and self.prompt.include_usage:
-                out += self._openai(
-                    [],
-                    usage={
-                        "prompt_tokens": usage[0],
-                        "completion_tokens": usage[1],
-                        "total_tokens": usage[0] + usage[1],
-                    },
-                )
+                out += self._openai([], usage=usage.openai())
             return out + b"data: [DONE]\n\n"
         delta: dict[str, Any] = {
             "type": "message_delta",
             "delta": {"stop_reason": _ANTHROPIC_FINISH[finish], "stop_sequence": None},
         }
         if usage is not None:
-            delta["usage"] = {"output_tokens": usage[1]}
+            delta["usage"] = {"output_tokens": usage.completion}
         return (
             self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
             + self._event("message_delta", delta)
@@ -192,10 +216,10 @@ class StreamEncoder:
             return b"data: {this is not json\n\n"
         return b"event: content_block_delta\ndata: {this is not json\n\n"
 
-    def error(self, error_type: str) -> bytes:
+    def error(self, error_type: str | None) -> bytes:
         """An error reported inside a stream that began with 200, in the API's own shape: Anthropic's ``error``
         event (``rate_limit_error``, ``overloaded_error``...), or OpenAI's chunk carrying an ``error`` object."""
-        error = {"type": error_type, "message": "emulated mid-stream error"}
+        error = {"type": error_type or "api_error", "message": "emulated mid-stream error"}
         if self.api == "openai":
             return b"data: " + json.dumps({"error": {**error, "code": None}}).encode() + b"\n\n"
         return self._event("error", {"type": "error", "error": error})

@@ -27,18 +27,29 @@ def scope_key(groups: Iterable[str]) -> str:
 
 def partition_key(
     route: str,
+    model: str,
     template: str,
     template_version: str,
+    system: str,
     generation: dict[str, object],
     earlier_turns: list[tuple[str, str]],
     context: Iterable[tuple[str, str, str, str]],
 ) -> str:
-    """Requests that would get the same answer: same route, template, parameters, earlier turns and context."""
+    """Requests that would get the same answer: same route and the model it chose, template and the system text
+    it rendered, parameters, earlier turns and context.
+
+    ``model``: a route picks its model per request (complexity rules, canary variants); keyed on the route
+    alone, one model's answer was served to requests the route sent to another. ``system``: the template's
+    variables are rendered into it (a product's name); keyed on the template alone, an answer written for one
+    product was served to another. The rendered text, not the variables, so a variable it does not use does
+    not split the cache."""
     return _digest(
         {
             "route": route,
+            "model": model,
             "template": template,
             "version": template_version,
+            "system": system,
             "generation": generation,
             "turns": earlier_turns,
             "context": context_digest(context),

@@ -88,6 +88,7 @@ class AnthropicProvider:
             raise self._error(exc) from None
         prompt_tokens: int | None = None
         cached = 0
+        written = 0
         completion_tokens: int | None = None
         finish: FinishKind | None = None
         stopped = False
@@ -103,6 +104,8 @@ class AnthropicProvider:
                     usage = (event.get("message") or {}).get("usage") or {}
                     prompt_tokens = usage.get("input_tokens")
                     cached = int(usage.get("cache_read_input_tokens") or 0)
+                    # input_tokens leaves out the prompt-cache writes as well as the reads: both were sent.
+                    written = int(usage.get("cache_creation_input_tokens") or 0)
                 elif kind == "message_delta":
                     reason = (event.get("delta") or {}).get("stop_reason")
                     if reason is not None:
@@ -118,13 +121,30 @@ class AnthropicProvider:
                 error_out = ProviderError(
                     "interrupted", "anthropic stream broke off", status=error_out.status
                 )
-            raise error_out from None
+            raise self._with_prompt(error_out, prompt_tokens, written, cached) from None
+        except ProviderError as error:  # an error event
+            raise self._with_prompt(error, prompt_tokens, written, cached) from None
         finally:
             await response.aclose()
         if finish is None or not stopped:
-            raise ProviderError("interrupted", "anthropic stream ended without message_stop")
+            raise self._with_prompt(
+                ProviderError("interrupted", "anthropic stream ended without message_stop"),
+                prompt_tokens,
+                written,
+                cached,
+            )
         usage_out = None
         if prompt_tokens is not None and completion_tokens is not None:
-            # Anthropic's input_tokens excludes cache reads; our prompt_tokens includes them.
-            usage_out = Usage(int(prompt_tokens) + cached, int(completion_tokens), cached)
+            # Anthropic's input_tokens excludes cache writes and reads; our prompt_tokens includes both.
+            usage_out = Usage(int(prompt_tokens) + written + cached, int(completion_tokens), cached)
         yield Finish(finish, usage_out)
+
+    @staticmethod
+    def _with_prompt(
+        error: ProviderError, prompt_tokens: int | None, written: int, cached: int
+    ) -> ProviderError:
+        """``error`` carrying the prompt's tokens message_start reported, if it came: the engine bills them
+        rather than its own cl100k estimate (Claude's tokenizer is another)."""
+        if prompt_tokens is not None:
+            error.partial_usage = Usage(int(prompt_tokens) + written + cached, 0, cached)
+        return error

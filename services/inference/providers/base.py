@@ -80,6 +80,8 @@ class ProviderError(Exception):
     message: str
     retry_after: float | None = None
     status: int | None = None
+    # The prompt's tokens (and cached ones) as the provider reported them before failing (Anthropic's
+    # message_start), to bill instead of our estimate; the output is counted by the engine from what it received.
     partial_usage: Usage | None = field(default=None)
 
     def __str__(self) -> str:

@@ -46,6 +46,9 @@ class OpenAIProvider:
     """Also the base of ``openai_compatible``: same wire format, another base URL."""
 
     label = "openai"
+    # OpenAI deprecated `max_tokens` and refuses it for its reasoning models (o-series, GPT-5) with HTTP 400;
+    # `max_completion_tokens` is accepted by every current chat model. Self-hosted servers keep `max_tokens`.
+    max_tokens_field = "max_completion_tokens"
 
     def __init__(self, name: str, config: ProviderConfig, timeouts: Timeouts) -> None:
         self.name = name
@@ -71,7 +74,7 @@ class OpenAIProvider:
         messages.extend({"role": m.role, "content": m.content} for m in request.messages)
         params: dict[str, Any] = {"model": request.model, "messages": messages}
         if request.max_tokens is not None:
-            params["max_tokens"] = request.max_tokens
+            params[self.max_tokens_field] = request.max_tokens
         if request.temperature is not None:
             params["temperature"] = request.temperature
         if request.top_p is not None:
@@ -84,6 +87,12 @@ class OpenAIProvider:
 
     def _error(self, exc: Exception) -> ProviderError:
         if isinstance(exc, openai.APIStatusError):
+            if "insufficient_quota" in (exc.code, exc.type):
+                # Answered 429 like a rate limit, but no wait cures an exhausted account: judged as our account's
+                # fault (as the same error inside a stream is, `error_for_event`): no retry, the fallback answers.
+                return ProviderError(
+                    "unavailable", f"{self.label}: our account's quota is exhausted", None, 402
+                )
             return error_for_status(exc.status_code, exc.response.headers, self.label)
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
             return ProviderError("timeout", f"{self.label} did not answer in time")

@@ -586,3 +586,53 @@ async def test_an_entry_stored_as_its_document_was_deleted_is_never_served(
         for question in (QUESTION, PARAPHRASE):  # neither the exact nor the semantic path serves it
             outcome = await inference.stream(question, who=who, context=CONTEXT)
             assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, question
+
+
+async def test_an_answer_is_served_only_under_the_same_template_variables(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """The variables are rendered into the system text (`grounded-answer` 1.1.0 names the product): an answer
+    written as the assistant of one product was served to a request for another, in the same tenant."""
+    who = principal(f"vars-{uuid.uuid4().hex[:8]}")
+    acme: dict[str, Any] = {"template_variables": {"product_name": "Acme"}}
+    async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
+        await inference.stream(QUESTION, who=who, **acme)
+        assert (await _until_cached(inference, QUESTION, who, **acme)).summary.cache.outcome == (
+            cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        )
+        other = await inference.stream(QUESTION, who=who, template_variables={"product_name": "Globex"})
+        assert other.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        # The template's default is a value of its own: it renders other system text than either.
+        default = await inference.stream(QUESTION, who=who)
+        assert default.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        # A variable the template does not use changes nothing the model sees: still a hit.
+        unused = await inference.stream(
+            QUESTION, who=who, template_variables={"product_name": "Acme", "unused": "x"}
+        )
+        assert unused.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+
+async def test_an_answer_is_served_only_to_requests_routed_to_the_same_model(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """A route picks its model per request (complexity rules, canary variants): keyed on the route alone, the
+    cheap model's answer was served to a request the route sent to the strong one (here by its feature)."""
+    who = principal(f"route-{uuid.uuid4().hex[:8]}")
+    models = [
+        {"name": "cheap", "provider": "openai", "upstream_model": "cheap"},
+        {"name": "strong", "provider": "anthropic", "upstream_model": "strong"},
+    ]
+    rule = {"name": "legal", "features": ["legal"]}
+    routes = [{"name": "tier", "complexity": {"cheap": "cheap", "strong": "strong", "rules": [rule]}}]
+    async with start_inference(
+        upstream_config(upstream, models, routes=routes), cache_enabled=True
+    ) as inference:
+        await inference.stream(QUESTION, who=who, model="tier")
+        cached = await _until_cached(inference, QUESTION, who, model="tier")
+        assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        legal = await inference.stream(QUESTION, who=who, model="tier", feature="legal")
+        assert legal.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
+        assert legal.summary.routing.model == "strong"
+        # Another feature the rules ignore routes the same: the cheap model's answer is the right one.
+        other = await inference.stream(QUESTION, who=who, model="tier", feature="chat")
+        assert other.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT

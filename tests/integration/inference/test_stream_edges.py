@@ -1,0 +1,62 @@
+"""Edges of a stream found in review: the caller's deadline after the first token, and what each provider kind
+is sent for the output limit."""
+
+from __future__ import annotations
+
+import grpc
+
+from parapet.inference.v1 import generation_pb2
+from parapet.upstream import UpstreamServer
+from tests.integration.inference.conftest import StartInference, upstream_config
+
+
+async def test_a_deadline_after_the_first_token_still_ends_with_the_summary(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """The contract: a failure after the first delta ends the stream with a FINISH_REASON_ERROR summary (the
+    usage so far), then the status. The caller's deadline passing mid-answer used to end it with the status
+    only, so what the provider had already produced (and billed) was reported to nobody."""
+    models = [
+        {
+            "name": "m",
+            "provider": "openai",
+            "upstream_model": "gpt-4o-mini;chunk_delay=0.4",
+            "input_price_per_million": "1",
+            "output_price_per_million": "1",
+        }
+    ]
+    async with start_inference(upstream_config(upstream, models)) as inference:
+        outcome = await inference.stream("one two three four five six seven eight", deadline=1.0)
+    assert outcome.deltas[:1] == ["You"] and len(outcome.deltas) < 10
+    assert outcome.error is not None and outcome.error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outcome.summary is not None, "the summary comes before the status"
+    assert outcome.summary.finish_reason == generation_pb2.FINISH_REASON_ERROR
+    usage = outcome.summary.usage
+    assert usage.estimated and usage.prompt_tokens > 0 and usage.completion_tokens >= len(outcome.deltas)
+    assert outcome.summary.cost.amount_micros == usage.prompt_tokens + usage.completion_tokens
+    assert outcome.summary.routing.model == "m"
+
+
+async def test_openai_gets_max_completion_tokens_and_compatible_servers_max_tokens(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """OpenAI deprecated `max_tokens` for `max_completion_tokens` and refuses it (HTTP 400) for its reasoning
+    models (o-series, GPT-5: the SDK's own documentation of the parameter); self-hosted OpenAI-compatible servers
+    (llama.cpp, vLLM) know `max_tokens`."""
+    config = upstream_config(
+        upstream,
+        [
+            {"name": "gpt", "provider": "openai", "upstream_model": "gpt-5-mini"},
+            {"name": "self", "provider": "selfhosted", "upstream_model": "llama"},
+        ],
+    )
+    config["providers"]["selfhosted"] = {"kind": "openai_compatible", "base_url": upstream.base_url + "/v1"}
+    limit = generation_pb2.GenerationConfig(max_tokens=50)
+    async with start_inference(config) as inference:
+        for model in ("gpt", "self"):
+            outcome = await inference.stream("hello", model=model, generation=limit)
+            assert outcome.error is None, outcome.error
+    (openai_body,) = [r.body for r in upstream.requests_for("gpt-5-mini")]
+    (compatible_body,) = [r.body for r in upstream.requests_for("llama")]
+    assert openai_body.get("max_completion_tokens") == 50 and "max_tokens" not in openai_body
+    assert compatible_body.get("max_tokens") == 50 and "max_completion_tokens" not in compatible_body
