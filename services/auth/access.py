@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parapet.events.audit import admin_record
 from parapet.kit.context import require_principal
 from parapet.kit.errors import InvalidArgument, NotFound, ParapetError, PermissionDenied
 from parapet.kit.identity import Principal
@@ -135,7 +136,7 @@ class Access:
         return actor
 
     async def refused(self, actor: Actor, method: str, target: str, error: ParapetError) -> None:
-        record = audit.admin_record(
+        record = admin_record(
             actor.principal.tenant_id,
             actor.principal,
             method,
@@ -164,7 +165,7 @@ class Access:
             async with self.store.tenant(tenant_id) as session:
                 change = Change(session, target)
                 yield change
-                record = audit.admin_record(
+                record = admin_record(
                     tenant_id, actor.principal, method, change.target, attributes=change.attributes
                 )
                 await audit.write(session, record)

@@ -26,6 +26,20 @@ SERVICE = "/parapet.auth.v1.TenantAdminService/"
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 USER_FIELDS = frozenset({"display_name", "email", "roles", "groups", "state"})
 PAGE_SIZE = 50  # every listing's page size when the request says 0 (the contract's default)
+MAX_USER_ID_LENGTH = 255  # CreateUser's bound, so no user has a longer id
+USER_ID_RULE = f"1-{MAX_USER_ID_LENGTH} characters"
+
+
+def _user_id_violations(user_id: str, path: str) -> list[tuple[str, str]]:
+    """A user id no user can have. Refused before any lookup: a NOT_FOUND would name it back (``users/<id>``
+    in its ErrorInfo), and past gRPC's metadata limit the caller gets RESOURCE_EXHAUSTED with no details."""
+    return [] if 1 <= len(user_id) <= MAX_USER_ID_LENGTH else [(path, USER_ID_RULE)]
+
+
+def _check_user_id(user_id: str, path: str) -> None:
+    violations = _user_id_violations(user_id, path)
+    if violations:
+        raise InvalidArgument(f"{path} is invalid", field_violations=violations)
 
 
 def _now() -> datetime:
@@ -146,7 +160,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         token = paging.encode([page[-1].tenant_id], listing) if len(rows) > size else ""
         return pb.ListTenantsResponse(tenants=page, next_page_token=token)
 
-    async def _set_state(self, method: str, tenant_id: str, state: str) -> Any:
+    async def _set_state(self, method: str, tenant_id: str, state: str, reason: str) -> Any:
         check_tenant_id(tenant_id)
         actor = await self._access.require(SERVICE + method, tenant_id, platform_only=True)
         if state == "disabled" and tenant_id == self._access.platform_tenant:
@@ -170,16 +184,18 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             )
             if row is None:
                 raise NotFound("no such tenant", metadata={"resource": f"tenants/{tenant_id}"})
+            # The contract's "why, for the audit trail", bounded as RevokeApiKey's.
+            change.attributes["reason"] = reason[:500]
         return records.tenant(dict(row))
 
     async def DisableTenant(self, request: pb.DisableTenantRequest, context: Ctx) -> pb.DisableTenantResponse:
         return pb.DisableTenantResponse(
-            tenant=await self._set_state("DisableTenant", request.tenant_id, "disabled")
+            tenant=await self._set_state("DisableTenant", request.tenant_id, "disabled", request.reason)
         )
 
     async def EnableTenant(self, request: pb.EnableTenantRequest, context: Ctx) -> pb.EnableTenantResponse:
         return pb.EnableTenantResponse(
-            tenant=await self._set_state("EnableTenant", request.tenant_id, "active")
+            tenant=await self._set_state("EnableTenant", request.tenant_id, "active", request.reason)
         )
 
     # -- API keys -----------------------------------------------------------------------------------------
@@ -187,7 +203,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Ctx) -> pb.CreateApiKeyResponse:
         tenant_id = check_tenant_id(request.tenant_id)
         spec = request.api_key
-        problems = [("api_key.user_id", "required")] if not spec.user_id else []
+        problems = _user_id_violations(spec.user_id, "api_key.user_id")
         problems += [
             (f"api_key.scopes[{i}]", "unknown permission name")
             for i, scope in enumerate(spec.scopes)
@@ -309,10 +325,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
     async def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.CreateUserResponse:
         tenant_id = check_tenant_id(request.tenant_id)
         spec = request.user
-        if not 1 <= len(spec.user_id) <= 255:
-            raise InvalidArgument(
-                "user_id is invalid", field_violations=[("user.user_id", "1-255 characters")]
-            )
+        _check_user_id(spec.user_id, "user.user_id")
         actor = await self._access.require(SERVICE + "CreateUser", tenant_id)
         view = await self._access.existing(tenant_id)
         _check_roles(actor, view.policy, set(spec.roles), set(), "user.roles")
@@ -360,6 +373,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
 
     async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.GetUserResponse:
         tenant_id = check_tenant_id(request.tenant_id)
+        _check_user_id(request.user_id, "user_id")
         await self._access.require(SERVICE + "GetUser", tenant_id)
         row = await self._store.user_record(tenant_id, request.user_id)
         if row is None:
@@ -404,6 +418,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 field_violations=[("update_mask", f"one or more of {sorted(USER_FIELDS)}")],
             )
         spec = request.user
+        _check_user_id(spec.user_id, "user.user_id")
         actor = await self._access.require(SERVICE + "UpdateUser", tenant_id)
         view = await self._access.existing(tenant_id)
         async with self._access.change(actor, SERVICE + "UpdateUser", tenant_id, spec.user_id) as change:

@@ -11,49 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
+from parapet.audit.v1 import audit_record_pb2
 from parapet.events import audit as audit_events
 from parapet.kit.bus import Bus
-from parapet.kit.context import current_request_id
-from parapet.kit.identity import Principal
 from parapet.kit.timeouts import wait_event
 from services.auth.store import AuthStore
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/parapet/auth"
-
-
-def admin_record(
-    tenant_id: str,
-    actor: Principal,
-    method: str,
-    target: str,
-    *,
-    status_code: int = 0,
-    error_reason: str = "",
-    attributes: Mapping[str, str] | None = None,
-) -> audit_record_pb2.AuditRecord:
-    record = audit_record_pb2.AuditRecord(
-        record_id=str(uuid.uuid4()),
-        tenant_id=tenant_id,
-        admin_action=admin_action_pb2.AdminAction(
-            actor=actor.to_proto(),
-            method=method,
-            target=target,
-            status_code=status_code,
-            error_reason=error_reason,
-            attributes=dict(attributes or {}),
-            request_id=current_request_id() or "",
-        ),
-    )
-    record.create_time.GetCurrentTime()
-    return record
 
 
 async def write(session: AsyncSession, record: audit_record_pb2.AuditRecord) -> None:

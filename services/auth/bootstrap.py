@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.audit.v1 import audit_record_pb2
 from parapet.auth.v1 import tenant_policy_pb2
+from parapet.events.audit import admin_record
 from parapet.kit.identity import Principal
 from services.auth import apikeys, audit, permissions
 from services.auth.apikeys import KeyHasher
@@ -254,4 +255,4 @@ def _bootstrap_record(
     }
     if revoked:
         attributes["revoked_api_key_ids"] = ",".join(revoked)
-    return audit.admin_record(tenant_id, actor, BOOTSTRAP_METHOD, issued.api_key_id, attributes=attributes)
+    return admin_record(tenant_id, actor, BOOTSTRAP_METHOD, issued.api_key_id, attributes=attributes)

@@ -18,7 +18,7 @@ from parapet.kit.identity import Principal, TokenSigner
 from services.auth.access import Access, check_tenant_id
 from services.auth.authenticator import key_principal, key_refusal
 from services.auth.issued import Issued
-from services.auth.permissions import Permission
+from services.auth.permissions import BY_NAME, PLATFORM_PERMISSIONS, Permission
 from services.auth.store import AuthStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Delegator:
         principal = await self._access.with_permissions(
             key_principal(tenant_id, record), record.policy_version
         )
+        self._check_target(caller, principal)
         full = int(now) + int(self._signer.ttl_seconds)
         expires = full if record.expire_time is None else min(full, int(record.expire_time.timestamp()))
         token = self._signer.sign(
@@ -76,6 +77,30 @@ class Delegator:
                 "this needs the token.delegate permission of a platform service account",
                 reason="PERMISSION_MISSING",
                 metadata={"permission": "token.delegate"},
+            )
+
+    @staticmethod
+    def _check_target(caller: Principal, principal: Principal) -> None:
+        """Refuse a principal holding platform permissions: a delegator holds token.delegate and nothing else,
+        and a key id is no secret (it travels in every token its user sends), so delegating an operator
+        would hand the delegator every tenant's administration, and another delegator's principal the same
+        reach again. Jobs run for tenants' principals, which hold tenant permissions only."""
+        platform = sorted(
+            name for name in principal.permissions or () if BY_NAME.get(name) in PLATFORM_PERMISSIONS
+        )
+        if platform:
+            log.warning(
+                "delegation refused",
+                extra={
+                    "reason": "PRIVILEGE_ESCALATION",
+                    "for_subject": principal.subject,
+                    "caller": caller.subject,
+                },
+            )
+            raise PermissionDenied(
+                "a principal holding platform permissions cannot be delegated",
+                reason="PRIVILEGE_ESCALATION",
+                metadata={"permission": platform[0]},
             )
 
     @staticmethod

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import jwt
@@ -31,10 +31,19 @@ MAX_TOKEN_BYTES = 16 * 1024
 MAX_SKEW_SECONDS = 300.0
 DEFAULT_SKEW_SECONDS = 60.0
 JWKS_MAX_AGE_SECONDS = 300.0
+# A provider's JWKS is a few KiB; its URL is a tenant admin's to choose, and the answer is read into the memory
+# every tenant shares, so a longer answer is a failed fetch (as a document that is no JWKS is).
+MAX_JWKS_BYTES = 1 << 20
 
 
 def rejected(reason: str, message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=reason)
+
+
+def storable(value: object, max_length: int) -> TypeGuard[str]:
+    """Whether a claim is a non-empty string a PostgreSQL text column (ours, or a service's the principal
+    reaches) can hold: NUL it cannot, and the database error would be an INTERNAL for a token's content."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ def inspect(token: str) -> UnverifiedToken:
     if alg not in ALLOWED_ALGORITHMS:
         raise rejected("OIDC_ALGORITHM_REJECTED", "the OIDC token's algorithm is not allowed")
     issuer = claims.get("iss")
-    if not isinstance(issuer, str) or not issuer:
+    # Checked before the issuer is looked up, unsigned as it is; no policy can name an issuer with NUL.
+    if not storable(issuer, MAX_TOKEN_BYTES):
         raise rejected("OIDC_ISSUER_UNKNOWN", "the OIDC token names no issuer")
     kid = header.get("kid")
     return UnverifiedToken(token, str(alg), kid if isinstance(kid, str) else "", issuer)
@@ -157,10 +167,17 @@ class JwksCache:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def _fetch(self, provider: tenant_policy_pb2.OidcProvider) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            response = await client.get(provider.jwks_uri)
-            response.raise_for_status()
-            return jwks_keys(response.json(), issuer=provider.issuer)
+        # httpx's timeout bounds each read, not the whole answer: a server dripping a byte a second would hold
+        # the fetch (and every sign-in of the provider, waiting on its lock) forever. Bound both time and size.
+        async with asyncio.timeout(self._timeout), httpx.AsyncClient(timeout=self._timeout) as client:
+            async with client.stream("GET", provider.jwks_uri) as response:
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise ValueError(f"the JWKS document is larger than {MAX_JWKS_BYTES} bytes")
+        return jwks_keys(json.loads(body), issuer=provider.issuer)
 
     async def _document(self, provider: tenant_policy_pb2.OidcProvider, kid: str) -> list[dict[str, Any]]:
         if provider.WhichOneof("keys") == "jwks_json":
@@ -176,7 +193,8 @@ class JwksCache:
             if stale or (not known and may_refetch):
                 try:
                     self._cache[cache_key] = cached = _Keys(await self._fetch(provider), now)
-                except (httpx.HTTPError, ValueError, RecursionError):  # JSON nested too deep: no JWKS
+                # RecursionError: JSON nested too deep, no JWKS; TimeoutError: the whole fetch took too long.
+                except (httpx.HTTPError, ValueError, RecursionError, TimeoutError):
                     log.warning("fetching JWKS failed", extra={"issuer": provider.issuer}, exc_info=True)
                     if cached is None:
                         # Not the caller's fault and not a verdict on the token: retry later.
@@ -233,7 +251,10 @@ def claim_strings(claims: dict[str, Any], name: str) -> tuple[str, ...]:
     """A list claim (or a space-separated string, as some providers send) as strings; absent = empty."""
     value = claims.get(name) if name else None
     if isinstance(value, str):
-        return tuple(value.split())
-    if isinstance(value, list):
-        return tuple(str(item) for item in value if isinstance(item, str | int))
-    return ()
+        items: list[str] = value.split()
+    elif isinstance(value, list):
+        items = [str(item) for item in value if isinstance(item, str | int)]
+    else:
+        return ()
+    # A string with NUL is no role or group anyone could define, and no database could store it: dropped.
+    return tuple(item for item in items if "\x00" not in item)

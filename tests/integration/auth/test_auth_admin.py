@@ -491,3 +491,30 @@ async def test_repeated_failures_from_one_client_are_throttled_whatever_the_key(
         )
     )
     assert reason == "API_KEY_INVALID"  # another client is not affected
+
+
+async def test_a_user_id_longer_than_any_user_has_is_invalid_argument(auth: Auth) -> None:
+    # No user id is longer than 255 characters (CreateUser's bound). A longer one was looked up and its
+    # NOT_FOUND named it back (`users/<id>` in ErrorInfo): past gRPC's 16 KiB metadata limit the client got
+    # RESOURCE_EXHAUSTED "Stream removed" and no details, for a plain bad argument, until 2026-12-07.
+    tenant = await auth.new_tenant()
+    long_id = "u" * 20_000
+    calls = {
+        "user_id": auth.admin.GetUser(
+            tpb.GetUserRequest(tenant_id=tenant, user_id=long_id), metadata=auth.operator
+        ),
+        "user.user_id": auth.admin.UpdateUser(
+            tpb.UpdateUserRequest(
+                tenant_id=tenant,
+                user=user_pb2.User(user_id=long_id, display_name="x"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=auth.operator,
+        ),
+        "api_key.user_id": auth.admin.CreateApiKey(
+            tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id=long_id)),
+            metadata=auth.operator,
+        ),
+    }
+    for field, call in calls.items():
+        assert await refusal(call) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID", [field]), field

@@ -143,3 +143,20 @@ async def test_published_records_are_pruned_after_their_retention(
         assert await rows() == []
     finally:
         await database.close()
+
+
+async def test_a_tenant_state_change_records_its_reason(auth: Auth, nats_url: str) -> None:
+    # The contract's `reason` ("why, for the audit trail") of DisableTenant and EnableTenant was dropped
+    # until 2026-12-07: only RevokeApiKey's reached the record.
+    tenant = await auth.new_tenant()
+    await auth.admin.DisableTenant(
+        tpb.DisableTenantRequest(tenant_id=tenant, reason="unpaid invoice"), metadata=auth.operator
+    )
+    await auth.admin.EnableTenant(
+        tpb.EnableTenantRequest(tenant_id=tenant, reason="paid"), metadata=auth.operator
+    )
+    records = await _records(nats_url, tenant, 3)
+    actions = [
+        (r.admin_action.method.rsplit("/", 1)[1], r.admin_action.attributes.get("reason")) for r, _ in records
+    ]
+    assert actions == [("CreateTenant", None), ("DisableTenant", "unpaid invoice"), ("EnableTenant", "paid")]

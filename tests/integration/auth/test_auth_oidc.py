@@ -194,3 +194,159 @@ async def test_an_inline_jwks_with_odd_entries_signs_in_and_later_edits_pass(aut
         ),
     )
     assert "reader" in {role.role for role in edited.roles}
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forged(issuer: str, audience: str) -> str:
+    """A token naming ``issuer`` that no key of it signed: what anyone can send without any secret."""
+    header = _b64(json.dumps({"alg": "RS256", "kid": "rs256-1"}).encode())
+    claims = {"iss": issuer, "aud": audience, "sub": "mallory", "exp": int(time.time()) + 60}
+    return f"{header}.{_b64(json.dumps(claims).encode())}.{_b64(b'x' * 256)}"
+
+
+async def test_forged_tokens_naming_an_issuer_do_not_lock_its_tenant_out(auth: Auth, idp: Idp) -> None:
+    # Anyone can name a tenant's issuer (it is in every token the provider issues) in a token signed by no
+    # key of it. Until 2026-12-07 ten such failures a minute, from any clients (or ten users presenting
+    # expired tokens), throttled every cold sign-in of the whole tenant: failures counted per issuer.
+    for i in range(12):
+        client = (("x-parapet-client-ip", f"192.0.2.{i}"),)
+        code, reason, _ = await refusal(
+            auth.auth.Authenticate(
+                apb.AuthenticateRequest(oidc_token=_forged(idp.issuer, idp.audience)), metadata=client
+            )
+        )
+        assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "OIDC_SIGNATURE_INVALID"), i
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub="erin")),
+        metadata=(("x-parapet-client-ip", "198.51.100.9"),),
+    )
+    assert issued.principal.subject == "erin"
+    # The forging client itself is still throttled (per client, as for API keys).
+    forger = (("x-parapet-client-ip", "203.0.113.66"),)
+    for _ in range(50):
+        await refusal(
+            auth.auth.Authenticate(
+                apb.AuthenticateRequest(oidc_token=_forged(idp.issuer, idp.audience)), metadata=forger
+            )
+        )
+    code, reason, _ = await refusal(
+        auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()), metadata=forger)
+    )
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED")
+
+
+async def test_claims_no_text_column_can_hold_are_refused_or_dropped_never_internal(
+    auth: Auth, idp: Idp
+) -> None:
+    # An issuer with NUL needs no signature to reach the database: it gave INTERNAL until 2026-12-07.
+    code, reason, _ = await refusal(
+        auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=_forged("https://x\x00y/", idp.audience)))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "OIDC_ISSUER_UNKNOWN")
+    code, reason, _ = await refusal(
+        auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token(sub="a\x00b")))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "OIDC_TOKEN_INVALID")
+    # Roles, groups or a jti no service could store are no role, group or id: dropped, the rest kept.
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(
+            oidc_token=idp.token(
+                sub="nul-claims", roles=["analyst", "x\x00"], groups=["finance", "\x00"], jti="j\x00"
+            )
+        )
+    )
+    principal = issued.principal
+    assert (list(principal.roles), list(principal.groups)) == (["analyst"], ["finance"])
+    assert principal.external_token_id == ""
+
+
+async def test_a_token_expired_within_the_clock_skew_gets_no_dead_internal_token(
+    auth: Auth, idp: Idp
+) -> None:
+    # The provider's skew (30 s here) let a token that expired 20 s ago through, and the internal token,
+    # capped at the credential's exp, was issued already expired (every service then refused it): Authenticate
+    # said OK with a useless token until 2026-12-07. Now the caller hears that its token expired.
+    now = int(time.time())
+    code, reason, _ = await refusal(
+        auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token(sub="late", exp=now - 20)))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "OIDC_TOKEN_EXPIRED")
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub="late", exp=now + 30))
+    )
+    assert time.time() < issued.expire_time.seconds <= now + 30
+
+
+async def _trust_jwks_url(auth: Auth, idp: Idp, url: str) -> str:
+    """A second provider of ``idp``'s tenant whose keys are at ``url``; returns its issuer."""
+    issuer = f"https://slow.{idp.tenant_id}.example/"
+    await auth.set_policy(
+        idp.tenant_id,
+        tenant_policy_pb2.TenantPolicy(
+            identity_providers=[
+                tenant_policy_pb2.OidcProvider(issuer=issuer, audiences=[idp.audience], jwks_uri=url)
+            ]
+        ),
+    )
+    return issuer
+
+
+async def test_a_huge_jwks_document_is_a_failed_fetch_not_read_into_memory(auth: Auth, idp: Idp) -> None:
+    # A provider's URL is a tenant admin's to set; its answer was read whole into auth's memory, shared by
+    # every tenant. A real JWKS is a few KiB: one over the bound counts as a failed fetch.
+    idp.server.document = {"keys": [k.jwk for k in idp.keys.values()], "padding": "x" * (8 << 20)}
+    code, reason, _ = await refusal(auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token())))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    idp.server.document = {"keys": [k.jwk for k in idp.keys.values()]}
+    assert (await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token()))).principal
+
+
+async def test_a_jwks_url_that_drips_its_answer_gives_up_in_bounded_time(auth: Auth, idp: Idp) -> None:
+    # httpx's timeout bounds each read, not the whole fetch: a server sending a byte a second held every
+    # sign-in of the provider (they wait on the fetch) until each caller's own deadline.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"keys": [')
+            self.wfile.flush()
+            while not stop.wait(1.0):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        issuer = await _trust_jwks_url(auth, idp, f"http://127.0.0.1:{server.server_address[1]}/jwks")
+        key = idp.keys["RS256"]
+        token = jwt.encode(
+            {"iss": issuer, "aud": idp.audience, "sub": "drip", "exp": int(time.time()) + 60},
+            key.private,
+            algorithm="RS256",
+            headers={"kid": key.kid},
+        )
+        started = time.monotonic()
+        code, reason, _ = await refusal(
+            auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token), timeout=15)
+        )
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

@@ -235,3 +235,24 @@ async def test_a_platform_policy_from_before_delegation_gains_the_role_once(
             )
             assert [r.role for r in latest.policy.roles].count(permissions.DELEGATOR_ROLE) == 1
             assert latest.policy.version == current.policy.version + 2  # one new version, not one per start
+
+
+async def test_no_platform_principal_can_be_delegated(auth: Auth) -> None:
+    # A delegator holds token.delegate and nothing else; until 2026-12-07 it could name an operator's key
+    # (its id travels in every token the operator uses) and get a platform-admin token: every tenant's
+    # administration, from an account documented as unable to administer anything.
+    delegator = await _delegator(auth)
+    for roles in (("platform-admin",), ("token-delegator",)):
+        user_id = f"ops-{uuid.uuid4().hex[:6]}"
+        await auth.new_user(PLATFORM, user_id, roles=roles)
+        key_id, _key = await auth.new_key(PLATFORM, user_id)
+        assert await _refused(auth, delegator, PLATFORM, user_id, key_id) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PRIVILEGE_ESCALATION",
+        ), roles
+    # A platform user holding tenant permissions only (its tenant's `admin`) is delegated as before.
+    user_id = f"staff-{uuid.uuid4().hex[:6]}"
+    await auth.new_user(PLATFORM, user_id, roles=("admin",))
+    key_id, _key = await auth.new_key(PLATFORM, user_id)
+    issued = await _delegate(auth, delegator, PLATFORM, user_id, key_id)
+    assert issued.principal.subject == user_id

@@ -113,6 +113,8 @@ class AuthServiceServicer:
         (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
         are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
         PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+        A principal holding a platform permission (platform.admin, token.delegate) is never delegated:
+        PERMISSION_DENIED with reason PRIVILEGE_ESCALATION.
         Idempotent: yes, because a repeat only issues another token for the same principal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -64,6 +64,8 @@ class AuthServiceStub:
     (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
     are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
     PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+    A principal holding a platform permission (platform.admin, token.delegate) is never delegated:
+    PERMISSION_DENIED with reason PRIVILEGE_ESCALATION.
     Idempotent: yes, because a repeat only issues another token for the same principal.
     """
 
@@ -103,6 +105,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
     are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
     PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+    A principal holding a platform permission (platform.admin, token.delegate) is never delegated:
+    PERMISSION_DENIED with reason PRIVILEGE_ESCALATION.
     Idempotent: yes, because a repeat only issues another token for the same principal.
     """
 
@@ -169,6 +173,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         (API_KEY_REVOKED, API_KEY_EXPIRED, API_KEY_INVALID, USER_DISABLED, TENANT_DISABLED); roles, groups and scopes
         are those of now. The token names the caller in an RFC 8693 `act` claim and never outlives the key. Needs
         PERMISSION_TOKEN_DELEGATE, which only roles of the platform tenant can hold (PERMISSION_DENIED otherwise).
+        A principal holding a platform permission (platform.admin, token.delegate) is never delegated:
+        PERMISSION_DENIED with reason PRIVILEGE_ESCALATION.
         Idempotent: yes, because a repeat only issues another token for the same principal.
         """
 
