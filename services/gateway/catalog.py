@@ -74,7 +74,14 @@ class ModelCatalog:
         return named or list(models)
 
     async def estimate(self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int) -> Estimate:
-        candidates = self.candidates(await self.models(caller), name)
+        models = await self.models(caller)
+        candidates = self.candidates(models, name)
+        # Inference caps each call's max_tokens at that model's own output limit, and any listed model may
+        # answer as another's fallback: no call writes more than the largest limit. Reserving the caller's
+        # figure instead refused a max_tokens of 100,000 under a 20,000-token budget with nothing spent.
+        limits = [m.max_output_tokens for m in models]
+        if limits and min(limits) > 0:
+            output_tokens = min(output_tokens, max(limits))
         if not candidates:
             return Estimate(prompt_tokens + output_tokens, money_pb2.Money(), 0)
         costliest = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))

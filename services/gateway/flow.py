@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from parapet.kit import metrics
 from parapet.kit.app import Resources
 from parapet.kit.context import remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
+from parapet.kit.permissions import has_permission, missing
 from parapet.metering.v1 import metering_service_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2
 from services.auth.invalidation import InvalidationListener
@@ -54,9 +55,15 @@ from services.moderation.stream import StreamScreener, StreamStep
 log = logging.getLogger(__name__)
 
 Event = chat_service_pb2.StreamChatResponse
+DOCUMENTS_READ = "documents.read"  # what retrieval requires of a grounded chat's caller
 _NO_DEADLINE_LEASE = 900.0  # an idempotency key whose run has no deadline is taken over after this
 _DEFAULT_TOP_K = 8
 _CHUNK_TOKENS = 320  # retrieval's chunk size (256 word pieces by default) with margin
+# Retrieval's longest query (services/retrieval/servicer.py, MAX_QUERY_CHARS). A question may be far longer
+# (validation.MAX_MESSAGE_CHARS); sent whole, it was refused INVALID_ARGUMENT naming `query`, a field no chat
+# request has. The embedding model reads only the first 256 word pieces of a query anyway, so its head
+# finds what the whole question would.
+_MAX_QUERY_CHARS = 8192
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -137,6 +144,16 @@ class _Prepared:
     request: inference_service_pb2.StreamCompleteRequest
     screened: screening.ScreenedInput
     first: list[Event]  # sent before the first delta: citations, then notices
+
+
+def _require_readable(run: _Run, replay: Replay) -> None:
+    """A stored answer with citations replays only to a credential that may read documents: run again, its
+    retrieval would refuse a chat-only key of the same user, so the replay must not hand that key the
+    documents' titles and grounded text. Refused like any chat (and audited: the run is recorded)."""
+    cited = any(event.HasField("citation") for event in replay.events)
+    if cited and not has_permission(run.caller.principal, DOCUMENTS_READ):
+        run.unrecorded = False
+        raise missing(DOCUMENTS_READ, "replaying an answer grounded in documents")
 
 
 def _raise_first_failure(run: _Run, steps: list[asyncio.Future[Any]]) -> None:
@@ -235,7 +252,7 @@ class ChatFlow:
 
     async def stream(
         self, caller: Caller, request: chat_service_pb2.StreamChatRequest, *, request_id: str
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """The answer as events: citations, then screened text deltas and notices, then one summary."""
         validate(request)
         key = request.idempotency_key
@@ -264,13 +281,19 @@ class ChatFlow:
             if key:
                 replay = await self._claim(run)
                 if replay is not None:
+                    _require_readable(run, replay)
                     for event in replay.events:
                         yield event
                     return
-            async for event in self._run(run):
-                if key:
-                    events.append(event)
-                yield event
+            # Closed here, not left to the garbage collector: grpc.aio cancels a handler waiting to write (a
+            # caller who stopped reading) outside these generators, which are then closed from the outside in.
+            # Left open, _run's own finally (the provider call stopped, what it wrote counted) ran after this
+            # one's had already settled and audited the chat: for nothing.
+            async with contextlib.aclosing(self._run(run)) as answer:
+                async for event in answer:
+                    if key:
+                        events.append(event)
+                    yield event
         except ParapetError as error:
             run.outcome.status_code = error.code.value[0]
             run.outcome.error_reason = error.reason
@@ -397,7 +420,7 @@ class ChatFlow:
         self, run: _Run, policy: tenant_policy_pb2.TenantPolicy
     ) -> tuple[list[Any], list[Event]]:
         options = run.request.retrieval
-        question = run.request.messages[-1].content
+        question = run.request.messages[-1].content[:_MAX_QUERY_CHARS]
         try:
             reply = await self._peers.retrieval.stub.Query(
                 retrieval_service_pb2.QueryRequest(
@@ -597,7 +620,7 @@ class ChatFlow:
             self._peers.inference.stub.StreamComplete(request, metadata=self.metadata(run))
         )
 
-    async def _run(self, run: _Run) -> AsyncIterator[Event]:
+    async def _run(self, run: _Run) -> AsyncGenerator[Event, None]:
         prepared, stream = await self._prepare(run)
         output = _Output(run)
         # The answer is always screened, here in the gateway: even when moderation was down and the tenant
@@ -615,8 +638,9 @@ class ChatFlow:
             # Sent while the model call is under way: the citations and notices cost no wait of their own.
             for event in prepared.first:
                 yield event
-            async for event in output.screened(screener, stream):
-                yield event
+            async with contextlib.aclosing(output.screened(screener, stream)) as screened:
+                async for event in screened:
+                    yield event
         finally:
             stream.cancel()  # a no-op once it finished; on cancellation this stops the provider call
             if run.outcome.summary is None:
@@ -742,7 +766,9 @@ class _Output:
             raise relay
         self._error = relay
 
-    async def screened(self, screener: StreamScreener, stream: InferenceStream) -> AsyncIterator[Event]:
+    async def screened(
+        self, screener: StreamScreener, stream: InferenceStream
+    ) -> AsyncGenerator[Event, None]:
         """The answer screened in this process as it streams (output_screening.py says why here): each
         delta goes through the stream screener, what it releases goes to the caller at once, and a
         blocking finding stops the provider's stream. An inference error is acted on after the held-back
@@ -780,7 +806,7 @@ class _Output:
         self._output_findings.update(screening.count(step.findings))
         return step.released
 
-    async def finish(self) -> AsyncIterator[Event]:
+    async def finish(self) -> AsyncGenerator[Event, None]:
         run = self._run
         outcome = run.outcome
         outcome.findings.update(self._output_findings)

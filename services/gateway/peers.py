@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
+import grpc.aio
+
 from parapet import clients
 from parapet.kit.clients import ServiceClient
-from parapet.kit.errors import Unavailable
+from parapet.kit.errors import Unavailable, to_status_proto
 from services.gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -20,22 +24,69 @@ if TYPE_CHECKING:
 
 
 class _Unconfigured:
-    """Stands in for the client of a service whose address is not set: every use is UNAVAILABLE with the
-    variable to set, so a partial deployment (`parapet up --only gateway`) starts and says what is missing."""
+    """Stands in for the client of a service whose address is not set: every call fails UNAVAILABLE with the
+    variable to set, so a partial deployment (`parapet up --only gateway`) starts and says what is missing.
+
+    It fails the way a call to a service that is down fails (``grpc.aio.AioRpcError``, raised when the call is
+    awaited or read), so that the tenant's degradation policy applies to it like to any dependency that is
+    down. Raising the gateway's own error at ``stub`` skipped the policy: without a retrieval address every
+    chat was refused, where the default policy answers without context."""
 
     def __init__(self, name: str) -> None:
         self._name = name
 
     @property
     def stub(self) -> Any:
-        raise Unavailable(
+        return _DownStub(self._name)
+
+    async def close(self) -> None:
+        pass
+
+
+class _DownStub:
+    """Every method of an unconfigured service's stub: a call that fails UNAVAILABLE."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        return lambda *args, **kwargs: _FailedCall(self._name)
+
+
+class _FailedCall:
+    """A unary call (awaited) or a response stream (iterated) that fails UNAVAILABLE, naming the setting."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _error(self) -> grpc.aio.AioRpcError:
+        unavailable = Unavailable(
             f"the gateway has no address for the {self._name} service (PARAPET_{self._name.upper()}_ADDRESS)",
             reason="DEPENDENCY_UNAVAILABLE",
             retry_after=5.0,
         )
+        status = to_status_proto(unavailable)
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+            details=status.message,
+        )
 
-    async def close(self) -> None:
-        pass
+    async def _fail(self) -> Any:
+        raise self._error()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._fail().__await__()
+
+    def __aiter__(self) -> _FailedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error()
+
+    def cancel(self) -> bool:
+        return False
 
 
 def _client(settings: GatewaySettings, name: str, factory: Any, **kw: Any) -> Any:

@@ -3,6 +3,7 @@ DeleteReplays erases a user's stored idempotent answers."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -46,10 +47,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         request_id = current_request_id() or str(uuid.uuid4())
         await context.send_initial_metadata((("x-request-id", request_id),))
         caller = await self.caller(context)
-        async for event in self._flow.stream(caller, request, request_id=request_id):
-            if event.HasField("summary"):
-                context.set_trailing_metadata(_overhead(event.summary))
-            yield event
+        # Closed as this handler is (see ChatFlow.stream): the chat's settlement waits for nothing else.
+        async with contextlib.aclosing(self._flow.stream(caller, request, request_id=request_id)) as events:
+            async for event in events:
+                if event.HasField("summary"):
+                    context.set_trailing_metadata(_overhead(event.summary))
+                yield event
 
     async def Chat(
         self, request: chat_service_pb2.ChatRequest, context: grpc.aio.ServicerContext
