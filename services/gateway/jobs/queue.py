@@ -9,8 +9,10 @@ a worker that dies stops doing so and JetStream hands the job to another one aft
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from parapet.kit.bus import Bus, StreamSpec
 
@@ -58,3 +60,15 @@ async def enqueue(bus: Bus, tenant_id: str, job_id: str, msg_id: str | None = No
     """Publish the job's message and wait for JetStream's ack; ``msg_id`` (default: the job id)
     de-duplicates a repeat within the stream's duplicate window."""
     await bus.publish(SUBJECT, message_body(tenant_id, job_id), msg_id=msg_id or job_id)
+
+
+async def stream_created(bus: Bus) -> datetime | None:
+    """When the JOBS stream was created (declared again first when it is missing); None when the server does not
+    say. A job whose message was published before then was lost with an earlier stream (NATS restarted without
+    its store, an operator removed the stream): the sweeper queues it again."""
+    try:
+        info = await bus.jetstream.stream_info(JOBS_STREAM.name)
+    except NotFoundError:
+        await bus.ensure_stream(JOBS_STREAM)
+        info = await bus.jetstream.stream_info(JOBS_STREAM.name)
+    return info.created

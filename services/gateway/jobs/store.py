@@ -463,19 +463,27 @@ class JobStore:
 
     # -- the sweeper (every tenant, ids only) ------------------------------------------------------------------
 
-    async def to_requeue(self, stale_after_seconds: float, limit: int = 100) -> list[tuple[str, str, str]]:
+    async def to_requeue(
+        self, stale_after_seconds: float, *, stream_created: datetime | None = None, limit: int = 100
+    ) -> list[tuple[str, str, str]]:
         """(tenant, job id, message id) of unfinished jobs the queue may not hold: never acknowledged by
-        JetStream, or running under a lease expired long ago (their message lost with a stream)."""
+        JetStream, published before the stream now holding the queue was created (``stream_created``: their
+        message went with the earlier stream, whether the job waited queued or was given back), or running under
+        a lease expired long ago (their message lost with a stream).
+
+        ``stream_created`` is NATS's clock, ``enqueue_time`` PostgreSQL's: a skew only re-queues the jobs
+        published within it after the stream's creation once more, which the lease makes harmless."""
         async with self._sweeping() as session:
             rows = await session.execute(
                 text(
                     "SELECT tenant_id, job_id::text, runs FROM jobs"
                     " WHERE state IN ('queued', 'running') AND ("
                     "   (enqueue_time IS NULL AND create_time < now() - interval '2 seconds')"
+                    "   OR enqueue_time < CAST(:created AS timestamptz)"
                     "   OR lease_expire_time < now() - make_interval(secs => :s))"
                     " ORDER BY create_time LIMIT :n"
                 ),
-                {"s": stale_after_seconds, "n": limit},
+                {"s": stale_after_seconds, "created": stream_created, "n": limit},
             )
             # The run count in the message id lets a re-queue through JetStream's duplicate window (the attempt
             # count would not: a give-back takes it back, so it repeats).

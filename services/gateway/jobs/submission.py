@@ -61,9 +61,17 @@ def validate(request: job_service_pb2.SubmitJobRequest) -> None:
 def fingerprint(subject: str, batch: job_pb2.ChatBatch, metadata: Mapping[str, str]) -> bytes:
     """SHA-256 over the submitter and the deterministic serialization of what runs: a repeated key with the
     same of both is the same job; with anything else it is IDEMPOTENCY_KEY_REUSED (also when another user of
-    the tenant picked the same key, who must not be handed someone else's job)."""
+    the tenant picked the same key, who must not be handed someone else's job).
+
+    The items' own idempotency keys are left out: the contract ignores them, so they must not make a retry of
+    the same job (whose client drew new item keys) a different one. Without them the serialization is the
+    batch's own when no item has a key (proto3 leaves an empty string out), as every fingerprint stored before."""
+    runs = job_pb2.ChatBatch()
+    runs.CopyFrom(batch)
+    for item in runs.requests:
+        item.idempotency_key = ""
     digest = hashlib.sha256()
-    for part in (subject.encode(), batch.SerializeToString(deterministic=True)):
+    for part in (subject.encode(), runs.SerializeToString(deterministic=True)):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     for key in sorted(metadata):

@@ -96,13 +96,15 @@ async def register_job_service(
 
 
 async def sweep(store: JobStore, bus: Bus, settings: JobSettings) -> None:
-    """Queue again what the queue may not hold: jobs whose publish failed after their submit committed, and
-    running jobs whose lease expired long ago (their message lost, e.g. with a recreated stream)."""
+    """Queue again what the queue may not hold: jobs whose publish failed after their submit committed, jobs
+    published before the current stream was created (NATS lost its store: queued and given-back jobs alike,
+    which no lease would ever bring back), and running jobs whose lease expired long ago."""
     stale = 4 * settings.gateway_job_ack_wait_seconds
     while True:
         await asyncio.sleep(settings.gateway_job_sweep_seconds)
         try:
-            for tenant_id, job_id, msg_id in await store.to_requeue(stale):
+            created = await queue.stream_created(bus)
+            for tenant_id, job_id, msg_id in await store.to_requeue(stale, stream_created=created):
                 await queue.enqueue(bus, tenant_id, job_id, msg_id)
                 await store.mark_enqueued(tenant_id, job_id)
                 log.info("job queued again", extra={"job_id": job_id})

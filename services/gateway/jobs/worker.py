@@ -3,9 +3,12 @@ chat flow with bounded concurrency, checkpoints each finished item, and acknowle
 
 Durability, step by step:
 - the lease (``jobs.worker``/``lease_expire_time``) makes a job run on one worker at a time, even when the
-  sweeper queued it twice; it is renewed with JetStream's ``in_progress`` every third of ``ack_wait``;
+  sweeper queued it twice (within a process, which holds one lease, ``_active`` does); it is renewed every
+  third of ``ack_wait``, as JetStream is told ``in_progress``, each whether or not the other got through;
 - each finished item is one transaction (result row, counters, notification): a resumed job reads the
-  finished indices and runs only the others, so no finished item is run (or charged) twice;
+  finished indices and runs only the others, so no finished item is run (or charged) twice. A checkpoint the
+  database refuses is tried again within one lease; one that still fails stops new items and fails the attempt
+  (the job is given back);
 - the message is acknowledged only after the terminal state is committed. A stopping worker releases the
   lease and naks (immediate redelivery); a dead one simply stops renewing, and after ``ack_wait`` JetStream
   redelivers the job to another worker, whose claim succeeds because the lease expired with it.
@@ -33,7 +36,7 @@ from nats.aio.msg import Msg
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
 from parapet.kit.durable import DurableConsumer
-from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError
+from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError, Unavailable
 from parapet.kit.timeouts import cancel_and_wait, within
 from parapet.status.v1 import status_pb2
 from services.gateway.caller import Caller
@@ -70,6 +73,7 @@ _AUTH_DOWN_CODES = frozenset(
 )
 _STEP_TIMEOUT = 2.0  # bound on best-effort messages to NATS and the database while stopping
 _UNEXPECTED_RETRY_SECONDS = 30.0  # a claim that failed for no known reason is retried this much later
+_CHECKPOINT_FIRST_RETRY_SECONDS = 0.25  # a checkpoint the database refused is tried again, doubling the pause
 
 
 @dataclass
@@ -81,10 +85,18 @@ class _Run:
     fatal: status_pb2.Status | None = None  # the submitter may no longer act (from auth)
     retry: bool = False  # a dependency failed: give the job back for a later attempt
     auth_down: bool = False  # ...because auth could not answer (the attempt is not counted)
+    # A finished item's checkpoint could not be written: the attempt fails (raised once the running items end).
+    checkpoint_failed: bool = False
 
     @property
     def stop(self) -> bool:
-        return self.cancelled or self.lease_lost or self.fatal is not None or self.retry
+        return (
+            self.cancelled
+            or self.lease_lost
+            or self.fatal is not None
+            or self.retry
+            or self.checkpoint_failed
+        )
 
 
 class JobWorker:
@@ -105,6 +117,10 @@ class JobWorker:
         self._settings = settings
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self._lease = settings.gateway_job_ack_wait_seconds
+        # Jobs this process is running. The lease is per process (``worker_id``), and a claim of our own lease
+        # succeeds (a job we gave back without releasing, say): a second message for a job running here (the
+        # sweeper's re-queue, a redelivery) must wait here instead, or the job runs twice at once.
+        self._active: set[str] = set()
 
     async def run(self) -> None:
         """Pull and run jobs until cancelled (the kit cancels it on shutdown: running jobs are given back)."""
@@ -146,6 +162,16 @@ class JobWorker:
             await message.term()
             return
         tenant_id, job_id = parsed
+        if job_id in self._active:
+            await message.nak(delay=self._lease)  # acknowledged or dropped once the run here has ended
+            return
+        self._active.add(job_id)
+        try:
+            await self._handle(message, tenant_id, job_id)
+        finally:
+            self._active.discard(job_id)
+
+    async def _handle(self, message: Msg, tenant_id: str, job_id: str) -> None:
         try:
             claim = await self._store.claim(tenant_id, job_id, self.worker_id, self._lease)
         except ParapetError:
@@ -258,8 +284,15 @@ class JobWorker:
     async def _heartbeat(self, message: Msg, job: JobRow, run: _Run) -> None:
         while True:
             await asyncio.sleep(self._lease / 3)
+            # Each step on its own: the lease in PostgreSQL is what stops a second run when JetStream redelivers
+            # the job (its progress reports refused by NATS), so a failed report must not skip its renewal.
             try:
                 await message.in_progress()
+            except Exception:
+                log.warning(
+                    "reporting a job's progress to NATS failed", exc_info=True, extra={"job_id": job.job_id}
+                )
+            try:
                 await self._check_in(job, run)
             except Exception:
                 log.warning("renewing a job's lease failed", exc_info=True, extra={"job_id": job.job_id})
@@ -324,9 +357,37 @@ class JobWorker:
             log.exception("job item failed unexpectedly", extra={"job_id": job.job_id, "index": index})
             crash = Internal("the item failed inside the gateway")
             outcome = ItemOutcome(index, error=status_of(crash).SerializeToString())
-        state = await self._store.record_item(job.tenant_id, job.job_id, outcome)
+        try:
+            state = await self._checkpoint(job, outcome)
+        except Exception:
+            # No new item may start: it would reach the model and be billed, and its result, which the
+            # database would refuse too, be lost and the item run again on the next attempt.
+            run.checkpoint_failed = True
+            raise
         if state in ("cancelled", DELETED):
             run.cancelled = True
+
+    async def _checkpoint(self, job: JobRow, outcome: ItemOutcome) -> str:
+        """``record_item``, tried again while the database is unavailable: the outcome is already paid for, and
+        one lost means running (and billing) the item again. Retries stay within one lease, past which another
+        worker may take the job over; after that the error is raised (the job is given back).
+        ``record_item`` is idempotent, so a retry after a commit whose answer was lost changes nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease
+        pause = _CHECKPOINT_FIRST_RETRY_SECONDS
+        while True:
+            try:
+                return await self._store.record_item(job.tenant_id, job.job_id, outcome)
+            except Unavailable:
+                if loop.time() + pause > deadline:
+                    raise
+                log.warning(
+                    "checkpointing a job item failed; retrying",
+                    exc_info=True,
+                    extra={"job_id": job.job_id, "index": outcome.index},
+                )
+                await asyncio.sleep(pause)
+                pause *= 2
 
 
 def _succeeded(index: int, response: chat_service_pb2.ChatResponse) -> ItemOutcome:

@@ -23,7 +23,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_
 from parapet.inference.v1 import message_pb2
 from parapet.kit import timeouts
 from parapet.kit.app import Resources, ServiceApp
-from parapet.kit.errors import Unauthenticated
+from parapet.kit.errors import FailedPrecondition, Unauthenticated
 from parapet.kit.identity import Principal
 from parapet.kit.testing import running
 from parapet.usage.v1 import money_pb2, token_usage_pb2
@@ -44,9 +44,14 @@ MIGRATIONS = Path(__file__).parents[3] / "services" / "gateway" / "migrations"
 class Runner:
     """Runs an item the way the flow starts one: acts for the caller at auth (Authorize with its token),
     then answers. Counts runs per item (past the gate) and keeps every request id it was given (also of runs
-    the gate held and a stop cancelled); ``gate`` holds items until set."""
+    the gate held and a stop cancelled); ``gate`` holds items until set.
+
+    With ``tenant``, items of other tenants' jobs fail at once, neither counted nor held: the database outlives a
+    test's NATS, and the sweeper rightly queues again, into the next test's new stream, the jobs earlier tests
+    left unfinished (each in a tenant of its own), which must neither skew the counts nor occupy the gate."""
 
     auth_target: str
+    tenant: str = ""
     calls: Counter[int] = field(default_factory=Counter)
     request_ids: list[str] = field(default_factory=list)
     callers: list[Caller] = field(default_factory=list)
@@ -61,6 +66,8 @@ class Runner:
     async def __call__(
         self, caller: Caller, request: chat_service_pb2.ChatRequest, request_id: str
     ) -> chat_service_pb2.ChatResponse:
+        if self.tenant and caller.tenant_id != self.tenant:
+            raise FailedPrecondition("an earlier test's job", reason="NOT_THIS_TEST_S_JOB")
         index = item_index(request_id)
         self.request_ids.append(request_id)
         self.started.set()
@@ -177,7 +184,7 @@ class Suite:
             yield job_service_pb2_grpc.JobServiceStub(channel)
 
     def runner(self, **kwargs: Any) -> Runner:
-        return Runner(self.auth.target, **kwargs)
+        return Runner(self.auth.target, tenant=self.tenant, **kwargs)
 
     async def new_member(self, user_id: str, roles: tuple[str, ...] = ("member",)) -> tuple[str, str]:
         await self.auth.new_user(self.tenant, user_id, roles=roles)

@@ -1,5 +1,6 @@
-"""A gateway process whose job worker finishes ``argv[2]`` items and then hangs in the next one, until the test
-kills it (SIGKILL: no shutdown, no give-back). Run with the repository root as the working directory."""
+"""A gateway process whose job worker finishes ``argv[2]`` items of tenant ``argv[3]``'s jobs and then hangs in
+the next one, until the test kills it (SIGKILL: no shutdown, no give-back). Run with the repository root as the
+working directory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.integration.gateway_jobs.conftest import Runner, gateway_app
 async def main() -> None:
     settings = JobSettings(**json.loads(sys.argv[1]))
     assert settings.auth_address is not None
-    runner = Runner(settings.auth_address, free_items=int(sys.argv[2]))
+    runner = Runner(settings.auth_address, tenant=sys.argv[3], free_items=int(sys.argv[2]))
     runner.gate.clear()
     async with running(gateway_app(runner, settings.auth_address), settings):
         print("serving", flush=True)

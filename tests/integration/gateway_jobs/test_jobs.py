@@ -469,6 +469,7 @@ async def test_a_killed_worker_s_job_is_redelivered_after_its_lease_and_resumed(
             "tests.integration.gateway_jobs.dying_gateway",
             settings,
             "3",
+            suite.tenant,
             cwd=root,
             stdout=asyncio.subprocess.DEVNULL,
         )

@@ -12,6 +12,8 @@ import uuid
 import nats
 
 from parapet.embedded import EmbeddedNats
+from parapet.gateway.v1 import job_pb2
+from parapet.kit import timeouts
 from services.gateway.jobs import queue
 from tests.integration.gateway_jobs.conftest import Suite, batch_request, bearer, ended, watch_until
 
@@ -43,3 +45,34 @@ async def test_a_job_submitted_after_nats_lost_its_store_runs(suite: Suite, fres
         await client.close()
     assert (info.config.ack_wait, info.config.max_deliver, info.config.max_ack_pending) == (1.5, -1, 10_000)
     assert info.config.filter_subject == queue.SUBJECT
+
+
+async def test_jobs_whose_message_was_lost_with_the_store_still_run(
+    suite: Suite, fresh_nats: EmbeddedNats
+) -> None:
+    """A job accepted and queued (its message acknowledged by JetStream) before NATS lost its store: the message
+    went with the stream. The sweeper queued again only jobs never acknowledged and running jobs with a long
+    expired lease, so a queued job (and a running one given back, whose lease is cleared) waited for ever:
+    accepted, then lost. Here one job is queued and another given back by a stopping gateway."""
+    held = suite.runner(free_items=1)
+    held.gate.clear()  # the given-back job's second item hangs until its gateway stops
+    async with suite.gateway(held, gateway_job_item_concurrency=1) as jobs:
+        given_back = await jobs.SubmitJob(
+            batch_request(f"job-{uuid.uuid4().hex}", ["a", "b", "c"]), metadata=bearer(suite.key)
+        )
+        await timeouts.within(30, held.held.wait())
+    async with suite.gateway(suite.runner(), gateway_job_workers_enabled=False) as jobs:
+        queued = await jobs.SubmitJob(
+            batch_request(f"job-{uuid.uuid4().hex}", ["q1", "q2"]), metadata=bearer(suite.key)
+        )
+    assert queued.job.state == job_pb2.JOB_STATE_QUEUED
+
+    await asyncio.to_thread(fresh_nats.stop)
+    await asyncio.to_thread(shutil.rmtree, fresh_nats.store_dir)
+    await asyncio.to_thread(fresh_nats.start)
+
+    runner = suite.runner()
+    async with suite.gateway(runner) as jobs:
+        for submitted, items in ((queued, 2), (given_back, 3)):
+            job = await watch_until(jobs, suite.key, submitted.job.job_id, ended, within=60)
+            assert job.state == job_pb2.JOB_STATE_SUCCEEDED and job.progress.succeeded_items == items, job

@@ -110,3 +110,16 @@ def test_a_stored_job_becomes_its_message() -> None:
         error.SerializeToString()
     )
     assert [r.index for r in job.results] == [0, 2]
+
+
+def test_the_fingerprint_ignores_the_items_own_idempotency_keys() -> None:
+    """ChatBatch says the items' idempotency_key fields are ignored (the job's key covers them): a retry of the
+    same job whose client drew new item keys is the same job, not IDEMPOTENCY_KEY_REUSED. The stored spec's
+    fingerprint does not change for items without a key (proto3 leaves an empty string out)."""
+    first, retry, plain = _request(2), _request(2), _request(2)
+    for index, (a, b) in enumerate(zip(first.chat_batch.requests, retry.chat_batch.requests, strict=True)):
+        a.idempotency_key, b.idempotency_key = f"first-{index}", f"retry-{index}"
+    digest = submission.fingerprint("alice", first.chat_batch, {})
+    assert digest == submission.fingerprint("alice", retry.chat_batch, {})
+    assert digest == submission.fingerprint("alice", plain.chat_batch, {})
+    assert first.chat_batch.requests[0].idempotency_key == "first-0"  # the caller's request is not changed
