@@ -114,6 +114,9 @@ class _Stream:
     attempts: list[routing_pb2.FallbackAttempt] = field(default_factory=list)
     first_token: float | None = None
     text: list[str] = field(default_factory=list)
+    # The outcome a summary reports when no cached answer is served: MISS once the request is keyed for the
+    # cache (looked up or to be stored), BYPASSED when the cache is off or the request disabled it.
+    cache_miss: cache_pb2.CacheOutcome.ValueType = cache_pb2.CACHE_OUTCOME_BYPASSED
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -248,6 +251,7 @@ class Engine:
         key: CacheKey | None = None
         if self.cache is not None and mode != cache_pb2.CACHE_MODE_DISABLED:
             key = _cache_key(principal, plan, rendered, generation, conversation, context)
+            state.cache_miss = cache_pb2.CACHE_OUTCOME_MISS
         if key is not None and self.cache is not None and mode == cache_pb2.CACHE_MODE_READ_WRITE:
             hit = await self._lookup(key, question)
             if hit is not None:
@@ -286,9 +290,7 @@ class Engine:
                 yield message
             return
         assert answered is not None
-        outcome = cache_pb2.CacheResult(
-            outcome=cache_pb2.CACHE_OUTCOME_MISS if key is not None else cache_pb2.CACHE_OUTCOME_BYPASSED
-        )
+        outcome = cache_pb2.CacheResult(outcome=state.cache_miss)
         if key is not None and finish == generation_pb2.FINISH_REASON_STOP:
             entry = NewEntry(
                 question=question,
@@ -593,7 +595,7 @@ class Engine:
             state,
             generation_pb2.FINISH_REASON_ERROR,
             model,
-            cache_pb2.CacheResult(outcome=cache_pb2.CACHE_OUTCOME_MISS),
+            cache_pb2.CacheResult(outcome=state.cache_miss),
         )
 
 

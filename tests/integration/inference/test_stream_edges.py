@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from parapet.inference.v1 import generation_pb2
+from parapet.inference.v1 import cache_pb2, generation_pb2
 from parapet.upstream import UpstreamServer
 from tests.integration.inference.conftest import StartInference, upstream_config
 
@@ -20,13 +20,13 @@ async def test_a_deadline_after_the_first_token_still_ends_with_the_summary(
         {
             "name": "m",
             "provider": "openai",
-            "upstream_model": "gpt-4o-mini;chunk_delay=0.4",
+            "upstream_model": "gpt-4o-mini;chunk_delay=1.0",
             "input_price_per_million": "1",
             "output_price_per_million": "1",
         }
     ]
     async with start_inference(upstream_config(upstream, models)) as inference:
-        outcome = await inference.stream("one two three four five six seven eight", deadline=1.0)
+        outcome = await inference.stream("one two three four five six seven eight", deadline=3.0)
     assert outcome.deltas[:1] == ["You"] and len(outcome.deltas) < 10
     assert outcome.error is not None and outcome.error.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert outcome.summary is not None, "the summary comes before the status"
@@ -35,6 +35,8 @@ async def test_a_deadline_after_the_first_token_still_ends_with_the_summary(
     assert usage.estimated and usage.prompt_tokens > 0 and usage.completion_tokens >= len(outcome.deltas)
     assert outcome.summary.cost.amount_micros == usage.prompt_tokens + usage.completion_tokens
     assert outcome.summary.routing.model == "m"
+    # The cache is off here: the summary says so (it said MISS on every interrupted answer before).
+    assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_BYPASSED
 
 
 async def test_openai_gets_max_completion_tokens_and_compatible_servers_max_tokens(
