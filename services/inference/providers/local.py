@@ -52,14 +52,22 @@ class LocalProvider:
                 text = text[: text.index(stop)]
         words = text.split(" ")
         finish: str = "stop"
-        if request.max_tokens is not None:
-            kept: list[str] = []
-            for word in words:
-                if tokens.count(" ".join([*kept, word])) > request.max_tokens:
-                    finish = "length"
-                    break
-                kept.append(word)
-            words = kept
+        if request.max_tokens is not None and tokens.count(" ".join(words)) > request.max_tokens:
+            finish = "length"
+            words = words[: _words_within(words, request.max_tokens)]
         for index, word in enumerate(words):
             yield Delta(word if index == 0 else " " + word)
         yield Finish("length" if finish == "length" else "stop", None)
+
+
+def _words_within(words: list[str], limit: int) -> int:
+    """The most leading words whose text counts at most ``limit`` tokens. A binary search: a longer prefix never
+    counts fewer tokens, and counting each prefix in turn was quadratic in the answer's length."""
+    low, high = 0, len(words)  # words[:low] fits; words[:high + 1] does not (or high is every word)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if tokens.count(" ".join(words[:middle])) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -42,6 +42,25 @@ async def test_max_tokens_cuts_with_finish_length() -> None:
     assert tokens.count("".join(deltas)) <= 4
 
 
+async def test_max_tokens_keeps_the_most_words_that_fit_however_long_the_answer() -> None:
+    """The cut keeps exactly the leading words that fit, as counting each prefix in turn did (which was quadratic
+    in the answer's length: every word recounted the whole text before it)."""
+    text = " ".join(f"word{i % 97}-{i}" for i in range(3000))
+    for limit in (1, 7, 500, 4000):
+        request = ProviderRequest(
+            model="local", system="", messages=(PromptMessage("user", text),), max_tokens=limit
+        )
+        deltas, finish = await _run(request)
+        kept = "".join(deltas)
+        words = kept.split(" ")
+        answer = (await _run(ProviderRequest(model="local", system="", messages=request.messages)))[0]
+        full = "".join(answer).split(" ")
+        assert finish.reason == "length" and tokens.count(kept) <= limit
+        # One more word would not have fitted.
+        assert tokens.count(" ".join(full[: len(words) + 1])) > limit
+        assert full[: len(words)] == words
+
+
 def test_token_counts_match_the_encodings() -> None:
     assert tokens.count("hello world") == 2
     assert tokens.count("") == 0
