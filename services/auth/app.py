@@ -82,7 +82,10 @@ async def register(server: grpc.aio.Server, resources: Resources[AuthSettings]) 
         access,
         prefix_throttle=FailureThrottle(settings.auth_throttle_failures, window),
         client_throttle=FailureThrottle(settings.auth_throttle_client_failures, window),
-        jwks=oidc.JwksCache(min_refetch_seconds=settings.auth_oidc_min_refetch_seconds),
+        jwks=oidc.JwksCache(
+            min_refetch_seconds=settings.auth_oidc_min_refetch_seconds,
+            private_addresses=settings.auth_oidc_jwks_private_addresses,
+        ),
     )
     assert settings.database_url is not None
     listener = InvalidationListener(

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
+from urllib.parse import urlparse
 
 import httpx
 import jwt
@@ -151,6 +154,28 @@ def _inline_keys(provider: tenant_policy_pb2.OidcProvider) -> list[dict[str, Any
     return list(_parsed_inline(provider.issuer, provider.jwks_json))
 
 
+async def require_public_host(url: str) -> None:
+    """Raise ValueError (a failed fetch) unless every address ``url``'s host resolves to is public. The URL is a
+    tenant admin's choice and auth fetches it from inside the operator's network: without this, a policy could
+    make auth probe internal services (whether a sign-in fails tells whether something answered there).
+    Resolved here and again by the HTTP client: a name re-pointed between the two (DNS rebinding) is not
+    caught, which leaves only that success-or-failure probe, never the answer's content."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        resolved = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ValueError(f"the JWKS host {host!r} does not resolve: {error}") from None
+    for *_, address in resolved:
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global or ip.is_multicast:
+            raise ValueError(
+                f"the JWKS host {host!r} resolves to {ip}, which is not a public address "
+                "(PARAPET_AUTH_OIDC_JWKS_PRIVATE_ADDRESSES allows it)"
+            )
+
+
 @dataclass
 class _Keys:
     keys: list[dict[str, Any]]
@@ -160,9 +185,16 @@ class _Keys:
 class JwksCache:
     """Provider keys by (issuer, source); URL documents are refetched after max age or on an unknown kid."""
 
-    def __init__(self, *, min_refetch_seconds: float = 5.0, timeout_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        *,
+        min_refetch_seconds: float = 5.0,
+        timeout_seconds: float = 3.0,
+        private_addresses: bool = False,
+    ) -> None:
         self._min_refetch = min_refetch_seconds
         self._timeout = timeout_seconds
+        self._private_addresses = private_addresses
         self._cache: dict[tuple[str, str], _Keys] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -170,6 +202,8 @@ class JwksCache:
         # httpx's timeout bounds each read, not the whole answer: a server dripping a byte a second would hold
         # the fetch (and every sign-in of the provider, waiting on its lock) forever. Bound both time and size.
         async with asyncio.timeout(self._timeout), httpx.AsyncClient(timeout=self._timeout) as client:
+            if not self._private_addresses:
+                await require_public_host(provider.jwks_uri)
             async with client.stream("GET", provider.jwks_uri) as response:
                 response.raise_for_status()
                 body = bytearray()

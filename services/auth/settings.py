@@ -41,7 +41,8 @@ class AuthSettings(ServiceSettings):
     auth_throttle_failures: int = Field(
         10,
         gt=0,
-        description="Failed authentications per key prefix or OIDC issuer per window before throttling.",
+        description="Failed authentications per API key prefix per window before throttling (OIDC tokens "
+        "count per client only).",
     )
     auth_throttle_client_failures: int = Field(
         50, gt=0, description="Failed authentications per client address per window before throttling."
@@ -56,6 +57,12 @@ class AuthSettings(ServiceSettings):
         5.0,
         ge=0,
         description="An OIDC token with an unknown `kid` refetches its provider's JWKS at most this often.",
+    )
+    auth_oidc_jwks_private_addresses: bool = Field(
+        False,
+        description="Let an identity provider's `jwks_uri` reach loopback, private, link-local or other "
+        "non-public addresses (an identity provider inside your own network; tests). Off: the URL is a tenant "
+        "admin's choice and auth fetches it from inside your network, so it must resolve to public addresses.",
     )
     auth_bootstrap_key_file: Path | None = Field(
         None,

@@ -55,6 +55,7 @@ def auth_settings(database_url: str, nats_url: str, signing_key_file: Path, **ov
         "shutdown_grace_seconds": 1.0,
         "auth_outbox_interval_seconds": 0.2,
         "auth_oidc_min_refetch_seconds": 0.0,
+        "auth_oidc_jwks_private_addresses": True,  # the tests' identity providers listen on loopback
     }
     values.update(overrides)
     return AuthSettings(**values)

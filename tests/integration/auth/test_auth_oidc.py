@@ -17,8 +17,9 @@ from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.identity.v1 import principal_pb2
-from parapet.kit.errors import error_details
+from parapet.kit.errors import Unavailable, error_details
 from parapet.kit.testing import refusal
+from services.auth import oidc
 from tests.integration.auth.conftest import Auth, Idp, make_idp_key
 
 
@@ -350,3 +351,22 @@ async def test_a_jwks_url_that_drips_its_answer_gives_up_in_bounded_time(auth: A
         stop.set()
         server.shutdown()
         server.server_close()
+
+
+async def test_a_jwks_uri_on_a_non_public_address_is_fetched_only_when_allowed(idp: Idp) -> None:
+    # The URL is a tenant admin's choice and auth fetches it from inside the operator's network: by default a
+    # host resolving to loopback, private or link-local addresses is a failed fetch (the server is never asked);
+    # PARAPET_AUTH_OIDC_JWKS_PRIVATE_ADDRESSES lets an identity provider inside that network be used.
+    provider = tenant_policy_pb2.OidcProvider(
+        issuer=idp.issuer, audiences=[idp.audience], jwks_uri=idp.server.url
+    )
+    token = oidc.inspect(idp.token())
+    fetched = idp.server.fetches
+    with pytest.raises(Unavailable):
+        await oidc.JwksCache().key(provider, token)
+    assert idp.server.fetches == fetched, "a private address was asked"
+    for host in ("localhost", "10.1.2.3", "169.254.169.254", "[::1]", "100.64.0.1"):
+        with pytest.raises(ValueError, match="not a public address"):
+            await oidc.require_public_host(f"https://{host}/jwks")
+    assert await oidc.JwksCache(private_addresses=True).key(provider, token)
+    assert idp.server.fetches == fetched + 1
