@@ -16,12 +16,14 @@ from parapet.embeddings import CachedEmbedder, Embedder
 from parapet.embeddings.minilm import MiniLmEmbedder, MiniLmOptions, load_tokenizer
 from parapet.embeddings.openai_embedder import OpenAIEmbedder
 from parapet.events.documents import DOCUMENTS_STREAM
+from parapet.kit import periodic
 from parapet.kit.app import Resources, ServiceApp
 from parapet.retrieval.v1 import retrieval_service_pb2_grpc
 from services.retrieval.chunking import ChunkingOptions
 from services.retrieval.deletion import Deleter
 from services.retrieval.events import OutboxRelay
 from services.retrieval.ingest import IngestOptions, Ingestor
+from services.retrieval.orphans import OrphanSweeper
 from services.retrieval.search import Searcher
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
@@ -79,6 +81,13 @@ async def register(server: grpc.aio.Server, resources: Resources[RetrievalSettin
     )
     retrieval_service_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
     resources.spawn(relay.run(), name="documents-deleted-relay")
+    if isinstance(store, PgVectorStore):
+        # Pinecone has no such sweep: its vectors cannot be joined with the chunk rows (docs/retrieval.md).
+        sweeper = OrphanSweeper(store, grace_seconds=settings.retrieval_orphan_grace_seconds)
+        resources.spawn(
+            periodic.every(settings.retrieval_orphan_sweep_seconds, sweeper.tick, "the orphan vector sweep"),
+            name="orphan-vector-sweeper",
+        )
 
 
 APP = ServiceApp(

@@ -52,6 +52,12 @@ class PgVectorOptions:
     max_scan_tuples: int = 100_000
 
 
+@dataclass(frozen=True)
+class OrphanSweep:
+    swept: int  # vectors deleted
+    next_after: tuple[str, str] | None  # where the next batch starts; None: the table's end was reached
+
+
 class PgVectorStore:
     name = "pgvector"
 
@@ -78,7 +84,8 @@ class PgVectorStore:
             INSERT INTO chunk_vectors (tenant_id, chunk_id, document_id, embedding, access_groups, metadata)
             VALUES (:t, :c, :d, CAST(:v AS vector), :g, CAST(:m AS jsonb))
             ON CONFLICT (tenant_id, chunk_id) DO UPDATE SET document_id = excluded.document_id,
-                embedding = excluded.embedding, access_groups = excluded.access_groups, metadata = excluded.metadata
+                embedding = excluded.embedding, access_groups = excluded.access_groups, metadata = excluded.metadata,
+                write_time = now()
             """
         )
         with _unavailable_on_error("upsert"):
@@ -143,6 +150,56 @@ class PgVectorStore:
                         "m": json.dumps(dict(metadata)),
                     },
                 )
+
+    async def sweep_orphans(
+        self, after: tuple[str, str] | None, limit: int, grace_seconds: float
+    ) -> OrphanSweep:
+        """Looks at the ``limit`` vectors after the key ``after`` (from the start when None) and deletes those no
+        chunk row references and nothing wrote for ``grace_seconds``: the garbage of a deletion whose vector
+        delete failed (``deletion.forget_vectors``), or of an ingestion that stopped between writing a
+        document's vectors and its chunk rows. Spans tenants, so it runs as the owner (no caller, no RLS scope).
+
+        The write time is read from the row being deleted (``v.write_time``), so a vector an ingestion writes
+        again meanwhile is re-checked and kept. Statement-level snapshot: a chunk row committed after it began
+        is not seen, but its vector was then written within the grace, which every ingestion (vectors, then
+        its rows, within one call) finishes long before."""
+        async with self._database.transaction() as session:
+            rows = (
+                await session.execute(
+                    text(
+                        """
+                        WITH batch AS (
+                            SELECT tenant_id, chunk_id FROM chunk_vectors
+                            WHERE CAST(:after_t AS text) IS NULL
+                               OR (tenant_id, chunk_id) > (CAST(:after_t AS text), CAST(:after_c AS text))
+                            ORDER BY tenant_id, chunk_id LIMIT :n
+                        ), swept AS (
+                            DELETE FROM chunk_vectors v USING batch b
+                            WHERE v.tenant_id = b.tenant_id AND v.chunk_id = b.chunk_id
+                              AND v.write_time < now() - make_interval(secs => :grace)
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM chunks c
+                                  WHERE c.tenant_id = b.tenant_id AND c.chunk_id = b.chunk_id
+                              )
+                            RETURNING v.tenant_id
+                        )
+                        SELECT (SELECT count(*) FROM batch) AS seen, (SELECT count(*) FROM swept) AS swept,
+                               (SELECT tenant_id FROM batch ORDER BY tenant_id DESC, chunk_id DESC LIMIT 1)
+                                   AS last_t,
+                               (SELECT chunk_id FROM batch ORDER BY tenant_id DESC, chunk_id DESC LIMIT 1)
+                                   AS last_c
+                        """
+                    ),
+                    {
+                        "after_t": after[0] if after else None,
+                        "after_c": after[1] if after else None,
+                        "n": limit,
+                        "grace": grace_seconds,
+                    },
+                )
+            ).one()
+        last = (rows.last_t, rows.last_c) if rows.last_t is not None else None
+        return OrphanSweep(swept=int(rows.swept), next_after=last if int(rows.seen) == limit else None)
 
     async def delete_chunks(self, tenant_id: str, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:

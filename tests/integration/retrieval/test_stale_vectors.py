@@ -11,6 +11,7 @@ from sqlalchemy import text
 from parapet.embeddings.minilm import MiniLmEmbedder, MiniLmOptions
 from parapet.kit.database import Database
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval.orphans import OrphanSweeper
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.pgvector import PgVectorStore
 from services.retrieval.stores.protocol import VectorRecord, document_key
@@ -76,3 +77,48 @@ async def test_a_vector_query_returns_top_k_results_past_stale_vectors(
     assert [c.citation.chunk_id for c in found] == [c.citation.chunk_id for c in expected]
     hybrid = await client.query(caller, question, mode=pb.SEARCH_MODE_HYBRID, top_k=4)
     assert len(hybrid) == 4 and "gone" not in {c.citation.document_id for c in hybrid}
+
+
+async def test_vectors_no_chunk_row_references_are_swept_once_past_the_grace(
+    client: Client, database: Database
+) -> None:
+    """The garbage of a deletion whose vector delete failed held the deleted document's embeddings and metadata
+    for ever. The sweep deletes vectors without a chunk row that nothing wrote for the grace period, and keeps
+    live vectors however old, and orphans an ingestion may still be about to reference (written recently)."""
+    tenant = new_tenant()
+    caller = client.as_(tenant)
+    await client.ingest(caller, (doc("kept"), HANDBOOK["leave"]), (doc("deleted"), HANDBOOK["travel"]))
+    async with refused_vector_writes(database, tenant, "DELETE"):
+        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="deleted"), metadata=caller)
+    store = PgVectorStore(database)
+    (vector,) = await MiniLmEmbedder(MiniLmOptions(threads=1)).embed(["in flight"])
+    in_flight = VectorRecord(f"{document_key('new')}#{0:016x}", "new", vector)
+    rewritten = VectorRecord(f"{document_key('new')}#{1:016x}", "new", vector)
+    await store.upsert(tenant, [in_flight, rewritten])
+    async with database.transaction() as session:  # two hours pass for all but the in-flight vector
+        await session.execute(
+            text(
+                "UPDATE chunk_vectors SET write_time = now() - interval '2 hours'"
+                " WHERE tenant_id = :t AND chunk_id <> :c"
+            ),
+            {"t": tenant, "c": in_flight.chunk_id},
+        )
+    await store.upsert(tenant, [rewritten])  # written again (an ingestion of the same text): young again
+    before = await _vector_ids(database, tenant)
+    async with tenant_scope(database, tenant) as session:
+        garbage = set(
+            (
+                await session.execute(
+                    text("SELECT chunk_id FROM chunk_vectors WHERE document_id = 'deleted'")
+                )
+            ).scalars()
+        )
+    assert garbage and garbage < before
+
+    sweeper = OrphanSweeper(store, batch=500, grace_seconds=3600)
+    while (await sweeper.tick()).next_after is not None:
+        pass
+    assert await _vector_ids(database, tenant) == before - garbage
+    assert sweeper.swept >= len(garbage)
+    found = await client.query(caller, "annual leave days", mode=pb.SEARCH_MODE_VECTOR, top_k=3)
+    assert {c.citation.document_id for c in found} == {"kept"}
