@@ -90,8 +90,8 @@ bench-gateway: install
 bench-soak: install
 	$(BIN)/python -m bench.gateway_soak
 
-## ci: what .ci/run does
-ci: lint check-generated test
+## ci: what .ci/run does (without its time bound on the slow suites)
+ci: lint check-generated test-slow test
 
 clean:
 	rm -rf $(VENV) .venv-litellm node_modules .parapet .pytest_cache .mypy_cache .ruff_cache

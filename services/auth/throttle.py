@@ -1,4 +1,4 @@
-"""Throttling of repeated authentication failures, per key prefix (or OIDC issuer) and per client.
+"""Throttling of repeated authentication failures, per API key prefix and per client (OIDC tokens: per client only).
 
 Per replica and in memory: a credential-guessing client spread over replicas gets at most replicas x the
 limit, which is still a tiny fraction of a 256-bit secret's space; what matters is that one prefix or one
