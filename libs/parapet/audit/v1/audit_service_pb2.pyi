@@ -320,7 +320,7 @@ class EraseRequest(_message.Message):
     user_id: _builtins.str
     """User whose bodies to drop. Required."""
     reason: _builtins.str
-    """Why (for example a ticket reference), recorded in the AdminAction."""
+    """Why (for example a ticket reference), recorded in the AdminAction; at most 4096 characters."""
     def __init__(
         self,
         *,

@@ -69,7 +69,11 @@ class AuditServiceServicer:
     """
 
     def Record(self, request, context):
-        """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream).
+        """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream). Only
+        for a service's token or a holder of PERMISSION_ADMIN (PERMISSION_DENIED PERMISSION_MISSING otherwise). A
+        record that cannot be stored (no record_id or payload, a negative count or cost, an out-of-range duration,
+        larger than 3 MiB) is INVALID_ARGUMENT RECORD_INVALID; a record_id already stored with other content is
+        ALREADY_EXISTS RECORD_CONFLICT.
         Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -36,7 +36,11 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     Record: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.RecordRequest, _audit_service_pb2.RecordResponse]
-    """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream).
+    """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream). Only
+    for a service's token or a holder of PERMISSION_ADMIN (PERMISSION_DENIED PERMISSION_MISSING otherwise). A
+    record that cannot be stored (no record_id or payload, a negative count or cost, an out-of-range duration,
+    larger than 3 MiB) is INVALID_ARGUMENT RECORD_INVALID; a record_id already stored with other content is
+    ALREADY_EXISTS RECORD_CONFLICT.
     Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
     """
     QueryInteractions: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.QueryInteractionsRequest, _audit_service_pb2.QueryInteractionsResponse]
@@ -70,7 +74,11 @@ class AuditServiceAsyncStub(AuditServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Record: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.RecordRequest, _audit_service_pb2.RecordResponse]  # type: ignore[assignment]
-    """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream).
+    """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream). Only
+    for a service's token or a holder of PERMISSION_ADMIN (PERMISSION_DENIED PERMISSION_MISSING otherwise). A
+    record that cannot be stored (no record_id or payload, a negative count or cost, an out-of-range duration,
+    larger than 3 MiB) is INVALID_ARGUMENT RECORD_INVALID; a record_id already stored with other content is
+    ALREADY_EXISTS RECORD_CONFLICT.
     Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
     """
     QueryInteractions: _aio.UnaryStreamMultiCallable[_audit_service_pb2.QueryInteractionsRequest, _audit_service_pb2.QueryInteractionsResponse]  # type: ignore[assignment]
@@ -107,7 +115,11 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.RecordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.RecordResponse, _abc.Awaitable[_audit_service_pb2.RecordResponse]]:
-        """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream).
+        """Appends a record to the tenant's chain (the RPC path; producers normally publish to the audit stream). Only
+        for a service's token or a holder of PERMISSION_ADMIN (PERMISSION_DENIED PERMISSION_MISSING otherwise). A
+        record that cannot be stored (no record_id or payload, a negative count or cost, an out-of-range duration,
+        larger than 3 MiB) is INVALID_ARGUMENT RECORD_INVALID; a record_id already stored with other content is
+        ALREADY_EXISTS RECORD_CONFLICT.
         Idempotent: yes, because a repeated record_id returns the stored record's chain position without appending.
         """
 

@@ -145,9 +145,9 @@ class _RetrievalDegradationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     RETRIEVAL_DEGRADATION_UNSPECIFIED: _RetrievalDegradation.ValueType  # 0
     """Not set; RETRIEVAL_DEGRADATION_ANSWER_WITHOUT_CONTEXT applies."""
     RETRIEVAL_DEGRADATION_ANSWER_WITHOUT_CONTEXT: _RetrievalDegradation.ValueType  # 1
-    """Answer without retrieved context and send a RETRIEVAL_DEGRADED notice."""
+    """Answer without retrieved context and send a NOTICE_TYPE_RETRIEVAL_DEGRADED notice."""
     RETRIEVAL_DEGRADATION_REFUSE: _RetrievalDegradation.ValueType  # 2
-    """Refuse with UNAVAILABLE."""
+    """Refuse with UNAVAILABLE (reason RETRIEVAL_UNAVAILABLE)."""
 
 class RetrievalDegradation(_RetrievalDegradation, metaclass=_RetrievalDegradationEnumTypeWrapper):
     """What to do when retrieval is unavailable."""
@@ -155,9 +155,9 @@ class RetrievalDegradation(_RetrievalDegradation, metaclass=_RetrievalDegradatio
 RETRIEVAL_DEGRADATION_UNSPECIFIED: RetrievalDegradation.ValueType  # 0
 """Not set; RETRIEVAL_DEGRADATION_ANSWER_WITHOUT_CONTEXT applies."""
 RETRIEVAL_DEGRADATION_ANSWER_WITHOUT_CONTEXT: RetrievalDegradation.ValueType  # 1
-"""Answer without retrieved context and send a RETRIEVAL_DEGRADED notice."""
+"""Answer without retrieved context and send a NOTICE_TYPE_RETRIEVAL_DEGRADED notice."""
 RETRIEVAL_DEGRADATION_REFUSE: RetrievalDegradation.ValueType  # 2
-"""Refuse with UNAVAILABLE."""
+"""Refuse with UNAVAILABLE (reason RETRIEVAL_UNAVAILABLE)."""
 Global___RetrievalDegradation: _TypeAlias = RetrievalDegradation  # noqa: Y015
 
 class _ModerationDegradation:
@@ -169,9 +169,11 @@ class _ModerationDegradationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     MODERATION_DEGRADATION_UNSPECIFIED: _ModerationDegradation.ValueType  # 0
     """Not set; MODERATION_DEGRADATION_REFUSE applies (fail closed)."""
     MODERATION_DEGRADATION_REFUSE: _ModerationDegradation.ValueType  # 1
-    """Refuse with UNAVAILABLE."""
+    """Refuse with UNAVAILABLE (reason MODERATION_UNAVAILABLE)."""
     MODERATION_DEGRADATION_ALLOW_UNSCREENED: _ModerationDegradation.ValueType  # 2
-    """Send the input unscreened and a MODERATION_DEGRADED notice; the answer is still screened by the gateway."""
+    """Send the input unscreened and a NOTICE_TYPE_MODERATION_DEGRADED notice; the answer is still screened by the
+    gateway.
+    """
 
 class ModerationDegradation(_ModerationDegradation, metaclass=_ModerationDegradationEnumTypeWrapper):
     """What to do when moderation is unavailable."""
@@ -179,9 +181,11 @@ class ModerationDegradation(_ModerationDegradation, metaclass=_ModerationDegrada
 MODERATION_DEGRADATION_UNSPECIFIED: ModerationDegradation.ValueType  # 0
 """Not set; MODERATION_DEGRADATION_REFUSE applies (fail closed)."""
 MODERATION_DEGRADATION_REFUSE: ModerationDegradation.ValueType  # 1
-"""Refuse with UNAVAILABLE."""
+"""Refuse with UNAVAILABLE (reason MODERATION_UNAVAILABLE)."""
 MODERATION_DEGRADATION_ALLOW_UNSCREENED: ModerationDegradation.ValueType  # 2
-"""Send the input unscreened and a MODERATION_DEGRADED notice; the answer is still screened by the gateway."""
+"""Send the input unscreened and a NOTICE_TYPE_MODERATION_DEGRADED notice; the answer is still screened by the
+gateway.
+"""
 Global___ModerationDegradation: _TypeAlias = ModerationDegradation  # noqa: Y015
 
 class _MeteringDegradation:
@@ -193,9 +197,11 @@ class _MeteringDegradationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_M
     METERING_DEGRADATION_UNSPECIFIED: _MeteringDegradation.ValueType  # 0
     """Not set; refuse if the tenant has any budget, else proceed (METERING_DEGRADATION_REFUSE_IF_BUDGETED)."""
     METERING_DEGRADATION_REFUSE_IF_BUDGETED: _MeteringDegradation.ValueType  # 1
-    """Refuse with UNAVAILABLE when any budget applies to the caller, else proceed and settle later."""
+    """Refuse with UNAVAILABLE (reason METERING_UNAVAILABLE) when any budget applies to the caller, else proceed and
+    settle later.
+    """
     METERING_DEGRADATION_REFUSE: _MeteringDegradation.ValueType  # 2
-    """Always refuse with UNAVAILABLE."""
+    """Always refuse with UNAVAILABLE (reason METERING_UNAVAILABLE)."""
     METERING_DEGRADATION_PROCEED: _MeteringDegradation.ValueType  # 3
     """Always proceed; usage is settled when metering returns."""
 
@@ -205,9 +211,11 @@ class MeteringDegradation(_MeteringDegradation, metaclass=_MeteringDegradationEn
 METERING_DEGRADATION_UNSPECIFIED: MeteringDegradation.ValueType  # 0
 """Not set; refuse if the tenant has any budget, else proceed (METERING_DEGRADATION_REFUSE_IF_BUDGETED)."""
 METERING_DEGRADATION_REFUSE_IF_BUDGETED: MeteringDegradation.ValueType  # 1
-"""Refuse with UNAVAILABLE when any budget applies to the caller, else proceed and settle later."""
+"""Refuse with UNAVAILABLE (reason METERING_UNAVAILABLE) when any budget applies to the caller, else proceed and
+settle later.
+"""
 METERING_DEGRADATION_REFUSE: MeteringDegradation.ValueType  # 2
-"""Always refuse with UNAVAILABLE."""
+"""Always refuse with UNAVAILABLE (reason METERING_UNAVAILABLE)."""
 METERING_DEGRADATION_PROCEED: MeteringDegradation.ValueType  # 3
 """Always proceed; usage is settled when metering returns."""
 Global___MeteringDegradation: _TypeAlias = MeteringDegradation  # noqa: Y015

@@ -138,11 +138,11 @@ class RetrievalOptions(_message.Message):
     """Drop chunks scoring below this, in [0, 1]; 0 = no threshold."""
     @_builtins.property
     def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Only documents whose metadata contains every entry (exact match)."""
+        """Only documents whose metadata contains every entry (exact match); at most 16 entries."""
 
     @_builtins.property
     def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these documents; empty = every document the caller may read."""
+        """Only these documents; empty = every document the caller may read. At most 100."""
 
     def __init__(
         self,

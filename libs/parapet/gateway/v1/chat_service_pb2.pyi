@@ -60,9 +60,11 @@ class StreamChatRequest(_message.Message):
     PROMPT_TEMPLATE_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model name or alias (for example "fast"); empty = the tenant policy's default."""
+    """Model name or alias (for example "fast"); empty = the tenant policy's default. At most 256 characters."""
     idempotency_key: _builtins.str
-    """Caller-chosen key (at most 128 characters) that makes retries safe: see the RPC's idempotency. Empty = none."""
+    """Caller-chosen key (at most 128 visible ASCII characters) that makes retries safe: see the RPC's idempotency.
+    Empty = none.
+    """
     feature: _builtins.str
     """Product feature this request belongs to (for example "support-chat"), for authorization, budgets and cost
     attribution; at most 64 characters.
@@ -71,7 +73,9 @@ class StreamChatRequest(_message.Message):
     """What the semantic cache may do."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
-        """Conversation so far, oldest first; the last message is the user's question. At least one."""
+        """Conversation so far, oldest first; the last message is the user's question. 1 to 200 messages, each
+        ROLE_USER or ROLE_ASSISTANT with content not blank and at most 200,000 characters; 400,000 characters in all.
+        """
 
     @_builtins.property
     def retrieval(self) -> _chat_pb2.RetrievalOptions:
@@ -84,7 +88,7 @@ class StreamChatRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller labels copied into the usage event and the audit record (for example the caller's own end-user id);
-        at most 16 entries; never secrets.
+        at most 16 entries, keys 1-64 characters, values at most 256; never secrets.
         """
 
     @_builtins.property
@@ -192,9 +196,11 @@ class ChatRequest(_message.Message):
     PROMPT_TEMPLATE_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model name or alias (for example "fast"); empty = the tenant policy's default."""
+    """Model name or alias (for example "fast"); empty = the tenant policy's default. At most 256 characters."""
     idempotency_key: _builtins.str
-    """Caller-chosen key (at most 128 characters) that makes retries safe: see the RPC's idempotency. Empty = none."""
+    """Caller-chosen key (at most 128 visible ASCII characters) that makes retries safe: see the RPC's idempotency.
+    Empty = none.
+    """
     feature: _builtins.str
     """Product feature this request belongs to (for example "support-chat"), for authorization, budgets and cost
     attribution; at most 64 characters.
@@ -203,7 +209,9 @@ class ChatRequest(_message.Message):
     """What the semantic cache may do."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
-        """Conversation so far, oldest first; the last message is the user's question. At least one."""
+        """Conversation so far, oldest first; the last message is the user's question. 1 to 200 messages, each
+        ROLE_USER or ROLE_ASSISTANT with content not blank and at most 200,000 characters; 400,000 characters in all.
+        """
 
     @_builtins.property
     def retrieval(self) -> _chat_pb2.RetrievalOptions:
@@ -216,7 +224,7 @@ class ChatRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller labels copied into the usage event and the audit record (for example the caller's own end-user id);
-        at most 16 entries; never secrets.
+        at most 16 entries, keys 1-64 characters, values at most 256; never secrets.
         """
 
     @_builtins.property

@@ -63,7 +63,11 @@ class ChatServiceServicer:
     def StreamChat(self, request, context):
         """Streams an answer: citations first, then text deltas as they are screened, notices when they arise, and exactly
         one summary last. Errors before the first delta arrive as the call's status; after it, the stream ends with a
-        summary (finish_reason FINISH_REASON_ERROR or FINISH_REASON_CONTENT_FILTER, usage so far) and then the status.
+        summary (finish_reason FINISH_REASON_ERROR, usage so far) and then the status. Output screening that blocks the
+        answer ends the stream with a summary whose finish_reason is FINISH_REASON_CONTENT_FILTER, and status OK.
+        A refusal of a service the chat calls reaches the caller as that service gave it (code, reason and details,
+        for example metering's BUDGET_EXCEEDED or inference's CONTEXT_TOO_LONG); a service that is down is handled
+        by the tenant's DegradationPolicy (docs/contracts.md lists the reasons).
         Cancelling the call cancels the model call; tokens produced so far are settled and audited.
         Idempotent: only with an idempotency_key, because a repeat within 24 h replays the first call's answer instead
         of running (and charging) again; ABORTED (reason REQUEST_IN_PROGRESS) while the first is still running.

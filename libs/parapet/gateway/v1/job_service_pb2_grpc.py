@@ -79,7 +79,9 @@ class JobServiceServicer:
     """
 
     def SubmitJob(self, request, context):
-        """Submits a job and returns it queued.
+        """Submits a job and returns it queued. Only with an API key: a job runs later under a token auth re-issues for
+        that key, so a caller authenticated with an OIDC token is refused with FAILED_PRECONDITION
+        JOB_CREDENTIAL_NOT_DELEGABLE. Needs PERMISSION_CHAT (PERMISSION_DENIED with auth's reason otherwise).
         Idempotent: yes, because a repeated idempotency_key returns the existing job instead of submitting again
         (ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED if the spec differs).
         """
@@ -88,7 +90,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Returns a job.
+        """Returns a job. With JOB_VIEW_FULL, a job whose results do not fit in one message is refused with
+        FAILED_PRECONDITION JOB_RESULTS_TOO_LARGE: read them with ListJobResults.
         Idempotent: yes, because it changes no state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

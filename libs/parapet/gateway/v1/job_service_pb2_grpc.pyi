@@ -36,12 +36,15 @@ class JobServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobRequest, _job_service_pb2.SubmitJobResponse]
-    """Submits a job and returns it queued.
+    """Submits a job and returns it queued. Only with an API key: a job runs later under a token auth re-issues for
+    that key, so a caller authenticated with an OIDC token is refused with FAILED_PRECONDITION
+    JOB_CREDENTIAL_NOT_DELEGABLE. Needs PERMISSION_CHAT (PERMISSION_DENIED with auth's reason otherwise).
     Idempotent: yes, because a repeated idempotency_key returns the existing job instead of submitting again
     (ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED if the spec differs).
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
-    """Returns a job.
+    """Returns a job. With JOB_VIEW_FULL, a job whose results do not fit in one message is refused with
+    FAILED_PRECONDITION JOB_RESULTS_TOO_LARGE: read them with ListJobResults.
     Idempotent: yes, because it changes no state.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
@@ -77,12 +80,15 @@ class JobServiceAsyncStub(JobServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobRequest, _job_service_pb2.SubmitJobResponse]  # type: ignore[assignment]
-    """Submits a job and returns it queued.
+    """Submits a job and returns it queued. Only with an API key: a job runs later under a token auth re-issues for
+    that key, so a caller authenticated with an OIDC token is refused with FAILED_PRECONDITION
+    JOB_CREDENTIAL_NOT_DELEGABLE. Needs PERMISSION_CHAT (PERMISSION_DENIED with auth's reason otherwise).
     Idempotent: yes, because a repeated idempotency_key returns the existing job instead of submitting again
     (ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED if the spec differs).
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
-    """Returns a job.
+    """Returns a job. With JOB_VIEW_FULL, a job whose results do not fit in one message is refused with
+    FAILED_PRECONDITION JOB_RESULTS_TOO_LARGE: read them with ListJobResults.
     Idempotent: yes, because it changes no state.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
@@ -121,7 +127,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.SubmitJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.SubmitJobResponse, _abc.Awaitable[_job_service_pb2.SubmitJobResponse]]:
-        """Submits a job and returns it queued.
+        """Submits a job and returns it queued. Only with an API key: a job runs later under a token auth re-issues for
+        that key, so a caller authenticated with an OIDC token is refused with FAILED_PRECONDITION
+        JOB_CREDENTIAL_NOT_DELEGABLE. Needs PERMISSION_CHAT (PERMISSION_DENIED with auth's reason otherwise).
         Idempotent: yes, because a repeated idempotency_key returns the existing job instead of submitting again
         (ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED if the spec differs).
         """
@@ -132,7 +140,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.GetJobResponse, _abc.Awaitable[_job_service_pb2.GetJobResponse]]:
-        """Returns a job.
+        """Returns a job. With JOB_VIEW_FULL, a job whose results do not fit in one message is refused with
+        FAILED_PRECONDITION JOB_RESULTS_TOO_LARGE: read them with ListJobResults.
         Idempotent: yes, because it changes no state.
         """
 

@@ -38,9 +38,15 @@ class InferenceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     StreamComplete: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.StreamCompleteRequest, _inference_service_pb2.StreamCompleteResponse]
     """Streams a completion: text deltas as the provider produces them, then exactly one summary. Failures before the
-    first delta are retried or fall back transparently; a failure after it ends the stream with a summary whose
-    finish_reason is FINISH_REASON_ERROR (partial usage) followed by an error status. A stream that ends without a
-    summary is broken.
+    first delta (a provider rate limited, down, too slow, cut off, or its circuit open) are retried or fall back
+    along the route transparently, each recorded as a FallbackAttempt; when no model of the route can answer,
+    UNAVAILABLE ALL_PROVIDERS_UNAVAILABLE with RetryInfo. A request the provider refuses as invalid is neither
+    retried nor sent elsewhere: INVALID_ARGUMENT PROVIDER_REJECTED. A failure after the first delta ends the
+    stream with a summary whose finish_reason is FINISH_REASON_ERROR (partial usage) followed by UNAVAILABLE
+    STREAM_INTERRUPTED (or DEADLINE_EXCEEDED when the caller's deadline passed). Refused before any model call:
+    NOT_FOUND MODEL_NOT_FOUND or PROMPT_TEMPLATE_NOT_FOUND, PERMISSION_DENIED MODEL_NOT_ALLOWED, INVALID_ARGUMENT
+    CONTEXT_TOO_LONG (the prompt exceeds the context window of every model the route may use). A stream that
+    ends without a summary is broken.
     Idempotent: no, because every call runs (and costs) a model call; the semantic cache may serve repeats.
     """
     Complete: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CompleteRequest, _inference_service_pb2.CompleteResponse]
@@ -68,9 +74,15 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamComplete: _aio.UnaryStreamMultiCallable[_inference_service_pb2.StreamCompleteRequest, _inference_service_pb2.StreamCompleteResponse]  # type: ignore[assignment]
     """Streams a completion: text deltas as the provider produces them, then exactly one summary. Failures before the
-    first delta are retried or fall back transparently; a failure after it ends the stream with a summary whose
-    finish_reason is FINISH_REASON_ERROR (partial usage) followed by an error status. A stream that ends without a
-    summary is broken.
+    first delta (a provider rate limited, down, too slow, cut off, or its circuit open) are retried or fall back
+    along the route transparently, each recorded as a FallbackAttempt; when no model of the route can answer,
+    UNAVAILABLE ALL_PROVIDERS_UNAVAILABLE with RetryInfo. A request the provider refuses as invalid is neither
+    retried nor sent elsewhere: INVALID_ARGUMENT PROVIDER_REJECTED. A failure after the first delta ends the
+    stream with a summary whose finish_reason is FINISH_REASON_ERROR (partial usage) followed by UNAVAILABLE
+    STREAM_INTERRUPTED (or DEADLINE_EXCEEDED when the caller's deadline passed). Refused before any model call:
+    NOT_FOUND MODEL_NOT_FOUND or PROMPT_TEMPLATE_NOT_FOUND, PERMISSION_DENIED MODEL_NOT_ALLOWED, INVALID_ARGUMENT
+    CONTEXT_TOO_LONG (the prompt exceeds the context window of every model the route may use). A stream that
+    ends without a summary is broken.
     Idempotent: no, because every call runs (and costs) a model call; the semantic cache may serve repeats.
     """
     Complete: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CompleteRequest, _inference_service_pb2.CompleteResponse]  # type: ignore[assignment]
@@ -101,9 +113,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.StreamCompleteResponse], _abc.AsyncIterator[_inference_service_pb2.StreamCompleteResponse]]:
         """Streams a completion: text deltas as the provider produces them, then exactly one summary. Failures before the
-        first delta are retried or fall back transparently; a failure after it ends the stream with a summary whose
-        finish_reason is FINISH_REASON_ERROR (partial usage) followed by an error status. A stream that ends without a
-        summary is broken.
+        first delta (a provider rate limited, down, too slow, cut off, or its circuit open) are retried or fall back
+        along the route transparently, each recorded as a FallbackAttempt; when no model of the route can answer,
+        UNAVAILABLE ALL_PROVIDERS_UNAVAILABLE with RetryInfo. A request the provider refuses as invalid is neither
+        retried nor sent elsewhere: INVALID_ARGUMENT PROVIDER_REJECTED. A failure after the first delta ends the
+        stream with a summary whose finish_reason is FINISH_REASON_ERROR (partial usage) followed by UNAVAILABLE
+        STREAM_INTERRUPTED (or DEADLINE_EXCEEDED when the caller's deadline passed). Refused before any model call:
+        NOT_FOUND MODEL_NOT_FOUND or PROMPT_TEMPLATE_NOT_FOUND, PERMISSION_DENIED MODEL_NOT_ALLOWED, INVALID_ARGUMENT
+        CONTEXT_TOO_LONG (the prompt exceeds the context window of every model the route may use). A stream that
+        ends without a summary is broken.
         Idempotent: no, because every call runs (and costs) a model call; the semantic cache may serve repeats.
         """
 

@@ -38,20 +38,26 @@ class ReserveRequest(_message.Message):
     ESTIMATED_COST_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Gateway request identifier; the idempotency key of the reservation. Required."""
+    """Gateway request identifier; the idempotency key of the reservation. Required, at most 128 characters."""
     feature: _builtins.str
-    """Caller-declared product feature."""
+    """Caller-declared product feature. Not used by Reserve: no budget or rate limit is per feature."""
     model: _builtins.str
-    """Model or alias the request will use (for the estimate's price and per-model limits)."""
+    """Model or alias the request will use. Not used by Reserve: no budget or rate limit is per model, and the caller
+    prices the estimate itself (estimated_cost).
+    """
     estimated_tokens: _builtins.int
-    """Tokens to hold: the prompt estimate plus the maximum output tokens."""
+    """Tokens to hold: the prompt estimate plus the maximum output tokens. 0 to 2^32."""
     @_builtins.property
     def estimated_cost(self) -> _money_pb2.Money:
-        """Cost to hold at the model's prices for estimated_tokens."""
+        """Cost to hold at the model's prices for estimated_tokens, in the deployment's currency (an empty currency_code
+        only with 0 micros); amount_micros 0 to 2^46.
+        """
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the reservation lives unsettled; unset = 5 minutes; at most 1 hour."""
+        """How long the reservation lives unsettled; unset = PARAPET_RESERVATION_TTL_SECONDS (5 minutes by default); at
+        most PARAPET_RESERVATION_MAX_TTL_SECONDS (1 hour by default).
+        """
 
     def __init__(
         self,
@@ -142,36 +148,40 @@ class SettleRequest(_message.Message):
     reservation_id: _builtins.str
     """Reservation to settle; empty when the request ran without one."""
     request_id: _builtins.str
-    """Gateway request identifier; the idempotency key of the ledger row. Required."""
+    """Gateway request identifier; the idempotency key of the ledger row. Required, at most 128 characters."""
     feature: _builtins.str
-    """Caller-declared product feature."""
+    """Caller-declared product feature; at most 256 characters."""
     model: _builtins.str
-    """Model that produced the answer."""
+    """Model that produced the answer; at most 256 characters."""
     provider: _builtins.str
-    """Provider that served it."""
+    """Provider that served it; at most 256 characters."""
     requested_model: _builtins.str
-    """Alias or model the caller asked for."""
+    """Alias or model the caller asked for; at most 256 characters."""
     cached: _builtins.bool
     """True when the answer came from the semantic cache."""
     @_builtins.property
     def usage(self) -> _token_usage_pb2.TokenUsage:
-        """Actual tokens consumed (provider-reported, or counted and marked estimated)."""
+        """Actual tokens consumed (provider-reported, or counted and marked estimated). Each count 0 to 2^32, and
+        cached_tokens at most prompt_tokens.
+        """
 
     @_builtins.property
     def cost(self) -> _money_pb2.Money:
-        """Exact cost of usage."""
+        """Exact cost of usage, in the deployment's currency (an empty currency_code only with 0 micros); amount_micros 0
+        to 2^46.
+        """
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
-        """Wall time of the whole request in the gateway."""
+        """Wall time of the whole request in the gateway; not negative."""
 
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp:
-        """When the request completed; becomes the UsageEvent's occur_time."""
+        """When the request completed; becomes the UsageEvent's occur_time. Unset = the time of the Settle."""
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Caller labels to copy into the UsageEvent."""
+        """Caller labels to copy into the UsageEvent: at most 32, keys 1-64 characters, values at most 256."""
 
     def __init__(
         self,
@@ -236,7 +246,9 @@ class ReleaseRequest(_message.Message):
     reservation_id: _builtins.str
     """Reservation to free."""
     reason: _builtins.str
-    """Machine-readable reason, UPPER_SNAKE (for example "MODERATION_BLOCKED", "UPSTREAM_FAILED"), for metrics."""
+    """Machine-readable reason, UPPER_SNAKE, at most 64 characters, for metrics: the gateway sends the failed
+    request's ErrorInfo reason (for example "INPUT_BLOCKED") or "NOTHING_PRODUCED". Empty = none.
+    """
     def __init__(
         self,
         *,

@@ -73,7 +73,8 @@ class MeteringServiceServicer:
     def Reserve(self, request, context):
         """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
         them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
-        RetryInfo; nothing is held then.
+        RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
+        that applies, is in another currency than the deployment's prices (metering has no exchange rates).
         Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -83,15 +84,21 @@ class MeteringServiceServicer:
     def Settle(self, request, context):
         """Replaces a reservation with the actual usage, atomically: writes the immutable ledger row and the outbox row
         of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
-        without a reservation (reservation_id empty) when the request ran while metering was unavailable.
-        Idempotent: yes, because the ledger is keyed by request_id: a repeat returns the first settlement's result.
+        without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
+        metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
+        when request_id was settled with other figures, or the reservation belongs to another request_id;
+        CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
+        Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
+        settlement's result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Frees a reservation without usage (the request failed before any model call).
+        """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
+        RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+        it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
         Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -113,8 +120,10 @@ class MeteringServiceServicer:
         yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
         id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
         outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
-        earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
-        keeps what it marked; calling again finishes it.
+        earliest_start_time). Needs platform.admin (a platform operator's token). The replay is recorded in the
+        platform tenant's audit trail; when that record cannot be published the call fails with UNAVAILABLE
+        AUDIT_UNAVAILABLE (the events stay marked: call again). A call cut short (deadline, restart) keeps what it
+        marked; calling again finishes it.
         Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

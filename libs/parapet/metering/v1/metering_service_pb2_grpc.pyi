@@ -39,17 +39,24 @@ class MeteringServiceStub:
     Reserve: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.ReserveRequest, _metering_service_pb2.ReserveResponse]
     """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
     them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
-    RetryInfo; nothing is held then.
+    RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
+    that applies, is in another currency than the deployment's prices (metering has no exchange rates).
     Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
     """
     Settle: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.SettleRequest, _metering_service_pb2.SettleResponse]
     """Replaces a reservation with the actual usage, atomically: writes the immutable ledger row and the outbox row
     of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
-    without a reservation (reservation_id empty) when the request ran while metering was unavailable.
-    Idempotent: yes, because the ledger is keyed by request_id: a repeat returns the first settlement's result.
+    without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
+    metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
+    when request_id was settled with other figures, or the reservation belongs to another request_id;
+    CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
+    Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
+    settlement's result.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.ReleaseRequest, _metering_service_pb2.ReleaseResponse]
-    """Frees a reservation without usage (the request failed before any model call).
+    """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
+    RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+    it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
     Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]
@@ -63,8 +70,10 @@ class MeteringServiceStub:
     yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
     id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
     outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
-    earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
-    keeps what it marked; calling again finishes it.
+    earliest_start_time). Needs platform.admin (a platform operator's token). The replay is recorded in the
+    platform tenant's audit trail; when that record cannot be published the call fails with UNAVAILABLE
+    AUDIT_UNAVAILABLE (the events stay marked: call again). A call cut short (deadline, restart) keeps what it
+    marked; calling again finishes it.
     Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
     """
 
@@ -79,17 +88,24 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     Reserve: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReserveRequest, _metering_service_pb2.ReserveResponse]  # type: ignore[assignment]
     """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
     them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
-    RetryInfo; nothing is held then.
+    RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
+    that applies, is in another currency than the deployment's prices (metering has no exchange rates).
     Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
     """
     Settle: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.SettleRequest, _metering_service_pb2.SettleResponse]  # type: ignore[assignment]
     """Replaces a reservation with the actual usage, atomically: writes the immutable ledger row and the outbox row
     of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
-    without a reservation (reservation_id empty) when the request ran while metering was unavailable.
-    Idempotent: yes, because the ledger is keyed by request_id: a repeat returns the first settlement's result.
+    without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
+    metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
+    when request_id was settled with other figures, or the reservation belongs to another request_id;
+    CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
+    Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
+    settlement's result.
     """
     Release: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReleaseRequest, _metering_service_pb2.ReleaseResponse]  # type: ignore[assignment]
-    """Frees a reservation without usage (the request failed before any model call).
+    """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
+    RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+    it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
     Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]  # type: ignore[assignment]
@@ -103,8 +119,10 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
     id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
     outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
-    earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
-    keeps what it marked; calling again finishes it.
+    earliest_start_time). Needs platform.admin (a platform operator's token). The replay is recorded in the
+    platform tenant's audit trail; when that record cannot be published the call fails with UNAVAILABLE
+    AUDIT_UNAVAILABLE (the events stay marked: call again). A call cut short (deadline, restart) keeps what it
+    marked; calling again finishes it.
     Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
     """
 
@@ -122,7 +140,8 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metering_service_pb2.ReserveResponse, _abc.Awaitable[_metering_service_pb2.ReserveResponse]]:
         """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
         them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
-        RetryInfo; nothing is held then.
+        RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
+        that applies, is in another currency than the deployment's prices (metering has no exchange rates).
         Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
         """
 
@@ -134,8 +153,12 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metering_service_pb2.SettleResponse, _abc.Awaitable[_metering_service_pb2.SettleResponse]]:
         """Replaces a reservation with the actual usage, atomically: writes the immutable ledger row and the outbox row
         of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
-        without a reservation (reservation_id empty) when the request ran while metering was unavailable.
-        Idempotent: yes, because the ledger is keyed by request_id: a repeat returns the first settlement's result.
+        without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
+        metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
+        when request_id was settled with other figures, or the reservation belongs to another request_id;
+        CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
+        Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
+        settlement's result.
         """
 
     @_abc_1.abstractmethod
@@ -144,7 +167,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metering_service_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metering_service_pb2.ReleaseResponse, _abc.Awaitable[_metering_service_pb2.ReleaseResponse]]:
-        """Frees a reservation without usage (the request failed before any model call).
+        """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
+        RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+        it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
         Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
         """
 
@@ -170,8 +195,10 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         yet consumed. Marks their outbox rows unsent; the relay republishes them with the same Nats-Msg-Id (the event
         id), and consumers that deduplicate by event id (billing) count each once. Reaches back only as far as the
         outbox keeps sent events: an older start_time is INVALID_ARGUMENT REPLAY_WINDOW_EXCEEDED (metadata
-        earliest_start_time). Needs platform.admin (a platform operator's token). A call cut short (deadline, restart)
-        keeps what it marked; calling again finishes it.
+        earliest_start_time). Needs platform.admin (a platform operator's token). The replay is recorded in the
+        platform tenant's audit trail; when that record cannot be published the call fails with UNAVAILABLE
+        AUDIT_UNAVAILABLE (the events stay marked: call again). A call cut short (deadline, restart) keeps what it
+        marked; calling again finishes it.
         Idempotent: yes, because a repeat marks the same events unsent again and consumers count each event id once.
         """
 

@@ -312,7 +312,7 @@ class QueryRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """The question or search text."""
+    """The question or search text. Required (not only white space), at most 8192 characters."""
     top_k: _builtins.int
     """Maximum chunks to return; 0 = 8; at most 100."""
     min_score: _builtins.float

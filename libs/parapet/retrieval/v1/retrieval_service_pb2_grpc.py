@@ -77,6 +77,9 @@ class RetrievalServiceServicer:
         """Ingests a stream of documents (one per request message) and returns one result per document when the client
         half-closes. A bad document (empty, oversized, undecodable) is rejected on its own while the rest proceed.
         Each document is replaced atomically: its new chunks become visible together, the old ones go together.
+        Needs PERMISSION_INGEST. The per-document reasons are in DocumentResult.error; the embeddings provider or the
+        vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
+        documents stored before it stay stored: re-sending the stream re-embeds only the others.
         Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
         nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
         """
@@ -94,7 +97,10 @@ class RetrievalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Query(self, request, context):
-        """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank).
+        """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank). Needs
+        PERMISSION_DOCUMENTS_READ. A question the embeddings provider refuses as invalid is INVALID_ARGUMENT
+        QUERY_NOT_EMBEDDABLE; the embeddings provider or the vector store down is UNAVAILABLE EMBEDDING_UNAVAILABLE or
+        VECTOR_STORE_UNAVAILABLE.
         Idempotent: yes, because it changes no state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -39,6 +39,9 @@ class RetrievalServiceStub:
     """Ingests a stream of documents (one per request message) and returns one result per document when the client
     half-closes. A bad document (empty, oversized, undecodable) is rejected on its own while the rest proceed.
     Each document is replaced atomically: its new chunks become visible together, the old ones go together.
+    Needs PERMISSION_INGEST. The per-document reasons are in DocumentResult.error; the embeddings provider or the
+    vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
+    documents stored before it stay stored: re-sending the stream re-embeds only the others.
     Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
     nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
     """
@@ -48,7 +51,10 @@ class RetrievalServiceStub:
     Idempotent: yes, per document, for the same reason as IngestDocuments.
     """
     Query: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.QueryRequest, _retrieval_service_pb2.QueryResponse]
-    """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank).
+    """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank). Needs
+    PERMISSION_DOCUMENTS_READ. A question the embeddings provider refuses as invalid is INVALID_ARGUMENT
+    QUERY_NOT_EMBEDDABLE; the embeddings provider or the vector store down is UNAVAILABLE EMBEDDING_UNAVAILABLE or
+    VECTOR_STORE_UNAVAILABLE.
     Idempotent: yes, because it changes no state.
     """
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.DeleteDocumentRequest, _retrieval_service_pb2.DeleteDocumentResponse]
@@ -78,6 +84,9 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     """Ingests a stream of documents (one per request message) and returns one result per document when the client
     half-closes. A bad document (empty, oversized, undecodable) is rejected on its own while the rest proceed.
     Each document is replaced atomically: its new chunks become visible together, the old ones go together.
+    Needs PERMISSION_INGEST. The per-document reasons are in DocumentResult.error; the embeddings provider or the
+    vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
+    documents stored before it stay stored: re-sending the stream re-embeds only the others.
     Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
     nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
     """
@@ -87,7 +96,10 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     Idempotent: yes, per document, for the same reason as IngestDocuments.
     """
     Query: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.QueryRequest, _retrieval_service_pb2.QueryResponse]  # type: ignore[assignment]
-    """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank).
+    """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank). Needs
+    PERMISSION_DOCUMENTS_READ. A question the embeddings provider refuses as invalid is INVALID_ARGUMENT
+    QUERY_NOT_EMBEDDABLE; the embeddings provider or the vector store down is UNAVAILABLE EMBEDDING_UNAVAILABLE or
+    VECTOR_STORE_UNAVAILABLE.
     Idempotent: yes, because it changes no state.
     """
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.DeleteDocumentRequest, _retrieval_service_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
@@ -120,6 +132,9 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Ingests a stream of documents (one per request message) and returns one result per document when the client
         half-closes. A bad document (empty, oversized, undecodable) is rejected on its own while the rest proceed.
         Each document is replaced atomically: its new chunks become visible together, the old ones go together.
+        Needs PERMISSION_INGEST. The per-document reasons are in DocumentResult.error; the embeddings provider or the
+        vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
+        documents stored before it stay stored: re-sending the stream re-embeds only the others.
         Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
         nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
         """
@@ -141,7 +156,10 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_service_pb2.QueryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_service_pb2.QueryResponse, _abc.Awaitable[_retrieval_service_pb2.QueryResponse]]:
-        """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank).
+        """Searches the caller's readable documents (hybrid vector and full-text search fused by reciprocal rank). Needs
+        PERMISSION_DOCUMENTS_READ. A question the embeddings provider refuses as invalid is INVALID_ARGUMENT
+        QUERY_NOT_EMBEDDABLE; the embeddings provider or the vector store down is UNAVAILABLE EMBEDDING_UNAVAILABLE or
+        VECTOR_STORE_UNAVAILABLE.
         Idempotent: yes, because it changes no state.
         """
 

@@ -87,7 +87,9 @@ class UsageEvent(_message.Message):
     provider: _builtins.str
     """Provider that served the model (for example "openai", "anthropic", "local")."""
     cached: _builtins.bool
-    """True when the answer came from Parapet's semantic cache (no provider call, zero provider cost)."""
+    """True when the answer came from Parapet's semantic cache: no provider produced it (usage and cost are zero
+    unless provider attempts failed before the cache was used, see cost).
+    """
     request_id: _builtins.str
     """Gateway request identifier, shared with the audit record and the caller's response."""
     requested_model: _builtins.str
@@ -100,7 +102,9 @@ class UsageEvent(_message.Message):
 
     @_builtins.property
     def cost(self) -> _money_pb2.Money:
-        """Exact cost charged for the request; zero for semantic-cache hits."""
+        """Exact cost charged for the request. Zero for a semantic-cache hit, but for one served because no provider could
+        answer (CACHE_OUTCOME_FALLBACK_HIT), which carries what the failed provider attempts before it consumed.
+        """
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
