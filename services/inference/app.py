@@ -78,6 +78,7 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
         policy,
         cache,
         settings.default_prompt_template,
+        resources.tracer_provider,
     )
     resources.cleanup.push_async_callback(engine.drain)
     return engine

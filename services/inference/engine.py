@@ -17,8 +17,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from google.protobuf import duration_pb2
+from opentelemetry import trace
 
 from parapet import tokens
 from parapet.inference.v1 import (
@@ -30,7 +32,7 @@ from parapet.inference.v1 import (
     prompt_template_pb2,
     routing_pb2,
 )
-from parapet.kit import metrics
+from parapet.kit import metrics, telemetry
 from parapet.kit.coalesce import coalesced
 from parapet.kit.context import deadline_var, require_principal
 from parapet.kit.errors import DeadlineExceeded, InvalidArgument, Unavailable
@@ -191,8 +193,10 @@ class Engine:
         policy: PolicySource,
         cache: SemanticCache | None,
         default_template: str,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
+        self._tracer_provider = tracer_provider  # the server's: each provider attempt gets a GenAI span
         self.providers = providers
         self.breakers = breakers
         self.prompts = prompts
@@ -453,6 +457,17 @@ class Engine:
             context=tuple((doc.title, doc.text) for doc in state.context),
         )
 
+    def _attempt_span(self, model: ModelConfig, provider: Provider, request: ProviderRequest) -> trace.Span:
+        return telemetry.start_model_call(
+            "chat",
+            provider.label,
+            model.name,
+            tracer_provider=self._tracer_provider,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+        )
+
     def _prompt_sent(self, model: ModelConfig, request: ProviderRequest) -> completion_pb2.PromptSent:
         encoding = tokens.encoding_for_model(model.wire_name)
         return completion_pb2.PromptSent(
@@ -487,7 +502,7 @@ class Engine:
                     )
                     break
                 received: list[str] = []
-                clock = AttemptClock(model)
+                clock = AttemptClock(model, self._attempt_span(model, provider, request))
                 try:
                     # Inside the try: a caller leaving while the announcement is sent must release the permit
                     # (outside, a half-open trial's slot stayed taken for ever and the model was never retried).
@@ -504,14 +519,10 @@ class Engine:
                             state.text.append(text)
                             yield Response(text_delta=completion_pb2.TextDelta(text=text))
                         elif isinstance(event, Finish):
-                            clock.done()
                             breaker.record(permit, True)
-                            if event.usage is not None:
-                                state.tally.add(model, event.usage, estimated=False)
-                            else:
-                                state.tally.add(
-                                    model, self._estimate(model, request, "".join(received)), True
-                                )
+                            usage = event.usage or self._estimate(model, request, "".join(received))
+                            clock.done(usage=usage, finish_reason=event.reason)
+                            state.tally.add(model, usage, estimated=event.usage is None)
                             yield (_FINISH[event.reason], model)
                             return
                     raise ProviderError("interrupted", "the provider ended without a finish")
@@ -577,6 +588,7 @@ class Engine:
                         yield Response(summary=self._interrupted(state, model))
                     raise
                 except BaseException:
+                    clock.abandoned()
                     breaker.release(permit)
                     raise
         retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0

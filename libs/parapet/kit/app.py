@@ -40,6 +40,9 @@ class Resources(Generic[SettingsT]):
     identity: TokenVerifier
     health: HealthMonitor
     cleanup: AsyncExitStack = field(default_factory=AsyncExitStack)
+    # The tracer provider the server records its spans with: a service's own spans (a model call) use it, so
+    # they land in the same trace and exporter as the RPC's span.
+    tracer_provider: Any = None
 
     def require_database(self) -> Database:
         if self.database is None:

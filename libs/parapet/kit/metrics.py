@@ -189,6 +189,22 @@ def series_names() -> frozenset[str]:
     return frozenset(names)
 
 
+def series_labels() -> dict[str, frozenset[str]]:
+    """The label names of every series name the kit exposes (``le`` included on ``_bucket``), for checks."""
+    labels: dict[str, frozenset[str]] = {}
+    for metric in ALL_METRICS:
+        names = frozenset(metric._labelnames)
+        for family in metric.describe():
+            labels[family.name] = names
+            if family.type == "counter":
+                labels[family.name + "_total"] = labels[family.name + "_created"] = names
+            elif family.type == "histogram":
+                for suffix in ("_sum", "_count", "_created"):
+                    labels[family.name + suffix] = names
+                labels[family.name + "_bucket"] = names | {"le"}
+    return labels
+
+
 # --- RPCs (recorded by the kit's server interceptor for every service) ---
 
 _CLIENT_CODES = frozenset(
@@ -346,6 +362,15 @@ def record_billing_set_aside(reason: str) -> None:
 # --- audit ---
 
 
+AUDIT_SOURCES = ("stream", "rpc")
+AUDIT_OUTCOMES = ("appended", "duplicate", "rejected")
+# Exported at 0 from the start, like the set-asides above: ParapetAuditRecordsRejected uses increase(), which
+# sees nothing in a series whose first sample is already 1, and a first rejection may well be the only one.
+for _source in AUDIT_SOURCES:
+    for _outcome in AUDIT_OUTCOMES:
+        AUDIT_RECORDS.labels(_source, _outcome)
+
+
 def record_audit(source: str, outcome: str, count: int = 1) -> None:
     """``source``: ``stream`` or ``rpc``; ``outcome``: ``appended``, ``duplicate`` or ``rejected``."""
     if count:
@@ -399,6 +424,13 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
 class MetricsServer:
     """A minimal asyncio HTTP server answering ``GET /metrics`` (and 404 otherwise) on its own port."""
 
+    #: How long a scraper may take to send its whole request head (request line and headers).
+    HEAD_SECONDS = 5.0
+    #: The longest request head read: a scrape's is a few hundred bytes.
+    MAX_HEAD_BYTES = 16 * 1024
+    #: How long the answer may take to leave: a client that never reads it holds no task beyond that.
+    WRITE_SECONDS = 30.0
+
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self._registry = registry
         self._server: asyncio.Server | None = None
@@ -412,9 +444,9 @@ class MetricsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = await within(5, reader.readline())
-            while (await within(5, reader.readline())) not in (b"\r\n", b"\n", b""):
-                pass  # headers: nothing in them matters here
+            # One bound for the whole head, not one per line: a client sending a header line every few seconds
+            # would otherwise hold its connection (and its task) open forever.
+            request_line = await within(self.HEAD_SECONDS, self._read_head(reader))
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
             if len(parts) >= 2 and parts[0] == "GET" and path == "/metrics":
@@ -423,11 +455,21 @@ class MetricsServer:
                 body, status, content_type = b"not found\n", "404 Not Found", "text/plain"
             head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             writer.write(head.encode("latin-1") + b"Connection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass  # a slow or vanished scraper: nothing to answer
+            await within(self.WRITE_SECONDS, writer.drain())
+        except (TimeoutError, ConnectionError, ValueError):
+            pass  # a slow, vanished or garbled client (ValueError: a line over the reader's limit)
         finally:
             writer.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line, after reading the headers up to the blank line (nothing in them matters here)."""
+        request_line = await reader.readline()
+        read = len(request_line)
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            read += len(line)
+            if read > self.MAX_HEAD_BYTES:
+                raise ValueError("request head too long")
+        return request_line
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -36,6 +36,15 @@ NOT_TRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # version-traceid-parentid-flags; versions after 00 may append fields (W3C Trace Context, level 1).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# W3C tracestate: comma-separated key=value list-members (empty ones allowed), at most 32, keys unique. The
+# same grammar (and length bound) OpenTelemetry's parser applies, checked here first because that parser logs a
+# WARNING quoting each header it rejects: any caller could write what it liked into the services' warnings,
+# once per call. A header that fails is dropped whole, as OpenTelemetry drops it, silently.
+_TRACESTATE_KEY = r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
+_TRACESTATE_VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+_TRACESTATE_MEMBER = re.compile(f"({_TRACESTATE_KEY})=({_TRACESTATE_VALUE})")
+_TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_MAX_LENGTH = 8192
 # The codes the semantic conventions count as a server's own error; others (NOT_FOUND...) leave it unset.
 _SERVER_ERROR_CODES = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
@@ -59,10 +68,26 @@ def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanCo
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if trace_id == 0 or span_id == 0:
         return None
-    state = TraceState.from_header([tracestate]) if tracestate else None
+    state = parse_tracestate(tracestate) if tracestate else None
     return SpanContext(
         trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags_hex, 16)), trace_state=state
     )
+
+
+def parse_tracestate(tracestate: str) -> TraceState | None:
+    """The list-members of a W3C ``tracestate`` header, or None when it is not a valid one (never logged)."""
+    if len(tracestate) > _TRACESTATE_MAX_LENGTH:
+        return None
+    members: dict[str, str] = {}
+    for member in tracestate.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        match = _TRACESTATE_MEMBER.fullmatch(member)
+        if match is None or match[1] in members or len(members) == _TRACESTATE_MAX_MEMBERS:
+            return None
+        members[match[1]] = match[2]
+    return TraceState(list(members.items()))
 
 
 def trace_headers(span_context: SpanContext) -> list[tuple[str, str]]:
@@ -112,6 +137,8 @@ class ServerTracing:
             otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent or _fresh_span_context())))
             return None
         carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        if TRACESTATE in carrier and parse_tracestate(carrier[TRACESTATE]) is None:
+            del carrier[TRACESTATE]  # the propagator would drop it too, with a WARNING quoting it
         context = propagate.extract(carrier)
         service, _, name = method.lstrip("/").partition("/")
         attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}

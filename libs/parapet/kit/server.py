@@ -169,6 +169,7 @@ async def create_server(
     resources: Resources[SettingsT] | None = None
     try:
         resources = await _open_resources(app, settings, owned)
+        resources.tracer_provider = tracer_provider or telemetry.current_provider()
         server = grpc.aio.server(
             interceptors=kit_interceptors(
                 resources.identity,

@@ -142,16 +142,27 @@ def set_gen_ai_response(
         span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, list(finish_reasons))
 
 
-@contextmanager
-def model_call_span(
+def start_model_call(
     operation: str, provider: str, request_model: str, *, tracer_provider: Any = None, **request: Any
-) -> Iterator[trace.Span]:
-    """A CLIENT span ``"{operation} {request_model}"`` with the GenAI request attributes, current inside."""
+) -> trace.Span:
+    """A CLIENT span ``"{operation} {request_model}"`` with the GenAI request attributes, a child of the current
+    span but not made current; the caller ends it. For a model call inside an async generator, where a context
+    attached at one ``yield`` may have to be detached from another context (the generator closed elsewhere)."""
     tracer = (tracer_provider or current_provider()).get_tracer("parapet.genai")
     attributes = gen_ai_request_attributes(
         operation=operation, provider=provider, request_model=request_model, **request
     )
-    with tracer.start_as_current_span(
+    span: trace.Span = tracer.start_span(
         f"{operation} {request_model}", kind=trace.SpanKind.CLIENT, attributes=attributes
-    ) as span:
+    )
+    return span
+
+
+@contextmanager
+def model_call_span(
+    operation: str, provider: str, request_model: str, *, tracer_provider: Any = None, **request: Any
+) -> Iterator[trace.Span]:
+    """:func:`start_model_call`'s span, current inside the block and ended after it."""
+    span = start_model_call(operation, provider, request_model, tracer_provider=tracer_provider, **request)
+    with trace.use_span(span, end_on_exit=True):
         yield span

@@ -101,6 +101,7 @@ class Provider(Protocol):
     """One configured provider; ``stream`` yields Delta events then exactly one Finish, or raises ProviderError."""
 
     name: str
+    label: str  # the provider's kind (openai, openai_compatible, anthropic, local): gen_ai.provider.name
 
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
 

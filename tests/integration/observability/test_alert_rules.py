@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dev dependency
 
-from parapet.kit.metrics import series_names
+from parapet.kit.metrics import series_labels, series_names
 
 ROOT = Path(__file__).resolve().parents[3]
 OBSERVABILITY = ROOT / "deploy" / "observability"
@@ -201,3 +201,159 @@ def test_the_component_renders_metrics_port_annotations_and_config_maps(tmp_path
             for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
         }
         assert ports["metrics"] == 9090
+
+
+# --- label names and values --------------------------------------------------------------------------------
+
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+GROUPING = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
+# The values the kit's helpers and the services write, by metric and label (docs/observability.md).
+LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
+    ("parapet_rpc_server_errors_total", "error_type"): frozenset(
+        {"client_error", "rate_limited", "server_error", "timeout", "cancelled"}
+    ),
+    ("parapet_model_errors_total", "error_type"): frozenset(
+        {"rate_limited", "server_error", "timeout", "other"}
+    ),
+    ("parapet_model_request_duration_seconds", "outcome"): frozenset({"ok", "error"}),
+    ("parapet_tokens_total", "kind"): frozenset({"prompt", "completion", "cached"}),
+    ("parapet_cache_lookups_total", "cache"): frozenset({"semantic", "fallback", "auth_identity"}),
+    ("parapet_cache_lookups_total", "result"): frozenset({"hit", "miss"}),
+    ("parapet_moderation_findings_total", "stage"): frozenset({"input", "output"}),
+    ("parapet_budget_denials_total", "limit"): frozenset({"budget", "rate_limit"}),
+    ("parapet_billing_events_set_aside_total", "reason"): frozenset({"undecodable", "mismatched", "refused"}),
+    ("parapet_audit_records_total", "source"): frozenset({"stream", "rpc"}),
+    ("parapet_audit_records_total", "outcome"): frozenset({"appended", "duplicate", "rejected"}),
+    ("parapet_gateway_overhead_seconds", "result"): frozenset({"ok", "error", "cancelled"}),
+    ("parapet_gateway_degraded_chats_total", "dependency"): frozenset(
+        {"retrieval", "moderation", "metering", "providers"}
+    ),
+    ("parapet_gateway_speculative_calls_total", "outcome"): frozenset({"kept", "refused", "cancelled"}),
+    ("parapet_gateway_outbox_pending", "kind"): frozenset({"audit", "settlement"}),
+    ("parapet_gateway_outbox_delivered_total", "kind"): frozenset({"audit", "settlement"}),
+}
+# A unary method whose duration is a whole model answer: no more an RPC latency than a stream's is.
+MODEL_ANSWER_METHODS = frozenset({"Chat", "Complete"})
+
+
+def _methods() -> dict[str, tuple[bool, bool]]:
+    """Every RPC of the suite's contracts by method name: (client streaming, server streaming)."""
+    import importlib
+    import pkgutil
+
+    import parapet
+
+    methods: dict[str, tuple[bool, bool]] = {}
+    for info in pkgutil.walk_packages(parapet.__path__, "parapet."):
+        if not info.name.endswith("_service_pb2"):
+            continue
+        module = importlib.import_module(info.name)
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                methods[method.name] = (method.client_streaming, method.server_streaming)
+    return methods
+
+
+def _base(series: str) -> str:
+    """The name LABEL_VALUES keys histograms by."""
+    for suffix in ("_bucket", "_sum", "_count"):
+        if series.endswith(suffix) and series.startswith("parapet_") and "_seconds" in series:
+            return series.removesuffix(suffix)
+    return series
+
+
+def _inner(expr: str, start: int) -> str:
+    """The text inside the parenthesis opening at ``start``."""
+    depth = 0
+    for index in range(start, len(expr)):
+        depth += {"(": 1, ")": -1}.get(expr[index], 0)
+        if depth == 0:
+            return expr[start + 1 : index]
+    raise AssertionError(f"unbalanced: {expr!r}")
+
+
+def _expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) of every rule and every dashboard query."""
+    found = [(rule.get("alert") or rule["record"], rule["expr"]) for rule in _rules()]
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            found.append((panel["title"], target["expr"].replace("$__rate_interval", "5m")))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query) if isinstance(query, str) else None
+        if match:  # a selector of that label, for the checks below
+            found.append((f"variable {variable['name']}", f'{match[1]}{{{match[2]}=~".*"}}'))
+    return found
+
+
+def test_every_label_used_is_one_the_metric_has_with_values_it_takes() -> None:
+    labels = series_labels()
+    labels["tenant:parapet_cost_micros:rate1h"] = frozenset({"tenant", "currency"})  # its sum by
+    methods = _methods()
+    problems: list[str] = []
+    for where, expr in _expressions():
+        for name, matchers in SELECTOR.findall(expr):
+            if name not in labels:
+                continue  # `up`: the scrape's own target labels
+            for label, op, value in MATCHER.findall(matchers):
+                if label not in labels[name]:
+                    problems.append(f"{where}: {name} has no label {label}")
+                    continue
+                allowed = LABEL_VALUES.get((_base(name), label))
+                if label == "grpc_method":
+                    allowed = frozenset(methods)
+                if allowed is None or value in ("", ".*", "$service", "$tenant"):
+                    continue
+                values = value.split("|") if op in ("=~", "!~") else [value]
+                problems += [
+                    f"{where}: {name}{{{label}}} never takes {v!r}" for v in values if v not in allowed
+                ]
+        for match in GROUPING.finditer(expr):
+            grouped = {label.strip() for label in match[1].split(",") if label.strip()}
+            for name in _metric_names(_inner(expr, match.end() - 1)) & set(labels):
+                missing = grouped - labels[name]
+                if missing:
+                    problems.append(f"{where}: {name} has no label {sorted(missing)} to group by")
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_latency_alert_leaves_out_streams_and_whole_model_answers() -> None:
+    """``ParapetHighP99Latency`` is about unary RPC latency: a stream's duration (either direction) is however
+    long its caller streams, and a unary Chat or Complete lasts as long as the model takes to answer (seconds),
+    so either would keep the alert firing for the gateway, inference or retrieval without anything wrong."""
+    rule = next(rule for rule in _rules() if rule.get("alert") == "ParapetHighP99Latency")
+    [excluded] = [
+        value for label, op, value in MATCHER.findall(rule["expr"]) if (label, op) == ("grpc_method", "!~")
+    ]
+    streams = {name for name, (client, server) in _methods().items() if client or server}
+    assert set(excluded.split("|")) == streams | MODEL_ANSWER_METHODS
+
+
+def test_series_the_alerts_count_with_increase_exist_before_their_first_event() -> None:
+    """``increase()`` sees nothing in a series whose first sample is already 1: a rare event (a record set aside)
+    counted into a series that did not exist yet never fires its alert. Every counter an alert reads with
+    increase() is exported at 0 as soon as the kit is imported, or by its recorder's first round."""
+    first_round = {"parapet_gateway_outbox_delivered_total"}  # record_gateway_outbox_delivered(kind, 0)
+    script = "from parapet.kit import metrics; print(metrics.exposition().decode())"
+    text = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exported = [
+        (sample.name, dict(sample.labels))
+        for family in text_string_to_metric_families(text.stdout)
+        for sample in family.samples
+    ]
+    missing: list[str] = []
+    for rule in _rules():
+        for match in re.finditer(r"\bincrease\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?", rule["expr"]):
+            name, matchers = match[1], match[2] or ""
+            if name in first_round:
+                continue
+            wanted = {label: value for label, op, value in MATCHER.findall(matchers) if op == "="}
+            if not any(n == name and wanted.items() <= labels.items() for n, labels in exported):
+                missing.append(f"{rule.get('alert')}: {name}{matchers}")
+    assert missing == []

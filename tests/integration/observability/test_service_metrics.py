@@ -371,3 +371,46 @@ async def test_moderation_counts_each_finding_once_by_category_action_and_stage(
         assert after.value(findings, stage=stage) - before.value(findings, stage=stage) == sum(
             counts.values()
         )
+
+
+async def test_inference_records_a_gen_ai_span_per_model_call(
+    tmp_path: Path, database_url: str, nats_url: str
+) -> None:
+    """docs/observability.md: "Model calls get a span of their own following the OpenTelemetry GenAI semantic
+    conventions" (``"{operation} {model}"``, kind CLIENT, ``gen_ai.*`` attributes), under the RPC's span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    keys = make_test_keys()
+    model = f"obs-traced-{uuid.uuid4().hex[:6]}"
+    async with UpstreamServer() as upstream:
+        config = upstream_config(upstream, [{"name": model, "provider": "openai", "upstream_model": "gpt-x"}])
+        config_file = tmp_path / "inference.json"
+        config_file.write_text(json.dumps(config))
+        settings = InferenceSettings(
+            port=0,
+            database_url=database_url,
+            nats_url=nats_url,
+            identity_jwks_file=write_jwks(tmp_path / "jwks.json", keys),
+            inference_config_file=config_file,
+            shutdown_grace_seconds=1.0,
+        )
+        async with (
+            running(INFERENCE, settings, tracer_provider=provider) as (_, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            service = Inference(inference_service_pb2_grpc.InferenceServiceStub(channel), keys, settings)
+            outcome = await service.stream("hello", who=principal(new_tenant()), model=model)
+            assert outcome.error is None, outcome.error
+    spans = exporter.get_finished_spans()
+    [server] = [span for span in spans if span.name.endswith("/StreamComplete")]
+    model_calls = [span for span in spans if (span.attributes or {}).get("gen_ai.request.model") == model]
+    assert [span.name for span in model_calls] == [f"chat {model}"]
+    assert model_calls[0].parent is not None and model_calls[0].parent.span_id == server.context.span_id
+    assert (model_calls[0].attributes or {})[
+        "gen_ai.usage.output_tokens"
+    ] == outcome.summary.usage.completion_tokens

@@ -4,6 +4,7 @@ and the suite's named series recorded through the kit's helpers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from parapet.kit.testing import (
     string_service,
     unary_caller,
 )
+from parapet.kit.timeouts import within
 
 SERVICE = "test.metrics.v1.Probe"
 
@@ -188,3 +190,69 @@ def test_rare_set_asides_are_exported_at_zero_before_the_first() -> None:
     for reason in metrics.BILLING_SET_ASIDE_REASONS:
         value = REGISTRY.get_sample_value("parapet_billing_events_set_aside_total", {"reason": reason})
         assert value is not None, reason
+
+
+def test_audit_records_are_exported_at_zero_before_the_first() -> None:
+    """ParapetAuditRecordsRejected is ``increase(parapet_audit_records_total{outcome="rejected"}[15m]) > 0``:
+    a series that first appears at 1 shows no increase, so the first rejection (perhaps the only one) never
+    fired it. Every source and outcome must be exported at 0 before anything is recorded."""
+    from prometheus_client import REGISTRY
+
+    for source in ("stream", "rpc"):
+        for outcome in ("appended", "duplicate", "rejected"):
+            value = REGISTRY.get_sample_value(
+                "parapet_audit_records_total", {"source": source, "outcome": outcome}
+            )
+            assert value is not None, (source, outcome)
+
+
+async def test_a_client_trickling_its_request_head_is_cut_off() -> None:
+    """One bound for the whole request head: a client sending a header line now and then used to keep its
+    connection, and the server's task, forever (the 5 s limit applied to each line)."""
+    server = metrics.MetricsServer()
+    server.HEAD_SECONDS = 0.5
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\n")
+        closed_after = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for index in range(30):  # a header every 0.1 s, for up to 3 s
+            try:
+                writer.write(f"x-header-{index}: 1\r\n".encode())
+                await writer.drain()
+            except ConnectionError:
+                closed_after = loop.time() - started
+                break
+            try:
+                if await within(0.1, reader.read(1)) == b"":
+                    closed_after = loop.time() - started
+                    break
+            except TimeoutError:
+                pass
+        writer.close()
+        assert closed_after is not None and closed_after < 2
+        # An ordinary scrape still works.
+        status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "parapet_rpc_server_duration_seconds" in text
+    finally:
+        await server.stop()
+
+
+async def test_an_oversized_request_head_is_refused_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A line over the reader's limit raised out of the handler (asyncio logged an unhandled exception)."""
+    server = metrics.MetricsServer()
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\n" + b"x-big: " + b"a" * 100_000 + b"\r\n\r\n")
+        await writer.drain()
+        assert await reader.read() == b""  # closed, nothing answered
+        writer.close()
+        await asyncio.sleep(0.05)
+    finally:
+        await server.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

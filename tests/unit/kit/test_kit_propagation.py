@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -255,3 +257,49 @@ async def test_recorded_server_spans_carry_the_status_the_caller_got(keys: TestK
         StatusCode.ERROR,
     ]
     assert [event.name for event in bug.events] == ["exception"]
+
+
+@pytest.mark.parametrize("recording", [False, True])
+async def test_a_malformed_tracestate_is_dropped_without_logging_it(
+    keys: TestKeys, recording: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any caller (the gateway's are outside the suite) chooses its tracestate: one that is not W3C's format is
+    dropped, as OpenTelemetry drops it, but without OpenTelemetry's WARNING quoting it, once per call, up to
+    the metadata limit (a caller wrote what it liked into the service's warnings). A valid one goes on."""
+    provider = TracerProvider() if recording else None
+    b_app = generic_app(
+        string_service(B_SERVICE, unary={"Observe": b_observe}), keys=keys, service_names=(B_SERVICE,)
+    )
+    seen: list[str] = []
+
+    async with running(b_app, fast_settings(), tracer_provider=provider) as (_, b_port):
+        b_channel = clients.channel(f"127.0.0.1:{b_port}", tracer_provider=provider)
+
+        async def a_forward(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+            seen.append(telemetry.current_trace_id() or "")
+            span_context = trace.get_current_span().get_span_context()
+            seen.append(span_context.trace_state.to_header())
+            await unary_caller(b_channel, f"/{B_SERVICE}/Observe")(StringValue())
+            return StringValue()
+
+        a_app = generic_app(
+            string_service(A_SERVICE, unary={"Forward": a_forward}), keys=keys, service_names=(A_SERVICE,)
+        )
+        async with (
+            running(a_app, fast_settings(), tracer_provider=provider) as (_, a_port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{a_port}") as channel,
+        ):
+            forward = unary_caller(channel, f"/{A_SERVICE}/Forward")
+            caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            traceparent = ("traceparent", f"00-{caller_trace}-00f067aa0ba902b7-01")
+            caplog.clear()
+            for tracestate in ("INJECTED log text " * 200, "a=1,a=2", ",".join(f"k{i}=v" for i in range(33))):
+                await forward(
+                    StringValue(), metadata=(*keys.metadata(), traceparent, ("tracestate", tracestate))
+                )
+            await forward(
+                StringValue(), metadata=(*keys.metadata(), traceparent, ("tracestate", "ven@dor=v 1, k=2"))
+            )
+        await b_channel.close()
+    assert [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert seen == [caller_trace, ""] * 3 + [caller_trace, "ven@dor=v 1,k=2"]
