@@ -7,24 +7,61 @@ told apart (:func:`is_down`) because the tenant's degradation policy decides wha
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from parapet.kit.errors import ErrorDetails, ParapetError, error_details
+from parapet.kit.context import remaining_time
+from parapet.kit.errors import (
+    DeadlineExceeded,
+    ErrorDetails,
+    Internal,
+    ParapetError,
+    Unavailable,
+    error_details,
+)
+
+log = logging.getLogger(__name__)
 
 # Codes that mean "the dependency could not answer", not "it answered no".
 _DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
+# How close to the caller's deadline an ending counts as that deadline's. A dependency is given at most the
+# caller's remaining time less 10 ms (parapet.kit.clients), so its DEADLINE_EXCEEDED comes just before; grpc
+# cancels the handler at the deadline itself, which the kit recorded a few microseconds late.
+_CALLER_DEADLINE_SLACK_SECONDS = 0.05
+
+
+def caller_deadline_passed() -> bool:
+    """Whether the deadline of the call being served (an RPC's; None in a job worker) has run out."""
+    remaining = remaining_time()
+    return remaining is not None and remaining <= _CALLER_DEADLINE_SLACK_SECONDS
+
+
 def is_down(error: grpc.aio.AioRpcError) -> bool:
+    """The dependency could not answer. Not when the caller's own deadline ran out during the call: that is
+    relayed as DEADLINE_EXCEEDED, where the degradation policy would have called the dependency down (refusing
+    UNAVAILABLE "retry shortly", or answering without it) and the audit record would have said so."""
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and caller_deadline_passed():
+        return False
     return error.code() in _DOWN
 
 
 def relayed(error: grpc.aio.AioRpcError) -> ParapetError:
-    """``error`` as a ParapetError the kit sends on unchanged (code, message, ErrorInfo, details)."""
+    """``error`` as a ParapetError the kit sends on unchanged (code, message, ErrorInfo, details).
+
+    A status without ErrorInfo never came from a Parapet servicer: grpc made it up on this side (the service
+    unreachable, its channel broken, a message too large). Its text is grpc's, naming the service's internal
+    address, and its "reason" would be the code's name, in no catalogue: the caller gets the contract's own
+    instead (UNAVAILABLE ``DEPENDENCY_UNAVAILABLE`` with RetryInfo, DEADLINE_EXCEEDED, or INTERNAL), and the log
+    the original. Until 2026-12-06 it was relayed as it came, internal address included, to any caller."""
     details: ErrorDetails = error_details(error)
     info = details.error_info
+    if info is None:
+        return _transport_failure(details)
     extra: list[Message] = [
         d for d in (details.bad_request, details.quota_failure, details.retry_info) if d is not None
     ]
@@ -36,3 +73,17 @@ def relayed(error: grpc.aio.AioRpcError) -> ParapetError:
     )
     relay.code = details.code
     return relay
+
+
+def _transport_failure(details: ErrorDetails) -> ParapetError:
+    log.warning(
+        "a call to a dependency failed in transport",
+        extra={"code": details.code.name, "detail": details.message},
+    )
+    if details.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("a service Parapet depends on did not answer in time")
+    if details.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Unavailable(
+            "a service Parapet depends on cannot be reached; please retry shortly", retry_after=1.0
+        )
+    return Internal("a call between Parapet's services failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -27,9 +28,9 @@ from parapet import tokens
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
-from parapet.kit import metrics
+from parapet.kit import metrics, telemetry
 from parapet.kit.app import Resources
-from parapet.kit.context import remaining_time
+from parapet.kit.context import deadline_var, remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
 from parapet.kit.permissions import has_permission, missing
 from parapet.metering.v1 import metering_service_pb2
@@ -39,7 +40,7 @@ from services.gateway import screening
 from services.gateway.caller import Caller
 from services.gateway.catalog import ModelCatalog
 from services.gateway.delivery import Deliveries
-from services.gateway.errors import is_down, relayed
+from services.gateway.errors import caller_deadline_passed, is_down, relayed
 from services.gateway.headroom import BudgetHeadroom
 from services.gateway.idempotency import IdempotencyStore, Replay, request_hash
 from services.gateway.inference_stream import InferenceStream
@@ -111,6 +112,12 @@ def _result(status_code: int) -> str:
     if status_code == 0:
         return "ok"
     return "cancelled" if status_code == grpc.StatusCode.CANCELLED.value[0] else "error"
+
+
+def _stopped_status() -> grpc.StatusCode:
+    """How a chat stopped from the outside ended: DEADLINE_EXCEEDED when the call's deadline has run out
+    (grpc cancels the handler alike for that and for a caller who leaves), else CANCELLED."""
+    return grpc.StatusCode.DEADLINE_EXCEEDED if caller_deadline_passed() else grpc.StatusCode.CANCELLED
 
 
 def _observe(run: _Run) -> None:
@@ -244,7 +251,12 @@ class ChatFlow:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _track(self, coroutine: Any, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)
+        # Run outside the call's deadline, which the task would otherwise inherit with the request's context:
+        # a chat ended by its deadline had its Settle and Release sent with no time left, so the settlement
+        # went to the outbox as if metering were down and the hold stayed held until its TTL.
+        context = contextvars.copy_context()
+        context.run(deadline_var.set, None)
+        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -271,6 +283,9 @@ class ChatFlow:
                 labels=dict(request.metadata),
                 retention=tenant_policy_pb2.RetentionPolicy(),
                 prompt_raw=list(request.messages),
+                # The record leads to the chat's trace (docs/observability.md); it was always empty before
+                # 2026-12-06. A job item's is the worker's trace, one per job.
+                trace_id=telemetry.current_trace_id() or "",
             ),
         )
         events: list[Event] = []
@@ -299,8 +314,11 @@ class ChatFlow:
             run.outcome.error_reason = error.reason
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            run.outcome.status_code = grpc.StatusCode.CANCELLED.value[0]
-            run.outcome.error_reason = "CANCELLED"
+            # grpc cancels the handler alike when the caller leaves and when its deadline passes; the caller
+            # then sees DEADLINE_EXCEEDED, and so must the audit record and a released hold's reason.
+            ended = _stopped_status()
+            run.outcome.status_code = ended.value[0]
+            run.outcome.error_reason = ended.name
             if run.outcome.finish_reason in (generation_pb2.FINISH_REASON_UNSPECIFIED,):
                 run.outcome.finish_reason = generation_pb2.FINISH_REASON_CANCELLED
             raise
@@ -319,17 +337,38 @@ class ChatFlow:
         """The idempotency key's claim; a replay or a refusal (in progress, reused) marks the run unrecorded."""
         remaining = remaining_time()
         run.unrecorded = True
-        replay = await self._idempotency.claim(
-            run.caller.tenant_id,
-            run.caller.principal.subject,
-            run.request.idempotency_key,
-            request_hash(run.request),
-            run.request_id,
-            lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
+        claim = asyncio.ensure_future(
+            self._idempotency.claim(
+                run.caller.tenant_id,
+                run.caller.principal.subject,
+                run.request.idempotency_key,
+                request_hash(run.request),
+                run.request_id,
+                lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
+            )
         )
+        try:
+            # Shielded: a caller leaving mid-claim must not leave a row its COMMIT took (the commit may have
+            # gone through before the cancellation) that nobody frees: every retry would be refused
+            # REQUEST_IN_PROGRESS until the lease ends. The claim ends on its own; a row it took is freed.
+            replay = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            self._track(self._free_claim(run, claim), name=f"free-claim-{run.request_id}")
+            raise
         run.unrecorded = replay is not None
         run.claimed = replay is None
         return replay
+
+    async def _free_claim(self, run: _Run, claim: asyncio.Future[Replay | None]) -> None:
+        """Delete the row ``claim`` took for a call that was gone before it learnt so (nothing ran)."""
+        await asyncio.wait([claim])
+        if claim.cancelled() or claim.exception() is not None or claim.result() is not None:
+            return  # no row of this call's: refused, replayed, or the database failed (rolled back)
+        with _logged_failure("freeing the idempotency key of a cancelled chat", run.request_id):
+            key = run.request.idempotency_key
+            await self._idempotency.abandon(
+                run.caller.tenant_id, run.caller.principal.subject, key, run.request_id
+            )
 
     async def complete(
         self, caller: Caller, request: chat_service_pb2.ChatRequest, *, request_id: str
@@ -754,6 +793,11 @@ class _Output:
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() == grpc.StatusCode.CANCELLED:
             raise asyncio.CancelledError
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and caller_deadline_passed():
+            # The caller's deadline, passed on to inference, stopped the stream a moment before grpc cancels
+            # this handler: settled as that cancellation would be (what reached a provider is billed), not
+            # released as for a model call that failed.
+            self._run.outcome.finish_reason = generation_pb2.FINISH_REASON_CANCELLED
         relay = relayed(error)
         if relay.reason == "ALL_PROVIDERS_UNAVAILABLE" and not self._run.delivered:
             relay = Unavailable(

@@ -23,12 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.kit.database import Database
+from parapet.kit.errors import Aborted
 
 JOBS_ROLE = "parapet_gateway_jobs"
 NOTIFY_CHANNEL = "parapet_gateway_jobs"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 DELETED = "deleted"  # not a stored state: what a worker is told when its job's row is gone
 _FOREIGN_KEY_VIOLATION = "23503"
+# How often ``create`` inserts when, each time, the job holding the key is deleted between its INSERT and SELECT.
+_CREATE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -152,32 +155,44 @@ class JobStore:
         """The new queued job and True, or the job already holding ``idempotency_key`` and False."""
         import json
 
+        params = {
+            "t": tenant_id,
+            "k": idempotency_key,
+            "h": spec_sha256,
+            "s": spec,
+            "m": json.dumps(dict(metadata)),
+            "u": subject,
+            "a": api_key_id,
+            "n": total_items,
+        }
         async with self.tenant(tenant_id) as session:
-            created = await session.execute(
-                text(
-                    "INSERT INTO jobs (tenant_id, job_id, idempotency_key, spec_sha256, spec, metadata, subject,"
-                    " api_key_id, state, total_items) VALUES (:t, :j, :k, :h, :s, CAST(:m AS jsonb), :u, :a,"
-                    f" 'queued', :n) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}"
-                ),
-                {
-                    "t": tenant_id,
-                    "j": str(uuid.uuid4()),
-                    "k": idempotency_key,
-                    "h": spec_sha256,
-                    "s": spec,
-                    "m": json.dumps(dict(metadata)),
-                    "u": subject,
-                    "a": api_key_id,
-                    "n": total_items,
-                },
-            )
-            row = created.mappings().one_or_none()
-            if row is not None:
-                return _row(row), True
-            existing = await session.execute(
-                text(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = :k"), {"k": idempotency_key}
-            )
-            return _row(existing.mappings().one()), False
+            for _attempt in range(_CREATE_ATTEMPTS):
+                created = await session.execute(
+                    text(
+                        "INSERT INTO jobs (tenant_id, job_id, idempotency_key, spec_sha256, spec, metadata,"
+                        " subject, api_key_id, state, total_items) VALUES (:t, :j, :k, :h, :s,"
+                        " CAST(:m AS jsonb), :u, :a, 'queued', :n)"
+                        f" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}"
+                    ),
+                    {**params, "j": str(uuid.uuid4())},
+                )
+                row = created.mappings().one_or_none()
+                if row is not None:
+                    return _row(row), True
+                existing = await session.execute(
+                    text(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = :k"), {"k": idempotency_key}
+                )
+                found = existing.mappings().one_or_none()
+                if found is not None:
+                    return _row(found), False
+                # The job holding the key was deleted between the two statements (DeleteJob of a finished
+                # job, or its expiry): the key is free again, so this submission makes a new job, as it would
+                # have a moment later. (Each statement reads what was committed before it began.)
+        raise Aborted(
+            "the job holding this idempotency_key kept changing; retry the submission",
+            reason="CONCURRENT_CONFLICT",
+            metadata={"idempotency_key": idempotency_key},
+        )
 
     async def mark_enqueued(self, tenant_id: str, job_id: str) -> None:
         async with self.tenant(tenant_id) as session:

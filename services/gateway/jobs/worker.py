@@ -358,7 +358,7 @@ class JobWorker:
             crash = Internal("the item failed inside the gateway")
             outcome = ItemOutcome(index, error=status_of(crash).SerializeToString())
         try:
-            state = await self._checkpoint(job, outcome)
+            state = await self._checkpoint_shielded(job, outcome)
         except Exception:
             # No new item may start: it would reach the model and be billed, and its result, which the
             # database would refuse too, be lost and the item run again on the next attempt.
@@ -366,6 +366,29 @@ class JobWorker:
             raise
         if state in ("cancelled", DELETED):
             run.cancelled = True
+
+    async def _checkpoint_shielded(self, job: JobRow, outcome: ItemOutcome) -> str:
+        """``_checkpoint``, left to end on its own when the item is cancelled meanwhile (a stopping worker):
+        the outcome is already paid for, and a checkpoint cut mid-write was rolled back, so the next run ran
+        (and billed) the item again. It gets ``_STEP_TIMEOUT`` after the cancellation, then the cancellation
+        goes on (the write, if still unfinished then, is cancelled: the item is run again, as before)."""
+        write = asyncio.ensure_future(self._checkpoint(job, outcome))
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            done, _pending = await asyncio.wait([write], timeout=_STEP_TIMEOUT)
+            if not done:
+                await cancel_and_wait(write)
+                log.warning(
+                    "a stopping worker could not checkpoint an item in time; it will run again",
+                    extra={"job_id": job.job_id, "index": outcome.index},
+                )
+            elif write.cancelled() or write.exception() is not None:
+                log.warning(
+                    "a stopping worker's checkpoint failed; the item will run again",
+                    extra={"job_id": job.job_id, "index": outcome.index},
+                )
+            raise
 
     async def _checkpoint(self, job: JobRow, outcome: ItemOutcome) -> str:
         """``record_item``, tried again while the database is unavailable: the outcome is already paid for, and

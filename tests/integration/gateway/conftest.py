@@ -347,6 +347,26 @@ class Suite:
         ):
             yield chat_service_pb2_grpc.ChatServiceStub(channel)
 
+    @asynccontextmanager
+    async def stalled_stream(self, tenant: Tenant, *, deadline: float) -> AsyncIterator[Any]:
+        """A StreamChat of about 180 kB of answer (echoed back) whose caller reads the first delta, then stops
+        reading: without BDP probing the client's window stays at 64 kB, so the gateway's writes wait once it
+        is full. Yields the call; on leaving, the gateway's finaliser gets half a second before it stops."""
+        long_answer = " ".join("x" * 99 for _ in range(1800))
+        settings = GatewaySettings(**{**self.gateway_settings, "gateway_job_workers_enabled": False})
+        async with (
+            running(GATEWAY, settings) as (_server, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)]) as channel,
+        ):
+            call = chat_service_pb2_grpc.ChatServiceStub(channel).StreamChat(
+                question(long_answer, model="gpt"), metadata=tenant.metadata(), timeout=deadline
+            )
+            async for event in call:
+                if event.HasField("text_delta"):
+                    break
+            yield call
+            await asyncio.sleep(0.5)
+
 
 @pytest.fixture(scope="module")
 def module_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:

@@ -13,10 +13,7 @@ import grpc
 import grpc.aio
 
 from parapet.auth.v1 import tenant_policy_pb2
-from parapet.gateway.v1 import chat_pb2, chat_service_pb2_grpc
-from parapet.kit.testing import running
-from services.gateway.app import APP as GATEWAY
-from services.gateway.settings import GatewaySettings
+from parapet.gateway.v1 import chat_pb2
 from tests.integration.auth.conftest import create_key
 from tests.integration.gateway.conftest import MODULE, Suite, Tenant, question
 from tests.integration.gateway.test_gateway_chat import LONG
@@ -117,22 +114,9 @@ async def test_a_caller_who_stops_reading_then_leaves_is_settled_for_what_was_pr
     settled and audited the chat before the inner generator had counted what the model wrote, so a chat
     that streamed tens of kilobytes was billed zero tokens."""
     tenant = await suite.tenant()
-    long_answer = " ".join("x" * 99 for _ in range(1800))  # echoed back: about 180 kB of answer
-    # Without BDP probing the client's window stays at 64 kB, so the gateway's writes wait once it is full.
-    settings = GatewaySettings(**{**suite.gateway_settings, "gateway_job_workers_enabled": False})
-    async with (
-        running(GATEWAY, settings) as (_server, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)]) as channel,
-    ):
-        call = chat_service_pb2_grpc.ChatServiceStub(channel).StreamChat(
-            question(long_answer, model="gpt"), metadata=tenant.metadata(), timeout=30
-        )
-        async for event in call:
-            if event.HasField("text_delta"):
-                break
+    async with suite.stalled_stream(tenant, deadline=30) as call:
         await asyncio.sleep(1.5)  # not reading: the gateway's writes fill the window and wait
         call.cancel()
-        await asyncio.sleep(0.5)  # the gateway's finaliser runs before it stops
     ledger = await suite.wait_rows(
         "SELECT prompt_tokens, completion_tokens, estimated FROM metering.usage_ledger WHERE tenant_id = :t",
         t=tenant.tenant_id,

@@ -183,11 +183,6 @@ async def test_audit_records_wait_in_the_outbox_while_nats_is_down(
     assert [tuple(r) for r in audited] == [(answer.summary.request_id, grpc.StatusCode.OK.value[0])]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/gateway/flow.py never sets Outcome.trace_id: every audit record's trace_id is empty "
-    "(fix: trace_id=telemetry.current_trace_id() or '' when the Outcome is built in ChatFlow.stream)",
-)
 async def test_the_audit_record_of_a_chat_carries_its_trace_id(suite: Suite) -> None:
     """docs/observability.md: audit records store the request's trace id (``Interaction.trace_id``), so a record
     leads to its trace, or at least to every log line of its request. The caller's traceparent is continued by
