@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from parapet.kit.context import remaining_time
+from parapet.kit.context import deadline_passed
 from parapet.kit.errors import (
     DeadlineExceeded,
     ErrorDetails,
@@ -29,23 +29,11 @@ log = logging.getLogger(__name__)
 _DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-# How close to the caller's deadline an ending counts as that deadline's. A dependency is given at most the
-# caller's remaining time less 10 ms (parapet.kit.clients), so its DEADLINE_EXCEEDED comes just before; grpc
-# cancels the handler at the deadline itself, which the kit recorded a few microseconds late.
-_CALLER_DEADLINE_SLACK_SECONDS = 0.05
-
-
-def caller_deadline_passed() -> bool:
-    """Whether the deadline of the call being served (an RPC's; None in a job worker) has run out."""
-    remaining = remaining_time()
-    return remaining is not None and remaining <= _CALLER_DEADLINE_SLACK_SECONDS
-
-
 def is_down(error: grpc.aio.AioRpcError) -> bool:
     """The dependency could not answer. Not when the caller's own deadline ran out during the call: that is
     relayed as DEADLINE_EXCEEDED, where the degradation policy would have called the dependency down (refusing
     UNAVAILABLE "retry shortly", or answering without it) and the audit record would have said so."""
-    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and caller_deadline_passed():
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and deadline_passed():
         return False
     return error.code() in _DOWN
 

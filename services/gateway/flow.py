@@ -30,7 +30,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit import metrics, telemetry
 from parapet.kit.app import Resources
-from parapet.kit.context import deadline_var, remaining_time
+from parapet.kit.context import deadline_passed, deadline_var, remaining_time
 from parapet.kit.errors import ParapetError, Unavailable
 from parapet.kit.permissions import has_permission, missing
 from parapet.metering.v1 import metering_service_pb2
@@ -40,7 +40,7 @@ from services.gateway import screening
 from services.gateway.caller import Caller
 from services.gateway.catalog import ModelCatalog
 from services.gateway.delivery import Deliveries
-from services.gateway.errors import caller_deadline_passed, is_down, relayed
+from services.gateway.errors import is_down, relayed
 from services.gateway.headroom import BudgetHeadroom
 from services.gateway.idempotency import IdempotencyStore, Replay, request_hash
 from services.gateway.inference_stream import InferenceStream
@@ -117,7 +117,7 @@ def _result(status_code: int) -> str:
 def _stopped_status() -> grpc.StatusCode:
     """How a chat stopped from the outside ended: DEADLINE_EXCEEDED when the call's deadline has run out
     (grpc cancels the handler alike for that and for a caller who leaves), else CANCELLED."""
-    return grpc.StatusCode.DEADLINE_EXCEEDED if caller_deadline_passed() else grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.DEADLINE_EXCEEDED if deadline_passed() else grpc.StatusCode.CANCELLED
 
 
 def _observe(run: _Run) -> None:
@@ -793,7 +793,7 @@ class _Output:
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() == grpc.StatusCode.CANCELLED:
             raise asyncio.CancelledError
-        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and caller_deadline_passed():
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and deadline_passed():
             # The caller's deadline, passed on to inference, stopped the stream a moment before grpc cancels
             # this handler: settled as that cancellation would be (what reached a provider is billed), not
             # released as for a model call that failed.

@@ -46,6 +46,11 @@ async def _crash(request: StringValue, context: grpc.aio.ServicerContext) -> Str
     raise RuntimeError("boom")
 
 
+async def _slow(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    await asyncio.sleep(30)
+    return StringValue(value=request.value)
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -65,7 +70,7 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 @pytest.fixture
 async def served(keys: TestKeys) -> AsyncIterator[tuple[int, int]]:
     handler = string_service(
-        SERVICE, unary={"Ok": _ok, "Invalid": _invalid, "Quota": _quota, "Crash": _crash}
+        SERVICE, unary={"Ok": _ok, "Invalid": _invalid, "Quota": _quota, "Crash": _crash, "Slow": _slow}
     )
     app = generic_app(handler, name="metricsprobe", service_names=(SERVICE,), keys=keys)
     async with running(app, fast_settings(metrics_port=0)) as (server, port):
@@ -93,6 +98,19 @@ async def test_rpc_metrics_by_method_code_and_error_type(served: tuple[int, int]
         # Without a token: refused by identity, still measured with the code the caller saw.
         with pytest.raises(grpc.aio.AioRpcError):
             await unary_caller(channel, f"/{SERVICE}/Ok")(StringValue(value="x"), timeout=5)
+        # grpc cancels the handler alike for a deadline and a caller who leaves; the kit tells them apart (it
+        # recorded both CANCELLED until 2026-12-06).
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await unary_caller(channel, f"/{SERVICE}/Slow")(
+                StringValue(value="x"), metadata=keys.metadata(), timeout=0.3
+            )
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        left = unary_caller(channel, f"/{SERVICE}/Slow")(
+            StringValue(value="x"), metadata=keys.metadata(), timeout=5
+        )
+        await asyncio.sleep(0.3)
+        left.cancel()
+        await asyncio.sleep(0.3)  # the server sees the cancellation and records the call
 
     status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
     assert status == 200
@@ -112,6 +130,10 @@ async def test_rpc_metrics_by_method_code_and_error_type(served: tuple[int, int]
     assert value(errors, grpc_method="Invalid", error_type="client_error") == 1
     assert value(errors, grpc_method="Quota", error_type="rate_limited") == 1
     assert value(errors, grpc_method="Crash", error_type="server_error") == 1
+    assert value(count, grpc_service=SERVICE, grpc_method="Slow", grpc_code="DEADLINE_EXCEEDED") == 1
+    assert value(count, grpc_service=SERVICE, grpc_method="Slow", grpc_code="CANCELLED") == 1
+    assert value(errors, grpc_service=SERVICE, grpc_method="Slow", error_type="timeout") == 1
+    assert value(errors, grpc_service=SERVICE, grpc_method="Slow", error_type="cancelled") == 1
     # Health probes are not measured.
     assert not [lab for n, lab, _ in samples if n == count and lab["grpc_service"].startswith("grpc.health")]
 

@@ -25,7 +25,7 @@ from typing import NoReturn
 import grpc
 import grpc.aio
 
-from parapet.kit.context import RpcInfo
+from parapet.kit.context import RpcInfo, deadline_passed
 from parapet.kit.dependency import database_conflict, dependency_down
 from parapet.kit.errors import Aborted, Internal, ParapetError, Unavailable, to_status
 
@@ -98,8 +98,9 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         await _internal(context, info)
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         # The client went away or the deadline passed (a stream's generator is closed: GeneratorExit). The
-        # status is recorded here because the context must not be asked afterwards (see RpcInfo.peer).
-        _record(info, grpc.StatusCode.CANCELLED)
+        # status is recorded here because the context must not be asked afterwards (see RpcInfo.peer); the
+        # deadline is told from the context variable (before 2026-12-06 both were logged CANCELLED).
+        _record(info, grpc.StatusCode.DEADLINE_EXCEEDED if deadline_passed() else grpc.StatusCode.CANCELLED)
         raise exc
     if isinstance(exc, ParapetError):
         _record(info, exc.code, exc.reason)
