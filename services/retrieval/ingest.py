@@ -179,13 +179,13 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
             raise Rejected(
                 "DOCUMENT_METADATA_INVALID",
                 "metadata keys must be 1-256 printable characters and values at most 1024",
-                f"document.metadata[{key!r}]",
+                f"document.metadata[{_shown(key)}]",
             )
     for group in document.access_groups:
         if not _NAME.match(group) or group == PUBLIC_GROUP:
             raise Rejected(
                 "DOCUMENT_METADATA_INVALID",
-                f"access group {group!r} is invalid (1-256 printable characters, not {PUBLIC_GROUP!r})",
+                f"access group {_shown(group)} is invalid (1-256 printable characters, not {PUBLIC_GROUP!r})",
                 "document.access_groups",
             )
     size = attributes_size(document_id, document.access_groups, document.metadata)
@@ -202,11 +202,22 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
         )
 
 
+# The most of a refused document's own text a result echoes back. Each result (and IngestDocuments' whole
+# response) must stay within what a client receives (4 MiB by default): an invalid id or metadata key of a few
+# MiB, echoed whole (twice: the field and the message), made the answer one no client could read.
+_ECHO_CHARS = 512
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, its first 64 characters only."""
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + "..."
+
+
 def _rejection(index: int, document_id: str, error: ParapetError) -> pb.DocumentResult:
     status = to_status_proto(error)
     return pb.DocumentResult(
         index=index,
-        document_id=document_id,
+        document_id=document_id[:_ECHO_CHARS],
         outcome=pb.DOCUMENT_OUTCOME_REJECTED,
         error=status_pb2.Status.FromString(status.SerializeToString()),
     )

@@ -30,6 +30,9 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 #: IngestDocuments embeds prepared documents together once they hold this many chunks (or documents).
 BATCH_CHUNKS = 64
 BATCH_DOCUMENTS = 32
+# IngestDocuments answers once, with a result per document: past this many the answer could outgrow what a
+# client receives (4 MiB by default; a result takes up to about 1.5 KB). StreamIngestDocuments has no limit.
+MAX_DOCUMENTS_PER_CALL = 2000
 
 
 def _document_proto(row: repository.DocumentRow) -> document_pb2.Document:
@@ -72,6 +75,16 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
         pending: list[Prepared] = []
         index = 0
         async for request in request_iterator:
+            if index == MAX_DOCUMENTS_PER_CALL:
+                if pending:
+                    await self._ingestor.store(writer, pending, progress)  # what was read is ingested
+                raise InvalidArgument(
+                    f"IngestDocuments takes at most {MAX_DOCUMENTS_PER_CALL} documents; the first "
+                    f"{MAX_DOCUMENTS_PER_CALL} were ingested (a retry finds them unchanged). Use "
+                    "StreamIngestDocuments for more",
+                    reason="TOO_MANY_DOCUMENTS",
+                    metadata={"max_documents": str(MAX_DOCUMENTS_PER_CALL)},
+                )
             prepared = await self._ingestor.prepare(
                 writer, index, request.document, request.content, progress
             )

@@ -79,7 +79,10 @@ class RetrievalServiceServicer:
         Each document is replaced atomically: its new chunks become visible together, the old ones go together.
         Needs PERMISSION_INGEST. The per-document reasons are in DocumentResult.error; the embeddings provider or the
         vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
-        documents stored before it stay stored: re-sending the stream re-embeds only the others.
+        documents stored before it stay stored: re-sending the stream re-embeds only the others. At most 2,000
+        documents per call (the single answer must stay readable): the 2,001st fails the call INVALID_ARGUMENT
+        TOO_MANY_DOCUMENTS once the first 2,000 are ingested; StreamIngestDocuments has no such limit. A refused
+        document's result echoes at most 512 characters of its id.
         Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
         nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
         """
