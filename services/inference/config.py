@@ -86,6 +86,12 @@ class ModelConfig(_Frozen):
     output_price_per_million: Decimal = Decimal(0)
     cached_input_price_per_million: Decimal | None = None  # None: the input price
     fallbacks: tuple[str, ...] = Field((), description="Models tried, in order, when this one fails.")
+    drop_parameters: tuple[Literal["temperature", "top_p", "stop", "seed"], ...] = Field(
+        (),
+        description="Generation parameters this model refuses, left out of its requests instead of failing them "
+        "PROVIDER_REJECTED: OpenAI's reasoning models take no temperature or top_p, some Anthropic models refuse "
+        "the two together, some self-hosted servers know no seed.",
+    )
 
     @property
     def wire_name(self) -> str:

@@ -443,17 +443,19 @@ class Engine:
     ) -> ProviderRequest:
         max_tokens = generation["max_tokens"]
         cap = model.max_output_tokens
-        stop = generation["stop"]
+        # What the model refuses is left out (the configuration's drop_parameters); a fallback model keeps its own.
+        sampling = {k: v for k, v in generation.items() if k not in model.drop_parameters}
+        stop = sampling.get("stop", [])
         assert isinstance(stop, list)
         return ProviderRequest(
             model=model.wire_name,
             system=state.rendered.system,
             messages=state.rendered.messages,
             max_tokens=min(max_tokens, cap) if isinstance(max_tokens, int) else None,
-            temperature=generation["temperature"],  # type: ignore[arg-type]
-            top_p=generation["top_p"],  # type: ignore[arg-type]
+            temperature=sampling.get("temperature"),  # type: ignore[arg-type]
+            top_p=sampling.get("top_p"),  # type: ignore[arg-type]
             stop=tuple(stop),
-            seed=generation["seed"],  # type: ignore[arg-type]
+            seed=sampling.get("seed"),  # type: ignore[arg-type]
             context=tuple((doc.title, doc.text) for doc in state.context),
         )
 

@@ -62,3 +62,34 @@ async def test_openai_gets_max_completion_tokens_and_compatible_servers_max_toke
     (compatible_body,) = [r.body for r in upstream.requests_for("llama")]
     assert openai_body.get("max_completion_tokens") == 50 and "max_tokens" not in openai_body
     assert compatible_body.get("max_tokens") == 50 and "max_completion_tokens" not in compatible_body
+
+
+async def test_a_model_s_refused_parameters_are_left_out_of_its_requests_only(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """OpenAI's reasoning models refuse a temperature or top_p, and failed every request that set one
+    PROVIDER_REJECTED, also a request whose route would have fallen back to a model taking them. A model's
+    drop_parameters leaves them out of its own requests; its fallback still gets them."""
+    config = upstream_config(
+        upstream,
+        [
+            {
+                "name": "reasoner",
+                "provider": "openai",
+                "upstream_model": "o4-mini",
+                "drop_parameters": ["temperature", "top_p"],
+                "fallbacks": ["plain"],
+            },
+            {"name": "plain", "provider": "openai", "upstream_model": "gpt-4o-mini"},
+        ],
+    )
+    sampling = generation_pb2.GenerationConfig(temperature=0.3, top_p=0.9, seed=7, stop=["zz"])
+    async with start_inference(config) as inference:
+        for model in ("reasoner", "plain"):
+            outcome = await inference.stream("hello", model=model, generation=sampling)
+            assert outcome.error is None, outcome.error
+    (reasoner,) = [r.body for r in upstream.requests_for("o4-mini")]
+    (plain,) = [r.body for r in upstream.requests_for("gpt-4o-mini")]
+    assert "temperature" not in reasoner and "top_p" not in reasoner
+    assert reasoner["seed"] == 7 and reasoner["stop"] == ["zz"]
+    assert plain["temperature"] == 0.3 and abs(plain["top_p"] - 0.9) < 1e-6 and plain["seed"] == 7
