@@ -108,8 +108,9 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-# Statuses that say our account (key, permissions, billing) is at fault: retrying the same provider cannot help.
-_OUR_ACCOUNT = (401, 402, 403)
+# Statuses that say our account (key, permissions, billing) or our configuration (a model the provider does not
+# have, or has retired: 404) is at fault: retrying the same provider cannot help, and the caller cannot fix it.
+_OUR_ACCOUNT = (401, 402, 403, 404)
 
 # The error types (or codes) providers name in a stream's error event, as the HTTP status each stands for:
 # Anthropic's documented `error.type`s, and OpenAI's types and codes.
@@ -163,6 +164,10 @@ def error_for_status(status: int, headers: Mapping[str, str] | None, provider: s
         return ProviderError("timeout", f"{provider} timed out (HTTP {status})", retry_after, status)
     if status >= 500 or status == 409:
         return ProviderError("unavailable", f"{provider} failed (HTTP {status})", retry_after, status)
+    if status == 404:
+        # Our configuration names a model (or a path) the provider does not have: a retired model must fail
+        # over to the next of the chain, not refuse every caller INVALID_ARGUMENT for what they cannot change.
+        return ProviderError("unavailable", f"{provider} has no such model (HTTP 404)", None, status)
     if status in _OUR_ACCOUNT:
         # A key or billing problem is ours, not the caller's: another provider of the chain may still answer.
         return ProviderError(

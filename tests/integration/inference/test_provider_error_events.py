@@ -50,8 +50,9 @@ async def _provider_error(provider: AnthropicProvider | OpenAIProvider, model: s
         ("timeout_error", "timeout", True),
         ("invalid_request_error", "rejected", False),
         ("request_too_large", "rejected", False),
-        ("not_found_error", "rejected", False),
-        # Our key or account: not the caller's fault, and no retry of the same provider helps; the next may.
+        # Our key, account or configuration (a model the provider does not have): not the caller's fault, and
+        # no retry of the same provider helps; the next may.
+        ("not_found_error", "unavailable", False),
         ("authentication_error", "unavailable", False),
         ("permission_error", "unavailable", False),
         ("billing_error", "unavailable", False),

@@ -71,3 +71,26 @@ async def test_an_exhausted_openai_quota_is_not_retried_and_falls_back(
     assert routing.model == "local"
     assert [(a.model, a.reason) for a in routing.fallback_attempts] == [("gpt", "PROVIDER_UNAVAILABLE")]
     assert sum(1 for r in upstream.requests if r.api == "openai") == 1, "an exhausted quota was retried"
+
+
+async def test_a_model_the_provider_no_longer_has_falls_back_instead_of_refusing_the_caller(
+    upstream: UpstreamServer, start_inference: StartInference
+) -> None:
+    """A provider answers 404 for a model it does not have (retired, or misnamed in our configuration): the
+    caller can change nothing about it, yet it was INVALID_ARGUMENT PROVIDER_REJECTED with no fallback."""
+    spec = "gpt-retired;status=404"
+    config = upstream_config(
+        upstream,
+        [
+            {"name": "old", "provider": "openai", "upstream_model": spec, "fallbacks": ["local"]},
+            {"name": "local", "provider": "local"},
+        ],
+    )
+    async with start_inference(config) as inference:
+        outcome = await inference.stream("hello?")
+        assert outcome.error is None, outcome.error
+        assert outcome.summary.routing.model == "local"
+        assert [(a.model, a.reason) for a in outcome.summary.routing.fallback_attempts] == [
+            ("old", "PROVIDER_UNAVAILABLE")
+        ]
+        assert sum(1 for r in upstream.requests if r.api == "openai") == 1, "retried although no retry helps"
