@@ -36,6 +36,17 @@ def _price(model: model_pb2.Model, prompt_tokens: int, output_tokens: int) -> in
     return math.ceil(micros / 1_000_000)
 
 
+def answering_models(models: tuple[model_pb2.Model, ...], name: str) -> list[model_pb2.Model]:
+    """The models a request for ``name`` may be answered by: itself and its fallbacks, or those with it as an
+    alias (routes list theirs); all when unknown. Before 2026-12-06 a model's own fallbacks were left out, so a
+    hold priced at a cheap model was overspent by its pricier fallback."""
+    named = [m for m in models if name and (m.model == name or name in m.aliases)]
+    if not named:
+        return list(models)
+    reached = {m.model for m in named} | {f for m in named for f in m.fallbacks}
+    return [m for m in models if m.model in reached]
+
+
 class ModelCatalog:
     def __init__(self, peers: Peers, settings: GatewaySettings) -> None:
         self._peers = peers
@@ -68,14 +79,9 @@ class ModelCatalog:
         self._cache.put(caller.tenant_id, caller.tenant_id, result, generation=generation)
         return result
 
-    def candidates(self, models: tuple[model_pb2.Model, ...], name: str) -> list[model_pb2.Model]:
-        """The models ``name`` may run on: itself, or those with it as an alias; all when unknown."""
-        named = [m for m in models if name and (m.model == name or name in m.aliases)]
-        return named or list(models)
-
     async def estimate(self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int) -> Estimate:
         models = await self.models(caller)
-        candidates = self.candidates(models, name)
+        candidates = answering_models(models, name)
         # Inference caps each call's max_tokens at that model's own output limit, and any listed model may
         # answer as another's fallback: no call writes more than the largest limit. Reserving the caller's
         # figure instead refused a max_tokens of 100,000 under a 20,000-token budget with nothing spent.
@@ -99,11 +105,11 @@ class ModelCatalog:
         self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int
     ) -> tuple[model_pb2.Model | None, money_pb2.Money]:
         """The model usage counted here (no provider figure) is charged to and its cost, from cached prices
-        only: it runs in finalisers that must not wait on inference. ``name`` is a model or an alias: the
-        costliest model it may run on is taken, as the reservation assumed (for a model inference announced,
-        that model itself); None when nothing is known."""
-        models = self._cache.get(caller.tenant_id)
-        candidates = self.candidates(models or (), name)
+        only: it runs in finalisers that must not wait on inference. ``name`` is the model inference announced,
+        priced as itself (not its fallbacks); for an alias, the costliest model it may run on, as the reservation
+        assumed. None when nothing is known."""
+        models = self._cache.get(caller.tenant_id) or ()
+        candidates = [m for m in models if m.model == name] or answering_models(models, name)
         if not candidates:
             return None, money_pb2.Money()
         model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))

@@ -16,6 +16,7 @@ from parapet.kit import paging
 from parapet.kit.context import require_principal
 from parapet.kit.permissions import erasure_target
 from parapet.usage.v1 import money_pb2
+from services.inference.config import InferenceConfig
 from services.inference.engine import Engine
 
 # How long DeleteCacheEntries waits for this replica's pending cache writes (each is an embedding and an INSERT).
@@ -64,6 +65,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         config = self.engine.config
         permitted = self.engine.router.permitted(access)
         names = sorted(m.name for m in config.models if permitted is None or m.name in permitted)
+        reaches = _reach(config)
         page = [n for n in names if n > after][:size]
         response = inference_service_pb2.ListModelsResponse()
         currency = config.currency
@@ -79,13 +81,14 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 model_pb2.Model(
                     model=model.name,
                     provider=model.provider,
-                    aliases=[r.name for r in config.routes if model.name in r.candidates()],
+                    aliases=[r.name for r in config.routes if model.name in reaches[r.name]],
                     context_window_tokens=model.context_window_tokens,
                     max_output_tokens=model.max_output_tokens,
                     input_price_per_million=_money(currency, model.input_price_per_million),
                     output_price_per_million=_money(currency, model.output_price_per_million),
                     cached_input_price_per_million=_money(currency, cached_price),
                     circuit_state=_STATES[self.engine.breakers.get(model.provider, model.name).state],
+                    fallbacks=[f for f in model.fallbacks if permitted is None or f in permitted],
                 )
             )
         if len(page) == size and page and page[-1] != names[-1]:
@@ -112,3 +115,17 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
 def _money(currency: str, units: Decimal) -> money_pb2.Money:
     return money_pb2.Money(currency_code=currency, amount_micros=int(units * 1_000_000))
+
+
+def _reach(config: InferenceConfig) -> dict[str, frozenset[str]]:
+    """Every model each route's requests can be answered by: its picks and fallbacks, and the picks' own
+    fallbacks (routing.Router.plan's chain). A budget hold for the route must price all of them."""
+    reach: dict[str, frozenset[str]] = {}
+    for route in config.routes:
+        names = set(route.candidates())
+        for name in list(names):
+            model = config.model(name)
+            if model is not None:
+                names.update(model.fallbacks)
+        reach[route.name] = frozenset(names)
+    return reach

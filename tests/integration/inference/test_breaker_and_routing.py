@@ -136,3 +136,27 @@ async def test_canary_split_is_sticky_per_user_and_within_statistical_tolerance(
     candidates = sum(1 for m in chosen.values() if m == "candidate")
     sd = math.sqrt(users * 0.2 * 0.8)
     assert abs(candidates - users * 0.2) <= 4 * sd, candidates
+
+
+async def test_list_models_names_every_model_a_request_can_be_answered_by(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """The gateway prices a budget hold at the costliest model a request may be answered by. ListModels left
+    out a model's own fallbacks, and a route's reach through its pick's fallbacks: the hold was priced at the
+    cheap model while a pricier fallback answered (and was billed)."""
+    models = [
+        {"name": "cheap", "provider": "local", "fallbacks": ["pricey"]},
+        {"name": "pricey", "provider": "local", "output_price_per_million": "60"},
+        {"name": "other", "provider": "local"},
+    ]
+    routes = [{"name": "fast", "model": "cheap"}]
+    async with start_inference(upstream_config(upstream, models, routes=routes)) as inference:
+        response = await inference.stub.ListModels(
+            inference_service_pb2.ListModelsRequest(), metadata=inference.metadata()
+        )
+    listed = {m.model: m for m in response.models}
+    assert list(listed["cheap"].fallbacks) == ["pricey"]
+    assert list(listed["pricey"].fallbacks) == []
+    assert list(listed["cheap"].aliases) == ["fast"]
+    assert list(listed["pricey"].aliases) == ["fast"]  # the route's pick may fall back to it
+    assert list(listed["other"].aliases) == []

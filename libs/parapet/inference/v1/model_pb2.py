@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from parapet.usage.v1 import money_pb2 as parapet_dot_usage_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/inference/v1/model.proto\x12\x14parapet.inference.v1\x1a\x1cparapet/usage/v1/money.proto\"\xe4\x02\n\x05Model\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x04 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x12\x38\n\x17input_price_per_million\x18\x06 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x39\n\x18output_price_per_million\x18\x07 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12?\n\x1e\x63\x61\x63hed_input_price_per_million\x18\x08 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x39\n\rcircuit_state\x18\t \x01(\x0e\x32\".parapet.inference.v1.CircuitState*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parapet/inference/v1/model.proto\x12\x14parapet.inference.v1\x1a\x1cparapet/usage/v1/money.proto\"\xf7\x02\n\x05Model\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x04 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x12\x38\n\x17input_price_per_million\x18\x06 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x39\n\x18output_price_per_million\x18\x07 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12?\n\x1e\x63\x61\x63hed_input_price_per_million\x18\x08 \x01(\x0b\x32\x17.parapet.usage.v1.Money\x12\x39\n\rcircuit_state\x18\t \x01(\x0e\x32\".parapet.inference.v1.CircuitState\x12\x11\n\tfallbacks\x18\n \x03(\t*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parapet.inference.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=447
-  _globals['_CIRCUITSTATE']._serialized_end=571
+  _globals['_CIRCUITSTATE']._serialized_start=466
+  _globals['_CIRCUITSTATE']._serialized_end=590
   _globals['_MODEL']._serialized_start=89
-  _globals['_MODEL']._serialized_end=445
+  _globals['_MODEL']._serialized_end=464
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,7 @@ class Model(_message.Message):
     OUTPUT_PRICE_PER_MILLION_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _builtins.int
     CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name as the provider knows it (for example "gpt-4o-mini"); unique per deployment."""
     provider: _builtins.str
@@ -75,7 +76,9 @@ class Model(_message.Message):
     """Current circuit breaker state (of this replica) for the model."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Aliases and tiers that route to this model (for example "fast")."""
+        """Aliases and tiers whose requests this model can answer, as the route's pick, one of the route's fallbacks, or a
+        fallback of the model the route picked (for example "fast").
+        """
 
     @_builtins.property
     def input_price_per_million(self) -> _money_pb2.Money:
@@ -89,6 +92,12 @@ class Model(_message.Message):
     def cached_input_price_per_million(self) -> _money_pb2.Money:
         """Price of one million prompt tokens served from the provider's prompt cache."""
 
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models tried, in order, when this one fails (those the caller may use): a request for this model may be
+        answered, and billed, by any of them. A budget hold prices the costliest.
+        """
+
     def __init__(
         self,
         *,
@@ -101,10 +110,11 @@ class Model(_message.Message):
         output_price_per_million: _money_pb2.Money | None = ...,
         cached_input_price_per_million: _money_pb2.Money | None = ...,
         circuit_state: Global___CircuitState.ValueType = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cached_input_price_per_million", b"cached_input_price_per_million", "input_price_per_million", b"input_price_per_million", "output_price_per_million", b"output_price_per_million"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "cached_input_price_per_million", b"cached_input_price_per_million", "circuit_state", b"circuit_state", "context_window_tokens", b"context_window_tokens", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "model", b"model", "output_price_per_million", b"output_price_per_million", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "cached_input_price_per_million", b"cached_input_price_per_million", "circuit_state", b"circuit_state", "context_window_tokens", b"context_window_tokens", "fallbacks", b"fallbacks", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "model", b"model", "output_price_per_million", b"output_price_per_million", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
