@@ -156,11 +156,23 @@ class IngestOptions:
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
 
 
+# The most of a refused document's own text a result echoes back. Each result (and IngestDocuments' whole
+# response) must stay within what a client receives (4 MiB by default): an invalid id or metadata key of a few
+# MiB, echoed whole (twice: the field and the message), made the answer one no client could read.
+_ECHO_CHARS = 512
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, its first 64 characters only."""
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + "..."
+
+
 def validate(document: document_pb2.Document, content: bytes, max_bytes: int) -> None:
     """Raises `Rejected` for a document that cannot be ingested whatever its content says."""
     with_nul = nul_field(document, "document.")
     if with_nul is not None:  # the kit leaves this check to us on ingestion: per document (app.py)
-        raise Rejected("DOCUMENT_METADATA_INVALID", f"{with_nul} contains U+0000 (NUL)", with_nul)
+        where = with_nul[:_ECHO_CHARS]  # it names a map entry by its key, which may be megabytes long
+        raise Rejected("DOCUMENT_METADATA_INVALID", f"{where} contains U+0000 (NUL)", where)
     document_id = document.document_id
     if not 1 <= len(document_id) <= 512 or any(unicodedata.category(c) == "Cc" for c in document_id):
         raise Rejected(
@@ -200,17 +212,6 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
         raise Rejected(
             "DOCUMENT_TOO_LARGE", f"content is {len(content)} bytes; the limit is {max_bytes}", "content"
         )
-
-
-# The most of a refused document's own text a result echoes back. Each result (and IngestDocuments' whole
-# response) must stay within what a client receives (4 MiB by default): an invalid id or metadata key of a few
-# MiB, echoed whole (twice: the field and the message), made the answer one no client could read.
-_ECHO_CHARS = 512
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted for a message, its first 64 characters only."""
-    return repr(text) if len(text) <= 64 else repr(text[:64]) + "..."
 
 
 def _rejection(index: int, document_id: str, error: ParapetError) -> pb.DocumentResult:

@@ -79,9 +79,10 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
                 if pending:
                     await self._ingestor.store(writer, pending, progress)  # what was read is ingested
                 raise InvalidArgument(
-                    f"IngestDocuments takes at most {MAX_DOCUMENTS_PER_CALL} documents; the first "
-                    f"{MAX_DOCUMENTS_PER_CALL} were ingested (a retry finds them unchanged). Use "
-                    "StreamIngestDocuments for more",
+                    f"IngestDocuments takes at most {MAX_DOCUMENTS_PER_CALL} documents: the first "
+                    f"{MAX_DOCUMENTS_PER_CALL} were processed (stored or refused; sent again, the stored ones "
+                    "are unchanged), but their results cannot come with this error. Use "
+                    "StreamIngestDocuments, which reports each document as it goes",
                     reason="TOO_MANY_DOCUMENTS",
                     metadata={"max_documents": str(MAX_DOCUMENTS_PER_CALL)},
                 )

@@ -81,7 +81,8 @@ class RetrievalServiceServicer:
         vector store down fails the whole call (UNAVAILABLE EMBEDDING_UNAVAILABLE or VECTOR_STORE_UNAVAILABLE), and the
         documents stored before it stay stored: re-sending the stream re-embeds only the others. At most 2,000
         documents per call (the single answer must stay readable): the 2,001st fails the call INVALID_ARGUMENT
-        TOO_MANY_DOCUMENTS once the first 2,000 are ingested; StreamIngestDocuments has no such limit. A refused
+        TOO_MANY_DOCUMENTS once the first 2,000 are processed (their results are lost with the error);
+        StreamIngestDocuments, which reports each document as it goes, has no such limit. A refused
         document's result echoes at most 512 characters of its id.
         Idempotent: yes, per document, by document_id and content hash: re-sending an unchanged document re-embeds
         nothing and yields DOCUMENT_OUTCOME_UNCHANGED.
