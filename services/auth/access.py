@@ -26,7 +26,9 @@ from services.auth.cache import TenantKeyedCache
 from services.auth.permissions import Permission, PermissionValue
 from services.auth.store import AuthStore, TenantView
 
-TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# A new tenant's id: the kit's form (parapet.kit.identity.TENANT_ID_PATTERN), starting with a letter. Matched
+# whole (fullmatch): with `match` and `$`, "acme\n" passed, a tenant id no NATS subject or token could carry.
+TENANT_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Change:
 
 
 def check_tenant_id(tenant_id: str, path: str = "tenant_id") -> str:
-    if not TENANT_ID.match(tenant_id):
+    if not TENANT_ID.fullmatch(tenant_id):
         raise InvalidArgument(
             "tenant_id is invalid",
             field_violations=[(path, "lower-case letters, digits and '-', 1-63, starting with a letter")],

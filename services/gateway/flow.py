@@ -52,19 +52,15 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.validation import validate
 from services.moderation.engine import record_findings
 from services.moderation.stream import StreamScreener, StreamStep
+from services.retrieval.limits import MAX_QUERY_CHARS
+from services.retrieval.permissions import DOCUMENTS_READ  # what retrieval requires of a grounded chat
 
 log = logging.getLogger(__name__)
 
 Event = chat_service_pb2.StreamChatResponse
-DOCUMENTS_READ = "documents.read"  # what retrieval requires of a grounded chat's caller
 _NO_DEADLINE_LEASE = 900.0  # an idempotency key whose run has no deadline is taken over after this
 _DEFAULT_TOP_K = 8
 _CHUNK_TOKENS = 320  # retrieval's chunk size (256 word pieces by default) with margin
-# Retrieval's longest query (services/retrieval/servicer.py, MAX_QUERY_CHARS). A question may be far longer
-# (validation.MAX_MESSAGE_CHARS); sent whole, it was refused INVALID_ARGUMENT naming `query`, a field no chat
-# request has. The embedding model reads only the first 256 word pieces of a query anyway, so its head
-# finds what the whole question would.
-_MAX_QUERY_CHARS = 8192
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -459,7 +455,10 @@ class ChatFlow:
         self, run: _Run, policy: tenant_policy_pb2.TenantPolicy
     ) -> tuple[list[Any], list[Event]]:
         options = run.request.retrieval
-        question = run.request.messages[-1].content[:_MAX_QUERY_CHARS]
+        # Retrieval's longest query: a question may be far longer (validation.MAX_MESSAGE_CHARS), and sent
+        # whole it was refused INVALID_ARGUMENT naming `query`, a field no chat request has. The embedding model
+        # reads only the first 256 word pieces of a query anyway, so its head finds what the whole would.
+        question = run.request.messages[-1].content[:MAX_QUERY_CHARS]
         try:
             reply = await self._peers.retrieval.stub.Query(
                 retrieval_service_pb2.QueryRequest(

@@ -36,6 +36,7 @@ class AttemptClock:
     span: trace.Span = trace.INVALID_SPAN  # no span (tests of the metrics alone); ending it does nothing
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    ended: bool = False
 
     def token(self) -> None:
         if self.first_token is None:
@@ -66,8 +67,13 @@ class AttemptClock:
             self.span.set_attribute("error.type", error)
             self.span.set_status(Status(StatusCode.ERROR))
         self.span.end()
+        self.ended = True
 
     def abandoned(self) -> None:
-        """The attempt stopped for a reason of the caller's (it left): no model metric, the span ended."""
+        """The attempt stopped for a reason of the caller's (it left): no model metric, the span ended. A no-op
+        once ``done`` ran (the caller may leave at the yield right after the model's answer)."""
+        if self.ended:
+            return
         self.span.set_attribute("error.type", "cancelled")
         self.span.end()
+        self.ended = True

@@ -19,11 +19,11 @@ from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
 from services.retrieval.deletion import Deleter
 from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
+from services.retrieval.limits import MAX_QUERY_CHARS
 from services.retrieval.permissions import DOCUMENTS_DELETE, DOCUMENTS_READ, INGEST
 from services.retrieval.scope import tenant_scope
 from services.retrieval.search import Searcher, SearchRequest
 
-MAX_QUERY_CHARS = 8192
 DEFAULT_TOP_K = 8
 MAX_TOP_K = 100
 PROGRESS_INTERVAL_SECONDS = 1.0

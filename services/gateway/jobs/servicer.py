@@ -103,7 +103,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             total_items=len(batch.requests),
         )
         if not created:
-            if row.spec_sha256 != submission.fingerprint(principal.subject, batch, request.metadata):
+            if not submission.same_job(row.spec_sha256, principal.subject, batch, request.metadata):
                 raise AlreadyExists(
                     "this idempotency_key was used for a different job",
                     reason="IDEMPOTENCY_KEY_REUSED",

@@ -486,8 +486,10 @@ class JobStore:
         message went with the earlier stream, whether the job waited queued or was given back), or running under
         a lease expired long ago (their message lost with a stream).
 
-        ``stream_created`` is NATS's clock, ``enqueue_time`` PostgreSQL's: a skew only re-queues the jobs
-        published within it after the stream's creation once more, which the lease makes harmless."""
+        ``stream_created`` is NATS's clock, ``enqueue_time`` PostgreSQL's: with NATS's ahead, the jobs published
+        within the skew after the stream's creation are queued again at each sweep until PostgreSQL's clock
+        passes it; their message id (``job:runs``) does not change, so JetStream drops the repeats, and the
+        lease would stop a second run anyway."""
         async with self._sweeping() as session:
             rows = await session.execute(
                 text(

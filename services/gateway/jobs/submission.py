@@ -65,11 +65,23 @@ def fingerprint(subject: str, batch: job_pb2.ChatBatch, metadata: Mapping[str, s
 
     The items' own idempotency keys are left out: the contract ignores them, so they must not make a retry of
     the same job (whose client drew new item keys) a different one. Without them the serialization is the
-    batch's own when no item has a key (proto3 leaves an empty string out), as every fingerprint stored before."""
+    batch's own when no item has a key (proto3 leaves an empty string out), as every fingerprint stored before;
+    :func:`same_job` also takes the earlier form for items that had keys."""
     runs = job_pb2.ChatBatch()
     runs.CopyFrom(batch)
     for item in runs.requests:
         item.idempotency_key = ""
+    return _digest(subject, runs, metadata)
+
+
+def same_job(stored: bytes, subject: str, batch: job_pb2.ChatBatch, metadata: Mapping[str, str]) -> bool:
+    """Whether a repeated submission is the job whose fingerprint is ``stored``. Jobs submitted before
+    2026-12-06 were fingerprinted with their items' keys: such a job, retried with the same keys, is still
+    the same job (the earlier form can go once their retention, 30 days, has passed)."""
+    return stored in (fingerprint(subject, batch, metadata), _digest(subject, batch, metadata))
+
+
+def _digest(subject: str, runs: job_pb2.ChatBatch, metadata: Mapping[str, str]) -> bytes:
     digest = hashlib.sha256()
     for part in (subject.encode(), runs.SerializeToString(deterministic=True)):
         digest.update(len(part).to_bytes(8, "big"))

@@ -122,7 +122,9 @@ async def test_a_chat_whose_deadline_passes_while_its_hold_waits_is_audited_dead
         "SELECT state, release_reason FROM metering.reservations WHERE tenant_id = :t AND state <> 'settled'",
         t=tenant.tenant_id,
     )
-    assert all(tuple(h) == ("released", "DEADLINE_EXCEEDED") for h in holds), holds
+    # The Reserve was cancelled with the call while it waited on the locked counters: no hold was taken, and
+    # none is left held (before, the finaliser's Release ran out of time too).
+    assert holds == [], holds
 
 
 async def _settled(suite: Suite, tenant_id: str) -> list[tuple[int, int, bool]]:

@@ -277,3 +277,14 @@ def test_an_issued_token_builds_its_response_once() -> None:
     assert renewed.authenticate_response is not response and renewed.authenticate_response.token == "token-2"
     delegated = issued.delegated_response()
     assert (delegated.token, delegated.principal) == ("token-1", response.principal)
+
+
+def test_a_tenant_id_is_matched_whole() -> None:
+    """`re.match` with `$` let "acme\\n" through: a tenant id no NATS subject or internal token could carry."""
+    from parapet.kit.errors import InvalidArgument
+    from services.auth.access import check_tenant_id
+
+    assert check_tenant_id("acme-2") == "acme-2"
+    for bad in ("acme\n", "Acme", "2acme", "", "a" * 64, "acme.corp"):
+        with pytest.raises(InvalidArgument):
+            check_tenant_id(bad)

@@ -123,3 +123,23 @@ def test_the_fingerprint_ignores_the_items_own_idempotency_keys() -> None:
     assert digest == submission.fingerprint("alice", retry.chat_batch, {})
     assert digest == submission.fingerprint("alice", plain.chat_batch, {})
     assert first.chat_batch.requests[0].idempotency_key == "first-0"  # the caller's request is not changed
+
+
+def test_a_job_fingerprinted_before_the_item_keys_were_left_out_is_still_the_same_job() -> None:
+    """Before 2026-12-06 the items' keys were part of the fingerprint: such a stored job, retried with the same
+    keys after the upgrade, must still be the same job, not IDEMPOTENCY_KEY_REUSED."""
+    import hashlib
+
+    job = _request(2)
+    for index, item in enumerate(job.chat_batch.requests):
+        item.idempotency_key = f"k-{index}"
+    earlier = hashlib.sha256()  # the earlier form: the batch as sent, item keys included
+    for part in (b"alice", job.chat_batch.SerializeToString(deterministic=True)):
+        earlier.update(len(part).to_bytes(8, "big"))
+        earlier.update(part)
+    assert earlier.digest() != submission.fingerprint("alice", job.chat_batch, {})
+    assert submission.same_job(earlier.digest(), "alice", job.chat_batch, {})
+    assert submission.same_job(
+        submission.fingerprint("alice", job.chat_batch, {}), "alice", job.chat_batch, {}
+    )
+    assert not submission.same_job(earlier.digest(), "bob", job.chat_batch, {})
