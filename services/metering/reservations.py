@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from parapet.kit import metrics
 from parapet.kit.database import Database, engine_options
-from parapet.kit.errors import QuotaExceeded
+from parapet.kit.errors import FailedPrecondition, QuotaExceeded
 from parapet.kit.identity import Principal
 from services.metering import counters, reserve_sql
 from services.metering.counters import CounterState, Hold
@@ -175,8 +175,15 @@ async def reserve(
                 raise
             await asyncio.sleep(0.001 * (2**attempt))
     async with database.session() as session:
-        existing = await find_by_request(session, tenant, request_id)
-    assert existing is not None
+        existing = await find_by_request(session, tenant, request_id, user_id=principal.subject)
+    if existing is None:
+        # The request id is another user's reservation: handing it over would tell its figures and let this
+        # caller go on holding nothing. The unique key cannot hide that the id is taken; nothing else is told.
+        raise FailedPrecondition(
+            "request_id is already reserved by another caller",
+            reason="RESERVATION_CONFLICT",
+            metadata={"request_id": request_id},
+        )
     return ReserveResult(existing, ())
 
 
@@ -216,47 +223,72 @@ def _describe_rate(limit: AppliedRateLimit) -> str:
     )
 
 
+def _owned_by(user_id: str | None) -> tuple[str, dict[str, str]]:
+    """The condition confining a lookup to ``user_id``'s reservations (None: any user of the tenant).
+
+    A reservation belongs to the user who made it: the gateway settles and releases it with that user's token.
+    Another user of the tenant naming it (its id, or its request id) must get what a reservation that does not
+    exist gets, or a caller could free, settle or read holds that are not theirs (until 2026-12-06 it could).
+    """
+    return ("", {}) if user_id is None else (" AND user_id = :owner", {"owner": user_id})
+
+
 async def find_by_request(
-    session: AsyncSession, tenant: str, request_id: str, *, lock: bool = False
+    session: AsyncSession, tenant: str, request_id: str, *, lock: bool = False, user_id: str | None = None
 ) -> ReservationRow | None:
     lock_clause = " FOR UPDATE" if lock else ""
+    owner, params = _owned_by(user_id)
     row = (
         await session.execute(
-            text(_SELECT + " WHERE tenant_id = :tenant AND request_id = :request" + lock_clause),
-            {"tenant": tenant, "request": request_id},
+            text(_SELECT + " WHERE tenant_id = :tenant AND request_id = :request" + owner + lock_clause),
+            {"tenant": tenant, "request": request_id, **params},
         )
     ).first()
     return None if row is None else row_from_columns(row)
 
 
 async def find(
-    session: AsyncSession, tenant: str, reservation_id: str, *, lock: bool = False
+    session: AsyncSession, tenant: str, reservation_id: str, *, lock: bool = False, user_id: str | None = None
 ) -> ReservationRow | None:
     lock_clause = " FOR UPDATE" if lock else ""
+    owner, params = _owned_by(user_id)
     row = (
         await session.execute(
-            text(_SELECT + " WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid)" + lock_clause),
-            {"tenant": tenant, "id": reservation_id},
+            text(
+                _SELECT
+                + " WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid)"
+                + owner
+                + lock_clause
+            ),
+            {"tenant": tenant, "id": reservation_id, **params},
         )
     ).first()
     return None if row is None else row_from_columns(row)
 
 
 async def end(
-    session: AsyncSession, tenant: str, reservation_id: str, state: str, reason: str = ""
+    session: AsyncSession,
+    tenant: str,
+    reservation_id: str,
+    state: str,
+    reason: str = "",
+    *,
+    user_id: str | None = None,
 ) -> ReservationRow | None:
-    """Move an active reservation to ``state``; None when it was not active (already ended or absent)."""
+    """Move an active reservation to ``state``; None when it was not active (already ended or absent), or is not
+    ``user_id``'s when that is given."""
+    owner, params = _owned_by(user_id)
     row = (
         await session.execute(
             text(
-                """
+                f"""
                 UPDATE reservations SET state = :state, end_time = now(), release_reason = :reason
-                WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid) AND state = 'active'
+                WHERE tenant_id = :tenant AND reservation_id = CAST(:id AS uuid) AND state = 'active'{owner}
                 RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
                     create_time, expire_time, end_time, holds
                 """
             ),
-            {"tenant": tenant, "id": reservation_id, "state": state, "reason": reason},
+            {"tenant": tenant, "id": reservation_id, "state": state, "reason": reason, **params},
         )
     ).first()
     return None if row is None else row_from_columns(row)

@@ -356,7 +356,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument(
                 "reason must be UPPER_SNAKE", field_violations=[("reason", "UPPER_SNAKE, at most 64")]
             )
-        row = await settlement.release(self._database, principal.tenant_id, reservation_id, request.reason)
+        row = await settlement.release(
+            self._database, principal.tenant_id, principal.subject, reservation_id, request.reason
+        )
         return metering_service_pb2.ReleaseResponse(reservation=self._reservation(row))
 
     async def GetUsage(

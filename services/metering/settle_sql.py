@@ -40,7 +40,7 @@ SETTLE = f"""
 WITH r AS (
     UPDATE reservations SET state = 'settled', end_time = now(), release_reason = ''
     WHERE tenant_id = %(tenant_id)s AND reservation_id = CAST(%(reservation_id)s AS uuid)
-      AND request_id = %(request_id)s AND state = 'active'
+      AND request_id = %(request_id)s AND user_id = %(user_id)s AND state = 'active'
     RETURNING reservation_id, request_id, state, reserved_tokens, reserved_micros, currency_code,
         create_time, expire_time, end_time, holds
 ), l AS (

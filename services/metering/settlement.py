@@ -66,7 +66,10 @@ async def settle(
         reservation = None
         settled_record = record
         if record.reservation_id:
-            reservation = await reservations.find(session, tenant, record.reservation_id, lock=True)
+            # Only the caller's own: another user's reservation is treated as one the database does not know.
+            reservation = await reservations.find(
+                session, tenant, record.reservation_id, lock=True, user_id=record.user_id
+            )
             if reservation is None:
                 # Reservations commit asynchronously (reserve_sql): one a database crash forgot still
                 # settles, charged like a request without a reservation, so its usage is never lost.
@@ -79,7 +82,13 @@ async def settle(
             # The gateway names no reservation when Reserve did not answer in time, yet that Reserve may
             # have committed: charging the usage besides would leave its hold in place until it expired,
             # refusing the caller's next requests meanwhile. The request's own reservation settles instead.
-            reservation = await reservations.find_by_request(session, tenant, record.request_id, lock=True)
+            reservation = await reservations.find_by_request(
+                session, tenant, record.request_id, lock=True, user_id=record.user_id
+            )
+            if reservation is None and await reservations.find_by_request(session, tenant, record.request_id):
+                # Another user's request: settling it would move their hold onto this caller's usage, and a
+                # ledger row under its request id would make their own Settle a conflict.
+                raise _conflict("request_id belongs to another caller's reservation", record.request_id)
             if reservation is not None:
                 settled_record = replace(record, reservation_id=reservation.reservation_id)
         appended = await ledger.append(session, settled_record)
@@ -148,7 +157,8 @@ async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
     # A repeat naming no reservation is the same settlement whichever reservation the first one settled (the
     # request's own, found by its request_id).
     named_other = bool(record.reservation_id) and first.reservation_id != record.reservation_id
-    if not first.same_figures(record) or named_other:
+    # Another user's settlement of that request id is no repeat of this caller's: never handed over.
+    if not first.same_figures(record) or named_other or first.user_id != record.user_id:
         raise _conflict("request_id already settled with different figures", record.request_id)
     reservation = (
         await reservations.find(session, record.tenant_id, first.reservation_id)
@@ -158,17 +168,20 @@ async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
     return Settlement(first, reservation, appended=False)
 
 
-async def release(database: Database, tenant: str, reservation_id: str, reason: str) -> ReservationRow:
-    """Free an active reservation's holds; a reservation already ended is returned unchanged."""
+async def release(
+    database: Database, tenant: str, user_id: str, reservation_id: str, reason: str
+) -> ReservationRow:
+    """Free ``user_id``'s active reservation's holds; one already ended is returned unchanged. Another user's is
+    RESERVATION_NOT_FOUND, as one that does not exist."""
 
     async def work(session: AsyncSession) -> ReservationRow:
-        ended = await reservations.end(session, tenant, reservation_id, "released", reason)
+        ended = await reservations.end(session, tenant, reservation_id, "released", reason, user_id=user_id)
         if ended is not None:
             await counters.move_holds(
                 session, tenant, ended.holds, release=True, spent_tokens=0, spent_micros=0
             )
             return ended
-        current = await reservations.find(session, tenant, reservation_id)
+        current = await reservations.find(session, tenant, reservation_id, user_id=user_id)
         if current is None:
             raise _not_found(reservation_id)
         return current

@@ -74,7 +74,9 @@ class MeteringServiceServicer:
         """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
         them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
         RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
-        that applies, is in another currency than the deployment's prices (metering has no exchange rates).
+        that applies, is in another currency than the deployment's prices (metering has no exchange rates). A
+        reservation belongs to the user (token subject) who made it: a request_id another user of the tenant reserved
+        is FAILED_PRECONDITION RESERVATION_CONFLICT, never that reservation.
         Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -86,7 +88,9 @@ class MeteringServiceServicer:
         of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
         without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
         metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
-        when request_id was settled with other figures, or the reservation belongs to another request_id;
+        when request_id was settled with other figures or by another user, the reservation belongs to another
+        request_id, or no reservation is named and request_id is another user's reservation; another user's
+        reservation named by id is treated as one metering does not know;
         CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
         Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
         settlement's result.
@@ -97,7 +101,7 @@ class MeteringServiceServicer:
 
     def Release(self, request, context):
         """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
-        RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+        RESERVATION_NOT_FOUND for a reservation the caller does not have (another user's included), or one deleted a while after
         it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
         Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
         """

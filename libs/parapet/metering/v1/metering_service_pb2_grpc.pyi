@@ -40,7 +40,9 @@ class MeteringServiceStub:
     """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
     them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
     RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
-    that applies, is in another currency than the deployment's prices (metering has no exchange rates).
+    that applies, is in another currency than the deployment's prices (metering has no exchange rates). A
+    reservation belongs to the user (token subject) who made it: a request_id another user of the tenant reserved
+    is FAILED_PRECONDITION RESERVATION_CONFLICT, never that reservation.
     Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
     """
     Settle: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.SettleRequest, _metering_service_pb2.SettleResponse]
@@ -48,14 +50,16 @@ class MeteringServiceStub:
     of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
     without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
     metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
-    when request_id was settled with other figures, or the reservation belongs to another request_id;
+    when request_id was settled with other figures or by another user, the reservation belongs to another
+    request_id, or no reservation is named and request_id is another user's reservation; another user's
+    reservation named by id is treated as one metering does not know;
     CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
     Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
     settlement's result.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.ReleaseRequest, _metering_service_pb2.ReleaseResponse]
     """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
-    RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+    RESERVATION_NOT_FOUND for a reservation the caller does not have (another user's included), or one deleted a while after
     it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
     Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
     """
@@ -89,7 +93,9 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
     them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
     RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
-    that applies, is in another currency than the deployment's prices (metering has no exchange rates).
+    that applies, is in another currency than the deployment's prices (metering has no exchange rates). A
+    reservation belongs to the user (token subject) who made it: a request_id another user of the tenant reserved
+    is FAILED_PRECONDITION RESERVATION_CONFLICT, never that reservation.
     Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
     """
     Settle: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.SettleRequest, _metering_service_pb2.SettleResponse]  # type: ignore[assignment]
@@ -97,14 +103,16 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
     without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
     metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
-    when request_id was settled with other figures, or the reservation belongs to another request_id;
+    when request_id was settled with other figures or by another user, the reservation belongs to another
+    request_id, or no reservation is named and request_id is another user's reservation; another user's
+    reservation named by id is treated as one metering does not know;
     CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
     Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
     settlement's result.
     """
     Release: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReleaseRequest, _metering_service_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
-    RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+    RESERVATION_NOT_FOUND for a reservation the caller does not have (another user's included), or one deleted a while after
     it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
     Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
     """
@@ -141,7 +149,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
         them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
         RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
-        that applies, is in another currency than the deployment's prices (metering has no exchange rates).
+        that applies, is in another currency than the deployment's prices (metering has no exchange rates). A
+        reservation belongs to the user (token subject) who made it: a request_id another user of the tenant reserved
+        is FAILED_PRECONDITION RESERVATION_CONFLICT, never that reservation.
         Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
         """
 
@@ -155,7 +165,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         of its UsageEvent in one transaction. Settles even if the reservation expired (the spend happened), and
         without a reservation (reservation_id empty) when the request ran while metering was unavailable, or with one
         metering no longer knows (charged then to the current budget windows). FAILED_PRECONDITION SETTLEMENT_CONFLICT
-        when request_id was settled with other figures, or the reservation belongs to another request_id;
+        when request_id was settled with other figures or by another user, the reservation belongs to another
+        request_id, or no reservation is named and request_id is another user's reservation; another user's
+        reservation named by id is treated as one metering does not know;
         CURRENCY_MISMATCH when cost is in another currency than the deployment's prices.
         Idempotent: yes, because the ledger is keyed by request_id: a repeat with the same figures returns the first
         settlement's result.
@@ -168,7 +180,7 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_service_pb2.ReleaseResponse, _abc.Awaitable[_metering_service_pb2.ReleaseResponse]]:
         """Frees a reservation without usage (the request failed before any model call). NOT_FOUND
-        RESERVATION_NOT_FOUND for a reservation the caller's tenant does not have, including one deleted a while after
+        RESERVATION_NOT_FOUND for a reservation the caller does not have (another user's included), or one deleted a while after
         it ended (PARAPET_RESERVATION_RETENTION_SECONDS, 7 days by default).
         Idempotent: yes, because releasing a released, settled or expired reservation changes nothing and succeeds.
         """
