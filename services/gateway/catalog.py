@@ -37,14 +37,15 @@ def _price(model: model_pb2.Model, prompt_tokens: int, output_tokens: int) -> in
 
 
 def answering_models(models: tuple[model_pb2.Model, ...], name: str) -> list[model_pb2.Model]:
-    """The models a request for ``name`` may be answered by: itself and its fallbacks, or those with it as an
-    alias (routes list theirs); all when unknown. Before 2026-12-06 a model's own fallbacks were left out, so a
-    hold priced at a cheap model was overspent by its pricier fallback."""
-    named = [m for m in models if name and (m.model == name or name in m.aliases)]
-    if not named:
-        return list(models)
-    reached = {m.model for m in named} | {f for m in named for f in m.fallbacks}
-    return [m for m in models if m.model in reached]
+    """The models a request for ``name`` may be answered by: a model and its fallbacks, or those listing it as an
+    alias (inference lists a route on every model its chain can reach); all when unknown. Before 2026-12-06 a
+    model's own fallbacks were left out, so a hold priced at a cheap model was overspent by its pricier
+    fallback."""
+    direct = next((m for m in models if name and m.model == name), None)
+    if direct is not None:
+        reached = {direct.model, *direct.fallbacks}
+        return [m for m in models if m.model in reached]
+    return [m for m in models if name in m.aliases] or list(models)
 
 
 class ModelCatalog:

@@ -142,16 +142,19 @@ class RouteConfig(_Frozen):
             raise ValueError(f"route {self.name!r} needs exactly one of model, complexity, canary")
         return self
 
+    def picks(self) -> tuple[str, ...]:
+        """The models this route may choose for a request (before any fallback)."""
+        if self.model is not None:
+            return (self.model,)
+        if self.complexity is not None:
+            return (self.complexity.cheap, self.complexity.strong)
+        if self.canary is not None:
+            return tuple(v.model for v in self.canary.variants)
+        return ()
+
     def candidates(self) -> tuple[str, ...]:
         """Every model this route can reach, its fallbacks included."""
-        picked: tuple[str, ...] = ()
-        if self.model is not None:
-            picked = (self.model,)
-        elif self.complexity is not None:
-            picked = (self.complexity.cheap, self.complexity.strong)
-        elif self.canary is not None:
-            picked = tuple(v.model for v in self.canary.variants)
-        return picked + self.fallbacks
+        return self.picks() + self.fallbacks
 
 
 class InferenceConfig(_Frozen):

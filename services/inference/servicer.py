@@ -119,12 +119,13 @@ def _money(currency: str, units: Decimal) -> money_pb2.Money:
 
 def _reach(config: InferenceConfig) -> dict[str, frozenset[str]]:
     """Every model each route's requests can be answered by: its picks and fallbacks, and the picks' own
-    fallbacks (routing.Router.plan's chain). A budget hold for the route must price all of them."""
+    fallbacks (routing.Router.plan's chain: the pick, the route's fallbacks, the pick's). A budget hold for the
+    route must price all of them."""
     reach: dict[str, frozenset[str]] = {}
     for route in config.routes:
         names = set(route.candidates())
-        for name in list(names):
-            model = config.model(name)
+        for pick in route.picks():
+            model = config.model(pick)
             if model is not None:
                 names.update(model.fallbacks)
         reach[route.name] = frozenset(names)

@@ -85,12 +85,12 @@ async def settle(
             reservation = await reservations.find_by_request(
                 session, tenant, record.request_id, lock=True, user_id=record.user_id
             )
-            if reservation is None and await reservations.find_by_request(session, tenant, record.request_id):
-                # Another user's request: settling it would move their hold onto this caller's usage, and a
-                # ledger row under its request id would make their own Settle a conflict.
-                raise _conflict("request_id belongs to another caller's reservation", record.request_id)
             if reservation is not None:
                 settled_record = replace(record, reservation_id=reservation.reservation_id)
+        if reservation is None and await reservations.find_by_request(session, tenant, record.request_id):
+            # Another user's request, whatever reservation is named: settling it would move their hold onto
+            # this caller's usage, and a ledger row under its request id would make their own Settle a conflict.
+            raise _conflict("request_id belongs to another caller's reservation", record.request_id)
         appended = await ledger.append(session, settled_record)
         if appended is None:
             return await _repeat(session, record)
@@ -161,7 +161,7 @@ async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
     if not first.same_figures(record) or named_other or first.user_id != record.user_id:
         raise _conflict("request_id already settled with different figures", record.request_id)
     reservation = (
-        await reservations.find(session, record.tenant_id, first.reservation_id)
+        await reservations.find(session, record.tenant_id, first.reservation_id, user_id=record.user_id)
         if first.reservation_id
         else None
     )

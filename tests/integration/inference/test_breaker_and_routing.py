@@ -147,9 +147,12 @@ async def test_list_models_names_every_model_a_request_can_be_answered_by(
     models = [
         {"name": "cheap", "provider": "local", "fallbacks": ["pricey"]},
         {"name": "pricey", "provider": "local", "output_price_per_million": "60"},
+        {"name": "backup", "provider": "local", "fallbacks": ["far"]},
+        {"name": "far", "provider": "local"},
         {"name": "other", "provider": "local"},
     ]
-    routes = [{"name": "fast", "model": "cheap"}]
+    # The chain of a request to "fast": cheap, the route's backup, cheap's pricey (never backup's own far).
+    routes = [{"name": "fast", "model": "cheap", "fallbacks": ["backup"]}]
     async with start_inference(upstream_config(upstream, models, routes=routes)) as inference:
         response = await inference.stub.ListModels(
             inference_service_pb2.ListModelsRequest(), metadata=inference.metadata()
@@ -159,4 +162,5 @@ async def test_list_models_names_every_model_a_request_can_be_answered_by(
     assert list(listed["pricey"].fallbacks) == []
     assert list(listed["cheap"].aliases) == ["fast"]
     assert list(listed["pricey"].aliases) == ["fast"]  # the route's pick may fall back to it
-    assert list(listed["other"].aliases) == []
+    assert list(listed["backup"].aliases) == ["fast"]
+    assert list(listed["far"].aliases) == [] and list(listed["other"].aliases) == []

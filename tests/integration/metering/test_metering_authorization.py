@@ -147,26 +147,35 @@ async def test_another_users_reservation_is_neither_honoured_nor_revealed(
         == await refusal(_release(metering, bob, unknown))
         == NOT_FOUND
     )
-    # Settle naming her reservation (with its request id or his own): charged as if no reservation were known.
+    # Settle of his own request naming her reservation (or an unknown one): charged as if no reservation were
+    # known, and repeated, it still tells him nothing of hers.
     for request in (settle_request("b-1", reservation_id), settle_request("b-2", unknown)):
-        settled = await metering.stub.Settle(request, metadata=bob)
-        assert not settled.HasField("reservation"), request.request_id
-    # Reserve with her request id does not hand him her reservation (nor hold nothing for him).
+        for _ in range(2):
+            settled = await metering.stub.Settle(request, metadata=bob)
+            assert not settled.HasField("reservation"), request.request_id
+    # Reserve with her request id does not hand him her reservation, and holds nothing for him.
     refused = await refusal(
         metering.stub.Reserve(pb.ReserveRequest(request_id="a-1", estimated_tokens=5), metadata=bob)
     )
-    assert refused[0] == grpc.StatusCode.FAILED_PRECONDITION
-    # Settle naming no reservation but her request id does not settle her hold either.
-    assert await refusal(metering.stub.Settle(settle_request("a-1"), metadata=bob)) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "SETTLEMENT_CONFLICT",
-        [],
-    )
+    assert refused[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_CONFLICT")
+    # Settle of her request id, naming no reservation, hers, or an unknown one, does not settle it either (a
+    # ledger row under her request id would make her own Settle a conflict and leave her hold in place).
+    for named in ("", reservation_id, unknown):
+        assert await refusal(metering.stub.Settle(settle_request("a-1", named), metadata=bob)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "SETTLEMENT_CONFLICT",
+            [],
+        ), named
     # Her reservation is untouched: she settles it herself.
     mine = await metering.stub.Settle(settle_request("a-1", reservation_id), metadata=alice)
     assert mine.reservation.state == SETTLED
     # And once settled, his Settle of her request id with her figures is no repeat of hers.
     assert (await refusal(metering.stub.Settle(settle_request("a-1"), metadata=bob)))[1] == (
+        "SETTLEMENT_CONFLICT"
+    )
+    # Nor of a settlement of hers that had no reservation at all (the ledger row is all there is).
+    await metering.stub.Settle(settle_request("a-9"), metadata=alice)
+    assert (await refusal(metering.stub.Settle(settle_request("a-9"), metadata=bob)))[1] == (
         "SETTLEMENT_CONFLICT"
     )
 
