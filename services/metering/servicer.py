@@ -386,7 +386,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         offset = paging.decode_number(request.page_token, query) or 0
         policy = await self._policies.get(principal.tenant_id)
         user_id = request.user_id
-        if not can_read_usage(principal, policy):
+        reads_usage = can_read_usage(principal, policy)
+        if not reads_usage:
             # Without usage.read a caller sees exactly its own usage.
             if user_id and user_id != principal.subject:
                 raise PermissionDenied(
@@ -402,6 +403,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         budgets = applicable_budgets(policy, subject, now)
         if user_id:
             budgets = [b for b in budgets if not b.scope_key.startswith("api_key:")]
+        if not reads_usage:
+            # Its own usage only: a tenant-wide budget's figures are the whole tenant's spend (they were shown to
+            # every caller until 2026-12-06; the gateway's soft-limit notices tell a chat user the share used).
+            budgets = [b for b in budgets if b.scope_key.startswith("user:")]
         async with self._database.session() as session:
             states = await counters.counter_states(session, principal.tenant_id, budgets)
         response = metering_service_pb2.GetUsageResponse(

@@ -221,3 +221,35 @@ async def test_replay_needs_the_platform_tenants_platform_admin_whatever_else_is
     assert (await refusal(metering.stub.ReplayUsageEvents(request, metadata=customer)))[0] == (
         grpc.StatusCode.PERMISSION_DENIED
     )
+
+
+async def test_without_usage_read_a_caller_sees_its_own_budgets_not_the_tenant_s(
+    metering: Metering, keys: TestKeys
+) -> None:
+    """A tenant-wide budget's figures are the whole tenant's spend: they were shown to every caller's GetUsage,
+    a key scoped to chat included, while the docs say such a caller sees only its own usage."""
+    from parapet.auth.v1 import tenant_policy_pb2 as tp
+
+    tenant = new_tenant()
+    budgets = [
+        tp.Budget(
+            budget_id="tenant-day",
+            scope=tp.BUDGET_SCOPE_TENANT,
+            window=tp.BUDGET_WINDOW_DAY,
+            token_limit=10**6,
+        ),
+        tp.Budget(
+            budget_id="user-day", scope=tp.BUDGET_SCOPE_USER, window=tp.BUDGET_WINDOW_DAY, token_limit=10**5
+        ),
+    ]
+    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=budgets)})
+    await metering.stub.Settle(
+        settle_request("bob-1", tokens=500), metadata=issued(keys, tenant, "bob", "chat")
+    )
+    alice = issued(keys, tenant, "alice", "chat")
+    await metering.stub.Settle(settle_request("alice-1"), metadata=alice)
+    own = await metering.stub.GetUsage(pb.GetUsageRequest(start_time=EPOCH), metadata=alice)
+    assert [(b.budget_id, b.used_tokens) for b in own.budgets] == [("user-day", 20)]
+    reader = issued(keys, tenant, "carol", "usage.read")
+    everything = await metering.stub.GetUsage(pb.GetUsageRequest(start_time=EPOCH), metadata=reader)
+    assert {b.budget_id: b.used_tokens for b in everything.budgets}["tenant-day"] == 1020

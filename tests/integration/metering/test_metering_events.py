@@ -24,6 +24,7 @@ from tests.integration.metering.metering_support import (
     caller,
     metering_settings,
     new_tenant,
+    reader_policy,
     usd,
     write_policies,
 )
@@ -36,8 +37,8 @@ async def test_unsettled_reservation_expires_frees_budget_and_can_still_settle(
     budget = tp.Budget(
         budget_id="d", scope=tp.BUDGET_SCOPE_TENANT, window=tp.BUDGET_WINDOW_DAY, token_limit=1000
     )
-    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[budget])})
-    who = caller(keys, tenant)
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=[budget])})
+    who = caller(keys, tenant, roles=("analyst",))  # usage.read: a tenant budget's figures are the tenant's
     short = duration_pb2.Duration(nanos=300_000_000)
     first = await metering.stub.Reserve(
         pb.ReserveRequest(request_id="x1", estimated_tokens=900, ttl=short), metadata=who
@@ -159,8 +160,8 @@ async def test_settle_against_an_unknown_reservation_still_records_the_usage(
     budget = tp.Budget(
         budget_id="d", scope=tp.BUDGET_SCOPE_TENANT, window=tp.BUDGET_WINDOW_DAY, token_limit=1000
     )
-    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[budget])})
-    who = caller(keys, tenant)
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=[budget])})
+    who = caller(keys, tenant, roles=("analyst",))  # usage.read: a tenant budget's figures are the tenant's
     settled = await metering.stub.Settle(
         pb.SettleRequest(
             reservation_id="6f1c7d5e-8a3b-4c2d-9e1f-0a1b2c3d4e5f",  # e.g. a hold a database crash forgot

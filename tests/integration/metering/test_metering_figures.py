@@ -45,8 +45,8 @@ async def test_figures_beyond_the_ceilings_are_refused_naming_the_field(
     budget = tp.Budget(
         budget_id="huge", scope=tp.BUDGET_SCOPE_TENANT, window=tp.BUDGET_WINDOW_DAY, token_limit=INT64_MAX
     )
-    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[budget])})
-    who = caller(keys, tenant)
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=[budget])})
+    who = caller(keys, tenant, roles=("analyst",))  # usage.read: a tenant budget's figures are the tenant's
     reserve, settle = metering.stub.Reserve, metering.stub.Settle
     assert await _violations(
         reserve(pb.ReserveRequest(request_id="r", estimated_tokens=INT64_MAX), metadata=who)

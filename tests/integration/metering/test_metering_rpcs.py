@@ -65,7 +65,7 @@ def settle_request(
 async def test_reserve_settle_release_lifecycle_and_idempotency(metering: Metering, keys: TestKeys) -> None:
     tenant = new_tenant()
     write_policies(metering.policy_file, {tenant: reader_policy(budgets=[token_budget(1000)])})
-    who = caller(keys, tenant)
+    who = caller(keys, tenant, roles=("analyst",))  # usage.read: a tenant budget's figures are the tenant's
     first = await metering.stub.Reserve(
         pb.ReserveRequest(request_id="r1", estimated_tokens=600), metadata=who
     )
@@ -233,8 +233,8 @@ async def test_settle_naming_no_reservation_settles_the_requests_own_hold(
     that Reserve may have committed. Before, Settle charged the usage besides and left the hold in place until
     it expired: 800 held + 100 used of 1000 refused the tenant's next requests for the reservation's ttl."""
     tenant = new_tenant()
-    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[token_budget(1000)])})
-    who = caller(keys, tenant)
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=[token_budget(1000)])})
+    who = caller(keys, tenant, roles=("analyst",))  # usage.read: a tenant budget's figures are the tenant's
     held = await metering.stub.Reserve(pb.ReserveRequest(request_id="q1", estimated_tokens=800), metadata=who)
     unnamed = pb.SettleRequest(
         request_id="q1", usage=token_usage_pb2.TokenUsage(prompt_tokens=60, completion_tokens=40)
@@ -263,8 +263,8 @@ async def test_budget_status_names_its_scope_as_the_contract_says(metering: Mete
         token_budget(1000, soft=10, scope=tp.BUDGET_SCOPE_USER, budget_id="per-user"),
         token_budget(1000, soft=10, scope=tp.BUDGET_SCOPE_API_KEY, budget_id="per-key"),
     ]
-    write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=budgets)})
-    who = caller(keys, tenant, "alice", api_key_id="k1")
+    write_policies(metering.policy_file, {tenant: reader_policy(budgets=budgets)})
+    who = caller(keys, tenant, "alice", api_key_id="k1", roles=("analyst",))
     held = await metering.stub.Reserve(pb.ReserveRequest(request_id="s1", estimated_tokens=500), metadata=who)
     assert {w.budget_id: w.scope_id for w in held.soft_limit_warnings} == {
         "daily": "tenant",
@@ -274,4 +274,11 @@ async def test_budget_status_names_its_scope_as_the_contract_says(metering: Mete
     usage = await metering.stub.GetUsage(
         pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)), metadata=who
     )
-    assert sorted(b.scope_id for b in usage.budgets) == ["alice", "tenant"]  # a caller sees its own usage
+    # A reader sees the budgets that apply to its own call; without usage.read, its user's only (the tenant's
+    # figures are everyone's spend).
+    assert sorted(b.scope_id for b in usage.budgets) == ["alice", "k1", "tenant"]
+    own = await metering.stub.GetUsage(
+        pb.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=0)),
+        metadata=caller(keys, tenant, "alice", api_key_id="k1"),
+    )
+    assert [b.scope_id for b in own.budgets] == ["alice"]

@@ -111,7 +111,8 @@ class MeteringServiceServicer:
 
     def GetUsage(self, request, context):
         """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
-        current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
+        current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage and its
+        user's budgets, never a tenant-wide budget's figures).
         Idempotent: yes, because it changes no state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

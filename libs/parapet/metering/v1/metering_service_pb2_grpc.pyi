@@ -65,7 +65,8 @@ class MeteringServiceStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]
     """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
-    current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
+    current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage and its
+    user's budgets, never a tenant-wide budget's figures).
     Idempotent: yes, because it changes no state.
     """
     ReplayUsageEvents: _grpc.UnaryUnaryMultiCallable[_metering_service_pb2.ReplayUsageEventsRequest, _metering_service_pb2.ReplayUsageEventsResponse]
@@ -118,7 +119,8 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
-    current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
+    current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage and its
+    user's budgets, never a tenant-wide budget's figures).
     Idempotent: yes, because it changes no state.
     """
     ReplayUsageEvents: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReplayUsageEventsRequest, _metering_service_pb2.ReplayUsageEventsResponse]  # type: ignore[assignment]
@@ -192,7 +194,8 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_service_pb2.GetUsageResponse, _abc.Awaitable[_metering_service_pb2.GetUsageResponse]]:
         """Returns usage totals of the caller's tenant over a time range, grouped by the requested dimensions, and the
-        current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage).
+        current state of its budgets. Needs PERMISSION_USAGE_READ (a caller without it sees only its own usage and its
+        user's budgets, never a tenant-wide budget's figures).
         Idempotent: yes, because it changes no state.
         """
 
