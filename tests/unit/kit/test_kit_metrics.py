@@ -46,7 +46,12 @@ async def _crash(request: StringValue, context: grpc.aio.ServicerContext) -> Str
     raise RuntimeError("boom")
 
 
+_slow_started: list[asyncio.Event] = []  # set when a Slow handler runs (the server is in this process)
+
+
 async def _slow(request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+    for started in _slow_started:
+        started.set()
     await asyncio.sleep(30)
     return StringValue(value=request.value)
 
@@ -102,19 +107,27 @@ async def test_rpc_metrics_by_method_code_and_error_type(served: tuple[int, int]
         # recorded both CANCELLED until 2026-12-06).
         with pytest.raises(grpc.aio.AioRpcError) as late:
             await unary_caller(channel, f"/{SERVICE}/Slow")(
-                StringValue(value="x"), metadata=keys.metadata(), timeout=0.3
+                StringValue(value="x"), metadata=keys.metadata(), timeout=1.0
             )
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        started = asyncio.Event()
+        _slow_started.append(started)
         left = unary_caller(channel, f"/{SERVICE}/Slow")(
-            StringValue(value="x"), metadata=keys.metadata(), timeout=5
+            StringValue(value="x"), metadata=keys.metadata(), timeout=30
         )
-        await asyncio.sleep(0.3)
+        await within(10, started.wait())  # cancelled only once its handler runs, not in flight
+        _slow_started.remove(started)
         left.cancel()
-        await asyncio.sleep(0.3)  # the server sees the cancellation and records the call
 
-    status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
-    assert status == 200
-    samples = _samples(text)
+    samples: list[tuple[str, dict[str, str], float]] = []
+    for _ in range(50):  # the server records a call as it finishes: the cancelled one a moment after
+        status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        samples = _samples(text)
+        recorded = [lab for n, lab, _ in samples if n.endswith("_count") and lab.get("grpc_method") == "Slow"]
+        if len([lab for lab in recorded if lab.get("grpc_service") == SERVICE]) >= 2:
+            break
+        await asyncio.sleep(0.1)
 
     def value(name: str, **labels: str) -> float:
         return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
