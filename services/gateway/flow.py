@@ -338,7 +338,7 @@ class ChatFlow:
                 run.caller.tenant_id,
                 run.caller.principal.subject,
                 run.request.idempotency_key,
-                request_hash(run.request),
+                request_hash(run.request, run.caller.principal.groups),
                 run.request_id,
                 lease_seconds=remaining + 5 if remaining is not None else _NO_DEADLINE_LEASE,
             )

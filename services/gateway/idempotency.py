@@ -22,9 +22,17 @@ from parapet.kit.database import Database
 from parapet.kit.errors import Aborted, AlreadyExists
 
 
-def request_hash(request: chat_service_pb2.StreamChatRequest | chat_service_pb2.ChatRequest) -> bytes:
-    """The same for a StreamChat and a Chat with the same fields (they share field numbers)."""
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+def request_hash(
+    request: chat_service_pb2.StreamChatRequest | chat_service_pb2.ChatRequest, groups: Iterable[str] = ()
+) -> bytes:
+    """The same for a StreamChat and a Chat with the same fields (they share field numbers), asked under the same
+    document groups: an answer is grounded in what those groups may read, so the same key after the caller's
+    groups changed is another request (until 2026-12-06 it replayed citations of documents the caller may no
+    longer read, for the key's whole lifetime)."""
+    digest = hashlib.sha256(request.SerializeToString(deterministic=True))
+    if groups:
+        digest.update(b"\0groups\0" + "\0".join(sorted(groups)).encode())
+    return digest.digest()
 
 
 def pack(events: Iterable[chat_service_pb2.StreamChatResponse]) -> bytes:
@@ -89,7 +97,8 @@ class IdempotencyStore:
             row = (await session.execute(_EXISTING, params)).one()
         if bytes(row[0]) != digest:
             raise AlreadyExists(
-                "this idempotency key was used for a different request",
+                "this idempotency key was used for a different request (or by this user under other document "
+                "groups)",
                 reason="IDEMPOTENCY_KEY_REUSED",
                 metadata={"idempotency_key": key},
             )

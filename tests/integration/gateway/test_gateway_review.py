@@ -182,3 +182,46 @@ async def test_a_dependency_without_an_address_is_down_under_the_tenant_s_degrad
     assert len(answer.notices(chat_pb2.NOTICE_TYPE_MODERATION_DEGRADED)) == 1
     assert refused.error is not None and refused.error.code == grpc.StatusCode.UNAVAILABLE
     assert refused.error.reason == "MODERATION_UNAVAILABLE" and refused.error.retry_after is not None
+
+
+async def test_a_stored_grounded_answer_is_not_replayed_after_the_user_s_groups_changed(suite: Suite) -> None:
+    """The answer was grounded in what the caller's groups could read. Replayed by its key after the user left
+    the group, it handed back the citations and text of documents they may no longer read, for the key's whole
+    lifetime; the same key under other groups is now another request."""
+    from google.protobuf import field_mask_pb2
+
+    from parapet.auth.v1 import tenant_admin_service_pb2, user_pb2
+
+    tenant = await suite.tenant(groups=("hr",))
+    await suite.ingest(
+        tenant.tenant_id,
+        {"salaries": ("Salary bands", "The engineering salary bands are reviewed every March.")},
+        groups=("hr",),
+    )
+    ask = question(
+        "When are the salary bands reviewed?",
+        model="local",
+        retrieval={"mode": 1, "top_k": 2},
+        idempotency_key=f"k-{uuid.uuid4().hex[:8]}",
+    )
+    first = await suite.stream(tenant, ask)
+    assert first.error is None and first.citations, first.error
+    assert (await suite.stream(tenant, ask)).summary.request_id == first.summary.request_id  # a replay
+
+    await suite.admin.UpdateUser(
+        tenant_admin_service_pb2.UpdateUserRequest(
+            tenant_id=tenant.tenant_id,
+            user=user_pb2.User(user_id=tenant.user_id, groups=["sales"]),
+            update_mask=field_mask_pb2.FieldMask(paths=["groups"]),
+        ),
+        metadata=suite.operator,
+    )
+    for _ in range(50):  # the gateway's identity cache hears of the change from auth
+        later = await suite.stream(tenant, ask)
+        if later.error is not None:
+            break
+        assert later.summary.request_id == first.summary.request_id
+        await asyncio.sleep(0.1)
+    assert later.error is not None and later.error.code == grpc.StatusCode.ALREADY_EXISTS, later.error
+    assert later.error.error_info is not None and later.error.error_info.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert later.citations == [] and later.text == ""
