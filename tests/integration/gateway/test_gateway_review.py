@@ -206,7 +206,13 @@ async def test_a_stored_grounded_answer_is_not_replayed_after_the_user_s_groups_
     )
     first = await suite.stream(tenant, ask)
     assert first.error is None and first.citations, first.error
-    assert (await suite.stream(tenant, ask)).summary.request_id == first.summary.request_id  # a replay
+    for _ in range(50):  # the answer is stored just after its summary went out
+        replay = await suite.stream(tenant, ask)
+        if replay.error is None or replay.error.error_info is None:
+            break
+        assert replay.error.error_info.reason == "REQUEST_IN_PROGRESS", replay.error
+        await asyncio.sleep(0.1)
+    assert replay.error is None and replay.summary.request_id == first.summary.request_id  # a replay
 
     await suite.admin.UpdateUser(
         tenant_admin_service_pb2.UpdateUserRequest(
