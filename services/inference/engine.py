@@ -196,7 +196,9 @@ class Engine:
         tracer_provider: Any = None,
     ) -> None:
         self.config = config
-        self._tracer_provider = tracer_provider  # the server's: each provider attempt gets a GenAI span
+        self._tracer = telemetry.genai_tracer(
+            tracer_provider
+        )  # the server's: a GenAI span per provider attempt
         self.providers = providers
         self.breakers = breakers
         self.prompts = prompts
@@ -464,7 +466,7 @@ class Engine:
             "chat",
             provider.label,
             model.name,
-            tracer_provider=self._tracer_provider,
+            tracer=self._tracer,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC
 
 from parapet.audit.v1 import admin_action_pb2, audit_record_pb2
-from parapet.events.tenants import tenant_of_subject, tenant_subject
+from parapet.events.tenants import tenant_of_subject
 from parapet.kit.bus import Bus, StreamSpec
 from parapet.kit.context import current_request_id
 from parapet.kit.identity import Principal
@@ -50,7 +50,7 @@ REJECTED_FROM_HEADER = "parapet-rejected-subject"
 
 
 def subject(tenant_id: str) -> str:
-    return tenant_subject(SUBJECT_PREFIX, tenant_id)
+    return SUBJECT_PREFIX + tenant_id
 
 
 def tenant_of(subject_name: str) -> str | None:

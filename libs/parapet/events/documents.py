@@ -6,7 +6,6 @@ Both services declare the stream with this one definition, so whichever starts f
 
 from __future__ import annotations
 
-from parapet.events.tenants import tenant_subject
 from parapet.kit.bus import StreamSpec
 
 SUBJECT_PREFIX = "parapet.retrieval.v1.documents.deleted."
@@ -25,4 +24,4 @@ DOCUMENTS_STREAM = StreamSpec(
 
 
 def subject(tenant_id: str) -> str:
-    return tenant_subject(SUBJECT_PREFIX, tenant_id)
+    return SUBJECT_PREFIX + tenant_id

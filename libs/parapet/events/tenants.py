@@ -5,10 +5,6 @@ from __future__ import annotations
 from parapet.kit.identity import TENANT_ID_PATTERN
 
 
-def tenant_subject(prefix: str, tenant_id: str) -> str:
-    return prefix + tenant_id
-
-
 def tenant_of_subject(prefix: str, subject_name: str) -> str | None:
     """The tenant ``subject_name`` names after ``prefix``, or None when it is not a subject of a valid tenant id
     under ``prefix`` (a consumer then sets the message aside instead of trusting the tenant in its body)."""

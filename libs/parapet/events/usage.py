@@ -7,7 +7,7 @@ server's ack and marking the outbox row sent (that gap is milliseconds), without
 window at thousands of events per second; consumers deduplicate by event id beyond it.
 """
 
-from parapet.events.tenants import tenant_of_subject, tenant_subject
+from parapet.events.tenants import tenant_of_subject
 from parapet.kit.bus import StreamSpec
 
 SUBJECT_PREFIX = "parapet.usage.v1."
@@ -23,7 +23,7 @@ USAGE_STREAM = StreamSpec(
 
 
 def subject(tenant_id: str) -> str:
-    return tenant_subject(SUBJECT_PREFIX, tenant_id)
+    return SUBJECT_PREFIX + tenant_id
 
 
 def tenant_of(subject_name: str) -> str | None:
