@@ -634,6 +634,18 @@ def test_compose_mirrors_the_suite() -> None:
         assert all(f"PARAPET_{peer.upper()}_ADDRESS" in env for peer in SERVICES)
         assert ("PARAPET_AUTH_SIGNING_KEY_FILE" in env) == (service == "auth")
     assert ports == set(range(47100, 47100 + len(SERVICES)))
+    # Docker SIGKILLs a container after stop_grace_period: it must cover the kit's whole bounded stop (delay,
+    # drain, cleanup; compose has no preStop), as terminationGracePeriodSeconds does on Kubernetes.
+    for service in SERVICES:
+        spec = services[service]
+        env = spec["environment"]
+        bounded_stop = (
+            float(env.get("PARAPET_SHUTDOWN_DELAY_SECONDS", DEFAULT_DELAY_SECONDS))
+            + float(env.get("PARAPET_SHUTDOWN_GRACE_SECONDS", DEFAULT_DRAIN_SECONDS))
+            + float(env.get("PARAPET_SHUTDOWN_CLEANUP_SECONDS", DEFAULT_CLEANUP_SECONDS))
+        )
+        grace = float(str(spec["stop_grace_period"]).removesuffix("s"))
+        assert grace >= bounded_stop + 2, f"{service}: stop_grace_period {grace}s < {bounded_stop}s + 2s"
 
 
 def _compose_volume_of(spec: Obj, path: str) -> tuple[str, bool]:
