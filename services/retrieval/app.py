@@ -1,7 +1,7 @@
 """The retrieval service as the kit runs it (`parapet serve retrieval`).
 
-Documents, chunks, embeddings and access groups of every tenant; RPCs in servicer.py. One background
-task: the outbox relay publishing DocumentsDeletedEvents.
+Documents, chunks, embeddings and access groups of every tenant; RPCs in servicer.py. Two background
+tasks: the outbox relay publishing DocumentsDeletedEvents, and the sweep of vectors no chunk row references.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from services.retrieval.chunking import ChunkingOptions
 from services.retrieval.deletion import Deleter
 from services.retrieval.events import OutboxRelay
 from services.retrieval.ingest import IngestOptions, Ingestor
-from services.retrieval.orphans import OrphanSweeper
+from services.retrieval.orphans import OrphanSweeper, PineconeOrphanSweeper
 from services.retrieval.search import Searcher
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.stores.pgvector import PgVectorOptions, PgVectorStore
 from services.retrieval.stores.pinecone_store import PineconeStore
-from services.retrieval.stores.protocol import VectorStore
 
 
 def build_embedder(settings: RetrievalSettings) -> Embedder:
@@ -43,7 +42,9 @@ def build_embedder(settings: RetrievalSettings) -> Embedder:
     return CachedEmbedder(inner, settings.retrieval_embedding_cache_entries)
 
 
-def build_store(settings: RetrievalSettings, resources: Resources[RetrievalSettings]) -> VectorStore:
+def build_store(
+    settings: RetrievalSettings, resources: Resources[RetrievalSettings]
+) -> PgVectorStore | PineconeStore:
     if settings.retrieval_vector_store == "pinecone":
         if not settings.retrieval_pinecone_host:
             raise ValueError("PARAPET_RETRIEVAL_PINECONE_HOST is required with the pinecone vector store")
@@ -81,13 +82,16 @@ async def register(server: grpc.aio.Server, resources: Resources[RetrievalSettin
     )
     retrieval_service_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
     resources.spawn(relay.run(), name="documents-deleted-relay")
-    if isinstance(store, PgVectorStore):
-        # Pinecone has no such sweep: its vectors cannot be joined with the chunk rows (docs/retrieval.md).
-        sweeper = OrphanSweeper(store, grace_seconds=settings.retrieval_orphan_grace_seconds)
-        resources.spawn(
-            periodic.every(settings.retrieval_orphan_sweep_seconds, sweeper.tick, "the orphan vector sweep"),
-            name="orphan-vector-sweeper",
-        )
+    grace = settings.retrieval_orphan_grace_seconds
+    sweeper = (
+        OrphanSweeper(store, grace_seconds=grace)
+        if isinstance(store, PgVectorStore)
+        else PineconeOrphanSweeper(store, database, grace_seconds=grace)
+    )
+    resources.spawn(
+        periodic.every(settings.retrieval_orphan_sweep_seconds, sweeper.tick, "the orphan vector sweep"),
+        name="orphan-vector-sweeper",
+    )
 
 
 APP = ServiceApp(

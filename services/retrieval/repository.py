@@ -100,6 +100,15 @@ async def chunk_ids(session: AsyncSession, tenant_id: str, document_ids: Sequenc
     return [r.chunk_id for r in rows]
 
 
+async def referenced_chunk_ids(session: AsyncSession, tenant_id: str, chunk_ids: Sequence[str]) -> set[str]:
+    """Which of these chunk ids a chunk row of the tenant holds (the orphan sweep's check of a store's ids)."""
+    rows = await session.execute(
+        text("SELECT chunk_id FROM chunks WHERE tenant_id = :t AND chunk_id = ANY(CAST(:c AS text[]))"),
+        {"t": tenant_id, "c": list(chunk_ids)},
+    )
+    return {r.chunk_id for r in rows}
+
+
 async def write_document(
     session: AsyncSession,
     tenant_id: str,

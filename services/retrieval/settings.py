@@ -62,13 +62,14 @@ class RetrievalSettings(ServiceSettings):
     retrieval_orphan_sweep_seconds: float = Field(
         10.0,
         gt=0,
-        description="pgvector store: how often the next 1,000 vectors (in key order, the whole table in turn) are "
-        "checked for a chunk row; those without one, unwritten for the grace below, are deleted.",
+        description="How often the next 1,000 vectors (pgvector: in key order, the whole table in turn; Pinecone: "
+        "one tenant's namespace after another) are checked for a chunk row; those without one, unwritten for the "
+        "grace below, are deleted.",
     )
     retrieval_orphan_grace_seconds: float = Field(
         3600.0,
         ge=60,
-        description="pgvector store: how long a vector without a chunk row is kept. An ingestion writes a "
+        description="How long a vector without a chunk row is kept. An ingestion writes a "
         "document's vectors, then its chunk rows: it must finish within this, or its vectors could be swept.",
     )
     retrieval_relay_interval_seconds: float = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -33,12 +34,19 @@ T = TypeVar("T")
 _UPSERT_BATCH = 200
 _UPSERT_BYTES = 1536 * 1024
 _DELETE_BATCH = 1000
+#: The most ids one `list` page returns (Pinecone's own cap).
+LIST_PAGE = 100
+#: Metadata key of a vector's last write, in seconds since the epoch: Pinecone keeps no write time of its own, and
+#: the orphan sweep (orphans.py) must not delete a vector an ingestion has just written and not yet referenced.
+WRITTEN_AT = "written_at"
 
 
 def _metadata(document_id: str, access_groups: Sequence[str], metadata: Mapping[str, str]) -> dict[str, Any]:
-    return {"document_id": document_id, "groups": list(stored_groups(access_groups))} | {
-        f"m.{key}": value for key, value in metadata.items()
-    }
+    return {
+        "document_id": document_id,
+        "groups": list(stored_groups(access_groups)),
+        WRITTEN_AT: int(time.time()),
+    } | {f"m.{key}": value for key, value in metadata.items()}
 
 
 def pinecone_filter(where: VectorFilter) -> dict[str, Any]:
@@ -141,6 +149,43 @@ class PineconeStore:
 
     async def delete_tenant(self, tenant_id: str) -> None:
         await self._call(self._index.delete, delete_all=True, namespace=tenant_id)
+
+    # What the orphan sweep (orphans.py) needs: Pinecone cannot join its vectors with the chunk rows, so the sweep
+    # walks each tenant's ids page by page and asks PostgreSQL which of them a chunk row references.
+
+    async def namespaces(self) -> list[str]:
+        """Every tenant with vectors, in order."""
+        stats = await self._call(self._index.describe_index_stats)
+        return sorted(stats.namespaces or {})
+
+    async def list_page(self, tenant_id: str, limit: int, token: str | None) -> tuple[list[str], str | None]:
+        """Up to `limit` (at most `LIST_PAGE`) ids of the tenant after `token`; the token of the next page, None at
+        the end."""
+        page = await self._call(
+            self._index.list_paginated, namespace=tenant_id, limit=limit, pagination_token=token
+        )
+        following = page.pagination.next if page.pagination is not None else None
+        return [str(item.id) for item in page.vectors], following or None
+
+    async def write_times(self, tenant_id: str, chunk_ids: Sequence[str]) -> dict[str, float | None]:
+        """Each existing vector's last write (None when written before writes were stamped); ids no longer
+        stored are left out."""
+        times: dict[str, float | None] = {}
+        for start in range(0, len(chunk_ids), _DELETE_BATCH):
+            ids = list(chunk_ids[start : start + _DELETE_BATCH])
+            fetched = await self._call(self._index.fetch, ids=ids, namespace=tenant_id)
+            for vector_id, item in fetched.vectors.items():
+                written = (item.metadata or {}).get(WRITTEN_AT)
+                times[vector_id] = float(written) if isinstance(written, int | float) else None
+        return times
+
+    async def stamp_written(self, tenant_id: str, chunk_ids: Sequence[str], at: float) -> None:
+        """Sets these vectors' write time to `at` without rewriting them (one request per vector: Pinecone updates
+        one id at a time); used once for vectors written before writes were stamped."""
+        for chunk_id in chunk_ids:
+            await self._call(
+                self._index.update, id=chunk_id, set_metadata={WRITTEN_AT: int(at)}, namespace=tenant_id
+            )
 
     async def _ids_with_prefix(self, tenant_id: str, prefix: str) -> list[str]:
         def collect() -> list[str]:
