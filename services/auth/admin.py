@@ -519,15 +519,26 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 change.session, tenant_id, version, request.policy, actor.principal.subject
             ):
                 raise mismatch
-            taken = await AuthStore.replace_issuers(
-                change.session, tenant_id, [p.issuer for p in request.policy.identity_providers]
+            # In the policy's transaction: the routes change with the policy, or neither does.
+            pairs = [
+                ((i, j), (provider.issuer, audience))
+                for i, provider in enumerate(request.policy.identity_providers)
+                for j, audience in enumerate(provider.audiences)
+            ]
+            taken = await AuthStore.replace_oidc_routes(
+                change.session, tenant_id, [pair for _, pair in pairs]
             )
             if taken is not None:
+                (i, j), (issuer, audience) = pairs[taken]
+                # Says that the pair is taken (the tenant cannot have it), never by whom.
                 raise InvalidArgument(
-                    "an identity provider's issuer belongs to another tenant",
+                    "an identity provider's issuer and audience belong to another tenant",
                     reason="POLICY_INVALID",
                     field_violations=[
-                        ("policy.identity_providers", f"issuer {taken!r} is used by another tenant")
+                        (
+                            f"policy.identity_providers[{i}].audiences[{j}]",
+                            f"issuer {issuer!r} with audience {audience!r} is used by another tenant",
+                        )
                     ],
                 )
             change.attributes["policy_version"] = str(version)

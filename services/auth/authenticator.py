@@ -209,10 +209,25 @@ class Authenticator:
             raise self._failed((client_key,), error) from None
         return self._issue(entry)
 
+    async def _oidc_tenant(self, token: oidc.UnverifiedToken) -> str:
+        """The one tenant whose provider holds the token's issuer and one of its audiences. Tenants may share an
+        issuer (Google, a multi-tenant Entra app): each names its own OAuth client ids as audiences, and the
+        pair tells them apart. A token naming audiences of two tenants goes to neither: it was issued for both
+        tenants' applications, and any choice is a guess that may sign a user into the wrong tenant. No refusal
+        names a tenant."""
+        route = await self._store.oidc_route(token.issuer, token.audiences)
+        if len(route.tenants) > 1:
+            raise Unauthenticated(
+                "the OIDC token's audiences belong to more than one tenant", reason="OIDC_AUDIENCE_AMBIGUOUS"
+            )
+        if route.tenants:
+            return route.tenants[0]
+        if route.issuer_known:
+            raise Unauthenticated("the OIDC token is for another audience", reason="OIDC_AUDIENCE_MISMATCH")
+        raise Unauthenticated("the OIDC token's issuer is not trusted", reason="OIDC_ISSUER_UNKNOWN")
+
     async def _load_oidc(self, token: oidc.UnverifiedToken, digest: bytes) -> IdentityEntry:
-        tenant_id = await self._store.tenant_for_issuer(token.issuer)
-        if tenant_id is None:
-            raise Unauthenticated("the OIDC token's issuer is not trusted", reason="OIDC_ISSUER_UNKNOWN")
+        tenant_id = await self._oidc_tenant(token)
         generation = self.cache.generation(tenant_id)
         view = await self._store.tenant_view(tenant_id)
         provider = (

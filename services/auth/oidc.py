@@ -1,10 +1,11 @@
 """Validation of OIDC JWTs from a tenant's own identity providers (``OidcProvider`` in its policy).
 
 Order of checks, each before anything costlier: size, structure, ``alg`` in the allow-list (RS256, ES256,
-EdDSA; never ``none`` or HMAC, so a public key can never act as an HMAC secret), issuer routed to a tenant,
-key by ``kid`` (from the provider's JWKS: inline JSON, or a URL fetched, cached and refetched on an unknown
-``kid`` at most once per ``min_refetch_seconds``), signature with the key whose type must fit the ``alg``,
-then ``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock skew.
+EdDSA; never ``none`` or HMAC, so a public key can never act as an HMAC secret), (issuer, audience) routed to
+a tenant, key by ``kid`` (from the routed provider's JWKS: inline JSON, or a URL fetched, cached per (issuer,
+URL) and refetched on an unknown ``kid`` at most once per ``min_refetch_seconds``), signature with the key
+whose type must fit the ``alg``, then ``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock
+skew.
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ class UnverifiedToken:
     alg: str
     kid: str
     issuer: str
+    # The ``aud`` values a database column can hold (a string is one value): what routes the token to its tenant.
+    audiences: tuple[str, ...] = ()
+
+
+def _audiences(value: object) -> tuple[str, ...]:
+    """``aud`` as its string values, unsigned as it is; anything else (no ``aud``, a number, an object) names
+    no audience, and a value holding NUL names none a policy could list."""
+    values = value if isinstance(value, list) else [value]
+    return tuple(dict.fromkeys(v for v in values if storable(v, MAX_TOKEN_BYTES)))
 
 
 def inspect(token: str) -> UnverifiedToken:
-    """Header and issuer of ``token`` without trusting either; raises for anything malformed or disallowed."""
+    """Header, issuer and audiences of ``token`` without trusting any; raises for anything malformed or
+    disallowed."""
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -72,7 +83,9 @@ def inspect(token: str) -> UnverifiedToken:
     if not storable(issuer, MAX_TOKEN_BYTES):
         raise rejected("OIDC_ISSUER_UNKNOWN", "the OIDC token names no issuer")
     kid = header.get("kid")
-    return UnverifiedToken(token, str(alg), kid if isinstance(kid, str) else "", issuer)
+    return UnverifiedToken(
+        token, str(alg), kid if isinstance(kid, str) else "", issuer, _audiences(claims.get("aud"))
+    )
 
 
 def skew(provider: tenant_policy_pb2.OidcProvider) -> float:
@@ -216,6 +229,8 @@ class JwksCache:
     async def _document(self, provider: tenant_policy_pb2.OidcProvider, kid: str) -> list[dict[str, Any]]:
         if provider.WhichOneof("keys") == "jwks_json":
             return _inline_keys(provider)
+        # Not per tenant: tenants that share a provider (one issuer, one URL) share one fetch and one copy of its
+        # keys, while a tenant's URL of its own is its own entry and an inline document is keyed by its content.
         cache_key = (provider.issuer, provider.jwks_uri)
         lock = self._locks.setdefault(cache_key, asyncio.Lock())
         async with lock:

@@ -6,7 +6,7 @@ owner: the kit's database URL may well be the superuser. So every transaction he
 
 - :meth:`AuthStore.tenant`: one tenant's rows (``parapet.tenant_id`` set by the kit);
 - :meth:`AuthStore.lookup`: no tenant's rows, only the two routing tables (prefix -> tenant,
-  issuer -> tenant) that Authenticate needs before it knows the tenant;
+  (issuer, audience) -> tenant) that Authenticate needs before it knows the tenant;
 - :meth:`AuthStore.platform`: every tenant's row of ``tenants`` and ``audit_outbox`` (``parapet.scope`` =
   'platform'), for ListTenants and the outbox relay only.
 
@@ -64,6 +64,15 @@ class OidcSubject:
 
 
 @dataclass(frozen=True)
+class OidcRoute:
+    """Where an OIDC token's (issuer, audiences) lead: the distinct tenants holding one of its pairs (at most
+    two are read: two already make it ambiguous), and whether any tenant trusts the issuer at all."""
+
+    tenants: tuple[str, ...]
+    issuer_known: bool
+
+
+@dataclass(frozen=True)
 class TenantView:
     """A tenant's state and current policy, as Authorize and the admin checks need it."""
 
@@ -95,12 +104,20 @@ class AuthStore:
             )
             return found.scalar_one_or_none()
 
-    async def tenant_for_issuer(self, issuer: str) -> str | None:
+    async def oidc_route(self, issuer: str, audiences: Sequence[str]) -> OidcRoute:
+        """The tenants whose providers hold (``issuer``, one of ``audiences``), in one round trip."""
         async with self.lookup() as session:
-            found = await session.execute(
-                text("SELECT tenant_id FROM oidc_issuers WHERE issuer = :i"), {"i": issuer}
-            )
-            return found.scalar_one_or_none()
+            row = (
+                await session.execute(
+                    text(
+                        "SELECT ARRAY(SELECT DISTINCT tenant_id FROM oidc_issuers"
+                        " WHERE issuer = :i AND audience = ANY(CAST(:a AS text[])) ORDER BY 1 LIMIT 2),"
+                        " EXISTS (SELECT 1 FROM oidc_issuers WHERE issuer = :i)"
+                    ),
+                    {"i": issuer, "a": list(audiences)},
+                )
+            ).one()
+        return OidcRoute(tuple(row[0]), bool(row[1]))
 
     # -- reads -----------------------------------------------------------------------------------------
 
@@ -292,19 +309,27 @@ class AuthStore:
         return True
 
     @staticmethod
-    async def replace_issuers(session: AsyncSession, tenant_id: str, issuers: Sequence[str]) -> str | None:
-        """Route ``issuers`` to ``tenant_id``; returns an issuer another tenant holds already, else None."""
+    async def replace_oidc_routes(
+        session: AsyncSession, tenant_id: str, pairs: Sequence[tuple[str, str]]
+    ) -> int | None:
+        """Route each (issuer, audience) of ``pairs`` to ``tenant_id`` instead of its earlier pairs; returns the
+        index in ``pairs`` of one another tenant holds already (the caller then rolls back), else None. A pair
+        another transaction is adding or releasing waits for it (the primary key's uniqueness check)."""
         await session.execute(text("DELETE FROM oidc_issuers WHERE tenant_id = :t"), {"t": tenant_id})
-        for issuer in issuers:
-            try:
-                async with session.begin_nested():
-                    await session.execute(
-                        text("INSERT INTO oidc_issuers (issuer, tenant_id) VALUES (:i, :t)"),
-                        {"i": issuer, "t": tenant_id},
-                    )
-            except IntegrityError:
-                return issuer
-        return None
+        wanted = list(dict.fromkeys(pairs))  # one provider may list an audience twice: one pair
+        if not wanted:
+            return None
+        inserted = await session.execute(
+            text(
+                "INSERT INTO oidc_issuers (issuer, audience, tenant_id)"
+                " SELECT i, a, :t FROM unnest(CAST(:i AS text[]), CAST(:a AS text[])) AS p (i, a)"
+                " ON CONFLICT DO NOTHING RETURNING issuer, audience"
+            ),
+            {"t": tenant_id, "i": [i for i, _ in wanted], "a": [a for _, a in wanted]},
+        )
+        # Our own pairs were deleted above, so a pair not inserted is another tenant's.
+        taken = set(wanted) - {(row[0], row[1]) for row in inserted}
+        return next((index for index, pair in enumerate(pairs) if pair in taken), None)
 
     @staticmethod
     async def add_outbox(

@@ -403,7 +403,7 @@ async def test_invalid_policies_are_refused_with_field_violations(auth: Auth) ->
         "policy.identity_providers[0].allowed_algorithms[0]",
     } <= fields
 
-    # An issuer routes to exactly one tenant.
+    # An (issuer, audience) pair routes to exactly one tenant (test_auth_oidc_routing: the rest).
     provider = tenant_policy_pb2.OidcProvider(
         issuer="https://shared.example/",
         audiences=["a"],

@@ -4,16 +4,15 @@ PostgreSQL connects as a superuser, which policies exempt, and would not show it
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, create_engine, make_url, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection, text
 
 from parapet.kit.migrations import _config
+from tests.integration.owned_schema import as_owner, owned_schema
 
 MIGRATIONS = Path(__file__).parents[3] / "services" / "gateway" / "migrations"
 JOB = "11111111-1111-4111-8111-111111111111"
@@ -21,44 +20,12 @@ JOB = "11111111-1111-4111-8111-111111111111"
 
 @pytest.fixture
 def owner_database(database_url: str) -> Iterator[tuple[str, str]]:
-    """A fresh database (URL) and a role that owns its gateway schema and is no superuser."""
-    suffix = uuid.uuid4().hex[:8]
-    name, owner = f"jobs_migration_{suffix}", f"jobs_owner_{suffix}"
-    admin = create_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE ROLE {owner} NOLOGIN CREATEROLE"))
-        connection.execute(text(f"CREATE DATABASE {name}"))
-        # Roles are cluster-wide: an earlier test's migration, run as the superuser, may have created the jobs
-        # role already. A deployment's owner created it itself and so holds its ADMIN option; so does this one.
-        connection.execute(
-            text(
-                "DO $$ BEGIN CREATE ROLE parapet_gateway_jobs NOLOGIN;"
-                " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-            )
-        )
-        connection.execute(text(f"GRANT parapet_gateway_jobs TO {owner} WITH ADMIN OPTION"))
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    with create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE SCHEMA gateway AUTHORIZATION {owner}"))
-    try:
-        yield url, owner
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-            connection.execute(text(f"DROP OWNED BY {owner}"))
-            connection.execute(text(f"DROP ROLE {owner}"))
-        admin.dispose()
+    with owned_schema(database_url, "gateway", "parapet_gateway_jobs") as owned:
+        yield owned
 
 
 def _as_owner(url: str, owner: str) -> Iterator[Connection]:
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text(f"SET ROLE {owner}"))
-            connection.execute(text("SET search_path = gateway"))
-            yield connection
-    finally:
-        engine.dispose()
+    return as_owner(url, owner, "gateway")
 
 
 def test_jobs_finished_before_it_expire_and_the_sweep_scope_can_only_read_and_expire(

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_policy_pb2
@@ -252,6 +253,23 @@ def test_inspection_refuses_before_any_lookup(token: str, reason: str) -> None:
     with pytest.raises(Unauthenticated) as raised:
         oidc.inspect(token)
     assert raised.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("aud", "audiences"),
+    [
+        ("app", ("app",)),
+        (["a", "b", "a"], ("a", "b")),
+        (["a", 5, None, "", "b\x00", ["c"]], ("a",)),  # only strings a routing row could hold
+        (None, ()),
+        ({"a": 1}, ()),
+        (7, ()),
+    ],
+)
+def test_inspection_reads_the_audiences_that_route_the_token(aud: Any, audiences: tuple[str, ...]) -> None:
+    claims: dict[str, Any] = {"iss": "https://i/"} if aud is None else {"iss": "https://i/", "aud": aud}
+    token = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    assert oidc.inspect(token).audiences == audiences
 
 
 def test_claim_mapping_accepts_lists_and_space_separated_strings() -> None:

@@ -589,7 +589,10 @@ class OidcProvider(_message.Message):
     """Claim holding a list of document groups; empty = groups come only from the User record."""
     @_builtins.property
     def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Accepted `aud` values; the token must carry at least one."""
+        """Accepted `aud` values; the token must carry at least one. A token is routed to the tenant whose provider
+        holds its issuer and one of its audiences: each (issuer, audience) pair belongs to one tenant at most (another
+        tenant's pair is refused POLICY_INVALID), so tenants may share an issuer with client ids of their own.
+        """
 
     @_builtins.property
     def allowed_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
