@@ -7,15 +7,17 @@ generated from the code and cannot drift from it.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretBytes, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parapet.kit.redact import redact_url
 from parapet.kit.tls import TlsFiles
 
 ENV_PREFIX = "PARAPET_"
@@ -180,16 +182,49 @@ class SettingsError(ValueError):
     """Invalid configuration, naming each bad environment variable and what is wrong with it."""
 
 
+# A field named so holds a credential (an API key, a masking key, a password): its value is never shown.
+_SECRET_NAME = re.compile(r"(^|_)(key|secret|password|passwd|pepper|token|credentials?)$")
+
+
+def _holds_secret(settings_type: type[ServiceSettings], name: str) -> bool:
+    info = settings_type.model_fields.get(name)
+    if info is None:
+        return True  # not a field of ours: nothing tells it is harmless
+    secret_types = (SecretStr, SecretBytes)
+    annotation = info.annotation
+    typed_secret = annotation in secret_types or any(
+        arg in secret_types for arg in typing.get_args(annotation)
+    )
+    return typed_secret or _SECRET_NAME.search(name) is not None
+
+
+def _problem(settings_type: type[ServiceSettings], error: Any) -> str:
+    """One line per refused value. The value is shown (a typo is found faster when one sees it) unless it may
+    be a credential; a URL is shown without its password. A refusal of the settings as a whole (a validator
+    of the model: TLS files that do not fit together) has no one variable, and pydantic hands it every input
+    value, the database URL and API keys included: only its message, which names the variables, is shown."""
+    loc = error["loc"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return message
+    field = str(loc[0])
+    variable = ENV_PREFIX + field.upper()
+    path = ".".join(str(part) for part in loc)
+    where = variable if path == field else f"{variable} ({path})"
+    value = error.get("input")
+    if _holds_secret(settings_type, field):
+        return f"{where}: {message} (value not shown: it may be a secret)"
+    shown = redact_url(value) if isinstance(value, str) else value
+    return f"{where}: {message} (got {shown!r})"
+
+
 def load_settings(settings_type: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Read settings from the environment; raise :class:`SettingsError` with readable messages."""
+    """Read settings from the environment; raise :class:`SettingsError` with readable messages, naming each
+    bad variable and never showing a secret."""
     try:
         return settings_type(**overrides)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"])
-            env = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "?"
-            problems.append(f"{env} ({name}): {error['msg']} (got {error.get('input')!r})")
+        problems = [_problem(settings_type, error) for error in exc.errors()]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 

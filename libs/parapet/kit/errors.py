@@ -174,14 +174,125 @@ class Unavailable(ParapetError):
         super().__init__(message, reason=reason, metadata=metadata, details=details)
 
 
-def to_status_proto(err: ParapetError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` for ``err``: ErrorInfo first, then its typed details."""
-    status = status_pb2.Status(code=err.code.value[0], message=err.message)
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
-    status.details.add().Pack(info)
-    for detail in err.details:
+# A status travels in the call's trailers twice: its message percent-encoded in grpc-message and the whole status
+# in base64 in grpc-status-details-bin. Clients refuse trailers over 8 KiB (grpc's default limit in every language;
+# between 8 and 16 KiB at random, always above), and the caller then gets RESOURCE_EXHAUSTED "Stream removed"
+# without any of the details: so a status is kept under this size, leaving room for the other trailers.
+MAX_STATUS_WIRE_BYTES = 6 * 1024
+MAX_MESSAGE_WIRE_BYTES = 1536  # of the message of a status that would not fit otherwise, percent-encoded
+MAX_DETAIL_CHARS = 256  # of each text of its details (a violation's field and description, a metadata value)
+
+
+def _encoded_size(text: str) -> int:
+    """The bytes of ``text`` in grpc-message: printable ASCII but ``%`` as is, every other byte as ``%XX``."""
+    return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in text.encode())
+
+
+def _wire_size(status: status_pb2.Status) -> int:
+    """The bytes ``status`` takes in the trailers: its message in grpc-message, all of it in base64."""
+    serialized: int = status.ByteSize()
+    return _encoded_size(status.message) + 4 * math.ceil(serialized / 3)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_encoded(text: str, limit: int) -> str:
+    """``text`` cut (with "…", 9 bytes encoded) so that it takes at most ``limit`` bytes in grpc-message."""
+    if _encoded_size(text) <= limit:
+        return text
+    used, kept = _encoded_size("…"), []
+    for character in text:
+        used += _encoded_size(character)
+        if used > limit:
+            break
+        kept.append(character)
+    return "".join(kept) + "…"
+
+
+def _build(
+    err: ParapetError, message: str, metadata: Mapping[str, str], details: Sequence[Message]
+) -> status_pb2.Status:
+    status = status_pb2.Status(code=err.code.value[0], message=message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
+    )
+    for detail in details:
         status.details.add().Pack(detail)
     return status
+
+
+def _clipped(detail: Message) -> Message:
+    """A copy of ``detail`` whose texts are clipped (the kit's own violation lists; other details as they are)."""
+    copy = type(detail)()
+    copy.CopyFrom(detail)
+    if isinstance(copy, error_details_pb2.BadRequest):
+        for violation in copy.field_violations:
+            violation.field = _clip(violation.field, MAX_DETAIL_CHARS)
+            violation.description = _clip(violation.description, MAX_DETAIL_CHARS)
+    elif isinstance(copy, error_details_pb2.QuotaFailure):
+        for quota in copy.violations:
+            quota.subject = _clip(quota.subject, MAX_DETAIL_CHARS)
+            quota.description = _clip(quota.description, MAX_DETAIL_CHARS)
+    return copy
+
+
+def _violations(details: Sequence[Message]) -> Any:
+    """The list of violations a status can shorten (a BadRequest's, else a QuotaFailure's), or None."""
+    for detail in details:
+        if isinstance(detail, error_details_pb2.BadRequest):
+            return detail.field_violations
+    for detail in details:
+        if isinstance(detail, error_details_pb2.QuotaFailure):
+            return detail.violations
+    return None
+
+
+def _bounded(err: ParapetError) -> status_pb2.Status:
+    """``err``'s status within MAX_STATUS_WIRE_BYTES: texts clipped, then the violations after as many as fit
+    left out, the message saying how many. The first violations and every reason and code survive."""
+    message = _clip_encoded(err.message, MAX_MESSAGE_WIRE_BYTES)
+    metadata = {key: _clip(value, MAX_DETAIL_CHARS) for key, value in err.metadata.items()}
+    details = [_clipped(detail) for detail in err.details]
+    status = _build(err, message, metadata, details)
+    violations = _violations(details)
+    if _wire_size(status) <= MAX_STATUS_WIRE_BYTES or violations is None:
+        return status
+    everything = list(violations)
+
+    def keeping(count: int) -> status_pb2.Status:
+        del violations[:]
+        violations.extend(everything[:count])
+        left_out = len(everything) - count
+        note = f" ({left_out} more {_kind(everything)} not shown)" if left_out else ""
+        return _build(
+            err, _clip_encoded(message, MAX_MESSAGE_WIRE_BYTES - len(note)) + note, metadata, details
+        )
+
+    low, high = 0, len(everything)  # the most violations that fit, found in a few builds
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _wire_size(keeping(middle)) <= MAX_STATUS_WIRE_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return keeping(low)
+
+
+def _kind(violations: Sequence[Message]) -> str:
+    if violations and isinstance(violations[0], error_details_pb2.BadRequest.FieldViolation):
+        return "field violations"
+    return "quota violations"
+
+
+def to_status_proto(err: ParapetError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` for ``err``: ErrorInfo first, then its typed details; kept small enough for any
+    client to receive (``MAX_STATUS_WIRE_BYTES``)."""
+    status = _build(err, err.message, err.metadata, err.details)
+    if _wire_size(status) <= MAX_STATUS_WIRE_BYTES:
+        return status
+    return _bounded(err)
 
 
 def to_status(err: ParapetError) -> grpc.Status:
@@ -225,7 +336,12 @@ def error_details(rpc_error: grpc.RpcError) -> ErrorDetails:
     """Unpack a failed call (``grpc.aio.AioRpcError`` or a sync ``grpc.Call`` error) into typed details."""
     code: grpc.StatusCode = rpc_error.code()
     message: str = rpc_error.details() or ""
-    status = rpc_status.from_call(rpc_error)
+    try:
+        status = rpc_status.from_call(rpc_error)
+    except ValueError:
+        # The details disagree with the call's code: the client cut the trailers (over its metadata limit) and
+        # grpc answered RESOURCE_EXHAUSTED itself. The call's own code is the answer; the details are not its.
+        status = None
     if status is None:
         return ErrorDetails(code=code, message=message)
     found: dict[str, Any] = {}

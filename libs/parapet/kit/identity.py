@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import json
 import logging
@@ -232,6 +233,12 @@ class CachedKeySource:
     An unknown ``kid`` triggers a refetch, because after a key rotation tokens with the new key arrive
     before the cache knows it; refetches are rate-limited (``min_refetch_seconds``) so a flood of tokens
     with made-up kids cannot turn into a flood of fetches. The cache is also refreshed after ``max_age``.
+
+    A fetch serves every caller waiting for keys, so it belongs to none of them: it runs in a task of its own,
+    in a context of its own (no caller's deadline, token or request id reaches the RPC to auth), and a caller
+    that gives up stops waiting without stopping it. Run in the first caller's task, it was cancelled or timed
+    out with that caller and still counted as a fetch: every other caller was refused (unknown key) until the
+    refetch interval had passed.
     """
 
     def __init__(
@@ -248,26 +255,37 @@ class CachedKeySource:
         self._clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
+        self._fetching: asyncio.Task[None] | None = None
         self.fetch_count = 0
 
+    def _due(self, *, force: bool) -> bool:
+        if self._fetched_at is None:
+            return True
+        age = self._clock() - self._fetched_at
+        return age >= self._min_refetch and (force or age >= self._max_age)
+
     async def _refresh(self, *, force: bool) -> None:
-        async with self._lock:
-            now = self._clock()
-            if self._fetched_at is not None:
-                age = now - self._fetched_at
-                # Another waiter may have refreshed while we queued for the lock.
-                if age < self._min_refetch or (not force and age < self._max_age):
-                    return
+        """Wait for the fetch under way, else start one when it is due (callers arriving meanwhile share it)."""
+        if self._fetching is None:
+            if not self._due(force=force):
+                return
             self.fetch_count += 1
-            self._fetched_at = now
-            try:
-                self._keys = keys_from_jwks(await self._fetch())
-            except Exception:
-                # Keep the keys we have: a failed refresh must not log everyone out.
-                log.warning(
-                    "fetching identity keys failed; keeping %d cached keys", len(self._keys), exc_info=True
-                )
+            self._fetched_at = self._clock()  # a failed fetch counts too: auth down is not asked every call
+            self._fetching = asyncio.create_task(
+                self._fetch_keys(), name="parapet-identity-keys", context=contextvars.Context()
+            )
+        await asyncio.shield(self._fetching)
+
+    async def _fetch_keys(self) -> None:
+        try:
+            self._keys = keys_from_jwks(await self._fetch())
+        except Exception:
+            # Keep the keys we have: a failed refresh must not log everyone out.
+            log.warning(
+                "fetching identity keys failed; keeping %d cached keys", len(self._keys), exc_info=True
+            )
+        finally:
+            self._fetching = None
 
     async def get_key(self, kid: str) -> Ed25519PublicKey | None:
         if self._fetched_at is None or self._clock() - self._fetched_at >= self._max_age:

@@ -7,8 +7,9 @@ Each service has ``services/<name>/migrations/`` with ``versions/`` and a two-li
 
 :func:`migrate` creates the schema if needed and upgrades it to head with the version table inside the
 schema itself (so eight services keep eight independent histories in one database), all in one
-transaction under a PostgreSQL advisory lock: a second replica starting at the same moment waits, then
-finds nothing left to do. PostgreSQL's transactional DDL makes a failed migration leave nothing behind.
+transaction under a PostgreSQL advisory lock that every service's migrations share: a second replica, or
+another service, starting at the same moment waits, then finds nothing left to do (or does its own).
+PostgreSQL's transactional DDL makes a failed migration leave nothing behind.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ def _config(migrations_dir: Path, schema: str, connection: Connection | None) ->
     return config
 
 
+# One lock for every service's migrations in the database, not one per schema: migrations also create what the
+# schemas share (retrieval's and inference's both create pgvector in public), and two services doing that at once
+# on an empty database collided (the second waited for the first's uncommitted extension, then failed on its
+# unique key, and its service did not start). A migration that finds nothing to do holds it for milliseconds.
+# It also keeps Alembic's module-level state (``op``, ``context``) to one migration at a time in a process.
+_LOCK_KEY = "parapet.migrate"
+
+
 def _lock_and_prepare(connection: Connection, schema: str) -> None:
-    # One lock key per schema: different services migrate in parallel, replicas of one take turns.
-    connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"parapet.migrate.{schema}"}
-    )
+    connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": _LOCK_KEY})
     connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from pathlib import Path
 
@@ -127,3 +128,53 @@ async def test_failed_migration_leaves_nothing_behind(database_url: str, schema:
 async def test_rejects_unsafe_schema_names(database_url: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="invalid schema name"):
         await migrate(database_url, 'x"; DROP SCHEMA public; --', migrations_dir(tmp_path, FIRST))
+
+
+WITH_EXTENSION = """
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA public")
+    op.execute("SELECT pg_sleep(2)")  # the rest of a first migration (tables, indexes); wider than start jitter
+
+
+def downgrade() -> None:
+    pass
+"""
+
+
+async def test_two_services_creating_one_extension_start_together(database_url: str, tmp_path: Path) -> None:
+    """Retrieval and inference both create pgvector in their first migration, each under its own schema's lock:
+    started together on an empty database (``parapet up``, a fresh cluster), the second waited for the first's
+    uncommitted extension and then failed on its unique key, and its service did not start."""
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = database_url.rsplit("/", 1)[0] + f"/{name}"
+        folders = [migrations_dir(tmp_path / service, WITH_EXTENSION) for service in ("first", "second")]
+        starts = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from parapet.kit.migrations import migrate_sync; "
+                "migrate_sync(sys.argv[1], sys.argv[2], Path(sys.argv[3]))",
+                url,
+                schema,
+                str(folder),
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for schema, folder in zip(("first_svc", "second_svc"), folders, strict=True)
+        ]
+        for start in starts:
+            _, stderr = await start.communicate()
+            assert start.returncode == 0, stderr.decode()[-600:]
+        assert version(url, "first_svc") == version(url, "second_svc") == [("0001",)]
+        assert query(url, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
+    finally:
+        with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

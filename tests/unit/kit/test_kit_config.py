@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import AnyUrl, Field, SecretStr, ValidationError
 
 from parapet.kit.config import ServiceSettings, SettingsError, load_settings, settings_markdown
 
@@ -78,3 +78,55 @@ def test_every_field_is_documented_in_the_markdown() -> None:
     assert "| `PARAPET_PORT` | int | `0` |" in markdown
     assert "| `PARAPET_DATABASE_URL` | str \\| none | unset |" in markdown
     assert markdown.startswith("### metering\n")
+
+
+class SecretHoldingSettings(ServiceSettings):
+    masking_key: SecretStr | None = Field(None, min_length=40, description="A secret key.")
+    provider_api_key: str | None = Field(None, min_length=40, description="A provider's API key.")
+
+
+def test_a_refused_combination_names_its_variables_and_shows_no_other_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal of the settings as a whole (TLS files that do not fit together) once printed every input
+    value it came with, the database password included, under the name ``? ()``."""
+    monkeypatch.setenv("PARAPET_DATABASE_URL", "postgresql+psycopg://app:hunter2-db@db:5432/parapet")
+    monkeypatch.setenv("PARAPET_TLS_REQUIRE_CLIENT_CERT", "true")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(SecretHoldingSettings)
+    message = str(caught.value)
+    assert "PARAPET_TLS_REQUIRE_CLIENT_CERT needs PARAPET_TLS_CERT_FILE" in message
+    assert "hunter2" not in message and "? ()" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PARAPET_MASKING_KEY", "short-secret-masking-key"),  # a SecretStr
+        ("PARAPET_PROVIDER_API_KEY", "sk-short-secret-api-key"),  # a plain str named as a credential
+    ],
+)
+def test_a_bad_secret_is_named_but_never_shown(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(SecretHoldingSettings)
+    message = str(caught.value)
+    assert variable in message and "at least 40" in message
+    assert value not in message and "short-secret" not in message
+
+
+def test_a_bad_url_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARAPET_METRICS_PORT", "x")  # a valid URL elsewhere must not leak either
+    monkeypatch.setenv("PARAPET_DATABASE_URL", "postgresql+psycopg://app:hunter2-db@db:5432/parapet")
+
+    class UrlSettings(ServiceSettings):
+        broker_url: AnyUrl = Field(description="A URL that must parse.")
+
+    monkeypatch.setenv("PARAPET_BROKER_URL", "nats://app:hunter2-broker@host:port")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(UrlSettings)
+    message = str(caught.value)
+    assert "PARAPET_BROKER_URL" in message and "PARAPET_METRICS_PORT" in message
+    assert "hunter2" not in message and "app:***@" in message

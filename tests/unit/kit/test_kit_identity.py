@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -377,3 +378,67 @@ async def test_a_service_that_requires_resolved_permissions_refuses_tokens_witho
             await unary_caller(channel, WHOAMI)(StringValue(), metadata=keys.metadata(PRINCIPAL))
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_PERMISSIONS_MISSING")
+
+
+class _SlowAuth:
+    """A real gRPC server answering auth's GetJwks with ``keys`` after ``delay`` seconds (auth under load)."""
+
+    def __init__(self, keys: TestKeys, delay: float) -> None:
+        self.keys, self.delay, self.answered = keys, delay, 0
+
+    async def get_jwks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        from google.protobuf.json_format import ParseDict
+
+        from parapet.auth.v1 import auth_service_pb2
+
+        await asyncio.sleep(self.delay)
+        self.answered += 1
+        return ParseDict(self.keys.jwks(), auth_service_pb2.GetJwksResponse(), ignore_unknown_fields=True)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        from parapet.auth.v1 import auth_service_pb2
+
+        method = grpc.unary_unary_rpc_method_handler(
+            self.get_jwks,
+            request_deserializer=auth_service_pb2.GetJwksRequest.FromString,
+            response_serializer=auth_service_pb2.GetJwksResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler("parapet.auth.v1.AuthService", {"GetJwks": method})
+
+
+async def test_a_key_fetch_outlives_the_caller_that_started_it(keys: TestKeys) -> None:
+    """The first call after a start (or a key rotation) fetches auth's keys for every call waiting on them. When
+    that caller gave up (its deadline, a cancel), the fetch was cancelled with it, yet counted as done: every other
+    caller was refused UNAUTHENTICATED (unknown key) until the refetch interval (10 s) had passed."""
+    from parapet.kit.identity import auth_jwks_source
+
+    auth = _SlowAuth(keys, delay=0.6)
+    auth_server = grpc.aio.server()
+    auth_server.add_generic_rpc_handlers((auth.handler(),))
+    auth_port = auth_server.add_insecure_port("127.0.0.1:0")
+    await auth_server.start()
+    handler = string_service(SERVICE, unary={"WhoAmI": whoami})
+    app = generic_app(handler, service_names=(SERVICE,))
+    app = dataclasses.replace(
+        app, key_source=lambda settings: auth_jwks_source(f"127.0.0.1:{auth_port}", settings)
+    )
+    try:
+        async with (
+            running(app, fast_settings()) as (_, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            call = unary_caller(channel, WHOAMI)
+            impatient = asyncio.ensure_future(call(StringValue(), metadata=keys.metadata(), timeout=0.2))
+            await asyncio.sleep(0.05)
+            patient = asyncio.ensure_future(call(StringValue(), metadata=keys.metadata(), timeout=10))
+            with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+                await impatient
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert (await patient).value == "tenant-a/user-1/member"
+            # And the next caller finds the keys fetched: no second fetch, no refusal.
+            assert (
+                await call(StringValue(), metadata=keys.metadata(), timeout=10)
+            ).value == "tenant-a/user-1/member"
+            assert auth.answered == 1
+    finally:
+        await auth_server.stop(0)
