@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ VALUE_CATEGORIES = frozenset(
         C.CATEGORY_SECRET_JWT, C.CATEGORY_SECRET_PASSWORD, C.CATEGORY_BLOCKED_TERM,
     }
 )  # fmt: skip
+
+
+_SEPARATORS = frozenset(",;:-/|")  # what stands between two values, not part of either
 
 
 @dataclass
@@ -58,27 +62,58 @@ def to_finding(applied: Applied, text_index: int = 0, offset: int = 0) -> findin
     )
 
 
-def settle_overlaps(detections: Iterable[Detection], priorities: dict[str, int]) -> list[Detection]:
-    """Value findings that overlap keep the strongest (detector priority, then score, then length)."""
-    kept: list[Detection] = []
+def settle_overlaps(
+    text: str, detections: Iterable[Detection], priorities: dict[str, int]
+) -> list[Detection]:
+    """Value findings that overlap keep the strongest (detector priority, then score, then length). Then
+    each weaker one keeps what of it no kept finding covers: dropped whole, an address that ran on over
+    the phone number after it left its street and house number unmasked. Its remainders come second, so
+    they never take a place a finding of its own would have had (the name before an address block)."""
     values = sorted(
         (d for d in detections if d.category in VALUE_CATEGORIES),
         key=lambda d: (-priorities.get(d.detector, 0), -d.score, d.start - d.end),
     )
-    taken: list[tuple[int, int]] = []
+    kept: list[Detection] = []
+    lost: list[Detection] = []
     for d in values:
-        if all(d.end <= s or d.start >= e for s, e in taken):
-            kept.append(d)
-            taken.append((d.start, d.end))
+        overlaps = any(k.start < d.end and d.start < k.end for k in kept)
+        (lost if overlaps else kept).append(d)
+    for d in lost:
+        overlapping = [k for k in kept if k.start < d.end and d.start < k.end]
+        kept += [
+            dataclasses.replace(d, start=start, end=end) for start, end in _uncovered(text, d, overlapping)
+        ]
     kept += [d for d in detections if d.category not in VALUE_CATEGORIES]
     return sorted(kept, key=lambda d: (d.start, d.end))
+
+
+def _uncovered(text: str, d: Detection, overlapping: Sequence[Detection]) -> list[tuple[int, int]]:
+    """The stretches of ``d`` outside the ``overlapping`` spans, without the separators left where they
+    were cut; a stretch with no letter or digit is no part of a value."""
+    start, end = d.start, d.end
+    pieces = [(start, end)]
+    for t in overlapping:
+        pieces = [p for a, b in pieces for p in ((a, min(b, t.start)), (max(a, t.end), b)) if p[0] < p[1]]
+    trimmed = []
+    for a, b in pieces:
+        while a > start and a < b and _separator(text[a]):
+            a += 1
+        while b < end and b > a and _separator(text[b - 1]):
+            b -= 1
+        if any(c.isalnum() for c in text[a:b]):
+            trimmed.append((a, b))
+    return trimmed
+
+
+def _separator(char: str) -> bool:
+    return char.isspace() or char in _SEPARATORS
 
 
 def detect_all(detectors: Sequence[Detector], text: str) -> list[Detection]:
     found: list[Detection] = []
     for detector in detectors:
         found.extend(detector.detect(text))
-    return settle_overlaps(found, priority_table(detectors))
+    return settle_overlaps(text, found, priority_table(detectors))
 
 
 def priority_table(detectors: Sequence[Detector]) -> dict[str, int]:
@@ -107,15 +142,18 @@ def apply_policy(
             continue
         item = Applied(d, action)
         applied.append(item)
-        if action not in (C.ACTION_MASK, C.ACTION_REDACT) or d.start < cursor:
-            continue  # overlapping a value already replaced (an attack span around a PII value)
-        value = text[d.start : d.end]
+        if action not in (C.ACTION_MASK, C.ACTION_REDACT) or d.end <= cursor:
+            continue  # inside what is already replaced (a PII value in a redacted leak)
+        # A leak or attack span that overlaps a value already replaced: the rest of it is still replaced
+        # (skipped whole, a redacted leak starting on an e-mail address went out after it as written).
+        start = max(d.start, cursor)
+        value = text[start : d.end]
         item.replacement = (
             vault.mask(d.category, value)
             if action == C.ACTION_MASK and vault is not None
             else redaction(d.category)
         )
-        pieces.append(text[cursor : d.start])
+        pieces.append(text[cursor:start])
         pieces.append(item.replacement)
         cursor = d.end
     pieces.append(text[cursor:])

@@ -36,6 +36,8 @@ DEFAULT_ACTIONS: Mapping[int, int] = MappingProxyType(
     }
 )
 
+_KNOWN_ACTIONS = frozenset(C.Action.values())
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -54,7 +56,9 @@ class Policy:
         actions = dict(DEFAULT_ACTIONS)
         for rule in moderation.rules:
             if rule.action != C.ACTION_UNSPECIFIED and rule.category != C.CATEGORY_UNSPECIFIED:
-                actions[rule.category] = rule.action
+                # An action a newer contract declares and this service cannot carry out: refuse what it
+                # covers rather than pass it on untouched (screening fails closed, as without a policy).
+                actions[rule.category] = rule.action if rule.action in _KNOWN_ACTIONS else C.ACTION_BLOCK
         return cls(
             actions=MappingProxyType(actions),
             blocked_topics=tuple(t for t in moderation.blocked_topics if t.strip()),

@@ -86,7 +86,10 @@ class BlockedTermDetector:
     priority = 94
 
     def __init__(self, terms: Sequence[str]) -> None:
-        cleaned = sorted({fold(t.strip())[0] for t in terms if t.strip()}, key=len, reverse=True)
+        # Stripped after folding: a term of invisible characters folds to nothing, and an empty alternative
+        # matched at every word boundary (every text blocked); one led by them kept a leading space.
+        folded = {fold(t)[0].strip() for t in terms}
+        cleaned = sorted(folded - {""}, key=len, reverse=True)
         self._pattern = (
             re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in cleaned) + r")(?!\w)")
             if cleaned

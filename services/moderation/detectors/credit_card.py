@@ -6,10 +6,13 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
+from services.moderation.detectors.forms import ascii_forms
 
 # The boundary check sits after the first digit ("\d(?<![\w+-]\d)", the same test as a leading "(?<![\w+-])"):
 # a pattern that starts with a digit class lets the regex engine skip ahead to digits, twice as fast on prose.
-_CANDIDATE = re.compile(r"\d(?<![\w+-]\d)(?:[ -]?\d){11,18}(?![\w]|-\d)")
+# ASCII classes: the text is in ``ascii_forms``, and a letter of a script written without spaces (Japanese)
+# is no part of a number.
+_CANDIDATE = re.compile(r"\d(?<![\w+-]\d)(?:[ -]?\d){11,18}(?![\w]|-\d)", re.ASCII)
 _CONTEXT = context_pattern(
     ("card", "credit", "debit", "visa", "mastercard", "amex", "american express", "discover", "jcb",
      "diners", "maestro", "cc", "pan", "karte", "kreditkarte", "payment", "pay with", "charge")
@@ -53,6 +56,7 @@ class CreditCardDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        text = ascii_forms(text)
         for match in _CANDIDATE.finditer(text):
             raw = match.group()
             digits = raw.replace(" ", "").replace("-", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.forms import ascii_forms
 
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
@@ -26,6 +27,7 @@ class EmailDetector:
     def detect(self, text: str) -> list[Detection]:
         # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the
         # whole text tried it at every letter of every word.
+        text = ascii_forms(text)
         return [
             Detection(C.CATEGORY_PII_EMAIL, m.start(), m.end(), 1.0, self.name)
             for start, stop in _windows(text)

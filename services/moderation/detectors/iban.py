@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.forms import ascii_forms
 
 _OPENING = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
@@ -43,12 +44,13 @@ class IbanDetector:
 
     @staticmethod
     def is_anchor(piece: str) -> bool:
-        return _OPENING.search(piece) is not None
+        return _OPENING.search(ascii_forms(piece)) is not None
 
     priority = 95
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        text = ascii_forms(text)
         for match in _CANDIDATE.finditer(text):
             # Printed IBANs group by four; a shorter group ends it (the rest is the next word or number).
             parts = match.group().split(" ")

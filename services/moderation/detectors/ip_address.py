@@ -6,9 +6,12 @@ import ipaddress
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.forms import ascii_forms
 
 # Starts with a digit class, the boundary check after it, so the regex engine skips ahead to digits.
-_V4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
+_V4 = re.compile(
+    r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)", re.ASCII
+)  # on ``ascii_forms``
 _V6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])")
 # Every IPv6 text form holds two colons at most four hex digits apart; a literal-led search finds that
 # (or its absence) fifty times faster than the full pattern, whose look-behind runs at every position.
@@ -24,6 +27,7 @@ class IpAddressDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        text = ascii_forms(text)
         if "." in text:
             for match in _V4.finditer(text):
                 try:

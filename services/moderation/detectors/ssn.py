@@ -6,9 +6,12 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
+from services.moderation.detectors.forms import ascii_forms
 
 # Starts with a digit class, the boundary check after it, so the regex engine skips ahead to digits.
-_CANDIDATE = re.compile(r"(\d(?<![\w-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)")
+_CANDIDATE = re.compile(
+    r"(\d(?<![\w-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w]|-\d)", re.ASCII
+)  # on ``ascii_forms``
 _CONTEXT = context_pattern(("ssn", "social security", "social sec", "ss#", "ss #", "taxpayer", "tin"))
 # Numbers the SSA never issues or that were published as examples (Woolworth's wallet card, ads).
 _NEVER = {"078051120", "219099999", "123456789", "457555462"}
@@ -37,6 +40,7 @@ class SsnDetector:
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
+        text = ascii_forms(text)
         for match in _CANDIDATE.finditer(text):
             area, separator, group, serial = match.groups()
             if not ssn_valid(area, group, serial):

@@ -321,3 +321,22 @@ async def test_as_many_protected_texts_as_allowed_are_all_matched(suite: Suite) 
     spans = [(f.start_offset, f.end_offset) for f in screened.findings]
     first, last = answer.index("CANARY-000"), answer.index(protected[-1].lower())
     assert spans == [(first, first + 10), (last, last + 10)]
+
+
+async def test_a_blocked_term_of_invisible_characters_blocks_nothing(suite: Suite) -> None:
+    """Auth stores blocked terms as written; one of only invisible characters (a zero-width space pasted
+    from a document) folds to nothing, and an empty alternative in the term pattern matched at every
+    word boundary: every request of the tenant was blocked, with a finding of zero length. One that folds
+    to a term with a space in front ("\u200b globex") matched only after a space, never at a text's start."""
+    await suite.set_policy("tenant-a", tenant_policy_pb2.TenantPolicy(
+        moderation=tenant_policy_pb2.ModerationPolicy(blocked_terms=["\u200b", "\u200b globex"]),
+    ))  # fmt: skip
+    plain = await suite.stub.ScreenInput(
+        pb.ScreenInputRequest(texts=["What is our refund policy?"]), metadata=suite.metadata("tenant-a")
+    )
+    assert (plain.decision, list(plain.findings)) == (finding_pb2.DECISION_PASS, [])
+    blocked = await suite.stub.ScreenInput(
+        pb.ScreenInputRequest(texts=["Globex is cheaper"]), metadata=suite.metadata("tenant-a")
+    )
+    assert blocked.decision == finding_pb2.DECISION_BLOCK
+    assert [(f.start_offset, f.end_offset) for f in blocked.findings] == [(0, 6)]

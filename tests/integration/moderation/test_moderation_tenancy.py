@@ -18,9 +18,10 @@ pytestmark = MODULE
 
 
 async def _one(message: pb.ScreenStreamRequest) -> AsyncIterator[pb.ScreenStreamRequest]:
+    # Only the config, which is what is refused: a grpc.aio client still writing chunks when the server
+    # refuses may see INTERNAL "Internal error from Core" instead of the status sent (grpc/grpc#36066,
+    # docs/moderation.md), which made this test fail now and then.
     yield message
-    yield pb.ScreenStreamRequest(chunk="Hello <EMAIL_1>")
-    yield pb.ScreenStreamRequest(end=True)
 
 
 async def _drain_stream(suite: Suite, context: bytes, metadata: object) -> list[pb.ScreenStreamResponse]:

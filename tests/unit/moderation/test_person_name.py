@@ -58,3 +58,13 @@ def test_ner_is_skipped_when_the_tenant_allows_names() -> None:
     assert screener.names is not None
     assert screener.names in screener.input_detectors(DEFAULT_POLICY)
     assert screener.names not in screener.input_detectors(allow)
+
+
+def test_a_cued_name_ends_at_its_line() -> None:
+    """A cue's name ran on over the line break into the next line's label ("Toshimi Arata\\nPhone"), so
+    masking it took the label with it ("Name: <PERSON_1>: <PHONE_1>")."""
+    from services.moderation.detectors.person_name import _CUES
+
+    text = "Name: Toshimi Arata\nPhone: 0490 75 40 81"
+    assert [m.group(1) for m in _CUES.finditer(text)] == ["Toshimi Arata"]
+    assert "Phone" not in "".join(names(text))

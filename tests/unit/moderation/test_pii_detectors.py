@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003 - full-width and typographic forms of values are what some tests are about
 """Each PII detector finds its entity in realistic forms and rejects look-alikes that fail its checks."""
 
 from __future__ import annotations
@@ -145,3 +146,46 @@ def test_detections_are_typed() -> None:
         "regex.email",
     )
     assert 0 < found.score <= 1
+
+
+@pytest.mark.parametrize(
+    "detector, text, expected",
+    [
+        # Full-width digits, as a Japanese or Chinese input method types them: the Luhn check read each
+        # as its code point (０ is 65296), so a labelled card passed one time in ten.
+        (
+            CreditCardDetector(),
+            "Pay with ５５００ ００００ ００００ ０００４ please",
+            ["５５００ ００００ ００００ ０００４"],
+        ),
+        # Japanese runs words together: the letter before the number ("は") is no part of it.
+        (
+            CreditCardDetector(),
+            "カード番号は４１１１－１１１１－１１１１－１１１１です",
+            ["４１１１－１１１１－１１１１－１１１１"],
+        ),
+        # Word processors, and models, set separators as en dashes; no-break spaces group digits.
+        (PhoneDetector(), "Call 555–123–4567 tomorrow", ["555–123–4567"]),
+        (
+            PhoneDetector(),
+            "Appelez le 06\u00a012\u00a034\u00a056\u00a078 demain",
+            ["06\u00a012\u00a034\u00a056\u00a078"],
+        ),
+        (SsnDetector(), "SSN 219–09–9998 on file", ["219–09–9998"]),
+        # A published number, however written, is none.
+        (SsnDetector(), "SSN ０７８-０５-１１２０ is the wallet card's", []),
+        (
+            IbanDetector(),
+            "IBAN ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００.",
+            ["ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００"],
+        ),
+        (IpAddressDetector(), "from １９２．１６８．１．２０", ["１９２．１６８．１．２０"]),
+        (EmailDetector(), "mail ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ now", ["ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ"]),
+    ],
+)
+def test_values_written_in_full_width_or_typographic_forms(
+    detector: object, text: str, expected: list[str]
+) -> None:
+    """Values typed with full-width forms or typographic separators are the same values: they are found,
+    checked by their digits' values, and reported at their place in the text as written."""
+    assert spans(detector, text) == expected
