@@ -354,3 +354,31 @@ def test_ingest_reports_a_name_that_is_not_utf8_and_stores_the_rest(suite: Launc
     assert "created    odd/guide.md" in done.stdout
     assert "caf\\xe9-menu.md: its name is not UTF-8" in done.stderr
     assert "1 documents stored (1 created, 0 updated, 0 unchanged), 1 failed" in done.stdout
+
+
+def test_an_answer_with_characters_the_terminal_cannot_show(suite: Launcher, tmp_path: Path) -> None:
+    # An ASCII terminal (PYTHONIOENCODING, or a locale without UTF-8) and a document with an é and an emoji: the
+    # answer streamed up to its first such character, then the command died with a UnicodeEncodeError.
+    (tmp_path / "canteen.md").write_text(
+        "# Canteen\n\nOn Fridays the canteen serves crème brûlée 🍮 at noon.\n"
+    )
+    stored = parapet(suite, "ingest", str(tmp_path / "canteen.md"), "--prefix", "ascii/")
+    assert stored.returncode == 0, stored.stderr
+    for extra in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "parapet.cli", "chat", *extra, "What does the canteen serve on Fridays?"],
+            env={**cli_env(suite), "PYTHONIOENCODING": "ascii"},
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
+        )
+        assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        out = done.stdout.decode("ascii")
+        if extra:  # JSON keeps every character, escaped
+            text = "".join(
+                json.loads(line).get("text_delta", {}).get("text", "") for line in out.splitlines()
+            )
+            assert "crème brûlée 🍮" in text
+        else:
+            assert "cr?me br?l?e ?" in out and "ascii/canteen.md" in out

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from parapet import clients
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2, chain_pb2
 from parapet.cli import connect, failures, timespec
-from parapet.cli.inputs import INT64_MAX, whole_number
+from parapet.cli.inputs import INT64_MAX, positive_seconds, whole_number
 from parapet.cli.printing import enum_label, money, print_json, timestamp, when
 from parapet.inference.v1 import generation_pb2
 
@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--since", default="24h", help="look back to (default 24h; a date/time or 90m / 7d ago)"
     )
     tail.add_argument("-f", "--follow", action="store_true", help="keep polling for new interactions")
-    tail.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow")
+    tail.add_argument(
+        "--interval", type=positive_seconds, default=2.0, help="seconds between polls with --follow"
+    )
     tail.add_argument("--user", default="", help="only this user's interactions")
     tail.add_argument("--model", default="", help="only this model")
     tail.add_argument("--feature", default="", help="only this feature")
@@ -187,8 +189,6 @@ async def tail_interactions(args: argparse.Namespace) -> int:
         since = timespec.moment(args.since, datetime.now(UTC))
     except ValueError as exc:
         raise failures.CliError(str(exc)) from None
-    if args.interval <= 0:
-        raise failures.CliError("--interval must be > 0")
     flt = audit_service_pb2.InteractionFilter(
         start_time=timestamp(since),
         user_id=args.user,

@@ -156,6 +156,18 @@ async def stream_answer(
     return answer
 
 
+def utf8_question(text: str) -> str:
+    """``text`` if it can be sent; else a CliError. Bytes of a piped stdin that are not UTF-8 reach Python as
+    lone surrogates, which protobuf cannot encode (a traceback until 2026-12-06; ``main`` checks argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise failures.CliError(
+            "the question is not UTF-8 text (a terminal or file in another encoding?)"
+        ) from None
+    return text
+
+
 async def ask_once(args: argparse.Namespace) -> int:
     question = " ".join(args.question).strip()
     if not question:
@@ -191,6 +203,11 @@ def converse(args: argparse.Namespace) -> int:
                 print()  # end the prompt's line
             return failures.EXIT_OK
         if not line:
+            continue
+        try:
+            utf8_question(line)
+        except failures.CliError as exc:
+            failures.say(f"parapet chat: {exc}; skipped")
             continue
         turn = [*history, message(message_pb2.ROLE_USER, line)]
         try:

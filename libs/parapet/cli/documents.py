@@ -80,19 +80,49 @@ def find(paths: Sequence[Path], prefix: str = "") -> Iterator[Candidate]:
             yield _candidate(given, prefix + given.name, "", f"cannot read: {exc.strerror or exc}")
             continue
         if is_dir:
-            for path in sorted(p for p in given.rglob("*") if p.is_file()):
-                relative = path.relative_to(given)
-                if any(part.startswith(".") for part in relative.parts):
-                    continue  # hidden files and folders (.git, editors' swap files) are not documents
+            for path, problem in _walk(given):
+                relative = path.relative_to(given).as_posix()
                 mime = MIME_TYPES.get(path.suffix.lower())
-                if mime is not None:
-                    yield _candidate(path, prefix + relative.as_posix(), mime)
+                if problem:
+                    yield _candidate(path, prefix + relative, "", problem)
+                elif mime is not None:
+                    yield _candidate(path, prefix + relative, mime)
         elif is_file:
             mime = MIME_TYPES.get(given.suffix.lower())
             problem = "" if mime else f"unsupported file type (supported: {', '.join(sorted(MIME_TYPES))})"
             yield _candidate(given, prefix + given.name, mime or "", problem)
         else:
             yield _candidate(given, prefix + given.name, "", "no such file or folder")
+
+
+def _walk(folder: Path) -> list[tuple[Path, str]]:
+    """The regular files under ``folder`` (hidden ones and hidden folders left out), sorted, each with "" or, for
+    a folder or file that could not be looked at, why.
+
+    A folder that cannot be listed was skipped without a word by ``Path.rglob`` until 2026-12-06, so a person
+    saw "0 failed" with part of the tree never sent; a file that cannot be looked at ended the command with a
+    traceback. Links to folders are not followed (a link may loop back to its own folder), as before.
+    """
+    found: list[tuple[Path, str]] = []
+
+    def unreadable(error: OSError) -> None:
+        found.append((Path(error.filename), f"cannot read the folder: {error.strerror or error}"))
+
+    for root, folders, files in os.walk(folder, onerror=unreadable):
+        # Pruned here, so hidden folders (.git, editors' swap files) are not even walked.
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = Path(root, name)
+            try:
+                regular = path.is_file()  # False for a dangling link, a FIFO, a socket: no document
+            except OSError as exc:  # a folder others may list but not enter
+                found.append((path, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if regular:
+                found.append((path, ""))
+    return sorted(found)
 
 
 def title_of(path: Path, mime_type: str, text: str) -> str:

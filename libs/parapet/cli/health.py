@@ -11,12 +11,25 @@ SERVING = "SERVING"
 UNREACHABLE = "UNREACHABLE"
 
 
+class TlsSetupError(Exception):
+    """The ``PARAPET_TLS_*`` settings cannot make credentials; the message names the file or variable."""
+
+
 def suite_credentials() -> grpc.ChannelCredentials | None:
     """TLS credentials for talking to the suite's services, from the same ``PARAPET_TLS_*`` variables the
-    launcher passes on to them (None: plaintext). Services then need certificates valid for 127.0.0.1."""
+    launcher passes on to them (None: plaintext). Services then need certificates valid for 127.0.0.1.
+
+    Raises TlsSetupError for a file that cannot be read or settings that cannot work together (a traceback of
+    ``parapet status`` or ``parapet up`` until 2026-12-06).
+    """
     from parapet.kit.config import ServiceSettings, load_settings
 
-    return load_settings(ServiceSettings).tls().channel_credentials()
+    try:
+        return load_settings(ServiceSettings).tls().channel_credentials()
+    except OSError as exc:
+        raise TlsSetupError(f"cannot read the TLS file {exc.filename}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # SettingsError or TlsConfigError, which name the variables
+        raise TlsSetupError(str(exc)) from None
 
 
 class HealthProber:

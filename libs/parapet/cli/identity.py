@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -45,6 +46,10 @@ def public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
 MASKING_KEY_NAME = "masking.key"
 
 
+class IdentityError(Exception):
+    """A key file of the home that is there but cannot be used; the message names it and the way out."""
+
+
 def _ensure_masking_key(path: Path) -> None:
     # Kept across runs, so a masking context sealed before a restart can still be restored after it.
     if not path.exists():
@@ -60,10 +65,7 @@ def provision(identity_dir: Path) -> IdentityFiles:
     assert files.masking_key_file is not None
     _ensure_masking_key(files.masking_key_file)
     if files.signing_key_file.exists():
-        loaded = serialization.load_pem_private_key(files.signing_key_file.read_bytes(), password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{files.signing_key_file} is not an Ed25519 private key")
-        key = loaded
+        key = _load_signing_key(files.signing_key_file)
     else:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
@@ -74,12 +76,30 @@ def provision(identity_dir: Path) -> IdentityFiles:
     return files
 
 
+def _load_signing_key(path: Path) -> Ed25519PrivateKey:
+    # A damaged or foreign key file (a half-restored backup, another tool's key) is the operator's to decide
+    # about, never to overwrite: it says which file and what replacing it costs, instead of a traceback.
+    replace = "move it away and `parapet up` makes a new one (tokens signed with it stop verifying)"
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        loaded = None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise IdentityError(f"{path} is not an Ed25519 private key (PEM, no password): {replace}")
+    return loaded
+
+
 def _ensure_in_jwks(path: Path, jwk: dict[str, str]) -> None:
     # Keys already listed stay (an operator may keep a retired key there while its tokens expire); the
     # current key is added when missing, so the JWKS can never lack the key that signs.
     keys: list[dict[str, str]] = []
     if path.exists():
-        keys = list(json.loads(path.read_text()).get("keys", []))
+        try:
+            keys = list(json.loads(path.read_text()).get("keys", []))
+        except (ValueError, AttributeError):  # not JSON, or JSON that is no JWKS object
+            raise IdentityError(
+                f"{path} is not a JWKS (JSON with a `keys` list): move it away and `parapet up` writes it anew"
+            ) from None
     if any(existing.get("kid") == jwk["kid"] for existing in keys):
         return
     tmp = path.with_suffix(".tmp")

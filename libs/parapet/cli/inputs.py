@@ -7,6 +7,7 @@ before any call, never a traceback (docs/cli.md, "Errors and exit codes").
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type`` for a delay or timeout in seconds: a finite number above 0.
+
+    ``float`` alone takes ``nan`` and ``inf``: a ``nan`` poll interval passed every ``> 0`` check and made
+    ``audit tail -f`` poll without pause, and a ``nan`` timeout never expires.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value

@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     submit = actions.add_parser("submit", help="submit a file of questions, one per line ('-': stdin)")
-    submit.add_argument("file", metavar="FILE", help="text file, one question per non-empty line")
+    submit.add_argument(
+        "file", metavar="FILE", type=Path, help="text file, one question per non-empty line ('-': stdin)"
+    )
     submit.add_argument("--key", default="", help="idempotency key (default: a new one, so a new job)")
     submit.add_argument("--model", default="", help="model or alias (default: the tenant policy's default)")
     submit.add_argument("--no-retrieval", action="store_true", help="answer without the tenant's documents")
@@ -90,8 +92,8 @@ def _states() -> list[job_pb2.JobState.ValueType]:
     return [s for s in job_pb2.JobState.values() if s != job_pb2.JOB_STATE_UNSPECIFIED]
 
 
-def _questions(path: str) -> list[str]:
-    if path == "-":
+def _questions(path: Path) -> list[str]:
+    if str(path) == "-":
         try:
             # Bytes, decoded strictly: a text stdin may let undecodable bytes through as surrogates, which
             # only fail later, when the request is serialized.
@@ -99,7 +101,7 @@ def _questions(path: str) -> list[str]:
         except UnicodeDecodeError:
             raise failures.CliError("the questions on stdin are not UTF-8 text") from None
     else:
-        text = inputs.read_text(Path(path), "questions file")
+        text = inputs.read_text(path, "questions file")
     questions = [line.strip() for line in text.splitlines() if line.strip()]
     if not questions:
         raise failures.CliError(f"{path} holds no question")

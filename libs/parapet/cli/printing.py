@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,10 +28,34 @@ def as_dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
+def tolerate_unencodable_output() -> None:
+    """Let stdout show what its encoding cannot as ``?`` instead of raising, and stderr as escapes.
+
+    Python opens stdout strict in the terminal's encoding, so an answer with an ``é`` or an emoji on an ASCII
+    or Latin-1 terminal (or ``PYTHONIOENCODING=ascii``) ended the command with a UnicodeEncodeError traceback
+    mid-answer. stderr normally escapes such characters (``backslashreplace``) already: a stream given in its
+    place (a test's capture) is made to as well, since messages may quote a file name that is not UTF-8.
+    """
+    for stream, errors in ((sys.stdout, "replace"), (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors=errors)
+
+
+def _takes_all_text(stream: Any) -> bool:
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name.startswith("utf-")
+    except LookupError:
+        return False
+
+
 def print_json(value: Any, *, lines: bool = False) -> None:
-    """``value`` (a message or plain data) as JSON on stdout: indented, or one line (JSON Lines)."""
+    """``value`` (a message or plain data) as JSON on stdout: indented, or one line (JSON Lines).
+
+    Characters stdout cannot encode are written as ``\\u`` escapes: still the same JSON, nothing replaced.
+    """
     data = as_dict(value) if isinstance(value, Message) else value
-    print(json.dumps(data, indent=None if lines else 2, ensure_ascii=False), flush=True)
+    text = json.dumps(data, indent=None if lines else 2, ensure_ascii=not _takes_all_text(sys.stdout))
+    print(text, flush=True)
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], empty: str = "(none)") -> None:

@@ -7,7 +7,7 @@ import os
 
 from parapet.cli import registry
 from parapet.cli.failures import EXIT_USAGE, say
-from parapet.cli.health import SERVING, HealthProber
+from parapet.cli.health import SERVING, HealthProber, TlsSetupError
 from parapet.cli.layout import PortLayout
 from parapet.cli.output import render_table
 from parapet.cli.up import BASE_PORT_ENV, resolve_base_port
@@ -29,14 +29,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every service is SERVING, 1 otherwise (2: a base port that cannot be)."""
+    """Exit 0 when every service is SERVING, 1 otherwise (2: a base port that cannot be, or TLS settings
+    that cannot work)."""
     try:
         ports = PortLayout(resolve_base_port(args.base_port, os.environ))
     except ValueError as exc:
         say(f"parapet status: {exc}")
         return EXIT_USAGE
+    try:
+        prober = HealthProber()
+    except TlsSetupError as exc:
+        say(f"parapet status: {exc}")
+        return EXIT_USAGE
     rows: list[list[str]] = []
-    with HealthProber() as prober:
+    with prober:
         for spec in registry.SERVICES:
             address = ports.service_address(spec)
             rows.append([spec.name, address, prober.status(address, timeout=2.0)])

@@ -14,7 +14,9 @@ from typing import IO
 
 from parapet.cli import infra, registry
 from parapet.cli.env import SuiteEndpoints, service_env
-from parapet.cli.identity import provision
+from parapet.cli.health import TlsSetupError, suite_credentials
+from parapet.cli.identity import IdentityError, provision
+from parapet.cli.inputs import positive_seconds
 from parapet.cli.layout import HomeLayout, PortLayout
 from parapet.cli.output import endpoints_table
 from parapet.cli.serve import DEFAULT_APPS_PACKAGE
@@ -64,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--startup-timeout",
-        type=float,
+        type=positive_seconds,
         default=STARTUP_TIMEOUT,
         help="seconds for every service to report SERVING (default: %(default)g)",
     )
@@ -165,15 +167,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         specs = registry.select(args.only)
         ports = PortLayout(resolve_base_port(args.base_port, env))
-    except ValueError as exc:
+        # The launcher probes its services with these credentials: a TLS file that is missing would otherwise
+        # be found only once PostgreSQL, NATS and every service had been started.
+        suite_credentials()
+    except (ValueError, TlsSetupError) as exc:
         _say(f"parapet up: {exc}", sys.stderr)
         return 2
     home = HomeLayout(resolve_home(args.home, env))
     try:
         return _run(specs, ports, home, env, args)
     # An embedded server that would not start says why and where its log is: no traceback to read past.
-    except (UpError, StartupError, EmbeddedStartError) as exc:
+    except (UpError, StartupError, EmbeddedStartError, IdentityError, TlsSetupError) as exc:
         _say(f"parapet up: {exc}", sys.stderr)
+        return 1
+    except OSError as exc:  # a home on a read-only or full disk, a path through a file: the file and why
+        _say(f"parapet up: cannot use {exc.filename or home.root}: {exc.strerror or exc}", sys.stderr)
         return 1
 
 
@@ -184,10 +192,14 @@ def _run(
     env: dict[str, str],
     args: argparse.Namespace,
 ) -> int:
-    busy = ports_in_use(ports, specs, env)
-    if busy:
-        raise UpError(f"ports in use: {', '.join(busy)}; choose another range with --base-port")
     with _stop_requested() as stop, _home_lock(home), contextlib.ExitStack() as stack:
+        # After the lock: a second launcher on this home finds its ports taken by the first one's suite, and
+        # the lock names the real reason (which another --base-port would not have cured).
+        busy = ports_in_use(ports, specs, env)
+        if busy:
+            raise UpError(f"ports in use: {', '.join(busy)}; choose another range with --base-port")
+        # Before anything starts: damaged keys or a home that cannot be written stop the launcher at once.
+        identity = provision(home.identity_dir)
         # Closed in reverse: services first (registered last), then NATS, then PostgreSQL.
         database = infra.database(env, home, ports, stack)
         if stop.is_set():
@@ -195,7 +207,7 @@ def _run(
         nats = infra.nats(env, home, ports, stack)
         if stop.is_set():
             return 0
-        suite = SuiteEndpoints(ports, database.url, nats.url, provision(home.identity_dir))
+        suite = SuiteEndpoints(ports, database.url, nats.url, identity)
         processes = [
             ManagedProcess(
                 spec=spec,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parapet.embedded.ports import port_is_open
 from parapet.embedded.private_file import write_private
 from parapet.embedded.process import EmbeddedStartError, spawn, stop
 
@@ -77,7 +78,7 @@ class EmbeddedNats:
             "-sd",
             str(self.store_dir),
             "-n",
-            f"parapet-{self.port}",
+            self.server_name,
         ]
         self._proc = spawn(argv, log_path=self.log_path)
         deadline = time.monotonic() + timeout
@@ -87,10 +88,32 @@ class EmbeddedNats:
                     f"nats-server exited with code {self._proc.returncode}; see {self.log_path}:\n"
                     + self.log_path.read_text(errors="replace")[-2000:]
                 )
-            if port_is_open(self.host, self.port):
+            if self._answers():
                 return
             time.sleep(0.05)
         raise EmbeddedStartError(f"nats-server not listening on {self.host}:{self.port} after {timeout}s")
+
+    @property
+    def server_name(self) -> str:
+        return f"parapet-{self.port}"
+
+    def _answers(self) -> bool:
+        """Whether *our* server answers on host:port. Something listening is not enough: a program that took the
+        port after `parapet up` checked it would pass, while our server fails to bind and exits. NATS greets
+        every client with ``INFO {...}``, whose ``server_name`` is the ``-n`` we gave."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                greeting = sock.recv(8192)
+        except OSError:  # refused, or a stranger that says nothing
+            return False
+        line = greeting.split(b"\r\n", 1)[0]
+        if not line.startswith(b"INFO "):
+            return False
+        try:
+            info = json.loads(line[len(b"INFO ") :])
+        except ValueError:
+            return False
+        return isinstance(info, dict) and info.get("server_name") == self.server_name
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -186,6 +186,9 @@ class EmbeddedPostgres:
                 ],
                 check=False,
                 capture_output=True,
+                # Out of the launcher's process group: a Ctrl-C at the terminal is the launcher's to act on
+                # (it stops once the database is made), not a signal that kills initdb half-way.
+                start_new_session=True,
                 **as_user(user),
             )
             if done.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import nats
@@ -9,7 +10,7 @@ import nats.errors
 import psycopg
 import pytest
 
-from parapet.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from parapet.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedStartError, free_port
 from parapet.embedded.ports import port_is_open
 
 
@@ -68,3 +69,18 @@ async def test_embedded_servers_refuse_clients_without_their_secret(
         )
     nc = await nats.connect(fresh_nats.url)
     await nc.close()
+
+
+def test_nats_on_a_port_someone_else_took_is_a_start_error(tmp_path: Path) -> None:
+    # The port was free when `parapet up` checked it and taken just after (another program, another suite):
+    # NATS cannot bind it, but anything listening there passed for our server, and the services were
+    # handed the URL of a stranger (with our token).
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        server = EmbeddedNats(tmp_path / "nats", stranger.getsockname()[1])
+        try:
+            with pytest.raises(EmbeddedStartError, match="nats-server exited with code"):
+                server.start(timeout=30.0)
+        finally:
+            server.stop()

@@ -6,7 +6,10 @@ running suite. docs/cli.md, "Errors and exit codes".
 
 from __future__ import annotations
 
+import io
+import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +221,90 @@ def test_ctrl_c(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPa
     for argv, name in ((["chat", "hi"], "chat"), (["ingest", "doc.md", "--no-progress"], "ingest")):
         code, err = run(capsys, *argv, "--api-key", KEY)
         assert code == failures.EXIT_INTERRUPTED and one_line(err) == f"parapet {name}: interrupted"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PARAPET_TLS_CA_FILE": "/nonexistent/ca.pem"}, "cannot read the TLS file /nonexistent/ca.pem"),
+        ({"PARAPET_TLS_CERT_FILE": "/nonexistent/cert.pem"}, "PARAPET_TLS_CERT_FILE"),
+    ],
+)
+def test_status_with_tls_settings_that_cannot_work(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = run(capsys, "status", "--base-port", "1100")
+    assert code == failures.EXIT_USAGE and "Traceback" not in err
+    assert err.startswith("parapet status: ") and expected in err
+
+
+@pytest.mark.parametrize("interval", ["nan", "inf", "0", "-1", "soon"])
+def test_audit_follow_interval_that_is_no_delay(capsys: pytest.CaptureFixture[str], interval: str) -> None:
+    # `nan` passed the `> 0` check and polled the audit service without pause, forever.
+    code, err = run(capsys, "audit", "tail", "-f", "--interval", interval, "--api-key", KEY)
+    assert code == failures.EXIT_USAGE and "Traceback" not in err
+    assert "--interval" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0"])
+def test_up_startup_timeout_that_never_ends_or_never_starts(
+    capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    code, err = run(capsys, "up", "--startup-timeout", timeout)
+    assert code == failures.EXIT_USAGE and "Traceback" not in err
+    assert "--startup-timeout: must be a number of seconds above 0" in err.strip().splitlines()[-1]
+
+
+def test_a_question_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python hands undecodable bytes of argv and of a piped stdin over as lone surrogates, which protobuf
+    # cannot encode: a UnicodeEncodeError traceback until 2026-12-06.
+    latin1 = "caf\udce9?"  # "café?" typed on a Latin-1 terminal
+    code, err = run(capsys, "chat", latin1, "--api-key", KEY, "--address", "127.0.0.1:1")
+    assert code == failures.EXIT_USAGE
+    assert one_line(err) == "parapet chat: question is not UTF-8 text (a terminal in another encoding?)"
+
+    # A conversation skips that question, says so, and goes on (here: to the end of its input).
+    piped = io.TextIOWrapper(io.BytesIO(b"caf\xe9?\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", piped)
+    code, err = run(capsys, "chat", "--api-key", KEY, "--address", "127.0.0.1:1")
+    assert code == failures.EXIT_OK and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "parapet chat: the question is not UTF-8 text (a terminal or file in another encoding?); skipped"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["keys", "list", "--user", "caf\udce9"], "--user"),
+        (["ingest", "doc.md", "--group", "caf\udce9"], "--group"),
+        (["ingest", "doc.md", "--meta", "dish=caf\udce9"], "--meta"),
+        (["erase", "caf\udce9", "--reason", "ticket 1", "--yes"], "USER"),
+        (["jobs", "submit", "q.txt", "--label", "k=caf\udce9"], "--label"),
+    ],
+)
+def test_an_argument_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], named: str
+) -> None:
+    # `keys list` failed with a UnicodeEncodeError traceback, `ingest` with a CancelledError one from its stream.
+    (tmp_path / "doc.md").write_text("# A document\n")
+    (tmp_path / "q.txt").write_text("A question?\n")
+    code, err = run(capsys, *argv, "--api-key", KEY, "--address", "127.0.0.1:1")
+    assert code == failures.EXIT_USAGE
+    assert one_line(err) == (
+        f"parapet {argv[0]}: {named} is not UTF-8 text (a terminal in another encoding?)"
+    )
+
+
+def test_a_questions_file_whose_name_is_not_utf8_is_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # File names are paths, not text for a request: the check of arguments leaves them to the command.
+    name = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / name).write_text("")
+    code, err = run(capsys, "jobs", "submit", name, "--api-key", KEY, "--address", "127.0.0.1:1")
+    assert code == failures.EXIT_USAGE and one_line(err).endswith("holds no question")
