@@ -55,11 +55,13 @@ class _Unit:
     heading: bool
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
+# Line endings as sent: CRLF and CR too (extract.py keeps them in plain text and Markdown).
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|[\r\n]+")
+_LINE_END = re.compile(r"[\r\n]+")
 
 
 def _sentences(text: str, block: Block) -> list[tuple[int, int]]:
-    pattern = re.compile(r"\n+") if block.kind == "code" else _SENTENCE_END
+    pattern = _LINE_END if block.kind == "code" else _SENTENCE_END
     spans = []
     position = block.start
     for match in pattern.finditer(text, block.start, block.end):

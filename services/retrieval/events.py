@@ -4,7 +4,8 @@ The event commits with the deletion (no deletion without its event, no event for
 the relay publishes right after the commit and again every few seconds for anything a NATS outage left
 behind. `Nats-Msg-Id` = event id, so a republish inside the stream's duplicate window is dropped;
 consumers deduplicate beyond it (handling an event twice is harmless anyway). A NATS back without its store
-gets the stream again from the first publish (``Bus.publish`` declares it again).
+gets the stream again from the first publish (``Bus.publish`` declares it again). An event larger than NATS takes
+(1,000 ids of up to 512 characters can reach 2 MB; NATS's default limit is 1 MB) is split in the outbox.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import text
+from nats.errors import MaxPayloadError
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
@@ -61,6 +64,29 @@ async def record_deletion(
         )
 
 
+async def _split(session: AsyncSession, row: Row[Any]) -> None:
+    """Adds, in place of the outbox row of an event NATS refuses as too large, two events of half its ids each
+    (split again in turn if refused too); the caller deletes the row."""
+    event = events_pb2.DocumentsDeletedEvent.FromString(bytes(row.payload))
+    ids = list(event.document_ids)
+    if len(ids) < 2:  # one id is at most 2 KB of UTF-8: only a NATS configured below that refuses it
+        raise MaxPayloadError
+    for part in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):
+        piece = events_pb2.DocumentsDeletedEvent()
+        piece.CopyFrom(event)
+        piece.event_id = str(uuid.uuid4())
+        piece.ClearField("document_ids")
+        piece.document_ids.extend(part)
+        await repository.add_outbox(
+            session, piece.event_id, row.tenant_id, row.subject, row.ce_type, piece.SerializeToString()
+        )
+    log.warning(
+        "a documents-deleted event of %d ids is over NATS's message limit: split in two",
+        len(ids),
+        extra={"tenant": row.tenant_id},
+    )
+
+
 class OutboxRelay:
     """Publishes outbox rows to JetStream and deletes them once acknowledged."""
 
@@ -80,6 +106,7 @@ class OutboxRelay:
         and spans tenants."""
         published = 0
         while True:
+            split = False
             async with self._database.transaction() as session:
                 rows = (
                     await session.execute(
@@ -100,12 +127,19 @@ class OutboxRelay:
                         "ce-subject": row.tenant_id,
                         "content-type": "application/protobuf",
                     }
-                    await self._bus.publish(
-                        row.subject, bytes(row.payload), msg_id=str(row.event_id), headers=headers
-                    )
+                    try:
+                        await self._bus.publish(
+                            row.subject, bytes(row.payload), msg_id=str(row.event_id), headers=headers
+                        )
+                    except MaxPayloadError:
+                        # Refused before sending, and on every retry: as the oldest row it held back every later
+                        # event of every tenant. Its halves take its place (new ids: this one was never sent).
+                        await _split(session, row)
+                        split = True
+                    else:
+                        published += 1
                     await session.execute(text("DELETE FROM outbox WHERE event_id = :e"), {"e": row.event_id})
-                    published += 1
-            if len(rows) < self._batch_size:
+            if len(rows) < self._batch_size and not split:
                 return published
 
     async def run(self) -> None:

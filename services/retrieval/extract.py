@@ -1,8 +1,9 @@
 """Turns a document's bytes into plain text with structural blocks (headings, paragraphs, code).
 
-Offsets (citations, chunk spans) index the extracted text in Unicode code points. Markdown keeps its
-source text (a reader recognises it, and the model reads it fine); HTML becomes its visible text, block
-elements on their own lines, script/style dropped, entities decoded.
+Offsets (citations, chunk spans) index the extracted text in Unicode code points. Plain text and Markdown
+keep their text as sent, line endings included, so offsets point into the caller's own copy (Markdown: a
+reader recognises it, and the model reads it fine); HTML becomes its visible text, block elements on their
+own lines, head/script/style dropped, entities decoded.
 
 Extraction runs in a worker thread that cannot be cancelled, on documents of up to 3 MiB, so every step
 is linear in the input: no pass re-reads text already emitted, and no regular expression can backtrack
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
@@ -60,7 +62,9 @@ def decode(content: bytes) -> str:
         raise ExtractionError(
             "DOCUMENT_UNDECODABLE", "content contains NUL characters: binary data, not text"
         )
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    # Line endings stay as sent (CRLF, CR or LF): offsets into plain text and Markdown must point at the
+    # characters of the caller's own copy.
+    return text
 
 
 def media_type(mime_type: str) -> str:
@@ -114,10 +118,24 @@ def _trimmed(text: str, start: int, end: int, kind: str) -> Block | None:
     return Block(start, end, kind) if _visible(text, start, end) else None
 
 
+#: A line ending: CRLF, CR or LF (a CR before an LF is never a line of its own).
+_NEWLINE = r"(?:\r\n|\r(?!\n)|\n)"
+_BLANK_LINE = re.compile(_NEWLINE + r"[ \t]*" + _NEWLINE)
+
+
+def _lines(text: str) -> Iterator[tuple[int, int]]:
+    """`(start, end)` of each line of `text`, without its line ending."""
+    position = 0
+    for match in re.finditer(_NEWLINE, text):
+        yield position, match.start()
+        position = match.end()
+    yield position, len(text)
+
+
 def _paragraphs(text: str, start: int, end: int) -> list[Block]:
     blocks = []
     position = start
-    for match in re.finditer(r"\n[ \t]*\n", text[start:end]):
+    for match in _BLANK_LINE.finditer(text[start:end]):
         block = _trimmed(text, position, start + match.start(), "text")
         if block:
             blocks.append(block)
@@ -146,7 +164,6 @@ def _markdown(text: str) -> Extracted:
     paragraph_start: int | None = None
     fence_start: int | None = None
     fence = ""
-    position = 0
 
     def close_paragraph(end: int) -> None:
         nonlocal paragraph_start
@@ -156,9 +173,8 @@ def _markdown(text: str) -> Extracted:
                 blocks.append(block)
             paragraph_start = None
 
-    for line in text.split("\n"):
-        line_start, line_end = position, position + len(line)
-        position = line_end + 1
+    for line_start, line_end in _lines(text):
+        line = text[line_start:line_end]
         if fence_start is not None:
             if line.strip().startswith(fence):
                 block = _trimmed(text, fence_start, line_end, "code")
@@ -236,7 +252,30 @@ _BLOCK_TAGS = frozenset(
     ]
 )
 _HEADINGS = frozenset(["h1", "h2", "h3", "h4", "h5", "h6"])
-_SKIPPED = frozenset(["script", "style", "noscript", "template", "head", "svg"])
+_SKIPPED = frozenset(["script", "style", "noscript", "template", "svg"])
+#: What HTML5 keeps in the head ("in head" insertion mode); any other start tag, or text, ends it. `</head>` is
+#: optional, so counting the head as skipped up to its end tag hid the whole body of a page that omits it.
+_HEAD_TAGS = frozenset(
+    [
+        "html",
+        "head",
+        "title",
+        "base",
+        "basefont",
+        "bgsound",
+        "link",
+        "meta",
+        "noframes",
+        "noscript",
+        "script",
+        "style",
+        "template",
+    ]
+)
+#: End tags that end the head in HTML5; others inside it are ignored.
+_HEAD_ENDING_END_TAGS = frozenset(["head", "body", "html", "br"])
+#: HTML's whitespace (not Unicode's: a no-break space is text and ends the head).
+_HTML_SPACE = " \t\n\f\r"
 
 
 @dataclass
@@ -250,6 +289,8 @@ class _HtmlText(HTMLParser):
     block_part: int = 0
     kind: str = "text"
     skipping: int = 0
+    #: Before the body: an implicit or explicit head, whose text is not shown (HTML5 "before/in head" modes).
+    in_head: bool = True
     in_title: bool = False
     title_parts: list[str] = field(default_factory=list)
     title_length: int = 0
@@ -275,6 +316,8 @@ class _HtmlText(HTMLParser):
         self.kind = kind
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _HEAD_TAGS:
+            self.in_head = False
         if tag == "title":
             self.in_title = True
         if tag in _SKIPPED:
@@ -284,6 +327,8 @@ class _HtmlText(HTMLParser):
             self.pre += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in _HEAD_ENDING_END_TAGS:
+            self.in_head = False
         if tag == "title":
             self.in_title = False
         if tag in _SKIPPED:
@@ -298,6 +343,10 @@ class _HtmlText(HTMLParser):
             self.title_length += len(data)
         if self.skipping:
             return
+        if self.in_head:
+            if self.in_title or not data.strip(_HTML_SPACE):
+                return
+            self.in_head = False  # text cannot be in the head: the body has begun
         if not self.pre:
             data = re.sub(r"\s+", " ", data)
             if self.length == self.block_start or (self.parts and self.parts[-1].endswith((" ", "\n"))):
@@ -330,6 +379,7 @@ class _HtmlText(HTMLParser):
 
 def _html(source: str) -> Extracted:
     parser = _HtmlText()
-    parser.feed(source)
+    # HTML5 reads every line ending as LF before parsing; the extracted text is no copy of the source anyway.
+    parser.feed(source.replace("\r\n", "\n").replace("\r", "\n"))
     parser.finish()
     return Extracted("".join(parser.parts), parser.blocks, parser.title)

@@ -86,6 +86,12 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
                     reason="TOO_MANY_DOCUMENTS",
                     metadata={"max_documents": str(MAX_DOCUMENTS_PER_CALL)},
                 )
+            if any(p.document_id == request.document.document_id for p in pending):
+                # A later version of a waiting document: prepared now, it would be compared with the rows as
+                # they stand without the earlier version (answered UNCHANGED when it matched the stored text,
+                # then overwritten by the earlier one; or its vectors deleted by the earlier one's replacement).
+                results += await self._ingestor.store(writer, pending, progress)
+                pending = []
             prepared = await self._ingestor.prepare(
                 writer, index, request.document, request.content, progress
             )

@@ -314,3 +314,30 @@ async def test_a_change_committed_while_the_loser_puts_the_store_back_is_not_ove
             alice, 0, doc("salaries", groups=("finance", "hr")), SALARIES, Progress()
         )
     assert await _row_and_store_groups(database, tenant) == (("hr", "ops"), {("hr", "ops")})
+
+
+async def test_a_document_sent_again_in_the_same_call_ends_as_its_last_version(client: Client) -> None:
+    """IngestDocuments prepares documents ahead of storing them in shared batches. Until 2026-12-06 a later
+    version of an id was compared with the database as it stood before the earlier one was stored: X stored,
+    then (Y, X) in one call stored Y and answered UNCHANGED for X; and (X, Y, X) of a new id kept the chunk rows
+    of X without their vectors (Y's replacement had deleted them), so vector search never found it."""
+    tenant = new_tenant()
+    caller = client.as_(tenant)
+    old, new = b"The gym opens at seven.", b"The gym now opens at eight."
+    await client.ingest(caller, (doc("gym"), old))
+
+    back = await client.ingest(caller, (doc("gym"), new), (doc("gym"), old))
+    assert [r.outcome for r in back.results] == [pb.DOCUMENT_OUTCOME_UPDATED] * 2
+    assert (await _listed(client, caller))["gym"].content_sha256 == hashlib.sha256(old).hexdigest()
+
+    flip = await client.ingest(
+        caller, (doc("flip"), SALARIES), (doc("flip"), FORGED), (doc("flip"), SALARIES)
+    )
+    assert [r.outcome for r in flip.results] == [
+        pb.DOCUMENT_OUTCOME_CREATED,
+        pb.DOCUMENT_OUTCOME_UPDATED,
+        pb.DOCUMENT_OUTCOME_UPDATED,
+    ]
+    for mode in (pb.SEARCH_MODE_VECTOR, pb.SEARCH_MODE_FULL_TEXT, pb.SEARCH_MODE_HYBRID):
+        found = await client.query(caller, "how much do engineers earn", mode=mode, document_ids=["flip"])
+        assert [c.text for c in found] == [SALARIES.decode()], mode

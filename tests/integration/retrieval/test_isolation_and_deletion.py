@@ -231,3 +231,43 @@ async def test_erasure_of_a_user_and_of_a_tenant(client: Client, nats_url: str) 
         await asyncio.sleep(0)
     finally:
         await connection.close()
+
+
+async def test_an_erasure_of_long_ids_is_announced_and_blocks_no_other_event(
+    client: Client, database: Database, nats_url: str
+) -> None:
+    """1,000 ids of 512 CJK characters are 1.5 MB, over NATS's 1 MB message limit. Until 2026-12-06 such an
+    erasure's event was refused on every publish, and, the outbox's oldest row, it stopped every later
+    DocumentsDeletedEvent of every tenant: semantic caches kept answers grounded in deleted documents."""
+    tenant, other = new_tenant(), new_tenant()
+    ids = [f"{i:04d}" + "文" * 508 for i in range(1000)]
+    async with tenant_scope(database, tenant) as session:  # rows only: no text to embed, nothing to search
+        await session.execute(
+            text(
+                "INSERT INTO documents (tenant_id, document_id, mime_type, owner_user_id, content_sha256,"
+                " size_bytes, chunk_count) VALUES (:t, :d, 'text/plain', 'uma', '', 0, 0)"
+            ),
+            [{"t": tenant, "d": document_id} for document_id in ids],
+        )
+    connection = await nats.connect(nats_url)
+    try:
+        erasures = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{tenant}")
+        deletions = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{other}")
+        uma = client.as_(tenant, "uma")
+        erased = await client.stub.DeleteDocuments(pb.DeleteDocumentsRequest(user_id="uma"), metadata=uma)
+        assert erased.deleted_count == 1000
+        caller = client.as_(other)
+        await client.ingest(caller, (doc("memo"), b"A short memo."))
+        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="memo"), metadata=caller)
+
+        event = events_pb2.DocumentsDeletedEvent.FromString((await deletions.next_msg(timeout=10)).data)
+        assert list(event.document_ids) == ["memo"]
+        announced: list[str] = []
+        while len(announced) < len(ids):
+            message = await erasures.next_msg(timeout=10)
+            event = events_pb2.DocumentsDeletedEvent.FromString(message.data)
+            assert event.reason == events_pb2.DELETION_REASON_USER_ERASURE and event.user_id == "uma"
+            announced += event.document_ids
+        assert sorted(announced) == ids
+    finally:
+        await connection.close()

@@ -91,3 +91,27 @@ def test_chunks_are_bounded_in_characters_however_few_word_pieces_they_hold(
     # Overlap never repeats a chunk's worth, even of text that counts no word pieces.
     bound = len(text) // options.max_chars + _count(tokenizer, text) // options.max_tokens
     assert len(chunks) <= 2 * bound + 2
+
+
+LINE_ENDINGS = {"crlf": "\r\n", "cr": "\r", "lf": "\n"}
+
+
+@pytest.mark.parametrize("mime", ["text/plain", "text/markdown"])
+@pytest.mark.parametrize("newline", list(LINE_ENDINGS.values()), ids=list(LINE_ENDINGS))
+def test_offsets_index_the_text_as_sent_whatever_its_line_endings(
+    tokenizer: Tokenizer, newline: str, mime: str
+) -> None:
+    """A caller holding the document highlights a citation at its offsets. Until 2026-12-06 line endings were
+    made LF first, so in a Windows (CRLF) document every citation pointed one character earlier per line
+    before it; now plain text and Markdown keep their text as sent (HTML, no text as sent, is normalised as
+    HTML5 does)."""
+    lines = ["# Leave", "", "Staff get 25 days. Part-time staff get them pro rata.", "- Ask HR first.", ""]
+    original = newline.join(lines * 3)
+    extracted = extract(original.encode(), mime)
+    assert extracted.text == original
+    paragraph = ["Staff get 25 days. Part-time staff get them pro rata.", "- Ask HR first."]
+    expected = ["# Leave", *paragraph] if mime == "text/markdown" else ["# Leave", newline.join(paragraph)]
+    assert [original[b.start : b.end] for b in extracted.blocks] == expected * 3
+    chunks = chunk(extracted, tokenizer, ChunkingOptions(max_tokens=12, overlap_tokens=4, min_tokens=4))
+    assert len(chunks) > 3
+    assert all(original[c.start : c.end] == c.text == c.text.strip() for c in chunks)

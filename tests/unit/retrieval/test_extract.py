@@ -16,7 +16,7 @@ def _blocks(content: bytes, mime: str) -> list[tuple[str, str]]:
 
 def test_plain_text_paragraphs() -> None:
     assert _blocks(b"One line.\r\nSame para.\r\n\r\n  \nSecond.\n", "text/plain") == [
-        ("text", "One line.\nSame para."),
+        ("text", "One line.\r\nSame para."),  # line endings as sent (test_chunking: offsets)
         ("text", "Second."),
     ]
 
@@ -215,3 +215,31 @@ def test_an_unclosed_title_is_cut() -> None:
     extracted = extract(b"<title>" + b"<i>word</i> " * 100_000, "text/html")
     assert len(extracted.title) == MAX_TITLE_CHARS
     assert extracted.title.startswith("word word")
+
+
+@pytest.mark.parametrize(
+    ("source", "texts"),
+    [
+        # `</head>` is optional in HTML: the head ends at the first tag that cannot be in it (here <body>).
+        (
+            b"<html><head><title>Leave</title><meta charset=utf-8><body><p>Staff get 25 days.</p>",
+            ["Staff get 25 days."],
+        ),
+        (
+            b"<head><title>Leave</title><link rel=icon href=x.ico><p>Staff get 25 days.",
+            ["Staff get 25 days."],
+        ),
+        # ...or at text: it cannot be in the head either.
+        (b"<html><head><title>Leave</title>Staff get 25 days.", ["Staff get 25 days."]),
+        # The head may be implicit too; its title is no body text.
+        (b"<title>Leave</title><style>p{}</style><p>Staff get 25 days.</p>", ["Staff get 25 days."]),
+        # A <head> tag in the body is ignored (HTML5), not the start of hidden text.
+        (b"<head><title>Leave</title></head><body><head><p>Staff get 25 days.</p>", ["Staff get 25 days."]),
+    ],
+)
+def test_the_head_ends_where_html_ends_it(source: bytes, texts: list[str]) -> None:
+    """Until 2026-12-06 everything after <head> was hidden up to `</head>`: a page that omits it (valid HTML)
+    lost its whole body and was refused as DOCUMENT_EMPTY."""
+    extracted = extract(source, "text/html")
+    assert [text for _, text in _blocks(source, "text/html")] == texts
+    assert extracted.title == "Leave"
