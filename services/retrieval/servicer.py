@@ -19,7 +19,7 @@ from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
 from services.retrieval.deletion import Deleter
 from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
-from services.retrieval.limits import MAX_QUERY_CHARS
+from services.retrieval.limits import MAX_QUERY_CHARS, MAX_QUERY_DOCUMENT_IDS, MAX_QUERY_FILTER_ENTRIES
 from services.retrieval.permissions import DOCUMENTS_DELETE, DOCUMENTS_READ, INGEST
 from services.retrieval.scope import tenant_scope
 from services.retrieval.search import Searcher, SearchRequest
@@ -158,6 +158,10 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
             violations.append(("top_k", f"must be between 0 and {MAX_TOP_K}"))
         if not 0.0 <= request.min_score <= 1.0:
             violations.append(("min_score", "must be in [0, 1]"))
+        if len(request.document_ids) > MAX_QUERY_DOCUMENT_IDS:
+            violations.append(("document_ids", f"at most {MAX_QUERY_DOCUMENT_IDS} documents"))
+        if len(request.metadata_filter) > MAX_QUERY_FILTER_ENTRIES:
+            violations.append(("metadata_filter", f"at most {MAX_QUERY_FILTER_ENTRIES} entries"))
         if violations:
             raise InvalidArgument("invalid query", field_violations=violations)
         chunks = await self._searcher.search(

@@ -209,7 +209,12 @@ async def test_stream_ingest_reports_results_and_progress(client: Client) -> Non
         (pb.QueryRequest(query="x", top_k=101), "top_k"),
         (pb.QueryRequest(query="x", min_score=1.5), "min_score"),
         (pb.QueryRequest(query="x" * 9000), "query"),
+        # Unbounded until 2026-12-06: Pinecone refuses an $in of over 10,000 values, so such a query failed
+        # UNAVAILABLE on every retry there, and PostgreSQL was handed whatever array a caller sent.
+        (pb.QueryRequest(query="x", document_ids=[f"d{i}" for i in range(1001)]), "document_ids"),
+        (pb.QueryRequest(query="x", metadata_filter={f"k{i}": "v" for i in range(65)}), "metadata_filter"),
     ],
+    ids=["empty", "top_k", "min_score", "long", "document_ids", "metadata_filter"],
 )
 async def test_invalid_queries_are_refused_with_field_violations(
     client: Client, request_: pb.QueryRequest, field: str

@@ -323,11 +323,11 @@ class QueryRequest(_message.Message):
     """Gateway request identifier, for logs and traces."""
     @_builtins.property
     def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Only documents whose metadata contains every entry (exact match)."""
+        """Only documents whose metadata contains every entry (exact match); at most 64 entries."""
 
     @_builtins.property
     def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these documents; empty = all readable documents."""
+        """Only these documents; empty = all readable documents. At most 1000."""
 
     def __init__(
         self,
