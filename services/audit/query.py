@@ -22,10 +22,15 @@ from sqlalchemy import text
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2
 from parapet.kit import paging, wellknown
 from parapet.kit.database import Database
+from services.audit import chunks
 from services.audit.scope import tenant_scope
 
 MAX_PAGE_SIZE = 10_000  # records over a whole stream; the kit's default of 100 applies to 0
 MESSAGE_BYTES = 1 << 20  # a streamed message's records (QueryInteractions) or JSON Lines (ExportInteractions)
+FETCH_BYTES = 4 << 20  # the stored records one statement reads, about (a larger record alone)
+_ROW_BYTES = (
+    "octet_length(metadata) + coalesce(octet_length(prompt), 0) + coalesce(octet_length(response), 0)"
+)
 # A record's framing in QueryInteractionsResponse.records (tag and length), plus room for next_page_token.
 _FRAMING_BYTES = 16
 _NEWEST_FIRST = "newest_first"  # binds a page token to its order as well as to its filter
@@ -110,30 +115,35 @@ async def _matching(
     newest_first: bool = False,
     chunk: int = 500,
 ) -> AsyncIterator[Any]:
-    """Matching rows in order, fetched in keyset chunks (one short transaction each)."""
+    """Matching rows in order, fetched in keyset chunks (one short transaction each) of at most ``chunk`` rows
+    and about FETCH_BYTES (``chunks``): 500 rows of long prompts would be hundreds of megabytes."""
     where, params = _conditions(filter_)
     beyond, order = ("<", " DESC") if newest_first else (">", "")
+    ordering = f"create_time{order}, sequence{order}"
     remaining = limit
     while remaining > 0:
         clauses = (
             [*where, f"(create_time, sequence) {beyond} (:after_time, :after_sequence)"] if after else where
         )
         sql = text(
-            "SELECT sequence, create_time, previous_hash, record_hash, metadata, prompt, response, erase_time"
-            f" FROM records WHERE {' AND '.join(clauses)}"
-            f" ORDER BY create_time{order}, sequence{order} LIMIT :limit"
+            chunks.bounded_sql(
+                "SELECT sequence, create_time, previous_hash, record_hash, metadata, prompt, response, erase_time,"
+                f" {_ROW_BYTES} AS chunk_bytes FROM records WHERE {' AND '.join(clauses)}"
+                f" ORDER BY {ordering} LIMIT :limit",
+                ordering,
+            )
         )
-        values = dict(params, limit=min(chunk, remaining))
+        values = dict(params, limit=min(chunk, remaining), budget=FETCH_BYTES)
         if after:
             values.update(after_time=after[0], after_sequence=after[1])
         async with tenant_scope(database, tenant_id) as session:
-            rows = (await session.execute(sql, values)).all()
-        for row in rows:
+            found = chunks.chunk((await session.execute(sql, values)).all(), values["limit"])
+        for row in found.rows:
             yield row
-        if len(rows) < values["limit"]:
+        if found.exhausted:
             return
-        remaining -= len(rows)
-        after = (rows[-1].create_time, int(rows[-1].sequence))
+        remaining -= len(found.rows)
+        after = (found.rows[-1].create_time, int(found.rows[-1].sequence))
 
 
 @dataclass

@@ -4,7 +4,7 @@ Appends of one tenant take the tenant's ``chain_heads`` row ``FOR UPDATE`` first
 (RPCs, the stream consumer, several replicas) queue on it and the chain never forks; other tenants are not
 blocked. A batch is one ``INSERT ... SELECT FROM jsonb_to_recordset(...)``: one round trip however many
 records. A record of a user erased after it was created (it waited in the AUDIT stream) is stored without its
-bodies (``_apply_erasures``).
+bodies (``_apply_erasures``), and so is one whose bodies' retention ended before it arrived (``_drop_expired``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -157,6 +157,20 @@ def _apply_erasures(batch: Sequence[PreparedRecord], erased: Mapping[str, dateti
     return out
 
 
+def _drop_expired(batch: Sequence[PreparedRecord], now: datetime) -> list[PreparedRecord]:
+    """``batch`` with the bodies dropped whose retention ended by ``now``, as the retention job would have dropped
+    them had the record been stored in time (it waited in the AUDIT stream, or in a producer's outbox): stored with
+    them, they were readable until that job's next run. Only bodies go: metadata and chain are as they would be."""
+    return [
+        replace(prepared, prompt=None, response=None, erase_time=now)
+        if prepared.body_expire_time is not None
+        and prepared.body_expire_time <= now
+        and _holds_bodies(prepared)
+        else prepared
+        for prepared in batch
+    ]
+
+
 async def lock_head(session: AsyncSession, tenant_id: str) -> int:
     """Take ``tenant_id``'s head lock in ``session`` (appends of the tenant wait until it commits) and return the
     head's sequence: every record committed so far is at or below it."""
@@ -224,6 +238,7 @@ async def _append_tenants(
     driver = await _driver(session)
     tenants = sorted(groups)
     results: dict[str, list[AppendResult]] = {}
+    now = datetime.now(UTC)
     async with driver.pipeline() as pipeline:
         reads = []
         for tenant_id in tenants:
@@ -241,8 +256,9 @@ async def _append_tenants(
             head_sequence, head_hash = await head.fetchone()
             stored = {row[0]: row for row in await existing.fetchall()}
             erased = dict(await erasures.fetchall()) if erasures is not None else {}
+            batch = _drop_expired(groups[tenant_id], now)
             results[tenant_id], new_rows, head_sequence, head_hash = _chain(
-                _apply_erasures(groups[tenant_id], erased) if erased else groups[tenant_id],
+                _apply_erasures(batch, erased) if erased else batch,
                 int(head_sequence),
                 bytes(head_hash),
                 stored,

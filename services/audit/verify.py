@@ -7,6 +7,10 @@ lookups tell which tampering it was (see ``_classify``); checkpoints catch what 
 truncated tail would otherwise hide. Rows past the head (and past every checkpoint) are no link of the chain
 but would still be read as records, so the first of them is a break too. Reads run under the tenant's
 row-level security.
+
+Memory stays bounded however large the chain, its records or its checkpoints: rows are read in chunks cut by
+count and bytes, with their bodies' hashes computed by PostgreSQL instead of the bodies, and the checkpoints of
+the range in chunks as the scan reaches them (plus the newest, which bounds the chain and is returned).
 """
 
 from __future__ import annotations
@@ -23,17 +27,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parapet.audit.v1 import audit_record_pb2, chain_pb2
 from parapet.kit.database import Database
 from parapet.kit.errors import InvalidArgument
-from services.audit.canonical import COLUMN_NAMES, ZERO_HASH, index_columns, record_hash, sha256_hex
+from services.audit import chunks
+from services.audit.canonical import COLUMN_NAMES, ZERO_HASH, index_columns, record_hash
 from services.audit.scope import tenant_scope
 from services.audit.signing import CheckpointSigner
 
 Kind = chain_pb2.ChainBreakKind
 _CHUNK = 5000
+# The bodies' hashes, not the bodies: verification needs nothing else of them, and a chunk of 5,000 rows with their
+# bodies could be gigabytes (each record may hold 3 MiB). What is read is cut by bytes as well (``chunks``).
 _ROW_SQL = text(
-    "SELECT sequence, record_id::text AS record_id, previous_hash, record_hash, metadata, prompt, response, "
-    + ", ".join(COLUMN_NAMES)
-    + " FROM records WHERE sequence > :after AND sequence <= :end ORDER BY sequence LIMIT :limit"
+    chunks.bounded_sql(
+        "SELECT sequence, record_id::text AS record_id, previous_hash, record_hash, metadata,"
+        " encode(sha256(convert_to(prompt, 'UTF8')), 'hex') AS prompt_sha256,"
+        " encode(sha256(convert_to(response, 'UTF8')), 'hex') AS response_sha256, "
+        + ", ".join(COLUMN_NAMES)
+        + ", octet_length(metadata) AS chunk_bytes"
+        " FROM records WHERE sequence > :after AND sequence <= :end ORDER BY sequence LIMIT :limit",
+        "sequence",
+    )
 )
+_FETCH_BYTES = 8 << 20  # about the metadata one statement reads
 
 
 # The head and the first row past both it and the newest checkpoint, read in one statement (one snapshot): read
@@ -74,32 +88,33 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-_FIRST_COLUMN = 7  # position of COLUMN_NAMES[0] in _ROW_SQL's select list
+_COLUMNS = slice(7, 7 + len(COLUMN_NAMES))  # where COLUMN_NAMES are in _ROW_SQL's select list
 
 
 def _content_intact(row: Any) -> bool:
     """Bodies still stored match their hashes, and the indexed columns match the metadata."""
     record = audit_record_pb2.AuditRecord.FromString(bytes(row.metadata))
     body = record.interaction.body
-    if row.prompt is not None and sha256_hex(row.prompt) != body.prompt_sha256:
+    if row.prompt_sha256 is not None and row.prompt_sha256 != body.prompt_sha256:
         return False
-    if row.response is not None and sha256_hex(row.response) != body.response_sha256:
+    if row.response_sha256 is not None and row.response_sha256 != body.response_sha256:
         return False
     if record.record_id != row.record_id:
         return False
     # Aware datetimes compare as instants, whatever zone the session returned them in.
-    return tuple(row[_FIRST_COLUMN:]) == tuple(index_columns(record).values())
+    return tuple(row[_COLUMNS]) == tuple(index_columns(record).values())
 
 
 async def _rows(session: AsyncSession, start: int, end: int) -> AsyncIterator[Any]:
     after = start - 1
     while after < end:
-        chunk = (await session.execute(_ROW_SQL, {"after": after, "end": end, "limit": _CHUNK})).all()
-        for row in chunk:
+        params = {"after": after, "end": end, "limit": _CHUNK, "budget": _FETCH_BYTES}
+        found = chunks.chunk((await session.execute(_ROW_SQL, params)).all(), _CHUNK)
+        for row in found.rows:
             yield row
-        if len(chunk) < _CHUNK:
+        if found.exhausted:
             return
-        after = int(chunk[-1].sequence)
+        after = int(found.rows[-1].sequence)
 
 
 async def _link_at(session: AsyncSession, sequence: int) -> _Link | None:
@@ -159,6 +174,62 @@ def _checkpoint(row: Any) -> chain_pb2.Checkpoint:
     return checkpoint
 
 
+_CHECKPOINT_COLUMNS = "sequence, head_hash, create_time, signature, key_id"
+_NEWEST_CHECKPOINT_SQL = text(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY sequence DESC LIMIT 1")
+_CHECKPOINTS_SQL = text(
+    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence > :after AND sequence <= :end"
+    " ORDER BY sequence LIMIT :limit"
+)
+
+
+class _SignedHeads:
+    """The checkpoints of the range, read in chunks as the scan reaches their sequences, each signature checked
+    once. Not all of the tenant's up front: there is one per minute of activity (half a million a year), and a
+    verification of a few records read and checked every one of them."""
+
+    def __init__(
+        self, session: AsyncSession, tenant_id: str, signer: CheckpointSigner, start: int, last: int
+    ) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+        self._signer = signer
+        self._after = start - 1  # the checkpoints up to here are read
+        self._last = last
+        self._chunk: list[Any] = []
+
+    def check(self, cp: Any) -> Break | None:
+        """A break at ``cp`` when its signature does not verify."""
+        valid = self._signer.verify(
+            self._tenant_id,
+            int(cp.sequence),
+            bytes(cp.head_hash),
+            _utc(cp.create_time),
+            bytes(cp.signature),
+            cp.key_id,
+        )
+        return None if valid else Break(int(cp.sequence), "", Kind.CHAIN_BREAK_KIND_CHECKPOINT_INVALID)
+
+    async def _next(self) -> Any:
+        if not self._chunk and self._after < self._last:
+            params = {"after": self._after, "end": self._last, "limit": _CHUNK}
+            self._chunk = list(reversed((await self._session.execute(_CHECKPOINTS_SQL, params)).all()))
+            self._after = int(self._chunk[0].sequence) if len(self._chunk) == _CHUNK else self._last
+        return self._chunk[-1] if self._chunk else None
+
+    async def through(self, sequence: int) -> tuple[Break | None, bytes | None]:
+        """Check the checkpoints up to ``sequence``: the first whose signature fails, and the head hash signed at
+        ``sequence`` itself (None when no checkpoint is there)."""
+        signed = None
+        while (cp := await self._next()) is not None and cp.sequence <= sequence:
+            self._chunk.pop()
+            invalid = self.check(cp)
+            if invalid is not None:
+                return invalid, None
+            if cp.sequence == sequence:
+                signed = bytes(cp.head_hash)
+        return None, signed
+
+
 def _first(*breaks: Break | None) -> Break | None:
     found = [b for b in breaks if b is not None]
     return min(found, key=lambda b: b.sequence) if found else None
@@ -175,14 +246,8 @@ async def verify_chain(
         )
     start = max(start, 1)
     async with tenant_scope(database, tenant_id) as session:
-        checkpoints = (
-            await session.execute(
-                text(
-                    "SELECT sequence, head_hash, create_time, signature, key_id FROM checkpoints ORDER BY sequence"
-                )
-            )
-        ).all()
-        newest_signed = int(checkpoints[-1].sequence) if checkpoints else 0
+        newest = (await session.execute(_NEWEST_CHECKPOINT_SQL)).one_or_none()
+        newest_signed = int(newest.sequence) if newest is not None else 0
         head, beyond = (await session.execute(_HEAD_SQL, {"signed": newest_signed})).one()
         known = max(head, newest_signed)
         last = end or known
@@ -192,23 +257,10 @@ async def verify_chain(
                 field_violations=[("start_sequence", f"range must lie within 1..{known}")],
                 reason="CHAIN_RANGE_INVALID",
             )
-        checkpoint_break: Break | None = None
-        wanted: dict[int, bytes] = {}
-        for cp in checkpoints:
-            valid = signer.verify(
-                tenant_id,
-                int(cp.sequence),
-                bytes(cp.head_hash),
-                _utc(cp.create_time),
-                bytes(cp.signature),
-                cp.key_id,
-            )
-            if not valid:
-                checkpoint_break = _first(
-                    checkpoint_break, Break(int(cp.sequence), "", Kind.CHAIN_BREAK_KIND_CHECKPOINT_INVALID)
-                )
-            elif start <= cp.sequence <= last:
-                wanted[int(cp.sequence)] = bytes(cp.head_hash)
+        checks = _SignedHeads(session, tenant_id, signer, start, last)
+        # The newest checkpoint sets how far the chain goes and is returned: checked whatever the range.
+        newest_break = None if newest is None else checks.check(newest)
+        checkpoint_break: Break | None = None  # the first checkpoint of the range whose signature fails
         before = await _link_at(session, start - 2)
         previous = await _link_at(session, start - 1)
         expected_previous = ZERO_HASH if start == 1 else (previous.record_hash if previous else b"")
@@ -217,6 +269,7 @@ async def verify_chain(
         scan_break: Break | None = None
         async for row in _rows(session, start, last):
             sequence = int(row.sequence)
+            checkpoint_break, signed = await checks.through(sequence)
             if sequence != expected:
                 scan_break = Break(expected, "", Kind.CHAIN_BREAK_KIND_DELETED)
                 break
@@ -231,15 +284,19 @@ async def verify_chain(
             if not self_ok or not _content_intact(row):
                 scan_break = Break(sequence, row.record_id, Kind.CHAIN_BREAK_KIND_MODIFIED)
                 break
-            signed = wanted.get(sequence)
             if signed is not None and signed != stored_hash:
                 scan_break = Break(sequence, row.record_id, Kind.CHAIN_BREAK_KIND_MODIFIED)
+                break
+            if checkpoint_break is not None:
                 break
             before = previous
             previous = _Link(sequence, row.record_id, stored_hash)
             expected_previous = stored_hash
             expected += 1
             verified += 1
+        if scan_break is None and checkpoint_break is None:
+            # Checkpoints past the last row (a cut-off tail) are checked too.
+            checkpoint_break, _ = await checks.through(last)
         if scan_break is None and expected <= last:
             # The rows end before the head or a signed checkpoint: the tail was cut off.
             scan_break = Break(expected, "", Kind.CHAIN_BREAK_KIND_TRUNCATED)
@@ -248,11 +305,11 @@ async def verify_chain(
             # A row past the head: appends move the head in the same transaction, so no append wrote it.
             link = await _link_at(session, int(beyond))
             inserted = Break(int(beyond), link.record_id if link else "", Kind.CHAIN_BREAK_KIND_INSERTED)
-        first = _first(checkpoint_break, scan_break, inserted)
+        first = _first(newest_break, checkpoint_break, scan_break, inserted)
         return Verification(
             intact=first is None,
             records_verified=verified,
             first_break=first,
             head_sequence=int(head),
-            latest_checkpoint=_checkpoint(checkpoints[-1]) if checkpoints else None,
+            latest_checkpoint=_checkpoint(newest) if newest is not None else None,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC
@@ -26,7 +27,15 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from parapet.events.usage import USAGE_STREAM, tenant_of
+from parapet.events.usage import (
+    MAX_MICROS,
+    MAX_NAME_CHARS,
+    MAX_NAMES_BYTES,
+    MAX_TOKENS,
+    USAGE_STREAM,
+    names_too_long,
+    tenant_of,
+)
 from parapet.kit import dependency, metrics
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
@@ -37,6 +46,31 @@ from services.billing import rollups
 log = logging.getLogger(__name__)
 
 Batch = list[tuple[Msg, usage_event_pb2.UsageEvent]]
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def _problem(event: usage_event_pb2.UsageEvent) -> str | None:
+    """Why ``event`` came from no settlement, or None. Metering settles non-negative figures within its ceilings, in
+    its ISO 4217 currency, with names of at most 256 characters (docs/metering.md, "Figures"). Anything else would
+    skew the rollups for ever (a negative cost lowers an invoice; an amount near 2^63 leaves no invoice preview
+    that can carry its sum), or, a name too long to index, fail every batch it is in with an error that is no data
+    exception, so that the batch, every tenant's events with it, came back for ever."""
+    usage = event.usage
+    tokens = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    if any(not 0 <= value <= MAX_TOKENS for value in tokens):
+        return f"a token count outside [0, {MAX_TOKENS}]"
+    if not 0 <= event.cost.amount_micros <= MAX_MICROS:
+        return f"a cost outside [0, {MAX_MICROS}] micros"
+    if not _CURRENCY.fullmatch(event.cost.currency_code):
+        return "a currency_code that is no ISO 4217 code"
+    names = (event.model, event.provider, event.feature)
+    if any(len(name) > MAX_NAME_CHARS for name in names):
+        return f"a model, provider or feature longer than {MAX_NAME_CHARS} characters"
+    if names_too_long(*names):
+        return f"a model, provider and feature of more than {MAX_NAMES_BYTES} bytes together (no index takes them)"
+    return None
 
 
 def _decode(message: Msg) -> usage_event_pb2.UsageEvent | None:
@@ -90,6 +124,9 @@ class UsageConsumer:
                 await _set_aside(
                     message, "", "not a UsageEvent with a UUID id and a valid occur_time", kind="undecodable"
                 )
+            elif (problem := _problem(event)) is not None:
+                # Counted with the undecodable: as far as billing is concerned, it is no usage event.
+                await _set_aside(message, event.event_id, problem, kind="undecodable")
             elif event.tenant_id != tenant_of(message.subject):
                 await _set_aside(
                     message, event.event_id, "tenant_id does not match the subject", kind="mismatched"

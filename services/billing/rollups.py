@@ -58,8 +58,11 @@ async def apply(session: AsyncSession, events: Sequence[usage_event_pb2.UsageEve
     unique = {event.event_id: event for event in events}  # a batch may repeat an event
     if not unique:
         return 0
+    # In id order, as the rollup rows below in key order: two replicas given overlapping batches in other orders (a
+    # redelivery after ack_wait) would otherwise each hold an id the other waits for, a deadlock.
+    ids = sorted(unique)
     fresh = await session.execute(
-        _RECORD_IDS, {"event_ids": list(unique), "tenants": [e.tenant_id for e in unique.values()]}
+        _RECORD_IDS, {"event_ids": ids, "tenants": [unique[i].tenant_id for i in ids]}
     )
     new = [unique[str(row[0])] for row in fresh]
     sums: dict[RollupKey, list[int]] = {}
@@ -114,12 +117,26 @@ class RollupRow:
     estimated_request_count: int
     last_occur_time: datetime
     update_time: datetime
+    key_digest: str  # names the rollup within its tenant and day (a page token's position)
 
 
+# A rollup's key (model, feature, provider, currency) within its tenant and day, in 64 hex digits: a page token holds
+# the day and this rather than the key itself, whose four texts may be 256 characters each, far beyond a token's
+# length. Hashes of each part, then of the four: no separator a text could contain.
+_KEY_DIGEST = (
+    "encode(sha256(sha256(convert_to(model, 'UTF8')) || sha256(convert_to(feature, 'UTF8'))"
+    " || sha256(convert_to(provider, 'UTF8')) || sha256(convert_to(currency_code, 'UTF8'))), 'hex')"
+)
+_ORDER = "day, model, feature, provider, currency_code"  # the primary key's order after the tenant
 _ROLLUP_COLUMNS = (
     "day, model, provider, feature, currency_code, request_count, prompt_tokens, completion_tokens, "
-    "cached_tokens, cost_micros, estimated_request_count, last_occur_time, update_time"
+    f"cached_tokens, cost_micros, estimated_request_count, last_occur_time, update_time, {_KEY_DIGEST}"
 )
+_KEY_OF = text(
+    f"SELECT {_ORDER} FROM rollups WHERE tenant_id = :tenant AND day = :day AND {_KEY_DIGEST} = :digest"
+)
+
+Position = tuple[date, str]  # a rollup's day and key digest
 
 
 def _where(
@@ -139,6 +156,10 @@ def _where(
     return " AND ".join(clauses), params
 
 
+class UnknownPosition(LookupError):
+    """A page token's position names no rollup of the tenant (rollups are never deleted: it was not ours)."""
+
+
 async def list_rollups(
     session: AsyncSession,
     tenant: str,
@@ -147,17 +168,33 @@ async def list_rollups(
     end: date | None,
     model: str,
     feature: str,
-    offset: int,
+    after: Position | None,
     limit: int,
 ) -> tuple[list[RollupRow], bool]:
+    """The rollups after ``after`` in key order, and whether more follow. Keyset paging, not offsets: rollups are
+    created all the time (a new model's first request of the day, a late event of an earlier day), and one created
+    before an offset moved every later row on, so the next page repeated the last row of the previous one."""
     where, params = _where(tenant, start, end, model, feature)
+    if after is not None:
+        key = (
+            await session.execute(_KEY_OF, {"tenant": tenant, "day": after[0], "digest": after[1]})
+        ).one_or_none()
+        if key is None:
+            raise UnknownPosition(after)
+        where += (
+            f" AND ({_ORDER}) > (:after_day, :after_model, :after_feature, :after_provider, :after_currency)"
+        )
+        params.update(
+            zip(
+                ("after_day", "after_model", "after_feature", "after_provider", "after_currency"),
+                key,
+                strict=True,
+            )
+        )
     rows = (
         await session.execute(
-            text(
-                f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE {where} "
-                "ORDER BY day, model, feature, provider, currency_code OFFSET :offset LIMIT :limit"
-            ),
-            {**params, "offset": offset, "limit": limit + 1},
+            text(f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE {where} ORDER BY {_ORDER} LIMIT :limit"),
+            {**params, "limit": limit + 1},
         )
     ).all()
     return [RollupRow(*row) for row in rows[:limit]], len(rows) > limit

@@ -11,7 +11,7 @@ from parapet.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, in
 from parapet.kit import paging, wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.database import Database
-from parapet.kit.errors import InvalidArgument
+from parapet.kit.errors import FailedPrecondition, InvalidArgument
 from parapet.kit.identity import Principal
 from parapet.usage.v1 import money_pb2
 from services.billing import rollups
@@ -54,6 +54,46 @@ def _first_day_from(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     return moment.date() + timedelta(days=1)
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_fits(lines: list[rollups.InvoiceLineRow]) -> None:
+    """Refuse a preview whose figures an int64 field cannot carry. Each rollup fits (bigint), but a line sums many
+    of them and the total all lines; PostgreSQL sums them exactly (numeric), and the response could not be built:
+    INTERNAL, where the caller can do something about it (a shorter period)."""
+    sums = [
+        value
+        for line in lines
+        for value in (
+            line.request_count,
+            line.prompt_tokens,
+            line.completion_tokens,
+            line.cached_tokens,
+            line.cost_micros,
+        )
+    ]
+    sums += [sum(line.cost_micros for line in lines), sum(line.request_count for line in lines)]
+    if any(value not in _INT64 for value in sums):
+        raise FailedPrecondition(
+            "the period's usage sums exceed what an invoice preview can hold (int64); ask for a shorter period",
+            reason="INVOICE_OUT_OF_RANGE",
+        )
+
+
+def _decode_position(token: str, query: str) -> rollups.Position | None:
+    """The rollup a page token says the page starts after (its day and key digest); PAGE_TOKEN_INVALID for anything
+    else, before it reaches a query."""
+    match paging.decode(token, query):
+        case None:
+            return None
+        case [str(day), str(digest)] if len(digest) == 64:
+            try:
+                return date.fromisoformat(day), digest
+            except ValueError:
+                pass
+    raise paging.invalid_token()
+
+
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     def __init__(self, database: Database, policies: PolicySource) -> None:
         self._database = database
@@ -80,18 +120,21 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             )
         size = paging.page_size(request.page_size)
         query = paging.query_key(request, tenant, caller.subject)
-        offset = paging.decode_number(request.page_token, query) or 0
+        after = _decode_position(request.page_token, query)
         async with self._database.session() as session:
-            rows, more = await rollups.list_rollups(
-                session,
-                tenant,
-                start=start,
-                end=end,
-                model=request.model,
-                feature=request.feature,
-                offset=offset,
-                limit=size,
-            )
+            try:
+                rows, more = await rollups.list_rollups(
+                    session,
+                    tenant,
+                    start=start,
+                    end=end,
+                    model=request.model,
+                    feature=request.feature,
+                    after=after,
+                    limit=size,
+                )
+            except rollups.UnknownPosition:
+                raise paging.invalid_token() from None
         return billing_service_pb2.ListRollupsResponse(
             rollups=[
                 rollup_pb2.Rollup(
@@ -109,7 +152,9 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
                 )
                 for r in rows
             ],
-            next_page_token=paging.encode([offset + size], query) if more else "",
+            next_page_token=paging.encode([rows[-1].day.isoformat(), rows[-1].key_digest], query)
+            if more
+            else "",
         )
 
     async def GetInvoicePreview(
@@ -133,7 +178,17 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             )
         async with self._database.session() as session:
             lines = await rollups.invoice_lines(session, tenant, start, end)
-        currencies = {line.currency_code for line in lines}
+        _check_fits(lines)
+        currencies = sorted({line.currency_code for line in lines})
+        if len(currencies) > 1:
+            # A deployment prices in one currency (metering's setting), but it may have been changed within the
+            # period; amounts in two currencies have no sum, and adding them under one code misstates the total.
+            raise FailedPrecondition(
+                f"the period's usage is in several currencies ({', '.join(currencies)}), which have no total; "
+                "ask for the periods before and after the change, or read each currency's rollups (ListRollups)",
+                reason="CURRENCY_MISMATCH",
+                metadata={"currency_codes": ",".join(currencies)},
+            )
         preview = invoice_pb2.InvoicePreview(
             start_time=_timestamp(_midnight(start)),
             end_time=_timestamp(_midnight(end)),
@@ -150,8 +205,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
                 for line in lines
             ],
             total=money_pb2.Money(
-                # A deployment prices in one currency (metering's setting), so lines share it.
-                currency_code=min(currencies) if currencies else "",
+                currency_code=currencies[0] if currencies else "",
                 amount_micros=sum(line.cost_micros for line in lines),
             ),
             event_count=sum(line.request_count for line in lines),

@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parapet.events import audit as audit_events
+from parapet.events.usage import MAX_MICROS, MAX_NAME_CHARS, MAX_NAMES_BYTES, MAX_TOKENS, names_too_long
 from parapet.kit import paging, wellknown
 from parapet.kit.bus import Bus
 from parapet.kit.context import require_principal
@@ -45,14 +46,6 @@ _STATES = {
 }
 _MAX_ID = 128
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-# Ceilings of one request's figures. Every sum metering and billing keep is a PostgreSQL bigint (budget and
-# rate counters, GetUsage totals, billing's rollups): an int64 figure near 2^63 overflowed them, refusing
-# every later request of the window (INTERNAL) and blocking billing. 2^32 tokens is thousands of times the
-# largest context window, and 2^46 micros is 70 million units of the currency per request; yet reaching
-# 2^63 in one counter takes 2^30 requests at the token ceiling (prompt + completion), or 2^17 requests of
-# 70 million units each, in one window: far beyond any traffic or spending these figures describe.
-MAX_TOKENS = 2**32
-MAX_MICROS = 2**46
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +284,13 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         elif latency < timedelta(0):
             violations.append(("latency", "negative"))
         for name in ("feature", "model", "provider", "requested_model"):
-            if len(getattr(request, name)) > 256:
-                violations.append((name, "at most 256 characters"))
+            if len(getattr(request, name)) > MAX_NAME_CHARS:
+                violations.append((name, f"at most {MAX_NAME_CHARS} characters"))
+        if names_too_long(request.model, request.provider, request.feature):
+            # Accepted, such a settlement's event fitted no rollup: billing would set it aside, uncharged.
+            violations.append(
+                ("model", f"model, provider and feature at most {MAX_NAMES_BYTES} bytes together")
+            )
         # Labels travel in every event and ledger row: bounded, so one caller cannot bloat either.
         if len(request.labels) > 32:
             violations.append(("labels", "at most 32 labels"))

@@ -285,12 +285,13 @@ async def test_erasure_drops_a_users_bodies_and_the_chain_still_verifies(audit: 
 
 async def test_retention_drops_expired_bodies_and_the_chain_still_verifies(audit: Audit) -> None:
     tenant = new_tenant()
-    old = interaction(retention_days=1)
+    old = interaction(retention_days=3)
     old.create_time.FromDatetime(datetime.now(UTC) - timedelta(days=2))
     fresh = interaction(retention_days=30)
     await audit.record(tenant, old)
     await audit.record(tenant, fresh)
-    assert await drop_expired_bodies(audit.database, datetime.now(UTC)) >= 1
+    # The job as it runs a day and a half later: the old record's bodies have had their three days.
+    assert await drop_expired_bodies(audit.database, datetime.now(UTC) + timedelta(hours=36)) >= 1
     async with audit.database.transaction() as session:
         rows = (
             await session.execute(
@@ -340,3 +341,21 @@ async def test_erase_refuses_what_it_could_not_record_before_it_erases_anything(
             text("SELECT count(*) FROM records WHERE tenant_id = :t AND prompt IS NOT NULL"), {"t": tenant}
         )
         assert bodies.scalar_one() == 2
+
+
+async def test_a_record_past_its_retention_is_stored_without_its_bodies(audit: Audit) -> None:
+    """A record that reaches the service after its bodies' retention ended (it waited in the AUDIT stream or a
+    producer's outbox while audit was down) was stored with them, readable until the retention job's next run."""
+    tenant = new_tenant()
+    late = interaction(retention_days=1, created=datetime.now(UTC) - timedelta(days=2))
+    first = await audit.record(tenant, late)
+    again = await audit.record(tenant, late)  # a redelivery is the same record, not a conflict
+    assert again.already_recorded and again.chain == first.chain
+    messages = audit.stub.QueryInteractions(
+        audit_service_pb2.QueryInteractionsRequest(), metadata=audit.metadata(tenant), timeout=10
+    )
+    [record] = [r async for m in messages for r in m.records]
+    body = record.interaction.body
+    assert (body.prompt, body.response, body.HasField("erase_time")) == ("", "", True)
+    assert body.prompt_sha256  # what was said can still be proved by whoever holds a copy
+    assert (await audit.verify(tenant)).intact

@@ -1,15 +1,20 @@
-"""Fixtures of the billing tests: keys, a policy file granting usage.read, and ledger/rollup comparison."""
+"""Fixtures of the billing tests: keys, a policy file granting usage.read, the migrated billing schema, and usage
+events applied to the rollups directly."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from parapet.kit.database import Database
 from parapet.kit.testing import TestKeys, make_test_keys
 from parapet.usage.v1 import money_pb2, token_usage_pb2, usage_event_pb2
+from services.billing import rollups
+from tests.integration.metering.metering_support import migrated_database
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +44,15 @@ def usage_event(tenant: str, i: int) -> usage_event_pb2.UsageEvent:
     )
     event.occur_time.FromDatetime(datetime.now(UTC))
     return event
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, "billing") as database:
+        yield database
+
+
+async def apply_events(database: Database, events: Sequence[usage_event_pb2.UsageEvent]) -> int:
+    """Applies ``events`` to the rollups in one transaction, as the consumer does a batch; returns the new ones."""
+    async with database.transaction() as session:
+        return await rollups.apply(session, list(events))

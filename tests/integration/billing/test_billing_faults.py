@@ -284,12 +284,12 @@ async def test_events_that_can_never_be_applied_are_set_aside_and_block_nothing(
     headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
     try:
         await bus.ensure_stream(USAGE_STREAM)
-        # Two events that each fit bigint but not their sum (one rollup row), among ordinary ones of both
-        # tenants, all in one batch: before, the batch failed (numeric_value_out_of_range) and was redelivered
-        # forever, so nothing in it was ever counted.
+        # Two events whose data the database refuses (a NUL in a text), among ordinary ones of both tenants, all in
+        # one batch: before, such a batch failed (as it did for two events whose sum exceeded bigint, which billing
+        # now sets aside before the database sees them) and was redelivered forever, so nothing in it was counted.
         huge = [usage_event(tenant, 1), usage_event(tenant, 2)]
         for event in huge:
-            event.usage.prompt_tokens = 2**62 + 5
+            event.model = "m\x00"
         ordinary = [usage_event(tenant, 3), usage_event(other, 4), usage_event(other, 5)]
         unplaceable = usage_event(other, 6)  # an occur_time no calendar holds: the rollup has no day for it
         unplaceable.occur_time.seconds = 2**62
@@ -329,11 +329,11 @@ async def test_events_that_can_never_be_applied_are_set_aside_and_block_nothing(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        assert consumer.applied == 4  # the ordinary three and one of the two huge ones
+        assert consumer.applied == 3  # the ordinary three
         assert await _rollup_sums(database, other) == (2, 4 + 5)
-        assert await _rollup_sums(database, tenant) == (2, 2**62 + 5 + 3)
+        assert await _rollup_sums(database, tenant) == (1, 3)
         # Counted (and alerted on: ParapetBillingEventsSetAside), not only logged.
-        assert _set_aside_count("refused") - set_aside_before["refused"] == 1
+        assert _set_aside_count("refused") - set_aside_before["refused"] == 2
         assert _set_aside_count("undecodable") - set_aside_before["undecodable"] == 1
         assert _set_aside_count("mismatched") - set_aside_before["mismatched"] == 1
     finally:
@@ -345,3 +345,71 @@ def _set_aside_count(reason: str) -> float:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value("parapet_billing_events_set_aside_total", {"reason": reason}) or 0.0
+
+
+async def test_events_with_figures_no_settlement_can_have_are_set_aside(
+    database_url: str, fresh_nats: EmbeddedNats
+) -> None:
+    """Metering settles only non-negative figures within its ceilings (2^32 tokens, 2^46 micros), in its ISO 4217
+    currency, with names of at most 256 characters. An event outside that came from no settlement: before, billing
+    added it all the same, so a negative cost lowered an invoice, and an amount near 2^63 made every later invoice
+    preview of the tenant fail INTERNAL; a name of thousands of characters could not be indexed, which is no data
+    exception, so its batch, with every tenant's events in it, was redelivered for ever."""
+    await migrate(database_url, "billing", ROOT / "services/billing/migrations")
+    tenant = new_tenant()
+    bus = await Bus.connect(fresh_nats.url)
+    database = Database(database_url, "billing")
+    headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
+    try:
+        await bus.ensure_stream(USAGE_STREAM)
+        ordinary = [usage_event(tenant, 3), usage_event(tenant, 4)]
+        invalid = [usage_event(tenant, 10 + i) for i in range(9)]
+        invalid[0].cost.amount_micros = -5_000_000
+        invalid[1].usage.completion_tokens = -1
+        invalid[2].usage.prompt_tokens = 2**32 + 1
+        invalid[3].cost.amount_micros = 2**62
+        invalid[4].cost.currency_code = "usd"
+        invalid[5].cost.currency_code = "US DOLLAR"
+        invalid[6].model = "m" * 257
+        invalid[7].feature = "".join(chr(0x4E00 + i) for i in range(3000))  # not indexable, not compressible
+        # Within metering's 256 characters each, but 3 KB of key that compression cannot shrink: no index entry.
+        wide = "".join(chr(0x20000 + 7 * i) for i in range(256))
+        invalid[8].model, invalid[8].feature, invalid[8].provider = wide, wide[::-1], wide[1:] + "p"
+        for event in [ordinary[0], *invalid, ordinary[1]]:
+            await bus.publish(
+                f"parapet.usage.v1.{tenant}",
+                event.SerializeToString(),
+                msg_id=event.event_id,
+                headers=headers,
+            )
+        consumer = UsageConsumer(
+            database,
+            bus,
+            durable="billing-invalid",
+            batch_size=25,
+            fetch_timeout=0.5,
+            ack_wait=1.0,
+            max_ack_pending=1000,
+        )
+        await (await consumer.subscribe()).unsubscribe()
+        before = _set_aside_count("undecodable")
+        task = asyncio.create_task(consumer.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                info = await bus.jetstream.consumer_info(USAGE_STREAM.name, "billing-invalid")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"an invalid event blocks the stream: {info}"
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert consumer.applied == 2
+        assert await _rollup_sums(database, tenant) == (2, 3 + 4)
+        assert _set_aside_count("undecodable") - before == len(invalid)
+    finally:
+        await database.close()
+        await bus.close()

@@ -3,33 +3,19 @@ through the index of migration 0002; younger ids stay, and an event whose id is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import text
 
 from parapet.kit.database import Database
 from parapet.usage.v1 import usage_event_pb2
-from services.billing import pruning, rollups
-from tests.integration.billing.conftest import usage_event
+from services.billing import pruning
+from tests.integration.billing.conftest import apply_events, usage_event
 from tests.integration.metering.metering_support import (
-    migrated_database,
     new_tenant,
     plan_without_seqscan,
     uses_index,
 )
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    async with migrated_database(database_url, "billing") as database:
-        yield database
-
-
-async def _apply(database: Database, events: list[usage_event_pb2.UsageEvent]) -> int:
-    async with database.transaction() as session:
-        return await rollups.apply(session, events)
 
 
 async def _age(database: Database, events: list[usage_event_pb2.UsageEvent], by: timedelta) -> None:
@@ -59,7 +45,7 @@ async def test_processed_ids_past_retention_go_in_batches_and_younger_ones_still
     keep = timedelta(days=9)
     old = [usage_event(tenant, i) for i in range(7)]
     young = [usage_event(tenant, i) for i in range(7, 10)]
-    assert await _apply(database, old + young) == 10
+    assert await apply_events(database, old + young) == 10
     await _age(database, old, keep + timedelta(hours=1))
     await _age(database, young, keep - timedelta(hours=1))
 
@@ -69,7 +55,7 @@ async def test_processed_ids_past_retention_go_in_batches_and_younger_ones_still
     assert all(size <= 3 for size in batches) and sum(batches) >= len(old) and len(batches) >= 3
     assert await _kept(database, old + young) == {e.event_id for e in young}
     # A redelivery of a kept id changes nothing.
-    assert await _apply(database, young) == 0
+    assert await apply_events(database, young) == 0
 
 
 async def test_the_prune_reads_through_the_process_time_index(database: Database) -> None:

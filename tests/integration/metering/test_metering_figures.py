@@ -11,11 +11,11 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from parapet.auth.v1 import tenant_policy_pb2 as tp
+from parapet.events.usage import MAX_MICROS, MAX_NAMES_BYTES, MAX_TOKENS
 from parapet.kit.errors import error_details
 from parapet.kit.testing import TestKeys
 from parapet.metering.v1 import metering_service_pb2 as pb
 from parapet.usage.v1 import money_pb2, token_usage_pb2
-from services.metering.servicer import MAX_MICROS, MAX_TOKENS
 from tests.integration.metering.conftest import Metering
 from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
 
@@ -65,6 +65,12 @@ async def test_figures_beyond_the_ceilings_are_refused_naming_the_field(
     assert await _violations(settle(pb.SettleRequest(request_id="s", cost=usd(2**62)), metadata=who)) == [
         ("cost.amount_micros", _at_most(MAX_MICROS))
     ]
+    # 256 characters each, but of four bytes: billing's rollups could not key such an event, so it was set aside
+    # there, uncharged, while metering had counted it (until 2026-12-06).
+    wide = "\U0001f600" * 256
+    assert await _violations(
+        settle(pb.SettleRequest(request_id="s", model=wide, provider=wide, feature=wide), metadata=who)
+    ) == [("model", f"model, provider and feature at most {MAX_NAMES_BYTES} bytes together")]
     # Nothing was held or recorded: the budget still takes a reservation, and the usage is empty.
     held = await reserve(pb.ReserveRequest(request_id="r", estimated_tokens=10), metadata=who)
     assert held.reservation.reserved_tokens == 10
