@@ -52,7 +52,10 @@ class InvoicePreview(_message.Message):
 
     @_builtins.property
     def as_of_time(self) -> _timestamp_pb2.Timestamp:
-        """Time of the newest usage event included; later events are not in the preview yet."""
+        """Time of the newest usage event included. Events reach billing in no set order (a settlement relayed after a
+        metering outage, a replay), so events of earlier times may still be added to the period: the preview is
+        final only once metering's outbox is drained.
+        """
 
     def __init__(
         self,
