@@ -1,5 +1,6 @@
 """Typed async clients for every Parapet service, on kit channels (deadline propagation, identity and
-request-id forwarding, tracing, round-robin balancing, UNAVAILABLE retried, TLS when configured).
+request-id forwarding, tracing, round-robin balancing, UNAVAILABLE retried, TLS when configured, keepalive
+that notices a vanished peer and reconnects).
 
 Usage, from inside a service::
 

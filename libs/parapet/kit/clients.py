@@ -7,6 +7,10 @@ Every outgoing call made while serving an RPC
 - continues the trace (a client span with a recording tracer provider, else the trace context as is);
 - is retried by gRPC itself on UNAVAILABLE (up to 3 attempts with backoff, within the deadline) when
   the contract marks the method safe to repeat; other methods are never repeated behind the caller's back.
+
+Every channel also pings its connections (:func:`keepalive_options`), so a peer whose host vanished without
+closing them is noticed within a bounded time and the channel reconnects, instead of holding every call
+until its deadline; the kit's servers accept those pings and ping their clients alike (:func:`server_keepalive_options`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,81 @@ _RETRY_POLICY: dict[str, Any] = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+
+#: Servers never ask for pings further apart than this, so that gRPC Go and Java clients at their minimum
+#: keepalive (10 s) are welcome too.
+MAX_PING_INTERVAL_REQUIRED_SECONDS = 5.0
+
+
+def _millis(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+def keepalive_options(settings: ServiceSettings | None) -> list[tuple[str, Any]]:
+    """The channel arguments that make a channel notice a dead connection and reconnect (its peer's host
+    vanished without a FIN or RST: a node failure, a partition), measured with a black-holing proxy
+    (tests/unit/kit/test_kit_clients_keepalive.py). With none of them, every call on such a connection
+    waited for its deadline until TCP gave up (Linux retransmits for about 15 minutes) or, when something on
+    the way still acknowledged the bytes (that proxy, a sidecar), for ever; with only keepalive time and
+    timeout set, for 60 s. Each one matters:
+
+    - ``keepalive_time_ms``: ping after this long without receiving anything;
+    - ``http2.ping_timeout_ms``: what grpcio (1.85) actually waits for a ping's answer, for keepalive pings
+      too (and for the BDP pings it sends as data arrives: a keepalive ping that finds one in flight waits
+      on it); it defaults to 60 s and ``keepalive_timeout_ms`` does not shorten it;
+    - ``keepalive_timeout_ms``: becomes the socket's ``TCP_USER_TIMEOUT``, so unacknowledged data (a
+      request, a ping) to a host that is gone fails the socket in the kernel too;
+    - ``keepalive_permit_without_calls`` and ``http2.max_pings_without_data`` 0: an idle connection keeps
+      pinging (by default it stops after two pings), so the next call does not find it dead first;
+    - ``max_reconnect_backoff_ms``: a peer down for minutes is retried often enough to be found again soon.
+
+    Defaults are the settings' own (a channel made without settings uses them too).
+    """
+    fields = ServiceSettings.model_fields
+    keepalive: float = fields["grpc_keepalive_seconds"].default
+    timeout: float = fields["grpc_keepalive_timeout_seconds"].default
+    backoff: float = fields["grpc_reconnect_backoff_max_seconds"].default
+    if settings is not None:
+        keepalive = settings.grpc_keepalive_seconds
+        timeout = settings.grpc_keepalive_timeout_seconds
+        backoff = settings.grpc_reconnect_backoff_max_seconds
+    return [
+        ("grpc.keepalive_time_ms", _millis(keepalive)),
+        ("grpc.keepalive_timeout_ms", _millis(timeout)),
+        ("grpc.http2.ping_timeout_ms", _millis(timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # The first pause after a failed attempt stays gRPC's 1 s (or less when the maximum is lower).
+        ("grpc.initial_reconnect_backoff_ms", _millis(min(backoff, 1.0))),
+        ("grpc.max_reconnect_backoff_ms", _millis(backoff)),
+    ]
+
+
+def server_keepalive_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    """The server arguments that accept the pings of :func:`keepalive_options` (ours, with the same settings,
+    and any client pinging every 5 s or slower) and ping clients the same way.
+
+    Accepting: a gRPC server by default allows one ping per 5 minutes, and none at all on a connection
+    without calls (2 hours); a client pinging more often is sent GOAWAY ENHANCE_YOUR_CALM ``too_many_pings``
+    after two strikes, which closes the connection and fails the calls on it. Half the keepalive leaves room
+    for a ping answered late. (The argument's name is ``grpc.http2.min_ping_interval_without_data_ms``: the
+    ``..._min_recv_ping_...`` spelling some docs give is the C macro's name, and grpc ignores an argument it
+    does not know.)
+
+    Pinging: a stream whose client vanished (no deadline, nothing closed) otherwise kept its handler blocked
+    on flow control for ever, with whatever it held (an upstream model call, a reservation); gRPC's server
+    default pings after 2 hours.
+    """
+    interval = min(settings.grpc_keepalive_seconds / 2, MAX_PING_INTERVAL_REQUIRED_SECONDS)
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _millis(interval)),
+        ("grpc.keepalive_time_ms", _millis(settings.grpc_keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", _millis(settings.grpc_keepalive_timeout_seconds)),
+        ("grpc.http2.ping_timeout_ms", _millis(settings.grpc_keepalive_timeout_seconds)),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def lists_replicas(target: str) -> bool:
@@ -187,18 +266,21 @@ def channel(
     channel verifies the peer against it and presents this service's certificate (mutual TLS);
     otherwise it is plaintext (a mesh may add mTLS). With a recording tracer provider each call gets a
     CLIENT span (OpenTelemetry's client interceptor, which also covers gRPC's own retries); without one
-    the current trace context is passed on as is (``parapet.kit.rpc_tracing``).
+    the current trace context is passed on as is (``parapet.kit.rpc_tracing``). Keepalive and reconnect
+    backoff come from ``settings`` (:func:`keepalive_options`); ``options`` take precedence over the kit's.
     """
     provider = tracer_provider or telemetry.current_provider()
     recording = rpc_tracing.is_recording(provider)
     interceptors = telemetry.client_interceptors(provider) if recording else None
     retryable = safe_to_repeat_paths() if retryable_methods is None else frozenset(retryable_methods)
     channel_options = [
+        # First: for a repeated argument gRPC takes the first occurrence, so the caller's own win.
+        *options,
         # Health-checked only where there are replicas to choose from: with one subchannel, its NOT_SERVING
         # would fail every call at once (behind a mesh, for a drain of whichever pod answered the Watch).
         ("grpc.service_config", json.dumps(service_config(retryable, health_checked=lists_replicas(target)))),
         ("grpc.enable_retries", 1),
-        *options,
+        *keepalive_options(settings),
     ]
     credentials = settings.tls().channel_credentials() if settings is not None else None
     if credentials is not None:

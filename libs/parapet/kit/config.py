@@ -140,6 +140,32 @@ class ServiceSettings(BaseSettings):
     nats_reconnect_wait_seconds: float = Field(
         1.0, gt=0, description="Pause between NATS reconnect attempts (the kit reconnects forever)."
     )
+    grpc_keepalive_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long a connection of the kit's channels may receive nothing before the channel pings "
+        "the peer (also with no call in flight); the kit's servers accept a ping every half of this, and always "
+        "one every 5 s, and ping their clients alike (a stream to a client that vanished is cancelled). "
+        "Without pings a peer whose host vanished without closing its connections (node failure, partition) "
+        "held every call on them until its deadline. Set it alike for every service. Behind a mesh the sidecar "
+        "answers the pings, and its own settings watch the hop to the peer pod (`docs/kit.md`).",
+    )
+    grpc_keepalive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="How long a ping, or data sent (the socket's `TCP_USER_TIMEOUT`), may go unanswered before "
+        "the channel drops the connection, fails the calls on it (UNAVAILABLE) and reconnects: a vanished peer "
+        "is noticed within keepalive plus this (15 s by default, half the kit's default call timeout).",
+    )
+    grpc_reconnect_backoff_max_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Longest pause between a channel's attempts to reconnect to a peer that is down (gRPC's "
+        "own default, 120 s, kept failing calls for up to two minutes after the peer was back).",
+    )
 
     tls_cert_file: Path | None = Field(
         None,

@@ -28,6 +28,7 @@ from parapet.kit import loop as event_loop
 from parapet.kit import telemetry
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.bus import Bus
+from parapet.kit.clients import server_keepalive_options
 from parapet.kit.config import SettingsT, load_settings
 from parapet.kit.database import Database
 from parapet.kit.health import HealthMonitor
@@ -187,6 +188,9 @@ async def create_server(
                 # replicas added since they connected. No age grace: the GOAWAY only stops new calls on
                 # the connection, while streams in flight (a long answer, a job watch) run to their end.
                 ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                # Accept the keepalive pings of the kit's channels, idle or not, and ping clients alike, so a
+                # stream to a client that vanished ends (parapet.kit.clients).
+                *server_keepalive_options(settings),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(resources.health.servicer, server)
