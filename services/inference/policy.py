@@ -17,6 +17,7 @@ import grpc
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from parapet.kit.clients import ServiceClient
+from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import Unavailable
 
 
@@ -54,8 +55,9 @@ class _Cached:
 
 
 class AuthPolicySource:
-    def __init__(self, address: str, ttl: float = 5.0) -> None:
-        self._client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address)
+    def __init__(self, address: str, settings: ServiceSettings, ttl: float = 5.0) -> None:
+        # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
+        self._client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
         self._ttl = ttl
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}

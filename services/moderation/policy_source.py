@@ -15,6 +15,7 @@ import grpc
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from parapet.kit.clients import ServiceClient
+from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import Unavailable
 from services.moderation.policy import DEFAULT_POLICY, Policy
 
@@ -42,8 +43,11 @@ class _Cached:
 
 
 class AuthPolicySource:
-    def __init__(self, address: str, cache_seconds: float) -> None:
-        self._client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, default_timeout=2.0)
+    def __init__(self, address: str, cache_seconds: float, settings: ServiceSettings) -> None:
+        # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
+        self._client = ServiceClient(
+            auth_service_pb2_grpc.AuthServiceStub, address, settings, default_timeout=2.0
+        )
         self._cache_seconds = cache_seconds
         self._cache: dict[str, _Cached] = {}
 
