@@ -9,6 +9,7 @@ schemas; they are checked structurally here (apiVersion/kind/metadata and the fi
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import shutil
 import subprocess
@@ -17,9 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dev dependency
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from parapet.kit.health import NOT_SERVING, SERVING, HealthMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
@@ -44,8 +49,12 @@ FALLBACK_SERVICES = (
 # The request flow's calls between services (callee -> callers). "auth" is called by every service (JWKS).
 GATEWAY_CALLEES = ("auth", "moderation", "metering", "retrieval", "inference", "audit")
 PUBLIC = "gateway"  # the only service open to callers outside the suite
-NATS_USERS = {"retrieval", "metering", "audit", "billing", "inference", "gateway"}
-INTERNET_USERS = {"inference"}
+# Services that reach the internet over HTTPS, and why. Retrieval does only when configured for Pinecone or the
+# OpenAI embedder (an overlay adds its rule, docs/deploy.md), so not by default.
+INTERNET_USERS = {
+    "inference": "LLM providers",
+    "auth": "the JWKS URLs of tenants' OIDC providers (services/auth/oidc.py)",
+}
 
 GRPC_PORT = 8080
 HEALTH_PORT = 8081
@@ -62,6 +71,23 @@ def service_names() -> tuple[str, ...]:
 
 
 SERVICES = service_names()
+
+
+@functools.cache
+def nats_users() -> frozenset[str]:
+    """Services whose app connects to NATS at start (``uses_nats``): the code, not a list kept by hand, says
+    who needs the NATS egress (auth's audit outbox needs it since 2026-11-25, and its pods could not start)."""
+    from parapet.cli.serve import load_app
+
+    return frozenset(service for service in SERVICES if load_app(service).uses_nats)
+
+
+@functools.cache
+def database_users() -> frozenset[str]:
+    """Services whose app opens a PostgreSQL pool (``uses_database``)."""
+    from parapet.cli.serve import load_app
+
+    return frozenset(service for service in SERVICES if load_app(service).uses_database)
 
 
 def expected_callers(service: str) -> set[str]:
@@ -269,6 +295,47 @@ def test_grpc_probes_on_the_plaintext_health_port(overlay: str) -> None:
         assert allowed_ingress(objs, service, HEALTH_PORT) == set(), service
 
 
+async def test_only_readiness_follows_the_dependencies(overlay: str) -> None:
+    """A database or NATS outage takes pods out of rotation (readiness) and restarts none (startup, liveness):
+    every pod shares those dependencies, so restarting them all mends nothing and turns a short outage into
+    a cold start of the whole suite (liveness once asked the dependency-driven status and did, after 60 s).
+    Each probe is sent as the kubelet sends it (its ``service``, default "") to a real kit health server
+    whose database is down."""
+    deployments = of_kind(render(overlay), "Deployment")
+    monitor = HealthMonitor(["parapet.example.v1.ExampleService"])
+
+    async def database_down() -> bool:
+        return False
+
+    monitor.add_probe("database", database_down)
+    await monitor.check_once()
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def answer(probe: Obj) -> int:
+                request = health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", ""))
+                response = await stub.Check(request, timeout=5)
+                return int(response.status)
+
+            for service in SERVICES:
+                container = server_container(deployments[service])
+                for name in ("startupProbe", "livenessProbe"):
+                    assert await answer(container[name]) == SERVING, f"{overlay}: {service} {name}"
+                assert await answer(container["readinessProbe"]) == NOT_SERVING, f"{overlay}: {service}"
+            # A draining pod leaves the endpoints (readiness); liveness is not probed once a pod terminates.
+            await monitor.drain()
+            for service in SERVICES:
+                readiness = server_container(deployments[service])["readinessProbe"]
+                assert await answer(readiness) == NOT_SERVING, f"{overlay}: {service} while draining"
+    finally:
+        await server.stop(None)
+
+
 def test_security_context(overlay: str) -> None:
     objs = render(overlay)
     workloads = [o for o in objs if o["kind"] in ("Deployment", "Job")]
@@ -291,30 +358,79 @@ def test_security_context(overlay: str) -> None:
             assert "/tmp" in mounts, f"{where}: read-only root needs a writable /tmp"
 
 
+def stop_seconds(objs: tuple[Obj, ...], service: str) -> tuple[float, float]:
+    """A server pod's preStop sleep, and the server's whole bounded stop after it (the drain's delay, its grace and
+    the cleanup after it, `kit.server._bounded_stop`), from the rendered settings."""
+    (config,) = [
+        c for c in of_kind(objs, "ConfigMap").values() if c["metadata"]["name"].startswith("parapet-config")
+    ]
+    data = config["data"]
+    container = server_container(of_kind(objs, "Deployment")[service])
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    drain = float(
+        env.get("PARAPET_SHUTDOWN_DELAY_SECONDS")
+        or data.get("PARAPET_SHUTDOWN_DELAY_SECONDS", DEFAULT_DELAY_SECONDS)
+    )
+    drain += float(
+        env.get("PARAPET_SHUTDOWN_GRACE_SECONDS")
+        or data.get("PARAPET_SHUTDOWN_GRACE_SECONDS", DEFAULT_DRAIN_SECONDS)
+    )
+    drain += float(
+        env.get("PARAPET_SHUTDOWN_CLEANUP_SECONDS")
+        or data.get("PARAPET_SHUTDOWN_CLEANUP_SECONDS", DEFAULT_CLEANUP_SECONDS)
+    )
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return float(command[1]), drain
+
+
 def test_termination_grace_covers_drain(overlay: str) -> None:
     """terminationGracePeriodSeconds > preStop sleep + the server's whole bounded stop (delay, grace and the
     cleanup after the drain, `kit.server._bounded_stop`), or the kubelet kills the pod mid-drain or while the
     gateway still writes its settlements and audit records (it left the cleanup out until 2026-12-06)."""
     objs = render(overlay)
-    (config,) = [
-        c for c in of_kind(objs, "ConfigMap").values() if c["metadata"]["name"].startswith("parapet-config")
-    ]
-    shared = float(config["data"].get("PARAPET_SHUTDOWN_GRACE_SECONDS", DEFAULT_DRAIN_SECONDS))
-    delay = float(config["data"].get("PARAPET_SHUTDOWN_DELAY_SECONDS", DEFAULT_DELAY_SECONDS))
     deployments = of_kind(objs, "Deployment")
     for service in SERVICES:
-        container = server_container(deployments[service])
-        env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        drain = delay + float(env.get("PARAPET_SHUTDOWN_GRACE_SECONDS") or shared)
-        drain += float(
-            env.get("PARAPET_SHUTDOWN_CLEANUP_SECONDS")
-            or config["data"].get("PARAPET_SHUTDOWN_CLEANUP_SECONDS", DEFAULT_CLEANUP_SECONDS)
-        )
-        command = container["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[0] == "sleep"
-        pre_stop = float(command[1])
+        pre_stop, drain = stop_seconds(objs, service)
         grace = deployments[service]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= pre_stop + drain + 2, f"{service}: {grace}s < {pre_stop}s + {drain}s + 2s margin"
+
+
+def _seconds(duration: str) -> float:
+    """A mesh's duration ("46s", "1m") in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m)", duration)
+    assert match, f"unexpected duration {duration!r}"
+    return float(match[1]) * (60 if match[2] == "m" else 1)
+
+
+def proxy_lifetime_after_sigterm(overlay: str, pod: Obj) -> float:
+    """How long a meshed pod's proxy keeps carrying traffic once the pod terminates (the kubelet signals every
+    container at once; a classic sidecar has no preStop of its own)."""
+    annotations = pod["metadata"].get("annotations", {})
+    if overlay.endswith("istio"):
+        # The agent stops Envoy terminationDrainDuration (Istio's default: 5 s) after its SIGTERM.
+        config = yaml.safe_load(annotations.get("proxy.istio.io/config", "{}"))
+        return _seconds(config.get("terminationDrainDuration", "5s"))
+    # Linkerd's proxy refuses new requests at once on SIGTERM, unless a preStop of its own delays the signal.
+    return float(annotations.get("config.alpha.linkerd.io/proxy-wait-before-exit-seconds", 0))
+
+
+@pytest.mark.parametrize("overlay", [o for o in overlays() if o.endswith(("istio", "linkerd"))])
+def test_mesh_proxies_outlive_the_drain(overlay: str) -> None:
+    """The proxy must carry the server's traffic until its bounded stop ends: the gateway drains answers for up to
+    30 s and then settles them with metering and writes their audit records, all through the proxy. With the
+    meshes' defaults the proxy stopped (Istio: 5 s after SIGTERM) or refused new requests (Linkerd: at once)
+    while the server's preStop still slept, so every drained chat lost its settlement and audit record."""
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    for service in SERVICES:
+        pod = deployments[service]["spec"]["template"]
+        pre_stop, drain = stop_seconds(objs, service)
+        # The kubelet kills what is left at the pod's grace period, the proxy included.
+        lifetime = min(
+            proxy_lifetime_after_sigterm(overlay, pod), pod["spec"]["terminationGracePeriodSeconds"]
+        )
+        assert lifetime >= pre_stop + drain, f"{overlay}: {service}'s proxy stops {lifetime}s after SIGTERM"
 
 
 def test_pdb_and_hpa_target_the_service(overlay: str) -> None:
@@ -402,6 +518,61 @@ def test_migrations_job_runs_every_service() -> None:
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "parapet-database"
 
 
+# ------------------------------------------------------------------------------ database connections
+
+# Sessions a server process holds besides its pool: LISTEN connections for change notifications (auth's cache
+# invalidation, services/auth/app.py; the gateway's auth-cache and job listeners, services/gateway/flow.py and
+# services/gateway/jobs/wiring.py).
+LISTEN_CONNECTIONS = {"auth": 1, "gateway": 2}
+SUPERUSER_RESERVED_CONNECTIONS = 3  # PostgreSQL's default: slots ordinary users never get
+
+
+def _setting(objs: tuple[Obj, ...], deployment: Obj, name: str) -> int:
+    from parapet.kit.config import ServiceSettings
+
+    field = name.removeprefix("PARAPET_").lower()
+    return int(pod_env(objs, deployment).get(name, ServiceSettings.model_fields[field].default))
+
+
+def database_connections(objs: tuple[Obj, ...]) -> tuple[int, int]:
+    """PostgreSQL connections of the suite: (idle at the HPAs' minimum, the peak), the peak being every pool
+    full (pool size + overflow) at the HPAs' maximum with a rolling update's surge, plus the migrations Job."""
+    deployments, hpas = of_kind(objs, "Deployment"), of_kind(objs, "HorizontalPodAutoscaler")
+    idle, peak = 0, 1
+    for service in sorted(database_users()):
+        deployment = deployments[service]
+        pool = _setting(objs, deployment, "PARAPET_DATABASE_POOL_SIZE")
+        overflow = _setting(objs, deployment, "PARAPET_DATABASE_MAX_OVERFLOW")
+        listen = LISTEN_CONNECTIONS.get(service, 0)
+        spec = hpas[service]["spec"]
+        surge = str(deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"])
+        most = spec["maxReplicas"]
+        most += -(-most * int(surge.removesuffix("%")) // 100) if surge.endswith("%") else int(surge)
+        idle += spec["minReplicas"] * (pool + listen)
+        peak += most * (pool + overflow + listen)
+    return idle, peak
+
+
+def test_dev_postgres_admits_every_connection() -> None:
+    """The dev overlay's PostgreSQL (max_connections 100 by default) must admit the suite's peak: at two
+    replicas each, pools full and a rollout's surge pod, the seven database services open over 200, and
+    refused connections turn pods unready ("too many clients")."""
+    objs = render("dev")
+    (postgres,) = of_kind(objs, "Deployment")["postgres"]["spec"]["template"]["spec"]["containers"]
+    args = postgres.get("args", [])
+    settings = dict(a.split("=", 1) for flag, a in itertools.pairwise(args) if flag == "-c")
+    max_connections = int(settings.get("max_connections", 100))
+    _, peak = database_connections(objs)
+    assert max_connections >= peak + SUPERUSER_RESERVED_CONNECTIONS, f"{max_connections} < {peak} + reserved"
+
+
+def test_the_connection_budget_in_the_docs_is_current() -> None:
+    """docs/deploy.md tells prod operators how many connections their PostgreSQL must admit."""
+    idle, peak = database_connections(render("prod"))
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    assert f"{idle:,} connections" in text and f"{peak:,} connections" in text, (idle, peak)
+
+
 # ------------------------------------------------------------------------------- network policies
 
 
@@ -473,7 +644,7 @@ def test_egress_follows_the_request_flow(overlay: str) -> None:
     for service in SERVICES:
         ports = allowed_egress_ports(objs, service)
         assert 53 in ports and 5432 in ports, f"{service}: DNS and PostgreSQL"
-        assert (4222 in ports) == (service in NATS_USERS), f"{service}: NATS"
+        assert (4222 in ports) == (service in nats_users()), f"{service}: NATS"
         assert (443 in ports) == (service in INTERNET_USERS), f"{service}: internet"
         callees = set()
         for rule in ports.get("grpc", []):
@@ -482,12 +653,17 @@ def test_egress_follows_the_request_flow(overlay: str) -> None:
         assert callees - {service} == expected, service
 
 
-def test_internet_egress_excludes_private_ranges_and_metadata() -> None:
-    objs = render("prod")
-    for rule in allowed_egress_ports(objs, "inference")[443]:
-        blocks = [peer["ipBlock"] for peer in rule["to"]]
-        v4 = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
-        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+def test_internet_egress_excludes_private_ranges_and_metadata(overlay: str) -> None:
+    objs = render(overlay)
+    for service in INTERNET_USERS:
+        rules = allowed_egress_ports(objs, service)[443]
+        assert rules, f"{service}: no internet egress"
+        for rule in rules:
+            blocks = [peer["ipBlock"] for peer in rule["to"]]
+            v4 = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
+            assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+            v6 = next(b for b in blocks if b["cidr"] == "::/0")
+            assert {"fc00::/7", "fe80::/10"} <= set(v6["except"]), service
 
 
 # ----------------------------------------------------------------------------------------- meshes
