@@ -21,6 +21,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -54,8 +57,32 @@ def _lock_and_prepare(connection: Connection, schema: str) -> None:
     connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 
+def _newer_revisions(connection: Connection, schema: str, config: Config) -> list[str]:
+    """The schema's current revisions that this release's migrations do not know: a newer release migrated it."""
+    table = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{VERSION_TABLE}'}).scalar()
+    if table is None:
+        return []
+    current = connection.execute(text(f'SELECT version_num FROM "{schema}".{VERSION_TABLE}')).scalars().all()
+    scripts = ScriptDirectory.from_config(config)
+    unknown = []
+    for revision in current:
+        try:
+            known = scripts.get_revision(revision) is not None
+        except (RevisionError, CommandError):  # Alembic wraps the revision map's error in its own
+            known = False
+        if not known:
+            unknown.append(revision)
+    return unknown
+
+
 def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
-    """Create ``schema`` if missing and upgrade it to head (blocking; see :func:`migrate`)."""
+    """Create ``schema`` if missing and upgrade it to head (blocking; see :func:`migrate`).
+
+    A schema a newer release has migrated (its revision is unknown here) is left as it is, with a warning, and
+    the service starts on it: a pod of the previous release rescheduled during a rollout, or a rollback, would
+    otherwise fail to start at all (Alembic cannot upgrade from a revision it does not know). Migrations are
+    written so that the previous release runs on them; an upgrade note in docs/deploy.md says where one is not.
+    """
     check_schema_name(schema)
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(f"{migrations_dir} has no env.py: not an Alembic migrations directory")
@@ -64,7 +91,15 @@ def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
     try:
         with engine.begin() as connection:
             _lock_and_prepare(connection, schema)
-            command.upgrade(_config(migrations_dir, schema, connection), "head")
+            config = _config(migrations_dir, schema, connection)
+            newer = _newer_revisions(connection, schema, config)
+            if newer:
+                log.warning(
+                    "the schema was migrated by a newer release; starting on it without migrating",
+                    extra={"schema": schema, "revisions": ",".join(newer)},
+                )
+                return
+            command.upgrade(config, "head")
     finally:
         engine.dispose()
     log.info("migrations applied", extra={"schema": schema})

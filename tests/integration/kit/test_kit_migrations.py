@@ -110,6 +110,25 @@ async def test_applies_into_the_schema_and_second_run_is_a_noop(
     assert version(database_url, schema) == [("0002",)]
 
 
+async def test_a_release_behind_the_schema_starts_on_it_without_migrating(
+    database_url: str, schema: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pod of the previous release (rescheduled during a rollout, or after a rollback) finds its schema at a
+    revision it does not know. Alembic refused to start ("Can't locate revision"), so the pod crash-looped; it now
+    starts on the schema as it is, with a warning, and the schema keeps the newer revision and its data."""
+    await migrate(database_url, schema, migrations_dir(tmp_path / "new", FIRST, SECOND))
+    query(
+        database_url, f"INSERT INTO \"{schema}\".widgets (name, colour) VALUES ('kept', 'red') RETURNING id"
+    )
+    with caplog.at_level("WARNING", logger="parapet.kit.migrations"):
+        await migrate(database_url, schema, migrations_dir(tmp_path / "old", FIRST))
+    assert version(database_url, schema) == [("0002",)]
+    assert query(database_url, f'SELECT name, colour FROM "{schema}".widgets') == [("kept", "red")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the schema was migrated by a newer release; starting on it without migrating"
+    ]
+
+
 async def test_concurrent_runs_do_not_fail(database_url: str, schema: str, tmp_path: Path) -> None:
     folder = migrations_dir(tmp_path, FIRST, SECOND)
     await asyncio.gather(*(migrate(database_url, schema, folder) for _ in range(4)))
