@@ -1,10 +1,17 @@
-"""Health driven by real dependency state: SERVING only while every dependency answers.
+"""Health driven by real dependency state: SERVING only while every dependency the RPCs need answers.
 
 A monitor task probes each dependency (database ``SELECT 1``, NATS round trip, plus any a service adds)
 every ``interval`` seconds, each probe bounded by ``timeout``, and sets the overall status (``""``) and
-every service name of the ``grpc.health.v1`` servicer: SERVING when all probes pass, NOT_SERVING as soon
-as one fails. So a load balancer or kubelet stops sending work within about ``interval + timeout`` of a
-dependency going away, and resumes as soon as it is back.
+every service name of the ``grpc.health.v1`` servicer: SERVING when every *required* probe passes,
+NOT_SERVING as soon as one fails. So a load balancer or kubelet stops sending work within about
+``interval + timeout`` of a dependency going away, and resumes as soon as it is back.
+
+A probe added with ``required=False`` is a dependency the service's calls do without: NATS, whose events every
+service writes to an outbox first and relays later, and whose consumers only pause (the one call that needs it,
+metering's operator-only ReplayUsageEvents, answers UNAVAILABLE ``AUDIT_UNAVAILABLE``). Its outage is logged and shown by
+:data:`DEPENDENCIES` (SERVING only while every probe passes), but takes no replica out of rotation: with NATS
+among the required probes, a NATS outage made every pod of the suite unready, and the gateway refused every
+chat that its outbox could have carried.
 
 One more name, :data:`ACCEPTING`, follows only the drain: SERVING from the start until the server begins to
 shut down, whatever the dependencies say. The kit's channels to several replicas health-check it
@@ -36,6 +43,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 ACCEPTING = "parapet.accepting"
 """The health name that is SERVING until the drain starts, and that client-side load balancing watches."""
+DEPENDENCIES = "parapet.dependencies"
+"""The health name that is SERVING only while every probe passes, those no RPC needs included (NATS)."""
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -50,7 +59,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """
 
     def __init__(self, service_names: Iterable[str]) -> None:
-        self._status = dict.fromkeys(("", *service_names), NOT_SERVING)
+        self._status = dict.fromkeys(("", *service_names, DEPENDENCIES), NOT_SERVING)
         self._status[ACCEPTING] = SERVING
         self._changed = asyncio.Condition()
         self._draining = False
@@ -62,14 +71,16 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         """How many Watch streams of :data:`ACCEPTING` are open now."""
         return self._balancers
 
-    async def set_all(self, status: int) -> None:
-        """Every name but :data:`ACCEPTING` (which follows only the drain) to ``status``."""
+    async def set_all(self, status: int, dependencies: int | None = None) -> None:
+        """Every name but :data:`ACCEPTING` (which follows only the drain) and :data:`DEPENDENCIES` to ``status``;
+        :data:`DEPENDENCIES` to ``dependencies`` (``status`` when None)."""
         async with self._changed:
             if self._draining:
                 return
             for name in self._status:
-                if name != ACCEPTING:
+                if name not in (ACCEPTING, DEPENDENCIES):
                     self._status[name] = status
+            self._status[DEPENDENCIES] = status if dependencies is None else dependencies
             self._changed.notify_all()
 
     async def drain(self) -> None:
@@ -122,6 +133,7 @@ class HealthMonitor:
     def __init__(self, service_names: Iterable[str], *, interval: float = 1.0, timeout: float = 1.0) -> None:
         self.servicer = HealthServicer(service_names)
         self._probes: dict[str, Probe] = {}
+        self._optional: set[str] = set()  # probes no RPC needs: they fail DEPENDENCIES, not readiness
         self._interval = interval
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
@@ -129,11 +141,14 @@ class HealthMonitor:
         self._failing: frozenset[str] = frozenset()
         self._draining = False
 
-    def add_probe(self, name: str, probe: Probe) -> None:
-        """Register a dependency; ``name`` appears in the logs when it fails."""
+    def add_probe(self, name: str, probe: Probe, *, required: bool = True) -> None:
+        """Register a dependency; ``name`` appears in the logs when it fails. One not ``required`` is one no RPC
+        needs: its failure shows in :data:`DEPENDENCIES` and the logs, and the service stays SERVING."""
         if name in self._probes:
             raise ValueError(f"health probe {name!r} already registered")
         self._probes[name] = probe
+        if not required:
+            self._optional.add(name)
 
     @property
     def serving(self) -> bool:
@@ -150,20 +165,28 @@ class HealthMonitor:
         names = list(self._probes)
         results = await asyncio.gather(*(self._run_probe(self._probes[name]) for name in names))
         failing = frozenset(name for name, ok in zip(names, results, strict=True) if not ok)
-        await self._publish(not failing, failing)
-        return not failing
+        serving = not failing - self._optional
+        await self._publish(serving, failing)
+        return serving
 
     async def _publish(self, serving: bool, failing: frozenset[str]) -> None:
         if self._draining:
             return  # once draining, NOT_SERVING is final
         if serving == self._serving and failing == self._failing:
             return
-        if serving:
-            log.info("health: SERVING", extra={"health": "SERVING"})
-        else:
+        if not serving:
             log.warning("health: NOT_SERVING", extra={"health": "NOT_SERVING", "failing": sorted(failing)})
+        elif failing:
+            log.warning(
+                "health: SERVING without dependencies no call needs",
+                extra={"health": "SERVING", "failing": sorted(failing)},
+            )
+        else:
+            log.info("health: SERVING", extra={"health": "SERVING"})
         self._serving, self._failing = serving, failing
-        await self.servicer.set_all(SERVING if serving else NOT_SERVING)
+        await self.servicer.set_all(
+            SERVING if serving else NOT_SERVING, SERVING if not failing else NOT_SERVING
+        )
 
     async def _loop(self) -> None:
         while True:

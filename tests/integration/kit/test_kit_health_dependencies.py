@@ -1,4 +1,6 @@
-"""Health follows real dependency state: NOT_SERVING while PostgreSQL or NATS is down, SERVING when back."""
+"""Health follows real dependency state: NOT_SERVING while PostgreSQL is down, SERVING when back. A NATS outage
+shows in `parapet.dependencies` only: every service's calls do without NATS (outboxes), so it takes no replica out
+of rotation."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from grpc_health.v1 import health_pb2
 
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres
 from parapet.kit.bus import StreamSpec
+from parapet.kit.health import DEPENDENCIES
 from parapet.kit.testing import fast_settings, generic_app, health_status, running
 
 SERVICE = "test.v1.Deps"
@@ -42,19 +45,38 @@ async def test_health_follows_the_database(fresh_postgres: EmbeddedPostgres) -> 
         assert await server.resources.require_database().ping()
 
 
-async def test_health_follows_nats(fresh_nats: EmbeddedNats) -> None:
+async def wait_for_dependencies(channel: grpc.aio.Channel, expected: int, within: float) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if await health_status(channel, DEPENDENCIES) == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{DEPENDENCIES} did not become {expected} within {within}s")
+
+
+async def test_a_nats_outage_shows_in_the_dependencies_and_keeps_the_service_serving(
+    fresh_nats: EmbeddedNats, fresh_postgres: EmbeddedPostgres
+) -> None:
+    """Until 2026-12-06 a NATS outage made the service NOT_SERVING, and so every pod of the suite unready at once
+    (each connects to NATS), though none of their calls needs it: the gateway refused every chat its outbox could
+    have carried."""
     stream = StreamSpec(name="HEALTH_TEST", subjects=("health.test.>",))
-    app = generic_app(name="healthnats", service_names=(SERVICE,), uses_nats=True, streams=(stream,))
+    app = generic_app(
+        name="healthnats", service_names=(SERVICE,), uses_nats=True, uses_database=True, streams=(stream,)
+    )
+    settings = fast_settings(nats_url=fresh_nats.url, database_url=fresh_postgres.url)
     async with (
-        running(app, fast_settings(nats_url=fresh_nats.url)) as (server, port),
+        running(app, settings) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         assert await health_status(channel) == SERVING
+        await wait_for_dependencies(channel, SERVING, within=3)
         bus = server.resources.require_bus()
         assert (await bus.jetstream.stream_info("HEALTH_TEST")).config.subjects == ["health.test.>"]
         await asyncio.to_thread(fresh_nats.stop)
-        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await wait_for_dependencies(channel, NOT_SERVING, within=3)
+        assert await health_status(channel) == SERVING and await health_status(channel, SERVICE) == SERVING
         await asyncio.to_thread(fresh_nats.start)
-        await wait_for_status(channel, SERVING, within=10)
+        await wait_for_dependencies(channel, SERVING, within=10)
         ack = await bus.publish("health.test.after", b"back", msg_id="m-1")
         assert ack.stream == "HEALTH_TEST"
