@@ -125,8 +125,7 @@ class UsageConsumer:
                     message, "", "not a UsageEvent with a UUID id and a valid occur_time", kind="undecodable"
                 )
             elif (problem := _problem(event)) is not None:
-                # Counted with the undecodable: as far as billing is concerned, it is no usage event.
-                await _set_aside(message, event.event_id, problem, kind="undecodable")
+                await _set_aside(message, event.event_id, problem, kind="out_of_bounds")
             elif event.tenant_id != tenant_of(message.subject):
                 await _set_aside(
                     message, event.event_id, "tenant_id does not match the subject", kind="mismatched"

@@ -108,7 +108,8 @@ AUDIT_RECORDS = Counter(
 BILLING_EVENTS_SET_ASIDE = Counter(
     "parapet_billing_events_set_aside_total",
     "Usage events billing's consumer set aside because they can never be applied, by reason (undecodable, "
-    "refused: the database refuses their data).",
+    "mismatched: another tenant's subject, out_of_bounds: figures or names no settlement has, refused: the "
+    "database refuses their data).",
     ["reason"],
 )
 AUDIT_STREAM_PENDING = Gauge(
@@ -347,7 +348,7 @@ def record_moderation_finding(category: str, action: str, stage: str, count: int
     MODERATION_FINDINGS.labels(category, action, stage).inc(count)
 
 
-BILLING_SET_ASIDE_REASONS = ("undecodable", "mismatched", "refused")
+BILLING_SET_ASIDE_REASONS = ("undecodable", "mismatched", "out_of_bounds", "refused")
 # Exported at 0 from the start: Prometheus' increase() sees nothing in a series whose first sample is already 1,
 # and set-asides are rare enough that the first may be the only one (the alert would then never fire).
 for _reason in BILLING_SET_ASIDE_REASONS:

@@ -392,7 +392,7 @@ async def test_events_with_figures_no_settlement_can_have_are_set_aside(
             max_ack_pending=1000,
         )
         await (await consumer.subscribe()).unsubscribe()
-        before = _set_aside_count("undecodable")
+        before = _set_aside_count("out_of_bounds")
         task = asyncio.create_task(consumer.run())
         try:
             deadline = asyncio.get_running_loop().time() + 30
@@ -409,7 +409,7 @@ async def test_events_with_figures_no_settlement_can_have_are_set_aside(
             await asyncio.gather(task, return_exceptions=True)
         assert consumer.applied == 2
         assert await _rollup_sums(database, tenant) == (2, 3 + 4)
-        assert _set_aside_count("undecodable") - before == len(invalid)
+        assert _set_aside_count("out_of_bounds") - before == len(invalid)
     finally:
         await database.close()
         await bus.close()

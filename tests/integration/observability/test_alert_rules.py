@@ -222,7 +222,9 @@ LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("parapet_cache_lookups_total", "result"): frozenset({"hit", "miss"}),
     ("parapet_moderation_findings_total", "stage"): frozenset({"input", "output"}),
     ("parapet_budget_denials_total", "limit"): frozenset({"budget", "rate_limit"}),
-    ("parapet_billing_events_set_aside_total", "reason"): frozenset({"undecodable", "mismatched", "refused"}),
+    ("parapet_billing_events_set_aside_total", "reason"): frozenset(
+        {"undecodable", "mismatched", "out_of_bounds", "refused"}
+    ),
     ("parapet_audit_records_total", "source"): frozenset({"stream", "rpc"}),
     ("parapet_audit_records_total", "outcome"): frozenset({"appended", "duplicate", "rejected"}),
     ("parapet_gateway_overhead_seconds", "result"): frozenset({"ok", "error", "cancelled"}),
