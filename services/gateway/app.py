@@ -9,6 +9,7 @@ from parapet.events.audit import AUDIT_STREAM
 from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.pending import GeneratedService
+from services.gateway.chat_bounds import ChatBounds
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator
 from services.gateway.jobs.wiring import register_jobs
@@ -24,7 +25,9 @@ async def register(server: grpc.aio.Server, resources: Resources[GatewaySettings
     authenticator = Authenticator(flow.peers, resources.settings)
     flow.on_tenant_change.append(authenticator.invalidate_tenant)
     flow.on_reset.append(authenticator.clear)
-    chat = ChatServicer(authenticator, flow)
+    settings = resources.settings
+    bounds = ChatBounds(settings.gateway_chat_max_seconds, settings.gateway_send_timeout_seconds)
+    chat = ChatServicer(authenticator, flow, bounds)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)
     await register_jobs(server, resources, flow, chat.caller)
 

@@ -32,6 +32,8 @@ from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from parapet.kit.timeouts import wait_event
 from parapet.metering.v1 import metering_service_pb2
+from services.audit.canonical import MAX_RECORD_BYTES
+from services.gateway import records
 from services.gateway.caller import Caller
 from services.gateway.errors import is_down
 from services.gateway.idempotency import IdempotencyStore
@@ -43,6 +45,7 @@ SOURCE = "/parapet/gateway"
 _BATCH = 100
 _MAX_BACKOFF = 60.0
 _TOKENS = 10_000  # newest token per (tenant, subject, api key), bounded
+_HEADERS_ROOM = 4096  # NATS counts a message's headers (CloudEvents attributes, its id) against its limit
 KINDS = ("audit", "settlement")  # the outbox's kinds (its CHECK constraint)
 _DUE = (
     "SELECT outbox_id, kind, tenant_id, payload, token, subject, api_key_id, attempts "
@@ -114,7 +117,20 @@ class Deliveries:
                 "release failed; the reservation will expire", extra={"reservation_id": reservation_id}
             )
 
+    def _fitted(self, record: audit_record_pb2.AuditRecord) -> audit_record_pb2.AuditRecord:
+        """The record as it can be published: its bodies hashed when it is larger than a NATS message (the
+        server's limit, from its INFO) or an audit record may be (records.fitted)."""
+        limit = min(self._bus.client.max_payload, MAX_RECORD_BYTES) - _HEADERS_ROOM
+        fitted = records.fitted(record, limit)
+        if fitted is not record:
+            log.warning(
+                "audit record too large to publish; its bodies are kept as hashes only",
+                extra={"record_id": record.record_id, "bytes": record.ByteSize(), "limit": limit},
+            )
+        return fitted
+
     async def audit(self, record: audit_record_pb2.AuditRecord) -> bool:
+        record = self._fitted(record)
         try:
             await audit_events.publish(self._bus, record, source=SOURCE)
             return True
@@ -148,7 +164,8 @@ class Deliveries:
         self, kind: str, tenant_id: str, payload: bytes, token: str, subject: str, key: str
     ) -> bool:
         if kind == "audit":
-            record = audit_record_pb2.AuditRecord.FromString(payload)
+            # Fitted here too: rows queued before records were fitted could never be published.
+            record = self._fitted(audit_record_pb2.AuditRecord.FromString(payload))
             await audit_events.publish(self._bus, record, source=SOURCE)
             return True
         newest = self._tokens.get((tenant_id, subject, key))

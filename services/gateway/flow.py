@@ -39,6 +39,7 @@ from services.auth.invalidation import InvalidationListener
 from services.gateway import screening
 from services.gateway.caller import Caller
 from services.gateway.catalog import ModelCatalog
+from services.gateway.chat_bounds import CallerNotReading
 from services.gateway.delivery import Deliveries
 from services.gateway.errors import is_down, relayed
 from services.gateway.headroom import BudgetHeadroom
@@ -308,6 +309,9 @@ class ChatFlow:
         except ParapetError as error:
             run.outcome.status_code = error.code.value[0]
             run.outcome.error_reason = error.reason
+            if isinstance(error, CallerNotReading) and not run.outcome.finish_reason:
+                # Stopped from the outside like a caller who left: what reached a provider is billed.
+                run.outcome.finish_reason = generation_pb2.FINISH_REASON_CANCELLED
             raise
         except (asyncio.CancelledError, GeneratorExit):
             # grpc cancels the handler alike when the caller leaves and when its deadline passes; the caller

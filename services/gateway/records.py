@@ -190,3 +190,26 @@ def audit_record(outcome: Outcome) -> audit_record_pb2.AuditRecord:
     )
     record.create_time.GetCurrentTime()
     return record
+
+
+def fitted(record: audit_record_pb2.AuditRecord, max_bytes: int) -> audit_record_pb2.AuditRecord:
+    """``record``, or when it is larger than ``max_bytes`` encoded, a copy whose interaction keeps its bodies as
+    their SHA-256 only, as the HASH_ONLY policy keeps them. A chat may be 200,000 characters each way, and the
+    prompt is stored as JSON, which escapes a non-ASCII character to six bytes (twelve outside the BMP): such a
+    record exceeded NATS's message limit (1 MB by default), its publish failed every time, and the outbox relay
+    retried it for ever, so the chat was never audited. Its bodies would not fit the audit service's own limit
+    (3 MiB) much later either. The hashes still let anyone holding the text prove what was sent."""
+    if record.ByteSize() <= max_bytes or not record.HasField("interaction"):
+        return record
+    body = record.interaction.body
+    if body.retention == tenant_policy_pb2.BODY_RETENTION_NONE or not (body.prompt or body.response):
+        return record
+    smaller = audit_record_pb2.AuditRecord()
+    smaller.CopyFrom(record)
+    kept = smaller.interaction.body
+    kept.retention = tenant_policy_pb2.BODY_RETENTION_HASH_ONLY
+    kept.prompt_sha256 = hashlib.sha256(body.prompt.encode()).hexdigest()
+    kept.response_sha256 = hashlib.sha256(body.response.encode()).hexdigest()
+    kept.ClearField("prompt")
+    kept.ClearField("response")
+    return smaller

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc.aio
 
@@ -14,6 +13,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
 from parapet.kit.context import current_request_id, current_rpc
 from parapet.kit.errors import InvalidArgument
 from services.gateway.caller import Caller
+from services.gateway.chat_bounds import CallerNotReading, ChatBounds
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator, bearer
 
@@ -32,37 +32,48 @@ def _overhead(summary: chat_pb2.ChatSummary) -> tuple[tuple[str, str], ...]:
 
 
 class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
-    def __init__(self, authenticator: Authenticator, flow: ChatFlow) -> None:
+    def __init__(self, authenticator: Authenticator, flow: ChatFlow, bounds: ChatBounds) -> None:
         self._authenticator = authenticator
         self._flow = flow
+        self._bounds = bounds
 
     async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The authenticated caller of ``context`` (also JobService's authentication)."""
         credential = bearer(tuple(context.invocation_metadata() or ()))
         return await self._authenticator.authenticate(credential, client_ip=_client_ip())
 
-    async def StreamChat(
+    async def StreamChat(  # type: ignore[override]  # grpc.aio takes a coroutine that calls context.write
         self, request: chat_service_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[chat_service_pb2.StreamChatResponse]:
-        request_id = current_request_id() or str(uuid.uuid4())
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = await self.caller(context)
-        # Closed as this handler is (see ChatFlow.stream): the chat's settlement waits for nothing else.
-        async with contextlib.aclosing(self._flow.stream(caller, request, request_id=request_id)) as events:
-            async for event in events:
-                if event.HasField("summary"):
-                    context.set_trailing_metadata(_overhead(event.summary))
-                yield event
+    ) -> None:
+        # Written with context.write rather than yielded: a write that waits on a caller who stopped reading is
+        # then this handler's own wait, which it can bound (chat_bounds.py).
+        async with self._bounds.running():
+            request_id = current_request_id() or str(uuid.uuid4())
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            caller = await self.caller(context)
+            # Closed as this handler is (see ChatFlow.stream): the chat's settlement waits for nothing else.
+            stream = self._flow.stream(caller, request, request_id=request_id)
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    if event.HasField("summary"):
+                        context.set_trailing_metadata(_overhead(event.summary))
+                    try:
+                        await self._bounds.send(context, event)
+                    except CallerNotReading as error:
+                        # Into the chat, which records it as its status and settles what was produced.
+                        await events.athrow(error)
+                        raise
 
     async def Chat(
         self, request: chat_service_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> chat_service_pb2.ChatResponse:
-        request_id = current_request_id() or str(uuid.uuid4())
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = await self.caller(context)
-        response = await self._flow.complete(caller, request, request_id=request_id)
-        context.set_trailing_metadata(_overhead(response.summary))
-        return response
+        async with self._bounds.running():
+            request_id = current_request_id() or str(uuid.uuid4())
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            caller = await self.caller(context)
+            response = await self._flow.complete(caller, request, request_id=request_id)
+            context.set_trailing_metadata(_overhead(response.summary))
+            return response
 
     async def DeleteReplays(
         self, request: chat_service_pb2.DeleteReplaysRequest, context: grpc.aio.ServicerContext

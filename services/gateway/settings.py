@@ -51,6 +51,20 @@ class GatewaySettings(JobSettings):
     gateway_outbox_interval_seconds: float = Field(
         1.0, gt=0, description="How often undelivered audit records and settlements are retried."
     )
+    gateway_chat_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a chat may run, as its deadline when the caller sets none or a later one. The "
+        "default is metering's default budget-hold lifetime (PARAPET_RESERVATION_TTL_SECONDS) and the job "
+        "item's limit: a chat that outlived its hold would no longer count against its budget.",
+    )
+    gateway_send_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a StreamChat caller may leave the next message unaccepted (it stopped reading "
+        "and the connection's flow-control window is full) before the chat is ended (DEADLINE_EXCEEDED "
+        "CALLER_NOT_READING) and settled for what was produced.",
+    )
     gateway_downstream_timeout_seconds: float = Field(
         5.0,
         gt=0,

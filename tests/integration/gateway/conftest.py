@@ -286,7 +286,7 @@ class Suite:
         request: chat_service_pb2.StreamChatRequest,
         *,
         stub: Any = None,
-        seconds: float = 30,
+        seconds: float | None = 30,
     ) -> Answer:
         answer = Answer()
         call = (stub or self.chat).StreamChat(request, metadata=tenant.metadata(), timeout=seconds)
@@ -348,12 +348,17 @@ class Suite:
             yield chat_service_pb2_grpc.ChatServiceStub(channel)
 
     @asynccontextmanager
-    async def stalled_stream(self, tenant: Tenant, *, deadline: float) -> AsyncIterator[Any]:
+    async def stalled_stream(
+        self, tenant: Tenant, *, deadline: float | None, **overrides: Any
+    ) -> AsyncIterator[Any]:
         """A StreamChat of about 180 kB of answer (echoed back) whose caller reads the first delta, then stops
         reading: without BDP probing the client's window stays at 64 kB, so the gateway's writes wait once it
-        is full. Yields the call; on leaving, the gateway's finaliser gets half a second before it stops."""
+        is full. Yields the call; on leaving, the gateway's finaliser gets half a second before it stops.
+        ``overrides`` are settings of the gateway it runs on."""
         long_answer = " ".join("x" * 99 for _ in range(1800))
-        settings = GatewaySettings(**{**self.gateway_settings, "gateway_job_workers_enabled": False})
+        settings = GatewaySettings(
+            **{**self.gateway_settings, "gateway_job_workers_enabled": False, **overrides}
+        )
         async with (
             running(GATEWAY, settings) as (_server, port),
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)]) as channel,
