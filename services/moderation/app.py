@@ -56,6 +56,7 @@ async def register(server: grpc.aio.Server, resources: Resources[ModerationSetti
         ContextSealer(masking_key(settings), settings.masking_context_ttl_seconds),
         policies,
         max_text_chars=settings.max_text_chars,
+        max_input_chars=settings.max_input_chars,
         max_texts=settings.max_texts,
         max_protected_texts=settings.max_protected_texts,
     )

@@ -39,6 +39,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         policies: PolicySource,
         *,
         max_text_chars: int,
+        max_input_chars: int,
         max_texts: int,
         max_protected_texts: int,
     ) -> None:
@@ -46,6 +47,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         self._sealer = sealer
         self._policies = policies
         self._max = max_text_chars
+        self._max_input = max_input_chars
         self._max_texts = max_texts
         self._max_protected = max_protected_texts
         self._ner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation-ner")
@@ -58,11 +60,12 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             return fn()
         return await asyncio.get_running_loop().run_in_executor(self._ner_thread, fn)
 
-    def _check_length(self, field: str, length: int) -> None:
-        if length > self._max:
+    def _check_length(self, field: str, length: int, limit: int | None = None) -> None:
+        limit = self._max if limit is None else limit
+        if length > limit:
             raise InvalidArgument(
-                f"{field} is longer than {self._max} characters",
-                field_violations=[(field, f"at most {self._max} characters")],
+                f"{field} is longer than {limit} characters",
+                field_violations=[(field, f"at most {limit} characters")],
                 reason="TEXT_TOO_LONG",
             )
 
@@ -89,7 +92,12 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         if not request.texts:
             raise InvalidArgument("texts must hold at least one text", field_violations=[("texts", "empty")])
         self._check_count("texts", len(request.texts), self._max_texts)
-        self._check_length("texts", sum(len(t) for t in request.texts))
+        # Each text within the longest text, and all of them within the input's total: until 2026-12-06 the
+        # total was the longest text's 200,000, and a chat the gateway's contract admits (two messages of
+        # 199,000 characters) was refused after its budget hold and retrieval had run.
+        for index, text in enumerate(request.texts):
+            self._check_length(f"texts[{index}]", len(text))
+        self._check_length("texts", sum(len(t) for t in request.texts), self._max_input)
         vault = self._sealer.open(request.masking_context, tenant)
         policy = await self._policies.policy(tenant)
         texts = list(request.texts)

@@ -41,6 +41,12 @@ class ModerationSettings(ServiceSettings):
     max_text_chars: int = Field(
         200_000, gt=0, description="Longest text (and longest stream) screened; longer ones are refused."
     )
+    max_input_chars: int = Field(
+        400_000,
+        gt=0,
+        description="Most code points of one ScreenInput's texts together (each at most the longest text "
+        "above). The gateway sends a chat's messages, which its contract allows up to 400,000 characters together.",
+    )
     max_texts: int = Field(
         1_000,
         gt=0,

@@ -13,6 +13,7 @@ from parapet.kit.errors import error_details
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
+from services.gateway.validation import MAX_MESSAGE_CHARS, MAX_TOTAL_CHARS
 from services.moderation.settings import ModerationSettings
 from tests.integration.moderation.conftest import MODULE, Suite
 
@@ -262,6 +263,25 @@ async def test_protected_texts_longer_than_the_text_limit_are_refused(suite: Sui
         assert details.error_info is not None and details.error_info.reason == "TEXT_TOO_LONG"
         assert details.bad_request is not None
         assert [v.field for v in details.bad_request.field_violations] == [field]
+
+
+async def test_the_largest_chat_the_gateway_admits_is_screened(suite: Suite) -> None:
+    """The gateway admits messages of up to MAX_MESSAGE_CHARS, MAX_TOTAL_CHARS together, and screens them in one
+    ScreenInput. Moderation bounded the texts' total by its longest text (200,000), so two messages of 199,000
+    characters, a chat the gateway's contract admits, were refused TEXT_TOO_LONG naming `texts`, after the
+    chat's budget hold and retrieval had run. A text beyond the longest is refused naming it."""
+    half = MAX_TOTAL_CHARS // 2
+    texts = [("hello world " * half)[:half] for _ in range(2)]
+    assert all(len(t) <= MAX_MESSAGE_CHARS for t in texts) and sum(map(len, texts)) == MAX_TOTAL_CHARS
+    screened = await suite.stub.ScreenInput(pb.ScreenInputRequest(texts=texts), metadata=suite.metadata())
+    assert screened.decision == finding_pb2.DECISION_PASS
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await suite.stub.ScreenInput(
+            pb.ScreenInputRequest(texts=["short", "x" * (MAX_MESSAGE_CHARS + 1)]), metadata=suite.metadata()
+        )
+    details = error_details(refused.value)
+    assert details.reason == "TEXT_TOO_LONG" and details.bad_request is not None
+    assert [v.field for v in details.bad_request.field_violations] == ["texts[1]"]
 
 
 # The deployment defaults the fixture's server runs with (PARAPET_MAX_TEXTS, PARAPET_MAX_PROTECTED_TEXTS).

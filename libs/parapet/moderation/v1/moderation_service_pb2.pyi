@@ -41,9 +41,10 @@ class ScreenInputRequest(_message.Message):
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Texts to screen, screened independently (for example each user message). Placeholders are numbered across
         all of them, so the same value gets the same placeholder everywhere. At least one and at most
-        PARAPET_MAX_TEXTS (default 1,000; each text costs a screening however short) of at most
-        PARAPET_MAX_TEXT_CHARS code points together; otherwise INVALID_ARGUMENT with reason TOO_MANY_TEXTS or
-        TEXT_TOO_LONG, before anything is screened.
+        PARAPET_MAX_TEXTS (default 1,000; each text costs a screening however short), each of at most
+        PARAPET_MAX_TEXT_CHARS code points (default 200,000) and all of at most PARAPET_MAX_INPUT_CHARS together
+        (default 400,000); otherwise INVALID_ARGUMENT with reason TOO_MANY_TEXTS or TEXT_TOO_LONG, before anything
+        is screened.
         """
 
     def __init__(
