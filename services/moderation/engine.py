@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from parapet.kit import metrics
@@ -62,6 +63,34 @@ def to_finding(applied: Applied, text_index: int = 0, offset: int = 0) -> findin
     )
 
 
+class _Taken:
+    """Disjoint spans in start order, asked which of them overlap a span: a binary search and the overlaps
+    themselves. A scan of every kept finding per finding made settling quadratic: 4.3 s of CPU for 200,000
+    characters of IP addresses (15,000 findings), on the screening thread every screen shares."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._spans: list[Detection] = []
+
+    def overlapping(self, start: int, end: int) -> list[Detection]:
+        # Disjoint and in start order, so ends are in order too: the overlaps are the run of spans that start
+        # before ``end``, back to the first that ends by ``start``.
+        found = []
+        index = bisect.bisect_left(self._starts, end) - 1
+        while index >= 0 and self._spans[index].end > start:
+            found.append(self._spans[index])
+            index -= 1
+        return found[::-1]
+
+    def add(self, d: Detection) -> None:
+        index = bisect.bisect_left(self._starts, d.start)
+        self._starts.insert(index, d.start)
+        self._spans.insert(index, d)
+
+    def __iter__(self) -> Iterator[Detection]:
+        return iter(self._spans)
+
+
 def settle_overlaps(
     text: str, detections: Iterable[Detection], priorities: dict[str, int]
 ) -> list[Detection]:
@@ -73,18 +102,19 @@ def settle_overlaps(
         (d for d in detections if d.category in VALUE_CATEGORIES),
         key=lambda d: (-priorities.get(d.detector, 0), -d.score, d.start - d.end),
     )
-    kept: list[Detection] = []
+    kept = _Taken()
     lost: list[Detection] = []
     for d in values:
-        overlaps = any(k.start < d.end and d.start < k.end for k in kept)
-        (lost if overlaps else kept).append(d)
+        if kept.overlapping(d.start, d.end):
+            lost.append(d)
+        else:
+            kept.add(d)
     for d in lost:
-        overlapping = [k for k in kept if k.start < d.end and d.start < k.end]
-        kept += [
-            dataclasses.replace(d, start=start, end=end) for start, end in _uncovered(text, d, overlapping)
-        ]
-    kept += [d for d in detections if d.category not in VALUE_CATEGORIES]
-    return sorted(kept, key=lambda d: (d.start, d.end))
+        # Each remainder lies outside every kept span, so the spans stay disjoint.
+        for start, end in _uncovered(text, d, kept.overlapping(d.start, d.end)):
+            kept.add(dataclasses.replace(d, start=start, end=end))
+    settled = [*kept, *(d for d in detections if d.category not in VALUE_CATEGORIES)]
+    return sorted(settled, key=lambda d: (d.start, d.end))
 
 
 def _uncovered(text: str, d: Detection, overlapping: Sequence[Detection]) -> list[tuple[int, int]]:
