@@ -22,8 +22,6 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -57,31 +55,65 @@ def _lock_and_prepare(connection: Connection, schema: str) -> None:
     connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 
+#: Every revision a release's migrations hold, recorded by each release that migrates the schema: an older release
+#: finds its own head there when the schema was migrated past it by a release descending from it.
+LINEAGE_TABLE = "parapet_revisions"
+
+
+class SchemaAheadError(RuntimeError):
+    """The schema is at a revision this release does not know, and no release descending from this one put it
+    there: a revision from elsewhere (a branch's migration applied to a shared database, a file left out of the
+    image). Starting on it would run code against a schema it was not written for."""
+
+
 def _newer_revisions(connection: Connection, schema: str, config: Config) -> list[str]:
-    """The schema's current revisions that this release's migrations do not know: a newer release migrated it."""
+    """The schema's current revisions that this release's migrations do not know."""
     table = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{VERSION_TABLE}'}).scalar()
     if table is None:
         return []
     current = connection.execute(text(f'SELECT version_num FROM "{schema}".{VERSION_TABLE}')).scalars().all()
-    scripts = ScriptDirectory.from_config(config)
-    unknown = []
-    for revision in current:
-        try:
-            known = scripts.get_revision(revision) is not None
-        except (RevisionError, CommandError):  # Alembic wraps the revision map's error in its own
-            known = False
-        if not known:
-            unknown.append(revision)
-    return unknown
+    # Compared exactly: Alembic's own lookup also takes a revision's prefix ("0002" finds "0002b").
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    return [revision for revision in current if revision not in known]
+
+
+def _descends_from_ours(connection: Connection, schema: str, config: Config) -> bool:
+    """Whether a release whose migrations hold this release's heads migrated the schema (its lineage table)."""
+    table = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{LINEAGE_TABLE}'}).scalar()
+    if table is None:
+        return False
+    heads = ScriptDirectory.from_config(config).get_heads()
+    recorded = connection.execute(
+        text(f'SELECT count(*) FROM "{schema}".{LINEAGE_TABLE} WHERE revision = ANY(:heads)'),
+        {"heads": heads},
+    ).scalar_one()
+    return bool(heads) and recorded == len(heads)
+
+
+def _record_lineage(connection: Connection, schema: str, config: Config) -> None:
+    revisions = [script.revision for script in ScriptDirectory.from_config(config).walk_revisions()]
+    connection.execute(
+        text(f'CREATE TABLE IF NOT EXISTS "{schema}".{LINEAGE_TABLE} (revision text PRIMARY KEY)')
+    )
+    connection.execute(
+        text(
+            f'INSERT INTO "{schema}".{LINEAGE_TABLE} (revision) SELECT unnest(CAST(:revisions AS text[]))'
+            " ON CONFLICT DO NOTHING"
+        ),
+        {"revisions": revisions},
+    )
 
 
 def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
     """Create ``schema`` if missing and upgrade it to head (blocking; see :func:`migrate`).
 
-    A schema a newer release has migrated (its revision is unknown here) is left as it is, with a warning, and
-    the service starts on it: a pod of the previous release rescheduled during a rollout, or a rollback, would
-    otherwise fail to start at all (Alembic cannot upgrade from a revision it does not know). Migrations are
-    written so that the previous release runs on them; an upgrade note in docs/deploy.md says where one is not.
+    A schema a newer release has migrated (at a revision unknown here, by a release whose migrations hold this
+    one's head: ``parapet_revisions``) is left as it is, with a warning, and the service starts on it: a pod of
+    the previous release rescheduled during a rollout, or a rollback, would otherwise fail to start at all
+    (Alembic cannot upgrade from a revision it does not know). Migrations are written so that the previous
+    release runs on them; an upgrade note in docs/deploy.md says where one is not. A schema at an unknown
+    revision that no descendant of this release put there is refused (:class:`SchemaAheadError`), as Alembic
+    refused it before.
     """
     check_schema_name(schema)
     if not (migrations_dir / "env.py").exists():
@@ -93,13 +125,20 @@ def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
             _lock_and_prepare(connection, schema)
             config = _config(migrations_dir, schema, connection)
             newer = _newer_revisions(connection, schema, config)
-            if newer:
+            if newer and _descends_from_ours(connection, schema, config):
                 log.warning(
                     "the schema was migrated by a newer release; starting on it without migrating",
                     extra={"schema": schema, "revisions": ",".join(newer)},
                 )
                 return
+            if newer:
+                raise SchemaAheadError(
+                    f"schema {schema!r} is at revision {', '.join(newer)}, which this release's migrations do not "
+                    "know, and no release descending from this one put it there (a migration from another "
+                    "branch, or one missing from the image?)"
+                )
             command.upgrade(config, "head")
+            _record_lineage(connection, schema, config)
     finally:
         engine.dispose()
     log.info("migrations applied", extra={"schema": schema})

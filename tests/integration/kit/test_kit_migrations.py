@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from parapet.kit.migrations import migrate
+from parapet.kit.migrations import SchemaAheadError, migrate
 
 ENV = "from parapet.kit.migrations import run_env\n\nrun_env()\n"
 
@@ -98,7 +98,8 @@ async def test_applies_into_the_schema_and_second_run_is_a_noop(
     tables = query(
         database_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema
     )
-    assert sorted(tables) == [("alembic_version",), ("widgets",)]  # both inside the service's own schema
+    # All inside the service's own schema: the versions, the lineage of the release that migrated it, the tables.
+    assert sorted(tables) == [("alembic_version",), ("parapet_revisions",), ("widgets",)]
     query(database_url, f"INSERT INTO \"{schema}\".widgets (name) VALUES ('kept') RETURNING id")
 
     await migrate(database_url, schema, folder)  # no-op: nothing re-created, data kept
@@ -127,6 +128,34 @@ async def test_a_release_behind_the_schema_starts_on_it_without_migrating(
     assert [r.getMessage() for r in caplog.records] == [
         "the schema was migrated by a newer release; starting on it without migrating"
     ]
+
+
+OTHER_SECOND = """
+from alembic import op
+
+revision = "0002b"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE widgets ADD COLUMN size int")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE widgets DROP COLUMN size")
+"""
+
+
+async def test_a_schema_at_a_revision_from_elsewhere_is_refused(
+    database_url: str, schema: str, tmp_path: Path
+) -> None:
+    """A revision this release does not know, put there by no release descending from it (another branch's
+    migration applied to a shared database): starting on it would run code against a schema it was not written
+    for, so the start fails as Alembic's did, naming the revision."""
+    await migrate(database_url, schema, migrations_dir(tmp_path / "branch", FIRST, SECOND))
+    with pytest.raises(SchemaAheadError, match="0002"):
+        await migrate(database_url, schema, migrations_dir(tmp_path / "release", FIRST, OTHER_SECOND))
+    assert version(database_url, schema) == [("0002",)]
 
 
 async def test_concurrent_runs_do_not_fail(database_url: str, schema: str, tmp_path: Path) -> None:
