@@ -107,12 +107,15 @@ def server_keepalive_options(settings: ServiceSettings) -> list[tuple[str, Any]]
     default pings after 2 hours.
     """
     interval = min(settings.grpc_keepalive_seconds / 2, MAX_PING_INTERVAL_REQUIRED_SECONDS)
+    # Its own timeout, longer than the channels': it also becomes every accepted socket's TCP_USER_TIMEOUT, and
+    # the gateway's callers are outside the suite, where a few seconds of loss must not cost a chat in flight.
+    timeout = settings.grpc_server_keepalive_timeout_seconds
     return [
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", _millis(interval)),
         ("grpc.keepalive_time_ms", _millis(settings.grpc_keepalive_seconds)),
-        ("grpc.keepalive_timeout_ms", _millis(settings.grpc_keepalive_timeout_seconds)),
-        ("grpc.http2.ping_timeout_ms", _millis(settings.grpc_keepalive_timeout_seconds)),
+        ("grpc.keepalive_timeout_ms", _millis(timeout)),
+        ("grpc.http2.ping_timeout_ms", _millis(timeout)),
         ("grpc.http2.max_pings_without_data", 0),
     ]
 

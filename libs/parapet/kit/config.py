@@ -159,6 +159,16 @@ class ServiceSettings(BaseSettings):
         "the channel drops the connection, fails the calls on it (UNAVAILABLE) and reconnects: a vanished peer "
         "is noticed within keepalive plus this (15 s by default, half the kit's default call timeout).",
     )
+    grpc_server_keepalive_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="The same bound on the servers' side: how long a server's ping to a client, or data sent to it "
+        "(`TCP_USER_TIMEOUT`), may go unanswered before the server drops the connection and cancels its calls (a "
+        "stream to a client that vanished). Longer than the channels' own: the gateway's callers are outside "
+        "the suite (a phone changing networks, a client's busy event loop) and a burst of loss must not cost "
+        "them a chat in flight.",
+    )
     grpc_reconnect_backoff_max_seconds: float = Field(
         10.0,
         gt=0,

@@ -182,7 +182,9 @@ def replica(name: str, keys: TestKeys) -> Any:
 
 def short_keepalive() -> ServiceSettings:
     return fast_settings(
-        grpc_keepalive_seconds=KEEPALIVE_SECONDS, grpc_keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS
+        grpc_keepalive_seconds=KEEPALIVE_SECONDS,
+        grpc_keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS,
+        grpc_server_keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS,
     )
 
 
@@ -296,9 +298,9 @@ async def test_a_peer_back_after_an_outage_is_found_again_within_the_reconnect_b
     assert took < 0.5 * 1.2 + SLACK_SECONDS, took  # the bound, its 20 % jitter, and the slack
 
 
-def _tcp_user_timeouts(peer_port: int) -> list[int]:
-    """TCP_USER_TIMEOUT (ms) of this process's sockets connected to ``peer_port``: grpc sets it on a
-    channel's sockets from its keepalive timeout."""
+def _tcp_user_timeouts(peer_port: int, *, accepted: bool = False) -> list[int]:
+    """TCP_USER_TIMEOUT (ms) of this process's sockets connected to ``peer_port`` (``accepted``: the server's
+    sockets accepted on that port): grpc sets it from the keepalive timeout."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -306,8 +308,14 @@ def _tcp_user_timeouts(peer_port: int) -> list[int]:
         except OSError:
             continue  # not a socket
         try:
-            peer = sock.getpeername()
-            if sock.type == socket.SOCK_STREAM and isinstance(peer, tuple) and peer[1] == peer_port:
+            end = sock.getsockname() if accepted else sock.getpeername()
+            connected = not accepted or isinstance(sock.getpeername(), tuple)
+            if (
+                sock.type == socket.SOCK_STREAM
+                and isinstance(end, tuple)
+                and end[1] == peer_port
+                and connected
+            ):
                 found.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
         except OSError:
             pass  # not connected
@@ -331,6 +339,19 @@ async def test_channels_keep_the_production_keepalive_unless_the_caller_sets_its
             async with clients.channel(f"127.0.0.1:{port}", settings, options=options) as channel:
                 await unary_caller(channel, f"/{SERVICE}/Who")(StringValue(), metadata=keys.metadata())
                 assert _tcp_user_timeouts(port) == [expected], (settings, options)
+
+
+async def test_servers_give_their_callers_longer_than_the_channels_give_peers(keys: TestKeys) -> None:
+    """The server's keepalive timeout is also every accepted socket's TCP_USER_TIMEOUT. At the channels' 5 s,
+    a caller outside the suite (the gateway's: a phone changing networks, a client whose event loop is busy)
+    whose acknowledgements stalled for 5 s lost its connection and the chat on it; servers take 20 s."""
+    assert ServiceSettings.model_fields["grpc_server_keepalive_timeout_seconds"].default == 20.0
+    async with (
+        running(replica("a", keys), fast_settings()) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        await unary_caller(channel, f"/{SERVICE}/Who")(StringValue(), metadata=keys.metadata())
+        assert _tcp_user_timeouts(port, accepted=True) == [20_000]
 
 
 async def test_a_server_stops_streaming_to_a_client_that_vanished(keys: TestKeys) -> None:
