@@ -55,10 +55,13 @@ class ChatBounds:
             yield  # grpc ends the handler at the caller's own deadline
             return
         deadline_var.set(cap)
+        limit = asyncio.timeout(cap - time.monotonic())
         try:
-            async with asyncio.timeout(cap - time.monotonic()):
+            async with limit:
                 yield
         except TimeoutError:
+            if not limit.expired():
+                raise  # another TimeoutError from the chat (a library's): not the limit, so not DEADLINE_EXCEEDED
             raise DeadlineExceeded(
                 f"The chat did not finish within the gateway's limit of {self.max_seconds:g} s.",
                 reason="DEADLINE_EXCEEDED",
@@ -66,8 +69,11 @@ class ChatBounds:
 
     async def send(self, context: grpc.aio.ServicerContext, message: Any) -> None:
         """``context.write(message)``, or ``CallerNotReading`` when the caller does not take it in time."""
+        limit = asyncio.timeout(self.send_timeout)
         try:
-            async with asyncio.timeout(self.send_timeout):
+            async with limit:
                 await context.write(message)
         except TimeoutError:
+            if not limit.expired():
+                raise
             raise CallerNotReading(self.send_timeout) from None

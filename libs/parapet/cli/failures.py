@@ -71,9 +71,9 @@ def describe_status(code: int | str, message: str, details: Iterable[Any] = ()) 
 
 def describe(error: grpc.aio.AioRpcError) -> str:
     """One line for a failed call, from its status and the details in its trailers."""
-    from grpc_status import rpc_status
+    from parapet.kit.errors import status_of_call
 
-    status = rpc_status.from_call(error)
+    status = status_of_call(error)
     if status is None:
         return describe_status(error.code().name, error.details() or "")
     return describe_status(status.code, status.message, status.details)

@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     except (UpError, StartupError, EmbeddedStartError, IdentityError, TlsSetupError) as exc:
         _say(f"parapet up: {exc}", sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # stdout closed (``parapet up | head``): main's quiet exit, not a problem of the home
     except OSError as exc:  # a home on a read-only or full disk, a path through a file: the file and why
         _say(f"parapet up: cannot use {exc.filename or home.root}: {exc.strerror or exc}", sys.stderr)
         return 1

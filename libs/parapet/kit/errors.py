@@ -332,16 +332,23 @@ _KNOWN: dict[str, type[Message]] = {
 }
 
 
+def status_of_call(rpc_error: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed call carried in its trailers, or None when it carried none or one that
+    is not its own. The latter when the client cut the trailers (over its metadata limit) and grpc answered
+    RESOURCE_EXHAUSTED itself: ``rpc_status.from_call`` then raises ValueError (the details disagree with the
+    call's code). The call's own code is the answer; every reader of a call's status goes through here."""
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(rpc_error)
+    except ValueError:
+        return None
+    return status
+
+
 def error_details(rpc_error: grpc.RpcError) -> ErrorDetails:
     """Unpack a failed call (``grpc.aio.AioRpcError`` or a sync ``grpc.Call`` error) into typed details."""
     code: grpc.StatusCode = rpc_error.code()
     message: str = rpc_error.details() or ""
-    try:
-        status = rpc_status.from_call(rpc_error)
-    except ValueError:
-        # The details disagree with the call's code: the client cut the trailers (over its metadata limit) and
-        # grpc answered RESOURCE_EXHAUSTED itself. The call's own code is the answer; the details are not its.
-        status = None
+    status = status_of_call(rpc_error)
     if status is None:
         return ErrorDetails(code=code, message=message)
     found: dict[str, Any] = {}

@@ -7,8 +7,9 @@ NOT_SERVING as soon as one fails. So a load balancer or kubelet stops sending wo
 ``interval + timeout`` of a dependency going away, and resumes as soon as it is back.
 
 A probe added with ``required=False`` is a dependency the service's calls do without: NATS, whose events every
-service writes to an outbox first and relays later, and whose consumers only pause (the one call that needs it,
-metering's operator-only ReplayUsageEvents, answers UNAVAILABLE ``AUDIT_UNAVAILABLE``). Its outage is logged and shown by
+service writes to an outbox first and relays later, and whose consumers only pause (the few calls that need it,
+operators' and erasures': metering's ReplayUsageEvents and audit's Erase, answer UNAVAILABLE and succeed on a
+retry once NATS is back). Its outage is logged and shown by
 :data:`DEPENDENCIES` (SERVING only while every probe passes), but takes no replica out of rotation: with NATS
 among the required probes, a NATS outage made every pod of the suite unready, and the gateway refused every
 chat that its outbox could have carried.

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import grpc
-from grpc_status import rpc_status
 
 from parapet.gateway.v1 import job_pb2
-from parapet.kit.errors import ParapetError, to_status_proto
+from parapet.kit.errors import ParapetError, status_of_call, to_status_proto
 from parapet.status.v1 import status_pb2
 from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.gateway.jobs.store import JobRow, ResultRow
@@ -28,7 +27,7 @@ def status_of(error: ParapetError | grpc.aio.AioRpcError) -> status_pb2.Status:
     if isinstance(error, ParapetError):
         google = to_status_proto(error)
     else:
-        found = rpc_status.from_call(error)
+        found = status_of_call(error)
         if found is None:
             return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
         google = found

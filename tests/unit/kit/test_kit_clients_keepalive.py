@@ -41,8 +41,9 @@ SERVICE = "test.v1.Replica"
 #: gRPC sends a client's pings about a second apart at the most, whatever its keepalive.
 KEEPALIVE_SECONDS = 1.0
 KEEPALIVE_TIMEOUT_SECONDS = 0.5
-#: Scheduling slack on a busy two-core machine, on top of what keepalive needs to notice.
-SLACK_SECONDS = 1.5
+#: Scheduling slack on a busy two-core machine, on top of what keepalive needs to notice (1.5 s was exceeded once
+#: in CI, with other suites running; without the fix the same waits last 60 s, or for ever).
+SLACK_SECONDS = 5.0
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _PING, _GOAWAY, _ACK = 0x6, 0x7, 0x1

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
+from parapet.cli.failures import describe
 from parapet.kit.dependency import dependency_down
 from parapet.kit.errors import (
     DOMAIN,
@@ -41,6 +42,7 @@ from parapet.kit.testing import (
     unary_caller,
 )
 from parapet.kit.timeouts import within
+from services.gateway.jobs.records import status_of
 
 SERVICE = "test.v1.Errors"
 SECRET = "password=hunter2 at /srv/secret.sql"
@@ -386,6 +388,10 @@ async def test_error_details_of_a_status_the_client_cut_does_not_raise() -> None
         await server.stop(0)
     details = error_details(caught.value)
     assert details.code == caught.value.code() and details.error_info is None
+    # Every reader of a call's status: the CLI's one line (a traceback until 2026-12-06) and a job item's
+    # stored status (INTERNAL), as well as error_details.
+    assert describe(caught.value).startswith("RESOURCE_EXHAUSTED")
+    assert status_of(caught.value).code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 @pytest.mark.parametrize(
