@@ -296,18 +296,24 @@ def test_grpc_probes_on_the_plaintext_health_port(overlay: str) -> None:
 
 
 async def test_only_readiness_follows_the_dependencies(overlay: str) -> None:
-    """A database or NATS outage takes pods out of rotation (readiness) and restarts none (startup, liveness):
-    every pod shares those dependencies, so restarting them all mends nothing and turns a short outage into
-    a cold start of the whole suite (liveness once asked the dependency-driven status and did, after 60 s).
-    Each probe is sent as the kubelet sends it (its ``service``, default "") to a real kit health server
-    whose database is down."""
+    """A database outage takes pods out of rotation (readiness) and restarts none (startup, liveness): every pod
+    shares the database, so restarting them all mends nothing and turns a short outage into a cold start of the
+    whole suite (liveness once asked the dependency-driven status and did, after 60 s). A NATS outage takes
+    none out of rotation (the kit adds NATS as a dependency calls do without). A draining pod leaves the
+    endpoints. Each probe is sent as the kubelet sends it (its ``service``, default "") to a real kit health
+    server."""
     deployments = of_kind(render(overlay), "Deployment")
+    database = {"up": False}
     monitor = HealthMonitor(["parapet.example.v1.ExampleService"])
 
-    async def database_down() -> bool:
+    async def database_probe() -> bool:
+        return database["up"]
+
+    async def nats_down() -> bool:
         return False
 
-    monitor.add_probe("database", database_down)
+    monitor.add_probe("database", database_probe)
+    monitor.add_probe("nats", nats_down, required=False)
     await monitor.check_once()
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
@@ -322,15 +328,23 @@ async def test_only_readiness_follows_the_dependencies(overlay: str) -> None:
                 response = await stub.Check(request, timeout=5)
                 return int(response.status)
 
+            def probes(service: str) -> Obj:
+                return server_container(deployments[service])
+
             for service in SERVICES:
-                container = server_container(deployments[service])
                 for name in ("startupProbe", "livenessProbe"):
-                    assert await answer(container[name]) == SERVING, f"{overlay}: {service} {name}"
-                assert await answer(container["readinessProbe"]) == NOT_SERVING, f"{overlay}: {service}"
-            # A draining pod leaves the endpoints (readiness); liveness is not probed once a pod terminates.
+                    assert await answer(probes(service)[name]) == SERVING, f"{overlay}: {service} {name}"
+                assert await answer(probes(service)["readinessProbe"]) == NOT_SERVING, f"{overlay}: {service}"
+            database["up"] = True  # NATS still down
+            await monitor.check_once()
+            for service in SERVICES:
+                assert await answer(probes(service)["readinessProbe"]) == SERVING, (
+                    f"{overlay}: {service} (NATS)"
+                )
+            # A draining pod leaves the endpoints (readiness), from SERVING: the drain alone turns it.
             await monitor.drain()
             for service in SERVICES:
-                readiness = server_container(deployments[service])["readinessProbe"]
+                readiness = probes(service)["readinessProbe"]
                 assert await answer(readiness) == NOT_SERVING, f"{overlay}: {service} while draining"
     finally:
         await server.stop(None)

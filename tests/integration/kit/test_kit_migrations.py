@@ -205,8 +205,9 @@ async def test_two_services_creating_one_extension_start_together(database_url: 
     try:
         url = database_url.rsplit("/", 1)[0] + f"/{name}"
         folders = [migrations_dir(tmp_path / service, WITH_EXTENSION) for service in ("first", "second")]
-        starts = [
-            await asyncio.create_subprocess_exec(
+
+        async def start(schema: str, folder: Path) -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 "import sys; from pathlib import Path; from parapet.kit.migrations import migrate_sync; "
@@ -216,8 +217,22 @@ async def test_two_services_creating_one_extension_start_together(database_url: 
                 str(folder),
                 stderr=asyncio.subprocess.PIPE,
             )
-            for schema, folder in zip(("first_svc", "second_svc"), folders, strict=True)
-        ]
+
+        # The second starts once the first is inside its migration (the extension created, not committed), so
+        # the two overlap however loaded the machine is.
+        starts = [await start("first_svc", folders[0])]
+        for _ in range(600):
+            sleeping = query(
+                database_url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'SELECT pg_sleep%%'",
+                name,
+            )
+            if sleeping[0][0]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the first migration never reached its pg_sleep")
+        starts.append(await start("second_svc", folders[1]))
         for start in starts:
             _, stderr = await start.communicate()
             assert start.returncode == 0, stderr.decode()[-600:]
