@@ -37,6 +37,11 @@ class PerTextRegexes:
         return [(m.start(), m.end()) for p in self._patterns for m in p.finditer(text)]
 
 
+def _filled(unit: str, length: int = 200_000) -> str:
+    """``unit`` repeated to exactly ``length`` characters (the longest text)."""
+    return (unit * (length // len(unit) + 1))[:length]
+
+
 async def _cpu_of(call: Call) -> tuple[float, str]:
     started = time.process_time()
     try:
@@ -97,6 +102,13 @@ def _calls(
             screen_stream(ANSWER, 16, at_limit),
         ),
         ("ScreenOutput, 200,000 '@'", screen_output("@" * 200_000, [])),
+        # Many value findings: settling their overlaps was quadratic until 2026-12-06 (4.3 s per 200,000
+        # characters of addresses), and a ScreenInput now takes 400,000 characters in two texts.
+        ("ScreenInput, 2 x 200,000 characters of IP addresses", screen_input([_filled("192.168.1.20 ")] * 2)),
+        (
+            "ScreenInput, 2 x 200,000 characters of street addresses and phone numbers",
+            screen_input([_filled("I live at 42 Elm Street 555 1234567 ok. ")] * 2),
+        ),
         (
             "ScreenStream, 40,000 characters without whitespace in 4-character chunks",
             screen_stream(blob, 4, []),
@@ -167,10 +179,13 @@ async def main() -> None:
         [
             "Requests built to exhaust the service, each over a real channel (kit server, identity on, NER off, "
             "client in the same process): the process's CPU time around the one call. Limits: "
-            "`PARAPET_MAX_TEXTS` 1,000, `PARAPET_MAX_PROTECTED_TEXTS` 256, `PARAPET_MAX_TEXT_CHARS` 200,000 "
-            "(docs/moderation.md). Measured before the limits and fixes of 2026-12-06 with the same requests: "
-            "70 s for the 1.85 million texts, 1.4 s / 7.1 s for 40,000 protected texts (output / stream), 3.9 s "
-            "for the 200,000 '@', 28.7 s for the 40,000 characters without whitespace.",
+            "`PARAPET_MAX_TEXTS` 1,000, `PARAPET_MAX_PROTECTED_TEXTS` 256, `PARAPET_MAX_TEXT_CHARS` 200,000, "
+            "`PARAPET_MAX_INPUT_CHARS` 400,000 (docs/moderation.md). Measured before the limits and fixes of "
+            "2026-12-06 with the same requests: 70 s for the 1.85 million texts, 1.4 s / 7.1 s for 40,000 "
+            "protected texts (output / stream), 3.9 s for the 200,000 '@', 28.7 s for the 40,000 characters "
+            "without whitespace; settling overlapping findings, quadratic before the third session of that day, "
+            "cost 4.3 s / 1.6 s per 200,000 characters of IP addresses / addresses and phone numbers (in process, "
+            "settling alone).",
             table(["request", "CPU s", "answer"], hostile),
             'A refused ScreenStream may read INTERNAL "Internal error from Core" here: the service answers '
             "INVALID_ARGUMENT `TOO_MANY_TEXTS` at the config, but a grpc.aio client still writing its chunks "
