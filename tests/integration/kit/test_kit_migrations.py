@@ -233,9 +233,9 @@ async def test_two_services_creating_one_extension_start_together(database_url: 
         else:
             raise AssertionError("the first migration never reached its pg_sleep")
         starts.append(await start("second_svc", folders[1]))
-        for start in starts:
-            _, stderr = await start.communicate()
-            assert start.returncode == 0, stderr.decode()[-600:]
+        for process in starts:
+            _, stderr = await process.communicate()
+            assert process.returncode == 0, stderr.decode()[-600:]
         assert version(url, "first_svc") == version(url, "second_svc") == [("0001",)]
         assert query(url, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == [("vector",)]
     finally:
