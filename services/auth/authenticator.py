@@ -22,7 +22,7 @@ from services.auth import apikeys, oidc
 from services.auth.access import Access
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.issued import Issued
-from services.auth.store import AuthStore, KeyRecord
+from services.auth.store import AuthStore, KeyRecord, OidcRoute
 from services.auth.throttle import FailureThrottle
 
 log = logging.getLogger(__name__)
@@ -212,19 +212,37 @@ class Authenticator:
     async def _oidc_tenant(self, token: oidc.UnverifiedToken) -> str:
         """The one tenant whose provider holds the token's issuer and one of its audiences. Tenants may share an
         issuer (Google, a multi-tenant Entra app): each names its own OAuth client ids as audiences, and the
-        pair tells them apart. A token naming audiences of two tenants goes to neither: it was issued for both
-        tenants' applications, and any choice is a guess that may sign a user into the wrong tenant. No refusal
-        names a tenant."""
-        route = await self._store.oidc_route(token.issuer, token.audiences)
+        pair tells them apart. No refusal names a tenant."""
+        route = await self._store.oidc_route(token.issuer, token.audiences, token.authorized_party)
         if len(route.tenants) > 1:
-            raise Unauthenticated(
-                "the OIDC token's audiences belong to more than one tenant", reason="OIDC_AUDIENCE_AMBIGUOUS"
-            )
+            return self._disambiguated(token, route)
         if route.tenants:
             return route.tenants[0]
         if route.issuer_known:
             raise Unauthenticated("the OIDC token is for another audience", reason="OIDC_AUDIENCE_MISMATCH")
         raise Unauthenticated("the OIDC token's issuer is not trusted", reason="OIDC_ISSUER_UNKNOWN")
+
+    @staticmethod
+    def _disambiguated(token: oidc.UnverifiedToken, route: OidcRoute) -> str:
+        """The tenant of a token whose audiences name several: the one holding its ``azp``, the client it was
+        issued to (OIDC Core 2, and 3.1.3.7 points 4-5: a token of several audiences names its client there),
+        when that tenant is one of those its audiences name. Providers put a generic audience in every token
+        (Keycloak ``account``, Auth0 ``https://<domain>/userinfo``), so a tenant listing one would otherwise cut
+        off every other tenant of the issuer. Without such an ``azp`` the token goes to none: any choice is a
+        guess that may sign a user into the wrong tenant. Logged either way with every tenant named (never to
+        the caller), so the operator can find the tenant whose audience collides; the claims are unverified yet,
+        so the log says what a token claimed, not what a provider issued."""
+        chosen = route.authorized_party_tenant
+        routed = chosen if chosen in route.tenants else None
+        log.warning(
+            "an OIDC token's audiences belong to more than one tenant",
+            extra={"issuer": token.issuer, "tenants": list(route.tenants), "routed_to": routed or ""},
+        )
+        if routed is None:
+            raise Unauthenticated(
+                "the OIDC token's audiences belong to more than one tenant", reason="OIDC_AUDIENCE_AMBIGUOUS"
+            )
+        return routed
 
     async def _load_oidc(self, token: oidc.UnverifiedToken, digest: bytes) -> IdentityEntry:
         tenant_id = await self._oidc_tenant(token)

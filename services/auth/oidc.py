@@ -2,10 +2,10 @@
 
 Order of checks, each before anything costlier: size, structure, ``alg`` in the allow-list (RS256, ES256,
 EdDSA; never ``none`` or HMAC, so a public key can never act as an HMAC secret), (issuer, audience) routed to
-a tenant, key by ``kid`` (from the routed provider's JWKS: inline JSON, or a URL fetched, cached per (issuer,
-URL) and refetched on an unknown ``kid`` at most once per ``min_refetch_seconds``), signature with the key
-whose type must fit the ``alg``, then ``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock
-skew.
+a tenant (by (issuer, ``azp``) when the audiences name several), key by ``kid`` (from the routed provider's
+JWKS: inline JSON, or a URL fetched, cached per (issuer, URL) and refetched on an unknown ``kid`` at most once
+per ``min_refetch_seconds``), signature with the key whose type must fit the ``alg``, then
+``iss``/``aud``/``exp``/``nbf``/``iat`` with the provider's bounded clock skew.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class UnverifiedToken:
     issuer: str
     # The ``aud`` values a database column can hold (a string is one value): what routes the token to its tenant.
     audiences: tuple[str, ...] = ()
+    # ``azp`` (OIDC Core 2), the client the token was issued to, if a string a column can hold: what picks the
+    # tenant when the audiences name several (a provider's generic audience, such as Keycloak's ``account``).
+    authorized_party: str = ""
 
 
 def _audiences(value: object) -> tuple[str, ...]:
@@ -68,8 +71,8 @@ def _audiences(value: object) -> tuple[str, ...]:
 
 
 def inspect(token: str) -> UnverifiedToken:
-    """Header, issuer and audiences of ``token`` without trusting any; raises for anything malformed or
-    disallowed."""
+    """Header, issuer, audiences and authorized party of ``token`` without trusting any; raises for anything
+    malformed or disallowed."""
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -83,8 +86,14 @@ def inspect(token: str) -> UnverifiedToken:
     if not storable(issuer, MAX_TOKEN_BYTES):
         raise rejected("OIDC_ISSUER_UNKNOWN", "the OIDC token names no issuer")
     kid = header.get("kid")
+    azp = claims.get("azp")
     return UnverifiedToken(
-        token, str(alg), kid if isinstance(kid, str) else "", issuer, _audiences(claims.get("aud"))
+        token,
+        str(alg),
+        kid if isinstance(kid, str) else "",
+        issuer,
+        _audiences(claims.get("aud")),
+        azp if storable(azp, MAX_TOKEN_BYTES) else "",
     )
 
 

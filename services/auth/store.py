@@ -65,11 +65,13 @@ class OidcSubject:
 
 @dataclass(frozen=True)
 class OidcRoute:
-    """Where an OIDC token's (issuer, audiences) lead: the distinct tenants holding one of its pairs (at most
-    two are read: two already make it ambiguous), and whether any tenant trusts the issuer at all."""
+    """Where an OIDC token's (issuer, audiences) lead: the distinct tenants holding one of its pairs (no more
+    than the token names audiences), the tenant holding (issuer, ``azp``) if any, and whether any tenant trusts
+    the issuer at all."""
 
     tenants: tuple[str, ...]
     issuer_known: bool
+    authorized_party_tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,20 +106,24 @@ class AuthStore:
             )
             return found.scalar_one_or_none()
 
-    async def oidc_route(self, issuer: str, audiences: Sequence[str]) -> OidcRoute:
-        """The tenants whose providers hold (``issuer``, one of ``audiences``), in one round trip."""
+    async def oidc_route(
+        self, issuer: str, audiences: Sequence[str], authorized_party: str = ""
+    ) -> OidcRoute:
+        """The tenants whose providers hold (``issuer``, one of ``audiences``), and the one holding
+        (``issuer``, ``authorized_party``), in one round trip."""
         async with self.lookup() as session:
             row = (
                 await session.execute(
                     text(
                         "SELECT ARRAY(SELECT DISTINCT tenant_id FROM oidc_issuers"
-                        " WHERE issuer = :i AND audience = ANY(CAST(:a AS text[])) ORDER BY 1 LIMIT 2),"
-                        " EXISTS (SELECT 1 FROM oidc_issuers WHERE issuer = :i)"
+                        " WHERE issuer = :i AND audience = ANY(CAST(:a AS text[])) ORDER BY 1),"
+                        " EXISTS (SELECT 1 FROM oidc_issuers WHERE issuer = :i),"
+                        " (SELECT tenant_id FROM oidc_issuers WHERE issuer = :i AND audience = CAST(:z AS text))"
                     ),
-                    {"i": issuer, "a": list(audiences)},
+                    {"i": issuer, "a": list(audiences), "z": authorized_party or None},
                 )
             ).one()
-        return OidcRoute(tuple(row[0]), bool(row[1]))
+        return OidcRoute(tuple(row[0]), bool(row[1]), row[2])
 
     # -- reads -----------------------------------------------------------------------------------------
 
@@ -313,22 +319,36 @@ class AuthStore:
         session: AsyncSession, tenant_id: str, pairs: Sequence[tuple[str, str]]
     ) -> int | None:
         """Route each (issuer, audience) of ``pairs`` to ``tenant_id`` instead of its earlier pairs; returns the
-        index in ``pairs`` of one another tenant holds already (the caller then rolls back), else None. A pair
-        another transaction is adding or releasing waits for it (the primary key's uniqueness check)."""
-        await session.execute(text("DELETE FROM oidc_issuers WHERE tenant_id = :t"), {"t": tenant_id})
-        wanted = list(dict.fromkeys(pairs))  # one provider may list an audience twice: one pair
-        if not wanted:
-            return None
-        inserted = await session.execute(
+        index in ``pairs`` of one another tenant holds already (the caller then rolls back), else None.
+
+        A pair another transaction is adding or releasing waits for it (the primary key's uniqueness check), so
+        two tenants' edits wanting each other's pairs could deadlock, and PostgreSQL would abort one (ABORTED
+        for what is a plain conflict over a pair). So every edit takes its pairs in one order: the new ones
+        inserted sorted, then the ones it gives up deleted, which waits for no one (only this tenant's edits
+        touch its rows, and the policy version serialises them before this). Deleting first held a released
+        pair while waiting for a wanted one, whatever the order of the inserts.
+        """
+        wanted = sorted(set(pairs))  # one provider may list an audience twice: one pair
+        params = {"t": tenant_id, "i": [i for i, _ in wanted], "a": [a for _, a in wanted]}
+        if wanted:
+            await session.execute(
+                text(
+                    "INSERT INTO oidc_issuers (issuer, audience, tenant_id)"
+                    " SELECT i, a, :t FROM unnest(CAST(:i AS text[]), CAST(:a AS text[]))"
+                    " WITH ORDINALITY AS p (i, a, n) ORDER BY n ON CONFLICT DO NOTHING"
+                ),
+                params,
+            )
+        # The query sees the rows as they were before its own DELETE: ours, the ones just inserted included.
+        held = await session.execute(
             text(
-                "INSERT INTO oidc_issuers (issuer, audience, tenant_id)"
-                " SELECT i, a, :t FROM unnest(CAST(:i AS text[]), CAST(:a AS text[])) AS p (i, a)"
-                " ON CONFLICT DO NOTHING RETURNING issuer, audience"
+                "WITH released AS (DELETE FROM oidc_issuers WHERE tenant_id = :t AND (issuer, audience) NOT IN"
+                " (SELECT i, a FROM unnest(CAST(:i AS text[]), CAST(:a AS text[])) AS p (i, a)))"
+                " SELECT issuer, audience FROM oidc_issuers WHERE tenant_id = :t"
             ),
-            {"t": tenant_id, "i": [i for i, _ in wanted], "a": [a for _, a in wanted]},
+            params,
         )
-        # Our own pairs were deleted above, so a pair not inserted is another tenant's.
-        taken = set(wanted) - {(row[0], row[1]) for row in inserted}
+        taken = set(wanted) - {(row[0], row[1]) for row in held}
         return next((index for index, pair in enumerate(pairs) if pair in taken), None)
 
     @staticmethod

@@ -272,6 +272,20 @@ def test_inspection_reads_the_audiences_that_route_the_token(aud: Any, audiences
     assert oidc.inspect(token).audiences == audiences
 
 
+@pytest.mark.parametrize(
+    ("azp", "authorized_party"),
+    [("app", "app"), (None, ""), ("", ""), ("app\x00", ""), (["app"], ""), (7, ""), ({"app": 1}, "")],
+)
+def test_inspection_reads_the_authorized_party_a_routing_row_could_hold(
+    azp: Any, authorized_party: str
+) -> None:
+    claims: dict[str, Any] = {"iss": "https://i/", "aud": ["account", "app"]}
+    if azp is not None:
+        claims["azp"] = azp
+    token = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    assert oidc.inspect(token).authorized_party == authorized_party
+
+
 def test_claim_mapping_accepts_lists_and_space_separated_strings() -> None:
     claims = {"roles": ["a", "b"], "groups": "x y", "bad": {"k": 1}}
     assert oidc.claim_strings(claims, "roles") == ("a", "b")
