@@ -35,16 +35,20 @@ from services.audit.signing import CheckpointSigner
 Kind = chain_pb2.ChainBreakKind
 _CHUNK = 5000
 # The bodies' hashes, not the bodies: verification needs nothing else of them, and a chunk of 5,000 rows with their
-# bodies could be gigabytes (each record may hold 3 MiB). What is read is cut by bytes as well (``chunks``).
+# bodies could be gigabytes (each record may hold 3 MiB). What is read is cut by bytes as well (``chunks``), and the
+# bodies are hashed after that cut: hashed in the inner SELECT, every statement read and hashed the bodies of all
+# the rows its LIMIT let through (up to 5,000), most of them cut off and hashed again by the next statement.
+_INDEXED = ", ".join(COLUMN_NAMES)
 _ROW_SQL = text(
     chunks.bounded_sql(
-        "SELECT sequence, record_id::text AS record_id, previous_hash, record_hash, metadata,"
-        " encode(sha256(convert_to(prompt, 'UTF8')), 'hex') AS prompt_sha256,"
-        " encode(sha256(convert_to(response, 'UTF8')), 'hex') AS response_sha256, "
-        + ", ".join(COLUMN_NAMES)
-        + ", octet_length(metadata) AS chunk_bytes"
+        "SELECT sequence, record_id::text AS record_id, previous_hash, record_hash, metadata, prompt, response,"
+        f" {_INDEXED}, octet_length(metadata) AS chunk_bytes"
         " FROM records WHERE sequence > :after AND sequence <= :end ORDER BY sequence LIMIT :limit",
         "sequence",
+        "sequence, record_id, previous_hash, record_hash, metadata,"
+        " encode(sha256(convert_to(prompt, 'UTF8')), 'hex') AS prompt_sha256,"
+        " encode(sha256(convert_to(response, 'UTF8')), 'hex') AS response_sha256,"
+        f" {_INDEXED}, chunk_rows",
     )
 )
 _FETCH_BYTES = 8 << 20  # about the metadata one statement reads
@@ -297,7 +301,7 @@ async def verify_chain(
         if scan_break is None and checkpoint_break is None:
             # Checkpoints past the last row (a cut-off tail) are checked too.
             checkpoint_break, _ = await checks.through(last)
-        if scan_break is None and expected <= last:
+        if scan_break is None and checkpoint_break is None and expected <= last:
             # The rows end before the head or a signed checkpoint: the tail was cut off.
             scan_break = Break(expected, "", Kind.CHAIN_BREAK_KIND_TRUNCATED)
         inserted: Break | None = None

@@ -5,7 +5,8 @@ the relay publishes right after the commit and again every few seconds for anyth
 behind. `Nats-Msg-Id` = event id, so a republish inside the stream's duplicate window is dropped;
 consumers deduplicate beyond it (handling an event twice is harmless anyway). A NATS back without its store
 gets the stream again from the first publish (``Bus.publish`` declares it again). An event larger than NATS takes
-(1,000 ids of up to 512 characters can reach 2 MB; NATS's default limit is 1 MB) is split in the outbox.
+(1,000 ids of up to 512 characters can reach 2 MB; NATS's default limit is 1 MB, counting the headers) is split
+in the outbox.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
-from parapet.kit.bus import Bus
+from parapet.kit.bus import MSG_ID_HEADER, Bus
 from parapet.kit.database import Database
 from parapet.kit.timeouts import wait_event
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
@@ -64,9 +65,17 @@ async def record_deletion(
         )
 
 
+def _message_size(payload: bytes, headers: Mapping[str, str]) -> int:
+    """What a NATS server counts against its max_payload: the payload and the header block as HPUB sends it.
+    nats-py checks the payload alone before sending; a message whose headers take it over the limit is sent, and
+    the server answers "Maximum Payload Violation" and closes the connection."""
+    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+    return len(block) + len(payload)
+
+
 async def _split(session: AsyncSession, row: Row[Any]) -> None:
-    """Adds, in place of the outbox row of an event NATS refuses as too large, two events of half its ids each
-    (split again in turn if refused too); the caller deletes the row."""
+    """Adds, in place of the outbox row of an event too large for NATS, two events of half its ids each (split
+    again in turn if too large too); the caller deletes the row."""
     event = events_pb2.DocumentsDeletedEvent.FromString(bytes(row.payload))
     ids = list(event.document_ids)
     if len(ids) < 2:  # one id is at most 2 KB of UTF-8: only a NATS configured below that refuses it
@@ -127,16 +136,19 @@ class OutboxRelay:
                         "ce-subject": row.tenant_id,
                         "content-type": "application/protobuf",
                     }
-                    try:
-                        await self._bus.publish(
-                            row.subject, bytes(row.payload), msg_id=str(row.event_id), headers=headers
-                        )
-                    except MaxPayloadError:
-                        # Refused before sending, and on every retry: as the oldest row it held back every later
-                        # event of every tenant. Its halves take its place (new ids: this one was never sent).
+                    payload = bytes(row.payload)
+                    size = _message_size(payload, headers | {MSG_ID_HEADER: str(row.event_id)})
+                    if size > self._bus.client.max_payload:
+                        # Refused on every retry (before 2026-12-06 only once nats-py refused it, by its payload
+                        # alone; within its headers of the limit it was sent and cost the connection): as the
+                        # oldest row it held back every later event of every tenant. Its halves take its place
+                        # (new ids: this one was never stored).
                         await _split(session, row)
                         split = True
                     else:
+                        await self._bus.publish(
+                            row.subject, payload, msg_id=str(row.event_id), headers=headers
+                        )
                         published += 1
                     await session.execute(text("DELETE FROM outbox WHERE event_id = :e"), {"e": row.event_id})
             if len(rows) < self._batch_size and not split:

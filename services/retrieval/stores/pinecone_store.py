@@ -34,6 +34,9 @@ T = TypeVar("T")
 _UPSERT_BATCH = 200
 _UPSERT_BYTES = 1536 * 1024
 _DELETE_BATCH = 1000
+#: Ids per `fetch`: a GET with every id in its query string (1,000 chunk ids make a URL of about 56 KB, beyond what
+#: many HTTP front ends take), although Pinecone's API admits 1,000.
+_FETCH_BATCH = 100
 #: The most ids one `list` page returns (Pinecone's own cap).
 LIST_PAGE = 100
 #: Metadata key of a vector's last write, in seconds since the epoch: Pinecone keeps no write time of its own, and
@@ -171,8 +174,8 @@ class PineconeStore:
         """Each existing vector's last write (None when written before writes were stamped); ids no longer
         stored are left out."""
         times: dict[str, float | None] = {}
-        for start in range(0, len(chunk_ids), _DELETE_BATCH):
-            ids = list(chunk_ids[start : start + _DELETE_BATCH])
+        for start in range(0, len(chunk_ids), _FETCH_BATCH):
+            ids = list(chunk_ids[start : start + _FETCH_BATCH])
             fetched = await self._call(self._index.fetch, ids=ids, namespace=tenant_id)
             for vector_id, item in fetched.vectors.items():
                 written = (item.metadata or {}).get(WRITTEN_AT)

@@ -10,14 +10,18 @@ The service runs in this test's process, so ``tracemalloc`` sees what it allocat
 
 from __future__ import annotations
 
+import secrets
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.audit.v1 import audit_service_pb2, chain_pb2
+from services.audit import verify
 from services.audit.canonical import ZERO_HASH, prepare, record_hash
+from services.audit.scope import tenant_scope
 from services.audit.store import Row, insert_rows
 from tests.integration.audit.conftest import Audit, interaction, new_tenant
 
@@ -146,3 +150,109 @@ async def test_verifying_a_range_reads_the_checkpoints_of_that_range_only(audit:
     assert broken.first_break.kind == Kind.CHAIN_BREAK_KIND_CHECKPOINT_INVALID
     assert (await audit.verify(tenant, 1, 100)).intact
     assert (await audit.verify(tenant)).first_break.sequence == 11_000
+
+
+WIDE = 20  # records of about 1.2 MB of metadata each: VerifyChain's 8 MiB per statement holds 6 or 7 of them
+
+
+async def _wide_chain(audit: Audit, tenant: str) -> list[int]:
+    """WIDE records whose metadata (1,000 retrieved document ids of 1,200 characters) is large enough for
+    VerifyChain's statements to be cut by bytes, with 200 KB bodies that do not compress (random hex); returns
+    the sequences at which VerifyChain's chunks start, from the metadata sizes PostgreSQL reports."""
+    for i in range(WIDE):
+        record = interaction(
+            f"user-{i}", prompt=secrets.token_hex(100_000), response=secrets.token_hex(100_000)
+        )
+        record.interaction.document_ids.extend(secrets.token_hex(600) for _ in range(1000))
+        await audit.record(tenant, record)
+    async with tenant_scope(audit.database, tenant) as session:
+        sizes = (
+            await session.execute(text("SELECT octet_length(metadata) FROM records ORDER BY sequence"))
+        ).scalars()
+        starts, before = [1], 0
+        for sequence, size in enumerate(sizes, start=1):
+            if before >= verify._FETCH_BYTES:
+                starts.append(sequence)
+                before = 0
+            before += size
+    return starts
+
+
+async def _toast_blocks(session: AsyncSession) -> int:
+    """Blocks of the records' TOAST table (where large metadata and bodies are) this transaction has read."""
+    return int(
+        (
+            await session.execute(
+                text(
+                    "SELECT pg_stat_get_xact_blocks_fetched(reltoastrelid) FROM pg_class"
+                    " WHERE oid = 'records'::regclass"
+                )
+            )
+        ).scalar_one()
+    )
+
+
+async def test_verify_reads_the_bodies_of_the_rows_a_statement_keeps_only(audit: Audit) -> None:
+    """Each of VerifyChain's statements hashed the bodies of all the rows its LIMIT let through (up to 5,000),
+    before the cut by bytes dropped most of them (to be read and hashed again by the next statement): with large
+    metadata, many times the database work of the verification."""
+    tenant = new_tenant()
+    starts = await _wide_chain(audit, tenant)
+    kept = starts[1] - 1
+    assert len(starts) >= 3 and kept < WIDE  # the first statement is cut by bytes
+
+    async def blocks_read(limit: int) -> tuple[int, int]:
+        async with tenant_scope(audit.database, tenant) as session:
+            before = await _toast_blocks(session)
+            params = {"after": 0, "end": WIDE, "limit": limit, "budget": verify._FETCH_BYTES}
+            rows = (await session.execute(verify._ROW_SQL, params)).all()
+            return len(rows), await _toast_blocks(session) - before
+
+    cut, cut_blocks = await blocks_read(5000)  # as VerifyChain runs it: WIDE rows fetched, cut to `kept`
+    exact, exact_blocks = await blocks_read(kept)  # only the rows kept are fetched
+    assert cut == exact == kept
+    # Before: 2,097 blocks against 1,421 (the bodies of all WIDE rows read and hashed, 7 rows kept).
+    assert cut_blocks <= exact_blocks * 1.1, (cut_blocks, exact_blocks)
+
+
+async def test_verify_cut_by_bytes_finds_tampering_at_the_chunk_boundaries(audit: Audit) -> None:
+    tenant = new_tenant()
+    starts = await _wide_chain(audit, tenant)
+    assert len(starts) >= 3
+    result = await audit.verify(tenant)
+    assert result.intact and result.records_verified == WIDE
+    # A body edited in the last row of a chunk, and in the first of the next: each hashed after the cut.
+    for sequence in (starts[1] - 1, starts[1], starts[2]):
+        await audit.tamper(
+            "UPDATE records SET response = response || 'x' WHERE tenant_id = :t AND sequence = :s",
+            t=tenant,
+            s=sequence,
+        )
+        broken = await audit.verify(tenant)
+        assert (broken.intact, broken.first_break.sequence) == (False, sequence)
+        assert broken.first_break.kind == Kind.CHAIN_BREAK_KIND_MODIFIED
+        assert broken.records_verified == sequence - 1
+        await audit.tamper(
+            "UPDATE records SET response = left(response, -1) WHERE tenant_id = :t AND sequence = :s",
+            t=tenant,
+            s=sequence,
+        )
+    assert (await audit.verify(tenant)).intact
+    # Metadata edited at a chunk's first row; the links between chunks still checked.
+    await audit.tamper(
+        "UPDATE records SET metadata = metadata || '\\x00'::bytea WHERE tenant_id = :t AND sequence = :s",
+        t=tenant,
+        s=starts[2],
+    )
+    broken = await audit.verify(tenant)
+    assert (broken.first_break.sequence, broken.first_break.kind) == (
+        starts[2],
+        Kind.CHAIN_BREAK_KIND_MODIFIED,
+    )
+    # The first row of a chunk deleted: the gap is found where the next statement starts.
+    await audit.tamper("DELETE FROM records WHERE tenant_id = :t AND sequence = :s", t=tenant, s=starts[1])
+    broken = await audit.verify(tenant)
+    assert (broken.first_break.sequence, broken.first_break.kind) == (
+        starts[1],
+        Kind.CHAIN_BREAK_KIND_DELETED,
+    )

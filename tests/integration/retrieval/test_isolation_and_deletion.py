@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import nats
@@ -269,5 +270,82 @@ async def test_an_erasure_of_long_ids_is_announced_and_blocks_no_other_event(
             assert event.reason == events_pb2.DELETION_REASON_USER_ERASURE and event.user_id == "uma"
             announced += event.document_ids
         assert sorted(announced) == ids
+    finally:
+        await connection.close()
+
+
+FULL_ID = 4 + 508 * 3  # bytes of a 512-character id: 4 digits and 508 CJK characters
+EVENT_HEADROOM = (
+    64  # the event's payload alone stays this far under the limit; its headers are about 300 bytes
+)
+
+
+def _ids_filling(event: events_pb2.DocumentsDeletedEvent, size: int) -> list[str]:
+    """Distinct document ids (of at most 512 characters) that make ``event`` ``size`` bytes encoded."""
+    ids: list[str] = []
+    piece = events_pb2.DocumentsDeletedEvent()
+    piece.CopyFrom(event)
+    while size - piece.ByteSize() >= FULL_ID + 3 + 2000:  # an id costs its bytes, a tag and two of length
+        ids.append(f"{len(ids):04d}" + "文" * 508)
+        piece.document_ids.append(ids[-1])
+    room = size - piece.ByteSize()
+    count = -(-room // 503)  # ASCII ids of at most 500 bytes fill the rest
+    for n in range(count):
+        length = (room - 3 * count) // count + (1 if n < (room - 3 * count) % count else 0)
+        ids.append(f"{len(ids):04d}" + "x" * (length - 4))
+        piece.document_ids.append(ids[-1])
+    assert piece.ByteSize() == size
+    return ids
+
+
+async def test_an_erasure_just_under_the_message_limit_is_announced_and_blocks_no_other_event(
+    client: Client, database: Database, nats_url: str
+) -> None:
+    """nats-py refuses a payload over the server's max_payload before sending it, and the relay split only events
+    it refused so; but the server counts the headers too (the CloudEvents attributes and Nats-Msg-Id, about 300
+    bytes). Until 2026-12-06 an event whose payload alone was just under the limit was sent, refused with
+    "Maximum Payload Violation" and the relay's connection closed; never split, it stayed the outbox's oldest row
+    and held back every later event, each retry dropping the service's NATS connection again."""
+    tenant, other = new_tenant(), new_tenant()
+    connection = await nats.connect(nats_url)
+    try:
+        # The event as the service will make it, its delete time of the longest encoding: the real one is at most
+        # a few bytes shorter.
+        like = events_pb2.DocumentsDeletedEvent(
+            event_id=str(uuid.uuid4()),
+            tenant_id=tenant,
+            reason=events_pb2.DELETION_REASON_USER_ERASURE,
+            user_id="uma",
+            requested_by="uma",
+        )
+        like.delete_time.GetCurrentTime()
+        like.delete_time.nanos = 999_999_999
+        ids = _ids_filling(like, connection.max_payload - EVENT_HEADROOM)
+        assert len(ids) <= 1000  # one event
+        async with tenant_scope(database, tenant) as session:  # rows only: nothing to embed or search
+            await session.execute(
+                text(
+                    "INSERT INTO documents (tenant_id, document_id, mime_type, owner_user_id, content_sha256,"
+                    " size_bytes, chunk_count) VALUES (:t, :d, 'text/plain', 'uma', '', 0, 0)"
+                ),
+                [{"t": tenant, "d": document_id} for document_id in ids],
+            )
+        erasures = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{tenant}")
+        deletions = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{other}")
+        uma = client.as_(tenant, "uma")
+        erased = await client.stub.DeleteDocuments(pb.DeleteDocumentsRequest(user_id="uma"), metadata=uma)
+        assert erased.deleted_count == len(ids)
+        caller = client.as_(other)
+        await client.ingest(caller, (doc("memo"), b"A short memo."))
+        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="memo"), metadata=caller)
+
+        event = events_pb2.DocumentsDeletedEvent.FromString((await deletions.next_msg(timeout=10)).data)
+        assert list(event.document_ids) == ["memo"]
+        announced: list[str] = []
+        while len(announced) < len(ids):
+            event = events_pb2.DocumentsDeletedEvent.FromString((await erasures.next_msg(timeout=10)).data)
+            assert (event.user_id, event.requested_by) == ("uma", "uma")  # as the size was computed
+            announced += event.document_ids
+        assert sorted(announced) == sorted(ids)
     finally:
         await connection.close()
