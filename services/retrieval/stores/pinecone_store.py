@@ -124,8 +124,8 @@ class PineconeStore:
     ) -> None:
         # setMetadata merges keys, so metadata keys the document no longer has would linger: re-fetch and
         # null them out is not possible in Pinecone, hence the full vector is re-upserted with new metadata.
-        for start in range(0, len(chunk_ids), _DELETE_BATCH):
-            ids = list(chunk_ids[start : start + _DELETE_BATCH])
+        for start in range(0, len(chunk_ids), _FETCH_BATCH):
+            ids = list(chunk_ids[start : start + _FETCH_BATCH])
             fetched = await self._call(self._index.fetch, ids=ids, namespace=tenant_id)
             records = [
                 VectorRecord(

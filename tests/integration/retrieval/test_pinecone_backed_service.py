@@ -252,3 +252,18 @@ async def test_the_pinecone_sweep_fetches_write_times_100_ids_a_request(database
         assert (await sweeper.tick()).swept == 1000
         assert not _stored(emulator, tenant)
         assert sum(counting.fetched) == 1000 and max(counting.fetched) == 100, counting.fetched
+
+
+async def test_a_change_of_groups_fetches_its_vectors_100_ids_a_request() -> None:
+    """A document's groups or metadata changed: its vectors are fetched and written again with the new ones, and
+    that fetch carried up to 1,000 ids in one URL too."""
+    counting = _FetchCounting()
+    with counting as emulator:
+        index = Index(host=emulator.host, api_key=emulator.api_key)
+        store, tenant = PineconeStore(index), new_tenant()
+        ids = [f"{document_key('big')}#{n:016x}" for n in range(250)]
+        index.upsert(vectors=[_vector(i, "big", int(time.time())) for i in ids], namespace=tenant)
+        await store.set_attributes(tenant, ids, ["finance"], {"owner": "erin"})
+        stored = _stored(emulator, tenant)
+        assert all(stored[i]["groups"] == ["finance"] and stored[i]["m.owner"] == "erin" for i in ids)
+        assert sum(counting.fetched) == 250 and max(counting.fetched) == 100, counting.fetched
