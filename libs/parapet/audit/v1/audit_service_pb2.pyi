@@ -281,7 +281,7 @@ class VerifyChainResponse(_message.Message):
     intact: _builtins.bool
     """True when every record and checkpoint in the range verified."""
     records_verified: _builtins.int
-    """Number of records checked."""
+    """Number of records verified before the first break (all of the range when intact)."""
     head_sequence: _builtins.int
     """Current head sequence of the chain."""
     @_builtins.property
