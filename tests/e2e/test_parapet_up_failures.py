@@ -34,12 +34,9 @@ def home() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def parapet_up(home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")},
-        **(env or {}),
-    }
-    argv = [
+def _up_argv(home: Path) -> list[str]:
+    """``parapet up`` on ``home`` and a free port range, without the demo tenant."""
+    return [
         sys.executable,
         "-m",
         "parapet.cli",
@@ -49,8 +46,22 @@ def parapet_up(home: Path, env: dict[str, str] | None = None) -> subprocess.Comp
         "--base-port",
         str(free_base_port()),
     ]
+
+
+def _up_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without external servers (the launcher starts its own), plus ``extra``."""
+    kept = {k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")}
+    return {**kept, **(extra or {})}
+
+
+def parapet_up(home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*argv, "--no-demo"], env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD
+        [*_up_argv(home), "--no-demo"],
+        env=_up_env(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
     )
 
 
@@ -117,20 +128,9 @@ def test_a_missing_tls_file_is_a_usage_error_before_anything_starts(home: Path) 
 def test_ctrl_c_while_the_database_is_first_made_stops_cleanly(home: Path) -> None:
     # Ctrl-C at a terminal signals the launcher's whole process group: initdb, run in it, died of it, and the
     # launcher reported "initdb failed ... terminated by signal 2" and exit 1 for what was a person stopping it.
-    env = {k: v for k, v in os.environ.items() if k not in ("PARAPET_DATABASE_URL", "PARAPET_NATS_URL")}
-    argv = [
-        sys.executable,
-        "-m",
-        "parapet.cli",
-        "up",
-        "--home",
-        str(home),
-        "--base-port",
-        str(free_base_port()),
-    ]
     proc = subprocess.Popen(
-        [*argv, "--no-demo"],
-        env=env,
+        [*_up_argv(home), "--no-demo"],
+        env=_up_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

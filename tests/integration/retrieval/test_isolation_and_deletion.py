@@ -8,6 +8,7 @@ import uuid
 import grpc
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -242,34 +243,12 @@ async def test_an_erasure_of_long_ids_is_announced_and_blocks_no_other_event(
     DocumentsDeletedEvent of every tenant: semantic caches kept answers grounded in deleted documents."""
     tenant, other = new_tenant(), new_tenant()
     ids = [f"{i:04d}" + "文" * 508 for i in range(1000)]
-    async with tenant_scope(database, tenant) as session:  # rows only: no text to embed, nothing to search
-        await session.execute(
-            text(
-                "INSERT INTO documents (tenant_id, document_id, mime_type, owner_user_id, content_sha256,"
-                " size_bytes, chunk_count) VALUES (:t, :d, 'text/plain', 'uma', '', 0, 0)"
-            ),
-            [{"t": tenant, "d": document_id} for document_id in ids],
-        )
+    await _documents_of_uma(database, tenant, ids)
     connection = await nats.connect(nats_url)
     try:
-        erasures = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{tenant}")
-        deletions = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{other}")
-        uma = client.as_(tenant, "uma")
-        erased = await client.stub.DeleteDocuments(pb.DeleteDocumentsRequest(user_id="uma"), metadata=uma)
-        assert erased.deleted_count == 1000
-        caller = client.as_(other)
-        await client.ingest(caller, (doc("memo"), b"A short memo."))
-        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="memo"), metadata=caller)
-
-        event = events_pb2.DocumentsDeletedEvent.FromString((await deletions.next_msg(timeout=10)).data)
-        assert list(event.document_ids) == ["memo"]
-        announced: list[str] = []
-        while len(announced) < len(ids):
-            message = await erasures.next_msg(timeout=10)
-            event = events_pb2.DocumentsDeletedEvent.FromString(message.data)
-            assert event.reason == events_pb2.DELETION_REASON_USER_ERASURE and event.user_id == "uma"
-            announced += event.document_ids
-        assert sorted(announced) == ids
+        events = await _erase_uma_beside_another_deletion(client, connection, tenant, other, len(ids))
+        assert all(e.reason == events_pb2.DELETION_REASON_USER_ERASURE and e.user_id == "uma" for e in events)
+        assert sorted(i for e in events for i in e.document_ids) == ids
     finally:
         await connection.close()
 
@@ -322,30 +301,42 @@ async def test_an_erasure_just_under_the_message_limit_is_announced_and_blocks_n
         like.delete_time.nanos = 999_999_999
         ids = _ids_filling(like, connection.max_payload - EVENT_HEADROOM)
         assert len(ids) <= 1000  # one event
-        async with tenant_scope(database, tenant) as session:  # rows only: nothing to embed or search
-            await session.execute(
-                text(
-                    "INSERT INTO documents (tenant_id, document_id, mime_type, owner_user_id, content_sha256,"
-                    " size_bytes, chunk_count) VALUES (:t, :d, 'text/plain', 'uma', '', 0, 0)"
-                ),
-                [{"t": tenant, "d": document_id} for document_id in ids],
-            )
-        erasures = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{tenant}")
-        deletions = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{other}")
-        uma = client.as_(tenant, "uma")
-        erased = await client.stub.DeleteDocuments(pb.DeleteDocumentsRequest(user_id="uma"), metadata=uma)
-        assert erased.deleted_count == len(ids)
-        caller = client.as_(other)
-        await client.ingest(caller, (doc("memo"), b"A short memo."))
-        await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="memo"), metadata=caller)
-
-        event = events_pb2.DocumentsDeletedEvent.FromString((await deletions.next_msg(timeout=10)).data)
-        assert list(event.document_ids) == ["memo"]
-        announced: list[str] = []
-        while len(announced) < len(ids):
-            event = events_pb2.DocumentsDeletedEvent.FromString((await erasures.next_msg(timeout=10)).data)
-            assert (event.user_id, event.requested_by) == ("uma", "uma")  # as the size was computed
-            announced += event.document_ids
-        assert sorted(announced) == sorted(ids)
+        await _documents_of_uma(database, tenant, ids)
+        events = await _erase_uma_beside_another_deletion(client, connection, tenant, other, len(ids))
+        assert all((e.user_id, e.requested_by) == ("uma", "uma") for e in events)  # as the size was computed
+        assert sorted(i for e in events for i in e.document_ids) == sorted(ids)
     finally:
         await connection.close()
+
+
+async def _documents_of_uma(database: Database, tenant: str, ids: list[str]) -> None:
+    """Document rows owned by "uma", and nothing else: no text to embed, nothing to search."""
+    async with tenant_scope(database, tenant) as session:
+        await session.execute(
+            text(
+                "INSERT INTO documents (tenant_id, document_id, mime_type, owner_user_id, content_sha256,"
+                " size_bytes, chunk_count) VALUES (:t, :d, 'text/plain', 'uma', '', 0, 0)"
+            ),
+            [{"t": tenant, "d": document_id} for document_id in ids],
+        )
+
+
+async def _erase_uma_beside_another_deletion(
+    client: Client, connection: NatsClient, tenant: str, other: str, count: int
+) -> list[events_pb2.DocumentsDeletedEvent]:
+    """Erases uma's ``count`` documents of ``tenant``, then deletes a document of ``other``: that later event must
+    arrive (the erasure's must not block it); returns the erasure's events once they announced ``count`` ids."""
+    erasures = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{tenant}")
+    deletions = await connection.subscribe(f"parapet.retrieval.v1.documents.deleted.{other}")
+    uma = client.as_(tenant, "uma")
+    erased = await client.stub.DeleteDocuments(pb.DeleteDocumentsRequest(user_id="uma"), metadata=uma)
+    assert erased.deleted_count == count
+    caller = client.as_(other)
+    await client.ingest(caller, (doc("memo"), b"A short memo."))
+    await client.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="memo"), metadata=caller)
+    event = events_pb2.DocumentsDeletedEvent.FromString((await deletions.next_msg(timeout=10)).data)
+    assert list(event.document_ids) == ["memo"]
+    events: list[events_pb2.DocumentsDeletedEvent] = []
+    while sum(len(e.document_ids) for e in events) < count:
+        events.append(events_pb2.DocumentsDeletedEvent.FromString((await erasures.next_msg(timeout=10)).data))
+    return events
