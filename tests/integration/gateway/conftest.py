@@ -287,12 +287,17 @@ class Suite:
         *,
         stub: Any = None,
         seconds: float | None = 30,
+        first_delta: asyncio.Event | None = None,
     ) -> Answer:
+        """The whole answer; ``first_delta`` is set when its first text delta arrives (for a test that acts
+        mid-answer without guessing when the answer started)."""
         answer = Answer()
         call = (stub or self.chat).StreamChat(request, metadata=tenant.metadata(), timeout=seconds)
         try:
             async for event in call:
                 answer.events.append(event)
+                if first_delta is not None and event.HasField("text_delta"):
+                    first_delta.set()
         except grpc.aio.AioRpcError as error:
             answer.error = error_details(error)
         answer.trailers = {k: v for k, v in (await call.trailing_metadata() or ()) if isinstance(v, str)}

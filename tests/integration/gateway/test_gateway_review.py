@@ -14,6 +14,7 @@ import grpc.aio
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2
+from parapet.kit.timeouts import wait_event
 from tests.integration.auth.conftest import create_key
 from tests.integration.gateway.conftest import MODULE, Suite, Tenant, question
 from tests.integration.gateway.test_gateway_chat import LONG
@@ -141,10 +142,15 @@ async def test_inference_stopping_mid_answer_ends_the_chat_with_a_summary_and_a_
     address = await inference.enter_async_context(suite.inference())
     try:
         async with suite.gateway(inference_address=address, gateway_job_workers_enabled=False) as chat:
+            streaming = asyncio.Event()
             pending = asyncio.ensure_future(
-                suite.stream(tenant, question(LONG, model="slow"), stub=chat, seconds=20)
+                suite.stream(
+                    tenant, question(LONG, model="slow"), stub=chat, seconds=20, first_delta=streaming
+                )
             )
-            await asyncio.sleep(0.6)  # the answer is streaming (about 3 s in all)
+            # The answer is streaming (about 3 s in all). A fixed 0.6 s sleep once came before the first delta
+            # on a loaded CI machine, and inference stopped before anything was answered.
+            assert await wait_event(streaming, 15), "the answer never started"
             await inference.aclose()  # grace 1 s, then inference cancels the stream
             stopped = loop.time()
             answer = await pending
