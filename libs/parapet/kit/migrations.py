@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,32 +67,32 @@ class SchemaAheadError(RuntimeError):
     image). Starting on it would run code against a schema it was not written for."""
 
 
-def _newer_revisions(connection: Connection, schema: str, config: Config) -> list[str]:
-    """The schema's current revisions that this release's migrations do not know."""
-    table = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{VERSION_TABLE}'}).scalar()
-    if table is None:
+def _exists(connection: Connection, schema: str, table: str) -> bool:
+    found = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{table}'}).scalar()
+    return found is not None
+
+
+def _newer_revisions(connection: Connection, schema: str, revisions: set[str]) -> list[str]:
+    """The schema's current revisions that are not among this release's ``revisions``. Compared exactly:
+    Alembic's own lookup also takes a revision's prefix ("0002" finds "0002b")."""
+    if not _exists(connection, schema, VERSION_TABLE):
         return []
     current = connection.execute(text(f'SELECT version_num FROM "{schema}".{VERSION_TABLE}')).scalars().all()
-    # Compared exactly: Alembic's own lookup also takes a revision's prefix ("0002" finds "0002b").
-    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-    return [revision for revision in current if revision not in known]
+    return [revision for revision in current if revision not in revisions]
 
 
-def _descends_from_ours(connection: Connection, schema: str, config: Config) -> bool:
-    """Whether a release whose migrations hold this release's heads migrated the schema (its lineage table)."""
-    table = connection.execute(text("SELECT to_regclass(:t)"), {"t": f'"{schema}".{LINEAGE_TABLE}'}).scalar()
-    if table is None:
+def _descends_from_ours(connection: Connection, schema: str, heads: Sequence[str]) -> bool:
+    """Whether a release whose migrations hold this release's ``heads`` migrated the schema (its lineage)."""
+    if not heads or not _exists(connection, schema, LINEAGE_TABLE):
         return False
-    heads = ScriptDirectory.from_config(config).get_heads()
     recorded = connection.execute(
         text(f'SELECT count(*) FROM "{schema}".{LINEAGE_TABLE} WHERE revision = ANY(:heads)'),
-        {"heads": heads},
+        {"heads": list(heads)},
     ).scalar_one()
-    return bool(heads) and recorded == len(heads)
+    return bool(recorded == len(heads))
 
 
-def _record_lineage(connection: Connection, schema: str, config: Config) -> None:
-    revisions = [script.revision for script in ScriptDirectory.from_config(config).walk_revisions()]
+def _record_lineage(connection: Connection, schema: str, revisions: set[str]) -> None:
     connection.execute(
         text(f'CREATE TABLE IF NOT EXISTS "{schema}".{LINEAGE_TABLE} (revision text PRIMARY KEY)')
     )
@@ -100,7 +101,7 @@ def _record_lineage(connection: Connection, schema: str, config: Config) -> None
             f'INSERT INTO "{schema}".{LINEAGE_TABLE} (revision) SELECT unnest(CAST(:revisions AS text[]))'
             " ON CONFLICT DO NOTHING"
         ),
-        {"revisions": revisions},
+        {"revisions": sorted(revisions)},
     )
 
 
@@ -124,8 +125,10 @@ def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
         with engine.begin() as connection:
             _lock_and_prepare(connection, schema)
             config = _config(migrations_dir, schema, connection)
-            newer = _newer_revisions(connection, schema, config)
-            if newer and _descends_from_ours(connection, schema, config):
+            scripts = ScriptDirectory.from_config(config)  # read once: every check below uses it
+            revisions = {script.revision for script in scripts.walk_revisions()}
+            newer = _newer_revisions(connection, schema, revisions)
+            if newer and _descends_from_ours(connection, schema, scripts.get_heads()):
                 log.warning(
                     "the schema was migrated by a newer release; starting on it without migrating",
                     extra={"schema": schema, "revisions": ",".join(newer)},
@@ -138,7 +141,7 @@ def migrate_sync(database_url: str, schema: str, migrations_dir: Path) -> None:
                     "branch, or one missing from the image?)"
                 )
             command.upgrade(config, "head")
-            _record_lineage(connection, schema, config)
+            _record_lineage(connection, schema, revisions)
     finally:
         engine.dispose()
     log.info("migrations applied", extra={"schema": schema})

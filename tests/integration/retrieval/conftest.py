@@ -161,11 +161,20 @@ def doc(
     )
 
 
-@pytest.fixture
-async def client(tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str) -> AsyncIterator[Client]:
-    settings = retrieval_settings(tmp_path, keys, database_url, nats_url)
+@asynccontextmanager
+async def served(
+    tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str, **overrides: Any
+) -> AsyncIterator[Client]:
+    """The retrieval service (``retrieval_settings`` with ``overrides``) on port 0, and a client of it."""
+    settings = retrieval_settings(tmp_path, keys, database_url, nats_url, **overrides)
     async with (
         running(APP, settings) as (_server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         yield Client(retrieval_service_pb2_grpc.RetrievalServiceStub(channel), keys)
+
+
+@pytest.fixture
+async def client(tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str) -> AsyncIterator[Client]:
+    async with served(tmp_path, keys, database_url, nats_url) as client:
+        yield client

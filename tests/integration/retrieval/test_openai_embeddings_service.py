@@ -12,11 +12,9 @@ from google.rpc import error_details_pb2
 
 from parapet.embeddings.testing import OpenAIEmbeddingsEmulator
 from parapet.kit.errors import error_details
-from parapet.kit.testing import TestKeys, running
+from parapet.kit.testing import TestKeys
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
-from parapet.retrieval.v1 import retrieval_service_pb2_grpc
-from services.retrieval.app import APP
-from tests.integration.retrieval.conftest import Client, doc, new_tenant, retrieval_settings
+from tests.integration.retrieval.conftest import Client, doc, new_tenant, served
 
 #: The emulated model's limit, in characters: a chunk of one long word (up to 4,000 characters) goes over it.
 LIMIT = 2000
@@ -32,7 +30,7 @@ def emulator() -> Iterator[OpenAIEmbeddingsEmulator]:
 async def openai_client(
     tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str, emulator: OpenAIEmbeddingsEmulator
 ) -> AsyncIterator[Client]:
-    settings = retrieval_settings(
+    async with served(
         tmp_path,
         keys,
         database_url,
@@ -40,12 +38,8 @@ async def openai_client(
         retrieval_embedder="openai",
         retrieval_openai_base_url=emulator.base_url,
         retrieval_openai_api_key="test-key",
-    )
-    async with (
-        running(APP, settings) as (_server, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        yield Client(retrieval_service_pb2_grpc.RetrievalServiceStub(channel), keys)
+    ) as client:
+        yield client
 
 
 def _reason(result: pb.DocumentResult) -> tuple[int, str]:

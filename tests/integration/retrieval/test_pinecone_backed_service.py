@@ -14,15 +14,13 @@ import grpc.aio
 from pinecone import Index
 
 from parapet.kit.database import Database
-from parapet.kit.testing import TestKeys, running
+from parapet.kit.testing import TestKeys
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
-from parapet.retrieval.v1 import retrieval_service_pb2_grpc
-from services.retrieval.app import APP
 from services.retrieval.orphans import PineconeOrphanSweeper
 from services.retrieval.pinecone_emulator import PineconeEmulator
 from services.retrieval.stores.pinecone_store import WRITTEN_AT, PineconeStore
 from services.retrieval.stores.protocol import PUBLIC_GROUP, document_key
-from tests.integration.retrieval.conftest import Client, doc, new_tenant, retrieval_settings
+from tests.integration.retrieval.conftest import Client, doc, new_tenant, served
 
 
 @asynccontextmanager
@@ -35,7 +33,7 @@ async def served_with_pinecone(
     **overrides: Any,
 ) -> AsyncIterator[Client]:
     """The retrieval service with the Pinecone store on `emulator`, and a client of it."""
-    settings = retrieval_settings(
+    async with served(
         tmp_path,
         keys,
         database_url,
@@ -44,12 +42,8 @@ async def served_with_pinecone(
         retrieval_pinecone_host=emulator.host,
         retrieval_pinecone_api_key=emulator.api_key,
         **overrides,
-    )
-    async with (
-        running(APP, settings) as (_server, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        yield Client(retrieval_service_pb2_grpc.RetrievalServiceStub(channel), keys)
+    ) as client:
+        yield client
 
 
 def _vector(vector_id: str, document_id: str, written_at: int | None) -> dict[str, Any]:
