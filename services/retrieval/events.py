@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
-from parapet.kit.bus import MSG_ID_HEADER, Bus
+from parapet.kit.bus import Bus, message_size
 from parapet.kit.database import Database
 from parapet.kit.timeouts import wait_event
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
@@ -63,14 +63,6 @@ async def record_deletion(
         await repository.add_outbox(
             session, event.event_id, tenant_id, SUBJECT_PREFIX + tenant_id, CE_TYPE, event.SerializeToString()
         )
-
-
-def _message_size(payload: bytes, headers: Mapping[str, str]) -> int:
-    """What a NATS server counts against its max_payload: the payload and the header block as HPUB sends it.
-    nats-py checks the payload alone before sending; a message whose headers take it over the limit is sent, and
-    the server answers "Maximum Payload Violation" and closes the connection."""
-    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
-    return len(block) + len(payload)
 
 
 async def _split(session: AsyncSession, row: Row[Any]) -> None:
@@ -137,7 +129,7 @@ class OutboxRelay:
                         "content-type": "application/protobuf",
                     }
                     payload = bytes(row.payload)
-                    size = _message_size(payload, headers | {MSG_ID_HEADER: str(row.event_id)})
+                    size = message_size(payload, headers, msg_id=str(row.event_id))
                     if size > self._bus.client.max_payload:
                         # Refused on every retry (before 2026-12-06 only once nats-py refused it, by its payload
                         # alone; within its headers of the limit it was sent and cost the connection): as the

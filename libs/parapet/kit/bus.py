@@ -64,6 +64,18 @@ class StreamSpec:
         )
 
 
+def message_size(payload: bytes, headers: Mapping[str, str] | None = None, msg_id: str | None = None) -> int:
+    """What a NATS server counts against its ``max_payload``: the payload and the header block as HPUB sends it
+    (``msg_id`` as ``Nats-Msg-Id``, as :meth:`Bus.publish` adds it). nats-py checks the payload alone before
+    sending; a message whose headers take it over the limit is sent, and the server answers "Maximum Payload
+    Violation" and closes the connection, so a relay must check this before publishing."""
+    all_headers = dict(headers or {}) | ({MSG_ID_HEADER: msg_id} if msg_id is not None else {})
+    if not all_headers:
+        return len(payload)
+    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in all_headers.items()) + b"\r\n"
+    return len(block) + len(payload)
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     """Whether NATS subject ``pattern`` matches the literal ``subject``: tokens split on ``.``, ``*`` stands for
     exactly one token, a final ``>`` for one or more."""
