@@ -315,20 +315,7 @@ async def test_events_that_can_never_be_applied_are_set_aside_and_block_nothing(
         set_aside_before = {
             reason: _set_aside_count(reason) for reason in ("refused", "undecodable", "mismatched")
         }
-        task = asyncio.create_task(consumer.run())
-        try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                info = await bus.jetstream.consumer_info(USAGE_STREAM.name, "billing-refused")
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break  # every message acknowledged or terminated: none waits for a redelivery
-                assert asyncio.get_running_loop().time() < deadline, (
-                    f"a refused event blocks the stream: {info}"
-                )
-                await asyncio.sleep(0.1)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _drained(consumer, bus, "billing-refused", "a refused event blocks the stream")
         assert consumer.applied == 3  # the ordinary three
         assert await _rollup_sums(database, other) == (2, 4 + 5)
         assert await _rollup_sums(database, tenant) == (1, 3)
@@ -393,23 +380,27 @@ async def test_events_with_figures_no_settlement_can_have_are_set_aside(
         )
         await (await consumer.subscribe()).unsubscribe()
         before = _set_aside_count("out_of_bounds")
-        task = asyncio.create_task(consumer.run())
-        try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                info = await bus.jetstream.consumer_info(USAGE_STREAM.name, "billing-invalid")
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, (
-                    f"an invalid event blocks the stream: {info}"
-                )
-                await asyncio.sleep(0.1)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _drained(consumer, bus, "billing-invalid", "an invalid event blocks the stream")
         assert consumer.applied == 2
         assert await _rollup_sums(database, tenant) == (2, 3 + 4)
         assert _set_aside_count("out_of_bounds") - before == len(invalid)
     finally:
         await database.close()
         await bus.close()
+
+
+async def _drained(consumer: UsageConsumer, bus: Bus, durable: str, blocked: str) -> None:
+    """Runs ``consumer`` until its durable has every message acknowledged or terminated (none waits for a
+    redelivery), failing with ``blocked`` after 30 s."""
+    task = asyncio.create_task(consumer.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            info = await bus.jetstream.consumer_info(USAGE_STREAM.name, durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"{blocked}: {info}"
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
