@@ -1,8 +1,9 @@
 """NATS with JetStream: one connection per service that reconnects forever, stream declarations, publishing.
 
-The connection never gives up (``max_reconnect_attempts=-1``): a NATS restart turns health NOT_SERVING
-for its duration and then everything resumes; durable delivery (outbox relays, JetStream acks) is what
-makes sure nothing is lost meanwhile, not the connection.
+The connection never gives up (``max_reconnect_attempts=-1``): a NATS outage shows in health's
+``parapet.dependencies`` for its duration and then everything resumes; durable delivery (outbox relays,
+JetStream acks) is what makes sure nothing is lost meanwhile, not the connection. A service's start does not
+wait for NATS either (``Bus.start``): after a bounded wait it serves and goes on connecting in the background.
 
 A NATS that comes back without its store (an emptyDir, a wiped volume) has no streams and no durable
 consumers any more. The bus remembers the streams it declared: a publish that no stream takes declares the
@@ -12,21 +13,25 @@ one covering its subject again and is retried once (``publish``); pull consumers
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from parapet.kit.redact import redact_url
-from parapet.kit.timeouts import within
+from parapet.kit.timeouts import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +93,69 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(tokens) == len(wanted)
 
 
+def _client_options(
+    url: str,
+    name: str | None,
+    connect_timeout: float,
+    reconnect_wait: float,
+    drain_timeout: float,
+    *,
+    max_reconnect_attempts: int,
+) -> dict[str, Any]:
+    """nats-py's connect options for every bus: logged disconnections, reconnections and errors (the URL
+    redacted), a bounded drain, reconnection allowed."""
+    shown = redact_url(url)  # the URL may carry a token
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", extra={"nats_url": shown})
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"nats_url": shown})
+
+    last_warning = 0.0
+
+    async def on_error(exc: Exception) -> None:
+        # Visible (a wrong URL must not look like silence), but at most one line per 30 s while an
+        # outage makes every reconnect attempt fail.
+        nonlocal last_warning
+        if time.monotonic() - last_warning >= 30.0:
+            last_warning = time.monotonic()
+            log.warning("nats error: %s", exc, extra={"nats_url": shown})
+
+    return {
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": reconnect_wait,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        # Shutdown must stay within the server's grace period even when NATS goes away mid-drain
+        # (the library's default waits 30 s); unacknowledged messages are redelivered, not lost.
+        "drain_timeout": drain_timeout,
+        "allow_reconnect": True,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "error_cb": on_error,
+    }
+
+
+def _report_failed_start(task: asyncio.Task[None]) -> None:
+    """A background start that died (not cancelled) leaves the service without NATS for good: say so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("connecting to NATS failed for good", exc_info=task.exception())
+
+
 class Bus:
-    """A connected NATS client and its JetStream context."""
+    """A NATS client (connected, or connecting in the background after :meth:`start`) and its JetStream context."""
 
     def __init__(self, client: Client, *, publish_timeout: float = 5.0) -> None:
         self.client = client
         self.jetstream: JetStreamContext = client.jetstream(timeout=publish_timeout)
         self._publish_timeout = publish_timeout
         self._declared: dict[str, StreamSpec] = {}  # by name: the spec ensure_stream was last given
+        # Set once connected and every stream declared so far is declared at NATS (at once after ``connect``).
+        self._ready = asyncio.Event()
+        self._starting: asyncio.Task[None] | None = (
+            None  # ``start``'s background connection, until it is done
+        )
 
     @classmethod
     async def connect(
@@ -109,44 +169,110 @@ class Bus:
         drain_timeout: float = 2.0,
         initial_attempts: int = 3,
     ) -> Bus:
-        """Connect to ``url`` (raises when unreachable at start) and keep reconnecting forever after."""
-        shown = redact_url(url)  # the URL may carry a token
-
-        async def on_disconnect() -> None:
-            log.warning("nats disconnected", extra={"nats_url": shown})
-
-        async def on_reconnect() -> None:
-            log.info("nats reconnected", extra={"nats_url": shown})
-
-        last_warning = 0.0
-
-        async def on_error(exc: Exception) -> None:
-            # Visible (a wrong URL must not look like silence), but at most one line per 30 s while an
-            # outage makes every reconnect attempt fail.
-            nonlocal last_warning
-            if time.monotonic() - last_warning >= 30.0:
-                last_warning = time.monotonic()
-                log.warning("nats error: %s", exc, extra={"nats_url": shown})
-
+        """Connect to ``url`` now (raises when unreachable after ``initial_attempts``) and keep reconnecting
+        forever after. For tools and tests; a service starts its bus with :meth:`start`."""
         client = await nats.connect(
             url,
-            name=name,
-            connect_timeout=connect_timeout,
-            reconnect_time_wait=reconnect_wait,
-            # Start-up gives up after a few attempts, so a wrong or unreachable URL fails the start with
-            # an error instead of hanging; once connected, reconnecting never stops (set below).
-            max_reconnect_attempts=initial_attempts,
-            # Shutdown must stay within the server's grace period even when NATS goes away mid-drain
-            # (the library's default waits 30 s); unacknowledged messages are redelivered, not lost.
-            drain_timeout=drain_timeout,
-            allow_reconnect=True,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            error_cb=on_error,
+            **_client_options(
+                url,
+                name,
+                connect_timeout,
+                reconnect_wait,
+                drain_timeout,
+                max_reconnect_attempts=initial_attempts,
+            ),
         )
         # nats-py reads this option on every reconnect: from now on, an outage only delays.
         client.options["max_reconnect_attempts"] = -1
-        return cls(client, publish_timeout=publish_timeout)
+        bus = cls(client, publish_timeout=publish_timeout)
+        bus._ready.set()
+        return bus
+
+    @classmethod
+    async def start(
+        cls,
+        url: str,
+        streams: Sequence[StreamSpec] = (),
+        *,
+        wait_seconds: float,
+        name: str | None = None,
+        connect_timeout: float = 2.0,
+        reconnect_wait: float = 1.0,
+        publish_timeout: float = 5.0,
+        drain_timeout: float = 2.0,
+    ) -> Bus:
+        """Connect to ``url`` and declare ``streams``, waiting at most ``wait_seconds`` for both; then go on
+        connecting in the background, forever, while the service starts and serves.
+
+        Why not fail the start: a service's calls do without NATS (events wait in outboxes, consumers pause), so
+        a pod restarted or scaled out during a NATS outage serves like the pods already running, instead of
+        crash-looping until NATS is back. Until connected, publishing fails at once (``NoServersError``, which
+        the kit answers UNAVAILABLE), consumers' fetches fail and pause, and health's ``parapet.dependencies``
+        is NOT_SERVING; a URL that cannot be parsed still fails the start, and an unreachable one is logged (at
+        most every 30 s), as an outage is."""
+        options = _client_options(
+            url, name, connect_timeout, reconnect_wait, drain_timeout, max_reconnect_attempts=-1
+        )
+        bus = cls(Client(), publish_timeout=publish_timeout)
+        bus._declared.update((spec.name, spec) for spec in streams)
+        starting = asyncio.create_task(
+            bus._connect_and_declare(url, options, reconnect_wait), name="nats-start"
+        )
+        bus._starting = starting
+        try:
+            await asyncio.wait([starting], timeout=wait_seconds)
+            if starting.done():
+                starting.result()  # raises what stopped it: a URL nats-py cannot parse
+        except BaseException:  # that, or the start itself cancelled (SIGTERM while waiting)
+            await bus.close()
+            raise
+        if not starting.done():
+            starting.add_done_callback(_report_failed_start)
+            log.warning(
+                "starting without NATS: not connected within %.1f s; connecting in the background",
+                wait_seconds,
+                extra={"nats_url": redact_url(url)},
+            )
+        return bus
+
+    async def _connect_and_declare(self, url: str, options: dict[str, Any], retry_wait: float) -> None:
+        """``start``'s background work: connect (nats-py retries forever at ``max_reconnect_attempts=-1``),
+        then declare every stream declared so far, retrying until NATS takes them all."""
+        await self.client.connect(url, **options)
+        log.info("nats connected", extra={"nats_url": redact_url(url)})
+        declared: set[str] = set()
+        last_warning = -math.inf
+        while pending := [spec for spec in self._declared.values() if spec.name not in declared]:
+            try:
+                for spec in pending:
+                    await self.ensure_stream(spec)
+                    declared.add(spec.name)
+            except Exception:
+                # JetStream not ready yet (a NATS that has just started, a cluster without a leader) or not
+                # enabled at all: visible, once per 30 s.
+                if time.monotonic() - last_warning >= 30.0:
+                    last_warning = time.monotonic()
+                    log.warning("declaring the streams at NATS failed; retrying", exc_info=True)
+                await asyncio.sleep(retry_wait)
+        self._ready.set()  # no await since the last check: a ``declare`` now sees it set and declares itself
+        self._starting = None
+
+    @property
+    def ready(self) -> bool:
+        """Connected once, and the streams declared so far declared at NATS."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Until :attr:`ready`."""
+        await self._ready.wait()
+
+    async def declare(self, spec: StreamSpec) -> None:
+        """Declare ``spec`` at NATS now when the bus is ready (``ensure_stream``); otherwise only remember it: the
+        bus declares it once connected, and without waiting for that a service's start goes on."""
+        if self.ready:
+            await self.ensure_stream(spec)
+        else:
+            self._declared[spec.name] = spec
 
     async def ensure_stream(self, spec: StreamSpec) -> StreamConfig:
         """Create the stream from ``spec``; when it exists, update only what the code owns (idempotent).
@@ -225,6 +351,10 @@ class Bus:
         When no stream takes the message and this bus declared one covering ``subject``, that stream is declared
         again (``restore_stream``) and the publish retried once; otherwise ``NoStreamResponseError`` is raised.
         """
+        if not self.ready and not self.client.is_connected:
+            # Never connected yet: nats-py would buffer the message and send it whenever NATS comes, long after
+            # this call timed out and its caller (an outbox relay) decided to publish it again.
+            raise NoServersError
         all_headers: dict[str, Any] = dict(headers or {})
         if msg_id is not None:
             all_headers[MSG_ID_HEADER] = msg_id
@@ -259,7 +389,15 @@ class Bus:
         """Drain: deliver what is buffered and let subscriptions finish, then close; each step bounded by
         ``CLOSE_STEP_SECONDS``, so a shutdown always completes."""
         timeout = CLOSE_STEP_SECONDS
+        if self._starting is not None:
+            await cancel_and_wait(self._starting)  # still connecting or declaring
+            self._starting = None
         if self.client.is_closed:
+            return
+        if not self.client.is_connected:
+            # Never connected, or NATS is down: there is nothing to drain, and draining would wait its bound.
+            with contextlib.suppress(Exception):
+                await within(timeout, self.client.close())
             return
         try:
             await within(timeout, self.client.drain())

@@ -140,6 +140,14 @@ class ServiceSettings(BaseSettings):
     nats_reconnect_wait_seconds: float = Field(
         1.0, gt=0, description="Pause between NATS reconnect attempts (the kit reconnects forever)."
     )
+    nats_start_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a start waits for NATS (connected, streams declared) before it serves without "
+        "it and goes on connecting in the background: calls do without NATS (outboxes, paused consumers), so a "
+        "pod started during a NATS outage serves instead of crash-looping.",
+    )
     grpc_keepalive_seconds: float = Field(
         10.0,
         gt=0,

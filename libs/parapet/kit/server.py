@@ -137,12 +137,14 @@ async def _open_resources(
     if app.uses_nats:
         if not settings.nats_url:
             raise ValueError(f"{app.name} needs PARAPET_NATS_URL")
-        bus = await Bus.connect(
-            settings.nats_url, name=app.name, reconnect_wait=settings.nats_reconnect_wait_seconds
+        bus = await Bus.start(
+            settings.nats_url,
+            app.streams,
+            wait_seconds=settings.nats_start_wait_seconds,
+            name=app.name,
+            reconnect_wait=settings.nats_reconnect_wait_seconds,
         )
         stack.push_async_callback(bus.close)
-        for spec in app.streams:
-            await bus.ensure_stream(spec)
     health = HealthMonitor(
         app.service_names,
         interval=settings.health_interval_seconds,

@@ -62,7 +62,7 @@ async def register_job_service(
     if not isinstance(settings, JobSettings):
         raise TypeError("the gateway's settings must inherit JobSettings")
     database, bus = resources.require_database(), resources.require_bus()
-    await bus.ensure_stream(queue.JOBS_STREAM)
+    await bus.declare(queue.JOBS_STREAM)
     store = JobStore(database, retention_days=settings.gateway_job_retention_days)
     changes = JobChanges()
     assert settings.database_url is not None  # uses_database

@@ -82,7 +82,8 @@ async def test_sigterm_during_startup_ends_the_process(tmp_path: Path) -> None:
 
     env = {
         "PARAPET_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-        "PARAPET_NATS_RECONNECT_WAIT_SECONDS": "5",  # start-up would take ~15 s to give up
+        "PARAPET_NATS_RECONNECT_WAIT_SECONDS": "5",
+        "PARAPET_NATS_START_WAIT_SECONDS": "60",  # the start waits for NATS this long before serving without it
     }
     async with _program(tmp_path, NATS_PROGRAM, **env) as (proc, _stdout, stderr):
         # Wait until it is trying to connect (its first warning), then ask it to stop.
