@@ -151,9 +151,11 @@ def replica_env(
 
 
 @contextlib.contextmanager
-def replica_suite(database_url: str, nats_url: str, home: Path) -> Iterator[ReplicaSuite]:
-    """Start :data:`REPLICAS` replicas of every service; stop them all on exit."""
-    layouts = free_layouts(REPLICAS)
+def replica_suite(
+    database_url: str, nats_url: str, home: Path, replicas: int = REPLICAS
+) -> Iterator[ReplicaSuite]:
+    """Start ``replicas`` replicas of every service; stop them all on exit."""
+    layouts = free_layouts(replicas)
     identity = provision(home / "identity")
     peers = {spec.address_env: target(layouts, spec) for spec in SERVICES}
     suite = ReplicaSuite(layouts, identity)

@@ -15,8 +15,6 @@ import json
 import signal
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,23 +23,15 @@ from sqlalchemy import text
 
 from parapet import clients
 from parapet.audit.v1 import audit_service_pb2
-from parapet.auth.v1 import (
-    api_key_pb2,
-    auth_service_pb2,
-    tenant_admin_service_pb2,
-    tenant_pb2,
-    user_pb2,
-)
-from parapet.cli.layout import BOOTSTRAP_KEY_NAME
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres
 from parapet.embedded.process import spawn
 from parapet.kit.database import Database
 from parapet.kit.descriptors import safe_to_repeat_paths
-from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2
 from tests.integration.metering.metering_support import wait_until_rollups_match
 from tests.integration.observability.scrape import scrape
+from tests.scale.calls import bearer, ingest, tenant_with_key, token_for
 from tests.scale.load import Call, Ledger, Targets
-from tests.scale.replicas import Replica, ReplicaSuite, replica_suite
+from tests.scale.replicas import Replica, replica_suite
 
 # About three minutes on two cores: starting fourteen processes, the reconnect wait, the delivery checks.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -50,7 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 WORKERS = 4  # concurrent flows of the client process, each at most one round per PACE seconds
 PACE = 0.25
 
-Metadata = tuple[tuple[str, str], ...]
 # gRPC reconnects to a peer that went away with exponential backoff (1 s x 1.6^n, jittered, up to 2 min): a
 # replica back after ~10 s is found again by most channels within ~30 s of leaving, but a slow restart on a
 # loaded machine can leave a channel waiting a minute. So the kill hits the restarted replicas, once they
@@ -60,73 +49,6 @@ RECONNECTED_AFTER = 35.0
 # there too (seen: one sent 0.11 s after the kill, on a machine under load).
 KILL_WINDOW = 1.0
 DELIVERY_WITHIN = 120.0  # beyond the consumers' 30 s ack wait, after which a killed replica's messages return
-
-
-def _bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
-async def _operator_key(suite: ReplicaSuite) -> str:
-    path = suite.identity.signing_key_file.parent / BOOTSTRAP_KEY_NAME
-    return (await asyncio.to_thread(path.read_text)).strip()
-
-
-async def _tenant_with_key(suite: ReplicaSuite) -> tuple[str, str]:
-    """A new tenant and an API key of its user ``loader`` (role admin), made through the admin RPCs."""
-    tenant = f"scale-{uuid.uuid4().hex[:10]}"
-    async with (
-        clients.auth(suite.target("auth")) as auth,
-        clients.tenant_admin(suite.target("auth")) as admin,
-    ):
-        operator = await auth.stub.Authenticate(
-            auth_service_pb2.AuthenticateRequest(api_key=await _operator_key(suite)), timeout=10
-        )
-        md = _bearer(operator.token)
-        await admin.stub.CreateTenant(
-            tenant_admin_service_pb2.CreateTenantRequest(
-                tenant=tenant_pb2.Tenant(tenant_id=tenant, display_name="Scale test")
-            ),
-            metadata=md,
-            timeout=10,
-        )
-        await admin.stub.CreateUser(
-            tenant_admin_service_pb2.CreateUserRequest(
-                tenant_id=tenant,
-                user=user_pb2.User(
-                    user_id="loader", roles=["admin"], kind=user_pb2.USER_KIND_SERVICE_ACCOUNT
-                ),
-            ),
-            metadata=md,
-            timeout=10,
-        )
-        created = await admin.stub.CreateApiKey(
-            tenant_admin_service_pb2.CreateApiKeyRequest(
-                tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="loader")
-            ),
-            metadata=md,
-            timeout=10,
-        )
-    return tenant, created.secret
-
-
-async def _token(suite: ReplicaSuite, api_key: str) -> str:
-    async with clients.auth(suite.target("auth")) as auth:
-        reply = await auth.stub.Authenticate(
-            auth_service_pb2.AuthenticateRequest(api_key=api_key), timeout=10
-        )
-    return str(reply.token)
-
-
-async def _ingest(suite: ReplicaSuite, md: Metadata) -> None:
-    async def requests() -> AsyncIterator[retrieval_service_pb2.IngestDocumentsRequest]:
-        yield retrieval_service_pb2.IngestDocumentsRequest(
-            document=document_pb2.Document(document_id="refunds", title="Refunds", mime_type="text/plain"),
-            content=b"Annual plans can be refunded within 30 days of purchase. Monthly plans are not refunded.",
-        )
-
-    async with clients.retrieval(suite.target("retrieval")) as retrieval:
-        reply = await retrieval.stub.IngestDocuments(requests(), metadata=md, timeout=60)
-    assert [r.chunk_count > 0 for r in reply.results] == [True]
 
 
 async def _served(replica: Replica) -> float:
@@ -185,8 +107,8 @@ async def test_replicas_stopped_and_killed_under_load_fail_nothing_safe_and_lose
     fresh_postgres: EmbeddedPostgres, fresh_nats: EmbeddedNats, tmp_path: Path
 ) -> None:
     with replica_suite(fresh_postgres.url, fresh_nats.url, tmp_path / "home") as suite:
-        tenant, api_key = await _tenant_with_key(suite)
-        await _ingest(suite, _bearer(await _token(suite, api_key)))
+        tenant, api_key = await tenant_with_key(suite)
+        await ingest(suite, bearer(await token_for(suite, api_key)))
         targets = Targets(
             auth=suite.target("auth"),
             metering=suite.target("metering"),
@@ -280,7 +202,7 @@ async def test_replicas_stopped_and_killed_under_load_fail_nothing_safe_and_lose
         async with clients.audit(suite.target("audit")) as audit:
             verified = await audit.stub.VerifyChain(
                 audit_service_pb2.VerifyChainRequest(),
-                metadata=_bearer(await _token(suite, api_key)),
+                metadata=bearer(await token_for(suite, api_key)),
                 timeout=60,
             )
         assert verified.intact, verified.first_break
