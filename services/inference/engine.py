@@ -172,6 +172,21 @@ def _cache_key(
     )
 
 
+def _worth_storing(state: _Stream, finish: int, answered: ModelConfig) -> bool:
+    """Whether an answer may be served from the cache to requests equivalent to this one.
+
+    Only a whole answer (STOP: not cut at max_tokens, filtered, or broken off), with some text (a model that
+    stopped without a word, as one sometimes does, is asked again rather than its blank served for the TTL),
+    by the model the request was routed to: the partition names that model (``plan.chain[0]``), and a
+    fallback's answer stored there, during that model's outage, was served for the TTL to every request for it
+    after it recovered."""
+    return (
+        finish == generation_pb2.FINISH_REASON_STOP
+        and answered.name == state.plan.chain[0].name
+        and any(piece.strip() for piece in state.text)
+    )
+
+
 def _hit_outcome(hit: CachedAnswer, fallback: bool) -> cache_pb2.CacheOutcome.ValueType:
     if fallback:
         return cache_pb2.CACHE_OUTCOME_FALLBACK_HIT
@@ -297,7 +312,7 @@ class Engine:
             return
         assert answered is not None
         outcome = cache_pb2.CacheResult(outcome=state.cache_miss)
-        if key is not None and finish == generation_pb2.FINISH_REASON_STOP:
+        if key is not None and _worth_storing(state, finish, answered):
             entry = NewEntry(
                 question=question,
                 answer="".join(state.text),
@@ -561,7 +576,9 @@ class Engine:
                     retry_number += 1
                     delay = (
                         next_delay(self.config.retry, retry_number, error.retry_after, remaining)
-                        if error.retryable
+                        # An open breaker (this failure, or other calls', opened it) would refuse the retry
+                        # after the wait: the next model answers now, and the attempt keeps its own reason.
+                        if error.retryable and breaker.state != "open"
                         else None
                     )
                     log.info(

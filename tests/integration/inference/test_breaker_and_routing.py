@@ -61,6 +61,37 @@ async def test_breaker_opens_on_failures_skips_the_model_then_half_opens_and_clo
         assert await _state(inference, "flaky") == model_pb2.CIRCUIT_STATE_CLOSED
 
 
+async def test_a_failure_that_opens_the_breaker_falls_back_at_once_and_names_its_cause(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """A retryable failure that opened the breaker (here a 429 with Retry-After) was still waited out, up to
+    max_retry_after_seconds (30 s by default), before a retry the open breaker then refused: the caller waited
+    for nothing, and the model was reported CIRCUIT_OPEN instead of what happened to it."""
+    models = [
+        {
+            "name": "limited",
+            "provider": "openai",
+            "upstream_model": "limited;status=429;retry_after=2",
+            "fallbacks": ["backup"],
+        },
+        {"name": "backup", "provider": "local"},
+    ]
+    config = upstream_config(
+        upstream,
+        models,
+        retry={"max_attempts": 3},
+        breaker={"window": 1, "min_calls": 1, "failure_ratio": 1.0, "open_seconds": 60, "half_open_calls": 1},
+    )
+    async with start_inference(config) as inference:
+        outcome = await inference.stream("hello", model="limited")
+        assert outcome.error is None and outcome.summary.routing.model == "backup"
+        assert [(a.model, a.reason) for a in outcome.summary.routing.fallback_attempts] == [
+            ("limited", "PROVIDER_RATE_LIMITED")
+        ]
+        assert len(upstream.requests_for("limited")) == 1
+        assert await _state(inference, "limited") == model_pb2.CIRCUIT_STATE_OPEN
+
+
 async def test_aliases_and_complexity_routing_return_the_decision_and_its_reason(
     start_inference: StartInference, upstream: UpstreamServer
 ) -> None:

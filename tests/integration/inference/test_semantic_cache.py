@@ -636,3 +636,58 @@ async def test_an_answer_is_served_only_to_requests_routed_to_the_same_model(
         # Another feature the rules ignore routes the same: the cheap model's answer is the right one.
         other = await inference.stream(QUESTION, who=who, model="tier", feature="chat")
         assert other.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+
+
+async def test_a_fallback_models_answer_is_not_stored_for_the_model_the_request_was_routed_to(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """The partition names the model the request was routed to, but the answer stored there was whichever model
+    answered: during the chosen model's outage its fallback's answers were stored, then served for the whole TTL
+    to every request for the chosen model after it recovered (a weaker or cheaper model's answer, as a hit)."""
+    who = principal(f"fallback-store-{uuid.uuid4().hex[:8]}")
+    models = [
+        {"name": "gpt", "provider": "openai", "upstream_model": "gpt-chosen", "fallbacks": ["backup"]},
+        {
+            "name": "backup",
+            "provider": "anthropic",
+            "upstream_model": "backup-model;reply=An+answer+from+the+backup+model",
+        },
+    ]
+    async with start_inference(
+        upstream_config(upstream, models, retry={"max_attempts": 1}), cache_enabled=True
+    ) as inference:
+        upstream.outages.add("gpt-chosen")
+        try:
+            fallen = await inference.stream(QUESTION, who=who, model="gpt")
+        finally:
+            upstream.outages.clear()
+        assert fallen.error is None and fallen.summary.routing.model == "backup"
+        assert fallen.summary.routing.reason == routing_pb2.ROUTING_REASON_FALLBACK
+        await _settle_writes(inference, who.tenant_id)
+        recovered = await inference.stream(QUESTION, who=who, model="gpt")
+        assert recovered.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, (
+            recovered.summary.routing.model,
+            recovered.text,
+        )
+        assert recovered.summary.routing.model == "gpt" and recovered.text == f"You said: {QUESTION}"
+        # The chosen model's own answer is stored, and is what its requests get from the cache.
+        cached = await _until_cached(inference, QUESTION, who, model="gpt")
+        assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
+        assert cached.summary.routing.model == "gpt" and cached.text == recovered.text
+
+
+async def test_a_blank_answer_is_not_stored(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """A model that finished (STOP) without any text had its blank answer stored and served, as a complete
+    answer at zero cost, to every equal question for the whole TTL, instead of asking the model again."""
+    who = principal(f"blank-{uuid.uuid4().hex[:8]}")
+    models = [{"name": "gpt", "provider": "openai", "upstream_model": "gpt-blank;reply="}]
+    async with start_inference(upstream_config(upstream, models), cache_enabled=True) as inference:
+        blank = await inference.stream(QUESTION, who=who)
+        assert blank.error is None and blank.text == ""
+        assert blank.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
+        await _settle_writes(inference, who.tenant_id)
+        again = await inference.stream(QUESTION, who=who)
+        assert again.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, again.deltas
+    assert len(upstream.requests_for("gpt-blank")) == 2, "the model is asked again"
