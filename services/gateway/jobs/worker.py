@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from nats.aio.msg import Msg
 
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
+from parapet.kit.context import deadline_var
 from parapet.kit.durable import DurableConsumer
 from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError, Unavailable
 from parapet.kit.timeouts import cancel_and_wait, within
@@ -341,6 +343,10 @@ class JobWorker:
         request = submission.item_request(item, job.metadata)
         request_id = submission.item_request_id(job.job_id, index, job.runs)
         timeout = self._settings.gateway_job_item_timeout_seconds
+        # The item's limit is its deadline, put where an RPC's own would be (this task's context only): the
+        # flow's calls to other services get the time left, and the flow stopped by the limit records
+        # DEADLINE_EXCEEDED. Without it the flow saw only a cancellation and audited the item CANCELLED.
+        limit = deadline_var.set(time.monotonic() + timeout)
         try:
             response = await within(timeout, self._runner(current, request, request_id))
             outcome = _succeeded(index, response)
@@ -357,6 +363,8 @@ class JobWorker:
             log.exception("job item failed unexpectedly", extra={"job_id": job.job_id, "index": index})
             crash = Internal("the item failed inside the gateway")
             outcome = ItemOutcome(index, error=status_of(crash).SerializeToString())
+        finally:
+            deadline_var.reset(limit)  # the checkpoint below is the worker's own work, not the item's
         try:
             state = await self._checkpoint_shielded(job, outcome)
         except Exception:

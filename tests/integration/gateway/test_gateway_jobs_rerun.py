@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
@@ -93,3 +94,52 @@ async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_
         count=2,
     )
     assert [r.request_id for r in audited] == [f"job-{job_id}-0", f"job-{job_id}-0-run2"]
+
+
+async def test_an_item_past_its_time_limit_is_audited_and_released_as_a_deadline_not_a_cancellation(
+    suite: Suite,
+) -> None:
+    """The worker stops an item at ``PARAPET_GATEWAY_JOB_ITEM_TIMEOUT_SECONDS``. The flow saw only a cancellation,
+    so until 2026-12-06 the item's audit record said CANCELLED, as if its submitter had stopped it, while the
+    job's result said DEADLINE_EXCEEDED; the item's calls to other services had no deadline either."""
+    tenant = await suite.tenant()
+    words = " ".join(f"word{n}" for n in range(200))  # the slow model: one word per 50 ms, 10 s in all
+    item = chat_service_pb2.ChatRequest(
+        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=words)],
+        model="slow",
+        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
+    )
+    submitted = await suite.jobs.SubmitJob(
+        job_service_pb2.SubmitJobRequest(
+            idempotency_key="late", chat_batch=job_pb2.ChatBatch(requests=[item])
+        ),
+        metadata=tenant.metadata(),
+    )
+    job_id = submitted.job.job_id
+    async with suite.gateway(gateway_job_workers_enabled=True, gateway_job_item_timeout_seconds=1.5):
+        states = []
+        async with asyncio.timeout(60):
+            async for update in suite.jobs.WatchJob(
+                job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
+            ):
+                states.append(update.job.state)
+    assert states[-1] in TERMINAL, states
+    job = (
+        await suite.jobs.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+            metadata=tenant.metadata(),
+        )
+    ).job
+    assert job.results[0].error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], job.results[0]
+    audited = await suite.wait_rows(
+        "SELECT request_id, status_code, error_reason FROM audit.records WHERE tenant_id = :t AND kind = 'interaction'",
+        t=tenant.tenant_id,
+    )
+    assert [(r.status_code, r.error_reason) for r in audited] == [
+        (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "DEADLINE_EXCEEDED")
+    ], audited
+    ledger = await suite.wait_rows(
+        "SELECT request_id, completion_tokens FROM metering.usage_ledger WHERE tenant_id = :t",
+        t=tenant.tenant_id,
+    )
+    assert [r.request_id for r in ledger] == [audited[0].request_id]  # what the model produced is billed
