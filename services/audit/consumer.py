@@ -28,8 +28,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from parapet.audit.v1 import audit_record_pb2
 from parapet.events.audit import (
     AUDIT_STREAM,
-    REJECTED_FROM_HEADER,
-    REJECTED_REASON_HEADER,
     REJECTED_SUBJECT_PREFIX,
     SUBJECT_PREFIX,
     tenant_of,
@@ -40,6 +38,7 @@ from parapet.kit.database import Database
 from parapet.kit.durable import DurableConsumer
 from parapet.kit.errors import InvalidArgument
 from services.audit.canonical import PreparedRecord, prepare
+from services.audit.set_aside import fit_copy
 from services.audit.store import append_groups
 
 log = logging.getLogger(__name__)
@@ -115,14 +114,32 @@ class AuditConsumer:
             why,
             extra={"subject": msg.subject, "record_id": record_id, "reason": why},
         )
-        headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
-        headers[REJECTED_REASON_HEADER] = why[:300]  # the copy must stay within max_payload
-        headers[REJECTED_FROM_HEADER] = msg.subject
+        copy = fit_copy(
+            msg.data,
+            {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")},
+            reason=why,
+            from_subject=msg.subject,
+            msg_id=set_aside_id(msg),
+            # What the server said at connect (NATS refuses a larger message by closing the connection).
+            limit=self._bus.client.max_payload,
+        )
+        if copy.left_off:
+            log.warning(
+                "the set-aside copy of an audit record leaves off headers to fit the NATS message limit",
+                extra={"record_id": record_id, "left_off": ", ".join(copy.left_off)},
+            )
+        if not copy.payload_kept:
+            # Only after the server's limit was lowered below a message it had taken: the loss is explicit.
+            log.error(
+                "audit record set aside without its payload: larger than the NATS message limit; the copy "
+                "holds its SHA-256",
+                extra={"subject": msg.subject, "record_id": record_id, "bytes": len(msg.data)},
+            )
         await self._bus.publish(
             REJECTED_SUBJECT_PREFIX + (tenant_of(msg.subject) or "unknown"),
-            msg.data,
-            msg_id=set_aside_id(msg),
-            headers=headers,
+            copy.payload,
+            msg_id=copy.msg_id,
+            headers=copy.headers or None,
         )
         await msg.term()
         metrics.record_audit("stream", "rejected")
