@@ -74,6 +74,15 @@ def _out_of_range(figures: Iterable[tuple[str, int]], ceiling: int) -> list[tupl
     ]
 
 
+def _usage_position(token: str, query: str) -> str | None:
+    """The key digest of the group a GetUsage page token says the page starts after; PAGE_TOKEN_INVALID for
+    anything else (an offset token of a release before 2026-12-06 included)."""
+    position = paging.decode_text(token, query)
+    if position is not None and not re.fullmatch(r"[0-9a-f]{64}", position):
+        raise paging.invalid_token()
+    return position
+
+
 def _request_id(value: str, field: str = "request_id") -> str:
     if not value or len(value) > _MAX_ID:
         raise InvalidArgument(
@@ -381,7 +390,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             )
         size = paging.page_size(request.page_size)
         query = paging.query_key(request, principal.tenant_id, principal.subject)
-        offset = paging.decode_number(request.page_token, query) or 0
+        after = _usage_position(request.page_token, query)
         policy = await self._policies.get(principal.tenant_id)
         user_id = request.user_id
         reads_usage = can_read_usage(principal, policy)
@@ -396,7 +405,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         usage_filter = usage.UsageFilter(
             principal.tenant_id, start, end, user_id, request.model, request.feature
         )
-        page, total, more = await usage.query(self._database, usage_filter, dimensions, offset, size)
+        try:
+            page, total, more = await usage.query(self._database, usage_filter, dimensions, after, size)
+        except usage.UnknownPosition:
+            raise paging.invalid_token() from None
         subject = replace(principal, subject=user_id, api_key_id="") if user_id else principal
         budgets = applicable_budgets(policy, subject, now)
         if user_id:
@@ -411,7 +423,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             aggregates=[self._aggregate(row) for row in page],
             total=self._aggregate(total),
             budgets=[self._status(b, states.get(b.key)) for b in budgets],
-            next_page_token=paging.encode([offset + size], query) if more else "",
+            next_page_token=paging.encode([str(page[-1]["key_digest"])], query) if more else "",
         )
         return response
 

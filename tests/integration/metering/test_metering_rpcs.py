@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -224,6 +226,60 @@ async def test_usage_pages_and_its_token_serves_only_its_query_and_caller(
     ):
         request.page_token = first_token
         assert await refusal(metering.stub.GetUsage(request, metadata=who)) == PAGE_TOKEN_REFUSED, case
+
+
+async def test_usage_pages_neither_repeat_nor_skip_a_group_when_usage_arrives_between_them(
+    metering: Metering, keys: TestKeys
+) -> None:
+    """Page tokens were offsets into the grouped aggregates: a group that appeared between two pages before the
+    position reached (a user's first request) moved every later group one place on, and the next page repeated the
+    last group of the previous one, which a client listing usage per user counted twice."""
+    tenant = new_tenant()
+    write_policies(metering.policy_file, {tenant: reader_policy()})
+    reader = caller(keys, tenant, "reader", roles=("analyst",))
+    for i, user in enumerate(("bob", "carol", "dave")):
+        await metering.stub.Settle(settle(i, "m", "chat", 1_000), metadata=caller(keys, tenant, user))
+    by_user = pb.GetUsageRequest(
+        start_time=timestamp_pb2.Timestamp(seconds=0),
+        group_by=[usage_report_pb2.USAGE_DIMENSION_USER],
+        page_size=2,
+    )
+    first = await metering.stub.GetUsage(by_user, metadata=reader)
+    assert [a.user_id for a in first.aggregates] == ["bob", "carol"]
+    # New usage before and at the position reached: a new group in front of it, and more of the last one listed.
+    await metering.stub.Settle(settle(3, "m", "chat", 1_000), metadata=caller(keys, tenant, "alice"))
+    await metering.stub.Settle(settle(4, "m", "chat", 1_000), metadata=caller(keys, tenant, "carol"))
+    by_user.page_token = first.next_page_token
+    second = await metering.stub.GetUsage(by_user, metadata=reader)
+    assert [a.user_id for a in second.aggregates] == ["dave"]
+    assert second.next_page_token == "" and second.total.request_count == 5
+
+    # By day and user, one group a page: each once (the position is a day and a user).
+    by_day = pb.GetUsageRequest(
+        start_time=by_user.start_time,
+        group_by=[usage_report_pb2.USAGE_DIMENSION_DAY, usage_report_pb2.USAGE_DIMENSION_USER],
+        page_size=1,
+    )
+    listed, tokens = [], []
+    while True:
+        page = await metering.stub.GetUsage(by_day, metadata=reader)
+        listed += [(a.bucket_start_time.seconds, a.user_id) for a in page.aggregates]
+        if not page.next_page_token:
+            break
+        tokens.append(page.next_page_token)
+        by_day.page_token = page.next_page_token
+    assert sorted(listed) == listed and sorted(user for _, user in listed) == [
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+    ]
+    # A position that names no group of the query, under a real token's query key, is no token of ours.
+    payload = json.loads(base64.urlsafe_b64decode(tokens[0]))
+    by_day.page_token = base64.urlsafe_b64encode(
+        json.dumps({"p": ["0" * 64], "q": payload["q"]}).encode()
+    ).decode()
+    assert await refusal(metering.stub.GetUsage(by_day, metadata=reader)) == PAGE_TOKEN_REFUSED
 
 
 async def test_settle_naming_no_reservation_settles_the_requests_own_hold(
