@@ -8,11 +8,11 @@ connection on every redelivery.
 
 The payload comes first: it is the record, what an operator republishes and what ``Erase`` reads the user from.
 The original message fitted with its own headers, so its payload alone fits unless the server's limit was lowered
-since; then the copy keeps a SHA-256 of it instead (``PAYLOAD_HEADER``), and the loss is logged and the record
+since; then the copy keeps a SHA-256 of it instead (``REJECTED_PAYLOAD_HEADER``), and the loss is logged and the record
 counted as rejected. Headers follow in the order of what they are worth: the copy's message id (one copy however
 often the message is delivered), the subject it came on, the reason (cut to what fits; the ERROR log has it whole),
 then the original headers (CloudEvents attributes the record's own fields repeat, and nothing the audit service
-reads), each whole or left off. ``TRIMMED_HEADER`` names what was left off or cut, when it fits.
+reads), each whole or left off. ``REJECTED_TRIMMED_HEADER`` names what was left off or cut, when it fits.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from parapet.events.audit import REJECTED_FROM_HEADER, REJECTED_REASON_HEADER
+from parapet.events.audit import (
+    REJECTED_FROM_HEADER,
+    REJECTED_PAYLOAD_HEADER,
+    REJECTED_REASON_HEADER,
+    REJECTED_TRIMMED_HEADER,
+)
 from parapet.kit.bus import MSG_ID_HEADER, message_size
 
-TRIMMED_HEADER = "parapet-rejected-trimmed"
-PAYLOAD_HEADER = "parapet-rejected-payload"
 REASON_CHARACTERS = 300
 _CUTTABLE = (REJECTED_FROM_HEADER, REJECTED_REASON_HEADER)
-_OURS = frozenset({TRIMMED_HEADER, PAYLOAD_HEADER, *_CUTTABLE})
+_OURS = frozenset({REJECTED_TRIMMED_HEADER, REJECTED_PAYLOAD_HEADER, *_CUTTABLE})
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def fit_copy(
     if len(payload) > limit:
         digest = hashlib.sha256(payload).hexdigest()
         kept_payload, payload_kept = b"", False
-        ours.insert(0, (PAYLOAD_HEADER, f"omitted, {len(payload)} bytes, sha256 {digest}"))
+        ours.insert(0, (REJECTED_PAYLOAD_HEADER, f"omitted, {len(payload)} bytes, sha256 {digest}"))
     everything = dict(ours + theirs)
     if message_size(kept_payload, everything, msg_id) <= limit:
         return Copy(kept_payload, everything, msg_id, (), payload_kept)
@@ -90,13 +93,13 @@ def _greedy(
 
     for name, value in first:
         add(name, value, limit)
-    widest = {TRIMMED_HEADER: ", ".join([*left_off, *(name for name, _ in then)])}
+    widest = {REJECTED_TRIMMED_HEADER: ", ".join([*left_off, *(name for name, _ in then)])}
     marker_room = message_size(payload, kept | widest, chosen_id) - message_size(payload, kept, chosen_id)
     marked = message_size(payload, kept, chosen_id) + marker_room <= limit
     for name, value in then:
         add(name, value, limit - marker_room if marked else limit)
     if marked and left_off:
-        kept[TRIMMED_HEADER] = ", ".join(left_off)
+        kept[REJECTED_TRIMMED_HEADER] = ", ".join(left_off)
     return Copy(payload, kept, chosen_id, tuple(left_off), payload_kept)
 
 

@@ -47,6 +47,10 @@ REJECTED_STREAM = StreamSpec(
 )
 REJECTED_REASON_HEADER = "parapet-rejected-reason"
 REJECTED_FROM_HEADER = "parapet-rejected-subject"
+# On a set-aside copy that had to leave headers off to fit NATS's message limit: the names of those left off or cut.
+REJECTED_TRIMMED_HEADER = "parapet-rejected-trimmed"
+# On a set-aside copy without its payload (larger than the limit NATS now has): its size and SHA-256.
+REJECTED_PAYLOAD_HEADER = "parapet-rejected-payload"
 
 
 def subject(tenant_id: str) -> str:

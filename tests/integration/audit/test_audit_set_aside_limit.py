@@ -15,11 +15,11 @@ from parapet.events.audit import (
     REJECTED_REASON_HEADER,
     REJECTED_STREAM,
     REJECTED_SUBJECT_PREFIX,
+    REJECTED_TRIMMED_HEADER,
     headers,
     subject,
 )
 from parapet.kit.bus import Bus, message_size
-from services.audit.set_aside import TRIMMED_HEADER
 from tests.integration.audit.conftest import (
     Audit,
     in_stream,
@@ -98,7 +98,7 @@ async def test_messages_at_the_limit_are_set_aside_whole_and_the_next_record_sto
         # The reason and the subject kept; CloudEvents attributes (the record repeats them) left off, and named.
         assert kept[REJECTED_FROM_HEADER] == subject(tenant)
         assert kept[REJECTED_REASON_HEADER] == "tenant_id does not match the subject"
-        assert "ce-id" in kept[TRIMMED_HEADER].split(", ")
+        assert "ce-id" in kept[REJECTED_TRIMMED_HEADER].split(", ")
         assert copies[bare] == {}
 
         # The copy decodes, so Erase still reaches the user's prompt in it.

@@ -7,9 +7,14 @@ import hashlib
 
 import pytest
 
-from parapet.events.audit import REJECTED_FROM_HEADER, REJECTED_REASON_HEADER
+from parapet.events.audit import (
+    REJECTED_FROM_HEADER,
+    REJECTED_PAYLOAD_HEADER,
+    REJECTED_REASON_HEADER,
+    REJECTED_TRIMMED_HEADER,
+)
 from parapet.kit.bus import message_size
-from services.audit.set_aside import PAYLOAD_HEADER, TRIMMED_HEADER, Copy, fit_copy
+from services.audit.set_aside import Copy, fit_copy
 
 LIMIT = 4096
 FROM = "parapet.audit.v1.t-abcdefabcdef"
@@ -47,8 +52,8 @@ def test_every_payload_up_to_the_limit_is_kept_whole_within_it(size: int) -> Non
     assert message_size(copy.payload, copy.headers, copy.msg_id) <= LIMIT
     reason_kept = copy.headers.get(REJECTED_REASON_HEADER, "")
     assert reason[:300].startswith(reason_kept)
-    if copy.left_off and TRIMMED_HEADER in copy.headers:
-        assert copy.headers[TRIMMED_HEADER] == ", ".join(copy.left_off)
+    if copy.left_off and REJECTED_TRIMMED_HEADER in copy.headers:
+        assert copy.headers[REJECTED_TRIMMED_HEADER] == ", ".join(copy.left_off)
     if REJECTED_REASON_HEADER in copy.left_off:  # cut only once every original header is gone
         assert not set(ORIGINAL) & set(copy.headers)
 
@@ -75,14 +80,16 @@ def test_a_payload_over_the_limit_is_replaced_by_its_hash_and_said_so() -> None:
     copy = _copy(payload)
     assert copy.payload == b"" and not copy.payload_kept
     assert (
-        copy.headers[PAYLOAD_HEADER]
+        copy.headers[REJECTED_PAYLOAD_HEADER]
         == f"omitted, {LIMIT + 1} bytes, sha256 {hashlib.sha256(payload).hexdigest()}"
     )
     assert copy.headers[REJECTED_REASON_HEADER] == "not an AuditRecord" and copy.msg_id == MSG_ID
 
 
 def test_headers_of_the_original_cannot_pose_as_ours() -> None:
-    copy = _copy(b"x", original={REJECTED_REASON_HEADER: "forged", TRIMMED_HEADER: "forged", "ce-id": "1"})
+    copy = _copy(
+        b"x", original={REJECTED_REASON_HEADER: "forged", REJECTED_TRIMMED_HEADER: "forged", "ce-id": "1"}
+    )
     assert copy.headers == {
         "ce-id": "1",
         REJECTED_FROM_HEADER: FROM,
