@@ -12,6 +12,7 @@ from parapet.kit import metrics
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
+from services.moderation.detectors.visible import visible
 from services.moderation.masking import MaskingVault, redaction
 from services.moderation.policy import Policy
 
@@ -140,10 +141,22 @@ def _separator(char: str) -> bool:
 
 
 def detect_all(detectors: Sequence[Detector], text: str) -> list[Detection]:
+    """Every detector's findings in ``text``, overlaps settled. Detectors read the text without the invisible
+    characters typed inside values (``visible``), and their spans are mapped back to the text as written:
+    a zero-width space inside a card number hid it from every pattern detector. One that reads invisible
+    characters as evidence (``reads_invisible``: the injection detector) gets the text as written."""
+    view = visible(text)
     found: list[Detection] = []
     for detector in detectors:
-        found.extend(detector.detect(text))
+        if view is None or reads_invisible(detector):
+            found.extend(detector.detect(text))
+        else:
+            found.extend(view.detection(d) for d in detector.detect(view.text))
     return settle_overlaps(text, found, priority_table(detectors))
+
+
+def reads_invisible(detector: Detector) -> bool:
+    return bool(getattr(detector, "reads_invisible", False))
 
 
 def priority_table(detectors: Sequence[Detector]) -> dict[str, int]:

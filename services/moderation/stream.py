@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
-from services.moderation.engine import Applied, apply_policy, detect_all, to_finding
+from services.moderation.detectors.visible import visible
+from services.moderation.engine import Applied, apply_policy, detect_all, reads_invisible, to_finding
 from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVault
 from services.moderation.policy import Policy
 
@@ -151,9 +152,16 @@ class StreamScreener:
 
     def _hold(self) -> int:
         buffer, n = self._buffer, len(self._buffer)
-        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)
+        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)  # placeholders are restored in the text as written
+        # Detectors read the text without invisible characters (engine.detect_all), so where a match could
+        # still start is measured there too: pieces and spans as they read them, the invisible characters a
+        # value holds counting against neither. Mapped back, the start stays on the value's first code point.
+        view = visible(buffer)
         for detector in self._detectors:
-            limit = min(limit, anchored_start(buffer, n, detector))
+            if view is None or reads_invisible(detector):
+                limit = min(limit, anchored_start(buffer, n, detector))
+            else:
+                limit = min(limit, view.position(anchored_start(view.text, len(view.text), detector)))
         return limit
 
     def _advance(self, *, final: bool) -> StreamStep:
@@ -193,11 +201,15 @@ class StreamScreener:
         """Move ``limit`` left until no finding and no placeholder straddles it. Before the end, a finding
         that reaches the end of the text received may still grow (a private key runs on to its END line):
         it is held whole, or a chunk ending on a line break released the rest of the key unredacted."""
+        # The end of what the detectors read: invisible characters received after a value's last code point
+        # are not part of it, and the value may still grow with the next chunk.
+        view = visible(self._buffer)
+        end = len(self._buffer) if view is None else view.end_of_visible()
         moved = True
         while moved:
             moved = False
             for d in detections:
-                may_grow = not final and d.end == len(self._buffer)
+                may_grow = not final and d.end >= end
                 if d.start < limit and (limit < d.end or may_grow):
                     limit, moved = d.start, True
             window_start = max(0, limit - MAX_PLACEHOLDER)

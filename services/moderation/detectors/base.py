@@ -31,6 +31,11 @@ class Detector(Protocol):
     ``is_anchor(piece)``: every match has, among its first ``lead`` pieces, one that ``is_anchor`` accepts
     (so prose without a digit need not wait for a phone number's seven pieces). ``priority``
     settles overlaps: a checksum-validated card number beats the phone number that looks the same.
+
+    ``detect`` is given the text without the invisible characters typed inside values (``visible``), and
+    the spans it returns are mapped back to the text as written; ``max_span`` and ``max_tokens`` count in
+    that text too. A detector that weighs invisible characters as evidence sets ``reads_invisible = True``
+    and gets the text as written (the injection detector).
     """
 
     # Read-only members, so plain class attributes satisfy them.

@@ -4,8 +4,9 @@ scripts' decimal digits, typographic dashes and no-break spaces.
 
 ``ascii_forms`` replaces each by its ASCII form, one code point for one, so the pattern detectors match and
 check ("４" is worth 4 to Luhn, not its code point) the text as if typed in ASCII, and every span they find
-in it is the span of the same value in the text as written. Folding that changes lengths (NFKC, dropping
-invisible characters) is ``normalize.fold``'s job, for the detectors that map offsets back.
+in it is the span of the same value in the text as written. What changes lengths is done elsewhere, with
+offsets mapped back: dropping invisible characters typed inside values by ``visible`` (before any detector
+reads the text), NFKC and the rest of the attack folding by ``normalize.fold``.
 """
 
 from __future__ import annotations

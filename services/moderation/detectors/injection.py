@@ -25,6 +25,7 @@ from services.moderation.detectors.normalize import (
     may_spell_out,
     mixed_script_words,
 )
+from services.moderation.detectors.visible import visible
 
 THRESHOLD = 0.5
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
@@ -93,6 +94,9 @@ class InjectionDetector:
     max_span = 4096  # input-side only: whole prompts are screened at once, never streamed
     max_tokens = 1000
     priority = 10
+    # Given the text as written (engine.detect_all): invisible characters are evidence of smuggling here, and
+    # ``fold`` drops them for the phrase rules itself. Encoded runs are read in ``visible`` text below.
+    reads_invisible = True
 
     def __init__(self, threshold: float = THRESHOLD) -> None:
         self.threshold = threshold
@@ -114,14 +118,18 @@ class InjectionDetector:
             start, end = 0, len(folded)  # the spelled-out run hides the words: the whole text is the finding
         if score >= self.threshold:
             found.append(Detection(category, index[start], index[end], round(score, 3), self.name))
-        for match, hex_form in _encoded_runs(text):
+        # A zero-width space inside a base64 payload cut it into two runs, neither of which decoded to the
+        # attack: runs are searched in the text without invisible characters and mapped back.
+        view = visible(text)
+        for match, hex_form in _encoded_runs(text if view is None else view.text):
             decoded = _decode(match.group(), hex_form)
             if decoded is None:
                 continue
             inner, _, _, _ = _score(fold(decoded)[0])
             if inner >= self.threshold or (inner > 0 and score > 0):
                 boosted = 1.0 - (1.0 - inner) * 0.5
+                run_start, run_end = match.span() if view is None else view.span(*match.span())
                 found.append(
-                    Detection(C.CATEGORY_JAILBREAK, match.start(), match.end(), round(boosted, 3), self.name)
+                    Detection(C.CATEGORY_JAILBREAK, run_start, run_end, round(boosted, 3), self.name)
                 )
         return found

@@ -11,9 +11,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-# Zero-width, bidi controls, soft hyphen, word joiners, BOM and the invisible "tag" block: they render as
-# nothing, so "ig\u200bnore" reads as "ignore" to a model but defeats a naive pattern.
-_INVISIBLE_RANGES = (
+# Zero-width, bidi controls, soft hyphen, word joiners, BOM, variation selectors, fillers and the invisible
+# "tag" block: they render as nothing, so "ig\u200bnore" reads as "ignore" to a model but defeats a naive
+# pattern. ``visible`` drops the same characters for the pattern detectors (docs/moderation.md says which
+# are kept there and why).
+INVISIBLE_RANGES = (
     (0x00AD, 0x00AD),
     (0x034F, 0x034F),
     (0x061C, 0x061C),
@@ -27,7 +29,10 @@ _INVISIBLE_RANGES = (
     (0xFE00, 0xFE0F),
     (0xFEFF, 0xFEFF),
     (0xFFA0, 0xFFA0),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
     (0xE0000, 0xE007F),
+    (0xE0100, 0xE01EF),
 )
 
 # Letters of other scripts that look like Latin ones (Cyrillic, Greek) and common leetspeak digits inside
@@ -55,7 +60,7 @@ def may_spell_out(text: str) -> bool:
 
 def is_invisible(char: str) -> bool:
     code = ord(char)
-    return any(low <= code <= high for low, high in _INVISIBLE_RANGES)
+    return any(low <= code <= high for low, high in INVISIBLE_RANGES)
 
 
 def _latin_words(text: str) -> list[bool]:
