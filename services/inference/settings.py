@@ -32,6 +32,12 @@ class InferenceSettings(ServiceSettings):
     policy_cache_seconds: float = Field(
         5.0, ge=0, description="How long a tenant policy is used before it is revalidated with auth."
     )
+    policy_retry_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="After a revalidation with auth failed (unreachable, or no answer in 2 s), how long the "
+        "tenant's cached policy is used before auth is asked again.",
+    )
     cache_enabled: bool = Field(True, description="Whether the semantic cache is used at all.")
     cache_similarity_threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine similarity a cached question needs to answer a new one."

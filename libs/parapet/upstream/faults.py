@@ -24,7 +24,9 @@ The spec travels in the model name after the first ``;`` (``echo;status=503;time
   provider's prompt cache (Anthropic's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``, which its
   ``input_tokens`` leaves out; OpenAI's ``prompt_tokens_details.cached_tokens`` for reads)
 - ``omit_usage``: report no usage (non-streaming answers too)
-- ``finish=stop|length``: the finish reason reported
+- ``finish=stop|length``: the finish reason reported, in the API's own word (OpenAI ``stop``/``length``,
+  Anthropic ``end_turn``/``max_tokens``); any other value is reported as it is (``finish=refusal``,
+  ``finish=model_context_window_exceeded``, ``finish=abort``), as providers add reasons of their own
 - ``reply=TEXT``: the answer (URL-style ``+`` for spaces); default: an echo of the last user message
 - ``tag=ANY``: no effect but making the spec distinct
 """

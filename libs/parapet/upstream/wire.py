@@ -12,8 +12,20 @@ from parapet import tokens
 
 Api = Literal["openai", "anthropic"]
 
+# `finish=stop|length` in each API's own words; any other value is sent as it is (Anthropic's `refusal` or
+# `model_context_window_exceeded`, a self-hosted server's `abort`), to test how the adapters judge it.
 _OPENAI_FINISH = {"stop": "stop", "length": "length"}
 _ANTHROPIC_FINISH = {"stop": "end_turn", "length": "max_tokens"}
+
+
+def _openai_finish(finish: str) -> str:
+    return _OPENAI_FINISH.get(finish, finish)
+
+
+def _anthropic_finish(finish: str) -> str:
+    return _ANTHROPIC_FINISH.get(finish, finish)
+
+
 _ANTHROPIC_ERRORS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -120,7 +132,7 @@ def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: Usag
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": reply},
-                    "finish_reason": _OPENAI_FINISH[finish],
+                    "finish_reason": _openai_finish(finish),
                 }
             ],
         }
@@ -133,7 +145,7 @@ def full_response(api: Api, prompt: Prompt, reply: str, finish: str, usage: Usag
             "role": "assistant",
             "model": prompt.model,
             "content": [{"type": "text", "text": reply}],
-            "stop_reason": _ANTHROPIC_FINISH[finish],
+            "stop_reason": _anthropic_finish(finish),
             "stop_sequence": None,
             "usage": {**usage.anthropic_input(), "output_tokens": usage.completion}
             if usage is not None
@@ -195,13 +207,13 @@ class StreamEncoder:
 
     def finish(self, finish: str, usage: Usage | None) -> bytes:
         if self.api == "openai":
-            out = self._openai([{"index": 0, "delta": {}, "finish_reason": _OPENAI_FINISH[finish]}])
+            out = self._openai([{"index": 0, "delta": {}, "finish_reason": _openai_finish(finish)}])
             if usage is not None and self.prompt.include_usage:
                 out += self._openai([], usage=usage.openai())
             return out + b"data: [DONE]\n\n"
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": _ANTHROPIC_FINISH[finish], "stop_sequence": None},
+            "delta": {"stop_reason": _anthropic_finish(finish), "stop_sequence": None},
         }
         if usage is not None:
             delta["usage"] = {"output_tokens": usage.completion}

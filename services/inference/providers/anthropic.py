@@ -14,6 +14,7 @@ from services.inference.providers.base import (
     Delta,
     Finish,
     FinishKind,
+    FinishReasons,
     ProviderError,
     ProviderEvent,
     ProviderRequest,
@@ -24,12 +25,17 @@ from services.inference.providers.base import (
 from services.inference.providers.openai import http_timeout
 from services.inference.providers.sse import RAW_STREAM, sse_data
 
+# Anthropic's stop reasons; any other is judged by FinishReasons (never a complete answer).
 _FINISH: dict[str, FinishKind] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "tool_use": "stop",
-    "pause_turn": "stop",
     "max_tokens": "length",
+    # The answer was cut where the model's context window ended: as incomplete as at max_tokens.
+    "model_context_window_exceeded": "length",
+    # Anthropic paused a long turn, to be resumed by sending the answer back: what came is not the whole answer
+    # (it was STOP, and cached as complete).
+    "pause_turn": "length",
     "refusal": "content_filter",
 }
 # Anthropic requires max_tokens; used when neither the request nor the policy sets one.
@@ -41,6 +47,7 @@ class AnthropicProvider:
 
     def __init__(self, name: str, config: ProviderConfig, timeouts: Timeouts) -> None:
         self.name = name
+        self._finish = FinishReasons(name, _FINISH)
         key = config.api_key.get_secret_value() if config.api_key is not None else "unset"
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=config.base_url, max_retries=0, timeout=http_timeout(timeouts)
@@ -109,7 +116,7 @@ class AnthropicProvider:
                 elif kind == "message_delta":
                     reason = (event.get("delta") or {}).get("stop_reason")
                     if reason is not None:
-                        finish = _FINISH.get(reason, "stop")
+                        finish = self._finish(reason)
                     completion_tokens = (event.get("usage") or {}).get("output_tokens", completion_tokens)
                 elif kind == "message_stop":
                     stopped = True  # read on to the end of the body so the connection is reused

@@ -7,10 +7,13 @@ the same resilience and an adapter is only a translation between our types and o
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 FinishKind = Literal["stop", "length", "content_filter"]
 ErrorKind = Literal["rate_limited", "unavailable", "timeout", "rejected", "interrupted"]
@@ -130,6 +133,39 @@ _ERROR_TYPE_STATUS: dict[str, int] = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+
+
+class FinishReasons:
+    """One provider's finish reasons as ours. A reason it does not list is never taken for a complete answer:
+    providers add reasons (Anthropic's ``refusal``, ``pause_turn``, ``model_context_window_exceeded``), and
+    self-hosted servers have their own (vLLM's ``abort``); read as ``stop``, such an answer was billed and
+    reported as complete and cached for the TTL. It is ``length`` (FinishReason has no "unknown": LENGTH says the
+    answer may be incomplete, and the cache stores STOP only), with a warning naming it the first time."""
+
+    # Enough for every reason a provider may add; a server sending endless distinct values is not remembered
+    # beyond it (each one is still a warning, never a complete answer).
+    _REMEMBERED = 64
+
+    def __init__(self, provider: str, known: Mapping[str, FinishKind]) -> None:
+        self._provider = provider
+        self._known = known
+        self._warned: set[str] = set()
+
+    def __call__(self, raw: object) -> FinishKind:
+        reason = raw if isinstance(raw, str) else repr(raw)
+        kind = self._known.get(reason)
+        if kind is not None:
+            return kind
+        if reason not in self._warned:
+            if len(self._warned) < self._REMEMBERED:
+                self._warned.add(reason)
+            log.warning(
+                "provider %s finished an answer with %r, a finish reason Parapet does not know: reported as "
+                "length (possibly incomplete) and not cached",
+                self._provider,
+                reason[:100],
+            )
+        return "length"
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:

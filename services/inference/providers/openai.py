@@ -14,6 +14,7 @@ from services.inference.providers.base import (
     Delta,
     Finish,
     FinishKind,
+    FinishReasons,
     ProviderError,
     ProviderEvent,
     ProviderRequest,
@@ -23,6 +24,7 @@ from services.inference.providers.base import (
 )
 from services.inference.providers.sse import RAW_STREAM, sse_data
 
+# OpenAI's finish reasons (self-hosted servers use the same words); any other is judged by FinishReasons.
 _FINISH: dict[str, FinishKind] = {
     "stop": "stop",
     "length": "length",
@@ -52,6 +54,7 @@ class OpenAIProvider:
 
     def __init__(self, name: str, config: ProviderConfig, timeouts: Timeouts) -> None:
         self.name = name
+        self._finish = FinishReasons(name, _FINISH)
         key = config.api_key.get_secret_value() if config.api_key is not None else self._missing_key()
         self._client = openai.AsyncOpenAI(
             api_key=key,
@@ -136,7 +139,7 @@ class OpenAIProvider:
                     if text:
                         yield Delta(text)
                     if choice.get("finish_reason"):
-                        finish = _FINISH.get(choice["finish_reason"], "stop")
+                        finish = self._finish(choice["finish_reason"])
         except (openai.APIError, httpx2.HTTPError, ValueError, AttributeError, TypeError) as exc:
             error = self._error(exc)
             if error.kind == "unavailable":

@@ -3,7 +3,9 @@ built from a configuration dict, called over a real channel with real identity t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -15,7 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from parapet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc, message_pb2
+from parapet.inference.v1 import cache_pb2, inference_service_pb2, inference_service_pb2_grpc, message_pb2
 from parapet.kit.errors import ErrorDetails, error_details
 from parapet.kit.identity import Principal
 from parapet.kit.testing import TestKeys, make_test_keys, running
@@ -160,3 +162,26 @@ def upstream_config(
     }
     config.update(extra)
     return config
+
+
+async def until_cached(inference: Inference, question: str, who: Principal, **fields: Any) -> Outcome:
+    """The answer is stored after the summary went out; poll briefly until the entry is visible.
+
+    A probe racing the store's commit may see the entry only on its second (semantic) query, at similarity 1;
+    the loop waits for the settled state, an exact hit."""
+    deadline = time.monotonic() + 5
+    while True:
+        outcome = await inference.stream(question, who=who, **fields)
+        if outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT or time.monotonic() > deadline:
+            return outcome
+        await asyncio.sleep(0.05)
+
+
+async def settle_writes(inference: Inference, tenant: str) -> None:
+    """Returns once this replica's pending cache writes have landed (DeleteCacheEntries waits for them first)."""
+    admin = Principal(tenant_id=tenant, subject="ops", roles=("admin",))
+    await inference.stub.DeleteCacheEntries(
+        inference_service_pb2.DeleteCacheEntriesRequest(user_id="nobody"),
+        metadata=inference.metadata(admin),
+        timeout=10,
+    )

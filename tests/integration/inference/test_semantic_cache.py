@@ -25,10 +25,10 @@ from parapet.retrieval.v1 import documents_deleted_event_pb2
 from parapet.upstream import UpstreamServer
 from services.inference.cache.deletions import DURABLE
 from tests.integration.inference.conftest import (
-    Inference,
-    Outcome,
     StartInference,
     principal,
+    settle_writes,
+    until_cached,
     upstream_config,
 )
 
@@ -40,19 +40,6 @@ PARAPHRASE = "What is the way to reset my password?"
 CONTEXT = [completion_pb2.ContextChunk(document_id="doc-7", title="Account help", text="Use the reset link.")]
 
 
-async def _until_cached(inference: Inference, question: str, who: Principal, **fields: Any) -> Outcome:
-    """The answer is stored after the summary went out; poll briefly until the entry is visible.
-
-    A probe racing the store's commit may see the entry only on its second (semantic) query, at similarity 1;
-    the loop waits for the settled state, an exact hit."""
-    deadline = time.monotonic() + 5
-    while True:
-        outcome = await inference.stream(question, who=who, **fields)
-        if outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT or time.monotonic() > deadline:
-            return outcome
-        await asyncio.sleep(0.05)
-
-
 async def test_exact_and_paraphrase_hits_stream_back_at_zero_cost(
     start_inference: StartInference, upstream: UpstreamServer
 ) -> None:
@@ -61,7 +48,7 @@ async def test_exact_and_paraphrase_hits_stream_back_at_zero_cost(
         first = await inference.stream(QUESTION, who=who, context=CONTEXT)
         assert first.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
         assert first.summary.cost.amount_micros > 0
-        exact = await _until_cached(inference, QUESTION, who, context=CONTEXT)
+        exact = await until_cached(inference, QUESTION, who, context=CONTEXT)
         assert exact.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         assert exact.text == first.text and exact.deltas  # streamed back as deltas, then the summary
         assert exact.summary.cost.amount_micros == 0 and exact.summary.usage.prompt_tokens == 0
@@ -88,7 +75,7 @@ async def test_answers_never_cross_tenants_access_scopes_or_request_partitions(
     owner = principal(tenant, "alice", groups=("finance", "staff"))
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         await inference.stream(QUESTION, who=owner)
-        assert (await _until_cached(inference, QUESTION, owner)).summary.cache.outcome == (
+        assert (await until_cached(inference, QUESTION, owner)).summary.cache.outcome == (
             cache_pb2.CACHE_OUTCOME_EXACT_HIT
         )
         # Same groups in another order, another user: the same access scope, so a hit.
@@ -132,7 +119,7 @@ async def test_entries_expire_after_their_ttl(
         upstream_config(upstream, MODELS), cache_enabled=True, cache_ttl_seconds=1
     ) as inference:
         await inference.stream(QUESTION, who=who)
-        assert (await _until_cached(inference, QUESTION, who)).summary.cache.outcome == (
+        assert (await until_cached(inference, QUESTION, who)).summary.cache.outcome == (
             cache_pb2.CACHE_OUTCOME_EXACT_HIT
         )
         await asyncio.sleep(1.2)
@@ -164,7 +151,7 @@ async def test_expired_answers_of_every_tenant_are_deleted_without_their_tenant_
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         live = principal(f"live-{run}")
         await inference.stream(QUESTION, who=live)
-        await _until_cached(inference, QUESTION, live)
+        await until_cached(inference, QUESTION, live)
     async with start_inference(
         upstream_config(upstream, MODELS),
         cache_enabled=True,
@@ -256,7 +243,7 @@ async def test_a_documents_deleted_event_drops_answers_grounded_in_them(
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         for question, context in ((QUESTION, CONTEXT), (unrelated_question, unrelated_context)):
             await inference.stream(question, who=who, context=context)
-            hit = await _until_cached(inference, question, who, context=context)
+            hit = await until_cached(inference, question, who, context=context)
             assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         # Another tenant's deletion of a document with the same id changes nothing here.
         await _publish_deletion(nats_url, f"x-{tenant}", ["doc-7"])
@@ -284,7 +271,7 @@ async def test_a_tenant_erasure_drops_every_answer_of_that_tenant_and_a_mismatch
         for tenant in (erased, bystander, named):
             for question, context in ((QUESTION, CONTEXT), (plain_question, [])):
                 await inference.stream(question, who=principal(tenant), context=context)
-                hit = await _until_cached(inference, question, principal(tenant), context=context)
+                hit = await until_cached(inference, question, principal(tenant), context=context)
                 assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         # A body that is no event at all is dropped (left unacknowledged, it would come back for ever).
         await _publish_raw(nats_url, erased, b"\x08\xff not an event")
@@ -333,7 +320,7 @@ async def test_deleting_a_users_entries_drops_the_answers_to_their_questions_onl
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         for who, question in ((alice, QUESTION), (bob, plans), (stranger, QUESTION)):
             await inference.stream(question, who=who)
-            hit = await _until_cached(inference, question, who)
+            hit = await until_cached(inference, question, who)
             assert hit.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         # Bob's hit on alice's entry stores nothing of his: the entry stays alice's.
         shared = await inference.stream(QUESTION, who=bob)
@@ -377,7 +364,7 @@ async def test_deleting_a_users_entries_drops_the_answers_to_their_questions_onl
         ).summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
         refunds = "How do refunds work?"
         await inference.stream(refunds, who=alice)
-        assert (await _until_cached(inference, refunds, alice)).summary.cache.outcome == (
+        assert (await until_cached(inference, refunds, alice)).summary.cache.outcome == (
             cache_pb2.CACHE_OUTCOME_EXACT_HIT
         )
         everything = inference_service_pb2.DeleteCacheEntriesRequest(all_entries=True)
@@ -440,7 +427,7 @@ async def test_when_every_provider_fails_a_similar_cached_answer_is_served_as_a_
     async with start_inference(config, cache_enabled=True) as inference:
         first = await inference.stream(QUESTION, who=who)
         assert first.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
-        await _until_cached(inference, QUESTION, who)
+        await until_cached(inference, QUESTION, who)
         upstream.outages.update({"gpt-outage-test", "claude-outage-test"})
         try:
             served = await inference.stream(CLOSE_QUESTION, who=who)
@@ -481,7 +468,7 @@ async def test_an_answer_is_served_only_to_requests_grounded_in_the_same_context
     edited = completion_pb2.ContextChunk(document_id="doc-a", title="Leave", text="30 days of leave a year.")
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         await inference.stream(question, who=who, context=[leave, notice])
-        cached = await _until_cached(inference, question, who, context=[leave, notice])
+        cached = await until_cached(inference, question, who, context=[leave, notice])
         assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         # The same chunks in another order ground the same answer: still a hit.
         reordered = await inference.stream(question, who=who, context=[notice, leave])
@@ -495,7 +482,7 @@ async def test_an_answer_is_served_only_to_requests_grounded_in_the_same_context
             outcome = await inference.stream(question, who=who, context=context)
             assert outcome.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, label
         # No context is a partition of its own, where answers without context are found again.
-        ungrounded = await _until_cached(inference, question, who, context=[])
+        ungrounded = await until_cached(inference, question, who, context=[])
         assert ungrounded.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
 
 
@@ -507,16 +494,6 @@ async def _consumer_caught_up(nats_url: str) -> bool:
     finally:
         await client.close()
     return bool(consumer.num_pending == 0 and consumer.num_ack_pending == 0)
-
-
-async def _settle_writes(inference: Inference, tenant: str) -> None:
-    """Returns once this replica's pending cache writes have landed (DeleteCacheEntries waits for them first)."""
-    admin = Principal(tenant_id=tenant, subject="ops", roles=("admin",))
-    await inference.stub.DeleteCacheEntries(
-        inference_service_pb2.DeleteCacheEntriesRequest(user_id="nobody"),
-        metadata=inference.metadata(admin),
-        timeout=10,
-    )
 
 
 # A slow answer (about 3 s): long enough for a deletion to be handled while it is generated.
@@ -552,7 +529,7 @@ async def test_an_answer_generated_while_its_document_is_deleted_is_not_stored(
         answered = await answering
         assert answered.error is None and answered.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
         assert answered.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
-        await _settle_writes(inference, tenant)
+        await settle_writes(inference, tenant)
         assert await _entries(database_url, tenant) == 0
         probe = await inference.stream(QUESTION, who=who, context=CONTEXT)
         assert probe.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
@@ -567,7 +544,7 @@ async def test_an_entry_stored_as_its_document_was_deleted_is_never_served(
     who = principal(tenant)
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         await inference.stream(QUESTION, who=who, context=CONTEXT)
-        cached = await _until_cached(inference, QUESTION, who, context=CONTEXT)
+        cached = await until_cached(inference, QUESTION, who, context=CONTEXT)
         assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         # The deletion's tombstone, as if its entry deletion had run just before the entry was inserted.
         database = Database(database_url, "inference", pool_size=1, max_overflow=0)
@@ -597,7 +574,7 @@ async def test_an_answer_is_served_only_under_the_same_template_variables(
     acme: dict[str, Any] = {"template_variables": {"product_name": "Acme"}}
     async with start_inference(upstream_config(upstream, MODELS), cache_enabled=True) as inference:
         await inference.stream(QUESTION, who=who, **acme)
-        assert (await _until_cached(inference, QUESTION, who, **acme)).summary.cache.outcome == (
+        assert (await until_cached(inference, QUESTION, who, **acme)).summary.cache.outcome == (
             cache_pb2.CACHE_OUTCOME_EXACT_HIT
         )
         other = await inference.stream(QUESTION, who=who, template_variables={"product_name": "Globex"})
@@ -628,7 +605,7 @@ async def test_an_answer_is_served_only_to_requests_routed_to_the_same_model(
         upstream_config(upstream, models, routes=routes), cache_enabled=True
     ) as inference:
         await inference.stream(QUESTION, who=who, model="tier")
-        cached = await _until_cached(inference, QUESTION, who, model="tier")
+        cached = await until_cached(inference, QUESTION, who, model="tier")
         assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         legal = await inference.stream(QUESTION, who=who, model="tier", feature="legal")
         assert legal.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS
@@ -663,7 +640,7 @@ async def test_a_fallback_models_answer_is_not_stored_for_the_model_the_request_
             upstream.outages.clear()
         assert fallen.error is None and fallen.summary.routing.model == "backup"
         assert fallen.summary.routing.reason == routing_pb2.ROUTING_REASON_FALLBACK
-        await _settle_writes(inference, who.tenant_id)
+        await settle_writes(inference, who.tenant_id)
         recovered = await inference.stream(QUESTION, who=who, model="gpt")
         assert recovered.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, (
             recovered.summary.routing.model,
@@ -671,7 +648,7 @@ async def test_a_fallback_models_answer_is_not_stored_for_the_model_the_request_
         )
         assert recovered.summary.routing.model == "gpt" and recovered.text == f"You said: {QUESTION}"
         # The chosen model's own answer is stored, and is what its requests get from the cache.
-        cached = await _until_cached(inference, QUESTION, who, model="gpt")
+        cached = await until_cached(inference, QUESTION, who, model="gpt")
         assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT
         assert cached.summary.routing.model == "gpt" and cached.text == recovered.text
 
@@ -687,7 +664,7 @@ async def test_a_blank_answer_is_not_stored(
         blank = await inference.stream(QUESTION, who=who)
         assert blank.error is None and blank.text == ""
         assert blank.summary.finish_reason == generation_pb2.FINISH_REASON_STOP
-        await _settle_writes(inference, who.tenant_id)
+        await settle_writes(inference, who.tenant_id)
         again = await inference.stream(QUESTION, who=who)
         assert again.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_MISS, again.deltas
     assert len(upstream.requests_for("gpt-blank")) == 2, "the model is asked again"
