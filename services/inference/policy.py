@@ -2,27 +2,24 @@
 
 The inference contract takes the tenant from the token and nothing policy-like from the request, so the policy
 comes from its owner: ``AuthService.GetEffectivePolicy`` called with the caller's own token (the kit's client
-forwards it), cached per tenant and revalidated with ``known_version`` after ``ttl`` seconds. When auth cannot be
-reached a cached policy is used, and auth is not asked again for that tenant for ``policy_retry_seconds``; with
-none cached the call fails closed (UNAVAILABLE), never open.
+forwards it), through the kit's tenant policy cache (``parapet.kit.tenant_policy``): revalidated with
+``known_version`` after ``ttl`` seconds. When auth cannot be reached a cached policy is used, and auth is not
+asked again for that tenant for ``policy_retry_seconds``; with none cached the call fails closed (UNAVAILABLE),
+never open.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
-from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
 from parapet.kit.errors import Unavailable
+from parapet.kit.tenant_policy import TenantPolicyCache
 from services.inference.settings import InferenceSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,88 +49,35 @@ class OpenPolicySource:
         return None
 
 
-@dataclass
-class _Tenant:
-    """One tenant's cached policy and the state of its revalidation."""
+def _model_access(policy: tenant_policy_pb2.TenantPolicy) -> ModelAccess:
+    models = policy.models
+    return ModelAccess(
+        frozenset(models.allowed_models), models.default_model, models.max_tokens_per_request, policy.version
+    )
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one call to auth per tenant at a time
-    access: ModelAccess | None = None
-    checked: float = 0.0  # when auth last answered (monotonic)
-    retry_at: float = 0.0  # after a failed revalidation: auth is not asked again before this (monotonic)
-    failed: float = -1.0  # when the last call to auth failed (monotonic)
+
+def _unavailable(_code: grpc.StatusCode) -> Unavailable:
+    return Unavailable("the tenant policy cannot be read right now", retry_after=1.0)
 
 
 class AuthPolicySource:
+    """The tenant's model rules through the kit's tenant policy cache: a cached policy is served without bound
+    while auth cannot be reached (a model rule is no safety limit; refusing every completion would be)."""
+
     def __init__(self, address: str, settings: InferenceSettings, ttl: float = 5.0) -> None:
         # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
-        self._client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
-        self._ttl = ttl
-        self._retry = settings.policy_retry_seconds
-        self._tenants: dict[str, _Tenant] = {}
+        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
+        self._cache = TenantPolicyCache(
+            client,
+            _model_access,
+            ttl=ttl,
+            stale_seconds=None,
+            unavailable=_unavailable,
+            retry_seconds=settings.policy_retry_seconds,
+        )
 
     async def close(self) -> None:
-        await self._client.close()
-
-    def _fresh(self, tenant: _Tenant) -> ModelAccess | None:
-        """The cached policy while it needs no call to auth: within its window, or in the backoff after a
-        failed revalidation."""
-        now = time.monotonic()
-        if tenant.access is not None and (now - tenant.checked < self._ttl or now < tenant.retry_at):
-            return tenant.access
-        return None
+        await self._cache.close()
 
     async def model_access(self, tenant_id: str) -> ModelAccess:
-        tenant = self._tenants.setdefault(tenant_id, _Tenant())
-        access = self._fresh(tenant)
-        if access is not None:
-            return access
-        if tenant.access is not None and tenant.lock.locked():
-            # Another request is revalidating it: the cached policy serves this one rather than queue behind
-            # that call (a hung auth held every request of the tenant for its 2 s deadline).
-            return tenant.access
-        asked = time.monotonic()
-        async with tenant.lock:
-            access = self._fresh(tenant)
-            if access is not None:
-                return access
-            if tenant.failed >= asked:
-                # The call this request waited for has just failed (the tenant has no policy cached): its
-                # outcome is this one's, rather than another call to an auth that does not answer.
-                raise _unavailable()
-            known = tenant.access.version if tenant.access is not None else 0
-            try:
-                response = await self._client.stub.GetEffectivePolicy(
-                    auth_service_pb2.GetEffectivePolicyRequest(known_version=known), timeout=2.0
-                )
-            except grpc.aio.AioRpcError as error:
-                tenant.failed = time.monotonic()
-                if tenant.access is not None:
-                    # Auth unreachable: the cached policy is used (no bound: the design keeps serving it), and
-                    # auth is not asked again for this tenant before the backoff: a hung auth holds one request
-                    # of the tenant per backoff for the call's deadline, not every request in turn.
-                    tenant.retry_at = tenant.failed + self._retry
-                    log.warning(
-                        "the tenant policy could not be revalidated with auth (%s): the cached version %d "
-                        "is used, auth is asked again in %gs",
-                        error.code().name,
-                        tenant.access.version,
-                        self._retry,
-                    )
-                    return tenant.access
-                raise _unavailable() from None
-            if response.not_modified and tenant.access is not None:
-                access = tenant.access
-            else:
-                models = response.policy.models
-                access = ModelAccess(
-                    frozenset(models.allowed_models),
-                    models.default_model,
-                    models.max_tokens_per_request,
-                    response.policy.version,
-                )
-            tenant.access, tenant.checked, tenant.retry_at = access, time.monotonic(), 0.0
-            return access
-
-
-def _unavailable() -> Unavailable:
-    return Unavailable("the tenant policy cannot be read right now", retry_after=1.0)
+        return await self._cache.get(tenant_id)

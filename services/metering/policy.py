@@ -7,18 +7,17 @@ case), or a JSON file for deployments that run metering without auth.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Protocol
 
 import grpc
 from google.protobuf import json_format
 
-from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
+from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
 from parapet.kit.errors import Unavailable
+from parapet.kit.tenant_policy import TenantPolicyCache
 from services.metering.settings import PolicySettings
 
 TenantPolicy = tenant_policy_pb2.TenantPolicy
@@ -63,47 +62,37 @@ class FilePolicySource:
         return None
 
 
+def _unavailable(code: grpc.StatusCode) -> Unavailable:
+    return Unavailable(
+        "tenant policy unavailable: the auth service did not answer",
+        retry_after=1.0,
+        metadata={"dependency": "auth", "code": code.name},
+    )
+
+
+def _as_is(policy: TenantPolicy) -> TenantPolicy:
+    return policy
+
+
 class AuthPolicySource:
-    """``AuthService.GetEffectivePolicy`` with a per-tenant cache of ``ttl`` seconds.
+    """``AuthService.GetEffectivePolicy`` through the kit's tenant policy cache (``parapet.kit.tenant_policy``).
 
     The call runs inside the caller's RPC, so the kit's client forwards the caller's internal token and auth
-    answers for that token's tenant. A failed refresh keeps serving the cached policy while it is at most
-    ten ``ttl`` old: metering stays up through a short auth outage without forgetting budgets.
+    answers for that token's tenant. While auth cannot be reached the cached policy serves while it is at most
+    ten ``ttl`` old: metering stays up through a short auth outage without forgetting budgets, and does not
+    enforce budgets that may have changed long ago.
     """
 
     def __init__(self, client: ServiceClient[auth_service_pb2_grpc.AuthServiceStub], ttl: float) -> None:
-        self._client = client
-        self._ttl = ttl
-        self._cache: dict[str, tuple[float, TenantPolicy]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._cache = TenantPolicyCache(
+            client, _as_is, ttl=ttl, stale_seconds=9 * ttl, unavailable=_unavailable
+        )
 
     async def get(self, tenant_id: str) -> TenantPolicy:
-        cached = self._cache.get(tenant_id)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        async with self._locks.setdefault(tenant_id, asyncio.Lock()):
-            cached = self._cache.get(tenant_id)
-            if cached is not None and time.monotonic() - cached[0] < self._ttl:
-                return cached[1]
-            try:
-                response = await self._client.stub.GetEffectivePolicy(
-                    auth_service_pb2.GetEffectivePolicyRequest(), timeout=2.0
-                )
-            except grpc.aio.AioRpcError as error:
-                if cached is not None and time.monotonic() - cached[0] < 10 * self._ttl:
-                    return cached[1]
-                raise Unavailable(
-                    "tenant policy unavailable: the auth service did not answer",
-                    retry_after=1.0,
-                    metadata={"dependency": "auth", "code": error.code().name},
-                ) from error
-            policy: TenantPolicy = response.policy
-            self._cache[tenant_id] = (time.monotonic(), policy)
-            return policy
+        return await self._cache.get(tenant_id)
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._cache.close()
 
 
 def policy_source(settings: PolicySettings) -> PolicySource:

@@ -3,20 +3,21 @@
 The tenant is always the verified caller's: the call to auth carries the caller's internal token (the
 kit's client forwards it), and auth answers for that token's tenant. A failure to learn the policy fails
 the screening (UNAVAILABLE): screening under a guessed policy could let through what the tenant blocks.
+Concurrent screenings of a tenant share one call to auth (``parapet.kit.tenant_policy``); until 2026-12-06
+each made its own, all at once, against an auth that did not answer.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
-from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
 from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import Unavailable
+from parapet.kit.tenant_policy import TenantPolicyCache
 from services.moderation.policy import DEFAULT_POLICY, Policy
 
 
@@ -36,46 +37,32 @@ class DefaultPolicySource:
         return None
 
 
-@dataclass
-class _Cached:
-    policy: Policy
-    checked: float
+def _unavailable(code: grpc.StatusCode) -> Unavailable:
+    return Unavailable(
+        "the tenant's moderation policy could not be read from the auth service",
+        retry_after=1.0,
+        reason="POLICY_UNAVAILABLE",
+        metadata={"auth_status": code.name},
+    )
+
+
+def _moderation_policy(policy: tenant_policy_pb2.TenantPolicy) -> Policy:
+    return Policy.from_proto(policy.moderation, policy.version)
 
 
 class AuthPolicySource:
+    """Through the kit's tenant policy cache (``parapet.kit.tenant_policy``), failing closed: a policy past its
+    ``cache_seconds`` is not used while auth cannot confirm it."""
+
     def __init__(self, address: str, cache_seconds: float, settings: ServiceSettings) -> None:
         # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
-        self._client = ServiceClient(
-            auth_service_pb2_grpc.AuthServiceStub, address, settings, default_timeout=2.0
+        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
+        self._cache = TenantPolicyCache(
+            client, _moderation_policy, ttl=cache_seconds, stale_seconds=0.0, unavailable=_unavailable
         )
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, _Cached] = {}
 
     async def policy(self, tenant_id: str) -> Policy:
-        cached = self._cache.get(tenant_id)
-        now = time.monotonic()
-        if cached is not None and now - cached.checked < self._cache_seconds:
-            return cached.policy
-        known = cached.policy.version if cached is not None else 0
-        try:
-            response = await self._client.stub.GetEffectivePolicy(
-                auth_service_pb2.GetEffectivePolicyRequest(known_version=known)
-            )
-        except grpc.aio.AioRpcError as error:
-            raise Unavailable(
-                "the tenant's moderation policy could not be read from the auth service",
-                retry_after=1.0,
-                reason="POLICY_UNAVAILABLE",
-                metadata={"auth_status": error.code().name},
-            ) from None
-        if response.not_modified and cached is not None:
-            policy = cached.policy
-        else:
-            policy = Policy.from_proto(response.policy.moderation, response.policy.version)
-        if len(self._cache) > 10_000:
-            self._cache.clear()  # bounded memory; a cold cache costs one call per tenant
-        self._cache[tenant_id] = _Cached(policy, now)
-        return policy
+        return await self._cache.get(tenant_id)
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._cache.close()

@@ -2,85 +2,26 @@
 serving a tenant's cached policy and asks auth again only after a backoff, instead of queueing every request of
 the tenant behind its lock, one 2 s call to auth after another.
 
-Auth here is a real gRPC server on the kit, behind the kit's identity interceptor, serving
-``AuthService.GetEffectivePolicy`` from a policy of its own until it is told to stop answering: from then on its
-handler never returns (the caller's 2 s deadline ends each call). It counts the calls that reach it per tenant,
-which is what the tests assert, never how long anything took. (The real auth service cannot be made to hang on
-demand; ``test_policy.py`` runs the real one for what it answers.)"""
+Auth here is ``tests.integration.stalling_auth``: a real gRPC server that stops answering when told, and counts
+the calls that reach it per tenant, which is what the tests assert, never how long anything took. (The real auth
+service cannot be made to hang on demand; ``test_policy.py`` runs the real one for what it answers.)"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
-from parapet.auth.v1 import auth_service_pb2, tenant_policy_pb2
-from parapet.kit.context import require_principal
-from parapet.kit.testing import TestKeys, fast_settings, generic_app, running
+from parapet.kit.testing import TestKeys
 from parapet.upstream import UpstreamServer
 from tests.integration.inference.conftest import Outcome, StartInference, principal, upstream_config
+from tests.integration.stalling_auth import stalling_auth
 
 MODELS = [{"name": "cheap", "provider": "local"}, {"name": "premium", "provider": "local"}]
 # Many concurrent requests of one tenant: before the fix each made its own 2 s call to the hung auth, in turn.
 CONCURRENT = 6
-
-
-class StallingAuth:
-    """GetEffectivePolicy of a policy allowing ``allowed`` (version ``version``), until ``stalled``."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()  # per tenant, every call that reached the handler
-        self.stalled = False
-        self.hanging = 0  # calls inside the handler now, not yet ended by their deadline
-        self.hung = asyncio.Event()  # set once a call hangs
-        self.allowed = ["cheap"]
-        self.version = 1
-
-    async def GetEffectivePolicy(
-        self, request: auth_service_pb2.GetEffectivePolicyRequest, context: grpc.aio.ServicerContext
-    ) -> auth_service_pb2.GetEffectivePolicyResponse:
-        self.calls[require_principal().tenant_id] += 1
-        if self.stalled:
-            self.hanging += 1
-            self.hung.set()
-            try:
-                await asyncio.Event().wait()  # never answers: the caller's deadline cancels it
-            finally:
-                self.hanging -= 1
-        if request.known_version == self.version:
-            return auth_service_pb2.GetEffectivePolicyResponse(not_modified=True)
-        policy = tenant_policy_pb2.TenantPolicy(
-            version=self.version, models=tenant_policy_pb2.ModelPolicy(allowed_models=self.allowed)
-        )
-        return auth_service_pb2.GetEffectivePolicyResponse(policy=policy)
-
-
-@dataclass
-class RunningAuth:
-    servicer: StallingAuth
-    target: str
-
-
-@asynccontextmanager
-async def stalling_auth(keys: TestKeys) -> AsyncIterator[RunningAuth]:
-    """The stand-in on port 0, trusting tokens signed by ``keys`` (the ones inference forwards)."""
-    servicer = StallingAuth()
-    service = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
-    method = grpc.unary_unary_rpc_method_handler(
-        servicer.GetEffectivePolicy,
-        request_deserializer=auth_service_pb2.GetEffectivePolicyRequest.FromString,
-        response_serializer=auth_service_pb2.GetEffectivePolicyResponse.SerializeToString,
-    )
-    handler = grpc.method_handlers_generic_handler(service, {"GetEffectivePolicy": method})
-    app = generic_app(handler, name="auth", service_names=(service,), keys=keys)
-    async with running(app, fast_settings()) as (_server, port):
-        yield RunningAuth(servicer, f"127.0.0.1:{port}")
 
 
 def _failed(outcomes: list[Outcome]) -> list[object]:

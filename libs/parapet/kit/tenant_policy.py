@@ -1,0 +1,163 @@
+"""A tenant's policy read from its owner, auth's ``GetEffectivePolicy``, cached per tenant: the one way the
+services that enforce a part of it (inference: models; metering and billing: budgets; moderation: screening)
+read it.
+
+Auth answers for the caller's tenant (the kit's client forwards the caller's token), so the cache is keyed by
+the tenant of the call. An entry is used for ``ttl`` seconds, then revalidated with its version
+(``known_version``: auth answers ``not_modified`` and nothing is converted again). Per tenant:
+
+- **one call at a time.** Requests that find a call under way wait for it and share its outcome; requests
+  that find a policy cached and a revalidation under way use the cached policy without waiting.
+- **after a failure** (auth unreachable, or no answer within ``timeout``), auth is not asked again for
+  ``retry_seconds``; meanwhile the cached policy serves while it is within its service's ``stale_seconds``
+  (None: without bound; 0: never, the service fails closed), and a tenant with none cached gets the
+  service's UNAVAILABLE. Until 2026-12-06 each service kept its own copy of this cache, and a hung auth held
+  every request of a tenant in turn, each waiting out its own 2 s call (inference, metering), or all of them at
+  once, each with its own call (moderation).
+
+At most ``max_tenants`` tenants are kept; the least recently used one goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+import grpc.aio
+
+from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
+from parapet.kit.clients import ServiceClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRY_SECONDS = 5.0  # after a failed call to auth, the default pause before the tenant's next one
+CALL_SECONDS = 2.0  # the deadline of a call to auth: a policy read sits on the caller's path
+
+
+@dataclass
+class _Entry(Generic[T]):
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    value: T | None = None
+    version: int = 0
+    checked: float = -math.inf  # when auth last answered (monotonic)
+    retry_at: float = -math.inf  # after a failure: no call to auth before this (monotonic)
+    failed_at: float = -math.inf  # when the last call to auth failed (monotonic)
+    failure: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+
+
+class TenantPolicyCache(Generic[T]):
+    """``await cache.get(tenant_id)``: the tenant's policy as ``convert`` makes it (the part a service uses)."""
+
+    def __init__(
+        self,
+        client: ServiceClient[auth_service_pb2_grpc.AuthServiceStub],
+        convert: Callable[[tenant_policy_pb2.TenantPolicy], T],
+        *,
+        ttl: float,
+        stale_seconds: float | None,
+        unavailable: Callable[[grpc.StatusCode], Exception],
+        retry_seconds: float = RETRY_SECONDS,
+        timeout: float = CALL_SECONDS,
+        max_tenants: int = 10_000,
+    ) -> None:
+        self._client = client
+        self._convert = convert
+        self._ttl = ttl
+        self._stale = stale_seconds
+        self._unavailable = unavailable
+        self._retry = retry_seconds
+        self._timeout = timeout
+        self._max_tenants = max_tenants
+        self._tenants: OrderedDict[str, _Entry[T]] = OrderedDict()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def get(self, tenant_id: str) -> T:
+        entry = self._entry(tenant_id)
+        asked = time.monotonic()
+        found = self._usable(entry, asked)
+        if found is not None:
+            return found
+        if entry.value is not None and entry.lock.locked() and self._may_serve_stale(entry, asked):
+            return entry.value  # another request is revalidating: no need to queue behind its call
+        async with entry.lock:
+            now = time.monotonic()
+            found = self._usable(entry, now)
+            if found is not None:
+                return found
+            if entry.failed_at >= asked:
+                # The call this request waited for has just failed: its outcome is this one's, rather than
+                # another call to an auth that does not answer.
+                return self._after_failure(entry, now)
+            return await self._call(tenant_id, entry)
+
+    async def _call(self, tenant_id: str, entry: _Entry[T]) -> T:
+        known = entry.version if entry.value is not None else 0
+        try:
+            response = await self._client.stub.GetEffectivePolicy(
+                auth_service_pb2.GetEffectivePolicyRequest(known_version=known), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            entry.failed_at = time.monotonic()
+            entry.failure = error.code()
+            entry.retry_at = entry.failed_at + self._retry
+            log.warning(
+                "the tenant policy could not be read from auth (%s); auth is asked again in %g s",
+                error.code().name,
+                self._retry,
+                extra={
+                    "tenant_id": tenant_id,
+                    "cached_version": entry.version if entry.value is not None else None,
+                },
+            )
+            return self._after_failure(entry, entry.failed_at)
+        if not (response.not_modified and entry.value is not None):
+            entry.value = self._convert(response.policy)
+            entry.version = response.policy.version
+        entry.checked, entry.retry_at = time.monotonic(), -math.inf
+        return entry.value
+
+    def _entry(self, tenant_id: str) -> _Entry[T]:
+        entry = self._tenants.get(tenant_id)
+        if entry is None:
+            entry = self._tenants[tenant_id] = _Entry()
+            self._evict()
+        else:
+            self._tenants.move_to_end(tenant_id)
+        return entry
+
+    def _evict(self) -> None:
+        """Drop the least recently used tenants beyond ``max_tenants`` (never one whose call is under way)."""
+        excess = len(self._tenants) - self._max_tenants
+        for tenant_id in list(self._tenants)[: max(excess, 0)]:
+            if not self._tenants[tenant_id].lock.locked():
+                del self._tenants[tenant_id]
+
+    def _usable(self, entry: _Entry[T], now: float) -> T | None:
+        """The cached policy when no call to auth is due: within its ``ttl``, or in the pause after a failure
+        while it may still serve."""
+        if entry.value is None:
+            return None
+        if now - entry.checked < self._ttl:
+            return entry.value
+        if now < entry.retry_at and self._may_serve_stale(entry, now):
+            return entry.value
+        return None
+
+    def _may_serve_stale(self, entry: _Entry[T], now: float) -> bool:
+        return self._stale is None or now - entry.checked < self._ttl + self._stale
+
+    def _after_failure(self, entry: _Entry[T], now: float) -> T:
+        if entry.value is not None and self._may_serve_stale(entry, now):
+            return entry.value
+        raise self._unavailable(entry.failure)
