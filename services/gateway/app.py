@@ -15,6 +15,7 @@ from services.gateway.identity import Authenticator
 from services.gateway.jobs.wiring import register_jobs
 from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenant_slots import TenantSlots
 
 CHAT_SERVICE = GeneratedService(chat_service_pb2, chat_service_pb2_grpc, "ChatService")
 JOB_SERVICE = GeneratedService(job_service_pb2, job_service_pb2_grpc, "JobService")
@@ -27,7 +28,8 @@ async def register(server: grpc.aio.Server, resources: Resources[GatewaySettings
     flow.on_reset.append(authenticator.clear)
     settings = resources.settings
     bounds = ChatBounds(settings.gateway_chat_max_seconds, settings.gateway_send_timeout_seconds)
-    chat = ChatServicer(authenticator, flow, bounds)
+    slots = TenantSlots(settings.gateway_tenant_max_concurrent_chats)
+    chat = ChatServicer(authenticator, flow, bounds, slots)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)
     await register_jobs(server, resources, flow, chat.caller)
 

@@ -16,6 +16,7 @@ from services.gateway.caller import Caller
 from services.gateway.chat_bounds import CallerNotReading, ChatBounds
 from services.gateway.flow import ChatFlow
 from services.gateway.identity import Authenticator, bearer
+from services.gateway.tenant_slots import TenantSlots
 
 OVERHEAD_KEY = "parapet-overhead-ms"
 
@@ -32,10 +33,13 @@ def _overhead(summary: chat_pb2.ChatSummary) -> tuple[tuple[str, str], ...]:
 
 
 class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
-    def __init__(self, authenticator: Authenticator, flow: ChatFlow, bounds: ChatBounds) -> None:
+    def __init__(
+        self, authenticator: Authenticator, flow: ChatFlow, bounds: ChatBounds, slots: TenantSlots
+    ) -> None:
         self._authenticator = authenticator
         self._flow = flow
         self._bounds = bounds
+        self._slots = slots
 
     async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The authenticated caller of ``context`` (also JobService's authentication)."""
@@ -51,18 +55,19 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             request_id = current_request_id() or str(uuid.uuid4())
             await context.send_initial_metadata((("x-request-id", request_id),))
             caller = await self.caller(context)
-            # Closed as this handler is (see ChatFlow.stream): the chat's settlement waits for nothing else.
-            stream = self._flow.stream(caller, request, request_id=request_id)
-            async with contextlib.aclosing(stream) as events:
-                async for event in events:
-                    if event.HasField("summary"):
-                        context.set_trailing_metadata(_overhead(event.summary))
-                    try:
-                        await self._bounds.send(context, event)
-                    except CallerNotReading as error:
-                        # Into the chat, which records it as its status and settles what was produced.
-                        await events.athrow(error)
-                        raise
+            with self._slots.hold(caller.tenant_id):
+                # Closed as this handler is (see ChatFlow.stream): the chat's settlement waits for nothing else.
+                stream = self._flow.stream(caller, request, request_id=request_id)
+                async with contextlib.aclosing(stream) as events:
+                    async for event in events:
+                        if event.HasField("summary"):
+                            context.set_trailing_metadata(_overhead(event.summary))
+                        try:
+                            await self._bounds.send(context, event)
+                        except CallerNotReading as error:
+                            # Into the chat, which records it as its status and settles what was produced.
+                            await events.athrow(error)
+                            raise
 
     async def Chat(
         self, request: chat_service_pb2.ChatRequest, context: grpc.aio.ServicerContext
@@ -71,7 +76,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             request_id = current_request_id() or str(uuid.uuid4())
             await context.send_initial_metadata((("x-request-id", request_id),))
             caller = await self.caller(context)
-            response = await self._flow.complete(caller, request, request_id=request_id)
+            with self._slots.hold(caller.tenant_id):
+                response = await self._flow.complete(caller, request, request_id=request_id)
             context.set_trailing_metadata(_overhead(response.summary))
             return response
 

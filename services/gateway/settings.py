@@ -58,6 +58,14 @@ class GatewaySettings(JobSettings):
         "default is metering's default budget-hold lifetime (PARAPET_RESERVATION_TTL_SECONDS) and the job "
         "item's limit: a chat that outlived its hold would no longer count against its budget.",
     )
+    gateway_tenant_max_concurrent_chats: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="Most chats (StreamChat and Chat) one tenant may have in progress on one gateway replica; "
+        "more are refused at once, RESOURCE_EXHAUSTED TENANT_CONCURRENCY_LIMIT with RetryInfo, so one tenant's "
+        "burst cannot take a replica from the others. 0: no limit. Job items are bounded by their workers.",
+    )
     gateway_send_timeout_seconds: float = Field(
         60.0,
         gt=0,

@@ -139,6 +139,12 @@ GATEWAY_SPECULATIVE_CALLS = Counter(
     "left first; nothing billed either).",
     ["outcome"],
 )
+GATEWAY_REFUSED_CHATS = Counter(
+    "parapet_gateway_refused_chats_total",
+    "Chats the gateway refused before running them, by reason (TENANT_CONCURRENCY_LIMIT: the tenant already had "
+    "its limit of chats open on the replica).",
+    ["reason"],
+)
 GATEWAY_OUTBOX_PENDING = Gauge(
     "parapet_gateway_outbox_pending",
     "Undelivered rows of the gateway outbox, by kind (audit, settlement).",
@@ -402,6 +408,10 @@ def record_speculative_call(outcome: str) -> None:
     """A model call started beside its chat's budget hold ended its wait: ``kept``, ``refused``,
     ``cancelled``."""
     GATEWAY_SPECULATIVE_CALLS.labels(outcome).inc()
+
+
+def record_gateway_refused_chat(reason: str) -> None:
+    GATEWAY_REFUSED_CHATS.labels(reason).inc()
 
 
 def set_gateway_outbox_pending(kind: str, count: int) -> None:

@@ -43,7 +43,8 @@ class ChatServiceStub:
     answer ends the stream with a summary whose finish_reason is FINISH_REASON_CONTENT_FILTER, and status OK.
     A refusal of a service the chat calls reaches the caller as that service gave it (code, reason and details,
     for example metering's BUDGET_EXCEEDED or inference's CONTEXT_TOO_LONG); a service that is down is handled
-    by the tenant's DegradationPolicy (docs/contracts.md lists the reasons).
+    by the tenant's DegradationPolicy (docs/contracts.md lists the reasons). A tenant that already has the
+    gateway's limit of chats in progress is refused at once: RESOURCE_EXHAUSTED (TENANT_CONCURRENCY_LIMIT), RetryInfo.
     Cancelling the call cancels the model call; tokens produced so far are settled and audited.
     Idempotent: only with an idempotency_key, because a repeat within 24 h replays the first call's answer instead
     of running (and charging) again; ABORTED (reason REQUEST_IN_PROGRESS) while the first is still running.
@@ -75,7 +76,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     answer ends the stream with a summary whose finish_reason is FINISH_REASON_CONTENT_FILTER, and status OK.
     A refusal of a service the chat calls reaches the caller as that service gave it (code, reason and details,
     for example metering's BUDGET_EXCEEDED or inference's CONTEXT_TOO_LONG); a service that is down is handled
-    by the tenant's DegradationPolicy (docs/contracts.md lists the reasons).
+    by the tenant's DegradationPolicy (docs/contracts.md lists the reasons). A tenant that already has the
+    gateway's limit of chats in progress is refused at once: RESOURCE_EXHAUSTED (TENANT_CONCURRENCY_LIMIT), RetryInfo.
     Cancelling the call cancels the model call; tokens produced so far are settled and audited.
     Idempotent: only with an idempotency_key, because a repeat within 24 h replays the first call's answer instead
     of running (and charging) again; ABORTED (reason REQUEST_IN_PROGRESS) while the first is still running.
@@ -110,7 +112,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         answer ends the stream with a summary whose finish_reason is FINISH_REASON_CONTENT_FILTER, and status OK.
         A refusal of a service the chat calls reaches the caller as that service gave it (code, reason and details,
         for example metering's BUDGET_EXCEEDED or inference's CONTEXT_TOO_LONG); a service that is down is handled
-        by the tenant's DegradationPolicy (docs/contracts.md lists the reasons).
+        by the tenant's DegradationPolicy (docs/contracts.md lists the reasons). A tenant that already has the
+        gateway's limit of chats in progress is refused at once: RESOURCE_EXHAUSTED (TENANT_CONCURRENCY_LIMIT), RetryInfo.
         Cancelling the call cancels the model call; tokens produced so far are settled and audited.
         Idempotent: only with an idempotency_key, because a repeat within 24 h replays the first call's answer instead
         of running (and charging) again; ABORTED (reason REQUEST_IN_PROGRESS) while the first is still running.
