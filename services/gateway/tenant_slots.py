@@ -68,7 +68,7 @@ class TenantSlots:
             )
         raise QuotaExceeded(
             f"this tenant already has {self._limit} chats in progress on this gateway; retry when one has ended",
-            reason=REASON,
+            reason="TENANT_CONCURRENCY_LIMIT",  # REASON, spelled out: docs/contracts.md's check reads literals
             violations=[
                 (f"tenant:{tenant_id}", f"at most {self._limit} concurrent chats per gateway replica")
             ],
