@@ -1,7 +1,8 @@
 """The metering service as the kit runs it (`parapet serve metering`).
 
 Budgets, rate limits and reservations (Reserve/Settle/Release), the usage ledger with its transactional
-outbox, GetUsage; two background tasks per replica: the outbox relay and the reservation sweeper.
+outbox, GetUsage; background tasks per replica: the outbox relay, the reservation sweeper and the pruning of the
+tables' old rows (budget counters among them).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def register(server: grpc.aio.Server, resources: Resources[MeteringSetting
     for worker in range(settings.relay_workers):
         resources.spawn(relay.run(), name=f"outbox-relay-{worker}")
     resources.spawn(sweep(database, settings), name="reservation-sweeper")
+    resources.spawn(pruning.prune_budget_counters(database, settings), name="budget-counter-pruner")
 
 
 APP = ServiceApp(

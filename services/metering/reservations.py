@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import psycopg.errors
 import psycopg.pq
+from google.rpc import error_details_pb2
 from psycopg import AsyncConnection
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -29,6 +30,7 @@ from parapet.kit.errors import FailedPrecondition, QuotaExceeded
 from parapet.kit.identity import Principal
 from services.metering import counters, reserve_sql
 from services.metering.counters import CounterState, Hold
+from services.metering.ledger import UsageRecord
 from services.metering.limits import AppliedBudget, AppliedRateLimit
 
 T = TypeVar("T")
@@ -160,7 +162,7 @@ async def reserve(
                     budgets=budgets,
                     rate_limits=rate_limits,
                 )
-            _refuse(outcome, now, tenant)  # the statement already rolled itself back
+            _refuse(outcome, now, tenant, tokens, micros)  # the statement already rolled itself back
             if outcome.row is None:  # a retry of a reservation already made: hold nothing again
                 break
             return ReserveResult(row_from_columns(outcome.row), tuple(outcome.held))
@@ -187,7 +189,10 @@ async def reserve(
     return ReserveResult(existing, ())
 
 
-def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime, tenant: str) -> None:
+def _refuse(
+    outcome: reserve_sql.ReserveOutcome, now: datetime, tenant: str, tokens: int, micros: int
+) -> None:
+    _refuse_never_fitting(outcome, tenant, tokens, micros)
     if outcome.refused_rates:
         refused_rates = outcome.refused_rates
         metrics.record_budget_denial(tenant, "rate_limit")
@@ -209,6 +214,64 @@ def _refuse(outcome: reserve_sql.ReserveOutcome, now: datetime, tenant: str) -> 
             retry_after=max(1.0, retry.total_seconds()),
             metadata={"budget_id": refused[0].budget_id, "scope": refused[0].scope_key},
         )
+
+
+def _refuse_never_fitting(outcome: reserve_sql.ReserveOutcome, tenant: str, tokens: int, micros: int) -> None:
+    """Refuse, FAILED_PRECONDITION without RetryInfo, a request whose estimate alone exceeds a refusing limit's
+    whole capacity: a budget's limit, a rate limit's tokens per minute (one request always fits a positive
+    requests-per-minute limit). No window will ever hold it, so waiting cannot help; only a smaller estimate
+    (the caller's max_tokens) or a larger limit (the policy) can. Refused RESOURCE_EXHAUSTED with a RetryInfo
+    until the window reset, as it was until 2026-12-06, a well-behaved client retried it for ever.
+
+    Decided from the statement's refusal, not before it: a retry of a request_id already reserved returns its
+    reservation whatever the policy says now, and the common path pays nothing for this check."""
+    hopeless: list[tuple[str, str, dict[str, str]]] = []  # (subject, description, metadata)
+    for budget in outcome.refused_budgets:
+        estimate = counters.amount_for(budget.unit, tokens, micros)
+        if estimate > budget.limit:
+            what = f"budget {budget.budget_id}: the estimate of {estimate} {budget.unit}"
+            hopeless.append(
+                (
+                    budget.scope_key,
+                    f"{what} exceeds the limit itself ({budget.limit} {budget.unit} a window)",
+                    {
+                        "budget_id": budget.budget_id,
+                        "estimate": str(estimate),
+                        "limit": str(budget.limit),
+                        "unit": budget.unit,
+                    },
+                )
+            )
+    for rate in outcome.refused_rates:
+        if rate.tokens_per_minute and tokens > rate.tokens_per_minute:
+            hopeless.append(
+                (
+                    rate.scope_key,
+                    f"rate limit: the estimate of {tokens} tokens exceeds the limit itself "
+                    f"({rate.tokens_per_minute} tokens/min)",
+                    {
+                        "estimate": str(tokens),
+                        "limit": str(rate.tokens_per_minute),
+                        "unit": "tokens_per_minute",
+                    },
+                )
+            )
+    if not hopeless:
+        return
+    subject, description, facts = hopeless[0]
+    metrics.record_budget_denial(tenant, "budget" if "budget_id" in facts else "rate_limit")
+    raise FailedPrecondition(
+        f"the request's estimate can never fit: {description}; ask for fewer tokens or raise the limit",
+        reason="ESTIMATE_EXCEEDS_LIMIT",
+        metadata={**facts, "scope": subject},
+        details=[
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d, _ in hopeless
+                ]
+            )
+        ],
+    )
 
 
 def _describe_budget(budget: AppliedBudget) -> str:
@@ -292,6 +355,41 @@ async def end(
         )
     ).first()
     return None if row is None else row_from_columns(row)
+
+
+async def claim_for_settlement(session: AsyncSession, record: UsageRecord) -> bool:
+    """Take ``record``'s request id in the reservations' unique key with a reservation settled at once, holding
+    nothing; False when a reservation of that request id exists after all (nothing written).
+
+    Settle takes it when it charges a request without a reservation: a Reserve of that request id that did not
+    answer the gateway in time may still commit, and its hold then stayed until it expired. The unique key
+    decides the race in PostgreSQL, without a lookup added to Reserve: a Reserve inserting after this finds the
+    id taken (waiting for this transaction if it is still open) and holds nothing; one that inserted first and
+    has not committed yet is waited for here, and the caller then settles the reservation it made.
+    """
+    row = (
+        await session.execute(
+            text(
+                """
+                INSERT INTO reservations (reservation_id, tenant_id, request_id, user_id, api_key_id, state,
+                    reserved_tokens, reserved_micros, currency_code, holds, create_time, expire_time, end_time)
+                VALUES (CAST(:id AS uuid), :tenant, :request, :user, :key, 'settled', 0, 0, :currency,
+                    CAST('[]' AS jsonb), now(), now(), now())
+                ON CONFLICT (tenant_id, request_id) DO NOTHING
+                RETURNING reservation_id
+                """
+            ),
+            {
+                "id": str(uuid.uuid4()),
+                "tenant": record.tenant_id,
+                "request": record.request_id,
+                "user": record.user_id,
+                "key": record.api_key_id,
+                "currency": record.currency_code,
+            },
+        )
+    ).first()
+    return row is not None
 
 
 async def mark_settled(session: AsyncSession, tenant: str, reservation_id: str) -> ReservationRow | None:

@@ -87,13 +87,36 @@ async def settle(
             )
             if reservation is not None:
                 settled_record = replace(record, reservation_id=reservation.reservation_id)
-        if reservation is None and await reservations.find_by_request(session, tenant, record.request_id):
-            # Another user's request, whatever reservation is named: settling it would move their hold onto
-            # this caller's usage, and a ledger row under its request id would make their own Settle a conflict.
-            raise _conflict("request_id belongs to another caller's reservation", record.request_id)
+        if reservation is None:
+            first = await ledger.find(session, tenant, record.request_id)
+            if first is not None:
+                # Settled before: the first settlement decides (a repeat, or a conflict). Its claim holds the
+                # request id, which the check below would take for someone else's reservation.
+                return await _repeat(session, record, first)
+            if await reservations.find_by_request(session, tenant, record.request_id):
+                # Another user's request, whatever reservation is named: settling it would move their hold
+                # onto this caller's usage, and a ledger row under its request id would make their own Settle
+                # a conflict.
+                raise _conflict("request_id belongs to another caller's reservation", record.request_id)
+            if not await reservations.claim_for_settlement(session, record):
+                # The request id was taken while the claim waited for it: by a concurrent Settle of this
+                # request, or by a Reserve that had inserted its reservation, not yet committed, when we
+                # looked. Both have committed now, so this statement's snapshot sees them.
+                first = await ledger.find(session, tenant, record.request_id)
+                if first is not None:
+                    return await _repeat(session, record, first)
+                reservation = await reservations.find_by_request(
+                    session, tenant, record.request_id, lock=True, user_id=record.user_id
+                )
+                if reservation is None or record.reservation_id:
+                    raise _conflict("request_id belongs to another reservation", record.request_id)
+                settled_record = replace(record, reservation_id=reservation.reservation_id)
         appended = await ledger.append(session, settled_record)
         if appended is None:
-            return await _repeat(session, record)
+            # The reservation found is this request's own (its request id was checked): naming it is no
+            # "other" reservation even when the first settlement named none (it is that settlement's claim,
+            # returned by a Reserve that came after it).
+            return await _repeat(session, record, own_named=reservation is not None)
         spent = {"spent_tokens": record.total_tokens, "spent_micros": record.cost_micros}
         if reservation is None:
             await counters.charge(session, tenant, budgets_now, record.total_tokens, record.cost_micros)
@@ -151,12 +174,16 @@ def model_label(model: str) -> str:
     return model if _MODEL_LABEL.match(model) else "other"
 
 
-async def _repeat(session: AsyncSession, record: UsageRecord) -> Settlement:
-    first = await ledger.find(session, record.tenant_id, record.request_id)
+async def _repeat(
+    session: AsyncSession, record: UsageRecord, first: UsageRecord | None = None, *, own_named: bool = False
+) -> Settlement:
+    first = first or await ledger.find(session, record.tenant_id, record.request_id)
     assert first is not None  # the conflict that skipped our insert is a committed row
     # A repeat naming no reservation is the same settlement whichever reservation the first one settled (the
     # request's own, found by its request_id).
-    named_other = bool(record.reservation_id) and first.reservation_id != record.reservation_id
+    named_other = (
+        bool(record.reservation_id) and first.reservation_id != record.reservation_id and not own_named
+    )
     # Another user's settlement of that request id is no repeat of this caller's: never handed over.
     if not first.same_figures(record) or named_other or first.user_id != record.user_id:
         raise _conflict("request_id already settled with different figures", record.request_id)

@@ -1,14 +1,16 @@
-"""The sweeper's deletes against real PostgreSQL: ended reservations and sent outbox rows past their retention go,
-in bounded batches, and nothing else does; the indexes of migration 0003 serve the deletes and the replay while
-the relay's read of unsent rows keeps its own; a Settle that comes after its reservation was deleted still
-counts once."""
+"""The sweeper's deletes against real PostgreSQL: ended reservations, sent outbox rows and budget counters of long
+ended windows past their retention go, in bounded batches, and nothing else does; the indexes of migrations 0003
+and 0004 serve the deletes and the replay while the relay's read of unsent rows keeps its own; a Settle that comes
+after its reservation was deleted still counts once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from parapet.metering.v1 import metering_service_pb2 as mpb
 from parapet.metering.v1 import metering_service_pb2_grpc
 from services.metering import pruning, replay
 from services.metering.app import APP as METERING
+from services.metering.limits import day_start, month_start
 from services.metering.relay import UNSENT_BATCH
+from services.metering.settings import MeteringSettings
 from tests.integration.metering.metering_support import (
     caller,
     metering_settings,
@@ -210,3 +214,86 @@ async def test_a_settle_after_its_reservation_was_deleted_still_counts_once(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await metering.Release(mpb.ReleaseRequest(reservation_id=reservation_id), metadata=who)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _add_counter(database: Database, tenant: str, budget_id: str, window_start: datetime) -> None:
+    await _execute(
+        database,
+        """
+        INSERT INTO budget_counters (tenant_id, budget_id, scope_key, unit, window_start, limit_value, used)
+        VALUES (:tenant, :budget, :scope, 'tokens', :start, 1000, 10)
+        """,
+        {"tenant": tenant, "budget": budget_id, "scope": f"tenant:{tenant}", "start": window_start},
+    )
+
+
+async def _counters(database: Database, tenant: str) -> set[str]:
+    async with database.session() as session:
+        rows = await session.execute(
+            text("SELECT budget_id FROM budget_counters WHERE tenant_id = :t"), {"t": tenant}
+        )
+    return {str(row[0]) for row in rows}
+
+
+async def test_budget_counters_of_windows_long_ended_go_in_batches_from_two_replicas_and_current_ones_stay(
+    database: Database,
+) -> None:
+    """Before, a row per budget, subject and day or month was kept for ever."""
+    tenant = new_tenant()
+    keep = pruning.budget_counter_retention(MeteringSettings())
+    now = datetime.now(UTC)
+    old = {f"old-{i}": now - keep - timedelta(hours=1, days=i * 40) for i in range(7)}
+    kept = {
+        "today": day_start(now),
+        "this-month": month_start(now),
+        # Its window may have ended, but not long enough ago: a late Settle may still charge it.
+        "inside-retention": now - keep + timedelta(hours=1),
+    }
+    for budget_id, start in {**old, **kept}.items():
+        await _add_counter(database, tenant, budget_id, start)
+
+    async def replica() -> list[int]:
+        batches = []
+        while (deleted := await pruning.delete_ended_budget_counters(database, keep, batch=2)) > 0:
+            batches.append(deleted)
+        return batches
+
+    # Two replicas' sweepers at once: SKIP LOCKED, so neither waits on the other's batch nor fails.
+    first, second = await asyncio.gather(replica(), replica())
+    assert all(size <= 2 for size in first + second) and sum(first + second) >= len(old)
+    assert await _counters(database, tenant) == set(kept)
+
+
+def test_a_budget_counter_is_kept_until_no_reservation_can_charge_it() -> None:
+    """Its window lasts at most a calendar month (31 days); a reservation made in it holds it at most the
+    longest ttl, and a late Settle of that reservation charges it while the reservation is kept."""
+    settings = MeteringSettings(reservation_max_ttl_seconds=7200, reservation_retention_seconds=3 * 86400)
+    assert pruning.budget_counter_retention(settings) == timedelta(days=31 + 3, hours=2)
+    assert pruning.budget_counter_retention(MeteringSettings()) == timedelta(days=31 + 7, hours=1)
+
+
+async def test_the_budget_counter_delete_reads_its_index(database: Database) -> None:
+    plan = await plan_without_seqscan(
+        database, pruning.DELETE_ENDED_BUDGET_COUNTERS, {"keep": timedelta(days=38), "batch": 100}
+    )
+    assert uses_index(plan, "budget_counters_window"), plan
+
+
+async def test_the_running_service_prunes_old_budget_counters(
+    tmp_path: Path, keys: TestKeys, database_url: str, nats_url: str, database: Database
+) -> None:
+    """The sweeper deletes them: no call is needed, and a current window's counter stays."""
+    tenant = new_tenant()
+    policy_file = tmp_path / "policies.json"
+    policy_file.write_text("{}")
+    settings = metering_settings(tmp_path, keys, database_url, nats_url, policy_file)
+    now = datetime.now(UTC)
+    await _add_counter(
+        database, tenant, "ancient", now - pruning.budget_counter_retention(settings) - timedelta(days=1)
+    )
+    await _add_counter(database, tenant, "today", day_start(now))
+    async with running(METERING, settings):
+        deadline = time.monotonic() + 15
+        while await _counters(database, tenant) != {"today"}:
+            assert time.monotonic() < deadline, await _counters(database, tenant)
+            await asyncio.sleep(0.1)

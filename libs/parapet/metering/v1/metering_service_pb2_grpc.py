@@ -74,9 +74,12 @@ class MeteringServiceServicer:
         """Atomically checks every applicable budget and rate limit (tenant, user, API key) and holds the estimate against
         them. Refused with RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or RATE_LIMITED) carrying QuotaFailure and
         RetryInfo; nothing is held then. FAILED_PRECONDITION CURRENCY_MISMATCH when estimated_cost, or a cost budget
-        that applies, is in another currency than the deployment's prices (metering has no exchange rates). A
-        reservation belongs to the user (token subject) who made it: a request_id another user of the tenant reserved
-        is FAILED_PRECONDITION RESERVATION_CONFLICT, never that reservation.
+        that applies, is in another currency than the deployment's prices (metering has no exchange rates);
+        FAILED_PRECONDITION ESTIMATE_EXCEEDS_LIMIT, with QuotaFailure and no RetryInfo, when the estimate alone exceeds a
+        budget's whole limit or a rate limit (no retry can succeed). A reservation belongs to the user (token subject)
+        who made it: a request_id another user of the tenant reserved is FAILED_PRECONDITION RESERVATION_CONFLICT, never
+        that reservation. A request_id already settled without a reservation (the caller's Reserve came late) returns a
+        SETTLED reservation holding nothing.
         Idempotent: yes, because a repeated request_id returns the existing reservation instead of holding again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
