@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -19,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.events.audit import admin_record
 from parapet.kit.context import require_principal
-from parapet.kit.errors import InvalidArgument, NotFound, ParapetError, PermissionDenied
+from parapet.kit.errors import InvalidArgument, NotFound, ParapetError, PermissionDenied, Unauthenticated
 from parapet.kit.identity import Principal
 from services.auth import audit, permissions
 from services.auth.cache import TenantKeyedCache
 from services.auth.permissions import Permission, PermissionValue
-from services.auth.store import AuthStore, TenantView
+from services.auth.store import AuthStore, KeyRecord, TenantView
 
 # A new tenant's id: the kit's form (parapet.kit.identity.TENANT_ID_PATTERN), starting with a letter. Matched
 # whole (fullmatch): with `match` and `$`, "acme\n" passed, a tenant id no NATS subject or token could carry.
@@ -45,6 +46,19 @@ class Change:
     session: AsyncSession
     target: str
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+def key_refusal(record: KeyRecord, now: float) -> tuple[str, str] | None:
+    """(reason, message) when the key may not act at ``now``: revoked, expired, its tenant or user disabled."""
+    if record.revoke_time is not None:
+        return "API_KEY_REVOKED", "the API key was revoked"
+    if record.expire_time is not None and record.expire_time.timestamp() <= now:
+        return "API_KEY_EXPIRED", "the API key has expired"
+    if record.tenant_state != "active":
+        return "TENANT_DISABLED", "the tenant is disabled"
+    if record.user_state != "active":
+        return "USER_DISABLED", "the key's user is disabled"
+    return None
 
 
 def check_tenant_id(tenant_id: str, path: str = "tenant_id") -> str:
@@ -105,9 +119,39 @@ class Access:
         held, _ = await self.permissions_of(principal, at_least_version=policy_version)
         return replace(principal, permissions=tuple(sorted(permissions.name(p) for p in held)))
 
+    async def current(self, principal: Principal) -> Principal:
+        """``principal`` as its credential stands now, for the calls that change who may do what (the admin
+        RPCs, IssueDelegatedToken); UNAUTHENTICATED, with Authenticate's reason, when it may no longer act.
+
+        An internal token stays valid for up to 5 minutes whatever happens to its credential, and the other
+        services accept that; auth cannot, for what it does with one outlives the token: a token of a revoked
+        admin key could mint a new key for the same user, and so undo the revocation for good. So an API key
+        principal is re-read by its key (revoked, expired, user or tenant disabled) and acts with its user's
+        roles and the key's scopes as they are now (a demotion counts at once); an OIDC principal is refused
+        once its user row is disabled (its asserted roles cannot be re-read: they are the provider's). A token
+        of neither kind (one an operator signed with the signing key) has nothing stored to re-read."""
+        if principal.credential_type == "api_key" and principal.api_key_id:
+            record = await self.store.key_record_by_id(principal.tenant_id, principal.api_key_id)
+            if record is None or record.user_id != principal.subject:
+                raise Unauthenticated("the token's API key does not exist", reason="API_KEY_INVALID")
+            refusal = key_refusal(record, time.time())
+            if refusal is not None:
+                raise Unauthenticated(refusal[1], reason=refusal[0])
+            return replace(principal, roles=record.roles, groups=record.groups, scopes=record.scopes)
+        if principal.credential_type == "oidc_token":
+            row = await self.store.user_record(principal.tenant_id, principal.subject)
+            if row is not None and row["state"] != "active":
+                raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
+        return principal
+
     async def require(self, method: str, tenant_id: str, *, platform_only: bool = False) -> Actor:
         """The caller, allowed to administer ``tenant_id``; a refusal is audited and raised."""
         principal = require_principal()
+        try:
+            principal = await self.current(principal)
+        except Unauthenticated as stale:
+            await self.refused(Actor(principal, frozenset(), False), method, tenant_id, stale)
+            raise
         held, _ = await self.permissions_of(principal)
         is_platform = (
             principal.tenant_id == self.platform_tenant and Permission.PERMISSION_PLATFORM_ADMIN in held
@@ -137,7 +181,15 @@ class Access:
             raise error
         return actor
 
-    async def refused(self, actor: Actor, method: str, target: str, error: ParapetError) -> None:
+    async def refused(
+        self,
+        actor: Actor,
+        method: str,
+        target: str,
+        error: ParapetError,
+        *,
+        attributes: dict[str, str] | None = None,
+    ) -> None:
         record = admin_record(
             actor.principal.tenant_id,
             actor.principal,
@@ -145,6 +197,7 @@ class Access:
             target,
             status_code=error.code.value[0],
             error_reason=error.reason,
+            attributes=attributes,
         )
         async with self.store.tenant(actor.principal.tenant_id) as session:
             await audit.write(session, record)

@@ -17,7 +17,7 @@ from parapet.auth.v1 import tenant_admin_service_pb2_grpc, user_pb2
 from parapet.kit import paging, wellknown
 from parapet.kit.context import require_principal
 from parapet.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
-from services.auth import apikeys, permissions, policy, records
+from services.auth import apikeys, bounds, permissions, policy, records
 from services.auth.access import Access, Actor, check_tenant_id
 from services.auth.apikeys import KeyHasher
 from services.auth.store import AuthStore
@@ -40,6 +40,19 @@ def _check_user_id(user_id: str, path: str) -> None:
     violations = _user_id_violations(user_id, path)
     if violations:
         raise InvalidArgument(f"{path} is invalid", field_violations=violations)
+
+
+def _check_user(spec: user_pb2.User, fields: set[str]) -> None:
+    """A user's id and, of ``fields``, those with bounds (``bounds``): all of them or one INVALID_ARGUMENT."""
+    problems = _user_id_violations(spec.user_id, "user.user_id")
+    for name in sorted({"display_name", "email"} & fields):
+        problems += bounds.text_violations(getattr(spec, name), f"user.{name}")
+    if "roles" in fields:
+        problems += bounds.roles_violations(spec.roles, "user.roles")
+    if "groups" in fields:
+        problems += bounds.groups_violations(spec.groups, "user.groups")
+    if problems:
+        raise InvalidArgument("the user is invalid", field_violations=problems)
 
 
 def _now() -> datetime:
@@ -109,6 +122,9 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             raise InvalidArgument(
                 "display_name is required", field_violations=[("tenant.display_name", "required")]
             )
+        too_long = bounds.text_violations(request.tenant.display_name, "tenant.display_name")
+        if too_long:
+            raise InvalidArgument("display_name is too long", field_violations=too_long)
         actor = await self._access.require(SERVICE + "CreateTenant", tenant_id, platform_only=True)
         async with self._access.change(actor, SERVICE + "CreateTenant", tenant_id, tenant_id) as change:
             row = (
@@ -204,9 +220,13 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         tenant_id = check_tenant_id(request.tenant_id)
         spec = request.api_key
         problems = _user_id_violations(spec.user_id, "api_key.user_id")
+        problems += bounds.text_violations(spec.display_name, "api_key.display_name")
+        # A scope named twice is one scope; an unknown one is named by its first place (one violation per
+        # name, not per repeat: the error's details must fit in gRPC's metadata).
+        scopes = bounds.distinct(spec.scopes)
         problems += [
-            (f"api_key.scopes[{i}]", "unknown permission name")
-            for i, scope in enumerate(spec.scopes)
+            (f"api_key.scopes[{list(spec.scopes).index(scope)}]", "unknown permission name")
+            for scope in scopes[: len(permissions.BY_NAME) + 1]
             if scope not in permissions.BY_NAME
         ]
         expire = wellknown.as_datetime(spec.expire_time) if spec.HasField("expire_time") else None
@@ -241,7 +261,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                             "h": self._hasher.hash(secret),
                             "u": spec.user_id,
                             "n": spec.display_name,
-                            "s": list(spec.scopes),
+                            "s": scopes,
                             "e": expire,
                         },
                     )
@@ -254,7 +274,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 {"p": prefix, "t": tenant_id},
             )
             change.attributes.update(
-                {"prefix": "pk_" + prefix, "user_id": spec.user_id, "scopes": ",".join(spec.scopes)}
+                {"prefix": "pk_" + prefix, "user_id": spec.user_id, "scopes": ",".join(scopes)}
             )
         return pb.CreateApiKeyResponse(api_key=records.api_key(dict(row), _now()), secret=secret)
 
@@ -325,7 +345,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
     async def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.CreateUserResponse:
         tenant_id = check_tenant_id(request.tenant_id)
         spec = request.user
-        _check_user_id(spec.user_id, "user.user_id")
+        _check_user(spec, {"display_name", "email", "roles", "groups"})
         actor = await self._access.require(SERVICE + "CreateUser", tenant_id)
         view = await self._access.existing(tenant_id)
         _check_roles(actor, view.policy, set(spec.roles), set(), "user.roles")
@@ -418,7 +438,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 field_violations=[("update_mask", f"one or more of {sorted(USER_FIELDS)}")],
             )
         spec = request.user
-        _check_user_id(spec.user_id, "user.user_id")
+        _check_user(spec, paths)
         actor = await self._access.require(SERVICE + "UpdateUser", tenant_id)
         view = await self._access.existing(tenant_id)
         async with self._access.change(actor, SERVICE + "UpdateUser", tenant_id, spec.user_id) as change:

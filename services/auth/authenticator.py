@@ -19,7 +19,8 @@ from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded, Unauthenticated
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth import apikeys, oidc
-from services.auth.access import Access
+from services.auth.access import Access, Actor, key_refusal
+from services.auth.apikeys import KEY_PREFIX
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.issued import Issued
 from services.auth.store import AuthStore, KeyRecord, OidcRoute
@@ -28,19 +29,31 @@ from services.auth.throttle import FailureThrottle
 log = logging.getLogger(__name__)
 
 LAST_USE_RESOLUTION_SECONDS = 60.0
+AUTHENTICATE_METHOD = "/parapet.auth.v1.AuthService/Authenticate"
+# The actor of an audit record about failed authentications: nobody proved who they are.
+UNAUTHENTICATED_ACTOR = "unauthenticated"
 
 
-def key_refusal(record: KeyRecord, now: float) -> tuple[str, str] | None:
-    """(reason, message) when the key may not act at ``now``: revoked, expired, its tenant or user disabled."""
-    if record.revoke_time is not None:
-        return "API_KEY_REVOKED", "the API key was revoked"
-    if record.expire_time is not None and record.expire_time.timestamp() <= now:
-        return "API_KEY_EXPIRED", "the API key has expired"
-    if record.tenant_state != "active":
-        return "TENANT_DISABLED", "the tenant is disabled"
-    if record.user_state != "active":
-        return "USER_DISABLED", "the key's user is disabled"
-    return None
+def _invalid() -> Unauthenticated:
+    # An unknown prefix and a wrong secret look the same to the caller.
+    return Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
+
+
+class _KeyRefused(Exception):
+    """A failed API key lookup, with what the prefix throttle and its report need: the key's tenant and record
+    when the prefix names one (its stored hash lets the right secret through a throttled prefix)."""
+
+    def __init__(
+        self, error: Unauthenticated, tenant_id: str | None = None, record: KeyRecord | None = None
+    ) -> None:
+        super().__init__(error.reason)
+        self.error = error
+        self.tenant_id = tenant_id
+        self.record = record
+
+    @property
+    def stored_hash(self) -> bytes | None:
+        return None if self.record is None else self.record.secret_hash
 
 
 def key_principal(tenant_id: str, record: KeyRecord) -> Principal:
@@ -81,21 +94,24 @@ class Authenticator:
 
     # -- the shared frame: throttling, caching, token issuing --------------------------------------------
 
-    def _check_throttle(self, keys: tuple[str, ...]) -> None:
-        for key, throttle in zip(keys, (self._client_throttle, self._prefix_throttle), strict=False):
-            wait = throttle.retry_after(key)
-            if wait is not None:
-                raise QuotaExceeded(
-                    "too many failed authentications; retry later",
-                    reason="AUTHENTICATION_THROTTLED",
-                    violations=[(key.split(":", 1)[0], "failed authentications")],
-                    retry_after=wait,
-                )
+    @staticmethod
+    def _throttled(kind: str, wait: float) -> QuotaExceeded:
+        return QuotaExceeded(
+            "too many failed authentications; retry later",
+            reason="AUTHENTICATION_THROTTLED",
+            violations=[(kind, "failed authentications")],
+            retry_after=wait,
+        )
 
-    def _failed(self, keys: tuple[str, ...], error: Unauthenticated) -> Unauthenticated:
-        for key, throttle in zip(keys, (self._client_throttle, self._prefix_throttle), strict=False):
-            throttle.record_failure(key)
-        log.warning("authentication failed", extra={"reason": error.reason, "throttle_keys": list(keys)})
+    def _check_client(self, client_key: str) -> None:
+        wait = self._client_throttle.retry_after(client_key)
+        if wait is not None:
+            raise self._throttled("client", wait)
+
+    def _failed(self, client_key: str, error: Unauthenticated, prefix_key: str = "") -> Unauthenticated:
+        self._client_throttle.record_failure(client_key)
+        keys = [client_key, prefix_key] if prefix_key else [client_key]
+        log.warning("authentication failed", extra={"reason": error.reason, "throttle_keys": keys})
         return error
 
     def _issue(self, entry: IdentityEntry) -> Issued:
@@ -124,42 +140,47 @@ class Authenticator:
 
     async def _api_key(self, key: str, client: str) -> Issued:
         client_key = f"client:{client}"
+        self._check_client(client_key)
         if len(key) > apikeys.MAX_KEY_LENGTH:
-            self._check_throttle((client_key,))
             raise self._failed(
-                (client_key,), Unauthenticated("the API key is too large", reason="CREDENTIAL_TOO_LARGE")
+                client_key, Unauthenticated("the API key is too large", reason="CREDENTIAL_TOO_LARGE")
             )
         parsed = apikeys.parse(key)
         if parsed is None:
-            self._check_throttle((client_key,))
             raise self._failed(
-                (client_key,), Unauthenticated("the API key is malformed", reason="API_KEY_INVALID")
+                client_key, Unauthenticated("the API key is malformed", reason="API_KEY_INVALID")
             )
-        keys = (client_key, f"api_key:{parsed.prefix}")
-        self._check_throttle(keys)
+        prefix_key = f"api_key:{parsed.prefix}"
         digest = self._hasher.hash(parsed.full)
+        # A throttled prefix refuses every secret but its own key's, before any database read.
+        wait = self._prefix_throttle.retry_after(prefix_key, presented_hash=digest)
+        if wait is not None:
+            raise self._throttled("api_key", wait)
         entry = self.cache.get(digest)
         metrics.record_cache_lookup("auth_identity", entry is not None)
         if entry is None:
             try:
                 entry = await self._load_key(parsed, digest)
-            except Unauthenticated as error:
-                raise self._failed(keys, error) from None
+            except _KeyRefused as refused:
+                if self._prefix_throttle.record_failure(prefix_key, stored_hash=refused.stored_hash):
+                    await self._report_throttled(parsed.prefix, client, refused)
+                raise self._failed(client_key, refused.error, prefix_key) from None
         self._maybe_touch(entry)
         return self._issue(entry)
 
     async def _load_key(self, parsed: apikeys.ParsedKey, digest: bytes) -> IdentityEntry:
-        invalid = Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
         tenant_id = await self._store.tenant_for_prefix(parsed.prefix)
         if tenant_id is None:
-            raise invalid
+            raise _KeyRefused(_invalid())
         generation = self.cache.generation(tenant_id)
         record = await self._store.key_record(tenant_id, parsed.prefix)
-        if record is None or not apikeys.KeyHasher.matches(record.secret_hash, digest):
-            raise invalid
+        if record is None:
+            raise _KeyRefused(_invalid())
+        if not apikeys.KeyHasher.matches(record.secret_hash, digest):
+            raise _KeyRefused(_invalid(), tenant_id, record)
         refused = key_refusal(record, time.time())
         if refused is not None:
-            raise Unauthenticated(refused[1], reason=refused[0])
+            raise _KeyRefused(Unauthenticated(refused[1], reason=refused[0]), tenant_id, record)
         principal = await self._access.with_permissions(
             key_principal(tenant_id, record), record.policy_version
         )
@@ -168,6 +189,42 @@ class Authenticator:
         entry = IdentityEntry(principal, record.policy_version, expires, last_use_written=last_use)
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=expires)
         return entry
+
+    async def _report_throttled(self, prefix: str, client: str, refused: _KeyRefused) -> None:
+        """Tell the operator and the key's tenant that a key's prefix has reached its failure limit: someone
+        holds the prefix and not the secret (guessing it, or a client configured with a broken copy of the
+        key). Logged, and recorded in the key's tenant's audit trail (an unknown prefix has no tenant) at most
+        once a window per prefix and replica while the failures go on."""
+        key_id = refused.record.api_key_id if refused.record is not None else ""
+        log.warning(
+            "an API key prefix is throttled after repeated failed authentications",
+            extra={
+                "prefix": KEY_PREFIX + prefix,
+                "tenant_id": refused.tenant_id or "",
+                "api_key_id": key_id,
+                "client": client,
+            },
+        )
+        if refused.tenant_id is None or refused.record is None:
+            return
+        try:
+            await self._access.refused(
+                Actor(
+                    Principal(tenant_id=refused.tenant_id, subject=UNAUTHENTICATED_ACTOR), frozenset(), False
+                ),
+                AUTHENTICATE_METHOD,
+                key_id,
+                self._throttled("api_key", 0.0),
+                attributes={
+                    "prefix": KEY_PREFIX + prefix,
+                    "user_id": refused.record.user_id,
+                    "client": client,
+                    "last_reason": refused.error.reason,
+                },
+            )
+        except Exception:
+            # The refusal stands either way; a lost record must not turn it into INTERNAL.
+            log.warning("recording a throttled API key prefix failed", exc_info=True)
 
     def _maybe_touch(self, entry: IdentityEntry) -> None:
         """Record the key's last use, to within a minute, off the request path."""
@@ -189,10 +246,10 @@ class Authenticator:
 
     async def _oidc(self, token: str, client: str) -> Issued:
         client_key = f"client:{client}"
-        self._check_throttle((client_key,))
+        self._check_client(client_key)
         if len(token) > oidc.MAX_TOKEN_BYTES:
             raise self._failed(
-                (client_key,), Unauthenticated("the OIDC token is too large", reason="CREDENTIAL_TOO_LARGE")
+                client_key, Unauthenticated("the OIDC token is too large", reason="CREDENTIAL_TOO_LARGE")
             )
         digest = apikeys.token_digest(token)
         entry = self.cache.get(digest)
@@ -206,7 +263,7 @@ class Authenticator:
         try:
             entry = await self._load_oidc(oidc.inspect(token), digest)
         except Unauthenticated as error:
-            raise self._failed((client_key,), error) from None
+            raise self._failed(client_key, error) from None
         return self._issue(entry)
 
     async def _oidc_tenant(self, token: oidc.UnverifiedToken) -> str:

@@ -15,8 +15,8 @@ import time
 
 from parapet.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parapet.kit.identity import Principal, TokenSigner
-from services.auth.access import Access, check_tenant_id
-from services.auth.authenticator import key_principal, key_refusal
+from services.auth.access import Access, check_tenant_id, key_refusal
+from services.auth.authenticator import key_principal
 from services.auth.issued import Issued
 from services.auth.permissions import BY_NAME, PLATFORM_PERMISSIONS, Permission
 from services.auth.store import AuthStore
@@ -71,7 +71,8 @@ class Delegator:
         return Issued(token, expires, principal, record.policy_version)
 
     async def _check_caller(self, caller: Principal) -> None:
-        held, _ = await self._access.permissions_of(caller)
+        # The delegator's own key re-read now: a token of a key revoked after a leak must not go on delegating.
+        held, _ = await self._access.permissions_of(await self._access.current(caller))
         if caller.tenant_id != self._platform_tenant or Permission.PERMISSION_TOKEN_DELEGATE not in held:
             raise PermissionDenied(
                 "this needs the token.delegate permission of a platform service account",

@@ -4,12 +4,28 @@ Per replica and in memory: a credential-guessing client spread over replicas get
 limit, which is still a tiny fraction of a 256-bit secret's space; what matters is that one prefix or one
 client cannot hammer the database and the hash. Successes do not reset the count (a valid key must not
 launder guesses made alongside it).
+
+A key's prefix is public (listings, audit records, the CLI, every log line that names the key), so a prefix
+over its limit refuses wrong secrets only: the failures remember the keyed hash the database holds for the
+prefix (every failed lookup of a known prefix read it), and a key whose hash is that one still goes through.
+Until 2026-12-07 the right secret was refused too, so ten wrong guesses a minute from anywhere kept any key
+whose prefix one had seen locked out for as long as one kept guessing.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Recent:
+    times: deque[float]
+    # The keyed hash stored for an API key prefix, as the last failed lookup read it (None: no such key).
+    stored_hash: bytes | None = None
+    reported: float = field(default=float("-inf"))  # when the throttling was last reported (monotonic)
 
 
 class FailureThrottle:
@@ -17,32 +33,47 @@ class FailureThrottle:
         self._limit = limit
         self._window = window_seconds
         self._max_keys = max_keys
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, _Recent] = {}
 
-    def _recent(self, key: str, now: float) -> deque[float] | None:
-        times = self._failures.get(key)
-        if times is None:
+    def _recent(self, key: str, now: float) -> _Recent | None:
+        recent = self._failures.get(key)
+        if recent is None:
             return None
+        times = recent.times
         while times and times[0] <= now - self._window:
             times.popleft()
         if not times:
             del self._failures[key]
             return None
-        return times
+        return recent
 
-    def retry_after(self, key: str) -> float | None:
-        """Seconds until ``key`` may try again, or None when it is not throttled."""
+    def retry_after(self, key: str, *, presented_hash: bytes | None = None) -> float | None:
+        """Seconds until ``key`` may try again, or None when it is not throttled. ``presented_hash``: the keyed
+        hash of the API key presented; the one stored for the prefix passes a throttled prefix."""
         now = time.monotonic()
-        times = self._recent(key, now)
-        if times is None or len(times) < self._limit:
+        recent = self._recent(key, now)
+        if recent is None or len(recent.times) < self._limit:
             return None
-        return max(0.001, times[-self._limit] + self._window - now)
+        if (
+            presented_hash is not None
+            and recent.stored_hash is not None
+            and hmac.compare_digest(recent.stored_hash, presented_hash)
+        ):
+            return None
+        return max(0.001, recent.times[-self._limit] + self._window - now)
 
-    def record_failure(self, key: str) -> None:
+    def record_failure(self, key: str, *, stored_hash: bytes | None = None) -> bool:
+        """Count a failure of ``key``; True when it is now throttled and that was not reported within the
+        window (the caller reports it: at most once a window per key while the failures go on)."""
         now = time.monotonic()
-        times = self._recent(key, now)
-        if times is None:
+        recent = self._recent(key, now)
+        if recent is None:
             if len(self._failures) >= self._max_keys:
                 self._failures.pop(next(iter(self._failures)))  # the oldest key: bounded memory
-            times = self._failures[key] = deque(maxlen=self._limit)
-        times.append(now)
+            recent = self._failures[key] = _Recent(deque(maxlen=self._limit))
+        recent.times.append(now)
+        recent.stored_hash = stored_hash
+        if len(recent.times) < self._limit or now - recent.reported < self._window:
+            return False
+        recent.reported = now
+        return True

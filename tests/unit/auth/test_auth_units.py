@@ -50,6 +50,25 @@ def test_throttle_counts_failures_per_key_in_a_window() -> None:
     assert throttle.retry_after("a") is None
 
 
+def test_a_throttled_prefix_refuses_every_secret_but_its_keys_and_is_reported_once_a_window() -> None:
+    throttle = FailureThrottle(2, window_seconds=0.3)
+    stored, guess = b"s" * 32, b"g" * 32
+    assert throttle.record_failure("p", stored_hash=stored) is False
+    assert throttle.record_failure("p", stored_hash=stored) is True  # the limit reached: report it
+    assert throttle.retry_after("p", presented_hash=guess) is not None
+    assert throttle.retry_after("p") is not None
+    assert throttle.retry_after("p", presented_hash=stored) is None  # the key itself
+    assert throttle.record_failure("p", stored_hash=stored) is False  # reported already in this window
+    # A prefix no key has (nothing stored) lets nothing through.
+    for _ in range(2):
+        throttle.record_failure("unknown")
+    assert throttle.retry_after("unknown", presented_hash=guess) is not None
+    time.sleep(0.35)
+    assert throttle.retry_after("p", presented_hash=guess) is None
+    throttle.record_failure("p", stored_hash=stored)
+    assert throttle.record_failure("p", stored_hash=stored) is True  # a new episode is reported again
+
+
 def test_cache_drops_a_tenant_and_refuses_stale_writes() -> None:
     cache: TenantKeyedCache[str] = TenantKeyedCache(size=2, ttl=60)
     generation = cache.generation("t1")
