@@ -8,7 +8,9 @@ code point before the earliest place a match could still be in progress:
 - per detector, the start of its last ``max_tokens`` whitespace-separated pieces (a match cannot span
   more), bounded by ``max_span - 1`` code points, measured before the ``lookahead`` context it reads;
   for a detector whose matches open with an anchor piece, only from a few pieces before the first anchor
-  in that reach (``anchored_start``), which is what lets prose through after a few words;
+  in that reach (``anchored_start``), which is what lets prose through after a few words; for a detector
+  whose values hold no letter of a script written without spaces (``ends_at_other_scripts``), never before
+  the last such letter, which is what lets Chinese, Japanese or Thai prose (one piece) through;
 - never inside a finding that reaches into the held tail (a private key whose END line has not come);
 - never inside a masking placeholder, so ``<EMAIL_1>`` split over chunks is restored whole.
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
+from services.moderation.detectors.scripts import after_last_other_letter
 from services.moderation.detectors.visible import visible
 from services.moderation.engine import Applied, apply_policy, detect_all, reads_invisible, to_finding
 from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVault
@@ -50,9 +53,17 @@ def anchored_start(text: str, n: int, detector: Detector) -> int:
     starts at most ``lead - 1`` such pieces before the first complete anchor piece in reach, or, with none,
     among the last ``lead - 1`` such pieces and the unfinished one: prose ending in lower-case words holds
     back only its unfinished word, not an address detector's 24 pieces.
+
+    Pieces are whitespace-separated, and Chinese, Japanese or Thai prose is one piece: all of it was held, as
+    far back as a JWT could reach (10,000 code points), until the answer ended. A detector whose values never
+    hold a letter of such a script (``ends_at_other_scripts``) has none in progress before the last one, so
+    its reach ends there.
     """
     end = max(0, n - getattr(detector, "lookahead", 0))
-    reach = tail_start(text, end, detector.max_span, detector.max_tokens)
+    floor = 0
+    if getattr(detector, "ends_at_other_scripts", False):
+        floor = after_last_other_letter(text, max(0, end - (detector.max_span - 1)), end)
+    reach = tail_start(text, end, detector.max_span, detector.max_tokens, floor)
     is_anchor = getattr(detector, "is_anchor", None)
     if is_anchor is None:
         return reach
@@ -73,10 +84,10 @@ def anchored_start(text: str, n: int, detector: Detector) -> int:
     return max(reach, start)
 
 
-def tail_start(text: str, end: int, max_span: int, max_tokens: int) -> int:
-    """Earliest index in ``text[:end]`` at which a match of at most ``max_span`` code points and
-    ``max_tokens`` whitespace-separated pieces, not yet complete at ``end``, could start."""
-    lower = max(0, end - (max_span - 1))
+def tail_start(text: str, end: int, max_span: int, max_tokens: int, floor: int = 0) -> int:
+    """Earliest index in ``text[:end]``, not before ``floor``, at which a match of at most ``max_span`` code
+    points and ``max_tokens`` whitespace-separated pieces, not yet complete at ``end``, could start."""
+    lower = max(floor, end - (max_span - 1))
     tokens = 1 if end == 0 or text[end - 1].isspace() else 0  # the piece still to come counts
     if tokens >= max_tokens:
         return end
@@ -152,7 +163,10 @@ class StreamScreener:
 
     def _hold(self) -> int:
         buffer, n = self._buffer, len(self._buffer)
-        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)  # placeholders are restored in the text as written
+        # Placeholders are restored in the text as written; one is ASCII, so none is in progress before a
+        # letter of a script written without spaces.
+        floor = after_last_other_letter(buffer, max(0, n - (MAX_PLACEHOLDER - 1)), n)
+        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1, floor)
         # Detectors read the text without invisible characters (engine.detect_all), so where a match could
         # still start is measured there too: pieces and spans as they read them, the invisible characters a
         # value holds counting against neither. Mapped back, the start stays on the value's first code point.

@@ -52,6 +52,7 @@ class ApiKeyDetector:
     # context the stream keeps, so nothing before the value needs holding back.
     max_tokens = 1
     priority = 97
+    ends_at_other_scripts = True  # the value reported is ASCII; what announces it is read in the left context
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -53,6 +53,7 @@ class CreditCardDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 90
+    ends_at_other_scripts = True  # digits and separators, read as ASCII
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

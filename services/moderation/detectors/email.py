@@ -1,4 +1,11 @@
-"""E-mail addresses (RFC 5322's common subset: dotted local part, a domain with a letter TLD)."""
+"""E-mail addresses (RFC 5322's common subset: dotted local part, a domain with a letter TLD), with the letters
+of RFC 6531 and IDNA beyond ASCII in the local part and the domain ("müller@bücher.de").
+
+The edges are those of the address's own characters (``scripts``): a letter or digit of the scripts addresses
+are written in, or its punctuation, continues it; a letter of a script written without spaces ends it, so
+"メールはjohn@example.comまで" holds "john@example.com". Unicode's ``\\w`` counted the kana as part of the address
+and found none. What is given up: a local part or domain in such a script ("用户@例子.广告") is not found.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import ALNUM, LETTER
 
+# On ASCII text these are the classes of before ([A-Za-z0-9] for letters and digits, \w for what no
+# address starts after or ends before); beyond ASCII they take only the letters of ``scripts.VALUE_SCRIPTS``.
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    rf"(?<![{ALNUM}_.%+-])[{ALNUM}](?:[{ALNUM}._%+-]{{0,62}}[{ALNUM}_%+-])?"
+    rf"@(?:[{ALNUM}](?:[{ALNUM}-]{{0,61}}[{ALNUM}])?\.)+[{LETTER}]{{2,24}}(?![{ALNUM}_-])"
 )
 
 
@@ -23,6 +33,7 @@ class EmailDetector:
     max_span = 254  # RFC 5321 path limit
     max_tokens = 1
     priority = 60
+    ends_at_other_scripts = True  # no letter of a script written without spaces is part of an address
 
     def detect(self, text: str) -> list[Detection]:
         # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the

@@ -47,6 +47,7 @@ class IbanDetector:
         return _OPENING.search(ascii_forms(piece)) is not None
 
     priority = 95
+    ends_at_other_scripts = True  # ASCII letters and digits
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

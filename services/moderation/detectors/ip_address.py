@@ -12,7 +12,9 @@ from services.moderation.detectors.forms import ascii_forms
 _V4 = re.compile(
     r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)", re.ASCII
 )  # on ``ascii_forms``
-_V6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])")
+# ASCII classes as for IPv4: a letter of a script written without spaces ("サーバー2001:db8::1に") is no part
+# of an address (Unicode's \w took it for one, and the address was not found).
+_V6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])", re.ASCII)
 # Every IPv6 text form holds two colons at most four hex digits apart; a literal-led search finds that
 # (or its absence) fifty times faster than the full pattern, whose look-behind runs at every position.
 _V6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
@@ -24,6 +26,7 @@ class IpAddressDetector:
     max_span = 45  # the longest IPv6 text form
     max_tokens = 1
     priority = 70
+    ends_at_other_scripts = True  # hex digits, dots, colons and an ASCII zone
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -29,6 +29,7 @@ class JwtDetector:
     max_span = 10000
     max_tokens = 1
     priority = 98
+    ends_at_other_scripts = True  # base64url
 
     def detect(self, text: str) -> list[Detection]:
         if "eyJ" not in text:

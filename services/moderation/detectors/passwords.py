@@ -5,10 +5,23 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import NOT_OTHER_LETTER, WORD
 
-_URL_PASSWORD = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s@/]{1,128})@[\w.-]+")
+
+def _but(excluded: str) -> str:
+    """One character of a secret: anything but ``excluded`` and a letter of a script written without spaces.
+    A password typed in Japanese or Thai text runs straight into the next word ("password=Hunter2です"): the
+    value took that word with it, and a stream had to hold such text back as long as a password can be."""
+    return f"(?:(?![{excluded}]){NOT_OTHER_LETTER})"
+
+
+# The user name before the password is not reported, and may be in any script.
+_SECRET, _VALUE = _but(r"\s@/"), _but(r"\s\"';,")
+_URL_PASSWORD = re.compile(
+    rf"[a-zA-Z][a-zA-Z0-9+.-]{{1,20}}://[^\s:/@]{{1,64}}:({_SECRET}{{1,128}})@[{WORD}.-]+"
+)
 _ASSIGNMENT = re.compile(
-    r"(?i)(?<![a-z])(?:password|passwd|pwd|pass|passwort|kennwort)\s*(?:[:=]|is)\s*[\"']?([^\s\"';,]{4,128})"
+    rf"(?i)(?<![a-z])(?:password|passwd|pwd|pass|passwort|kennwort)\s*(?:[:=]|is)\s*[\"']?({_VALUE}{{4,128}})"
 )
 _PLACEHOLDERS = {"****", "xxxx", "<password>", "password", "secret", "changeme", "${password}"}
 
@@ -26,6 +39,7 @@ class PasswordDetector:
         return "://" in piece or "pass" in lowered or "pwd" in lowered or "kennwort" in lowered
 
     priority = 96
+    ends_at_other_scripts = True  # see ``_but``
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

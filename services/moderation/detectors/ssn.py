@@ -37,6 +37,7 @@ class SsnDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 80
+    ends_at_other_scripts = True  # digits and dashes, read as ASCII
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -9,9 +9,15 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import WORD, class_body
 
-_WORD = r"[A-ZÀ-ÖØ-Þa-zß-öø-ÿ][\w'’.-]*"
-_CAP = r"[A-ZÀ-ÖØ-Þ0-9][\w'’.-]*"
+# Edges of words and numbers: Unicode's \b and \w took a letter of Japanese, Chinese, Korean or Thai for part
+# of the word, so "住所は1600 Pennsylvania Avenueです" held no address; a word here is one of the scripts street
+# names are written in (``scripts``), and on ASCII text these are \b and \w as before.
+_START = rf"(?<![{WORD}])"  # \b before a word character
+_END = rf"(?![{WORD}])"  # \b after one
+_WORD = rf"[A-ZÀ-ÖØ-Þa-zß-öø-ÿ][{WORD}'’.-]*"
+_CAP = rf"[A-ZÀ-ÖØ-Þ0-9][{WORD}'’.-]*"
 _SUFFIX_EN = (
     r"Street|St|Road|Rd|Avenue|Ave|Av|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Square|Sq|Terrace|"
     r"Trail|Trl|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Crescent|Close|Grove|Gardens|Row|Mews|Hill|Walk|Alley|"
@@ -32,34 +38,37 @@ _PREFIX = (
 )
 _STREET = re.compile(
     # 12 Main Street / 338 17 St Omers Road / 615 Benedum Drive
-    rf"\b\d{{1,6}}[A-Za-z]?(?:[ -]\d{{1,5}})?\s+(?:{_CAP}\s+){{0,4}}(?i:{_SUFFIX_EN})\b\.?(?:\s+(?:{_CAP}))?"
+    rf"{_START}\d{{1,6}}[A-Za-z]?(?:[ -]\d{{1,5}})?\s+(?:{_CAP}\s+){{0,4}}(?i:{_SUFFIX_EN}){_END}\.?(?:\s+(?:{_CAP}))?"
     # (6750) Koskikatu 25 / Pfarrgasse 91 / Hammarvägen 15
-    rf"|(?:\b\d{{1,6}}\s+)?\b{_WORD}(?i:{_SUFFIX_GLUED})\s+\d{{1,5}}[a-zA-Z]?\b"
+    rf"|(?:{_START}\d{{1,6}}\s+)?{_START}{_WORD}(?i:{_SUFFIX_GLUED})\s+\d{{1,5}}[a-zA-Z]?{_END}"
     # 35108 ul. Zamkowa 33 / rue de la Paix 4 / Via Roma 1
-    rf"|(?:\b\d{{1,6}}\s+)?(?<!\w)(?i:{_PREFIX})\s+(?:{_WORD}\s+){{1,4}}?\d{{1,5}}[a-zA-Z]?\b"
+    rf"|(?:{_START}\d{{1,6}}\s+)?{_START}(?i:{_PREFIX})\s+(?:{_WORD}\s+){{1,4}}?\d{{1,5}}[a-zA-Z]?{_END}"
     # 5 rue de la Paix / 12 Via Roma
-    rf"|\b\d{{1,5}}[a-zA-Z]?,?\s+(?i:{_PREFIX})\s+(?:{_WORD}\s*){{1,4}}"
+    rf"|{_START}\d{{1,5}}[a-zA-Z]?,?\s+(?i:{_PREFIX})\s+(?:{_WORD}\s*){{1,4}}"
     # (6076) Piroska u. 97 / Erzsébet tér 19 / Eleftheriou Venizelou str 159
-    rf"|(?:\b\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,2}}\s+(?i:{_SUFFIX_BEFORE_NUMBER})(?!\w)\s*\d{{1,5}}\b\.?"
+    rf"|(?:{_START}\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,2}}\s+(?i:{_SUFFIX_BEFORE_NUMBER}){_END}\s*\d{{1,5}}{_END}\.?"
 )
 # After a word that announces an address ("lives at", "address:", "ship to"), a capitalised street name and
 # a house number are enough (Allika 46, 971 Kesk 53, Joaquin Suarez 2906).
 _ANNOUNCED = re.compile(
     r"(?i:address(?:\s+is)?|adresse|lives?\s+(?:at|on|in)|located\s+at|sent\s+to|send\s+(?:it\s+)?to|ship\s+(?:it\s+)?to|"
     r"deliver\s+(?:it\s+)?to|moved\s+to|wohn(?:e|t)\s+in|side\s+of)\s*:?\s+(?:[A-Z][a-z]+\s+){0,3}?\n?\s*"
-    rf"((?:\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,3}}\s+\d{{1,5}}[a-zA-Z]?\b)"
+    rf"((?:\d{{1,6}}\s+)?{_CAP}(?:\s+{_CAP}){{0,3}}\s+\d{{1,5}}[a-zA-Z]?{_END})"
 )
 _UNIT = re.compile(
-    r"\b(?:Apt|Apartment|Suite|Ste|Unit|Flat|Room|Floor|Fl)\.?\s*#?\s*\d{1,5}[A-Za-z]?\b", re.IGNORECASE
+    rf"{_START}(?:Apt|Apartment|Suite|Ste|Unit|Flat|Room|Floor|Fl)\.?\s*#?\s*\d{{1,5}}[A-Za-z]?{_END}",
+    re.IGNORECASE,
 )
-_PO_BOX = re.compile(r"\b(?:P\.?\s?O\.?\s?Box|Postfach|PSC\s+\d{3,5},?\s+Box)\s+\d{1,6}\b", re.IGNORECASE)
+_PO_BOX = re.compile(
+    rf"{_START}(?:P\.?\s?O\.?\s?Box|Postfach|PSC\s+\d{{3,5}},?\s+Box)\s+\d{{1,6}}{_END}", re.IGNORECASE
+)
 _MILITARY = re.compile(
-    r"\b(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+\b|\b(?:FPO|APO|DPO)\s+(?:AE|AA|AP)\s+\d{5}\b"
+    rf"{_START}(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+{_END}|{_START}(?:FPO|APO|DPO)\s+(?:AE|AA|AP)\s+\d{{5}}{_END}"
 )
 # After a street line: more lines of the same address (unit, city, region code, postcode, country).
 _TAIL_PART = re.compile(
-    rf"(?:\s*[,\n]\s*|\s+)(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat)\.?\s*#?\d{{1,5}}\w?|\d{{4,6}}|[A-Z]{{1,2}}\d[A-Z\d]?\s?\d[A-Z]{{2}}"
-    rf"|[A-Z]{{2}}(?=\W)|{_CAP}(?:[ -]{_CAP}){{0,2}}(?:\s\(\w+\))?)"
+    rf"(?:\s*[,\n]\s*|\s+)(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat)\.?\s*#?\d{{1,5}}[{WORD}]?|\d{{4,6}}|[A-Z]{{1,2}}\d[A-Z\d]?\s?\d[A-Z]{{2}}"
+    rf"|[A-Z]{{2}}(?=[^{WORD}])|{_CAP}(?:[ -]{_CAP}){{0,2}}(?:\s\([{WORD}]+\))?)"
 )
 _MAX_TAIL = 5
 
@@ -89,6 +98,7 @@ class StreetAddressDetector:
     max_span = 200
     max_tokens = 24
     priority = 30
+    ends_at_other_scripts = True  # words of the scripts street names are written in (``scripts``)
     # Every form has, among its first five pieces, a number, a street-type, prefix or unit word, or a
     # military code (at most a house number and three capitalised words come before "tér" in
     # "6076 Erzsébet Kovács tér 19", four capitalised words before the number after "lives at").
@@ -97,20 +107,23 @@ class StreetAddressDetector:
     @staticmethod
     def may_lead(piece: str) -> bool:
         """What can stand before the anchor in a match: a house number or capitalised name words."""
-        first = piece.lstrip("(")[:1]
-        return first.isdigit() or first.isupper()
+        return any(part[:1].isdigit() or part[:1].isupper() for part in _parts(piece))
 
     @staticmethod
     def is_anchor(piece: str) -> bool:
-        bare = piece.strip(",;:()").lower().rstrip(".")
-        return (
-            any(c.isdigit() for c in bare)
-            or bare in _SUFFIX_WORDS
-            or bare in _PREFIX_WORDS
-            or bare in _UNIT_WORDS
-            or bare in _MILITARY_WORDS
-            or (len(bare) > 4 and bare.endswith(_GLUED_ENDINGS))
-        )
+        if any(c.isdigit() for c in piece):
+            return True
+        for part in _parts(piece):
+            bare = part.lower().rstrip(".")
+            if (
+                bare in _SUFFIX_WORDS
+                or bare in _PREFIX_WORDS
+                or bare in _UNIT_WORDS
+                or bare in _MILITARY_WORDS
+                or (len(bare) > 4 and bare.endswith(_GLUED_ENDINGS))
+            ):
+                return True
+        return False
 
     def detect(self, text: str) -> list[Detection]:
         found: dict[tuple[int, int], Detection] = {}
@@ -159,10 +172,24 @@ _UNIT_WORDS = frozenset(
 )
 _MILITARY_WORDS = frozenset(("usns", "usnv", "uss", "uscgc", "fpo", "apo", "dpo", "psc"))
 _MILITARY_NEEDLES = ("USNS", "USNV", "USS", "USCGC", "FPO", "APO", "DPO")  # what _MILITARY must contain
-# Pieces between whitespace and ,;:() by str methods (separators to spaces, then str.split, whose whitespace
-# is the regex engine's \s): a third of the cost of a [^\s,;:()]+ regex.
-_PIECE_SEPARATORS = str.maketrans(",;:()", "     ")
+# Pieces between whitespace and ,;:()!?" by str methods (separators to spaces, then str.split, whose
+# whitespace is the regex engine's \s): a third of the cost of a [^\s,;:()!?"]+ regex. "!", "?" and '"' end
+# a street word as they end it in the patterns: "Do you deliver to 12 Main Street?" held no window.
+_PIECE_SEPARATORS = str.maketrans(',;:()!?"', "        ")
+# What a piece is made of: the characters of the scripts street names are written in, but for those
+# separators. Beyond ASCII anything else ends a piece too: a letter or mark of a script written without
+# spaces ("住所は1600 Pennsylvania Avenueです"), CJK punctuation ("Avenue。"), a dash or a symbol.
+_IN_PIECE = class_body(lambda c: not c.isspace() and c not in ',;:()!?"')
+_NOT_IN_PIECE = re.compile(f"[^{_IN_PIECE}]")
 _BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few words; unit and number follow it
+
+
+def _parts(piece: str) -> list[str]:
+    """A stream's piece (between whitespace) cut where ``_windows`` cuts the text: "。Apt" and '"Apt' are the
+    street word "Apt", which the stream must hold back as the detector will find it."""
+    if not piece.isascii():
+        piece = _NOT_IN_PIECE.sub(" ", piece)
+    return piece.translate(_PIECE_SEPARATORS).split()
 
 
 def _windows(text: str) -> list[tuple[int, int]]:
@@ -171,6 +198,8 @@ def _windows(text: str) -> list[tuple[int, int]]:
     A word-by-word set lookup is much cheaper than running the address patterns over all of a long text.
     """
     lowered = text.lower()
+    if not text.isascii():
+        lowered = _NOT_IN_PIECE.sub(" ", lowered)
     hits = {
         word
         for word in set(lowered.translate(_PIECE_SEPARATORS).split())
@@ -183,7 +212,7 @@ def _windows(text: str) -> list[tuple[int, int]]:
         return []
     # Unique words are checked once; only the few hits are located again.
     located = re.compile(
-        r"(?<![^\s,;:()])(?:" + "|".join(map(re.escape, hits)) + r")(?![^\s,;:()])", re.IGNORECASE
+        f"(?<![{_IN_PIECE}])(?:" + "|".join(map(re.escape, hits)) + f")(?![{_IN_PIECE}])", re.IGNORECASE
     )
     windows: list[tuple[int, int]] = []
     for match in located.finditer(text):  # positions in the text itself (lower() may change lengths)

@@ -10,10 +10,9 @@ replaces that span, and the value restored later is the one the caller typed.
 Not every such character is noise. Zero-width (non-)joiners shape Arabic, Persian and Indic words, and a
 zero-width space is the word break of Thai, Khmer or Japanese text. A run is therefore kept where a letter or
 mark of such a script stands next to it: no value a pattern detector finds holds one (their values are
-digits, Latin letters and punctuation, after ``forms.ascii_forms``), so a run inside a value always has
-value characters on both sides, and kept there it still separates what it separated. Dropped, the break
-before "john@example.com" in "メール\u200bjohn@example.com" glued the address to a word character and the
-e-mail detector, which wants no word character before an address, no longer saw it.
+digits, letters of ``scripts.VALUE_SCRIPTS`` and punctuation, after ``forms.ascii_forms``), so a run inside a
+value always has value characters on both sides, and kept there it still separates what it separated (the
+break before "john@example.com" in "メール\u200bjohn@example.com").
 
 ASCII text holds none of them and costs one ``isascii``; other text one regex scan when it holds none (about
 40 µs per 4 KB).
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 from services.moderation.detectors.base import Detection
 from services.moderation.detectors.normalize import INVISIBLE_RANGES
+from services.moderation.detectors.scripts import in_value_scripts
 
 
 def _runs(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
@@ -44,11 +44,10 @@ _ANY_RUN = _runs(INVISIBLE_RANGES)
 
 
 def _shapes_its_script(char: str) -> bool:
-    """A letter or mark of a script where joiners and zero-width spaces carry meaning: anything from Hebrew
-    (U+0590) up but the Latin and Greek extensions and full-width Latin letters. Latin, Greek, Cyrillic and
-    Armenian words, digits of any script and punctuation never need them."""
-    code = ord(char)
-    if code < 0x0590 or 0x1E00 <= code <= 0x1FFF or 0xFF21 <= code <= 0xFF5A:
+    """A letter or mark of a script where joiners and zero-width spaces carry meaning: anything outside
+    ``scripts.VALUE_SCRIPTS`` (from Hebrew, U+0590, up but the Latin and Greek extensions and full-width Latin
+    letters). Latin, Greek, Cyrillic and Armenian words, digits of any script and punctuation never need them."""
+    if in_value_scripts(ord(char)):
         return False
     return unicodedata.category(char)[0] in "LM"
 

@@ -68,3 +68,12 @@ def test_a_cued_name_ends_at_its_line() -> None:
     text = "Name: Toshimi Arata\nPhone: 0490 75 40 81"
     assert [m.group(1) for m in _CUES.finditer(text)] == ["Toshimi Arata"]
     assert "Phone" not in "".join(names(text))
+
+
+def test_a_name_run_into_text_without_spaces_is_cut_at_that_text() -> None:
+    """The English model's tokenizer does not split "担当はJohn Smithさんです" where the script changes, so its
+    PERSON entity was the whole sentence and the prompt reached the provider as "<PERSON_1>"."""
+    assert names("担当はJohn Smithさんです") == ["John Smith"]
+    assert names("John Smithさんに連絡してください") == ["John Smith"]
+    assert names("연락처는 John Smith입니다") == ["John Smith"]
+    assert names("Producer Liviana Palerma explained the song.") == ["Liviana Palerma"]

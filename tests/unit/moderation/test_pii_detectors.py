@@ -189,3 +189,83 @@ def test_values_written_in_full_width_or_typographic_forms(
     """Values typed with full-width forms or typographic separators are the same values: they are found,
     checked by their digits' values, and reported at their place in the text as written."""
     assert spans(detector, text) == expected
+
+
+# Text of scripts written without spaces (and Korean, whose particles are glued to the word before).
+_AROUND = [("連絡先は", "までお願いします"), ("请发到", "谢谢"), ("연락처는", "입니다"), ("ติดต่อที่", "ครับ")]
+
+
+@pytest.mark.parametrize(
+    "detector, value",
+    [
+        (EmailDetector(), "john@example.com"),
+        (PhoneDetector(), "090-1234-5678"),
+        (CreditCardDetector(), "4111111111111111"),
+        (IbanDetector(), "GB82WEST12345698765432"),
+        (SsnDetector(), "536-22-8841"),
+        (IpAddressDetector(), "192.168.10.77"),
+        (IpAddressDetector(), "2001:db8::8a2e:370:7334"),
+        (IpAddressDetector(), "fe80::1%eth0"),
+        (StreetAddressDetector(), "1600 Pennsylvania Avenue"),
+        (StreetAddressDetector(), "Pfarrgasse 91"),
+        (StreetAddressDetector(), "5 rue de la Paix"),
+        (StreetAddressDetector(), "Apt 4B"),
+        (StreetAddressDetector(), "P.O. Box 242"),
+        (StreetAddressDetector(), "FPO AE 09499"),
+    ],
+)
+def test_a_value_run_into_text_without_spaces_is_found_as_typed(detector: object, value: str) -> None:
+    """A letter of Japanese, Chinese, Korean or Thai cannot continue an address or a number; judged with
+    Python's Unicode word class it did, and the value was not found."""
+    for before, after in _AROUND:
+        for text in (before + value + after, before + value, value + after):
+            assert spans(detector, text) == [value], text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # RFC 6531: letters beyond ASCII in the local part (and IDNA domains); before, none was found.
+        ("Bitte an müller@example.de schreiben", ["müller@example.de"]),
+        ("Bitte an mu\u0308ller@example.de schreiben", ["mu\u0308ller@example.de"]),  # decomposed ü
+        ("Écrivez à élodie.française@exemple.fr", ["élodie.française@exemple.fr"]),
+        ("Пишите на иван@пример.рф", ["иван@пример.рф"]),
+        ("メールはjürgen@bücher.deまで", ["jürgen@bücher.de"]),
+        # ...but never from the middle of a word: the whole address or nothing.
+        ("Grüße: straße_jürgen@example.de", ["straße_jürgen@example.de"]),
+        # Letters of scripts written without spaces end an address; such a local part is not found.
+        ("ジョン@example.com", []),
+        ("a.user@host", []),
+    ],
+)
+def test_email_local_parts_beyond_ascii(text: str, expected: list[str]) -> None:
+    assert spans(EmailDetector(), text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order12345678901234",
+        "注文番号order12345678901234です",
+        "ABC4111111111111111XYZ",
+        "コードABC4111111111111111XYZを入力",
+        "build 4111111111111111x",
+        "ticket#A536-22-8841",
+        "v192.168.10.77b",
+        "id 2001:db8::1x",
+    ],
+)
+def test_digits_inside_ascii_words_stay_no_value_whatever_surrounds_them(text: str) -> None:
+    """What the boundary checks are for still holds: an ASCII letter or digit continues the value."""
+    found = [
+        text[d.start : d.end]
+        for detector in (
+            PhoneDetector(),
+            CreditCardDetector(),
+            SsnDetector(),
+            IpAddressDetector(),
+            IbanDetector(),
+        )
+        for d in detector.detect(text)
+    ]
+    assert found == []

@@ -227,3 +227,83 @@ def test_a_full_width_iban_is_redacted_in_any_chunking(screener: Screener) -> No
         cuts = sorted(rng.sample(range(1, len(answer)), 6))
         chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
         assert "".join(run(screener, chunks)[1]) == whole, chunks
+
+
+_JAPANESE = (
+    "ご依頼の件、確認しました。担当者の連絡先はjohn@example.comで、電話は090-1234-5678です。"
+    "お支払いはカード4111 1111 1111 1111で完了しました。サーバー2001:db8::8a2e:370:7334に接続し、"
+    "住所は1600 Pennsylvania Avenueです。パスワードはpassword=Hunter2Secretです。鍵はAKIAIOSFODNN7EXAMPLEで、"
+    "何かあればいつでもご連絡ください。よろしくお願いいたします。"
+)
+
+
+def test_values_in_japanese_text_are_redacted_in_any_chunking(screener: Screener) -> None:
+    whole = screener.screen_output(_JAPANESE, DEFAULT_POLICY, ()).text
+    assert whole == (
+        "ご依頼の件、確認しました。担当者の連絡先は[REDACTED:EMAIL]で、電話は[REDACTED:PHONE]です。"
+        "お支払いはカード[REDACTED:CREDIT_CARD]で完了しました。サーバー[REDACTED:IP_ADDRESS]に接続し、"
+        "住所は[REDACTED:ADDRESS]です。パスワードはpassword=[REDACTED:PASSWORD]です。鍵は[REDACTED:API_KEY]で、"
+        "何かあればいつでもご連絡ください。よろしくお願いいたします。"
+    )
+    rng = random.Random(5)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(_JAPANESE)), rng.randint(1, 80)))
+        chunks = [_JAPANESE[a:b] for a, b in zip([0, *cuts], [*cuts, len(_JAPANESE)], strict=True)]
+        assert "".join(run(screener, chunks)[1]) == whole, chunks
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "東京の天気は晴れです。明日は雨が降るでしょう。傘を持って出かけてください。" * 4,
+        "北京今天天气晴朗，明天可能会下雨，出门请带伞。我们下周再联系，祝您一切顺利。" * 4,
+        "วันนี้อากาศดีมากครับพรุ่งนี้อาจจะมีฝนตกกรุณาพกร่มไปด้วยนะครับขอบคุณมากครับ" * 4,
+    ],
+)
+def test_prose_of_a_script_without_spaces_is_released_as_it_comes(screener: Screener, answer: str) -> None:
+    """The hold-back counts whitespace-separated pieces, and Chinese, Japanese or Thai prose is one piece:
+    a whole answer was held until its end (or up to a JWT's 10,000 code points). No pattern detector's value
+    holds a letter of such a script, so only what follows the last one can still be a value in progress."""
+    stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
+    released = "".join(stream.feed(answer[i : i + 4]).released for i in range(0, len(answer), 4))
+    # Held: what a phone number's context words after it could still change (24 code points), no more.
+    assert stream.held_chars <= 24
+    assert released + stream.finish().released == answer
+
+
+_AROUND = {
+    "ja": ("連絡先は", "までお願いします"),
+    "zh": ("请发到", "谢谢"),
+    "ko": ("연락처는", "입니다"),
+    "th": ("ติดต่อที่", "ครับ"),
+}
+# (what the value needs before it, the value, what replaces it in an answer)
+_VALUES = [
+    ("", "john@example.com", "[REDACTED:EMAIL]"),
+    ("", "+81 90-1234-5678", "[REDACTED:PHONE]"),
+    ("", "4111 1111 1111 1111", "[REDACTED:CREDIT_CARD]"),
+    ("", "DE89370400440532013000", "[REDACTED:IBAN]"),
+    ("", "536-22-8841", "[REDACTED:US_SSN]"),
+    ("", "192.168.10.77", "[REDACTED:IP_ADDRESS]"),
+    ("", "2001:db8::8a2e:370:7334", "[REDACTED:IP_ADDRESS]"),
+    ("", "1600 Pennsylvania Avenue", "[REDACTED:ADDRESS]"),
+    ("", "AKIAIOSFODNN7EXAMPLE", "[REDACTED:API_KEY]"),
+    ("", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "[REDACTED:JWT]"),
+    ("password=", "Hunter2Secret", "[REDACTED:PASSWORD]"),
+    ("", "-----BEGIN PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7x\n-----END PRIVATE KEY-----", "[REDACTED:PRIVATE_KEY]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", list(_AROUND))
+def test_every_kind_of_value_next_to_a_script_without_spaces_is_redacted_in_any_chunking(
+    screener: Screener, script: str
+) -> None:
+    before, after = _AROUND[script]
+    answer = "".join(before + lead + value + after for lead, value, _ in _VALUES)
+    expected = "".join(before + lead + replacement + after for lead, _, replacement in _VALUES)
+    assert screener.screen_output(answer, DEFAULT_POLICY, ()).text == expected
+    rng = random.Random(13)
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 60)))
+        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+        assert "".join(run(screener, chunks)[1]) == expected, chunks
