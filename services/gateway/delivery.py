@@ -119,8 +119,10 @@ class Deliveries:
 
     def _fitted(self, record: audit_record_pb2.AuditRecord) -> audit_record_pb2.AuditRecord:
         """The record as it can be published: its bodies hashed when it is larger than a NATS message (the
-        server's limit, from its INFO) or an audit record may be (records.fitted)."""
-        limit = min(self._bus.client.max_payload, MAX_RECORD_BYTES) - _HEADERS_ROOM
+        server's limit, from its INFO) or an audit record may be (records.fitted). Before the bus's first
+        connection the server's limit is unknown: fitted to the audit record's own, and again at delivery."""
+        server_limit = self._bus.max_payload
+        limit = min(server_limit or MAX_RECORD_BYTES, MAX_RECORD_BYTES) - _HEADERS_ROOM
         fitted = records.fitted(record, limit)
         if fitted is not record:
             log.warning(

@@ -137,25 +137,46 @@ def _client_options(
     }
 
 
-def _report_failed_start(task: asyncio.Task[None]) -> None:
-    """A background start that died (not cancelled) leaves the service without NATS for good: say so."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("connecting to NATS failed for good", exc_info=task.exception())
+def _check_url(url: str) -> None:
+    """Raise what nats-py raises for a URL it cannot parse, at once: a start must fail on one, not retry it.
+    (nats-py parses in its connect; its own parser is the only one that agrees with it.)"""
+    Client()._setup_server_pool([url])
 
 
 class Bus:
-    """A NATS client (connected, or connecting in the background after :meth:`start`) and its JetStream context."""
+    """A NATS client and its JetStream context: connected (:meth:`connect`), or connecting in the background
+    (:meth:`start`), in which case :attr:`client` and :attr:`jetstream` raise ``NoServersError`` until the
+    first connection, as every other way to reach NATS through this bus does."""
 
-    def __init__(self, client: Client, *, publish_timeout: float = 5.0) -> None:
-        self.client = client
-        self.jetstream: JetStreamContext = client.jetstream(timeout=publish_timeout)
+    def __init__(self, client: Client | None, *, publish_timeout: float = 5.0) -> None:
+        self._client = client
+        self._jetstream = client.jetstream(timeout=publish_timeout) if client is not None else None
         self._publish_timeout = publish_timeout
         self._declared: dict[str, StreamSpec] = {}  # by name: the spec ensure_stream was last given
         # Set once connected and every stream declared so far is declared at NATS (at once after ``connect``).
         self._ready = asyncio.Event()
-        self._starting: asyncio.Task[None] | None = (
-            None  # ``start``'s background connection, until it is done
-        )
+        self._starting: asyncio.Task[None] | None = None  # ``start``'s background connection, until done
+
+    @property
+    def client(self) -> Client:
+        """The connected nats-py client; ``NoServersError`` (the kit answers UNAVAILABLE) before the first
+        connection of a bus that :meth:`start` connects in the background."""
+        if self._client is None:
+            raise NoServersError
+        return self._client
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The client's JetStream context; ``NoServersError`` before the first connection, as :attr:`client`."""
+        if self._jetstream is None:
+            raise NoServersError
+        return self._jetstream
+
+    @property
+    def max_payload(self) -> int | None:
+        """The largest message the server takes (payload and headers, ``message_size``), from its INFO; None
+        before the first connection, when it is not known (nats-py would say 1 MiB whatever the server's is)."""
+        return self._client.max_payload if self._client is not None else None
 
     @classmethod
     async def connect(
@@ -206,14 +227,19 @@ class Bus:
 
         Why not fail the start: a service's calls do without NATS (events wait in outboxes, consumers pause), so
         a pod restarted or scaled out during a NATS outage serves like the pods already running, instead of
-        crash-looping until NATS is back. Until connected, publishing fails at once (``NoServersError``, which
-        the kit answers UNAVAILABLE), consumers' fetches fail and pause, and health's ``parapet.dependencies``
-        is NOT_SERVING; a URL that cannot be parsed still fails the start, and an unreachable one is logged (at
-        most every 30 s), as an outage is."""
+        crash-looping until NATS is back. Until connected, everything that would reach NATS through this bus
+        raises ``NoServersError`` at once (the kit answers it UNAVAILABLE; relays and consumers retry later),
+        and health's ``parapet.dependencies`` is NOT_SERVING. A URL that cannot be parsed still fails the start;
+        an unreachable one is logged (at most every 30 s), as an outage is.
+
+        The connection is made on a client of its own, handed to the bus only once connected: nats-py's first
+        connection closes its client after each failed handshake (a port that accepts and drops, a proxy, a TLS
+        or authorization error), and a request made on it meanwhile left it waiting for replies for good."""
+        _check_url(url)
         options = _client_options(
             url, name, connect_timeout, reconnect_wait, drain_timeout, max_reconnect_attempts=-1
         )
-        bus = cls(Client(), publish_timeout=publish_timeout)
+        bus = cls(None, publish_timeout=publish_timeout)
         bus._declared.update((spec.name, spec) for spec in streams)
         starting = asyncio.create_task(
             bus._connect_and_declare(url, options, reconnect_wait), name="nats-start"
@@ -222,12 +248,11 @@ class Bus:
         try:
             await asyncio.wait([starting], timeout=wait_seconds)
             if starting.done():
-                starting.result()  # raises what stopped it: a URL nats-py cannot parse
-        except BaseException:  # that, or the start itself cancelled (SIGTERM while waiting)
+                starting.result()
+        except BaseException:  # the start itself cancelled (SIGTERM while waiting)
             await bus.close()
             raise
         if not starting.done():
-            starting.add_done_callback(_report_failed_start)
             log.warning(
                 "starting without NATS: not connected within %.1f s; connecting in the background",
                 wait_seconds,
@@ -236,10 +261,26 @@ class Bus:
         return bus
 
     async def _connect_and_declare(self, url: str, options: dict[str, Any], retry_wait: float) -> None:
-        """``start``'s background work: connect (nats-py retries forever at ``max_reconnect_attempts=-1``),
-        then declare every stream declared so far, retrying until NATS takes them all."""
-        await self.client.connect(url, **options)
-        log.info("nats connected", extra={"nats_url": redact_url(url)})
+        """``start``'s background work: connect a client of its own (nats-py retries for ever at
+        ``max_reconnect_attempts=-1``; anything else it lets escape is retried here), hand it to the bus, then
+        declare every stream declared so far, retrying until NATS takes them all."""
+        shown = redact_url(url)
+        while self._client is None:
+            client = Client()
+            try:
+                await client.connect(url, **options)
+            except Exception:
+                log.warning("connecting to NATS failed; retrying", exc_info=True, extra={"nats_url": shown})
+                with contextlib.suppress(Exception):
+                    await within(CLOSE_STEP_SECONDS, client.close())
+                await asyncio.sleep(retry_wait)
+                continue
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await within(CLOSE_STEP_SECONDS, client.close())
+                raise
+            self._client, self._jetstream = client, client.jetstream(timeout=self._publish_timeout)
+        log.info("nats connected", extra={"nats_url": shown})
         declared: set[str] = set()
         last_warning = -math.inf
         while pending := [spec for spec in self._declared.values() if spec.name not in declared]:
@@ -268,11 +309,16 @@ class Bus:
 
     async def declare(self, spec: StreamSpec) -> None:
         """Declare ``spec`` at NATS now when the bus is ready (``ensure_stream``); otherwise only remember it: the
-        bus declares it once connected, and without waiting for that a service's start goes on."""
-        if self.ready:
+        bus declares it once connected. Either way a service's start goes on: a declaration NATS does not take
+        now (it went away again) is made by the first publish no stream takes (``restore_stream``) or the first
+        consumer's fetch (``parapet.kit.durable``)."""
+        self._declared[spec.name] = spec
+        if not self.ready:
+            return
+        try:
             await self.ensure_stream(spec)
-        else:
-            self._declared[spec.name] = spec
+        except Exception:
+            log.warning("declaring stream %s failed; declared again when used", spec.name, exc_info=True)
 
     async def ensure_stream(self, spec: StreamSpec) -> StreamConfig:
         """Create the stream from ``spec``; when it exists, update only what the code owns (idempotent).
@@ -351,10 +397,6 @@ class Bus:
         When no stream takes the message and this bus declared one covering ``subject``, that stream is declared
         again (``restore_stream``) and the publish retried once; otherwise ``NoStreamResponseError`` is raised.
         """
-        if not self.ready and not self.client.is_connected:
-            # Never connected yet: nats-py would buffer the message and send it whenever NATS comes, long after
-            # this call timed out and its caller (an outbox relay) decided to publish it again.
-            raise NoServersError
         all_headers: dict[str, Any] = dict(headers or {})
         if msg_id is not None:
             all_headers[MSG_ID_HEADER] = msg_id
@@ -380,9 +422,10 @@ class Bus:
 
     async def is_healthy(self, flush_timeout: int = 1) -> bool:
         """Connected, and the server answers a round trip (PING/PONG) within ``flush_timeout`` seconds."""
-        if not self.client.is_connected:
+        client = self._client
+        if client is None or not client.is_connected:
             return False
-        await self.client.flush(timeout=flush_timeout)
+        await client.flush(timeout=flush_timeout)
         return True
 
     async def close(self) -> None:
@@ -390,17 +433,18 @@ class Bus:
         ``CLOSE_STEP_SECONDS``, so a shutdown always completes."""
         timeout = CLOSE_STEP_SECONDS
         if self._starting is not None:
-            await cancel_and_wait(self._starting)  # still connecting or declaring
+            await cancel_and_wait(self._starting)  # still connecting (its own client closed) or declaring
             self._starting = None
-        if self.client.is_closed:
+        client = self._client
+        if client is None or client.is_closed:
             return
-        if not self.client.is_connected:
-            # Never connected, or NATS is down: there is nothing to drain, and draining would wait its bound.
+        if not client.is_connected:
+            # NATS is down: there is nothing to drain, and draining would wait its bound.
             with contextlib.suppress(Exception):
-                await within(timeout, self.client.close())
+                await within(timeout, client.close())
             return
         try:
-            await within(timeout, self.client.drain())
+            await within(timeout, client.drain())
             return
         except Exception:
             # Draining needs a live connection; when NATS is down or stuck at shutdown, close is all we can do.
@@ -408,6 +452,6 @@ class Bus:
         try:
             # The client's own close can wait forever on a connection that died mid-drain (seen in tests and
             # after a launcher was killed): bounded, and whatever it raises is only logged.
-            await within(timeout, self.client.close())
+            await within(timeout, client.close())
         except Exception:
             log.warning("nats close failed", exc_info=True)

@@ -75,11 +75,49 @@ async def test_a_service_without_nats_stops_promptly(fresh_nats: EmbeddedNats) -
     )
     async with running(app, settings) as (server, _port):
         bus = server.resources.require_bus()
-        assert not bus.ready and not bus.client.is_connected
+        assert not bus.ready and bus.max_payload is None
+        with pytest.raises(NoServersError):
+            bus.jetstream  # noqa: B018  (the property is what is tested)
     started = time.monotonic()
     await bus.close()  # again, after the server's own close: nothing left to do
     assert time.monotonic() - started < 1
-    assert bus.client.is_closed
+
+
+async def test_requests_while_handshakes_fail_leave_the_bus_working_once_nats_answers(
+    fresh_nats: EmbeddedNats,
+) -> None:
+    """A port that accepts and drops connections (a proxy, a TLS or authorization error) fails each handshake,
+    after which nats-py closes its client until the next attempt. Until 2026-12-06 the service already held that
+    client: a consumer's fetch meanwhile (a JetStream request) left it without a reply subscription for good, and
+    once NATS answered the bus never declared its streams nor got any publish acknowledged. Now the bus gets a
+    client only once connected, and before that every request fails at once."""
+    await asyncio.to_thread(fresh_nats.stop)
+    port = int(fresh_nats.url.rsplit(":", 1)[1])
+
+    async def drop(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    dropper = await asyncio.start_server(drop, "127.0.0.1", port)
+    bus = await Bus.start(fresh_nats.url, (STREAM,), wait_seconds=0.5, reconnect_wait=0.2)
+    try:
+        for _ in range(5):  # what a consumer's and a relay's rounds do meanwhile
+            with pytest.raises(NoServersError):
+                await bus.ensure_stream(STREAM)
+            with pytest.raises(NoServersError):
+                await bus.publish("late.test.meanwhile", b"x", msg_id="meanwhile")
+            await asyncio.sleep(0.1)
+        dropper.close()
+        await dropper.wait_closed()
+        await asyncio.to_thread(fresh_nats.start)
+        await timeouts.within(20, bus.wait_ready())
+        ack = await timeouts.within(10, bus.publish("late.test.after", b"after", msg_id="after"))
+        assert ack.stream == STREAM.name
+        acked = await timeouts.within(
+            10, await bus.jetstream.publish_async("late.test.async", b"async", headers={"Nats-Msg-Id": "a"})
+        )
+        assert acked.stream == STREAM.name
+    finally:
+        await bus.close()
 
 
 async def test_a_url_nats_cannot_parse_still_fails_the_start() -> None:
