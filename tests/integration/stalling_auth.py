@@ -22,7 +22,8 @@ from parapet.kit.testing import TestKeys, fast_settings, generic_app, running
 
 
 class StallingAuth:
-    """GetEffectivePolicy of a policy allowing ``allowed`` (version ``version``), until ``stalled``."""
+    """GetEffectivePolicy of a policy allowing ``allowed`` (version ``version``), after ``delay`` seconds (a
+    healthy but not instant auth), until ``stalled``."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()  # per tenant, every call that reached the handler
@@ -31,11 +32,14 @@ class StallingAuth:
         self.hung = asyncio.Event()  # set once a call hangs
         self.allowed = ["cheap"]
         self.version = 1
+        self.delay = 0.0
 
     async def GetEffectivePolicy(
         self, request: auth_service_pb2.GetEffectivePolicyRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.GetEffectivePolicyResponse:
         self.calls[require_principal().tenant_id] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.stalled:
             self.hanging += 1
             self.hung.set()

@@ -8,12 +8,16 @@ the tenant of the call. An entry is used for ``ttl`` seconds, then revalidated w
 
 - **one call at a time.** Requests that find a call under way wait for it and share its outcome; requests
   that find a policy cached and a revalidation under way use the cached policy without waiting.
-- **after a failure** (auth unreachable, or no answer within ``timeout``), auth is not asked again for
-  ``retry_seconds``; meanwhile the cached policy serves while it is within its service's ``stale_seconds``
-  (None: without bound; 0: never, the service fails closed), and a tenant with none cached gets the
-  service's UNAVAILABLE. Until 2026-12-06 each service kept its own copy of this cache, and a hung auth held
-  every request of a tenant in turn, each waiting out its own 2 s call (inference, metering), or all of them at
-  once, each with its own call (moderation).
+- **after a failure** (auth unreachable, or no answer within ``timeout``), the cached policy serves while it
+  is within its service's ``stale_seconds`` (None: without bound; 0: never, the service fails closed), and
+  auth is not asked again for ``retry_seconds`` while it does. A tenant with nothing the service may serve gets
+  the service's UNAVAILABLE, and its next request asks auth again (one call at a time, the requests waiting for
+  it sharing its outcome): pausing there would refuse the tenant for the whole pause after one lost call.
+  Until 2026-12-06 each service kept its own copy of this cache, and a hung auth held every request of a tenant
+  in turn, each waiting out its own 2 s call (inference, metering), or all of them at once, each with its own
+  call (moderation).
+- **its own deadline**: the call runs with ``timeout`` alone, not the deadline of the request that happens to
+  make it, whose shortness would otherwise be taken for auth failing and shared with every request waiting.
 
 At most ``max_tenants`` tenants are kept; the least recently used one goes first.
 """
@@ -21,6 +25,8 @@ At most ``max_tenants`` tenants are kept; the least recently used one goes first
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import logging
 import math
 import time
@@ -34,6 +40,7 @@ import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
+from parapet.kit.context import deadline_var
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +110,26 @@ class TenantPolicyCache(Generic[T]):
 
     async def _call(self, tenant_id: str, entry: _Entry[T]) -> T:
         known = entry.version if entry.value is not None else 0
+        request = auth_service_pb2.GetEffectivePolicyRequest(known_version=known)
+        # In a task of its own, without the caller's deadline (the kit's client caps a call at the incoming
+        # RPC's time left) but with its token (auth answers for the token's tenant). Cancelling the caller
+        # cancels the call: the next waiter then makes its own.
+        context = contextvars.copy_context()
+        context.run(deadline_var.set, None)
+        call = asyncio.create_task(self._ask(request), context=context)
         try:
-            response = await self._client.stub.GetEffectivePolicy(
-                auth_service_pb2.GetEffectivePolicyRequest(known_version=known), timeout=self._timeout
-            )
+            response = await call
         except grpc.aio.AioRpcError as error:
             entry.failed_at = time.monotonic()
             entry.failure = error.code()
             entry.retry_at = entry.failed_at + self._retry
+            served = entry.value is not None and self._may_serve_stale(entry, entry.failed_at)
             log.warning(
-                "the tenant policy could not be read from auth (%s); auth is asked again in %g s",
+                "the tenant policy could not be read from auth (%s); %s",
                 error.code().name,
-                self._retry,
+                f"the cached version is used, auth is asked again in {self._retry:g} s"
+                if served
+                else "refused: no policy this service may use",
                 extra={
                     "tenant_id": tenant_id,
                     "cached_version": entry.version if entry.value is not None else None,
@@ -126,6 +141,14 @@ class TenantPolicyCache(Generic[T]):
             entry.version = response.policy.version
         entry.checked, entry.retry_at = time.monotonic(), -math.inf
         return entry.value
+
+    async def _ask(
+        self, request: auth_service_pb2.GetEffectivePolicyRequest
+    ) -> auth_service_pb2.GetEffectivePolicyResponse:
+        response: auth_service_pb2.GetEffectivePolicyResponse = await self._client.stub.GetEffectivePolicy(
+            request, timeout=self._timeout
+        )
+        return response
 
     def _entry(self, tenant_id: str) -> _Entry[T]:
         entry = self._tenants.get(tenant_id)
@@ -139,9 +162,11 @@ class TenantPolicyCache(Generic[T]):
     def _evict(self) -> None:
         """Drop the least recently used tenants beyond ``max_tenants`` (never one whose call is under way)."""
         excess = len(self._tenants) - self._max_tenants
-        for tenant_id in list(self._tenants)[: max(excess, 0)]:
-            if not self._tenants[tenant_id].lock.locked():
-                del self._tenants[tenant_id]
+        if excess <= 0:
+            return
+        oldest = itertools.islice(self._tenants.items(), excess)
+        for tenant_id in [tenant_id for tenant_id, entry in oldest if not entry.lock.locked()]:
+            del self._tenants[tenant_id]
 
     def _usable(self, entry: _Entry[T], now: float) -> T | None:
         """The cached policy when no call to auth is due: within its ``ttl``, or in the pause after a failure

@@ -11,6 +11,7 @@ screening against a hung auth, metering's and inference's queued a tenant's requ
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,7 +22,7 @@ import pytest
 
 from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
-from parapet.kit.context import token_var
+from parapet.kit.context import deadline_var, token_var
 from parapet.kit.errors import Unavailable
 from parapet.kit.identity import Principal
 from parapet.kit.tenant_policy import TenantPolicyCache
@@ -158,3 +159,28 @@ async def test_at_most_max_tenants_are_kept(keys: TestKeys) -> None:
         assert await _outcomes(keys, tenants[2], cache, 1) == [1]  # kept: no call
         assert await _outcomes(keys, tenants[0], cache, 1) == [1]  # the least recently used went: a call
         assert [auth.servicer.calls[t] for t in tenants] == [2, 1, 1]
+
+
+async def test_the_caller_that_makes_the_shared_call_lends_it_its_token_not_its_deadline(
+    keys: TestKeys,
+) -> None:
+    """The first request of a tenant had 100 ms left and auth answers in 300 ms. Until the call had its own
+    deadline, its DEADLINE_EXCEEDED counted as auth failing: the five requests that waited for it, with all the
+    time they needed, were refused with it."""
+    tenant = _tenant()
+    async with _cache(keys, ttl=60.0, stale_seconds=None, timeout=2.0) as (auth, cache):
+        auth.servicer.delay = 0.3
+        as_tenant = _as_tenant(keys, tenant)
+
+        async def read(remaining: float | None) -> object:
+            deadline_var.set(None if remaining is None else time.monotonic() + remaining)
+            try:
+                return (await as_tenant(lambda: cache.get(tenant))).version
+            except Unavailable as error:
+                return type(error).__name__
+
+        first = asyncio.create_task(read(0.1))
+        await asyncio.sleep(0.01)  # its call is under way
+        others = [asyncio.create_task(read(None)) for _ in range(5)]
+        assert [await first, *[await task for task in others]] == [1] * 6
+        assert auth.servicer.calls[tenant] == 1
