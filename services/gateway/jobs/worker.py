@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 
 from parapet.gateway.v1 import chat_service_pb2, job_pb2
 from parapet.kit.bus import Bus
-from parapet.kit.context import deadline_var
+from parapet.kit.context import deadline_passed, deadline_var
 from parapet.kit.durable import DurableConsumer
 from parapet.kit.errors import DeadlineExceeded, Internal, ParapetError, Unavailable
 from parapet.kit.timeouts import cancel_and_wait, within
@@ -351,12 +351,14 @@ class JobWorker:
             response = await within(timeout, self._runner(current, request, request_id))
             outcome = _succeeded(index, response)
         except ParapetError as error:
-            outcome = ItemOutcome(index, error=status_of(error).SerializeToString())
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline_passed():
+                # A call of the flow's reached the item's deadline first (it gets the time left, less a
+                # margin): the item's limit, not a dependency that did not answer.
+                outcome = _late(index, timeout)
+            else:
+                outcome = ItemOutcome(index, error=status_of(error).SerializeToString())
         except TimeoutError:
-            late = DeadlineExceeded(
-                f"the item did not finish within {timeout:g} s", reason="JOB_ITEM_TIMEOUT"
-            )
-            outcome = ItemOutcome(index, error=status_of(late).SerializeToString())
+            outcome = _late(index, timeout)
         except grpc.aio.AioRpcError as error:
             outcome = ItemOutcome(index, error=status_of(error).SerializeToString())
         except Exception:
@@ -419,6 +421,11 @@ class JobWorker:
                 )
                 await asyncio.sleep(pause)
                 pause *= 2
+
+
+def _late(index: int, timeout: float) -> ItemOutcome:
+    late = DeadlineExceeded(f"the item did not finish within {timeout:g} s", reason="JOB_ITEM_TIMEOUT")
+    return ItemOutcome(index, error=status_of(late).SerializeToString())
 
 
 def _succeeded(index: int, response: chat_service_pb2.ChatResponse) -> ItemOutcome:

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
 from parapet.inference.v1 import message_pb2
@@ -131,6 +132,11 @@ async def test_an_item_past_its_time_limit_is_audited_and_released_as_a_deadline
         )
     ).job
     assert job.results[0].error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], job.results[0]
+    infos = [error_details_pb2.ErrorInfo() for _ in job.results[0].error.details]
+    infos = [info for info, d in zip(infos, job.results[0].error.details, strict=True) if d.Unpack(info)]
+    # The item's own limit, not a dependency that did not answer (a call of the flow's, given the time left,
+    # reaches the deadline a little before the item's limit does).
+    assert [info.reason for info in infos] == ["JOB_ITEM_TIMEOUT"], job.results[0]
     audited = await suite.wait_rows(
         "SELECT request_id, status_code, error_reason FROM audit.records WHERE tenant_id = :t AND kind = 'interaction'",
         t=tenant.tenant_id,
