@@ -24,13 +24,21 @@ from services.inference.providers.base import (
 )
 from services.inference.providers.sse import RAW_STREAM, sse_data
 
-# OpenAI's finish reasons (self-hosted servers use the same words); any other is judged by FinishReasons.
+# OpenAI's finish reasons, and the words OpenAI-compatible servers use for the same endings (TGI before 2.2
+# `eos_token` and `stop_sequence`, Together `eos`, proxies in front of Anthropic `end_turn` and `max_tokens`,
+# `model_length` for a context window reached); any other is judged by FinishReasons (never a complete answer).
 _FINISH: dict[str, FinishKind] = {
     "stop": "stop",
     "length": "length",
     "content_filter": "content_filter",
     "tool_calls": "stop",
     "function_call": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "end_turn": "stop",
+    "max_tokens": "length",
+    "model_length": "length",
 }
 
 

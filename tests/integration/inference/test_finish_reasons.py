@@ -38,7 +38,10 @@ CASES: list[tuple[str, str, str, int, bool]] = [
     ("gpt-filtered", "openai", "content_filter", CONTENT_FILTER, False),
     ("gpt-new", "openai", "a_reason_openai_adds_later", LENGTH, True),
     ("self-hosted-abort", "selfhosted", "abort", LENGTH, True),
+    ("self-hosted-window", "selfhosted", "model_length", LENGTH, False),
 ]
+# What OpenAI-compatible servers say for an answer that ended on its own: complete, cached like OpenAI's "stop".
+COMPLETE_ALIASES = ["eos", "eos_token", "stop_sequence", "end_turn"]
 
 
 def _config(upstream: UpstreamServer) -> dict[str, Any]:
@@ -47,6 +50,14 @@ def _config(upstream: UpstreamServer) -> dict[str, Any]:
         *(
             {"name": name, "provider": provider, "upstream_model": f"{name};finish={raw};reply={REPLY}"}
             for name, provider, raw, _, _ in CASES
+        ),
+        *(
+            {
+                "name": f"self-hosted-{raw}",
+                "provider": "selfhosted",
+                "upstream_model": f"m;finish={raw};reply={REPLY}",
+            }
+            for raw in COMPLETE_ALIASES
         ),
     ]
     config = upstream_config(upstream, models)
@@ -95,3 +106,22 @@ async def test_cut_refused_and_unknown_finishes_are_never_complete_answers(
         naming = [message for message in warned if repr(raw) in message]
         # Three answers finished with it; an operator is told once (per provider), not once per answer.
         assert len(naming) == (1 if unknown else 0), (name, raw, warned)
+
+
+async def test_a_self_hosted_servers_words_for_a_complete_answer_are_stop_and_cached(
+    start_inference: StartInference, upstream: UpstreamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TGI's ``eos_token``, Together's ``eos``, a proxy's ``end_turn``: an answer that ended on its own. Read as
+    unknown, it was reported to callers as possibly cut off (some then ask for more) and never cached."""
+    caplog.set_level(logging.WARNING)
+    who = principal(f"finish-ok-{uuid.uuid4().hex[:8]}")
+    async with start_inference(_config(upstream), cache_enabled=True) as inference:
+        for raw in COMPLETE_ALIASES:
+            name = f"self-hosted-{raw}"
+            streamed = await inference.stream(QUESTION, who=who, model=name)
+            assert streamed.summary.finish_reason == generation_pb2.FINISH_REASON_STOP, (raw, streamed.error)
+            cached = await until_cached(inference, QUESTION, who, model=name)
+            assert cached.summary.cache.outcome == cache_pb2.CACHE_OUTCOME_EXACT_HIT, raw
+    assert not [
+        r for r in caplog.records if r.levelno == logging.WARNING and "finish reason" in r.getMessage()
+    ]
