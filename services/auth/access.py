@@ -127,9 +127,12 @@ class Access:
         services accept that; auth cannot, for what it does with one outlives the token: a token of a revoked
         admin key could mint a new key for the same user, and so undo the revocation for good. So an API key
         principal is re-read by its key (revoked, expired, user or tenant disabled) and acts with its user's
-        roles and the key's scopes as they are now (a demotion counts at once); an OIDC principal is refused
-        once its user row is disabled (its asserted roles cannot be re-read: they are the provider's). A token
-        of neither kind (one an operator signed with the signing key) has nothing stored to re-read."""
+        roles and the key's scopes as they are now (a demotion counts at once). An OIDC principal is re-read
+        the way its sign-in read it (one query): refused once its tenant or its user row is disabled, and its
+        roles are its row's now plus those its provider asserted at the recorded sign-in (the last word of
+        the provider's; the token's own claims cannot be re-read), so a demotion through the row counts at
+        once too. A token of neither kind (one an operator signed with the signing key) has nothing stored to
+        re-read."""
         if principal.credential_type == "api_key" and principal.api_key_id:
             record = await self.store.key_record_by_id(principal.tenant_id, principal.api_key_id)
             if record is None or record.user_id != principal.subject:
@@ -139,9 +142,13 @@ class Access:
                 raise Unauthenticated(refusal[1], reason=refusal[0])
             return replace(principal, roles=record.roles, groups=record.groups, scopes=record.scopes)
         if principal.credential_type == "oidc_token":
-            row = await self.store.user_record(principal.tenant_id, principal.subject)
-            if row is not None and row["state"] != "active":
+            found = await self.store.oidc_subject(principal.tenant_id, principal.subject, principal.issuer)
+            if found.tenant_state != "active":
+                raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
+            if found.state is not None and found.state != "active":
                 raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
+            roles = set(found.roles) | set(found.recorded_roles or ())
+            return replace(principal, roles=tuple(sorted(roles)))
         return principal
 
     async def require(self, method: str, tenant_id: str, *, platform_only: bool = False) -> Actor:

@@ -55,6 +55,15 @@ def _check_user(spec: user_pb2.User, fields: set[str]) -> None:
         raise InvalidArgument("the user is invalid", field_violations=problems)
 
 
+def _check_fits_a_token(user_id: str, roles: Iterable[str], groups: Iterable[str], fields: set[str]) -> None:
+    """The user as it will be stored, bounded in what its tokens carry (``bounds.token_violations``), the
+    violation on the largest of ``fields`` (``user_id``, ``roles``, ``groups``) the request sets."""
+    paths = [f"user.{name}" for name in ("user_id", "roles", "groups") if name in fields]
+    problems = bounds.token_violations(user_id, roles, groups, paths)
+    if problems:
+        raise InvalidArgument("the user would not fit in a token", field_violations=problems)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -346,6 +355,7 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         tenant_id = check_tenant_id(request.tenant_id)
         spec = request.user
         _check_user(spec, {"display_name", "email", "roles", "groups"})
+        _check_fits_a_token(spec.user_id, spec.roles, spec.groups, {"user_id", "roles", "groups"})
         actor = await self._access.require(SERVICE + "CreateUser", tenant_id)
         view = await self._access.existing(tenant_id)
         _check_roles(actor, view.policy, set(spec.roles), set(), "user.roles")
@@ -453,6 +463,9 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
                 new["roles"] = sorted(set(spec.roles))
             if "groups" in paths:
                 new["groups"] = sorted(set(spec.groups))
+            if paths & {"roles", "groups"}:
+                # With the stored values of what the mask leaves: the token carries them together.
+                _check_fits_a_token(spec.user_id, new["roles"], new["groups"], paths)
             if "display_name" in paths:
                 new["display_name"] = spec.display_name
             if "email" in paths:

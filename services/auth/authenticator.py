@@ -44,12 +44,18 @@ class _KeyRefused(Exception):
     when the prefix names one (its stored hash lets the right secret through a throttled prefix)."""
 
     def __init__(
-        self, error: Unauthenticated, tenant_id: str | None = None, record: KeyRecord | None = None
+        self,
+        error: Unauthenticated,
+        tenant_id: str | None = None,
+        record: KeyRecord | None = None,
+        standing: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(error.reason)
         self.error = error
         self.tenant_id = tenant_id
         self.record = record
+        # Why the prefix's key itself may not act (``key_refusal``), whichever secret was presented.
+        self.standing = standing
 
     @property
     def stored_hash(self) -> bytes | None:
@@ -152,17 +158,26 @@ class Authenticator:
             )
         prefix_key = f"api_key:{parsed.prefix}"
         digest = self._hasher.hash(parsed.full)
-        # A throttled prefix refuses every secret but its own key's, before any database read.
+        # A throttled prefix refuses every secret but its own key's, before any database read. Each such
+        # refusal is a failed guess of the client's: counted, or one client could guess on without limit.
         wait = self._prefix_throttle.retry_after(prefix_key, presented_hash=digest)
         if wait is not None:
+            self._client_throttle.record_failure(client_key)
             raise self._throttled("api_key", wait)
         entry = self.cache.get(digest)
         metrics.record_cache_lookup("auth_identity", entry is not None)
         if entry is None:
+            # The key's own secret at its throttled prefix, the key refused (revoked, say): answered from
+            # memory, so that a fleet still configured with it does not read the database at every call.
+            known = self._prefix_throttle.refusal_of(prefix_key, digest)
+            if known is not None:
+                raise self._failed(client_key, Unauthenticated(known[1], reason=known[0]), prefix_key)
             try:
                 entry = await self._load_key(parsed, digest)
             except _KeyRefused as refused:
-                if self._prefix_throttle.record_failure(prefix_key, stored_hash=refused.stored_hash):
+                if self._prefix_throttle.record_failure(
+                    prefix_key, stored_hash=refused.stored_hash, refusal=refused.standing
+                ):
                     await self._report_throttled(parsed.prefix, client, refused)
                 raise self._failed(client_key, refused.error, prefix_key) from None
         self._maybe_touch(entry)
@@ -176,11 +191,11 @@ class Authenticator:
         record = await self._store.key_record(tenant_id, parsed.prefix)
         if record is None:
             raise _KeyRefused(_invalid())
+        standing = key_refusal(record, time.time())
         if not apikeys.KeyHasher.matches(record.secret_hash, digest):
-            raise _KeyRefused(_invalid(), tenant_id, record)
-        refused = key_refusal(record, time.time())
-        if refused is not None:
-            raise _KeyRefused(Unauthenticated(refused[1], reason=refused[0]), tenant_id, record)
+            raise _KeyRefused(_invalid(), tenant_id, record, standing)
+        if standing is not None:
+            raise _KeyRefused(Unauthenticated(standing[1], reason=standing[0]), tenant_id, record, standing)
         principal = await self._access.with_permissions(
             key_principal(tenant_id, record), record.policy_version
         )

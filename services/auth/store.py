@@ -55,12 +55,14 @@ class KeyRecord:
 @dataclass(frozen=True)
 class OidcSubject:
     """What an OIDC sign-in needs about its subject, read in one query: the user row's state, roles and groups
-    (``state`` None without a row) and the roles its issuer asserted at the recorded sign-in (None: never)."""
+    (``state`` None without a row), the roles its issuer asserted at the recorded sign-in (None: never) and
+    the tenant's state (None: no such tenant)."""
 
     state: str | None
     roles: tuple[str, ...]
     groups: tuple[str, ...]
     recorded_roles: tuple[str, ...] | None
+    tenant_state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,18 +222,20 @@ class AuthStore:
         return None if row is None else dict(row)
 
     async def oidc_subject(self, tenant_id: str, subject: str, issuer: str) -> OidcSubject:
-        """The user row of ``subject`` and what ``issuer`` recorded for it, in one round trip."""
+        """The user row of ``subject``, what ``issuer`` recorded for it and the tenant's state, in one round
+        trip (a sign-in, and ``Access.current`` re-reading an OIDC principal)."""
         async with self.tenant(tenant_id) as session:
             row = (
                 (
                     await session.execute(
                         text(
-                            "SELECT u.state, u.roles, u.groups, s.roles AS recorded_roles"
+                            "SELECT u.state, u.roles, u.groups, s.roles AS recorded_roles,"
+                            " (SELECT t.state FROM tenants t WHERE t.tenant_id = :t) AS tenant_state"
                             " FROM (SELECT CAST(:u AS text) AS subject) q"
                             " LEFT JOIN users u ON u.user_id = q.subject"
                             " LEFT JOIN oidc_subjects s ON s.subject = q.subject AND s.issuer = :i"
                         ),
-                        {"u": subject, "i": issuer},
+                        {"u": subject, "i": issuer, "t": tenant_id},
                     )
                 )
                 .mappings()
@@ -243,6 +247,7 @@ class AuthStore:
             roles=tuple(row["roles"] or ()),
             groups=tuple(row["groups"] or ()),
             recorded_roles=None if recorded is None else tuple(recorded),
+            tenant_state=row["tenant_state"],
         )
 
     @staticmethod

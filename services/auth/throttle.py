@@ -9,7 +9,15 @@ A key's prefix is public (listings, audit records, the CLI, every log line that 
 over its limit refuses wrong secrets only: the failures remember the keyed hash the database holds for the
 prefix (every failed lookup of a known prefix read it), and a key whose hash is that one still goes through.
 Until 2026-12-07 the right secret was refused too, so ten wrong guesses a minute from anywhere kept any key
-whose prefix one had seen locked out for as long as one kept guessing.
+whose prefix one had seen locked out for as long as one kept guessing. Every secret a throttled prefix refuses
+counts against the client that sent it (the caller records it): the prefix stops the database reads, the
+client's own limit stops the guessing (for part of 2026-12-07 such refusals counted nowhere, and one client
+guessed without limit).
+
+The failures also remember why the key itself may not act, as the last lookup read it (revoked, expired,
+user or tenant disabled): while the prefix is throttled its own secret is told that from memory, so that
+clients still configured with a revoked key read the database at most ``limit`` times a window per prefix,
+not at every call. That answer is at most one window old (a user re-enabled meanwhile waits that long here).
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-@dataclass
+# Slotted: up to max_keys (100k) of these live at once, and a per-instance dict would be most of each.
+@dataclass(slots=True)
 class _Recent:
     times: deque[float]
     # The keyed hash stored for an API key prefix, as the last failed lookup read it (None: no such key).
     stored_hash: bytes | None = None
+    # Why that key may not act, as the same lookup read it: (reason, message), None when it may.
+    refusal: tuple[str, str] | None = None
     reported: float = field(default=float("-inf"))  # when the throttling was last reported (monotonic)
 
 
@@ -62,9 +73,30 @@ class FailureThrottle:
             return None
         return max(0.001, recent.times[-self._limit] + self._window - now)
 
-    def record_failure(self, key: str, *, stored_hash: bytes | None = None) -> bool:
-        """Count a failure of ``key``; True when it is now throttled and that was not reported within the
-        window (the caller reports it: at most once a window per key while the failures go on)."""
+    def refusal_of(self, key: str, presented_hash: bytes) -> tuple[str, str] | None:
+        """While ``key`` is throttled, the remembered refusal of the API key whose keyed hash is
+        ``presented_hash`` (revoked, expired...): answered without a database read. None otherwise."""
+        recent = self._recent(key, time.monotonic())
+        if (
+            recent is None
+            or len(recent.times) < self._limit
+            or recent.refusal is None
+            or recent.stored_hash is None
+            or not hmac.compare_digest(recent.stored_hash, presented_hash)
+        ):
+            return None
+        return recent.refusal
+
+    def record_failure(
+        self,
+        key: str,
+        *,
+        stored_hash: bytes | None = None,
+        refusal: tuple[str, str] | None = None,
+    ) -> bool:
+        """Count a failure of ``key``, remembering what the lookup read (``stored_hash``, ``refusal``: see
+        ``_Recent``); True when it is now throttled and that was not reported within the window (the caller
+        reports it: at most once a window per key while the failures go on)."""
         now = time.monotonic()
         recent = self._recent(key, now)
         if recent is None:
@@ -73,6 +105,7 @@ class FailureThrottle:
             recent = self._failures[key] = _Recent(deque(maxlen=self._limit))
         recent.times.append(now)
         recent.stored_hash = stored_hash
+        recent.refusal = refusal
         if len(recent.times) < self._limit or now - recent.reported < self._window:
             return False
         recent.reported = now

@@ -43,7 +43,7 @@ from parapet.kit.timeouts import cancel_and_wait, within
 from parapet.status.v1 import status_pb2
 from services.gateway.caller import Caller
 from services.gateway.jobs import queue, submission
-from services.gateway.jobs.delegation import DelegatedCallers, RenewingCaller
+from services.gateway.jobs.delegation import DelegatedCallers, DelegatorRefused, RenewingCaller
 from services.gateway.jobs.records import status_of
 from services.gateway.jobs.settings import JobSettings
 from services.gateway.jobs.store import DELETED, ItemOutcome, JobRow, JobStore
@@ -53,13 +53,15 @@ log = logging.getLogger(__name__)
 ItemRunner = Callable[[Caller, chat_service_pb2.ChatRequest, str], Awaitable[chat_service_pb2.ChatResponse]]
 
 # Auth refusing the submitter's principal is final for the job (revoked key, disabled tenant...); anything
-# else from auth (UNAVAILABLE, a deadline) is a reason to try the job again later.
+# else from auth (UNAVAILABLE, a deadline) is a reason to try the job again later. A refusal of the gateway's
+# own credential (UNAUTHENTICATED, PERMISSION_MISSING) is no verdict on the job: it arrives as
+# DelegatorRefused and the job waits (until 2026-12-07 UNAUTHENTICATED was final here, and a rotation of the
+# gateway's key failed every job claimed after it).
 _FINAL_AUTH_CODES = frozenset(
     {
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.NOT_FOUND,
     }
 )
@@ -86,7 +88,8 @@ class _Run:
     lease_lost: bool = False
     fatal: status_pb2.Status | None = None  # the submitter may no longer act (from auth)
     retry: bool = False  # a dependency failed: give the job back for a later attempt
-    auth_down: bool = False  # ...because auth could not answer (the attempt is not counted)
+    # ...because auth could not answer, or refused the gateway's own credential (the attempt is not counted)
+    auth_down: bool = False
     # A finished item's checkpoint could not be written: the attempt fails (raised once the running items end).
     checkpoint_failed: bool = False
 
@@ -245,7 +248,7 @@ class JobWorker:
         try:
             try:
                 await caller.get()  # the submitter may still act? (fails the job before any item runs)
-            except grpc.aio.AioRpcError as error:
+            except (grpc.aio.AioRpcError, DelegatorRefused) as error:
                 self._auth_failed(error, run)
             if not run.stop:
                 # The token took a round trip to auth since the claim: a cancel meanwhile is heard here, before
@@ -263,8 +266,9 @@ class JobWorker:
             log.warning("job lease lost", extra={"job_id": job.job_id})
             return
         if run.retry:
-            # Auth unreachable: not the job's doing. Any other error of auth's (INTERNAL for this principal,
-            # say) may repeat for ever, so it counts toward the attempts limit.
+            # Auth unreachable, or refusing the gateway's own key (logged as an error, naming the key file):
+            # not the job's doing. Any other error of auth's (INTERNAL for this principal, say) may repeat for
+            # ever, so it counts toward the attempts limit.
             await self._give_back(message, job, delay=5.0, count_attempt=not run.auth_down)
             return
         if not run.cancelled:
@@ -276,8 +280,11 @@ class JobWorker:
             extra={"job_id": job.job_id, "cancelled": run.cancelled, "failed": run.fatal is not None},
         )
 
-    def _auth_failed(self, error: grpc.aio.AioRpcError, run: _Run) -> None:
-        if error.code() in _FINAL_AUTH_CODES:
+    def _auth_failed(self, error: grpc.aio.AioRpcError | DelegatorRefused, run: _Run) -> None:
+        if isinstance(error, DelegatorRefused):
+            # The gateway's own credential (DelegatedCallers dropped it and reads the key file again).
+            run.retry = run.auth_down = True
+        elif error.code() in _FINAL_AUTH_CODES:
             run.fatal = status_of(error)
         else:
             run.retry = True
@@ -337,7 +344,7 @@ class JobWorker:
     ) -> None:
         try:
             current = await caller.get()
-        except grpc.aio.AioRpcError as error:
+        except (grpc.aio.AioRpcError, DelegatorRefused) as error:
             self._auth_failed(error, run)  # not recorded: the item did not run
             return
         request = submission.item_request(item, job.metadata)

@@ -159,3 +159,47 @@ async def test_tokens_without_a_stored_credential_still_administer(auth: Auth) -
     assert await _keys_of(auth, tenant, "svc") == []
     created = await auth.admin.CreateApiKey(_mint(tenant, "svc"), metadata=auth.operator)
     assert await _keys_of(auth, tenant, "svc") == [created.api_key.api_key_id]
+
+
+async def test_an_oidc_users_token_administers_with_the_roles_its_row_holds_now(auth: Auth, idp: Idp) -> None:
+    # An OIDC principal holds its row's roles and those its provider asserted at the recorded sign-in. Until
+    # the fix a demotion through the row counted only from the next sign-in: the token went on minting keys.
+    await auth.new_user(idp.tenant_id, "helper")
+    await auth.admin.CreateUser(
+        tpb.CreateUserRequest(tenant_id=idp.tenant_id, user=user_pb2.User(user_id="dave", roles=["admin"])),
+        metadata=auth.operator,
+    )
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub="dave", roles=["analyst"]))
+    )
+    assert sorted(issued.principal.roles) == ["admin", "analyst"]
+    token = (("authorization", f"Bearer {issued.token}"),)
+    await auth.admin.ListUsers(tpb.ListUsersRequest(tenant_id=idp.tenant_id), metadata=token)  # an admin now
+    await auth.admin.UpdateUser(
+        tpb.UpdateUserRequest(
+            tenant_id=idp.tenant_id,
+            user=user_pb2.User(user_id="dave", roles=["analyst"]),
+            update_mask=field_mask_pb2.FieldMask(paths=["roles"]),
+        ),
+        metadata=auth.operator,
+    )
+    assert (await refusal(auth.admin.CreateApiKey(_mint(idp.tenant_id, "helper"), metadata=token)))[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_MISSING",
+    )
+    assert await _keys_of(auth, idp.tenant_id, "helper") == []
+
+
+async def test_an_oidc_users_token_can_no_longer_administer_a_disabled_tenant(auth: Auth, idp: Idp) -> None:
+    await auth.new_user(idp.tenant_id, "helper")
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub="erin", roles=["admin"]))
+    )
+    token = (("authorization", f"Bearer {issued.token}"),)
+    await auth.admin.DisableTenant(tpb.DisableTenantRequest(tenant_id=idp.tenant_id), metadata=auth.operator)
+    # Told why, as Authenticate tells a new sign-in, not PERMISSION_MISSING as if the user were no admin.
+    assert (await refusal(auth.admin.CreateApiKey(_mint(idp.tenant_id, "helper"), metadata=token)))[:2] == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "TENANT_DISABLED",
+    )
+    assert await _keys_of(auth, idp.tenant_id, "helper") == []

@@ -10,6 +10,8 @@ CreateApiKey with the scope `chat` repeated 300,000 times) did that
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -21,8 +23,14 @@ from parapet.auth.v1 import api_key_pb2, permission_pb2, tenant_pb2, tenant_poli
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.testing import refusal
-from services.auth.bounds import MAX_GROUP_LENGTH, MAX_GROUPS, MAX_ROLES, MAX_TEXT_LENGTH
-from tests.integration.auth.conftest import Auth
+from services.auth.bounds import (
+    MAX_GROUP_LENGTH,
+    MAX_GROUPS,
+    MAX_ROLES,
+    MAX_TEXT_LENGTH,
+    MAX_TOKEN_IDENTITY_BYTES,
+)
+from tests.integration.auth.conftest import PLATFORM, Auth
 from tests.integration.auth.test_auth_audit_outbox import _records
 
 HUGE_GROUPS = [f"g{i}-" + "x" * 1000 for i in range(1100)]  # about 1.1 MB
@@ -173,3 +181,94 @@ async def test_display_names_of_keys_and_tenants_are_bounded(auth: Auth) -> None
         )
     )
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["tenant.display_name"])
+
+
+def _escaped(value: object) -> int:
+    """Bytes of ``value`` in a token's claims: PyJWT's compact JSON, which escapes every non-ASCII character
+    (6 bytes, 12 beyond the BMP) and `"` and `\\` (2 bytes)."""
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def _groups_taking(total: int) -> list[str]:
+    """Distinct groups within the character bounds, of CJK text, quotes, backslashes and emoji, whose list
+    takes exactly ``total`` bytes escaped."""
+    full = [f"{i:02d}" + "財" * 60 + '"\\' * 10 + "😀" * 5 for i in range(MAX_GROUPS - 1)]
+    groups: list[str] = []
+    for group in full:
+        if _escaped([*groups, group]) + 1 + 2 + 2 + 10 > total:  # room for one more group of 10+ bytes
+            break
+        groups.append(group)
+    left = total - _escaped(groups) - (1 if groups else 0) - 2 - 2  # its comma, quotes and 2-digit prefix
+    last = f"{len(groups):02d}" + "財" * ((left - 1) // 6) + "x" * ((left - 1) % 6 + 1)  # ends with "x"
+    groups.append(last)
+    assert _escaped(groups) == total and all(len(g) <= MAX_GROUP_LENGTH for g in groups)
+    return groups
+
+
+async def test_a_user_at_the_token_byte_bound_gets_a_usable_token_and_one_byte_more_is_refused(
+    auth: Auth,
+) -> None:
+    """The bounds in characters let a user's groups take 28 KB in a token (a CJK character is 6 bytes escaped,
+    an emoji 12, a quote 2), and the kit refused its every call (8 KiB; ListUsers with it: RESOURCE_EXHAUSTED).
+    Before the fix a byte past the bound was stored too ("the call succeeded"). What a token carries of the user is bounded in escaped bytes: a user exactly at that bound
+    gets a token the kit accepts, also a delegated one; a byte more is INVALID_ARGUMENT on `user.groups`."""
+    tenant = await auth.new_tenant()
+    user_id, roles = "u1", ("admin",)
+    groups = _groups_taking(MAX_TOKEN_IDENTITY_BYTES - _escaped(user_id) - _escaped(list(roles)))
+    await auth.new_user(tenant, user_id, roles=roles, groups=tuple(groups))
+    key_id, key = await auth.new_key(tenant, user_id)
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+    assert sorted(issued.principal.groups) == sorted(groups)
+    listed = await auth.admin.ListUsers(
+        tpb.ListUsersRequest(tenant_id=tenant), metadata=(("authorization", f"Bearer {issued.token}"),)
+    )
+    assert [u.user_id for u in listed.users] == [user_id]
+    # A delegated token carries more (the delegator in `act`): the kit accepts it too.
+    delegator = f"jobs-{uuid.uuid4().hex[:6]}"
+    await auth.new_user(PLATFORM, delegator, roles=("token-delegator",))
+    _, delegator_key = await auth.new_key(PLATFORM, delegator)
+    own = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=delegator_key))
+    delegated = await auth.auth.IssueDelegatedToken(
+        apb.IssueDelegatedTokenRequest(tenant_id=tenant, subject=user_id, api_key_id=key_id),
+        metadata=(("authorization", f"Bearer {own.token}"),),
+    )
+    decision = await auth.auth.Authorize(
+        apb.AuthorizeRequest(permission=permission_pb2.PERMISSION_CHAT),
+        metadata=(("authorization", f"Bearer {delegated.token}"),),
+    )
+    assert decision.allowed
+
+    one_more = [*groups[:-1], groups[-1] + "x"]  # one character, one byte
+    code, _, fields = await refusal(
+        auth.admin.CreateUser(
+            tpb.CreateUserRequest(
+                tenant_id=tenant, user=user_pb2.User(user_id="u2", roles=roles, groups=one_more)
+            ),
+            metadata=auth.operator,
+        )
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["user.groups"])
+    quoted = [*groups[:-1], groups[-1][:-1] + '"']  # as many characters, a quote for a letter: a byte more
+    code, _, fields = await refusal(
+        auth.admin.CreateUser(
+            tpb.CreateUserRequest(
+                tenant_id=tenant, user=user_pb2.User(user_id="u3", roles=roles, groups=quoted)
+            ),
+            metadata=auth.operator,
+        )
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["user.groups"])
+    # Growing the user's groups past it is refused too; nothing is stored.
+    code, _, fields = await refusal(
+        auth.admin.UpdateUser(
+            tpb.UpdateUserRequest(
+                tenant_id=tenant,
+                user=user_pb2.User(user_id=user_id, groups=one_more),
+                update_mask=field_mask_pb2.FieldMask(paths=["groups"]),
+            ),
+            metadata=auth.operator,
+        )
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["user.groups"])
+    again = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))
+    assert sorted(again.principal.groups) == sorted(groups)

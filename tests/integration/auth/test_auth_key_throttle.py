@@ -10,16 +10,19 @@ the guessing went on (`test_guessing_a_keys_secret_does_not_lock_the_key_out` go
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
 from parapet.kit.testing import refusal
 from services.auth.authenticator import AUTHENTICATE_METHOD, UNAUTHENTICATED_ACTOR
+from services.auth.store import AuthStore, KeyRecord
 from tests.integration.auth.conftest import Auth
 from tests.integration.auth.test_auth_audit_outbox import _records
 
 LIMIT = 10  # auth_throttle_failures' default
+CLIENT_LIMIT = 50  # auth_throttle_client_failures' default
 ATTACKER = (("x-parapet-client-ip", "203.0.113.9"),)
 OWNER = (("x-parapet-client-ip", "198.51.100.20"),)
 
@@ -116,3 +119,63 @@ async def test_a_throttled_prefix_is_recorded_once_in_the_keys_tenants_trail(
     secret = key[len("pk_") + 13 :].encode()
     for stored, _ in await _records(nats_url, tenant, 5):
         assert secret not in stored.SerializeToString()
+
+
+async def _throttled_subject(auth: Auth, key: str, metadata: tuple[tuple[str, str], ...]) -> str | None:
+    """What the refusal of ``key`` from ``metadata``'s client is throttled by (`client`, `api_key`), or None
+    when it is no throttling."""
+    try:
+        await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key), metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        details = error_details(error)
+        if details.reason != "AUTHENTICATION_THROTTLED" or details.quota_failure is None:
+            return None
+        subject: str = details.quota_failure.violations[0].subject
+        return subject
+    return None
+
+
+async def test_guesses_at_a_throttled_prefix_count_against_the_guessing_client(auth: Auth) -> None:
+    """A throttled prefix refuses wrong secrets before any database read; until the fix those refusals counted
+    nowhere, so one client guessed without limit (300 guesses all answered by the prefix, then the right key
+    went through from that very client). Each refusal counts against the client: past its limit (50) the
+    client is refused outright, while the key's owner, from its own address, still gets in."""
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    _, key = await auth.new_key(tenant, "svc")
+    subjects = [await _throttled_subject(auth, _wrong(key, n), ATTACKER) for n in range(CLIENT_LIMIT + 5)]
+    assert subjects[:LIMIT] == [None] * LIMIT  # wrong secrets, told so, until the prefix is throttled
+    assert subjects[CLIENT_LIMIT:] == ["client"] * 5  # then the client itself
+    assert await _throttled_subject(auth, key, ATTACKER) == "client"
+    issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key), metadata=OWNER)
+    assert issued.principal.subject == "svc"
+
+
+async def test_a_revoked_keys_fleet_reads_the_database_only_until_its_prefix_is_throttled(
+    auth: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients still configured with a revoked key (each from its own address) present its right secret,
+    which passes a throttled prefix: until the fix each such call read the key from the database, with no
+    cap. The refusal is remembered with the key's hash, and the throttled prefix answers it from memory,
+    with the same reason."""
+    lookups: list[str] = []
+    read = AuthStore.key_record
+
+    async def counted(store: AuthStore, tenant_id: str, prefix: str) -> KeyRecord | None:
+        lookups.append(prefix)  # the real read still happens: this only counts it
+        return await read(store, tenant_id, prefix)
+
+    monkeypatch.setattr(AuthStore, "key_record", counted)
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+    key_id, key = await auth.new_key(tenant, "svc")
+    await auth.admin.RevokeApiKey(
+        tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id), metadata=auth.operator
+    )
+    fleet = [(("x-parapet-client-ip", f"198.51.100.{i}"),) for i in range(4 * LIMIT)]
+    answers = [
+        (await refusal(auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key), metadata=client)))[:2]
+        for client in fleet
+    ]
+    assert answers == [(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")] * len(fleet)
+    assert len(lookups) == LIMIT

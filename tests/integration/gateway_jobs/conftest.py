@@ -155,6 +155,10 @@ class Suite:
     tenant: str = ""
     key: str = ""
     key_id: str = ""
+    service_account: str = (
+        ""  # the gateway's platform account (role token-delegator), whose key is in the file
+    )
+    service_key_id: str = ""
 
     def settings(self, **overrides: Any) -> JobSettings:
         values: dict[str, Any] = {
@@ -218,14 +222,14 @@ async def suite(
         # The gateway's platform service account (what PARAPET_AUTH_GATEWAY_KEY_FILE bootstraps).
         account = f"gw-{uuid.uuid4().hex[:6]}"
         await auth.new_user(PLATFORM, account, roles=("token-delegator",))
-        _id, service_key = await auth.new_key(PLATFORM, account)
+        service_key_id, service_key = await auth.new_key(PLATFORM, account)
         key_file = tmp_path / "gateway.key"
         key_file.write_text(service_key + "\n")
         # A tenant whose `member` role may chat, and a member's key.
         tenant = await auth.new_tenant("jobs")
         member = tenant_policy_pb2.RoleDefinition(role="member", permissions=[permission_pb2.PERMISSION_CHAT])
         await auth.set_policy(tenant, tenant_policy_pb2.TenantPolicy(roles=[member]))
-        suite = Suite(auth, database_url, fresh_nats.url, key_file, tenant)
+        suite = Suite(auth, database_url, fresh_nats.url, key_file, tenant, "", "", account, service_key_id)
         suite.key_id, suite.key = await suite.new_member("alice")
         yield suite
 

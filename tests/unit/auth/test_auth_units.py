@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parapet.auth.v1 import permission_pb2 as perm
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from parapet.kit.identity import Principal
-from services.auth import apikeys, oidc, permissions, policy
+from parapet.kit.identity import MAX_TOKEN_BYTES, Principal, TokenSigner
+from services.auth import apikeys, bounds, oidc, permissions, policy
 from services.auth.cache import TenantKeyedCache
 from services.auth.issued import Issued
 from services.auth.throttle import FailureThrottle
@@ -67,6 +67,69 @@ def test_a_throttled_prefix_refuses_every_secret_but_its_keys_and_is_reported_on
     assert throttle.retry_after("p", presented_hash=guess) is None
     throttle.record_failure("p", stored_hash=stored)
     assert throttle.record_failure("p", stored_hash=stored) is True  # a new episode is reported again
+
+
+def test_a_throttled_prefix_remembers_why_its_key_may_not_act() -> None:
+    # Answered from memory while throttled, so that clients holding a revoked key stop reading the database.
+    throttle = FailureThrottle(2, window_seconds=60)
+    stored, guess = b"s" * 32, b"g" * 32
+    revoked = ("API_KEY_REVOKED", "the API key was revoked")
+    throttle.record_failure("p", stored_hash=stored, refusal=revoked)
+    assert throttle.refusal_of("p", stored) is None  # not throttled yet: the lookup reads the database
+    throttle.record_failure("p", stored_hash=stored, refusal=revoked)
+    assert throttle.refusal_of("p", stored) == revoked
+    assert throttle.refusal_of("p", guess) is None  # another secret: refused as a guess, by retry_after
+    # A valid key whose prefix was throttled by guesses has no refusal to remember: it goes on as usual.
+    for _ in range(2):
+        throttle.record_failure("q", stored_hash=stored)
+    assert throttle.refusal_of("q", stored) is None
+
+
+def test_a_prefix_s_failures_are_kept_in_a_slotted_record() -> None:
+    # Up to 100k prefixes are tracked at once: a per-instance dict beside each deque is memory for nothing.
+    throttle = FailureThrottle(2, window_seconds=60)
+    throttle.record_failure("p", stored_hash=b"s" * 32)
+    (recent,) = throttle._failures.values()
+    assert not hasattr(recent, "__dict__")
+
+
+def test_a_token_at_the_identity_bound_fits_the_kit_s_limit() -> None:
+    # A user exactly at bounds.MAX_TOKEN_IDENTITY_BYTES (an emoji id, the most roles of the longest names,
+    # CJK groups), in a delegated token whose every other claim is at its largest, is within the kit's limit.
+    signer = TokenSigner(Ed25519PrivateKey.generate(), "k" * 43, issuer="i" * 64, audience="a" * 64)
+    user_id = "\N{GRINNING FACE}" * 100
+    roles = [f"r{i:02d}" + "r" * 60 for i in range(bounds.MAX_ROLES)]
+    groups: list[str] = []
+    while not bounds.token_violations(user_id, roles, [*groups, f"{len(groups):02d}財"], ["user.groups"]):
+        groups.append(f"{len(groups):02d}財")
+        while len(groups[-1]) < bounds.MAX_GROUP_LENGTH and not bounds.token_violations(
+            user_id, roles, [*groups[:-1], groups[-1] + "財"], ["user.groups"]
+        ):
+            groups[-1] += "財"
+    while not bounds.token_violations(user_id, roles, [*groups[:-1], groups[-1] + "x"], ["user.groups"]):
+        groups[-1] += "x"
+    claims = json.dumps([user_id, roles, groups], separators=(",", ":"))
+    assert len(claims) - 4 == bounds.MAX_TOKEN_IDENTITY_BYTES  # exactly at the bound (less the outer list)
+    names = tuple(sorted(permissions.BY_NAME))
+    principal = Principal(
+        tenant_id="t" * 63,
+        subject=user_id,
+        roles=tuple(roles),
+        groups=tuple(groups),
+        scopes=names,
+        credential_type="api_key",
+        api_key_id="6f1c2a9e-0b7d-4c1e-9a35-2d8e7f4b1c60",
+        permissions=names,
+    )
+    token = signer.sign(
+        principal, extra_claims={"exp": 9_999_999_999, "act": {"sub": "s" * 64, "tnt": "p" * 63}}
+    )
+    assert len(token) <= MAX_TOKEN_BYTES
+    # A byte more is refused, on the largest of the fields the request sets.
+    ((field, _),) = bounds.token_violations(user_id, roles, [*groups[:-1], groups[-1] + "x"], ["user.groups"])
+    assert field == "user.groups"
+    ((field, _),) = bounds.token_violations(user_id, [*roles, "r"], groups, ["user.user_id", "user.roles"])
+    assert field == "user.user_id"
 
 
 def test_cache_drops_a_tenant_and_refuses_stale_writes() -> None:
