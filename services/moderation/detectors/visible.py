@@ -9,10 +9,12 @@ replaces that span, and the value restored later is the one the caller typed.
 
 Not every such character is noise. Zero-width (non-)joiners shape Arabic, Persian and Indic words, and a
 zero-width space is the word break of Thai, Khmer or Japanese text. A run is therefore kept where a letter or
-mark of such a script stands next to it: no value a pattern detector finds holds one (their values are
-digits, letters of ``scripts.VALUE_SCRIPTS`` and punctuation, after ``forms.ascii_forms``), so a run inside a
-value always has value characters on both sides, and kept there it still separates what it separated (the
-break before "john@example.com" in "メール\u200bjohn@example.com").
+mark of such a script (any outside ``scripts.VALUE_SCRIPTS``) stands next to it: no address, number or key a
+pattern detector finds holds one (their values are digits, letters of the value scripts and punctuation,
+after ``forms.ascii_forms``), so a run inside such a value always has value characters on both sides, and
+kept there it still separates what it separated (the break before "john@example.com" in
+"メール\u200bjohn@example.com"). A password may hold such letters ("pwd=नमस्ते123"); a run kept inside one is
+no whitespace, so the password pattern takes it with the value, as it was typed.
 
 ASCII text holds none of them and costs one ``isascii``; other text one regex scan when it holds none (about
 40 µs per 4 KB).

@@ -140,3 +140,30 @@ async def test_stream_redacts_a_value_split_by_an_invisible_character_at_a_chunk
     start = answer.index(value)  # offsets in the stream as the model wrote it
     findings = [r.finding for r in responses if r.WhichOneof("kind") == "finding"]
     assert [(f.start_offset, f.end_offset) for f in findings] == [(start, start + len(value))]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [f"SSN{ZWSP * 80}: the number you asked me for is ", "234567891. Bye now friend."],
+        [f"api_key{ZWSP * 80}= ", "abcd1234efgh5678ijkl9 done"],
+    ],
+    ids=["ssn-label", "api-key-assignment"],
+)
+async def test_stream_reads_a_label_padded_with_invisible_characters_before_its_value(
+    suite: Suite, chunks: list[str]
+) -> None:
+    """The stream keeps released text as left context for labels before a value. It kept 64 code points as
+    written; 80 zero-width spaces after the label pushed it out, while the detectors, which read the text
+    without them, found it: the number or key went out as written, and ScreenOutput redacted it."""
+    answer = "".join(chunks)
+    whole = await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text=answer), metadata=suite.metadata())
+    assert "[REDACTED:" in whole.text
+    messages = [
+        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
+        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
+        pb.ScreenStreamRequest(end=True),
+    ]
+    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
+    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
+    assert released == whole.text

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - values written in letters of scripts beyond Latin are what some tests are about
 """Values written straight against Chinese, Japanese, Korean or Thai text, over real channels.
 
 Chinese, Japanese and Thai put no space between words, and Korean glues its particles to the word before
@@ -170,3 +171,53 @@ async def test_stream_redacts_values_in_japanese_text_and_releases_the_prose_as_
     before_end = "".join(released[: len(chunks)])
     assert _REDACTED.startswith(before_end)
     assert len(_REDACTED) - len(before_end) <= 24 + size
+
+
+# (text, the password in it): found and redacted before 2026-12-06, then not found at all, since every letter
+# outside Latin, Greek, Cyrillic and Armenian ended a password; text after a password in a script without spaces
+# still ends it once it holds its four characters.
+_PASSWORDS = [
+    ("password: مرحبا2024", "مرحبا2024"),
+    ("pwd=नमस्ते123", "नमस्ते123"),
+    ("password=密码abc123", "密码abc123"),
+    ("password=abc密码123", "abc密码123"),
+    ("password=ქართული1", "ქართული1"),
+    ("DB: postgres://admin:סיסמה99@db.example.com/app", "סיסמה99"),
+    ("パスワードはpassword=Hunter2です", "Hunter2"),
+]
+
+
+async def test_screen_input_redacts_passwords_with_letters_of_other_scripts(suite: Suite) -> None:
+    texts = [text for text, _ in _PASSWORDS]
+    screened = await suite.stub.ScreenInput(pb.ScreenInputRequest(texts=texts), metadata=suite.metadata())
+    found = [
+        (f.text_index, texts[f.text_index][f.start_offset : f.end_offset])
+        for f in screened.findings
+        if f.category == C.CATEGORY_SECRET_PASSWORD
+    ]
+    assert found == [(index, value) for index, (_, value) in enumerate(_PASSWORDS)]
+    for (text, value), sanitized in zip(_PASSWORDS, screened.sanitized_texts, strict=True):
+        assert sanitized.startswith(text[: text.index(value)] + "[REDACTED:PASSWORD]"), sanitized
+
+
+@pytest.mark.parametrize("user", ["用" * 64, "م" * 64], ids=["han", "arabic"])
+@pytest.mark.parametrize("cut", [None, "before-colon", "in-password"])
+async def test_stream_redacts_a_url_password_after_a_user_name_of_another_script(
+    suite: Suite, user: str, cut: str | None
+) -> None:
+    """The stream released a URL's user name up to its last Chinese or Arabic letter and kept 64 code points
+    of it as context; the next scan no longer saw the scheme, and the password went out as written, in one
+    chunk or two, while ScreenOutput redacted it."""
+    answer = f"postgres://{user}:Hunt#r2x@db.example.com rest"
+    at = {None: len(answer), "before-colon": answer.index(":H"), "in-password": answer.index("#r2x")}[cut]
+    chunks = [c for c in (answer[:at], answer[at:]) if c]
+    whole = await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text=answer), metadata=suite.metadata())
+    assert "Hunt" not in whole.text
+    messages = [
+        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
+        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
+        pb.ScreenStreamRequest(end=True),
+    ]
+    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
+    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
+    assert released == whole.text

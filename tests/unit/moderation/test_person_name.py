@@ -77,3 +77,11 @@ def test_a_name_run_into_text_without_spaces_is_cut_at_that_text() -> None:
     assert names("John Smithさんに連絡してください") == ["John Smith"]
     assert names("연락처는 John Smith입니다") == ["John Smith"]
     assert names("Producer Liviana Palerma explained the song.") == ["Liviana Palerma"]
+
+
+def test_a_name_entity_holding_a_word_of_a_script_written_with_spaces_is_kept_whole() -> None:
+    """Only text the tokenizer glues to a name (Chinese, Japanese, Korean, Thai...) is cut from an entity. An
+    Arabic word in it is a word of the name: cut at every letter outside Latin, Greek, Cyrillic and Armenian,
+    "John محمد" was masked as "John" and the Arabic name went to the provider."""
+    found = names("My colleague John محمد Smith will call.")
+    assert "John محمد" in found and "Smith" in found

@@ -13,7 +13,7 @@ from parapet.moderation.v1 import finding_pb2
 from services.moderation.masking import MaskingVault
 from services.moderation.policy import DEFAULT_POLICY, Policy
 from services.moderation.screener import Screener
-from services.moderation.stream import StreamScreener, tail_start
+from services.moderation.stream import LEFT_CONTEXT, StreamScreener, tail_start
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_total_work_is_linear_in_the_answer(screener: Screener) -> None:
     assert large[0] / small[0] < 4.2
     # ...and each chunk rescans at most the held-back window plus the left context.
     for total, received, chunks in (small, large):
-        assert total <= received + chunks * (64 + 200)
+        assert total <= received + chunks * (LEFT_CONTEXT + 200)
 
 
 def test_hold_back_is_the_unfinished_tail_only(screener: Screener) -> None:
@@ -175,7 +175,7 @@ def test_total_work_is_linear_for_an_answer_without_whitespace(screener: Screene
     chunks = [answer[i : i + 4] for i in range(0, len(answer), 4)]
     stream, released = run(screener, chunks)
     assert "".join(released) == screener.screen_output(answer, DEFAULT_POLICY, ()).text
-    assert stream.scanned_chars <= 3 * stream.received_chars + len(chunks) * (64 + 512)
+    assert stream.scanned_chars <= 3 * stream.received_chars + len(chunks) * (LEFT_CONTEXT + 512)
 
 
 @pytest.mark.parametrize(
@@ -307,3 +307,131 @@ def test_every_kind_of_value_next_to_a_script_without_spaces_is_redacted_in_any_
         cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 60)))
         chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
         assert "".join(run(screener, chunks)[1]) == expected, chunks
+
+
+def _chunkings(answer: str, seed: int, times: int) -> list[list[str]]:
+    """The answer whole, cut at each code point in turn (two chunks), and cut at random places."""
+    rng = random.Random(seed)
+    chunkings = [[answer], *([answer[:i], answer[i:]] for i in range(1, len(answer)))]
+    for _ in range(times):
+        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, min(60, len(answer) - 1))))
+        chunkings.append([answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)])
+    return chunkings
+
+
+@pytest.mark.parametrize(
+    "user", ["用" * 64, "م" * 64, "ユーザー" * 16, "admin"], ids=["han", "arabic", "katakana", "ascii"]
+)
+def test_a_url_password_after_a_user_name_of_another_script_is_redacted_in_any_chunking(
+    screener: Screener, user: str
+) -> None:
+    """The scheme that makes a URL's password one is up to 90 code points before it. The stream released text
+    up to the user name's last Chinese or Arabic letter (no value holds one, it reasoned), kept 64 code points
+    of it as left context, and the next scan no longer saw "postgres://": the password went out as written."""
+    answer = f"Connect with postgres://{user}:Hunt#r2x@db.example.com and nothing else."
+    whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
+    assert "[REDACTED:PASSWORD]" in whole and "Hunt" not in whole
+    for chunks in _chunkings(answer, 3, 30):
+        assert "".join(run(screener, chunks)[1]) == whole, chunks
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Use postgres://admin:סיסמה" + "9" * 30 + "@db.example.com/app now.",
+        "Use postgres://admin:密码" + "x1" * 15 + "@db.example.com/app now.",
+        "Your password: مرحبا" + "7" * 30 + " keep it.",
+        "パスワードはpassword=密码" + "x1" * 15 + "です。",
+    ],
+    ids=["url-hebrew", "url-han", "assignment-arabic", "assignment-han"],
+)
+def test_a_password_holding_letters_of_other_scripts_is_redacted_wherever_the_answer_is_cut(
+    screener: Screener, answer: str
+) -> None:
+    """A password may hold letters of any script, so the last such letter bounds a password in progress only
+    when none opened before it is still open: a URL's password is no finding until its "@host" comes, and
+    released up to its last Hebrew or Chinese letter, it was out of the stream's reach."""
+    whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
+    assert (
+        "[REDACTED:PASSWORD]" in whole
+        and "99999" not in whole
+        and "x1x1" not in whole
+        and "7777" not in whole
+    )
+    for chunks in _chunkings(answer, 5, 20):
+        assert "".join(run(screener, chunks)[1]) == whole, chunks
+
+
+_PASSWORDS_IN_OTHER_SCRIPTS = (
+    "Your new password: مرحبا2024 please keep it. 新しいpwd=नमस्ते123です。password=密码abc123を使って、"
+    "then password=abc密码123 and password=ქართული1, or postgres://admin:סיסמה99@db.example.com/app. "
+    "パスワードはpassword=Hunter2です。以上です。"
+)
+
+
+def test_passwords_with_letters_of_other_scripts_are_redacted_in_any_chunking(screener: Screener) -> None:
+    whole = screener.screen_output(_PASSWORDS_IN_OTHER_SCRIPTS, DEFAULT_POLICY, ()).text
+    assert whole == (
+        "Your new password: [REDACTED:PASSWORD] please keep it. 新しいpwd=[REDACTED:PASSWORD]です。"
+        "password=[REDACTED:PASSWORD]を使って、then password=[REDACTED:PASSWORD] and "
+        "password=[REDACTED:PASSWORD], or postgres://admin:[REDACTED:PASSWORD][REDACTED:EMAIL]/app. "
+        "パスワードはpassword=[REDACTED:PASSWORD]です。以上です。"
+    )
+    rng = random.Random(17)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(_PASSWORDS_IN_OTHER_SCRIPTS)), rng.randint(1, 80)))
+        bounds = zip([0, *cuts], [*cuts, len(_PASSWORDS_IN_OTHER_SCRIPTS)], strict=True)
+        chunks = [_PASSWORDS_IN_OTHER_SCRIPTS[a:b] for a, b in bounds]
+        assert "".join(run(screener, chunks)[1]) == whole, chunks
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "パスワードはpassword=Hunter2Secretです。",  # a password ended by the Japanese text after it
+        "詳しくはhttps://example.jp/docs/setupをご覧ください。",  # a URL without credentials
+        "接続先はpostgres://admin:Secret99@db.example.comです。",  # one with them, complete
+    ],
+)
+def test_prose_after_a_finished_password_or_url_is_released_as_it_comes(
+    screener: Screener, lead: str
+) -> None:
+    """A password or URL whose match has ended does not hold back the prose of a script without spaces
+    after it; only one still open could run on over that prose."""
+    answer = lead + "東京の天気は晴れです。明日は雨が降るでしょう。傘を持って出かけてください。" * 8
+    stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
+    released = "".join(stream.feed(answer[i : i + 4]).released for i in range(0, len(answer), 4))
+    assert stream.held_chars <= 24
+    assert released + stream.finish().released == screener.screen_output(answer, DEFAULT_POLICY, ()).text
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["SSN" + "\u200b" * 80 + ": the number you asked me for is ", "234567891. Bye now friend."],
+        ["api_key" + "\u200b" * 80 + "= ", "abcd1234efgh5678ijkl9 done"],
+        ["Your SSN", "\u200b" * 40, "\u200b" * 40 + ": here it is, as requested, ", "234567891. Bye."],
+    ],
+)
+def test_left_context_holds_what_detectors_read_not_invisible_characters(
+    screener: Screener, chunks: list[str]
+) -> None:
+    """The label before a value is read from the released text the stream keeps. It kept 64 code points as
+    written, and 80 zero-width spaces after "SSN" pushed the label out of it while the detectors, which read
+    the text without them, found it in the whole answer: the number went out as written."""
+    answer = "".join(chunks)
+    whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
+    assert "[REDACTED:" in whole
+    assert "".join(run(screener, chunks)[1]) == whole
+
+
+def test_left_context_of_invisible_characters_is_bounded(screener: Screener) -> None:
+    """The left context grows until it holds LEFT_CONTEXT code points that the detectors read, but never past four
+    times that as written, or words padded with thousands of invisible characters made every chunk rescan
+    them."""
+    piece = "word" + "\u200b" * 100 + " "
+    answer = piece * 60
+    chunks = [answer[i : i + len(piece)] for i in range(0, len(answer), len(piece))]
+    stream, released = run(screener, chunks)
+    assert "".join(released) == answer
+    assert stream.scanned_chars <= 2 * stream.received_chars + len(chunks) * 4 * LEFT_CONTEXT
