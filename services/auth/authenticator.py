@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from parapet.kit import metrics
-from parapet.kit.errors import QuotaExceeded, Unauthenticated
-from parapet.kit.identity import Principal, TokenSigner
-from services.auth import apikeys, oidc
+from parapet.kit.errors import FailedPrecondition, QuotaExceeded, Unauthenticated
+from parapet.kit.identity import MAX_TOKEN_BYTES, Principal, TokenSigner
+from services.auth import apikeys, oidc, oidc_claims
 from services.auth.access import Access, Actor, key_refusal
 from services.auth.apikeys import KEY_PREFIX
 from services.auth.cache import IdentityEntry, TenantKeyedCache
@@ -96,6 +96,9 @@ class Authenticator:
         self._prefix_throttle = prefix_throttle
         self._client_throttle = client_throttle
         self._jwks = jwks
+        # OIDC sign-ins refused for their claims' size, per (tenant, issuer, subject): the audit record is
+        # written once a window while a client retries (each retry is refused and logged all the same).
+        self._oversized_reported = FailureThrottle(1, client_throttle.window_seconds)
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the shared frame: throttling, caching, token issuing --------------------------------------------
@@ -349,8 +352,15 @@ class Authenticator:
             )
         if found.state is not None and found.state != "active":
             raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
-        roles = set(found.roles) | set(asserted)
+        # Of the asserted roles only the policy's travel (the others grant nothing); the groups all do, or the
+        # sign-in is refused: a group left out would change what the user may read (``oidc_claims``).
+        roles = set(found.roles) | oidc_claims.defined_roles(asserted, view.policy)
         groups = set(found.groups) | set(oidc.claim_strings(claims, provider.groups_claim))
+        withheld = oidc.withheld_claims(claims, (provider.roles_claim, provider.groups_claim))
+        if withheld:
+            part = "groups" if withheld[0] == provider.groups_claim else "roles"
+            refusal = oidc_claims.withheld(withheld[0], part)
+            await self._refuse_claims(tenant_id, subject_value, token.issuer, refusal, roles, groups)
         jti = claims.get("jti")
         principal = await self._access.with_permissions(
             Principal(
@@ -365,8 +375,55 @@ class Authenticator:
             view.policy.version,
         )
         entry = IdentityEntry(principal, view.policy.version, float(claims["exp"]))
+        # Signed here (the token ``_issue`` then hands out; a re-signed one is as long) and refused, not
+        # handed out, over the kit's limit: every service would refuse it, and nothing would say why.
+        size = len(self._issue(entry).token)
+        if size > MAX_TOKEN_BYTES:
+            refusal = oidc_claims.too_large(size, principal)
+            await self._refuse_claims(tenant_id, subject_value, token.issuer, refusal, roles, groups)
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)
         return entry
+
+    async def _refuse_claims(
+        self,
+        tenant_id: str,
+        subject: str,
+        issuer: str,
+        refusal: FailedPrecondition,
+        roles: set[str],
+        groups: set[str],
+    ) -> NoReturn:
+        """Refuse a verified sign-in for what its provider asserts (``oidc_claims``): logged at every try and
+        recorded in the tenant's trail at most once a window per subject and replica, so that its admins
+        learn why a user cannot sign in. The record names the user, never its groups (they may be what made it
+        too large, and a record over NATS's message limit would hold up the trail). Not a failed guess: the
+        token is the provider's own, so it does not count against the client's throttle."""
+        attributes = {
+            "issuer": issuer,
+            **refusal.metadata,
+            "roles": str(len(roles)),
+            "groups": str(len(groups)),
+        }
+        log.warning(
+            "an OIDC sign-in was refused: its provider asserts more than a token can carry",
+            extra={"reason": refusal.reason, "tenant_id": tenant_id, "subject": subject, **attributes},
+        )
+        if self._oversized_reported.record_failure(f"{tenant_id}\0{issuer}\0{subject}"):
+            actor = Principal(
+                tenant_id=tenant_id, subject=subject, credential_type="oidc_token", issuer=issuer
+            )
+            try:
+                await self._access.refused(
+                    Actor(actor, frozenset(), False),
+                    AUTHENTICATE_METHOD,
+                    subject,
+                    refusal,
+                    attributes=attributes,
+                )
+            except Exception:
+                # The refusal stands either way; a lost record must not turn it into INTERNAL.
+                log.warning("recording a refused OIDC sign-in failed", exc_info=True)
+        raise refusal
 
 
 def _issued_at(claims: Mapping[str, Any]) -> datetime | None:

@@ -6,11 +6,12 @@ then call anything. What counts there is bytes of the token's JSON, not characte
 non-ASCII character (6 bytes, 12 beyond the Basic Multilingual Plane) and ``"`` and ``\\`` (2 bytes), and
 the whole is base64url'd. Until 2026-12-07 only characters were bounded, and a user of 32 groups of 100 CJK
 characters, within them, got a 28 KB token that every service refused. So the three together are bounded in
-those bytes (``MAX_TOKEN_IDENTITY_BYTES``), beside the bounds in characters. And every change's audit record
-carries the user's roles and groups (and a key's scopes, which collapse to the distinct permission names): the
-outbox relay publishes records in order, and one over NATS's message limit held up every later record of
-every tenant. gRPC's own 4 MiB request limit was the only bound before 2026-12-07. (NUL characters are refused
-by the kit for every field.)
+those bytes (``MAX_TOKEN_IDENTITY_BYTES``), beside the bounds in characters. (An OIDC sign-in's token is
+bounded by its signed size instead, ``oidc_claims``: what its provider asserts is known only then.) And every
+change's audit record carries the user's roles and groups (and a key's scopes, which collapse to the distinct
+permission names): the outbox relay publishes records in order, and one over NATS's message limit held up
+every later record of every tenant. gRPC's own 4 MiB request limit was the only bound before 2026-12-07. (NUL
+characters are refused by the kit for every field.)
 """
 
 from __future__ import annotations
@@ -48,9 +49,15 @@ def roles_violations(roles: Sequence[str], path: str) -> list[tuple[str, str]]:
     return [(path, f"at most {MAX_ROLES} roles")] if len(set(roles)) > MAX_ROLES else []
 
 
-def _escaped(value: str | list[str]) -> int:
-    # As PyJWT writes claims: compact separators, ensure_ascii (json's default).
+def escaped(value: str | list[str]) -> int:
+    """Bytes of ``value`` in a token's claims, as PyJWT writes them: compact separators, ensure_ascii."""
     return len(json.dumps(value, separators=(",", ":")))
+
+
+def token_bytes(user_id: str, roles: Iterable[str], groups: Iterable[str]) -> tuple[int, int, int]:
+    """The bytes a user's id, roles and groups take in a token's claims, the lists as a token carries them
+    (distinct, sorted); their sum is what ``MAX_TOKEN_IDENTITY_BYTES`` bounds."""
+    return escaped(user_id), escaped(sorted(set(roles))), escaped(sorted(set(groups)))
 
 
 def token_violations(
@@ -59,11 +66,9 @@ def token_violations(
     """One violation when the user, as stored (roles and groups distinct and sorted), would take more than
     ``MAX_TOKEN_IDENTITY_BYTES`` of a token's claims: on whichever of ``fields`` (paths among
     ``user.user_id``, ``user.roles``, ``user.groups``: those the request sets) takes the most."""
-    taken = {
-        "user.user_id": _escaped(user_id),
-        "user.roles": _escaped(sorted(set(roles))),
-        "user.groups": _escaped(sorted(set(groups))),
-    }
+    taken = dict(
+        zip(("user.user_id", "user.roles", "user.groups"), token_bytes(user_id, roles, groups), strict=True)
+    )
     total = sum(taken.values())
     if total <= MAX_TOKEN_IDENTITY_BYTES or not fields:
         return []

@@ -316,3 +316,17 @@ def claim_strings(claims: dict[str, Any], name: str) -> tuple[str, ...]:
         return ()
     # A string with NUL is no role or group anyone could define, and no database could store it: dropped.
     return tuple(item for item in items if "\x00" not in item)
+
+
+def withheld_claims(claims: dict[str, Any], names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names`` (the claims a provider's roles and groups are mapped from) the provider left out of
+    the token while saying it has values for it: named in ``_claim_names`` (OIDC Core 5.6.2, distributed
+    claims, which Entra ID sends instead of ``groups`` for a user in more than 200 groups, the "groups
+    overage"), or Entra's implicit-flow ``hasgroups: true`` in place of ``groups``. Reading such a token as
+    holding none would sign its user in with fewer groups than it has, silently."""
+    pointed = claims.get("_claim_names")
+    pointed = pointed if isinstance(pointed, dict) else {}
+    withheld = [name for name in names if name and name not in claims and name in pointed]
+    if "groups" in names and "groups" not in claims and claims.get("hasgroups") is True:
+        withheld.append("groups")
+    return tuple(dict.fromkeys(withheld))

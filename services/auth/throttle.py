@@ -46,6 +46,10 @@ class FailureThrottle:
         self._max_keys = max_keys
         self._failures: dict[str, _Recent] = {}
 
+    @property
+    def window_seconds(self) -> float:
+        return self._window
+
     def _recent(self, key: str, now: float) -> _Recent | None:
         recent = self._failures.get(key)
         if recent is None:

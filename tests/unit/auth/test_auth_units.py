@@ -376,6 +376,25 @@ def test_claim_mapping_accepts_lists_and_space_separated_strings() -> None:
     assert Principal("t", "s").to_proto().tenant_id == "t"
 
 
+@pytest.mark.parametrize(
+    ("claims", "withheld"),
+    [
+        ({"_claim_names": {"groups": "src1"}}, ("groups",)),  # Entra's overage: groups at Graph
+        ({"_claim_names": {"groups": "src1", "roles": "src1"}}, ("roles", "groups")),
+        ({"hasgroups": True}, ("groups",)),  # Entra's implicit flow
+        ({"hasgroups": True, "groups": ["g"]}, ()),  # the claim is there: nothing withheld
+        ({"_claim_names": {"groups": "src1"}, "groups": []}, ()),
+        ({"_claim_names": {"photos": "src1"}}, ()),  # a claim the provider does not map
+        ({"_claim_names": ["groups"]}, ()),  # no claim names at all
+        ({"hasgroups": "true"}, ()),
+    ],
+)
+def test_claims_a_provider_withheld_are_those_it_maps_and_points_elsewhere_for(
+    claims: dict[str, Any], withheld: tuple[str, ...]
+) -> None:
+    assert oidc.withheld_claims(claims, ("roles", "groups")) == withheld
+
+
 def test_an_issued_token_builds_its_response_once() -> None:
     principal = Principal("t", "svc", ("admin",), ("finance",), credential_type="api_key", api_key_id="k1")
     issued = Issued("token-1", 1_900_000_000.0, principal, 7)
