@@ -4,13 +4,13 @@ Two things cap them. A user's id, roles and groups travel in every internal toke
 refuses a token over 8 KiB (``parapet.kit.identity.MAX_TOKEN_BYTES``), so no user may be stored that cannot
 then call anything. What counts there is bytes of the token's JSON, not characters: PyJWT escapes every
 non-ASCII character (6 bytes, 12 beyond the Basic Multilingual Plane) and ``"`` and ``\\`` (2 bytes), and
-the whole is base64url'd. Until 2026-12-07 only characters were bounded, and a user of 32 groups of 100 CJK
+the whole is base64url'd. Until 2026-12-06 only characters were bounded, and a user of 32 groups of 100 CJK
 characters, within them, got a 28 KB token that every service refused. So the three together are bounded in
 those bytes (``MAX_TOKEN_IDENTITY_BYTES``), beside the bounds in characters. (An OIDC sign-in's token is
 bounded by its signed size instead, ``oidc_claims``: what its provider asserts is known only then.) And every
 change's audit record carries the user's roles and groups (and a key's scopes, which collapse to the distinct
 permission names): the outbox relay publishes records in order, and one over NATS's message limit held up
-every later record of every tenant. gRPC's own 4 MiB request limit was the only bound before 2026-12-07. (NUL
+every later record of every tenant. gRPC's own 4 MiB request limit was the only bound before 2026-12-06. (NUL
 characters are refused by the kit for every field.)
 """
 

@@ -3,7 +3,7 @@ sign-in is refused instead.
 
 A provider asserts whatever its directory holds: an Entra ID or Okta user may be in hundreds of groups, of
 long or non-ASCII names, and a provider's roles claim may name every app role of the directory (or its groups
-mapped to roles). The kit refuses an internal token over 8 KiB (``MAX_TOKEN_BYTES``), so until 2026-12-08
+mapped to roles). The kit refuses an internal token over 8 KiB (``MAX_TOKEN_BYTES``), so until 2026-12-06
 such a user signed in and got a token that every service then refused (TOKEN_TOO_LARGE on every call), with
 nothing saying why.
 

@@ -8,10 +8,10 @@ launder guesses made alongside it).
 A key's prefix is public (listings, audit records, the CLI, every log line that names the key), so a prefix
 over its limit refuses wrong secrets only: the failures remember the keyed hash the database holds for the
 prefix (every failed lookup of a known prefix read it), and a key whose hash is that one still goes through.
-Until 2026-12-07 the right secret was refused too, so ten wrong guesses a minute from anywhere kept any key
+Until 2026-12-06 the right secret was refused too, so ten wrong guesses a minute from anywhere kept any key
 whose prefix one had seen locked out for as long as one kept guessing. Every secret a throttled prefix refuses
 counts against the client that sent it (the caller records it): the prefix stops the database reads, the
-client's own limit stops the guessing (for part of 2026-12-07 such refusals counted nowhere, and one client
+client's own limit stops the guessing (for part of 2026-12-06 such refusals counted nowhere, and one client
 guessed without limit).
 
 The failures also remember why the key itself may not act, as the last lookup read it (revoked, expired,

@@ -11,7 +11,7 @@ Auth tells the two parties apart by the code (docs/contracts.md): UNAUTHENTICATE
 ``parapet bootstrap gateway --replace``, its user disabled, its role gone); FAILED_PRECONDITION,
 PERMISSION_DENIED ``PRIVILEGE_ESCALATION`` and INVALID_ARGUMENT are about the principal named. The first are
 raised as :class:`DelegatorRefused`, after the token and key held are dropped, so that the next call reads
-the key file again: the job is not at fault and waits (the worker gives it back). Until 2026-12-07 the worker
+the key file again: the job is not at fault and waits (the worker gives it back). Until 2026-12-06 the worker
 took them for the job's, so after a key rotation every job it claimed failed at once, and the gateway kept the
 old key until it restarted.
 """

@@ -55,7 +55,7 @@ ItemRunner = Callable[[Caller, chat_service_pb2.ChatRequest, str], Awaitable[cha
 # Auth refusing the submitter's principal is final for the job (revoked key, disabled tenant...); anything
 # else from auth (UNAVAILABLE, a deadline) is a reason to try the job again later. A refusal of the gateway's
 # own credential (UNAUTHENTICATED, PERMISSION_MISSING) is no verdict on the job: it arrives as
-# DelegatorRefused and the job waits (until 2026-12-07 UNAUTHENTICATED was final here, and a rotation of the
+# DelegatorRefused and the job waits (until 2026-12-06 UNAUTHENTICATED was final here, and a rotation of the
 # gateway's key failed every job claimed after it).
 _FINAL_AUTH_CODES = frozenset(
     {
