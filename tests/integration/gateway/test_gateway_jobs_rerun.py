@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
 from parapet.inference.v1 import message_pb2
-from tests.integration.gateway.conftest import MODULE, Suite
+from tests.integration.gateway.conftest import MODULE, Suite, Tenant
 
 pytestmark = MODULE
 
@@ -35,45 +35,57 @@ async def _asked(suite: Suite, text: str, times: int) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_for_each_run(
-    suite: Suite,
-) -> None:
-    tenant = await suite.tenant()
-    # The slow model streams one word per 50 ms: 200 words outlast the stopping worker's drain grace.
-    words = " ".join(f"word{n}" for n in range(200))
+# The slow model streams one word per 50 ms: 200 words take 10 s, and outlast a stopping worker's drain grace.
+WORDS = " ".join(f"word{n}" for n in range(200))
+
+
+async def _submit_slow_item(suite: Suite, tenant: Tenant, idempotency_key: str) -> str:
+    """A job of one item the slow model answers with ``WORDS``; its id."""
     item = chat_service_pb2.ChatRequest(
-        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=words)],
+        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=WORDS)],
         model="slow",
         retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
     )
     submitted = await suite.jobs.SubmitJob(
         job_service_pb2.SubmitJobRequest(
-            idempotency_key="rerun", chat_batch=job_pb2.ChatBatch(requests=[item])
+            idempotency_key=idempotency_key, chat_batch=job_pb2.ChatBatch(requests=[item])
         ),
         metadata=tenant.metadata(),
     )
-    job_id = submitted.job.job_id
+    return str(submitted.job.job_id)
+
+
+async def _finished(suite: Suite, tenant: Tenant, job_id: str, seconds: float) -> job_pb2.Job:
+    """Watch the job to its end (a worker gateway must be running), then the whole of it."""
+    states = []
+    async with asyncio.timeout(seconds):
+        async for update in suite.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
+        ):
+            states.append(update.job.state)
+    assert states and states[-1] in TERMINAL, states
+    reply = await suite.jobs.GetJob(
+        job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL), metadata=tenant.metadata()
+    )
+    job: job_pb2.Job = reply.job
+    return job
+
+
+async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_for_each_run(
+    suite: Suite,
+) -> None:
+    tenant = await suite.tenant()
+    job_id = await _submit_slow_item(suite, tenant, "rerun")
     async with suite.gateway(gateway_job_workers_enabled=True):
-        await _asked(suite, words, 1)
+        await _asked(suite, WORDS, 1)
     # Stopped mid-answer: the first run is settled for what it used, and the job given back.
     async with suite.gateway(gateway_job_workers_enabled=True):
-        states = []
-        async with asyncio.timeout(90):
-            async for update in suite.jobs.WatchJob(
-                job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
-            ):
-                states.append(update.job.state)
-    assert states[-1] == job_pb2.JOB_STATE_SUCCEEDED, states
-    job = (
-        await suite.jobs.GetJob(
-            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-            metadata=tenant.metadata(),
-        )
-    ).job
+        job = await _finished(suite, tenant, job_id, seconds=90)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.state
     answered = job.results[0].response
-    assert answered.text == f"You said: {words}"
+    assert answered.text == f"You said: {WORDS}"
     assert answered.summary.request_id == f"job-{job_id}-0-run2"
-    assert sum(words in str(r.body) for r in suite.upstream.requests) == 2
+    assert sum(WORDS in str(r.body) for r in suite.upstream.requests) == 2
 
     ledger = await suite.wait_rows(
         "SELECT request_id, prompt_tokens, completion_tokens, cost_micros FROM metering.usage_ledger"
@@ -104,33 +116,9 @@ async def test_an_item_past_its_time_limit_is_audited_and_released_as_a_deadline
     so until 2026-12-06 the item's audit record said CANCELLED, as if its submitter had stopped it, while the
     job's result said DEADLINE_EXCEEDED; the item's calls to other services had no deadline either."""
     tenant = await suite.tenant()
-    words = " ".join(f"word{n}" for n in range(200))  # the slow model: one word per 50 ms, 10 s in all
-    item = chat_service_pb2.ChatRequest(
-        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=words)],
-        model="slow",
-        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
-    )
-    submitted = await suite.jobs.SubmitJob(
-        job_service_pb2.SubmitJobRequest(
-            idempotency_key="late", chat_batch=job_pb2.ChatBatch(requests=[item])
-        ),
-        metadata=tenant.metadata(),
-    )
-    job_id = submitted.job.job_id
+    job_id = await _submit_slow_item(suite, tenant, "late")
     async with suite.gateway(gateway_job_workers_enabled=True, gateway_job_item_timeout_seconds=1.5):
-        states = []
-        async with asyncio.timeout(60):
-            async for update in suite.jobs.WatchJob(
-                job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
-            ):
-                states.append(update.job.state)
-    assert states[-1] in TERMINAL, states
-    job = (
-        await suite.jobs.GetJob(
-            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
-            metadata=tenant.metadata(),
-        )
-    ).job
+        job = await _finished(suite, tenant, job_id, seconds=60)
     assert job.results[0].error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], job.results[0]
     infos = [error_details_pb2.ErrorInfo() for _ in job.results[0].error.details]
     infos = [info for info, d in zip(infos, job.results[0].error.details, strict=True) if d.Unpack(info)]

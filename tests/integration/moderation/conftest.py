@@ -9,7 +9,7 @@ callers present internal tokens signed with auth's key, as the ones auth issues.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc.aio
@@ -19,12 +19,23 @@ import pytest_asyncio
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.cli.identity import provision
 from parapet.kit.testing import running
+from parapet.moderation.v1 import moderation_service_pb2 as pb
 from parapet.moderation.v1 import moderation_service_pb2_grpc
 from services.moderation.app import APP
 from services.moderation.settings import ModerationSettings
 from tests.integration.auth.conftest import Auth, Metadata, running_auth
 
 MODULE = pytest.mark.asyncio(loop_scope="module")
+
+
+def released(responses: Sequence[pb.ScreenStreamResponse]) -> str:
+    """The text a ScreenStream released, its safe chunks joined."""
+    return "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
+
+
+async def each(messages: Sequence[pb.ScreenStreamRequest]) -> AsyncIterator[pb.ScreenStreamRequest]:
+    for message in messages:
+        yield message
 
 
 @dataclass
@@ -39,6 +50,18 @@ class Suite:
 
     def metadata(self, tenant: str = "tenant-a") -> Metadata:
         return self.auth.as_(self.tenant_id(tenant), "user-1")
+
+    async def screen_stream(
+        self, chunks: Sequence[str], config: pb.ScreenStreamConfig | None = None, *, end: bool = True
+    ) -> list[pb.ScreenStreamResponse]:
+        """ScreenStream of ``chunks`` (after ``config``, by default the defaults; then ``end`` unless not): every
+        response, in order."""
+        messages = [
+            pb.ScreenStreamRequest(config=config or pb.ScreenStreamConfig()),
+            *(pb.ScreenStreamRequest(chunk=chunk) for chunk in chunks),
+            *([pb.ScreenStreamRequest(end=True)] if end else []),
+        ]
+        return [r async for r in self.stub.ScreenStream(each(messages), metadata=self.metadata())]
 
     async def set_policy(
         self, tenant: str, edit: tenant_policy_pb2.TenantPolicy

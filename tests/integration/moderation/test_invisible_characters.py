@@ -9,15 +9,13 @@ provider as typed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
-from tests.integration.moderation.conftest import MODULE, Suite
+from tests.integration.moderation.conftest import MODULE, Suite, released
 
 pytestmark = MODULE
 
@@ -109,11 +107,6 @@ async def test_screen_output_catches_leaks_and_topics_split_by_invisible_charact
     assert [f.category for f in topic.findings] == [C.CATEGORY_BLOCKED_TOPIC]
 
 
-async def _requests(*messages: pb.ScreenStreamRequest) -> AsyncIterator[pb.ScreenStreamRequest]:
-    for message in messages:
-        yield message
-
-
 @pytest.mark.parametrize(
     "chunks, value, replacement",
     [
@@ -128,15 +121,9 @@ async def _requests(*messages: pb.ScreenStreamRequest) -> AsyncIterator[pb.Scree
 async def test_stream_redacts_a_value_split_by_an_invisible_character_at_a_chunk_seam(
     suite: Suite, chunks: list[str], value: str, replacement: str
 ) -> None:
-    messages = [
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
-        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
-        pb.ScreenStreamRequest(end=True),
-    ]
-    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
+    responses = await suite.screen_stream(chunks)
     answer = "".join(chunks)
-    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
-    assert released == answer.replace(value, replacement)
+    assert released(responses) == answer.replace(value, replacement)
     start = answer.index(value)  # offsets in the stream as the model wrote it
     findings = [r.finding for r in responses if r.WhichOneof("kind") == "finding"]
     assert [(f.start_offset, f.end_offset) for f in findings] == [(start, start + len(value))]
@@ -159,11 +146,4 @@ async def test_stream_reads_a_label_padded_with_invisible_characters_before_its_
     answer = "".join(chunks)
     whole = await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text=answer), metadata=suite.metadata())
     assert "[REDACTED:" in whole.text
-    messages = [
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
-        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
-        pb.ScreenStreamRequest(end=True),
-    ]
-    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
-    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
-    assert released == whole.text
+    assert released(await suite.screen_stream(chunks)) == whole.text

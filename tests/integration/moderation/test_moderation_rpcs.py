@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import grpc.aio
 import pytest
@@ -15,7 +13,7 @@ from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
 from services.gateway.validation import MAX_MESSAGE_CHARS, MAX_TOTAL_CHARS
 from services.moderation.settings import ModerationSettings
-from tests.integration.moderation.conftest import MODULE, Suite
+from tests.integration.moderation.conftest import MODULE, Suite, each
 
 pytestmark = MODULE
 
@@ -154,13 +152,8 @@ async def test_unknown_tenant_at_auth_fails_closed(suite: Suite) -> None:
     assert details.error_info is not None and details.error_info.reason == "POLICY_UNAVAILABLE"
 
 
-async def _requests(*messages: pb.ScreenStreamRequest) -> AsyncIterator[pb.ScreenStreamRequest]:
-    for message in messages:
-        yield message
-
-
 async def _stream(suite: Suite, *messages: pb.ScreenStreamRequest) -> list[pb.ScreenStreamResponse]:
-    return [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
+    return [r async for r in suite.stub.ScreenStream(each(messages), metadata=suite.metadata())]
 
 
 async def test_stream_restores_masks_and_catches_a_value_split_over_three_chunks(suite: Suite) -> None:

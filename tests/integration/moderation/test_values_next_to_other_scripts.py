@@ -10,13 +10,11 @@ address run into it went to the provider as typed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import moderation_service_pb2 as pb
-from tests.integration.moderation.conftest import MODULE, Suite
+from tests.integration.moderation.conftest import MODULE, Suite, released
 
 pytestmark = MODULE
 
@@ -125,11 +123,6 @@ async def test_digits_and_addresses_inside_ascii_words_are_still_no_values(suite
     assert list(screened.sanitized_texts) == texts
 
 
-async def _requests(*messages: pb.ScreenStreamRequest) -> AsyncIterator[pb.ScreenStreamRequest]:
-    for message in messages:
-        yield message
-
-
 _ANSWER = (
     "ご依頼の件、確認しました。担当者の連絡先はjohn@example.comで、電話は090-1234-5678です。"
     "お支払いはカード4111 1111 1111 1111で完了しました。サーバー2001:db8::8a2e:370:7334に接続し、"
@@ -150,14 +143,9 @@ async def test_stream_redacts_values_in_japanese_text_and_releases_the_prose_as_
     until the answer ends: the stream held back its last whitespace-separated pieces, and an answer in a
     script written without spaces was one piece, so all of it waited for the end."""
     chunks = [_ANSWER[i : i + size] for i in range(0, len(_ANSWER), size)]
-    messages = [
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
-        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
-        pb.ScreenStreamRequest(end=True),
-    ]
-    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
-    released = [r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk"]
-    assert "".join(released) == _REDACTED
+    responses = await suite.screen_stream(chunks)
+    safe_chunks = [r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk"]
+    assert "".join(safe_chunks) == _REDACTED
     findings = [r.finding for r in responses if r.WhichOneof("kind") == "finding"]
     assert [_ANSWER[f.start_offset : f.end_offset] for f in findings] == [
         "john@example.com",
@@ -168,7 +156,7 @@ async def test_stream_redacts_values_in_japanese_text_and_releases_the_prose_as_
     ]
     # One safe_chunk per chunk, then the rest after the end: by the last chunk only the tail a phone number's
     # trailing context words could still change is held back, not the answer.
-    before_end = "".join(released[: len(chunks)])
+    before_end = "".join(safe_chunks[: len(chunks)])
     assert _REDACTED.startswith(before_end)
     assert len(_REDACTED) - len(before_end) <= 24 + size
 
@@ -213,11 +201,4 @@ async def test_stream_redacts_a_url_password_after_a_user_name_of_another_script
     chunks = [c for c in (answer[:at], answer[at:]) if c]
     whole = await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text=answer), metadata=suite.metadata())
     assert "Hunt" not in whole.text
-    messages = [
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig()),
-        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
-        pb.ScreenStreamRequest(end=True),
-    ]
-    responses = [r async for r in suite.stub.ScreenStream(_requests(*messages), metadata=suite.metadata())]
-    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
-    assert released == whole.text
+    assert released(await suite.screen_stream(chunks)) == whole.text
