@@ -24,7 +24,13 @@ from parapet.auth.v1 import (
 )
 from parapet.cli.identity import provision
 from parapet.embedded import EmbeddedNats, free_port
-from parapet.gateway.v1 import chat_service_pb2, chat_service_pb2_grpc, job_service_pb2_grpc
+from parapet.gateway.v1 import (
+    chat_service_pb2,
+    chat_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 from parapet.inference.v1 import message_pb2
 from parapet.kit.database import Database
 from parapet.kit.errors import ErrorDetails, error_details
@@ -50,6 +56,7 @@ from tests.integration.auth.conftest import create_key, create_user, signer_for,
 
 PLATFORM = "parapet"
 MODULE = pytest.mark.asyncio(loop_scope="module")
+JOB_TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
 
 
 def inference_config(upstream: UpstreamServer) -> dict[str, Any]:
@@ -312,6 +319,22 @@ class Suite:
             if event.HasField("text_delta"):
                 break
         call.cancel()
+
+    async def finished_job(self, tenant: Tenant, job_id: str, seconds: float = 60.0) -> job_pb2.Job:
+        """Watch the job to its end (a gateway running job workers must be up), then the whole of it."""
+        states = []
+        async with asyncio.timeout(seconds):
+            async for update in self.jobs.WatchJob(
+                job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
+            ):
+                states.append(update.job.state)
+        assert states and states[-1] in JOB_TERMINAL, states
+        reply = await self.jobs.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL),
+            metadata=tenant.metadata(),
+        )
+        job: job_pb2.Job = reply.job
+        return job
 
     async def wait_rows(self, sql: str, *, seconds: float = 10.0, count: int = 1, **params: Any) -> list[Any]:
         """The rows of ``sql`` once there are at least ``count`` (the finaliser and consumers run after the answer)."""

@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
 from parapet.inference.v1 import message_pb2
-from tests.integration.gateway.conftest import MODULE, Suite, Tenant
+from tests.integration.gateway.conftest import MODULE, Suite
 
 pytestmark = MODULE
-
-TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
 
 
 def _item(text: str, model: str = "gpt") -> chat_service_pb2.ChatRequest:
@@ -20,21 +16,6 @@ def _item(text: str, model: str = "gpt") -> chat_service_pb2.ChatRequest:
         model=model,
         retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
     )
-
-
-async def _finished(suite: Suite, tenant: Tenant, job_id: str, seconds: float = 60.0) -> job_pb2.Job:
-    states = []
-    async with asyncio.timeout(seconds):
-        async for update in suite.jobs.WatchJob(
-            job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
-        ):
-            states.append(update.job.state)
-    assert states and states[-1] in TERMINAL, states
-    reply = await suite.jobs.GetJob(
-        job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL), metadata=tenant.metadata()
-    )
-    job: job_pb2.Job = reply.job
-    return job
 
 
 async def test_job_items_run_through_the_governed_flow_and_are_settled_and_audited(suite: Suite) -> None:
@@ -48,7 +29,7 @@ async def test_job_items_run_through_the_governed_flow_and_are_settled_and_audit
         ),
         metadata=tenant.metadata(),
     )
-    job = await _finished(suite, tenant, submitted.job.job_id)
+    job = await suite.finished_job(tenant, submitted.job.job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert (job.progress.total_items, job.progress.succeeded_items, job.progress.failed_items) == (3, 3, 0)
     assert [r.index for r in job.results] == [0, 1, 2]
@@ -86,7 +67,7 @@ async def test_an_item_the_flow_refuses_fails_alone_with_the_status_chat_would_g
         ),
         metadata=tenant.metadata(),
     )
-    job = await _finished(suite, tenant, submitted.job.job_id)
+    job = await suite.finished_job(tenant, submitted.job.job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert (job.progress.succeeded_items, job.progress.failed_items) == (1, 1)
     assert job.results[0].response.text == "You said: fine"

@@ -18,8 +18,6 @@ from tests.integration.gateway.conftest import MODULE, Suite, Tenant
 
 pytestmark = MODULE
 
-TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
-
 
 @pytest.fixture(scope="module")
 def main_gateway_overrides() -> dict[str, Any]:
@@ -55,22 +53,6 @@ async def _submit_slow_item(suite: Suite, tenant: Tenant, idempotency_key: str) 
     return str(submitted.job.job_id)
 
 
-async def _finished(suite: Suite, tenant: Tenant, job_id: str, seconds: float) -> job_pb2.Job:
-    """Watch the job to its end (a worker gateway must be running), then the whole of it."""
-    states = []
-    async with asyncio.timeout(seconds):
-        async for update in suite.jobs.WatchJob(
-            job_service_pb2.WatchJobRequest(job_id=job_id), metadata=tenant.metadata()
-        ):
-            states.append(update.job.state)
-    assert states and states[-1] in TERMINAL, states
-    reply = await suite.jobs.GetJob(
-        job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL), metadata=tenant.metadata()
-    )
-    job: job_pb2.Job = reply.job
-    return job
-
-
 async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_for_each_run(
     suite: Suite,
 ) -> None:
@@ -80,7 +62,7 @@ async def test_an_item_run_again_after_its_worker_stopped_is_billed_and_audited_
         await _asked(suite, WORDS, 1)
     # Stopped mid-answer: the first run is settled for what it used, and the job given back.
     async with suite.gateway(gateway_job_workers_enabled=True):
-        job = await _finished(suite, tenant, job_id, seconds=90)
+        job = await suite.finished_job(tenant, job_id, seconds=90)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.state
     answered = job.results[0].response
     assert answered.text == f"You said: {WORDS}"
@@ -118,7 +100,7 @@ async def test_an_item_past_its_time_limit_is_audited_and_released_as_a_deadline
     tenant = await suite.tenant()
     job_id = await _submit_slow_item(suite, tenant, "late")
     async with suite.gateway(gateway_job_workers_enabled=True, gateway_job_item_timeout_seconds=1.5):
-        job = await _finished(suite, tenant, job_id, seconds=60)
+        job = await suite.finished_job(tenant, job_id, seconds=60)
     assert job.results[0].error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], job.results[0]
     infos = [error_details_pb2.ErrorInfo() for _ in job.results[0].error.details]
     infos = [info for info, d in zip(infos, job.results[0].error.details, strict=True) if d.Unpack(info)]
