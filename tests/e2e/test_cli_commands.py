@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.support import REPO, Launcher, running_suite
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
 DEMO_QUESTION = "How many vacation days do employees get?"
 # The shape of a key (the CLI refuses anything else before any call), but no key auth ever issued.

@@ -13,7 +13,7 @@ from tests.e2e.api import create_tenant, ingest, internal_token, operator, strea
 from tests.e2e.support import LaunchUp
 from tests.e2e.test_parapet_up import STARTUP_BOUND, STOP_BOUND, run_node_client
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DOCUMENTS = {
     "acme": "The vault code of the Acme office is seven four two. Visitors sign in at the front desk.",

@@ -48,7 +48,7 @@ from tests.e2e.api import (
 from tests.e2e.support import Launcher, running_suite
 from tests.e2e.test_gateway_chat import DOCUMENTS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
 T = TypeVar("T")
 P = tenant_policy_pb2

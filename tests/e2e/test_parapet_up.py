@@ -28,7 +28,7 @@ from tests.e2e.support import (
     still_alive,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # The main service of each area, from the brief; each server may list more (e.g. auth's admin services).
 MAIN_SERVICE = {

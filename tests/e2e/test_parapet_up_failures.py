@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e.support import REPO, command_line, command_name, descendants, free_base_port, still_alive
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HANG_GUARD = 120.0  # not a speed claim: the launcher must give up by itself
 

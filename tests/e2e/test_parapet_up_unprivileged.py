@@ -23,7 +23,7 @@ from parapet.cli import registry
 from parapet.cli.layout import PortLayout
 from tests.e2e.support import REPO, Launcher, descendants, free_base_port, still_alive
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 UNPRIVILEGED = "nobody"
