@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
 from parapet.kit import metrics, telemetry
 from parapet.kit.app import Resources
-from parapet.kit.context import deadline_passed, deadline_var, remaining_time
+from parapet.kit.context import deadline_passed, remaining_time, without_deadline
 from parapet.kit.errors import ParapetError, Unavailable
 from parapet.kit.permissions import has_permission, missing
 from parapet.metering.v1 import metering_service_pb2
@@ -251,9 +250,7 @@ class ChatFlow:
         # Run outside the call's deadline, which the task would otherwise inherit with the request's context:
         # a chat ended by its deadline had its Settle and Release sent with no time left, so the settlement
         # went to the outbox as if metering were down and the hold stayed held until its TTL.
-        context = contextvars.copy_context()
-        context.run(deadline_var.set, None)
-        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name, context=context)
+        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name, context=without_deadline())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

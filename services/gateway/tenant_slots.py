@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 
 from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded
+from parapet.kit.logging import OncePer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class TenantSlots:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._held: dict[str, int] = {}  # tenants with chats open on this replica (none: no entry)
-        self._warned: dict[str, float] = {}  # when each tenant's refusals were last logged (monotonic)
+        self._warnings = OncePer(_WARN_EVERY_SECONDS)  # per tenant
 
     def in_flight(self, tenant_id: str) -> int:
         return self._held.get(tenant_id, 0)
@@ -57,11 +57,7 @@ class TenantSlots:
 
     def _refuse(self, tenant_id: str) -> None:
         metrics.record_gateway_refused_chat(REASON)
-        now = time.monotonic()
-        if now - self._warned.get(tenant_id, -_WARN_EVERY_SECONDS) >= _WARN_EVERY_SECONDS:
-            if len(self._warned) > 10_000:
-                self._warned.clear()  # bounded; a tenant's next refusal is then logged again
-            self._warned[tenant_id] = now
+        if self._warnings.due(tenant_id):
             log.warning(
                 "tenant at its limit of concurrent chats on this replica; refusing more",
                 extra={"tenant_id": tenant_id, "limit": self._limit},

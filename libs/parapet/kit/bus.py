@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,12 +28,14 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from parapet.kit.logging import OncePer
 from parapet.kit.redact import redact_url
 from parapet.kit.timeouts import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+WARN_EVERY_SECONDS = 30.0  # a failure repeating through an outage is logged at most this often
 CLOSE_STEP_SECONDS = 5.0
 
 
@@ -112,14 +112,12 @@ def _client_options(
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"nats_url": shown})
 
-    last_warning = 0.0
+    # Visible (a wrong URL must not look like silence), but at most one line per 30 s while an outage makes
+    # every reconnect attempt fail.
+    errors = OncePer(WARN_EVERY_SECONDS)
 
     async def on_error(exc: Exception) -> None:
-        # Visible (a wrong URL must not look like silence), but at most one line per 30 s while an
-        # outage makes every reconnect attempt fail.
-        nonlocal last_warning
-        if time.monotonic() - last_warning >= 30.0:
-            last_warning = time.monotonic()
+        if errors.due():
             log.warning("nats error: %s", exc, extra={"nats_url": shown})
 
     return {
@@ -282,7 +280,7 @@ class Bus:
             self._client, self._jetstream = client, client.jetstream(timeout=self._publish_timeout)
         log.info("nats connected", extra={"nats_url": shown})
         declared: set[str] = set()
-        last_warning = -math.inf
+        failures = OncePer(WARN_EVERY_SECONDS)
         while pending := [spec for spec in self._declared.values() if spec.name not in declared]:
             try:
                 for spec in pending:
@@ -291,8 +289,7 @@ class Bus:
             except Exception:
                 # JetStream not ready yet (a NATS that has just started, a cluster without a leader) or not
                 # enabled at all: visible, once per 30 s.
-                if time.monotonic() - last_warning >= 30.0:
-                    last_warning = time.monotonic()
+                if failures.due():
                     log.warning("declaring the streams at NATS failed; retrying", exc_info=True)
                 await asyncio.sleep(retry_wait)
         self._ready.set()  # no await since the last check: a ``declare`` now sees it set and declares itself

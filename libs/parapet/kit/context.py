@@ -8,6 +8,7 @@ never leaks into another RPC. Servicers read the tenant only from :func:`current
 
 from __future__ import annotations
 
+import contextvars
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -111,3 +112,12 @@ def deadline_passed() -> bool:
     grpc cancels a handler alike when its caller leaves and when its deadline passes: this tells them apart."""
     remaining = remaining_time()
     return remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+
+
+def without_deadline() -> contextvars.Context:
+    """A copy of the current context without the incoming RPC's deadline, for a task that outlives the call's
+    time or must not be cut short by it (a chat's settlement, one call to auth shared by many callers), yet
+    keeps the caller's token, request id and principal."""
+    context = contextvars.copy_context()
+    context.run(deadline_var.set, None)
+    return context

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from typing import Any, Literal, TextIO
@@ -19,6 +20,26 @@ from parapet.kit.context import principal_var, request_id_var
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class OncePer:
+    """Whether a repeated log line is due: at most once per ``seconds`` for each key, so an outage or a flood
+    stays visible without a line per attempt. Bounded: past ``max_keys`` keys all are forgotten (each next line
+    is then due again)."""
+
+    def __init__(self, seconds: float, *, max_keys: int = 10_000) -> None:
+        self._seconds = seconds
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}  # key -> when its line was last due (monotonic)
+
+    def due(self, key: str = "") -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) < self._seconds:
+            return False
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 def context_fields() -> dict[str, Any]:

@@ -25,7 +25,6 @@ At most ``max_tenants`` tenants are kept; the least recently used one goes first
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import logging
 import math
@@ -40,7 +39,7 @@ import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
-from parapet.kit.context import deadline_var
+from parapet.kit.context import without_deadline
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ class _Entry(Generic[T]):
     value: T | None = None
     version: int = 0
     checked: float = -math.inf  # when auth last answered (monotonic)
-    retry_at: float = -math.inf  # after a failure: no call to auth before this (monotonic)
     failed_at: float = -math.inf  # when the last call to auth failed (monotonic)
     failure: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
@@ -114,15 +112,12 @@ class TenantPolicyCache(Generic[T]):
         # In a task of its own, without the caller's deadline (the kit's client caps a call at the incoming
         # RPC's time left) but with its token (auth answers for the token's tenant). Cancelling the caller
         # cancels the call: the next waiter then makes its own.
-        context = contextvars.copy_context()
-        context.run(deadline_var.set, None)
-        call = asyncio.create_task(self._ask(request), context=context)
+        call = asyncio.create_task(self._ask(request), context=without_deadline())
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
             entry.failed_at = time.monotonic()
             entry.failure = error.code()
-            entry.retry_at = entry.failed_at + self._retry
             served = entry.value is not None and self._may_serve_stale(entry, entry.failed_at)
             log.warning(
                 "the tenant policy could not be read from auth (%s); %s",
@@ -139,7 +134,7 @@ class TenantPolicyCache(Generic[T]):
         if not (response.not_modified and entry.value is not None):
             entry.value = self._convert(response.policy)
             entry.version = response.policy.version
-        entry.checked, entry.retry_at = time.monotonic(), -math.inf
+        entry.checked = time.monotonic()
         return entry.value
 
     async def _ask(
@@ -175,7 +170,8 @@ class TenantPolicyCache(Generic[T]):
             return None
         if now - entry.checked < self._ttl:
             return entry.value
-        if now < entry.retry_at and self._may_serve_stale(entry, now):
+        paused = entry.failed_at > entry.checked and now < entry.failed_at + self._retry
+        if paused and self._may_serve_stale(entry, now):
             return entry.value
         return None
 

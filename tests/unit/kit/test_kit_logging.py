@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from parapet.kit.context import CLIENT_ADDRESS_KEY, RpcInfo, current_rpc
 from parapet.kit.errors import NotFound
-from parapet.kit.logging import configure_logging
+from parapet.kit.logging import OncePer, configure_logging
 from parapet.kit.testing import (
     StringValue,
     TestKeys,
@@ -142,3 +142,13 @@ async def test_handlers_of_both_kinds_see_the_rpc_and_its_client_address(keys: T
         assert (await unary(StringValue(), metadata=keys.metadata())).value == "127.0.0.1"
         assert (await unary(StringValue(), metadata=oversized)).value == "127.0.0.1"
     assert current_rpc() is None  # the test's own context never saw an RPC's
+
+
+def test_once_per_lets_a_line_through_once_per_interval_and_key_and_stays_bounded() -> None:
+    once = OncePer(3600.0, max_keys=2)
+    assert once.due("a") and not once.due("a")  # within the interval: held back
+    assert once.due("b") and not once.due("b")  # each key on its own
+    assert once.due("c")  # a third key: the two remembered are forgotten (bounded memory)...
+    assert once.due("a")  # ...so the first one's next line is due again
+    every_time = OncePer(0.0)
+    assert every_time.due() and every_time.due()
