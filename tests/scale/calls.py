@@ -1,10 +1,13 @@
-"""Calls the scale tests make against a running suite: a tenant with an API key, a token, a document."""
+"""Calls the scale tests make against a running suite: a tenant with an API key, a token, a document, and a
+tenant's rows read straight from the database."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+
+from sqlalchemy import text
 
 from parapet import clients
 from parapet.auth.v1 import (
@@ -15,6 +18,7 @@ from parapet.auth.v1 import (
     user_pb2,
 )
 from parapet.cli.layout import BOOTSTRAP_KEY_NAME
+from parapet.kit.database import Database
 from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2
 from tests.scale.replicas import ReplicaSuite
 
@@ -86,3 +90,14 @@ async def ingest(suite: ReplicaSuite, md: Metadata) -> None:
     async with clients.retrieval(suite.target("retrieval")) as retrieval:
         reply = await retrieval.stub.IngestDocuments(requests(), metadata=md, timeout=60)
     assert [r.chunk_count > 0 for r in reply.results] == [True]
+
+
+async def tenant_rows(database_url: str, schema: str, sql: str, tenant: str) -> list[tuple[str, ...]]:
+    """``sql`` (one tenant's rows, ``:t``) straight from the database, as strings."""
+    database = Database(database_url, schema)
+    try:
+        async with database.session() as session:
+            rows = (await session.execute(text(sql), {"t": tenant})).all()
+    finally:
+        await database.close()
+    return [tuple(str(value) for value in row) for row in rows]

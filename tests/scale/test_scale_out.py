@@ -19,17 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from parapet import clients
 from parapet.audit.v1 import audit_service_pb2
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres
 from parapet.embedded.process import spawn
-from parapet.kit.database import Database
 from parapet.kit.descriptors import safe_to_repeat_paths
 from tests.integration.metering.metering_support import wait_until_rollups_match
 from tests.integration.observability.scrape import scrape
-from tests.scale.calls import bearer, ingest, tenant_with_key, token_for
+from tests.scale.calls import bearer, ingest, tenant_rows, tenant_with_key, token_for
 from tests.scale.load import Call, Ledger, Targets
 from tests.scale.replicas import Replica, replica_suite
 
@@ -74,27 +72,16 @@ async def _stop(replicas: list[Replica], sig: signal.Signals) -> list[int]:
     return list(await asyncio.gather(*(asyncio.to_thread(r.wait_exit, 60) for r in replicas)))
 
 
-async def _rows(database_url: str, schema: str, sql: str, tenant: str) -> list[tuple[str, ...]]:
-    """``sql`` (one tenant's rows, ``:t``) straight from the database, as strings."""
-    database = Database(database_url, schema)
-    try:
-        async with database.session() as session:
-            rows = (await session.execute(text(sql), {"t": tenant})).all()
-    finally:
-        await database.close()
-    return [tuple(str(value) for value in row) for row in rows]
-
-
 async def _audit_rows(database_url: str, tenant: str) -> dict[str, int]:
     """How many times each of the tenant's audit records is stored."""
     sql = "SELECT record_id, count(*) FROM audit.records WHERE tenant_id = :t GROUP BY 1"
-    return {record: int(count) for record, count in await _rows(database_url, "audit", sql, tenant)}
+    return {record: int(count) for record, count in await tenant_rows(database_url, "audit", sql, tenant)}
 
 
 async def _audited_requests(database_url: str, tenant: str) -> dict[str, int]:
     """How many interaction records each of the tenant's request ids has."""
     sql = "SELECT request_id, count(*) FROM audit.records WHERE tenant_id = :t AND kind = 'interaction' GROUP BY 1"
-    return {request: int(count) for request, count in await _rows(database_url, "audit", sql, tenant)}
+    return {request: int(count) for request, count in await tenant_rows(database_url, "audit", sql, tenant)}
 
 
 def _describe(calls: list[Call], since: float) -> str:
@@ -180,7 +167,7 @@ async def test_replicas_stopped_and_killed_under_load_fail_nothing_safe_and_lose
 
         # Nothing lost: billing's rollups equal the ledger, each settled request counted once.
         sql = "SELECT request_id FROM metering.usage_ledger WHERE tenant_id = :t"
-        ledger_ids = [row[0] for row in await _rows(fresh_postgres.url, "metering", sql, tenant)]
+        ledger_ids = [row[0] for row in await tenant_rows(fresh_postgres.url, "metering", sql, tenant)]
         assert len(ledger_ids) == len(set(ledger_ids))
         assert ledger.settled <= set(ledger_ids)
         assert ledger.chats <= set(ledger_ids), "a gateway chat that answered was never settled"

@@ -204,10 +204,16 @@ class Answer:
 
 
 def question(text: str, **fields: Any) -> chat_service_pb2.StreamChatRequest:
+    """A StreamChat of one user message; retrieval off unless ``fields`` say otherwise."""
     fields.setdefault("retrieval", {"mode": 2})  # RETRIEVAL_MODE_DISABLED unless a test grounds the answer
     return chat_service_pb2.StreamChatRequest(
         messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=text)], **fields
     )
+
+
+def unary_question(text: str, **fields: Any) -> chat_service_pb2.ChatRequest:
+    """``question`` for Chat and job items (the same fields)."""
+    return chat_service_pb2.ChatRequest.FromString(question(text, **fields).SerializeToString())
 
 
 @dataclass

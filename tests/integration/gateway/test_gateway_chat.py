@@ -14,7 +14,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import generation_pb2, message_pb2
 from parapet.kit.errors import error_details
 from parapet.moderation.v1 import category_pb2
-from tests.integration.gateway.conftest import MODULE, Suite, Tenant, question
+from tests.integration.gateway.conftest import MODULE, Suite, Tenant, question, unary_question
 
 pytestmark = MODULE
 
@@ -202,11 +202,7 @@ async def test_all_providers_down_is_unavailable_with_retry_info(suite: Suite) -
 
 async def test_chat_is_the_same_flow_collected(suite: Suite) -> None:
     tenant = await suite.tenant()
-    request = chat_service_pb2.ChatRequest(
-        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content="unary please")],
-        model="gpt",
-        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
-    )
+    request = unary_question("unary please", model="gpt")
     call = suite.chat.Chat(request, metadata=tenant.metadata(), timeout=30)
     response = await call
     assert response.text == "You said: unary please"

@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
-from parapet.inference.v1 import message_pb2
-from tests.integration.gateway.conftest import MODULE, Suite
+from parapet.gateway.v1 import chat_service_pb2, job_pb2, job_service_pb2
+from tests.integration.gateway.conftest import MODULE, Suite, unary_question
 
 pytestmark = MODULE
 
 
 def _item(text: str, model: str = "gpt") -> chat_service_pb2.ChatRequest:
-    return chat_service_pb2.ChatRequest(
-        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=text)],
-        model=model,
-        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
-    )
+    return unary_question(text, model=model)
 
 
 async def test_job_items_run_through_the_governed_flow_and_are_settled_and_audited(suite: Suite) -> None:

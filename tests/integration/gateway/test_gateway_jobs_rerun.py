@@ -12,9 +12,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from parapet.gateway.v1 import chat_pb2, chat_service_pb2, job_pb2, job_service_pb2
-from parapet.inference.v1 import message_pb2
-from tests.integration.gateway.conftest import MODULE, Suite, Tenant
+from parapet.gateway.v1 import job_pb2, job_service_pb2
+from tests.integration.gateway.conftest import MODULE, Suite, Tenant, unary_question
 
 pytestmark = MODULE
 
@@ -39,11 +38,7 @@ WORDS = " ".join(f"word{n}" for n in range(200))
 
 async def _submit_slow_item(suite: Suite, tenant: Tenant, idempotency_key: str) -> str:
     """A job of one item the slow model answers with ``WORDS``; its id."""
-    item = chat_service_pb2.ChatRequest(
-        messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content=WORDS)],
-        model="slow",
-        retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
-    )
+    item = unary_question(WORDS, model="slow")
     submitted = await suite.jobs.SubmitJob(
         job_service_pb2.SubmitJobRequest(
             idempotency_key=idempotency_key, chat_batch=job_pb2.ChatBatch(requests=[item])

@@ -11,10 +11,8 @@ import asyncio
 import grpc
 import grpc.aio
 
-from parapet.gateway.v1 import chat_pb2, chat_service_pb2
-from parapet.inference.v1 import message_pb2
 from parapet.kit.errors import error_details
-from tests.integration.gateway.conftest import MODULE, Suite, question
+from tests.integration.gateway.conftest import MODULE, Suite, question, unary_question
 
 pytestmark = MODULE
 
@@ -38,11 +36,7 @@ async def test_a_tenant_past_its_concurrent_chats_is_refused_and_others_are_not(
         unary_refused = None
         try:
             await chat.Chat(
-                chat_service_pb2.ChatRequest(
-                    messages=[message_pb2.Message(role=message_pb2.ROLE_USER, content="and a unary one")],
-                    model="gpt",
-                    retrieval=chat_pb2.RetrievalOptions(mode=chat_pb2.RETRIEVAL_MODE_DISABLED),
-                ),
+                unary_question("and a unary one", model="gpt"),
                 metadata=tenant.metadata(),
                 timeout=30,
             )
