@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import NoReturn
 
 from parapet.kit import metrics
 from parapet.kit.errors import QuotaExceeded
@@ -34,9 +35,6 @@ class TenantSlots:
         self._held: dict[str, int] = {}  # tenants with chats open on this replica (none: no entry)
         self._warnings = OncePer(_WARN_EVERY_SECONDS)  # per tenant
 
-    def in_flight(self, tenant_id: str) -> int:
-        return self._held.get(tenant_id, 0)
-
     @contextlib.contextmanager
     def hold(self, tenant_id: str) -> Iterator[None]:
         if not self._limit:
@@ -55,7 +53,7 @@ class TenantSlots:
             else:
                 del self._held[tenant_id]
 
-    def _refuse(self, tenant_id: str) -> None:
+    def _refuse(self, tenant_id: str) -> NoReturn:
         metrics.record_gateway_refused_chat(REASON)
         if self._warnings.due(tenant_id):
             log.warning(
