@@ -121,7 +121,7 @@ class AuditConsumer:
             from_subject=msg.subject,
             msg_id=set_aside_id(msg),
             # What the server said at connect (NATS refuses a larger message by closing the connection).
-            limit=self._bus.client.max_payload,
+            limit=self._bus.client.max_payload,  # connected: this message was just fetched
         )
         if copy.left_off:
             log.warning(

@@ -24,7 +24,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parapet.events.documents import CE_TYPE, SUBJECT_PREFIX
-from parapet.kit.bus import Bus, message_size
+from parapet.kit.bus import Bus, MessageTooLarge
 from parapet.kit.database import Database
 from parapet.kit.timeouts import wait_event
 from parapet.retrieval.v1 import documents_deleted_event_pb2 as events_pb2
@@ -128,20 +128,18 @@ class OutboxRelay:
                         "ce-subject": row.tenant_id,
                         "content-type": "application/protobuf",
                     }
-                    payload = bytes(row.payload)
-                    size = message_size(payload, headers, msg_id=str(row.event_id))
-                    if size > self._bus.client.max_payload:
-                        # Refused on every retry (before 2026-12-06 only once nats-py refused it, by its payload
-                        # alone; within its headers of the limit it was sent and cost the connection): as the
-                        # oldest row it held back every later event of every tenant. Its halves take its place
-                        # (new ids: this one was never stored).
-                        await _split(session, row)
-                        split = True
-                    else:
+                    try:
                         await self._bus.publish(
-                            row.subject, payload, msg_id=str(row.event_id), headers=headers
+                            row.subject, bytes(row.payload), msg_id=str(row.event_id), headers=headers
                         )
                         published += 1
+                    except MessageTooLarge:
+                        # Refused on every retry: as the oldest row it held back every later event of every
+                        # tenant (before 2026-12-06 only once nats-py refused it, by its payload alone; within
+                        # its headers of the limit it was sent and cost the connection). Its halves take its
+                        # place (new ids: this one was never stored).
+                        await _split(session, row)
+                        split = True
                     await session.execute(text("DELETE FROM outbox WHERE event_id = :e"), {"e": row.event_id})
             if len(rows) < self._batch_size and not split:
                 return published

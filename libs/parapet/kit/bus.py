@@ -73,12 +73,24 @@ def message_size(payload: bytes, headers: Mapping[str, str] | None = None, msg_i
     """What a NATS server counts against its ``max_payload``: the payload and the header block as HPUB sends it
     (``msg_id`` as ``Nats-Msg-Id``, as :meth:`Bus.publish` adds it). nats-py checks the payload alone before
     sending; a message whose headers take it over the limit is sent, and the server answers "Maximum Payload
-    Violation" and closes the connection, so a relay must check this before publishing."""
+    Violation" and closes the connection: :meth:`Bus.publish` checks it before sending."""
     all_headers = dict(headers or {}) | ({MSG_ID_HEADER: msg_id} if msg_id is not None else {})
     if not all_headers:
         return len(payload)
     block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in all_headers.items()) + b"\r\n"
     return len(block) + len(payload)
+
+
+class MessageTooLarge(ValueError):
+    """A message NATS would not take: its payload and headers (``message_size``) exceed the server's
+    ``max_payload``. Raised by :meth:`Bus.publish` before sending, for the caller to shrink or split it."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"a message of {size} bytes (payload and headers) exceeds NATS's max_payload of {limit}"
+        )
+        self.size = size
+        self.limit = limit
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -393,7 +405,14 @@ class Bus:
 
         When no stream takes the message and this bus declared one covering ``subject``, that stream is declared
         again (``restore_stream``) and the publish retried once; otherwise ``NoStreamResponseError`` is raised.
+
+        A message over the server's limit raises :class:`MessageTooLarge` without being sent: nats-py checks the
+        payload alone, and a message its headers take over the limit made the server close the connection, every
+        other publish and subscription of the service with it.
         """
+        size, limit = message_size(payload, headers, msg_id), self.client.max_payload
+        if size > limit:
+            raise MessageTooLarge(size, limit)
         all_headers: dict[str, Any] = dict(headers or {})
         if msg_id is not None:
             all_headers[MSG_ID_HEADER] = msg_id

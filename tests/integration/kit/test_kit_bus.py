@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from parapet.kit import timeouts
-from parapet.kit.bus import MSG_ID_HEADER, Bus, StreamSpec
+from parapet.kit.bus import MSG_ID_HEADER, Bus, MessageTooLarge, StreamSpec
 
 
 @pytest.fixture
@@ -74,3 +74,20 @@ async def test_connect_fails_when_nats_is_unreachable_at_start() -> None:
         await timeouts.within(
             20, Bus.connect(f"nats://127.0.0.1:{free_port()}", reconnect_wait=0.1, connect_timeout=0.5)
         )
+
+
+async def test_a_message_its_headers_take_over_the_limit_is_refused_and_the_connection_stays(
+    bus: Bus,
+) -> None:
+    """nats-py checks the payload alone: a payload just under ``max_payload`` with headers was sent, the server
+    answered "Maximum Payload Violation" and closed the connection. ``publish`` refuses it before sending."""
+    name = f"KIT_{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{name.lower()}.big"
+    await bus.ensure_stream(StreamSpec(name=name, subjects=(subject,)))
+    limit = bus.client.max_payload
+    with pytest.raises(MessageTooLarge) as refused:
+        await bus.publish(subject, b"x" * (limit - 10), msg_id="big", headers={"ce-type": "test"})
+    assert refused.value.limit == limit and refused.value.size > limit
+    assert bus.client.is_connected
+    ack = await timeouts.within(10, bus.publish(subject, b"small", msg_id="small"))
+    assert ack.stream == name
