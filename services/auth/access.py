@@ -25,7 +25,7 @@ from parapet.kit.identity import Principal
 from services.auth import audit, permissions
 from services.auth.cache import TenantKeyedCache
 from services.auth.permissions import Permission, PermissionValue
-from services.auth.store import AuthStore, KeyRecord, TenantView
+from services.auth.store import AuthStore, KeyRecord, OidcSubject, TenantView
 
 # A new tenant's id: the kit's form (parapet.kit.identity.TENANT_ID_PATTERN), starting with a letter. Matched
 # whole (fullmatch): with `match` and `$`, "acme\n" passed, a tenant id no NATS subject or token could carry.
@@ -58,6 +58,16 @@ def key_refusal(record: KeyRecord, now: float) -> tuple[str, str] | None:
         return "TENANT_DISABLED", "the tenant is disabled"
     if record.user_state != "active":
         return "USER_DISABLED", "the key's user is disabled"
+    return None
+
+
+def oidc_refusal(found: OidcSubject) -> tuple[str, str] | None:
+    """(reason, message) when an OIDC subject may not act, as ``AuthStore.oidc_subject`` read it: its tenant
+    disabled (or gone), its user row disabled. A subject without a row acts on its provider's word."""
+    if found.tenant_state != "active":
+        return "TENANT_DISABLED", "the tenant is disabled"
+    if found.state is not None and found.state != "active":
+        return "USER_DISABLED", "the user is disabled"
     return None
 
 
@@ -143,10 +153,9 @@ class Access:
             return replace(principal, roles=record.roles, groups=record.groups, scopes=record.scopes)
         if principal.credential_type == "oidc_token":
             found = await self.store.oidc_subject(principal.tenant_id, principal.subject, principal.issuer)
-            if found.tenant_state != "active":
-                raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
-            if found.state is not None and found.state != "active":
-                raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
+            refusal = oidc_refusal(found)
+            if refusal is not None:
+                raise Unauthenticated(refusal[1], reason=refusal[0])
             roles = set(found.roles) | set(found.recorded_roles or ())
             return replace(principal, roles=tuple(sorted(roles)))
         return principal

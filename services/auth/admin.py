@@ -231,13 +231,21 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
         problems = _user_id_violations(spec.user_id, "api_key.user_id")
         problems += bounds.text_violations(spec.display_name, "api_key.display_name")
         # A scope named twice is one scope; an unknown one is named by its first place (one violation per
-        # name, not per repeat: the error's details must fit in gRPC's metadata).
-        scopes = bounds.distinct(spec.scopes)
+        # name, not per repeat: the error's details must fit in gRPC's metadata). Only the first names past
+        # the known ones' count are looked at: so many distinct names hold an unknown one whatever follows.
+        first_places: dict[str, int] = {}
+        for place, scope in enumerate(spec.scopes):
+            if scope in first_places:
+                continue
+            if len(first_places) > len(permissions.BY_NAME):
+                break
+            first_places[scope] = place
         problems += [
-            (f"api_key.scopes[{list(spec.scopes).index(scope)}]", "unknown permission name")
-            for scope in scopes[: len(permissions.BY_NAME) + 1]
+            (f"api_key.scopes[{place}]", "unknown permission name")
+            for scope, place in first_places.items()
             if scope not in permissions.BY_NAME
         ]
+        scopes = bounds.distinct(spec.scopes)
         expire = wellknown.as_datetime(spec.expire_time) if spec.HasField("expire_time") else None
         if spec.HasField("expire_time") and expire is None:
             problems.append(("api_key.expire_time", "not a valid timestamp"))

@@ -3,7 +3,8 @@
 Warm path (a credential seen within the cache TTL and not invalidated since): one HMAC-SHA256, one dict
 lookup, and the internal token issued for it earlier, re-signed only once half its lifetime has passed.
 Cold path: route the credential to its tenant, read key/user/tenant in one tenant-scoped query, check. An OIDC
-subject is recorded (``oidc_subjects``) only when first seen or when its asserted roles change.
+subject is recorded (``oidc_subjects``) only when first seen or when its asserted roles change, never by a
+sign-in refused for its claims.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from parapet.kit import metrics
 from parapet.kit.errors import FailedPrecondition, QuotaExceeded, Unauthenticated
 from parapet.kit.identity import MAX_TOKEN_BYTES, Principal, TokenSigner
 from services.auth import apikeys, oidc, oidc_claims
-from services.auth.access import Access, Actor, key_refusal
+from services.auth.access import Access, Actor, key_refusal, oidc_refusal
 from services.auth.apikeys import KEY_PREFIX
 from services.auth.cache import IdentityEntry, TenantKeyedCache
 from services.auth.issued import Issued
-from services.auth.store import AuthStore, KeyRecord, OidcRoute
+from services.auth.store import AuthStore, KeyRecord, OidcRoute, OidcSubject
 from services.auth.throttle import FailureThrottle
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,20 @@ class _KeyRefused(Exception):
         error: Unauthenticated,
         tenant_id: str | None = None,
         record: KeyRecord | None = None,
-        standing: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(error.reason)
         self.error = error
         self.tenant_id = tenant_id
         self.record = record
-        # Why the prefix's key itself may not act (``key_refusal``), whichever secret was presented.
-        self.standing = standing
 
     @property
     def stored_hash(self) -> bytes | None:
         return None if self.record is None else self.record.secret_hash
+
+    @property
+    def standing(self) -> tuple[str, str] | None:
+        """Why the prefix's key itself may not act (``key_refusal``), whichever secret was presented."""
+        return None if self.record is None else key_refusal(self.record, time.time())
 
 
 def key_principal(tenant_id: str, record: KeyRecord) -> Principal:
@@ -196,9 +199,9 @@ class Authenticator:
             raise _KeyRefused(_invalid())
         standing = key_refusal(record, time.time())
         if not apikeys.KeyHasher.matches(record.secret_hash, digest):
-            raise _KeyRefused(_invalid(), tenant_id, record, standing)
+            raise _KeyRefused(_invalid(), tenant_id, record)
         if standing is not None:
-            raise _KeyRefused(Unauthenticated(standing[1], reason=standing[0]), tenant_id, record, standing)
+            raise _KeyRefused(Unauthenticated(standing[1], reason=standing[0]), tenant_id, record)
         principal = await self._access.with_permissions(
             key_principal(tenant_id, record), record.policy_version
         )
@@ -338,25 +341,22 @@ class Authenticator:
         subject_value = claims.get(provider.subject_claim or "sub")
         if not oidc.storable(subject_value, 255):
             raise Unauthenticated("the OIDC token names no subject", reason="OIDC_TOKEN_INVALID")
-        if view.state != "active":
-            raise Unauthenticated("the tenant is disabled", reason="TENANT_DISABLED")
         found = await self._store.oidc_subject(tenant_id, subject_value, token.issuer)
         asserted = tuple(sorted(set(oidc.claim_strings(claims, provider.roles_claim))))
-        if found.recorded_roles != asserted:
-            # What the provider says this subject holds, for the admin checks: a lesser admin may not act
-            # on (create, disable, mint a key for) a subject holding more, row or no row. Written when the
-            # subject is first seen or its roles change, never on a warm call; before the user check, so a
-            # disabled user's rank is known too.
-            await self._store.record_oidc_subject(
-                tenant_id, subject_value, token.issuer, asserted, _issued_at(claims)
-            )
-        if found.state is not None and found.state != "active":
-            raise Unauthenticated("the user is disabled", reason="USER_DISABLED")
+        withheld = oidc.withheld_claims(claims, (provider.roles_claim, provider.groups_claim))
+        standing = oidc_refusal(found)  # the tenant's state and the user row's, as Access.current reads them
+        if standing is not None:
+            # A disabled user's rank is recorded all the same (the admin checks read it, row or no row); not
+            # when its provider withheld the roles, which say nothing then.
+            if standing[0] == "USER_DISABLED" and provider.roles_claim not in withheld:
+                await self._record_roles(tenant_id, subject_value, token.issuer, found, asserted, claims)
+            raise Unauthenticated(standing[1], reason=standing[0])
         # Of the asserted roles only the policy's travel (the others grant nothing); the groups all do, or the
         # sign-in is refused: a group left out would change what the user may read (``oidc_claims``).
         roles = set(found.roles) | oidc_claims.defined_roles(asserted, view.policy)
         groups = set(found.groups) | set(oidc.claim_strings(claims, provider.groups_claim))
-        withheld = oidc.withheld_claims(claims, (provider.roles_claim, provider.groups_claim))
+        # The claims' refusals come before anything is recorded: a withheld roles claim reads as no roles,
+        # and recording that demoted the user's still-valid tokens at once (Access.current).
         if withheld:
             part = "groups" if withheld[0] == provider.groups_claim else "roles"
             refusal = oidc_claims.withheld(withheld[0], part)
@@ -381,8 +381,24 @@ class Authenticator:
         if size > MAX_TOKEN_BYTES:
             refusal = oidc_claims.too_large(size, principal)
             await self._refuse_claims(tenant_id, subject_value, token.issuer, refusal, roles, groups)
+        await self._record_roles(tenant_id, subject_value, token.issuer, found, asserted, claims)
         self.cache.put(digest, tenant_id, entry, generation=generation, expires=entry.credential_expires)
         return entry
+
+    async def _record_roles(
+        self,
+        tenant_id: str,
+        subject: str,
+        issuer: str,
+        found: OidcSubject,
+        asserted: tuple[str, ...],
+        claims: Mapping[str, Any],
+    ) -> None:
+        """Record what the provider says this subject holds, for the admin checks: a lesser admin may not act on
+        (create, disable, mint a key for) a subject holding more, row or no row. Written when the subject is
+        first seen or its roles change, never on a warm call."""
+        if found.recorded_roles != asserted:
+            await self._store.record_oidc_subject(tenant_id, subject, issuer, asserted, _issued_at(claims))
 
     async def _refuse_claims(
         self,

@@ -62,34 +62,33 @@ class FailureThrottle:
             return None
         return recent
 
+    def _throttled(self, key: str, now: float, presented_hash: bytes | None) -> tuple[_Recent | None, bool]:
+        """``key``'s failures within the window (None: none) when it is at its limit, and whether
+        ``presented_hash`` is the keyed hash stored for the prefix (which a throttled prefix lets through)."""
+        recent = self._recent(key, now)
+        if recent is None or len(recent.times) < self._limit:
+            return None, False
+        own = (
+            presented_hash is not None
+            and recent.stored_hash is not None
+            and hmac.compare_digest(recent.stored_hash, presented_hash)
+        )
+        return recent, own
+
     def retry_after(self, key: str, *, presented_hash: bytes | None = None) -> float | None:
         """Seconds until ``key`` may try again, or None when it is not throttled. ``presented_hash``: the keyed
         hash of the API key presented; the one stored for the prefix passes a throttled prefix."""
         now = time.monotonic()
-        recent = self._recent(key, now)
-        if recent is None or len(recent.times) < self._limit:
-            return None
-        if (
-            presented_hash is not None
-            and recent.stored_hash is not None
-            and hmac.compare_digest(recent.stored_hash, presented_hash)
-        ):
+        recent, own = self._throttled(key, now, presented_hash)
+        if recent is None or own:
             return None
         return max(0.001, recent.times[-self._limit] + self._window - now)
 
     def refusal_of(self, key: str, presented_hash: bytes) -> tuple[str, str] | None:
         """While ``key`` is throttled, the remembered refusal of the API key whose keyed hash is
         ``presented_hash`` (revoked, expired...): answered without a database read. None otherwise."""
-        recent = self._recent(key, time.monotonic())
-        if (
-            recent is None
-            or len(recent.times) < self._limit
-            or recent.refusal is None
-            or recent.stored_hash is None
-            or not hmac.compare_digest(recent.stored_hash, presented_hash)
-        ):
-            return None
-        return recent.refusal
+        recent, own = self._throttled(key, time.monotonic(), presented_hash)
+        return recent.refusal if recent is not None and own else None
 
     def record_failure(
         self,

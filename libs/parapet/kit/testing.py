@@ -25,7 +25,7 @@ from google.protobuf import wrappers_pb2
 
 from parapet.kit.app import Resources, ServiceApp
 from parapet.kit.config import ServiceSettings, SettingsT
-from parapet.kit.errors import error_details
+from parapet.kit.errors import ErrorDetails, error_details
 from parapet.kit.identity import Principal, StaticJwks, TokenSigner, generate_signing_key
 from parapet.kit.server import KitServer, create_server
 
@@ -178,6 +178,17 @@ async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None, li
         details = error_details(error)
         fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
         return details.code, details.reason, fields
+    raise AssertionError("the call succeeded")
+
+
+async def refusal_details(call: Awaitable[Any]) -> ErrorDetails:
+    """All that a unary call that must fail said of its failure: code, message and every detail (quota
+    violations, retry info, metadata...), where ``refusal`` gives the code, reason and fields only
+    (AssertionError when it succeeded)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error_details(error)
     raise AssertionError("the call succeeded")
 
 

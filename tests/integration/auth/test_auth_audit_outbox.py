@@ -7,48 +7,19 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-import nats
 import psycopg
 import pytest
-from nats.js.errors import NotFoundError
 from sqlalchemy import text
 
-from parapet.audit.v1 import audit_record_pb2
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.embedded import EmbeddedNats
-from parapet.events.audit import AUDIT_STREAM, subject
 from parapet.kit.database import Database
 from parapet.kit.testing import running
 from services.auth.app import APP
 from services.auth.invalidation import libpq_url
 from services.auth.store import AuthStore
+from tests.integration.auth.auth_support import audit_records
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
-
-
-async def _records(
-    nats_url: str, tenant: str, count: int
-) -> list[tuple[audit_record_pb2.AuditRecord, dict[str, str]]]:
-    """The first ``count`` records on the tenant's subject, read in place: the AUDIT work queue admits no
-    consumer beside the audit service's, and no audit service runs here to take them."""
-    client = await nats.connect(nats_url)
-    try:
-        js = client.jetstream()
-        found: list[tuple[audit_record_pb2.AuditRecord, dict[str, str]]] = []
-        after = 0
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(found) < count:
-            try:
-                msg = await js.get_msg(AUDIT_STREAM.name, seq=after + 1, subject=subject(tenant), next=True)
-            except NotFoundError:  # not published yet
-                assert asyncio.get_running_loop().time() < deadline, f"{len(found)} of {count} records"
-                await asyncio.sleep(0.1)
-                continue
-            assert msg.seq is not None and msg.data is not None
-            after = msg.seq
-            found.append((audit_record_pb2.AuditRecord.FromString(msg.data), dict(msg.headers or {})))
-        return found
-    finally:
-        await client.close()
 
 
 async def test_changes_are_published_with_cloudevents_headers(auth: Auth, nats_url: str) -> None:
@@ -58,7 +29,7 @@ async def test_changes_are_published_with_cloudevents_headers(auth: Auth, nats_u
     await auth.admin.RevokeApiKey(
         tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id, reason="rotated"), metadata=auth.operator
     )
-    records = await _records(nats_url, tenant, 4)
+    records = await audit_records(nats_url, tenant, 4)
     methods = [r.admin_action.method.rsplit("/", 1)[1] for r, _ in records]
     assert methods == ["CreateTenant", "CreateUser", "CreateApiKey", "RevokeApiKey"]
     revoke, headers = records[3]
@@ -81,7 +52,7 @@ async def test_refused_attempts_go_to_the_actors_own_trail(auth: Auth, nats_url:
         await auth.admin.ListUsers(
             tpb.ListUsersRequest(tenant_id=victim), metadata=auth.as_(attacker, "mallory", ("admin",))
         )
-    records = await _records(nats_url, attacker, 2)  # CreateTenant, then the refused call
+    records = await audit_records(nats_url, attacker, 2)  # CreateTenant, then the refused call
     refused = records[1][0].admin_action
     assert refused.method.endswith("/ListUsers") and refused.target == victim
     assert refused.status_code == grpc.StatusCode.PERMISSION_DENIED.value[0]
@@ -105,7 +76,7 @@ async def test_nothing_is_lost_while_nats_is_down(
             ).fetchall()
         assert pending == [(None,)]
         fresh_nats.start()
-        records = await _records(fresh_nats.url, tenant, 1)
+        records = await audit_records(fresh_nats.url, tenant, 1)
         assert records[0][0].admin_action.method.endswith("/CreateTenant")
         for _ in range(100):
             async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
@@ -124,7 +95,7 @@ async def test_published_records_are_pruned_after_their_retention(
     auth: Auth, nats_url: str, database_url: str
 ) -> None:
     tenant = await auth.new_tenant()
-    await _records(nats_url, tenant, 1)  # published
+    await audit_records(nats_url, tenant, 1)  # published
     database = Database(database_url, "auth")
 
     async def rows() -> list[object]:
@@ -155,7 +126,7 @@ async def test_a_tenant_state_change_records_its_reason(auth: Auth, nats_url: st
     await auth.admin.EnableTenant(
         tpb.EnableTenantRequest(tenant_id=tenant, reason="paid"), metadata=auth.operator
     )
-    records = await _records(nats_url, tenant, 3)
+    records = await audit_records(nats_url, tenant, 3)
     actions = [
         (r.admin_action.method.rsplit("/", 1)[1], r.admin_action.attributes.get("reason")) for r, _ in records
     ]

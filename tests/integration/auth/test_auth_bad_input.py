@@ -4,7 +4,6 @@ nothing in the database."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal, TokenSigner
 from services.auth.invalidation import libpq_url
+from tests.integration.auth.auth_support import logged
 from tests.integration.auth.conftest import Auth, Idp, make_idp_key
 
 U, P, A = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED
@@ -401,21 +401,12 @@ async def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
             got = (error.code(), details.reason, details.error_info.domain if details.error_info else None)
             if got != (case.code, case.reason, "parapet.dev"):
                 mismatches.append((case.name, got))
-            elif not await _logged(caplog, case.reason):
+            elif not await logged(caplog, case.reason):
                 mismatches.append((case.name, "not logged"))
         else:
             mismatches.append((case.name, "accepted"))
     assert mismatches == [], mismatches
     assert await _snapshot(database_url) == before
-
-
-async def _logged(caplog: pytest.LogCaptureFixture, reason: str) -> bool:
-    """Whether a log record names ``reason``; the server may log just after the client has its answer."""
-    for _ in range(100):
-        if any(reason in str(record.__dict__) for record in caplog.records):
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 def _hs256(secret: bytes, claims: dict[str, Any]) -> str:

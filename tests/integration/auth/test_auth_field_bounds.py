@@ -10,7 +10,6 @@ CreateApiKey with the scope `chat` repeated 300,000 times) did that
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -29,9 +28,10 @@ from services.auth.bounds import (
     MAX_ROLES,
     MAX_TEXT_LENGTH,
     MAX_TOKEN_IDENTITY_BYTES,
+    escaped,
 )
+from tests.integration.auth.auth_support import audit_records, groups_taking
 from tests.integration.auth.conftest import PLATFORM, Auth
-from tests.integration.auth.test_auth_audit_outbox import _records
 
 HUGE_GROUPS = [f"g{i}-" + "x" * 1000 for i in range(1100)]  # about 1.1 MB
 
@@ -58,7 +58,7 @@ async def test_a_user_too_large_for_one_audit_record_is_refused_and_the_trail_fl
     )
     # Every tenant's later changes still reach the trail.
     later = await auth.new_tenant()
-    assert len(await _records(nats_url, later, 1)) == 1
+    assert len(await audit_records(nats_url, later, 1)) == 1
     assert created is not None and (created[0], created[2]) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         ["user.groups"],
@@ -78,7 +78,7 @@ async def test_repeated_scopes_are_one_scope(auth: Auth, nats_url: str) -> None:
     assert list(created.api_key.scopes) == ["chat", "ingest"]
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=created.secret))
     assert list(issued.principal.scopes) == ["chat", "ingest"]
-    record = (await _records(nats_url, tenant, 3))[2][0]  # CreateTenant, CreateUser, CreateApiKey
+    record = (await audit_records(nats_url, tenant, 3))[2][0]  # CreateTenant, CreateUser, CreateApiKey
     assert record.admin_action.attributes["scopes"] == "chat,ingest"
 
 
@@ -135,7 +135,7 @@ async def test_an_update_out_of_bounds_is_invalid_argument_on_its_field(auth: Au
         metadata=auth.operator,
     )
     later = await auth.new_tenant()
-    assert len(await _records(nats_url, later, 1)) == 1
+    assert len(await audit_records(nats_url, later, 1)) == 1
 
 
 async def test_a_user_at_the_bounds_signs_in_and_its_token_is_accepted(auth: Auth) -> None:
@@ -183,28 +183,6 @@ async def test_display_names_of_keys_and_tenants_are_bounded(auth: Auth) -> None
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["tenant.display_name"])
 
 
-def _escaped(value: object) -> int:
-    """Bytes of ``value`` in a token's claims: PyJWT's compact JSON, which escapes every non-ASCII character
-    (6 bytes, 12 beyond the BMP) and `"` and `\\` (2 bytes)."""
-    return len(json.dumps(value, separators=(",", ":")))
-
-
-def _groups_taking(total: int) -> list[str]:
-    """Distinct groups within the character bounds, of CJK text, quotes, backslashes and emoji, whose list
-    takes exactly ``total`` bytes escaped."""
-    full = [f"{i:02d}" + "財" * 60 + '"\\' * 10 + "😀" * 5 for i in range(MAX_GROUPS - 1)]
-    groups: list[str] = []
-    for group in full:
-        if _escaped([*groups, group]) + 1 + 2 + 2 + 10 > total:  # room for one more group of 10+ bytes
-            break
-        groups.append(group)
-    left = total - _escaped(groups) - (1 if groups else 0) - 2 - 2  # its comma, quotes and 2-digit prefix
-    last = f"{len(groups):02d}" + "財" * ((left - 1) // 6) + "x" * ((left - 1) % 6 + 1)  # ends with "x"
-    groups.append(last)
-    assert _escaped(groups) == total and all(len(g) <= MAX_GROUP_LENGTH for g in groups)
-    return groups
-
-
 async def test_a_user_at_the_token_byte_bound_gets_a_usable_token_and_one_byte_more_is_refused(
     auth: Auth,
 ) -> None:
@@ -214,7 +192,7 @@ async def test_a_user_at_the_token_byte_bound_gets_a_usable_token_and_one_byte_m
     gets a token the kit accepts, also a delegated one; a byte more is INVALID_ARGUMENT on `user.groups`."""
     tenant = await auth.new_tenant()
     user_id, roles = "u1", ("admin",)
-    groups = _groups_taking(MAX_TOKEN_IDENTITY_BYTES - _escaped(user_id) - _escaped(list(roles)))
+    groups = groups_taking(MAX_TOKEN_IDENTITY_BYTES - escaped(user_id) - escaped(list(roles)))
     await auth.new_user(tenant, user_id, roles=roles, groups=tuple(groups))
     key_id, key = await auth.new_key(tenant, user_id)
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key))

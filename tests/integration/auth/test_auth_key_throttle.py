@@ -15,11 +15,11 @@ import pytest
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
-from parapet.kit.testing import refusal
+from parapet.kit.testing import refusal, refusal_details
 from services.auth.authenticator import AUTHENTICATE_METHOD, UNAUTHENTICATED_ACTOR
 from services.auth.store import AuthStore, KeyRecord
+from tests.integration.auth.auth_support import audit_records
 from tests.integration.auth.conftest import Auth
-from tests.integration.auth.test_auth_audit_outbox import _records
 
 LIMIT = 10  # auth_throttle_failures' default
 CLIENT_LIMIT = 50  # auth_throttle_client_failures' default
@@ -93,7 +93,7 @@ async def test_a_throttled_prefix_is_recorded_once_in_the_keys_tenants_trail(
     await _guess(auth, key, LIMIT + 5)  # five more past the limit: one episode, one record
 
     # CreateTenant, CreateUser, CreateApiKey, then the throttling.
-    record = (await _records(nats_url, tenant, 4))[3][0]
+    record = (await audit_records(nats_url, tenant, 4))[3][0]
     action = record.admin_action
     assert (action.method, action.target) == (AUTHENTICATE_METHOD, key_id)
     assert (action.status_code, action.error_reason) == (
@@ -112,27 +112,25 @@ async def test_a_throttled_prefix_is_recorded_once_in_the_keys_tenants_trail(
     await auth.admin.RevokeApiKey(
         tpb.RevokeApiKeyRequest(tenant_id=tenant, api_key_id=key_id), metadata=auth.operator
     )
-    following = (await _records(nats_url, tenant, 5))[4][0]
+    following = (await audit_records(nats_url, tenant, 5))[4][0]
     assert following.admin_action.method.endswith("/RevokeApiKey")
 
     # The secret is in no record of the tenant's (the prefix is public).
     secret = key[len("pk_") + 13 :].encode()
-    for stored, _ in await _records(nats_url, tenant, 5):
+    for stored, _ in await audit_records(nats_url, tenant, 5):
         assert secret not in stored.SerializeToString()
 
 
 async def _throttled_subject(auth: Auth, key: str, metadata: tuple[tuple[str, str], ...]) -> str | None:
     """What the refusal of ``key`` from ``metadata``'s client is throttled by (`client`, `api_key`), or None
     when it is no throttling."""
-    try:
-        await auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key), metadata=metadata)
-    except grpc.aio.AioRpcError as error:
-        details = error_details(error)
-        if details.reason != "AUTHENTICATION_THROTTLED" or details.quota_failure is None:
-            return None
-        subject: str = details.quota_failure.violations[0].subject
-        return subject
-    return None
+    details = await refusal_details(
+        auth.auth.Authenticate(apb.AuthenticateRequest(api_key=key), metadata=metadata)
+    )
+    if details.reason != "AUTHENTICATION_THROTTLED" or details.quota_failure is None:
+        return None
+    subject: str = details.quota_failure.violations[0].subject
+    return subject
 
 
 async def test_guesses_at_a_throttled_prefix_count_against_the_guessing_client(auth: Auth) -> None:

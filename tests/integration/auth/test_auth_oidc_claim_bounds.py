@@ -13,7 +13,6 @@ once in the tenant's trail.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import uuid
 
@@ -23,21 +22,17 @@ import pytest
 
 from parapet.auth.v1 import auth_service_pb2 as apb
 from parapet.auth.v1 import permission_pb2
-from parapet.kit.errors import ErrorDetails, error_details
+from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
+from parapet.kit.errors import ErrorDetails
 from parapet.kit.identity import MAX_TOKEN_BYTES
+from parapet.kit.testing import refusal_details
 from services.auth.authenticator import AUTHENTICATE_METHOD
+from services.auth.bounds import escaped
+from tests.integration.auth.auth_support import audit_records, groups_taking, logged
 from tests.integration.auth.conftest import Auth, Idp
-from tests.integration.auth.test_auth_audit_outbox import _records
-from tests.integration.auth.test_auth_bad_input import _logged
-from tests.integration.auth.test_auth_field_bounds import _groups_taking
 
 ENTRA_GROUPS = [str(uuid.UUID(int=i + 1)) for i in range(300)]  # Entra ID names groups by object id
 CJK_GROUPS = [f"{i:02d}" + "財務部門" * 24 + "部門" for i in range(32)]  # the admin API's bounds: 32 x 100
-
-
-def _escaped(value: object) -> int:
-    """Bytes of ``value`` in a token's claims (PyJWT's compact JSON, every non-ASCII character escaped)."""
-    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _claims_bytes(token: str) -> int:
@@ -47,14 +42,7 @@ def _claims_bytes(token: str) -> int:
 
 
 async def _refused(auth: Auth, token: str) -> ErrorDetails:
-    try:
-        issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token))
-    except grpc.aio.AioRpcError as error:
-        return error_details(error)
-    raise AssertionError(
-        f"the sign-in succeeded: a token of {len(issued.token)} bytes ({len(issued.principal.groups)} groups), "
-        f"the kit's limit {MAX_TOKEN_BYTES}"
-    )
+    return await refusal_details(auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=token)))
 
 
 def _too_large(details: ErrorDetails) -> dict[str, str]:
@@ -86,12 +74,12 @@ async def test_a_user_in_hundreds_of_groups_is_refused_naming_the_size_and_the_l
         details = await _refused(auth, token)
         metadata = _too_large(details)
         assert metadata["claim"] == "groups"
-        assert f"its 300 groups take {_escaped(sorted(ENTRA_GROUPS))} bytes" in details.message
-    assert await _logged(caplog, "OIDC_CLAIMS_TOO_LARGE")
+        assert f"its 300 groups take {escaped(sorted(ENTRA_GROUPS))} bytes" in details.message
+    assert await logged(caplog, "OIDC_CLAIMS_TOO_LARGE")
 
     # One record in the tenant's trail for the three (CreateTenant and the provider's policy came first),
     # naming the user, not its groups; the tenant's next change is the next record.
-    record = (await _records(nats_url, idp.tenant_id, 3))[2][0]
+    record = (await audit_records(nats_url, idp.tenant_id, 3))[2][0]
     action = record.admin_action
     assert (action.method, action.target) == (AUTHENTICATE_METHOD, "alice")
     assert (action.status_code, action.error_reason) == (
@@ -106,7 +94,7 @@ async def test_a_user_in_hundreds_of_groups_is_refused_naming_the_size_and_the_l
     assert list(action.actor.groups) == []
     assert dict(action.attributes) == {"issuer": idp.issuer, **metadata, "roles": "1", "groups": "300"}
     await auth.new_user(idp.tenant_id, "svc")
-    following = (await _records(nats_url, idp.tenant_id, 4))[3][0]
+    following = (await audit_records(nats_url, idp.tenant_id, 4))[3][0]
     assert following.admin_action.method.endswith("/CreateUser")
 
 
@@ -117,7 +105,7 @@ async def test_cjk_group_names_count_in_the_bytes_a_token_takes(auth: Auth, idp:
     assert len(token) < 16 * 1024
     details = await _refused(auth, token)
     _too_large(details)
-    assert f"its 32 groups take {_escaped(sorted(CJK_GROUPS))} bytes" in details.message
+    assert f"its 32 groups take {escaped(sorted(CJK_GROUPS))} bytes" in details.message
 
 
 async def test_a_token_exactly_at_the_kit_s_limit_is_issued_and_a_byte_more_is_refused(
@@ -126,7 +114,7 @@ async def test_a_token_exactly_at_the_kit_s_limit_is_issued_and_a_byte_more_is_r
     # Groups of CJK text, quotes, backslashes and emoji; then the last one grown, an ASCII letter a byte of
     # claims, until the token is exactly the kit's limit: header and signature are of fixed length, and
     # base64 turns each 3 bytes of claims into 4 characters.
-    groups = _groups_taking(4000)
+    groups = groups_taking(4000)
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token(groups=groups)))
     room = MAX_TOKEN_BYTES - (len(issued.token) - len(issued.token.split(".")[1]))
     grow = room * 3 // 4 - _claims_bytes(issued.token)
@@ -149,7 +137,7 @@ async def test_the_groups_of_the_user_row_count_with_the_asserted_ones(auth: Aut
     await auth.new_user(idp.tenant_id, "alice", groups=tuple(row))
     details = await _refused(auth, idp.token(groups=asserted))
     _too_large(details)
-    assert f"its 12 groups take {_escaped(sorted(row + asserted))} bytes" in details.message
+    assert f"its 12 groups take {escaped(sorted(row + asserted))} bytes" in details.message
 
 
 async def test_asserted_roles_the_policy_does_not_define_are_left_out_of_the_token(
@@ -186,3 +174,32 @@ async def test_groups_the_provider_left_out_of_the_token_refuse_the_sign_in(auth
     other = idp.token(_claim_names={"photos": "src1"}, _claim_sources={"src1": {"endpoint": "https://x/"}})
     issued = await auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=other))
     assert list(issued.principal.groups) == ["finance"]
+
+
+async def test_a_sign_in_refused_for_its_claims_leaves_the_recorded_roles_as_they_were(
+    auth: Auth, idp: Idp
+) -> None:
+    # The roles a subject's provider asserted at its recorded sign-in are part of what its tokens act with
+    # (``Access.current``). Until the fix a sign-in whose roles the provider withheld recorded them as none
+    # before it was refused: the same user's still-valid admin token lost its admin rank at once (and the admin
+    # checks ranked the subject as holding nothing). A sign-in refused for its size recorded its roles too.
+    issued = await auth.auth.Authenticate(
+        apb.AuthenticateRequest(oidc_token=idp.token(sub="zed", roles=["admin"]))
+    )
+    token = (("authorization", f"Bearer {issued.token}"),)
+    await auth.admin.ListUsers(tpb.ListUsersRequest(tenant_id=idp.tenant_id), metadata=token)
+    withheld = idp.token(
+        sub="zed",
+        roles=None,
+        _claim_names={"roles": "src1"},
+        _claim_sources={"src1": {"endpoint": "https://x/"}},
+    )
+    oversized = idp.token(sub="zed", roles=["analyst"], groups=ENTRA_GROUPS)
+    for refused in (withheld, oversized):
+        details = await _refused(auth, refused)
+        assert (details.code, details.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "OIDC_CLAIMS_TOO_LARGE",
+        )
+        # The token still administers: nothing but the refusal's audit record was written.
+        await auth.admin.ListUsers(tpb.ListUsersRequest(tenant_id=idp.tenant_id), metadata=token)

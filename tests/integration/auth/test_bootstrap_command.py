@@ -26,8 +26,8 @@ from parapet.kit.api_key_format import key_prefix
 from parapet.kit.database import Database
 from parapet.kit.errors import error_details
 from tests.e2e.support import REPO
+from tests.integration.auth.auth_support import audit_records
 from tests.integration.auth.conftest import Auth, running_auth
-from tests.integration.auth.test_auth_audit_outbox import _records
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ async def test_the_operator_key_is_printed_once_works_and_is_audited(
         assert [k.api_key_id for k in keys.api_keys] == [issued.principal.api_key_id]
         assert issued.principal.api_key_id in again.stderr  # the refusal names the key that exists
         # The running auth's relay publishes the record the command left in the outbox.
-        [(record, _headers)] = await _records(nats_url, platform, 1)
+        [(record, _headers)] = await audit_records(nats_url, platform, 1)
 
     action = record.admin_action
     assert (action.method, action.target) == ("parapet bootstrap", issued.principal.api_key_id)
@@ -166,7 +166,7 @@ async def test_the_gateway_key_can_be_replaced_when_lost(
         assert await _refusal(auth, first) == "API_KEY_REVOKED"
         issued = await _sign_in(auth, second)
         assert (issued.principal.subject, list(issued.principal.roles)) == ("gateway", ["token-delegator"])
-        records = [record for record, _ in await _records(nats_url, platform, 2)]
+        records = [record for record, _ in await audit_records(nats_url, platform, 2)]
     first_id, second_id = (record.admin_action.target for record in records)
     assert second_id == issued.principal.api_key_id
     assert records[1].admin_action.attributes["revoked_api_key_ids"] == first_id
