@@ -1,8 +1,8 @@
 """The metering service as the kit runs it (`parapet serve metering`).
 
 Budgets, rate limits and reservations (Reserve/Settle/Release), the usage ledger with its transactional
-outbox, GetUsage; background tasks per replica: the outbox relay, the reservation sweeper and the pruning of the
-tables' old rows (budget counters among them).
+outbox, GetUsage; background tasks per replica: the outbox relay and the reservation sweeper, which also prunes
+the tables' old rows (budget counters among them).
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ async def sweep(database: Database, settings: MeteringSettings) -> None:
     """Expire overdue reservations (freeing their holds) and delete garbage rows, forever."""
     outbox = timedelta(seconds=settings.outbox_retention_seconds)
     ended = timedelta(seconds=settings.reservation_retention_seconds)
+    counters = pruning.budget_counter_retention(settings)
     while True:
         try:
             while await reservations.expire_due(database) > 0:
                 pass
-            await pruning.prune(database, outbox=outbox, reservations=ended)
+            await pruning.prune(database, outbox=outbox, reservations=ended, budget_counters=counters)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -64,7 +65,6 @@ async def register(server: grpc.aio.Server, resources: Resources[MeteringSetting
     for worker in range(settings.relay_workers):
         resources.spawn(relay.run(), name=f"outbox-relay-{worker}")
     resources.spawn(sweep(database, settings), name="reservation-sweeper")
-    resources.spawn(pruning.prune_budget_counters(database, settings), name="budget-counter-pruner")
 
 
 APP = ServiceApp(

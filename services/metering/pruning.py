@@ -102,23 +102,24 @@ async def delete_ended_budget_counters(database: Database, keep: timedelta, batc
     return await _delete_batch(database, DELETE_ENDED_BUDGET_COUNTERS, {"keep": keep, "batch": batch})
 
 
-async def prune_budget_counters(database: Database, settings: MeteringSettings) -> None:
-    """Delete budget counters past :func:`budget_counter_retention`, every sweep interval, for ever.
-
-    Every replica runs it; ``SKIP LOCKED`` keeps two from waiting on each other's batch. Windows end at most
-    once a day (UTC midnight), so most rounds find nothing: one probe of the index."""
-    keep = budget_counter_retention(settings)
-    job = periodic.until_none_left(
-        lambda: delete_ended_budget_counters(database, keep), "budget counters of ended windows"
-    )
-    await periodic.every(settings.sweep_interval_seconds, job, "budget counter pruning")
-
-
-async def prune(database: Database, *, outbox: timedelta, reservations: timedelta, batch: int = BATCH) -> int:
-    """Delete every garbage row, batch after batch; returns how many rows went."""
+async def prune(
+    database: Database,
+    *,
+    outbox: timedelta,
+    reservations: timedelta,
+    budget_counters: timedelta,
+    batch: int = BATCH,
+) -> int:
+    """Delete every garbage row, batch after batch; returns how many rows went. ``budget_counters``: see
+    :func:`budget_counter_retention`; windows end at most once a day (UTC midnight), so most sweeps find none of
+    those (one probe of the index)."""
     deletions = (
         (lambda: delete_old_rate_counters(database, batch), "old rate counters"),
         (lambda: delete_sent_outbox(database, outbox, batch), "sent outbox rows"),
         (lambda: delete_ended_reservations(database, reservations, batch), "ended reservations"),
+        (
+            lambda: delete_ended_budget_counters(database, budget_counters, batch),
+            "budget counters of ended windows",
+        ),
     )
     return sum([await periodic.until_none_left(delete, what)() for delete, what in deletions])

@@ -87,30 +87,23 @@ async def settle(
             )
             if reservation is not None:
                 settled_record = replace(record, reservation_id=reservation.reservation_id)
-        if reservation is None:
+        if reservation is None and not await reservations.claim_for_settlement(session, record):
+            # The request id is taken: by an earlier or concurrent Settle of it (its claim), another user's
+            # reservation, or a Reserve that had inserted its reservation, not yet committed, when we looked
+            # (the claim waited for it). All have committed now, so this statement's snapshot sees them.
+            # Settled before: the first settlement decides (a repeat, or a conflict).
             first = await ledger.find(session, tenant, record.request_id)
             if first is not None:
-                # Settled before: the first settlement decides (a repeat, or a conflict). Its claim holds the
-                # request id, which the check below would take for someone else's reservation.
                 return await _repeat(session, record, first)
-            if await reservations.find_by_request(session, tenant, record.request_id):
-                # Another user's request, whatever reservation is named: settling it would move their hold
-                # onto this caller's usage, and a ledger row under its request id would make their own Settle
-                # a conflict.
-                raise _conflict("request_id belongs to another caller's reservation", record.request_id)
-            if not await reservations.claim_for_settlement(session, record):
-                # The request id was taken while the claim waited for it: by a concurrent Settle of this
-                # request, or by a Reserve that had inserted its reservation, not yet committed, when we
-                # looked. Both have committed now, so this statement's snapshot sees them.
-                first = await ledger.find(session, tenant, record.request_id)
-                if first is not None:
-                    return await _repeat(session, record, first)
-                reservation = await reservations.find_by_request(
-                    session, tenant, record.request_id, lock=True, user_id=record.user_id
-                )
-                if reservation is None or record.reservation_id:
-                    raise _conflict("request_id belongs to another reservation", record.request_id)
-                settled_record = replace(record, reservation_id=reservation.reservation_id)
+            # Another user's request, whatever reservation is named: settling it would move their hold onto
+            # this caller's usage, and a ledger row under its request id would make their own Settle a
+            # conflict. This caller's own reservation of the request settles, unless another one was named.
+            reservation = await reservations.find_by_request(
+                session, tenant, record.request_id, lock=True, user_id=record.user_id
+            )
+            if reservation is None or record.reservation_id:
+                raise _conflict("request_id belongs to another reservation", record.request_id)
+            settled_record = replace(record, reservation_id=reservation.reservation_id)
         appended = await ledger.append(session, settled_record)
         if appended is None:
             # The reservation found is this request's own (its request id was checked): naming it is no

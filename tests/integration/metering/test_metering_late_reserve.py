@@ -24,20 +24,22 @@ from parapet.metering.v1 import metering_service_pb2 as pb
 from parapet.metering.v1 import reservation_pb2
 from parapet.usage.v1 import token_usage_pb2
 from tests.integration.metering.conftest import Metering
-from tests.integration.metering.metering_support import caller, new_tenant, usd, write_policies
+from tests.integration.metering.metering_support import (
+    caller,
+    migrated_database,
+    new_tenant,
+    usd,
+    write_policies,
+)
 
 SETTLED = reservation_pb2.RESERVATION_STATE_SETTLED
 LIMIT = 1000
 
 
 @pytest.fixture
-async def database(metering: Metering, database_url: str) -> AsyncIterator[Database]:
-    """The metering schema (migrated by the running server of ``metering``)."""
-    database = Database(database_url, "metering")
-    try:
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, "metering") as database:
         yield database
-    finally:
-        await database.close()
 
 
 def _budgeted(metering: Metering, tenant: str) -> None:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import grpc
 import grpc.aio
-import pytest
 
 from parapet.auth.v1 import tenant_policy_pb2 as tp
-from parapet.kit.errors import ErrorDetails, error_details
-from parapet.kit.testing import TestKeys
+from parapet.kit.testing import TestKeys, refusal_details
 from parapet.metering.v1 import metering_service_pb2 as pb
 from tests.integration.metering.conftest import Metering
 from tests.integration.metering.metering_support import caller, new_tenant, usd, write_policies
@@ -21,12 +19,6 @@ def _daily_tokens(limit: int, budget_id: str = "daily") -> tp.Budget:
     return tp.Budget(
         budget_id=budget_id, scope=tp.BUDGET_SCOPE_TENANT, window=tp.BUDGET_WINDOW_DAY, token_limit=limit
     )
-
-
-async def _refusal(call: object) -> tuple[grpc.StatusCode, ErrorDetails]:
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call  # type: ignore[misc]
-    return refused.value.code(), error_details(refused.value)
 
 
 async def test_an_estimate_above_a_budget_s_whole_limit_is_a_failed_precondition_without_retry_info(
@@ -39,10 +31,10 @@ async def test_an_estimate_above_a_budget_s_whole_limit_is_a_failed_precondition
     write_policies(metering.policy_file, {tenant: tp.TenantPolicy(budgets=[_daily_tokens(1000), user_month])})
     who = caller(keys, tenant, "alice")
 
-    code, details = await _refusal(
+    details = await refusal_details(
         metering.stub.Reserve(pb.ReserveRequest(request_id="big", estimated_tokens=1001), metadata=who)
     )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION, details
     assert details.reason == "ESTIMATE_EXCEEDS_LIMIT"
     assert details.retry_info is None  # no window will ever hold it: nothing to wait for
     assert details.error_info is not None
@@ -55,12 +47,12 @@ async def test_an_estimate_above_a_budget_s_whole_limit_is_a_failed_precondition
     assert "exceeds the limit itself" in violation.description and "1001" in violation.description
 
     # A cost budget alike: 5,001 micros can never fit a 5,000-micro month.
-    code, details = await _refusal(
+    details = await refusal_details(
         metering.stub.Reserve(
             pb.ReserveRequest(request_id="dear", estimated_tokens=1, estimated_cost=usd(5_001)), metadata=who
         )
     )
-    assert (code, details.reason, details.retry_info) == (
+    assert (details.code, details.reason, details.retry_info) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "ESTIMATE_EXCEEDS_LIMIT",
         None,
@@ -95,17 +87,17 @@ async def test_a_full_window_is_still_resource_exhausted_with_retry_info(
     alice, bob = caller(keys, tenant, "alice"), caller(keys, tenant, "bob")
     await metering.stub.Reserve(pb.ReserveRequest(request_id="b1", estimated_tokens=950), metadata=bob)
 
-    code, details = await _refusal(
+    details = await refusal_details(
         metering.stub.Reserve(pb.ReserveRequest(request_id="b2", estimated_tokens=60), metadata=bob)
     )
-    assert (code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
     assert details.retry_after is not None and details.retry_after > 0
 
     # 200 fits "daily" (not now: 950 of 1000 are held) but never alice's "small".
-    code, details = await _refusal(
+    details = await refusal_details(
         metering.stub.Reserve(pb.ReserveRequest(request_id="a1", estimated_tokens=200), metadata=alice)
     )
-    assert (code, details.reason, details.retry_info) == (
+    assert (details.code, details.reason, details.retry_info) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "ESTIMATE_EXCEEDS_LIMIT",
         None,
@@ -125,12 +117,12 @@ async def test_an_estimate_above_a_tokens_per_minute_limit_is_a_failed_precondit
 
     # The minute's first request (its counter row is inserted, not updated) and a later one alike.
     for request_id in ("first", "later"):
-        code, details = await _refusal(
+        details = await refusal_details(
             metering.stub.Reserve(
                 pb.ReserveRequest(request_id=request_id, estimated_tokens=1_001), metadata=who
             )
         )
-        assert (code, details.reason, details.retry_info) == (
+        assert (details.code, details.reason, details.retry_info) == (
             grpc.StatusCode.FAILED_PRECONDITION,
             "ESTIMATE_EXCEEDS_LIMIT",
             None,
