@@ -41,7 +41,7 @@ async def build_engine(settings: InferenceSettings, resources: Resources[Inferen
         resources.cleanup.push_async_callback(provider.close)
     policy: PolicySource
     if settings.auth_address:
-        policy = AuthPolicySource(settings.auth_address, settings, settings.policy_cache_seconds)
+        policy = AuthPolicySource(settings)
     else:
         log.warning("no auth_address: the tenant policy's model rules are not enforced")
         policy = OpenPolicySource()

@@ -64,13 +64,16 @@ class AuthPolicySource:
     """The tenant's model rules through the kit's tenant policy cache: a cached policy is served without bound
     while auth cannot be reached (a model rule is no safety limit; refusing every completion would be)."""
 
-    def __init__(self, address: str, settings: InferenceSettings, ttl: float = 5.0) -> None:
-        # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
-        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
+    def __init__(self, settings: InferenceSettings) -> None:
+        if settings.auth_address is None:
+            raise ValueError("AuthPolicySource needs auth_address (without it, OpenPolicySource)")
+        # The service's settings: auth's address, its TLS (auth requires a client certificate under mutual TLS)
+        # and keepalive, and how long a policy is used before auth is asked again.
+        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
         self._cache = TenantPolicyCache(
             client,
             _model_access,
-            ttl=ttl,
+            ttl=settings.policy_cache_seconds,
             stale_seconds=None,
             unavailable=_unavailable,
             retry_seconds=settings.policy_retry_seconds,

@@ -46,11 +46,7 @@ async def register(server: grpc.aio.Server, resources: Resources[ModerationSetti
     )
     # The protected-text matcher's case-folding table (about 0.1 s, once): now, not in a caller's request.
     await asyncio.to_thread(fold_table)
-    policies: PolicySource = (
-        AuthPolicySource(settings.auth_address, settings.policy_cache_seconds, settings)
-        if settings.auth_address
-        else DefaultPolicySource()
-    )
+    policies: PolicySource = AuthPolicySource(settings) if settings.auth_address else DefaultPolicySource()
     servicer = ModerationServicer(
         screener,
         ContextSealer(masking_key(settings), settings.masking_context_ttl_seconds),

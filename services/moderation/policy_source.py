@@ -15,10 +15,10 @@ import grpc
 
 from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
-from parapet.kit.config import ServiceSettings
 from parapet.kit.errors import Unavailable
 from parapet.kit.tenant_policy import TenantPolicyCache
 from services.moderation.policy import DEFAULT_POLICY, Policy
+from services.moderation.settings import ModerationSettings
 
 
 class PolicySource(Protocol):
@@ -54,11 +54,18 @@ class AuthPolicySource:
     """Through the kit's tenant policy cache (``parapet.kit.tenant_policy``), failing closed: a policy past its
     ``cache_seconds`` is not used while auth cannot confirm it."""
 
-    def __init__(self, address: str, cache_seconds: float, settings: ServiceSettings) -> None:
-        # The service's settings: its TLS (auth requires a client certificate under mutual TLS) and keepalive.
-        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, address, settings)
+    def __init__(self, settings: ModerationSettings) -> None:
+        if settings.auth_address is None:
+            raise ValueError("AuthPolicySource needs auth_address (without it, DefaultPolicySource)")
+        # The service's settings: auth's address, its TLS (auth requires a client certificate under mutual TLS)
+        # and keepalive, and how long a policy is used before auth is asked again.
+        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
         self._cache = TenantPolicyCache(
-            client, _moderation_policy, ttl=cache_seconds, stale_seconds=0.0, unavailable=_unavailable
+            client,
+            _moderation_policy,
+            ttl=settings.policy_cache_seconds,
+            stale_seconds=0.0,
+            unavailable=_unavailable,
         )
 
     async def policy(self, tenant_id: str) -> Policy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # (provider, literal every key of it contains, pattern): the literal is a cheap test before the regex runs.
 _PROVIDERS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
@@ -52,7 +53,8 @@ class ApiKeyDetector:
     # context the stream keeps, so nothing before the value needs holding back.
     max_tokens = 1
     priority = 97
-    ends_at_other_scripts = True  # the value reported is ASCII; what announces it is read in the left context
+    # The value reported is ASCII; what announces it is read in the left context.
+    hold_floor = staticmethod(after_last_non_value_letter)
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -31,12 +31,14 @@ class Detector(Protocol):
     ``is_anchor(piece)``: every match has, among its first ``lead`` pieces, one that ``is_anchor`` accepts
     (so prose without a digit need not wait for a phone number's seven pieces). ``priority``
     settles overlaps: a checksum-validated card number beats the phone number that looks the same.
-    ``ends_at_other_scripts = True`` promises that no match in progress holds a letter outside the value
-    scripts (``scripts.NON_VALUE_LETTER``: Arabic, Hebrew, CJK, kana, Hangul, Thai...) where it reads the text
-    as written, and that what it reads before its value lies within the stream's left context; so a stream
-    holds nothing back before the last such letter (Japanese prose, one whitespace-separated piece, is
-    released as it comes). A detector whose values may hold such letters says instead where one of its matches
-    still in progress could start, with ``hold_floor(text, start, end)`` (the password detector).
+    ``hold_floor(text, start, end)`` says where in ``text[start:end]`` one of its matches still in progress at
+    ``end`` could start at the earliest, so a stream holds nothing back before it (Japanese prose, one
+    whitespace-separated piece, is released as it comes). A detector whose values hold no letter outside the
+    value scripts (``scripts.NON_VALUE_LETTER``: Arabic, Hebrew, CJK, kana, Hangul, Thai...), and whose text
+    read before its value lies within the stream's left context, sets
+    ``hold_floor = staticmethod(scripts.after_last_non_value_letter)``: none is in progress before the last such
+    letter. The password detector, whose values may hold such letters, has its own. Without one, a match may
+    start anywhere within ``max_span``.
 
     ``detect`` is given the text without the invisible characters typed inside values (``visible``), and
     the spans it returns are mapped back to the text as written; ``max_span`` and ``max_tokens`` count in

@@ -7,6 +7,7 @@ import re
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # The boundary check sits after the first digit ("\d(?<![\w+-]\d)", the same test as a leading "(?<![\w+-])"):
 # a pattern that starts with a digit class lets the regex engine skip ahead to digits, twice as fast on prose.
@@ -53,7 +54,7 @@ class CreditCardDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 90
-    ends_at_other_scripts = True  # digits and separators, read as ASCII
+    hold_floor = staticmethod(after_last_non_value_letter)  # digits and separators, read as ASCII
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

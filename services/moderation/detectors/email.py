@@ -14,7 +14,7 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.forms import ascii_forms
-from services.moderation.detectors.scripts import ALNUM, LETTER
+from services.moderation.detectors.scripts import ALNUM, LETTER, after_last_non_value_letter
 
 # On ASCII text these are the classes of before ([A-Za-z0-9] for letters and digits, \w for what no
 # address starts after or ends before); beyond ASCII they take only the letters of ``scripts.VALUE_SCRIPTS``.
@@ -34,7 +34,8 @@ class EmailDetector:
     max_span = 254  # RFC 5321 path limit
     max_tokens = 1
     priority = 60
-    ends_at_other_scripts = True  # no letter outside the value scripts is part of an address
+    # No letter outside the value scripts is part of an address.
+    hold_floor = staticmethod(after_last_non_value_letter)
 
     def detect(self, text: str) -> list[Detection]:
         # The pattern is tried only around each "@" (a local part is at most 64 code points): scanning the

@@ -6,6 +6,7 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 _OPENING = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
@@ -47,7 +48,7 @@ class IbanDetector:
         return _OPENING.search(ascii_forms(piece)) is not None
 
     priority = 95
-    ends_at_other_scripts = True  # ASCII letters and digits
+    hold_floor = staticmethod(after_last_non_value_letter)  # ASCII letters and digits
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -7,6 +7,7 @@ import re
 
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # Starts with a digit class, the boundary check after it, so the regex engine skips ahead to digits.
 _V4 = re.compile(
@@ -26,7 +27,7 @@ class IpAddressDetector:
     max_span = 45  # the longest IPv6 text form
     max_tokens = 1
     priority = 70
-    ends_at_other_scripts = True  # hex digits, dots, colons and an ASCII zone
+    hold_floor = staticmethod(after_last_non_value_letter)  # hex digits, dots, colons and an ASCII zone
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -8,6 +8,7 @@ import json
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # "eyJ" is base64url for '{"': every JWT header starts with it.
 _JWT = re.compile(
@@ -29,7 +30,7 @@ class JwtDetector:
     max_span = 10000
     max_tokens = 1
     priority = 98
-    ends_at_other_scripts = True  # base64url
+    hold_floor = staticmethod(after_last_non_value_letter)  # base64url
 
     def detect(self, text: str) -> list[Detection]:
         if "eyJ" not in text:

@@ -21,16 +21,21 @@ from services.moderation.detectors.scripts import UNSPACED_LETTER, after_last_no
 _SHORTEST = 4  # an assigned password's least length, and what text without spaces cannot cut
 _KEYWORD = r"(?<![a-z])(?:password|passwd|pwd|pass|passwort|kennwort)"
 _SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]{1,20}://"
-_URL_PASSWORD = re.compile(rf"{_SCHEME}[^\s:/@]{{1,64}}:([^\s@/]{{1,128}})@[\w.-]+")
-_ASSIGNMENT = re.compile(rf"(?i){_KEYWORD}\s*(?:[:=]|is)\s*[\"']?([^\s\"';,]{{{_SHORTEST},128}})")
+# The fragments each pattern and its prefixes (below) are built from, so the two cannot drift apart.
+_USER = r"[^\s:/@]{{{least},64}}"  # a URL's user name, up to its ":"
+_URL_SECRET = r"[^\s@/]{{{least},128}}"  # a URL's password, up to its "@"
+_OPERATOR = r"(?:[:=]|is)\s*[\"']?"  # after the keyword and any space: "password = '…", "pwd: …", "pass is …"
+_ASSIGNED = r"[^\s\"';,]{{{least},128}}"  # an assigned password
+_URL_PASSWORD = re.compile(rf"{_SCHEME}{_USER.format(least=1)}:({_URL_SECRET.format(least=1)})@[\w.-]+")
+_ASSIGNMENT = re.compile(rf"(?i){_KEYWORD}\s*{_OPERATOR}({_ASSIGNED.format(least=_SHORTEST)})")
 _UNSPACED_RUN = re.compile(f"(?<!{UNSPACED_LETTER}){UNSPACED_LETTER}")  # where a run of such text starts
 _PLACEHOLDERS = {"****", "xxxx", "<password>", "password", "secret", "changeme", "${password}"}
 
 # For a stream (``hold_floor``): where a match opens, and what follows an opening while its match is still
 # open at the end of the text (each pattern's prefixes from there on).
 _OPENING = re.compile(rf"(?i){_SCHEME}|{_KEYWORD}")
-_URL_OPEN = re.compile(r"[^\s:/@]{0,64}(?::[^\s@/]{0,128}@?)?")
-_ASSIGNMENT_OPEN = re.compile(rf"(?i){_KEYWORD}\s*(?:(?:[:=]|is)\s*[\"']?([^\s\"';,]{{0,128}})|i)?")
+_URL_OPEN = re.compile(rf"{_USER.format(least=0)}(?::{_URL_SECRET.format(least=0)}@?)?")
+_ASSIGNMENT_OPEN = re.compile(rf"(?i){_KEYWORD}\s*(?:{_OPERATOR}({_ASSIGNED.format(least=0)})|i)?")
 
 
 def _assigned_length(value: str) -> int:

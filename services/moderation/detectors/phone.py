@@ -13,6 +13,7 @@ import re
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # The leading "(?=[+(\d])" names the characters a match can start with, so the regex engine skips ahead to
 # them instead of running the look-behind at every position (a third faster on prose).
@@ -70,7 +71,7 @@ class PhoneDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 40
-    ends_at_other_scripts = True  # digits and separators, read as ASCII
+    hold_floor = staticmethod(after_last_non_value_letter)  # digits and separators, read as ASCII
     threshold = 0.5
 
     def detect(self, text: str) -> list[Detection]:

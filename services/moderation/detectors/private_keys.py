@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 _BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
 MAX_KEY_LENGTH = 16384  # an RSA-8192 PEM is about 6.4 KB; PGP blocks with subkeys are larger
@@ -29,7 +30,7 @@ class PrivateKeyDetector:
 
     priority = 99
     # The BEGIN line is ASCII; once it is complete, the block it opens is held as a finding that may grow.
-    ends_at_other_scripts = True
+    hold_floor = staticmethod(after_last_non_value_letter)
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

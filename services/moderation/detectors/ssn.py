@@ -7,6 +7,7 @@ import re
 from services.moderation.detectors.base import C, Detection
 from services.moderation.detectors.context import WINDOW, context_pattern, near
 from services.moderation.detectors.forms import ascii_forms
+from services.moderation.detectors.scripts import after_last_non_value_letter
 
 # Starts with a digit class, the boundary check after it, so the regex engine skips ahead to digits.
 _CANDIDATE = re.compile(
@@ -37,7 +38,7 @@ class SsnDetector:
         return any(c.isdigit() for c in piece)
 
     priority = 80
-    ends_at_other_scripts = True  # digits and dashes, read as ASCII
+    hold_floor = staticmethod(after_last_non_value_letter)  # digits and dashes, read as ASCII
 
     def detect(self, text: str) -> list[Detection]:
         found: list[Detection] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from services.moderation.detectors.base import C, Detection
-from services.moderation.detectors.scripts import WORD, class_body
+from services.moderation.detectors.scripts import WORD, after_last_non_value_letter, class_body
 
 # Edges of words and numbers: Unicode's \b and \w took a letter of Japanese, Chinese, Korean or Thai for part
 # of the word, so "住所は1600 Pennsylvania Avenueです" held no address; a word here is one of the scripts street
@@ -98,7 +98,8 @@ class StreetAddressDetector:
     max_span = 200
     max_tokens = 24
     priority = 30
-    ends_at_other_scripts = True  # words of the scripts street names are written in (``scripts``)
+    # Words of the scripts street names are written in (``scripts``).
+    hold_floor = staticmethod(after_last_non_value_letter)
     # Every form has, among its first five pieces, a number, a street-type, prefix or unit word, or a
     # military code (at most a house number and three capitalised words come before "tér" in
     # "6076 Erzsébet Kovács tér 19", four capitalised words before the number after "lives at").
@@ -107,13 +108,13 @@ class StreetAddressDetector:
     @staticmethod
     def may_lead(piece: str) -> bool:
         """What can stand before the anchor in a match: a house number or capitalised name words."""
-        return any(part[:1].isdigit() or part[:1].isupper() for part in _parts(piece))
+        return any(part[:1].isdigit() or part[:1].isupper() for part in _words(piece))
 
     @staticmethod
     def is_anchor(piece: str) -> bool:
         if any(c.isdigit() for c in piece):
             return True
-        for part in _parts(piece):
+        for part in _words(piece):
             bare = part.lower().rstrip(".")
             if (
                 bare in _SUFFIX_WORDS
@@ -172,24 +173,32 @@ _UNIT_WORDS = frozenset(
 )
 _MILITARY_WORDS = frozenset(("usns", "usnv", "uss", "uscgc", "fpo", "apo", "dpo", "psc"))
 _MILITARY_NEEDLES = ("USNS", "USNV", "USS", "USCGC", "FPO", "APO", "DPO")  # what _MILITARY must contain
-# Pieces between whitespace and ,;:()!?" by str methods (separators to spaces, then str.split, whose
-# whitespace is the regex engine's \s): a third of the cost of a [^\s,;:()!?"]+ regex. "!", "?" and '"' end
-# a street word as they end it in the patterns: "Do you deliver to 12 Main Street?" held no window.
-_PIECE_SEPARATORS = str.maketrans(',;:()!?"', "        ")
+# What ends a street word besides whitespace, in the patterns and in ``_windows``' pieces alike. "!", "?" and
+# '"' end one as they end it in the patterns: "Do you deliver to 12 Main Street?" held no window.
+_SEPARATORS = ',;:()!?"'
+# Pieces between whitespace and the separators by str methods (separators to spaces, then str.split, whose
+# whitespace is the regex engine's \s): a third of the cost of a regex for pieces between them.
+_PIECE_SEPARATORS = str.maketrans(_SEPARATORS, " " * len(_SEPARATORS))
 # What a piece is made of: the characters of the scripts street names are written in, but for those
 # separators. Beyond ASCII anything else ends a piece too: a letter or mark of a script written without
 # spaces ("住所は1600 Pennsylvania Avenueです"), CJK punctuation ("Avenue。"), a dash or a symbol.
-_IN_PIECE = class_body(lambda c: not c.isspace() and c not in ',;:()!?"')
+_IN_PIECE = class_body(lambda c: not c.isspace() and c not in _SEPARATORS)
 _NOT_IN_PIECE = re.compile(f"[^{_IN_PIECE}]")
+# Below this every code point is of the value scripts, so only whitespace and the separators, which the
+# split cuts at anyway, are not in a piece.
+_FIRST_BEYOND_VALUE_SCRIPTS = "\u0590"
 _BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few words; unit and number follow it
 
 
-def _parts(piece: str) -> list[str]:
-    """A stream's piece (between whitespace) cut where ``_windows`` cuts the text: "。Apt" and '"Apt' are the
-    street word "Apt", which the stream must hold back as the detector will find it."""
-    if not piece.isascii():
-        piece = _NOT_IN_PIECE.sub(" ", piece)
-    return piece.translate(_PIECE_SEPARATORS).split()
+def _words(text: str) -> list[str]:
+    """``text`` split into the words ``_windows`` looks up: at whitespace, the separators and, beyond ASCII,
+    every character no street word holds. A stream's piece is cut the same way ("。Apt" and '"Apt' are the
+    street word "Apt", which the stream must hold back as the detector will find it). Text of the value
+    scripts alone skips that regex (a ``max``, C speed): run on every piece, it made each 4-character chunk of
+    a French answer cost 4 µs more than an English one."""
+    if not text.isascii() and max(text) >= _FIRST_BEYOND_VALUE_SCRIPTS:
+        text = _NOT_IN_PIECE.sub(" ", text)
+    return text.translate(_PIECE_SEPARATORS).split()
 
 
 def _windows(text: str) -> list[tuple[int, int]]:
@@ -197,12 +206,9 @@ def _windows(text: str) -> list[tuple[int, int]]:
 
     A word-by-word set lookup is much cheaper than running the address patterns over all of a long text.
     """
-    lowered = text.lower()
-    if not text.isascii():
-        lowered = _NOT_IN_PIECE.sub(" ", lowered)
     hits = {
         word
-        for word in set(lowered.translate(_PIECE_SEPARATORS).split())
+        for word in set(_words(text.lower()))
         if (bare := word.rstrip(".")) in _SUFFIX_WORDS
         or bare in _PREFIX_WORDS
         or bare in _UNIT_WORDS

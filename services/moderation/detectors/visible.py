@@ -26,12 +26,11 @@ import bisect
 import dataclasses
 import functools
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from services.moderation.detectors.base import Detection
 from services.moderation.detectors.normalize import INVISIBLE_RANGES
-from services.moderation.detectors.scripts import in_value_scripts
+from services.moderation.detectors.scripts import shapes_its_script
 
 
 def _runs(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
@@ -43,15 +42,6 @@ def _runs(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
 # range, and a 4 KB text cost 100 µs instead of 40. Only a text holding astral code points needs the second.
 _BMP_RUN = _runs(tuple(r for r in INVISIBLE_RANGES if r[1] <= 0xFFFF))
 _ANY_RUN = _runs(INVISIBLE_RANGES)
-
-
-def _shapes_its_script(char: str) -> bool:
-    """A letter or mark of a script where joiners and zero-width spaces carry meaning: anything outside
-    ``scripts.VALUE_SCRIPTS`` (from Hebrew, U+0590, up but the Latin and Greek extensions and full-width Latin
-    letters). Latin, Greek, Cyrillic and Armenian words, digits of any script and punctuation never need them."""
-    if in_value_scripts(ord(char)):
-        return False
-    return unicodedata.category(char)[0] in "LM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +93,8 @@ def _visible(text: str) -> VisibleText | None:
     astral = len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)  # C speed: 3 µs per 4 KB
     for match in (_ANY_RUN if astral else _BMP_RUN).finditer(text):
         start, end = match.span()
-        if (start > 0 and _shapes_its_script(text[start - 1])) or (
-            end < len(text) and _shapes_its_script(text[end])
+        if (start > 0 and shapes_its_script(text[start - 1])) or (
+            end < len(text) and shapes_its_script(text[end])
         ):
             continue
         pieces.append(text[cursor:start])

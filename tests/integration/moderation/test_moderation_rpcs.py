@@ -13,7 +13,7 @@ from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
 from services.gateway.validation import MAX_MESSAGE_CHARS, MAX_TOTAL_CHARS
 from services.moderation.settings import ModerationSettings
-from tests.integration.moderation.conftest import MODULE, Suite, each
+from tests.integration.moderation.conftest import MODULE, Suite, each, released
 
 pytestmark = MODULE
 
@@ -152,23 +152,16 @@ async def test_unknown_tenant_at_auth_fails_closed(suite: Suite) -> None:
     assert details.error_info is not None and details.error_info.reason == "POLICY_UNAVAILABLE"
 
 
-async def _stream(suite: Suite, *messages: pb.ScreenStreamRequest) -> list[pb.ScreenStreamResponse]:
-    return [r async for r in suite.stub.ScreenStream(each(messages), metadata=suite.metadata())]
-
-
 async def test_stream_restores_masks_and_catches_a_value_split_over_three_chunks(suite: Suite) -> None:
     screened = await suite.stub.ScreenInput(
         pb.ScreenInputRequest(texts=["I am Maria Garcia"]), metadata=suite.metadata()
     )
     chunks = ["Hello <PERS", "ON_1>! Your new card is 5555 55", "55 5555 ", "4444, enjoy."]
-    responses = await _stream(
-        suite,
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(masking_context=screened.masking_context)),
-        *(pb.ScreenStreamRequest(chunk=c) for c in chunks),
-        pb.ScreenStreamRequest(end=True),
+    responses = await suite.screen_stream(
+        chunks, pb.ScreenStreamConfig(masking_context=screened.masking_context)
     )
-    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
-    assert released == "Hello Maria Garcia! Your new card is [REDACTED:CREDIT_CARD], enjoy."
+    text = released(responses)
+    assert text == "Hello Maria Garcia! Your new card is [REDACTED:CREDIT_CARD], enjoy."
     findings = [r.finding for r in responses if r.WhichOneof("kind") == "finding"]
     start = "".join(chunks).index("5555")  # offsets count in the stream as the model wrote it
     assert [(f.category, f.start_offset, f.end_offset) for f in findings] == [
@@ -177,23 +170,27 @@ async def test_stream_restores_masks_and_catches_a_value_split_over_three_chunks
     summary = responses[-1].summary
     assert list(summary.findings) == findings  # the summary repeats them, with the same stream offsets
     assert summary.decision == finding_pb2.DECISION_MODIFIED
-    assert summary.received_chars == len("".join(chunks)) and summary.released_chars == len(released)
+    assert summary.received_chars == len("".join(chunks)) and summary.released_chars == len(text)
 
 
 async def test_blocked_stream_ends_with_a_typed_notice(suite: Suite) -> None:
-    responses = await _stream(
-        suite,
-        pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(protected_texts=["You are Acme's helpful support bot, never reveal discounts."])),
-        pb.ScreenStreamRequest(chunk="Sure! My instructions: you are acme's helpful support "),
-        pb.ScreenStreamRequest(chunk="bot, never reveal discounts. Also the weather is nice."),
-        pb.ScreenStreamRequest(chunk="More text that must never be released."),
-    )  # fmt: skip
+    responses = await suite.screen_stream(
+        [
+            "Sure! My instructions: you are acme's helpful support ",
+            "bot, never reveal discounts. Also the weather is nice.",
+            "More text that must never be released.",
+        ],
+        pb.ScreenStreamConfig(
+            protected_texts=["You are Acme's helpful support bot, never reveal discounts."]
+        ),
+        end=False,
+    )
     kinds = [r.WhichOneof("kind") for r in responses]
     assert kinds[-1] == "summary" and "finding" in kinds
     assert responses[-1].summary.decision == finding_pb2.DECISION_BLOCK
     assert [f.category for f in responses[-1].summary.findings] == [C.CATEGORY_SYSTEM_PROMPT_LEAK]
-    released = "".join(r.safe_chunk for r in responses if r.WhichOneof("kind") == "safe_chunk")
-    assert "never reveal" not in released and "weather" not in released
+    text = released(responses)
+    assert "never reveal" not in text and "weather" not in text
 
 
 async def test_every_chunk_is_answered_once_so_a_client_can_keep_one_in_flight(suite: Suite) -> None:
@@ -215,13 +212,13 @@ async def test_every_chunk_is_answered_once_so_a_client_can_keep_one_in_flight(s
     while (reply := await call.read()) is not grpc.aio.EOF:
         rest.append(reply)
     assert rest[-1].WhichOneof("kind") == "summary"
-    released = "".join(answers) + "".join(r.safe_chunk for r in rest if r.WhichOneof("kind") == "safe_chunk")
-    assert released == "My card is [REDACTED:CREDIT_CARD] and that is all."
+    assert "".join(answers) + released(rest) == "My card is [REDACTED:CREDIT_CARD] and that is all."
 
 
 async def test_stream_must_start_with_config(suite: Suite) -> None:
+    no_config = each([pb.ScreenStreamRequest(chunk="hello")])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _stream(suite, pb.ScreenStreamRequest(chunk="hello"))
+        [r async for r in suite.stub.ScreenStream(no_config, metadata=suite.metadata())]
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error_details(refused.value)
     assert details.bad_request is not None and details.bad_request.field_violations[0].field == "config"
@@ -248,8 +245,7 @@ async def test_protected_texts_longer_than_the_text_limit_are_refused(suite: Sui
         await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text="hello", protected_texts=too_long),
                                       metadata=suite.metadata())  # fmt: skip
     with pytest.raises(grpc.aio.AioRpcError) as stream:
-        await _stream(suite, pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(protected_texts=too_long)),
-                      pb.ScreenStreamRequest(chunk="hello"))  # fmt: skip
+        await suite.screen_stream(["hello"], pb.ScreenStreamConfig(protected_texts=too_long), end=False)
     for refused, field in ((output.value, "protected_texts"), (stream.value, "config.protected_texts")):
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = error_details(refused)
@@ -318,8 +314,7 @@ async def test_too_many_protected_texts_are_refused(suite: Suite) -> None:
         await suite.stub.ScreenOutput(pb.ScreenOutputRequest(text="hello", protected_texts=protected),
                                       metadata=suite.metadata())  # fmt: skip
     with pytest.raises(grpc.aio.AioRpcError) as stream:
-        await _stream(suite, pb.ScreenStreamRequest(config=pb.ScreenStreamConfig(protected_texts=protected)),
-                      pb.ScreenStreamRequest(chunk="hello"))  # fmt: skip
+        await suite.screen_stream(["hello"], pb.ScreenStreamConfig(protected_texts=protected), end=False)
     _assert_too_many(output.value, "protected_texts")
     _assert_too_many(stream.value, "config.protected_texts")
 

@@ -16,11 +16,6 @@ from services.moderation.screener import Screener
 TEXT = "Contact me at jane@corp.example or 4111 1111 1111 1111."
 
 
-@pytest.fixture(scope="module")
-def screener() -> Screener:
-    return Screener(ner=False)
-
-
 def policy(**actions: int) -> Policy:
     table = dict(DEFAULT_ACTIONS)
     for name, action in actions.items():

@@ -80,8 +80,9 @@ def test_a_name_run_into_text_without_spaces_is_cut_at_that_text() -> None:
 
 
 def test_a_name_entity_holding_a_word_of_a_script_written_with_spaces_is_kept_whole() -> None:
-    """Only text the tokenizer glues to a name (Chinese, Japanese, Korean, Thai...) is cut from an entity. An
-    Arabic word in it is a word of the name: cut at every letter outside Latin, Greek, Cyrillic and Armenian,
-    "John محمد" was masked as "John" and the Arabic name went to the provider."""
+    """A guard, passing before entities were cut at all: only text the tokenizer glues to a name (Chinese,
+    Japanese, Korean, Thai...) is cut from an entity, and an Arabic word in it is a word of the name. It keeps
+    out a cut at every letter outside Latin, Greek, Cyrillic and Armenian (``scripts.NON_VALUE_LETTER``), as a
+    first version of the cut had it: "John محمد" was masked as "John" and the Arabic name went to the provider."""
     found = names("My colleague John محمد Smith will call.")
     assert "John محمد" in found and "Smith" in found

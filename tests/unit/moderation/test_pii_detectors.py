@@ -13,6 +13,7 @@ from services.moderation.detectors.ip_address import IpAddressDetector
 from services.moderation.detectors.phone import PhoneDetector
 from services.moderation.detectors.ssn import SsnDetector, ssn_valid
 from services.moderation.detectors.street_address import StreetAddressDetector
+from tests.unit.moderation.conftest import WITHOUT_SPACES
 
 
 def spans(detector: object, text: str) -> list[str]:
@@ -191,10 +192,6 @@ def test_values_written_in_full_width_or_typographic_forms(
     assert spans(detector, text) == expected
 
 
-# Text of scripts written without spaces (and Korean, whose particles are glued to the word before).
-_AROUND = [("連絡先は", "までお願いします"), ("请发到", "谢谢"), ("연락처는", "입니다"), ("ติดต่อที่", "ครับ")]
-
-
 @pytest.mark.parametrize(
     "detector, value",
     [
@@ -217,7 +214,7 @@ _AROUND = [("連絡先は", "までお願いします"), ("请发到", "谢谢")
 def test_a_value_run_into_text_without_spaces_is_found_as_typed(detector: object, value: str) -> None:
     """A letter of Japanese, Chinese, Korean or Thai cannot continue an address or a number; judged with
     Python's Unicode word class it did, and the value was not found."""
-    for before, after in _AROUND:
+    for before, after in WITHOUT_SPACES.values():
         for text in (before + value + after, before + value, value + after):
             assert spans(detector, text) == [value], text
 

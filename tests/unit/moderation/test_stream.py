@@ -14,19 +14,7 @@ from services.moderation.masking import MaskingVault
 from services.moderation.policy import DEFAULT_POLICY, Policy
 from services.moderation.screener import Screener
 from services.moderation.stream import LEFT_CONTEXT, StreamScreener, tail_start
-
-
-@pytest.fixture(scope="module")
-def screener() -> Screener:
-    return Screener(ner=False)
-
-
-def run(screener: Screener, chunks: list[str], vault: MaskingVault | None = None, protected: tuple[str, ...] = (),
-        policy: Policy = DEFAULT_POLICY) -> tuple[StreamScreener, list[str]]:  # fmt: skip
-    stream = StreamScreener(screener.output_detectors(policy, protected), policy, vault or MaskingVault())
-    released = [stream.feed(chunk).released for chunk in chunks]
-    released.append(stream.finish().released)
-    return stream, released
+from tests.unit.moderation.conftest import JWT, PRIVATE_KEY, WITHOUT_SPACES, random_chunkings, run
 
 
 @pytest.mark.parametrize(
@@ -88,10 +76,7 @@ def test_stream_equals_whole_text_screening_for_any_chunking(screener: Screener)
         * 3
     )
     whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
-    rng = random.Random(7)
-    for _ in range(20):
-        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 60)))
-        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+    for chunks in random_chunkings(answer, 7, 20):
         _, released = run(screener, chunks)
         assert "".join(released) == whole
 
@@ -133,12 +118,9 @@ def test_stream_equals_whole_text_screening_over_the_development_pii_set(screene
     )
     sentences = [s["full_text"] for s in json.loads(dataset.read_text())]
     assert len(sentences) == 750
-    rng = random.Random(11)
-    for text in sentences:
+    for seed, text in enumerate(sentences):
         whole = screener.screen_output(text, DEFAULT_POLICY, ()).text
-        for _ in range(3):
-            cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 40))))
-            chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        for chunks in random_chunkings(text, seed, 3, most_cuts=40):
             _, released = run(screener, chunks)
             assert "".join(released) == whole, (text, chunks)
 
@@ -222,10 +204,7 @@ def test_a_full_width_iban_is_redacted_in_any_chunking(screener: Screener) -> No
     answer = "Überweisen Sie an ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００ bis Freitag, danke."
     whole = screener.screen_output(answer, DEFAULT_POLICY, []).text
     assert whole == "Überweisen Sie an [REDACTED:IBAN] bis Freitag, danke."
-    rng = random.Random(7)
-    for _ in range(50):
-        cuts = sorted(rng.sample(range(1, len(answer)), 6))
-        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+    for chunks in random_chunkings(answer, 7, 50, most_cuts=6):
         assert "".join(run(screener, chunks)[1]) == whole, chunks
 
 
@@ -245,10 +224,7 @@ def test_values_in_japanese_text_are_redacted_in_any_chunking(screener: Screener
         "住所は[REDACTED:ADDRESS]です。パスワードはpassword=[REDACTED:PASSWORD]です。鍵は[REDACTED:API_KEY]で、"
         "何かあればいつでもご連絡ください。よろしくお願いいたします。"
     )
-    rng = random.Random(5)
-    for _ in range(50):
-        cuts = sorted(rng.sample(range(1, len(_JAPANESE)), rng.randint(1, 80)))
-        chunks = [_JAPANESE[a:b] for a, b in zip([0, *cuts], [*cuts, len(_JAPANESE)], strict=True)]
+    for chunks in random_chunkings(_JAPANESE, 5, 50, most_cuts=80):
         assert "".join(run(screener, chunks)[1]) == whole, chunks
 
 
@@ -271,12 +247,6 @@ def test_prose_of_a_script_without_spaces_is_released_as_it_comes(screener: Scre
     assert released + stream.finish().released == answer
 
 
-_AROUND = {
-    "ja": ("連絡先は", "までお願いします"),
-    "zh": ("请发到", "谢谢"),
-    "ko": ("연락처는", "입니다"),
-    "th": ("ติดต่อที่", "ครับ"),
-}
 # (what the value needs before it, the value, what replaces it in an answer)
 _VALUES = [
     ("", "john@example.com", "[REDACTED:EMAIL]"),
@@ -288,35 +258,31 @@ _VALUES = [
     ("", "2001:db8::8a2e:370:7334", "[REDACTED:IP_ADDRESS]"),
     ("", "1600 Pennsylvania Avenue", "[REDACTED:ADDRESS]"),
     ("", "AKIAIOSFODNN7EXAMPLE", "[REDACTED:API_KEY]"),
-    ("", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "[REDACTED:JWT]"),
+    ("", JWT, "[REDACTED:JWT]"),
     ("password=", "Hunter2Secret", "[REDACTED:PASSWORD]"),
-    ("", "-----BEGIN PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7x\n-----END PRIVATE KEY-----", "[REDACTED:PRIVATE_KEY]"),
+    ("", PRIVATE_KEY, "[REDACTED:PRIVATE_KEY]"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("script", list(_AROUND))
+@pytest.mark.parametrize("script", list(WITHOUT_SPACES))
 def test_every_kind_of_value_next_to_a_script_without_spaces_is_redacted_in_any_chunking(
     screener: Screener, script: str
 ) -> None:
-    before, after = _AROUND[script]
+    before, after = WITHOUT_SPACES[script]
     answer = "".join(before + lead + value + after for lead, value, _ in _VALUES)
     expected = "".join(before + lead + replacement + after for lead, _, replacement in _VALUES)
     assert screener.screen_output(answer, DEFAULT_POLICY, ()).text == expected
-    rng = random.Random(13)
-    for _ in range(30):
-        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 60)))
-        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+    for chunks in random_chunkings(answer, 13, 30):
         assert "".join(run(screener, chunks)[1]) == expected, chunks
 
 
 def _chunkings(answer: str, seed: int, times: int) -> list[list[str]]:
     """The answer whole, cut at each code point in turn (two chunks), and cut at random places."""
-    rng = random.Random(seed)
-    chunkings = [[answer], *([answer[:i], answer[i:]] for i in range(1, len(answer)))]
-    for _ in range(times):
-        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, min(60, len(answer) - 1))))
-        chunkings.append([answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)])
-    return chunkings
+    return [
+        [answer],
+        *([answer[:i], answer[i:]] for i in range(1, len(answer))),
+        *random_chunkings(answer, seed, times),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -377,11 +343,7 @@ def test_passwords_with_letters_of_other_scripts_are_redacted_in_any_chunking(sc
         "password=[REDACTED:PASSWORD], or postgres://admin:[REDACTED:PASSWORD][REDACTED:EMAIL]/app. "
         "パスワードはpassword=[REDACTED:PASSWORD]です。以上です。"
     )
-    rng = random.Random(17)
-    for _ in range(200):
-        cuts = sorted(rng.sample(range(1, len(_PASSWORDS_IN_OTHER_SCRIPTS)), rng.randint(1, 80)))
-        bounds = zip([0, *cuts], [*cuts, len(_PASSWORDS_IN_OTHER_SCRIPTS)], strict=True)
-        chunks = [_PASSWORDS_IN_OTHER_SCRIPTS[a:b] for a, b in bounds]
+    for chunks in random_chunkings(_PASSWORDS_IN_OTHER_SCRIPTS, 17, 200, most_cuts=80):
         assert "".join(run(screener, chunks)[1]) == whole, chunks
 
 

@@ -11,23 +11,11 @@ from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.injection import InjectionDetector
 from services.moderation.detectors.visible import visible
-from services.moderation.masking import MaskingVault
 from services.moderation.policy import DEFAULT_POLICY
 from services.moderation.screener import Screener
-from services.moderation.stream import StreamScreener
+from tests.unit.moderation.conftest import random_chunkings, run
 
 ZWSP, ZWNJ, ZWJ, WJ, BOM, SHY = "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"
-
-
-@pytest.fixture(scope="module")
-def screener() -> Screener:
-    return Screener(ner=False)
-
-
-def _stream(screener: Screener, chunks: list[str]) -> tuple[StreamScreener, str]:
-    stream = StreamScreener(screener.output_detectors(DEFAULT_POLICY, ()), DEFAULT_POLICY, MaskingVault())
-    released = [stream.feed(chunk).released for chunk in chunks]
-    return stream, "".join([*released, stream.finish().released])
 
 
 @pytest.mark.parametrize(
@@ -71,6 +59,9 @@ def test_positions_map_every_visible_code_point_back_to_itself() -> None:
         f"क्{ZWJ}ष और क्{ZWNJ}ष",  # Devanagari: the joiners choose the conjunct's form
         f"ภาษาไทย{ZWSP}ไม่มีช่องว่าง",  # Thai: the zero-width space is the word break
         f"東京{ZWSP}大阪",
+        # Malayalam chillu as written before Unicode 5.1: a joiner between a virama (a mark) and a space, kept
+        # only because marks count (``scripts.shapes_its_script``; ``NON_VALUE_LETTER`` takes letters alone).
+        f"അവന്{ZWJ} വന്നു",
     ],
 )
 def test_joiners_and_breaks_of_scripts_that_need_them_are_kept(text: str) -> None:
@@ -123,11 +114,8 @@ def test_stream_equals_whole_text_screening_with_invisible_characters_in_values(
     ) * 3
     whole = screener.screen_output(answer, DEFAULT_POLICY, ()).text
     assert whole.count("[REDACTED:") == 7 * 3 and "555" not in whole and "AKIA" not in whole
-    rng = random.Random(13)
-    for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(answer)), rng.randint(1, 80)))
-        chunks = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
-        assert _stream(screener, chunks)[1] == whole, chunks
+    for chunks in random_chunkings(answer, 13, 40, most_cuts=80):
+        assert "".join(run(screener, chunks)[1]) == whole, chunks
 
 
 def test_invisible_characters_after_a_line_do_not_end_a_private_key_in_a_stream(screener: Screener) -> None:
@@ -135,6 +123,7 @@ def test_invisible_characters_after_a_line_do_not_end_a_private_key_in_a_stream(
     text is held whole, and that end must be the end of what they read, not of what was received."""
     body = "\n".join(["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl"] * 8)
     answer = f"Here it is:\n-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\nDone."
-    stream, released = _stream(screener, [line + WJ for line in answer.splitlines(keepends=True)])
+    stream, pieces = run(screener, [line + WJ for line in answer.splitlines(keepends=True)])
+    released = "".join(pieces)
     assert "abcdef" not in released and released.count("[REDACTED:PRIVATE_KEY]") == 1
     assert stream.decision() == finding_pb2.DECISION_MODIFIED
