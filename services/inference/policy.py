@@ -15,8 +15,7 @@ from typing import Protocol
 
 import grpc
 
-from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
-from parapet.kit.clients import ServiceClient
+from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import Unavailable
 from parapet.kit.tenant_policy import TenantPolicyCache
 from services.inference.settings import InferenceSettings
@@ -65,13 +64,8 @@ class AuthPolicySource:
     while auth cannot be reached (a model rule is no safety limit; refusing every completion would be)."""
 
     def __init__(self, settings: InferenceSettings) -> None:
-        if settings.auth_address is None:
-            raise ValueError("AuthPolicySource needs auth_address (without it, OpenPolicySource)")
-        # The service's settings: auth's address, its TLS (auth requires a client certificate under mutual TLS)
-        # and keepalive, and how long a policy is used before auth is asked again.
-        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
-        self._cache = TenantPolicyCache(
-            client,
+        self._cache = TenantPolicyCache.from_auth(
+            settings,
             _model_access,
             ttl=settings.policy_cache_seconds,
             stale_seconds=None,

@@ -14,8 +14,7 @@ from typing import Protocol
 import grpc
 from google.protobuf import json_format
 
-from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
-from parapet.kit.clients import ServiceClient
+from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import Unavailable
 from parapet.kit.tenant_policy import TenantPolicyCache
 from services.metering.settings import PolicySettings
@@ -83,9 +82,10 @@ class AuthPolicySource:
     enforce budgets that may have changed long ago.
     """
 
-    def __init__(self, client: ServiceClient[auth_service_pb2_grpc.AuthServiceStub], ttl: float) -> None:
-        self._cache = TenantPolicyCache(
-            client, _as_is, ttl=ttl, stale_seconds=9 * ttl, unavailable=_unavailable
+    def __init__(self, settings: PolicySettings) -> None:
+        ttl = settings.policy_cache_seconds
+        self._cache = TenantPolicyCache.from_auth(
+            settings, _as_is, ttl=ttl, stale_seconds=9 * ttl, unavailable=_unavailable
         )
 
     async def get(self, tenant_id: str) -> TenantPolicy:
@@ -101,5 +101,4 @@ def policy_source(settings: PolicySettings) -> PolicySource:
         return FilePolicySource(settings.policy_file)
     if settings.auth_address is None:
         raise ValueError("set PARAPET_AUTH_ADDRESS (tenant policies from auth) or PARAPET_POLICY_FILE")
-    client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
-    return AuthPolicySource(client, settings.policy_cache_seconds)
+    return AuthPolicySource(settings)

@@ -13,8 +13,7 @@ from typing import Protocol
 
 import grpc
 
-from parapet.auth.v1 import auth_service_pb2_grpc, tenant_policy_pb2
-from parapet.kit.clients import ServiceClient
+from parapet.auth.v1 import tenant_policy_pb2
 from parapet.kit.errors import Unavailable
 from parapet.kit.tenant_policy import TenantPolicyCache
 from services.moderation.policy import DEFAULT_POLICY, Policy
@@ -55,13 +54,8 @@ class AuthPolicySource:
     ``cache_seconds`` is not used while auth cannot confirm it."""
 
     def __init__(self, settings: ModerationSettings) -> None:
-        if settings.auth_address is None:
-            raise ValueError("AuthPolicySource needs auth_address (without it, DefaultPolicySource)")
-        # The service's settings: auth's address, its TLS (auth requires a client certificate under mutual TLS)
-        # and keepalive, and how long a policy is used before auth is asked again.
-        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
-        self._cache = TenantPolicyCache(
-            client,
+        self._cache = TenantPolicyCache.from_auth(
+            settings,
             _moderation_policy,
             ttl=settings.policy_cache_seconds,
             stale_seconds=0.0,

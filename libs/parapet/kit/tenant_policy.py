@@ -39,6 +39,7 @@ import grpc.aio
 
 from parapet.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, tenant_policy_pb2
 from parapet.kit.clients import ServiceClient
+from parapet.kit.config import ServiceSettings
 from parapet.kit.context import without_deadline
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,31 @@ class TenantPolicyCache(Generic[T]):
         self._timeout = timeout
         self._max_tenants = max_tenants
         self._tenants: OrderedDict[str, _Entry[T]] = OrderedDict()
+
+    @classmethod
+    def from_auth(
+        cls,
+        settings: ServiceSettings,
+        convert: Callable[[tenant_policy_pb2.TenantPolicy], T],
+        *,
+        ttl: float,
+        stale_seconds: float | None,
+        unavailable: Callable[[grpc.StatusCode], Exception],
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> TenantPolicyCache[T]:
+        """A cache reading auth at the service's ``auth_address``, over a client with the service's own TLS (auth
+        requires a client certificate under mutual TLS) and keepalive."""
+        if settings.auth_address is None:
+            raise ValueError("tenant policies from auth need PARAPET_AUTH_ADDRESS")
+        client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
+        return cls(
+            client,
+            convert,
+            ttl=ttl,
+            stale_seconds=stale_seconds,
+            unavailable=unavailable,
+            retry_seconds=retry_seconds,
+        )
 
     async def close(self) -> None:
         await self._client.close()
