@@ -107,8 +107,11 @@ class StreetAddressDetector:
 
     @staticmethod
     def may_lead(piece: str) -> bool:
-        """What can stand before the anchor in a match: a house number or capitalised name words."""
-        return any(part[:1].isdigit() or part[:1].isupper() for part in _words(piece))
+        """What can stand before the anchor in a match: a house number or capitalised name words. A name word
+        may start inside a piece, at a capital ("cafePiroska u. 97" holds the address "Piroska u. 97"), so a
+        capital anywhere counts: asked of the piece's first letter only, the stream released "cafePiroska "
+        before "u. 97" came, and then the rest of the address as written."""
+        return any(c.isupper() or c.isdigit() for c in piece)
 
     @staticmethod
     def is_anchor(piece: str) -> bool:
@@ -193,9 +196,10 @@ _BEFORE, _AFTER = 120, 100  # a house number precedes a street type by a few wor
 def _words(text: str) -> list[str]:
     """``text`` split into the words ``_windows`` looks up: at whitespace, the separators and, beyond ASCII,
     every character no street word holds. A stream's piece is cut the same way ("。Apt" and '"Apt' are the
-    street word "Apt", which the stream must hold back as the detector will find it). Text of the value
-    scripts alone skips that regex (a ``max``, C speed): run on every piece, it made each 4-character chunk of
-    a French answer cost 4 µs more than an English one."""
+    street word "Apt", which the stream must hold back as the detector will find it). Text below U+0590 (ASCII,
+    Latin-1 and Latin Extended-A/B, IPA, Greek, Cyrillic, Armenian) skips that regex (a ``max``, C speed), as
+    the split alone cuts it where the regex would; Vietnamese or full-width Latin still runs it. Run on every
+    piece, the regex made each 4-character chunk of a French answer cost 4 µs more than an English one."""
     if not text.isascii() and max(text) >= _FIRST_BEYOND_VALUE_SCRIPTS:
         text = _NOT_IN_PIECE.sub(" ", text)
     return text.translate(_PIECE_SEPARATORS).split()

@@ -328,6 +328,24 @@ def test_a_password_holding_letters_of_other_scripts_is_redacted_wherever_the_an
         assert "".join(run(screener, chunks)[1]) == whole, chunks
 
 
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Meet me at aKossuth utca 5 tomorrow.", "Meet me at a[REDACTED:ADDRESS] tomorrow."),
+        ("Then visit cafePiroska u. 97 today.", "Then visit cafe[REDACTED:ADDRESS] today."),
+    ],
+)
+def test_an_address_starting_inside_a_word_is_redacted_in_any_chunking(
+    screener: Screener, answer: str, expected: str
+) -> None:
+    """Whole-text screening finds an address from a capital inside a word; the stream let only pieces starting
+    with a capital or a digit lead up to one, so "aKossuth " went out before "utca 5" came, and the address
+    after it as written."""
+    assert screener.screen_output(answer, DEFAULT_POLICY, ()).text == expected
+    for chunks in _chunkings(answer, 23, 20):
+        assert "".join(run(screener, chunks)[1]) == expected, chunks
+
+
 _PASSWORDS_IN_OTHER_SCRIPTS = (
     "Your new password: مرحبا2024 please keep it. 新しいpwd=नमस्ते123です。password=密码abc123を使って、"
     "then password=abc密码123 and password=ქართული1, or postgres://admin:סיסמה99@db.example.com/app. "
