@@ -16,7 +16,7 @@ from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import finding_pb2
 from parapet.moderation.v1 import moderation_service_pb2 as pb
 from tests.integration.moderation.conftest import MODULE, Suite, released
-from tests.unit.moderation.conftest import JWT, PRIVATE_KEY
+from tests.unit.moderation.moderation_support import JWT, PRIVATE_KEY
 
 pytestmark = MODULE
 

@@ -15,7 +15,7 @@ import pytest
 from parapet.moderation.v1 import category_pb2 as C
 from parapet.moderation.v1 import moderation_service_pb2 as pb
 from tests.integration.moderation.conftest import MODULE, Suite, released
-from tests.unit.moderation.conftest import JWT, PRIVATE_KEY, WITHOUT_SPACES
+from tests.unit.moderation.moderation_support import JWT, PRIVATE_KEY, WITHOUT_SPACES
 
 pytestmark = MODULE
 

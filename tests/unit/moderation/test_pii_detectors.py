@@ -13,7 +13,7 @@ from services.moderation.detectors.ip_address import IpAddressDetector
 from services.moderation.detectors.phone import PhoneDetector
 from services.moderation.detectors.ssn import SsnDetector, ssn_valid
 from services.moderation.detectors.street_address import StreetAddressDetector
-from tests.unit.moderation.conftest import WITHOUT_SPACES
+from tests.unit.moderation.moderation_support import WITHOUT_SPACES
 
 
 def spans(detector: object, text: str) -> list[str]:

@@ -14,7 +14,7 @@ from services.moderation.masking import MaskingVault
 from services.moderation.policy import DEFAULT_POLICY, Policy
 from services.moderation.screener import Screener
 from services.moderation.stream import LEFT_CONTEXT, StreamScreener, tail_start
-from tests.unit.moderation.conftest import JWT, PRIVATE_KEY, WITHOUT_SPACES, random_chunkings, run
+from tests.unit.moderation.moderation_support import JWT, PRIVATE_KEY, WITHOUT_SPACES, random_chunkings, run
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from services.moderation.detectors.injection import InjectionDetector
 from services.moderation.detectors.visible import visible
 from services.moderation.policy import DEFAULT_POLICY
 from services.moderation.screener import Screener
-from tests.unit.moderation.conftest import random_chunkings, run
+from tests.unit.moderation.moderation_support import random_chunkings, run
 
 ZWSP, ZWNJ, ZWJ, WJ, BOM, SHY = "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"
 
