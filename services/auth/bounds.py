@@ -81,8 +81,3 @@ def token_violations(
             'a " or \\ 2)',
         )
     ]
-
-
-def distinct(values: Sequence[str]) -> list[str]:
-    """``values`` without repeats, in their first order (a key's scopes: ``chat`` twice is ``chat``)."""
-    return list(dict.fromkeys(values))

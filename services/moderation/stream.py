@@ -214,34 +214,26 @@ class StreamScreener:
 
     def _hold(self) -> int:
         buffer, n = self._buffer, len(self._buffer)
-        if buffer.isascii():
-            # The chat path's common case, one check per chunk (O(1) in CPython): no invisible character to
-            # drop and no letter outside the value scripts to bound a reach, so no ``visible`` and no floors.
-            # Worked out per detector, they made each 4-character chunk of English prose cost 8% more
-            # (`python -m bench moderation_speed`: 0.069 against 0.064 ms p50, docs/benchmarks.md).
-            limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1)
-            for detector in self._detectors:
-                limit = min(limit, anchored_start(buffer, n, detector, None))
-            return limit
+        # An ASCII tail, the chat path's common case (one O(1) check per chunk), has no invisible character to
+        # drop and no letter outside the value scripts to bound a reach: no ``visible`` and no floors. Worked
+        # out per detector, they made each 4-character chunk of English prose cost 8% more (`python -m bench
+        # moderation_speed`: 0.069 against 0.064 ms p50, docs/benchmarks.md).
+        plain = buffer.isascii()
         # Placeholders are restored in the text as written; one is ASCII, so none is in progress before a
         # letter outside the value scripts.
-        last_letter = after_last_non_value_letter(buffer, 0, n)
-        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1, last_letter)
+        last_letter = None if plain else after_last_non_value_letter(buffer, 0, n)
+        limit = tail_start(buffer, n, MAX_PLACEHOLDER, 1, last_letter or 0)
         # Detectors read the text without invisible characters (engine.detect_all), so where a match could
         # still start is measured there too: pieces and spans as they read them, the invisible characters a
         # value holds counting against neither. Mapped back, the start stays on the value's first code point.
-        view = visible(buffer)
-        if view is None:
-            for detector in self._detectors:
-                limit = min(limit, anchored_start(buffer, n, detector, last_letter))
-            return limit
-        seen, seen_n = view.text, len(view.text)
-        seen_last_letter = after_last_non_value_letter(seen, 0, seen_n)
+        view = None if plain else visible(buffer)
+        seen_last_letter = 0 if view is None else after_last_non_value_letter(view.text, 0, len(view.text))
         for detector in self._detectors:
-            if reads_invisible(detector):
+            if view is None or reads_invisible(detector):
                 limit = min(limit, anchored_start(buffer, n, detector, last_letter))
             else:
-                limit = min(limit, view.position(anchored_start(seen, seen_n, detector, seen_last_letter)))
+                start = anchored_start(view.text, len(view.text), detector, seen_last_letter)
+                limit = min(limit, view.position(start))
         return limit
 
     def _advance(self, *, final: bool) -> StreamStep:

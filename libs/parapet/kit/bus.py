@@ -410,12 +410,12 @@ class Bus:
         payload alone, and a message its headers take over the limit made the server close the connection, every
         other publish and subscription of the service with it.
         """
-        size, limit = message_size(payload, headers, msg_id), self.client.max_payload
-        if size > limit:
-            raise MessageTooLarge(size, limit)
         all_headers: dict[str, Any] = dict(headers or {})
         if msg_id is not None:
             all_headers[MSG_ID_HEADER] = msg_id
+        size, limit = message_size(payload, all_headers), self.client.max_payload
+        if size > limit:
+            raise MessageTooLarge(size, limit)
         timeout = ack_timeout or self._publish_timeout
         try:
             return await self.jetstream.publish(

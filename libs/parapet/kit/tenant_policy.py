@@ -100,6 +100,8 @@ class TenantPolicyCache(Generic[T]):
         requires a client certificate under mutual TLS) and keepalive."""
         if settings.auth_address is None:
             raise ValueError("tenant policies from auth need PARAPET_AUTH_ADDRESS")
+        # Not parapet.clients.auth: its client is typed by the async stub, this cache's by the stub it is built
+        # with everywhere else (tests build it directly).
         client = ServiceClient(auth_service_pb2_grpc.AuthServiceStub, settings.auth_address, settings)
         return cls(
             client,

@@ -172,13 +172,9 @@ PAGE_TOKEN_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["
 async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None, list[str]]:
     """How a unary call that must fail failed: its code, its ``ErrorInfo`` reason and the fields its
     ``BadRequest`` names (AssertionError when it succeeded)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        details = error_details(error)
-        fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
-        return details.code, details.reason, fields
-    raise AssertionError("the call succeeded")
+    details = await refusal_details(call)
+    fields = [v.field for v in details.bad_request.field_violations] if details.bad_request else []
+    return details.code, details.reason, fields
 
 
 async def refusal_details(call: Awaitable[Any]) -> ErrorDetails:
