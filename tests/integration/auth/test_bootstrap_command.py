@@ -24,7 +24,7 @@ from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.cli.failures import EXIT_ALREADY_DONE, EXIT_FAILED, EXIT_PIPE_CLOSED
 from parapet.kit.api_key_format import key_prefix
 from parapet.kit.database import Database
-from parapet.kit.errors import error_details
+from parapet.kit.testing import refusal_details
 from tests.e2e.support import REPO
 from tests.integration.auth.auth_support import audit_records
 from tests.integration.auth.conftest import Auth, running_auth
@@ -98,9 +98,7 @@ async def _sign_in(auth: Auth, key: str) -> apb.AuthenticateResponse:
 
 async def _refusal(auth: Auth, key: str) -> str:
     """The reason auth refuses ``key`` with."""
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await _sign_in(auth, key)
-    details = error_details(raised.value)
+    details = await refusal_details(_sign_in(auth, key))
     assert details.code == grpc.StatusCode.UNAUTHENTICATED and details.error_info is not None
     reason: str = details.error_info.reason
     return reason

@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-from parapet.gateway.v1 import chat_service_pb2, job_pb2, job_service_pb2
+from parapet.gateway.v1 import job_pb2, job_service_pb2
 from tests.integration.gateway.conftest import MODULE, Suite, unary_question
 
 pytestmark = MODULE
-
-
-def _item(text: str, model: str = "gpt") -> chat_service_pb2.ChatRequest:
-    return unary_question(text, model=model)
 
 
 async def test_job_items_run_through_the_governed_flow_and_are_settled_and_audited(suite: Suite) -> None:
@@ -19,7 +15,7 @@ async def test_job_items_run_through_the_governed_flow_and_are_settled_and_audit
     submitted = await suite.jobs.SubmitJob(
         job_service_pb2.SubmitJobRequest(
             idempotency_key="batch-1",
-            chat_batch=job_pb2.ChatBatch(requests=[_item(q) for q in questions]),
+            chat_batch=job_pb2.ChatBatch(requests=[unary_question(q, model="gpt") for q in questions]),
             metadata={"origin": "nightly"},
         ),
         metadata=tenant.metadata(),
@@ -57,7 +53,10 @@ async def test_an_item_the_flow_refuses_fails_alone_with_the_status_chat_would_g
         job_service_pb2.SubmitJobRequest(
             idempotency_key="batch-2",
             chat_batch=job_pb2.ChatBatch(
-                requests=[_item("fine"), _item("unknown model", model="no-such-model")]
+                requests=[
+                    unary_question("fine", model="gpt"),
+                    unary_question("unknown model", model="no-such-model"),
+                ]
             ),
         ),
         metadata=tenant.metadata(),
