@@ -38,12 +38,15 @@ async def register(server: grpc.aio.Server, resources: Resources[BillingSettings
         max_ack_pending=settings.max_ack_pending,
     )
     resources.spawn(consumer.run(), name="usage-consumer")
-    keep = timedelta(seconds=settings.processed_event_retention_seconds)
-    prune = periodic.until_none_left(
-        lambda: pruning.delete_processed_ids(database, keep), "processed event ids"
+    sweeper = pruning.ProcessedIdSweeper(
+        database,
+        resources.require_bus(),
+        timedelta(seconds=settings.processed_event_retention_seconds),
     )
     resources.spawn(
-        periodic.every(settings.processed_event_sweep_interval_seconds, prune, "processed_events sweep"),
+        periodic.every(
+            settings.processed_event_sweep_interval_seconds, sweeper.sweep, "processed_events sweep"
+        ),
         name="processed-events-sweeper",
     )
 

@@ -24,6 +24,7 @@ from datetime import UTC
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from nats.errors import MsgAlreadyAckdError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -187,6 +188,10 @@ class UsageConsumer:
                 for message in messages:
                     try:
                         await message.nak(delay=1.0)
+                    except MsgAlreadyAckdError:
+                        # Set aside (terminated) before the failure. Not NATS being down: stopping here left
+                        # every event behind it to wait for ack_wait after the database was back.
+                        continue
                     except Exception:  # NATS may be down too; ack_wait redelivers then
                         break
                 await asyncio.sleep(0.5)

@@ -30,10 +30,17 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
+def _on_day_start(stamp: timestamp_pb2.Timestamp) -> bool:
+    """Whether ``stamp`` is exactly 00:00 UTC, decided on the Timestamp itself: a datetime holds microseconds only,
+    so a time a few nanoseconds past midnight became midnight (protobuf's seconds have no leap seconds: every day
+    is 86,400 of them)."""
+    return stamp.seconds % 86400 == 0 and stamp.nanos == 0
+
+
 def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     """The UTC day that starts exactly at ``stamp``; PERIOD_INVALID when it is not 00:00 UTC."""
     moment = wellknown.moment(stamp, field)
-    if moment != _midnight(moment.date()):
+    if not _on_day_start(stamp):
         raise InvalidArgument(
             f"{field} must be 00:00 UTC of a day",
             reason="PERIOD_INVALID",
@@ -45,7 +52,7 @@ def _day(stamp: timestamp_pb2.Timestamp, field: str) -> date:
 def _first_day_from(stamp: timestamp_pb2.Timestamp, field: str) -> date:
     """The first UTC day that starts at or after ``stamp``."""
     moment = wellknown.moment(stamp, field)
-    if moment == _midnight(moment.date()):
+    if _on_day_start(stamp):
         return moment.date()
     if moment.date() == date.max:  # no day starts after 9999-12-31 00:00
         raise InvalidArgument(

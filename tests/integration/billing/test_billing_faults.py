@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc.aio
 from sqlalchemy import text
 
-from parapet.embedded import EmbeddedNats
+from parapet.embedded import EmbeddedNats, EmbeddedPostgres
 from parapet.events.usage import USAGE_STREAM
 from parapet.kit import timeouts
 from parapet.kit.bus import Bus
@@ -404,3 +404,56 @@ async def _drained(consumer: UsageConsumer, bus: Bus, durable: str, blocked: str
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batch_failed_by_a_database_outage_comes_back_soon_even_after_a_set_aside_event(
+    fresh_postgres: EmbeddedPostgres, fresh_nats: EmbeddedNats
+) -> None:
+    """A batch the database could not take is nak'd so that it comes back in a second, not after ack_wait. The
+    nak loop stopped at the first message it could not nak, taking that for NATS being down; but a message set aside
+    earlier in the batch (terminated) cannot be nak'd either, so the events behind it waited for ack_wait (30 s by
+    default) after the database was back."""
+    await migrate(fresh_postgres.url, "billing", ROOT / "services/billing/migrations")
+    tenant = new_tenant()
+    bus = await Bus.connect(fresh_nats.url)
+    database = Database(fresh_postgres.url, "billing")
+    headers = {"ce-type": EVENT_TYPE, "ce-source": EVENT_SOURCE}
+    ack_wait = 60.0
+    try:
+        await bus.ensure_stream(USAGE_STREAM)
+        subject = f"parapet.usage.v1.{tenant}"
+        await bus.publish(subject, b"\xff\xff not protobuf", msg_id=str(uuid.uuid4()), headers=headers)
+        events = [usage_event(tenant, i) for i in range(1, 6)]
+        for event in events:
+            await bus.publish(subject, event.SerializeToString(), msg_id=event.event_id, headers=headers)
+        consumer = UsageConsumer(
+            database,
+            bus,
+            durable="billing-outage",
+            batch_size=25,
+            fetch_timeout=0.5,
+            ack_wait=ack_wait,
+            max_ack_pending=1000,
+        )
+        await (await consumer.subscribe()).unsubscribe()
+        undecodable = _set_aside_count("undecodable")
+        await asyncio.to_thread(fresh_postgres.stop)
+        task = asyncio.create_task(consumer.run())
+        try:
+            # The batch was fetched, its first message set aside, and applying the rest failed.
+            deadline = asyncio.get_running_loop().time() + 30
+            while _set_aside_count("undecodable") == undecodable:
+                assert asyncio.get_running_loop().time() < deadline, "the batch was never fetched"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(fresh_postgres.start)
+            deadline = asyncio.get_running_loop().time() + ack_wait / 2
+            while await _rollup_sums(database, tenant) != (5, 1 + 2 + 3 + 4 + 5):
+                assert asyncio.get_running_loop().time() < deadline, "the batch waited for ack_wait"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await database.close()
+        await bus.close()
