@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,11 +83,11 @@ _LATEST_CREATE_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_BODY
 MAX_RECORD_BYTES = 3 << 20
 
 
-#: The longest user id or request id of a record, in UTF-8 bytes. Both are indexed (records_tenant_user,
-#: records_tenant_request, the erasures key), and PostgreSQL refuses a btree entry above 2,704 bytes when
-#: compression cannot shrink it: a longer random id failed Record with INTERNAL, and on the stream failed the
-#: whole batch's transaction with an error that is no data exception, so the batch came back for ever with
-#: every tenant's records behind it.
+#: The longest user id, request id or model of a record, in UTF-8 bytes. All three are indexed (records_tenant_user,
+#: records_tenant_request, the erasures key; the model is INCLUDEd in records_tenant_time), and PostgreSQL refuses a
+#: btree entry above 2,704 bytes when compression cannot shrink it: a longer random value failed Record with
+#: INTERNAL, and on the stream failed the whole batch's transaction with an error that is no data exception, so the
+#: batch came back for ever with every tenant's records behind it (the model until 2026-12-06).
 MAX_ID_BYTES = 1024
 
 
@@ -126,11 +127,12 @@ def _check_figures(item: interaction_pb2.Interaction) -> None:
 
 
 def _check_ids(record: audit_record_pb2.AuditRecord) -> None:
-    """The indexed ids (user, request) are short enough to be indexed."""
+    """The indexed values (user, request, model) are short enough to be indexed."""
     if record.WhichOneof("payload") == "interaction":
         ids = {
             "record.interaction.user_id": record.interaction.user_id,
             "record.interaction.request_id": record.interaction.request_id,
+            "record.interaction.model": record.interaction.model,
         }
     else:
         ids = {
@@ -233,6 +235,32 @@ _ACTION = finding_pb2.FindingCount.DESCRIPTOR.fields_by_name["action"].enum_type
 def _enum_name(enum: Any, number: int) -> str:
     value = enum.values_by_number.get(number)
     return value.name if value is not None else str(number)  # a value newer than this service
+
+
+def _enum_number(enum: Any, token: str) -> int | str:
+    """The number a summary key's ``token`` stands for: a name this release knows, or the number an older release
+    wrote for a value it did not know; anything else as it is (it matches no derived key)."""
+    value = enum.values_by_name.get(token)
+    if value is not None:
+        return int(value.number)
+    return int(token) if token.isascii() and token.isdigit() and len(token) <= 10 else token
+
+
+def moderation_counts(summary: Any) -> dict[tuple[int | str, int | str], int] | None:
+    """``summary`` (a ``moderation_summary`` column) keyed by (category, action) numbers; None when it is no such
+    summary (the column was edited). The column names the values the writing release knew and numbers the others,
+    so the same metadata gives other keys once a release learns a name: compared so, a summary verifies whichever
+    release wrote it, and a count that differs still does not."""
+    if not isinstance(summary, Mapping):
+        return None
+    counts: dict[tuple[int | str, int | str], int] = {}
+    for key, count in summary.items():
+        if not isinstance(key, str) or not isinstance(count, int) or isinstance(count, bool):
+            return None
+        category, _, action = key.partition(":")
+        number = (_enum_number(_CATEGORY, category), _enum_number(_ACTION, action))
+        counts[number] = counts.get(number, 0) + count
+    return counts
 
 
 def _micros(duration: Any) -> int:

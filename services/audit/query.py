@@ -22,6 +22,7 @@ from sqlalchemy import text
 from parapet.audit.v1 import audit_record_pb2, audit_service_pb2
 from parapet.kit import paging, wellknown
 from parapet.kit.database import Database
+from parapet.kit.errors import InvalidArgument
 from services.audit import chunks
 from services.audit.scope import tenant_scope
 
@@ -62,6 +63,12 @@ def _conditions(filter_: audit_service_pb2.InteractionFilter) -> tuple[list[str]
     if filter_.HasField("end_time"):
         where.append("create_time < :end_time")
         params["end_time"] = wellknown.moment(filter_.end_time, "filter.end_time")
+    if "start_time" in params and "end_time" in params and params["end_time"] < params["start_time"]:
+        # It would match nothing: an empty answer would tell a caller who swapped the bounds that nothing happened.
+        raise InvalidArgument(
+            "filter.end_time is before filter.start_time",
+            field_violations=[("filter.end_time", "must not be before filter.start_time")],
+        )
     for name in ("user_id", "api_key_id", "model", "feature", "request_id"):
         value = getattr(filter_, name)
         if value:

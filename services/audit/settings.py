@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from parapet.events.audit import MAX_BODY_RETENTION_DAYS
 from parapet.kit.config import ServiceSettings
 
 
@@ -23,7 +24,13 @@ class AuditSettings(ServiceSettings):
         "masked", description="Body form when a record's policy says BODY_RETENTION_UNSPECIFIED."
     )
     audit_default_retention_days: int = Field(
-        30, ge=1, description="Days bodies are kept when a record's policy says 0 (the deployment default)."
+        30,
+        ge=1,
+        # The bound of a record's own retention_days (and of tenant policies): past it, a late record's expiry date
+        # cannot be computed.
+        le=MAX_BODY_RETENTION_DAYS,
+        description="Days bodies are kept when a record's policy says 0 (the deployment default); at most "
+        f"{MAX_BODY_RETENTION_DAYS}.",
     )
     audit_retention_interval_seconds: float = Field(
         300.0, gt=0, description="How often the retention job drops bodies past their retention."

@@ -180,3 +180,35 @@ async def test_permissions_auth_resolved_decide_and_admin_stands_for_audit_write
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await audit.stub.Record(record, metadata=reader, timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_time_window_that_ends_before_it_starts_is_refused(audit: Audit) -> None:
+    """Until 2026-12-06 a window with end_time before start_time matched nothing and answered an empty page, as
+    if the tenant had no records then: a caller who swapped the two bounds was told so by nothing."""
+    tenant = new_tenant()
+    await audit.record(tenant, interaction())
+    swapped = audit_service_pb2.InteractionFilter()
+    swapped.start_time.GetCurrentTime()
+    swapped.end_time.FromSeconds(swapped.start_time.seconds - 3600)
+    refusals = []
+    with pytest.raises(grpc.aio.AioRpcError) as queried:
+        await _query(audit, tenant, audit_service_pb2.QueryInteractionsRequest(filter=swapped))
+    refusals.append(queried.value)
+    with pytest.raises(grpc.aio.AioRpcError) as exported:
+        await _export(audit, tenant, swapped)
+    refusals.append(exported.value)
+    for refused in refusals:
+        details = error_details(refused)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID")
+        assert [v.field for v in details.bad_request.field_violations] == ["filter.end_time"]  # type: ignore[union-attr]
+    # An empty window (end equal to start: the end is exclusive) is a question with an empty answer, not an error;
+    # and the record is there for the window in the right order.
+    empty = audit_service_pb2.InteractionFilter()
+    empty.start_time.CopyFrom(swapped.start_time)
+    empty.end_time.CopyFrom(swapped.start_time)
+    assert (await _query(audit, tenant, audit_service_pb2.QueryInteractionsRequest(filter=empty)))[0] == []
+    window = audit_service_pb2.InteractionFilter(start_time=swapped.end_time, end_time=swapped.start_time)
+    window.end_time.FromSeconds(swapped.start_time.seconds + 3600)
+    assert (
+        len((await _query(audit, tenant, audit_service_pb2.QueryInteractionsRequest(filter=window)))[0]) == 1
+    )

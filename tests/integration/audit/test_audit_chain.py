@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -237,6 +238,110 @@ async def test_rewritten_and_rehashed_chain_fails_its_checkpoint(audit: Audit) -
     assert not result.intact
     assert result.first_break.kind == Kind.CHAIN_BREAK_KIND_MODIFIED
     assert 3 <= result.first_break.sequence <= 5
+
+
+async def _rewrite_and_rehash(audit: Audit, tenant: str, sequence: int, metadata: bytes) -> None:
+    """Replace record ``sequence``'s metadata with ``metadata`` and recompute its hash, every later one and the
+    head's, as an attacker with database access would."""
+    async with audit.database.transaction() as session:
+        rows = (
+            await session.execute(
+                text("SELECT sequence, metadata FROM records WHERE tenant_id = :t ORDER BY sequence"),
+                {"t": tenant},
+            )
+        ).all()
+        previous = bytes(32)
+        for row in rows:
+            stored = metadata if row.sequence == sequence else bytes(row.metadata)
+            digest = record_hash(int(row.sequence), previous, hashlib.sha256(stored).digest())
+            await session.execute(
+                text(
+                    "UPDATE records SET metadata = :m, previous_hash = :p, record_hash = :h"
+                    " WHERE tenant_id = :t AND sequence = :s"
+                ),
+                {"m": stored, "p": previous, "h": digest, "t": tenant, "s": row.sequence},
+            )
+            previous = digest
+        await session.execute(
+            text("UPDATE chain_heads SET head_hash = :h WHERE tenant_id = :t"), {"h": previous, "t": tenant}
+        )
+
+
+def _far_future(metadata: bytes) -> bytes:
+    """``metadata`` with a create_time no Timestamp may hold (after the year 9999)."""
+    record = audit_record_pb2.AuditRecord.FromString(metadata)
+    record.create_time.seconds = 2**40
+    return record.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [lambda _: b"\xff\xff\xff not protobuf", _far_future],
+    ids=["undecodable", "create_time_out_of_range"],
+)
+async def test_rehashed_metadata_no_append_could_write_is_reported_modified(
+    audit: Audit, forge: Callable[[bytes], bytes]
+) -> None:
+    """Until 2026-12-06 metadata that does not decode, or decodes to a time no Timestamp holds, made VerifyChain
+    fail INTERNAL once its hashes were recomputed, checkpoint or not: the tampering was never reported."""
+    tenant, _ = await _chain(audit, 5)
+    await audit.checkpoint()
+    async with audit.database.transaction() as session:
+        original = (
+            await session.execute(
+                text("SELECT metadata FROM records WHERE tenant_id = :t AND sequence = 3"), {"t": tenant}
+            )
+        ).scalar_one()
+    await _rewrite_and_rehash(audit, tenant, 3, forge(bytes(original)))
+    result = await audit.verify(tenant)
+    _assert_break(result, 3, Kind.CHAIN_BREAK_KIND_MODIFIED)
+    assert result.records_verified == 2
+
+
+async def test_moderation_summaries_verify_whichever_release_named_their_enums(audit: Audit) -> None:
+    """A producer on a newer contract may report a moderation category (or action) this release does not know: the
+    record is kept as it came, its summary key written with the number ("99:ACTION_MASK"). Once the audit service
+    is upgraded and knows the name, it derives "CATEGORY_NEW:ACTION_MASK" from the same metadata; until 2026-12-06
+    VerifyChain then reported every such record MODIFIED, a tampering nobody did. The key as an older release wrote
+    it (numbers for what it did not know) must verify; a count that differs must not."""
+    tenant = new_tenant()
+    record = interaction()
+    record.interaction.moderation_findings.add(
+        category=3, action=3, count=2
+    )  # CATEGORY_PII_EMAIL, ACTION_MASK
+    record.interaction.moderation_findings.add(category=99, action=5, count=1)  # unknown to this release
+    await audit.record(tenant, record)
+    async with audit.database.transaction() as session:
+        written = (
+            await session.execute(
+                text("SELECT moderation_summary FROM records WHERE tenant_id = :t"), {"t": tenant}
+            )
+        ).scalar_one()
+    assert written == {"CATEGORY_PII_EMAIL:ACTION_MASK": 2, "99:ACTION_BLOCK": 1}
+    assert (await audit.verify(tenant)).intact
+
+    # What a release that knew neither CATEGORY_PII_EMAIL nor ACTION_MASK wrote for this very record.
+    older = '{"3:3": 2, "99:ACTION_BLOCK": 1}'
+    await audit.tamper(
+        "UPDATE records SET moderation_summary = CAST(:s AS jsonb) WHERE tenant_id = :t", s=older, t=tenant
+    )
+    result = await audit.verify(tenant)
+    assert (result.intact, result.records_verified) == (True, 1), result
+
+    edited = [
+        '{"3:3": 5, "99:ACTION_BLOCK": 1}',
+        '{"3:3": 2}',
+        '{"3:3": "2", "99:ACTION_BLOCK": 1}',
+        '[["3:3", 2], ["99:ACTION_BLOCK", 1]]',
+        '{"' + "9" * 5000 + ':3": 2, "99:ACTION_BLOCK": 1}',
+    ]
+    for summary in edited:
+        await audit.tamper(
+            "UPDATE records SET moderation_summary = CAST(:s AS jsonb) WHERE tenant_id = :t",
+            s=summary,
+            t=tenant,
+        )
+        _assert_break(await audit.verify(tenant), 1, Kind.CHAIN_BREAK_KIND_MODIFIED)
 
 
 async def test_forged_checkpoint_is_detected(audit: Audit) -> None:

@@ -46,12 +46,18 @@ def _long_request_id(record: audit_record_pb2.AuditRecord) -> None:
     record.interaction.request_id = _UNINDEXABLE
 
 
+def _long_model(record: audit_record_pb2.AuditRecord) -> None:
+    # The model is in the time index too (INCLUDE, for index-only cost rollups), under the same limit.
+    record.interaction.model = _UNINDEXABLE
+
+
 CASES: list[tuple[Change, str]] = [
     (_latency_overflow, "record.interaction.latency"),
     (_negative_tokens, "record.interaction.usage.prompt_tokens"),
     (_negative_cost, "record.interaction.cost.amount_micros"),
     (_long_user_id, "record.interaction.user_id"),
     (_long_request_id, "record.interaction.request_id"),
+    (_long_model, "record.interaction.model"),
 ]
 
 

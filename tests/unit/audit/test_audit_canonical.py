@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from parapet.audit.v1 import audit_record_pb2, interaction_pb2
 from parapet.auth.v1 import tenant_policy_pb2
-from parapet.events.audit import tenant_of
+from parapet.events.audit import MAX_BODY_RETENTION_DAYS, tenant_of
 from parapet.kit.errors import InvalidArgument
 from services.audit.access import has_audit_permission
 from services.audit.canonical import (
@@ -24,6 +25,7 @@ from services.audit.canonical import (
     record_hash,
     sha256_hex,
 )
+from services.audit.settings import AuditSettings
 from services.audit.signing import load_signer
 
 PROMPT, RESPONSE = "hello", "world"
@@ -209,3 +211,18 @@ def test_audit_permissions_come_from_scopes_roles_or_admin() -> None:
     assert not has_audit_permission(Principal("t", "s", roles=("member",), scopes=("chat",)), "audit.read")
     assert has_audit_permission(Principal("t", "s", credential_type="service"), "audit.write")
     assert not has_audit_permission(Principal("t", "s", credential_type="service"), "audit.read")
+
+
+def test_the_default_retention_is_held_to_the_bound_of_records() -> None:
+    """The default stands in for a record's retention_days, so it has the record's bound. Until 2026-12-06 it had
+    none: with a default of 100,000 days, a record created late enough (its own retention_days 0) overflowed its
+    bodies' expiry date, OverflowError instead of RECORD_INVALID: Record failed INTERNAL, and on the stream its
+    batch was redelivered for ever with every tenant's records behind it."""
+    with pytest.raises(ValidationError):
+        AuditSettings(audit_default_retention_days=MAX_BODY_RETENTION_DAYS + 1)
+    days = AuditSettings(audit_default_retention_days=MAX_BODY_RETENTION_DAYS).audit_default_retention_days
+    record = _record(tenant_policy_pb2.BODY_RETENTION_FULL)
+    latest = datetime.max.replace(tzinfo=UTC) - timedelta(days=MAX_BODY_RETENTION_DAYS)
+    record.create_time.FromDatetime(latest)
+    prepared = prepare(record, "t", default_retention_days=days)
+    assert prepared.body_expire_time == latest + timedelta(days=MAX_BODY_RETENTION_DAYS)
