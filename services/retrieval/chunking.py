@@ -1,9 +1,10 @@
 """Structure-aware, token-bounded chunking with overlap.
 
-Blocks (headings, paragraphs, code) are split into sentences (lines for code); a sentence longer than the
-limit is cut at token boundaries. Chunks are contiguous spans of the extracted text packed greedily up
-to `max_tokens` word pieces of the embedding model's tokenizer; a chunk closes before a heading once it
-holds at least `min_tokens`, so sections start fresh. The next chunk repeats up to `overlap_tokens` of
+Blocks (headings, paragraphs, code) are split into sentences (lines for code; the ideographic full stop and
+full-width marks end Chinese and Japanese sentences); a sentence longer than the limit is cut at word-piece
+boundaries into pieces of the overlap's size, so that its chunks overlap like any others. Chunks are contiguous
+spans of the extracted text packed greedily up to `max_tokens` word pieces of the embedding model's tokenizer; a
+chunk closes before a heading once it holds at least `min_tokens`, so sections start fresh. The next chunk repeats up to `overlap_tokens` of
 the previous chunk's last sentences, except across a section break.
 
 Chunks are bounded in characters as well (`max_chars`): the tokenizer reads a word of more than 100
@@ -55,8 +56,10 @@ class _Unit:
     heading: bool
 
 
-# Line endings as sent: CRLF and CR too (extract.py keeps them in plain text and Markdown).
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|[\r\n]+")
+# Line endings as sent: CRLF and CR too (extract.py keeps them in plain text and Markdown). Chinese and Japanese
+# end sentences with full-width marks and no space after them (until 2026-12-06 a paragraph of theirs was one
+# sentence, cut wherever its word pieces filled a chunk).
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[\u3002\uff01\uff1f\uff1b\uff1a])\s*|[\r\n]+")
 _LINE_END = re.compile(r"[\r\n]+")
 
 
@@ -110,21 +113,35 @@ def _units(extracted: Extracted, tokenizer: Tokenizer, options: ChunkingOptions)
         sentences = _bounded(text, _sentences(text, block), options.max_chars)
         spans.extend((s, e, block.kind == "heading" and i == 0) for i, (s, e) in enumerate(sentences))
     encodings = tokenizer.encode_batch([text[s:e] for s, e, _ in spans], add_special_tokens=False)
+    # A sentence too long for one chunk is cut into pieces of an overlap's size (at most half a chunk): overlap
+    # repeats whole units, and with pieces of a whole chunk each (until 2026-12-06) consecutive chunks of a long
+    # sentence shared nothing, so what a cut parted was whole in neither.
+    piece = min(options.overlap_tokens, max_tokens // 2) or max_tokens
     units = []
     for (start, end, heading), encoding in zip(spans, encodings, strict=True):
         count = len(encoding.ids)
         if count <= max_tokens:
             units.append(_Unit(start, end, count, heading))
             continue
-        # Too long for one chunk: cut at word-piece boundaries (offsets are relative to the sentence).
-        offsets = encoding.offsets
-        for first in range(0, count, max_tokens):
-            last = min(first + max_tokens, count) - 1
+        # Cut at word-piece boundaries (offsets are relative to the sentence), before a word rather than inside
+        # one when a word starts in the piece's second half: a chunk that starts inside a word counts its rest
+        # as other, often more, word pieces than the whole word had.
+        offsets, pieces = encoding.offsets, encoding.tokens
+        first = 0
+        while first < count:
+            cut = min(first + piece, count)
+            if cut < count:
+                word_start = cut
+                while word_start > first + max(1, piece // 2) and pieces[word_start].startswith("##"):
+                    word_start -= 1
+                if not pieces[word_start].startswith("##"):
+                    cut = word_start
             piece_start = start + offsets[first][0]
             # The last piece ends where the sentence does: its span may go on past its last word piece (the
             # space before a cut of `_bounded`, marks the tokenizer drops), and no text may fall between chunks.
-            piece_end = end if last + 1 >= count else start + offsets[last + 1][0]
-            units.append(_Unit(piece_start, piece_end, last - first + 1, heading and first == 0))
+            piece_end = end if cut >= count else start + offsets[cut][0]
+            units.append(_Unit(piece_start, piece_end, cut - first, heading and first == 0))
+            first = cut
     return units
 
 

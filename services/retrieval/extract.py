@@ -109,6 +109,11 @@ def _visible(text: str, start: int, end: int) -> bool:
     return any(_visible_character(text[i]) for i in range(start, end))
 
 
+def has_visible_text(text: str) -> bool:
+    """Whether `text` holds a character anyone can see (the rule of a document's blocks, for a question too)."""
+    return _visible(text, 0, len(text))
+
+
 def _trimmed(text: str, start: int, end: int, kind: str) -> Block | None:
     """The block `[start, end)` without surrounding whitespace, or None when it has no visible text."""
     while start < end and text[start].isspace():

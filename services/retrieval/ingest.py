@@ -47,6 +47,7 @@ from services.retrieval import repository
 from services.retrieval.chunking import Chunk, ChunkingOptions, chunk
 from services.retrieval.deletion import forget_vectors
 from services.retrieval.events import OutboxRelay, record_deletion
+from services.retrieval.extract import MAX_TITLE_CHARS as EXTRACTED_TITLE_CHARS
 from services.retrieval.extract import Extracted, ExtractionError, extract, media_type
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.protocol import (
@@ -61,6 +62,9 @@ from services.retrieval.stores.protocol import (
 )
 
 MAX_METADATA_ENTRIES = 64
+#: Every citation of a document repeats its title and source URI (a query answer holds up to 100 citations).
+MAX_TITLE_CHARS = EXTRACTED_TITLE_CHARS
+MAX_SOURCE_URI_CHARS = 4096
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 
 
@@ -179,6 +183,20 @@ def validate(document: document_pb2.Document, content: bytes, max_bytes: int) ->
             "DOCUMENT_ID_INVALID",
             "document_id must be 1-512 characters without control characters",
             "document.document_id",
+        )
+    # Bounded so that a query answer of citations stays readable (a 1 MB title in each of 8 citations made an
+    # 8 MB answer that no client with the default 4 MiB limit could read, for every reader of the document).
+    if len(document.title) > MAX_TITLE_CHARS:
+        raise Rejected(
+            "DOCUMENT_METADATA_INVALID",
+            f"title is longer than {MAX_TITLE_CHARS} characters",
+            "document.title",
+        )
+    if len(document.source_uri) > MAX_SOURCE_URI_CHARS:
+        raise Rejected(
+            "DOCUMENT_METADATA_INVALID",
+            f"source_uri is longer than {MAX_SOURCE_URI_CHARS} characters",
+            "document.source_uri",
         )
     if len(document.metadata) > MAX_METADATA_ENTRIES:
         raise Rejected(

@@ -78,8 +78,15 @@ async def get_document(
     session: AsyncSession, tenant_id: str, document_id: str, *, lock: bool = False
 ) -> DocumentRow | None:
     """The document whatever its groups (the caller decides what the caller may do with it, see
-    `ingest.Writer`); with `lock`, locked until the transaction ends (concurrent writers of one id take
-    turns)."""
+    `ingest.Writer`); with `lock`, its id is locked until the transaction ends, so concurrent writers of one id
+    take turns, also while no document has it yet."""
+    if lock:
+        # FOR UPDATE locks no row while the id is free: two ingestions creating it both read None and both
+        # wrote it (the second overwrote the first, whoever owned it). A lock on the id itself serialises them.
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": json.dumps(["retrieval.document", tenant_id, document_id])},
+        )
     row = (
         await session.execute(
             text(

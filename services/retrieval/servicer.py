@@ -18,6 +18,7 @@ from parapet.retrieval.v1 import document_pb2, retrieval_service_pb2_grpc
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import repository
 from services.retrieval.deletion import Deleter
+from services.retrieval.extract import has_visible_text
 from services.retrieval.ingest import Ingestor, Prepared, Progress, Writer
 from services.retrieval.limits import MAX_QUERY_CHARS, MAX_QUERY_DOCUMENT_IDS, MAX_QUERY_FILTER_ENTRIES
 from services.retrieval.permissions import DOCUMENTS_DELETE, DOCUMENTS_READ, INGEST
@@ -154,6 +155,10 @@ class RetrievalServicer(retrieval_service_pb2_grpc.RetrievalServiceServicer):
             violations.append(("query", "must not be empty"))
         elif len(request.query) > MAX_QUERY_CHARS:
             violations.append(("query", f"at most {MAX_QUERY_CHARS} characters"))
+        elif not has_visible_text(request.query):
+            # As in a document (DOCUMENT_EMPTY): zero-width, format and control characters are no text, and
+            # vector search would rank every chunk against a question the model reads as no word piece.
+            violations.append(("query", "must have visible text, not only zero-width or control characters"))
         if not 0 <= request.top_k <= MAX_TOP_K:
             violations.append(("top_k", f"must be between 0 and {MAX_TOP_K}"))
         if not 0.0 <= request.min_score <= 1.0:

@@ -78,13 +78,26 @@ def decode(token: str, query: str) -> Position | None:
             bound == query
             and isinstance(position, list)
             and bool(position)
-            and all(isinstance(part, str | int) and not isinstance(part, bool) for part in position)
+            and all(_storable(part) if isinstance(part, str) else _number(part) for part in position)
         )
     except (ValueError, KeyError, TypeError, RecursionError):
         valid = False
     if not valid:
         raise invalid_token()
     return list(position)
+
+
+def _number(part: object) -> bool:
+    return isinstance(part, int) and not isinstance(part, bool)
+
+
+def _storable(text: str) -> bool:
+    """Whether a text position can be a query parameter at all. Tokens are not secret, so a caller can write one
+    with any position: PostgreSQL takes no NUL in text, and a lone surrogate cannot be encoded (the
+    UnicodeEncodeError is a ValueError, refused by ``decode``). Such a position failed retrieval's listing
+    INTERNAL until 2026-12-06. No value we store holds either, so no token we issued is refused."""
+    text.encode()
+    return "\x00" not in text
 
 
 def decode_number(token: str, query: str) -> int | None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from parapet.kit import paging
 from parapet.kit.errors import error_details
 from parapet.kit.testing import PAGE_TOKEN_REFUSED, refusal
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
@@ -209,12 +210,15 @@ async def test_stream_ingest_reports_results_and_progress(client: Client) -> Non
         (pb.QueryRequest(query="x", top_k=101), "top_k"),
         (pb.QueryRequest(query="x", min_score=1.5), "min_score"),
         (pb.QueryRequest(query="x" * 9000), "query"),
+        # Answered until 2026-12-06 (vector search ranks every chunk against a question of no word piece):
+        # zero-width characters and a byte order mark are no text, as in a document (DOCUMENT_EMPTY).
+        (pb.QueryRequest(query="\u200b\ufeff \u200d"), "query"),
         # Unbounded until 2026-12-06: Pinecone refuses an $in of over 10,000 values, so such a query failed
         # UNAVAILABLE on every retry there, and PostgreSQL was handed whatever array a caller sent.
         (pb.QueryRequest(query="x", document_ids=[f"d{i}" for i in range(1001)]), "document_ids"),
         (pb.QueryRequest(query="x", metadata_filter={f"k{i}": "v" for i in range(65)}), "metadata_filter"),
     ],
-    ids=["empty", "top_k", "min_score", "long", "document_ids", "metadata_filter"],
+    ids=["empty", "top_k", "min_score", "long", "invisible", "document_ids", "metadata_filter"],
 )
 async def test_invalid_queries_are_refused_with_field_violations(
     client: Client, request_: pb.QueryRequest, field: str
@@ -301,3 +305,17 @@ async def test_documents_are_listed_a_page_at_a_time_and_a_token_serves_only_its
         client.stub.ListDocuments(pb.ListDocumentsRequest(page_size=-1), metadata=caller)
     )
     assert negative[0] == grpc.StatusCode.INVALID_ARGUMENT and negative[2] == ["page_size"]
+
+
+@pytest.mark.parametrize("position", ["d1\x00", "d\ud800"], ids=["nul", "lone-surrogate"])
+async def test_a_forged_page_token_is_refused_not_an_internal_error(client: Client, position: str) -> None:
+    """Tokens are not secret: a caller can write one for its own listing with any position. One PostgreSQL
+    cannot take as text (a NUL, a lone surrogate) failed INTERNAL until 2026-12-06 (now refused by
+    parapet.kit.paging for every listing)."""
+    tenant = new_tenant()
+    caller = client.as_(tenant)
+    await client.ingest(caller, *((doc(f"d{i}"), f"Document number {i}.".encode()) for i in range(3)))
+    request = pb.ListDocumentsRequest(page_size=1)
+    forged = paging.encode([position], paging.query_key(request, tenant, "alice"))
+    request.page_token = forged
+    assert await refusal(client.stub.ListDocuments(request, metadata=caller)) == PAGE_TOKEN_REFUSED

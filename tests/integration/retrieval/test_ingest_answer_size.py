@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 import pytest
+from google.rpc import error_details_pb2
 
 from parapet.kit.errors import error_details
 from parapet.retrieval.v1 import document_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import servicer
+from services.retrieval.ingest import MAX_SOURCE_URI_CHARS, MAX_TITLE_CHARS
 from tests.integration.retrieval.conftest import Client, doc, new_tenant
 
 
@@ -64,3 +66,36 @@ async def test_ingest_documents_refuses_a_stream_longer_than_its_answer_can_hold
     assert "StreamIngestDocuments" in details.message
     listed = await client.stub.ListDocuments(pb.ListDocumentsRequest(), metadata=caller)
     assert sorted(d.document_id for d in listed.documents) == ["d0", "d1", "d2"]
+
+
+def _reason_and_fields(result: pb.DocumentResult) -> tuple[str, list[str]]:
+    """The ErrorInfo reason and BadRequest fields of a refused document."""
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    for detail in result.error.details:
+        detail.Unpack(info) or detail.Unpack(bad_request)
+    return info.reason, [v.field for v in bad_request.field_violations]
+
+
+async def test_a_title_or_source_longer_than_a_citation_takes_is_refused(client: Client) -> None:
+    """Every citation of a document repeats its title and source URI. Unbounded until 2026-12-06: a document
+    with a 1 MB title made every query that found a few of its chunks an answer of megabytes no client could
+    read (RESOURCE_EXHAUSTED), for every reader of the tenant."""
+    caller = client.as_(new_tenant())
+    text = " ".join(f"Clause {i}: the supplier delivers spare parts within {i} days." for i in range(200))
+    long_title, long_source, longest = doc("long-title"), doc("long-source"), doc("longest")
+    long_title.title = "T" * 1_000_000
+    long_source.source_uri = "https://docs.example/" + "s" * 1_000_000
+    longest.title, longest.source_uri = "T" * MAX_TITLE_CHARS, "s" * MAX_SOURCE_URI_CHARS
+    response = await client.ingest(
+        caller, (long_title, text.encode()), (long_source, text.encode()), (longest, text.encode())
+    )
+    assert [r.outcome for r in response.results] == [pb.DOCUMENT_OUTCOME_REJECTED] * 2 + [
+        pb.DOCUMENT_OUTCOME_CREATED
+    ]
+    assert [_reason_and_fields(r) for r in response.results[:2]] == [
+        ("DOCUMENT_METADATA_INVALID", ["document.title"]),
+        ("DOCUMENT_METADATA_INVALID", ["document.source_uri"]),
+    ]
+    assert response.ByteSize() < 10_000
+    chunks = await client.query(caller, "when are spare parts delivered", top_k=8)
+    assert len(chunks) == 8 and {c.citation.document_id for c in chunks} == {"longest"}

@@ -3,6 +3,7 @@ the retry repairs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -341,3 +342,58 @@ async def test_a_document_sent_again_in_the_same_call_ends_as_its_last_version(c
     for mode in (pb.SEARCH_MODE_VECTOR, pb.SEARCH_MODE_FULL_TEXT, pb.SEARCH_MODE_HYBRID):
         found = await client.query(caller, "how much do engineers earn", mode=mode, document_ids=["flip"])
         assert [c.text for c in found] == [SALARIES.decode()], mode
+
+
+async def _until_waiting_for_locks(database: Database, count: int) -> None:
+    """Returns once `count` sessions of the database wait for a lock (the test's set points)."""
+    for _ in range(1000):
+        async with database.transaction() as session:
+            waiting = (
+                await session.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            ).scalar_one()
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never {count} sessions waiting for a lock")
+
+
+@pytest.mark.parametrize("second", ["mallory", "alice"])
+async def test_two_ingestions_creating_one_id_at_once_take_turns(
+    database: Database, embedder: MiniLmEmbedder, second: str
+) -> None:
+    """Both ingestions read the id as free, then store. The row lock of `_store_one` locks nothing while no row
+    exists, so until 2026-12-06 the second overwrote the first's fresh document: both were CREATED, the first's
+    vectors stayed behind unreferenced, and another caller (mallory) replaced alice's text and took it over."""
+    tenant = new_tenant()
+    ingestor = _ingestor(database, embedder)
+    alice, other = Writer(tenant, "alice", ("hr",)), Writer(tenant, second)
+    first = await ingestor.prepare(alice, 0, doc("salaries", groups=("hr",)), SALARIES, Progress())
+    later = await ingestor.prepare(other, 0, doc("salaries"), FORGED, Progress())
+    assert isinstance(first, Prepared) and isinstance(later, Prepared)  # the id is free for both
+
+    # The first holds its transaction open until the second is storing too: a share lock on the chunk rows
+    # stops its chunk delete (the first write of `chunks` in `_replace`) until released.
+    async with database.transaction() as blocker:
+        await blocker.execute(text("LOCK TABLE retrieval.chunks IN SHARE MODE"))
+        storing_first = asyncio.create_task(ingestor.store(alice, [first], Progress()))
+        await _until_waiting_for_locks(database, 1)
+        storing_later = asyncio.create_task(ingestor.store(other, [later], Progress()))
+        await _until_waiting_for_locks(database, 2)
+    ((created,), (result,)) = await asyncio.gather(storing_first, storing_later)
+
+    assert created.outcome == pb.DOCUMENT_OUTCOME_CREATED
+    async with tenant_scope(database, tenant) as session:
+        owner = (await session.execute(text("SELECT owner_user_id FROM documents"))).scalar_one()
+        rows = (await session.execute(text("SELECT chunk_id, text FROM chunks"))).all()
+    if second == "mallory":  # alice's document is hers: mallory is refused, as if she had come later
+        assert _refusal(result) == NOT_WRITABLE
+        assert (owner, [r.text for r in rows]) == ("alice", [SALARIES.decode()])
+    else:  # alice's second version replaces her first, which is reported and whose vectors go
+        assert result.outcome == pb.DOCUMENT_OUTCOME_UPDATED
+        assert (owner, [r.text for r in rows]) == ("alice", [FORGED.decode()])
+    assert set(await _vector_groups(database, tenant)) == {r.chunk_id for r in rows}

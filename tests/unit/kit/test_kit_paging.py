@@ -118,3 +118,17 @@ def test_crafted_tokens_are_refused_not_crashed_on() -> None:
     huge = paging.encode([2**63], query)
     assert _refused(lambda: paging.decode_number(huge, query))[0] == "PAGE_TOKEN_INVALID"
     assert paging.decode_number(paging.encode([paging.MAX_NUMBER_POSITION], query), query) == 2**31 - 1
+
+
+@pytest.mark.parametrize("position", ["d1\x00", "d\ud800", "\udfff"], ids=["nul", "lone-surrogate", "low"])
+def test_a_text_position_no_database_can_take_is_refused(position: str) -> None:
+    # Tokens are not secret: a caller can write one for its own query, with any position. Such a text became a
+    # query parameter that failed the listing INTERNAL.
+    query = "q"
+    token = paging.encode([position], query)
+    assert _refused(lambda: paging.decode_text(token, query))[0] == "PAGE_TOKEN_INVALID"
+    mixed = paging.encode([position, 3], query)
+    assert _refused(lambda: paging.decode(mixed, query))[0] == "PAGE_TOKEN_INVALID"
+    # Any other text, however odd, is a position (control characters, astral and combining characters).
+    for fine in ("tab\there", "\U0001f600 é\u0301", ""):
+        assert paging.decode_text(paging.encode([fine], query), query) == fine

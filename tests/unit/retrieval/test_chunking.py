@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from parapet.embeddings.minilm import load_tokenizer
-from services.retrieval.chunking import ChunkingOptions, chunk
+from services.retrieval.chunking import Chunk, ChunkingOptions, chunk
 from services.retrieval.extract import extract
 
 
@@ -115,3 +115,44 @@ def test_offsets_index_the_text_as_sent_whatever_its_line_endings(
     chunks = chunk(extracted, tokenizer, ChunkingOptions(max_tokens=12, overlap_tokens=4, min_tokens=4))
     assert len(chunks) > 3
     assert all(original[c.start : c.end] == c.text == c.text.strip() for c in chunks)
+
+
+def _overlap_tokens(tokenizer: Tokenizer, text: str, previous: Chunk, following: Chunk) -> int:
+    return _count(tokenizer, text[following.start : previous.end]) if following.start < previous.end else 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # One sentence of 1,500 words (a transcript, a log line, a table flattened to text).
+        " ".join(f"item{i} weighs {i % 13} kilograms and ships from depot {i % 5}" for i in range(150)),
+        # Japanese: sentences end with 。 and no space; until 2026-12-06 a paragraph was one sentence.
+        "".join(
+            f"第{i}条の規定により、供給者は注文から{i}日以内に部品を納入しなければならない。"
+            for i in range(60)
+        ),
+    ],
+    ids=["long-sentence", "japanese"],
+)
+def test_text_without_sentence_ends_the_chunker_knows_still_overlaps(tokenizer: Tokenizer, text: str) -> None:
+    """Overlap repeats whole sentences (units). A sentence longer than a chunk was cut into pieces of a whole
+    chunk each, so consecutive chunks shared nothing (what a cut parted was in neither whole); and 。 ended no
+    sentence, so Japanese and Chinese paragraphs were such sentences."""
+    options = ChunkingOptions(max_tokens=200, overlap_tokens=40)
+    extracted = extract(text.encode(), "text/plain")
+    chunks = chunk(extracted, tokenizer, options)
+    assert len(chunks) >= 4
+    for c in chunks:
+        assert c.text == extracted.text[c.start : c.end]
+        assert c.tokens == _count(tokenizer, c.text) <= options.max_tokens
+    for previous, following in itertools.pairwise(chunks):
+        assert previous.start < following.start < previous.end
+        assert 0 < _overlap_tokens(tokenizer, extracted.text, previous, following) <= options.overlap_tokens
+
+
+def test_japanese_chunks_end_at_sentence_ends(tokenizer: Tokenizer) -> None:
+    text = "".join(
+        f"第{i}条の規定により、供給者は注文から{i}日以内に部品を納入しなければならない。" for i in range(60)
+    )
+    chunks = chunk(extract(text.encode(), "text/plain"), tokenizer, ChunkingOptions())
+    assert len(chunks) >= 4 and all(c.text.startswith("第") and c.text.endswith("。") for c in chunks)

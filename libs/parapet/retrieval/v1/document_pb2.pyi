@@ -64,9 +64,11 @@ class Document(_message.Message):
     Re-ingesting the same id replaces the document.
     """
     title: _builtins.str
-    """Human-readable title, shown in citations."""
+    """Human-readable title, shown in citations. At most 1,024 characters (every citation repeats it)."""
     source_uri: _builtins.str
-    """Where the document came from (URL or path), shown in citations; not fetched by Parapet."""
+    """Where the document came from (URL or path), shown in citations; not fetched by Parapet. At most 4,096
+    characters.
+    """
     mime_type: _builtins.str
     """Media type of the content: "text/plain", "text/markdown" or "text/html"."""
     owner_user_id: _builtins.str
