@@ -498,7 +498,7 @@ async def test_repeated_failures_from_one_client_are_throttled_whatever_the_key(
 async def test_a_user_id_longer_than_any_user_has_is_invalid_argument(auth: Auth) -> None:
     # No user id is longer than 255 characters (CreateUser's bound). A longer one was looked up and its
     # NOT_FOUND named it back (`users/<id>` in ErrorInfo): past gRPC's 16 KiB metadata limit the client got
-    # RESOURCE_EXHAUSTED "Stream removed" and no details, for a plain bad argument, until 2026-12-07.
+    # RESOURCE_EXHAUSTED "Stream removed" and no details, for a plain bad argument, until 2026-12-06.
     tenant = await auth.new_tenant()
     long_id = "u" * 20_000
     calls = {

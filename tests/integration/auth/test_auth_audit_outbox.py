@@ -118,7 +118,7 @@ async def test_published_records_are_pruned_after_their_retention(
 
 async def test_a_tenant_state_change_records_its_reason(auth: Auth, nats_url: str) -> None:
     # The contract's `reason` ("why, for the audit trail") of DisableTenant and EnableTenant was dropped
-    # until 2026-12-07: only RevokeApiKey's reached the record.
+    # until 2026-12-06: only RevokeApiKey's reached the record.
     tenant = await auth.new_tenant()
     await auth.admin.DisableTenant(
         tpb.DisableTenantRequest(tenant_id=tenant, reason="unpaid invoice"), metadata=auth.operator

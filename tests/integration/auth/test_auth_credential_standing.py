@@ -2,7 +2,7 @@
 IssueDelegatedToken re-read the API key (revoked, expired, user or tenant disabled, current roles) and the OIDC
 subject's user row, instead of trusting a token that stays valid for up to 5 minutes after the change.
 
-Before 2026-12-07 a token issued before its key was revoked (a leaked admin key, revoked by the operator)
+Before 2026-12-06 a token issued before its key was revoked (a leaked admin key, revoked by the operator)
 went on administering until it expired: enough to mint a new key for the same user and outlive the
 revocation for good.
 """

@@ -3,7 +3,7 @@ trail or store what no token can carry.
 
 An admin change's audit record carries the user's groups and roles and the key's scopes; the outbox relay
 publishes records in order, and one over NATS's message limit (1 MiB) failed on every round, holding up every
-later record of every tenant for good. Until 2026-12-07 one CreateUser with a megabyte of groups (or a
+later record of every tenant for good. Until 2026-12-06 one CreateUser with a megabyte of groups (or a
 CreateApiKey with the scope `chat` repeated 300,000 times) did that
 (`test_a_user_too_large_for_one_audit_record_is_refused_and_the_trail_flows_on`: "0 of 1 records").
 """

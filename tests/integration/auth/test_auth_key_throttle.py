@@ -1,7 +1,7 @@
 """The per-prefix throttle: wrong secrets for a key's prefix are refused once past the limit, the key itself is
 not, and the key's tenant finds the throttling in its audit trail.
 
-A key's prefix is public (ListApiKeys, audit records, `parapet keys list`). Until 2026-12-07 a throttled prefix
+A key's prefix is public (ListApiKeys, audit records, `parapet keys list`). Until 2026-12-06 a throttled prefix
 refused the right secret too: ten wrong guesses a minute from anywhere kept the key locked out for as long as
 the guessing went on (`test_guessing_a_keys_secret_does_not_lock_the_key_out` got RESOURCE_EXHAUSTED
 `AUTHENTICATION_THROTTLED` for the real key).

@@ -212,7 +212,7 @@ def _forged(issuer: str, audience: str) -> str:
 
 async def test_forged_tokens_naming_an_issuer_do_not_lock_its_tenant_out(auth: Auth, idp: Idp) -> None:
     # Anyone can name a tenant's issuer (it is in every token the provider issues) in a token signed by no
-    # key of it. Until 2026-12-07 ten such failures a minute, from any clients (or ten users presenting
+    # key of it. Until 2026-12-06 ten such failures a minute, from any clients (or ten users presenting
     # expired tokens), throttled every cold sign-in of the whole tenant: failures counted per issuer.
     for i in range(12):
         client = (("x-parapet-client-ip", f"192.0.2.{i}"),)
@@ -244,7 +244,7 @@ async def test_forged_tokens_naming_an_issuer_do_not_lock_its_tenant_out(auth: A
 async def test_claims_no_text_column_can_hold_are_refused_or_dropped_never_internal(
     auth: Auth, idp: Idp
 ) -> None:
-    # An issuer with NUL needs no signature to reach the database: it gave INTERNAL until 2026-12-07.
+    # An issuer with NUL needs no signature to reach the database: it gave INTERNAL until 2026-12-06.
     code, reason, _ = await refusal(
         auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=_forged("https://x\x00y/", idp.audience)))
     )
@@ -271,7 +271,7 @@ async def test_a_token_expired_within_the_clock_skew_gets_no_dead_internal_token
 ) -> None:
     # The provider's skew (30 s here) let a token that expired 20 s ago through, and the internal token,
     # capped at the credential's exp, was issued already expired (every service then refused it): Authenticate
-    # said OK with a useless token until 2026-12-07. Now the caller hears that its token expired.
+    # said OK with a useless token until 2026-12-06. Now the caller hears that its token expired.
     now = int(time.time())
     code, reason, _ = await refusal(
         auth.auth.Authenticate(apb.AuthenticateRequest(oidc_token=idp.token(sub="late", exp=now - 20)))

@@ -238,7 +238,7 @@ async def test_a_platform_policy_from_before_delegation_gains_the_role_once(
 
 
 async def test_no_platform_principal_can_be_delegated(auth: Auth) -> None:
-    # A delegator holds token.delegate and nothing else; until 2026-12-07 it could name an operator's key
+    # A delegator holds token.delegate and nothing else; until 2026-12-06 it could name an operator's key
     # (its id travels in every token the operator uses) and get a platform-admin token: every tenant's
     # administration, from an account documented as unable to administer anything.
     delegator = await _delegator(auth)
