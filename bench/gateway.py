@@ -8,18 +8,21 @@ generator process per run (``bench.gateway_load``). Targets:
 
 (a) the upstream called directly; (b) the gateway's StreamChat with retrieval off; (b2) the same for a tenant whose
 policy allows person names, so moderation skips its NER model; (c) retrieval on, over five ingested documents;
-(d1, d2) LiteLLM with 1 and 2 workers.
+(d1, d2) LiteLLM with 1 and 2 workers; (e) the floor: a bare grpc.aio relay of StreamChat to the upstream over raw
+httpx, doing nothing else (``bench.grpc_relay``), and (e2) a second such relay in front of it, one Python
+gRPC process more on the path, as Parapet's gateway has inference in front of the upstream.
 
 Regimes: unloaded (zero-latency upstream, one stream at a time, targets interleaved), then open-loop load at
 fixed rates against an upstream that waits 50 ms and then streams 20 chunks 10 ms apart. Knobs (environment):
 ``BENCH_GATEWAY_CALLS`` (unloaded streams per target, default 500), ``BENCH_GATEWAY_SECONDS`` (per rate,
 default 10), ``BENCH_GATEWAY_RATES`` (default 10,20,30,40,50,60,70,80,100,200,300,400), ``BENCH_GATEWAY_LITELLM_WORKERS``
-(default 1,2), ``BENCH_GATEWAY_TARGETS`` (default a,b,b2,c,d).
+(default 1,2), ``BENCH_GATEWAY_TARGETS`` (default a,b,b2,c,d,e).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from bench.gateway_clients import Target
 from bench.gateway_litellm import LiteLLM, ensure_venv, litellm_proxy
-from bench.gateway_procs import PYTHON, ProcessGroup, announced_child, tree, wait_settled
+from bench.gateway_procs import PYTHON, Child, ProcessGroup, announced_child, tree, wait_settled
 from bench.gateway_report import Measured, body
 from bench.gateway_results import TargetLoad
 from bench.gateway_runs import Scenario, one_at_a_time, open_loop
@@ -58,8 +61,8 @@ PARAPET_SCENARIOS = (
     ("b2", "Parapet, retrieval off, names allowed (no NER)", False, NAMES_TENANT),
     ("c", "Parapet, retrieval on", True, TENANT),
 )
-# Which of a, b, b2, c, d to run (a always runs: it is every other target's reference).
-TARGETS = set(os.environ.get("BENCH_GATEWAY_TARGETS", "a,b,b2,c,d").split(",")) | {"a"}
+# Which of a, b, b2, c, d, e to run (a always runs: it is every other target's reference; e runs e and e2).
+TARGETS = set(os.environ.get("BENCH_GATEWAY_TARGETS", "a,b,b2,c,d,e").split(",")) | {"a"}
 # 18 words: the emulator echoes "You said: <question>", 20 chunks.
 QUESTION = (
     "How many vacation days do new employees receive in their first year according to the employee handbook?"
@@ -86,6 +89,12 @@ workers; and a fresh load-generator process per run (`bench/gateway_load.py`, as
   `LITELLM_LOCAL_MODEL_COST_MAP=True`, `LITELLM_LOG=ERROR`, JSON logs, `proxy_batch_write_at: 60`,
   `simple-shuffle` routing; no database and no Redis, so no virtual keys, spend logs, budgets or shared rate
   limits: it does less per request than Parapet does.
+- (e) is the floor of any Python gRPC gateway here: `bench/grpc_relay.py`, a bare grpc.aio server whose
+  StreamChat streams the chat from the upstream over raw httpx (as the direct client does) and sends the
+  content chunks back as text deltas (those that piled up behind a send merged into one, as Parapet's
+  inference merges them), then a summary; no kit, SDK, authentication, policy, screening, budget, settlement
+  or audit. (e2) is a second relay in front of it: one more Python gRPC process on the path, as Parapet's
+  gateway calls inference, which calls the upstream. Both are called with (b)'s client code.
 - Latency of a stream: from its (scheduled) start to its end; first token: to the first content delta.
   A rate is **held** when nothing failed and its p99 is at most twice the target's p99 one stream at a time
   against the same streaming upstream."""
@@ -107,8 +116,16 @@ def _gateway(name: str, suite: Suite, model: str, retrieval: bool, tenant: str =
     )
 
 
+def _relay(name: str, address: str, model: str) -> Target:
+    return Target(name=name, kind="gateway", address=address, api_key="none", model=model, question=QUESTION)
+
+
 def scenarios(
-    upstream_url: str, upstream: ProcessGroup, suite: Suite | None, proxies: list[LiteLLM]
+    upstream_url: str,
+    upstream: ProcessGroup,
+    suite: Suite | None,
+    proxies: list[LiteLLM],
+    relays: list[Child],
 ) -> list[Scenario]:
     direct_v1 = upstream_url + "/v1"
     found = [
@@ -136,6 +153,20 @@ def scenarios(
                 proxy.processes,
             )
         )
+    streaming_model = f"{UPSTREAM_MODEL};{STREAMING_FAULT}"
+    labels = ("bare gRPC relay (the floor)", "two bare gRPC relays in a row")
+    for depth, (relay, label) in enumerate(zip(relays, labels, strict=False), start=1):
+        key = "e" if depth == 1 else f"e{depth}"
+        pids = [child.pid for child in relays[:depth]]
+        found.append(
+            Scenario(
+                key,
+                label,
+                _relay(key, relay.announcement["address"], UPSTREAM_MODEL),
+                _relay(key, relay.announcement["address"], streaming_model),
+                ProcessGroup(key, functools.partial(tuple, pids)),
+            )
+        )
     return found
 
 
@@ -161,7 +192,19 @@ async def measure(workdir: Path) -> Measured:
             )
             for workers in (LITELLM_WORKERS if "d" in TARGETS else [])
         ]
-        found = scenarios(upstream_url, ProcessGroup("upstream", lambda: tree(upstream.pid)), suite, proxies)
+        relays: list[Child] = []
+        if "e" in TARGETS:
+            relay = PYTHON, "-m", "bench.grpc_relay"
+            inner = await stack.enter_async_context(
+                announced_child(*relay, "--upstream", upstream_url + "/v1", log=log)
+            )
+            outer = await stack.enter_async_context(
+                announced_child(*relay, "--inner", str(inner.announcement["address"]), log=log)
+            )
+            relays = [inner, outer]
+        found = scenarios(
+            upstream_url, ProcessGroup("upstream", lambda: tree(upstream.pid)), suite, proxies, relays
+        )
         for scenario in found:
             await wait_settled(scenario.processes)
         idle_rss = {s.key: s.processes.rss() for s in found}
