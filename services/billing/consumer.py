@@ -76,11 +76,13 @@ def _problem(event: usage_event_pb2.UsageEvent) -> str | None:
 
 def _decode(message: Msg) -> usage_event_pb2.UsageEvent | None:
     """The UsageEvent of ``message`` with its id in canonical form (the idempotency key); None when it is not
-    one that can ever be applied (not a UsageEvent, an id that is no UUID, an occur_time out of range)."""
+    one that can ever be applied (not a UsageEvent, an id that is no UUID, no occur_time or one out of range)."""
     try:
         event = usage_event_pb2.UsageEvent.FromString(message.data)
         event.event_id = str(uuid.UUID(event.event_id))
-        event.occur_time.ToDatetime(UTC)  # the rollup's day; raises for a time no calendar holds
+        if not event.HasField("occur_time"):  # the rollup's day: 1970-01-01 until 2026-12-06, in no invoice
+            return None
+        event.occur_time.ToDatetime(UTC)  # raises for a time no calendar holds
     except (DecodeError, ValueError):
         return None
     return event
