@@ -4,7 +4,9 @@ Text deltas go to stdout as they arrive; citations follow the answer; notices an
 (model, tokens, cost, cache, Parapet's own time) go to stderr, so ``parapet chat "..." > answer.txt`` keeps
 only the answer. ``--json`` prints every StreamChatResponse as one JSON line instead. Without a question, a
 REPL keeps the conversation (Ctrl-D ends it). Ctrl-C cancels the stream: the gateway cancels the model call
-and settles what was produced; a single question then exits 130, the REPL drops that turn and goes on.
+and settles what was produced; a single question then exits 130, the REPL drops that turn and goes on. An
+answer the tenant's output screening stopped (finish reason content_filter) is said so on stderr and, for a
+single question, exits 4: what reached stdout is not the answer.
 """
 
 from __future__ import annotations
@@ -143,9 +145,11 @@ async def stream_answer(
     finally:
         # Cancelled (Ctrl-C) or failed mid-stream: tell the gateway, so it stops the model call now.
         call.cancel()
-    if not args.json:
-        if answer.text:
+        if answer.text and not args.json:
+            # End the answer's line, also when an error or "interrupted" follows on the same terminal (it was
+            # glued to the last word of a cut answer).
             print(flush=True)
+    if not args.json:
         if answer.citations:
             print("\nsources:")
             for number, citation in enumerate(distinct_documents(answer.citations), 1):
@@ -153,7 +157,20 @@ async def stream_answer(
             sys.stdout.flush()
         if answer.summary is not None:
             failures.say(summary_line(answer.summary))
+    if withheld(answer):
+        failures.say(
+            "parapet chat: the rest of the answer was withheld by the tenant's output screening "
+            "(finish reason content_filter)"
+        )
     return answer
+
+
+def withheld(answer: Answer) -> bool:
+    """Whether output screening stopped the answer: the stream ends OK, but what came is not the answer."""
+    return (
+        answer.summary is not None
+        and answer.summary.finish_reason == generation_pb2.FINISH_REASON_CONTENT_FILTER
+    )
 
 
 def utf8_question(text: str) -> str:
@@ -173,8 +190,9 @@ async def ask_once(args: argparse.Namespace) -> int:
     if not question:
         raise failures.CliError("the question is empty")
     async with connect.Session.from_args(args) as session:
-        await stream_answer(session, args, [message(message_pb2.ROLE_USER, question)])
-    return failures.EXIT_OK
+        answer = await stream_answer(session, args, [message(message_pb2.ROLE_USER, question)])
+    # A withheld answer is no answer: `parapet chat "..." > answer.txt` must not exit 0 with part of one.
+    return failures.EXIT_PROBLEM_FOUND if withheld(answer) else failures.EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def converse(args: argparse.Namespace) -> int:
+    """The conversation; at its end, the exit code of the last question that failed (0: all answered), so that
+    ``parapet chat < questions > answers`` does not exit 0 when answers are missing."""
     history: list[message_pb2.Message] = []
+    outcome = failures.EXIT_OK
     failures.say("parapet chat: ask away; Ctrl-C cancels an answer, Ctrl-D ends the conversation")
     # The prompt is for a person at a terminal: questions piped in get answers on stdout and nothing else,
     # so `parapet chat < questions > answers` keeps only the answers.
@@ -201,24 +222,28 @@ def converse(args: argparse.Namespace) -> int:
         except EOFError:
             if interactive:
                 print()  # end the prompt's line
-            return failures.EXIT_OK
+            return outcome
         if not line:
             continue
         try:
             utf8_question(line)
         except failures.CliError as exc:
             failures.say(f"parapet chat: {exc}; skipped")
+            outcome = exc.code
             continue
         turn = [*history, message(message_pb2.ROLE_USER, line)]
         try:
             answer = asyncio.run(_turn(args, turn))
         except KeyboardInterrupt:
-            failures.say("\n(cancelled; that question is dropped from the conversation)")
+            failures.say("(cancelled; that question is dropped from the conversation)")
             continue
         if isinstance(answer, int):
             if answer == failures.EXIT_USAGE:
                 return answer
-            continue  # the error was printed; the conversation goes on without that turn
+            outcome = answer  # the error was printed; the conversation goes on without that turn
+            continue
+        if withheld(answer):
+            outcome = failures.EXIT_PROBLEM_FOUND
         history = [*turn, message(message_pb2.ROLE_ASSISTANT, "".join(answer.text))]
 
 

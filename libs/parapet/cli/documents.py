@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,12 +135,25 @@ def title_of(path: Path, mime_type: str, text: str) -> str:
         for line in text.splitlines():
             match = _HEADING.match(line)
             if match:
-                return match.group(1)
+                return _shown_title(match.group(1), path)
     if mime_type == "text/plain":
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         if 0 < len(first) <= 120:
-            return first
+            return _shown_title(first, path)
+    return _file_title(path)
+
+
+def _file_title(path: Path) -> str:
     return path.stem.replace("_", " ").replace("-", " ")
+
+
+def _shown_title(text: str, path: Path) -> str:
+    """``text`` as the title unless it holds what no title holds (control characters such as NUL or ESC, U+FFFD
+    for bytes that are no UTF-8): the bytes of a binary file, or UTF-16 text, read as a line. Those were sent as
+    the title, and retrieval rejected the file for its title rather than for its content. (Not ``isprintable``:
+    it refuses the zero-width joiners of emoji too.)"""
+    unreadable = "\ufffd" in text or any(unicodedata.category(char) == "Cc" for char in text)
+    return _file_title(path) if unreadable else text
 
 
 def check_size(candidate: Candidate) -> None:

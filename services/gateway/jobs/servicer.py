@@ -135,9 +135,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 reason="JOB_RESULTS_TOO_LARGE",
                 metadata={"resource": f"jobs/{row.job_id}", "max_bytes": str(FULL_VIEW_MAX_BYTES)},
             )
-        # Counters and results from one moment: re-read the row after the results (it only grows).
-        row = await self._store.get(caller.tenant_id, row.job_id) or row
-        return pb.GetJobResponse(job=job_message(row, results))
+        # Counters and results from one moment: re-read the row after the results (it only grows). Gone by
+        # then, it may have been deleted before the results were read, which went with it: none is no answer.
+        current = await self._store.get(caller.tenant_id, row.job_id)
+        if current is None:
+            raise _deleted(row.job_id)
+        return pb.GetJobResponse(job=job_message(current, results))
 
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -186,6 +189,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         start = paging.decode_number(request.page_token, query) or 0  # the first item index not yet read
         row = await self._visible(caller, request.job_id)
         found = await self._store.results_page(caller.tenant_id, row.job_id, start=start, limit=size + 1)
+        # A job's results are deleted with it, in one transaction: results found were read while it existed,
+        # but none found may mean it was deleted since it was read above (DeleteJob, the expiry), and an empty
+        # last page would tell the reader that it has every result.
+        if not found and await self._store.get(caller.tenant_id, row.job_id) is None:
+            raise _deleted(row.job_id)
         page, start = _page_of_results(found, start, size, finished=row.terminal)
         # While the job runs, more results may come: the caller keeps a token to read them later from here.
         # (The row was read before the results, so a job seen terminal has all its results in the page's read.)
@@ -234,7 +242,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 changed.clear()
                 current = await self._store.get(caller.tenant_id, row.job_id)
                 if current is None:  # deleted meanwhile (it had ended: only finished jobs are deleted)
-                    raise NotFound("the job was deleted", metadata={"resource": f"jobs/{row.job_id}"})
+                    raise _deleted(row.job_id)
                 row = current
                 if progress_key(row) != last:
                     last = progress_key(row)
@@ -250,6 +258,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             row = await self._store.get(caller.tenant_id, row.job_id) or row
             log.info("job cancelled", extra={"job_id": row.job_id, "state": row.state})
         return pb.CancelJobResponse(job=job_message(row))
+
+
+def _deleted(job_id: str) -> NotFound:
+    return NotFound("the job was deleted", metadata={"resource": f"jobs/{job_id}"})
 
 
 def _page_of_results(

@@ -229,6 +229,7 @@ class Suite:
     inference_settings: InferenceSettings
     # The main gateway's /metrics: the registry is the process's, so it shows every in-process service's series.
     metrics_port: int | None = None
+    gateway_address: str = ""  # host:port of the main gateway, for clients of its own (the CLI as a process)
 
     @property
     def chat(self) -> chat_service_pb2_grpc.ChatServiceStub:
@@ -529,6 +530,7 @@ async def suite(
             addresses=addresses,
             inference_settings=inference_settings,
             metrics_port=gateway.metrics_port,
+            gateway_address=f"127.0.0.1:{gateway_port}",
         )
 
 

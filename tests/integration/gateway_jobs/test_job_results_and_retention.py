@@ -423,3 +423,46 @@ async def test_a_watch_of_a_job_gone_before_its_next_read_ends_with_not_found(su
             raise AssertionError(f"the watch went on: {update}")
         assert ended_with.value.code() == grpc.StatusCode.NOT_FOUND
         runner.gate.set()
+
+
+async def _reading_results_waits(database: Database) -> bool:
+    async with database.transaction() as session:
+        found = await session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%FROM job_results%'"
+            )
+        )
+        return bool(found.scalar())
+
+
+@pytest.mark.parametrize("read", ["full view", "page"])
+async def test_results_of_a_job_deleted_while_they_are_read_are_not_found_not_empty(
+    suite: Suite, read: str
+) -> None:
+    """DeleteJob (or the expiry) commits after GetJob or ListJobResults found the job, before they read its
+    results (staged with a lock on job_results the test holds while it deletes). The full view answered the
+    job SUCCEEDED, 2 of 2 items answered, with no result; the page answered no result and no token, as a job
+    whose results were all read: a reader took an empty job for a finished read. NOT_FOUND now, as a moment
+    later."""
+    database = Database(suite.database_url, "gateway", pool_size=2, max_overflow=0)
+    try:
+        async with suite.gateway(suite.runner()) as jobs:
+            job_id = await _finished_job(jobs, suite.key, ["a", "b"])
+            async with database.transaction() as session:
+                await session.execute(text("LOCK TABLE job_results IN ACCESS EXCLUSIVE MODE"))
+                if read == "full view":
+                    request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL)
+                    reading = asyncio.ensure_future(jobs.GetJob(request, metadata=bearer(suite.key)))
+                else:
+                    page = job_service_pb2.ListJobResultsRequest(job_id=job_id)
+                    reading = asyncio.ensure_future(jobs.ListJobResults(page, metadata=bearer(suite.key)))
+                deadline = asyncio.get_running_loop().time() + 10
+                while not await _reading_results_waits(database):
+                    assert asyncio.get_running_loop().time() < deadline, "the read never reached the results"
+                    await asyncio.sleep(0.02)
+                await session.execute(text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
+            code, _, _ = await refusal(reading)
+            assert code == grpc.StatusCode.NOT_FOUND
+    finally:
+        await database.close()

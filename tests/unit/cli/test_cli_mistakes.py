@@ -267,11 +267,12 @@ def test_a_question_that_is_not_utf8(
     assert code == failures.EXIT_USAGE
     assert one_line(err) == "parapet chat: question is not UTF-8 text (a terminal in another encoding?)"
 
-    # A conversation skips that question, says so, and goes on (here: to the end of its input).
+    # A conversation skips that question, says so, and goes on (here: to the end of its input), where its exit
+    # code says that a question went unanswered (it was 0 until 2026-12-06).
     piped = io.TextIOWrapper(io.BytesIO(b"caf\xe9?\n"), encoding="utf-8", errors="surrogateescape")
     monkeypatch.setattr(sys, "stdin", piped)
     code, err = run(capsys, "chat", "--api-key", KEY, "--address", "127.0.0.1:1")
-    assert code == failures.EXIT_OK and "Traceback" not in err
+    assert code == failures.EXIT_USAGE and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         "parapet chat: the question is not UTF-8 text (a terminal or file in another encoding?); skipped"
     )
@@ -308,3 +309,19 @@ def test_a_questions_file_whose_name_is_not_utf8_is_read(
     (tmp_path / name).write_text("")
     code, err = run(capsys, "jobs", "submit", name, "--api-key", KEY, "--address", "127.0.0.1:1")
     assert code == failures.EXIT_USAGE and one_line(err).endswith("holds no question")
+
+
+def test_a_conversation_whose_questions_failed_does_not_exit_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `parapet chat < questions > answers` with the gateway down said UNAVAILABLE for each question, then
+    # exited 0 at the end of its input, as if every question had its answer.
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first question\nsecond question\n"))
+    code, err = run(capsys, "chat", "--api-key", KEY, "--address", f"127.0.0.1:{port}")
+    assert "Traceback" not in err
+    failed = [line for line in err.splitlines() if line.startswith("parapet chat: UNAVAILABLE: ")]
+    assert len(failed) == 2, err  # each question was tried, the conversation went on after the first
+    assert code == failures.EXIT_UNREACHABLE

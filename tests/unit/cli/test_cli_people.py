@@ -110,6 +110,28 @@ def test_titles() -> None:
     assert documents.title_of(Path("x.html"), "text/html", "<title>T</title>") == ""
 
 
+def test_a_binary_file_gets_no_title_made_of_its_bytes(tmp_path: Path) -> None:
+    # A binary file named .txt (or text in UTF-16) had its first "line" of bytes sent as the title, and
+    # retrieval rejected it for "document.title contains U+0000 (NUL)": a person looked for a title they never
+    # gave. The file name is the title; retrieval then says what is wrong with the content itself.
+    binary = tmp_path / "backup_2024.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    utf16 = tmp_path / "notes.txt"
+    utf16.write_text("Quarterly notes\nmore", encoding="utf-16")
+    heading = tmp_path / "odd.md"
+    heading.write_bytes(b"# A\x00B\x1b[31m title\n")
+    family = tmp_path / "family.md"
+    family.write_text("# Family \U0001f468\u200d\U0001f469\u200d\U0001f467 trip\n")  # joiners are no bytes
+    for path, title in (
+        (binary, "backup 2024"),
+        (utf16, "notes"),
+        (heading, "odd"),
+        (family, "Family \U0001f468\u200d\U0001f469\u200d\U0001f467 trip"),
+    ):
+        mime = documents.MIME_TYPES[path.suffix]
+        assert documents.load(documents.Candidate(path, path.name, mime)).title == title
+
+
 def test_too_large_and_duplicate_files_are_reported_not_sent(tmp_path: Path) -> None:
     big = tmp_path / "big.txt"
     big.write_bytes(b"x" * (documents.MAX_BYTES + 1))
