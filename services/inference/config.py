@@ -117,7 +117,8 @@ class ComplexityConfig(_Frozen):
 
 class CanaryVariant(_Frozen):
     model: str
-    weight: float = Field(gt=0)
+    # Relative to the others, at any scale; an infinite weight would leave every other variant no share.
+    weight: float = Field(gt=0, allow_inf_nan=False)
 
 
 class CanaryConfig(_Frozen):

@@ -50,6 +50,7 @@ from services.inference.prompts import ContextDocument, PromptLibrary, RenderedP
 from services.inference.providers.base import (
     Delta,
     Finish,
+    PromptCounted,
     PromptMessage,
     Provider,
     ProviderError,
@@ -469,6 +470,7 @@ class Engine:
             system=state.rendered.system,
             messages=state.rendered.messages,
             max_tokens=min(max_tokens, cap) if isinstance(max_tokens, int) else None,
+            output_limit=cap,
             temperature=sampling.get("temperature"),  # type: ignore[arg-type]
             top_p=sampling.get("top_p"),  # type: ignore[arg-type]
             stop=tuple(stop),
@@ -496,13 +498,21 @@ class Engine:
             token_encoding=encoding,
         )
 
-    def _estimate(self, model: ModelConfig, request: ProviderRequest, text: str) -> Usage:
+    def _estimate(
+        self, model: ModelConfig, request: ProviderRequest, text: str, prompt: Usage | None = None
+    ) -> Usage:
+        """What an attempt without the provider's final usage consumed: the output counted offline, and the
+        prompt as the provider counted it when it said (``prompt``, a PromptCounted's), else counted offline."""
         encoding = tokens.encoding_for_model(model.wire_name)
-        return Usage(tokens.count_chat(request.chat(), encoding), tokens.count(text, encoding))
+        completion = tokens.count(text, encoding)
+        if prompt is not None:
+            return Usage(prompt.prompt_tokens, completion, prompt.cached_tokens)
+        return Usage(tokens.count_chat(request.chat(), encoding), completion)
 
     async def _run(self, state: _Stream, generation: dict[str, object]) -> AsyncIterator[_Item]:
         deadline = deadline_var.get()
         last_error: ProviderError | None = None
+        trial_waits: list[float] = []  # of the models skipped for an open breaker: seconds until a trial
         for model in state.plan.chain:
             provider = self.providers[model.provider]
             breaker = self.breakers.get(model.provider, model.name)
@@ -514,6 +524,7 @@ class Engine:
             while True:
                 permit = breaker.allow()
                 if permit is None:
+                    trial_waits.append(breaker.trial_in())
                     state.attempts.append(
                         routing_pb2.FallbackAttempt(
                             model=model.name, provider=model.provider, reason="CIRCUIT_OPEN"
@@ -521,6 +532,8 @@ class Engine:
                     )
                     break
                 received: list[str] = []
+                # The provider's own count of this attempt's prompt, if it gave one before its end.
+                prompt_counted: Usage | None = None
                 clock = AttemptClock(model, self._attempt_span(model, provider, request))
                 try:
                     # Inside the try: a caller leaving while the announcement is sent must release the permit
@@ -537,9 +550,13 @@ class Engine:
                             received.append(text)
                             state.text.append(text)
                             yield Response(text_delta=completion_pb2.TextDelta(text=text))
+                        elif isinstance(event, PromptCounted):
+                            prompt_counted = event.usage
                         elif isinstance(event, Finish):
                             breaker.record(permit, True)
-                            usage = event.usage or self._estimate(model, request, "".join(received))
+                            usage = event.usage or self._estimate(
+                                model, request, "".join(received), prompt_counted
+                            )
                             clock.done(usage=usage, finish_reason=event.reason)
                             state.tally.add(model, usage, estimated=event.usage is None)
                             yield (_FINISH[event.reason], model)
@@ -550,15 +567,11 @@ class Engine:
                     breaker.record(permit, error.kind == "rejected")
                     last_error = error
                     if error.kind == "interrupted" or received:
-                        # The provider took the prompt and produced something: that is consumed usage.
-                        usage = self._estimate(model, request, "".join(received))
-                        if error.partial_usage is not None:
-                            # The provider's own count of the prompt beats ours; the output is still counted.
-                            reported = error.partial_usage
-                            usage = Usage(
-                                reported.prompt_tokens, usage.completion_tokens, reported.cached_tokens
-                            )
-                        state.tally.add(model, usage, True)
+                        # The provider took the prompt and produced something: that is consumed usage (the
+                        # provider's own count of the prompt beats ours; the output is counted).
+                        state.tally.add(
+                            model, self._estimate(model, request, "".join(received), prompt_counted), True
+                        )
                     if state.first_token is not None:
                         yield Response(summary=self._interrupted(state, model))
                         raise Unavailable(
@@ -605,7 +618,9 @@ class Engine:
                         # The answer had begun: as for any failure after the first token, the summary (usage so
                         # far, FINISH_REASON_ERROR) goes out before the status, within the margin kept for it
                         # (attempt.DEADLINE_MARGIN_SECONDS). Without it the caller could not bill the tokens.
-                        state.tally.add(model, self._estimate(model, request, "".join(received)), True)
+                        state.tally.add(
+                            model, self._estimate(model, request, "".join(received), prompt_counted), True
+                        )
                         yield Response(summary=self._interrupted(state, model))
                     raise
                 except BaseException:
@@ -613,6 +628,10 @@ class Engine:
                     breaker.release(permit)
                     raise
         retry_after = last_error.retry_after if last_error is not None and last_error.retry_after else 1.0
+        if last_error is None and trial_waits:
+            # No provider was called: every model's breaker is open (or its half-open trials are taken). Until
+            # the first of them lets a trial through, a retry is refused the same way; 1 s said otherwise.
+            retry_after = max(min(trial_waits), 1.0)
         raise Unavailable(
             "no model of the route could answer",
             reason="ALL_PROVIDERS_UNAVAILABLE",

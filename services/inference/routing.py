@@ -70,9 +70,14 @@ def canary_bucket(canary: str, key: str) -> float:
 
 def canary_choice(config: CanaryConfig, tenant_id: str, subject: str) -> str:
     key = tenant_id if config.sticky == "tenant" else f"{tenant_id}\x00{subject}"
-    point = canary_bucket(config.name, key) * sum(v.weight for v in config.variants)
-    for variant in config.variants:
-        point -= variant.weight
+    # Weights are relative: scaled by the largest, their sum is at most the number of variants. Summed as
+    # configured, huge ones (1e308) overflowed to inf and sent everyone to the last variant, and tiny ones
+    # (subnormal) were rounded to a few steps that skewed the split.
+    top = max(v.weight for v in config.variants)
+    shares = [v.weight / top for v in config.variants]
+    point = canary_bucket(config.name, key) * sum(shares)
+    for variant, share in zip(config.variants, shares, strict=True):
+        point -= share
         if point < 0:
             return variant.model
     return config.variants[-1].model

@@ -15,6 +15,7 @@ from services.inference.providers.base import (
     Finish,
     FinishKind,
     FinishReasons,
+    PromptCounted,
     ProviderError,
     ProviderEvent,
     ProviderRequest,
@@ -38,7 +39,8 @@ _FINISH: dict[str, FinishKind] = {
     "pause_turn": "length",
     "refusal": "content_filter",
 }
-# Anthropic requires max_tokens; used when neither the request nor the policy sets one.
+# Anthropic requires max_tokens. When neither the request nor the policy sets one the model's configured
+# output limit is sent (the contract's "unset = the model's default"); this only when no limit came with it.
 DEFAULT_MAX_TOKENS = 1024
 
 
@@ -60,7 +62,7 @@ class AnthropicProvider:
         params: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "max_tokens": request.max_tokens or request.output_limit or DEFAULT_MAX_TOKENS,
         }
         if request.system:
             params["system"] = request.system
@@ -113,6 +115,9 @@ class AnthropicProvider:
                     cached = int(usage.get("cache_read_input_tokens") or 0)
                     # input_tokens leaves out the prompt-cache writes as well as the reads: both were sent.
                     written = int(usage.get("cache_creation_input_tokens") or 0)
+                    if prompt_tokens is not None:
+                        # Billed if the attempt ends early, whoever ends it (the engine's timeouts too).
+                        yield PromptCounted(Usage(int(prompt_tokens) + written + cached, 0, cached))
                 elif kind == "message_delta":
                     reason = (event.get("delta") or {}).get("stop_reason")
                     if reason is not None:
@@ -128,30 +133,13 @@ class AnthropicProvider:
                 error_out = ProviderError(
                     "interrupted", "anthropic stream broke off", status=error_out.status
                 )
-            raise self._with_prompt(error_out, prompt_tokens, written, cached) from None
-        except ProviderError as error:  # an error event
-            raise self._with_prompt(error, prompt_tokens, written, cached) from None
+            raise error_out from None
         finally:
             await response.aclose()
         if finish is None or not stopped:
-            raise self._with_prompt(
-                ProviderError("interrupted", "anthropic stream ended without message_stop"),
-                prompt_tokens,
-                written,
-                cached,
-            )
+            raise ProviderError("interrupted", "anthropic stream ended without message_stop")
         usage_out = None
         if prompt_tokens is not None and completion_tokens is not None:
             # Anthropic's input_tokens excludes cache writes and reads; our prompt_tokens includes both.
             usage_out = Usage(int(prompt_tokens) + written + cached, int(completion_tokens), cached)
         yield Finish(finish, usage_out)
-
-    @staticmethod
-    def _with_prompt(
-        error: ProviderError, prompt_tokens: int | None, written: int, cached: int
-    ) -> ProviderError:
-        """``error`` carrying the prompt's tokens message_start reported, if it came: the engine bills them
-        rather than its own cl100k estimate (Claude's tokenizer is another)."""
-        if prompt_tokens is not None:
-            error.partial_usage = Usage(int(prompt_tokens) + written + cached, 0, cached)
-        return error

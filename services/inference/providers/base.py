@@ -1,5 +1,9 @@
 """The provider protocol: one streaming call in, text deltas and one finish out, or a typed ProviderError.
 
+A provider that reports the prompt's tokens before the end (Anthropic's ``message_start``) says so with a
+``PromptCounted`` event as soon as it knows: the engine bills that count for an attempt that ends early, whoever
+ends it (the stream breaking, or the engine's own idle timeout or the caller's deadline stopping it).
+
 Retries, timeouts between events, breakers and fallback live in the engine, not here, so every provider gets
 the same resilience and an adapter is only a translation between our types and one wire format.
 """
@@ -10,7 +14,7 @@ import email.utils
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,9 @@ class ProviderRequest:
     system: str
     messages: tuple[PromptMessage, ...]
     max_tokens: int | None = None
+    # The model's configured output limit (max_output_tokens): what a provider that requires a max_tokens
+    # (Anthropic) is sent when the request and the policy set none.
+    output_limit: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
@@ -72,7 +79,16 @@ class Finish:
     usage: Usage | None  # None: the provider reported none; the engine counts it and marks it estimated
 
 
-ProviderEvent = Delta | Finish
+@dataclass(frozen=True)
+class PromptCounted:
+    """The provider's own count of the prompt (``completion_tokens`` 0), known before the answer ends: billed
+    instead of the engine's offline estimate if the attempt ends without a Finish (Claude's tokenizer is not
+    cl100k)."""
+
+    usage: Usage
+
+
+ProviderEvent = Delta | PromptCounted | Finish
 
 
 @dataclass
@@ -83,9 +99,6 @@ class ProviderError(Exception):
     message: str
     retry_after: float | None = None
     status: int | None = None
-    # The prompt's tokens (and cached ones) as the provider reported them before failing (Anthropic's
-    # message_start), to bill instead of our estimate; the output is counted by the engine from what it received.
-    partial_usage: Usage | None = field(default=None)
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
@@ -101,7 +114,8 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    """One configured provider; ``stream`` yields Delta events then exactly one Finish, or raises ProviderError."""
+    """One configured provider; ``stream`` yields Delta events (and at most one PromptCounted) then exactly one
+    Finish, or raises ProviderError."""
 
     name: str
     label: str  # the provider's kind (openai, openai_compatible, anthropic, local): gen_ai.provider.name

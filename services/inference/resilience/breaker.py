@@ -88,6 +88,12 @@ class CircuitBreaker:
         if self._on_change is not None:
             self._on_change(new)
 
+    def trial_in(self) -> float:
+        """Seconds until this breaker lets a trial call through: 0 unless it is open."""
+        if self.state != "open":
+            return 0.0
+        return max(self._opened_at + self._config.open_seconds - self._clock(), 0.0)
+
     def allow(self) -> Permit | None:
         """Leave for a call to go to the provider now, or None (open, or every half-open trial taken)."""
         state = self.state

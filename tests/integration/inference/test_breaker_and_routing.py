@@ -195,3 +195,30 @@ async def test_list_models_names_every_model_a_request_can_be_answered_by(
     assert list(listed["pricey"].aliases) == ["fast"]  # the route's pick may fall back to it
     assert list(listed["backup"].aliases) == ["fast"]
     assert list(listed["far"].aliases) == [] and list(listed["other"].aliases) == []
+
+
+async def test_a_route_whose_breakers_are_all_open_says_when_to_come_back(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """With every model of the route skipped for an open breaker, RetryInfo said 1 s (the value used when no
+    provider named a wait): a caller that obeyed was refused again, and again, until the breaker half-opened
+    (open_seconds, 30 s by default). It now names the time until the first of them lets a trial through."""
+    models = [{"name": "down", "provider": "openai", "upstream_model": "down;status=503"}]
+    config = upstream_config(
+        upstream,
+        models,
+        retry={"max_attempts": 1},
+        breaker={"window": 1, "min_calls": 1, "failure_ratio": 1.0, "open_seconds": 20, "half_open_calls": 1},
+    )
+    async with start_inference(config) as inference:
+        failed = await inference.stream("hello")
+        skipped = await inference.stream("hello")
+    assert failed.error is not None and failed.error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+    assert (
+        failed.error.retry_after == 1.0
+    )  # the provider named no wait, and the breaker was closed when tried
+    assert skipped.error is not None and skipped.error.reason == "ALL_PROVIDERS_UNAVAILABLE"
+    assert skipped.error.error_info is not None
+    assert skipped.error.error_info.metadata["attempts"] == "down:CIRCUIT_OPEN"
+    assert skipped.error.retry_after is not None and 15 < skipped.error.retry_after <= 20
+    assert len(upstream.requests_for("down")) == 1

@@ -4,6 +4,8 @@ OpenAI's exhausted-quota 429."""
 
 from __future__ import annotations
 
+import grpc
+
 from parapet.inference.v1 import generation_pb2
 from parapet.upstream import UpstreamServer
 from tests.integration.inference.conftest import StartInference, upstream_config
@@ -94,3 +96,39 @@ async def test_a_model_the_provider_no_longer_has_falls_back_instead_of_refusing
             ("old", "PROVIDER_UNAVAILABLE")
         ]
         assert sum(1 for r in upstream.requests if r.api == "openai") == 1, "retried although no retry helps"
+
+
+async def test_an_anthropic_stream_we_stop_after_message_start_bills_the_prompt_anthropic_counted(
+    upstream: UpstreamServer, start_inference: StartInference
+) -> None:
+    """The same count when it is we who end the stream after the first token: a stall past the idle timeout,
+    or the caller's deadline. Both ended the provider's stream from outside, so the prompt count message_start
+    had brought was lost and our cl100k estimate (a few dozen tokens here) was billed instead."""
+    stall = "claude-haiku-4-5;prompt_tokens=4321;chunk_delay=3"
+    slow = "claude-haiku-4-5;prompt_tokens=4321;chunk_delay=0.4"
+    config = upstream_config(
+        upstream,
+        [
+            {**CLAUDE, "name": "stall", "upstream_model": stall},
+            {**CLAUDE, "name": "slow", "upstream_model": slow, "provider": "patient"},
+        ],
+        retry={"max_attempts": 1},
+        timeouts={"connect_seconds": 1.0, "first_token_seconds": 5.0, "idle_seconds": 0.3},
+    )
+    config["providers"]["patient"] = {**config["providers"]["anthropic"], "timeouts": {"idle_seconds": 5.0}}
+    async with start_inference(config) as inference:
+        idle = await inference.stream("tell me about the weather today please", model="stall")
+        late = await inference.stream(
+            "one two three four five six seven eight nine", model="slow", deadline=1.5
+        )
+    assert idle.error is not None and idle.error.reason == "STREAM_INTERRUPTED"
+    assert idle.deltas == ["You"]
+    assert idle.summary.finish_reason == generation_pb2.FINISH_REASON_ERROR
+    assert idle.summary.usage.prompt_tokens == 4321, idle.summary.usage
+    assert idle.summary.usage.completion_tokens > 0 and idle.summary.usage.estimated
+    assert late.error is not None and late.error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert late.summary is not None and late.summary.finish_reason == generation_pb2.FINISH_REASON_ERROR
+    usage = late.summary.usage
+    assert usage.prompt_tokens == 4321, usage
+    # The cost follows the counts: the prompt at 1 per million tokens, the output at 5.
+    assert late.summary.cost.amount_micros == usage.prompt_tokens + 5 * usage.completion_tokens

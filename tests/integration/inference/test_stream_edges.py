@@ -93,3 +93,35 @@ async def test_a_model_s_refused_parameters_are_left_out_of_its_requests_only(
     assert "temperature" not in reasoner and "top_p" not in reasoner
     assert reasoner["seed"] == 7 and reasoner["stop"] == ["zz"]
     assert plain["temperature"] == 0.3 and abs(plain["top_p"] - 0.9) < 1e-6 and plain["seed"] == 7
+
+
+async def test_anthropic_gets_the_models_output_limit_when_the_request_sets_none(
+    start_inference: StartInference, upstream: UpstreamServer
+) -> None:
+    """Anthropic requires max_tokens. A request that set none ("unset = the model's default", the contract)
+    was sent 1024 whatever the model's configured max_output_tokens, so a long answer came back cut at 1024
+    tokens, FINISH_REASON_LENGTH, where an OpenAI model of the same configuration answered in full."""
+    config = upstream_config(
+        upstream,
+        [
+            {
+                "name": "claude",
+                "provider": "anthropic",
+                "upstream_model": "claude-sonnet",
+                "max_output_tokens": 8192,
+            },
+            {"name": "haiku", "provider": "anthropic", "upstream_model": "claude-haiku"},
+        ],
+    )
+    async with start_inference(config) as inference:
+        for model in ("claude", "haiku"):
+            outcome = await inference.stream("hello", model=model)
+            assert outcome.error is None, outcome.error
+        limited = await inference.stream(
+            "hello", model="claude", generation=generation_pb2.GenerationConfig(max_tokens=50)
+        )
+        assert limited.error is None, limited.error
+    sonnet = [r.body["max_tokens"] for r in upstream.requests_for("claude-sonnet")]
+    (haiku,) = [r.body["max_tokens"] for r in upstream.requests_for("claude-haiku")]
+    assert sonnet == [8192, 50]
+    assert haiku == 4096  # the configuration's default max_output_tokens

@@ -49,6 +49,18 @@ def test_opens_only_after_min_calls_at_the_failure_ratio() -> None:
     assert breaker.allow() is None
 
 
+def test_an_open_breaker_says_how_long_until_its_first_trial() -> None:
+    breaker, clock = _breaker(open_seconds=10)
+    assert breaker.trial_in() == 0.0  # closed
+    for outcome in (False, False, False):
+        call(breaker, outcome)
+    assert breaker.trial_in() == 10.0
+    clock.now += 7.5
+    assert breaker.trial_in() == 2.5
+    clock.now += 2.5
+    assert breaker.trial_in() == 0.0 and state(breaker) == "half_open"
+
+
 def test_sliding_window_forgets_old_failures() -> None:
     breaker, _ = _breaker(window=4, min_calls=4, failure_ratio=0.75)
     for outcome in (False, False, True, True, True):  # the first failure slides out of the window

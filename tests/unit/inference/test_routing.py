@@ -8,7 +8,7 @@ import pytest
 
 from parapet.inference.v1 import routing_pb2
 from parapet.kit.errors import NotFound, PermissionDenied
-from services.inference.config import CanaryConfig, CanaryVariant, parse_config
+from services.inference.config import CanaryConfig, CanaryVariant, ConfigError, parse_config
 from services.inference.policy import OPEN_ACCESS, ModelAccess
 from services.inference.routing import RequestTraits, Router, canary_choice
 
@@ -38,8 +38,10 @@ CONFIG = parse_config(
 TRAITS = RequestTraits(prompt_tokens=10, question="hi", messages=1, context_chunks=0, feature="")
 
 
-@pytest.mark.parametrize("weights", [(90, 10), (50, 50), (1, 1, 2)])
-def test_canary_proportions_match_the_weights(weights: tuple[int, ...]) -> None:
+# Weights are relative, at any scale: their sum overflowed to inf when they were huge (every user then got the
+# last variant) and was rounded to a few subnormal steps when they were tiny (a 50/50 split became 25/75).
+@pytest.mark.parametrize("weights", [(90, 10), (50, 50), (1, 1, 2), (1e308, 1e308), (1e-323, 1e-323, 2e-323)])
+def test_canary_proportions_match_the_weights(weights: tuple[float, ...]) -> None:
     canary = CanaryConfig(
         name="rollout",
         sticky="user",
@@ -49,10 +51,26 @@ def test_canary_proportions_match_the_weights(weights: tuple[int, ...]) -> None:
     counts = {f"m{i}": 0 for i in range(len(weights))}
     for n in range(users):
         counts[canary_choice(canary, "tenant-a", f"user-{n}")] += 1
+    top = max(weights)
     for i, weight in enumerate(weights):
-        share = weight / sum(weights)
+        share = (weight / top) / sum(w / top for w in weights)
         sd = math.sqrt(users * share * (1 - share))
         assert abs(counts[f"m{i}"] - users * share) <= 4 * sd, counts
+
+
+@pytest.mark.parametrize("weight", [math.inf, math.nan, 0.0, -1.0])
+def test_a_canary_weight_that_is_no_share_is_refused_at_start(weight: float) -> None:
+    """An infinite weight made every other weight nothing (and the split undefined): refused like 0 is."""
+    route = {"name": "r", "canary": {"name": "k", "variants": [{"model": "a", "weight": weight}]}}
+    models = [{"name": "a", "provider": "local"}]
+    config = {
+        "default_model": "a",
+        "providers": {"local": {"kind": "local"}},
+        "models": models,
+        "routes": [route],
+    }
+    with pytest.raises(ConfigError, match=r"routes\.0\.canary\.variants\.0\.weight"):
+        parse_config(config, {})
 
 
 def test_canary_is_sticky_and_keyed_as_configured() -> None:
