@@ -106,27 +106,39 @@ class OutboxRelay:
         several times the throughput of awaiting each publish. A row whose ack does not come in time gets
         a TimeoutError and stays unsent.
         """
-        jetstream = self._bus.jetstream
         futures: list[asyncio.Future[PubAck]] = []
+        stopped: Exception | None = None  # why the rows after ``futures`` were not published
         try:
+            client, jetstream = self._bus.client, self._bus.jetstream
             # No wait_stall: with one, every publish would yield to the event loop and the client would
             # flush each message in its own write; without, the batch goes out in a few large writes. The
             # timeout bounds a stall on the client's limit of outstanding acks instead.
             async with asyncio.timeout(self._ack_timeout):
                 for _, event_id, subject, payload, headers, _pending in rows:
+                    if not client.is_connected:
+                        # Never publish into nats-py's reconnect buffer: once it is full, publish_async
+                        # raises after taking a slot of the client's pending-ack semaphore (4,000) that
+                        # nothing gives back. Until 2026-12-06 every round of an outage took one, and after
+                        # a minute or two of outage under load (every settlement wakes the relay) it could
+                        # publish nothing ever again, NATS back or not, until metering restarted. A
+                        # buffered copy gains nothing either: its ack would come after the round gave up.
+                        raise ConnectionError("NATS is not connected")
                     futures.append(
                         await jetstream.publish_async(
                             subject, bytes(payload), headers={**headers, MSG_ID_HEADER: str(event_id)}
                         )
                     )
         except Exception as error:  # NATS down, or too many acks outstanding: the rest waits for next round
+            stopped = error
             log.debug("outbox publish stopped early: %r", error)
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout) if futures else (set(), set())
         for future in pending:
             future.cancel()  # releases its slot in the client's pending-ack semaphore
         results: list[object] = []
         for index in range(len(rows)):
-            if index >= len(futures) or futures[index] in pending:
+            if index >= len(futures):
+                results.append(stopped or TimeoutError("not published in time"))
+            elif futures[index] in pending:
                 results.append(TimeoutError("no ack from JetStream in time"))
             elif (exception := futures[index].exception()) is not None:
                 results.append(exception)

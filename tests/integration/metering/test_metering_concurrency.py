@@ -180,3 +180,115 @@ def _subject(error: grpc.aio.AioRpcError) -> str:
     quota = error_details(error).quota_failure
     assert quota is not None
     return str(quota.violations[0].subject)
+
+
+async def test_every_budget_kind_at_once_holds_under_concurrency_on_two_replicas(
+    replicas: tuple[list[metering_service_pb2_grpc.MeteringServiceStub], Path],
+    keys: TestKeys,
+    database_url: str,
+) -> None:
+    """Tenant, user and API key budgets, each in tokens and in cost, day and month windows, all applying to
+    every request: no counter ever holds more than its limit, and after settling (some above their estimate)
+    each counter equals the ledger's sum for its subject."""
+    stubs, policy_file = replicas
+    tenant = new_tenant()
+    limits = {
+        "tenant-tokens": (tp.BUDGET_SCOPE_TENANT, "tokens", 6_000),
+        "tenant-cost": (tp.BUDGET_SCOPE_TENANT, "micros", 9_000),
+        "user-tokens": (tp.BUDGET_SCOPE_USER, "tokens", 2_500),
+        "user-cost": (tp.BUDGET_SCOPE_USER, "micros", 4_000),
+        "key-tokens": (tp.BUDGET_SCOPE_API_KEY, "tokens", 1_500),
+        "key-cost": (tp.BUDGET_SCOPE_API_KEY, "micros", 2_000),
+    }
+    budgets = [
+        tp.Budget(
+            budget_id=budget_id,
+            scope=scope,
+            window=tp.BUDGET_WINDOW_DAY if budget_id.endswith("tokens") else tp.BUDGET_WINDOW_MONTH,
+            **({"token_limit": limit} if unit == "tokens" else {"cost_limit": usd(limit)}),
+        )
+        for budget_id, (scope, unit, limit) in limits.items()
+    ]
+    write_policies(policy_file, {tenant: tp.TenantPolicy(budgets=budgets)})
+    # Three users, each with two keys and without one: every request is under the tenant's and its user's
+    # budgets, and those with a key under the key's too.
+    callers = [
+        (user, key, caller(keys, tenant, user, api_key_id=key))
+        for user in ("u1", "u2", "u3")
+        for key in (f"{user}-k1", f"{user}-k2", "")
+    ]
+    rng = random.Random(11)
+    asks = [(rng.randint(20, 120), rng.randint(30, 160)) for _ in range(270)]
+
+    async def reserve(i: int) -> pb.ReserveResponse | None:
+        _user, _key, who = callers[i % len(callers)]
+        tokens, micros = asks[i]
+        try:
+            answer: pb.ReserveResponse = await stubs[i % 2].Reserve(
+                pb.ReserveRequest(request_id=f"all-{i}", estimated_tokens=tokens, estimated_cost=usd(micros)),
+                metadata=who,
+            )
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            assert error_details(error).reason == "BUDGET_EXCEEDED"
+            return None
+        return answer
+
+    answers = await asyncio.gather(*(reserve(i) for i in range(len(asks))))
+    granted = [i for i, answer in enumerate(answers) if answer is not None]
+    assert 0 < len(granted) < len(asks)
+
+    def subjects(i: int) -> dict[str, str]:
+        user, key, _who = callers[i % len(callers)]
+        found = {"tenant-tokens": "tenant", "tenant-cost": "tenant", "user-tokens": user, "user-cost": user}
+        if key:
+            found |= {"key-tokens": key, "key-cost": key}
+        return found
+
+    def totals(figures: dict[int, tuple[int, int]]) -> dict[tuple[str, str], int]:
+        summed: dict[tuple[str, str], int] = {}
+        for i, (tokens, micros) in figures.items():
+            for budget_id, subject in subjects(i).items():
+                amount = tokens if limits[budget_id][1] == "tokens" else micros
+                summed[(budget_id, subject)] = summed.get((budget_id, subject), 0) + amount
+        return summed
+
+    held = totals({i: asks[i] for i in granted})
+    for (budget_id, subject), amount in held.items():
+        assert amount <= limits[budget_id][2], (budget_id, subject, amount)
+
+    # Settle each: most below the estimate, some above it (the model ran longer than asked for).
+    actual = {i: (asks[i][0] + rng.randint(-20, 10), asks[i][1] + rng.randint(-30, 15)) for i in granted}
+    await asyncio.gather(
+        *(
+            stubs[(i + 1) % 2].Settle(
+                pb.SettleRequest(
+                    reservation_id=answer.reservation.reservation_id,
+                    request_id=f"all-{i}",
+                    usage=token_usage_pb2.TokenUsage(prompt_tokens=actual[i][0], completion_tokens=0),
+                    cost=usd(actual[i][1]),
+                ),
+                metadata=callers[i % len(callers)][2],
+            )
+            for i, answer in enumerate(answers)
+            if answer is not None
+        )
+    )
+    database = Database(database_url, "metering")
+    try:
+        async with database.session() as session:
+            rows = (
+                await session.execute(
+                    text(
+                        "SELECT budget_id, scope_key, used, reserved FROM budget_counters WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+    finally:
+        await database.close()
+    counted = {
+        (b, s.partition(":")[2] if not s.startswith("tenant:") else "tenant"): u for b, s, u, _r in rows
+    }
+    assert all(reserved == 0 for *_rest, reserved in rows)
+    assert counted == totals(actual)
