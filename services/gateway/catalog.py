@@ -26,6 +26,8 @@ class Estimate:
     tokens: int
     cost: money_pb2.Money
     max_output_tokens: int  # the model's own output limit; 0 = unknown
+    # The price list the hold was priced from: what a chat cut short is billed by (``price``).
+    models: tuple[model_pb2.Model, ...] = ()
 
 
 def _price(model: model_pb2.Model, prompt_tokens: int, output_tokens: int) -> int:
@@ -90,7 +92,7 @@ class ModelCatalog:
         if limits and min(limits) > 0:
             output_tokens = min(output_tokens, max(limits))
         if not candidates:
-            return Estimate(prompt_tokens + output_tokens, money_pb2.Money(), 0)
+            return Estimate(prompt_tokens + output_tokens, money_pb2.Money(), 0, models)
         costliest = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
         currency = (
             costliest.output_price_per_million.currency_code
@@ -100,26 +102,30 @@ class ModelCatalog:
         cost = (
             money_pb2.Money(currency_code=currency, amount_micros=micros) if currency else money_pb2.Money()
         )
-        return Estimate(prompt_tokens + output_tokens, cost, max(m.max_output_tokens for m in candidates))
-
-    def price_cached(
-        self, caller: Caller, name: str, prompt_tokens: int, output_tokens: int
-    ) -> tuple[model_pb2.Model | None, money_pb2.Money]:
-        """The model usage counted here (no provider figure) is charged to and its cost, from cached prices
-        only: it runs in finalisers that must not wait on inference. ``name`` is the model inference announced,
-        priced as itself (not its fallbacks); for an alias, the costliest model it may run on, as the reservation
-        assumed. None when nothing is known."""
-        models = self._cache.get(caller.tenant_id) or ()
-        candidates = [m for m in models if m.model == name] or answering_models(models, name)
-        if not candidates:
-            return None, money_pb2.Money()
-        model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
-        currency = model.output_price_per_million.currency_code or model.input_price_per_million.currency_code
-        if not currency:
-            return model, money_pb2.Money()
-        return model, money_pb2.Money(
-            currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens)
+        return Estimate(
+            prompt_tokens + output_tokens, cost, max(m.max_output_tokens for m in candidates), models
         )
 
     def invalidate_tenant(self, tenant_id: str) -> None:
         self._cache.invalidate_tenant(tenant_id)
+
+
+def price(
+    models: tuple[model_pb2.Model, ...], name: str, prompt_tokens: int, output_tokens: int
+) -> tuple[model_pb2.Model | None, money_pb2.Money]:
+    """The model usage counted in the gateway (no provider figure) is charged to and its cost, from ``models``:
+    the price list the chat's hold was priced from (``Estimate.models``), so a chat cut short costs no wait on
+    inference. ``name`` is the model inference announced, priced as itself (not its fallbacks); for an alias, the
+    costliest model it may run on, as the reservation assumed. None when nothing is known. Until 2026-12-06 the
+    prices came from the catalog's cache alone, and a chat cut short after it had expired (60 s, a long
+    answer's time) or after a change of the tenant had dropped it was billed its tokens at no cost."""
+    candidates = [m for m in models if m.model == name] or answering_models(models, name)
+    if not candidates:
+        return None, money_pb2.Money()
+    model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
+    currency = model.output_price_per_million.currency_code or model.input_price_per_million.currency_code
+    if not currency:
+        return model, money_pb2.Money()
+    return model, money_pb2.Money(
+        currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens)
+    )

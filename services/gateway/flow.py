@@ -26,7 +26,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from parapet import tokens
 from parapet.auth.v1 import tenant_policy_pb2
 from parapet.gateway.v1 import chat_pb2, chat_service_pb2
-from parapet.inference.v1 import cache_pb2, completion_pb2, generation_pb2, inference_service_pb2, message_pb2
+from parapet.inference.v1 import (
+    cache_pb2,
+    completion_pb2,
+    generation_pb2,
+    inference_service_pb2,
+    message_pb2,
+    model_pb2,
+)
 from parapet.kit import metrics, telemetry
 from parapet.kit.app import Resources
 from parapet.kit.context import deadline_passed, remaining_time, without_deadline
@@ -37,7 +44,7 @@ from parapet.retrieval.v1 import retrieval_service_pb2
 from services.auth.invalidation import InvalidationListener
 from services.gateway import screening
 from services.gateway.caller import Caller
-from services.gateway.catalog import ModelCatalog
+from services.gateway.catalog import ModelCatalog, price
 from services.gateway.chat_bounds import CallerNotReading
 from services.gateway.delivery import Deliveries
 from services.gateway.errors import is_down, relayed
@@ -93,6 +100,7 @@ class _Run:
     model: str = ""
     max_tokens: int = 0  # the output limit sent to the model (and reserved for)
     max_tokens_capped: bool = False  # the policy lowered the caller's max_tokens
+    prices: tuple[model_pb2.Model, ...] = ()  # the price list the budget hold was priced from
     # An idempotent replay or a refused claim of its key: no chat ran, nothing is observed, settled or audited.
     unrecorded: bool = False
     claimed: bool = False  # this call owns its idempotency key's row (the finaliser completes or frees it)
@@ -407,6 +415,7 @@ class ChatFlow:
         self, run: _Run, policy: tenant_policy_pb2.TenantPolicy, max_tokens: int
     ) -> list[Event]:
         estimate = await self.catalog.estimate(run.caller, run.model, run.prompt_tokens, max_tokens)
+        run.prices = estimate.models
         try:
             reply = await self._peers.metering.stub.Reserve(
                 metering_service_pb2.ReserveRequest(
@@ -458,8 +467,10 @@ class ChatFlow:
         options = run.request.retrieval
         # Retrieval's longest query: a question may be far longer (validation.MAX_MESSAGE_CHARS), and sent
         # whole it was refused INVALID_ARGUMENT naming `query`, a field no chat request has. The embedding model
-        # reads only the first 256 word pieces of a query anyway, so its head finds what the whole would.
-        question = run.request.messages[-1].content[:MAX_QUERY_CHARS]
+        # reads only the first 256 word pieces of a query anyway, so its head finds what the whole would. The
+        # head of its text: a question after 8,192 blank characters was sent as blanks and refused alike (until
+        # 2026-12-06).
+        question = run.request.messages[-1].content.lstrip()[:MAX_QUERY_CHARS]
         try:
             reply = await self._peers.retrieval.stub.Query(
                 retrieval_service_pb2.QueryRequest(
@@ -701,9 +712,7 @@ class ChatFlow:
         encoding = tokens.known_encoding(prompt_sent.token_encoding)
         completion = tokens.count("".join(run.outcome.response_received), encoding)
         run.outcome.estimated_usage = completion_usage(prompt, completion)
-        _, run.outcome.estimated_cost = self.catalog.price_cached(
-            run.caller, prompt_sent.model, prompt, completion
-        )
+        _, run.outcome.estimated_cost = price(run.prices, prompt_sent.model, prompt, completion)
         run.outcome.estimated_model, run.outcome.estimated_provider = prompt_sent.model, prompt_sent.provider
 
     async def _finalise(self, run: _Run, events: list[Event]) -> None:

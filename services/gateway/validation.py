@@ -12,6 +12,7 @@ from parapet.gateway.v1 import chat_pb2, chat_service_pb2
 from parapet.inference.v1 import message_pb2
 from parapet.kit.errors import InvalidArgument
 from services.inference.validation import generation_violations, message_violations
+from services.retrieval.extract import has_visible_text
 
 MAX_MESSAGES = 200
 # The moderation service's default limit per text; a longer message would be refused there after the
@@ -35,6 +36,14 @@ Request = chat_service_pb2.StreamChatRequest | chat_service_pb2.ChatRequest
 def _messages(request: Request, violations: list[tuple[str, str]]) -> None:
     violations.extend(
         message_violations(request.messages, max_messages=MAX_MESSAGES, max_chars=MAX_MESSAGE_CHARS)
+    )
+    # Blank too: zero-width, format and control characters only (whitespace is refused above). Retrieval
+    # refused such a question naming `query`, a field no chat request has, after the budget hold was taken;
+    # with retrieval off the model was asked, and billed for, a question nobody can read (until 2026-12-06).
+    violations.extend(
+        (f"messages[{index}].content", "must have visible text, not only zero-width or control characters")
+        for index, message in enumerate(request.messages)
+        if message.content.strip() and not has_visible_text(message.content)
     )
     if sum(len(message.content) for message in request.messages) > MAX_TOTAL_CHARS:
         violations.append(("messages", f"at most {MAX_TOTAL_CHARS} characters in all"))

@@ -75,6 +75,8 @@ def test_a_plain_request_and_one_at_every_limit_pass() -> None:
         ({"messages": [_message()] * (validation.MAX_MESSAGES + 1)}, "messages"),
         ({"messages": [_message(role=message_pb2.ROLE_UNSPECIFIED), _message()]}, "messages[0].role"),
         ({"messages": [_message(" \n\t")]}, "messages[0].content"),
+        ({"messages": [_message("\u200b\u2060 \x01")]}, "messages[0].content"),  # nothing visible
+        ({"messages": [_message("\u200b", ASSISTANT), _message()]}, "messages[0].content"),
         ({"messages": [_message("x" * (validation.MAX_MESSAGE_CHARS + 1))]}, "messages[0].content"),
         ({"messages": [_message("x" * validation.MAX_MESSAGE_CHARS)] * 3}, "messages"),  # 600k in all
         ({"messages": [_message(), _message("answer", ASSISTANT)]}, "messages[1].role"),
