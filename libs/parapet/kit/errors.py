@@ -296,7 +296,7 @@ def to_status_proto(err: ParapetError) -> status_pb2.Status:
 
 
 def to_status(err: ParapetError) -> grpc.Status:
-    """The ``grpc.Status`` for ``context.abort_with_status`` (details in ``grpc-status-details-bin``)."""
+    """The ``grpc.Status`` of ``err`` (details in ``grpc-status-details-bin``, its trailing metadata)."""
     return rpc_status.to_status(to_status_proto(err))
 
 

@@ -78,6 +78,8 @@ async def stream_then_fail(
     for index in range(3):
         yield StringValue(value=f"chunk-{index}")
         await asyncio.sleep(0)
+    # What the handler says of the call in trailers (the gateway's parapet-overhead-ms) outlives its failure.
+    context.set_trailing_metadata((("x-handler-trailer", "kept"),))
     if request.value == "unexpected":
         raise KeyError(SECRET)
     raise QuotaExceeded("token budget ran out mid-answer", reason="BUDGET_EXCEEDED", retry_after=3)
@@ -293,6 +295,8 @@ async def test_error_mid_stream_arrives_with_details(
         ):
             received.append(message.value)
     assert received == ["chunk-0", "chunk-1", "chunk-2"]
+    # grpc's abort_with_status replaced the handler's trailers with the status's until 2026-12-06.
+    assert ("x-handler-trailer", "kept") in tuple(caught.value.trailing_metadata() or ())
     details = error_details(caught.value)
     if kind == "quota":
         assert (details.code, details.reason, details.retry_after) == (

@@ -104,7 +104,7 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
         raise exc
     if isinstance(exc, ParapetError):
         _record(info, exc.code, exc.reason)
-        await context.abort_with_status(to_status(exc))
+        await _abort(context, exc)
     if not isinstance(exc, Exception):
         raise exc  # KeyboardInterrupt, SystemExit: not ours to translate
     if database_conflict(exc):
@@ -113,7 +113,7 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
             "a concurrent change conflicted with this call; retry it", reason="CONCURRENT_CONFLICT"
         )
         _record(info, aborted.code, aborted.reason)
-        await context.abort_with_status(to_status(aborted))
+        await _abort(context, aborted)
     down = dependency_down(exc)
     if down is not None:
         _log_dependency_down(down, exc, info.method)
@@ -121,7 +121,7 @@ async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcI
             f"{down} is unavailable; retry shortly", retry_after=DEPENDENCY_RETRY_SECONDS
         )
         _record(info, unavailable.code, unavailable.reason)
-        await context.abort_with_status(to_status(unavailable))
+        await _abort(context, unavailable)
     log.error("unhandled exception in %s", info.method, exc_info=exc, extra={"method": info.method})
     await _internal(context, info)
 
@@ -130,5 +130,14 @@ async def _internal(context: grpc.aio.ServicerContext, info: RpcInfo) -> NoRetur
     request_id = info.request_id
     internal = Internal(f"internal error (request id {request_id})" if request_id else "internal error")
     _record(info, internal.code, internal.reason)
-    await context.abort_with_status(to_status(internal))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    await _abort(context, internal)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ParapetError) -> NoReturn:
+    """End the call with ``error``'s status, keeping the trailing metadata the handler had set: grpc's
+    ``abort_with_status`` replaces it with the status's, and a stream that failed after its summary (the
+    gateway's ``parapet-overhead-ms``) lost it until 2026-12-06."""
+    status = to_status(error)
+    kept = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, (*kept, *status.trailing_metadata))
+    raise AssertionError("abort returned")  # pragma: no cover
