@@ -201,49 +201,36 @@ async def test_truncation_after_a_checkpoint_is_detected(audit: Audit) -> None:
 async def test_rewritten_and_rehashed_chain_fails_its_checkpoint(audit: Audit) -> None:
     tenant, _ = await _chain(audit, 5)
     await audit.checkpoint()
-    # The attacker edits record 3 and recomputes every hash after it, and the head: only the signed
-    # checkpoint (which they cannot re-sign) still remembers the original head.
-    async with audit.database.transaction() as session:
-        rows = (
-            await session.execute(
-                text("SELECT sequence, metadata FROM records WHERE tenant_id = :t ORDER BY sequence"),
-                {"t": tenant},
-            )
-        ).all()
-        previous = bytes(32)
-        for row in rows:
-            metadata = bytes(row.metadata)
-            if row.sequence == 3:
-                metadata = metadata.replace(b"gpt-test", b"gpt-fake")
-            digest = record_hash(int(row.sequence), previous, hashlib.sha256(metadata).digest())
-            await session.execute(
-                text(
-                    "UPDATE records SET metadata = :m, model = :model, previous_hash = :p, record_hash = :h"
-                    " WHERE tenant_id = :t AND sequence = :s"
-                ),
-                {
-                    "m": metadata,
-                    "model": "gpt-fake" if row.sequence == 3 else "gpt-test",
-                    "p": previous,
-                    "h": digest,
-                    "t": tenant,
-                    "s": row.sequence,
-                },
-            )
-            previous = digest
-        await session.execute(
-            text("UPDATE chain_heads SET head_hash = :h WHERE tenant_id = :t"), {"h": previous, "t": tenant}
-        )
+    # The attacker edits record 3 (its metadata and the indexed column) and recomputes every hash after it,
+    # and the head: only the signed checkpoint (which they cannot re-sign) still remembers the original head.
+    original = await _metadata(audit, tenant, 3)
+    await _rewrite_and_rehash(audit, tenant, 3, original.replace(b"gpt-test", b"gpt-fake"), model="gpt-fake")
     result = await audit.verify(tenant)
     assert not result.intact
     assert result.first_break.kind == Kind.CHAIN_BREAK_KIND_MODIFIED
     assert 3 <= result.first_break.sequence <= 5
 
 
-async def _rewrite_and_rehash(audit: Audit, tenant: str, sequence: int, metadata: bytes) -> None:
-    """Replace record ``sequence``'s metadata with ``metadata`` and recompute its hash, every later one and the
-    head's, as an attacker with database access would."""
+async def _metadata(audit: Audit, tenant: str, sequence: int) -> bytes:
     async with audit.database.transaction() as session:
+        stored = await session.execute(
+            text("SELECT metadata FROM records WHERE tenant_id = :t AND sequence = :s"),
+            {"t": tenant, "s": sequence},
+        )
+        return bytes(stored.scalar_one())
+
+
+async def _rewrite_and_rehash(
+    audit: Audit, tenant: str, sequence: int, metadata: bytes, *, model: str | None = None
+) -> None:
+    """Replace record ``sequence``'s metadata with ``metadata`` (and its ``model`` column, to match an edited
+    model) and recompute its hash, every later one and the head's, as an attacker with database access would."""
+    async with audit.database.transaction() as session:
+        if model is not None:
+            await session.execute(
+                text("UPDATE records SET model = :model WHERE tenant_id = :t AND sequence = :s"),
+                {"model": model, "t": tenant, "s": sequence},
+            )
         rows = (
             await session.execute(
                 text("SELECT sequence, metadata FROM records WHERE tenant_id = :t ORDER BY sequence"),
@@ -286,13 +273,7 @@ async def test_rehashed_metadata_no_append_could_write_is_reported_modified(
     fail INTERNAL once its hashes were recomputed, checkpoint or not: the tampering was never reported."""
     tenant, _ = await _chain(audit, 5)
     await audit.checkpoint()
-    async with audit.database.transaction() as session:
-        original = (
-            await session.execute(
-                text("SELECT metadata FROM records WHERE tenant_id = :t AND sequence = 3"), {"t": tenant}
-            )
-        ).scalar_one()
-    await _rewrite_and_rehash(audit, tenant, 3, forge(bytes(original)))
+    await _rewrite_and_rehash(audit, tenant, 3, forge(await _metadata(audit, tenant, 3)))
     result = await audit.verify(tenant)
     _assert_break(result, 3, Kind.CHAIN_BREAK_KIND_MODIFIED)
     assert result.records_verified == 2
