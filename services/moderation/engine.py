@@ -92,15 +92,31 @@ class _Taken:
         return iter(self._spans)
 
 
+def passive_categories(policy: Policy) -> frozenset[int]:
+    """Value categories that do not compete for spans under ``policy``: a blocked term the tenant only
+    flags (or allows, or blocks) replaces nothing, so it must not take its span from a value that is masked
+    or redacted. It did: "john.doe@acme.com" with "acme" flagged went out as "<EMAIL_1>acme<EMAIL_2>". Other
+    value categories do compete whatever their action, since they are readings of what the value is (a
+    Luhn-valid card is no phone number, even for a tenant that allows cards)."""
+    if policy.action(C.CATEGORY_BLOCKED_TERM) in (C.ACTION_MASK, C.ACTION_REDACT):
+        return frozenset()
+    return frozenset({C.CATEGORY_BLOCKED_TERM})
+
+
 def settle_overlaps(
-    text: str, detections: Iterable[Detection], priorities: dict[str, int]
+    text: str,
+    detections: Iterable[Detection],
+    priorities: dict[str, int],
+    passive: frozenset[int] = frozenset(),
 ) -> list[Detection]:
     """Value findings that overlap keep the strongest (detector priority, then score, then length). Then
     each weaker one keeps what of it no kept finding covers: dropped whole, an address that ran on over
     the phone number after it left its street and house number unmasked. Its remainders come second, so
-    they never take a place a finding of its own would have had (the name before an address block)."""
+    they never take a place a finding of its own would have had (the name before an address block).
+    Categories in ``passive`` (``passive_categories``) are kept as they are, like attacks and topics."""
+    competing = VALUE_CATEGORIES - passive
     values = sorted(
-        (d for d in detections if d.category in VALUE_CATEGORIES),
+        (d for d in detections if d.category in competing),
         key=lambda d: (-priorities.get(d.detector, 0), -d.score, d.start - d.end),
     )
     kept = _Taken()
@@ -114,7 +130,7 @@ def settle_overlaps(
         # Each remainder lies outside every kept span, so the spans stay disjoint.
         for start, end in _uncovered(text, d, kept.overlapping(d.start, d.end)):
             kept.add(dataclasses.replace(d, start=start, end=end))
-    settled = [*kept, *(d for d in detections if d.category not in VALUE_CATEGORIES)]
+    settled = [*kept, *(d for d in detections if d.category not in competing)]
     return sorted(settled, key=lambda d: (d.start, d.end))
 
 
@@ -140,7 +156,9 @@ def _separator(char: str) -> bool:
     return char.isspace() or char in _SEPARATORS
 
 
-def detect_all(detectors: Sequence[Detector], text: str) -> list[Detection]:
+def detect_all(
+    detectors: Sequence[Detector], text: str, passive: frozenset[int] = frozenset()
+) -> list[Detection]:
     """Every detector's findings in ``text``, overlaps settled. Detectors read the text without the invisible
     characters typed inside values (``visible``), and their spans are mapped back to the text as written:
     a zero-width space inside a card number hid it from every pattern detector. One that reads invisible
@@ -152,7 +170,7 @@ def detect_all(detectors: Sequence[Detector], text: str) -> list[Detection]:
             found.extend(detector.detect(text))
         else:
             found.extend(view.detection(d) for d in detector.detect(view.text))
-    return settle_overlaps(text, found, priority_table(detectors))
+    return settle_overlaps(text, found, priority_table(detectors), passive)
 
 
 def reads_invisible(detector: Detector) -> bool:

@@ -4,7 +4,8 @@ A value gets one placeholder per conversation (``<EMAIL_1>`` is the same address
 turn), numbered per label in order of first appearance. The mapping leaves the service only inside the
 masking context: AES-256-GCM under the service's key, with the tenant id as associated data and an expiry
 inside, so a client can neither read it, forge it, alter it, replay it after it expires, nor use it
-under another tenant.
+as another caller: the associated data is the owner (``owner``: tenant and subject of the verified
+principal), not the tenant alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,11 +42,19 @@ LABELS: Mapping[int, str] = {
     C.CATEGORY_BLOCKED_TERM: "BLOCKED_TERM",
 }
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]{1,20})_(\d{1,6})>")
+_LABEL_NAMES = frozenset([*LABELS.values(), "VALUE"])
 MAX_PLACEHOLDER = 30  # "<" + 20-letter label + "_" + 6 digits + ">", rounded up
 _VERSION = b"\x01"
 _NONCE = 12
 _AAD_PREFIX = b"parapet.moderation.v1.masking_context:"
 MAX_CONTEXT_BYTES = 1 << 20
+
+
+def owner(tenant_id: str, subject: str) -> str:
+    """Whose a masking context is: the verified caller's tenant and subject. Bound to the tenant alone, a
+    context that reached another user of the tenant (a log, a proxy) gave up every value through Unmask, or
+    in clear through ScreenInput's masked_values (until 2026-12-06)."""
+    return json.dumps([tenant_id, subject], separators=(",", ":"))
 
 
 def redaction(category: int) -> str:
@@ -55,11 +64,12 @@ def redaction(category: int) -> str:
 class MaskingVault:
     """The placeholder mapping of one conversation (in memory; sealed when it leaves the service)."""
 
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+    def __init__(self, values: Mapping[str, str] | None = None, typed: Iterable[str] = ()) -> None:
         self._values: dict[str, str] = dict(values or {})  # placeholder -> original value
         self._placeholders: dict[tuple[str, str], str] = {}  # (label, value) -> placeholder
         self._counters: dict[str, int] = {}
-        self._typed: set[str] = set()  # placeholders the caller's texts hold as typed: never issued
+        # Placeholders the caller's texts hold as typed, in this turn or an earlier one: never issued.
+        self._typed: set[str] = set(typed)
         for placeholder, value in self._values.items():
             match = PLACEHOLDER.fullmatch(placeholder)
             if match is None:
@@ -74,6 +84,22 @@ class MaskingVault:
     @property
     def values(self) -> Mapping[str, str]:
         return self._values
+
+    @property
+    def typed(self) -> list[str]:
+        """The typed placeholders a later turn could still issue (known label, number above its counter), to
+        be sealed with the mapping: forgotten, turn 2 gave "<EMAIL_2>" to a value while turn 1 held it as
+        typed ("Dear <EMAIL_2>"), and restoring the answer turned the caller's template into that value."""
+        kept = []
+        for placeholder in self._typed:
+            match = PLACEHOLDER.fullmatch(placeholder)
+            if (
+                match
+                and match.group(1) in _LABEL_NAMES
+                and int(match.group(2)) > self._counters.get(match.group(1), 0)
+            ):
+                kept.append(placeholder)
+        return sorted(kept)
 
     def avoid_typed(self, text: str) -> None:
         """Never issue a placeholder ``text`` already holds that is not ours ("Fill in <EMAIL_1>" in a
@@ -116,7 +142,7 @@ class MaskingVault:
 
 
 class ContextSealer:
-    """Seals and opens masking contexts with AES-256-GCM; the tenant is bound as associated data."""
+    """Seals and opens masking contexts with AES-256-GCM; the owner (``owner()``) is bound as associated data."""
 
     def __init__(self, key: bytes, ttl_seconds: float) -> None:
         if len(key) != 32:
@@ -124,30 +150,35 @@ class ContextSealer:
         self._aead = AESGCM(key)
         self._ttl = ttl_seconds
 
-    def seal(self, vault: MaskingVault, tenant_id: str) -> bytes:
+    def seal(self, vault: MaskingVault, owner: str) -> bytes:
         if not len(vault):
             return b""
-        payload = json.dumps({"exp": time.time() + self._ttl, "m": vault.values}, separators=(",", ":"))
+        content: dict[str, object] = {"exp": time.time() + self._ttl, "m": vault.values}
+        if typed := vault.typed:
+            content["t"] = typed
+        payload = json.dumps(content, separators=(",", ":"))
         nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, payload.encode(), _AAD_PREFIX + tenant_id.encode())
+        sealed = self._aead.encrypt(nonce, payload.encode(), _AAD_PREFIX + owner.encode())
         return _VERSION + nonce + sealed
 
-    def open(self, blob: bytes, tenant_id: str, field: str = "masking_context") -> MaskingVault:
+    def open(self, blob: bytes, owner: str, field: str = "masking_context") -> MaskingVault:
         """The vault in ``blob`` (empty blob = empty vault); INVALID_ARGUMENT when forged, altered, expired
-        or sealed for another tenant (indistinguishable on purpose, except expiry)."""
+        or sealed for another owner (indistinguishable on purpose, except expiry)."""
         if not blob:
             return MaskingVault()
         if len(blob) > MAX_CONTEXT_BYTES or blob[:1] != _VERSION or len(blob) < 1 + _NONCE + 16:
             raise _invalid(field, "not a masking context issued by this service")
         try:
             payload = json.loads(
-                self._aead.decrypt(blob[1 : 1 + _NONCE], blob[1 + _NONCE :], _AAD_PREFIX + tenant_id.encode())
+                self._aead.decrypt(blob[1 : 1 + _NONCE], blob[1 + _NONCE :], _AAD_PREFIX + owner.encode())
             )
         except (InvalidTag, ValueError):
             raise _invalid(field, "not a masking context issued by this service for this tenant") from None
         if float(payload["exp"]) < time.time():
             raise _invalid(field, "the masking context has expired", reason="MASKING_CONTEXT_EXPIRED")
-        return MaskingVault({str(k): str(v) for k, v in payload["m"].items()})
+        return MaskingVault(
+            {str(k): str(v) for k, v in payload["m"].items()}, (str(t) for t in payload.get("t", ()))
+        )
 
 
 def _invalid(field: str, description: str, reason: str = "MASKING_CONTEXT_INVALID") -> InvalidArgument:

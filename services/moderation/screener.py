@@ -17,7 +17,7 @@ from services.moderation.detectors.forms import translation
 from services.moderation.detectors.injection import InjectionDetector
 from services.moderation.detectors.leak import LeakDetector
 from services.moderation.detectors.person_name import PersonNameDetector
-from services.moderation.engine import Screened, apply_policy, detect_all
+from services.moderation.engine import Screened, apply_policy, detect_all, passive_categories
 from services.moderation.masking import MaskingVault
 from services.moderation.policy import Policy
 
@@ -55,8 +55,8 @@ class Screener:
 
     def screen_input(self, text: str, policy: Policy, vault: MaskingVault) -> Screened:
         detectors = self.input_detectors(policy)
-        return apply_policy(text, detect_all(detectors, text), policy, vault)
+        return apply_policy(text, detect_all(detectors, text, passive_categories(policy)), policy, vault)
 
     def screen_output(self, text: str, policy: Policy, protected_texts: Sequence[str]) -> Screened:
         detectors = self.output_detectors(policy, protected_texts)
-        return apply_policy(text, detect_all(detectors, text), policy, None)
+        return apply_policy(text, detect_all(detectors, text, passive_categories(policy)), policy, None)

@@ -22,7 +22,7 @@ from parapet.moderation.v1 import (
     moderation_service_pb2_grpc,
 )
 from services.moderation.engine import Screened, record_findings, to_finding
-from services.moderation.masking import ContextSealer, MaskingVault
+from services.moderation.masking import ContextSealer, MaskingVault, owner
 from services.moderation.policy_source import PolicySource
 from services.moderation.screener import Screener
 from services.moderation.stream import StreamScreener
@@ -88,7 +88,8 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     async def ScreenInput(
         self, request: pb.ScreenInputRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScreenInputResponse:
-        tenant = require_principal().tenant_id
+        principal = require_principal()
+        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
         if not request.texts:
             raise InvalidArgument("texts must hold at least one text", field_violations=[("texts", "empty")])
         self._check_count("texts", len(request.texts), self._max_texts)
@@ -98,7 +99,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         for index, text in enumerate(request.texts):
             self._check_length(f"texts[{index}]", len(text))
         self._check_length("texts", sum(len(t) for t in request.texts), self._max_input)
-        vault = self._sealer.open(request.masking_context, tenant)
+        vault = self._sealer.open(request.masking_context, caller)
         policy = await self._policies.policy(tenant)
         texts = list(request.texts)
 
@@ -118,17 +119,18 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             decision=finding_pb2.DECISION_MODIFIED if modified else finding_pb2.DECISION_PASS,
             sanitized_texts=[r.text for r in results],
             findings=findings,
-            masking_context=self._sealer.seal(vault, tenant),
+            masking_context=self._sealer.seal(vault, caller),
             masked_values=vault.values if request.return_masked_values else {},
         )
 
     async def ScreenOutput(
         self, request: pb.ScreenOutputRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScreenOutputResponse:
-        tenant = require_principal().tenant_id
+        principal = require_principal()
+        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
         self._check_length("text", len(request.text))
         self._check_protected("protected_texts", request.protected_texts)
-        vault = self._sealer.open(request.masking_context, tenant)
+        vault = self._sealer.open(request.masking_context, caller)
         policy = await self._policies.policy(tenant)
         screened = self._screener.screen_output(request.text, policy, request.protected_texts)
         findings = screened.findings()
@@ -137,20 +139,21 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         return pb.ScreenOutputResponse(decision=screened.decision, text=text, findings=findings)  # type: ignore[arg-type]
 
     async def Unmask(self, request: pb.UnmaskRequest, context: grpc.aio.ServicerContext) -> pb.UnmaskResponse:
-        tenant = require_principal().tenant_id
+        principal = require_principal()
         if not request.masking_context:
             raise InvalidArgument(
                 "masking_context is required", field_violations=[("masking_context", "empty")]
             )
         self._check_length("text", len(request.text))
-        vault = self._sealer.open(request.masking_context, tenant)
+        vault = self._sealer.open(request.masking_context, owner(principal.tenant_id, principal.subject))
         text, restored = vault.restore(request.text)
         return pb.UnmaskResponse(text=text, restored_count=restored)
 
     async def ScreenStream(
         self, request_iterator: AsyncIterator[pb.ScreenStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScreenStreamResponse]:
-        tenant = require_principal().tenant_id
+        principal = require_principal()
+        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "config":
             raise InvalidArgument(
@@ -159,7 +162,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
             )
         config = first.config
         self._check_protected("config.protected_texts", config.protected_texts)
-        vault: MaskingVault = self._sealer.open(config.masking_context, tenant, "config.masking_context")
+        vault: MaskingVault = self._sealer.open(config.masking_context, caller, "config.masking_context")
         policy = await self._policies.policy(tenant)
         detectors = self._screener.output_detectors(policy, config.protected_texts)
         screener = StreamScreener(detectors, policy, vault)

@@ -30,7 +30,14 @@ from parapet.moderation.v1 import finding_pb2
 from services.moderation.detectors.base import Detection, Detector
 from services.moderation.detectors.scripts import after_last_non_value_letter
 from services.moderation.detectors.visible import visible
-from services.moderation.engine import Applied, apply_policy, detect_all, reads_invisible, to_finding
+from services.moderation.engine import (
+    Applied,
+    apply_policy,
+    detect_all,
+    passive_categories,
+    reads_invisible,
+    to_finding,
+)
 from services.moderation.masking import MAX_PLACEHOLDER, PLACEHOLDER, MaskingVault
 from services.moderation.policy import Policy
 
@@ -165,6 +172,7 @@ class StreamScreener:
     def __init__(self, detectors: Sequence[Detector], policy: Policy, vault: MaskingVault) -> None:
         self._detectors = list(detectors)
         self._policy = policy
+        self._passive = passive_categories(policy)
         self._vault = vault
         self._buffer = ""  # received, not yet released (as the model wrote it)
         self._context = ""  # released text holding its last LEFT_CONTEXT visible code points, as written
@@ -242,7 +250,7 @@ class StreamScreener:
         shift = len(self._context)
         detections = [
             dataclasses.replace(d, start=d.start - shift, end=d.end - shift)
-            for d in detect_all(self._detectors, scan)
+            for d in detect_all(self._detectors, scan, self._passive)
             if d.start >= shift
         ]
         limit = len(self._buffer) if final else self._hold()

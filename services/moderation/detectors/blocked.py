@@ -1,7 +1,9 @@
 """Tenant-blocked terms and topics (``ModerationPolicy.blocked_terms`` / ``blocked_topics``).
 
 Terms match case-insensitively on word boundaries, after folding homoglyphs and invisible characters
-(so "c\u200bompetitor" still matches "competitor"). A topic is given in plain words ("competitor
+(so "c\u200bompetitor" still matches "competitor"), with full case folding and canonical composition on
+both sides ("Straße" matches "STRASSE", a decomposed "Cafe\u0301" matches "café") and any run of
+whitespace between a term's words. A topic is given in plain words ("competitor
 pricing"); it matches where all of its content words occur, in any inflection (a crude stem: suffix stripped,
 first five letters: "pricing" ~ "prices"), within ``TOPIC_WINDOW_WORDS`` consecutive words of one sentence.
 """
@@ -9,6 +11,7 @@ first five letters: "pricing" ~ "prices"), within ``TOPIC_WINDOW_WORDS`` consecu
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from services.moderation.detectors.base import ANY_LENGTH, C, Detection
@@ -80,6 +83,31 @@ def _stem(word: str) -> str:
     return word[:_STEM]
 
 
+def _term_form(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
+    """``text`` as terms are matched: ``fold``, then full case folding and NFC per base character with its
+    combining marks; with, per code point of the result, the start and end of what it came from in ``text``.
+    ``fold`` alone lower-cases one code point at a time: "STRASSE" never matched "Straße", and a decomposed
+    "e\u0301" (macOS input, text copied from PDFs) never matched "é", nor the other way round (until
+    2026-12-06)."""
+    folded, index = fold(text)
+    if folded.isascii():  # nothing to compose or fold further: the common case
+        return folded, index, [i + 1 for i in index[: len(folded)]]
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    position = 0
+    while position < len(folded):
+        stop = position + 1
+        while stop < len(folded) and unicodedata.combining(folded[stop]):
+            stop += 1  # a base character and its marks are composed together
+        piece = unicodedata.normalize("NFC", folded[position:stop].casefold())
+        out.append(piece)
+        starts.extend([index[position]] * len(piece))
+        ends.extend([index[stop - 1] + 1] * len(piece))
+        position = stop
+    return "".join(out), starts, ends
+
+
 class BlockedTermDetector:
     name = "policy.blocked_term"
     categories = (C.CATEGORY_BLOCKED_TERM,)
@@ -88,22 +116,20 @@ class BlockedTermDetector:
     def __init__(self, terms: Sequence[str]) -> None:
         # Stripped after folding: a term of invisible characters folds to nothing, and an empty alternative
         # matched at every word boundary (every text blocked); one led by them kept a leading space.
-        folded = {fold(t)[0].strip() for t in terms}
+        folded = {" ".join(_term_form(t)[0].split()) for t in terms}
         cleaned = sorted(folded - {""}, key=len, reverse=True)
-        self._pattern = (
-            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in cleaned) + r")(?!\w)")
-            if cleaned
-            else None
-        )
+        # Any whitespace between the words: a line break or two spaces in the text ended no term before.
+        alternatives = (r"\s+".join(re.escape(word) for word in t.split()) for t in cleaned)
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)") if cleaned else None
         self.max_span = ANY_LENGTH  # folding drops invisible characters, however many pad a term
         self.max_tokens = max((len(t.split()) for t in cleaned), default=1)
 
     def detect(self, text: str) -> list[Detection]:
         if self._pattern is None:
             return []
-        folded, index = fold(text)
+        folded, starts, ends = _term_form(text)
         return [
-            Detection(C.CATEGORY_BLOCKED_TERM, index[m.start()], index[m.end() - 1] + 1, 1.0, self.name)
+            Detection(C.CATEGORY_BLOCKED_TERM, starts[m.start()], ends[m.end() - 1], 1.0, self.name)
             for m in self._pattern.finditer(folded)
         ]
 
