@@ -51,6 +51,10 @@ def _check_user(spec: user_pb2.User, fields: set[str]) -> None:
         problems += bounds.roles_violations(spec.roles, "user.roles")
     if "groups" in fields:
         problems += bounds.groups_violations(spec.groups, "user.groups")
+    if "state" in fields and spec.state not in (user_pb2.USER_STATE_ACTIVE, user_pb2.USER_STATE_DISABLED):
+        # An update naming the state must say which: left unspecified, it enabled a disabled user until
+        # 2026-12-06. (CreateUser's unspecified state is its default, active.)
+        problems.append(("user.state", "USER_STATE_ACTIVE or USER_STATE_DISABLED"))
     if problems:
         raise InvalidArgument("the user is invalid", field_violations=problems)
 
@@ -537,18 +541,23 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             )
         policy.validate(request.policy)
         actor = await self._access.require(SERVICE + "UpdateTenantPolicy", tenant_id)
+        if tenant_id == self._access.platform_tenant:
+            policy.check_platform_policy(request.policy)
         method = SERVICE + "UpdateTenantPolicy"
         async with self._access.change(actor, method, tenant_id, f"tenants/{tenant_id}/policy") as change:
             current = await self._store.policy(change.session, 0)
             if current is None:
                 raise NotFound("no such tenant", metadata={"resource": f"tenants/{tenant_id}"})
-            mismatch = Aborted(
-                "the policy changed since expected_version",
-                reason="POLICY_VERSION_MISMATCH",
-                metadata={"current_version": str(current.version)},
-            )
+
+            def mismatch(current_version: int) -> Aborted:
+                return Aborted(
+                    "the policy changed since expected_version",
+                    reason="POLICY_VERSION_MISMATCH",
+                    metadata={"current_version": str(current_version)},
+                )
+
             if current.version != request.expected_version:
-                raise mismatch
+                raise mismatch(current.version)
             policy.check_grants(
                 current,
                 request.policy,
@@ -560,7 +569,10 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             if not await AuthStore.insert_policy(
                 change.session, tenant_id, version, request.policy, actor.principal.subject
             ):
-                raise mismatch
+                # A concurrent edit stored ``version`` since the read above: name the version now current (read
+                # again), not the one read, which is expected_version (until 2026-12-06 it named that).
+                won = await AuthStore.current_version(change.session)
+                raise mismatch(max(won, version))
             # In the policy's transaction: the routes change with the policy, or neither does.
             pairs = [
                 ((i, j), (provider.issuer, audience))

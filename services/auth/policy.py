@@ -14,7 +14,9 @@ from parapet.kit.errors import InvalidArgument, PermissionDenied
 from services.auth import oidc
 from services.auth.permissions import (
     NAMES,
+    PLATFORM_ADMIN_ROLE,
     PLATFORM_PERMISSIONS,
+    Permission,
     PermissionValue,
     name,
     role_permissions,
@@ -119,6 +121,28 @@ def validate(policy: P.TenantPolicy) -> None:
     found = violations(policy)
     if found:
         raise InvalidArgument("the tenant policy is invalid", reason="POLICY_INVALID", field_violations=found)
+
+
+def check_platform_policy(policy: P.TenantPolicy) -> None:
+    """The platform tenant's policy keeps role ``platform-admin`` granting ``platform.admin``: the role of every
+    operator account (``parapet bootstrap operator``, ``--replace`` included). Stored without it, no credential
+    could administer the platform again (create, list, disable a tenant), short of editing the database: until
+    2026-12-06 one edit of the platform policy could do that, the operator's own included."""
+    place = next((i for i, role in enumerate(policy.roles) if role.role == PLATFORM_ADMIN_ROLE), None)
+    if place is None:
+        violation = ("policy.roles", f"the platform tenant must keep role {PLATFORM_ADMIN_ROLE!r}")
+    elif Permission.PERMISSION_PLATFORM_ADMIN not in policy.roles[place].permissions:
+        violation = (
+            f"policy.roles[{place}].permissions",
+            f"role {PLATFORM_ADMIN_ROLE!r} of the platform tenant must keep 'platform.admin'",
+        )
+    else:
+        return
+    raise InvalidArgument(
+        "the platform policy would leave no platform administration",
+        reason="POLICY_INVALID",
+        field_violations=[violation],
+    )
 
 
 def check_grants(

@@ -520,3 +520,112 @@ async def test_a_user_id_longer_than_any_user_has_is_invalid_argument(auth: Auth
     }
     for field, call in calls.items():
         assert await refusal(call) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID", [field]), field
+
+
+async def test_a_losing_policy_edit_names_the_version_that_won(auth: Auth) -> None:
+    """Edits racing from one version: every loser's ``metadata.current_version`` is the version stored now (the
+    one to re-base on), also when it lost at the insert, after its own check had read the older version."""
+    tenant = await auth.new_tenant()
+    v1 = await _policy(auth, tenant)
+
+    def edit(max_tokens: int) -> Awaitable[tpb.UpdateTenantPolicyResponse]:
+        policy = tenant_policy_pb2.TenantPolicy(roles=v1.roles)
+        policy.models.max_tokens_per_request = max_tokens
+        call: Awaitable[tpb.UpdateTenantPolicyResponse] = auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+            metadata=auth.operator,
+        )
+        return call
+
+    results = await asyncio.gather(*(edit(100 + i) for i in range(8)), return_exceptions=True)
+    wins = [r for r in results if isinstance(r, tpb.UpdateTenantPolicyResponse)]
+    losses = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(wins) == 1 and len(losses) == 7
+    for loss in losses:
+        details = error_details(loss)
+        assert (loss.code(), details.reason) == (grpc.StatusCode.ABORTED, "POLICY_VERSION_MISMATCH")
+        assert details.error_info is not None and details.error_info.metadata["current_version"] == "2"
+
+
+async def test_an_update_of_the_state_naming_no_state_is_refused_not_an_enable(auth: Auth) -> None:
+    """A mask naming ``state`` with the state left unspecified says nothing of what to set: INVALID_ARGUMENT on
+    ``user.state``, and a disabled user stays disabled (it was silently enabled)."""
+    tenant = await auth.new_tenant()
+    await auth.new_user(tenant, "svc")
+
+    def set_state(state: user_pb2.UserState.ValueType) -> Awaitable[tpb.UpdateUserResponse]:
+        call: Awaitable[tpb.UpdateUserResponse] = auth.admin.UpdateUser(
+            tpb.UpdateUserRequest(
+                tenant_id=tenant,
+                user=user_pb2.User(user_id="svc", state=state),
+                update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+            ),
+            metadata=auth.operator,
+        )
+        return call
+
+    assert (await set_state(user_pb2.USER_STATE_DISABLED)).user.state == user_pb2.USER_STATE_DISABLED
+    assert await refusal(set_state(user_pb2.USER_STATE_UNSPECIFIED)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_INVALID",
+        ["user.state"],
+    )
+    stored = await auth.admin.GetUser(
+        tpb.GetUserRequest(tenant_id=tenant, user_id="svc"), metadata=auth.operator
+    )
+    assert stored.user.state == user_pb2.USER_STATE_DISABLED
+    assert (await set_state(user_pb2.USER_STATE_ACTIVE)).user.state == user_pb2.USER_STATE_ACTIVE
+
+
+async def test_the_platform_policy_keeps_its_platform_admin_role(auth: Auth, database_url: str) -> None:
+    """An edit of the platform tenant's policy that drops ``platform-admin`` or its ``platform.admin`` is refused
+    (INVALID_ARGUMENT ``POLICY_INVALID`` on the role) and the operator still administers: stored, it left no
+    role that can hold platform administration, so no credential (nor ``parapet bootstrap operator --replace``,
+    whose account has that role) could ever create, list or disable a tenant again, short of editing the
+    database. Other edits of the platform policy still pass."""
+    import psycopg
+
+    from services.auth.invalidation import libpq_url
+
+    before = await _policy(auth, PLATFORM)
+    try:
+        without_role = tenant_policy_pb2.TenantPolicy()
+        without_role.CopyFrom(before)
+        kept = [r for r in before.roles if r.role != "platform-admin"]
+        del without_role.roles[:]
+        without_role.roles.extend(kept)
+        cut_down = tenant_policy_pb2.TenantPolicy()
+        cut_down.CopyFrom(before)
+        place = next(i for i, r in enumerate(cut_down.roles) if r.role == "platform-admin")
+        kept_permissions = [
+            p for p in cut_down.roles[place].permissions if p != perm.PERMISSION_PLATFORM_ADMIN
+        ]
+        del cut_down.roles[place].permissions[:]
+        cut_down.roles[place].permissions.extend(kept_permissions)
+        for edit, field in ((without_role, "policy.roles"), (cut_down, f"policy.roles[{place}].permissions")):
+            code, reason, fields = await refusal(
+                auth.admin.UpdateTenantPolicy(
+                    tpb.UpdateTenantPolicyRequest(
+                        tenant_id=PLATFORM, policy=edit, expected_version=before.version
+                    ),
+                    metadata=auth.operator,
+                )
+            )
+            assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "POLICY_INVALID", [field])
+        assert (await _policy(auth, PLATFORM)).version == before.version
+        await auth.admin.ListTenants(tpb.ListTenantsRequest(), metadata=auth.operator)
+        # Any other edit of the platform policy still passes.
+        other = tenant_policy_pb2.TenantPolicy()
+        other.CopyFrom(before)
+        other.models.max_tokens_per_request = 1234
+        await auth.admin.UpdateTenantPolicy(
+            tpb.UpdateTenantPolicyRequest(tenant_id=PLATFORM, policy=other, expected_version=before.version),
+            metadata=auth.operator,
+        )
+    finally:
+        # The platform policy as it was, for the tests after this one (on the old code the edit locked it).
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+            await conn.execute(
+                "DELETE FROM auth.policies WHERE tenant_id = %s AND version > %s", (PLATFORM, before.version)
+            )
+            await conn.commit()
