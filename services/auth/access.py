@@ -174,7 +174,16 @@ class Access:
         )
         actor = Actor(principal, held, is_platform)
         error: PermissionDenied | None = None
-        if platform_only and not is_platform:
+        if principal.actor:
+            # Issued to another account for work on the principal's behalf (a job's chats): until 2026-12-06
+            # the delegator, which administers nothing, could name a tenant admin's key and administer its
+            # tenant with the token, minting keys of its own.
+            error = PermissionDenied(
+                "a delegated token cannot administer; use the principal's own credential",
+                reason="DELEGATED_TOKEN",
+                metadata={"actor": principal.actor},
+            )
+        elif platform_only and not is_platform:
             error = PermissionDenied(
                 "this needs platform administration",
                 reason="PERMISSION_MISSING",

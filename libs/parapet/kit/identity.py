@@ -59,6 +59,10 @@ class Principal:
     # the scopes (claim "perm"). None when the token carries none (one auth issued before it resolved them, or one
     # a test or tool signed): parapet.kit.permissions then falls back to role and scope names.
     permissions: tuple[str, ...] | None = None
+    # Who obtained this token on the principal's behalf (RFC 8693 "act": "tenant/subject" of auth's
+    # IssueDelegatedToken caller); "" for a token the principal's own credential got. Auth administers nothing
+    # for a delegated token. Token-only: the proto Principal has no such field.
+    actor: str = ""
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -451,4 +455,17 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
         external_token_id=text("tok"),
         issuer=text("idp"),
         permissions=_strings(claims["perm"]) if "perm" in claims else None,
+        actor=_actor(claims.get("act")),
     )
+
+
+def _actor(claim: Any) -> str:
+    """``"tenant/subject"`` of an ``act`` claim; a claim present but unreadable still marks the token delegated
+    (``"?"``): only auth signs tokens, so it is no forgery, and reading it as none would lift the restriction."""
+    if claim is None:
+        return ""
+    if isinstance(claim, Mapping):
+        tenant, subject = claim.get("tnt"), claim.get("sub")
+        if isinstance(tenant, str) and isinstance(subject, str) and (tenant or subject):
+            return f"{tenant}/{subject}"
+    return "?"

@@ -11,12 +11,12 @@ import jwt
 import pytest
 from google.protobuf import field_mask_pb2
 
+from parapet.auth.v1 import api_key_pb2, permission_pb2, tenant_policy_pb2, user_pb2
 from parapet.auth.v1 import auth_service_pb2 as apb
-from parapet.auth.v1 import permission_pb2, tenant_policy_pb2, user_pb2
 from parapet.auth.v1 import tenant_admin_service_pb2 as tpb
 from parapet.kit.errors import error_details
 from parapet.kit.identity import Principal
-from parapet.kit.testing import running
+from parapet.kit.testing import refusal_details, running
 from services.auth.app import APP
 from tests.integration.auth.conftest import PLATFORM, Auth, auth_settings, signer_for
 
@@ -256,3 +256,30 @@ async def test_no_platform_principal_can_be_delegated(auth: Auth) -> None:
     key_id, _key = await auth.new_key(PLATFORM, user_id)
     issued = await _delegate(auth, delegator, PLATFORM, user_id, key_id)
     assert issued.principal.subject == user_id
+
+
+async def test_a_delegated_token_administers_nothing(auth: Auth) -> None:
+    """Work run later on a principal's behalf (a job's chats) needs its chat permissions, never its
+    administration. Until 2026-12-06 the delegator, which administers nothing, could name a tenant admin's key
+    (key ids travel in every token) and, with the delegated token, list and create users and mint keys."""
+    tenant = await auth.new_tenant("dlgadm")
+    await auth.new_user(tenant, "bob", roles=("admin",))
+    key_id, _key = await auth.new_key(tenant, "bob")
+    issued = await _delegate(auth, await _delegator(auth), tenant, "bob", key_id)
+    delegated = (("authorization", f"Bearer {issued.token}"),)
+    assert "admin" in (Principal.from_proto(issued.principal).permissions or ())  # as Authenticate resolves
+
+    for call in (
+        auth.admin.ListUsers(tpb.ListUsersRequest(tenant_id=tenant), metadata=delegated),
+        auth.admin.CreateApiKey(
+            tpb.CreateApiKeyRequest(tenant_id=tenant, api_key=api_key_pb2.ApiKey(user_id="bob")),
+            metadata=delegated,
+        ),
+    ):
+        details = await refusal_details(call)
+        assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "DELEGATED_TOKEN")
+    # Chat-side permissions still answer on it: it is the principal's, for the work it was issued for.
+    decision = await auth.auth.Authorize(
+        apb.AuthorizeRequest(permission=permission_pb2.PERMISSION_CHAT), metadata=delegated
+    )
+    assert decision.allowed
