@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
@@ -147,10 +148,20 @@ def _client_options(
     }
 
 
-def _check_url(url: str) -> None:
-    """Raise what nats-py raises for a URL it cannot parse, at once: a start must fail on one, not retry it.
-    (nats-py parses in its connect; its own parser is the only one that agrees with it.)"""
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_nats_url(url: str) -> str:
+    """Raise what nats-py raises (``nats.errors.Error``) for a URL it cannot parse, and the same for one of another
+    scheme, at once: a start must fail on one, not retry it. nats-py reads a URL of any other scheme as
+    ``nats://`` plus the whole URL, so ``http://nats:4222`` (or a database URL) became host ``http``
+    (``postgresql+psycopg``) port 4222, and the service served without NATS for ever. (nats-py parses in its
+    connect; its own parser is the only one that agrees with it.)"""
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme.lower() not in NATS_SCHEMES:
+        raise NatsError(f"nats: a URL is nats://, tls://, ws:// or wss:// (or host:port), not {scheme}://")
     Client()._setup_server_pool([url])
+    return url
 
 
 class Bus:
@@ -245,7 +256,7 @@ class Bus:
         The connection is made on a client of its own, handed to the bus only once connected: nats-py's first
         connection closes its client after each failed handshake (a port that accepts and drops, a proxy, a TLS
         or authorization error), and a request made on it meanwhile left it waiting for replies for good."""
-        _check_url(url)
+        check_nats_url(url)
         options = _client_options(
             url, name, connect_timeout, reconnect_wait, drain_timeout, max_reconnect_attempts=-1
         )

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
-from pydantic import Field, SecretBytes, SecretStr, ValidationError, model_validator
+from nats.errors import Error as NatsError
+from pydantic import Field, SecretBytes, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parapet.kit.bus import check_nats_url
 from parapet.kit.redact import redact_url
 from parapet.kit.tls import TlsFiles
 
@@ -41,7 +43,8 @@ class ServiceSettings(BaseSettings):
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of PostgreSQL, `postgresql+psycopg://user:pass@host:port/db` "
-        "(needed by services that use the database).",
+        "(needed by services that use the database); `postgresql://` is read as that. Another scheme or driver is "
+        "refused when settings load.",
     )
     database_pool_size: int = Field(
         5,
@@ -54,7 +57,9 @@ class ServiceSettings(BaseSettings):
         5, ge=0, le=100, description="Extra connections a process may open briefly under a burst."
     )
     nats_url: str | None = Field(
-        None, description="NATS server URL, `nats://host:port` (needed by services that use the bus)."
+        None,
+        description="NATS server URL, `nats://host:port` (`tls://`, `ws://`, `wss://` too; needed by services that "
+        "use the bus). Another scheme is refused when settings load.",
     )
     shutdown_grace_seconds: float = Field(
         10.0,
@@ -199,6 +204,33 @@ class ServiceSettings(BaseSettings):
     tls_require_client_cert: bool = Field(
         False, description="Mutual TLS: refuse callers without a certificate from `PARAPET_TLS_CA_FILE`."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_psycopgs(cls, url: str | None) -> str | None:
+        # The kit's engines are psycopg 3's (async at run time, sync for migrations, and their connect options are
+        # libpq's): another driver failed only when the service started, with an import error or a driver's message.
+        # A plain libpq URL (postgresql://, postgres://), as most tools print one, is read as psycopg 3's.
+        if not url:
+            return url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url.removeprefix(plain)
+        if not url.startswith("postgresql+psycopg://"):
+            raise ValueError(
+                "the database URL must start with postgresql+psycopg:// (psycopg 3) or postgresql://"
+            )
+        return url
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url_is_natss(cls, url: str | None) -> str | None:
+        if not url:
+            return url
+        try:
+            return check_nats_url(url)
+        except NatsError as error:
+            raise ValueError(str(error).removeprefix("nats: ")) from None
 
     @model_validator(mode="after")
     def _tls_files_fit_together(self) -> ServiceSettings:

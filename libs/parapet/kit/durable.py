@@ -5,20 +5,50 @@ a subscription is bound to, and every fetch from that subscription fails for goo
 nothing answers the consumer's subject any more), whereas a timeout only means no message came. The rule for
 every pull consumer: a fetch that fails for anything other than a timeout drops the subscription, and the next
 fetch subscribes again, which declares the stream (the service's own spec) and creates the durable with the
-consumer's own configuration when it is missing. An existing durable is bound to as it is.
+consumer's own configuration when it is missing.
+
+An existing durable gets the consumer's configuration where JetStream lets it change (ack wait, max ack pending,
+max deliver, backoff, filter, description...): a release or settings that change them take effect at the next
+subscription, instead of being ignored for as long as the durable lives. What JetStream cannot change on an existing
+consumer (deliver, ack and replay policy, ...) is logged as an error and the durable bound to as it is: its state
+(what it delivered and what is acknowledged) is worth more than the new setting; deleting it (``nats consumer rm``)
+is the operator's call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
 
 from parapet.kit.bus import Bus, StreamSpec
+
+log = logging.getLogger(__name__)
+
+# Fields JetStream refuses to change on an existing consumer.
+FIXED_FIELDS = frozenset(
+    {
+        "deliver_policy",
+        "opt_start_seq",
+        "opt_start_time",
+        "ack_policy",
+        "replay_policy",
+        "idle_heartbeat",
+        "flow_control",
+        "max_waiting",
+        "deliver_subject",
+        "deliver_group",
+        "mem_storage",
+    }
+)
+_IDENTITY_FIELDS = frozenset({"name", "durable_name"})
 
 
 class DurableConsumer:
@@ -52,11 +82,76 @@ class DurableConsumer:
         declared = await self._bus.ensure_stream(self._stream)
         if self._on_declared is not None:
             self._on_declared(declared)
+        await self._reconcile()
         return await self._bus.jetstream.pull_subscribe(
             self._subject,
             durable=self._config.durable_name,
             stream=self._stream.name,
             config=dataclasses.replace(self._config),  # nats-py writes the filter and name into it
+        )
+
+    def _wanted(self) -> dict[str, Any]:
+        """The fields this consumer's configuration sets, the filter subject included as ``pull_subscribe``
+        writes it into a new durable."""
+        wanted = {
+            field.name: getattr(self._config, field.name)
+            for field in dataclasses.fields(self._config)
+            if field.name not in _IDENTITY_FIELDS and getattr(self._config, field.name) is not None
+        }
+        if not self._config.filter_subjects:
+            wanted["filter_subject"] = self._subject
+        return wanted
+
+    async def _reconcile(self) -> None:
+        """Give an existing durable what changed in this consumer's configuration, where JetStream allows it."""
+        durable = self._config.durable_name
+        assert durable is not None  # checked in __init__
+        try:
+            current = (await self._bus.jetstream.consumer_info(self._stream.name, durable)).config
+        except NotFoundError:
+            return  # pull_subscribe creates it with this configuration
+        changed = {
+            name: value for name, value in self._wanted().items() if getattr(current, name, None) != value
+        }
+        fixed = sorted(changed.keys() & FIXED_FIELDS)
+        if fixed:
+            log.error(
+                "durable consumer %s on %s differs in %s, which JetStream cannot change on an existing consumer; "
+                "bound to as it is (remove the consumer to have it created anew)",
+                durable,
+                self._stream.name,
+                ", ".join(
+                    f"{name} (is {getattr(current, name, None)!r}, wanted {changed[name]!r})"
+                    for name in fixed
+                ),
+                extra={"stream": self._stream.name, "consumer": durable, "fields": fixed},
+            )
+        editable = {name: value for name, value in changed.items() if name not in FIXED_FIELDS}
+        if not editable:
+            return
+        updated = dataclasses.replace(current, **editable)
+        # JetStream takes one filter field or the other.
+        if "filter_subject" in editable:
+            updated.filter_subjects = None
+        elif updated.filter_subjects:
+            updated.filter_subject = None
+        try:
+            await self._bus.jetstream.add_consumer(self._stream.name, config=updated)
+        except BadRequestError as error:
+            log.error(
+                "updating durable consumer %s on %s refused (%s); bound to as it is",
+                durable,
+                self._stream.name,
+                error,
+                extra={"stream": self._stream.name, "consumer": durable, "fields": sorted(editable)},
+            )
+            return
+        log.info(
+            "durable consumer %s on %s updated: %s",
+            durable,
+            self._stream.name,
+            ", ".join(sorted(editable)),
+            extra={"stream": self._stream.name, "consumer": durable, "fields": sorted(editable)},
         )
 
     async def fetch(self, batch: int, seconds: float) -> list[Msg]:

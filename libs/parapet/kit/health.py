@@ -158,6 +158,14 @@ class HealthMonitor:
     async def _run_probe(self, probe: Probe) -> bool:
         try:
             return await within(self._timeout, probe())
+        except asyncio.CancelledError:
+            # The monitor stopping cancels this probe's task (gather's child); a probe that awaited something
+            # another task cancelled raises CancelledError too, and that is a failed probe: raised, it ended the
+            # monitor's loop and froze health at its last status (SERVING with the database gone).
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            return False
         except Exception:
             return False  # a failing probe is the answer itself, not an error of the monitor
 

@@ -11,13 +11,20 @@ log = logging.getLogger(__name__)
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged and retried next time."""
+    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged and retried next time.
+
+    A ``CancelledError`` the job raises while this loop is not being cancelled (it awaited something another task
+    cancelled) is a failed run too: ending the loop on it stopped the housekeeping for good, and silently, as a
+    cancelled task is no failure to ``Resources.spawn``."""
+    current = asyncio.current_task()
     while True:
         await asyncio.sleep(seconds)
         try:
             await job()
         except asyncio.CancelledError:
-            raise
+            if current is None or current.cancelling():
+                raise
+            log.warning("%s failed; retrying at the next interval", name, exc_info=True)
         except Exception:
             log.warning("%s failed; retrying at the next interval", name, exc_info=True)
 

@@ -11,6 +11,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from parapet.embedded import EmbeddedNats, EmbeddedPostgres
+from parapet.kit import timeouts
 from parapet.kit.bus import StreamSpec
 from parapet.kit.health import DEPENDENCIES
 from parapet.kit.testing import fast_settings, generic_app, health_status, running
@@ -80,3 +81,35 @@ async def test_a_nats_outage_shows_in_the_dependencies_and_keeps_the_service_ser
         await wait_for_dependencies(channel, SERVING, within=10)
         ack = await bus.publish("health.test.after", b"back", msg_id="m-1")
         assert ack.stream == "HEALTH_TEST"
+
+
+async def test_health_goes_on_probing_after_a_probe_raised_a_cancellation_of_its_own(
+    fresh_postgres: EmbeddedPostgres,
+) -> None:
+    """A probe that awaited something another task cancelled raises CancelledError: a failed probe. It ended the
+    monitor's loop instead, and health stayed SERVING for good while the database went away."""
+    app = generic_app(name="healthcancel", service_names=(SERVICE,), uses_database=True)
+    calls = 0
+    probed = asyncio.Event()
+
+    async def upstream() -> bool:
+        nonlocal calls
+        calls += 1
+        probed.set()
+        if calls == 1:
+            shared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            shared.cancel()  # cancelled by its owner, not by the monitor
+            return await shared
+        return True
+
+    async with (
+        running(app, fast_settings(database_url=fresh_postgres.url)) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        server.resources.add_health_check("upstream", upstream)
+        await timeouts.within(5, probed.wait())
+        await asyncio.sleep(1)  # five intervals
+        await asyncio.to_thread(fresh_postgres.stop)
+        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await asyncio.to_thread(fresh_postgres.start)
+        await wait_for_status(channel, SERVING, within=10)

@@ -58,6 +58,13 @@ def test_settings_are_frozen() -> None:
         ("PARAPET_LOG_FORMAT", "xml", "'json' or 'text'"),
         ("PARAPET_SHUTDOWN_GRACE_SECONDS", "-1", "greater than or equal to 0"),
         ("PARAPET_RESERVATION_TTL_SECONDS", "0", "greater than 0"),
+        # nats-py read these as host "http" (and "postgresql+psycopg"): the service served without NATS for ever.
+        ("PARAPET_NATS_URL", "http://nats:4222", "nats://"),
+        ("PARAPET_NATS_URL", "postgresql+psycopg://app@db:5432/parapet", "nats://"),
+        ("PARAPET_NATS_URL", "nats://nats:port", "invalid"),
+        # The kit's engine is psycopg 3's (async, and its connect options are libpq's).
+        ("PARAPET_DATABASE_URL", "postgresql+asyncpg://app@db:5432/parapet", "postgresql+psycopg://"),
+        ("PARAPET_DATABASE_URL", "nats://nats:4222", "postgresql+psycopg://"),
     ],
 )
 def test_bad_values_raise_a_clear_error(
@@ -68,6 +75,35 @@ def test_bad_values_raise_a_clear_error(
         load_settings(MeteringLikeSettings)
     message = str(caught.value)
     assert variable in message and mentions in message and repr(value) in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "taken"),
+    [
+        ("PARAPET_NATS_URL", "nats://nats:4222", "nats://nats:4222"),
+        ("PARAPET_NATS_URL", "tls://token@nats:4222", "tls://token@nats:4222"),
+        ("PARAPET_NATS_URL", "wss://nats.example.com", "wss://nats.example.com"),
+        ("PARAPET_NATS_URL", "nats:4222", "nats:4222"),
+        (
+            "PARAPET_DATABASE_URL",
+            "postgresql+psycopg://app:pw@db:5432/parapet?sslmode=require",
+            "postgresql+psycopg://app:pw@db:5432/parapet?sslmode=require",
+        ),
+        # A libpq URL, as most tools print one, is read as psycopg 3's.
+        (
+            "PARAPET_DATABASE_URL",
+            "postgresql://app@db:5432/parapet",
+            "postgresql+psycopg://app@db:5432/parapet",
+        ),
+        ("PARAPET_DATABASE_URL", "postgres://app@db/parapet", "postgresql+psycopg://app@db/parapet"),
+    ],
+)
+def test_urls_of_the_right_kind_are_taken(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, taken: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    settings = load_settings(MeteringLikeSettings)
+    assert getattr(settings, variable.removeprefix("PARAPET_").lower()) == taken
 
 
 def test_every_field_is_documented_in_the_markdown() -> None:

@@ -40,3 +40,29 @@ async def test_every_runs_its_job_again_after_a_failure_until_cancelled(
         await task
     assert runs[:3] == [0, 1, 2]
     assert "test job failed; retrying at the next interval" in caplog.text
+
+
+async def test_every_survives_a_cancellation_that_was_not_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    """A job awaiting something another task cancelled (a shared lookup, a task of its own) raises
+    CancelledError although nobody cancelled the loop: a failed run, not the end of the housekeeping."""
+    runs: list[int] = []
+    two = asyncio.Event()
+
+    async def job() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            shared.cancel()  # cancelled by its owner
+            await shared
+        if len(runs) == 2:
+            two.set()
+
+    task = asyncio.create_task(periodic.every(0.01, job, "test job"))
+    try:
+        await timeouts.within(5, two.wait())
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert runs[:2] == [0, 1]
+    assert "test job failed; retrying at the next interval" in caplog.text
