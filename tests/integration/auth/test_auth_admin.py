@@ -42,21 +42,29 @@ async def _error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str | None]:
     return code, reason
 
 
+def _edit_from_version_1(
+    auth: Auth, tenant: str, v1: tenant_policy_pb2.TenantPolicy, max_tokens: int
+) -> Awaitable[tpb.UpdateTenantPolicyResponse]:
+    """An operator's edit of ``tenant``'s policy from version 1 (``v1``): its roles, a new token limit."""
+    policy = tenant_policy_pb2.TenantPolicy(roles=v1.roles)
+    policy.models.max_tokens_per_request = max_tokens
+    call: Awaitable[tpb.UpdateTenantPolicyResponse] = auth.admin.UpdateTenantPolicy(
+        tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
+        metadata=auth.operator,
+    )
+    return call
+
+
 async def test_concurrent_policy_edits_one_wins_the_other_aborts(auth: Auth) -> None:
     tenant = await auth.new_tenant()
     v1 = await _policy(auth, tenant)
     assert v1.version == 1 and [r.role for r in v1.roles] == ["admin"]
 
-    def edit(max_tokens: int) -> Awaitable[tpb.UpdateTenantPolicyResponse]:
-        policy = tenant_policy_pb2.TenantPolicy(roles=v1.roles)
-        policy.models.max_tokens_per_request = max_tokens
-        call: Awaitable[tpb.UpdateTenantPolicyResponse] = auth.admin.UpdateTenantPolicy(
-            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
-            metadata=auth.operator,
-        )
-        return call
-
-    results = await asyncio.gather(edit(100), edit(200), return_exceptions=True)
+    results = await asyncio.gather(
+        _edit_from_version_1(auth, tenant, v1, 100),
+        _edit_from_version_1(auth, tenant, v1, 200),
+        return_exceptions=True,
+    )
     wins = [r for r in results if isinstance(r, tpb.UpdateTenantPolicyResponse)]
     losses = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(wins) == 1 and len(losses) == 1
@@ -528,16 +536,9 @@ async def test_a_losing_policy_edit_names_the_version_that_won(auth: Auth) -> No
     tenant = await auth.new_tenant()
     v1 = await _policy(auth, tenant)
 
-    def edit(max_tokens: int) -> Awaitable[tpb.UpdateTenantPolicyResponse]:
-        policy = tenant_policy_pb2.TenantPolicy(roles=v1.roles)
-        policy.models.max_tokens_per_request = max_tokens
-        call: Awaitable[tpb.UpdateTenantPolicyResponse] = auth.admin.UpdateTenantPolicy(
-            tpb.UpdateTenantPolicyRequest(tenant_id=tenant, policy=policy, expected_version=1),
-            metadata=auth.operator,
-        )
-        return call
-
-    results = await asyncio.gather(*(edit(100 + i) for i in range(8)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(_edit_from_version_1(auth, tenant, v1, 100 + i) for i in range(8)), return_exceptions=True
+    )
     wins = [r for r in results if isinstance(r, tpb.UpdateTenantPolicyResponse)]
     losses = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(wins) == 1 and len(losses) == 7
