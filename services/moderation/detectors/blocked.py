@@ -83,15 +83,16 @@ def _stem(word: str) -> str:
     return word[:_STEM]
 
 
-def _term_form(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
+def _term_form(text: str) -> tuple[str, Sequence[int], Sequence[int] | None]:
     """``text`` as terms are matched: ``fold``, then full case folding and NFC per base character with its
-    combining marks; with, per code point of the result, the start and end of what it came from in ``text``.
+    combining marks; with, per code point of the result, the start and end of what it came from in ``text``
+    (ends None: each came from one code point, ``start + 1``, which needs no list of its own).
     ``fold`` alone lower-cases one code point at a time: "STRASSE" never matched "Straße", and a decomposed
     "e\u0301" (macOS input, text copied from PDFs) never matched "é", nor the other way round (until
     2026-12-06)."""
     folded, index = fold(text)
     if folded.isascii():  # nothing to compose or fold further: the common case
-        return folded, index, [i + 1 for i in index[: len(folded)]]
+        return folded, index, None
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
@@ -128,10 +129,12 @@ class BlockedTermDetector:
         if self._pattern is None:
             return []
         folded, starts, ends = _term_form(text)
-        return [
-            Detection(C.CATEGORY_BLOCKED_TERM, starts[m.start()], ends[m.end() - 1], 1.0, self.name)
-            for m in self._pattern.finditer(folded)
-        ]
+        found = []
+        for m in self._pattern.finditer(folded):
+            last = m.end() - 1
+            end = starts[last] + 1 if ends is None else ends[last]
+            found.append(Detection(C.CATEGORY_BLOCKED_TERM, starts[m.start()], end, 1.0, self.name))
+        return found
 
 
 class BlockedTopicDetector:
