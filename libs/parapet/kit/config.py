@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
-from nats.errors import Error as NatsError
 from pydantic import Field, SecretBytes, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from parapet.kit.bus import check_nats_url
 from parapet.kit.redact import redact_url
 from parapet.kit.tls import TlsFiles
 
@@ -227,6 +225,11 @@ class ServiceSettings(BaseSettings):
     def _nats_url_is_natss(cls, url: str | None) -> str | None:
         if not url:
             return url
+        # Imported here: nats-py costs every `parapet` command about 70 ms to import, and only a NATS URL needs it.
+        from nats.errors import Error as NatsError
+
+        from parapet.kit.bus import check_nats_url
+
         try:
             return check_nats_url(url)
         except NatsError as error:
