@@ -32,7 +32,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parapet.kit.timeouts import cancel_and_wait, within
+from parapet.kit.timeouts import cancel_and_wait, stray_cancellation, within
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,11 @@ class HealthMonitor:
     async def _run_probe(self, probe: Probe) -> bool:
         try:
             return await within(self._timeout, probe())
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             # The monitor stopping cancels this probe's task (gather's child); a probe that awaited something
             # another task cancelled raises CancelledError too, and that is a failed probe: raised, it ended the
             # monitor's loop and froze health at its last status (SERVING with the database gone).
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+            if not stray_cancellation(cancelled):
                 raise
             return False
         except Exception:

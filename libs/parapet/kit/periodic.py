@@ -7,6 +7,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from parapet.kit.timeouts import stray_cancellation
+
 log = logging.getLogger(__name__)
 
 
@@ -16,13 +18,12 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str)
     A ``CancelledError`` the job raises while this loop is not being cancelled (it awaited something another task
     cancelled) is a failed run too: ending the loop on it stopped the housekeeping for good, and silently, as a
     cancelled task is no failure to ``Resources.spawn``."""
-    current = asyncio.current_task()
     while True:
         await asyncio.sleep(seconds)
         try:
             await job()
-        except asyncio.CancelledError:
-            if current is None or current.cancelling():
+        except asyncio.CancelledError as cancelled:
+            if not stray_cancellation(cancelled):
                 raise
             log.warning("%s failed; retrying at the next interval", name, exc_info=True)
         except Exception:

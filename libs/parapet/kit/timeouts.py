@@ -51,3 +51,13 @@ async def cancel_and_wait(task: asyncio.Future[Any], *, recancel_seconds: float 
             task.cancel()
     if not task.cancelled():
         task.exception()
+
+
+def stray_cancellation(exc: BaseException) -> bool:
+    """A CancelledError although nobody cancelled the running task: it escaped from other work (something
+    another task cancelled). The task's own cancellation (grpc cancelling a call's task when the client cancels,
+    the deadline passes or the server stops; a loop being stopped) is counted by ``cancelling()``."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0

@@ -39,7 +39,7 @@ async def test_health_follows_the_database(fresh_postgres: EmbeddedPostgres) -> 
     ):
         assert await health_status(channel) == SERVING  # probed before the first call was accepted
         await asyncio.to_thread(fresh_postgres.stop)
-        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await wait_for_status(channel, NOT_SERVING, within=3)  # fails after 3 s
         await asyncio.to_thread(fresh_postgres.start)
         await wait_for_status(channel, SERVING, within=10)
         # And the database really works again through the kit's pool (stale connections replaced).
@@ -110,6 +110,6 @@ async def test_health_goes_on_probing_after_a_probe_raised_a_cancellation_of_its
         await timeouts.within(5, probed.wait())
         await asyncio.sleep(1)  # five intervals
         await asyncio.to_thread(fresh_postgres.stop)
-        assert await wait_for_status(channel, NOT_SERVING, within=3) < 3
+        await wait_for_status(channel, NOT_SERVING, within=3)  # fails after 3 s
         await asyncio.to_thread(fresh_postgres.start)
         await wait_for_status(channel, SERVING, within=10)

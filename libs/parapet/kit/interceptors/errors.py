@@ -28,6 +28,7 @@ import grpc.aio
 from parapet.kit.context import RpcInfo, deadline_passed
 from parapet.kit.dependency import database_conflict, dependency_down
 from parapet.kit.errors import Aborted, Internal, ParapetError, Unavailable, to_status
+from parapet.kit.timeouts import stray_cancellation
 
 log = logging.getLogger("parapet.kit.errors")
 
@@ -72,15 +73,6 @@ def is_unexpected(exc: BaseException) -> bool:
     if stray_cancellation(exc):
         return True
     return isinstance(exc, Exception) and not isinstance(exc, ParapetError | grpc.aio.AbortError)
-
-
-def stray_cancellation(exc: BaseException) -> bool:
-    """A CancelledError although nobody cancelled the running task (the call's): grpc cancels the call's task
-    when the client cancels, the deadline passes or the server stops, so then ``cancelling()`` counts it."""
-    if not isinstance(exc, asyncio.CancelledError):
-        return False
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
 
 
 async def fail(exc: BaseException, context: grpc.aio.ServicerContext, info: RpcInfo) -> NoReturn:
