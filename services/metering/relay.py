@@ -137,7 +137,10 @@ class OutboxRelay:
         results: list[object] = []
         for index in range(len(rows)):
             if index >= len(futures):
-                results.append(stopped or TimeoutError("not published in time"))
+                assert (
+                    stopped is not None
+                )  # rows are left unpublished only when publishing stopped on an error
+                results.append(stopped)
             elif futures[index] in pending:
                 results.append(TimeoutError("no ack from JetStream in time"))
             elif (exception := futures[index].exception()) is not None:

@@ -88,8 +88,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     async def ScreenInput(
         self, request: pb.ScreenInputRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScreenInputResponse:
-        principal = require_principal()
-        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
+        tenant, caller = _caller()
         if not request.texts:
             raise InvalidArgument("texts must hold at least one text", field_violations=[("texts", "empty")])
         self._check_count("texts", len(request.texts), self._max_texts)
@@ -126,8 +125,7 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
     async def ScreenOutput(
         self, request: pb.ScreenOutputRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScreenOutputResponse:
-        principal = require_principal()
-        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
+        tenant, caller = _caller()
         self._check_length("text", len(request.text))
         self._check_protected("protected_texts", request.protected_texts)
         vault = self._sealer.open(request.masking_context, caller)
@@ -139,21 +137,20 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
         return pb.ScreenOutputResponse(decision=screened.decision, text=text, findings=findings)  # type: ignore[arg-type]
 
     async def Unmask(self, request: pb.UnmaskRequest, context: grpc.aio.ServicerContext) -> pb.UnmaskResponse:
-        principal = require_principal()
+        _tenant, caller = _caller()
         if not request.masking_context:
             raise InvalidArgument(
                 "masking_context is required", field_violations=[("masking_context", "empty")]
             )
         self._check_length("text", len(request.text))
-        vault = self._sealer.open(request.masking_context, owner(principal.tenant_id, principal.subject))
+        vault = self._sealer.open(request.masking_context, caller)
         text, restored = vault.restore(request.text)
         return pb.UnmaskResponse(text=text, restored_count=restored)
 
     async def ScreenStream(
         self, request_iterator: AsyncIterator[pb.ScreenStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScreenStreamResponse]:
-        principal = require_principal()
-        tenant, caller = principal.tenant_id, owner(principal.tenant_id, principal.subject)
+        tenant, caller = _caller()
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "config":
             raise InvalidArgument(
@@ -206,3 +203,9 @@ class ModerationServicer(moderation_service_pb2_grpc.ModerationServiceServicer):
                 released_chars=screener.released_chars,
             )
         )
+
+
+def _caller() -> tuple[str, str]:
+    """The verified caller's tenant, and the owner (``masking.owner``) its masking contexts are bound to."""
+    principal = require_principal()
+    return principal.tenant_id, owner(principal.tenant_id, principal.subject)

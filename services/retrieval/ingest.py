@@ -47,8 +47,7 @@ from services.retrieval import repository
 from services.retrieval.chunking import Chunk, ChunkingOptions, chunk
 from services.retrieval.deletion import forget_vectors
 from services.retrieval.events import OutboxRelay, record_deletion
-from services.retrieval.extract import MAX_TITLE_CHARS as EXTRACTED_TITLE_CHARS
-from services.retrieval.extract import Extracted, ExtractionError, extract, media_type
+from services.retrieval.extract import MAX_TITLE_CHARS, Extracted, ExtractionError, extract, media_type
 from services.retrieval.scope import tenant_scope
 from services.retrieval.stores.protocol import (
     MAX_ATTRIBUTES_BYTES,
@@ -62,8 +61,8 @@ from services.retrieval.stores.protocol import (
 )
 
 MAX_METADATA_ENTRIES = 64
-#: Every citation of a document repeats its title and source URI (a query answer holds up to 100 citations).
-MAX_TITLE_CHARS = EXTRACTED_TITLE_CHARS
+#: Every citation of a document repeats its title (MAX_TITLE_CHARS, extraction's bound on a title it finds) and
+#: its source URI (a query answer holds up to 100 citations).
 MAX_SOURCE_URI_CHARS = 4096
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 

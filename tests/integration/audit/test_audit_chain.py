@@ -203,27 +203,24 @@ async def test_rewritten_and_rehashed_chain_fails_its_checkpoint(audit: Audit) -
     await audit.checkpoint()
     # The attacker edits record 3 (its metadata and the indexed column) and recomputes every hash after it,
     # and the head: only the signed checkpoint (which they cannot re-sign) still remembers the original head.
-    original = await _metadata(audit, tenant, 3)
-    await _rewrite_and_rehash(audit, tenant, 3, original.replace(b"gpt-test", b"gpt-fake"), model="gpt-fake")
+    await _rewrite_and_rehash(
+        audit, tenant, 3, lambda original: original.replace(b"gpt-test", b"gpt-fake"), model="gpt-fake"
+    )
     result = await audit.verify(tenant)
     assert not result.intact
     assert result.first_break.kind == Kind.CHAIN_BREAK_KIND_MODIFIED
     assert 3 <= result.first_break.sequence <= 5
 
 
-async def _metadata(audit: Audit, tenant: str, sequence: int) -> bytes:
-    async with audit.database.transaction() as session:
-        stored = await session.execute(
-            text("SELECT metadata FROM records WHERE tenant_id = :t AND sequence = :s"),
-            {"t": tenant, "s": sequence},
-        )
-        return bytes(stored.scalar_one())
-
-
 async def _rewrite_and_rehash(
-    audit: Audit, tenant: str, sequence: int, metadata: bytes, *, model: str | None = None
+    audit: Audit,
+    tenant: str,
+    sequence: int,
+    forge: Callable[[bytes], bytes],
+    *,
+    model: str | None = None,
 ) -> None:
-    """Replace record ``sequence``'s metadata with ``metadata`` (and its ``model`` column, to match an edited
+    """Replace record ``sequence``'s metadata with ``forge`` of it (and its ``model`` column, to match an edited
     model) and recompute its hash, every later one and the head's, as an attacker with database access would."""
     async with audit.database.transaction() as session:
         if model is not None:
@@ -239,7 +236,7 @@ async def _rewrite_and_rehash(
         ).all()
         previous = bytes(32)
         for row in rows:
-            stored = metadata if row.sequence == sequence else bytes(row.metadata)
+            stored = forge(bytes(row.metadata)) if row.sequence == sequence else bytes(row.metadata)
             digest = record_hash(int(row.sequence), previous, hashlib.sha256(stored).digest())
             await session.execute(
                 text(
@@ -273,7 +270,7 @@ async def test_rehashed_metadata_no_append_could_write_is_reported_modified(
     fail INTERNAL once its hashes were recomputed, checkpoint or not: the tampering was never reported."""
     tenant, _ = await _chain(audit, 5)
     await audit.checkpoint()
-    await _rewrite_and_rehash(audit, tenant, 3, forge(await _metadata(audit, tenant, 3)))
+    await _rewrite_and_rehash(audit, tenant, 3, forge)
     result = await audit.verify(tenant)
     _assert_break(result, 3, Kind.CHAIN_BREAK_KIND_MODIFIED)
     assert result.records_verified == 2

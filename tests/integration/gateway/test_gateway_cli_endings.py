@@ -49,7 +49,7 @@ async def chat(
             shown += chunk
         proc.send_signal(signal.SIGINT)
     out, err = await within(60, proc.communicate())
-    assert proc.returncode is not None
+    assert proc.returncode is not None  # set by communicate(); for the type checker
     return proc.returncode, (shown + out).decode(), err.decode()
 
 

@@ -189,7 +189,7 @@ async def test_every_budget_kind_at_once_holds_under_concurrency_on_two_replicas
 ) -> None:
     """Tenant, user and API key budgets, each in tokens and in cost, day and month windows, all applying to
     every request: no counter ever holds more than its limit, and after settling (some above their estimate)
-    each counter equals the ledger's sum for its subject."""
+    each counter equals the sum of what was settled for its subject (as the test sent it), nothing left held."""
     stubs, policy_file = replicas
     tenant = new_tenant()
     limits = {

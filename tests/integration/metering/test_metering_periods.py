@@ -1,5 +1,5 @@
-"""Period rollover: a reservation made before UTC midnight (and before the month ended) and settled, released or
-expired after it frees its hold in the window it was made in, and a settlement of it is charged there too."""
+"""Period rollover: a reservation made before UTC midnight (and before the month ended) and settled or released
+after it frees its hold in the window it was made in, and a settlement of it is charged there too."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from tests.integration.metering.conftest import Metering
 from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
 
 
-async def _move_to_previous_windows(database: Database, tenant: str) -> None:
+async def _move_to_previous_windows(database: Database, tenant: str) -> dict[str, datetime]:
     """As if the tenant's reservations had been made at 23:59 UTC on the last day of the previous month: their
-    holds, and the counters holding them, in yesterday's window of budget "day" and last month's of "month"."""
+    holds, and the counters holding them, in yesterday's window of budget "day" and last month's of "month";
+    returns those windows' starts by budget."""
     now = datetime.now(UTC)
     moved = {
         "day": day_start(now) - timedelta(days=1),
@@ -55,6 +56,7 @@ async def _move_to_previous_windows(database: Database, tenant: str) -> None:
                     "id": reservation_id,
                 },
             )
+    return moved
 
 
 async def _counters(database: Database, tenant: str) -> dict[tuple[str, datetime], tuple[int, int]]:
@@ -80,11 +82,6 @@ async def test_a_reservation_across_midnight_frees_and_charges_the_window_it_was
     ]
     write_policies(metering.policy_file, {tenant: reader_policy(budgets=budgets)})
     who = caller(keys, tenant, roles=("analyst",))
-    now = datetime.now(UTC)
-    yesterday, last_month = (
-        day_start(now) - timedelta(days=1),
-        month_start(month_start(now) - timedelta(days=1)),
-    )
     database = Database(database_url, "metering")
     try:
         # Settled in one statement (an active reservation), released, and settled after its release.
@@ -95,7 +92,8 @@ async def test_a_reservation_across_midnight_frees_and_charges_the_window_it_was
                 metadata=who,
             )
             reserved[request_id] = answer.reservation.reservation_id
-        await _move_to_previous_windows(database, tenant)
+        moved = await _move_to_previous_windows(database, tenant)
+        yesterday, last_month = moved["day"], moved["month"]
         settled = await metering.stub.Settle(
             pb.SettleRequest(
                 reservation_id=reserved["settled"],
