@@ -571,8 +571,8 @@ class TenantAdminServicer(tenant_admin_service_pb2_grpc.TenantAdminServiceServic
             ):
                 # A concurrent edit stored ``version`` since the read above: name the version now current (read
                 # again), not the one read, which is expected_version (until 2026-12-06 it named that).
-                won = await AuthStore.current_version(change.session)
-                raise mismatch(max(won, version))
+                won = await self._store.policy(change.session, 0)
+                raise mismatch(max(won.version if won is not None else 0, version))
             # In the policy's transaction: the routes change with the policy, or neither does.
             pairs = [
                 ((i, j), (provider.issuer, audience))

@@ -209,12 +209,6 @@ class AuthStore:
         policy.update_subject = row["update_subject"]
         return policy
 
-    @staticmethod
-    async def current_version(session: AsyncSession) -> int:
-        """The session tenant's current policy version (0: none), as a new statement of ``session`` sees it."""
-        found = await session.execute(text("SELECT coalesce(max(version), 0) FROM policies"))
-        return int(found.scalar_one())
-
     async def user_record(self, tenant_id: str, user_id: str) -> dict[str, Any] | None:
         async with self.tenant(tenant_id) as session:
             return await self.user(session, user_id)

@@ -93,15 +93,7 @@ class ModelCatalog:
             output_tokens = min(output_tokens, max(limits))
         if not candidates:
             return Estimate(prompt_tokens + output_tokens, money_pb2.Money(), 0, models)
-        costliest = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
-        currency = (
-            costliest.output_price_per_million.currency_code
-            or costliest.input_price_per_million.currency_code
-        )
-        micros = _price(costliest, prompt_tokens, output_tokens)
-        cost = (
-            money_pb2.Money(currency_code=currency, amount_micros=micros) if currency else money_pb2.Money()
-        )
+        cost = _costliest(candidates, prompt_tokens, output_tokens)
         return Estimate(
             prompt_tokens + output_tokens, cost, max(m.max_output_tokens for m in candidates), models
         )
@@ -110,22 +102,23 @@ class ModelCatalog:
         self._cache.invalidate_tenant(tenant_id)
 
 
-def price(
-    models: tuple[model_pb2.Model, ...], name: str, prompt_tokens: int, output_tokens: int
-) -> tuple[model_pb2.Model | None, money_pb2.Money]:
-    """The model usage counted in the gateway (no provider figure) is charged to and its cost, from ``models``:
-    the price list the chat's hold was priced from (``Estimate.models``), so a chat cut short costs no wait on
-    inference. ``name`` is the model inference announced, priced as itself (not its fallbacks); for an alias, the
-    costliest model it may run on, as the reservation assumed. None when nothing is known. Until 2026-12-06 the
-    prices came from the catalog's cache alone, and a chat cut short after it had expired (60 s, a long
-    answer's time) or after a change of the tenant had dropped it was billed its tokens at no cost."""
-    candidates = [m for m in models if m.model == name] or answering_models(models, name)
-    if not candidates:
-        return None, money_pb2.Money()
+def _costliest(candidates: list[model_pb2.Model], prompt_tokens: int, output_tokens: int) -> money_pb2.Money:
+    """The cost of the costliest of ``candidates`` (one at least) for these tokens; no Money without a price."""
     model = max(candidates, key=lambda m: _price(m, prompt_tokens, output_tokens))
     currency = model.output_price_per_million.currency_code or model.input_price_per_million.currency_code
     if not currency:
-        return model, money_pb2.Money()
-    return model, money_pb2.Money(
-        currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens)
-    )
+        return money_pb2.Money()
+    return money_pb2.Money(currency_code=currency, amount_micros=_price(model, prompt_tokens, output_tokens))
+
+
+def price(
+    models: tuple[model_pb2.Model, ...], name: str, prompt_tokens: int, output_tokens: int
+) -> money_pb2.Money:
+    """The cost of usage counted in the gateway (no provider figure), from ``models``: the price list the chat's
+    hold was priced from (``Estimate.models``), so a chat cut short costs no wait on inference. ``name`` is the
+    model inference announced, priced as itself (not its fallbacks); for an alias, the costliest model it may run
+    on, as the reservation assumed. No Money when nothing is known. Until 2026-12-06 the prices came from the
+    catalog's cache alone, and a chat cut short after it had expired (60 s, a long answer's time) or after a
+    change of the tenant had dropped it was billed its tokens at no cost."""
+    candidates = [m for m in models if m.model == name] or answering_models(models, name)
+    return _costliest(candidates, prompt_tokens, output_tokens) if candidates else money_pb2.Money()

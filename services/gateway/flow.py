@@ -712,7 +712,7 @@ class ChatFlow:
         encoding = tokens.known_encoding(prompt_sent.token_encoding)
         completion = tokens.count("".join(run.outcome.response_received), encoding)
         run.outcome.estimated_usage = completion_usage(prompt, completion)
-        _, run.outcome.estimated_cost = price(run.prices, prompt_sent.model, prompt, completion)
+        run.outcome.estimated_cost = price(run.prices, prompt_sent.model, prompt, completion)
         run.outcome.estimated_model, run.outcome.estimated_provider = prompt_sent.model, prompt_sent.provider
 
     async def _finalise(self, run: _Run, events: list[Event]) -> None:
