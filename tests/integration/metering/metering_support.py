@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from parapet.usage.v1 import money_pb2, token_usage_pb2
 from services.billing.app import APP as BILLING
 from services.billing.settings import BillingSettings
 from services.metering.app import APP as METERING
+from services.metering.ledger import UsageRecord
 from services.metering.settings import MeteringSettings
 
 Stubs = tuple[metering_service_pb2_grpc.MeteringServiceStub, billing_service_pb2_grpc.BillingServiceStub]
@@ -262,3 +264,35 @@ async def migrated_database(database_url: str, service: str) -> AsyncIterator[Da
         yield database
     finally:
         await database.close()
+
+
+def usage(
+    tenant: str,
+    request_id: str,
+    reservation_id: str,
+    prompt: int,
+    completion: int,
+    occur: datetime | None = None,
+) -> UsageRecord:
+    """A settled usage record of alice's (support, gpt-4o-mini, USD), now unless ``occur`` says when."""
+    return UsageRecord(
+        tenant_id=tenant,
+        request_id=request_id,
+        user_id="alice",
+        api_key_id="",
+        reservation_id=reservation_id,
+        feature="support",
+        model="gpt-4o-mini",
+        requested_model="gpt-4o-mini",
+        provider="openai",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=0,
+        estimated=False,
+        cost_micros=1234,
+        currency_code="USD",
+        cached=False,
+        latency_micros=5000,
+        occur_time=occur or datetime.now(UTC),
+        labels={"team": "support"},
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 
 import nats
 from nats.aio.client import Client
@@ -17,9 +16,8 @@ from parapet.events.usage import USAGE_STREAM, subject
 from parapet.kit.bus import Bus
 from parapet.kit.database import Database
 from services.metering import ledger
-from services.metering.ledger import UsageRecord
 from services.metering.relay import OutboxRelay
-from tests.integration.metering.metering_support import migrated_database, new_tenant
+from tests.integration.metering.metering_support import migrated_database, new_tenant, usage
 
 PENDING_ACKS = 16  # nats-py's default is 4,000: reached within a minute of an outage under load, seconds here
 
@@ -37,33 +35,10 @@ class _FewPendingAcks(Bus):
         return self._few
 
 
-def _record(tenant: str, index: int) -> UsageRecord:
-    return UsageRecord(
-        tenant_id=tenant,
-        request_id=f"r-{index}",
-        user_id="alice",
-        api_key_id="",
-        reservation_id="",
-        feature="support",
-        model="gpt-4o-mini",
-        requested_model="fast",
-        provider="openai",
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        estimated=False,
-        cost_micros=100,
-        currency_code="USD",
-        cached=False,
-        latency_micros=1000,
-        occur_time=datetime.now(UTC),
-    )
-
-
 async def _settle(database: Database, tenant: str, indexes: range) -> None:
     async with database.transaction() as session:
         for index in indexes:
-            assert await ledger.append(session, _record(tenant, index)) is not None
+            assert await ledger.append(session, usage(tenant, f"r-{index}", "", 10, 5)) is not None
 
 
 async def _unsent(database: Database, tenant: str) -> int:

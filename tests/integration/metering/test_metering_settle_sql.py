@@ -21,7 +21,14 @@ from parapet.usage.v1.usage_event_pb2 import UsageEvent
 from services.metering import ledger, reservations, settle_sql, settlement
 from services.metering.ledger import UsageRecord
 from tests.integration.metering.conftest import Metering
-from tests.integration.metering.metering_support import caller, new_tenant, reader_policy, usd, write_policies
+from tests.integration.metering.metering_support import (
+    caller,
+    new_tenant,
+    reader_policy,
+    usage,
+    usd,
+    write_policies,
+)
 from tests.integration.metering.test_metering_rpcs import token_budget
 
 
@@ -33,37 +40,6 @@ async def engine(database_url: str, metering: Metering) -> AsyncIterator[AsyncEn
         yield engine
     finally:
         await engine.dispose()
-
-
-def usage(
-    tenant: str,
-    request_id: str,
-    reservation_id: str,
-    prompt: int,
-    completion: int,
-    occur: datetime | None = None,
-) -> UsageRecord:
-    return UsageRecord(
-        tenant_id=tenant,
-        request_id=request_id,
-        user_id="alice",
-        api_key_id="",
-        reservation_id=reservation_id,
-        feature="support",
-        model="gpt-4o-mini",
-        requested_model="gpt-4o-mini",
-        provider="openai",
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=0,
-        estimated=False,
-        cost_micros=1234,
-        currency_code="USD",
-        cached=False,
-        latency_micros=5000,
-        occur_time=occur or datetime.now(UTC),
-        labels={"team": "support"},
-    )
 
 
 async def settle(engine: AsyncEngine, record: UsageRecord) -> tuple[Any, ...] | None:
