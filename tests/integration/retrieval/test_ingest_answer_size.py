@@ -15,7 +15,8 @@ from parapet.kit.errors import error_details
 from parapet.retrieval.v1 import document_pb2
 from parapet.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval import servicer
-from services.retrieval.ingest import MAX_SOURCE_URI_CHARS, MAX_TITLE_CHARS
+from services.retrieval.extract import MAX_TITLE_CHARS
+from services.retrieval.ingest import MAX_SOURCE_URI_CHARS
 from tests.integration.retrieval.conftest import Client, doc, new_tenant
 
 
